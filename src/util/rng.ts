@@ -8,7 +8,6 @@ export type RngState = [number, number, number, number];
 
 export class Rng {
   private s: Uint32Array;
-  private spareNormal: number | null = null;
 
   constructor(seed: number) {
     this.s = new Uint32Array(4);
@@ -57,23 +56,16 @@ export class Rng {
     return Math.floor(this.uniform() * n);
   }
 
-  /** Standard normal (Box-Muller; the second value is kept for the next call). */
-  normal(): number {
-    if (this.spareNormal !== null) {
-      const v = this.spareNormal;
-      this.spareNormal = null;
-      return v;
-    }
-    let u = 0;
-    while (u === 0) u = this.uniform();
-    const v = this.uniform();
-    const r = Math.sqrt(-2 * Math.log(u));
-    this.spareNormal = r * Math.sin(2 * Math.PI * v);
-    return r * Math.cos(2 * Math.PI * v);
-  }
-
+  /** Fills `out` with standard normals (Box-Muller, both values of each pair used). */
   fillNormal(out: Float32Array): Float32Array {
-    for (let i = 0; i < out.length; i++) out[i] = this.normal();
+    for (let i = 0; i < out.length; i += 2) {
+      let u = 0;
+      while (u === 0) u = this.uniform();
+      const r = Math.sqrt(-2 * Math.log(u));
+      const theta = 2 * Math.PI * this.uniform();
+      out[i] = r * Math.cos(theta);
+      if (i + 1 < out.length) out[i + 1] = r * Math.sin(theta);
+    }
     return out;
   }
 
