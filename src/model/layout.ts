@@ -1,0 +1,76 @@
+import { GanfleetError } from '../util/errors';
+import { tf, Tensors } from './tf';
+
+export interface TensorSpec {
+  name: string;
+  shape: readonly number[];
+}
+
+export interface LayoutEntry extends TensorSpec {
+  offset: number;
+  size: number;
+}
+
+/**
+ * A network's parameters travel, average and optimise as ONE flat
+ * Float32Array; the layout names the tensors inside it. Gradients use the
+ * same layout, so averaging and Adam never need to know the architecture.
+ */
+export class ParameterLayout {
+  readonly entries: readonly LayoutEntry[];
+  readonly size: number;
+
+  constructor(specs: readonly TensorSpec[]) {
+    let offset = 0;
+    this.entries = specs.map((s) => {
+      const size = s.shape.reduce((a, b) => a * b, 1);
+      const e = { name: s.name, shape: s.shape, offset, size };
+      offset += size;
+      return e;
+    });
+    this.size = offset;
+  }
+
+  entry(name: string): LayoutEntry {
+    const e = this.entries.find((x) => x.name === name);
+    if (!e) throw new GanfleetError('LAYOUT_UNKNOWN_TENSOR', `no tensor named ${name} in layout`);
+    return e;
+  }
+
+  /** A view (not a copy) of one tensor inside a flat vector. */
+  view(flat: Float32Array, name: string): Float32Array {
+    const e = this.entry(name);
+    return flat.subarray(e.offset, e.offset + e.size);
+  }
+
+  /** Uploads a flat vector as one tensor per entry. The caller owns (disposes) them. */
+  toTensors(flat: Float32Array): Tensors {
+    this.checkLength(flat);
+    const out: Tensors = {};
+    for (const e of this.entries) {
+      out[e.name] = tf.tensor(flat.subarray(e.offset, e.offset + e.size), e.shape as number[], 'float32');
+    }
+    return out;
+  }
+
+  /** One flat tensor in layout order, so a whole gradient comes back in one read. */
+  concat(tensors: Tensors): tf.Tensor1D {
+    return tf.concat(
+      this.entries.map((e) => {
+        const t = tensors[e.name];
+        if (!t) throw new GanfleetError('LAYOUT_UNKNOWN_TENSOR', `missing tensor ${e.name}`);
+        return tf.reshape(t, [e.size]);
+      }),
+    ) as tf.Tensor1D;
+  }
+
+  checkLength(flat: Float32Array): void {
+    if (flat.length !== this.size) {
+      throw new GanfleetError('LAYOUT_SIZE_MISMATCH', `expected ${this.size} parameters, got ${flat.length}`);
+    }
+  }
+}
+
+export function disposeTensors(t: Tensors): void {
+  for (const k of Object.keys(t)) t[k].dispose();
+}

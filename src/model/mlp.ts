@@ -1,0 +1,135 @@
+import { Rng } from '../util/rng';
+import { GanModel, GanParameters, IMAGE_PIXELS, StepOutput, readStep } from './gan';
+import { ParameterLayout } from './layout';
+import { bceWithLogits } from './losses';
+import { scoped, tf, Tensors } from './tf';
+
+const Z_DIM = 100;
+const HIDDEN = 128;
+const ALPHA = 0.01;
+
+/**
+ * The seed's MLP GAN ("GANs in Action", ch. 3):
+ *   G: z(100) → Dense(128) → LeakyReLU(0.01) → Dense(784) → tanh
+ *   D: x(784) → Dense(128) → LeakyReLU(0.01) → Dense(1) → sigmoid
+ *
+ * The steps are backpropagated by hand rather than by autodiff. On wasm a
+ * matMul with a transposed operand is ~10× slower than transposing first,
+ * and autodiff's matMul gradient uses exactly those; by hand every product is
+ * a plain (fused where possible) matMul. test/gradients.test.ts holds these
+ * against tf.grads of the same forward pass.
+ */
+export class MlpGan implements GanModel {
+  readonly arch = 'mlp';
+  readonly zDim = Z_DIM;
+  readonly generatorLayout = new ParameterLayout([
+    { name: 'g/dense1/kernel', shape: [Z_DIM, HIDDEN] },
+    { name: 'g/dense1/bias', shape: [HIDDEN] },
+    { name: 'g/dense2/kernel', shape: [HIDDEN, IMAGE_PIXELS] },
+    { name: 'g/dense2/bias', shape: [IMAGE_PIXELS] },
+  ]);
+  readonly discriminatorLayout = new ParameterLayout([
+    { name: 'd/dense1/kernel', shape: [IMAGE_PIXELS, HIDDEN] },
+    { name: 'd/dense1/bias', shape: [HIDDEN] },
+    { name: 'd/dense2/kernel', shape: [HIDDEN, 1] },
+    { name: 'd/dense2/bias', shape: [1] },
+  ]);
+
+  init(rng: Rng): GanParameters {
+    return {
+      generator: glorotInit(this.generatorLayout, rng),
+      discriminator: glorotInit(this.discriminatorLayout, rng),
+    };
+  }
+
+  generate(g: Tensors, z: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => tf.tanh(dense(dense(z, g, 'g/dense1', true), g, 'g/dense2', false)));
+  }
+
+  discriminate(d: Tensors, x: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => dense(dense(x, d, 'd/dense1', true), d, 'd/dense2', false));
+  }
+
+  discriminatorStep(g: Tensors, d: Tensors, real: tf.Tensor2D, z: tf.Tensor2D): StepOutput {
+    return scoped(() => {
+      const n = real.shape[0];
+      const fake = this.generate(g, z);
+      const x = tf.concat([real, fake], 0);
+      const h = dense(x, d, 'd/dense1', true);
+      const logits = dense(h, d, 'd/dense2', false);
+      const [realLogits, fakeLogits] = tf.split(logits, [n, fake.shape[0]], 0);
+      const loss = tf.div(tf.add(bceWithLogits(realLogits, 1), bceWithLogits(fakeLogits, 0)), 2);
+      const p = tf.sigmoid(logits);
+      const labels = tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0);
+      // d(mean over both halves, averaged)/d logits = (p - y) / (2n) when both halves have n rows.
+      const dLogits = tf.div(tf.sub(p, labels), x.shape[0]);
+      const dH = hiddenGradient(dLogits, h, d);
+      const grads: Tensors = {
+        'd/dense1/kernel': tf.matMul(tf.transpose(x), dH),
+        'd/dense1/bias': tf.sum(dH, 0),
+        'd/dense2/kernel': tf.matMul(tf.transpose(h), dLogits),
+        'd/dense2/bias': tf.sum(dLogits, 0),
+      };
+      const [pReal, pFake] = tf.split(p, [n, fake.shape[0]], 0);
+      return readStep(this.discriminatorLayout.concat(grads), [loss, tf.mean(pReal), tf.mean(pFake)], true);
+    });
+  }
+
+  generatorStep(g: Tensors, d: Tensors, z: tf.Tensor2D): StepOutput {
+    return scoped(() => {
+      const a1 = dense(z, g, 'g/dense1', true);
+      const fake = tf.tanh(dense(a1, g, 'g/dense2', false));
+      const h = dense(fake, d, 'd/dense1', true);
+      const logits = dense(h, d, 'd/dense2', false);
+      const loss = bceWithLogits(logits, 1);
+      const p = tf.sigmoid(logits);
+      const dLogits = tf.div(tf.sub(p, 1), z.shape[0]);
+      // Through D to its input (D's own gradients are not needed here)...
+      const dH = hiddenGradient(dLogits, h, d);
+      const dFake = tf.matMul(dH, tf.transpose(d['d/dense1/kernel']));
+      // ...then tanh and G's two layers.
+      const dPre2 = tf.mul(dFake, tf.sub(1, tf.square(fake)));
+      const grads: Tensors = {
+        'g/dense2/kernel': tf.matMul(tf.transpose(a1), dPre2),
+        'g/dense2/bias': tf.sum(dPre2, 0),
+      };
+      const dPre1 = leakyBackward(tf.matMul(dPre2, tf.transpose(g['g/dense2/kernel'])), a1);
+      grads['g/dense1/kernel'] = tf.matMul(tf.transpose(z), dPre1);
+      grads['g/dense1/bias'] = tf.sum(dPre1, 0);
+      return readStep(this.generatorLayout.concat(grads), [loss, tf.mean(p)], false);
+    });
+  }
+}
+
+/** x·W + b, with the LeakyReLU fused in when `leaky`. */
+function dense(x: tf.Tensor2D, p: Tensors, layer: string, leaky: boolean): tf.Tensor2D {
+  return tf.fused.matMul({
+    a: x,
+    b: p[`${layer}/kernel`] as tf.Tensor2D,
+    bias: p[`${layer}/bias`],
+    activation: leaky ? 'leakyrelu' : 'linear',
+    leakyreluAlpha: ALPHA,
+  }) as tf.Tensor2D;
+}
+
+/** Gradient through LeakyReLU, read off its output (same sign as its input). */
+function leakyBackward(dOut: tf.Tensor, out: tf.Tensor): tf.Tensor2D {
+  return tf.where(tf.greater(out, 0), dOut, tf.mul(dOut, ALPHA)) as tf.Tensor2D;
+}
+
+/** d loss / d (D's hidden pre-activation), from d loss / d logits. */
+function hiddenGradient(dLogits: tf.Tensor, h: tf.Tensor, d: Tensors): tf.Tensor2D {
+  return leakyBackward(tf.matMul(dLogits as tf.Tensor2D, tf.transpose(d['d/dense2/kernel'])), h);
+}
+
+/** Keras' defaults: glorot-uniform kernels, zero biases. */
+function glorotInit(layout: ParameterLayout, rng: Rng): Float32Array {
+  const flat = new Float32Array(layout.size);
+  for (const e of layout.entries) {
+    if (e.shape.length !== 2) continue;
+    const limit = Math.sqrt(6 / (e.shape[0] + e.shape[1]));
+    const v = flat.subarray(e.offset, e.offset + e.size);
+    for (let i = 0; i < v.length; i++) v[i] = (rng.uniform() * 2 - 1) * limit;
+  }
+  return flat;
+}

@@ -1,0 +1,104 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as tf from '@tensorflow/tfjs-core';
+import '@tensorflow/tfjs-backend-cpu';
+import { Adam, AdamConfig, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { GanfleetError } from '../src/util/errors';
+
+const SIZE = 257;
+const STEPS = 5;
+
+/** Tiny deterministic LCG (Numerical Recipes constants) -> uniform in [-scale, scale). */
+function lcg(seed: number): (scale: number) => number {
+  let s = seed >>> 0;
+  return (scale) => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s / 2 ** 32 - 0.5) * 2 * scale;
+  };
+}
+
+function randomArray(next: (scale: number) => number, n: number, scale: number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = next(scale);
+  return a;
+}
+
+function assertClose(actual: Float32Array, expected: Float32Array, tol = 1e-6): void {
+  assert.equal(actual.length, expected.length);
+  for (let i = 0; i < actual.length; i++) {
+    const diff = Math.abs(actual[i] - expected[i]);
+    assert.ok(diff <= tol + tol * Math.abs(expected[i]), `index ${i}: ${actual[i]} vs ${expected[i]}`);
+  }
+}
+
+before(async () => {
+  await tf.setBackend('cpu');
+});
+
+let varCounter = 0;
+
+function checkAgainstTfjs(config: AdamConfig, seed: number): void {
+  const next = lcg(seed);
+  const init = randomArray(next, SIZE, 1);
+  // Mix of gradient scales, including tiny ones where epsilon matters.
+  const grads = Array.from({ length: STEPS }, (_, s) => randomArray(next, SIZE, s === 2 ? 1e-6 : 0.5));
+
+  const variable = tf.variable(tf.tensor1d(init), true, `adam_test_${varCounter++}`);
+  const opt = tf.train.adam(config.learningRate, config.beta1, config.beta2, config.epsilon);
+  const params = init.slice();
+  const adam = new Adam(SIZE, config);
+
+  for (let s = 0; s < STEPS; s++) {
+    const g = tf.tensor1d(grads[s]);
+    // The NamedTensor[] form of applyGradients; the map form is typed as taking Variables.
+    opt.applyGradients([{ name: variable.name, tensor: g }]);
+    g.dispose();
+    adam.apply(params, grads[s]);
+    assertClose(params, variable.dataSync() as Float32Array);
+  }
+  assert.equal(adam.step, STEPS);
+  opt.dispose();
+  variable.dispose();
+}
+
+test('matches tf.train.adam with Keras defaults', () => {
+  checkAgainstTfjs(KERAS_ADAM_DEFAULTS, 1);
+});
+
+test('matches tf.train.adam with GAN settings (lr 2e-4, beta1 0.5)', () => {
+  checkAgainstTfjs({ ...KERAS_ADAM_DEFAULTS, learningRate: 2e-4, beta1: 0.5 }, 2);
+});
+
+test('state()/fromState() round trip continues identically', () => {
+  const next = lcg(3);
+  const params = randomArray(next, SIZE, 1);
+  const grads = Array.from({ length: STEPS }, () => randomArray(next, SIZE, 0.5));
+
+  const a = new Adam(SIZE, KERAS_ADAM_DEFAULTS);
+  a.apply(params, grads[0]);
+  a.apply(params, grads[1]);
+  const saved = a.state();
+  const b = Adam.fromState(saved, KERAS_ADAM_DEFAULTS);
+  assert.equal(b.step, 2);
+
+  // state() must be a copy: mutating it cannot disturb either optimizer.
+  saved.m.fill(123);
+  saved.v.fill(456);
+
+  const pa = params.slice();
+  const pb = params.slice();
+  for (let s = 2; s < STEPS; s++) {
+    a.apply(pa, grads[s]);
+    b.apply(pb, grads[s]);
+  }
+  assert.deepEqual(pb, pa);
+  assert.deepEqual(b.state(), a.state());
+});
+
+test('throws ADAM_SIZE_MISMATCH on wrong lengths', () => {
+  const adam = new Adam(4, KERAS_ADAM_DEFAULTS);
+  const isMismatch = (e: unknown) => e instanceof GanfleetError && e.code === 'ADAM_SIZE_MISMATCH';
+  assert.throws(() => adam.apply(new Float32Array(4), new Float32Array(3)), isMismatch);
+  assert.throws(() => adam.apply(new Float32Array(5), new Float32Array(5)), isMismatch);
+  assert.equal(adam.step, 0);
+});

@@ -1,0 +1,65 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { averageGradients } from '../src/coordinator/aggregate';
+import { GanfleetError } from '../src/util/errors';
+
+const hasCode = (code: string) => (e: unknown) => e instanceof GanfleetError && e.code === code;
+
+test('weights each worker by its sample count', () => {
+  const out = new Float32Array(3);
+  const result = averageGradients(
+    [
+      { gradients: Float32Array.of(4, 0, -2), samples: 1 },
+      { gradients: Float32Array.of(0, 8, 2), samples: 3 },
+    ],
+    out,
+  );
+  assert.equal(result, out);
+  // (1*4 + 3*0)/4, (1*0 + 3*8)/4, (1*-2 + 3*2)/4
+  assert.deepEqual(out, Float32Array.of(1, 6, 1));
+});
+
+test('a single contribution comes back as an exact copy', () => {
+  const g = Float32Array.of(0.1, -3.7, 1e-30, 12345.678);
+  const out = new Float32Array(4);
+  averageGradients([{ gradients: g, samples: 7 }], out);
+  assert.notEqual(out, g);
+  assert.deepEqual(out, g);
+});
+
+test('out may alias an input', () => {
+  const a = Float32Array.of(2, 4);
+  averageGradients([{ gradients: a, samples: 1 }, { gradients: Float32Array.of(4, 8), samples: 1 }], a);
+  assert.deepEqual(a, Float32Array.of(3, 6));
+});
+
+test('throws AGGREGATE_EMPTY without contributions or samples', () => {
+  assert.throws(() => averageGradients([], new Float32Array(2)), hasCode('AGGREGATE_EMPTY'));
+  assert.throws(
+    () => averageGradients([{ gradients: new Float32Array(2), samples: 0 }], new Float32Array(2)),
+    hasCode('AGGREGATE_EMPTY'),
+  );
+});
+
+test('throws AGGREGATE_SIZE_MISMATCH on a wrong length', () => {
+  assert.throws(
+    () =>
+      averageGradients(
+        [
+          { gradients: new Float32Array(2), samples: 1 },
+          { gradients: new Float32Array(3), samples: 1 },
+        ],
+        new Float32Array(2),
+      ),
+    hasCode('AGGREGATE_SIZE_MISMATCH'),
+  );
+});
+
+test('throws AGGREGATE_BAD_SAMPLES on negative or non-finite counts', () => {
+  for (const samples of [-1, NaN, Infinity]) {
+    assert.throws(
+      () => averageGradients([{ gradients: new Float32Array(1), samples }], new Float32Array(1)),
+      hasCode('AGGREGATE_BAD_SAMPLES'),
+    );
+  }
+});

@@ -1,0 +1,146 @@
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { readIdx } from '../src/data/idx';
+import { defaultMnistDir, loadMnist, toUnitRange, IMAGE_SIZE } from '../src/data/mnist';
+import { GanfleetError } from '../src/util/errors';
+
+const dir = defaultMnistDir();
+const file = (name: string) => path.join(dir, name);
+
+/** Asserts `fn` throws a GanfleetError with `code` whose message contains every string in `mentions`. */
+function throwsCode(fn: () => unknown, code: string, ...mentions: string[]): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof GanfleetError, `expected GanfleetError, got ${err}`);
+    assert.equal(err.code, code);
+    for (const m of mentions) assert.ok(err.message.includes(m), `message "${err.message}" lacks ${m}`);
+    return true;
+  });
+}
+
+describe('readIdx on the real MNIST files', () => {
+  test('train images and labels', () => {
+    const images = readIdx(file('train-images-idx3-ubyte'));
+    assert.deepEqual(images.dims, [60000, 28, 28]);
+    assert.equal(images.data.length, 60000 * 784);
+    // A view past the 16-byte header, not a copy.
+    assert.ok(images.data.byteOffset >= 16 || images.data.buffer.byteLength > images.data.length);
+    const labels = readIdx(file('train-labels-idx1-ubyte'));
+    assert.deepEqual(labels.dims, [60000]);
+    assert.equal(labels.data[0], 5);
+  });
+
+  test('test images and labels', () => {
+    const images = readIdx(file('t10k-images-idx3-ubyte'));
+    assert.deepEqual(images.dims, [10000, 28, 28]);
+    const labels = readIdx(file('t10k-labels-idx1-ubyte'));
+    assert.deepEqual(labels.dims, [10000]);
+    assert.ok(labels.data.every((l) => l <= 9));
+  });
+
+  test('loadMnist train/test', () => {
+    const train = loadMnist('train');
+    assert.equal(train.count, 60000);
+    assert.equal(train.images.length, 60000 * IMAGE_SIZE);
+    assert.equal(train.labels[0], 5);
+    assert.equal(train.rows, 28);
+    assert.equal(train.cols, 28);
+    const testSet = loadMnist('test', dir);
+    assert.equal(testSet.count, 10000);
+  });
+});
+
+describe('readIdx on damaged copies', () => {
+  let tmp: string;
+  before(() => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-idx-'));
+  });
+  after(() => {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('gzip copy reads identically, and loadMnist falls back to .gz', () => {
+    for (const name of ['t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte']) {
+      // level 1 keeps the test fast; the format is the same.
+      fs.writeFileSync(path.join(tmp, `${name}.gz`), zlib.gzipSync(fs.readFileSync(file(name)), { level: 1 }));
+    }
+    const raw = readIdx(file('t10k-images-idx3-ubyte'));
+    const gz = readIdx(path.join(tmp, 't10k-images-idx3-ubyte.gz'));
+    assert.deepEqual(gz.dims, raw.dims);
+    assert.ok(Buffer.from(gz.data).equals(Buffer.from(raw.data)));
+
+    const set = loadMnist('test', tmp);
+    assert.equal(set.count, 10000);
+    assert.ok(Buffer.from(set.labels).equals(Buffer.from(readIdx(file('t10k-labels-idx1-ubyte')).data)));
+  });
+
+  test('truncated payload → IDX_TRUNCATED naming the path', () => {
+    const p = path.join(tmp, 'truncated-labels');
+    const full = fs.readFileSync(file('t10k-labels-idx1-ubyte'));
+    fs.writeFileSync(p, full.subarray(0, full.length - 3));
+    throwsCode(() => readIdx(p), 'IDX_TRUNCATED', p);
+  });
+
+  test('truncated header → IDX_TRUNCATED', () => {
+    const p = path.join(tmp, 'short-header');
+    fs.writeFileSync(p, Buffer.from([0, 0, 8, 3, 0, 0, 0, 1]));
+    throwsCode(() => readIdx(p), 'IDX_TRUNCATED', p);
+    fs.writeFileSync(p, Buffer.from([0, 0]));
+    throwsCode(() => readIdx(p), 'IDX_TRUNCATED', p);
+  });
+
+  test('trailing bytes → IDX_SIZE_MISMATCH', () => {
+    const p = path.join(tmp, 'long-labels');
+    fs.writeFileSync(p, Buffer.concat([fs.readFileSync(file('t10k-labels-idx1-ubyte')), Buffer.from([1, 2])]));
+    throwsCode(() => readIdx(p), 'IDX_SIZE_MISMATCH', p);
+  });
+
+  test('wrong magic → IDX_BAD_MAGIC', () => {
+    const p = path.join(tmp, 'bad-magic');
+    const buf = Buffer.from(fs.readFileSync(file('t10k-labels-idx1-ubyte')));
+    buf[0] = 0x1f;
+    fs.writeFileSync(p, buf);
+    throwsCode(() => readIdx(p), 'IDX_BAD_MAGIC', p);
+  });
+
+  test('non-ubyte dtype → IDX_UNSUPPORTED_DTYPE', () => {
+    const p = path.join(tmp, 'float-dtype');
+    fs.writeFileSync(p, Buffer.from([0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0]));
+    throwsCode(() => readIdx(p), 'IDX_UNSUPPORTED_DTYPE', p, '0x0d');
+  });
+
+  test('corrupt .gz → IDX_BAD_GZIP', () => {
+    const p = path.join(tmp, 'garbage.gz');
+    fs.writeFileSync(p, Buffer.from('not gzip at all'));
+    throwsCode(() => readIdx(p), 'IDX_BAD_GZIP', p);
+  });
+
+  test('missing file / dir → IDX_MISSING naming the paths', () => {
+    const missing = path.join(tmp, 'nope', 'train-images-idx3-ubyte');
+    throwsCode(() => readIdx(missing), 'IDX_MISSING', missing);
+    const missingDir = path.join(tmp, 'no-such-dir');
+    const raw = path.join(missingDir, 'train-images-idx3-ubyte');
+    throwsCode(() => loadMnist('train', missingDir), 'IDX_MISSING', raw, `${raw}.gz`);
+  });
+
+  test('image/label count mismatch → MNIST_MISMATCH', () => {
+    const mixed = path.join(tmp, 'mixed');
+    fs.mkdirSync(mixed);
+    fs.symlinkSync(file('t10k-images-idx3-ubyte'), path.join(mixed, 't10k-images-idx3-ubyte'));
+    fs.symlinkSync(file('train-labels-idx1-ubyte'), path.join(mixed, 't10k-labels-idx1-ubyte'));
+    throwsCode(() => loadMnist('test', mixed), 'MNIST_MISMATCH', '10000', '60000');
+  });
+});
+
+test('toUnitRange maps 0→-1, 255→1, monotonic in between', () => {
+  const px = new Uint8Array([0, 64, 127, 128, 255]);
+  const out = toUnitRange(px, new Float32Array(px.length));
+  assert.equal(out[0], -1);
+  assert.equal(out[4], 1);
+  for (let i = 1; i < out.length; i++) assert.ok(out[i] > out[i - 1]);
+  assert.ok(Math.abs(out[2]) < 0.01 && Math.abs(out[3]) < 0.01);
+  assert.throws(() => toUnitRange(px, new Float32Array(2)), RangeError);
+});

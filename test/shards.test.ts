@@ -1,0 +1,109 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { planShards, gatherImages, shardChanged, type ShardAssignment } from '../src/data/shards';
+import { GanfleetError } from '../src/util/errors';
+import { Rng } from '../src/util/rng';
+
+const TOTAL = 60000;
+const perm = new Rng(1234).permutation(TOTAL);
+const ids = (n: number) => Array.from({ length: n }, (_, i) => `w${i}`);
+
+/** Asserts the shards partition 0..total-1 and are balanced to within 1, bigger ones first. */
+function assertPartition(shards: ShardAssignment[], total: number): void {
+  const seen = new Uint8Array(total);
+  for (const s of shards) {
+    for (const idx of s.indices) {
+      assert.ok(idx < total);
+      assert.equal(seen[idx], 0, `index ${idx} assigned twice`);
+      seen[idx] = 1;
+    }
+  }
+  assert.ok(seen.every((v) => v === 1), 'some index not assigned');
+  const sizes = shards.map((s) => s.indices.length);
+  assert.ok(Math.max(...sizes) - Math.min(...sizes) <= 1);
+  const extra = total % shards.length;
+  sizes.forEach((sz, w) => assert.equal(sz, Math.floor(total / shards.length) + (w < extra ? 1 : 0)));
+}
+
+test('1..8 workers over 60000 shuffled indices partition the set', () => {
+  for (let n = 1; n <= 8; n++) {
+    const shards = planShards(perm, ids(n));
+    assert.deepEqual(shards.map((s) => s.workerId), ids(n));
+    assertPartition(shards, TOTAL);
+  }
+});
+
+test('uneven split: first total % n workers get the extra index', () => {
+  const shards = planShards(new Rng(7).permutation(10), ids(4));
+  assert.deepEqual(shards.map((s) => s.indices.length), [3, 3, 2, 2]);
+  assertPartition(shards, 10);
+  // More workers than indices: some shards are empty but it is still a partition.
+  assertPartition(planShards(new Rng(7).permutation(3), ids(5)), 3);
+});
+
+test('rebalance n→n+1 and n→n-1 still partitions; unchanged plan resends nothing', () => {
+  for (let n = 1; n <= 8; n++) {
+    const before = planShards(perm, ids(n));
+    const byId = new Map(before.map((s) => [s.workerId, s]));
+    assert.ok(planShards(perm, ids(n)).every((s) => !shardChanged(byId.get(s.workerId), s)));
+
+    const grown = planShards(perm, ids(n + 1));
+    assertPartition(grown, TOTAL);
+    // The newcomer never had a shard, so it must be sent one.
+    assert.ok(shardChanged(byId.get(`w${n}`), grown[n]));
+
+    if (n > 1) {
+      const shrunk = planShards(perm, ids(n - 1));
+      assertPartition(shrunk, TOTAL);
+      assert.ok(shrunk.some((s) => shardChanged(byId.get(s.workerId), s)));
+    }
+  }
+});
+
+test('plans do not alias the permutation buffer', () => {
+  const p = new Rng(3).permutation(100);
+  const [s] = planShards(p, ['a']);
+  p[0] ^= 1;
+  assert.notEqual(s.indices[0], p[0]);
+});
+
+test('shardChanged compares index lists', () => {
+  const a = { workerId: 'a', indices: Uint32Array.of(1, 2, 3) };
+  assert.equal(shardChanged(a, { workerId: 'a', indices: Uint32Array.of(1, 2, 3) }), false);
+  assert.equal(shardChanged(a, { workerId: 'a', indices: Uint32Array.of(1, 2, 4) }), true);
+  assert.equal(shardChanged(a, { workerId: 'a', indices: Uint32Array.of(1, 2) }), true);
+  assert.equal(shardChanged(undefined, a), true);
+});
+
+test('gatherImages copies the selected images contiguously', () => {
+  const size = 784;
+  const count = 50;
+  const images = new Uint8Array(count * size);
+  for (let i = 0; i < count; i++) {
+    for (let j = 0; j < size; j++) images[i * size + j] = (i * 7 + j) & 0xff;
+  }
+  const indices = Uint32Array.of(49, 0, 17, 17);
+  const out = gatherImages(images, indices);
+  assert.equal(out.length, indices.length * size);
+  indices.forEach((idx, k) => {
+    assert.deepEqual(out.subarray(k * size, (k + 1) * size), images.subarray(idx * size, (idx + 1) * size));
+  });
+  // Custom image size.
+  assert.deepEqual(gatherImages(Uint8Array.of(1, 2, 3, 4, 5, 6), Uint32Array.of(2, 0), 2), Uint8Array.of(5, 6, 1, 2));
+  assert.equal(gatherImages(images, new Uint32Array(0)).length, 0);
+  assert.throws(
+    () => gatherImages(images, Uint32Array.of(count)),
+    (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_INDEX_OUT_OF_RANGE',
+  );
+});
+
+test('zero or duplicate workers are rejected', () => {
+  assert.throws(
+    () => planShards(perm, []),
+    (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_NO_WORKERS',
+  );
+  assert.throws(
+    () => planShards(perm, ['a', 'b', 'a']),
+    (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_DUPLICATE_WORKER' && e.message.includes('"a"'),
+  );
+});
