@@ -1,10 +1,13 @@
 /**
  * The one place ganfleet imports TensorFlow.js. Importing tfjs-core alone
  * registers no gradients, and the autodiff paths (the reference gradients the
- * fast paths are tested against, and conv models) need them.
+ * fast paths are tested against, and conv models) need them. tfjs-core's own
+ * register_all_gradients is ESM-only; the @tensorflow/tfjs bundle registers
+ * them (into the process-global registry) from CommonJS, and is the same
+ * package @tensorflow/tfjs-node(-gpu) loads, so one copy of tfjs-core serves both.
  */
 import * as tf from '@tensorflow/tfjs-core';
-import '@tensorflow/tfjs-core/dist/register_all_gradients';
+import '@tensorflow/tfjs';
 
 export { tf };
 export type Tensors = Record<string, tf.Tensor>;

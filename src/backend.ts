@@ -1,0 +1,74 @@
+import { tf } from './model/tf';
+
+export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+
+export interface BackendSelection {
+  /** The tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu'. */
+  name: string;
+  /** Which package provided it, and why the ones before it were skipped. */
+  notes: string[];
+}
+
+/**
+ * The native TensorFlow bindings are optional peers: this repo never installs
+ * them (their install script downloads libtensorflow). A GPU user runs
+ * `npm i @tensorflow/tfjs-node-gpu@<our tfjs-core version>`; a different
+ * version would bring its own copy of tfjs-core and register its backend there,
+ * where this process would never see it, so that is refused with the fix.
+ */
+const NATIVE_PACKAGES = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'];
+
+function tryNative(pkg: string): string | null {
+  let version: string;
+  try {
+    version = require(`${pkg}/package.json`).version;
+  } catch {
+    return `${pkg} is not installed`;
+  }
+  if (version !== tf.version_core) {
+    return `${pkg}@${version} does not match @tensorflow/tfjs-core@${tf.version_core}; run npm i ${pkg}@${tf.version_core}`;
+  }
+  try {
+    require(pkg);
+  } catch (e) {
+    return `${pkg}@${version} failed to load: ${(e as Error).message.split('\n')[0]}`;
+  }
+  return null;
+}
+
+async function activate(name: string): Promise<boolean> {
+  if (name === 'wasm') require('@tensorflow/tfjs-backend-wasm');
+  if (name === 'cpu') require('@tensorflow/tfjs-backend-cpu');
+  return tf.setBackend(name);
+}
+
+export async function selectBackend(choice: BackendChoice): Promise<BackendSelection> {
+  const notes: string[] = [];
+  const native = choice === 'auto' || choice === 'tensorflow';
+  if (native) {
+    for (const pkg of NATIVE_PACKAGES) {
+      const why = tryNative(pkg);
+      if (why === null && (await activate('tensorflow'))) {
+        notes.push(`using ${pkg}`);
+        return { name: 'tensorflow', notes };
+      }
+      notes.push(`skipped ${why ?? `${pkg}: the tensorflow backend did not initialise`}`);
+    }
+    if (choice === 'tensorflow') {
+      throw new Error(`--backend tensorflow: no native backend could be loaded (${notes.join('; ')})`);
+    }
+  }
+  for (const name of choice === 'auto' ? ['wasm', 'cpu'] : [choice]) {
+    try {
+      if (await activate(name)) {
+        notes.push(`using ${name}`);
+        return { name, notes };
+      }
+      notes.push(`skipped ${name}: it did not initialise`);
+    } catch (e) {
+      notes.push(`skipped ${name}: ${(e as Error).message}`);
+    }
+  }
+  throw new Error(`no TensorFlow.js backend could be started (${notes.join('; ')})`);
+}

@@ -1,0 +1,151 @@
+import { Packr } from 'msgpackr';
+import { GanfleetError } from '../util/errors';
+import { CoordinatorMessage, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
+
+/** Why a frame was rejected; also the `reason` label of ganfleet_rejected_messages_total. */
+export type RejectReason =
+  | 'bad_frame'
+  | 'bad_version'
+  | 'bad_type'
+  | 'bad_field'
+  | 'bad_size'
+  | 'not_finite'
+  | 'wrong_step'
+  | 'unexpected';
+
+export class ProtocolError extends GanfleetError {
+  constructor(
+    readonly reason: RejectReason,
+    message: string,
+  ) {
+    super(`PROTOCOL_${reason.toUpperCase()}`, message);
+  }
+}
+
+// Records (msgpackr's extension for repeated object shapes) would make the
+// stream stateful; plain maps keep every frame self-describing.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export function encode(msg: Message): Buffer {
+  return packr.pack(msg);
+}
+
+type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';
+type Schema = Record<string, [FieldKind, 'required' | 'optional']>;
+
+const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
+  hello: { name: ['string', 'required'], backend: ['string', 'required'], pid: ['count', 'required'], hostname: ['string', 'required'] },
+  gradients: {
+    step: ['count', 'required'],
+    phase: ['phase', 'required'],
+    samples: ['count', 'required'],
+    gradients: ['f32', 'required'],
+    loss: ['number', 'required'],
+    dReal: ['number', 'optional'],
+    dFake: ['number', 'required'],
+    computeSeconds: ['number', 'required'],
+  },
+  error: { code: ['string', 'required'], message: ['string', 'required'] },
+};
+
+const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
+  welcome: {
+    workerId: ['string', 'required'],
+    arch: ['string', 'required'],
+    generatorSize: ['count', 'required'],
+    discriminatorSize: ['count', 'required'],
+    batchSize: ['count', 'required'],
+    seed: ['count', 'required'],
+  },
+  shard: { plan: ['count', 'required'], count: ['count', 'required'], images: ['u8', 'required'] },
+  weights: {
+    step: ['count', 'required'],
+    phase: ['phase', 'required'],
+    generator: ['f32', 'optional'],
+    discriminator: ['f32', 'optional'],
+  },
+  stop: { reason: ['string', 'required'] },
+  error: { code: ['string', 'required'], message: ['string', 'required'] },
+};
+
+/** Decodes and structurally validates a frame from a worker. Throws ProtocolError. */
+export function decodeWorkerMessage(frame: Uint8Array): WorkerMessage {
+  return decode(frame, WORKER_SCHEMAS) as WorkerMessage;
+}
+
+/** Decodes and structurally validates a frame from the coordinator. Throws ProtocolError. */
+export function decodeCoordinatorMessage(frame: Uint8Array): CoordinatorMessage {
+  return decode(frame, COORDINATOR_SCHEMAS) as CoordinatorMessage;
+}
+
+function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
+  let raw: unknown;
+  try {
+    raw = packr.unpack(frame);
+  } catch (e) {
+    throw new ProtocolError('bad_frame', `not a msgpack frame: ${(e as Error).message}`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ProtocolError('bad_frame', 'a message must be a msgpack map');
+  }
+  const obj = raw as Record<string, unknown>;
+  if (obj.v !== PROTOCOL_VERSION) {
+    throw new ProtocolError('bad_version', `protocol version ${String(obj.v)} is not ${PROTOCOL_VERSION}`);
+  }
+  const type = obj.type;
+  if (typeof type !== 'string' || !Object.prototype.hasOwnProperty.call(schemas, type)) {
+    throw new ProtocolError('bad_type', `unexpected message type ${JSON.stringify(type)}`);
+  }
+  const schema = schemas[type];
+  const out: Record<string, unknown> = { v: obj.v, type };
+  for (const [field, [kind, presence]] of Object.entries(schema)) {
+    const value = obj[field];
+    if (value === undefined || value === null) {
+      if (presence === 'required') throw new ProtocolError('bad_field', `${type}.${field} is missing`);
+      continue;
+    }
+    out[field] = checkField(type, field, kind, value);
+  }
+  return out as unknown as Message;
+}
+
+function checkField(type: string, field: string, kind: FieldKind, value: unknown): unknown {
+  const bad = (what: string) => new ProtocolError('bad_field', `${type}.${field} must be ${what}`);
+  switch (kind) {
+    case 'string':
+      if (typeof value !== 'string' || value.length > 1024) throw bad('a string of at most 1024 characters');
+      return value;
+    case 'count':
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad('a non-negative integer');
+      return value;
+    case 'number':
+      if (typeof value !== 'number') throw bad('a number');
+      if (!Number.isFinite(value)) throw new ProtocolError('not_finite', `${type}.${field} is not finite`);
+      return value;
+    case 'phase':
+      if (value !== 'discriminator' && value !== 'generator') throw bad('"discriminator" or "generator"');
+      return value;
+    case 'u8':
+      if (!(value instanceof Uint8Array)) throw bad('binary');
+      return value;
+    case 'f32':
+      if (!(value instanceof Uint8Array)) throw bad('binary float32 data');
+      if (value.byteLength % 4 !== 0) throw new ProtocolError('bad_size', `${type}.${field} has ${value.byteLength} bytes, not a whole number of float32s`);
+      return float32View(value);
+  }
+}
+
+/** Zero-copy when the bytes are 4-byte aligned (the usual case), one copy otherwise. */
+function float32View(bytes: Uint8Array): Float32Array {
+  if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+  return new Float32Array(bytes.slice().buffer);
+}
+
+/** Index of the first non-finite value, or -1. A NaN gradient must never reach Adam. */
+export function firstNonFinite(values: Float32Array): number {
+  for (let i = 0; i < values.length; i++) {
+    const x = values[i];
+    if (x - x !== 0) return i;
+  }
+  return -1;
+}

@@ -1,0 +1,96 @@
+/**
+ * The wire protocol. Every message is a versioned member of a discriminated
+ * union; coordinator and worker each accept only their own side's union.
+ * Float arrays travel as raw little-endian bytes (msgpack bin), never as
+ * arrays of numbers.
+ */
+export const PROTOCOL_VERSION = 1;
+
+export type Phase = 'discriminator' | 'generator';
+
+/** worker → coordinator, first message on a new connection. */
+export interface Hello {
+  v: number;
+  type: 'hello';
+  name: string;
+  backend: string;
+  pid: number;
+  hostname: string;
+}
+
+/** coordinator → worker: admitted; what to build and how to draw its batches. */
+export interface Welcome {
+  v: number;
+  type: 'welcome';
+  workerId: string;
+  arch: string;
+  /** Flat parameter counts; a worker whose build of `arch` differs refuses to start. */
+  generatorSize: number;
+  discriminatorSize: number;
+  batchSize: number;
+  seed: number;
+}
+
+/** coordinator → worker: this worker's slice of the training set, uint8 pixels, n×784. */
+export interface Shard {
+  v: number;
+  type: 'shard';
+  /** Bumped on every rebalance, so logs and metrics can tell plans apart. */
+  plan: number;
+  count: number;
+  images: Uint8Array;
+}
+
+/**
+ * coordinator → worker: compute `phase` gradients for `step`. Carries only
+ * the networks that changed since this worker last received them (G for a D
+ * round, D for a G round); a worker that just joined gets both.
+ */
+export interface Weights {
+  v: number;
+  type: 'weights';
+  step: number;
+  phase: Phase;
+  generator?: Float32Array;
+  discriminator?: Float32Array;
+}
+
+/** worker → coordinator: the mean gradient over its batch, with the batch statistics. */
+export interface Gradients {
+  v: number;
+  type: 'gradients';
+  step: number;
+  phase: Phase;
+  samples: number;
+  gradients: Float32Array;
+  loss: number;
+  /** Mean D(x); discriminator rounds only. */
+  dReal?: number;
+  /** Mean D(G(z)). */
+  dFake: number;
+  computeSeconds: number;
+}
+
+/** coordinator → worker: training is over (or this worker is dismissed); exit. */
+export interface Stop {
+  v: number;
+  type: 'stop';
+  reason: string;
+}
+
+/** Either side: the peer sent something unacceptable. */
+export interface ErrorMessage {
+  v: number;
+  type: 'error';
+  code: string;
+  message: string;
+}
+
+export type CoordinatorMessage = Welcome | Shard | Weights | Stop | ErrorMessage;
+export type WorkerMessage = Hello | Gradients | ErrorMessage;
+export type Message = CoordinatorMessage | WorkerMessage;
+
+/** Builds a message with the current version filled in. */
+export function message<M extends Message>(body: Omit<M, 'v'>): M {
+  return { v: PROTOCOL_VERSION, ...body } as M;
+}

@@ -1,0 +1,98 @@
+import { describe, test, before } from 'node:test';
+import { selectBackend } from '../src/backend';
+import { averageGradients } from '../src/coordinator/aggregate';
+import { loadMnist, toUnitRange, IMAGE_SIZE } from '../src/data/mnist';
+import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
+import { GanModel, StepOutput, createModel, disposeTensors } from '../src/model';
+import { tf, Tensors } from '../src/model/tf';
+import { Rng } from '../src/util/rng';
+import { assertClose } from './helpers';
+
+const UNION = 96;
+const train = loadMnist('train');
+
+function realBatch(start: number, n: number): tf.Tensor2D {
+  const x = toUnitRange(train.images.subarray(start * IMAGE_SIZE, (start + n) * IMAGE_SIZE), new Float32Array(n * IMAGE_SIZE));
+  return tf.tensor2d(x, [n, IMAGE_SIZE]);
+}
+
+/** Rows [start, start+n) of a 2-D tensor, as its own tensor. */
+function rows(t: tf.Tensor2D, start: number, n: number): tf.Tensor2D {
+  return tf.slice(t, [start, 0], [n, t.shape[1]]);
+}
+
+for (const backend of ['cpu', 'wasm'] as const) {
+  describe(`MLP gradients on ${backend}`, () => {
+    let model: GanModel;
+    let g: Tensors;
+    let d: Tensors;
+    let real: tf.Tensor2D;
+    let z: tf.Tensor2D;
+
+    before(async () => {
+      await selectBackend(backend);
+      model = createModel('mlp');
+      const rng = new Rng(7);
+      const p = model.init(rng);
+      // Non-zero biases, so their gradients are exercised too.
+      for (const flat of [p.generator, p.discriminator]) for (let i = 0; i < flat.length; i++) flat[i] += 0.01 * Math.sin(i);
+      g = model.generatorLayout.toTensors(p.generator);
+      d = model.discriminatorLayout.toTensors(p.discriminator);
+      real = realBatch(0, UNION);
+      z = tf.tensor2d(rng.fillNormal(new Float32Array(UNION * model.zDim)), [UNION, model.zDim]);
+    });
+
+    function assertSameStep(actual: StepOutput, expected: StepOutput, what: string): void {
+      assertClose(actual.gradients, expected.gradients, 2e-6, 2e-4, `${what} gradients`);
+      assertClose([actual.loss, actual.dFake, actual.dReal ?? 0], [expected.loss, expected.dFake, expected.dReal ?? 0], 1e-5, 1e-5, `${what} stats`);
+    }
+
+    test('hand-written D step equals autodiff', () => {
+      assertSameStep(model.discriminatorStep(g, d, real, z), autodiffDiscriminatorStep(model, g, d, real, z), 'D');
+    });
+
+    test('hand-written G step equals autodiff', () => {
+      assertSameStep(model.generatorStep(g, d, z), autodiffGeneratorStep(model, g, d, z), 'G');
+    });
+
+    // The data-parallel invariant: each worker's gradient is its batch mean, so the
+    // sample-weighted average over workers is the gradient of the mean over the union.
+    for (const split of [[48, 48], [32, 40, 24]]) {
+      test(`average over ${split.length} workers (${split.join('+')}) equals the gradient on the union`, () => {
+        const parts = (step: (real: tf.Tensor2D, z: tf.Tensor2D) => StepOutput) => {
+          let at = 0;
+          return split.map((n) => {
+            const [r, zz] = [rows(real, at, n), rows(z, at, n)];
+            at += n;
+            const out = step(r, zz);
+            r.dispose();
+            zz.dispose();
+            return { gradients: out.gradients, samples: n };
+          });
+        };
+        const dUnion = model.discriminatorStep(g, d, real, z).gradients;
+        const dParts = parts((r, zz) => model.discriminatorStep(g, d, r, zz));
+        assertClose(averageGradients(dParts, new Float32Array(dUnion.length)), dUnion, 2e-6, 2e-4, 'D average');
+        const gUnion = model.generatorStep(g, d, z).gradients;
+        const gParts = parts((_r, zz) => model.generatorStep(g, d, zz));
+        assertClose(averageGradients(gParts, new Float32Array(gUnion.length)), gUnion, 2e-6, 2e-4, 'G average');
+      });
+    }
+
+    test('steps leave no tensors behind', () => {
+      const before = tf.memory().numTensors;
+      for (let i = 0; i < 3; i++) {
+        model.discriminatorStep(g, d, real, z);
+        model.generatorStep(g, d, z);
+      }
+      if (tf.memory().numTensors !== before) throw new Error(`${tf.memory().numTensors - before} tensors leaked`);
+    });
+
+    test('cleanup', () => {
+      disposeTensors(g);
+      disposeTensors(d);
+      real.dispose();
+      z.dispose();
+    });
+  });
+}
