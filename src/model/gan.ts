@@ -2,8 +2,6 @@ import { Rng } from '../util/rng';
 import { ParameterLayout } from './layout';
 import { tf, Tensors } from './tf';
 
-export const IMAGE_PIXELS = 784;
-
 /** What one worker returns for one round: the mean gradient over its batch and the batch's statistics. */
 export interface StepOutput {
   gradients: Float32Array;
@@ -37,6 +35,13 @@ export interface GanModel {
   generate(g: Tensors, z: tf.Tensor2D): tf.Tensor2D;
   /** D(x) as logits, N×1 (the sigmoid lives in the loss). */
   discriminate(d: Tensors, x: tf.Tensor2D): tf.Tensor2D;
+
+  /**
+   * G as a Keras/TensorFlow.js layers topology (model.json's modelTopology),
+   * and the manifest name of each generator layout entry, so the trained G
+   * loads with tf.loadLayersModel without ganfleet.
+   */
+  generatorTopology(): { topology: object; weightNames: Record<string, string> };
 
   /** Gradient of the D loss (real labelled 1, G(z) labelled 0) w.r.t. D's parameters. */
   discriminatorStep(g: Tensors, d: Tensors, real: tf.Tensor2D, z: tf.Tensor2D): StepOutput;

@@ -1,5 +1,6 @@
 import { Rng } from '../util/rng';
-import { GanModel, GanParameters, IMAGE_PIXELS, StepOutput, readStep } from './gan';
+import { IMAGE_SIZE } from '../data/mnist';
+import { GanModel, GanParameters, StepOutput, readStep } from './gan';
 import { ParameterLayout } from './layout';
 import { bceWithLogits } from './losses';
 import { scoped, tf, Tensors } from './tf';
@@ -25,11 +26,11 @@ export class MlpGan implements GanModel {
   readonly generatorLayout = new ParameterLayout([
     { name: 'g/dense1/kernel', shape: [Z_DIM, HIDDEN] },
     { name: 'g/dense1/bias', shape: [HIDDEN] },
-    { name: 'g/dense2/kernel', shape: [HIDDEN, IMAGE_PIXELS] },
-    { name: 'g/dense2/bias', shape: [IMAGE_PIXELS] },
+    { name: 'g/dense2/kernel', shape: [HIDDEN, IMAGE_SIZE] },
+    { name: 'g/dense2/bias', shape: [IMAGE_SIZE] },
   ]);
   readonly discriminatorLayout = new ParameterLayout([
-    { name: 'd/dense1/kernel', shape: [IMAGE_PIXELS, HIDDEN] },
+    { name: 'd/dense1/kernel', shape: [IMAGE_SIZE, HIDDEN] },
     { name: 'd/dense1/bias', shape: [HIDDEN] },
     { name: 'd/dense2/kernel', shape: [HIDDEN, 1] },
     { name: 'd/dense2/bias', shape: [1] },
@@ -39,6 +40,30 @@ export class MlpGan implements GanModel {
     return {
       generator: glorotInit(this.generatorLayout, rng),
       discriminator: glorotInit(this.discriminatorLayout, rng),
+    };
+  }
+
+  generatorTopology(): { topology: object; weightNames: Record<string, string> } {
+    const denseLayer = (name: string, units: number, activation: string, extra: object = {}) => ({
+      class_name: 'Dense',
+      config: { name, units, activation, use_bias: true, trainable: true, dtype: 'float32', ...extra },
+    });
+    return {
+      topology: {
+        class_name: 'Sequential',
+        config: {
+          name: 'generator',
+          layers: [
+            denseLayer('dense1', HIDDEN, 'linear', { batch_input_shape: [null, Z_DIM] }),
+            { class_name: 'LeakyReLU', config: { name: 'leaky1', alpha: ALPHA, trainable: true, dtype: 'float32' } },
+            denseLayer('dense2', IMAGE_SIZE, 'tanh'),
+            { class_name: 'Reshape', config: { name: 'image', target_shape: [28, 28, 1], trainable: true, dtype: 'float32' } },
+          ],
+        },
+        keras_version: 'tfjs-layers 4.22.0',
+        backend: 'tensor_flow.js',
+      },
+      weightNames: Object.fromEntries(this.generatorLayout.entries.map((e) => [e.name, e.name.replace(/^g\//, '')])),
     };
   }
 

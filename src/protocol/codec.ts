@@ -27,7 +27,13 @@ export class ProtocolError extends GanfleetError {
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 export function encode(msg: Message): Buffer {
-  return packr.pack(msg);
+  const wire: Record<string, unknown> = { ...msg };
+  for (const [k, v] of Object.entries(wire)) {
+    // msgpackr writes a Float32Array into a bin element by element, truncating
+    // each float to a byte; a Uint8Array view of the same memory packs its raw bytes.
+    if (v instanceof Float32Array) wire[k] = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+  }
+  return packr.pack(wire);
 }
 
 type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';
@@ -138,7 +144,8 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
 /** Zero-copy when the bytes are 4-byte aligned (the usual case), one copy otherwise. */
 function float32View(bytes: Uint8Array): Float32Array {
   if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-  return new Float32Array(bytes.slice().buffer);
+  // A fresh Uint8Array copy (Buffer#slice would be a view of the same pool).
+  return new Float32Array(new Uint8Array(bytes).buffer);
 }
 
 /** Index of the first non-finite value, or -1. A NaN gradient must never reach Adam. */

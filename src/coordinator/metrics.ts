@@ -1,0 +1,105 @@
+import http from 'node:http';
+import { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { RejectReason } from '../protocol/codec';
+import { Phase } from '../protocol/messages';
+
+/** Where a round's time goes; the label of ganfleet_round_phase_seconds_total. */
+export type RoundPart = 'encode' | 'compute' | 'transfer' | 'aggregate' | 'optimizer';
+
+/**
+ * The coordinator's Prometheus series. Labels stay bounded: round, part,
+ * reason and worker id, never a step.
+ */
+export class CoordinatorMetrics {
+  readonly registry = new Registry();
+  readonly steps = this.counter('ganfleet_steps_total', 'Training steps completed (one D and one G update each).');
+  readonly images = this.counter('ganfleet_images_total', 'Real images consumed by discriminator rounds.');
+  readonly dLoss = this.gauge('ganfleet_d_loss', 'Discriminator loss of the last step (mean of the real and fake BCE).');
+  readonly gLoss = this.gauge('ganfleet_g_loss', 'Generator loss of the last step (non-saturating BCE).');
+  readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step.');
+  readonly dFake = this.gauge('ganfleet_d_fake', 'Mean D(G(z)) on generated images in the last step.');
+  readonly workers = this.gauge('ganfleet_workers_connected', 'Workers connected to the coordinator.');
+  readonly sentBytes = this.counter('ganfleet_sent_bytes_total', 'Bytes sent to workers.');
+  readonly receivedBytes = this.counter('ganfleet_received_bytes_total', 'Bytes received from workers.');
+  readonly roundDuration = new Histogram({
+    name: 'ganfleet_round_duration_seconds',
+    help: 'Wall time of one round, from broadcast to the optimizer update.',
+    labelNames: ['round'] as const,
+    buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
+    registers: [this.registry],
+  });
+  readonly roundPartSeconds = new Counter({
+    name: 'ganfleet_round_phase_seconds_total',
+    help: 'Round time by phase: encode, compute (slowest worker), transfer (wait minus compute), aggregate, optimizer.',
+    labelNames: ['phase'] as const,
+    registers: [this.registry],
+  });
+  readonly rejected = new Counter({
+    name: 'ganfleet_rejected_messages_total',
+    help: 'Messages from workers rejected, by reason.',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly workerComputeSeconds = new Counter({
+    name: 'ganfleet_worker_compute_seconds_total',
+    help: 'Gradient compute time reported by each worker.',
+    labelNames: ['worker'] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'ganfleet_' });
+  }
+
+  observeRound(round: Phase, seconds: number, parts: Record<RoundPart, number>): void {
+    this.roundDuration.observe({ round }, seconds);
+    for (const [part, s] of Object.entries(parts)) this.roundPartSeconds.inc({ phase: part }, s);
+  }
+
+  reject(reason: RejectReason): void {
+    this.rejected.inc({ reason });
+  }
+
+  private counter(name: string, help: string): Counter {
+    return new Counter({ name, help, registers: [this.registry] });
+  }
+
+  private gauge(name: string, help: string): Gauge {
+    return new Gauge({ name, help, registers: [this.registry] });
+  }
+}
+
+/** Serves /metrics and /healthz. Resolves once listening. */
+export async function serveMetrics(registry: Registry, host: string, port: number): Promise<http.Server> {
+  const server = http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method === 'GET' && path === '/metrics') {
+      registry.metrics().then(
+        (body) => {
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(body);
+        },
+        (e: Error) => {
+          res.writeHead(500);
+          res.end(e.message);
+        },
+      );
+    } else if (req.method === 'GET' && path === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('ok\n');
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain' });
+      res.end('not found\n');
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}
+
+export function boundPort(server: { address(): AddressInfo | string | null }): number {
+  return (server.address() as AddressInfo).port;
+}

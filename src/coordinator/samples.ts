@@ -1,0 +1,42 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { GanModel } from '../model';
+import { scoped, tf } from '../model/tf';
+import { Rng } from '../util/rng';
+import { encodePng, imageGrid } from './png';
+
+const GRID = 5;
+
+/**
+ * Writes 5×5 sample grids from one fixed noise batch, so grids from
+ * different steps (and resumed runs) show the same 25 latent points.
+ */
+export class SampleWriter {
+  private readonly noise: Float32Array;
+
+  constructor(
+    private readonly model: GanModel,
+    readonly dir: string,
+    seed: number,
+  ) {
+    this.noise = new Rng(seed).fillNormal(new Float32Array(GRID * GRID * model.zDim));
+    fs.mkdirSync(dir, { recursive: true });
+  }
+
+  /** Renders the grid as PNG bytes. */
+  render(generator: Float32Array): Buffer {
+    const images = scoped(() => {
+      const g = this.model.generatorLayout.toTensors(generator);
+      const z = tf.tensor2d(this.noise, [GRID * GRID, this.model.zDim]);
+      return this.model.generate(g, z).dataSync() as Float32Array;
+    });
+    const grid = imageGrid(images, GRID * GRID, GRID, GRID);
+    return encodePng(grid.width, grid.height, grid.pixels, 1);
+  }
+
+  write(step: number, generator: Float32Array): string {
+    const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
+    fs.writeFileSync(file, this.render(generator));
+    return file;
+  }
+}

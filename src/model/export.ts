@@ -1,0 +1,23 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { GanModel } from './gan';
+
+/**
+ * Writes G as a TensorFlow.js LayersModel: `model.json` plus `weights.bin`
+ * (little-endian float32 in manifest order, which is the layout order).
+ */
+export function exportGenerator(model: GanModel, generator: Float32Array, dir: string): void {
+  model.generatorLayout.checkLength(generator);
+  const { topology, weightNames } = model.generatorTopology();
+  const weights = model.generatorLayout.entries.map((e) => ({ name: weightNames[e.name], shape: [...e.shape], dtype: 'float32' }));
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'weights.bin'), Buffer.from(generator.buffer, generator.byteOffset, generator.byteLength));
+  const modelJson = {
+    format: 'layers-model',
+    generatedBy: 'ganfleet',
+    convertedBy: null,
+    modelTopology: topology,
+    weightsManifest: [{ paths: ['weights.bin'], weights }],
+  };
+  fs.writeFileSync(path.join(dir, 'model.json'), JSON.stringify(modelJson, null, 2) + '\n');
+}

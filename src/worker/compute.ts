@@ -1,0 +1,105 @@
+import { IMAGE_SIZE, toUnitRange } from '../data/mnist';
+import { GanModel, StepOutput, disposeTensors } from '../model';
+import { tf, Tensors } from '../model/tf';
+import { Phase } from '../protocol/messages';
+import { GanfleetError } from '../util/errors';
+import { Rng } from '../util/rng';
+
+/**
+ * A worker's compute state: its shard, the networks as it last received
+ * them, and its own seeded RNG for batch indices and noise. One step draws
+ * one real batch and one noise batch; the G round reuses the D round's
+ * noise (as the PyTorch anchor does), since G has not changed in between.
+ */
+export class ShardCompute {
+  private shard: Uint8Array | null = null;
+  private shardCount = 0;
+  private generator: Tensors | null = null;
+  private discriminator: Tensors | null = null;
+  private noise: tf.Tensor2D | null = null;
+  private noiseStep = -1;
+  private readonly rng: Rng;
+  private readonly realBuffer: Float32Array;
+  private readonly pixelBuffer: Uint8Array;
+  private readonly noiseBuffer: Float32Array;
+
+  constructor(
+    private readonly model: GanModel,
+    private readonly batchSize: number,
+    seed: number,
+  ) {
+    this.rng = new Rng(seed);
+    this.realBuffer = new Float32Array(batchSize * IMAGE_SIZE);
+    this.pixelBuffer = new Uint8Array(batchSize * IMAGE_SIZE);
+    this.noiseBuffer = new Float32Array(batchSize * model.zDim);
+  }
+
+  setShard(images: Uint8Array, count: number): void {
+    if (count === 0 || images.length !== count * IMAGE_SIZE) {
+      throw new GanfleetError('WORKER_BAD_SHARD', `shard of ${count} images has ${images.length} bytes`);
+    }
+    this.shard = images;
+    this.shardCount = count;
+  }
+
+  get shardSize(): number {
+    return this.shardCount;
+  }
+
+  /** Replaces whichever networks the coordinator sent; the other stays as it was. */
+  updateWeights(generator?: Float32Array, discriminator?: Float32Array): void {
+    if (generator) {
+      const next = this.model.generatorLayout.toTensors(generator);
+      if (this.generator) disposeTensors(this.generator);
+      this.generator = next;
+    }
+    if (discriminator) {
+      const next = this.model.discriminatorLayout.toTensors(discriminator);
+      if (this.discriminator) disposeTensors(this.discriminator);
+      this.discriminator = next;
+    }
+  }
+
+  step(step: number, phase: Phase): StepOutput & { samples: number } {
+    if (!this.shard) throw new GanfleetError('WORKER_NO_SHARD', 'asked to compute before receiving a shard');
+    if (!this.generator || !this.discriminator) {
+      throw new GanfleetError('WORKER_NO_WEIGHTS', `asked for step ${step} before receiving both networks`);
+    }
+    const z = this.noiseFor(step);
+    let out: StepOutput;
+    if (phase === 'discriminator') {
+      const real = this.realBatch();
+      out = this.model.discriminatorStep(this.generator, this.discriminator, real, z);
+      real.dispose();
+    } else {
+      out = this.model.generatorStep(this.generator, this.discriminator, z);
+    }
+    return { ...out, samples: this.batchSize };
+  }
+
+  dispose(): void {
+    if (this.generator) disposeTensors(this.generator);
+    if (this.discriminator) disposeTensors(this.discriminator);
+    this.noise?.dispose();
+    this.generator = this.discriminator = this.noise = null;
+  }
+
+  /** Uniform with replacement from the shard, as the seed's np.random.randint. */
+  private realBatch(): tf.Tensor2D {
+    const shard = this.shard!;
+    for (let i = 0; i < this.batchSize; i++) {
+      const k = this.rng.int(this.shardCount);
+      this.pixelBuffer.set(shard.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), i * IMAGE_SIZE);
+    }
+    return tf.tensor2d(toUnitRange(this.pixelBuffer, this.realBuffer), [this.batchSize, IMAGE_SIZE]);
+  }
+
+  private noiseFor(step: number): tf.Tensor2D {
+    if (this.noiseStep !== step || !this.noise) {
+      this.noise?.dispose();
+      this.noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
+      this.noiseStep = step;
+    }
+    return this.noise;
+  }
+}
