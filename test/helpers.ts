@@ -1,4 +1,14 @@
 import assert from 'node:assert/strict';
+import path from 'node:path';
+
+/** The compiled CLI, run as a real child process. */
+export const CLI = path.join(__dirname, '..', 'src', 'cli.js');
+
+/** Value of an unlabelled series in a Prometheus text exposition. */
+export function metricValue(text: string, name: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line === undefined ? undefined : Number(line.slice(name.length + 1));
+}
 
 /** Element-wise |a - e| <= atol + rtol·|e|, reporting the worst index. */
 export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, atol: number, rtol = atol, what = ''): void {

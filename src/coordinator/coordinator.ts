@@ -263,7 +263,7 @@ export class Coordinator {
         }),
       ),
     );
-    this.log(`${peer.id} joined from ${address} (${hello.name}, backend ${hello.backend}); ${this.peers.size} connected`);
+    this.log(`${peer.id} joined from ${address} (${hello.name}, pid ${hello.pid}, backend ${hello.backend}); ${this.peers.size} connected`);
     this.membershipChanged = true;
     this.metrics.workers.set(this.peers.size);
     this.events.emit('peers');

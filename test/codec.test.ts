@@ -1,0 +1,114 @@
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Packr } from 'msgpackr';
+import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
+import { ErrorMessage, Gradients, Hello, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+
+const raw = new Packr({ useRecords: false });
+
+function floats(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = Math.sin(seed + i) * 10 ** ((i % 7) - 3);
+  return a;
+}
+
+function assertRejected(fn: () => unknown, reason: string): void {
+  assert.throws(fn, (e: unknown) => e instanceof ProtocolError && e.reason === reason);
+}
+
+describe('codec round trip', () => {
+  test('weights: float arrays come back bit for bit, as raw bytes on the wire', () => {
+    const generator = floats(114064, 1);
+    const discriminator = floats(100609, 2);
+    discriminator[5] = -0;
+    discriminator[6] = 1e-40; // subnormal
+    const frame = encode(message<Weights>({ type: 'weights', step: 7, phase: 'discriminator', generator, discriminator }));
+    // Raw float bytes plus a small envelope: never a JSON-like array of numbers.
+    assert.ok(frame.length < 4 * (generator.length + discriminator.length) + 200, `frame is ${frame.length} bytes`);
+    const m = decodeCoordinatorMessage(frame);
+    assert.equal(m.type, 'weights');
+    if (m.type !== 'weights') return;
+    assert.equal(m.step, 7);
+    assert.ok(m.generator instanceof Float32Array && m.discriminator instanceof Float32Array);
+    assert.deepEqual(new Uint8Array(m.generator.buffer, m.generator.byteOffset, m.generator.byteLength), new Uint8Array(generator.buffer));
+    assert.deepEqual(new Uint8Array(m.discriminator.buffer, m.discriminator.byteOffset, m.discriminator.byteLength), new Uint8Array(discriminator.buffer));
+  });
+
+  test('a float array at an unaligned offset is copied, not misread', () => {
+    // A 1-character name shifts the payload to an odd offset inside the frame.
+    const gradients = floats(33, 3);
+    const frame = encode(message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 3, gradients, loss: 0.5, dFake: 0.25, computeSeconds: 0.01 }));
+    for (const shift of [0, 1, 2, 3]) {
+      const shifted = Buffer.alloc(frame.length + shift);
+      frame.copy(shifted, shift);
+      const m = decodeWorkerMessage(shifted.subarray(shift));
+      assert.equal(m.type, 'gradients');
+      if (m.type === 'gradients') assert.deepEqual([...m.gradients], [...gradients]);
+    }
+  });
+
+  test('every message type survives', () => {
+    const hello = message<Hello>({ type: 'hello', name: 'n', backend: 'wasm', pid: 12, hostname: 'h' });
+    assert.deepEqual(decodeWorkerMessage(encode(hello)), hello);
+    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', generatorSize: 3, discriminatorSize: 4, batchSize: 128, seed: 99 });
+    assert.deepEqual(decodeCoordinatorMessage(encode(welcome)), welcome);
+    const images = new Uint8Array(784 * 2).map((_, i) => i % 256);
+    const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, images })));
+    assert.equal(shard.type, 'shard');
+    if (shard.type === 'shard') assert.deepEqual(new Uint8Array(shard.images), images);
+    const stop = message<Stop>({ type: 'stop', reason: 'done' });
+    assert.deepEqual(decodeCoordinatorMessage(encode(stop)), stop);
+    const error = message<ErrorMessage>({ type: 'error', code: 'X', message: 'y' });
+    assert.deepEqual(decodeWorkerMessage(encode(error)), error);
+  });
+});
+
+describe('codec rejects malformed frames', () => {
+  const good = { v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 2, gradients: new Uint8Array(8), loss: 1, dFake: 0.5, computeSeconds: 0 };
+
+  test('bytes that are not msgpack', () => {
+    assertRejected(() => decodeWorkerMessage(Buffer.from([0xc1, 0xff, 0x00])), 'bad_frame');
+    assertRejected(() => decodeWorkerMessage(Buffer.alloc(0)), 'bad_frame');
+  });
+  test('msgpack that is not a map', () => {
+    assertRejected(() => decodeWorkerMessage(raw.pack([1, 2, 3])), 'bad_frame');
+    assertRejected(() => decodeWorkerMessage(raw.pack('hello')), 'bad_frame');
+  });
+  test('wrong or missing version', () => {
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, v: 2 })), 'bad_version');
+    const { v: _v, ...noVersion } = good;
+    assertRejected(() => decodeWorkerMessage(raw.pack(noVersion)), 'bad_version');
+  });
+  test("unknown type, or the other side's type", () => {
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, type: 'launch' })), 'bad_type');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, type: 'weights' })), 'bad_type');
+    assertRejected(() => decodeCoordinatorMessage(raw.pack({ ...good })), 'bad_type');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, type: '__proto__' })), 'bad_type');
+  });
+  test('missing or mistyped fields', () => {
+    const { loss: _l, ...noLoss } = good;
+    assertRejected(() => decodeWorkerMessage(raw.pack(noLoss)), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: -1 })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: 1.5 })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, phase: 'both' })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, gradients: [1, 2] })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, loss: '1' })), 'bad_field');
+  });
+  test('float data that is not whole float32s', () => {
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, gradients: new Uint8Array(7) })), 'bad_size');
+  });
+  test('non-finite statistics', () => {
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, loss: NaN })), 'not_finite');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, dFake: Infinity })), 'not_finite');
+  });
+  test('unknown fields are dropped, not passed on', () => {
+    const m = decodeWorkerMessage(raw.pack({ ...good, extra: 'x' })) as unknown as Record<string, unknown>;
+    assert.equal(m.extra, undefined);
+  });
+});
+
+test('firstNonFinite finds NaN and ±Infinity', () => {
+  assert.equal(firstNonFinite(new Float32Array([1, 2, 3])), -1);
+  assert.equal(firstNonFinite(new Float32Array([1, NaN, 3])), 1);
+  assert.equal(firstNonFinite(new Float32Array([1, 2, -Infinity])), 2);
+});

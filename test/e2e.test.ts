@@ -1,0 +1,67 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PNG } from 'pngjs';
+import { CLI, metricValue } from './helpers';
+
+
+test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves rising metrics', { timeout: 120_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-e2e-'));
+  const child = spawn(
+    process.execPath,
+    [CLI, 'local', '--workers', '2', '--steps', '80', '--sample-every', '40', '--log-every', '20', '--metrics-port', '0', '--seed', '3', '--out', out],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stdout += d));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+
+  // Scrape /metrics while the run is going.
+  const steps: number[] = [];
+  let metricsText = '';
+  let running = true;
+  void exited.then(() => (running = false));
+  while (running) {
+    const url = /metrics on (http:\/\/\S+\/metrics)/.exec(stdout)?.[1];
+    if (url) {
+      try {
+        metricsText = await (await fetch(url)).text();
+        const v = metricValue(metricsText, 'ganfleet_steps_total');
+        if (v !== undefined) steps.push(v);
+      } catch {
+        // the server closes when the run ends
+      }
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const code = await exited;
+  assert.equal(code, 0, `exit code ${code}\n${stdout}`);
+
+  const distinct = [...new Set(steps)];
+  assert.ok(distinct.length >= 3, `steps counter seen as ${distinct.join(',')}`);
+  for (let i = 1; i < steps.length; i++) assert.ok(steps[i] >= steps[i - 1], 'the step counter never goes down');
+  assert.ok(distinct.some((s) => s > 0 && s < 80), 'scraped mid-run');
+  for (const name of ['ganfleet_workers_connected', 'ganfleet_images_total', 'ganfleet_d_loss', 'ganfleet_sent_bytes_total', 'ganfleet_process_resident_memory_bytes']) {
+    assert.ok(metricsText.includes(name), `${name} exported`);
+  }
+  assert.match(metricsText, /ganfleet_round_duration_seconds_bucket\{le="[^"]+",round="discriminator"\}/);
+  assert.match(metricsText, /ganfleet_worker_compute_seconds_total\{worker="w\d"\}/);
+
+  for (const step of ['000040', '000080']) {
+    const png = PNG.sync.read(fs.readFileSync(path.join(out, 'samples', `step-${step}.png`)));
+    assert.equal(png.width, 152);
+    assert.equal(png.height, 152);
+  }
+  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.steps, 80);
+  for (const k of ['dLoss', 'gLoss', 'dReal', 'dFake']) assert.ok(Number.isFinite(summary.last[k]), `${k} finite`);
+  assert.equal(summary.last.workers, 2);
+  assert.ok(fs.statSync(path.join(out, 'generator', 'weights.bin')).size === 114064 * 4);
+  assert.match(stdout, /step 80\/80 d_loss=\d/);
+  assert.match(stdout, /shard plan 1: w1=30000 w2=30000/);
+  fs.rmSync(out, { recursive: true, force: true });
+});
