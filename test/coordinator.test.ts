@@ -1,0 +1,160 @@
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import WebSocket from 'ws';
+import { KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
+import { CoordinatorConfig } from '../src/coordinator/config';
+import { decodeCoordinatorMessage, encode } from '../src/protocol/codec';
+import { CoordinatorMessage, Gradients, Hello, Phase, message } from '../src/protocol/messages';
+
+const G_SIZE = 114064;
+const D_SIZE = 100609;
+
+/** A hand-driven worker on a real socket: it answers only what the test tells it to. */
+class ScriptedPeer {
+  readonly ws: WebSocket;
+  private readonly inbox: CoordinatorMessage[] = [];
+  private waiter: (() => void) | null = null;
+  closed: Promise<number>;
+
+  constructor(url: string) {
+    this.ws = new WebSocket(url);
+    this.ws.on('message', (d: Buffer) => {
+      this.inbox.push(decodeCoordinatorMessage(d));
+      this.waiter?.();
+    });
+    this.closed = new Promise((r) => this.ws.on('close', (code) => r(code)));
+  }
+
+  async open(): Promise<void> {
+    await new Promise((r) => this.ws.once('open', r));
+  }
+
+  async next(): Promise<CoordinatorMessage> {
+    while (this.inbox.length === 0) await new Promise<void>((r) => (this.waiter = r));
+    return this.inbox.shift()!;
+  }
+
+  send(x: Buffer | Uint8Array): void {
+    this.ws.send(x);
+  }
+
+  hello(): void {
+    this.send(encode(message<Hello>({ type: 'hello', name: 'scripted', backend: 'none', pid: process.pid, hostname: 'test' })));
+  }
+
+  gradients(step: number, phase: Phase, values: Float32Array): void {
+    const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: 128, gradients: values, loss: 0.7, dFake: 0.5, computeSeconds: 0.001 };
+    if (phase === 'discriminator') body.dReal = 0.5;
+    this.send(encode(message<Gradients>(body)));
+  }
+}
+
+function config(out: string, steps: number): CoordinatorConfig {
+  return {
+    host: '127.0.0.1', port: 0, metricsPort: -1, arch: 'mlp', steps, batchSize: 128, seed: 1, out,
+    sampleEvery: 1000, logEvery: 1000, minWorkers: 1, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
+  };
+}
+
+describe('coordinator validates what workers send', () => {
+  let out: string;
+  let coordinator: Coordinator;
+  let run: Promise<TrainingSummary>;
+
+  before(async () => {
+    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+    coordinator = await Coordinator.start(config(out, 2), () => {});
+    run = coordinator.run();
+  });
+  after(async () => {
+    await coordinator.close();
+    fs.rmSync(out, { recursive: true, force: true });
+  });
+
+  test('a NaN gradient and a wrong-step gradient are rejected, counted, and never applied', async () => {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello();
+    assert.equal((await peer.next()).type, 'welcome');
+    const shard = await peer.next();
+    assert.equal(shard.type, 'shard');
+    if (shard.type === 'shard') assert.equal(shard.count, 60000);
+    const first = await peer.next();
+    assert.ok(first.type === 'weights' && first.step === 0 && first.phase === 'discriminator');
+    assert.equal(first.generator?.length, G_SIZE, 'a new worker gets both networks');
+    assert.equal(first.discriminator?.length, D_SIZE);
+    const initialD = Float32Array.from(first.discriminator!);
+
+    const poisoned = new Float32Array(D_SIZE).fill(0.01);
+    poisoned[123] = NaN;
+    peer.gradients(0, 'discriminator', poisoned);
+    const err = await peer.next();
+    assert.ok(err.type === 'error' && err.code === 'PROTOCOL_NOT_FINITE', JSON.stringify(err));
+    // The round closed without a usable gradient, so the same step is asked again.
+    const retry = await peer.next();
+    assert.ok(retry.type === 'weights' && retry.step === 0 && retry.phase === 'discriminator');
+    assert.equal(retry.generator, undefined, 'networks the worker already holds are not resent');
+
+    peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
+    const late = await peer.next();
+    assert.ok(late.type === 'error' && late.code === 'PROTOCOL_WRONG_STEP');
+
+    // Zero gradients: Adam's first update is exactly zero, so D must come back unchanged.
+    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE));
+    const gRound = await peer.next();
+    assert.ok(gRound.type === 'weights' && gRound.step === 0 && gRound.phase === 'generator');
+    assert.deepEqual(gRound.discriminator, initialD, 'the poisoned gradient never reached Adam');
+    peer.gradients(0, 'generator', new Float32Array(G_SIZE).fill(1e-3));
+    for (const phase of ['discriminator', 'generator'] as const) {
+      const w = await peer.next();
+      assert.ok(w.type === 'weights' && w.step === 1 && w.phase === phase);
+      peer.gradients(1, phase, new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE).fill(1e-3));
+    }
+    const summary = await run;
+    assert.equal(summary.steps, 2);
+    const rejected = await coordinator.metrics.rejected.get();
+    const count = (reason: string) => rejected.values.find((v) => v.labels.reason === reason)?.value ?? 0;
+    assert.equal(count('not_finite'), 1);
+    assert.equal(count('wrong_step'), 1);
+    const weights = new Float32Array(fs.readFileSync(path.join(out, 'generator', 'weights.bin')).buffer.slice(0));
+    assert.ok(weights.every(Number.isFinite));
+  });
+});
+
+describe('coordinator disconnects bad peers', () => {
+  let out: string;
+  let coordinator: Coordinator;
+
+  before(async () => {
+    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+    coordinator = await Coordinator.start(config(out, 1), () => {});
+  });
+  after(async () => {
+    coordinator.requestStop('test over');
+    await coordinator.close();
+    fs.rmSync(out, { recursive: true, force: true });
+  });
+
+  test('garbage before hello closes the socket at once', async () => {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.send(Buffer.from('not msgpack at all'));
+    assert.equal((await peer.next()).type, 'error');
+    assert.equal(await peer.closed, 1008);
+  });
+
+  test('a welcomed peer is dropped after repeated offences', async () => {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello();
+    assert.equal((await peer.next()).type, 'welcome');
+    for (let i = 0; i < 3; i++) peer.send(Buffer.from([0x92, 0x01])); // an array cut short
+    assert.equal(await peer.closed, 1008);
+    const rejected = await coordinator.metrics.rejected.get();
+    assert.equal(rejected.values.find((v) => v.labels.reason === 'bad_frame')?.value, 4, JSON.stringify(rejected.values));
+  });
+});

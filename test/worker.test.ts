@@ -1,0 +1,57 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { selectBackend } from '../src/backend';
+import { loadMnist, IMAGE_SIZE } from '../src/data/mnist';
+import { createModel } from '../src/model';
+import { tf } from '../src/model/tf';
+import { Rng } from '../src/util/rng';
+import { ShardCompute } from '../src/worker/compute';
+
+test('a worker holds a constant number of tensors across steps (no leak)', async () => {
+  await selectBackend('wasm');
+  const model = createModel('mlp');
+  const train = loadMnist('train');
+  const compute = new ShardCompute(model, 32, 5);
+  compute.setShard(train.images.subarray(0, 500 * IMAGE_SIZE), 500);
+  const params = model.init(new Rng(2));
+  const counts: number[] = [];
+  for (let step = 0; step < 6; step++) {
+    // As the coordinator sends them: G before a D round, D before a G round.
+    compute.updateWeights(params.generator, step === 0 ? params.discriminator : undefined);
+    const d = compute.step(step, 'discriminator');
+    compute.updateWeights(undefined, params.discriminator);
+    const g = compute.step(step, 'generator');
+    assert.ok(Number.isFinite(d.loss) && Number.isFinite(g.loss));
+    assert.equal(d.samples, 32);
+    counts.push(tf.memory().numTensors);
+  }
+  assert.deepEqual(counts, counts.map(() => counts[0]), `tensor counts per step: ${counts}`);
+  compute.dispose();
+});
+
+test('the G round reuses the D round noise of the same step, and a new step draws new noise', async () => {
+  await selectBackend('cpu');
+  const model = createModel('mlp');
+  const train = loadMnist('train');
+  const params = model.init(new Rng(2));
+  const compute = new ShardCompute(model, 16, 9);
+  compute.setShard(train.images.subarray(0, 100 * IMAGE_SIZE), 100);
+  compute.updateWeights(params.generator, params.discriminator);
+  const d0 = compute.step(0, 'discriminator');
+  const g0 = compute.step(0, 'generator');
+  // Same weights and same noise: D(G(z)) seen by both rounds is identical.
+  assert.equal(g0.dFake, d0.dFake);
+  const g0again = compute.step(0, 'generator');
+  assert.equal(g0again.dFake, g0.dFake);
+  compute.step(1, 'discriminator');
+  assert.notEqual(compute.step(1, 'generator').dFake, g0.dFake);
+  compute.dispose();
+});
+
+test('a worker refuses to compute without a shard or weights', () => {
+  const compute = new ShardCompute(createModel('mlp'), 8, 1);
+  assert.throws(() => compute.step(0, 'discriminator'), /before receiving a shard/);
+  compute.setShard(new Uint8Array(IMAGE_SIZE), 1);
+  assert.throws(() => compute.step(0, 'discriminator'), /before receiving both networks/);
+  assert.throws(() => compute.setShard(new Uint8Array(10), 1), /shard of 1 images has 10 bytes/);
+});
