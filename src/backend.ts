@@ -44,6 +44,9 @@ async function activate(name: string): Promise<boolean> {
 }
 
 export async function selectBackend(choice: BackendChoice): Promise<BackendSelection> {
+  // ganfleet logs its own backend choice and why; PROD silences tfjs's
+  // "install our node backend" banner, which would only repeat that.
+  tf.env().set('PROD', true);
   const notes: string[] = [];
   const native = choice === 'auto' || choice === 'tensorflow';
   if (native) {

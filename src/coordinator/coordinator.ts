@@ -129,13 +129,15 @@ export class Coordinator {
   async run(): Promise<TrainingSummary> {
     const { steps, sampleEvery, logEvery } = this.config;
     const written: string[] = [];
-    const t0 = performance.now();
-    let windowStart = t0;
+    // The clock starts at the first round, not while waiting for workers to connect.
+    let t0 = 0;
+    let windowStart = 0;
     let windowImages = 0;
     let last: StepStats | null = null;
     let step = 0;
     while (step < steps && !this.stopReason) {
       if (!(await this.admitWorkers())) break;
+      if (t0 === 0) t0 = windowStart = performance.now();
       const d = await this.runRound(step, 'discriminator');
       if (!d) continue; // every participant left mid-round: redo the step with whoever is there next
       let g: RoundResult | null = null;
@@ -158,7 +160,7 @@ export class Coordinator {
         windowImages = 0;
       }
     }
-    const seconds = (performance.now() - t0) / 1000;
+    const seconds = t0 === 0 ? 0 : (performance.now() - t0) / 1000;
     if (step > 0 && step % sampleEvery !== 0) written.push(this.samples.write(step, this.params.generator));
     const generatorDir = path.join(this.config.out, 'generator');
     exportGenerator(this.model, this.params.generator, generatorDir);

@@ -1,0 +1,126 @@
+/**
+ * `npm run bench`: one JSON object with every throughput figure, all
+ * measured in this one run on this machine, so the ratios are comparable
+ * even where absolute numbers are noisy.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { selectBackend } from '../src/backend';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { TrainingSummary } from '../src/coordinator/coordinator';
+import { defaultMnistDir, loadMnist } from '../src/data/mnist';
+import { createModel } from '../src/model';
+import { Rng } from '../src/util/rng';
+import { ShardCompute } from '../src/worker/compute';
+
+const BATCH = 128;
+const CLI = path.join(__dirname, '..', 'src', 'cli.js');
+const ANCHOR = path.join(__dirname, '..', '..', '..', 'shared', 'anchors', 'torch_gan.py');
+
+function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
+async function inProcess(steps: number, warmup: number) {
+  await selectBackend('wasm');
+  const model = createModel('mlp');
+  const train = loadMnist('train');
+  const params = model.init(new Rng(1));
+  const adamD = new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS);
+  const adamG = new Adam(params.generator.length, KERAS_ADAM_DEFAULTS);
+  const compute = new ShardCompute(model, BATCH, 1);
+  compute.setShard(train.images, train.count);
+  let computeMs = 0;
+  const step = (i: number) => {
+    compute.updateWeights(params.generator, params.discriminator);
+    let t = performance.now();
+    const d = compute.step(i, 'discriminator');
+    computeMs += performance.now() - t;
+    adamD.apply(params.discriminator, d.gradients);
+    compute.updateWeights(undefined, params.discriminator);
+    t = performance.now();
+    const g = compute.step(i, 'generator');
+    computeMs += performance.now() - t;
+    adamG.apply(params.generator, g.gradients);
+  };
+  for (let i = 0; i < warmup; i++) step(i);
+  computeMs = 0;
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) step(warmup + i);
+  const ms = (performance.now() - t0) / steps;
+  compute.dispose();
+  return { backend: 'wasm', steps, msPerStep: round(ms), computeMsPerStep: round(computeMs / steps), imagesPerSecond: round((BATCH * 1000) / ms) };
+}
+
+function localRun(workers: number, steps: number) {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
+  const r = spawnSync(
+    process.execPath,
+    [CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--log-every', String(steps), '--sample-every', String(steps), '--metrics-port', '-1', '--backend', 'wasm', '--out', out],
+    { encoding: 'utf8' },
+  );
+  if (r.status !== 0) throw new Error(`local --workers ${workers} failed:\n${r.stdout}\n${r.stderr}`);
+  const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  fs.rmSync(out, { recursive: true, force: true });
+  return {
+    workers,
+    steps: s.steps,
+    msPerStep: round(s.msPerStep),
+    imagesPerSecond: round(s.imagesPerSecond),
+    msPerStepByPhase: Object.fromEntries(Object.entries(s.msPerStepByPhase).map(([k, v]) => [k, round(v)])),
+    wireBytesPerStepPerWorker: { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) },
+  };
+}
+
+function torchAnchor(steps: number): { single: unknown; ddp2: unknown } | { reason: string } {
+  const python = '/usr/bin/python3';
+  if (!fs.existsSync(ANCHOR)) return { reason: `anchor script not found at ${ANCHOR}` };
+  const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
+  if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
+  const run = (extra: string[]) =>
+    JSON.parse(
+      execFileSync(python, [ANCHOR, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], { encoding: 'utf8' })
+        .trim()
+        .split('\n')
+        .pop()!,
+    );
+  return { single: run([]), ddp2: run(['--mode', 'ddp', '--world', '2']) };
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+async function main() {
+  const steps = arg('steps', 300);
+  const single = await inProcess(steps, 20);
+  const local = [1, 2].map((n) => localRun(n, steps));
+  const torch = torchAnchor(Math.min(steps, 200));
+  const torchSingle = 'single' in torch ? (torch.single as { ms_per_step: number }) : null;
+  const torchDdp = 'ddp2' in torch ? (torch.ddp2 as { images_per_s: number }) : null;
+  const report = {
+    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
+    model: 'mlp',
+    batchPerWorker: BATCH,
+    inProcess: single,
+    local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
+    torch: 'reason' in torch ? null : torch,
+    torchReason: 'reason' in torch ? torch.reason : undefined,
+    ratios: {
+      perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,
+      distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
+      scaling2Workers: round(local[1].imagesPerSecond / (2 * local[0].imagesPerSecond)),
+      torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
+    },
+  };
+  process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
+  process.exit(1);
+});
