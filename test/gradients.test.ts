@@ -3,7 +3,7 @@ import { selectBackend } from '../src/backend';
 import { averageGradients } from '../src/coordinator/aggregate';
 import { loadMnist, toUnitRange, IMAGE_SIZE } from '../src/data/mnist';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
-import { GanModel, StepOutput, createModel, disposeTensors } from '../src/model';
+import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';
@@ -42,17 +42,27 @@ for (const backend of ['cpu', 'wasm'] as const) {
       z = tf.tensor2d(rng.fillNormal(new Float32Array(UNION * model.zDim)), [UNION, model.zDim]);
     });
 
+    /** Runs a step on a fresh generator pass over z, then frees the pass. */
+    function withPass(zz: tf.Tensor2D, step: (p: GeneratorPass) => StepOutput): StepOutput {
+      const pass = model.forwardGenerator(g, zz);
+      try {
+        return step(pass);
+      } finally {
+        disposeGeneratorPass(pass);
+      }
+    }
+
     function assertSameStep(actual: StepOutput, expected: StepOutput, what: string): void {
       assertClose(actual.gradients, expected.gradients, 2e-6, 2e-4, `${what} gradients`);
       assertClose([actual.loss, actual.dFake, actual.dReal ?? 0], [expected.loss, expected.dFake, expected.dReal ?? 0], 1e-5, 1e-5, `${what} stats`);
     }
 
     test('hand-written D step equals autodiff', () => {
-      assertSameStep(model.discriminatorStep(g, d, real, z), autodiffDiscriminatorStep(model, g, d, real, z), 'D');
+      assertSameStep(withPass(z, (p) => model.discriminatorStep(d, real, p)), autodiffDiscriminatorStep(model, g, d, real, z), 'D');
     });
 
     test('hand-written G step equals autodiff', () => {
-      assertSameStep(model.generatorStep(g, d, z), autodiffGeneratorStep(model, g, d, z), 'G');
+      assertSameStep(withPass(z, (p) => model.generatorStep(g, d, p)), autodiffGeneratorStep(model, g, d, z), 'G');
     });
 
     // The data-parallel invariant: each worker's gradient is its batch mean, so the
@@ -70,11 +80,11 @@ for (const backend of ['cpu', 'wasm'] as const) {
             return { gradients: out.gradients, samples: n };
           });
         };
-        const dUnion = model.discriminatorStep(g, d, real, z).gradients;
-        const dParts = parts((r, zz) => model.discriminatorStep(g, d, r, zz));
+        const dUnion = withPass(z, (p) => model.discriminatorStep(d, real, p)).gradients;
+        const dParts = parts((r, zz) => withPass(zz, (p) => model.discriminatorStep(d, r, p)));
         assertClose(averageGradients(dParts, new Float32Array(dUnion.length)), dUnion, 2e-6, 2e-4, 'D average');
-        const gUnion = model.generatorStep(g, d, z).gradients;
-        const gParts = parts((_r, zz) => model.generatorStep(g, d, zz));
+        const gUnion = withPass(z, (p) => model.generatorStep(g, d, p)).gradients;
+        const gParts = parts((_r, zz) => withPass(zz, (p) => model.generatorStep(g, d, p)));
         assertClose(averageGradients(gParts, new Float32Array(gUnion.length)), gUnion, 2e-6, 2e-4, 'G average');
       });
     }
@@ -82,8 +92,8 @@ for (const backend of ['cpu', 'wasm'] as const) {
     test('steps leave no tensors behind', () => {
       const before = tf.memory().numTensors;
       for (let i = 0; i < 3; i++) {
-        model.discriminatorStep(g, d, real, z);
-        model.generatorStep(g, d, z);
+        withPass(z, (p) => model.discriminatorStep(d, real, p));
+        withPass(z, (p) => model.generatorStep(g, d, p));
       }
       if (tf.memory().numTensors !== before) throw new Error(`${tf.memory().numTensors - before} tensors leaked`);
     });

@@ -43,10 +43,29 @@ export interface GanModel {
    */
   generatorTopology(): { topology: object; weightNames: Record<string, string> };
 
+  /**
+   * G's forward pass on z, keeping what its backward pass needs. G does not
+   * change between the D and the G round of a step, so one pass serves both.
+   * The caller owns the tensors (disposeGeneratorPass).
+   */
+  forwardGenerator(g: Tensors, z: tf.Tensor2D): GeneratorPass;
   /** Gradient of the D loss (real labelled 1, G(z) labelled 0) w.r.t. D's parameters. */
-  discriminatorStep(g: Tensors, d: Tensors, real: tf.Tensor2D, z: tf.Tensor2D): StepOutput;
+  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass): StepOutput;
   /** Gradient of the non-saturating G loss (G(z) labelled 1) w.r.t. G's parameters. */
-  generatorStep(g: Tensors, d: Tensors, z: tf.Tensor2D): StepOutput;
+  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass): StepOutput;
+}
+
+export interface GeneratorPass {
+  z: tf.Tensor2D;
+  /** G(z), N×784 in tanh range. */
+  fake: tf.Tensor2D;
+  /** Architecture-specific activations for the backward pass. */
+  saved: Tensors;
+}
+
+export function disposeGeneratorPass(pass: GeneratorPass): void {
+  pass.fake.dispose();
+  for (const t of Object.values(pass.saved)) t.dispose();
 }
 
 /** Reads gradients and statistics back with one synchronous read each. */

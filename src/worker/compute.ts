@@ -1,5 +1,5 @@
 import { IMAGE_SIZE, toUnitRange } from '../data/mnist';
-import { GanModel, StepOutput, disposeTensors } from '../model';
+import { GanModel, GeneratorPass, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -9,7 +9,7 @@ import { Rng } from '../util/rng';
  * A worker's compute state: its shard, the networks as it last received
  * them, and its own seeded RNG for batch indices and noise. One step draws
  * one real batch and one noise batch; the G round reuses the D round's
- * noise (as the PyTorch anchor does), since G has not changed in between.
+ * noise (as the PyTorch anchor does) and, while G is unchanged, its forward pass.
  */
 export class ShardCompute {
   private shard: Uint8Array | null = null;
@@ -18,6 +18,8 @@ export class ShardCompute {
   private discriminator: Tensors | null = null;
   private noise: tf.Tensor2D | null = null;
   private noiseStep = -1;
+  /** G's forward pass on `noise` with the current G; dropped when either changes. */
+  private pass: GeneratorPass | null = null;
   private readonly rng: Rng;
   private readonly realBuffer: Float32Array;
   private readonly pixelBuffer: Uint8Array;
@@ -52,6 +54,7 @@ export class ShardCompute {
       const next = this.model.generatorLayout.toTensors(generator);
       if (this.generator) disposeTensors(this.generator);
       this.generator = next;
+      this.dropPass();
     }
     if (discriminator) {
       const next = this.model.discriminatorLayout.toTensors(discriminator);
@@ -65,14 +68,14 @@ export class ShardCompute {
     if (!this.generator || !this.discriminator) {
       throw new GanfleetError('WORKER_NO_WEIGHTS', `asked for step ${step} before receiving both networks`);
     }
-    const z = this.noiseFor(step);
+    const pass = this.passFor(step);
     let out: StepOutput;
     if (phase === 'discriminator') {
       const real = this.realBatch();
-      out = this.model.discriminatorStep(this.generator, this.discriminator, real, z);
+      out = this.model.discriminatorStep(this.discriminator, real, pass);
       real.dispose();
     } else {
-      out = this.model.generatorStep(this.generator, this.discriminator, z);
+      out = this.model.generatorStep(this.generator, this.discriminator, pass);
     }
     return { ...out, samples: this.batchSize };
   }
@@ -80,8 +83,25 @@ export class ShardCompute {
   dispose(): void {
     if (this.generator) disposeTensors(this.generator);
     if (this.discriminator) disposeTensors(this.discriminator);
+    this.dropPass();
     this.noise?.dispose();
     this.generator = this.discriminator = this.noise = null;
+  }
+
+  private dropPass(): void {
+    if (this.pass) disposeGeneratorPass(this.pass);
+    this.pass = null;
+  }
+
+  private passFor(step: number): GeneratorPass {
+    if (this.noiseStep !== step || !this.noise) {
+      this.dropPass();
+      this.noise?.dispose();
+      this.noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
+      this.noiseStep = step;
+    }
+    if (!this.pass) this.pass = this.model.forwardGenerator(this.generator!, this.noise);
+    return this.pass;
   }
 
   /** Uniform with replacement from the shard, as the seed's np.random.randint. */
@@ -94,12 +114,4 @@ export class ShardCompute {
     return tf.tensor2d(toUnitRange(this.pixelBuffer, this.realBuffer), [this.batchSize, IMAGE_SIZE]);
   }
 
-  private noiseFor(step: number): tf.Tensor2D {
-    if (this.noiseStep !== step || !this.noise) {
-      this.noise?.dispose();
-      this.noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
-      this.noiseStep = step;
-    }
-    return this.noise;
-  }
 }
