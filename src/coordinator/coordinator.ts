@@ -1,6 +1,9 @@
+import crypto from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
+import { Duplex } from 'node:stream';
 import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import { selectBackend } from '../backend';
@@ -8,12 +11,13 @@ import { MnistSet, loadMnist } from '../data/mnist';
 import { gatherImages, planShards, shardChanged } from '../data/shards';
 import { GanModel, GanParameters, createModel } from '../model';
 import { exportGenerator } from '../model/export';
-import { ProtocolError, RejectReason, decodeWorkerMessage, encode, firstNonFinite } from '../protocol/codec';
+import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
 import { ErrorMessage, Gradients, Hello, Phase, Shard, Stop, Weights, Welcome, message } from '../protocol/messages';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
-import { Adam } from './adam';
+import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
+import { loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics, RoundPart, boundPort, serveMetrics } from './metrics';
 import { WorkerPeer } from './peer';
@@ -22,6 +26,14 @@ import { SampleWriter } from './samples';
 
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
+/** A socket that has not said hello within this time is closed. */
+const HELLO_TIMEOUT_MS = 10_000;
+/**
+ * No sane gradient of these models comes near this; a larger one is
+ * divergence or an attack, and squared in Adam's v it would overflow
+ * float32 and freeze those parameters for good.
+ */
+const MAX_GRADIENT_ABS = 1e6;
 
 export interface StepStats {
   dLoss: number;
@@ -34,7 +46,13 @@ export interface StepStats {
 }
 
 export interface TrainingSummary {
+  /** The step reached (a resumed run counts from the checkpoint's step). */
   steps: number;
+  /** Steps run by this process. */
+  stepsThisRun: number;
+  resumedFrom: number | null;
+  /** False when training stopped early for a failure (not a requested stop). */
+  ok: boolean;
   seconds: number;
   msPerStep: number;
   imagesPerSecond: number;
@@ -45,6 +63,7 @@ export interface TrainingSummary {
   last: StepStats | null;
   samples: string[];
   generator: string;
+  checkpoint: string | null;
   stopReason: string;
 }
 
@@ -59,8 +78,9 @@ interface RoundResult {
 /**
  * Owns the weights and the two Adam states. Each step runs a D round then a
  * G round: broadcast the networks a worker lacks, wait for every
- * participant's gradient (or its departure), average by sample count, and
- * apply Adam. Membership changes take effect only at step boundaries.
+ * participant's gradient (or its departure, or the round timeout), average
+ * by sample count, and apply Adam. Membership changes take effect only at
+ * step boundaries, and a step is applied whole or not at all.
  */
 export class Coordinator {
   readonly metrics = new CoordinatorMetrics();
@@ -69,22 +89,30 @@ export class Coordinator {
   private readonly adam: Record<Phase, Adam>;
   private readonly averaged: Record<Phase, Float32Array>;
   private readonly versions: Record<Phase, number> = { generator: 0, discriminator: 0 };
+  /** D before this step's D update, restored if the step cannot finish. */
+  private readonly rollback: { discriminator: Float32Array; adam: AdamState };
   private readonly peers = new Map<string, WorkerPeer>();
   private readonly events = new EventEmitter();
   private readonly samples: SampleWriter;
-  private readonly permutation: Uint32Array;
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
-  private train: MnistSet | null = null;
+  private seedRng: Rng;
+  private train!: MnistSet;
+  private permutation!: Uint32Array;
+  private server!: http.Server | https.Server;
   private wss!: WebSocketServer;
   private metricsServer: http.Server | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
   private round: Round | null = null;
   private membershipChanged = false;
   private plan = 0;
   private nextWorker = 1;
-  private stopReason: string | null = null;
+  private step = 0;
+  private resumedFrom: number | null = null;
+  private stop: { reason: string; failed: boolean } | null = null;
   private bytesSent = 0;
   private bytesReceived = 0;
   private imagesTotal = 0;
+  private imagesThisRun = 0;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -92,106 +120,131 @@ export class Coordinator {
   ) {
     this.model = createModel(config.arch);
     this.params = this.model.init(new Rng(config.seed));
-    const sizes = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
-    this.adam = { generator: new Adam(sizes.generator, config.adam), discriminator: new Adam(sizes.discriminator, config.adam) };
-    this.averaged = { generator: new Float32Array(sizes.generator), discriminator: new Float32Array(sizes.discriminator) };
-    this.permutation = new Rng(config.seed + 1).permutation(60000);
+    const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
+    this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
+    this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(size.discriminator) };
+    this.rollback = {
+      discriminator: new Float32Array(size.discriminator),
+      adam: { step: 0, m: new Float32Array(size.discriminator), v: new Float32Array(size.discriminator) },
+    };
+    this.seedRng = new Rng(config.seed + 3);
     this.samples = new SampleWriter(this.model, path.join(config.out, 'samples'), config.seed + 2);
   }
 
-  /** Loads the data, selects a backend and binds both ports. */
+  /** Loads the data (and a checkpoint with --resume), selects a backend and binds both ports. */
   static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator')): Promise<Coordinator> {
     const c = new Coordinator(config, log);
     const backend = await selectBackend(config.backend);
     log(`backend ${backend.name} (${backend.notes.join('; ')})`);
     c.train = loadMnist('train', config.dataDir);
-    if (c.train.count !== c.permutation.length) throw new Error(`expected 60000 training images, found ${c.train.count}`);
+    c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
+    if (config.resume) c.resume();
     await c.listen();
     return c;
   }
 
   get port(): number {
-    return boundPort(this.wss);
+    return boundPort(this.server);
+  }
+
+  get url(): string {
+    return `${this.config.tlsCert ? 'wss' : 'ws'}://${this.config.host}:${this.port}`;
   }
 
   get metricsPort(): number | null {
     return this.metricsServer ? boundPort(this.metricsServer) : null;
   }
 
-  /** Ends training at the next step boundary; outputs are still written. */
-  requestStop(reason: string): void {
-    if (this.stopReason) return;
-    this.stopReason = reason;
+  /**
+   * Ends training at the next step boundary (a step in progress finishes);
+   * outputs and a checkpoint are still written. `failed` marks a stop that
+   * the run did not ask for, which makes the process exit non-zero.
+   */
+  requestStop(reason: string, failed = false): void {
+    if (this.stop) return;
+    this.stop = { reason, failed };
     this.log(`stop requested: ${reason}`);
     this.events.emit('peers');
   }
 
   async run(): Promise<TrainingSummary> {
-    const { steps, sampleEvery, logEvery } = this.config;
+    const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
     const written: string[] = [];
+    const firstStep = this.step;
     // The clock starts at the first round, not while waiting for workers to connect.
     let t0 = 0;
     let windowStart = 0;
     let windowImages = 0;
     let last: StepStats | null = null;
-    let step = 0;
-    while (step < steps && !this.stopReason) {
-      if (!(await this.admitWorkers())) break;
+    while (this.step < steps && !this.stop) {
+      if (!(await this.admitWorkers(this.step === firstStep ? this.config.startWorkers : this.config.minWorkers))) break;
       if (t0 === 0) t0 = windowStart = performance.now();
-      const d = await this.runRound(step, 'discriminator');
-      if (!d) continue; // every participant left mid-round: redo the step with whoever is there next
-      let g: RoundResult | null = null;
-      while (!g && !this.stopReason) {
-        g = await this.runRound(step, 'generator');
-        if (!g && !(await this.admitWorkers())) break;
+      this.saveRollback();
+      const d = await this.roundUntilAnswered(this.step, 'discriminator');
+      if (!d) break;
+      const g = await this.roundUntilAnswered(this.step, 'generator');
+      if (!g) {
+        this.restoreRollback();
+        break;
       }
-      if (!g) break;
-      step++;
+      this.step++;
       last = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
       this.recordStep(last);
       windowImages += d.samples;
-      if (step % sampleEvery === 0) written.push(this.samples.write(step, this.params.generator));
-      if (step % logEvery === 0 || step === steps) {
+      if (this.step % sampleEvery === 0) written.push(this.samples.write(this.step, this.params.generator));
+      if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
+      if (this.step % logEvery === 0 || this.step === steps) {
         const now = performance.now();
         const rate = windowImages / ((now - windowStart) / 1000);
-        const eta = ((steps - step) * (now - t0)) / step / 1000;
-        this.log(progressLine(step, steps, last, rate, eta));
+        const eta = ((steps - this.step) * (now - t0)) / (this.step - firstStep) / 1000;
+        this.log(progressLine(this.step, steps, last, rate, eta));
         windowStart = now;
         windowImages = 0;
       }
     }
     const seconds = t0 === 0 ? 0 : (performance.now() - t0) / 1000;
-    if (step > 0 && step % sampleEvery !== 0) written.push(this.samples.write(step, this.params.generator));
+    const ran = this.step - firstStep;
+    if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.samples.write(this.step, this.params.generator));
+    const checkpoint = ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0) ? this.checkpoint() : null;
     const generatorDir = path.join(this.config.out, 'generator');
     exportGenerator(this.model, this.params.generator, generatorDir);
-    const stopReason = this.stopReason ?? `finished ${step} steps`;
-    const perStep = (x: number) => (step > 0 ? x / step : 0);
+    const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
+    const perStep = (x: number) => (ran > 0 ? x / ran : 0);
     const summary: TrainingSummary = {
-      steps: step,
+      steps: this.step,
+      stepsThisRun: ran,
+      resumedFrom: this.resumedFrom,
+      ok: !this.stop?.failed,
       seconds,
       msPerStep: perStep(seconds * 1000),
-      imagesPerSecond: seconds > 0 ? this.imagesTotal / seconds : 0,
+      imagesPerSecond: seconds > 0 ? this.imagesThisRun / seconds : 0,
       msPerStepByPhase: Object.fromEntries(Object.entries(this.partTotals).map(([k, v]) => [k, perStep(v * 1000)])) as Record<RoundPart, number>,
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
       last,
       samples: written,
       generator: generatorDir,
+      checkpoint,
       stopReason,
     };
     fs.writeFileSync(path.join(this.config.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
-    this.log(`${stopReason}: ${step} steps in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
+    this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
     return summary;
   }
 
-  /** Stops the workers, then closes both servers. */
-  async close(reason = this.stopReason ?? 'coordinator closing'): Promise<void> {
+  /** Stops the workers, then closes every socket and both servers. */
+  async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
     const stop = encode(message<Stop>({ type: 'stop', reason }));
-    for (const peer of this.peers.values()) peer.send(stop);
-    const closing = [...this.peers.values()].map((p) => once(p.socket, 'close'));
-    await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, 5000).unref())]);
-    for (const peer of this.peers.values()) peer.socket.terminate();
+    const peers = [...this.peers.values()];
+    for (const peer of peers) peer.send(stop);
+    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => once(p.socket, 'close'));
+    await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
+    // Whatever is still open (stalled workers, peers that never said hello) is cut.
+    for (const socket of this.wss.clients) socket.terminate();
     await new Promise<void>((r) => this.wss.close(() => r()));
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server.close(() => r()));
     if (this.metricsServer) {
       this.metricsServer.closeAllConnections();
       await new Promise<void>((r) => this.metricsServer!.close(() => r()));
@@ -199,21 +252,62 @@ export class Coordinator {
   }
 
   private async listen(): Promise<void> {
-    const { host, port, metricsPort } = this.config;
+    const { host, port, metricsPort, tlsCert, tlsKey, token, insecure } = this.config;
+    if (!token && !insecure && !isLoopback(host)) {
+      throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
+    }
+    this.server = tlsCert && tlsKey ? https.createServer({ cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer();
+    this.server.on('request', (_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' });
+      res.end('this port speaks the ganfleet WebSocket protocol\n');
+    });
     // Workers send only gradients: the larger network's floats plus envelope.
     const maxPayload = 4 * Math.max(this.model.generatorLayout.size, this.model.discriminatorLayout.size) + 64 * 1024;
-    this.wss = new WebSocketServer({ host, port, maxPayload });
-    this.wss.on('connection', (socket, req) => this.onConnection(socket, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
-    await once(this.wss, 'listening');
-    this.log(`listening for workers on ws://${host}:${this.port}`);
+    this.wss = new WebSocketServer({ noServer: true, maxPayload });
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (!this.authorized(req)) {
+        this.metrics.unauthorized.inc();
+        this.log(`refused a connection from ${req.socket.remoteAddress}: missing or wrong token`);
+        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+        return;
+      }
+      this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => resolve());
+    });
+    this.heartbeat = setInterval(() => this.checkHeartbeats(), this.config.heartbeatSeconds * 1000);
+    this.heartbeat.unref();
+    this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
     if (metricsPort >= 0) {
-      this.metricsServer = await serveMetrics(this.metrics.registry, host, metricsPort);
+      try {
+        this.metricsServer = await serveMetrics(this.metrics.registry, host, metricsPort);
+      } catch (e) {
+        clearInterval(this.heartbeat);
+        this.server.close();
+        throw new Error(`metrics port ${metricsPort}: ${(e as Error).message}`);
+      }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics`);
     }
   }
 
+  /** Constant-time: both sides are hashed to equal length before comparing. */
+  private authorized(req: http.IncomingMessage): boolean {
+    const expected = this.config.token;
+    if (!expected) return true;
+    const header = req.headers.authorization ?? '';
+    const given = header.startsWith('Bearer ') ? header.slice(7) : '';
+    const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
+    return crypto.timingSafeEqual(digest(given), digest(expected)) && given.length > 0;
+  }
+
   private onConnection(socket: WebSocket, address: string): void {
     let peer: WorkerPeer | null = null;
+    const helloTimer = setTimeout(() => {
+      this.log(`closing ${address}: no hello within ${HELLO_TIMEOUT_MS / 1000} s`);
+      socket.terminate();
+    }, HELLO_TIMEOUT_MS);
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       this.bytesReceived += data.length;
       this.metrics.receivedBytes.inc(data.length);
@@ -227,6 +321,7 @@ export class Coordinator {
       }
       if (!peer) {
         if (msg.type !== 'hello') return this.reject(socket, null, 'unexpected', `expected hello, got ${msg.type}`);
+        clearTimeout(helloTimer);
         peer = this.welcome(msg, socket, address);
         return;
       }
@@ -234,18 +329,33 @@ export class Coordinator {
         case 'gradients':
           return this.onGradients(peer, msg);
         case 'error':
-          return this.log(`${peer.id} reported ${msg.code}: ${msg.message}`);
+          // Healthy workers send an error only just before leaving; it counts, so a peer cannot flood the log.
+          this.log(`${peer.id} reported ${JSON.stringify(msg.code)}: ${JSON.stringify(msg.message)}`);
+          if (++peer.offences >= MAX_OFFENCES) this.dropPeer(peer, 'too many errors');
+          return;
         case 'hello':
           return this.reject(socket, peer, 'unexpected', 'hello sent twice');
       }
     });
+    socket.on('pong', () => {
+      if (peer) peer.alive = true;
+    });
     socket.on('close', () => {
-      if (peer) this.removePeer(peer);
+      clearTimeout(helloTimer);
+      if (peer) this.removePeer(peer, 'disconnected');
     });
     socket.on('error', (e) => this.log(`socket ${peer?.id ?? address}: ${e.message}`));
   }
 
-  private welcome(hello: Hello, socket: WebSocket, address: string): WorkerPeer {
+  private welcome(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
+    const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
+    if (this.peers.size >= this.config.maxWorkers) {
+      const why = `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
+      this.log(`refused ${address} (${label}): ${why}`);
+      socket.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_FULL', message: why })));
+      socket.close(1013, 'full');
+      return null;
+    }
     const n = this.nextWorker++;
     const peer = new WorkerPeer(`w${n}`, hello.name, address, hello.backend, socket, (bytes) => {
       this.bytesSent += bytes;
@@ -261,38 +371,66 @@ export class Coordinator {
           generatorSize: this.model.generatorLayout.size,
           discriminatorSize: this.model.discriminatorLayout.size,
           batchSize: this.config.batchSize,
-          seed: (this.config.seed * 7919 + n) >>> 0,
+          seed: this.seedRng.nextUint32(),
         }),
       ),
     );
-    this.log(`${peer.id} joined from ${address} (${hello.name}, pid ${hello.pid}, backend ${hello.backend}); ${this.peers.size} connected`);
+    this.log(`${peer.id} joined from ${address} (${label}); ${this.peers.size} connected`);
     this.membershipChanged = true;
     this.metrics.workers.set(this.peers.size);
     this.events.emit('peers');
     return peer;
   }
 
-  private removePeer(peer: WorkerPeer): void {
-    if (!this.peers.delete(peer.id)) return;
+  private removePeer(peer: WorkerPeer, why: string): void {
+    if (this.peers.get(peer.id) !== peer) return;
+    this.peers.delete(peer.id);
     this.round?.drop(peer.id);
     this.membershipChanged = true;
     this.metrics.workers.set(this.peers.size);
     this.metrics.workerComputeSeconds.remove({ worker: peer.id });
-    if (!this.stopReason) this.log(`${peer.id} left; ${this.peers.size} connected`);
+    this.log(`${peer.id} left (${why}); ${this.peers.size} connected`);
     this.events.emit('peers');
   }
 
-  /**
-   * At a step boundary: wait until enough workers are connected, then give
-   * every worker its shard of a fresh plan if membership changed. Returns
-   * false when a stop was requested while waiting.
-   */
-  private async admitWorkers(): Promise<boolean> {
-    while (this.peers.size < this.config.minWorkers && !this.stopReason) {
-      this.log(`waiting for workers: ${this.peers.size}/${this.config.minWorkers} connected`);
+  /** Cuts a peer off now: it stops being awaited, and its socket is not waited for. */
+  private dropPeer(peer: WorkerPeer, why: string): void {
+    this.removePeer(peer, why);
+    peer.socket.terminate();
+  }
+
+  private checkHeartbeats(): void {
+    for (const peer of [...this.peers.values()]) {
+      if (!peer.alive) {
+        this.metrics.heartbeatTimeouts.inc();
+        this.dropPeer(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
+        continue;
+      }
+      peer.alive = false;
+      peer.socket.ping();
+    }
+  }
+
+  /** Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested. */
+  private async waitForWorkers(needed: number): Promise<void> {
+    if (this.peers.size >= needed || this.stop) return;
+    this.metrics.paused.set(1);
+    if (this.step > 0) this.metrics.pauses.inc();
+    while (this.peers.size < needed && !this.stop) {
+      this.log(`paused at step ${this.step}: ${this.peers.size}/${needed} workers connected`);
       await once(this.events, 'peers');
     }
-    if (this.stopReason) return false;
+    this.metrics.paused.set(0);
+    if (this.peers.size >= needed) this.log(`resuming at step ${this.step} with ${this.peers.size} workers`);
+  }
+
+  /**
+   * At a step boundary: wait for `needed` workers, then give every worker
+   * its shard of a fresh plan if membership changed. False when stopping.
+   */
+  private async admitWorkers(needed: number): Promise<boolean> {
+    await this.waitForWorkers(needed);
+    if (this.stop) return false;
     if (this.membershipChanged) this.rebalance();
     return true;
   }
@@ -307,23 +445,38 @@ export class Coordinator {
       peer.state = 'active';
       if (!shardChanged(peer.shard, a)) return;
       peer.shard = a;
-      const images = gatherImages(this.train!.images, a.indices);
+      const images = gatherImages(this.train.images, a.indices);
       peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, images })));
     });
     this.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}`);
   }
 
-  /** One round; null when no participant answered (all left), so the caller retries it. */
-  private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
-    const participants = [...this.peers.values()].filter((p) => p.state === 'active');
-    const round = new Round(step, phase, participants.map((p) => p.id));
-    this.round = round;
+  /**
+   * Runs the round until some worker answers: when every participant left,
+   * wait for workers (paused) and ask again. Null only when a stop comes
+   * while no worker is left to answer.
+   */
+  private async roundUntilAnswered(step: number, phase: Phase): Promise<RoundResult | null> {
+    for (;;) {
+      const result = await this.runRound(step, phase);
+      if (result) return result;
+      this.log(`no worker answered the ${phase} round of step ${step}; asking again`);
+      // Mid-step any one worker will do (and a stop still lets the step finish).
+      await this.waitForWorkers(1);
+      if (this.peers.size === 0) return null;
+      if (this.membershipChanged) this.rebalance();
+    }
+  }
 
+  /** One round; null when no participant answered (all left or timed out). */
+  private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
+    const participants = [...this.peers.values()].filter((p) => p.state === 'active' && p.open);
     let t = performance.now();
     const frames = new Map<string, Buffer>();
+    const asked: string[] = [];
     for (const peer of participants) {
-      const sendG = peer.generatorVersion !== this.versions.generator;
-      const sendD = peer.discriminatorVersion !== this.versions.discriminator;
+      const sendG = peer.holds.generator !== this.versions.generator;
+      const sendD = peer.holds.discriminator !== this.versions.discriminator;
       const key = `${sendG}/${sendD}`;
       let frame = frames.get(key);
       if (!frame) {
@@ -333,13 +486,25 @@ export class Coordinator {
         frame = encode(message<Weights>(body));
         frames.set(key, frame);
       }
-      peer.send(frame);
-      peer.generatorVersion = this.versions.generator;
-      peer.discriminatorVersion = this.versions.discriminator;
+      if (!peer.send(frame)) continue;
+      peer.holds.generator = this.versions.generator;
+      peer.holds.discriminator = this.versions.discriminator;
+      asked.push(peer.id);
     }
+    const round = new Round(step, phase, asked);
+    this.round = round;
     const encodeSeconds = (performance.now() - t) / 1000;
     t = performance.now();
+    const timer = setTimeout(() => {
+      for (const id of round.awaited()) {
+        const peer = this.peers.get(id);
+        this.metrics.roundTimeouts.inc();
+        if (peer) this.dropPeer(peer, `no ${phase} gradients for step ${step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+        round.drop(id);
+      }
+    }, this.config.roundTimeoutSeconds * 1000);
     await round.done;
+    clearTimeout(timer);
     this.round = null;
     const waitSeconds = (performance.now() - t) / 1000;
 
@@ -375,41 +540,62 @@ export class Coordinator {
 
   private onGradients(peer: WorkerPeer, msg: Gradients): void {
     const round = this.round;
-    if (!round || msg.step !== round.step || msg.phase !== round.phase) {
-      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) do not belong to the open round`);
+    const current = round ? round.step * 2 + (round.phase === 'generator' ? 1 : 0) : this.step * 2;
+    const sent = msg.step * 2 + (msg.phase === 'generator' ? 1 : 0);
+    if (!round || sent !== current) {
+      if (sent < current || (!round && sent <= current)) {
+        // A straggler: its round already closed. Never applied to newer weights; not an offence.
+        this.metrics.lateGradients.inc();
+        this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
+        return;
+      }
+      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) are ahead of the open round`);
     }
     if (!round.isAwaiting(peer.id)) {
       return this.reject(peer.socket, peer, 'unexpected', `${peer.id} is not awaited in step ${msg.step} (${msg.phase})`);
     }
     const problem = this.checkGradients(msg);
-    if (problem) {
-      round.drop(peer.id);
-      return this.reject(peer.socket, peer, problem[0], problem[1]);
-    }
+    if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
     round.accept(peer.id, msg);
   }
 
+  /** What the codec cannot know: sizes for this model, and plausible ranges. */
   private checkGradients(msg: Gradients): [RejectReason, string] | null {
     const expected = (msg.phase === 'generator' ? this.model.generatorLayout : this.model.discriminatorLayout).size;
     if (msg.gradients.length !== expected) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${expected}`];
     if (msg.samples < 1 || msg.samples > this.config.batchSize) return ['bad_field', `samples ${msg.samples} is outside 1..${this.config.batchSize}`];
     if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];
-    const bad = firstNonFinite(msg.gradients);
-    if (bad >= 0) return ['not_finite', `gradient value ${bad} is ${msg.gradients[bad]}`];
+    if (msg.loss < 0) return ['out_of_range', `loss ${msg.loss} is negative`];
+    for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
+      if (v < 0 || v > 1) return ['out_of_range', `${k} ${v} is not a probability`];
+    }
+    if (msg.computeSeconds < 0 || msg.computeSeconds > 3600) return ['out_of_range', `computeSeconds ${msg.computeSeconds} is implausible`];
+    const g = msg.gradients;
+    for (let i = 0; i < g.length; i++) {
+      if (g[i] > MAX_GRADIENT_ABS || g[i] < -MAX_GRADIENT_ABS) return ['out_of_range', `gradient value ${i} is ${g[i]}, beyond ±${MAX_GRADIENT_ABS}`];
+    }
     return null;
   }
 
-  /** Counts a rejection, tells the peer why, and disconnects repeat offenders and unidentified peers. */
+  /** Counts a rejection, tells the peer why, and cuts off repeat offenders and unidentified peers. */
   private reject(socket: WebSocket, peer: WorkerPeer | null, reason: RejectReason, text: string): void {
     this.metrics.reject(reason);
     this.log(`rejected a message from ${peer?.id ?? 'an unidentified peer'} (${reason}): ${text}`);
-    const frame = encode(message<ErrorMessage>({ type: 'error', code: `PROTOCOL_${reason.toUpperCase()}`, message: text }));
-    if (socket.readyState === WebSocket.OPEN) socket.send(frame);
-    if (!peer || ++peer.offences >= MAX_OFFENCES) socket.close(1008, 'protocol violation');
+    if (socket.readyState === WebSocket.OPEN) {
+      socket.send(encode(message<ErrorMessage>({ type: 'error', code: `PROTOCOL_${reason.toUpperCase()}`, message: text })));
+    }
+    if (!peer) return socket.close(1008, 'protocol violation');
+    // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
+    this.round?.drop(peer.id);
+    if (++peer.offences >= MAX_OFFENCES) {
+      socket.close(1008, 'protocol violation');
+      this.removePeer(peer, `${MAX_OFFENCES} rejected messages`);
+    }
   }
 
   private recordStep(s: StepStats): void {
     this.imagesTotal += s.images;
+    this.imagesThisRun += s.images;
     this.metrics.steps.inc();
     this.metrics.images.inc(s.images);
     this.metrics.dLoss.set(s.dLoss);
@@ -417,6 +603,75 @@ export class Coordinator {
     this.metrics.dReal.set(s.dReal);
     this.metrics.dFake.set(s.dFake);
   }
+
+  private saveRollback(): void {
+    this.rollback.discriminator.set(this.params.discriminator);
+    this.adam.discriminator.copyStateInto(this.rollback.adam);
+  }
+
+  /** The step's D update is undone, so the step is redone whole on resume. */
+  private restoreRollback(): void {
+    this.params.discriminator.set(this.rollback.discriminator);
+    this.adam.discriminator.restoreState(this.rollback.adam);
+    this.versions.discriminator++;
+    this.log(`step ${this.step} could not finish; its discriminator update was rolled back`);
+  }
+
+  private checkpoint(): string {
+    const file = writeCheckpoint(
+      path.join(this.config.out, 'checkpoints'),
+      {
+        step: this.step,
+        imagesTotal: this.imagesTotal,
+        config: checkpointConfig(this.config),
+        seedRng: this.seedRng.state(),
+        nextWorker: this.nextWorker,
+        generator: this.params.generator,
+        discriminator: this.params.discriminator,
+        adamGenerator: this.adam.generator.state(),
+        adamDiscriminator: this.adam.discriminator.state(),
+      },
+      this.config.keepCheckpoints,
+    );
+    this.log(`checkpoint ${file}`);
+    return file;
+  }
+
+  private resume(): void {
+    const dir = path.join(this.config.out, 'checkpoints');
+    const found = loadLatestCheckpoint(dir, this.log);
+    if (!found) {
+      this.log(`--resume: no valid checkpoint in ${dir}; starting from step 0`);
+      return;
+    }
+    const c = found.checkpoint;
+    if (c.config.arch !== this.config.arch) throw new Error(`${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}`);
+    this.model.generatorLayout.checkLength(c.generator);
+    this.model.discriminatorLayout.checkLength(c.discriminator);
+    this.params.generator.set(c.generator);
+    this.params.discriminator.set(c.discriminator);
+    this.adam.generator.restoreState(c.adamGenerator);
+    this.adam.discriminator.restoreState(c.adamDiscriminator);
+    this.seedRng = Rng.fromState(c.seedRng);
+    this.nextWorker = c.nextWorker;
+    this.step = c.step;
+    this.resumedFrom = c.step;
+    this.imagesTotal = c.imagesTotal;
+    // Counters continue where the checkpointed run left them.
+    this.metrics.steps.inc(c.step);
+    this.metrics.images.inc(c.imagesTotal);
+    this.log(`resumed from ${found.file} at step ${c.step}`);
+  }
+}
+
+function checkpointConfig(c: CoordinatorConfig): Record<string, unknown> {
+  // Never the token.
+  const { token: _token, tlsKey: _key, ...rest } = c;
+  return rest as unknown as Record<string, unknown>;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
 function weightedStats(replies: Gradients[]): RoundResult {

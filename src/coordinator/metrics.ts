@@ -20,6 +20,12 @@ export class CoordinatorMetrics {
   readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step.');
   readonly dFake = this.gauge('ganfleet_d_fake', 'Mean D(G(z)) on generated images in the last step.');
   readonly workers = this.gauge('ganfleet_workers_connected', 'Workers connected to the coordinator.');
+  readonly paused = this.gauge('ganfleet_paused', '1 while training waits for workers (fewer than --min-workers connected).');
+  readonly pauses = this.counter('ganfleet_pauses_total', 'Times training paused for lack of workers after it started.');
+  readonly lateGradients = this.counter('ganfleet_late_gradients_total', 'Gradients discarded because their round had already closed.');
+  readonly roundTimeouts = this.counter('ganfleet_round_timeouts_total', 'Workers dropped for missing a round deadline (--round-timeout).');
+  readonly heartbeatTimeouts = this.counter('ganfleet_heartbeat_timeouts_total', 'Workers dropped for missing a heartbeat.');
+  readonly unauthorized = this.counter('ganfleet_unauthorized_connections_total', 'WebSocket upgrades refused for a missing or wrong token.');
   readonly sentBytes = this.counter('ganfleet_sent_bytes_total', 'Bytes sent to workers.');
   readonly receivedBytes = this.counter('ganfleet_received_bytes_total', 'Bytes received from workers.');
   readonly roundDuration = new Histogram({

@@ -1,5 +1,6 @@
 import WebSocket from 'ws';
 import { ShardAssignment } from '../data/shards';
+import { Phase } from '../protocol/messages';
 
 /**
  * A connected worker as the coordinator sees it. `joined` peers have been
@@ -11,11 +12,12 @@ export type PeerState = 'joined' | 'active';
 export class WorkerPeer {
   state: PeerState = 'joined';
   shard: ShardAssignment | undefined;
-  /** Versions of each network this worker holds; -1 = none. Only stale ones are sent. */
-  generatorVersion = -1;
-  discriminatorVersion = -1;
+  /** Version of each network this worker holds; -1 = none. Only stale ones are sent. */
+  readonly holds: Record<Phase, number> = { generator: -1, discriminator: -1 };
   offences = 0;
   lastComputeSeconds = 0;
+  /** Cleared before each heartbeat ping, set by the pong. */
+  alive = true;
 
   constructor(
     readonly id: string,
@@ -26,9 +28,15 @@ export class WorkerPeer {
     private readonly countSent: (bytes: number) => void,
   ) {}
 
-  send(frame: Buffer): void {
-    if (this.socket.readyState !== WebSocket.OPEN) return;
+  get open(): boolean {
+    return this.socket.readyState === WebSocket.OPEN;
+  }
+
+  /** False when the socket is no longer open and nothing was sent. */
+  send(frame: Buffer): boolean {
+    if (!this.open) return false;
     this.socket.send(frame);
     this.countSent(frame.length);
+    return true;
   }
 }

@@ -11,6 +11,7 @@ export type RejectReason =
   | 'bad_size'
   | 'not_finite'
   | 'wrong_step'
+  | 'out_of_range'
   | 'unexpected';
 
 export class ProtocolError extends GanfleetError {
@@ -134,10 +135,14 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
     case 'u8':
       if (!(value instanceof Uint8Array)) throw bad('binary');
       return value;
-    case 'f32':
+    case 'f32': {
       if (!(value instanceof Uint8Array)) throw bad('binary float32 data');
       if (value.byteLength % 4 !== 0) throw new ProtocolError('bad_size', `${type}.${field} has ${value.byteLength} bytes, not a whole number of float32s`);
-      return float32View(value);
+      const floats = float32View(value);
+      const at = firstNonFinite(floats);
+      if (at >= 0) throw new ProtocolError('not_finite', `${type}.${field}[${at}] is ${floats[at]}`);
+      return floats;
+    }
   }
 }
 

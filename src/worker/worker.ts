@@ -1,9 +1,10 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import WebSocket from 'ws';
 import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { decodeCoordinatorMessage, encode, ProtocolError } from '../protocol/codec';
-import { CoordinatorMessage, Gradients, Hello, message, ErrorMessage } from '../protocol/messages';
+import { CoordinatorMessage, ErrorMessage, Gradients, Hello, message } from '../protocol/messages';
 import { createLogger, Logger } from '../util/log';
 import { ShardCompute } from './compute';
 
@@ -11,31 +12,117 @@ export interface WorkerOptions {
   coordinator: string;
   backend: BackendChoice;
   name?: string;
+  /** Shared secret, sent as `Authorization: Bearer …` in the upgrade request. */
+  token?: string;
+  /** PEM file of a CA to trust for wss:// (a private or self-signed coordinator certificate). */
+  ca?: string;
+  /** Give up after this many seconds without a connection; 0 = keep trying forever. */
+  giveUpAfter: number;
 }
 
 /** The largest frame a worker accepts: a whole 60k-image shard (47 MB) plus headroom. */
 const MAX_COORDINATOR_FRAME = 128 * 1024 * 1024;
+const BACKOFF_BASE_MS = 250;
+const BACKOFF_MAX_MS = 15_000;
+
+/** How one connection ended, which decides whether to reconnect. */
+type Outcome =
+  | { kind: 'stopped'; reason: string } // the coordinator said stop: done
+  | { kind: 'left' } // this process was asked to leave (SIGTERM/SIGINT)
+  | { kind: 'fatal'; reason: string } // reconnecting cannot help (bad token, other model)
+  | { kind: 'lost'; reason: string; welcomed: boolean }; // network or coordinator failure: retry
 
 /**
  * Connects to the coordinator and answers every weights message with the
- * gradients of its shard. Resolves with the process exit code: 0 when the
- * coordinator says stop, 1 when the connection fails or is refused.
+ * gradients of its shard. When the connection is lost it reconnects with
+ * exponential backoff and jitter and rejoins as a new worker; the
+ * coordinator hands out shards and weights afresh. Resolves with the exit
+ * code: 0 after a stop (or a requested leave), 1 on a fatal refusal or when
+ * `giveUpAfter` passes without a connection.
  */
 export async function runWorker(opts: WorkerOptions, log: Logger = createLogger('worker')): Promise<number> {
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name} (${backend.notes.join('; ')})`);
   const name = opts.name ?? `${os.hostname()}:${process.pid}`;
+  const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
 
-  return new Promise<number>((resolve) => {
-    const ws = new WebSocket(opts.coordinator, { maxPayload: MAX_COORDINATOR_FRAME });
+  let leaving: (() => void) | null = null;
+  let leaveRequested = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    log(`${signal}: leaving`);
+    leaveRequested = true;
+    leaving?.();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  try {
+    let attempt = 0;
+    let lastContact = Date.now();
+    for (;;) {
+      const outcome = await connectOnce(opts, { name, backend: backend.name, ca }, log, (leave) => (leaving = leave), () => leaveRequested);
+      leaving = null;
+      switch (outcome.kind) {
+        case 'stopped':
+          log(`stopped by the coordinator: ${outcome.reason}`);
+          return 0;
+        case 'left':
+          return 0;
+        case 'fatal':
+          log(`giving up: ${outcome.reason}`);
+          return 1;
+        case 'lost':
+          if (outcome.welcomed) {
+            attempt = 0;
+            lastContact = Date.now();
+          }
+          if (opts.giveUpAfter > 0 && Date.now() - lastContact > opts.giveUpAfter * 1000) {
+            log(`giving up: no coordinator for ${opts.giveUpAfter} s (${outcome.reason})`);
+            return 1;
+          }
+          // Full jitter: spread reconnecting workers so they do not arrive as a herd.
+          const delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt++);
+          log(`connection lost (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
+          await new Promise<void>((r) => {
+            const t = setTimeout(r, delay);
+            leaving = () => {
+              clearTimeout(t);
+              r();
+            };
+          });
+          if (leaveRequested) return 0;
+      }
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function connectOnce(
+  opts: WorkerOptions,
+  me: { name: string; backend: string; ca?: Buffer },
+  log: Logger,
+  setLeave: (leave: () => void) => void,
+  leaveRequested: () => boolean,
+): Promise<Outcome> {
+  return new Promise<Outcome>((resolve) => {
+    const headers: Record<string, string> = {};
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+    const ws = new WebSocket(opts.coordinator, { maxPayload: MAX_COORDINATOR_FRAME, headers, ca: me.ca });
     let compute: ShardCompute | null = null;
-    let workerId = '?';
-    let exitCode = 1;
-    let closeReason = 'connection closed by the coordinator';
+    let workerId: string | null = null;
+    let outcome: Outcome | null = null;
+    const end = (o: Outcome) => (outcome ??= o);
 
-    const fail = (code: string, text: string) => {
+    setLeave(() => {
+      end({ kind: 'left' });
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, 'worker leaving');
+    });
+
+    const fail = (code: string, text: string, fatal = false) => {
       log(`error ${code}: ${text}`);
-      closeReason = text;
+      end(fatal ? { kind: 'fatal', reason: text } : { kind: 'lost', reason: text, welcomed: workerId !== null });
       if (ws.readyState === WebSocket.OPEN) ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
       ws.close(1002);
     };
@@ -45,7 +132,11 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
         case 'welcome': {
           const model = createModel(msg.arch);
           if (model.generatorLayout.size !== msg.generatorSize || model.discriminatorLayout.size !== msg.discriminatorSize) {
-            return fail('WORKER_MODEL_MISMATCH', `this worker's ${msg.arch} has ${model.generatorLayout.size}+${model.discriminatorLayout.size} parameters, the coordinator's ${msg.generatorSize}+${msg.discriminatorSize}`);
+            return fail(
+              'WORKER_MODEL_MISMATCH',
+              `this worker's ${msg.arch} has ${model.generatorLayout.size}+${model.discriminatorLayout.size} parameters, the coordinator's ${msg.generatorSize}+${msg.discriminatorSize}`,
+              true,
+            );
           }
           compute?.dispose();
           compute = new ShardCompute(model, msg.batchSize, msg.seed);
@@ -78,21 +169,21 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           return;
         }
         case 'stop':
-          log(`stopping: ${msg.reason}`);
-          exitCode = 0;
-          closeReason = msg.reason;
+          end({ kind: 'stopped', reason: msg.reason });
           ws.close(1000);
           return;
         case 'error':
-          log(`coordinator refused us: ${msg.code}: ${msg.message}`);
-          closeReason = msg.message;
+          // A refusal of the connection itself (full, wrong model) is followed by a close.
+          log(`coordinator says ${msg.code}: ${msg.message}`);
+          if (msg.code === 'COORDINATOR_FULL') end({ kind: 'lost', reason: msg.message, welcomed: false });
           return;
       }
     };
 
     ws.on('open', () => {
+      if (leaveRequested()) return ws.close(1000, 'worker leaving');
       log(`connected to ${opts.coordinator}`);
-      ws.send(encode(message<Hello>({ type: 'hello', name, backend: backend.name, pid: process.pid, hostname: os.hostname() })));
+      ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       try {
@@ -103,13 +194,16 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
         fail(code, (e as Error).message);
       }
     });
-    ws.on('error', (e) => {
-      closeReason = e.message;
+    ws.on('unexpected-response', (_req, res) => {
+      const status = res.statusCode ?? 0;
+      // 401/403: the token is wrong, and trying again will not change that.
+      end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : { kind: 'lost', reason: `HTTP ${status}`, welcomed: false });
+      ws.terminate();
     });
-    ws.on('close', () => {
+    ws.on('error', (e) => end({ kind: 'lost', reason: e.message, welcomed: workerId !== null }));
+    ws.on('close', (code, reason) => {
       compute?.dispose();
-      if (exitCode !== 0) log(`disconnected (${workerId}): ${closeReason}`);
-      resolve(exitCode);
+      resolve(outcome ?? { kind: 'lost', reason: `closed (${code}${reason.length ? ` ${reason}` : ''})`, welcomed: workerId !== null });
     });
   });
 }

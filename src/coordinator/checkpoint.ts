@@ -1,0 +1,150 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { RngState } from '../util/rng';
+import { GanfleetError } from '../util/errors';
+import { AdamState } from './adam';
+
+/**
+ * Everything a resumed run needs to continue as if it had never stopped.
+ * Arrays are stored raw after a JSON header; the header carries a SHA-256 of
+ * the payload so a truncated or corrupted file is refused, never half-loaded.
+ */
+export interface Checkpoint {
+  step: number;
+  imagesTotal: number;
+  /** The training configuration it was written under (for the log and for sanity checks). */
+  config: Record<string, unknown>;
+  /** Draws the seeds handed to workers, so a resumed run never repeats their noise. */
+  seedRng: RngState;
+  nextWorker: number;
+  generator: Float32Array;
+  discriminator: Float32Array;
+  adamGenerator: AdamState;
+  adamDiscriminator: AdamState;
+}
+
+const MAGIC = Buffer.from('GANFLEET-CHECKPOINT-1\n');
+const FILE = /^ckpt-(\d{9})\.bin$/;
+
+interface Header {
+  step: number;
+  imagesTotal: number;
+  config: Record<string, unknown>;
+  seedRng: RngState;
+  nextWorker: number;
+  adamSteps: { generator: number; discriminator: number };
+  sizes: { generator: number; discriminator: number };
+  sha256: string;
+}
+
+export function checkpointName(step: number): string {
+  return `ckpt-${String(step).padStart(9, '0')}.bin`;
+}
+
+function bytes(a: Float32Array): Buffer {
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/** Serialises a checkpoint: magic, header length (u32 LE), header JSON, then six float32 arrays. */
+export function encodeCheckpoint(c: Checkpoint): Buffer {
+  const arrays = [c.generator, c.discriminator, c.adamGenerator.m, c.adamGenerator.v, c.adamDiscriminator.m, c.adamDiscriminator.v];
+  const payload = Buffer.concat(arrays.map(bytes));
+  const header: Header = {
+    step: c.step,
+    imagesTotal: c.imagesTotal,
+    config: c.config,
+    seedRng: c.seedRng,
+    nextWorker: c.nextWorker,
+    adamSteps: { generator: c.adamGenerator.step, discriminator: c.adamDiscriminator.step },
+    sizes: { generator: c.generator.length, discriminator: c.discriminator.length },
+    sha256: crypto.createHash('sha256').update(payload).digest('hex'),
+  };
+  const json = Buffer.from(JSON.stringify(header));
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(json.length);
+  return Buffer.concat([MAGIC, len, json, payload]);
+}
+
+export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
+  const bad = (why: string) => new GanfleetError('CHECKPOINT_INVALID', `${file}: ${why}`);
+  if (buf.length < MAGIC.length + 4 || !buf.subarray(0, MAGIC.length).equals(MAGIC)) throw bad('not a ganfleet checkpoint (bad magic)');
+  const jsonLen = buf.readUInt32LE(MAGIC.length);
+  const start = MAGIC.length + 4 + jsonLen;
+  if (start > buf.length) throw bad('truncated header');
+  let h: Header;
+  try {
+    h = JSON.parse(buf.subarray(MAGIC.length + 4, start).toString('utf8'));
+  } catch {
+    throw bad('unreadable header');
+  }
+  const { generator: gs, discriminator: ds } = h.sizes ?? {};
+  if (!Number.isSafeInteger(gs) || !Number.isSafeInteger(ds)) throw bad('header lacks sizes');
+  const payload = buf.subarray(start);
+  const expected = 4 * (3 * gs + 3 * ds);
+  if (payload.length !== expected) throw bad(`payload is ${payload.length} bytes, expected ${expected} (truncated?)`);
+  if (crypto.createHash('sha256').update(payload).digest('hex') !== h.sha256) throw bad('checksum mismatch (corrupted)');
+  // Copy into an aligned buffer; slices below are views of it.
+  const floats = new Float32Array(new Uint8Array(payload).buffer);
+  let at = 0;
+  const take = (n: number) => floats.subarray(at, (at += n));
+  const generator = take(gs);
+  const discriminator = take(ds);
+  const adamGenerator = { step: h.adamSteps.generator, m: take(gs), v: take(gs) };
+  const adamDiscriminator = { step: h.adamSteps.discriminator, m: take(ds), v: take(ds) };
+  return { step: h.step, imagesTotal: h.imagesTotal, config: h.config, seedRng: h.seedRng, nextWorker: h.nextWorker, generator, discriminator, adamGenerator, adamDiscriminator };
+}
+
+/**
+ * Atomic write: a temporary file in the same directory, fsync, rename over
+ * the final name, fsync the directory. A crash at any point leaves either
+ * the previous set of checkpoints or the new complete one, never a torn file
+ * under a checkpoint name. Then keeps only the newest `keep`.
+ */
+export function writeCheckpoint(dir: string, c: Checkpoint, keep: number): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const final = path.join(dir, checkpointName(c.step));
+  const tmp = `${final}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    fs.writeSync(fd, encodeCheckpoint(c));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, final);
+  const dfd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
+  }
+  for (const old of listCheckpoints(dir).slice(keep)) fs.rmSync(path.join(dir, old), { force: true });
+  return final;
+}
+
+/** Checkpoint file names, newest step first. */
+export function listCheckpoints(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs
+    .readdirSync(dir)
+    .filter((f) => FILE.test(f))
+    .sort()
+    .reverse();
+}
+
+/**
+ * The newest checkpoint that loads, skipping (and reporting) any that are
+ * truncated or corrupted. Null when there is none.
+ */
+export function loadLatestCheckpoint(dir: string, log: (msg: string) => void): { checkpoint: Checkpoint; file: string } | null {
+  for (const name of listCheckpoints(dir)) {
+    const file = path.join(dir, name);
+    try {
+      return { checkpoint: decodeCheckpoint(fs.readFileSync(file), file), file };
+    } catch (e) {
+      log(`skipping checkpoint ${(e as Error).message}`);
+    }
+  }
+  return null;
+}
