@@ -209,6 +209,7 @@ export class Coordinator {
     const generatorDir = path.join(this.config.out, 'generator');
     exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
+    this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
     const summary: TrainingSummary = {
       steps: this.step,

@@ -1,0 +1,61 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Checkpoint, decodeCheckpoint, encodeCheckpoint, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
+import { createModel } from '../src/model';
+import { Rng } from '../src/util/rng';
+import { tempDir } from './harness';
+
+function checkpointAt(step: number): Checkpoint {
+  const model = createModel('mlp');
+  const p = model.init(new Rng(step));
+  const adamG = new Adam(p.generator.length, KERAS_ADAM_DEFAULTS);
+  const adamD = new Adam(p.discriminator.length, KERAS_ADAM_DEFAULTS);
+  adamG.apply(p.generator, p.generator.map((x) => x * 0.1));
+  adamD.apply(p.discriminator, p.discriminator.map((x) => -x));
+  return {
+    step, imagesTotal: step * 256, config: { arch: 'mlp', steps: 1000 }, seedRng: new Rng(5).state(), nextWorker: 4,
+    generator: p.generator, discriminator: p.discriminator, adamGenerator: adamG.state(), adamDiscriminator: adamD.state(),
+  };
+}
+
+test('a checkpoint round-trips bit for bit', () => {
+  const c = checkpointAt(7);
+  const back = decodeCheckpoint(encodeCheckpoint(c), 'mem');
+  assert.deepEqual(back, c);
+});
+
+test('truncated, corrupted and foreign files are refused with the reason', () => {
+  const buf = encodeCheckpoint(checkpointAt(3));
+  assert.throws(() => decodeCheckpoint(buf.subarray(0, buf.length - 4), 'f'), /f: payload is \d+ bytes, expected \d+ \(truncated\?\)/);
+  const flipped = Buffer.from(buf);
+  flipped[flipped.length - 100] ^= 0x40;
+  assert.throws(() => decodeCheckpoint(flipped, 'f'), /checksum mismatch \(corrupted\)/);
+  assert.throws(() => decodeCheckpoint(Buffer.from('PK\x03\x04 zip'), 'f'), /bad magic/);
+  assert.throws(() => decodeCheckpoint(buf.subarray(0, 30), 'f'), /truncated header|unreadable header/);
+});
+
+test('writes are atomic, keep the newest K, and resume falls back past broken files', () => {
+  const dir = tempDir('ckpt');
+  for (const step of [10, 20, 30, 40]) writeCheckpoint(dir, checkpointAt(step), 3);
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000040.bin', 'ckpt-000000030.bin', 'ckpt-000000020.bin']);
+  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.tmp')), [], 'no temporary file left behind');
+
+  // A crash mid-write leaves only a temporary file, which is never read as a checkpoint.
+  fs.writeFileSync(path.join(dir, 'ckpt-000000050.bin.tmp-123'), 'partial');
+  fs.truncateSync(path.join(dir, 'ckpt-000000040.bin'), 1000);
+  const corrupt = path.join(dir, 'ckpt-000000030.bin');
+  const bytes = fs.readFileSync(corrupt);
+  bytes[bytes.length - 1] ^= 1;
+  fs.writeFileSync(corrupt, bytes);
+  const lines: string[] = [];
+  const found = loadLatestCheckpoint(dir, (m) => lines.push(m));
+  assert.equal(found?.checkpoint.step, 20);
+  assert.equal(lines.length, 2);
+  assert.match(lines[0], /skipping checkpoint .*ckpt-000000040\.bin: payload is/);
+  assert.match(lines[1], /skipping checkpoint .*ckpt-000000030\.bin: checksum mismatch/);
+  assert.equal(loadLatestCheckpoint(tempDir('empty'), () => {}), null);
+  fs.rmSync(dir, { recursive: true, force: true });
+});

@@ -1,0 +1,150 @@
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { GanfleetProcess, loggedSteps, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
+import { metricValue } from './helpers';
+
+const range = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
+const procs: GanfleetProcess[] = [];
+const dirs: string[] = [];
+
+after(() => {
+  for (const p of procs) p.kill();
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+function track<T extends GanfleetProcess>(p: T): T {
+  procs.push(p);
+  return p;
+}
+
+function out(name: string): string {
+  const d = tempDir(name);
+  dirs.push(d);
+  return d;
+}
+
+/** The worker counts of every shard plan the coordinator logged, with their sizes. */
+function shardPlans(log: string): number[][] {
+  return [...log.matchAll(/shard plan \d+: (.*)/g)].map((m) => m[1].split(' ').map((kv) => Number(kv.split('=')[1])));
+}
+
+describe('worker failures', () => {
+  test('SIGKILL one of 3 workers: the run pauses below --min-workers, resumes when a new one joins, and no step is lost or repeated', { timeout: 90_000 }, async () => {
+    const dir = out('kill');
+    const c = await startCoordinator(['--min-workers', '3', '--steps', '120', '--log-every', '1', '--checkpoint-every', '0', '--heartbeat', '1', '--round-timeout', '5', '--out', dir]);
+    track(c.proc);
+    const workers = ['a', 'b', 'c'].map((n) => track(startWorker(c.url, n)));
+    await c.proc.waitFor(/step 20\/120/);
+    const killedAt = Date.now();
+    workers[1].kill('SIGKILL');
+    await c.proc.waitFor(/paused at step \d+: 2\/3 workers connected/);
+    const detectMs = Date.now() - killedAt;
+    const paused = metricValue(await scrape(c.metrics), 'ganfleet_paused');
+    assert.equal(paused, 1, 'the pause is visible in metrics');
+    const stepsWhilePaused = loggedSteps(c.proc.log).length;
+    await sleep(500);
+    assert.equal(loggedSteps(c.proc.log).length, stepsWhilePaused, 'no step runs while paused');
+    track(startWorker(c.url, 'd'));
+    await c.proc.waitFor(/resuming at step \d+ with 3 workers/);
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.deepEqual(loggedSteps(c.proc.log), range(1, 120), 'every step exactly once');
+    for (const sizes of shardPlans(c.proc.log)) assert.equal(sizes.reduce((a, b) => a + b, 0), 60000, 'each plan covers the training set');
+    assert.deepEqual(shardPlans(c.proc.log).at(-1), [20000, 20000, 20000]);
+    assert.ok(detectMs < 5000, `kill detected in ${detectMs} ms`);
+    for (const w of workers.filter((_, i) => i !== 1)) assert.equal(await w.exited, 0);
+  });
+
+  test('a worker that joins mid-run is admitted at a step boundary with its own shard', { timeout: 60_000 }, async () => {
+    const dir = out('join');
+    const c = await startCoordinator(['--steps', '80', '--log-every', '1', '--checkpoint-every', '0', '--out', dir]);
+    track(c.proc);
+    const first = track(startWorker(c.url, 'first'));
+    await c.proc.waitFor(/step 15\/80/);
+    const second = track(startWorker(c.url, 'second'));
+    await second.waitFor(/shard plan 2: 30000 images/);
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.deepEqual(shardPlans(c.proc.log), [[60000], [30000, 30000]]);
+    assert.match(c.proc.log, /step 80\/80 .* workers=2 /);
+    assert.deepEqual(loggedSteps(c.proc.log), range(1, 80));
+    assert.equal(await first.exited, 0);
+    assert.equal(await second.exited, 0);
+  });
+
+  test('--max-workers: a worker over the cap is told why, and retries until there is room', { timeout: 120_000 }, async () => {
+    const dir = out('cap');
+    const c = await startCoordinator(['--steps', '200', '--max-workers', '1', '--log-every', '50', '--checkpoint-every', '0', '--out', dir]);
+    track(c.proc);
+    const first = track(startWorker(c.url, 'first'));
+    await c.proc.waitFor(/step 50\/200/);
+    const extra = track(startWorker(c.url, 'extra'));
+    await extra.waitFor(/COORDINATOR_FULL: the coordinator already has --max-workers 1 workers/);
+    await extra.waitFor(/reconnecting in/);
+    first.kill('SIGTERM'); // leaves cleanly; the extra worker gets its place
+    assert.equal(await first.exited, 0);
+    await extra.waitFor(/joined as w\d+/);
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.equal(await extra.exited, 0);
+  });
+});
+
+/** A free TCP port, so a restarted coordinator can come back where its workers look for it. */
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+describe('coordinator failure and resume', () => {
+  test('SIGKILL the coordinator; restarted with --resume it skips a corrupted checkpoint, the workers reconnect by themselves, and the run completes', { timeout: 120_000 }, async () => {
+    const dir = out('resume');
+    const port = await freePort();
+    const args = ['coordinator', '--port', String(port), '--metrics-port', '-1', '--steps', '150', '--log-every', '1', '--checkpoint-every', '20', '--keep-checkpoints', '3', '--out', dir];
+    const first = track(new GanfleetProcess(args));
+    await first.waitFor(/listening for workers/);
+    const url = `ws://127.0.0.1:${port}`;
+    const workers = ['a', 'b'].map((n) => track(startWorker(url, n)));
+    await first.waitFor(/step 70\/150/);
+    first.kill('SIGKILL');
+    await first.exited;
+    const ckpts = fs.readdirSync(path.join(dir, 'checkpoints')).sort();
+    assert.deepEqual(ckpts, ['ckpt-000000020.bin', 'ckpt-000000040.bin', 'ckpt-000000060.bin'], 'the newest 3 are kept');
+    // A torn newest checkpoint (as a crash mid-write would leave without the atomic rename).
+    const newest = path.join(dir, 'checkpoints', ckpts[2]);
+    fs.truncateSync(newest, fs.statSync(newest).size - 1000);
+    for (const w of workers) await w.waitFor(/reconnecting in/);
+
+    const second = track(new GanfleetProcess([...args, '--resume']));
+    await second.waitFor(/skipping checkpoint .*ckpt-000000060\.bin: payload is \d+ bytes, expected \d+ \(truncated\?\)/);
+    await second.waitFor(/resumed from .*ckpt-000000040\.bin at step 40/);
+    assert.equal(await second.exited, 0, second.log);
+    assert.deepEqual(loggedSteps(second.log), range(41, 150), 'continues from the checkpointed step');
+    for (const w of workers) {
+      assert.equal(await w.exited, 0, w.log);
+      assert.match(w.log, /joined as w[12]:/);
+      // Worker ids continue from the checkpoint's counter, so a rejoin never reuses one.
+      assert.match(w.log, /joined as w[34]:/, 'rejoined the restarted coordinator');
+    }
+    const summary = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
+    assert.equal(summary.steps, 150);
+    assert.equal(summary.resumedFrom, 40);
+  });
+
+  test('SIGTERM on the coordinator finishes the step, checkpoints, stops the workers and exits 0', { timeout: 60_000 }, async () => {
+    const dir = out('sigterm');
+    const c = await startCoordinator(['--steps', '100000', '--log-every', '10', '--checkpoint-every', '0', '--out', dir]);
+    track(c.proc);
+    const w = track(startWorker(c.url, 'w'));
+    await c.proc.waitFor(/step 30\/100000/);
+    c.proc.kill('SIGTERM');
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.equal(await w.exited, 0, 'the worker was told to stop');
+    const step = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).steps;
+    assert.ok(fs.existsSync(path.join(dir, 'checkpoints', `ckpt-${String(step).padStart(9, '0')}.bin`)), 'checkpoint of the last step');
+    assert.match(w.log, /stopped by the coordinator: SIGTERM received/);
+  });
+});

@@ -1,0 +1,81 @@
+import { ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CLI } from './helpers';
+
+/** A real `ganfleet` child process whose output the test can wait on. */
+export class GanfleetProcess {
+  readonly child: ChildProcess;
+  private output = '';
+  readonly exited: Promise<number | null>;
+
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
+    this.child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    this.child.stdout!.on('data', (d) => (this.output += d));
+    this.child.stderr!.on('data', (d) => (this.output += d));
+    this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code)));
+  }
+
+  get log(): string {
+    return this.output;
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** Resolves with the first match of `re` in the output, waiting for it if needed. */
+  async waitFor(re: RegExp, ms = 30_000): Promise<RegExpExecArray> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const m = re.exec(this.output);
+      if (m) return m;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${re}; output so far:\n${this.output.slice(-3000)}`);
+      if (this.child.exitCode !== null) throw new Error(`process exited (${this.child.exitCode}) before ${re}:\n${this.output.slice(-3000)}`);
+      await sleep(25);
+    }
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGKILL'): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function tempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-${prefix}-`));
+}
+
+/** `ganfleet coordinator` on a free port; resolves once it listens, with its URL and metrics URL. */
+export async function startCoordinator(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const proc = new GanfleetProcess(['coordinator', '--port', '0', '--metrics-port', '0', ...args], env);
+  const url = (await proc.waitFor(/listening for workers on (wss?:\/\/\S+)/))[1];
+  const metrics = (await proc.waitFor(/metrics on (http:\/\/\S+\/metrics)/))[1];
+  return { proc, url, metrics };
+}
+
+export function startWorker(url: string, name: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): GanfleetProcess {
+  return new GanfleetProcess(['worker', '--coordinator', url, '--name', name, '--backend', 'wasm', ...extra], env);
+}
+
+/** The step numbers of every progress line, in order (run with --log-every 1). */
+export function loggedSteps(log: string): number[] {
+  return [...log.matchAll(/\] step (\d+)\/\d+ /g)].map((m) => Number(m[1]));
+}
+
+export async function scrape(url: string): Promise<string> {
+  return (await fetch(url)).text();
+}
+
+/** Sum of every sample of a series, over all label sets. */
+export function metricTotal(text: string, name: string): number {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}

@@ -1,0 +1,209 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { FaultProxy } from './fault-proxy';
+import { GanfleetProcess, loggedSteps, metricTotal, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
+
+const ROUND_TIMEOUT_S = 3;
+const LATENCY_MS = 20;
+
+interface Found {
+  match: RegExpExecArray;
+  /** Offset in the log just past the line of the match: search from here for what comes after it. */
+  end: number;
+  /** The timestamp the process wrote at the start of that line. */
+  time: number;
+}
+
+/** The first match of `re` in `proc`'s output at or after offset `from`, waiting for it if needed. */
+async function waitAfter(proc: GanfleetProcess, re: RegExp, from: number, ms = 20_000, what = String(re)): Promise<Found> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const log = proc.log;
+    const m = new RegExp(re.source, re.flags.replace('g', '')).exec(log.slice(from));
+    if (m) {
+      const at = from + m.index;
+      const start = log.lastIndexOf('\n', at) + 1;
+      const nl = log.indexOf('\n', at);
+      return { match: m, end: nl < 0 ? log.length : nl + 1, time: Date.parse(log.slice(start, start + 24)) };
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; output after offset ${from}:\n${log.slice(from).slice(-3000)}`);
+    if (proc.child.exitCode !== null) throw new Error(`process exited (${proc.child.exitCode}) before ${what}:\n${log.slice(-3000)}`);
+    await sleep(20);
+  }
+}
+
+/** Progress lines (time, step, workers) at or after offset `from`. */
+function progress(log: string, from = 0): { time: number; step: number; workers: number }[] {
+  return [...log.slice(from).matchAll(/^(\S+) \[coordinator\] step (\d+)\/\d+ .* workers=(\d+) /gm)].map((m) => ({
+    time: Date.parse(m[1]),
+    step: Number(m[2]),
+    workers: Number(m[3]),
+  }));
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i + 1);
+}
+
+function coordinatorArgs(steps: number, out: string): string[] {
+  return [
+    '--min-workers', '1',
+    '--round-timeout', String(ROUND_TIMEOUT_S),
+    // Long, so that the round timeout (not a missed pong) is what catches a stuck worker.
+    '--heartbeat', '30',
+    '--steps', String(steps),
+    '--log-every', '1',
+    '--sample-every', String(steps),
+    '--checkpoint-every', '0',
+    '--backend', 'wasm',
+    '--out', out,
+  ];
+}
+
+/** Both workers joined and at least `n` steps run with both, through the proxy's latency. */
+async function trainWithBoth(coord: GanfleetProcess, n: number): Promise<{ proxiedId: string; after: number; msPerStep: number }> {
+  const joined = await waitAfter(coord, /(w\d+) joined from \S+ \("proxied"/, 0, 30_000);
+  const proxiedId = joined.match[1];
+  await waitAfter(coord, /\("direct"/, 0, 30_000);
+  let last!: Found;
+  let from = joined.end;
+  for (let i = 0; i < n; i++) {
+    last = await waitAfter(coord, /\] step \d+\/\d+ .* workers=2 /, from);
+    from = last.end;
+  }
+  const both = progress(coord.log, joined.end).filter((p) => p.workers === 2);
+  const msPerStep = (both[both.length - 1].time - both[0].time) / (both.length - 1);
+  return { proxiedId, after: last.end, msPerStep };
+}
+
+/** `p`, or 'timeout' after `ms` (without keeping the process alive). */
+function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  return Promise.race([p, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms).unref())]);
+}
+
+async function finish(coord: GanfleetProcess, workers: GanfleetProcess[], steps: number, out: string): Promise<void> {
+  const code = await within(coord.exited, 30_000);
+  assert.equal(code, 0, `coordinator exit ${code}\n${coord.log.slice(-4000)}`);
+  for (const w of workers) {
+    const wc = await within(w.exited, 10_000);
+    assert.equal(wc, 0, `worker exit ${wc}\n${w.log.slice(-2000)}`);
+    assert.match(w.log, /stopped by the coordinator/);
+  }
+  assert.deepEqual(loggedSteps(coord.log), range(steps), 'every step logged exactly once, in order');
+  const summary = JSON.parse(fs.readFileSync(`${out}/summary.json`, 'utf8'));
+  assert.equal(summary.steps, steps);
+  assert.equal(summary.ok, true);
+}
+
+test('a black-holed (stuck) worker is dropped by the round timeout; it reconnects after a cut and the run completes', { timeout: 60_000 }, async (t) => {
+  const out = tempDir('proxy-stuck');
+  const steps = 150;
+  const { proc: coord, url, metrics } = await startCoordinator(coordinatorArgs(steps, out));
+  const proxy = await FaultProxy.start(Number(new URL(url).port));
+  proxy.setLatency(LATENCY_MS);
+  const direct = startWorker(url, 'direct');
+  const proxied = startWorker(proxy.url(), 'proxied');
+  t.after(async () => {
+    for (const p of [coord, direct, proxied]) p.kill();
+    await proxy.close();
+    fs.rmSync(out, { recursive: true, force: true });
+  });
+
+  // 1. Training progresses with both workers, one of them behind 20 ms per chunk each way.
+  const { proxiedId, after, msPerStep } = await trainWithBoth(coord, 5);
+  // Each step is two rounds, each a weights frame down and a gradients frame up through the proxy.
+  assert.ok(msPerStep >= 4 * LATENCY_MS, `${msPerStep.toFixed(0)} ms per step with both workers, expected >= ${4 * LATENCY_MS}`);
+  t.diagnostic(`with ${LATENCY_MS} ms proxy latency: ${msPerStep.toFixed(0)} ms per step`);
+
+  // 2. Black hole: no data, no FIN, no RST in either direction.
+  const lostBefore = (proxied.log.match(/connection lost/g) ?? []).length;
+  const blackholedAt = Date.now();
+  assert.equal(proxy.blackhole(), 1);
+  const stepAtBlackhole = Math.max(...loggedSteps(coord.log));
+  const dropped = await waitAfter(
+    coord,
+    new RegExp(`${proxiedId} left \\((no (discriminator|generator) gradients for step (\\d+) within --round-timeout ${ROUND_TIMEOUT_S} s)\\)`),
+    after,
+    ROUND_TIMEOUT_S * 1000 + 5000,
+    'the round timeout to drop the stuck worker',
+  );
+  const detectionMs = dropped.time - blackholedAt;
+  t.diagnostic(`stuck worker dropped ${detectionMs} ms after the black hole (--round-timeout ${ROUND_TIMEOUT_S} s): ${dropped.match[1]}`);
+  assert.ok(detectionMs <= ROUND_TIMEOUT_S * 1000 + 1500, `dropped ${detectionMs} ms after the black hole`);
+  // The round that timed out started at most one short round before the black hole.
+  assert.ok(detectionMs >= ROUND_TIMEOUT_S * 1000 - 500, `dropped only ${detectionMs} ms after the black hole: not by the round timeout?`);
+  // Nothing else noticed first: the coordinator saw no close, the worker saw nothing at all.
+  assert.doesNotMatch(coord.log.slice(after, dropped.end), new RegExp(`${proxiedId} left \\(disconnected`));
+  assert.equal((proxied.log.match(/connection lost/g) ?? []).length, lostBefore, 'the stuck worker must not see a close');
+  assert.equal(proxy.stuckClients, 1, "the stuck worker's socket is still open");
+  // No step completed while the round waited.
+  assert.ok(Number(dropped.match[3]) <= stepAtBlackhole, `dropped in step ${dropped.match[3]}, black-holed after step ${stepAtBlackhole}`);
+
+  // 3. Training goes on with the direct worker alone.
+  let from = dropped.end;
+  for (let i = 0; i < 5; i++) from = (await waitAfter(coord, /\] step \d+\/\d+ .* workers=1 /, from)).end;
+  const m = await scrape(metrics);
+  assert.equal(metricTotal(m, 'ganfleet_round_timeouts_total'), 1);
+  assert.equal(metricTotal(m, 'ganfleet_heartbeat_timeouts_total'), 0);
+  assert.equal(metricTotal(m, 'ganfleet_workers_connected'), 1);
+  assert.ok(proxied.child.exitCode === null, 'the stuck worker is still running');
+
+  // 4. Cut the stuck connection and refuse for a while: the worker retries with backoff, then rejoins.
+  proxy.setLatency(2);
+  proxy.refuse(true);
+  const cutAt = Date.now();
+  assert.equal(proxy.cut(), 1);
+  await waitAfter(proxied, /connection lost \(.*\); reconnecting in [\d.]+ s/, 0, 5000);
+  const refuseUntil = Date.now() + 1500;
+  while (proxy.refused < 2 && Date.now() < refuseUntil + 5000) await sleep(20);
+  await sleep(Math.max(0, refuseUntil - Date.now()));
+  assert.ok(proxy.refused >= 1, 'the worker tried again while the proxy refused');
+  proxy.refuse(false);
+  const rejoined = await waitAfter(coord, /(w\d+) joined from \S+ \("proxied"/, dropped.end, 20_000, 'the proxied worker to rejoin');
+  assert.notEqual(rejoined.match[1], proxiedId, 'a rejoining worker gets a new id');
+  t.diagnostic(`rejoined as ${rejoined.match[1]} ${rejoined.time - cutAt} ms after the cut (${proxy.refused} connection(s) refused)`);
+  await waitAfter(coord, /\] step \d+\/\d+ .* workers=2 /, rejoined.end, 20_000, 'a step with both workers after the rejoin');
+  assert.match(coord.log.slice(rejoined.end), new RegExp(`shard plan \\d+: w\\d+=30000 ${rejoined.match[1]}=30000`));
+
+  await finish(coord, [direct, proxied], steps, out);
+  assert.ok(proxy.accepted >= 2);
+});
+
+test('a cut connection mid-training: the coordinator drops the worker at once, it reconnects through the proxy and the run completes', { timeout: 60_000 }, async (t) => {
+  const out = tempDir('proxy-cut');
+  const steps = 120;
+  const { proc: coord, url } = await startCoordinator(coordinatorArgs(steps, out));
+  const proxy = await FaultProxy.start(Number(new URL(url).port));
+  proxy.setLatency(LATENCY_MS);
+  const direct = startWorker(url, 'direct');
+  const proxied = startWorker(proxy.url(), 'proxied');
+  t.after(async () => {
+    for (const p of [coord, direct, proxied]) p.kill();
+    await proxy.close();
+    fs.rmSync(out, { recursive: true, force: true });
+  });
+
+  const { proxiedId, after } = await trainWithBoth(coord, 3);
+  proxy.refuse(true);
+  const cutAt = Date.now();
+  assert.equal(proxy.cut(), 1);
+  const left = await waitAfter(coord, new RegExp(`${proxiedId} left \\((.*?)\\)`), after, 5000, 'the coordinator to see the cut');
+  assert.match(left.match[1], /disconnected/);
+  const noticeMs = left.time - cutAt;
+  t.diagnostic(`coordinator dropped the cut worker after ${noticeMs} ms`);
+  assert.ok(noticeMs < 1000, `the coordinator noticed the cut after ${noticeMs} ms`);
+  await waitAfter(proxied, /connection lost \(.*\); reconnecting/, 0, 5000);
+  // Training does not wait for it.
+  let from = left.end;
+  for (let i = 0; i < 3; i++) from = (await waitAfter(coord, /\] step \d+\/\d+ .* workers=1 /, from)).end;
+  await sleep(800);
+  proxy.refuse(false);
+  const rejoined = await waitAfter(coord, /(w\d+) joined from \S+ \("proxied"/, left.end, 20_000, 'the proxied worker to rejoin');
+  t.diagnostic(`rejoined as ${rejoined.match[1]} ${rejoined.time - cutAt} ms after the cut (${proxy.refused} connection(s) refused)`);
+  await waitAfter(coord, /\] step \d+\/\d+ .* workers=2 /, rejoined.end, 20_000, 'a step with both workers after the rejoin');
+
+  await finish(coord, [direct, proxied], steps, out);
+  // A step whose round lost a worker is not logged twice nor skipped (checked in finish), and nothing late was applied.
+  assert.doesNotMatch(coord.log, /could not finish/);
+});

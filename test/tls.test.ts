@@ -1,0 +1,126 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, tempDir } from './harness';
+
+let dir: string;
+let cert: string;
+let key: string;
+
+before(() => {
+  dir = tempDir('tls');
+  cert = path.join(dir, 'cert.pem');
+  key = path.join(dir, 'key.pem');
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'],
+    { stdio: 'pipe' },
+  );
+});
+
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/** `p`, or 'timeout' after `ms` (without keeping the process alive). */
+function within<T>(p: Promise<T>, ms: number): Promise<T | 'timeout'> {
+  return Promise.race([p, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms).unref())]);
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i + 1);
+}
+
+/** Neither the test's environment nor a developer's shell may decide these. */
+const CLEAN_ENV = { GANFLEET_TOKEN: undefined, GANFLEET_INSECURE: undefined, GANFLEET_CA: undefined, GANFLEET_HOST: undefined };
+
+function trainingArgs(steps: number, out: string): string[] {
+  return ['--min-workers', '1', '--steps', String(steps), '--log-every', '1', '--sample-every', String(steps), '--checkpoint-every', '0', '--backend', 'wasm', '--out', out];
+}
+
+test('wss://: a worker trusting the certificate with --ca trains to the end; one without --ca or on ws:// never gets in and gives up', { timeout: 60_000 }, async (t) => {
+  const out = path.join(dir, 'run-tls');
+  const steps = 30;
+  const { proc: coord, url } = await startCoordinator([...trainingArgs(steps, out), '--tls-cert', cert, '--tls-key', key], CLEAN_ENV);
+  const procs: GanfleetProcess[] = [coord];
+  t.after(() => procs.forEach((p) => p.kill()));
+  assert.match(url, /^wss:\/\/127\.0\.0\.1:\d+$/);
+
+  // First the workers that must fail, while the coordinator waits for its first worker.
+  const untrusting = startWorker(url, 'no-ca', ['--give-up-after', '2'], CLEAN_ENV);
+  const plain = startWorker(url.replace(/^wss:/, 'ws:'), 'plain-ws', ['--give-up-after', '2'], CLEAN_ENV);
+  procs.push(untrusting, plain);
+  const [untrustingCode, plainCode] = await Promise.all([within(untrusting.exited, 20_000), within(plain.exited, 20_000)]);
+  assert.equal(untrustingCode, 1, untrusting.log);
+  assert.match(untrusting.log, /connection lost \(self[- ]signed certificate\); reconnecting in/);
+  assert.ok((untrusting.log.match(/connection lost/g) ?? []).length >= 2, `retried with backoff:\n${untrusting.log}`);
+  assert.match(untrusting.log, /giving up: no coordinator for 2 s \(self[- ]signed certificate\)/);
+  assert.doesNotMatch(untrusting.log, /joined as/);
+  assert.equal(plainCode, 1, plain.log);
+  assert.match(plain.log, /connection lost \(.+\); reconnecting in/);
+  assert.doesNotMatch(plain.log, /joined as/);
+  assert.doesNotMatch(coord.log, /joined from/, 'neither failed worker was admitted');
+  assert.match(coord.log, /paused at step 0: 0\/1 workers connected/);
+
+  const trusting = startWorker(url, 'with-ca', ['--ca', cert], CLEAN_ENV);
+  procs.push(trusting);
+  const code = await within(coord.exited, 40_000);
+  assert.equal(code, 0, coord.log);
+  assert.equal(await within(trusting.exited, 10_000), 0, trusting.log);
+  assert.match(trusting.log, /connected to wss:\/\/127\.0\.0\.1:\d+/);
+  assert.match(trusting.log, /stopped by the coordinator/);
+  assert.match(coord.log, /w1 joined from \S+ \("with-ca"/);
+  assert.deepEqual(loggedSteps(coord.log), range(steps));
+});
+
+test('token: a wrong or missing token is refused with HTTP 401 and the worker exits 1 at once; the right one trains', { timeout: 60_000 }, async (t) => {
+  const secret = 'tls-test-secret-0123456789';
+  const out = path.join(dir, 'run-token');
+  const steps = 10;
+  const { proc: coord, url, metrics } = await startCoordinator(trainingArgs(steps, out), { ...CLEAN_ENV, GANFLEET_TOKEN: secret });
+  const procs: GanfleetProcess[] = [coord];
+  t.after(() => procs.forEach((p) => p.kill()));
+  assert.match(coord.log, /listening for workers on ws:\/\/\S+ \(token required\)/);
+
+  const started = Date.now();
+  const wrong = startWorker(url, 'wrong-token', ['--token', 'not-the-secret'], CLEAN_ENV);
+  const missing = startWorker(url, 'no-token', [], CLEAN_ENV);
+  procs.push(wrong, missing);
+  const [wrongCode, missingCode] = await Promise.all([within(wrong.exited, 20_000), within(missing.exited, 20_000)]);
+  const seconds = (Date.now() - started) / 1000;
+  t.diagnostic(`both refused workers exited after ${seconds.toFixed(1)} s (including start-up)`);
+  for (const [w, c] of [[wrong, wrongCode], [missing, missingCode]] as const) {
+    assert.equal(c, 1, w.log);
+    assert.match(w.log, /giving up: coordinator answered HTTP 401/);
+    // Fatal at the first answer: no retry loop.
+    assert.doesNotMatch(w.log, /reconnecting in/);
+    assert.doesNotMatch(w.log, /joined as/);
+  }
+  assert.ok(seconds < 10, `refused workers took ${seconds} s to exit`);
+  assert.equal((coord.log.match(/refused a connection from \S+: missing or wrong token/g) ?? []).length, 2);
+  assert.equal(metricTotal(await scrape(metrics), 'ganfleet_unauthorized_connections_total'), 2);
+  assert.doesNotMatch(coord.log, /joined from/);
+
+  const good = startWorker(url, 'right-token', [], { ...CLEAN_ENV, GANFLEET_TOKEN: secret });
+  procs.push(good);
+  assert.equal(await within(coord.exited, 40_000), 0, coord.log);
+  assert.equal(await within(good.exited, 10_000), 0, good.log);
+  assert.deepEqual(loggedSteps(coord.log), range(steps));
+  // The secret is never logged nor written to the checkpoint.
+  assert.ok(!coord.log.includes(secret) && !good.log.includes(secret), 'the token appears in a log');
+  const ckpts = fs.readdirSync(path.join(out, 'checkpoints'));
+  assert.ok(ckpts.length > 0);
+  for (const f of ckpts) assert.ok(!fs.readFileSync(path.join(out, 'checkpoints', f)).includes(secret), `${f} contains the token`);
+});
+
+test('--host 0.0.0.0 without a token refuses to start, before binding', { timeout: 30_000 }, async (t) => {
+  const out = path.join(dir, 'run-open');
+  const coord = new GanfleetProcess(['coordinator', '--host', '0.0.0.0', '--port', '0', '--metrics-port', '-1', '--backend', 'cpu', '--out', out], CLEAN_ENV);
+  t.after(() => coord.kill());
+  const code = await within(coord.exited, 20_000);
+  assert.notEqual(code, 0, coord.log);
+  assert.notEqual(code, 'timeout', coord.log);
+  assert.match(coord.log, /refusing to listen on 0\.0\.0\.0 without --token/);
+  assert.match(coord.log, /--insecure/);
+  assert.doesNotMatch(coord.log, /listening for workers/);
+});
