@@ -19,7 +19,9 @@ import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig } from './config';
-import { CoordinatorMetrics, RoundPart, boundPort, serveMetrics } from './metrics';
+import { History } from './history';
+import { CoordinatorMetrics, RoundPart, Routes, boundPort, serveMetrics } from './metrics';
+import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
 import { Round } from './round';
 import { SampleWriter } from './samples';
@@ -65,6 +67,19 @@ export interface TrainingSummary {
   generator: string;
   checkpoint: string | null;
   stopReason: string;
+}
+
+/** What the status page shows; served as /api/status. */
+export interface CoordinatorStatus {
+  state: 'waiting' | 'training' | 'paused' | 'finished';
+  step: number;
+  steps: number;
+  resumedFrom: number | null;
+  imagesPerSecond: number;
+  etaSeconds: number | null;
+  last: StepStats | null;
+  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number }[];
+  samples: string[];
 }
 
 interface RoundResult {
@@ -113,6 +128,12 @@ export class Coordinator {
   private bytesReceived = 0;
   private imagesTotal = 0;
   private imagesThisRun = 0;
+  private readonly history = new History();
+  private state: CoordinatorStatus['state'] = 'waiting';
+  private last: StepStats | null = null;
+  private sampleFiles: string[] = [];
+  /** Exponential moving average of a step's wall time, for images/s and the ETA. */
+  private stepSecondsAvg = 0;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -179,6 +200,8 @@ export class Coordinator {
     while (this.step < steps && !this.stop) {
       if (!(await this.admitWorkers(this.step === firstStep ? this.config.startWorkers : this.config.minWorkers))) break;
       if (t0 === 0) t0 = windowStart = performance.now();
+      this.state = 'training';
+      const stepStart = performance.now();
       this.saveRollback();
       const d = await this.roundUntilAnswered(this.step, 'discriminator');
       if (!d) break;
@@ -189,9 +212,11 @@ export class Coordinator {
       }
       this.step++;
       last = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
+      const stepSeconds = (performance.now() - stepStart) / 1000;
+      this.stepSecondsAvg = this.stepSecondsAvg === 0 ? stepSeconds : 0.95 * this.stepSecondsAvg + 0.05 * stepSeconds;
       this.recordStep(last);
       windowImages += d.samples;
-      if (this.step % sampleEvery === 0) written.push(this.samples.write(this.step, this.params.generator));
+      if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
       if (this.step % logEvery === 0 || this.step === steps) {
         const now = performance.now();
@@ -204,7 +229,8 @@ export class Coordinator {
     }
     const seconds = t0 === 0 ? 0 : (performance.now() - t0) / 1000;
     const ran = this.step - firstStep;
-    if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.samples.write(this.step, this.params.generator));
+    if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
+    this.state = 'finished';
     const checkpoint = ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0) ? this.checkpoint() : null;
     const generatorDir = path.join(this.config.out, 'generator');
     exportGenerator(this.model, this.params.generator, generatorDir);
@@ -283,13 +309,13 @@ export class Coordinator {
     this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
     if (metricsPort >= 0) {
       try {
-        this.metricsServer = await serveMetrics(this.metrics.registry, host, metricsPort);
+        this.metricsServer = await serveMetrics(this.metrics.registry, host, metricsPort, this.routes());
       } catch (e) {
         clearInterval(this.heartbeat);
         this.server.close();
         throw new Error(`metrics port ${metricsPort}: ${(e as Error).message}`);
       }
-      this.log(`metrics on http://${host}:${this.metricsPort}/metrics`);
+      this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
     }
   }
 
@@ -416,12 +442,15 @@ export class Coordinator {
   private async waitForWorkers(needed: number): Promise<void> {
     if (this.peers.size >= needed || this.stop) return;
     this.metrics.paused.set(1);
-    if (this.step > 0) this.metrics.pauses.inc();
+    const before = this.state;
+    this.state = before === 'waiting' ? 'waiting' : 'paused';
+    if (this.state === 'paused') this.metrics.pauses.inc();
     while (this.peers.size < needed && !this.stop) {
       this.log(`paused at step ${this.step}: ${this.peers.size}/${needed} workers connected`);
       await once(this.events, 'peers');
     }
     this.metrics.paused.set(0);
+    this.state = before;
     if (this.peers.size >= needed) this.log(`resuming at step ${this.step} with ${this.peers.size} workers`);
   }
 
@@ -594,7 +623,54 @@ export class Coordinator {
     }
   }
 
+  private writeSamples(): string {
+    const file = this.samples.write(this.step, this.params.generator);
+    this.sampleFiles.push(path.basename(file));
+    return file;
+  }
+
+  status(): CoordinatorStatus {
+    const perStep = this.stepSecondsAvg;
+    return {
+      state: this.state,
+      step: this.step,
+      steps: this.config.steps,
+      resumedFrom: this.resumedFrom,
+      imagesPerSecond: perStep > 0 && this.last ? this.last.images / perStep : 0,
+      etaSeconds: perStep > 0 && this.state !== 'finished' ? (this.config.steps - this.step) * perStep : null,
+      last: this.last,
+      workers: [...this.peers.values()].map((p) => ({
+        id: p.id,
+        name: p.name,
+        address: p.address,
+        backend: p.backend,
+        state: p.state,
+        shardSize: p.shard?.indices.length ?? 0,
+        lastComputeMs: p.lastComputeSeconds * 1000,
+      })),
+      samples: this.sampleFiles,
+    };
+  }
+
+  /** The status page and its JSON, served beside /metrics. */
+  private routes(): Routes {
+    const json = (x: unknown) => ({ status: 200, type: 'application/json', body: JSON.stringify(x) });
+    return {
+      '/': () => ({ status: 200, type: 'text/html; charset=utf-8', body: STATUS_PAGE }),
+      '/api/status': () => json(this.status()),
+      '/api/history': () => json(this.history),
+      '/samples/': (p) => {
+        const name = p.slice('/samples/'.length);
+        // Only names this run wrote: nothing else on disk is reachable.
+        if (!this.sampleFiles.includes(name)) return null;
+        return { status: 200, type: 'image/png', body: fs.readFileSync(path.join(this.samples.dir, name)) };
+      },
+    };
+  }
+
   private recordStep(s: StepStats): void {
+    this.last = s;
+    this.history.add({ step: this.step, dLoss: s.dLoss, gLoss: s.gLoss, dReal: s.dReal, dFake: s.dFake });
     this.imagesTotal += s.images;
     this.imagesThisRun += s.images;
     this.metrics.steps.inc();

@@ -76,28 +76,34 @@ export class CoordinatorMetrics {
   }
 }
 
-/** Serves /metrics and /healthz. Resolves once listening. */
-export async function serveMetrics(registry: Registry, host: string, port: number): Promise<http.Server> {
+/** Extra GET routes by exact path; a handler returns the status, content type and body. */
+export type Routes = Record<string, (path: string) => { status: number; type: string; body: string | Buffer } | null>;
+
+/**
+ * Serves /metrics and /healthz, plus `routes` (the coordinator's status page
+ * and its JSON). A route key ending in '/' matches every path under it.
+ * Resolves once listening.
+ */
+export async function serveMetrics(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (req.method === 'GET' && path === '/metrics') {
+    const send = (status: number, type: string, body: string | Buffer) => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+      res.end(body);
+    };
+    if (req.method !== 'GET') return send(405, 'text/plain', 'method not allowed\n');
+    if (path === '/metrics') {
       registry.metrics().then(
-        (body) => {
-          res.writeHead(200, { 'content-type': registry.contentType });
-          res.end(body);
-        },
-        (e: Error) => {
-          res.writeHead(500);
-          res.end(e.message);
-        },
+        (body) => send(200, registry.contentType, body),
+        (e: Error) => send(500, 'text/plain', e.message),
       );
-    } else if (req.method === 'GET' && path === '/healthz') {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end('ok\n');
-    } else {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('not found\n');
+      return;
     }
+    if (path === '/healthz') return send(200, 'text/plain', 'ok\n');
+    const route = routes[path] ?? Object.entries(routes).find(([k]) => k.endsWith('/') && k !== '/' && path.startsWith(k))?.[1];
+    const out = route?.(path);
+    if (out) return send(out.status, out.type, out.body);
+    send(404, 'text/plain', 'not found\n');
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
