@@ -181,7 +181,10 @@ export function buildCli(argv: string[]) {
             .option('token', { type: 'string', describe: "Shared secret matching the coordinator's (prefer GANFLEET_TOKEN)" })
             .option('ca', { type: 'string', describe: 'PEM file of a CA to trust for a wss:// coordinator with a private or self-signed certificate' })
             .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without reaching the coordinator (0 = keep retrying with backoff)' })
+            .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
+            .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
             .check((a) => {
+              checkPort('metrics-port', a['metrics-port'], true);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
               if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${a['give-up-after']}`);
               if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
@@ -194,7 +197,16 @@ export function buildCli(argv: string[]) {
         // Started by `ganfleet local` with an IPC channel: never outlive that parent.
         if (process.connected) process.once('disconnect', () => (log('parent process gone: exiting'), process.exit(1)));
         process.exitCode = await runWorker(
-          { coordinator: a.coordinator, backend: a.backend, name: a.name, token: a.token, ca: a.ca, giveUpAfter: a['give-up-after'] },
+          {
+            coordinator: a.coordinator,
+            backend: a.backend,
+            name: a.name,
+            token: a.token,
+            ca: a.ca,
+            giveUpAfter: a['give-up-after'],
+            metricsPort: a['metrics-port'],
+            metricsHost: a['metrics-host'],
+          },
           log,
         );
         process.disconnect?.();

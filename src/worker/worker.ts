@@ -6,7 +6,9 @@ import { createModel } from '../model';
 import { decodeCoordinatorMessage, encode, ProtocolError } from '../protocol/codec';
 import { CoordinatorMessage, ErrorMessage, Gradients, Hello, message } from '../protocol/messages';
 import { createLogger, Logger } from '../util/log';
+import { boundPort, serveMetrics } from '../util/http';
 import { ShardCompute } from './compute';
+import { WorkerMetrics } from './metrics';
 
 export interface WorkerOptions {
   coordinator: string;
@@ -18,6 +20,9 @@ export interface WorkerOptions {
   ca?: string;
   /** Give up after this many seconds without a connection; 0 = keep trying forever. */
   giveUpAfter: number;
+  /** Serve this worker's /metrics and /healthz here (-1 = off). */
+  metricsPort?: number;
+  metricsHost?: string;
 }
 
 /** The largest frame a worker accepts: a whole 60k-image shard (47 MB) plus headroom. */
@@ -45,6 +50,10 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   log(`backend ${backend.name} (${backend.notes.join('; ')})`);
   const name = opts.name ?? `${os.hostname()}:${process.pid}`;
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
+  const metrics = new WorkerMetrics();
+  const metricsServer =
+    opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveMetrics(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
+  if (metricsServer) log(`metrics on http://${opts.metricsHost ?? '127.0.0.1'}:${boundPort(metricsServer)}/metrics`);
 
   let leaving: (() => void) | null = null;
   let leaveRequested = false;
@@ -60,7 +69,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
     let attempt = 0;
     let lastContact = Date.now();
     for (;;) {
-      const outcome = await connectOnce(opts, { name, backend: backend.name, ca }, log, (leave) => (leaving = leave), () => leaveRequested);
+      const outcome = await connectOnce(opts, { name, backend: backend.name, ca }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
       leaving = null;
       switch (outcome.kind) {
         case 'stopped':
@@ -91,17 +100,21 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
             };
           });
           if (leaveRequested) return 0;
+          metrics.reconnects.inc();
       }
     }
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    metricsServer?.closeAllConnections();
+    metricsServer?.close();
   }
 }
 
 function connectOnce(
   opts: WorkerOptions,
   me: { name: string; backend: string; ca?: Buffer },
+  metrics: WorkerMetrics,
   log: Logger,
   setLeave: (leave: () => void) => void,
   leaveRequested: () => boolean,
@@ -141,12 +154,14 @@ function connectOnce(
           compute?.dispose();
           compute = new ShardCompute(model, msg.batchSize, msg.seed);
           workerId = msg.workerId;
+          metrics.connected.set(1);
           log(`joined as ${workerId}: model ${msg.arch}, batch ${msg.batchSize}`);
           return;
         }
         case 'shard':
           if (!compute) return fail('WORKER_UNEXPECTED', 'shard before welcome');
           compute.setShard(msg.images, msg.count);
+          metrics.shardImages.set(msg.count);
           log(`shard plan ${msg.plan}: ${msg.count} images`);
           return;
         case 'weights': {
@@ -166,6 +181,7 @@ function connectOnce(
           });
           if (out.dReal !== undefined) reply.dReal = out.dReal;
           ws.send(encode(reply));
+          metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
           return;
         }
         case 'stop':
@@ -203,6 +219,7 @@ function connectOnce(
     ws.on('error', (e) => end({ kind: 'lost', reason: e.message, welcomed: workerId !== null }));
     ws.on('close', (code, reason) => {
       compute?.dispose();
+      metrics.connected.set(0);
       resolve(outcome ?? { kind: 'lost', reason: `closed (${code}${reason.length ? ` ${reason}` : ''})`, welcomed: workerId !== null });
     });
   });
