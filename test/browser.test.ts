@@ -1,0 +1,66 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium, Browser } from 'playwright-core';
+import { GanfleetProcess, tempDir } from './harness';
+
+const CHROMIUM = '/usr/bin/chromium';
+/** Where CI keeps the screenshot (ignored by git). */
+export const ARTIFACTS = path.join(__dirname, '..', '..', 'artifacts');
+// .ci/run installs Debian's chromium; elsewhere the test says why it did not run.
+const skip = !fs.existsSync(CHROMIUM) && !process.env.CI ? `${CHROMIUM} not found (apt-get install chromium)` : false;
+
+let browser: Browser | null = null;
+let run: GanfleetProcess | null = null;
+after(async () => {
+  await browser?.close();
+  run?.kill();
+});
+
+test('the status page shows a decoded sample grid, loss curves and the workers during a run', { skip, timeout: 120_000 }, async () => {
+  const out = tempDir('browser');
+  run = new GanfleetProcess(['local', '--workers', '2', '--steps', '3000', '--sample-every', '40', '--log-every', '100', '--out', out]);
+  const url = (await run.waitFor(/status page on (http:\/\/\S+\/)/))[1];
+  await run.waitFor(/step 100\/3000/);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const page = await browser.newPage({ viewport: { width: 1200, height: 820 } });
+  const errors: string[] = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(url);
+
+  await page.waitForFunction(() => {
+    const img = document.getElementById('grid') as HTMLImageElement;
+    return img.complete && img.naturalWidth > 0;
+  });
+  const grid = await page.$eval('#grid', (img) => ({ w: (img as HTMLImageElement).naturalWidth, h: (img as HTMLImageElement).naturalHeight, src: img.getAttribute('src') }));
+  assert.deepEqual([grid.w, grid.h], [152, 152], 'a 5×5 grid of 28px digits decoded');
+  assert.match(grid.src ?? '', /^samples\/step-\d{6}\.png$/);
+
+  await page.waitForFunction(() => Number((document.getElementById('losses') as unknown as SVGElement).dataset.points ?? 0) > 50);
+  const curves = await page.$$eval('#losses polyline, #probs polyline', (ls) => ls.map((l) => l.getAttribute('points')!.split(' ').length));
+  assert.equal(curves.length, 4, 'D and G loss, D(x) and D(G(z))');
+  for (const n of curves) assert.ok(n > 50, `a curve with ${n} points`);
+
+  const rows = await page.$$eval('#workers tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)));
+  assert.equal(rows.length, 2);
+  for (const r of rows) {
+    assert.match(r[0]!, /^w\d+$/);
+    assert.equal(r[4], 'active');
+    assert.equal(r[5], '30000');
+  }
+  assert.equal(await page.textContent('#state'), 'training');
+  assert.ok(Number(await page.textContent('#rate')) > 0, 'throughput shown');
+  assert.match((await page.textContent('#eta')) ?? '', /^\d+m\d{2}s$/);
+
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, 'status-page.png') });
+  assert.deepEqual(errors, [], 'no script errors');
+  run.kill('SIGINT');
+  assert.equal(await run.exited, 0);
+  fs.rmSync(out, { recursive: true, force: true });
+});
