@@ -6,16 +6,22 @@ class Pipe {
   private timer: NodeJS.Timeout | null = null;
   bytes = 0;
 
+  private lastDue = 0;
+
   constructor(
     private readonly dst: net.Socket,
     private readonly latency: () => number,
+    private readonly bytesPerSecond: () => number,
   ) {}
 
   /** `null` is the end of the stream, delivered after everything queued before it. */
   push(chunk: Buffer | null): void {
     // A later chunk never overtakes an earlier one, even if the latency was lowered in between.
-    const last = this.queue.length ? this.queue[this.queue.length - 1].due : 0;
-    this.queue.push({ due: Math.max(Date.now() + this.latency(), last), chunk });
+    let due = Math.max(Date.now() + this.latency(), this.lastDue);
+    const rate = this.bytesPerSecond();
+    if (chunk && rate > 0) due += (chunk.length * 1000) / rate;
+    this.lastDue = due;
+    this.queue.push({ due, chunk });
     this.schedule();
   }
 
@@ -60,9 +66,10 @@ class Link {
     readonly client: net.Socket,
     readonly upstream: net.Socket,
     latency: () => number,
+    bytesPerSecond: () => number,
   ) {
-    this.up = new Pipe(upstream, latency);
-    this.down = new Pipe(client, latency);
+    this.up = new Pipe(upstream, latency, bytesPerSecond);
+    this.down = new Pipe(client, latency, bytesPerSecond);
   }
 
   get open(): boolean {
@@ -84,6 +91,7 @@ class Link {
 /**
  * A TCP proxy on 127.0.0.1 that injects faults between a client and a target:
  * - `latencyMs`: every chunk, in both directions, is held this long (order kept);
+ * - `bytesPerSecond`: each direction of each connection is throttled to this rate (0 = unlimited);
  * - `blackhole()`: the current connections stop forwarding anything in either
  *   direction, and neither side is closed, not even when the other side closes
  *   (a stuck peer: no FIN, no RST, no data);
@@ -92,6 +100,7 @@ class Link {
  */
 export class FaultProxy {
   latencyMs = 0;
+  bytesPerSecond = 0;
   accepted = 0;
   refused = 0;
   readonly events: string[] = [];
@@ -181,7 +190,7 @@ export class FaultProxy {
     client.pause();
     const upstream = net.connect({ port: this.targetPort, host: this.targetHost, allowHalfOpen: true });
     upstream.on('error', () => {});
-    const link = new Link(client, upstream, () => this.latencyMs);
+    const link = new Link(client, upstream, () => this.latencyMs, () => this.bytesPerSecond);
     this.links.add(link);
     this.note(`accepted connection ${this.accepted}`);
     upstream.once('connect', () => client.resume());

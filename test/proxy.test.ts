@@ -28,7 +28,7 @@ async function waitAfter(proc: GanfleetProcess, re: RegExp, from: number, ms = 2
       return { match: m, end: nl < 0 ? log.length : nl + 1, time: Date.parse(log.slice(start, start + 24)) };
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; output after offset ${from}:\n${log.slice(from).slice(-3000)}`);
-    if (proc.child.exitCode !== null) throw new Error(`process exited (${proc.child.exitCode}) before ${what}:\n${log.slice(-3000)}`);
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) throw new Error(`process exited (${proc.child.exitCode ?? proc.child.signalCode}) before ${what}:\n${log.slice(-3000)}`);
     await sleep(20);
   }
 }
@@ -46,12 +46,12 @@ function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i + 1);
 }
 
-function coordinatorArgs(steps: number, out: string): string[] {
+function coordinatorArgs(steps: number, out: string, roundTimeout = ROUND_TIMEOUT_S, heartbeat = 30): string[] {
   return [
     '--min-workers', '1',
-    '--round-timeout', String(ROUND_TIMEOUT_S),
-    // Long, so that the round timeout (not a missed pong) is what catches a stuck worker.
-    '--heartbeat', '30',
+    '--round-timeout', String(roundTimeout),
+    // Long by default, so that the round timeout (not a missed pong) is what catches a stuck worker.
+    '--heartbeat', String(heartbeat),
     '--steps', String(steps),
     '--log-every', '1',
     '--sample-every', String(steps),
@@ -113,7 +113,7 @@ async function finish(coord: GanfleetProcess, workers: GanfleetProcess[], steps:
 
 test('a black-holed (stuck) worker is dropped by the round timeout; it reconnects after a cut and the run completes', { timeout: 60_000 }, async (t) => {
   const out = tempDir('proxy-stuck');
-  const steps = 150;
+  const steps = 120;
   const { proc: coord, url, metrics } = await startCoordinator(coordinatorArgs(steps, out));
   const proxy = await FaultProxy.start(Number(new URL(url).port));
   proxy.setLatency(LATENCY_MS);
@@ -177,7 +177,7 @@ test('a black-holed (stuck) worker is dropped by the round timeout; it reconnect
 
 test('a cut connection mid-training: the coordinator drops the worker at once, it reconnects through the proxy and the run completes', { timeout: 60_000 }, async (t) => {
   const out = tempDir('proxy-cut');
-  const steps = 150;
+  const steps = 120;
   const { proc: coord, url } = await startCoordinator(coordinatorArgs(steps, out));
   const proxy = await FaultProxy.start(Number(new URL(url).port));
   proxy.setLatency(LATENCY_MS);
@@ -198,19 +198,85 @@ test('a cut connection mid-training: the coordinator drops the worker at once, i
   const noticeMs = left.time - cutAt;
   t.diagnostic(`coordinator dropped the cut worker after ${noticeMs} ms`);
   assert.ok(noticeMs < 1000, `the coordinator noticed the cut after ${noticeMs} ms`);
-  await waitAfter(proxied, /connection lost \(.*\); reconnecting/, 0, 5000);
+  const lost = await waitAfter(proxied, /connection lost \(.*\); reconnecting/, 0, 5000);
+  // The step in progress did not wait for the cut worker: it completed with the direct worker's gradients.
+  const next = await waitAfter(coord, /\] step \d+\/\d+ /, left.end, 5000);
+  assert.ok(next.time - cutAt < 1000, `the step in progress completed ${next.time - cutAt} ms after the cut`);
   // The worker's next try is refused (reset at once); then the proxy accepts again.
-  const deadline = Date.now() + 5000;
-  while (proxy.refused < 1 && Date.now() < deadline) await sleep(10);
+  await waitAfter(proxied, /connection lost \(.*\); reconnecting/, lost.end, 5000, 'a refused reconnection');
   assert.ok(proxy.refused >= 1, 'the worker tried again while the proxy refused');
-  await waitAfter(proxied, /connection lost \(.*\); reconnecting/, 0, 5000);
   proxy.refuse(false);
-  const rejoinedId = await rejoin(t, coord, proxy, left.end, cutAt);
-  // Training did not wait for it meanwhile.
-  const between = coord.log.slice(left.end, coord.log.indexOf(`${rejoinedId} joined`));
-  assert.ok(progress(between).some((p) => p.workers === 1), 'steps ran with the direct worker alone while the other was away');
+  await rejoin(t, coord, proxy, left.end, cutAt);
 
   await finish(coord, [direct, proxied], steps, out);
-  // A step whose round lost a worker is not logged twice nor skipped (checked in finish), and nothing late was applied.
-  assert.doesNotMatch(coord.log, /could not finish/);
+  // The step that lost a worker mid-round was applied once (checked in finish), not rolled back nor timed out.
+  assert.doesNotMatch(coord.log, /could not finish|--round-timeout/);
 });
+
+test('with a short --heartbeat, a black-holed worker is dropped by the missed pong, long before the round timeout', { timeout: 60_000 }, async (t) => {
+  const out = tempDir('proxy-heartbeat');
+  const steps = 100;
+  const { proc: coord, url, metrics } = await startCoordinator(coordinatorArgs(steps, out, 30, 1));
+  const proxy = await FaultProxy.start(Number(new URL(url).port));
+  proxy.setLatency(LATENCY_MS);
+  const direct = startWorker(url, 'direct');
+  const proxied = startWorker(proxy.url(), 'proxied');
+  t.after(async () => {
+    for (const p of [coord, direct, proxied]) p.kill();
+    await proxy.close();
+    fs.rmSync(out, { recursive: true, force: true });
+  });
+
+  const { proxiedId, after } = await trainWithBoth(coord, 3);
+  const blackholedAt = Date.now();
+  assert.equal(proxy.blackhole(), 1);
+  const dropped = await waitAfter(coord, new RegExp(`${proxiedId} left \\((.*?)\\)`), after, 5000, 'the heartbeat to drop the stuck worker');
+  assert.equal(dropped.match[1], 'no heartbeat for 1 s');
+  const detectionMs = dropped.time - blackholedAt;
+  t.diagnostic(`stuck worker dropped ${detectionMs} ms after the black hole (--heartbeat 1, --round-timeout 30)`);
+  // A ping unanswered for one whole interval: between one and two intervals after the last pong.
+  assert.ok(detectionMs <= 2000 + 500, `dropped ${detectionMs} ms after the black hole`);
+  let from = dropped.end;
+  for (let i = 0; i < 3; i++) from = (await waitAfter(coord, /\] step \d+\/\d+ .* workers=1 /, from)).end;
+  const m = await scrape(metrics);
+  assert.equal(metricTotal(m, 'ganfleet_heartbeat_timeouts_total'), 1);
+  assert.equal(metricTotal(m, 'ganfleet_round_timeouts_total'), 0);
+  assert.equal(await within(coord.exited, 30_000), 0, coord.log);
+  assert.deepEqual(loggedSteps(coord.log), range(steps));
+  assert.equal(await within(direct.exited, 10_000), 0, direct.log);
+});
+
+test(
+  'a worker whose link is slower than shard size / --round-timeout still gets to train',
+  {
+    timeout: 60_000,
+    todo:
+      'src bug: the round deadline also covers the shard sent by rebalance() just before the round, so such a worker ' +
+      'is dropped in its first round, rejoins at once (backoff reset by the welcome) and loops forever, stalling every ' +
+      'other worker for a whole --round-timeout per cycle',
+  },
+  async (t) => {
+    const out = tempDir('proxy-slow');
+    const roundTimeout = 2;
+    const { proc: coord, url } = await startCoordinator(coordinatorArgs(100_000, out, roundTimeout));
+    const proxy = await FaultProxy.start(Number(new URL(url).port));
+    // Its 30,000-image shard (23.5 MB) takes ~4 s to cross, its weights frames ~0.1 s.
+    proxy.bytesPerSecond = 6e6;
+    const direct = startWorker(url, 'direct');
+    let proxied: GanfleetProcess | null = null;
+    t.after(async () => {
+      for (const p of [coord, direct, proxied]) p?.kill();
+      await proxy.close();
+      fs.rmSync(out, { recursive: true, force: true });
+    });
+    await coord.waitFor(/\] step 10\//, 30_000);
+    proxied = startWorker(proxy.url(), 'proxied');
+    const joined = await waitAfter(coord, /(w\d+) joined from \S+ \("proxied"/, 0, 30_000);
+    const both = waitAfter(coord, /\] step \d+\/\d+ .* workers=2 /, joined.end, 15_000, 'a step with the slow worker');
+    const dropped = waitAfter(coord, /left \(no \w+ gradients for step \d+ within --round-timeout/, joined.end, 15_000).then((f) => f.match[0]);
+    const first = await Promise.race([both.then(() => 'trained'), dropped]);
+    both.catch(() => {});
+    dropped.catch(() => {});
+    assert.equal(first, 'trained', `the slow worker was ${first}`);
+  },
+);
