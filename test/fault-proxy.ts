@@ -1,9 +1,15 @@
 import net from 'node:net';
 
+/** Bytes a throttled pipe holds before it stops reading its source, as a real link's window would. */
+const WINDOW = 256 * 1024;
+
 /** One direction of a proxied connection: chunks wait in order until their due time. */
 class Pipe {
   private readonly queue: { due: number; chunk: Buffer | null }[] = [];
   private timer: NodeJS.Timeout | null = null;
+  private queuedBytes = 0;
+  /** The socket this pipe reads from; paused while the queue is over WINDOW (TCP backpressure). */
+  src: net.Socket | null = null;
   bytes = 0;
 
   private lastDue = 0;
@@ -22,12 +28,15 @@ class Pipe {
     if (chunk && rate > 0) due += (chunk.length * 1000) / rate;
     this.lastDue = due;
     this.queue.push({ due, chunk });
+    this.queuedBytes += chunk?.length ?? 0;
+    if (this.queuedBytes > WINDOW) this.src?.pause();
     this.schedule();
   }
 
   /** Forgets whatever is queued (a black hole loses what was in flight). */
   clear(): void {
     this.queue.length = 0;
+    this.queuedBytes = 0;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
   }
@@ -49,9 +58,11 @@ class Pipe {
         if (!this.dst.writableEnded) this.dst.end();
       } else {
         this.bytes += chunk.length;
+        this.queuedBytes -= chunk.length;
         this.dst.write(chunk);
       }
     }
+    if (this.queuedBytes <= WINDOW) this.src?.resume();
     this.schedule();
   }
 }
@@ -196,6 +207,7 @@ export class FaultProxy {
     upstream.once('connect', () => client.resume());
 
     const wire = (src: net.Socket, dst: net.Socket, pipe: Pipe) => {
+      pipe.src = src;
       src.on('data', (chunk: Buffer) => {
         if (!link.blackholed) pipe.push(chunk);
       });

@@ -248,13 +248,7 @@ test('with a short --heartbeat, a black-holed worker is dropped by the missed po
 
 test(
   'a worker whose link is slower than shard size / --round-timeout still gets to train',
-  {
-    timeout: 60_000,
-    todo:
-      'src bug: the round deadline also covers the shard sent by rebalance() just before the round, so such a worker ' +
-      'is dropped in its first round, rejoins at once (backoff reset by the welcome) and loops forever, stalling every ' +
-      'other worker for a whole --round-timeout per cycle',
-  },
+  { timeout: 60_000 },
   async (t) => {
     const out = tempDir('proxy-slow');
     const roundTimeout = 2;

@@ -400,6 +400,7 @@ export class Coordinator {
           discriminatorSize: this.model.discriminatorLayout.size,
           batchSize: this.config.batchSize,
           seed: this.seedRng.nextUint32(),
+          heartbeatSeconds: this.config.heartbeatSeconds,
         }),
       ),
     );
@@ -499,12 +500,15 @@ export class Coordinator {
     }
   }
 
-  /** One round; null when no participant answered (all left or timed out). */
+  /** One round; null when no participant answered (all left or missed the deadline). */
   private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
     const participants = [...this.peers.values()].filter((p) => p.state === 'active' && p.open);
+    const round = new Round(step, phase, participants.map((p) => p.id));
+    this.round = round;
+    const deadlines: NodeJS.Timeout[] = [];
+    const deadlineMs = this.config.roundTimeoutSeconds * 1000;
     let t = performance.now();
     const frames = new Map<string, Buffer>();
-    const asked: string[] = [];
     for (const peer of participants) {
       const sendG = peer.holds.generator !== this.versions.generator;
       const sendD = peer.holds.discriminator !== this.versions.discriminator;
@@ -517,25 +521,22 @@ export class Coordinator {
         frame = encode(message<Weights>(body));
         frames.set(key, frame);
       }
-      if (!peer.send(frame)) continue;
+      // The deadline runs from when the request has left this process, so a
+      // shard queued ahead of it on a slow link does not count against the worker.
+      const sent = peer.send(frame, () => {
+        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => this.missedDeadline(round, peer), deadlineMs));
+      });
+      if (!sent) {
+        round.drop(peer.id);
+        continue;
+      }
       peer.holds.generator = this.versions.generator;
       peer.holds.discriminator = this.versions.discriminator;
-      asked.push(peer.id);
     }
-    const round = new Round(step, phase, asked);
-    this.round = round;
     const encodeSeconds = (performance.now() - t) / 1000;
     t = performance.now();
-    const timer = setTimeout(() => {
-      for (const id of round.awaited()) {
-        const peer = this.peers.get(id);
-        this.metrics.roundTimeouts.inc();
-        if (peer) this.dropPeer(peer, `no ${phase} gradients for step ${step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
-        round.drop(id);
-      }
-    }, this.config.roundTimeoutSeconds * 1000);
     await round.done;
-    clearTimeout(timer);
+    deadlines.forEach(clearTimeout);
     this.round = null;
     const waitSeconds = (performance.now() - t) / 1000;
 
@@ -567,6 +568,12 @@ export class Coordinator {
     for (const k of Object.keys(parts) as RoundPart[]) this.partTotals[k] += parts[k];
     this.metrics.observeRound(phase, (performance.now() - round.startedAt) / 1000, parts);
     return result;
+  }
+
+  private missedDeadline(round: Round, peer: WorkerPeer): void {
+    if (!round.isAwaiting(peer.id)) return;
+    this.metrics.roundTimeouts.inc();
+    this.dropPeer(peer, `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
   }
 
   private onGradients(peer: WorkerPeer, msg: Gradients): void {

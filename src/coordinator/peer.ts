@@ -32,10 +32,13 @@ export class WorkerPeer {
     return this.socket.readyState === WebSocket.OPEN;
   }
 
-  /** False when the socket is no longer open and nothing was sent. */
-  send(frame: Buffer): boolean {
+  /**
+   * False when the socket is no longer open and nothing was sent.
+   * `written` runs once the frame has been handed to the operating system.
+   */
+  send(frame: Buffer, written?: () => void): boolean {
     if (!this.open) return false;
-    this.socket.send(frame);
+    this.socket.send(frame, written && ((err) => !err && written()));
     this.countSent(frame.length);
     return true;
   }

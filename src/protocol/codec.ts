@@ -63,6 +63,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     discriminatorSize: ['count', 'required'],
     batchSize: ['count', 'required'],
     seed: ['count', 'required'],
+    heartbeatSeconds: ['number', 'required'],
   },
   shard: { plan: ['count', 'required'], count: ['count', 'required'], images: ['u8', 'required'] },
   weights: {

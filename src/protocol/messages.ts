@@ -29,6 +29,8 @@ export interface Welcome {
   discriminatorSize: number;
   batchSize: number;
   seed: number;
+  /** The coordinator pings this often; a worker that hears nothing for 3 intervals reconnects. */
+  heartbeatSeconds: number;
 }
 
 /** coordinator → worker: this worker's slice of the training set, uint8 pixels, n×784. */

@@ -127,6 +127,12 @@ function connectOnce(
     let workerId: string | null = null;
     let outcome: Outcome | null = null;
     const end = (o: Outcome) => (outcome ??= o);
+    // A coordinator that vanishes without a close (power loss, partition) is
+    // noticed by silence: it pings every heartbeat, and training sends more.
+    let lastHeard = Date.now();
+    let watchdog: NodeJS.Timeout | null = null;
+    const heard = () => (lastHeard = Date.now());
+    ws.on('ping', heard);
 
     setLeave(() => {
       end({ kind: 'left' });
@@ -154,6 +160,12 @@ function connectOnce(
           compute?.dispose();
           compute = new ShardCompute(model, msg.batchSize, msg.seed);
           workerId = msg.workerId;
+          const silenceMs = 3 * msg.heartbeatSeconds * 1000;
+          watchdog = setInterval(() => {
+            if (Date.now() - lastHeard <= silenceMs) return;
+            end({ kind: 'lost', reason: `nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`, welcomed: true });
+            ws.terminate();
+          }, Math.min(silenceMs, 1000));
           metrics.connected.set(1);
           log(`joined as ${workerId}: model ${msg.arch}, batch ${msg.batchSize}`);
           return;
@@ -181,6 +193,7 @@ function connectOnce(
           });
           if (out.dReal !== undefined) reply.dReal = out.dReal;
           ws.send(encode(reply));
+          heard(); // busy computing is not the coordinator's silence
           metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
           return;
         }
@@ -202,6 +215,7 @@ function connectOnce(
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
+      heard();
       try {
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frame');
         handle(decodeCoordinatorMessage(data));
@@ -218,6 +232,7 @@ function connectOnce(
     });
     ws.on('error', (e) => end({ kind: 'lost', reason: e.message, welcomed: workerId !== null }));
     ws.on('close', (code, reason) => {
+      if (watchdog) clearInterval(watchdog);
       compute?.dispose();
       metrics.connected.set(0);
       resolve(outcome ?? { kind: 'lost', reason: `closed (${code}${reason.length ? ` ${reason}` : ''})`, welcomed: workerId !== null });
