@@ -50,7 +50,7 @@ describe('codec round trip', () => {
   test('every message type survives', () => {
     const hello = message<Hello>({ type: 'hello', name: 'n', backend: 'wasm', pid: 12, hostname: 'h' });
     assert.deepEqual(decodeWorkerMessage(encode(hello)), hello);
-    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', generatorSize: 3, discriminatorSize: 4, batchSize: 128, seed: 99 });
+    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', generatorSize: 3, discriminatorSize: 4, batchSize: 128, seed: 99, heartbeatSeconds: 5 });
     assert.deepEqual(decodeCoordinatorMessage(encode(welcome)), welcome);
     const images = new Uint8Array(784 * 2).map((_, i) => i % 256);
     const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, images })));
@@ -100,6 +100,24 @@ describe('codec rejects malformed frames', () => {
   test('non-finite statistics', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, loss: NaN })), 'not_finite');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, dFake: Infinity })), 'not_finite');
+  });
+  test('containers that claim more elements than the frame holds (allocation bombs)', () => {
+    const nested = Buffer.concat([...Array(100)].map(() => Buffer.from([0xdd, 1, 0, 0, 0])).concat([Buffer.from([0xc0])]));
+    assertRejected(() => decodeWorkerMessage(nested), 'bad_frame');
+    assertRejected(() => decodeWorkerMessage(Buffer.from([0xdc, 0xff, 0xff])), 'bad_frame');
+    assertRejected(() => decodeWorkerMessage(Buffer.from([0xc6, 0xff, 0xff, 0xff, 0xff, 0x00])), 'bad_frame');
+    assertRejected(() => decodeWorkerMessage(Buffer.from([0xdf, 0x7f, 0xff, 0xff, 0xff])), 'bad_frame');
+  });
+  test('nesting beyond any message, and bytes after the message', () => {
+    const deep = Buffer.concat([Buffer.alloc(20, 0x91), Buffer.from([0xc0])]);
+    assertRejected(() => decodeWorkerMessage(deep), 'bad_frame');
+    assertRejected(() => decodeWorkerMessage(Buffer.concat([raw.pack(good), Buffer.from([0x01])])), 'bad_frame');
+  });
+  test('peer text in errors is quoted onto one line', () => {
+    assert.throws(
+      () => decodeWorkerMessage(raw.pack({ ...good, v: '1\nFORGED [coordinator] finished' })),
+      (e: unknown) => e instanceof ProtocolError && !e.message.includes('\n') && e.message.length < 120,
+    );
   });
   test('unknown fields are dropped, not passed on', () => {
     const m = decodeWorkerMessage(raw.pack({ ...good, extra: 'x' })) as unknown as Record<string, unknown>;

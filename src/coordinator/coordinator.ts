@@ -339,6 +339,8 @@ export class Coordinator {
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       this.bytesReceived += data.length;
       this.metrics.receivedBytes.inc(data.length);
+      // Frames already in flight when we closed this socket are not acted on (a hello would welcome a ghost).
+      if (socket.readyState !== WebSocket.OPEN) return;
       let msg;
       try {
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frames are not part of the protocol');
@@ -372,7 +374,11 @@ export class Coordinator {
       clearTimeout(helloTimer);
       if (peer) this.removePeer(peer, 'disconnected');
     });
-    socket.on('error', (e) => this.log(`socket ${peer?.id ?? address}: ${e.message}`));
+    socket.on('error', (e: Error & { code?: string }) => {
+      // ws closes the socket (1009) on a frame above maxPayload and reports it here.
+      if (e.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.metrics.reject('too_large');
+      this.log(`socket ${peer?.id ?? address}: ${e.message}`);
+    });
   }
 
   private welcome(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {

@@ -1,27 +1,9 @@
 import { Packr } from 'msgpackr';
-import { GanfleetError } from '../util/errors';
+import { ProtocolError, RejectReason } from './codec-error';
+import { checkFrameShape } from './shape';
 import { CoordinatorMessage, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
-/** Why a frame was rejected; also the `reason` label of ganfleet_rejected_messages_total. */
-export type RejectReason =
-  | 'bad_frame'
-  | 'bad_version'
-  | 'bad_type'
-  | 'bad_field'
-  | 'bad_size'
-  | 'not_finite'
-  | 'wrong_step'
-  | 'out_of_range'
-  | 'unexpected';
-
-export class ProtocolError extends GanfleetError {
-  constructor(
-    readonly reason: RejectReason,
-    message: string,
-  ) {
-    super(`PROTOCOL_${reason.toUpperCase()}`, message);
-  }
-}
+export { ProtocolError, RejectReason };
 
 // Records (msgpackr's extension for repeated object shapes) would make the
 // stream stateful; plain maps keep every frame self-describing.
@@ -87,6 +69,7 @@ export function decodeCoordinatorMessage(frame: Uint8Array): CoordinatorMessage 
 }
 
 function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
+  checkFrameShape(frame);
   let raw: unknown;
   try {
     raw = packr.unpack(frame);
@@ -98,11 +81,11 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
   }
   const obj = raw as Record<string, unknown>;
   if (obj.v !== PROTOCOL_VERSION) {
-    throw new ProtocolError('bad_version', `protocol version ${String(obj.v)} is not ${PROTOCOL_VERSION}`);
+    throw new ProtocolError('bad_version', `protocol version ${quote(obj.v)} is not ${PROTOCOL_VERSION}`);
   }
   const type = obj.type;
   if (typeof type !== 'string' || !Object.prototype.hasOwnProperty.call(schemas, type)) {
-    throw new ProtocolError('bad_type', `unexpected message type ${JSON.stringify(type)}`);
+    throw new ProtocolError('bad_type', `unexpected message type ${quote(type)}`);
   }
   const schema = schemas[type];
   const out: Record<string, unknown> = { v: obj.v, type };
@@ -145,6 +128,17 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
       return floats;
     }
   }
+}
+
+/** A peer's value, made safe to log: one line, bounded, never throwing. */
+function quote(v: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(v) ?? typeof v;
+  } catch {
+    text = typeof v;
+  }
+  return text.length > 40 ? `${text.slice(0, 40)}…` : text;
 }
 
 /** Zero-copy when the bytes are 4-byte aligned (the usual case), one copy otherwise. */
