@@ -39,8 +39,9 @@ describe('worker failures', () => {
     const workers = ['a', 'b', 'c'].map((n) => track(startWorker(c.url, n)));
     await c.proc.waitFor(/step 20\/120/);
     const killedAt = Date.now();
+    const mark = c.proc.log.length;
     workers[1].kill('SIGKILL');
-    await c.proc.waitFor(/paused at step \d+: 2\/3 workers connected/);
+    await c.proc.waitFor(/paused at step \d+: 2\/3 workers connected/, 30_000, mark);
     const detectMs = Date.now() - killedAt;
     const paused = metricValue(await scrape(c.metrics), 'ganfleet_paused');
     assert.equal(paused, 1, 'the pause is visible in metrics');
@@ -48,7 +49,7 @@ describe('worker failures', () => {
     await sleep(500);
     assert.equal(loggedSteps(c.proc.log).length, stepsWhilePaused, 'no step runs while paused');
     track(startWorker(c.url, 'd'));
-    await c.proc.waitFor(/resuming at step \d+ with 3 workers/);
+    await c.proc.waitFor(/resuming at step \d+ with 3 workers/, 30_000, mark);
     assert.equal(await c.proc.exited, 0, c.proc.log);
     assert.deepEqual(loggedSteps(c.proc.log), range(1, 120), 'every step exactly once');
     for (const sizes of shardPlans(c.proc.log)) assert.equal(sizes.reduce((a, b) => a + b, 0), 60000, 'each plan covers the training set');

@@ -25,14 +25,19 @@ export class GanfleetProcess {
     return this.child.pid!;
   }
 
-  /** Resolves with the first match of `re` in the output, waiting for it if needed. */
-  async waitFor(re: RegExp, ms = 30_000): Promise<RegExpExecArray> {
+  /**
+   * Resolves with the first match of `re` in the output after character
+   * `from` (e.g. `proc.log.length` before an action), waiting for it if needed.
+   */
+  async waitFor(re: RegExp, ms = 30_000, from = 0): Promise<RegExpExecArray> {
     const end = Date.now() + ms;
     for (;;) {
-      const m = re.exec(this.output);
+      const m = re.exec(this.output.slice(from));
       if (m) return m;
       if (Date.now() > end) throw new Error(`timed out waiting for ${re}; output so far:\n${this.output.slice(-3000)}`);
-      if (this.child.exitCode !== null) throw new Error(`process exited (${this.child.exitCode}) before ${re}:\n${this.output.slice(-3000)}`);
+      if (this.child.exitCode !== null || this.child.signalCode !== null) {
+        throw new Error(`process exited (${this.child.exitCode ?? this.child.signalCode}) before ${re}:\n${this.output.slice(-3000)}`);
+      }
       await sleep(25);
     }
   }

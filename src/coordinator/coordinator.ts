@@ -305,7 +305,8 @@ export class Coordinator {
       this.server.once('error', reject);
       this.server.listen(port, host, () => resolve());
     });
-    this.heartbeat = setInterval(() => this.checkHeartbeats(), this.config.heartbeatSeconds * 1000);
+    // Pings go out every half interval; a pong is due within one interval of its ping leaving.
+    this.heartbeat = setInterval(() => this.checkHeartbeats(), (this.config.heartbeatSeconds * 1000) / 4);
     this.heartbeat.unref();
     this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
     if (metricsPort >= 0) {
@@ -368,7 +369,10 @@ export class Coordinator {
       }
     });
     socket.on('pong', () => {
-      if (peer) peer.alive = true;
+      if (!peer) return;
+      peer.pingInFlight = false;
+      peer.pingWrittenAt = null;
+      peer.lastPongAt = Date.now();
     });
     socket.on('close', () => {
       clearTimeout(helloTimer);
@@ -435,14 +439,18 @@ export class Coordinator {
   }
 
   private checkHeartbeats(): void {
+    const now = Date.now();
+    const intervalMs = this.config.heartbeatSeconds * 1000;
     for (const peer of [...this.peers.values()]) {
-      if (!peer.alive) {
+      if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
         this.metrics.heartbeatTimeouts.inc();
         this.dropPeer(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
-        continue;
+      } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {
+        peer.pingInFlight = true;
+        peer.socket.ping(undefined, undefined, (err) => {
+          if (!err && peer.pingInFlight) peer.pingWrittenAt = Date.now();
+        });
       }
-      peer.alive = false;
-      peer.socket.ping();
     }
   }
 

@@ -16,8 +16,15 @@ export class WorkerPeer {
   readonly holds: Record<Phase, number> = { generator: -1, discriminator: -1 };
   offences = 0;
   lastComputeSeconds = 0;
-  /** Cleared before each heartbeat ping, set by the pong. */
-  alive = true;
+  /** A heartbeat ping is queued or on the wire, awaiting its pong. */
+  pingInFlight = false;
+  /**
+   * When that ping left this process. The pong is due an interval after
+   * this, not after the ping was queued: behind a shard on a slow link the
+   * ping can wait seconds to be sent.
+   */
+  pingWrittenAt: number | null = null;
+  lastPongAt = Date.now();
 
   constructor(
     readonly id: string,
