@@ -3,8 +3,7 @@
  * happened, from the coordinator's own log timestamps. Prints one JSON object.
  */
 import fs from 'node:fs';
-import net from 'node:net';
-import { GanfleetProcess, loggedSteps, startCoordinator, startWorker, tempDir } from '../test/harness';
+import { GanfleetProcess, freePort, loggedSteps, startCoordinator, startWorker, tempDir } from '../test/harness';
 
 const procs: GanfleetProcess[] = [];
 const track = <T extends GanfleetProcess>(p: T) => (procs.push(p), p);
@@ -52,14 +51,6 @@ async function workerFault(kind: 'SIGKILL' | 'SIGSTOP' | 'SIGTERM') {
     nextStepAfterMs: nextStep - t0,
     ...gapsAndRepeats(steps, 1, 300),
   };
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 async function coordinatorKill(tearNewest: boolean) {

@@ -1,9 +1,8 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { GanfleetProcess, loggedSteps, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
+import { GanfleetProcess, freePort, loggedSteps, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
 import { metricValue } from './helpers';
 
 const range = (a: number, b: number) => Array.from({ length: b - a + 1 }, (_, i) => a + i);
@@ -90,15 +89,6 @@ describe('worker failures', () => {
     assert.equal(await extra.exited, 0);
   });
 });
-
-/** A free TCP port, so a restarted coordinator can come back where its workers look for it. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 describe('coordinator failure and resume', () => {
   test('SIGKILL the coordinator; restarted with --resume it skips a corrupted checkpoint, the workers reconnect by themselves, and the run completes', { timeout: 120_000 }, async () => {

@@ -2,10 +2,9 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
-import { GanfleetProcess, sleep, startCoordinator, startWorker, tempDir } from './harness';
+import { GanfleetProcess, freePort, sleep, startCoordinator, startWorker, tempDir } from './harness';
 
 const PROMETHEUS = '/usr/bin/prometheus';
 const DEPLOY = path.join(__dirname, '..', '..', 'deploy');
@@ -20,14 +19,6 @@ after(() => {
   for (const p of procs) p.kill();
   for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 interface QueryResult {
   status: string;

@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { test, TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { FaultProxy } from './fault-proxy';
@@ -111,10 +111,13 @@ async function finish(coord: GanfleetProcess, workers: GanfleetProcess[], steps:
   assert.equal(summary.ok, true);
 }
 
-test('a black-holed (stuck) worker is dropped by the round timeout; it reconnects after a cut and the run completes', { timeout: 60_000 }, async (t) => {
-  const out = tempDir('proxy-stuck');
-  const steps = 120;
-  const { proc: coord, url, metrics } = await startCoordinator(coordinatorArgs(steps, out));
+/**
+ * A coordinator with one worker connected directly and one through a fault
+ * proxy with LATENCY_MS each way; everything is cleaned up after the test.
+ */
+async function proxiedRun(t: TestContext, name: string, args: (out: string) => string[]) {
+  const out = tempDir(name);
+  const { proc: coord, url, metrics } = await startCoordinator(args(out));
   const proxy = await FaultProxy.start(Number(new URL(url).port));
   proxy.setLatency(LATENCY_MS);
   const direct = startWorker(url, 'direct');
@@ -124,6 +127,12 @@ test('a black-holed (stuck) worker is dropped by the round timeout; it reconnect
     await proxy.close();
     fs.rmSync(out, { recursive: true, force: true });
   });
+  return { out, coord, metrics, proxy, direct, proxied };
+}
+
+test('a black-holed (stuck) worker is dropped by the round timeout; it reconnects after a cut and the run completes', { timeout: 60_000 }, async (t) => {
+  const steps = 120;
+  const { out, coord, proxy, direct, proxied, metrics } = await proxiedRun(t, 'proxy-stuck', (dir) => coordinatorArgs(steps, dir));
 
   // 1. Training progresses with both workers, one of them behind 20 ms per chunk each way.
   const { proxiedId, after, msPerStep } = await trainWithBoth(coord, 5);
@@ -176,18 +185,8 @@ test('a black-holed (stuck) worker is dropped by the round timeout; it reconnect
 });
 
 test('a cut connection mid-training: the coordinator drops the worker at once, it reconnects through the proxy and the run completes', { timeout: 60_000 }, async (t) => {
-  const out = tempDir('proxy-cut');
   const steps = 120;
-  const { proc: coord, url } = await startCoordinator(coordinatorArgs(steps, out));
-  const proxy = await FaultProxy.start(Number(new URL(url).port));
-  proxy.setLatency(LATENCY_MS);
-  const direct = startWorker(url, 'direct');
-  const proxied = startWorker(proxy.url(), 'proxied');
-  t.after(async () => {
-    for (const p of [coord, direct, proxied]) p.kill();
-    await proxy.close();
-    fs.rmSync(out, { recursive: true, force: true });
-  });
+  const { out, coord, proxy, direct, proxied } = await proxiedRun(t, 'proxy-cut', (dir) => coordinatorArgs(steps, dir));
 
   const { proxiedId, after } = await trainWithBoth(coord, 3);
   proxy.refuse(true);
@@ -214,18 +213,8 @@ test('a cut connection mid-training: the coordinator drops the worker at once, i
 });
 
 test('with a short --heartbeat, a black-holed worker is dropped by the missed pong, long before the round timeout', { timeout: 60_000 }, async (t) => {
-  const out = tempDir('proxy-heartbeat');
   const steps = 100;
-  const { proc: coord, url, metrics } = await startCoordinator(coordinatorArgs(steps, out, 30, 1));
-  const proxy = await FaultProxy.start(Number(new URL(url).port));
-  proxy.setLatency(LATENCY_MS);
-  const direct = startWorker(url, 'direct');
-  const proxied = startWorker(proxy.url(), 'proxied');
-  t.after(async () => {
-    for (const p of [coord, direct, proxied]) p.kill();
-    await proxy.close();
-    fs.rmSync(out, { recursive: true, force: true });
-  });
+  const { out, coord, proxy, direct, proxied, metrics } = await proxiedRun(t, 'proxy-heartbeat', (dir) => coordinatorArgs(steps, dir, 30, 1));
 
   const { proxiedId, after } = await trainWithBoth(coord, 3);
   const blackholedAt = Date.now();
