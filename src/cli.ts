@@ -17,7 +17,7 @@ function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
 }
 
-function positiveInteger(name: string, v: unknown, min = 1): void {
+function integerAtLeast(name: string, v: unknown, min = 1): void {
   if (!Number.isInteger(v) || (v as number) < min) throw new Error(`--${name} must be an integer >= ${min}, got ${v}`);
 }
 
@@ -47,11 +47,11 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints', group: 'Outputs:' })
     .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (fresh start if none)', group: 'Outputs:' })
     .option('round-timeout', { type: 'number', default: 30, describe: 'Seconds a round waits for a worker before dropping it', group: 'Fault tolerance:' })
-    .option('heartbeat', { type: 'number', default: 5, describe: 'Seconds between pings; a worker missing one pong is dropped', group: 'Fault tolerance:' })
+    .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval); must exceed one round of compute', group: 'Fault tolerance:' })
     .check((a) => {
-      for (const k of ['steps', 'batch-size', 'sample-every', 'log-every', 'keep-checkpoints'] as const) positiveInteger(k, a[k]);
-      positiveInteger('seed', a.seed, 0);
-      positiveInteger('checkpoint-every', a['checkpoint-every'], 0);
+      for (const k of ['steps', 'batch-size', 'sample-every', 'log-every', 'keep-checkpoints'] as const) integerAtLeast(k, a[k]);
+      integerAtLeast('seed', a.seed, 0);
+      integerAtLeast('checkpoint-every', a['checkpoint-every'], 0);
       if (!(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
       for (const k of ['beta1', 'beta2'] as const) if (!(a[k] >= 0 && a[k] < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
       for (const k of ['round-timeout', 'heartbeat'] as const) if (!(a[k] > 0)) throw new Error(`--${k} must be a positive number of seconds, got ${a[k]}`);
@@ -137,8 +137,8 @@ export function buildCli(argv: string[]) {
             .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', group: 'Security:' })
             .check((a) => {
               checkPort('port', a.port);
-              positiveInteger('min-workers', a['min-workers']);
-              positiveInteger('max-workers', a['max-workers']);
+              integerAtLeast('min-workers', a['min-workers']);
+              integerAtLeast('max-workers', a['max-workers']);
               if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${a['max-workers']} is below --min-workers ${a['min-workers']}`);
               if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
               for (const k of ['tls-cert', 'tls-key'] as const) if (a[k] && !fs.existsSync(a[k]!)) throw new Error(`--${k}: no such file ${a[k]}`);
@@ -223,7 +223,7 @@ export function buildCli(argv: string[]) {
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
             .check((a) => {
               if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${a.workers}`);
-              positiveInteger('max-restarts', a['max-restarts'], 0);
+              integerAtLeast('max-restarts', a['max-restarts'], 0);
               return true;
             }),
           argv,

@@ -50,17 +50,21 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);
     child.on('error', (e) => log(`worker ${i + 1}: ${e.message}`));
+    // Before the stop, any exit (even 0) is a worker lost: restart it, or fail the run if it can no longer train.
     child.on('exit', (code, signal) => {
       if (children.get(i) === child) children.delete(i);
-      if (code === 0 || finishing) return;
+      if (finishing) return;
       const how = signal ?? `code ${code}`;
       if (restarts < opts.maxRestarts) {
         restarts++;
         log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; restarting it (${restarts}/${opts.maxRestarts})`);
         startWorker(i);
-      } else {
-        log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; no restarts left`);
-        if (children.size === 0) coordinator.requestStop('every worker process failed', true);
+        return;
+      }
+      log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; no restarts left`);
+      // Training starts only with all N workers, and continues with any.
+      if (children.size === 0 || coordinator.status().state === 'waiting') {
+        coordinator.requestStop(`worker ${i + 1} exited and no restarts are left (--max-restarts ${opts.maxRestarts})`, true);
       }
     });
   };

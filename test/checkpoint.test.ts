@@ -34,6 +34,10 @@ test('truncated, corrupted and foreign files are refused with the reason', () =>
   flipped[flipped.length - 100] ^= 0x40;
   assert.throws(() => decodeCheckpoint(flipped, 'f'), /checksum mismatch \(corrupted\)/);
   assert.throws(() => decodeCheckpoint(Buffer.from('PK\x03\x04 zip'), 'f'), /bad magic/);
+  // The digest covers the header too: a changed step is refused, not loaded as another step.
+  const forged = Buffer.from(buf.toString('latin1').replace('"step":3,', '"step":9,'), 'latin1');
+  assert.equal(forged.length, buf.length);
+  assert.throws(() => decodeCheckpoint(forged, 'f'), /checksum mismatch/);
   assert.throws(() => decodeCheckpoint(buf.subarray(0, 30), 'f'), /truncated header|unreadable header/);
 });
 
@@ -57,5 +61,9 @@ test('writes are atomic, keep the newest K, and resume falls back past broken fi
   assert.match(lines[0], /skipping checkpoint .*ckpt-000000040\.bin: payload is/);
   assert.match(lines[1], /skipping checkpoint .*ckpt-000000030\.bin: checksum mismatch/);
   assert.equal(loadLatestCheckpoint(tempDir('empty'), () => {}), null);
+  // Broken files were renamed aside: retention after the resume keeps the new good one, not a torn one.
+  writeCheckpoint(dir, checkpointAt(21), 1);
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000021.bin']);
+  assert.ok(fs.existsSync(path.join(dir, 'ckpt-000000040.bin.invalid')));
   fs.rmSync(dir, { recursive: true, force: true });
 });

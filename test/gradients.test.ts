@@ -1,7 +1,7 @@
 import { describe, test, before } from 'node:test';
 import { selectBackend } from '../src/backend';
 import { averageGradients } from '../src/coordinator/aggregate';
-import { loadMnist, toUnitRange, IMAGE_SIZE } from '../src/data/mnist';
+import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
@@ -12,7 +12,7 @@ const UNION = 96;
 const train = loadMnist('train');
 
 function realBatch(start: number, n: number): tf.Tensor2D {
-  const x = toUnitRange(train.images.subarray(start * IMAGE_SIZE, (start + n) * IMAGE_SIZE), new Float32Array(n * IMAGE_SIZE));
+  const x = toTanhRange(train.images.subarray(start * IMAGE_SIZE, (start + n) * IMAGE_SIZE), new Float32Array(n * IMAGE_SIZE));
   return tf.tensor2d(x, [n, IMAGE_SIZE]);
 }
 

@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { readIdx } from '../src/data/idx';
-import { defaultMnistDir, loadMnist, toUnitRange, IMAGE_SIZE } from '../src/data/mnist';
+import { defaultMnistDir, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { GanfleetError } from '../src/util/errors';
 
 const dir = defaultMnistDir();
@@ -135,12 +135,12 @@ describe('readIdx on damaged copies', () => {
   });
 });
 
-test('toUnitRange maps 0→-1, 255→1, monotonic in between', () => {
+test('toTanhRange maps 0→-1, 255→1, monotonic in between', () => {
   const px = new Uint8Array([0, 64, 127, 128, 255]);
-  const out = toUnitRange(px, new Float32Array(px.length));
+  const out = toTanhRange(px, new Float32Array(px.length));
   assert.equal(out[0], -1);
   assert.equal(out[4], 1);
   for (let i = 1; i < out.length; i++) assert.ok(out[i] > out[i - 1]);
   assert.ok(Math.abs(out[2]) < 0.01 && Math.abs(out[3]) < 0.01);
-  assert.throws(() => toUnitRange(px, new Float32Array(2)), RangeError);
+  assert.throws(() => toTanhRange(px, new Float32Array(2)), RangeError);
 });

@@ -97,17 +97,4 @@ export class Adam {
     this.t = state.step;
   }
 
-  static fromState(state: AdamState, config: AdamConfig): Adam {
-    if (state.m.length !== state.v.length) {
-      throw new GanfleetError(
-        'ADAM_SIZE_MISMATCH',
-        `Adam state m has ${state.m.length} entries, v has ${state.v.length}`,
-      );
-    }
-    const adam = new Adam(state.m.length, config);
-    adam.m.set(state.m);
-    adam.v.set(state.v);
-    adam.t = state.step;
-    return adam;
-  }
 }

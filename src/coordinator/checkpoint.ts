@@ -8,7 +8,8 @@ import { AdamState } from './adam';
 /**
  * Everything a resumed run needs to continue as if it had never stopped.
  * Arrays are stored raw after a JSON header; the header carries a SHA-256 of
- * the payload so a truncated or corrupted file is refused, never half-loaded.
+ * the rest of the header and the payload, so a truncated or corrupted file
+ * is refused, never half-loaded.
  */
 export interface Checkpoint {
   step: number;
@@ -38,6 +39,15 @@ interface Header {
   sha256: string;
 }
 
+/** Covers every header field but the digest itself, then the arrays. */
+function digest(header: Omit<Header, 'sha256'>, payload: Buffer): string {
+  const { step, imagesTotal, config, seedRng, nextWorker, adamSteps, sizes } = header;
+  const fields = JSON.stringify({ step, imagesTotal, config, seedRng, nextWorker, adamSteps, sizes });
+  return crypto.createHash('sha256').update(fields).update(payload).digest('hex');
+}
+
+const isCount = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+
 export function checkpointName(step: number): string {
   return `ckpt-${String(step).padStart(9, '0')}.bin`;
 }
@@ -50,7 +60,7 @@ function bytes(a: Float32Array): Buffer {
 export function encodeCheckpoint(c: Checkpoint): Buffer {
   const arrays = [c.generator, c.discriminator, c.adamGenerator.m, c.adamGenerator.v, c.adamDiscriminator.m, c.adamDiscriminator.v];
   const payload = Buffer.concat(arrays.map(bytes));
-  const header: Header = {
+  const header: Omit<Header, 'sha256'> = {
     step: c.step,
     imagesTotal: c.imagesTotal,
     config: c.config,
@@ -58,9 +68,8 @@ export function encodeCheckpoint(c: Checkpoint): Buffer {
     nextWorker: c.nextWorker,
     adamSteps: { generator: c.adamGenerator.step, discriminator: c.adamDiscriminator.step },
     sizes: { generator: c.generator.length, discriminator: c.discriminator.length },
-    sha256: crypto.createHash('sha256').update(payload).digest('hex'),
   };
-  const json = Buffer.from(JSON.stringify(header));
+  const json = Buffer.from(JSON.stringify({ ...header, sha256: digest(header, payload) }));
   const len = Buffer.alloc(4);
   len.writeUInt32LE(json.length);
   return Buffer.concat([MAGIC, len, json, payload]);
@@ -83,7 +92,11 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const payload = buf.subarray(start);
   const expected = 4 * (3 * gs + 3 * ds);
   if (payload.length !== expected) throw bad(`payload is ${payload.length} bytes, expected ${expected} (truncated?)`);
-  if (crypto.createHash('sha256').update(payload).digest('hex') !== h.sha256) throw bad('checksum mismatch (corrupted)');
+  if (digest(h, payload) !== h.sha256) throw bad('checksum mismatch (corrupted)');
+  const rngOk = Array.isArray(h.seedRng) && h.seedRng.length === 4 && h.seedRng.every((x) => isCount(x) && x < 2 ** 32);
+  if (!isCount(h.step) || !isCount(h.imagesTotal) || !isCount(h.nextWorker) || !rngOk || !isCount(h.adamSteps?.generator) || !isCount(h.adamSteps?.discriminator)) {
+    throw bad('header fields out of range');
+  }
   // Copy into an aligned buffer; slices below are views of it.
   const floats = new Float32Array(new Uint8Array(payload).buffer);
   let at = 0;
@@ -119,7 +132,9 @@ export function writeCheckpoint(dir: string, c: Checkpoint, keep: number): strin
   } finally {
     fs.closeSync(dfd);
   }
-  for (const old of listCheckpoints(dir).slice(keep)) fs.rmSync(path.join(dir, old), { force: true });
+  for (const old of listCheckpoints(dir).slice(keep)) {
+    if (old !== path.basename(final)) fs.rmSync(path.join(dir, old), { force: true });
+  }
   return final;
 }
 
@@ -134,8 +149,8 @@ export function listCheckpoints(dir: string): string[] {
 }
 
 /**
- * The newest checkpoint that loads, skipping (and reporting) any that are
- * truncated or corrupted. Null when there is none.
+ * The newest checkpoint that loads, skipping (reporting, and renaming aside)
+ * any that are truncated or corrupted. Null when there is none.
  */
 export function loadLatestCheckpoint(dir: string, log: (msg: string) => void): { checkpoint: Checkpoint; file: string } | null {
   for (const name of listCheckpoints(dir)) {
@@ -143,7 +158,9 @@ export function loadLatestCheckpoint(dir: string, log: (msg: string) => void): {
     try {
       return { checkpoint: decodeCheckpoint(fs.readFileSync(file), file), file };
     } catch (e) {
-      log(`skipping checkpoint ${(e as Error).message}`);
+      // Renamed aside, so that it neither shadows newer checkpoints nor outlives good ones in retention.
+      fs.renameSync(file, `${file}.invalid`);
+      log(`skipping checkpoint ${(e as Error).message}; renamed to ${name}.invalid`);
     }
   }
   return null;

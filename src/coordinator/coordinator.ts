@@ -20,7 +20,7 @@ import { averageGradients } from './aggregate';
 import { loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig } from './config';
 import { History } from './history';
-import { Routes, boundPort, serveMetrics } from '../util/http';
+import { Routes, boundPort, serveHttp } from '../util/http';
 import { CoordinatorMetrics, RoundPart } from './metrics';
 import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
@@ -37,6 +37,8 @@ const HELLO_TIMEOUT_MS = 10_000;
  * float32 and freeze those parameters for good.
  */
 const MAX_GRADIENT_ABS = 1e6;
+/** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
+const MIN_LINK_BYTES_PER_SECOND = 1e6;
 
 export interface StepStats {
   dLoss: number;
@@ -129,6 +131,9 @@ export class Coordinator {
   private bytesReceived = 0;
   private imagesTotal = 0;
   private imagesThisRun = 0;
+  /** roundIndex of the newest round that has closed: gradients up to it are late, beyond it premature. */
+  private lastClosedRound = -1;
+  private lastCheckpoint: string | null = null;
   private readonly history = new History();
   private state: CoordinatorStatus['state'] = 'waiting';
   private last: StepStats | null = null;
@@ -232,7 +237,7 @@ export class Coordinator {
     const ran = this.step - firstStep;
     if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
     this.state = 'finished';
-    const checkpoint = ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0) ? this.checkpoint() : null;
+    if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     const generatorDir = path.join(this.config.out, 'generator');
     exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
@@ -252,7 +257,7 @@ export class Coordinator {
       last,
       samples: written,
       generator: generatorDir,
-      checkpoint,
+      checkpoint: this.lastCheckpoint,
       stopReason,
     };
     fs.writeFileSync(path.join(this.config.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
@@ -311,7 +316,7 @@ export class Coordinator {
     this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
     if (metricsPort >= 0) {
       try {
-        this.metricsServer = await serveMetrics(this.metrics.registry, host, metricsPort, this.routes());
+        this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes());
       } catch (e) {
         clearInterval(this.heartbeat);
         this.server.close();
@@ -454,20 +459,29 @@ export class Coordinator {
     }
   }
 
+  /** Peers whose socket is open; a closing one still in `peers` until its close event cannot take part. */
+  private openPeers(): number {
+    let n = 0;
+    for (const p of this.peers.values()) if (p.open) n++;
+    return n;
+  }
+
   /** Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested. */
   private async waitForWorkers(needed: number): Promise<void> {
-    if (this.peers.size >= needed || this.stop) return;
+    if (this.openPeers() >= needed || this.stop) return;
     this.metrics.paused.set(1);
-    const before = this.state;
-    this.state = before === 'waiting' ? 'waiting' : 'paused';
-    if (this.state === 'paused') this.metrics.pauses.inc();
-    while (this.peers.size < needed && !this.stop) {
-      this.log(`paused at step ${this.step}: ${this.peers.size}/${needed} workers connected`);
+    const started = this.state !== 'waiting';
+    if (started) {
+      this.state = 'paused';
+      this.metrics.pauses.inc();
+    }
+    while (this.openPeers() < needed && !this.stop) {
+      this.log(`paused at step ${this.step}: ${this.openPeers()}/${needed} workers connected`);
       await once(this.events, 'peers');
     }
     this.metrics.paused.set(0);
-    this.state = before;
-    if (this.peers.size >= needed) this.log(`resuming at step ${this.step} with ${this.peers.size} workers`);
+    if (started) this.state = 'training';
+    if (this.openPeers() >= needed) this.log(`resuming at step ${this.step} with ${this.openPeers()} workers`);
   }
 
   /**
@@ -509,7 +523,7 @@ export class Coordinator {
       this.log(`no worker answered the ${phase} round of step ${step}; asking again`);
       // Mid-step any one worker will do (and a stop still lets the step finish).
       await this.waitForWorkers(1);
-      if (this.peers.size === 0) return null;
+      if (this.openPeers() === 0) return null;
       if (this.membershipChanged) this.rebalance();
     }
   }
@@ -537,13 +551,22 @@ export class Coordinator {
       }
       // The deadline runs from when the request has left this process, so a
       // shard queued ahead of it on a slow link does not count against the worker.
+      let written = false;
       const sent = peer.send(frame, () => {
+        written = true;
         if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => this.missedDeadline(round, peer), deadlineMs));
       });
       if (!sent) {
         round.drop(peer.id);
         continue;
       }
+      // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
+      const backlogMs = (peer.socket.bufferedAmount / MIN_LINK_BYTES_PER_SECOND) * 1000;
+      deadlines.push(
+        setTimeout(() => {
+          if (!written) this.missedDeadline(round, peer, `its link took no data for ${((deadlineMs + backlogMs) / 1000).toFixed(0)} s`);
+        }, deadlineMs + backlogMs),
+      );
       peer.holds.generator = this.versions.generator;
       peer.holds.discriminator = this.versions.discriminator;
     }
@@ -552,6 +575,7 @@ export class Coordinator {
     await round.done;
     deadlines.forEach(clearTimeout);
     this.round = null;
+    this.lastClosedRound = Math.max(this.lastClosedRound, roundIndex(step, phase));
     const waitSeconds = (performance.now() - t) / 1000;
 
     const replies = [...round.received.values()];
@@ -584,24 +608,23 @@ export class Coordinator {
     return result;
   }
 
-  private missedDeadline(round: Round, peer: WorkerPeer): void {
+  private missedDeadline(round: Round, peer: WorkerPeer, why?: string): void {
     if (!round.isAwaiting(peer.id)) return;
     this.metrics.roundTimeouts.inc();
-    this.dropPeer(peer, `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+    this.dropPeer(peer, why ?? `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
   }
 
   private onGradients(peer: WorkerPeer, msg: Gradients): void {
     const round = this.round;
-    const current = round ? round.step * 2 + (round.phase === 'generator' ? 1 : 0) : this.step * 2;
-    const sent = msg.step * 2 + (msg.phase === 'generator' ? 1 : 0);
-    if (!round || sent !== current) {
-      if (sent < current || (!round && sent <= current)) {
+    const sent = roundIndex(msg.step, msg.phase);
+    if (!round || sent !== roundIndex(round.step, round.phase)) {
+      if (sent <= this.lastClosedRound) {
         // A straggler: its round already closed. Never applied to newer weights; not an offence.
         this.metrics.lateGradients.inc();
         this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
         return;
       }
-      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) are ahead of the open round`);
+      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) do not belong to any round so far`);
     }
     if (!round.isAwaiting(peer.id)) {
       return this.reject(peer.socket, peer, 'unexpected', `${peer.id} is not awaited in step ${msg.step} (${msg.phase})`);
@@ -733,6 +756,7 @@ export class Coordinator {
       this.config.keepCheckpoints,
     );
     this.log(`checkpoint ${file}`);
+    this.lastCheckpoint = file;
     return file;
   }
 
@@ -759,6 +783,13 @@ export class Coordinator {
     // Counters continue where the checkpointed run left them.
     this.metrics.steps.inc(c.step);
     this.metrics.images.inc(c.imagesTotal);
+    this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
+    const now = checkpointConfig(this.config);
+    for (const key of ['seed', 'batchSize', 'adam', 'steps', 'dataDir']) {
+      if (JSON.stringify(now[key]) !== JSON.stringify(c.config[key])) {
+        this.log(`warning: ${key} is ${JSON.stringify(now[key])}, the checkpoint was written with ${JSON.stringify(c.config[key])}`);
+      }
+    }
     this.log(`resumed from ${found.file} at step ${c.step}`);
   }
 }
@@ -771,6 +802,11 @@ function checkpointConfig(c: CoordinatorConfig): Record<string, unknown> {
 
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+/** Rounds in order: step 0's D round is 0, its G round 1, step 1's D round 2, … */
+function roundIndex(step: number, phase: Phase): number {
+  return step * 2 + (phase === 'generator' ? 1 : 0);
 }
 
 function weightedStats(replies: Gradients[]): RoundResult {

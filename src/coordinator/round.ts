@@ -26,11 +26,6 @@ export class Round {
     return this.waiting.has(workerId);
   }
 
-  /** Workers still awaited. */
-  awaited(): string[] {
-    return [...this.waiting];
-  }
-
   accept(workerId: string, gradients: Gradients): void {
     if (!this.waiting.delete(workerId)) return;
     this.received.set(workerId, gradients);

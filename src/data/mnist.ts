@@ -1,6 +1,6 @@
 /**
  * MNIST loading on top of the IDX reader. Images stay uint8 (n*784 bytes,
- * 1/4 the size of float32) until a batch is built, when toUnitRange scales
+ * 1/4 the size of float32) until a batch is built, when toTanhRange scales
  * them to the generator's tanh range.
  */
 import * as fs from 'node:fs';
@@ -66,9 +66,9 @@ export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir
 }
 
 /** Scales uint8 pixels to [-1, 1] (p / 127.5 - 1), matching the generator's tanh output. */
-export function toUnitRange(pixels: Uint8Array, out: Float32Array): Float32Array {
+export function toTanhRange(pixels: Uint8Array, out: Float32Array): Float32Array {
   if (out.length < pixels.length) {
-    throw new RangeError(`toUnitRange: out has ${out.length} slots for ${pixels.length} pixels`);
+    throw new RangeError(`toTanhRange: out has ${out.length} slots for ${pixels.length} pixels`);
   }
   for (let i = 0; i < pixels.length; i++) out[i] = pixels[i] / 127.5 - 1;
   return out;

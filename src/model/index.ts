@@ -3,7 +3,6 @@ import { GanModel } from './gan';
 import { MlpGan } from './mlp';
 
 export const ARCHITECTURES = ['mlp'] as const;
-export type Architecture = (typeof ARCHITECTURES)[number];
 
 export function createModel(arch: string): GanModel {
   switch (arch) {

@@ -31,18 +31,6 @@ export class ParameterLayout {
     this.size = offset;
   }
 
-  entry(name: string): LayoutEntry {
-    const e = this.entries.find((x) => x.name === name);
-    if (!e) throw new GanfleetError('LAYOUT_UNKNOWN_TENSOR', `no tensor named ${name} in layout`);
-    return e;
-  }
-
-  /** A view (not a copy) of one tensor inside a flat vector. */
-  view(flat: Float32Array, name: string): Float32Array {
-    const e = this.entry(name);
-    return flat.subarray(e.offset, e.offset + e.size);
-  }
-
   /** Uploads a flat vector as one tensor per entry. The caller owns (disposes) them. */
   toTensors(flat: Float32Array): Tensors {
     this.checkLength(flat);

@@ -10,7 +10,7 @@ export type Routes = Record<string, (path: string) => { status: number; type: st
  * and its JSON). A route key ending in '/' matches every path under it.
  * Resolves once listening.
  */
-export async function serveMetrics(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
+export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const send = (status: number, type: string, body: string | Buffer) => {

@@ -1,4 +1,4 @@
-import { IMAGE_SIZE, toUnitRange } from '../data/mnist';
+import { IMAGE_SIZE, toTanhRange } from '../data/mnist';
 import { GanModel, GeneratorPass, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase } from '../protocol/messages';
@@ -42,10 +42,6 @@ export class ShardCompute {
     }
     this.shard = images;
     this.shardCount = count;
-  }
-
-  get shardSize(): number {
-    return this.shardCount;
   }
 
   /** Replaces whichever networks the coordinator sent; the other stays as it was. */
@@ -111,7 +107,7 @@ export class ShardCompute {
       const k = this.rng.int(this.shardCount);
       this.pixelBuffer.set(shard.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), i * IMAGE_SIZE);
     }
-    return tf.tensor2d(toUnitRange(this.pixelBuffer, this.realBuffer), [this.batchSize, IMAGE_SIZE]);
+    return tf.tensor2d(toTanhRange(this.pixelBuffer, this.realBuffer), [this.batchSize, IMAGE_SIZE]);
   }
 
 }

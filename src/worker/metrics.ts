@@ -7,7 +7,7 @@ export class WorkerMetrics {
   readonly rounds = new Counter({ name: 'ganfleet_worker_rounds_total', help: 'Rounds this worker computed gradients for.', labelNames: ['phase'] as const, registers: [this.registry] });
   readonly roundSeconds = new Histogram({
     name: 'ganfleet_worker_round_compute_seconds',
-    help: 'Time to compute one round of gradients (upload, forward, backward, read back).',
+    help: 'Time to compute one round of gradients (batch, forward, backward, read back), after the weights are uploaded.',
     labelNames: ['phase'] as const,
     buckets: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
     registers: [this.registry],

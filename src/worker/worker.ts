@@ -6,7 +6,7 @@ import { createModel } from '../model';
 import { decodeCoordinatorMessage, encode, ProtocolError } from '../protocol/codec';
 import { CoordinatorMessage, ErrorMessage, Gradients, Hello, message } from '../protocol/messages';
 import { createLogger, Logger } from '../util/log';
-import { boundPort, serveMetrics } from '../util/http';
+import { boundPort, serveHttp } from '../util/http';
 import { ShardCompute } from './compute';
 import { WorkerMetrics } from './metrics';
 
@@ -28,6 +28,9 @@ export interface WorkerOptions {
 /** The largest frame a worker accepts: a whole 60k-image shard (47 MB) plus headroom. */
 const MAX_COORDINATOR_FRAME = 128 * 1024 * 1024;
 const BACKOFF_BASE_MS = 250;
+const HANDSHAKE_TIMEOUT_MS = 15_000;
+/** Silence tolerated before the welcome says how often the coordinator pings. */
+const SILENCE_BEFORE_WELCOME_MS = 30_000;
 const BACKOFF_MAX_MS = 15_000;
 
 /** How one connection ended, which decides whether to reconnect. */
@@ -52,7 +55,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
   const metrics = new WorkerMetrics();
   const metricsServer =
-    opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveMetrics(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
+    opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
   if (metricsServer) log(`metrics on http://${opts.metricsHost ?? '127.0.0.1'}:${boundPort(metricsServer)}/metrics`);
 
   let leaving: (() => void) | null = null;
@@ -122,7 +125,7 @@ function connectOnce(
   return new Promise<Outcome>((resolve) => {
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    const ws = new WebSocket(opts.coordinator, { maxPayload: MAX_COORDINATOR_FRAME, headers, ca: me.ca });
+    const ws = new WebSocket(opts.coordinator, { maxPayload: MAX_COORDINATOR_FRAME, headers, ca: me.ca, handshakeTimeout: HANDSHAKE_TIMEOUT_MS });
     let compute: ShardCompute | null = null;
     let workerId: string | null = null;
     let outcome: Outcome | null = null;
@@ -130,9 +133,11 @@ function connectOnce(
     // A coordinator that vanishes without a close (power loss, partition) is
     // noticed by silence: it pings every heartbeat, and training sends more.
     let lastHeard = Date.now();
+    let silenceMs = SILENCE_BEFORE_WELCOME_MS;
     let watchdog: NodeJS.Timeout | null = null;
     const heard = () => (lastHeard = Date.now());
     ws.on('ping', heard);
+    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null });
 
     setLeave(() => {
       end({ kind: 'left' });
@@ -141,7 +146,7 @@ function connectOnce(
 
     const fail = (code: string, text: string, fatal = false) => {
       log(`error ${code}: ${text}`);
-      end(fatal ? { kind: 'fatal', reason: text } : { kind: 'lost', reason: text, welcomed: workerId !== null });
+      end(fatal ? { kind: 'fatal', reason: text } : lost(text));
       if (ws.readyState === WebSocket.OPEN) ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
       ws.close(1002);
     };
@@ -149,7 +154,12 @@ function connectOnce(
     const handle = (msg: CoordinatorMessage) => {
       switch (msg.type) {
         case 'welcome': {
-          const model = createModel(msg.arch);
+          let model;
+          try {
+            model = createModel(msg.arch);
+          } catch (e) {
+            return fail('WORKER_MODEL_UNKNOWN', (e as Error).message, true);
+          }
           if (model.generatorLayout.size !== msg.generatorSize || model.discriminatorLayout.size !== msg.discriminatorSize) {
             return fail(
               'WORKER_MODEL_MISMATCH',
@@ -160,12 +170,7 @@ function connectOnce(
           compute?.dispose();
           compute = new ShardCompute(model, msg.batchSize, msg.seed);
           workerId = msg.workerId;
-          const silenceMs = 3 * msg.heartbeatSeconds * 1000;
-          watchdog = setInterval(() => {
-            if (Date.now() - lastHeard <= silenceMs) return;
-            end({ kind: 'lost', reason: `nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`, welcomed: true });
-            ws.terminate();
-          }, Math.min(silenceMs, 1000));
+          silenceMs = 3 * msg.heartbeatSeconds * 1000;
           metrics.connected.set(1);
           log(`joined as ${workerId}: model ${msg.arch}, batch ${msg.batchSize}`);
           return;
@@ -204,13 +209,19 @@ function connectOnce(
         case 'error':
           // A refusal of the connection itself (full, wrong model) is followed by a close.
           log(`coordinator says ${msg.code}: ${msg.message}`);
-          if (msg.code === 'COORDINATOR_FULL') end({ kind: 'lost', reason: msg.message, welcomed: false });
+          if (msg.code === 'COORDINATOR_FULL') end(lost(msg.message));
           return;
       }
     };
 
     ws.on('open', () => {
       if (leaveRequested()) return ws.close(1000, 'worker leaving');
+      heard();
+      watchdog = setInterval(() => {
+        if (Date.now() - lastHeard <= silenceMs) return;
+        end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
+        ws.terminate();
+      }, 1000);
       log(`connected to ${opts.coordinator}`);
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
@@ -227,15 +238,15 @@ function connectOnce(
     ws.on('unexpected-response', (_req, res) => {
       const status = res.statusCode ?? 0;
       // 401/403: the token is wrong, and trying again will not change that.
-      end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : { kind: 'lost', reason: `HTTP ${status}`, welcomed: false });
+      end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : lost(`HTTP ${status}`));
       ws.terminate();
     });
-    ws.on('error', (e) => end({ kind: 'lost', reason: e.message, welcomed: workerId !== null }));
+    ws.on('error', (e) => end(lost(e.message)));
     ws.on('close', (code, reason) => {
       if (watchdog) clearInterval(watchdog);
       compute?.dispose();
       metrics.connected.set(0);
-      resolve(outcome ?? { kind: 'lost', reason: `closed (${code}${reason.length ? ` ${reason}` : ''})`, welcomed: workerId !== null });
+      resolve(outcome ?? lost(`closed (${code}${reason.length ? ` ${reason}` : ''})`));
     });
   });
 }
