@@ -11,9 +11,9 @@ export interface GradientContribution {
  * Sample-weighted mean of the workers' gradients, written into `out`.
  * Each contribution is a per-batch mean, so weighting by batch size yields
  * the gradient of the mean loss over the union of all batches.
- * Sums in float64 per element and divides once, so a single contribution
- * comes back bit-exact. Reads every input at index i before writing out[i],
- * so `out` may alias one of the inputs.
+ * One contribution is copied bit-exact. Otherwise each contribution is
+ * added in one pass, scaled by its share of the samples (float32
+ * accumulation: relative error ~1e-7 per worker). `out` may alias an input.
  */
 export function averageGradients(
   contributions: readonly GradientContribution[],
@@ -38,14 +38,18 @@ export function averageGradients(
   if (total === 0) {
     throw new GanfleetError('AGGREGATE_EMPTY', 'contributions hold zero samples in total');
   }
-  const n = contributions.length;
-  for (let i = 0; i < out.length; i++) {
-    let acc = 0;
-    for (let k = 0; k < n; k++) {
-      const c = contributions[k];
-      acc += c.gradients[i] * c.samples;
-    }
-    out[i] = acc / total;
+  if (contributions.length === 1) {
+    out.set(contributions[0].gradients);
+    return out;
+  }
+  // One pass per contribution, no per-element lookups; an input that is `out` is read from a copy.
+  const inputs = contributions.map((c) => (c.gradients === out ? c.gradients.slice() : c.gradients));
+  const weights = contributions.map((c) => c.samples / total);
+  out.fill(0);
+  for (let k = 0; k < inputs.length; k++) {
+    const g = inputs[k];
+    const w = weights[k];
+    for (let i = 0; i < out.length; i++) out[i] += g[i] * w;
   }
   return out;
 }

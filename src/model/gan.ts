@@ -68,10 +68,12 @@ export function disposeGeneratorPass(pass: GeneratorPass): void {
   for (const t of Object.values(pass.saved)) t.dispose();
 }
 
-/** Reads gradients and statistics back with one synchronous read each. */
+/** Reads gradients and statistics back in one synchronous read (a device round trip each otherwise). */
 export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean): StepOutput {
-  const s = tf.stack(stats).dataSync();
-  const out: StepOutput = { gradients: gradients.dataSync() as Float32Array, loss: s[0], dFake: s[withReal ? 2 : 1] };
+  const n = gradients.size;
+  const all = tf.concat([tf.reshape(gradients, [n]), tf.stack(stats)]).dataSync() as Float32Array;
+  const s = all.subarray(n);
+  const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[withReal ? 2 : 1] };
   if (withReal) out.dReal = s[1];
   return out;
 }
