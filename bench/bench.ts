@@ -98,7 +98,8 @@ function round(x: number): number {
 async function main() {
   const steps = arg('steps', 300);
   const single = await inProcess(steps, 20);
-  const local = [1, 2].map((n) => localRun(n, steps));
+  // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
+  const local = [1, 2, 3, 4].map((n) => localRun(n, steps));
   const torch = torchAnchor(Math.min(steps, 200));
   const torchSingle = 'single' in torch ? (torch.single as { ms_per_step: number }) : null;
   const torchDdp = 'ddp2' in torch ? (torch.ddp2 as { images_per_s: number }) : null;
@@ -114,6 +115,8 @@ async function main() {
       perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,
       distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
       scaling2Workers: round(local[1].imagesPerSecond / (2 * local[0].imagesPerSecond)),
+      scaling3Workers: round(local[2].imagesPerSecond / (3 * local[0].imagesPerSecond)),
+      scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
       torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
     },
   };
