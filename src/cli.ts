@@ -7,6 +7,7 @@ import { BACKEND_CHOICES, BackendChoice } from './backend';
 import { KERAS_ADAM_DEFAULTS } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
+import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
 import { ARCHITECTURES } from './model';
 import { createLogger } from './util/log';
@@ -237,7 +238,28 @@ export function buildCli(argv: string[]) {
         if (!summary.ok) process.exitCode = 1;
       },
     )
-    .demandCommand(1, 'Name a command: coordinator, worker or local.')
+    .command(
+      'generate',
+      "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
+      (y) =>
+        rejectUnknownFlags(
+          backendOption(y)
+            .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
+            .option('count', { type: 'number', default: 100, describe: 'Number of samples' })
+            .option('out', { type: 'string', demandOption: true, describe: `Output file; the extension picks the format: ${GENERATE_FORMATS.join(', ')}` })
+            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise' })
+            .check((a) => {
+              integerAtLeast('count', a.count);
+              integerAtLeast('seed', a.seed, 0);
+              return true;
+            }),
+          argv,
+        ),
+      async (a) => {
+        await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
+      },
+    )
+    .demandCommand(1, 'Name a command: coordinator, worker, local or generate.')
     .strictCommands()
     .help()
     .wrap(Math.min(110, process.stdout.columns || 110))

@@ -149,15 +149,19 @@ export function listCheckpoints(dir: string): string[] {
 }
 
 /**
- * The newest checkpoint that loads, skipping (reporting, and renaming aside)
- * any that are truncated or corrupted. Null when there is none.
+ * The newest checkpoint that loads, skipping (reporting, and for a resume
+ * renaming aside) any that are truncated or corrupted. Null when there is none.
  */
-export function loadLatestCheckpoint(dir: string, log: (msg: string) => void): { checkpoint: Checkpoint; file: string } | null {
+export function loadLatestCheckpoint(dir: string, log: (msg: string) => void, renameInvalid = true): { checkpoint: Checkpoint; file: string } | null {
   for (const name of listCheckpoints(dir)) {
     const file = path.join(dir, name);
     try {
       return { checkpoint: decodeCheckpoint(fs.readFileSync(file), file), file };
     } catch (e) {
+      if (!renameInvalid) {
+        log(`skipping checkpoint ${(e as Error).message}`);
+        continue;
+      }
       // Renamed aside, so that it neither shadows newer checkpoints nor outlives good ones in retention.
       fs.renameSync(file, `${file}.invalid`);
       log(`skipping checkpoint ${(e as Error).message}; renamed to ${name}.invalid`);

@@ -106,10 +106,15 @@ export function imageGrid(
     for (let y = 0; y < height; y++) {
       const row = (y0 + y) * gridW + x0;
       for (let x = 0; x < width; x++) {
-        const p = Math.round((images[src + y * width + x] + 1) * 127.5);
-        pixels[row + x] = p < 0 ? 0 : p > 255 ? 255 : p; // NaN stores as 0
+        pixels[row + x] = tanhToByte(images[src + y * width + x]);
       }
     }
   }
   return { width: gridW, height: gridH, pixels };
+}
+
+/** A tanh-range value as an 8-bit pixel: clamp(round((v+1)·127.5), 0, 255); NaN becomes 0. */
+export function tanhToByte(v: number): number {
+  const p = Math.round((v + 1) * 127.5);
+  return p > 0 ? (p > 255 ? 255 : p) : 0;
 }

@@ -86,3 +86,13 @@ function parseIdx(buf: Buffer, path: string): IdxArray {
   // A view over the file buffer: the 47 MB training set is never copied.
   return { dims, data: new Uint8Array(buf.buffer, buf.byteOffset + headerLen, size) };
 }
+
+/** Writes an unsigned-byte IDX file (the MNIST format): magic 0x0000080N, N big-endian dims, then the bytes. */
+export function encodeIdx(dims: readonly number[], data: Uint8Array): Buffer {
+  const size = dims.reduce((a, b) => a * b, 1);
+  if (size !== data.length) throw new GanfleetError('IDX_SIZE_MISMATCH', `dims ${dims.join('×')} need ${size} bytes, got ${data.length}`);
+  const header = Buffer.alloc(4 + 4 * dims.length);
+  header.writeUInt32BE(0x0800 + dims.length, 0);
+  dims.forEach((d, i) => header.writeUInt32BE(d, 4 + 4 * i));
+  return Buffer.concat([header, data]);
+}

@@ -1,0 +1,71 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { BackendChoice, selectBackend } from './backend';
+import { Checkpoint, decodeCheckpoint, loadLatestCheckpoint } from './coordinator/checkpoint';
+import { encodePng, imageGrid, tanhToByte } from './coordinator/png';
+import { encodeIdx } from './data/idx';
+import { encodeNpy } from './data/npy';
+import { createModel } from './model';
+import { scoped, tf } from './model/tf';
+import { GanfleetError } from './util/errors';
+import { Logger, createLogger } from './util/log';
+import { Rng } from './util/rng';
+
+export interface GenerateOptions {
+  /** A checkpoint file, or a run directory (its newest valid checkpoint). */
+  checkpoint: string;
+  count: number;
+  /** .npy (float32 N×28×28, tanh range), .idx (uint8 N×28×28, MNIST format) or .png (a grid). */
+  out: string;
+  seed: number;
+  backend: BackendChoice;
+}
+
+export const GENERATE_FORMATS = ['.npy', '.idx', '.png'] as const;
+
+/** Draws `count` samples from a checkpoint's generator and writes them in the format the extension names. */
+export async function generateSamples(opts: GenerateOptions, log: Logger = createLogger('generate')): Promise<string> {
+  const ext = path.extname(opts.out).toLowerCase();
+  if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) {
+    throw new GanfleetError('GENERATE_FORMAT', `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${opts.out}`);
+  }
+  const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
+  const model = createModel(String(checkpoint.config.arch));
+  const backend = await selectBackend(opts.backend);
+  log(`backend ${backend.name}; generator from ${file} (step ${checkpoint.step})`);
+
+  const pixels = 28 * 28;
+  const images = new Float32Array(opts.count * pixels);
+  const rng = new Rng(opts.seed);
+  const batch = 1000;
+  for (let start = 0; start < opts.count; start += batch) {
+    const n = Math.min(batch, opts.count - start);
+    const z = rng.fillNormal(new Float32Array(n * model.zDim));
+    images.set(
+      scoped(() => model.generate(model.generatorLayout.toTensors(checkpoint.generator), tf.tensor2d(z, [n, model.zDim])).dataSync()),
+      start * pixels,
+    );
+  }
+
+  let bytes: Buffer;
+  if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);
+  else if (ext === '.idx') bytes = encodeIdx([opts.count, 28, 28], Uint8Array.from(images, tanhToByte));
+  else {
+    const cols = Math.ceil(Math.sqrt(opts.count));
+    const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);
+    bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
+  }
+  fs.mkdirSync(path.dirname(path.resolve(opts.out)), { recursive: true });
+  fs.writeFileSync(opts.out, bytes);
+  log(`wrote ${opts.count} samples to ${opts.out}`);
+  return opts.out;
+}
+
+function readCheckpoint(where: string, log: Logger): { checkpoint: Checkpoint; file: string } {
+  if (!fs.existsSync(where)) throw new GanfleetError('GENERATE_NO_CHECKPOINT', `--checkpoint: no such file or directory ${where}`);
+  if (fs.statSync(where).isFile()) return { checkpoint: decodeCheckpoint(fs.readFileSync(where), where), file: where };
+  const dir = fs.existsSync(path.join(where, 'checkpoints')) ? path.join(where, 'checkpoints') : where;
+  const found = loadLatestCheckpoint(dir, log, false);
+  if (!found) throw new GanfleetError('GENERATE_NO_CHECKPOINT', `no valid checkpoint in ${dir}`);
+  return found;
+}

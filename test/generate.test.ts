@@ -1,0 +1,56 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { PNG } from 'pngjs';
+import { selectBackend } from '../src/backend';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { writeCheckpoint } from '../src/coordinator/checkpoint';
+import { readIdx } from '../src/data/idx';
+import { decodeNpy } from '../src/data/npy';
+import { createModel } from '../src/model';
+import { tf } from '../src/model/tf';
+import { Rng } from '../src/util/rng';
+import { tempDir } from './harness';
+import { CLI, assertClose } from './helpers';
+
+test('ganfleet generate writes .npy, .idx and .png that read back as the generator\'s samples', { timeout: 60_000 }, async () => {
+  const dir = tempDir('generate');
+  const model = createModel('mlp');
+  const p = model.init(new Rng(11));
+  const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
+  const ckpt = writeCheckpoint(
+    path.join(dir, 'checkpoints'),
+    { step: 5, imagesTotal: 0, config: { arch: 'mlp' }, seedRng: new Rng(1).state(), nextWorker: 1, generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) },
+    3,
+  );
+  const run = (out: string, from = ckpt) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', from, '--count', '7', '--seed', '3', '--backend', 'cpu', '--out', out], { encoding: 'utf8' });
+
+  // The same 7 samples, drawn here from the same noise.
+  await selectBackend('cpu');
+  const z = tf.tensor2d(new Rng(3).fillNormal(new Float32Array(7 * model.zDim)), [7, model.zDim]);
+  const expected = model.generate(model.generatorLayout.toTensors(p.generator), z).dataSync() as Float32Array;
+
+  const npy = path.join(dir, 'samples.npy');
+  assert.equal(run(npy).status, 0);
+  const read = decodeNpy(fs.readFileSync(npy));
+  assert.deepEqual(read.shape, [7, 28, 28]);
+  assertClose(read.data, expected, 1e-5, 1e-5, 'npy');
+
+  const idx = path.join(dir, 'samples.idx');
+  assert.equal(run(idx, dir).status, 0, 'a run directory works too');
+  const bytes = readIdx(idx);
+  assert.deepEqual(bytes.dims, [7, 28, 28]);
+  assertClose(bytes.data, Array.from(expected, (v) => Math.round((v + 1) * 127.5)), 1, 0, 'idx pixels');
+
+  const png = path.join(dir, 'grid.png');
+  assert.equal(run(png).status, 0);
+  const grid = PNG.sync.read(fs.readFileSync(png));
+  assert.deepEqual([grid.width, grid.height], [3 * 28 + 4 * 2, 3 * 28 + 4 * 2], '7 samples in a 3×3 grid');
+
+  const bad = run(path.join(dir, 'samples.txt'));
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /--out must end in \.npy, \.idx, \.png/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
