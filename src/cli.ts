@@ -9,7 +9,7 @@ import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
-import { ARCHITECTURES } from './model';
+import { ARCHITECTURES, LOSSES } from './model';
 import { createLogger } from './util/log';
 import { onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
@@ -34,6 +34,7 @@ function backendOption<T>(y: Argv<T>) {
 function trainingOptions<T>(y: Argv<T>) {
   return backendOption(y)
     .option('model', { choices: ARCHITECTURES, default: 'mlp' as const, describe: 'GAN architecture', group: 'Training:' })
+    .option('loss', { choices: LOSSES, default: 'bce' as const, describe: 'bce: the seed (binary cross-entropy, non-saturating G); lsgan: least squares (Mao et al. 2017), a=0, b=c=1', group: 'Training:' })
     .option('steps', { type: 'number', default: 10000, describe: 'Training steps (each: one D update, one G update)', group: 'Training:' })
     .option('batch-size', { type: 'number', default: 128, describe: 'Real images per worker per step (the global batch is this × workers)', group: 'Training:' })
     .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs', group: 'Training:' })
@@ -82,6 +83,7 @@ function coordinatorConfig(
     ...network,
     metricsPort: a['metrics-port'],
     arch: a.model,
+    loss: a.loss,
     steps: a.steps,
     batchSize: a['batch-size'],
     seed: a.seed,

@@ -30,7 +30,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     throw new GanfleetError('GENERATE_FORMAT', `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${opts.out}`);
   }
   const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
-  const model = createModel(String(checkpoint.config.arch));
+  const model = createModel(String(checkpoint.config.arch), String(checkpoint.config.loss ?? 'bce'));
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name}; generator from ${file} (step ${checkpoint.step})`);
 

@@ -65,3 +65,22 @@ test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves r
   assert.match(stdout, /shard plan 1: w1=30000 w2=30000/);
   fs.rmSync(out, { recursive: true, force: true });
 });
+
+test('--loss lsgan trains end to end through the same workers', { timeout: 60_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-lsgan-'));
+  const child = spawn(process.execPath, [CLI, 'local', '--workers', '2', '--loss', 'lsgan', '--steps', '40', '--log-every', '20', '--sample-every', '40', '--metrics-port', '-1', '--out', out], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 0, log);
+  assert.match(log, /joined as w\d: model mlp, loss lsgan/);
+  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.steps, 40);
+  for (const k of ['dLoss', 'gLoss', 'dReal', 'dFake']) assert.ok(Number.isFinite(summary.last[k]), `${k} finite`);
+  // Least squares: D's loss is bounded by how far its scores are from the 0/1 targets, far below BCE's start.
+  assert.ok(summary.last.dLoss < 0.5, `d_loss ${summary.last.dLoss}`);
+  fs.rmSync(out, { recursive: true, force: true });
+});

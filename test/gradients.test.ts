@@ -21,8 +21,8 @@ function rows(t: tf.Tensor2D, start: number, n: number): tf.Tensor2D {
   return tf.slice(t, [start, 0], [n, t.shape[1]]);
 }
 
-for (const backend of ['cpu', 'wasm'] as const) {
-  describe(`MLP gradients on ${backend}`, () => {
+for (const [backend, loss] of [['cpu', 'bce'], ['wasm', 'bce'], ['cpu', 'lsgan'], ['wasm', 'lsgan']] as const) {
+  describe(`MLP gradients, ${loss} loss, on ${backend}`, () => {
     let model: GanModel;
     let g: Tensors;
     let d: Tensors;
@@ -31,7 +31,7 @@ for (const backend of ['cpu', 'wasm'] as const) {
 
     before(async () => {
       await selectBackend(backend);
-      model = createModel('mlp');
+      model = createModel('mlp', loss);
       const rng = new Rng(7);
       const p = model.init(rng);
       // Non-zero biases, so their gradients are exercised too.

@@ -8,6 +8,8 @@ export interface CoordinatorConfig {
   /** HTTP port for /metrics and /healthz; 0 picks a free one, -1 disables. */
   metricsPort: number;
   arch: string;
+  /** 'bce' (the seed) or 'lsgan'; see model/losses.ts. */
+  loss: string;
   steps: number;
   /** Per worker, as in PyTorch DDP: the global batch grows with the worker count. */
   batchSize: number;

@@ -145,7 +145,7 @@ export class Coordinator {
     readonly config: CoordinatorConfig,
     private readonly log: Logger,
   ) {
-    this.model = createModel(config.arch);
+    this.model = createModel(config.arch, config.loss);
     this.params = this.model.init(new Rng(config.seed));
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
@@ -411,6 +411,7 @@ export class Coordinator {
           type: 'welcome',
           workerId: peer.id,
           arch: this.model.arch,
+          loss: this.model.loss,
           generatorSize: this.model.generatorLayout.size,
           discriminatorSize: this.model.discriminatorLayout.size,
           batchSize: this.config.batchSize,
@@ -642,7 +643,9 @@ export class Coordinator {
     if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];
     if (msg.loss < 0) return ['out_of_range', `loss ${msg.loss} is negative`];
     for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
-      if (v < 0 || v > 1) return ['out_of_range', `${k} ${v} is not a probability`];
+      // A probability under bce; lsgan's raw scores are only bounded like gradients.
+      const ok = this.model.loss === 'bce' ? v >= 0 && v <= 1 : Math.abs(v) <= MAX_GRADIENT_ABS;
+      if (!ok) return ['out_of_range', `${k} ${v} is out of range for ${this.model.loss}`];
     }
     if (msg.computeSeconds < 0 || msg.computeSeconds > 3600) return ['out_of_range', `computeSeconds ${msg.computeSeconds} is implausible`];
     const g = msg.gradients;
@@ -769,6 +772,7 @@ export class Coordinator {
     }
     const c = found.checkpoint;
     if (c.config.arch !== this.config.arch) throw new Error(`${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}`);
+    if ((c.config.loss ?? 'bce') !== this.config.loss) throw new Error(`${found.file} was trained with --loss ${String(c.config.loss)}, not ${this.config.loss}`);
     this.model.generatorLayout.checkLength(c.generator);
     this.model.discriminatorLayout.checkLength(c.discriminator);
     this.params.generator.set(c.generator);

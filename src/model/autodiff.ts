@@ -1,6 +1,6 @@
 import { GanModel, StepOutput, readStep } from './gan';
 import { ParameterLayout } from './layout';
-import { bceWithLogits } from './losses';
+import { discriminatorLoss, generatorLoss, meanScore } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 /**
@@ -16,23 +16,19 @@ export function autodiffDiscriminatorStep(
 ): StepOutput {
   return scoped(() => {
     const fake = model.generate(g, z);
-    const loss = (dp: Tensors) =>
-      tf.div(
-        tf.add(bceWithLogits(model.discriminate(dp, real), 1), bceWithLogits(model.discriminate(dp, fake), 0)),
-        2,
-      ) as tf.Scalar;
+    const loss = (dp: Tensors) => discriminatorLoss(model.loss, model.discriminate(dp, real), model.discriminate(dp, fake));
     const grads = gradsOf(model.discriminatorLayout, d, loss);
-    const pReal = tf.mean(tf.sigmoid(model.discriminate(d, real)));
-    const pFake = tf.mean(tf.sigmoid(model.discriminate(d, fake)));
+    const pReal = meanScore(model.loss, model.discriminate(d, real));
+    const pFake = meanScore(model.loss, model.discriminate(d, fake));
     return readStep(grads, [loss(d), pReal, pFake], true);
   });
 }
 
 export function autodiffGeneratorStep(model: GanModel, g: Tensors, d: Tensors, z: tf.Tensor2D): StepOutput {
   return scoped(() => {
-    const loss = (gp: Tensors) => bceWithLogits(model.discriminate(d, model.generate(gp, z)), 1);
+    const loss = (gp: Tensors) => generatorLoss(model.loss, model.discriminate(d, model.generate(gp, z)));
     const grads = gradsOf(model.generatorLayout, g, loss);
-    const pFake = tf.mean(tf.sigmoid(model.discriminate(d, model.generate(g, z))));
+    const pFake = meanScore(model.loss, model.discriminate(d, model.generate(g, z)));
     return readStep(grads, [loss(g), pFake], false);
   });
 }

@@ -1,5 +1,6 @@
 import { Rng } from '../util/rng';
 import { ParameterLayout } from './layout';
+import { GanLoss } from './losses';
 import { tf, Tensors } from './tf';
 
 /** What one worker returns for one round: the mean gradient over its batch and the batch's statistics. */
@@ -7,9 +8,9 @@ export interface StepOutput {
   gradients: Float32Array;
   /** Mean loss over the batch (the D loss averages the real and the fake half). */
   loss: number;
-  /** Mean D(x) on the real batch; only the discriminator step has it. */
+  /** D(x) on the real batch (losses.ts meanScore); only the discriminator step has it. */
   dReal?: number;
-  /** Mean D(G(z)) on the generated batch. */
+  /** D(G(z)) on the generated batch. */
   dFake: number;
 }
 
@@ -25,6 +26,7 @@ export interface GanParameters {
  */
 export interface GanModel {
   readonly arch: string;
+  readonly loss: GanLoss;
   readonly zDim: number;
   readonly generatorLayout: ParameterLayout;
   readonly discriminatorLayout: ParameterLayout;

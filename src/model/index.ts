@@ -1,13 +1,17 @@
 import { GanfleetError } from '../util/errors';
 import { GanModel } from './gan';
+import { GanLoss, LOSSES } from './losses';
 import { MlpGan } from './mlp';
 
 export const ARCHITECTURES = ['mlp'] as const;
 
-export function createModel(arch: string): GanModel {
+export function createModel(arch: string, loss: string = 'bce'): GanModel {
+  if (!(LOSSES as readonly string[]).includes(loss)) {
+    throw new GanfleetError('MODEL_UNKNOWN', `unknown loss "${loss}" (known: ${LOSSES.join(', ')})`);
+  }
   switch (arch) {
     case 'mlp':
-      return new MlpGan();
+      return new MlpGan(loss as GanLoss);
     default:
       throw new GanfleetError('MODEL_UNKNOWN', `unknown model "${arch}" (known: ${ARCHITECTURES.join(', ')})`);
   }
@@ -15,3 +19,4 @@ export function createModel(arch: string): GanModel {
 
 export * from './gan';
 export * from './layout';
+export { LOSSES, GanLoss } from './losses';

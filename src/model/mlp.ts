@@ -2,7 +2,7 @@ import { Rng } from '../util/rng';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
 import { ParameterLayout } from './layout';
-import { bceWithLogits } from './losses';
+import { GanLoss, discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 const Z_DIM = 100;
@@ -22,6 +22,9 @@ const ALPHA = 0.01;
  */
 export class MlpGan implements GanModel {
   readonly arch = 'mlp';
+
+  constructor(readonly loss: GanLoss = 'bce') {}
+
   readonly zDim = Z_DIM;
   readonly generatorLayout = new ParameterLayout([
     { name: 'g/dense1/kernel', shape: [Z_DIM, HIDDEN] },
@@ -89,11 +92,9 @@ export class MlpGan implements GanModel {
       const h = dense(x, d, 'd/dense1', true);
       const logits = dense(h, d, 'd/dense2', false);
       const [realLogits, fakeLogits] = tf.split(logits, [n, fake.shape[0]], 0);
-      const loss = tf.div(tf.add(bceWithLogits(realLogits, 1), bceWithLogits(fakeLogits, 0)), 2);
-      const p = tf.sigmoid(logits);
+      const loss = discriminatorLoss(this.loss, realLogits, fakeLogits);
       const labels = tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0);
-      // d(mean over both halves, averaged)/d logits = (p - y) / (2n) when both halves have n rows.
-      const dLogits = tf.div(tf.sub(p, labels), x.shape[0]);
+      const dLogits = outputGradient(this.loss, logits, labels, 'discriminator');
       const dH = hiddenGradient(dLogits, h, d);
       const grads: Tensors = {
         'd/dense1/kernel': tf.matMul(tf.transpose(x), dH),
@@ -101,8 +102,7 @@ export class MlpGan implements GanModel {
         'd/dense2/kernel': tf.matMul(tf.transpose(h), dLogits),
         'd/dense2/bias': tf.sum(dLogits, 0),
       };
-      const [pReal, pFake] = tf.split(p, [n, fake.shape[0]], 0);
-      return readStep(this.discriminatorLayout.concat(grads), [loss, tf.mean(pReal), tf.mean(pFake)], true);
+      return readStep(this.discriminatorLayout.concat(grads), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true);
     });
   }
 
@@ -112,9 +112,8 @@ export class MlpGan implements GanModel {
       const a1 = pass.saved.hidden;
       const h = dense(fake, d, 'd/dense1', true);
       const logits = dense(h, d, 'd/dense2', false);
-      const loss = bceWithLogits(logits, 1);
-      const p = tf.sigmoid(logits);
-      const dLogits = tf.div(tf.sub(p, 1), fake.shape[0]);
+      const loss = generatorLoss(this.loss, logits);
+      const dLogits = outputGradient(this.loss, logits, 1, 'generator');
       // Through D to its input (D's own gradients are not needed here)...
       const dH = hiddenGradient(dLogits, h, d);
       const dFake = tf.matMul(dH, tf.transpose(d['d/dense1/kernel']));
@@ -127,7 +126,7 @@ export class MlpGan implements GanModel {
       const dPre1 = leakyBackward(tf.matMul(dPre2, tf.transpose(g['g/dense2/kernel'])), a1);
       grads['g/dense1/kernel'] = tf.matMul(tf.transpose(z), dPre1);
       grads['g/dense1/bias'] = tf.sum(dPre1, 0);
-      return readStep(this.generatorLayout.concat(grads), [loss, tf.mean(p)], false);
+      return readStep(this.generatorLayout.concat(grads), [loss, meanScore(this.loss, logits)], false);
     });
   }
 }

@@ -41,6 +41,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
   welcome: {
     workerId: ['string', 'required'],
     arch: ['string', 'required'],
+    loss: ['string', 'required'],
     generatorSize: ['count', 'required'],
     discriminatorSize: ['count', 'required'],
     batchSize: ['count', 'required'],

@@ -24,6 +24,8 @@ export interface Welcome {
   type: 'welcome';
   workerId: string;
   arch: string;
+  /** The GAN objective the gradients are of ('bce' or 'lsgan'). */
+  loss: string;
   /** Flat parameter counts; a worker whose build of `arch` differs refuses to start. */
   generatorSize: number;
   discriminatorSize: number;

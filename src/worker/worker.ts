@@ -156,7 +156,7 @@ function connectOnce(
         case 'welcome': {
           let model;
           try {
-            model = createModel(msg.arch);
+            model = createModel(msg.arch, msg.loss);
           } catch (e) {
             return fail('WORKER_MODEL_UNKNOWN', (e as Error).message, true);
           }
@@ -172,7 +172,7 @@ function connectOnce(
           workerId = msg.workerId;
           silenceMs = 3 * msg.heartbeatSeconds * 1000;
           metrics.connected.set(1);
-          log(`joined as ${workerId}: model ${msg.arch}, batch ${msg.batchSize}`);
+          log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}`);
           return;
         }
         case 'shard':
