@@ -1,4 +1,5 @@
 import { tf } from './model/tf';
+import { registerWasmKernels } from './model/wasm-kernels';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -38,7 +39,10 @@ function tryNative(pkg: string): string | null {
 }
 
 async function activate(name: string): Promise<boolean> {
-  if (name === 'wasm') require('@tensorflow/tfjs-backend-wasm');
+  if (name === 'wasm') {
+    require('@tensorflow/tfjs-backend-wasm');
+    registerWasmKernels();
+  }
   if (name === 'cpu') require('@tensorflow/tfjs-backend-cpu');
   return tf.setBackend(name);
 }
