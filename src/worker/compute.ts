@@ -16,9 +16,12 @@ export class ShardCompute {
   private shardCount = 0;
   private generator: Tensors | null = null;
   private discriminator: Tensors | null = null;
-  private noise: tf.Tensor2D | null = null;
-  private noiseStep = -1;
-  /** G's forward pass on `noise` with the current G; dropped when either changes. */
+  /**
+   * The step's random draws: noise and a real batch. Drawn ahead, while the
+   * worker would otherwise wait for the coordinator (prepare), or on demand.
+   */
+  private drawn: { step: number; noise: tf.Tensor2D; real: tf.Tensor2D } | null = null;
+  /** G's forward pass on the drawn noise with the current G; dropped when either changes. */
   private pass: GeneratorPass | null = null;
   private readonly rng: Rng;
   private readonly realBuffer: Float32Array;
@@ -42,6 +45,15 @@ export class ShardCompute {
     }
     this.shard = images;
     this.shardCount = count;
+    this.dropDrawn(); // a batch drawn ahead came from the old shard
+  }
+
+  /** Draws step `step`'s noise and real batch now, so its D round need not. */
+  prepare(step: number): void {
+    if (this.drawn?.step === step || !this.shard) return;
+    this.dropDrawn();
+    const noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
+    this.drawn = { step, noise, real: this.realBatch() };
   }
 
   /** Replaces whichever networks the coordinator sent; the other stays as it was. */
@@ -64,14 +76,14 @@ export class ShardCompute {
     if (!this.generator || !this.discriminator) {
       throw new GanfleetError('WORKER_NO_WEIGHTS', `asked for step ${step} before receiving both networks`);
     }
-    const pass = this.passFor(step);
+    this.prepare(step);
+    const drawn = this.drawn!;
+    this.pass ??= this.model.forwardGenerator(this.generator, drawn.noise);
     let out: StepOutput;
     if (phase === 'discriminator') {
-      const real = this.realBatch();
-      out = this.model.discriminatorStep(this.discriminator, real, pass);
-      real.dispose();
+      out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass);
     } else {
-      out = this.model.generatorStep(this.generator, this.discriminator, pass);
+      out = this.model.generatorStep(this.generator, this.discriminator, this.pass);
     }
     return { ...out, samples: this.batchSize };
   }
@@ -79,25 +91,20 @@ export class ShardCompute {
   dispose(): void {
     if (this.generator) disposeTensors(this.generator);
     if (this.discriminator) disposeTensors(this.discriminator);
+    this.dropDrawn();
+    this.generator = this.discriminator = null;
+  }
+
+  private dropDrawn(): void {
     this.dropPass();
-    this.noise?.dispose();
-    this.generator = this.discriminator = this.noise = null;
+    this.drawn?.noise.dispose();
+    this.drawn?.real.dispose();
+    this.drawn = null;
   }
 
   private dropPass(): void {
     if (this.pass) disposeGeneratorPass(this.pass);
     this.pass = null;
-  }
-
-  private passFor(step: number): GeneratorPass {
-    if (this.noiseStep !== step || !this.noise) {
-      this.dropPass();
-      this.noise?.dispose();
-      this.noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
-      this.noiseStep = step;
-    }
-    if (!this.pass) this.pass = this.model.forwardGenerator(this.generator!, this.noise);
-    return this.pass;
   }
 
   /** Uniform with replacement from the shard, as the seed's np.random.randint. */

@@ -198,6 +198,8 @@ function connectOnce(
           });
           if (out.dReal !== undefined) reply.dReal = out.dReal;
           ws.send(encode(reply));
+          // The coordinator now averages and steps Adam: draw the next step's batch meanwhile.
+          if (msg.phase === 'generator') compute.prepare(msg.step + 1);
           heard(); // busy computing is not the coordinator's silence
           metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
           return;
