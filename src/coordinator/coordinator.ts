@@ -202,7 +202,6 @@ export class Coordinator {
     let t0 = 0;
     let windowStart = 0;
     let windowImages = 0;
-    let last: StepStats | null = null;
     while (this.step < steps && !this.stop) {
       if (!(await this.admitWorkers(this.step === firstStep ? this.config.startWorkers : this.config.minWorkers))) break;
       if (t0 === 0) t0 = windowStart = performance.now();
@@ -217,10 +216,10 @@ export class Coordinator {
         break;
       }
       this.step++;
-      last = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
+      const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
       const stepSeconds = (performance.now() - stepStart) / 1000;
       this.stepSecondsAvg = this.stepSecondsAvg === 0 ? stepSeconds : 0.95 * this.stepSecondsAvg + 0.05 * stepSeconds;
-      this.recordStep(last);
+      this.recordStep(stats);
       windowImages += d.samples;
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
@@ -228,7 +227,7 @@ export class Coordinator {
         const now = performance.now();
         const rate = windowImages / ((now - windowStart) / 1000);
         const eta = ((steps - this.step) * (now - t0)) / (this.step - firstStep) / 1000;
-        this.log(progressLine(this.step, steps, last, rate, eta));
+        this.log(progressLine(this.step, steps, stats, rate, eta));
         windowStart = now;
         windowImages = 0;
       }
@@ -254,7 +253,7 @@ export class Coordinator {
       msPerStepByPhase: Object.fromEntries(Object.entries(this.partTotals).map(([k, v]) => [k, perStep(v * 1000)])) as Record<RoundPart, number>,
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
-      last,
+      last: this.last,
       samples: written,
       generator: generatorDir,
       checkpoint: this.lastCheckpoint,
