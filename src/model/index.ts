@@ -1,9 +1,10 @@
 import { GanfleetError } from '../util/errors';
 import { GanModel } from './gan';
 import { GanLoss, LOSSES } from './losses';
+import { DcGan } from './dcgan';
 import { MlpGan } from './mlp';
 
-export const ARCHITECTURES = ['mlp'] as const;
+export const ARCHITECTURES = ['mlp', 'dcgan'] as const;
 
 export function createModel(arch: string, loss: string = 'bce'): GanModel {
   if (!(LOSSES as readonly string[]).includes(loss)) {
@@ -12,6 +13,8 @@ export function createModel(arch: string, loss: string = 'bce'): GanModel {
   switch (arch) {
     case 'mlp':
       return new MlpGan(loss as GanLoss);
+    case 'dcgan':
+      return new DcGan(loss as GanLoss);
     default:
       throw new GanfleetError('MODEL_UNKNOWN', `unknown model "${arch}" (known: ${ARCHITECTURES.join(', ')})`);
   }

@@ -4,9 +4,17 @@ import { tf, Tensors } from './tf';
 export interface TensorSpec {
   name: string;
   shape: readonly number[];
+  /**
+   * False for state that travels with the network but is not learnt by
+   * gradient (BatchNorm moving statistics): its gradient is always zero, so
+   * Adam leaves it alone, and the coordinator sets it from the workers' batch
+   * statistics instead.
+   */
+  trainable?: boolean;
 }
 
 export interface LayoutEntry extends TensorSpec {
+  trainable: boolean;
   offset: number;
   size: number;
 }
@@ -24,7 +32,7 @@ export class ParameterLayout {
     let offset = 0;
     this.entries = specs.map((s) => {
       const size = s.shape.reduce((a, b) => a * b, 1);
-      const e = { name: s.name, shape: s.shape, offset, size };
+      const e = { name: s.name, shape: s.shape, trainable: s.trainable ?? true, offset, size };
       offset += size;
       return e;
     });
@@ -41,15 +49,24 @@ export class ParameterLayout {
     return out;
   }
 
-  /** One flat tensor in layout order, so a whole gradient comes back in one read. */
+  /**
+   * One flat tensor in layout order, so a whole gradient comes back in one
+   * read. Non-trainable entries may be left out of a gradient: they are zero.
+   */
   concat(tensors: Tensors): tf.Tensor1D {
     return tf.concat(
       this.entries.map((e) => {
         const t = tensors[e.name];
+        if (!t && !e.trainable) return tf.zeros([e.size]);
         if (!t) throw new GanfleetError('LAYOUT_UNKNOWN_TENSOR', `missing tensor ${e.name}`);
         return tf.reshape(t, [e.size]);
       }),
     ) as tf.Tensor1D;
+  }
+
+  /** The entries the workers' batch statistics update, in the order those statistics travel. */
+  get statistics(): readonly LayoutEntry[] {
+    return this.entries.filter((e) => !e.trainable);
   }
 
   checkLength(flat: Float32Array): void {

@@ -1,6 +1,7 @@
 import { Rng } from '../util/rng';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
+import { kerasInit } from './init';
 import { ParameterLayout } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
 import { scoped, tf, Tensors } from './tf';
@@ -41,8 +42,8 @@ export class MlpGan implements GanModel {
 
   init(rng: Rng): GanParameters {
     return {
-      generator: glorotInit(this.generatorLayout, rng),
-      discriminator: glorotInit(this.discriminatorLayout, rng),
+      generator: kerasInit(this.generatorLayout, rng),
+      discriminator: kerasInit(this.discriminatorLayout, rng),
     };
   }
 
@@ -158,16 +159,4 @@ function leakyBackward(dOut: tf.Tensor, out: tf.Tensor): tf.Tensor2D {
 /** d loss / d (D's hidden pre-activation), from d loss / d logits. */
 function hiddenGradient(dLogits: tf.Tensor, h: tf.Tensor, d: Tensors): tf.Tensor2D {
   return leakyBackward(tf.matMul(dLogits as tf.Tensor2D, tf.transpose(d['d/dense2/kernel'])), h);
-}
-
-/** Keras' defaults: glorot-uniform kernels, zero biases. */
-function glorotInit(layout: ParameterLayout, rng: Rng): Float32Array {
-  const flat = new Float32Array(layout.size);
-  for (const e of layout.entries) {
-    if (e.shape.length !== 2) continue;
-    const limit = Math.sqrt(6 / (e.shape[0] + e.shape[1]));
-    const v = flat.subarray(e.offset, e.offset + e.size);
-    for (let i = 0; i < v.length; i++) v[i] = (rng.uniform() * 2 - 1) * limit;
-  }
-  return flat;
 }

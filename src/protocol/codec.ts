@@ -32,6 +32,7 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     loss: ['number', 'required'],
     dReal: ['number', 'optional'],
     dFake: ['number', 'required'],
+    statistics: ['f32', 'optional'],
     computeSeconds: ['number', 'required'],
   },
   error: { code: ['string', 'required'], message: ['string', 'required'] },

@@ -72,6 +72,8 @@ export interface Gradients {
   dReal?: number;
   /** Mean D(G(z)). */
   dFake: number;
+  /** G's BatchNorm batch statistics (generator rounds of a model with BatchNorm). */
+  statistics?: Float32Array;
   computeSeconds: number;
 }
 

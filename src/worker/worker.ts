@@ -197,6 +197,7 @@ function connectOnce(
             computeSeconds: (performance.now() - t0) / 1000,
           });
           if (out.dReal !== undefined) reply.dReal = out.dReal;
+          if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
           ws.send(encode(reply));
           // The coordinator now averages and steps Adam: draw the next step's batch meanwhile.
           if (msg.phase === 'generator') compute.prepare(msg.step + 1);

@@ -1,0 +1,162 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { selectBackend } from '../src/backend';
+import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
+import { BN_EPSILON, updateMovingStatistics } from '../src/model/batchnorm';
+import { trainingBatchNorm } from '../src/model/dcgan';
+import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
+import { tf, Tensors } from '../src/model/tf';
+import { Rng } from '../src/util/rng';
+import { assertClose } from './helpers';
+
+const BATCH = 8;
+const train = loadMnist('train');
+
+function random(shape: number[], seed: number, scale = 1): tf.Tensor {
+  const rng = new Rng(seed);
+  const v = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  for (let i = 0; i < v.length; i++) v[i] = (rng.uniform() * 2 - 1) * scale;
+  return tf.tensor(v, shape);
+}
+
+/** One D step and one G step on fixed weights and data, through the model's own (fast) paths. */
+function steps(model: GanModel, g: Tensors, d: Tensors, real: tf.Tensor2D, z: tf.Tensor2D): { d: StepOutput; g: StepOutput; pass: Float32Array } {
+  const pass: GeneratorPass = model.forwardGenerator(g, z);
+  try {
+    return { d: model.discriminatorStep(d, real, pass), g: model.generatorStep(g, d, pass), pass: pass.statistics!.dataSync() as Float32Array };
+  } finally {
+    disposeGeneratorPass(pass);
+  }
+}
+
+function setup(model: GanModel, batch: number): { g: Tensors; d: Tensors; real: tf.Tensor2D; z: tf.Tensor2D } {
+  const rng = new Rng(11);
+  const p = model.init(rng);
+  // Off the initial values (γ = 1, β = 0, zero biases), so every gradient is exercised.
+  for (const [flat, layout] of [[p.generator, model.generatorLayout], [p.discriminator, model.discriminatorLayout]] as const) {
+    for (const e of layout.entries) if (e.trainable) for (let i = e.offset; i < e.offset + e.size; i++) flat[i] += 0.05 * Math.sin(i);
+  }
+  const x = toTanhRange(train.images.subarray(0, batch * IMAGE_SIZE), new Float32Array(batch * IMAGE_SIZE));
+  return {
+    g: model.generatorLayout.toTensors(p.generator),
+    d: model.discriminatorLayout.toTensors(p.discriminator),
+    real: tf.tensor2d(x, [batch, IMAGE_SIZE]),
+    z: tf.tensor2d(rng.fillNormal(new Float32Array(batch * model.zDim)), [batch, model.zDim]),
+  };
+}
+
+function maxAbs(v: Float32Array): number {
+  return v.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+}
+
+function assertSameStep(actual: StepOutput, expected: StepOutput, atol: number, rtol: number, what: string): void {
+  assertClose(actual.gradients, expected.gradients, atol, rtol, `${what} gradients`);
+  assertClose([actual.loss, actual.dFake, actual.dReal ?? 0], [expected.loss, expected.dFake, expected.dReal ?? 0], 1e-4, 1e-4, `${what} loss and scores`);
+}
+
+for (const loss of ['bce', 'lsgan'] as const) {
+  test(`DCGAN, ${loss} loss, on wasm: the hand-written G step and the D step equal plain autodiff`, async () => {
+    await selectBackend('wasm');
+    const model = createModel('dcgan', loss);
+    const { g, d, real, z } = setup(model, BATCH);
+    const fast = steps(model, g, d, real, z);
+    assertSameStep(fast.d, autodiffDiscriminatorStep(model, g, d, real, z), 1e-5, 1e-3, 'D');
+    assertSameStep(fast.g, autodiffGeneratorStep(model, g, d, z), 1e-5, 1e-3, 'G');
+    assert.ok(fast.g.gradients.some((v) => v !== 0), 'G gradients are all zero');
+    // The moving statistics are not learnt by gradient.
+    for (const e of model.generatorLayout.statistics) assert.ok(fast.g.gradients.subarray(e.offset, e.offset + e.size).every((v) => v === 0), e.name);
+    // G's batch statistics, per BN layer the channel means then the (positive) biased variances.
+    const stats = fast.g.statistics!;
+    assert.deepEqual(fast.pass, stats);
+    assert.equal(model.generatorLayout.statistics.map((e) => e.name).join(), 'g/bn1/moving_mean,g/bn1/moving_variance,g/bn2/moving_mean,g/bn2/moving_variance');
+    assert.equal(stats.length, 2 * (128 + 64));
+    for (const [at, c] of [[128, 128], [2 * 128 + 64, 64]]) assert.ok(stats.subarray(at, at + c).every((v) => v > 0));
+    const before = tf.memory().numTensors;
+    steps(model, g, d, real, z);
+    assert.equal(tf.memory().numTensors, before, 'tensors leaked by a step');
+    [g, d].forEach(disposeTensors);
+    tf.dispose([real, z]);
+  });
+}
+
+test('DCGAN on wasm (with the conv gradient kernels of wasm-kernels.ts) matches the cpu backend', async () => {
+  // Batch 2: the cpu backend's conv gradients are direct loops, ~10 s per image for G.
+  const run = async (backend: 'cpu' | 'wasm') => {
+    await selectBackend(backend);
+    const model = createModel('dcgan');
+    const { g, d, real, z } = setup(model, 2);
+    try {
+      return steps(model, g, d, real, z);
+    } finally {
+      [g, d].forEach(disposeTensors);
+      tf.dispose([real, z]);
+    }
+  };
+  const cpu = await run('cpu');
+  const wasm = await run('wasm');
+  // Gradients that are zero in exact arithmetic (conv biases in front of a
+  // BatchNorm) are rounding noise on both backends, so the absolute
+  // tolerance scales with the largest gradient.
+  assertSameStep(wasm.d, cpu.d, 1e-4 * maxAbs(cpu.d.gradients), 2e-3, 'D');
+  assertSameStep(wasm.g, cpu.g, 1e-4 * maxAbs(cpu.g.gradients), 2e-3, 'G');
+  assertClose(wasm.g.statistics!, cpu.g.statistics!, 1e-5, 1e-4, 'batch statistics');
+});
+
+for (const backend of ['cpu', 'wasm'] as const) {
+  test(`on ${backend}: BatchNorm's textbook backward pass equals autodiff of tf.moments + tf.batchNorm`, async () => {
+    await selectBackend(backend);
+    const x = random([4, 5, 5, 6], 1, 2);
+    const gamma = random([6], 2);
+    const beta = random([6], 3);
+    const w = random([4, 5, 5, 6], 4);
+    const plain = (xx: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) => {
+      const { mean, variance } = tf.moments(xx, [0, 1, 2]);
+      return tf.sum(tf.mul(tf.batchNorm(xx as tf.Tensor4D, mean, variance, bb as tf.Tensor1D, gg as tf.Tensor1D, BN_EPSILON), w)) as tf.Scalar;
+    };
+    const custom = (xx: tf.Tensor, gg: tf.Tensor, bb: tf.Tensor) => tf.sum(tf.mul(trainingBatchNorm(xx, gg, bb), w)) as tf.Scalar;
+    const expected = tf.grads(plain)([x, gamma, beta]);
+    const actual = tf.grads(custom)([x, gamma, beta]);
+    assertClose(custom(x, gamma, beta).dataSync(), plain(x, gamma, beta).dataSync(), 1e-5, 1e-5, 'value');
+    for (const [i, name] of ['dx', 'dγ', 'dβ'].entries()) assertClose(actual[i].dataSync(), expected[i].dataSync(), 1e-5, 1e-4, name);
+  });
+}
+
+test('moving statistics pool the workers\' batches into the statistics of their union', () => {
+  const model = createModel('dcgan');
+  const layout = model.generatorLayout;
+  const rng = new Rng(5);
+  const channels = [128, 64];
+  // Per-channel samples from three "workers" of different batch sizes.
+  const sizes = [3, 5, 8];
+  const data = sizes.map((n) => channels.map((c) => Array.from({ length: c }, (_, k) => Array.from({ length: n }, () => rng.uniform() * 4 + k * 0.01))));
+  const moments = (xs: number[]) => {
+    const m = xs.reduce((a, b) => a + b, 0) / xs.length;
+    return [m, xs.reduce((a, b) => a + (b - m) ** 2, 0) / xs.length];
+  };
+  const statsOf = (perLayer: number[][][]) => {
+    const out: number[] = [];
+    for (const layer of perLayer) {
+      const ms = layer.map(moments);
+      out.push(...ms.map((m) => m[0]), ...ms.map((m) => m[1]));
+    }
+    return Float32Array.from(out);
+  };
+  const union = channels.map((c, l) => Array.from({ length: c }, (_, k) => data.flatMap((w) => w[l][k])));
+  const momentum = 0.9;
+  const initial = () => {
+    const p = model.init(new Rng(1)).generator;
+    for (const e of layout.statistics) p.fill(0.5, e.offset, e.offset + e.size);
+    return p;
+  };
+  const pooled = initial();
+  updateMovingStatistics(layout, pooled, data.map((w, i) => ({ statistics: statsOf(w), samples: sizes[i] })), momentum);
+  const single = initial();
+  updateMovingStatistics(layout, single, [{ statistics: statsOf(union), samples: 16 }], momentum);
+  assertClose(pooled, single, 1e-6, 1e-5, 'pooled vs union');
+  const e = layout.statistics[1];
+  assertClose([single[e.offset]], [0.9 * 0.5 + 0.1 * moments(union[0][0])[1]], 1e-6, 1e-6, 'momentum update');
+  // Only the moving statistics change.
+  const untouched = initial();
+  for (const entry of layout.entries) if (entry.trainable) assert.deepEqual(single.subarray(entry.offset, entry.offset + entry.size), untouched.subarray(entry.offset, entry.offset + entry.size));
+});
