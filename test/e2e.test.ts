@@ -5,6 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { PNG } from 'pngjs';
+import { decodeCheckpoint } from '../src/coordinator/checkpoint';
+import { createModel } from '../src/model';
 import { CLI, metricValue } from './helpers';
 
 
@@ -82,5 +84,33 @@ test('--loss lsgan trains end to end through the same workers', { timeout: 60_00
   for (const k of ['dLoss', 'gLoss', 'dReal', 'dFake']) assert.ok(Number.isFinite(summary.last[k]), `${k} finite`);
   // Least squares: D's loss is bounded by how far its scores are from the 0/1 targets, far below BCE's start.
   assert.ok(summary.last.dLoss < 0.5, `d_loss ${summary.last.dLoss}`);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('--model dcgan trains through the same workers; BatchNorm statistics reach the coordinator; --eval-every scores it', { timeout: 180_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-dcgan-'));
+  const args = ['local', '--workers', '2', '--model', 'dcgan', '--steps', '6', '--batch-size', '16', '--log-every', '3', '--sample-every', '3', '--eval-every', '3', '--eval-samples', '200', '--metrics-port', '-1', '--out', out];
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 0, log);
+  assert.match(log, /joined as w\d: model dcgan, loss bce/);
+  assert.match(log, /eval step 3: fid=\d+\.\d+ mnist_score=\d/);
+  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.steps, 6);
+  assert.deepEqual(summary.evaluations.map((e: { step: number }) => e.step), [3, 6]);
+  for (const e of summary.evaluations) assert.ok(Number.isFinite(e.fid) && e.fid > 0 && e.mnistScore >= 1, JSON.stringify(e));
+  const model = createModel('dcgan');
+  assert.equal(fs.statSync(path.join(out, 'generator', 'weights.bin')).size, model.generatorLayout.size * 4);
+  // The moving statistics moved from their initial 0 (means) and 1 (variances): the workers' batch statistics arrived.
+  const file = path.join(out, 'checkpoints', fs.readdirSync(path.join(out, 'checkpoints')).sort().pop()!);
+  const ckpt = decodeCheckpoint(fs.readFileSync(file), file);
+  for (const e of model.generatorLayout.statistics) {
+    const v = ckpt.generator.subarray(e.offset, e.offset + e.size);
+    const moved = e.name.endsWith('variance') ? v.some((x) => Math.abs(x - 1) > 1e-3) : v.some((x) => x !== 0);
+    assert.ok(v.every((x) => Number.isFinite(x)) && moved, `${e.name} never updated: ${v.slice(0, 4)}`);
+  }
   fs.rmSync(out, { recursive: true, force: true });
 });

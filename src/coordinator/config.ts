@@ -27,6 +27,9 @@ export interface CoordinatorConfig {
   roundTimeoutSeconds: number;
   /** Ping interval; a worker that misses a pong for one interval is dropped. */
   heartbeatSeconds: number;
+  /** Score G (FID, MNIST score) every N steps; 0 = never. */
+  evalEvery: number;
+  evalSamples: number;
   /** Write a checkpoint every N steps (0 = only at the end or on a stop). */
   checkpointEvery: number;
   keepCheckpoints: number;

@@ -27,6 +27,8 @@ import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
 import { Round } from './round';
 import { SampleWriter } from './samples';
+import { evaluateGenerator } from '../evaluate';
+import { Quality } from '../eval/quality';
 
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
@@ -71,6 +73,8 @@ export interface TrainingSummary {
   samples: string[];
   generator: string;
   checkpoint: string | null;
+  /** The --eval-every results of this run. */
+  evaluations: Evaluation[];
   stopReason: string;
 }
 
@@ -85,6 +89,12 @@ export interface CoordinatorStatus {
   last: StepStats | null;
   workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number }[];
   samples: string[];
+  /** Every --eval-every result so far, oldest first. */
+  evaluations: Evaluation[];
+}
+
+export interface Evaluation extends Quality {
+  step: number;
 }
 
 interface RoundResult {
@@ -140,6 +150,7 @@ export class Coordinator {
   private state: CoordinatorStatus['state'] = 'waiting';
   private last: StepStats | null = null;
   private sampleFiles: string[] = [];
+  private readonly evaluations: Evaluation[] = [];
   /** Exponential moving average of a step's wall time, for images/s and the ETA. */
   private stepSecondsAvg = 0;
 
@@ -225,6 +236,7 @@ export class Coordinator {
       windowImages += d.samples;
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
+      if (this.config.evalEvery > 0 && this.step % this.config.evalEvery === 0) await this.evaluate();
       if (this.step % logEvery === 0 || this.step === steps) {
         const now = performance.now();
         const rate = windowImages / ((now - windowStart) / 1000);
@@ -237,6 +249,7 @@ export class Coordinator {
     const seconds = t0 === 0 ? 0 : (performance.now() - t0) / 1000;
     const ran = this.step - firstStep;
     if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
+    if (ran > 0 && this.config.evalEvery > 0 && this.step % this.config.evalEvery !== 0) await this.evaluate();
     this.state = 'finished';
     if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     const generatorDir = path.join(this.config.out, 'generator');
@@ -259,6 +272,7 @@ export class Coordinator {
       samples: written,
       generator: generatorDir,
       checkpoint: this.lastCheckpoint,
+      evaluations: this.evaluations,
       stopReason,
     };
     fs.writeFileSync(path.join(this.config.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
@@ -705,7 +719,23 @@ export class Coordinator {
         lastComputeMs: p.lastComputeSeconds * 1000,
       })),
       samples: this.sampleFiles,
+      evaluations: this.evaluations,
     };
+  }
+
+  /**
+   * Scores G between steps (no round is open). Sampling yields to the event
+   * loop after every batch, so heartbeats keep flowing while it runs.
+   */
+  private async evaluate(): Promise<void> {
+    const t = performance.now();
+    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.config.dataDir, () => new Promise((r) => setImmediate(r)));
+    const seconds = (performance.now() - t) / 1000;
+    this.evaluations.push({ step: this.step, ...quality });
+    this.metrics.fid.set(quality.fid);
+    this.metrics.mnistScore.set(quality.mnistScore);
+    this.metrics.evalSeconds.inc(seconds);
+    this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
   }
 
   /** The status page and its JSON, served beside /metrics. */

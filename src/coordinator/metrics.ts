@@ -17,6 +17,9 @@ export class CoordinatorMetrics {
   readonly gLoss = this.gauge('ganfleet_g_loss', 'Generator loss of the last step (non-saturating BCE).');
   readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step.');
   readonly dFake = this.gauge('ganfleet_d_fake', 'Mean D(G(z)) on generated images in the last step.');
+  readonly fid = this.gauge('ganfleet_fid', 'FID of the last --eval-every evaluation: ganfleet classifier features of G samples vs the MNIST test set (lower is better; comparable between ganfleet runs only).');
+  readonly mnistScore = this.gauge('ganfleet_mnist_score', 'MNIST score (the Inception score formula with ganfleet\'s classifier) of the last evaluation; 1 to 10, higher is better.');
+  readonly evalSeconds = this.counter('ganfleet_eval_seconds_total', 'Time spent in --eval-every evaluations (training waits meanwhile).');
   readonly workers = this.gauge('ganfleet_workers_connected', 'Workers connected to the coordinator.');
   readonly paused = this.gauge('ganfleet_paused', '1 while training waits for workers (fewer than --min-workers connected).');
   readonly pauses = this.counter('ganfleet_pauses_total', 'Times training paused for lack of workers after it started.');

@@ -36,6 +36,8 @@ export const STATUS_PAGE = `<!doctype html>
   <div class="kv">images/s <b id="rate">…</b></div>
   <div class="kv">ETA <b id="eta">…</b></div>
   <div class="kv">workers <b id="nworkers">…</b></div>
+  <div class="kv" title="ganfleet's FID (its own MNIST classifier's features, vs the test set; lower is better) at the last --eval-every">FID <b id="fid">–</b></div>
+  <div class="kv" title="MNIST score (Inception score formula, ganfleet's classifier; 1 to 10, higher is better)">MNIST score <b id="score">–</b></div>
 </header>
 <main>
   <section>
@@ -50,6 +52,10 @@ export const STATUS_PAGE = `<!doctype html>
     <h2 style="margin-top:12px">D(x) and D(G(z))</h2>
     <svg id="probs" viewBox="0 0 600 200" preserveAspectRatio="none"></svg>
     <div class="legend"><span><i style="background:#2b8a3e"></i>D(x)</span><span><i style="background:#ae3ec9"></i>D(G(z))</span></div>
+    <div id="quality" hidden>
+      <h2 style="margin-top:12px">FID (--eval-every)</h2>
+      <svg id="fids" viewBox="0 0 600 200" preserveAspectRatio="none"></svg>
+    </div>
   </section>
   <section class="wide">
     <h2>Workers</h2>
@@ -100,6 +106,10 @@ async function refresh() {
     if (following) { $('strip').value = samples.length - 1; showGrid(samples.length - 1); }
     plot($('losses'), hi.points, [['dLoss', '#d9480f'], ['gLoss', '#1c7ed6']]);
     plot($('probs'), hi.points, [['dReal', '#2b8a3e'], ['dFake', '#ae3ec9']], 1);
+    const ev = st.evaluations, lastEv = ev[ev.length - 1];
+    if (lastEv) { $('fid').textContent = lastEv.fid.toFixed(2); $('score').textContent = lastEv.mnistScore.toFixed(2); }
+    $('quality').hidden = ev.length < 2;
+    plot($('fids'), ev, [['fid', '#e8590c']]);
   } catch (e) { $('state').textContent = 'unreachable'; }
 }
 refresh(); setInterval(refresh, 2000);

@@ -1,0 +1,82 @@
+/**
+ * Trains the MNIST classifier behind `ganfleet eval` (src/eval/classifier.ts)
+ * on the 60k training images and writes its weights to assets/. Seeded:
+ * rerunning it on the same backend reproduces the shipped file.
+ *
+ *   npm run train-classifier [-- --epochs 4 --seed 1 --backend wasm]
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { selectBackend } from '../src/backend';
+import { Adam } from '../src/coordinator/adam';
+import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { CLASSES, CLASSIFIER_FILE, CLASSIFIER_LAYOUT, classify, classifyImages, initClassifier } from '../src/eval/classifier';
+import { accuracy } from '../src/eval/quality';
+import { gradientOf } from '../src/model/autodiff';
+import { scoped, tf } from '../src/model/tf';
+import { Rng } from '../src/util/rng';
+
+function flag(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : fallback;
+}
+
+async function main(): Promise<void> {
+  const epochs = Number(flag('epochs', '4'));
+  const seed = Number(flag('seed', '1'));
+  const batch = 128;
+  await selectBackend(flag('backend', 'wasm') as 'wasm');
+  const train = loadMnist('train');
+  const test = loadMnist('test');
+  const trainX = toTanhRange(train.images, new Float32Array(train.images.length));
+  const testX = toTanhRange(test.images, new Float32Array(test.images.length));
+  const rng = new Rng(seed);
+  const weights = initClassifier(rng);
+  const adam = new Adam(weights.length, { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 });
+  const x = new Float32Array(batch * IMAGE_SIZE);
+  const y = new Float32Array(batch * CLASSES);
+  let testAccuracy = 0;
+  for (let epoch = 1; epoch <= epochs; epoch++) {
+    const order = rng.permutation(train.count);
+    const t0 = performance.now();
+    let lossSum = 0;
+    const steps = Math.floor(train.count / batch);
+    for (let s = 0; s < steps; s++) {
+      y.fill(0);
+      for (let i = 0; i < batch; i++) {
+        const k = order[s * batch + i];
+        x.set(trainX.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), i * IMAGE_SIZE);
+        y[i * CLASSES + train.labels[k]] = 1;
+      }
+      const { grads, loss } = scoped(() => {
+        const p = CLASSIFIER_LAYOUT.toTensors(weights);
+        const xs = tf.tensor2d(x, [batch, IMAGE_SIZE]);
+        const ys = tf.tensor2d(y, [batch, CLASSES]);
+        let lossValue = 0;
+        const g = gradientOf(CLASSIFIER_LAYOUT, p, (q) => {
+          const l = tf.losses.softmaxCrossEntropy(ys, classify(q, xs).logits) as tf.Scalar;
+          lossValue = l.dataSync()[0];
+          return l;
+        });
+        return { grads: g.dataSync() as Float32Array, loss: lossValue };
+      });
+      adam.apply(weights, grads);
+      lossSum += loss;
+    }
+    const { probabilities } = classifyImages(weights, testX, test.count);
+    testAccuracy = accuracy(probabilities, test.labels, test.count);
+    console.log(`epoch ${epoch}/${epochs}: train loss ${(lossSum / steps).toFixed(4)}, test accuracy ${(100 * testAccuracy).toFixed(2)}% (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  }
+  const bytes = Buffer.from(weights.buffer, weights.byteOffset, weights.byteLength);
+  fs.mkdirSync(path.dirname(CLASSIFIER_FILE), { recursive: true });
+  fs.writeFileSync(CLASSIFIER_FILE, bytes);
+  const info = { parameters: weights.length, epochs, batch, seed, optimizer: 'adam lr 1e-3', testAccuracy, sha256: crypto.createHash('sha256').update(bytes).digest('hex') };
+  fs.writeFileSync(CLASSIFIER_FILE.replace(/\.bin$/, '.json'), JSON.stringify(info, null, 2) + '\n');
+  console.log(`wrote ${CLASSIFIER_FILE} (${bytes.length} bytes)`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

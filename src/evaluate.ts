@@ -1,0 +1,38 @@
+import { BackendChoice, selectBackend } from './backend';
+import { Quality, evaluateImages } from './eval/quality';
+import { readCheckpoint } from './generate';
+import { GanModel, createModel } from './model';
+import { generateImages } from './model/sample';
+import { Logger, createLogger } from './util/log';
+import { Rng } from './util/rng';
+
+export interface EvaluateOptions {
+  /** A checkpoint file, or a run directory (its newest valid checkpoint). */
+  checkpoint: string;
+  samples: number;
+  seed: number;
+  backend: BackendChoice;
+  dataDir?: string;
+}
+
+/**
+ * FID and MNIST score (eval/quality.ts) of `samples` images from G. The noise
+ * comes from `seed`, so two evaluations of one generator agree exactly.
+ */
+export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, dataDir?: string, between?: () => Promise<void>): Promise<Quality> {
+  const noise = new Rng(seed).fillNormal(new Float32Array(samples * model.zDim));
+  const images = await generateImages(model, generator, noise, samples, 500, between);
+  return evaluateImages(images, samples, dataDir);
+}
+
+/** `ganfleet eval`: loads a checkpoint's G and scores it. Logs go to stderr: stdout is the result. */
+export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = createLogger('eval', process.stderr)): Promise<Quality & { step: number; checkpoint: string; model: string; loss: string }> {
+  const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
+  const arch = String(checkpoint.config.arch);
+  const loss = String(checkpoint.config.loss ?? 'bce');
+  const model = createModel(arch, loss);
+  const backend = await selectBackend(opts.backend);
+  log(`backend ${backend.name}; ${arch}/${loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
+  const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, opts.dataDir);
+  return { ...quality, step: checkpoint.step, checkpoint: file, model: arch, loss };
+}

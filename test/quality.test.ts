@@ -1,0 +1,105 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { selectBackend } from '../src/backend';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { writeCheckpoint } from '../src/coordinator/checkpoint';
+import { loadMnist, toTanhRange } from '../src/data/mnist';
+import { CLASSIFIER_FILE, classifyImages, loadClassifier } from '../src/eval/classifier';
+import { FeatureMoments, accuracy, evaluateImages, frechetDistance, mnistScore } from '../src/eval/quality';
+import { createModel } from '../src/model';
+import { Rng } from '../src/util/rng';
+import { tempDir } from './harness';
+import { CLI } from './helpers';
+
+test('the shipped classifier reaches 98.5% on the MNIST test set, and is the file its manifest describes', async () => {
+  await selectBackend('wasm');
+  const test10k = loadMnist('test');
+  const weights = loadClassifier();
+  const { probabilities } = classifyImages(weights, toTanhRange(test10k.images, new Float32Array(test10k.images.length)), test10k.count);
+  const acc = accuracy(probabilities, test10k.labels, test10k.count);
+  assert.ok(acc >= 0.985, `test accuracy ${acc}`);
+  const manifest = JSON.parse(fs.readFileSync(CLASSIFIER_FILE.replace(/\.bin$/, '.json'), 'utf8'));
+  assert.equal(crypto.createHash('sha256').update(fs.readFileSync(CLASSIFIER_FILE)).digest('hex'), manifest.sha256);
+  assert.ok(Math.abs(manifest.testAccuracy - acc) < 1e-3, `manifest says ${manifest.testAccuracy}, measured ${acc}`);
+});
+
+test('FID and MNIST score: real training images score near the test set, uniform noise far from it', async (t) => {
+  await selectBackend('wasm');
+  const train = loadMnist('train');
+  const n = 10000;
+  const real = evaluateImages(toTanhRange(train.images.subarray(0, n * 784), new Float32Array(n * 784)), n);
+  const rng = new Rng(3);
+  const noise = evaluateImages(Float32Array.from({ length: n * 784 }, () => rng.uniform() * 2 - 1), n);
+  t.diagnostic(`real train vs test: fid ${real.fid.toFixed(3)}, mnist score ${real.mnistScore.toFixed(3)}; uniform noise: fid ${noise.fid.toFixed(1)}, mnist score ${noise.mnistScore.toFixed(3)}`);
+  assert.ok(real.fid < 2, `real fid ${real.fid}`);
+  assert.ok(noise.fid > 50 * real.fid && noise.fid > 50, `noise fid ${noise.fid} vs real ${real.fid}`);
+  assert.ok(real.mnistScore > 9, `real mnist score ${real.mnistScore}`);
+  assert.ok(noise.mnistScore < 3, `noise mnist score ${noise.mnistScore}`);
+});
+
+/** Moments of N(mean, Q·diag(d)·Qᵀ) for a fixed rotation Q. */
+function rotated(mean: number[], d: number[], angle: number): FeatureMoments {
+  const n = d.length;
+  const q = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) q[i * n + i] = 1;
+  const [c, s] = [Math.cos(angle), Math.sin(angle)];
+  // A rotation in the (0, 1) and (1, 2) planes: not diagonal, not block-trivial.
+  const rot = (a: number, b: number, m: Float64Array) => {
+    for (let k = 0; k < n; k++) {
+      const [x, y] = [m[k * n + a], m[k * n + b]];
+      m[k * n + a] = c * x - s * y;
+      m[k * n + b] = s * x + c * y;
+    }
+  };
+  rot(0, 1, q);
+  rot(1, 2, q);
+  const covariance = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) for (let k = 0; k < n; k++) covariance[i * n + j] += q[i * n + k] * d[k] * q[j * n + k];
+  return { mean: Float64Array.from(mean), covariance, dim: n };
+}
+
+test('the Fréchet distance matches its closed form for covariances that share eigenvectors', () => {
+  const a = rotated([0, 1, 2, 3], [4, 1, 0.25, 9], 0.7);
+  const b = rotated([1, 1, 0, 3], [1, 1, 1, 16], 0.7);
+  // |Δμ|² + Σ (√dₐ − √d_b)²
+  const expected = 1 + 4 + (2 - 1) ** 2 + 0 + (0.5 - 1) ** 2 + (3 - 4) ** 2;
+  assert.ok(Math.abs(frechetDistance(a, b) - expected) < 1e-9, `${frechetDistance(a, b)} vs ${expected}`);
+  assert.ok(Math.abs(frechetDistance(a, a)) < 1e-9);
+  assert.ok(Math.abs(frechetDistance(a, b) - frechetDistance(b, a)) < 1e-9, 'symmetric');
+});
+
+test('the MNIST score is 1 for uninformative predictions and 10 for confident, balanced ones', () => {
+  const n = 50;
+  assert.ok(Math.abs(mnistScore(new Float32Array(n * 10).fill(0.1), n) - 1) < 1e-6);
+  const oneHot = new Float32Array(n * 10);
+  for (let i = 0; i < n; i++) oneHot[i * 10 + (i % 10)] = 1;
+  assert.ok(Math.abs(mnistScore(oneHot, n) - 10) < 1e-4);
+  const oneClass = new Float32Array(n * 10);
+  for (let i = 0; i < n; i++) oneClass[i * 10 + 3] = 1;
+  assert.ok(Math.abs(mnistScore(oneClass, n) - 1) < 1e-6, 'mode collapse scores 1');
+});
+
+test('ganfleet eval prints the same FID and MNIST score for the same checkpoint and seed', { timeout: 120_000 }, () => {
+  const dir = tempDir('eval');
+  const model = createModel('mlp');
+  const p = model.init(new Rng(2));
+  const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
+  writeCheckpoint(path.join(dir, 'checkpoints'), { step: 9, imagesTotal: 0, config: { arch: 'mlp', loss: 'bce' }, seedRng: new Rng(1).state(), nextWorker: 1, generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) }, 3);
+  const run = () => spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', dir, '--samples', '500', '--json'], { encoding: 'utf8' });
+  const [a, b] = [run(), run()];
+  assert.equal(a.status, 0, a.stderr);
+  const r = JSON.parse(a.stdout);
+  assert.deepEqual(JSON.parse(b.stdout), r);
+  assert.equal(r.step, 9);
+  assert.equal(r.samples, 500);
+  assert.ok(r.fid > 50, `an untrained G is far from MNIST (fid ${r.fid})`);
+  assert.ok(r.mnistScore >= 1 && r.mnistScore <= 10);
+  const bad = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'nothing-here')], { encoding: 'utf8' });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /no such file or directory/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
