@@ -3,7 +3,7 @@
  * measured in this one run on this machine, so the ratios are comparable
  * even where absolute numbers are noisy.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +12,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { TrainingSummary } from '../src/coordinator/coordinator';
 import { defaultMnistDir, loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
+import { WIRE_DTYPES } from '../src/protocol/wire-dtype';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 
@@ -56,14 +57,14 @@ async function inProcess(steps: number, warmup: number) {
   return { backend: 'wasm', steps, msPerStep: round(ms), computeMsPerStep: round(computeMs / steps), imagesPerSecond: round((BATCH * 1000) / ms) };
 }
 
-function localRun(workers: number, steps: number) {
+function localArgs(workers: number, steps: number, out: string, extra: string[] = [], logEvery = steps): string[] {
+  return [CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--log-every', String(logEvery), '--sample-every', String(steps), '--metrics-port', '-1', '--backend', 'wasm', '--out', out, ...extra];
+}
+
+function localRun(workers: number, steps: number, extra: string[] = []) {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
-  const r = spawnSync(
-    process.execPath,
-    [CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--log-every', String(steps), '--sample-every', String(steps), '--metrics-port', '-1', '--backend', 'wasm', '--out', out],
-    { encoding: 'utf8' },
-  );
-  if (r.status !== 0) throw new Error(`local --workers ${workers} failed:\n${r.stdout}\n${r.stderr}`);
+  const r = spawnSync(process.execPath, localArgs(workers, steps, out, extra), { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`local --workers ${workers} ${extra.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
   const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   fs.rmSync(out, { recursive: true, force: true });
   return {
@@ -91,6 +92,55 @@ function torchAnchor(steps: number): { single: unknown; ddp2: unknown } | { reas
   return { single: run([]), ddp2: run(['--mode', 'ddp', '--world', '2']) };
 }
 
+/** Resident set size and its peak (VmRSS, VmHWM) of a process, in MiB, from /proc. */
+function memoryOf(pid: number): { rss: number; peak: number } | null {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
+    return { rss: round(kb('VmRSS') / 1024), peak: round(kb('VmHWM') / 1024) };
+  } catch {
+    return null;
+  }
+}
+
+function childrenOf(pid: number): number[] {
+  return fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        return Number(fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === pid;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
+
+/**
+ * `local --workers 2` for `steps` steps, reading every process's RSS from
+ * /proc at each progress line: the coordinator (the local process) and each
+ * worker, at a quarter, half, three quarters and the end, with their peaks.
+ */
+async function memoryRun(steps: number): Promise<unknown> {
+  if (!fs.existsSync('/proc/self/status')) return { reason: 'needs /proc (Linux)' };
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-mem-'));
+  const child = spawn(process.execPath, localArgs(2, steps, out, [], steps / 4), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const samples: { step: number; coordinator: unknown; workers: unknown[] }[] = [];
+  let buffered = '';
+  child.stdout.on('data', (d: Buffer) => {
+    buffered += d;
+    for (const m of buffered.matchAll(/step (\d+)\/\d+ d_loss/g)) {
+      samples.push({ step: Number(m[1]), coordinator: memoryOf(child.pid!), workers: childrenOf(child.pid!).map(memoryOf) });
+    }
+    buffered = buffered.slice(buffered.lastIndexOf('\n') + 1);
+  });
+  const code = await new Promise((r) => child.on('exit', r));
+  fs.rmSync(out, { recursive: true, force: true });
+  if (code !== 0) throw new Error(`memory run exited ${code}`);
+  return { workers: 2, steps, mib: samples };
+}
+
 function round(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
@@ -100,6 +150,8 @@ async function main() {
   const single = await inProcess(steps, 20);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [1, 2, 3, 4].map((n) => localRun(n, steps));
+  const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
+  const memory = await memoryRun(arg('memory-steps', 2000));
   const torch = torchAnchor(Math.min(steps, 200));
   const torchSingle = 'single' in torch ? (torch.single as { ms_per_step: number }) : null;
   const torchDdp = 'ddp2' in torch ? (torch.ddp2 as { images_per_s: number }) : null;
@@ -109,6 +161,8 @@ async function main() {
     batchPerWorker: BATCH,
     inProcess: single,
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
+    wireBytesPerStepPerWorker: wire,
+    memory,
     torch: 'reason' in torch ? null : torch,
     torchReason: 'reason' in torch ? torch.reason : undefined,
     ratios: {

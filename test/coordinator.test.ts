@@ -57,7 +57,7 @@ function config(out: string, steps: number): CoordinatorConfig {
   return {
     host: '127.0.0.1', port: 0, metricsPort: -1, arch: 'mlp', loss: 'bce', steps, batchSize: 128, seed: 1, out,
     sampleEvery: 1000, logEvery: 1000, startWorkers: 1, minWorkers: 1, maxWorkers: 8, roundTimeoutSeconds: 30,
-    heartbeatSeconds: 5, checkpointEvery: 0, evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
+    heartbeatSeconds: 5, checkpointEvery: 0, wireDtype: 'float32', evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
   };
 }
 

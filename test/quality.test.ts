@@ -39,6 +39,9 @@ test('FID and MNIST score: real training images score near the test set, uniform
   assert.ok(noise.fid > 50 * real.fid && noise.fid > 50, `noise fid ${noise.fid} vs real ${real.fid}`);
   assert.ok(real.mnistScore > 9, `real mnist score ${real.mnistScore}`);
   assert.ok(noise.mnistScore < 3, `noise mnist score ${noise.mnistScore}`);
+  // MNIST's classes are roughly balanced (8.9% to 11.2% of the training set).
+  assert.ok(real.classShares.every((s) => s > 0.08 && s < 0.13), `class shares ${real.classShares}`);
+  assert.ok(Math.abs(real.classShares.reduce((a, b) => a + b, 0) - 1) < 1e-9);
 });
 
 /** Moments of N(mean, Q·diag(d)·Qᵀ) for a fixed rotation Q. */

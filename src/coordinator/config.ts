@@ -1,5 +1,6 @@
 import { BackendChoice } from '../backend';
 import { AdamConfig } from './adam';
+import { WireDtype } from '../protocol/wire-dtype';
 
 export interface CoordinatorConfig {
   host: string;
@@ -27,6 +28,8 @@ export interface CoordinatorConfig {
   roundTimeoutSeconds: number;
   /** Ping interval; a worker that misses a pong for one interval is dropped. */
   heartbeatSeconds: number;
+  /** How weights and gradients travel (protocol/wire-dtype.ts). */
+  wireDtype: WireDtype;
   /** Score G (FID, MNIST score) every N steps; 0 = never. */
   evalEvery: number;
   evalSamples: number;

@@ -432,6 +432,7 @@ export class Coordinator {
           batchSize: this.config.batchSize,
           seed: this.seedRng.nextUint32(),
           heartbeatSeconds: this.config.heartbeatSeconds,
+          wireDtype: this.config.wireDtype,
         }),
       ),
     );
@@ -562,7 +563,7 @@ export class Coordinator {
         const body: Omit<Weights, 'v'> = { type: 'weights', step, phase };
         if (sendG) body.generator = this.params.generator;
         if (sendD) body.discriminator = this.params.discriminator;
-        frame = encode(message<Weights>(body));
+        frame = encode(message<Weights>(body), this.config.wireDtype);
         frames.set(key, frame);
       }
       // The deadline runs from when the request has left this process, so a

@@ -16,6 +16,8 @@ import { CLASSES, FEATURES, classifyImages, loadClassifier } from './classifier'
 export interface Quality {
   fid: number;
   mnistScore: number;
+  /** Share of the samples the classifier puts in each digit class (argmax): mode collapse shows here. */
+  classShares: number[];
   samples: number;
 }
 
@@ -26,14 +28,22 @@ export interface FeatureMoments {
   dim: number;
 }
 
+function predictedClass(probabilities: Float32Array, i: number): number {
+  let best = 0;
+  for (let c = 1; c < CLASSES; c++) if (probabilities[i * CLASSES + c] > probabilities[i * CLASSES + best]) best = c;
+  return best;
+}
+
 export function accuracy(probabilities: Float32Array, labels: Uint8Array, count: number): number {
   let right = 0;
-  for (let i = 0; i < count; i++) {
-    let best = 0;
-    for (let c = 1; c < CLASSES; c++) if (probabilities[i * CLASSES + c] > probabilities[i * CLASSES + best]) best = c;
-    if (best === labels[i]) right++;
-  }
+  for (let i = 0; i < count; i++) if (predictedClass(probabilities, i) === labels[i]) right++;
   return right / count;
+}
+
+export function classShares(probabilities: Float32Array, count: number): number[] {
+  const shares = new Array<number>(CLASSES).fill(0);
+  for (let i = 0; i < count; i++) shares[predictedClass(probabilities, i)] += 1 / count;
+  return shares;
 }
 
 export function featureMoments(features: Float32Array, count: number, dim: number): FeatureMoments {
@@ -109,7 +119,12 @@ export function evaluateImages(images: Float32Array, count: number, dataDir?: st
   if (images.length !== count * IMAGE_SIZE) throw new Error(`expected ${count} images of ${IMAGE_SIZE} values`);
   const ref = referenceStatistics(dataDir);
   const { features, probabilities } = classifyImages(ref.weights, images, count);
-  return { fid: frechetDistance(featureMoments(features, count, FEATURES), ref.test), mnistScore: mnistScore(probabilities, count), samples: count };
+  return {
+    fid: frechetDistance(featureMoments(features, count, FEATURES), ref.test),
+    mnistScore: mnistScore(probabilities, count),
+    classShares: classShares(probabilities, count),
+    samples: count,
+  };
 }
 
 function multiply(a: Float64Array, b: Float64Array, n: number): Float64Array {

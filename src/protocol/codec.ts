@@ -1,6 +1,7 @@
 import { Packr } from 'msgpackr';
 import { ProtocolError, RejectReason } from './codec-error';
 import { checkFrameShape } from './shape';
+import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats } from './wire-dtype';
 import { CoordinatorMessage, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
 export { ProtocolError, RejectReason };
@@ -9,12 +10,20 @@ export { ProtocolError, RejectReason };
 // stream stateful; plain maps keep every frame self-describing.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
-export function encode(msg: Message): Buffer {
+/**
+ * A message as one msgpack frame. Float arrays travel as raw little-endian
+ * bytes of `floats` (wire-dtype.ts); a 16-bit choice is named in the frame's
+ * `dtype`, so every frame decodes on its own.
+ */
+export function encode(msg: Message, floats: WireDtype = 'float32'): Buffer {
   const wire: Record<string, unknown> = { ...msg };
   for (const [k, v] of Object.entries(wire)) {
     // msgpackr writes a Float32Array into a bin element by element, truncating
     // each float to a byte; a Uint8Array view of the same memory packs its raw bytes.
-    if (v instanceof Float32Array) wire[k] = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+    if (!(v instanceof Float32Array)) continue;
+    const data = floats === 'float32' ? v : encodeFloats(v, floats);
+    wire[k] = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (floats !== 'float32') wire.dtype = floats;
   }
   return packr.pack(wire);
 }
@@ -48,6 +57,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     batchSize: ['count', 'required'],
     seed: ['count', 'required'],
     heartbeatSeconds: ['number', 'required'],
+    wireDtype: ['string', 'optional'],
   },
   shard: { plan: ['count', 'required'], count: ['count', 'required'], images: ['u8', 'required'] },
   weights: {
@@ -90,6 +100,10 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
     throw new ProtocolError('bad_type', `unexpected message type ${quote(type)}`);
   }
   const schema = schemas[type];
+  const dtype = obj.dtype ?? 'float32';
+  if (!(WIRE_DTYPES as readonly unknown[]).includes(dtype)) {
+    throw new ProtocolError('bad_field', `${type}.dtype ${quote(dtype)} is not one of ${WIRE_DTYPES.join(', ')}`);
+  }
   const out: Record<string, unknown> = { v: obj.v, type };
   for (const [field, [kind, presence]] of Object.entries(schema)) {
     const value = obj[field];
@@ -97,12 +111,12 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
       if (presence === 'required') throw new ProtocolError('bad_field', `${type}.${field} is missing`);
       continue;
     }
-    out[field] = checkField(type, field, kind, value);
+    out[field] = checkField(type, field, kind, value, dtype as WireDtype);
   }
   return out as unknown as Message;
 }
 
-function checkField(type: string, field: string, kind: FieldKind, value: unknown): unknown {
+function checkField(type: string, field: string, kind: FieldKind, value: unknown, dtype: WireDtype): unknown {
   const bad = (what: string) => new ProtocolError('bad_field', `${type}.${field} must be ${what}`);
   switch (kind) {
     case 'string':
@@ -122,9 +136,10 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
       if (!(value instanceof Uint8Array)) throw bad('binary');
       return value;
     case 'f32': {
-      if (!(value instanceof Uint8Array)) throw bad('binary float32 data');
-      if (value.byteLength % 4 !== 0) throw new ProtocolError('bad_size', `${type}.${field} has ${value.byteLength} bytes, not a whole number of float32s`);
-      const floats = float32View(value);
+      if (!(value instanceof Uint8Array)) throw bad(`binary ${dtype} data`);
+      const width = dtype === 'float32' ? 4 : 2;
+      if (value.byteLength % width !== 0) throw new ProtocolError('bad_size', `${type}.${field} has ${value.byteLength} bytes, not a whole number of ${dtype}s`);
+      const floats = dtype === 'float32' ? float32View(value) : decodeFloats(new Uint16Array(new Uint8Array(value).buffer), dtype);
       const at = firstNonFinite(floats);
       if (at >= 0) throw new ProtocolError('not_finite', `${type}.${field}[${at}] is ${floats[at]}`);
       return floats;

@@ -33,6 +33,8 @@ export interface Welcome {
   seed: number;
   /** The coordinator pings this often; a worker that hears nothing for 3 intervals reconnects. */
   heartbeatSeconds: number;
+  /** How float arrays travel in both directions (wire-dtype.ts); absent = float32. */
+  wireDtype?: string;
 }
 
 /** coordinator → worker: this worker's slice of the training set, uint8 pixels, n×784. */

@@ -5,6 +5,7 @@ import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { decodeCoordinatorMessage, encode, ProtocolError } from '../protocol/codec';
 import { CoordinatorMessage, ErrorMessage, Gradients, Hello, message } from '../protocol/messages';
+import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
 import { ShardCompute } from './compute';
@@ -128,6 +129,7 @@ function connectOnce(
     const ws = new WebSocket(opts.coordinator, { maxPayload: MAX_COORDINATOR_FRAME, headers, ca: me.ca, handshakeTimeout: HANDSHAKE_TIMEOUT_MS });
     let compute: ShardCompute | null = null;
     let workerId: string | null = null;
+    let wireDtype: WireDtype = 'float32';
     let outcome: Outcome | null = null;
     const end = (o: Outcome) => (outcome ??= o);
     // A coordinator that vanishes without a close (power loss, partition) is
@@ -167,12 +169,15 @@ function connectOnce(
               true,
             );
           }
+          const dtype = msg.wireDtype ?? 'float32';
+          if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return fail('WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`, true);
+          wireDtype = dtype as WireDtype;
           compute?.dispose();
           compute = new ShardCompute(model, msg.batchSize, msg.seed);
           workerId = msg.workerId;
           silenceMs = 3 * msg.heartbeatSeconds * 1000;
           metrics.connected.set(1);
-          log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}`);
+          log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
           return;
         }
         case 'shard':
@@ -198,7 +203,7 @@ function connectOnce(
           });
           if (out.dReal !== undefined) reply.dReal = out.dReal;
           if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
-          ws.send(encode(reply));
+          ws.send(encode(reply, wireDtype));
           // The coordinator now averages and steps Adam: draw the next step's batch meanwhile.
           if (msg.phase === 'generator') compute.prepare(msg.step + 1);
           heard(); // busy computing is not the coordinator's silence
