@@ -57,6 +57,9 @@ export class CoordinatorMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ganfleet_' });
+    // NaN, not 0, until the first evaluation: a FID of 0 would read as perfect.
+    this.fid.set(NaN);
+    this.mnistScore.set(NaN);
   }
 
   observeRound(round: Phase, seconds: number, parts: Record<RoundPart, number>): void {
