@@ -9,6 +9,15 @@ import { decodeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { CLI, metricValue } from './helpers';
 
+/** Runs the CLI to completion; its exit code and everything it printed. */
+async function runCli(args: string[]): Promise<{ code: unknown; log: string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout.on('data', (d) => (log += d));
+  child.stderr.on('data', (d) => (log += d));
+  return { code: await new Promise((r) => child.on('exit', r)), log };
+}
+
 
 test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves rising metrics', { timeout: 120_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-e2e-'));
@@ -70,13 +79,7 @@ test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves r
 
 test('--loss lsgan trains end to end through the same workers', { timeout: 60_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-lsgan-'));
-  const child = spawn(process.execPath, [CLI, 'local', '--workers', '2', '--loss', 'lsgan', '--steps', '40', '--log-every', '20', '--sample-every', '40', '--metrics-port', '-1', '--out', out], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
-  child.stdout.on('data', (d) => (log += d));
-  child.stderr.on('data', (d) => (log += d));
-  const code = await new Promise((r) => child.on('exit', r));
+  const { code, log } = await runCli(['local', '--workers', '2', '--loss', 'lsgan', '--steps', '40', '--log-every', '20', '--sample-every', '40', '--metrics-port', '-1', '--out', out]);
   assert.equal(code, 0, log);
   assert.match(log, /joined as w\d: model mlp, loss lsgan/);
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
@@ -90,11 +93,7 @@ test('--loss lsgan trains end to end through the same workers', { timeout: 60_00
 test('--model dcgan trains through the same workers; BatchNorm statistics reach the coordinator; --eval-every scores it', { timeout: 180_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-dcgan-'));
   const args = ['local', '--workers', '2', '--model', 'dcgan', '--steps', '6', '--batch-size', '16', '--log-every', '3', '--sample-every', '3', '--eval-every', '3', '--eval-samples', '200', '--metrics-port', '-1', '--out', out];
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout.on('data', (d) => (log += d));
-  child.stderr.on('data', (d) => (log += d));
-  const code = await new Promise((r) => child.on('exit', r));
+  const { code, log } = await runCli(args);
   assert.equal(code, 0, log);
   assert.match(log, /joined as w\d: model dcgan, loss bce/);
   assert.match(log, /eval step 3: fid=\d+\.\d+ mnist_score=\d/);
@@ -120,11 +119,8 @@ test('--wire-dtype float16 and bfloat16 halve the gradient bytes and train like 
   const run = async (dtype: string) => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-wire-${dtype}-`));
     const args = ['local', '--workers', '1', '--steps', '150', '--log-every', '150', '--sample-every', '150', '--eval-every', '150', '--eval-samples', '1000', '--metrics-port', '-1', '--wire-dtype', dtype, '--out', out];
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let log = '';
-    child.stdout.on('data', (d) => (log += d));
-    child.stderr.on('data', (d) => (log += d));
-    assert.equal(await new Promise((r) => child.on('exit', r)), 0, log);
+    const { code, log } = await runCli(args);
+    assert.equal(code, 0, log);
     const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
     fs.rmSync(out, { recursive: true, force: true });
     return summary;

@@ -2,6 +2,7 @@ import { Rng } from '../util/rng';
 import { gradientOf } from './autodiff';
 import { BN_EPSILON, BN_MOMENTUM } from './batchnorm';
 import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
+import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { ParameterLayout, TensorSpec } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore } from './losses';
@@ -142,28 +143,20 @@ export class DcGan implements GanModel {
       config: { name, axis: -1, momentum: BN_MOMENTUM, epsilon: BN_EPSILON, center: true, scale: true, ...common },
     });
     const lrelu = (name: string) => ({ class_name: 'LeakyReLU', config: { name, alpha: ALPHA, ...common } });
-    return {
-      topology: {
-        class_name: 'Sequential',
-        config: {
-          name: 'generator',
-          layers: [
-            { class_name: 'Dense', config: { name: 'dense', units: 7 * 7 * 256, activation: 'linear', use_bias: true, batch_input_shape: [null, Z_DIM], ...common } },
-            { class_name: 'Reshape', config: { name: 'reshape', target_shape: [7, 7, 256], ...common } },
-            deconv('deconv1', 128, 2),
-            bn('bn1'),
-            lrelu('leaky1'),
-            deconv('deconv2', 64, 1),
-            bn('bn2'),
-            lrelu('leaky2'),
-            deconv('deconv3', 1, 2, 'tanh'),
-          ],
-        },
-        keras_version: 'tfjs-layers 4.22.0',
-        backend: 'tensor_flow.js',
-      },
-      weightNames: Object.fromEntries(this.generatorLayout.entries.map((e) => [e.name, e.name.replace(/^g\//, '')])),
-    };
+    return sequentialGenerator(
+      [
+        { class_name: 'Dense', config: { name: 'dense', units: 7 * 7 * 256, activation: 'linear', use_bias: true, batch_input_shape: [null, Z_DIM], ...common } },
+        { class_name: 'Reshape', config: { name: 'reshape', target_shape: [7, 7, 256], ...common } },
+        deconv('deconv1', 128, 2),
+        bn('bn1'),
+        lrelu('leaky1'),
+        deconv('deconv2', 64, 1),
+        bn('bn2'),
+        lrelu('leaky2'),
+        deconv('deconv3', 1, 2, 'tanh'),
+      ],
+      this.generatorLayout,
+    );
   }
 
   /**

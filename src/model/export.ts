@@ -1,6 +1,24 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { GanModel } from './gan';
+import { ParameterLayout } from './layout';
+
+/**
+ * G's topology as a Keras Sequential model (model.json's modelTopology),
+ * with the LayersModel weight name of each layout entry: the entry's name
+ * without its network prefix ("g/dense1/kernel" → "dense1/kernel").
+ */
+export function sequentialGenerator(layers: object[], layout: ParameterLayout): { topology: object; weightNames: Record<string, string> } {
+  return {
+    topology: {
+      class_name: 'Sequential',
+      config: { name: 'generator', layers },
+      keras_version: 'tfjs-layers 4.22.0',
+      backend: 'tensor_flow.js',
+    },
+    weightNames: Object.fromEntries(layout.entries.map((e) => [e.name, e.name.replace(/^g\//, '')])),
+  };
+}
 
 /**
  * Writes G as a TensorFlow.js LayersModel: `model.json` plus `weights.bin`

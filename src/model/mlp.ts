@@ -1,6 +1,7 @@
 import { Rng } from '../util/rng';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
+import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { ParameterLayout } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
@@ -52,23 +53,15 @@ export class MlpGan implements GanModel {
       class_name: 'Dense',
       config: { name, units, activation, use_bias: true, trainable: true, dtype: 'float32', ...extra },
     });
-    return {
-      topology: {
-        class_name: 'Sequential',
-        config: {
-          name: 'generator',
-          layers: [
-            denseLayer('dense1', HIDDEN, 'linear', { batch_input_shape: [null, Z_DIM] }),
-            { class_name: 'LeakyReLU', config: { name: 'leaky1', alpha: ALPHA, trainable: true, dtype: 'float32' } },
-            denseLayer('dense2', IMAGE_SIZE, 'tanh'),
-            { class_name: 'Reshape', config: { name: 'image', target_shape: [28, 28, 1], trainable: true, dtype: 'float32' } },
-          ],
-        },
-        keras_version: 'tfjs-layers 4.22.0',
-        backend: 'tensor_flow.js',
-      },
-      weightNames: Object.fromEntries(this.generatorLayout.entries.map((e) => [e.name, e.name.replace(/^g\//, '')])),
-    };
+    return sequentialGenerator(
+      [
+        denseLayer('dense1', HIDDEN, 'linear', { batch_input_shape: [null, Z_DIM] }),
+        { class_name: 'LeakyReLU', config: { name: 'leaky1', alpha: ALPHA, trainable: true, dtype: 'float32' } },
+        denseLayer('dense2', IMAGE_SIZE, 'tanh'),
+        { class_name: 'Reshape', config: { name: 'image', target_shape: [28, 28, 1], trainable: true, dtype: 'float32' } },
+      ],
+      this.generatorLayout,
+    );
   }
 
   generate(g: Tensors, z: tf.Tensor2D): tf.Tensor2D {

@@ -28,6 +28,27 @@ export function registerWasmKernels(): void {
 
 let registered = false;
 
+type Shape4D = [number, number, number, number];
+
+/**
+ * A conv's sizes from the kernel's attributes: input n×h×w×c, output
+ * n×oh×ow×co, strides, filter size, the top/left padding, the taps of one
+ * output pixel (fh·fw·c) and the output positions (n·oh·ow).
+ */
+function geometry(kernel: string, attrs: tf.NamedAttrMap | undefined, inputShape: Shape4D, filterShape: Shape4D) {
+  const { strides, pad, dataFormat, dimRoundingMode } = attrs as unknown as {
+    strides: [number, number] | number;
+    pad: 'same' | 'valid' | number;
+    dataFormat: 'NHWC' | 'NCHW';
+    dimRoundingMode?: 'floor' | 'round' | 'ceil';
+  };
+  if (dataFormat !== 'NHWC') throw new Error(`${kernel} on wasm supports NHWC only, got ${dataFormat}`);
+  const conv = tf.backend_util.computeConv2DInfo(inputShape, filterShape, strides, 1, pad, dimRoundingMode);
+  const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow, outChannels: co } = conv;
+  const { strideHeight: sh, strideWidth: sw, filterHeight: fh, filterWidth: fw } = conv;
+  return { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top: conv.padInfo.top, left: conv.padInfo.left, taps: fh * fw * c, positions: n * oh * ow };
+}
+
 function wasmKernel(name: string): tf.KernelConfig {
   const k = tf.getKernel(name, 'wasm');
   if (!k) throw new Error(`the wasm backend lacks ${name}: cannot provide the conv gradient kernels`);
@@ -41,21 +62,9 @@ function registerBackpropFilter(): void {
     backendName: 'wasm',
     kernelFunc: ({ inputs, backend, attrs }) => {
       const { x, dy } = inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
-      const { strides, pad, dataFormat, dimRoundingMode, filterShape } = attrs as unknown as {
-        strides: [number, number] | number;
-        pad: 'same' | 'valid' | number;
-        dataFormat: 'NHWC' | 'NCHW';
-        dimRoundingMode?: 'floor' | 'round' | 'ceil';
-        filterShape: [number, number, number, number];
-      };
-      if (dataFormat !== 'NHWC') throw new Error(`Conv2DBackpropFilter on wasm supports NHWC only, got ${dataFormat}`);
-      const conv = tf.backend_util.computeConv2DInfo(x.shape as [number, number, number, number], filterShape, strides, 1, pad, dimRoundingMode);
-      const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow, outChannels: co } = conv;
-      const { strideHeight: sh, strideWidth: sw, filterHeight: fh, filterWidth: fw } = conv;
-      const { top, left } = conv.padInfo;
+      const { filterShape } = attrs as unknown as { filterShape: Shape4D };
+      const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = geometry('Conv2DBackpropFilter', attrs, x.shape as Shape4D, filterShape);
       const wasm = backend as unknown as WasmBackend;
-      const taps = fh * fw * c;
-      const positions = n * oh * ow;
       const patches = wasm.makeOutput([1, taps, positions], 'float32');
       // Views after the allocation: it may have grown (and so replaced) the heap.
       const p = wasm.typedArrayFromHeap(patches);
@@ -107,21 +116,9 @@ function registerBackpropInput(): void {
     backendName: 'wasm',
     kernelFunc: ({ inputs, backend, attrs }) => {
       const { dy, filter } = inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
-      const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs as unknown as {
-        strides: [number, number] | number;
-        pad: 'same' | 'valid' | number;
-        dataFormat: 'NHWC' | 'NCHW';
-        dimRoundingMode?: 'floor' | 'round' | 'ceil';
-        inputShape: [number, number, number, number];
-      };
-      if (dataFormat !== 'NHWC') throw new Error(`Conv2DBackpropInput on wasm supports NHWC only, got ${dataFormat}`);
-      const conv = tf.backend_util.computeConv2DInfo(inputShape, filter.shape as [number, number, number, number], strides, 1, pad, dimRoundingMode);
-      const { batchSize: n, inHeight: h, inWidth: w, inChannels: c, outHeight: oh, outWidth: ow, outChannels: co } = conv;
-      const { strideHeight: sh, strideWidth: sw, filterHeight: fh, filterWidth: fw } = conv;
-      const { top, left } = conv.padInfo;
+      const { inputShape } = attrs as unknown as { inputShape: Shape4D };
+      const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = geometry('Conv2DBackpropInput', attrs, inputShape, filter.shape as Shape4D);
       const wasm = backend as unknown as WasmBackend;
-      const taps = fh * fw * c;
-      const positions = n * oh * ow;
       const filterT = transpose.kernelFunc({
         inputs: { x: { dataId: filter.dataId, shape: [taps, co], dtype: 'float32' } },
         backend,
