@@ -41,9 +41,9 @@ export function accuracy(probabilities: Float32Array, labels: Uint8Array, count:
 }
 
 export function classShares(probabilities: Float32Array, count: number): number[] {
-  const shares = new Array<number>(CLASSES).fill(0);
-  for (let i = 0; i < count; i++) shares[predictedClass(probabilities, i)] += 1 / count;
-  return shares;
+  const counts = new Array<number>(CLASSES).fill(0);
+  for (let i = 0; i < count; i++) counts[predictedClass(probabilities, i)]++;
+  return counts.map((c) => c / count);
 }
 
 export function featureMoments(features: Float32Array, count: number, dim: number): FeatureMoments {
