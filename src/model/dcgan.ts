@@ -4,12 +4,12 @@ import { BN_EPSILON, BN_MOMENTUM } from './batchnorm';
 import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
+import { LEAKY_ALPHA, leakyBackward } from './leaky';
 import { ParameterLayout, TensorSpec } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 const Z_DIM = 100;
-const ALPHA = 0.01;
 
 type Image4D = tf.Tensor4D;
 
@@ -142,7 +142,7 @@ export class DcGan implements GanModel {
       class_name: 'BatchNormalization',
       config: { name, axis: -1, momentum: BN_MOMENTUM, epsilon: BN_EPSILON, center: true, scale: true, ...common },
     });
-    const lrelu = (name: string) => ({ class_name: 'LeakyReLU', config: { name, alpha: ALPHA, ...common } });
+    const lrelu = (name: string) => ({ class_name: 'LeakyReLU', config: { name, alpha: LEAKY_ALPHA, ...common } });
     return sequentialGenerator(
       [
         { class_name: 'Dense', config: { name: 'dense', units: 7 * 7 * 256, activation: 'linear', use_bias: true, batch_input_shape: [null, Z_DIM], ...common } },
@@ -270,10 +270,6 @@ function deconvBackward(dy: Image4D, x: Image4D, p: Tensors, layer: string, stri
   return tf.conv2d(dy, kernel, stride, 'same');
 }
 
-/** Gradient through LeakyReLU, read off its output (same sign as its input). */
-function leakyBackward(dOut: tf.Tensor, out: tf.Tensor): tf.Tensor {
-  return tf.where(tf.greater(out, 0), dOut, tf.mul(dOut, ALPHA));
-}
 
 /**
  * BatchNorm on the batch's own statistics, with the textbook backward pass:
@@ -307,5 +303,5 @@ const matMul = tf.customGrad(((a: tf.Tensor2D, b: tf.Tensor2D, save: tf.GradSave
 }) as any) as unknown as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;
 
 function leaky(x: Image4D): Image4D {
-  return tf.leakyRelu(x, ALPHA);
+  return tf.leakyRelu(x, LEAKY_ALPHA);
 }

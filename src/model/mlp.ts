@@ -3,13 +3,13 @@ import { IMAGE_SIZE } from '../data/mnist';
 import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
+import { LEAKY_ALPHA, leakyBackward } from './leaky';
 import { ParameterLayout } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 const Z_DIM = 100;
 const HIDDEN = 128;
-const ALPHA = 0.01;
 
 /**
  * The seed's MLP GAN ("GANs in Action", ch. 3):
@@ -56,7 +56,7 @@ export class MlpGan implements GanModel {
     return sequentialGenerator(
       [
         denseLayer('dense1', HIDDEN, 'linear', { batch_input_shape: [null, Z_DIM] }),
-        { class_name: 'LeakyReLU', config: { name: 'leaky1', alpha: ALPHA, trainable: true, dtype: 'float32' } },
+        { class_name: 'LeakyReLU', config: { name: 'leaky1', alpha: LEAKY_ALPHA, trainable: true, dtype: 'float32' } },
         denseLayer('dense2', IMAGE_SIZE, 'tanh'),
         { class_name: 'Reshape', config: { name: 'image', target_shape: [28, 28, 1], trainable: true, dtype: 'float32' } },
       ],
@@ -132,7 +132,7 @@ function dense(x: tf.Tensor2D, p: Tensors, layer: string, leaky: boolean): tf.Te
     b: p[`${layer}/kernel`] as tf.Tensor2D,
     bias: p[`${layer}/bias`],
     activation: leaky ? 'leakyrelu' : 'linear',
-    leakyreluAlpha: ALPHA,
+    leakyreluAlpha: LEAKY_ALPHA,
   }) as tf.Tensor2D;
 }
 
@@ -144,10 +144,6 @@ function tanh(x: tf.Tensor): tf.Tensor2D {
   return tf.tidy(() => tf.sub(tf.mul(tf.sigmoid(tf.mul(x, 2)), 2), 1)) as tf.Tensor2D;
 }
 
-/** Gradient through LeakyReLU, read off its output (same sign as its input). */
-function leakyBackward(dOut: tf.Tensor, out: tf.Tensor): tf.Tensor2D {
-  return tf.where(tf.greater(out, 0), dOut, tf.mul(dOut, ALPHA)) as tf.Tensor2D;
-}
 
 /** d loss / d (D's hidden pre-activation), from d loss / d logits. */
 function hiddenGradient(dLogits: tf.Tensor, h: tf.Tensor, d: Tensors): tf.Tensor2D {
