@@ -71,22 +71,26 @@ function config(out: string, steps: number): CoordinatorConfig {
   };
 }
 
-describe('coordinator validates what workers send', () => {
-  let out: string;
-  let coordinator: Coordinator;
-  let run: Promise<TrainingSummary>;
-
+/** A coordinator training a 2-step run for the enclosing describe block, closed after it. */
+function trainingCoordinator(overrides: Partial<CoordinatorConfig> = {}) {
+  const ctx = {} as { out: string; coordinator: Coordinator; run: Promise<TrainingSummary> };
   before(async () => {
-    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
-    coordinator = await Coordinator.start(config(out, 2), () => {});
-    run = coordinator.run();
+    ctx.out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+    ctx.coordinator = await Coordinator.start({ ...config(ctx.out, 2), ...overrides }, () => {});
+    ctx.run = ctx.coordinator.run();
   });
   after(async () => {
-    await coordinator.close();
-    fs.rmSync(out, { recursive: true, force: true });
+    await ctx.coordinator.close();
+    fs.rmSync(ctx.out, { recursive: true, force: true });
   });
+  return ctx;
+}
+
+describe('coordinator validates what workers send', () => {
+  const ctx = trainingCoordinator();
 
   test('a NaN gradient and a wrong-step gradient are rejected, counted, and never applied', async () => {
+    const { out, coordinator, run } = ctx;
     const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
     await peer.open();
     peer.hello();
@@ -140,21 +144,10 @@ describe('coordinator validates what workers send', () => {
 });
 
 describe('--sync simultaneous: one joint round per step', () => {
-  let out: string;
-  let coordinator: Coordinator;
-  let run: Promise<TrainingSummary>;
-
-  before(async () => {
-    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-joint-'));
-    coordinator = await Coordinator.start({ ...config(out, 2), sync: 'simultaneous' }, () => {});
-    run = coordinator.run();
-  });
-  after(async () => {
-    await coordinator.close();
-    fs.rmSync(out, { recursive: true, force: true });
-  });
+  const ctx = trainingCoordinator({ sync: 'simultaneous' });
 
   test('both networks are sent and updated from one reply: D first, then G', async () => {
+    const { coordinator, run } = ctx;
     const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
     const first = await peer.join();
     assert.ok(first.type === 'weights' && first.step === 0 && first.phase === 'joint', JSON.stringify(first.type));
