@@ -158,10 +158,9 @@ describe('--sync simultaneous: one joint round per step', () => {
     let err = await peer.next();
     assert.ok(err.type === 'error' && err.code === 'PROTOCOL_BAD_FIELD' && /generatorLoss/.test(err.message), JSON.stringify(err));
     assert.ok((await peer.next()).type === 'weights');
-    // The alternating rounds' own phases have no place in a simultaneous run.
-    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE));
+    peer.gradients(0, 'joint', new Float32Array(D_SIZE));
     err = await peer.next();
-    assert.ok(err.type === 'error' && err.code === 'PROTOCOL_UNEXPECTED' && err.message.includes('discriminator gradients in a run with --sync simultaneous'), JSON.stringify(err));
+    assert.ok(err.type === 'error' && err.code === 'PROTOCOL_BAD_SIZE' && err.message.includes(`expected ${D_SIZE + G_SIZE}`), JSON.stringify(err));
     const retry = await peer.next();
     assert.ok(retry.type === 'weights' && retry.step === 0 && retry.phase === 'joint');
 

@@ -665,10 +665,6 @@ export class Coordinator {
 
   private onGradients(peer: WorkerPeer, msg: Gradients): void {
     const round = this.round;
-    // Within one --sync mode a (step, phase) pair names exactly one round.
-    if ((msg.phase === 'joint') !== (this.config.sync === 'simultaneous')) {
-      return this.reject(peer.socket, peer, 'unexpected', `${msg.phase} gradients in a run with --sync ${this.config.sync}`);
-    }
     const sent = roundIndex(msg.step, msg.phase);
     if (!round || sent !== roundIndex(round.step, round.phase)) {
       if (sent <= this.lastClosedRound) {
