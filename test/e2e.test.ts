@@ -90,23 +90,6 @@ test('--loss lsgan trains end to end through the same workers', { timeout: 60_00
   fs.rmSync(out, { recursive: true, force: true });
 });
 
-test('--sync simultaneous trains through the same workers with one joint round per step', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sync-'));
-  const { code, log } = await runCli(['local', '--workers', '2', '--sync', 'simultaneous', '--steps', '40', '--log-every', '20', '--sample-every', '40', '--metrics-port', '-1', '--out', out]);
-  assert.equal(code, 0, log);
-  assert.match(log, /steps 0\.\.40, each one joint round/);
-  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-  assert.equal(summary.steps, 40);
-  assert.equal(summary.last.workers, 2);
-  for (const k of ['dLoss', 'gLoss', 'dReal', 'dFake']) assert.ok(Number.isFinite(summary.last[k]), `${k} finite`);
-  // D learns to tell real from generated within 40 steps, as in the alternating run.
-  assert.ok(summary.last.dReal > summary.last.dFake + 0.2, `D(x) ${summary.last.dReal} vs D(G(z)) ${summary.last.dFake}`);
-  // Each worker returns both networks' gradients once per step: D + G floats plus the envelope.
-  const floats = createModel('mlp').generatorLayout.size + createModel('mlp').discriminatorLayout.size;
-  assert.ok(Math.abs(summary.bytesReceivedPerStep / 2 - floats * 4) < 500, `${summary.bytesReceivedPerStep} bytes received per step`);
-  fs.rmSync(out, { recursive: true, force: true });
-});
-
 test('--model dcgan trains through the same workers; BatchNorm statistics reach the coordinator; --eval-every scores it', { timeout: 180_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-dcgan-'));
   const args = ['local', '--workers', '2', '--model', 'dcgan', '--steps', '6', '--batch-size', '16', '--log-every', '3', '--sample-every', '3', '--eval-every', '3', '--eval-samples', '200', '--metrics-port', '-1', '--out', out];

@@ -28,7 +28,7 @@ import WebSocket from 'ws';
 import { Packr } from 'msgpackr';
 import { loadLatestCheckpoint } from '../src/coordinator/checkpoint';
 import { ProtocolError, RejectReason, decodeCoordinatorMessage, decodeWorkerMessage, encode } from '../src/protocol/codec';
-import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Network, message } from '../src/protocol/messages';
+import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Phase, message } from '../src/protocol/messages';
 import { GanfleetProcess, metricTotal, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
 import { metricValue } from './helpers';
 
@@ -220,16 +220,16 @@ function smallValues(rng: Prng, n: number): Float32Array {
 }
 
 /** Reference gradients, each at most 0.01 in magnitude: the payload of every well-formed gradients frame. */
-const REF: Record<Network, Float32Array> = { discriminator: smallValues(new Prng(SEED ^ 1), D_SIZE), generator: smallValues(new Prng(SEED ^ 2), G_SIZE) };
-const sizeOf = (phase: Network) => (phase === 'generator' ? G_SIZE : D_SIZE);
+const REF: Record<Phase, Float32Array> = { discriminator: smallValues(new Prng(SEED ^ 1), D_SIZE), generator: smallValues(new Prng(SEED ^ 2), G_SIZE) };
+const sizeOf = (phase: Phase) => (phase === 'generator' ? G_SIZE : D_SIZE);
 
-function gradientsBody(step: number, phase: Network, gradients: Float32Array = REF[phase]): Omit<Gradients, 'v'> {
+function gradientsBody(step: number, phase: Phase, gradients: Float32Array = REF[phase]): Omit<Gradients, 'v'> {
   const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: BATCH, gradients, loss: 0.69, dFake: 0.5, computeSeconds: 0.02 };
   if (phase === 'discriminator') body.dReal = 0.5;
   return body;
 }
 
-function gradientsFrame(step: number, phase: Network, gradients?: Float32Array): Buffer {
+function gradientsFrame(step: number, phase: Phase, gradients?: Float32Array): Buffer {
   return encode(message<Gradients>(gradientsBody(step, phase, gradients)));
 }
 
@@ -294,7 +294,7 @@ function garbage(rng: Prng): Frame {
 }
 
 function garbageCandidate(rng: Prng): Frame {
-  const phase: Network = rng.chance(0.5) ? 'discriminator' : 'generator';
+  const phase: Phase = rng.chance(0.5) ? 'discriminator' : 'generator';
   const future = rng.pick([FUTURE_MIN, FUTURE_MIN + 1, 200, 1000, 1_000_000, 2 ** 32, Number.MAX_SAFE_INTEGER]);
   switch (rng.int(17)) {
     case 0:
@@ -424,7 +424,7 @@ function mutate(rng: Prng, base: Buffer): Buffer {
 
 /** Well-formed gradients for a round that closed long ago: discarded as late, not an offence. */
 function staleFrame(rng: Prng): Frame {
-  const phase: Network = rng.chance(0.5) ? 'discriminator' : 'generator';
+  const phase: Phase = rng.chance(0.5) ? 'discriminator' : 'generator';
   // The size is checked only for the open round, so a stale frame may as well be small.
   const g = rng.chance(0.1) ? REF[phase] : REF[phase].subarray(0, rng.range(1, 256));
   return { kind: 'stale step', data: gradientsFrame(rng.range(0, STALE_MAX), phase, g) };
@@ -439,7 +439,7 @@ function oversizedFrame(rng: Prng): Frame {
  * A participant's reply to weights for (step, phase): a frame for the open
  * round with exactly one defect, each one a different check of the coordinator.
  */
-function poisonFrame(rng: Prng, step: number, phase: Network, index: number): Frame {
+function poisonFrame(rng: Prng, step: number, phase: Phase, index: number): Frame {
   const size = sizeOf(phase);
   const g = () => Float32Array.from(REF[phase]);
   const body = gradientsBody(step, phase, REF[phase]);
@@ -471,7 +471,7 @@ function poisonFrame(rng: Prng, step: number, phase: Network, index: number): Fr
     case 9: return set('loss NaN', 'not_finite', { loss: NaN });
     case 10: {
       // The next round of the same step (or the next step): ahead of the open round.
-      const next = phase === 'discriminator' ? { step, phase: 'generator' as Network } : { step: step + 1, phase: 'discriminator' as Network };
+      const next = phase === 'discriminator' ? { step, phase: 'generator' as Phase } : { step: step + 1, phase: 'discriminator' as Phase };
       return { kind: 'poison: next round', data: gradientsFrame(next.step, next.phase), reason: 'wrong_step' };
     }
     case 11: return set('far future step', 'wrong_step', { step: step + rng.range(2, 1000) });
@@ -711,8 +711,8 @@ async function runParticipant(url: string, plan: Extract<Plan, { mode: 'particip
   tally.participants++;
   // Each lane starts at its own place in the list of defects, so that the lanes' participants
   // together (typically D, G, D rounds each) try every one.
-  const asked: Record<Network, number> = { discriminator: 0, generator: 0 };
-  const start: Record<Network, number> = { discriminator: 2 * lane, generator: lane };
+  const asked: Record<Phase, number> = { discriminator: 0, generator: 0 };
+  const start: Record<Phase, number> = { discriminator: 2 * lane, generator: lane };
   const model = new ConnectionModel(plan.name, tally);
   const errors: string[] = [];
   let replies = 0;
@@ -722,7 +722,6 @@ async function runParticipant(url: string, plan: Extract<Plan, { mode: 'particip
     lastMessage = Date.now();
     if (m.type === 'error') errors.push(m.code);
     if (m.type !== 'weights' || replies >= MAX_OFFENCES || wsRef?.readyState !== WebSocket.OPEN) return;
-    if (m.phase === 'joint') throw new Error('the fuzzed coordinator alternates; it asked for a joint round');
     const f = poisonFrame(rng, m.step, m.phase, start[m.phase] + asked[m.phase]++);
     replies++;
     tally.poisons++;

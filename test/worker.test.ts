@@ -48,36 +48,6 @@ test('the G round reuses the D round noise of the same step, and a new step draw
   compute.dispose();
 });
 
-test('a joint round returns exactly the D and the G round of the same step from the same weights', async () => {
-  await selectBackend('wasm');
-  const train = loadMnist('train');
-  for (const arch of ['mlp', 'dcgan']) {
-    const model = createModel(arch);
-    const params = model.init(new Rng(4));
-    // Two workers with the same seed draw the same batches and noise.
-    const [split, joint] = [new ShardCompute(model, 8, 11), new ShardCompute(model, 8, 11)];
-    for (const c of [split, joint]) {
-      c.setShard(train.images.subarray(0, 200 * IMAGE_SIZE), 200);
-      c.updateWeights(params.generator, params.discriminator);
-    }
-    for (let step = 0; step < 2; step++) {
-      const d = split.step(step, 'discriminator');
-      const g = split.step(step, 'generator');
-      const j = joint.step(step, 'joint');
-      const n = model.discriminatorLayout.size;
-      assert.equal(j.gradients.length, n + model.generatorLayout.size);
-      assert.deepEqual(j.gradients.subarray(0, n), d.gradients, `${arch}: D's gradient comes first`);
-      assert.deepEqual(j.gradients.subarray(n), g.gradients, `${arch}: G's gradient follows`);
-      assert.deepEqual([j.loss, j.generatorLoss, j.dReal, j.dFake], [d.loss, g.loss, d.dReal, d.dFake], arch);
-      assert.deepEqual(j.statistics, g.statistics, `${arch}: G's BatchNorm statistics travel with the joint gradients`);
-      assert.equal(j.samples, 8);
-    }
-    assert.ok(model.arch === 'mlp' || joint.step(2, 'joint').statistics!.length > 0);
-    split.dispose();
-    joint.dispose();
-  }
-});
-
 test('a worker refuses to compute without a shard or weights', () => {
   const compute = new ShardCompute(createModel('mlp'), 8, 1);
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving a shard/);

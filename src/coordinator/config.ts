@@ -2,9 +2,6 @@ import { BackendChoice } from '../backend';
 import { AdamConfig } from './adam';
 import { WireDtype } from '../protocol/wire-dtype';
 
-export const SYNC_MODES = ['alternating', 'simultaneous'] as const;
-export type SyncMode = (typeof SYNC_MODES)[number];
-
 export interface CoordinatorConfig {
   host: string;
   /** WebSocket port for workers; 0 picks a free one. */
@@ -31,11 +28,6 @@ export interface CoordinatorConfig {
   roundTimeoutSeconds: number;
   /** Ping interval; a worker that misses a pong for one interval is dropped. */
   heartbeatSeconds: number;
-  /**
-   * 'alternating' (the seed's step: a D round, then a G round on the updated
-   * D) or 'simultaneous' (one joint round: both gradients from the same weights).
-   */
-  sync: SyncMode;
   /** How weights and gradients travel (protocol/wire-dtype.ts). */
   wireDtype: WireDtype;
   /** Score G (FID, MNIST score) every N steps; 0 = never. */

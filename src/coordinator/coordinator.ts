@@ -13,7 +13,7 @@ import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
-import { ErrorMessage, Gradients, Hello, Network, Phase, Shard, Stop, Weights, Welcome, message } from '../protocol/messages';
+import { ErrorMessage, Gradients, Hello, Phase, Shard, Stop, Weights, Welcome, message } from '../protocol/messages';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { Adam, AdamState } from './adam';
@@ -99,8 +99,6 @@ export interface Evaluation extends Quality {
 
 interface RoundResult {
   loss: number;
-  /** Joint rounds only (`loss` is then D's). */
-  generatorLoss: number;
   dReal: number;
   dFake: number;
   samples: number;
@@ -109,20 +107,18 @@ interface RoundResult {
 
 /**
  * Owns the weights and the two Adam states. Each step runs a D round then a
- * G round (or, with --sync simultaneous, one joint round): broadcast the
- * networks a worker lacks, wait for every participant's gradient (or its
- * departure, or the round timeout), average by sample count, and apply
- * Adam. Membership changes take effect only at step boundaries, and a step
- * is applied whole or not at all.
+ * G round: broadcast the networks a worker lacks, wait for every
+ * participant's gradient (or its departure, or the round timeout), average
+ * by sample count, and apply Adam. Membership changes take effect only at
+ * step boundaries, and a step is applied whole or not at all.
  */
 export class Coordinator {
   readonly metrics = new CoordinatorMetrics();
   private readonly model: GanModel;
   private readonly params: GanParameters;
-  private readonly adam: Record<Network, Adam>;
-  /** Where each round's mean gradient is written (a joint round's is D's followed by G's). */
+  private readonly adam: Record<Phase, Adam>;
   private readonly averaged: Record<Phase, Float32Array>;
-  private readonly versions: Record<Network, number> = { generator: 0, discriminator: 0 };
+  private readonly versions: Record<Phase, number> = { generator: 0, discriminator: 0 };
   /** D before this step's D update, restored if the step cannot finish. */
   private readonly rollback: { discriminator: Float32Array; adam: AdamState };
   private readonly peers = new Map<string, WorkerPeer>();
@@ -166,11 +162,7 @@ export class Coordinator {
     this.params = this.model.init(new Rng(config.seed));
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
-    this.averaged = {
-      generator: new Float32Array(size.generator),
-      discriminator: new Float32Array(size.discriminator),
-      joint: new Float32Array(config.sync === 'simultaneous' ? size.discriminator + size.generator : 0),
-    };
+    this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(size.discriminator) };
     this.rollback = {
       discriminator: new Float32Array(size.discriminator),
       adam: { step: 0, m: new Float32Array(size.discriminator), v: new Float32Array(size.discriminator) },
@@ -219,7 +211,6 @@ export class Coordinator {
     const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
     const written: string[] = [];
     const firstStep = this.step;
-    this.log(`steps ${firstStep}..${steps}, each ${this.config.sync === 'simultaneous' ? 'one joint round (D and G gradients from the same weights)' : 'a D round, then a G round on the updated D'}`);
     // The clock starts at the first round, not while waiting for workers to connect.
     let t0 = 0;
     let windowStart = 0;
@@ -229,13 +220,20 @@ export class Coordinator {
       if (t0 === 0) t0 = windowStart = performance.now();
       this.state = 'training';
       const stepStart = performance.now();
-      const stats = this.config.sync === 'simultaneous' ? await this.simultaneousStep() : await this.alternatingStep();
-      if (!stats) break;
+      this.saveRollback();
+      const d = await this.roundUntilAnswered(this.step, 'discriminator');
+      if (!d) break;
+      const g = await this.roundUntilAnswered(this.step, 'generator');
+      if (!g) {
+        this.restoreRollback();
+        break;
+      }
       this.step++;
+      const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
       const stepSeconds = (performance.now() - stepStart) / 1000;
       this.stepSecondsAvg = this.stepSecondsAvg === 0 ? stepSeconds : 0.95 * this.stepSecondsAvg + 0.05 * stepSeconds;
       this.recordStep(stats);
-      windowImages += stats.images;
+      windowImages += d.samples;
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
       if (this.config.evalEvery > 0 && this.step % this.config.evalEvery === 0) await this.evaluate();
@@ -311,9 +309,8 @@ export class Coordinator {
       res.writeHead(426, { 'content-type': 'text/plain' });
       res.end('this port speaks the ganfleet WebSocket protocol\n');
     });
-    // Workers send only gradients: the larger network's floats (both networks' under --sync simultaneous) plus envelope.
-    const { generatorLayout: g, discriminatorLayout: d } = this.model;
-    const maxPayload = 4 * (this.config.sync === 'simultaneous' ? g.size + d.size : Math.max(g.size, d.size)) + 64 * 1024;
+    // Workers send only gradients: the larger network's floats plus envelope.
+    const maxPayload = 4 * Math.max(this.model.generatorLayout.size, this.model.discriminatorLayout.size) + 64 * 1024;
     this.wss = new WebSocketServer({ noServer: true, maxPayload });
     this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       if (!this.authorized(req)) {
@@ -531,26 +528,6 @@ export class Coordinator {
     this.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}`);
   }
 
-  /** A D round, then a G round on the updated D. Null when the step could not finish (D's update undone). */
-  private async alternatingStep(): Promise<StepStats | null> {
-    this.saveRollback();
-    const d = await this.roundUntilAnswered(this.step, 'discriminator');
-    if (!d) return null;
-    const g = await this.roundUntilAnswered(this.step, 'generator');
-    if (!g) {
-      this.restoreRollback();
-      return null;
-    }
-    return { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-  }
-
-  /** One joint round: both networks' gradients from the same weights, so one round trip per step. */
-  private async simultaneousStep(): Promise<StepStats | null> {
-    const j = await this.roundUntilAnswered(this.step, 'joint');
-    if (!j) return null;
-    return { dLoss: j.loss, gLoss: j.generatorLoss, dReal: j.dReal, dFake: j.dFake, images: j.samples, workers: j.contributors };
-  }
-
   /**
    * Runs the round until some worker answers: when every participant left,
    * wait for workers (paused) and ask again. Null only when a stop comes
@@ -625,17 +602,12 @@ export class Coordinator {
     const result = weightedStats(replies);
     const aggregateSeconds = (performance.now() - t) / 1000;
     t = performance.now();
-    const split = this.model.discriminatorLayout.size;
-    const updates: [Network, Float32Array][] =
-      phase === 'joint' ? [['discriminator', averaged.subarray(0, split)], ['generator', averaged.subarray(split)]] : [[phase, averaged]];
-    for (const [network, gradient] of updates) {
-      this.adam[network].apply(this.params[network], gradient);
-      this.versions[network]++;
-    }
-    if (phase !== 'discriminator') {
+    this.adam[phase].apply(this.params[phase], averaged);
+    if (phase === 'generator') {
       const stats = replies.map((r) => ({ statistics: r.statistics ?? EMPTY, samples: r.samples }));
       updateMovingStatistics(this.model.generatorLayout, this.params.generator, stats, BN_MOMENTUM);
     }
+    this.versions[phase]++;
     const optimizerSeconds = (performance.now() - t) / 1000;
 
     let computeSeconds = 0;
@@ -685,16 +657,13 @@ export class Coordinator {
 
   /** What the codec cannot know: sizes for this model, and plausible ranges. */
   private checkGradients(msg: Gradients): [RejectReason, string] | null {
-    const { generatorLayout, discriminatorLayout } = this.model;
-    const expected = { generator: generatorLayout.size, discriminator: discriminatorLayout.size, joint: discriminatorLayout.size + generatorLayout.size }[msg.phase];
+    const expected = (msg.phase === 'generator' ? this.model.generatorLayout : this.model.discriminatorLayout).size;
     if (msg.gradients.length !== expected) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${expected}`];
     if (msg.samples < 1 || msg.samples > this.config.batchSize) return ['bad_field', `samples ${msg.samples} is outside 1..${this.config.batchSize}`];
-    if (msg.phase !== 'generator' && msg.dReal === undefined) return ['bad_field', `${msg.phase} gradients need dReal`];
-    if ((msg.phase === 'joint') !== (msg.generatorLoss !== undefined)) return ['bad_field', 'generatorLoss belongs to joint gradients, and only to them'];
-    if (msg.generatorLoss !== undefined && msg.generatorLoss < 0) return ['out_of_range', `generatorLoss ${msg.generatorLoss} is negative`];
-    const statistics = msg.phase !== 'discriminator' ? statisticsSize(generatorLayout) : 0;
+    if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];
+    const statistics = msg.phase === 'generator' ? statisticsSize(this.model.generatorLayout) : 0;
     if ((msg.statistics?.length ?? 0) !== statistics) return ['bad_size', `${msg.phase} gradients carry ${msg.statistics?.length ?? 0} batch statistics, expected ${statistics}`];
-    if (msg.statistics && negativeVariance(generatorLayout, msg.statistics)) return ['out_of_range', 'a batch variance is negative'];
+    if (msg.statistics && negativeVariance(this.model.generatorLayout, msg.statistics)) return ['out_of_range', 'a batch variance is negative'];
     if (msg.loss < 0) return ['out_of_range', `loss ${msg.loss} is negative`];
     for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
       // A probability under bce; lsgan's raw scores are only bounded like gradients.
@@ -878,25 +847,23 @@ function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
 
-/** Rounds in order: step 0's D round is 0, its G (or joint) round 1, step 1's D round 2, … */
+/** Rounds in order: step 0's D round is 0, its G round 1, step 1's D round 2, … */
 function roundIndex(step: number, phase: Phase): number {
-  return step * 2 + (phase === 'discriminator' ? 0 : 1);
+  return step * 2 + (phase === 'generator' ? 1 : 0);
 }
 
 function weightedStats(replies: Gradients[]): RoundResult {
   let samples = 0;
   let loss = 0;
-  let generatorLoss = 0;
   let dReal = 0;
   let dFake = 0;
   for (const r of replies) {
     samples += r.samples;
     loss += r.loss * r.samples;
-    generatorLoss += (r.generatorLoss ?? 0) * r.samples;
     dReal += (r.dReal ?? 0) * r.samples;
     dFake += r.dFake * r.samples;
   }
-  return { loss: loss / samples, generatorLoss: generatorLoss / samples, dReal: dReal / samples, dFake: dFake / samples, samples, contributors: replies.length };
+  return { loss: loss / samples, dReal: dReal / samples, dFake: dFake / samples, samples, contributors: replies.length };
 }
 
 function progressLine(step: number, steps: number, s: StepStats, imagesPerSecond: number, etaSeconds: number): string {

@@ -12,7 +12,7 @@ export type RoundPart = 'encode' | 'compute' | 'transfer' | 'aggregate' | 'optim
 export class CoordinatorMetrics {
   readonly registry = new Registry();
   readonly steps = this.counter('ganfleet_steps_total', 'Training steps completed (one D and one G update each).');
-  readonly images = this.counter('ganfleet_images_total', 'Real images consumed by discriminator (or joint) rounds.');
+  readonly images = this.counter('ganfleet_images_total', 'Real images consumed by discriminator rounds.');
   readonly dLoss = this.gauge('ganfleet_d_loss', 'Discriminator loss of the last step (mean of the real and fake BCE).');
   readonly gLoss = this.gauge('ganfleet_g_loss', 'Generator loss of the last step (non-saturating BCE).');
   readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step.');

@@ -1,6 +1,6 @@
 import WebSocket from 'ws';
 import { ShardAssignment } from '../data/shards';
-import { Network } from '../protocol/messages';
+import { Phase } from '../protocol/messages';
 
 /**
  * A connected worker as the coordinator sees it. `joined` peers have been
@@ -13,7 +13,7 @@ export class WorkerPeer {
   state: PeerState = 'joined';
   shard: ShardAssignment | undefined;
   /** Version of each network this worker holds; -1 = none. Only stale ones are sent. */
-  readonly holds: Record<Network, number> = { generator: -1, discriminator: -1 };
+  readonly holds: Record<Phase, number> = { generator: -1, discriminator: -1 };
   offences = 0;
   lastComputeSeconds = 0;
   /** A heartbeat ping is queued or on the wire, awaiting its pong. */

@@ -8,8 +8,6 @@ export interface StepOutput {
   gradients: Float32Array;
   /** Mean loss over the batch (the D loss averages the real and the fake half). */
   loss: number;
-  /** G's loss, when `loss` is D's and the gradients hold both networks' (jointStep). */
-  generatorLoss?: number;
   /** D(x) on the real batch (losses.ts meanScore); only the discriminator step has it. */
   dReal?: number;
   /** D(G(z)) on the generated batch. */
@@ -76,23 +74,6 @@ export interface GeneratorPass {
   saved: Tensors;
   /** G's BatchNorm batch statistics on this z, flat in layout.statistics order. */
   statistics?: tf.Tensor1D;
-}
-
-/**
- * Both networks' gradients from the same weights and the same G(z): D's
- * followed by G's in one array, D's loss and D(x), G's loss and statistics.
- * It is exactly discriminatorStep and generatorStep before either update,
- * the simultaneous-gradient variant of the alternating D-then-G step.
- */
-export function jointStep(model: GanModel, g: Tensors, d: Tensors, real: tf.Tensor2D, pass: GeneratorPass): StepOutput {
-  const dOut = model.discriminatorStep(d, real, pass);
-  const gOut = model.generatorStep(g, d, pass);
-  const gradients = new Float32Array(dOut.gradients.length + gOut.gradients.length);
-  gradients.set(dOut.gradients);
-  gradients.set(gOut.gradients, dOut.gradients.length);
-  const out: StepOutput = { gradients, loss: dOut.loss, generatorLoss: gOut.loss, dReal: dOut.dReal, dFake: dOut.dFake };
-  if (gOut.statistics) out.statistics = gOut.statistics;
-  return out;
 }
 
 export function disposeGeneratorPass(pass: GeneratorPass): void {

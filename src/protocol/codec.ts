@@ -2,7 +2,7 @@ import { Packr } from 'msgpackr';
 import { ProtocolError, RejectReason } from './codec-error';
 import { checkFrameShape } from './shape';
 import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats } from './wire-dtype';
-import { CoordinatorMessage, Message, PHASES, PROTOCOL_VERSION, WorkerMessage } from './messages';
+import { CoordinatorMessage, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
 export { ProtocolError, RejectReason };
 
@@ -39,7 +39,6 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     samples: ['count', 'required'],
     gradients: ['f32', 'required'],
     loss: ['number', 'required'],
-    generatorLoss: ['number', 'optional'],
     dReal: ['number', 'optional'],
     dFake: ['number', 'required'],
     statistics: ['f32', 'optional'],
@@ -131,7 +130,7 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
       if (!Number.isFinite(value)) throw new ProtocolError('not_finite', `${type}.${field} is not finite`);
       return value;
     case 'phase':
-      if (!(PHASES as readonly unknown[]).includes(value)) throw bad(`one of ${PHASES.map((p) => `"${p}"`).join(', ')}`);
+      if (value !== 'discriminator' && value !== 'generator') throw bad('"discriminator" or "generator"');
       return value;
     case 'u8':
       if (!(value instanceof Uint8Array)) throw bad('binary');

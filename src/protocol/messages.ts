@@ -6,16 +6,7 @@
  */
 export const PROTOCOL_VERSION = 1;
 
-/** A network: the coordinator keeps weights, an Adam state and a version for each. */
-export type Network = 'discriminator' | 'generator';
-
-/**
- * What a round computes: one network's gradients (the alternating default:
- * a D round, then a G round on the updated D), or, under `--sync
- * simultaneous`, both networks' from the same weights in one round.
- */
-export type Phase = Network | 'joint';
-export const PHASES: readonly Phase[] = ['discriminator', 'generator', 'joint'];
+export type Phase = 'discriminator' | 'generator';
 
 /** worker → coordinator, first message on a new connection. */
 export interface Hello {
@@ -59,8 +50,7 @@ export interface Shard {
 /**
  * coordinator → worker: compute `phase` gradients for `step`. Carries only
  * the networks that changed since this worker last received them (G for a D
- * round, D for a G round, both for a joint round); a worker that just
- * joined gets both.
+ * round, D for a G round); a worker that just joined gets both.
  */
 export interface Weights {
   v: number;
@@ -78,17 +68,13 @@ export interface Gradients {
   step: number;
   phase: Phase;
   samples: number;
-  /** The phase's network's gradient; in a joint round D's followed by G's. */
   gradients: Float32Array;
-  /** The phase's network's loss; in a joint round D's. */
   loss: number;
-  /** G's loss; joint rounds only. */
-  generatorLoss?: number;
-  /** Mean D(x); discriminator and joint rounds. */
+  /** Mean D(x); discriminator rounds only. */
   dReal?: number;
   /** Mean D(G(z)). */
   dFake: number;
-  /** G's BatchNorm batch statistics (generator and joint rounds of a model with BatchNorm). */
+  /** G's BatchNorm batch statistics (generator rounds of a model with BatchNorm). */
   statistics?: Float32Array;
   computeSeconds: number;
 }

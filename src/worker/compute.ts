@@ -1,5 +1,5 @@
 import { IMAGE_SIZE, toTanhRange } from '../data/mnist';
-import { GanModel, GeneratorPass, StepOutput, disposeGeneratorPass, disposeTensors, jointStep } from '../model';
+import { GanModel, GeneratorPass, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -9,8 +9,7 @@ import { Rng } from '../util/rng';
  * A worker's compute state: its shard, the networks as it last received
  * them, and its own seeded RNG for batch indices and noise. One step draws
  * one real batch and one noise batch; the G round reuses the D round's
- * noise (as the PyTorch anchor does) and, while G is unchanged, its forward
- * pass; a joint round uses them for both networks' gradients.
+ * noise (as the PyTorch anchor does) and, while G is unchanged, its forward pass.
  */
 export class ShardCompute {
   private shard: Uint8Array | null = null;
@@ -83,10 +82,8 @@ export class ShardCompute {
     let out: StepOutput;
     if (phase === 'discriminator') {
       out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass);
-    } else if (phase === 'generator') {
-      out = this.model.generatorStep(this.generator, this.discriminator, this.pass);
     } else {
-      out = jointStep(this.model, this.generator, this.discriminator, drawn.real, this.pass);
+      out = this.model.generatorStep(this.generator, this.discriminator, this.pass);
     }
     return { ...out, samples: this.batchSize };
   }

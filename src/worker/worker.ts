@@ -202,11 +202,10 @@ function connectOnce(
             computeSeconds: (performance.now() - t0) / 1000,
           });
           if (out.dReal !== undefined) reply.dReal = out.dReal;
-          if (out.generatorLoss !== undefined) reply.generatorLoss = out.generatorLoss;
-          if (out.statistics) reply.statistics = out.statistics;
+          if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
           ws.send(encode(reply, wireDtype));
           // The coordinator now averages and steps Adam: draw the next step's batch meanwhile.
-          if (msg.phase !== 'discriminator') compute.prepare(msg.step + 1);
+          if (msg.phase === 'generator') compute.prepare(msg.step + 1);
           heard(); // busy computing is not the coordinator's silence
           metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
           return;
