@@ -18,7 +18,6 @@ async function runCli(args: string[]): Promise<{ code: unknown; log: string }> {
   return { code: await new Promise((r) => child.on('exit', r)), log };
 }
 
-
 test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves rising metrics', { timeout: 120_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-e2e-'));
   const child = spawn(

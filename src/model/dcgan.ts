@@ -270,7 +270,6 @@ function deconvBackward(dy: Image4D, x: Image4D, p: Tensors, layer: string, stri
   return tf.conv2d(dy, kernel, stride, 'same');
 }
 
-
 /**
  * BatchNorm on the batch's own statistics, with the textbook backward pass:
  *   dx = γ·σ⁻¹·(dy − mean(dy) − x̂·mean(dy·x̂)),  dγ = Σ dy·x̂,  dβ = Σ dy

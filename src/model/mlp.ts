@@ -144,7 +144,6 @@ function tanh(x: tf.Tensor): tf.Tensor2D {
   return tf.tidy(() => tf.sub(tf.mul(tf.sigmoid(tf.mul(x, 2)), 2), 1)) as tf.Tensor2D;
 }
 
-
 /** d loss / d (D's hidden pre-activation), from d loss / d logits. */
 function hiddenGradient(dLogits: tf.Tensor, h: tf.Tensor, d: Tensors): tf.Tensor2D {
   return leakyBackward(tf.matMul(dLogits as tf.Tensor2D, tf.transpose(d['d/dense2/kernel'])), h);
