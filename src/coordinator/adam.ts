@@ -72,15 +72,21 @@ export class Adam {
     const c2 = 1 - Math.pow(beta2, t);
     const g1 = 1 - beta1;
     const g2 = 1 - beta2;
+    // lr·(m/c1)/(sqrt(v/c2)+ε) with the divisions by c1 and c2 hoisted out of
+    // the loop: one sqrt and one division per parameter instead of three
+    // divisions (the same value up to float64 rounding, far below float32's).
+    const stepSize = learningRate / c1;
+    const invC2 = 1 / c2;
     const m = this.m;
     const v = this.v;
-    for (let i = 0; i < params.length; i++) {
+    const n = params.length;
+    for (let i = 0; i < n; i++) {
       const g = gradients[i];
       const mi = beta1 * m[i] + g1 * g;
       const vi = beta2 * v[i] + g2 * g * g;
       m[i] = mi;
       v[i] = vi;
-      params[i] -= (learningRate * (mi / c1)) / (Math.sqrt(vi / c2) + epsilon);
+      params[i] -= (stepSize * mi) / (Math.sqrt(vi * invC2) + epsilon);
     }
     this.t = t;
   }
