@@ -1,4 +1,5 @@
 import { tf } from './model/tf';
+import { registerNativeMatMul } from './model/native-matmul';
 import { registerWasmKernels } from './model/wasm-kernels';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
@@ -38,9 +39,11 @@ function tryNative(pkg: string): string | null {
   return null;
 }
 
-async function activate(name: string): Promise<boolean> {
+async function activate(name: string, notes: string[]): Promise<boolean> {
   if (name === 'wasm') {
     require('@tensorflow/tfjs-backend-wasm');
+    // Before the conv kernels: they take whichever BatchMatMul is registered.
+    notes.push(registerNativeMatMul().note);
     registerWasmKernels();
   }
   if (name === 'cpu') require('@tensorflow/tfjs-backend-cpu');
@@ -56,7 +59,7 @@ export async function selectBackend(choice: BackendChoice): Promise<BackendSelec
   if (native) {
     for (const pkg of NATIVE_PACKAGES) {
       const why = tryNative(pkg);
-      if (why === null && (await activate('tensorflow'))) {
+      if (why === null && (await activate('tensorflow', notes))) {
         notes.push(`using ${pkg}`);
         return { name: 'tensorflow', notes };
       }
@@ -68,7 +71,7 @@ export async function selectBackend(choice: BackendChoice): Promise<BackendSelec
   }
   for (const name of choice === 'auto' ? ['wasm', 'cpu'] : [choice]) {
     try {
-      if (await activate(name)) {
+      if (await activate(name, notes)) {
         notes.push(`using ${name}`);
         return { name, notes };
       }

@@ -5,6 +5,7 @@ import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
+import { matMulAT, matMulBT, sumRows } from './linalg';
 import { ParameterLayout, TensorSpec } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore } from './losses';
 import { scoped, tf, Tensors } from './tf';
@@ -126,8 +127,8 @@ export class DcGan implements GanModel {
       let dAct = deconvBackward(dOut, s['g/bn2/act'] as Image4D, g, 'g/deconv3', 2, grads);
       dAct = deconvBackward(batchNormBackward(leakyBackward(dAct, s['g/bn2/act']), s, g, 'g/bn2', grads), s['g/bn1/act'] as Image4D, g, 'g/deconv2', 1, grads);
       const dDense = tf.reshape(deconvBackward(batchNormBackward(leakyBackward(dAct, s['g/bn1/act']), s, g, 'g/bn1', grads), s['g/dense'] as Image4D, g, 'g/deconv1', 2, grads), [-1, 7 * 7 * 256]);
-      grads['g/dense/kernel'] = tf.matMul(tf.transpose(pass.z), dDense);
-      grads['g/dense/bias'] = tf.sum(dDense, 0);
+      grads['g/dense/kernel'] = matMulAT(pass.z, dDense);
+      grads['g/dense/bias'] = sumRows(dDense);
       return readAndDispose(this.generatorLayout.concat(grads), out, false, pass.statistics);
     });
   }
@@ -289,14 +290,14 @@ export const trainingBatchNorm = tf.customGrad(((x: tf.Tensor, gamma: tf.Tensor,
 }) as any) as unknown as (x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) => Image4D;
 
 /**
- * a·b whose gradients transpose explicitly: autodiff's matMul gradient
- * multiplies with a transposed operand, ~10× slower on wasm.
+ * a·b whose gradients take the backend's fast transposed products
+ * (linalg.ts): autodiff's own matMul gradient is ~10× slower on XNNPACK.
  */
 const matMul = tf.customGrad(((a: tf.Tensor2D, b: tf.Tensor2D, save: tf.GradSaveFunc) => {
   save([a, b]);
   return {
     value: tf.matMul(a, b),
-    gradFunc: (dy: tf.Tensor2D, [sa, sb]: tf.Tensor2D[]) => [tf.matMul(dy, tf.transpose(sb)), tf.matMul(tf.transpose(sa), dy)],
+    gradFunc: (dy: tf.Tensor2D, [sa, sb]: tf.Tensor2D[]) => [matMulBT(dy, sb), matMulAT(sa, dy)],
   };
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
 }) as any) as unknown as (a: tf.Tensor2D, b: tf.Tensor2D) => tf.Tensor2D;

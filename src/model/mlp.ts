@@ -4,6 +4,7 @@ import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
+import { matMulAT, matMulBT, sumRows } from './linalg';
 import { ParameterLayout } from './layout';
 import { GanLoss, discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
 import { scoped, tf, Tensors } from './tf';
@@ -16,11 +17,10 @@ const HIDDEN = 128;
  *   G: z(100) → Dense(128) → LeakyReLU(0.01) → Dense(784) → tanh
  *   D: x(784) → Dense(128) → LeakyReLU(0.01) → Dense(1) → sigmoid
  *
- * The steps are backpropagated by hand rather than by autodiff. On wasm a
- * matMul with a transposed operand is ~10× slower than transposing first,
- * and autodiff's matMul gradient uses exactly those; by hand every product is
- * a plain (fused where possible) matMul. test/gradients.test.ts holds these
- * against tf.grads of the same forward pass.
+ * The steps are backpropagated by hand rather than by autodiff: the
+ * products go through linalg.ts, which picks the fast form of a transposed
+ * product for the backend, and G's forward pass serves both rounds.
+ * test/gradients.test.ts holds these against tf.grads of the same forward pass.
  */
 export class MlpGan implements GanModel {
   readonly arch = 'mlp';
@@ -91,10 +91,10 @@ export class MlpGan implements GanModel {
       const dLogits = outputGradient(this.loss, logits, labels, 'discriminator');
       const dH = hiddenGradient(dLogits, h, d);
       const grads: Tensors = {
-        'd/dense1/kernel': tf.matMul(tf.transpose(x), dH),
-        'd/dense1/bias': tf.sum(dH, 0),
-        'd/dense2/kernel': tf.matMul(tf.transpose(h), dLogits),
-        'd/dense2/bias': tf.sum(dLogits, 0),
+        'd/dense1/kernel': matMulAT(x, dH),
+        'd/dense1/bias': sumRows(dH),
+        'd/dense2/kernel': matMulAT(h, dLogits),
+        'd/dense2/bias': sumRows(dLogits),
       };
       return readStep(this.discriminatorLayout.concat(grads), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true);
     });
@@ -110,16 +110,16 @@ export class MlpGan implements GanModel {
       const dLogits = outputGradient(this.loss, logits, 1, 'generator');
       // Through D to its input (D's own gradients are not needed here)...
       const dH = hiddenGradient(dLogits, h, d);
-      const dFake = tf.matMul(dH, tf.transpose(d['d/dense1/kernel']));
+      const dFake = matMulBT(dH, d['d/dense1/kernel']);
       // ...then tanh and G's two layers.
       const dPre2 = tf.mul(dFake, tf.sub(1, tf.square(fake)));
       const grads: Tensors = {
-        'g/dense2/kernel': tf.matMul(tf.transpose(a1), dPre2),
-        'g/dense2/bias': tf.sum(dPre2, 0),
+        'g/dense2/kernel': matMulAT(a1, dPre2),
+        'g/dense2/bias': sumRows(dPre2),
       };
-      const dPre1 = leakyBackward(tf.matMul(dPre2, tf.transpose(g['g/dense2/kernel'])), a1);
-      grads['g/dense1/kernel'] = tf.matMul(tf.transpose(z), dPre1);
-      grads['g/dense1/bias'] = tf.sum(dPre1, 0);
+      const dPre1 = leakyBackward(matMulBT(dPre2, g['g/dense2/kernel']), a1);
+      grads['g/dense1/kernel'] = matMulAT(z, dPre1);
+      grads['g/dense1/bias'] = sumRows(dPre1);
       return readStep(this.generatorLayout.concat(grads), [loss, meanScore(this.loss, logits)], false);
     });
   }
@@ -146,5 +146,5 @@ function tanh(x: tf.Tensor): tf.Tensor2D {
 
 /** d loss / d (D's hidden pre-activation), from d loss / d logits. */
 function hiddenGradient(dLogits: tf.Tensor, h: tf.Tensor, d: Tensors): tf.Tensor2D {
-  return leakyBackward(tf.matMul(dLogits as tf.Tensor2D, tf.transpose(d['d/dense2/kernel'])), h);
+  return leakyBackward(matMulBT(dLogits as tf.Tensor2D, d['d/dense2/kernel']), h);
 }

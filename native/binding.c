@@ -1,0 +1,72 @@
+/*
+ * Node-API face of gemm.c. The operands are offsets into one Float32Array,
+ * the wasm backend's heap, where tfjs keeps every tensor: the product reads
+ * and writes the tensors in place, with no copy in or out.
+ */
+#include <node_api.h>
+#include <stdint.h>
+#include "gemm.h"
+
+#define ARGS 13
+
+static napi_value fail(napi_env env, const char *code, const char *msg) {
+  napi_throw_range_error(env, code, msg);
+  return NULL;
+}
+
+static napi_value gemm(napi_env env, napi_callback_info info) {
+  size_t argc = ARGS;
+  napi_value argv[ARGS];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != ARGS)
+    return fail(env, "GEMM_ARGS", "gemm(heap, m, n, k, a, transA, b, transB, c, bias, biasLength, activation, alpha)");
+  bool is_typed = false;
+  napi_is_typedarray(env, argv[0], &is_typed);
+  if (!is_typed) return fail(env, "GEMM_ARGS", "heap must be a Float32Array");
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  if (napi_get_typedarray_info(env, argv[0], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_float32_array)
+    return fail(env, "GEMM_ARGS", "heap must be a Float32Array");
+  int64_t v[ARGS - 2];
+  for (int i = 0; i < ARGS - 2; i++) {
+    if (napi_get_value_int64(env, argv[i + 1], &v[i]) != napi_ok) return fail(env, "GEMM_ARGS", "sizes and offsets must be numbers");
+  }
+  double alpha;
+  if (napi_get_value_double(env, argv[ARGS - 1], &alpha) != napi_ok) return fail(env, "GEMM_ARGS", "alpha must be a number");
+  int64_t m = v[0], n = v[1], k = v[2], a = v[3], ta = v[4], b = v[5], tb = v[6], c = v[7], bias = v[8], bias_len = v[9], act = v[10];
+  const int64_t limit = 1 << 30;
+  if (m < 0 || n < 0 || k < 0 || m > limit || n > limit || k > limit) return fail(env, "GEMM_ARGS", "sizes out of range");
+  /* Every operand must lie inside the heap: a wrong offset must not touch other memory. */
+  int64_t len = (int64_t)length;
+  if (a < 0 || a + m * k > len || b < 0 || b + k * n > len || c < 0 || c + m * n > len)
+    return fail(env, "GEMM_BOUNDS", "an operand lies outside the heap");
+  if (bias >= 0 && (bias_len != 1 && bias_len != n)) return fail(env, "GEMM_ARGS", "bias must hold 1 or n values");
+  if (bias >= 0 && bias + bias_len > len) return fail(env, "GEMM_BOUNDS", "the bias lies outside the heap");
+  if (act < GF_LINEAR || act > GF_SIGMOID) return fail(env, "GEMM_ARGS", "unknown activation");
+  float *heap = (float *)data;
+  if (gf_gemm((int)m, (int)n, (int)k, heap + a, (int)ta, heap + b, (int)tb, heap + c, bias >= 0 ? heap + bias : NULL,
+              (int)bias_len, (int)act, (float)alpha) != 0) {
+    /* -2: no micro-kernel for this CPU (supported() said so); -1: out of memory. */
+    napi_throw_error(env, "GEMM_NOMEM", "gemm could not allocate its scratch memory");
+    return NULL;
+  }
+  return NULL;
+}
+
+static napi_value supported(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_get_boolean(env, gf_gemm_supported(), &result);
+  return result;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
+      {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, 2, props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

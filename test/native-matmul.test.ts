@@ -1,0 +1,89 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { selectBackend } from '../src/backend';
+import { loadNativeAddon, nativeMatMulActive, nativeProductCount } from '../src/model/native-matmul';
+import { tf } from '../src/model/tf';
+import { Rng } from '../src/util/rng';
+import { assertClose } from './helpers';
+
+/**
+ * The native matmul (native/gemm.c) against the cpu backend. Where it is not
+ * built the tests say so and skip; CI sets GANFLEET_EXPECT_NATIVE=1, where a
+ * missing kernel fails instead of skipping.
+ */
+const addon = loadNativeAddon();
+const expectNative = process.env.GANFLEET_EXPECT_NATIVE === '1';
+const skip =
+  process.env.GANFLEET_NATIVE_MATMUL === '0'
+    ? 'GANFLEET_NATIVE_MATMUL=0 turns the native matmul off'
+    : addon || expectNative
+      ? false
+      : 'the native matmul is not built (npm run build:native)';
+
+type Case = {
+  a: number[];
+  b: number[];
+  transposeA?: boolean;
+  transposeB?: boolean;
+  bias?: number[];
+  activation?: 'linear' | 'relu' | 'leakyrelu' | 'relu6' | 'sigmoid' | 'prelu' | 'elu';
+};
+
+// The MLP step's products, the micro-kernel's edges (6 rows × 16 columns), transposes, batches, bias and activations.
+const CASES: Case[] = [
+  { a: [256, 784], b: [784, 128], bias: [128], activation: 'leakyrelu' },
+  { a: [256, 784], b: [256, 128], transposeA: true },
+  { a: [128, 128], b: [784, 128], transposeB: true },
+  { a: [128, 100], b: [784, 128], transposeA: true, transposeB: true },
+  { a: [1, 1], b: [1, 1] },
+  { a: [7, 5], b: [5, 13], bias: [1], activation: 'relu' },
+  { a: [130, 33], b: [17, 33], transposeB: true, bias: [17], activation: 'relu6' },
+  { a: [6, 16], b: [16, 16], bias: [16], activation: 'sigmoid' },
+  { a: [3, 9, 11], b: [3, 11, 20] },
+  { a: [3, 9, 11], b: [11, 20], transposeA: false, bias: [20], activation: 'leakyrelu' },
+  { a: [2, 11, 9], b: [1, 20, 11], transposeA: true, transposeB: true },
+  { a: [5, 8], b: [8, 3], bias: [3], activation: 'elu' }, // not native: the backend's own kernel
+];
+
+function random(shape: number[], seed: number): tf.Tensor {
+  const rng = new Rng(seed);
+  const v = new Float32Array(shape.reduce((p, d) => p * d, 1));
+  for (let i = 0; i < v.length; i++) v[i] = rng.uniform() * 2 - 1;
+  return tf.tensor(v, shape);
+}
+
+function product(c: Case): Float32Array {
+  const a = random(c.a, 1);
+  const b = random(c.b, 2);
+  const out =
+    c.bias || c.activation
+      ? tf.fused.matMul({ a, b, transposeA: c.transposeA, transposeB: c.transposeB, bias: c.bias && random(c.bias, 3), activation: c.activation, leakyreluAlpha: 0.01 })
+      : tf.matMul(a, b, c.transposeA, c.transposeB);
+  return out.dataSync() as Float32Array;
+}
+
+test('the native matmul on wasm matches the cpu backend (shapes, transposes, batches, bias, activations)', { skip }, async () => {
+  await selectBackend('cpu');
+  const expected = CASES.map(product);
+  await selectBackend('wasm');
+  assert.ok(nativeMatMulActive(), 'the native matmul is built but not in use');
+  const before = nativeProductCount();
+  CASES.forEach((c, i) => {
+    const name = `${c.a}·${c.b}${c.transposeA ? ' Aᵀ' : ''}${c.transposeB ? ' Bᵀ' : ''} ${c.activation ?? ''}`;
+    assertClose(product(c), expected[i], 1e-5, 1e-5, name);
+  });
+  // Every case but the ELU one ran natively (a batch counts once per matrix).
+  assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2);
+});
+
+test('the native matmul refuses operands outside its heap', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const heap = new Float32Array(64);
+  // 4×4 · 4×4 fits at offsets 0, 16, 32; a C at 50 would run past the end.
+  addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, -1, 0, 0, 0);
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 50, -1, 0, 0, 0), /outside the heap/);
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, -1, 0, 16, 0, 32, -1, 0, 0, 0), /outside the heap/);
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 62, 4, 0, 0), /outside the heap/);
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 0, 3, 0, 0), /bias must hold 1 or n/);
+  assert.throws(() => addon.gemm(new Float64Array(64) as unknown as Float32Array, 1, 1, 1, 0, 0, 0, 0, 0, -1, 0, 0, 0), /Float32Array/);
+});
