@@ -13,6 +13,7 @@ import { TrainingSummary } from '../src/coordinator/coordinator';
 import { defaultMnistDir, loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
 import { WIRE_DTYPES } from '../src/protocol/wire-dtype';
+import { nativeAddon } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 
@@ -27,7 +28,7 @@ function arg(name: string, fallback: number): number {
 
 /** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
 async function inProcess(steps: number, warmup: number) {
-  await selectBackend('wasm');
+  const backend = await selectBackend('wasm');
   const model = createModel('mlp');
   const train = loadMnist('train');
   const params = model.init(new Rng(1));
@@ -54,7 +55,13 @@ async function inProcess(steps: number, warmup: number) {
   for (let i = 0; i < steps; i++) step(warmup + i);
   const ms = (performance.now() - t0) / steps;
   compute.dispose();
-  return { backend: 'wasm', steps, msPerStep: round(ms), computeMsPerStep: round(computeMs / steps), imagesPerSecond: round((BATCH * 1000) / ms) };
+  return { backend: backend.notes.join('; '), steps, msPerStep: round(ms), computeMsPerStep: round(computeMs / steps), imagesPerSecond: round((BATCH * 1000) / ms) };
+}
+
+/** inProcess in a child without the native addon: the wasm backend's own XNNPACK and the JavaScript Adam. */
+function inProcessWithoutNative(steps: number): Awaited<ReturnType<typeof inProcess>> {
+  const out = execFileSync(process.execPath, [__filename, '--in-process-only', '--steps', String(steps)], { encoding: 'utf8', env: { ...process.env, GANFLEET_NATIVE: '0' } });
+  return JSON.parse(out);
 }
 
 function localArgs(workers: number, steps: number, out: string, extra: string[] = [], logEvery = steps): string[] {
@@ -84,7 +91,11 @@ function torchAnchor(steps: number): { single: unknown; ddp2: unknown } | { reas
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
   const run = (extra: string[]) =>
     JSON.parse(
-      execFileSync(python, [ANCHOR, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], { encoding: 'utf8' })
+      // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
+      execFileSync(python, [ANCHOR, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
+        encoding: 'utf8',
+        env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' },
+      })
         .trim()
         .split('\n')
         .pop()!,
@@ -147,7 +158,12 @@ function round(x: number): number {
 
 async function main() {
   const steps = arg('steps', 300);
+  if (process.argv.includes('--in-process-only')) {
+    process.stdout.write(JSON.stringify(await inProcess(steps, 20)));
+    return;
+  }
   const single = await inProcess(steps, 20);
+  const withoutNative = inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [1, 2, 3, 4].map((n) => localRun(n, steps));
   const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
@@ -159,7 +175,9 @@ async function main() {
     machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
     model: 'mlp',
     batchPerWorker: BATCH,
+    native: nativeAddon().why,
     inProcess: single,
+    inProcessWithoutNative: withoutNative,
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
     wireBytesPerStepPerWorker: wire,
     memory,
@@ -167,6 +185,7 @@ async function main() {
     torchReason: 'reason' in torch ? torch.reason : undefined,
     ratios: {
       perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,
+      perWorkerMsVsTorchWithoutNative: torchSingle ? round(withoutNative.msPerStep / torchSingle.ms_per_step) : null,
       distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
       scaling2Workers: round(local[1].imagesPerSecond / (2 * local[0].imagesPerSecond)),
       scaling3Workers: round(local[2].imagesPerSecond / (3 * local[0].imagesPerSecond)),

@@ -1,10 +1,11 @@
 /*
- * Node-API face of gemm.c. The operands are offsets into one Float32Array,
- * the wasm backend's heap, where tfjs keeps every tensor: the product reads
- * and writes the tensors in place, with no copy in or out.
+ * Node-API face of gemm.c and adam.c. gemm's operands are offsets into one
+ * Float32Array, the wasm backend's heap, where tfjs keeps every tensor: the
+ * product reads and writes the tensors in place, with no copy in or out.
  */
 #include <node_api.h>
 #include <stdint.h>
+#include "adam.h"
 #include "gemm.h"
 
 #define ARGS 13
@@ -53,6 +54,33 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static bool float32_array(napi_env env, napi_value value, float **data, size_t *length) {
+  bool is_typed = false;
+  napi_typedarray_type type;
+  return napi_is_typedarray(env, value, &is_typed) == napi_ok && is_typed &&
+         napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL) == napi_ok && type == napi_float32_array;
+}
+
+/* adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon): one update in place. */
+static napi_value adam(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 9)
+    return fail(env, "ADAM_ARGS", "adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon)");
+  float *arrays[4];
+  size_t lengths[4];
+  for (int i = 0; i < 4; i++) {
+    if (!float32_array(env, argv[i], &arrays[i], &lengths[i])) return fail(env, "ADAM_ARGS", "params, gradients, m and v must be Float32Arrays");
+    if (lengths[i] != lengths[0]) return fail(env, "ADAM_ARGS", "params, gradients, m and v must have one length");
+  }
+  double s[5];
+  for (int i = 0; i < 5; i++) {
+    if (napi_get_value_double(env, argv[4 + i], &s[i]) != napi_ok) return fail(env, "ADAM_ARGS", "the scalars must be numbers");
+  }
+  gf_adam(arrays[0], arrays[1], arrays[2], arrays[3], (long)lengths[0], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+  return NULL;
+}
+
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
@@ -63,9 +91,10 @@ static napi_value supported(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
+      {"adam", NULL, adam, NULL, NULL, NULL, napi_default, NULL},
       {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 2, props);
+  napi_define_properties(env, exports, 3, props);
   return exports;
 }
 

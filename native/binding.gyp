@@ -1,8 +1,8 @@
 {
   "targets": [
     {
-      "target_name": "ganfleet_gemm",
-      "sources": ["gemm.c", "binding.c"],
+      "target_name": "ganfleet_native",
+      "sources": ["gemm.c", "adam.c", "binding.c"],
       "cflags": ["-O2", "-std=gnu11"],
       "xcode_settings": { "OTHER_CFLAGS": ["-O2"] }
     }

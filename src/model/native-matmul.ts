@@ -1,34 +1,15 @@
-import path from 'node:path';
+import { NativeAddon, nativeAddon } from '../util/native';
 import { tf } from './tf';
 
 /**
- * ganfleet's own matrix product for the wasm backend (native/gemm.c, built
- * by `npm install` when a C compiler is present). tfjs-backend-wasm runs its
- * products on single-threaded XNNPACK at 128-bit SIMD; these, on one thread
- * with AVX2 FMA, run 3-4× faster, and they are nearly all of a GAN step.
- * The kernel reads and writes the tensors where the wasm backend keeps
- * them, in its heap, so nothing is copied. Anything it does not cover (other
- * dtypes, PReLU/ELU, batch shapes that broadcast unevenly) goes to the
- * backend's own kernel.
+ * ganfleet's own matrix product for the wasm backend (native/gemm.c).
+ * tfjs-backend-wasm runs its products on single-threaded XNNPACK at 128-bit
+ * SIMD; the native kernel, on one thread with AVX2 FMA, runs them 3-4×
+ * faster, and they are nearly all of a GAN step. It reads and writes the
+ * tensors where the wasm backend keeps them, in its heap, so nothing is
+ * copied. Anything it does not cover (other dtypes, PReLU/ELU, batch shapes
+ * that broadcast unevenly) goes to the backend's own kernel.
  */
-export interface NativeGemm {
-  supported(): boolean;
-  gemm(
-    heap: Float32Array,
-    m: number,
-    n: number,
-    k: number,
-    a: number,
-    transA: number,
-    b: number,
-    transB: number,
-    c: number,
-    bias: number,
-    biasLength: number,
-    activation: number,
-    alpha: number,
-  ): void;
-}
 
 /** The parts of tfjs-backend-wasm's BackendWasm this kernel uses. */
 interface WasmBackend {
@@ -39,9 +20,6 @@ interface WasmBackend {
 /** Activation codes of native/gemm.h. */
 const ACTIVATIONS: Record<string, number> = { linear: 0, relu: 1, leakyrelu: 2, relu6: 3, sigmoid: 4 };
 
-/** Where `npm run build:native` leaves the addon, from dist/src/model/. */
-const ADDON = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'ganfleet_gemm.node');
-
 let state: { active: boolean; note: string } | null = null;
 /** Products the native kernel has computed in this process (tests check it is really used). */
 let products = 0;
@@ -50,35 +28,19 @@ export function nativeProductCount(): number {
   return products;
 }
 
-/** The addon itself, for tests of its own argument checks; null when it is not built. */
-export function loadNativeAddon(): NativeGemm | null {
-  try {
-    return require(ADDON) as NativeGemm;
-  } catch {
-    return null;
-  }
-}
-
 /**
  * Routes the wasm backend's BatchMatMul and _FusedMatMul through the native
  * kernel when it is built and the CPU has AVX2 and FMA. Call before the wasm
  * backend initialises. Returns what it did, for the backend line.
- * GANFLEET_NATIVE_MATMUL=0 keeps XNNPACK (to compare, or to rule the kernel out).
+ * GANFLEET_NATIVE=0 keeps XNNPACK (to compare, or to rule the kernel out).
  */
 export function registerNativeMatMul(): { active: boolean; note: string } {
   if (state) return state;
-  if (process.env.GANFLEET_NATIVE_MATMUL === '0') return (state = { active: false, note: 'native matmul off (GANFLEET_NATIVE_MATMUL=0)' });
-  let addon: NativeGemm;
-  try {
-    addon = require(ADDON) as NativeGemm;
-  } catch (e) {
-    const why = (e as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? 'not built (npm run build:native)' : (e as Error).message.split('\n')[0];
-    return (state = { active: false, note: `native matmul unavailable: ${why}; using XNNPACK` });
-  }
-  if (!addon.supported()) return (state = { active: false, note: 'native matmul needs AVX2 and FMA, which this CPU lacks; using XNNPACK' });
+  const { addon, why } = nativeAddon();
+  if (!addon) return (state = { active: false, note: `native matmul ${why}; using XNNPACK` });
   override('BatchMatMul', addon);
   override('_FusedMatMul', addon);
-  return (state = { active: true, note: 'matmul on ganfleet native kernel (AVX2/FMA)' });
+  return (state = { active: true, note: 'matmul on the native kernel (AVX2/FMA)' });
 }
 
 /** Whether registerNativeMatMul put the native kernel in place. */
@@ -86,7 +48,7 @@ export function nativeMatMulActive(): boolean {
   return state?.active ?? false;
 }
 
-function override(kernelName: 'BatchMatMul' | '_FusedMatMul', addon: NativeGemm): void {
+function override(kernelName: 'BatchMatMul' | '_FusedMatMul', addon: NativeAddon): void {
   const original = tf.getKernel(kernelName, 'wasm');
   if (!original) throw new Error(`the wasm backend lacks ${kernelName}`);
   tf.unregisterKernel(kernelName, 'wasm');
@@ -100,7 +62,7 @@ function override(kernelName: 'BatchMatMul' | '_FusedMatMul', addon: NativeGemm)
 }
 
 /** The product on the native kernel, or null when the backend's own kernel must do it. */
-function nativeProduct({ inputs, backend, attrs }: Parameters<tf.KernelFunc>[0], addon: NativeGemm): tf.TensorInfo | null {
+function nativeProduct({ inputs, backend, attrs }: Parameters<tf.KernelFunc>[0], addon: NativeAddon): tf.TensorInfo | null {
   const { a, b, bias, preluActivationWeights } = inputs as Record<string, tf.TensorInfo | undefined>;
   const { transposeA, transposeB, activation, leakyreluAlpha } = attrs as unknown as {
     transposeA: boolean;

@@ -1,21 +1,24 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
-import { loadNativeAddon, nativeMatMulActive, nativeProductCount } from '../src/model/native-matmul';
+import { nativeMatMulActive, nativeProductCount } from '../src/model/native-matmul';
+import { builtAddon, nativeAddon } from '../src/util/native';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';
 
 /**
- * The native matmul (native/gemm.c) against the cpu backend. Where it is not
+ * The native addon (native/): its matmul against the cpu backend, its Adam
+ * against the float64 formula, and its argument checks. Where it is not
  * built the tests say so and skip; CI sets GANFLEET_EXPECT_NATIVE=1, where a
- * missing kernel fails instead of skipping.
+ * missing addon fails instead of skipping.
  */
-const addon = loadNativeAddon();
+const addon = builtAddon();
 const expectNative = process.env.GANFLEET_EXPECT_NATIVE === '1';
 const skip =
-  process.env.GANFLEET_NATIVE_MATMUL === '0'
-    ? 'GANFLEET_NATIVE_MATMUL=0 turns the native matmul off'
+  process.env.GANFLEET_NATIVE === '0'
+    ? 'GANFLEET_NATIVE=0 turns the native addon off'
     : addon || expectNative
       ? false
       : 'the native matmul is not built (npm run build:native)';
@@ -86,4 +89,28 @@ test('the native matmul refuses operands outside its heap', { skip }, () => {
   assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 62, 4, 0, 0), /outside the heap/);
   assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 0, 3, 0, 0), /bias must hold 1 or n/);
   assert.throws(() => addon.gemm(new Float64Array(64) as unknown as Float32Array, 1, 1, 1, 0, 0, 0, 0, 0, -1, 0, 0, 0), /Float32Array/);
+});
+
+test('the native Adam equals the float64 formula to float32 rounding, and the coordinator uses it', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  assert.equal(nativeAddon().addon, addon, `the built addon is not in use: ${nativeAddon().why}`);
+  const n = 1003; // not a multiple of the 8 lanes: the scalar tail runs too
+  const rng = new Rng(7);
+  const params = new Float32Array(n).map(() => rng.uniform() * 2 - 1);
+  const expected = Float64Array.from(params);
+  const m = new Float64Array(n);
+  const v = new Float64Array(n);
+  const adam = new Adam(n, KERAS_ADAM_DEFAULTS);
+  const { learningRate: lr, beta1, beta2, epsilon } = KERAS_ADAM_DEFAULTS;
+  for (let t = 1; t <= 5; t++) {
+    const g = new Float32Array(n).map(() => (rng.uniform() - 0.5) * (t === 3 ? 1e-6 : 1));
+    adam.apply(params, g);
+    for (let i = 0; i < n; i++) {
+      m[i] = beta1 * m[i] + (1 - beta1) * g[i];
+      v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
+      expected[i] -= (lr * (m[i] / (1 - beta1 ** t))) / (Math.sqrt(v[i] / (1 - beta2 ** t)) + epsilon);
+    }
+    assertClose(params, expected, 1e-6, 1e-5, `update ${t}`);
+  }
+  assert.throws(() => addon.adam(params, new Float32Array(n - 1), new Float32Array(n), new Float32Array(n), 0.9, 0.999, 1e-3, 1, 1e-7), /one length/);
 });

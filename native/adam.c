@@ -1,0 +1,46 @@
+/*
+ * One Adam update over a flat float32 parameter vector, the formula of
+ * src/coordinator/adam.ts (tf.train.adam's), eight lanes at a time:
+ *   m = b1·m + (1-b1)·g;  v = b2·v + (1-b2)·g²;  p -= step·m / (sqrt(v·invC2) + eps)
+ * with step = lr / (1 - b1^t) and invC2 = 1 / (1 - b2^t) computed by the caller.
+ * Arithmetic is float32, as tfjs' own Adam; the JavaScript fallback uses float64.
+ */
+#include "adam.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma"))) void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1,
+                                                  float beta2, float step, float inv_c2, float epsilon) {
+  const __m256 b1 = _mm256_set1_ps(beta1), b2 = _mm256_set1_ps(beta2);
+  const __m256 g1 = _mm256_set1_ps(1.f - beta1), g2 = _mm256_set1_ps(1.f - beta2);
+  const __m256 st = _mm256_set1_ps(step), ic2 = _mm256_set1_ps(inv_c2), eps = _mm256_set1_ps(epsilon);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 gi = _mm256_loadu_ps(g + i);
+    __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(g1, gi));
+    __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)), _mm256_mul_ps(_mm256_mul_ps(g2, gi), gi));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, ic2)), eps);
+    _mm256_storeu_ps(p + i, _mm256_sub_ps(_mm256_loadu_ps(p + i), _mm256_div_ps(_mm256_mul_ps(st, mi), denom)));
+  }
+  for (; i < n; i++) {
+    float mi = beta1 * m[i] + (1.f - beta1) * g[i];
+    float vi = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= step * mi / (__builtin_sqrtf(vi * inv_c2) + epsilon);
+  }
+}
+#else
+void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, float beta2, float step, float inv_c2,
+             float epsilon) {
+  for (long i = 0; i < n; i++) {
+    float mi = beta1 * m[i] + (1.f - beta1) * g[i];
+    float vi = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= step * mi / (__builtin_sqrtf(vi * inv_c2) + epsilon);
+  }
+}
+#endif

@@ -1,0 +1,6 @@
+#ifndef GANFLEET_ADAM_H
+#define GANFLEET_ADAM_H
+/* One Adam update in place over n parameters (see adam.c). */
+void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, float beta2, float step, float inv_c2,
+             float epsilon);
+#endif

@@ -1,0 +1,60 @@
+import path from 'node:path';
+
+/**
+ * ganfleet's optional native addon (native/: an AVX2/FMA matrix product
+ * for the wasm backend and the coordinator's Adam update), built by
+ * `npm install` when a C compiler is present. Every user has a JavaScript
+ * or wasm fallback; this says which one is in use and why.
+ */
+export interface NativeAddon {
+  /** Whether this CPU has AVX2 and FMA; neither function may be called otherwise. */
+  supported(): boolean;
+  gemm(
+    heap: Float32Array,
+    m: number,
+    n: number,
+    k: number,
+    a: number,
+    transA: number,
+    b: number,
+    transB: number,
+    c: number,
+    bias: number,
+    biasLength: number,
+    activation: number,
+    alpha: number,
+  ): void;
+  adam(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, beta1: number, beta2: number, stepSize: number, invC2: number, epsilon: number): void;
+}
+
+/** Where `npm run build:native` leaves the addon, from dist/src/util/. */
+const ADDON = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'ganfleet_native.node');
+
+let loaded: { addon: NativeAddon | null; why: string } | null = null;
+
+/**
+ * The addon when it is built, enabled and usable on this CPU, else null
+ * with the reason. GANFLEET_NATIVE=0 turns it off (to compare, or to rule it out).
+ */
+export function nativeAddon(): { addon: NativeAddon | null; why: string } {
+  if (loaded) return loaded;
+  if (process.env.GANFLEET_NATIVE === '0') return (loaded = { addon: null, why: 'off (GANFLEET_NATIVE=0)' });
+  let addon: NativeAddon;
+  try {
+    addon = require(ADDON) as NativeAddon;
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? 'not built (npm run build:native)' : (e as Error).message.split('\n')[0];
+    return (loaded = { addon: null, why });
+  }
+  if (!addon.supported()) return (loaded = { addon: null, why: 'this CPU lacks AVX2/FMA' });
+  return (loaded = { addon, why: 'AVX2/FMA' });
+}
+
+/** The built addon whatever GANFLEET_NATIVE says, for tests of its own checks; null when not built. */
+export function builtAddon(): NativeAddon | null {
+  try {
+    return require(ADDON) as NativeAddon;
+  } catch {
+    return null;
+  }
+}
