@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
-import { ErrorMessage, Gradients, Hello, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
 const raw = new Packr({ useRecords: false });
 
@@ -129,6 +129,32 @@ test('firstNonFinite finds NaN and ±Infinity', () => {
   assert.equal(firstNonFinite(new Float32Array([1, 2, 3])), -1);
   assert.equal(firstNonFinite(new Float32Array([1, NaN, 3])), 1);
   assert.equal(firstNonFinite(new Float32Array([1, 2, -Infinity])), 2);
+});
+
+test('gradients: one pass rejects NaN and ±Infinity as not_finite and magnitudes beyond MAX_GRADIENT_ABS as out_of_range', () => {
+  const frame = (g: Float32Array) => encode(message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 8, gradients: g, loss: 0.5, dFake: 0.4, computeSeconds: 0.01 }));
+  const g = floats(1000, 9);
+  assert.deepEqual(decodeWorkerMessage(frame(g)).type, 'gradients');
+  for (const [value, reason] of [[NaN, 'not_finite'], [-Infinity, 'not_finite'], [MAX_GRADIENT_ABS * 2, 'out_of_range'], [-MAX_GRADIENT_ABS * 1.01, 'out_of_range']] as const) {
+    const bad = g.slice();
+    bad[777] = value;
+    assertRejected(() => decodeWorkerMessage(frame(bad)), reason);
+  }
+  const edge = g.slice();
+  edge[3] = -MAX_GRADIENT_ABS;
+  assert.equal((decodeWorkerMessage(frame(edge)) as Gradients).gradients[3], -MAX_GRADIENT_ABS);
+});
+
+test('float arrays start 4-byte aligned in the frame and decode in place, with no copy', () => {
+  for (const step of [1, 300, 70000]) {
+    const frame = encode(message<Weights>({ type: 'weights', step, phase: 'generator', generator: floats(7, 1), discriminator: floats(5, 2) }));
+    const m = decodeCoordinatorMessage(frame) as Weights;
+    for (const f of [m.generator!, m.discriminator!]) {
+      assert.equal(f.buffer, frame.buffer, 'a view of the frame');
+      assert.equal((f.byteOffset - frame.byteOffset) % 4, 0);
+    }
+    assert.deepEqual(Array.from(m.generator!), Array.from(floats(7, 1)));
+  }
 });
 
 describe('--wire-dtype float16 and bfloat16', () => {

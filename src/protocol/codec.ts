@@ -2,7 +2,7 @@ import { Packr } from 'msgpackr';
 import { ProtocolError, RejectReason } from './codec-error';
 import { checkFrameShape } from './shape';
 import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats } from './wire-dtype';
-import { CoordinatorMessage, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
+import { CoordinatorMessage, MAX_GRADIENT_ABS, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
 export { ProtocolError, RejectReason };
 
@@ -14,22 +14,56 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true });
  * A message as one msgpack frame. Float arrays travel as raw little-endian
  * bytes of `floats` (wire-dtype.ts); a 16-bit choice is named in the frame's
  * `dtype`, so every frame decodes on its own.
+ *
+ * The frame is the other fields as one msgpack map, then each float array
+ * as a bin entry whose bytes start at a multiple of 4 from the frame's start
+ * (a `pad.<field>` string before it takes up the slack). A receiver whose
+ * frame starts aligned, as ws delivers any frame it had to reassemble, reads
+ * the floats in place instead of copying them.
  */
 export function encode(msg: Message, floats: WireDtype = 'float32'): Buffer {
-  const wire: Record<string, unknown> = { ...msg };
-  for (const [k, v] of Object.entries(wire)) {
-    // msgpackr writes a Float32Array into a bin element by element, truncating
-    // each float to a byte; a Uint8Array view of the same memory packs its raw bytes.
-    if (!(v instanceof Float32Array)) continue;
+  const fields: Record<string, unknown> = {};
+  const arrays: [string, Uint8Array][] = [];
+  for (const [k, v] of Object.entries(msg)) {
+    if (!(v instanceof Float32Array)) {
+      fields[k] = v;
+      continue;
+    }
     const data = floats === 'float32' ? v : encodeFloats(v, floats);
-    wire[k] = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    if (floats !== 'float32') wire.dtype = floats;
+    arrays.push([k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)]);
   }
-  return packr.pack(wire);
+  if (arrays.length === 0) return packr.pack(fields);
+  if (floats !== 'float32') fields.dtype = floats;
+  const head = packr.pack(fields);
+  if (head[0] !== 0xde) throw new Error(`msgpackr wrote a map header 0x${head[0].toString(16)}, not map16`);
+  const keys = arrays.map(([k]) => [packr.pack(`pad.${k}`), packr.pack(k)]);
+  // Each array costs its pad entry (key + fixstr header + up to 3 bytes), its key and a bin32 header.
+  let size = head.length;
+  for (let i = 0; i < arrays.length; i++) size += keys[i][0].length + 4 + keys[i][1].length + 5 + arrays[i][1].byteLength;
+  const frame = Buffer.allocUnsafe(size);
+  head.copy(frame);
+  frame.writeUInt16BE(head.readUInt16BE(1) + 2 * arrays.length, 1);
+  let at = head.length;
+  arrays.forEach(([, bytes], i) => {
+    const [padKey, key] = keys[i];
+    at += padKey.copy(frame, at);
+    const pad = (4 - ((at + 1 + key.length + 5) % 4)) % 4;
+    frame[at++] = 0xa0 | pad; // fixstr of `pad` spaces
+    frame.fill(0x20, at, at + pad);
+    at += pad;
+    at += key.copy(frame, at);
+    frame[at++] = 0xc6; // bin32
+    frame.writeUInt32BE(bytes.byteLength, at);
+    at += 4;
+    frame.set(bytes, at);
+    at += bytes.byteLength;
+  });
+  return frame.subarray(0, at);
 }
 
 type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';
-type Schema = Record<string, [FieldKind, 'required' | 'optional']>;
+/** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
+type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
 const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
   hello: { name: ['string', 'required'], backend: ['string', 'required'], pid: ['count', 'required'], hostname: ['string', 'required'] },
@@ -37,7 +71,8 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     step: ['count', 'required'],
     phase: ['phase', 'required'],
     samples: ['count', 'required'],
-    gradients: ['f32', 'required'],
+    // Bounded here, in the one pass that also finds NaN and ±Infinity.
+    gradients: ['f32', 'required', MAX_GRADIENT_ABS],
     loss: ['number', 'required'],
     dReal: ['number', 'optional'],
     dFake: ['number', 'required'],
@@ -105,18 +140,18 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
     throw new ProtocolError('bad_field', `${type}.dtype ${quote(dtype)} is not one of ${WIRE_DTYPES.join(', ')}`);
   }
   const out: Record<string, unknown> = { v: obj.v, type };
-  for (const [field, [kind, presence]] of Object.entries(schema)) {
+  for (const [field, [kind, presence, bound]] of Object.entries(schema)) {
     const value = obj[field];
     if (value === undefined || value === null) {
       if (presence === 'required') throw new ProtocolError('bad_field', `${type}.${field} is missing`);
       continue;
     }
-    out[field] = checkField(type, field, kind, value, dtype as WireDtype);
+    out[field] = checkField(type, field, kind, value, dtype as WireDtype, bound);
   }
   return out as unknown as Message;
 }
 
-function checkField(type: string, field: string, kind: FieldKind, value: unknown, dtype: WireDtype): unknown {
+function checkField(type: string, field: string, kind: FieldKind, value: unknown, dtype: WireDtype, bound = Number.MAX_VALUE): unknown {
   const bad = (what: string) => new ProtocolError('bad_field', `${type}.${field} must be ${what}`);
   switch (kind) {
     case 'string':
@@ -139,9 +174,10 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
       if (!(value instanceof Uint8Array)) throw bad(`binary ${dtype} data`);
       const width = dtype === 'float32' ? 4 : 2;
       if (value.byteLength % width !== 0) throw new ProtocolError('bad_size', `${type}.${field} has ${value.byteLength} bytes, not a whole number of ${dtype}s`);
-      const floats = dtype === 'float32' ? float32View(value) : decodeFloats(new Uint16Array(new Uint8Array(value).buffer), dtype);
-      const at = firstNonFinite(floats);
-      if (at >= 0) throw new ProtocolError('not_finite', `${type}.${field}[${at}] is ${floats[at]}`);
+      const floats = dtype === 'float32' ? float32View(value) : decodeFloats(uint16View(value), dtype);
+      const at = firstOutside(floats, bound);
+      if (at >= 0 && !Number.isFinite(floats[at])) throw new ProtocolError('not_finite', `${type}.${field}[${at}] is ${floats[at]}`);
+      if (at >= 0) throw new ProtocolError('out_of_range', `${type}.${field}[${at}] is ${floats[at]}, beyond ±${bound}`);
       return floats;
     }
   }
@@ -165,11 +201,22 @@ function float32View(bytes: Uint8Array): Float32Array {
   return new Float32Array(new Uint8Array(bytes).buffer);
 }
 
+/** In place when 2-byte aligned, one copy otherwise (decodeFloats copies into float32 either way). */
+function uint16View(bytes: Uint8Array): Uint16Array {
+  if (bytes.byteOffset % 2 === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  return new Uint16Array(new Uint8Array(bytes).buffer);
+}
+
 /** Index of the first non-finite value, or -1. A NaN gradient must never reach Adam. */
 export function firstNonFinite(values: Float32Array): number {
+  return firstOutside(values, Number.MAX_VALUE);
+}
+
+/** Index of the first value that is NaN or beyond ±bound (±Infinity is beyond any finite bound), or -1. */
+function firstOutside(values: Float32Array, bound: number): number {
   for (let i = 0; i < values.length; i++) {
     const x = values[i];
-    if (x - x !== 0) return i;
+    if (!(x <= bound && x >= -bound)) return i;
   }
   return -1;
 }
