@@ -6,6 +6,13 @@
  */
 export const PROTOCOL_VERSION = 1;
 
+/**
+ * The largest gradient magnitude a worker may send. No sane gradient of
+ * these models comes near it; a larger one is divergence or an attack, and
+ * squared in Adam's v it would overflow float32 and freeze those parameters for good.
+ */
+export const MAX_GRADIENT_ABS = 1e6;
+
 export type Phase = 'discriminator' | 'generator';
 
 /** worker → coordinator, first message on a new connection. */
