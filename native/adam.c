@@ -44,3 +44,22 @@ void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, 
   }
 }
 #endif
+
+/* out = w·x (accumulate 0) or out + w·x (accumulate 1), float32: one worker's share of an average. */
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2,fma"))) void gf_scale_add(float *out, const float *x, long n, float w, int accumulate) {
+  const __m256 wv = _mm256_set1_ps(w);
+  long i = 0;
+  if (accumulate) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(wv, _mm256_loadu_ps(x + i))));
+    for (; i < n; i++) out[i] += w * x[i];
+  } else {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(wv, _mm256_loadu_ps(x + i)));
+    for (; i < n; i++) out[i] = w * x[i];
+  }
+}
+#else
+void gf_scale_add(float *out, const float *x, long n, float w, int accumulate) {
+  for (long i = 0; i < n; i++) out[i] = (accumulate ? out[i] : 0.f) + w * x[i];
+}
+#endif

@@ -3,4 +3,6 @@
 /* One Adam update in place over n parameters (see adam.c). */
 void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, float beta2, float step, float inv_c2,
              float epsilon);
+/* out = w·x, or out + w·x when accumulate (see adam.c). */
+void gf_scale_add(float *out, const float *x, long n, float w, int accumulate);
 #endif

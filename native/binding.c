@@ -1,5 +1,5 @@
 /*
- * Node-API face of gemm.c and adam.c. gemm's operands are offsets into one
+ * Node-API face of gemm.c and adam.c (Adam and the gradient average). gemm's operands are offsets into one
  * Float32Array, the wasm backend's heap, where tfjs keeps every tensor: the
  * product reads and writes the tensors in place, with no copy in or out.
  */
@@ -81,6 +81,25 @@ static napi_value adam(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* scaleAdd(out, x, w, accumulate): out = w·x, or out += w·x. */
+static napi_value scale_add(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4)
+    return fail(env, "SCALE_ADD_ARGS", "scaleAdd(out, x, w, accumulate)");
+  float *out, *x;
+  size_t n_out, n_x;
+  if (!float32_array(env, argv[0], &out, &n_out) || !float32_array(env, argv[1], &x, &n_x))
+    return fail(env, "SCALE_ADD_ARGS", "out and x must be Float32Arrays");
+  if (n_out != n_x) return fail(env, "SCALE_ADD_ARGS", "out and x must have one length");
+  double w;
+  bool accumulate;
+  if (napi_get_value_double(env, argv[2], &w) != napi_ok || napi_get_value_bool(env, argv[3], &accumulate) != napi_ok)
+    return fail(env, "SCALE_ADD_ARGS", "w must be a number and accumulate a boolean");
+  gf_scale_add(out, x, (long)n_out, (float)w, accumulate);
+  return NULL;
+}
+
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
@@ -92,9 +111,10 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
       {"adam", NULL, adam, NULL, NULL, NULL, napi_default, NULL},
+      {"scaleAdd", NULL, scale_add, NULL, NULL, NULL, napi_default, NULL},
       {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 3, props);
+  napi_define_properties(env, exports, 4, props);
   return exports;
 }
 

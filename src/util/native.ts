@@ -2,7 +2,7 @@ import path from 'node:path';
 
 /**
  * ganfleet's optional native addon (native/: an AVX2/FMA matrix product
- * for the wasm backend and the coordinator's Adam update), built by
+ * for the wasm backend, and the coordinator's gradient average and Adam update), built by
  * `npm install` when a C compiler is present. Every user has a JavaScript
  * or wasm fallback; this says which one is in use and why.
  */
@@ -25,6 +25,8 @@ export interface NativeAddon {
     alpha: number,
   ): void;
   adam(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, beta1: number, beta2: number, stepSize: number, invC2: number, epsilon: number): void;
+  /** out = w·x, or out += w·x when `accumulate`, in float32. */
+  scaleAdd(out: Float32Array, x: Float32Array, w: number, accumulate: boolean): void;
 }
 
 /** Where `npm run build:native` leaves the addon, from dist/src/util/. */
