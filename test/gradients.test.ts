@@ -57,6 +57,18 @@ for (const [backend, loss] of [['cpu', 'bce'], ['wasm', 'bce'], ['cpu', 'lsgan']
       assertClose([actual.loss, actual.dFake, actual.dReal ?? 0], [expected.loss, expected.dFake, expected.dReal ?? 0], 1e-5, 1e-5, `${what} stats`);
     }
 
+    test('the D step from its real half (computed ahead, as a worker does) and its fake half equals the whole step', () => {
+      const realPart = model.discriminatorRealPart!(d, real);
+      try {
+        const split = withPass(z, (p) => model.discriminatorStep(d, real, p, realPart));
+        assertSameStep(split, withPass(z, (p) => model.discriminatorStep(d, real, p)), 'D split');
+        assertSameStep(split, autodiffDiscriminatorStep(model, g, d, real, z), 'D split vs autodiff');
+      } finally {
+        disposeTensors(realPart.gradients);
+        realPart.logits.dispose();
+      }
+    });
+
     test('hand-written D step equals autodiff', () => {
       assertSameStep(withPass(z, (p) => model.discriminatorStep(d, real, p)), autodiffDiscriminatorStep(model, g, d, real, z), 'D');
     });

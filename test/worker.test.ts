@@ -21,12 +21,35 @@ test('a worker holds a constant number of tensors across steps (no leak)', async
     const d = compute.step(step, 'discriminator');
     compute.updateWeights(undefined, params.discriminator);
     const g = compute.step(step, 'generator');
+    compute.prepare(step + 1); // as the worker does while the coordinator steps G
     assert.ok(Number.isFinite(d.loss) && Number.isFinite(g.loss));
     assert.equal(d.samples, 32);
     counts.push(tf.memory().numTensors);
   }
   assert.deepEqual(counts, counts.map(() => counts[0]), `tensor counts per step: ${counts}`);
   compute.dispose();
+});
+
+test('a D round whose real half was computed ahead (prepare) returns the gradients of one computed whole', async () => {
+  await selectBackend('wasm');
+  const model = createModel('mlp');
+  const train = loadMnist('train');
+  const params = model.init(new Rng(3));
+  const ahead = new ShardCompute(model, 32, 11);
+  const whole = new ShardCompute(model, 32, 11);
+  for (const c of [ahead, whole]) {
+    c.setShard(train.images.subarray(0, 300 * IMAGE_SIZE), 300);
+    c.updateWeights(params.generator, params.discriminator);
+  }
+  ahead.prepare(0);
+  const a = ahead.step(0, 'discriminator');
+  const w = whole.step(0, 'discriminator');
+  for (let i = 0; i < w.gradients.length; i++) {
+    assert.ok(Math.abs(a.gradients[i] - w.gradients[i]) <= 1e-6 + 1e-4 * Math.abs(w.gradients[i]), `gradient ${i}: ${a.gradients[i]} vs ${w.gradients[i]}`);
+  }
+  assert.ok(Math.abs(a.loss - w.loss) < 1e-5 && Math.abs(a.dReal! - w.dReal!) < 1e-5 && Math.abs(a.dFake - w.dFake) < 1e-5);
+  ahead.dispose();
+  whole.dispose();
 });
 
 test('the G round reuses the D round noise of the same step, and a new step draws new noise', async () => {

@@ -60,10 +60,27 @@ export interface GanModel {
    * The caller owns the tensors (disposeGeneratorPass).
    */
   forwardGenerator(g: Tensors, z: tf.Tensor2D): GeneratorPass;
-  /** Gradient of the D loss (real labelled 1, G(z) labelled 0) w.r.t. D's parameters. */
-  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass): StepOutput;
+  /**
+   * Gradient of the D loss (real labelled 1, G(z) labelled 0) w.r.t. D's
+   * parameters. With `realPart` (from discriminatorRealPart on the same D and
+   * real batch) only the fake half is computed here.
+   */
+  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart): StepOutput;
+  /**
+   * The real batch's share of the D step. It needs only D and the real
+   * batch, not G, so a worker computes it while it waits for the step's G.
+   * Absent where D couples the two halves (BatchNorm over real and fake
+   * together, as in the DCGAN). The caller owns the tensors (disposeTensors).
+   */
+  discriminatorRealPart?(d: Tensors, real: tf.Tensor2D): RealPart;
   /** Gradient of the non-saturating G loss (G(z) labelled 1) w.r.t. G's parameters. */
   generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass): StepOutput;
+}
+
+/** The D step's real half: D's gradients from it (already weighted for the whole step) and its logits. */
+export interface RealPart {
+  gradients: Tensors;
+  logits: tf.Tensor2D;
 }
 
 export interface GeneratorPass {

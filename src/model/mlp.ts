@@ -1,6 +1,6 @@
 import { Rng } from '../util/rng';
 import { IMAGE_SIZE } from '../data/mnist';
-import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
+import { GanModel, GanParameters, GeneratorPass, RealPart, StepOutput, readStep } from './gan';
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
@@ -78,26 +78,46 @@ export class MlpGan implements GanModel {
     return tf.tidy(() => dense(dense(x, d, 'd/dense1', true), d, 'd/dense2', false));
   }
 
-  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass): StepOutput {
+  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart): StepOutput {
     return scoped(() => {
-      const n = real.shape[0];
       const fake = pass.fake;
-      const x = tf.concat([real, fake], 0);
-      const h = dense(x, d, 'd/dense1', true);
-      const logits = dense(h, d, 'd/dense2', false);
-      const [realLogits, fakeLogits] = tf.split(logits, [n, fake.shape[0]], 0);
+      if (realPart) {
+        const fakePart = this.discriminatorHalf(d, fake, 0, 2);
+        const grads: Tensors = {};
+        for (const [name, g] of Object.entries(fakePart.gradients)) grads[name] = tf.add(g, realPart.gradients[name]);
+        const loss = discriminatorLoss(this.loss, realPart.logits, fakePart.logits);
+        return readStep(this.discriminatorLayout.concat(grads), [loss, meanScore(this.loss, realPart.logits), meanScore(this.loss, fakePart.logits)], true);
+      }
+      const n = real.shape[0];
+      const both = this.discriminatorHalf(d, tf.concat([real, fake], 0), tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0), 1);
+      const [realLogits, fakeLogits] = tf.split(both.logits, [n, fake.shape[0]], 0);
       const loss = discriminatorLoss(this.loss, realLogits, fakeLogits);
-      const labels = tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0);
-      const dLogits = outputGradient(this.loss, logits, labels, 'discriminator');
-      const dH = hiddenGradient(dLogits, h, d);
-      const grads: Tensors = {
-        'd/dense1/kernel': matMulAT(x, dH),
-        'd/dense1/bias': sumRows(dH),
-        'd/dense2/kernel': matMulAT(h, dLogits),
-        'd/dense2/bias': sumRows(dLogits),
-      };
-      return readStep(this.discriminatorLayout.concat(grads), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true);
+      return readStep(this.discriminatorLayout.concat(both.gradients), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true);
     });
+  }
+
+  discriminatorRealPart(d: Tensors, real: tf.Tensor2D): RealPart {
+    return tf.tidy(() => this.discriminatorHalf(d, real, 1, 2) as unknown as tf.TensorContainer) as unknown as RealPart;
+  }
+
+  /**
+   * D's forward and backward pass on the rows of x, with targets y (1 real,
+   * 0 fake). The D loss averages a real and a fake batch; `halves` is 2 when
+   * x is one of them (its gradients then count half), 1 when x is both.
+   */
+  private discriminatorHalf(d: Tensors, x: tf.Tensor2D, y: tf.Tensor | number, halves: 1 | 2): RealPart {
+    const h = dense(x, d, 'd/dense1', true);
+    const logits = dense(h, d, 'd/dense2', false);
+    const whole = outputGradient(this.loss, logits, y, 'discriminator') as tf.Tensor2D;
+    const dLogits = halves === 1 ? whole : tf.div(whole, halves);
+    const dH = hiddenGradient(dLogits, h, d);
+    const gradients: Tensors = {
+      'd/dense1/kernel': matMulAT(x, dH),
+      'd/dense1/bias': sumRows(dH),
+      'd/dense2/kernel': matMulAT(h, dLogits),
+      'd/dense2/bias': sumRows(dLogits),
+    };
+    return { gradients, logits };
   }
 
   generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass): StepOutput {

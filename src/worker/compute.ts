@@ -1,5 +1,5 @@
 import { IMAGE_SIZE, toTanhRange } from '../data/mnist';
-import { GanModel, GeneratorPass, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
+import { GanModel, GeneratorPass, RealPart, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -10,6 +10,8 @@ import { Rng } from '../util/rng';
  * them, and its own seeded RNG for batch indices and noise. One step draws
  * one real batch and one noise batch; the G round reuses the D round's
  * noise (as the PyTorch anchor does) and, while G is unchanged, its forward pass.
+ * Where the model allows it, the D round's real half is computed ahead too,
+ * while the coordinator steps G (D does not change in between).
  */
 export class ShardCompute {
   private shard: Uint8Array | null = null;
@@ -23,6 +25,8 @@ export class ShardCompute {
   private drawn: { step: number; noise: tf.Tensor2D; real: tf.Tensor2D } | null = null;
   /** G's forward pass on the drawn noise with the current G; dropped when either changes. */
   private pass: GeneratorPass | null = null;
+  /** The D step's real half on the drawn batch with the current D; dropped when either changes. */
+  private realPart: RealPart | null = null;
   private readonly rng: Rng;
   private readonly realBuffer: Float32Array;
   private readonly pixelBuffer: Uint8Array;
@@ -48,12 +52,17 @@ export class ShardCompute {
     this.dropDrawn(); // a batch drawn ahead came from the old shard
   }
 
-  /** Draws step `step`'s noise and real batch now, so its D round need not. */
+  /**
+   * Readies step `step`'s D round while the worker would otherwise wait for
+   * the coordinator: draws its noise and real batch, and computes the D
+   * step's real half where the model can split it.
+   */
   prepare(step: number): void {
-    if (this.drawn?.step === step || !this.shard) return;
-    this.dropDrawn();
-    const noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
-    this.drawn = { step, noise, real: this.realBatch() };
+    if (!this.shard) return;
+    this.draw(step);
+    if (!this.realPart && this.discriminator && this.model.discriminatorRealPart) {
+      this.realPart = this.model.discriminatorRealPart(this.discriminator, this.drawn!.real);
+    }
   }
 
   /** Replaces whichever networks the coordinator sent; the other stays as it was. */
@@ -68,6 +77,7 @@ export class ShardCompute {
       const next = this.model.discriminatorLayout.toTensors(discriminator);
       if (this.discriminator) disposeTensors(this.discriminator);
       this.discriminator = next;
+      this.dropRealPart();
     }
   }
 
@@ -76,12 +86,12 @@ export class ShardCompute {
     if (!this.generator || !this.discriminator) {
       throw new GanfleetError('WORKER_NO_WEIGHTS', `asked for step ${step} before receiving both networks`);
     }
-    this.prepare(step);
+    this.draw(step);
     const drawn = this.drawn!;
     this.pass ??= this.model.forwardGenerator(this.generator, drawn.noise);
     let out: StepOutput;
     if (phase === 'discriminator') {
-      out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass);
+      out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass, this.realPart ?? undefined);
     } else {
       out = this.model.generatorStep(this.generator, this.discriminator, this.pass);
     }
@@ -95,11 +105,28 @@ export class ShardCompute {
     this.generator = this.discriminator = null;
   }
 
+  /** Step `step`'s noise and real batch, drawn once. */
+  private draw(step: number): void {
+    if (this.drawn?.step === step) return;
+    this.dropDrawn();
+    const noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
+    this.drawn = { step, noise, real: this.realBatch() };
+  }
+
   private dropDrawn(): void {
     this.dropPass();
+    this.dropRealPart();
     this.drawn?.noise.dispose();
     this.drawn?.real.dispose();
     this.drawn = null;
+  }
+
+  private dropRealPart(): void {
+    if (this.realPart) {
+      disposeTensors(this.realPart.gradients);
+      this.realPart.logits.dispose();
+    }
+    this.realPart = null;
   }
 
   private dropPass(): void {
