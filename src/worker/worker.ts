@@ -126,7 +126,17 @@ function connectOnce(
   return new Promise<Outcome>((resolve) => {
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    const ws = new WebSocket(opts.coordinator, { maxPayload: MAX_COORDINATOR_FRAME, headers, ca: me.ca, handshakeTimeout: HANDSHAKE_TIMEOUT_MS });
+    const ws = new WebSocket(opts.coordinator, {
+      maxPayload: MAX_COORDINATOR_FRAME,
+      headers,
+      ca: me.ca,
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+      // A zero masking key: ws then sends the gradient frame as it is, instead
+      // of copying it into a masked buffer (0.45 MB per round), and the
+      // coordinator skips unmasking. Masking guards HTTP proxies against
+      // payloads a hostile browser script chose; a worker's are its gradients.
+      generateMask: (mask: Buffer) => mask.fill(0),
+    });
     let compute: ShardCompute | null = null;
     let workerId: string | null = null;
     let wireDtype: WireDtype = 'float32';
