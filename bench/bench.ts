@@ -157,7 +157,7 @@ function round(x: number): number {
 }
 
 async function main() {
-  const steps = arg('steps', 300);
+  const steps = arg('steps', 1000);
   if (process.argv.includes('--in-process-only')) {
     process.stdout.write(JSON.stringify(await inProcess(steps, 20)));
     return;
@@ -168,7 +168,7 @@ async function main() {
   const local = [1, 2, 3, 4].map((n) => localRun(n, steps));
   const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
   const memory = await memoryRun(arg('memory-steps', 2000));
-  const torch = torchAnchor(Math.min(steps, 200));
+  const torch = torchAnchor(Math.min(steps, 500));
   const torchSingle = 'single' in torch ? (torch.single as { ms_per_step: number }) : null;
   const torchDdp = 'ddp2' in torch ? (torch.ddp2 as { images_per_s: number }) : null;
   const report = {

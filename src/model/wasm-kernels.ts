@@ -1,3 +1,4 @@
+import { nativeMatMulActive } from './native-matmul';
 import { tf } from './tf';
 
 /** The parts of tfjs-backend-wasm's BackendWasm this kernel uses. */
@@ -13,17 +14,20 @@ interface WasmBackend {
  * wasm. Its Conv3DBackpropFilterV2 would serve on a depth-1 volume, but it
  * is wrong for strides above 1 (test/wasm-kernels.test.ts shows it), and
  * DCGAN strides by 2. So this kernel lowers the gradient to one matrix
- * product: dW[k, o] = Σ_m P[k, m] · dy[m, o], where m runs over (image,
+ * product: dW[k, o] = Σ_m P[m, k] · dy[m, o], where m runs over (image,
  * output row, output column), k over (filter row, filter column, input
  * channel), and P (im2col) holds the input pixel each tap saw, zero in the
  * padding. P is written straight into the wasm heap; the product is the
- * backend's own BatchMatMul (XNNPACK).
+ * backend's BatchMatMul. With the native matmul (native-matmul.ts) the
+ * forward Conv2D takes the same road, P · W, which is then faster than
+ * XNNPACK's own convolution.
  */
 export function registerWasmKernels(): void {
   if (registered) return;
   registered = true;
   registerBackpropFilter();
   registerBackpropInput();
+  if (nativeMatMulActive()) registerConv2D();
 }
 
 let registered = false;
@@ -57,41 +61,25 @@ function wasmKernel(name: string): tf.KernelConfig {
 
 function registerBackpropFilter(): void {
   const batchMatMul = wasmKernel('BatchMatMul');
+  const transpose = wasmKernel('Transpose');
   tf.registerKernel({
     kernelName: 'Conv2DBackpropFilter',
     backendName: 'wasm',
     kernelFunc: ({ inputs, backend, attrs }) => {
       const { x, dy } = inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
       const { filterShape } = attrs as unknown as { filterShape: Shape4D };
-      const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = geometry('Conv2DBackpropFilter', attrs, x.shape as Shape4D, filterShape);
+      const g = geometry('Conv2DBackpropFilter', attrs, x.shape as Shape4D, filterShape);
       const wasm = backend as unknown as WasmBackend;
-      const patches = wasm.makeOutput([1, taps, positions], 'float32');
-      // Views after the allocation: it may have grown (and so replaced) the heap.
-      const p = wasm.typedArrayFromHeap(patches);
-      const xs = wasm.typedArrayFromHeap(x);
-      for (let kh = 0; kh < fh; kh++) {
-        for (let kw = 0; kw < fw; kw++) {
-          for (let ci = 0; ci < c; ci++) {
-            let at = ((kh * fw + kw) * c + ci) * positions;
-            for (let b = 0; b < n; b++) {
-              for (let y = 0; y < oh; y++) {
-                const iy = y * sh + kh - top;
-                const rowOk = iy >= 0 && iy < h;
-                const rowBase = (b * h + iy) * w;
-                for (let xo = 0; xo < ow; xo++) {
-                  const ix = xo * sw + kw - left;
-                  p[at++] = rowOk && ix >= 0 && ix < w ? xs[(rowBase + ix) * c + ci] : 0;
-                }
-              }
-            }
-          }
-        }
-      }
+      const patches = im2col(wasm, x, g);
+      const dyMatrix = { dataId: dy.dataId, shape: [1, g.positions, g.co], dtype: dy.dtype };
+      // Pᵀ·dy: the native kernel takes the transposed operand as it is; XNNPACK wants it transposed first.
+      const pT = nativeMatMulActive() ? patches : (transpose.kernelFunc({ inputs: { x: patches }, backend, attrs: { perm: [0, 2, 1] } }) as tf.TensorInfo);
       const out = batchMatMul.kernelFunc({
-        inputs: { a: patches, b: { dataId: dy.dataId, shape: [1, positions, co], dtype: dy.dtype } },
+        inputs: { a: pT, b: dyMatrix },
         backend,
-        attrs: { transposeA: false, transposeB: false },
+        attrs: { transposeA: pT === patches, transposeB: false },
       }) as tf.TensorInfo;
+      if (pT !== patches) wasm.disposeData(pT.dataId);
       wasm.disposeData(patches.dataId);
       return { dataId: out.dataId, shape: filterShape, dtype: out.dtype };
     },
@@ -154,6 +142,71 @@ function registerBackpropInput(): void {
       }
       wasm.disposeData(cols.dataId);
       return out;
+    },
+  });
+}
+
+type Geometry = ReturnType<typeof geometry>;
+
+/**
+ * P (im2col) in the wasm heap, positions × taps: row m holds, for output
+ * position m, the c input channels under each filter tap in (row, column)
+ * order, zero where the tap falls in the padding; so each tap is one
+ * contiguous copy of c values. The caller disposes it.
+ */
+function im2col(wasm: WasmBackend, x: tf.TensorInfo, g: Geometry): tf.TensorInfo {
+  const { n, h, w, c, oh, ow, sh, sw, fh, fw, top, left, taps, positions } = g;
+  const patches = wasm.makeOutput([1, positions, taps], 'float32');
+  // Views after the allocation: it may have grown (and so replaced) the heap.
+  const p = wasm.typedArrayFromHeap(patches);
+  const xs = wasm.typedArrayFromHeap(x);
+  let at = 0;
+  for (let b = 0; b < n; b++) {
+    for (let y = 0; y < oh; y++) {
+      for (let xo = 0; xo < ow; xo++) {
+        for (let kh = 0; kh < fh; kh++) {
+          const iy = y * sh + kh - top;
+          for (let kw = 0; kw < fw; kw++, at += c) {
+            const ix = xo * sw + kw - left;
+            if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
+              p.fill(0, at, at + c);
+              continue;
+            }
+            const from = ((b * h + iy) * w + ix) * c;
+            if (c === 1) p[at] = xs[from];
+            else p.set(xs.subarray(from, from + c), at);
+          }
+        }
+      }
+    }
+  }
+  return patches;
+}
+
+/** y = P · W: the forward conv as one product on the native kernel (registered only where it is active). */
+function registerConv2D(): void {
+  const original = wasmKernel('Conv2D');
+  const batchMatMul = wasmKernel('BatchMatMul');
+  tf.unregisterKernel('Conv2D', 'wasm');
+  tf.registerKernel({
+    kernelName: 'Conv2D',
+    backendName: 'wasm',
+    setupFunc: original.setupFunc,
+    kernelFunc: (args) => {
+      const { x, filter } = args.inputs as { x: tf.TensorInfo; filter: tf.TensorInfo };
+      const { dilations } = args.attrs as unknown as { dilations: [number, number] | number };
+      const dilated = Array.isArray(dilations) ? dilations[0] !== 1 || dilations[1] !== 1 : dilations !== 1;
+      if (dilated || x.dtype !== 'float32') return original.kernelFunc(args) as tf.TensorInfo;
+      const g = geometry('Conv2D', args.attrs, x.shape as Shape4D, filter.shape as Shape4D);
+      const wasm = args.backend as unknown as WasmBackend;
+      const patches = im2col(wasm, x, g);
+      const out = batchMatMul.kernelFunc({
+        inputs: { a: patches, b: { dataId: filter.dataId, shape: [1, g.taps, g.co], dtype: 'float32' } },
+        backend: args.backend,
+        attrs: { transposeA: false, transposeB: false },
+      }) as tf.TensorInfo;
+      wasm.disposeData(patches.dataId);
+      return { dataId: out.dataId, shape: [g.n, g.oh, g.ow, g.co], dtype: 'float32' };
     },
   });
 }
