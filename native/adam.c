@@ -6,6 +6,24 @@
  * Arithmetic is float32, as tfjs' own Adam; the JavaScript fallback uses float64.
  */
 #include "adam.h"
+
+/* The update of parameters [from, n), one at a time: the vector loop's tail, or all of it off x86. */
+static void adam_scalar(float *p, const float *g, float *m, float *v, long from, long n, float beta1, float beta2,
+                        float step, float inv_c2, float epsilon) {
+  for (long i = from; i < n; i++) {
+    float mi = beta1 * m[i] + (1.f - beta1) * g[i];
+    float vi = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= step * mi / (__builtin_sqrtf(vi * inv_c2) + epsilon);
+  }
+}
+
+/* out[i] = w·x[i], or out[i] += w·x[i], for i in [from, n). */
+static void scale_add_scalar(float *out, const float *x, long from, long n, float w, int accumulate) {
+  for (long i = from; i < n; i++) out[i] = (accumulate ? out[i] : 0.f) + w * x[i];
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
@@ -24,24 +42,12 @@ __attribute__((target("avx2,fma"))) void gf_adam(float *p, const float *g, float
     __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, ic2)), eps);
     _mm256_storeu_ps(p + i, _mm256_sub_ps(_mm256_loadu_ps(p + i), _mm256_div_ps(_mm256_mul_ps(st, mi), denom)));
   }
-  for (; i < n; i++) {
-    float mi = beta1 * m[i] + (1.f - beta1) * g[i];
-    float vi = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= step * mi / (__builtin_sqrtf(vi * inv_c2) + epsilon);
-  }
+  adam_scalar(p, g, m, v, i, n, beta1, beta2, step, inv_c2, epsilon);
 }
 #else
 void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, float beta2, float step, float inv_c2,
              float epsilon) {
-  for (long i = 0; i < n; i++) {
-    float mi = beta1 * m[i] + (1.f - beta1) * g[i];
-    float vi = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= step * mi / (__builtin_sqrtf(vi * inv_c2) + epsilon);
-  }
+  adam_scalar(p, g, m, v, 0, n, beta1, beta2, step, inv_c2, epsilon);
 }
 #endif
 
@@ -52,14 +58,11 @@ __attribute__((target("avx2,fma"))) void gf_scale_add(float *out, const float *x
   long i = 0;
   if (accumulate) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(wv, _mm256_loadu_ps(x + i))));
-    for (; i < n; i++) out[i] += w * x[i];
   } else {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(wv, _mm256_loadu_ps(x + i)));
-    for (; i < n; i++) out[i] = w * x[i];
   }
+  scale_add_scalar(out, x, i, n, w, accumulate);
 }
 #else
-void gf_scale_add(float *out, const float *x, long n, float w, int accumulate) {
-  for (long i = 0; i < n; i++) out[i] = (accumulate ? out[i] : 0.f) + w * x[i];
-}
+void gf_scale_add(float *out, const float *x, long n, float w, int accumulate) { scale_add_scalar(out, x, 0, n, w, accumulate); }
 #endif

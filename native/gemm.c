@@ -43,48 +43,27 @@ __attribute__((unused)) static float *reserve(float **buf, size_t *len, size_t w
   return *buf;
 }
 
-/* op(A) rows [i0, i0+MR) as k rows of MR floats. */
-__attribute__((unused)) static void pack_a(int m, int k, const float *a, int trans_a, int i0, float *dst) {
-  int rows = m - i0 < MR ? m - i0 : MR;
-  if (trans_a) { /* A is k×m: each k row holds the MR values contiguously */
+/*
+ * One panel of `width` consecutive rows of op(A) (or columns of op(B)),
+ * starting at `first`, as k rows of `width` floats, zero-padded past `count`.
+ * `contiguous`: the source holds each k row's values side by side (Aᵀ stored
+ * k×m, B stored k×n); otherwise each value's k entries are (A m×k, Bᵀ n×k).
+ */
+__attribute__((unused)) static void pack_panel(int count, int k, const float *src, int contiguous, int first, int width,
+                                               float *dst) {
+  int valid = count - first < width ? count - first : width;
+  if (contiguous) {
     for (int p = 0; p < k; p++) {
-      const float *src = a + (size_t)p * m + i0;
+      const float *row = src + (size_t)p * count + first;
       int r = 0;
-      for (; r < rows; r++) dst[r] = src[r];
-      for (; r < MR; r++) dst[r] = 0.f;
-      dst += MR;
+      for (; r < valid; r++) dst[r] = row[r];
+      for (; r < width; r++) dst[r] = 0.f;
+      dst += width;
     }
   } else {
-    for (int r = 0; r < MR; r++) {
-      if (r < rows) {
-        const float *src = a + (size_t)(i0 + r) * k;
-        for (int p = 0; p < k; p++) dst[p * MR + r] = src[p];
-      } else {
-        for (int p = 0; p < k; p++) dst[p * MR + r] = 0.f;
-      }
-    }
-  }
-}
-
-/* op(B) columns [j0, j0+NR) as k rows of NR floats. */
-__attribute__((unused)) static void pack_b(int n, int k, const float *b, int trans_b, int j0, float *dst) {
-  int cols = n - j0 < NR ? n - j0 : NR;
-  if (!trans_b) { /* B is k×n: each k row holds the NR values contiguously */
-    for (int p = 0; p < k; p++) {
-      const float *src = b + (size_t)p * n + j0;
-      int c = 0;
-      for (; c < cols; c++) dst[c] = src[c];
-      for (; c < NR; c++) dst[c] = 0.f;
-      dst += NR;
-    }
-  } else {
-    for (int c = 0; c < NR; c++) {
-      if (c < cols) {
-        const float *src = b + (size_t)(j0 + c) * k;
-        for (int p = 0; p < k; p++) dst[p * NR + c] = src[p];
-      } else {
-        for (int p = 0; p < k; p++) dst[p * NR + c] = 0.f;
-      }
+    for (int r = 0; r < width; r++) {
+      const float *line = r < valid ? src + (size_t)(first + r) * k : NULL;
+      for (int p = 0; p < k; p++) dst[p * width + r] = line ? line[p] : 0.f;
     }
   }
 }
@@ -157,9 +136,9 @@ int gf_gemm(int m, int n, int k, const float *a, int trans_a, const float *b, in
   float *bp = reserve(&scratch_b, &scratch_b_len, (size_t)strips_b * kk * NR);
   float *ap = reserve(&scratch_a, &scratch_a_len, kk * MR);
   if (!bp || !ap) return -1;
-  for (int s = 0; s < strips_b; s++) pack_b(n, k, b, trans_b, s * NR, bp + (size_t)s * kk * NR);
+  for (int s = 0; s < strips_b; s++) pack_panel(n, k, b, !trans_b, s * NR, NR, bp + (size_t)s * kk * NR);
   for (int i0 = 0; i0 < m; i0 += MR) {
-    pack_a(m, k, a, trans_a, i0, ap);
+    pack_panel(m, k, a, trans_a, i0, MR, ap);
     int rows = m - i0 < MR ? m - i0 : MR;
     for (int s = 0; s < strips_b; s++) {
       int j0 = s * NR;

@@ -6,6 +6,7 @@ import { createModel } from '../src/model';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
+import { assertClose } from './helpers';
 
 test('a worker holds a constant number of tensors across steps (no leak)', async () => {
   await selectBackend('wasm');
@@ -30,36 +31,32 @@ test('a worker holds a constant number of tensors across steps (no leak)', async
   compute.dispose();
 });
 
+/** An MLP worker's compute on the first `images` training images, holding both networks of `init(Rng(paramSeed))`. */
+function readyCompute(batch: number, seed: number, images: number, paramSeed: number): ShardCompute {
+  const model = createModel('mlp');
+  const params = model.init(new Rng(paramSeed));
+  const compute = new ShardCompute(model, batch, seed);
+  compute.setShard(loadMnist('train').images.subarray(0, images * IMAGE_SIZE), images);
+  compute.updateWeights(params.generator, params.discriminator);
+  return compute;
+}
+
 test('a D round whose real half was computed ahead (prepare) returns the gradients of one computed whole', async () => {
   await selectBackend('wasm');
-  const model = createModel('mlp');
-  const train = loadMnist('train');
-  const params = model.init(new Rng(3));
-  const ahead = new ShardCompute(model, 32, 11);
-  const whole = new ShardCompute(model, 32, 11);
-  for (const c of [ahead, whole]) {
-    c.setShard(train.images.subarray(0, 300 * IMAGE_SIZE), 300);
-    c.updateWeights(params.generator, params.discriminator);
-  }
+  const ahead = readyCompute(32, 11, 300, 3);
+  const whole = readyCompute(32, 11, 300, 3);
   ahead.prepare(0);
   const a = ahead.step(0, 'discriminator');
   const w = whole.step(0, 'discriminator');
-  for (let i = 0; i < w.gradients.length; i++) {
-    assert.ok(Math.abs(a.gradients[i] - w.gradients[i]) <= 1e-6 + 1e-4 * Math.abs(w.gradients[i]), `gradient ${i}: ${a.gradients[i]} vs ${w.gradients[i]}`);
-  }
-  assert.ok(Math.abs(a.loss - w.loss) < 1e-5 && Math.abs(a.dReal! - w.dReal!) < 1e-5 && Math.abs(a.dFake - w.dFake) < 1e-5);
+  assertClose(a.gradients, w.gradients, 1e-6, 1e-4, 'D gradients');
+  assertClose([a.loss, a.dReal!, a.dFake], [w.loss, w.dReal!, w.dFake], 1e-5, 1e-5, 'loss, D(x), D(G(z))');
   ahead.dispose();
   whole.dispose();
 });
 
 test('the G round reuses the D round noise of the same step, and a new step draws new noise', async () => {
   await selectBackend('cpu');
-  const model = createModel('mlp');
-  const train = loadMnist('train');
-  const params = model.init(new Rng(2));
-  const compute = new ShardCompute(model, 16, 9);
-  compute.setShard(train.images.subarray(0, 100 * IMAGE_SIZE), 100);
-  compute.updateWeights(params.generator, params.discriminator);
+  const compute = readyCompute(16, 9, 100, 2);
   const d0 = compute.step(0, 'discriminator');
   const g0 = compute.step(0, 'generator');
   // Same weights and same noise: D(G(z)) seen by both rounds is identical.

@@ -1,5 +1,6 @@
 import { NativeAddon, nativeAddon } from '../util/native';
 import { tf } from './tf';
+import { replaceWasmKernel } from './wasm-registry';
 
 /**
  * ganfleet's own matrix product for the wasm backend (native/gemm.c).
@@ -49,16 +50,7 @@ export function nativeMatMulActive(): boolean {
 }
 
 function override(kernelName: 'BatchMatMul' | '_FusedMatMul', addon: NativeAddon): void {
-  const original = tf.getKernel(kernelName, 'wasm');
-  if (!original) throw new Error(`the wasm backend lacks ${kernelName}`);
-  tf.unregisterKernel(kernelName, 'wasm');
-  tf.registerKernel({
-    kernelName,
-    backendName: 'wasm',
-    // The original stays the fallback, so its wasm binding must still be set up.
-    setupFunc: original.setupFunc,
-    kernelFunc: (args) => nativeProduct(args, addon) ?? (original.kernelFunc(args) as tf.TensorInfo),
-  });
+  const original = replaceWasmKernel(kernelName, (args) => nativeProduct(args, addon) ?? (original.kernelFunc(args) as tf.TensorInfo));
 }
 
 /** The product on the native kernel, or null when the backend's own kernel must do it. */

@@ -1,5 +1,6 @@
 import { nativeMatMulActive } from './native-matmul';
 import { tf } from './tf';
+import { replaceWasmKernel, wasmKernel } from './wasm-registry';
 
 /** The parts of tfjs-backend-wasm's BackendWasm this kernel uses. */
 interface WasmBackend {
@@ -53,12 +54,6 @@ function geometry(kernel: string, attrs: tf.NamedAttrMap | undefined, inputShape
   return { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top: conv.padInfo.top, left: conv.padInfo.left, taps: fh * fw * c, positions: n * oh * ow };
 }
 
-function wasmKernel(name: string): tf.KernelConfig {
-  const k = tf.getKernel(name, 'wasm');
-  if (!k) throw new Error(`the wasm backend lacks ${name}: cannot provide the conv gradient kernels`);
-  return k;
-}
-
 function registerBackpropFilter(): void {
   const batchMatMul = wasmKernel('BatchMatMul');
   const transpose = wasmKernel('Transpose');
@@ -98,51 +93,46 @@ function registerBackpropFilter(): void {
 function registerBackpropInput(): void {
   const batchMatMul = wasmKernel('BatchMatMul');
   const transpose = wasmKernel('Transpose');
-  tf.unregisterKernel('Conv2DBackpropInput', 'wasm');
-  tf.registerKernel({
-    kernelName: 'Conv2DBackpropInput',
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend, attrs }) => {
-      const { dy, filter } = inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
-      const { inputShape } = attrs as unknown as { inputShape: Shape4D };
-      const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = geometry('Conv2DBackpropInput', attrs, inputShape, filter.shape as Shape4D);
-      const wasm = backend as unknown as WasmBackend;
-      const filterT = transpose.kernelFunc({
-        inputs: { x: { dataId: filter.dataId, shape: [taps, co], dtype: 'float32' } },
-        backend,
-        attrs: { perm: [1, 0] },
-      }) as tf.TensorInfo;
-      const cols = batchMatMul.kernelFunc({
-        inputs: { a: { dataId: dy.dataId, shape: [1, positions, co], dtype: dy.dtype }, b: { dataId: filterT.dataId, shape: [1, co, taps], dtype: 'float32' } },
-        backend,
-        attrs: { transposeA: false, transposeB: false },
-      }) as tf.TensorInfo;
-      wasm.disposeData(filterT.dataId);
-      const out = wasm.makeOutput([n, h, w, c], 'float32');
-      const dx = wasm.typedArrayFromHeap(out);
-      const cs = wasm.typedArrayFromHeap(cols);
-      dx.fill(0);
-      let m = 0;
-      for (let b = 0; b < n; b++) {
-        for (let y = 0; y < oh; y++) {
-          for (let xo = 0; xo < ow; xo++, m++) {
-            for (let kh = 0; kh < fh; kh++) {
-              const iy = y * sh + kh - top;
-              if (iy < 0 || iy >= h) continue;
-              for (let kw = 0; kw < fw; kw++) {
-                const ix = xo * sw + kw - left;
-                if (ix < 0 || ix >= w) continue;
-                const to = ((b * h + iy) * w + ix) * c;
-                const from = m * taps + (kh * fw + kw) * c;
-                for (let ci = 0; ci < c; ci++) dx[to + ci] += cs[from + ci];
-              }
+  replaceWasmKernel('Conv2DBackpropInput', ({ inputs, backend, attrs }) => {
+    const { dy, filter } = inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
+    const { inputShape } = attrs as unknown as { inputShape: Shape4D };
+    const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = geometry('Conv2DBackpropInput', attrs, inputShape, filter.shape as Shape4D);
+    const wasm = backend as unknown as WasmBackend;
+    const filterT = transpose.kernelFunc({
+      inputs: { x: { dataId: filter.dataId, shape: [taps, co], dtype: 'float32' } },
+      backend,
+      attrs: { perm: [1, 0] },
+    }) as tf.TensorInfo;
+    const cols = batchMatMul.kernelFunc({
+      inputs: { a: { dataId: dy.dataId, shape: [1, positions, co], dtype: dy.dtype }, b: { dataId: filterT.dataId, shape: [1, co, taps], dtype: 'float32' } },
+      backend,
+      attrs: { transposeA: false, transposeB: false },
+    }) as tf.TensorInfo;
+    wasm.disposeData(filterT.dataId);
+    const out = wasm.makeOutput([n, h, w, c], 'float32');
+    const dx = wasm.typedArrayFromHeap(out);
+    const cs = wasm.typedArrayFromHeap(cols);
+    dx.fill(0);
+    let m = 0;
+    for (let b = 0; b < n; b++) {
+      for (let y = 0; y < oh; y++) {
+        for (let xo = 0; xo < ow; xo++, m++) {
+          for (let kh = 0; kh < fh; kh++) {
+            const iy = y * sh + kh - top;
+            if (iy < 0 || iy >= h) continue;
+            for (let kw = 0; kw < fw; kw++) {
+              const ix = xo * sw + kw - left;
+              if (ix < 0 || ix >= w) continue;
+              const to = ((b * h + iy) * w + ix) * c;
+              const from = m * taps + (kh * fw + kw) * c;
+              for (let ci = 0; ci < c; ci++) dx[to + ci] += cs[from + ci];
             }
           }
         }
       }
-      wasm.disposeData(cols.dataId);
-      return out;
-    },
+    }
+    wasm.disposeData(cols.dataId);
+    return out;
   });
 }
 
@@ -185,28 +175,21 @@ function im2col(wasm: WasmBackend, x: tf.TensorInfo, g: Geometry): tf.TensorInfo
 
 /** y = P · W: the forward conv as one product on the native kernel (registered only where it is active). */
 function registerConv2D(): void {
-  const original = wasmKernel('Conv2D');
   const batchMatMul = wasmKernel('BatchMatMul');
-  tf.unregisterKernel('Conv2D', 'wasm');
-  tf.registerKernel({
-    kernelName: 'Conv2D',
-    backendName: 'wasm',
-    setupFunc: original.setupFunc,
-    kernelFunc: (args) => {
-      const { x, filter } = args.inputs as { x: tf.TensorInfo; filter: tf.TensorInfo };
-      const { dilations } = args.attrs as unknown as { dilations: [number, number] | number };
-      const dilated = Array.isArray(dilations) ? dilations[0] !== 1 || dilations[1] !== 1 : dilations !== 1;
-      if (dilated || x.dtype !== 'float32') return original.kernelFunc(args) as tf.TensorInfo;
-      const g = geometry('Conv2D', args.attrs, x.shape as Shape4D, filter.shape as Shape4D);
-      const wasm = args.backend as unknown as WasmBackend;
-      const patches = im2col(wasm, x, g);
-      const out = batchMatMul.kernelFunc({
-        inputs: { a: patches, b: { dataId: filter.dataId, shape: [1, g.taps, g.co], dtype: 'float32' } },
-        backend: args.backend,
-        attrs: { transposeA: false, transposeB: false },
-      }) as tf.TensorInfo;
-      wasm.disposeData(patches.dataId);
-      return { dataId: out.dataId, shape: [g.n, g.oh, g.ow, g.co], dtype: 'float32' };
-    },
+  const original = replaceWasmKernel('Conv2D', (args) => {
+    const { x, filter } = args.inputs as { x: tf.TensorInfo; filter: tf.TensorInfo };
+    const { dilations } = args.attrs as unknown as { dilations: [number, number] | number };
+    const dilated = Array.isArray(dilations) ? dilations[0] !== 1 || dilations[1] !== 1 : dilations !== 1;
+    if (dilated || x.dtype !== 'float32') return original.kernelFunc(args) as tf.TensorInfo;
+    const g = geometry('Conv2D', args.attrs, x.shape as Shape4D, filter.shape as Shape4D);
+    const wasm = args.backend as unknown as WasmBackend;
+    const patches = im2col(wasm, x, g);
+    const out = batchMatMul.kernelFunc({
+      inputs: { a: patches, b: { dataId: filter.dataId, shape: [1, g.taps, g.co], dtype: 'float32' } },
+      backend: args.backend,
+      attrs: { transposeA: false, transposeB: false },
+    }) as tf.TensorInfo;
+    wasm.disposeData(patches.dataId);
+    return { dataId: out.dataId, shape: [g.n, g.oh, g.ow, g.co], dtype: 'float32' };
   });
 }
