@@ -25,11 +25,18 @@ function integerAtLeast(name: string, v: unknown, min = 1): void {
 }
 
 function backendOption<T>(y: Argv<T>) {
-  return y.option('backend', {
-    choices: BACKEND_CHOICES,
-    default: 'auto' as BackendChoice,
-    describe: 'TensorFlow.js backend: auto tries tfjs-node-gpu, tfjs-node, wasm, cpu (and logs why it skipped each)',
-  });
+  return y
+    .option('backend', {
+      choices: BACKEND_CHOICES,
+      default: 'auto' as BackendChoice,
+      describe: 'TensorFlow.js backend: auto tries tfjs-node-gpu, tfjs-node, wasm, cpu (and logs why it skipped each)',
+    })
+    .option('native', {
+      type: 'boolean',
+      default: true,
+      describe:
+        "Use ganfleet's native AVX2/FMA kernels where npm install built them: matrix products and convolutions on wasm, Adam and the gradient average on the coordinator. --no-native keeps XNNPACK and JavaScript",
+    });
 }
 
 /** Flags shared by `coordinator` and `local`: the training job itself. */
@@ -134,6 +141,10 @@ export function buildCli(argv: string[]) {
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
     .env('GANFLEET')
+    // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
+    .middleware((a) => {
+      if (a.native === false) process.env.GANFLEET_NATIVE = '0';
+    })
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
@@ -245,7 +256,7 @@ export function buildCli(argv: string[]) {
         const gpus = a.gpus ? a.gpus.split(',').map((s) => s.trim()).filter(Boolean) : [];
         const summary = await runLocal(
           coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
-          { workers: a.workers, gpus, workerBackend: a.backend, maxRestarts: a['max-restarts'] },
+          { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, maxRestarts: a['max-restarts'] },
         );
         if (!summary.ok) process.exitCode = 1;
       },

@@ -11,6 +11,8 @@ export interface LocalOptions {
   /** CUDA device ids, handed out round-robin, one per worker child. */
   gpus: string[];
   workerBackend: BackendChoice;
+  /** false: the workers run without the native kernels (--no-native). */
+  workerNative: boolean;
   /** Crashed children are restarted, up to this many restarts in all. */
   maxRestarts: number;
 }
@@ -47,6 +49,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const childEnv = { ...env };
     if (opts.gpus.length > 0) childEnv.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];
     const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`];
+    if (!opts.workerNative) args.push('--no-native');
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);
     child.on('error', (e) => log(`worker ${i + 1}: ${e.message}`));

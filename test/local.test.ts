@@ -59,3 +59,18 @@ test('workers exit by themselves when the local parent is SIGKILLed', { timeout:
   await waitFor(() => pids.every((p) => !alive(p)), 15_000, 'orphaned workers to exit');
   fs.rmSync(out, { recursive: true, force: true });
 });
+
+test('--no-native reaches the workers local starts: they run on XNNPACK and say so', { timeout: 60_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nonative-'));
+  const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '5', '--backend', 'wasm', '--no-native', '--metrics-port', '-1', '--out', out], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout!.on('data', (d) => (log += d));
+  child.stderr!.on('data', (d) => (log += d));
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 0, log);
+  assert.match(log, /\[worker local-1\] backend wasm \(native matmul off \(--no-native\); using XNNPACK; using wasm\)/);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps, 5);
+  fs.rmSync(out, { recursive: true, force: true });
+});

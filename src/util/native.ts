@@ -36,11 +36,12 @@ let loaded: { addon: NativeAddon | null; why: string } | null = null;
 
 /**
  * The addon when it is built, enabled and usable on this CPU, else null
- * with the reason. GANFLEET_NATIVE=0 turns it off (to compare, or to rule it out).
+ * with the reason. `--no-native` or GANFLEET_NATIVE=0 turns it off (to
+ * compare, or to rule it out).
  */
 export function nativeAddon(): { addon: NativeAddon | null; why: string } {
   if (loaded) return loaded;
-  if (process.env.GANFLEET_NATIVE === '0') return (loaded = { addon: null, why: 'off (GANFLEET_NATIVE=0)' });
+  if (['0', 'false'].includes(process.env.GANFLEET_NATIVE ?? '')) return (loaded = { addon: null, why: 'off (--no-native)' });
   let addon: NativeAddon;
   try {
     addon = require(ADDON) as NativeAddon;
