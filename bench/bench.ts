@@ -27,6 +27,9 @@ function arg(name: string, fallback: number): number {
 }
 
 /** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
+type InProcessResult = Awaited<ReturnType<typeof inProcess>>;
+type LocalResult = ReturnType<typeof localRun>;
+
 async function inProcess(steps: number, warmup: number) {
   const backend = await selectBackend('wasm');
   const model = createModel('mlp');
@@ -59,7 +62,7 @@ async function inProcess(steps: number, warmup: number) {
 }
 
 /** inProcess in a child without the native addon: the wasm backend's own XNNPACK and the JavaScript Adam. */
-function inProcessWithoutNative(steps: number): Awaited<ReturnType<typeof inProcess>> {
+function inProcessWithoutNative(steps: number): InProcessResult {
   const out = execFileSync(process.execPath, [__filename, '--in-process-only', '--steps', String(steps)], { encoding: 'utf8', env: { ...process.env, GANFLEET_NATIVE: '0' } });
   return JSON.parse(out);
 }
@@ -84,12 +87,20 @@ function localRun(workers: number, steps: number, extra: string[] = []) {
   };
 }
 
-function torchAnchor(steps: number): { single: unknown; ddp2: unknown } | { reason: string } {
+interface TorchRun {
+  ms_per_step: number;
+  images_per_s: number;
+}
+type TorchRuns = { single: TorchRun; ddp2: TorchRun | null };
+type TorchResult = TorchRuns | { reason: string };
+
+/** The PyTorch anchor, one process; with `ddp`, also DDP over 2 processes. */
+function torchAnchor(steps: number, ddp: boolean): TorchResult {
   const python = '/usr/bin/python3';
   if (!fs.existsSync(ANCHOR)) return { reason: `anchor script not found at ${ANCHOR}` };
   const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
-  const run = (extra: string[]) =>
+  const run = (extra: string[]): TorchRun =>
     JSON.parse(
       // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
       execFileSync(python, [ANCHOR, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
@@ -100,7 +111,12 @@ function torchAnchor(steps: number): { single: unknown; ddp2: unknown } | { reas
         .split('\n')
         .pop()!,
     );
-  return { single: run([]), ddp2: run(['--mode', 'ddp', '--world', '2']) };
+  return { single: run([]), ddp2: ddp ? run(['--mode', 'ddp', '--world', '2']) : null };
+}
+
+/** The element whose key is the median (the lower middle for an even count). */
+function median<T>(xs: T[], key: (x: T) => number): T {
+  return [...xs].sort((a, b) => key(a) - key(b))[Math.floor((xs.length - 1) / 2)];
 }
 
 /** Resident set size and its peak (VmRSS, VmHWM) of a process, in MiB, from /proc. */
@@ -162,20 +178,38 @@ async function main() {
     process.stdout.write(JSON.stringify(await inProcess(steps, 20)));
     return;
   }
-  const single = await inProcess(steps, 20);
+  // This machine's speed drifts by ±25% within minutes (other tenants): the
+  // figures behind the ratios run `repeats` times, interleaved, and the
+  // median run counts; the spread is reported.
+  const repeats = arg('repeats', 3);
+  const runs: { single: InProcessResult; local1: LocalResult; local2: LocalResult; torch: TorchResult }[] = [];
+  for (let r = 0; r < repeats; r++) {
+    runs.push({ single: await inProcess(steps, 20), local1: localRun(1, steps), local2: localRun(2, steps), torch: torchAnchor(Math.min(steps, 500), false) });
+  }
+  const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
+  const local1 = median(runs.map((r) => r.local1), (x) => x.msPerStep);
+  const local2 = median(runs.map((r) => r.local2), (x) => x.msPerStep);
   const withoutNative = inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
-  const local = [1, 2, 3, 4].map((n) => localRun(n, steps));
+  const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
   const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
   const memory = await memoryRun(arg('memory-steps', 2000));
-  const torch = torchAnchor(Math.min(steps, 500));
-  const torchSingle = 'single' in torch ? (torch.single as { ms_per_step: number }) : null;
-  const torchDdp = 'ddp2' in torch ? (torch.ddp2 as { images_per_s: number }) : null;
+  const torchRuns = runs.map((r) => r.torch);
+  const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: (torchAnchor(Math.min(steps, 500), true) as TorchRuns).ddp2 };
+  const torchSingle = 'single' in torch ? torch.single : null;
+  const torchDdp = 'ddp2' in torch ? torch.ddp2 : null;
   const report = {
     machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
     model: 'mlp',
     batchPerWorker: BATCH,
     native: nativeAddon().why,
+    repeats: {
+      runs: repeats,
+      inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
+      local1MsPerStep: runs.map((r) => r.local1.msPerStep),
+      local2MsPerStep: runs.map((r) => r.local2.msPerStep),
+      torchMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.single.ms_per_step : null)),
+    },
     inProcess: single,
     inProcessWithoutNative: withoutNative,
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
