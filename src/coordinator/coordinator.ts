@@ -214,8 +214,10 @@ export class Coordinator {
       if (t0 === 0) t0 = windowStart = performance.now();
       this.state = 'training';
       const stepStart = performance.now();
+      const dRound = this.roundUntilAnswered(this.step, 'discriminator');
+      // While the workers compute: D cannot change before their gradients arrive, in a later turn of the event loop.
       this.saveRollback();
-      const d = await this.roundUntilAnswered(this.step, 'discriminator');
+      const d = await dRound;
       if (!d) break;
       const g = await this.roundUntilAnswered(this.step, 'generator');
       if (!g) {
