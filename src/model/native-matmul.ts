@@ -33,7 +33,7 @@ export function nativeProductCount(): number {
  * Routes the wasm backend's BatchMatMul and _FusedMatMul through the native
  * kernel when it is built and the CPU has AVX2 and FMA. Call before the wasm
  * backend initialises. Returns what it did, for the backend line.
- * GANFLEET_NATIVE=0 keeps XNNPACK (to compare, or to rule the kernel out).
+ * `--no-native` keeps XNNPACK (to compare, or to rule the kernel out).
  */
 export function registerNativeMatMul(): { active: boolean; note: string } {
   if (state) return state;

@@ -1,10 +1,10 @@
 import path from 'node:path';
 
 /**
- * ganfleet's optional native addon (native/: an AVX2/FMA matrix product
- * for the wasm backend, and the coordinator's gradient average and Adam update), built by
- * `npm install` when a C compiler is present. Every user has a JavaScript
- * or wasm fallback; this says which one is in use and why.
+ * ganfleet's optional native addon (native/: an AVX2/FMA matrix product for
+ * the wasm backend, and the coordinator's gradient average and Adam update),
+ * built by `npm install` when a C compiler is present. Every use has a
+ * JavaScript or wasm fallback; this says which one is in use and why.
  */
 export interface NativeAddon {
   /** Whether this CPU has AVX2 and FMA; neither function may be called otherwise. */
