@@ -1,5 +1,6 @@
 /*
- * Node-API face of gemm.c and adam.c (Adam and the gradient average). gemm's operands are offsets into one
+ * Node-API face of gemm.c, adam.c (Adam and the gradient average) and half.c
+ * (the 16-bit wire conversions). gemm's operands are offsets into one
  * Float32Array, the wasm backend's heap, where tfjs keeps every tensor: the
  * product reads and writes the tensors in place, with no copy in or out.
  */
@@ -7,6 +8,7 @@
 #include <stdint.h>
 #include "adam.h"
 #include "gemm.h"
+#include "half.h"
 
 #define ARGS 13
 
@@ -100,6 +102,36 @@ static napi_value scale_add(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static bool uint16_array(napi_env env, napi_value value, uint16_t **data, size_t *length) {
+  bool is_typed = false;
+  napi_typedarray_type type;
+  return napi_is_typedarray(env, value, &is_typed) == napi_ok && is_typed &&
+         napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL) == napi_ok && type == napi_uint16_array;
+}
+
+/* toHalf(src, dst, bfloat) and fromHalf(src, dst, bfloat): the 16-bit wire conversions. */
+static napi_value convert_half(napi_env env, napi_callback_info info, bool to_half) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3)
+    return fail(env, "HALF_ARGS", to_half ? "toHalf(src, dst, bfloat)" : "fromHalf(src, dst, bfloat)");
+  float *floats;
+  uint16_t *halves;
+  size_t n_floats, n_halves;
+  bool ok = to_half ? float32_array(env, argv[0], &floats, &n_floats) && uint16_array(env, argv[1], &halves, &n_halves)
+                    : uint16_array(env, argv[0], &halves, &n_halves) && float32_array(env, argv[1], &floats, &n_floats);
+  if (!ok) return fail(env, "HALF_ARGS", "a Float32Array and a Uint16Array, in the direction of the conversion");
+  if (n_floats != n_halves) return fail(env, "HALF_ARGS", "src and dst must have one length");
+  bool bfloat;
+  if (napi_get_value_bool(env, argv[2], &bfloat) != napi_ok) return fail(env, "HALF_ARGS", "bfloat must be a boolean");
+  if (to_half) gf_to_half(floats, halves, (long)n_floats, bfloat);
+  else gf_from_half(halves, floats, (long)n_floats, bfloat);
+  return NULL;
+}
+
+static napi_value to_half(napi_env env, napi_callback_info info) { return convert_half(env, info, true); }
+static napi_value from_half(napi_env env, napi_callback_info info) { return convert_half(env, info, false); }
+
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
@@ -112,9 +144,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
       {"adam", NULL, adam, NULL, NULL, NULL, napi_default, NULL},
       {"scaleAdd", NULL, scale_add, NULL, NULL, NULL, napi_default, NULL},
+      {"toHalf", NULL, to_half, NULL, NULL, NULL, napi_default, NULL},
+      {"fromHalf", NULL, from_half, NULL, NULL, NULL, napi_default, NULL},
       {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 4, props);
+  napi_define_properties(env, exports, 6, props);
   return exports;
 }
 

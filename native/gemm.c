@@ -21,7 +21,7 @@
 int gf_gemm_supported(void) {
 #ifdef GF_X86
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #else
   return 0; /* no micro-kernel for this architecture: the caller keeps its own matmul */
 #endif

@@ -5,7 +5,7 @@
 
 enum gf_activation { GF_LINEAR = 0, GF_RELU = 1, GF_LEAKYRELU = 2, GF_RELU6 = 3, GF_SIGMOID = 4 };
 
-/* 1 when this CPU has the instructions the fast path needs (AVX2 + FMA). */
+/* 1 when this CPU has the instructions every kernel of the addon needs (AVX2, FMA, F16C). */
 int gf_gemm_supported(void);
 
 /*

@@ -4,6 +4,7 @@ import { selectBackend } from '../src/backend';
 import { nativeMatMulActive, nativeProductCount } from '../src/model/native-matmul';
 import { builtAddon, nativeAddon } from '../src/util/native';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { decodeFloatsPortable, encodeFloatsPortable } from '../src/protocol/wire-dtype';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';
@@ -113,4 +114,35 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
     assertClose(params, expected, 1e-6, 1e-5, `update ${t}`);
   }
   assert.throws(() => addon.adam(params, new Float32Array(n - 1), new Float32Array(n), new Float32Array(n), 0.9, 0.999, 1e-3, 1, 1e-7), /one length/);
+});
+
+test('the native 16-bit wire conversions give the bits of the JavaScript ones (float16 and bfloat16, both ways)', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const rng = new Rng(5);
+  const special = [0, -0, 1, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 65504, -65504, 65505, 65519.99, 65520, -65536, 1e10, -3e38,
+    Infinity, -Infinity, NaN, 6.1e-5, 6e-8, 3e-8, 2.98e-8, -2.98e-8, 1e-40, -1e-45, 5.96e-8];
+  const values = new Float32Array(special.length + 20000);
+  values.set(special);
+  // Magnitudes from 2^-30 to 2^20, both signs: subnormal float16s, normal ones, saturation.
+  for (let i = special.length; i < values.length; i++) values[i] = (rng.uniform() < 0.5 ? -1 : 1) * 2 ** (rng.uniform() * 50 - 30);
+  const isNaN16 = (h: number, bfloat: boolean) => (bfloat ? (h & 0x7f80) === 0x7f80 && (h & 0x7f) !== 0 : (h & 0x7c00) === 0x7c00 && (h & 0x3ff) !== 0);
+  for (const dtype of ['float16', 'bfloat16'] as const) {
+    const bfloat = dtype === 'bfloat16';
+    const expected = encodeFloatsPortable(values, dtype);
+    const actual = new Uint16Array(values.length);
+    addon.toHalf(values, actual, bfloat);
+    for (let i = 0; i < values.length; i++) {
+      if (Number.isNaN(values[i])) assert.ok(isNaN16(actual[i], bfloat), `${dtype}: NaN became 0x${actual[i].toString(16)}`);
+      else assert.equal(actual[i], expected[i], `${dtype}(${values[i]}): 0x${actual[i].toString(16)}, JavaScript 0x${expected[i].toString(16)}`);
+    }
+    const every = new Uint16Array(65536).map((_, i) => i);
+    const back = new Float32Array(65536);
+    addon.fromHalf(every, back, bfloat);
+    const reference = decodeFloatsPortable(every, dtype);
+    for (let h = 0; h < 65536; h++) {
+      assert.ok(Object.is(back[h], reference[h]) || (Number.isNaN(back[h]) && Number.isNaN(reference[h])), `${dtype} 0x${h.toString(16)}: ${back[h]} vs ${reference[h]}`);
+    }
+  }
+  assert.throws(() => addon.toHalf(values, new Uint16Array(3), false), /one length/);
+  assert.throws(() => addon.fromHalf(values as unknown as Uint16Array, new Float32Array(values.length), false), /Float32Array and a Uint16Array/);
 });

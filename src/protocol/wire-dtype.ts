@@ -1,3 +1,5 @@
+import { nativeAddon } from '../util/native';
+
 /**
  * 16-bit float encodings for the float arrays on the wire (--wire-dtype).
  * The coordinator's weights and Adam state stay float32: only what travels
@@ -56,8 +58,30 @@ function float16Values(): Float32Array {
   return float16Table;
 }
 
-/** Rounds float32 values to a 16-bit dtype; the result's bytes are what travels. */
+/**
+ * Rounds float32 values to a 16-bit dtype; the result's bytes are what
+ * travels. On the native addon (8 lanes, F16C for float16) where it is
+ * built: the JavaScript conversions cost more than half the bytes save on
+ * loopback. test/native.test.ts holds the two to the same bits.
+ */
 export function encodeFloats(values: Float32Array, dtype: Exclude<WireDtype, 'float32'>): Uint16Array {
+  const native = nativeAddon().addon;
+  if (!native) return encodeFloatsPortable(values, dtype);
+  const out = new Uint16Array(values.length);
+  native.toHalf(values, out, dtype === 'bfloat16');
+  return out;
+}
+
+export function decodeFloats(halves: Uint16Array, dtype: Exclude<WireDtype, 'float32'>): Float32Array {
+  const native = nativeAddon().addon;
+  if (!native) return decodeFloatsPortable(halves, dtype);
+  const out = new Float32Array(halves.length);
+  native.fromHalf(halves, out, dtype === 'bfloat16');
+  return out;
+}
+
+/** encodeFloats in JavaScript: the reference, and the path without the addon. */
+export function encodeFloatsPortable(values: Float32Array, dtype: Exclude<WireDtype, 'float32'>): Uint16Array {
   const out = new Uint16Array(values.length);
   if (dtype === 'float16') {
     for (let i = 0; i < values.length; i++) out[i] = toFloat16Bits(values[i]);
@@ -72,7 +96,8 @@ export function encodeFloats(values: Float32Array, dtype: Exclude<WireDtype, 'fl
   return out;
 }
 
-export function decodeFloats(halves: Uint16Array, dtype: Exclude<WireDtype, 'float32'>): Float32Array {
+/** decodeFloats in JavaScript: the reference, and the path without the addon. */
+export function decodeFloatsPortable(halves: Uint16Array, dtype: Exclude<WireDtype, 'float32'>): Float32Array {
   const out = new Float32Array(halves.length);
   if (dtype === 'float16') {
     const table = float16Values();

@@ -2,12 +2,13 @@ import path from 'node:path';
 
 /**
  * ganfleet's optional native addon (native/: an AVX2/FMA matrix product for
- * the wasm backend, and the coordinator's gradient average and Adam update),
+ * the wasm backend, the coordinator's gradient average and Adam update, and
+ * the 16-bit wire conversions),
  * built by `npm install` when a C compiler is present. Every use has a
  * JavaScript or wasm fallback; this says which one is in use and why.
  */
 export interface NativeAddon {
-  /** Whether this CPU has AVX2 and FMA; neither function may be called otherwise. */
+  /** Whether this CPU has AVX2, FMA and F16C; no other function may be called otherwise. */
   supported(): boolean;
   gemm(
     heap: Float32Array,
@@ -27,6 +28,9 @@ export interface NativeAddon {
   adam(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, beta1: number, beta2: number, stepSize: number, invC2: number, epsilon: number): void;
   /** out = w·x, or out += w·x when `accumulate`, in float32. */
   scaleAdd(out: Float32Array, x: Float32Array, w: number, accumulate: boolean): void;
+  /** float32 to float16 (or bfloat16) bits, as wire-dtype.ts's JavaScript does it. */
+  toHalf(src: Float32Array, dst: Uint16Array, bfloat: boolean): void;
+  fromHalf(src: Uint16Array, dst: Float32Array, bfloat: boolean): void;
 }
 
 /** Where `npm run build:native` leaves the addon, from dist/src/util/. */
@@ -49,7 +53,7 @@ export function nativeAddon(): { addon: NativeAddon | null; why: string } {
     const why = (e as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? 'not built (npm run build:native)' : (e as Error).message.split('\n')[0];
     return (loaded = { addon: null, why });
   }
-  if (!addon.supported()) return (loaded = { addon: null, why: 'this CPU lacks AVX2/FMA' });
+  if (!addon.supported()) return (loaded = { addon: null, why: 'this CPU lacks AVX2, FMA or F16C' });
   return (loaded = { addon, why: 'AVX2/FMA' });
 }
 
