@@ -17,19 +17,30 @@ static napi_value fail(napi_env env, const char *code, const char *msg) {
   return NULL;
 }
 
+/* Whether `value` is a typed array of `want`; if so, its data and element count. */
+static bool typed_array(napi_env env, napi_value value, napi_typedarray_type want, void **data, size_t *length) {
+  bool is_typed = false;
+  napi_typedarray_type type;
+  return napi_is_typedarray(env, value, &is_typed) == napi_ok && is_typed &&
+         napi_get_typedarray_info(env, value, &type, length, data, NULL, NULL) == napi_ok && type == want;
+}
+
+static bool float32_array(napi_env env, napi_value value, float **data, size_t *length) {
+  return typed_array(env, value, napi_float32_array, (void **)data, length);
+}
+
+static bool uint16_array(napi_env env, napi_value value, uint16_t **data, size_t *length) {
+  return typed_array(env, value, napi_uint16_array, (void **)data, length);
+}
+
 static napi_value gemm(napi_env env, napi_callback_info info) {
   size_t argc = ARGS;
   napi_value argv[ARGS];
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != ARGS)
     return fail(env, "GEMM_ARGS", "gemm(heap, m, n, k, a, transA, b, transB, c, bias, biasLength, activation, alpha)");
-  bool is_typed = false;
-  napi_is_typedarray(env, argv[0], &is_typed);
-  if (!is_typed) return fail(env, "GEMM_ARGS", "heap must be a Float32Array");
-  napi_typedarray_type type;
+  float *heap;
   size_t length;
-  void *data;
-  if (napi_get_typedarray_info(env, argv[0], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_float32_array)
-    return fail(env, "GEMM_ARGS", "heap must be a Float32Array");
+  if (!float32_array(env, argv[0], &heap, &length)) return fail(env, "GEMM_ARGS", "heap must be a Float32Array");
   int64_t v[ARGS - 2];
   for (int i = 0; i < ARGS - 2; i++) {
     if (napi_get_value_int64(env, argv[i + 1], &v[i]) != napi_ok) return fail(env, "GEMM_ARGS", "sizes and offsets must be numbers");
@@ -46,7 +57,6 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
   if (bias >= 0 && (bias_len != 1 && bias_len != n)) return fail(env, "GEMM_ARGS", "bias must hold 1 or n values");
   if (bias >= 0 && bias + bias_len > len) return fail(env, "GEMM_BOUNDS", "the bias lies outside the heap");
   if (act < GF_LINEAR || act > GF_SIGMOID) return fail(env, "GEMM_ARGS", "unknown activation");
-  float *heap = (float *)data;
   if (gf_gemm((int)m, (int)n, (int)k, heap + a, (int)ta, heap + b, (int)tb, heap + c, bias >= 0 ? heap + bias : NULL,
               (int)bias_len, (int)act, (float)alpha) != 0) {
     /* -2: no micro-kernel for this CPU (supported() said so); -1: out of memory. */
@@ -54,13 +64,6 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return NULL;
-}
-
-static bool float32_array(napi_env env, napi_value value, float **data, size_t *length) {
-  bool is_typed = false;
-  napi_typedarray_type type;
-  return napi_is_typedarray(env, value, &is_typed) == napi_ok && is_typed &&
-         napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL) == napi_ok && type == napi_float32_array;
 }
 
 /* adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon): one update in place. */
@@ -100,13 +103,6 @@ static napi_value scale_add(napi_env env, napi_callback_info info) {
     return fail(env, "SCALE_ADD_ARGS", "w must be a number and accumulate a boolean");
   gf_scale_add(out, x, (long)n_out, (float)w, accumulate);
   return NULL;
-}
-
-static bool uint16_array(napi_env env, napi_value value, uint16_t **data, size_t *length) {
-  bool is_typed = false;
-  napi_typedarray_type type;
-  return napi_is_typedarray(env, value, &is_typed) == napi_ok && is_typed &&
-         napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL) == napi_ok && type == napi_uint16_array;
 }
 
 /* toHalf(src, dst, bfloat) and fromHalf(src, dst, bfloat): the 16-bit wire conversions. */
