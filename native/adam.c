@@ -66,3 +66,27 @@ __attribute__((target("avx2,fma"))) void gf_scale_add(float *out, const float *x
 #else
 void gf_scale_add(float *out, const float *x, long n, float w, int accumulate) { scale_add_scalar(out, x, 0, n, w, accumulate); }
 #endif
+
+/* Index of the first value that is NaN or beyond ±bound (±Infinity included), or -1: the wire's validation pass. */
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx2"))) long gf_first_outside(const float *x, long n, float bound) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), b = _mm256_set1_ps(bound);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    /* Ordered ≤: false for NaN, so NaN counts as outside. */
+    int inside = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask), b, _CMP_LE_OQ));
+    if (inside != 0xff) return i + __builtin_ctz(~inside & 0xff);
+  }
+  for (; i < n; i++) {
+    if (!(x[i] <= bound && x[i] >= -bound)) return i;
+  }
+  return -1;
+}
+#else
+long gf_first_outside(const float *x, long n, float bound) {
+  for (long i = 0; i < n; i++) {
+    if (!(x[i] <= bound && x[i] >= -bound)) return i;
+  }
+  return -1;
+}
+#endif

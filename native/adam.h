@@ -5,4 +5,6 @@ void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, 
              float epsilon);
 /* out = w·x, or out + w·x when accumulate (see adam.c). */
 void gf_scale_add(float *out, const float *x, long n, float w, int accumulate);
+/* Index of the first value that is NaN or beyond ±bound, or -1 (see adam.c). */
+long gf_first_outside(const float *x, long n, float bound);
 #endif

@@ -1,5 +1,6 @@
 /*
- * Node-API face of gemm.c, adam.c (Adam and the gradient average) and half.c
+ * Node-API face of gemm.c, adam.c (Adam, the gradient average, the range
+ * check of incoming floats) and half.c
  * (the 16-bit wire conversions). gemm's operands are offsets into one
  * Float32Array, the wasm backend's heap, where tfjs keeps every tensor: the
  * product reads and writes the tensors in place, with no copy in or out.
@@ -31,6 +32,23 @@ static bool float32_array(napi_env env, napi_value value, float **data, size_t *
 
 static bool uint16_array(napi_env env, napi_value value, uint16_t **data, size_t *length) {
   return typed_array(env, value, napi_uint16_array, (void **)data, length);
+}
+
+/* firstOutside(values, bound): index of the first NaN or value beyond ±bound, or -1. */
+static napi_value first_outside(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  float *x;
+  size_t n;
+  double bound;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 || !float32_array(env, argv[0], &x, &n) ||
+      napi_get_value_double(env, argv[1], &bound) != napi_ok)
+    return fail(env, "FIRST_OUTSIDE_ARGS", "firstOutside(Float32Array, bound)");
+  /* A bound beyond float32's range means "finite": FLT_MAX, which a float32 never exceeds but ±Infinity does. */
+  float b = bound >= 3.4028234663852886e38 ? 3.4028234663852886e38f : (float)bound;
+  napi_value result;
+  napi_create_int64(env, gf_first_outside(x, (long)n, b), &result);
+  return result;
 }
 
 static napi_value gemm(napi_env env, napi_callback_info info) {
@@ -140,11 +158,12 @@ static napi_value init(napi_env env, napi_value exports) {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
       {"adam", NULL, adam, NULL, NULL, NULL, napi_default, NULL},
       {"scaleAdd", NULL, scale_add, NULL, NULL, NULL, napi_default, NULL},
+      {"firstOutside", NULL, first_outside, NULL, NULL, NULL, napi_default, NULL},
       {"toHalf", NULL, to_half, NULL, NULL, NULL, napi_default, NULL},
       {"fromHalf", NULL, from_half, NULL, NULL, NULL, napi_default, NULL},
       {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 6, props);
+  napi_define_properties(env, exports, 7, props);
   return exports;
 }
 

@@ -146,3 +146,28 @@ test('the native 16-bit wire conversions give the bits of the JavaScript ones (f
   assert.throws(() => addon.toHalf(values, new Uint16Array(3), false), /one length/);
   assert.throws(() => addon.fromHalf(values as unknown as Uint16Array, new Float32Array(values.length), false), /Float32Array and a Uint16Array/);
 });
+
+test('the native range check finds the first NaN, ±Infinity or value beyond the bound', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const reference = (x: Float32Array, bound: number) => x.findIndex((v) => !(v <= bound && v >= -bound));
+  const rng = new Rng(13);
+  const x = new Float32Array(1001).map(() => rng.uniform() * 2 - 1); // not a multiple of 8: the tail runs too
+  assert.equal(addon.firstOutside(x, 1e6), -1);
+  for (const at of [0, 7, 8, 500, 999, 1000]) {
+    for (const bad of [NaN, Infinity, -Infinity, 1e6 * 1.5, -2e6]) {
+      const y = x.slice();
+      y[at] = bad;
+      y[Math.min(at + 3, 1000)] = NaN; // a later one must not win
+      assert.equal(addon.firstOutside(y, 1e6), reference(y, 1e6), `${bad} at ${at}`);
+    }
+  }
+  const edge = x.slice();
+  edge[3] = 1e6;
+  edge[4] = -1e6;
+  assert.equal(addon.firstOutside(edge, 1e6), -1, 'the bound itself is inside');
+  // No bound but finiteness: Number.MAX_VALUE, as the codec passes for most fields.
+  edge[9] = 3.4e38;
+  assert.equal(addon.firstOutside(edge, Number.MAX_VALUE), -1);
+  edge[10] = Infinity;
+  assert.equal(addon.firstOutside(edge, Number.MAX_VALUE), 10);
+});

@@ -28,6 +28,8 @@ export interface NativeAddon {
   adam(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, beta1: number, beta2: number, stepSize: number, invC2: number, epsilon: number): void;
   /** out = w·x, or out += w·x when `accumulate`, in float32. */
   scaleAdd(out: Float32Array, x: Float32Array, w: number, accumulate: boolean): void;
+  /** Index of the first NaN or value beyond ±bound (±Infinity is beyond any bound), or -1. */
+  firstOutside(values: Float32Array, bound: number): number;
   /** float32 to float16 (or bfloat16) bits, as wire-dtype.ts's JavaScript does it. */
   toHalf(src: Float32Array, dst: Uint16Array, bfloat: boolean): void;
   fromHalf(src: Uint16Array, dst: Float32Array, bfloat: boolean): void;
