@@ -20,9 +20,10 @@ test('a worker holds a constant number of tensors across steps (no leak)', async
     // As the coordinator sends them: G before a D round, D before a G round.
     compute.updateWeights(params.generator, step === 0 ? params.discriminator : undefined);
     const d = compute.step(step, 'discriminator');
+    compute.drawAhead(step + 1); // as the worker does while the coordinator steps D
     compute.updateWeights(undefined, params.discriminator);
     const g = compute.step(step, 'generator');
-    compute.prepare(step + 1); // as the worker does while the coordinator steps G
+    compute.prepare(step + 1); // and while it steps G
     assert.ok(Number.isFinite(d.loss) && Number.isFinite(g.loss));
     assert.equal(d.samples, 32);
     counts.push(tf.memory().numTensors);
@@ -52,6 +53,31 @@ test('a D round whose real half was computed ahead (prepare) returns the gradien
   assertClose([a.loss, a.dReal!, a.dFake], [w.loss, w.dReal!, w.dFake], 1e-5, 1e-5, 'loss, D(x), D(G(z))');
   ahead.dispose();
   whole.dispose();
+});
+
+test('drawing the next step ahead, during the G round, keeps every draw and result the same', async () => {
+  await selectBackend('cpu');
+  const model = createModel('mlp');
+  const params = model.init(new Rng(4));
+  const ahead = readyCompute(16, 21, 200, 4);
+  const plain = readyCompute(16, 21, 200, 4);
+  for (let step = 0; step < 3; step++) {
+    const dA = ahead.step(step, 'discriminator');
+    ahead.drawAhead(step + 1);
+    const gA = ahead.step(step, 'generator');
+    const dP = plain.step(step, 'discriminator');
+    const gP = plain.step(step, 'generator');
+    // The G round still sees this step's noise, not the one drawn ahead.
+    assert.equal(gA.dFake, dA.dFake);
+    assert.deepEqual([dA.loss, dA.dReal, gA.loss], [dP.loss, dP.dReal, gP.loss], `step ${step}`);
+    assert.deepEqual(Array.from(gA.gradients), Array.from(gP.gradients), `step ${step} G gradients`);
+    for (const c of [ahead, plain]) {
+      params.generator[step] += 0.01; // the coordinator's update, the same for both
+      c.updateWeights(params.generator, params.discriminator);
+    }
+  }
+  ahead.dispose();
+  plain.dispose();
 });
 
 test('the G round reuses the D round noise of the same step, and a new step draws new noise', async () => {

@@ -20,17 +20,23 @@ export class ShardCompute {
   private discriminator: Tensors | null = null;
   /**
    * The step's random draws: noise and a real batch. Drawn ahead, while the
-   * worker would otherwise wait for the coordinator (prepare), or on demand.
+   * worker would otherwise wait for the coordinator (drawAhead, prepare), or on demand.
    */
-  private drawn: { step: number; noise: tf.Tensor2D; real: tf.Tensor2D } | null = null;
+  private drawn: Draws | null = null;
+  /** The next step's draws, made during the G round's wait while this step's are still in use. */
+  private ahead: Draws | null = null;
   /** G's forward pass on the drawn noise with the current G; dropped when either changes. */
   private pass: GeneratorPass | null = null;
   /** The D step's real half on the drawn batch with the current D; dropped when either changes. */
   private realPart: RealPart | null = null;
   private readonly rng: Rng;
-  private readonly realBuffer: Float32Array;
   private readonly pixelBuffer: Uint8Array;
-  private readonly noiseBuffer: Float32Array;
+  /**
+   * Two sets of arrays behind the draws' tensors, one per live draw (this
+   * step's and the one drawn ahead): the cpu backend keeps the array a
+   * tensor was made from, so refilling it would change a draw in use.
+   */
+  private readonly slots: { real: Float32Array; noise: Float32Array }[];
 
   constructor(
     private readonly model: GanModel,
@@ -38,9 +44,8 @@ export class ShardCompute {
     seed: number,
   ) {
     this.rng = new Rng(seed);
-    this.realBuffer = new Float32Array(batchSize * IMAGE_SIZE);
     this.pixelBuffer = new Uint8Array(batchSize * IMAGE_SIZE);
-    this.noiseBuffer = new Float32Array(batchSize * model.zDim);
+    this.slots = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
   }
 
   setShard(images: Uint8Array, count: number): void {
@@ -49,13 +54,26 @@ export class ShardCompute {
     }
     this.shard = images;
     this.shardCount = count;
-    this.dropDrawn(); // a batch drawn ahead came from the old shard
+    // Batches drawn ahead came from the old shard.
+    this.dropDrawn();
+    this.dropAhead();
+  }
+
+  /**
+   * Draws step `step`'s noise and real batch while the worker waits for the
+   * current step's G round (the current draws stay, for that round). The RNG
+   * is used in the same order either way, so the draws are the same.
+   */
+  drawAhead(step: number): void {
+    if (!this.shard || this.drawn?.step === step || this.ahead?.step === step) return;
+    this.dropAhead();
+    this.ahead = this.makeDraws(step);
   }
 
   /**
    * Readies step `step`'s D round while the worker would otherwise wait for
-   * the coordinator: draws its noise and real batch, and computes the D
-   * step's real half where the model can split it.
+   * the coordinator: its noise and real batch (if not drawn ahead), and the
+   * D step's real half where the model can split it.
    */
   prepare(step: number): void {
     if (!this.shard) return;
@@ -102,6 +120,7 @@ export class ShardCompute {
     if (this.generator) disposeTensors(this.generator);
     if (this.discriminator) disposeTensors(this.discriminator);
     this.dropDrawn();
+    this.dropAhead();
     this.generator = this.discriminator = null;
   }
 
@@ -109,15 +128,26 @@ export class ShardCompute {
   private draw(step: number): void {
     if (this.drawn?.step === step) return;
     this.dropDrawn();
-    const noise = tf.tensor2d(this.rng.fillNormal(this.noiseBuffer), [this.batchSize, this.model.zDim]);
-    this.drawn = { step, noise, real: this.realBatch() };
+    if (this.ahead?.step === step) [this.drawn, this.ahead] = [this.ahead, null];
+    else this.drawn = this.makeDraws(step);
+  }
+
+  private makeDraws(step: number): Draws {
+    // At most one other draw is alive when a new one is made, so one slot is free.
+    const slot = this.drawn?.slot === 0 || this.ahead?.slot === 0 ? 1 : 0;
+    const { real, noise } = this.slots[slot];
+    return { step, slot, noise: tf.tensor2d(this.rng.fillNormal(noise), [this.batchSize, this.model.zDim]), real: this.realBatch(real) };
+  }
+
+  private dropAhead(): void {
+    disposeDraws(this.ahead);
+    this.ahead = null;
   }
 
   private dropDrawn(): void {
     this.dropPass();
     this.dropRealPart();
-    this.drawn?.noise.dispose();
-    this.drawn?.real.dispose();
+    disposeDraws(this.drawn);
     this.drawn = null;
   }
 
@@ -135,13 +165,26 @@ export class ShardCompute {
   }
 
   /** Uniform with replacement from the shard, as the seed's np.random.randint. */
-  private realBatch(): tf.Tensor2D {
+  private realBatch(into: Float32Array): tf.Tensor2D {
     const shard = this.shard!;
     for (let i = 0; i < this.batchSize; i++) {
       const k = this.rng.int(this.shardCount);
       this.pixelBuffer.set(shard.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), i * IMAGE_SIZE);
     }
-    return tf.tensor2d(toTanhRange(this.pixelBuffer, this.realBuffer), [this.batchSize, IMAGE_SIZE]);
+    return tf.tensor2d(toTanhRange(this.pixelBuffer, into), [this.batchSize, IMAGE_SIZE]);
   }
 
+}
+
+interface Draws {
+  step: number;
+  /** Which of ShardCompute's array sets backs the tensors. */
+  slot: 0 | 1;
+  noise: tf.Tensor2D;
+  real: tf.Tensor2D;
+}
+
+function disposeDraws(d: Draws | null): void {
+  d?.noise.dispose();
+  d?.real.dispose();
 }

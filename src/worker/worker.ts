@@ -214,8 +214,9 @@ function connectOnce(
           if (out.dReal !== undefined) reply.dReal = out.dReal;
           if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
           ws.send(encode(reply, wireDtype));
-          // The coordinator now averages and steps Adam: draw the next step's batch meanwhile.
-          if (msg.phase === 'generator') compute.prepare(msg.step + 1);
+          // The coordinator now averages and steps Adam: ready the next step meanwhile.
+          if (msg.phase === 'discriminator') compute.drawAhead(msg.step + 1);
+          else compute.prepare(msg.step + 1);
           heard(); // busy computing is not the coordinator's silence
           metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
           return;
