@@ -18,6 +18,14 @@ static napi_value fail(napi_env env, const char *code, const char *msg) {
   return NULL;
 }
 
+/* The call's n arguments into argv; false, with a RangeError thrown, unless there are exactly n. */
+static bool get_args(napi_env env, napi_callback_info info, size_t n, napi_value *argv, const char *code, const char *usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == n) return true;
+  fail(env, code, usage);
+  return false;
+}
+
 /* Whether `value` is a typed array of `want`; if so, its data and element count. */
 static bool typed_array(napi_env env, napi_value value, napi_typedarray_type want, void **data, size_t *length) {
   bool is_typed = false;
@@ -36,13 +44,12 @@ static bool uint16_array(napi_env env, napi_value value, uint16_t **data, size_t
 
 /* firstOutside(values, bound): index of the first NaN or value beyond ±bound, or -1. */
 static napi_value first_outside(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
   float *x;
   size_t n;
   double bound;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 || !float32_array(env, argv[0], &x, &n) ||
-      napi_get_value_double(env, argv[1], &bound) != napi_ok)
+  if (!get_args(env, info, 2, argv, "FIRST_OUTSIDE_ARGS", "firstOutside(Float32Array, bound)")) return NULL;
+  if (!float32_array(env, argv[0], &x, &n) || napi_get_value_double(env, argv[1], &bound) != napi_ok)
     return fail(env, "FIRST_OUTSIDE_ARGS", "firstOutside(Float32Array, bound)");
   /* A bound beyond float32's range means "finite": FLT_MAX, which a float32 never exceeds but ±Infinity does. */
   float b = bound >= 3.4028234663852886e38 ? 3.4028234663852886e38f : (float)bound;
@@ -52,10 +59,8 @@ static napi_value first_outside(napi_env env, napi_callback_info info) {
 }
 
 static napi_value gemm(napi_env env, napi_callback_info info) {
-  size_t argc = ARGS;
   napi_value argv[ARGS];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != ARGS)
-    return fail(env, "GEMM_ARGS", "gemm(heap, m, n, k, a, transA, b, transB, c, bias, biasLength, activation, alpha)");
+  if (!get_args(env, info, ARGS, argv, "GEMM_ARGS", "gemm(heap, m, n, k, a, transA, b, transB, c, bias, biasLength, activation, alpha)")) return NULL;
   float *heap;
   size_t length;
   if (!float32_array(env, argv[0], &heap, &length)) return fail(env, "GEMM_ARGS", "heap must be a Float32Array");
@@ -86,10 +91,8 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
 
 /* adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon): one update in place. */
 static napi_value adam(napi_env env, napi_callback_info info) {
-  size_t argc = 9;
   napi_value argv[9];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 9)
-    return fail(env, "ADAM_ARGS", "adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon)");
+  if (!get_args(env, info, 9, argv, "ADAM_ARGS", "adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon)")) return NULL;
   float *arrays[4];
   size_t lengths[4];
   for (int i = 0; i < 4; i++) {
@@ -106,10 +109,8 @@ static napi_value adam(napi_env env, napi_callback_info info) {
 
 /* scaleAdd(out, x, w, accumulate): out = w·x, or out += w·x. */
 static napi_value scale_add(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4)
-    return fail(env, "SCALE_ADD_ARGS", "scaleAdd(out, x, w, accumulate)");
+  if (!get_args(env, info, 4, argv, "SCALE_ADD_ARGS", "scaleAdd(out, x, w, accumulate)")) return NULL;
   float *out, *x;
   size_t n_out, n_x;
   if (!float32_array(env, argv[0], &out, &n_out) || !float32_array(env, argv[1], &x, &n_x))
@@ -125,10 +126,8 @@ static napi_value scale_add(napi_env env, napi_callback_info info) {
 
 /* toHalf(src, dst, bfloat) and fromHalf(src, dst, bfloat): the 16-bit wire conversions. */
 static napi_value convert_half(napi_env env, napi_callback_info info, bool to_half) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3)
-    return fail(env, "HALF_ARGS", to_half ? "toHalf(src, dst, bfloat)" : "fromHalf(src, dst, bfloat)");
+  if (!get_args(env, info, 3, argv, "HALF_ARGS", to_half ? "toHalf(src, dst, bfloat)" : "fromHalf(src, dst, bfloat)")) return NULL;
   float *floats;
   uint16_t *halves;
   size_t n_floats, n_halves;
