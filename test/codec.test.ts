@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
-import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, Mail, MailboxReady, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
 const raw = new Packr({ useRecords: false });
 
@@ -60,6 +60,21 @@ describe('codec round trip', () => {
     assert.deepEqual(decodeCoordinatorMessage(encode(stop)), stop);
     const error = message<ErrorMessage>({ type: 'error', code: 'X', message: 'y' });
     assert.deepEqual(decodeWorkerMessage(encode(error)), error);
+  });
+});
+
+describe('mailbox messages', () => {
+  test('mail notices and mailbox confirmations round-trip, and each side accepts only its own', () => {
+    assert.deepEqual(decodeWorkerMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/dev/shm/x/to-coordinator' }))), { v: 1, type: 'mailbox', path: '/dev/shm/x/to-coordinator' });
+    assert.deepEqual(decodeWorkerMessage(encode(message<Mail>({ type: 'mail', bytes: 458000 }))), { v: 1, type: 'mail', bytes: 458000 });
+    assert.deepEqual(decodeCoordinatorMessage(encode(message<Mail>({ type: 'mail', bytes: 12 }))), { v: 1, type: 'mail', bytes: 12 });
+    assertRejected(() => decodeCoordinatorMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/x' }))), 'bad_type');
+  });
+
+  test('a notice must give a byte count, and a confirmation a path', () => {
+    for (const bytes of [-1, 1.5, '100', null]) assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mail', bytes })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox' })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox', path: 'x'.repeat(2000) })), 'bad_field');
   });
 });
 

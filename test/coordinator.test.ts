@@ -8,7 +8,8 @@ import { KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { decodeCoordinatorMessage, encode } from '../src/protocol/codec';
-import { CoordinatorMessage, Gradients, Hello, Phase, message } from '../src/protocol/messages';
+import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
+import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, message } from '../src/protocol/messages';
 
 const G_SIZE = 114064;
 const D_SIZE = 100609;
@@ -46,10 +47,13 @@ class ScriptedPeer {
     this.send(encode(message<Hello>({ type: 'hello', name: 'scripted', backend: 'none', pid: process.pid, hostname: 'test' })));
   }
 
-  gradients(step: number, phase: Phase, values: Float32Array): void {
+  gradients(step: number, phase: Phase, values: Float32Array, outbox?: Outbox): void {
     const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: 128, gradients: values, loss: 0.7, dFake: 0.5, computeSeconds: 0.001 };
     if (phase === 'discriminator') body.dReal = 0.5;
-    this.send(encode(message<Gradients>(body)));
+    const frame = encode(message<Gradients>(body));
+    if (!outbox) return this.send(frame);
+    outbox.post(frame);
+    this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
   }
 }
 
@@ -57,7 +61,7 @@ function config(out: string, steps: number): CoordinatorConfig {
   return {
     host: '127.0.0.1', port: 0, metricsPort: -1, arch: 'mlp', loss: 'bce', steps, batchSize: 128, seed: 1, out,
     sampleEvery: 1000, logEvery: 1000, startWorkers: 1, minWorkers: 1, maxWorkers: 8, roundTimeoutSeconds: 30,
-    heartbeatSeconds: 5, checkpointEvery: 0, wireDtype: 'float32', evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
+    heartbeatSeconds: 5, checkpointEvery: 0, wireDtype: 'float32', mailbox: true, evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
   };
 }
 
@@ -133,6 +137,59 @@ describe('coordinator validates what workers send', () => {
   });
 });
 
+describe('coordinator and a worker on one machine', () => {
+  const ctx = trainingCoordinator();
+
+  test('once the worker shows it reads the offered mailbox, weights and gradients travel through shared memory', async () => {
+    const { coordinator, run } = ctx;
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello();
+    const welcome = await peer.next();
+    assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce, JSON.stringify(welcome));
+    assert.equal(fs.statSync(welcome.mailbox).mode & 0o777, 0o600);
+    const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
+    const dir = makeMailboxDir('worker');
+    const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce);
+    peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+
+    let mailed = 0;
+    let socketed = 0;
+    for (let rounds = 0; rounds < 4; ) {
+      const m = await peer.next();
+      if (m.type === 'shard') continue;
+      let weights: Weights;
+      if (m.type === 'mail') {
+        const inner = decodeCoordinatorMessage(inbox.collect(m.bytes, 1 << 20));
+        assert.equal(inner.type, 'weights');
+        weights = inner as Weights;
+        mailed++;
+        assert.equal(coordinator.status().workers[0].frames, 'shared memory');
+      } else {
+        assert.equal(m.type, 'weights', JSON.stringify(m));
+        weights = m as Weights;
+        socketed++;
+      }
+      if (weights.step === 0 && weights.phase === 'discriminator') assert.equal(weights.generator?.length, G_SIZE);
+      // Answered the way the weights came, as a worker does.
+      const size = weights.phase === 'generator' ? G_SIZE : D_SIZE;
+      peer.gradients(weights.step, weights.phase, new Float32Array(size).fill(1e-3), m.type === 'mail' ? outbox : undefined);
+      rounds++;
+    }
+    // The coordinator may have sent the first round before it read the confirmation.
+    assert.ok(mailed >= 3 && socketed <= 1, `${mailed} rounds by mail, ${socketed} over the socket`);
+    const summary = await run;
+    assert.equal(summary.steps, 2);
+    // Frame bytes count as sent and received, whichever way they travel.
+    assert.ok(summary.bytesReceivedPerStep > 4 * (G_SIZE + D_SIZE), `${summary.bytesReceivedPerStep} bytes received per step`);
+    await coordinator.close();
+    assert.ok(!fs.existsSync(path.dirname(welcome.mailbox)), "the coordinator's mailbox directory is gone after close");
+    inbox.close();
+    outbox.close();
+    removeMailboxDir(dir);
+  });
+});
+
 describe('coordinator disconnects bad peers', () => {
   let out: string;
   let coordinator: Coordinator;
@@ -153,6 +210,31 @@ describe('coordinator disconnects bad peers', () => {
     peer.send(Buffer.from('not msgpack at all'));
     assert.equal((await peer.next()).type, 'error');
     assert.equal(await peer.closed, 1008);
+  });
+
+  test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello();
+    const welcome = await peer.next();
+    assert.ok(welcome.type === 'welcome' && welcome.mailbox);
+    const before = await coordinator.metrics.rejected.get();
+    const count = (values: typeof before.values, reason: string) => values.find((v) => v.labels.reason === reason)?.value ?? 0;
+    peer.send(encode(message<Mail>({ type: 'mail', bytes: 100 })));
+    const refusedMail = await peer.next();
+    assert.ok(refusedMail.type === 'error' && refusedMail.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(refusedMail));
+    // A file the worker could name, but without this connection's nonce: say, one of the coordinator's own outputs.
+    const planted = path.join(out, 'planted');
+    fs.writeFileSync(planted, 'not the nonce');
+    peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
+    const refusedBox = await peer.next();
+    assert.ok(refusedBox.type === 'error' && refusedBox.code === 'PROTOCOL_BAD_FIELD' && /nonce/.test(refusedBox.message), JSON.stringify(refusedBox));
+    const after = await coordinator.metrics.rejected.get();
+    assert.equal(count(after.values, 'unexpected') - count(before.values, 'unexpected'), 1);
+    assert.equal(count(after.values, 'bad_field') - count(before.values, 'bad_field'), 1);
+    assert.equal(coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames, 'websocket');
+    peer.ws.close();
+    await peer.closed;
   });
 
   test('a welcomed peer is dropped after repeated offences', async () => {

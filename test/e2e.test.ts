@@ -127,7 +127,8 @@ test('--wire-dtype float16 and bfloat16 halve the gradient bytes and train like 
   const wide = await run('float32');
   for (const dtype of ['float16', 'bfloat16']) {
     const narrow = await run(dtype);
-    assert.ok(Math.abs(narrow.bytesReceivedPerStep - wide.bytesReceivedPerStep / 2) < 200, `${dtype}: ${narrow.bytesReceivedPerStep} bytes from the worker per step vs ${wide.bytesReceivedPerStep}`);
+    // The envelope (field names, the mailbox's notices) does not halve: a few hundred bytes a step.
+    assert.ok(Math.abs(narrow.bytesReceivedPerStep - wide.bytesReceivedPerStep / 2) < 500, `${dtype}: ${narrow.bytesReceivedPerStep} bytes from the worker per step vs ${wide.bytesReceivedPerStep}`);
     for (const k of ['dLoss', 'gLoss', 'dReal', 'dFake']) {
       assert.ok(Math.abs(narrow.last[k] - wide.last[k]) < 0.05, `${dtype} ${k}: ${narrow.last[k]} vs float32 ${wide.last[k]}`);
     }

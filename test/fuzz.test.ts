@@ -141,6 +141,12 @@ function classify(f: Frame, welcomed: boolean): Outcome {
       return { kind: 'rejected', reason: 'unexpected' };
     case 'error':
       throw new Error(`fuzzer bug: ${f.kind} is a valid error message (an offence, but no rejection)`);
+    case 'mail':
+      // Nothing the fuzzer sends confirms a mailbox.
+      return { kind: 'rejected', reason: 'unexpected' };
+    case 'mailbox':
+      // Offered to every welcomed peer; no file the fuzzer names holds the nonce.
+      return { kind: 'rejected', reason: 'bad_field' };
     case 'gradients':
       if (f.reason) return { kind: 'rejected', reason: f.reason };
       if (msg.step >= FUTURE_MIN) return { kind: 'rejected', reason: 'wrong_step' };

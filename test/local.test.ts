@@ -74,3 +74,54 @@ test('--no-native reaches the workers local starts: they run on XNNPACK and say 
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps, 5);
   fs.rmSync(out, { recursive: true, force: true });
 });
+
+test('a local run trains the same through shared-memory mailboxes as over the WebSocket alone, and leaves nothing in /dev/shm', { timeout: 60_000 }, async () => {
+  const shm = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+  const ours = () => new Set(fs.readdirSync(shm).filter((n) => /^ganfleet-(coordinator|worker)-/.test(n)));
+  const before = ours();
+  const run = async (flags: string[]) => {
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-mailbox-'));
+    const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '20', '--seed', '5', '--backend', 'wasm', '--metrics-port', '-1', '--out', out, ...flags], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let log = '';
+    child.stdout!.on('data', (d) => (log += d));
+    child.stderr!.on('data', (d) => (log += d));
+    const code = await new Promise((r) => child.on('exit', r));
+    assert.equal(code, 0, log);
+    const result = { log, weights: fs.readFileSync(path.join(out, 'generator', 'weights.bin')), summary: JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')) };
+    fs.rmSync(out, { recursive: true, force: true });
+    return result;
+  };
+  const mailed = await run([]);
+  assert.match(mailed.log, /\[coordinator\] w1 exchanges frames through shared memory/);
+  assert.match(mailed.log, /\[worker local-1\] frames travel through shared memory/);
+  const socketed = await run(['--no-mailbox']);
+  assert.doesNotMatch(socketed.log, /shared memory/);
+  // One worker and one seed: the same run, bit for bit, whichever way the frames went.
+  assert.ok(mailed.weights.equals(socketed.weights), 'the generators differ');
+  assert.deepEqual(mailed.summary.last, socketed.summary.last);
+  assert.ok(Math.abs(mailed.summary.bytesReceivedPerStep - socketed.summary.bytesReceivedPerStep) < 100, 'frame bytes are counted either way');
+  const left = [...ours()].filter((n) => !before.has(n));
+  assert.deepEqual(left, [], 'mailbox directories left behind');
+});
+
+test('a worker started with --no-mailbox declines the offer and trains over the WebSocket', { timeout: 60_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nomailbox-'));
+  const coordinator = spawn(process.execPath, [CLI, 'coordinator', '--port', '0', '--steps', '5', '--metrics-port', '-1', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  coordinator.stdout!.on('data', (d) => (log += d));
+  coordinator.stderr!.on('data', (d) => (log += d));
+  await waitFor(() => /listening for workers on (ws:\/\/\S+)/.test(log), 30_000, 'the coordinator to listen');
+  const url = /listening for workers on (ws:\/\/\S+)/.exec(log)![1];
+  const worker = spawn(process.execPath, [CLI, 'worker', '--coordinator', url, '--no-mailbox'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let wlog = '';
+  worker.stdout!.on('data', (d) => (wlog += d));
+  worker.stderr!.on('data', (d) => (wlog += d));
+  const [code, wcode] = await Promise.all([new Promise((r) => coordinator.on('exit', r)), new Promise((r) => worker.on('exit', r))]);
+  assert.equal(code, 0, log);
+  assert.equal(wcode, 0, wlog);
+  assert.match(log, /finished 5 steps/);
+  assert.doesNotMatch(log + wlog, /shared memory/);
+  fs.rmSync(out, { recursive: true, force: true });
+});

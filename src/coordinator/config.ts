@@ -30,6 +30,8 @@ export interface CoordinatorConfig {
   heartbeatSeconds: number;
   /** How weights and gradients travel (protocol/wire-dtype.ts). */
   wireDtype: WireDtype;
+  /** Offer workers on this machine a shared-memory mailbox for frames (protocol/mailbox.ts). */
+  mailbox: boolean;
   /** Score G (FID, MNIST score) every N steps; 0 = never. */
   evalEvery: number;
   evalSamples: number;

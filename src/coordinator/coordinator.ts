@@ -13,7 +13,8 @@ import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
-import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, Phase, Shard, Stop, Weights, Welcome, message } from '../protocol/messages';
+import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
+import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MailboxReady, Phase, Shard, Stop, Weights, Welcome, WorkerMessage, message } from '../protocol/messages';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { Adam, AdamState } from './adam';
@@ -81,7 +82,7 @@ export interface CoordinatorStatus {
   imagesPerSecond: number;
   etaSeconds: number | null;
   last: StepStats | null;
-  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number }[];
+  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number; frames: 'shared memory' | 'websocket' }[];
   samples: string[];
   /** Every --eval-every result so far, oldest first. */
   evaluations: Evaluation[];
@@ -125,6 +126,8 @@ export class Coordinator {
   private server!: http.Server | https.Server;
   private wss!: WebSocketServer;
   private metricsServer: http.Server | null = null;
+  /** This process's shared-memory mailboxes, one file per worker; null when not offered. */
+  private mailboxDir: string | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
   private round: Round | null = null;
   private membershipChanged = false;
@@ -293,6 +296,9 @@ export class Coordinator {
       this.metricsServer.closeAllConnections();
       await new Promise<void>((r) => this.metricsServer!.close(() => r()));
     }
+    for (const peer of peers) peer.closeMailbox();
+    if (this.mailboxDir) removeMailboxDir(this.mailboxDir);
+    this.mailboxDir = null;
   }
 
   private async listen(): Promise<void> {
@@ -305,9 +311,7 @@ export class Coordinator {
       res.writeHead(426, { 'content-type': 'text/plain' });
       res.end('this port speaks the ganfleet WebSocket protocol\n');
     });
-    // Workers send only gradients: the larger network's floats plus envelope.
-    const maxPayload = 4 * Math.max(this.model.generatorLayout.size, this.model.discriminatorLayout.size) + 64 * 1024;
-    this.wss = new WebSocketServer({ noServer: true, maxPayload });
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: this.maxPayload });
     this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       if (!this.authorized(req)) {
         this.metrics.unauthorized.inc();
@@ -325,6 +329,13 @@ export class Coordinator {
     this.heartbeat = setInterval(() => this.checkHeartbeats(), (this.config.heartbeatSeconds * 1000) / 4);
     this.heartbeat.unref();
     this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
+    if (this.config.mailbox) {
+      try {
+        this.mailboxDir = makeMailboxDir('coordinator');
+      } catch (e) {
+        this.log(`no shared-memory mailboxes; frames travel over the WebSocket (${(e as Error).message})`);
+      }
+    }
     if (metricsPort >= 0) {
       try {
         this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes());
@@ -335,6 +346,11 @@ export class Coordinator {
       }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
     }
+  }
+
+  /** The largest frame a worker may send: gradients of the larger network plus envelope. */
+  private get maxPayload(): number {
+    return 4 * Math.max(this.model.generatorLayout.size, this.model.discriminatorLayout.size) + 64 * 1024;
   }
 
   /** Constant-time: both sides are hashed to equal length before comparing. */
@@ -358,10 +374,11 @@ export class Coordinator {
       this.metrics.receivedBytes.inc(data.length);
       // Frames already in flight when we closed this socket are not acted on (a hello would welcome a ghost).
       if (socket.readyState !== WebSocket.OPEN) return;
-      let msg;
+      let msg: WorkerMessage;
       try {
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frames are not part of the protocol');
         msg = decodeWorkerMessage(data);
+        if (msg.type === 'mail') msg = this.collectMail(peer, msg.bytes);
       } catch (e) {
         const err = e instanceof ProtocolError ? e : new ProtocolError('bad_frame', (e as Error).message);
         return this.reject(socket, peer, err.reason, err.message);
@@ -380,6 +397,8 @@ export class Coordinator {
           this.log(`${peer.id} reported ${JSON.stringify(msg.code)}: ${JSON.stringify(msg.message)}`);
           if (++peer.offences >= MAX_OFFENCES) this.dropPeer(peer, 'too many errors');
           return;
+        case 'mailbox':
+          return this.confirmMailbox(peer, msg);
         case 'hello':
           return this.reject(socket, peer, 'unexpected', 'hello sent twice');
       }
@@ -401,6 +420,41 @@ export class Coordinator {
     });
   }
 
+  /** The frame a `mail` notice announces, decoded; only gradients travel by mail. */
+  private collectMail(peer: WorkerPeer | null, bytes: number): WorkerMessage {
+    const inbox = peer?.mailbox?.inbox;
+    if (!inbox) throw new ProtocolError('unexpected', 'mail without a confirmed mailbox');
+    const frame = inbox.collect(bytes, this.maxPayload);
+    this.bytesReceived += frame.length;
+    this.metrics.receivedBytes.inc(frame.length);
+    const inner = decodeWorkerMessage(frame);
+    if (inner.type !== 'gradients') throw new ProtocolError('unexpected', `a mailed ${inner.type} message`);
+    return inner;
+  }
+
+  /** The worker read our mailbox and names its own: use both once it holds the nonce. */
+  private confirmMailbox(peer: WorkerPeer, msg: MailboxReady): void {
+    const offered = peer.mailbox;
+    if (!offered || offered.inbox) return this.reject(peer.socket, peer, 'unexpected', 'mailbox without an open offer');
+    try {
+      offered.inbox = Inbox.open(msg.path, offered.nonce);
+    } catch (e) {
+      return this.reject(peer.socket, peer, 'bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}`);
+    }
+    this.log(`${peer.id} exchanges frames through shared memory`);
+  }
+
+  /** A mailbox for a new peer's frames, or null (none possible, or refused by --no-mailbox). */
+  private offerMailbox(peer: WorkerPeer): void {
+    if (!this.mailboxDir) return;
+    const nonce = mailboxNonce();
+    try {
+      peer.mailbox = { outbox: Outbox.create(path.join(this.mailboxDir, peer.id), nonce), nonce, inbox: null };
+    } catch (e) {
+      this.log(`${peer.id}: no mailbox (${(e as Error).message})`);
+    }
+  }
+
   private welcome(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
     const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
     if (this.peers.size >= this.config.maxWorkers) {
@@ -416,6 +470,7 @@ export class Coordinator {
       this.metrics.sentBytes.inc(bytes);
     });
     this.peers.set(peer.id, peer);
+    this.offerMailbox(peer);
     peer.send(
       encode(
         message<Welcome>({
@@ -429,6 +484,7 @@ export class Coordinator {
           seed: this.seedRng.nextUint32(),
           heartbeatSeconds: this.config.heartbeatSeconds,
           wireDtype: this.config.wireDtype,
+          ...(peer.mailbox ? { mailbox: peer.mailbox.outbox.path, nonce: peer.mailbox.nonce } : {}),
         }),
       ),
     );
@@ -442,6 +498,8 @@ export class Coordinator {
   private removePeer(peer: WorkerPeer, why: string): void {
     if (this.peers.get(peer.id) !== peer) return;
     this.peers.delete(peer.id);
+    if (peer.mailbox) fs.rmSync(peer.mailbox.outbox.path, { force: true });
+    peer.closeMailbox();
     this.round?.drop(peer.id);
     this.membershipChanged = true;
     this.metrics.workers.set(this.peers.size);
@@ -565,7 +623,7 @@ export class Coordinator {
       // The deadline runs from when the request has left this process, so a
       // shard queued ahead of it on a slow link does not count against the worker.
       let written = false;
-      const sent = peer.send(frame, () => {
+      const sent = peer.deliver(frame, () => {
         written = true;
         if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => this.missedDeadline(round, peer), deadlineMs));
       });
@@ -711,6 +769,7 @@ export class Coordinator {
         state: p.state,
         shardSize: p.shard?.indices.length ?? 0,
         lastComputeMs: p.lastComputeSeconds * 1000,
+        frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
       })),
       samples: this.sampleFiles,
       evaluations: this.evaluations,

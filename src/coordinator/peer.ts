@@ -1,6 +1,19 @@
 import WebSocket from 'ws';
 import { ShardAssignment } from '../data/shards';
-import { Phase } from '../protocol/messages';
+import { encode } from '../protocol/codec';
+import { Inbox, Outbox } from '../protocol/mailbox';
+import { Mail, Phase, message } from '../protocol/messages';
+
+/**
+ * A shared-memory mailbox offered to a worker (protocol/mailbox.ts). Frames
+ * go through it once the worker has shown it reads `outbox` and the
+ * coordinator has opened the worker's file as `inbox`.
+ */
+export interface PeerMailbox {
+  outbox: Outbox;
+  nonce: string;
+  inbox: Inbox | null;
+}
 
 /**
  * A connected worker as the coordinator sees it. `joined` peers have been
@@ -25,6 +38,7 @@ export class WorkerPeer {
    */
   pingWrittenAt: number | null = null;
   lastPongAt = Date.now();
+  mailbox: PeerMailbox | null = null;
 
   constructor(
     readonly id: string,
@@ -48,5 +62,20 @@ export class WorkerPeer {
     this.socket.send(frame, written && ((err) => !err && written()));
     this.countSent(frame.length);
     return true;
+  }
+
+  /** Like send, but through the mailbox, with a notice on the socket, once both ends have confirmed it. */
+  deliver(frame: Buffer, written?: () => void): boolean {
+    if (!this.mailbox?.inbox) return this.send(frame, written);
+    if (!this.open) return false;
+    this.mailbox.outbox.post(frame);
+    this.countSent(frame.length);
+    return this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })), written);
+  }
+
+  closeMailbox(): void {
+    this.mailbox?.outbox.close();
+    this.mailbox?.inbox?.close();
+    this.mailbox = null;
   }
 }

@@ -59,7 +59,7 @@ export const STATUS_PAGE = `<!doctype html>
   </section>
   <section class="wide">
     <h2>Workers</h2>
-    <table><thead><tr><th>id</th><th>name</th><th>address</th><th>backend</th><th>state</th><th>shard</th><th>last compute</th></tr></thead>
+    <table><thead><tr><th>id</th><th>name</th><th>address</th><th>backend</th><th>state</th><th>shard</th><th>last compute</th><th>frames</th></tr></thead>
     <tbody id="workers"></tbody></table>
   </section>
 </main>
@@ -100,7 +100,7 @@ async function refresh() {
     $('rate').textContent = Math.round(st.imagesPerSecond);
     $('eta').textContent = fmtTime(st.etaSeconds);
     $('nworkers').textContent = st.workers.length;
-    $('workers').innerHTML = st.workers.map((w) => '<tr>' + [w.id, w.name, w.address, w.backend, w.state, w.shardSize, w.lastComputeMs.toFixed(1) + ' ms']
+    $('workers').innerHTML = st.workers.map((w) => '<tr>' + [w.id, w.name, w.address, w.backend, w.state, w.shardSize, w.lastComputeMs.toFixed(1) + ' ms', w.frames]
       .map((v) => '<td>' + String(v).replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]) + '</td>').join('') + '</tr>').join('');
     samples = st.samples; $('strip').max = Math.max(0, samples.length - 1);
     if (following) { $('strip').value = samples.length - 1; showGrid(samples.length - 1); }

@@ -80,6 +80,8 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     statistics: ['f32', 'optional'],
     computeSeconds: ['number', 'required'],
   },
+  mailbox: { path: ['string', 'required'] },
+  mail: { bytes: ['count', 'required'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
 
@@ -94,6 +96,8 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     seed: ['count', 'required'],
     heartbeatSeconds: ['number', 'required'],
     wireDtype: ['string', 'optional'],
+    mailbox: ['string', 'optional'],
+    nonce: ['string', 'optional'],
   },
   shard: { plan: ['count', 'required'], count: ['count', 'required'], images: ['u8', 'required'] },
   weights: {
@@ -102,6 +106,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     generator: ['f32', 'optional'],
     discriminator: ['f32', 'optional'],
   },
+  mail: { bytes: ['count', 'required'] },
   stop: { reason: ['string', 'required'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };

@@ -42,6 +42,12 @@ export interface Welcome {
   heartbeatSeconds: number;
   /** How float arrays travel in both directions (wire-dtype.ts); absent = float32. */
   wireDtype?: string;
+  /**
+   * Offered to a worker that may share this machine (mailbox.ts): the
+   * coordinator's file for this worker's frames, which starts with `nonce`.
+   */
+  mailbox?: string;
+  nonce?: string;
 }
 
 /** coordinator → worker: this worker's slice of the training set, uint8 pixels, n×784. */
@@ -86,6 +92,28 @@ export interface Gradients {
   computeSeconds: number;
 }
 
+/**
+ * worker → coordinator, in answer to a welcome's mailbox: the worker found
+ * the nonce there, and its own file for frames to the coordinator is `path`,
+ * which starts with the same nonce.
+ */
+export interface MailboxReady {
+  v: number;
+  type: 'mailbox';
+  path: string;
+}
+
+/**
+ * Either side, once both mailboxes are confirmed: the sender's next frame,
+ * `bytes` long, is in its file. A weights frame that comes by mail is
+ * answered by mail.
+ */
+export interface Mail {
+  v: number;
+  type: 'mail';
+  bytes: number;
+}
+
 /** coordinator → worker: training is over (or this worker is dismissed); exit. */
 export interface Stop {
   v: number;
@@ -101,8 +129,8 @@ export interface ErrorMessage {
   message: string;
 }
 
-export type CoordinatorMessage = Welcome | Shard | Weights | Stop | ErrorMessage;
-export type WorkerMessage = Hello | Gradients | ErrorMessage;
+export type CoordinatorMessage = Welcome | Shard | Weights | Mail | Stop | ErrorMessage;
+export type WorkerMessage = Hello | Gradients | MailboxReady | Mail | ErrorMessage;
 export type Message = CoordinatorMessage | WorkerMessage;
 
 /** Builds a message with the current version filled in. */

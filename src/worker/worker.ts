@@ -3,8 +3,10 @@ import os from 'node:os';
 import WebSocket from 'ws';
 import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
+import path from 'node:path';
 import { decodeCoordinatorMessage, encode, ProtocolError } from '../protocol/codec';
-import { CoordinatorMessage, ErrorMessage, Gradients, Hello, message } from '../protocol/messages';
+import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
+import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
@@ -24,6 +26,8 @@ export interface WorkerOptions {
   /** Serve this worker's /metrics and /healthz here (-1 = off). */
   metricsPort?: number;
   metricsHost?: string;
+  /** Take up a coordinator's offer of a shared-memory mailbox (protocol/mailbox.ts). */
+  mailbox: boolean;
 }
 
 /** The largest frame a worker accepts: a whole 60k-image shard (47 MB) plus headroom. */
@@ -150,6 +154,7 @@ function connectOnce(
     const heard = () => (lastHeard = Date.now());
     ws.on('ping', heard);
     const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null });
+    let mailbox: Mailbox | null = null;
 
     setLeave(() => {
       end({ kind: 'left' });
@@ -188,6 +193,11 @@ function connectOnce(
           silenceMs = 3 * msg.heartbeatSeconds * 1000;
           metrics.connected.set(1);
           log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
+          if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
+            mailbox?.close();
+            mailbox = openMailbox(msg, log);
+            if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outbox.path })));
+          }
           return;
         }
         case 'shard':
@@ -196,30 +206,13 @@ function connectOnce(
           metrics.shardImages.set(msg.count);
           log(`shard plan ${msg.plan}: ${msg.count} images`);
           return;
-        case 'weights': {
-          if (!compute) return fail('WORKER_UNEXPECTED', 'weights before welcome');
-          compute.updateWeights(msg.generator, msg.discriminator);
-          const t0 = performance.now();
-          const out = compute.step(msg.step, msg.phase);
-          const reply = message<Gradients>({
-            type: 'gradients',
-            step: msg.step,
-            phase: msg.phase,
-            samples: out.samples,
-            gradients: out.gradients,
-            loss: out.loss,
-            dFake: out.dFake,
-            computeSeconds: (performance.now() - t0) / 1000,
-          });
-          if (out.dReal !== undefined) reply.dReal = out.dReal;
-          if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
-          ws.send(encode(reply, wireDtype));
-          // The coordinator now averages and steps Adam: ready the next step meanwhile.
-          if (msg.phase === 'discriminator') compute.drawAhead(msg.step + 1);
-          else compute.prepare(msg.step + 1);
-          heard(); // busy computing is not the coordinator's silence
-          metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
-          return;
+        case 'weights':
+          return answer(msg, false);
+        case 'mail': {
+          if (!mailbox) return fail('WORKER_UNEXPECTED', 'mail without a mailbox');
+          const inner = decodeCoordinatorMessage(mailbox.inbox.collect(msg.bytes, MAX_COORDINATOR_FRAME));
+          if (inner.type !== 'weights') return fail('WORKER_UNEXPECTED', `a mailed ${inner.type} message`);
+          return answer(inner, true);
         }
         case 'stop':
           end({ kind: 'stopped', reason: msg.reason });
@@ -231,6 +224,38 @@ function connectOnce(
           if (msg.code === 'COORDINATOR_FULL') end(lost(msg.message));
           return;
       }
+    };
+
+    /** Computes the gradients the weights ask for and sends them back the way the weights came. */
+    const answer = (msg: Weights, byMail: boolean) => {
+      if (!compute) return fail('WORKER_UNEXPECTED', 'weights before welcome');
+      compute.updateWeights(msg.generator, msg.discriminator);
+      const t0 = performance.now();
+      const out = compute.step(msg.step, msg.phase);
+      const reply = message<Gradients>({
+        type: 'gradients',
+        step: msg.step,
+        phase: msg.phase,
+        samples: out.samples,
+        gradients: out.gradients,
+        loss: out.loss,
+        dFake: out.dFake,
+        computeSeconds: (performance.now() - t0) / 1000,
+      });
+      if (out.dReal !== undefined) reply.dReal = out.dReal;
+      if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
+      const frame = encode(reply, wireDtype);
+      if (byMail && mailbox) {
+        mailbox.outbox.post(frame);
+        ws.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
+      } else {
+        ws.send(frame);
+      }
+      // The coordinator now averages and steps Adam: ready the next step meanwhile.
+      if (msg.phase === 'discriminator') compute.drawAhead(msg.step + 1);
+      else compute.prepare(msg.step + 1);
+      heard(); // busy computing is not the coordinator's silence
+      metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
     };
 
     ws.on('open', () => {
@@ -263,9 +288,48 @@ function connectOnce(
     ws.on('error', (e) => end(lost(e.message)));
     ws.on('close', (code, reason) => {
       if (watchdog) clearInterval(watchdog);
+      mailbox?.close();
       compute?.dispose();
       metrics.connected.set(0);
       resolve(outcome ?? lost(`closed (${code}${reason.length ? ` ${reason}` : ''})`));
     });
   });
+}
+
+/** Both ends of a worker's mailbox: the coordinator's file it reads, and its own. */
+interface Mailbox {
+  inbox: Inbox;
+  outbox: Outbox;
+  close(): void;
+}
+
+/** Null, with the reason logged, where the coordinator's file cannot be read here (another machine or container). */
+function openMailbox(welcome: Welcome, log: Logger): Mailbox | null {
+  let inbox: Inbox;
+  try {
+    inbox = Inbox.open(welcome.mailbox!, welcome.nonce!);
+  } catch (e) {
+    log(`frames travel over the WebSocket: the coordinator's mailbox is not readable here (${(e as Error).message})`);
+    return null;
+  }
+  let dir: string | null = null;
+  try {
+    dir = makeMailboxDir('worker');
+    const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce!);
+    log(`frames travel through shared memory (${dir})`);
+    return {
+      inbox,
+      outbox,
+      close() {
+        inbox.close();
+        outbox.close();
+        removeMailboxDir(dir!);
+      },
+    };
+  } catch (e) {
+    inbox.close();
+    if (dir) removeMailboxDir(dir);
+    log(`frames travel over the WebSocket: no mailbox of this worker's own (${(e as Error).message})`);
+    return null;
+  }
 }

@@ -1,0 +1,180 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ProtocolError } from './codec-error';
+
+/**
+ * Frames between a coordinator and a worker on the same machine, through a
+ * file in shared memory (/dev/shm) instead of the WebSocket: the sender
+ * writes the frame into its own file and sends a `mail` notice of a few
+ * bytes; the receiver reads the frame into fresh memory and decodes it as if
+ * it had come over the socket. On loopback this halves a round trip of
+ * 0.45 MB frames (0.46 → 0.31 ms here, most of what is left being the two
+ * notices): the kernel copies each frame once each way, and ws no longer
+ * reassembles it from 64 KB reads.
+ *
+ * Each side writes only a file it created itself (mode 0600, in a 0700
+ * directory of its own) and only reads the other's, so neither can be made
+ * to write where its peer chooses. A mailbox is used only after the worker
+ * has found the coordinator's nonce in the coordinator's file and the
+ * coordinator has found it in the worker's: both sides see the same files,
+ * so they share a machine (and a /dev/shm, which containers do not).
+ *
+ * A file is rewritten only after its reader has answered the frame before
+ * (the coordinator writes the next weights after the worker's gradients; the
+ * worker writes gradients only in answer to weights), so a read never meets
+ * a write. A peer that breaks that rule can only corrupt its own frames,
+ * which are validated like any other.
+ */
+export class Outbox {
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+  ) {}
+
+  /** Creates `file` (which must not exist) holding `nonce`. */
+  static create(file: string, nonce: string): Outbox {
+    const fd = fs.openSync(file, 'wx', 0o600);
+    fs.writeSync(fd, nonce, 0, 'latin1');
+    return new Outbox(file, fd);
+  }
+
+  /** Replaces the file's frame. */
+  post(frame: Uint8Array): void {
+    let at = 0;
+    while (at < frame.byteLength) at += fs.writeSync(this.fd, frame, at, frame.byteLength - at, at);
+  }
+
+  close(): void {
+    closeQuietly(this.fd);
+  }
+}
+
+export class Inbox {
+  private constructor(private readonly fd: number) {}
+
+  /**
+   * Opens the peer's file and checks that it starts with `nonce`. Throws with
+   * the reason when it cannot be opened, is not a regular file of this user,
+   * or holds something else.
+   */
+  static open(file: string, nonce: string): Inbox {
+    if (!path.isAbsolute(file)) throw new Error(`${JSON.stringify(file)} is not an absolute path`);
+    // O_NOFOLLOW: the last part must be the file itself, not a link elsewhere; O_NONBLOCK: a FIFO
+    // named here fails the regular-file check below instead of blocking the open.
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
+    try {
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new Error(`${file} is not a regular file`);
+      if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw new Error(`${file} belongs to another user`);
+      const expected = Buffer.from(nonce, 'latin1');
+      const found = Buffer.alloc(expected.length);
+      fs.readSync(fd, found, 0, found.length, 0);
+      if (!found.equals(expected)) throw new Error(`${file} does not hold this connection's nonce`);
+      return new Inbox(fd);
+    } catch (e) {
+      closeQuietly(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * The frame the peer announced, `bytes` long, in memory of its own (the
+   * decoded floats are views of it, and may outlive the next frame).
+   */
+  collect(bytes: number, limit: number): Buffer {
+    if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > limit) {
+      throw new ProtocolError('bad_size', `a mailed frame of ${bytes} bytes is outside 1..${limit}`);
+    }
+    // Above Buffer.poolSize / 2 this is its own ArrayBuffer, so the frame starts 4-byte aligned.
+    const frame = Buffer.allocUnsafe(bytes);
+    let at = 0;
+    while (at < bytes) {
+      const n = fs.readSync(this.fd, frame, at, bytes - at, at);
+      if (n === 0) throw new ProtocolError('bad_size', `the mailbox holds ${at} bytes, the notice announced ${bytes}`);
+      at += n;
+    }
+    return frame;
+  }
+
+  close(): void {
+    closeQuietly(this.fd);
+  }
+}
+
+/** A fresh random nonce for one connection's mailboxes. */
+export function mailboxNonce(): string {
+  return `ganfleet-mailbox-${crypto.randomBytes(16).toString('hex')}\n`;
+}
+
+const DIR_NAME = /^ganfleet-(?:coordinator|worker)-(\d+)-/;
+
+/**
+ * A new private directory (0700) for this process's outboxes: in /dev/shm
+ * where there is one, so the frames never touch a disk, else in the temp
+ * dir. It is removed when the process exits; directories left by processes
+ * that were killed (their pid is in the name) are swept away here.
+ */
+export function makeMailboxDir(role: 'coordinator' | 'worker'): string {
+  let base = os.tmpdir();
+  try {
+    fs.accessSync('/dev/shm', fs.constants.W_OK);
+    base = '/dev/shm';
+  } catch {
+    /* no /dev/shm (macOS) or not writable: the temp dir serves, at a disk's page cache */
+  }
+  sweepDeadMailboxDirs(base);
+  const dir = fs.mkdtempSync(path.join(base, `ganfleet-${role}-${process.pid}-`));
+  const atExit = () => removeMailboxDir(dir);
+  process.once('exit', atExit);
+  liveDirs.set(dir, atExit);
+  return dir;
+}
+
+const liveDirs = new Map<string, () => void>();
+
+export function removeMailboxDir(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+  const atExit = liveDirs.get(dir);
+  if (atExit) process.off('exit', atExit);
+  liveDirs.delete(dir);
+}
+
+function sweepDeadMailboxDirs(base: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(base);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = DIR_NAME.exec(name)?.[1];
+    if (pid === undefined || processAlive(Number(pid))) continue;
+    try {
+      const dir = path.join(base, name);
+      if (typeof process.getuid === 'function' && fs.lstatSync(dir).uid !== process.getuid()) continue;
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch {
+      /* another process swept it first, or it is not ours to remove */
+    }
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: alive, under another user.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    /* already closed */
+  }
+}

@@ -1,0 +1,108 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { ProtocolError, decodeWorkerMessage, encode } from '../src/protocol/codec';
+import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
+import { Gradients, message } from '../src/protocol/messages';
+
+function withDir(fn: (dir: string) => void): void {
+  const dir = makeMailboxDir('coordinator');
+  try {
+    fn(dir);
+  } finally {
+    removeMailboxDir(dir);
+  }
+}
+
+test('a mailbox directory is private, in /dev/shm where there is one, and named after its process', () => {
+  withDir((dir) => {
+    if (fs.existsSync('/dev/shm')) assert.equal(path.dirname(dir), '/dev/shm');
+    assert.match(path.basename(dir), new RegExp(`^ganfleet-coordinator-${process.pid}-`));
+    assert.equal(fs.statSync(dir).mode & 0o777, 0o700);
+  });
+});
+
+test('a mailed frame arrives byte for byte, in fresh aligned memory, and decodes like one from the socket', () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
+    assert.equal(fs.statSync(outbox.path).mode & 0o777, 0o600);
+    const inbox = Inbox.open(outbox.path, nonce);
+    const gradients = Float32Array.from({ length: 100609 }, (_, i) => Math.sin(i));
+    const frame = encode(message<Gradients>({ type: 'gradients', step: 3, phase: 'discriminator', samples: 128, gradients, loss: 0.5, dReal: 0.9, dFake: 0.1, computeSeconds: 0.002 }));
+    outbox.post(frame);
+    const first = inbox.collect(frame.length, 1 << 20);
+    assert.ok(first.equals(frame));
+    assert.equal(first.byteOffset % 4, 0);
+    const decoded = decodeWorkerMessage(first);
+    assert.ok(decoded.type === 'gradients');
+    assert.deepEqual(decoded.gradients, gradients);
+    // The next frame overwrites the file, not the memory an earlier frame was read into.
+    outbox.post(Buffer.alloc(frame.length, 7));
+    assert.ok(inbox.collect(frame.length, 1 << 20).every((b) => b === 7));
+    assert.deepEqual(decoded.gradients, gradients);
+    inbox.close();
+    outbox.close();
+  });
+});
+
+test('a notice announcing more than the mailbox holds, nothing, or more than the limit is rejected', () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
+    const inbox = Inbox.open(outbox.path, nonce);
+    outbox.post(Buffer.alloc(1000, 1));
+    const reason = (bytes: number, limit: number) => {
+      try {
+        inbox.collect(bytes, limit);
+      } catch (e) {
+        return e instanceof ProtocolError ? e.reason : String(e);
+      }
+      return 'accepted';
+    };
+    assert.equal(reason(1000, 1000), 'accepted');
+    assert.equal(reason(1001, 2000), 'bad_size');
+    assert.equal(reason(0, 2000), 'bad_size');
+    assert.equal(reason(1000, 999), 'bad_size');
+    inbox.close();
+    outbox.close();
+  });
+});
+
+test('a peer file is refused unless it is a regular file of this user holding the nonce', () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const real = Outbox.create(path.join(dir, 'real'), nonce);
+    assert.throws(() => Outbox.create(real.path, nonce), /EEXIST/, 'an outbox is always a new file');
+    assert.throws(() => Inbox.open(real.path, mailboxNonce()), /does not hold this connection's nonce/);
+    fs.symlinkSync(real.path, path.join(dir, 'link'));
+    assert.throws(() => Inbox.open(path.join(dir, 'link'), nonce), /ELOOP/, 'a link is not followed');
+    assert.throws(() => Inbox.open(dir, nonce), /not a regular file|EISDIR/);
+    // A FIFO with no writer would block a plain open forever.
+    const fifo = path.join(dir, 'fifo');
+    spawnSync('mkfifo', [fifo]);
+    assert.ok(fs.statSync(fifo).isFIFO());
+    assert.throws(() => Inbox.open(fifo, nonce), /not a regular file/);
+    assert.throws(() => Inbox.open('relative/path', nonce), /not an absolute path/);
+    assert.throws(() => Inbox.open(path.join(dir, 'missing'), nonce), /ENOENT/);
+    Inbox.open(real.path, nonce).close();
+    real.close();
+  });
+});
+
+test("a killed process's mailbox directory is swept by the next one; a live one's is kept", () => {
+  // A child makes a directory and is killed before it can remove it.
+  const script = `const { makeMailboxDir } = require(${JSON.stringify(require.resolve('../src/protocol/mailbox'))}); console.log(makeMailboxDir('worker')); process.kill(process.pid, 'SIGKILL');`;
+  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  const orphan = child.stdout.trim();
+  assert.ok(orphan && fs.existsSync(orphan), `the child left ${JSON.stringify(orphan)}`);
+  withDir((mine) => {
+    assert.ok(!fs.existsSync(orphan), 'swept');
+    const second = makeMailboxDir('worker');
+    assert.ok(fs.existsSync(mine), 'a live process keeps its directory');
+    removeMailboxDir(second);
+    assert.ok(!fs.existsSync(second));
+  });
+});
