@@ -182,13 +182,23 @@ async function main() {
   // figures behind the ratios run `repeats` times, interleaved, and the
   // median run counts; the spread is reported.
   const repeats = arg('repeats', 3);
-  const runs: { single: InProcessResult; local1: LocalResult; local2: LocalResult; torch: TorchResult }[] = [];
+  const runs: { single: InProcessResult; local1: LocalResult; local2: LocalResult; socket1: LocalResult; socket2: LocalResult; torch: TorchResult }[] = [];
   for (let r = 0; r < repeats; r++) {
-    runs.push({ single: await inProcess(steps, 20), local1: localRun(1, steps), local2: localRun(2, steps), torch: torchAnchor(Math.min(steps, 500), false) });
+    runs.push({
+      single: await inProcess(steps, 20),
+      local1: localRun(1, steps),
+      local2: localRun(2, steps),
+      // The same runs with every frame on the WebSocket, for the mailboxes' share.
+      socket1: localRun(1, steps, ['--no-mailbox']),
+      socket2: localRun(2, steps, ['--no-mailbox']),
+      torch: torchAnchor(Math.min(steps, 500), false),
+    });
   }
   const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
   const local1 = median(runs.map((r) => r.local1), (x) => x.msPerStep);
   const local2 = median(runs.map((r) => r.local2), (x) => x.msPerStep);
+  const socket1 = median(runs.map((r) => r.socket1), (x) => x.msPerStep);
+  const socket2 = median(runs.map((r) => r.socket2), (x) => x.msPerStep);
   const withoutNative = inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
@@ -208,11 +218,14 @@ async function main() {
       inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
       local1MsPerStep: runs.map((r) => r.local1.msPerStep),
       local2MsPerStep: runs.map((r) => r.local2.msPerStep),
+      local1NoMailboxMsPerStep: runs.map((r) => r.socket1.msPerStep),
+      local2NoMailboxMsPerStep: runs.map((r) => r.socket2.msPerStep),
       torchMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.single.ms_per_step : null)),
     },
     inProcess: single,
     inProcessWithoutNative: withoutNative,
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
+    localNoMailbox: { workers1: socket1, workers2: socket2 },
     wireBytesPerStepPerWorker: wire,
     memory,
     torch: 'reason' in torch ? null : torch,
@@ -224,6 +237,8 @@ async function main() {
       scaling2Workers: round(local[1].imagesPerSecond / (2 * local[0].imagesPerSecond)),
       scaling3Workers: round(local[2].imagesPerSecond / (3 * local[0].imagesPerSecond)),
       scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
+      distributedOverheadNoMailbox: round(socket1.imagesPerSecond / single.imagesPerSecond),
+      scaling2WorkersNoMailbox: round(socket2.imagesPerSecond / (2 * socket1.imagesPerSecond)),
       torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
     },
   };
