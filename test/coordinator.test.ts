@@ -7,7 +7,7 @@ import WebSocket from 'ws';
 import { KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
-import { decodeCoordinatorMessage, encode } from '../src/protocol/codec';
+import { decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, message } from '../src/protocol/messages';
 
@@ -50,8 +50,8 @@ class ScriptedPeer {
   gradients(step: number, phase: Phase, values: Float32Array, outbox?: Outbox): void {
     const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: 128, gradients: values, loss: 0.7, dFake: 0.5, computeSeconds: 0.001 };
     if (phase === 'discriminator') body.dReal = 0.5;
-    const frame = encode(message<Gradients>(body));
-    if (!outbox) return this.send(frame);
+    const frame = encodeFrame(message<Gradients>(body));
+    if (!outbox) return this.send(frame.whole);
     outbox.post(frame);
     this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
   }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { ProtocolError, decodeWorkerMessage, encode } from '../src/protocol/codec';
+import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { Gradients, message } from '../src/protocol/messages';
 
@@ -31,8 +31,9 @@ test('a mailed frame arrives byte for byte, in fresh aligned memory, and decodes
     assert.equal(fs.statSync(outbox.path).mode & 0o777, 0o600);
     const inbox = Inbox.open(outbox.path, nonce);
     const gradients = Float32Array.from({ length: 100609 }, (_, i) => Math.sin(i));
-    const frame = encode(message<Gradients>({ type: 'gradients', step: 3, phase: 'discriminator', samples: 128, gradients, loss: 0.5, dReal: 0.9, dFake: 0.1, computeSeconds: 0.002 }));
-    outbox.post(frame);
+    const encoded = encodeFrame(message<Gradients>({ type: 'gradients', step: 3, phase: 'discriminator', samples: 128, gradients, loss: 0.5, dReal: 0.9, dFake: 0.1, computeSeconds: 0.002 }));
+    const frame = encoded.whole;
+    outbox.post(encoded);
     const first = inbox.collect(frame.length, 1 << 20);
     assert.ok(first.equals(frame));
     assert.equal(first.byteOffset % 4, 0);
@@ -40,12 +41,35 @@ test('a mailed frame arrives byte for byte, in fresh aligned memory, and decodes
     assert.ok(decoded.type === 'gradients');
     assert.deepEqual(decoded.gradients, gradients);
     // The next frame overwrites the file, not the memory an earlier frame was read into.
-    outbox.post(Buffer.alloc(frame.length, 7));
+    outbox.post(new EncodedFrame([Buffer.alloc(frame.length, 7)]));
     assert.ok(inbox.collect(frame.length, 1 << 20).every((b) => b === 7));
     assert.deepEqual(decoded.gradients, gradients);
+    // With reuse, every frame lands in the same memory: valid until the next collect.
+    outbox.post(encoded);
+    const reused = inbox.collect(frame.length, 1 << 20, true);
+    assert.ok(reused.equals(frame));
+    assert.equal(reused.byteOffset % 4, 0);
+    const small = new EncodedFrame([Buffer.alloc(100, 9)]);
+    outbox.post(small);
+    const again = inbox.collect(100, 1 << 20, true);
+    assert.equal(again.buffer, reused.buffer, 'the same memory');
+    assert.ok(again.every((b) => b === 9));
     inbox.close();
     outbox.close();
   });
+});
+
+test('a frame in pieces is the frame encode makes, byte for byte, with its floats not copied', () => {
+  const gradients = Float32Array.from({ length: 1001 }, (_, i) => i / 7);
+  const statistics = Float32Array.from({ length: 13 }, (_, i) => i);
+  const msg = message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 64, gradients, statistics, loss: 1, dFake: 0.5, computeSeconds: 0.01 });
+  for (const dtype of ['float32', 'float16', 'bfloat16'] as const) {
+    const frame = encodeFrame(msg, dtype);
+    assert.ok(Buffer.concat(frame.parts as Buffer[]).equals(encode(msg, dtype)), dtype);
+    assert.equal(frame.length, encode(msg, dtype).length);
+  }
+  const parts = encodeFrame(msg).parts;
+  assert.ok(parts.some((p) => p.buffer === gradients.buffer), 'the gradients travel as themselves');
 });
 
 test('a notice announcing more than the mailbox holds, nothing, or more than the limit is rejected', () => {
@@ -53,7 +77,7 @@ test('a notice announcing more than the mailbox holds, nothing, or more than the
     const nonce = mailboxNonce();
     const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
     const inbox = Inbox.open(outbox.path, nonce);
-    outbox.post(Buffer.alloc(1000, 1));
+    outbox.post(new EncodedFrame([Buffer.alloc(1000, 1)]));
     const reason = (bytes: number, limit: number) => {
       try {
         inbox.collect(bytes, limit);

@@ -42,6 +42,31 @@ function readyCompute(batch: number, seed: number, images: number, paramSeed: nu
   return compute;
 }
 
+test('weights whose memory is reused once handed over (a mailed frame) are copied where the backend keeps arrays', async () => {
+  for (const backend of ['cpu', 'wasm'] as const) {
+    await selectBackend(backend);
+    const model = createModel('mlp');
+    const params = model.init(new Rng(4));
+    const shard = loadMnist('train').images.subarray(0, 300 * IMAGE_SIZE);
+    const reference = new ShardCompute(model, 16, 9);
+    reference.setShard(shard, 300);
+    reference.updateWeights(params.generator, params.discriminator);
+    const mailed = new ShardCompute(model, 16, 9);
+    mailed.setShard(shard, 300);
+    const g = params.generator.slice();
+    const d = params.discriminator.slice();
+    mailed.updateWeights(g, d, true);
+    // The next frame lands in the same memory.
+    g.fill(0.5);
+    d.fill(-0.5);
+    const want = reference.step(0, 'discriminator');
+    const got = mailed.step(0, 'discriminator');
+    assert.deepEqual(got.gradients, want.gradients, backend);
+    reference.dispose();
+    mailed.dispose();
+  }
+});
+
 test('a D round whose real half was computed ahead (prepare) returns the gradients of one computed whole', async () => {
   await selectBackend('wasm');
   const ahead = readyCompute(32, 11, 300, 3);

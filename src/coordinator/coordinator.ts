@@ -12,7 +12,7 @@ import { gatherImages, planShards, shardChanged } from '../data/shards';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
-import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
+import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MailboxReady, Phase, Shard, Stop, Weights, Welcome, WorkerMessage, message } from '../protocol/messages';
 import { Logger, createLogger } from '../util/log';
@@ -607,7 +607,7 @@ export class Coordinator {
     const deadlines: NodeJS.Timeout[] = [];
     const deadlineMs = this.config.roundTimeoutSeconds * 1000;
     let t = performance.now();
-    const frames = new Map<string, Buffer>();
+    const frames = new Map<string, EncodedFrame>();
     for (const peer of participants) {
       const sendG = peer.holds.generator !== this.versions.generator;
       const sendD = peer.holds.discriminator !== this.versions.discriminator;
@@ -617,7 +617,7 @@ export class Coordinator {
         const body: Omit<Weights, 'v'> = { type: 'weights', step, phase };
         if (sendG) body.generator = this.params.generator;
         if (sendD) body.discriminator = this.params.discriminator;
-        frame = encode(message<Weights>(body), this.config.wireDtype);
+        frame = encodeFrame(message<Weights>(body), this.config.wireDtype);
         frames.set(key, frame);
       }
       // The deadline runs from when the request has left this process, so a

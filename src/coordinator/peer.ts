@@ -1,6 +1,6 @@
 import WebSocket from 'ws';
 import { ShardAssignment } from '../data/shards';
-import { encode } from '../protocol/codec';
+import { EncodedFrame, encode } from '../protocol/codec';
 import { Inbox, Outbox } from '../protocol/mailbox';
 import { Mail, Phase, message } from '../protocol/messages';
 
@@ -65,8 +65,8 @@ export class WorkerPeer {
   }
 
   /** Like send, but through the mailbox, with a notice on the socket, once both ends have confirmed it. */
-  deliver(frame: Buffer, written?: () => void): boolean {
-    if (!this.mailbox?.inbox) return this.send(frame, written);
+  deliver(frame: EncodedFrame, written?: () => void): boolean {
+    if (!this.mailbox?.inbox) return this.send(frame.whole, written);
     if (!this.open) return false;
     this.mailbox.outbox.post(frame);
     this.countSent(frame.length);

@@ -23,6 +23,28 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true });
  * the floats in place instead of copying them.
  */
 export function encode(msg: Message, floats: WireDtype = 'float32'): Buffer {
+  return encodeFrame(msg, floats).whole;
+}
+
+/**
+ * A frame as the pieces `encode` joins: the float arrays' bytes are the
+ * arrays themselves, not copies. A mailbox writes the pieces straight into
+ * its file, so the floats are copied once, by the kernel; a socket gets them joined.
+ */
+export class EncodedFrame {
+  private joined: Buffer | null = null;
+  readonly length: number;
+
+  constructor(readonly parts: readonly Buffer[]) {
+    this.length = parts.reduce((n, p) => n + p.length, 0);
+  }
+
+  get whole(): Buffer {
+    return (this.joined ??= this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts as Buffer[], this.length));
+  }
+}
+
+export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): EncodedFrame {
   const fields: Record<string, unknown> = {};
   const arrays: [string, Uint8Array][] = [];
   for (const [k, v] of Object.entries(msg)) {
@@ -33,33 +55,29 @@ export function encode(msg: Message, floats: WireDtype = 'float32'): Buffer {
     const data = floats === 'float32' ? v : encodeFloats(v, floats);
     arrays.push([k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)]);
   }
-  if (arrays.length === 0) return packr.pack(fields);
+  if (arrays.length === 0) return new EncodedFrame([packr.pack(fields)]);
   if (floats !== 'float32') fields.dtype = floats;
-  const head = packr.pack(fields);
+  const head = Buffer.from(packr.pack(fields));
   if (head[0] !== 0xde) throw new Error(`msgpackr wrote a map header 0x${head[0].toString(16)}, not map16`);
-  const keys = arrays.map(([k]) => [packr.pack(`pad.${k}`), packr.pack(k)]);
-  // Each array costs its pad entry (key + fixstr header + up to 3 bytes), its key and a bin32 header.
-  let size = head.length;
-  for (let i = 0; i < arrays.length; i++) size += keys[i][0].length + 4 + keys[i][1].length + 5 + arrays[i][1].byteLength;
-  const frame = Buffer.allocUnsafe(size);
-  head.copy(frame);
-  frame.writeUInt16BE(head.readUInt16BE(1) + 2 * arrays.length, 1);
+  head.writeUInt16BE(head.readUInt16BE(1) + 2 * arrays.length, 1);
+  const parts: Buffer[] = [head];
   let at = head.length;
-  arrays.forEach(([, bytes], i) => {
-    const [padKey, key] = keys[i];
-    at += padKey.copy(frame, at);
-    const pad = (4 - ((at + 1 + key.length + 5) % 4)) % 4;
-    frame[at++] = 0xa0 | pad; // fixstr of `pad` spaces
-    frame.fill(0x20, at, at + pad);
-    at += pad;
-    at += key.copy(frame, at);
-    frame[at++] = 0xc6; // bin32
-    frame.writeUInt32BE(bytes.byteLength, at);
-    at += 4;
-    frame.set(bytes, at);
-    at += bytes.byteLength;
-  });
-  return frame.subarray(0, at);
+  for (const [k, bytes] of arrays) {
+    const padKey = packr.pack(`pad.${k}`);
+    const key = packr.pack(k);
+    const pad = (4 - ((at + padKey.length + 1 + key.length + 5) % 4)) % 4;
+    // The pad entry (key, then a fixstr of `pad` spaces), the array's key, and its bin32 header.
+    const header = Buffer.alloc(padKey.length + 1 + pad + key.length + 5, 0x20);
+    let h = padKey.copy(header);
+    header[h++] = 0xa0 | pad;
+    h += pad;
+    h += key.copy(header, h);
+    header[h++] = 0xc6;
+    header.writeUInt32BE(bytes.byteLength, h);
+    parts.push(header, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+    at += header.length + bytes.byteLength;
+  }
+  return new EncodedFrame(parts);
 }
 
 type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';

@@ -83,8 +83,17 @@ export class ShardCompute {
     }
   }
 
-  /** Replaces whichever networks the coordinator sent; the other stays as it was. */
-  updateWeights(generator?: Float32Array, discriminator?: Float32Array): void {
+  /**
+   * Replaces whichever networks the coordinator sent; the other stays as it
+   * was. `transient`: the arrays' memory is reused once this returns, so a
+   * backend that keeps the arrays it is given (cpu; tfjs-node until first
+   * use) gets copies. wasm copies them into its heap at once.
+   */
+  updateWeights(generator?: Float32Array, discriminator?: Float32Array, transient = false): void {
+    if (transient && tf.getBackend() !== 'wasm') {
+      generator = generator?.slice();
+      discriminator = discriminator?.slice();
+    }
     if (generator) {
       const next = this.model.generatorLayout.toTensors(generator);
       if (this.generator) disposeTensors(this.generator);

@@ -4,7 +4,7 @@ import WebSocket from 'ws';
 import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
 import path from 'node:path';
-import { decodeCoordinatorMessage, encode, ProtocolError } from '../protocol/codec';
+import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
@@ -210,7 +210,8 @@ function connectOnce(
           return answer(msg, false);
         case 'mail': {
           if (!mailbox) return fail('WORKER_UNEXPECTED', 'mail without a mailbox');
-          const inner = decodeCoordinatorMessage(mailbox.inbox.collect(msg.bytes, MAX_COORDINATOR_FRAME));
+          // Into reused memory: answer() hands the weights to compute before the next frame can come.
+          const inner = decodeCoordinatorMessage(mailbox.inbox.collect(msg.bytes, MAX_COORDINATOR_FRAME, true));
           if (inner.type !== 'weights') return fail('WORKER_UNEXPECTED', `a mailed ${inner.type} message`);
           return answer(inner, true);
         }
@@ -229,7 +230,7 @@ function connectOnce(
     /** Computes the gradients the weights ask for and sends them back the way the weights came. */
     const answer = (msg: Weights, byMail: boolean) => {
       if (!compute) return fail('WORKER_UNEXPECTED', 'weights before welcome');
-      compute.updateWeights(msg.generator, msg.discriminator);
+      compute.updateWeights(msg.generator, msg.discriminator, byMail);
       const t0 = performance.now();
       const out = compute.step(msg.step, msg.phase);
       const reply = message<Gradients>({
@@ -244,12 +245,12 @@ function connectOnce(
       });
       if (out.dReal !== undefined) reply.dReal = out.dReal;
       if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
-      const frame = encode(reply, wireDtype);
+      const frame = encodeFrame(reply, wireDtype);
       if (byMail && mailbox) {
         mailbox.outbox.post(frame);
         ws.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
       } else {
-        ws.send(frame);
+        ws.send(frame.whole);
       }
       // The coordinator now averages and steps Adam: ready the next step meanwhile.
       if (msg.phase === 'discriminator') compute.drawAhead(msg.step + 1);
