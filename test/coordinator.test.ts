@@ -190,6 +190,73 @@ describe('coordinator and a worker on one machine', () => {
   });
 });
 
+test("a peer's second mail in an open round cannot change the gradients already accepted from it", async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const coordinator = await Coordinator.start({ ...config(out, 3), startWorkers: 2 }, () => {});
+  const run = coordinator.run();
+  const dir = makeMailboxDir('worker');
+  const peers = await Promise.all(
+    ['a', 'b'].map(async (name) => {
+      const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+      await peer.open();
+      peer.hello();
+      const welcome = await peer.next();
+      assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce);
+      const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
+      const outbox = Outbox.create(path.join(dir, name), welcome.nonce);
+      peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+      return { peer, inbox, outbox, id: welcome.workerId };
+    }),
+  );
+  const openRound = () => (coordinator as unknown as { round: { isAwaiting(id: string): boolean } | null }).round;
+  // Every gradient is zero, so Adam never moves D: any change is the second mail leaking in.
+  let initialD: Float32Array | null = null;
+  let doubled = 0;
+  for (let round = 0; round < 6; round++) {
+    const asked = await Promise.all(
+      peers.map(async ({ peer, inbox }) => {
+        for (;;) {
+          const m = await peer.next();
+          if (m.type === 'shard') continue;
+          if (m.type === 'mail') return { weights: decodeCoordinatorMessage(Buffer.from(inbox.collect(m.bytes, 1 << 20))) as Weights, mailed: true };
+          assert.equal(m.type, 'weights', JSON.stringify(m));
+          return { weights: m as Weights, mailed: false };
+        }
+      }),
+    );
+    for (const { weights } of asked) {
+      if (weights.discriminator) {
+        initialD ??= Float32Array.from(weights.discriminator);
+        assert.deepEqual(weights.discriminator, initialD, `D after round ${round}`);
+      }
+    }
+    const { step, phase } = asked[0].weights;
+    const size = phase === 'generator' ? G_SIZE : D_SIZE;
+    const [a, b] = peers;
+    a.peer.gradients(step, phase, new Float32Array(size), asked[0].mailed ? a.outbox : undefined);
+    // Twice: a third offence would cost a its connection.
+    if (asked[0].mailed && asked[1].mailed && doubled < 2) {
+      // While the round still awaits b, once a's first frame is read and accepted: a second one.
+      while (openRound()?.isAwaiting(a.id)) await new Promise((r) => setTimeout(r, 1));
+      a.peer.gradients(step, phase, new Float32Array(size).fill(0.25), a.outbox);
+      const refused = await a.peer.next();
+      assert.ok(refused.type === 'error' && refused.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(refused));
+      doubled++;
+    }
+    b.peer.gradients(step, phase, new Float32Array(size), asked[1].mailed ? b.outbox : undefined);
+  }
+  assert.equal(doubled, 2, 'rounds with both peers on mail');
+  const summary = await run;
+  assert.equal(summary.steps, 3);
+  await coordinator.close();
+  for (const { inbox, outbox } of peers) {
+    inbox.close();
+    outbox.close();
+  }
+  removeMailboxDir(dir);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 describe('coordinator disconnects bad peers', () => {
   let out: string;
   let coordinator: Coordinator;

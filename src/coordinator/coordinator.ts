@@ -424,7 +424,10 @@ export class Coordinator {
   private collectMail(peer: WorkerPeer | null, bytes: number): WorkerMessage {
     const inbox = peer?.mailbox?.inbox;
     if (!inbox) throw new ProtocolError('unexpected', 'mail without a confirmed mailbox');
-    const frame = inbox.collect(bytes, this.maxPayload);
+    // While the open round awaits this peer, into the peer's reused memory: the
+    // gradients are averaged when the round closes, before the next round can
+    // await the peer again, and nothing the peer sends in between is read there.
+    const frame = inbox.collect(bytes, this.maxPayload, this.round?.isAwaiting(peer!.id) ?? false);
     this.bytesReceived += frame.length;
     this.metrics.receivedBytes.inc(frame.length);
     const inner = decodeWorkerMessage(frame);
