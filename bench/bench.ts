@@ -144,28 +144,75 @@ function childrenOf(pid: number): number[] {
     .map(Number);
 }
 
+/** CPU time (user + system) a process has used so far, in ms, from /proc. */
+function cpuMsOf(pid: number): number | null {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    // utime and stime, the stat file's 14th and 15th fields, in clock ticks.
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return null;
+  }
+}
+
+const CLOCK_TICKS = (() => {
+  try {
+    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
+
 /**
- * `local --workers 2` for `steps` steps, reading every process's RSS from
- * /proc at each progress line: the coordinator (the local process) and each
- * worker, at a quarter, half, three quarters and the end, with their peaks.
+ * `local --workers 2` for `steps` steps, reading each process's RSS and CPU
+ * time from /proc at every progress line: the coordinator (the local
+ * process) and each worker, at a quarter, half, three quarters and the end.
+ * CPU per step is taken between the first and the last line, so start-up
+ * (loading MNIST, joining) does not count.
  */
-async function memoryRun(steps: number): Promise<unknown> {
-  if (!fs.existsSync('/proc/self/status')) return { reason: 'needs /proc (Linux)' };
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-mem-'));
-  const child = spawn(process.execPath, localArgs(2, steps, out, [], steps / 4), { stdio: ['ignore', 'pipe', 'pipe'] });
-  const samples: { step: number; coordinator: unknown; workers: unknown[] }[] = [];
+async function processRun(steps: number, extra: string[] = []) {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-proc-'));
+  const child = spawn(process.execPath, localArgs(2, steps, out, extra, steps / 4), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const samples: { step: number; coordinator: { rss: number; peak: number } | null; workers: ({ rss: number; peak: number } | null)[]; cpu: Map<number, number | null> }[] = [];
   let buffered = '';
   child.stdout.on('data', (d: Buffer) => {
     buffered += d;
     for (const m of buffered.matchAll(/step (\d+)\/\d+ d_loss/g)) {
-      samples.push({ step: Number(m[1]), coordinator: memoryOf(child.pid!), workers: childrenOf(child.pid!).map(memoryOf) });
+      const workers = childrenOf(child.pid!);
+      const cpu = new Map([child.pid!, ...workers].map((pid) => [pid, cpuMsOf(pid)]));
+      samples.push({ step: Number(m[1]), coordinator: memoryOf(child.pid!), workers: workers.map(memoryOf), cpu });
     }
     buffered = buffered.slice(buffered.lastIndexOf('\n') + 1);
   });
   const code = await new Promise((r) => child.on('exit', r));
   fs.rmSync(out, { recursive: true, force: true });
-  if (code !== 0) throw new Error(`memory run exited ${code}`);
-  return { workers: 2, steps, mib: samples };
+  if (code !== 0) throw new Error(`local --workers 2 ${extra.join(' ')} exited ${code}`);
+  const [first, last] = [samples[0], samples[samples.length - 1]];
+  const perStep = (pid: number) => {
+    const [a, b] = [first.cpu.get(pid), last.cpu.get(pid)];
+    return a == null || b == null ? null : round((b - a) / (last.step - first.step));
+  };
+  return {
+    memory: { workers: 2, steps, mib: samples.map(({ step, coordinator, workers }) => ({ step, coordinator, workers })) },
+    cpuMsPerStep: { coordinator: perStep(child.pid!), workers: [...first.cpu.keys()].filter((pid) => pid !== child.pid).map(perStep) },
+  };
+}
+
+/**
+ * The in-process step in two processes at once: what two cores of this
+ * machine give two workers that never wait for each other or for a
+ * coordinator (shared caches, memory bandwidth, clock), the ceiling for
+ * `local --workers 2`.
+ */
+async function inProcessPair(steps: number): Promise<number[]> {
+  const one = () =>
+    new Promise<number>((resolve, reject) => {
+      const child = spawn(process.execPath, [__filename, '--in-process-only', '--steps', String(steps)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let text = '';
+      child.stdout.on('data', (d) => (text += d));
+      child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(text).msPerStep) : reject(new Error(`in-process child exited ${code}`))));
+    });
+  return Promise.all([one(), one()]);
 }
 
 function round(x: number): number {
@@ -182,10 +229,11 @@ async function main() {
   // figures behind the ratios run `repeats` times, interleaved, and the
   // median run counts; the spread is reported.
   const repeats = arg('repeats', 3);
-  const runs: { single: InProcessResult; local1: LocalResult; local2: LocalResult; socket1: LocalResult; socket2: LocalResult; torch: TorchResult }[] = [];
+  const runs: { single: InProcessResult; pair: number[]; local1: LocalResult; local2: LocalResult; socket1: LocalResult; socket2: LocalResult; torch: TorchResult }[] = [];
   for (let r = 0; r < repeats; r++) {
     runs.push({
       single: await inProcess(steps, 20),
+      pair: await inProcessPair(steps),
       local1: localRun(1, steps),
       local2: localRun(2, steps),
       // The same runs with every frame on the WebSocket, for the mailboxes' share.
@@ -203,7 +251,11 @@ async function main() {
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
   const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
-  const memory = await memoryRun(arg('memory-steps', 2000));
+  const haveProc = fs.existsSync('/proc/self/stat');
+  const processSteps = arg('memory-steps', 2000);
+  const mailed = haveProc ? await processRun(processSteps) : null;
+  const socketed = haveProc ? await processRun(processSteps, ['--no-mailbox']) : null;
+  const pair = median(runs, (r) => r.single.msPerStep).pair;
   const torchRuns = runs.map((r) => r.torch);
   const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: (torchAnchor(Math.min(steps, 500), true) as TorchRuns).ddp2 };
   const torchSingle = 'single' in torch ? torch.single : null;
@@ -220,14 +272,17 @@ async function main() {
       local2MsPerStep: runs.map((r) => r.local2.msPerStep),
       local1NoMailboxMsPerStep: runs.map((r) => r.socket1.msPerStep),
       local2NoMailboxMsPerStep: runs.map((r) => r.socket2.msPerStep),
+      inProcessTwoAtOnceMsPerStep: runs.map((r) => r.pair),
       torchMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.single.ms_per_step : null)),
     },
     inProcess: single,
     inProcessWithoutNative: withoutNative,
+    inProcessTwoAtOnce: { msPerStep: pair, imagesPerSecond: round(pair.reduce((n, ms) => n + (BATCH * 1000) / ms, 0)) },
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
     localNoMailbox: { workers1: socket1, workers2: socket2 },
     wireBytesPerStepPerWorker: wire,
-    memory,
+    memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
+    cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
     torch: 'reason' in torch ? null : torch,
     torchReason: 'reason' in torch ? torch.reason : undefined,
     ratios: {
@@ -239,6 +294,8 @@ async function main() {
       scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
       distributedOverheadNoMailbox: round(socket1.imagesPerSecond / single.imagesPerSecond),
       scaling2WorkersNoMailbox: round(socket2.imagesPerSecond / (2 * socket1.imagesPerSecond)),
+      // Two independent in-process runs against one: the most two workers could scale here.
+      scalingCeilingTwoProcesses: round(pair.reduce((n, ms) => n + single.msPerStep / ms, 0) / 2),
       torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
     },
   };
