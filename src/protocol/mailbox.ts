@@ -9,11 +9,13 @@ import { ProtocolError } from './codec-error';
  * Frames between a coordinator and a worker on the same machine, through a
  * file in shared memory (/dev/shm) instead of the WebSocket: the sender
  * writes the frame into its own file and sends a `mail` notice of a few
- * bytes; the receiver reads the frame into fresh memory and decodes it as if
- * it had come over the socket. On loopback this halves a round trip of
- * 0.45 MB frames (0.46 → 0.31 ms here, most of what is left being the two
- * notices): the kernel copies each frame once each way, and ws no longer
- * reassembles it from 64 KB reads.
+ * bytes; the receiver reads the frame and decodes it as if it had come over
+ * the socket. Over loopback TCP each 0.45 MB frame costs both processes CPU:
+ * the kernel's TCP path on both sides, ws reassembling it from 64 KB reads
+ * into a fresh buffer. Here the kernel copies it once each way, the sender
+ * writes it from its pieces (codec's EncodedFrame) and the receiver can read
+ * it into reused memory: with two workers the coordinator's CPU per step
+ * halves (docs/performance.md).
  *
  * Each side writes only a file it created itself (mode 0600, in a 0700
  * directory of its own) and only reads the other's, so neither can be made
@@ -25,7 +27,7 @@ import { ProtocolError } from './codec-error';
  * A file is rewritten only after its reader has answered the frame before
  * (the coordinator writes the next weights after the worker's gradients; the
  * worker writes gradients only in answer to weights), so a read never meets
- * a write. A peer that breaks that rule can only corrupt its own frames,
+ * a write. A peer that breaks that rule can only change its own frames,
  * which are validated like any other.
  */
 export class Outbox {

@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import WebSocket from 'ws';
 import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
-import path from 'node:path';
 import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
