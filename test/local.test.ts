@@ -23,14 +23,18 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
   }
 }
 
-function startLocal(out: string): { child: ChildProcess; log: () => string; workerPids: () => number[] } {
-  const child = spawn(process.execPath, [CLI, 'local', '--workers', '2', '--steps', '100000', '--log-every', '10', '--metrics-port', '-1', '--out', out], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+/** `ganfleet <args>` as a child whose stdout and stderr are collected into one log. */
+function spawnCli(args: string[]): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
-  return { child, log: () => log, workerPids: () => [...log.matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1])) };
+  return { child, log: () => log, exit: new Promise((r) => child.on('exit', r)) };
+}
+
+function startLocal(out: string): { child: ChildProcess; log: () => string; workerPids: () => number[] } {
+  const { child, log } = spawnCli(['local', '--workers', '2', '--steps', '100000', '--log-every', '10', '--metrics-port', '-1', '--out', out]);
+  return { child, log, workerPids: () => [...log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1])) };
 }
 
 test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left', { timeout: 60_000 }, async () => {
@@ -62,13 +66,9 @@ test('workers exit by themselves when the local parent is SIGKILLed', { timeout:
 
 test('--no-native reaches the workers local starts: they run on XNNPACK and say so', { timeout: 60_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nonative-'));
-  const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '5', '--backend', 'wasm', '--no-native', '--metrics-port', '-1', '--out', out], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let log = '';
-  child.stdout!.on('data', (d) => (log += d));
-  child.stderr!.on('data', (d) => (log += d));
-  const code = await new Promise((r) => child.on('exit', r));
+  const run = spawnCli(['local', '--workers', '1', '--steps', '5', '--backend', 'wasm', '--no-native', '--metrics-port', '-1', '--out', out]);
+  const code = await run.exit;
+  const log = run.log();
   assert.equal(code, 0, log);
   assert.match(log, /\[worker local-1\] backend wasm \(native matmul off \(--no-native\); using XNNPACK; using wasm\)/);
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps, 5);
@@ -81,13 +81,9 @@ test('a local run trains the same through shared-memory mailboxes as over the We
   const before = ours();
   const run = async (flags: string[]) => {
     const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-mailbox-'));
-    const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '20', '--seed', '5', '--backend', 'wasm', '--metrics-port', '-1', '--out', out, ...flags], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let log = '';
-    child.stdout!.on('data', (d) => (log += d));
-    child.stderr!.on('data', (d) => (log += d));
-    const code = await new Promise((r) => child.on('exit', r));
+    const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--seed', '5', '--backend', 'wasm', '--metrics-port', '-1', '--out', out, ...flags]);
+    const code = await run.exit;
+    const log = run.log();
     assert.equal(code, 0, log);
     const result = { log, weights: fs.readFileSync(path.join(out, 'generator', 'weights.bin')), summary: JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')) };
     fs.rmSync(out, { recursive: true, force: true });
@@ -108,20 +104,14 @@ test('a local run trains the same through shared-memory mailboxes as over the We
 
 test('a worker started with --no-mailbox declines the offer and trains over the WebSocket', { timeout: 60_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nomailbox-'));
-  const coordinator = spawn(process.execPath, [CLI, 'coordinator', '--port', '0', '--steps', '5', '--metrics-port', '-1', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  coordinator.stdout!.on('data', (d) => (log += d));
-  coordinator.stderr!.on('data', (d) => (log += d));
-  await waitFor(() => /listening for workers on (ws:\/\/\S+)/.test(log), 30_000, 'the coordinator to listen');
-  const url = /listening for workers on (ws:\/\/\S+)/.exec(log)![1];
-  const worker = spawn(process.execPath, [CLI, 'worker', '--coordinator', url, '--no-mailbox'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let wlog = '';
-  worker.stdout!.on('data', (d) => (wlog += d));
-  worker.stderr!.on('data', (d) => (wlog += d));
-  const [code, wcode] = await Promise.all([new Promise((r) => coordinator.on('exit', r)), new Promise((r) => worker.on('exit', r))]);
-  assert.equal(code, 0, log);
-  assert.equal(wcode, 0, wlog);
-  assert.match(log, /finished 5 steps/);
-  assert.doesNotMatch(log + wlog, /shared memory/);
+  const coordinator = spawnCli(['coordinator', '--port', '0', '--steps', '5', '--metrics-port', '-1', '--out', out]);
+  const listening = /listening for workers on (ws:\/\/\S+)/;
+  await waitFor(() => listening.test(coordinator.log()), 30_000, 'the coordinator to listen');
+  const worker = spawnCli(['worker', '--coordinator', listening.exec(coordinator.log())![1], '--no-mailbox']);
+  const [code, wcode] = await Promise.all([coordinator.exit, worker.exit]);
+  assert.equal(code, 0, coordinator.log());
+  assert.equal(wcode, 0, worker.log());
+  assert.match(coordinator.log(), /finished 5 steps/);
+  assert.doesNotMatch(coordinator.log() + worker.log(), /shared memory/);
   fs.rmSync(out, { recursive: true, force: true });
 });
