@@ -300,8 +300,12 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal(count(after.values, 'unexpected') - count(before.values, 'unexpected'), 1);
     assert.equal(count(after.values, 'bad_field') - count(before.values, 'bad_field'), 1);
     assert.equal(coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames, 'websocket');
+    assert.ok(fs.existsSync(welcome.mailbox));
     peer.ws.close();
     await peer.closed;
+    // A peer that leaves takes its mailbox file with it.
+    for (let i = 0; i < 200 && fs.existsSync(welcome.mailbox); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(!fs.existsSync(welcome.mailbox), 'the departed peer\'s file is removed');
   });
 
   test('a welcomed peer is dropped after repeated offences', async () => {

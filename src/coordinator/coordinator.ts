@@ -447,7 +447,7 @@ export class Coordinator {
     this.log(`${peer.id} exchanges frames through shared memory`);
   }
 
-  /** A mailbox for a new peer's frames, or null (none possible, or refused by --no-mailbox). */
+  /** Makes a new peer a mailbox for its frames, unless this coordinator has none to offer (--no-mailbox, no directory). */
   private offerMailbox(peer: WorkerPeer): void {
     if (!this.mailboxDir) return;
     const nonce = mailboxNonce();
@@ -501,7 +501,6 @@ export class Coordinator {
   private removePeer(peer: WorkerPeer, why: string): void {
     if (this.peers.get(peer.id) !== peer) return;
     this.peers.delete(peer.id);
-    if (peer.mailbox) fs.rmSync(peer.mailbox.outbox.path, { force: true });
     peer.closeMailbox();
     this.round?.drop(peer.id);
     this.membershipChanged = true;

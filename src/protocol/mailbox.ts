@@ -55,8 +55,10 @@ export class Outbox {
     }
   }
 
+  /** Closes and removes the file: no one reads a closed outbox. */
   close(): void {
     closeQuietly(this.fd);
+    fs.rmSync(this.path, { force: true });
   }
 }
 
