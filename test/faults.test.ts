@@ -109,7 +109,9 @@ describe('coordinator failure and resume', () => {
     fs.truncateSync(newest, fs.statSync(newest).size - 1000);
     for (const w of workers) await w.waitFor(/reconnecting in/);
 
-    const second = track(new GanfleetProcess([...args, '--resume']));
+    // Both workers must rejoin before it starts: 110 steps take about a second now, less than a
+    // reconnect backoff can be, and a worker that misses the run would retry forever.
+    const second = track(new GanfleetProcess([...args, '--resume', '--min-workers', '2']));
     await second.waitFor(/skipping checkpoint .*ckpt-000000060\.bin: payload is \d+ bytes, expected \d+ \(truncated\?\)/);
     await second.waitFor(/resumed from .*ckpt-000000040\.bin at step 40/);
     assert.equal(await second.exited, 0, second.log);

@@ -55,8 +55,12 @@ export class Outbox {
     }
   }
 
-  /** Closes and removes the file: no one reads a closed outbox. */
+  private closed = false;
+
+  /** Closes and removes the file: no one reads a closed outbox. Only once: the fd's number may be reused. */
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
     closeQuietly(this.fd);
     fs.rmSync(this.path, { force: true });
   }
@@ -121,7 +125,12 @@ export class Inbox {
     return frame;
   }
 
+  private closed = false;
+
+  /** Only once: the fd's number may be reused by then. */
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
     closeQuietly(this.fd);
   }
 }
