@@ -69,7 +69,9 @@ async function coordinatorKill(tearNewest: boolean) {
     fs.truncateSync(f, fs.statSync(f).size - 4096);
   }
   const restart = Date.now();
-  const second = track(new GanfleetProcess([...args, '--resume']));
+  // Both workers rejoin before it starts: one still in its reconnect backoff could otherwise
+  // miss the whole resumed run and, never told to stop, retry forever.
+  const second = track(new GanfleetProcess([...args, '--resume', '--min-workers', '2']));
   const code = await second.exited;
   for (const w of workers) await w.exited;
   const resumedAt = Number(/resumed from .* at step (\d+)/.exec(second.log)![1]);
