@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -115,3 +115,32 @@ test('a worker started with --no-mailbox declines the offer and trains over the 
   assert.doesNotMatch(coordinator.log() + worker.log(), /shared memory/);
   fs.rmSync(out, { recursive: true, force: true });
 });
+
+test(
+  "a worker that cannot read the coordinator's mailbox (another user) says why and trains over the WebSocket",
+  { timeout: 60_000, skip: process.getuid?.() !== 0 && 'needs root, to start the worker as another user' },
+  async (t) => {
+    const nobody = { uid: 65534, gid: 65534 };
+    // A checkout under a private home directory is closed to nobody too.
+    if (spawnSync(process.execPath, ['-e', 'require("fs").accessSync(process.argv[1], 4)', CLI], nobody).status !== 0) {
+      t.skip(`${CLI} is not readable by uid 65534`);
+      return;
+    }
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-otheruser-'));
+    const coordinator = spawnCli(['coordinator', '--port', '0', '--steps', '5', '--metrics-port', '-1', '--out', out]);
+    const listening = /listening for workers on (ws:\/\/\S+)/;
+    await waitFor(() => listening.test(coordinator.log()), 30_000, 'the coordinator to listen');
+    // nobody: the coordinator's mailbox directory (root's, 0700) is closed to it, as another machine's would be.
+    const worker = spawn(process.execPath, [CLI, 'worker', '--coordinator', listening.exec(coordinator.log())![1]], { stdio: ['ignore', 'pipe', 'pipe'], ...nobody });
+    let wlog = '';
+    worker.stdout!.on('data', (d) => (wlog += d));
+    worker.stderr!.on('data', (d) => (wlog += d));
+    const [code, wcode] = await Promise.all([coordinator.exit, new Promise((r) => worker.on('exit', r))]);
+    assert.equal(code, 0, coordinator.log());
+    assert.equal(wcode, 0, wlog);
+    assert.match(wlog, /frames travel over the WebSocket: the coordinator's mailbox is not readable here \(EACCES/);
+    assert.match(coordinator.log(), /finished 5 steps/);
+    assert.doesNotMatch(coordinator.log(), /exchanges frames through shared memory/);
+    fs.rmSync(out, { recursive: true, force: true });
+  },
+);
