@@ -190,6 +190,48 @@ describe('coordinator and a worker on one machine', () => {
   });
 });
 
+test('when its mailbox fails, the coordinator says so and sends that worker its weights over the socket', { timeout: 30_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const lines: string[] = [];
+  const coordinator = await Coordinator.start(config(out, 3), (line) => lines.push(line));
+  const run = coordinator.run();
+  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+  await peer.open();
+  peer.hello();
+  const welcome = await peer.next();
+  assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce);
+  const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
+  const dir = makeMailboxDir('worker');
+  const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce);
+  peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+  const ways: string[] = [];
+  let broken = false;
+  for (let round = 0; round < 6; round++) {
+    let m = await peer.next();
+    while (m.type === 'shard') m = await peer.next();
+    const weights = (m.type === 'mail' ? decodeCoordinatorMessage(inbox.collect(m.bytes, 1 << 20)) : m) as Weights;
+    assert.equal(weights.type, 'weights', JSON.stringify(m));
+    ways.push(m.type);
+    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), m.type === 'mail' ? outbox : undefined);
+    if (m.type === 'mail' && !broken) {
+      // As a full /dev/shm would: the coordinator's next write into this worker's file fails.
+      (coordinator as unknown as { peers: Map<string, { mailbox: { outbox: Outbox } }> }).peers.get(welcome.workerId)!.mailbox.outbox.close();
+      broken = true;
+    }
+  }
+  const firstMail = ways.indexOf('mail');
+  assert.ok(firstMail >= 0 && firstMail <= 1, ways.join(' '));
+  assert.deepEqual(ways.slice(firstMail + 1), ways.slice(firstMail + 1).map(() => 'weights'), `after the failure: ${ways.join(' ')}`);
+  assert.equal(coordinator.status().workers[0].frames, 'websocket');
+  assert.ok(lines.some((l) => /w\d+: its mailbox failed \(.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
+  assert.equal((await run).steps, 3);
+  await coordinator.close();
+  inbox.close();
+  outbox.close();
+  removeMailboxDir(dir);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test("a peer's second mail in an open round cannot change the gradients already accepted from it", async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
   const coordinator = await Coordinator.start({ ...config(out, 3), startWorkers: 2 }, () => {});

@@ -111,8 +111,13 @@ test('a peer file is refused unless it is a regular file of this user holding th
     assert.throws(() => Inbox.open(fifo, nonce), /not a regular file/);
     assert.throws(() => Inbox.open('relative/path', nonce), /not an absolute path/);
     assert.throws(() => Inbox.open(path.join(dir, 'missing'), nonce), /ENOENT/);
-    Inbox.open(real.path, nonce).close();
+    const inbox = Inbox.open(real.path, nonce);
+    inbox.close();
     real.close();
+    // Closed is closed: a descriptor's number may already belong to another file.
+    assert.throws(() => real.post(new EncodedFrame([Buffer.from('x')])), /is closed/);
+    assert.throws(() => inbox.collect(1, 10), /closed mailbox/);
+    assert.ok(!fs.existsSync(real.path), 'a closed outbox takes its file with it');
   });
 });
 

@@ -468,10 +468,18 @@ export class Coordinator {
       return null;
     }
     const n = this.nextWorker++;
-    const peer = new WorkerPeer(`w${n}`, hello.name, address, hello.backend, socket, (bytes) => {
-      this.bytesSent += bytes;
-      this.metrics.sentBytes.inc(bytes);
-    });
+    const peer = new WorkerPeer(
+      `w${n}`,
+      hello.name,
+      address,
+      hello.backend,
+      socket,
+      (bytes) => {
+        this.bytesSent += bytes;
+        this.metrics.sentBytes.inc(bytes);
+      },
+      (why) => this.log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`),
+    );
     this.peers.set(peer.id, peer);
     this.offerMailbox(peer);
     peer.send(

@@ -47,6 +47,8 @@ export class WorkerPeer {
     readonly backend: string,
     readonly socket: WebSocket,
     private readonly countSent: (bytes: number) => void,
+    /** The mailbox failed (a full /dev/shm, say) and was closed: frames go over the socket from now on. */
+    private readonly mailboxLost: (why: string) => void,
   ) {}
 
   get open(): boolean {
@@ -68,7 +70,13 @@ export class WorkerPeer {
   deliver(frame: EncodedFrame, written?: () => void): boolean {
     if (!this.mailbox?.inbox) return this.send(frame.whole, written);
     if (!this.open) return false;
-    this.mailbox.outbox.post(frame);
+    try {
+      this.mailbox.outbox.post(frame);
+    } catch (e) {
+      this.closeMailbox();
+      this.mailboxLost((e as Error).message);
+      return this.send(frame.whole, written);
+    }
     this.countSent(frame.length);
     return this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })), written);
   }

@@ -45,6 +45,8 @@ export class Outbox {
 
   /** Replaces the file's frame; its pieces are written where they lie, not joined first. */
   post(frame: EncodedFrame): void {
+    // A closed descriptor's number may already belong to another file.
+    if (this.closed) throw new Error(`${this.path} is closed`);
     let at = 0;
     for (const part of frame.parts) {
       for (let done = 0; done < part.byteLength; ) {
@@ -105,6 +107,7 @@ export class Inbox {
    * a fresh 0.45 MB buffer (its page faults, its garbage) per frame.
    */
   collect(bytes: number, limit: number, reuse = false): Buffer {
+    if (this.closed) throw new ProtocolError('unexpected', 'mail to a closed mailbox');
     if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > limit) {
       throw new ProtocolError('bad_size', `a mailed frame of ${bytes} bytes is outside 1..${limit}`);
     }

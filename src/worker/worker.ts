@@ -4,7 +4,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
-import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
+import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
@@ -227,6 +227,23 @@ function connectOnce(
       }
     };
 
+    /**
+     * False when this worker's file cannot take the frame (a full /dev/shm,
+     * say): gradients go over the socket from then on, which the coordinator
+     * accepts, while weights may still come by mail.
+     */
+    const postGradients = (box: Mailbox, frame: EncodedFrame): boolean => {
+      if (box.outboxFailed) return false;
+      try {
+        box.outbox.post(frame);
+        return true;
+      } catch (e) {
+        box.outboxFailed = true;
+        log(`mailbox failed (${(e as Error).message}); gradients go over the WebSocket from now on`);
+        return false;
+      }
+    };
+
     /** Computes the gradients the weights ask for and sends them back the way the weights came. */
     const answer = (msg: Weights, byMail: boolean) => {
       if (!compute) return fail('WORKER_UNEXPECTED', 'weights before welcome');
@@ -246,8 +263,7 @@ function connectOnce(
       if (out.dReal !== undefined) reply.dReal = out.dReal;
       if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
       const frame = encodeFrame(reply, wireDtype);
-      if (byMail && mailbox) {
-        mailbox.outbox.post(frame);
+      if (byMail && mailbox && postGradients(mailbox, frame)) {
         ws.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
       } else {
         ws.send(frame.whole);
@@ -301,6 +317,7 @@ function connectOnce(
 interface Mailbox {
   inbox: Inbox;
   outbox: Outbox;
+  outboxFailed: boolean;
   close(): void;
 }
 
@@ -321,6 +338,7 @@ function openMailbox(welcome: Welcome, log: Logger): Mailbox | null {
     return {
       inbox,
       outbox,
+      outboxFailed: false,
       close() {
         inbox.close();
         outbox.close();
