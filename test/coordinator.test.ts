@@ -137,44 +137,54 @@ describe('coordinator validates what workers send', () => {
   });
 });
 
+/** A scripted worker that takes up the coordinator's mailbox offer: its own file goes in `dir`. */
+async function mailboxPeer(coordinator: Coordinator, dir: string, name: string) {
+  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+  await peer.open();
+  peer.hello();
+  const welcome = await peer.next();
+  assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce, JSON.stringify(welcome));
+  const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
+  const outbox = Outbox.create(path.join(dir, name), welcome.nonce);
+  peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+  return { peer, welcome, inbox, outbox };
+}
+
+/** The next weights the peer is asked to answer, whichever way they came. */
+async function nextWeights(peer: ScriptedPeer, inbox: Inbox): Promise<{ weights: Weights; mailed: boolean }> {
+  for (;;) {
+    const m = await peer.next();
+    if (m.type === 'shard') continue;
+    if (m.type === 'mail') return { weights: decodeCoordinatorMessage(Buffer.from(inbox.collect(m.bytes, 1 << 20))) as Weights, mailed: true };
+    assert.equal(m.type, 'weights', JSON.stringify(m));
+    return { weights: m as Weights, mailed: false };
+  }
+}
+
 describe('coordinator and a worker on one machine', () => {
   const ctx = trainingCoordinator();
 
   test('once the worker shows it reads the offered mailbox, weights and gradients travel through shared memory', async () => {
     const { coordinator, run } = ctx;
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
-    peer.hello();
-    const welcome = await peer.next();
-    assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce, JSON.stringify(welcome));
-    assert.equal(fs.statSync(welcome.mailbox).mode & 0o777, 0o600);
-    const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
     const dir = makeMailboxDir('worker');
-    const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce);
-    peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+    const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
+    assert.equal(fs.statSync(welcome.mailbox!).mode & 0o777, 0o600);
 
     let mailed = 0;
     let socketed = 0;
-    for (let rounds = 0; rounds < 4; ) {
-      const m = await peer.next();
-      if (m.type === 'shard') continue;
-      let weights: Weights;
-      if (m.type === 'mail') {
-        const inner = decodeCoordinatorMessage(inbox.collect(m.bytes, 1 << 20));
-        assert.equal(inner.type, 'weights');
-        weights = inner as Weights;
+    for (let rounds = 0; rounds < 4; rounds++) {
+      const asked = await nextWeights(peer, inbox);
+      const weights = asked.weights;
+      if (asked.mailed) {
         mailed++;
         assert.equal(coordinator.status().workers[0].frames, 'shared memory');
       } else {
-        assert.equal(m.type, 'weights', JSON.stringify(m));
-        weights = m as Weights;
         socketed++;
       }
       if (weights.step === 0 && weights.phase === 'discriminator') assert.equal(weights.generator?.length, G_SIZE);
       // Answered the way the weights came, as a worker does.
       const size = weights.phase === 'generator' ? G_SIZE : D_SIZE;
-      peer.gradients(weights.step, weights.phase, new Float32Array(size).fill(1e-3), m.type === 'mail' ? outbox : undefined);
-      rounds++;
+      peer.gradients(weights.step, weights.phase, new Float32Array(size).fill(1e-3), asked.mailed ? outbox : undefined);
     }
     // The coordinator may have sent the first round before it read the confirmation.
     assert.ok(mailed >= 3 && socketed <= 1, `${mailed} rounds by mail, ${socketed} over the socket`);
@@ -183,7 +193,7 @@ describe('coordinator and a worker on one machine', () => {
     // Frame bytes count as sent and received, whichever way they travel.
     assert.ok(summary.bytesReceivedPerStep > 4 * (G_SIZE + D_SIZE), `${summary.bytesReceivedPerStep} bytes received per step`);
     await coordinator.close();
-    assert.ok(!fs.existsSync(path.dirname(welcome.mailbox)), "the coordinator's mailbox directory is gone after close");
+    assert.ok(!fs.existsSync(path.dirname(welcome.mailbox!)), "the coordinator's mailbox directory is gone after close");
     inbox.close();
     outbox.close();
     removeMailboxDir(dir);
@@ -195,25 +205,15 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
   const lines: string[] = [];
   const coordinator = await Coordinator.start(config(out, 3), (line) => lines.push(line));
   const run = coordinator.run();
-  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-  await peer.open();
-  peer.hello();
-  const welcome = await peer.next();
-  assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce);
-  const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
   const dir = makeMailboxDir('worker');
-  const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce);
-  peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+  const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
   const ways: string[] = [];
   let broken = false;
   for (let round = 0; round < 6; round++) {
-    let m = await peer.next();
-    while (m.type === 'shard') m = await peer.next();
-    const weights = (m.type === 'mail' ? decodeCoordinatorMessage(inbox.collect(m.bytes, 1 << 20)) : m) as Weights;
-    assert.equal(weights.type, 'weights', JSON.stringify(m));
-    ways.push(m.type);
-    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), m.type === 'mail' ? outbox : undefined);
-    if (m.type === 'mail' && !broken) {
+    const { weights, mailed } = await nextWeights(peer, inbox);
+    ways.push(mailed ? 'mail' : 'weights');
+    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
+    if (mailed && !broken) {
       // As a full /dev/shm would: the coordinator's next write into this worker's file fails.
       (coordinator as unknown as { peers: Map<string, { mailbox: { outbox: Outbox } }> }).peers.get(welcome.workerId)!.mailbox.outbox.close();
       broken = true;
@@ -239,14 +239,7 @@ test("a peer's second mail in an open round cannot change the gradients already 
   const dir = makeMailboxDir('worker');
   const peers = await Promise.all(
     ['a', 'b'].map(async (name) => {
-      const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-      await peer.open();
-      peer.hello();
-      const welcome = await peer.next();
-      assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce);
-      const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
-      const outbox = Outbox.create(path.join(dir, name), welcome.nonce);
-      peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+      const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, name);
       return { peer, inbox, outbox, id: welcome.workerId };
     }),
   );
@@ -255,17 +248,7 @@ test("a peer's second mail in an open round cannot change the gradients already 
   let initialD: Float32Array | null = null;
   let doubled = 0;
   for (let round = 0; round < 6; round++) {
-    const asked = await Promise.all(
-      peers.map(async ({ peer, inbox }) => {
-        for (;;) {
-          const m = await peer.next();
-          if (m.type === 'shard') continue;
-          if (m.type === 'mail') return { weights: decodeCoordinatorMessage(Buffer.from(inbox.collect(m.bytes, 1 << 20))) as Weights, mailed: true };
-          assert.equal(m.type, 'weights', JSON.stringify(m));
-          return { weights: m as Weights, mailed: false };
-        }
-      }),
-    );
+    const asked = await Promise.all(peers.map(({ peer, inbox }) => nextWeights(peer, inbox)));
     for (const { weights } of asked) {
       if (weights.discriminator) {
         initialD ??= Float32Array.from(weights.discriminator);
