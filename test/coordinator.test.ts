@@ -178,6 +178,7 @@ describe('coordinator and a worker on one machine', () => {
       if (asked.mailed) {
         mailed++;
         assert.equal(coordinator.status().workers[0].frames, 'shared memory');
+        assert.equal((await coordinator.metrics.mailboxWorkers.get()).values[0].value, 1);
       } else {
         socketed++;
       }
@@ -223,6 +224,7 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
   assert.ok(firstMail >= 0 && firstMail <= 1, ways.join(' '));
   assert.deepEqual(ways.slice(firstMail + 1), ways.slice(firstMail + 1).map(() => 'weights'), `after the failure: ${ways.join(' ')}`);
   assert.equal(coordinator.status().workers[0].frames, 'websocket');
+  assert.equal((await coordinator.metrics.mailboxWorkers.get()).values[0].value, 0);
   assert.ok(lines.some((l) => /w\d+: its mailbox failed \(.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
   assert.equal((await run).steps, 3);
   await coordinator.close();

@@ -445,6 +445,13 @@ export class Coordinator {
       return this.reject(peer.socket, peer, 'bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}`);
     }
     this.log(`${peer.id} exchanges frames through shared memory`);
+    this.countMailboxes();
+  }
+
+  private countMailboxes(): void {
+    let n = 0;
+    for (const p of this.peers.values()) if (p.mailbox?.inbox) n++;
+    this.metrics.mailboxWorkers.set(n);
   }
 
   /** Makes a new peer a mailbox for its frames, unless this coordinator has none to offer (--no-mailbox, no directory). */
@@ -478,7 +485,10 @@ export class Coordinator {
         this.bytesSent += bytes;
         this.metrics.sentBytes.inc(bytes);
       },
-      (why) => this.log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`),
+      (why) => {
+        this.log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`);
+        this.countMailboxes();
+      },
     );
     this.peers.set(peer.id, peer);
     this.offerMailbox(peer);
@@ -510,6 +520,7 @@ export class Coordinator {
     if (this.peers.get(peer.id) !== peer) return;
     this.peers.delete(peer.id);
     peer.closeMailbox();
+    this.countMailboxes();
     this.round?.drop(peer.id);
     this.membershipChanged = true;
     this.metrics.workers.set(this.peers.size);
