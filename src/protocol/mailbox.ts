@@ -30,11 +30,42 @@ import { ProtocolError } from './codec-error';
  * a write. A peer that breaks that rule can only change its own frames,
  * which are validated like any other.
  */
+/** A file descriptor closed at most once: once closed, its number may already belong to another file. */
+class Descriptor {
+  private closed = false;
+
+  constructor(private readonly fd: number) {}
+
+  get open(): boolean {
+    return !this.closed;
+  }
+
+  /** The number, for one call; only while open. */
+  get number(): number {
+    if (this.closed) throw new Error('descriptor used after close');
+    return this.fd;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
 export class Outbox {
+  private readonly file: Descriptor;
+
   private constructor(
     readonly path: string,
-    private readonly fd: number,
-  ) {}
+    fd: number,
+  ) {
+    this.file = new Descriptor(fd);
+  }
 
   /** Creates `file` (which must not exist) holding `nonce`. */
   static create(file: string, nonce: string): Outbox {
@@ -45,31 +76,32 @@ export class Outbox {
 
   /** Replaces the file's frame; its pieces are written where they lie, not joined first. */
   post(frame: EncodedFrame): void {
-    // A closed descriptor's number may already belong to another file.
-    if (this.closed) throw new Error(`${this.path} is closed`);
+    if (!this.file.open) throw new Error(`${this.path} is closed`);
+    const fd = this.file.number;
     let at = 0;
     for (const part of frame.parts) {
       for (let done = 0; done < part.byteLength; ) {
-        const n = fs.writeSync(this.fd, part, done, part.byteLength - done, at);
+        const n = fs.writeSync(fd, part, done, part.byteLength - done, at);
         done += n;
         at += n;
       }
     }
   }
 
-  private closed = false;
-
-  /** Closes and removes the file: no one reads a closed outbox. Only once: the fd's number may be reused. */
+  /** Closes and removes the file: no one reads a closed outbox. */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    closeQuietly(this.fd);
+    if (!this.file.open) return;
+    this.file.close();
     fs.rmSync(this.path, { force: true });
   }
 }
 
 export class Inbox {
-  private constructor(private readonly fd: number) {}
+  private readonly file: Descriptor;
+
+  private constructor(fd: number) {
+    this.file = new Descriptor(fd);
+  }
 
   /**
    * Opens the peer's file and checks that it starts with `nonce`. Throws with
@@ -91,7 +123,7 @@ export class Inbox {
       if (!found.equals(expected)) throw new Error(`${file} does not hold this connection's nonce`);
       return new Inbox(fd);
     } catch (e) {
-      closeQuietly(fd);
+      new Descriptor(fd).close();
       throw e;
     }
   }
@@ -107,7 +139,7 @@ export class Inbox {
    * a fresh 0.45 MB buffer (its page faults, its garbage) per frame.
    */
   collect(bytes: number, limit: number, reuse = false): Buffer {
-    if (this.closed) throw new ProtocolError('unexpected', 'mail to a closed mailbox');
+    if (!this.file.open) throw new ProtocolError('unexpected', 'mail to a closed mailbox');
     if (!Number.isSafeInteger(bytes) || bytes < 1 || bytes > limit) {
       throw new ProtocolError('bad_size', `a mailed frame of ${bytes} bytes is outside 1..${limit}`);
     }
@@ -119,22 +151,18 @@ export class Inbox {
     } else {
       frame = Buffer.allocUnsafeSlow(bytes);
     }
+    const fd = this.file.number;
     let at = 0;
     while (at < bytes) {
-      const n = fs.readSync(this.fd, frame, at, bytes - at, at);
+      const n = fs.readSync(fd, frame, at, bytes - at, at);
       if (n === 0) throw new ProtocolError('bad_size', `the mailbox holds ${at} bytes, the notice announced ${bytes}`);
       at += n;
     }
     return frame;
   }
 
-  private closed = false;
-
-  /** Only once: the fd's number may be reused by then. */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    closeQuietly(this.fd);
+    this.file.close();
   }
 }
 
@@ -203,13 +231,5 @@ function processAlive(pid: number): boolean {
   } catch (e) {
     // EPERM: alive, under another user.
     return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-function closeQuietly(fd: number): void {
-  try {
-    fs.closeSync(fd);
-  } catch {
-    /* already closed */
   }
 }
