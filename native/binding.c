@@ -1,7 +1,7 @@
 /*
  * Node-API face of gemm.c, adam.c (Adam, the gradient average, the range
  * check of incoming floats) and half.c
- * (the 16-bit wire conversions). gemm's operands are offsets into one
+ * (the 16-bit wire conversions) and pixels.c (a real batch from the shard). gemm's operands are offsets into one
  * Float32Array, the wasm backend's heap, where tfjs keeps every tensor: the
  * product reads and writes the tensors in place, with no copy in or out.
  */
@@ -10,6 +10,7 @@
 #include "adam.h"
 #include "gemm.h"
 #include "half.h"
+#include "pixels.h"
 
 #define ARGS 13
 
@@ -145,6 +146,31 @@ static napi_value convert_half(napi_env env, napi_callback_info info, bool to_ha
 static napi_value to_half(napi_env env, napi_callback_info info) { return convert_half(env, info, true); }
 static napi_value from_half(napi_env env, napi_callback_info info) { return convert_half(env, info, false); }
 
+/* gatherPixels(images, indices, row, table, out): out's rows are images' rows `indices`, each pixel through the 256-entry table. */
+static napi_value gather_pixels(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  const char *usage = "gatherPixels(Uint8Array images, Int32Array indices, row, Float32Array table, Float32Array out)";
+  if (!get_args(env, info, 5, argv, "GATHER_ARGS", usage)) return NULL;
+  uint8_t *images;
+  int32_t *indices;
+  float *table, *out;
+  size_t n_images, count, n_table, n_out;
+  int64_t row;
+  if (!typed_array(env, argv[0], napi_uint8_array, (void **)&images, &n_images) ||
+      !typed_array(env, argv[1], napi_int32_array, (void **)&indices, &count) ||
+      napi_get_value_int64(env, argv[2], &row) != napi_ok || !float32_array(env, argv[3], &table, &n_table) ||
+      !float32_array(env, argv[4], &out, &n_out))
+    return fail(env, "GATHER_ARGS", usage);
+  if (row <= 0 || n_table != 256 || (int64_t)n_out < (int64_t)count * row) return fail(env, "GATHER_ARGS", "row > 0, a 256-entry table, and out with count·row slots");
+  /* Every row read must lie inside the images: a bad index must not touch other memory. */
+  int64_t rows = (int64_t)n_images / row;
+  for (size_t i = 0; i < count; i++) {
+    if (indices[i] < 0 || indices[i] >= rows) return fail(env, "GATHER_BOUNDS", "an index lies outside the images");
+  }
+  gf_gather_pixels(images, indices, (long)count, (long)row, table, out);
+  return NULL;
+}
+
 static napi_value supported(napi_env env, napi_callback_info info) {
   (void)info;
   napi_value result;
@@ -160,9 +186,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"firstOutside", NULL, first_outside, NULL, NULL, NULL, napi_default, NULL},
       {"toHalf", NULL, to_half, NULL, NULL, NULL, napi_default, NULL},
       {"fromHalf", NULL, from_half, NULL, NULL, NULL, napi_default, NULL},
+      {"gatherPixels", NULL, gather_pixels, NULL, NULL, NULL, napi_default, NULL},
       {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 7, props);
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
 }
 

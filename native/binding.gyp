@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "ganfleet_native",
-      "sources": ["gemm.c", "adam.c", "half.c", "binding.c"],
+      "sources": ["gemm.c", "adam.c", "half.c", "pixels.c", "binding.c"],
       "cflags": ["-O2", "-std=gnu11"],
       "xcode_settings": { "OTHER_CFLAGS": ["-O2"] }
     }

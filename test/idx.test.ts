@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { readIdx } from '../src/data/idx';
-import { defaultMnistDir, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { defaultMnistDir, gatherTanhRange, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { GanfleetError } from '../src/util/errors';
 
 const dir = defaultMnistDir();
@@ -143,4 +143,18 @@ test('toTanhRange maps 0→-1, 255→1, monotonic in between', () => {
   for (let i = 1; i < out.length; i++) assert.ok(out[i] > out[i - 1]);
   assert.ok(Math.abs(out[2]) < 0.01 && Math.abs(out[3]) < 0.01);
   assert.throws(() => toTanhRange(px, new Float32Array(2)), RangeError);
+});
+
+test('gatherTanhRange gives the picked images scaled as toTanhRange scales them, and refuses an index outside the images', () => {
+  // Runs on the native addon where it is built, on JavaScript otherwise (GANFLEET_NATIVE=0): the bits must be the same.
+  const train = loadMnist('train');
+  const indices = Int32Array.from([0, 59_999, 7, 7, 31_415]);
+  const out = gatherTanhRange(train.images, indices, new Float32Array(indices.length * IMAGE_SIZE));
+  indices.forEach((k, i) => {
+    const one = toTanhRange(train.images.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), new Float32Array(IMAGE_SIZE));
+    assert.deepEqual(out.subarray(i * IMAGE_SIZE, (i + 1) * IMAGE_SIZE), one, `image ${k}`);
+  });
+  const small = train.images.subarray(0, 3 * IMAGE_SIZE);
+  for (const bad of [3, -1]) assert.throws(() => gatherTanhRange(small, Int32Array.from([0, bad]), new Float32Array(2 * IMAGE_SIZE)), RangeError);
+  assert.throws(() => gatherTanhRange(small, Int32Array.from([0, 1]), new Float32Array(IMAGE_SIZE)), RangeError);
 });

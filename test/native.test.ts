@@ -171,3 +171,19 @@ test('the native range check finds the first NaN, ±Infinity or value beyond the
   edge[10] = Infinity;
   assert.equal(addon.firstOutside(edge, Number.MAX_VALUE), 10);
 });
+
+test('the native pixel gather maps each picked row through the table, and refuses indices outside the images', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const row = 5;
+  const images = Uint8Array.from({ length: 4 * row }, (_, i) => (i * 37) & 255);
+  const table = Float32Array.from({ length: 256 }, (_, p) => p / 127.5 - 1);
+  const indices = Int32Array.from([3, 0, 3]);
+  const out = new Float32Array(indices.length * row);
+  addon.gatherPixels(images, indices, row, table, out);
+  assert.deepEqual(out, Float32Array.from({ length: out.length }, (_, i) => table[images[indices[Math.floor(i / row)]! * row + (i % row)]!]));
+  assert.throws(() => addon.gatherPixels(images, Int32Array.from([4]), row, table, out), /outside the images/);
+  assert.throws(() => addon.gatherPixels(images, Int32Array.from([-1]), row, table, out), /outside the images/);
+  assert.throws(() => addon.gatherPixels(images, indices, row, table.subarray(1), out), /256-entry table/);
+  assert.throws(() => addon.gatherPixels(images, indices, row, table, out.subarray(1)), /count·row slots/);
+  assert.throws(() => addon.gatherPixels(images, Uint32Array.from([0]) as unknown as Int32Array, row, table, out), /gatherPixels\(/);
+});

@@ -3,7 +3,7 @@ import path from 'node:path';
 /**
  * ganfleet's optional native addon (native/: an AVX2/FMA matrix product for
  * the wasm backend, the coordinator's gradient average and Adam update, and
- * the 16-bit wire conversions),
+ * the 16-bit wire conversions, a real batch's pixels),
  * built by `npm install` when a C compiler is present. Every use has a
  * JavaScript or wasm fallback; this says which one is in use and why.
  */
@@ -33,6 +33,8 @@ export interface NativeAddon {
   /** float32 to float16 (or bfloat16) bits, as wire-dtype.ts's JavaScript does it. */
   toHalf(src: Float32Array, dst: Uint16Array, bfloat: boolean): void;
   fromHalf(src: Uint16Array, dst: Float32Array, bfloat: boolean): void;
+  /** out's rows are the rows `indices` of `images` (`row` bytes each), each pixel mapped through the 256-entry `table`. */
+  gatherPixels(images: Uint8Array, indices: Int32Array, row: number, table: Float32Array, out: Float32Array): void;
 }
 
 /** Where `npm run build:native` leaves the addon, from dist/src/util/. */

@@ -1,4 +1,4 @@
-import { IMAGE_SIZE, toTanhRange } from '../data/mnist';
+import { IMAGE_SIZE, gatherTanhRange } from '../data/mnist';
 import { GanModel, GeneratorPass, RealPart, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase } from '../protocol/messages';
@@ -30,7 +30,7 @@ export class ShardCompute {
   /** The D step's real half on the drawn batch with the current D; dropped when either changes. */
   private realPart: RealPart | null = null;
   private readonly rng: Rng;
-  private readonly pixelBuffer: Uint8Array;
+  private readonly indices: Int32Array;
   /**
    * Two sets of arrays behind the draws' tensors, one per live draw (this
    * step's and the one drawn ahead): the cpu backend keeps the array a
@@ -44,7 +44,7 @@ export class ShardCompute {
     seed: number,
   ) {
     this.rng = new Rng(seed);
-    this.pixelBuffer = new Uint8Array(batchSize * IMAGE_SIZE);
+    this.indices = new Int32Array(batchSize);
     this.slots = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
   }
 
@@ -175,12 +175,8 @@ export class ShardCompute {
 
   /** Uniform with replacement from the shard, as the seed's np.random.randint. */
   private realBatch(into: Float32Array): tf.Tensor2D {
-    const shard = this.shard!;
-    for (let i = 0; i < this.batchSize; i++) {
-      const k = this.rng.int(this.shardCount);
-      this.pixelBuffer.set(shard.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), i * IMAGE_SIZE);
-    }
-    return tf.tensor2d(toTanhRange(this.pixelBuffer, into), [this.batchSize, IMAGE_SIZE]);
+    for (let i = 0; i < this.batchSize; i++) this.indices[i] = this.rng.int(this.shardCount);
+    return tf.tensor2d(gatherTanhRange(this.shard!, this.indices, into), [this.batchSize, IMAGE_SIZE]);
   }
 
 }
