@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
-import { tf } from '../src/model/tf';
+import { readValues, tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';
 
@@ -101,4 +101,18 @@ test("wasm's own Conv3DBackpropFilterV2 is wrong at stride 2 (why the kernel abo
   const cpu = (await run('cpu')).dataSync();
   const wasm = (await run('wasm')).dataSync();
   assert.ok(cpu.some((v, i) => Math.abs(v - wasm[i]) > 1e-3), 'wasm now agrees with cpu');
+});
+
+test('readValues gives the tensors\' values one after another, straight from the wasm heap and through dataSync on cpu', async () => {
+  for (const backend of ['wasm', 'cpu'] as const) {
+    await selectBackend(backend);
+    const parts = [random([3, 5], 1), random([7], 2), tf.scalar(0.25), tf.reshape(random([2, 2, 2], 3), [8])];
+    const want = Float32Array.from(parts.flatMap((t) => [...t.dataSync()]));
+    const before = tf.memory().numTensors;
+    assert.deepEqual(readValues(parts), want, backend);
+    assert.equal(tf.memory().numTensors, before, `${backend}: readValues leaves no tensor behind`);
+    if (backend === 'wasm') assert.throws(() => readValues([tf.tensor([1, 2], [2], 'int32')]), /int32/);
+    tf.dispose(parts);
+  }
+  await selectBackend('wasm');
 });

@@ -1,7 +1,7 @@
 import { Rng } from '../util/rng';
 import { ParameterLayout } from './layout';
 import { GanLoss } from './losses';
-import { tf, Tensors } from './tf';
+import { readValues, tf, Tensors } from './tf';
 
 /** What one worker returns for one round: the mean gradient over its batch and the batch's statistics. */
 export interface StepOutput {
@@ -99,12 +99,11 @@ export function disposeGeneratorPass(pass: GeneratorPass): void {
   pass.statistics?.dispose();
 }
 
-/** Reads gradients and statistics back in one synchronous read (a device round trip each otherwise). */
+/** Reads gradients and statistics back (readValues: in one synchronous read where that is a device round trip). */
 export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D): StepOutput {
   const n = gradients.size;
   const m = statistics?.size ?? 0;
-  const parts = [tf.reshape(gradients, [n]), ...(statistics ? [statistics] : []), tf.stack(stats)];
-  const all = tf.concat(parts).dataSync() as Float32Array;
+  const all = readValues([gradients, ...(statistics ? [statistics] : []), ...stats]);
   const s = all.subarray(n + m);
   const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[withReal ? 2 : 1] };
   if (withReal) out.dReal = s[1];

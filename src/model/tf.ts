@@ -26,3 +26,29 @@ export function scoped<T>(fn: () => T): T {
     tf.engine().endScope();
   }
 }
+
+/** The part of tfjs-backend-wasm's backend that shows a tensor where it lives, in the wasm heap. */
+interface WasmHeap {
+  typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
+}
+
+/**
+ * The values of float32 `tensors`, one after another, in a new Float32Array.
+ * On wasm each is copied straight out of the heap: a concat and a dataSync
+ * cost 5× more (a 115k gradient: 0.15–0.3 ms against 0.03). Elsewhere one
+ * concat and one dataSync: a GPU backend pays a device round trip per read.
+ */
+export function readValues(tensors: tf.Tensor[]): Float32Array {
+  if (tf.getBackend() !== 'wasm') {
+    return scoped(() => tf.concat(tensors.map((t) => tf.reshape(t, [t.size]))).dataSync() as Float32Array);
+  }
+  const heap = tf.backend() as unknown as WasmHeap;
+  const out = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
+  let at = 0;
+  for (const t of tensors) {
+    if (t.dtype !== 'float32') throw new TypeError(`readValues: a ${t.dtype} tensor`);
+    out.set(heap.typedArrayFromHeap(t), at);
+    at += t.size;
+  }
+  return out;
+}
