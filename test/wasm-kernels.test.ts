@@ -111,7 +111,14 @@ test('readValues gives the tensors\' values one after another, straight from the
     const before = tf.memory().numTensors;
     assert.deepEqual(readValues(parts), want, backend);
     assert.equal(tf.memory().numTensors, before, `${backend}: readValues leaves no tensor behind`);
-    if (backend === 'wasm') assert.throws(() => readValues([tf.tensor([1, 2], [2], 'int32')]), /int32/);
+    if (backend === 'wasm') {
+      const memory = new Float32Array(want.length);
+      assert.equal(readValues(parts, memory), memory, 'memory of the right size is reused');
+      assert.deepEqual(memory, want);
+      const small = new Float32Array(want.length - 1);
+      assert.notEqual(readValues(parts, small), small, 'memory of another size is not');
+      assert.throws(() => readValues([tf.tensor([1, 2], [2], 'int32')]), /int32/);
+    }
     tf.dispose(parts);
   }
   await selectBackend('wasm');

@@ -105,6 +105,20 @@ test('drawing the next step ahead, during the G round, keeps every draw and resu
   plain.dispose();
 });
 
+test('on wasm each round kind reads its results into its own reused memory: a G step leaves the D results alone', async () => {
+  await selectBackend('wasm');
+  const compute = readyCompute(16, 9, 100, 2);
+  const d0 = compute.step(0, 'discriminator');
+  const kept = d0.gradients.slice();
+  const g0 = compute.step(0, 'generator');
+  assert.notEqual(g0.gradients.buffer, d0.gradients.buffer);
+  assert.deepEqual(d0.gradients, kept, 'the G step wrote into the D results');
+  const d1 = compute.step(1, 'discriminator');
+  assert.equal(d1.gradients.buffer, d0.gradients.buffer, 'the next D step reuses the D memory');
+  assert.equal(compute.step(1, 'generator').gradients.buffer, g0.gradients.buffer);
+  compute.dispose();
+});
+
 test('the G round reuses the D round noise of the same step, and a new step draws new noise', async () => {
   await selectBackend('cpu');
   const compute = readyCompute(16, 9, 100, 2);

@@ -1,7 +1,7 @@
 import { Rng } from '../util/rng';
 import { gradientOf } from './autodiff';
 import { BN_EPSILON, BN_MOMENTUM } from './batchnorm';
-import { GanModel, GanParameters, GeneratorPass, StepOutput, readStep } from './gan';
+import { GanModel, GanParameters, GeneratorPass, RealPart, ResultMemory, StepOutput, readStep } from './gan';
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
@@ -91,7 +91,7 @@ export class DcGan implements GanModel {
     });
   }
 
-  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass): StepOutput {
+  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, _realPart?: RealPart, memory?: ResultMemory): StepOutput {
     return scoped(() => {
       // The forward pass's values leave the gradient computation by tf.keep
       // (this scope disposes them), so D runs once per batch.
@@ -103,7 +103,7 @@ export class DcGan implements GanModel {
         out = [loss, meanScore(this.loss, r), meanScore(this.loss, f)].map((t) => tf.keep(t));
         return loss;
       });
-      return readAndDispose(grads, out, true);
+      return readAndDispose(grads, out, true, undefined, memory);
     });
   }
 
@@ -112,7 +112,7 @@ export class DcGan implements GanModel {
    * D round's forward pass: autodiff would have to run G forward again (a
    * quarter of the step). test/gradients.test.ts holds it against tf.grads.
    */
-  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass): StepOutput {
+  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass, memory?: ResultMemory): StepOutput {
     return scoped(() => {
       const s = pass.saved;
       let out: tf.Tensor[] = [];
@@ -129,7 +129,7 @@ export class DcGan implements GanModel {
       const dDense = tf.reshape(deconvBackward(batchNormBackward(leakyBackward(dAct, s['g/bn1/act']), s, g, 'g/bn1', grads), s['g/dense'] as Image4D, g, 'g/deconv1', 2, grads), [-1, 7 * 7 * 256]);
       grads['g/dense/kernel'] = matMulAT(pass.z, dDense);
       grads['g/dense/bias'] = sumRows(dDense);
-      return readAndDispose(this.generatorLayout.concat(grads), out, false, pass.statistics);
+      return readAndDispose(this.generatorLayout.concat(grads), out, false, pass.statistics, memory);
     });
   }
 
@@ -177,9 +177,9 @@ export class DcGan implements GanModel {
 }
 
 /** readStep, then disposes the tf.keep'd values (kept tensors outlive every scope). */
-function readAndDispose(grads: tf.Tensor1D, kept: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D): StepOutput {
+function readAndDispose(grads: tf.Tensor1D, kept: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
   try {
-    return readStep(grads, kept, withReal, statistics);
+    return readStep(grads, kept, withReal, statistics, memory);
   } finally {
     tf.dispose(kept);
   }

@@ -65,7 +65,7 @@ export interface GanModel {
    * parameters. With `realPart` (from discriminatorRealPart on the same D and
    * real batch) only the fake half is computed here.
    */
-  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart): StepOutput;
+  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart, memory?: ResultMemory): StepOutput;
   /**
    * The real batch's share of the D step. It needs only D and the real
    * batch, not G, so a worker computes it while it waits for the step's G.
@@ -74,7 +74,16 @@ export interface GanModel {
    */
   discriminatorRealPart?(d: Tensors, real: tf.Tensor2D): RealPart;
   /** Gradient of the non-saturating G loss (G(z) labelled 1) w.r.t. G's parameters. */
-  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass): StepOutput;
+  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass, memory?: ResultMemory): StepOutput;
+}
+
+/**
+ * Memory a caller lends the steps of one kind (D or G) for their results, so
+ * that they do not need fresh memory each time. A StepOutput read into it is
+ * valid until the next step given the same memory.
+ */
+export interface ResultMemory {
+  values?: Float32Array;
 }
 
 /** The D step's real half: D's gradients from it (already weighted for the whole step) and its logits. */
@@ -100,10 +109,11 @@ export function disposeGeneratorPass(pass: GeneratorPass): void {
 }
 
 /** Reads gradients and statistics back (readValues: in one synchronous read where that is a device round trip). */
-export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D): StepOutput {
+export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
   const n = gradients.size;
   const m = statistics?.size ?? 0;
-  const all = readValues([gradients, ...(statistics ? [statistics] : []), ...stats]);
+  const all = readValues([gradients, ...(statistics ? [statistics] : []), ...stats], memory?.values);
+  if (memory) memory.values = all;
   const s = all.subarray(n + m);
   const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[withReal ? 2 : 1] };
   if (withReal) out.dReal = s[1];

@@ -1,6 +1,6 @@
 import { Rng } from '../util/rng';
 import { IMAGE_SIZE } from '../data/mnist';
-import { GanModel, GanParameters, GeneratorPass, RealPart, StepOutput, readStep } from './gan';
+import { GanModel, GanParameters, GeneratorPass, RealPart, ResultMemory, StepOutput, readStep } from './gan';
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
@@ -78,7 +78,7 @@ export class MlpGan implements GanModel {
     return tf.tidy(() => dense(dense(x, d, 'd/dense1', true), d, 'd/dense2', false));
   }
 
-  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart): StepOutput {
+  discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart, memory?: ResultMemory): StepOutput {
     return scoped(() => {
       const fake = pass.fake;
       if (realPart) {
@@ -86,13 +86,13 @@ export class MlpGan implements GanModel {
         const grads: Tensors = {};
         for (const [name, g] of Object.entries(fakePart.gradients)) grads[name] = tf.add(g, realPart.gradients[name]);
         const loss = discriminatorLoss(this.loss, realPart.logits, fakePart.logits);
-        return readStep(this.discriminatorLayout.concat(grads), [loss, meanScore(this.loss, realPart.logits), meanScore(this.loss, fakePart.logits)], true);
+        return readStep(this.discriminatorLayout.concat(grads), [loss, meanScore(this.loss, realPart.logits), meanScore(this.loss, fakePart.logits)], true, undefined, memory);
       }
       const n = real.shape[0];
       const both = this.discriminatorHalf(d, tf.concat([real, fake], 0), tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0), 1);
       const [realLogits, fakeLogits] = tf.split(both.logits, [n, fake.shape[0]], 0);
       const loss = discriminatorLoss(this.loss, realLogits, fakeLogits);
-      return readStep(this.discriminatorLayout.concat(both.gradients), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true);
+      return readStep(this.discriminatorLayout.concat(both.gradients), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true, undefined, memory);
     });
   }
 
@@ -120,7 +120,7 @@ export class MlpGan implements GanModel {
     return { gradients, logits };
   }
 
-  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass): StepOutput {
+  generatorStep(g: Tensors, d: Tensors, pass: GeneratorPass, memory?: ResultMemory): StepOutput {
     return scoped(() => {
       const { z, fake } = pass;
       const a1 = pass.saved.hidden;
@@ -140,7 +140,7 @@ export class MlpGan implements GanModel {
       const dPre1 = leakyBackward(matMulBT(dPre2, g['g/dense2/kernel']), a1);
       grads['g/dense1/kernel'] = matMulAT(z, dPre1);
       grads['g/dense1/bias'] = sumRows(dPre1);
-      return readStep(this.generatorLayout.concat(grads), [loss, meanScore(this.loss, logits)], false);
+      return readStep(this.generatorLayout.concat(grads), [loss, meanScore(this.loss, logits)], false, undefined, memory);
     });
   }
 }

@@ -1,5 +1,5 @@
 import { IMAGE_SIZE, gatherTanhRange } from '../data/mnist';
-import { GanModel, GeneratorPass, RealPart, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
+import { GanModel, GeneratorPass, RealPart, ResultMemory, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -30,6 +30,8 @@ export class ShardCompute {
   /** The D step's real half on the drawn batch with the current D; dropped when either changes. */
   private realPart: RealPart | null = null;
   private readonly rng: Rng;
+  /** Where each round kind's results are read; a step's gradients are valid until the next step of its kind. */
+  private readonly results: Record<Phase, ResultMemory> = { discriminator: {}, generator: {} };
   private readonly indices: Int32Array;
   /**
    * Two sets of arrays behind the draws' tensors, one per live draw (this
@@ -108,6 +110,7 @@ export class ShardCompute {
     }
   }
 
+  /** The round's results; their arrays are reused, and valid until the next step of the same phase. */
   step(step: number, phase: Phase): StepOutput & { samples: number } {
     if (!this.shard) throw new GanfleetError('WORKER_NO_SHARD', 'asked to compute before receiving a shard');
     if (!this.generator || !this.discriminator) {
@@ -118,9 +121,9 @@ export class ShardCompute {
     this.pass ??= this.model.forwardGenerator(this.generator, drawn.noise);
     let out: StepOutput;
     if (phase === 'discriminator') {
-      out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass, this.realPart ?? undefined);
+      out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass, this.realPart ?? undefined, this.results.discriminator);
     } else {
-      out = this.model.generatorStep(this.generator, this.discriminator, this.pass);
+      out = this.model.generatorStep(this.generator, this.discriminator, this.pass, this.results.generator);
     }
     return { ...out, samples: this.batchSize };
   }
