@@ -7,6 +7,7 @@ import WebSocket from 'ws';
 import { KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
+import { WorkerGroup } from '../src/coordinator/membership';
 import { decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, message } from '../src/protocol/messages';
@@ -216,7 +217,7 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
     peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
     if (mailed && !broken) {
       // As a full /dev/shm would: the coordinator's next write into this worker's file fails.
-      (coordinator as unknown as { peers: Map<string, { mailbox: { outbox: Outbox } }> }).peers.get(welcome.workerId)!.mailbox.outbox.close();
+      (coordinator as unknown as { workers: WorkerGroup }).workers.get(welcome.workerId)!.mailbox!.outbox.close();
       broken = true;
     }
   }

@@ -8,13 +8,11 @@ import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import { selectBackend } from '../backend';
 import { MnistSet, loadMnist } from '../data/mnist';
-import { gatherImages, planShards, shardChanged } from '../data/shards';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MailboxReady, Phase, Shard, Stop, Weights, Welcome, WorkerMessage, message } from '../protocol/messages';
+import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { Adam, AdamState } from './adam';
@@ -24,6 +22,7 @@ import { CoordinatorConfig } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
 import { CoordinatorMetrics, RoundPart } from './metrics';
+import { WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
 import { Round } from './round';
@@ -116,7 +115,7 @@ export class Coordinator {
   private readonly versions: Record<Phase, number> = { generator: 0, discriminator: 0 };
   /** D before this step's D update, restored if the step cannot finish. */
   private readonly rollback: { discriminator: Float32Array; adam: AdamState };
-  private readonly peers = new Map<string, WorkerPeer>();
+  private readonly workers: WorkerGroup;
   private readonly events = new EventEmitter();
   private readonly samples: SampleWriter;
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
@@ -126,13 +125,7 @@ export class Coordinator {
   private server!: http.Server | https.Server;
   private wss!: WebSocketServer;
   private metricsServer: http.Server | null = null;
-  /** This process's shared-memory mailboxes, one file per worker; null when not offered. */
-  private mailboxDir: string | null = null;
-  private heartbeat: NodeJS.Timeout | null = null;
   private round: Round | null = null;
-  private membershipChanged = false;
-  private plan = 0;
-  private nextWorker = 1;
   private step = 0;
   private resumedFrom: number | null = null;
   private stop: { reason: string; failed: boolean } | null = null;
@@ -166,6 +159,26 @@ export class Coordinator {
     };
     this.seedRng = new Rng(config.seed + 3);
     this.samples = new SampleWriter(this.model, path.join(config.out, 'samples'), config.seed + 2);
+    this.workers = new WorkerGroup(config, {
+      log,
+      metrics: this.metrics,
+      terms: () => ({
+        arch: this.model.arch,
+        loss: this.model.loss,
+        generatorSize: this.model.generatorLayout.size,
+        discriminatorSize: this.model.discriminatorLayout.size,
+        batchSize: config.batchSize,
+        seed: this.seedRng.nextUint32(),
+        heartbeatSeconds: config.heartbeatSeconds,
+        wireDtype: config.wireDtype,
+      }),
+      countSent: (bytes) => {
+        this.bytesSent += bytes;
+        this.metrics.sentBytes.inc(bytes);
+      },
+      left: (workerId) => this.round?.drop(workerId),
+      changed: () => this.events.emit('peers'),
+    });
   }
 
   /** Loads the data (and a checkpoint with --resume), selects a backend and binds both ports. */
@@ -281,12 +294,8 @@ export class Coordinator {
 
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
-    if (this.heartbeat) clearInterval(this.heartbeat);
-    const stop = encode(message<Stop>({ type: 'stop', reason }));
-    const peers = [...this.peers.values()];
-    for (const peer of peers) peer.send(stop);
-    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => once(p.socket, 'close'));
-    await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
+    this.workers.stopHeartbeats();
+    await this.workers.dismiss(reason);
     // Whatever is still open (stalled workers, peers that never said hello) is cut.
     for (const socket of this.wss.clients) socket.terminate();
     await new Promise<void>((r) => this.wss.close(() => r()));
@@ -296,9 +305,7 @@ export class Coordinator {
       this.metricsServer.closeAllConnections();
       await new Promise<void>((r) => this.metricsServer!.close(() => r()));
     }
-    for (const peer of peers) peer.closeMailbox();
-    if (this.mailboxDir) removeMailboxDir(this.mailboxDir);
-    this.mailboxDir = null;
+    this.workers.closeMailboxes();
   }
 
   private async listen(): Promise<void> {
@@ -325,22 +332,14 @@ export class Coordinator {
       this.server.once('error', reject);
       this.server.listen(port, host, () => resolve());
     });
-    // Pings go out every half interval; a pong is due within one interval of its ping leaving.
-    this.heartbeat = setInterval(() => this.checkHeartbeats(), (this.config.heartbeatSeconds * 1000) / 4);
-    this.heartbeat.unref();
+    this.workers.startHeartbeats();
     this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
-    if (this.config.mailbox) {
-      try {
-        this.mailboxDir = makeMailboxDir('coordinator');
-      } catch (e) {
-        this.log(`no shared-memory mailboxes; frames travel over the WebSocket (${(e as Error).message})`);
-      }
-    }
+    this.workers.offerMailboxes();
     if (metricsPort >= 0) {
       try {
         this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes());
       } catch (e) {
-        clearInterval(this.heartbeat);
+        this.workers.stopHeartbeats();
         this.server.close();
         throw new Error(`metrics port ${metricsPort}: ${(e as Error).message}`);
       }
@@ -386,7 +385,7 @@ export class Coordinator {
       if (!peer) {
         if (msg.type !== 'hello') return this.reject(socket, null, 'unexpected', `expected hello, got ${msg.type}`);
         clearTimeout(helloTimer);
-        peer = this.welcome(msg, socket, address);
+        peer = this.workers.admit(msg, socket, address);
         return;
       }
       switch (msg.type) {
@@ -395,23 +394,23 @@ export class Coordinator {
         case 'error':
           // Healthy workers send an error only just before leaving; it counts, so a peer cannot flood the log.
           this.log(`${peer.id} reported ${JSON.stringify(msg.code)}: ${JSON.stringify(msg.message)}`);
-          if (++peer.offences >= MAX_OFFENCES) this.dropPeer(peer, 'too many errors');
+          if (++peer.offences >= MAX_OFFENCES) this.workers.drop(peer, 'too many errors');
           return;
-        case 'mailbox':
-          return this.confirmMailbox(peer, msg);
+        case 'mailbox': {
+          const problem = this.workers.confirmMailbox(peer, msg);
+          if (problem) this.reject(peer.socket, peer, problem[0], problem[1]);
+          return;
+        }
         case 'hello':
           return this.reject(socket, peer, 'unexpected', 'hello sent twice');
       }
     });
     socket.on('pong', () => {
-      if (!peer) return;
-      peer.pingInFlight = false;
-      peer.pingWrittenAt = null;
-      peer.lastPongAt = Date.now();
+      if (peer) this.workers.receivedPong(peer);
     });
     socket.on('close', () => {
       clearTimeout(helloTimer);
-      if (peer) this.removePeer(peer, 'disconnected');
+      if (peer) this.workers.remove(peer, 'disconnected');
     });
     socket.on('error', (e: Error & { code?: string }) => {
       // ws closes the socket (1009) on a frame above maxPayload and reports it here.
@@ -435,145 +434,22 @@ export class Coordinator {
     return inner;
   }
 
-  /** The worker read our mailbox and names its own: use both once it holds the nonce. */
-  private confirmMailbox(peer: WorkerPeer, msg: MailboxReady): void {
-    const offered = peer.mailbox;
-    if (!offered || offered.inbox) return this.reject(peer.socket, peer, 'unexpected', 'mailbox without an open offer');
-    try {
-      offered.inbox = Inbox.open(msg.path, offered.nonce);
-    } catch (e) {
-      return this.reject(peer.socket, peer, 'bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}`);
-    }
-    this.log(`${peer.id} exchanges frames through shared memory`);
-    this.countMailboxes();
-  }
-
-  private countMailboxes(): void {
-    let n = 0;
-    for (const p of this.peers.values()) if (p.mailbox?.inbox) n++;
-    this.metrics.mailboxWorkers.set(n);
-  }
-
-  /** Makes a new peer a mailbox for its frames, unless this coordinator has none to offer (--no-mailbox, no directory). */
-  private offerMailbox(peer: WorkerPeer): void {
-    if (!this.mailboxDir) return;
-    const nonce = mailboxNonce();
-    try {
-      peer.mailbox = { outbox: Outbox.create(path.join(this.mailboxDir, peer.id), nonce), nonce, inbox: null };
-    } catch (e) {
-      this.log(`${peer.id}: no mailbox (${(e as Error).message})`);
-    }
-  }
-
-  private welcome(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
-    const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
-    if (this.peers.size >= this.config.maxWorkers) {
-      const why = `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
-      this.log(`refused ${address} (${label}): ${why}`);
-      socket.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_FULL', message: why })));
-      socket.close(1013, 'full');
-      return null;
-    }
-    const n = this.nextWorker++;
-    const peer = new WorkerPeer(
-      `w${n}`,
-      hello.name,
-      address,
-      hello.backend,
-      socket,
-      (bytes) => {
-        this.bytesSent += bytes;
-        this.metrics.sentBytes.inc(bytes);
-      },
-      (why) => {
-        this.log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`);
-        this.countMailboxes();
-      },
-    );
-    this.peers.set(peer.id, peer);
-    this.offerMailbox(peer);
-    peer.send(
-      encode(
-        message<Welcome>({
-          type: 'welcome',
-          workerId: peer.id,
-          arch: this.model.arch,
-          loss: this.model.loss,
-          generatorSize: this.model.generatorLayout.size,
-          discriminatorSize: this.model.discriminatorLayout.size,
-          batchSize: this.config.batchSize,
-          seed: this.seedRng.nextUint32(),
-          heartbeatSeconds: this.config.heartbeatSeconds,
-          wireDtype: this.config.wireDtype,
-          ...(peer.mailbox ? { mailbox: peer.mailbox.outbox.path, nonce: peer.mailbox.nonce } : {}),
-        }),
-      ),
-    );
-    this.log(`${peer.id} joined from ${address} (${label}); ${this.peers.size} connected`);
-    this.membershipChanged = true;
-    this.metrics.workers.set(this.peers.size);
-    this.events.emit('peers');
-    return peer;
-  }
-
-  private removePeer(peer: WorkerPeer, why: string): void {
-    if (this.peers.get(peer.id) !== peer) return;
-    this.peers.delete(peer.id);
-    peer.closeMailbox();
-    this.countMailboxes();
-    this.round?.drop(peer.id);
-    this.membershipChanged = true;
-    this.metrics.workers.set(this.peers.size);
-    this.metrics.workerComputeSeconds.remove({ worker: peer.id });
-    this.log(`${peer.id} left (${why}); ${this.peers.size} connected`);
-    this.events.emit('peers');
-  }
-
-  /** Cuts a peer off now: it stops being awaited, and its socket is not waited for. */
-  private dropPeer(peer: WorkerPeer, why: string): void {
-    this.removePeer(peer, why);
-    peer.socket.terminate();
-  }
-
-  private checkHeartbeats(): void {
-    const now = Date.now();
-    const intervalMs = this.config.heartbeatSeconds * 1000;
-    for (const peer of [...this.peers.values()]) {
-      if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
-        this.metrics.heartbeatTimeouts.inc();
-        this.dropPeer(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
-      } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {
-        peer.pingInFlight = true;
-        peer.socket.ping(undefined, undefined, (err) => {
-          if (!err && peer.pingInFlight) peer.pingWrittenAt = Date.now();
-        });
-      }
-    }
-  }
-
-  /** Peers whose socket is open; a closing one still in `peers` until its close event cannot take part. */
-  private openPeers(): number {
-    let n = 0;
-    for (const p of this.peers.values()) if (p.open) n++;
-    return n;
-  }
-
   /** Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested. */
   private async waitForWorkers(needed: number): Promise<void> {
-    if (this.openPeers() >= needed || this.stop) return;
+    if (this.workers.openCount() >= needed || this.stop) return;
     this.metrics.paused.set(1);
     const started = this.state !== 'waiting';
     if (started) {
       this.state = 'paused';
       this.metrics.pauses.inc();
     }
-    while (this.openPeers() < needed && !this.stop) {
-      this.log(`paused at step ${this.step}: ${this.openPeers()}/${needed} workers connected`);
+    while (this.workers.openCount() < needed && !this.stop) {
+      this.log(`paused at step ${this.step}: ${this.workers.openCount()}/${needed} workers connected`);
       await once(this.events, 'peers');
     }
     this.metrics.paused.set(0);
     if (started) this.state = 'training';
-    if (this.openPeers() >= needed) this.log(`resuming at step ${this.step} with ${this.openPeers()} workers`);
+    if (this.workers.openCount() >= needed) this.log(`resuming at step ${this.step} with ${this.workers.openCount()} workers`);
   }
 
   /**
@@ -583,24 +459,8 @@ export class Coordinator {
   private async admitWorkers(needed: number): Promise<boolean> {
     await this.waitForWorkers(needed);
     if (this.stop) return false;
-    if (this.membershipChanged) this.rebalance();
+    this.workers.rebalanceIfChanged(this.permutation, this.train.images);
     return true;
-  }
-
-  private rebalance(): void {
-    this.membershipChanged = false;
-    this.plan++;
-    const peers = [...this.peers.values()];
-    const assignments = planShards(this.permutation, peers.map((p) => p.id));
-    assignments.forEach((a, i) => {
-      const peer = peers[i];
-      peer.state = 'active';
-      if (!shardChanged(peer.shard, a)) return;
-      peer.shard = a;
-      const images = gatherImages(this.train.images, a.indices);
-      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, images })));
-    });
-    this.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}`);
   }
 
   /**
@@ -615,14 +475,14 @@ export class Coordinator {
       this.log(`no worker answered the ${phase} round of step ${step}; asking again`);
       // Mid-step any one worker will do (and a stop still lets the step finish).
       await this.waitForWorkers(1);
-      if (this.openPeers() === 0) return null;
-      if (this.membershipChanged) this.rebalance();
+      if (this.workers.openCount() === 0) return null;
+      this.workers.rebalanceIfChanged(this.permutation, this.train.images);
     }
   }
 
   /** One round; null when no participant answered (all left or missed the deadline). */
   private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
-    const participants = [...this.peers.values()].filter((p) => p.state === 'active' && p.open);
+    const participants = this.workers.participants();
     const round = new Round(step, phase, participants.map((p) => p.id));
     this.round = round;
     const deadlines: NodeJS.Timeout[] = [];
@@ -689,7 +549,7 @@ export class Coordinator {
     for (const [id, g] of round.received) {
       computeSeconds = Math.max(computeSeconds, g.computeSeconds);
       this.metrics.workerComputeSeconds.inc({ worker: id }, g.computeSeconds);
-      const peer = this.peers.get(id);
+      const peer = this.workers.get(id);
       if (peer) peer.lastComputeSeconds = g.computeSeconds;
     }
     const parts: Record<RoundPart, number> = {
@@ -707,7 +567,7 @@ export class Coordinator {
   private missedDeadline(round: Round, peer: WorkerPeer, why?: string): void {
     if (!round.isAwaiting(peer.id)) return;
     this.metrics.roundTimeouts.inc();
-    this.dropPeer(peer, why ?? `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+    this.workers.drop(peer, why ?? `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
   }
 
   private onGradients(peer: WorkerPeer, msg: Gradients): void {
@@ -762,7 +622,7 @@ export class Coordinator {
     this.round?.drop(peer.id);
     if (++peer.offences >= MAX_OFFENCES) {
       socket.close(1008, 'protocol violation');
-      this.removePeer(peer, `${MAX_OFFENCES} rejected messages`);
+      this.workers.remove(peer, `${MAX_OFFENCES} rejected messages`);
     }
   }
 
@@ -782,7 +642,7 @@ export class Coordinator {
       imagesPerSecond: perStep > 0 && this.last ? this.last.images / perStep : 0,
       etaSeconds: perStep > 0 && this.state !== 'finished' ? (this.config.steps - this.step) * perStep : null,
       last: this.last,
-      workers: [...this.peers.values()].map((p) => ({
+      workers: this.workers.list().map((p) => ({
         id: p.id,
         name: p.name,
         address: p.address,
@@ -862,7 +722,7 @@ export class Coordinator {
         imagesTotal: this.imagesTotal,
         config: checkpointConfig(this.config),
         seedRng: this.seedRng.state(),
-        nextWorker: this.nextWorker,
+        nextWorker: this.workers.nextWorker,
         generator: this.params.generator,
         discriminator: this.params.discriminator,
         adamGenerator: this.adam.generator.state(),
@@ -892,7 +752,7 @@ export class Coordinator {
     this.adam.generator.restoreState(c.adamGenerator);
     this.adam.discriminator.restoreState(c.adamDiscriminator);
     this.seedRng = Rng.fromState(c.seedRng);
-    this.nextWorker = c.nextWorker;
+    this.workers.nextWorker = c.nextWorker;
     this.step = c.step;
     this.resumedFrom = c.step;
     this.imagesTotal = c.imagesTotal;

@@ -1,0 +1,236 @@
+import { once } from 'node:events';
+import path from 'node:path';
+import WebSocket from 'ws';
+import { gatherImages, planShards, shardChanged } from '../data/shards';
+import { RejectReason, encode } from '../protocol/codec';
+import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
+import { ErrorMessage, Hello, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
+import { Logger } from '../util/log';
+import { CoordinatorConfig } from './config';
+import { CoordinatorMetrics } from './metrics';
+import { WorkerPeer } from './peer';
+
+/** What a welcome tells every worker, besides its id and its mailbox. */
+export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce'>;
+
+/** What the group needs from the coordinator that runs it. */
+export interface GroupHooks {
+  log: Logger;
+  metrics: CoordinatorMetrics;
+  /** Asked once per admitted worker, so each draws its own seed. */
+  terms(): WelcomeTerms;
+  /** Bytes handed to a peer's socket or mailbox. */
+  countSent(bytes: number): void;
+  /** A peer left: the open round must stop awaiting it. */
+  left(workerId: string): void;
+  /** A peer joined or left: wakes whoever waits for workers. */
+  changed(): void;
+}
+
+/**
+ * The connected workers, kept as torchrun's elastic agent keeps its worker
+ * group: admission up to --max-workers, liveness by heartbeat, departure
+ * (which the open round hears of, so a failed worker is a state, not an
+ * exception), and at a step boundary a new shard plan if anyone joined or
+ * left. Peers that joined take part only from that plan on.
+ */
+export class WorkerGroup {
+  private readonly peers = new Map<string, WorkerPeer>();
+  /** The number in the next worker's id; checkpointed, so a resumed run does not hand out an id again. */
+  nextWorker = 1;
+  private plan = 0;
+  private membershipChanged = false;
+  /** This process's shared-memory mailboxes, one file per worker; null when not offered. */
+  private mailboxDir: string | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly config: Pick<CoordinatorConfig, 'maxWorkers' | 'heartbeatSeconds' | 'mailbox'>,
+    private readonly hooks: GroupHooks,
+  ) {}
+
+  get(workerId: string): WorkerPeer | undefined {
+    return this.peers.get(workerId);
+  }
+
+  list(): WorkerPeer[] {
+    return [...this.peers.values()];
+  }
+
+  /** Peers whose socket is open; a closing one still in the group until its close event cannot take part. */
+  openCount(): number {
+    let n = 0;
+    for (const p of this.peers.values()) if (p.open) n++;
+    return n;
+  }
+
+  /** The peers a round asks: active since the last plan, and still open. */
+  participants(): WorkerPeer[] {
+    return this.list().filter((p) => p.state === 'active' && p.open);
+  }
+
+  /** Welcomes a worker that said hello, or refuses it (null) when the group is full. */
+  admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
+    const { log, metrics } = this.hooks;
+    const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
+    if (this.peers.size >= this.config.maxWorkers) {
+      const why = `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
+      log(`refused ${address} (${label}): ${why}`);
+      socket.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_FULL', message: why })));
+      socket.close(1013, 'full');
+      return null;
+    }
+    const n = this.nextWorker++;
+    const peer = new WorkerPeer(`w${n}`, hello.name, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
+      log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`);
+      this.countMailboxes();
+    });
+    this.peers.set(peer.id, peer);
+    this.offerMailbox(peer);
+    peer.send(
+      encode(
+        message<Welcome>({
+          type: 'welcome',
+          workerId: peer.id,
+          ...this.hooks.terms(),
+          ...(peer.mailbox ? { mailbox: peer.mailbox.outbox.path, nonce: peer.mailbox.nonce } : {}),
+        }),
+      ),
+    );
+    log(`${peer.id} joined from ${address} (${label}); ${this.peers.size} connected`);
+    this.membershipChanged = true;
+    metrics.workers.set(this.peers.size);
+    this.hooks.changed();
+    return peer;
+  }
+
+  remove(peer: WorkerPeer, why: string): void {
+    if (this.peers.get(peer.id) !== peer) return;
+    const { metrics } = this.hooks;
+    this.peers.delete(peer.id);
+    peer.closeMailbox();
+    this.countMailboxes();
+    this.hooks.left(peer.id);
+    this.membershipChanged = true;
+    metrics.workers.set(this.peers.size);
+    metrics.workerComputeSeconds.remove({ worker: peer.id });
+    this.hooks.log(`${peer.id} left (${why}); ${this.peers.size} connected`);
+    this.hooks.changed();
+  }
+
+  /** Cuts a peer off now: it stops being awaited, and its socket is not waited for. */
+  drop(peer: WorkerPeer, why: string): void {
+    this.remove(peer, why);
+    peer.socket.terminate();
+  }
+
+  /**
+   * At a step boundary, if anyone joined or left since the last plan: every
+   * peer becomes active, and each whose shard changed is sent its new one.
+   */
+  rebalanceIfChanged(permutation: Uint32Array, images: Uint8Array): void {
+    if (!this.membershipChanged) return;
+    this.membershipChanged = false;
+    this.plan++;
+    const peers = this.list();
+    const assignments = planShards(permutation, peers.map((p) => p.id));
+    assignments.forEach((a, i) => {
+      const peer = peers[i];
+      peer.state = 'active';
+      if (!shardChanged(peer.shard, a)) return;
+      peer.shard = a;
+      const shardImages = gatherImages(images, a.indices);
+      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, images: shardImages })));
+    });
+    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}`);
+  }
+
+  startHeartbeats(): void {
+    // Pings go out every half interval; a pong is due within one interval of its ping leaving.
+    this.heartbeat = setInterval(() => this.checkHeartbeats(), (this.config.heartbeatSeconds * 1000) / 4);
+    this.heartbeat.unref();
+  }
+
+  stopHeartbeats(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+  }
+
+  receivedPong(peer: WorkerPeer): void {
+    peer.pingInFlight = false;
+    peer.pingWrittenAt = null;
+    peer.lastPongAt = Date.now();
+  }
+
+  private checkHeartbeats(): void {
+    const now = Date.now();
+    const intervalMs = this.config.heartbeatSeconds * 1000;
+    for (const peer of this.list()) {
+      if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
+        this.hooks.metrics.heartbeatTimeouts.inc();
+        this.drop(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
+      } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {
+        peer.pingInFlight = true;
+        peer.socket.ping(undefined, undefined, (err) => {
+          if (!err && peer.pingInFlight) peer.pingWrittenAt = Date.now();
+        });
+      }
+    }
+  }
+
+  /** Sends every peer `stop`, and waits up to 5 s for their sockets to close. */
+  async dismiss(reason: string): Promise<void> {
+    const stop = encode(message<Stop>({ type: 'stop', reason }));
+    const peers = this.list();
+    for (const peer of peers) peer.send(stop);
+    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => once(p.socket, 'close'));
+    await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
+  }
+
+  /** Makes the directory that new peers' mailboxes go in, unless --no-mailbox; without one, frames use the socket. */
+  offerMailboxes(): void {
+    if (!this.config.mailbox) return;
+    try {
+      this.mailboxDir = makeMailboxDir('coordinator');
+    } catch (e) {
+      this.hooks.log(`no shared-memory mailboxes; frames travel over the WebSocket (${(e as Error).message})`);
+    }
+  }
+
+  /** The worker read our mailbox and names its own: use both once it holds the nonce. Null, or why the message is rejected. */
+  confirmMailbox(peer: WorkerPeer, msg: MailboxReady): [RejectReason, string] | null {
+    const offered = peer.mailbox;
+    if (!offered || offered.inbox) return ['unexpected', 'mailbox without an open offer'];
+    try {
+      offered.inbox = Inbox.open(msg.path, offered.nonce);
+    } catch (e) {
+      return ['bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}`];
+    }
+    this.hooks.log(`${peer.id} exchanges frames through shared memory`);
+    this.countMailboxes();
+    return null;
+  }
+
+  /** Closes every peer's mailbox and removes the directory they were in. */
+  closeMailboxes(): void {
+    for (const peer of this.peers.values()) peer.closeMailbox();
+    if (this.mailboxDir) removeMailboxDir(this.mailboxDir);
+    this.mailboxDir = null;
+  }
+
+  /** Makes a new peer a mailbox for its frames, unless this coordinator has none to offer (--no-mailbox, no directory). */
+  private offerMailbox(peer: WorkerPeer): void {
+    if (!this.mailboxDir) return;
+    const nonce = mailboxNonce();
+    try {
+      peer.mailbox = { outbox: Outbox.create(path.join(this.mailboxDir, peer.id), nonce), nonce, inbox: null };
+    } catch (e) {
+      this.hooks.log(`${peer.id}: no mailbox (${(e as Error).message})`);
+    }
+  }
+
+  private countMailboxes(): void {
+    let n = 0;
+    for (const p of this.peers.values()) if (p.mailbox?.inbox) n++;
+    this.hooks.metrics.mailboxWorkers.set(n);
+  }
+}
