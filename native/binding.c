@@ -161,13 +161,15 @@ static napi_value gather_pixels(napi_env env, napi_callback_info info) {
       napi_get_value_int64(env, argv[2], &row) != napi_ok || !float32_array(env, argv[3], &table, &n_table) ||
       !float32_array(env, argv[4], &out, &n_out))
     return fail(env, "GATHER_ARGS", usage);
-  if (row <= 0 || n_table != 256 || (int64_t)n_out < (int64_t)count * row) return fail(env, "GATHER_ARGS", "row > 0, a 256-entry table, and out with count·row slots");
+  /* Divisions, not products: count·row must not overflow on the way to the check. */
+  if (row <= 0 || (uint64_t)row > n_out || n_table != 256 || count > n_out / (uint64_t)row)
+    return fail(env, "GATHER_ARGS", "row > 0, a 256-entry table, and out with count·row slots");
   /* Every row read must lie inside the images: a bad index must not touch other memory. */
-  int64_t rows = (int64_t)n_images / row;
+  int64_t rows = (int64_t)(n_images / (uint64_t)row);
   for (size_t i = 0; i < count; i++) {
     if (indices[i] < 0 || indices[i] >= rows) return fail(env, "GATHER_BOUNDS", "an index lies outside the images");
   }
-  gf_gather_pixels(images, indices, (long)count, (long)row, table, out);
+  gf_gather_pixels(images, indices, (int64_t)count, row, table, out);
   return NULL;
 }
 

@@ -2,5 +2,5 @@
 #define GANFLEET_PIXELS_H
 #include <stdint.h>
 /* out[i·row + j] = table[src[indices[i]·row + j]]: rows of uint8 pixels gathered and mapped through a 256-entry table. */
-void gf_gather_pixels(const uint8_t *src, const int32_t *indices, long count, long row, const float *table, float *out);
+void gf_gather_pixels(const uint8_t *src, const int32_t *indices, int64_t count, int64_t row, const float *table, float *out);
 #endif

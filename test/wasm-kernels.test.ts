@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
 import { readValues, tf } from '../src/model/tf';
+import { missingFunctions } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';
 
@@ -121,5 +122,18 @@ test('readValues gives the tensors\' values one after another, straight from the
     }
     tf.dispose(parts);
   }
+  // Made on cpu, read on wasm: not in the heap yet, so through dataSync.
+  await selectBackend('cpu');
+  const early = random([4, 3], 4);
+  const values = early.dataSync().slice();
   await selectBackend('wasm');
+  assert.deepEqual(readValues([early]), values);
+  early.dispose();
+});
+
+test('an addon built from older sources, without a function ganfleet calls, is not used', () => {
+  const all = { supported() {}, gemm() {}, adam() {}, scaleAdd() {}, firstOutside() {}, toHalf() {}, fromHalf() {}, gatherPixels() {} };
+  assert.deepEqual(missingFunctions(all), []);
+  const { gatherPixels: _, ...stale } = all;
+  assert.deepEqual(missingFunctions(stale), ['gatherPixels']);
 });

@@ -27,8 +27,9 @@ export function scoped<T>(fn: () => T): T {
   }
 }
 
-/** The part of tfjs-backend-wasm's backend that shows a tensor where it lives, in the wasm heap. */
+/** The parts of tfjs-backend-wasm's backend that show a tensor where it lives, in the wasm heap. */
 interface WasmHeap {
+  dataIdMap: { has(dataId: object): boolean };
   typedArrayFromHeap(t: tf.TensorInfo): Float32Array;
 }
 
@@ -41,15 +42,17 @@ interface WasmHeap {
  * concat and one dataSync: a GPU backend pays a device round trip per read.
  */
 export function readValues(tensors: tf.Tensor[], reuse?: Float32Array): Float32Array {
-  if (tf.getBackend() !== 'wasm') {
+  const odd = tensors.find((t) => t.dtype !== 'float32');
+  if (odd) throw new TypeError(`readValues: a ${odd.dtype} tensor`);
+  const heap = tf.backend() as unknown as WasmHeap;
+  // A tensor made before a switch to wasm is not in its heap yet; dataSync moves it.
+  if (tf.getBackend() !== 'wasm' || !tensors.every((t) => heap.dataIdMap.has(t.dataId))) {
     return scoped(() => tf.concat(tensors.map((t) => tf.reshape(t, [t.size]))).dataSync() as Float32Array);
   }
-  const heap = tf.backend() as unknown as WasmHeap;
   const size = tensors.reduce((n, t) => n + t.size, 0);
   const out = reuse?.length === size ? reuse : new Float32Array(size);
   let at = 0;
   for (const t of tensors) {
-    if (t.dtype !== 'float32') throw new TypeError(`readValues: a ${t.dtype} tensor`);
     out.set(heap.typedArrayFromHeap(t), at);
     at += t.size;
   }

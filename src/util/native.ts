@@ -40,6 +40,14 @@ export interface NativeAddon {
 /** Where `npm run build:native` leaves the addon, from dist/src/util/. */
 const ADDON = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'ganfleet_native.node');
 
+/** Every function ganfleet calls on the addon; a build from older sources lacks some. */
+const FUNCTIONS: readonly (keyof NativeAddon)[] = ['supported', 'gemm', 'adam', 'scaleAdd', 'firstOutside', 'toHalf', 'fromHalf', 'gatherPixels'];
+
+/** The functions `FUNCTIONS` names that `addon` lacks: a stale build, which is used for none of them. */
+export function missingFunctions(addon: object): string[] {
+  return FUNCTIONS.filter((name) => typeof (addon as Record<string, unknown>)[name] !== 'function');
+}
+
 let loaded: { addon: NativeAddon | null; why: string } | null = null;
 
 /**
@@ -57,6 +65,8 @@ export function nativeAddon(): { addon: NativeAddon | null; why: string } {
     const why = (e as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND' ? 'not built (npm run build:native)' : (e as Error).message.split('\n')[0];
     return (loaded = { addon: null, why });
   }
+  const missing = missingFunctions(addon);
+  if (missing.length > 0) return (loaded = { addon: null, why: `built from older sources, without ${missing.join(', ')} (npm run build:native)` });
   if (!addon.supported()) return (loaded = { addon: null, why: 'this CPU lacks AVX2, FMA or F16C' });
   return (loaded = { addon, why: 'AVX2/FMA' });
 }
