@@ -18,6 +18,12 @@ import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 
 const BATCH = 128;
+/**
+ * Untimed steps before the timed ones, in process and in `local` alike (the
+ * PyTorch anchor skips its own 10): JIT compilation and first-touch page
+ * faults slow a run's first 50 or so steps, in every process it has.
+ */
+const WARMUP = 50;
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 const ANCHOR = path.join(__dirname, '..', '..', '..', 'shared', 'anchors', 'torch_gan.py');
 
@@ -67,24 +73,51 @@ function inProcessWithoutNative(steps: number): InProcessResult {
   return JSON.parse(out);
 }
 
+/** The sample grid and the checkpoint are written once, after the last step: the timed steps train and nothing else. */
 function localArgs(workers: number, steps: number, out: string, extra: string[] = [], logEvery = steps): string[] {
-  return [CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--log-every', String(logEvery), '--sample-every', String(steps), '--metrics-port', '-1', '--backend', 'wasm', '--out', out, ...extra];
+  return [
+    CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--log-every', String(logEvery), '--sample-every', String(steps + 1),
+    '--checkpoint-every', '0', '--metrics-port', '-1', '--backend', 'wasm', '--out', out, ...extra,
+  ];
 }
 
-function localRun(workers: number, steps: number, extra: string[] = []) {
+/**
+ * `local --workers N` for `warmup` + `steps` steps. The time per step counts
+ * the last `steps` only, from the progress lines (one every `warmup` steps,
+ * each with its window's images/s); the phase split and the bytes are the
+ * summary's, over the whole run. With no warm-up, everything is the summary's.
+ */
+function localRun(workers: number, steps: number, extra: string[] = [], warmup = WARMUP) {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
-  const r = spawnSync(process.execPath, localArgs(workers, steps, out, extra), { encoding: 'utf8' });
+  const total = warmup + steps;
+  if (warmup > 0 && steps % warmup !== 0) throw new Error(`the timed steps (${steps}) must be a multiple of the warm-up (${warmup})`);
+  const r = spawnSync(process.execPath, localArgs(workers, total, out, extra, warmup > 0 ? warmup : total), { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`local --workers ${workers} ${extra.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
   const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   fs.rmSync(out, { recursive: true, force: true });
+  const msPerStep = warmup > 0 ? timedMsPerStep(r.stdout + r.stderr, warmup, total, BATCH * workers) : s.msPerStep;
   return {
     workers,
-    steps: s.steps,
-    msPerStep: round(s.msPerStep),
-    imagesPerSecond: round(s.imagesPerSecond),
+    steps,
+    msPerStep: round(msPerStep),
+    imagesPerSecond: round((BATCH * workers * 1000) / msPerStep),
+    wholeRunMsPerStep: round(s.msPerStep),
     msPerStepByPhase: Object.fromEntries(Object.entries(s.msPerStepByPhase).map(([k, v]) => [k, round(v)])),
     wireBytesPerStepPerWorker: { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) },
   };
+}
+
+/** ms per step after `warmup` steps, from the images/s of each progress window (one every `warmup` steps) after it. */
+function timedMsPerStep(log: string, warmup: number, total: number, imagesPerStep: number): number {
+  let seconds = 0;
+  let windows = 0;
+  for (const m of log.matchAll(/step (\d+)\/\d+ .*images\/s=(\d+)/g)) {
+    if (Number(m[1]) <= warmup) continue;
+    seconds += (warmup * imagesPerStep) / Number(m[2]);
+    windows++;
+  }
+  if (windows !== (total - warmup) / warmup) throw new Error(`expected ${(total - warmup) / warmup} progress lines after the warm-up, found ${windows}`);
+  return (seconds * 1000) / (total - warmup);
 }
 
 interface TorchRun {
@@ -222,7 +255,7 @@ function round(x: number): number {
 async function main() {
   const steps = arg('steps', 1000);
   if (process.argv.includes('--in-process-only')) {
-    process.stdout.write(JSON.stringify(await inProcess(steps, 20)));
+    process.stdout.write(JSON.stringify(await inProcess(steps, WARMUP)));
     return;
   }
   // This machine's speed drifts by ±25% within minutes (other tenants): the
@@ -232,7 +265,7 @@ async function main() {
   const runs: { single: InProcessResult; pair: number[]; local1: LocalResult; local2: LocalResult; socket1: LocalResult; socket2: LocalResult; torch: TorchResult }[] = [];
   for (let r = 0; r < repeats; r++) {
     runs.push({
-      single: await inProcess(steps, 20),
+      single: await inProcess(steps, WARMUP),
       pair: await inProcessPair(steps),
       local1: localRun(1, steps),
       local2: localRun(2, steps),
@@ -250,7 +283,7 @@ async function main() {
   const withoutNative = inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
-  const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d]).wireBytesPerStepPerWorker]));
+  const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d], 0).wireBytesPerStepPerWorker]));
   const haveProc = fs.existsSync('/proc/self/stat');
   const processSteps = arg('memory-steps', 2000);
   const mailed = haveProc ? await processRun(processSteps) : null;
