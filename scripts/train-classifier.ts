@@ -14,7 +14,7 @@ import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { CLASSES, CLASSIFIER_FILE, CLASSIFIER_LAYOUT, classify, classifyImages, initClassifier } from '../src/eval/classifier';
 import { accuracy } from '../src/eval/quality';
 import { gradientOf } from '../src/model/autodiff';
-import { scoped, tf } from '../src/model/tf';
+import { readValues, scoped, tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 
 function flag(name: string, fallback: string): string {
@@ -59,7 +59,7 @@ async function main(): Promise<void> {
           lossValue = l.dataSync()[0];
           return l;
         });
-        return { grads: g.dataSync() as Float32Array, loss: lossValue };
+        return { grads: readValues(g), loss: lossValue };
       });
       adam.apply(weights, grads);
       lossSum += loss;

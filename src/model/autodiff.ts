@@ -33,10 +33,10 @@ export function autodiffGeneratorStep(model: GanModel, g: Tensors, d: Tensors, z
   });
 }
 
-/** d loss / d parameters as one flat tensor in layout order (zero for non-trainable entries). */
-export function gradientOf(layout: ParameterLayout, params: Tensors, loss: (p: Tensors) => tf.Scalar): tf.Tensor1D {
+/** d loss / d parameters, flat, in layout order (zero for non-trainable entries). */
+export function gradientOf(layout: ParameterLayout, params: Tensors, loss: (p: Tensors) => tf.Scalar): tf.Tensor1D[] {
   const names = layout.entries.filter((e) => e.trainable).map((e) => e.name);
   const f = (...xs: tf.Tensor[]) => loss({ ...params, ...Object.fromEntries(names.map((n, i) => [n, xs[i]])) });
   const grads = tf.grads(f)(names.map((n) => params[n]));
-  return layout.concat(Object.fromEntries(names.map((n, i) => [n, grads[i]])));
+  return layout.ordered(Object.fromEntries(names.map((n, i) => [n, grads[i]])));
 }

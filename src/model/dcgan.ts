@@ -129,7 +129,7 @@ export class DcGan implements GanModel {
       const dDense = tf.reshape(deconvBackward(batchNormBackward(leakyBackward(dAct, s['g/bn1/act']), s, g, 'g/bn1', grads), s['g/dense'] as Image4D, g, 'g/deconv1', 2, grads), [-1, 7 * 7 * 256]);
       grads['g/dense/kernel'] = matMulAT(pass.z, dDense);
       grads['g/dense/bias'] = sumRows(dDense);
-      return readAndDispose(this.generatorLayout.concat(grads), out, false, pass.statistics, memory);
+      return readAndDispose(this.generatorLayout.ordered(grads), out, false, pass.statistics, memory);
     });
   }
 
@@ -177,7 +177,7 @@ export class DcGan implements GanModel {
 }
 
 /** readStep, then disposes the tf.keep'd values (kept tensors outlive every scope). */
-function readAndDispose(grads: tf.Tensor1D, kept: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
+function readAndDispose(grads: tf.Tensor[], kept: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
   try {
     return readStep(grads, kept, withReal, statistics, memory);
   } finally {

@@ -108,11 +108,15 @@ export function disposeGeneratorPass(pass: GeneratorPass): void {
   pass.statistics?.dispose();
 }
 
-/** Reads gradients and statistics back (readValues: in one synchronous read where that is a device round trip). */
-export function readStep(gradients: tf.Tensor, stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
-  const n = gradients.size;
+/**
+ * Reads a gradient (its parts in layout order: layout.ordered, or one flat
+ * tensor) and the step's statistics back; readValues makes it one
+ * synchronous read where that is a device round trip.
+ */
+export function readStep(gradients: tf.Tensor[], stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
+  const n = gradients.reduce((size, t) => size + t.size, 0);
   const m = statistics?.size ?? 0;
-  const all = readValues([gradients, ...(statistics ? [statistics] : []), ...stats], memory?.values);
+  const all = readValues([...gradients, ...(statistics ? [statistics] : []), ...stats], memory?.values);
   if (memory) memory.values = all;
   const s = all.subarray(n + m);
   const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[withReal ? 2 : 1] };

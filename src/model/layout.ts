@@ -50,18 +50,17 @@ export class ParameterLayout {
   }
 
   /**
-   * One flat tensor in layout order, so a whole gradient comes back in one
-   * read. Non-trainable entries may be left out of a gradient: they are zero.
+   * The tensors in layout order, each flat, so a whole gradient can be read
+   * as one run of values. Non-trainable entries may be left out of a
+   * gradient: they are zero.
    */
-  concat(tensors: Tensors): tf.Tensor1D {
-    return tf.concat(
-      this.entries.map((e) => {
-        const t = tensors[e.name];
-        if (!t && !e.trainable) return tf.zeros([e.size]);
-        if (!t) throw new GanfleetError('LAYOUT_UNKNOWN_TENSOR', `missing tensor ${e.name}`);
-        return tf.reshape(t, [e.size]);
-      }),
-    ) as tf.Tensor1D;
+  ordered(tensors: Tensors): tf.Tensor1D[] {
+    return this.entries.map((e) => {
+      const t = tensors[e.name];
+      if (!t && !e.trainable) return tf.zeros([e.size]);
+      if (!t) throw new GanfleetError('LAYOUT_UNKNOWN_TENSOR', `missing tensor ${e.name}`);
+      return tf.reshape(t, [e.size]);
+    });
   }
 
   /** The entries the workers' batch statistics update, in the order those statistics travel. */
