@@ -14,6 +14,7 @@ import { defaultMnistDir, loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
 import { WIRE_DTYPES } from '../src/protocol/wire-dtype';
 import { nativeAddon } from '../src/util/native';
+import { sharedMemoryCeiling } from './ceiling';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 
@@ -262,7 +263,18 @@ async function main() {
   // figures behind the ratios run `repeats` times, interleaved, and the
   // median run counts; the spread is reported.
   const repeats = arg('repeats', 3);
-  const runs: { single: InProcessResult; pair: number[]; local1: LocalResult; local2: LocalResult; socket1: LocalResult; socket2: LocalResult; torch: TorchResult }[] = [];
+  type CeilingResult = Awaited<ReturnType<typeof sharedMemoryCeiling>>;
+  const runs: {
+    single: InProcessResult;
+    pair: number[];
+    local1: LocalResult;
+    local2: LocalResult;
+    socket1: LocalResult;
+    socket2: LocalResult;
+    ceiling1: CeilingResult;
+    ceiling2: CeilingResult;
+    torch: TorchResult;
+  }[] = [];
   for (let r = 0; r < repeats; r++) {
     runs.push({
       single: await inProcess(steps, WARMUP),
@@ -272,6 +284,8 @@ async function main() {
       // The same runs with every frame on the WebSocket, for the mailboxes' share.
       socket1: localRun(1, steps, ['--no-mailbox']),
       socket2: localRun(2, steps, ['--no-mailbox']),
+      ceiling1: await sharedMemoryCeiling(1, steps, WARMUP, BATCH),
+      ceiling2: await sharedMemoryCeiling(2, steps, WARMUP, BATCH),
       torch: torchAnchor(Math.min(steps, 500), false),
     });
   }
@@ -280,6 +294,8 @@ async function main() {
   const local2 = median(runs.map((r) => r.local2), (x) => x.msPerStep);
   const socket1 = median(runs.map((r) => r.socket1), (x) => x.msPerStep);
   const socket2 = median(runs.map((r) => r.socket2), (x) => x.msPerStep);
+  const ceiling1 = median(runs.map((r) => r.ceiling1), (x) => x.msPerStep);
+  const ceiling2 = median(runs.map((r) => r.ceiling2), (x) => x.msPerStep);
   const withoutNative = inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
@@ -306,6 +322,8 @@ async function main() {
       local1NoMailboxMsPerStep: runs.map((r) => r.socket1.msPerStep),
       local2NoMailboxMsPerStep: runs.map((r) => r.socket2.msPerStep),
       inProcessTwoAtOnceMsPerStep: runs.map((r) => r.pair),
+      sharedMemoryCeiling1MsPerStep: runs.map((r) => r.ceiling1.msPerStep),
+      sharedMemoryCeiling2MsPerStep: runs.map((r) => r.ceiling2.msPerStep),
       torchMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.single.ms_per_step : null)),
     },
     inProcess: single,
@@ -313,6 +331,8 @@ async function main() {
     inProcessTwoAtOnce: { msPerStep: pair, imagesPerSecond: round(pair.reduce((n, ms) => n + (BATCH * 1000) / ms, 0)) },
     local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
     localNoMailbox: { workers1: socket1, workers2: socket2 },
+    // bench/ceiling.ts: the same training with no protocol at all, what this machine allows `local`.
+    sharedMemoryCeiling: { workers1: ceiling1, workers2: ceiling2 },
     wireBytesPerStepPerWorker: wire,
     memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
     cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
@@ -327,8 +347,11 @@ async function main() {
       scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
       distributedOverheadNoMailbox: round(socket1.imagesPerSecond / single.imagesPerSecond),
       scaling2WorkersNoMailbox: round(socket2.imagesPerSecond / (2 * socket1.imagesPerSecond)),
-      // Two independent in-process runs against one: the most two workers could scale here.
+      // Two independent in-process runs against one: how far two workers could scale here with no coordinator at all.
       scalingCeilingTwoProcesses: round(pair.reduce((n, ms) => n + single.msPerStep / ms, 0) / 2),
+      // Ratios 2 and 3 of the protocol-free run (bench/ceiling.ts): the most `local` could reach on this machine.
+      distributedOverheadCeiling: round(ceiling1.imagesPerSecond / single.imagesPerSecond),
+      scaling2WorkersCeiling: round(ceiling2.imagesPerSecond / (2 * ceiling1.imagesPerSecond)),
       torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
     },
   };

@@ -1,0 +1,53 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { sharedMemoryTraining } from '../bench/ceiling';
+import { selectBackend } from '../src/backend';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { averageGradients } from '../src/coordinator/aggregate';
+import { loadMnist } from '../src/data/mnist';
+import { createModel } from '../src/model';
+import { Rng } from '../src/util/rng';
+import { ShardCompute } from '../src/worker/compute';
+
+const BATCH = 16;
+const STEPS = 6;
+
+/** The bench's ceiling in one thread: each worker's ShardCompute, the average, Adam, a D round then a G round. */
+async function reference(workers: number) {
+  await selectBackend('wasm');
+  const model = createModel('mlp');
+  const params = model.init(new Rng(1));
+  const train = loadMnist('train');
+  const computes = Array.from({ length: workers }, (_, k) => new ShardCompute(model, BATCH, k + 1));
+  for (const c of computes) c.setShard(train.images, train.count);
+  const adam = { d: new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS), g: new Adam(params.generator.length, KERAS_ADAM_DEFAULTS) };
+  const average = { d: new Float32Array(params.discriminator.length), g: new Float32Array(params.generator.length) };
+  // As a worker does it: a D round brings only G (after the first), and each round is followed by readying the next.
+  const round = (step: number, phase: 'discriminator' | 'generator') =>
+    computes.map((c) => {
+      const gradients = c.step(step, phase).gradients.slice();
+      if (phase === 'discriminator') c.drawAhead(step + 1);
+      else c.prepare(step + 1);
+      return { gradients, samples: BATCH };
+    });
+  for (let step = 0; step < STEPS; step++) {
+    for (const c of computes) c.updateWeights(params.generator, step === 0 ? params.discriminator : undefined);
+    averageGradients(round(step, 'discriminator'), average.d);
+    adam.d.apply(params.discriminator, average.d);
+    for (const c of computes) c.updateWeights(undefined, params.discriminator);
+    averageGradients(round(step, 'generator'), average.g);
+    adam.g.apply(params.generator, average.g);
+  }
+  for (const c of computes) c.dispose();
+  return params;
+}
+
+// The bench's shared-memory ceiling (bench/ceiling.ts) is only a bound on `local` if it does local's work.
+for (const workers of [1, 2]) {
+  test(`the bench's shared-memory ceiling trains exactly as ${workers} worker(s) in one thread would`, { timeout: 60_000 }, async () => {
+    const threaded = await sharedMemoryTraining(workers, STEPS, 0, BATCH);
+    const expected = await reference(workers);
+    assert.ok(Buffer.from(threaded.generator.buffer).equals(Buffer.from(expected.generator.buffer)), 'generators differ');
+    assert.ok(Buffer.from(threaded.discriminator.buffer).equals(Buffer.from(expected.discriminator.buffer)), 'discriminators differ');
+  });
+}
