@@ -13,7 +13,7 @@
  * the machine itself allows (two cores for the workers and the optimizer),
  * so that ratios 2 and 3 of #6 can be read against it (docs/performance.md).
  */
-import { Worker, isMainThread, workerData } from 'node:worker_threads';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { selectBackend } from '../src/backend';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { averageGradients } from '../src/coordinator/aggregate';
@@ -81,7 +81,9 @@ export async function sharedMemoryTraining(workers: number, steps: number, warmu
     const thread = new Worker(__filename, { workerData: data });
     threads.push(thread);
     thread.on('error', (e) => (failure ??= e));
-    thread.on('exit', (code) => (failure ??= code === 0 ? null : new Error(`a ceiling worker exited with code ${code}`)));
+    thread.on('exit', (code) => {
+      if (code !== 0) failure ??= new Error(`a ceiling worker exited with code ${code}`);
+    });
     await new Promise((resolve, reject) => thread.once('message', resolve).once('error', reject));
   }
   const adam = { d: new Adam(sizes.d, KERAS_ADAM_DEFAULTS), g: new Adam(sizes.g, KERAS_ADAM_DEFAULTS) };
@@ -132,7 +134,6 @@ async function ceilingWorker(data: CeilingWorkerData): Promise<void> {
   const train = loadMnist('train');
   const compute = new ShardCompute(model, data.batch, data.seed);
   compute.setShard(train.images, train.count);
-  const { parentPort } = await import('node:worker_threads');
   parentPort!.postMessage('ready');
   let step = 0;
   for (let round = 1; ; round++) {
