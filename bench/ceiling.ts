@@ -74,18 +74,6 @@ export async function sharedMemoryTraining(workers: number, steps: number, warmu
   const threads: Worker[] = [];
   let failure: Error | null = null;
   const outputs: ReturnType<typeof resultViews>[] = [];
-  for (let k = 0; k < workers; k++) {
-    const results = new SharedArrayBuffer(16 + 4 * (sizes.g + sizes.d));
-    outputs.push(resultViews(results, sizes));
-    const data: CeilingWorkerData = { role: ROLE, weights, results, control: control.buffer as SharedArrayBuffer, batch, seed: k + 1 };
-    const thread = new Worker(__filename, { workerData: data });
-    threads.push(thread);
-    thread.on('error', (e) => (failure ??= e));
-    thread.on('exit', (code) => {
-      if (code !== 0) failure ??= new Error(`a ceiling worker exited with code ${code}`);
-    });
-    await new Promise((resolve, reject) => thread.once('message', resolve).once('error', reject));
-  }
   const adam = { d: new Adam(sizes.d, KERAS_ADAM_DEFAULTS), g: new Adam(sizes.g, KERAS_ADAM_DEFAULTS) };
   const average = { d: new Float32Array(sizes.d), g: new Float32Array(sizes.g) };
   let round = 0;
@@ -112,12 +100,30 @@ export async function sharedMemoryTraining(workers: number, steps: number, warmu
     adam.g.apply(shared.generator, average.g);
   };
   try {
+    for (let k = 0; k < workers; k++) {
+      const results = new SharedArrayBuffer(16 + 4 * (sizes.g + sizes.d));
+      outputs.push(resultViews(results, sizes));
+      const data: CeilingWorkerData = { role: ROLE, weights, results, control: control.buffer as SharedArrayBuffer, batch, seed: k + 1 };
+      const thread = new Worker(__filename, { workerData: data });
+      threads.push(thread);
+      thread.on('error', (e) => (failure ??= e));
+      thread.on('exit', (code) => {
+        if (code !== 0) failure ??= new Error(`a ceiling worker exited with code ${code}`);
+      });
+      await new Promise((resolve, reject) =>
+        thread
+          .once('message', resolve)
+          .once('error', reject)
+          .once('exit', (code) => reject(new Error(`a ceiling worker exited with code ${code} before it was ready`))),
+      );
+    }
     for (let i = 0; i < warmup; i++) await step();
     const t0 = performance.now();
     for (let i = 0; i < steps; i++) await step();
     const msPerStep = (performance.now() - t0) / steps;
     return { msPerStep, generator: shared.generator.slice(), discriminator: shared.discriminator.slice() };
   } finally {
+    // Also when a thread failed to start: the others would wait for their first round forever.
     Atomics.store(control, 0, -1);
     Atomics.notify(control, 0);
     await Promise.all(threads.map((t) => (t.threadId === -1 ? null : new Promise((r) => t.once('exit', r)))));
