@@ -14,9 +14,9 @@ import { defaultMnistDir, loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
 import { WIRE_DTYPES } from '../src/protocol/wire-dtype';
 import { nativeAddon } from '../src/util/native';
-import { sharedMemoryCeiling } from './ceiling';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
+import { sharedMemoryCeiling } from './ceiling';
 
 const BATCH = 128;
 /**

@@ -145,20 +145,15 @@ async function ceilingWorker(data: CeilingWorkerData): Promise<void> {
   for (let round = 1; ; round++) {
     Atomics.wait(control, 0, round - 1);
     if (Atomics.load(control, 0) < 0) break;
-    if (Atomics.load(control, 1) === 0) {
-      // As the coordinator sends them: G changed since the last D round, D only at the start.
-      compute.updateWeights(shared.generator, step === 0 ? shared.discriminator : undefined, true);
-      shared.discriminatorGradients.set(compute.step(step, 'discriminator').gradients);
-      Atomics.store(shared.done, 0, round);
-      Atomics.notify(shared.done, 0);
-      compute.drawAhead(step + 1);
-    } else {
-      compute.updateWeights(undefined, shared.discriminator, true);
-      shared.generatorGradients.set(compute.step(step, 'generator').gradients);
-      Atomics.store(shared.done, 0, round);
-      Atomics.notify(shared.done, 0);
-      compute.prepare(++step);
-    }
+    const phase = Atomics.load(control, 1) === 0 ? 'discriminator' : 'generator';
+    // As the coordinator sends them: a D round brings G (and D at the start), a G round brings D.
+    if (phase === 'discriminator') compute.updateWeights(shared.generator, step === 0 ? shared.discriminator : undefined, true);
+    else compute.updateWeights(undefined, shared.discriminator, true);
+    (phase === 'discriminator' ? shared.discriminatorGradients : shared.generatorGradients).set(compute.step(step, phase).gradients);
+    Atomics.store(shared.done, 0, round);
+    Atomics.notify(shared.done, 0);
+    compute.readyAfter(step, phase);
+    if (phase === 'generator') step++;
   }
   compute.dispose();
 }

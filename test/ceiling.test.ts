@@ -26,8 +26,7 @@ async function reference(workers: number) {
   const round = (step: number, phase: 'discriminator' | 'generator') =>
     computes.map((c) => {
       const gradients = c.step(step, phase).gradients.slice();
-      if (phase === 'discriminator') c.drawAhead(step + 1);
-      else c.prepare(step + 1);
+      c.readyAfter(step, phase);
       return { gradients, samples: BATCH };
     });
   for (let step = 0; step < STEPS; step++) {

@@ -86,6 +86,16 @@ export class ShardCompute {
   }
 
   /**
+   * What a worker does after answering round `phase` of step `step`, while
+   * the coordinator averages and steps Adam: after D, the next step's draws
+   * (drawAhead); after G, the next D round (prepare).
+   */
+  readyAfter(step: number, phase: Phase): void {
+    if (phase === 'discriminator') this.drawAhead(step + 1);
+    else this.prepare(step + 1);
+  }
+
+  /**
    * Replaces whichever networks the coordinator sent; the other stays as it
    * was. `transient`: the arrays' memory is reused once this returns, so a
    * backend that keeps the arrays it is given (cpu; tfjs-node until first

@@ -269,8 +269,7 @@ function connectOnce(
         ws.send(frame.whole);
       }
       // The coordinator now averages and steps Adam: ready the next step meanwhile.
-      if (msg.phase === 'discriminator') compute.drawAhead(msg.step + 1);
-      else compute.prepare(msg.step + 1);
+      compute.readyAfter(msg.step, msg.phase);
       heard(); // busy computing is not the coordinator's silence
       metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
     };
