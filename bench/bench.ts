@@ -33,6 +33,18 @@ function arg(name: string, fallback: number): number {
   return i >= 0 ? Number(process.argv[i + 1]) : fallback;
 }
 
+function stringArg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+/** `--scaling 1,2,4,8`: worker counts to measure, which must start with 1 (the ratios divide by it). */
+function workerCounts(list: string): number[] {
+  const counts = list.split(',').map(Number);
+  if (counts[0] !== 1 || counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--scaling takes worker counts that start with 1, such as 1,2,4,8; got ${list}`);
+  return counts;
+}
+
 /** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
 type InProcessResult = Awaited<ReturnType<typeof inProcess>>;
 type LocalResult = ReturnType<typeof localRun>;
@@ -125,19 +137,24 @@ interface TorchRun {
   ms_per_step: number;
   images_per_s: number;
 }
-type TorchRuns = { single: TorchRun; ddp2: TorchRun | null };
+type TorchRuns = { single: TorchRun; ddp: Map<number, TorchRun> };
 type TorchResult = TorchRuns | { reason: string };
 
-/** The PyTorch anchor, one process; with `ddp`, also DDP over 2 processes. */
-function torchAnchor(steps: number, ddp: boolean): TorchResult {
-  const python = '/usr/bin/python3';
-  if (!fs.existsSync(ANCHOR)) return { reason: `anchor script not found at ${ANCHOR}` };
+/**
+ * The PyTorch anchor: one process on one thread, then DDP over each of
+ * `worlds` processes. `--python` and `--anchor` point elsewhere than Debian's
+ * python3 and ../shared (a machine whose torch lives in a virtual env).
+ */
+function torchAnchor(steps: number, worlds: number[]): TorchResult {
+  const python = stringArg('python', '/usr/bin/python3');
+  const anchor = stringArg('anchor', ANCHOR);
+  if (!fs.existsSync(anchor)) return { reason: `anchor script not found at ${anchor}` };
   const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
   const run = (extra: string[]): TorchRun =>
     JSON.parse(
       // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
-      execFileSync(python, [ANCHOR, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
+      execFileSync(python, [anchor, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
         encoding: 'utf8',
         env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' },
       })
@@ -145,7 +162,16 @@ function torchAnchor(steps: number, ddp: boolean): TorchResult {
         .split('\n')
         .pop()!,
     );
-  return { single: run([]), ddp2: ddp ? run(['--mode', 'ddp', '--world', '2']) : null };
+  try {
+    return { single: run([]), ddp: new Map(worlds.map((w) => [w, run(['--mode', 'ddp', '--world', String(w)])])) };
+  } catch (e) {
+    return { reason: `the anchor failed: ${(e as Error).message.split('\n')[0]}` };
+  }
+}
+
+/** DDP's images/s over `world` times one process's: the anchor's ratio 3. */
+function torchDdpScaling(single: TorchRun, ddp: TorchRun, world: number): number {
+  return round(ddp.images_per_s / (world * ((BATCH * 1000) / single.ms_per_step)));
 }
 
 /** The element whose key is the median (the lower middle for an even count). */
@@ -253,10 +279,71 @@ function round(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
+/**
+ * `--scaling 1,2,4,8`: ratios 2 and 3 of #6 for each worker count, with the
+ * shared-memory ceiling and PyTorch DDP beside them, for a machine with
+ * cores enough to give each worker its own (this project's have two). The
+ * runs repeat `repeats` times, interleaved, and the median run counts.
+ */
+async function scalingReport(counts: number[], steps: number, repeats: number) {
+  type CeilingResult = Awaited<ReturnType<typeof sharedMemoryCeiling>>;
+  const runs: { single: InProcessResult; local: LocalResult[]; ceiling: CeilingResult[]; torch: TorchResult }[] = [];
+  // Each figure as it comes, on stderr: a run cut short still leaves its numbers.
+  const progress = <T extends { msPerStep: number }>(what: string, x: T): T => (process.stderr.write(`bench: ${what}: ${x.msPerStep} ms/step\n`), x);
+  for (let r = 0; r < repeats; r++) {
+    const single = progress('in-process', await inProcess(steps, WARMUP));
+    const local = counts.map((n) => progress(`local --workers ${n}`, localRun(n, steps)));
+    const ceiling: CeilingResult[] = [];
+    for (const n of counts) ceiling.push(progress(`shared-memory ceiling, ${n} workers`, await sharedMemoryCeiling(n, steps, WARMUP, BATCH)));
+    const torch = torchAnchor(Math.min(steps, 500), counts.slice(1));
+    process.stderr.write(`bench: torch: ${JSON.stringify('single' in torch ? [torch.single, ...torch.ddp.values()] : torch)}\n`);
+    runs.push({ single, local, ceiling, torch });
+  }
+  const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
+  const local = counts.map((_, i) => median(runs.map((r) => r.local[i]), (x) => x.msPerStep));
+  const ceiling = counts.map((_, i) => median(runs.map((r) => r.ceiling[i]), (x) => x.msPerStep));
+  const torchRuns = runs.map((r) => r.torch).filter((t): t is TorchRuns => 'single' in t);
+  const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
+  const torchSingle = torchRuns.length ? median(torchRuns.map((t) => t.single), (x) => x.ms_per_step) : null;
+  const torchDdp = torchRuns.length ? counts.slice(1).map((n) => median(torchRuns.map((t) => t.ddp.get(n)!), (x) => x.ms_per_step)) : [];
+  const byWorkers = <T>(xs: T[]) => Object.fromEntries(xs.map((x, i) => [`workers${counts[i]}`, x]));
+  const byWorld = <T>(xs: T[]) => Object.fromEntries(xs.map((x, i) => [`world${counts[i + 1]}`, x]));
+  return {
+    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
+    model: 'mlp',
+    batchPerWorker: BATCH,
+    native: nativeAddon().why,
+    repeats: {
+      runs: repeats,
+      inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
+      localMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.local[i].msPerStep))),
+      sharedMemoryCeilingMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.ceiling[i].msPerStep))),
+      torchMsPerStep: torchRuns.map((t) => t.single.ms_per_step),
+    },
+    inProcess: single,
+    local: byWorkers(local),
+    sharedMemoryCeiling: byWorkers(ceiling),
+    torch: torchSingle ? { single: torchSingle, ddp: byWorld(torchDdp) } : null,
+    torchReason,
+    ratios: {
+      distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
+      distributedOverheadCeiling: round(ceiling[0].imagesPerSecond / single.imagesPerSecond),
+      scaling: byWorkers(local.map((l, i) => round(l.imagesPerSecond / (counts[i] * local[0].imagesPerSecond)))),
+      scalingCeiling: byWorkers(ceiling.map((c, i) => round(c.imagesPerSecond / (counts[i] * ceiling[0].imagesPerSecond)))),
+      torchDdpScaling: torchSingle ? byWorld(torchDdp.map((d, i) => torchDdpScaling(torchSingle, d, counts[i + 1]))) : null,
+    },
+  };
+}
+
 async function main() {
   const steps = arg('steps', 1000);
   if (process.argv.includes('--in-process-only')) {
     process.stdout.write(JSON.stringify(await inProcess(steps, WARMUP)));
+    return;
+  }
+  if (process.argv.includes('--scaling')) {
+    const report = await scalingReport(workerCounts(stringArg('scaling', '')), steps, arg('repeats', 3));
+    process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     return;
   }
   // This machine's speed drifts by ±25% within minutes (other tenants): the
@@ -286,7 +373,7 @@ async function main() {
       socket2: localRun(2, steps, ['--no-mailbox']),
       ceiling1: await sharedMemoryCeiling(1, steps, WARMUP, BATCH),
       ceiling2: await sharedMemoryCeiling(2, steps, WARMUP, BATCH),
-      torch: torchAnchor(Math.min(steps, 500), false),
+      torch: torchAnchor(Math.min(steps, 500), []),
     });
   }
   const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
@@ -306,7 +393,7 @@ async function main() {
   const socketed = haveProc ? await processRun(processSteps, ['--no-mailbox']) : null;
   const pair = median(runs, (r) => r.single.msPerStep).pair;
   const torchRuns = runs.map((r) => r.torch);
-  const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: (torchAnchor(Math.min(steps, 500), true) as TorchRuns).ddp2 };
+  const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: (torchAnchor(Math.min(steps, 500), [2]) as TorchRuns).ddp.get(2)! };
   const torchSingle = 'single' in torch ? torch.single : null;
   const torchDdp = 'ddp2' in torch ? torch.ddp2 : null;
   const report = {
@@ -352,7 +439,7 @@ async function main() {
       // Ratios 2 and 3 of the protocol-free run (bench/ceiling.ts): the most `local` could reach on this machine.
       distributedOverheadCeiling: round(ceiling1.imagesPerSecond / single.imagesPerSecond),
       scaling2WorkersCeiling: round(ceiling2.imagesPerSecond / (2 * ceiling1.imagesPerSecond)),
-      torchDdpScaling2: torchDdp && torchSingle ? round(torchDdp.images_per_s / (2 * ((BATCH * 1000) / torchSingle.ms_per_step))) : null,
+      torchDdpScaling2: torchDdp && torchSingle ? torchDdpScaling(torchSingle, torchDdp, 2) : null,
     },
   };
   process.stdout.write(JSON.stringify(report, null, 2) + '\n');
