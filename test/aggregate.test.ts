@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GradientMean, averageGradients } from '../src/coordinator/aggregate';
+import { averageGradients } from '../src/coordinator/aggregate';
 import { GanfleetError } from '../src/util/errors';
 
 const hasCode = (code: string) => (e: unknown) => e instanceof GanfleetError && e.code === code;
@@ -62,40 +62,4 @@ test('throws AGGREGATE_BAD_SAMPLES on negative or non-finite counts', () => {
       hasCode('AGGREGATE_BAD_SAMPLES'),
     );
   }
-});
-
-function seeded(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    out[i] = (x / 2 ** 32 - 0.5) * 10 ** ((x % 7) - 3);
-  }
-  return out;
-}
-
-test('GradientMean sums each contribution as it arrives: the same bits as averageGradients', () => {
-  const parts = [1, 2, 3].map((s) => ({ gradients: seeded(1001, s), samples: 100 + 14 * s }));
-  const expected = averageGradients(parts, new Float32Array(1001));
-  const mean = new GradientMean(new Float32Array(1001));
-  const copies = parts.map((p) => ({ ...p, gradients: p.gradients.slice() }));
-  mean.add(copies[0], true);
-  mean.add(copies[1], true);
-  // Summed on arrival: changing what was added while more were expected changes nothing.
-  copies[0].gradients.fill(1e9);
-  copies[1].gradients.fill(1e9);
-  mean.add(copies[2], false);
-  assert.deepEqual(mean.mean(), expected);
-});
-
-test('GradientMean: the one contribution of a round whose others left is copied bit-exact', () => {
-  const g = seeded(64, 9);
-  const mean = new GradientMean(new Float32Array(64));
-  // Added while another was still awaited (so summed, scaled by its samples); that one then left.
-  mean.add({ gradients: g, samples: 100 }, true);
-  assert.deepEqual(mean.mean(), g);
-});
-
-test('GradientMean without contributions throws AGGREGATE_EMPTY', () => {
-  assert.throws(() => new GradientMean(new Float32Array(2)).mean(), hasCode('AGGREGATE_EMPTY'));
 });

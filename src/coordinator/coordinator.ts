@@ -16,7 +16,7 @@ import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, Phase, Weights, WorkerMessag
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { Adam, AdamState } from './adam';
-import { GradientMean } from './aggregate';
+import { averageGradients } from './aggregate';
 import { loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig } from './config';
 import { History } from './history';
@@ -424,9 +424,8 @@ export class Coordinator {
     const inbox = peer?.mailbox?.inbox;
     if (!inbox) throw new ProtocolError('unexpected', 'mail without a confirmed mailbox');
     // While the open round awaits this peer, into the peer's reused memory: the
-    // gradients are summed on arrival or, while they may be the round's only
-    // ones, when it closes; either way before the next round can await the
-    // peer again, and nothing the peer sends in between is read there.
+    // gradients are averaged when the round closes, before the next round can
+    // await the peer again, and nothing the peer sends in between is read there.
     const frame = inbox.collect(bytes, this.maxPayload, this.round?.isAwaiting(peer!.id) ?? false);
     this.bytesReceived += frame.length;
     this.metrics.receivedBytes.inc(frame.length);
@@ -484,7 +483,7 @@ export class Coordinator {
   /** One round; null when no participant answered (all left or missed the deadline). */
   private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
     const participants = this.workers.participants();
-    const round = new Round(step, phase, participants.map((p) => p.id), new GradientMean(this.averaged[phase]));
+    const round = new Round(step, phase, participants.map((p) => p.id));
     this.round = round;
     const deadlines: NodeJS.Timeout[] = [];
     const deadlineMs = this.config.roundTimeoutSeconds * 1000;
@@ -534,7 +533,7 @@ export class Coordinator {
     const replies = [...round.received.values()];
     if (replies.length === 0) return null;
     t = performance.now();
-    const averaged = round.mean.mean();
+    const averaged = averageGradients(replies, this.averaged[phase]);
     const result = weightedStats(replies);
     const aggregateSeconds = (performance.now() - t) / 1000;
     t = performance.now();

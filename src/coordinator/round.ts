@@ -1,5 +1,4 @@
 import { Gradients, Phase } from '../protocol/messages';
-import { GradientMean } from './aggregate';
 
 /**
  * One synchronous round: the set of workers asked for gradients and what
@@ -18,8 +17,6 @@ export class Round {
     readonly step: number,
     readonly phase: Phase,
     participants: readonly string[],
-    /** Takes each answer's gradients as it is accepted. */
-    readonly mean: GradientMean,
   ) {
     this.waiting = new Set(participants);
     this.settleIfDone();
@@ -32,7 +29,6 @@ export class Round {
   accept(workerId: string, gradients: Gradients): void {
     if (!this.waiting.delete(workerId)) return;
     this.received.set(workerId, gradients);
-    this.mean.add(gradients, this.waiting.size > 0);
     this.settleIfDone();
   }
 
