@@ -174,6 +174,11 @@ function torchDdpScaling(single: TorchRun, ddp: TorchRun, world: number): number
   return round(ddp.images_per_s / (world * ((BATCH * 1000) / single.ms_per_step)));
 }
 
+/** What every report starts with: where it ran, and what. */
+function reportHeader() {
+  return { machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, model: 'mlp', batchPerWorker: BATCH, native: nativeAddon().why };
+}
+
 /** The element whose key is the median (the lower middle for an even count). */
 function median<T>(xs: T[], key: (x: T) => number): T {
   return [...xs].sort((a, b) => key(a) - key(b))[Math.floor((xs.length - 1) / 2)];
@@ -309,10 +314,7 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
   const byWorkers = <T>(xs: T[]) => Object.fromEntries(xs.map((x, i) => [`workers${counts[i]}`, x]));
   const byWorld = <T>(xs: T[]) => Object.fromEntries(xs.map((x, i) => [`world${counts[i + 1]}`, x]));
   return {
-    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
-    model: 'mlp',
-    batchPerWorker: BATCH,
-    native: nativeAddon().why,
+    ...reportHeader(),
     repeats: {
       runs: repeats,
       inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
@@ -393,14 +395,12 @@ async function main() {
   const socketed = haveProc ? await processRun(processSteps, ['--no-mailbox']) : null;
   const pair = median(runs, (r) => r.single.msPerStep).pair;
   const torchRuns = runs.map((r) => r.torch);
-  const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: (torchAnchor(Math.min(steps, 500), [2]) as TorchRuns).ddp.get(2)! };
+  const ddpRun = 'reason' in torchRuns[0] ? null : torchAnchor(Math.min(steps, 500), [2]);
+  const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: ddpRun && 'ddp' in ddpRun ? ddpRun.ddp.get(2)! : null };
   const torchSingle = 'single' in torch ? torch.single : null;
   const torchDdp = 'ddp2' in torch ? torch.ddp2 : null;
   const report = {
-    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version },
-    model: 'mlp',
-    batchPerWorker: BATCH,
-    native: nativeAddon().why,
+    ...reportHeader(),
     repeats: {
       runs: repeats,
       inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
