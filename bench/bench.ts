@@ -7,6 +7,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import { selectBackend } from '../src/backend';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { TrainingSummary } from '../src/coordinator/coordinator';
@@ -28,14 +29,56 @@ const WARMUP = 50;
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 const ANCHOR = path.join(__dirname, '..', '..', '..', 'shared', 'anchors', 'torch_gan.py');
 
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-}
+const USAGE = `Usage: npm run bench -- [options]   (or node dist/bench/bench.js [options])
 
-function stringArg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : fallback;
+Prints one JSON object with every throughput figure of #6, measured in this run.
+
+Options:
+  --steps N          timed steps of each run, after a 50-step warm-up; a multiple of 50 (default 1000)
+  --repeats N        interleaved repeats of the figures behind the ratios; the median run counts (default 3)
+  --memory-steps N   steps of the memory and CPU run of local --workers 2; a multiple of 4 (default 2000)
+  --scaling LIST     instead of the full report: local, the shared-memory ceiling and PyTorch DDP for each
+                     worker count in LIST (comma-separated, starting with 1: 1,2,4,8), for machines with
+                     more cores; each figure is also printed to stderr as it comes
+  --python PATH      the python3 that has torch, for the PyTorch anchor (default /usr/bin/python3)
+  --anchor PATH      the anchor script (default ../shared/anchors/torch_gan.py beside the checkout)
+  -h, --help         this text
+`;
+
+const OPTIONS = {
+  steps: { type: 'string' },
+  repeats: { type: 'string' },
+  'memory-steps': { type: 'string' },
+  scaling: { type: 'string' },
+  python: { type: 'string' },
+  anchor: { type: 'string' },
+  // Internal: the child that measures the in-process step without the native addon, or two at once.
+  'in-process-only': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+
+function options() {
+  const { values } = parseArgs({ options: OPTIONS, strict: true, allowPositionals: false });
+  const count = (name: 'steps' | 'repeats' | 'memory-steps', fallback: number, multipleOf = 1): number => {
+    const text = values[name];
+    if (text === undefined) return fallback;
+    const n = Number(text);
+    if (!Number.isInteger(n) || n < 1 || n % multipleOf !== 0) {
+      throw new Error(`--${name} takes a whole number of at least 1${multipleOf > 1 ? `, a multiple of ${multipleOf}` : ''}; got ${JSON.stringify(text)}`);
+    }
+    return n;
+  };
+  return {
+    help: values.help ?? false,
+    inProcessOnly: values['in-process-only'] ?? false,
+    steps: count('steps', 1000, WARMUP),
+    repeats: count('repeats', 3),
+    memorySteps: count('memory-steps', 2000, 4),
+    scaling: values.scaling === undefined ? null : workerCounts(values.scaling),
+    python: values.python ?? '/usr/bin/python3',
+    anchor: values.anchor ?? ANCHOR,
+  };
 }
 
 /** `--scaling 1,2,4,8`: worker counts to measure, which must start with 1 (the ratios divide by it). */
@@ -146,8 +189,7 @@ type TorchResult = TorchRuns | { reason: string };
  * python3 and ../shared (a machine whose torch lives in a virtual env).
  */
 function torchAnchor(steps: number, worlds: number[]): TorchResult {
-  const python = stringArg('python', '/usr/bin/python3');
-  const anchor = stringArg('anchor', ANCHOR);
+  const { python, anchor } = OPTS;
   if (!fs.existsSync(anchor)) return { reason: `anchor script not found at ${anchor}` };
   const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
@@ -337,21 +379,33 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
   };
 }
 
+/** Set by main from the command line; read by the runs. */
+let OPTS: ReturnType<typeof options>;
+
 async function main() {
-  const steps = arg('steps', 1000);
-  if (process.argv.includes('--in-process-only')) {
+  try {
+    OPTS = options();
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n\n${USAGE}`);
+    process.exit(2);
+  }
+  if (OPTS.help) {
+    process.stdout.write(USAGE);
+    return;
+  }
+  const { steps, repeats } = OPTS;
+  if (OPTS.inProcessOnly) {
     process.stdout.write(JSON.stringify(await inProcess(steps, WARMUP)));
     return;
   }
-  if (process.argv.includes('--scaling')) {
-    const report = await scalingReport(workerCounts(stringArg('scaling', '')), steps, arg('repeats', 3));
+  if (OPTS.scaling) {
+    const report = await scalingReport(OPTS.scaling, steps, repeats);
     process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     return;
   }
   // This machine's speed drifts by ±25% within minutes (other tenants): the
   // figures behind the ratios run `repeats` times, interleaved, and the
   // median run counts; the spread is reported.
-  const repeats = arg('repeats', 3);
   type CeilingResult = Awaited<ReturnType<typeof sharedMemoryCeiling>>;
   const runs: {
     single: InProcessResult;
@@ -390,7 +444,7 @@ async function main() {
   const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
   const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d], 0).wireBytesPerStepPerWorker]));
   const haveProc = fs.existsSync('/proc/self/stat');
-  const processSteps = arg('memory-steps', 2000);
+  const processSteps = OPTS.memorySteps;
   const mailed = haveProc ? await processRun(processSteps) : null;
   const socketed = haveProc ? await processRun(processSteps, ['--no-mailbox']) : null;
   const pair = median(runs, (r) => r.single.msPerStep).pair;

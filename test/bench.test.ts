@@ -25,8 +25,19 @@ test('bench --scaling: local, the ceiling and ratio 3 for each worker count, in 
   assert.match(r.stderr, /bench: local --workers 2: [\d.]+ ms\/step/);
 });
 
-test('bench --scaling refuses worker counts that do not start with 1', () => {
-  const r = spawnSync(process.execPath, [BENCH, '--scaling', '2,4'], { encoding: 'utf8' });
-  assert.notEqual(r.status, 0);
-  assert.match(r.stderr, /--scaling takes worker counts that start with 1/);
+test('the bench refuses a bad command line before running anything: unknown options, steps off the warm-up, counts not starting with 1', () => {
+  for (const [args, why] of [
+    [['--scalling', '1,2'], /Unknown option '--scalling'/],
+    [['--steps', '75'], /--steps takes a whole number of at least 1, a multiple of 50; got "75"/],
+    [['--scaling', '2,4'], /--scaling takes worker counts that start with 1/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [BENCH, ...args], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, why);
+    assert.match(r.stderr, /Usage: npm run bench/);
+    assert.equal(r.stdout, '');
+  }
+  const help = spawnSync(process.execPath, [BENCH, '--help'], { encoding: 'utf8' });
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /--scaling LIST/);
 });
