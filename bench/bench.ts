@@ -81,10 +81,11 @@ function options() {
   };
 }
 
-/** `--scaling 1,2,4,8`: worker counts to measure, which must start with 1 (the ratios divide by it). */
+/** `--scaling 1,2,4,8`: worker counts to measure, increasing from 1 (the ratios divide by it; each count is a key of the report). */
 function workerCounts(list: string): number[] {
   const counts = list.split(',').map(Number);
-  if (counts[0] !== 1 || counts.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--scaling takes worker counts that start with 1, such as 1,2,4,8; got ${list}`);
+  const valid = counts[0] === 1 && counts.every((n, i) => Number.isInteger(n) && (i === 0 || n > counts[i - 1]));
+  if (!valid) throw new Error(`--scaling takes increasing worker counts that start with 1, such as 1,2,4,8; got ${list}`);
   return counts;
 }
 
@@ -221,7 +222,7 @@ function reportHeader() {
   return { machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }, model: 'mlp', batchPerWorker: BATCH, native: nativeAddon().why };
 }
 
-/** The element whose key is the median (the lower middle for an even count). */
+/** The element whose key is the median: for an even count the lower middle, so of two ms/step figures the faster. */
 function median<T>(xs: T[], key: (x: T) => number): T {
   return [...xs].sort((a, b) => key(a) - key(b))[Math.floor((xs.length - 1) / 2)];
 }
@@ -363,6 +364,7 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
       localMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.local[i].msPerStep))),
       sharedMemoryCeilingMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.ceiling[i].msPerStep))),
       torchMsPerStep: torchRuns.map((t) => t.single.ms_per_step),
+      torchDdpMsPerStep: byWorld(counts.slice(1).map((n) => torchRuns.map((t) => t.ddp.get(n)!.ms_per_step))),
     },
     inProcess: single,
     local: byWorkers(local),
@@ -448,11 +450,11 @@ async function main() {
   const mailed = haveProc ? await processRun(processSteps) : null;
   const socketed = haveProc ? await processRun(processSteps, ['--no-mailbox']) : null;
   const pair = median(runs, (r) => r.single.msPerStep).pair;
-  const torchRuns = runs.map((r) => r.torch);
-  const ddpRun = 'reason' in torchRuns[0] ? null : torchAnchor(Math.min(steps, 500), [2]);
-  const torch = 'reason' in torchRuns[0] ? torchRuns[0] : { single: median(torchRuns.map((t) => (t as TorchRuns).single), (x) => x.ms_per_step), ddp2: ddpRun && 'ddp' in ddpRun ? ddpRun.ddp.get(2)! : null };
-  const torchSingle = 'single' in torch ? torch.single : null;
-  const torchDdp = 'ddp2' in torch ? torch.ddp2 : null;
+  const torchRuns = runs.map((r) => r.torch).filter((t): t is TorchRuns => 'single' in t);
+  const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
+  const torchSingle = torchRuns.length ? median(torchRuns.map((t) => t.single), (x) => x.ms_per_step) : null;
+  const ddpRun = torchSingle ? torchAnchor(Math.min(steps, 500), [2]) : null;
+  const torchDdp = ddpRun && 'ddp' in ddpRun ? ddpRun.ddp.get(2)! : null;
   const report = {
     ...reportHeader(),
     repeats: {
@@ -477,8 +479,8 @@ async function main() {
     wireBytesPerStepPerWorker: wire,
     memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
     cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
-    torch: 'reason' in torch ? null : torch,
-    torchReason: 'reason' in torch ? torch.reason : undefined,
+    torch: torchSingle ? { single: torchSingle, ddp2: torchDdp } : null,
+    torchReason: torchReason ?? (ddpRun && 'reason' in ddpRun ? ddpRun.reason : undefined),
     ratios: {
       perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,
       perWorkerMsVsTorchWithoutNative: torchSingle ? round(withoutNative.msPerStep / torchSingle.ms_per_step) : null,

@@ -1,12 +1,37 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
 
-test('bench --scaling: local, the ceiling and ratio 3 for each worker count, in one JSON object; a missing anchor is a reason', () => {
-  const r = spawnSync(process.execPath, [BENCH, '--scaling', '1,2', '--steps', '50', '--repeats', '1', '--anchor', '/nonexistent/torch_gan.py'], { encoding: 'utf8' });
+/**
+ * Stands in for a python3 with torch: answers the bench's probe, and prints
+ * the anchor's last line with a step that grows with the DDP world (4 + world
+ * ms), so the expected ratios are known exactly.
+ */
+function fakeTorch(): string {
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-fake-torch-')), 'python3');
+  fs.writeFileSync(
+    file,
+    `#!/bin/sh
+[ "$1" = "-c" ] && exit 0
+world=1; prev=""
+for a in "$@"; do [ "$prev" = "--world" ] && world=$a; prev=$a; done
+ms=$((4 + world))
+echo "{\\"anchor\\":\\"fake\\",\\"world\\":$world,\\"ms_per_step\\":$ms,\\"images_per_s\\":$((128000 * world / ms))}"
+`,
+    { mode: 0o755 },
+  );
+  return file;
+}
+
+test('bench --scaling: local, the ceiling, PyTorch DDP and their ratios for each worker count, in one JSON object', () => {
+  const python = fakeTorch();
+  const r = spawnSync(process.execPath, [BENCH, '--scaling', '1,2', '--steps', '50', '--repeats', '1', '--python', python, '--anchor', python], { encoding: 'utf8', timeout: 180_000 });
+  fs.rmSync(path.dirname(python), { recursive: true, force: true });
   assert.equal(r.status, 0, r.stderr);
   const report = JSON.parse(r.stdout);
   for (const key of ['workers1', 'workers2']) {
@@ -14,22 +39,37 @@ test('bench --scaling: local, the ceiling and ratio 3 for each worker count, in 
     assert.equal(report.repeats.localMsPerStep[key].length, 1);
   }
   assert.equal(report.local.workers2.workers, 2);
-  const { local, ratios } = report;
+  assert.equal(report.sharedMemoryCeiling.workers2.workers, 2);
+  const { local, sharedMemoryCeiling: ceiling, ratios } = report;
+  const near = (a: number, b: number) => Math.abs(a - b) < 1e-3;
   assert.equal(ratios.scaling.workers1, 1);
-  assert.ok(Math.abs(ratios.scaling.workers2 - local.workers2.imagesPerSecond / (2 * local.workers1.imagesPerSecond)) < 1e-3, JSON.stringify(ratios));
-  assert.ok(Math.abs(ratios.distributedOverhead - local.workers1.imagesPerSecond / report.inProcess.imagesPerSecond) < 1e-3);
-  assert.equal(report.torch, null);
-  assert.match(report.torchReason, /anchor script not found at \/nonexistent/);
-  assert.equal(ratios.torchDdpScaling, null);
+  assert.ok(near(ratios.scaling.workers2, local.workers2.imagesPerSecond / (2 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.ok(near(ratios.scalingCeiling.workers2, ceiling.workers2.imagesPerSecond / (2 * ceiling.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.ok(near(ratios.distributedOverhead, local.workers1.imagesPerSecond / report.inProcess.imagesPerSecond));
+  // The fake anchor: one process 5 ms/step (25,600 images/s), DDP over 2 at 6 ms/step (42,666 images/s).
+  assert.equal(report.torch.single.ms_per_step, 5);
+  assert.equal(report.torch.ddp.world2.world, 2);
+  assert.deepEqual(report.repeats.torchDdpMsPerStep, { world2: [6] });
+  assert.ok(near(ratios.torchDdpScaling.world2, 42666 / (2 * 25600)), JSON.stringify(ratios));
   // Each figure is printed as it comes, so a run cut short still shows what it measured.
   assert.match(r.stderr, /bench: local --workers 2: [\d.]+ ms\/step/);
 });
 
-test('the bench refuses a bad command line before running anything: unknown options, steps off the warm-up, counts not starting with 1', () => {
+test('bench --scaling without torch: the anchor is null, with the reason', () => {
+  const r = spawnSync(process.execPath, [BENCH, '--scaling', '1', '--steps', '50', '--repeats', '1', '--anchor', '/nonexistent/torch_gan.py'], { encoding: 'utf8', timeout: 120_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  assert.equal(report.torch, null);
+  assert.match(report.torchReason, /anchor script not found at \/nonexistent/);
+  assert.equal(report.ratios.torchDdpScaling, null);
+});
+
+test('the bench refuses a bad command line before running anything: unknown options, steps off the warm-up, bad counts', () => {
   for (const [args, why] of [
     [['--scalling', '1,2'], /Unknown option '--scalling'/],
     [['--steps', '75'], /--steps takes a whole number of at least 1, a multiple of 50; got "75"/],
-    [['--scaling', '2,4'], /--scaling takes worker counts that start with 1/],
+    [['--scaling', '2,4'], /--scaling takes increasing worker counts that start with 1/],
+    [['--scaling', '1,2,2'], /--scaling takes increasing worker counts/],
   ] as const) {
     const r = spawnSync(process.execPath, [BENCH, ...args], { encoding: 'utf8', timeout: 10_000 });
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
@@ -37,7 +77,15 @@ test('the bench refuses a bad command line before running anything: unknown opti
     assert.match(r.stderr, /Usage: npm run bench/);
     assert.equal(r.stdout, '');
   }
-  const help = spawnSync(process.execPath, [BENCH, '--help'], { encoding: 'utf8' });
+  const help = spawnSync(process.execPath, [BENCH, '--help'], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(help.status, 0);
   assert.match(help.stdout, /--scaling LIST/);
+});
+
+test("the bench's in-process child (its run without the native addon, and two at once) takes its own options", () => {
+  const r = spawnSync(process.execPath, [BENCH, '--in-process-only', '--steps', '50'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const result = JSON.parse(r.stdout);
+  assert.equal(result.steps, 50);
+  assert.ok(result.msPerStep > 0);
 });
