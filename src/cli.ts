@@ -252,7 +252,7 @@ export function buildCli(argv: string[]) {
       (y) =>
         rejectUnknownFlags(
           metricsPortOption(trainingOptions(y), 0)
-            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more than the cores minus one buy little (README: How many workers)', group: 'Local:' })
+            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more workers than cores buy nothing (README: How many workers)', group: 'Local:' })
             .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
             .check((a) => {
