@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
@@ -43,7 +44,7 @@ type Outcome =
   | { kind: 'stopped'; reason: string } // the coordinator said stop: done
   | { kind: 'left' } // this process was asked to leave (SIGTERM/SIGINT)
   | { kind: 'fatal'; reason: string } // reconnecting cannot help (bad token, other model)
-  | { kind: 'lost'; reason: string; welcomed: boolean }; // network or coordinator failure: retry
+  | { kind: 'lost'; reason: string; welcomed: boolean; trained: boolean }; // network or coordinator failure: retry
 
 /**
  * Connects to the coordinator and answers every weights message with the
@@ -89,10 +90,12 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           log(`giving up: ${outcome.reason}`);
           return 1;
         case 'lost':
-          if (outcome.welcomed) {
-            attempt = 0;
-            lastContact = Date.now();
-          }
+          // The coordinator was reached: --give-up-after counts from here. The
+          // backoff starts over only after a round was answered, so a worker
+          // that fails every connection the same way does not rejoin (and make
+          // the coordinator re-plan every shard) several times a second.
+          if (outcome.welcomed) lastContact = Date.now();
+          if (outcome.trained) attempt = 0;
           if (opts.giveUpAfter > 0 && Date.now() - lastContact > opts.giveUpAfter * 1000) {
             log(`giving up: no coordinator for ${opts.giveUpAfter} s (${outcome.reason})`);
             return 1;
@@ -153,7 +156,8 @@ function connectOnce(
     let watchdog: NodeJS.Timeout | null = null;
     const heard = () => (lastHeard = Date.now());
     ws.on('ping', heard);
-    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null });
+    let trained = false;
+    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
     let mailbox: Mailbox | null = null;
 
     setLeave(() => {
@@ -223,6 +227,8 @@ function connectOnce(
           // A refusal of the connection itself (full, wrong model) is followed by a close.
           log(`coordinator says ${msg.code}: ${msg.message}`);
           if (msg.code === 'COORDINATOR_FULL') end(lost(msg.message));
+          // Another build of ganfleet: reconnecting cannot help.
+          if (msg.code === 'PROTOCOL_BAD_VERSION') end({ kind: 'fatal', reason: `the coordinator speaks another protocol version: ${msg.message}` });
           return;
       }
     };
@@ -268,13 +274,21 @@ function connectOnce(
       } else {
         ws.send(frame.whole);
       }
+      trained = true;
       // The coordinator now averages and steps Adam: ready the next step meanwhile.
       compute.readyAfter(msg.step, msg.phase);
       heard(); // busy computing is not the coordinator's silence
       metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
     };
 
+    let link: Socket | null = null;
+    ws.on('upgrade', (res) => (link = res.socket));
     ws.on('open', () => {
+      // Any bytes count as hearing from the coordinator, not only whole
+      // messages: its pings queue behind a shard, which on a slow link takes
+      // longer to arrive than the silence allowed. (Listening from here on,
+      // once ws reads the socket itself.)
+      link?.on('data', heard);
       if (leaveRequested()) return ws.close(1000, 'worker leaving');
       heard();
       watchdog = setInterval(() => {
@@ -292,7 +306,8 @@ function connectOnce(
         handle(decodeCoordinatorMessage(data));
       } catch (e) {
         const code = e instanceof ProtocolError ? e.code : ((e as { code?: string }).code ?? 'WORKER_FAILED');
-        fail(code, (e as Error).message);
+        // A coordinator of another protocol version will not change by reconnecting.
+        fail(code, (e as Error).message, e instanceof ProtocolError && e.reason === 'bad_version');
       }
     });
     ws.on('unexpected-response', (_req, res) => {

@@ -1,0 +1,130 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AddressInfo } from 'node:net';
+import type { Socket } from 'node:net';
+import { WebSocketServer, WebSocket } from 'ws';
+import { createModel } from '../src/model';
+import { decodeWorkerMessage, encode } from '../src/protocol/codec';
+import { ErrorMessage, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { GanfleetProcess, sleep, startWorker } from './harness';
+
+/**
+ * A stand-in coordinator: a real WebSocket server in this process that plays
+ * `script` on each connection after the worker's hello, so that the tests can
+ * make a real worker process meet what a real coordinator only does when
+ * something is wrong.
+ */
+async function fakeCoordinator(script: (ws: WebSocket, raw: Socket, connection: number) => void) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  let connections = 0;
+  wss.on('connection', (ws, req) => {
+    const n = ++connections;
+    ws.once('message', (data: Buffer) => {
+      assert.equal(decodeWorkerMessage(data).type, 'hello');
+      script(ws, req.socket, n);
+    });
+  });
+  return {
+    url: `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`,
+    connections: () => connections,
+    close: () => new Promise((r) => wss.close(r)),
+  };
+}
+
+/** The worker's exit code, or 'still running' after `ms`: a test fails instead of hanging. */
+async function exitWithin(worker: GanfleetProcess, ms = 20_000): Promise<number | null | 'still running'> {
+  return Promise.race([worker.exited, sleep(ms).then(() => 'still running' as const)]);
+}
+
+function welcome(heartbeatSeconds = 5): Welcome {
+  const model = createModel('mlp');
+  return message<Welcome>({
+    type: 'welcome',
+    workerId: 'w1',
+    arch: 'mlp',
+    loss: 'bce',
+    generatorSize: model.generatorLayout.size,
+    discriminatorSize: model.discriminatorLayout.size,
+    batchSize: 16,
+    seed: 1,
+    heartbeatSeconds,
+  });
+}
+
+test('a coordinator of another protocol version: the worker exits 1 after one try, instead of retrying for ever', async () => {
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_VERSION', message: 'protocol version 2 is not 1' })));
+    ws.close(1008);
+  });
+  const worker = startWorker(coordinator.url, 'old-build');
+  try {
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.match(worker.log, /giving up: the coordinator speaks another protocol version/);
+    assert.equal(coordinator.connections(), 1);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test("a welcome in another protocol version: the worker refuses it and exits 1", async () => {
+  const coordinator = await fakeCoordinator((ws) => ws.send(encode({ ...welcome(), v: 99 } as unknown as Welcome)));
+  const worker = startWorker(coordinator.url, 'new-build');
+  try {
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.match(worker.log, /protocol version 99 is not/);
+    assert.equal(coordinator.connections(), 1);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test('a worker that fails on every connection the same way backs off, instead of rejoining several times a second', async () => {
+  // Welcomed, then asked for gradients without a shard: the worker fails each time, having answered nothing.
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(welcome()));
+    ws.send(encode(message<Weights>({ type: 'weights', step: 0, phase: 'discriminator' })));
+  });
+  const worker = startWorker(coordinator.url, 'failing');
+  try {
+    await worker.waitFor(/connection lost/);
+    await sleep(5000);
+    // Backoff from 0.25 s doubling (full jitter): about 6 connections in 5 s. Starting over at 0.25 s every time: 20 or more.
+    assert.ok(coordinator.connections() >= 2 && coordinator.connections() <= 10, `${coordinator.connections()} connections in 5 s:\n${worker.log}`);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test('a shard still arriving counts as hearing from the coordinator: a slow link does not trip the silence watchdog', async () => {
+  const count = 300;
+  const frame = encode(message<Shard>({ type: 'shard', plan: 1, count, images: new Uint8Array(count * 784).fill(128) }));
+  // The shard as one unmasked binary WebSocket frame, written by hand so that it can trickle.
+  const header = Buffer.alloc(10);
+  header[0] = 0x82;
+  header[1] = 127;
+  header.writeBigUInt64BE(BigInt(frame.length), 2);
+  const bytes = Buffer.concat([header, frame]);
+  const coordinator = await fakeCoordinator(async (ws, raw) => {
+    ws.send(encode(welcome(1))); // silence allowed: 3 heartbeats, 3 s
+    const pieces = 6;
+    for (let i = 0; i < pieces; i++) {
+      await sleep(800);
+      raw.write(bytes.subarray(Math.floor((i * bytes.length) / pieces), Math.floor(((i + 1) * bytes.length) / pieces)));
+    }
+    ws.send(encode(message<Stop>({ type: 'stop', reason: 'test over' })));
+  });
+  const worker = startWorker(coordinator.url, 'slow-link');
+  try {
+    assert.equal(await exitWithin(worker), 0, worker.log);
+    assert.match(worker.log, new RegExp(`shard plan 1: ${count} images`));
+    assert.doesNotMatch(worker.log, /nothing from the coordinator/);
+    assert.equal(coordinator.connections(), 1);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
