@@ -67,3 +67,25 @@ test('writes are atomic, keep the newest K, and resume falls back past broken fi
   assert.ok(fs.existsSync(path.join(dir, 'ckpt-000000040.bin.invalid')));
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('a write that fails leaves neither a checkpoint nor its temporary file, and keeps the older ones', () => {
+  const dir = tempDir('ckpt-fail');
+  writeCheckpoint(dir, checkpointAt(10), 3);
+  // Something that is not a file already holds step 20's name, so the rename into place fails.
+  fs.mkdirSync(path.join(dir, 'ckpt-000000020.bin', 'in-the-way'), { recursive: true });
+  assert.throws(() => writeCheckpoint(dir, checkpointAt(20), 1));
+  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.tmp')), []);
+  assert.ok(fs.existsSync(path.join(dir, 'ckpt-000000010.bin')), 'the previous checkpoint is not pruned by a failed write');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a checkpoint that cannot be read is an error, not a file renamed aside as invalid', () => {
+  const dir = tempDir('ckpt-unreadable');
+  writeCheckpoint(dir, checkpointAt(10), 3);
+  // A read that fails (here: a directory under a checkpoint's name, EISDIR) says nothing about the data.
+  fs.mkdirSync(path.join(dir, 'ckpt-000000020.bin'));
+  assert.throws(() => loadLatestCheckpoint(dir, () => {}), /EISDIR/);
+  assert.ok(fs.statSync(path.join(dir, 'ckpt-000000020.bin')).isDirectory());
+  assert.ok(!fs.existsSync(path.join(dir, 'ckpt-000000020.bin.invalid')));
+  fs.rmSync(dir, { recursive: true, force: true });
+});

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RngState } from '../util/rng';
 import { GanfleetError } from '../util/errors';
+import { writeFully } from '../util/write';
 import { AdamState } from './adam';
 
 /**
@@ -120,12 +121,18 @@ export function writeCheckpoint(dir: string, c: Checkpoint, keep: number): strin
   const tmp = `${final}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, 'w');
   try {
-    fs.writeSync(fd, encodeCheckpoint(c));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
+    try {
+      writeFully(fd, [encodeCheckpoint(c)]);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, final);
+  } catch (e) {
+    // A partial file (a full disk) never takes a checkpoint's name, nor stays behind.
+    fs.rmSync(tmp, { force: true });
+    throw e;
   }
-  fs.renameSync(tmp, final);
   const dfd = fs.openSync(dir, 'r');
   try {
     fs.fsyncSync(dfd);
@@ -158,6 +165,9 @@ export function loadLatestCheckpoint(dir: string, log: (msg: string) => void, re
     try {
       return { checkpoint: decodeCheckpoint(fs.readFileSync(file), file), file };
     } catch (e) {
+      // Only a file that is not a valid checkpoint is set aside; a read that
+      // failed (permissions, I/O) says nothing about the file and is the caller's error.
+      if (!(e instanceof GanfleetError && e.code === 'CHECKPOINT_INVALID')) throw e;
       if (!renameInvalid) {
         log(`skipping checkpoint ${(e as Error).message}`);
         continue;

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { EncodedFrame } from './codec';
+import { writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
 
 /**
@@ -77,15 +78,7 @@ export class Outbox {
   /** Replaces the file's frame; its pieces are written where they lie, not joined first. */
   post(frame: EncodedFrame): void {
     if (!this.file.open) throw new Error(`${this.path} is closed`);
-    const fd = this.file.number;
-    let at = 0;
-    for (const part of frame.parts) {
-      for (let done = 0; done < part.byteLength; ) {
-        const n = fs.writeSync(fd, part, done, part.byteLength - done, at);
-        done += n;
-        at += n;
-      }
-    }
+    writeFully(this.file.number, frame.parts);
   }
 
   /** Closes and removes the file: no one reads a closed outbox. */
