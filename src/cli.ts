@@ -16,6 +16,9 @@ import { createLogger } from './util/log';
 import { onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
 
+/** The longest delay a Node timer can hold, in whole seconds. */
+const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+
 function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
 }
@@ -77,7 +80,10 @@ function trainingOptions<T>(y: Argv<T>) {
       integerAtLeast('eval-samples', a['eval-samples'], 2);
       if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
       for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
-      for (const k of ['round-timeout', 'heartbeat'] as const) if (!(a[k] > 0)) throw new Error(`--${k} must be a positive number of seconds, got ${a[k]}`);
+      // Node's timers hold at most 2^31-1 ms (24.8 days); a longer one fires at once.
+      for (const k of ['round-timeout', 'heartbeat'] as const) {
+        if (!(a[k] > 0 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a positive number of seconds up to ${MAX_TIMER_SECONDS}, got ${a[k]}`);
+      }
       if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${a['data-dir']}`);
       return true;
     });

@@ -13,11 +13,12 @@ import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics }
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
 import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
+import { GanfleetError } from '../util/errors';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
-import { loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
+import { listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
@@ -183,6 +184,12 @@ export class Coordinator {
 
   /** Loads the data (and a checkpoint with --resume), selects a backend and binds both ports. */
   static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator')): Promise<Coordinator> {
+    const checkpoints = path.join(config.out, 'checkpoints');
+    const earlier = config.resume ? [] : listCheckpoints(checkpoints);
+    if (earlier.length > 0) {
+      // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
+      throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} already holds checkpoints of a run (newest ${earlier[0]}): pass --resume to continue it, or choose another --out`);
+    }
     const c = new Coordinator(config, log);
     const backend = await selectBackend(config.backend);
     log(`backend ${backend.name} (${backend.notes.join('; ')})`);
