@@ -431,7 +431,8 @@ async function main() {
       socket2: localRun(2, steps, ['--no-mailbox']),
       ceiling1: await sharedMemoryCeiling(1, steps, WARMUP, BATCH),
       ceiling2: await sharedMemoryCeiling(2, steps, WARMUP, BATCH),
-      torch: torchAnchor(Math.min(steps, 500), []),
+      // DDP over 2 once, in the last repeat, beside that repeat's single process.
+      torch: torchAnchor(Math.min(steps, 500), r === repeats - 1 ? [2] : []),
     });
   }
   const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
@@ -453,8 +454,7 @@ async function main() {
   const torchRuns = runs.map((r) => r.torch).filter((t): t is TorchRuns => 'single' in t);
   const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
   const torchSingle = torchRuns.length ? median(torchRuns.map((t) => t.single), (x) => x.ms_per_step) : null;
-  const ddpRun = torchSingle ? torchAnchor(Math.min(steps, 500), [2]) : null;
-  const torchDdp = ddpRun && 'ddp' in ddpRun ? ddpRun.ddp.get(2)! : null;
+  const torchDdp = torchRuns.find((t) => t.ddp.has(2))?.ddp.get(2) ?? null;
   const report = {
     ...reportHeader(),
     repeats: {
@@ -480,7 +480,7 @@ async function main() {
     memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
     cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
     torch: torchSingle ? { single: torchSingle, ddp2: torchDdp } : null,
-    torchReason: torchReason ?? (ddpRun && 'reason' in ddpRun ? ddpRun.reason : undefined),
+    torchReason,
     ratios: {
       perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,
       perWorkerMsVsTorchWithoutNative: torchSingle ? round(withoutNative.msPerStep / torchSingle.ms_per_step) : null,
