@@ -68,12 +68,6 @@ describe('mailbox messages', () => {
     assert.deepEqual(decodeWorkerMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/dev/shm/x/to-coordinator' }))), { v: 1, type: 'mailbox', path: '/dev/shm/x/to-coordinator' });
     assert.deepEqual(decodeWorkerMessage(encode(message<Mail>({ type: 'mail', bytes: 458000 }))), { v: 1, type: 'mail', bytes: 458000 });
     assert.deepEqual(decodeCoordinatorMessage(encode(message<Mail>({ type: 'mail', bytes: 12 }))), { v: 1, type: 'mail', bytes: 12 });
-    const broadcast = message<Mail>({ type: 'mail', bytes: 12, broadcast: true });
-    assert.deepEqual(decodeCoordinatorMessage(encode(broadcast)), broadcast);
-    const readsBroadcast = message<MailboxReady>({ type: 'mailbox', path: '/dev/shm/x/to-coordinator', broadcast: true });
-    assert.deepEqual(decodeWorkerMessage(encode(readsBroadcast)), readsBroadcast);
-    // Only the coordinator has a broadcast file: a worker's notice that names it means nothing, and is not kept.
-    assert.deepEqual(decodeWorkerMessage(encode(broadcast)), { v: 1, type: 'mail', bytes: 12 });
     assertRejected(() => decodeCoordinatorMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/x' }))), 'bad_type');
   });
 
@@ -81,10 +75,6 @@ describe('mailbox messages', () => {
     for (const bytes of [-1, 1.5, '100', null]) assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mail', bytes })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox' })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox', path: 'x'.repeat(2000) })), 'bad_field');
-    for (const broadcast of [1, 'true', [true]]) {
-      assertRejected(() => decodeCoordinatorMessage(raw.pack({ v: 1, type: 'mail', bytes: 12, broadcast })), 'bad_field');
-      assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox', path: '/x', broadcast })), 'bad_field');
-    }
   });
 });
 

@@ -10,7 +10,7 @@ import { CoordinatorConfig } from '../src/coordinator/config';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, message } from '../src/protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, message } from '../src/protocol/messages';
 
 const G_SIZE = 114064;
 const D_SIZE = 100609;
@@ -138,37 +138,27 @@ describe('coordinator validates what workers send', () => {
   });
 });
 
-/**
- * A scripted worker that takes up the coordinator's mailbox offer: its own
- * file goes in `dir`. With `readBroadcast` it opens the broadcast file too
- * and says so, as a worker of this build does; without, it is a worker that
- * knows nothing of broadcast files.
- */
-async function mailboxPeer(coordinator: Coordinator, dir: string, name: string, readBroadcast = false) {
+/** A scripted worker that takes up the coordinator's mailbox offer: its own file goes in `dir`. */
+async function mailboxPeer(coordinator: Coordinator, dir: string, name: string) {
   const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
   await peer.open();
   peer.hello();
   const welcome = await peer.next();
   assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce, JSON.stringify(welcome));
   const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
-  const broadcast = readBroadcast ? Inbox.open(welcome.broadcast!, welcome.broadcastNonce!, true) : undefined;
   const outbox = Outbox.create(path.join(dir, name), welcome.nonce);
-  peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path, ...(readBroadcast ? { broadcast: true } : {}) })));
-  return { peer, welcome, inbox, outbox, broadcast };
+  peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+  return { peer, welcome, inbox, outbox };
 }
 
-/** The next weights the peer is asked to answer, whichever way they came: over the socket, by mail, or by broadcast. */
-async function nextWeights(peer: ScriptedPeer, inbox: Inbox, broadcast?: Inbox): Promise<{ weights: Weights; mailed: boolean; way: string }> {
+/** The next weights the peer is asked to answer, whichever way they came. */
+async function nextWeights(peer: ScriptedPeer, inbox: Inbox): Promise<{ weights: Weights; mailed: boolean }> {
   for (;;) {
     const m = await peer.next();
     if (m.type === 'shard') continue;
-    if (m.type === 'mail') {
-      const box = m.broadcast ? broadcast : inbox;
-      assert.ok(box, 'a broadcast notice to a peer that does not read the broadcast file');
-      return { weights: decodeCoordinatorMessage(Buffer.from(box.collect(m.bytes, 1 << 20))) as Weights, mailed: true, way: m.broadcast ? 'broadcast' : 'mail' };
-    }
+    if (m.type === 'mail') return { weights: decodeCoordinatorMessage(Buffer.from(inbox.collect(m.bytes, 1 << 20))) as Weights, mailed: true };
     assert.equal(m.type, 'weights', JSON.stringify(m));
-    return { weights: m as Weights, mailed: false, way: 'socket' };
+    return { weights: m as Weights, mailed: false };
   }
 }
 
@@ -241,60 +231,6 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
   await coordinator.close();
   inbox.close();
   outbox.close();
-  removeMailboxDir(dir);
-  fs.rmSync(out, { recursive: true, force: true });
-});
-
-test("the weights most readers need are written once, into the broadcast file; a joiner's and a non-reader's come through their own", { timeout: 30_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
-  const coordinator = await Coordinator.start({ ...config(out, 5), startWorkers: 3 }, () => {});
-  const run = coordinator.run();
-  const dir = makeMailboxDir('worker');
-  // a and b read the broadcast file; c is a worker that does not know it.
-  type Peer = { name: string } & Awaited<ReturnType<typeof mailboxPeer>>;
-  const peers: Peer[] = [];
-  for (const [name, reads] of [['a', true], ['b', true], ['c', false]] as const) peers.push({ name, ...(await mailboxPeer(coordinator, dir, name, reads)) });
-  const broadcastPath = peers[0].welcome.type === 'welcome' ? peers[0].welcome.broadcast! : '';
-  let joiner: Peer | null = null;
-  let ownFiles: Buffer[] = [];
-  const ways: Record<string, string[]> = { a: [], b: [], c: [], d: [] };
-  for (let round = 0; round < 10; round++) {
-    const everyone: Peer[] = joiner ? [...peers, joiner] : peers;
-    const asked = await Promise.all(everyone.map((p) => nextWeights(p.peer, p.inbox, p.broadcast)));
-    const { step, phase } = asked[0].weights;
-    asked.forEach((a, i) => {
-      ways[everyone[i].name].push(a.way);
-      assert.ok(a.weights.step === step && a.weights.phase === phase);
-    });
-    // Whoever reads it, the broadcast frame is the frame the peer would have had in its own file.
-    const [a, , c] = asked;
-    if (round > 0 && c.mailed) assert.deepEqual(a.weights, c.weights, `round ${round}: the broadcast frame is not c's`);
-    if (joiner && ways.d.length === 1) {
-      const first = asked[3].weights;
-      assert.equal(first.generator?.length, G_SIZE, "a joiner's first frame carries both networks");
-      assert.equal(first.discriminator?.length, D_SIZE);
-      assert.notEqual(asked[3].way, 'broadcast', "a joiner's first frame is not the one the others need");
-    }
-    if (round === 0) ownFiles = peers.map((p) => fs.readFileSync((p.welcome as Welcome).mailbox!));
-    // Admitted during step 0's G round, a fourth peer takes part from step 1's plan on.
-    if (round === 1) joiner = { name: 'd', ...(await mailboxPeer(coordinator, dir, 'd', true)) };
-    const size = phase === 'generator' ? G_SIZE : D_SIZE;
-    everyone.forEach((p, i) => p.peer.gradients(step, phase, new Float32Array(size).fill(1e-3), asked[i].mailed ? p.outbox : undefined));
-  }
-  // The first round may come before a confirmation was read; from the second on, a and b take every frame from the broadcast file.
-  for (const name of ['a', 'b']) assert.deepEqual(ways[name].slice(1), ways[name].slice(1).map(() => 'broadcast'), `${name}: ${ways[name].join(' ')}`);
-  assert.deepEqual(ways.c.slice(1), ways.c.slice(1).map(() => 'mail'), `c: ${ways.c.join(' ')}`);
-  assert.deepEqual(ways.d.slice(1), ways.d.slice(1).map(() => 'broadcast'), `d: ${ways.d.join(' ')}`);
-  // Written once a round, into the broadcast file only: after the first round, a's and b's own files were not written again; c's was.
-  peers.forEach((p, i) => assert.equal(fs.readFileSync((p.welcome as Welcome).mailbox!).equals(ownFiles[i]), i < 2, `${p.name}'s own file`));
-  assert.equal((await run).steps, 5);
-  await coordinator.close();
-  assert.ok(!fs.existsSync(broadcastPath), 'the broadcast file is gone after close');
-  for (const p of [...peers, joiner!]) {
-    p.inbox.close();
-    p.broadcast?.close();
-    p.outbox.close();
-  }
   removeMailboxDir(dir);
   fs.rmSync(out, { recursive: true, force: true });
 });

@@ -59,31 +59,6 @@ test('a mailed frame arrives byte for byte, in fresh aligned memory, and decodes
   });
 });
 
-test('a broadcast file keeps its nonce ahead of its frames, so a reader that opens it after frames were written still finds it', () => {
-  withDir((dir) => {
-    const nonce = mailboxNonce();
-    const broadcast = Outbox.create(path.join(dir, 'broadcast'), nonce, true);
-    const early = Inbox.open(broadcast.path, nonce, true);
-    const frame = (fill: number, bytes: number) => new EncodedFrame([Buffer.alloc(bytes, fill)]);
-    broadcast.post(frame(1, 1000));
-    assert.ok(early.collect(1000, 1 << 20).every((b) => b === 1));
-    broadcast.post(frame(2, 600));
-    // A late reader: with frames written over the nonce (the default), this open would fail.
-    const late = Inbox.open(broadcast.path, nonce, true);
-    for (const reader of [early, late]) assert.ok(reader.collect(600, 1 << 20, true).every((b) => b === 2));
-    assert.equal(fs.readFileSync(broadcast.path, 'latin1').slice(0, nonce.length), nonce);
-    // A notice may not announce more than the file holds after its nonce.
-    assert.throws(() => late.collect(1001, 1 << 20), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_size');
-    // A per-worker file (no framesAfterNonce) is checked once, at open, and then overwritten from its start.
-    const own = Outbox.create(path.join(dir, 'w1'), nonce);
-    own.post(frame(3, 100));
-    assert.throws(() => Inbox.open(own.path, nonce), /does not hold this connection's nonce/);
-    for (const r of [early, late]) r.close();
-    broadcast.close();
-    own.close();
-  });
-});
-
 test('a frame in pieces is the frame encode makes, byte for byte, with its floats not copied', () => {
   const gradients = Float32Array.from({ length: 1001 }, (_, i) => i / 7);
   const statistics = Float32Array.from({ length: 13 }, (_, i) => i);

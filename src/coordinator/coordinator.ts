@@ -496,15 +496,10 @@ export class Coordinator {
     const deadlineMs = this.config.roundTimeoutSeconds * 1000;
     let t = performance.now();
     const frames = new Map<string, EncodedFrame>();
-    const needs = participants.map((peer) => {
+    for (const peer of participants) {
       const sendG = peer.holds.generator !== this.versions.generator;
       const sendD = peer.holds.discriminator !== this.versions.discriminator;
-      return { peer, sendG, sendD, key: `${sendG}/${sendD}` };
-    });
-    // The frame most readers of the broadcast file need is written there once, not into each one's mailbox.
-    const broadcastKey = mostCommon(needs.filter((n) => this.workers.readsBroadcast(n.peer)).map((n) => n.key));
-    let broadcastPosted: boolean | null = null;
-    for (const { peer, sendG, sendD, key } of needs) {
+      const key = `${sendG}/${sendD}`;
       let frame = frames.get(key);
       if (!frame) {
         const body: Omit<Weights, 'v'> = { type: 'weights', step, phase };
@@ -516,16 +511,10 @@ export class Coordinator {
       // The deadline runs from when the request has left this process, so a
       // shard queued ahead of it on a slow link does not count against the worker.
       let written = false;
-      let broadcast = false;
-      if (key === broadcastKey && this.workers.readsBroadcast(peer)) broadcast = broadcastPosted ??= this.workers.postBroadcast(frame);
-      const sent = peer.deliver(
-        frame,
-        () => {
-          written = true;
-          if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => this.missedDeadline(round, peer), deadlineMs));
-        },
-        broadcast,
-      );
+      const sent = peer.deliver(frame, () => {
+        written = true;
+        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => this.missedDeadline(round, peer), deadlineMs));
+      });
       if (!sent) {
         round.drop(peer.id);
         continue;
@@ -799,18 +788,6 @@ function isLoopback(host: string): boolean {
 }
 
 /** Rounds in order: step 0's D round is 0, its G round 1, step 1's D round 2, … */
-/** The value that occurs most often (the first of equals); undefined for none. */
-function mostCommon(values: readonly string[]): string | undefined {
-  const counts = new Map<string, number>();
-  let best: string | undefined;
-  for (const v of values) {
-    const n = (counts.get(v) ?? 0) + 1;
-    counts.set(v, n);
-    if (best === undefined || n > counts.get(best)!) best = v;
-  }
-  return best;
-}
-
 function roundIndex(step: number, phase: Phase): number {
   return step * 2 + (phase === 'generator' ? 1 : 0);
 }

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { gatherImages, planShards, shardChanged } from '../data/shards';
-import { EncodedFrame, RejectReason, encode } from '../protocol/codec';
+import { RejectReason, encode } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { ErrorMessage, Hello, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
 import { Logger } from '../util/log';
@@ -11,7 +11,7 @@ import { CoordinatorMetrics } from './metrics';
 import { WorkerPeer } from './peer';
 
 /** What a welcome tells every worker, besides its id and its mailbox. */
-export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce' | 'broadcast' | 'broadcastNonce'>;
+export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce'>;
 
 /** What the group needs from the coordinator that runs it. */
 export interface GroupHooks {
@@ -42,8 +42,6 @@ export class WorkerGroup {
   private membershipChanged = false;
   /** This process's shared-memory mailboxes, one file per worker; null when not offered. */
   private mailboxDir: string | null = null;
-  /** The broadcast file in that directory (mailbox.ts), for the frame most of a round's peers need; null when none. */
-  private broadcast: { outbox: Outbox; nonce: string } | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
 
   constructor(
@@ -96,7 +94,6 @@ export class WorkerGroup {
           workerId: peer.id,
           ...this.hooks.terms(),
           ...(peer.mailbox ? { mailbox: peer.mailbox.outbox.path, nonce: peer.mailbox.nonce } : {}),
-          ...(peer.mailbox && this.broadcast ? { broadcast: this.broadcast.outbox.path, broadcastNonce: this.broadcast.nonce } : {}),
         }),
       ),
     );
@@ -196,37 +193,6 @@ export class WorkerGroup {
       this.mailboxDir = makeMailboxDir('coordinator');
     } catch (e) {
       this.hooks.log(`no shared-memory mailboxes; frames travel over the WebSocket (${(e as Error).message})`);
-      return;
-    }
-    const nonce = mailboxNonce();
-    try {
-      this.broadcast = { outbox: Outbox.create(path.join(this.mailboxDir, 'broadcast'), nonce, true), nonce };
-    } catch (e) {
-      this.hooks.log(`no broadcast file; each worker's weights go to its own mailbox (${(e as Error).message})`);
-    }
-  }
-
-  /** Whether `peer` takes this round's broadcast frame: it has confirmed its mailbox and the broadcast file. */
-  readsBroadcast(peer: WorkerPeer): boolean {
-    return this.broadcast !== null && peer.mailbox?.inbox != null && peer.mailbox.readsBroadcast;
-  }
-
-  /**
-   * Writes the frame into the broadcast file, for every reader the round
-   * will notify. Only between rounds: every reader of the last frame has
-   * answered or been cut off. False, after which there is no broadcast file,
-   * when the write fails (a full /dev/shm, say): peers' own mailboxes serve.
-   */
-  postBroadcast(frame: EncodedFrame): boolean {
-    if (!this.broadcast) return false;
-    try {
-      this.broadcast.outbox.post(frame);
-      return true;
-    } catch (e) {
-      this.hooks.log(`the broadcast file failed (${(e as Error).message}); each worker's weights go to its own mailbox from now on`);
-      this.broadcast.outbox.close();
-      this.broadcast = null;
-      return false;
     }
   }
 
@@ -239,8 +205,7 @@ export class WorkerGroup {
     } catch (e) {
       return ['bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}`];
     }
-    offered.readsBroadcast = msg.broadcast === true && this.broadcast !== null;
-    this.hooks.log(`${peer.id} exchanges frames through shared memory${offered.readsBroadcast ? ', and reads the broadcast file' : ''}`);
+    this.hooks.log(`${peer.id} exchanges frames through shared memory`);
     this.countMailboxes();
     return null;
   }
@@ -248,8 +213,6 @@ export class WorkerGroup {
   /** Closes every peer's mailbox and removes the directory they were in. */
   closeMailboxes(): void {
     for (const peer of this.peers.values()) peer.closeMailbox();
-    this.broadcast?.outbox.close();
-    this.broadcast = null;
     if (this.mailboxDir) removeMailboxDir(this.mailboxDir);
     this.mailboxDir = null;
   }
@@ -259,7 +222,7 @@ export class WorkerGroup {
     if (!this.mailboxDir) return;
     const nonce = mailboxNonce();
     try {
-      peer.mailbox = { outbox: Outbox.create(path.join(this.mailboxDir, peer.id), nonce), nonce, inbox: null, readsBroadcast: false };
+      peer.mailbox = { outbox: Outbox.create(path.join(this.mailboxDir, peer.id), nonce), nonce, inbox: null };
     } catch (e) {
       this.hooks.log(`${peer.id}: no mailbox (${(e as Error).message})`);
     }

@@ -13,8 +13,6 @@ export interface PeerMailbox {
   outbox: Outbox;
   nonce: string;
   inbox: Inbox | null;
-  /** The worker confirmed it also reads the group's broadcast file. */
-  readsBroadcast: boolean;
 }
 
 /**
@@ -68,17 +66,8 @@ export class WorkerPeer {
     return true;
   }
 
-  /**
-   * Like send, but through the mailbox, with a notice on the socket, once both
-   * ends have confirmed it. `broadcast`: the frame already lies in the
-   * broadcast file, which this peer reads, so only the notice goes.
-   */
-  deliver(frame: EncodedFrame, written?: () => void, broadcast = false): boolean {
-    if (broadcast) {
-      if (!this.open) return false;
-      this.countSent(frame.length);
-      return this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length, broadcast: true })), written);
-    }
+  /** Like send, but through the mailbox, with a notice on the socket, once both ends have confirmed it. */
+  deliver(frame: EncodedFrame, written?: () => void): boolean {
     if (!this.mailbox?.inbox) return this.send(frame.whole, written);
     if (!this.open) return false;
     try {

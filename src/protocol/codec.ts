@@ -83,7 +83,7 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   return new EncodedFrame(parts);
 }
 
-type FieldKind = 'string' | 'count' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
+type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
@@ -101,7 +101,7 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     statistics: ['f32', 'optional'],
     computeSeconds: ['number', 'required'],
   },
-  mailbox: { path: ['string', 'required'], broadcast: ['boolean', 'optional'] },
+  mailbox: { path: ['string', 'required'] },
   mail: { bytes: ['count', 'required'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
@@ -119,8 +119,6 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     wireDtype: ['string', 'optional'],
     mailbox: ['string', 'optional'],
     nonce: ['string', 'optional'],
-    broadcast: ['string', 'optional'],
-    broadcastNonce: ['string', 'optional'],
   },
   shard: { plan: ['count', 'required'], count: ['count', 'required'], images: ['u8', 'required'] },
   weights: {
@@ -129,7 +127,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     generator: ['f32', 'optional'],
     discriminator: ['f32', 'optional'],
   },
-  mail: { bytes: ['count', 'required'], broadcast: ['boolean', 'optional'] },
+  mail: { bytes: ['count', 'required'] },
   stop: { reason: ['string', 'required'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
@@ -192,9 +190,6 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
     case 'number':
       if (typeof value !== 'number') throw bad('a number');
       if (!Number.isFinite(value)) throw new ProtocolError('not_finite', `${type}.${field} is not finite`);
-      return value;
-    case 'boolean':
-      if (typeof value !== 'boolean') throw bad('true or false');
       return value;
     case 'phase':
       if (value !== 'discriminator' && value !== 'generator') throw bad('"discriminator" or "generator"');

@@ -30,15 +30,6 @@ import { ProtocolError } from './codec-error';
  * worker writes gradients only in answer to weights), so a read never meets
  * a write. A peer that breaks that rule can only change its own frames,
  * which are validated like any other.
- *
- * One more file, the coordinator's broadcast, holds the frame that most of a
- * round's workers need (the network that changed), written once a round
- * instead of once per worker. Many workers read it and may open it late, so
- * its nonce stays at its head and frames follow it (`framesAfterNonce`). It
- * is rewritten only when a new round opens, after every reader of the last
- * one has answered or been cut off; a worker that reads after its round
- * closed (it broke the protocol) can only get a torn frame for answers of
- * its own, and those are validated like any other.
  */
 /** A file descriptor closed at most once: once closed, its number may already belong to another file. */
 class Descriptor {
@@ -73,23 +64,21 @@ export class Outbox {
   private constructor(
     readonly path: string,
     fd: number,
-    /** Where frames start: 0, over the nonce, or after it in a file readers open later. */
-    private readonly frameAt: number,
   ) {
     this.file = new Descriptor(fd);
   }
 
-  /** Creates `file` (which must not exist) holding `nonce`; with `framesAfterNonce` frames never overwrite it. */
-  static create(file: string, nonce: string, framesAfterNonce = false): Outbox {
+  /** Creates `file` (which must not exist) holding `nonce`. */
+  static create(file: string, nonce: string): Outbox {
     const fd = fs.openSync(file, 'wx', 0o600);
-    const n = fs.writeSync(fd, nonce, 0, 'latin1');
-    return new Outbox(file, fd, framesAfterNonce ? n : 0);
+    fs.writeSync(fd, nonce, 0, 'latin1');
+    return new Outbox(file, fd);
   }
 
   /** Replaces the file's frame; its pieces are written where they lie, not joined first. */
   post(frame: EncodedFrame): void {
     if (!this.file.open) throw new Error(`${this.path} is closed`);
-    writeFully(this.file.number, frame.parts, this.frameAt);
+    writeFully(this.file.number, frame.parts);
   }
 
   /** Closes and removes the file: no one reads a closed outbox. */
@@ -103,20 +92,16 @@ export class Outbox {
 export class Inbox {
   private readonly file: Descriptor;
 
-  private constructor(
-    fd: number,
-    /** Where frames start, as in the peer's Outbox. */
-    private readonly frameAt: number,
-  ) {
+  private constructor(fd: number) {
     this.file = new Descriptor(fd);
   }
 
   /**
    * Opens the peer's file and checks that it starts with `nonce`. Throws with
    * the reason when it cannot be opened, is not a regular file of this user,
-   * or holds something else. `framesAfterNonce` as the peer's Outbox.create.
+   * or holds something else.
    */
-  static open(file: string, nonce: string, framesAfterNonce = false): Inbox {
+  static open(file: string, nonce: string): Inbox {
     if (!path.isAbsolute(file)) throw new Error(`${JSON.stringify(file)} is not an absolute path`);
     // O_NOFOLLOW: the last part must be the file itself, not a link elsewhere; O_NONBLOCK: a FIFO
     // named here fails the regular-file check below instead of blocking the open.
@@ -129,7 +114,7 @@ export class Inbox {
       const found = Buffer.alloc(expected.length);
       fs.readSync(fd, found, 0, found.length, 0);
       if (!found.equals(expected)) throw new Error(`${file} does not hold this connection's nonce`);
-      return new Inbox(fd, framesAfterNonce ? expected.length : 0);
+      return new Inbox(fd);
     } catch (e) {
       new Descriptor(fd).close();
       throw e;
@@ -162,7 +147,7 @@ export class Inbox {
     const fd = this.file.number;
     let at = 0;
     while (at < bytes) {
-      const n = fs.readSync(fd, frame, at, bytes - at, this.frameAt + at);
+      const n = fs.readSync(fd, frame, at, bytes - at, at);
       if (n === 0) throw new ProtocolError('bad_size', `the mailbox holds ${at} bytes, the notice announced ${bytes}`);
       at += n;
     }

@@ -48,12 +48,6 @@ export interface Welcome {
    */
   mailbox?: string;
   nonce?: string;
-  /**
-   * Offered with a mailbox: the coordinator's broadcast file, which holds the
-   * weights most workers of a round need and starts with `broadcastNonce`.
-   */
-  broadcast?: string;
-  broadcastNonce?: string;
 }
 
 /** coordinator → worker: this worker's slice of the training set, uint8 pixels, n×784. */
@@ -107,8 +101,6 @@ export interface MailboxReady {
   v: number;
   type: 'mailbox';
   path: string;
-  /** The worker also reads the offered broadcast file. */
-  broadcast?: boolean;
 }
 
 /**
@@ -120,8 +112,6 @@ export interface Mail {
   v: number;
   type: 'mail';
   bytes: number;
-  /** coordinator → worker: the frame is in the broadcast file, not the worker's own. */
-  broadcast?: boolean;
 }
 
 /** coordinator → worker: training is over (or this worker is dismissed); exit. */

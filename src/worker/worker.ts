@@ -200,7 +200,7 @@ function connectOnce(
           if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
             mailbox?.close();
             mailbox = openMailbox(msg, log);
-            if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outbox.path, ...(mailbox.broadcast ? { broadcast: true } : {}) })));
+            if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outbox.path })));
           }
           return;
         }
@@ -214,10 +214,8 @@ function connectOnce(
           return answer(msg, false);
         case 'mail': {
           if (!mailbox) return fail('WORKER_UNEXPECTED', 'mail without a mailbox');
-          const box = msg.broadcast ? mailbox.broadcast : mailbox.inbox;
-          if (!box) return fail('WORKER_UNEXPECTED', 'broadcast mail to a worker that does not read the broadcast file');
           // Into reused memory: answer() hands the weights to compute before the next frame can come.
-          const inner = decodeCoordinatorMessage(box.collect(msg.bytes, MAX_COORDINATOR_FRAME, true));
+          const inner = decodeCoordinatorMessage(mailbox.inbox.collect(msg.bytes, MAX_COORDINATOR_FRAME, true));
           if (inner.type !== 'weights') return fail('WORKER_UNEXPECTED', `a mailed ${inner.type} message`);
           return answer(inner, true);
         }
@@ -329,11 +327,10 @@ function connectOnce(
   });
 }
 
-/** Both ends of a worker's mailbox: the coordinator's file it reads, and its own; and the coordinator's broadcast file, where offered. */
+/** Both ends of a worker's mailbox: the coordinator's file it reads, and its own. */
 interface Mailbox {
   inbox: Inbox;
   outbox: Outbox;
-  broadcast: Inbox | null;
   outboxFailed: boolean;
   close(): void;
 }
@@ -347,34 +344,23 @@ function openMailbox(welcome: Welcome, log: Logger): Mailbox | null {
     log(`frames travel over the WebSocket: the coordinator's mailbox is not readable here (${(e as Error).message})`);
     return null;
   }
-  let broadcast: Inbox | null = null;
-  if (welcome.broadcast !== undefined && welcome.broadcastNonce !== undefined) {
-    try {
-      broadcast = Inbox.open(welcome.broadcast, welcome.broadcastNonce, true);
-    } catch (e) {
-      log(`weights come to this worker's own mailbox: the broadcast file is not readable (${(e as Error).message})`);
-    }
-  }
   let dir: string | null = null;
   try {
     dir = makeMailboxDir('worker');
     const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce!);
-    log(`frames travel through shared memory (${dir})${broadcast ? ', weights through the broadcast file' : ''}`);
+    log(`frames travel through shared memory (${dir})`);
     return {
       inbox,
       outbox,
-      broadcast,
       outboxFailed: false,
       close() {
         inbox.close();
-        broadcast?.close();
         outbox.close();
         removeMailboxDir(dir!);
       },
     };
   } catch (e) {
     inbox.close();
-    broadcast?.close();
     if (dir) removeMailboxDir(dir);
     log(`frames travel over the WebSocket: no mailbox of this worker's own (${(e as Error).message})`);
     return null;
