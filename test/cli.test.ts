@@ -18,8 +18,9 @@ test('timeouts beyond what a Node timer holds are refused (a longer one would fi
   }
 });
 
-test('a fresh run refuses an --out that holds checkpoints of another run: --resume continues it, another --out starts anew', () => {
-  const out = tempDir('reused-out');
+/** An --out holding one MLP checkpoint at step 1000, as a run of 1000 steps leaves it. */
+function outWithCheckpoint(name: string): string {
+  const out = tempDir(name);
   const model = createModel('mlp');
   const p = model.init(new Rng(1));
   const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
@@ -28,9 +29,30 @@ test('a fresh run refuses an --out that holds checkpoints of another run: --resu
     generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
   };
   writeCheckpoint(path.join(out, 'checkpoints'), checkpoint, 3);
+  return out;
+}
+
+test('a fresh run refuses an --out that holds checkpoints of another run: --resume continues it, another --out starts anew', () => {
+  const out = outWithCheckpoint('reused-out');
   const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /checkpoints already holds checkpoints of a run \(newest ckpt-000001000\.bin\): pass --resume to continue it, or choose another --out/);
   assert.deepEqual(listCheckpoints(path.join(out, 'checkpoints')), ['ckpt-000001000.bin'], 'nothing was pruned or written');
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('--resume on a finished run trains nothing, exits 0 and leaves its summary and generator as they were (a restarted pod does this)', () => {
+  const out = outWithCheckpoint('finished-out');
+  const summary = path.join(out, 'summary.json');
+  const generator = path.join(out, 'generator');
+  fs.writeFileSync(summary, '{"steps": 1000, "stepsThisRun": 1000}\n');
+  fs.mkdirSync(generator);
+  fs.writeFileSync(path.join(generator, 'weights.bin'), 'trained');
+  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr + r.stdout, /finished 1000 steps: the run is at step 1000 of --steps 1000 \(raise --steps to train on\); the outputs in .* are left as they were/);
+  assert.equal(fs.readFileSync(summary, 'utf8'), '{"steps": 1000, "stepsThisRun": 1000}\n');
+  assert.deepEqual(fs.readdirSync(generator), ['weights.bin']);
+  assert.equal(fs.readFileSync(path.join(generator, 'weights.bin'), 'utf8'), 'trained');
   fs.rmSync(out, { recursive: true, force: true });
 });

@@ -272,7 +272,9 @@ export class Coordinator {
     this.state = 'finished';
     if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     const generatorDir = path.join(this.config.out, 'generator');
-    exportGenerator(this.model, this.params.generator, generatorDir);
+    // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's outputs as they were.
+    const keepOutputs = ran === 0 && this.resumedFrom !== null;
+    if (!keepOutputs) exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
     this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
@@ -294,6 +296,11 @@ export class Coordinator {
       evaluations: this.evaluations,
       stopReason,
     };
+    if (keepOutputs) {
+      const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
+      this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
+      return summary;
+    }
     fs.writeFileSync(path.join(this.config.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
     this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
     return summary;
