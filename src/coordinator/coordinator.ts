@@ -36,6 +36,8 @@ const MAX_OFFENCES = 3;
 const EMPTY = new Float32Array(0);
 /** A socket that has not said hello within this time is closed. */
 const HELLO_TIMEOUT_MS = 10_000;
+/** How the token in deploy/k8s/base/secret.yaml starts until a user replaces it. */
+const TOKEN_PLACEHOLDER = 'REPLACE-ME';
 /** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
 const MIN_LINK_BYTES_PER_SECOND = 1e6;
 
@@ -324,6 +326,10 @@ export class Coordinator {
 
   private async listen(): Promise<void> {
     const { host, port, metricsPort, tlsCert, tlsKey, token, insecure } = this.config;
+    if (token?.startsWith(TOKEN_PLACEHOLDER)) {
+      // The placeholder is public (it is in this repository), so it guards nothing.
+      throw new GanfleetError('TOKEN_PLACEHOLDER', `the token is the placeholder from deploy/k8s/base/secret.yaml: put a secret one there first (openssl rand -hex 32; deploy/README.md says how)`);
+    }
     if (!token && !insecure && !isLoopback(host)) {
       throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
     }
