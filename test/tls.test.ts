@@ -2,6 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, tempDir } from './harness';
 
@@ -111,6 +112,26 @@ test('token: a wrong or missing token is refused with HTTP 401 and the worker ex
   const ckpts = fs.readdirSync(path.join(out, 'checkpoints'));
   assert.ok(ckpts.length > 0);
   for (const f of ckpts) assert.ok(!fs.readFileSync(path.join(out, 'checkpoints', f)).includes(secret), `${f} contains the token`);
+});
+
+test('clients refused for their token that reset the connection at once do not take the coordinator down', { timeout: 60_000 }, async (t) => {
+  const { proc: coord, url, metrics } = await startCoordinator(trainingArgs(10, path.join(dir, 'run-reset')), { ...CLEAN_ENV, GANFLEET_TOKEN: 'reset-test-secret' });
+  t.after(() => coord.kill());
+  const port = Number(new URL(url).port);
+  const request = 'GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
+  for (let i = 0; i < 10; i++) {
+    const s = net.connect(port, '127.0.0.1', () => {
+      s.write(request);
+      // The coordinator's 401 then meets a reset socket (ECONNRESET on its write).
+      setTimeout(() => s.resetAndDestroy(), i % 2 === 0 ? 0 : 5);
+    });
+    s.on('error', () => {});
+  }
+  await coord.waitFor(/(refused a connection from \S+: missing or wrong token[\s\S]*){10}/, 10_000);
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(coord.child.exitCode, null, `the coordinator exited:\n${coord.log}`);
+  assert.equal(metricTotal(await scrape(metrics), 'ganfleet_unauthorized_connections_total'), 10);
+  assert.doesNotMatch(coord.log, /ECONNRESET|EPIPE/);
 });
 
 test('--host 0.0.0.0 without a token refuses to start, before binding', { timeout: 30_000 }, async (t) => {

@@ -343,7 +343,9 @@ export class Coordinator {
       if (!this.authorized(req)) {
         this.metrics.unauthorized.inc();
         this.log(`refused a connection from ${req.socket.remoteAddress}: missing or wrong token`);
-        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+        // The HTTP server stops handling this socket's errors at 'upgrade': a client that resets it now would crash the process.
+        socket.on('error', () => socket.destroy());
+        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', () => socket.destroy());
         return;
       }
       this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
