@@ -6,7 +6,7 @@ import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, BackendChoice } from './backend';
 import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
-import { CoordinatorConfig } from './coordinator/config';
+import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
 import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
@@ -17,7 +17,7 @@ import { onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
 
 /** The longest delay a Node timer can hold, in whole seconds. */
-const MAX_TIMER_SECONDS = Math.floor((2 ** 31 - 1) / 1000);
+const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
 
 function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));

@@ -324,16 +324,30 @@ describe('coordinator disconnects bad peers', () => {
     peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
     const refusedBox = await peer.next();
     assert.ok(refusedBox.type === 'error' && refusedBox.code === 'PROTOCOL_BAD_FIELD' && /nonce/.test(refusedBox.message), JSON.stringify(refusedBox));
+    // The offer is withdrawn with its file: a second try is a protocol violation.
+    assert.ok(!fs.existsSync(welcome.mailbox), 'a withdrawn offer takes its file with it');
+    peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
+    const again = await peer.next();
+    assert.ok(again.type === 'error' && again.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(again));
     const after = await coordinator.metrics.rejected.get();
-    assert.equal(count(after.values, 'unexpected') - count(before.values, 'unexpected'), 1);
+    assert.equal(count(after.values, 'unexpected') - count(before.values, 'unexpected'), 2);
     assert.equal(count(after.values, 'bad_field') - count(before.values, 'bad_field'), 1);
     assert.equal(coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames, 'websocket');
+    peer.ws.close();
+    await peer.closed;
+  });
+
+  test("a peer that leaves takes its mailbox file with it", async () => {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello();
+    const welcome = await peer.next();
+    assert.ok(welcome.type === 'welcome' && welcome.mailbox);
     assert.ok(fs.existsSync(welcome.mailbox));
     peer.ws.close();
     await peer.closed;
-    // A peer that leaves takes its mailbox file with it.
     for (let i = 0; i < 200 && fs.existsSync(welcome.mailbox); i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(!fs.existsSync(welcome.mailbox), 'the departed peer\'s file is removed');
+    assert.ok(!fs.existsSync(welcome.mailbox), "the departed peer's file is removed");
   });
 
   test('a welcomed peer is dropped after repeated offences', async () => {
@@ -345,5 +359,113 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal(await peer.closed, 1008);
     const rejected = await coordinator.metrics.rejected.get();
     assert.equal(rejected.values.find((v) => v.labels.reason === 'bad_frame')?.value, 4, JSON.stringify(rejected.values));
+  });
+});
+
+/** A scripted peer, welcomed by `coordinator`. */
+async function joinedPeer(coordinator: Coordinator): Promise<{ peer: ScriptedPeer; workerId: string }> {
+  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+  await peer.open();
+  peer.hello();
+  const welcome = await peer.next();
+  assert.ok(welcome.type === 'welcome', JSON.stringify(welcome));
+  return { peer, workerId: welcome.workerId };
+}
+
+/** The next weights, past shards and `skipped` (collected); fails at once if the coordinator drops the peer instead. */
+async function weightsOrDrop(peer: ScriptedPeer, skipped: CoordinatorMessage[] = []): Promise<Weights> {
+  const dropped = peer.closed.then((code) => {
+    throw new Error(`the coordinator closed the connection (${code})`);
+  });
+  for (;;) {
+    const m = await Promise.race([peer.next(), dropped]);
+    if (m.type === 'weights') return m;
+    skipped.push(m);
+  }
+}
+
+describe('coordinator edge cases found by review', () => {
+  let out: string;
+  before(() => {
+    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  });
+  after(() => fs.rmSync(out, { recursive: true, force: true }));
+  const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
+
+  test('a worker whose own mailbox file cannot be used keeps its answer to the open round; its frames go over the socket', async () => {
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused-box'), 1) }, () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    // As a worker whose file belongs to another user would: its confirmation fails while the first round awaits it.
+    const planted = path.join(out, 'not-a-mailbox');
+    fs.writeFileSync(planted, 'not the nonce');
+    peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
+    const told: CoordinatorMessage[] = [];
+    for (const phase of ['discriminator', 'generator'] as const) {
+      const w = await weightsOrDrop(peer, told);
+      assert.equal(w.phase, phase);
+      peer.gradients(0, phase, zeros(phase));
+    }
+    assert.equal((await run).steps, 1);
+    assert.ok(told.some((m) => m.type === 'error' && m.code === 'PROTOCOL_BAD_FIELD'), JSON.stringify(told));
+    const rejected = await coordinator.metrics.rejected.get();
+    assert.equal(rejected.values.find((v) => v.labels.reason === 'unexpected')?.value ?? 0, 0, 'its gradients were refused');
+    await coordinator.close();
+  });
+
+  test('at the largest --round-timeout, a worker whose weights wait behind its shard is not dropped', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'long-timeout'), 1), roundTimeoutSeconds: 2147483 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(peer);
+      peer.gradients(0, phase, zeros(phase));
+    }
+    assert.equal((await run).steps, 1);
+    assert.ok(!lines.some((l) => / left /.test(l)), lines.join('\n'));
+    await coordinator.close();
+    process.off('warning', onWarning);
+    assert.deepEqual(warnings.filter((w) => w.name === 'TimeoutOverflowWarning').map((w) => w.message), []);
+  });
+
+  test('a worker that answers and leaves before the round closes leaves no compute-time series behind', async () => {
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'left-series'), 3), startWorkers: 2 }, () => {});
+    const run = coordinator.run();
+    const a = await joinedPeer(coordinator);
+    const b = await joinedPeer(coordinator);
+    await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    // Once a's answer is in, a leaves while the round still awaits b.
+    const round = () => (coordinator as unknown as { round: { received: Map<string, unknown> } | null }).round;
+    while (!round()?.received.has(a.workerId)) await new Promise((r) => setTimeout(r, 1));
+    a.peer.ws.terminate();
+    while (coordinator.status().workers.some((w) => w.id === a.workerId)) await new Promise((r) => setTimeout(r, 1));
+    b.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(b.peer);
+    const series = (await coordinator.metrics.workerComputeSeconds.get()).values.map((v) => v.labels.worker);
+    assert.deepEqual(series, [b.workerId]);
+    coordinator.requestStop('test over');
+    b.peer.gradients(0, 'generator', zeros('generator'));
+    await run;
+    await coordinator.close();
+  });
+
+  test('a worker that errs on its way out does not fail the close of a finished run', async () => {
+    const coordinator = await Coordinator.start(config(path.join(out, 'erring-exit'), 1), () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(peer);
+      peer.gradients(0, phase, zeros(phase));
+    }
+    assert.ok((await run).ok);
+    // Answers the stop with a frame of a reserved opcode, which ws reports as an error before the close.
+    peer.ws.on('message', () => (peer.ws as unknown as { _socket: import('node:net').Socket })._socket.write(Buffer.from([0x83, 0x80, 0, 0, 0, 0])));
+    await coordinator.close();
+    assert.equal(coordinator.status().workers.length, 0);
   });
 });

@@ -2,6 +2,9 @@ import { BackendChoice } from '../backend';
 import { AdamConfig } from './adam';
 import { WireDtype } from '../protocol/wire-dtype';
 
+/** The longest delay a Node timer holds; a longer one fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export interface CoordinatorConfig {
   host: string;
   /** WebSocket port for workers; 0 picks a free one. */

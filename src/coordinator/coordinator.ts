@@ -19,7 +19,7 @@ import { Rng } from '../util/rng';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
-import { CoordinatorConfig } from './config';
+import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
 import { CoordinatorMetrics, RoundPart } from './metrics';
@@ -420,7 +420,8 @@ export class Coordinator {
           return;
         case 'mailbox': {
           const problem = this.workers.confirmMailbox(peer, msg);
-          if (problem) this.reject(peer.socket, peer, problem[0], problem[1]);
+          // A file of its that cannot be used here (another user's, say) is no offence and costs it no answer.
+          if (problem) this.reject(peer.socket, peer, problem[0], problem[1], problem[0] === 'unexpected');
           return;
         }
         case 'hello':
@@ -535,11 +536,11 @@ export class Coordinator {
         continue;
       }
       // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
-      const backlogMs = (peer.socket.bufferedAmount / MIN_LINK_BYTES_PER_SECOND) * 1000;
+      const backstopMs = Math.min(deadlineMs + (peer.socket.bufferedAmount / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
       deadlines.push(
         setTimeout(() => {
-          if (!written) this.missedDeadline(round, peer, `its link took no data for ${((deadlineMs + backlogMs) / 1000).toFixed(0)} s`);
-        }, deadlineMs + backlogMs),
+          if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
+        }, backstopMs),
       );
       peer.holds.generator = this.versions.generator;
       peer.holds.discriminator = this.versions.discriminator;
@@ -570,9 +571,10 @@ export class Coordinator {
     let computeSeconds = 0;
     for (const [id, g] of round.received) {
       computeSeconds = Math.max(computeSeconds, g.computeSeconds);
-      this.metrics.workerComputeSeconds.inc({ worker: id }, g.computeSeconds);
       const peer = this.workers.get(id);
-      if (peer) peer.lastComputeSeconds = g.computeSeconds;
+      if (!peer) continue; // left since it answered: its series is gone, and labels stay bounded
+      this.metrics.workerComputeSeconds.inc({ worker: id }, g.computeSeconds);
+      peer.lastComputeSeconds = g.computeSeconds;
     }
     const parts: Record<RoundPart, number> = {
       encode: encodeSeconds,
@@ -632,14 +634,19 @@ export class Coordinator {
     return null;
   }
 
-  /** Counts a rejection, tells the peer why, and cuts off repeat offenders and unidentified peers. */
-  private reject(socket: WebSocket, peer: WorkerPeer | null, reason: RejectReason, text: string): void {
+  /**
+   * Counts a rejection, tells the peer why, and cuts off unidentified peers.
+   * An `offence` also costs a welcomed peer its answer to the open round, and
+   * repeat offenders their connection.
+   */
+  private reject(socket: WebSocket, peer: WorkerPeer | null, reason: RejectReason, text: string, offence = true): void {
     this.metrics.reject(reason);
     this.log(`rejected a message from ${peer?.id ?? 'an unidentified peer'} (${reason}): ${text}`);
     if (socket.readyState === WebSocket.OPEN) {
       socket.send(encode(message<ErrorMessage>({ type: 'error', code: `PROTOCOL_${reason.toUpperCase()}`, message: text })));
     }
     if (!peer) return socket.close(1008, 'protocol violation');
+    if (!offence) return;
     // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
     this.round?.drop(peer.id);
     if (++peer.offences >= MAX_OFFENCES) {

@@ -182,7 +182,8 @@ export class WorkerGroup {
     const stop = encode(message<Stop>({ type: 'stop', reason }));
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
-    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => once(p.socket, 'close'));
+    // Not events.once: it rejects on an 'error' first, and a peer that errs on its way out must not fail the close.
+    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => new Promise((r) => p.socket.once('close', r)));
     await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
   }
 
@@ -196,14 +197,19 @@ export class WorkerGroup {
     }
   }
 
-  /** The worker read our mailbox and names its own: use both once it holds the nonce. Null, or why the message is rejected. */
+  /**
+   * The worker read our mailbox and names its own: use both once it holds
+   * the nonce. Null, or why the message is rejected. A file that cannot be
+   * used withdraws the offer: the peer's frames go over the socket.
+   */
   confirmMailbox(peer: WorkerPeer, msg: MailboxReady): [RejectReason, string] | null {
     const offered = peer.mailbox;
     if (!offered || offered.inbox) return ['unexpected', 'mailbox without an open offer'];
     try {
       offered.inbox = Inbox.open(msg.path, offered.nonce);
     } catch (e) {
-      return ['bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}`];
+      peer.closeMailbox();
+      return ['bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}; frames go over the WebSocket`];
     }
     this.hooks.log(`${peer.id} exchanges frames through shared memory`);
     this.countMailboxes();
