@@ -1,4 +1,3 @@
-import { once } from 'node:events';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { gatherImages, planShards, shardChanged } from '../data/shards';
