@@ -132,20 +132,45 @@ function coordinatorConfig(
   };
 }
 
+const ENV_TRUE = /^(?:1|true|yes|on)$/i;
+const ENV_FALSE = /^(?:0|false|no|off)$/i;
+
 /**
  * yargs' strict mode also rejects GANFLEET_* variables meant for another
  * command (a worker started with GANFLEET_STEPS in its environment), so
- * unknown flags are checked on the command line alone.
+ * unknown flags are checked on the command line alone: long ones, and short
+ * ones (only -h is known; `-n 4` used to be ignored without a word).
+ *
+ * yargs reads a boolean variable as true only when it is the word `true`,
+ * so GANFLEET_NATIVE=1 turned the native kernels off. Boolean variables are
+ * read here instead: 1/true/yes/on or 0/false/no/off, anything else refused.
  */
-function rejectUnknownFlags<T>(y: Argv<T>, raw: readonly string[]) {
+function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
   return y.check((a) => {
-    const known = new Set(Object.keys((y as unknown as { getOptions(): { key: Record<string, unknown> } }).getOptions().key));
+    const options = (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[] } }).getOptions();
+    const known = new Set(Object.keys(options.key));
+    const short = new Set(Object.entries(options.alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
+    const given = new Set<string>();
     for (const token of raw) {
       if (token === '--') break;
       const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
       if (name && !known.has(name)) throw new Error(`Unknown argument: --${name}`);
+      if (name) given.add(name);
+      // Not a negative number given as a value (--lr -0.001).
+      const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
+      if (letters && ![...letters].every((l) => short.has(l))) throw new Error(`Unknown argument: ${token} (long options start with --)`);
     }
     if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
+    for (const key of options.boolean) {
+      if (key === 'help' || key === 'version' || given.has(key)) continue;
+      const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
+      const value = process.env[variable];
+      if (value === undefined) continue;
+      if (!ENV_TRUE.test(value) && !ENV_FALSE.test(value)) throw new Error(`${variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(value)}`);
+      (a as Record<string, unknown>)[key] = ENV_TRUE.test(value);
+    }
+    // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
+    if ((a as { native?: boolean }).native === false) process.env.GANFLEET_NATIVE = '0';
     return true;
   });
 }
@@ -155,15 +180,11 @@ export function buildCli(argv: string[]) {
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
     .env('GANFLEET')
-    // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
-    .middleware((a) => {
-      if (a.native === false) process.env.GANFLEET_NATIVE = '0';
-    })
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
       (y) =>
-        rejectUnknownFlags(
+        checkCommandLine(
           metricsPortOption(trainingOptions(y), 9090)
             .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to bind (0.0.0.0 for all interfaces; needs --token or --insecure)', group: 'Network:' })
             .option('port', { type: 'number', default: 8787, describe: 'WebSocket port for workers (0 = any free port)', group: 'Network:' })
@@ -212,7 +233,7 @@ export function buildCli(argv: string[]) {
       'worker',
       'Hold one shard and compute D and G gradients for a coordinator; reconnects by itself',
       (y) =>
-        rejectUnknownFlags(
+        checkCommandLine(
           backendOption(y)
             .option('coordinator', { type: 'string', demandOption: true, describe: 'Coordinator URL, e.g. ws://host:8787 or wss://host:8787' })
             .option('name', { type: 'string', describe: 'Name shown in coordinator logs (default host:pid)' })
@@ -256,7 +277,7 @@ export function buildCli(argv: string[]) {
       'local',
       'Run a coordinator and N worker processes on this machine (same code as the distributed mode)',
       (y) =>
-        rejectUnknownFlags(
+        checkCommandLine(
           metricsPortOption(trainingOptions(y), 0)
             .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more workers than cores buy nothing (README: How many workers)', group: 'Local:' })
             .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
@@ -281,7 +302,7 @@ export function buildCli(argv: string[]) {
       'generate',
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
       (y) =>
-        rejectUnknownFlags(
+        checkCommandLine(
           backendOption(y)
             .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
             .option('count', { type: 'number', default: 100, describe: 'Number of samples' })
@@ -302,7 +323,7 @@ export function buildCli(argv: string[]) {
       'eval',
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
       (y) =>
-        rejectUnknownFlags(
+        checkCommandLine(
           backendOption(y)
             .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
             .option('samples', { type: 'number', default: 10000, describe: 'Generated images to score (FID is biased upward for fewer)' })
@@ -324,10 +345,13 @@ export function buildCli(argv: string[]) {
     .demandCommand(1, 'Name a command: coordinator, worker, local, generate or eval.')
     .strictCommands()
     .help()
+    .alias('h', 'help')
     .wrap(Math.min(110, process.stdout.columns || 110))
     .fail((msg, err) => {
       if (!msg && err) throw err; // a failure inside a command, not a usage error
-      process.stderr.write(`ganfleet: ${(msg ?? err.message).split('\n')[0]}\nRun 'ganfleet <command> --help' for usage.\n`);
+      // One line: yargs puts the value and the choices of an invalid one on a second line.
+      const reason = (msg ?? err.message).split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
+      process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet <command> --help' for usage.\n`);
       process.exit(2);
     });
 }

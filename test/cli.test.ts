@@ -66,3 +66,35 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
   assert.equal(fs.readFileSync(path.join(generator, 'weights.bin'), 'utf8'), 'trained');
   fs.rmSync(out, { recursive: true, force: true });
 });
+
+test('usage errors are one whole line: an invalid choice names the value and the choices; short flags other than -h are refused', () => {
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
+  const choice = cli(['coordinator', '--model', 'foo']);
+  assert.equal(choice.status, 2);
+  assert.match(choice.stderr, /^ganfleet: Invalid values: Argument: model, Given: "foo", Choices: "mlp", "dcgan"\n/);
+  const short = cli(['local', '-n', '4']);
+  assert.equal(short.status, 2);
+  assert.match(short.stderr, /Unknown argument: -n \(long options start with --\)/);
+  const help = cli(['coordinator', '-h']);
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /ganfleet coordinator/);
+  // A negative number is a value, not a flag.
+  assert.match(cli(['coordinator', '--lr', '-0.001', '--steps', '0']).stderr, /--steps must be an integer >= 1/);
+  const bad = cli(['local', '--steps', '1'], { GANFLEET_MAILBOX: 'maybe' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /GANFLEET_MAILBOX must be 1\/0, true\/false, yes\/no or on\/off, got "maybe"/);
+});
+
+test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (yargs alone took 1 for false)', () => {
+  const run = (value: string) => {
+    const out = tempDir('env-bool');
+    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--metrics-port', '-1', '--out', out], {
+      encoding: 'utf8', timeout: 60_000, env: { ...process.env, GANFLEET_MAILBOX: value },
+    });
+    fs.rmSync(out, { recursive: true, force: true });
+    assert.equal(r.status, 0, r.stderr);
+    return /exchanges frames through shared memory/.test(r.stdout + r.stderr);
+  };
+  for (const on of ['1', 'yes', 'ON', 'true']) assert.equal(run(on), true, `GANFLEET_MAILBOX=${on}`);
+  for (const off of ['0', 'no', 'off']) assert.equal(run(off), false, `GANFLEET_MAILBOX=${off}`);
+});
