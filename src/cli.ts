@@ -11,6 +11,7 @@ import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, generateSamples } from './generate';
 import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
+import { MAX_STRING_LENGTH } from './protocol/codec';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { createLogger } from './util/log';
 import { onStopSignals } from './util/signals';
@@ -245,7 +246,8 @@ export function buildCli(argv: string[]) {
             .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
             .check((a) => {
               checkPort('metrics-port', a['metrics-port'], true);
-              if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
+              if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
+              if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
               if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${a['give-up-after']}`);
               if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
               return true;

@@ -128,3 +128,51 @@ test('a shard still arriving counts as hearing from the coordinator: a slow link
     await coordinator.close();
   }
 });
+
+test('a hello the coordinator refuses: the worker exits 1 after one try (the same hello would be refused again)', async () => {
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_FIELD', message: 'hello.name must be a string of at most 1024 characters' })));
+    ws.close(1008);
+  });
+  const worker = startWorker(coordinator.url, 'refused');
+  try {
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.match(worker.log, /giving up: the coordinator refused this worker's hello: hello\.name must be/);
+    assert.equal(coordinator.connections(), 1);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test('a leaving worker does not wait for a coordinator that never answers its close, and a second signal exits at once', async () => {
+  // The coordinator welcomes the worker, then stops reading its socket (frozen, or partitioned).
+  const paused: Socket[] = [];
+  const coordinator = await fakeCoordinator((ws, raw) => {
+    ws.send(encode(welcome(60)));
+    paused.push(raw);
+    setTimeout(() => raw.pause(), 100);
+  });
+  const frozen = startWorker(coordinator.url, 'leaving');
+  const twice = startWorker(coordinator.url, 'impatient');
+  try {
+    for (const w of [frozen, twice]) await w.waitFor(/joined as w1/);
+    await sleep(300);
+    const t0 = Date.now();
+    frozen.kill('SIGTERM');
+    twice.kill('SIGTERM');
+    await sleep(100);
+    twice.kill('SIGINT');
+    assert.equal(await exitWithin(twice, 10_000), 130, twice.log);
+    assert.equal(await exitWithin(frozen, 10_000), 0, frozen.log);
+    const seconds = (Date.now() - t0) / 1000;
+    assert.ok(seconds < 5, `the leaving worker took ${seconds.toFixed(1)} s (ws alone waits 30 s for the close)`);
+    assert.match(frozen.log, /SIGTERM: leaving \(again to exit at once\)/);
+  } finally {
+    frozen.kill();
+    twice.kill();
+    // A paused socket never reads the close: the server would wait for it for ever.
+    paused.forEach((raw) => raw.destroy());
+    await coordinator.close();
+  }
+});

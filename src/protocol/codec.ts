@@ -83,6 +83,9 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   return new EncodedFrame(parts);
 }
 
+/** The longest string field either side accepts (names, paths, reasons). */
+export const MAX_STRING_LENGTH = 1024;
+
 type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
@@ -182,7 +185,7 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
   const bad = (what: string) => new ProtocolError('bad_field', `${type}.${field} must be ${what}`);
   switch (kind) {
     case 'string':
-      if (typeof value !== 'string' || value.length > 1024) throw bad('a string of at most 1024 characters');
+      if (typeof value !== 'string' || value.length > MAX_STRING_LENGTH) throw bad(`a string of at most ${MAX_STRING_LENGTH} characters`);
       return value;
     case 'count':
       if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad('a non-negative integer');

@@ -11,6 +11,7 @@ import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Mail, MailboxReady,
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
+import { onStopSignals } from '../util/signals';
 import { ShardCompute } from './compute';
 import { WorkerMetrics } from './metrics';
 
@@ -38,6 +39,25 @@ const HANDSHAKE_TIMEOUT_MS = 15_000;
 /** Silence tolerated before the welcome says how often the coordinator pings. */
 const SILENCE_BEFORE_WELCOME_MS = 30_000;
 const BACKOFF_MAX_MS = 15_000;
+/** How long a leaving worker waits for the coordinator to answer its close. */
+const LEAVE_GRACE_MS = 2_000;
+
+/** Node's codes for a certificate the worker does not trust, or one for another host. */
+const CERTIFICATE_ERRORS = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID',
+]);
+
+/**
+ * A connection error, with what to do where the cause is likely a setting:
+ * these are still retried (a proxy may show its own certificate while the
+ * coordinator starts), but a worker that retries for ever should say why.
+ */
+function withHint(e: Error & { code?: string }, url: string): string {
+  if (e.code && CERTIFICATE_ERRORS.has(e.code)) return `${e.message}: pass --ca with the coordinator's certificate or its CA, or check the host in --coordinator`;
+  if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: if the coordinator uses TLS (--tls-cert), its URL starts with wss://`;
+  return e.message;
+}
 
 /** How one connection ended, which decides whether to reconnect. */
 type Outcome =
@@ -66,13 +86,12 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
 
   let leaving: (() => void) | null = null;
   let leaveRequested = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    log(`${signal}: leaving`);
+  // A second signal exits at once (130), as the coordinator and local do.
+  const removeSignalHandlers = onStopSignals((signal) => {
+    log(`${signal}: leaving (again to exit at once)`);
     leaveRequested = true;
     leaving?.();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  });
 
   try {
     let attempt = 0;
@@ -96,12 +115,14 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           // the coordinator re-plan every shard) several times a second.
           if (outcome.welcomed) lastContact = Date.now();
           if (outcome.trained) attempt = 0;
-          if (opts.giveUpAfter > 0 && Date.now() - lastContact > opts.giveUpAfter * 1000) {
-            log(`giving up: no coordinator for ${opts.giveUpAfter} s (${outcome.reason})`);
+          const silentMs = Date.now() - lastContact;
+          if (opts.giveUpAfter > 0 && silentMs > opts.giveUpAfter * 1000) {
+            log(`giving up: no coordinator for ${(silentMs / 1000).toFixed(1)} s, --give-up-after ${opts.giveUpAfter} (${outcome.reason})`);
             return 1;
           }
-          // Full jitter: spread reconnecting workers so they do not arrive as a herd.
-          const delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt++);
+          // Full jitter: spread reconnecting workers so they do not arrive as a herd. Never past --give-up-after.
+          let delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt++);
+          if (opts.giveUpAfter > 0) delay = Math.min(delay, opts.giveUpAfter * 1000 - silentMs);
           log(`connection lost (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
           await new Promise<void>((r) => {
             const t = setTimeout(r, delay);
@@ -115,8 +136,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
       }
     }
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    removeSignalHandlers();
     metricsServer?.closeAllConnections();
     metricsServer?.close();
   }
@@ -162,7 +182,11 @@ function connectOnce(
 
     setLeave(() => {
       end({ kind: 'left' });
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, 'worker leaving');
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+        ws.close(1000, 'worker leaving');
+        // A coordinator that does not answer the close (frozen, partitioned) is not waited for (ws would wait 30 s).
+        setTimeout(() => ws.terminate(), LEAVE_GRACE_MS).unref();
+      }
     });
 
     const fail = (code: string, text: string, fatal = false) => {
@@ -229,6 +253,8 @@ function connectOnce(
           if (msg.code === 'COORDINATOR_FULL') end(lost(msg.message));
           // Another build of ganfleet: reconnecting cannot help.
           if (msg.code === 'PROTOCOL_BAD_VERSION') end({ kind: 'fatal', reason: `the coordinator speaks another protocol version: ${msg.message}` });
+          // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
+          else if (workerId === null && msg.code.startsWith('PROTOCOL_')) end({ kind: 'fatal', reason: `the coordinator refused this worker's hello: ${msg.message}` });
           return;
       }
     };
@@ -316,7 +342,7 @@ function connectOnce(
       end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : lost(`HTTP ${status}`));
       ws.terminate();
     });
-    ws.on('error', (e) => end(lost(e.message)));
+    ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator))));
     ws.on('close', (code, reason) => {
       if (watchdog) clearInterval(watchdog);
       mailbox?.close();
