@@ -98,3 +98,31 @@ test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (
   for (const on of ['1', 'yes', 'ON', 'true']) assert.equal(run(on), true, `GANFLEET_MAILBOX=${on}`);
   for (const off of ['0', 'no', 'off']) assert.equal(run(off), false, `GANFLEET_MAILBOX=${off}`);
 });
+
+/** A data directory whose train split holds `n` blank images (raw IDX files). */
+function mnistDir(n: number): string {
+  const dir = tempDir('tiny-mnist');
+  const header = (magic: number, dims: number[]) => {
+    const b = Buffer.alloc(4 + 4 * dims.length);
+    b.writeUInt32BE(magic, 0);
+    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
+    return b;
+  };
+  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, 28, 28]), Buffer.alloc(n * 784)]));
+  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), Buffer.alloc(n)]));
+  return dir;
+}
+
+test('a training set with no images, or fewer images than workers, stops the run at once with the reason (workers were refused their shard and rejoined for ever)', () => {
+  for (const [images, workers, reason] of [
+    [0, 1, /train-images-idx3-ubyte holds no images/],
+    [1, 2, /1 training images cannot give each of 2 workers a shard/],
+  ] as const) {
+    const data = mnistDir(images);
+    const out = tempDir('tiny-out');
+    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', String(workers), '--steps', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, reason);
+    for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });
+  }
+});

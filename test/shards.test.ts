@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { planShards, gatherImages, shardChanged, type ShardAssignment } from '../src/data/shards';
+import { WorkerGroup } from '../src/coordinator/membership';
+import { MAX_COORDINATOR_FRAME_BYTES } from '../src/protocol/messages';
 import { GanfleetError } from '../src/util/errors';
 import { Rng } from '../src/util/rng';
 
@@ -106,4 +108,19 @@ test('zero or duplicate workers are rejected', () => {
     () => planShards(perm, ['a', 'b', 'a']),
     (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_DUPLICATE_WORKER' && e.message.includes('"a"'),
   );
+});
+
+test('every shard fits in a frame a worker accepts: a larger training set needs more workers; fewer images than workers is refused', () => {
+  const group = (maxWorkers: number) =>
+    new WorkerGroup({ maxWorkers, heartbeatSeconds: 5, mailbox: false }, { log: () => {}, metrics: {} as never, terms: () => ({}) as never, countSent: () => {}, left: () => {}, changed: () => {} });
+  const perShard = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / 784);
+  assert.equal(group(64).fitToImages(60000, 2), 1, 'MNIST fits one worker');
+  assert.equal(group(64).fitToImages(perShard, 1), 1);
+  assert.equal(group(64).fitToImages(perShard + 1, 1), 2);
+  // EMNIST ByClass, 697,932 images: 5 workers at least.
+  assert.equal(group(64).fitToImages(697932, 1), 5);
+  const fails = (fn: () => unknown, code: string, re: RegExp) =>
+    assert.throws(fn, (e: unknown) => e instanceof GanfleetError && e.code === code && re.test(e.message));
+  fails(() => group(4).fitToImages(697932, 1), 'DATA_NEEDS_WORKERS', /697932 training images need at least 5 workers .* above --max-workers 4 \(local: --workers\)/);
+  fails(() => group(64).fitToImages(1, 2), 'DATA_TOO_SMALL', /1 training images cannot give each of 2 workers a shard/);
 });

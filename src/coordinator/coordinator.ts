@@ -124,6 +124,8 @@ export class Coordinator {
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
   private seedRng: Rng;
   private train!: MnistSet;
+  /** The fewest workers whose shards each fit in a frame a worker accepts: 1 for MNIST. */
+  private fewestWorkers = 1;
   private permutation!: Uint32Array;
   private server!: http.Server | https.Server;
   private wss!: WebSocketServer;
@@ -196,6 +198,10 @@ export class Coordinator {
     const backend = await selectBackend(config.backend);
     log(`backend ${backend.name} (${backend.notes.join('; ')})`);
     c.train = loadMnist('train', config.dataDir);
+    c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
+    if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
+      log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most 128 MB): training waits for them`);
+    }
     c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
     if (config.resume) c.resume();
     await c.listen();
@@ -235,7 +241,8 @@ export class Coordinator {
     let windowStart = 0;
     let windowImages = 0;
     while (this.step < steps && !this.stop) {
-      if (!(await this.admitWorkers(this.step === firstStep ? this.config.startWorkers : this.config.minWorkers))) break;
+      const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
+      if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
       if (t0 === 0) t0 = windowStart = performance.now();
       this.state = 'training';
       const stepStart = performance.now();
@@ -496,9 +503,9 @@ export class Coordinator {
       const result = await this.runRound(step, phase);
       if (result) return result;
       this.log(`no worker answered the ${phase} round of step ${step}; asking again`);
-      // Mid-step any one worker will do (and a stop still lets the step finish).
-      await this.waitForWorkers(1);
-      if (this.workers.openCount() === 0) return null;
+      // Mid-step any worker will do, as long as the shards fit (and a stop still lets the step finish).
+      await this.waitForWorkers(this.fewestWorkers);
+      if (this.workers.openCount() < this.fewestWorkers) return null;
       this.workers.rebalanceIfChanged(this.permutation, this.train.images);
     }
   }

@@ -3,11 +3,16 @@ import WebSocket from 'ws';
 import { gatherImages, planShards, shardChanged } from '../data/shards';
 import { RejectReason, encode } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { ErrorMessage, Hello, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
+import { ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
+import { IMAGE_SIZE } from '../data/mnist';
+import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { WorkerPeer } from './peer';
+
+/** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
+const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
 /** What a welcome tells every worker, besides its id and its mailbox. */
 export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce'>;
@@ -42,11 +47,30 @@ export class WorkerGroup {
   /** This process's shared-memory mailboxes, one file per worker; null when not offered. */
   private mailboxDir: string | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
+  /** --max-workers, or fewer where the training set has fewer images (fitToImages). */
+  private capacity: number;
 
   constructor(
     private readonly config: Pick<CoordinatorConfig, 'maxWorkers' | 'heartbeatSeconds' | 'mailbox'>,
     private readonly hooks: GroupHooks,
-  ) {}
+  ) {
+    this.capacity = config.maxWorkers;
+  }
+
+  /**
+   * The fewest workers whose shards of `images` each fit in a frame a worker
+   * accepts; throws when --max-workers (or the images, one each) cannot reach it,
+   * or `startWorkers` workers would not each get an image.
+   */
+  fitToImages(images: number, startWorkers: number): number {
+    const fewest = Math.ceil(images / MAX_SHARD_IMAGES);
+    this.capacity = Math.min(this.config.maxWorkers, images);
+    if (fewest > this.capacity) {
+      throw new GanfleetError('DATA_NEEDS_WORKERS', `${images} training images need at least ${fewest} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}), above --max-workers ${this.config.maxWorkers} (local: --workers)`);
+    }
+    if (startWorkers > images) throw new GanfleetError('DATA_TOO_SMALL', `${images} training images cannot give each of ${startWorkers} workers a shard`);
+    return fewest;
+  }
 
   get(workerId: string): WorkerPeer | undefined {
     return this.peers.get(workerId);
@@ -72,8 +96,11 @@ export class WorkerGroup {
   admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
     const { log, metrics } = this.hooks;
     const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
-    if (this.peers.size >= this.config.maxWorkers) {
-      const why = `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
+    if (this.peers.size >= this.capacity) {
+      const why =
+        this.capacity < this.config.maxWorkers
+          ? `the training set's ${this.capacity} images give at most ${this.capacity} workers a shard`
+          : `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
       log(`refused ${address} (${label}): ${why}`);
       socket.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_FULL', message: why })));
       socket.close(1013, 'full');

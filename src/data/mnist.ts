@@ -48,6 +48,7 @@ export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir
   const labels = readIdx(labelsPath);
 
   const [n, rows, cols] = images.dims;
+  if (n === 0) throw new GanfleetError('MNIST_EMPTY', `${imagesPath} holds no images`);
   if (images.dims.length !== 3 || rows !== IMAGE_ROWS || cols !== IMAGE_COLS) {
     throw new GanfleetError(
       'MNIST_MISMATCH',

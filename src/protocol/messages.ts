@@ -13,6 +13,13 @@ export const PROTOCOL_VERSION = 1;
  */
 export const MAX_GRADIENT_ABS = 1e6;
 
+/**
+ * The largest frame a worker accepts from the coordinator: weights, or a
+ * shard of up to about 171,000 images, so the coordinator needs at least
+ * two workers for a larger training set.
+ */
+export const MAX_COORDINATOR_FRAME_BYTES = 128 * 1024 * 1024;
+
 export type Phase = 'discriminator' | 'generator';
 
 /** worker → coordinator, first message on a new connection. */

@@ -7,7 +7,7 @@ import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
+import { CoordinatorMessage, ErrorMessage, Gradients, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
@@ -32,8 +32,6 @@ export interface WorkerOptions {
   mailbox: boolean;
 }
 
-/** The largest frame a worker accepts: a whole 60k-image shard (47 MB) plus headroom. */
-const MAX_COORDINATOR_FRAME = 128 * 1024 * 1024;
 const BACKOFF_BASE_MS = 250;
 const HANDSHAKE_TIMEOUT_MS = 15_000;
 /** Silence tolerated before the welcome says how often the coordinator pings. */
@@ -154,7 +152,7 @@ function connectOnce(
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
     const ws = new WebSocket(opts.coordinator, {
-      maxPayload: MAX_COORDINATOR_FRAME,
+      maxPayload: MAX_COORDINATOR_FRAME_BYTES,
       headers,
       ca: me.ca,
       handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
@@ -239,7 +237,7 @@ function connectOnce(
         case 'mail': {
           if (!mailbox) return fail('WORKER_UNEXPECTED', 'mail without a mailbox');
           // Into reused memory: answer() hands the weights to compute before the next frame can come.
-          const inner = decodeCoordinatorMessage(mailbox.inbox.collect(msg.bytes, MAX_COORDINATOR_FRAME, true));
+          const inner = decodeCoordinatorMessage(mailbox.inbox.collect(msg.bytes, MAX_COORDINATOR_FRAME_BYTES, true));
           if (inner.type !== 'weights') return fail('WORKER_UNEXPECTED', `a mailed ${inner.type} message`);
           return answer(inner, true);
         }
