@@ -80,16 +80,16 @@ interface Flag {
 
 const help = new Map<string, Map<string, Flag>>();
 
-/** Parses yargs' help: an entry starts with "  --name" and may wrap onto more lines. */
+/** Parses yargs' help: an entry starts with "  -h, --name" or "      --name" and may wrap onto more lines. */
 function parseHelp(text: string): Map<string, Flag> {
   const flags = new Map<string, Flag>();
   const entries: string[] = [];
   for (const line of text.split('\n')) {
-    if (/^\s{2}--[a-z]/.test(line)) entries.push(line);
+    if (/^\s{2}(?:-[a-z], |\s{4})?--[a-z]/.test(line)) entries.push(line);
     else if (/^\s{3,}\S/.test(line) && entries.length) entries[entries.length - 1] += ' ' + line.trim();
   }
   for (const e of entries) {
-    const name = /^\s*--([a-z0-9-]+)/.exec(e)![1];
+    const name = /^\s*(?:-[a-z], )?--([a-z0-9-]+)/.exec(e)![1];
     const choices = /\[choices: ([^\]]+)\]/.exec(e);
     const def = /\[default: ([^\]]+)\]/.exec(e)?.[1].replace(/^"(.*)"$/, '$1');
     if (choices) flags.set(name, { type: 'choices', choices: [...choices[1].matchAll(/"([^"]*)"/g)].map((m) => m[1]), default: def });
@@ -268,7 +268,9 @@ function composeServices(): Map<string, Record<string, Obj>> {
     const merged = structuredClone(base.services);
     for (const [name, svc] of Object.entries<Obj>(docs(f)[0].services ?? {})) {
       assert.ok(merged[name], `${f}: overrides unknown service ${name}`);
-      merged[name] = { ...merged[name], ...svc, build: svc.build ? { ...merged[name].build, ...svc.build } : merged[name].build };
+      // Compose merges these mappings key by key; other keys (command, image) are replaced.
+      const mergeMap = (key: string) => (svc[key] ? { ...merged[name][key], ...svc[key] } : merged[name][key]);
+      merged[name] = { ...merged[name], ...svc, build: mergeMap('build'), environment: mergeMap('environment') };
     }
     out.set(`docker-compose.yml + ${f}`, merged);
   }
