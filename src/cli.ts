@@ -63,7 +63,7 @@ function trainingOptions<T>(y: Argv<T>) {
         'Workers that share this machine (and its /dev/shm) exchange weights and gradients through shared-memory files, with a few-byte notice on the WebSocket; others, and --no-mailbox, use the WebSocket alone',
       group: 'Training:',
     })
-    .option('out', { type: 'string', default: defaultOut(), defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
+    .option('out', { type: 'string', defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
     .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
@@ -86,6 +86,8 @@ function trainingOptions<T>(y: Argv<T>) {
         if (!(a[k] > 0 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a positive number of seconds up to ${MAX_TIMER_SECONDS}, got ${a[k]}`);
       }
       if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${a['data-dir']}`);
+      // The default --out is a new directory, where there is nothing to resume.
+      if (a.resume && a.out === undefined) throw new Error('--resume continues the run in --out: name its directory (--out runs/<run>)');
       return true;
     });
 }
@@ -115,7 +117,7 @@ function coordinatorConfig(
     steps: a.steps,
     batchSize: a['batch-size'],
     seed: a.seed,
-    out: a.out,
+    out: a.out ?? defaultOut(),
     sampleEvery: a['sample-every'],
     logEvery: a['log-every'],
     checkpointEvery: a['checkpoint-every'],

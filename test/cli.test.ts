@@ -67,7 +67,7 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
-test('usage errors are one whole line: an invalid choice names the value and the choices; short flags other than -h are refused', () => {
+test('usage errors are one whole line: an invalid choice names the value and the choices; short flags other than -h, and --resume without --out, are refused', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
   const choice = cli(['coordinator', '--model', 'foo']);
   assert.equal(choice.status, 2);
@@ -80,6 +80,10 @@ test('usage errors are one whole line: an invalid choice names the value and the
   assert.match(help.stdout, /ganfleet coordinator/);
   // A negative number is a value, not a flag.
   assert.match(cli(['coordinator', '--lr', '-0.001', '--steps', '0']).stderr, /--steps must be an integer >= 1/);
+  // The default --out is a new directory: --resume there would quietly start afresh.
+  const resume = cli(['coordinator', '--resume']);
+  assert.equal(resume.status, 2);
+  assert.match(resume.stderr, /--resume continues the run in --out: name its directory/);
   const bad = cli(['local', '--steps', '1'], { GANFLEET_MAILBOX: 'maybe' });
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /GANFLEET_MAILBOX must be 1\/0, true\/false, yes\/no or on\/off, got "maybe"/);
