@@ -427,7 +427,7 @@ export class Coordinator {
           return;
         case 'mailbox': {
           const problem = this.workers.confirmMailbox(peer, msg);
-          // A file of its that cannot be used here (another user's, say) is no offence and costs it no answer.
+          // A worker's file that cannot be used here (another user's, say) is no offence, and costs the worker no answer.
           if (problem) this.reject(peer.socket, peer, problem[0], problem[1], problem[0] === 'unexpected');
           return;
         }
