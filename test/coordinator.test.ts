@@ -10,7 +10,7 @@ import { CoordinatorConfig } from '../src/coordinator/config';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, message } from '../src/protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, message } from '../src/protocol/messages';
 
 const G_SIZE = 114064;
 const D_SIZE = 100609;
@@ -308,11 +308,8 @@ describe('coordinator disconnects bad peers', () => {
   });
 
   test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
-    peer.hello();
-    const welcome = await peer.next();
-    assert.ok(welcome.type === 'welcome' && welcome.mailbox);
+    const { peer, welcome } = await joinedPeer(coordinator);
+    assert.ok(welcome.mailbox);
     const before = await coordinator.metrics.rejected.get();
     const count = (values: typeof before.values, reason: string) => values.find((v) => v.labels.reason === reason)?.value ?? 0;
     peer.send(encode(message<Mail>({ type: 'mail', bytes: 100 })));
@@ -338,11 +335,8 @@ describe('coordinator disconnects bad peers', () => {
   });
 
   test("a peer that leaves takes its mailbox file with it", async () => {
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
-    peer.hello();
-    const welcome = await peer.next();
-    assert.ok(welcome.type === 'welcome' && welcome.mailbox);
+    const { peer, welcome } = await joinedPeer(coordinator);
+    assert.ok(welcome.mailbox);
     assert.ok(fs.existsSync(welcome.mailbox));
     peer.ws.close();
     await peer.closed;
@@ -363,13 +357,13 @@ describe('coordinator disconnects bad peers', () => {
 });
 
 /** A scripted peer, welcomed by `coordinator`. */
-async function joinedPeer(coordinator: Coordinator): Promise<{ peer: ScriptedPeer; workerId: string }> {
+async function joinedPeer(coordinator: Coordinator): Promise<{ peer: ScriptedPeer; workerId: string; welcome: Welcome }> {
   const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
   await peer.open();
   peer.hello();
   const welcome = await peer.next();
   assert.ok(welcome.type === 'welcome', JSON.stringify(welcome));
-  return { peer, workerId: welcome.workerId };
+  return { peer, workerId: welcome.workerId, welcome };
 }
 
 /** The next weights, past shards and `skipped` (collected); fails at once if the coordinator drops the peer instead. */

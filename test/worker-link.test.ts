@@ -52,20 +52,25 @@ function welcome(heartbeatSeconds = 5): Welcome {
   });
 }
 
-test('a coordinator of another protocol version: the worker exits 1 after one try, instead of retrying for ever', async () => {
+/** A coordinator that answers every hello with `code`: the worker must exit 1 after one connection, saying `why`. */
+async function assertRefusedOnce(code: string, text: string, why: RegExp): Promise<void> {
   const coordinator = await fakeCoordinator((ws) => {
-    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_VERSION', message: 'protocol version 2 is not 1' })));
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
     ws.close(1008);
   });
-  const worker = startWorker(coordinator.url, 'old-build');
+  const worker = startWorker(coordinator.url, 'refused');
   try {
     assert.equal(await exitWithin(worker), 1, worker.log);
-    assert.match(worker.log, /giving up: the coordinator speaks another protocol version/);
+    assert.match(worker.log, why);
     assert.equal(coordinator.connections(), 1);
   } finally {
     worker.kill();
     await coordinator.close();
   }
+}
+
+test('a coordinator of another protocol version: the worker exits 1 after one try, instead of retrying for ever', async () => {
+  await assertRefusedOnce('PROTOCOL_BAD_VERSION', 'protocol version 2 is not 1', /giving up: the coordinator speaks another protocol version/);
 });
 
 test("a welcome in another protocol version: the worker refuses it and exits 1", async () => {
@@ -130,19 +135,7 @@ test('a shard still arriving counts as hearing from the coordinator: a slow link
 });
 
 test('a hello the coordinator refuses: the worker exits 1 after one try (the same hello would be refused again)', async () => {
-  const coordinator = await fakeCoordinator((ws) => {
-    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_FIELD', message: 'hello.name must be a string of at most 1024 characters' })));
-    ws.close(1008);
-  });
-  const worker = startWorker(coordinator.url, 'refused');
-  try {
-    assert.equal(await exitWithin(worker), 1, worker.log);
-    assert.match(worker.log, /giving up: the coordinator refused this worker's hello: hello\.name must be/);
-    assert.equal(coordinator.connections(), 1);
-  } finally {
-    worker.kill();
-    await coordinator.close();
-  }
+  await assertRefusedOnce('PROTOCOL_BAD_FIELD', 'hello.name must be a string of at most 1024 characters', /giving up: the coordinator refused this worker's hello: hello\.name must be/);
 });
 
 test('a leaving worker does not wait for a coordinator that never answers its close, and a second signal exits at once', async () => {
