@@ -448,6 +448,35 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start(config(path.join(out, 'mid-step-pause'), 3), (l) => lines.push(l));
+    const run = coordinator.run();
+    const first = await joinedPeer(coordinator);
+    await weightsOrDrop(first.peer);
+    first.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    // The only worker leaves after the D round: the G round has no one until a new worker comes, 1.5 s later.
+    await weightsOrDrop(first.peer);
+    first.peer.ws.terminate();
+    await new Promise((r) => setTimeout(r, 1500));
+    const second = await joinedPeer(coordinator);
+    const g = await weightsOrDrop(second.peer);
+    assert.ok(g.step === 0 && g.phase === 'generator', JSON.stringify({ step: g.step, phase: g.phase }));
+    second.peer.gradients(0, 'generator', zeros('generator'));
+    await weightsOrDrop(second.peer);
+    assert.ok(lines.some((l) => /^paused at step 0: 0\/1 workers connected/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /^waiting for workers at step 0: 0\/1/.test(l)), 'the first wait is not a pause');
+    const eta = coordinator.status().etaSeconds!;
+    // Two steps are left; at 1.5 s a step (the pause counted in) the ETA would be 3 s or more.
+    assert.ok(eta < 2, `ETA ${eta} s for two steps`);
+    coordinator.requestStop('test over');
+    second.peer.gradients(1, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(second.peer);
+    second.peer.gradients(1, 'generator', zeros('generator'));
+    await run;
+    await coordinator.close();
+  });
+
   test('a worker that errs on its way out does not fail the close of a finished run', async () => {
     const coordinator = await Coordinator.start(config(path.join(out, 'erring-exit'), 1), () => {});
     const run = coordinator.run();

@@ -64,7 +64,7 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   assert.match(plain.log, /connection lost \(.+\); reconnecting in/);
   assert.doesNotMatch(plain.log, /joined as/);
   assert.doesNotMatch(coord.log, /joined from/, 'neither failed worker was admitted');
-  assert.match(coord.log, /paused at step 0: 0\/1 workers connected/);
+  assert.match(coord.log, /waiting for workers at step 0: 0\/1 workers connected/);
 
   const trusting = startWorker(url, 'with-ca', ['--ca', cert], CLEAN_ENV);
   procs.push(trusting);

@@ -148,6 +148,8 @@ export class Coordinator {
   private readonly evaluations: Evaluation[] = [];
   /** Exponential moving average of a step's wall time, for images/s and the ETA. */
   private stepSecondsAvg = 0;
+  /** Time spent waiting for workers, at step boundaries and mid-step. */
+  private pausedSeconds = 0;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -238,14 +240,19 @@ export class Coordinator {
     const firstStep = this.step;
     // The clock starts at the first round, not while waiting for workers to connect.
     let t0 = 0;
+    let pausedAtT0 = 0;
     let windowStart = 0;
     let windowImages = 0;
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
-      if (t0 === 0) t0 = windowStart = performance.now();
+      if (t0 === 0) {
+        t0 = windowStart = performance.now();
+        pausedAtT0 = this.pausedSeconds;
+      }
       this.state = 'training';
       const stepStart = performance.now();
+      const pausedBefore = this.pausedSeconds;
       const dRound = this.roundUntilAnswered(this.step, 'discriminator');
       // While the workers compute: D cannot change before their gradients arrive, in a later turn of the event loop.
       this.saveRollback();
@@ -258,7 +265,8 @@ export class Coordinator {
       }
       this.step++;
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-      const stepSeconds = (performance.now() - stepStart) / 1000;
+      // A pause mid-step (every worker of a round gone) is not the pace of training: the ETA leaves it out.
+      const stepSeconds = (performance.now() - stepStart) / 1000 - (this.pausedSeconds - pausedBefore);
       this.stepSecondsAvg = this.stepSecondsAvg === 0 ? stepSeconds : 0.95 * this.stepSecondsAvg + 0.05 * stepSeconds;
       this.recordStep(stats);
       windowImages += d.samples;
@@ -268,7 +276,8 @@ export class Coordinator {
       if (this.step % logEvery === 0 || this.step === steps) {
         const now = performance.now();
         const rate = windowImages / ((now - windowStart) / 1000);
-        const eta = ((steps - this.step) * (now - t0)) / (this.step - firstStep) / 1000;
+        const training = now - t0 - (this.pausedSeconds - pausedAtT0) * 1000;
+        const eta = ((steps - this.step) * training) / (this.step - firstStep) / 1000;
         this.log(progressLine(this.step, steps, stats, rate, eta));
         windowStart = now;
         windowImages = 0;
@@ -473,10 +482,12 @@ export class Coordinator {
       this.state = 'paused';
       this.metrics.pauses.inc();
     }
+    const t = performance.now();
     while (this.workers.openCount() < needed && !this.stop) {
-      this.log(`paused at step ${this.step}: ${this.workers.openCount()}/${needed} workers connected`);
+      this.log(`${started ? 'paused' : 'waiting for workers'} at step ${this.step}: ${this.workers.openCount()}/${needed} workers connected`);
       await once(this.events, 'peers');
     }
+    this.pausedSeconds += (performance.now() - t) / 1000;
     this.metrics.paused.set(0);
     if (started) this.state = 'training';
     if (this.workers.openCount() >= needed) this.log(`resuming at step ${this.step} with ${this.workers.openCount()} workers`);
