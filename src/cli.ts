@@ -13,6 +13,7 @@ import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
 import { MAX_STRING_LENGTH } from './protocol/codec';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
+import { envSwitch } from './util/env';
 import { createLogger } from './util/log';
 import { onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
@@ -135,9 +136,6 @@ function coordinatorConfig(
   };
 }
 
-const ENV_TRUE = /^(?:1|true|yes|on)$/i;
-const ENV_FALSE = /^(?:0|false|no|off)$/i;
-
 /**
  * yargs' strict mode also rejects GANFLEET_* variables meant for another
  * command (a worker started with GANFLEET_STEPS in its environment), so
@@ -146,36 +144,49 @@ const ENV_FALSE = /^(?:0|false|no|off)$/i;
  *
  * yargs reads a boolean variable as true only when it is the word `true`,
  * so GANFLEET_NATIVE=1 turned the native kernels off. Boolean variables are
- * read here instead: 1/true/yes/on or 0/false/no/off, anything else refused.
+ * read here instead (util/env.ts), before any check sees them, and a value
+ * that is not a switch is refused. A flag on the command line wins.
  */
 function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
-  return y.check((a) => {
-    const options = (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[] } }).getOptions();
-    const known = new Set(Object.keys(options.key));
-    const short = new Set(Object.entries(options.alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
-    const given = new Set<string>();
-    for (const token of raw) {
-      if (token === '--') break;
-      const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
-      if (name && !known.has(name)) throw new Error(`Unknown argument: --${name}`);
-      if (name) given.add(name);
-      // Not a negative number given as a value (--lr -0.001).
-      const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
-      if (letters && ![...letters].every((l) => short.has(l))) throw new Error(`Unknown argument: ${token} (long options start with --)`);
-    }
-    if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
-    for (const key of options.boolean) {
-      if (key === 'help' || key === 'version' || given.has(key)) continue;
-      const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
-      const value = process.env[variable];
-      if (value === undefined) continue;
-      if (!ENV_TRUE.test(value) && !ENV_FALSE.test(value)) throw new Error(`${variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(value)}`);
-      (a as Record<string, unknown>)[key] = ENV_TRUE.test(value);
-    }
-    // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
-    if ((a as { native?: boolean }).native === false) process.env.GANFLEET_NATIVE = '0';
-    return true;
-  });
+  const options = () =>
+    (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[]; default: Record<string, unknown> } }).getOptions();
+  const given = new Set<string>();
+  for (const token of raw) {
+    if (token === '--') break;
+    const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
+    if (name) given.add(name);
+  }
+  const switches = () =>
+    options()
+      .boolean.filter((key) => key !== 'help' && key !== 'version' && !given.has(key))
+      .map((key) => {
+        const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
+        return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
+      });
+  return y
+    .middleware((a) => {
+      // Empty is as if unset: the default (yargs took it for false).
+      for (const s of switches()) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
+      // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
+      const native = (a as { native?: boolean }).native;
+      if (native !== undefined) process.env.GANFLEET_NATIVE = native ? '1' : '0';
+    }, true)
+    .check((a) => {
+      const { key, alias } = options();
+      const known = new Set(Object.keys(key));
+      const short = new Set(Object.entries(alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
+      for (const token of raw) {
+        if (token === '--') break;
+        const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
+        if (name && !known.has(name)) throw new Error(`Unknown argument: --${name}`);
+        // Not a negative number given as a value (--lr -0.001).
+        const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
+        if (letters && ![...letters].every((l) => short.has(l))) throw new Error(`Unknown argument: ${token} (long options start with --)`);
+      }
+      if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
+      for (const s of switches()) if (s.value === null) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
+      return true;
+    });
 }
 
 export function buildCli(argv: string[]) {

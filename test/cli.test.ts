@@ -7,7 +7,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { listCheckpoints, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
-import { tempDir } from './harness';
+import { blankMnistDir, tempDir } from './harness';
 import { CLI } from './helpers';
 
 test('timeouts beyond what a Node timer holds are refused (a longer one would fire at once and drop every worker)', () => {
@@ -65,6 +65,13 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
   assert.deepEqual(fs.readdirSync(generator), ['weights.bin']);
   assert.equal(fs.readFileSync(path.join(generator, 'weights.bin'), 'utf8'), 'trained');
   fs.rmSync(out, { recursive: true, force: true });
+  // Killed after its last checkpoint, before its outputs: resuming writes them.
+  const unfinished = outWithCheckpoint('no-outputs');
+  const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', unfinished, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(unfinished, 'summary.json'), 'utf8')).steps, 1000);
+  assert.ok(fs.existsSync(path.join(unfinished, 'generator', 'weights.bin')));
+  fs.rmSync(unfinished, { recursive: true, force: true });
 });
 
 test('usage errors are one whole line: an invalid choice names the value and the choices; short flags other than -h, and --resume without --out, are refused', () => {
@@ -81,9 +88,11 @@ test('usage errors are one whole line: an invalid choice names the value and the
   // A negative number is a value, not a flag.
   assert.match(cli(['coordinator', '--lr', '-0.001', '--steps', '0']).stderr, /--steps must be an integer >= 1/);
   // The default --out is a new directory: --resume there would quietly start afresh.
-  const resume = cli(['coordinator', '--resume']);
-  assert.equal(resume.status, 2);
-  assert.match(resume.stderr, /--resume continues the run in --out: name its directory/);
+  for (const [args, env] of [[['coordinator', '--resume'], {}], [['local'], { GANFLEET_RESUME: '1' }]] as const) {
+    const resume = cli([...args], env);
+    assert.equal(resume.status, 2, `${args.join(' ')} ${JSON.stringify(env)}`);
+    assert.match(resume.stderr, /--resume continues the run in --out: name its directory/);
+  }
   const bad = cli(['local', '--steps', '1'], { GANFLEET_MAILBOX: 'maybe' });
   assert.equal(bad.status, 2);
   assert.match(bad.stderr, /GANFLEET_MAILBOX must be 1\/0, true\/false, yes\/no or on\/off, got "maybe"/);
@@ -99,30 +108,24 @@ test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (
     assert.equal(r.status, 0, r.stderr);
     return /exchanges frames through shared memory/.test(r.stdout + r.stderr);
   };
-  for (const on of ['1', 'yes', 'ON', 'true']) assert.equal(run(on), true, `GANFLEET_MAILBOX=${on}`);
+  for (const on of ['1', 'yes', 'ON', 'true', '']) assert.equal(run(on), true, `GANFLEET_MAILBOX=${on} (empty: the default)`);
   for (const off of ['0', 'no', 'off']) assert.equal(run(off), false, `GANFLEET_MAILBOX=${off}`);
+  // The command line wins, in the coordinator's own process too (where util/native.ts reads the variable).
+  const out = tempDir('env-native');
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--native', '--metrics-port', '-1', '--out', out], {
+    encoding: 'utf8', timeout: 60_000, env: { ...process.env, GANFLEET_NATIVE: 'false' },
+  });
+  fs.rmSync(out, { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stderr);
+  assert.doesNotMatch(r.stdout + r.stderr, /off \(--no-native\)/);
 });
-
-/** A data directory whose train split holds `n` blank images (raw IDX files). */
-function mnistDir(n: number): string {
-  const dir = tempDir('tiny-mnist');
-  const header = (magic: number, dims: number[]) => {
-    const b = Buffer.alloc(4 + 4 * dims.length);
-    b.writeUInt32BE(magic, 0);
-    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
-    return b;
-  };
-  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, 28, 28]), Buffer.alloc(n * 784)]));
-  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), Buffer.alloc(n)]));
-  return dir;
-}
 
 test('a training set with no images, or fewer images than workers, stops the run at once with the reason (workers were refused their shard and rejoined for ever)', () => {
   for (const [images, workers, reason] of [
     [0, 1, /train-images-idx3-ubyte holds no images/],
     [1, 2, /1 training images cannot give each of 2 workers a shard/],
   ] as const) {
-    const data = mnistDir(images);
+    const data = blankMnistDir(images);
     const out = tempDir('tiny-out');
     const r = spawnSync(process.execPath, [CLI, 'local', '--workers', String(workers), '--steps', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(r.status, 1, r.stderr);

@@ -94,3 +94,17 @@ export async function freePort(): Promise<number> {
   await new Promise((r) => s.close(r));
   return port;
 }
+
+/** A data directory whose train split holds `n` blank images (raw IDX files). */
+export function blankMnistDir(n: number): string {
+  const dir = tempDir('blank-mnist');
+  const header = (magic: number, dims: number[]) => {
+    const b = Buffer.alloc(4 + 4 * dims.length);
+    b.writeUInt32BE(magic, 0);
+    dims.forEach((d, i) => b.writeUInt32BE(d, 4 + 4 * i));
+    return b;
+  };
+  fs.writeFileSync(path.join(dir, 'train-images-idx3-ubyte'), Buffer.concat([header(0x803, [n, 28, 28]), Buffer.alloc(n * 784)]));
+  fs.writeFileSync(path.join(dir, 'train-labels-idx1-ubyte'), Buffer.concat([header(0x801, [n]), Buffer.alloc(n)]));
+  return dir;
+}

@@ -1,4 +1,5 @@
 import path from 'node:path';
+import { envSwitch } from './env';
 
 /**
  * ganfleet's optional native addon (native/: an AVX2/FMA matrix product for
@@ -57,7 +58,7 @@ let loaded: { addon: NativeAddon | null; why: string } | null = null;
  */
 export function nativeAddon(): { addon: NativeAddon | null; why: string } {
   if (loaded) return loaded;
-  if (['0', 'false'].includes(process.env.GANFLEET_NATIVE ?? '')) return (loaded = { addon: null, why: 'off (--no-native)' });
+  if (envSwitch(process.env.GANFLEET_NATIVE) === false) return (loaded = { addon: null, why: 'off (--no-native)' });
   let addon: NativeAddon;
   try {
     addon = require(ADDON) as NativeAddon;
