@@ -8,6 +8,7 @@ import { KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { WorkerGroup } from '../src/coordinator/membership';
+import { blankMnistDir } from './harness';
 import { decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, message } from '../src/protocol/messages';
@@ -475,6 +476,30 @@ describe('coordinator edge cases found by review', () => {
     second.peer.gradients(1, 'generator', zeros('generator'));
     await run;
     await coordinator.close();
+  });
+
+  test('a training set larger than one shard a worker accepts waits for a second worker, then splits it', { timeout: 60_000 }, async () => {
+    // One image more than a 128 MB frame holds in one shard.
+    const data = blankMnistDir(171_113);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'big-set'), 1), dataDir: data }, (l) => lines.push(l));
+    assert.ok(lines.some((l) => /the 171113 training images need at least 2 workers/.test(l)), lines.join('\n'));
+    const run = coordinator.run();
+    const a = await joinedPeer(coordinator);
+    // Alone, it is sent nothing: a shard of all 171,113 images would be refused by it.
+    const early = await Promise.race([a.peer.next(), new Promise<null>((r) => setTimeout(() => r(null), 1000))]);
+    assert.equal(early, null, `a lone worker was sent ${early?.type}`);
+    const b = await joinedPeer(coordinator);
+    const skipped: CoordinatorMessage[][] = [[], []];
+    await Promise.all([weightsOrDrop(a.peer, skipped[0]), weightsOrDrop(b.peer, skipped[1])]);
+    const counts = skipped.map((ms) => ms.filter((m) => m.type === 'shard').map((m) => (m.type === 'shard' ? m.count : 0)));
+    assert.deepEqual(counts, [[85557], [85556]]);
+    for (const p of [a, b]) p.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+    for (const p of [a, b]) p.peer.gradients(0, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 1);
+    await coordinator.close();
+    fs.rmSync(data, { recursive: true, force: true });
   });
 
   test('a worker that errs on its way out does not fail the close of a finished run', async () => {

@@ -290,8 +290,9 @@ export class Coordinator {
     this.state = 'finished';
     if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     const generatorDir = path.join(this.config.out, 'generator');
-    // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's outputs as they were.
-    const keepOutputs = ran === 0 && this.resumedFrom !== null;
+    // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
+    // outputs as they were; where there are none (killed after its last checkpoint), it writes them.
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && fs.existsSync(path.join(this.config.out, 'summary.json'));
     if (!keepOutputs) exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
     this.stop ??= { reason: stopReason, failed: false };
