@@ -1,5 +1,4 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { BackendChoice } from './backend';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
@@ -80,7 +79,8 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     finishing = true;
     await coordinator.close();
     const deadline = setTimeout(killAll, 10_000);
-    await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? once(c, 'exit') : null)));
+    // Not events.once: it rejects on an 'error' first (a failed kill), which would skip the cleanup below.
+    await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once('exit', r)) : null)));
     clearTimeout(deadline);
     removeSignals();
     process.off('exit', killAll);

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AddressInfo } from 'node:net';
+import net, { AddressInfo } from 'node:net';
 import type { Socket } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
 import { createModel } from '../src/model';
@@ -167,5 +167,22 @@ test('a leaving worker does not wait for a coordinator that never answers its cl
     // A paused socket never reads the close: the server would wait for it for ever.
     paused.forEach((raw) => raw.destroy());
     await coordinator.close();
+  }
+});
+
+test('--give-up-after also bounds a try whose handshake never completes (it waited the 15 s handshake timeout)', async () => {
+  // Takes the TCP connection and never answers the upgrade.
+  const silent = net.createServer(() => {});
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  const worker = startWorker(`ws://127.0.0.1:${(silent.address() as AddressInfo).port}`, 'impatient', ['--give-up-after', '2']);
+  const t0 = Date.now();
+  try {
+    assert.equal(await exitWithin(worker, 20_000), 1, worker.log);
+    const seconds = (Date.now() - t0) / 1000;
+    assert.ok(seconds < 6, `gave up after ${seconds.toFixed(1)} s (start-up included)`);
+    assert.match(worker.log, /giving up: no coordinator for [23]\.\d s, --give-up-after 2/);
+  } finally {
+    worker.kill();
+    silent.close();
   }
 });

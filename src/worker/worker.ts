@@ -95,7 +95,9 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
     let attempt = 0;
     let lastContact = Date.now();
     for (;;) {
-      const outcome = await connectOnce(opts, { name, backend: backend.name, ca }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
+      // A try's handshake ends no later than --give-up-after does (to the second).
+      const handshakeMs = opts.giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, opts.giveUpAfter * 1000 - (Date.now() - lastContact))) : HANDSHAKE_TIMEOUT_MS;
+      const outcome = await connectOnce(opts, { name, backend: backend.name, ca, handshakeMs }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
       leaving = null;
       switch (outcome.kind) {
         case 'stopped':
@@ -142,7 +144,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
 
 function connectOnce(
   opts: WorkerOptions,
-  me: { name: string; backend: string; ca?: Buffer },
+  me: { name: string; backend: string; ca?: Buffer; handshakeMs: number },
   metrics: WorkerMetrics,
   log: Logger,
   setLeave: (leave: () => void) => void,
@@ -155,7 +157,7 @@ function connectOnce(
       maxPayload: MAX_COORDINATOR_FRAME_BYTES,
       headers,
       ca: me.ca,
-      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+      handshakeTimeout: me.handshakeMs,
       // A zero masking key: ws then sends the gradient frame as it is, instead
       // of copying it into a masked buffer (0.45 MB per round), and the
       // coordinator skips unmasking. Masking guards HTTP proxies against
