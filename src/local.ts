@@ -3,6 +3,7 @@ import { BackendChoice } from './backend';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
+import { emitted } from './util/events';
 import { onStopSignals } from './util/signals';
 
 export interface LocalOptions {
@@ -79,8 +80,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     finishing = true;
     await coordinator.close();
     const deadline = setTimeout(killAll, 10_000);
-    // Not events.once: it rejects on an 'error' first (a failed kill), which would skip the cleanup below.
-    await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once('exit', r)) : null)));
+    await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? emitted(c, 'exit') : null)));
     clearTimeout(deadline);
     removeSignals();
     process.off('exit', killAll);

@@ -23,7 +23,7 @@ import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
 import { CoordinatorMetrics, RoundPart } from './metrics';
-import { WorkerGroup } from './membership';
+import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
 import { Round } from './round';
@@ -202,7 +202,7 @@ export class Coordinator {
     c.train = loadMnist('train', config.dataDir);
     c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
     if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
-      log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most 128 MB): training waits for them`);
+      log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}): training waits for them`);
     }
     c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
     if (config.resume) c.resume();

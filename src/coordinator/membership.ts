@@ -6,13 +6,14 @@ import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '.
 import { ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
+import { emitted } from '../util/events';
 import { Logger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { WorkerPeer } from './peer';
 
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
-const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
+export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
 /** What a welcome tells every worker, besides its id and its mailbox. */
 export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce'>;
@@ -208,8 +209,7 @@ export class WorkerGroup {
     const stop = encode(message<Stop>({ type: 'stop', reason }));
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
-    // Not events.once: it rejects on an 'error' first, and a peer that errs on its way out must not fail the close.
-    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => new Promise((r) => p.socket.once('close', r)));
+    const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => emitted(p.socket, 'close'));
     await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
   }
 
