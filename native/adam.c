@@ -3,16 +3,18 @@
  * src/coordinator/adam.ts (tf.train.adam's), eight lanes at a time:
  *   m = b1·m + (1-b1)·g;  v = b2·v + (1-b2)·g²;  p -= step·m / (sqrt(v·invC2) + eps)
  * with step = lr / (1 - b1^t) and invC2 = 1 / (1 - b2^t) computed by the caller.
- * Arithmetic is float32, as tfjs' own Adam; the JavaScript fallback uses float64.
+ * Arithmetic is float32, as tfjs' own Adam, which also takes 1-b1 and 1-b2 in
+ * float64 before rounding them: in float32, a b2 of 0.99999999 is 1 and 1-b2 is 0.
+ * The JavaScript fallback uses float64 throughout.
  */
 #include "adam.h"
 
 /* The update of parameters [from, n), one at a time: the vector loop's tail, or all of it off x86. */
 static void adam_scalar(float *p, const float *g, float *m, float *v, long from, long n, float beta1, float beta2,
-                        float step, float inv_c2, float epsilon) {
+                        float gain1, float gain2, float step, float inv_c2, float epsilon) {
   for (long i = from; i < n; i++) {
-    float mi = beta1 * m[i] + (1.f - beta1) * g[i];
-    float vi = beta2 * v[i] + (1.f - beta2) * g[i] * g[i];
+    float mi = beta1 * m[i] + gain1 * g[i];
+    float vi = beta2 * v[i] + gain2 * g[i] * g[i];
     m[i] = mi;
     v[i] = vi;
     p[i] -= step * mi / (__builtin_sqrtf(vi * inv_c2) + epsilon);
@@ -27,10 +29,11 @@ static void scale_add_scalar(float *out, const float *x, long from, long n, floa
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-__attribute__((target("avx2,fma"))) void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1,
-                                                  float beta2, float step, float inv_c2, float epsilon) {
-  const __m256 b1 = _mm256_set1_ps(beta1), b2 = _mm256_set1_ps(beta2);
-  const __m256 g1 = _mm256_set1_ps(1.f - beta1), g2 = _mm256_set1_ps(1.f - beta2);
+__attribute__((target("avx2,fma"))) void gf_adam(float *p, const float *g, float *m, float *v, long n, double beta1,
+                                                  double beta2, float step, float inv_c2, float epsilon) {
+  const float gain1 = (float)(1.0 - beta1), gain2 = (float)(1.0 - beta2);
+  const __m256 b1 = _mm256_set1_ps((float)beta1), b2 = _mm256_set1_ps((float)beta2);
+  const __m256 g1 = _mm256_set1_ps(gain1), g2 = _mm256_set1_ps(gain2);
   const __m256 st = _mm256_set1_ps(step), ic2 = _mm256_set1_ps(inv_c2), eps = _mm256_set1_ps(epsilon);
   long i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -42,12 +45,12 @@ __attribute__((target("avx2,fma"))) void gf_adam(float *p, const float *g, float
     __m256 denom = _mm256_add_ps(_mm256_sqrt_ps(_mm256_mul_ps(vi, ic2)), eps);
     _mm256_storeu_ps(p + i, _mm256_sub_ps(_mm256_loadu_ps(p + i), _mm256_div_ps(_mm256_mul_ps(st, mi), denom)));
   }
-  adam_scalar(p, g, m, v, i, n, beta1, beta2, step, inv_c2, epsilon);
+  adam_scalar(p, g, m, v, i, n, (float)beta1, (float)beta2, gain1, gain2, step, inv_c2, epsilon);
 }
 #else
-void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, float beta2, float step, float inv_c2,
+void gf_adam(float *p, const float *g, float *m, float *v, long n, double beta1, double beta2, float step, float inv_c2,
              float epsilon) {
-  adam_scalar(p, g, m, v, 0, n, beta1, beta2, step, inv_c2, epsilon);
+  adam_scalar(p, g, m, v, 0, n, (float)beta1, (float)beta2, (float)(1.0 - beta1), (float)(1.0 - beta2), step, inv_c2, epsilon);
 }
 #endif
 

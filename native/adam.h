@@ -1,7 +1,7 @@
 #ifndef GANFLEET_ADAM_H
 #define GANFLEET_ADAM_H
 /* One Adam update in place over n parameters (see adam.c). */
-void gf_adam(float *p, const float *g, float *m, float *v, long n, float beta1, float beta2, float step, float inv_c2,
+void gf_adam(float *p, const float *g, float *m, float *v, long n, double beta1, double beta2, float step, float inv_c2,
              float epsilon);
 /* out = w·x, or out + w·x when accumulate (see adam.c). */
 void gf_scale_add(float *out, const float *x, long n, float w, int accumulate);

@@ -104,7 +104,7 @@ static napi_value adam(napi_env env, napi_callback_info info) {
   for (int i = 0; i < 5; i++) {
     if (napi_get_value_double(env, argv[4 + i], &s[i]) != napi_ok) return fail(env, "ADAM_ARGS", "the scalars must be numbers");
   }
-  gf_adam(arrays[0], arrays[1], arrays[2], arrays[3], (long)lengths[0], (float)s[0], (float)s[1], (float)s[2], (float)s[3], (float)s[4]);
+  gf_adam(arrays[0], arrays[1], arrays[2], arrays[3], (long)lengths[0], s[0], s[1], (float)s[2], (float)s[3], (float)s[4]);
   return NULL;
 }
 

@@ -97,22 +97,26 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
   assert.equal(nativeAddon().addon, addon, `the built addon is not in use: ${nativeAddon().why}`);
   const n = 1003; // not a multiple of the 8 lanes: the scalar tail runs too
   const rng = new Rng(7);
-  const params = new Float32Array(n).map(() => rng.uniform() * 2 - 1);
-  const expected = Float64Array.from(params);
-  const m = new Float64Array(n);
-  const v = new Float64Array(n);
-  const adam = new Adam(n, KERAS_ADAM_DEFAULTS);
-  const { learningRate: lr, beta1, beta2, epsilon } = KERAS_ADAM_DEFAULTS;
-  for (let t = 1; t <= 5; t++) {
-    const g = new Float32Array(n).map(() => (rng.uniform() - 0.5) * (t === 3 ? 1e-6 : 1));
-    adam.apply(params, g);
-    for (let i = 0; i < n; i++) {
-      m[i] = beta1 * m[i] + (1 - beta1) * g[i];
-      v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
-      expected[i] -= (lr * (m[i] / (1 - beta1 ** t))) / (Math.sqrt(v[i] / (1 - beta2 ** t)) + epsilon);
+  // A β this close to 1 is 1 in float32: 1 - β must come from float64, or the update is 0 (β1) or blows up (β2).
+  for (const config of [KERAS_ADAM_DEFAULTS, { ...KERAS_ADAM_DEFAULTS, beta1: 0.99999999, beta2: 0.99999999 }]) {
+    const params = new Float32Array(n).map(() => rng.uniform() * 2 - 1);
+    const expected = Float64Array.from(params);
+    const m = new Float64Array(n);
+    const v = new Float64Array(n);
+    const adam = new Adam(n, config);
+    const { learningRate: lr, beta1, beta2, epsilon } = config;
+    for (let t = 1; t <= 5; t++) {
+      const g = new Float32Array(n).map(() => (rng.uniform() - 0.5) * (t === 3 ? 1e-6 : 1));
+      adam.apply(params, g);
+      for (let i = 0; i < n; i++) {
+        m[i] = beta1 * m[i] + (1 - beta1) * g[i];
+        v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
+        expected[i] -= (lr * (m[i] / (1 - beta1 ** t))) / (Math.sqrt(v[i] / (1 - beta2 ** t)) + epsilon);
+      }
+      assertClose(params, expected, 1e-6, 1e-5, `β ${beta1}/${beta2}, update ${t}`);
     }
-    assertClose(params, expected, 1e-6, 1e-5, `update ${t}`);
   }
+  const params = new Float32Array(n);
   assert.throws(() => addon.adam(params, new Float32Array(n - 1), new Float32Array(n), new Float32Array(n), 0.9, 0.999, 1e-3, 1, 1e-7), /one length/);
 });
 
