@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
-import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, Mail, MailboxReady, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Mail, MailboxReady, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
 const raw = new Packr({ useRecords: false });
 
@@ -158,6 +158,16 @@ test('gradients: one pass rejects NaN and ±Infinity as not_finite and magnitude
   const edge = g.slice();
   edge[3] = -MAX_GRADIENT_ABS;
   assert.equal((decodeWorkerMessage(frame(edge)) as Gradients).gradients[3], -MAX_GRADIENT_ABS);
+});
+
+test("G's batch statistics are bounded like gradients, at MAX_STATISTIC_ABS: a finite 3e38 mean is refused", () => {
+  const frame = (statistics: Float32Array) =>
+    encode(message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 8, gradients: floats(10, 3), statistics, loss: 0.5, dFake: 0.4, computeSeconds: 0.01 }));
+  const ok = Float32Array.from([0.1, -MAX_STATISTIC_ABS, 2, MAX_STATISTIC_ABS]);
+  assert.deepEqual((decodeWorkerMessage(frame(ok)) as Gradients).statistics, ok);
+  assertRejected(() => decodeWorkerMessage(frame(Float32Array.from([3e38, 1, 1, 1]))), 'out_of_range');
+  assertRejected(() => decodeWorkerMessage(frame(Float32Array.from([0, 1, 1, -MAX_STATISTIC_ABS * 1.01]))), 'out_of_range');
+  assertRejected(() => decodeWorkerMessage(frame(Float32Array.from([0, NaN, 1, 1]))), 'not_finite');
 });
 
 test('float arrays start 4-byte aligned in the frame and decode in place, with no copy', () => {

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
 import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
-import { BN_EPSILON, updateMovingStatistics } from '../src/model/batchnorm';
+import { BN_EPSILON, statisticsSize, updateMovingStatistics } from '../src/model/batchnorm';
+import { MAX_STATISTIC_ABS } from '../src/protocol/messages';
 import { trainingBatchNorm } from '../src/model/dcgan';
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
@@ -120,6 +121,30 @@ for (const backend of ['cpu', 'wasm'] as const) {
     assertClose(custom(x, gamma, beta).dataSync(), plain(x, gamma, beta).dataSync(), 1e-5, 1e-5, 'value');
     for (const [i, name] of ['dx', 'dγ', 'dβ'].entries()) assertClose(actual[i].dataSync(), expected[i].dataSync(), 1e-5, 1e-4, name);
   });
+}
+
+test('moving statistics pooled from batch statistics at the protocol bound stay finite in float32', () => {
+  const model = createModel('dcgan');
+  const layout = model.generatorLayout;
+  const params = model.init(new Rng(1)).generator;
+  const size = statisticsSize(layout);
+  // One worker's means at +bound, another's at -bound, variances at the bound: the pooled variance is the largest it can be.
+  const high = new Float32Array(size).fill(MAX_STATISTIC_ABS);
+  const low = Float32Array.from(high, (v, i) => (isMeanIndex(layout, i) ? -v : v));
+  updateMovingStatistics(layout, params, [{ statistics: high, samples: 64 }, { statistics: low, samples: 64 }], 0.99);
+  for (const e of layout.statistics) {
+    const values = params.subarray(e.offset, e.offset + e.size);
+    assert.ok(values.every(Number.isFinite), `${e.name} holds ${values.find((v) => !Number.isFinite(v))}`);
+  }
+});
+
+/** Whether position i of a statistics vector (laid out as the layout's statistics entries) is a mean. */
+function isMeanIndex(layout: ReturnType<typeof createModel>['generatorLayout'], i: number): boolean {
+  let at = 0;
+  for (const e of layout.statistics) {
+    if (i < (at += e.size)) return e.name.endsWith('/moving_mean');
+  }
+  throw new Error(`${i} is past the statistics`);
 }
 
 test('moving statistics pool the workers\' batches into the statistics of their union', () => {

@@ -3,7 +3,7 @@ import { nativeAddon } from '../util/native';
 import { ProtocolError, RejectReason } from './codec-error';
 import { checkFrameShape } from './shape';
 import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats } from './wire-dtype';
-import { CoordinatorMessage, MAX_GRADIENT_ABS, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
+import { CoordinatorMessage, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
 export { ProtocolError, RejectReason };
 
@@ -101,7 +101,7 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     loss: ['number', 'required'],
     dReal: ['number', 'optional'],
     dFake: ['number', 'required'],
-    statistics: ['f32', 'optional'],
+    statistics: ['f32', 'optional', MAX_STATISTIC_ABS],
     computeSeconds: ['number', 'required'],
   },
   mailbox: { path: ['string', 'required'] },

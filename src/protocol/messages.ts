@@ -14,6 +14,17 @@ export const PROTOCOL_VERSION = 1;
 export const MAX_GRADIENT_ABS = 1e6;
 
 /**
+ * The largest batch mean or variance a worker may report for G's BatchNorm
+ * layers. The coordinator pools them as Σw·(var + mean²) − mean², which for
+ * values up to this stays near 1e30, inside float32 (3.4e38): a larger one
+ * would store Infinity in a moving variance, and the momentum would keep it there.
+ */
+export const MAX_STATISTIC_ABS = 1e15;
+
+/** The largest loss a worker may report: lsgan's squared error at scores of MAX_GRADIENT_ABS. */
+export const MAX_LOSS = MAX_GRADIENT_ABS * MAX_GRADIENT_ABS;
+
+/**
  * The largest frame a worker accepts from the coordinator: weights, or a
  * shard of up to about 171,000 images, so the coordinator needs at least
  * two workers for a larger training set.
