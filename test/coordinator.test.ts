@@ -146,7 +146,7 @@ async function mailboxPeer(coordinator: Coordinator, dir: string, name: string) 
   peer.hello();
   const welcome = await peer.next();
   assert.ok(welcome.type === 'welcome' && welcome.mailbox && welcome.nonce, JSON.stringify(welcome));
-  const inbox = Inbox.open(welcome.mailbox, welcome.nonce);
+  const inbox = Inbox.open(welcome.mailbox, welcome.nonce, 'coordinator');
   const outbox = Outbox.create(path.join(dir, name), welcome.nonce);
   peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
   return { peer, welcome, inbox, outbox };
@@ -289,10 +289,11 @@ test("a peer's second mail in an open round cannot change the gradients already 
 describe('coordinator disconnects bad peers', () => {
   let out: string;
   let coordinator: Coordinator;
+  const lines: string[] = [];
 
   before(async () => {
     out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
-    coordinator = await Coordinator.start(config(out, 1), () => {});
+    coordinator = await Coordinator.start(config(out, 1), (line) => lines.push(line));
   });
   after(async () => {
     coordinator.requestStop('test over');
@@ -316,12 +317,16 @@ describe('coordinator disconnects bad peers', () => {
     peer.send(encode(message<Mail>({ type: 'mail', bytes: 100 })));
     const refusedMail = await peer.next();
     assert.ok(refusedMail.type === 'error' && refusedMail.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(refusedMail));
-    // A file the worker could name, but without this connection's nonce: say, one of the coordinator's own outputs.
-    const planted = path.join(out, 'planted');
+    // A file in a worker's mailbox directory, but without this connection's nonce.
+    const dir = makeMailboxDir('worker');
+    const planted = path.join(dir, 'to-coordinator');
     fs.writeFileSync(planted, 'not the nonce');
     peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
     const refusedBox = await peer.next();
-    assert.ok(refusedBox.type === 'error' && refusedBox.code === 'PROTOCOL_BAD_FIELD' && /nonce/.test(refusedBox.message), JSON.stringify(refusedBox));
+    // Why stays in the coordinator's log: the peer learns nothing about paths of its choosing.
+    assert.ok(refusedBox.type === 'error' && refusedBox.code === 'PROTOCOL_BAD_FIELD' && !/nonce|planted|to-coordinator/.test(refusedBox.message), JSON.stringify(refusedBox));
+    assert.ok(lines.some((l) => l.includes(`${welcome.workerId}: its mailbox cannot be used here`) && l.includes("does not hold this connection's nonce")), lines.join('\n'));
+    removeMailboxDir(dir);
     // The offer is withdrawn with its file: a second try is a protocol violation.
     assert.ok(!fs.existsSync(welcome.mailbox), 'a withdrawn offer takes its file with it');
     peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
@@ -500,6 +505,46 @@ describe('coordinator edge cases found by review', () => {
     assert.equal((await run).steps, 1);
     await coordinator.close();
     fs.rmSync(data, { recursive: true, force: true });
+  });
+
+  test('a straggler to the round that closed last is discarded once; a copy, an older round or a cut-off frame is an offence', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'late'), 2), startWorkers: 2 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const a = await joinedPeer(coordinator);
+    const b = await joinedPeer(coordinator);
+    await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+    // An offence costs a its answer to the open D round, which closes on b's alone.
+    a.peer.send(encode(message<Mail>({ type: 'mail', bytes: 100 })));
+    const mailRefused = await a.peer.next();
+    assert.ok(mailRefused.type === 'error' && mailRefused.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(mailRefused));
+    b.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    assert.equal((await weightsOrDrop(a.peer)).phase, 'generator');
+    const late = async () => (await coordinator.metrics.lateGradients.get()).values[0]?.value ?? 0;
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    while ((await late()) === 0) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(lines.some((l) => l === `discarded late discriminator gradients for step 0 from ${a.workerId}`), lines.join('\n'));
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    const copy = await a.peer.next();
+    assert.ok(copy.type === 'error' && copy.code === 'PROTOCOL_UNEXPECTED' && /second answer to step 0 \(discriminator\)/.test(copy.message), JSON.stringify(copy));
+    // The copy cost a its answer to step 0's G round, as any offence does; with two offences it still takes part in step 1.
+    b.peer.gradients(0, 'generator', zeros('generator'));
+    await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+    for (const p of [a, b]) p.peer.gradients(1, 'discriminator', zeros('discriminator'));
+    await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+    // Step 1's G round is open, and its D round closed last. A newcomer replays older rounds, then sends a cut-off frame.
+    const c = await joinedPeer(coordinator);
+    c.peer.gradients(0, 'generator', zeros('generator'));
+    const older = await c.peer.next();
+    assert.ok(older.type === 'error' && older.code === 'PROTOCOL_WRONG_STEP' && /closed before the last one/.test(older.message), JSON.stringify(older));
+    c.peer.gradients(1, 'discriminator', zeros('discriminator').subarray(0, 10));
+    const cut = await c.peer.next();
+    assert.ok(cut.type === 'error' && cut.code === 'PROTOCOL_BAD_SIZE', JSON.stringify(cut));
+    assert.equal(await late(), 1, 'only the one straggler counts as late');
+    for (const p of [a, b]) p.peer.gradients(1, 'generator', zeros('generator'));
+    const summary = await run;
+    assert.equal(summary.steps, 2);
+    await coordinator.close();
   });
 
   test('a worker that errs on its way out does not fail the close of a finished run', async () => {

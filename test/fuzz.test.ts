@@ -28,7 +28,7 @@ import WebSocket from 'ws';
 import { Packr } from 'msgpackr';
 import { loadLatestCheckpoint } from '../src/coordinator/checkpoint';
 import { ProtocolError, RejectReason, decodeCoordinatorMessage, decodeWorkerMessage, encode } from '../src/protocol/codec';
-import { CoordinatorMessage, ErrorMessage, Gradients, Hello, Phase, message } from '../src/protocol/messages';
+import { CoordinatorMessage, ErrorMessage, Gradients, Hello, MAX_LOSS, Phase, message } from '../src/protocol/messages';
 import { GanfleetProcess, metricTotal, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
 import { metricValue } from './helpers';
 
@@ -118,7 +118,7 @@ interface Frame {
   reason?: RejectReason;
 }
 
-type Outcome = { kind: 'rejected'; reason: RejectReason } | { kind: 'late' } | { kind: 'hello' } | { kind: 'oversized' };
+type Outcome = { kind: 'rejected'; reason: RejectReason } | { kind: 'hello' } | { kind: 'oversized' };
 
 /**
  * What the coordinator must do with `f` from a peer that has (or has not)
@@ -150,7 +150,8 @@ function classify(f: Frame, welcomed: boolean): Outcome {
     case 'gradients':
       if (f.reason) return { kind: 'rejected', reason: f.reason };
       if (msg.step >= FUTURE_MIN) return { kind: 'rejected', reason: 'wrong_step' };
-      if (msg.step <= STALE_MAX) return { kind: 'late' };
+      // Rogues never answer a round, so a stale frame is a first answer, to a round older than the one that closed last.
+      if (msg.step <= STALE_MAX) return { kind: 'rejected', reason: msg.gradients.length === sizeOf(msg.phase) ? 'wrong_step' : 'bad_size' };
       throw new Error(`fuzzer bug: ${f.kind} carries gradients for step ${msg.step}, which may be the open round`);
   }
 }
@@ -428,10 +429,9 @@ function mutate(rng: Prng, base: Buffer): Buffer {
   return b;
 }
 
-/** Well-formed gradients for a round that closed long ago: discarded as late, not an offence. */
+/** Gradients, some cut short, for a round older than the one that closed last: an offence (wrong_step, or bad_size). */
 function staleFrame(rng: Prng): Frame {
   const phase: Phase = rng.chance(0.5) ? 'discriminator' : 'generator';
-  // The size is checked only for the open round, so a stale frame may as well be small.
   const g = rng.chance(0.1) ? REF[phase] : REF[phase].subarray(0, rng.range(1, 256));
   return { kind: 'stale step', data: gradientsFrame(rng.range(0, STALE_MAX), phase, g) };
 }
@@ -466,7 +466,7 @@ function poisonFrame(rng: Prng, step: number, phase: Phase, index: number): Fram
       return set('non-finite value', 'not_finite', { gradients: x });
     }
     case 4: return set('samples', 'bad_field', { samples: rng.pick([0, BATCH + 1, 1_000_000]) });
-    case 5: return set('loss', 'out_of_range', { loss: rng.pick([-0.5, -1e30]) });
+    case 5: return set('loss', 'out_of_range', { loss: rng.pick([-0.5, -1e30, MAX_LOSS * 2, 1e308]) });
     case 6: return set('dFake', 'out_of_range', { dFake: rng.pick([-0.01, 1.5, 1e9]) });
     case 7: return set('computeSeconds', 'out_of_range', { computeSeconds: rng.pick([-1, 3601, 1e12]) });
     case 8: {
@@ -524,7 +524,7 @@ function planConnection(rng: Prng, lane: number, n: number, participantsLeft: nu
     if (rng.chance(0.06)) frames.splice(rng.range(1, frames.length), 0, { kind: 'hello after rejection', data: helloFrame(`late-hello-${lane}-${n}`) });
     return { mode: 'frames', name, frames, pace: pace && frames.every((f) => f.kind !== 'hello after rejection') };
   }
-  // Welcomed first, then a mix of offences and stale frames (late, no offence); some stop short of three offences.
+  // Welcomed first, then a mix of offences; some stop short of three.
   const frames: Frame[] = [{ kind: 'hello', data: helloFrame(name) }];
   for (let i = rng.range(1, 9); i > 0; i--) {
     const x = rng.float();
@@ -542,7 +542,7 @@ class Tally {
   /** Planned frames not sent because the socket was no longer open. */
   notSent = 0;
   /**
-   * Frames the coordinator must count, as a rejection or a late gradient: sent
+   * Frames the coordinator must count as rejected: sent
    * on an OPEN socket no later than the frame that gets the socket closed. The
    * client learns of that close only when the close frame arrives, and until
    * then ws on the coordinator keeps reading, so every one of these reaches
@@ -550,7 +550,6 @@ class Tally {
    */
   guaranteed = 0;
   guaranteedByReason = new Map<string, number>();
-  guaranteedLate = 0;
   /**
    * Everything that may be counted: `guaranteed`, plus frames still in flight
    * after the frame that closes the socket (today's coordinator reads and
@@ -577,7 +576,7 @@ class Tally {
   }
 
   merge(o: Tally): void {
-    for (const k of ['sentOpen', 'notSent', 'guaranteed', 'guaranteedLate', 'possible', 'connections', 'lateHellos', 'oversized', 'participants', 'poisons', 'welcomesReceived', 'shardsReceived', 'weightsReceived'] as const) {
+    for (const k of ['sentOpen', 'notSent', 'guaranteed', 'possible', 'connections', 'lateHellos', 'oversized', 'participants', 'poisons', 'welcomesReceived', 'shardsReceived', 'weightsReceived'] as const) {
       this[k] += o[k];
     }
     for (const [k, v] of o.guaranteedByReason) this.bump(this.guaranteedByReason, k, v);
@@ -630,10 +629,6 @@ class ConnectionModel {
     t.possible++;
     if (this.closing) return;
     t.guaranteed++;
-    if (o.kind === 'late') {
-      t.guaranteedLate++;
-      return;
-    }
     t.bump(t.guaranteedByReason, o.reason);
     this.expectedErrors.push(`PROTOCOL_${o.reason.toUpperCase()}`);
     if (!this.welcomed || ++this.offences >= MAX_OFFENCES) {
@@ -905,7 +900,7 @@ describe('fuzzing a live coordinator with rogue frames and bad tokens', () => {
     t.diagnostic(`${tally.sentOpen} frames on ${tally.connections} connections in ${fuzzSeconds.toFixed(1)} s (${tally.notSent} not sent on sockets already closed); ` +
       `${tally.participants} participants sent ${tally.poisons} poisoned replies; ${tally.oversized} oversized; ${knocks.length} bad-token connects`);
     t.diagnostic(`kinds: ${[...tally.kinds].sort().map(([k, v]) => `${k}=${v}`).join(' ')}`);
-    t.diagnostic(`counted: guaranteed ${tally.guaranteed} (late ${tally.guaranteedLate}) <= rejected ${metricTotal(quiesced, 'ganfleet_rejected_messages_total')} + late ${metricValue(quiesced, 'ganfleet_late_gradients_total')} <= possible ${tally.possible} ` +
+    t.diagnostic(`counted: guaranteed ${tally.guaranteed} <= rejected ${metricTotal(quiesced, 'ganfleet_rejected_messages_total')} <= possible ${tally.possible} ` +
       `(of which ${tally.lateHellos} hellos after a rejection and ${tally.oversized} oversized); scraped at step ${metricValue(quiesced, 'ganfleet_steps_total')}`);
     assert.equal(stoppedEarlyAt, null, `the run reached step ${stoppedEarlyAt} before the fuzzer spent its budget`);
     assert.ok(tally.sentOpen >= 2000, `only ${tally.sentOpen} frames sent`);
@@ -957,13 +952,12 @@ describe('fuzzing a live coordinator with rogue frames and bad tokens', () => {
 
   test('every rejected frame is counted, and the coordinator answers each with its reason', () => {
     const rejected = metricTotal(quiesced, 'ganfleet_rejected_messages_total');
-    const late = metricValue(quiesced, 'ganfleet_late_gradients_total') ?? 0;
-    // Honest workers are never rejected and never late here (no round times out), so the counters
-    // hold the rogues' frames only: at least every frame the coordinator must have read, at most
-    // every frame that reached it at all.
-    assert.ok(rejected + late >= tally.guaranteed, `rejected ${rejected} + late ${late} < ${tally.guaranteed} frames the coordinator received`);
-    assert.ok(rejected + late <= tally.possible, `rejected ${rejected} + late ${late} > ${tally.possible} frames sent`);
-    assert.ok(late >= tally.guaranteedLate, `late ${late} < ${tally.guaranteedLate} stale frames from welcomed rogues`);
+    // Honest workers are never rejected and never late here (no round times out), so the counter
+    // holds the rogues' frames only: at least every frame the coordinator must have read, at most
+    // every frame that reached it at all. A rogue's stale frame is an offence, not a straggler.
+    assert.ok(rejected >= tally.guaranteed, `rejected ${rejected} < ${tally.guaranteed} frames the coordinator received`);
+    assert.ok(rejected <= tally.possible, `rejected ${rejected} > ${tally.possible} frames sent`);
+    assert.equal(metricValue(quiesced, 'ganfleet_late_gradients_total') ?? 0, 0, 'no frame counted as late');
     for (const [reason, n] of tally.guaranteedByReason) {
       const counted = rejectedFor(quiesced, reason);
       assert.ok(counted >= n, `${reason}: counted ${counted}, but ${n} such frames must have been rejected`);

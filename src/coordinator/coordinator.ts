@@ -12,7 +12,7 @@ import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
+import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
@@ -616,21 +616,31 @@ export class Coordinator {
   private onGradients(peer: WorkerPeer, msg: Gradients): void {
     const round = this.round;
     const sent = roundIndex(msg.step, msg.phase);
-    if (!round || sent !== roundIndex(round.step, round.phase)) {
-      if (sent <= this.lastClosedRound) {
-        // A straggler: its round already closed. Never applied to newer weights; not an offence.
-        this.metrics.lateGradients.inc();
-        this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
-        return;
-      }
+    const forOpenRound = round !== null && sent === roundIndex(round.step, round.phase);
+    if (!forOpenRound && sent > this.lastClosedRound) {
       return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) do not belong to any round so far`);
     }
-    if (!round.isAwaiting(peer.id)) {
+    if (sent <= peer.answered) return this.reject(peer.socket, peer, 'unexpected', `a second answer to step ${msg.step} (${msg.phase})`);
+    if (forOpenRound && !round.isAwaiting(peer.id)) {
       return this.reject(peer.socket, peer, 'unexpected', `${peer.id} is not awaited in step ${msg.step} (${msg.phase})`);
     }
+    // Checked for late answers too: what could never be an answer is an offence even when its round has closed.
     const problem = this.checkGradients(msg);
     if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
-    round.accept(peer.id, msg);
+    if (forOpenRound) {
+      peer.answered = sent;
+      return round.accept(peer.id, msg);
+    }
+    // A worker answers its rounds in order, so a straggler answers the round that closed last. Older still, every
+    // round since would have had to close without this worker: a replay, or a peer gone wrong, and an offence,
+    // so that old rounds cannot flood the log.
+    if (sent < this.lastClosedRound) {
+      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) answer a round that closed before the last one`);
+    }
+    // Never applied to newer weights; not an offence.
+    peer.answered = sent;
+    this.metrics.lateGradients.inc();
+    this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
   }
 
   /** What the codec cannot know: sizes for this model, and plausible ranges. */
@@ -642,7 +652,7 @@ export class Coordinator {
     const statistics = msg.phase === 'generator' ? statisticsSize(this.model.generatorLayout) : 0;
     if ((msg.statistics?.length ?? 0) !== statistics) return ['bad_size', `${msg.phase} gradients carry ${msg.statistics?.length ?? 0} batch statistics, expected ${statistics}`];
     if (msg.statistics && negativeVariance(this.model.generatorLayout, msg.statistics)) return ['out_of_range', 'a batch variance is negative'];
-    if (msg.loss < 0) return ['out_of_range', `loss ${msg.loss} is negative`];
+    if (!(msg.loss >= 0 && msg.loss <= MAX_LOSS)) return ['out_of_range', `loss ${msg.loss} is outside 0..${MAX_LOSS}`];
     for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
       // A probability under bce; lsgan's raw scores are only bounded like gradients.
       const ok = this.model.loss === 'bce' ? v >= 0 && v <= 1 : Math.abs(v) <= MAX_GRADIENT_ABS;
