@@ -29,7 +29,7 @@ test('a mailed frame arrives byte for byte, in fresh aligned memory, and decodes
     const nonce = mailboxNonce();
     const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
     assert.equal(fs.statSync(outbox.path).mode & 0o777, 0o600);
-    const inbox = Inbox.open(outbox.path, nonce);
+    const inbox = Inbox.open(outbox.path, nonce, 'coordinator');
     const gradients = Float32Array.from({ length: 100609 }, (_, i) => Math.sin(i));
     const encoded = encodeFrame(message<Gradients>({ type: 'gradients', step: 3, phase: 'discriminator', samples: 128, gradients, loss: 0.5, dReal: 0.9, dFake: 0.1, computeSeconds: 0.002 }));
     const frame = encoded.whole;
@@ -76,7 +76,7 @@ test('a notice announcing more than the mailbox holds, nothing, or more than the
   withDir((dir) => {
     const nonce = mailboxNonce();
     const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
-    const inbox = Inbox.open(outbox.path, nonce);
+    const inbox = Inbox.open(outbox.path, nonce, 'coordinator');
     outbox.post(new EncodedFrame([Buffer.alloc(1000, 1)]));
     const reason = (bytes: number, limit: number) => {
       try {
@@ -98,20 +98,21 @@ test('a notice announcing more than the mailbox holds, nothing, or more than the
 test('a peer file is refused unless it is a regular file of this user holding the nonce', () => {
   withDir((dir) => {
     const nonce = mailboxNonce();
+    const open = (file: string, n = nonce) => Inbox.open(file, n, 'coordinator');
     const real = Outbox.create(path.join(dir, 'real'), nonce);
     assert.throws(() => Outbox.create(real.path, nonce), /EEXIST/, 'an outbox is always a new file');
-    assert.throws(() => Inbox.open(real.path, mailboxNonce()), /does not hold this connection's nonce/);
+    assert.throws(() => open(real.path, mailboxNonce()), /does not hold this connection's nonce/);
     fs.symlinkSync(real.path, path.join(dir, 'link'));
-    assert.throws(() => Inbox.open(path.join(dir, 'link'), nonce), /ELOOP/, 'a link is not followed');
-    assert.throws(() => Inbox.open(dir, nonce), /not a regular file|EISDIR/);
+    assert.throws(() => open(path.join(dir, 'link')), /ELOOP/, 'a link is not followed');
+    fs.mkdirSync(path.join(dir, 'sub'));
+    assert.throws(() => open(path.join(dir, 'sub')), /not a regular file|EISDIR/);
     // A FIFO with no writer would block a plain open forever.
     const fifo = path.join(dir, 'fifo');
     spawnSync('mkfifo', [fifo]);
     assert.ok(fs.statSync(fifo).isFIFO());
-    assert.throws(() => Inbox.open(fifo, nonce), /not a regular file/);
-    assert.throws(() => Inbox.open('relative/path', nonce), /not an absolute path/);
-    assert.throws(() => Inbox.open(path.join(dir, 'missing'), nonce), /ENOENT/);
-    const inbox = Inbox.open(real.path, nonce);
+    assert.throws(() => open(fifo), /not a regular file/);
+    assert.throws(() => open(path.join(dir, 'missing')), /ENOENT/);
+    const inbox = open(real.path);
     inbox.close();
     real.close();
     // Closed is closed: a descriptor's number may already belong to another file.
@@ -133,5 +134,32 @@ test("a killed process's mailbox directory is swept by the next one; a live one'
     assert.ok(fs.existsSync(mine), 'a live process keeps its directory');
     removeMailboxDir(second);
     assert.ok(!fs.existsSync(second));
+  });
+});
+
+test('a peer can name only a file directly in a mailbox directory of its role: nothing else is opened for it', () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const real = Outbox.create(path.join(dir, 'real'), nonce);
+    const outside = `not a file in a ganfleet coordinator mailbox directory under ${path.dirname(dir)}`;
+    const refused = (file: string, from: 'coordinator' | 'worker' = 'coordinator') => assert.throws(() => Inbox.open(file, nonce, from), (e: Error) => e.message.includes(from === 'coordinator' ? outside : 'ganfleet worker mailbox'), file);
+    refused('/etc/passwd');
+    refused('/dev/null');
+    refused('relative/path');
+    refused(path.dirname(dir));
+    refused(`${dir}/../${path.basename(dir)}/real`);
+    refused(real.path, 'worker');
+    fs.mkdirSync(path.join(dir, 'sub'));
+    refused(path.join(dir, 'sub', 'file'));
+    // A link named like a mailbox directory, leading elsewhere.
+    const decoy = path.join(path.dirname(dir), `ganfleet-coordinator-${process.pid}-decoy${process.hrtime.bigint()}`);
+    fs.symlinkSync(dir, decoy);
+    try {
+      refused(path.join(decoy, 'real'));
+    } finally {
+      fs.unlinkSync(decoy);
+    }
+    Inbox.open(real.path, nonce, 'coordinator').close();
+    real.close();
   });
 });

@@ -232,10 +232,12 @@ export class WorkerGroup {
     const offered = peer.mailbox;
     if (!offered || offered.inbox) return ['unexpected', 'mailbox without an open offer'];
     try {
-      offered.inbox = Inbox.open(msg.path, offered.nonce);
+      offered.inbox = Inbox.open(msg.path, offered.nonce, 'worker');
     } catch (e) {
       peer.closeMailbox();
-      return ['bad_field', `mailbox ${JSON.stringify(msg.path)}: ${(e as Error).message}; frames go over the WebSocket`];
+      // The reason stays in this log: told to the peer, it would say what lies at paths of its choosing here.
+      this.hooks.log(`${peer.id}: its mailbox cannot be used here (${(e as Error).message})`);
+      return ['bad_field', 'the mailbox named cannot be used by the coordinator (its log says why); frames go over the WebSocket'];
     }
     this.hooks.log(`${peer.id} exchanges frames through shared memory`);
     this.countMailboxes();

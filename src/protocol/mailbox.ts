@@ -97,12 +97,15 @@ export class Inbox {
   }
 
   /**
-   * Opens the peer's file and checks that it starts with `nonce`. Throws with
-   * the reason when it cannot be opened, is not a regular file of this user,
-   * or holds something else.
+   * Opens the file of a peer in role `from` and checks that it starts with
+   * `nonce`. Throws with the reason when it is not in a mailbox directory of
+   * such a peer, cannot be opened, is not a regular file of this user, or
+   * holds something else. The peer names the file, so nothing outside the
+   * mailbox directories is ever opened for it: not a device, whose open alone
+   * may act, nor a path whose errors would tell the peer what this machine holds.
    */
-  static open(file: string, nonce: string): Inbox {
-    if (!path.isAbsolute(file)) throw new Error(`${JSON.stringify(file)} is not an absolute path`);
+  static open(file: string, nonce: string, from: MailboxRole): Inbox {
+    checkPeerPath(file, from);
     // O_NOFOLLOW: the last part must be the file itself, not a link elsewhere; O_NONBLOCK: a FIFO
     // named here fails the regular-file check below instead of blocking the open.
     const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
@@ -164,22 +167,38 @@ export function mailboxNonce(): string {
   return `ganfleet-mailbox-${crypto.randomBytes(16).toString('hex')}\n`;
 }
 
-const DIR_NAME = /^ganfleet-(?:coordinator|worker)-(\d+)-/;
+export type MailboxRole = 'coordinator' | 'worker';
 
-/**
- * A new private directory (0700) for this process's outboxes: in /dev/shm
- * where there is one, so the frames never touch a disk, else in the temp
- * dir. It is removed when the process exits; directories left by processes
- * that were killed (their pid is in the name) are swept away here.
- */
-export function makeMailboxDir(role: 'coordinator' | 'worker'): string {
-  let base = os.tmpdir();
+const DIR_NAME = /^ganfleet-(coordinator|worker)-(\d+)-[^/]+$/;
+
+/** Where mailbox directories go: /dev/shm where there is one, so the frames never touch a disk, else the temp dir. */
+function mailboxBase(): string {
   try {
     fs.accessSync('/dev/shm', fs.constants.W_OK);
-    base = '/dev/shm';
+    return '/dev/shm';
   } catch {
-    /* no /dev/shm (macOS) or not writable: the temp dir serves, at a disk's page cache */
+    return os.tmpdir(); // no /dev/shm (macOS) or not writable: the temp dir serves, at a disk's page cache
   }
+}
+
+/** Throws unless `file` is a file directly in a real directory that makeMailboxDir(`from`) would make. */
+function checkPeerPath(file: string, from: MailboxRole): void {
+  const dir = path.dirname(file);
+  const where = `not a file in a ganfleet ${from} mailbox directory under ${mailboxBase()}`;
+  if (!path.isAbsolute(file) || path.normalize(file) !== file || path.dirname(dir) !== mailboxBase() || DIR_NAME.exec(path.basename(dir))?.[1] !== from) {
+    throw new Error(`${JSON.stringify(file)} is ${where}`);
+  }
+  // lstat: the directory itself, not a link named like one that leads elsewhere.
+  if (!fs.lstatSync(dir).isDirectory()) throw new Error(`${JSON.stringify(file)} is ${where}`);
+}
+
+/**
+ * A new private directory (0700) for this process's outboxes, in
+ * mailboxBase(). It is removed when the process exits; directories left by
+ * processes that were killed (their pid is in the name) are swept away here.
+ */
+export function makeMailboxDir(role: MailboxRole): string {
+  const base = mailboxBase();
   sweepDeadMailboxDirs(base);
   const dir = fs.mkdtempSync(path.join(base, `ganfleet-${role}-${process.pid}-`));
   const atExit = () => removeMailboxDir(dir);
@@ -205,7 +224,7 @@ function sweepDeadMailboxDirs(base: string): void {
     return;
   }
   for (const name of names) {
-    const pid = DIR_NAME.exec(name)?.[1];
+    const pid = DIR_NAME.exec(name)?.[2];
     if (pid === undefined || processAlive(Number(pid))) continue;
     try {
       const dir = path.join(base, name);

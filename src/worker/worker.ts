@@ -365,7 +365,7 @@ interface Mailbox {
 function openMailbox(welcome: Welcome, log: Logger): Mailbox | null {
   let inbox: Inbox;
   try {
-    inbox = Inbox.open(welcome.mailbox!, welcome.nonce!);
+    inbox = Inbox.open(welcome.mailbox!, welcome.nonce!, 'coordinator');
   } catch (e) {
     log(`frames travel over the WebSocket: the coordinator's mailbox is not readable here (${(e as Error).message})`);
     return null;
