@@ -1,5 +1,5 @@
 import { ChildProcess, spawn } from 'node:child_process';
-import { BackendChoice } from './backend';
+import { BackendChoice, gpuBackendProblem } from './backend';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
@@ -26,6 +26,10 @@ export interface LocalOptions {
  * SIGKILLed.
  */
 export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, log: Logger = createLogger('local')): Promise<TrainingSummary> {
+  if (opts.gpus.length > 0) {
+    const problem = opts.workerBackend === 'wasm' || opts.workerBackend === 'cpu' ? `--backend ${opts.workerBackend} does not use them` : gpuBackendProblem();
+    if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
+  }
   // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
   const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend });
   const url = `ws://127.0.0.1:${coordinator.port}`;
@@ -71,16 +75,23 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       }
     });
   };
-  for (let i = 0; i < opts.workers; i++) startWorker(i);
-  log(`started ${opts.workers} worker process(es) against ${url}`);
+  // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
+  const { step, steps } = coordinator.status();
+  if (step < steps) {
+    for (let i = 0; i < opts.workers; i++) startWorker(i);
+    log(`started ${opts.workers} worker process(es) against ${url}`);
+  }
 
   try {
     return await coordinator.run();
   } finally {
     finishing = true;
     await coordinator.close();
+    // Workers that were connected were told to stop; one still starting would retry a closed port.
+    const stragglers = setTimeout(() => children.forEach((c) => c.kill('SIGTERM')), 2_000);
     const deadline = setTimeout(killAll, 10_000);
     await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? emitted(c, 'exit') : null)));
+    clearTimeout(stragglers);
     clearTimeout(deadline);
     removeSignals();
     process.off('exit', killAll);

@@ -20,7 +20,6 @@ export class SampleWriter {
     seed: number,
   ) {
     this.noise = new Rng(seed).fillNormal(new Float32Array(GRID * GRID * model.zDim));
-    fs.mkdirSync(dir, { recursive: true });
   }
 
   /** Renders the grid as PNG bytes. */
@@ -36,6 +35,8 @@ export class SampleWriter {
 
   write(step: number, generator: Float32Array): string {
     const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
+    // Made here, not when the run starts: a run that fails to start leaves no directory behind.
+    fs.mkdirSync(this.dir, { recursive: true });
     fs.writeFileSync(file, this.render(generator));
     return file;
   }
