@@ -21,7 +21,8 @@ export interface BackendSelection {
  */
 const NATIVE_PACKAGES = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'];
 
-function tryNative(pkg: string): string | null {
+/** Why `pkg` cannot serve as this process's backend without loading it (not installed, another version), or null. */
+function installProblem(pkg: string): string | null {
   let version: string;
   try {
     version = require(`${pkg}/package.json`).version;
@@ -31,6 +32,18 @@ function tryNative(pkg: string): string | null {
   if (version !== tf.version_core) {
     return `${pkg}@${version} does not match @tensorflow/tfjs-core@${tf.version_core}; run npm i ${pkg}@${tf.version_core}`;
   }
+  return null;
+}
+
+/** Why workers handed GPUs would compute on the CPU instead, or null; the GPU binding is not loaded here. */
+export function gpuBackendProblem(): string | null {
+  return installProblem(NATIVE_PACKAGES[0]);
+}
+
+function tryNative(pkg: string): string | null {
+  const problem = installProblem(pkg);
+  if (problem) return problem;
+  const { version } = require(`${pkg}/package.json`);
   try {
     require(pkg);
   } catch (e) {

@@ -8,7 +8,7 @@ import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
 import { evaluateCheckpoint } from './evaluate';
-import { GENERATE_FORMATS, generateSamples } from './generate';
+import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
 import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
 import { MAX_STRING_LENGTH } from './protocol/codec';
@@ -26,7 +26,21 @@ function defaultOut(): string {
 }
 
 function integerAtLeast(name: string, v: unknown, min = 1): void {
-  if (!Number.isInteger(v) || (v as number) < min) throw new Error(`--${name} must be an integer >= ${min}, got ${v}`);
+  if (!Number.isInteger(v) || (v as number) < min) throw new Error(`--${name} must be an integer >= ${min}, got ${given(name, v)}`);
+}
+
+/**
+ * A refused value as the user wrote it, and where: yargs turns a number
+ * flag's "abc" into NaN, and a GANFLEET_* value is not on the command line.
+ * (buildCli is only ever given process.argv.)
+ */
+function given(name: string, v: unknown): string {
+  const args = hideBin(process.argv);
+  const at = args.findIndex((t) => t === `--${name}` || t.startsWith(`--${name}=`));
+  const variable = `GANFLEET_${name.toUpperCase().replace(/-/g, '_')}`;
+  if (at < 0 && process.env[variable] !== undefined) return `${JSON.stringify(process.env[variable])} (from ${variable})`;
+  if (at >= 0 && Number.isNaN(v)) return JSON.stringify(args[at].includes('=') ? args[at].slice(args[at].indexOf('=') + 1) : args[at + 1]);
+  return String(v);
 }
 
 function backendOption<T>(y: Argv<T>) {
@@ -80,13 +94,15 @@ function trainingOptions<T>(y: Argv<T>) {
       integerAtLeast('checkpoint-every', a['checkpoint-every'], 0);
       integerAtLeast('eval-every', a['eval-every'], 0);
       integerAtLeast('eval-samples', a['eval-samples'], 2);
-      if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${a.lr}`);
-      for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${a[k]}`);
+      if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${given('lr', a.lr)}`);
+      for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${given(k, a[k])}`);
       // Node's timers hold at most 2^31-1 ms (24.8 days); a longer one fires at once.
       for (const k of ['round-timeout', 'heartbeat'] as const) {
-        if (!(a[k] > 0 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a positive number of seconds up to ${MAX_TIMER_SECONDS}, got ${a[k]}`);
+        if (!(a[k] > 0 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a positive number of seconds up to ${MAX_TIMER_SECONDS}, got ${given(k, a[k])}`);
       }
       if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${a['data-dir']}`);
+      // Empty would put the run's outputs (and its pruning of checkpoints/) in the working directory.
+      if (a.out !== undefined && a.out.trim() === '') throw new Error('--out must name a directory; to take the default (runs/<timestamp>), leave it out');
       // The default --out is a new directory, where there is nothing to resume.
       if (a.resume && a.out === undefined) throw new Error('--resume continues the run in --out: name its directory (--out runs/<run>)');
       return true;
@@ -101,7 +117,7 @@ function metricsPortOption<T>(y: Argv<T>, fallback: number) {
 }
 
 function checkPort(name: string, value: number, allowOff = false): void {
-  if (!Number.isInteger(value) || value > 65535 || value < (allowOff ? -1 : 0)) throw new Error(`--${name} must be a port number, got ${value}`);
+  if (!Number.isInteger(value) || value > 65535 || value < (allowOff ? -1 : 0)) throw new Error(`--${name} must be a port number, got ${given(name, value)}`);
 }
 
 type TrainingArgs = Awaited<ReturnType<typeof trainingOptions>['argv']> & { 'metrics-port': number };
@@ -163,7 +179,10 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
         const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
         return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
       });
+  const valued = Object.keys(options().key).filter((k) => !options().boolean.includes(k) && k !== 'help' && k !== 'version');
   return y
+    // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
+    .requiresArg(valued)
     .middleware((a) => {
       // Empty is as if unset: the default (yargs took it for false).
       for (const s of switches()) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
@@ -261,7 +280,7 @@ export function buildCli(argv: string[]) {
               checkPort('metrics-port', a['metrics-port'], true);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
               if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
-              if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${a['give-up-after']}`);
+              if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
               if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
               return true;
             }),
@@ -298,7 +317,7 @@ export function buildCli(argv: string[]) {
             .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
             .check((a) => {
-              if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${a.workers}`);
+              if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
               integerAtLeast('max-restarts', a['max-restarts'], 0);
               return true;
             }),
@@ -320,12 +339,14 @@ export function buildCli(argv: string[]) {
         checkCommandLine(
           backendOption(y)
             .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
-            .option('count', { type: 'number', default: 100, describe: 'Number of samples' })
+            .option('count', { type: 'number', default: 100, describe: `Number of samples (at most ${GENERATE_MAX_COUNT})` })
             .option('out', { type: 'string', demandOption: true, describe: `Output file; the extension picks the format: ${GENERATE_FORMATS.join(', ')}` })
             .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise' })
             .check((a) => {
               integerAtLeast('count', a.count);
               integerAtLeast('seed', a.seed, 0);
+              const problem = generateProblem(a.out, a.count);
+              if (problem) throw new Error(problem);
               return true;
             }),
           argv,
@@ -374,8 +395,9 @@ export function buildCli(argv: string[]) {
 if (require.main === module) {
   buildCli(hideBin(process.argv))
     .parseAsync()
-    .catch((e: Error) => {
-      process.stderr.write(`ganfleet: ${e.message}\n`);
+    .catch((e: Error & { code?: unknown }) => {
+      // The stable code (GanfleetError's, or Node's errno name) is what docs and searches can name.
+      process.stderr.write(`ganfleet: ${e.message}${typeof e.code === 'string' ? ` [${e.code}]` : ''}\n`);
       process.exit(1);
     });
 }

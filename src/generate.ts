@@ -23,12 +23,22 @@ export interface GenerateOptions {
 
 export const GENERATE_FORMATS = ['.npy', '.idx', '.png'] as const;
 
+/** The most samples one call draws: 200,000 are 627 MB as float32, held in memory twice while the file is written. */
+export const GENERATE_MAX_COUNT = 200_000;
+
+/** Why generate cannot write `count` samples to `out`, or null. */
+export function generateProblem(out: string, count: number): string | null {
+  const ext = path.extname(out).toLowerCase();
+  if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) return `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
+  if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${count}; draw more with further calls and other --seed values`;
+  return null;
+}
+
 /** Draws `count` samples from a checkpoint's generator and writes them in the format the extension names. */
 export async function generateSamples(opts: GenerateOptions, log: Logger = createLogger('generate')): Promise<string> {
   const ext = path.extname(opts.out).toLowerCase();
-  if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) {
-    throw new GanfleetError('GENERATE_FORMAT', `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${opts.out}`);
-  }
+  const problem = generateProblem(opts.out, opts.count);
+  if (problem) throw new GanfleetError('GENERATE_OPTIONS', problem);
   const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
   const model = createModel(String(checkpoint.config.arch), String(checkpoint.config.loss ?? 'bce'));
   const backend = await selectBackend(opts.backend);

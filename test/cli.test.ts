@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
@@ -131,5 +131,112 @@ test('a training set with no images, or fewer images than workers, stops the run
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, reason);
     for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });
+  }
+});
+
+test('a value flag with no value, an empty --out, and a value that is not a number are refused, with the value and where it came from', () => {
+  const cwd = tempDir('cli-cwd');
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
+  // It used to train with the default 10,000 steps.
+  for (const args of [['local', '--steps'], ['local', '--steps', '--workers', '1'], ['worker', '--coordinator']]) {
+    const r = cli(args);
+    assert.equal(r.status, 2, args.join(' '));
+    assert.match(r.stderr, new RegExp(`Not enough arguments following: ${args[1].slice(2)}`));
+  }
+  // An empty --out used to write the run (and prune checkpoints/) in the working directory.
+  for (const [args, env] of [[['local', '--out=', '--steps', '1'], {}], [['local', '--steps', '1'], { GANFLEET_OUT: '' }]] as const) {
+    const r = cli([...args], env);
+    assert.equal(r.status, 2, `${args.join(' ')} ${JSON.stringify(env)}`);
+    assert.match(r.stderr, /--out must name a directory/);
+  }
+  assert.match(cli(['local', '--steps', 'abc']).stderr, /--steps must be an integer >= 1, got "abc"/);
+  assert.match(cli(['local'], { GANFLEET_STEPS: 'abc' }).stderr, /--steps must be an integer >= 1, got "abc" \(from GANFLEET_STEPS\)/);
+  assert.deepEqual(fs.readdirSync(cwd), [], 'nothing written where the command ran');
+  fs.rmSync(cwd, { recursive: true, force: true });
+});
+
+test('generate refuses an unknown format or a --count it could not hold as usage errors (exit 2), before reading the checkpoint', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', ...args], { encoding: 'utf8', timeout: 30_000 });
+  const format = cli(['--out', 'samples.jpg']);
+  assert.equal(format.status, 2);
+  assert.match(format.stderr, /--out must end in \.npy, \.idx, \.png, got samples\.jpg/);
+  const count = cli(['--out', 'samples.npy', '--count', '100000000']);
+  assert.equal(count.status, 2);
+  assert.match(count.stderr, /--count must be at most 200000, got 100000000/);
+});
+
+test('local --resume on a finished run starts no workers: they would only retry a closed port until killed', () => {
+  const out = outWithCheckpoint('local-finished');
+  fs.writeFileSync(path.join(out, 'summary.json'), '{"steps": 1000}\n');
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '2', '--out', out, '--resume', '--steps', '1000', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const log = r.stdout + r.stderr;
+  assert.match(log, /the run is at step 1000 of --steps 1000/);
+  assert.doesNotMatch(log, /started \d+ worker|\[worker/);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a coordinator stopped before its first step writes no outputs: its generator would be the untrained draw', async () => {
+  const out = path.join(tempDir('never-trained'), 'run');
+  const child = spawn(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const waiting = new Promise<void>((resolve) => {
+    const onData = (d: Buffer) => {
+      log += d;
+      if (/waiting for workers/.test(log)) resolve();
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+  });
+  await waiting;
+  child.kill('SIGTERM');
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 0, log);
+  assert.match(log, /SIGTERM received before the first step: no outputs written/);
+  assert.ok(!fs.existsSync(out), `${out} was created`);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
+test('resuming with other settings names each changed flag and which value counts; a higher --steps is no warning, another --model says how to resume', () => {
+  const out = path.join(tempDir('resume-settings'), 'run');
+  const local = (...args: string[]) =>
+    spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', out, '--metrics-port', '-1', '--sample-every', '1000', ...args], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(local('--steps', '2').status, 0);
+  const r = local('--resume', '--steps', '4', '--batch-size', '64');
+  assert.equal(r.status, 0, r.stderr);
+  const warnings = (r.stdout + r.stderr).split('\n').filter((l) => /warning:/.test(l));
+  assert.equal(warnings.length, 1, warnings.join('\n'));
+  assert.match(warnings[0], /warning: --batch-size is 64 in this run, the checkpoint was written with 128; this run's value is used from here on/);
+  const other = local('--resume', '--steps', '6', '--model', 'dcgan');
+  assert.equal(other.status, 1);
+  assert.match(other.stderr, /is a mlp checkpoint, not dcgan: pass --model mlp to resume it/);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
+test('local says when --gpus cannot be used and when --no-mailbox sends every frame over the WebSocket', () => {
+  const out = path.join(tempDir('gpus-unused'), 'run');
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--gpus', '0', '--backend', 'wasm', '--no-mailbox', '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const log = r.stdout + r.stderr;
+  assert.match(log, /--gpus 0 given, but the workers will compute on the CPU: --backend wasm does not use them/);
+  assert.match(log, /no shared-memory mailboxes \(--no-mailbox\): every worker's frames travel over the WebSocket/);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
+test('a port in use names its flag, and the error its code', async () => {
+  const net = await import('node:net');
+  const taken = net.createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  const port = String((taken.address() as import('node:net').AddressInfo).port);
+  const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+  try {
+    const coordinator = run(['coordinator', '--port', port, '--metrics-port', '-1']);
+    assert.equal(coordinator.status, 1);
+    assert.match(coordinator.stderr, new RegExp(`--port ${port}: listen EADDRINUSE.*\\[EADDRINUSE\\]`));
+    const worker = run(['worker', '--coordinator', 'ws://127.0.0.1:1', '--metrics-port', port]);
+    assert.equal(worker.status, 1);
+    assert.match(worker.stderr, new RegExp(`--metrics-port ${port}: listen EADDRINUSE.*\\[EADDRINUSE\\]`));
+  } finally {
+    taken.close();
   }
 });

@@ -186,3 +186,17 @@ test('--give-up-after also bounds a try whose handshake never completes (it wait
     silent.close();
   }
 });
+
+test("a worker pointed at an HTTP server that is no coordinator (its metrics port, say) is told where workers join", async () => {
+  const http = await import('node:http');
+  const metrics = http.createServer((_req, res) => res.end('ok\n'));
+  await new Promise<void>((r) => metrics.listen(0, '127.0.0.1', r));
+  const worker = startWorker(`ws://127.0.0.1:${(metrics.address() as AddressInfo).port}`, 'misdirected', ['--give-up-after', '1']);
+  try {
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.match(worker.log, /\(HTTP 200: an HTTP server but no coordinator; workers join at its --port \(8787 by default\), not its --metrics-port \(9090\)\)/);
+  } finally {
+    worker.kill();
+    metrics.close();
+  }
+});

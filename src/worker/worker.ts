@@ -79,7 +79,11 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
   const metrics = new WorkerMetrics();
   const metricsServer =
-    opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
+    opts.metricsPort !== undefined && opts.metricsPort >= 0
+      ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort).catch((e: NodeJS.ErrnoException) => {
+          throw Object.assign(new Error(`--metrics-port ${opts.metricsPort}: ${e.message}`), { code: e.code });
+        })
+      : null;
   if (metricsServer) log(`metrics on http://${opts.metricsHost ?? '127.0.0.1'}:${boundPort(metricsServer)}/metrics`);
 
   let leaving: (() => void) | null = null;
@@ -339,7 +343,10 @@ function connectOnce(
     ws.on('unexpected-response', (_req, res) => {
       const status = res.statusCode ?? 0;
       // 401/403: the token is wrong, and trying again will not change that.
-      end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : lost(`HTTP ${status}`));
+      // 2xx/3xx/404 to an upgrade: a plain HTTP server, most often the coordinator's metrics port; a proxy's 5xx may pass.
+      const plainHttp = status < 400 || status === 404;
+      const hint = plainHttp ? ': an HTTP server but no coordinator; workers join at its --port (8787 by default), not its --metrics-port (9090)' : '';
+      end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : lost(`HTTP ${status}${hint}`));
       ws.terminate();
     });
     ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator))));
