@@ -7,7 +7,9 @@ import path from 'node:path';
 import { selectBackend } from '../src/backend';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { writeCheckpoint } from '../src/coordinator/checkpoint';
+import { encodeIdx } from '../src/data/idx';
 import { loadMnist, toTanhRange } from '../src/data/mnist';
+import { decodeNpy, encodeNpy } from '../src/data/npy';
 import { CLASSIFIER_FILE, classifyImages, loadClassifier } from '../src/eval/classifier';
 import { FeatureMoments, accuracy, evaluateImages, frechetDistance, mnistScore } from '../src/eval/quality';
 import { createModel } from '../src/model';
@@ -42,6 +44,29 @@ test('FID and MNIST score: real training images score near the test set, uniform
   // MNIST's classes are roughly balanced (8.9% to 11.2% of the training set).
   assert.ok(real.classShares.every((s) => s > 0.08 && s < 0.13), `class shares ${real.classShares}`);
   assert.ok(Math.abs(real.classShares.reduce((a, b) => a + b, 0) - 1) < 1e-9);
+});
+
+test('evaluation reads the reference statistics again when --data-dir names another test set (they were kept from the first)', async () => {
+  await selectBackend('wasm');
+  const n = 1000;
+  const test = loadMnist('test');
+  const dir = tempDir('small-test-set');
+  fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([n, 28, 28], test.images.subarray(0, n * 784)));
+  fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([n], test.labels.subarray(0, n)));
+  const images = toTanhRange(test.images.subarray(0, n * 784), new Float32Array(n * 784));
+  const againstAll = evaluateImages(images, n);
+  const againstThemselves = evaluateImages(images, n, dir);
+  assert.ok(againstThemselves.fid < 1e-3, `the same ${n} images scored ${againstThemselves.fid} against themselves`);
+  assert.ok(againstAll.fid > 0.1, `${n} test images scored ${againstAll.fid} against all 10,000`);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('decodeNpy refuses a cut-off file and other formats instead of returning fewer values than its shape', () => {
+  const good = encodeNpy([2, 3], Float32Array.from([1, 2, 3, 4, 5, 6]));
+  assert.deepEqual(Array.from(decodeNpy(good).data), [1, 2, 3, 4, 5, 6]);
+  assert.throws(() => decodeNpy(good.subarray(0, good.length - 4)), /needs 24 bytes of data, the file holds 20/);
+  assert.throws(() => decodeNpy(good.subarray(0, 8)), /not a \.npy file/);
+  assert.throws(() => decodeNpy(good.subarray(0, 40)), /header of \d+ bytes, but the file ends at 40/);
 });
 
 /** Moments of N(mean, Q·diag(d)·Qᵀ) for a fixed rotation Q. */

@@ -101,15 +101,15 @@ export function mnistScore(probabilities: Float32Array, count: number): number {
   return Math.exp(kl / count);
 }
 
-/** The classifier's weights and the test set's feature moments, loaded once per process. */
-let reference: { weights: Float32Array; test: FeatureMoments } | null = null;
+/** The classifier's weights and the test set's feature moments, loaded once per process and test set. */
+let reference: { dataDir: string | undefined; weights: Float32Array; test: FeatureMoments } | null = null;
 
 function referenceStatistics(dataDir?: string): { weights: Float32Array; test: FeatureMoments } {
-  if (!reference) {
-    const weights = loadClassifier();
+  if (!reference || reference.dataDir !== dataDir) {
+    const weights = reference?.weights ?? loadClassifier();
     const test = loadMnist('test', dataDir);
     const { features } = classifyImages(weights, toTanhRange(test.images, new Float32Array(test.images.length)), test.count);
-    reference = { weights, test: featureMoments(features, test.count, FEATURES) };
+    reference = { dataDir, weights, test: featureMoments(features, test.count, FEATURES) };
   }
   return reference;
 }
