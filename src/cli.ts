@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -43,7 +44,7 @@ function given(name: string, v: unknown): string {
   return String(v);
 }
 
-function backendOption<T>(y: Argv<T>) {
+function backendOption<T>(y: Argv<T>, nativeUse = 'matrix products and convolutions on wasm') {
   return y
     .option('backend', {
       choices: BACKEND_CHOICES,
@@ -54,13 +55,13 @@ function backendOption<T>(y: Argv<T>) {
       type: 'boolean',
       default: true,
       describe:
-        "Use ganfleet's native AVX2/FMA kernels where npm install built them: matrix products and convolutions on wasm, Adam and the gradient average on the coordinator. --no-native keeps XNNPACK and JavaScript",
+        `Use ganfleet's native AVX2/FMA kernels where npm install built them: ${nativeUse}. --no-native keeps XNNPACK and JavaScript`,
     });
 }
 
 /** Flags shared by `coordinator` and `local`: the training job itself. */
 function trainingOptions<T>(y: Argv<T>) {
-  return backendOption(y)
+  return backendOption(y, "matrix products and convolutions on wasm, Adam and the gradient average on the coordinator (local: the workers' too)")
     .option('model', { choices: ARCHITECTURES, default: 'mlp' as const, describe: 'GAN architecture', group: 'Training:' })
     .option('loss', { choices: LOSSES, default: 'bce' as const, describe: 'bce: the seed (binary cross-entropy, non-saturating G); lsgan: least squares (Mao et al. 2017), a=0, b=c=1', group: 'Training:' })
     .option('steps', { type: 'number', default: 10000, describe: 'Training steps (each: one D update, one G update)', group: 'Training:' })
@@ -110,7 +111,8 @@ function trainingOptions<T>(y: Argv<T>) {
 }
 
 function metricsPortOption<T>(y: Argv<T>, fallback: number) {
-  return y.option('metrics-port', { type: 'number', default: fallback, describe: 'HTTP port for /metrics and /healthz (0 = any free port, -1 = off)', group: 'Outputs:' }).check((a) => {
+  const describe = 'HTTP port for /metrics, /healthz, the status page (/) and /api/status, on --host and without a token (0 = any free port, -1 = off)';
+  return y.option('metrics-port', { type: 'number', default: fallback, describe, group: 'Outputs:' }).check((a) => {
     checkPort('metrics-port', a['metrics-port'], true);
     return true;
   });
@@ -287,7 +289,8 @@ export function buildCli(argv: string[]) {
           argv,
         ),
       async (a) => {
-        const log = createLogger(`worker ${a.name ?? process.pid}`);
+        // The name the coordinator shows (runWorker's default), so both logs agree.
+        const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
         // Started by `ganfleet local` with an IPC channel: never outlive that parent.
         if (process.connected) process.once('disconnect', () => (log('parent process gone: exiting'), process.exit(1)));
         process.exitCode = await runWorker(
@@ -387,7 +390,8 @@ export function buildCli(argv: string[]) {
       if (!msg && err) throw err; // a failure inside a command, not a usage error
       // One line: yargs puts the value and the choices of an invalid one on a second line.
       const reason = (msg ?? err.message).split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
-      process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet <command> --help' for usage.\n`);
+      const command = ['coordinator', 'worker', 'local', 'generate', 'eval'].find((c) => c === argv[0]) ?? '<command>';
+      process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
       process.exit(2);
     });
 }
