@@ -292,7 +292,8 @@ export function buildCli(argv: string[]) {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
         // Started by `ganfleet local` with an IPC channel: never outlive that parent.
-        if (process.connected) process.once('disconnect', () => (log('parent process gone: exiting'), process.exit(1)));
+        const parentGone = () => (log('parent process gone: exiting'), process.exit(1));
+        if (process.connected) process.once('disconnect', parentGone);
         process.exitCode = await runWorker(
           {
             coordinator: a.coordinator,
@@ -307,6 +308,8 @@ export function buildCli(argv: string[]) {
           },
           log,
         );
+        // Our own disconnect is no lost parent.
+        process.off('disconnect', parentGone);
         process.disconnect?.();
       },
     )

@@ -269,7 +269,7 @@ test("a peer's second mail in an open round cannot change the gradients already 
       while (openRound()?.isAwaiting(a.id)) await new Promise((r) => setTimeout(r, 1));
       a.peer.gradients(step, phase, new Float32Array(size).fill(0.25), a.outbox);
       const refused = await a.peer.next();
-      assert.ok(refused.type === 'error' && refused.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(refused));
+      assert.ok(refused.type === 'error' && refused.code === 'PROTOCOL_WRONG_STEP', JSON.stringify(refused));
       doubled++;
     }
     b.peer.gradients(step, phase, new Float32Array(size), asked[1].mailed ? b.outbox : undefined);
@@ -507,7 +507,7 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(data, { recursive: true, force: true });
   });
 
-  test('a straggler to the round that closed last is discarded once; a copy, an older round or a cut-off frame is an offence', async () => {
+  test('a straggler is discarded once per request; a copy, or a round never asked of the worker, is an offence', async () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'late'), 2), startWorkers: 2 }, (l) => lines.push(l));
     const run = coordinator.run();
@@ -526,24 +526,46 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(lines.some((l) => l === `discarded late discriminator gradients for step 0 from ${a.workerId}`), lines.join('\n'));
     a.peer.gradients(0, 'discriminator', zeros('discriminator'));
     const copy = await a.peer.next();
-    assert.ok(copy.type === 'error' && copy.code === 'PROTOCOL_UNEXPECTED' && /second answer to step 0 \(discriminator\)/.test(copy.message), JSON.stringify(copy));
+    assert.ok(copy.type === 'error' && copy.code === 'PROTOCOL_WRONG_STEP' && /step 0 \(discriminator\) answer no open request to w/.test(copy.message), JSON.stringify(copy));
     // The copy cost a its answer to step 0's G round, as any offence does; with two offences it still takes part in step 1.
     b.peer.gradients(0, 'generator', zeros('generator'));
     await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
     for (const p of [a, b]) p.peer.gradients(1, 'discriminator', zeros('discriminator'));
     await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
-    // Step 1's G round is open, and its D round closed last. A newcomer replays older rounds, then sends a cut-off frame.
+    // Step 1's G round is open. A newcomer, asked nothing yet, replays rounds that closed.
     const c = await joinedPeer(coordinator);
-    c.peer.gradients(0, 'generator', zeros('generator'));
-    const older = await c.peer.next();
-    assert.ok(older.type === 'error' && older.code === 'PROTOCOL_WRONG_STEP' && /closed before the last one/.test(older.message), JSON.stringify(older));
-    c.peer.gradients(1, 'discriminator', zeros('discriminator').subarray(0, 10));
-    const cut = await c.peer.next();
-    assert.ok(cut.type === 'error' && cut.code === 'PROTOCOL_BAD_SIZE', JSON.stringify(cut));
+    for (const [step, phase] of [[0, 'generator'], [1, 'discriminator']] as const) {
+      c.peer.gradients(step, phase, zeros(phase));
+      const replay = await c.peer.next();
+      assert.ok(replay.type === 'error' && replay.code === 'PROTOCOL_WRONG_STEP' && /answer no open request/.test(replay.message), JSON.stringify(replay));
+    }
     assert.equal(await late(), 1, 'only the one straggler counts as late');
     for (const p of [a, b]) p.peer.gradients(1, 'generator', zeros('generator'));
     const summary = await run;
     assert.equal(summary.steps, 2);
+    await coordinator.close();
+  });
+
+  test('a worker asked twice for one round (the round was retried after its offence) may answer both requests', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start(config(path.join(out, 'retried'), 2), (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    // The offence drops it from the only round, which closes unanswered and is asked again: two requests for one round.
+    peer.send(encode(message<Mail>({ type: 'mail', bytes: 100 })));
+    const asked = [await weightsOrDrop(peer)];
+    assert.ok(asked[0].step === 0 && asked[0].phase === 'discriminator', JSON.stringify({ step: asked[0].step, phase: asked[0].phase }));
+    // Answered in order, as a worker does: the first answer serves the retried round, the second is late.
+    for (let i = 0; i < 2; i++) peer.gradients(0, 'discriminator', zeros('discriminator'));
+    for (const phase of ['generator', 'discriminator', 'generator'] as const) {
+      const w = await weightsOrDrop(peer);
+      assert.equal(w.phase, phase);
+      peer.gradients(w.step, phase, zeros(phase));
+    }
+    assert.equal((await run).steps, 2);
+    assert.ok(lines.some((l) => /discarded late discriminator gradients for step 0/.test(l)), lines.join('\n'));
+    assert.deepEqual(lines.filter((l) => /rejected a message/.test(l)), ['rejected a message from w1 (unexpected): mail without a confirmed mailbox']);
     await coordinator.close();
   });
 

@@ -150,8 +150,8 @@ function classify(f: Frame, welcomed: boolean): Outcome {
     case 'gradients':
       if (f.reason) return { kind: 'rejected', reason: f.reason };
       if (msg.step >= FUTURE_MIN) return { kind: 'rejected', reason: 'wrong_step' };
-      // Rogues never answer a round, so a stale frame is a first answer, to a round older than the one that closed last.
-      if (msg.step <= STALE_MAX) return { kind: 'rejected', reason: msg.gradients.length === sizeOf(msg.phase) ? 'wrong_step' : 'bad_size' };
+      // Rounds this early closed before any rogue connected: a stale frame answers no request of its sender.
+      if (msg.step <= STALE_MAX) return { kind: 'rejected', reason: 'wrong_step' };
       throw new Error(`fuzzer bug: ${f.kind} carries gradients for step ${msg.step}, which may be the open round`);
   }
 }
@@ -429,7 +429,7 @@ function mutate(rng: Prng, base: Buffer): Buffer {
   return b;
 }
 
-/** Gradients, some cut short, for a round older than the one that closed last: an offence (wrong_step, or bad_size). */
+/** Gradients, some cut short, for a round that closed before its sender connected: an offence (wrong_step). */
 function staleFrame(rng: Prng): Frame {
   const phase: Phase = rng.chance(0.5) ? 'discriminator' : 'generator';
   const g = rng.chance(0.1) ? REF[phase] : REF[phase].subarray(0, rng.range(1, 256));

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
@@ -162,4 +163,26 @@ test('a peer can name only a file directly in a mailbox directory of its role: n
     Inbox.open(real.path, nonce, 'coordinator').close();
     real.close();
   });
+});
+
+test('without a writable /dev/shm, mailboxes go in the temp dir, and a TMPDIR written with extra slashes still names it', () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-tmpdir-'));
+  // A host whose /dev/shm cannot be written (macOS, a read-only one): the child opens its own mailbox as a peer would.
+  const script = `
+    const fs = require('node:fs'), path = require('node:path');
+    const access = fs.accessSync;
+    fs.accessSync = (p, m) => { if (p === '/dev/shm') throw Object.assign(new Error('EACCES'), { code: 'EACCES' }); return access(p, m); };
+    const mb = require(${JSON.stringify(require.resolve('../src/protocol/mailbox'))});
+    const dir = mb.makeMailboxDir('worker');
+    const nonce = mb.mailboxNonce();
+    const outbox = mb.Outbox.create(path.join(dir, 'to-coordinator'), nonce);
+    mb.Inbox.open(outbox.path, nonce, 'worker').close();
+    console.log(dir);`;
+  try {
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, TMPDIR: `${tmp}//` } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(path.dirname(r.stdout.trim()), tmp);
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
 });

@@ -194,7 +194,7 @@ test("a worker pointed at an HTTP server that is no coordinator (its metrics por
   const worker = startWorker(`ws://127.0.0.1:${(metrics.address() as AddressInfo).port}`, 'misdirected', ['--give-up-after', '1']);
   try {
     assert.equal(await exitWithin(worker), 1, worker.log);
-    assert.match(worker.log, /\(HTTP 200: an HTTP server but no coordinator; workers join at its --port \(8787 by default\), not its --metrics-port \(9090\)\)/);
+    assert.match(worker.log, /\(HTTP 200: an HTTP server that takes no workers; if it is a coordinator's --metrics-port \(9090 by default\), workers join at its --port \(8787 by default\)\)/);
   } finally {
     worker.kill();
     metrics.close();

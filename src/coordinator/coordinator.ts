@@ -561,6 +561,7 @@ export class Coordinator {
         round.drop(peer.id);
         continue;
       }
+      peer.asked.push(roundIndex(step, phase));
       // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
       const backstopMs = Math.min(deadlineMs + (peer.socket.bufferedAmount / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
       deadlines.push(
@@ -620,6 +621,14 @@ export class Coordinator {
     this.workers.drop(peer, why ?? `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
   }
 
+  /**
+   * An answer is taken only against a request: the peer's queue of rounds it
+   * was sent weights for. A worker answers its requests in order, so the
+   * answer must be for one of them, and it settles that one and any skipped
+   * before it. So a worker asked twice for one round (a retried round) may
+   * answer twice, a straggler is discarded once per request, and a copy, a
+   * replay or a round never asked is an offence that cannot flood the log.
+   */
   private onGradients(peer: WorkerPeer, msg: Gradients): void {
     const round = this.round;
     const sent = roundIndex(msg.step, msg.phase);
@@ -627,25 +636,13 @@ export class Coordinator {
     if (!forOpenRound && sent > this.lastClosedRound) {
       return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) do not belong to any round so far`);
     }
-    if (sent <= peer.answered) return this.reject(peer.socket, peer, 'unexpected', `a second answer to step ${msg.step} (${msg.phase})`);
-    if (forOpenRound && !round.isAwaiting(peer.id)) {
-      return this.reject(peer.socket, peer, 'unexpected', `${peer.id} is not awaited in step ${msg.step} (${msg.phase})`);
-    }
-    // Checked for late answers too: what could never be an answer is an offence even when its round has closed.
+    const request = peer.asked.indexOf(sent);
+    if (request < 0) return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) answer no open request to ${peer.id}`);
+    peer.asked.splice(0, request + 1);
     const problem = this.checkGradients(msg);
     if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
-    if (forOpenRound) {
-      peer.answered = sent;
-      return round.accept(peer.id, msg);
-    }
-    // A worker answers its rounds in order, so a straggler answers the round that closed last. Older still, every
-    // round since would have had to close without this worker: a replay, or a peer gone wrong, and an offence,
-    // so that old rounds cannot flood the log.
-    if (sent < this.lastClosedRound) {
-      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) answer a round that closed before the last one`);
-    }
-    // Never applied to newer weights; not an offence.
-    peer.answered = sent;
+    if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
+    // Its round closed without it (or dropped it for an offence): never applied to newer weights; no offence.
     this.metrics.lateGradients.inc();
     this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
   }
@@ -838,7 +835,9 @@ export class Coordinator {
     ];
     for (const [flag, of] of settings) {
       if (JSON.stringify(of(now)) !== JSON.stringify(of(c.config))) {
-        this.log(`warning: ${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(c.config))}; this run's value is used from here on`);
+        // The workers' seeds continue from the checkpoint's generator of them; --seed still sets the shards and the grids' noise.
+        const scope = flag === '--seed' ? ' for the shard order and the sample grids (worker seeds continue from the checkpoint)' : '';
+        this.log(`warning: ${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(c.config))}; this run's value is used from here on${scope}`);
       }
     }
     this.log(`resumed from ${found.file} at step ${c.step}`);

@@ -28,8 +28,8 @@ export class WorkerPeer {
   /** Version of each network this worker holds; -1 = none. Only stale ones are sent. */
   readonly holds: Record<Phase, number> = { generator: -1, discriminator: -1 };
   offences = 0;
-  /** Round index (coordinator's roundIndex) of the newest answer taken from this peer, in time or late; -1: none. */
-  answered = -1;
+  /** Round indices (coordinator's roundIndex) this peer was sent weights for and has not answered, oldest first. */
+  readonly asked: number[] = [];
   lastComputeSeconds = 0;
   /** A heartbeat ping is queued or on the wire, awaiting its pong. */
   pingInFlight = false;

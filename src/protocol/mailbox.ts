@@ -177,7 +177,9 @@ function mailboxBase(): string {
     fs.accessSync('/dev/shm', fs.constants.W_OK);
     return '/dev/shm';
   } catch {
-    return os.tmpdir(); // no /dev/shm (macOS) or not writable: the temp dir serves, at a disk's page cache
+    // No /dev/shm (macOS) or not writable: the temp dir serves, at a disk's page cache. Resolved, as the
+    // directories made in it are, so that TMPDIR=/tmp//x still names the parent checkPeerPath compares.
+    return path.resolve(os.tmpdir());
   }
 }
 

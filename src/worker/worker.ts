@@ -345,7 +345,7 @@ function connectOnce(
       // 401/403: the token is wrong, and trying again will not change that.
       // 2xx/3xx/404 to an upgrade: a plain HTTP server, most often the coordinator's metrics port; a proxy's 5xx may pass.
       const plainHttp = status < 400 || status === 404;
-      const hint = plainHttp ? ': an HTTP server but no coordinator; workers join at its --port (8787 by default), not its --metrics-port (9090)' : '';
+      const hint = plainHttp ? ": an HTTP server that takes no workers; if it is a coordinator's --metrics-port (9090 by default), workers join at its --port (8787 by default)" : '';
       end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : lost(`HTTP ${status}${hint}`));
       ws.terminate();
     });
