@@ -43,11 +43,11 @@ export function gpuBackendProblem(): string | null {
 function tryNative(pkg: string): string | null {
   const problem = installProblem(pkg);
   if (problem) return problem;
-  const { version } = require(`${pkg}/package.json`);
   try {
     require(pkg);
   } catch (e) {
-    return `${pkg}@${version} failed to load: ${(e as Error).message.split('\n')[0]}`;
+    // Installed at our version, as installProblem has just checked.
+    return `${pkg}@${tf.version_core} failed to load: ${(e as Error).message.split('\n')[0]}`;
   }
   return null;
 }
