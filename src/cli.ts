@@ -30,16 +30,23 @@ function integerAtLeast(name: string, v: unknown, min = 1): void {
   if (!Number.isInteger(v) || (v as number) < min) throw new Error(`--${name} must be an integer >= ${min}, got ${given(name, v)}`);
 }
 
+/** The GANFLEET_* variable a flag's value came from, when the command line does not give it. */
+function environmentSource(name: string): string | undefined {
+  const onCommandLine = hideBin(process.argv).some((t) => t === `--${name}` || t.startsWith(`--${name}=`));
+  const variable = `GANFLEET_${name.toUpperCase().replace(/-/g, '_')}`;
+  return !onCommandLine && process.env[variable] !== undefined ? variable : undefined;
+}
+
 /**
  * A refused value as the user wrote it, and where: yargs turns a number
  * flag's "abc" into NaN, and a GANFLEET_* value is not on the command line.
  * (buildCli is only ever given process.argv.)
  */
 function given(name: string, v: unknown): string {
+  const variable = environmentSource(name);
+  if (variable) return `${JSON.stringify(process.env[variable])} (from ${variable})`;
   const args = hideBin(process.argv);
   const at = args.findIndex((t) => t === `--${name}` || t.startsWith(`--${name}=`));
-  const variable = `GANFLEET_${name.toUpperCase().replace(/-/g, '_')}`;
-  if (at < 0 && process.env[variable] !== undefined) return `${JSON.stringify(process.env[variable])} (from ${variable})`;
   if (at >= 0 && Number.isNaN(v)) return JSON.stringify(args[at].includes('=') ? args[at].slice(args[at].indexOf('=') + 1) : args[at + 1]);
   return String(v);
 }
@@ -101,7 +108,7 @@ function trainingOptions<T>(y: Argv<T>) {
       for (const k of ['round-timeout', 'heartbeat'] as const) {
         if (!(a[k] > 0 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a positive number of seconds up to ${MAX_TIMER_SECONDS}, got ${given(k, a[k])}`);
       }
-      if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${a['data-dir']}`);
+      if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${given('data-dir', a['data-dir'])}`);
       // Empty would put the run's outputs (and its pruning of checkpoints/) in the working directory.
       if (a.out !== undefined && a.out.trim() === '') throw new Error('--out must name a directory; to take the default (runs/<timestamp>), leave it out');
       // The default --out is a new directory, where there is nothing to resume.
@@ -280,7 +287,7 @@ export function buildCli(argv: string[]) {
             .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
             .check((a) => {
               checkPort('metrics-port', a['metrics-port'], true);
-              if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${a.coordinator}`);
+              if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
               if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
               if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
               if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
@@ -392,7 +399,11 @@ export function buildCli(argv: string[]) {
     .fail((msg, err) => {
       if (!msg && err) throw err; // a failure inside a command, not a usage error
       // One line: yargs puts the value and the choices of an invalid one on a second line.
-      const reason = (msg ?? err.message).split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
+      let reason = (msg ?? err.message).split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
+      // yargs' own choice check does not know the value may have come from the environment.
+      const refused = /^Invalid values: Argument: ([\w-]+), Given: /.exec(reason)?.[1];
+      const variable = refused && environmentSource(refused);
+      if (variable) reason += ` (from ${variable})`;
       const command = ['coordinator', 'worker', 'local', 'generate', 'eval'].find((c) => c === argv[0]) ?? '<command>';
       process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
       process.exit(2);

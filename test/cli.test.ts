@@ -151,6 +151,11 @@ test('a value flag with no value, an empty --out, and a value that is not a numb
   }
   assert.match(cli(['local', '--steps', 'abc']).stderr, /--steps must be an integer >= 1, got "abc"/);
   assert.match(cli(['local'], { GANFLEET_STEPS: 'abc' }).stderr, /--steps must be an integer >= 1, got "abc" \(from GANFLEET_STEPS\)/);
+  // Every kind of refusal names the variable a value came from: yargs' choices, and ganfleet's own checks.
+  assert.match(cli(['local'], { GANFLEET_MODEL: 'gan' }).stderr, /Given: "gan", Choices: "mlp", "dcgan" \(from GANFLEET_MODEL\)/);
+  assert.doesNotMatch(cli(['local', '--model', 'gan']).stderr, /from GANFLEET/);
+  assert.match(cli(['local'], { GANFLEET_DATA_DIR: '/no/such/dir' }).stderr, /--data-dir: no such directory "\/no\/such\/dir" \(from GANFLEET_DATA_DIR\)/);
+  assert.match(cli(['worker'], { GANFLEET_COORDINATOR: 'host:8787' }).stderr, /--coordinator must be a ws:\/\/ or wss:\/\/ URL, got "host:8787" \(from GANFLEET_COORDINATOR\)/);
   assert.deepEqual(fs.readdirSync(cwd), [], 'nothing written where the command ran');
   fs.rmSync(cwd, { recursive: true, force: true });
 });
