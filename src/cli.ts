@@ -14,6 +14,7 @@ import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
 import { MAX_STRING_LENGTH } from './protocol/codec';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
+import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
 import { createLogger } from './util/log';
 import { onStopSignals } from './util/signals';
@@ -411,8 +412,9 @@ export function buildCli(argv: string[]) {
 }
 
 if (require.main === module) {
-  buildCli(hideBin(process.argv))
-    .parseAsync()
+  Promise.resolve()
+    .then(() => assertLittleEndianHost())
+    .then(() => buildCli(hideBin(process.argv)).parseAsync())
     .catch((e: Error & { code?: unknown }) => {
       // The stable code (GanfleetError's, or Node's errno name) is what docs and searches can name.
       process.stderr.write(`ganfleet: ${e.message}${typeof e.code === 'string' ? ` [${e.code}]` : ''}\n`);

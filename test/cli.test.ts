@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { listCheckpoints, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
+import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { blankMnistDir, tempDir } from './harness';
 import { CLI } from './helpers';
@@ -246,4 +247,9 @@ test('a port in use names its flag, and the error its code', async () => {
   } finally {
     taken.close();
   }
+});
+
+test('a big-endian host is refused with a stable code: frames and files are little-endian bytes of host typed arrays', () => {
+  assert.throws(() => assertLittleEndianHost('BE'), (e: Error & { code?: string }) => e.code === 'BIG_ENDIAN_HOST' && /little-endian host/.test(e.message));
+  assert.doesNotThrow(() => assertLittleEndianHost('LE'));
 });
