@@ -158,7 +158,8 @@ function coordinatorConfig(
     heartbeatSeconds: a.heartbeat,
     adam: { ...adamDefaults(a.model), ...(a.lr !== undefined && { learningRate: a.lr }), ...(a.beta1 !== undefined && { beta1: a.beta1 }), beta2: a.beta2 },
     backend: a.backend,
-    dataDir: a['data-dir'],
+    // Absolute in the checkpoint, so a resume from another working directory names the same place.
+    dataDir: a['data-dir'] && path.resolve(a['data-dir']),
   };
 }
 

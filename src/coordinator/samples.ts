@@ -3,9 +3,12 @@ import path from 'node:path';
 import { GanModel } from '../model';
 import { scoped, tf } from '../model/tf';
 import { Rng } from '../util/rng';
+import { writeFileAtomic } from '../util/write';
 import { encodePng, imageGrid } from './png';
 
 const GRID = 5;
+
+export const SAMPLE_FILE = /^step-\d{6,}\.png$/;
 
 /**
  * Writes 5×5 sample grids from one fixed noise batch, so grids from
@@ -37,7 +40,7 @@ export class SampleWriter {
     const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
     // Made here, not when the run starts: a run that fails to start leaves no directory behind.
     fs.mkdirSync(this.dir, { recursive: true });
-    fs.writeFileSync(file, this.render(generator));
+    writeFileAtomic(file, [this.render(generator)]);
     return file;
   }
 }

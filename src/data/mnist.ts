@@ -3,6 +3,7 @@
  * 1/4 the size of float32) until a batch is built, when toTanhRange scales
  * them to the generator's tanh range.
  */
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GanfleetError } from '../util/errors';
@@ -104,4 +105,9 @@ export function gatherTanhRange(images: Uint8Array, indices: Int32Array, out: Fl
     toTanhRange(images.subarray(k * IMAGE_SIZE, (k + 1) * IMAGE_SIZE), out.subarray(i * IMAGE_SIZE, (i + 1) * IMAGE_SIZE));
   }
   return out;
+}
+
+/** Names a set by its content, not its path: the same images under another directory are the same training. */
+export function imagesFingerprint(set: MnistSet): { images: number; sha256: string } {
+  return { images: set.count, sha256: crypto.createHash('sha256').update(set.images).digest('hex') };
 }

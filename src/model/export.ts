@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../util/write';
 import { GanModel } from './gan';
 import { ParameterLayout } from './layout';
 
@@ -22,14 +23,15 @@ export function sequentialGenerator(layers: object[], layout: ParameterLayout): 
 
 /**
  * Writes G as a TensorFlow.js LayersModel: `model.json` plus `weights.bin`
- * (little-endian float32 in manifest order, which is the layout order).
+ * (little-endian float32 in manifest order, which is the layout order),
+ * each replaced whole, so a run killed while exporting leaves no torn file.
  */
 export function exportGenerator(model: GanModel, generator: Float32Array, dir: string): void {
   model.generatorLayout.checkLength(generator);
   const { topology, weightNames } = model.generatorTopology();
   const weights = model.generatorLayout.entries.map((e) => ({ name: weightNames[e.name], shape: [...e.shape], dtype: 'float32' }));
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'weights.bin'), Buffer.from(generator.buffer, generator.byteOffset, generator.byteLength));
+  writeFileAtomic(path.join(dir, 'weights.bin'), [new Uint8Array(generator.buffer, generator.byteOffset, generator.byteLength)]);
   const modelJson = {
     format: 'layers-model',
     generatedBy: 'ganfleet',
@@ -37,5 +39,5 @@ export function exportGenerator(model: GanModel, generator: Float32Array, dir: s
     modelTopology: topology,
     weightsManifest: [{ paths: ['weights.bin'], weights }],
   };
-  fs.writeFileSync(path.join(dir, 'model.json'), JSON.stringify(modelJson, null, 2) + '\n');
+  writeFileAtomic(path.join(dir, 'model.json'), [Buffer.from(JSON.stringify(modelJson, null, 2) + '\n')]);
 }

@@ -1,6 +1,7 @@
 /**
  * Seeded PRNG (xoshiro128**) whose whole state is four uint32s, so a
- * checkpoint can store it and a resumed run draws the same numbers.
+ * checkpoint can store the coordinator's, and a resumed run hands out the
+ * worker seeds the run would have handed out next.
  * All randomness in ganfleet (init, noise, batch indices, shard permutation)
  * comes from here, never from Math.random, so runs are reproducible.
  */
