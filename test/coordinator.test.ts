@@ -4,14 +4,18 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
-import { KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { blankMnistDir } from './harness';
-import { decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
+import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, message } from '../src/protocol/messages';
+import { createModel } from '../src/model';
+import { Rng } from '../src/util/rng';
+import { metricValue } from './helpers';
 
 const G_SIZE = 114064;
 const D_SIZE = 100609;
@@ -312,8 +316,9 @@ describe('coordinator disconnects bad peers', () => {
   test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
     const { peer, welcome } = await joinedPeer(coordinator);
     assert.ok(welcome.mailbox);
-    const before = await coordinator.metrics.rejected.get();
-    const count = (values: typeof before.values, reason: string) => values.find((v) => v.labels.reason === reason)?.value ?? 0;
+    // Numbers, not prom-client's value objects, which the counter goes on updating.
+    const counts = async () => Object.fromEntries((await coordinator.metrics.rejected.get()).values.map((v) => [v.labels.reason, v.value]));
+    const before = await counts();
     peer.send(encode(message<Mail>({ type: 'mail', bytes: 100 })));
     const refusedMail = await peer.next();
     assert.ok(refusedMail.type === 'error' && refusedMail.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(refusedMail));
@@ -332,9 +337,9 @@ describe('coordinator disconnects bad peers', () => {
     peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: planted })));
     const again = await peer.next();
     assert.ok(again.type === 'error' && again.code === 'PROTOCOL_UNEXPECTED', JSON.stringify(again));
-    const after = await coordinator.metrics.rejected.get();
-    assert.equal(count(after.values, 'unexpected') - count(before.values, 'unexpected'), 2);
-    assert.equal(count(after.values, 'bad_field') - count(before.values, 'bad_field'), 1);
+    const after = await counts();
+    assert.equal(after.unexpected - before.unexpected, 2);
+    assert.equal(after.bad_field - before.bad_field, 1);
     assert.equal(coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames, 'websocket');
     peer.ws.close();
     await peer.closed;
@@ -479,7 +484,46 @@ describe('coordinator edge cases found by review', () => {
     second.peer.gradients(1, 'discriminator', zeros('discriminator'));
     await weightsOrDrop(second.peer);
     second.peer.gradients(1, 'generator', zeros('generator'));
+    const summary = await run;
+    // The summary's pace leaves the pause out too, and says how long it was.
+    assert.ok(summary.pausedSeconds >= 1.4 && summary.pausedSeconds < summary.seconds, JSON.stringify(summary));
+    assert.ok(Math.abs(summary.msPerStep - (1000 * (summary.seconds - summary.pausedSeconds)) / summary.stepsThisRun) < 1e-6, JSON.stringify(summary));
+    await coordinator.close();
+  });
+
+  test("metrics: counters count this process's work from 0, gauges give the run's step, its target and its newest checkpoint; every rejection reason has a series from the start", async () => {
+    const dir = path.join(out, 'resumed-metrics');
+    const model = createModel('mlp');
+    const p = model.init(new Rng(1));
+    const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
+    const checkpoint = writeCheckpoint(path.join(dir, 'checkpoints'), {
+      step: 7, imagesTotal: 7 * 128, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 1,
+      generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
+    }, 2);
+    const coordinator = await Coordinator.start({ ...config(dir, 8), resume: true }, () => {});
+    const scrape = async () => coordinator.metrics.registry.metrics();
+    let text = await scrape();
+    // A resumed process has done no work yet: a counter that started at the checkpoint's 7 would make rate() count those 7 steps again.
+    assert.equal(metricValue(text, 'ganfleet_steps_total'), 0);
+    assert.equal(metricValue(text, 'ganfleet_images_total'), 0);
+    assert.equal(metricValue(text, 'ganfleet_step'), 7);
+    assert.equal(metricValue(text, 'ganfleet_target_steps'), 8);
+    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), 7);
+    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds'), fs.statSync(checkpoint).mtimeMs / 1000);
+    for (const reason of REJECT_REASONS) assert.match(text, new RegExp(`^ganfleet_rejected_messages_total\\{reason="${reason}"\\} 0$`, 'm'));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    peer.gradients(7, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(peer);
+    peer.gradients(7, 'generator', zeros('generator'));
     await run;
+    text = await scrape();
+    assert.equal(metricValue(text, 'ganfleet_steps_total'), 1);
+    assert.equal(metricValue(text, 'ganfleet_images_total'), 128);
+    assert.equal(metricValue(text, 'ganfleet_step'), 8);
+    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), 8);
+    assert.ok(Math.abs(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds')! - Date.now() / 1000) < 60);
     await coordinator.close();
   });
 

@@ -60,7 +60,10 @@ export interface TrainingSummary {
   resumedFrom: number | null;
   /** False when training stopped early for a failure (not a requested stop). */
   ok: boolean;
+  /** Wall time from the first step to the last. */
   seconds: number;
+  /** The part of `seconds` spent waiting for workers, which msPerStep and imagesPerSecond leave out. */
+  pausedSeconds: number;
   msPerStep: number;
   imagesPerSecond: number;
   /** Mean milliseconds per step spent in each part of the two rounds. */
@@ -149,8 +152,10 @@ export class Coordinator {
   private last: StepStats | null = null;
   private sampleFiles: string[] = [];
   private readonly evaluations: Evaluation[] = [];
-  /** Exponential moving average of a step's wall time, for images/s and the ETA. */
+  /** Exponential moving average of a step's wall time, for the status page's images/s. */
   private stepSecondsAvg = 0;
+  /** Steps this run and their time, pauses left out and evaluations and checkpoints in: the pace behind every ETA. */
+  private pace = { steps: 0, seconds: 0 };
   /** Time spent waiting for workers, at step boundaries and mid-step. */
   private pausedSeconds = 0;
 
@@ -160,6 +165,7 @@ export class Coordinator {
   ) {
     this.model = createModel(config.arch, config.loss);
     this.params = this.model.init(new Rng(config.seed));
+    this.metrics.targetSteps.set(config.steps);
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
     this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(size.discriminator) };
@@ -255,13 +261,16 @@ export class Coordinator {
     let t0 = 0;
     let pausedAtT0 = 0;
     let windowStart = 0;
+    let windowPaused = 0;
     let windowImages = 0;
+    // Waiting for workers is not the pace of training: rates and ETAs leave it out.
+    const secondsSince = (start: number, pausedAtStart: number) => (performance.now() - start) / 1000 - (this.pausedSeconds - pausedAtStart);
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
       if (t0 === 0) {
         t0 = windowStart = performance.now();
-        pausedAtT0 = this.pausedSeconds;
+        pausedAtT0 = windowPaused = this.pausedSeconds;
       }
       this.state = 'training';
       const stepStart = performance.now();
@@ -278,25 +287,24 @@ export class Coordinator {
       }
       this.step++;
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-      // A pause mid-step (every worker of a round gone) is not the pace of training: the ETA leaves it out.
-      const stepSeconds = (performance.now() - stepStart) / 1000 - (this.pausedSeconds - pausedBefore);
+      const stepSeconds = secondsSince(stepStart, pausedBefore);
       this.stepSecondsAvg = this.stepSecondsAvg === 0 ? stepSeconds : 0.95 * this.stepSecondsAvg + 0.05 * stepSeconds;
       this.recordStep(stats);
       windowImages += d.samples;
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
       if (this.config.evalEvery > 0 && this.step % this.config.evalEvery === 0) await this.evaluate();
+      this.pace = { steps: this.step - firstStep, seconds: secondsSince(t0, pausedAtT0) };
       if (this.step % logEvery === 0 || this.step === steps) {
-        const now = performance.now();
-        const rate = windowImages / ((now - windowStart) / 1000);
-        const training = now - t0 - (this.pausedSeconds - pausedAtT0) * 1000;
-        const eta = ((steps - this.step) * training) / (this.step - firstStep) / 1000;
-        this.log(progressLine(this.step, steps, stats, rate, eta));
-        windowStart = now;
+        const rate = windowImages / secondsSince(windowStart, windowPaused);
+        this.log(progressLine(this.step, steps, stats, rate, this.etaSeconds() ?? 0));
+        windowStart = performance.now();
+        windowPaused = this.pausedSeconds;
         windowImages = 0;
       }
     }
     const seconds = t0 === 0 ? 0 : (performance.now() - t0) / 1000;
+    const pausedSeconds = t0 === 0 ? 0 : this.pausedSeconds - pausedAtT0;
     const ran = this.step - firstStep;
     if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
     if (ran > 0 && this.config.evalEvery > 0 && this.step % this.config.evalEvery !== 0) await this.evaluate();
@@ -319,8 +327,9 @@ export class Coordinator {
       resumedFrom: this.resumedFrom,
       ok: !this.stop?.failed,
       seconds,
-      msPerStep: perStep(seconds * 1000),
-      imagesPerSecond: seconds > 0 ? this.imagesThisRun / seconds : 0,
+      pausedSeconds,
+      msPerStep: perStep((seconds - pausedSeconds) * 1000),
+      imagesPerSecond: seconds - pausedSeconds > 0 ? this.imagesThisRun / (seconds - pausedSeconds) : 0,
       msPerStepByPhase: Object.fromEntries(Object.entries(this.partTotals).map(([k, v]) => [k, perStep(v * 1000)])) as Record<RoundPart, number>,
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
@@ -708,6 +717,11 @@ export class Coordinator {
     return file;
   }
 
+  /** From this run's average pace, so evaluations and checkpoints are in it; null before the first step. */
+  private etaSeconds(): number | null {
+    return this.pace.steps > 0 ? ((this.config.steps - this.step) * this.pace.seconds) / this.pace.steps : null;
+  }
+
   status(): CoordinatorStatus {
     const perStep = this.stepSecondsAvg;
     return {
@@ -716,7 +730,7 @@ export class Coordinator {
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
       imagesPerSecond: perStep > 0 && this.last ? this.last.images / perStep : 0,
-      etaSeconds: perStep > 0 && this.state !== 'finished' ? (this.config.steps - this.step) * perStep : null,
+      etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
       workers: this.workers.list().map((p) => ({
         id: p.id,
@@ -771,6 +785,7 @@ export class Coordinator {
     this.imagesThisRun += s.images;
     this.metrics.steps.inc();
     this.metrics.images.inc(s.images);
+    this.metrics.step.set(this.step);
     this.metrics.dLoss.set(s.dLoss);
     this.metrics.gLoss.set(s.gLoss);
     this.metrics.dReal.set(s.dReal);
@@ -808,6 +823,8 @@ export class Coordinator {
     );
     this.log(`checkpoint ${file}`);
     this.lastCheckpoint = file;
+    this.metrics.lastCheckpointStep.set(this.step);
+    this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     return file;
   }
 
@@ -838,9 +855,9 @@ export class Coordinator {
     this.step = c.step;
     this.resumedFrom = c.step;
     this.imagesTotal = c.imagesTotal;
-    // Counters continue where the checkpointed run left them.
-    this.metrics.steps.inc(c.step);
-    this.metrics.images.inc(c.imagesTotal);
+    this.metrics.step.set(c.step);
+    this.metrics.lastCheckpointStep.set(c.step);
+    this.metrics.lastCheckpointTime.set(fs.statSync(found.file).mtimeMs / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
     // --steps is left out: raising it is how a finished run trains on.
     const now = checkpointConfig(this.config);

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { RejectReason } from '../protocol/codec';
+import { REJECT_REASONS, RejectReason } from '../protocol/codec';
 import { Phase } from '../protocol/messages';
 
 /** Where a round's time goes; the label of ganfleet_round_phase_seconds_total. */
@@ -11,12 +11,19 @@ export type RoundPart = 'encode' | 'compute' | 'transfer' | 'aggregate' | 'optim
  */
 export class CoordinatorMetrics {
   readonly registry = new Registry();
-  readonly steps = this.counter('ganfleet_steps_total', 'Training steps completed (one D and one G update each).');
-  readonly images = this.counter('ganfleet_images_total', 'Real images consumed by discriminator rounds.');
-  readonly dLoss = this.gauge('ganfleet_d_loss', 'Discriminator loss of the last step (mean of the real and fake BCE).');
-  readonly gLoss = this.gauge('ganfleet_g_loss', 'Generator loss of the last step (non-saturating BCE).');
-  readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step.');
-  readonly dFake = this.gauge('ganfleet_d_fake', 'Mean D(G(z)) on generated images in the last step.');
+  // Counters count this process's work from 0, as Prometheus expects of a counter after a restart (a resumed
+  // run's counters starting at the checkpoint's totals made rate() and increase() count that history again);
+  // the run's position is the ganfleet_step gauge.
+  readonly steps = this.counter('ganfleet_steps_total', 'Training steps completed by this process (one D and one G update each).');
+  readonly images = this.counter('ganfleet_images_total', 'Real images consumed by discriminator rounds in this process.');
+  readonly step = this.gauge('ganfleet_step', 'The step the run has reached (a resumed run counts from its checkpoint).');
+  readonly targetSteps = this.gauge('ganfleet_target_steps', 'The step the run trains to (--steps).');
+  readonly lastCheckpointStep = this.gauge('ganfleet_last_checkpoint_step', 'Step of the newest checkpoint written or resumed from; -1 before there is one.');
+  readonly lastCheckpointTime = this.gauge('ganfleet_last_checkpoint_timestamp_seconds', 'Unix time of the newest checkpoint written or resumed from; 0 before there is one.');
+  readonly dLoss = this.gauge('ganfleet_d_loss', 'Discriminator loss of the last step (bce: mean of the real and fake BCE; lsgan: least squares).');
+  readonly gLoss = this.gauge('ganfleet_g_loss', 'Generator loss of the last step (bce: non-saturating BCE; lsgan: least squares).');
+  readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step: a probability with bce, a raw score with lsgan.');
+  readonly dFake = this.gauge('ganfleet_d_fake', 'Mean D(G(z)) on generated images in the last step: a probability with bce, a raw score with lsgan.');
   readonly fid = this.gauge('ganfleet_fid', 'FID of the last --eval-every evaluation: ganfleet classifier features of G samples vs the MNIST test set (lower is better; comparable between ganfleet runs only).');
   readonly mnistScore = this.gauge('ganfleet_mnist_score', 'MNIST score (the Inception score formula with ganfleet\'s classifier) of the last evaluation; 1 to 10, higher is better.');
   readonly evalSeconds = this.counter('ganfleet_eval_seconds_total', 'Time spent in --eval-every evaluations (training waits meanwhile).');
@@ -61,6 +68,9 @@ export class CoordinatorMetrics {
     // NaN, not 0, until the first evaluation: a FID of 0 would read as perfect.
     this.fid.set(NaN);
     this.mnistScore.set(NaN);
+    this.lastCheckpointStep.set(-1);
+    // Every reason's series exists from the start, so rate() and alerts see 0 rather than nothing.
+    for (const reason of REJECT_REASONS) this.rejected.inc({ reason }, 0);
   }
 
   observeRound(round: Phase, seconds: number, parts: Record<RoundPart, number>): void {
