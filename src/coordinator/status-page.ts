@@ -78,18 +78,21 @@ function fmtTime(s) {
   s = Math.round(s); const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60);
   return h ? h + 'h' + String(m).padStart(2, '0') + 'm' : m + 'm' + String(s % 60).padStart(2, '0') + 's';
 }
-function plot(svg, points, series, fixedMax) {
+// The axis spans 0 and every value, and at least "least" ([0, 1] for D's outputs: probabilities with bce;
+// lsgan's raw scores can leave that range, and are drawn, not clipped).
+function plot(svg, points, series, least) {
   const W = 600, H = 200, pad = 4;
   if (points.length < 2) { svg.innerHTML = ''; return; }
   const x0 = points[0].step, x1 = points[points.length - 1].step;
-  let max = fixedMax || 0;
-  if (!fixedMax) for (const p of points) for (const [k] of series) max = Math.max(max, p[k]);
-  max = max || 1;
-  const X = (s) => pad + (W - 2 * pad) * (s - x0) / Math.max(1, x1 - x0), Y = (v) => H - pad - (H - 2 * pad) * v / max;
+  let lo = least ? least[0] : 0, hi = least ? least[1] : 0;
+  for (const p of points) for (const [k] of series) { lo = Math.min(lo, p[k]); hi = Math.max(hi, p[k]); }
+  if (hi === lo) hi = lo + 1;
+  const X = (s) => pad + (W - 2 * pad) * (s - x0) / Math.max(1, x1 - x0), Y = (v) => H - pad - (H - 2 * pad) * (v - lo) / (hi - lo);
   svg.innerHTML = series.map(([k, color]) =>
     '<polyline fill="none" stroke="' + color + '" stroke-width="1.5" vector-effect="non-scaling-stroke" points="' +
-    points.map((p) => X(p.step).toFixed(1) + ',' + Y(Math.min(p[k], max)).toFixed(1)).join(' ') + '"/>').join('') +
-    '<text x="6" y="14" font-size="11" fill="#667">' + max.toFixed(2) + '</text>';
+    points.map((p) => X(p.step).toFixed(1) + ',' + Y(p[k]).toFixed(1)).join(' ') + '"/>').join('') +
+    '<text x="6" y="14" font-size="11" fill="#667">' + hi.toFixed(2) + '</text>' +
+    (lo < 0 ? '<text x="6" y="' + (H - 6) + '" font-size="11" fill="#667">' + lo.toFixed(2) + '</text>' : '');
   svg.dataset.points = String(points.length);
 }
 async function refresh() {
@@ -105,7 +108,7 @@ async function refresh() {
     samples = st.samples; $('strip').max = Math.max(0, samples.length - 1);
     if (following) { $('strip').value = samples.length - 1; showGrid(samples.length - 1); }
     plot($('losses'), hi.points, [['dLoss', '#d9480f'], ['gLoss', '#1c7ed6']]);
-    plot($('probs'), hi.points, [['dReal', '#2b8a3e'], ['dFake', '#ae3ec9']], 1);
+    plot($('probs'), hi.points, [['dReal', '#2b8a3e'], ['dFake', '#ae3ec9']], [0, 1]);
     const ev = st.evaluations, lastEv = ev[ev.length - 1];
     if (lastEv) { $('fid').textContent = lastEv.fid.toFixed(2); $('score').textContent = lastEv.mnistScore.toFixed(2); }
     $('quality').hidden = ev.length < 2;
