@@ -64,7 +64,7 @@ async function main(): Promise<void> {
       adam.apply(weights, grads);
       lossSum += loss;
     }
-    const { probabilities } = classifyImages(weights, testX, test.count);
+    const { probabilities } = await classifyImages(weights, testX, test.count);
     testAccuracy = accuracy(probabilities, test.labels, test.count);
     console.log(`epoch ${epoch}/${epochs}: train loss ${(lossSum / steps).toFixed(4)}, test accuracy ${(100 * testAccuracy).toFixed(2)}% (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }

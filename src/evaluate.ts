@@ -22,7 +22,7 @@ export interface EvaluateOptions {
 export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, dataDir?: string, between?: () => Promise<void>): Promise<Quality> {
   const noise = new Rng(seed).fillNormal(new Float32Array(samples * model.zDim));
   const images = await generateImages(model, generator, noise, samples, 500, between);
-  return evaluateImages(images, samples, dataDir);
+  return evaluateImages(images, samples, dataDir, between);
 }
 
 /** `ganfleet eval`: loads a checkpoint's G and scores it. Logs go to stderr: stdout is the result. */

@@ -62,11 +62,17 @@ export function loadClassifier(file: string = CLASSIFIER_FILE): Float32Array {
  * Runs the classifier over `count` images (tanh range, count×784) in
  * batches: features (count×64) and class probabilities (count×10).
  */
-export function classifyImages(weights: Float32Array, images: Float32Array, count: number, batch = 1000): { features: Float32Array; probabilities: Float32Array } {
+export async function classifyImages(
+  weights: Float32Array,
+  images: Float32Array,
+  count: number,
+  between: () => Promise<void> = async () => {},
+  batch = 1000,
+): Promise<{ features: Float32Array; probabilities: Float32Array }> {
   const features = new Float32Array(count * FEATURES);
   const probabilities = new Float32Array(count * CLASSES);
-  scoped(() => {
-    const p = CLASSIFIER_LAYOUT.toTensors(weights);
+  const p = CLASSIFIER_LAYOUT.toTensors(weights);
+  try {
     for (let start = 0; start < count; start += batch) {
       const n = Math.min(batch, count - start);
       scoped(() => {
@@ -75,7 +81,11 @@ export function classifyImages(weights: Float32Array, images: Float32Array, coun
         features.set(out.features.dataSync() as Float32Array, start * FEATURES);
         probabilities.set(tf.softmax(out.logits).dataSync() as Float32Array, start * CLASSES);
       });
+      // A coordinator evaluating mid-run still answers heartbeats and scrapes between batches.
+      await between();
     }
-  });
+  } finally {
+    for (const t of Object.values(p)) t.dispose();
+  }
   return { features, probabilities };
 }

@@ -104,21 +104,24 @@ export function mnistScore(probabilities: Float32Array, count: number): number {
 /** The classifier's weights and the test set's feature moments, loaded once per process and test set. */
 let reference: { dataDir: string | undefined; weights: Float32Array; test: FeatureMoments } | null = null;
 
-function referenceStatistics(dataDir?: string): { weights: Float32Array; test: FeatureMoments } {
+async function referenceStatistics(dataDir: string | undefined, between?: () => Promise<void>): Promise<{ weights: Float32Array; test: FeatureMoments }> {
   if (!reference || reference.dataDir !== dataDir) {
     const weights = reference?.weights ?? loadClassifier();
     const test = loadMnist('test', dataDir);
-    const { features } = classifyImages(weights, toTanhRange(test.images, new Float32Array(test.images.length)), test.count);
+    const { features } = await classifyImages(weights, toTanhRange(test.images, new Float32Array(test.images.length)), test.count, between);
     reference = { dataDir, weights, test: featureMoments(features, test.count, FEATURES) };
   }
   return reference;
 }
 
-/** FID against the MNIST test set and MNIST score of `count` images (tanh range, count×784). */
-export function evaluateImages(images: Float32Array, count: number, dataDir?: string): Quality {
+/**
+ * FID against the MNIST test set and MNIST score of `count` images (tanh
+ * range, count×784); `between` is awaited after each batch of the classifier.
+ */
+export async function evaluateImages(images: Float32Array, count: number, dataDir?: string, between?: () => Promise<void>): Promise<Quality> {
   if (images.length !== count * IMAGE_SIZE) throw new Error(`expected ${count} images of ${IMAGE_SIZE} values`);
-  const ref = referenceStatistics(dataDir);
-  const { features, probabilities } = classifyImages(ref.weights, images, count);
+  const ref = await referenceStatistics(dataDir, between);
+  const { features, probabilities } = await classifyImages(ref.weights, images, count, between);
   return {
     fid: frechetDistance(featureMoments(features, count, FEATURES), ref.test),
     mnistScore: mnistScore(probabilities, count),
