@@ -54,6 +54,44 @@ test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left'
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a second SIGINT while the first stop is still writing outputs exits at once, with 130, and takes the workers with it', { timeout: 60_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigint2-'));
+  // The first stop evaluates 60,000 samples before it writes its outputs: seconds in which to send the second.
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--eval-every', '100000', '--eval-samples', '60000', '--metrics-port', '-1', '--out', out]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const pids = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  run.child.kill('SIGINT');
+  await waitFor(() => /stop requested: SIGINT received/.test(run.log()), 10_000, 'the first stop');
+  run.child.kill('SIGINT');
+  assert.equal(await run.exit, 130, run.log());
+  assert.match(run.log(), /second signal: killing workers/);
+  assert.doesNotMatch(run.log(), /eval step/, 'the evaluation was cut short');
+  await waitFor(() => pids.every((p) => !alive(p)), 10_000, 'worker processes to exit');
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker process that dies is restarted, up to --max-restarts; with none left and no worker, the run stops and exits 1', { timeout: 90_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-restart-'));
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out]);
+  const workerPids = () => [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const [first] = workerPids();
+  process.kill(first, 'SIGKILL');
+  await waitFor(() => workerPids().length === 2, 30_000, 'a restarted worker to join');
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${first}\\) exited with SIGKILL; restarting it \\(1/1\\)`));
+  // It trains: a progress line comes after the second join.
+  const joined = run.log().lastIndexOf('pid ');
+  await waitFor(() => /step \d+\/100000/.test(run.log().slice(joined)), 30_000, 'training to go on with the restarted worker');
+  const second = workerPids()[1];
+  process.kill(second, 'SIGKILL');
+  assert.equal(await run.exit, 1, run.log());
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${second}\\) exited with SIGKILL; no restarts left`));
+  assert.match(run.log(), /stop requested: worker 1 exited and no restarts are left \(--max-restarts 1\)/);
+  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.ok, false);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test('workers exit by themselves when the local parent is SIGKILLed', { timeout: 60_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigkill-'));
   const run = startLocal(out);

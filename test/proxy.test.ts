@@ -233,6 +233,9 @@ test('with a short --heartbeat, a black-holed worker is dropped by the missed po
   assert.equal(await within(coord.exited, 30_000), 0, coord.log);
   assert.deepEqual(loggedSteps(coord.log), range(steps));
   assert.equal(await within(direct.exited, 10_000), 0, direct.log);
+  // The stuck worker's side of the black hole sees no close either: three heartbeat intervals of silence
+  // are what tell it the coordinator is gone, and it goes back to connecting.
+  await waitAfter(proxied, /connection lost \(nothing from the coordinator for 3 s\); reconnecting in/, 0, 10_000, 'the stuck worker to notice the silence');
 });
 
 test(
