@@ -665,6 +665,13 @@ test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthcheck
       promSvc.volumes.some((v: string) => path.normalize(path.join(DEPLOY, v.split(':')[0])) === path.join(DEPLOY, 'prometheus', 'prometheus.yml') && v.split(':')[1] === '/etc/prometheus/prometheus.yml'),
       `${name}: prometheus does not mount prometheus/prometheus.yml at /etc/prometheus/prometheus.yml`,
     );
+    // Its rule files, mounted beside the config, where rule_files (relative to the config) looks.
+    for (const rules of prom.rule_files ?? []) {
+      assert.ok(
+        promSvc.volumes.some((v: string) => path.normalize(path.join(DEPLOY, v.split(':')[0])) === path.join(DEPLOY, 'prometheus', rules) && v.split(':')[1] === path.posix.join('/etc/prometheus', rules)),
+        `${name}: prometheus does not mount prometheus/${rules} at /etc/prometheus/${rules}`,
+      );
+    }
     const jobs = new Map<string, Obj>(prom.scrape_configs.map((j: Obj) => [j.job_name, j]));
     const metricsPortOf = (host: string) => {
       const g = ganfleet.get(host);
@@ -724,6 +731,33 @@ test('Grafana dashboard: every target uses the provisioned datasource and valid 
   assert.equal(r.status, 0, `promtool check rules: ${r.stdout}${r.stderr}`);
   const c = spawnSync('promtool', ['check', 'config', path.join(DEPLOY, 'prometheus', 'prometheus.yml')], { encoding: 'utf8' });
   assert.equal(c.status, 0, `promtool check config: ${c.stdout}${c.stderr}`);
+});
+
+/** The alerting rules of deploy/prometheus/alerts.yml. */
+function alertRules(): { alert: string; expr: string }[] {
+  return docs('prometheus/alerts.yml')[0].groups.flatMap((g: Obj) => g.rules);
+}
+
+test('alerts: Prometheus loads them, each fires where it should and stays silent where it should not (promtool test rules), and Kubernetes gets the same ones', (t) => {
+  assert.deepEqual(docs('prometheus/prometheus.yml')[0].rule_files, ['alerts.yml']);
+  assert.deepEqual(alertRules().map((r) => r.alert), ['GanfleetCoordinatorDown', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
+  // The PrometheusRule is the same groups, so the two never drift apart.
+  for (const [dir, objs] of kubernetesBuilds()) {
+    if (!dir.includes('overlays')) continue;
+    const rule = objs.find((o) => o.kind === 'PrometheusRule');
+    assert.ok(rule, `${dir}: no PrometheusRule`);
+    assert.deepEqual(rule.spec.groups, docs('prometheus/alerts.yml')[0].groups, `${dir}: the PrometheusRule differs from prometheus/alerts.yml`);
+  }
+  // Every alert is exercised by the unit tests beside it.
+  const tested = new Set(docs('prometheus/alerts.test.yml')[0].tests.flatMap((u: Obj) => u.alert_rule_test.map((a: Obj) => a.alertname)));
+  for (const r of alertRules()) assert.ok(tested.has(r.alert), `alerts.test.yml does not test ${r.alert}`);
+  const probe = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
+  if (probe.error || probe.status !== 0) return t.skip('promtool is not installed: the alerts were not run');
+  const dir = path.join(DEPLOY, 'prometheus');
+  const check = spawnSync('promtool', ['check', 'rules', 'alerts.yml'], { encoding: 'utf8', cwd: dir });
+  assert.equal(check.status, 0, `promtool check rules: ${check.stdout}${check.stderr}`);
+  const unit = spawnSync('promtool', ['test', 'rules', 'alerts.test.yml'], { encoding: 'utf8', cwd: dir });
+  assert.equal(unit.status, 0, `promtool test rules: ${unit.stdout}${unit.stderr}`);
 });
 
 test('Dockerfiles: non-root, runtime npm ci --omit=dev --ignore-scripts, entrypoint dist/src/cli.js', () => {
@@ -841,6 +875,11 @@ test('probe, healthcheck and scrape paths are served by a coordinator and a work
   for (const expr of dashboardExprs()) {
     for (const name of expr.match(/\bganfleet_[a-z0-9_]+/g) ?? []) {
       assert.ok(exposed.has(name), `dashboard: ${name} is not exposed by the coordinator or a worker`);
+    }
+  }
+  for (const rule of alertRules()) {
+    for (const name of rule.expr.match(/\bganfleet_[a-z0-9_]+/g) ?? []) {
+      assert.ok(exposed.has(name), `alert ${rule.alert}: ${name} is not exposed by the coordinator or a worker`);
     }
   }
 });
