@@ -47,7 +47,7 @@ function fillGrafanaVariables(expr: string): string {
 test('a real Prometheus scrapes a run with deploy/prometheus/prometheus.yml, and every dashboard query returns data', { skip, timeout: 180_000 }, async () => {
   const dir = tempDir('prom');
   dirs.push(dir);
-  const c = await startCoordinator(['--steps', '100000', '--log-every', '1000', '--sample-every', '1000', '--checkpoint-every', '0', '--out', path.join(dir, 'run')]);
+  const c = await startCoordinator(['--steps', '100000', '--log-every', '1000', '--sample-every', '1000', '--checkpoint-every', '300', '--out', path.join(dir, 'run')]);
   procs.push(c.proc);
   const workers = ['a', 'b'].map((n) => startWorker(c.url, n, ['--metrics-port', '0']));
   procs.push(...workers);
@@ -68,6 +68,8 @@ test('a real Prometheus scrapes a run with deploy/prometheus/prometheus.yml, and
   }
   const configFile = path.join(dir, 'prometheus.yml');
   fs.writeFileSync(configFile, YAML.stringify(config));
+  // Its rule files, beside it as in the deployments.
+  for (const rules of config.rule_files as string[]) fs.copyFileSync(path.join(DEPLOY, 'prometheus', rules), path.join(dir, rules));
   const port = await freePort();
   prometheus = spawn(PROMETHEUS, [`--config.file=${configFile}`, `--storage.tsdb.path=${path.join(dir, 'tsdb')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'], {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -114,4 +116,16 @@ test('a real Prometheus scrapes a run with deploy/prometheus/prometheus.yml, and
     else if (!r.data?.result.length) failures.push(`${expr}: no data`);
   }
   assert.deepEqual(failures, [], 'every dashboard query parses and returns data');
+
+  // The alerts load and evaluate against the live series; none fires on a healthy run.
+  type Rule = { name: string; health: string; state: string; lastError?: string };
+  let rules: Rule[] = [];
+  for (let i = 0; i < 15; i++) {
+    const r = (await (await fetch(`${api}/api/v1/rules?type=alert`)).json()) as { data: { groups: { rules: Rule[] }[] } };
+    rules = r.data.groups.flatMap((g) => g.rules);
+    if (rules.length > 0 && rules.every((x) => x.health === 'ok')) break;
+    await sleep(1000);
+  }
+  assert.deepEqual(rules.map((x) => x.name), ['GanfleetCoordinatorDown', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
+  for (const x of rules) assert.deepEqual([x.name, x.health, x.state, x.lastError ?? ''], [x.name, 'ok', 'inactive', ''], `alert ${x.name}`);
 });

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { processAlive } from './process';
 
 /**
  * Writes `parts` one after another from `position`, looping over short
@@ -58,17 +59,8 @@ export function removeTornWrites(dir: string, names: RegExp): string[] {
   if (!fs.existsSync(dir)) return [];
   const torn = fs.readdirSync(dir).filter((name) => {
     const [, final, pid] = /^(.*)\.tmp-(\d+)$/.exec(name) ?? [];
-    return final !== undefined && names.test(final) && (Number(pid) === process.pid || !isRunning(Number(pid)));
+    return final !== undefined && names.test(final) && (Number(pid) === process.pid || !processAlive(Number(pid)));
   });
   for (const name of torn) fs.rmSync(path.join(dir, name), { force: true });
   return torn;
-}
-
-function isRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
