@@ -58,7 +58,7 @@ test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves r
   for (const name of ['ganfleet_workers_connected', 'ganfleet_images_total', 'ganfleet_d_loss', 'ganfleet_sent_bytes_total', 'ganfleet_process_resident_memory_bytes']) {
     assert.ok(metricsText.includes(name), `${name} exported`);
   }
-  assert.match(metricsText, /ganfleet_round_duration_seconds_bucket\{le="[^"]+",round="discriminator"\}/);
+  assert.match(metricsText, /ganfleet_round_duration_seconds_bucket\{le="[^"]+",phase="discriminator"\}/);
   assert.match(metricsText, /ganfleet_worker_compute_seconds_total\{worker="w\d"\}/);
 
   for (const step of ['000040', '000080']) {

@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { REJECT_REASONS, RejectReason } from '../protocol/codec';
 import { Phase } from '../protocol/messages';
 
-/** Where a round's time goes; the label of ganfleet_round_phase_seconds_total. */
+/** Where a round's time goes; the `part` label of ganfleet_round_part_seconds_total. */
 export type RoundPart = 'encode' | 'compute' | 'transfer' | 'aggregate' | 'optimizer';
 
 /**
@@ -39,15 +39,16 @@ export class CoordinatorMetrics {
   readonly receivedBytes = this.counter('ganfleet_received_bytes_total', 'Bytes received from workers.');
   readonly roundDuration = new Histogram({
     name: 'ganfleet_round_duration_seconds',
-    help: 'Wall time of one round, from broadcast to the optimizer update.',
-    labelNames: ['round'] as const,
+    help: 'Wall time of one round, from broadcast to the optimizer update, by phase (discriminator or generator).',
+    // `phase` as on the workers' series: discriminator or generator.
+    labelNames: ['phase'] as const,
     buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
     registers: [this.registry],
   });
   readonly roundPartSeconds = new Counter({
-    name: 'ganfleet_round_phase_seconds_total',
-    help: 'Round time by phase: encode, compute (slowest worker), transfer (wait minus compute), aggregate, optimizer.',
-    labelNames: ['phase'] as const,
+    name: 'ganfleet_round_part_seconds_total',
+    help: 'Round time by part: encode, compute (slowest worker), transfer (wait minus compute), aggregate, optimizer.',
+    labelNames: ['part'] as const,
     registers: [this.registry],
   });
   readonly rejected = new Counter({
@@ -73,9 +74,9 @@ export class CoordinatorMetrics {
     for (const reason of REJECT_REASONS) this.rejected.inc({ reason }, 0);
   }
 
-  observeRound(round: Phase, seconds: number, parts: Record<RoundPart, number>): void {
-    this.roundDuration.observe({ round }, seconds);
-    for (const [part, s] of Object.entries(parts)) this.roundPartSeconds.inc({ phase: part }, s);
+  observeRound(phase: Phase, seconds: number, parts: Record<RoundPart, number>): void {
+    this.roundDuration.observe({ phase }, seconds);
+    for (const [part, s] of Object.entries(parts)) this.roundPartSeconds.inc({ part }, s);
   }
 
   reject(reason: RejectReason): void {
