@@ -491,6 +491,23 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'removed-grid'), 1), metricsPort: 0, sampleEvery: 1 }, () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'generator', zeros('generator'));
+    const summary = await run;
+    const url = `http://127.0.0.1:${coordinator.metricsPort}/samples/step-000001.png`;
+    assert.equal((await fetch(url)).status, 200);
+    fs.rmSync(summary.samples[0]);
+    assert.equal((await fetch(url)).status, 404);
+    assert.equal((await fetch(`http://127.0.0.1:${coordinator.metricsPort}/healthz`)).status, 200);
+    await coordinator.close();
+  });
+
   test("metrics: counters count this process's work from 0, gauges give the run's step, its target and its newest checkpoint; every rejection reason has a series from the start", async () => {
     const dir = path.join(out, 'resumed-metrics');
     const model = createModel('mlp');

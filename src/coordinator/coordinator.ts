@@ -14,7 +14,7 @@ import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
 import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
-import { Logger, createLogger } from '../util/log';
+import { Logger, createLogger, throttledLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { removeTornWrites, writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -22,7 +22,7 @@ import { averageGradients } from './aggregate';
 import { CHECKPOINT_FILE, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
-import { Routes, boundPort, serveHttp } from '../util/http';
+import { Routes, boundPort, limitConnections, serveHttp } from '../util/http';
 import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
@@ -158,6 +158,8 @@ export class Coordinator {
   private pace = { steps: 0, seconds: 0 };
   /** Time spent waiting for workers, at step boundaries and mid-step. */
   private pausedSeconds = 0;
+  /** For what a peer can repeat at will before it is anyone: a line a minute per address. */
+  private readonly logPerPeer: (address: string, msg: string) => void;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -166,6 +168,7 @@ export class Coordinator {
     this.model = createModel(config.arch, config.loss);
     this.params = this.model.init(new Rng(config.seed));
     this.metrics.targetSteps.set(config.steps);
+    this.logPerPeer = throttledLogger(log);
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
     this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(size.discriminator) };
@@ -380,6 +383,8 @@ export class Coordinator {
       throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
     }
     this.server = tlsCert && tlsKey ? https.createServer({ cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer();
+    // Room for every worker, and for as many again refused ones (full, wrong token) and probes at a time.
+    limitConnections(this.server, 2 * this.config.maxWorkers + 64);
     this.server.on('request', (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' });
       res.end('this port speaks the ganfleet WebSocket protocol\n');
@@ -388,7 +393,8 @@ export class Coordinator {
     this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       if (!this.authorized(req)) {
         this.metrics.unauthorized.inc();
-        this.log(`refused a connection from ${req.socket.remoteAddress}: missing or wrong token`);
+        const address = req.socket.remoteAddress ?? 'an unknown address';
+        this.logPerPeer(address, `refused a connection from ${address}: missing or wrong token`);
         // The HTTP server stops handling this socket's errors at 'upgrade': a client that resets it now would crash the process.
         socket.on('error', () => socket.destroy());
         socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', () => socket.destroy());
@@ -402,6 +408,9 @@ export class Coordinator {
     });
     this.workers.startHeartbeats();
     this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
+    if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
+      this.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
+    }
     this.workers.offerMailboxes();
     if (metricsPort >= 0) {
       try {
@@ -771,9 +780,15 @@ export class Coordinator {
       '/api/history': () => json(this.history),
       '/samples/': (p) => {
         const name = p.slice('/samples/'.length);
-        // Only names this run wrote: nothing else on disk is reachable.
+        // Only names this run wrote: nothing else on disk is reachable. One removed since (an operator
+        // cleaning up) is not found, like any other.
         if (!this.sampleFiles.includes(name)) return null;
-        return { status: 200, type: 'image/png', body: fs.readFileSync(path.join(this.samples.dir, name)) };
+        try {
+          return { status: 200, type: 'image/png', body: fs.readFileSync(path.join(this.samples.dir, name)) };
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+          throw e;
+        }
       },
     };
   }

@@ -6,18 +6,37 @@ import { Registry } from 'prom-client';
 export type Routes = Record<string, (path: string) => { status: number; type: string; body: string | Buffer } | null>;
 
 /**
+ * Bounds what clients that never finish cost a server: headers within 10 s,
+ * a request within 30 s, and at most `maxConnections` sockets at once (new
+ * ones are closed at once). Idle keep-alive sockets count too, so a flood of
+ * them takes file descriptors up to the bound, not up to the process limit,
+ * where the run's own writes would fail.
+ */
+export function limitConnections<S extends http.Server>(server: S, maxConnections: number): S {
+  server.maxConnections = maxConnections;
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  return server;
+}
+
+/** Sockets the metrics server holds at most: scrapers, probes and status pages. */
+export const MAX_HTTP_CONNECTIONS = 128;
+
+/**
  * Serves /metrics and /healthz, plus `routes` (the coordinator's status page
  * and its JSON). A route key ending in '/' matches every path under it.
- * Resolves once listening.
+ * GET and HEAD; a route that throws answers 500, and never takes the process
+ * down. Resolves once listening.
  */
 export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
-    const send = (status: number, type: string, body: string | Buffer) => {
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+    const send = (status: number, type: string, body: string | Buffer, headers: Record<string, string> = {}) => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...headers });
       res.end(body);
     };
-    if (req.method !== 'GET') return send(405, 'text/plain', 'method not allowed\n');
+    // No request here has a body: a client that sends one is not read further.
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'text/plain', 'method not allowed\n', { allow: 'GET, HEAD', connection: 'close' });
     if (path === '/metrics') {
       registry.metrics().then(
         (body) => send(200, registry.contentType, body),
@@ -27,10 +46,16 @@ export async function serveHttp(registry: Registry, host: string, port: number, 
     }
     if (path === '/healthz') return send(200, 'text/plain', 'ok\n');
     const route = routes[path] ?? Object.entries(routes).find(([k]) => k.endsWith('/') && k !== '/' && path.startsWith(k))?.[1];
-    const out = route?.(path);
+    let out: ReturnType<Routes[string]> = null;
+    try {
+      out = route?.(path) ?? null;
+    } catch {
+      return send(500, 'text/plain', 'internal error\n');
+    }
     if (out) return send(out.status, out.type, out.body);
     send(404, 'text/plain', 'not found\n');
   });
+  limitConnections(server, MAX_HTTP_CONNECTIONS);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolve());

@@ -1,6 +1,39 @@
 /** One line per event, prefixed with time and component, so interleaved worker logs stay readable. */
 export type Logger = (msg: string) => void;
 
+/**
+ * Messages carry strings from peers (a worker's mailbox path in an error, a
+ * coordinator's stop reason): control characters are escaped, so no peer can
+ * end a line early and forge one, or send terminal escapes.
+ */
 export function createLogger(component: string, stream: NodeJS.WriteStream = process.stdout): Logger {
-  return (msg) => stream.write(`${new Date().toISOString()} [${component}] ${msg}\n`);
+  return (msg) => stream.write(`${new Date().toISOString()} [${component}] ${escapeControls(msg)}\n`);
+}
+
+/** Control characters (but tab) as escapes: \n, \r, \u001b, ... */
+export function escapeControls(text: string): string {
+  return text.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/g, (c) =>
+    c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/**
+ * At most one line per key (a peer's address) per `intervalMs`, saying how
+ * many events it stands for: a peer that repeats an offence thousands of
+ * times a second must not fill the disk with the same line.
+ */
+export function throttledLogger(log: Logger, intervalMs = 60_000): (key: string, msg: string) => void {
+  const last = new Map<string, { at: number; unsaid: number }>();
+  return (key, msg) => {
+    const now = Date.now();
+    // Entries older than the interval say nothing more: forgetting them bounds the map by the recent keys.
+    if (last.size > 1000) for (const [k, v] of last) if (now - v.at >= intervalMs) last.delete(k);
+    const seen = last.get(key);
+    if (seen && now - seen.at < intervalMs) {
+      seen.unsaid++;
+      return;
+    }
+    log(seen?.unsaid ? `${msg} (and ${seen.unsaid} more like it in the last ${Math.round((now - seen.at) / 1000)} s)` : msg);
+    last.set(key, { at: now, unsaid: 0 });
+  };
 }

@@ -1,0 +1,81 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { Registry } from 'prom-client';
+import { MAX_HTTP_CONNECTIONS, boundPort, serveHttp } from '../src/util/http';
+import { createLogger, throttledLogger } from '../src/util/log';
+
+test('the metrics server answers GET and HEAD, refuses other methods with Allow, and a route that throws is a 500, not a crash', async () => {
+  const server = await serveHttp(new Registry(), '127.0.0.1', 0, {
+    '/ok': () => ({ status: 200, type: 'text/plain', body: 'fine\n' }),
+    '/broken/': () => {
+      throw new Error('EMFILE: too many open files');
+    },
+  });
+  const url = `http://127.0.0.1:${boundPort(server)}`;
+  try {
+    const head = await fetch(`${url}/healthz`, { method: 'HEAD' });
+    assert.equal(head.status, 200);
+    assert.equal(await head.text(), '');
+    assert.equal(await (await fetch(`${url}/ok`)).text(), 'fine\n');
+    const post = await fetch(`${url}/healthz`, { method: 'POST', body: 'x' });
+    assert.equal(post.status, 405);
+    assert.equal(post.headers.get('allow'), 'GET, HEAD');
+    const broken = await fetch(`${url}/broken/thing`);
+    assert.equal(broken.status, 500);
+    assert.equal(await broken.text(), 'internal error\n', 'the error itself stays inside');
+    assert.equal((await fetch(`${url}/healthz`)).status, 200, 'still serving');
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('idle connections are bounded: beyond MAX_HTTP_CONNECTIONS a new socket is closed at once, and scrapes work again when they go', async () => {
+  const server = await serveHttp(new Registry(), '127.0.0.1', 0);
+  const port = boundPort(server);
+  const sockets: net.Socket[] = [];
+  try {
+    const open = () =>
+      new Promise<net.Socket>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => resolve(s));
+        s.on('error', () => {});
+        sockets.push(s);
+      });
+    for (let i = 0; i < MAX_HTTP_CONNECTIONS; i++) await open();
+    // Accepted, then closed by the server: it ends without an answer.
+    const extra = await open();
+    await new Promise((r) => extra.once('close', r));
+    for (const s of sockets) s.destroy();
+    for (let i = 0; ; i++) {
+      const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => null);
+      if (r?.status === 200) break;
+      assert.ok(i < 50, 'the server did not serve again after the idle sockets closed');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    for (const s of sockets) s.destroy();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('a log line cannot be split or coloured by a string from a peer', () => {
+  let written = '';
+  const log = createLogger('coordinator', { write: (s: string) => (written += s) } as unknown as NodeJS.WriteStream);
+  log('w1: its mailbox cannot be used here (ENOENT: /x\n2030-01-01T00:00:00.000Z [coordinator] w1 left (FORGED)\u001b[31m)');
+  assert.equal(written.split('\n').length, 2, written);
+  assert.match(written, /\(ENOENT: \/x\\n2030-01-01T00:00:00\.000Z \[coordinator\] w1 left \(FORGED\)\\u001b\[31m\)\n$/);
+});
+
+test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', (t) => {
+  t.mock.timers.enable({ apis: ['Date'], now: 0 });
+  const lines: string[] = [];
+  const log = throttledLogger((m) => lines.push(m), 60_000);
+  for (let i = 0; i < 5000; i++) log('10.0.0.1', 'refused 10.0.0.1');
+  log('10.0.0.2', 'refused 10.0.0.2');
+  assert.deepEqual(lines, ['refused 10.0.0.1', 'refused 10.0.0.2']);
+  t.mock.timers.tick(60_000);
+  log('10.0.0.1', 'refused 10.0.0.1');
+  assert.equal(lines[2], 'refused 10.0.0.1 (and 4999 more like it in the last 60 s)');
+});
