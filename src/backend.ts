@@ -63,6 +63,15 @@ async function activate(name: string, notes: string[]): Promise<boolean> {
   return tf.setBackend(name);
 }
 
+/** Null once `name` is the active backend, else why it is not. */
+async function activateOrWhy(name: string, notes: string[]): Promise<string | null> {
+  try {
+    return (await activate(name, notes)) ? null : 'it did not initialise';
+  } catch (e) {
+    return (e as Error).message.split('\n')[0];
+  }
+}
+
 export async function selectBackend(choice: BackendChoice): Promise<BackendSelection> {
   // ganfleet logs its own backend choice and why; PROD silences tfjs's
   // "install our node backend" banner, which would only repeat that.
@@ -71,27 +80,30 @@ export async function selectBackend(choice: BackendChoice): Promise<BackendSelec
   const native = choice === 'auto' || choice === 'tensorflow';
   if (native) {
     for (const pkg of NATIVE_PACKAGES) {
-      const why = tryNative(pkg);
-      if (why === null && (await activate('tensorflow', notes))) {
-        notes.push(`using ${pkg}`);
-        return { name: 'tensorflow', notes };
+      let why = tryNative(pkg);
+      if (why === null) {
+        const failed = await activateOrWhy('tensorflow', notes);
+        if (failed === null) {
+          notes.push(`using ${pkg}`);
+          return { name: 'tensorflow', notes };
+        }
+        // It loaded, yet this process's tfjs-core has no working tensorflow backend: most often a second copy
+        // of tfjs-core (a global or nested install) that the package registered its backend with.
+        why = `${pkg} loaded, but its tensorflow backend did not start here (${failed}; is a second copy of @tensorflow/tfjs-core installed beside it?)`;
       }
-      notes.push(`skipped ${why ?? `${pkg}: the tensorflow backend did not initialise`}`);
+      notes.push(`skipped ${why}`);
     }
     if (choice === 'tensorflow') {
       throw new Error(`--backend tensorflow: no native backend could be loaded (${notes.join('; ')})`);
     }
   }
   for (const name of choice === 'auto' ? ['wasm', 'cpu'] : [choice]) {
-    try {
-      if (await activate(name, notes)) {
-        notes.push(`using ${name}`);
-        return { name, notes };
-      }
-      notes.push(`skipped ${name}: it did not initialise`);
-    } catch (e) {
-      notes.push(`skipped ${name}: ${(e as Error).message}`);
+    const why = await activateOrWhy(name, notes);
+    if (why === null) {
+      notes.push(`using ${name}`);
+      return { name, notes };
     }
+    notes.push(`skipped ${name}: ${why}`);
   }
   throw new Error(`no TensorFlow.js backend could be started (${notes.join('; ')})`);
 }

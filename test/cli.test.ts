@@ -300,3 +300,14 @@ test('a big-endian host is refused with a stable code: frames and files are litt
   assert.throws(() => assertLittleEndianHost('BE'), (e: Error & { code?: string }) => e.code === 'BIG_ENDIAN_HOST' && /little-endian host/.test(e.message));
   assert.doesNotThrow(() => assertLittleEndianHost('LE'));
 });
+
+test('a reader that goes away (| head) does not end a process with EPIPE: the lines are dropped and it runs its course', async () => {
+  const worker = spawn(process.execPath, [CLI, 'worker', '--coordinator', 'ws://127.0.0.1:1', '--give-up-after', '2', '--metrics-port', '-1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  worker.stdout!.destroy();
+  let stderr = '';
+  worker.stderr!.on('data', (d) => (stderr += d));
+  const code = await new Promise((r) => worker.on('exit', r));
+  // It gave up on the coordinator (1), as it would with a reader; not a crash (the wasm backend makes one exit 7).
+  assert.equal(code, 1, stderr);
+  assert.doesNotMatch(stderr, /EPIPE/);
+});

@@ -170,6 +170,32 @@ test('a leaving worker does not wait for a coordinator that never answers its cl
   }
 });
 
+test('after a protocol error a worker does not wait 30 s for a coordinator that never answers its close, and a signal then leaves at once', async () => {
+  // Each connection: welcomed, then a frame that is not msgpack, then the coordinator stops reading.
+  const paused: Socket[] = [];
+  const coordinator = await fakeCoordinator((ws, raw) => {
+    ws.send(encode(welcome(60)));
+    ws.send(Buffer.from([0xc1]));
+    paused.push(raw);
+    raw.pause();
+  });
+  const worker = startWorker(coordinator.url, 'after-error');
+  try {
+    await worker.waitFor(/error PROTOCOL_BAD_FRAME/, 20_000);
+    // ws alone waits 30 s for the close it sent to be answered; a bounded wait gives up after 2 s.
+    await worker.waitFor(/connection lost \(.*\); reconnecting in/, 10_000);
+    await worker.waitFor(/error PROTOCOL_BAD_FRAME[\s\S]*error PROTOCOL_BAD_FRAME/, 30_000);
+    // Now closing its second connection: a SIGTERM must not wait for that close, nor reconnect.
+    worker.kill('SIGTERM');
+    assert.equal(await exitWithin(worker, 10_000), 0, worker.log);
+    assert.equal((worker.log.match(/reconnecting in/g) ?? []).length, 1, worker.log);
+  } finally {
+    worker.kill();
+    paused.forEach((raw) => raw.destroy());
+    await coordinator.close();
+  }
+});
+
 test('--give-up-after also bounds a try whose handshake never completes (it waited the 15 s handshake timeout)', async () => {
   // Takes the TCP connection and never answers the upgrade.
   const silent = net.createServer(() => {});

@@ -7,7 +7,19 @@ export type Logger = (msg: string) => void;
  * end a line early and forge one, or send terminal escapes.
  */
 export function createLogger(component: string, stream: NodeJS.WriteStream = process.stdout): Logger {
+  ignoreGoneReader(stream);
   return (msg) => stream.write(`${new Date().toISOString()} [${component}] ${escapeControls(msg)}\n`);
+}
+
+const guarded = new WeakSet<NodeJS.WriteStream>();
+
+/** A reader that went away (`ganfleet worker | head`) drops the lines that follow; it does not end the process. */
+function ignoreGoneReader(stream: NodeJS.WriteStream): void {
+  if (guarded.has(stream)) return;
+  guarded.add(stream);
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+  });
 }
 
 /** Control characters (but tab) as escapes: \n, \r, \u001b, ... */

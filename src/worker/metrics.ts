@@ -13,7 +13,7 @@ export class WorkerMetrics {
     registers: [this.registry],
   });
   readonly connected = new Gauge({ name: 'ganfleet_worker_connected', help: '1 while joined to a coordinator.', registers: [this.registry] });
-  readonly shardImages = new Gauge({ name: 'ganfleet_worker_shard_images', help: 'Images in the shard this worker holds.', registers: [this.registry] });
+  readonly shardImages = new Gauge({ name: 'ganfleet_worker_shard_images', help: 'Images in the shard this worker holds (0 while it has no connection, which takes its shard with it).', registers: [this.registry] });
   readonly reconnects = new Counter({ name: 'ganfleet_worker_reconnects_total', help: 'Connection attempts after a lost connection.', registers: [this.registry] });
 
   constructor() {

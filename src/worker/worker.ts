@@ -113,6 +113,8 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           log(`giving up: ${outcome.reason}`);
           return 1;
         case 'lost':
+          // A signal that came while this connection was already failing: leave, do not reconnect.
+          if (leaveRequested) return 0;
           // The coordinator was reached: --give-up-after counts from here. The
           // backoff starts over only after a round was answered, so a worker
           // that fails every connection the same way does not rejoin (and make
@@ -184,20 +186,21 @@ function connectOnce(
     const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
     let mailbox: Mailbox | null = null;
 
+    // A coordinator that does not answer a close (frozen, partitioned) is not waited for: ws would wait 30 s.
+    const closeWithin = (code: number, reason?: string) => {
+      ws.close(code, reason); // nothing more while the socket is already closing
+      setTimeout(() => ws.terminate(), LEAVE_GRACE_MS).unref();
+    };
     setLeave(() => {
       end({ kind: 'left' });
-      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
-        ws.close(1000, 'worker leaving');
-        // A coordinator that does not answer the close (frozen, partitioned) is not waited for (ws would wait 30 s).
-        setTimeout(() => ws.terminate(), LEAVE_GRACE_MS).unref();
-      }
+      if (ws.readyState !== WebSocket.CLOSED) closeWithin(1000, 'worker leaving');
     });
 
     const fail = (code: string, text: string, fatal = false) => {
       log(`error ${code}: ${text}`);
       end(fatal ? { kind: 'fatal', reason: text } : lost(text));
       if (ws.readyState === WebSocket.OPEN) ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
-      ws.close(1002);
+      closeWithin(1002);
     };
 
     const handle = (msg: CoordinatorMessage) => {
@@ -355,6 +358,8 @@ function connectOnce(
       mailbox?.close();
       compute?.dispose();
       metrics.connected.set(0);
+      // The shard went with the connection's compute state: the next one is sent afresh.
+      metrics.shardImages.set(0);
       resolve(outcome ?? lost(`closed (${code}${reason.length ? ` ${reason}` : ''})`));
     });
   });
