@@ -587,6 +587,13 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
         servedPaths.worker.add(e.path ?? '/metrics');
       }
     }
+    // A worker answers /healthz between rounds, as it answers pings: its liveness probe allows what --heartbeat does.
+    const heartbeat = Number(coord.values.get('heartbeat') ?? 5);
+    const probe = work.c.livenessProbe;
+    if (probe) {
+      const allowed = (probe.periodSeconds ?? 10) * (probe.failureThreshold ?? 3) + (probe.timeoutSeconds ?? 1);
+      assert.ok(allowed > heartbeat, `${dir}: the worker's liveness probe kills a round after ${allowed} s, the coordinator's --heartbeat allows ${heartbeat} s`);
+    }
     // Overlays: the image and backend they promise.
     const overlay = path.basename(dir);
     if (overlay === 'cpu' || overlay === 'gpu') {
