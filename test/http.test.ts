@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { Writable } from 'node:stream';
 import { Registry } from 'prom-client';
 import { MAX_HTTP_CONNECTIONS, boundPort, serveHttp } from '../src/util/http';
 import { createLogger, throttledLogger } from '../src/util/log';
@@ -62,7 +63,13 @@ test('idle connections are bounded: beyond MAX_HTTP_CONNECTIONS a new socket is 
 
 test('a log line cannot be split or coloured by a string from a peer', () => {
   let written = '';
-  const log = createLogger('coordinator', { write: (s: string) => (written += s) } as unknown as NodeJS.WriteStream);
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      written += chunk;
+      done();
+    },
+  });
+  const log = createLogger('coordinator', sink as unknown as NodeJS.WriteStream);
   log('w1: its mailbox cannot be used here (ENOENT: /x\n2030-01-01T00:00:00.000Z [coordinator] w1 left (FORGED)\u001b[31m)');
   assert.equal(written.split('\n').length, 2, written);
   assert.match(written, /\(ENOENT: \/x\\n2030-01-01T00:00:00\.000Z \[coordinator\] w1 left \(FORGED\)\\u001b\[31m\)\n$/);
