@@ -71,9 +71,11 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
   for (const earlier of [null, 900]) {
     const unfinished = outWithCheckpoint('no-outputs');
     const checkpoints = path.join(unfinished, 'checkpoints');
-    const torn = [path.join(checkpoints, 'ckpt-000001000.bin.tmp-999999999'), path.join(unfinished, 'summary.json.tmp-999999999')];
-    const kept = [path.join(checkpoints, `ckpt-000001000.bin.tmp-${process.pid}`), path.join(unfinished, 'notes.tmp-999999999')];
+    const torn = [path.join(checkpoints, 'ckpt-000001000.bin.tmp-1'), path.join(unfinished, 'summary.json.tmp-1')];
+    // A write of ours still under way (another coordinator's, on a shared volume), and a file that is not ours.
+    const kept = [path.join(checkpoints, 'ckpt-000001000.bin.tmp-2'), path.join(unfinished, 'notes.tmp-1')];
     for (const f of [...torn, ...kept]) fs.writeFileSync(f, 'torn');
+    for (const f of [...torn, kept[1]]) fs.utimesSync(f, 0, 0);
     if (earlier !== null) {
       fs.writeFileSync(path.join(unfinished, 'summary.json'), `{"steps": ${earlier}}\n`);
       fs.mkdirSync(path.join(unfinished, 'generator'));
@@ -85,8 +87,8 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
     const generator = loadLatestCheckpoint(checkpoints, () => {})!.checkpoint.generator;
     assert.deepEqual(fs.readFileSync(path.join(unfinished, 'generator', 'weights.bin')), Buffer.from(generator.buffer, generator.byteOffset, generator.byteLength));
     for (const f of torn) assert.ok(!fs.existsSync(f), `${f} is left`);
-    for (const f of kept) assert.ok(fs.existsSync(f), `${f}, not a dead run's write of ours, was removed`);
-    assert.match(again.stderr + again.stdout, /removed .*ckpt-000001000\.bin\.tmp-999999999: a write that a killed run left unfinished/);
+    for (const f of kept) assert.ok(fs.existsSync(f), `${f}, not an abandoned write of ours, was removed`);
+    assert.match(again.stderr + again.stdout, /removed .*ckpt-000001000\.bin\.tmp-1: a write that a killed run left unfinished/);
     fs.rmSync(unfinished, { recursive: true, force: true });
   }
 });

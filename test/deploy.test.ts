@@ -591,7 +591,8 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
     const heartbeat = Number(coord.values.get('heartbeat') ?? 5);
     const probe = work.c.livenessProbe;
     if (probe) {
-      const allowed = (probe.periodSeconds ?? 10) * (probe.failureThreshold ?? 3) + (probe.timeoutSeconds ?? 1);
+      // The earliest kill: the first failing probe starts as the round does, the last fails after its timeout.
+      const allowed = (probe.periodSeconds ?? 10) * ((probe.failureThreshold ?? 3) - 1) + (probe.timeoutSeconds ?? 1);
       assert.ok(allowed > heartbeat, `${dir}: the worker's liveness probe kills a round after ${allowed} s, the coordinator's --heartbeat allows ${heartbeat} s`);
     }
     // Overlays: the image and backend they promise.
@@ -747,7 +748,7 @@ function alertRules(): { alert: string; expr: string }[] {
 
 test('alerts: Prometheus loads them, each fires where it should and stays silent where it should not (promtool test rules), and Kubernetes gets the same ones', (t) => {
   assert.deepEqual(docs('prometheus/prometheus.yml')[0].rule_files, ['alerts.yml']);
-  assert.deepEqual(alertRules().map((r) => r.alert), ['GanfleetCoordinatorDown', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
+  assert.deepEqual(alertRules().map((r) => r.alert), ['GanfleetWorkersWithoutCoordinator', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
   // The PrometheusRule is the same groups, so the two never drift apart.
   for (const [dir, objs] of kubernetesBuilds()) {
     if (!dir.includes('overlays')) continue;

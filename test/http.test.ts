@@ -86,3 +86,22 @@ test('a peer that repeats an offence is logged once a minute per address, with h
   log('10.0.0.1', 'refused 10.0.0.1');
   assert.equal(lines[2], 'refused 10.0.0.1 (and 4999 more like it in the last 60 s)');
 });
+
+test('a client that never finishes its headers is cut off (Node alone would hold it up to 40 s), so idle floods drain', { timeout: 30_000 }, async () => {
+  const server = await serveHttp(new Registry(), '127.0.0.1', 0);
+  try {
+    const socket = net.connect(boundPort(server), '127.0.0.1');
+    socket.on('error', () => {});
+    let answer = '';
+    socket.on('data', (d) => (answer += d));
+    await new Promise((r) => socket.once('connect', r));
+    socket.write('GET /metrics HTTP/1.1\r\nHost: x\r\n'); // and never the blank line
+    const closed = await Promise.race([new Promise((r) => socket.once('close', () => r('closed'))), new Promise((r) => setTimeout(() => r('still open'), 20_000))]);
+    socket.destroy();
+    assert.equal(closed, 'closed');
+    assert.match(answer, /^HTTP\/1\.1 408/);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});

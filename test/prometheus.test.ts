@@ -126,6 +126,6 @@ test('a real Prometheus scrapes a run with deploy/prometheus/prometheus.yml, and
     if (rules.length > 0 && rules.every((x) => x.health === 'ok')) break;
     await sleep(1000);
   }
-  assert.deepEqual(rules.map((x) => x.name), ['GanfleetCoordinatorDown', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
+  assert.deepEqual(rules.map((x) => x.name), ['GanfleetWorkersWithoutCoordinator', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
   for (const x of rules) assert.deepEqual([x.name, x.health, x.state, x.lastError ?? ''], [x.name, 'ok', 'inactive', ''], `alert ${x.name}`);
 });

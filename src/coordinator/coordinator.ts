@@ -22,7 +22,7 @@ import { averageGradients } from './aggregate';
 import { CHECKPOINT_FILE, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
-import { Routes, boundPort, limitConnections, serveHttp } from '../util/http';
+import { BOUNDED_REQUESTS, Routes, boundPort, limitConnections, serveHttp } from '../util/http';
 import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
@@ -382,9 +382,9 @@ export class Coordinator {
     if (!token && !insecure && !isLoopback(host)) {
       throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
     }
-    this.server = tlsCert && tlsKey ? https.createServer({ cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer();
-    // Room for every worker, and for as many again refused ones (full, wrong token) and probes at a time.
-    limitConnections(this.server, 2 * this.config.maxWorkers + 64);
+    this.server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
+    // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
+    limitConnections(this.server, 4 * this.config.maxWorkers + 256);
     this.server.on('request', (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' });
       res.end('this port speaks the ganfleet WebSocket protocol\n');
@@ -872,7 +872,8 @@ export class Coordinator {
     this.imagesTotal = c.imagesTotal;
     this.metrics.step.set(c.step);
     this.metrics.lastCheckpointStep.set(c.step);
-    this.metrics.lastCheckpointTime.set(fs.statSync(found.file).mtimeMs / 1000);
+    // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
+    this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
     // --steps is left out: raising it is how a finished run trains on.
     const now = checkpointConfig(this.config);

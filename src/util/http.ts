@@ -6,16 +6,21 @@ import { Registry } from 'prom-client';
 export type Routes = Record<string, (path: string) => { status: number; type: string; body: string | Buffer } | null>;
 
 /**
- * Bounds what clients that never finish cost a server: headers within 10 s,
- * a request within 30 s, and at most `maxConnections` sockets at once (new
- * ones are closed at once). Idle keep-alive sockets count too, so a flood of
- * them takes file descriptors up to the bound, not up to the process limit,
- * where the run's own writes would fail.
+ * For every server here: headers within 10 s and a whole request within 30 s,
+ * checked every second (Node checks every 30 s by default, which let a
+ * client hold a socket for up to 40 s).
+ */
+export const BOUNDED_REQUESTS: http.ServerOptions = { headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 };
+
+/**
+ * At most `maxConnections` sockets at once; new ones beyond are closed at
+ * once. A flood of idle connections then takes file descriptors up to the
+ * bound, not up to the process limit, where the run's own writes would fail.
+ * (It can still delay new connections while it lasts: keep the ports behind
+ * a firewall or network policy.)
  */
 export function limitConnections<S extends http.Server>(server: S, maxConnections: number): S {
   server.maxConnections = maxConnections;
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
   return server;
 }
 
@@ -29,7 +34,7 @@ export const MAX_HTTP_CONNECTIONS = 128;
  * down. Resolves once listening.
  */
 export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(BOUNDED_REQUESTS, (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     const send = (status: number, type: string, body: string | Buffer, headers: Record<string, string> = {}) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...headers });

@@ -36,10 +36,15 @@ export function escapeControls(text: string): string {
  */
 export function throttledLogger(log: Logger, intervalMs = 60_000): (key: string, msg: string) => void {
   const last = new Map<string, { at: number; unsaid: number }>();
+  let swept = Date.now();
   return (key, msg) => {
     const now = Date.now();
-    // Entries older than the interval say nothing more: forgetting them bounds the map by the recent keys.
-    if (last.size > 1000) for (const [k, v] of last) if (now - v.at >= intervalMs) last.delete(k);
+    // A key silent for a whole interval past its window is forgotten, once an interval: the map holds the keys
+    // of the last two intervals. (What it had not said is in the metric that counts the events.)
+    if (now - swept >= intervalMs) {
+      for (const [k, v] of last) if (now - v.at >= 2 * intervalMs) last.delete(k);
+      swept = now;
+    }
     const seen = last.get(key);
     if (seen && now - seen.at < intervalMs) {
       seen.unsaid++;

@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { processAlive } from './process';
 
 /**
  * Writes `parts` one after another from `position`, looping over short
@@ -50,16 +49,28 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): voi
 }
 
 /**
- * Removes the temporary files of writeFileAtomic for the files named by
- * `names` that a killed process left in `dir` (this process's own pid can
- * only be an earlier incarnation's: a container's processes reuse it), and
- * returns their names. Anything else in `dir` is left alone.
+ * A temporary file of writeFileAtomic that has not changed for this long is
+ * abandoned: a write holds one for the seconds it takes to write, fsync and
+ * rename. (Its pid says nothing across containers or hosts sharing a volume.)
  */
-export function removeTornWrites(dir: string, names: RegExp): string[] {
+export const TORN_WRITE_AGE_MS = 5 * 60_000;
+
+/**
+ * Removes the abandoned temporary files of writeFileAtomic for the files
+ * named by `names` in `dir`, and returns their names. Anything else in `dir`,
+ * and a write still under way (another process's on the same volume), is
+ * left alone.
+ */
+export function removeTornWrites(dir: string, names: RegExp, now = Date.now()): string[] {
   if (!fs.existsSync(dir)) return [];
   const torn = fs.readdirSync(dir).filter((name) => {
-    const [, final, pid] = /^(.*)\.tmp-(\d+)$/.exec(name) ?? [];
-    return final !== undefined && names.test(final) && (Number(pid) === process.pid || !processAlive(Number(pid)));
+    const final = /^(.*)\.tmp-\d+$/.exec(name)?.[1];
+    if (final === undefined || !names.test(final)) return false;
+    try {
+      return now - fs.statSync(path.join(dir, name)).mtimeMs > TORN_WRITE_AGE_MS;
+    } catch {
+      return false; // renamed or removed meanwhile: its write finished
+    }
   });
   for (const name of torn) fs.rmSync(path.join(dir, name), { force: true });
   return torn;
