@@ -367,6 +367,15 @@ describe('coordinator disconnects bad peers', () => {
   });
 });
 
+/** A scripted peer joins and answers both rounds of `step`, with zero gradients. */
+async function answerOneStep(coordinator: Coordinator, step: number): Promise<void> {
+  const { peer } = await joinedPeer(coordinator);
+  await weightsOrDrop(peer);
+  peer.gradients(step, 'discriminator', new Float32Array(D_SIZE));
+  await weightsOrDrop(peer);
+  peer.gradients(step, 'generator', new Float32Array(G_SIZE));
+}
+
 /** A scripted peer, welcomed by `coordinator`. */
 async function joinedPeer(coordinator: Coordinator): Promise<{ peer: ScriptedPeer; workerId: string; welcome: Welcome }> {
   const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
@@ -494,11 +503,7 @@ describe('coordinator edge cases found by review', () => {
   test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'removed-grid'), 1), metricsPort: 0, sampleEvery: 1 }, () => {});
     const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
-    await weightsOrDrop(peer);
-    peer.gradients(0, 'discriminator', zeros('discriminator'));
-    await weightsOrDrop(peer);
-    peer.gradients(0, 'generator', zeros('generator'));
+    await answerOneStep(coordinator, 0);
     const summary = await run;
     const url = `http://127.0.0.1:${coordinator.metricsPort}/samples/step-000001.png`;
     assert.equal((await fetch(url)).status, 200);
@@ -532,11 +537,7 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(Math.abs(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds')! - Date.now() / 1000) < 60);
     for (const reason of REJECT_REASONS) assert.match(text, new RegExp(`^ganfleet_rejected_messages_total\\{reason="${reason}"\\} 0$`, 'm'));
     const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
-    await weightsOrDrop(peer);
-    peer.gradients(7, 'discriminator', zeros('discriminator'));
-    await weightsOrDrop(peer);
-    peer.gradients(7, 'generator', zeros('generator'));
+    await answerOneStep(coordinator, 7);
     await run;
     text = await scrape();
     assert.equal(metricValue(text, 'ganfleet_steps_total'), 1);
