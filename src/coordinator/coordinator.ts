@@ -155,7 +155,7 @@ export class Coordinator {
   /** Exponential moving average of a step's wall time, for the status page's images/s. */
   private stepSecondsAvg = 0;
   /** Steps this run and their time, pauses left out and evaluations and checkpoints in: the pace behind every ETA. */
-  private pace = { steps: 0, seconds: 0 };
+  private readonly pace = { steps: 0, seconds: 0 };
   /** Time spent waiting for workers, at step boundaries and mid-step. */
   private pausedSeconds = 0;
   /** For what a peer can repeat at will before it is anyone: a line a minute per address. */
@@ -297,7 +297,8 @@ export class Coordinator {
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
       if (this.config.evalEvery > 0 && this.step % this.config.evalEvery === 0) await this.evaluate();
-      this.pace = { steps: this.step - firstStep, seconds: secondsSince(t0, pausedAtT0) };
+      this.pace.steps = this.step - firstStep;
+      this.pace.seconds = secondsSince(t0, pausedAtT0);
       if (this.step % logEvery === 0 || this.step === steps) {
         const rate = windowImages / secondsSince(windowStart, windowPaused);
         this.log(progressLine(this.step, steps, stats, rate, this.etaSeconds() ?? 0));

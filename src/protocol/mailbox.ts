@@ -3,7 +3,6 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { EncodedFrame } from './codec';
-import { processAlive } from '../util/process';
 import { writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
 
@@ -236,5 +235,15 @@ function sweepDeadMailboxDirs(base: string): void {
     } catch {
       /* another process swept it first, or it is not ours to remove */
     }
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: alive, under another user.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
