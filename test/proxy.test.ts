@@ -214,7 +214,7 @@ test('a cut connection mid-training: the coordinator drops the worker at once, i
 
 test('with a short --heartbeat, a black-holed worker is dropped by the missed pong, long before the round timeout', { timeout: 60_000 }, async (t) => {
   const steps = 100;
-  const { out, coord, proxy, direct, proxied, metrics } = await proxiedRun(t, 'proxy-heartbeat', (dir) => coordinatorArgs(steps, dir, 30, 1));
+  const { coord, proxy, direct, proxied, metrics } = await proxiedRun(t, 'proxy-heartbeat', (dir) => coordinatorArgs(steps, dir, 30, 1));
 
   const { proxiedId, after } = await trainWithBoth(coord, 3);
   const blackholedAt = Date.now();

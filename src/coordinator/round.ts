@@ -1,4 +1,7 @@
-import { Gradients, Phase } from '../protocol/messages';
+import { GanModel } from '../model';
+import { negativeVariance, statisticsSize } from '../model/batchnorm';
+import { RejectReason } from '../protocol/codec';
+import { Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase } from '../protocol/messages';
 
 /**
  * One synchronous round: the set of workers asked for gradients and what
@@ -40,4 +43,53 @@ export class Round {
   private settleIfDone(): void {
     if (this.waiting.size === 0) this.finish();
   }
+}
+
+/** What a closed round reports for the progress line and the metrics. */
+export interface RoundResult {
+  loss: number;
+  dReal: number;
+  dFake: number;
+  samples: number;
+  contributors: number;
+}
+
+/** Rounds in order: step 0's D round is 0, its G round 1, step 1's D round 2, … */
+export function roundIndex(step: number, phase: Phase): number {
+  return step * 2 + (phase === 'generator' ? 1 : 0);
+}
+
+/** The round's losses and scores averaged by sample count, as one batch of all the samples would give them. */
+export function weightedStats(replies: Gradients[]): RoundResult {
+  let samples = 0;
+  let loss = 0;
+  let dReal = 0;
+  let dFake = 0;
+  for (const r of replies) {
+    samples += r.samples;
+    loss += r.loss * r.samples;
+    dReal += (r.dReal ?? 0) * r.samples;
+    dFake += r.dFake * r.samples;
+  }
+  return { loss: loss / samples, dReal: dReal / samples, dFake: dFake / samples, samples, contributors: replies.length };
+}
+
+/** What the codec cannot know about an answer: sizes for this model, and plausible ranges. */
+export function implausibleGradients(msg: Gradients, model: GanModel, batchSize: number): [RejectReason, string] | null {
+  const expected = (msg.phase === 'generator' ? model.generatorLayout : model.discriminatorLayout).size;
+  if (msg.gradients.length !== expected) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${expected}`];
+  if (msg.samples < 1 || msg.samples > batchSize) return ['bad_field', `samples ${msg.samples} is outside 1..${batchSize}`];
+  if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];
+  const statistics = msg.phase === 'generator' ? statisticsSize(model.generatorLayout) : 0;
+  if ((msg.statistics?.length ?? 0) !== statistics) return ['bad_size', `${msg.phase} gradients carry ${msg.statistics?.length ?? 0} batch statistics, expected ${statistics}`];
+  if (msg.statistics && negativeVariance(model.generatorLayout, msg.statistics)) return ['out_of_range', 'a batch variance is negative'];
+  if (!(msg.loss >= 0 && msg.loss <= MAX_LOSS)) return ['out_of_range', `loss ${msg.loss} is outside 0..${MAX_LOSS}`];
+  for (const [k, v] of [['dReal', msg.dReal ?? 0], ['dFake', msg.dFake]] as const) {
+    // A probability under bce; lsgan's raw scores are only bounded like gradients.
+    const ok = model.loss === 'bce' ? v >= 0 && v <= 1 : Math.abs(v) <= MAX_GRADIENT_ABS;
+    if (!ok) return ['out_of_range', `${k} ${v} is out of range for ${model.loss}`];
+  }
+  if (msg.computeSeconds < 0 || msg.computeSeconds > 3600) return ['out_of_range', `computeSeconds ${msg.computeSeconds} is implausible`];
+  // Each gradient's magnitude is bounded by the codec (MAX_GRADIENT_ABS), in its pass over the floats.
+  return null;
 }

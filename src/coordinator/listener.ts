@@ -1,0 +1,103 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import { Duplex } from 'node:stream';
+import WebSocket, { WebSocketServer } from 'ws';
+import { GanfleetError } from '../util/errors';
+import { BOUNDED_REQUESTS, boundPort, limitConnections } from '../util/http';
+import { Logger, throttledLogger } from '../util/log';
+import { CoordinatorConfig } from './config';
+import { CoordinatorMetrics } from './metrics';
+
+/** How the token in deploy/k8s/base/secret.yaml starts until a user replaces it. */
+const TOKEN_PLACEHOLDER = 'REPLACE-ME';
+
+type ListenerConfig = Pick<CoordinatorConfig, 'host' | 'port' | 'tlsCert' | 'tlsKey' | 'token' | 'insecure' | 'maxWorkers'>;
+
+/**
+ * The workers' port: HTTP(S), the token check at the WebSocket upgrade, and
+ * the bounds that keep a flood of connections from ending the run. What an
+ * admitted socket says is the coordinator's business (`onConnection`).
+ */
+export class WorkerListener {
+  private constructor(
+    private readonly server: http.Server | https.Server,
+    private readonly wss: WebSocketServer,
+    readonly url: string,
+  ) {}
+
+  /** Refuses a placeholder token, or a public host without one unless --insecure; resolves once listening. */
+  static async open(
+    config: ListenerConfig,
+    maxPayload: number,
+    hooks: { log: Logger; metrics: CoordinatorMetrics },
+    onConnection: (socket: WebSocket, address: string) => void,
+  ): Promise<WorkerListener> {
+    const { host, port, tlsCert, tlsKey, token, insecure } = config;
+    if (token?.startsWith(TOKEN_PLACEHOLDER)) {
+      // The placeholder is public (it is in this repository), so it guards nothing.
+      throw new GanfleetError('TOKEN_PLACEHOLDER', `the token is the placeholder from deploy/k8s/base/secret.yaml: put a secret one there first (openssl rand -hex 32; deploy/README.md says how)`);
+    }
+    if (!token && !insecure && !isLoopback(host)) {
+      throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
+    }
+    const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
+    // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
+    limitConnections(server, 4 * config.maxWorkers + 256);
+    server.on('request', (_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' });
+      res.end('this port speaks the ganfleet WebSocket protocol\n');
+    });
+    const wss = new WebSocketServer({ noServer: true, maxPayload });
+    // For what a peer can repeat at will before it is anyone: a line a minute per address.
+    const logPerPeer = throttledLogger(hooks.log);
+    server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (!authorized(req, token)) {
+        hooks.metrics.unauthorized.inc();
+        const address = req.socket.remoteAddress ?? 'an unknown address';
+        logPerPeer(address, `refused a connection from ${address}: missing or wrong token`);
+        // The HTTP server stops handling this socket's errors at 'upgrade': a client that resets it now would crash the process.
+        socket.on('error', () => socket.destroy());
+        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', () => socket.destroy());
+        return;
+      }
+      wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--port ${port}: ${e.message}`), { code: e.code })));
+      server.listen(port, host, () => resolve());
+    });
+    const listener = new WorkerListener(server, wss, `${tlsCert ? 'wss' : 'ws'}://${host}:${boundPort(server)}`);
+    hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ''}`);
+    if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
+      hooks.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
+    }
+    return listener;
+  }
+
+  get port(): number {
+    return boundPort(this.server);
+  }
+
+  /** Cuts whatever is still open (stalled workers, peers that never said hello) and stops listening. */
+  async close(): Promise<void> {
+    for (const socket of this.wss.clients) socket.terminate();
+    await new Promise<void>((r) => this.wss.close(() => r()));
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+/** Constant-time: both sides are hashed to equal length before comparing. */
+function authorized(req: http.IncomingMessage, expected: string | undefined): boolean {
+  if (!expected) return true;
+  const header = req.headers.authorization ?? '';
+  const given = header.startsWith('Bearer ') ? header.slice(7) : '';
+  const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
+  return crypto.timingSafeEqual(digest(given), digest(expected)) && given.length > 0;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}

@@ -1,0 +1,103 @@
+/** What one step did, as the progress line, metrics and the status page show it. */
+export interface StepStats {
+  dLoss: number;
+  gLoss: number;
+  dReal: number;
+  dFake: number;
+  /** Real images consumed this step, summed over workers. */
+  images: number;
+  workers: number;
+}
+
+/** A moment of the run: the wall clock, and the time paused until then. */
+interface Mark {
+  at: number;
+  paused: number;
+}
+
+/**
+ * A run's pace. Waiting for workers is not the pace of training, so every
+ * rate and ETA leaves the time paused out. The clock starts at the first
+ * round, not while the first workers connect.
+ */
+export class RunClock {
+  private pausedSeconds = 0;
+  private first: Mark | null = null;
+  private window: Mark = { at: 0, paused: 0 };
+  private windowImages = 0;
+  /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */
+  private paceSteps = 0;
+  private paceSeconds = 0;
+  /** Exponential moving average of a step's own time, for the status page's images/s. */
+  private stepAverage = 0;
+
+  /** Time spent waiting for workers, at a step boundary or mid-step. */
+  addPause(seconds: number): void {
+    this.pausedSeconds += seconds;
+  }
+
+  stepStarted(): Mark {
+    const now = this.mark();
+    if (!this.first) this.first = this.window = now;
+    return now;
+  }
+
+  stepFinished(started: Mark, images: number): void {
+    const seconds = this.since(started);
+    this.stepAverage = this.stepAverage === 0 ? seconds : 0.95 * this.stepAverage + 0.05 * seconds;
+    this.windowImages += images;
+  }
+
+  /** After the step's sample grid, checkpoint and evaluation, which the pace counts in. */
+  paceAfter(stepsThisRun: number): void {
+    this.paceSteps = stepsThisRun;
+    this.paceSeconds = this.first ? this.since(this.first) : 0;
+  }
+
+  /** Images a second since the last call (the first: since the first step). */
+  windowRate(): number {
+    const rate = this.windowImages / this.since(this.window);
+    this.window = this.mark();
+    this.windowImages = 0;
+    return rate;
+  }
+
+  /** Null before the first step. */
+  etaSeconds(remainingSteps: number): number | null {
+    return this.paceSteps > 0 ? (remainingSteps * this.paceSeconds) / this.paceSteps : null;
+  }
+
+  /** Of the moving average of recent steps; 0 before the first. */
+  imagesPerSecond(imagesPerStep: number): number {
+    return this.stepAverage > 0 ? imagesPerStep / this.stepAverage : 0;
+  }
+
+  /** Wall time from the first step until now, and the part of it paused. */
+  elapsed(): { seconds: number; pausedSeconds: number } {
+    if (!this.first) return { seconds: 0, pausedSeconds: 0 };
+    return { seconds: (performance.now() - this.first.at) / 1000, pausedSeconds: this.pausedSeconds - this.first.paused };
+  }
+
+  private mark(): Mark {
+    return { at: performance.now(), paused: this.pausedSeconds };
+  }
+
+  private since(m: Mark): number {
+    return (performance.now() - m.at) / 1000 - (this.pausedSeconds - m.paused);
+  }
+}
+
+export function progressLine(step: number, steps: number, s: StepStats, imagesPerSecond: number, etaSeconds: number): string {
+  const f = (x: number) => x.toFixed(4);
+  return (
+    `step ${step}/${steps} d_loss=${f(s.dLoss)} g_loss=${f(s.gLoss)} D(x)=${f(s.dReal)} D(G(z))=${f(s.dFake)} ` +
+    `images/s=${imagesPerSecond.toFixed(0)} workers=${s.workers} eta=${formatDuration(etaSeconds)}`
+  );
+}
+
+function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : `${m}m${String(s % 60).padStart(2, '0')}s`;
+}

