@@ -94,7 +94,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('eval-samples', { type: 'number', default: 10000, describe: 'Images per --eval-every evaluation', group: 'Outputs:' })
     .option('checkpoint-every', { type: 'number', default: 500, describe: 'Checkpoint every N steps (0 = only at the end and on SIGINT/SIGTERM)', group: 'Outputs:' })
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints', group: 'Outputs:' })
-    .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (fresh start if none)', group: 'Outputs:' })
+    .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (step 0 if there are none; refused if none of them loads)', group: 'Outputs:' })
     .option('round-timeout', { type: 'number', default: 30, describe: 'Seconds a round waits for a worker before dropping it', group: 'Fault tolerance:' })
     .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval); must exceed one round of compute', group: 'Fault tolerance:' })
     .check((a) => {
@@ -118,8 +118,8 @@ function trainingOptions<T>(y: Argv<T>) {
     });
 }
 
-function metricsPortOption<T>(y: Argv<T>, fallback: number) {
-  const describe = 'HTTP port for /metrics, /healthz, the status page (/) and /api/status, on --host and without a token (0 = any free port, -1 = off)';
+function metricsPortOption<T>(y: Argv<T>, fallback: number, on = '--host') {
+  const describe = `HTTP port for /metrics, /healthz, the status page (/) and /api/status, on ${on} and without a token (0 = any free port, -1 = off)`;
   return y.option('metrics-port', { type: 'number', default: fallback, describe, group: 'Outputs:' }).check((a) => {
     checkPort('metrics-port', a['metrics-port'], true);
     return true;
@@ -283,7 +283,7 @@ export function buildCli(argv: string[]) {
             .option('name', { type: 'string', describe: 'Name shown in coordinator logs (default host:pid)' })
             .option('token', { type: 'string', describe: "Shared secret matching the coordinator's (prefer GANFLEET_TOKEN)" })
             .option('ca', { type: 'string', describe: 'PEM file of a CA to trust for a wss:// coordinator with a private or self-signed certificate' })
-            .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without reaching the coordinator (0 = keep retrying with backoff)' })
+            .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without being admitted by a coordinator (0 = keep retrying with backoff)' })
             .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
             .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
             .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
@@ -327,8 +327,8 @@ export function buildCli(argv: string[]) {
       'Run a coordinator and N worker processes on this machine (same code as the distributed mode)',
       (y) =>
         checkCommandLine(
-          metricsPortOption(trainingOptions(y), 0)
-            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more workers than cores buy nothing (README: How many workers)', group: 'Local:' })
+          metricsPortOption(trainingOptions(y), 0, '127.0.0.1')
+            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
             .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
             .check((a) => {

@@ -1,6 +1,6 @@
 import { BackendChoice, selectBackend } from './backend';
 import { Quality, evaluateImages } from './eval/quality';
-import { readCheckpoint } from './generate';
+import { readCheckpoint } from './coordinator/checkpoint';
 import { GanModel, createModel } from './model';
 import { generateImages } from './model/sample';
 import { Logger, createLogger } from './util/log';

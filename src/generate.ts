@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { BackendChoice, selectBackend } from './backend';
-import { Checkpoint, decodeCheckpoint, loadLatestCheckpoint } from './coordinator/checkpoint';
+import { readCheckpoint } from './coordinator/checkpoint';
 import { encodePng, imageGrid, tanhToByte } from './coordinator/png';
 import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
@@ -59,13 +59,4 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   fs.writeFileSync(opts.out, bytes);
   log(`wrote ${opts.count} samples to ${opts.out}`);
   return opts.out;
-}
-
-export function readCheckpoint(where: string, log: Logger): { checkpoint: Checkpoint; file: string } {
-  if (!fs.existsSync(where)) throw new GanfleetError('GENERATE_NO_CHECKPOINT', `--checkpoint: no such file or directory ${where}`);
-  if (fs.statSync(where).isFile()) return { checkpoint: decodeCheckpoint(fs.readFileSync(where), where), file: where };
-  const dir = fs.existsSync(path.join(where, 'checkpoints')) ? path.join(where, 'checkpoints') : where;
-  const found = loadLatestCheckpoint(dir, log, false);
-  if (!found) throw new GanfleetError('GENERATE_NO_CHECKPOINT', `no valid checkpoint in ${dir}`);
-  return found;
 }

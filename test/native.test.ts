@@ -4,6 +4,7 @@ import { selectBackend } from '../src/backend';
 import { nativeMatMulActive, nativeProductCount } from '../src/model/native-matmul';
 import { builtAddon, nativeAddon } from '../src/util/native';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { averageGradients } from '../src/coordinator/aggregate';
 import { decodeFloatsPortable, encodeFloatsPortable } from '../src/protocol/wire-dtype';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
@@ -118,6 +119,25 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
   }
   const params = new Float32Array(n);
   assert.throws(() => addon.adam(params, new Float32Array(n - 1), new Float32Array(n), new Float32Array(n), 0.9, 0.999, 1e-3, 1, 1e-7), /one length/);
+});
+
+test('the native gradient average equals the float64 sample-weighted mean to float32 rounding, and the coordinator uses it', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  assert.equal(nativeAddon().addon, addon, `the built addon is not in use: ${nativeAddon().why}`);
+  const n = 1003; // not a multiple of the 8 lanes: the scalar tail runs too
+  const rng = new Rng(11);
+  const samples = [128, 37, 1];
+  const gradients = samples.map(() => new Float32Array(n).map(() => (rng.uniform() - 0.5) * 2e3));
+  const out = averageGradients(gradients.map((g, k) => ({ gradients: g, samples: samples[k] })), new Float32Array(n));
+  const total = samples.reduce((a, b) => a + b, 0);
+  const expected = new Float64Array(n);
+  gradients.forEach((g, k) => g.forEach((x, i) => (expected[i] += (x * samples[k]) / total)));
+  assertClose(out, expected, 1e-6, 1e-4, 'three contributions');
+  // The average may be written over one of its inputs (the coordinator's reused memory).
+  const first = gradients[0].slice();
+  averageGradients([{ gradients: first, samples: 1 }, { gradients: gradients[1], samples: 3 }], first);
+  gradients[0].forEach((x, i) => assert.ok(Math.abs(first[i] - (x + 3 * gradients[1][i]) / 4) <= 1e-4 * (1 + Math.abs(first[i])), `aliased output at ${i}`));
+  assert.throws(() => addon.scaleAdd(new Float32Array(n), new Float32Array(n - 1), 0.5, true), /length/);
 });
 
 test('the native 16-bit wire conversions give the bits of the JavaScript ones (float16 and bfloat16, both ways)', { skip }, () => {

@@ -29,7 +29,7 @@ export interface CoordinatorConfig {
   maxWorkers: number;
   /** A round waits at most this long for a worker, which is then dropped. */
   roundTimeoutSeconds: number;
-  /** Ping interval; a worker that misses a pong for one interval is dropped. */
+  /** Pings go out every half of it; a worker whose pong is more than this late is dropped. */
   heartbeatSeconds: number;
   /** How weights and gradients travel (protocol/wire-dtype.ts). */
   wireDtype: WireDtype;

@@ -56,7 +56,7 @@ export interface Welcome {
   discriminatorSize: number;
   batchSize: number;
   seed: number;
-  /** The coordinator pings this often; a worker that hears nothing for 3 intervals reconnects. */
+  /** The coordinator's --heartbeat (it pings every half of it); a worker that hears nothing for 3 of them reconnects. */
   heartbeatSeconds: number;
   /** How float arrays travel in both directions (wire-dtype.ts); absent = float32. */
   wireDtype?: string;
