@@ -500,6 +500,24 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('while paused the status shows no throughput, not that of the last step', async () => {
+    const coordinator = await Coordinator.start(config(path.join(out, 'paused-rate'), 3), () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'generator', zeros('generator'));
+    await weightsOrDrop(peer);
+    assert.ok(coordinator.status().imagesPerSecond > 0, 'a trained step has a rate');
+    peer.ws.terminate();
+    while (coordinator.status().state !== 'paused') await new Promise((r) => setTimeout(r, 5));
+    assert.equal(coordinator.status().imagesPerSecond, 0);
+    coordinator.requestStop('test over');
+    assert.equal((await run).steps, 1);
+    await coordinator.close();
+  });
+
   test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'removed-grid'), 1), metricsPort: 0, sampleEvery: 1 }, () => {});
     const run = coordinator.run();

@@ -72,6 +72,7 @@ export interface CoordinatorStatus {
   step: number;
   steps: number;
   resumedFrom: number | null;
+  /** Of recent steps; 0 while paused or waiting. */
   imagesPerSecond: number;
   etaSeconds: number | null;
   last: StepStats | null;
@@ -611,7 +612,8 @@ export class Coordinator {
       step: this.step,
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
-      imagesPerSecond: this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
+      // Paused or waiting, nothing is trained: the last step's rate would show a stall as healthy.
+      imagesPerSecond: this.state === 'training' && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
       workers: this.workers.list().map((p) => ({

@@ -41,7 +41,7 @@ export interface GroupHooks {
  */
 export class WorkerGroup {
   private readonly peers = new Map<string, WorkerPeer>();
-  /** The number in the next worker's id; checkpointed, so a resumed run does not hand out an id again. */
+  /** The number in the next worker's id; checkpointed, so a resumed run does not hand out the ids of the checkpoint's run again (those after it, it may). */
   nextWorker = 1;
   private plan = 0;
   private membershipChanged = false;
