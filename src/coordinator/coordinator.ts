@@ -221,7 +221,7 @@ export class Coordinator {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
       this.state = 'training';
-      const stepStarted = this.clock.stepStarted();
+      this.clock.stepStarted();
       const dRound = this.roundUntilAnswered(this.step, 'discriminator');
       // While the workers compute: D cannot change before their gradients arrive, in a later turn of the event loop.
       this.saveRollback();
@@ -234,7 +234,7 @@ export class Coordinator {
       }
       this.step++;
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-      this.clock.stepFinished(stepStarted, d.samples);
+      this.clock.stepFinished(d.samples);
       this.recordStep(stats);
       if (this.step % sampleEvery === 0) written.push(this.writeSamples());
       if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();

@@ -23,7 +23,9 @@ interface Mark {
 export class RunClock {
   private pausedSeconds = 0;
   private first: Mark | null = null;
-  private window: Mark = { at: 0, paused: 0 };
+  private readonly window: Mark = { at: 0, paused: 0 };
+  /** Where the step in progress started; updated in place, as a step is too frequent to allocate for. */
+  private readonly step: Mark = { at: 0, paused: 0 };
   private windowImages = 0;
   /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */
   private paceSteps = 0;
@@ -36,14 +38,16 @@ export class RunClock {
     this.pausedSeconds += seconds;
   }
 
-  stepStarted(): Mark {
-    const now = this.mark();
-    if (!this.first) this.first = this.window = now;
-    return now;
+  stepStarted(): void {
+    this.mark(this.step);
+    if (!this.first) {
+      this.first = this.mark({ at: 0, paused: 0 });
+      this.mark(this.window);
+    }
   }
 
-  stepFinished(started: Mark, images: number): void {
-    const seconds = this.since(started);
+  stepFinished(images: number): void {
+    const seconds = this.since(this.step);
     this.stepAverage = this.stepAverage === 0 ? seconds : 0.95 * this.stepAverage + 0.05 * seconds;
     this.windowImages += images;
   }
@@ -57,7 +61,7 @@ export class RunClock {
   /** Images a second since the last call (the first: since the first step). */
   windowRate(): number {
     const rate = this.windowImages / this.since(this.window);
-    this.window = this.mark();
+    this.mark(this.window);
     this.windowImages = 0;
     return rate;
   }
@@ -78,8 +82,10 @@ export class RunClock {
     return { seconds: (performance.now() - this.first.at) / 1000, pausedSeconds: this.pausedSeconds - this.first.paused };
   }
 
-  private mark(): Mark {
-    return { at: performance.now(), paused: this.pausedSeconds };
+  private mark(m: Mark): Mark {
+    m.at = performance.now();
+    m.paused = this.pausedSeconds;
+    return m;
   }
 
   private since(m: Mark): number {
