@@ -500,6 +500,20 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a run ends with its checkpoint written before the final evaluation, which may outlast a stop\'s grace period', async () => {
+    const lines: string[] = [];
+    // A small test set, so that the evaluation's reference statistics take no time here.
+    const dataDir = blankMnistDir(100);
+    for (const name of ['images-idx3', 'labels-idx1']) fs.copyFileSync(path.join(dataDir, `train-${name}-ubyte`), path.join(dataDir, `t10k-${name}-ubyte`));
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'checkpoint-then-eval'), 1), dataDir, evalEvery: 5, evalSamples: 100 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 0);
+    await run;
+    const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
+    assert.ok(at(/^checkpoint /) >= 0 && at(/^eval step 1:/) > at(/^checkpoint /), lines.join('\n'));
+    await coordinator.close();
+  });
+
   test('while paused the status shows no throughput, not that of the last step', async () => {
     const coordinator = await Coordinator.start(config(path.join(out, 'paused-rate'), 3), () => {});
     const run = coordinator.run();

@@ -270,7 +270,7 @@ function composeServices(): Map<string, Record<string, Obj>> {
       assert.ok(merged[name], `${f}: overrides unknown service ${name}`);
       // Compose merges these mappings key by key; other keys (command, image) are replaced.
       const mergeMap = (key: string) => (svc[key] ? { ...merged[name][key], ...svc[key] } : merged[name][key]);
-      merged[name] = { ...merged[name], ...svc, build: mergeMap('build'), environment: mergeMap('environment') };
+      merged[name] = { ...merged[name], ...svc, build: mergeMap('build'), environment: mergeMap('environment'), healthcheck: mergeMap('healthcheck') };
     }
     out.set(`docker-compose.yml + ${f}`, merged);
   }
@@ -587,6 +587,25 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
         servedPaths.worker.add(e.path ?? '/metrics');
       }
     }
+    // Network policies: each selects a Deployment's pods and admits every port they serve; the workers reach --port.
+    for (const np of objs.filter((o) => o.kind === 'NetworkPolicy')) {
+      const where = `${dir}: NetworkPolicy ${np.metadata.name}`;
+      const target = deployments.find((d) => labelsMatch(np.spec.podSelector?.matchLabels, d.spec.template.metadata.labels));
+      assert.ok(target, `${where} selects no Deployment`);
+      const rules: Obj[] = np.spec.ingress ?? [];
+      const admits = (port: Obj, from: Obj | null) =>
+        rules.some(
+          (r) =>
+            (r.ports === undefined || r.ports.some((p: Obj) => p.port === port.name || p.port === port.containerPort)) &&
+            (r.from === undefined || (from !== null && r.from.some((f: Obj) => f.podSelector && labelsMatch(f.podSelector.matchLabels, from.spec.template.metadata.labels)))),
+        );
+      for (const c of target.spec.template.spec.containers) {
+        for (const port of c.ports ?? []) {
+          const byWorkers = target === coord.dep && port.containerPort === cl.port;
+          assert.ok(admits(port, byWorkers ? work.dep : null), `${where}: blocks port ${port.name} (${port.containerPort})${byWorkers ? ' from the workers' : ' from Prometheus'}`);
+        }
+      }
+    }
     // A worker answers /healthz between rounds, as it answers pings: its liveness probe allows what --heartbeat does.
     const heartbeat = Number(coord.values.get('heartbeat') ?? 5);
     const probe = work.c.livenessProbe;
@@ -620,6 +639,12 @@ test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthcheck
         const src = String(typeof v === 'string' ? v.split(':')[0] : v.source);
         if (src.startsWith('.')) assert.ok(fs.existsSync(path.join(DEPLOY, src)), `${where}: mounts ${src}, which does not exist`);
         else assert.ok(src in (top.volumes ?? {}), `${where}: named volume ${src} is not declared`);
+      }
+      // Docker's published ports bypass host firewalls (ufw): only the workers' port, which needs the token, leaves the host.
+      const workersPort = sname === 'coordinator' ? Number(parseArgs(commandOf(svc)!, where).values.get('port')) : NaN;
+      for (const p of svc.ports ?? []) {
+        const spec = String(p);
+        assert.ok(spec.startsWith('127.0.0.1:') || Number(spec.split(':').pop()) === workersPort, `${where}: publishes ${spec} beyond this host`);
       }
       const command = commandOf(svc);
       if (!String(svc.image ?? '').startsWith('ganfleet') || !command) continue;

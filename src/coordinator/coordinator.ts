@@ -247,15 +247,16 @@ export class Coordinator {
     return this.finish(firstStep, written);
   }
 
-  /** After the last step: the final sample grid, evaluation and checkpoint, then the generator and summary.json. */
+  /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
   private async finish(firstStep: number, written: string[]): Promise<TrainingSummary> {
     const { steps, sampleEvery, checkpointEvery } = this.config;
     const { seconds, pausedSeconds } = this.clock.elapsed();
     const ran = this.step - firstStep;
     if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
+    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
+    if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     if (ran > 0 && this.config.evalEvery > 0 && this.step % this.config.evalEvery !== 0) await this.evaluate();
     this.state = 'finished';
-    if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     const generatorDir = path.join(this.config.out, 'generator');
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
