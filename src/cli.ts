@@ -287,6 +287,11 @@ export function buildCli(argv: string[]) {
             .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
             .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
             .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
+            .option('rejoin-after-stop', {
+              type: 'boolean',
+              default: false,
+              describe: 'When a coordinator stops with steps left (a signal, a reschedule), wait for it to come back with --resume instead of exiting 0; a finished run still ends the worker. For workers under Kubernetes or Compose',
+            })
             .check((a) => {
               checkPort('metrics-port', a['metrics-port'], true);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
@@ -314,6 +319,7 @@ export function buildCli(argv: string[]) {
             metricsPort: a['metrics-port'],
             metricsHost: a['metrics-host'],
             mailbox: a.mailbox,
+            rejoinAfterStop: a['rejoin-after-stop'],
           },
           log,
         );

@@ -58,6 +58,9 @@ describe('codec round trip', () => {
     if (shard.type === 'shard') assert.deepEqual(new Uint8Array(shard.images), images);
     const stop = message<Stop>({ type: 'stop', reason: 'done' });
     assert.deepEqual(decodeCoordinatorMessage(encode(stop)), stop);
+    const early = message<Stop>({ type: 'stop', reason: 'SIGTERM received', resumable: true });
+    assert.deepEqual(decodeCoordinatorMessage(encode(early)), early);
+    assert.throws(() => decodeCoordinatorMessage(encode({ ...early, resumable: 'yes' } as unknown as Stop)), /stop\.resumable must be true or false/);
     const error = message<ErrorMessage>({ type: 'error', code: 'X', message: 'y' });
     assert.deepEqual(decodeWorkerMessage(encode(error)), error);
   });

@@ -514,6 +514,27 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('the stop tells workers whether the run has steps left, for workers that wait for a resumed coordinator', async () => {
+    for (const stoppedEarly of [true, false]) {
+      const coordinator = await Coordinator.start(config(path.join(out, `stop-${stoppedEarly}`), stoppedEarly ? 5 : 1), () => {});
+      const run = coordinator.run();
+      const { peer } = await joinedPeer(coordinator);
+      await weightsOrDrop(peer);
+      peer.gradients(0, 'discriminator', zeros('discriminator'));
+      await weightsOrDrop(peer);
+      // Before the G answer can arrive: the run stops at the end of step 0.
+      if (stoppedEarly) coordinator.requestStop('SIGTERM received');
+      peer.gradients(0, 'generator', zeros('generator'));
+      assert.equal((await run).steps, 1);
+      const closing = coordinator.close();
+      let m = await peer.next();
+      while (m.type !== 'stop') m = await peer.next();
+      assert.deepEqual({ reason: m.reason, resumable: m.resumable }, stoppedEarly ? { reason: 'SIGTERM received', resumable: true } : { reason: 'finished 1 steps', resumable: undefined });
+      peer.ws.close();
+      await closing;
+    }
+  });
+
   test('while paused the status shows no throughput, not that of the last step', async () => {
     const coordinator = await Coordinator.start(config(path.join(out, 'paused-rate'), 3), () => {});
     const run = coordinator.run();

@@ -226,3 +226,29 @@ test("a worker pointed at an HTTP server that is no coordinator (its metrics por
     metrics.close();
   }
 });
+
+test('a stop with steps left ends a worker, unless it runs with --rejoin-after-stop: then it waits for the coordinator to resume, and a finished run ends it', async () => {
+  // Each connection's first is stopped with steps left (a signal); the next one finds the run over.
+  const stoppedThenOver = () =>
+    fakeCoordinator((ws, _raw, n) => {
+      ws.send(encode(welcome()));
+      ws.send(encode(message<Stop>({ type: 'stop', reason: n === 1 ? 'SIGTERM received' : 'finished 10 steps', ...(n === 1 ? { resumable: true } : {}) })));
+    });
+  for (const rejoin of [false, true]) {
+    const coordinator = await stoppedThenOver();
+    const worker = startWorker(coordinator.url, rejoin ? 'supervised' : 'plain', rejoin ? ['--rejoin-after-stop'] : []);
+    try {
+      assert.equal(await exitWithin(worker), 0, worker.log);
+      if (rejoin) {
+        assert.match(worker.log, /connection lost \(the coordinator stopped with steps left \(SIGTERM received\); waiting for it to resume\); reconnecting in/);
+        assert.match(worker.log, /stopped by the coordinator: finished 10 steps/);
+      } else {
+        assert.match(worker.log, /stopped by the coordinator: SIGTERM received/);
+      }
+      assert.equal(coordinator.connections(), rejoin ? 2 : 1);
+    } finally {
+      worker.kill();
+      await coordinator.close();
+    }
+  }
+});

@@ -304,7 +304,8 @@ export class Coordinator {
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
     this.workers.stopHeartbeats();
-    await this.workers.dismiss(reason);
+    // Steps left: a coordinator restarted with --resume trains them, and workers told so may wait for it.
+    await this.workers.dismiss(reason, this.step < this.config.steps);
     await this.listener.close();
     if (this.metricsServer) {
       this.metricsServer.closeAllConnections();

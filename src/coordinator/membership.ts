@@ -205,8 +205,8 @@ export class WorkerGroup {
   }
 
   /** Sends every peer `stop`, and waits up to 5 s for their sockets to close. */
-  async dismiss(reason: string): Promise<void> {
-    const stop = encode(message<Stop>({ type: 'stop', reason }));
+  async dismiss(reason: string, resumable: boolean): Promise<void> {
+    const stop = encode(message<Stop>({ type: 'stop', reason, ...(resumable ? { resumable } : {}) }));
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
     const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => emitted(p.socket, 'close'));

@@ -86,7 +86,7 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
 /** The longest string field either side accepts (names, paths, reasons). */
 export const MAX_STRING_LENGTH = 1024;
 
-type FieldKind = 'string' | 'count' | 'number' | 'phase' | 'f32' | 'u8';
+type FieldKind = 'string' | 'count' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
@@ -131,7 +131,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     discriminator: ['f32', 'optional'],
   },
   mail: { bytes: ['count', 'required'] },
-  stop: { reason: ['string', 'required'] },
+  stop: { reason: ['string', 'required'], resumable: ['boolean', 'optional'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
 
@@ -193,6 +193,9 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
     case 'number':
       if (typeof value !== 'number') throw bad('a number');
       if (!Number.isFinite(value)) throw new ProtocolError('not_finite', `${type}.${field} is not finite`);
+      return value;
+    case 'boolean':
+      if (typeof value !== 'boolean') throw bad('true or false');
       return value;
     case 'phase':
       if (value !== 'discriminator' && value !== 'generator') throw bad('"discriminator" or "generator"');

@@ -137,6 +137,11 @@ export interface Stop {
   v: number;
   type: 'stop';
   reason: string;
+  /**
+   * The run has steps left, which a coordinator restarted with --resume
+   * would train (it was stopped by a signal, say). Absent: it is over.
+   */
+  resumable?: boolean;
 }
 
 /** Either side: the peer sent something unacceptable. */

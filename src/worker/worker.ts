@@ -30,6 +30,13 @@ export interface WorkerOptions {
   metricsHost?: string;
   /** Take up a coordinator's offer of a shared-memory mailbox (protocol/mailbox.ts). */
   mailbox: boolean;
+  /**
+   * A stop from a coordinator whose run has steps left is treated as a lost
+   * coordinator: wait for it to come back (--resume) instead of exiting. For
+   * workers under a supervisor, which would otherwise restart them with its
+   * own, growing, backoff.
+   */
+  rejoinAfterStop?: boolean;
 }
 
 const BACKOFF_BASE_MS = 250;
@@ -251,7 +258,7 @@ function connectOnce(
           return answer(inner, true);
         }
         case 'stop':
-          end({ kind: 'stopped', reason: msg.reason });
+          end(msg.resumable && opts.rejoinAfterStop ? lost(`the coordinator stopped with steps left (${msg.reason}); waiting for it to resume`) : { kind: 'stopped', reason: msg.reason });
           ws.close(1000);
           return;
         case 'error':
