@@ -535,6 +535,24 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
+  test('a closing coordinator takes no new connections while it waits for its workers to close, and tells them every step is left', async () => {
+    const coordinator = await Coordinator.start(config(path.join(out, 'closing'), 5), () => {});
+    const { peer } = await joinedPeer(coordinator);
+    const closing = coordinator.close('SIGTERM received');
+    let m = await peer.next();
+    while (m.type !== 'stop') m = await peer.next();
+    assert.deepEqual({ reason: m.reason, resumable: m.resumable }, { reason: 'SIGTERM received', resumable: true });
+    // The peer has not closed, so the coordinator still waits for it; a worker that rejoins at once (--rejoin-after-stop) is refused.
+    const late = new WebSocket(`ws://127.0.0.1:${coordinator.port}`);
+    const outcome = await new Promise((r) => {
+      late.once('open', () => r('admitted'));
+      late.once('error', (e: NodeJS.ErrnoException) => r(e.code));
+    });
+    assert.equal(outcome, 'ECONNREFUSED');
+    peer.ws.close();
+    await closing;
+  });
+
   test('while paused the status shows no throughput, not that of the last step', async () => {
     const coordinator = await Coordinator.start(config(path.join(out, 'paused-rate'), 3), () => {});
     const run = coordinator.run();

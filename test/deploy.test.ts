@@ -599,6 +599,13 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
             (r.ports === undefined || r.ports.some((p: Obj) => p.port === port.name || p.port === port.containerPort)) &&
             (r.from === undefined || (from !== null && r.from.some((f: Obj) => f.podSelector && labelsMatch(f.podSelector.matchLabels, from.spec.template.metadata.labels)))),
         );
+      // The workers' port takes the worker pods only: every rule that admits it names them, and only them.
+      if (target === coord.dep) {
+        for (const r of rules.filter((r) => r.ports === undefined || r.ports.some((p: Obj) => p.port === 'ws' || p.port === cl.port))) {
+          const onlyWorkers = r.from?.length > 0 && r.from.every((f: Obj) => !f.namespaceSelector && !f.ipBlock && f.podSelector && labelsMatch(f.podSelector.matchLabels, work.dep.spec.template.metadata.labels) && !labelsMatch(f.podSelector.matchLabels, coord.dep.spec.template.metadata.labels));
+          assert.ok(onlyWorkers, `${where}: a rule admits others than the worker pods to the workers' port: ${JSON.stringify(r)}`);
+        }
+      }
       for (const c of target.spec.template.spec.containers) {
         for (const port of c.ports ?? []) {
           const byWorkers = target === coord.dep && port.containerPort === cl.port;

@@ -102,6 +102,7 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
   for (const config of [KERAS_ADAM_DEFAULTS, { ...KERAS_ADAM_DEFAULTS, beta1: 0.99999999, beta2: 0.99999999 }]) {
     const params = new Float32Array(n).map(() => rng.uniform() * 2 - 1);
     const expected = Float64Array.from(params);
+    const [direct, directM, directV] = [params.slice(), new Float32Array(n), new Float32Array(n)];
     const m = new Float64Array(n);
     const v = new Float64Array(n);
     const adam = new Adam(n, config);
@@ -109,6 +110,9 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
     for (let t = 1; t <= 5; t++) {
       const g = new Float32Array(n).map(() => (rng.uniform() - 0.5) * (t === 3 ? 1e-6 : 1));
       adam.apply(params, g);
+      // The bits of the addon called directly, which the JavaScript fallback (float64 arithmetic) does not give.
+      addon.adam(direct, g, directM, directV, beta1, beta2, lr / (1 - beta1 ** t), 1 / (1 - beta2 ** t), epsilon);
+      assert.deepEqual(params, direct, `β ${beta1}/${beta2}, update ${t}: the coordinator's Adam ran in JavaScript`);
       for (let i = 0; i < n; i++) {
         m[i] = beta1 * m[i] + (1 - beta1) * g[i];
         v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
@@ -129,6 +133,10 @@ test('the native gradient average equals the float64 sample-weighted mean to flo
   const samples = [128, 37, 1];
   const gradients = samples.map(() => new Float32Array(n).map(() => (rng.uniform() - 0.5) * 2e3));
   const out = averageGradients(gradients.map((g, k) => ({ gradients: g, samples: samples[k] })), new Float32Array(n));
+  // The bits of the addon called directly, which the JavaScript fallback (float64 weights, no FMA) does not give.
+  const direct = new Float32Array(n);
+  gradients.forEach((g, k) => addon.scaleAdd(direct, g, samples[k] / 166, k > 0));
+  assert.deepEqual(out, direct, 'the coordinator averaged in JavaScript');
   const total = samples.reduce((a, b) => a + b, 0);
   const expected = new Float64Array(n);
   gradients.forEach((g, k) => g.forEach((x, i) => (expected[i] += (x * samples[k]) / total)));

@@ -133,7 +133,7 @@ test('ganfleet eval prints the same FID and MNIST score for the same checkpoint 
   assert.ok(r.fid > 50, `an untrained G is far from MNIST (fid ${r.fid})`);
   assert.ok(r.mnistScore >= 1 && r.mnistScore <= 10);
   const bad = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'nothing-here')], { encoding: 'utf8' });
-  assert.notEqual(bad.status, 0);
-  assert.match(bad.stderr, /no such file or directory/);
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /no such file or directory .*\[NO_CHECKPOINT\]/);
   fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -72,7 +72,7 @@ export interface CoordinatorStatus {
   step: number;
   steps: number;
   resumedFrom: number | null;
-  /** Of recent steps; 0 while paused or waiting. */
+  /** Of recent steps; 0 unless training (waiting, paused, finished). */
   imagesPerSecond: number;
   etaSeconds: number | null;
   last: StepStats | null;
@@ -304,6 +304,8 @@ export class Coordinator {
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
     this.workers.stopHeartbeats();
+    // Workers told to stop may rejoin at once (--rejoin-after-stop): not here, but at the coordinator that resumes.
+    this.listener.stopAccepting();
     // Steps left: a coordinator restarted with --resume trains them, and workers told so may wait for it.
     await this.workers.dismiss(reason, this.step < this.config.steps);
     await this.listener.close();
@@ -325,6 +327,7 @@ export class Coordinator {
       } catch (e) {
         this.workers.stopHeartbeats();
         await this.listener.close();
+        this.workers.closeMailboxes();
         throw Object.assign(new Error(`--metrics-port ${metricsPort}: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
       }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);

@@ -21,9 +21,14 @@ type ListenerConfig = Pick<CoordinatorConfig, 'host' | 'port' | 'tlsCert' | 'tls
  * admitted socket says is the coordinator's business (`onConnection`).
  */
 export class WorkerListener {
+  /** Settles once the server has stopped listening and every connection has ended. */
+  private closed: Promise<void> | null = null;
+
   private constructor(
     private readonly server: http.Server | https.Server,
     private readonly wss: WebSocketServer,
+    /** The port bound, kept: a closed server has none. */
+    readonly port: number,
     readonly url: string,
   ) {}
 
@@ -68,7 +73,8 @@ export class WorkerListener {
       server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--port ${port}: ${e.message}`), { code: e.code })));
       server.listen(port, host, () => resolve());
     });
-    const listener = new WorkerListener(server, wss, `${tlsCert ? 'wss' : 'ws'}://${host}:${boundPort(server)}`);
+    const bound = boundPort(server);
+    const listener = new WorkerListener(server, wss, bound, `${tlsCert ? 'wss' : 'ws'}://${host}:${bound}`);
     hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ''}`);
     if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
       hooks.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
@@ -76,16 +82,19 @@ export class WorkerListener {
     return listener;
   }
 
-  get port(): number {
-    return boundPort(this.server);
+  /** Refuses new connections; the open ones go on. */
+  stopAccepting(): void {
+    // Node calls a close callback only once the connections have ended, and a later close() would wait for ever.
+    this.closed ??= new Promise<void>((r) => this.server.close(() => r()));
   }
 
   /** Cuts whatever is still open (stalled workers, peers that never said hello) and stops listening. */
   async close(): Promise<void> {
+    this.stopAccepting();
     for (const socket of this.wss.clients) socket.terminate();
     await new Promise<void>((r) => this.wss.close(() => r()));
     this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server.close(() => r()));
+    await this.closed;
   }
 }
 

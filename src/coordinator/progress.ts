@@ -24,7 +24,7 @@ export class RunClock {
   private pausedSeconds = 0;
   private first: Mark | null = null;
   private readonly window: Mark = { at: 0, paused: 0 };
-  /** Where the step in progress started; updated in place, as a step is too frequent to allocate for. */
+  /** Where the step in progress started. */
   private readonly step: Mark = { at: 0, paused: 0 };
   private windowImages = 0;
   /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */

@@ -139,7 +139,8 @@ export interface Stop {
   reason: string;
   /**
    * The run has steps left, which a coordinator restarted with --resume
-   * would train (it was stopped by a signal, say). Absent: it is over.
+   * would train (it was stopped by a signal, say). Absent: it is over, or
+   * the coordinator predates the field.
    */
   resumable?: boolean;
 }
