@@ -1,5 +1,6 @@
 import { BackendChoice } from '../backend';
 import { AdamConfig } from './adam';
+import path from 'node:path';
 import { WireDtype } from '../protocol/wire-dtype';
 
 /** The longest delay a Node timer holds; a longer one fires at once. */
@@ -53,4 +54,14 @@ export interface CoordinatorConfig {
   /** PEM files; both set = serve wss://. */
   tlsCert?: string;
   tlsKey?: string;
+}
+
+/** Where a run's outputs lie under --out: one place, for the writers, the resume and its checks. */
+export function runLayout(out: string): { summary: string; checkpoints: string; generator: string; samples: string } {
+  return {
+    summary: path.join(out, 'summary.json'),
+    checkpoints: path.join(out, 'checkpoints'),
+    generator: path.join(out, 'generator'),
+    samples: path.join(out, 'samples'),
+  };
 }

@@ -17,7 +17,7 @@ import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, summarisedStep } from './resume';
-import { CoordinatorConfig, MAX_TIMER_MS } from './config';
+import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
 import { WorkerListener } from './listener';
@@ -148,7 +148,7 @@ export class Coordinator {
       adam: { step: 0, m: new Float32Array(size.discriminator), v: new Float32Array(size.discriminator) },
     };
     this.seedRng = new Rng(config.seed + 3);
-    this.samples = new SampleWriter(this.model, path.join(config.out, 'samples'), config.seed + 2);
+    this.samples = new SampleWriter(this.model, runLayout(config.out).samples, config.seed + 2);
     this.workers = new WorkerGroup(config, {
       log,
       metrics: this.metrics,
@@ -257,7 +257,7 @@ export class Coordinator {
     if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
     if (ran > 0 && this.config.evalEvery > 0 && this.step % this.config.evalEvery !== 0) await this.evaluate();
     this.state = 'finished';
-    const generatorDir = path.join(this.config.out, 'generator');
+    const generatorDir = runLayout(this.config.out).generator;
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
@@ -296,7 +296,7 @@ export class Coordinator {
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
       return summary;
     }
-    writeFileAtomic(path.join(this.config.out, 'summary.json'), [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
+    writeFileAtomic(runLayout(this.config.out).summary, [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
     this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
     return summary;
   }
@@ -702,7 +702,7 @@ export class Coordinator {
 
   private checkpoint(): string {
     const file = writeCheckpoint(
-      path.join(this.config.out, 'checkpoints'),
+      runLayout(this.config.out).checkpoints,
       {
         step: this.step,
         imagesTotal: this.imagesTotal,

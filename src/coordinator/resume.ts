@@ -5,7 +5,7 @@ import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { removeTornWrites } from '../util/write';
 import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } from './checkpoint';
-import { CoordinatorConfig } from './config';
+import { CoordinatorConfig, runLayout } from './config';
 import { SAMPLE_FILE } from './samples';
 
 export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
@@ -16,7 +16,7 @@ export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
  * written.
  */
 export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>, log: Logger): void {
-  const checkpoints = path.join(config.out, 'checkpoints');
+  const { checkpoints, generator, samples } = runLayout(config.out);
   const earlier = config.resume ? [] : listCheckpoints(checkpoints);
   if (earlier.length > 0) {
     // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
@@ -25,8 +25,8 @@ export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>
   const outputs: [string, RegExp][] = [
     [config.out, /^summary\.json$/],
     [checkpoints, CHECKPOINT_FILE],
-    [path.join(config.out, 'generator'), /^(model\.json|weights\.bin)$/],
-    [path.join(config.out, 'samples'), SAMPLE_FILE],
+    [generator, /^(model\.json|weights\.bin)$/],
+    [samples, SAMPLE_FILE],
   ];
   for (const [dir, names] of outputs) {
     for (const name of removeTornWrites(dir, names)) log(`removed ${path.join(dir, name)}: a write that a killed run left unfinished`);
@@ -38,7 +38,7 @@ export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>
  * loss; null when there is none, so training starts at step 0.
  */
 export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch' | 'loss'>, log: Logger): { file: string; checkpoint: Checkpoint } | null {
-  const dir = path.join(config.out, 'checkpoints');
+  const dir = runLayout(config.out).checkpoints;
   const found = loadLatestCheckpoint(dir, log);
   if (!found) {
     // Checkpoints that all fail to load are a run that cannot be continued, not a new one: starting
@@ -107,7 +107,7 @@ function otherImages(now: Record<string, unknown>, then: Record<string, unknown>
 /** The step of the outputs in `out`, from the summary.json written after them; null where there is none to read. */
 export function summarisedStep(out: string): number | null {
   try {
-    const steps = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps;
+    const steps = JSON.parse(fs.readFileSync(runLayout(out).summary, 'utf8')).steps;
     return Number.isSafeInteger(steps) ? steps : null;
   } catch {
     return null;
