@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { tf } from './model/tf';
 import { registerNativeMatMul } from './model/native-matmul';
 import { registerWasmKernels } from './model/wasm-kernels';
@@ -47,9 +49,16 @@ function tryNative(pkg: string): string | null {
     require(pkg);
   } catch (e) {
     // Installed at our version, as installProblem has just checked.
-    return `${pkg}@${tf.version_core} failed to load: ${(e as Error).message.split('\n')[0]}`;
+    const failed = `${pkg}@${tf.version_core} failed to load: ${(e as Error).message.split('\n')[0].trim()}`;
+    return hasBinding(pkg) ? failed : `${failed} (${pkg}'s install script, which downloads libtensorflow and this binding, has not run: npm 12 runs a dependency's install script only where package.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild ${pkg} where the network is reachable)`;
   }
   return null;
+}
+
+/** The npm tarball has no binding: tfjs-node's install script puts it in lib/napi-v<N>/. */
+function hasBinding(pkg: string): boolean {
+  const lib = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
+  return fs.existsSync(lib) && fs.readdirSync(lib).some((d) => fs.existsSync(path.join(lib, d, 'tfjs_binding.node')));
 }
 
 async function activate(name: string, notes: string[]): Promise<boolean> {

@@ -11,13 +11,17 @@ import { tempDir } from './harness';
  * native packages (they cannot be installed here): what it picks, and the
  * notes that say why it skipped the others.
  */
-function select(choice: string, packages: Record<string, { version: string; index: string }>): { status: number | null; out: string } {
+function select(choice: string, packages: Record<string, { version: string; index: string; files?: string[] }>): { status: number | null; out: string } {
   const dir = tempDir('native-stand-ins');
   for (const [name, p] of Object.entries(packages)) {
     const at = path.join(dir, ...name.split('/'));
     fs.mkdirSync(at, { recursive: true });
     fs.writeFileSync(path.join(at, 'package.json'), JSON.stringify({ name, version: p.version, main: 'index.js' }));
     fs.writeFileSync(path.join(at, 'index.js'), p.index);
+    for (const f of p.files ?? []) {
+      fs.mkdirSync(path.dirname(path.join(at, f)), { recursive: true });
+      fs.writeFileSync(path.join(at, f), '');
+    }
   }
   const backend = path.join(__dirname, '..', 'src', 'backend');
   const script = `require(${JSON.stringify(backend)}).selectBackend(${JSON.stringify(choice)}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message); process.exit(1); })`;
@@ -37,6 +41,37 @@ test('--backend auto skips a native package that loads but registers no backend 
   const strict = select('tensorflow', { '@tensorflow/tfjs-node-gpu': empty });
   assert.equal(strict.status, 1, strict.out);
   assert.match(strict.out, /--backend tensorflow: no native backend could be loaded \(.*loaded, but its tensorflow backend did not start here/);
-  const broken = select('auto', { '@tensorflow/tfjs-node-gpu': { version: tf.version_core, index: "throw new Error('libcudart.so.11.0: cannot open shared object file');" } });
-  assert.match(JSON.parse(broken.out).notes[0], /failed to load: libcudart\.so\.11\.0: cannot open shared object file/);
+  const broken = select('auto', {
+    '@tensorflow/tfjs-node-gpu': { version: tf.version_core, index: "throw new Error('libcudart.so.11.0: cannot open shared object file');", files: ['lib/napi-v8/tfjs_binding.node'] },
+  });
+  assert.match(JSON.parse(broken.out).notes[0], /failed to load: libcudart\.so\.11\.0: cannot open shared object file$/);
+});
+
+test('--backend auto says when a native package is installed without running its install script (npm 12 without allowScripts, --ignore-scripts)', () => {
+  // What the real 4.22.0 package throws when its install script never ran: the tarball has no lib/.
+  const unbuilt = {
+    version: tf.version_core,
+    index: "throw new Error('The Node.js native addon module (tfjs_binding.node) can not be found at path: ' + __dirname + '/lib/napi-v8/tfjs_binding.node. \\nPlease run command npm rebuild');",
+  };
+  const auto = select('auto', { '@tensorflow/tfjs-node-gpu': unbuilt });
+  assert.equal(auto.status, 0, auto.out);
+  const chosen = JSON.parse(auto.out);
+  assert.equal(chosen.name, 'wasm');
+  assert.match(chosen.notes[0], /failed to load: The Node\.js native addon module \(tfjs_binding\.node\) can not be found at path: .*tfjs_binding\.node\. \(@tensorflow\/tfjs-node-gpu's install script, which downloads libtensorflow and this binding, has not run: npm 12 runs a dependency's install script only where package\.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild @tensorflow\/tfjs-node-gpu where the network is reachable\)/);
+});
+
+test('package.json says which dependencies may run install scripts, for every one the lockfile marks, and approves the native TensorFlow packages', () => {
+  // npm 12 skips a dependency's install script unless allowScripts approves it; the TensorFlow ones download
+  // libtensorflow, and without them a GPU worker silently computes on wasm.
+  const root = path.join(__dirname, '..', '..');
+  const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
+  const lock = JSON.parse(fs.readFileSync(path.join(root, 'package-lock.json'), 'utf8'));
+  const reviewed = pkg.allowScripts as Record<string, boolean>;
+  assert.equal(reviewed['@tensorflow/tfjs-node-gpu'], true);
+  assert.equal(reviewed['@tensorflow/tfjs-node'], true);
+  const unreviewed = Object.entries(lock.packages as Record<string, { hasInstallScript?: boolean }>)
+    .filter(([where, p]) => where !== '' && p.hasInstallScript)
+    .map(([where]) => where.slice(where.lastIndexOf('node_modules/') + 'node_modules/'.length))
+    .filter((name) => typeof reviewed[name] !== 'boolean');
+  assert.deepEqual(unreviewed, [], 'add each to allowScripts in package.json (npm install-scripts approve|deny), after reading what its script does');
 });
