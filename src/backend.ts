@@ -39,7 +39,17 @@ function installProblem(pkg: string): string | null {
 
 /** Why workers handed GPUs would compute on the CPU instead, or null; the GPU binding is not loaded here. */
 export function gpuBackendProblem(): string | null {
-  return installProblem(NATIVE_PACKAGES[0]);
+  return installProblem(NATIVE_PACKAGES[0]) ?? missingBinding(NATIVE_PACKAGES[0]);
+}
+
+/**
+ * Why `pkg`, installed at our version, has no binding to load, or null. The npm tarball has none: tfjs-node's
+ * install script downloads libtensorflow and puts the binding in lib/napi-v<N>/.
+ */
+function missingBinding(pkg: string): string | null {
+  const lib = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
+  if (fs.existsSync(lib) && fs.readdirSync(lib).some((d) => fs.existsSync(path.join(lib, d, 'tfjs_binding.node')))) return null;
+  return `${pkg}'s install script, which downloads libtensorflow and its binding, has not run: npm 12 runs a dependency's install script only where package.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild ${pkg} where the network is reachable`;
 }
 
 function tryNative(pkg: string): string | null {
@@ -50,15 +60,10 @@ function tryNative(pkg: string): string | null {
   } catch (e) {
     // Installed at our version, as installProblem has just checked.
     const failed = `${pkg}@${tf.version_core} failed to load: ${(e as Error).message.split('\n')[0].trim()}`;
-    return hasBinding(pkg) ? failed : `${failed} (${pkg}'s install script, which downloads libtensorflow and this binding, has not run: npm 12 runs a dependency's install script only where package.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild ${pkg} where the network is reachable)`;
+    const missing = missingBinding(pkg);
+    return missing ? `${failed} (${missing})` : failed;
   }
   return null;
-}
-
-/** The npm tarball has no binding: tfjs-node's install script puts it in lib/napi-v<N>/. */
-function hasBinding(pkg: string): boolean {
-  const lib = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
-  return fs.existsSync(lib) && fs.readdirSync(lib).some((d) => fs.existsSync(path.join(lib, d, 'tfjs_binding.node')));
 }
 
 async function activate(name: string, notes: string[]): Promise<boolean> {

@@ -6,12 +6,19 @@ import path from 'node:path';
 import { tf } from '../src/model/tf';
 import { tempDir } from './harness';
 
+type StandIns = Record<string, { version: string; index: string; files?: string[] }>;
+
 /**
  * selectBackend in a child whose NODE_PATH holds stand-ins for the optional
  * native packages (they cannot be installed here): what it picks, and the
  * notes that say why it skipped the others.
  */
-function select(choice: string, packages: Record<string, { version: string; index: string; files?: string[] }>): { status: number | null; out: string } {
+function select(choice: string, packages: StandIns): { status: number | null; out: string } {
+  return withStandIns(packages, `backend.selectBackend(${JSON.stringify(choice)})`);
+}
+
+/** Logs what `expression` (over `backend`, the module) resolves to, as JSON, or its error's message with exit 1. */
+function withStandIns(packages: StandIns, expression: string): { status: number | null; out: string } {
   const dir = tempDir('native-stand-ins');
   for (const [name, p] of Object.entries(packages)) {
     const at = path.join(dir, ...name.split('/'));
@@ -24,7 +31,7 @@ function select(choice: string, packages: Record<string, { version: string; inde
     }
   }
   const backend = path.join(__dirname, '..', 'src', 'backend');
-  const script = `require(${JSON.stringify(backend)}).selectBackend(${JSON.stringify(choice)}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message); process.exit(1); })`;
+  const script = `const backend = require(${JSON.stringify(backend)}); Promise.resolve().then(() => ${expression}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message); process.exit(1); })`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NODE_PATH: dir } });
   fs.rmSync(dir, { recursive: true, force: true });
   return { status: r.status, out: r.stdout + r.stderr };
@@ -57,7 +64,11 @@ test('--backend auto says when a native package is installed without running its
   assert.equal(auto.status, 0, auto.out);
   const chosen = JSON.parse(auto.out);
   assert.equal(chosen.name, 'wasm');
-  assert.match(chosen.notes[0], /failed to load: The Node\.js native addon module \(tfjs_binding\.node\) can not be found at path: .*tfjs_binding\.node\. \(@tensorflow\/tfjs-node-gpu's install script, which downloads libtensorflow and this binding, has not run: npm 12 runs a dependency's install script only where package\.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild @tensorflow\/tfjs-node-gpu where the network is reachable\)/);
+  const why = /@tensorflow\/tfjs-node-gpu's install script, which downloads libtensorflow and its binding, has not run: npm 12 runs a dependency's install script only where package\.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild @tensorflow\/tfjs-node-gpu where the network is reachable/;
+  // What local --gpus says before it starts the workers, without loading the binding.
+  assert.match(JSON.parse(withStandIns({ '@tensorflow/tfjs-node-gpu': unbuilt }, 'backend.gpuBackendProblem()').out), why);
+  assert.equal(withStandIns({ '@tensorflow/tfjs-node-gpu': { ...unbuilt, files: ['lib/napi-v8/tfjs_binding.node'] } }, 'backend.gpuBackendProblem()').out.trim(), 'null');
+  assert.match(chosen.notes[0], new RegExp(String.raw`failed to load: The Node\.js native addon module \(tfjs_binding\.node\) can not be found at path: .*tfjs_binding\.node\. \(` + why.source + String.raw`\)$`));
 });
 
 test('package.json says which dependencies may run install scripts, for every one the lockfile marks, and approves the native TensorFlow packages', () => {
