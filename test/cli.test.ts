@@ -33,16 +33,6 @@ function outWithCheckpoint(name: string): string {
   return out;
 }
 
-test("the deploy Secret's placeholder token is refused: it is public, so it would guard nothing", () => {
-  const secret = fs.readFileSync(path.join(__dirname, '..', '..', 'deploy', 'k8s', 'base', 'secret.yaml'), 'utf8');
-  const placeholder = /token: (\S+)/.exec(secret)![1];
-  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--host', '0.0.0.0', '--port', '0', '--metrics-port', '-1'], {
-    encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_TOKEN: placeholder },
-  });
-  assert.equal(r.status, 1, r.stderr);
-  assert.match(r.stderr, /the token is the placeholder from deploy\/k8s\/base\/secret\.yaml: put a secret one there first/);
-});
-
 test('a fresh run refuses an --out that holds checkpoints of another run: --resume continues it, another --out starts anew', () => {
   const out = outWithCheckpoint('reused-out');
   const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });

@@ -15,6 +15,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import YAML from 'yaml';
+import { tempDir } from './harness';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Obj = any;
@@ -198,16 +199,46 @@ function podSpecs(objs: Obj[]): Obj[] {
   return objs.filter((o) => o.spec?.template?.spec).map((o) => o.spec.template.spec);
 }
 
-const MODELLED_KEYS = new Set(['apiVersion', 'kind', 'resources', 'images', 'patches']);
+const MODELLED_KEYS = new Set(['apiVersion', 'kind', 'resources', 'images', 'patches', 'secretGenerator']);
 
-/** A small Kustomize: resources (files and directories), JSON 6902 patches, images. */
+/**
+ * What a user writes into a generator's env file (the token): these tests stand in for it, and never read
+ * a real one. The env files themselves must stay ignored by git, or a real token could be committed.
+ */
+const USER_ENV_FILE = 'token=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n';
+
+/** The path of each generator env file of `dir`'s kustomization tree that the user provides. */
+function userEnvFiles(dir: string): string[] {
+  const k = docs(path.relative(DEPLOY, path.join(dir, 'kustomization.yaml')))[0];
+  const mine = (k.secretGenerator ?? []).flatMap((g: Obj) => (g.envs ?? []).map((e: string) => path.join(dir, e)));
+  const below = (k.resources ?? []).map((r: string) => path.join(dir, r)).filter((p: string) => fs.statSync(p).isDirectory());
+  return [...mine, ...below.flatMap(userEnvFiles)];
+}
+
+/** Kustomize's generated Secret, without the hash suffix of its name (see the kubectl agreement test). */
+function generateSecret(dir: string, g: Obj, where: string): Obj {
+  for (const key of Object.keys(g)) assert.ok(['name', 'envs', 'type', 'options'].includes(key), `${where}: secretGenerator ${key} is not modelled by this test`);
+  const data: Record<string, string> = {};
+  for (const e of g.envs ?? []) {
+    const p = path.join(dir, e);
+    const ignored = spawnSync('git', ['check-ignore', '-q', p], { cwd: ROOT }).status === 0;
+    assert.ok(ignored, `${where}: ${e} holds the token and must be ignored by git (.gitignore)`);
+    for (const line of USER_ENV_FILE.split('\n').filter((l) => l.trim() && !l.startsWith('#'))) {
+      const eq = line.indexOf('=');
+      data[line.slice(0, eq)] = Buffer.from(line.slice(eq + 1)).toString('base64');
+    }
+  }
+  return { apiVersion: 'v1', kind: 'Secret', metadata: { name: g.name, labels: g.options?.labels }, type: g.type ?? 'Opaque', data };
+}
+
+/** A small Kustomize: resources (files and directories), Secret generators from env files, JSON 6902 patches, images. */
 function kustomize(dir: string): Obj[] {
   const kfile = path.join(dir, 'kustomization.yaml');
   assert.ok(fs.existsSync(kfile), `${rel(dir)} has no kustomization.yaml`);
   const k = docs(path.relative(DEPLOY, kfile))[0];
   const where = rel(kfile);
   for (const key of Object.keys(k)) assert.ok(MODELLED_KEYS.has(key), `${where}: ${key} is not modelled by test/deploy.test.ts; extend it`);
-  const objs: Obj[] = [];
+  const objs: Obj[] = (k.secretGenerator ?? []).map((g: Obj) => generateSecret(dir, g, where));
   for (const r of k.resources ?? []) {
     const p = path.join(dir, r);
     assert.ok(fs.existsSync(p), `${where}: resource ${r} does not exist`);
@@ -455,12 +486,26 @@ test('Kubernetes: every object has apiVersion, kind and metadata.name; every kus
 test('Kubernetes: the test model of Kustomize agrees with kubectl kustomize', (t) => {
   const probe = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' });
   if (probe.error || probe.status !== 0) return t.skip('kubectl is not installed');
+  // A copy of deploy/k8s, with the user's token files as the model assumes them.
+  const copy = path.join(tempDir('kustomize'), 'k8s');
+  t.after(() => fs.rmSync(path.dirname(copy), { recursive: true, force: true }));
+  fs.cpSync(K8S, copy, { recursive: true });
+  const inCopy = (p: string) => path.join(copy, path.relative(K8S, path.resolve(ROOT, p)));
+  for (const dir of kubernetesBuilds().keys()) for (const f of userEnvFiles(path.join(ROOT, dir))) fs.writeFileSync(inCopy(f), USER_ENV_FILE);
   for (const [dir, mine] of kubernetesBuilds()) {
-    const r = spawnSync('kubectl', ['kustomize', path.join(ROOT, dir)], { encoding: 'utf8' });
+    const r = spawnSync('kubectl', ['kustomize', inCopy(dir)], { encoding: 'utf8' });
     assert.equal(r.status, 0, `kubectl kustomize ${dir}: ${r.stderr}`);
-    const theirs = YAML.parseAllDocuments(r.stdout).map((d) => d.toJS());
+    // The model leaves out the hash that Kustomize appends to a generated Secret's name (and to every reference).
+    let out = r.stdout;
+    for (const s of mine.filter((o) => o.kind === 'Secret')) out = out.replace(new RegExp(`\\b${s.metadata.name}-[a-z0-9]{10}\\b`, 'g'), s.metadata.name);
+    const theirs = YAML.parseAllDocuments(out).map((d) => d.toJS());
     const key = (o: Obj) => `${o.kind}/${o.metadata.name}`;
     assert.deepEqual(theirs.map(key).sort(), mine.map(key).sort(), dir);
+    for (const o of theirs.filter((o: Obj) => o.kind === 'Secret')) {
+      // kubectl folds long base64 values over lines.
+      for (const k of Object.keys(o.data ?? {})) o.data[k] = o.data[k].replace(/\s/g, '');
+      assert.deepEqual(o, mine.find((x) => key(x) === key(o)), `${dir}: ${key(o)}`);
+    }
     for (const o of theirs.filter((o: Obj) => o.kind === 'Deployment')) {
       const m = mine.find((x) => key(x) === key(o));
       const pick = (c: Obj) => ({ image: c.image, args: c.args, env: c.env, ports: c.ports, resources: c.resources });

@@ -4,14 +4,10 @@ import http from 'node:http';
 import https from 'node:https';
 import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { GanfleetError } from '../util/errors';
 import { BOUNDED_REQUESTS, boundPort, limitConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
-
-/** How the token in deploy/k8s/base/secret.yaml starts until a user replaces it. */
-const TOKEN_PLACEHOLDER = 'REPLACE-ME';
 
 type ListenerConfig = Pick<CoordinatorConfig, 'host' | 'port' | 'tlsCert' | 'tlsKey' | 'token' | 'insecure' | 'maxWorkers'>;
 
@@ -32,7 +28,7 @@ export class WorkerListener {
     readonly url: string,
   ) {}
 
-  /** Refuses a placeholder token, or a public host without one unless --insecure; resolves once listening. */
+  /** Refuses a public host without a token unless --insecure; resolves once listening. */
   static async open(
     config: ListenerConfig,
     maxPayload: number,
@@ -40,10 +36,6 @@ export class WorkerListener {
     onConnection: (socket: WebSocket, address: string) => void,
   ): Promise<WorkerListener> {
     const { host, port, tlsCert, tlsKey, token, insecure } = config;
-    if (token?.startsWith(TOKEN_PLACEHOLDER)) {
-      // The placeholder is public (it is in this repository), so it guards nothing.
-      throw new GanfleetError('TOKEN_PLACEHOLDER', `the token is the placeholder from deploy/k8s/base/secret.yaml: put a secret one there first (openssl rand -hex 32; deploy/README.md says how)`);
-    }
     if (!token && !insecure && !isLoopback(host)) {
       throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
     }
