@@ -4,6 +4,7 @@
  * even where absolute numbers are noisy.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +19,7 @@ import { nativeAddon } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 import { sharedMemoryCeiling } from './ceiling';
+import { linkBitsPerSecond, ShapedLink } from './link';
 
 const BATCH = 128;
 /**
@@ -40,6 +42,9 @@ Options:
   --scaling LIST     instead of the full report: local, the shared-memory ceiling and PyTorch DDP for each
                      worker count in LIST (comma-separated, starting with 1: 1,2,4,8), for machines with
                      more cores; each figure is also printed to stderr as it comes
+  --link RATE        instead of the full report: the coordinator and its workers on either side of a link
+                     shaped to RATE each way (100mbit, 1gbit, 10gbit; bench/link.ts), 1 and 2 workers with
+                     each --wire-dtype, every frame on the WebSocket; needs root and iproute2
   --python PATH      the python3 that has torch, for the PyTorch anchor (default /usr/bin/python3)
   --anchor PATH      the anchor script (default ../shared/anchors/torch_gan.py beside the checkout)
   -h, --help         this text
@@ -50,6 +55,7 @@ const OPTIONS = {
   repeats: { type: 'string' },
   'memory-steps': { type: 'string' },
   scaling: { type: 'string' },
+  link: { type: 'string' },
   python: { type: 'string' },
   anchor: { type: 'string' },
   // Internal: the child that measures the in-process step without the native addon, or two at once.
@@ -76,6 +82,7 @@ function options() {
     repeats: count('repeats', 3),
     memorySteps: count('memory-steps', 2000, 4),
     scaling: values.scaling === undefined ? null : workerCounts(values.scaling),
+    link: values.link === undefined ? null : (linkBitsPerSecond(values.link), values.link),
     python: values.python ?? '/usr/bin/python3',
     anchor: values.anchor ?? ANCHOR,
   };
@@ -381,6 +388,81 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
   };
 }
 
+/**
+ * `--link RATE`: the coordinator and its workers in two network namespaces
+ * joined by a link of RATE each way (bench/link.ts). Machines apart share no
+ * /dev/shm, so every frame goes on the WebSocket. For 1 and 2 workers and each
+ * --wire-dtype: what 16-bit frames buy where the wire, not the CPU, is short,
+ * and how the coordinator's one link bounds the step. `linkMsPerStep` is the
+ * time a step's frames take on that link at RATE, which the step cannot
+ * undercut: each round's weights go down and its gradients come up before the
+ * next round can start. A step's weights down are as many bytes as its
+ * gradients up (both networks, once each); the bytes toward the workers also
+ * hold the shards, sent once, and are not used.
+ */
+async function linkReport(rate: string, steps: number) {
+  const link = ShapedLink.open(rate);
+  if ('reason' in link) return { ...reportHeader(), link: rate, results: null, reason: link.reason };
+  try {
+    const results = [];
+    for (const workers of [1, 2]) {
+      for (const wireDtype of WIRE_DTYPES) {
+        const r = await linkRun(link, workers, wireDtype, steps);
+        process.stderr.write(`bench: --link ${rate}, ${workers} worker(s), ${wireDtype}: ${r.msPerStep} ms/step\n`);
+        results.push({ ...r, linkMsPerStep: round((2 * r.wireBytesPerStepPerWorker.fromWorker * workers * 8 * 1000) / linkBitsPerSecond(rate)) });
+      }
+    }
+    return { ...reportHeader(), link: rate, results };
+  } finally {
+    link.close();
+  }
+}
+
+/** One run across the link: a real coordinator in one namespace, `workers` real workers in the other. */
+async function linkRun(link: ShapedLink, workers: number, wireDtype: string, steps: number) {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
+  const total = WARMUP + steps;
+  const env = { ...process.env, GANFLEET_TOKEN: crypto.randomBytes(16).toString('hex') };
+  const [cmd, args] = link.inside(link.coordinatorNamespace, [
+    process.execPath, CLI, 'coordinator', '--host', link.coordinatorAddress, '--port', '8787', '--min-workers', String(workers),
+    '--steps', String(total), '--log-every', String(WARMUP), '--sample-every', String(total + 1), '--checkpoint-every', '0',
+    '--metrics-port', '-1', '--backend', 'wasm', '--no-mailbox', '--wire-dtype', wireDtype, '--out', out,
+  ]);
+  const coordinator = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const listening = new Promise<void>((resolve) => {
+    const take = (d: Buffer) => {
+      log += d;
+      if (log.includes('listening for workers')) resolve();
+    };
+    coordinator.stdout.on('data', take);
+    coordinator.stderr.on('data', take);
+  });
+  const exited = new Promise<number | null>((resolve) => coordinator.on('exit', resolve));
+  await Promise.race([listening, exited]);
+  const children = Array.from({ length: workers }, () => {
+    const [wcmd, wargs] = link.inside(link.workersNamespace, [
+      process.execPath, CLI, 'worker', '--coordinator', `ws://${link.coordinatorAddress}:8787`, '--backend', 'wasm', '--no-mailbox',
+    ]);
+    return spawn(wcmd, wargs, { env, stdio: 'ignore' });
+  });
+  const status = await exited;
+  // A finished run tells its workers to stop; they are killed only if the run failed.
+  for (const c of children) if (status !== 0) c.kill('SIGKILL');
+  await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.on('exit', r)) : null)));
+  if (status !== 0) throw new Error(`coordinator across --link, ${workers} worker(s), ${wireDtype}, exited ${status}:\n${log}`);
+  const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  fs.rmSync(out, { recursive: true, force: true });
+  const msPerStep = timedMsPerStep(log, WARMUP, total, BATCH * workers);
+  return {
+    workers,
+    wireDtype,
+    msPerStep: round(msPerStep),
+    imagesPerSecond: round((BATCH * workers * 1000) / msPerStep),
+    wireBytesPerStepPerWorker: { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) },
+  };
+}
+
 /** Set by main from the command line; read by the runs. */
 let OPTS: ReturnType<typeof options>;
 
@@ -398,6 +480,10 @@ async function main() {
   const { steps, repeats } = OPTS;
   if (OPTS.inProcessOnly) {
     process.stdout.write(JSON.stringify(await inProcess(steps, WARMUP)));
+    return;
+  }
+  if (OPTS.link) {
+    process.stdout.write(JSON.stringify(await linkReport(OPTS.link, steps), null, 2) + '\n');
     return;
   }
   if (OPTS.scaling) {

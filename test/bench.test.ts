@@ -70,6 +70,7 @@ test('the bench refuses a bad command line before running anything: unknown opti
     [['--steps', '75'], /--steps takes a whole number of at least 1, a multiple of 50; got "75"/],
     [['--scaling', '2,4'], /--scaling takes increasing worker counts that start with 1/],
     [['--scaling', '1,2,2'], /--scaling takes increasing worker counts/],
+    [['--link', '1gbps'], /--link takes a rate such as 100mbit, 1gbit or 10gbit; got "1gbps"/],
   ] as const) {
     const r = spawnSync(process.execPath, [BENCH, ...args], { encoding: 'utf8', timeout: 10_000 });
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
@@ -80,6 +81,29 @@ test('the bench refuses a bad command line before running anything: unknown opti
   const help = spawnSync(process.execPath, [BENCH, '--help'], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(help.status, 0);
   assert.match(help.stdout, /--scaling LIST/);
+});
+
+test('bench --link: a real coordinator and real workers on either side of a shaped link, for 1 and 2 workers and each wire dtype', () => {
+  const r = spawnSync(process.execPath, [BENCH, '--link', '1gbit', '--steps', '50'], { encoding: 'utf8', timeout: 180_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  assert.equal(report.link, '1gbit');
+  if (report.results === null) {
+    // Not root, or no iproute2 or tbf: the report says why instead of failing.
+    assert.match(report.reason, /a shaped link needs root, iproute2 and the kernel's tbf qdisc/);
+    return;
+  }
+  assert.deepEqual(report.results.map((x: { workers: number; wireDtype: string }) => `${x.workers} ${x.wireDtype}`), ['1 float32', '1 float16', '1 bfloat16', '2 float32', '2 float16', '2 bfloat16']);
+  for (const x of report.results) {
+    assert.ok(x.msPerStep > 0, JSON.stringify(x));
+    // The link's share: both networks' gradients up and as many bytes of weights down, per worker, at 10^9 bit/s.
+    assert.ok(Math.abs(x.linkMsPerStep - (2 * x.wireBytesPerStepPerWorker.fromWorker * x.workers * 8) / 1e6) < 1e-3, JSON.stringify(x));
+  }
+  const [f32, f16, bf16] = report.results;
+  assert.ok(Math.abs(f16.wireBytesPerStepPerWorker.fromWorker / f32.wireBytesPerStepPerWorker.fromWorker - 0.5) < 0.01);
+  assert.equal(bf16.wireBytesPerStepPerWorker.fromWorker, f16.wireBytesPerStepPerWorker.fromWorker);
+  // Nothing is left behind: the namespaces go with the run.
+  assert.doesNotMatch(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout ?? '', /^gf\d+-[cw]\b/m);
 });
 
 test("the bench's in-process child (its run without the native addon, and two at once) takes its own options", () => {
