@@ -394,11 +394,13 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
  * /dev/shm, so every frame goes on the WebSocket. For 1 and 2 workers and each
  * --wire-dtype: what 16-bit frames buy where the wire, not the CPU, is short,
  * and how the coordinator's one link bounds the step. `linkMsPerStep` is the
- * time a step's frames take on that link at RATE, which the step cannot
- * undercut: each round's weights go down and its gradients come up before the
- * next round can start. A step's weights down are as many bytes as its
- * gradients up (both networks, once each); the bytes toward the workers also
- * hold the shards, sent once, and are not used.
+ * least time the link lets a step take, compute aside: in each round the
+ * coordinator sends the N workers' weights one after another, and the last
+ * worker's gradients can start up the link only once its weights are down, so
+ * a round takes at least (N weights + 1 gradient) at RATE, and a step (N + 1)
+ * × its gradients' bytes: its weights down are as many bytes as its gradients
+ * up (both networks, once each). The bytes toward the workers are not used:
+ * they also hold the shards, sent once.
  */
 async function linkReport(rate: string, steps: number) {
   const link = ShapedLink.open(rate);
@@ -409,7 +411,7 @@ async function linkReport(rate: string, steps: number) {
       for (const wireDtype of WIRE_DTYPES) {
         const r = await linkRun(link, workers, wireDtype, steps);
         process.stderr.write(`bench: --link ${rate}, ${workers} worker(s), ${wireDtype}: ${r.msPerStep} ms/step\n`);
-        results.push({ ...r, linkMsPerStep: round((2 * r.wireBytesPerStepPerWorker.fromWorker * workers * 8 * 1000) / linkBitsPerSecond(rate)) });
+        results.push({ ...r, linkMsPerStep: round(((workers + 1) * r.wireBytesPerStepPerWorker.fromWorker * 8 * 1000) / linkBitsPerSecond(rate)) });
       }
     }
     return { ...reportHeader(), link: rate, results };

@@ -41,8 +41,10 @@ export class ShapedLink {
       ip(['netns', 'add', link.coordinatorNamespace]);
       ip(['netns', 'add', link.workersNamespace]);
       ip(['link', 'add', `${tag}c`, 'netns', link.coordinatorNamespace, 'type', 'veth', 'peer', 'name', `${tag}w`, 'netns', link.workersNamespace]);
-      // A bucket of 1 ms at the rate, and no smaller than a 64 KB segmentation-offloaded packet.
-      const burst = String(Math.max(65536, Math.round(bits / 8 / 1000)));
+      // A bucket of 1 ms at the rate (two full frames at least): a larger one would let the first bytes of every
+      // frame pass at memory speed, where a real NIC sends none faster than its rate. tbf cuts segmentation-offloaded
+      // packets larger than the bucket into frames.
+      const burst = String(Math.max(2 * 1514, Math.round(bits / 8 / 1000)));
       for (const [ns, dev, address] of [
         [link.coordinatorNamespace, `${tag}c`, COORDINATOR_ADDRESS],
         [link.workersNamespace, `${tag}w`, WORKERS_ADDRESS],
