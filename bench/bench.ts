@@ -19,7 +19,7 @@ import { nativeAddon } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 import { sharedMemoryCeiling } from './ceiling';
-import { linkBitsPerSecond, ShapedLink } from './link';
+import { linkBitsPerSecond, linkLeastMs, ShapedLink } from './link';
 
 const BATCH = 128;
 /**
@@ -393,28 +393,24 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
  * joined by a link of RATE each way (bench/link.ts). Machines apart share no
  * /dev/shm, so every frame goes on the WebSocket. For 1 and 2 workers and each
  * --wire-dtype: what 16-bit frames buy where the wire, not the CPU, is short,
- * and how the coordinator's one link bounds the step. `linkMsPerStep` is the
- * least time the link lets a step take, compute aside: in each round the
- * coordinator sends the N workers' weights one after another, and the last
- * worker's gradients can start up the link only once its weights are down, so
- * a round takes at least (N weights + 1 gradient) at RATE, and a step (N + 1)
- * × its gradients' bytes: its weights down are as many bytes as its gradients
- * up (both networks, once each). The bytes toward the workers are not used:
- * they also hold the shards, sent once.
+ * and how the coordinator's one link bounds the step.
  */
 async function linkReport(rate: string, steps: number) {
   const link = ShapedLink.open(rate);
-  if ('reason' in link) return { ...reportHeader(), link: rate, results: null, reason: link.reason };
+  if ('reason' in link) return { ...reportHeader(), link: rate, steps, results: null, reason: link.reason, failedStep: link.failedStep };
   try {
+    const model = createModel('mlp');
     const results = [];
     for (const workers of [1, 2]) {
       for (const wireDtype of WIRE_DTYPES) {
         const r = await linkRun(link, workers, wireDtype, steps);
         process.stderr.write(`bench: --link ${rate}, ${workers} worker(s), ${wireDtype}: ${r.msPerStep} ms/step\n`);
-        results.push({ ...r, linkMsPerStep: round(((workers + 1) * r.wireBytesPerStepPerWorker.fromWorker * 8 * 1000) / linkBitsPerSecond(rate)) });
+        const bytes = wireDtype === 'float32' ? 4 : 2;
+        const ms = linkLeastMs(model.generatorLayout.size * bytes, model.discriminatorLayout.size * bytes, workers, linkBitsPerSecond(rate));
+        results.push({ ...r, linkMsPerStep: round(ms) });
       }
     }
-    return { ...reportHeader(), link: rate, results };
+    return { ...reportHeader(), link: rate, steps, results };
   } finally {
     link.close();
   }
@@ -422,39 +418,34 @@ async function linkReport(rate: string, steps: number) {
 
 /** One run across the link: a real coordinator in one namespace, `workers` real workers in the other. */
 async function linkRun(link: ShapedLink, workers: number, wireDtype: string, steps: number) {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
+  const out = fs.mkdtempSync(path.join(link.scratch, 'run-'));
   const total = WARMUP + steps;
   const env = { ...process.env, GANFLEET_TOKEN: crypto.randomBytes(16).toString('hex') };
-  const [cmd, args] = link.inside(link.coordinatorNamespace, [
+  const coordinator = link.spawn(link.coordinatorNamespace, [
     process.execPath, CLI, 'coordinator', '--host', link.coordinatorAddress, '--port', '8787', '--min-workers', String(workers),
     '--steps', String(total), '--log-every', String(WARMUP), '--sample-every', String(total + 1), '--checkpoint-every', '0',
     '--metrics-port', '-1', '--backend', 'wasm', '--no-mailbox', '--wire-dtype', wireDtype, '--out', out,
-  ]);
-  const coordinator = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  ], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   const listening = new Promise<void>((resolve) => {
     const take = (d: Buffer) => {
       log += d;
       if (log.includes('listening for workers')) resolve();
     };
-    coordinator.stdout.on('data', take);
-    coordinator.stderr.on('data', take);
+    coordinator.stdout!.on('data', take);
+    coordinator.stderr!.on('data', take);
   });
   const exited = new Promise<number | null>((resolve) => coordinator.on('exit', resolve));
   await Promise.race([listening, exited]);
-  const children = Array.from({ length: workers }, () => {
-    const [wcmd, wargs] = link.inside(link.workersNamespace, [
-      process.execPath, CLI, 'worker', '--coordinator', `ws://${link.coordinatorAddress}:8787`, '--backend', 'wasm', '--no-mailbox',
-    ]);
-    return spawn(wcmd, wargs, { env, stdio: 'ignore' });
-  });
+  const children = Array.from({ length: workers }, () =>
+    link.spawn(link.workersNamespace, [process.execPath, CLI, 'worker', '--coordinator', `ws://${link.coordinatorAddress}:8787`, '--backend', 'wasm', '--no-mailbox'], { env, stdio: 'ignore' }),
+  );
   const status = await exited;
   // A finished run tells its workers to stop; they are killed only if the run failed.
   for (const c of children) if (status !== 0) c.kill('SIGKILL');
   await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.on('exit', r)) : null)));
   if (status !== 0) throw new Error(`coordinator across --link, ${workers} worker(s), ${wireDtype}, exited ${status}:\n${log}`);
   const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-  fs.rmSync(out, { recursive: true, force: true });
   const msPerStep = timedMsPerStep(log, WARMUP, total, BATCH * workers);
   return {
     workers,

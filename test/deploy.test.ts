@@ -495,6 +495,18 @@ test('Kubernetes: the test model of Kustomize agrees with kubectl kustomize', (t
   for (const [dir, mine] of kubernetesBuilds()) {
     const r = spawnSync('kubectl', ['kustomize', inCopy(dir)], { encoding: 'utf8' });
     assert.equal(r.status, 0, `kubectl kustomize ${dir}: ${r.stderr}`);
+    // Every reference names a Secret of the build, under its hashed name: one left unrewritten would point at
+    // nothing on a cluster.
+    const built = YAML.parseAllDocuments(r.stdout).map((d) => d.toJS());
+    const secretNames = new Set(built.filter((o: Obj) => o.kind === 'Secret').map((o: Obj) => o.metadata.name));
+    const refs: string[] = [];
+    const collect = (x: Obj): void => {
+      if (Array.isArray(x)) x.forEach(collect);
+      else if (x && typeof x === 'object') for (const [k, v] of Object.entries(x)) k === 'secretKeyRef' ? refs.push((v as Obj).name) : collect(v);
+    };
+    collect(built);
+    assert.ok(refs.length > 0, `${dir}: no secretKeyRef found in kubectl's output`);
+    for (const ref of refs) assert.ok(secretNames.has(ref), `${dir}: secretKeyRef ${ref} names no Secret of the build (${[...secretNames]})`);
     // The model leaves out the hash that Kustomize appends to a generated Secret's name (and to every reference).
     let out = r.stdout;
     for (const s of mine.filter((o) => o.kind === 'Secret')) out = out.replace(new RegExp(`\\b${s.metadata.name}-[a-z0-9]{10}\\b`, 'g'), s.metadata.name);
