@@ -15,6 +15,7 @@ import { ChildProcess, spawn, SpawnOptions, spawnSync } from 'node:child_process
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { processAlive } from '../src/util/signals';
 
 const COORDINATOR_ADDRESS = '10.231.0.1';
 const WORKERS_ADDRESS = '10.231.0.2';
@@ -46,22 +47,13 @@ function ip(args: string[]): void {
   if (r.error || r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.error?.message ?? r.stderr.trim()}`);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** The namespaces of benches that were killed before they could remove them. */
 function removeLeftovers(): void {
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
   for (const line of (r.stdout ?? '').split('\n')) {
     const name = line.split(' ')[0];
     const m = NAMESPACE.exec(name);
-    if (m && !alive(Number(m[1]))) spawnSync('ip', ['netns', 'del', name]);
+    if (m && !processAlive(Number(m[1]))) spawnSync('ip', ['netns', 'del', name]);
   }
 }
 

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { EncodedFrame } from './codec';
 import { writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
+import { processAlive } from '../util/signals';
 
 /**
  * Frames between a coordinator and a worker on the same machine, through a
@@ -235,15 +236,5 @@ function sweepDeadMailboxDirs(base: string): void {
     } catch {
       /* another process swept it first, or it is not ours to remove */
     }
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    // EPERM: alive, under another user.
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -13,3 +13,14 @@ export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecon
     process.off('SIGTERM', handler);
   };
 }
+
+/** Whether a process of this pid exists: signal 0 checks without sending anything. */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: alive, under another user.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
