@@ -438,7 +438,7 @@ async function linkRun(link: ShapedLink, workers: number, wireDtype: string, ste
   const exited = new Promise<number | null>((resolve) => coordinator.on('exit', resolve));
   await Promise.race([listening, exited]);
   const children = Array.from({ length: workers }, () =>
-    link.spawn(link.workersNamespace, [process.execPath, CLI, 'worker', '--coordinator', `ws://${link.coordinatorAddress}:8787`, '--backend', 'wasm', '--no-mailbox'], { env, stdio: 'ignore' }),
+    link.spawn(link.workersNamespace, [process.execPath, CLI, 'worker', '--coordinator', `ws://${link.coordinatorAddress}:8787`, '--backend', 'wasm', '--no-mailbox', '--give-up-after', '30'], { env, stdio: 'ignore' }),
   );
   const status = await exited;
   // A finished run tells its workers to stop; they are killed only if the run failed.

@@ -42,25 +42,48 @@ export function linkLeastMs(g: number, d: number, workers: number, bitsPerSecond
   return ((round(g, d) + round(d, g)) * 8 * 1000) / bitsPerSecond;
 }
 
-function ip(args: string[]): void {
-  const r = spawnSync('ip', args, { encoding: 'utf8' });
-  if (r.error || r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.error?.message ?? r.stderr.trim()}`);
+/** An `ip` command that failed; `signal` is set where a Ctrl-C or SIGTERM meant for the bench ended it. */
+class IpError extends Error {
+  constructor(
+    message: string,
+    readonly signal: NodeJS.Signals | null,
+  ) {
+    super(message);
+  }
 }
 
-/** The namespaces of benches that were killed before they could remove them. */
+function ip(args: string[]): void {
+  const r = spawnSync('ip', args, { encoding: 'utf8' });
+  if (r.error || r.status !== 0) throw new IpError(`ip ${args.join(' ')}: ${r.error?.message ?? (r.stderr.trim() || `killed by ${r.signal}`)}`, r.signal);
+}
+
+/** What benches killed before they could clean up left: their namespaces, what still runs in them, their scratch directories. */
 function removeLeftovers(): void {
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
   for (const line of (r.stdout ?? '').split('\n')) {
     const name = line.split(' ')[0];
     const m = NAMESPACE.exec(name);
-    if (m && !processAlive(Number(m[1]))) spawnSync('ip', ['netns', 'del', name]);
+    if (!m || processAlive(Number(m[1]))) continue;
+    const pids = spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8' }).stdout ?? '';
+    for (const pid of pids.split('\n').filter(Boolean)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    }
+    spawnSync('ip', ['netns', 'del', name]);
+  }
+  for (const dir of fs.readdirSync(os.tmpdir())) {
+    const pid = /^ganfleet-bench-link-(\d+)-/.exec(dir)?.[1];
+    if (pid !== undefined && !processAlive(Number(pid))) fs.rmSync(path.join(os.tmpdir(), dir), { recursive: true, force: true });
   }
 }
 
 export class ShapedLink {
   readonly coordinatorAddress = COORDINATOR_ADDRESS;
   /** A directory for the runs' outputs, removed with the link. */
-  readonly scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-link-'));
+  readonly scratch = fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-bench-link-${process.pid}-`));
   private readonly children = new Set<ChildProcess>();
   private readonly onSignal = (signal: NodeJS.Signals) => {
     this.close();
@@ -90,8 +113,9 @@ export class ShapedLink {
       // A bucket of 1 ms at the rate, two full frames at least. It lets the first bytes of each frame pass faster
       // than a NIC would: 0.86 MB crossed 1 Gbit/s in 6.7-7.0 ms, against the 7.3 ms Ethernet needs. A smaller one
       // loses time to late timers once the cores are busy, as they are in a run (500 µs: 10.7 ms with both busy).
-      // tbf cuts segmentation-offloaded packets larger than the bucket into frames. `overhead 24` charges each
-      // frame Ethernet's preamble, gap and checksum.
+      // tbf cuts segmentation-offloaded packets larger than the bucket into frames, and charges `overhead 24`
+      // (Ethernet's preamble, gap and checksum) per packet it sees: per frame where it cuts them (100 Mbit/s),
+      // per 64 KB packet where the bucket holds one (1 Gbit/s and up), where it is lost in the rounding.
       const burst = String(Math.max(2 * 1514, Math.round(bits / 8 / 1000)));
       for (const [ns, dev, address] of [
         [link.coordinatorNamespace, `${tag}c`, COORDINATOR_ADDRESS],
@@ -107,6 +131,9 @@ export class ShapedLink {
       return link;
     } catch (e) {
       link.close();
+      // A Ctrl-C reaches the ip command too: the bench stops, it does not report a machine without namespaces.
+      const signal = e instanceof IpError ? e.signal : null;
+      if (signal === 'SIGINT' || signal === 'SIGTERM') process.exit(128 + os.constants.signals[signal]);
       return { reason: `a shaped link needs root, iproute2 and the kernel's tbf qdisc: ${(e as Error).message}`, failedStep: step };
     }
   }
