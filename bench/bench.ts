@@ -14,7 +14,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { TrainingSummary } from '../src/coordinator/coordinator';
 import { defaultMnistDir, loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
-import { WIRE_DTYPES } from '../src/protocol/wire-dtype';
+import { WIRE_DTYPES, WireDtype, wireDtypeBytes } from '../src/protocol/wire-dtype';
 import { nativeAddon } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
@@ -167,8 +167,13 @@ function localRun(workers: number, steps: number, extra: string[] = [], warmup =
     imagesPerSecond: round((BATCH * workers * 1000) / msPerStep),
     wholeRunMsPerStep: round(s.msPerStep),
     msPerStepByPhase: Object.fromEntries(Object.entries(s.msPerStepByPhase).map(([k, v]) => [k, round(v)])),
-    wireBytesPerStepPerWorker: { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) },
+    wireBytesPerStepPerWorker: wireBytesPerStepPerWorker(s, workers),
   };
+}
+
+/** A run's WebSocket payload per step, each way, per worker (toward the workers, shards included). */
+function wireBytesPerStepPerWorker(s: TrainingSummary, workers: number) {
+  return { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) };
 }
 
 /** ms per step after `warmup` steps, from the images/s of each progress window (one every `warmup` steps) after it. */
@@ -405,7 +410,7 @@ async function linkReport(rate: string, steps: number) {
       for (const wireDtype of WIRE_DTYPES) {
         const r = await linkRun(link, workers, wireDtype, steps);
         process.stderr.write(`bench: --link ${rate}, ${workers} worker(s), ${wireDtype}: ${r.msPerStep} ms/step\n`);
-        const bytes = wireDtype === 'float32' ? 4 : 2;
+        const bytes = wireDtypeBytes(wireDtype);
         const ms = linkLeastMs(model.generatorLayout.size * bytes, model.discriminatorLayout.size * bytes, workers, linkBitsPerSecond(rate));
         results.push({ ...r, linkMsPerStep: round(ms) });
       }
@@ -417,7 +422,7 @@ async function linkReport(rate: string, steps: number) {
 }
 
 /** One run across the link: a real coordinator in one namespace, `workers` real workers in the other. */
-async function linkRun(link: ShapedLink, workers: number, wireDtype: string, steps: number) {
+async function linkRun(link: ShapedLink, workers: number, wireDtype: WireDtype, steps: number) {
   const out = fs.mkdtempSync(path.join(link.scratch, 'run-'));
   const total = WARMUP + steps;
   const env = { ...process.env, GANFLEET_TOKEN: crypto.randomBytes(16).toString('hex') };
@@ -452,7 +457,7 @@ async function linkRun(link: ShapedLink, workers: number, wireDtype: string, ste
     wireDtype,
     msPerStep: round(msPerStep),
     imagesPerSecond: round((BATCH * workers * 1000) / msPerStep),
-    wireBytesPerStepPerWorker: { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) },
+    wireBytesPerStepPerWorker: wireBytesPerStepPerWorker(s, workers),
   };
 }
 

@@ -2,7 +2,7 @@ import { Packr } from 'msgpackr';
 import { nativeAddon } from '../util/native';
 import { ProtocolError, REJECT_REASONS, RejectReason } from './codec-error';
 import { checkFrameShape } from './shape';
-import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats } from './wire-dtype';
+import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats, wireDtypeBytes } from './wire-dtype';
 import { CoordinatorMessage, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
 export { ProtocolError, REJECT_REASONS, RejectReason };
@@ -205,7 +205,7 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
       return value;
     case 'f32': {
       if (!(value instanceof Uint8Array)) throw bad(`binary ${dtype} data`);
-      const width = dtype === 'float32' ? 4 : 2;
+      const width = wireDtypeBytes(dtype);
       if (value.byteLength % width !== 0) throw new ProtocolError('bad_size', `${type}.${field} has ${value.byteLength} bytes, not a whole number of ${dtype}s`);
       const floats = dtype === 'float32' ? float32View(value) : decodeFloats(uint16View(value), dtype);
       const at = firstOutside(floats, bound);

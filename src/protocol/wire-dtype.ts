@@ -14,6 +14,11 @@ import { nativeAddon } from '../util/native';
 export const WIRE_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 export type WireDtype = (typeof WIRE_DTYPES)[number];
 
+/** Bytes one value takes on the wire. */
+export function wireDtypeBytes(dtype: WireDtype): number {
+  return dtype === 'float32' ? 4 : 2;
+}
+
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
