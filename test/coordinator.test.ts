@@ -446,6 +446,86 @@ describe('coordinator edge cases found by review', () => {
     assert.deepEqual(warnings.filter((w) => w.name === 'TimeoutOverflowWarning').map((w) => w.message), []);
   });
 
+  test('a worker that stops reading before its shard has arrived is dropped a heartbeat after its link stops taking data', { timeout: 30_000 }, async () => {
+    const lines: { at: number; line: string }[] = [];
+    // The round timeout is long, so that only the link's stall can drop the worker in time.
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'frozen-before-shard'), 1), heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, (line) =>
+      lines.push({ at: Date.now(), line }),
+    );
+    const run = coordinator.run();
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    // Frozen from its hello on, as a stopped process or a vanished machine: nothing it is sent is read.
+    (peer.ws as unknown as { _socket: import('node:net').Socket })._socket.pause();
+    peer.hello();
+    const logged = async (re: RegExp) => {
+      for (;;) {
+        const found = lines.find((l) => re.test(l.line));
+        if (found) return found;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    };
+    const plan = await logged(/shard plan 1: w1=60000/);
+    const drop = await logged(/ left \(/);
+    assert.match(drop.line, /w1 left \(its link took no data for \d+\.\d s\)/);
+    const afterMs = drop.at - plan.at;
+    // The heartbeat (1 s), a fragment at 1 MB/s (1.05 s), a check every quarter heartbeat, and the time the 47 MB
+    // shard takes to fill the socket's buffers; without the stall check this was 60 s plus 47 s at 1 MB/s.
+    assert.ok(afterMs < 5000, `dropped ${afterMs} ms after its shard was planned`);
+    assert.equal((await coordinator.metrics.heartbeatTimeouts.get()).values[0].value, 1);
+    coordinator.requestStop('test over');
+    assert.equal((await run).steps, 0);
+    await coordinator.close();
+    peer.ws.terminate();
+  });
+
+  test('a shard crossing a slow link goes in fragments: heartbeat pings reach the worker between them, and the link is not taken for dead', { timeout: 30_000 }, async (t) => {
+    const lines: string[] = [];
+    // A write that waits over 3.05 s (heartbeat 2 s) marks a dead link; the 47 MB shard as one write would take about 9 s here.
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'slow-shard'), 1), heartbeatSeconds: 2 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    // The peer reads at most 256 KB every 50 ms (5 MB/s): its socket pauses when a tick's budget is spent.
+    const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    const TICK_BYTES = 256 * 1024;
+    let budget = TICK_BYTES;
+    const throttle = (chunk: Buffer) => {
+      budget -= chunk.length;
+      if (budget <= 0) raw.pause();
+    };
+    raw.on('data', throttle);
+    const tick = setInterval(() => {
+      budget = TICK_BYTES;
+      raw.resume();
+    }, 50);
+    let pingsBeforeShard = 0;
+    let shardArrived = false;
+    peer.ws.on('ping', () => {
+      if (!shardArrived) pingsBeforeShard++;
+    });
+    peer.hello();
+    const told: CoordinatorMessage[] = [];
+    const w = await weightsOrDrop(peer, told);
+    clearInterval(tick);
+    raw.off('data', throttle);
+    raw.resume();
+    shardArrived = true;
+    t.diagnostic(`${pingsBeforeShard} pings before the shard was through`);
+    const shard = told.find((m) => m.type === 'shard');
+    assert.ok(shard?.type === 'shard' && shard.count === 60000 && shard.images.length === 60000 * 784, 'the whole shard arrived');
+    // One ping may leave before the shard is planned; without fragments, none follows it until the shard is through.
+    assert.ok(pingsBeforeShard >= 3, `${pingsBeforeShard} pings reached the worker while its shard crossed`);
+    assert.ok(!lines.some((l) => / left /.test(l)), lines.join('\n'));
+    peer.gradients(0, 'discriminator', zeros('discriminator'));
+    assert.equal((await weightsOrDrop(peer)).phase, 'generator');
+    assert.equal(w.phase, 'discriminator');
+    peer.gradients(0, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 1);
+    peer.ws.close();
+    await coordinator.close();
+  });
+
   test('a worker that answers and leaves before the round closes leaves no compute-time series behind', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'left-series'), 3), startWorkers: 2 }, () => {});
     const run = coordinator.run();

@@ -239,15 +239,18 @@ test('with a short --heartbeat, a black-holed worker is dropped by the missed po
 });
 
 test(
-  'a worker whose link is slower than shard size / --round-timeout still gets to train',
+  'a worker whose link is slower than shard size / --round-timeout, or than shard size / --heartbeat, still gets to train',
   { timeout: 60_000 },
   async (t) => {
     const out = tempDir('proxy-slow');
     const roundTimeout = 2;
-    const { proc: coord, url } = await startCoordinator(coordinatorArgs(100_000, out, roundTimeout));
+    // A link is taken for dead once a write has waited a heartbeat and a second: the shard's
+    // 1 MiB fragments are written in about a quarter second each here.
+    const heartbeat = 3;
+    const { proc: coord, url } = await startCoordinator(coordinatorArgs(100_000, out, roundTimeout, heartbeat));
     const proxy = await FaultProxy.start(Number(new URL(url).port));
-    // Its 30,000-image shard (23.5 MB) takes ~4 s to cross, its weights frames ~0.1 s.
-    proxy.bytesPerSecond = 6e6;
+    // Its 30,000-image shard (23.5 MB) takes ~6 s to cross, its weights frames ~0.2 s.
+    proxy.bytesPerSecond = 4e6;
     const direct = startWorker(url, 'direct');
     let proxied: GanfleetProcess | null = null;
     t.after(async () => {
@@ -259,7 +262,7 @@ test(
     proxied = startWorker(proxy.url(), 'proxied');
     const joined = await waitAfter(coord, /(w\d+) joined from \S+ \("proxied"/, 0, 30_000);
     const both = waitAfter(coord, /\] step \d+\/\d+ .* workers=2 /, joined.end, 15_000, 'a step with the slow worker');
-    const dropped = waitAfter(coord, /left \(no \w+ gradients for step \d+ within --round-timeout/, joined.end, 15_000).then((f) => f.match[0]);
+    const dropped = waitAfter(coord, /left \(.*\)/, joined.end, 15_000).then((f) => f.match[0]);
     const first = await Promise.race([both.then(() => 'trained'), dropped]);
     both.catch(() => {});
     dropped.catch(() => {});

@@ -24,7 +24,7 @@ import { WorkerListener } from './listener';
 import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
-import { WorkerPeer } from './peer';
+import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, implausibleGradients, roundIndex, weightedStats } from './round';
 import { SampleWriter } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
@@ -36,8 +36,6 @@ const MAX_OFFENCES = 3;
 const EMPTY = new Float32Array(0);
 /** A socket that has not said hello within this time is closed. */
 const HELLO_TIMEOUT_MS = 10_000;
-/** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
-const MIN_LINK_BYTES_PER_SECOND = 1e6;
 
 export interface TrainingSummary {
   /** The step reached (a resumed run counts from the checkpoint's step). */
@@ -495,7 +493,7 @@ export class Coordinator {
       }
       peer.asked.push(roundIndex(step, phase));
       // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
-      const backstopMs = Math.min(deadlineMs + (peer.socket.bufferedAmount / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
+      const backstopMs = Math.min(deadlineMs + (peer.queuedBytes / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
       deadlines.push(
         setTimeout(() => {
           if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
@@ -587,9 +585,10 @@ export class Coordinator {
   private reject(socket: WebSocket, peer: WorkerPeer | null, reason: RejectReason, text: string, offence = true): void {
     this.metrics.reject(reason);
     this.log(`rejected a message from ${peer?.id ?? 'an unidentified peer'} (${reason}): ${text}`);
-    if (socket.readyState === WebSocket.OPEN) {
-      socket.send(encode(message<ErrorMessage>({ type: 'error', code: `PROTOCOL_${reason.toUpperCase()}`, message: text })));
-    }
+    const error = encode(message<ErrorMessage>({ type: 'error', code: `PROTOCOL_${reason.toUpperCase()}`, message: text }));
+    // A peer's own send keeps the error out of the middle of a fragmented shard.
+    if (peer) peer.send(error);
+    else if (socket.readyState === WebSocket.OPEN) socket.send(error);
     if (!peer) return socket.close(1008, 'protocol violation');
     if (!offence) return;
     // Whatever the bad message was meant to be, this peer has no usable answer for the open round.

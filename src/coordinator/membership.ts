@@ -10,8 +10,10 @@ import { emitted } from '../util/events';
 import { Logger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
-import { WorkerPeer } from './peer';
+import { FRAGMENT_BYTES, MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 
+/** What a write may take beyond the heartbeat interval: the largest write (a fragment) at the slowest link. */
+const STALLED_FRAGMENT_MS = (FRAGMENT_BYTES / MIN_LINK_BYTES_PER_SECOND) * 1000;
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
 export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
@@ -192,7 +194,13 @@ export class WorkerGroup {
     const now = Date.now();
     const intervalMs = this.config.heartbeatSeconds * 1000;
     for (const peer of this.list()) {
-      if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
+      // A ping waits behind a write the link does not take, so a dead link
+      // (a frozen or vanished worker with data queued for it) is seen by its writes.
+      const unwrittenMs = peer.unwrittenForMs(now);
+      if (unwrittenMs > intervalMs + STALLED_FRAGMENT_MS) {
+        this.hooks.metrics.heartbeatTimeouts.inc();
+        this.drop(peer, `its link took no data for ${(unwrittenMs / 1000).toFixed(1)} s`);
+      } else if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
         this.hooks.metrics.heartbeatTimeouts.inc();
         this.drop(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
       } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {

@@ -33,7 +33,7 @@ export class CoordinatorMetrics {
   readonly pauses = this.counter('ganfleet_pauses_total', 'Times training paused for lack of workers after it started.');
   readonly lateGradients = this.counter('ganfleet_late_gradients_total', 'Gradients discarded because their round had already closed.');
   readonly roundTimeouts = this.counter('ganfleet_round_timeouts_total', 'Workers dropped for missing a round deadline (--round-timeout).');
-  readonly heartbeatTimeouts = this.counter('ganfleet_heartbeat_timeouts_total', 'Workers dropped for missing a heartbeat.');
+  readonly heartbeatTimeouts = this.counter('ganfleet_heartbeat_timeouts_total', 'Workers dropped for missing a heartbeat, or for a link that took no data for as long.');
   readonly unauthorized = this.counter('ganfleet_unauthorized_connections_total', 'WebSocket upgrades refused for a missing or wrong token.');
   readonly sentBytes = this.counter('ganfleet_sent_bytes_total', 'Bytes sent to workers.');
   readonly receivedBytes = this.counter('ganfleet_received_bytes_total', 'Bytes received from workers.');

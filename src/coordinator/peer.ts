@@ -22,6 +22,17 @@ export interface PeerMailbox {
  */
 export type PeerState = 'joined' | 'active';
 
+/**
+ * A frame larger than this (a shard) goes out as a fragmented WebSocket
+ * message, one fragment handed to the socket at a time. Each write then
+ * completes within seconds on any link ganfleet accepts, so a write that
+ * does not complete shows a dead link (unwrittenForMs), and heartbeat pings
+ * go out between fragments instead of behind the whole shard.
+ */
+export const FRAGMENT_BYTES = 1 << 20;
+/** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
+export const MIN_LINK_BYTES_PER_SECOND = 1e6;
+
 export class WorkerPeer {
   state: PeerState = 'joined';
   shard: ShardAssignment | undefined;
@@ -41,6 +52,15 @@ export class WorkerPeer {
   pingWrittenAt: number | null = null;
   lastPongAt = Date.now();
   mailbox: PeerMailbox | null = null;
+  /** When each write now in the socket was handed to it, oldest first; a write leaves once the operating system has taken it. */
+  private readonly unwritten: number[] = [];
+  /**
+   * While a fragmented frame goes out, what was sent after it waits here:
+   * no other message may go between a message's fragments (pings may).
+   */
+  private held: { frame: Buffer; written?: () => void }[] | null = null;
+  /** The fragmented frame's bytes not yet handed to the socket, and the held frames'. */
+  private heldBytes = 0;
 
   constructor(
     readonly id: string,
@@ -63,9 +83,61 @@ export class WorkerPeer {
    */
   send(frame: Buffer, written?: () => void): boolean {
     if (!this.open) return false;
-    this.socket.send(frame, written && ((err) => !err && written()));
     this.countSent(frame.length);
+    this.dispatch(frame, written);
     return true;
+  }
+
+  /** Bytes sent to this peer that the operating system has not taken yet. */
+  get queuedBytes(): number {
+    return this.socket.bufferedAmount + this.heldBytes;
+  }
+
+  /** How long the oldest write in the socket has waited for the operating system to take it (0: none waits). */
+  unwrittenForMs(now: number): number {
+    return this.unwritten.length === 0 ? 0 : now - this.unwritten[0];
+  }
+
+  private dispatch(frame: Buffer, written?: () => void): void {
+    if (this.held) {
+      this.held.push({ frame, written });
+      this.heldBytes += frame.length;
+    } else if (frame.length > FRAGMENT_BYTES) {
+      this.sendFragments(frame, written);
+    } else {
+      this.write(frame, true, written);
+    }
+  }
+
+  private write(data: Buffer, fin: boolean, written?: () => void): void {
+    this.unwritten.push(Date.now());
+    this.socket.send(data, { binary: true, fin }, (err) => {
+      this.unwritten.shift();
+      if (!err) written?.();
+    });
+  }
+
+  /** Hands `frame` to the socket a fragment at a time, each once the one before has been written, then what was held meanwhile. */
+  private sendFragments(frame: Buffer, written?: () => void): void {
+    this.held = [];
+    this.heldBytes += frame.length;
+    let at = 0;
+    const next = () => {
+      if (!this.open) return;
+      const end = Math.min(at + FRAGMENT_BYTES, frame.length);
+      const fragment = frame.subarray(at, end);
+      this.heldBytes -= end - at;
+      at = end;
+      if (end < frame.length) return this.write(fragment, false, next);
+      this.write(fragment, true, written);
+      const held = this.held!;
+      this.held = null;
+      for (const h of held) {
+        this.heldBytes -= h.frame.length;
+        this.dispatch(h.frame, h.written);
+      }
+    };
+    next();
   }
 
   /** Like send, but through the mailbox, with a notice on the socket, once both ends have confirmed it. */
