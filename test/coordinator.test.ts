@@ -467,7 +467,7 @@ describe('coordinator edge cases found by review', () => {
     };
     const plan = await logged(/shard plan 1: w1=60000/);
     const drop = await logged(/ left \(/);
-    assert.match(drop.line, /w1 left \(its link took no data for \d+\.\d s\)/);
+    assert.match(drop.line, /w1 left \(its link took no write for \d+\.\d s \(dead, or slower than 1 MiB in --heartbeat \+ 1 s\)\)/);
     const afterMs = drop.at - plan.at;
     // The heartbeat (1 s), a fragment at 1 MB/s (1.05 s), a check every quarter heartbeat, and the time the 47 MB
     // shard takes to fill the socket's buffers; without the stall check this was 60 s plus 47 s at 1 MB/s.

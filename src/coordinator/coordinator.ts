@@ -594,7 +594,7 @@ export class Coordinator {
     // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
     this.round?.drop(peer.id);
     if (++peer.offences >= MAX_OFFENCES) {
-      socket.close(1008, 'protocol violation');
+      peer.close(1008, 'protocol violation');
       this.workers.remove(peer, `${MAX_OFFENCES} rejected messages`);
     }
   }

@@ -196,10 +196,10 @@ export class WorkerGroup {
     for (const peer of this.list()) {
       // A ping waits behind a write the link does not take, so a dead link
       // (a frozen or vanished worker with data queued for it) is seen by its writes.
-      const unwrittenMs = peer.unwrittenForMs(now);
-      if (unwrittenMs > intervalMs + STALLED_FRAGMENT_MS) {
+      const stalledMs = peer.stalledForMs(now);
+      if (stalledMs > intervalMs + STALLED_FRAGMENT_MS) {
         this.hooks.metrics.heartbeatTimeouts.inc();
-        this.drop(peer, `its link took no data for ${(unwrittenMs / 1000).toFixed(1)} s`);
+        this.drop(peer, `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)`);
       } else if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
         this.hooks.metrics.heartbeatTimeouts.inc();
         this.drop(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);

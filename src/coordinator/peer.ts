@@ -25,13 +25,15 @@ export type PeerState = 'joined' | 'active';
 /**
  * A frame larger than this (a shard) goes out as a fragmented WebSocket
  * message, one fragment handed to the socket at a time. Each write then
- * completes within seconds on any link ganfleet accepts, so a write that
- * does not complete shows a dead link (unwrittenForMs), and heartbeat pings
- * go out between fragments instead of behind the whole shard.
+ * completes within about a second on any link ganfleet accepts, so a socket
+ * that takes no write for longer shows a dead link (stalledForMs), and
+ * heartbeat pings go out between fragments instead of behind the whole shard.
  */
 export const FRAGMENT_BYTES = 1 << 20;
 /** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
 export const MIN_LINK_BYTES_PER_SECOND = 1e6;
+/** ws's own wait for a closing handshake. */
+const CLOSE_TIMEOUT_MS = 30_000;
 
 export class WorkerPeer {
   state: PeerState = 'joined';
@@ -52,15 +54,19 @@ export class WorkerPeer {
   pingWrittenAt: number | null = null;
   lastPongAt = Date.now();
   mailbox: PeerMailbox | null = null;
-  /** When each write now in the socket was handed to it, oldest first; a write leaves once the operating system has taken it. */
-  private readonly unwritten: number[] = [];
+  /** Writes handed to the socket that the operating system has not taken yet. */
+  private unwritten = 0;
+  /** Since when the socket has taken no write while one waits: the first write's handover, or the last write's completion. */
+  private waitingSince = 0;
   /**
    * While a fragmented frame goes out, what was sent after it waits here:
    * no other message may go between a message's fragments (pings may).
    */
-  private held: { frame: Buffer; written?: () => void }[] | null = null;
+  private held: ({ frame: Buffer; written?: () => void } | { close: [code?: number, reason?: string | Buffer] })[] | null = null;
   /** The fragmented frame's bytes not yet handed to the socket, and the held frames'. */
   private heldBytes = 0;
+  /** ws's own close, which `close` calls once nothing is held. */
+  private readonly closeSocket: WebSocket['close'];
 
   constructor(
     readonly id: string,
@@ -71,7 +77,13 @@ export class WorkerPeer {
     private readonly countSent: (bytes: number) => void,
     /** The mailbox failed (a full /dev/shm, say) and was closed: frames go over the socket from now on. */
     private readonly mailboxLost: (why: string) => void,
-  ) {}
+  ) {
+    // ws answers a peer's close frame at once, between the fragments of a
+    // frame; RFC 6455 (5.5.1) lets an endpoint first finish the message it is
+    // sending, which keeps what was held behind it (the answers to the peer's last messages).
+    this.closeSocket = socket.close.bind(socket);
+    socket.close = (code?: number, reason?: string | Buffer) => this.close(code, reason);
+  }
 
   get open(): boolean {
     return this.socket.readyState === WebSocket.OPEN;
@@ -88,14 +100,26 @@ export class WorkerPeer {
     return true;
   }
 
+  /** Closes the connection once everything sent before has gone (a close frame may not overtake held frames). */
+  close(code?: number, reason?: string | Buffer): void {
+    if (!this.held) return this.closeSocket(code, reason);
+    this.held.push({ close: [code, reason] });
+    // As ws's own closing handshake does, a peer that never takes what is queued is cut off.
+    setTimeout(() => this.socket.terminate(), CLOSE_TIMEOUT_MS).unref();
+  }
+
   /** Bytes sent to this peer that the operating system has not taken yet. */
   get queuedBytes(): number {
     return this.socket.bufferedAmount + this.heldBytes;
   }
 
-  /** How long the oldest write in the socket has waited for the operating system to take it (0: none waits). */
-  unwrittenForMs(now: number): number {
-    return this.unwritten.length === 0 ? 0 : now - this.unwritten[0];
+  /**
+   * How long the socket has gone without the operating system taking a
+   * write while one waits (0: none waits). No write is larger than a
+   * fragment, so on a live link of 1 MB/s this stays near a second.
+   */
+  stalledForMs(now: number): number {
+    return this.unwritten === 0 ? 0 : now - this.waitingSince;
   }
 
   private dispatch(frame: Buffer, written?: () => void): void {
@@ -110,14 +134,19 @@ export class WorkerPeer {
   }
 
   private write(data: Buffer, fin: boolean, written?: () => void): void {
-    this.unwritten.push(Date.now());
+    if (this.unwritten++ === 0) this.waitingSince = Date.now();
     this.socket.send(data, { binary: true, fin }, (err) => {
-      this.unwritten.shift();
+      this.unwritten--;
+      this.waitingSince = Date.now();
       if (!err) written?.();
     });
   }
 
-  /** Hands `frame` to the socket a fragment at a time, each once the one before has been written, then what was held meanwhile. */
+  /**
+   * Hands `frame` to the socket a fragment at a time, each once the one
+   * before has been written, then what was held meanwhile. A socket that
+   * closes midway takes the rest with it.
+   */
   private sendFragments(frame: Buffer, written?: () => void): void {
     this.held = [];
     this.heldBytes += frame.length;
@@ -129,15 +158,25 @@ export class WorkerPeer {
       this.heldBytes -= end - at;
       at = end;
       if (end < frame.length) return this.write(fragment, false, next);
-      this.write(fragment, true, written);
-      const held = this.held!;
-      this.held = null;
-      for (const h of held) {
-        this.heldBytes -= h.frame.length;
-        this.dispatch(h.frame, h.written);
-      }
+      this.write(fragment, true, () => {
+        written?.();
+        this.releaseHeld();
+      });
     };
     next();
+  }
+
+  private releaseHeld(): void {
+    const held = this.held!;
+    this.held = null;
+    for (const h of held) {
+      if ('close' in h) {
+        this.close(...h.close);
+        continue;
+      }
+      this.heldBytes -= h.frame.length;
+      this.dispatch(h.frame, h.written);
+    }
   }
 
   /** Like send, but through the mailbox, with a notice on the socket, once both ends have confirmed it. */
