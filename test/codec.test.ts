@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
-import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Mail, MailboxReady, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
 const raw = new Packr({ useRecords: false });
 
@@ -53,7 +53,7 @@ describe('codec round trip', () => {
     const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', loss: 'bce', generatorSize: 3, discriminatorSize: 4, batchSize: 128, seed: 99, heartbeatSeconds: 5 });
     assert.deepEqual(decodeCoordinatorMessage(encode(welcome)), welcome);
     const images = new Uint8Array(784 * 2).map((_, i) => i % 256);
-    const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, images })));
+    const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, keep: 0, images })));
     assert.equal(shard.type, 'shard');
     if (shard.type === 'shard') assert.deepEqual(new Uint8Array(shard.images), images);
     const stop = message<Stop>({ type: 'stop', reason: 'done' });
@@ -68,21 +68,21 @@ describe('codec round trip', () => {
 
 describe('mailbox messages', () => {
   test('mail notices and mailbox confirmations round-trip, and each side accepts only its own', () => {
-    assert.deepEqual(decodeWorkerMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/dev/shm/x/to-coordinator' }))), { v: 1, type: 'mailbox', path: '/dev/shm/x/to-coordinator' });
-    assert.deepEqual(decodeWorkerMessage(encode(message<Mail>({ type: 'mail', bytes: 458000 }))), { v: 1, type: 'mail', bytes: 458000 });
-    assert.deepEqual(decodeCoordinatorMessage(encode(message<Mail>({ type: 'mail', bytes: 12 }))), { v: 1, type: 'mail', bytes: 12 });
+    assert.deepEqual(decodeWorkerMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/dev/shm/x/to-coordinator' }))), { v: PROTOCOL_VERSION, type: 'mailbox', path: '/dev/shm/x/to-coordinator' });
+    assert.deepEqual(decodeWorkerMessage(encode(message<Mail>({ type: 'mail', bytes: 458000 }))), { v: PROTOCOL_VERSION, type: 'mail', bytes: 458000 });
+    assert.deepEqual(decodeCoordinatorMessage(encode(message<Mail>({ type: 'mail', bytes: 12 }))), { v: PROTOCOL_VERSION, type: 'mail', bytes: 12 });
     assertRejected(() => decodeCoordinatorMessage(encode(message<MailboxReady>({ type: 'mailbox', path: '/x' }))), 'bad_type');
   });
 
   test('a notice must give a byte count, and a confirmation a path', () => {
-    for (const bytes of [-1, 1.5, '100', null]) assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mail', bytes })), 'bad_field');
-    assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox' })), 'bad_field');
-    assertRejected(() => decodeWorkerMessage(raw.pack({ v: 1, type: 'mailbox', path: 'x'.repeat(2000) })), 'bad_field');
+    for (const bytes of [-1, 1.5, '100', null]) assertRejected(() => decodeWorkerMessage(raw.pack({ v: PROTOCOL_VERSION, type: 'mail', bytes })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ v: PROTOCOL_VERSION, type: 'mailbox' })), 'bad_field');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ v: PROTOCOL_VERSION, type: 'mailbox', path: 'x'.repeat(2000) })), 'bad_field');
   });
 });
 
 describe('codec rejects malformed frames', () => {
-  const good = { v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 2, gradients: new Uint8Array(8), loss: 1, dFake: 0.5, computeSeconds: 0 };
+  const good = { v: PROTOCOL_VERSION, type: 'gradients', step: 1, phase: 'generator', samples: 2, gradients: new Uint8Array(8), loss: 1, dFake: 0.5, computeSeconds: 0 };
 
   test('bytes that are not msgpack', () => {
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xc1, 0xff, 0x00])), 'bad_frame');
@@ -93,7 +93,7 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack('hello')), 'bad_frame');
   });
   test('wrong or missing version', () => {
-    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, v: 2 })), 'bad_version');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, v: PROTOCOL_VERSION + 1 })), 'bad_version');
     const { v: _v, ...noVersion } = good;
     assertRejected(() => decodeWorkerMessage(raw.pack(noVersion)), 'bad_version');
   });
@@ -215,13 +215,13 @@ describe('--wire-dtype float16 and bfloat16', () => {
   });
 
   test('16-bit frames are validated like float32 ones', () => {
-    const nan16 = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array([0x00, 0x7e]) });
+    const nan16 = raw.pack({ v: PROTOCOL_VERSION, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array([0x00, 0x7e]) });
     assertRejected(() => decodeWorkerMessage(nan16), 'not_finite');
-    const inf16 = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'bfloat16', gradients: new Uint8Array([0x80, 0x7f]) });
+    const inf16 = raw.pack({ v: PROTOCOL_VERSION, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'bfloat16', gradients: new Uint8Array([0x80, 0x7f]) });
     assertRejected(() => decodeWorkerMessage(inf16), 'not_finite');
-    const odd = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array(3) });
+    const odd = raw.pack({ v: PROTOCOL_VERSION, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array(3) });
     assertRejected(() => decodeWorkerMessage(odd), 'bad_size');
-    const unknown = raw.pack({ v: 1, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float8', gradients: new Uint8Array(4) });
+    const unknown = raw.pack({ v: PROTOCOL_VERSION, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float8', gradients: new Uint8Array(4) });
     assertRejected(() => decodeWorkerMessage(unknown), 'bad_field');
   });
 });

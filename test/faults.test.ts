@@ -27,7 +27,12 @@ function out(name: string): string {
 
 /** The worker counts of every shard plan the coordinator logged, with their sizes. */
 function shardPlans(log: string): number[][] {
-  return [...log.matchAll(/shard plan \d+: (.*)/g)].map((m) => m[1].split(' ').map((kv) => Number(kv.split('=')[1])));
+  return [...log.matchAll(/shard plan \d+: (.*);/g)].map((m) => m[1].split(' ').map((kv) => Number(kv.split('=')[1])));
+}
+
+/** The images each shard plan sent, over all workers. */
+function imagesSent(log: string): number[] {
+  return [...log.matchAll(/shard plan \d+: .*; (\d+) images sent/g)].map((m) => Number(m[1]));
 }
 
 describe('worker failures', () => {
@@ -53,6 +58,9 @@ describe('worker failures', () => {
     assert.deepEqual(loggedSteps(c.proc.log), range(1, 120), 'every step exactly once');
     for (const sizes of shardPlans(c.proc.log)) assert.equal(sizes.reduce((a, b) => a + b, 0), 60000, 'each plan covers the training set');
     assert.deepEqual(shardPlans(c.proc.log).at(-1), [20000, 20000, 20000]);
+    // The survivors keep their shards: only the newcomer is sent images (the killed worker's).
+    assert.equal(imagesSent(c.proc.log)[0], 60000);
+    assert.equal(imagesSent(c.proc.log).at(-1), 20000, c.proc.log);
     assert.ok(detectMs < 5000, `kill detected in ${detectMs} ms`);
     for (const w of workers.filter((_, i) => i !== 1)) assert.equal(await w.exited, 0);
   });
@@ -64,9 +72,12 @@ describe('worker failures', () => {
     const first = track(startWorker(c.url, 'first'));
     await c.proc.waitFor(/step 15\/80/);
     const second = track(startWorker(c.url, 'second'));
-    await second.waitFor(/shard plan 2: 30000 images/);
+    await second.waitFor(/shard plan 2: 30000 images \(0 kept, 30000 received\)/);
     assert.equal(await c.proc.exited, 0, c.proc.log);
     assert.deepEqual(shardPlans(c.proc.log), [[60000], [30000, 30000]]);
+    // The first worker keeps half of its shard and is sent nothing; the second gets the other half.
+    assert.deepEqual(imagesSent(c.proc.log), [60000, 30000]);
+    assert.match(first.log, /shard plan 2: 30000 images \(30000 kept, 0 received\)/);
     assert.match(c.proc.log, /step 80\/80 .* workers=2 /);
     assert.deepEqual(loggedSteps(c.proc.log), range(1, 80));
     assert.equal(await first.exited, 0);

@@ -28,7 +28,7 @@ import WebSocket from 'ws';
 import { Packr } from 'msgpackr';
 import { loadLatestCheckpoint } from '../src/coordinator/checkpoint';
 import { ProtocolError, RejectReason, decodeCoordinatorMessage, decodeWorkerMessage, encode } from '../src/protocol/codec';
-import { CoordinatorMessage, ErrorMessage, Gradients, Hello, MAX_LOSS, Phase, message } from '../src/protocol/messages';
+import { CoordinatorMessage, ErrorMessage, Gradients, Hello, MAX_LOSS, PROTOCOL_VERSION, Phase, message } from '../src/protocol/messages';
 import { GanfleetProcess, metricTotal, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
 import { metricValue } from './helpers';
 
@@ -327,12 +327,12 @@ function garbageCandidate(rng: Prng): Frame {
     }
     case 4: {
       const type = rng.pick<unknown>(['welcome', 'shard', 'weights', 'stop', 'gradient', 'HELLO', 'Gradients', '', '__proto__', 'constructor', 'hasOwnProperty', 'toString', 42, null, ['hello'], { type: 'hello' }]);
-      return { kind: 'unknown type', data: packr.pack({ v: 1, type, step: 1, phase, name: 'x' }) };
+      return { kind: 'unknown type', data: packr.pack({ v: PROTOCOL_VERSION, type, step: 1, phase, name: 'x' }) };
     }
     case 5: {
       // A float32 payload that is not a whole number of floats.
       const bytes = rng.bytes(rng.pick([1, 2, 3, 5, 401, 4 * D_SIZE - 1, 4 * G_SIZE + 2]));
-      return { kind: 'ragged gradients', data: packr.pack({ ...gradientsBody(future, phase), v: 1, gradients: bytes }) };
+      return { kind: 'ragged gradients', data: packr.pack({ ...gradientsBody(future, phase), v: PROTOCOL_VERSION, gradients: bytes }) };
     }
     case 6: {
       // Whole float32s, but the wrong count for the phase (and a step that is ahead).
@@ -350,14 +350,14 @@ function garbageCandidate(rng: Prng): Frame {
       return { kind: 'non-finite gradients', data: gradientsFrame(rng.range(0, 1_000_000), phase, g) };
     }
     case 8: {
-      const body: Record<string, unknown> = { ...gradientsBody(rng.range(0, 1_000_000), phase), v: 1 };
+      const body: Record<string, unknown> = { ...gradientsBody(rng.range(0, 1_000_000), phase), v: PROTOCOL_VERSION };
       body[rng.pick(['loss', 'dFake', 'dReal', 'computeSeconds'])] = rng.pick([NaN, Infinity, -Infinity]);
       body.gradients = new Uint8Array(4 * 8);
       return { kind: 'non-finite scalar', data: packr.pack(body) };
     }
     case 9: {
       // Absurd values: what the codec catches is rejected here, the rest is ahead of the open round.
-      const body: Record<string, unknown> = { ...gradientsBody(future, phase), v: 1, gradients: new Uint8Array(4 * 16) };
+      const body: Record<string, unknown> = { ...gradientsBody(future, phase), v: PROTOCOL_VERSION, gradients: new Uint8Array(4 * 16) };
       const [k, v] = rng.pick<[string, unknown]>([
         ['samples', -1], ['samples', 1.5], ['samples', 2 ** 60], ['samples', '128'], ['samples', 1e9], ['samples', 0],
         ['computeSeconds', 1e300], ['computeSeconds', -1e9], ['computeSeconds', '0.1'], ['loss', -1e30], ['dFake', 7],
@@ -389,7 +389,7 @@ function garbageCandidate(rng: Prng): Frame {
     case 14:
       return { kind: 'deep nesting', data: Buffer.concat([Buffer.alloc(rng.pick([1000, 50_000, 200_000]), rng.pick([0x91, 0x81])), Buffer.from([0xc0])]) };
     case 15: {
-      const m = new Map<unknown, unknown>([['v', 1], ['type', rng.pick(['hello', 'gradients'])], ['__proto__', { v: 1, type: 'hello', name: 'p' }], ['constructor', { prototype: { v: 1 } }]]);
+      const m = new Map<unknown, unknown>([['v', 1], ['type', rng.pick(['hello', 'gradients'])], ['__proto__', { v: PROTOCOL_VERSION, type: 'hello', name: 'p' }], ['constructor', { prototype: { v: PROTOCOL_VERSION } }]]);
       if (rng.chance(0.5)) m.set('name', 7);
       else m.delete('type');
       return { kind: 'prototype keys', data: packr.pack(m) };

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { planShards, gatherImages, shardChanged, type ShardAssignment } from '../src/data/shards';
+import { planShards, gatherImages, type ShardAssignment } from '../src/data/shards';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { MAX_COORDINATOR_FRAME_BYTES } from '../src/protocol/messages';
 import { GanfleetError } from '../src/util/errors';
@@ -43,23 +43,55 @@ test('uneven split: first total % n workers get the extra index', () => {
   assertPartition(planShards(new Rng(7).permutation(3), ids(5)), 3);
 });
 
-test('rebalance n→n+1 and n→n-1 still partitions; unchanged plan resends nothing', () => {
+test('with no shards held, the plan is the permutation cut in order (a restart with the same seed and workers plans the same)', () => {
+  for (let n = 1; n <= 8; n++) {
+    const shards = planShards(perm, ids(n));
+    assert.deepEqual(Buffer.from(Uint32Array.from(shards.flatMap((s) => [...s.indices])).buffer), Buffer.from(perm.buffer));
+    assert.ok(shards.every((s) => s.kept === 0));
+  }
+});
+
+test('a join or a leave moves only the images that change hands, and the plan still partitions the set', () => {
+  const held = (shards: ShardAssignment[]) => new Map(shards.map((s) => [s.workerId, s.indices]));
+  /** Images a plan sends: what each worker does not keep. */
+  const moved = (shards: ShardAssignment[]) => shards.reduce((sum, s) => sum + s.indices.length - s.kept, 0);
   for (let n = 1; n <= 8; n++) {
     const before = planShards(perm, ids(n));
-    const byId = new Map(before.map((s) => [s.workerId, s]));
-    assert.ok(planShards(perm, ids(n)).every((s) => !shardChanged(byId.get(s.workerId), s)));
+    const same = planShards(perm, ids(n), held(before));
+    assert.equal(moved(same), 0, 'the same workers keep everything');
+    assert.deepEqual(same.map((s) => [...s.indices]), before.map((s) => [...s.indices]));
 
-    const grown = planShards(perm, ids(n + 1));
+    // A join: every worker keeps the start of its shard; the newcomer gets the ends cut from the others.
+    const grown = planShards(perm, [...ids(n), 'new'], held(before));
     assertPartition(grown, TOTAL);
-    // The newcomer never had a shard, so it must be sent one.
-    assert.ok(shardChanged(byId.get(`w${n}`), grown[n]));
+    assert.equal(moved(grown), grown[n].indices.length, `n=${n}: only the newcomer is sent images`);
+    grown.slice(0, n).forEach((s, w) => assert.deepEqual([...s.indices], [...before[w].indices.subarray(0, s.indices.length)]));
 
-    if (n > 1) {
-      const shrunk = planShards(perm, ids(n - 1));
+    // A leave: the others keep their whole shards and share out the leaver's.
+    for (let gone = 0; gone < n && n > 1; gone++) {
+      const rest = ids(n).filter((_, w) => w !== gone);
+      const shrunk = planShards(perm, rest, held(before));
       assertPartition(shrunk, TOTAL);
-      assert.ok(shrunk.some((s) => shardChanged(byId.get(s.workerId), s)));
+      assert.equal(moved(shrunk), before[gone].indices.length, `n=${n}, w${gone} left: only its images move`);
+      shrunk.forEach((s) => assert.equal(s.kept, held(before).get(s.workerId)!.length));
     }
   }
+  // The sizes that come out of a join then a leave of another worker are still balanced.
+  const three = planShards(perm, ids(3));
+  const four = planShards(perm, [...ids(3), 'x'], held(three));
+  const again = planShards(perm, ['w0', 'w2', 'x'], held(four));
+  assertPartition(again, TOTAL);
+  assert.ok(again.every((s) => s.kept === held(four).get(s.workerId)!.length), 'growing shards keep all they held');
+});
+
+test('held shards outside the training set, or held twice, are refused', () => {
+  const fails = (held: Map<string, Uint32Array>) =>
+    assert.throws(
+      () => planShards(new Rng(1).permutation(10), ['a', 'b'], held),
+      (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_HELD_INVALID',
+    );
+  fails(new Map([['a', Uint32Array.of(10)]]));
+  fails(new Map([['a', Uint32Array.of(3)], ['b', Uint32Array.of(3)]]));
 });
 
 test('plans do not alias the permutation buffer', () => {
@@ -67,14 +99,6 @@ test('plans do not alias the permutation buffer', () => {
   const [s] = planShards(p, ['a']);
   p[0] ^= 1;
   assert.notEqual(s.indices[0], p[0]);
-});
-
-test('shardChanged compares index lists', () => {
-  const a = { workerId: 'a', indices: Uint32Array.of(1, 2, 3) };
-  assert.equal(shardChanged(a, { workerId: 'a', indices: Uint32Array.of(1, 2, 3) }), false);
-  assert.equal(shardChanged(a, { workerId: 'a', indices: Uint32Array.of(1, 2, 4) }), true);
-  assert.equal(shardChanged(a, { workerId: 'a', indices: Uint32Array.of(1, 2) }), true);
-  assert.equal(shardChanged(undefined, a), true);
 });
 
 test('gatherImages copies the selected images contiguously', () => {

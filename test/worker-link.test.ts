@@ -106,7 +106,7 @@ test('a worker that fails on every connection the same way backs off, instead of
 
 test('a shard still arriving counts as hearing from the coordinator: a slow link does not trip the silence watchdog', async () => {
   const count = 300;
-  const frame = encode(message<Shard>({ type: 'shard', plan: 1, count, images: new Uint8Array(count * 784).fill(128) }));
+  const frame = encode(message<Shard>({ type: 'shard', plan: 1, count, keep: 0, images: new Uint8Array(count * 784).fill(128) }));
   // The shard as one unmasked binary WebSocket frame, written by hand so that it can trickle.
   const header = Buffer.alloc(10);
   header[0] = 0x82;

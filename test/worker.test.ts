@@ -138,5 +138,20 @@ test('a worker refuses to compute without a shard or weights', () => {
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving a shard/);
   compute.setShard(new Uint8Array(IMAGE_SIZE), 1);
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving both networks/);
-  assert.throws(() => compute.setShard(new Uint8Array(10), 1), /shard of 1 images has 10 bytes/);
+  assert.throws(() => compute.setShard(new Uint8Array(10), 1), /a shard of 1 images that keeps 0 of the 1 held has 10 new bytes/);
+  assert.throws(() => compute.setShard(new Uint8Array(IMAGE_SIZE), 3, 2), /keeps 2 of the 1 held/);
+});
+
+test('a new shard keeps the start of the one held and appends what was sent, or cuts it short', () => {
+  const image = (i: number) => new Uint8Array(IMAGE_SIZE).fill(i);
+  const concat = (...parts: Uint8Array[]) => Uint8Array.from(parts.flatMap((p) => [...p]));
+  const compute = new ShardCompute(createModel('mlp'), 8, 1);
+  const held = () => (compute as unknown as { shard: Uint8Array; shardCount: number });
+  compute.setShard(concat(image(1), image(2), image(3)), 3);
+  compute.setShard(concat(image(7), image(8)), 4, 2);
+  assert.equal(held().shardCount, 4);
+  assert.deepEqual(held().shard, concat(image(1), image(2), image(7), image(8)));
+  compute.setShard(new Uint8Array(0), 1, 1);
+  assert.deepEqual(held().shard, image(1));
+  compute.dispose();
 });

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import WebSocket from 'ws';
-import { gatherImages, planShards, shardChanged } from '../data/shards';
+import { gatherImages, planShards } from '../data/shards';
 import { RejectReason, encode } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
@@ -155,23 +155,27 @@ export class WorkerGroup {
 
   /**
    * At a step boundary, if anyone joined or left since the last plan: every
-   * peer becomes active, and each whose shard changed is sent its new one.
+   * peer becomes active, and each whose shard changed is sent what it lacks
+   * (and how much of its old shard to keep).
    */
   rebalanceIfChanged(permutation: Uint32Array, images: Uint8Array): void {
     if (!this.membershipChanged) return;
     this.membershipChanged = false;
     this.plan++;
     const peers = this.list();
-    const assignments = planShards(permutation, peers.map((p) => p.id));
+    const held = new Map(peers.filter((p) => p.shard).map((p) => [p.id, p.shard!.indices]));
+    const assignments = planShards(permutation, peers.map((p) => p.id), held);
+    let sent = 0;
     assignments.forEach((a, i) => {
       const peer = peers[i];
       peer.state = 'active';
-      if (!shardChanged(peer.shard, a)) return;
+      if (peer.shard && a.kept === peer.shard.indices.length && a.kept === a.indices.length) return;
       peer.shard = a;
-      const shardImages = gatherImages(images, a.indices);
-      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, images: shardImages })));
+      const added = a.indices.subarray(a.kept);
+      sent += added.length;
+      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep: a.kept, images: gatherImages(images, added) })));
     });
-    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}`);
+    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent`);
   }
 
   startHeartbeats(): void {

@@ -1,8 +1,10 @@
 /**
  * Data-parallel shard planning: the coordinator shuffles the training set once
- * with a seeded Rng and cuts the permutation into one contiguous chunk per
- * worker. Because the cut depends only on (permutation, worker order), every
- * coordinator restart with the same seed and workers reproduces the same plan.
+ * with a seeded Rng and splits the permutation into one shard per worker.
+ * With no shards held, the split is the permutation cut into contiguous
+ * chunks, so every coordinator restart with the same seed and workers
+ * reproduces the same plan. At a join or a leave, workers keep what they hold
+ * where their new size allows, so only the images that change hands move.
  */
 import { GanfleetError } from '../util/errors';
 import { IMAGE_SIZE } from './mnist';
@@ -11,15 +13,20 @@ export interface ShardAssignment {
   workerId: string;
   /** Indices into the training set. */
   indices: Uint32Array;
+  /** How many of `indices`, from the first, the worker already holds (the start of its previous shard). */
+  kept: number;
 }
 
 /**
- * Splits `permutation` into `workerIds.length` contiguous chunks whose sizes
- * differ by at most 1 (the first `total % n` workers get the extra index).
- * If `permutation` is a permutation, the shards partition it: every index
- * lands in exactly one shard.
+ * Splits `permutation` into `workerIds.length` shards whose sizes differ by
+ * at most 1 (the first `total % n` workers get the extra index). A worker in
+ * `held` keeps the start of its shard, as much as its new size allows; the
+ * rest of each shard comes from the pool of indices nobody keeps (the shards
+ * of workers that left, the ends cut from the others), in permutation order.
+ * If `permutation` is a permutation and the held shards are disjoint parts
+ * of it, the shards partition it: every index lands in exactly one shard.
  */
-export function planShards(permutation: Uint32Array, workerIds: readonly string[]): ShardAssignment[] {
+export function planShards(permutation: Uint32Array, workerIds: readonly string[], held: ReadonlyMap<string, Uint32Array> = new Map()): ShardAssignment[] {
   const n = workerIds.length;
   if (n === 0) throw new GanfleetError('SHARD_NO_WORKERS', 'cannot plan shards for zero workers');
   const seen = new Set<string>();
@@ -28,17 +35,26 @@ export function planShards(permutation: Uint32Array, workerIds: readonly string[
     seen.add(id);
   }
   const total = permutation.length;
-  const base = Math.floor(total / n);
-  const extra = total % n;
-  const shards: ShardAssignment[] = [];
-  let start = 0;
-  for (let w = 0; w < n; w++) {
-    const size = base + (w < extra ? 1 : 0);
-    // slice, not subarray: a plan outlives the permutation buffer it came from.
-    shards.push({ workerId: workerIds[w], indices: permutation.slice(start, start + size) });
-    start += size;
-  }
-  return shards;
+  const sizes = workerIds.map((_, w) => Math.floor(total / n) + (w < total % n ? 1 : 0));
+  const kept = new Uint8Array(total);
+  const keeps = workerIds.map((id, w) => {
+    const start = held.get(id)?.subarray(0, sizes[w]) ?? new Uint32Array(0);
+    for (const idx of start) {
+      if (idx >= total || kept[idx]) throw new GanfleetError('SHARD_HELD_INVALID', `worker "${id}" holds index ${idx}, outside the training set or held twice`);
+      kept[idx] = 1;
+    }
+    return start;
+  });
+  let next = 0;
+  return workerIds.map((workerId, w) => {
+    const indices = new Uint32Array(sizes[w]);
+    indices.set(keeps[w]);
+    for (let i = keeps[w].length; i < sizes[w]; i++) {
+      while (kept[permutation[next]]) next++;
+      indices[i] = permutation[next++];
+    }
+    return { workerId, indices, kept: keeps[w].length };
+  });
 }
 
 /** Copies the selected images into one contiguous buffer (the payload sent to a worker). */
@@ -54,13 +70,4 @@ export function gatherImages(images: Uint8Array, indices: Uint32Array, imageSize
     out.set(images.subarray(idx * imageSize, (idx + 1) * imageSize), i * imageSize);
   }
   return out;
-}
-
-/** True when `b`'s indices differ from `a`'s, so a rebalance resends only changed shards. */
-export function shardChanged(a: ShardAssignment | undefined, b: ShardAssignment): boolean {
-  if (a === undefined || a.indices.length !== b.indices.length) return true;
-  for (let i = 0; i < a.indices.length; i++) {
-    if (a.indices[i] !== b.indices[i]) return true;
-  }
-  return false;
 }

@@ -123,7 +123,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     mailbox: ['string', 'optional'],
     nonce: ['string', 'optional'],
   },
-  shard: { plan: ['count', 'required'], count: ['count', 'required'], images: ['u8', 'required'] },
+  shard: { plan: ['count', 'required'], count: ['count', 'required'], keep: ['count', 'required'], images: ['u8', 'required'] },
   weights: {
     step: ['count', 'required'],
     phase: ['phase', 'required'],

@@ -4,7 +4,7 @@
  * Float arrays travel as raw little-endian bytes (msgpack bin), never as
  * arrays of numbers.
  */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /**
  * The largest gradient magnitude a worker may send. No sane gradient of
@@ -68,13 +68,18 @@ export interface Welcome {
   nonce?: string;
 }
 
-/** coordinator → worker: this worker's slice of the training set, uint8 pixels, n×784. */
+/**
+ * coordinator → worker: this worker's slice of the training set, `count`
+ * images: the first `keep` of the shard it holds, then `images` (uint8
+ * pixels, (count − keep)×784). A join or a leave sends only what changes hands.
+ */
 export interface Shard {
   v: number;
   type: 'shard';
   /** Bumped on every rebalance, so logs and metrics can tell plans apart. */
   plan: number;
   count: number;
+  keep: number;
   images: Uint8Array;
 }
 

@@ -50,9 +50,16 @@ export class ShardCompute {
     this.slots = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
   }
 
-  setShard(images: Uint8Array, count: number): void {
-    if (count === 0 || images.length !== count * IMAGE_SIZE) {
-      throw new GanfleetError('WORKER_BAD_SHARD', `shard of ${count} images has ${images.length} bytes`);
+  /** A shard of `count` images: the first `keep` of the current one, then `added` (pixels of count − keep images). */
+  setShard(added: Uint8Array, count: number, keep = 0): void {
+    if (count === 0 || keep > Math.min(count, this.shardCount) || added.length !== (count - keep) * IMAGE_SIZE) {
+      throw new GanfleetError('WORKER_BAD_SHARD', `a shard of ${count} images that keeps ${keep} of the ${this.shardCount} held has ${added.length} new bytes`);
+    }
+    let images = added;
+    if (keep > 0) {
+      images = new Uint8Array(count * IMAGE_SIZE);
+      images.set(this.shard!.subarray(0, keep * IMAGE_SIZE));
+      images.set(added, keep * IMAGE_SIZE);
     }
     this.shard = images;
     this.shardCount = count;

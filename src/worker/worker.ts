@@ -244,9 +244,9 @@ function connectOnce(
         }
         case 'shard':
           if (!compute) return fail('WORKER_UNEXPECTED', 'shard before welcome');
-          compute.setShard(msg.images, msg.count);
+          compute.setShard(msg.images, msg.count, msg.keep);
           metrics.shardImages.set(msg.count);
-          log(`shard plan ${msg.plan}: ${msg.count} images`);
+          log(`shard plan ${msg.plan}: ${msg.count} images (${msg.keep} kept, ${msg.count - msg.keep} received)`);
           return;
         case 'weights':
           return answer(msg, false);
