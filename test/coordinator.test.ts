@@ -526,6 +526,39 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a peer cut off while its shard is on its way gets the shard, its answers and then 1008; nothing it sends after the third offence is read', { timeout: 30_000 }, async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'cut-off-mid-shard'), 1), roundTimeoutSeconds: 60 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    // Not reading yet: the 47 MB shard stays on its way, and what follows it is held.
+    raw.pause();
+    peer.hello();
+    while (!lines.some((l) => /shard plan 1: w1=60000/.test(l))) await new Promise((r) => setTimeout(r, 20));
+    const rejected = async () => (await coordinator.metrics.rejected.get()).values.reduce((sum, v) => sum + v.value, 0);
+    for (let i = 0; i < 3; i++) peer.send(Buffer.from([0xc1]));
+    while ((await rejected()) < 3) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(lines.some((l) => /w1 left \(3 rejected messages\)/.test(l)), lines.join('\n'));
+    for (let i = 0; i < 5; i++) peer.send(Buffer.from([0xc1]));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(await rejected(), 3, 'frames after the third offence were read');
+    raw.resume();
+    assert.equal(await peer.closed, 1008);
+    const received = [];
+    for (;;) {
+      const m = await Promise.race([peer.next(), new Promise<null>((r) => setTimeout(() => r(null), 100))]);
+      if (!m) break;
+      received.push(m.type === 'error' ? m.code : m.type);
+    }
+    // The first round's weights were sent before the offences, so they come first too.
+    assert.deepEqual(received, ['welcome', 'shard', 'weights', 'PROTOCOL_BAD_FRAME', 'PROTOCOL_BAD_FRAME', 'PROTOCOL_BAD_FRAME']);
+    coordinator.requestStop('test over');
+    await run;
+    await coordinator.close();
+  });
+
   test('a worker that answers and leaves before the round closes leaves no compute-time series behind', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'left-series'), 3), startWorkers: 2 }, () => {});
     const run = coordinator.run();

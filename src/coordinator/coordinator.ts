@@ -347,7 +347,7 @@ export class Coordinator {
       this.bytesReceived += data.length;
       this.metrics.receivedBytes.inc(data.length);
       // Frames already in flight when we closed this socket are not acted on (a hello would welcome a ghost).
-      if (socket.readyState !== WebSocket.OPEN) return;
+      if (peer ? !peer.open : socket.readyState !== WebSocket.OPEN) return;
       let msg: WorkerMessage;
       try {
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frames are not part of the protocol');

@@ -67,6 +67,8 @@ export class WorkerPeer {
   private heldBytes = 0;
   /** ws's own close, which `close` calls once nothing is held. */
   private readonly closeSocket: WebSocket['close'];
+  /** A close waits behind held frames: nothing more is sent, nor read. */
+  private closing = false;
 
   constructor(
     readonly id: string,
@@ -85,8 +87,9 @@ export class WorkerPeer {
     socket.close = (code?: number, reason?: string | Buffer) => this.close(code, reason);
   }
 
+  /** Open, and not waiting to close. */
   get open(): boolean {
-    return this.socket.readyState === WebSocket.OPEN;
+    return this.socket.readyState === WebSocket.OPEN && !this.closing;
   }
 
   /**
@@ -100,10 +103,20 @@ export class WorkerPeer {
     return true;
   }
 
-  /** Closes the connection once everything sent before has gone (a close frame may not overtake held frames). */
+  /**
+   * Closes the connection once everything sent before has gone, as when a
+   * shard was one write: a close frame may not overtake held frames. Until
+   * then the peer is not open: nothing more is sent, and it is not read.
+   */
   close(code?: number, reason?: string | Buffer): void {
-    if (!this.held) return this.closeSocket(code, reason);
+    if (!this.held) {
+      if (this.closing) this.socket.resume();
+      return this.closeSocket(code, reason);
+    }
+    if (this.closing) return;
+    this.closing = true;
     this.held.push({ close: [code, reason] });
+    this.socket.pause();
     // As ws's own closing handshake does, a peer that never takes what is queued is cut off.
     setTimeout(() => this.socket.terminate(), CLOSE_TIMEOUT_MS).unref();
   }
@@ -123,6 +136,7 @@ export class WorkerPeer {
   }
 
   private dispatch(frame: Buffer, written?: () => void): void {
+    if (this.socket.readyState !== WebSocket.OPEN) return;
     if (this.held) {
       this.held.push({ frame, written });
       this.heldBytes += frame.length;
@@ -152,7 +166,7 @@ export class WorkerPeer {
     this.heldBytes += frame.length;
     let at = 0;
     const next = () => {
-      if (!this.open) return;
+      if (this.socket.readyState !== WebSocket.OPEN) return;
       const end = Math.min(at + FRAGMENT_BYTES, frame.length);
       const fragment = frame.subarray(at, end);
       this.heldBytes -= end - at;
