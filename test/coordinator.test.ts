@@ -398,6 +398,29 @@ async function weightsOrDrop(peer: ScriptedPeer, skipped: CoordinatorMessage[] =
   }
 }
 
+/**
+ * A coordinator training one step with one worker, its log lines (with when
+ * each was logged), and a scripted peer connected to it whose raw socket the
+ * test may pause, to play a worker that does not read.
+ */
+async function coordinatorAndRawPeer(out: string, overrides: Partial<CoordinatorConfig>) {
+  const lines: { at: number; line: string }[] = [];
+  const coordinator = await Coordinator.start({ ...config(out, 1), ...overrides }, (line) => lines.push({ at: Date.now(), line }));
+  const run = coordinator.run();
+  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+  await peer.open();
+  const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  /** The first log line that matches, once there is one. */
+  const logged = async (re: RegExp) => {
+    for (;;) {
+      const found = lines.find((l) => re.test(l.line));
+      if (found) return found;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+  return { coordinator, run, peer, raw, lines, logged };
+}
+
 describe('coordinator edge cases found by review', () => {
   let out: string;
   before(() => {
@@ -447,24 +470,11 @@ describe('coordinator edge cases found by review', () => {
   });
 
   test('a worker that stops reading before its shard has arrived is dropped a heartbeat after its link stops taking data', { timeout: 30_000 }, async () => {
-    const lines: { at: number; line: string }[] = [];
     // The round timeout is long, so that only the link's stall can drop the worker in time.
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'frozen-before-shard'), 1), heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, (line) =>
-      lines.push({ at: Date.now(), line }),
-    );
-    const run = coordinator.run();
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
+    const { coordinator, run, peer, raw, logged } = await coordinatorAndRawPeer(path.join(out, 'frozen-before-shard'), { heartbeatSeconds: 1, roundTimeoutSeconds: 60 });
     // Frozen from its hello on, as a stopped process or a vanished machine: nothing it is sent is read.
-    (peer.ws as unknown as { _socket: import('node:net').Socket })._socket.pause();
+    raw.pause();
     peer.hello();
-    const logged = async (re: RegExp) => {
-      for (;;) {
-        const found = lines.find((l) => re.test(l.line));
-        if (found) return found;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    };
     const plan = await logged(/shard plan 1: w1=60000/);
     const drop = await logged(/ left \(/);
     assert.match(drop.line, /w1 left \(its link took no write for \d+\.\d s \(dead, or slower than 1 MiB in --heartbeat \+ 1 s\)\)/);
@@ -480,14 +490,9 @@ describe('coordinator edge cases found by review', () => {
   });
 
   test('a shard crossing a slow link goes in fragments: heartbeat pings reach the worker between them, and the link is not taken for dead', { timeout: 30_000 }, async (t) => {
-    const lines: string[] = [];
     // A write that waits over 3.05 s (heartbeat 2 s) marks a dead link; the 47 MB shard as one write would take about 9 s here.
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'slow-shard'), 1), heartbeatSeconds: 2 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
+    const { coordinator, run, peer, raw, lines } = await coordinatorAndRawPeer(path.join(out, 'slow-shard'), { heartbeatSeconds: 2 });
     // The peer reads at most 256 KB every 50 ms (5 MB/s): its socket pauses when a tick's budget is spent.
-    const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
     const TICK_BYTES = 256 * 1024;
     let budget = TICK_BYTES;
     const throttle = (chunk: Buffer) => {
@@ -516,7 +521,7 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(shard?.type === 'shard' && shard.count === 60000 && shard.images.length === 60000 * 784, 'the whole shard arrived');
     // One ping may leave before the shard is planned; without fragments, none follows it until the shard is through.
     assert.ok(pingsBeforeShard >= 3, `${pingsBeforeShard} pings reached the worker while its shard crossed`);
-    assert.ok(!lines.some((l) => / left /.test(l)), lines.join('\n'));
+    assert.ok(!lines.some((l) => / left /.test(l.line)), lines.map((l) => l.line).join('\n'));
     peer.gradients(0, 'discriminator', zeros('discriminator'));
     assert.equal((await weightsOrDrop(peer)).phase, 'generator');
     assert.equal(w.phase, 'discriminator');
@@ -527,20 +532,15 @@ describe('coordinator edge cases found by review', () => {
   });
 
   test('a peer cut off while its shard is on its way gets the shard, its answers and then 1008; nothing it sends after the third offence is read', { timeout: 30_000 }, async () => {
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'cut-off-mid-shard'), 1), roundTimeoutSeconds: 60 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
-    const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    const { coordinator, run, peer, raw, logged } = await coordinatorAndRawPeer(path.join(out, 'cut-off-mid-shard'), { roundTimeoutSeconds: 60 });
     // Not reading yet: the 47 MB shard stays on its way, and what follows it is held.
     raw.pause();
     peer.hello();
-    while (!lines.some((l) => /shard plan 1: w1=60000/.test(l))) await new Promise((r) => setTimeout(r, 20));
+    await logged(/shard plan 1: w1=60000/);
     const rejected = async () => (await coordinator.metrics.rejected.get()).values.reduce((sum, v) => sum + v.value, 0);
     for (let i = 0; i < 3; i++) peer.send(Buffer.from([0xc1]));
     while ((await rejected()) < 3) await new Promise((r) => setTimeout(r, 20));
-    assert.ok(lines.some((l) => /w1 left \(3 rejected messages\)/.test(l)), lines.join('\n'));
+    await logged(/w1 left \(3 rejected messages\)/);
     for (let i = 0; i < 5; i++) peer.send(Buffer.from([0xc1]));
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(await rejected(), 3, 'frames after the third offence were read');

@@ -67,10 +67,11 @@ describe('worker failures', () => {
 
   test('a worker that joins mid-run is admitted at a step boundary with its own shard', { timeout: 60_000 }, async () => {
     const dir = out('join');
-    const c = await startCoordinator(['--steps', '80', '--log-every', '1', '--checkpoint-every', '0', '--out', dir]);
+    // Steps enough that the second worker, started at step 15, joins before the end even on a loaded machine.
+    const c = await startCoordinator(['--steps', '300', '--log-every', '1', '--checkpoint-every', '0', '--out', dir]);
     track(c.proc);
     const first = track(startWorker(c.url, 'first'));
-    await c.proc.waitFor(/step 15\/80/);
+    await c.proc.waitFor(/step 15\/300/);
     const second = track(startWorker(c.url, 'second'));
     await second.waitFor(/shard plan 2: 30000 images \(0 kept, 30000 received\)/);
     assert.equal(await c.proc.exited, 0, c.proc.log);
@@ -78,8 +79,8 @@ describe('worker failures', () => {
     // The first worker keeps half of its shard and is sent nothing; the second gets the other half.
     assert.deepEqual(imagesSent(c.proc.log), [60000, 30000]);
     assert.match(first.log, /shard plan 2: 30000 images \(30000 kept, 0 received\)/);
-    assert.match(c.proc.log, /step 80\/80 .* workers=2 /);
-    assert.deepEqual(loggedSteps(c.proc.log), range(1, 80));
+    assert.match(c.proc.log, /step 300\/300 .* workers=2 /);
+    assert.deepEqual(loggedSteps(c.proc.log), range(1, 300));
     assert.equal(await first.exited, 0);
     assert.equal(await second.exited, 0);
   });
