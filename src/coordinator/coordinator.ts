@@ -510,7 +510,7 @@ export class Coordinator {
     this.lastClosedRound = Math.max(this.lastClosedRound, roundIndex(step, phase));
     const waitSeconds = (performance.now() - t) / 1000;
 
-    const replies = [...round.received.values()];
+    const replies = round.answers();
     if (replies.length === 0) return null;
     t = performance.now();
     const averaged = averageGradients(replies, this.averaged[phase]);

@@ -19,7 +19,7 @@ export class Round {
   constructor(
     readonly step: number,
     readonly phase: Phase,
-    participants: readonly string[],
+    private readonly participants: readonly string[],
   ) {
     this.waiting = new Set(participants);
     this.settleIfDone();
@@ -33,6 +33,15 @@ export class Round {
     if (!this.waiting.delete(workerId)) return;
     this.received.set(workerId, gradients);
     this.settleIfDone();
+  }
+
+  /**
+   * The answers in the participants' order, not their arrival's: float sums
+   * depend on the order of their terms, and a run should not depend on
+   * which worker answered first.
+   */
+  answers(): Gradients[] {
+    return this.participants.flatMap((id) => this.received.get(id) ?? []);
   }
 
   /** The worker left or its answer was rejected: stop waiting for it. */
