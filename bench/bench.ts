@@ -107,8 +107,8 @@ async function inProcess(steps: number, warmup: number) {
   const params = model.init(new Rng(1));
   const adamD = new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS);
   const adamG = new Adam(params.generator.length, KERAS_ADAM_DEFAULTS);
-  const compute = new ShardCompute(model, BATCH, 1);
-  compute.setShard(train.images, train.count);
+  const compute = new ShardCompute(model, BATCH);
+  compute.setShard({ images: train.images, count: train.count, seed: 1 });
   let computeMs = 0;
   const step = (i: number) => {
     compute.updateWeights(params.generator, params.discriminator);

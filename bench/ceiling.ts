@@ -138,8 +138,8 @@ async function ceilingWorker(data: CeilingWorkerData): Promise<void> {
   const shared = { ...weightViews(data.weights, sizes), ...resultViews(data.results, sizes) };
   const control = new Int32Array(data.control);
   const train = loadMnist('train');
-  const compute = new ShardCompute(model, data.batch, data.seed);
-  compute.setShard(train.images, train.count);
+  const compute = new ShardCompute(model, data.batch);
+  compute.setShard({ images: train.images, count: train.count, seed: data.seed });
   parentPort!.postMessage('ready');
   let step = 0;
   for (let round = 1; ; round++) {

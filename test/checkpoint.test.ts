@@ -6,6 +6,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Checkpoint, decodeCheckpoint, encodeCheckpoint, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
+import { shardsToResume } from '../src/coordinator/resume';
 import { tempDir } from './harness';
 
 function checkpointAt(step: number): Checkpoint {
@@ -16,7 +17,7 @@ function checkpointAt(step: number): Checkpoint {
   adamG.apply(p.generator, p.generator.map((x) => x * 0.1));
   adamD.apply(p.discriminator, p.discriminator.map((x) => -x));
   return {
-    step, imagesTotal: step * 256, config: { arch: 'mlp', steps: 1000 }, seedRng: new Rng(5).state(), nextWorker: 4,
+    step, imagesTotal: step * 256, config: { arch: 'mlp', steps: 1000 }, seedRng: new Rng(5).state(), nextWorker: 4, shards: [],
     generator: p.generator, discriminator: p.discriminator, adamGenerator: adamG.state(), adamDiscriminator: adamD.state(),
   };
 }
@@ -25,6 +26,23 @@ test('a checkpoint round-trips bit for bit', () => {
   const c = checkpointAt(7);
   const back = decodeCheckpoint(encodeCheckpoint(c), 'mem');
   assert.deepEqual(back, c);
+});
+
+test('the plan\'s slots (each worker\'s images and seed) round-trip, and a checkpoint of format 1 (written before them) still loads, with none', () => {
+  const c = { ...checkpointAt(5), shards: [{ indices: Uint32Array.from([9, 2, 7]), seed: 2 ** 32 - 1 }, { indices: Uint32Array.from([0, 4]), seed: 0 }] };
+  const buf = encodeCheckpoint(c);
+  assert.deepEqual(decodeCheckpoint(buf, 'mem'), c);
+  assert.equal(buf.subarray(0, 22).toString(), 'GANFLEET-CHECKPOINT-2\n');
+  // Written by ganfleet at 5cfc69d (protocol 2).
+  const format1 = Buffer.from(
+    'R0FORkxFRVQtQ0hFQ0tQT0lOVC0xCvwAAAB7InN0ZXAiOjcsImltYWdlc1RvdGFsIjoxNzkyLCJjb25maWciOnsiYXJjaCI6Im1scCJ9LCJzZWVkUm5nIjpbMSwyLDMsNF0sIm5leHRXb3JrZXIiOjMsImFkYW1TdGVwcyI6eyJnZW5lcmF0b3IiOjcsImRpc2NyaW1pbmF0b3IiOjd9LCJzaXplcyI6eyJnZW5lcmF0b3IiOjIsImRpc2NyaW1pbmF0b3IiOjN9LCJzaGEyNTYiOiJjMDc5NWQyYTRlZmVjMGY0NTlmOWVlYjdlMWViNTM3MWJhMzgzMjU2YTRhMjI0NDA1YWRjMTM4OTdiM2Q2YmQ2In0AAAA/AACAvwAAgD8AAABAAABAQM3MzD3NzEw+mpmZPs3MzD4AAIA/AACAPwAAgD8AAABAAAAAQAAAAEA=',
+    'base64',
+  );
+  const old = decodeCheckpoint(format1, 'old');
+  assert.deepEqual(old.shards, []);
+  assert.deepEqual([old.step, old.nextWorker, [...old.generator], [...old.adamDiscriminator.v]], [7, 3, [0.5, -1], [2, 2, 2]]);
+  const future = Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-3\n'), buf.subarray(22)]);
+  assert.throws(() => decodeCheckpoint(future, 'f'), /f: a checkpoint of format 3, which this ganfleet cannot read/);
 });
 
 test('truncated, corrupted and foreign files are refused with the reason', () => {
@@ -88,4 +106,23 @@ test('a checkpoint that cannot be read is an error, not a file renamed aside as 
   assert.ok(fs.statSync(path.join(dir, 'ckpt-000000020.bin')).isDirectory());
   assert.ok(!fs.existsSync(path.join(dir, 'ckpt-000000020.bin.invalid')));
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a resume gives the checkpoint its slots back only with the same --seed and images, and slots that partition part of them', () => {
+  const trainingSet = { images: 10, sha256: 'a'.repeat(64) };
+  const c = { ...checkpointAt(5), config: { arch: 'mlp', seed: 3, trainingSet }, shards: [{ indices: Uint32Array.from([9, 2]), seed: 1 }, { indices: Uint32Array.from([0]), seed: 2 }] };
+  const now = { arch: 'mlp', seed: 3, trainingSet };
+  assert.equal(shardsToResume(c, now).slots, c.shards);
+  assert.match(shardsToResume(c, now).note, /the checkpoint's 2 shard slots \(images and seed\) go to the first workers to join/);
+  const afresh = (checkpoint: typeof c, settings: typeof now, why: RegExp) => {
+    const r = shardsToResume(checkpoint, settings);
+    assert.deepEqual(r.slots, []);
+    assert.match(r.note, why);
+    assert.match(r.note, /so the run continues the same training, not the same bits/);
+  };
+  afresh(c, { ...now, seed: 4 }, /planned afresh \(--seed differs from the checkpoint's\)/);
+  afresh(c, { ...now, trainingSet: { images: 10, sha256: 'b'.repeat(64) } }, /the training images differ/);
+  afresh({ ...c, shards: [] }, now, /the checkpoint holds none/);
+  afresh({ ...c, shards: [...c.shards, { indices: Uint32Array.from([2]), seed: 5 }] }, now, /its shards name image 2 twice/);
+  afresh({ ...c, shards: [{ indices: Uint32Array.from([10]), seed: 5 }] }, now, /its shards name image 10 beyond the training set/);
 });

@@ -26,7 +26,7 @@ function outWithCheckpoint(name: string): string {
   const p = model.init(new Rng(1));
   const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
   const checkpoint = {
-    step: 1000, imagesTotal: 256000, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 3,
+    step: 1000, imagesTotal: 256000, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 3, shards: [],
     generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
   };
   writeCheckpoint(path.join(out, 'checkpoints'), checkpoint, 3);

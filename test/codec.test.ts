@@ -50,12 +50,15 @@ describe('codec round trip', () => {
   test('every message type survives', () => {
     const hello = message<Hello>({ type: 'hello', name: 'n', backend: 'wasm', pid: 12, hostname: 'h' });
     assert.deepEqual(decodeWorkerMessage(encode(hello)), hello);
-    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', loss: 'bce', generatorSize: 3, discriminatorSize: 4, batchSize: 128, seed: 99, heartbeatSeconds: 5 });
+    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', loss: 'bce', generatorSize: 3, discriminatorSize: 4, batchSize: 128, heartbeatSeconds: 5 });
     assert.deepEqual(decodeCoordinatorMessage(encode(welcome)), welcome);
     const images = new Uint8Array(784 * 2).map((_, i) => i % 256);
-    const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, keep: 0, images })));
+    const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, keep: 0, seed: 2 ** 32 - 1, images })));
     assert.equal(shard.type, 'shard');
-    if (shard.type === 'shard') assert.deepEqual(new Uint8Array(shard.images), images);
+    if (shard.type === 'shard') {
+      assert.deepEqual(new Uint8Array(shard.images), images);
+      assert.equal(shard.seed, 2 ** 32 - 1);
+    }
     const stop = message<Stop>({ type: 'stop', reason: 'done' });
     assert.deepEqual(decodeCoordinatorMessage(encode(stop)), stop);
     const early = message<Stop>({ type: 'stop', reason: 'SIGTERM received', resumable: true });

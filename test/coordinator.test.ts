@@ -703,7 +703,7 @@ describe('coordinator edge cases found by review', () => {
     const p = model.init(new Rng(1));
     const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
     writeCheckpoint(path.join(dir, 'checkpoints'), {
-      step: 7, imagesTotal: 7 * 128, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 1,
+      step: 7, imagesTotal: 7 * 128, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 1, shards: [],
       generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
     }, 2);
     // Written in 1970, as far as the file system knows.

@@ -22,7 +22,7 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
   const ckpt = writeCheckpoint(
     path.join(dir, 'checkpoints'),
-    { step: 5, imagesTotal: 0, config: { arch: 'mlp' }, seedRng: new Rng(1).state(), nextWorker: 1, generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) },
+    { step: 5, imagesTotal: 0, config: { arch: 'mlp' }, seedRng: new Rng(1).state(), nextWorker: 1, shards: [], generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) },
     3,
   );
   const run = (out: string, from = ckpt) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', from, '--count', '7', '--seed', '3', '--backend', 'cpu', '--out', out], { encoding: 'utf8' });

@@ -122,7 +122,7 @@ test('ganfleet eval prints the same FID and MNIST score for the same checkpoint 
   const model = createModel('mlp');
   const p = model.init(new Rng(2));
   const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
-  writeCheckpoint(path.join(dir, 'checkpoints'), { step: 9, imagesTotal: 0, config: { arch: 'mlp', loss: 'bce' }, seedRng: new Rng(1).state(), nextWorker: 1, generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) }, 3);
+  writeCheckpoint(path.join(dir, 'checkpoints'), { step: 9, imagesTotal: 0, config: { arch: 'mlp', loss: 'bce' }, seedRng: new Rng(1).state(), nextWorker: 1, shards: [], generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) }, 3);
   const run = () => spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', dir, '--samples', '500', '--json'], { encoding: 'utf8' });
   const [a, b] = [run(), run()];
   assert.equal(a.status, 0, a.stderr);

@@ -47,7 +47,6 @@ function welcome(heartbeatSeconds = 5): Welcome {
     generatorSize: model.generatorLayout.size,
     discriminatorSize: model.discriminatorLayout.size,
     batchSize: 16,
-    seed: 1,
     heartbeatSeconds,
   });
 }
@@ -106,7 +105,7 @@ test('a worker that fails on every connection the same way backs off, instead of
 
 test('a shard still arriving counts as hearing from the coordinator: a slow link does not trip the silence watchdog', async () => {
   const count = 300;
-  const frame = encode(message<Shard>({ type: 'shard', plan: 1, count, keep: 0, images: new Uint8Array(count * 784).fill(128) }));
+  const frame = encode(message<Shard>({ type: 'shard', plan: 1, count, keep: 0, seed: 1, images: new Uint8Array(count * 784).fill(128) }));
   // The shard as one unmasked binary WebSocket frame, written by hand so that it can trickle.
   const header = Buffer.alloc(10);
   header[0] = 0x82;

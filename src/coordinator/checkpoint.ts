@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { ShardSlot } from '../data/shards';
 import { RngState } from '../util/rng';
 import { GanfleetError } from '../util/errors';
 import { writeFileAtomic } from '../util/write';
@@ -8,9 +9,9 @@ import { AdamState } from './adam';
 
 /**
  * Everything the coordinator needs to continue a run: both networks and
- * Adam states exactly, and the seed RNG, so resumed workers draw new noise
- * rather than repeat the run's. (Workers' streams are not saved, so a
- * resumed run is the same training, not the same bits; see the README.)
+ * Adam states exactly, the seed RNG (new workers' seeds), and the plan's
+ * slots: each worker's images and seed, which is all of a worker's state
+ * (its draws for a step depend only on the seed and the step).
  * Arrays are stored raw after a JSON header; the header carries a SHA-256 of
  * the rest of the header and the payload, so a truncated or corrupted file
  * is refused, never half-loaded.
@@ -23,13 +24,17 @@ export interface Checkpoint {
   /** Draws the seeds handed to workers, so a resumed run never repeats their noise. */
   seedRng: RngState;
   nextWorker: number;
+  /** The plan's slots in its order; none in a checkpoint of format 1. */
+  shards: ShardSlot[];
   generator: Float32Array;
   discriminator: Float32Array;
   adamGenerator: AdamState;
   adamDiscriminator: AdamState;
 }
 
-const MAGIC = Buffer.from('GANFLEET-CHECKPOINT-1\n');
+/** Format 2 added the shard slots; format 1 files still load, without them. */
+const MAGIC = Buffer.from('GANFLEET-CHECKPOINT-2\n');
+const MAGIC_1 = Buffer.from('GANFLEET-CHECKPOINT-1\n');
 export const CHECKPOINT_FILE = /^ckpt-(\d{9})\.bin$/;
 
 interface Header {
@@ -40,13 +45,15 @@ interface Header {
   nextWorker: number;
   adamSteps: { generator: number; discriminator: number };
   sizes: { generator: number; discriminator: number };
+  /** The slots' seeds and image counts; their indices follow the float arrays, as uint32. */
+  shards?: { seed: number; images: number }[];
   sha256: string;
 }
 
 /** Covers every header field but the digest itself, then the arrays. */
 function digest(header: Omit<Header, 'sha256'>, payload: Buffer): string {
-  const { step, imagesTotal, config, seedRng, nextWorker, adamSteps, sizes } = header;
-  const fields = JSON.stringify({ step, imagesTotal, config, seedRng, nextWorker, adamSteps, sizes });
+  const { step, imagesTotal, config, seedRng, nextWorker, adamSteps, sizes, shards } = header;
+  const fields = JSON.stringify({ step, imagesTotal, config, seedRng, nextWorker, adamSteps, sizes, shards });
   return crypto.createHash('sha256').update(fields).update(payload).digest('hex');
 }
 
@@ -56,13 +63,13 @@ export function checkpointName(step: number): string {
   return `ckpt-${String(step).padStart(9, '0')}.bin`;
 }
 
-function bytes(a: Float32Array): Buffer {
+function bytes(a: Float32Array | Uint32Array): Buffer {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
 
-/** Serialises a checkpoint: magic, header length (u32 LE), header JSON, then six float32 arrays. */
+/** Serialises a checkpoint: magic, header length (u32 LE), header JSON, then six float32 arrays and the slots' uint32 indices. */
 export function encodeCheckpoint(c: Checkpoint): Buffer {
-  const arrays = [c.generator, c.discriminator, c.adamGenerator.m, c.adamGenerator.v, c.adamDiscriminator.m, c.adamDiscriminator.v];
+  const arrays = [c.generator, c.discriminator, c.adamGenerator.m, c.adamGenerator.v, c.adamDiscriminator.m, c.adamDiscriminator.v, ...c.shards.map((s) => s.indices)];
   const payload = Buffer.concat(arrays.map(bytes));
   const header: Omit<Header, 'sha256'> = {
     step: c.step,
@@ -72,6 +79,7 @@ export function encodeCheckpoint(c: Checkpoint): Buffer {
     nextWorker: c.nextWorker,
     adamSteps: { generator: c.adamGenerator.step, discriminator: c.adamDiscriminator.step },
     sizes: { generator: c.generator.length, discriminator: c.discriminator.length },
+    shards: c.shards.map((s) => ({ seed: s.seed, images: s.indices.length })),
   };
   const json = Buffer.from(JSON.stringify({ ...header, sha256: digest(header, payload) }));
   const len = Buffer.alloc(4);
@@ -81,7 +89,11 @@ export function encodeCheckpoint(c: Checkpoint): Buffer {
 
 export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const bad = (why: string) => new GanfleetError('CHECKPOINT_INVALID', `${file}: ${why}`);
-  if (buf.length < MAGIC.length + 4 || !buf.subarray(0, MAGIC.length).equals(MAGIC)) throw bad('not a ganfleet checkpoint (bad magic)');
+  const magic = buf.subarray(0, MAGIC.length);
+  const format1 = magic.equals(MAGIC_1);
+  if (buf.length < MAGIC.length + 4 || !(format1 || magic.equals(MAGIC))) {
+    throw bad(/^GANFLEET-CHECKPOINT-\d+\n$/.test(magic.toString('latin1')) ? `a checkpoint of format ${magic.toString('latin1').trim().slice(20)}, which this ganfleet cannot read` : 'not a ganfleet checkpoint (bad magic)');
+  }
   const jsonLen = buf.readUInt32LE(MAGIC.length);
   const start = MAGIC.length + 4 + jsonLen;
   if (start > buf.length) throw bad('truncated header');
@@ -94,7 +106,10 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const { generator: gs, discriminator: ds } = h.sizes ?? {};
   if (!Number.isSafeInteger(gs) || !Number.isSafeInteger(ds)) throw bad('header lacks sizes');
   const payload = buf.subarray(start);
-  const expected = 4 * (3 * gs + 3 * ds);
+  const slotsOk = format1 ? h.shards === undefined : Array.isArray(h.shards) && h.shards.every((s) => isCount(s?.seed) && s.seed < 2 ** 32 && isCount(s.images));
+  if (!slotsOk) throw bad('header lists no valid shards');
+  const shards = h.shards ?? [];
+  const expected = 4 * (3 * gs + 3 * ds + shards.reduce((n, s) => n + s.images, 0));
   if (payload.length !== expected) throw bad(`payload is ${payload.length} bytes, expected ${expected} (truncated?)`);
   if (digest(h, payload) !== h.sha256) throw bad('checksum mismatch (corrupted)');
   const rngOk = Array.isArray(h.seedRng) && h.seedRng.length === 4 && h.seedRng.every((x) => isCount(x) && x < 2 ** 32);
@@ -109,7 +124,12 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const discriminator = take(ds);
   const adamGenerator = { step: h.adamSteps.generator, m: take(gs), v: take(gs) };
   const adamDiscriminator = { step: h.adamSteps.discriminator, m: take(ds), v: take(ds) };
-  return { step: h.step, imagesTotal: h.imagesTotal, config: h.config, seedRng: h.seedRng, nextWorker: h.nextWorker, generator, discriminator, adamGenerator, adamDiscriminator };
+  const slots: ShardSlot[] = [];
+  for (const { seed, images } of shards) {
+    slots.push({ seed, indices: new Uint32Array(floats.buffer, 4 * at, images) });
+    at += images;
+  }
+  return { step: h.step, imagesTotal: h.imagesTotal, config: h.config, seedRng: h.seedRng, nextWorker: h.nextWorker, shards: slots, generator, discriminator, adamGenerator, adamDiscriminator };
 }
 
 /**

@@ -16,7 +16,7 @@ import { writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
-import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, summarisedStep } from './resume';
+import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
@@ -156,10 +156,10 @@ export class Coordinator {
         generatorSize: this.model.generatorLayout.size,
         discriminatorSize: this.model.discriminatorLayout.size,
         batchSize: config.batchSize,
-        seed: this.seedRng.nextUint32(),
         heartbeatSeconds: config.heartbeatSeconds,
         wireDtype: config.wireDtype,
       }),
+      newSeed: () => this.seedRng.nextUint32(),
       countSent: (bytes) => {
         this.bytesSent += bytes;
         this.metrics.sentBytes.inc(bytes);
@@ -708,6 +708,7 @@ export class Coordinator {
         config: checkpointConfig(this.config, this.trainingSet),
         seedRng: this.seedRng.state(),
         nextWorker: this.workers.nextWorker,
+        shards: this.workers.slots(),
         generator: this.params.generator,
         discriminator: this.params.discriminator,
         adamGenerator: this.adam.generator.state(),
@@ -742,7 +743,14 @@ export class Coordinator {
     // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
-    for (const warning of resumeWarnings(checkpointConfig(this.config, this.trainingSet), c.config)) this.log(`warning: ${warning}`);
-    this.log(`resumed from ${found.file} at step ${c.step}`);
+    const now = checkpointConfig(this.config, this.trainingSet);
+    for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
+    const shards = shardsToResume(c, now);
+    this.workers.restoreSlots(shards.slots);
+    this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
+    const slots = shards.slots.length;
+    if (slots > this.config.startWorkers) {
+      this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
+    }
   }
 }

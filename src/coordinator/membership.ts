@@ -1,6 +1,6 @@
 import path from 'node:path';
 import WebSocket from 'ws';
-import { gatherImages, planShards } from '../data/shards';
+import { ShardSlot, gatherImages, planShards } from '../data/shards';
 import { RejectReason, encode } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
@@ -24,8 +24,10 @@ export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' |
 export interface GroupHooks {
   log: Logger;
   metrics: CoordinatorMetrics;
-  /** Asked once per admitted worker, so each draws its own seed. */
+  /** What every welcome tells a worker. */
   terms(): WelcomeTerms;
+  /** A seed for a new slot of the plan (drawn from a checkpointed RNG, so a resumed run draws new ones). */
+  newSeed(): number;
   /** Bytes handed to a peer's socket or mailbox. */
   countSent(bytes: number): void;
   /** A peer left: the open round must stop awaiting it. */
@@ -47,6 +49,8 @@ export class WorkerGroup {
   nextWorker = 1;
   private plan = 0;
   private membershipChanged = false;
+  /** A checkpoint's slots, for the peers of the next plan that hold none (restoreSlots). */
+  private restored: ShardSlot[] = [];
   /** This process's shared-memory mailboxes, one file per worker; null when not offered. */
   private mailboxDir: string | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
@@ -153,29 +157,57 @@ export class WorkerGroup {
     peer.socket.terminate();
   }
 
+  /** The plan's slots, in the order of the plan: what a checkpoint keeps. */
+  slots(): ShardSlot[] {
+    return this.list().flatMap((p) => (p.shard ? [p.shard] : []));
+  }
+
+  /**
+   * A resumed run's slots: the next plan gives them, in order, to the peers
+   * that hold no shard, so that the same number of workers as at the
+   * checkpoint draws the same batches from the same images.
+   */
+  restoreSlots(slots: ShardSlot[]): void {
+    this.restored = slots;
+  }
+
   /**
    * At a step boundary, if anyone joined or left since the last plan: every
    * peer becomes active, and each whose shard changed is sent what it lacks
-   * (and how much of its old shard to keep).
+   * (and how much of its old shard to keep). A slot keeps its seed; a new
+   * slot takes a restored one's, or a new seed.
    */
   rebalanceIfChanged(permutation: Uint32Array, images: Uint8Array): void {
     if (!this.membershipChanged) return;
     this.membershipChanged = false;
     this.plan++;
     const peers = this.list();
-    const held = new Map(peers.filter((p) => p.shard).map((p) => [p.id, p.shard!.indices]));
-    const assignments = planShards(permutation, peers.map((p) => p.id), held);
+    const restored = this.restored.splice(0);
+    const starts = new Map<string, ShardSlot>();
+    for (const p of peers) {
+      const slot = p.shard ?? restored.shift();
+      if (slot) starts.set(p.id, slot);
+    }
+    const assignments = planShards(permutation, peers.map((p) => p.id), new Map([...starts].map(([id, slot]) => [id, slot.indices])));
     let sent = 0;
+    let restoredCount = 0;
     assignments.forEach((a, i) => {
       const peer = peers[i];
       peer.state = 'active';
-      if (peer.shard && a.kept === peer.shard.indices.length && a.kept === a.indices.length) return;
-      peer.shard = a;
-      const added = a.indices.subarray(a.kept);
+      const held = peer.shard;
+      if (held && a.kept === held.indices.length && a.kept === a.indices.length) return;
+      const start = starts.get(peer.id);
+      if (!held && start) restoredCount++;
+      const seed = start?.seed ?? this.hooks.newSeed();
+      // A restored slot sets where a shard starts, but the peer holds none of it yet.
+      const keep = held ? a.kept : 0;
+      peer.shard = { indices: a.indices, seed };
+      const added = a.indices.subarray(keep);
       sent += added.length;
-      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep: a.kept, images: gatherImages(images, added) })));
+      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep, seed, images: gatherImages(images, added) })));
     });
-    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent`);
+    const restoredNote = restoredCount > 0 ? `; ${restoredCount} slot${restoredCount === 1 ? '' : 's'} from the checkpoint` : '';
+    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent${restoredNote}`);
   }
 
   startHeartbeats(): void {

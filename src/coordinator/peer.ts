@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { ShardAssignment } from '../data/shards';
+import { ShardSlot } from '../data/shards';
 import { EncodedFrame, encode } from '../protocol/codec';
 import { Inbox, Outbox } from '../protocol/mailbox';
 import { Mail, Phase, message } from '../protocol/messages';
@@ -37,7 +37,7 @@ const CLOSE_TIMEOUT_MS = 30_000;
 
 export class WorkerPeer {
   state: PeerState = 'joined';
-  shard: ShardAssignment | undefined;
+  shard: ShardSlot | undefined;
   /** Version of each network this worker holds; -1 = none. Only stale ones are sent. */
   readonly holds: Record<Phase, number> = { generator: -1, discriminator: -1 };
   offences = 0;

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { imagesFingerprint } from '../data/mnist';
+import { ShardSlot } from '../data/shards';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { removeTornWrites } from '../util/write';
@@ -81,13 +82,36 @@ export function resumeWarnings(now: Record<string, unknown>, then: Record<string
   for (const [flag, of] of settings) {
     if (JSON.stringify(of(now)) !== JSON.stringify(of(then))) {
       // The workers' seeds continue from the checkpoint's generator of them; --seed still sets the shards and the grids' noise.
-      const scope = flag === '--seed' ? ' for the shard order and the sample grids (worker seeds continue from the checkpoint)' : '';
+      const scope = flag === '--seed' ? ' for the shard order and the sample grids (the shards and worker seeds are then planned afresh)' : '';
       warnings.push(`${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(then))}; this run's value is used from here on${scope}`);
     }
   }
   const images = otherImages(now, then);
   if (images) warnings.push(images);
   return warnings;
+}
+
+/**
+ * The checkpoint's shard slots (each worker's images and seed), for the
+ * first plan of a resume with the same --seed on the same images: then as
+ * many workers as at the checkpoint continue the run bit for bit. Otherwise
+ * none, and the note says why the shards are planned afresh.
+ */
+export function shardsToResume(c: Checkpoint, now: Record<string, unknown>): { slots: ShardSlot[]; note: string } {
+  const afresh = (why: string) => ({ slots: [], note: `shards and worker seeds are planned afresh (${why}), so the run continues the same training, not the same bits` });
+  if (c.shards.length === 0) return afresh('the checkpoint holds none: written by ganfleet before protocol 3, or before any plan');
+  if (JSON.stringify(now.seed) !== JSON.stringify(c.config.seed)) return afresh('--seed differs from the checkpoint\'s');
+  if (otherImages(now, c.config)) return afresh('the training images differ from the checkpoint\'s');
+  const images = (now.trainingSet as ImagesFingerprint).images;
+  const taken = new Uint8Array(images);
+  for (const { indices } of c.shards) {
+    for (const i of indices) {
+      if (i >= images || taken[i]) return afresh(`its shards name image ${i} ${i >= images ? 'beyond the training set' : 'twice'}`);
+      taken[i] = 1;
+    }
+  }
+  const n = c.shards.length;
+  return { slots: c.shards, note: `the checkpoint's ${n} shard slot${n === 1 ? '' : 's'} (images and seed) go to the first workers to join` };
 }
 
 /** Compares the images themselves; a checkpoint written before they were fingerprinted has only their directory. */

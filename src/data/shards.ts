@@ -18,6 +18,16 @@ export interface ShardAssignment {
 }
 
 /**
+ * A worker's place in the plan: its images, and the seed its batches and
+ * noise are drawn with. Both stay with the slot while the worker does, and a
+ * checkpoint keeps them, so that a resumed run can hand them to its workers.
+ */
+export interface ShardSlot {
+  indices: Uint32Array;
+  seed: number;
+}
+
+/**
  * Splits `permutation` into `workerIds.length` shards whose sizes differ by
  * at most 1 (the first `total % n` workers get the extra index). A worker in
  * `held` keeps the start of its shard, as much as its new size allows; the

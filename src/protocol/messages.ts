@@ -4,7 +4,7 @@
  * Float arrays travel as raw little-endian bytes (msgpack bin), never as
  * arrays of numbers.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /**
  * The largest gradient magnitude a worker may send. No sane gradient of
@@ -43,7 +43,7 @@ export interface Hello {
   hostname: string;
 }
 
-/** coordinator → worker: admitted; what to build and how to draw its batches. */
+/** coordinator → worker: admitted; what to build, and how its frames travel. */
 export interface Welcome {
   v: number;
   type: 'welcome';
@@ -55,7 +55,6 @@ export interface Welcome {
   generatorSize: number;
   discriminatorSize: number;
   batchSize: number;
-  seed: number;
   /** The coordinator's --heartbeat (it pings every half of it); a worker that hears nothing for 3 of them reconnects. */
   heartbeatSeconds: number;
   /** How float arrays travel in both directions (wire-dtype.ts); absent = float32. */
@@ -80,6 +79,12 @@ export interface Shard {
   plan: number;
   count: number;
   keep: number;
+  /**
+   * Seeds the worker's draws: step t's batch and noise come from stream t
+   * of this seed. It stays with the shard's slot in the plan, so a
+   * checkpoint can hand a resumed worker the slot's seed.
+   */
+  seed: number;
   images: Uint8Array;
 }
 

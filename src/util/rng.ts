@@ -16,12 +16,27 @@ export class Rng {
     let x = seed >>> 0;
     for (let i = 0; i < 4; i++) {
       x = (x + 0x9e3779b9) >>> 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      this.s[i] = (z ^ (z >>> 16)) >>> 0;
+      this.s[i] = fmix32(x);
     }
     if (this.s.every((v) => v === 0)) this.s[0] = 1;
+  }
+
+  /**
+   * The stream numbered `counter` of the family `seed`: a worker's draws for
+   * one step. Every word of the state depends on both numbers, and for one
+   * seed each word is a bijection of the counter's low 32 bits, so no two steps share a
+   * state, and a step's draws do not depend on which steps were drawn before
+   * it (a resumed or a restarted worker draws what the first would have).
+   */
+  static keyed(seed: number, counter: number): Rng {
+    const r = new Rng(seed);
+    const high = Math.floor(counter / 2 ** 32) >>> 0;
+    for (let i = 0; i < 4; i++) {
+      const odd = Math.imul(i + 1, 0x9e3779b9);
+      r.s[i] = fmix32(r.s[i] ^ fmix32((counter + odd) >>> 0) ^ fmix32((high + odd) >>> 0));
+    }
+    if (r.s.every((v) => v === 0)) r.s[0] = 1;
+    return r;
   }
 
   static fromState(state: RngState): Rng {
@@ -82,6 +97,13 @@ export class Rng {
     }
     return p;
   }
+}
+
+/** MurmurHash3's finaliser: a bijection of uint32 whose every output bit depends on every input bit. */
+function fmix32(h: number): number {
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
 }
 
 function rotl(x: number, k: number): number {

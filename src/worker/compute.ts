@@ -6,16 +6,20 @@ import { GanfleetError } from '../util/errors';
 import { Rng } from '../util/rng';
 
 /**
- * A worker's compute state: its shard, the networks as it last received
- * them, and its own seeded RNG for batch indices and noise. One step draws
- * one real batch and one noise batch; the G round reuses the D round's
- * noise (as the PyTorch anchor does) and, while G is unchanged, its forward pass.
- * Where the model allows it, the D round's real half is computed ahead too,
- * while the coordinator steps G (D does not change in between).
+ * A worker's compute state: its shard and the shard's seed, and the networks
+ * as it last received them. One step draws one real batch and one noise
+ * batch, from the seed's stream for that step (Rng.keyed), so what a step
+ * draws depends only on the seed, the step and the shard, not on what this
+ * process drew before. The G round reuses the D round's noise (as the
+ * PyTorch anchor does) and, while G is unchanged, its forward pass. Where the
+ * model allows it, the D round is computed in two halves, the real one ahead
+ * while the coordinator steps G (D does not change in between); always in
+ * two halves, so that a worker that just joined computes the same bits.
  */
 export class ShardCompute {
   private shard: Uint8Array | null = null;
   private shardCount = 0;
+  private seed = 0;
   private generator: Tensors | null = null;
   private discriminator: Tensors | null = null;
   /**
@@ -29,7 +33,6 @@ export class ShardCompute {
   private pass: GeneratorPass | null = null;
   /** The D step's real half on the drawn batch with the current D; dropped when either changes. */
   private realPart: RealPart | null = null;
-  private readonly rng: Rng;
   /** Where each round kind's results are read; a step's gradients are valid until the next step of its kind. */
   private readonly results: Record<Phase, ResultMemory> = { discriminator: {}, generator: {} };
   private readonly indices: Int32Array;
@@ -43,15 +46,13 @@ export class ShardCompute {
   constructor(
     private readonly model: GanModel,
     private readonly batchSize: number,
-    seed: number,
   ) {
-    this.rng = new Rng(seed);
     this.indices = new Int32Array(batchSize);
     this.slots = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
   }
 
-  /** A shard of `count` images: the first `keep` of the current one, then `added` (pixels of count − keep images). */
-  setShard(added: Uint8Array, count: number, keep = 0): void {
+  /** A shard of `count` images: the first `keep` of the current one, then `images` (pixels of count − keep images); batches are drawn with `seed`. */
+  setShard({ images: added, count, keep = 0, seed }: ShardContent): void {
     if (count === 0 || keep > Math.min(count, this.shardCount) || added.length !== (count - keep) * IMAGE_SIZE) {
       throw new GanfleetError('WORKER_BAD_SHARD', `a shard of ${count} images that keeps ${keep} of the ${this.shardCount} held has ${added.length} new bytes`);
     }
@@ -63,16 +64,13 @@ export class ShardCompute {
     }
     this.shard = images;
     this.shardCount = count;
+    this.seed = seed;
     // Batches drawn ahead came from the old shard.
     this.dropDrawn();
     this.dropAhead();
   }
 
-  /**
-   * Draws step `step`'s noise and real batch while the worker waits for the
-   * current step's G round (the current draws stay, for that round). The RNG
-   * is used in the same order either way, so the draws are the same.
-   */
+  /** Draws step `step`'s noise and real batch while the worker waits for the current step's G round (the current draws stay, for that round). */
   drawAhead(step: number): void {
     if (!this.shard || this.drawn?.step === step || this.ahead?.step === step) return;
     this.dropAhead();
@@ -87,6 +85,11 @@ export class ShardCompute {
   prepare(step: number): void {
     if (!this.shard) return;
     this.draw(step);
+    this.computeRealPart();
+  }
+
+  /** The D step's real half on the drawn batch, where the model can split the step and D is held. */
+  private computeRealPart(): void {
     if (!this.realPart && this.discriminator && this.model.discriminatorRealPart) {
       this.realPart = this.model.discriminatorRealPart(this.discriminator, this.drawn!.real);
     }
@@ -138,6 +141,7 @@ export class ShardCompute {
     this.pass ??= this.model.forwardGenerator(this.generator, drawn.noise);
     let out: StepOutput;
     if (phase === 'discriminator') {
+      this.computeRealPart();
       out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass, this.realPart ?? undefined, this.results.discriminator);
     } else {
       out = this.model.generatorStep(this.generator, this.discriminator, this.pass, this.results.generator);
@@ -165,7 +169,8 @@ export class ShardCompute {
     // At most one other draw is alive when a new one is made, so one slot is free.
     const slot = this.drawn?.slot === 0 || this.ahead?.slot === 0 ? 1 : 0;
     const { real, noise } = this.slots[slot];
-    return { step, slot, noise: tf.tensor2d(this.rng.fillNormal(noise), [this.batchSize, this.model.zDim]), real: this.realBatch(real) };
+    const rng = Rng.keyed(this.seed, step);
+    return { step, slot, noise: tf.tensor2d(rng.fillNormal(noise), [this.batchSize, this.model.zDim]), real: this.realBatch(rng, real) };
   }
 
   private dropAhead(): void {
@@ -194,11 +199,21 @@ export class ShardCompute {
   }
 
   /** Uniform with replacement from the shard, as the seed's np.random.randint. */
-  private realBatch(into: Float32Array): tf.Tensor2D {
-    for (let i = 0; i < this.batchSize; i++) this.indices[i] = this.rng.int(this.shardCount);
+  private realBatch(rng: Rng, into: Float32Array): tf.Tensor2D {
+    for (let i = 0; i < this.batchSize; i++) this.indices[i] = rng.int(this.shardCount);
     return tf.tensor2d(gatherTanhRange(this.shard!, this.indices, into), [this.batchSize, IMAGE_SIZE]);
   }
 
+}
+
+/** What a shard message gives a worker (Shard, less the envelope). */
+export interface ShardContent {
+  images: Uint8Array;
+  count: number;
+  /** How many images of the shard held come first; 0 when absent. */
+  keep?: number;
+  /** The seed of the stream each step's batch and noise are drawn from. */
+  seed: number;
 }
 
 interface Draws {

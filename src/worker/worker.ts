@@ -230,7 +230,7 @@ function connectOnce(
           if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return fail('WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`, true);
           wireDtype = dtype as WireDtype;
           compute?.dispose();
-          compute = new ShardCompute(model, msg.batchSize, msg.seed);
+          compute = new ShardCompute(model, msg.batchSize);
           workerId = msg.workerId;
           silenceMs = 3 * msg.heartbeatSeconds * 1000;
           metrics.connected.set(1);
@@ -244,7 +244,7 @@ function connectOnce(
         }
         case 'shard':
           if (!compute) return fail('WORKER_UNEXPECTED', 'shard before welcome');
-          compute.setShard(msg.images, msg.count, msg.keep);
+          compute.setShard(msg);
           metrics.shardImages.set(msg.count);
           log(`shard plan ${msg.plan}: ${msg.count} images (${msg.keep} kept, ${msg.count - msg.keep} received)`);
           return;
