@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { averageGradients } from '../src/coordinator/aggregate';
+import { Round } from '../src/coordinator/round';
+import { Gradients } from '../src/protocol/messages';
 import { GanfleetError } from '../src/util/errors';
 
 const hasCode = (code: string) => (e: unknown) => e instanceof GanfleetError && e.code === code;
@@ -62,4 +64,19 @@ test('throws AGGREGATE_BAD_SAMPLES on negative or non-finite counts', () => {
       hasCode('AGGREGATE_BAD_SAMPLES'),
     );
   }
+});
+
+test("a round gives its answers in the participants' order, whatever order they arrived in, so that their sum does not depend on it", () => {
+  const answer = (value: number) => ({ gradients: Float32Array.of(value), samples: 1 }) as unknown as Gradients;
+  const values = [1e8, 1, -1e8];
+  const sums = ['abc', 'cba', 'bca'].map((arrival) => {
+    const round = new Round(0, 'discriminator', ['a', 'b', 'c']);
+    for (const id of arrival) round.accept(id, answer(values['abc'.indexOf(id)]));
+    assert.deepEqual(round.answers().map((g) => g.gradients[0]), values);
+    return averageGradients(round.answers(), new Float32Array(1))[0];
+  });
+  assert.deepEqual(sums, [sums[0], sums[0], sums[0]]);
+  // The order matters: summed in another order, the same answers give another mean.
+  const other = averageGradients([answer(1e8), answer(-1e8), answer(1)], new Float32Array(1))[0];
+  assert.notEqual(other, sums[0]);
 });

@@ -9,6 +9,8 @@ import { writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { WorkerGroup } from '../src/coordinator/membership';
+import { gatherImages } from '../src/data/shards';
+import { imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { blankMnistDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
@@ -729,6 +731,42 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(metricValue(text, 'ganfleet_step'), 8);
     assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), 8);
     assert.ok(Math.abs(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds')! - Date.now() / 1000) < 60);
+    await coordinator.close();
+  });
+
+  test('a resumed coordinator hands the checkpoint slots, images and seed, to the first workers to join; a worker beyond them gets the images left and a new seed', { timeout: 60_000 }, async () => {
+    const dir = path.join(out, 'restored-slots');
+    const train = loadMnist('train');
+    const p = createModel('mlp').init(new Rng(1));
+    const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
+    const even = Uint32Array.from({ length: 30000 }, (_, i) => 2 * i);
+    const odd = Uint32Array.from({ length: 30000 }, (_, i) => 2 * i + 1);
+    writeCheckpoint(path.join(dir, 'checkpoints'), {
+      step: 7, imagesTotal: 7 * 256, config: { ...config(dir, 8), trainingSet: imagesFingerprint(train) }, seedRng: new Rng(2).state(), nextWorker: 3,
+      shards: [{ indices: even, seed: 111 }, { indices: odd, seed: 222 }],
+      generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
+    }, 2);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 8), resume: true, startWorkers: 3 }, (l) => lines.push(l));
+    assert.ok(!lines.some((l) => /warning/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /at step 7; the checkpoint's 2 shard slots \(images and seed\) go to the first workers to join$/.test(l)), lines.join('\n'));
+    const run = coordinator.run();
+    const peers = [];
+    for (let i = 0; i < 3; i++) peers.push(await joinedPeer(coordinator));
+    const skipped: CoordinatorMessage[][] = [[], [], []];
+    await Promise.all(peers.map((x, i) => weightsOrDrop(x.peer, skipped[i])));
+    const shards = skipped.map((ms) => ms.find((m) => m.type === 'shard')!).map((m) => (m.type === 'shard' ? m : assert.fail('no shard')));
+    assert.deepEqual(shards.map((m) => [m.count, m.keep]), [[20000, 0], [20000, 0], [20000, 0]]);
+    assert.deepEqual(shards.slice(0, 2).map((m) => m.seed), [111, 222]);
+    assert.ok(![111, 222].includes(shards[2].seed));
+    // Each restored slot keeps the start of its images, in its order; the third worker gets images neither kept.
+    assert.ok(Buffer.from(shards[0].images).equals(gatherImages(train.images, even.subarray(0, 20000))), 'slot 1 images');
+    assert.ok(Buffer.from(shards[1].images).equals(gatherImages(train.images, odd.subarray(0, 20000))), 'slot 2 images');
+    assert.ok(lines.some((l) => /shard plan 1: w3=20000 w4=20000 w5=20000; 60000 images sent; 2 slots from the checkpoint$/.test(l)), lines.join('\n'));
+    for (const x of peers) x.peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
+    await Promise.all(peers.map((x) => weightsOrDrop(x.peer)));
+    for (const x of peers) x.peer.gradients(7, 'generator', new Float32Array(G_SIZE));
+    assert.equal((await run).steps, 8);
     await coordinator.close();
   });
 

@@ -26,6 +26,9 @@ test('keyed streams: the same (seed, counter) gives the same stream; neighbourin
   assert.ok(chi2 < 37.7, `first draws over 16 bins: chi-square ${chi2.toFixed(1)} (15 degrees of freedom, p = 0.001 at 37.7)`);
   // A neighbouring seed's stream at the same step, and a counter 2^32 apart, are other streams.
   assert.notEqual(first(8, 100), first(7, 100));
+  // The two numbers play different parts: swapped, or equal, they give other streams.
+  assert.notDeepEqual(Rng.keyed(5, 1000).state(), Rng.keyed(1000, 5).state());
+  assert.notDeepEqual(Rng.keyed(7, 7).state(), Rng.keyed(123456, 123456).state());
   assert.notDeepEqual(Rng.keyed(7, 100 + 2 ** 32).state(), Rng.keyed(7, 100).state());
   // Adjacent steps' uniforms are not correlated: the mean product of centred pairs is near 0.
   let sum = 0;

@@ -103,8 +103,9 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   } catch {
     throw bad('unreadable header');
   }
+  if (typeof h !== 'object' || h === null) throw bad('unreadable header');
   const { generator: gs, discriminator: ds } = h.sizes ?? {};
-  if (!Number.isSafeInteger(gs) || !Number.isSafeInteger(ds)) throw bad('header lacks sizes');
+  if (!isCount(gs) || !isCount(ds)) throw bad('header lacks sizes');
   const payload = buf.subarray(start);
   const slotsOk = format1 ? h.shards === undefined : Array.isArray(h.shards) && h.shards.every((s) => isCount(s?.seed) && s.seed < 2 ** 32 && isCount(s.images));
   if (!slotsOk) throw bad('header lists no valid shards');

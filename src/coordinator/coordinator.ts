@@ -749,7 +749,9 @@ export class Coordinator {
     this.workers.restoreSlots(shards.slots);
     this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
     const slots = shards.slots.length;
-    if (slots > this.config.startWorkers) {
+    if (slots > this.config.maxWorkers) {
+      this.log(`this run takes at most ${this.config.maxWorkers} worker${this.config.maxWorkers === 1 ? '' : 's'} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
+    } else if (slots > this.config.startWorkers) {
       this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
     }
   }

@@ -183,22 +183,19 @@ export class WorkerGroup {
     this.plan++;
     const peers = this.list();
     const restored = this.restored.splice(0);
-    const starts = new Map<string, ShardSlot>();
-    for (const p of peers) {
-      const slot = p.shard ?? restored.shift();
-      if (slot) starts.set(p.id, slot);
-    }
-    const assignments = planShards(permutation, peers.map((p) => p.id), new Map([...starts].map(([id, slot]) => [id, slot.indices])));
+    const offered = restored.length;
+    const starts = peers.map((p) => p.shard ?? restored.shift());
+    const restoredCount = offered - restored.length;
+    const startsById = new Map<string, Uint32Array>();
+    peers.forEach((p, i) => starts[i] && startsById.set(p.id, starts[i]!.indices));
+    const assignments = planShards(permutation, peers.map((p) => p.id), startsById);
     let sent = 0;
-    let restoredCount = 0;
     assignments.forEach((a, i) => {
       const peer = peers[i];
       peer.state = 'active';
       const held = peer.shard;
       if (held && a.kept === held.indices.length && a.kept === a.indices.length) return;
-      const start = starts.get(peer.id);
-      if (!held && start) restoredCount++;
-      const seed = start?.seed ?? this.hooks.newSeed();
+      const seed = starts[i]?.seed ?? this.hooks.newSeed();
       // A restored slot sets where a shard starts, but the peer holds none of it yet.
       const keep = held ? a.kept : 0;
       peer.shard = { indices: a.indices, seed };

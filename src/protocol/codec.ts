@@ -86,7 +86,7 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
 /** The longest string field either side accepts (names, paths, reasons). */
 export const MAX_STRING_LENGTH = 1024;
 
-type FieldKind = 'string' | 'count' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
+type FieldKind = 'string' | 'count' | 'uint32' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
@@ -122,7 +122,7 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     mailbox: ['string', 'optional'],
     nonce: ['string', 'optional'],
   },
-  shard: { plan: ['count', 'required'], count: ['count', 'required'], keep: ['count', 'required'], seed: ['count', 'required'], images: ['u8', 'required'] },
+  shard: { plan: ['count', 'required'], count: ['count', 'required'], keep: ['count', 'required'], seed: ['uint32', 'required'], images: ['u8', 'required'] },
   weights: {
     step: ['count', 'required'],
     phase: ['phase', 'required'],
@@ -188,6 +188,9 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
       return value;
     case 'count':
       if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw bad('a non-negative integer');
+      return value;
+    case 'uint32':
+      if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value >= 2 ** 32) throw bad('an integer from 0 to 2^32 − 1');
       return value;
     case 'number':
       if (typeof value !== 'number') throw bad('a number');

@@ -31,10 +31,8 @@ export class Rng {
   static keyed(seed: number, counter: number): Rng {
     const r = new Rng(seed);
     const high = Math.floor(counter / 2 ** 32) >>> 0;
-    for (let i = 0; i < 4; i++) {
-      const odd = Math.imul(i + 1, 0x9e3779b9);
-      r.s[i] = fmix32(r.s[i] ^ fmix32((counter + odd) >>> 0) ^ fmix32((high + odd) >>> 0));
-    }
+    // The counter is mixed with other constants than the seed, so that keyed(a, b) is not keyed(b, a).
+    for (let i = 0; i < 4; i++) r.s[i] = fmix32(r.s[i] ^ fmix32((counter ^ COUNTER_KEYS[i]) >>> 0) ^ fmix32(high ^ COUNTER_KEYS[i + 4]));
     if (r.s.every((v) => v === 0)) r.s[0] = 1;
     return r;
   }
@@ -98,6 +96,9 @@ export class Rng {
     return p;
   }
 }
+
+/** SHA-256's initial hash words: constants with no structure shared with the seed's expansion. */
+const COUNTER_KEYS = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
 /** MurmurHash3's finaliser: a bijection of uint32 whose every output bit depends on every input bit. */
 function fmix32(h: number): number {
