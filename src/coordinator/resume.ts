@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { imagesFingerprint } from '../data/mnist';
-import { ShardSlot } from '../data/shards';
+import { ShardSlot, markDisjoint } from '../data/shards';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { removeTornWrites } from '../util/write';
@@ -102,13 +102,11 @@ export function shardsToResume(c: Checkpoint, now: Record<string, unknown>): { s
   if (c.shards.length === 0) return afresh('the checkpoint holds none: written by ganfleet before protocol 3, or before any plan');
   if (JSON.stringify(now.seed) !== JSON.stringify(c.config.seed)) return afresh('--seed differs from the checkpoint\'s');
   if (otherImages(now, c.config)) return afresh('the training images differ from the checkpoint\'s');
-  const images = (now.trainingSet as ImagesFingerprint).images;
-  const taken = new Uint8Array(images);
-  for (const { indices } of c.shards) {
-    for (const i of indices) {
-      if (i >= images || taken[i]) return afresh(`its shards name image ${i} ${i >= images ? 'beyond the training set' : 'twice'}`);
-      taken[i] = 1;
-    }
+  try {
+    markDisjoint((now.trainingSet as ImagesFingerprint).images, c.shards.map((s, i) => [`its slot ${i + 1}`, s.indices]));
+  } catch (e) {
+    if (!(e instanceof GanfleetError && e.code === 'SHARD_HELD_INVALID')) throw e;
+    return afresh(e.message);
   }
   const n = c.shards.length;
   return { slots: c.shards, note: `the checkpoint's ${n} shard slot${n === 1 ? '' : 's'} (images and seed) go to the first workers to join` };

@@ -46,15 +46,8 @@ export function planShards(permutation: Uint32Array, workerIds: readonly string[
   }
   const total = permutation.length;
   const sizes = workerIds.map((_, w) => Math.floor(total / n) + (w < total % n ? 1 : 0));
-  const kept = new Uint8Array(total);
-  const keeps = workerIds.map((id, w) => {
-    const start = held.get(id)?.subarray(0, sizes[w]) ?? new Uint32Array(0);
-    for (const idx of start) {
-      if (idx >= total || kept[idx]) throw new GanfleetError('SHARD_HELD_INVALID', `worker "${id}" holds index ${idx}, outside the training set or held twice`);
-      kept[idx] = 1;
-    }
-    return start;
-  });
+  const keeps = workerIds.map((id, w) => held.get(id)?.subarray(0, sizes[w]) ?? new Uint32Array(0));
+  const kept = markDisjoint(total, workerIds.map((id, w) => [`worker "${id}"`, keeps[w]]));
   let next = 0;
   return workerIds.map((workerId, w) => {
     const indices = new Uint32Array(sizes[w]);
@@ -65,6 +58,22 @@ export function planShards(permutation: Uint32Array, workerIds: readonly string[
     }
     return { workerId, indices, kept: keeps[w].length };
   });
+}
+
+/**
+ * Marks the images that `parts` hold, each part named by its owner; throws
+ * SHARD_HELD_INVALID where an index lies outside the `total` images or two
+ * parts hold the same one.
+ */
+export function markDisjoint(total: number, parts: readonly (readonly [string, Uint32Array])[]): Uint8Array {
+  const marked = new Uint8Array(total);
+  for (const [owner, indices] of parts) {
+    for (const idx of indices) {
+      if (idx >= total || marked[idx]) throw new GanfleetError('SHARD_HELD_INVALID', `${owner} holds image ${idx}, ${idx >= total ? 'outside the training set' : 'held twice'}`);
+      marked[idx] = 1;
+    }
+  }
+  return marked;
 }
 
 /** Copies the selected images into one contiguous buffer (the payload sent to a worker). */
