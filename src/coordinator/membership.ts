@@ -10,10 +10,8 @@ import { emitted } from '../util/events';
 import { Logger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
-import { FRAGMENT_BYTES, MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
+import { FRAGMENT_WRITE_MS, WorkerPeer } from './peer';
 
-/** What a write may take beyond the heartbeat interval: the largest write (a fragment) at the slowest link. */
-const STALLED_FRAGMENT_MS = (FRAGMENT_BYTES / MIN_LINK_BYTES_PER_SECOND) * 1000;
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
 export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
@@ -230,7 +228,7 @@ export class WorkerGroup {
       // A ping waits behind a write the link does not take, so a dead link
       // (a frozen or vanished worker with data queued for it) is seen by its writes.
       const stalledMs = peer.stalledForMs(now);
-      if (stalledMs > intervalMs + STALLED_FRAGMENT_MS) {
+      if (stalledMs > intervalMs + FRAGMENT_WRITE_MS) {
         this.hooks.metrics.heartbeatTimeouts.inc();
         this.drop(peer, `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)`);
       } else if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {

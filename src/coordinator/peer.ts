@@ -32,6 +32,8 @@ export type PeerState = 'joined' | 'active';
 export const FRAGMENT_BYTES = 1 << 20;
 /** A link slower than this, with data queued for it, is treated as dead (1 MB/s: a 47 MB shard gets 47 s). */
 export const MIN_LINK_BYTES_PER_SECOND = 1e6;
+/** What the largest write (a fragment) may take at the slowest link: the allowance, beyond the heartbeat, before a socket that takes no write is a dead link. */
+export const FRAGMENT_WRITE_MS = (FRAGMENT_BYTES / MIN_LINK_BYTES_PER_SECOND) * 1000;
 /** ws's own wait for a closing handshake. */
 const CLOSE_TIMEOUT_MS = 30_000;
 
