@@ -88,7 +88,7 @@ function trainingOptions<T>(y: Argv<T>) {
       group: 'Training:',
     })
     .option('out', { type: 'string', defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
-    .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps (from fixed noise)', group: 'Outputs:' })
+    .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps and at the end, from fixed noise (0 = only at the end)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
     .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
     .option('eval-samples', { type: 'number', default: 10000, describe: 'Images per --eval-every evaluation', group: 'Outputs:' })
@@ -98,10 +98,8 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('round-timeout', { type: 'number', default: 30, describe: 'Seconds a round waits for a worker before dropping it', group: 'Fault tolerance:' })
     .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute', group: 'Fault tolerance:' })
     .check((a) => {
-      for (const k of ['steps', 'batch-size', 'sample-every', 'log-every', 'keep-checkpoints'] as const) integerAtLeast(k, a[k]);
-      integerAtLeast('seed', a.seed, 0);
-      integerAtLeast('checkpoint-every', a['checkpoint-every'], 0);
-      integerAtLeast('eval-every', a['eval-every'], 0);
+      for (const k of ['steps', 'batch-size', 'log-every', 'keep-checkpoints'] as const) integerAtLeast(k, a[k]);
+      for (const k of ['seed', 'sample-every', 'checkpoint-every', 'eval-every'] as const) integerAtLeast(k, a[k], 0);
       integerAtLeast('eval-samples', a['eval-samples'], 2);
       if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${given('lr', a.lr)}`);
       for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${given(k, a[k])}`);

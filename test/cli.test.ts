@@ -96,6 +96,7 @@ test('usage errors are one whole line: an invalid choice names the value and the
   assert.match(help.stdout, /ganfleet coordinator/);
   // A negative number is a value, not a flag.
   assert.match(cli(['coordinator', '--lr', '-0.001', '--steps', '0']).stderr, /--steps must be an integer >= 1/);
+  assert.match(cli(['local', '--sample-every', '-1']).stderr, /--sample-every must be an integer >= 0, got -1/);
   // The default --out is a new directory: --resume there would quietly start afresh.
   for (const [args, env] of [[['coordinator', '--resume'], {}], [['local'], { GANFLEET_RESUME: '1' }]] as const) {
     const resume = cli([...args], env);
@@ -214,7 +215,7 @@ test('a coordinator stopped before its first step writes no outputs: its generat
 test('resuming with other settings names each changed flag and which value counts; a higher --steps is no warning, another --model says how to resume', () => {
   const out = path.join(tempDir('resume-settings'), 'run');
   const local = (...args: string[]) =>
-    spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', out, '--metrics-port', '-1', '--sample-every', '1000', ...args], { encoding: 'utf8', timeout: 60_000 });
+    spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', out, '--metrics-port', '-1', '--sample-every', '0', ...args], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(local('--steps', '2').status, 0);
   const r = local('--resume', '--steps', '4', '--batch-size', '64');
   assert.equal(r.status, 0, r.stderr);

@@ -686,6 +686,28 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('--sample-every N writes a grid every N steps and at the end; 0 writes only the final one', async () => {
+    for (const [sampleEvery, grids] of [
+      [2, ['step-000002.png', 'step-000003.png']],
+      [0, ['step-000003.png']],
+    ] as const) {
+      const dir = path.join(out, `sample-every-${sampleEvery}`);
+      const coordinator = await Coordinator.start({ ...config(dir, 3), sampleEvery }, () => {});
+      const run = coordinator.run();
+      const { peer } = await joinedPeer(coordinator);
+      for (let step = 0; step < 3; step++) {
+        await weightsOrDrop(peer);
+        peer.gradients(step, 'discriminator', new Float32Array(D_SIZE));
+        await weightsOrDrop(peer);
+        peer.gradients(step, 'generator', new Float32Array(G_SIZE));
+      }
+      const summary = await run;
+      assert.deepEqual(summary.samples.map((f) => path.basename(f)), grids);
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')).sort(), grids);
+      await coordinator.close();
+    }
+  });
+
   test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'removed-grid'), 1), metricsPort: 0, sampleEvery: 1 }, () => {});
     const run = coordinator.run();

@@ -20,6 +20,7 @@ export interface CoordinatorConfig {
   batchSize: number;
   seed: number;
   out: string;
+  /** Steps between sample grids; 0 = only the final grid. */
   sampleEvery: number;
   logEvery: number;
   /** The first step waits for this many workers (local mode: all of them). */

@@ -37,6 +37,11 @@ const EMPTY = new Float32Array(0);
 /** A socket that has not said hello within this time is closed. */
 const HELLO_TIMEOUT_MS = 10_000;
 
+/** Whether a `--*-every N` output falls at `step`; N = 0 means only the one at the end. */
+function due(step: number, every: number): boolean {
+  return every > 0 && step % every === 0;
+}
+
 export interface TrainingSummary {
   /** The step reached (a resumed run counts from the checkpoint's step). */
   steps: number;
@@ -234,9 +239,9 @@ export class Coordinator {
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
       this.clock.stepFinished(d.samples);
       this.recordStep(stats);
-      if (this.step % sampleEvery === 0) written.push(this.writeSamples());
-      if (checkpointEvery > 0 && this.step % checkpointEvery === 0) this.checkpoint();
-      if (this.config.evalEvery > 0 && this.step % this.config.evalEvery === 0) await this.evaluate();
+      if (due(this.step, sampleEvery)) written.push(this.writeSamples());
+      if (due(this.step, checkpointEvery)) this.checkpoint();
+      if (due(this.step, this.config.evalEvery)) await this.evaluate();
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
@@ -250,10 +255,10 @@ export class Coordinator {
     const { steps, sampleEvery, checkpointEvery } = this.config;
     const { seconds, pausedSeconds } = this.clock.elapsed();
     const ran = this.step - firstStep;
-    if (ran > 0 && this.step % sampleEvery !== 0) written.push(this.writeSamples());
+    if (ran > 0 && !due(this.step, sampleEvery)) written.push(this.writeSamples());
     // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-    if (ran > 0 && !(checkpointEvery > 0 && this.step % checkpointEvery === 0)) this.checkpoint();
-    if (ran > 0 && this.config.evalEvery > 0 && this.step % this.config.evalEvery !== 0) await this.evaluate();
+    if (ran > 0 && !due(this.step, checkpointEvery)) this.checkpoint();
+    if (ran > 0 && this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery)) await this.evaluate();
     this.state = 'finished';
     const generatorDir = runLayout(this.config.out).generator;
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
