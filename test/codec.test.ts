@@ -2,6 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
+import { recordExtensionBomb } from './helpers';
 import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
 const raw = new Packr({ useRecords: false });
@@ -128,6 +129,19 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xdc, 0xff, 0xff])), 'bad_frame');
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xc6, 0xff, 0xff, 0xff, 0xff, 0x00])), 'bad_frame');
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xdf, 0x7f, 0xff, 0xff, 0xff])), 'bad_frame');
+  });
+  test('extension types, which the protocol never sends and msgpackr acts on (a record once hid an allocation bomb from the shape check)', () => {
+    assertRejected(() => decodeWorkerMessage(recordExtensionBomb(50)), 'bad_frame');
+    assertRejected(() => decodeCoordinatorMessage(recordExtensionBomb(50)), 'bad_frame');
+    for (const ext of [[0xd4, 0x01, 0x00], [0xd5, 0x72, 0x20, 0x00], [0xd6, 0xff, 0, 0, 0, 0], [0xd7, 0xff, 0, 0, 0, 0, 0, 0, 0, 0], [0xd8, 0x01, ...Array(16).fill(0)], [0xc7, 0x01, 0x01, 0x00], [0xc8, 0x00, 0x01, 0x01, 0x00], [0xc9, 0x00, 0x00, 0x00, 0x01, 0x01, 0x00]]) {
+      // As a field's value in an otherwise good message, and as the whole frame.
+      const marked = raw.pack({ ...good, loss: 'EXT_HERE' });
+      const at = marked.indexOf(Buffer.from('\xa8EXT_HERE', 'latin1'));
+      assert.ok(at > 0);
+      const field = Buffer.concat([marked.subarray(0, at), Buffer.from(ext), marked.subarray(at + 9)]);
+      assert.throws(() => decodeWorkerMessage(field), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_frame' && /extension type/.test(e.message));
+      assert.throws(() => decodeWorkerMessage(Buffer.from(ext)), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_frame' && /extension type/.test(e.message));
+    }
   });
   test('nesting beyond any message, and bytes after the message', () => {
     const deep = Buffer.concat([Buffer.alloc(20, 0x91), Buffer.from([0xc0])]);

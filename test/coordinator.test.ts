@@ -17,7 +17,7 @@ import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, message } from '../src/protocol/messages';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
-import { metricValue } from './helpers';
+import { metricValue, recordExtensionBomb } from './helpers';
 
 const G_SIZE = 114064;
 const D_SIZE = 100609;
@@ -307,12 +307,16 @@ describe('coordinator disconnects bad peers', () => {
     fs.rmSync(out, { recursive: true, force: true });
   });
 
-  test('garbage before hello closes the socket at once', async () => {
-    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await peer.open();
-    peer.send(Buffer.from('not msgpack at all'));
-    assert.equal((await peer.next()).type, 'error');
-    assert.equal(await peer.closed, 1008);
+  test('garbage before hello closes the socket at once; a frame built to exhaust the heap is garbage too', async () => {
+    for (const garbage of [Buffer.from('not msgpack at all'), recordExtensionBomb(50)]) {
+      const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+      await peer.open();
+      peer.send(garbage);
+      const refused = await peer.next();
+      assert.ok(refused.type === 'error' && refused.code === 'PROTOCOL_BAD_FRAME', JSON.stringify(refused));
+      assert.equal(await peer.closed, 1008);
+    }
+    assert.equal((await joinedPeer(coordinator)).welcome.type, 'welcome', 'the coordinator still admits workers');
   });
 
   test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
@@ -365,7 +369,7 @@ describe('coordinator disconnects bad peers', () => {
     for (let i = 0; i < 3; i++) peer.send(Buffer.from([0x92, 0x01])); // an array cut short
     assert.equal(await peer.closed, 1008);
     const rejected = await coordinator.metrics.rejected.get();
-    assert.equal(rejected.values.find((v) => v.labels.reason === 'bad_frame')?.value, 4, JSON.stringify(rejected.values));
+    assert.equal(rejected.values.find((v) => v.labels.reason === 'bad_frame')?.value, 5, JSON.stringify(rejected.values));
   });
 });
 

@@ -24,3 +24,16 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
   }
   assert.ok(worst < 0, `${what} index ${worst}: ${actual[worst]} vs ${expected[worst]}`);
 }
+
+/**
+ * A frame of a few hundred bytes that killed the coordinator before the
+ * shape check refused extension types: msgpackr's record extension (0x72)
+ * makes it read on from inside a bin8 that a walk skipping extension bytes
+ * takes as opaque, and there `nesting` array32 headers each claim 16M
+ * elements, which msgpackr allocates before reading any.
+ */
+export function recordExtensionBomb(nesting: number): Buffer {
+  const hidden = [0x05];
+  for (let i = 0; i < nesting; i++) hidden.push(0xdd, 0x00, 0xff, 0xff, 0xff);
+  return Buffer.from([0x97, 0xd5, 0x72, 0x20, 0x00, 0x91, 0xa1, 0x61, 0x01, 0xd5, 0x72, 0x20, 0xc4, 0x90, 0x60, 0xc4, hidden.length, ...hidden]);
+}
