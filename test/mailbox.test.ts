@@ -25,6 +25,24 @@ test('a mailbox directory is private, in /dev/shm where there is one, and named 
   });
 });
 
+test('a mailbox whose nonce cannot be written (a full /dev/shm) leaves neither its file nor its descriptor', () => {
+  withDir((dir) => {
+    const descriptors = () => fs.readdirSync('/proc/self/fd').length;
+    const before = descriptors();
+    const write = fs.writeSync;
+    fs.writeSync = (() => {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    }) as typeof fs.writeSync;
+    try {
+      for (let i = 0; i < 20; i++) assert.throws(() => Outbox.create(path.join(dir, `w${i}`), mailboxNonce()), /ENOSPC/);
+    } finally {
+      fs.writeSync = write;
+    }
+    assert.equal(descriptors(), before);
+    assert.deepEqual(fs.readdirSync(dir), []);
+  });
+});
+
 test('a mailed frame arrives byte for byte, in fresh aligned memory, and decodes like one from the socket', () => {
   withDir((dir) => {
     const nonce = mailboxNonce();

@@ -69,10 +69,20 @@ export class Outbox {
     this.file = new Descriptor(fd);
   }
 
-  /** Creates `file` (which must not exist) holding `nonce`. */
+  /**
+   * Creates `file` (which must not exist) holding `nonce`. When that fails
+   * (a full /dev/shm), it leaves neither the file nor its descriptor behind:
+   * the coordinator tries once per joining worker, for the whole run.
+   */
   static create(file: string, nonce: string): Outbox {
     const fd = fs.openSync(file, 'wx', 0o600);
-    fs.writeSync(fd, nonce, 0, 'latin1');
+    try {
+      writeFully(fd, [Buffer.from(nonce, 'latin1')]);
+    } catch (e) {
+      new Descriptor(fd).close();
+      fs.rmSync(file, { force: true });
+      throw e;
+    }
     return new Outbox(file, fd);
   }
 
