@@ -114,13 +114,15 @@ test('a notice announcing more than the mailbox holds, nothing, or more than the
   });
 });
 
-test('a peer file is refused unless it is a regular file of this user holding the nonce', () => {
+test('a peer file is refused unless it is a regular file of this user holding the nonce, a whole one', () => {
   withDir((dir) => {
     const nonce = mailboxNonce();
     const open = (file: string, n = nonce) => Inbox.open(file, n, 'coordinator');
     const real = Outbox.create(path.join(dir, 'real'), nonce);
     assert.throws(() => Outbox.create(real.path, nonce), /EEXIST/, 'an outbox is always a new file');
     assert.throws(() => open(real.path, mailboxNonce()), /does not hold this connection's nonce/);
+    // A prefix of the file's nonce, or none, would match it: only a whole nonce proves anything.
+    for (const short of ['', nonce.slice(0, 10), nonce.trim()]) assert.throws(() => open(real.path, short), /not one ganfleet makes/);
     fs.symlinkSync(real.path, path.join(dir, 'link'));
     assert.throws(() => open(path.join(dir, 'link')), /ELOOP/, 'a link is not followed');
     fs.mkdirSync(path.join(dir, 'sub'));

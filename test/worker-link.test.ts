@@ -85,6 +85,42 @@ test("a welcome in another protocol version: the worker refuses it and exits 1",
   }
 });
 
+test('a welcome no coordinator sends (a batch of 0, a heartbeat of -5 s): the worker says which and exits 1 after one try', async () => {
+  for (const [bad, why] of [
+    [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0/],
+    [{ heartbeatSeconds: -5 }, /error WORKER_BAD_WELCOME: a heartbeat of -5 s/],
+  ] as const) {
+    const coordinator = await fakeCoordinator((ws) => ws.send(encode({ ...welcome(), ...bad })));
+    const worker = startWorker(coordinator.url, 'odd-welcome');
+    try {
+      assert.equal(await exitWithin(worker), 1, worker.log);
+      assert.match(worker.log, why);
+      assert.equal(coordinator.connections(), 1);
+    } finally {
+      worker.kill();
+      await coordinator.close();
+    }
+  }
+});
+
+test('after a protocol error the rest of what arrives on that connection is ignored: one error, and no step computed for weights that follow', async () => {
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(welcome(60)));
+    ws.send(Buffer.from([0xc1]));
+    ws.send(Buffer.from([0xc1]));
+    ws.send(encode(message<Weights>({ type: 'weights', step: 0, phase: 'discriminator' })));
+  });
+  const worker = startWorker(coordinator.url, 'one-error');
+  try {
+    await worker.waitFor(/connection lost \(.*\); reconnecting in/, 20_000);
+    const first = worker.log.slice(0, worker.log.indexOf('connection lost'));
+    assert.equal((first.match(/error [A-Z_]+:/g) ?? []).length, 1, worker.log);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
 test('a worker that fails on every connection the same way backs off, instead of rejoining several times a second', async () => {
   // Welcomed, then asked for gradients without a shard: the worker fails each time, having answered nothing.
   const coordinator = await fakeCoordinator((ws) => {

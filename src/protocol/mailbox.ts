@@ -117,6 +117,7 @@ export class Inbox {
    */
   static open(file: string, nonce: string, from: MailboxRole): Inbox {
     checkPeerPath(file, from);
+    if (!NONCE.test(nonce)) throw new Error('the nonce offered is not one ganfleet makes');
     // O_NOFOLLOW: the last part must be the file itself, not a link elsewhere; O_NONBLOCK: a FIFO
     // named here fails the regular-file check below instead of blocking the open.
     const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK | fs.constants.O_NOCTTY);
@@ -177,6 +178,9 @@ export class Inbox {
 export function mailboxNonce(): string {
   return `ganfleet-mailbox-${crypto.randomBytes(16).toString('hex')}\n`;
 }
+
+/** What mailboxNonce makes: a peer's shorter "nonce" (an empty one matches every file) proves nothing. */
+const NONCE = /^ganfleet-mailbox-[0-9a-f]{32}\n$/;
 
 export type MailboxRole = 'coordinator' | 'worker';
 

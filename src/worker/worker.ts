@@ -226,6 +226,10 @@ function connectOnce(
               true,
             );
           }
+          // Values a coordinator of this build never sends: a batch of none, and a heartbeat that would make
+          // the silence watchdog drop every connection at once (≤ 0) or never (not finite).
+          if (msg.batchSize < 1) return fail('WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize}`, true);
+          if (!(msg.heartbeatSeconds > 0 && Number.isFinite(msg.heartbeatSeconds))) return fail('WORKER_BAD_WELCOME', `a heartbeat of ${msg.heartbeatSeconds} s`, true);
           const dtype = msg.wireDtype ?? 'float32';
           if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return fail('WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`, true);
           wireDtype = dtype as WireDtype;
@@ -341,6 +345,9 @@ function connectOnce(
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       heard();
+      // Decided (failed, stopped, leaving): ws still delivers what arrives while the socket closes, and
+      // a step computed for it would go nowhere.
+      if (outcome) return;
       try {
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frame');
         handle(decodeCoordinatorMessage(data));
