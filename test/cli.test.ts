@@ -191,7 +191,7 @@ test('local --resume on a finished run starts no workers: they would only retry 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
-test('a coordinator stopped before its first step writes no outputs: its generator would be the untrained draw', async () => {
+test('a coordinator stopped before its first step writes no outputs (its generator would be the untrained draw); a second one on its --out, and an --out under a file, are refused at start', async () => {
   const out = path.join(tempDir('never-trained'), 'run');
   const child = spawn(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
@@ -204,11 +204,21 @@ test('a coordinator stopped before its first step writes no outputs: its generat
     child.stderr.on('data', onData);
   });
   await waiting;
+  // A second coordinator on the same --out (two runs started in the same second share the default) is refused.
+  const second = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(second.status, 1, second.stderr);
+  assert.match(second.stderr, new RegExp(`--out ${out} is in use by another coordinator \\(pid ${child.pid} on .*\\): stop that run, or choose another --out \\[OUT_IN_USE\\]`));
   child.kill('SIGTERM');
   const code = await new Promise((r) => child.on('exit', r));
   assert.equal(code, 0, log);
   assert.match(log, /SIGTERM received before the first step: no outputs written/);
   assert.ok(!fs.existsSync(out), `${out} was created`);
+  // An --out that cannot be a directory is refused before anything is trained, not at the first write.
+  fs.writeFileSync(out, 'a file');
+  const underFile = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--out', path.join(out, 'run'), '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(underFile.status, 1, underFile.stderr);
+  assert.match(underFile.stderr, /--out .*run cannot hold the run's outputs: ENOTDIR.* \[OUT_UNUSABLE\]/);
+  assert.doesNotMatch(underFile.stdout + underFile.stderr, /started \d+ worker/);
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 

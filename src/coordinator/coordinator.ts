@@ -16,6 +16,7 @@ import { writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
+import { OutputClaim } from './output-claim';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
 import { History } from './history';
@@ -135,6 +136,9 @@ export class Coordinator {
   private sampleFiles: string[] = [];
   private readonly evaluations: Evaluation[] = [];
   private readonly clock = new RunClock();
+  private claim: OutputClaim | null = null;
+  /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
+  private outputsForfeited: string | null = null;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -176,19 +180,28 @@ export class Coordinator {
 
   /** Loads the data (and a checkpoint with --resume), selects a backend and binds both ports. */
   static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator')): Promise<Coordinator> {
-    prepareOutputs(config, log);
     const c = new Coordinator(config, log);
-    const backend = await selectBackend(config.backend);
-    log(`backend ${backend.name} (${backend.notes.join('; ')})`);
-    c.train = loadMnist('train', config.dataDir);
-    c.trainingSet = imagesFingerprint(c.train);
-    c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
-    if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
-      log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}): training waits for them`);
+    c.claim = await OutputClaim.take(config.out, log, (why) => {
+      c.outputsForfeited = why;
+      c.requestStop(`${why}; this run stops without writing there`, true);
+    });
+    try {
+      prepareOutputs(config, log);
+      const backend = await selectBackend(config.backend);
+      log(`backend ${backend.name} (${backend.notes.join('; ')})`);
+      c.train = loadMnist('train', config.dataDir);
+      c.trainingSet = imagesFingerprint(c.train);
+      c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
+      if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
+        log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}): training waits for them`);
+      }
+      c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
+      if (config.resume) c.resume();
+      await c.listen();
+    } catch (e) {
+      c.claim.release();
+      throw e;
     }
-    c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
-    if (config.resume) c.resume();
-    await c.listen();
     return c;
   }
 
@@ -239,9 +252,11 @@ export class Coordinator {
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
       this.clock.stepFinished(d.samples);
       this.recordStep(stats);
-      if (due(this.step, sampleEvery)) written.push(this.writeSamples());
-      if (due(this.step, checkpointEvery)) this.checkpoint();
-      if (due(this.step, this.config.evalEvery)) await this.evaluate();
+      if (!this.outputsForfeited) {
+        if (due(this.step, sampleEvery)) written.push(this.writeSamples());
+        if (due(this.step, checkpointEvery)) this.checkpoint();
+        if (due(this.step, this.config.evalEvery)) await this.evaluate();
+      }
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
@@ -255,10 +270,13 @@ export class Coordinator {
     const { steps, sampleEvery, checkpointEvery } = this.config;
     const { seconds, pausedSeconds } = this.clock.elapsed();
     const ran = this.step - firstStep;
-    if (ran > 0 && !due(this.step, sampleEvery)) written.push(this.writeSamples());
-    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-    if (ran > 0 && !due(this.step, checkpointEvery)) this.checkpoint();
-    if (ran > 0 && this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery)) await this.evaluate();
+    const forfeited = this.outputsForfeited;
+    if (ran > 0 && !forfeited) {
+      if (!due(this.step, sampleEvery)) written.push(this.writeSamples());
+      // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
+      if (!due(this.step, checkpointEvery)) this.checkpoint();
+      if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery)) await this.evaluate();
+    }
     this.state = 'finished';
     const generatorDir = runLayout(this.config.out).generator;
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
@@ -267,7 +285,7 @@ export class Coordinator {
     const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
-    if (!keepOutputs && !untrained) exportGenerator(this.model, this.params.generator, generatorDir);
+    if (!keepOutputs && !untrained && !forfeited) exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
     this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
@@ -290,6 +308,10 @@ export class Coordinator {
       evaluations: this.evaluations,
       stopReason,
     };
+    if (forfeited) {
+      this.log(`${forfeited}: no outputs written after step ${this.step}`);
+      return summary;
+    }
     if (untrained) {
       this.log(`${stopReason} before the first step: no outputs written`);
       return summary;
@@ -317,6 +339,8 @@ export class Coordinator {
       await new Promise<void>((r) => this.metricsServer!.close(() => r()));
     }
     this.workers.closeMailboxes();
+    this.claim?.release();
+    this.claim = null;
   }
 
   private async listen(): Promise<void> {
