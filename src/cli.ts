@@ -12,7 +12,7 @@ import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
 import { runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
-import { MAX_STRING_LENGTH } from './protocol/codec';
+import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';

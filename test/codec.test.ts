@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
 import { recordExtensionBomb } from './helpers';
-import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STRING_LENGTH, errorMessage, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
 const raw = new Packr({ useRecords: false });
 
@@ -18,6 +18,16 @@ function assertRejected(fn: () => unknown, reason: string): void {
 }
 
 describe('codec round trip', () => {
+  test('an error whose text is longer than the peer accepts is cut to fit, not refused there with its reason lost', () => {
+    const long = errorMessage('WORKER_MODEL_UNKNOWN', `unknown model "${'x'.repeat(3000)}"`);
+    for (const decode of [decodeWorkerMessage, decodeCoordinatorMessage]) {
+      const back = decode(encode(long));
+      assert.ok(back.type === 'error' && back.code === 'WORKER_MODEL_UNKNOWN');
+      assert.equal(back.message.length, MAX_STRING_LENGTH);
+      assert.ok(back.message.startsWith('unknown model "xxx') && back.message.endsWith('…'));
+    }
+    assert.equal(errorMessage('CODE', 'short').message, 'short');
+  });
   test('weights: float arrays come back bit for bit, as raw bytes on the wire', () => {
     const generator = floats(114064, 1);
     const discriminator = floats(100609, 2);

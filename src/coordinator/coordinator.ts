@@ -9,7 +9,7 @@ import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { ErrorMessage, Gradients, Phase, Weights, WorkerMessage, message } from '../protocol/messages';
+import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message } from '../protocol/messages';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { writeFileAtomic } from '../util/write';
@@ -614,7 +614,7 @@ export class Coordinator {
   private reject(socket: WebSocket, peer: WorkerPeer | null, reason: RejectReason, text: string, offence = true): void {
     this.metrics.reject(reason);
     this.log(`rejected a message from ${peer?.id ?? 'an unidentified peer'} (${reason}): ${text}`);
-    const error = encode(message<ErrorMessage>({ type: 'error', code: `PROTOCOL_${reason.toUpperCase()}`, message: text }));
+    const error = encode(errorMessage(`PROTOCOL_${reason.toUpperCase()}`, text));
     // A peer's own send keeps the error out of the middle of a fragmented shard.
     if (peer) peer.send(error);
     else if (socket.readyState === WebSocket.OPEN) socket.send(error);

@@ -3,7 +3,7 @@ import WebSocket from 'ws';
 import { ShardSlot, gatherImages, planShards } from '../data/shards';
 import { RejectReason, encode } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, message } from '../protocol/messages';
+import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
 import { emitted } from '../util/events';
@@ -107,7 +107,7 @@ export class WorkerGroup {
           ? `the training set's ${this.capacity} images give at most ${this.capacity} workers a shard`
           : `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
       log(`refused ${address} (${label}): ${why}`);
-      socket.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_FULL', message: why })));
+      socket.send(encode(errorMessage('COORDINATOR_FULL', why)));
       socket.close(1013, 'full');
       return null;
     }

@@ -3,7 +3,7 @@ import { nativeAddon } from '../util/native';
 import { ProtocolError, REJECT_REASONS, RejectReason } from './codec-error';
 import { checkFrameShape } from './shape';
 import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats, wireDtypeBytes } from './wire-dtype';
-import { CoordinatorMessage, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
+import { CoordinatorMessage, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, MAX_STRING_LENGTH, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
 export { ProtocolError, REJECT_REASONS, RejectReason };
 
@@ -83,8 +83,6 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   return new EncodedFrame(parts);
 }
 
-/** The longest string field either side accepts (names, paths, reasons). */
-export const MAX_STRING_LENGTH = 1024;
 
 type FieldKind = 'string' | 'count' | 'uint32' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */

@@ -171,3 +171,15 @@ export type Message = CoordinatorMessage | WorkerMessage;
 export function message<M extends Message>(body: Omit<M, 'v'>): M {
   return { v: PROTOCOL_VERSION, ...body } as M;
 }
+
+/** The longest string field either side accepts (names, paths, reasons). */
+export const MAX_STRING_LENGTH = 1024;
+
+/**
+ * An error for the peer, its text cut to what the peer accepts: a longer one
+ * would be refused there as a bad field, and the reason it carried lost.
+ */
+export function errorMessage(code: string, text: string): ErrorMessage {
+  const cut = (s: string) => (s.length > MAX_STRING_LENGTH ? `${s.slice(0, MAX_STRING_LENGTH - 1)}…` : s);
+  return message<ErrorMessage>({ type: 'error', code: cut(code), message: cut(text) });
+}

@@ -7,7 +7,7 @@ import { BackendChoice, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { CoordinatorMessage, ErrorMessage, Gradients, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, message } from '../protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
@@ -206,7 +206,7 @@ function connectOnce(
     const fail = (code: string, text: string, fatal = false) => {
       log(`error ${code}: ${text}`);
       end(fatal ? { kind: 'fatal', reason: text } : lost(text));
-      if (ws.readyState === WebSocket.OPEN) ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
+      if (ws.readyState === WebSocket.OPEN) ws.send(encode(errorMessage(code, text)));
       closeWithin(1002);
     };
 
