@@ -242,6 +242,37 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a round asked again while its mailed request may be unread goes over the socket: the file under that notice is not rewritten', async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const coordinator = await Coordinator.start(config(out, 3), () => {});
+  const run = coordinator.run();
+  const dir = makeMailboxDir('worker');
+  const { peer, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
+  // Rounds answered until one comes by mail (the first may come over the socket, before the confirmation).
+  let notice: Mail | null = null;
+  while (!notice) {
+    const m = await peer.next();
+    if (m.type === 'mail') notice = m;
+    else if (m.type === 'weights') peer.gradients(m.step, m.phase, new Float32Array(m.phase === 'generator' ? G_SIZE : D_SIZE), undefined);
+  }
+  // Before reading it, an offence: the peer loses its answer, the round has none and is asked again.
+  peer.send(Buffer.from([0xc1]));
+  let again: CoordinatorMessage;
+  do again = await peer.next();
+  while (again.type === 'error');
+  assert.equal(again.type, 'weights', JSON.stringify(again.type));
+  const unread = decodeCoordinatorMessage(Buffer.from(inbox.collect(notice.bytes, 1 << 20)));
+  assert.ok(unread.type === 'weights' && again.type === 'weights' && unread.step === again.step && unread.phase === again.phase, 'the first notice still reads its own frame');
+  coordinator.requestStop('test over');
+  peer.ws.close();
+  await run;
+  await coordinator.close();
+  inbox.close();
+  outbox.close();
+  removeMailboxDir(dir);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test("a peer's second mail in an open round cannot change the gradients already accepted from it", async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
   const coordinator = await Coordinator.start({ ...config(out, 3), startWorkers: 2 }, () => {});

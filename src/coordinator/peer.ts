@@ -195,9 +195,14 @@ export class WorkerPeer {
     }
   }
 
-  /** Like send, but through the mailbox, with a notice on the socket, once both ends have confirmed it. */
+  /**
+   * Like send, but through the mailbox, with a notice on the socket, once
+   * both ends have confirmed it. Not while a request is unanswered (a round
+   * asked again after the peer lost its answer to an offence): its notice may
+   * still be unread, and rewriting the file would tear the frame it announces.
+   */
   deliver(frame: EncodedFrame, written?: () => void): boolean {
-    if (!this.mailbox?.inbox) return this.send(frame.whole, written);
+    if (!this.mailbox?.inbox || this.asked.length > 0) return this.send(frame.whole, written);
     if (!this.open) return false;
     try {
       this.mailbox.outbox.post(frame);
