@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,6 +26,15 @@ const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
 
 function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
+}
+
+function holdsCertificate(file: string): boolean {
+  try {
+    new crypto.X509Certificate(fs.readFileSync(file));
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function integerAtLeast(name: string, v: unknown, min = 1): void {
@@ -298,6 +308,7 @@ export function buildCli(argv: string[]) {
               if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
               return true;
             }),
+              if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
           argv,
         ),
       async (a) => {

@@ -77,7 +77,7 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   assert.deepEqual(loggedSteps(coord.log), range(steps));
 });
 
-test('token: a wrong or missing token is refused with HTTP 401 and the worker exits 1 at once; the right one trains', { timeout: 60_000 }, async (t) => {
+test('token: a wrong or missing token is refused with HTTP 401 and the worker exits 1 at once; the right one trains; wss:// to it, and a key as --ca, are named', { timeout: 60_000 }, async (t) => {
   const secret = 'tls-test-secret-0123456789';
   const out = path.join(dir, 'run-token');
   const steps = 10;
@@ -89,7 +89,15 @@ test('token: a wrong or missing token is refused with HTTP 401 and the worker ex
   const started = Date.now();
   const wrong = startWorker(url, 'wrong-token', ['--token', 'not-the-secret'], CLEAN_ENV);
   const missing = startWorker(url, 'no-token', [], CLEAN_ENV);
-  procs.push(wrong, missing);
+  // TLS to a coordinator without it: OpenSSL's "wrong version number", said in words.
+  const tlsToPlain = startWorker(url.replace(/^ws:/, 'wss:'), 'tls-to-plain', ['--give-up-after', '2'], CLEAN_ENV);
+  // A key where the certificate belongs is a usage error, not a retry loop on "self-signed certificate".
+  const keyAsCa = startWorker(url.replace(/^ws:/, 'wss:'), 'key-as-ca', ['--ca', key], CLEAN_ENV);
+  procs.push(wrong, missing, tlsToPlain, keyAsCa);
+  assert.equal(await within(keyAsCa.exited, 20_000), 2, keyAsCa.log);
+  assert.match(keyAsCa.log, /--ca \S+key\.pem holds no PEM certificate \(a private key, say\)/);
+  assert.equal(await within(tlsToPlain.exited, 20_000), 1, tlsToPlain.log);
+  assert.match(tlsToPlain.log, /connection lost \(TLS handshake failed, the server answered in plain text: if the coordinator has no --tls-cert, its URL starts with ws:\/\/\)/);
   const [wrongCode, missingCode] = await Promise.all([within(wrong.exited, 20_000), within(missing.exited, 20_000)]);
   const seconds = (Date.now() - started) / 1000;
   t.diagnostic(`both refused workers exited after ${seconds.toFixed(1)} s (including start-up)`);

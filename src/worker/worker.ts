@@ -63,6 +63,8 @@ function withHint(e: Error & { code?: string }, url: string): string {
   if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: if the coordinator uses TLS (--tls-cert), its URL starts with wss://`;
   return e.message;
 }
+  // OpenSSL's text for a server that answered the handshake in plain text.
+  if (url.startsWith('wss://') && /wrong version number/.test(e.message)) return `TLS handshake failed, the server answered in plain text: if the coordinator has no --tls-cert, its URL starts with ws://`;
 
 /** How one connection ended, which decides whether to reconnect. */
 type Outcome =
