@@ -31,6 +31,11 @@ export function generateProblem(out: string, count: number): string | null {
   const ext = path.extname(out).toLowerCase();
   if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) return `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
   if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${count}; draw more with further calls and other --seed values`;
+  // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
+  let at = path.resolve(out);
+  if (fs.existsSync(at) && fs.statSync(at).isDirectory()) return `--out ${out} is a directory; name the file to write`;
+  while (!fs.existsSync(at)) at = path.dirname(at);
+  if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
   return null;
 }
 

@@ -170,7 +170,7 @@ test('a value flag with no value, an empty --out, and a value that is not a numb
   fs.rmSync(cwd, { recursive: true, force: true });
 });
 
-test('generate refuses an unknown format or a --count it could not hold as usage errors (exit 2), before reading the checkpoint', () => {
+test('generate refuses an unknown format, a --count it could not hold, and an --out it could not write as usage errors (exit 2), before reading the checkpoint', () => {
   const cli = (args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', ...args], { encoding: 'utf8', timeout: 30_000 });
   const format = cli(['--out', 'samples.jpg']);
   assert.equal(format.status, 2);
@@ -178,6 +178,16 @@ test('generate refuses an unknown format or a --count it could not hold as usage
   const count = cli(['--out', 'samples.npy', '--count', '100000000']);
   assert.equal(count.status, 2);
   assert.match(count.stderr, /--count must be at most 200000, got 100000000/);
+  const dir = tempDir('generate-out');
+  fs.writeFileSync(path.join(dir, 'afile'), 'x');
+  const underFile = cli(['--out', path.join(dir, 'afile', 'x.png')]);
+  assert.equal(underFile.status, 2);
+  assert.match(underFile.stderr, /--out \S+x\.png cannot be written: \S+afile is a file, not a directory/);
+  fs.mkdirSync(path.join(dir, 'd.png'));
+  const directory = cli(['--out', path.join(dir, 'd.png')]);
+  assert.equal(directory.status, 2);
+  assert.match(directory.stderr, /--out \S+d\.png is a directory; name the file to write/);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('local --resume on a finished run starts no workers: they would only retry a closed port until killed', () => {
