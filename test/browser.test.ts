@@ -54,6 +54,7 @@ test('the status page shows a decoded sample grid, loss curves and the workers d
     assert.equal(r[5], '30000');
   }
   assert.equal(await page.textContent('#state'), 'training');
+  assert.equal(await page.textContent('#run'), 'mlp · bce · batch 128 a worker · Adam 0.001, 0.9, 0.999 · seed 1');
   assert.ok(Number(await page.textContent('#rate')) > 0, 'throughput shown');
   assert.match((await page.textContent('#eta')) ?? '', /^\d+m\d{2}s$/);
 

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
-import { writeCheckpoint } from '../src/coordinator/checkpoint';
+import { Checkpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { WorkerGroup } from '../src/coordinator/membership';
@@ -404,6 +404,17 @@ describe('coordinator disconnects bad peers', () => {
   });
 });
 
+/** A checkpoint at `step` of a fresh MLP in `dir`/checkpoints, as a run that stopped there leaves it. */
+function plantCheckpoint(dir: string, step: number, more: Partial<Checkpoint> = {}): void {
+  const p = createModel('mlp').init(new Rng(1));
+  const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
+  writeCheckpoint(path.join(dir, 'checkpoints'), {
+    step, imagesTotal: step * 128, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 1, shards: [],
+    generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
+    ...more,
+  }, 2);
+}
+
 /** A scripted peer joins and answers both rounds of `step`, with zero gradients. */
 async function answerOneStep(coordinator: Coordinator, step: number): Promise<void> {
   const { peer } = await joinedPeer(coordinator);
@@ -743,6 +754,26 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
+  test('a resumed run lists the grids from before its checkpoint with its own, in summary.json and on the status page', async () => {
+    const dir = path.join(out, 'resumed-grids');
+    plantCheckpoint(dir, 2);
+    // Grids of steps 1 and 2, and one of step 3 that a killed run wrote after its checkpoint: the resumed run writes its own.
+    fs.mkdirSync(path.join(dir, 'samples'), { recursive: true });
+    for (const step of [1, 2, 3]) fs.writeFileSync(path.join(dir, 'samples', `step-00000${step}.png`), 'grid');
+    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, sampleEvery: 1, metricsPort: 0 }, () => {});
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 2);
+    const summary = await run;
+    const grids = ['step-000001.png', 'step-000002.png', 'step-000003.png'];
+    assert.deepEqual(summary.samples.map((f) => path.basename(f)), grids);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).samples.map((f: string) => path.basename(f)), grids);
+    const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();
+    assert.deepEqual(status.samples, grids);
+    assert.deepEqual(status.run, { model: 'mlp', loss: 'bce', batchSize: 128, lr: 0.001, beta1: 0.9, beta2: 0.999, seed: 1, wireDtype: 'float32' });
+    assert.notEqual(fs.readFileSync(path.join(dir, 'samples', 'step-000003.png'), 'utf8'), 'grid', 'step 3 drawn anew');
+    await coordinator.close();
+  });
+
   test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'removed-grid'), 1), metricsPort: 0, sampleEvery: 1 }, () => {});
     const run = coordinator.run();
@@ -758,13 +789,7 @@ describe('coordinator edge cases found by review', () => {
 
   test("metrics: counters count this process's work from 0, gauges give the run's step, its target and its newest checkpoint; every rejection reason has a series from the start", async () => {
     const dir = path.join(out, 'resumed-metrics');
-    const model = createModel('mlp');
-    const p = model.init(new Rng(1));
-    const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
-    writeCheckpoint(path.join(dir, 'checkpoints'), {
-      step: 7, imagesTotal: 7 * 128, config: { arch: 'mlp' }, seedRng: new Rng(2).state(), nextWorker: 1, shards: [],
-      generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
-    }, 2);
+    plantCheckpoint(dir, 7);
     // Written in 1970, as far as the file system knows.
     fs.utimesSync(path.join(dir, 'checkpoints', 'ckpt-000000007.bin'), 0, 0);
     const coordinator = await Coordinator.start({ ...config(dir, 8), resume: true }, () => {});
@@ -794,15 +819,12 @@ describe('coordinator edge cases found by review', () => {
   test('a resumed coordinator hands the checkpoint slots, images and seed, to the first workers to join; a worker beyond them gets the images left and a new seed', { timeout: 60_000 }, async () => {
     const dir = path.join(out, 'restored-slots');
     const train = loadMnist('train');
-    const p = createModel('mlp').init(new Rng(1));
-    const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
     const even = Uint32Array.from({ length: 30000 }, (_, i) => 2 * i);
     const odd = Uint32Array.from({ length: 30000 }, (_, i) => 2 * i + 1);
-    writeCheckpoint(path.join(dir, 'checkpoints'), {
-      step: 7, imagesTotal: 7 * 256, config: { ...config(dir, 8), trainingSet: imagesFingerprint(train) }, seedRng: new Rng(2).state(), nextWorker: 3,
+    plantCheckpoint(dir, 7, {
+      imagesTotal: 7 * 256, config: { ...config(dir, 8), trainingSet: imagesFingerprint(train) }, nextWorker: 3,
       shards: [{ indices: even, seed: 111 }, { indices: odd, seed: 222 }],
-      generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length),
-    }, 2);
+    });
     const lines: string[] = [];
     const coordinator = await Coordinator.start({ ...config(dir, 8), resume: true, startWorkers: 3 }, (l) => lines.push(l));
     assert.ok(!lines.some((l) => /warning/.test(l)), lines.join('\n'));

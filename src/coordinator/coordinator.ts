@@ -27,7 +27,7 @@ import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, implausibleGradients, roundIndex, weightedStats } from './round';
-import { SampleWriter } from './samples';
+import { SampleWriter, gridsUpTo } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality } from '../eval/quality';
@@ -76,6 +76,8 @@ export interface CoordinatorStatus {
   step: number;
   steps: number;
   resumedFrom: number | null;
+  /** The settings that decide what is trained. */
+  run: { model: string; loss: string; batchSize: number; lr: number; beta1: number; beta2: number; seed: number; wireDtype: string };
   /** Of recent steps; 0 unless training (waiting, paused, finished). */
   imagesPerSecond: number;
   etaSeconds: number | null;
@@ -231,7 +233,6 @@ export class Coordinator {
 
   async run(): Promise<TrainingSummary> {
     const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
-    const written: string[] = [];
     const firstStep = this.step;
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
@@ -253,7 +254,7 @@ export class Coordinator {
       this.clock.stepFinished(d.samples);
       this.recordStep(stats);
       if (!this.outputsForfeited) {
-        if (due(this.step, sampleEvery)) written.push(this.writeSamples());
+        if (due(this.step, sampleEvery)) this.writeSamples();
         if (due(this.step, checkpointEvery)) this.checkpoint();
         if (due(this.step, this.config.evalEvery)) await this.evaluate();
       }
@@ -262,17 +263,17 @@ export class Coordinator {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
       }
     }
-    return this.finish(firstStep, written);
+    return this.finish(firstStep);
   }
 
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
-  private async finish(firstStep: number, written: string[]): Promise<TrainingSummary> {
+  private async finish(firstStep: number): Promise<TrainingSummary> {
     const { steps, sampleEvery, checkpointEvery } = this.config;
     const { seconds, pausedSeconds } = this.clock.elapsed();
     const ran = this.step - firstStep;
     const forfeited = this.outputsForfeited;
     if (ran > 0 && !forfeited) {
-      if (!due(this.step, sampleEvery)) written.push(this.writeSamples());
+      if (!due(this.step, sampleEvery)) this.writeSamples();
       // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
       if (!due(this.step, checkpointEvery)) this.checkpoint();
       if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery)) await this.evaluate();
@@ -302,7 +303,7 @@ export class Coordinator {
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
       last: this.last,
-      samples: written,
+      samples: this.sampleFiles.map((name) => path.join(this.samples.dir, name)),
       generator: generatorDir,
       checkpoint: this.lastCheckpoint,
       evaluations: this.evaluations,
@@ -628,10 +629,8 @@ export class Coordinator {
     }
   }
 
-  private writeSamples(): string {
-    const file = this.samples.write(this.step, this.params.generator);
-    this.sampleFiles.push(path.basename(file));
-    return file;
+  private writeSamples(): void {
+    this.sampleFiles.push(path.basename(this.samples.write(this.step, this.params.generator)));
   }
 
   /** From this run's average pace, so evaluations and checkpoints are in it; null before the first step. */
@@ -645,6 +644,16 @@ export class Coordinator {
       step: this.step,
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
+      run: {
+        model: this.config.arch,
+        loss: this.config.loss,
+        batchSize: this.config.batchSize,
+        lr: this.config.adam.learningRate,
+        beta1: this.config.adam.beta1,
+        beta2: this.config.adam.beta2,
+        seed: this.config.seed,
+        wireDtype: this.config.wireDtype,
+      },
       // Paused or waiting, nothing is trained: the last step's rate would show a stall as healthy.
       imagesPerSecond: this.state === 'training' && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
@@ -772,6 +781,8 @@ export class Coordinator {
     // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
+    // The grids before the checkpoint are this run's history too, for the status page and summary.json.
+    this.sampleFiles = gridsUpTo(this.samples.dir, c.step);
     const now = checkpointConfig(this.config, this.trainingSet);
     for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
     const shards = shardsToResume(c, now);

@@ -10,6 +10,16 @@ const GRID = 5;
 
 export const SAMPLE_FILE = /^step-\d{6,}\.png$/;
 
+/** The grids in `dir` of steps up to `step`, oldest first: a resumed run's history before its checkpoint. */
+export function gridsUpTo(dir: string, step: number): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const stepOf = (name: string) => Number(name.slice(5, -4));
+  return fs
+    .readdirSync(dir)
+    .filter((name) => SAMPLE_FILE.test(name) && stepOf(name) <= step)
+    .sort((a, b) => stepOf(a) - stepOf(b));
+}
+
 /**
  * Writes 5×5 sample grids from one fixed noise batch, so grids from
  * different steps (and resumed runs) show the same 25 latent points.

@@ -32,6 +32,7 @@ export const STATUS_PAGE = `<!doctype html>
 <header>
   <h1>ganfleet</h1>
   <div class="kv">state <b id="state" class="state">…</b></div>
+  <div class="kv">run <b id="run">…</b></div>
   <div class="kv">step <b id="step">…</b></div>
   <div class="kv">images/s <b id="rate">…</b></div>
   <div class="kv">ETA <b id="eta">…</b></div>
@@ -100,6 +101,8 @@ async function refresh() {
     const [st, hi] = await Promise.all([fetch('api/status').then((r) => r.json()), fetch('api/history').then((r) => r.json())]);
     $('state').textContent = st.state; $('state').className = 'state ' + st.state;
     $('step').textContent = st.step + ' / ' + st.steps;
+    const r = st.run;
+    $('run').textContent = r.model + ' · ' + r.loss + ' · batch ' + r.batchSize + ' a worker · Adam ' + r.lr + ', ' + r.beta1 + ', ' + r.beta2 + ' · seed ' + r.seed + (r.wireDtype === 'float32' ? '' : ' · ' + r.wireDtype);
     $('rate').textContent = Math.round(st.imagesPerSecond);
     $('eta').textContent = fmtTime(st.etaSeconds);
     $('nworkers').textContent = st.workers.length;
