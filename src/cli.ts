@@ -295,6 +295,7 @@ export function buildCli(argv: string[]) {
             .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
             .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
             .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
+            .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round); 0 = none' })
             .option('rejoin-after-stop', {
               type: 'boolean',
               default: false,
@@ -304,11 +305,12 @@ export function buildCli(argv: string[]) {
               checkPort('metrics-port', a['metrics-port'], true);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
               if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
+              if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
               if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
               if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
+              if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
               return true;
             }),
-              if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
           argv,
         ),
       async (a) => {
@@ -329,6 +331,7 @@ export function buildCli(argv: string[]) {
             metricsHost: a['metrics-host'],
             mailbox: a.mailbox,
             rejoinAfterStop: a['rejoin-after-stop'],
+            progressEverySeconds: a['progress-every'],
           },
           log,
         );

@@ -52,7 +52,8 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   const startWorker = (i: number) => {
     const childEnv = { ...env };
     if (opts.gpus.length > 0) childEnv.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];
-    const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`];
+    // The coordinator's progress lines speak for its workers here.
+    const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`, '--progress-every', '0'];
     if (!opts.workerNative) args.push('--no-native');
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);

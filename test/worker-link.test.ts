@@ -6,7 +6,9 @@ import { WebSocketServer, WebSocket } from 'ws';
 import { createModel } from '../src/model';
 import { decodeWorkerMessage, encode } from '../src/protocol/codec';
 import { ErrorMessage, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
-import { GanfleetProcess, sleep, startWorker } from './harness';
+import fs from 'node:fs';
+import path from 'node:path';
+import { GanfleetProcess, sleep, startCoordinator, startWorker, tempDir } from './harness';
 
 /**
  * A stand-in coordinator: a real WebSocket server in this process that plays
@@ -51,13 +53,10 @@ function welcome(heartbeatSeconds = 5): Welcome {
   });
 }
 
-/** A coordinator that answers every hello with `code`: the worker must exit 1 after one connection, saying `why`. */
-async function assertRefusedOnce(code: string, text: string, why: RegExp): Promise<void> {
-  const coordinator = await fakeCoordinator((ws) => {
-    ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
-    ws.close(1008);
-  });
-  const worker = startWorker(coordinator.url, 'refused');
+/** A coordinator that plays `script` on every hello: the worker must exit 1 after one connection, saying `why`. */
+async function assertGivesUpAfterOneTry(script: (ws: WebSocket) => void, why: RegExp): Promise<void> {
+  const coordinator = await fakeCoordinator(script);
+  const worker = startWorker(coordinator.url, 'given-up');
   try {
     assert.equal(await exitWithin(worker), 1, worker.log);
     assert.match(worker.log, why);
@@ -68,20 +67,38 @@ async function assertRefusedOnce(code: string, text: string, why: RegExp): Promi
   }
 }
 
+/** A coordinator that answers every hello with `code`. */
+async function assertRefusedOnce(code: string, text: string, why: RegExp): Promise<void> {
+  await assertGivesUpAfterOneTry((ws) => {
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code, message: text })));
+    ws.close(1008);
+  }, why);
+}
+
 test('a coordinator of another protocol version: the worker exits 1 after one try, instead of retrying for ever', async () => {
   await assertRefusedOnce('PROTOCOL_BAD_VERSION', 'protocol version 2 is not 1', /giving up: the coordinator speaks another protocol version/);
 });
 
 test("a welcome in another protocol version: the worker refuses it and exits 1", async () => {
-  const coordinator = await fakeCoordinator((ws) => ws.send(encode({ ...welcome(), v: 99 } as unknown as Welcome)));
-  const worker = startWorker(coordinator.url, 'new-build');
+  await assertGivesUpAfterOneTry((ws) => ws.send(encode({ ...welcome(), v: 99 } as unknown as Welcome)), /protocol version 99 is not/);
+});
+
+test('a worker says every --progress-every seconds how far training is and what a round costs it', async () => {
+  const out = path.join(tempDir('progress'), 'run');
+  const { proc: coordinator, url } = await startCoordinator(['--min-workers', '1', '--steps', '400', '--sample-every', '0', '--checkpoint-every', '0', '--log-every', '400', '--out', out]);
+  const worker = startWorker(url, 'progress', ['--progress-every', '1']);
   try {
-    assert.equal(await exitWithin(worker), 1, worker.log);
-    assert.match(worker.log, /protocol version 99 is not/);
-    assert.equal(coordinator.connections(), 1);
+    assert.equal(await exitWithin(coordinator, 60_000), 0, coordinator.log);
+    assert.equal(await exitWithin(worker), 0, worker.log);
+    const lines = [...worker.log.matchAll(/step (\d+): (\d+) rounds in (\d+\.\d) s, (\d+\.\d) ms of compute each/g)];
+    assert.ok(lines.length >= 1, worker.log);
+    for (const [, step, rounds, seconds] of lines) {
+      assert.ok(Number(step) < 400 && Number(rounds) > 0 && Number(seconds) >= 1, worker.log);
+    }
   } finally {
     worker.kill();
-    await coordinator.close();
+    coordinator.kill();
+    fs.rmSync(path.dirname(out), { recursive: true, force: true });
   }
 });
 
@@ -90,16 +107,7 @@ test('a welcome no coordinator sends (a batch of 0, a heartbeat of -5 s): the wo
     [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0/],
     [{ heartbeatSeconds: -5 }, /error WORKER_BAD_WELCOME: a heartbeat of -5 s/],
   ] as const) {
-    const coordinator = await fakeCoordinator((ws) => ws.send(encode({ ...welcome(), ...bad })));
-    const worker = startWorker(coordinator.url, 'odd-welcome');
-    try {
-      assert.equal(await exitWithin(worker), 1, worker.log);
-      assert.match(worker.log, why);
-      assert.equal(coordinator.connections(), 1);
-    } finally {
-      worker.kill();
-      await coordinator.close();
-    }
+    await assertGivesUpAfterOneTry((ws) => ws.send(encode({ ...welcome(), ...bad })), why);
   }
 });
 

@@ -37,6 +37,8 @@ export interface WorkerOptions {
    * own, growing, backoff.
    */
   rejoinAfterStop?: boolean;
+  /** Seconds between progress lines (0 = none): a worker on another machine otherwise says nothing while it trains. */
+  progressEverySeconds?: number;
 }
 
 const BACKOFF_BASE_MS = 250;
@@ -61,10 +63,10 @@ const CERTIFICATE_ERRORS = new Set([
 function withHint(e: Error & { code?: string }, url: string): string {
   if (e.code && CERTIFICATE_ERRORS.has(e.code)) return `${e.message}: pass --ca with the coordinator's certificate or its CA, or check the host in --coordinator`;
   if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: if the coordinator uses TLS (--tls-cert), its URL starts with wss://`;
-  return e.message;
-}
   // OpenSSL's text for a server that answered the handshake in plain text.
   if (url.startsWith('wss://') && /wrong version number/.test(e.message)) return `TLS handshake failed, the server answered in plain text: if the coordinator has no --tls-cert, its URL starts with ws://`;
+  return e.message;
+}
 
 /** How one connection ended, which decides whether to reconnect. */
 type Outcome =
@@ -192,6 +194,7 @@ function connectOnce(
     const heard = () => (lastHeard = Date.now());
     ws.on('ping', heard);
     let trained = false;
+    const progress = { since: performance.now(), rounds: 0, computeSeconds: 0 };
     const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
     let mailbox: Mailbox | null = null;
 
@@ -324,7 +327,16 @@ function connectOnce(
       // The coordinator now averages and steps Adam: ready the next step meanwhile.
       compute.readyAfter(msg.step, msg.phase);
       heard(); // busy computing is not the coordinator's silence
-      metrics.observeRound(msg.phase, (performance.now() - t0) / 1000);
+      const roundSeconds = (performance.now() - t0) / 1000;
+      metrics.observeRound(msg.phase, roundSeconds);
+      progress.rounds++;
+      progress.computeSeconds += roundSeconds;
+      const everyMs = (opts.progressEverySeconds ?? 0) * 1000;
+      const sinceMs = performance.now() - progress.since;
+      if (everyMs > 0 && sinceMs >= everyMs) {
+        log(`step ${msg.step}: ${progress.rounds} rounds in ${(sinceMs / 1000).toFixed(1)} s, ${((progress.computeSeconds / progress.rounds) * 1000).toFixed(1)} ms of compute each`);
+        Object.assign(progress, { since: performance.now(), rounds: 0, computeSeconds: 0 });
+      }
     };
 
     let link: Socket | null = null;
