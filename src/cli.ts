@@ -28,6 +28,9 @@ function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
 }
 
+/** A usage error found outside yargs' own checks (in a middleware), which exits 2 like theirs. */
+class UsageError extends Error {}
+
 function holdsCertificate(file: string): boolean {
   try {
     new crypto.X509Certificate(fs.readFileSync(file));
@@ -209,18 +212,21 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
       const native = (a as { native?: boolean }).native;
       if (native !== undefined) process.env.GANFLEET_NATIVE = native ? '1' : '0';
     }, true)
-    .check((a) => {
+    // Before validation: a mistyped flag (--coordinater) is named as such, not as the required one it misses.
+    .middleware(() => {
       const { key, alias } = options();
       const known = new Set(Object.keys(key));
       const short = new Set(Object.entries(alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
       for (const token of raw) {
         if (token === '--') break;
         const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
-        if (name && !known.has(name)) throw new Error(`Unknown argument: --${name}`);
+        if (name && !known.has(name)) throw new UsageError(`Unknown argument: --${name}`);
         // Not a negative number given as a value (--lr -0.001).
         const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
-        if (letters && ![...letters].every((l) => short.has(l))) throw new Error(`Unknown argument: ${token} (long options start with --)`);
+        if (letters && ![...letters].every((l) => short.has(l))) throw new UsageError(`Unknown argument: ${token} (long options start with --)`);
       }
+    }, true)
+    .check((a) => {
       if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
       for (const s of switches()) if (s.value === null) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
       return true;
@@ -424,10 +430,14 @@ export function buildCli(argv: string[]) {
       const refused = /^Invalid values: Argument: ([\w-]+), Given: /.exec(reason)?.[1];
       const variable = refused && environmentSource(refused);
       if (variable) reason += ` (from ${variable})`;
-      const command = ['coordinator', 'worker', 'local', 'generate', 'eval'].find((c) => c === argv[0]) ?? '<command>';
-      process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
-      process.exit(2);
+      exitWithUsage(reason, argv);
     });
+}
+
+function exitWithUsage(reason: string, argv: readonly string[]): never {
+  const command = ['coordinator', 'worker', 'local', 'generate', 'eval'].find((c) => c === argv[0]) ?? '<command>';
+  process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
+  process.exit(2);
 }
 
 if (require.main === module) {
@@ -435,6 +445,7 @@ if (require.main === module) {
     .then(() => assertLittleEndianHost())
     .then(() => buildCli(hideBin(process.argv)).parseAsync())
     .catch((e: Error & { code?: unknown }) => {
+      if (e instanceof UsageError) exitWithUsage(e.message, hideBin(process.argv));
       // The stable code (GanfleetError's, or Node's errno name) is what docs and searches can name.
       process.stderr.write(`ganfleet: ${e.message}${typeof e.code === 'string' ? ` [${e.code}]` : ''}\n`);
       process.exit(1);

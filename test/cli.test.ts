@@ -91,6 +91,10 @@ test('usage errors are one whole line: an invalid choice names the value and the
   const short = cli(['local', '-n', '4']);
   assert.equal(short.status, 2);
   assert.match(short.stderr, /Unknown argument: -n \(long options start with --\)/);
+  // A mistyped required flag is named as the typo, not as the flag it leaves missing.
+  const typo = cli(['worker', '--coordinater', 'ws://127.0.0.1:1']);
+  assert.equal(typo.status, 2);
+  assert.match(typo.stderr, /^ganfleet: Unknown argument: --coordinater\nRun 'ganfleet worker --help' for usage\.\n$/);
   const help = cli(['coordinator', '-h']);
   assert.equal(help.status, 0);
   assert.match(help.stdout, /ganfleet coordinator/);
