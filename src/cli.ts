@@ -28,6 +28,32 @@ function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
 }
 
+/**
+ * A GANFLEET_* variable one letter or two off a flag of this command (GANFLEET_STEP) is a typo that
+ * would quietly keep the default. Warned of, not refused: one environment may serve several commands.
+ */
+function warnOfMistypedVariables(flags: Set<string>): void {
+  for (const variable of Object.keys(process.env)) {
+    if (!variable.startsWith('GANFLEET_')) continue;
+    const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
+    if (flags.has(name) || name === 'expect-native') continue;
+    const [nearest, distance] = [...flags].map((f) => [f, editDistance(name, f)] as const).sort((a, b) => a[1] - b[1])[0] ?? ['', Infinity];
+    if (distance <= (name.length < 5 ? 1 : 2)) {
+      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean GANFLEET_${nearest.toUpperCase().replace(/-/g, '_')}?\n`);
+    }
+  }
+}
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length];
+}
+
 /** A usage error found outside yargs' own checks (in a middleware), which exits 2 like theirs. */
 class UsageError extends Error {}
 
@@ -216,6 +242,7 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     .middleware(() => {
       const { key, alias } = options();
       const known = new Set(Object.keys(key));
+      warnOfMistypedVariables(known);
       const short = new Set(Object.entries(alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
       for (const token of raw) {
         if (token === '--') break;

@@ -112,6 +112,17 @@ test('usage errors are one whole line: an invalid choice names the value and the
   assert.match(bad.stderr, /GANFLEET_MAILBOX must be 1\/0, true\/false, yes\/no or on\/off, got "maybe"/);
 });
 
+test('a GANFLEET_* variable a letter or two off a flag is warned of, with the flag; one of another command, or far from any, is not', () => {
+  const env = { ...process.env, GANFLEET_STEP: '5', GANFLEET_BATCHSIZE: '64', GANFLEET_CA: 'ca.pem', GANFLEET_SOMETHING_ELSE: '1' };
+  const r = spawnSync(process.execPath, [CLI, 'local', '--steps', '0'], { encoding: 'utf8', timeout: 30_000, env });
+  assert.equal(r.status, 2);
+  const warnings = r.stderr.split('\n').filter((l) => l.includes('warning')).sort();
+  assert.deepEqual(warnings, [
+    'ganfleet: warning: GANFLEET_BATCHSIZE sets nothing (ignored); did you mean GANFLEET_BATCH_SIZE?',
+    'ganfleet: warning: GANFLEET_STEP sets nothing (ignored); did you mean GANFLEET_STEPS?',
+  ]);
+});
+
 test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (yargs alone took 1 for false)', () => {
   const run = (value: string) => {
     const out = tempDir('env-bool');
