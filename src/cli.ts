@@ -291,6 +291,9 @@ export function buildCli(argv: string[]) {
           argv,
         ),
       async (a) => {
+        // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
+        let early: NodeJS.Signals | null = null;
+        const removeEarly = onStopSignals((signal) => (early ??= signal));
         const coordinator = await Coordinator.start(
           coordinatorConfig(a, {
             host: a.host,
@@ -303,8 +306,9 @@ export function buildCli(argv: string[]) {
             tlsCert: a['tls-cert'],
             tlsKey: a['tls-key'],
           }),
-        );
+        ).finally(removeEarly);
         const removeSignals = onStopSignals((signal) => coordinator.requestStop(`${signal} received`));
+        if (early) coordinator.requestStop(`${early} received`);
         try {
           const summary = await coordinator.run();
           if (!summary.ok) process.exitCode = 1;

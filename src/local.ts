@@ -30,8 +30,11 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const problem = opts.workerBackend === 'wasm' || opts.workerBackend === 'cpu' ? `--backend ${opts.workerBackend} does not use them` : gpuBackendProblem();
     if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
   }
+  // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
+  let early: NodeJS.Signals | null = null;
+  const removeEarly = onStopSignals((signal) => (early ??= signal));
   // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
-  const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend });
+  const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }).finally(removeEarly);
   const url = `ws://127.0.0.1:${coordinator.port}`;
   const children = new Map<number, ChildProcess>();
   let restarts = 0;
@@ -46,6 +49,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       process.exit(130);
     },
   );
+  if (early) coordinator.requestStop(`${early} received`);
 
   // Flags travel explicitly; GANFLEET_* meant for the coordinator must not reach the workers.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GANFLEET_')));
@@ -78,7 +82,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   };
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
   const { step, steps } = coordinator.status();
-  if (step < steps) {
+  if (step < steps && !early) {
     for (let i = 0; i < opts.workers; i++) startWorker(i);
     log(`started ${opts.workers} worker process(es) against ${url}`);
   }

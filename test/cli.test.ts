@@ -313,9 +313,12 @@ test('a port in use names its flag, and the error its code', async () => {
   const port = String((taken.address() as import('node:net').AddressInfo).port);
   const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
   try {
-    const coordinator = run(['coordinator', '--port', port, '--metrics-port', '-1']);
+    const out = path.join(tempDir('port-in-use'), 'run');
+    const coordinator = run(['coordinator', '--port', port, '--metrics-port', '-1', '--out', out]);
     assert.equal(coordinator.status, 1);
     assert.match(coordinator.stderr, new RegExp(`--port ${port}: listen EADDRINUSE.*\\[EADDRINUSE\\]`));
+    assert.ok(!fs.existsSync(out), 'a start that fails leaves no --out (nor its lease) behind');
+    fs.rmSync(path.dirname(out), { recursive: true, force: true });
     const worker = run(['worker', '--coordinator', 'ws://127.0.0.1:1', '--metrics-port', port]);
     assert.equal(worker.status, 1);
     assert.match(worker.stderr, new RegExp(`--metrics-port ${port}: listen EADDRINUSE.*\\[EADDRINUSE\\]`));

@@ -18,6 +18,10 @@ function assertRejected(fn: () => unknown, reason: string): void {
 }
 
 describe('codec round trip', () => {
+  test('a field set to undefined is left out of the frame (msgpackr would write an extension type, which receivers refuse)', () => {
+    const back = decodeCoordinatorMessage(encode(message<Stop>({ type: 'stop', reason: 'done', resumable: undefined })));
+    assert.ok(back.type === 'stop' && back.reason === 'done' && !('resumable' in back), JSON.stringify(back));
+  });
   test('an error whose text is longer than the peer accepts is cut to fit, not refused there with its reason lost', () => {
     const long = errorMessage('WORKER_MODEL_UNKNOWN', `unknown model "${'x'.repeat(3000)}"`);
     for (const decode of [decodeWorkerMessage, decodeCoordinatorMessage]) {

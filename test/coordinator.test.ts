@@ -8,6 +8,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Checkpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
+import { LEASE_FILE } from '../src/coordinator/output-claim';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { gatherImages } from '../src/data/shards';
 import { imagesFingerprint, loadMnist } from '../src/data/mnist';
@@ -730,6 +731,25 @@ describe('coordinator edge cases found by review', () => {
     coordinator.requestStop('test over');
     assert.equal((await run).steps, 1);
     await coordinator.close();
+  });
+
+  test('a coordinator whose lease on --out another has taken stops without writing there: no grid, checkpoint, generator or summary', async () => {
+    const dir = path.join(out, 'lease-lost');
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 3), sampleEvery: 1, checkpointEvery: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    // Another coordinator's lease in place of this one's, as after this one froze for longer than the stale time.
+    const theirs = { pid: 1, hostname: 'another-host', processTable: null, token: 'theirs', since: '2026-11-29T00:00:00.000Z' };
+    fs.writeFileSync(path.join(dir, LEASE_FILE), JSON.stringify(theirs));
+    await answerOneStep(coordinator, 0);
+    const summary = await run;
+    assert.equal(summary.ok, false);
+    for (const sub of ['samples', 'checkpoints', 'generator']) assert.deepEqual(fs.readdirSync(path.join(dir, sub)), [], sub);
+    assert.ok(!fs.existsSync(path.join(dir, 'summary.json')));
+    assert.ok(lines.some((l) => /another coordinator \(pid 1 on another-host, .*\) took over the lease on --out .*; this run stops without writing there/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /no outputs written after step 1$/.test(l)), lines.join('\n'));
+    await coordinator.close();
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, LEASE_FILE), 'utf8')).token, 'theirs', 'the new holder keeps its lease');
   });
 
   test('--sample-every N writes a grid every N steps and at the end; 0 writes only the final one', async () => {

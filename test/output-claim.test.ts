@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { LEASE_FILE, OutputClaim } from '../src/coordinator/output-claim';
+import { LEASE_FILE, OutputClaim, processTable } from '../src/coordinator/output-claim';
 import { GanfleetError } from '../src/util/errors';
 
 const FAST = { refreshMs: 50, staleMs: 400 };
@@ -17,8 +17,18 @@ function rejectsWith(code: string, pattern: RegExp) {
   return (e: unknown) => e instanceof GanfleetError && e.code === code && pattern.test(e.message);
 }
 
-/** A lease as another coordinator writes it. */
-function plantLease(out: string, holder: { pid: number; hostname: string; token?: string }, ageMs = 0): string {
+interface Planted {
+  pid: number;
+  hostname: string;
+  processTable: string | null;
+}
+
+/** A process of this machine's, and one of another: the same hostname does not make the same machine. */
+const HERE = (pid: number): Planted => ({ pid, hostname: os.hostname(), processTable: processTable() });
+const ELSEWHERE: Planted = { pid: 1, hostname: 'another-host', processTable: 'another-boot pid:[4026531836]' };
+
+/** A lease as another coordinator writes it, last touched `ageMs` ago by this machine's clock. */
+function plantLease(out: string, holder: Planted, ageMs = 0): string {
   fs.mkdirSync(out, { recursive: true });
   const file = path.join(out, LEASE_FILE);
   fs.writeFileSync(file, JSON.stringify({ token: 'theirs', since: '2026-11-29T00:00:00.000Z', ...holder }) + '\n');
@@ -29,6 +39,13 @@ function plantLease(out: string, holder: { pid: number; hostname: string; token?
 
 const noLost = (why: string) => assert.fail(`lost the lease: ${why}`);
 
+async function takeLogged(out: string): Promise<{ lines: string[]; ms: number }> {
+  const lines: string[] = [];
+  const t0 = Date.now();
+  (await OutputClaim.take(out, (l) => lines.push(l), noLost, FAST)).release();
+  return { lines, ms: Date.now() - t0 };
+}
+
 test('a claim makes the run directories and a lease naming this process; release takes the lease and the directories still empty', async () => {
   const root = tempDir();
   const out = path.join(root, 'runs', 'a');
@@ -37,9 +54,12 @@ test('a claim makes the run directories and a lease naming this process; release
   const lease = JSON.parse(fs.readFileSync(path.join(out, LEASE_FILE), 'utf8'));
   assert.equal(lease.pid, process.pid);
   assert.equal(lease.hostname, os.hostname());
+  assert.equal(lease.processTable, processTable());
+  assert.ok(claim.holds());
   fs.writeFileSync(path.join(out, 'checkpoints', 'ckpt-000000001.bin'), 'x');
   claim.release();
   assert.ok(!fs.existsSync(path.join(out, LEASE_FILE)));
+  assert.ok(!claim.holds());
   assert.deepEqual(fs.readdirSync(out), ['checkpoints'], 'what holds a file stays; what is empty and was made goes');
   // Nothing written: nothing left, the parents it made included.
   (await OutputClaim.take(path.join(root, 'b', 'c'), () => {}, noLost, FAST)).release();
@@ -57,49 +77,46 @@ test('an --out that cannot hold the outputs is refused with OUT_UNUSABLE, and le
   fs.mkdirSync(out);
   fs.writeFileSync(path.join(out, 'samples'), 'x');
   await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /samples is not a directory/));
-  assert.deepEqual(fs.readdirSync(out), ['samples'], 'the directories made before the failure are gone again');
+  assert.deepEqual(fs.readdirSync(out), ['samples'], 'the directories and the lease made before the failure are gone again');
   fs.rmSync(root, { recursive: true, force: true });
 });
 
-test('a second claim on an --out held by a live process is refused; a lease whose holder on this host is gone is taken over', async () => {
+test('in this process table: a live holder is refused at once; a gone one, an earlier life of this pid, or a pid that went untouched, is taken over at once', async () => {
   const root = tempDir();
   const out = path.join(root, 'run');
   const first = await OutputClaim.take(out, () => {}, noLost, FAST);
   await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`in use by another coordinator \\(pid ${process.pid} on ${os.hostname()}`)));
   first.release();
   const gone = spawnSync(process.execPath, ['-e', '']).pid!;
-  plantLease(out, { pid: gone, hostname: os.hostname() });
-  const lines: string[] = [];
-  const claim = await OutputClaim.take(out, (l) => lines.push(l), noLost, FAST);
-  assert.match(lines.join('\n'), new RegExp(`took over the lease on --out .* from pid ${gone} on .*: pid ${gone} is gone`));
-  claim.release();
+  plantLease(out, HERE(gone));
+  let taken = await takeLogged(out);
+  assert.match(taken.lines.join('\n'), new RegExp(`took over the lease on --out .* from pid ${gone} on .*: pid ${gone} is gone`));
+  assert.ok(taken.ms < FAST.staleMs, `${taken.ms} ms`);
   // This pid, another token: an earlier process of this container (a restarted one is pid 1 again).
-  plantLease(out, { pid: process.pid, hostname: os.hostname() });
-  lines.length = 0;
-  (await OutputClaim.take(out, (l) => lines.push(l), noLost, FAST)).release();
-  assert.match(lines.join('\n'), new RegExp(`took over .*: pid ${process.pid} was an earlier process`));
+  plantLease(out, HERE(process.pid));
+  taken = await takeLogged(out);
+  assert.match(taken.lines.join('\n'), new RegExp(`took over .*: pid ${process.pid} was an earlier process`));
+  // A live pid whose lease nobody touched (one clock here): that pid is another process now.
+  plantLease(out, HERE(process.ppid), 60_000);
+  taken = await takeLogged(out);
+  assert.match(taken.lines.join('\n'), new RegExp(`took over .*: untouched for 60\\.\\d s, so pid ${process.ppid} is another process now`));
+  plantLease(out, HERE(process.ppid));
+  await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`pid ${process.ppid}`)));
   fs.rmSync(root, { recursive: true, force: true });
 });
 
-test('a lease from another host is waited on: taken once untouched for the stale time, refused while its holder touches it', async () => {
+test("another machine's lease is watched for the stale time whatever its date says: taken if untouched, refused if touched", async () => {
   const root = tempDir();
   const out = path.join(root, 'run');
-  const elsewhere = { pid: 1, hostname: 'another-host' };
-  // Long untouched: taken at once.
-  plantLease(out, elsewhere, 60_000);
-  let lines: string[] = [];
-  (await OutputClaim.take(out, (l) => lines.push(l), noLost, FAST)).release();
-  assert.match(lines.join('\n'), /took over .* from pid 1 on another-host, .*: untouched for 60\.\d s/);
-  assert.doesNotMatch(lines.join('\n'), /waiting/);
-  // Fresh, and no longer touched (its holder died): taken after the wait.
-  plantLease(out, elsewhere);
-  lines = [];
-  const t0 = Date.now();
-  (await OutputClaim.take(out, (l) => lines.push(l), noLost, FAST)).release();
-  assert.ok(Date.now() - t0 >= FAST.staleMs - 50, `${Date.now() - t0} ms`);
-  assert.match(lines.join('\n'), /has a lease of pid 1 on another-host.*waiting 0\.\d s to see whether its holder is alive[\s\S]*took over/);
-  // Fresh and touched: its holder is alive.
-  const file = plantLease(out, elsewhere);
+  // Dated a minute ago, or an hour ahead (clocks differ between machines), or by this host's name from another
+  // process table (a container on the host's network): each is watched, neither taken at once nor waited on for an hour.
+  for (const [holder, age] of [[ELSEWHERE, 60_000], [ELSEWHERE, -3_600_000], [{ ...HERE(1), processTable: 'another-boot pid:[1]' }, 60_000]] as const) {
+    plantLease(out, holder, age);
+    const taken = await takeLogged(out);
+    assert.ok(taken.ms >= FAST.staleMs - 20 && taken.ms < 10 * FAST.staleMs, `${taken.ms} ms`);
+    assert.match(taken.lines.join('\n'), /has a lease of pid 1 on .*watching it for 0\.4 s to see whether its holder is alive[\s\S]*took over .*: untouched for 0\.4 s/);
+  }
+  const file = plantLease(out, ELSEWHERE);
   const toucher = setInterval(() => fs.utimesSync(file, new Date(), new Date()), FAST.refreshMs);
   try {
     await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', /pid 1 on another-host/));
@@ -109,15 +126,53 @@ test('a lease from another host is waited on: taken once untouched for the stale
   fs.rmSync(root, { recursive: true, force: true });
 });
 
-test('a holder whose lease another coordinator took over is told so, and its release leaves the new lease alone', async () => {
+test('of two coordinators taking a stale lease at once, one holds it and the other is refused', async () => {
+  const root = tempDir();
+  const out = path.join(root, 'run');
+  plantLease(out, ELSEWHERE);
+  const results = await Promise.allSettled([0, 1].map(() => OutputClaim.take(out, () => {}, noLost, FAST)));
+  const held = results.filter((r) => r.status === 'fulfilled');
+  assert.equal(held.length, 1, JSON.stringify(results.map((r) => r.status)));
+  const refused = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+  assert.ok(rejectsWith('OUT_IN_USE', /in use by another coordinator/)(refused.reason), String(refused.reason));
+  const claim = (held[0] as PromiseFulfilledResult<OutputClaim>).value;
+  assert.ok(claim.holds());
+  claim.release();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a holder whose lease another coordinator took is told so, writes are refused, and its release leaves the new lease alone', async () => {
   const root = tempDir();
   const out = path.join(root, 'run');
   let lost: string | null = null;
   const claim = await OutputClaim.take(out, () => {}, (why) => (lost = why), FAST);
-  const file = plantLease(out, { pid: 1, hostname: 'another-host' });
-  for (let i = 0; i < 100 && lost === null; i++) await new Promise((r) => setTimeout(r, 10));
+  const file = plantLease(out, ELSEWHERE);
+  assert.equal(claim.holds(), false, 'read at once, before the next touch');
   assert.match(String(lost), /another coordinator \(pid 1 on another-host, .*\) took over the lease on --out/);
   claim.release();
   assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'theirs');
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a lease that cannot be touched is retried, and given up only once others would find it stale', async () => {
+  const root = tempDir();
+  const out = path.join(root, 'run');
+  let lost: string | null = null;
+  const lines: string[] = [];
+  const claim = await OutputClaim.take(out, (l) => lines.push(l), (why) => (lost = why), FAST);
+  const utimes = fs.utimesSync;
+  fs.utimesSync = () => {
+    throw Object.assign(new Error('EIO: i/o error, utime'), { code: 'EIO' });
+  };
+  try {
+    await new Promise((r) => setTimeout(r, FAST.staleMs / 2));
+    assert.equal(lost, null, 'a passing error is not a lost lease');
+    assert.match(lines.join('\n'), /cannot touch the lease .* \(EIO: i\/o error, utime\); retrying/);
+    for (let i = 0; i < 100 && lost === null; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.match(String(lost), /went untouched for 0\.4 s \(EIO/);
+  } finally {
+    fs.utimesSync = utimes;
+  }
+  claim.release();
   fs.rmSync(root, { recursive: true, force: true });
 });

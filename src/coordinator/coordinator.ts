@@ -253,11 +253,9 @@ export class Coordinator {
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
       this.clock.stepFinished(d.samples);
       this.recordStep(stats);
-      if (!this.outputsForfeited) {
-        if (due(this.step, sampleEvery)) this.writeSamples();
-        if (due(this.step, checkpointEvery)) this.checkpoint();
-        if (due(this.step, this.config.evalEvery)) await this.evaluate();
-      }
+      if (due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
+      if (due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
+      if (due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate();
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
@@ -271,12 +269,11 @@ export class Coordinator {
     const { steps, sampleEvery, checkpointEvery } = this.config;
     const { seconds, pausedSeconds } = this.clock.elapsed();
     const ran = this.step - firstStep;
-    const forfeited = this.outputsForfeited;
-    if (ran > 0 && !forfeited) {
-      if (!due(this.step, sampleEvery)) this.writeSamples();
+    if (ran > 0) {
+      if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
       // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-      if (!due(this.step, checkpointEvery)) this.checkpoint();
-      if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery)) await this.evaluate();
+      if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
+      if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate();
     }
     this.state = 'finished';
     const generatorDir = runLayout(this.config.out).generator;
@@ -286,7 +283,7 @@ export class Coordinator {
     const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
-    if (!keepOutputs && !untrained && !forfeited) exportGenerator(this.model, this.params.generator, generatorDir);
+    if (!keepOutputs && !untrained && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
     this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
@@ -309,10 +306,6 @@ export class Coordinator {
       evaluations: this.evaluations,
       stopReason,
     };
-    if (forfeited) {
-      this.log(`${forfeited}: no outputs written after step ${this.step}`);
-      return summary;
-    }
     if (untrained) {
       this.log(`${stopReason} before the first step: no outputs written`);
       return summary;
@@ -322,9 +315,18 @@ export class Coordinator {
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
       return summary;
     }
+    if (!this.mayWrite()) {
+      this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
+      return summary;
+    }
     writeFileAtomic(runLayout(this.config.out).summary, [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
     this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
     return summary;
+  }
+
+  /** Whether this run may still write to --out: not once another coordinator has taken its lease, read before each write. */
+  private mayWrite(): boolean {
+    return !this.outputsForfeited && (this.claim?.holds() ?? true);
   }
 
   /** Stops the workers, then closes every socket and both servers. */

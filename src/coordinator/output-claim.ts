@@ -5,6 +5,7 @@ import path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { processAlive } from '../util/signals';
+import { writeFully } from '../util/write';
 import { runLayout } from './config';
 
 /** The file in --out that names the coordinator writing there. */
@@ -13,18 +14,20 @@ export const LEASE_FILE = '.ganfleet-lease';
 export interface LeaseTiming {
   /** How often the holder touches the lease. */
   refreshMs: number;
-  /** A lease from another host untouched this long is a dead holder's. */
+  /** A lease untouched this long (watched, not read off its date) is a dead holder's. */
   staleMs: number;
 }
 
 export const LEASE_TIMING: LeaseTiming = { refreshMs: 5_000, staleMs: 20_000 };
 
-/** Tokens of the leases this process holds: a lease with this pid and another token is an earlier life's. */
+/** Tokens of the leases this process holds or is taking: a lease with this pid and another token is an earlier life's. */
 const heldHere = new Set<string>();
 
 interface Holder {
   pid: number;
   hostname: string;
+  /** Which process table `pid` belongs to: the kernel's boot and the pid namespace (null off Linux). */
+  processTable: string | null;
   token: string;
   since: string;
 }
@@ -41,71 +44,111 @@ interface Holder {
  *   refused instead of mixing its checkpoints and outputs with this run's.
  *
  * The holder touches the lease every `refreshMs`. A lease whose holder is
- * gone is taken over: at once where the holder ran on this host, and from
- * another host (a pod rescheduled elsewhere) once the lease has gone
- * `staleMs` without a touch. A holder that finds its lease taken calls
- * `onLost`: two writers must not go on.
+ * gone is taken over: where the holder's pid is in this process table (same
+ * boot, same pid namespace), once that pid is gone; otherwise once the lease
+ * has been watched for `staleMs` without a touch, since another machine's
+ * clock says nothing about this one's. A holder that finds its lease taken
+ * calls `onLost`: two writers must not go on.
  */
 export class OutputClaim {
   private timer: NodeJS.Timeout | null = null;
+  private failingSince: number | null = null;
 
   private constructor(
     private readonly file: string,
     private readonly token: string,
     private readonly made: string[],
+    private readonly out: string,
+    private readonly log: Logger,
+    private readonly onLost: (why: string) => void,
+    private readonly timing: LeaseTiming,
   ) {}
 
   static async take(out: string, log: Logger, onLost: (why: string) => void, timing: LeaseTiming = LEASE_TIMING): Promise<OutputClaim> {
-    const made = makeRunDirectories(out);
     const file = path.join(out, LEASE_FILE);
-    const me: Holder = { pid: process.pid, hostname: os.hostname(), token: crypto.randomUUID(), since: new Date().toISOString() };
+    const me: Holder = { pid: process.pid, hostname: os.hostname(), processTable: processTable(), token: crypto.randomUUID(), since: new Date().toISOString() };
+    heldHere.add(me.token);
+    // --out first, then the lease, then what goes in it: a start that loses the lease removes only what is still empty.
+    const made = makeDirectories(out, [out]);
     try {
       await acquire(file, me, out, log, timing);
     } catch (e) {
+      heldHere.delete(me.token);
       removeEmpty(made);
       throw e;
     }
-    const claim = new OutputClaim(file, me.token, made);
-    heldHere.add(me.token);
+    const { checkpoints, generator, samples } = runLayout(out);
+    const claim = new OutputClaim(file, me.token, made, out, log, onLost, timing);
+    try {
+      made.push(...makeDirectories(out, [checkpoints, generator, samples]));
+    } catch (e) {
+      claim.release();
+      throw e;
+    }
     // process.exit() (local's second Ctrl-C) skips close(): the lease goes anyway, so a restart elsewhere need not wait it out.
     process.on('exit', claim.releaseOnExit);
-    claim.timer = setInterval(() => {
-      const now = new Date();
-      const held = readLease(file);
-      if (held?.holder?.token !== me.token) {
-        claim.stopRefreshing();
-        onLost(held ? `another coordinator (${describe(held.holder)}) took over the lease on --out ${out}` : `the lease file ${file} was removed`);
-        return;
-      }
-      fs.utimesSync(file, now, now);
-    }, timing.refreshMs);
+    claim.timer = setInterval(() => claim.touch(), timing.refreshMs);
     claim.timer.unref();
     return claim;
+  }
+
+  /**
+   * Whether the lease is still this process's, read now: checked before
+   * each write, so that a run whose lease was taken since the last touch
+   * writes nothing more. Calls onLost when it is not.
+   */
+  holds(): boolean {
+    if (!this.timer) return false;
+    const lease = readLease(this.file);
+    if (lease.kind === 'held' && lease.holder?.token === this.token) return true;
+    if (lease.kind === 'unreadable') return true; // a passing I/O error is not a lost lease: touch() decides
+    this.lose(lease.kind === 'absent' ? `the lease file ${this.file} was removed` : `another coordinator (${describe(lease.holder)}) took over the lease on --out ${this.out}`);
+    return false;
   }
 
   /** Gives the lease up, and removes the directories take() made that are still empty: a run that wrote nothing leaves nothing. */
   release(): void {
     heldHere.delete(this.token);
     process.off('exit', this.releaseOnExit);
-    this.stopRefreshing();
-    if (readLease(this.file)?.holder?.token === this.token) fs.rmSync(this.file, { force: true });
+    this.stopTouching();
+    const lease = readLease(this.file);
+    if (lease.kind === 'held' && lease.holder?.token === this.token) fs.rmSync(this.file, { force: true });
     removeEmpty(this.made);
   }
 
   private readonly releaseOnExit = () => this.release();
 
-  private stopRefreshing(): void {
+  /** Touches the lease; an I/O error is retried until the lease would look stale to others. */
+  private touch(): void {
+    if (!this.holds()) return;
+    try {
+      const now = new Date();
+      fs.utimesSync(this.file, now, now);
+      this.failingSince = null;
+    } catch (e) {
+      this.failingSince ??= Date.now();
+      this.log(`cannot touch the lease ${this.file} (${(e as Error).message}); retrying`);
+      if (Date.now() - this.failingSince >= this.timing.staleMs) this.lose(`the lease on --out ${this.out} went untouched for ${this.timing.staleMs / 1000} s (${(e as Error).message})`);
+    }
+  }
+
+  private lose(why: string): void {
+    if (!this.timer) return;
+    this.stopTouching();
+    this.onLost(why);
+  }
+
+  private stopTouching(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
   }
 }
 
-/** Makes --out and its run directories; returns those it made, parents first. Throws OUT_UNUSABLE, leaving none made. */
-function makeRunDirectories(out: string): string[] {
-  const { checkpoints, generator, samples } = runLayout(out);
+/** Makes `dirs` (under --out); returns those it made, parents first. Throws OUT_UNUSABLE, leaving none of them made. */
+function makeDirectories(out: string, dirs: string[]): string[] {
   const made: string[] = [];
   try {
-    for (const dir of [out, checkpoints, generator, samples]) {
+    for (const dir of dirs) {
       if (!fs.existsSync(dir)) {
         const target = path.resolve(dir);
         const first = fs.mkdirSync(target, { recursive: true });
@@ -138,79 +181,120 @@ function removeEmpty(dirs: string[]): void {
   }
 }
 
+/** This process's table of pids: the kernel boot and the pid namespace, so a pid means the same process. */
+export function processTable(): string | null {
+  try {
+    return `${fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${fs.readlinkSync('/proc/self/ns/pid')}`;
+  } catch {
+    return null; // not Linux: no pid is taken to be in this table
+  }
+}
+
+/** Creates the lease if there is none; false if there is one. */
+function create(file: string, me: Holder, out: string): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'wx', 0o644);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
+  }
+  try {
+    writeFully(fd, [Buffer.from(`${JSON.stringify(me)}\n`)]);
+  } catch (e) {
+    fs.rmSync(file, { force: true }); // an empty lease would hold the directory for staleMs
+    throw new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return true;
+}
+
 async function acquire(file: string, me: Holder, out: string, log: Logger, timing: LeaseTiming): Promise<void> {
-  const text = `${JSON.stringify(me)}\n`;
+  let tookOver: string | null = null;
   for (;;) {
-    try {
-      fs.writeFileSync(file, text, { flag: 'wx', mode: 0o644 });
+    // Its directory may have gone with a holder's release (it removes an empty --out).
+    fs.mkdirSync(out, { recursive: true });
+    if (create(file, me, out)) {
+      if (tookOver) log(tookOver);
       return;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
     }
-    const held = readLease(file);
-    if (!held) continue; // released meanwhile
-    const why = await lapsedBecause(file, held, out, log, timing);
+    const lease = readLease(file);
+    if (lease.kind === 'absent') continue; // released meanwhile
+    if (lease.kind === 'unreadable') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} cannot be read (${lease.error})`);
+    const why = await lapsedBecause(file, lease, me, out, log, timing);
     if (why === null) {
-      throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(held.holder)}; lease ${file}, touched ${ago(held.mtimeMs)} ago): stop that run, or choose another --out`);
+      throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(lease.holder)}; lease ${file}): stop that run, or choose another --out`);
     }
-    // Replaced whole, so no reader meets half a lease; a taker that lost a race to another finds the other's token.
-    const tmp = `${file}.${me.token}`;
-    fs.writeFileSync(tmp, text, { mode: 0o644 });
-    fs.renameSync(tmp, file);
-    if (readLease(file)?.holder?.token !== me.token) continue;
-    log(`took over the lease on --out ${out} from ${describe(held.holder)}: ${why}`);
-    return;
+    // Moved aside under a name of this taker's: of several takers, one rename finds the lease. The one that
+    // moved a newer lease (another taker's, made meanwhile) puts it back.
+    const aside = `${file}.lapsed-${me.token}`;
+    try {
+      fs.renameSync(file, aside);
+    } catch {
+      continue;
+    }
+    const moved = readLease(aside);
+    if (moved.kind !== 'held' || moved.holder?.token !== lease.holder?.token || moved.mtimeMs !== lease.mtimeMs) {
+      try {
+        fs.linkSync(aside, file);
+      } catch {
+        /* a third lease is there already: the one moved is its holder's to find lost */
+      }
+      fs.rmSync(aside, { force: true });
+      continue;
+    }
+    fs.rmSync(aside, { force: true });
+    tookOver = `took over the lease on --out ${out} from ${describe(lease.holder)}: ${why}`;
   }
 }
 
-/** Why the lease `held` is a dead holder's, or null while its holder may be alive. Waits up to `staleMs` for a lease from another host. */
-async function lapsedBecause(file: string, held: Lease, out: string, log: Logger, timing: LeaseTiming): Promise<string | null> {
-  const { holder, mtimeMs } = held;
-  if (holder && holder.hostname === os.hostname()) {
-    // This process's pid with a token it does not hold: an earlier life of this container (pid 1 again).
+/** Why the lease is a dead holder's, or null while its holder may be alive. */
+async function lapsedBecause(file: string, lease: Held, me: Holder, out: string, log: Logger, timing: LeaseTiming): Promise<string | null> {
+  const { holder } = lease;
+  if (holder && me.processTable !== null && holder.processTable === me.processTable) {
+    // This process's pid with a token it does not hold: an earlier life (pid 1 again, in a restarted container).
     if (holder.pid === process.pid) return heldHere.has(holder.token) ? null : `pid ${holder.pid} was an earlier process`;
-    return processAlive(holder.pid) ? null : `pid ${holder.pid} is gone`;
+    if (!processAlive(holder.pid)) return `pid ${holder.pid} is gone`;
+    // Alive, and one clock for both: a lease untouched for staleMs is a pid used again since its holder died.
+    const age = Date.now() - lease.mtimeMs;
+    return age >= timing.staleMs ? `untouched for ${(age / 1000).toFixed(1)} s, so pid ${holder.pid} is another process now` : null;
   }
-  const age = Date.now() - mtimeMs;
-  if (age < timing.staleMs) {
-    const wait = timing.staleMs - age;
-    log(`--out ${out} has a lease of ${describe(holder)}, touched ${ago(mtimeMs)} ago; waiting ${(wait / 1000).toFixed(1)} s to see whether its holder is alive`);
-    await new Promise((r) => setTimeout(r, wait));
-    const now = readLease(file);
-    if (!now) return 'it was released';
-    if (now.holder?.token !== holder?.token || now.mtimeMs !== mtimeMs) return null;
-  }
-  return `untouched for ${ago(mtimeMs)}`;
+  log(`--out ${out} has a lease of ${describe(holder)}; watching it for ${(timing.staleMs / 1000).toFixed(1)} s to see whether its holder is alive`);
+  await new Promise((r) => setTimeout(r, timing.staleMs));
+  const now = readLease(file);
+  if (now.kind === 'absent') return 'it was released';
+  if (now.kind === 'held' && now.holder?.token === holder?.token && now.mtimeMs === lease.mtimeMs) return `untouched for ${(timing.staleMs / 1000).toFixed(1)} s`;
+  return null;
 }
 
-interface Lease {
+interface Held {
+  kind: 'held';
   /** Null where the file does not hold a lease ganfleet wrote (cut short, or something else). */
   holder: Holder | null;
   mtimeMs: number;
 }
 
-function readLease(file: string): Lease | null {
+type Lease = Held | { kind: 'absent' } | { kind: 'unreadable'; error: string };
+
+function readLease(file: string): Lease {
   let text: string;
   let mtimeMs: number;
   try {
     mtimeMs = fs.statSync(file).mtimeMs;
     text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return null;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? { kind: 'absent' } : { kind: 'unreadable', error: (e as Error).message };
   }
   try {
     const h = JSON.parse(text) as Holder;
     const ok = Number.isSafeInteger(h.pid) && typeof h.hostname === 'string' && typeof h.token === 'string';
-    return { holder: ok ? h : null, mtimeMs };
+    return { kind: 'held', holder: ok ? h : null, mtimeMs };
   } catch {
-    return { holder: null, mtimeMs };
+    return { kind: 'held', holder: null, mtimeMs };
   }
 }
 
 function describe(holder: Holder | null): string {
   return holder ? `pid ${holder.pid} on ${holder.hostname}, since ${holder.since}` : 'a holder that left no readable lease';
-}
-
-function ago(mtimeMs: number): string {
-  return `${Math.max(0, (Date.now() - mtimeMs) / 1000).toFixed(1)} s`;
 }

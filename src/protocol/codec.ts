@@ -51,6 +51,8 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   const fields: Record<string, unknown> = {};
   const arrays: [string, Uint8Array][] = [];
   for (const [k, v] of Object.entries(msg)) {
+    // msgpackr writes undefined as an extension type, which receivers refuse: an absent field is left out.
+    if (v === undefined) continue;
     if (!(v instanceof Float32Array)) {
       fields[k] = v;
       continue;
