@@ -18,7 +18,7 @@ import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
 import { createLogger } from './util/log';
-import { onStopSignals } from './util/signals';
+import { holdStopSignals, onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
 
 /** The longest delay a Node timer can hold, in whole seconds. */
@@ -292,8 +292,7 @@ export function buildCli(argv: string[]) {
         ),
       async (a) => {
         // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
-        let early: NodeJS.Signals | null = null;
-        const removeEarly = onStopSignals((signal) => (early ??= signal));
+        const starting = holdStopSignals();
         const coordinator = await Coordinator.start(
           coordinatorConfig(a, {
             host: a.host,
@@ -306,8 +305,11 @@ export function buildCli(argv: string[]) {
             tlsCert: a['tls-cert'],
             tlsKey: a['tls-key'],
           }),
-        ).finally(removeEarly);
+          undefined,
+          starting.abort,
+        ).finally(starting.release);
         const removeSignals = onStopSignals((signal) => coordinator.requestStop(`${signal} received`));
+        const early = starting.received();
         if (early) coordinator.requestStop(`${early} received`);
         try {
           const summary = await coordinator.run();

@@ -4,7 +4,7 @@ import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
 import { emitted } from './util/events';
-import { onStopSignals } from './util/signals';
+import { holdStopSignals, onStopSignals } from './util/signals';
 
 export interface LocalOptions {
   workers: number;
@@ -31,10 +31,10 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
   }
   // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
-  let early: NodeJS.Signals | null = null;
-  const removeEarly = onStopSignals((signal) => (early ??= signal));
+  const starting = holdStopSignals();
   // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
-  const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }).finally(removeEarly);
+  const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, starting.abort).finally(starting.release);
+  const early = starting.received();
   const url = `ws://127.0.0.1:${coordinator.port}`;
   const children = new Map<number, ChildProcess>();
   let restarts = 0;

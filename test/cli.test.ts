@@ -280,6 +280,31 @@ test('resuming with other settings names each changed flag and which value count
   fs.rmSync(data, { recursive: true, force: true });
 });
 
+test('Ctrl-C while a coordinator watches another machine\'s lease on its --out ends the wait at once, leaving that lease', async () => {
+  const out = path.join(tempDir('lease-watch'), 'run');
+  fs.mkdirSync(out, { recursive: true });
+  const lease = path.join(out, '.ganfleet-lease');
+  fs.writeFileSync(lease, JSON.stringify({ pid: 1, hostname: 'another-host', processTable: 'another-boot pid:[1]', token: 'theirs', since: '2026-11-29T00:00:00.000Z' }));
+  const child = spawn(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  await new Promise<void>((resolve) => {
+    const onData = (d: Buffer) => {
+      log += d;
+      if (/watching it for 20\.0 s/.test(log)) resolve();
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+  });
+  const t0 = Date.now();
+  child.kill('SIGINT');
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 1, log);
+  assert.ok(Date.now() - t0 < 5_000, `${Date.now() - t0} ms after SIGINT`);
+  assert.match(log, /SIGINT received while watching the lease on --out .*: nothing was written \[OUT_NOT_TAKEN\]/);
+  assert.equal(JSON.parse(fs.readFileSync(lease, 'utf8')).token, 'theirs');
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
 test('--resume when no checkpoint loads refuses, and keeps refusing, instead of training anew over the outputs', () => {
   const out = outWithCheckpoint('none-valid');
   const file = path.join(out, 'checkpoints', 'ckpt-000001000.bin');

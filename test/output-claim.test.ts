@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { LEASE_FILE, OutputClaim, processTable } from '../src/coordinator/output-claim';
+import { LEASE_FILE, OutputClaim, processTable, putBack } from '../src/coordinator/output-claim';
 import { GanfleetError } from '../src/util/errors';
 
 const FAST = { refreshMs: 50, staleMs: 400 };
@@ -173,6 +173,60 @@ test('a lease that cannot be touched is retried, and given up only once others w
   } finally {
     fs.utimesSync = utimes;
   }
+  claim.release();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a wait on another machine\'s lease ends at a signal (abort): OUT_NOT_TAKEN, and that lease is left as it was', async () => {
+  const root = tempDir();
+  const out = path.join(root, 'run');
+  const file = plantLease(out, ELSEWHERE);
+  const aborting = new AbortController();
+  const t0 = Date.now();
+  setTimeout(() => aborting.abort('SIGINT received'), 100);
+  await assert.rejects(OutputClaim.take(out, () => {}, noLost, { refreshMs: 50, staleMs: 30_000 }, aborting.signal), rejectsWith('OUT_NOT_TAKEN', /^SIGINT received while watching the lease on --out .*: nothing was written$/));
+  assert.ok(Date.now() - t0 < 5_000, `${Date.now() - t0} ms`);
+  assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'theirs');
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a lapsed lease that cannot be moved aside, or a link in the lease\'s place, is OUT_UNUSABLE at once, not a loop', async () => {
+  const root = tempDir();
+  const out = path.join(root, 'run');
+  plantLease(out, HERE(spawnSync(process.execPath, ['-e', '']).pid!));
+  const rename = fs.renameSync;
+  fs.renameSync = () => {
+    throw Object.assign(new Error('EPERM: operation not permitted, rename'), { code: 'EPERM' });
+  };
+  try {
+    await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /the lapsed lease .* cannot be moved aside \(EPERM/));
+  } finally {
+    fs.renameSync = rename;
+  }
+  fs.rmSync(path.join(out, LEASE_FILE));
+  fs.symlinkSync(path.join(root, 'nowhere'), path.join(out, LEASE_FILE));
+  await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /is not a regular file/));
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a holder whose lease a taker has moved aside to check it keeps it; a lease put back without hard links (SMB) is renamed back', async () => {
+  const root = tempDir();
+  const out = path.join(root, 'run');
+  const claim = await OutputClaim.take(out, () => {}, noLost, FAST);
+  const file = path.join(out, LEASE_FILE);
+  const aside = `${file}.lapsed-another-taker`;
+  fs.renameSync(file, aside);
+  assert.ok(claim.holds(), 'moved aside is not lost');
+  const link = fs.linkSync;
+  fs.linkSync = () => {
+    throw Object.assign(new Error('EPERM: operation not permitted, link'), { code: 'EPERM' });
+  };
+  try {
+    putBack(aside, file);
+  } finally {
+    fs.linkSync = link;
+  }
+  assert.ok(!fs.existsSync(aside) && claim.holds(), 'renamed back');
   claim.release();
   fs.rmSync(root, { recursive: true, force: true });
 });

@@ -16,7 +16,7 @@ import { writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
-import { OutputClaim } from './output-claim';
+import { LEASE_TIMING, OutputClaim } from './output-claim';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
 import { History } from './history';
@@ -180,13 +180,18 @@ export class Coordinator {
     });
   }
 
-  /** Loads the data (and a checkpoint with --resume), selects a backend and binds both ports. */
-  static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator')): Promise<Coordinator> {
+  /**
+   * Takes --out, loads the data (and a checkpoint with --resume), selects a
+   * backend and binds both ports. `abort` (a signal) ends a wait for another
+   * machine's lease on --out.
+   */
+  static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator'), abort?: AbortSignal): Promise<Coordinator> {
     const c = new Coordinator(config, log);
-    c.claim = await OutputClaim.take(config.out, log, (why) => {
+    const onLost = (why: string) => {
       c.outputsForfeited = why;
       c.requestStop(`${why}; this run stops without writing there`, true);
-    });
+    };
+    c.claim = await OutputClaim.take(config.out, log, onLost, LEASE_TIMING, abort);
     try {
       prepareOutputs(config, log);
       const backend = await selectBackend(config.backend);

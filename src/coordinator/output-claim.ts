@@ -64,14 +64,15 @@ export class OutputClaim {
     private readonly timing: LeaseTiming,
   ) {}
 
-  static async take(out: string, log: Logger, onLost: (why: string) => void, timing: LeaseTiming = LEASE_TIMING): Promise<OutputClaim> {
+  /** `abort` ends a wait on another process table's lease (a signal during start): OUT_NOT_TAKEN. */
+  static async take(out: string, log: Logger, onLost: (why: string) => void, timing: LeaseTiming = LEASE_TIMING, abort?: AbortSignal): Promise<OutputClaim> {
     const file = path.join(out, LEASE_FILE);
     const me: Holder = { pid: process.pid, hostname: os.hostname(), processTable: processTable(), token: crypto.randomUUID(), since: new Date().toISOString() };
     heldHere.add(me.token);
     // --out first, then the lease, then what goes in it: a start that loses the lease removes only what is still empty.
     const made = makeDirectories(out, [out]);
     try {
-      await acquire(file, me, out, log, timing);
+      await acquire(file, me, out, log, timing, abort);
     } catch (e) {
       heldHere.delete(me.token);
       removeEmpty(made);
@@ -102,6 +103,8 @@ export class OutputClaim {
     const lease = readLease(this.file);
     if (lease.kind === 'held' && lease.holder?.token === this.token) return true;
     if (lease.kind === 'unreadable') return true; // a passing I/O error is not a lost lease: touch() decides
+    // Moved aside by a taker that found it newer than the lease it judged, and is putting it back.
+    if (lease.kind === 'absent' && movedAside(this.file, this.token)) return true;
     this.lose(lease.kind === 'absent' ? `the lease file ${this.file} was removed` : `another coordinator (${describe(lease.holder)}) took over the lease on --out ${this.out}`);
     return false;
   }
@@ -210,9 +213,13 @@ function create(file: string, me: Holder, out: string): boolean {
   return true;
 }
 
-async function acquire(file: string, me: Holder, out: string, log: Logger, timing: LeaseTiming): Promise<void> {
+/** Tries before a lease that keeps changing under this taker (released, taken, moved) is given up on. */
+const MAX_TRIES = 50;
+
+async function acquire(file: string, me: Holder, out: string, log: Logger, timing: LeaseTiming, abort?: AbortSignal): Promise<void> {
   let tookOver: string | null = null;
-  for (;;) {
+  for (let tries = 1; ; tries++) {
+    if (tries > MAX_TRIES) throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} kept changing over ${MAX_TRIES} tries`);
     // Its directory may have gone with a holder's release (it removes an empty --out).
     fs.mkdirSync(out, { recursive: true });
     if (create(file, me, out)) {
@@ -220,28 +227,28 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
       return;
     }
     const lease = readLease(file);
-    if (lease.kind === 'absent') continue; // released meanwhile
+    if (lease.kind === 'absent') {
+      await pause(10); // released meanwhile
+      continue;
+    }
     if (lease.kind === 'unreadable') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} cannot be read (${lease.error})`);
-    const why = await lapsedBecause(file, lease, me, out, log, timing);
+    const why = await lapsedBecause(file, lease, me, out, log, timing, abort);
     if (why === null) {
       throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(lease.holder)}; lease ${file}): stop that run, or choose another --out`);
     }
     // Moved aside under a name of this taker's: of several takers, one rename finds the lease. The one that
     // moved a newer lease (another taker's, made meanwhile) puts it back.
-    const aside = `${file}.lapsed-${me.token}`;
+    const aside = `${file}${LAPSED}${me.token}`;
     try {
       fs.renameSync(file, aside);
-    } catch {
-      continue;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: the lapsed lease ${file} cannot be moved aside (${(e as Error).message})`);
+      continue; // another taker moved it first
     }
     const moved = readLease(aside);
     if (moved.kind !== 'held' || moved.holder?.token !== lease.holder?.token || moved.mtimeMs !== lease.mtimeMs) {
-      try {
-        fs.linkSync(aside, file);
-      } catch {
-        /* a third lease is there already: the one moved is its holder's to find lost */
-      }
-      fs.rmSync(aside, { force: true });
+      putBack(aside, file);
+      await pause(10);
       continue;
     }
     fs.rmSync(aside, { force: true });
@@ -250,7 +257,7 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
 }
 
 /** Why the lease is a dead holder's, or null while its holder may be alive. */
-async function lapsedBecause(file: string, lease: Held, me: Holder, out: string, log: Logger, timing: LeaseTiming): Promise<string | null> {
+async function lapsedBecause(file: string, lease: Held, me: Holder, out: string, log: Logger, timing: LeaseTiming, abort?: AbortSignal): Promise<string | null> {
   const { holder } = lease;
   if (holder && me.processTable !== null && holder.processTable === me.processTable) {
     // This process's pid with a token it does not hold: an earlier life (pid 1 again, in a restarted container).
@@ -261,11 +268,65 @@ async function lapsedBecause(file: string, lease: Held, me: Holder, out: string,
     return age >= timing.staleMs ? `untouched for ${(age / 1000).toFixed(1)} s, so pid ${holder.pid} is another process now` : null;
   }
   log(`--out ${out} has a lease of ${describe(holder)}; watching it for ${(timing.staleMs / 1000).toFixed(1)} s to see whether its holder is alive`);
-  await new Promise((r) => setTimeout(r, timing.staleMs));
+  await pause(timing.staleMs, abort);
+  if (abort?.aborted) throw new GanfleetError('OUT_NOT_TAKEN', `${String(abort.reason ?? 'stopped')} while watching the lease on --out ${out}: nothing was written`);
   const now = readLease(file);
   if (now.kind === 'absent') return 'it was released';
   if (now.kind === 'held' && now.holder?.token === holder?.token && now.mtimeMs === lease.mtimeMs) return `untouched for ${(timing.staleMs / 1000).toFixed(1)} s`;
   return null;
+}
+
+/** Where a taker moves a lapsed lease while it checks that it is the one it judged. */
+const LAPSED = '.lapsed-';
+
+/**
+ * Puts back a lease moved aside that turned out newer than the one judged
+ * (another taker's). By a hard link, which fails rather than replace a lease
+ * made meanwhile; where the file system has none (SMB, gcsfuse), by a rename
+ * while the name is still free.
+ */
+export function putBack(aside: string, file: string): void {
+  try {
+    fs.linkSync(aside, file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST' && !fs.existsSync(file)) {
+      try {
+        fs.renameSync(aside, file);
+        return;
+      } catch {
+        /* taken meanwhile: the moved lease's holder finds itself lost */
+      }
+    }
+  }
+  fs.rmSync(aside, { force: true });
+}
+
+/** Whether a taker has this token's lease moved aside right now. */
+function movedAside(file: string, token: string): boolean {
+  const prefix = `${path.basename(file)}${LAPSED}`;
+  try {
+    return fs.readdirSync(path.dirname(file)).some((name) => {
+      if (!name.startsWith(prefix)) return false;
+      const lease = readLease(path.join(path.dirname(file), name));
+      return lease.kind === 'held' && lease.holder?.token === token;
+    });
+  } catch {
+    return false;
+  }
+}
+
+/** Waits `ms`, or less where `abort` fires first. */
+function pause(ms: number, abort?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (abort?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      abort?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    abort?.addEventListener('abort', done);
+  });
 }
 
 interface Held {
@@ -281,7 +342,10 @@ function readLease(file: string): Lease {
   let text: string;
   let mtimeMs: number;
   try {
-    mtimeMs = fs.statSync(file).mtimeMs;
+    // lstat: a link in the lease's place (dangling or not) is no lease, and not an absent one either.
+    const st = fs.lstatSync(file);
+    if (!st.isFile()) return { kind: 'unreadable', error: `${file} is not a regular file` };
+    mtimeMs = st.mtimeMs;
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'ENOENT' ? { kind: 'absent' } : { kind: 'unreadable', error: (e as Error).message };

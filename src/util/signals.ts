@@ -14,6 +14,22 @@ export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecon
   };
 }
 
+/**
+ * A first SIGINT/SIGTERM that comes while something starts (a coordinator
+ * loading, binding, watching a lease): it aborts `abort`, so a wait may end
+ * early, and `received()` names it, so the caller stops once started instead
+ * of being killed half way. `release()` hands the signals back.
+ */
+export function holdStopSignals(): { abort: AbortSignal; received: () => NodeJS.Signals | null; release: () => void } {
+  let first: NodeJS.Signals | null = null;
+  const aborting = new AbortController();
+  const release = onStopSignals((signal) => {
+    first ??= signal;
+    aborting.abort(`${signal} received`);
+  });
+  return { abort: aborting.signal, received: () => first, release };
+}
+
 /** Whether a process of this pid exists: signal 0 checks without sending anything. */
 export function processAlive(pid: number): boolean {
   try {
