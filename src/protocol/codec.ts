@@ -85,7 +85,6 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   return new EncodedFrame(parts);
 }
 
-
 type FieldKind = 'string' | 'count' | 'uint32' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
