@@ -168,9 +168,13 @@ function makeDirectories(out: string, dirs: string[]): string[] {
     }
   } catch (e) {
     removeEmpty(made);
-    throw new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
+    throw unusable(out, e);
   }
   return made;
+}
+
+function unusable(out: string, e: unknown): GanfleetError {
+  return new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
 }
 
 /** Removes `dirs` (parents first), deepest first, where each is empty. */
@@ -200,13 +204,13 @@ function create(file: string, me: Holder, out: string): boolean {
     fd = fs.openSync(file, 'wx', 0o644);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
-    throw new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
+    throw unusable(out, e);
   }
   try {
     writeFully(fd, [Buffer.from(`${JSON.stringify(me)}\n`)]);
   } catch (e) {
     fs.rmSync(file, { force: true }); // an empty lease would hold the directory for staleMs
-    throw new GanfleetError('OUT_UNUSABLE', `--out ${out} cannot hold the run's outputs: ${(e as Error).message}`);
+    throw unusable(out, e);
   } finally {
     fs.closeSync(fd);
   }
