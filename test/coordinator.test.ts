@@ -243,6 +243,46 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test("when the coordinator's own read of a worker's mailbox fails, that is no offence of the worker's: the round is asked again over the socket", { timeout: 30_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const lines: string[] = [];
+  const coordinator = await Coordinator.start(config(out, 3), (line) => lines.push(line));
+  const run = coordinator.run();
+  const dir = makeMailboxDir('worker');
+  const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
+  const ways: string[] = [];
+  let broken = false;
+  let unreadable = -1;
+  while (ways.length < 8) {
+    const { weights, mailed } = await nextWeights(peer, inbox);
+    ways.push(mailed ? 'mail' : 'weights');
+    if (mailed && !broken) {
+      // As an I/O error would: the coordinator's descriptor for the worker's file now fails every read (EISDIR).
+      unreadable = fs.openSync(dir, 'r');
+      const fd = unreadable;
+      Object.assign((coordinator as unknown as { workers: WorkerGroup }).workers.get(welcome.workerId)!.mailbox!.inbox!, { file: { open: true, number: fd, close() {} } });
+      broken = true;
+    }
+    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
+    if (weights.step === 2 && weights.phase === 'generator') break;
+  }
+  const firstMail = ways.indexOf('mail');
+  assert.ok(firstMail >= 0 && firstMail <= 1, ways.join(' '));
+  assert.deepEqual(ways.slice(firstMail + 1), ways.slice(firstMail + 1).map(() => 'weights'), `after the failure: ${ways.join(' ')}`);
+  assert.equal((await run).steps, 3);
+  assert.ok(lines.some((l) => /w\d+: its mailbox failed \(reading the mailbox failed: EISDIR.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /no worker answered the \w+ round of step \d; asking again/.test(l)), lines.join('\n'));
+  assert.ok(!lines.some((l) => /rejected a message/.test(l)), lines.join('\n'));
+  assert.equal(coordinator.status().workers[0].frames, 'websocket');
+  assert.deepEqual((await coordinator.metrics.rejected.get()).values.filter((v) => v.value > 0), []);
+  await coordinator.close();
+  fs.closeSync(unreadable);
+  inbox.close();
+  outbox.close();
+  removeMailboxDir(dir);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test('a round asked again while its mailed request may be unread goes over the socket: the file under that notice is not rewritten', async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
   const coordinator = await Coordinator.start(config(out, 3), () => {});

@@ -10,6 +10,7 @@ import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
 import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message } from '../protocol/messages';
+import { GanfleetError } from '../util/errors';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { writeFileAtomic } from '../util/write';
@@ -391,6 +392,13 @@ export class Coordinator {
         msg = decodeWorkerMessage(data);
         if (msg.type === 'mail') msg = this.collectMail(peer, msg.bytes);
       } catch (e) {
+        if (e instanceof GanfleetError && e.code === 'MAILBOX_READ_FAILED' && peer) {
+          // Our read failed, not the worker: its answer is lost, and a worker answers the way it was asked,
+          // so from now on over the socket. A round left with no answer is asked again.
+          peer.loseMailbox(e.message);
+          this.round?.drop(peer.id);
+          return;
+        }
         const err = e instanceof ProtocolError ? e : new ProtocolError('bad_frame', (e as Error).message);
         return this.reject(socket, peer, err.reason, err.message);
       }

@@ -207,12 +207,17 @@ export class WorkerPeer {
     try {
       this.mailbox.outbox.post(frame);
     } catch (e) {
-      this.closeMailbox();
-      this.mailboxLost((e as Error).message);
+      this.loseMailbox((e as Error).message);
       return this.send(frame.whole, written);
     }
     this.countSent(frame.length);
     return this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })), written);
+  }
+
+  /** This side's file failed (a full /dev/shm, a read error): frames go over the socket from now on, both ways. */
+  loseMailbox(why: string): void {
+    this.closeMailbox();
+    this.mailboxLost(why);
   }
 
   closeMailbox(): void {

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { EncodedFrame } from './codec';
 import { writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
+import { GanfleetError } from '../util/errors';
 import { processAlive } from '../util/signals';
 
 /**
@@ -162,7 +163,13 @@ export class Inbox {
     const fd = this.file.number;
     let at = 0;
     while (at < bytes) {
-      const n = fs.readSync(fd, frame, at, bytes - at, at);
+      let n: number;
+      try {
+        n = fs.readSync(fd, frame, at, bytes - at, at);
+      } catch (e) {
+        // This side's read failed (EIO, say), not the peer: no offence of the peer's, unlike a short file.
+        throw new GanfleetError('MAILBOX_READ_FAILED', `reading the mailbox failed: ${(e as Error).message}`);
+      }
       if (n === 0) throw new ProtocolError('bad_size', `the mailbox holds ${at} bytes, the notice announced ${bytes}`);
       at += n;
     }

@@ -9,6 +9,7 @@ import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolEr
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
+import { GanfleetError } from '../util/errors';
 import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
 import { onStopSignals } from '../util/signals';
@@ -366,7 +367,8 @@ function connectOnce(
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frame');
         handle(decodeCoordinatorMessage(data));
       } catch (e) {
-        const code = e instanceof ProtocolError ? e.code : ((e as { code?: string }).code ?? 'WORKER_FAILED');
+        // Only ganfleet's codes go on the wire (an OS or tfjs error's text says the rest).
+        const code = e instanceof GanfleetError ? e.code : 'WORKER_FAILED';
         // A coordinator of another protocol version will not change by reconnecting.
         fail(code, (e as Error).message, e instanceof ProtocolError && e.reason === 'bad_version');
       }
