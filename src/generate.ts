@@ -10,6 +10,7 @@ import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
+import { writeFileAtomic } from './util/write';
 
 export interface GenerateOptions {
   /** A checkpoint file, or a run directory (its newest valid checkpoint). */
@@ -33,7 +34,7 @@ export function generateProblem(out: string, count: number): string | null {
   if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${count}; draw more with further calls and other --seed values`;
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
   let at = path.resolve(out);
-  if (fs.existsSync(at) && fs.statSync(at).isDirectory()) return `--out ${out} is a directory; name the file to write`;
+  if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;
   while (!fs.existsSync(at)) at = path.dirname(at);
   if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
   return null;
@@ -61,7 +62,8 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
   }
   fs.mkdirSync(path.dirname(path.resolve(opts.out)), { recursive: true });
-  fs.writeFileSync(opts.out, bytes);
+  // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.
+  writeFileAtomic(opts.out, [bytes]);
   log(`wrote ${opts.count} samples to ${opts.out}`);
   return opts.out;
 }

@@ -202,7 +202,42 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const directory = cli(['--out', path.join(dir, 'd.png')]);
   assert.equal(directory.status, 2);
   assert.match(directory.stderr, /--out \S+d\.png is a directory; name the file to write/);
+  const slash = cli(['--out', `${path.join(dir, 'new.npy')}/`]);
+  assert.equal(slash.status, 2);
+  assert.match(slash.stderr, /--out \S+new\.npy\/ is a directory; name the file to write/);
+  assert.ok(!fs.existsSync(path.join(dir, 'new.npy')));
+  // Seeds are 32-bit: 2^32 + 1 would draw what seed 1 draws.
+  const seed = cli(['--out', 'samples.npy', '--seed', '4294967297']);
+  assert.equal(seed.status, 2);
+  assert.match(seed.stderr, /--seed must be an integer from 0 to 4294967295, got 4294967297/);
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('eval and the training commands refuse a seed above 32 bits and more samples than they could hold, before reading anything', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+  const samples = cli(['eval', '--checkpoint', 'nowhere', '--samples', '100000000']);
+  assert.equal(samples.status, 2);
+  assert.match(samples.stderr, /--samples must be an integer from 2 to 200000, got 100000000/);
+  const evalSeed = cli(['eval', '--checkpoint', 'nowhere', '--seed', '4294967296']);
+  assert.equal(evalSeed.status, 2);
+  assert.match(evalSeed.stderr, /--seed must be an integer from 0 to 4294967295, got 4294967296/);
+  const trainSeed = cli(['coordinator', '--seed', '4294967296']);
+  assert.equal(trainSeed.status, 2);
+  assert.match(trainSeed.stderr, /--seed must be an integer from 0 to 4294967295, got 4294967296/);
+  const evalSamples = cli(['local', '--eval-samples', '1000000']);
+  assert.equal(evalSamples.status, 2);
+  assert.match(evalSamples.stderr, /--eval-samples must be an integer from 2 to 200000, got 1000000/);
+});
+
+test('--eval-every with a --data-dir that lacks the test set is refused at start, not at the first evaluation with the steps before it lost', () => {
+  const data = blankMnistDir(300);
+  const out = path.join(tempDir('eval-no-test-set'), 'run');
+  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--data-dir', data, '--eval-every', '30', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /MNIST file not found: tried \S+t10k-images-idx3-ubyte.*\[IDX_MISSING\]/);
+  assert.doesNotMatch(r.stdout + r.stderr, /listening/);
+  assert.ok(!fs.existsSync(out), 'a failed start leaves no directory');
+  fs.rmSync(data, { recursive: true, force: true });
 });
 
 test('local --resume on a finished run starts no workers: they would only retry a closed port until killed', () => {

@@ -49,6 +49,14 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   const grid = PNG.sync.read(fs.readFileSync(png));
   assert.deepEqual([grid.width, grid.height], [3 * 28 + 4 * 2, 3 * 28 + 4 * 2], '7 samples in a 3×3 grid');
 
+  // A write that fails (here the file-size limit: EFBIG) leaves the file that was there, and no temporary beside it.
+  const before = fs.readFileSync(npy);
+  const big = spawnSync('/bin/sh', ['-c', `ulimit -f 64 && exec "$0" "$@"`, process.execPath, CLI, 'generate', '--checkpoint', ckpt, '--count', '500', '--backend', 'cpu', '--out', npy], { encoding: 'utf8' });
+  assert.equal(big.status, 1, big.stderr);
+  assert.match(big.stderr, /EFBIG/);
+  assert.deepEqual(fs.readFileSync(npy), before);
+  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.tmp-')), []);
+
   const bad = run(path.join(dir, 'samples.txt'));
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--out must end in \.npy, \.idx, \.png/);
