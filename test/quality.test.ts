@@ -67,6 +67,17 @@ test('evaluation reads the reference statistics again when --data-dir names anot
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test('a test set of one image is refused (EVAL_TOO_FEW): its covariance is not defined, and an FID against it would mean nothing', async () => {
+  await selectBackend('wasm');
+  const test = loadMnist('test');
+  const dir = tempDir('one-image-test-set');
+  fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([1, 28, 28], test.images.subarray(0, 784)));
+  fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([1], test.labels.subarray(0, 1)));
+  const images = toTanhRange(test.images.subarray(0, 2 * 784), new Float32Array(2 * 784));
+  await assert.rejects(evaluateImages(images, 2, dir), (e: Error & { code?: string }) => e.code === 'EVAL_TOO_FEW' && /holds 1 image; an FID needs at least 2/.test(e.message));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('decodeNpy refuses a cut-off file and other formats instead of returning fewer values than its shape', () => {
   const good = encodeNpy([2, 3], Float32Array.from([1, 2, 3, 4, 5, 6]));
   assert.deepEqual(Array.from(decodeNpy(good).data), [1, 2, 3, 4, 5, 6]);

@@ -31,7 +31,7 @@ import { Round, RoundResult, implausibleGradients, roundIndex, weightedStats } f
 import { SampleWriter, gridsUpTo } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
-import { Quality } from '../eval/quality';
+import { Quality, loadReferenceSet } from '../eval/quality';
 
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
@@ -198,6 +198,7 @@ export class Coordinator {
       const backend = await selectBackend(config.backend);
       log(`backend ${backend.name} (${backend.notes.join('; ')})`);
       c.train = loadMnist('train', config.dataDir);
+      if (config.evalEvery > 0) loadReferenceSet(config.dataDir);
       c.trainingSet = imagesFingerprint(c.train);
       c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
       if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {

@@ -1,4 +1,5 @@
-import { IMAGE_SIZE, loadMnist, toTanhRange } from '../data/mnist';
+import { IMAGE_SIZE, MnistSet, loadMnist, toTanhRange } from '../data/mnist';
+import { GanfleetError } from '../util/errors';
 import { CLASSES, FEATURES, classifyImages, loadClassifier } from './classifier';
 
 /**
@@ -101,13 +102,25 @@ export function mnistScore(probabilities: Float32Array, count: number): number {
   return Math.exp(kl / count);
 }
 
+/**
+ * The MNIST test set FIDs compare with. With fewer than 2 images its
+ * covariance is not defined, and the FID would be a number that means nothing.
+ * The coordinator loads it at start when it will evaluate, so a missing or
+ * unusable one stops the run before training, not at its first evaluation.
+ */
+export function loadReferenceSet(dataDir?: string): MnistSet {
+  const test = loadMnist('test', dataDir);
+  if (test.count < 2) throw new GanfleetError('EVAL_TOO_FEW', `the MNIST test set${dataDir === undefined ? '' : ` in ${dataDir}`} holds ${test.count} image; an FID needs at least 2`);
+  return test;
+}
+
 /** The classifier's weights and the test set's feature moments, loaded once per process and test set. */
 let reference: { dataDir: string | undefined; weights: Float32Array; test: FeatureMoments } | null = null;
 
 async function referenceStatistics(dataDir: string | undefined, between?: () => Promise<void>): Promise<{ weights: Float32Array; test: FeatureMoments }> {
   if (!reference || reference.dataDir !== dataDir) {
     const weights = reference?.weights ?? loadClassifier();
-    const test = loadMnist('test', dataDir);
+    const test = loadReferenceSet(dataDir);
     const { features } = await classifyImages(weights, toTanhRange(test.images, new Float32Array(test.images.length)), test.count, between);
     reference = { dataDir, weights, test: featureMoments(features, test.count, FEATURES) };
   }
