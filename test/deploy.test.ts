@@ -677,6 +677,9 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
       // The earliest kill: the first failing probe starts as the round does, the last fails after its timeout.
       const allowed = (probe.periodSeconds ?? 10) * ((probe.failureThreshold ?? 3) - 1) + (probe.timeoutSeconds ?? 1);
       assert.ok(allowed > heartbeat, `${dir}: the worker's liveness probe kills a round after ${allowed} s, the coordinator's --heartbeat allows ${heartbeat} s`);
+      // Each probe waits for the round in progress, and rounds follow one another: a timeout under a
+      // round's length (up to the default --heartbeat, 5 s) fails probe after probe, not once.
+      assert.ok((probe.timeoutSeconds ?? 1) >= Math.min(heartbeat, 5), `${dir}: the worker's liveness probe times out after ${probe.timeoutSeconds ?? 1} s, shorter than a round may take`);
     }
     // Overlays: the image and backend they promise.
     const overlay = path.basename(dir);
