@@ -834,6 +834,19 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json', async () => {
+    const dir = path.join(out, 'resumed-finished');
+    plantCheckpoint(dir, 3);
+    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true }, () => {});
+    const summary = await coordinator.run();
+    assert.equal(summary.steps, 3);
+    assert.equal(summary.stepsThisRun, 0);
+    const file = path.join(dir, 'checkpoints', 'ckpt-000000003.bin');
+    assert.equal(summary.checkpoint, file);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).checkpoint, file);
+    await coordinator.close();
+  });
+
   test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'removed-grid'), 1), metricsPort: 0, sampleEvery: 1 }, () => {});
     const run = coordinator.run();

@@ -793,6 +793,7 @@ export class Coordinator {
     this.resumedFrom = c.step;
     this.imagesTotal = c.imagesTotal;
     this.metrics.step.set(c.step);
+    this.lastCheckpoint = found.file;
     this.metrics.lastCheckpointStep.set(c.step);
     // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
