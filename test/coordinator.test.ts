@@ -283,6 +283,31 @@ test("when the coordinator's own read of a worker's mailbox fails, that is no of
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a worker whose hello comes while the coordinator closes (connected just before) is told to stop, as the others are, not welcomed and cut off', async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const lines: string[] = [];
+  const coordinator = await Coordinator.start(config(out, 5), (line) => lines.push(line));
+  const url = `ws://127.0.0.1:${coordinator.port}`;
+  const joined = new ScriptedPeer(url);
+  await joined.open();
+  joined.hello();
+  assert.equal((await joined.next()).type, 'welcome');
+  const late = new ScriptedPeer(url);
+  await late.open();
+  const closing = coordinator.close('SIGTERM received');
+  // The joined peer has been told to stop; it has not left, so the coordinator still waits (up to 5 s).
+  assert.equal((await joined.next()).type, 'stop');
+  late.hello();
+  const told = await late.next();
+  assert.ok(told.type === 'stop' && told.reason === 'SIGTERM received' && told.resumable === true, JSON.stringify(told));
+  assert.equal(await late.closed, 1000);
+  joined.ws.close();
+  await closing;
+  assert.ok(lines.some((l) => /told \S+ \("scripted" pid \d+, backend "none"\) to stop: the coordinator is closing/.test(l)), lines.join('\n'));
+  assert.ok(!lines.some((l) => /w2 joined/.test(l)), lines.join('\n'));
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test('a round asked again while its mailed request may be unread goes over the socket: the file under that notice is not rewritten', async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
   const coordinator = await Coordinator.start(config(out, 3), () => {});

@@ -54,6 +54,8 @@ export class WorkerGroup {
   private heartbeat: NodeJS.Timeout | null = null;
   /** --max-workers, or fewer where the training set has fewer images (fitToImages). */
   private capacity: number;
+  /** The stop every peer was sent (dismiss): a hello after it gets the same, not a welcome to a run that is over. */
+  private dismissal: Buffer | null = null;
 
   constructor(
     private readonly config: Pick<CoordinatorConfig, 'maxWorkers' | 'heartbeatSeconds' | 'mailbox'>,
@@ -101,6 +103,13 @@ export class WorkerGroup {
   admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
     const { log, metrics } = this.hooks;
     const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
+    if (this.dismissal) {
+      // Connected before the listener stopped accepting, but its hello came after the stop went out.
+      log(`told ${address} (${label}) to stop: the coordinator is closing`);
+      socket.send(this.dismissal);
+      socket.close(1000, 'stopping');
+      return null;
+    }
     if (this.peers.size >= this.capacity) {
       const why =
         this.capacity < this.config.maxWorkers
@@ -246,6 +255,7 @@ export class WorkerGroup {
   /** Sends every peer `stop`, and waits up to 5 s for their sockets to close. */
   async dismiss(reason: string, resumable: boolean): Promise<void> {
     const stop = encode(message<Stop>({ type: 'stop', reason, ...(resumable ? { resumable } : {}) }));
+    this.dismissal = stop;
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
     const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => emitted(p.socket, 'close'));
