@@ -187,7 +187,10 @@ export class WorkerPeer {
     this.held = null;
     for (const h of held) {
       if ('close' in h) {
-        this.close(...h.close);
+        // A frame of this batch that went out in fragments holds again what follows it, the close too.
+        const heldAgain = this.held as typeof held | null;
+        if (heldAgain) heldAgain.push(h);
+        else this.close(...h.close);
         continue;
       }
       this.heldBytes -= h.frame.length;
