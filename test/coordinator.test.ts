@@ -723,6 +723,7 @@ describe('coordinator edge cases found by review', () => {
     const summary = await run;
     // The summary's pace leaves the pause out too, and says how long it was.
     assert.ok(summary.pausedSeconds >= 1.4 && summary.pausedSeconds < summary.seconds, JSON.stringify(summary));
+    assert.equal(summary.evaluationSeconds, 0);
     assert.ok(Math.abs(summary.msPerStep - (1000 * (summary.seconds - summary.pausedSeconds)) / summary.stepsThisRun) < 1e-6, JSON.stringify(summary));
     await coordinator.close();
   });
@@ -739,6 +740,36 @@ describe('coordinator edge cases found by review', () => {
     const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
     assert.ok(at(/^checkpoint /) >= 0 && at(/^eval step 1:/) > at(/^checkpoint /), lines.join('\n'));
     await coordinator.close();
+  });
+
+  test('evaluations are left out of images/s and ms/step, as pauses are (they are not training), and counted in the ETA', async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(100);
+    for (const name of ['images-idx3', 'labels-idx1']) fs.copyFileSync(path.join(dataDir, `train-${name}-ubyte`), path.join(dataDir, `t10k-${name}-ubyte`));
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'eval-not-pace'), 3), dataDir, evalEvery: 1, evalSamples: 200, logEvery: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    for (let step = 0; step < 3; step++) {
+      await weightsOrDrop(peer);
+      peer.gradients(step, 'discriminator', zeros('discriminator'));
+      await weightsOrDrop(peer);
+      peer.gradients(step, 'generator', zeros('generator'));
+      if (step === 1) {
+        // One step left, and an evaluation after it: the ETA is at least that evaluation.
+        while (!lines.some((l) => /^step 2\/3 /.test(l))) await new Promise((r) => setTimeout(r, 5));
+        const evalSeconds = Number(/^eval step 2: .*, ([\d.]+) s\)$/.exec(lines.find((l) => /^eval step 2:/.test(l))!)![1]);
+        assert.ok(coordinator.status().etaSeconds! >= 0.5 * evalSeconds, `ETA ${coordinator.status().etaSeconds} s, an evaluation ${evalSeconds} s`);
+      }
+    }
+    const summary = await run;
+    const perEval = summary.evaluationSeconds / 3;
+    assert.ok(perEval > 0.05, JSON.stringify(summary));
+    assert.ok(Math.abs(summary.msPerStep - (1000 * (summary.seconds - summary.pausedSeconds - summary.evaluationSeconds)) / summary.stepsThisRun) < 1e-6, JSON.stringify(summary));
+    assert.ok(summary.msPerStep < 1000 * perEval, `${summary.msPerStep} ms/step, an evaluation ${perEval} s`);
+    // Each line's images/s is the steps' own: 128 images in far less than an evaluation.
+    for (const l of lines.filter((l) => /^step \d\/3 /.test(l))) assert.ok(Number(/images\/s=(\d+)/.exec(l)![1]) > 128 / perEval, `${l}; an evaluation took ${perEval} s`);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test('the stop tells workers whether the run has steps left, for workers that wait for a resumed coordinator', async () => {

@@ -56,6 +56,8 @@ export interface TrainingSummary {
   seconds: number;
   /** The part of `seconds` spent waiting for workers, which msPerStep and imagesPerSecond leave out. */
   pausedSeconds: number;
+  /** The part of `seconds` spent scoring G (--eval-every), which msPerStep and imagesPerSecond leave out too. */
+  evaluationSeconds: number;
   msPerStep: number;
   imagesPerSecond: number;
   /** Mean milliseconds per step spent in each part of the two rounds. */
@@ -274,7 +276,8 @@ export class Coordinator {
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
   private async finish(firstStep: number): Promise<TrainingSummary> {
     const { steps, sampleEvery, checkpointEvery } = this.config;
-    const { seconds, pausedSeconds } = this.clock.elapsed();
+    const { seconds, pausedSeconds, evaluationSeconds } = this.clock.elapsed();
+    const trainingSeconds = seconds - pausedSeconds - evaluationSeconds;
     const ran = this.step - firstStep;
     if (ran > 0) {
       if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
@@ -301,8 +304,9 @@ export class Coordinator {
       ok: !this.stop?.failed,
       seconds,
       pausedSeconds,
-      msPerStep: perStep((seconds - pausedSeconds) * 1000),
-      imagesPerSecond: seconds - pausedSeconds > 0 ? this.imagesThisRun / (seconds - pausedSeconds) : 0,
+      evaluationSeconds,
+      msPerStep: perStep(trainingSeconds * 1000),
+      imagesPerSecond: trainingSeconds > 0 ? this.imagesThisRun / trainingSeconds : 0,
       msPerStepByPhase: Object.fromEntries(Object.entries(this.partTotals).map(([k, v]) => [k, perStep(v * 1000)])) as Record<RoundPart, number>,
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
@@ -697,6 +701,7 @@ export class Coordinator {
     const t = performance.now();
     const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.config.dataDir, () => new Promise((r) => setImmediate(r)));
     const seconds = (performance.now() - t) / 1000;
+    this.clock.addEvaluation(seconds);
     this.evaluations.push({ step: this.step, ...quality });
     this.metrics.fid.set(quality.fid);
     this.metrics.mnistScore.set(quality.mnistScore);

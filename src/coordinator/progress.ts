@@ -9,23 +9,27 @@ export interface StepStats {
   workers: number;
 }
 
-/** A moment of the run: the wall clock, and the time paused until then. */
+/** A moment of the run: the wall clock, and the time paused and evaluating until then. */
 interface Mark {
   at: number;
   paused: number;
+  evaluating: number;
 }
 
 /**
  * A run's pace. Waiting for workers is not the pace of training, so every
- * rate and ETA leaves the time paused out. The clock starts at the first
- * round, not while the first workers connect.
+ * rate and ETA leaves the time paused out. Scoring G (--eval-every) is not
+ * training either: rates leave it out, but ETAs count it, since the run
+ * still has to do it. The clock starts at the first round, not while the
+ * first workers connect.
  */
 export class RunClock {
   private pausedSeconds = 0;
+  private evaluatingSeconds = 0;
   private first: Mark | null = null;
-  private readonly window: Mark = { at: 0, paused: 0 };
+  private readonly window: Mark = { at: 0, paused: 0, evaluating: 0 };
   /** Where the step in progress started. */
-  private readonly step: Mark = { at: 0, paused: 0 };
+  private readonly step: Mark = { at: 0, paused: 0, evaluating: 0 };
   private windowImages = 0;
   /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */
   private paceSteps = 0;
@@ -38,10 +42,15 @@ export class RunClock {
     this.pausedSeconds += seconds;
   }
 
+  /** Time spent evaluating G, between steps. */
+  addEvaluation(seconds: number): void {
+    this.evaluatingSeconds += seconds;
+  }
+
   stepStarted(): void {
     this.mark(this.step);
     if (!this.first) {
-      this.first = this.mark({ at: 0, paused: 0 });
+      this.first = this.mark({ at: 0, paused: 0, evaluating: 0 });
       this.mark(this.window);
     }
   }
@@ -55,7 +64,7 @@ export class RunClock {
   /** After the step's sample grid, checkpoint and evaluation, which the pace counts in. */
   paceAfter(stepsThisRun: number): void {
     this.paceSteps = stepsThisRun;
-    this.paceSeconds = this.first ? this.since(this.first) : 0;
+    this.paceSeconds = this.first ? this.since(this.first) + (this.evaluatingSeconds - this.first.evaluating) : 0;
   }
 
   /** Images a second since the last call (the first: since the first step). */
@@ -76,20 +85,26 @@ export class RunClock {
     return this.stepAverage > 0 ? imagesPerStep / this.stepAverage : 0;
   }
 
-  /** Wall time from the first step until now, and the part of it paused. */
-  elapsed(): { seconds: number; pausedSeconds: number } {
-    if (!this.first) return { seconds: 0, pausedSeconds: 0 };
-    return { seconds: (performance.now() - this.first.at) / 1000, pausedSeconds: this.pausedSeconds - this.first.paused };
+  /** Wall time from the first step until now, and the parts of it paused and evaluating. */
+  elapsed(): { seconds: number; pausedSeconds: number; evaluationSeconds: number } {
+    if (!this.first) return { seconds: 0, pausedSeconds: 0, evaluationSeconds: 0 };
+    return {
+      seconds: (performance.now() - this.first.at) / 1000,
+      pausedSeconds: this.pausedSeconds - this.first.paused,
+      evaluationSeconds: this.evaluatingSeconds - this.first.evaluating,
+    };
   }
 
   private mark(m: Mark): Mark {
     m.at = performance.now();
     m.paused = this.pausedSeconds;
+    m.evaluating = this.evaluatingSeconds;
     return m;
   }
 
+  /** Training time since `m`: neither paused nor evaluating. */
   private since(m: Mark): number {
-    return (performance.now() - m.at) / 1000 - (this.pausedSeconds - m.paused);
+    return (performance.now() - m.at) / 1000 - (this.pausedSeconds - m.paused) - (this.evaluatingSeconds - m.evaluating);
   }
 }
 
