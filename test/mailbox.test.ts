@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { Gradients, message } from '../src/protocol/messages';
+import { pidNamespace } from '../src/util/signals';
 
 function withDir(fn: (dir: string) => void): void {
   const dir = makeMailboxDir('coordinator');
@@ -156,6 +157,23 @@ test("a killed process's mailbox directory is swept by the next one; a live one'
     removeMailboxDir(second);
     assert.ok(!fs.existsSync(second));
   });
+});
+
+test("a dead pid's directory is swept only where the pid is of this pid namespace: a container sharing /dev/shm may hold a live process of that pid", { skip: pidNamespace() === null ? 'no pid namespaces (not Linux)' : false }, () => {
+  const probe = makeMailboxDir('worker');
+  const base = path.dirname(probe);
+  removeMailboxDir(probe);
+  // A pid no process has here (above pid_max).
+  const dead = 4_194_305;
+  const ours = path.join(base, `ganfleet-worker-${dead}-${pidNamespace()}-abc123`);
+  const theirs = path.join(base, `ganfleet-worker-${dead}-${Number(pidNamespace()) + 1}-abc123`);
+  for (const d of [ours, theirs]) fs.mkdirSync(d, { mode: 0o700 });
+  withDir((mine) => {
+    assert.match(path.basename(mine), new RegExp(`^ganfleet-coordinator-${process.pid}-${pidNamespace()}-`));
+    assert.ok(!fs.existsSync(ours), "this namespace's dead pid: swept");
+    assert.ok(fs.existsSync(theirs), "another namespace's: left to its owner");
+  });
+  fs.rmSync(theirs, { recursive: true, force: true });
 });
 
 test('a peer can name only a file directly in a mailbox directory of its role: nothing else is opened for it', () => {

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
-import { processAlive } from '../util/signals';
+import { pidNamespace, processAlive } from '../util/signals';
 import { writeFully } from '../util/write';
 import { runLayout } from './config';
 
@@ -190,10 +190,12 @@ function removeEmpty(dirs: string[]): void {
 
 /** This process's table of pids: the kernel boot and the pid namespace, so a pid means the same process. */
 export function processTable(): string | null {
+  const namespace = pidNamespace();
+  if (namespace === null) return null; // not Linux: no pid is taken to be in this table
   try {
-    return `${fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${fs.readlinkSync('/proc/self/ns/pid')}`;
+    return `${fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} pid:[${namespace}]`;
   } catch {
-    return null; // not Linux: no pid is taken to be in this table
+    return null;
   }
 }
 

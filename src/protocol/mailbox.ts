@@ -6,7 +6,7 @@ import type { EncodedFrame } from './codec';
 import { writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
 import { GanfleetError } from '../util/errors';
-import { processAlive } from '../util/signals';
+import { pidNamespace, processAlive } from '../util/signals';
 
 /**
  * Frames between a coordinator and a worker on the same machine, through a
@@ -191,7 +191,8 @@ const NONCE = /^ganfleet-mailbox-[0-9a-f]{32}\n$/;
 
 export type MailboxRole = 'coordinator' | 'worker';
 
-const DIR_NAME = /^ganfleet-(coordinator|worker)-(\d+)-[^/]+$/;
+/** ganfleet-<role>-<pid>-<pid namespace>-<random>; directories of builds before the namespace lack it. */
+const DIR_NAME = /^ganfleet-(coordinator|worker)-(\d+)-(?:(\d+)-)?[^/]+$/;
 
 /** Where mailbox directories go: /dev/shm where there is one, so the frames never touch a disk, else the temp dir. */
 function mailboxBase(): string {
@@ -219,12 +220,14 @@ function checkPeerPath(file: string, from: MailboxRole): void {
 /**
  * A new private directory (0700) for this process's outboxes, in
  * mailboxBase(). It is removed when the process exits; directories left by
- * processes that were killed (their pid is in the name) are swept away here.
+ * processes that were killed (their pid and pid namespace are in the name)
+ * are swept away here, by processes of the same namespace.
  */
 export function makeMailboxDir(role: MailboxRole): string {
   const base = mailboxBase();
   sweepDeadMailboxDirs(base);
-  const dir = fs.mkdtempSync(path.join(base, `ganfleet-${role}-${process.pid}-`));
+  const namespace = pidNamespace();
+  const dir = fs.mkdtempSync(path.join(base, `ganfleet-${role}-${process.pid}-${namespace === null ? '' : `${namespace}-`}`));
   const atExit = () => removeMailboxDir(dir);
   process.once('exit', atExit);
   liveDirs.set(dir, atExit);
@@ -247,9 +250,11 @@ function sweepDeadMailboxDirs(base: string): void {
   } catch {
     return;
   }
+  const mine = pidNamespace();
   for (const name of names) {
-    const pid = DIR_NAME.exec(name)?.[2];
-    if (pid === undefined || processAlive(Number(pid))) continue;
+    const [, , pid, namespace] = DIR_NAME.exec(name) ?? [];
+    // Its pid says nothing here when it was another namespace's (a container sharing /dev/shm): that one removes its own.
+    if (pid === undefined || (namespace !== undefined && namespace !== mine) || processAlive(Number(pid))) continue;
     try {
       const dir = path.join(base, name);
       if (typeof process.getuid === 'function' && fs.lstatSync(dir).uid !== process.getuid()) continue;

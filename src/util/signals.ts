@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+
 /**
  * First SIGINT/SIGTERM: `onFirst` (finish the step, write outputs, stop
  * workers). Second: exit at once with 130. Returns a function that removes
@@ -38,5 +40,14 @@ export function processAlive(pid: number): boolean {
   } catch (e) {
     // EPERM: alive, under another user.
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The inode number of this process's pid namespace (Linux), or null: a pid names one process only within its namespace. */
+export function pidNamespace(): string | null {
+  try {
+    return /^pid:\[(\d+)\]$/.exec(fs.readlinkSync('/proc/self/ns/pid'))?.[1] ?? null;
+  } catch {
+    return null;
   }
 }
