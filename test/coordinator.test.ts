@@ -742,6 +742,31 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test("the ETA's pace starts after the first step, which carries the start-up (shards, compiling): a slow first step does not stretch early ETAs", async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'slow-first-step'), 4), logEvery: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    for (let step = 0; step < 3; step++) {
+      await weightsOrDrop(peer);
+      // The first step as a worker that compiles its kernels meets it: 1.5 s.
+      if (step === 0) await new Promise((r) => setTimeout(r, 1500));
+      peer.gradients(step, 'discriminator', zeros('discriminator'));
+      await weightsOrDrop(peer);
+      peer.gradients(step, 'generator', zeros('generator'));
+    }
+    await weightsOrDrop(peer);
+    assert.ok(lines.some((l) => /^step 3\/4 /.test(l)), lines.join('\n'));
+    // One step left, at the pace of steps 2 and 3; from step 1 on it would be 0.5 s or more.
+    const eta = coordinator.status().etaSeconds!;
+    assert.ok(eta < 0.4, `ETA ${eta} s for one step`);
+    peer.gradients(3, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(peer);
+    peer.gradients(3, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 4);
+    await coordinator.close();
+  });
+
   test('evaluations are left out of images/s and ms/step, as pauses are (they are not training), and counted in the ETA', async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(100);

@@ -34,6 +34,12 @@ export class RunClock {
   /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */
   private paceSteps = 0;
   private paceSeconds = 0;
+  /**
+   * The end of the first step, where the pace starts once a second step is
+   * done: the first carries the start-up (shards sent, kernels compiled),
+   * which would stretch early ETAs.
+   */
+  private afterFirst: Mark | null = null;
   /** Exponential moving average of a step's own time, for the status page's images/s. */
   private stepAverage = 0;
 
@@ -63,8 +69,11 @@ export class RunClock {
 
   /** After the step's sample grid, checkpoint and evaluation, which the pace counts in. */
   paceAfter(stepsThisRun: number): void {
-    this.paceSteps = stepsThisRun;
-    this.paceSeconds = this.first ? this.since(this.first) + (this.evaluatingSeconds - this.first.evaluating) : 0;
+    if (!this.first) return;
+    const from = stepsThisRun > 1 && this.afterFirst ? this.afterFirst : this.first;
+    this.paceSteps = from === this.first ? stepsThisRun : stepsThisRun - 1;
+    this.paceSeconds = this.since(from) + (this.evaluatingSeconds - from.evaluating);
+    if (stepsThisRun === 1) this.afterFirst = this.mark({ at: 0, paused: 0, evaluating: 0 });
   }
 
   /** Images a second since the last call (the first: since the first step). */
