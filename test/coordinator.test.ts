@@ -10,6 +10,7 @@ import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
 import { WorkerGroup } from '../src/coordinator/membership';
+import { PeerMailbox } from '../src/coordinator/peer';
 import { gatherImages } from '../src/data/shards';
 import { imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { blankMnistDir } from './harness';
@@ -210,7 +211,11 @@ describe('coordinator and a worker on one machine', () => {
   });
 });
 
-test('when its mailbox fails, the coordinator says so and sends that worker its weights over the socket', { timeout: 30_000 }, async () => {
+/**
+ * A scripted mailbox worker through a 3-step run in which `breakMailbox`, at the first mailed round, makes the
+ * coordinator's side of that worker's mailbox fail; every round after must come over the socket. The log's lines.
+ */
+async function runWithFailingMailbox(breakMailbox: (mailbox: PeerMailbox, dir: string) => () => void): Promise<{ lines: string[]; coordinator: Coordinator }> {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
   const lines: string[] = [];
   const coordinator = await Coordinator.start(config(out, 3), (line) => lines.push(line));
@@ -218,51 +223,11 @@ test('when its mailbox fails, the coordinator says so and sends that worker its 
   const dir = makeMailboxDir('worker');
   const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
   const ways: string[] = [];
-  let broken = false;
-  for (let round = 0; round < 6; round++) {
+  let mend = () => {};
+  for (;;) {
     const { weights, mailed } = await nextWeights(peer, inbox);
     ways.push(mailed ? 'mail' : 'weights');
-    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
-    if (mailed && !broken) {
-      // As a full /dev/shm would: the coordinator's next write into this worker's file fails.
-      (coordinator as unknown as { workers: WorkerGroup }).workers.get(welcome.workerId)!.mailbox!.outbox.close();
-      broken = true;
-    }
-  }
-  const firstMail = ways.indexOf('mail');
-  assert.ok(firstMail >= 0 && firstMail <= 1, ways.join(' '));
-  assert.deepEqual(ways.slice(firstMail + 1), ways.slice(firstMail + 1).map(() => 'weights'), `after the failure: ${ways.join(' ')}`);
-  assert.equal(coordinator.status().workers[0].frames, 'websocket');
-  assert.equal((await coordinator.metrics.mailboxWorkers.get()).values[0].value, 0);
-  assert.ok(lines.some((l) => /w\d+: its mailbox failed \(.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
-  assert.equal((await run).steps, 3);
-  await coordinator.close();
-  inbox.close();
-  outbox.close();
-  removeMailboxDir(dir);
-  fs.rmSync(out, { recursive: true, force: true });
-});
-
-test("when the coordinator's own read of a worker's mailbox fails, that is no offence of the worker's: the round is asked again over the socket", { timeout: 30_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
-  const lines: string[] = [];
-  const coordinator = await Coordinator.start(config(out, 3), (line) => lines.push(line));
-  const run = coordinator.run();
-  const dir = makeMailboxDir('worker');
-  const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
-  const ways: string[] = [];
-  let broken = false;
-  let unreadable = -1;
-  while (ways.length < 8) {
-    const { weights, mailed } = await nextWeights(peer, inbox);
-    ways.push(mailed ? 'mail' : 'weights');
-    if (mailed && !broken) {
-      // As an I/O error would: the coordinator's descriptor for the worker's file now fails every read (EISDIR).
-      unreadable = fs.openSync(dir, 'r');
-      const fd = unreadable;
-      Object.assign((coordinator as unknown as { workers: WorkerGroup }).workers.get(welcome.workerId)!.mailbox!.inbox!, { file: { open: true, number: fd, close() {} } });
-      broken = true;
-    }
+    if (mailed && ways.indexOf('mail') === ways.length - 1) mend = breakMailbox((coordinator as unknown as { workers: WorkerGroup }).workers.get(welcome.workerId)!.mailbox!, dir);
     peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
     if (weights.step === 2 && weights.phase === 'generator') break;
   }
@@ -270,17 +235,37 @@ test("when the coordinator's own read of a worker's mailbox fails, that is no of
   assert.ok(firstMail >= 0 && firstMail <= 1, ways.join(' '));
   assert.deepEqual(ways.slice(firstMail + 1), ways.slice(firstMail + 1).map(() => 'weights'), `after the failure: ${ways.join(' ')}`);
   assert.equal((await run).steps, 3);
-  assert.ok(lines.some((l) => /w\d+: its mailbox failed \(reading the mailbox failed: EISDIR.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
-  assert.ok(lines.some((l) => /no worker answered the \w+ round of step \d; asking again/.test(l)), lines.join('\n'));
-  assert.ok(!lines.some((l) => /rejected a message/.test(l)), lines.join('\n'));
   assert.equal(coordinator.status().workers[0].frames, 'websocket');
-  assert.deepEqual((await coordinator.metrics.rejected.get()).values.filter((v) => v.value > 0), []);
+  assert.equal((await coordinator.metrics.mailboxWorkers.get()).values[0].value, 0);
   await coordinator.close();
-  fs.closeSync(unreadable);
+  mend();
   inbox.close();
   outbox.close();
   removeMailboxDir(dir);
   fs.rmSync(out, { recursive: true, force: true });
+  return { lines, coordinator };
+}
+
+test('when its mailbox fails, the coordinator says so and sends that worker its weights over the socket', { timeout: 30_000 }, async () => {
+  const { lines } = await runWithFailingMailbox((mailbox) => {
+    // As a full /dev/shm would: the coordinator's next write into this worker's file fails.
+    mailbox.outbox.close();
+    return () => {};
+  });
+  assert.ok(lines.some((l) => /w\d+: its mailbox failed \(.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
+});
+
+test("when the coordinator's own read of a worker's mailbox fails, that is no offence of the worker's: the round is asked again over the socket", { timeout: 30_000 }, async () => {
+  const { lines, coordinator } = await runWithFailingMailbox((mailbox, dir) => {
+    // As an I/O error would: the coordinator's descriptor for the worker's file now fails every read (EISDIR).
+    const fd = fs.openSync(dir, 'r');
+    Object.assign(mailbox.inbox!, { file: { open: true, number: fd, close() {} } });
+    return () => fs.closeSync(fd);
+  });
+  assert.ok(lines.some((l) => /w\d+: its mailbox failed \(reading the mailbox failed: EISDIR.*\); its frames go over the WebSocket from now on/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /no worker answered the \w+ round of step \d; asking again/.test(l)), lines.join('\n'));
+  assert.ok(!lines.some((l) => /rejected a message/.test(l)), lines.join('\n'));
+  assert.deepEqual((await coordinator.metrics.rejected.get()).values.filter((v) => v.value > 0), []);
 });
 
 test('a worker whose hello comes while the coordinator closes (connected just before) is told to stop, as the others are, not welcomed and cut off', async () => {
