@@ -78,7 +78,9 @@ test('writes are atomic, keep the newest K, and resume falls back past broken fi
   assert.equal(lines.length, 2);
   assert.match(lines[0], /skipping checkpoint .*ckpt-000000040\.bin: payload is/);
   assert.match(lines[1], /skipping checkpoint .*ckpt-000000030\.bin: checksum mismatch/);
-  assert.equal(loadLatestCheckpoint(tempDir('empty'), () => {}), null);
+  const empty = tempDir('empty');
+  assert.equal(loadLatestCheckpoint(empty, () => {}), null);
+  fs.rmSync(empty, { recursive: true, force: true });
   // Broken files were renamed aside: retention after the resume keeps the new good one, not a torn one.
   writeCheckpoint(dir, checkpointAt(21), 1);
   assert.deepEqual(listCheckpoints(dir), ['ckpt-000000021.bin']);

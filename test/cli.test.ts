@@ -238,6 +238,7 @@ test('--eval-every with a --data-dir that lacks the test set is refused at start
   assert.doesNotMatch(r.stdout + r.stderr, /listening/);
   assert.ok(!fs.existsSync(out), 'a failed start leaves no directory');
   fs.rmSync(data, { recursive: true, force: true });
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 
 test('local --resume on a finished run starts no workers: they would only retry a closed port until killed', () => {

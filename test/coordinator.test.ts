@@ -715,9 +715,7 @@ describe('coordinator edge cases found by review', () => {
 
   test('a run ends with its checkpoint written before the final evaluation, which may outlast a stop\'s grace period', async () => {
     const lines: string[] = [];
-    // A small test set, so that the evaluation's reference statistics take no time here.
-    const dataDir = blankMnistDir(100);
-    for (const name of ['images-idx3', 'labels-idx1']) fs.copyFileSync(path.join(dataDir, `train-${name}-ubyte`), path.join(dataDir, `t10k-${name}-ubyte`));
+    const dataDir = blankMnistDir(100, true);
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'checkpoint-then-eval'), 1), dataDir, evalEvery: 5, evalSamples: 100 }, (l) => lines.push(l));
     const run = coordinator.run();
     await answerOneStep(coordinator, 0);
@@ -725,59 +723,17 @@ describe('coordinator edge cases found by review', () => {
     const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
     assert.ok(at(/^checkpoint /) >= 0 && at(/^eval step 1:/) > at(/^checkpoint /), lines.join('\n'));
     await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
-  test("the ETA's pace starts after the first step, which carries the start-up (shards, compiling): a slow first step does not stretch early ETAs", async () => {
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'slow-first-step'), 4), logEvery: 1 }, (l) => lines.push(l));
+  test('the time spent evaluating is reported, and left out of ms/step and images/s as pauses are (test/progress.test.ts has the arithmetic)', async () => {
+    const dataDir = blankMnistDir(100, true);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'eval-not-pace'), 1), dataDir, evalEvery: 1, evalSamples: 100 }, () => {});
     const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
-    for (let step = 0; step < 3; step++) {
-      await weightsOrDrop(peer);
-      // The first step as a worker that compiles its kernels meets it: 1.5 s.
-      if (step === 0) await new Promise((r) => setTimeout(r, 1500));
-      peer.gradients(step, 'discriminator', zeros('discriminator'));
-      await weightsOrDrop(peer);
-      peer.gradients(step, 'generator', zeros('generator'));
-    }
-    await weightsOrDrop(peer);
-    assert.ok(lines.some((l) => /^step 3\/4 /.test(l)), lines.join('\n'));
-    // One step left, at the pace of steps 2 and 3; from step 1 on it would be 0.5 s or more.
-    const eta = coordinator.status().etaSeconds!;
-    assert.ok(eta < 0.4, `ETA ${eta} s for one step`);
-    peer.gradients(3, 'discriminator', zeros('discriminator'));
-    await weightsOrDrop(peer);
-    peer.gradients(3, 'generator', zeros('generator'));
-    assert.equal((await run).steps, 4);
-    await coordinator.close();
-  });
-
-  test('evaluations are left out of images/s and ms/step, as pauses are (they are not training), and counted in the ETA', async () => {
-    const lines: string[] = [];
-    const dataDir = blankMnistDir(100);
-    for (const name of ['images-idx3', 'labels-idx1']) fs.copyFileSync(path.join(dataDir, `train-${name}-ubyte`), path.join(dataDir, `t10k-${name}-ubyte`));
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'eval-not-pace'), 3), dataDir, evalEvery: 1, evalSamples: 200, logEvery: 1 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
-    for (let step = 0; step < 3; step++) {
-      await weightsOrDrop(peer);
-      peer.gradients(step, 'discriminator', zeros('discriminator'));
-      await weightsOrDrop(peer);
-      peer.gradients(step, 'generator', zeros('generator'));
-      if (step === 1) {
-        // One step left, and an evaluation after it: the ETA is at least that evaluation.
-        while (!lines.some((l) => /^step 2\/3 /.test(l))) await new Promise((r) => setTimeout(r, 5));
-        const evalSeconds = Number(/^eval step 2: .*, ([\d.]+) s\)$/.exec(lines.find((l) => /^eval step 2:/.test(l))!)![1]);
-        assert.ok(coordinator.status().etaSeconds! >= 0.5 * evalSeconds, `ETA ${coordinator.status().etaSeconds} s, an evaluation ${evalSeconds} s`);
-      }
-    }
+    await answerOneStep(coordinator, 0);
     const summary = await run;
-    const perEval = summary.evaluationSeconds / 3;
-    assert.ok(perEval > 0.05, JSON.stringify(summary));
+    assert.ok(summary.evaluationSeconds > 0, JSON.stringify(summary));
     assert.ok(Math.abs(summary.msPerStep - (1000 * (summary.seconds - summary.pausedSeconds - summary.evaluationSeconds)) / summary.stepsThisRun) < 1e-6, JSON.stringify(summary));
-    assert.ok(summary.msPerStep < 1000 * perEval, `${summary.msPerStep} ms/step, an evaluation ${perEval} s`);
-    // Each line's images/s is the steps' own: 128 images in far less than an evaluation.
-    for (const l of lines.filter((l) => /^step \d\/3 /.test(l))) assert.ok(Number(/images\/s=(\d+)/.exec(l)![1]) > 128 / perEval, `${l}; an evaluation took ${perEval} s`);
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });

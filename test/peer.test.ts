@@ -14,7 +14,7 @@ async function peerPair(): Promise<{ peer: WorkerPeer; client: WebSocket; server
   return { peer: new WorkerPeer('w1', 'test', '127.0.0.1', 'none', socket, () => {}, () => {}), client, server };
 }
 
-test('a close queued behind two fragmented frames goes out after both, at once: it was lost behind the second until a 30 s cut-off', async () => {
+test('a close queued behind two fragmented frames goes out after both: it was lost behind the second until a 30 s cut-off', async () => {
   const { peer, client, server } = await peerPair();
   const got: number[] = [];
   client.on('message', (d: Buffer) => got.push(d.length));
@@ -25,11 +25,10 @@ test('a close queued behind two fragmented frames goes out after both, at once: 
   assert.ok(peer.send(weights));
   peer.close(1008, 'protocol violation');
   assert.equal(peer.open, false, 'a closing peer takes part in nothing more');
-  const started = Date.now();
+  // Lost, the close would come as the 30 s cut-off: 1006, without this code and reason.
   const [code, reason] = (await closed) as [number, Buffer];
   assert.deepEqual(got, [shard.length, weights.length], 'both frames, whole and in order, before the close');
   assert.equal(code, 1008);
   assert.equal(reason.toString(), 'protocol violation');
-  assert.ok(Date.now() - started < 10_000, `the close took ${Date.now() - started} ms`);
   server.close();
 });

@@ -24,6 +24,9 @@ interface Mark {
  * first workers connect.
  */
 export class RunClock {
+  /** `now`: milliseconds, as performance.now gives them (a test drives its own). */
+  constructor(private readonly now: () => number = () => performance.now()) {}
+
   private pausedSeconds = 0;
   private evaluatingSeconds = 0;
   private first: Mark | null = null;
@@ -98,14 +101,14 @@ export class RunClock {
   elapsed(): { seconds: number; pausedSeconds: number; evaluationSeconds: number } {
     if (!this.first) return { seconds: 0, pausedSeconds: 0, evaluationSeconds: 0 };
     return {
-      seconds: (performance.now() - this.first.at) / 1000,
+      seconds: (this.now() - this.first.at) / 1000,
       pausedSeconds: this.pausedSeconds - this.first.paused,
       evaluationSeconds: this.evaluatingSeconds - this.first.evaluating,
     };
   }
 
   private mark(m: Mark): Mark {
-    m.at = performance.now();
+    m.at = this.now();
     m.paused = this.pausedSeconds;
     m.evaluating = this.evaluatingSeconds;
     return m;
@@ -113,7 +116,7 @@ export class RunClock {
 
   /** Training time since `m`: neither paused nor evaluating. */
   private since(m: Mark): number {
-    return (performance.now() - m.at) / 1000 - (this.pausedSeconds - m.paused) - (this.evaluatingSeconds - m.evaluating);
+    return (this.now() - m.at) / 1000 - (this.pausedSeconds - m.paused) - (this.evaluatingSeconds - m.evaluating);
   }
 }
 

@@ -1,0 +1,62 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RunClock } from '../src/coordinator/progress';
+
+/** A RunClock on a clock the test moves (milliseconds). */
+function clockAt(): { clock: RunClock; advance: (ms: number) => void } {
+  let ms = 0;
+  return { clock: new RunClock(() => ms), advance: (by) => (ms += by) };
+}
+
+/** A step of `ms`, `images` images, then whatever `after` does (sample grid, checkpoint, evaluation) before the pace is taken. */
+function step(c: ReturnType<typeof clockAt>, ms: number, stepsThisRun: number, after: () => void = () => {}, images = 128): void {
+  c.clock.stepStarted();
+  c.advance(ms);
+  c.clock.stepFinished(images);
+  after();
+  c.clock.paceAfter(stepsThisRun);
+}
+
+const close = (actual: number | null, expected: number) => assert.ok(actual !== null && Math.abs(actual - expected) < 1e-9, `${actual}, expected ${expected}`);
+
+test("the ETA's pace starts after the first step, which carries the start-up; with one step done, it is that step's", () => {
+  const c = clockAt();
+  assert.equal(c.clock.etaSeconds(10), null, 'no pace before the first step');
+  step(c, 1000, 1);
+  close(c.clock.etaSeconds(10), 10);
+  step(c, 100, 2);
+  step(c, 100, 3);
+  close(c.clock.etaSeconds(10), 1);
+  // The first step stays in the run's own figures.
+  close(c.clock.windowRate(), (3 * 128) / 1.2);
+  close(c.clock.elapsed().seconds, 1.2);
+});
+
+test('an evaluation is counted in the ETA (the run still has it to do) and left out of images/s and the elapsed training time', () => {
+  const c = clockAt();
+  step(c, 100, 1);
+  step(c, 100, 2, () => {
+    c.advance(1000);
+    c.clock.addEvaluation(1);
+  });
+  close(c.clock.etaSeconds(1), 1.1);
+  close(c.clock.windowRate(), (2 * 128) / 0.2);
+  assert.deepEqual(c.clock.elapsed(), { seconds: 1.2, pausedSeconds: 0, evaluationSeconds: 1 });
+  // The step average behind the status page's images/s: steps only.
+  close(c.clock.imagesPerSecond(128), 1280);
+});
+
+test('a pause (waiting for workers) is left out of the ETA, images/s and the training time alike', () => {
+  const c = clockAt();
+  step(c, 100, 1);
+  c.clock.stepStarted();
+  c.advance(50);
+  c.advance(2000);
+  c.clock.addPause(2);
+  c.advance(50);
+  c.clock.stepFinished(128);
+  c.clock.paceAfter(2);
+  close(c.clock.etaSeconds(1), 0.1);
+  close(c.clock.windowRate(), (2 * 128) / 0.2);
+  assert.deepEqual(c.clock.elapsed(), { seconds: 2.2, pausedSeconds: 2, evaluationSeconds: 0 });
+});
