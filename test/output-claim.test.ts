@@ -91,7 +91,7 @@ test('in this process table: a live holder is refused at once; a gone one, an ea
   plantLease(out, HERE(gone));
   let taken = await takeLogged(out);
   assert.match(taken.lines.join('\n'), new RegExp(`took over the lease on --out .* from pid ${gone} on .*: pid ${gone} is gone`));
-  assert.ok(taken.ms < FAST.staleMs, `${taken.ms} ms`);
+  assert.doesNotMatch(taken.lines.join('\n'), /watching it/, 'taken at once, not watched');
   // This pid, another token: an earlier process of this container (a restarted one is pid 1 again).
   plantLease(out, HERE(process.pid));
   taken = await takeLogged(out);
@@ -113,7 +113,8 @@ test("another machine's lease is watched for the stale time whatever its date sa
   for (const [holder, age] of [[ELSEWHERE, 60_000], [ELSEWHERE, -3_600_000], [{ ...HERE(1), processTable: 'another-boot pid:[1]' }, 60_000]] as const) {
     plantLease(out, holder, age);
     const taken = await takeLogged(out);
-    assert.ok(taken.ms >= FAST.staleMs - 20 && taken.ms < 10 * FAST.staleMs, `${taken.ms} ms`);
+    // Watched for the stale time (a lower bound no load can break), not for the hour its date would say.
+    assert.ok(taken.ms >= FAST.staleMs - 20, `${taken.ms} ms`);
     assert.match(taken.lines.join('\n'), /has a lease of pid 1 on .*watching it for 0\.4 s to see whether its holder is alive[\s\S]*took over .*: untouched for 0\.4 s/);
   }
   const file = plantLease(out, ELSEWHERE);
@@ -165,9 +166,10 @@ test('a lease that cannot be touched is retried, and given up only once others w
     throw Object.assign(new Error('EIO: i/o error, utime'), { code: 'EIO' });
   };
   try {
-    await new Promise((r) => setTimeout(r, FAST.staleMs / 2));
-    assert.equal(lost, null, 'a passing error is not a lost lease');
+    // The first failed touch is retried, not taken for a lost lease.
+    for (let i = 0; i < 100 && !lines.some((l) => /cannot touch the lease/.test(l)); i++) await new Promise((r) => setTimeout(r, 5));
     assert.match(lines.join('\n'), /cannot touch the lease .* \(EIO: i\/o error, utime\); retrying/);
+    assert.equal(lost, null, 'a passing error is not a lost lease');
     for (let i = 0; i < 100 && lost === null; i++) await new Promise((r) => setTimeout(r, 20));
     assert.match(String(lost), /went untouched for 0\.4 s \(EIO/);
   } finally {
@@ -182,10 +184,9 @@ test('a wait on another machine\'s lease ends at a signal (abort): OUT_NOT_TAKEN
   const out = path.join(root, 'run');
   const file = plantLease(out, ELSEWHERE);
   const aborting = new AbortController();
-  const t0 = Date.now();
   setTimeout(() => aborting.abort('SIGINT received'), 100);
+  // Without the abort the 30 s watch would end in a takeover, not this rejection.
   await assert.rejects(OutputClaim.take(out, () => {}, noLost, { refreshMs: 50, staleMs: 30_000 }, aborting.signal), rejectsWith('OUT_NOT_TAKEN', /^SIGINT received while watching the lease on --out .*: nothing was written$/));
-  assert.ok(Date.now() - t0 < 5_000, `${Date.now() - t0} ms`);
   assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'theirs');
   fs.rmSync(root, { recursive: true, force: true });
 });
