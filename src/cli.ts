@@ -261,6 +261,14 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     .check((a) => {
       if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
       for (const s of switches()) if (s.value === null) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
+      // An empty value would read as unset: GANFLEET_HOST= put the token-less metrics on every interface, GANFLEET_TOKEN= turned auth off.
+      for (const key of (options() as unknown as { string: string[] }).string) {
+        const v = (a as Record<string, unknown>)[key];
+        if (typeof v === 'string' && v.trim() === '') {
+          const variable = environmentSource(key);
+          throw new Error(`--${key} must not be empty${variable ? ` (from ${variable})` : ''}; to leave it unset, leave it out`);
+        }
+      }
       return true;
     });
 }

@@ -159,7 +159,7 @@ test('a training set with no images, or fewer images than workers, stops the run
   }
 });
 
-test('a value flag with no value, an empty --out, and a value that is not a number are refused, with the value and where it came from', () => {
+test('a value flag with no value, an empty --out or other string, and a value that is not a number are refused, with the value and where it came from', () => {
   const cwd = tempDir('cli-cwd');
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
   // It used to train with the default 10,000 steps.
@@ -173,6 +173,20 @@ test('a value flag with no value, an empty --out, and a value that is not a numb
     const r = cli([...args], env);
     assert.equal(r.status, 2, `${args.join(' ')} ${JSON.stringify(env)}`);
     assert.match(r.stderr, /--out must name a directory/);
+  }
+  // Any other empty string reads as unset: GANFLEET_HOST= bound every interface, GANFLEET_TOKEN= turned auth off.
+  for (const [args, env, flag, from] of [
+    [['coordinator', '--host', ''], {}, 'host', ''],
+    [['coordinator'], { GANFLEET_HOST: '' }, 'host', ' (from GANFLEET_HOST)'],
+    [['coordinator'], { GANFLEET_TOKEN: ' ' }, 'token', ' (from GANFLEET_TOKEN)'],
+    [['coordinator', '--tls-cert='], {}, 'tls-cert', ''],
+    [['local', '--data-dir', ''], {}, 'data-dir', ''],
+    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--ca', ''], {}, 'ca', ''],
+    [['worker', '--coordinator', 'ws://127.0.0.1:1'], { GANFLEET_NAME: '' }, 'name', ' (from GANFLEET_NAME)'],
+  ] as const) {
+    const r = cli([...args], env);
+    assert.equal(r.status, 2, `${args.join(' ')} ${JSON.stringify(env)}: ${r.stderr}`);
+    assert.equal(r.stderr.split('\n')[0], `ganfleet: --${flag} must not be empty${from}; to leave it unset, leave it out`);
   }
   assert.match(cli(['local', '--steps', 'abc']).stderr, /--steps must be an integer >= 1, got "abc"/);
   assert.match(cli(['local'], { GANFLEET_STEPS: 'abc' }).stderr, /--steps must be an integer >= 1, got "abc" \(from GANFLEET_STEPS\)/);
