@@ -680,6 +680,39 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('every worker gone mid-step: the round waits for --min-workers, not the first back, and they share one new plan', { timeout: 30_000 }, async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'min-workers-mid-step'), 2), startWorkers: 2, minWorkers: 2 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const first = [await joinedPeer(coordinator), await joinedPeer(coordinator)];
+    for (const p of first) await weightsOrDrop(p.peer);
+    for (const p of first) p.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    for (const p of first) await weightsOrDrop(p.peer);
+    // Both leave before answering the G round.
+    for (const p of first) p.peer.ws.terminate();
+    while (!lines.some((l) => /^paused at step 0: 0\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
+    const a = await joinedPeer(coordinator);
+    while (!lines.some((l) => /^paused at step 0: 1\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
+    const b = await joinedPeer(coordinator);
+    for (const p of [a, b]) {
+      const g = await weightsOrDrop(p.peer);
+      assert.ok(g.step === 0 && g.phase === 'generator', JSON.stringify({ step: g.step, phase: g.phase }));
+      p.peer.gradients(0, 'generator', zeros('generator'));
+    }
+    for (const p of [a, b]) await weightsOrDrop(p.peer);
+    coordinator.requestStop('test over');
+    for (const p of [a, b]) p.peer.gradients(1, 'discriminator', zeros('discriminator'));
+    for (const p of [a, b]) await weightsOrDrop(p.peer);
+    for (const p of [a, b]) p.peer.gradients(1, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 2);
+    assert.ok(!lines.some((l) => /resuming at step 0 with 1 worker/.test(l)), lines.join('\n'));
+    const plans = lines.filter((l) => /^shard plan/.test(l));
+    assert.equal(plans.length, 2, plans.join('\n'));
+    assert.match(plans[1], new RegExp(`^shard plan 2: ${a.workerId}=30000 ${b.workerId}=30000; `));
+    assert.equal((await coordinator.metrics.pauses.get()).values[0].value, 1);
+    await coordinator.close();
+  });
+
   test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start(config(path.join(out, 'mid-step-pause'), 3), (l) => lines.push(l));

@@ -494,16 +494,18 @@ export class Coordinator {
 
   /**
    * Runs the round until some worker answers: when every participant left,
-   * wait for workers (paused) and ask again. Null only when a stop comes
-   * while no worker is left to answer.
+   * wait (paused) for --min-workers, as at a step boundary, and ask again,
+   * under one plan for all of them. Null only when a stop comes while no
+   * worker is left to answer.
    */
   private async roundUntilAnswered(step: number, phase: Phase): Promise<RoundResult | null> {
     for (;;) {
       const result = await this.runRound(step, phase);
       if (result) return result;
       this.log(`no worker answered the ${phase} round of step ${step}; asking again`);
-      // Mid-step any worker will do, as long as the shards fit (and a stop still lets the step finish).
-      await this.waitForWorkers(this.fewestWorkers);
+      // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
+      // step's end. A stop still lets the step finish with whoever is there.
+      await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers));
       if (this.workers.openCount() < this.fewestWorkers) return null;
       this.workers.rebalanceIfChanged(this.permutation, this.train.images);
     }
