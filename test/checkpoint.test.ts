@@ -124,7 +124,7 @@ test('a resume gives the checkpoint its slots back only with the same --seed and
   };
   afresh(c, { ...now, seed: 4 }, /planned afresh \(--seed differs from the checkpoint's\)/);
   afresh(c, { ...now, trainingSet: { images: 10, sha256: 'b'.repeat(64) } }, /the training images differ/);
-  afresh({ ...c, shards: [] }, now, /the checkpoint holds none/);
+  afresh({ ...c, shards: [] }, now, /the checkpoint holds none: it was written while no worker held a shard \(all had left\), or by ganfleet before protocol 3/);
   afresh({ ...c, shards: [...c.shards, { indices: Uint32Array.from([2]), seed: 5 }] }, now, /its slot 3 holds image 2, held twice/);
   afresh({ ...c, shards: [{ indices: Uint32Array.from([10]), seed: 5 }] }, now, /its slot 1 holds image 10, outside the training set/);
 });

@@ -99,7 +99,7 @@ export function resumeWarnings(now: Record<string, unknown>, then: Record<string
  */
 export function shardsToResume(c: Checkpoint, now: Record<string, unknown>): { slots: ShardSlot[]; note: string } {
   const afresh = (why: string) => ({ slots: [], note: `shards and worker seeds are planned afresh (${why}), so the run continues the same training, not the same bits` });
-  if (c.shards.length === 0) return afresh('the checkpoint holds none: written by ganfleet before protocol 3, or before any plan');
+  if (c.shards.length === 0) return afresh('the checkpoint holds none: it was written while no worker held a shard (all had left), or by ganfleet before protocol 3');
   if (JSON.stringify(now.seed) !== JSON.stringify(c.config.seed)) return afresh('--seed differs from the checkpoint\'s');
   if (otherImages(now, c.config)) return afresh('the training images differ from the checkpoint\'s');
   try {
