@@ -66,6 +66,32 @@ function holdsCertificate(file: string): boolean {
   }
 }
 
+/** Why --tls-cert and --tls-key cannot serve TLS, or null; found here, named by flag, not as OpenSSL's "no start line" at bind. */
+function tlsPairProblem(certFile: string, keyFile: string): string | null {
+  let cert: crypto.X509Certificate;
+  try {
+    cert = new crypto.X509Certificate(fs.readFileSync(certFile));
+  } catch {
+    return `--tls-cert ${certFile} holds no PEM certificate${holdsPrivateKey(certFile) ? ' but a private key: are --tls-cert and --tls-key swapped?' : ''}`;
+  }
+  let key: crypto.KeyObject;
+  try {
+    key = crypto.createPrivateKey(fs.readFileSync(keyFile));
+  } catch {
+    return `--tls-key ${keyFile} holds no PEM private key (an encrypted one needs its passphrase removed)`;
+  }
+  return cert.checkPrivateKey(key) ? null : `--tls-key ${keyFile} is not the key of the certificate in --tls-cert ${certFile}`;
+}
+
+function holdsPrivateKey(file: string): boolean {
+  try {
+    crypto.createPrivateKey(fs.readFileSync(file));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void {
   if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
   throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}, got ${given(name, v)}`);
@@ -299,6 +325,8 @@ export function buildCli(argv: string[]) {
               if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${a['max-workers']} is below --min-workers ${a['min-workers']}`);
               if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
               for (const k of ['tls-cert', 'tls-key'] as const) if (a[k] && !fs.existsSync(a[k]!)) throw new Error(`--${k}: no such file ${a[k]}`);
+              const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
+              if (tls) throw new Error(tls);
               return true;
             }),
           argv,

@@ -1,9 +1,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { CLI } from './helpers';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, tempDir } from './harness';
 
 let dir: string;
@@ -168,4 +169,20 @@ test('--host 0.0.0.0 without a token refuses to start, before binding', { timeou
   assert.match(coord.log, /refusing to listen on 0\.0\.0\.0 without --token/);
   assert.match(coord.log, /--insecure/);
   assert.doesNotMatch(coord.log, /listening for workers/);
+});
+
+test('--tls-cert and --tls-key that cannot serve TLS (swapped, not a key, a key of another certificate) are usage errors naming the flag', () => {
+  const other = path.join(dir, 'other-key.pem');
+  execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', other], { stdio: 'pipe' });
+  const start = (c: string, k: string) => spawnSync(process.execPath, [CLI, 'coordinator', '--tls-cert', c, '--tls-key', k, '--port', '0', '--metrics-port', '-1', '--out', path.join(dir, 'never')], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...CLEAN_ENV } });
+  for (const [c, k, why] of [
+    [key, cert, `--tls-cert ${key} holds no PEM certificate but a private key: are --tls-cert and --tls-key swapped?`],
+    [cert, cert, `--tls-key ${cert} holds no PEM private key (an encrypted one needs its passphrase removed)`],
+    [cert, other, `--tls-key ${other} is not the key of the certificate in --tls-cert ${cert}`],
+  ]) {
+    const r = start(c, k);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr.split('\n')[0], `ganfleet: ${why}`);
+  }
+  assert.ok(!fs.existsSync(path.join(dir, 'never')));
 });
