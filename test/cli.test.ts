@@ -376,6 +376,7 @@ test('local says when --gpus cannot be used and when --no-mailbox sends every fr
   const log = r.stdout + r.stderr;
   assert.match(log, /--gpus 0 given, but the workers will compute on the CPU: --backend wasm does not use them/);
   assert.match(log, /no shared-memory mailboxes \(--no-mailbox\): every worker's frames travel over the WebSocket/);
+  assert.match(log, /\[worker local-1\] frames travel over the WebSocket \(the coordinator offers no mailbox\)/);
   // A worker's own disconnect at a clean exit is no lost parent (it logged one and exited 1).
   assert.doesNotMatch(log, /parent process gone/);
   fs.rmSync(path.dirname(out), { recursive: true, force: true });

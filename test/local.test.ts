@@ -154,6 +154,7 @@ test('a worker started with --no-mailbox declines the offer and trains over the 
   assert.equal(wcode, 0, worker.log());
   assert.match(coordinator.log(), /finished 5 steps/);
   assert.doesNotMatch(coordinator.log() + worker.log(), /shared memory/);
+  assert.match(worker.log(), /frames travel over the WebSocket \(--no-mailbox\)/);
   fs.rmSync(out, { recursive: true, force: true });
 });
 

@@ -249,6 +249,8 @@ function connectOnce(
             mailbox?.close();
             mailbox = openMailbox(msg, log);
             if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outbox.path })));
+          } else {
+            log(`frames travel over the WebSocket (${opts.mailbox ? 'the coordinator offers no mailbox' : '--no-mailbox'})`);
           }
           return;
         }
