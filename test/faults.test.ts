@@ -65,6 +65,23 @@ describe('worker failures', () => {
     for (const w of workers.filter((_, i) => i !== 1)) assert.equal(await w.exited, 0);
   });
 
+  test('a worker frozen past --heartbeat is dropped, and told why: it reads the reason when it wakes, rejoins, and the run completes', { timeout: 90_000 }, async () => {
+    const dir = out('frozen');
+    const c = await startCoordinator(['--steps', '400', '--log-every', '1', '--checkpoint-every', '0', '--heartbeat', '1', '--out', dir]);
+    track(c.proc);
+    const w = track(startWorker(c.url, 'frozen'));
+    await c.proc.waitFor(/step 20\/400/);
+    const mark = c.proc.log.length;
+    w.kill('SIGSTOP');
+    await c.proc.waitFor(/w1 left \(no heartbeat for 1 s\)/, 30_000, mark);
+    await sleep(1500);
+    w.kill('SIGCONT');
+    await w.waitFor(/connection lost \(the coordinator dropped this worker: no heartbeat for 1 s\); reconnecting in/);
+    assert.match(w.log, /coordinator says COORDINATOR_DROPPED: no heartbeat for 1 s/);
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.equal(await w.exited, 0, w.log);
+  });
+
   test('a worker that joins mid-run is admitted at a step boundary with its own shard', { timeout: 60_000 }, async () => {
     const dir = out('join');
     // Steps enough that the second worker, started at step 15, joins before the end even on a loaded machine.

@@ -15,6 +15,9 @@ import { FRAGMENT_WRITE_MS, WorkerPeer } from './peer';
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
 export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
+/** How long a dropped peer's socket may take to carry the reason and a close before it is cut. */
+const DROP_GRACE_MS = 1000;
+
 /** What a welcome tells every worker, besides its id and its mailbox. */
 export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce'>;
 
@@ -158,10 +161,17 @@ export class WorkerGroup {
     this.hooks.changed();
   }
 
-  /** Cuts a peer off now: it stops being awaited, and its socket is not waited for. */
+  /**
+   * Cuts a peer off now: it stops being awaited, and its socket is not
+   * waited for beyond a moment in which it is told why, where it can still
+   * hear (a frozen worker reads it when it wakes, and its log says why, not
+   * just 1006).
+   */
   drop(peer: WorkerPeer, why: string): void {
     this.remove(peer, why);
-    peer.socket.terminate();
+    peer.send(encode(errorMessage('COORDINATOR_DROPPED', why)));
+    peer.close(4000, 'dropped');
+    setTimeout(() => peer.socket.terminate(), DROP_GRACE_MS).unref();
   }
 
   /** The plan's slots, in the order of the plan: what a checkpoint keeps. */

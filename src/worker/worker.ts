@@ -277,6 +277,7 @@ function connectOnce(
           // A refusal of the connection itself (full, wrong model) is followed by a close.
           log(`coordinator says ${msg.code}: ${msg.message}`);
           if (msg.code === 'COORDINATOR_FULL') end(lost(msg.message));
+          if (msg.code === 'COORDINATOR_DROPPED') end(lost(`the coordinator dropped this worker: ${msg.message}`));
           // Another build of ganfleet: reconnecting cannot help.
           if (msg.code === 'PROTOCOL_BAD_VERSION') end({ kind: 'fatal', reason: `the coordinator speaks another protocol version: ${msg.message}` });
           // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
