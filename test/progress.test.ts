@@ -60,3 +60,17 @@ test('a pause (waiting for workers) is left out of the ETA, images/s and the tra
   close(c.clock.windowRate(), (2 * 128) / 0.2);
   assert.deepEqual(c.clock.elapsed(), { seconds: 2.2, pausedSeconds: 2, evaluationSeconds: 0 });
 });
+
+test("the status page's images/s is at the median of the last 32 steps: one step that waited out a dropped worker does not drag it down for long", () => {
+  const c = clockAt();
+  assert.equal(c.clock.imagesPerSecond(128), 0, 'none before the first step');
+  for (let i = 1; i <= 10; i++) step(c, 10, i);
+  close(c.clock.imagesPerSecond(128), 12800);
+  // A 7 s step (a round that waited for its deadline), then the usual pace again.
+  step(c, 7000, 11);
+  step(c, 10, 12);
+  close(c.clock.imagesPerSecond(128), 12800);
+  // A lasting slowdown shows once it is most of the recent steps.
+  for (let i = 13; i <= 40; i++) step(c, 20, i);
+  close(c.clock.imagesPerSecond(128), 6400);
+});

@@ -9,6 +9,9 @@ export interface StepStats {
   workers: number;
 }
 
+/** Steps behind the status page's images/s. */
+const RECENT_STEPS = 32;
+
 /** A moment of the run: the wall clock, and the time paused and evaluating until then. */
 interface Mark {
   at: number;
@@ -43,8 +46,13 @@ export class RunClock {
    * which would stretch early ETAs.
    */
   private afterFirst: Mark | null = null;
-  /** Exponential moving average of a step's own time, for the status page's images/s. */
-  private stepAverage = 0;
+  /**
+   * The last RECENT_STEPS steps' own times, for the status page's images/s:
+   * their median, so one step that waited out a dropped worker's deadline
+   * does not pull the figure down for a hundred steps, as an average did.
+   */
+  private readonly recent = new Float64Array(RECENT_STEPS);
+  private recentCount = 0;
 
   /** Time spent waiting for workers, at a step boundary or mid-step. */
   addPause(seconds: number): void {
@@ -66,7 +74,7 @@ export class RunClock {
 
   stepFinished(images: number): void {
     const seconds = this.since(this.step);
-    this.stepAverage = this.stepAverage === 0 ? seconds : 0.95 * this.stepAverage + 0.05 * seconds;
+    this.recent[this.recentCount++ % RECENT_STEPS] = seconds;
     this.windowImages += images;
   }
 
@@ -92,9 +100,13 @@ export class RunClock {
     return this.paceSteps > 0 ? (remainingSteps * this.paceSeconds) / this.paceSteps : null;
   }
 
-  /** Of the moving average of recent steps; 0 before the first. */
+  /** At the median time of the recent steps; 0 before the first. */
   imagesPerSecond(imagesPerStep: number): number {
-    return this.stepAverage > 0 ? imagesPerStep / this.stepAverage : 0;
+    const times = this.recent.slice(0, Math.min(this.recentCount, RECENT_STEPS)).sort();
+    if (times.length === 0) return 0;
+    const mid = times.length >> 1;
+    const median = times.length % 2 ? times[mid] : (times[mid - 1] + times[mid]) / 2;
+    return median > 0 ? imagesPerStep / median : 0;
   }
 
   /** Wall time from the first step until now, and the parts of it paused and evaluating. */
