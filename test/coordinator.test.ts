@@ -892,7 +892,11 @@ describe('coordinator edge cases found by review', () => {
   test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json', async () => {
     const dir = path.join(out, 'resumed-finished');
     plantCheckpoint(dir, 3);
-    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true }, () => {});
+    const lines: string[] = [];
+    // Another batch size and fewer workers than the checkpoint's: what would warn, were there steps to train.
+    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, batchSize: 64 }, (l) => lines.push(l));
+    assert.ok(lines.some((l) => /^resumed from \S+ckpt-000000003\.bin at step 3, which --steps 3 does not pass$/.test(l)), lines.join('\n'));
+    assert.ok(!lines.some((l) => /warning|bit for bit|planned afresh/.test(l)), lines.join('\n'));
     const summary = await coordinator.run();
     assert.equal(summary.steps, 3);
     assert.equal(summary.stepsThisRun, 0);

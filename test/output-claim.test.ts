@@ -99,7 +99,7 @@ test('in this process table: a live holder is refused at once; a gone one, an ea
   // A live pid whose lease nobody touched (one clock here): that pid is another process now.
   plantLease(out, HERE(process.ppid), 60_000);
   taken = await takeLogged(out);
-  assert.match(taken.lines.join('\n'), new RegExp(`took over .*: untouched for 60\\.\\d s, so pid ${process.ppid} is another process now`));
+  assert.match(taken.lines.join('\n'), new RegExp(`took over .*: untouched for 60\\.\\d s: pid ${process.ppid} is another process now, or frozen`));
   plantLease(out, HERE(process.ppid));
   await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`pid ${process.ppid}`)));
   fs.rmSync(root, { recursive: true, force: true });

@@ -808,6 +808,8 @@ export class Coordinator {
     // The grids before the checkpoint are this run's history too, for the status page and summary.json.
     this.sampleFiles = gridsUpTo(this.samples.dir, c.step);
     const now = checkpointConfig(this.config, this.trainingSet);
+    // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
+    if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
     for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
     const shards = shardsToResume(c, now);
     this.workers.restoreSlots(shards.slots);

@@ -271,7 +271,7 @@ async function lapsedBecause(file: string, lease: Held, me: Holder, out: string,
     if (!processAlive(holder.pid)) return `pid ${holder.pid} is gone`;
     // Alive, and one clock for both: a lease untouched for staleMs is a pid used again since its holder died.
     const age = Date.now() - lease.mtimeMs;
-    return age >= timing.staleMs ? `untouched for ${(age / 1000).toFixed(1)} s, so pid ${holder.pid} is another process now` : null;
+    return age >= timing.staleMs ? `untouched for ${(age / 1000).toFixed(1)} s: pid ${holder.pid} is another process now, or frozen (a frozen holder stops when it wakes)` : null;
   }
   log(`--out ${out} has a lease of ${describe(holder)}; watching it for ${(timing.staleMs / 1000).toFixed(1)} s to see whether its holder is alive`);
   await pause(timing.staleMs, abort);
