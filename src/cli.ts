@@ -69,11 +69,14 @@ function holdsCertificate(file: string): boolean {
 /** Why --tls-cert and --tls-key cannot serve TLS, or null; found here, named by flag, not as OpenSSL's "no start line" at bind. */
 function tlsPairProblem(certFile: string, keyFile: string): string | null {
   let cert: crypto.X509Certificate;
+  const text = fs.readFileSync(certFile);
   try {
-    cert = new crypto.X509Certificate(fs.readFileSync(certFile));
+    cert = new crypto.X509Certificate(text);
   } catch {
     return `--tls-cert ${certFile} holds no PEM certificate${holdsPrivateKey(certFile) ? ' but a private key: are --tls-cert and --tls-key swapped?' : ''}`;
   }
+  // X509Certificate reads DER too; the TLS server takes PEM only.
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) return `--tls-cert ${certFile} holds a DER certificate; the server takes PEM (openssl x509 -inform DER -in ${certFile} -out cert.pem)`;
   let key: crypto.KeyObject;
   try {
     key = crypto.createPrivateKey(fs.readFileSync(keyFile));
@@ -259,6 +262,15 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
         return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
       });
   const valued = Object.keys(options().key).filter((k) => !options().boolean.includes(k) && k !== 'help' && k !== 'version');
+  /** A value flag's text as given (yargs has already made a number of it), and the variable it came from, if any. */
+  const rawValue = (key: string): { value: string | undefined; variable?: string } => {
+    for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
+      if (raw[i] === `--${key}`) return { value: raw[i + 1] };
+      if (raw[i].startsWith(`--${key}=`)) return { value: raw[i].slice(key.length + 3) };
+    }
+    const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
+    return { value: process.env[variable], variable };
+  };
   return y
     // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
     .requiresArg(valued)
@@ -287,13 +299,11 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     .check((a) => {
       if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
       for (const s of switches()) if (s.value === null) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
-      // An empty value would read as unset: GANFLEET_HOST= put the token-less metrics on every interface, GANFLEET_TOKEN= turned auth off.
-      for (const key of (options() as unknown as { string: string[] }).string) {
-        const v = (a as Record<string, unknown>)[key];
-        if (typeof v === 'string' && v.trim() === '') {
-          const variable = environmentSource(key);
-          throw new Error(`--${key} must not be empty${variable ? ` (from ${variable})` : ''}; to leave it unset, leave it out`);
-        }
+      // An empty value reads as unset, or as 0: GANFLEET_HOST= put the token-less metrics on every interface,
+      // GANFLEET_TOKEN= turned auth off, GANFLEET_PORT= listened on a random port.
+      for (const key of valued) {
+        const { value, variable } = rawValue(key);
+        if (value !== undefined && value.trim() === '') throw new Error(`--${key} must not be empty${variable ? ` (from ${variable})` : ''}; to leave it unset, leave it out`);
       }
       return true;
     });

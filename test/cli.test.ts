@@ -183,6 +183,10 @@ test('a value flag with no value, an empty --out or other string, and a value th
     [['local', '--data-dir', ''], {}, 'data-dir', ''],
     [['worker', '--coordinator', 'ws://127.0.0.1:1', '--ca', ''], {}, 'ca', ''],
     [['worker', '--coordinator', 'ws://127.0.0.1:1'], { GANFLEET_NAME: '' }, 'name', ' (from GANFLEET_NAME)'],
+    // Numbers too: yargs reads an empty one as 0, which for these is a valid choice of its own (any free port, no checkpoints).
+    [['coordinator'], { GANFLEET_PORT: '' }, 'port', ' (from GANFLEET_PORT)'],
+    [['local', '--metrics-port='], {}, 'metrics-port', ''],
+    [['local', '--checkpoint-every', ' '], {}, 'checkpoint-every', ''],
   ] as const) {
     const r = cli([...args], env);
     assert.equal(r.status, 2, `${args.join(' ')} ${JSON.stringify(env)}: ${r.stderr}`);

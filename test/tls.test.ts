@@ -171,14 +171,17 @@ test('--host 0.0.0.0 without a token refuses to start, before binding', { timeou
   assert.doesNotMatch(coord.log, /listening for workers/);
 });
 
-test('--tls-cert and --tls-key that cannot serve TLS (swapped, not a key, a key of another certificate) are usage errors naming the flag', () => {
+test('--tls-cert and --tls-key that cannot serve TLS (swapped, not a key, a key of another certificate, DER) are usage errors naming the flag', () => {
   const other = path.join(dir, 'other-key.pem');
   execFileSync('openssl', ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', other], { stdio: 'pipe' });
+  const der = path.join(dir, 'cert.der');
+  execFileSync('openssl', ['x509', '-in', cert, '-outform', 'DER', '-out', der], { stdio: 'pipe' });
   const start = (c: string, k: string) => spawnSync(process.execPath, [CLI, 'coordinator', '--tls-cert', c, '--tls-key', k, '--port', '0', '--metrics-port', '-1', '--out', path.join(dir, 'never')], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...CLEAN_ENV } });
   for (const [c, k, why] of [
     [key, cert, `--tls-cert ${key} holds no PEM certificate but a private key: are --tls-cert and --tls-key swapped?`],
     [cert, cert, `--tls-key ${cert} holds no PEM private key (an encrypted one needs its passphrase removed)`],
     [cert, other, `--tls-key ${other} is not the key of the certificate in --tls-cert ${cert}`],
+    [der, key, `--tls-cert ${der} holds a DER certificate; the server takes PEM (openssl x509 -inform DER -in ${der} -out cert.pem)`],
   ]) {
     const r = start(c, k);
     assert.equal(r.status, 2, r.stderr);
