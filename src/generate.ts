@@ -10,7 +10,7 @@ import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
-import { writeFileAtomic } from './util/write';
+import { removeTornWrites, writeFileAtomic } from './util/write';
 
 export interface GenerateOptions {
   /** A checkpoint file, or a run directory (its newest valid checkpoint). */
@@ -61,7 +61,11 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);
     bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
   }
-  fs.mkdirSync(path.dirname(path.resolve(opts.out)), { recursive: true });
+  const dir = path.dirname(path.resolve(opts.out));
+  fs.mkdirSync(dir, { recursive: true });
+  // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
+  const name = path.basename(opts.out).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  for (const torn of removeTornWrites(dir, new RegExp(`^${name}$`))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
   // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.
   writeFileAtomic(opts.out, [bytes]);
   log(`wrote ${opts.count} samples to ${opts.out}`);

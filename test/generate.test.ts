@@ -57,6 +57,17 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   assert.deepEqual(fs.readFileSync(npy), before);
   assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes('.tmp-')), []);
 
+  // A temporary file a killed generate left is removed once it is surely abandoned (5 min untouched); a fresh one is another's write.
+  const abandoned = `${npy}.tmp-4194305`;
+  const fresh = `${npy}.tmp-4194306`;
+  for (const f of [abandoned, fresh]) fs.writeFileSync(f, 'torn');
+  fs.utimesSync(abandoned, new Date(Date.now() - 600_000), new Date(Date.now() - 600_000));
+  const again = run(npy);
+  assert.equal(again.status, 0, again.stderr);
+  assert.match(again.stdout + again.stderr, /removed \S+samples\.npy\.tmp-4194305: a write that a killed generate left unfinished/);
+  assert.ok(!fs.existsSync(abandoned) && fs.existsSync(fresh));
+  fs.rmSync(fresh);
+
   const bad = run(path.join(dir, 'samples.txt'));
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--out must end in \.npy, \.idx, \.png/);
