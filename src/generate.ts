@@ -64,8 +64,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   const dir = path.dirname(path.resolve(opts.out));
   fs.mkdirSync(dir, { recursive: true });
   // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
-  const name = path.basename(opts.out).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  for (const torn of removeTornWrites(dir, new RegExp(`^${name}$`))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
+  for (const torn of removeTornWrites(dir, path.basename(opts.out))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
   // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.
   writeFileAtomic(opts.out, [bytes]);
   log(`wrote ${opts.count} samples to ${opts.out}`);

@@ -57,15 +57,15 @@ export const TORN_WRITE_AGE_MS = 5 * 60_000;
 
 /**
  * Removes the abandoned temporary files of writeFileAtomic for the files
- * named by `names` in `dir`, and returns their names. Anything else in `dir`,
+ * named by `names` (a pattern, or one name) in `dir`, and returns their names. Anything else in `dir`,
  * and a write still under way (another process's on the same volume), is
  * left alone.
  */
-export function removeTornWrites(dir: string, names: RegExp, now = Date.now()): string[] {
+export function removeTornWrites(dir: string, names: RegExp | string, now = Date.now()): string[] {
   if (!fs.existsSync(dir)) return [];
   const torn = fs.readdirSync(dir).filter((name) => {
     const final = /^(.*)\.tmp-\d+$/.exec(name)?.[1];
-    if (final === undefined || !names.test(final)) return false;
+    if (final === undefined || !(typeof names === 'string' ? final === names : names.test(final))) return false;
     try {
       return now - fs.statSync(path.join(dir, name)).mtimeMs > TORN_WRITE_AGE_MS;
     } catch {
