@@ -57,14 +57,18 @@ function editDistance(a: string, b: string): number {
 /** A usage error found outside yargs' own checks (in a middleware), which exits 2 like theirs. */
 class UsageError extends Error {}
 
-function holdsCertificate(file: string): boolean {
+/** Whether `parse` takes the file's bytes (a certificate, a private key) without throwing. */
+function holds(file: string, parse: (bytes: Buffer) => unknown): boolean {
   try {
-    new crypto.X509Certificate(fs.readFileSync(file));
+    parse(fs.readFileSync(file));
     return true;
   } catch {
     return false;
   }
 }
+
+const holdsCertificate = (file: string) => holds(file, (b) => new crypto.X509Certificate(b));
+const holdsPrivateKey = (file: string) => holds(file, (b) => crypto.createPrivateKey(b));
 
 /** Why --tls-cert and --tls-key cannot serve TLS, or null; found here, named by flag, not as OpenSSL's "no start line" at bind. */
 function tlsPairProblem(certFile: string, keyFile: string): string | null {
@@ -86,14 +90,6 @@ function tlsPairProblem(certFile: string, keyFile: string): string | null {
   return cert.checkPrivateKey(key) ? null : `--tls-key ${keyFile} is not the key of the certificate in --tls-cert ${certFile}`;
 }
 
-function holdsPrivateKey(file: string): boolean {
-  try {
-    crypto.createPrivateKey(fs.readFileSync(file));
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void {
   if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
