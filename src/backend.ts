@@ -3,6 +3,7 @@ import path from 'node:path';
 import { tf } from './model/tf';
 import { registerNativeMatMul } from './model/native-matmul';
 import { registerWasmKernels } from './model/wasm-kernels';
+import { GanfleetError } from './util/errors';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -10,16 +11,30 @@ export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 export interface BackendSelection {
   /** The tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu'. */
   name: string;
+  /** Where TensorFlow computes: a GPU only when tfjs-node-gpu found a usable one. */
+  device: 'gpu' | 'cpu';
   /** Which package provided it, and why the ones before it were skipped. */
   notes: string[];
 }
 
+/** What a worker reports to its coordinator: the backend, and for TensorFlow the device, since tfjs-node-gpu without a usable GPU computes on the CPU. */
+export function backendLabel(b: BackendSelection): string {
+  return b.name === 'tensorflow' ? `tensorflow (${b.device.toUpperCase()})` : b.name;
+}
+
+/**
+ * What libtensorflow 2.9 (the one tfjs-node 4.22 downloads) loads to use a GPU.
+ * Without them tfjs-node-gpu still registers its backend, on the CPU.
+ */
+const GPU_LIBRARIES = "a visible CUDA device, CUDA 11's libcudart.so.11.0 and libcublas.so.11, and cuDNN 8's libcudnn.so.8";
+
 /**
  * The native TensorFlow bindings are optional peers: this repo never installs
  * them (their install script downloads libtensorflow). A GPU user runs
- * `npm i @tensorflow/tfjs-node-gpu@<our tfjs-core version>`; a different
- * version would bring its own copy of tfjs-core and register its backend there,
- * where this process would never see it, so that is refused with the fix.
+ * `npm i @tensorflow/tfjs-node-gpu@<our tfjs-core version>`. A different
+ * version would bring its own tfjs-core, whose code would share this
+ * process's engine and kernel registry (tfjs keeps both on the global
+ * object), a pairing nothing tests, so that is refused with the fix.
  */
 const NATIVE_PACKAGES = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'];
 
@@ -86,27 +101,41 @@ async function activateOrWhy(name: string, notes: string[]): Promise<string | nu
   }
 }
 
-export async function selectBackend(choice: BackendChoice): Promise<BackendSelection> {
+/**
+ * Activates the backend `choice` names, trying each candidate in turn. With
+ * `requireGpu`, anything but TensorFlow on a GPU is an error: a GPU
+ * deployment that silently trains on the CPU wastes the GPU it holds.
+ */
+export async function selectBackend(choice: BackendChoice, requireGpu = false): Promise<BackendSelection> {
   // ganfleet logs its own backend choice and why; PROD silences tfjs's
   // "install our node backend" banner, which would only repeat that.
   tf.env().set('PROD', true);
   const notes: string[] = [];
   const native = choice === 'auto' || choice === 'tensorflow';
+  if (requireGpu && !native) throw new GanfleetError('GPU_REQUIRED', `--require-gpu: --backend ${choice} never uses a GPU; use --backend auto or tensorflow`);
   if (native) {
+    // TensorFlow otherwise maps nearly all of every visible GPU's memory when it starts, and a second process on
+    // the same GPU (local --gpus 0 --workers 2, a coordinator on auto) runs out. The user's own setting wins.
+    process.env.TF_FORCE_GPU_ALLOW_GROWTH ??= 'true';
     for (const pkg of NATIVE_PACKAGES) {
       let why = tryNative(pkg);
       if (why === null) {
         const failed = await activateOrWhy('tensorflow', notes);
         if (failed === null) {
+          // tfjs-node's backend says whether TensorFlow registered a GPU device (false for tfjs-node itself).
+          const device = (tf.backend() as { isUsingGpuDevice?: boolean }).isUsingGpuDevice ? 'gpu' : 'cpu';
+          if (pkg === NATIVE_PACKAGES[0] && device === 'cpu') {
+            notes.push(`${pkg} found no usable GPU and computes on the CPU: TensorFlow 2.9 needs ${GPU_LIBRARIES}; its log above names what it could not load`);
+          }
           notes.push(`using ${pkg}`);
-          return { name: 'tensorflow', notes };
+          if (requireGpu && device === 'cpu') throw new GanfleetError('GPU_REQUIRED', `--require-gpu: TensorFlow computes on the CPU here (${notes.join('; ')})`);
+          return { name: 'tensorflow', device, notes };
         }
-        // It loaded, yet this process's tfjs-core has no working tensorflow backend: most often a second copy
-        // of tfjs-core (a global or nested install) that the package registered its backend with.
-        why = `${pkg} loaded, but its tensorflow backend did not start here (${failed}; is a second copy of @tensorflow/tfjs-core installed beside it?)`;
+        why = `${pkg} loaded, but its tensorflow backend did not start (${failed})`;
       }
       notes.push(`skipped ${why}`);
     }
+    if (requireGpu) throw new GanfleetError('GPU_REQUIRED', `--require-gpu: no native backend could be loaded (${notes.join('; ')})`);
     if (choice === 'tensorflow') {
       throw new Error(`--backend tensorflow: no native backend could be loaded (${notes.join('; ')})`);
     }
@@ -115,7 +144,7 @@ export async function selectBackend(choice: BackendChoice): Promise<BackendSelec
     const why = await activateOrWhy(name, notes);
     if (why === null) {
       notes.push(`using ${name}`);
-      return { name, notes };
+      return { name, device: 'cpu', notes };
     }
     notes.push(`skipped ${name}: ${why}`);
   }

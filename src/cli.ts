@@ -135,6 +135,16 @@ function backendOption<T>(y: Argv<T>, nativeUse = 'matrix products and convoluti
     });
 }
 
+const requireGpuOption = {
+  type: 'boolean',
+  default: false,
+  describe: 'Exit 1 at start unless TensorFlow computes on a GPU: tfjs-node-gpu without CUDA 11 and cuDNN 8 otherwise trains on the CPU, with a note in the backend line',
+} as const;
+
+function checkRequireGpu(a: { 'require-gpu': boolean; backend: BackendChoice }): void {
+  if (a['require-gpu'] && (a.backend === 'wasm' || a.backend === 'cpu')) throw new Error(`--require-gpu: --backend ${a.backend} never uses a GPU; use --backend auto or tensorflow`);
+}
+
 /** Flags shared by `coordinator` and `local`: the training job itself. */
 function trainingOptions<T>(y: Argv<T>) {
   return backendOption(y, "matrix products and convolutions on wasm, Adam and the gradient average on the coordinator (local: the workers' too)")
@@ -381,6 +391,7 @@ export function buildCli(argv: string[]) {
             .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
             .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
             .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
+            .option('require-gpu', requireGpuOption)
             .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round); 0 = none' })
             .option('rejoin-after-stop', {
               type: 'boolean',
@@ -389,6 +400,7 @@ export function buildCli(argv: string[]) {
             })
             .check((a) => {
               checkPort('metrics-port', a['metrics-port'], true);
+              checkRequireGpu(a);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
               if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
               if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
@@ -409,6 +421,7 @@ export function buildCli(argv: string[]) {
           {
             coordinator: a.coordinator,
             backend: a.backend,
+            requireGpu: a['require-gpu'],
             name: a.name,
             token: a.token,
             ca: a.ca,
@@ -435,9 +448,11 @@ export function buildCli(argv: string[]) {
             .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
             .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
+            .option('require-gpu', { ...requireGpuOption, describe: `${requireGpuOption.describe} (the workers; the coordinator stays off the GPUs with --gpus)`, group: 'Local:' })
             .check((a) => {
               if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
               integerInRange('max-restarts', a['max-restarts'], 0);
+              checkRequireGpu(a);
               return true;
             }),
           argv,
@@ -446,7 +461,7 @@ export function buildCli(argv: string[]) {
         const gpus = a.gpus ? a.gpus.split(',').map((s) => s.trim()).filter(Boolean) : [];
         const summary = await runLocal(
           coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
-          { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, maxRestarts: a['max-restarts'] },
+          { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'] },
         );
         if (!summary.ok) process.exitCode = 1;
       },

@@ -5,6 +5,7 @@ import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
 import { emitted } from './util/events';
 import { holdStopSignals, onStopSignals } from './util/signals';
+import { GanfleetError } from './util/errors';
 
 export interface LocalOptions {
   workers: number;
@@ -13,6 +14,8 @@ export interface LocalOptions {
   workerBackend: BackendChoice;
   /** false: the workers run without the native kernels (--no-native). */
   workerNative: boolean;
+  /** The workers refuse to start off a GPU (worker --require-gpu). */
+  requireGpu?: boolean;
   /** Crashed children are restarted, up to this many restarts in all. */
   maxRestarts: number;
 }
@@ -26,7 +29,11 @@ export interface LocalOptions {
  * SIGKILLed.
  */
 export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, log: Logger = createLogger('local')): Promise<TrainingSummary> {
-  if (opts.gpus.length > 0) {
+  // Whether the GPU package can load at all is known here; whether it finds a GPU, only in the workers.
+  if (opts.requireGpu) {
+    const problem = gpuBackendProblem();
+    if (problem) throw new GanfleetError('GPU_REQUIRED', `--require-gpu: the workers cannot compute on a GPU: ${problem} (README: GPU)`);
+  } else if (opts.gpus.length > 0) {
     const problem = opts.workerBackend === 'wasm' || opts.workerBackend === 'cpu' ? `--backend ${opts.workerBackend} does not use them` : gpuBackendProblem();
     if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
   }
@@ -59,6 +66,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     // The coordinator's progress lines speak for its workers here.
     const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`, '--progress-every', '0'];
     if (!opts.workerNative) args.push('--no-native');
+    if (opts.requireGpu) args.push('--require-gpu');
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);
     child.on('error', (e) => log(`worker ${i + 1}: ${e.message}`));

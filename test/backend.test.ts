@@ -18,7 +18,7 @@ function select(choice: string, packages: StandIns): { status: number | null; ou
 }
 
 /** Logs what `expression` (over `backend`, the module) resolves to, as JSON, or its error's message with exit 1. */
-function withStandIns(packages: StandIns, expression: string): { status: number | null; out: string } {
+function withStandIns(packages: StandIns, expression: string, env: NodeJS.ProcessEnv = {}): { status: number | null; out: string } {
   const dir = tempDir('native-stand-ins');
   for (const [name, p] of Object.entries(packages)) {
     const at = path.join(dir, ...name.split('/'));
@@ -32,7 +32,7 @@ function withStandIns(packages: StandIns, expression: string): { status: number 
   }
   const backend = path.join(__dirname, '..', 'src', 'backend');
   const script = `const backend = require(${JSON.stringify(backend)}); Promise.resolve().then(() => ${expression}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message); process.exit(1); })`;
-  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NODE_PATH: dir } });
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env, NODE_PATH: dir } });
   fs.rmSync(dir, { recursive: true, force: true });
   return { status: r.status, out: r.stdout + r.stderr };
 }
@@ -43,11 +43,11 @@ test('--backend auto skips a native package that loads but registers no backend 
   assert.equal(auto.status, 0, auto.out);
   const chosen = JSON.parse(auto.out);
   assert.equal(chosen.name, 'wasm');
-  assert.match(chosen.notes[0], /skipped @tensorflow\/tfjs-node-gpu loaded, but its tensorflow backend did not start here \(Backend name 'tensorflow' not found in registry; is a second copy of @tensorflow\/tfjs-core installed beside it\?\)/);
+  assert.match(chosen.notes[0], /skipped @tensorflow\/tfjs-node-gpu loaded, but its tensorflow backend did not start \(Backend name 'tensorflow' not found in registry\)$/);
   assert.match(chosen.notes[1], new RegExp(`skipped @tensorflow/tfjs-node@0\\.0\\.1 does not match @tensorflow/tfjs-core@${tf.version_core.replace(/\./g, '\\.')}; run npm i @tensorflow/tfjs-node@`));
   const strict = select('tensorflow', { '@tensorflow/tfjs-node-gpu': empty });
   assert.equal(strict.status, 1, strict.out);
-  assert.match(strict.out, /--backend tensorflow: no native backend could be loaded \(.*loaded, but its tensorflow backend did not start here/);
+  assert.match(strict.out, /--backend tensorflow: no native backend could be loaded \(.*loaded, but its tensorflow backend did not start/);
   const broken = select('auto', {
     '@tensorflow/tfjs-node-gpu': { version: tf.version_core, index: "throw new Error('libcudart.so.11.0: cannot open shared object file');", files: ['lib/napi-v8/tfjs_binding.node'] },
   });
@@ -85,4 +85,51 @@ test('package.json says which dependencies may run install scripts, for every on
     .map(([where]) => where.slice(where.lastIndexOf('node_modules/') + 'node_modules/'.length))
     .filter((name) => typeof reviewed[name] !== 'boolean');
   assert.deepEqual(unreviewed, [], 'add each to allowScripts in package.json (npm install-scripts approve|deny), after reading what its script does');
+});
+
+/**
+ * What the real tfjs-node-gpu 4.22 does at require time: it creates TensorFlow's context (which reads
+ * TF_FORCE_GPU_ALLOW_GROWTH), falls back to the host CPU when no GPU device registers, and registers its
+ * backend either way, with `isUsingGpuDevice` saying which (tfjs-node binding/tfjs_backend.cc).
+ */
+function tensorflowStandIn(onGpu: boolean) {
+  const core = JSON.stringify(require.resolve('@tensorflow/tfjs-core'));
+  const cpu = JSON.stringify(require.resolve('@tensorflow/tfjs-backend-cpu'));
+  return {
+    version: tf.version_core,
+    files: ['lib/napi-v8/tfjs_binding.node'],
+    index: `globalThis.allowGrowthAtLoad = process.env.TF_FORCE_GPU_ALLOW_GROWTH;
+      const { MathBackendCPU } = require(${cpu});
+      require(${core}).registerBackend('tensorflow', () => Object.assign(new MathBackendCPU(), { isUsingGpuDevice: ${onGpu} }), 3);`,
+  };
+}
+
+const selectedWithGrowth = (choice: string, requireGpu: boolean) =>
+  `backend.selectBackend(${JSON.stringify(choice)}, ${requireGpu}).then((r) => ({ ...r, label: backend.backendLabel(r), growth: globalThis.allowGrowthAtLoad }))`;
+
+test('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on the CPU, and --require-gpu refuses it (GPU_REQUIRED)', () => {
+  const cpuOnly = { '@tensorflow/tfjs-node-gpu': tensorflowStandIn(false) };
+  const auto = withStandIns(cpuOnly, selectedWithGrowth('auto', false));
+  assert.equal(auto.status, 0, auto.out);
+  const chosen = JSON.parse(auto.out);
+  assert.equal(chosen.name, 'tensorflow');
+  assert.equal(chosen.device, 'cpu');
+  assert.equal(chosen.label, 'tensorflow (CPU)');
+  assert.match(chosen.notes.join('; '), /@tensorflow\/tfjs-node-gpu found no usable GPU and computes on the CPU: TensorFlow 2\.9 needs a visible CUDA device, CUDA 11's libcudart\.so\.11\.0 .* cuDNN 8's libcudnn\.so\.8/);
+  const required = withStandIns(cpuOnly, selectedWithGrowth('tensorflow', true));
+  assert.equal(required.status, 1, required.out);
+  assert.match(required.out, /^--require-gpu: TensorFlow computes on the CPU here \(.*found no usable GPU/);
+  const onGpu = withStandIns({ '@tensorflow/tfjs-node-gpu': tensorflowStandIn(true) }, selectedWithGrowth('auto', true));
+  assert.equal(onGpu.status, 0, onGpu.out);
+  assert.deepEqual(JSON.parse(onGpu.out), { name: 'tensorflow', device: 'gpu', notes: ['using @tensorflow/tfjs-node-gpu'], label: 'tensorflow (GPU)', growth: 'true' });
+  // Not installed at all: --require-gpu fails rather than fall back to wasm.
+  const none = withStandIns({}, selectedWithGrowth('auto', true));
+  assert.equal(none.status, 1, none.out);
+  assert.match(none.out, /^--require-gpu: no native backend could be loaded \(skipped @tensorflow\/tfjs-node-gpu is not installed/);
+});
+
+test('TensorFlow is told to grow its GPU memory unless the environment says otherwise, so processes can share a GPU', () => {
+  const gpu = { '@tensorflow/tfjs-node-gpu': tensorflowStandIn(true) };
+  assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: undefined }).out).growth, 'true');
+  assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: 'false' }).out).growth, 'false');
 });

@@ -386,6 +386,22 @@ test('local says when --gpus cannot be used and when --no-mailbox sends every fr
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 
+test('--require-gpu refuses a backend that never uses a GPU (usage), and local refuses at once where the GPU package cannot load', () => {
+  for (const args of [['worker', '--coordinator', 'ws://127.0.0.1:1', '--require-gpu', '--backend', 'wasm'], ['local', '--require-gpu', '--backend', 'cpu']]) {
+    const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--require-gpu: --backend (wasm|cpu) never uses a GPU; use --backend auto or tensorflow/);
+  }
+  const out = path.join(tempDir('require-gpu'), 'run');
+  // tfjs-node-gpu cannot be installed here: before any worker starts, and with no run directory left behind.
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--require-gpu', '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /ganfleet: --require-gpu: the workers cannot compute on a GPU: @tensorflow\/tfjs-node-gpu is not installed \(README: GPU\) \[GPU_REQUIRED\]/);
+  assert.doesNotMatch(r.stdout + r.stderr, /\[worker /);
+  assert.equal(fs.existsSync(out), false);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
 test('a port in use names its flag, and the error its code', async () => {
   const net = await import('node:net');
   const taken = net.createServer();

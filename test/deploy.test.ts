@@ -686,6 +686,7 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
     if (overlay === 'cpu' || overlay === 'gpu') {
       for (const { c } of byCmd.values()) assert.equal(c.image, `ganfleet:${overlay}`, `${dir}: image of ${c.name}`);
       assert.equal(work.values.get('backend'), overlay === 'gpu' ? 'tensorflow' : 'wasm', `${dir}: worker --backend`);
+      assert.equal(work.values.get('require-gpu'), overlay === 'gpu' ? 'true' : undefined, `${dir}: worker --require-gpu`);
       const gpus = work.c.resources?.limits?.['nvidia.com/gpu'];
       assert.equal(gpus, overlay === 'gpu' ? 1 : undefined, `${dir}: worker nvidia.com/gpu limit`);
     }
@@ -754,6 +755,8 @@ test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthcheck
     const coord = [...ganfleet.entries()].find(([, g]) => g.cmd === 'coordinator');
     const work = [...ganfleet.entries()].find(([, g]) => g.cmd === 'worker');
     assert.ok(coord && work, `${name}: needs a coordinator and a worker service`);
+    // A GPU worker that found no usable GPU exits instead of training on the CPU.
+    assert.equal(work[1].values.get('require-gpu'), work[1].svc.image === 'ganfleet:gpu' ? 'true' : undefined, `${name}: worker --require-gpu`);
     const url = new URL(work[1].values.get('coordinator')!);
     assert.equal(url.hostname, coord[0], `${name}: worker --coordinator host`);
     assert.equal(Number(url.port), listening('coordinator', coord[1].values).port, `${name}: worker --coordinator port`);

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Socket } from 'node:net';
 import WebSocket from 'ws';
-import { BackendChoice, selectBackend } from '../backend';
+import { BackendChoice, backendLabel, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
@@ -19,6 +19,8 @@ import { WorkerMetrics } from './metrics';
 export interface WorkerOptions {
   coordinator: string;
   backend: BackendChoice;
+  /** Refuse to start unless TensorFlow computes on a GPU (the GPU deployments set it). */
+  requireGpu?: boolean;
   name?: string;
   /** Shared secret, sent as `Authorization: Bearer …` in the upgrade request. */
   token?: string;
@@ -85,8 +87,8 @@ type Outcome =
  * `giveUpAfter` passes without a connection.
  */
 export async function runWorker(opts: WorkerOptions, log: Logger = createLogger('worker')): Promise<number> {
-  const backend = await selectBackend(opts.backend);
-  log(`backend ${backend.name} (${backend.notes.join('; ')})`);
+  const backend = await selectBackend(opts.backend, opts.requireGpu);
+  log(`backend ${backendLabel(backend)} (${backend.notes.join('; ')})`);
   const name = opts.name ?? `${os.hostname()}:${process.pid}`;
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
   const metrics = new WorkerMetrics();
@@ -113,7 +115,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
     for (;;) {
       // A try's handshake ends no later than --give-up-after does (to the second).
       const handshakeMs = opts.giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, opts.giveUpAfter * 1000 - (Date.now() - lastContact))) : HANDSHAKE_TIMEOUT_MS;
-      const outcome = await connectOnce(opts, { name, backend: backend.name, ca, handshakeMs }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
+      const outcome = await connectOnce(opts, { name, backend: backendLabel(backend), ca, handshakeMs }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
       leaving = null;
       switch (outcome.kind) {
         case 'stopped':
