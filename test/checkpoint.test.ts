@@ -42,7 +42,24 @@ test('the plan\'s slots (each worker\'s images and seed) round-trip, and a check
   assert.deepEqual(old.shards, []);
   assert.deepEqual([old.step, old.nextWorker, [...old.generator], [...old.adamDiscriminator.v]], [7, 3, [0.5, -1], [2, 2, 2]]);
   const future = Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-3\n'), buf.subarray(22)]);
-  assert.throws(() => decodeCheckpoint(future, 'f'), /f: a checkpoint of format 3, which this ganfleet cannot read/);
+  assert.throws(() => decodeCheckpoint(future, 'f'), { code: 'CHECKPOINT_FORMAT_UNSUPPORTED', message: /^f: a checkpoint of format 3, written by a newer ganfleet; this one reads formats 1 to 2/ });
+});
+
+test('a resume stops at a newer format\'s checkpoint, leaving it in place, instead of setting it aside and rewinding to an older one', () => {
+  const dir = tempDir('ckpt-newer');
+  writeCheckpoint(dir, checkpointAt(10), 3);
+  const newest = writeCheckpoint(dir, checkpointAt(20), 3);
+  const bytes = fs.readFileSync(newest);
+  fs.writeFileSync(newest, Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-3\n'), bytes.subarray(22)]));
+  const lines: string[] = [];
+  assert.throws(() => loadLatestCheckpoint(dir, (m) => lines.push(m)), { code: 'CHECKPOINT_FORMAT_UNSUPPORTED' });
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000020.bin', 'ckpt-000000010.bin']);
+  assert.equal(lines.length, 0);
+  // An older magic that no ganfleet wrote is no newer format: set aside like any foreign file.
+  fs.writeFileSync(newest, Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-0\n'), bytes.subarray(22)]));
+  assert.equal(loadLatestCheckpoint(dir, (m) => lines.push(m))?.checkpoint.step, 10);
+  assert.match(lines[0], /ckpt-000000020\.bin: not a ganfleet checkpoint \(bad magic\); renamed to ckpt-000000020\.bin\.invalid/);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('truncated, corrupted and foreign files are refused with the reason', () => {

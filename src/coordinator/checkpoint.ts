@@ -33,7 +33,8 @@ export interface Checkpoint {
 }
 
 /** Format 2 added the shard slots; format 1 files still load, without them. */
-const MAGIC = Buffer.from('GANFLEET-CHECKPOINT-2\n');
+const FORMAT = 2;
+const MAGIC = Buffer.from(`GANFLEET-CHECKPOINT-${FORMAT}\n`);
 const MAGIC_1 = Buffer.from('GANFLEET-CHECKPOINT-1\n');
 export const CHECKPOINT_FILE = /^ckpt-(\d{9})\.bin$/;
 
@@ -92,7 +93,12 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const magic = buf.subarray(0, MAGIC.length);
   const format1 = magic.equals(MAGIC_1);
   if (buf.length < MAGIC.length + 4 || !(format1 || magic.equals(MAGIC))) {
-    throw bad(/^GANFLEET-CHECKPOINT-\d+\n$/.test(magic.toString('latin1')) ? `a checkpoint of format ${magic.toString('latin1').trim().slice(20)}, which this ganfleet cannot read` : 'not a ganfleet checkpoint (bad magic)');
+    const format = /^GANFLEET-CHECKPOINT-(\d+)\n$/.exec(magic.toString('latin1'))?.[1];
+    // A newer ganfleet's checkpoint is not corrupt: a resume that set it aside would rewind the run.
+    if (format !== undefined && Number(format) > FORMAT) {
+      throw new GanfleetError('CHECKPOINT_FORMAT_UNSUPPORTED', `${file}: a checkpoint of format ${format}, written by a newer ganfleet; this one reads formats 1 to ${FORMAT}. Run a ganfleet that reads it`);
+    }
+    throw bad('not a ganfleet checkpoint (bad magic)');
   }
   const jsonLen = buf.readUInt32LE(MAGIC.length);
   const start = MAGIC.length + 4 + jsonLen;
