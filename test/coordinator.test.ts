@@ -759,6 +759,57 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a stop during a mid-run evaluation leaves it unfinished, so the stop\'s checkpoint does not wait for it', async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(100, true);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'stop-mid-eval'), 5), dataDir, evalEvery: 1, evalSamples: 2000 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE));
+    await weightsOrDrop(peer);
+    // The step finishes, its evaluation starts, and the stop overtakes it after its first batch.
+    coordinator.requestStop('SIGTERM received');
+    peer.gradients(0, 'generator', new Float32Array(G_SIZE));
+    const summary = await run;
+    const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
+    assert.ok(at(/^eval step 1: left unfinished after \d+\.\d s, so that the stop's checkpoint need not wait for it$/) >= 0, lines.join('\n'));
+    assert.ok(at(/^checkpoint \S+ckpt-000000001\.bin$/) > at(/^eval step 1: left unfinished/), lines.join('\n'));
+    assert.equal(at(/fid=/), -1, lines.join('\n'));
+    assert.deepEqual(summary.evaluations, []);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test('a resumed run keeps the evaluations from before its checkpoint, in summary.json and on the status page', async () => {
+    const dir = path.join(out, 'resumed-evaluations');
+    const dataDir = blankMnistDir(100, true);
+    plantCheckpoint(dir, 2);
+    // Steps 1 and 2, and a step 3 that a killed run scored after its checkpoint: the resumed run scores its own.
+    const earlier = [1, 2, 3].map((step) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 }));
+    fs.writeFileSync(path.join(dir, 'evaluations.json'), JSON.stringify(earlier));
+    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100, metricsPort: 0 }, () => {});
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 2);
+    const summary = await run;
+    assert.deepEqual(summary.evaluations.slice(0, 2), earlier.slice(0, 2));
+    assert.equal(summary.evaluations.length, 3);
+    assert.equal(summary.evaluations[2].step, 3);
+    assert.notEqual(summary.evaluations[2].fid, 103, 'step 3 scored anew');
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).evaluations, summary.evaluations);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'evaluations.json'), 'utf8')), summary.evaluations);
+    const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();
+    assert.deepEqual(status.evaluations, summary.evaluations);
+    await coordinator.close();
+    // A history that cannot be read costs the history, with a warning, not the resume.
+    fs.writeFileSync(path.join(dir, 'evaluations.json'), '{"step": 1');
+    const lines: string[] = [];
+    const again = await Coordinator.start({ ...config(dir, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, (l) => lines.push(l));
+    assert.ok(lines.some((l) => /^warning: \S+evaluations\.json cannot be read \(.*\); the evaluations before step 3 are left out of this run's summary$/.test(l)), lines.join('\n'));
+    await again.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('the time spent evaluating is reported, and left out of ms/step and images/s as pauses are (test/progress.test.ts has the arithmetic)', async () => {
     const dataDir = blankMnistDir(100, true);
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'eval-not-pace'), 1), dataDir, evalEvery: 1, evalSamples: 100 }, () => {});

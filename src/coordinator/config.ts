@@ -58,9 +58,10 @@ export interface CoordinatorConfig {
 }
 
 /** Where a run's outputs lie under --out: one place, for the writers, the resume and its checks. */
-export function runLayout(out: string): { summary: string; checkpoints: string; generator: string; samples: string } {
+export function runLayout(out: string): { summary: string; evaluations: string; checkpoints: string; generator: string; samples: string } {
   return {
     summary: path.join(out, 'summary.json'),
+    evaluations: path.join(out, 'evaluations.json'),
     checkpoints: path.join(out, 'checkpoints'),
     generator: path.join(out, 'generator'),
     samples: path.join(out, 'samples'),

@@ -18,7 +18,7 @@ import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
 import { LEASE_TIMING, OutputClaim } from './output-claim';
-import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
+import { ImagesFingerprint, checkpointConfig, checkpointToResume, evaluationsUpTo, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
@@ -102,6 +102,9 @@ export interface Evaluation extends Quality {
  * by sample count, and apply Adam. Membership changes take effect only at
  * step boundaries, and a step is applied whole or not at all.
  */
+/** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
+class EvaluationCut extends Error {}
+
 export class Coordinator {
   readonly metrics = new CoordinatorMetrics();
   private readonly model: GanModel;
@@ -264,7 +267,7 @@ export class Coordinator {
       this.recordStep(stats);
       if (due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
       if (due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
-      if (due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate();
+      if (due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate(true);
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
@@ -283,7 +286,7 @@ export class Coordinator {
       if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
       // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
       if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
-      if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate();
+      if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate(false);
     }
     this.state = 'finished';
     const generatorDir = runLayout(this.config.out).generator;
@@ -699,12 +702,27 @@ export class Coordinator {
    * Scores G between steps (no round is open). Sampling yields to the event
    * loop after every batch, so heartbeats keep flowing while it runs.
    */
-  private async evaluate(): Promise<void> {
+  private async evaluate(cutByStop: boolean): Promise<void> {
     const t = performance.now();
-    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.config.dataDir, () => new Promise((r) => setImmediate(r)));
+    const between = async () => {
+      await new Promise((r) => setImmediate(r));
+      if (cutByStop && this.stop) throw new EvaluationCut();
+    };
+    let quality: Quality;
+    try {
+      quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.config.dataDir, between);
+    } catch (e) {
+      if (!(e instanceof EvaluationCut)) throw e;
+      const seconds = (performance.now() - t) / 1000;
+      this.clock.addEvaluation(seconds);
+      this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
+      return;
+    }
     const seconds = (performance.now() - t) / 1000;
     this.clock.addEvaluation(seconds);
     this.evaluations.push({ step: this.step, ...quality });
+    // Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it.
+    if (this.mayWrite()) writeFileAtomic(runLayout(this.config.out).evaluations, [Buffer.from(JSON.stringify(this.evaluations, null, 2) + '\n')]);
     this.metrics.fid.set(quality.fid);
     this.metrics.mnistScore.set(quality.mnistScore);
     this.metrics.evalSeconds.inc(seconds);
@@ -807,6 +825,7 @@ export class Coordinator {
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
     // The grids before the checkpoint are this run's history too, for the status page and summary.json.
     this.sampleFiles = gridsUpTo(this.samples.dir, c.step);
+    this.evaluations.push(...evaluationsUpTo(this.config.out, c.step, this.log));
     const now = checkpointConfig(this.config, this.trainingSet);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
     if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);

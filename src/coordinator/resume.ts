@@ -8,6 +8,7 @@ import { removeTornWrites } from '../util/write';
 import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } from './checkpoint';
 import { CoordinatorConfig, runLayout } from './config';
 import { SAMPLE_FILE } from './samples';
+import type { Evaluation } from './coordinator';
 
 export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
 
@@ -24,7 +25,7 @@ export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>
     throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} already holds checkpoints of a run (newest ${earlier[0]}): pass --resume to continue it, or choose another --out`);
   }
   const outputs: [string, RegExp][] = [
-    [config.out, /^summary\.json$/],
+    [config.out, /^(summary|evaluations)\.json$/],
     [checkpoints, CHECKPOINT_FILE],
     [generator, /^(model\.json|weights\.bin)$/],
     [samples, SAMPLE_FILE],
@@ -134,4 +135,29 @@ export function summarisedStep(out: string): number | null {
   } catch {
     return null;
   }
+}
+
+const isEvaluation = (e: Partial<Evaluation> | null): e is Evaluation =>
+  typeof e === 'object' && e !== null && Number.isSafeInteger(e.step) && Number.isFinite(e.fid) && Number.isFinite(e.mnistScore) &&
+  Number.isSafeInteger(e.samples) && Array.isArray(e.classShares) && e.classShares.every(Number.isFinite);
+
+/**
+ * The --eval-every results an earlier run of `out` recorded up to `step`, the
+ * checkpoint a resume starts from. A file that cannot be read costs the
+ * history, with a log line, not the resume.
+ */
+export function evaluationsUpTo(out: string, step: number, log: Logger): Evaluation[] {
+  const file = runLayout(out).evaluations;
+  let recorded: unknown;
+  try {
+    recorded = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log(`warning: ${file} cannot be read (${(e as Error).message}); the evaluations before step ${step} are left out of this run's summary`);
+    return [];
+  }
+  if (!Array.isArray(recorded) || !recorded.every(isEvaluation)) {
+    log(`warning: ${file} does not hold a list of evaluations; the evaluations before step ${step} are left out of this run's summary`);
+    return [];
+  }
+  return recorded.filter((e) => e.step <= step);
 }
