@@ -8,7 +8,10 @@ export interface AdamConfig {
   epsilon: number;
 }
 
-/** Keras/tfjs defaults (tfjs-core's cpu backend epsilon is 1e-7, not Kingma's 1e-8). */
+/**
+ * Keras/tfjs defaults (tfjs-core's cpu backend epsilon is 1e-7, not Kingma's 1e-8). ε is added to the
+ * bias-corrected √v̂, as PyTorch and tfjs do; Keras adds it to the uncorrected √v (README: Training semantics).
+ */
 export const KERAS_ADAM_DEFAULTS: AdamConfig = {
   learningRate: 1e-3,
   beta1: 0.9,
