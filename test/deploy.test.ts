@@ -843,7 +843,7 @@ function alertRules(): { alert: string; expr: string }[] {
 
 test('alerts: Prometheus loads them, each fires where it should and stays silent where it should not (promtool test rules), and Kubernetes gets the same ones', (t) => {
   assert.deepEqual(docs('prometheus/prometheus.yml')[0].rule_files, ['alerts.yml']);
-  assert.deepEqual(alertRules().map((r) => r.alert), ['GanfleetWorkersWithoutCoordinator', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
+  assert.deepEqual(alertRules().map((r) => r.alert), ['GanfleetWorkersWithoutCoordinator', 'GanfleetPaused', 'GanfleetNoProgress', 'GanfleetStalled', 'GanfleetRestarting', 'GanfleetCheckpointStale', 'GanfleetRejectedMessages']);
   // The PrometheusRule is the same groups, so the two never drift apart.
   for (const [dir, objs] of kubernetesBuilds()) {
     if (!dir.includes('overlays')) continue;

@@ -42,7 +42,8 @@ export class CoordinatorMetrics {
     help: 'Wall time of one round, from broadcast to the optimizer update, by phase (discriminator or generator).',
     // `phase` as on the workers' series: discriminator or generator.
     labelNames: ['phase'] as const,
-    buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10],
+    // Up to past the default --round-timeout (30 s), which a round waiting for a lost worker runs into.
+    buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60],
     registers: [this.registry],
   });
   readonly roundPartSeconds = new Counter({

@@ -7,9 +7,10 @@ export class WorkerMetrics {
   readonly rounds = new Counter({ name: 'ganfleet_worker_rounds_total', help: 'Rounds this worker computed gradients for.', labelNames: ['phase'] as const, registers: [this.registry] });
   readonly roundSeconds = new Histogram({
     name: 'ganfleet_worker_round_compute_seconds',
-    help: 'Time to compute one round of gradients (batch, forward, backward, read back), after the weights are uploaded.',
+    help: "Time to compute one round of gradients (forward, backward, read back), after the weights are uploaded: the computeSeconds the coordinator is told.",
     labelNames: ['phase'] as const,
-    buckets: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2],
+    // DCGAN rounds on wasm take 1-2.5 s, and a GPU's first ones longer.
+    buckets: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60],
     registers: [this.registry],
   });
   readonly connected = new Gauge({ name: 'ganfleet_worker_connected', help: '1 while joined to a coordinator.', registers: [this.registry] });

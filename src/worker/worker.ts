@@ -311,6 +311,7 @@ function connectOnce(
       compute.updateWeights(msg.generator, msg.discriminator, byMail);
       const t0 = performance.now();
       const out = compute.step(msg.step, msg.phase);
+      const computeSeconds = (performance.now() - t0) / 1000;
       const reply = message<Gradients>({
         type: 'gradients',
         step: msg.step,
@@ -319,7 +320,7 @@ function connectOnce(
         gradients: out.gradients,
         loss: out.loss,
         dFake: out.dFake,
-        computeSeconds: (performance.now() - t0) / 1000,
+        computeSeconds,
       });
       if (out.dReal !== undefined) reply.dReal = out.dReal;
       if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
@@ -333,10 +334,9 @@ function connectOnce(
       // The coordinator now averages and steps Adam: ready the next step meanwhile.
       compute.readyAfter(msg.step, msg.phase);
       heard(); // busy computing is not the coordinator's silence
-      const roundSeconds = (performance.now() - t0) / 1000;
-      metrics.observeRound(msg.phase, roundSeconds);
+      metrics.observeRound(msg.phase, computeSeconds);
       progress.rounds++;
-      progress.computeSeconds += roundSeconds;
+      progress.computeSeconds += computeSeconds;
       const everyMs = (opts.progressEverySeconds ?? 0) * 1000;
       const sinceMs = performance.now() - progress.since;
       if (everyMs > 0 && sinceMs >= everyMs) {
