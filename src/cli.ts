@@ -277,12 +277,16 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
     return { value: process.env[variable], variable };
   };
+  // Read before the middleware below rewrites GANFLEET_NATIVE, which would make a refused value look valid.
+  let refusedSwitches: ReturnType<typeof switches> = [];
   return y
     // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
     .requiresArg(valued)
     .middleware((a) => {
+      const read = switches();
+      refusedSwitches = read.filter((s) => s.value === null);
       // Empty is as if unset: the default (yargs took it for false).
-      for (const s of switches()) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
+      for (const s of read) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
       // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
       const native = (a as { native?: boolean }).native;
       if (native !== undefined) process.env.GANFLEET_NATIVE = native ? '1' : '0';
@@ -304,7 +308,7 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     }, true)
     .check((a) => {
       if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
-      for (const s of switches()) if (s.value === null) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
+      for (const s of refusedSwitches) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
       // An empty value reads as unset, or as 0: GANFLEET_HOST= put the token-less metrics on every interface,
       // GANFLEET_TOKEN= turned auth off, GANFLEET_PORT= listened on a random port.
       for (const key of valued) {
@@ -338,7 +342,7 @@ export function buildCli(argv: string[]) {
               checkPort('port', a.port);
               integerInRange('min-workers', a['min-workers']);
               integerInRange('max-workers', a['max-workers']);
-              if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${a['max-workers']} is below --min-workers ${a['min-workers']}`);
+              if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
               if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
               for (const k of ['tls-cert', 'tls-key'] as const) if (a[k] && !fs.existsSync(a[k]!)) throw new Error(`--${k}: no such file ${a[k]}`);
               const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
@@ -479,7 +483,7 @@ export function buildCli(argv: string[]) {
             .check((a) => {
               integerInRange('count', a.count);
               integerInRange('seed', a.seed, 0, MAX_SEED);
-              const problem = generateProblem(a.out, a.count);
+              const problem = generateProblem(a.out, a.count, given('count', a.count));
               if (problem) throw new Error(problem);
               return true;
             }),

@@ -27,11 +27,11 @@ export const GENERATE_FORMATS = ['.npy', '.idx', '.png'] as const;
 /** The most samples one call draws: 200,000 are 627 MB as float32, held in memory twice while the file is written. */
 export const GENERATE_MAX_COUNT = 200_000;
 
-/** Why generate cannot write `count` samples to `out`, or null. */
-export function generateProblem(out: string, count: number): string | null {
+/** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
+export function generateProblem(out: string, count: number, countText = String(count)): string | null {
   const ext = path.extname(out).toLowerCase();
   if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) return `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
-  if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${count}; draw more with further calls and other --seed values`;
+  if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${countText}; draw more with further calls and other --seed values`;
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
   let at = path.resolve(out);
   if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;

@@ -107,9 +107,15 @@ test('usage errors are one whole line: an invalid choice names the value and the
     assert.equal(resume.status, 2, `${args.join(' ')} ${JSON.stringify(env)}`);
     assert.match(resume.stderr, /--resume continues the run in --out: name its directory/);
   }
-  const bad = cli(['local', '--steps', '1'], { GANFLEET_MAILBOX: 'maybe' });
-  assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /GANFLEET_MAILBOX must be 1\/0, true\/false, yes\/no or on\/off, got "maybe"/);
+  // GANFLEET_NATIVE too, which is rewritten for the code that loads the kernels: "maybe" used to turn them off.
+  for (const variable of ['GANFLEET_MAILBOX', 'GANFLEET_NATIVE']) {
+    const bad = cli(['local', '--steps', '1'], { [variable]: 'maybe' });
+    assert.equal(bad.status, 2, variable);
+    assert.match(bad.stderr, new RegExp(`${variable} must be 1/0, true/false, yes/no or on/off, got "maybe"`));
+  }
+  const workers = cli(['coordinator', '--min-workers', '3'], { GANFLEET_MAX_WORKERS: '2' });
+  assert.equal(workers.status, 2);
+  assert.match(workers.stderr, /--max-workers "2" \(from GANFLEET_MAX_WORKERS\) is below --min-workers 3/);
 });
 
 test('a GANFLEET_* variable a letter or two off a flag is warned of, with the flag; one of another command, or far from any, is not', () => {
@@ -211,6 +217,9 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const count = cli(['--out', 'samples.npy', '--count', '100000000']);
   assert.equal(count.status, 2);
   assert.match(count.stderr, /--count must be at most 200000, got 100000000/);
+  const fromEnv = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', 'samples.npy'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_COUNT: '300000' } });
+  assert.equal(fromEnv.status, 2);
+  assert.match(fromEnv.stderr, /--count must be at most 200000, got "300000" \(from GANFLEET_COUNT\)/);
   const dir = tempDir('generate-out');
   fs.writeFileSync(path.join(dir, 'afile'), 'x');
   const underFile = cli(['--out', path.join(dir, 'afile', 'x.png')]);
