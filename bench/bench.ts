@@ -20,6 +20,7 @@ import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 import { sharedMemoryCeiling } from './ceiling';
 import { linkBitsPerSecond, linkLeastMs, ShapedLink } from './link';
+import { OpenblasChoice, openblasChoice } from './openblas';
 
 const BATCH = 128;
 /**
@@ -140,7 +141,7 @@ function inProcessWithoutNative(steps: number): InProcessResult {
 /** The sample grid and the checkpoint are written once, after the last step: the timed steps train and nothing else. */
 function localArgs(workers: number, steps: number, out: string, extra: string[] = [], logEvery = steps): string[] {
   return [
-    CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--log-every', String(logEvery), '--sample-every', String(steps + 1),
+    CLI, 'local', '--workers', String(workers), '--steps', String(steps), '--batch-size', String(BATCH), '--log-every', String(logEvery), '--sample-every', String(steps + 1),
     '--checkpoint-every', '0', '--metrics-port', '-1', '--backend', 'wasm', '--out', out, ...extra,
   ];
 }
@@ -168,7 +169,23 @@ function localRun(workers: number, steps: number, extra: string[] = [], warmup =
     wholeRunMsPerStep: round(s.msPerStep),
     msPerStepByPhase: Object.fromEntries(Object.entries(s.msPerStepByPhase).map(([k, v]) => [k, round(v)])),
     wireBytesPerStepPerWorker: wireBytesPerStepPerWorker(s, workers),
+    // The whole run's, shards included (steadyWireBytes takes them apart).
+    wireBytesPerWorker: { toWorker: Math.round((s.bytesSentPerStep * s.stepsThisRun) / workers), fromWorker: Math.round((s.bytesReceivedPerStep * s.stepsThisRun) / workers) },
   };
+}
+
+/**
+ * Target 4's figure: one worker's bytes per step each way once its shard is
+ * across, from two runs whose totals differ only by their last `steps` steps
+ * (the 47 MB shard, the join's both networks and the start-up cancel out),
+ * and that one-off part on its own.
+ */
+function steadyWireBytes(dtype: WireDtype, steps: number) {
+  const extra = ['--wire-dtype', dtype];
+  const [short, long] = [localRun(1, steps, extra, 0).wireBytesPerWorker, localRun(1, 2 * steps, extra, 0).wireBytesPerWorker];
+  const toWorker = (long.toWorker - short.toWorker) / steps;
+  const fromWorker = (long.fromWorker - short.fromWorker) / steps;
+  return { toWorker: Math.round(toWorker), fromWorker: Math.round(fromWorker), atJoinToWorker: Math.round(short.toWorker - steps * toWorker) };
 }
 
 /** A run's WebSocket payload per step, each way, per worker (toward the workers, shards included). */
@@ -193,7 +210,7 @@ interface TorchRun {
   ms_per_step: number;
   images_per_s: number;
 }
-type TorchRuns = { single: TorchRun; ddp: Map<number, TorchRun> };
+type TorchRuns = { single: TorchRun; ddp: Map<number, TorchRun>; openblas: OpenblasChoice };
 type TorchResult = TorchRuns | { reason: string };
 
 /**
@@ -206,19 +223,20 @@ function torchAnchor(steps: number, worlds: number[]): TorchResult {
   if (!fs.existsSync(anchor)) return { reason: `anchor script not found at ${anchor}` };
   const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
+  const openblas = openblasChoice(python);
   const run = (extra: string[]): TorchRun =>
     JSON.parse(
       // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
       execFileSync(python, [anchor, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
         encoding: 'utf8',
-        env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1' },
+        env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', ...openblas.env },
       })
         .trim()
         .split('\n')
         .pop()!,
     );
   try {
-    return { single: run([]), ddp: new Map(worlds.map((w) => [w, run(['--mode', 'ddp', '--world', String(w)])])) };
+    return { single: run([]), ddp: new Map(worlds.map((w) => [w, run(['--mode', 'ddp', '--world', String(w)])])), openblas };
   } catch (e) {
     return { reason: `the anchor failed: ${(e as Error).message.split('\n')[0]}` };
   }
@@ -283,6 +301,9 @@ const CLOCK_TICKS = (() => {
   }
 })();
 
+/** Target 5's "does not grow": RSS may rise by less than this per 1,000 steps between the run's first and third quarter. */
+const MEMORY_GROWTH_LIMIT_MIB = 2;
+
 /**
  * `local --workers 2` for `steps` steps, reading each process's RSS and CPU
  * time from /proc at every progress line: the coordinator (the local
@@ -304,7 +325,16 @@ async function processRun(steps: number, extra: string[] = []) {
     }
     buffered = buffered.slice(buffered.lastIndexOf('\n') + 1);
   });
+  // Peaks to the end: the final grid, checkpoint and generator come after the last progress line.
+  const peaks = new Map<number, number>();
+  const poll = setInterval(() => {
+    for (const pid of [child.pid!, ...childrenOf(child.pid!)]) {
+      const m = memoryOf(pid);
+      if (m) peaks.set(pid, Math.max(peaks.get(pid) ?? 0, m.peak));
+    }
+  }, 250);
   const code = await new Promise((r) => child.on('exit', r));
+  clearInterval(poll);
   fs.rmSync(out, { recursive: true, force: true });
   if (code !== 0) throw new Error(`local --workers 2 ${extra.join(' ')} exited ${code}`);
   const [first, last] = [samples[0], samples[samples.length - 1]];
@@ -312,9 +342,22 @@ async function processRun(steps: number, extra: string[] = []) {
     const [a, b] = [first.cpu.get(pid), last.cpu.get(pid)];
     return a == null || b == null ? null : round((b - a) / (last.step - first.step));
   };
+  // Growth from the first to the third quarter: the fourth line's sample may take in the final outputs.
+  const [early, late] = [samples[0], samples[samples.length - 2]];
+  const growth = (a: { rss: number } | null | undefined, b: { rss: number } | null | undefined) => (a && b ? round(((b.rss - a.rss) * 1000) / (late.step - early.step)) : null);
+  const growthPer1000Steps = { coordinator: growth(early.coordinator, late.coordinator), workers: early.workers.map((w, i) => growth(w, late.workers[i])) };
+  const workerPids = [...first.cpu.keys()].filter((pid) => pid !== child.pid);
   return {
-    memory: { workers: 2, steps, mib: samples.map(({ step, coordinator, workers }) => ({ step, coordinator, workers })) },
-    cpuMsPerStep: { coordinator: perStep(child.pid!), workers: [...first.cpu.keys()].filter((pid) => pid !== child.pid).map(perStep) },
+    memory: {
+      workers: 2,
+      steps,
+      mib: samples.map(({ step, coordinator, workers }) => ({ step, coordinator, workers })),
+      peakMiB: { coordinator: peaks.get(child.pid!) ?? null, workers: workerPids.map((pid) => peaks.get(pid) ?? null) },
+      rssGrowthMiBPer1000Steps: growthPer1000Steps,
+      // A leak of one 0.43 MB frame or one step's tensors a step would be hundreds of MiB per 1,000 steps.
+      flat: [growthPer1000Steps.coordinator, ...growthPer1000Steps.workers].every((g) => g !== null && g < MEMORY_GROWTH_LIMIT_MIB),
+    },
+    cpuMsPerStep: { coordinator: perStep(child.pid!), workers: workerPids.map(perStep) },
   };
 }
 
@@ -381,7 +424,7 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
     inProcess: single,
     local: byWorkers(local),
     sharedMemoryCeiling: byWorkers(ceiling),
-    torch: torchSingle ? { single: torchSingle, ddp: byWorld(torchDdp) } : null,
+    torch: torchSingle ? { single: torchSingle, ddp: byWorld(torchDdp), openblasCore: torchRuns[0].openblas } : null,
     torchReason,
     ratios: {
       distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
@@ -428,7 +471,7 @@ async function linkRun(link: ShapedLink, workers: number, wireDtype: WireDtype, 
   const env = { ...process.env, GANFLEET_TOKEN: crypto.randomBytes(16).toString('hex') };
   const coordinator = link.spawn(link.coordinatorNamespace, [
     process.execPath, CLI, 'coordinator', '--host', link.coordinatorAddress, '--port', '8787', '--min-workers', String(workers),
-    '--steps', String(total), '--log-every', String(WARMUP), '--sample-every', String(total + 1), '--checkpoint-every', '0',
+    '--steps', String(total), '--batch-size', String(BATCH), '--log-every', String(WARMUP), '--sample-every', String(total + 1), '--checkpoint-every', '0',
     '--metrics-port', '-1', '--backend', 'wasm', '--no-mailbox', '--wire-dtype', wireDtype, '--out', out,
   ], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
@@ -476,6 +519,13 @@ async function main() {
     return;
   }
   const { steps, repeats } = OPTS;
+  if (!OPTS.inProcessOnly) {
+    // The runs' settings are the bench's: a GANFLEET_BATCH_SIZE=64 left in the shell halved local's batch under a
+    // report that said 128. The in-process children get theirs explicitly.
+    const dropped = Object.keys(process.env).filter((k) => k.startsWith('GANFLEET_'));
+    for (const k of dropped) delete process.env[k];
+    if (dropped.length > 0) process.stderr.write(`bench: ignoring ${dropped.join(', ')}: every run takes its settings from the bench\n`);
+  }
   if (OPTS.inProcessOnly) {
     process.stdout.write(JSON.stringify(await inProcess(steps, WARMUP)));
     return;
@@ -529,7 +579,7 @@ async function main() {
   const withoutNative = inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
   const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
-  const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, localRun(1, Math.min(steps, 100), ['--wire-dtype', d], 0).wireBytesPerStepPerWorker]));
+  const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, steadyWireBytes(d, Math.min(steps, 100))]));
   const haveProc = fs.existsSync('/proc/self/stat');
   const processSteps = OPTS.memorySteps;
   const mailed = haveProc ? await processRun(processSteps) : null;
@@ -563,7 +613,7 @@ async function main() {
     wireBytesPerStepPerWorker: wire,
     memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
     cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
-    torch: torchSingle ? { single: torchSingle, ddp2: torchDdp } : null,
+    torch: torchSingle ? { single: torchSingle, ddp2: torchDdp, openblasCore: torchRuns[0].openblas } : null,
     torchReason,
     ratios: {
       perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,

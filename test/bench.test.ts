@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sleep } from './harness';
+import { openblasCoreFor } from '../bench/openblas';
 
 const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
 
@@ -54,6 +55,55 @@ test('bench --scaling: local, the ceiling, PyTorch DDP and their ratios for each
   assert.ok(near(ratios.torchDdpScaling.world2, 42666 / (2 * 25600)), JSON.stringify(ratios));
   // Each figure is printed as it comes, so a run cut short still shows what it measured.
   assert.match(r.stderr, /bench: local --workers 2: [\d.]+ ms\/step/);
+});
+
+test('npm run bench: one JSON object with every #6 figure, the ratios from its own runs, wire bytes without the shard, memory peaks and a growth verdict', () => {
+  const python = fakeTorch();
+  const r = spawnSync(process.execPath, [BENCH, '--steps', '50', '--repeats', '1', '--memory-steps', '200', '--python', python, '--anchor', python], {
+    encoding: 'utf8',
+    timeout: 300_000,
+    env: { ...process.env, GANFLEET_BATCH_SIZE: '64' },
+  });
+  fs.rmSync(path.dirname(python), { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  // The bench's runs ignore a GANFLEET_* setting left in the shell, and say so.
+  assert.match(r.stderr, /bench: ignoring GANFLEET_BATCH_SIZE\b.*: every run takes its settings from the bench/);
+  const { ratios, local, inProcess } = report;
+  const near = (a: number, b: number) => Math.abs(a - b) < 2e-3;
+  assert.ok(near(ratios.perWorkerMsVsTorch, inProcess.msPerStep / 5), JSON.stringify(ratios));
+  assert.ok(near(ratios.distributedOverhead, local.workers1.imagesPerSecond / inProcess.imagesPerSecond), JSON.stringify(ratios));
+  assert.ok(near(ratios.scaling2Workers, local.workers2.imagesPerSecond / (2 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.deepEqual(report.torch.openblasCore, { detected: null, used: null, env: {} }, 'the fake python prints no OpenBLAS core');
+  // Target 4: G's and D's values (114,064 + 100,609) as float32 each way, plus a few hundred bytes of framing;
+  // the shard and the join's networks apart.
+  const { float32, float16, bfloat16 } = report.wireBytesPerStepPerWorker;
+  const values = 114_064 + 100_609;
+  for (const way of ['toWorker', 'fromWorker'] as const) {
+    assert.ok(float32[way] >= 4 * values && float32[way] < 4 * values + 2000, JSON.stringify(float32));
+    assert.ok(Math.abs(float16[way] / float32[way] - 0.5) < 0.01 && bfloat16[way] === float16[way], JSON.stringify(report.wireBytesPerStepPerWorker));
+  }
+  assert.ok(float32.atJoinToWorker > 47_000_000 && float32.atJoinToWorker < 49_000_000, JSON.stringify(float32));
+  // Target 5: peaks to the end, at least every sample's, and a verdict.
+  const { memory } = report;
+  assert.deepEqual(memory.mib.map((m: { step: number }) => m.step), [50, 100, 150, 200]);
+  for (const m of memory.mib) {
+    assert.ok(memory.peakMiB.coordinator >= m.coordinator.peak, JSON.stringify(memory));
+    m.workers.forEach((w: { peak: number }, i: number) => assert.ok(memory.peakMiB.workers[i] >= w.peak, JSON.stringify(memory)));
+  }
+  assert.equal(typeof memory.flat, 'boolean');
+  assert.equal(memory.rssGrowthMiBPer1000Steps.workers.length, 2);
+});
+
+test('the PyTorch anchor runs the best OpenBLAS kernel of this CPU where OpenBLAS falls back to its generic one', () => {
+  const flags = (s: string) => new Set(s.split(' '));
+  const avx512 = flags('sse3 avx2 fma avx512f avx512cd avx512bw avx512dq avx512vl');
+  assert.equal(openblasCoreFor('Prescott', avx512), 'SkylakeX');
+  assert.equal(openblasCoreFor('Prescott', flags('sse3 avx2 fma')), 'Haswell');
+  assert.equal(openblasCoreFor('Prescott', flags('sse3 sse4_2')), null);
+  // A kernel OpenBLAS detected itself is kept.
+  assert.equal(openblasCoreFor('Zen', avx512), null);
+  assert.equal(openblasCoreFor(null, avx512), null);
 });
 
 test('bench --scaling without torch: the anchor is null, with the reason', () => {
