@@ -180,6 +180,18 @@ static napi_value supported(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* gemmWidth(want): the matmul kernel's vector width after choosing `want` (512 or 256; 0 only asks). */
+static napi_value gemm_width(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t want = 0;
+  if (argc >= 1 && napi_get_value_int32(env, argv[0], &want) != napi_ok) want = 0;
+  napi_value result;
+  napi_create_int32(env, gf_gemm_width(want), &result);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
@@ -190,6 +202,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"fromHalf", NULL, from_half, NULL, NULL, NULL, napi_default, NULL},
       {"gatherPixels", NULL, gather_pixels, NULL, NULL, NULL, napi_default, NULL},
       {"supported", NULL, supported, NULL, NULL, NULL, napi_default, NULL},
+      {"gemmWidth", NULL, gemm_width, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

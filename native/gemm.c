@@ -1,7 +1,8 @@
 /*
  * A BLIS-style float32 GEMM: both operands are packed into panels (A into
  * MR-row strips, B into NR-column strips, each k-major and zero-padded), so
- * one AVX2 micro-kernel serves every transpose and every edge, and the
+ * one micro-kernel (AVX2, or AVX-512 where the CPU has it) serves every
+ * transpose and every edge, and the
  * epilogue adds the bias and applies the activation on the way out.
  * Sized for the GAN's products (k, n ≤ a few thousand): the packed B of one
  * call stays in L2, an A strip in L1, so no further cache blocking is needed.
@@ -17,6 +18,10 @@
 
 #define MR 6
 #define NR 16
+/* The AVX-512 kernel's tile: 8 rows of two 16-float vectors, 16 accumulators. */
+#define MR512 8
+#define NR512 32
+#define TILE_MAX (MR512 * NR512)
 
 int gf_gemm_supported(void) {
 #ifdef GF_X86
@@ -27,11 +32,29 @@ int gf_gemm_supported(void) {
 #endif
 }
 
+/* The kernel in use: 512 where the CPU has AVX-512F and it was not turned off, else 256 (AVX2). */
+static int vector_bits = 0;
+
+static int avx512_supported(void) {
+#ifdef GF_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+#else
+  return 0;
+#endif
+}
+
+int gf_gemm_width(int want) {
+  if (want == 512 || want == 256) vector_bits = want == 512 && avx512_supported() ? 512 : 256;
+  if (vector_bits == 0) vector_bits = avx512_supported() ? 512 : 256;
+  return vector_bits;
+}
+
 /* Per-thread scratch that only grows: a step's calls reuse it. */
 static _Thread_local float *scratch_a, *scratch_b;
 static _Thread_local size_t scratch_a_len, scratch_b_len;
 /* One micro-tile of results before the epilogue. */
-static _Thread_local float tile[MR * NR] __attribute__((aligned(64)));
+static _Thread_local float tile[TILE_MAX] __attribute__((aligned(64)));
 
 __attribute__((unused)) static float *reserve(float **buf, size_t *len, size_t want) {
   if (*len >= want) return *buf;
@@ -118,6 +141,54 @@ __attribute__((target("avx2,fma"))) static void kernel_6x16(int k, const float *
   }
 }
 
+/*
+ * The same product on AVX-512: an 8×32 tile, two 16-float vectors a row. On
+ * the Xeon this project measures on, its products run about half as many
+ * instructions as the AVX2 kernel's 6×16 tiles.
+ */
+#define ROW512(r) \
+  a = _mm512_set1_ps(ap[r]); c##r##0 = _mm512_fmadd_ps(a, b0, c##r##0); c##r##1 = _mm512_fmadd_ps(a, b1, c##r##1);
+__attribute__((target("avx512f"))) static void kernel_8x32(int k, const float *ap, const float *bp, int full, float *c, int ldc,
+                                                               const float *bias, int activation, float alpha) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+  __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+  __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  __m512 c60 = _mm512_setzero_ps(), c61 = _mm512_setzero_ps(), c70 = _mm512_setzero_ps(), c71 = _mm512_setzero_ps();
+  for (int p = 0; p < k; p++) {
+    __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+    __m512 a;
+    ROW512(0) ROW512(1) ROW512(2) ROW512(3) ROW512(4) ROW512(5) ROW512(6) ROW512(7)
+    ap += MR512;
+    bp += NR512;
+  }
+  __m512 acc[2 * MR512] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
+  if (!full) {
+    for (int r = 0; r < MR512; r++) {
+      _mm512_store_ps(tile + r * NR512, acc[2 * r]);
+      _mm512_store_ps(tile + r * NR512 + 16, acc[2 * r + 1]);
+    }
+    return;
+  }
+  __m512 bias0 = _mm512_setzero_ps(), bias1 = _mm512_setzero_ps();
+  if (bias) {
+    bias0 = _mm512_loadu_ps(bias);
+    bias1 = _mm512_loadu_ps(bias + 16);
+  }
+  __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(alpha), six = _mm512_set1_ps(6.f);
+  for (int r = 0; r < MR512; r++) {
+    __m512 x[2] = {_mm512_add_ps(acc[2 * r], bias0), _mm512_add_ps(acc[2 * r + 1], bias1)};
+    for (int h = 0; h < 2; h++) {
+      switch (activation) {
+        case GF_RELU: x[h] = _mm512_max_ps(x[h], zero); break;
+        case GF_LEAKYRELU: x[h] = _mm512_mask_mul_ps(x[h], _mm512_cmp_ps_mask(x[h], zero, _CMP_LT_OQ), x[h], slope); break;
+        case GF_RELU6: x[h] = _mm512_min_ps(_mm512_max_ps(x[h], zero), six); break;
+        default: break;
+      }
+      _mm512_storeu_ps(c + (size_t)r * ldc + 16 * h, x[h]);
+    }
+  }
+}
+
 __attribute__((unused)) static inline float activate(float x, int activation, float alpha) {
   switch (activation) {
     case GF_RELU: return x > 0.f ? x : 0.f;
@@ -131,26 +202,32 @@ __attribute__((unused)) static inline float activate(float x, int activation, fl
 int gf_gemm(int m, int n, int k, const float *a, int trans_a, const float *b, int trans_b, float *c,
             const float *bias, int bias_len, int activation, float alpha) {
   if (m <= 0 || n <= 0) return 0;
-  int strips_b = (n + NR - 1) / NR;
+  int wide = gf_gemm_width(0) == 512;
+  int mr = wide ? MR512 : MR, nr = wide ? NR512 : NR;
+  int strips_b = (n + nr - 1) / nr;
   size_t kk = k > 0 ? (size_t)k : 1;
-  float *bp = reserve(&scratch_b, &scratch_b_len, (size_t)strips_b * kk * NR);
-  float *ap = reserve(&scratch_a, &scratch_a_len, kk * MR);
+  float *bp = reserve(&scratch_b, &scratch_b_len, (size_t)strips_b * kk * nr);
+  float *ap = reserve(&scratch_a, &scratch_a_len, kk * mr);
   if (!bp || !ap) return -1;
-  for (int s = 0; s < strips_b; s++) pack_panel(n, k, b, !trans_b, s * NR, NR, bp + (size_t)s * kk * NR);
-  for (int i0 = 0; i0 < m; i0 += MR) {
-    pack_panel(m, k, a, trans_a, i0, MR, ap);
-    int rows = m - i0 < MR ? m - i0 : MR;
+  for (int s = 0; s < strips_b; s++) pack_panel(n, k, b, !trans_b, s * nr, nr, bp + (size_t)s * kk * nr);
+  for (int i0 = 0; i0 < m; i0 += mr) {
+    pack_panel(m, k, a, trans_a, i0, mr, ap);
+    int rows = m - i0 < mr ? m - i0 : mr;
     for (int s = 0; s < strips_b; s++) {
-      int j0 = s * NR;
-      int cols = n - j0 < NR ? n - j0 : NR;
+      int j0 = s * nr;
+      int cols = n - j0 < nr ? n - j0 : nr;
       float *dst = c + (size_t)i0 * n + j0;
       /* Full tiles finish in the kernel; sigmoid, bias broadcast from one value and edges take the scalar path. */
-      int full = rows == MR && cols == NR && activation != GF_SIGMOID && (!bias || bias_len != 1);
-      kernel_6x16(k, ap, bp + (size_t)s * kk * NR, full, dst, n, bias ? bias + j0 : NULL, activation, alpha);
+      int full = rows == mr && cols == nr && activation != GF_SIGMOID && (!bias || bias_len != 1);
+      if (wide) {
+        kernel_8x32(k, ap, bp + (size_t)s * kk * nr, full, dst, n, bias ? bias + j0 : NULL, activation, alpha);
+      } else {
+        kernel_6x16(k, ap, bp + (size_t)s * kk * nr, full, dst, n, bias ? bias + j0 : NULL, activation, alpha);
+      }
       if (full) continue;
       for (int r = 0; r < rows; r++) {
         for (int q = 0; q < cols; q++) {
-          float x = tile[r * NR + q];
+          float x = tile[r * nr + q];
           if (bias) x += bias[bias_len == 1 ? 0 : j0 + q];
           dst[(size_t)r * n + q] = activate(x, activation, alpha);
         }

@@ -9,6 +9,12 @@ enum gf_activation { GF_LINEAR = 0, GF_RELU = 1, GF_LEAKYRELU = 2, GF_RELU6 = 3,
 int gf_gemm_supported(void);
 
 /*
+ * The vector width of the micro-kernel in use, 512 (AVX-512F) or 256 (AVX2).
+ * `want` 512 or 256 chooses (512 only where the CPU has it); 0 only asks.
+ */
+int gf_gemm_width(int want);
+
+/*
  * C[m×n] = act(op(A)·op(B) + bias), row-major. op(A) is A (m×k, row stride k)
  * or, when trans_a, Aᵀ of a k×m matrix (row stride m); likewise op(B) is k×n
  * or Bᵀ of an n×k matrix. bias is NULL, one value (bias_len 1) or n values.

@@ -131,7 +131,7 @@ function backendOption<T>(y: Argv<T>, nativeUse = 'matrix products and convoluti
       type: 'boolean',
       default: true,
       describe:
-        `Use ganfleet's native AVX2/FMA kernels where npm install built them: ${nativeUse}. --no-native keeps XNNPACK and JavaScript`,
+        `Use ganfleet's native AVX2/FMA (and AVX-512) kernels where npm install built them: ${nativeUse}. --no-native keeps XNNPACK and JavaScript`,
     });
 }
 

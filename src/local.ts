@@ -58,8 +58,9 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   );
   if (early) coordinator.requestStop(`${early} received`);
 
-  // Flags travel explicitly; GANFLEET_* meant for the coordinator must not reach the workers.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GANFLEET_')));
+  // Flags travel explicitly; GANFLEET_* meant for the coordinator must not reach the workers. The kernel choice,
+  // which is no flag but this machine's, does.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GANFLEET_') || k === 'GANFLEET_NATIVE_AVX512'));
   const startWorker = (i: number) => {
     const childEnv = { ...env };
     if (opts.gpus.length > 0) childEnv.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];

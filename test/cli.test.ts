@@ -8,6 +8,7 @@ import { listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/c
 import { createModel } from '../src/model';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
+import { builtAddon } from '../src/util/native';
 import { blankMnistDir, tempDir } from './harness';
 import { CLI } from './helpers';
 
@@ -408,6 +409,18 @@ test('--require-gpu refuses a backend that never uses a GPU (usage), and local r
   assert.match(r.stderr, /ganfleet: --require-gpu: the workers cannot compute on a GPU: @tensorflow\/tfjs-node-gpu is not installed \(README: GPU\) \[GPU_REQUIRED\]/);
   assert.doesNotMatch(r.stdout + r.stderr, /\[worker /);
   assert.equal(fs.existsSync(out), false);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
+test('GANFLEET_NATIVE_AVX512=0 reaches local\'s workers, which keep the AVX2 kernel', { skip: !builtAddon() && 'the native addon is not built' }, () => {
+  const out = path.join(tempDir('avx2'), 'run');
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--backend', 'wasm', '--metrics-port', '-1', '--out', out], {
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, GANFLEET_NATIVE_AVX512: '0' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout + r.stderr, /\[worker local-1\] backend wasm \(.*matmul on the native kernel \(AVX2\/FMA\); using wasm\)/);
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 

@@ -34,9 +34,11 @@ type Case = {
   activation?: 'linear' | 'relu' | 'leakyrelu' | 'relu6' | 'sigmoid' | 'prelu' | 'elu';
 };
 
-// The MLP step's products, the micro-kernel's edges (6 rows × 16 columns), transposes, batches, bias and activations.
+// The MLP step's products, the micro-kernels' edges (6 rows × 16 columns; 8 × 32), transposes, batches, bias and activations.
 const CASES: Case[] = [
   { a: [256, 784], b: [784, 128], bias: [128], activation: 'leakyrelu' },
+  { a: [16, 40], b: [40, 64], bias: [64], activation: 'relu6' },
+  { a: [24, 7], b: [7, 96], bias: [96], activation: 'relu' },
   { a: [256, 784], b: [256, 128], transposeA: true },
   { a: [128, 128], b: [784, 128], transposeB: true },
   { a: [128, 100], b: [784, 128], transposeA: true, transposeB: true },
@@ -67,18 +69,28 @@ function product(c: Case): Float32Array {
   return out.dataSync() as Float32Array;
 }
 
-test('the native matmul on wasm matches the cpu backend (shapes, transposes, batches, bias, activations)', { skip }, async () => {
+test('the native matmul on wasm matches the cpu backend (shapes, transposes, batches, bias, activations), with each kernel this CPU runs', { skip }, async () => {
   await selectBackend('cpu');
   const expected = CASES.map(product);
   await selectBackend('wasm');
   assert.ok(nativeMatMulActive(), 'the native matmul is built but not in use');
-  const before = nativeProductCount();
-  CASES.forEach((c, i) => {
-    const name = `${c.a}·${c.b}${c.transposeA ? ' Aᵀ' : ''}${c.transposeB ? ' Bᵀ' : ''} ${c.activation ?? ''}`;
-    assertClose(product(c), expected[i], 1e-5, 1e-5, name);
-  });
-  // Every case but the ELU one ran natively (a batch counts once per matrix).
-  assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2);
+  const chosen = addon!.gemmWidth(0);
+  // The AVX2 kernel always; the AVX-512 one where the CPU has it (gemmWidth(512) falls back to 256 elsewhere).
+  const widths = [...new Set([256, addon!.gemmWidth(512)])];
+  try {
+    for (const width of widths) {
+      assert.equal(addon!.gemmWidth(width), width);
+      const before = nativeProductCount();
+      CASES.forEach((c, i) => {
+        const name = `${width}-bit kernel: ${c.a}·${c.b}${c.transposeA ? ' Aᵀ' : ''}${c.transposeB ? ' Bᵀ' : ''} ${c.activation ?? ''}`;
+        assertClose(product(c), expected[i], 1e-5, 1e-5, name);
+      });
+      // Every case but the ELU one ran natively (a batch counts once per matrix).
+      assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2);
+    }
+  } finally {
+    addon!.gemmWidth(chosen);
+  }
 });
 
 test('the native matmul refuses operands outside its heap', { skip }, () => {

@@ -132,8 +132,11 @@ test('readValues gives the tensors\' values one after another, straight from the
 });
 
 test('an addon built from older sources, without a function ganfleet calls, is not used', () => {
-  const all = { supported() {}, gemm() {}, adam() {}, scaleAdd() {}, firstOutside() {}, toHalf() {}, fromHalf() {}, gatherPixels() {} };
+  const all = { supported() {}, gemmWidth() {}, gemm() {}, adam() {}, scaleAdd() {}, firstOutside() {}, toHalf() {}, fromHalf() {}, gatherPixels() {} };
   assert.deepEqual(missingFunctions(all), []);
   const { gatherPixels: _, ...stale } = all;
   assert.deepEqual(missingFunctions(stale), ['gatherPixels']);
+  // A build from before the AVX-512 kernel.
+  const { gemmWidth: __, ...beforeAvx512 } = all;
+  assert.deepEqual(missingFunctions(beforeAvx512), ['gemmWidth']);
 });

@@ -41,7 +41,7 @@ export function registerNativeMatMul(): { active: boolean; note: string } {
   if (!addon) return (state = { active: false, note: `native matmul ${why}; using XNNPACK` });
   override('BatchMatMul', addon);
   override('_FusedMatMul', addon);
-  return (state = { active: true, note: 'matmul on the native kernel (AVX2/FMA)' });
+  return (state = { active: true, note: `matmul on the native kernel (${why})` });
 }
 
 /** Whether registerNativeMatMul put the native kernel in place. */

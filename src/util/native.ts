@@ -11,6 +11,8 @@ import { envSwitch } from './env';
 export interface NativeAddon {
   /** Whether this CPU has AVX2, FMA and F16C; no other function may be called otherwise. */
   supported(): boolean;
+  /** The matmul kernel's vector width after choosing `want`: 512 (AVX-512F, where the CPU has it) or 256 (AVX2); 0 only asks. */
+  gemmWidth(want: number): number;
   gemm(
     heap: Float32Array,
     m: number,
@@ -42,7 +44,7 @@ export interface NativeAddon {
 const ADDON = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'ganfleet_native.node');
 
 /** Every function ganfleet calls on the addon; a build from older sources lacks some. */
-const FUNCTIONS: readonly (keyof NativeAddon)[] = ['supported', 'gemm', 'adam', 'scaleAdd', 'firstOutside', 'toHalf', 'fromHalf', 'gatherPixels'];
+const FUNCTIONS: readonly (keyof NativeAddon)[] = ['supported', 'gemmWidth', 'gemm', 'adam', 'scaleAdd', 'firstOutside', 'toHalf', 'fromHalf', 'gatherPixels'];
 
 /** The functions `FUNCTIONS` names that `addon` lacks: a stale build, which is used for none of them. */
 export function missingFunctions(addon: object): string[] {
@@ -69,7 +71,9 @@ export function nativeAddon(): { addon: NativeAddon | null; why: string } {
   const missing = missingFunctions(addon);
   if (missing.length > 0) return (loaded = { addon: null, why: `built from older sources, without ${missing.join(', ')} (npm run build:native)` });
   if (!addon.supported()) return (loaded = { addon: null, why: 'this CPU lacks AVX2, FMA or F16C' });
-  return (loaded = { addon, why: 'AVX2/FMA' });
+  // GANFLEET_NATIVE_AVX512=0 keeps the AVX2 kernel on a CPU with AVX-512 (to compare; some CPUs clock down for it).
+  const width = addon.gemmWidth(envSwitch(process.env.GANFLEET_NATIVE_AVX512) === false ? 256 : 512);
+  return (loaded = { addon, why: width === 512 ? 'AVX-512' : 'AVX2/FMA' });
 }
 
 /** The built addon whatever GANFLEET_NATIVE says, for tests of its own checks; null when not built. */
