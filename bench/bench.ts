@@ -315,23 +315,26 @@ async function processRun(steps: number, extra: string[] = []) {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-proc-'));
   const child = spawn(process.execPath, localArgs(2, steps, out, extra, steps / 4), { stdio: ['ignore', 'pipe', 'pipe'] });
   const samples: { step: number; coordinator: { rss: number; peak: number } | null; workers: ({ rss: number; peak: number } | null)[]; cpu: Map<number, number | null> }[] = [];
+  // Each process's highest VmHWM seen, by the progress lines and by the poll below.
+  const peaks = new Map<number, number>();
+  const sampleMemory = (pid: number) => {
+    const m = memoryOf(pid);
+    if (m) peaks.set(pid, Math.max(peaks.get(pid) ?? 0, m.peak));
+    return m;
+  };
   let buffered = '';
   child.stdout.on('data', (d: Buffer) => {
     buffered += d;
     for (const m of buffered.matchAll(/step (\d+)\/\d+ d_loss/g)) {
       const workers = childrenOf(child.pid!);
       const cpu = new Map([child.pid!, ...workers].map((pid) => [pid, cpuMsOf(pid)]));
-      samples.push({ step: Number(m[1]), coordinator: memoryOf(child.pid!), workers: workers.map(memoryOf), cpu });
+      samples.push({ step: Number(m[1]), coordinator: sampleMemory(child.pid!), workers: workers.map(sampleMemory), cpu });
     }
     buffered = buffered.slice(buffered.lastIndexOf('\n') + 1);
   });
   // Peaks to the end: the final grid, checkpoint and generator come after the last progress line.
-  const peaks = new Map<number, number>();
   const poll = setInterval(() => {
-    for (const pid of [child.pid!, ...childrenOf(child.pid!)]) {
-      const m = memoryOf(pid);
-      if (m) peaks.set(pid, Math.max(peaks.get(pid) ?? 0, m.peak));
-    }
+    for (const pid of [child.pid!, ...childrenOf(child.pid!)]) sampleMemory(pid);
   }, 250);
   const code = await new Promise((r) => child.on('exit', r));
   clearInterval(poll);

@@ -33,7 +33,7 @@ int gf_gemm_supported(void) {
 }
 
 /* The kernel in use: 512 where the CPU has AVX-512F and it was not turned off, else 256 (AVX2). */
-static int vector_bits = 0;
+static _Atomic int vector_bits = 0;
 
 static int avx512_supported(void) {
 #ifdef GF_X86
@@ -44,10 +44,12 @@ static int avx512_supported(void) {
 #endif
 }
 
+/* Atomic: the bench's worker threads share the addon, and each chooses (the same width) as it loads. */
 int gf_gemm_width(int want) {
   if (want == 512 || want == 256) vector_bits = want == 512 && avx512_supported() ? 512 : 256;
-  if (vector_bits == 0) vector_bits = avx512_supported() ? 512 : 256;
-  return vector_bits;
+  int bits = vector_bits;
+  if (bits == 0) vector_bits = bits = avx512_supported() ? 512 : 256;
+  return bits;
 }
 
 /* Per-thread scratch that only grows: a step's calls reuse it. */

@@ -309,6 +309,10 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     .check((a) => {
       if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
       for (const s of refusedSwitches) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
+      // No flag, but a switch all the same (util/native.ts): a typo must not quietly choose the kernel.
+      if (envSwitch(process.env.GANFLEET_NATIVE_AVX512) === null) {
+        throw new Error(`GANFLEET_NATIVE_AVX512 must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(process.env.GANFLEET_NATIVE_AVX512)}`);
+      }
       // An empty value reads as unset, or as 0: GANFLEET_HOST= put the token-less metrics on every interface,
       // GANFLEET_TOKEN= turned auth off, GANFLEET_PORT= listened on a random port.
       for (const key of valued) {

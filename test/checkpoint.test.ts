@@ -43,6 +43,9 @@ test('the plan\'s slots (each worker\'s images and seed) round-trip, and a check
   assert.deepEqual([old.step, old.nextWorker, [...old.generator], [...old.adamDiscriminator.v]], [7, 3, [0.5, -1], [2, 2, 2]]);
   const future = Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-3\n'), buf.subarray(22)]);
   assert.throws(() => decodeCheckpoint(future, 'f'), { code: 'CHECKPOINT_FORMAT_UNSUPPORTED', message: /^f: a checkpoint of format 3, written by a newer ganfleet; this one reads formats 1 to 2/ });
+  // Two digits make a longer magic.
+  const farFuture = Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-10\n'), buf.subarray(22)]);
+  assert.throws(() => decodeCheckpoint(farFuture, 'f'), { code: 'CHECKPOINT_FORMAT_UNSUPPORTED', message: /format 10, written by a newer ganfleet/ });
 });
 
 test('a resume stops at a newer format\'s checkpoint, leaving it in place, instead of setting it aside and rewinding to an older one', () => {

@@ -109,7 +109,7 @@ test('usage errors are one whole line: an invalid choice names the value and the
     assert.match(resume.stderr, /--resume continues the run in --out: name its directory/);
   }
   // GANFLEET_NATIVE too, which is rewritten for the code that loads the kernels: "maybe" used to turn them off.
-  for (const variable of ['GANFLEET_MAILBOX', 'GANFLEET_NATIVE']) {
+  for (const variable of ['GANFLEET_MAILBOX', 'GANFLEET_NATIVE', 'GANFLEET_NATIVE_AVX512']) {
     const bad = cli(['local', '--steps', '1'], { [variable]: 'maybe' });
     assert.equal(bad.status, 2, variable);
     assert.match(bad.stderr, new RegExp(`${variable} must be 1/0, true/false, yes/no or on/off, got "maybe"`));

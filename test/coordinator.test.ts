@@ -801,6 +801,15 @@ describe('coordinator edge cases found by review', () => {
     const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();
     assert.deepEqual(status.evaluations, summary.evaluations);
     await coordinator.close();
+    // A run from step 0 (no checkpoint to resume) does not take an earlier run's evaluations as its own.
+    const fresh = path.join(out, 'evaluations-without-checkpoint');
+    fs.mkdirSync(fresh, { recursive: true });
+    fs.writeFileSync(path.join(fresh, 'evaluations.json'), JSON.stringify(earlier));
+    const freshLines: string[] = [];
+    const fromZero = await Coordinator.start({ ...config(fresh, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, (l) => freshLines.push(l));
+    assert.equal(fs.existsSync(path.join(fresh, 'evaluations.json')), false);
+    assert.ok(freshLines.some((l) => /^removed \S+evaluations\.json: the evaluations of an earlier run that left no checkpoint$/.test(l)), freshLines.join('\n'));
+    await fromZero.close();
     // A history that cannot be read costs the history, with a warning, not the resume.
     fs.writeFileSync(path.join(dir, 'evaluations.json'), '{"step": 1');
     const lines: string[] = [];

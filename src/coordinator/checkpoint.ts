@@ -93,7 +93,8 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const magic = buf.subarray(0, MAGIC.length);
   const format1 = magic.equals(MAGIC_1);
   if (buf.length < MAGIC.length + 4 || !(format1 || magic.equals(MAGIC))) {
-    const format = /^GANFLEET-CHECKPOINT-(\d+)\n$/.exec(magic.toString('latin1'))?.[1];
+    // Up to its newline: format 10 and later have a longer magic than this one.
+    const format = /^GANFLEET-CHECKPOINT-(\d+)\n/.exec(buf.subarray(0, 40).toString('latin1'))?.[1];
     // A newer ganfleet's checkpoint is not corrupt: a resume that set it aside would rewind the run.
     if (format !== undefined && Number(format) > FORMAT) {
       throw new GanfleetError('CHECKPOINT_FORMAT_UNSUPPORTED', `${file}: a checkpoint of format ${format}, written by a newer ganfleet; this one reads formats 1 to ${FORMAT}. Run a ganfleet that reads it`);

@@ -211,6 +211,11 @@ export class Coordinator {
       }
       c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
       if (config.resume) c.resume();
+      // A run from step 0 has no evaluations yet: one left by a run without checkpoints is not its history.
+      if (c.resumedFrom === null && fs.existsSync(runLayout(config.out).evaluations)) {
+        fs.rmSync(runLayout(config.out).evaluations);
+        log(`removed ${runLayout(config.out).evaluations}: the evaluations of an earlier run that left no checkpoint`);
+      }
       await c.listen();
     } catch (e) {
       c.claim.release();
