@@ -101,6 +101,11 @@ async function activateOrWhy(name: string, notes: string[]): Promise<string | nu
   }
 }
 
+/** Why `--require-gpu` cannot go with `--backend choice`, or null. */
+export function requireGpuProblem(choice: BackendChoice): string | null {
+  return choice === 'wasm' || choice === 'cpu' ? `--require-gpu: --backend ${choice} never uses a GPU; use --backend auto or tensorflow` : null;
+}
+
 /**
  * Activates the backend `choice` names, trying each candidate in turn. With
  * `requireGpu`, anything but TensorFlow on a GPU is an error: a GPU
@@ -112,7 +117,8 @@ export async function selectBackend(choice: BackendChoice, requireGpu = false): 
   tf.env().set('PROD', true);
   const notes: string[] = [];
   const native = choice === 'auto' || choice === 'tensorflow';
-  if (requireGpu && !native) throw new GanfleetError('GPU_REQUIRED', `--require-gpu: --backend ${choice} never uses a GPU; use --backend auto or tensorflow`);
+  const refused = requireGpu ? requireGpuProblem(choice) : null;
+  if (refused) throw new GanfleetError('GPU_REQUIRED', refused);
   if (native) {
     // TensorFlow otherwise maps nearly all of every visible GPU's memory when it starts, and a second process on
     // the same GPU (local --gpus 0 --workers 2, a coordinator on auto) runs out. The user's own setting wins.

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { BACKEND_CHOICES, BackendChoice } from './backend';
+import { BACKEND_CHOICES, BackendChoice, requireGpuProblem } from './backend';
 import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
@@ -142,7 +142,8 @@ const requireGpuOption = {
 } as const;
 
 function checkRequireGpu(a: { 'require-gpu': boolean; backend: BackendChoice }): void {
-  if (a['require-gpu'] && (a.backend === 'wasm' || a.backend === 'cpu')) throw new Error(`--require-gpu: --backend ${a.backend} never uses a GPU; use --backend auto or tensorflow`);
+  const problem = a['require-gpu'] ? requireGpuProblem(a.backend) : null;
+  if (problem) throw new Error(problem);
 }
 
 /** Flags shared by `coordinator` and `local`: the training job itself. */

@@ -95,6 +95,9 @@ export interface Evaluation extends Quality {
   step: number;
 }
 
+/** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
+class EvaluationCut extends Error {}
+
 /**
  * Owns the weights and the two Adam states. Each step runs a D round then a
  * G round: broadcast the networks a worker lacks, wait for every
@@ -102,9 +105,6 @@ export interface Evaluation extends Quality {
  * by sample count, and apply Adam. Membership changes take effect only at
  * step boundaries, and a step is applied whole or not at all.
  */
-/** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
-class EvaluationCut extends Error {}
-
 export class Coordinator {
   readonly metrics = new CoordinatorMetrics();
   private readonly model: GanModel;
