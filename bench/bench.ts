@@ -524,8 +524,9 @@ async function main() {
   const { steps, repeats } = OPTS;
   if (!OPTS.inProcessOnly) {
     // The runs' settings are the bench's: a GANFLEET_BATCH_SIZE=64 left in the shell halved local's batch under a
-    // report that said 128. The in-process children get theirs explicitly.
-    const dropped = Object.keys(process.env).filter((k) => k.startsWith('GANFLEET_'));
+    // report that said 128. The in-process children get theirs explicitly. The kernel choice, which the report's
+    // `native` names, stays: it is how to bench the AVX2 kernel on an AVX-512 CPU.
+    const dropped = Object.keys(process.env).filter((k) => k.startsWith('GANFLEET_') && k !== 'GANFLEET_NATIVE_AVX512');
     for (const k of dropped) delete process.env[k];
     if (dropped.length > 0) process.stderr.write(`bench: ignoring ${dropped.join(', ')}: every run takes its settings from the bench\n`);
   }
