@@ -262,7 +262,10 @@ function memoryOf(pid: number): { rss: number; peak: number } | null {
   try {
     const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
     const kb = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
-    return { rss: round(kb('VmRSS') / 1024), peak: round(kb('VmHWM') / 1024) };
+    const [rss, peak] = [kb('VmRSS'), kb('VmHWM')];
+    // An exiting process (a zombie) still has a status file, without its memory lines.
+    if (!Number.isFinite(rss) || !Number.isFinite(peak)) return null;
+    return { rss: round(rss / 1024), peak: round(peak / 1024) };
   } catch {
     return null;
   }
