@@ -979,31 +979,47 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
-  test("metrics: counters count this process's work from 0, gauges give the run's step, its target and its newest checkpoint; every rejection reason has a series from the start", async () => {
+  test("metrics: counters count this process's work from 0, gauges give the run's step, its target, its newest checkpoint and the training since; every rejection reason has a series from the start", async () => {
     const dir = path.join(out, 'resumed-metrics');
     plantCheckpoint(dir, 7);
     // Written in 1970, as far as the file system knows.
     fs.utimesSync(path.join(dir, 'checkpoints', 'ckpt-000000007.bin'), 0, 0);
-    const coordinator = await Coordinator.start({ ...config(dir, 8), resume: true }, () => {});
+    const coordinator = await Coordinator.start({ ...config(dir, 9), resume: true }, () => {});
     const scrape = async () => coordinator.metrics.registry.metrics();
     let text = await scrape();
     // A resumed process has done no work yet: a counter that started at the checkpoint's 7 would make rate() count those 7 steps again.
     assert.equal(metricValue(text, 'ganfleet_steps_total'), 0);
     assert.equal(metricValue(text, 'ganfleet_images_total'), 0);
     assert.equal(metricValue(text, 'ganfleet_step'), 7);
-    assert.equal(metricValue(text, 'ganfleet_target_steps'), 8);
+    assert.equal(metricValue(text, 'ganfleet_target_steps'), 9);
     assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), 7);
     // The resume's time, not the file's: a checkpoint from last week is not a week of work at risk.
     assert.ok(Math.abs(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds')! - Date.now() / 1000) < 60);
+    assert.equal(metricValue(text, 'ganfleet_unsaved_training_seconds'), 0);
     for (const reason of REJECT_REASONS) assert.match(text, new RegExp(`^ganfleet_rejected_messages_total\\{reason="${reason}"\\} 0$`, 'm'));
     const run = coordinator.run();
-    await answerOneStep(coordinator, 7);
+    const { peer } = await joinedPeer(coordinator);
+    const started = performance.now();
+    await weightsOrDrop(peer);
+    peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
+    await weightsOrDrop(peer);
+    await new Promise((r) => setTimeout(r, 300));
+    peer.gradients(7, 'generator', new Float32Array(G_SIZE));
+    await weightsOrDrop(peer);
+    // Step 8 done, no checkpoint since the resume (--checkpoint-every 0): its training time is at risk.
+    const unsaved = metricValue(await scrape(), 'ganfleet_unsaved_training_seconds')!;
+    assert.ok(unsaved >= 0.3 && unsaved <= (performance.now() - started) / 1000, `${unsaved} s unsaved`);
+    peer.gradients(8, 'discriminator', new Float32Array(D_SIZE));
+    await weightsOrDrop(peer);
+    peer.gradients(8, 'generator', new Float32Array(G_SIZE));
     await run;
     text = await scrape();
-    assert.equal(metricValue(text, 'ganfleet_steps_total'), 1);
-    assert.equal(metricValue(text, 'ganfleet_images_total'), 128);
-    assert.equal(metricValue(text, 'ganfleet_step'), 8);
-    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), 8);
+    assert.equal(metricValue(text, 'ganfleet_steps_total'), 2);
+    assert.equal(metricValue(text, 'ganfleet_images_total'), 256);
+    assert.equal(metricValue(text, 'ganfleet_step'), 9);
+    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), 9);
+    // The final checkpoint holds it all.
+    assert.equal(metricValue(text, 'ganfleet_unsaved_training_seconds'), 0);
     assert.ok(Math.abs(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds')! - Date.now() / 1000) < 60);
     await coordinator.close();
   });

@@ -138,6 +138,8 @@ export class Coordinator {
   /** roundIndex of the newest round that has closed: gradients up to it are late, beyond it premature. */
   private lastClosedRound = -1;
   private lastCheckpoint: string | null = null;
+  /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
+  private unsavedSeconds = 0;
   private readonly history = new History();
   private state: CoordinatorStatus['state'] = 'waiting';
   private last: StepStats | null = null;
@@ -268,7 +270,8 @@ export class Coordinator {
       }
       this.step++;
       const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-      this.clock.stepFinished(d.samples);
+      this.unsavedSeconds += this.clock.stepFinished(d.samples);
+      this.metrics.unsavedTrainingSeconds.set(this.unsavedSeconds);
       this.recordStep(stats);
       if (due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
       if (due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
@@ -804,6 +807,8 @@ export class Coordinator {
     this.lastCheckpoint = file;
     this.metrics.lastCheckpointStep.set(this.step);
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
+    this.unsavedSeconds = 0;
+    this.metrics.unsavedTrainingSeconds.set(0);
     return file;
   }
 

@@ -20,6 +20,10 @@ export class CoordinatorMetrics {
   readonly targetSteps = this.gauge('ganfleet_target_steps', 'The step the run trains to (--steps).');
   readonly lastCheckpointStep = this.gauge('ganfleet_last_checkpoint_step', 'Step of the newest checkpoint written or resumed from; -1 before there is one.');
   readonly lastCheckpointTime = this.gauge('ganfleet_last_checkpoint_timestamp_seconds', 'Unix time of the newest checkpoint written, or of the resume from one (what a crash would lose counts from there); 0 before there is one.');
+  readonly unsavedTrainingSeconds = this.gauge(
+    'ganfleet_unsaved_training_seconds',
+    'Training time since the newest checkpoint written (or since the start or the resume): what a crash now would lose. Pauses and evaluations are left out, so it holds still while nothing trains.',
+  );
   readonly dLoss = this.gauge('ganfleet_d_loss', 'Discriminator loss of the last step (bce: mean of the real and fake BCE; lsgan: least squares).');
   readonly gLoss = this.gauge('ganfleet_g_loss', 'Generator loss of the last step (bce: non-saturating BCE; lsgan: least squares).');
   readonly dReal = this.gauge('ganfleet_d_real', 'Mean D(x) on real images in the last step: a probability with bce, a raw score with lsgan.');

@@ -72,10 +72,12 @@ export class RunClock {
     }
   }
 
-  stepFinished(images: number): void {
+  /** The step's training time in seconds: neither paused nor evaluating. */
+  stepFinished(images: number): number {
     const seconds = this.since(this.step);
     this.recent[this.recentCount++ % RECENT_STEPS] = seconds;
     this.windowImages += images;
+    return seconds;
   }
 
   /** After the step's sample grid, checkpoint and evaluation, which the pace counts in. */
