@@ -34,12 +34,18 @@ function outWithCheckpoint(name: string): string {
   return out;
 }
 
-test('a fresh run refuses an --out that holds checkpoints of another run: --resume continues it, another --out starts anew', () => {
+test('a fresh run refuses an --out that holds checkpoints of another run, or ones set aside as invalid: --resume continues it, another --out starts anew', () => {
   const out = outWithCheckpoint('reused-out');
   const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /checkpoints already holds checkpoints of a run \(newest ckpt-000001000\.bin\): pass --resume to continue it, or choose another --out/);
   assert.deepEqual(listCheckpoints(path.join(out, 'checkpoints')), ['ckpt-000001000.bin'], 'nothing was pruned or written');
+  // Set aside by a resume that could not load it: still that run's, and its grids with it.
+  fs.renameSync(path.join(out, 'checkpoints', 'ckpt-000001000.bin'), path.join(out, 'checkpoints', 'ckpt-000001000.bin.invalid'));
+  const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(again.status, 1, again.stderr);
+  assert.match(again.stderr, /checkpoints holds checkpoints of a run that were set aside as invalid \(ckpt-000001000\.bin\.invalid\): choose another --out, or restore a good checkpoint there and pass --resume \[OUT_HAS_CHECKPOINTS\]/);
+  assert.deepEqual(fs.readdirSync(path.join(out, 'checkpoints')), ['ckpt-000001000.bin.invalid'], 'nothing was written');
   fs.rmSync(out, { recursive: true, force: true });
 });
 

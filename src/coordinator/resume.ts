@@ -24,6 +24,11 @@ export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>
     // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
     throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} already holds checkpoints of a run (newest ${earlier[0]}): pass --resume to continue it, or choose another --out`);
   }
+  const setAside = config.resume ? [] : invalidCheckpoints(checkpoints);
+  if (setAside.length > 0) {
+    // Checkpoints that failed to load are still a run's: training from step 0 here would write over its grids.
+    throw new GanfleetError('OUT_HAS_CHECKPOINTS', `${checkpoints} holds checkpoints of a run that were set aside as invalid (${setAside.join(', ')}): choose another --out, or restore a good checkpoint there and pass --resume`);
+  }
   const outputs: [string, RegExp][] = [
     [config.out, /^(summary|evaluations)\.json$/],
     [checkpoints, CHECKPOINT_FILE],
@@ -45,7 +50,7 @@ export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch
   if (!found) {
     // Checkpoints that all fail to load are a run that cannot be continued, not a new one: starting
     // over would overwrite its outputs. The set-aside ones keep saying so on the next restart.
-    const invalid = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.invalid')) : [];
+    const invalid = invalidCheckpoints(dir);
     if (invalid.length > 0) {
       throw new GanfleetError('CHECKPOINT_NONE_VALID', `--resume: no checkpoint in ${dir} loads (set aside: ${invalid.join(', ')}); restore a good checkpoint there, or start a new run with another --out`);
     }
@@ -160,4 +165,9 @@ export function evaluationsUpTo(out: string, step: number, log: Logger): Evaluat
     return [];
   }
   return recorded.filter((e) => e.step <= step);
+}
+
+/** Checkpoints a resume set aside (renamed ….invalid) because they did not load. */
+function invalidCheckpoints(dir: string): string[] {
+  return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.invalid')).sort() : [];
 }
