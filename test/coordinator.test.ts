@@ -1097,10 +1097,10 @@ describe('coordinator edge cases found by review', () => {
     const late = async () => (await coordinator.metrics.lateGradients.get()).values[0]?.value ?? 0;
     a.peer.gradients(0, 'discriminator', zeros('discriminator'));
     while ((await late()) === 0) await new Promise((r) => setTimeout(r, 5));
-    assert.ok(lines.some((l) => l === `discarded late discriminator gradients for step 0 from ${a.workerId}`), lines.join('\n'));
+    assert.ok(lines.some((l) => l === `discarded late discriminator gradients for step 1 from ${a.workerId}`), lines.join('\n'));
     a.peer.gradients(0, 'discriminator', zeros('discriminator'));
     const copy = await a.peer.next();
-    assert.ok(copy.type === 'error' && copy.code === 'PROTOCOL_WRONG_STEP' && /step 0 \(discriminator\) answer no open request to w/.test(copy.message), JSON.stringify(copy));
+    assert.ok(copy.type === 'error' && copy.code === 'PROTOCOL_WRONG_STEP' && /step 1 \(discriminator\) answer no open request to w/.test(copy.message), JSON.stringify(copy));
     // The copy cost a its answer to step 0's G round, as any offence does; with two offences it still takes part in step 1.
     b.peer.gradients(0, 'generator', zeros('generator'));
     await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
@@ -1138,7 +1138,7 @@ describe('coordinator edge cases found by review', () => {
       peer.gradients(w.step, phase, zeros(phase));
     }
     assert.equal((await run).steps, 2);
-    assert.ok(lines.some((l) => /discarded late discriminator gradients for step 0/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /discarded late discriminator gradients for step 1/.test(l)), lines.join('\n'));
     assert.deepEqual(lines.filter((l) => /rejected a message/.test(l)), ['rejected a message from w1 (unexpected): mail without a confirmed mailbox']);
     await coordinator.close();
   });

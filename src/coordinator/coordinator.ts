@@ -9,7 +9,7 @@ import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message } from '../protocol/messages';
+import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
 import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
@@ -513,7 +513,7 @@ export class Coordinator {
     for (;;) {
       const result = await this.runRound(step, phase);
       if (result) return result;
-      this.log(`no worker answered the ${phase} round of step ${step}; asking again`);
+      this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
       // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
       // step's end. A stop still lets the step finish with whoever is there.
       await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers));
@@ -611,7 +611,7 @@ export class Coordinator {
   private missedDeadline(round: Round, peer: WorkerPeer, why?: string): void {
     if (!round.isAwaiting(peer.id)) return;
     this.metrics.roundTimeouts.inc();
-    this.workers.drop(peer, why ?? `no ${round.phase} gradients for step ${round.step} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+    this.workers.drop(peer, why ?? `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
   }
 
   /**
@@ -627,17 +627,17 @@ export class Coordinator {
     const sent = roundIndex(msg.step, msg.phase);
     const forOpenRound = round !== null && sent === roundIndex(round.step, round.phase);
     if (!forOpenRound && sent > this.lastClosedRound) {
-      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) do not belong to any round so far`);
+      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${stepOfRound(msg.step)} (${msg.phase}) do not belong to any round so far`);
     }
     const request = peer.asked.indexOf(sent);
-    if (request < 0) return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${msg.step} (${msg.phase}) answer no open request to ${peer.id}`);
+    if (request < 0) return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${stepOfRound(msg.step)} (${msg.phase}) answer no open request to ${peer.id}`);
     peer.asked.splice(0, request + 1);
     const problem = implausibleGradients(msg, this.model, this.config.batchSize);
     if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
     if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
     // Its round closed without it (or dropped it for an offence): never applied to newer weights; no offence.
     this.metrics.lateGradients.inc();
-    this.log(`discarded late ${msg.phase} gradients for step ${msg.step} from ${peer.id}`);
+    this.log(`discarded late ${msg.phase} gradients for step ${stepOfRound(msg.step)} from ${peer.id}`);
   }
 
   /**
@@ -783,7 +783,7 @@ export class Coordinator {
     this.params.discriminator.set(this.rollback.discriminator);
     this.adam.discriminator.restoreState(this.rollback.adam);
     this.versions.discriminator++;
-    this.log(`step ${this.step} could not finish; its discriminator update was rolled back`);
+    this.log(`step ${stepOfRound(this.step)} could not finish; its discriminator update was rolled back, and the run stays at step ${this.step}`);
   }
 
   private checkpoint(): string {

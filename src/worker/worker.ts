@@ -7,7 +7,7 @@ import { BackendChoice, backendLabel, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, message } from '../protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, MAX_BATCH_SIZE, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, message, stepOfRound } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { createLogger, Logger } from '../util/log';
@@ -236,7 +236,7 @@ function connectOnce(
           }
           // Values a coordinator of this build never sends: a batch of none, and a heartbeat that would make
           // the silence watchdog drop every connection at once (≤ 0) or never (not finite).
-          if (msg.batchSize < 1) return fail('WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize}`, true);
+          if (msg.batchSize < 1 || msg.batchSize > MAX_BATCH_SIZE) return fail('WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize} (this build takes 1 to ${MAX_BATCH_SIZE})`, true);
           if (!(msg.heartbeatSeconds > 0 && Number.isFinite(msg.heartbeatSeconds))) return fail('WORKER_BAD_WELCOME', `a heartbeat of ${msg.heartbeatSeconds} s`, true);
           const dtype = msg.wireDtype ?? 'float32';
           if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return fail('WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`, true);
@@ -340,7 +340,7 @@ function connectOnce(
       const everyMs = (opts.progressEverySeconds ?? 0) * 1000;
       const sinceMs = performance.now() - progress.since;
       if (everyMs > 0 && sinceMs >= everyMs) {
-        log(`step ${msg.step}: ${progress.rounds} rounds in ${(sinceMs / 1000).toFixed(1)} s, ${((progress.computeSeconds / progress.rounds) * 1000).toFixed(1)} ms of compute each`);
+        log(`step ${stepOfRound(msg.step)}: ${progress.rounds} rounds in ${(sinceMs / 1000).toFixed(1)} s, ${((progress.computeSeconds / progress.rounds) * 1000).toFixed(1)} ms of compute each`);
         Object.assign(progress, { since: performance.now(), rounds: 0, computeSeconds: 0 });
       }
     };
