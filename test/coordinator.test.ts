@@ -389,15 +389,23 @@ describe('coordinator disconnects bad peers', () => {
     fs.rmSync(out, { recursive: true, force: true });
   });
 
-  test('garbage before hello closes the socket at once; a frame built to exhaust the heap is garbage too', async () => {
-    for (const garbage of [Buffer.from('not msgpack at all'), recordExtensionBomb(50)]) {
+  test('garbage before hello closes the socket at once, counted every time but logged once a minute per address; a frame built to exhaust the heap is garbage too', async () => {
+    const logged = lines.length;
+    const badFrames = async () => (await coordinator.metrics.rejected.get()).values.find((v) => v.labels.reason === 'bad_frame')!.value;
+    const before = await badFrames();
+    const garbage = [Buffer.from('not msgpack at all'), recordExtensionBomb(50), ...Array.from({ length: 20 }, () => Buffer.from([0xc1]))];
+    for (const frame of garbage) {
       const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
       await peer.open();
-      peer.send(garbage);
+      peer.send(frame);
       const refused = await peer.next();
       assert.ok(refused.type === 'error' && refused.code === 'PROTOCOL_BAD_FRAME', JSON.stringify(refused));
       assert.equal(await peer.closed, 1008);
     }
+    assert.equal((await badFrames()) - before, garbage.length);
+    // Any local process can open connections at will: one line for all of them, not one each.
+    const said = lines.slice(logged).filter((l) => /rejected a message from an unidentified peer at 127\.0\.0\.1:\d+ \(bad_frame\)/.test(l));
+    assert.equal(said.length, 1, lines.slice(logged).join('\n'));
     assert.equal((await joinedPeer(coordinator)).welcome.type, 'welcome', 'the coordinator still admits workers');
   });
 

@@ -11,7 +11,7 @@ import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
 import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
-import { Logger, createLogger } from '../util/log';
+import { Logger, createLogger, hostOf, throttledLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -149,11 +149,17 @@ export class Coordinator {
   private claim: OutputClaim | null = null;
   /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
   private outputsForfeited: string | null = null;
+  /**
+   * For what a peer that is not yet anyone (no accepted hello) can repeat at
+   * will: at most a line a minute per address and kind, as for a wrong token.
+   */
+  private readonly logUnidentified: (key: string, msg: string) => void;
 
   private constructor(
     readonly config: CoordinatorConfig,
     private readonly log: Logger,
   ) {
+    this.logUnidentified = throttledLogger(log);
     this.model = createModel(config.arch, config.loss);
     this.params = this.model.init(new Rng(config.seed));
     this.metrics.targetSteps.set(config.steps);
@@ -394,7 +400,7 @@ export class Coordinator {
   private onConnection(socket: WebSocket, address: string): void {
     let peer: WorkerPeer | null = null;
     const helloTimer = setTimeout(() => {
-      this.log(`closing ${address}: no hello within ${HELLO_TIMEOUT_MS / 1000} s`);
+      this.logUnidentified(`${hostOf(address)} silent`, `closing ${address}: no hello within ${HELLO_TIMEOUT_MS / 1000} s`);
       socket.terminate();
     }, HELLO_TIMEOUT_MS);
     socket.on('message', (data: Buffer, isBinary: boolean) => {
@@ -416,10 +422,10 @@ export class Coordinator {
           return;
         }
         const err = e instanceof ProtocolError ? e : new ProtocolError('bad_frame', (e as Error).message);
-        return this.reject(socket, peer, err.reason, err.message);
+        return this.reject(socket, peer ?? address, err.reason, err.message);
       }
       if (!peer) {
-        if (msg.type !== 'hello') return this.reject(socket, null, 'unexpected', `expected hello, got ${msg.type}`);
+        if (msg.type !== 'hello') return this.reject(socket, address, 'unexpected', `expected hello, got ${msg.type}`);
         clearTimeout(helloTimer);
         peer = this.workers.admit(msg, socket, address);
         return;
@@ -641,13 +647,15 @@ export class Coordinator {
   }
 
   /**
-   * Counts a rejection, tells the peer why, and cuts off unidentified peers.
-   * An `offence` also costs a welcomed peer its answer to the open round, and
-   * repeat offenders their connection.
+   * Counts a rejection, tells the peer why, and cuts off unidentified peers
+   * (`from` their address). An `offence` also costs a welcomed peer its
+   * answer to the open round, and repeat offenders their connection.
    */
-  private reject(socket: WebSocket, peer: WorkerPeer | null, reason: RejectReason, text: string, offence = true): void {
+  private reject(socket: WebSocket, from: WorkerPeer | string, reason: RejectReason, text: string, offence = true): void {
     this.metrics.reject(reason);
-    this.log(`rejected a message from ${peer?.id ?? 'an unidentified peer'} (${reason}): ${text}`);
+    const peer = typeof from === 'string' ? null : from;
+    if (peer) this.log(`rejected a message from ${peer.id} (${reason}): ${text}`);
+    else this.logUnidentified(`${hostOf(from as string)} rejected`, `rejected a message from an unidentified peer at ${from as string} (${reason}): ${text}`);
     const error = encode(errorMessage(`PROTOCOL_${reason.toUpperCase()}`, text));
     // A peer's own send keeps the error out of the middle of a fragmented shard.
     if (peer) peer.send(error);

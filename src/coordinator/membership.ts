@@ -7,7 +7,7 @@ import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome,
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
 import { emitted } from '../util/events';
-import { Logger } from '../util/log';
+import { Logger, hostOf, throttledLogger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { FRAGMENT_WRITE_MS, WorkerPeer } from './peer';
@@ -65,7 +65,11 @@ export class WorkerGroup {
     private readonly hooks: GroupHooks,
   ) {
     this.capacity = config.maxWorkers;
+    this.logRefusal = throttledLogger(hooks.log);
   }
+
+  /** A refused hello can be repeated at will: at most a line a minute per address. */
+  private readonly logRefusal: (key: string, msg: string) => void;
 
   /**
    * The fewest workers whose shards of `images` each fit in a frame a worker
@@ -118,7 +122,7 @@ export class WorkerGroup {
         this.capacity < this.config.maxWorkers
           ? `the training set's ${this.capacity} images give at most ${this.capacity} workers a shard`
           : `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
-      log(`refused ${address} (${label}): ${why}`);
+      this.logRefusal(hostOf(address), `refused ${address} (${label}): ${why}`);
       socket.send(encode(errorMessage('COORDINATOR_FULL', why)));
       socket.close(1013, 'full');
       return null;

@@ -54,3 +54,9 @@ export function throttledLogger(log: Logger, intervalMs = 60_000): (key: string,
     last.set(key, { at: now, unsaid: 0 });
   };
 }
+
+/** The host part of a peer's `host:port` address (IPv6 hosts keep their colons): the key a peer's lines are throttled by. */
+export function hostOf(address: string): string {
+  const colon = address.lastIndexOf(':');
+  return colon < 0 ? address : address.slice(0, colon);
+}
