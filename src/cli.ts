@@ -96,6 +96,11 @@ function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void
   throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}, got ${given(name, v)}`);
 }
 
+/** The ids in --gpus; none when it is not given. */
+function gpuIds(gpus: string | undefined): string[] {
+  return gpus ? gpus.split(',').map((s) => s.trim()) : [];
+}
+
 /** Seeds are 32-bit (util/rng.ts): a larger one would silently draw what its low 32 bits draw. */
 const MAX_SEED = 2 ** 32 - 1;
 
@@ -463,12 +468,16 @@ export function buildCli(argv: string[]) {
               if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
               integerInRange('max-restarts', a['max-restarts'], 0);
               checkRequireGpu(a);
+              // What CUDA_VISIBLE_DEVICES takes: an index, or a GPU's or MIG instance's UUID (nvidia-smi -L). CUDA reads
+              // ids up to the first it cannot parse and hides every GPU after it, so a typo would quietly leave workers on the CPU.
+              const bad = gpuIds(a.gpus).find((id) => !/^(\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+)$/.test(id));
+              if (bad !== undefined) throw new Error(`--gpus takes comma-separated CUDA device ids (0,1, or the GPU-… and MIG-… UUIDs nvidia-smi -L lists), got ${JSON.stringify(bad)} in ${given('gpus', a.gpus)}`);
               return true;
             }),
           argv,
         ),
       async (a) => {
-        const gpus = a.gpus ? a.gpus.split(',').map((s) => s.trim()).filter(Boolean) : [];
+        const gpus = gpuIds(a.gpus);
         const summary = await runLocal(
           coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
           { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'] },

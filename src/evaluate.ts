@@ -32,7 +32,7 @@ export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = cr
   const loss = String(checkpoint.config.loss ?? 'bce');
   const model = createModel(arch, loss);
   const backend = await selectBackend(opts.backend);
-  log(`backend ${backend.name}; ${arch}/${loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
+  log(`backend ${backend.name} (${backend.notes.join('; ')}); ${arch}/${loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
   const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, opts.dataDir);
   return { ...quality, step: checkpoint.step, checkpoint: file, model: arch, loss };
 }

@@ -48,7 +48,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
   const model = createModel(String(checkpoint.config.arch), String(checkpoint.config.loss ?? 'bce'));
   const backend = await selectBackend(opts.backend);
-  log(`backend ${backend.name}; generator from ${file} (step ${checkpoint.step})`);
+  log(`backend ${backend.name} (${backend.notes.join('; ')}); generator from ${file} (step ${checkpoint.step})`);
 
   const noise = new Rng(opts.seed).fillNormal(new Float32Array(opts.count * model.zDim));
   const images = await generateImages(model, checkpoint.generator, noise, opts.count);

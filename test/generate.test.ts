@@ -33,7 +33,10 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   const expected = model.generate(model.generatorLayout.toTensors(p.generator), z).dataSync() as Float32Array;
 
   const npy = path.join(dir, 'samples.npy');
-  assert.equal(run(npy).status, 0);
+  const first = run(npy);
+  assert.equal(first.status, 0);
+  // The backend line says why, as training's does.
+  assert.match(first.stdout + first.stderr, /\[generate\] backend cpu \(using cpu\); generator from /);
   const read = decodeNpy(fs.readFileSync(npy));
   assert.deepEqual(read.shape, [7, 28, 28]);
   assertClose(read.data, expected, 1e-5, 1e-5, 'npy');
