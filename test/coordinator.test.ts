@@ -1128,6 +1128,32 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test("a straggler's answer that comes after its deadline dropped it is counted late and not acted on", async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dropped-late'), 1), startWorkers: 2, roundTimeoutSeconds: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const a = await joinedPeer(coordinator);
+    const b = await joinedPeer(coordinator);
+    await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    // b misses the deadline, frozen as a stopped process is: it reads nothing, so it answers before it hears of its drop.
+    (b.peer.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    const dropped = `${b.workerId} left (no discriminator gradients for step 1 within --round-timeout 1 s)`;
+    const wasDropped = () => lines.some((l) => l.startsWith(dropped));
+    for (let i = 0; i < 400 && !wasDropped(); i++) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(wasDropped(), lines.join('\n'));
+    b.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    const late = async () => (await coordinator.metrics.lateGradients.get()).values[0]?.value ?? 0;
+    for (let i = 0; i < 400 && (await late()) === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(await late(), 1);
+    assert.ok(lines.includes(`discarded late discriminator gradients for step 1 from ${b.workerId}, which was dropped before they came`), lines.join('\n'));
+    const g = await weightsOrDrop(a.peer);
+    assert.equal(g.phase, 'generator');
+    a.peer.gradients(0, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 1);
+    await coordinator.close();
+  });
+
   test('a worker asked twice for one round (the round was retried after its offence) may answer both requests', async () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start(config(path.join(out, 'retried'), 2), (l) => lines.push(l));

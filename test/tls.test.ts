@@ -58,11 +58,11 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   assert.match(untrusting.log, /connection lost \(self[- ]signed certificate: pass --ca with the coordinator's certificate or its CA, or check the host in --coordinator\); reconnecting in/);
   assert.ok((untrusting.log.match(/connection lost/g) ?? []).length >= 2, `retried with backoff:\n${untrusting.log}`);
   // The backoff never sleeps past --give-up-after, and the log says how long it really was.
-  const gaveUp = /giving up: no coordinator for ([\d.]+) s, --give-up-after 2 \(self[- ]signed certificate/.exec(untrusting.log);
+  const gaveUp = /giving up: not admitted by a coordinator for ([\d.]+) s, --give-up-after 2 \(self[- ]signed certificate/.exec(untrusting.log);
   assert.ok(gaveUp && Number(gaveUp[1]) >= 2 && Number(gaveUp[1]) < 4, untrusting.log);
   assert.doesNotMatch(untrusting.log, /joined as/);
   assert.equal(plainCode, 1, plain.log);
-  assert.match(plain.log, /connection lost \(.+\); reconnecting in/);
+  assert.match(plain.log, /connection lost \(socket hang up: the other end closed before the WebSocket opened \(.*a coordinator with --tls-cert, whose URL starts with wss:\/\/\)\); reconnecting in/);
   assert.doesNotMatch(plain.log, /joined as/);
   assert.doesNotMatch(coord.log, /joined from/, 'neither failed worker was admitted');
   assert.match(coord.log, /waiting for workers at step 0: 0\/1 workers connected/);

@@ -251,7 +251,7 @@ test('--give-up-after also bounds a try whose handshake never completes (it wait
     assert.equal(await exitWithin(worker, 20_000), 1, worker.log);
     const seconds = (Date.now() - t0) / 1000;
     assert.ok(seconds < 6, `gave up after ${seconds.toFixed(1)} s (start-up included)`);
-    assert.match(worker.log, /giving up: no coordinator for [23]\.\d s, --give-up-after 2/);
+    assert.match(worker.log, /giving up: not admitted by a coordinator for [23]\.\d s, --give-up-after 2/);
   } finally {
     worker.kill();
     silent.close();

@@ -407,7 +407,10 @@ export class Coordinator {
       this.bytesReceived += data.length;
       this.metrics.receivedBytes.inc(data.length);
       // Frames already in flight when we closed this socket are not acted on (a hello would welcome a ghost).
-      if (peer ? !peer.open : socket.readyState !== WebSocket.OPEN) return;
+      if (peer ? !peer.open : socket.readyState !== WebSocket.OPEN) {
+        if (peer) this.discardFromDropped(peer, data);
+        return;
+      }
       let msg: WorkerMessage;
       try {
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frames are not part of the protocol');
@@ -460,6 +463,24 @@ export class Coordinator {
       if (e.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.metrics.reject('too_large');
       this.log(`socket ${peer?.id ?? address}: ${e.message}`);
     });
+  }
+
+  /**
+   * What a dropped peer sent before it heard (a straggler past its deadline):
+   * gradients are counted late, as any answer after its round closed is, and
+   * nothing is acted on. A mail notice is not read: only gradients travel by mail.
+   */
+  private discardFromDropped(peer: WorkerPeer, data: Buffer): void {
+    let msg: WorkerMessage;
+    try {
+      msg = decodeWorkerMessage(data);
+    } catch {
+      return;
+    }
+    if (msg.type !== 'gradients' && msg.type !== 'mail') return;
+    this.metrics.lateGradients.inc();
+    const what = msg.type === 'gradients' ? `${msg.phase} gradients for step ${stepOfRound(msg.step)}` : 'gradients (by mail)';
+    this.log(`discarded late ${what} from ${peer.id}, which was dropped before they came`);
   }
 
   /** The frame a `mail` notice announces, decoded; only gradients travel by mail. */

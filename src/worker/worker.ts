@@ -65,7 +65,8 @@ const CERTIFICATE_ERRORS = new Set([
  */
 function withHint(e: Error & { code?: string }, url: string): string {
   if (e.code && CERTIFICATE_ERRORS.has(e.code)) return `${e.message}: pass --ca with the coordinator's certificate or its CA, or check the host in --coordinator`;
-  if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: if the coordinator uses TLS (--tls-cert), its URL starts with wss://`;
+  // Closed before the WebSocket opened: a TLS port spoken to in plain text does this, and so does a proxy with no coordinator behind it.
+  if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: the other end closed before the WebSocket opened (no coordinator behind a proxy or load balancer, or a coordinator with --tls-cert, whose URL starts with wss://)`;
   // OpenSSL's text for a server that answered the handshake in plain text.
   if (url.startsWith('wss://') && /wrong version number/.test(e.message)) return `TLS handshake failed, the server answered in plain text: if the coordinator has no --tls-cert, its URL starts with ws://`;
   return e.message;
@@ -137,7 +138,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           if (outcome.trained) attempt = 0;
           const silentMs = Date.now() - lastContact;
           if (opts.giveUpAfter > 0 && silentMs > opts.giveUpAfter * 1000) {
-            log(`giving up: no coordinator for ${(silentMs / 1000).toFixed(1)} s, --give-up-after ${opts.giveUpAfter} (${outcome.reason})`);
+            log(`giving up: not admitted by a coordinator for ${(silentMs / 1000).toFixed(1)} s, --give-up-after ${opts.giveUpAfter} (${outcome.reason})`);
             return 1;
           }
           // Full jitter: spread reconnecting workers so they do not arrive as a herd. Never past --give-up-after.
