@@ -962,9 +962,10 @@ describe('fuzzing a live coordinator with rogue frames and bad tokens', () => {
       const counted = rejectedFor(quiesced, reason);
       assert.ok(counted >= n, `${reason}: counted ${counted}, but ${n} such frames must have been rejected`);
     }
-    // Oversized frames never become messages: ws closes with 1009 and the coordinator logs the socket error.
-    const payloadErrors = coordinator!.log.match(/Max payload size exceeded/g)?.length ?? 0;
-    assert.equal(payloadErrors, tally.oversized, 'one logged payload error per oversized frame');
+    // Oversized frames never become messages: ws closes with 1009 and the coordinator counts the socket error
+    // (and logs it: each for a worker, once a minute per address for a peer that is not yet one).
+    assert.equal(rejectedFor(quiesced, 'too_large'), tally.oversized, 'one counted payload error per oversized frame');
+    assert.ok(/Max payload size exceeded/.test(coordinator!.log) === tally.oversized > 0, 'the payload errors are logged');
     assert.deepEqual(tally.problems.slice(0, 10), [], `${tally.problems.length} connections did not go as the protocol says`);
     // Every hello-first rogue was welcomed exactly once, and nothing else joined.
     const joined = [...coordinator!.log.matchAll(/joined from \S+ \("(rogue-[^"]+)"/g)].map((m) => m[1]);

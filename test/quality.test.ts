@@ -11,7 +11,7 @@ import { encodeIdx } from '../src/data/idx';
 import { loadMnist, toTanhRange } from '../src/data/mnist';
 import { decodeNpy, encodeNpy } from '../src/data/npy';
 import { CLASSIFIER_FILE, classifyImages, loadClassifier } from '../src/eval/classifier';
-import { FeatureMoments, accuracy, evaluateImages, frechetDistance, mnistScore } from '../src/eval/quality';
+import { FeatureMoments, accuracy, evaluateImages, frechetDistance, loadReferenceSet, mnistScore } from '../src/eval/quality';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { tempDir } from './harness';
@@ -33,9 +33,10 @@ test('FID and MNIST score: real training images score near the test set, uniform
   await selectBackend('wasm');
   const train = loadMnist('train');
   const n = 10000;
-  const real = await evaluateImages(toTanhRange(train.images.subarray(0, n * 784), new Float32Array(n * 784)), n);
+  const reference = loadReferenceSet();
+  const real = await evaluateImages(toTanhRange(train.images.subarray(0, n * 784), new Float32Array(n * 784)), n, reference);
   const rng = new Rng(3);
-  const noise = await evaluateImages(Float32Array.from({ length: n * 784 }, () => rng.uniform() * 2 - 1), n);
+  const noise = await evaluateImages(Float32Array.from({ length: n * 784 }, () => rng.uniform() * 2 - 1), n, reference);
   t.diagnostic(`real train vs test: fid ${real.fid.toFixed(3)}, mnist score ${real.mnistScore.toFixed(3)}; uniform noise: fid ${noise.fid.toFixed(1)}, mnist score ${noise.mnistScore.toFixed(3)}`);
   assert.ok(real.fid < 2, `real fid ${real.fid}`);
   assert.ok(noise.fid > 50 * real.fid && noise.fid > 50, `noise fid ${noise.fid} vs real ${real.fid}`);
@@ -46,7 +47,7 @@ test('FID and MNIST score: real training images score near the test set, uniform
   assert.ok(Math.abs(real.classShares.reduce((a, b) => a + b, 0) - 1) < 1e-9);
 });
 
-test('evaluation reads the reference statistics again when --data-dir names another test set (they were kept from the first)', async () => {
+test('evaluation computes the reference statistics again for another test set (they were kept from the first), and scores against the set it was given whatever its files become', async () => {
   await selectBackend('wasm');
   const n = 1000;
   const test = loadMnist('test');
@@ -54,17 +55,19 @@ test('evaluation reads the reference statistics again when --data-dir names anot
   fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([n, 28, 28], test.images.subarray(0, n * 784)));
   fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([n], test.labels.subarray(0, n)));
   const images = toTanhRange(test.images.subarray(0, n * 784), new Float32Array(n * 784));
-  const againstAll = await evaluateImages(images, n);
+  const againstAll = await evaluateImages(images, n, loadReferenceSet());
+  const small = loadReferenceSet(dir);
+  // Read once, as a coordinator reads it at start: removing the files changes nothing.
+  fs.rmSync(dir, { recursive: true, force: true });
   // A coordinator evaluating mid-run yields after each classifier batch (1,000 images), so it still answers
   // heartbeats and scrapes: here once for the new reference set and once for the images.
   let yields = 0;
-  const againstThemselves = await evaluateImages(images, n, dir, async () => {
+  const againstThemselves = await evaluateImages(images, n, small, async () => {
     yields++;
   });
   assert.equal(yields, 2);
   assert.ok(againstThemselves.fid < 1e-3, `the same ${n} images scored ${againstThemselves.fid} against themselves`);
   assert.ok(againstAll.fid > 0.1, `${n} test images scored ${againstAll.fid} against all 10,000`);
-  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('a test set of one image is refused (EVAL_TOO_FEW): its covariance is not defined, and an FID against it would mean nothing', async () => {
@@ -73,8 +76,7 @@ test('a test set of one image is refused (EVAL_TOO_FEW): its covariance is not d
   const dir = tempDir('one-image-test-set');
   fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([1, 28, 28], test.images.subarray(0, 784)));
   fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([1], test.labels.subarray(0, 1)));
-  const images = toTanhRange(test.images.subarray(0, 2 * 784), new Float32Array(2 * 784));
-  await assert.rejects(evaluateImages(images, 2, dir), (e: Error & { code?: string }) => e.code === 'EVAL_TOO_FEW' && /holds 1 image; an FID needs at least 2/.test(e.message));
+  assert.throws(() => loadReferenceSet(dir), (e: Error & { code?: string }) => e.code === 'EVAL_TOO_FEW' && /holds 1 image; an FID needs at least 2/.test(e.message));
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -138,6 +138,8 @@ export class Coordinator {
   /** roundIndex of the newest round that has closed: gradients up to it are late, beyond it premature. */
   private lastClosedRound = -1;
   private lastCheckpoint: string | null = null;
+  /** The test set --eval-every compares with, read at start: files changed during the run change no evaluation. */
+  private referenceSet: MnistSet | null = null;
   /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
   private unsavedSeconds = 0;
   private readonly history = new History();
@@ -211,7 +213,7 @@ export class Coordinator {
       const backend = await selectBackend(config.backend);
       log(`backend ${backend.name} (${backend.notes.join('; ')})`);
       c.train = loadMnist('train', config.dataDir);
-      if (config.evalEvery > 0) loadReferenceSet(config.dataDir);
+      if (config.evalEvery > 0) c.referenceSet = loadReferenceSet(config.dataDir);
       c.trainingSet = imagesFingerprint(c.train);
       c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
       if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
@@ -461,14 +463,18 @@ export class Coordinator {
     socket.on('error', (e: Error & { code?: string }) => {
       // ws closes the socket (1009) on a frame above maxPayload and reports it here.
       if (e.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.metrics.reject('too_large');
-      this.log(`socket ${peer?.id ?? address}: ${e.message}`);
+      if (peer) this.log(`socket ${peer.id}: ${e.message}`);
+      else this.logUnidentified(`${hostOf(address)} socket`, `socket ${address}: ${e.message}`);
     });
   }
 
   /**
-   * What a dropped peer sent before it heard (a straggler past its deadline):
-   * gradients are counted late, as any answer after its round closed is, and
-   * nothing is acted on. A mail notice is not read: only gradients travel by mail.
+   * What a dropped peer sent before it heard (a straggler past its deadline,
+   * a frozen one past its heartbeat): an answer to a request it was sent is
+   * counted late, as any answer after its round closed is, and nothing is
+   * acted on. Anything else it sends is ignored, so it can add no more lines
+   * than it had requests. A mail notice answers the oldest request (a worker
+   * answers in order) and is not read.
    */
   private discardFromDropped(peer: WorkerPeer, data: Buffer): void {
     let msg: WorkerMessage;
@@ -477,9 +483,19 @@ export class Coordinator {
     } catch {
       return;
     }
-    if (msg.type !== 'gradients' && msg.type !== 'mail') return;
+    let what: string;
+    if (msg.type === 'gradients') {
+      const request = peer.asked.indexOf(roundIndex(msg.step, msg.phase));
+      if (request < 0) return;
+      peer.asked.splice(0, request + 1);
+      what = `${msg.phase} gradients for step ${stepOfRound(msg.step)}`;
+    } else if (msg.type === 'mail' && peer.asked.length > 0) {
+      peer.asked.shift();
+      what = 'gradients (by mail)';
+    } else {
+      return;
+    }
     this.metrics.lateGradients.inc();
-    const what = msg.type === 'gradients' ? `${msg.phase} gradients for step ${stepOfRound(msg.step)}` : 'gradients (by mail)';
     this.log(`discarded late ${what} from ${peer.id}, which was dropped before they came`);
   }
 
@@ -686,6 +702,8 @@ export class Coordinator {
     // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
     this.round?.drop(peer.id);
     if (++peer.offences >= MAX_OFFENCES) {
+      // What it sends from here on is an offender's, not a straggler's answer (discardFromDropped).
+      peer.asked.length = 0;
       peer.close(1008, 'protocol violation');
       this.workers.remove(peer, `${MAX_OFFENCES} rejected messages`);
     }
@@ -747,7 +765,7 @@ export class Coordinator {
     };
     let quality: Quality;
     try {
-      quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.config.dataDir, between);
+      quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.referenceSet!, between);
     } catch (e) {
       if (!(e instanceof EvaluationCut)) throw e;
       const seconds = (performance.now() - t) / 1000;

@@ -105,8 +105,9 @@ export function mnistScore(probabilities: Float32Array, count: number): number {
 /**
  * The MNIST test set FIDs compare with. With fewer than 2 images its
  * covariance is not defined, and the FID would be a number that means nothing.
- * The coordinator loads it at start when it will evaluate, so a missing or
- * unusable one stops the run before training, not at its first evaluation.
+ * The coordinator loads it at start when it will evaluate and keeps it, so a
+ * missing or unusable one stops the run before training, and files changed
+ * or removed during the run change no evaluation.
  */
 export function loadReferenceSet(dataDir?: string): MnistSet {
   const test = loadMnist('test', dataDir);
@@ -114,26 +115,26 @@ export function loadReferenceSet(dataDir?: string): MnistSet {
   return test;
 }
 
-/** The classifier's weights and the test set's feature moments, loaded once per process and test set. */
-let reference: { dataDir: string | undefined; weights: Float32Array; test: FeatureMoments } | null = null;
+/** The classifier's weights and a test set's feature moments, computed once per process and test set. */
+let reference: { set: MnistSet; weights: Float32Array; test: FeatureMoments } | null = null;
 
-async function referenceStatistics(dataDir: string | undefined, between?: () => Promise<void>): Promise<{ weights: Float32Array; test: FeatureMoments }> {
-  if (!reference || reference.dataDir !== dataDir) {
+async function referenceStatistics(set: MnistSet, between?: () => Promise<void>): Promise<{ weights: Float32Array; test: FeatureMoments }> {
+  if (!reference || reference.set !== set) {
     const weights = reference?.weights ?? loadClassifier();
-    const test = loadReferenceSet(dataDir);
-    const { features } = await classifyImages(weights, toTanhRange(test.images, new Float32Array(test.images.length)), test.count, between);
-    reference = { dataDir, weights, test: featureMoments(features, test.count, FEATURES) };
+    const { features } = await classifyImages(weights, toTanhRange(set.images, new Float32Array(set.images.length)), set.count, between);
+    reference = { set, weights, test: featureMoments(features, set.count, FEATURES) };
   }
   return reference;
 }
 
 /**
- * FID against the MNIST test set and MNIST score of `count` images (tanh
- * range, count×784); `between` is awaited after each batch of the classifier.
+ * FID against `reference` (loadReferenceSet) and MNIST score of `count`
+ * images (tanh range, count×784); `between` is awaited after each batch of
+ * the classifier.
  */
-export async function evaluateImages(images: Float32Array, count: number, dataDir?: string, between?: () => Promise<void>): Promise<Quality> {
+export async function evaluateImages(images: Float32Array, count: number, reference: MnistSet, between?: () => Promise<void>): Promise<Quality> {
   if (images.length !== count * IMAGE_SIZE) throw new Error(`expected ${count} images of ${IMAGE_SIZE} values`);
-  const ref = await referenceStatistics(dataDir, between);
+  const ref = await referenceStatistics(reference, between);
   const { features, probabilities } = await classifyImages(ref.weights, images, count, between);
   return {
     fid: frechetDistance(featureMoments(features, count, FEATURES), ref.test),

@@ -1,7 +1,7 @@
 import { IMAGE_SIZE, gatherTanhRange } from '../data/mnist';
 import { GanModel, GeneratorPass, RealPart, ResultMemory, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
-import { Phase } from '../protocol/messages';
+import { Phase, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
 import { Rng } from '../util/rng';
 
@@ -134,7 +134,7 @@ export class ShardCompute {
   step(step: number, phase: Phase): StepOutput & { samples: number } {
     if (!this.shard) throw new GanfleetError('WORKER_NO_SHARD', 'asked to compute before receiving a shard');
     if (!this.generator || !this.discriminator) {
-      throw new GanfleetError('WORKER_NO_WEIGHTS', `asked for step ${step} before receiving both networks`);
+      throw new GanfleetError('WORKER_NO_WEIGHTS', `asked for step ${stepOfRound(step)} before receiving both networks`);
     }
     this.draw(step);
     const drawn = this.drawn!;
