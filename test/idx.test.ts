@@ -4,6 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
+import { spawnSync } from 'node:child_process';
 import { readIdx } from '../src/data/idx';
 import { defaultMnistDir, gatherTanhRange, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { GanfleetError } from '../src/util/errors';
@@ -124,6 +125,31 @@ describe('readIdx on damaged copies', () => {
     const missingDir = path.join(tmp, 'no-such-dir');
     const raw = path.join(missingDir, 'train-images-idx3-ubyte');
     throwsCode(() => loadMnist('train', missingDir), 'IDX_MISSING', raw, `${raw}.gz`);
+  });
+
+  test('a header that disagrees with the length is refused before the payload is held: a 1 GB sparse file or a 256 MB gzip bomb declaring 3 images costs no memory', () => {
+    const header = Buffer.from([0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28]);
+    const sparse = path.join(tmp, 'sparse');
+    fs.writeFileSync(sparse, header);
+    fs.truncateSync(sparse, 2 ** 30);
+    const bomb = path.join(tmp, 'bomb.gz');
+    fs.writeFileSync(bomb, zlib.gzipSync(Buffer.concat([header, Buffer.alloc(2 ** 28)]), { level: 1 }));
+    // In a child, whose peak memory says what was held (VmHWM: getrusage's peak would carry this process's over the fork).
+    const script = `const { readIdx } = require(${JSON.stringify(path.join(__dirname, '..', 'src', 'data', 'idx.js'))});
+      const codes = [${JSON.stringify(sparse)}, ${JSON.stringify(bomb)}].map((f) => { try { readIdx(f); return 'read'; } catch (e) { return e.code; } });
+      const peakKiB = Number(/VmHWM:\\s*(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'))[1]);
+      process.stdout.write(JSON.stringify({ codes, maxRssMiB: peakKiB / 1024 }));`;
+    const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.equal(child.status, 0, child.stderr);
+    const { codes, maxRssMiB } = JSON.parse(child.stdout);
+    assert.deepEqual(codes, ['IDX_SIZE_MISMATCH', 'IDX_SIZE_MISMATCH']);
+    assert.ok(maxRssMiB < 200, `the child peaked at ${maxRssMiB.toFixed(0)} MiB`);
+  });
+
+  test('a file that cannot be read (a directory in its place) names itself, with the system code', () => {
+    const p = path.join(tmp, 'a-directory');
+    fs.mkdirSync(p);
+    assert.throws(() => readIdx(p), (e: Error & { code?: string }) => e.code === 'EISDIR' && e.message.startsWith(`${p}: `));
   });
 
   test('image/label count mismatch → MNIST_MISMATCH', () => {

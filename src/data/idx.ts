@@ -6,6 +6,7 @@
  *   then one big-endian uint32 per dim, then the payload, row-major.
  * Files ending in `.gz` are gunzipped first.
  */
+import * as buffer from 'node:buffer';
 import * as fs from 'node:fs';
 import * as zlib from 'node:zlib';
 import { GanfleetError } from '../util/errors';
@@ -17,28 +18,101 @@ export interface IdxArray {
 
 const DTYPE_UBYTE = 0x08;
 
+/**
+ * Reads an IDX file, raw or gzipped. The header is checked against the
+ * file's size before the payload is held in memory, so a file whose header
+ * and length disagree (a cut download, a gzip bomb) costs no more memory
+ * than its header declares.
+ */
 export function readIdx(path: string): IdxArray {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(path);
-  } catch (err) {
-    // Read-and-catch rather than exists-then-read: no race, one syscall.
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new GanfleetError('IDX_MISSING', `IDX file not found: ${path}`);
-    }
-    throw err;
-  }
-  if (path.endsWith('.gz')) {
-    try {
-      buf = zlib.gunzipSync(buf);
-    } catch (err) {
-      throw new GanfleetError('IDX_BAD_GZIP', `${path}: not valid gzip (${(err as Error).message})`);
-    }
-  }
-  return parseIdx(buf, path);
+  const buf = path.endsWith('.gz') ? readGzipped(path) : readRaw(path);
+  const header = parseHeader(buf, path);
+  checkPayload(header, buf.length - header.length, path);
+  // A view over the file buffer: the 47 MB training set is never copied.
+  return { dims: header.dims, data: new Uint8Array(buf.buffer, buf.byteOffset + header.length, header.size) };
 }
 
-function parseIdx(buf: Buffer, path: string): IdxArray {
+/** The largest header: the magic and 255 dims. */
+const MAX_HEADER = 4 + 4 * 255;
+
+function readRaw(path: string): Buffer {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (err) {
+    throw readError(err, path);
+  }
+  try {
+    const length = fs.fstatSync(fd).size;
+    const head = Buffer.alloc(Math.min(length, MAX_HEADER));
+    readFully(fd, head, path);
+    const header = parseHeader(head, path);
+    checkPayload(header, length - header.length, path);
+    const buf = Buffer.allocUnsafe(length);
+    readFully(fd, buf, path);
+    return buf;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function readFully(fd: number, into: Buffer, path: string): void {
+  for (let at = 0; at < into.length; ) {
+    let n: number;
+    try {
+      n = fs.readSync(fd, into, at, into.length - at, at);
+    } catch (err) {
+      throw readError(err, path);
+    }
+    if (n === 0) throw new GanfleetError('IDX_TRUNCATED', `${path}: ended after ${at} of ${into.length} bytes while being read`);
+    at += n;
+  }
+}
+
+function readGzipped(path: string): Buffer {
+  let packed: Buffer;
+  try {
+    packed = fs.readFileSync(path);
+  } catch (err) {
+    throw readError(err, path);
+  }
+  // The header from the stream's start (a prefix of it inflates to at most about a thousand times its size),
+  // then the whole stream, inflated no further than the header says it holds.
+  let head: Buffer;
+  try {
+    head = zlib.gunzipSync(packed.subarray(0, 4096), { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+  } catch (err) {
+    throw new GanfleetError('IDX_BAD_GZIP', `${path}: not valid gzip (${(err as Error).message})`);
+  }
+  const header = parseHeader(head.subarray(0, MAX_HEADER), path);
+  const declared = header.length + header.size;
+  try {
+    return zlib.gunzipSync(packed, { maxOutputLength: Math.min(declared, buffer.constants.MAX_LENGTH) });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new GanfleetError('IDX_SIZE_MISMATCH', `${path}: dims [${header.dims.join(',')}] need ${header.size} payload bytes, and it inflates to more`);
+    }
+    throw new GanfleetError('IDX_BAD_GZIP', `${path}: not valid gzip (${(err as Error).message})`);
+  }
+}
+
+/** A file that is missing is IDX_MISSING; any other failure keeps its code and names the file. */
+function readError(err: unknown, path: string): Error {
+  const e = err as NodeJS.ErrnoException;
+  // Read-and-catch rather than exists-then-read: no race, one syscall.
+  if (e.code === 'ENOENT') return new GanfleetError('IDX_MISSING', `IDX file not found: ${path}`);
+  return Object.assign(new Error(`${path}: ${e.message}`), { code: e.code });
+}
+
+interface IdxHeader {
+  dims: number[];
+  /** Bytes of the header itself. */
+  length: number;
+  /** Payload bytes the dims declare. */
+  size: number;
+}
+
+function parseHeader(buf: Buffer, path: string): IdxHeader {
   if (buf.length < 4) {
     throw new GanfleetError('IDX_TRUNCATED', `${path}: ${buf.length} bytes, shorter than the 4-byte magic`);
   }
@@ -54,11 +128,11 @@ function parseIdx(buf: Buffer, path: string): IdxArray {
       `${path}: IDX dtype 0x${dtype} is not supported (only 0x08, unsigned byte)`,
     );
   }
-  const headerLen = 4 + 4 * ndims;
-  if (buf.length < headerLen) {
+  const length = 4 + 4 * ndims;
+  if (buf.length < length) {
     throw new GanfleetError(
       'IDX_TRUNCATED',
-      `${path}: header needs ${headerLen} bytes for ${ndims} dims, file has ${buf.length}`,
+      `${path}: header needs ${length} bytes for ${ndims} dims, file has ${buf.length}`,
     );
   }
   const dims: number[] = [];
@@ -68,9 +142,14 @@ function parseIdx(buf: Buffer, path: string): IdxArray {
     dims.push(d);
     size *= d;
   }
-  const payload = buf.length - headerLen;
-  // Exact size: a short payload means a cut download, a long one means the
-  // header and data disagree; either way the shape can't be trusted.
+  return { dims, length, size };
+}
+
+/**
+ * Exact size: a short payload means a cut download, a long one means the
+ * header and data disagree; either way the shape can't be trusted.
+ */
+function checkPayload({ dims, size }: IdxHeader, payload: number, path: string): void {
   if (payload < size) {
     throw new GanfleetError(
       'IDX_TRUNCATED',
@@ -83,8 +162,6 @@ function parseIdx(buf: Buffer, path: string): IdxArray {
       `${path}: dims [${dims.join(',')}] need ${size} payload bytes, file has ${payload} (${payload - size} trailing)`,
     );
   }
-  // A view over the file buffer: the 47 MB training set is never copied.
-  return { dims, data: new Uint8Array(buf.buffer, buf.byteOffset + headerLen, size) };
 }
 
 /** Writes an unsigned-byte IDX file (the MNIST format): magic 0x0000080N, N big-endian dims, then the bytes. */
