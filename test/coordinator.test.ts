@@ -16,7 +16,7 @@ import { imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { blankMnistDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, message } from '../src/protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { metricValue, recordExtensionBomb } from './helpers';
@@ -1173,6 +1173,27 @@ describe('coordinator edge cases found by review', () => {
     a.peer.gradients(0, 'generator', zeros('generator'));
     assert.equal((await run).steps, 1);
     await coordinator.close();
+  });
+
+  test("an offender's answer after its third offence is not counted late, whatever the offences were", async () => {
+    for (const offence of [Buffer.from([0x92, 0x01]), encode(errorMessage('WORKER_FAILED', 'boom'))]) {
+      const lines: string[] = [];
+      const coordinator = await Coordinator.start({ ...config(path.join(out, `offender-${offence.length}`), 1), startWorkers: 2 }, (l) => lines.push(l));
+      const run = coordinator.run();
+      const a = await joinedPeer(coordinator);
+      const b = await joinedPeer(coordinator);
+      await Promise.all([weightsOrDrop(a.peer), weightsOrDrop(b.peer)]);
+      // Three offences, then the answer it was asked for, all sent before it reads anything back.
+      for (let i = 0; i < 3; i++) b.peer.send(offence);
+      b.peer.gradients(0, 'discriminator', zeros('discriminator'));
+      a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+      await weightsOrDrop(a.peer);
+      a.peer.gradients(0, 'generator', zeros('generator'));
+      assert.equal((await run).steps, 1);
+      assert.ok(lines.some((l) => l.startsWith(`${b.workerId} left`)), lines.join('\n'));
+      assert.equal((await coordinator.metrics.lateGradients.get()).values[0]?.value ?? 0, 0, lines.join('\n'));
+      await coordinator.close();
+    }
   });
 
   test('a worker asked twice for one round (the round was retried after its offence) may answer both requests', async () => {

@@ -146,10 +146,28 @@ describe('readIdx on damaged copies', () => {
     assert.ok(maxRssMiB < 200, `the child peaked at ${maxRssMiB.toFixed(0)} MiB`);
   });
 
-  test('a file that cannot be read (a directory in its place) names itself, with the system code', () => {
+  test('a file that cannot be read (a directory in its place) names itself, with the system code; a pipe or a device is refused, not waited on', () => {
     const p = path.join(tmp, 'a-directory');
     fs.mkdirSync(p);
     assert.throws(() => readIdx(p), (e: Error & { code?: string }) => e.code === 'EISDIR' && e.message.startsWith(`${p}: `));
+    const fifo = path.join(tmp, 'a-fifo');
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0);
+    // Nothing writes to it: opened blocking, the read would wait for ever.
+    throwsCode(() => readIdx(fifo), 'IDX_NOT_A_FILE', fifo);
+    throwsCode(() => readIdx('/dev/zero'), 'IDX_NOT_A_FILE', '/dev/zero');
+  });
+
+  test('a .gz whose gzip header carries a long file name, or that starts with empty members, reads as the plain one', () => {
+    const labels = fs.readFileSync(file('t10k-labels-idx1-ubyte'));
+    const plain = zlib.gzipSync(labels, { level: 1 });
+    // FLG.FNAME (RFC 1952): a zero-terminated name after the 10-byte header, here 20 KB of it.
+    const named = Buffer.concat([plain.subarray(0, 3), Buffer.from([plain[3] | 0x08]), plain.subarray(4, 10), Buffer.alloc(20_000, 0x61), Buffer.from([0]), plain.subarray(10)]);
+    const emptyFirst = Buffer.concat([...Array.from({ length: 300 }, () => zlib.gzipSync(Buffer.alloc(0))), plain]);
+    for (const [name, bytes] of [['named.gz', named], ['empty-first.gz', emptyFirst]] as const) {
+      const p = path.join(tmp, name);
+      fs.writeFileSync(p, bytes);
+      assert.ok(Buffer.from(readIdx(p).data).equals(labels.subarray(8)), name);
+    }
   });
 
   test('image/label count mismatch → MNIST_MISMATCH', () => {

@@ -441,7 +441,10 @@ export class Coordinator {
         case 'error':
           // Healthy workers send an error only just before leaving; it counts, so a peer cannot flood the log.
           this.log(`${peer.id} reported ${JSON.stringify(msg.code)}: ${JSON.stringify(msg.message)}`);
-          if (++peer.offences >= MAX_OFFENCES) this.workers.drop(peer, 'too many errors');
+          if (++peer.offences >= MAX_OFFENCES) {
+            peer.asked.length = 0; // an offender's answers to come are not a straggler's (discardFromDropped)
+            this.workers.drop(peer, 'too many errors');
+          }
           return;
         case 'mailbox': {
           const problem = this.workers.confirmMailbox(peer, msg);

@@ -35,15 +35,29 @@ export function readIdx(path: string): IdxArray {
 /** The largest header: the magic and 255 dims. */
 const MAX_HEADER = 4 + 4 * 255;
 
-function readRaw(path: string): Buffer {
+/**
+ * Opens `path` for reading, refusing anything but a regular file: a pipe or
+ * a device has no length to check a header against (and /dev/zero never ends).
+ */
+function openRegular(path: string): { fd: number; length: number } {
   let fd: number;
   try {
-    fd = fs.openSync(path, 'r');
+    // O_NONBLOCK: a FIFO is refused below instead of blocking the open until something writes to it.
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (err) {
     throw readError(err, path);
   }
+  const st = fs.fstatSync(fd);
+  if (st.isFile() && st.size <= buffer.constants.MAX_LENGTH) return { fd, length: st.size };
+  fs.closeSync(fd);
+  if (st.isDirectory()) throw Object.assign(new Error(`${path}: is a directory, not an IDX file`), { code: 'EISDIR' });
+  if (!st.isFile()) throw new GanfleetError('IDX_NOT_A_FILE', `${path}: not a regular file (a pipe or a device), so its length cannot be checked`);
+  throw Object.assign(new Error(`${path}: ${st.size} bytes, more than one buffer holds (${buffer.constants.MAX_LENGTH})`), { code: 'ERR_FS_FILE_TOO_LARGE' });
+}
+
+function readRaw(path: string): Buffer {
+  const { fd, length } = openRegular(path);
   try {
-    const length = fs.fstatSync(fd).size;
     const head = Buffer.alloc(Math.min(length, MAX_HEADER));
     readFully(fd, head, path);
     const header = parseHeader(head, path);
@@ -70,21 +84,15 @@ function readFully(fd: number, into: Buffer, path: string): void {
 }
 
 function readGzipped(path: string): Buffer {
-  let packed: Buffer;
+  const { fd, length } = openRegular(path);
+  const packed = Buffer.allocUnsafe(length);
   try {
-    packed = fs.readFileSync(path);
-  } catch (err) {
-    throw readError(err, path);
+    readFully(fd, packed, path);
+  } finally {
+    fs.closeSync(fd);
   }
-  // The header from the stream's start (a prefix of it inflates to at most about a thousand times its size),
-  // then the whole stream, inflated no further than the header says it holds.
-  let head: Buffer;
-  try {
-    head = zlib.gunzipSync(packed.subarray(0, 4096), { finishFlush: zlib.constants.Z_SYNC_FLUSH });
-  } catch (err) {
-    throw new GanfleetError('IDX_BAD_GZIP', `${path}: not valid gzip (${(err as Error).message})`);
-  }
-  const header = parseHeader(head.subarray(0, MAX_HEADER), path);
+  // The header first, then the whole stream, inflated no further than the header says it holds.
+  const header = parseHeader(inflatedHead(packed, path), path);
   const declared = header.length + header.size;
   try {
     return zlib.gunzipSync(packed, { maxOutputLength: Math.min(declared, buffer.constants.MAX_LENGTH) });
@@ -92,8 +100,57 @@ function readGzipped(path: string): Buffer {
     if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
       throw new GanfleetError('IDX_SIZE_MISMATCH', `${path}: dims [${header.dims.join(',')}] need ${header.size} payload bytes, and it inflates to more`);
     }
-    throw new GanfleetError('IDX_BAD_GZIP', `${path}: not valid gzip (${(err as Error).message})`);
+    throw badGzip(err, path);
   }
+}
+
+/** What a head is inflated to at most: far more than a header, and little memory. */
+const HEAD_LIMIT = 64 * 1024;
+
+/**
+ * The start of what `packed` inflates to, at least a whole IDX header where
+ * the stream holds one, and at most HEAD_LIMIT bytes: a bomb's head costs no
+ * more. Inflates growing prefixes of the file (a gzip header can carry a
+ * long file name, and empty members can come first), halving back towards
+ * the last one that gave too little whenever one gives more than the limit.
+ */
+function inflatedHead(packed: Buffer, path: string): Buffer {
+  const inflate = (prefix: number): Buffer | 'too much' => {
+    try {
+      return zlib.gunzipSync(packed.subarray(0, prefix), { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: HEAD_LIMIT });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') return 'too much';
+      throw badGzip(err, path);
+    }
+  };
+  const whole = (b: Buffer) => b.length >= 4 && b.length >= 4 + 4 * b[3];
+  let short = 0; // a prefix that inflates to less than a header
+  let prefix = Math.min(packed.length, 4096);
+  // Each try at least quadruples the prefix or halves the gap to `short`: a few dozen at most.
+  for (let tries = 0; tries < 100; tries++) {
+    const head = inflate(prefix);
+    if (head === 'too much') {
+      prefix = short + Math.max(1, Math.floor((prefix - short) / 2));
+    } else if (whole(head)) {
+      return head;
+    } else if (prefix === packed.length) {
+      // The whole file and still no header: a cut or empty stream says why as gzip; a whole one is an IDX file too short.
+      try {
+        zlib.gunzipSync(packed, { maxOutputLength: HEAD_LIMIT });
+      } catch (err) {
+        throw badGzip(err, path);
+      }
+      return head;
+    } else {
+      short = prefix;
+      prefix = Math.min(packed.length, prefix * 4);
+    }
+  }
+  throw new GanfleetError('IDX_BAD_GZIP', `${path}: its start would not inflate to an IDX header`);
+}
+
+function badGzip(err: unknown, path: string): GanfleetError {
+  return new GanfleetError('IDX_BAD_GZIP', `${path}: not valid gzip (${(err as Error).message})`);
 }
 
 /** A file that is missing is IDX_MISSING; any other failure keeps its code and names the file. */
