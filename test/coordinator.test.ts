@@ -1175,6 +1175,43 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test("a dropped straggler's mailed answer is logged late with the round it answers", async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dropped-late-mail'), 4), startWorkers: 2, roundTimeoutSeconds: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const dir = makeMailboxDir('worker');
+    const [a, b] = await Promise.all(['a', 'b'].map((name) => mailboxPeer(coordinator, dir, name)));
+    // Both answer until b is asked by mail; then b freezes past its deadline.
+    let asked: Weights;
+    for (;;) {
+      const [forA, forB] = await Promise.all([nextWeights(a.peer, a.inbox), nextWeights(b.peer, b.inbox)]);
+      a.peer.gradients(forA.weights.step, forA.weights.phase, zeros(forA.weights.phase), forA.mailed ? a.outbox : undefined);
+      if (forB.mailed) {
+        asked = forB.weights;
+        break;
+      }
+      b.peer.gradients(forB.weights.step, forB.weights.phase, zeros(forB.weights.phase));
+    }
+    (b.peer.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    const wasDropped = () => lines.some((l) => l.startsWith(`${b.welcome.workerId} left (no ${asked.phase} gradients`));
+    for (let i = 0; i < 400 && !wasDropped(); i++) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(wasDropped(), lines.join('\n'));
+    b.peer.gradients(asked.step, asked.phase, zeros(asked.phase), b.outbox);
+    const late = `discarded late ${asked.phase} gradients for step ${asked.step + 1} (by mail) from ${b.welcome.workerId}, which was dropped before they came`;
+    for (let i = 0; i < 400 && !lines.includes(late); i++) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(lines.includes(late), lines.join('\n'));
+    assert.equal((await coordinator.metrics.lateGradients.get()).values[0]?.value, 1);
+    coordinator.requestStop('test over');
+    a.peer.ws.close();
+    await run;
+    await coordinator.close();
+    for (const p of [a, b]) {
+      p.inbox.close();
+      p.outbox.close();
+    }
+    removeMailboxDir(dir);
+  });
+
   test("an offender's answer after its third offence is not counted late, whatever the offences were", async () => {
     for (const offence of [Buffer.from([0x92, 0x01]), encode(errorMessage('WORKER_FAILED', 'boom'))]) {
       const lines: string[] = [];

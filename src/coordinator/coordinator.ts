@@ -27,7 +27,7 @@ import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
-import { Round, RoundResult, implausibleGradients, roundIndex, weightedStats } from './round';
+import { Round, RoundResult, implausibleGradients, roundIndex, roundName, weightedStats } from './round';
 import { SampleWriter, gridsUpTo } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
@@ -491,10 +491,9 @@ export class Coordinator {
       const request = peer.asked.indexOf(roundIndex(msg.step, msg.phase));
       if (request < 0) return;
       peer.asked.splice(0, request + 1);
-      what = `${msg.phase} gradients for step ${stepOfRound(msg.step)}`;
+      what = roundName(roundIndex(msg.step, msg.phase));
     } else if (msg.type === 'mail' && peer.asked.length > 0) {
-      peer.asked.shift();
-      what = 'gradients (by mail)';
+      what = `${roundName(peer.asked.shift()!)} (by mail)`;
     } else {
       return;
     }
@@ -683,7 +682,7 @@ export class Coordinator {
     if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
     // Its round closed without it (or dropped it for an offence): never applied to newer weights; no offence.
     this.metrics.lateGradients.inc();
-    this.log(`discarded late ${msg.phase} gradients for step ${stepOfRound(msg.step)} from ${peer.id}`);
+    this.log(`discarded late ${roundName(roundIndex(msg.step, msg.phase))} from ${peer.id}`);
   }
 
   /**

@@ -1,7 +1,7 @@
 import { GanModel } from '../model';
 import { negativeVariance, statisticsSize } from '../model/batchnorm';
 import { RejectReason } from '../protocol/codec';
-import { Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase } from '../protocol/messages';
+import { Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, stepOfRound } from '../protocol/messages';
 
 /**
  * One synchronous round: the set of workers asked for gradients and what
@@ -66,6 +66,12 @@ export interface RoundResult {
 /** Rounds in order: step 0's D round is 0, its G round 1, step 1's D round 2, … */
 export function roundIndex(step: number, phase: Phase): number {
   return step * 2 + (phase === 'generator' ? 1 : 0);
+}
+
+/** What logs call the round of a `roundIndex`: "generator gradients for step 65". */
+export function roundName(index: number): string {
+  const phase: Phase = index % 2 === 1 ? 'generator' : 'discriminator';
+  return `${phase} gradients for step ${stepOfRound(Math.floor(index / 2))}`;
 }
 
 /** The round's losses and scores averaged by sample count, as one batch of all the samples would give them. */
