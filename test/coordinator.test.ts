@@ -409,6 +409,36 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal((await joinedPeer(coordinator)).welcome.type, 'welcome', 'the coordinator still admits workers');
   });
 
+  test('connections that never say hello are closed after 10 s, logged once a minute per address', async () => {
+    const logged = lines.length;
+    const silent = await Promise.all(
+      [0, 1, 2].map(async () => {
+        const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+        await peer.open();
+        return peer;
+      }),
+    );
+    const opened = Date.now();
+    // terminate(): no close frame, since a peer that says nothing may read nothing either.
+    assert.deepEqual(await Promise.all(silent.map((p) => p.closed)), [1006, 1006, 1006]);
+    assert.ok(Date.now() - opened > 9_000, `closed after ${Date.now() - opened} ms`);
+    const said = lines.slice(logged).filter((l) => /^closing 127\.0\.0\.1:\d+: no hello within 10 s$/.test(l));
+    assert.equal(said.length, 1, lines.slice(logged).join('\n'));
+  });
+
+  test('broken WebSocket framing before hello closes the socket, logged once a minute per address', async () => {
+    const logged = lines.length;
+    for (let i = 0; i < 3; i++) {
+      const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+      await peer.open();
+      // A client's frame must be masked (RFC 6455 5.1): an unmasked one is a protocol error the server's ws reports.
+      (peer.ws as unknown as { _socket: { write(b: Buffer): void } })._socket.write(Buffer.from([0x82, 0x01, 0x00]));
+      assert.equal(await peer.closed, 1002);
+    }
+    const said = lines.slice(logged).filter((l) => /^socket 127\.0\.0\.1:\d+: .*MASK must be set/.test(l));
+    assert.equal(said.length, 1, lines.slice(logged).join('\n'));
+  });
+
   test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
     const { peer, welcome } = await joinedPeer(coordinator);
     assert.ok(welcome.mailbox);
