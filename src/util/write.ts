@@ -23,7 +23,7 @@ export function writeFully(fd: number, parts: readonly Uint8Array[], position = 
  * Replaces `file` whole or not at all: a temporary file beside it, fsync,
  * rename over the name, fsync the directory. A crash at any point leaves the
  * old file or the new one under the name, never a torn one, and a write that
- * fails (a full disk) removes its temporary file and throws.
+ * fails (a full disk) removes its temporary file and throws, naming `file`.
  */
 export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): void {
   const tmp = `${file}.tmp-${process.pid}`;
@@ -38,6 +38,8 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): voi
     fs.renameSync(tmp, file);
   } catch (e) {
     fs.rmSync(tmp, { force: true });
+    // A failed write or fsync names no file ("ENOSPC: no space left on device, write"): say which output it was.
+    if (e instanceof Error && !e.message.includes(tmp)) e.message = `${e.message} (${file})`;
     throw e;
   }
   const dfd = fs.openSync(path.dirname(file), 'r');
