@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -38,6 +39,16 @@ function plantLease(out: string, holder: Planted, ageMs = 0): string {
 }
 
 const noLost = (why: string) => assert.fail(`lost the lease: ${why}`);
+
+/** A pid that has exited but is not reaped: its parent became `sleep`, which never waits. */
+async function unreapedChild(): Promise<{ pid: number; parent: ChildProcess }> {
+  const parent = spawn('bash', ['-c', 'sleep 0 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [line] = (await once(parent.stdout!, 'data')) as [Buffer];
+  const pid = Number(line.toString().trim());
+  for (let i = 0; i < 200 && !/\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'latin1')); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.match(fs.readFileSync(`/proc/${pid}/stat`, 'latin1'), /\) Z/, 'the child is a zombie');
+  return { pid, parent };
+}
 
 async function takeLogged(out: string): Promise<{ lines: string[]; ms: number }> {
   const lines: string[] = [];
@@ -92,6 +103,12 @@ test('in this process table: a live holder is refused at once; a gone one, an ea
   let taken = await takeLogged(out);
   assert.match(taken.lines.join('\n'), new RegExp(`took over the lease on --out .* from pid ${gone} on .*: pid ${gone} is gone`));
   assert.doesNotMatch(taken.lines.join('\n'), /watching it/, 'taken at once, not watched');
+  // Dead but not reaped (a supervisor that restarts before it waits): signal 0 still reaches a zombie.
+  const zombie = await unreapedChild();
+  plantLease(out, HERE(zombie.pid));
+  taken = await takeLogged(out);
+  zombie.parent.kill();
+  assert.match(taken.lines.join('\n'), new RegExp(`took over the lease on --out .* from pid ${zombie.pid} on .*: pid ${zombie.pid} is gone`));
   // This pid, another token: an earlier process of this container (a restarted one is pid 1 again).
   plantLease(out, HERE(process.pid));
   taken = await takeLogged(out);

@@ -32,14 +32,29 @@ export function holdStopSignals(): { abort: AbortSignal; received: () => NodeJS.
   return { abort: aborting.signal, received: () => first, release };
 }
 
-/** Whether a process of this pid exists: signal 0 checks without sending anything. */
+/**
+ * Whether a process of this pid runs: signal 0 checks without sending
+ * anything. A zombie, dead but not yet reaped by its parent (a supervisor
+ * that restarts before it waits), takes signal 0 too, so its state is read.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     // EPERM: alive, under another user.
     return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  return !isZombie(pid);
+}
+
+/** Whether /proc says `pid` has exited (Z, X, or gone since signal 0); false where there is no /proc. */
+function isZombie(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // "pid (comm) S …": the command may hold spaces and parentheses, the state follows the last ")".
+    return /^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync('/proc/self/stat');
   }
 }
 
