@@ -858,6 +858,36 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test("a resume scores its checkpoint's step when a kill cut that evaluation short, and drops from evaluations.json the scores of weights after its checkpoint", async () => {
+    const dataDir = blankMnistDir(100, true);
+    const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });
+    // Killed while scoring the last step, after its checkpoint: the run's end was never scored.
+    const cut = path.join(out, 'killed-in-final-eval');
+    plantCheckpoint(cut, 4);
+    fs.writeFileSync(path.join(cut, 'evaluations.json'), JSON.stringify([score(2)]));
+    const lines: string[] = [];
+    const resumed = await Coordinator.start({ ...config(cut, 4), resume: true, dataDir, evalEvery: 2, evalSamples: 100 }, (l) => lines.push(l));
+    const summary = await resumed.run();
+    await resumed.close();
+    assert.deepEqual(summary.evaluations.map((e) => e.step), [2, 4]);
+    assert.ok(lines.includes("eval step 4: not recorded before the checkpoint's run ended; scoring it now"), lines.join('\n'));
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(cut, 'evaluations.json'), 'utf8')).map((e: { step: number }) => e.step), [2, 4]);
+    // Resumed again, finished: nothing is scored twice, and the outputs stay as they were.
+    const again = await Coordinator.start({ ...config(cut, 4), resume: true, dataDir, evalEvery: 2, evalSamples: 100 }, () => {});
+    assert.deepEqual((await again.run()).evaluations.map((e) => e.step), [2, 4]);
+    await again.close();
+    // Killed after scoring step 3, whose checkpoint it never wrote: a resume without --eval-every does not keep that score.
+    const ahead = path.join(out, 'scored-after-checkpoint');
+    plantCheckpoint(ahead, 2);
+    fs.writeFileSync(path.join(ahead, 'evaluations.json'), JSON.stringify([1, 2, 3].map(score)));
+    const aheadLines: string[] = [];
+    const dropping = await Coordinator.start({ ...config(ahead, 3), resume: true, dataDir }, (l) => aheadLines.push(l));
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(ahead, 'evaluations.json'), 'utf8')), [1, 2].map(score));
+    assert.ok(aheadLines.some((l) => /^evaluations at step 3 scored weights after this checkpoint; removed from \S+evaluations\.json$/.test(l)), aheadLines.join('\n'));
+    await dropping.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('the time spent evaluating is reported, and left out of ms/step and images/s as pauses are (test/progress.test.ts has the arithmetic); the test set is the one read at start', async () => {
     const dataDir = blankMnistDir(100, true);
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'eval-not-pace'), 1), dataDir, evalEvery: 1, evalSamples: 100 }, () => {});

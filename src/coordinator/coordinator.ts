@@ -147,6 +147,8 @@ export class Coordinator {
   private last: StepStats | null = null;
   private sampleFiles: string[] = [];
   private readonly evaluations: Evaluation[] = [];
+  /** The resumed checkpoint's step is due an evaluation that was never recorded (killed during it): done before training. */
+  private evaluationMissed = false;
   private readonly clock = new RunClock();
   private claim: OutputClaim | null = null;
   /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
@@ -261,6 +263,10 @@ export class Coordinator {
   async run(): Promise<TrainingSummary> {
     const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
     const firstStep = this.step;
+    if (this.evaluationMissed && !this.outputsForfeited) {
+      this.log(`eval step ${this.step}: not recorded before the checkpoint's run ended; scoring it now`);
+      await this.evaluate(true);
+    }
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
@@ -778,12 +784,16 @@ export class Coordinator {
     const seconds = (performance.now() - t) / 1000;
     this.clock.addEvaluation(seconds);
     this.evaluations.push({ step: this.step, ...quality });
-    // Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it.
-    if (this.mayWrite()) writeFileAtomic(runLayout(this.config.out).evaluations, [Buffer.from(JSON.stringify(this.evaluations, null, 2) + '\n')]);
+    this.writeEvaluations();
     this.metrics.fid.set(quality.fid);
     this.metrics.mnistScore.set(quality.mnistScore);
     this.metrics.evalSeconds.inc(seconds);
     this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
+  }
+
+  /** Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it. */
+  private writeEvaluations(): void {
+    if (this.mayWrite()) writeFileAtomic(runLayout(this.config.out).evaluations, [Buffer.from(JSON.stringify(this.evaluations, null, 2) + '\n')]);
   }
 
   /** The status page and its JSON, served beside /metrics. */
@@ -884,7 +894,17 @@ export class Coordinator {
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
     // The grids before the checkpoint are this run's history too, for the status page and summary.json.
     this.sampleFiles = gridsUpTo(this.samples.dir, c.step);
-    this.evaluations.push(...evaluationsUpTo(this.config.out, c.step, this.log));
+    const recorded = evaluationsUpTo(this.config.out, c.step, this.log);
+    this.evaluations.push(...recorded.kept);
+    if (recorded.after.length > 0) {
+      this.log(`evaluations at step ${recorded.after.join(', ')} scored weights after this checkpoint; removed from ${runLayout(this.config.out).evaluations}`);
+      this.writeEvaluations();
+    }
+    // Due at the checkpoint's step (or the run's end), not recorded, and not a finished run's, which the resume leaves as it was.
+    const { evalEvery, steps } = this.config;
+    const finished = c.step >= steps && summarisedStep(this.config.out) === c.step;
+    const dueHere = evalEvery > 0 && !finished && (due(c.step, evalEvery) || c.step >= steps);
+    this.evaluationMissed = dueHere && !recorded.kept.some((e) => e.step === c.step);
     const now = checkpointConfig(this.config, this.trainingSet);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
     if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);

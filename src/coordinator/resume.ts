@@ -148,23 +148,24 @@ const isEvaluation = (e: Partial<Evaluation> | null): e is Evaluation =>
 
 /**
  * The --eval-every results an earlier run of `out` recorded up to `step`, the
- * checkpoint a resume starts from. A file that cannot be read costs the
+ * checkpoint a resume starts from, and the steps of those after it (scores of
+ * weights the resume throws away). A file that cannot be read costs the
  * history, with a log line, not the resume.
  */
-export function evaluationsUpTo(out: string, step: number, log: Logger): Evaluation[] {
+export function evaluationsUpTo(out: string, step: number, log: Logger): { kept: Evaluation[]; after: number[] } {
   const file = runLayout(out).evaluations;
   let recorded: unknown;
   try {
     recorded = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log(`warning: ${file} cannot be read (${(e as Error).message}); the evaluations before step ${step} are left out of this run's summary`);
-    return [];
+    return { kept: [], after: [] };
   }
   if (!Array.isArray(recorded) || !recorded.every(isEvaluation)) {
     log(`warning: ${file} does not hold a list of evaluations; the evaluations before step ${step} are left out of this run's summary`);
-    return [];
+    return { kept: [], after: [] };
   }
-  return recorded.filter((e) => e.step <= step);
+  return { kept: recorded.filter((e) => e.step <= step), after: recorded.filter((e) => e.step > step).map((e) => e.step) };
 }
 
 /** Checkpoints a resume set aside (renamed ….invalid) because they did not load. */
