@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import http from 'node:http';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import { Registry } from 'prom-client';
@@ -26,6 +27,17 @@ test('the metrics server answers GET and HEAD, refuses other methods with Allow,
     assert.equal(broken.status, 500);
     assert.equal(await broken.text(), 'internal error\n', 'the error itself stays inside');
     assert.equal((await fetch(`${url}/healthz`)).status, 200, 'still serving');
+    // The absolute form, as a forward proxy sends it (RFC 9112 3.2.2), names the same paths; a broken one is not found.
+    const absolute = (target: string) =>
+      new Promise<[number, string]>((resolve, reject) => {
+        http.get({ host: '127.0.0.1', port: boundPort(server), path: target }, (res) => {
+          let body = '';
+          res.on('data', (d) => (body += d)).on('end', () => resolve([res.statusCode!, body]));
+        }).on('error', reject);
+      });
+    assert.deepEqual(await absolute(`${url}/ok?fresh=1`), [200, 'fine\n']);
+    assert.deepEqual(await absolute(`HTTP://127.0.0.1:${boundPort(server)}/healthz`), [200, 'ok\n']);
+    assert.equal((await absolute('http://[::1')).at(0), 404);
   } finally {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));

@@ -35,7 +35,9 @@ export const MAX_HTTP_CONNECTIONS = 128;
  */
 export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
   const server = http.createServer(BOUNDED_REQUESTS, (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
+    // The absolute form (GET http://host/metrics, as through a forward proxy) names the same path (RFC 9112 3.2.2).
+    const target = req.url ?? '/';
+    const path = /^https?:\/\//i.test(target) && URL.canParse(target) ? new URL(target).pathname : target.split('?')[0];
     const send = (status: number, type: string, body: string | Buffer, headers: Record<string, string> = {}) => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...headers });
       res.end(body);
