@@ -67,7 +67,9 @@ function float16Values(): Float32Array {
  * Rounds float32 values to a 16-bit dtype; the result's bytes are what
  * travels. On the native addon (8 lanes, F16C for float16) where it is
  * built: the JavaScript conversions cost more than half the bytes save on
- * loopback. test/native.test.ts holds the two to the same bits.
+ * loopback. test/native.test.ts holds the two to the same bits for every
+ * value but NaN, whose payload bits may differ (NaN stays NaN; a receiver
+ * refuses it anyway).
  */
 export function encodeFloats(values: Float32Array, dtype: Exclude<WireDtype, 'float32'>): Uint16Array {
   const native = nativeAddon().addon;
