@@ -99,7 +99,14 @@ function tlsPairProblem(certFile: string, keyFile: string): string | null {
 /** Refuses a --flag path that is missing or of the other kind (a directory for a certificate), named by its flag. */
 function requirePath(name: string, file: string | undefined, kind: 'file' | 'directory'): void {
   if (file === undefined) return;
-  const stat = fs.statSync(file, { throwIfNoEntry: false });
+  let stat: fs.Stats | undefined;
+  try {
+    stat = fs.statSync(file, { throwIfNoEntry: false });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // ENOTDIR: a file where the path wants a directory (package.json/x), which is no such path either.
+    if (code !== 'ENOTDIR') throw new Error(`--${name}: ${given(name, file)} cannot be read (${code ?? (e as Error).message})`);
+  }
   if (!stat) throw new Error(`--${name}: no such ${kind} ${given(name, file)}`);
   if (kind === 'file' ? !stat.isFile() : !stat.isDirectory()) throw new Error(`--${name}: ${given(name, file)} is not a ${kind}`);
 }
@@ -310,15 +317,26 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
       refusedSwitches = read.filter((s) => s.value === null);
       // Empty is as if unset: the default (yargs took it for false).
       for (const s of read) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
-      // --mailbox=0 reads as GANFLEET_MAILBOX=0 does: yargs took every value but `true` for false, and --insecure=yes for no.
-      for (const token of raw) {
-        if (token === '--') break;
-        const [, no, key, value] = /^--(no-)?([^=]+)=(.*)$/s.exec(token) ?? [];
+      // --mailbox=0 reads as GANFLEET_MAILBOX=0 does: yargs took every value but `true` for false, and --insecure=yes
+      // for no. Where a switch is written so, its last form on the line counts, whichever it is.
+      const last = new Map<string, boolean>();
+      const written = new Set<string>();
+      for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
+        const [, no, key, equals, value] = /^--(no-)?([^=]+)(=(.*))?$/s.exec(raw[i]) ?? [];
         if (key === undefined || !options().boolean.includes(key)) continue;
+        if (equals === undefined) {
+          // yargs reads a following true or false as the switch's value.
+          const word = /^(true|false)$/.exec(raw[i + 1] ?? '')?.[1];
+          last.set(key, !no === (word !== 'false'));
+          continue;
+        }
+        if (key === 'help' || key === 'version') throw new UsageError(`--${key} takes no value; got ${JSON.stringify(raw[i])}`);
         const on = envSwitch(value);
-        if (no || on === null || on === undefined) throw new UsageError(`--${no ?? ''}${key} is a switch: ${switchForms(key)}; got ${JSON.stringify(token)}`);
-        (a as Record<string, unknown>)[key] = on;
+        if (no || on === null || on === undefined) throw new UsageError(`--${no ?? ''}${key} is a switch: ${switchForms(key)}; got ${JSON.stringify(raw[i])}`);
+        last.set(key, on);
+        written.add(key);
       }
+      for (const key of written) (a as Record<string, unknown>)[key] = last.get(key);
       // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
       const native = (a as { native?: boolean }).native;
       if (native !== undefined) process.env.GANFLEET_NATIVE = native ? '1' : '0';

@@ -41,15 +41,19 @@ test('a flag given twice takes its last value; a switch takes --x=1/0, yes/no, o
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, said);
   }
-  const mailbox = (value: string) => {
+  // --help=1 used to start the command instead.
+  assert.match(cli(['local', '--help=1']).stderr, /^ganfleet: --help takes no value; got "--help=1"\n/);
+  const mailbox = (...forms: string[]) => {
     const out = tempDir('switch-value');
-    const r = cli(['local', '--workers', '1', '--steps', '1', '--metrics-port', '-1', '--out', out, `--mailbox=${value}`]);
+    const r = cli(['local', '--workers', '1', '--steps', '1', '--metrics-port', '-1', '--out', out, ...forms]);
     fs.rmSync(out, { recursive: true, force: true });
     assert.equal(r.status, 0, r.stderr);
     return /exchanges frames through shared memory/.test(r.stdout + r.stderr);
   };
-  assert.equal(mailbox('0'), false);
-  assert.equal(mailbox('on'), true);
+  assert.equal(mailbox('--mailbox=0'), false);
+  // Its last form counts, whichever it is.
+  assert.equal(mailbox('--mailbox=0', '--mailbox'), true);
+  assert.equal(mailbox('--mailbox=on', '--no-mailbox'), false);
 });
 
 /** An --out holding one MLP checkpoint at step 1000, as a run of 1000 steps leaves it. */

@@ -858,24 +858,36 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
-  test("a resume scores its checkpoint's step when a kill cut that evaluation short, and drops from evaluations.json the scores of weights after its checkpoint", async () => {
+  test("a resume scores its checkpoint's step when a kill or a stop cut that evaluation short, and drops from evaluations.json the scores of weights after its checkpoint", async () => {
     const dataDir = blankMnistDir(100, true);
     const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });
     // Killed while scoring the last step, after its checkpoint: the run's end was never scored.
     const cut = path.join(out, 'killed-in-final-eval');
     plantCheckpoint(cut, 4);
     fs.writeFileSync(path.join(cut, 'evaluations.json'), JSON.stringify([score(2)]));
-    const lines: string[] = [];
-    const resumed = await Coordinator.start({ ...config(cut, 4), resume: true, dataDir, evalEvery: 2, evalSamples: 100 }, (l) => lines.push(l));
-    const summary = await resumed.run();
-    await resumed.close();
-    assert.deepEqual(summary.evaluations.map((e) => e.step), [2, 4]);
-    assert.ok(lines.includes("eval step 4: not recorded before the checkpoint's run ended; scoring it now"), lines.join('\n'));
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(cut, 'evaluations.json'), 'utf8')).map((e: { step: number }) => e.step), [2, 4]);
+    const steps = (file: string) => JSON.parse(fs.readFileSync(path.join(cut, file), 'utf8')).map((e: { step: number }) => e.step);
+    const resume = async (stopAtOnce: boolean) => {
+      const lines: string[] = [];
+      const c = await Coordinator.start({ ...config(cut, 4), resume: true, dataDir, evalEvery: 2, evalSamples: 2000 }, (l) => lines.push(l));
+      const run = c.run();
+      if (stopAtOnce) c.requestStop('SIGTERM received');
+      const summary = await run;
+      await c.close();
+      return { summary, lines: lines.join('\n') };
+    };
+    // A stop cuts the catch-up short too; the summary written then does not make the run finished for good.
+    const stopped = await resume(true);
+    assert.match(stopped.lines, /eval step 4: left unfinished/);
+    assert.deepEqual(stopped.summary.evaluations.map((e) => e.step), [2]);
+    const resumed = await resume(false);
+    assert.match(resumed.lines, /^eval step 4: due, and not in \S+evaluations\.json; scoring it now$/m);
+    assert.deepEqual(resumed.summary.evaluations.map((e) => e.step), [2, 4]);
+    assert.deepEqual(steps('evaluations.json'), [2, 4]);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(cut, 'summary.json'), 'utf8')).evaluations.map((e: { step: number }) => e.step), [2, 4]);
     // Resumed again, finished: nothing is scored twice, and the outputs stay as they were.
-    const again = await Coordinator.start({ ...config(cut, 4), resume: true, dataDir, evalEvery: 2, evalSamples: 100 }, () => {});
-    assert.deepEqual((await again.run()).evaluations.map((e) => e.step), [2, 4]);
-    await again.close();
+    const again = await resume(false);
+    assert.doesNotMatch(again.lines, /eval step/);
+    assert.match(again.lines, /the outputs in \S+ are left as they were/);
     // Killed after scoring step 3, whose checkpoint it never wrote: a resume without --eval-every does not keep that score.
     const ahead = path.join(out, 'scored-after-checkpoint');
     plantCheckpoint(ahead, 2);

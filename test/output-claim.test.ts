@@ -42,10 +42,11 @@ const noLost = (why: string) => assert.fail(`lost the lease: ${why}`);
 
 /** A pid that has exited but is not reaped: its parent became `sleep`, which never waits. */
 async function unreapedChild(): Promise<{ pid: number; parent: ChildProcess }> {
-  const parent = spawn('bash', ['-c', 'sleep 0 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // The child outlives the exec, so bash cannot reap it first.
+  const parent = spawn('bash', ['-c', 'sleep 0.3 & echo $!; exec sleep 60'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const [line] = (await once(parent.stdout!, 'data')) as [Buffer];
   const pid = Number(line.toString().trim());
-  for (let i = 0; i < 200 && !/\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'latin1')); i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 500 && !/\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'latin1')); i++) await new Promise((r) => setTimeout(r, 10));
   assert.match(fs.readFileSync(`/proc/${pid}/stat`, 'latin1'), /\) Z/, 'the child is a zombie');
   return { pid, parent };
 }

@@ -147,7 +147,7 @@ export class Coordinator {
   private last: StepStats | null = null;
   private sampleFiles: string[] = [];
   private readonly evaluations: Evaluation[] = [];
-  /** The resumed checkpoint's step is due an evaluation that was never recorded (killed during it): done before training. */
+  /** The resumed checkpoint's step is due an evaluation that was never recorded (cut short by a kill or a stop): done before training. */
   private evaluationMissed = false;
   private readonly clock = new RunClock();
   private claim: OutputClaim | null = null;
@@ -264,7 +264,7 @@ export class Coordinator {
     const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
     const firstStep = this.step;
     if (this.evaluationMissed && !this.outputsForfeited) {
-      this.log(`eval step ${this.step}: not recorded before the checkpoint's run ended; scoring it now`);
+      this.log(`eval step ${this.step}: due, and not in ${runLayout(this.config.out).evaluations}; scoring it now`);
       await this.evaluate(true);
     }
     while (this.step < steps && !this.stop) {
@@ -315,7 +315,9 @@ export class Coordinator {
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
-    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
+    // An evaluation scored on resume (one a stop or a kill cut short) belongs in the summary.
+    const scoredOnResume = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step && !scoredOnResume;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
@@ -900,11 +902,9 @@ export class Coordinator {
       this.log(`evaluations at step ${recorded.after.join(', ')} scored weights after this checkpoint; removed from ${runLayout(this.config.out).evaluations}`);
       this.writeEvaluations();
     }
-    // Due at the checkpoint's step (or the run's end), not recorded, and not a finished run's, which the resume leaves as it was.
+    // Due at the checkpoint's step (or the run's end) and not recorded: a kill or a stop cut it short.
     const { evalEvery, steps } = this.config;
-    const finished = c.step >= steps && summarisedStep(this.config.out) === c.step;
-    const dueHere = evalEvery > 0 && !finished && (due(c.step, evalEvery) || c.step >= steps);
-    this.evaluationMissed = dueHere && !recorded.kept.some((e) => e.step === c.step);
+    this.evaluationMissed = (due(c.step, evalEvery) || (evalEvery > 0 && c.step >= steps)) && !recorded.kept.some((e) => e.step === c.step);
     const now = checkpointConfig(this.config, this.trainingSet);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
     if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);

@@ -41,8 +41,8 @@ export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch (e) {
-    // EPERM: alive, under another user.
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
+    // EPERM: there, under another user (and a zombie, if /proc says so).
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
   return !isZombie(pid);
 }
