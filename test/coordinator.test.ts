@@ -439,6 +439,23 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal(said.length, 1, lines.slice(logged).join('\n'));
   });
 
+  test("a peer's name, backend and reported error are cut to 160 characters in log lines (the protocol allows 1,024)", async () => {
+    const logged = lines.length;
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    const long = (c: string) => c.repeat(1024);
+    peer.send(encode(message<Hello>({ type: 'hello', name: long('n'), backend: long('b'), pid: 1, hostname: 'test' })));
+    const welcome = await peer.next();
+    assert.equal(welcome.type, 'welcome');
+    peer.send(encode(errorMessage(long('C'), long('m'))));
+    for (let i = 0; i < 200 && !lines.slice(logged).some((l) => l.includes(' reported ')); i++) await new Promise((r) => setTimeout(r, 5));
+    const said = lines.slice(logged).filter((l) => l.includes(' joined from ') || l.includes(' reported '));
+    assert.equal(said.length, 2, lines.slice(logged).join('\n'));
+    assert.ok(said[0].includes(`("${'n'.repeat(159)}…" pid 1, backend "${'b'.repeat(159)}…")`), said[0]);
+    assert.ok(said[1].endsWith(`reported "${'C'.repeat(159)}…": "${'m'.repeat(159)}…"`), said[1]);
+    peer.ws.close();
+  });
+
   test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
     const { peer, welcome } = await joinedPeer(coordinator);
     assert.ok(welcome.mailbox);

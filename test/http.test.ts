@@ -73,7 +73,7 @@ test('idle connections are bounded: beyond MAX_HTTP_CONNECTIONS a new socket is 
   }
 });
 
-test('a log line cannot be split or coloured by a string from a peer', () => {
+test('a log line cannot be split, coloured or turned around by a string from a peer', () => {
   let written = '';
   const sink = new Writable({
     write(chunk, _encoding, done) {
@@ -85,6 +85,10 @@ test('a log line cannot be split or coloured by a string from a peer', () => {
   log('w1: its mailbox cannot be used here (ENOENT: /x\n2030-01-01T00:00:00.000Z [coordinator] w1 left (FORGED)\u001b[31m)');
   assert.equal(written.split('\n').length, 2, written);
   assert.match(written, /\(ENOENT: \/x\\n2030-01-01T00:00:00\.000Z \[coordinator\] w1 left \(FORGED\)\\u001b\[31m\)\n$/);
+  // Nor turned around or hidden in a viewer that handles bidirectional text.
+  written = '';
+  log('w2 joined ("\u202edesrever" \u2066x\u2069\u200b\ufeff)');
+  assert.equal(written.slice(written.indexOf(' w2 ')), ' w2 joined ("\\u202edesrever" \\u2066x\\u2069\\u200b\\ufeff)\n');
 });
 
 test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', (t) => {

@@ -198,6 +198,19 @@ test('a peer can name only a file directly in a mailbox directory of its role: n
     } finally {
       fs.unlinkSync(decoy);
     }
+    // Another user's directory, which that user could swap for a link between the check and the open.
+    if (process.getuid?.() === 0) {
+      const theirs = path.join(path.dirname(dir), `ganfleet-coordinator-${process.pid}-theirs${process.hrtime.bigint()}`);
+      fs.mkdirSync(theirs);
+      const planted = Outbox.create(path.join(theirs, 'real'), nonce);
+      fs.chownSync(theirs, 65534, 65534);
+      try {
+        assert.throws(() => Inbox.open(planted.path, nonce, 'coordinator'), /and owned by this user/);
+      } finally {
+        planted.close();
+        fs.rmSync(theirs, { recursive: true, force: true });
+      }
+    }
     Inbox.open(real.path, nonce, 'coordinator').close();
     real.close();
   });

@@ -102,12 +102,15 @@ test('a worker says every --progress-every seconds how far training is and what 
   }
 });
 
-test('a welcome no coordinator sends (a batch of 0 or of 2^40, a heartbeat of -5 s): the worker says which and exits 1 after one try', async () => {
+test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -5 s or NaN): the worker says which and exits 1 after one try', async () => {
   for (const [bad, why] of [
     [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0 \(this build takes 1 to 65536\)/],
     // Sized its buffers by it and failed, retryably, on every rejoin, each sent the whole shard again.
     [{ batchSize: 2 ** 40 }, /error WORKER_BAD_WELCOME: a batch size of 1099511627776 \(this build takes 1 to 65536\)/],
     [{ heartbeatSeconds: -5 }, /error WORKER_BAD_WELCOME: a heartbeat of -5 s/],
+    // Ones the decoder refuses: a welcome this build cannot read is no lost connection to retry.
+    [{ batchSize: -1 }, /error PROTOCOL_BAD_FIELD: welcome\.batchSize must be a non-negative integer/],
+    [{ heartbeatSeconds: NaN }, /error PROTOCOL_NOT_FINITE/],
   ] as const) {
     await assertGivesUpAfterOneTry((ws) => ws.send(encode({ ...welcome(), ...bad })), why);
   }

@@ -11,7 +11,7 @@ import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
 import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
-import { Logger, createLogger, hostOf, throttledLogger } from '../util/log';
+import { Logger, createLogger, hostOf, peerString, throttledLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { writeFileAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -447,8 +447,8 @@ export class Coordinator {
         case 'gradients':
           return this.onGradients(peer, msg);
         case 'error':
-          // Healthy workers send an error only just before leaving; it counts, so a peer cannot flood the log.
-          this.log(`${peer.id} reported ${JSON.stringify(msg.code)}: ${JSON.stringify(msg.message)}`);
+          // Healthy workers send an error only just before leaving; it counts, so a connection cannot flood the log.
+          this.log(`${peer.id} reported ${peerString(msg.code)}: ${peerString(msg.message)}`);
           if (++peer.offences >= MAX_OFFENCES) {
             peer.asked.length = 0; // an offender's answers to come are not a straggler's (discardFromDropped)
             this.workers.drop(peer, 'too many errors');

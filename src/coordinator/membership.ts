@@ -7,7 +7,7 @@ import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome,
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
 import { emitted } from '../util/events';
-import { Logger, hostOf, throttledLogger } from '../util/log';
+import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { FRAGMENT_WRITE_MS, WorkerPeer } from './peer';
@@ -109,7 +109,7 @@ export class WorkerGroup {
   /** Welcomes a worker that said hello, or refuses it (null) when the group is full. */
   admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
     const { log, metrics } = this.hooks;
-    const label = `${JSON.stringify(hello.name)} pid ${hello.pid}, backend ${JSON.stringify(hello.backend)}`;
+    const label = `${peerString(hello.name)} pid ${hello.pid}, backend ${peerString(hello.backend)}`;
     if (this.dismissal) {
       // Connected before the listener stopped accepting, but its hello came after the stop went out.
       log(`told ${address} (${label}) to stop: the coordinator is closing`);

@@ -213,8 +213,10 @@ function checkPeerPath(file: string, from: MailboxRole): void {
   if (!path.isAbsolute(file) || path.normalize(file) !== file || path.dirname(dir) !== mailboxBase() || DIR_NAME.exec(path.basename(dir))?.[1] !== from) {
     throw new Error(`${JSON.stringify(file)} is ${where}`);
   }
-  // lstat: the directory itself, not a link named like one that leads elsewhere.
-  if (!fs.lstatSync(dir).isDirectory()) throw new Error(`${JSON.stringify(file)} is ${where}`);
+  // lstat: the directory itself, not a link named like one that leads elsewhere. Ours: in sticky /dev/shm no
+  // other user can swap it for a link between this check and the open (the file must be ours anyway).
+  const stat = fs.lstatSync(dir);
+  if (!stat.isDirectory() || (process.getuid && stat.uid !== process.getuid())) throw new Error(`${JSON.stringify(file)} is ${where} and owned by this user`);
 }
 
 /**

@@ -22,11 +22,24 @@ function ignoreGoneReader(stream: NodeJS.WriteStream): void {
   });
 }
 
-/** Control characters (but tab) as escapes: \n, \r, \u001b, ... */
+/**
+ * Control characters (but tab) as escapes: \n, \r, \u001b, ...; also the
+ * invisible and direction-changing ones (U+202E reverses the rest of a line
+ * in a viewer that handles bidirectional text).
+ */
 export function escapeControls(text: string): string {
-  return text.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/g, (c) =>
+  return text.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]/g, (c) =>
     c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );
+}
+
+/**
+ * A string a peer chose (its name, backend, an error it reports), quoted and
+ * cut to `max` characters for a log line: the protocol lets it be 1,024, and
+ * a peer that rejoins in a loop should not write kilobytes a line.
+ */
+export function peerString(text: string, max = 160): string {
+  return JSON.stringify(text.length > max ? `${text.slice(0, max - 1)}…` : text);
 }
 
 /**

@@ -375,8 +375,9 @@ function connectOnce(
       } catch (e) {
         // Only ganfleet's codes go on the wire (an OS or tfjs error's text says the rest).
         const code = e instanceof GanfleetError ? e.code : 'WORKER_FAILED';
-        // A coordinator of another protocol version will not change by reconnecting.
-        fail(code, (e as Error).message, e instanceof ProtocolError && e.reason === 'bad_version');
+        // A coordinator of another protocol version, or one whose first message (its welcome) this build
+        // cannot read, will not change by reconnecting.
+        fail(code, (e as Error).message, e instanceof ProtocolError && (e.reason === 'bad_version' || workerId === null));
       }
     });
     ws.on('unexpected-response', (_req, res) => {
