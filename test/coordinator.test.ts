@@ -896,11 +896,17 @@ describe('coordinator edge cases found by review', () => {
     const stopped = await resume(true);
     assert.match(stopped.lines, /eval step 4: left unfinished/);
     assert.deepEqual(stopped.summary.evaluations.map((e) => e.step), [2]);
+    // The summary is the run's: what it says of the training stays, and the evaluation joins it.
+    const summaryFile = path.join(cut, 'summary.json');
+    const before = { ...JSON.parse(fs.readFileSync(summaryFile, 'utf8')), stepsThisRun: 4, msPerStep: 12.5, last: { dLoss: 0.5 } };
+    fs.writeFileSync(summaryFile, JSON.stringify(before));
     const resumed = await resume(false);
     assert.match(resumed.lines, /^eval step 4: due, and not in \S+evaluations\.json; scoring it now$/m);
     assert.deepEqual(resumed.summary.evaluations.map((e) => e.step), [2, 4]);
     assert.deepEqual(steps('evaluations.json'), [2, 4]);
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(cut, 'summary.json'), 'utf8')).evaluations.map((e: { step: number }) => e.step), [2, 4]);
+    const after = JSON.parse(fs.readFileSync(summaryFile, 'utf8'));
+    assert.deepEqual(after.evaluations.map((e: { step: number }) => e.step), [2, 4]);
+    assert.deepEqual({ ...after, evaluations: null }, { ...before, evaluations: null });
     // Resumed again, finished: nothing is scored twice, and the outputs stay as they were.
     const again = await resume(false);
     assert.doesNotMatch(again.lines, /eval step/);

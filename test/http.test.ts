@@ -87,8 +87,8 @@ test('a log line cannot be split, coloured or turned around by a string from a p
   assert.match(written, /\(ENOENT: \/x\\n2030-01-01T00:00:00\.000Z \[coordinator\] w1 left \(FORGED\)\\u001b\[31m\)\n$/);
   // Nor turned around or hidden in a viewer that handles bidirectional text.
   written = '';
-  log('w2 joined ("\u202edesrever" \u2066x\u2069\u200b\ufeff)');
-  assert.equal(written.slice(written.indexOf(' w2 ')), ' w2 joined ("\\u202edesrever" \\u2066x\\u2069\\u200b\\ufeff)\n');
+  log('w2 joined ("\u202edesrever" \u2066x\u2069 /data/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645)');
+  assert.equal(written.slice(written.indexOf(' w2 ')), ' w2 joined ("\\u202edesrever" \\u2066x\\u2069 /data/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645)\n', 'a joiner in a Persian name stays');
 });
 
 test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', (t) => {

@@ -315,9 +315,7 @@ export class Coordinator {
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
-    // An evaluation scored on resume (one a stop or a kill cut short) belongs in the summary.
-    const scoredOnResume = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
-    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step && !scoredOnResume;
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
@@ -349,6 +347,13 @@ export class Coordinator {
       return summary;
     }
     if (keepOutputs) {
+      // An evaluation scored on resume (one a stop or a kill cut short) joins the summary, whose figures are the run's.
+      if (this.evaluationMissed && this.evaluations.some((e) => e.step === this.step) && this.mayWrite()) {
+        const file = runLayout(this.config.out).summary;
+        const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
+        writeFileAtomic(file, [Buffer.from(JSON.stringify({ ...kept, evaluations: this.evaluations }, null, 2) + '\n')]);
+        this.log(`added the evaluation of step ${this.step} to ${file}`);
+      }
       const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
       return summary;

@@ -24,11 +24,12 @@ function ignoreGoneReader(stream: NodeJS.WriteStream): void {
 
 /**
  * Control characters (but tab) as escapes: \n, \r, \u001b, ...; also the
- * invisible and direction-changing ones (U+202E reverses the rest of a line
- * in a viewer that handles bidirectional text).
+ * bidirectional embeddings, overrides and isolates (U+202E reverses the rest
+ * of a line in a viewer that handles bidirectional text). Joiners and marks,
+ * which Persian or Indic names and paths hold, stay as they are.
  */
 export function escapeControls(text: string): string {
-  return text.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]/g, (c) =>
+  return text.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/g, (c) =>
     c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );
 }

@@ -41,20 +41,25 @@ export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
   } catch (e) {
-    // EPERM: there, under another user (and a zombie, if /proc says so).
-    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+    // EPERM: there, under another user, unless /proc shows it a zombie. A /proc that hides other users'
+    // processes (hidepid) shows nothing: alive, then.
+    return (e as NodeJS.ErrnoException).code === 'EPERM' && !isZombie(pid, false);
   }
-  return !isZombie(pid);
+  return !isZombie(pid, true);
 }
 
-/** Whether /proc says `pid` has exited (Z, X, or gone since signal 0); false where there is no /proc. */
-function isZombie(pid: number): boolean {
+/**
+ * Whether /proc says `pid` has exited (Z, or X while it goes). A pid with no
+ * entry is gone where `missingIsGone` (signal 0 just reached it); false
+ * where there is no /proc at all.
+ */
+function isZombie(pid: number, missingIsGone: boolean): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
     // "pid (comm) S …": the command may hold spaces and parentheses, the state follows the last ")".
     return /^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync('/proc/self/stat');
+    return missingIsGone && (e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync('/proc/self/stat');
   }
 }
 
