@@ -31,6 +31,8 @@ const BATCH = 128;
 const WARMUP = 50;
 const CLI = path.join(__dirname, '..', 'src', 'cli.js');
 const ANCHOR = path.join(__dirname, '..', '..', '..', 'shared', 'anchors', 'torch_gan.py');
+/** bench/torch_matched.py: the anchor's network timed on ganfleet's step. */
+const MATCHED_STEP = path.join(__dirname, '..', '..', 'bench', 'torch_matched.py');
 
 const USAGE = `Usage: npm run bench -- [options]   (or node dist/bench/bench.js [options])
 
@@ -39,7 +41,7 @@ Prints one JSON object with every throughput figure of #6, measured in this run.
 Options:
   --steps N          timed steps of each run, after a 50-step warm-up; a multiple of 50 (default 1000)
   --repeats N        interleaved repeats of the figures behind the ratios; the median run counts (default 3)
-  --memory-steps N   steps of the memory and CPU run of local --workers 2; a multiple of 4 (default 2000)
+  --memory-steps N   steps of the memory and CPU run of local --workers 2; a multiple of 20 (default 2000)
   --scaling LIST     instead of the full report: local, the shared-memory ceiling and PyTorch DDP for each
                      worker count in LIST (comma-separated, starting with 1: 1,2,4,8), for machines with
                      more cores; each figure is also printed to stderr as it comes
@@ -81,7 +83,7 @@ function options() {
     inProcessOnly: values['in-process-only'] ?? false,
     steps: count('steps', 1000, WARMUP),
     repeats: count('repeats', 3),
-    memorySteps: count('memory-steps', 2000, 4),
+    memorySteps: count('memory-steps', 2000, 20),
     scaling: values.scaling === undefined ? null : workerCounts(values.scaling),
     link: values.link === undefined ? null : (linkBitsPerSecond(values.link), values.link),
     python: values.python ?? '/usr/bin/python3',
@@ -210,7 +212,7 @@ interface TorchRun {
   ms_per_step: number;
   images_per_s: number;
 }
-type TorchRuns = { single: TorchRun; ddp: Map<number, TorchRun>; openblas: OpenblasChoice };
+type TorchRuns = { single: TorchRun; matched: TorchRun; ddp: Map<number, TorchRun>; openblas: OpenblasChoice };
 type TorchResult = TorchRuns | { reason: string };
 
 /**
@@ -224,10 +226,10 @@ function torchAnchor(steps: number, worlds: number[]): TorchResult {
   const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
   const openblas = openblasChoice(python);
-  const run = (extra: string[]): TorchRun =>
+  const run = (extra: string[], script = anchor): TorchRun =>
     JSON.parse(
       // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
-      execFileSync(python, [anchor, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
+      execFileSync(python, [script, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
         encoding: 'utf8',
         env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', ...openblas.env },
       })
@@ -236,7 +238,13 @@ function torchAnchor(steps: number, worlds: number[]): TorchResult {
         .pop()!,
     );
   try {
-    return { single: run([]), ddp: new Map(worlds.map((w) => [w, run(['--mode', 'ddp', '--world', String(w)])])), openblas };
+    return {
+      single: run([]),
+      // The anchor's network doing ganfleet's step (one D update, one G forward pass), for ratio 1 like for like.
+      matched: run(['--anchor', anchor], MATCHED_STEP),
+      ddp: new Map(worlds.map((w) => [w, run(['--mode', 'ddp', '--world', String(w)])])),
+      openblas,
+    };
   } catch (e) {
     return { reason: `the anchor failed: ${(e as Error).message.split('\n')[0]}` };
   }
@@ -255,6 +263,27 @@ function reportHeader() {
 /** The element whose key is the median: for an even count the lower middle, so of two ms/step figures the faster. */
 function median<T>(xs: T[], key: (x: T) => number): T {
   return [...xs].sort((a, b) => key(a) - key(b))[Math.floor((xs.length - 1) / 2)];
+}
+
+/** The median of numbers; for an even count the mean of the middle two. */
+function medianOf(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length / 2;
+  return Number.isInteger(mid) ? (sorted[mid - 1] + sorted[mid]) / 2 : sorted[Math.floor(mid)];
+}
+
+/**
+ * A ratio taken within each repeat, and its median: both sides of a ratio ran
+ * back to back, under the same drift, which medians picked from different
+ * repeats would undo. The repeats where it has no value (no anchor) are left out.
+ */
+function ratioAcrossRepeats<R>(runs: R[], ratio: (r: R) => number | null): { median: number | null; each: (number | null)[] } {
+  const each = runs.map((r) => {
+    const x = ratio(r);
+    return x === null ? null : round(x);
+  });
+  const known = each.filter((x): x is number => x !== null);
+  return { median: known.length ? round(medianOf(known)) : null, each };
 }
 
 /** Resident set size and its peak (VmRSS, VmHWM) of a process, in MiB, from /proc. */
@@ -304,19 +333,31 @@ const CLOCK_TICKS = (() => {
   }
 })();
 
-/** Target 5's "does not grow": RSS may rise by less than this per 1,000 steps between the run's first and third quarter. */
+/** Target 5's "does not grow": RSS may rise by less than this per 1,000 steps (the slope over the run's middle). */
 const MEMORY_GROWTH_LIMIT_MIB = 2;
+
+/** Least-squares slope of `y` over `x`. */
+function slope(points: { x: number; y: number }[]): number {
+  const n = points.length;
+  const mx = points.reduce((a, p) => a + p.x, 0) / n;
+  const my = points.reduce((a, p) => a + p.y, 0) / n;
+  const sxx = points.reduce((a, p) => a + (p.x - mx) ** 2, 0);
+  return points.reduce((a, p) => a + (p.x - mx) * (p.y - my), 0) / sxx;
+}
 
 /**
  * `local --workers 2` for `steps` steps, reading each process's RSS and CPU
- * time from /proc at every progress line: the coordinator (the local
- * process) and each worker, at a quarter, half, three quarters and the end.
- * CPU per step is taken between the first and the last line, so start-up
- * (loading MNIST, joining) does not count.
+ * time from /proc at every progress line (20 in the run): the coordinator
+ * (the local process) and each worker. Growth is the least-squares slope of
+ * RSS over the lines from a quarter of the run to 95% of it: start-up's
+ * allocations come before, and the final outputs (grid, checkpoint,
+ * generator), which may begin before the last line is read, after. CPU per
+ * step is taken between the first and the last line, so start-up (loading
+ * MNIST, joining) does not count.
  */
 async function processRun(steps: number, extra: string[] = []) {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-proc-'));
-  const child = spawn(process.execPath, localArgs(2, steps, out, extra, steps / 4), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, localArgs(2, steps, out, extra, steps / 20), { stdio: ['ignore', 'pipe', 'pipe'] });
   const samples: { step: number; coordinator: { rss: number; peak: number } | null; workers: ({ rss: number; peak: number } | null)[]; cpu: Map<number, number | null> }[] = [];
   // Each process's highest VmHWM seen, by the progress lines and by the poll below.
   const peaks = new Map<number, number>();
@@ -348,10 +389,13 @@ async function processRun(steps: number, extra: string[] = []) {
     const [a, b] = [first.cpu.get(pid), last.cpu.get(pid)];
     return a == null || b == null ? null : round((b - a) / (last.step - first.step));
   };
-  // Growth from the first to the third quarter: the fourth line's sample may take in the final outputs.
-  const [early, late] = [samples[0], samples[samples.length - 2]];
-  const growth = (a: { rss: number } | null | undefined, b: { rss: number } | null | undefined) => (a && b ? round(((b.rss - a.rss) * 1000) / (late.step - early.step)) : null);
-  const growthPer1000Steps = { coordinator: growth(early.coordinator, late.coordinator), workers: early.workers.map((w, i) => growth(w, late.workers[i])) };
+  const middle = samples.filter((x) => x.step >= steps / 4 && x.step <= 0.95 * steps);
+  const growth = (rss: ({ rss: number } | null | undefined)[]) =>
+    rss.every((m) => m) && rss.length > 2 ? round(1000 * slope(rss.map((m, i) => ({ x: middle[i].step, y: m!.rss })))) : null;
+  const growthPer1000Steps = {
+    coordinator: growth(middle.map((x) => x.coordinator)),
+    workers: middle[0].workers.map((_, w) => growth(middle.map((x) => x.workers[w]))),
+  };
   const workerPids = [...first.cpu.keys()].filter((pid) => pid !== child.pid);
   return {
     memory: {
@@ -392,7 +436,8 @@ function round(x: number): number {
  * `--scaling 1,2,4,8`: ratios 2 and 3 of #6 for each worker count, with the
  * shared-memory ceiling and PyTorch DDP beside them, for a machine with
  * cores enough to give each worker its own (this project's have two). The
- * runs repeat `repeats` times, interleaved, and the median run counts.
+ * runs repeat `repeats` times, interleaved, and each ratio is the median of
+ * that ratio within each repeat.
  */
 async function scalingReport(counts: number[], steps: number, repeats: number) {
   type CeilingResult = Awaited<ReturnType<typeof sharedMemoryCeiling>>;
@@ -432,12 +477,15 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
     sharedMemoryCeiling: byWorkers(ceiling),
     torch: torchSingle ? { single: torchSingle, ddp: byWorld(torchDdp), openblasCore: torchRuns[0].openblas } : null,
     torchReason,
+    // Each within its repeat, then the median (ratioAcrossRepeats).
     ratios: {
-      distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
-      distributedOverheadCeiling: round(ceiling[0].imagesPerSecond / single.imagesPerSecond),
-      scaling: byWorkers(local.map((l, i) => round(l.imagesPerSecond / (counts[i] * local[0].imagesPerSecond)))),
-      scalingCeiling: byWorkers(ceiling.map((c, i) => round(c.imagesPerSecond / (counts[i] * ceiling[0].imagesPerSecond)))),
-      torchDdpScaling: torchSingle ? byWorld(torchDdp.map((d, i) => torchDdpScaling(torchSingle, d, counts[i + 1]))) : null,
+      distributedOverhead: ratioAcrossRepeats(runs, (r) => r.local[0].imagesPerSecond / r.single.imagesPerSecond).median,
+      distributedOverheadCeiling: ratioAcrossRepeats(runs, (r) => r.ceiling[0].imagesPerSecond / r.single.imagesPerSecond).median,
+      scaling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => r.local[i].imagesPerSecond / (n * r.local[0].imagesPerSecond)).median)),
+      scalingCeiling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => r.ceiling[i].imagesPerSecond / (n * r.ceiling[0].imagesPerSecond)).median)),
+      torchDdpScaling: torchSingle
+        ? byWorld(counts.slice(1).map((n) => ratioAcrossRepeats(runs, (r) => ('single' in r.torch ? torchDdpScaling(r.torch.single, r.torch.ddp.get(n)!, n) : null)).median))
+        : null,
     },
   };
 }
@@ -596,6 +644,28 @@ async function main() {
   const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
   const torchSingle = torchRuns.length ? median(torchRuns.map((t) => t.single), (x) => x.ms_per_step) : null;
   const torchDdp = torchRuns.find((t) => t.ddp.has(2))?.ddp.get(2) ?? null;
+  const anchorOf = (r: (typeof runs)[number]) => ('single' in r.torch ? r.torch : null);
+  const ips = (msPerStep: number) => (BATCH * 1000) / msPerStep;
+  // Every ratio whose two sides ran in each repeat is taken within the repeat (ratioAcrossRepeats).
+  const perRepeat = Object.fromEntries(
+    Object.entries({
+      perWorkerMsVsTorch: (r) => (anchorOf(r) ? r.single.msPerStep / anchorOf(r)!.single.ms_per_step : null),
+      perWorkerMsVsTorchMatchedWork: (r) => (anchorOf(r) ? r.single.msPerStep / anchorOf(r)!.matched.ms_per_step : null),
+      distributedOverhead: (r) => r.local1.imagesPerSecond / r.single.imagesPerSecond,
+      scaling2Workers: (r) => r.local2.imagesPerSecond / (2 * r.local1.imagesPerSecond),
+      distributedOverheadNoMailbox: (r) => r.socket1.imagesPerSecond / r.single.imagesPerSecond,
+      scaling2WorkersNoMailbox: (r) => r.socket2.imagesPerSecond / (2 * r.socket1.imagesPerSecond),
+      // Two independent in-process runs against one: how far two workers could scale here with no coordinator at all.
+      scalingCeilingTwoProcesses: (r) => r.pair.reduce((n, ms) => n + ips(ms), 0) / (2 * ips(r.single.msPerStep)),
+      // Ratios 2 and 3 of the protocol-free run (bench/ceiling.ts): the most `local` could reach on this machine.
+      distributedOverheadCeiling: (r) => r.ceiling1.imagesPerSecond / r.single.imagesPerSecond,
+      scaling2WorkersCeiling: (r) => r.ceiling2.imagesPerSecond / (2 * r.ceiling1.imagesPerSecond),
+      torchDdpScaling2: (r) => {
+        const t = anchorOf(r);
+        return t?.ddp.has(2) ? torchDdpScaling(t.single, t.ddp.get(2)!, 2) : null;
+      },
+    } satisfies Record<string, (r: (typeof runs)[number]) => number | null>).map(([name, ratio]) => [name, ratioAcrossRepeats(runs, ratio)]),
+  );
   const report = {
     ...reportHeader(),
     repeats: {
@@ -609,6 +679,9 @@ async function main() {
       sharedMemoryCeiling1MsPerStep: runs.map((r) => r.ceiling1.msPerStep),
       sharedMemoryCeiling2MsPerStep: runs.map((r) => r.ceiling2.msPerStep),
       torchMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.single.ms_per_step : null)),
+      torchMatchedWorkMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.matched.ms_per_step : null)),
+      // Each ratio within each repeat; `ratios` gives their medians.
+      ratios: Object.fromEntries(Object.entries(perRepeat).map(([name, r]) => [name, r.each])),
     },
     inProcess: single,
     inProcessWithoutNative: withoutNative,
@@ -620,23 +693,16 @@ async function main() {
     wireBytesPerStepPerWorker: wire,
     memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
     cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
-    torch: torchSingle ? { single: torchSingle, ddp2: torchDdp, openblasCore: torchRuns[0].openblas } : null,
+    torch: torchSingle
+      ? { single: torchSingle, matchedWork: median(torchRuns.map((t) => t.matched), (x) => x.ms_per_step), ddp2: torchDdp, openblasCore: torchRuns[0].openblas }
+      : null,
     torchReason,
     ratios: {
-      perWorkerMsVsTorch: torchSingle ? round(single.msPerStep / torchSingle.ms_per_step) : null,
+      ...Object.fromEntries(Object.entries(perRepeat).map(([name, r]) => [name, r.median])),
+      // Run once, outside the repeats: against the median of the other side.
       perWorkerMsVsTorchWithoutNative: torchSingle ? round(withoutNative.msPerStep / torchSingle.ms_per_step) : null,
-      distributedOverhead: round(local[0].imagesPerSecond / single.imagesPerSecond),
-      scaling2Workers: round(local[1].imagesPerSecond / (2 * local[0].imagesPerSecond)),
       scaling3Workers: round(local[2].imagesPerSecond / (3 * local[0].imagesPerSecond)),
       scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
-      distributedOverheadNoMailbox: round(socket1.imagesPerSecond / single.imagesPerSecond),
-      scaling2WorkersNoMailbox: round(socket2.imagesPerSecond / (2 * socket1.imagesPerSecond)),
-      // Two independent in-process runs against one: how far two workers could scale here with no coordinator at all.
-      scalingCeilingTwoProcesses: round(pair.reduce((n, ms) => n + single.msPerStep / ms, 0) / 2),
-      // Ratios 2 and 3 of the protocol-free run (bench/ceiling.ts): the most `local` could reach on this machine.
-      distributedOverheadCeiling: round(ceiling1.imagesPerSecond / single.imagesPerSecond),
-      scaling2WorkersCeiling: round(ceiling2.imagesPerSecond / (2 * ceiling1.imagesPerSecond)),
-      torchDdpScaling2: torchDdp && torchSingle ? torchDdpScaling(torchSingle, torchDdp, 2) : null,
     },
   };
   process.stdout.write(JSON.stringify(report, null, 2) + '\n');

@@ -73,6 +73,10 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
   const { ratios, local, inProcess } = report;
   const near = (a: number, b: number) => Math.abs(a - b) < 2e-3;
   assert.ok(near(ratios.perWorkerMsVsTorch, inProcess.msPerStep / 5), JSON.stringify(ratios));
+  // The anchor's network on ganfleet's step (bench/torch_matched.py; the fake answers it as the anchor).
+  assert.ok(near(ratios.perWorkerMsVsTorchMatchedWork, inProcess.msPerStep / 5), JSON.stringify(ratios));
+  // Each ratio within each repeat, and its median.
+  assert.deepEqual(report.repeats.ratios.distributedOverhead, [ratios.distributedOverhead]);
   assert.ok(near(ratios.distributedOverhead, local.workers1.imagesPerSecond / inProcess.imagesPerSecond), JSON.stringify(ratios));
   assert.ok(near(ratios.scaling2Workers, local.workers2.imagesPerSecond / (2 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
   assert.deepEqual(report.torch.openblasCore, { detected: null, used: null, env: {} }, 'the fake python prints no OpenBLAS core');
@@ -87,7 +91,7 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
   assert.ok(float32.atJoinToWorker > 47_000_000 && float32.atJoinToWorker < 49_000_000, JSON.stringify(float32));
   // Target 5: peaks to the end, at least every sample's, and a verdict.
   const { memory } = report;
-  assert.deepEqual(memory.mib.map((m: { step: number }) => m.step), [50, 100, 150, 200]);
+  assert.deepEqual(memory.mib.map((m: { step: number }) => m.step), Array.from({ length: 20 }, (_, i) => 10 * (i + 1)));
   for (const m of memory.mib) {
     assert.ok(memory.peakMiB.coordinator >= m.coordinator.peak, JSON.stringify(memory));
     m.workers.forEach((w: { peak: number }, i: number) => assert.ok(memory.peakMiB.workers[i] >= w.peak, JSON.stringify(memory)));
