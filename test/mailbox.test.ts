@@ -205,7 +205,7 @@ test('a peer can name only a file directly in a mailbox directory of its role: n
       const planted = Outbox.create(path.join(theirs, 'real'), nonce);
       fs.chownSync(theirs, 65534, 65534);
       try {
-        assert.throws(() => Inbox.open(planted.path, nonce, 'coordinator'), /and owned by this user/);
+        assert.throws(() => Inbox.open(planted.path, nonce, 'coordinator'), /is in a mailbox directory of another user \(uid 65534\), which this process does not open/);
       } finally {
         planted.close();
         fs.rmSync(theirs, { recursive: true, force: true });

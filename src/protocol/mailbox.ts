@@ -216,7 +216,8 @@ function checkPeerPath(file: string, from: MailboxRole): void {
   // lstat: the directory itself, not a link named like one that leads elsewhere. Ours: in sticky /dev/shm no
   // other user can swap it for a link between this check and the open (the file must be ours anyway).
   const stat = fs.lstatSync(dir);
-  if (!stat.isDirectory() || (process.getuid && stat.uid !== process.getuid())) throw new Error(`${JSON.stringify(file)} is ${where} and owned by this user`);
+  if (!stat.isDirectory()) throw new Error(`${JSON.stringify(file)} is ${where}`);
+  if (process.getuid && stat.uid !== process.getuid()) throw new Error(`${JSON.stringify(file)} is in a mailbox directory of another user (uid ${stat.uid}), which this process does not open`);
 }
 
 /**
