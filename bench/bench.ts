@@ -336,19 +336,24 @@ const CLOCK_TICKS = (() => {
 /** Target 5's "does not grow": RSS may rise by less than this per 1,000 steps (the slope over the run's middle). */
 const MEMORY_GROWTH_LIMIT_MIB = 2;
 
-/** Least-squares slope of `y` over `x`. */
+/**
+ * The Theil-Sen slope of `y` over `x`: the median of the slopes between every
+ * two points. A leak raises every pair; one allocation that stays (an arena
+ * or heap page taken once) raises only the pairs that straddle it, which a
+ * least-squares line would spread over the whole run.
+ */
 function slope(points: { x: number; y: number }[]): number {
-  const n = points.length;
-  const mx = points.reduce((a, p) => a + p.x, 0) / n;
-  const my = points.reduce((a, p) => a + p.y, 0) / n;
-  const sxx = points.reduce((a, p) => a + (p.x - mx) ** 2, 0);
-  return points.reduce((a, p) => a + (p.x - mx) * (p.y - my), 0) / sxx;
+  const slopes: number[] = [];
+  for (let i = 0; i < points.length; i++) {
+    for (let j = i + 1; j < points.length; j++) slopes.push((points[j].y - points[i].y) / (points[j].x - points[i].x));
+  }
+  return medianOf(slopes);
 }
 
 /**
  * `local --workers 2` for `steps` steps, reading each process's RSS and CPU
  * time from /proc at every progress line (20 in the run): the coordinator
- * (the local process) and each worker. Growth is the least-squares slope of
+ * (the local process) and each worker. Growth is the Theil-Sen slope of
  * RSS over the lines from a quarter of the run to 95% of it: start-up's
  * allocations come before, and the final outputs (grid, checkpoint,
  * generator), which may begin before the last line is read, after. CPU per
