@@ -13,7 +13,7 @@ import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message, stepOf
 import { GanfleetError } from '../util/errors';
 import { Logger, createLogger, hostOf, peerString, throttledLogger } from '../util/log';
 import { Rng } from '../util/rng';
-import { writeFileAtomic } from '../util/write';
+import { writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
@@ -351,7 +351,7 @@ export class Coordinator {
       if (this.evaluationMissed && this.evaluations.some((e) => e.step === this.step) && this.mayWrite()) {
         const file = runLayout(this.config.out).summary;
         const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
-        writeFileAtomic(file, [Buffer.from(JSON.stringify({ ...kept, evaluations: this.evaluations }, null, 2) + '\n')]);
+        writeJsonAtomic(file, { ...kept, evaluations: this.evaluations });
         this.log(`added the evaluation of step ${this.step} to ${file}`);
       }
       const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
@@ -362,7 +362,7 @@ export class Coordinator {
       this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
       return summary;
     }
-    writeFileAtomic(runLayout(this.config.out).summary, [Buffer.from(JSON.stringify(summary, null, 2) + '\n')]);
+    writeJsonAtomic(runLayout(this.config.out).summary, summary);
     this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
     return summary;
   }
@@ -800,7 +800,7 @@ export class Coordinator {
 
   /** Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it. */
   private writeEvaluations(): void {
-    if (this.mayWrite()) writeFileAtomic(runLayout(this.config.out).evaluations, [Buffer.from(JSON.stringify(this.evaluations, null, 2) + '\n')]);
+    if (this.mayWrite()) writeJsonAtomic(runLayout(this.config.out).evaluations, this.evaluations);
   }
 
   /** The status page and its JSON, served beside /metrics. */

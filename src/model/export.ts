@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic } from '../util/write';
+import { writeFileAtomic, writeJsonAtomic } from '../util/write';
 import { GanModel } from './gan';
 import { ParameterLayout } from './layout';
 
@@ -39,5 +39,5 @@ export function exportGenerator(model: GanModel, generator: Float32Array, dir: s
     modelTopology: topology,
     weightsManifest: [{ paths: ['weights.bin'], weights }],
   };
-  writeFileAtomic(path.join(dir, 'model.json'), [Buffer.from(JSON.stringify(modelJson, null, 2) + '\n')]);
+  writeJsonAtomic(path.join(dir, 'model.json'), modelJson);
 }

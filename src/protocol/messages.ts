@@ -1,3 +1,5 @@
+import { truncate } from '../util/text';
+
 /**
  * The wire protocol. Every message is a versioned member of a discriminated
  * union; coordinator and worker each accept only their own side's union.
@@ -196,6 +198,5 @@ export const MAX_STRING_LENGTH = 1024;
  * would be refused there as a bad field, and the reason it carried lost.
  */
 export function errorMessage(code: string, text: string): ErrorMessage {
-  const cut = (s: string) => (s.length > MAX_STRING_LENGTH ? `${s.slice(0, MAX_STRING_LENGTH - 1)}…` : s);
-  return message<ErrorMessage>({ type: 'error', code: cut(code), message: cut(text) });
+  return message<ErrorMessage>({ type: 'error', code: truncate(code, MAX_STRING_LENGTH), message: truncate(text, MAX_STRING_LENGTH) });
 }

@@ -1,3 +1,5 @@
+import { truncate } from './text';
+
 /** One line per event, prefixed with time and component, so interleaved worker logs stay readable. */
 export type Logger = (msg: string) => void;
 
@@ -40,7 +42,7 @@ export function escapeControls(text: string): string {
  * a peer that rejoins in a loop should not write kilobytes a line.
  */
 export function peerString(text: string, max = 160): string {
-  return JSON.stringify(text.length > max ? `${text.slice(0, max - 1)}…` : text);
+  return JSON.stringify(truncate(text, max));
 }
 
 /**

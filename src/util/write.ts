@@ -50,6 +50,11 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): voi
   }
 }
 
+/** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
+export function writeJsonAtomic(file: string, value: unknown): void {
+  writeFileAtomic(file, [Buffer.from(JSON.stringify(value, null, 2) + '\n')]);
+}
+
 /**
  * A temporary file of writeFileAtomic that has not changed for this long is
  * abandoned: a write holds one for the seconds it takes to write, fsync and
