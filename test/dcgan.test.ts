@@ -4,7 +4,8 @@ import { selectBackend } from '../src/backend';
 import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
 import { BN_EPSILON, statisticsSize, updateMovingStatistics } from '../src/model/batchnorm';
-import { MAX_STATISTIC_ABS } from '../src/protocol/messages';
+import { Gradients, MAX_STATISTIC_ABS, PROTOCOL_VERSION } from '../src/protocol/messages';
+import { implausibleGradients } from '../src/coordinator/round';
 import { trainingBatchNorm } from '../src/model/dcgan';
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
@@ -135,6 +136,23 @@ test('moving statistics pooled from batch statistics at the protocol bound stay 
   for (const e of layout.statistics) {
     const values = params.subarray(e.offset, e.offset + e.size);
     assert.ok(values.every(Number.isFinite), `${e.name} holds ${values.find((v) => !Number.isFinite(v))}`);
+  }
+});
+
+test('the coordinator refuses a gradient for a moving statistic: Adam would move it past the checks on batch statistics', () => {
+  const model = createModel('dcgan');
+  const layout = model.generatorLayout;
+  const statistics = new Float32Array(statisticsSize(layout)).fill(1);
+  const answer = (gradients: Float32Array): Gradients => ({
+    v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase: 'generator', samples: 8, gradients, loss: 1, dFake: 0.5, statistics, computeSeconds: 0.1,
+  });
+  const honest = new Float32Array(layout.size).fill(0.01);
+  for (const e of layout.statistics) honest.fill(0, e.offset, e.offset + e.size);
+  assert.equal(implausibleGradients(answer(honest), model, 8), null);
+  for (const e of layout.statistics) {
+    const poisoned = honest.slice();
+    poisoned[e.offset + e.size - 1] = 1e-6;
+    assert.deepEqual(implausibleGradients(answer(poisoned), model, 8), ['out_of_range', `${e.name} is not learnt by gradient: its gradient must be 0`]);
   }
 });
 

@@ -7,9 +7,11 @@ import { nativeAddon } from '../util/native';
  *
  * float16 (IEEE binary16): 11 significant bits (relative error ≤ 2⁻¹¹ ≈
  *   4.9e-4), but a narrow range: magnitudes above 65504 saturate to ±65504,
- *   below 6.1e-5 lose precision, below 3e-8 become 0.
+ *   below 6.1e-5 lose precision, up to 2⁻²⁵ ≈ 2.98e-8 become 0.
  * bfloat16: float32's 8-bit exponent with 8 significant bits (relative error
- *   ≤ 2⁻⁸ ≈ 3.9e-3) and float32's whole range.
+ *   ≤ 2⁻⁸ ≈ 3.9e-3) and float32's range, but magnitudes from (2 − 2⁻⁸)·2¹²⁷ ≈ 3.396e38 up round to
+ *   ±Infinity and are refused as not finite; the protocol's bounds keep far
+ *   below them.
  */
 export const WIRE_DTYPES = ['float32', 'float16', 'bfloat16'] as const;
 export type WireDtype = (typeof WIRE_DTYPES)[number];
