@@ -7,6 +7,7 @@ import { PNG } from 'pngjs';
 import { selectBackend } from '../src/backend';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { writeCheckpoint } from '../src/coordinator/checkpoint';
+import { tanhToByte } from '../src/coordinator/png';
 import { readIdx } from '../src/data/idx';
 import { decodeNpy } from '../src/data/npy';
 import { createModel } from '../src/model';
@@ -51,6 +52,14 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   assert.equal(run(png).status, 0);
   const grid = PNG.sync.read(fs.readFileSync(png));
   assert.deepEqual([grid.width, grid.height], [3 * 28 + 4 * 2, 3 * 28 + 4 * 2], '7 samples in a 3×3 grid');
+  // Cell n holds sample n, row by row, 2 black pixels apart; the two cells left over stay black.
+  const tiles = Array.from({ length: 9 }, (_, n) => {
+    const values: number[] = [];
+    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) values.push(grid.data[4 * ((2 + Math.floor(n / 3) * 30 + y) * grid.width + 2 + (n % 3) * 30 + x)]);
+    return values;
+  });
+  assertClose(tiles.slice(0, 7).flat(), Array.from(expected, tanhToByte), 1, 0, 'png pixels');
+  assert.ok(tiles.slice(7).flat().every((v) => v === 0), 'empty cells are black');
 
   // A write that fails (here the file-size limit: EFBIG) leaves the file that was there, and no temporary beside it.
   const before = fs.readFileSync(npy);

@@ -67,11 +67,31 @@ test('Conv2DBackpropFilter on wasm (im2col + BatchMatMul) matches the cpu backen
   }
 });
 
+/**
+ * How many times `fn` runs the wasm backend's `kernel`. ganfleet's conv
+ * kernels call the registered config's kernelFunc when they run, so this
+ * tells theirs from the backend's own (which never calls BatchMatMul).
+ */
+function kernelCalls(kernel: string, fn: () => void): number {
+  const config = tf.getKernel(kernel, 'wasm')!;
+  const own = config.kernelFunc;
+  let calls = 0;
+  config.kernelFunc = (args) => (calls++, own(args));
+  try {
+    fn();
+  } finally {
+    config.kernelFunc = own;
+  }
+  return calls;
+}
+
 test('Conv2DBackpropInput on wasm (BatchMatMul + col2im) matches the cpu backend', async () => {
   for (const c of CASES) {
     await selectBackend('cpu');
     const [y, dx] = outputAndInputGradient(c);
     await selectBackend('wasm');
+    // A transposed conv's forward pass is Conv2DBackpropInput alone: one product if the kernel is ganfleet's.
+    if (c.transpose) assert.ok(kernelCalls('BatchMatMul', () => void tf.tidy(() => void tf.conv2dTranspose(random(c.x, 1) as tf.Tensor4D, random(c.filter, 2) as tf.Tensor4D, [c.x[0], c.x[1] * c.stride, c.x[2] * c.stride, c.filter[2]], c.stride, c.pad))) > 0, `${c.name}: the backend's own kernel ran`);
     const [wy, wdx] = outputAndInputGradient(c);
     // The kernel computes a transposed conv's output and a conv's input
     // gradient; the others are wasm's own Conv2D (which, incidentally,
