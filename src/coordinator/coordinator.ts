@@ -36,8 +36,8 @@ import { Quality, loadReferenceSet } from '../eval/quality';
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
 const EMPTY = new Float32Array(0);
-/** A socket that has not said hello within this time is closed. */
-const HELLO_TIMEOUT_MS = 10_000;
+/** A socket that has not said hello within `timeoutMs` is closed (an object, so that a test may wait less). */
+export const HELLO_TIMING = { timeoutMs: 10_000 };
 
 /** Whether a `--*-every N` output falls at `step`; N = 0 means only the one at the end. */
 function due(step: number, every: number): boolean {
@@ -414,10 +414,11 @@ export class Coordinator {
 
   private onConnection(socket: WebSocket, address: string): void {
     let peer: WorkerPeer | null = null;
+    const { timeoutMs } = HELLO_TIMING;
     const helloTimer = setTimeout(() => {
-      this.logUnidentified(`${hostOf(address)} silent`, `closing ${address}: no hello within ${HELLO_TIMEOUT_MS / 1000} s`);
+      this.logUnidentified(`${hostOf(address)} silent`, `closing ${address}: no hello within ${timeoutMs / 1000} s`);
       socket.terminate();
-    }, HELLO_TIMEOUT_MS);
+    }, timeoutMs);
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       this.bytesReceived += data.length;
       this.metrics.receivedBytes.inc(data.length);
