@@ -20,7 +20,7 @@ test('timeouts beyond what a Node timer holds, or under a second, are refused (t
   }
 });
 
-test('a flag given twice takes its last value; a switch takes --x=1/0, yes/no, on/off, and a stray word after it is named as such', () => {
+test('a flag given twice takes its last value; a switch takes --x=1/0, yes/no, on/off, and a stray word after it is named as such', (t) => {
   const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
   // yargs made an array of both: --token a --token b crashed the coordinator at the first worker, --port 0 --port 1 took 1.
   assert.match(cli(['coordinator', '--port', '0', '--port', '99999']).stderr, /^ganfleet: --port must be a port number, got 99999\n/);
@@ -43,9 +43,12 @@ test('a flag given twice takes its last value; a switch takes --x=1/0, yes/no, o
   }
   // --help=1 used to start the command instead.
   assert.match(cli(['local', '--help=1']).stderr, /^ganfleet: --help takes no value; got "--help=1"\n/);
+  // A small training set: what is read here is the mailbox line, not the training.
+  const data = blankMnistDir(256);
+  t.after(() => fs.rmSync(data, { recursive: true, force: true }));
   const mailbox = (...forms: string[]) => {
     const out = tempDir('switch-value');
-    const r = cli(['local', '--workers', '1', '--steps', '1', '--metrics-port', '-1', '--out', out, ...forms]);
+    const r = cli(['local', '--workers', '1', '--steps', '1', '--data-dir', data, '--metrics-port', '-1', '--out', out, ...forms]);
     fs.rmSync(out, { recursive: true, force: true });
     assert.equal(r.status, 0, r.stderr);
     return /exchanges frames through shared memory/.test(r.stdout + r.stderr);
@@ -176,10 +179,12 @@ test('a GANFLEET_* variable a letter or two off a flag is warned of, with the fl
   ]);
 });
 
-test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (yargs alone took 1 for false)', () => {
+test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (yargs alone took 1 for false)', (t) => {
+  const data = blankMnistDir(256);
+  t.after(() => fs.rmSync(data, { recursive: true, force: true }));
   const run = (value: string) => {
     const out = tempDir('env-bool');
-    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--metrics-port', '-1', '--out', out], {
+    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out], {
       encoding: 'utf8', timeout: 60_000, env: { ...process.env, GANFLEET_MAILBOX: value },
     });
     fs.rmSync(out, { recursive: true, force: true });
@@ -190,7 +195,7 @@ test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (
   for (const off of ['0', 'no', 'off']) assert.equal(run(off), false, `GANFLEET_MAILBOX=${off}`);
   // The command line wins, in the coordinator's own process too (where util/native.ts reads the variable).
   const out = tempDir('env-native');
-  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--native', '--metrics-port', '-1', '--out', out], {
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--native', '--data-dir', data, '--metrics-port', '-1', '--out', out], {
     encoding: 'utf8', timeout: 60_000, env: { ...process.env, GANFLEET_NATIVE: 'false' },
   });
   fs.rmSync(out, { recursive: true, force: true });
