@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { spawnSync } from 'node:child_process';
 import { readIdx } from '../src/data/idx';
-import { defaultMnistDir, gatherTanhRange, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { defaultMnistDir, gatherTanhRange, imagesFingerprint, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { GanfleetError } from '../src/util/errors';
 
 const dir = defaultMnistDir();
@@ -177,6 +177,27 @@ describe('readIdx on damaged copies', () => {
     fs.symlinkSync(file('train-labels-idx1-ubyte'), path.join(mixed, 't10k-labels-idx1-ubyte'));
     throwsCode(() => loadMnist('test', mixed), 'MNIST_MISMATCH', '10000', '60000');
   });
+});
+
+test('a training set over 2 GiB loads and is fingerprinted (one read and one hash update each stopped at 2 GiB)', () => {
+  const big = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-idx-big-'));
+  try {
+    const count = 2_740_000; // 2,148,160,000 bytes of images, just over 2³¹: sparse, so no disk is used
+    const header = (magic: number, dims: number[]) => Buffer.from(new Uint32Array([magic, ...dims]).buffer).swap32();
+    const images = path.join(big, 'train-images-idx3-ubyte');
+    fs.writeFileSync(images, header(0x803, [count, 28, 28]));
+    fs.truncateSync(images, 16 + count * IMAGE_SIZE);
+    const labels = path.join(big, 'train-labels-idx1-ubyte');
+    fs.writeFileSync(labels, header(0x801, [count]));
+    fs.truncateSync(labels, 8 + count);
+    const set = loadMnist('train', big);
+    assert.equal(set.count, count);
+    assert.equal(set.images.length, count * IMAGE_SIZE);
+    // `sha256sum` of that many zero bytes.
+    assert.deepEqual(imagesFingerprint(set), { images: count, sha256: '0090c6218dea80ffe265de6c4ba7eee5d13cd0d2291b0b37d19b6fc7f45231f3' });
+  } finally {
+    fs.rmSync(big, { recursive: true, force: true });
+  }
 });
 
 test('toTanhRange maps 0→-1, 255→1, monotonic in between', () => {

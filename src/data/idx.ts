@@ -70,11 +70,14 @@ function readRaw(path: string): Buffer {
   }
 }
 
+/** The most one read asks for: `fs.readSync` takes its length as a 32-bit int, which a file over 2 GiB overflows. */
+const READ_CHUNK = 1 << 30;
+
 function readFully(fd: number, into: Buffer, path: string): void {
   for (let at = 0; at < into.length; ) {
     let n: number;
     try {
-      n = fs.readSync(fd, into, at, into.length - at, at);
+      n = fs.readSync(fd, into, at, Math.min(into.length - at, READ_CHUNK), at);
     } catch (err) {
       throw readError(err, path);
     }

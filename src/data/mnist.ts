@@ -109,5 +109,8 @@ export function gatherTanhRange(images: Uint8Array, indices: Int32Array, out: Fl
 
 /** Names a set by its content, not its path: the same images under another directory are the same training. */
 export function imagesFingerprint(set: MnistSet): { images: number; sha256: string } {
-  return { images: set.count, sha256: crypto.createHash('sha256').update(set.images).digest('hex') };
+  const hash = crypto.createHash('sha256');
+  // In pieces: one update refuses 2 GiB or more ("data is too long").
+  for (let at = 0; at < set.images.length; at += 1 << 30) hash.update(set.images.subarray(at, at + (1 << 30)));
+  return { images: set.count, sha256: hash.digest('hex') };
 }
