@@ -35,9 +35,17 @@ export function generateProblem(out: string, count: number, countText = String(c
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
   let at = path.resolve(out);
   if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;
-  while (!fs.existsSync(at)) at = path.dirname(at);
+  while (!fs.existsSync(at)) {
+    // A link to nothing is no more there than a missing path, but mkdir cannot make a directory under it.
+    if (at !== path.resolve(out) && isLink(at)) return `--out ${out} cannot be written: ${at} is a link to ${fs.readlinkSync(at)}, which does not exist`;
+    at = path.dirname(at);
+  }
   if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
   return null;
+}
+
+function isLink(p: string): boolean {
+  return fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
 }
 
 /** Draws `count` samples from a checkpoint's generator and writes them in the format the extension names. */

@@ -261,7 +261,7 @@ test('a value flag with no value, an empty --out or other string, and a value th
   fs.rmSync(cwd, { recursive: true, force: true });
 });
 
-test('generate refuses an unknown format, a --count it could not hold, and an --out it could not write as usage errors (exit 2), before reading the checkpoint', () => {
+test('generate refuses an unknown format, a --count it could not hold, and an --out it could not write as usage errors (exit 2), before reading the checkpoint; a --checkpoint that is a pipe is refused by name', () => {
   const cli = (args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', ...args], { encoding: 'utf8', timeout: 30_000 });
   const format = cli(['--out', 'samples.jpg']);
   assert.equal(format.status, 2);
@@ -285,6 +285,19 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   assert.equal(slash.status, 2);
   assert.match(slash.stderr, /--out \S+new\.npy\/ is a directory; name the file to write/);
   assert.ok(!fs.existsSync(path.join(dir, 'new.npy')));
+  // A link to nothing on the way is found now, not by mkdir after the samples are drawn; a link to nothing as --out is replaced.
+  fs.symlinkSync('/nonexistent/target', path.join(dir, 'dangling'));
+  const underLink = cli(['--out', path.join(dir, 'dangling', 'x.png')]);
+  assert.equal(underLink.status, 2);
+  assert.match(underLink.stderr, /--out \S+x\.png cannot be written: \S+dangling is a link to \/nonexistent\/target, which does not exist/);
+  assert.match(cli(['--out', path.join(dir, 'dangling')]).stderr, /--out must end in/);
+  fs.symlinkSync('/nonexistent/target.png', path.join(dir, 'dangling.png'));
+  assert.match(cli(['--out', path.join(dir, 'dangling.png')]).stderr, /--checkpoint: no such file or directory nowhere/);
+  // --checkpoint naming a pipe is refused by name (it was read as a run directory: ENOTDIR from scandir).
+  spawnSync('mkfifo', [path.join(dir, 'pipe')]);
+  const pipe = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'pipe'), '--samples', '2'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(pipe.status, 1);
+  assert.match(pipe.stderr, /--checkpoint: \S+pipe is neither a file nor a directory \(a pipe or a device\); name a checkpoint file or a run directory/);
   // Seeds are 32-bit: 2^32 + 1 would draw what seed 1 draws.
   const seed = cli(['--out', 'samples.npy', '--seed', '4294967297']);
   assert.equal(seed.status, 2);

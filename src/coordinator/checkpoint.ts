@@ -193,7 +193,9 @@ export function loadLatestCheckpoint(dir: string, log: (msg: string) => void, re
 /** `--checkpoint` of generate and eval: a checkpoint file, or a run directory (its newest valid checkpoint, nothing renamed). */
 export function readCheckpoint(where: string, log: (msg: string) => void): { checkpoint: Checkpoint; file: string } {
   if (!fs.existsSync(where)) throw new GanfleetError('NO_CHECKPOINT', `--checkpoint: no such file or directory ${where}`);
-  if (fs.statSync(where).isFile()) return { checkpoint: decodeCheckpoint(fs.readFileSync(where), where), file: where };
+  const stat = fs.statSync(where);
+  if (stat.isFile()) return { checkpoint: decodeCheckpoint(fs.readFileSync(where), where), file: where };
+  if (!stat.isDirectory()) throw new GanfleetError('NO_CHECKPOINT', `--checkpoint: ${where} is neither a file nor a directory (a pipe or a device); name a checkpoint file or a run directory`);
   const dir = fs.existsSync(path.join(where, 'checkpoints')) ? path.join(where, 'checkpoints') : where;
   const found = loadLatestCheckpoint(dir, log, false);
   if (!found) throw new GanfleetError('NO_CHECKPOINT', `no valid checkpoint in ${dir}`);
