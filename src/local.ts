@@ -70,24 +70,28 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     if (opts.requireGpu) args.push('--require-gpu');
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);
-    child.on('error', (e) => log(`worker ${i + 1}: ${e.message}`));
     // Before the stop, any exit (even 0) is a worker lost: restart it, or fail the run if it can no longer train.
-    child.on('exit', (code, signal) => {
+    const lost = (what: string) => {
       if (children.get(i) === child) children.delete(i);
       if (finishing) return;
-      const how = signal ?? `code ${code}`;
       if (restarts < opts.maxRestarts) {
         restarts++;
-        log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; restarting it (${restarts}/${opts.maxRestarts})`);
+        log(`${what}; restarting it (${restarts}/${opts.maxRestarts})`);
         startWorker(i);
         return;
       }
-      log(`worker ${i + 1} (pid ${child.pid}) exited with ${how}; no restarts left`);
+      log(`${what}; no restarts left`);
       // Training starts only with all N workers, and continues with any.
       if (children.size === 0 || coordinator.status().state === 'waiting') {
-        coordinator.requestStop(`worker ${i + 1} exited and no restarts are left (--max-restarts ${opts.maxRestarts})`, true);
+        coordinator.requestStop(`worker ${i + 1} was lost and no restarts are left (--max-restarts ${opts.maxRestarts})`, true);
       }
+    };
+    child.on('error', (e) => {
+      // A process that never started (EAGAIN under a pids limit, EMFILE, ENOENT) emits no 'exit': the run would wait for it for ever.
+      if (child.pid === undefined) lost(`worker ${i + 1} could not be started (${e.message})`);
+      else log(`worker ${i + 1}: ${e.message}`);
     });
+    child.on('exit', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
   };
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
   const { step, steps } = coordinator.status();

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
+import { blankMnistDir } from './harness';
 import { CLI } from './helpers';
 
 function alive(pid: number): boolean {
@@ -24,9 +25,9 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
   }
 }
 
-/** `ganfleet <args>` as a child whose stdout and stderr are collected into one log. */
-function spawnCli(args: string[]): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** `ganfleet <args>` as a child (run by `node`) whose stdout and stderr are collected into one log. */
+function spawnCli(args: string[], node = process.execPath): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
+  const child = spawn(node, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
@@ -87,10 +88,32 @@ test('a worker process that dies is restarted, up to --max-restarts; with none l
   process.kill(second, 'SIGKILL');
   assert.equal(await run.exit, 1, run.log());
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${second}\\) exited with SIGKILL; no restarts left`));
-  assert.match(run.log(), /stop requested: worker 1 exited and no restarts are left \(--max-restarts 1\)/);
+  assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 1\)/);
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   assert.equal(summary.ok, false);
   fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker process that cannot be started counts as lost: restarted up to --max-restarts, then the run stops and exits 1 (it waited for it for ever)', { timeout: 90_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nostart-'));
+  // local starts its workers with its own node binary: a copy, removed mid-run, makes the restart's spawn fail (ENOENT).
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-node-'));
+  const node = path.join(bin, 'node');
+  fs.copyFileSync(process.execPath, node);
+  fs.chmodSync(node, 0o755);
+  const data = blankMnistDir(256);
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out], node);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const [worker] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  fs.rmSync(bin, { recursive: true });
+  process.kill(worker, 'SIGKILL');
+  assert.equal(await run.exit, 1, run.log());
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${worker}\\) exited with SIGKILL; restarting it \\(1/2\\)`));
+  assert.match(run.log(), /worker 1 could not be started \(spawn \S+node ENOENT\); restarting it \(2\/2\)\n/);
+  assert.match(run.log(), /worker 1 could not be started \(spawn \S+node ENOENT\); no restarts left\n/);
+  assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 2\)/);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).ok, false);
+  for (const d of [out, data]) fs.rmSync(d, { recursive: true, force: true });
 });
 
 test('workers exit by themselves when the local parent is SIGKILLed', { timeout: 60_000 }, async () => {
