@@ -476,6 +476,8 @@ export function buildCli(argv: string[]) {
               checkPort('metrics-port', a['metrics-port'], true);
               checkRequireGpu(a);
               if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
+              // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
+              if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
               if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
               if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
               if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);

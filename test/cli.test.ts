@@ -257,6 +257,11 @@ test('a value flag with no value, an empty --out or other string, and a value th
   assert.doesNotMatch(cli(['local', '--model', 'gan']).stderr, /from GANFLEET/);
   assert.match(cli(['local'], { GANFLEET_DATA_DIR: '/no/such/dir' }).stderr, /--data-dir: no such directory "\/no\/such\/dir" \(from GANFLEET_DATA_DIR\)/);
   assert.match(cli(['worker'], { GANFLEET_COORDINATOR: 'host:8787' }).stderr, /--coordinator must be a ws:\/\/ or wss:\/\/ URL, got "host:8787" \(from GANFLEET_COORDINATOR\)/);
+  for (const url of ['ws://127.0.0.1:8787#x', 'ws://127.0.0.1:8787/#']) {
+    const fragment = cli(['worker', '--coordinator', url]);
+    assert.equal(fragment.status, 2, fragment.stderr);
+    assert.match(fragment.stderr, new RegExp(`^ganfleet: --coordinator must not hold a #fragment, got ${url.replace(/[/.]/g, '\\$&')}\n`));
+  }
   assert.deepEqual(fs.readdirSync(cwd), [], 'nothing written where the command ran');
   fs.rmSync(cwd, { recursive: true, force: true });
 });
