@@ -590,6 +590,41 @@ describe('coordinator edge cases found by review', () => {
   after(() => fs.rmSync(out, { recursive: true, force: true }));
   const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
 
+  test('weights that diverge stop the run as a failure, with the reason, and none of their outputs; it is not asked again for ever', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'diverged');
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, checkpointEvery: 1, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e30 } }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    // Step 1 with zero gradients (Adam's first update is then 0): healthy, and checkpointed.
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(peer);
+      peer.gradients(0, phase, zeros(phase));
+    }
+    // Step 2: Adam turns a small D gradient into a step of --lr, 1e30, on every weight of D; from that D, G's gradients are NaN.
+    await weightsOrDrop(peer);
+    peer.gradients(1, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+    await weightsOrDrop(peer);
+    const nan = zeros('generator');
+    nan[0] = NaN;
+    peer.gradients(1, 'generator', nan);
+    const summary = await run;
+    await coordinator.close();
+    const log = lines.join('\n');
+    assert.equal(summary.ok, false);
+    assert.match(summary.stopReason, /^training diverged at step 2: the coordinator's own generator gradients from the current weights are refused too \(gradients\.gradients\[\d+\] is (NaN|-?Infinity)\); resume from a checkpoint before step 2 \(the newest is \S+ckpt-000000001\.bin\) with a lower --lr$/);
+    assert.equal(lines.filter((l) => l.startsWith('rejected a message')).length, 1, log);
+    assert.doesNotMatch(log, /asking again/);
+    // Only step 1's checkpoint; no final grid or generator.
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'checkpoints')).filter((f) => f.endsWith('.bin')), ['ckpt-000000001.bin']);
+    assert.equal(summary.generator, null);
+    assert.ok(!fs.existsSync(path.join(dir, 'generator')));
+    assert.deepEqual(summary.samples, []);
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).ok, false);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a worker whose own mailbox file cannot be used keeps its answer to the open round; its frames go over the socket', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused-box'), 1) }, () => {});
     const run = coordinator.run();

@@ -4,12 +4,12 @@ import http from 'node:http';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { selectBackend } from '../backend';
-import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
+import { IMAGE_SIZE, MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { Gradients, Phase, Weights, WorkerMessage, errorMessage, message, stepOfRound } from '../protocol/messages';
+import { Gradients, Phase, Weights, WorkerMessage, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
 import { Logger, createLogger, hostOf, peerString, throttledLogger } from '../util/log';
 import { Rng } from '../util/rng';
@@ -32,6 +32,8 @@ import { SampleWriter, gridsUpTo } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, loadReferenceSet } from '../eval/quality';
+// A worker's step, which the coordinator computes itself only to tell divergence from a faulty worker.
+import { ShardCompute } from '../worker/compute';
 
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
@@ -66,7 +68,8 @@ export interface TrainingSummary {
   bytesReceivedPerStep: number;
   last: StepStats | null;
   samples: string[];
-  generator: string;
+  /** Null where the run diverged: its weights are not exported. */
+  generator: string | null;
   checkpoint: string | null;
   /** The --eval-every results of this run. */
   evaluations: Evaluation[];
@@ -147,6 +150,10 @@ export class Coordinator {
   private last: StepStats | null = null;
   private sampleFiles: string[] = [];
   private readonly evaluations: Evaluation[] = [];
+  /** Why training diverged (the coordinator's own answer to a round was refused as the workers' were), or null. */
+  private diverged: string | null = null;
+  /** The last round whose refused answers were checked against the coordinator's own: once a round. */
+  private checkedRound = -1;
   /** The resumed checkpoint's step is due an evaluation that was never recorded (cut short by a kill or a stop): done before training. */
   private evaluationMissed = false;
   private readonly clock = new RunClock();
@@ -304,7 +311,8 @@ export class Coordinator {
     const { seconds, pausedSeconds, evaluationSeconds } = this.clock.elapsed();
     const trainingSeconds = seconds - pausedSeconds - evaluationSeconds;
     const ran = this.step - firstStep;
-    if (ran > 0) {
+    // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
+    if (ran > 0 && !this.diverged) {
       if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
       // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
       if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
@@ -318,7 +326,7 @@ export class Coordinator {
     const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
-    if (!keepOutputs && !untrained && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
+    if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
     const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
     this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
@@ -337,7 +345,7 @@ export class Coordinator {
       bytesReceivedPerStep: perStep(this.bytesReceived),
       last: this.last,
       samples: this.sampleFiles.map((name) => path.join(this.samples.dir, name)),
-      generator: generatorDir,
+      generator: this.diverged ? null : generatorDir,
       checkpoint: this.lastCheckpoint,
       evaluations: this.evaluations,
       stopReason,
@@ -363,7 +371,8 @@ export class Coordinator {
       return summary;
     }
     writeJsonAtomic(runLayout(this.config.out).summary, summary);
-    this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; samples in ${this.samples.dir}, generator in ${generatorDir}`);
+    const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${generatorDir}`;
+    this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; ${outputs}`);
     return summary;
   }
 
@@ -572,6 +581,8 @@ export class Coordinator {
     for (;;) {
       const result = await this.runRound(step, phase);
       if (result) return result;
+      // No worker's answer can be accepted from these weights: asking again would loop for ever.
+      if (this.diverged) return null;
       this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
       // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
       // step's end. A stop still lets the step finish with whoever is there.
@@ -714,6 +725,7 @@ export class Coordinator {
     if (peer) peer.send(error);
     else if (socket.readyState === WebSocket.OPEN) socket.send(error);
     if (!peer) return socket.close(1008, 'protocol violation');
+    if ((reason === 'not_finite' || reason === 'out_of_range') && this.round?.isAwaiting(peer.id)) this.checkDivergence(this.round);
     if (!offence) return;
     // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
     this.round?.drop(peer.id);
@@ -722,6 +734,44 @@ export class Coordinator {
       peer.asked.length = 0;
       peer.close(1008, 'protocol violation');
       this.workers.remove(peer, `${MAX_OFFENCES} rejected messages`);
+    }
+  }
+
+  /**
+   * An answer refused as not finite or out of range is a faulty or hostile
+   * worker's, or the sign that training has diverged (too high an --lr, say):
+   * then every honest answer is refused, and the round would be asked again
+   * for ever. The coordinator tells the two apart by computing an answer
+   * itself, with the round's weights on a batch of its own, and putting it
+   * through the checks a worker's answer gets. Once a round: a worker that
+   * keeps sending bad answers costs it one step's compute a round at most.
+   */
+  private checkDivergence(round: Round): void {
+    const index = roundIndex(round.step, round.phase);
+    if (this.diverged || index === this.checkedRound) return;
+    this.checkedRound = index;
+    const problem = this.ownAnswerProblem(round.step, round.phase);
+    if (!problem) return;
+    const step = stepOfRound(round.step);
+    const newest = this.lastCheckpoint ? ` (the newest is ${this.lastCheckpoint})` : '';
+    this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); resume from a checkpoint before step ${step}${newest} with a lower --lr`;
+    this.requestStop(this.diverged, true);
+  }
+
+  /** Why the coordinator's own answer to round (`step`, `phase`) would be refused, or null. */
+  private ownAnswerProblem(step: number, phase: Phase): string | null {
+    const compute = new ShardCompute(this.model, this.config.batchSize);
+    try {
+      const count = Math.min(this.train.count, this.config.batchSize);
+      compute.setShard({ images: this.train.images.subarray(0, count * IMAGE_SIZE), count, seed: this.config.seed });
+      compute.updateWeights(this.params.generator, this.params.discriminator, true);
+      const answer = decodeWorkerMessage(encode(gradientsMessage(step, phase, compute.step(step, phase), 0))) as Gradients;
+      return implausibleGradients(answer, this.model, this.config.batchSize)?.[1] ?? null;
+    } catch (e) {
+      if (e instanceof ProtocolError) return e.message;
+      throw e;
+    } finally {
+      compute.dispose();
     }
   }
 

@@ -190,6 +190,19 @@ export function message<M extends Message>(body: Omit<M, 'v'>): M {
   return { v: PROTOCOL_VERSION, ...body } as M;
 }
 
+/** A round's answer from what a step computed (a worker's; the coordinator's own, when it checks for divergence). */
+export function gradientsMessage(
+  step: number,
+  phase: Phase,
+  out: { samples: number; gradients: Float32Array; loss: number; dReal?: number; dFake: number; statistics?: Float32Array },
+  computeSeconds: number,
+): Gradients {
+  const reply = message<Gradients>({ type: 'gradients', step, phase, samples: out.samples, gradients: out.gradients, loss: out.loss, dFake: out.dFake, computeSeconds });
+  if (out.dReal !== undefined) reply.dReal = out.dReal;
+  if (out.statistics && phase === 'generator') reply.statistics = out.statistics;
+  return reply;
+}
+
 /** The longest string field either side accepts (names, paths, reasons). */
 export const MAX_STRING_LENGTH = 1024;
 

@@ -7,7 +7,7 @@ import { BackendChoice, backendLabel, selectBackend } from '../backend';
 import { createModel } from '../model';
 import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, MAX_BATCH_SIZE, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, message, stepOfRound } from '../protocol/messages';
+import { CoordinatorMessage, Hello, MAX_BATCH_SIZE, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { createLogger, Logger } from '../util/log';
@@ -313,18 +313,7 @@ function connectOnce(
       const t0 = performance.now();
       const out = compute.step(msg.step, msg.phase);
       const computeSeconds = (performance.now() - t0) / 1000;
-      const reply = message<Gradients>({
-        type: 'gradients',
-        step: msg.step,
-        phase: msg.phase,
-        samples: out.samples,
-        gradients: out.gradients,
-        loss: out.loss,
-        dFake: out.dFake,
-        computeSeconds,
-      });
-      if (out.dReal !== undefined) reply.dReal = out.dReal;
-      if (out.statistics && msg.phase === 'generator') reply.statistics = out.statistics;
+      const reply = gradientsMessage(msg.step, msg.phase, out, computeSeconds);
       const frame = encodeFrame(reply, wireDtype);
       if (byMail && mailbox && postGradients(mailbox, frame)) {
         ws.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
