@@ -347,8 +347,13 @@ function connectOnce(
       heard();
       watchdog = setInterval(() => {
         if (Date.now() - lastHeard <= silenceMs) return;
-        end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
-        ws.terminate();
+        // The verdict waits for this turn's read of the socket: a process woken from a stop (SIGSTOP, a frozen
+        // VM) runs its overdue timers before it reads what arrived meanwhile, such as why it was dropped.
+        setImmediate(() => {
+          if (outcome || Date.now() - lastHeard <= silenceMs) return;
+          end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
+          ws.terminate();
+        });
       }, 1000);
       log(`connected to ${opts.coordinator}`);
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
