@@ -590,25 +590,31 @@ describe('coordinator edge cases found by review', () => {
   after(() => fs.rmSync(out, { recursive: true, force: true }));
   const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
 
-  test('weights that diverge stop the run as a failure, with the reason, and none of their outputs; it is not asked again for ever', async () => {
+  test('weights that diverge stop the run as a failure, with the reason, even after a signal; no step of them is applied and none of their outputs written; it is not asked again for ever', async () => {
     const dataDir = blankMnistDir(256);
     const dir = path.join(out, 'diverged');
     const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, checkpointEvery: 1, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e30 } }, (l) => lines.push(l));
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, startWorkers: 2, checkpointEvery: 1, sampleEvery: 1, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e30 } }, (l) => lines.push(l));
     const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
+    const peers = [(await joinedPeer(coordinator)).peer, (await joinedPeer(coordinator)).peer];
+    const answer = async (step: number, phase: Phase, values: (i: number) => Float32Array) => {
+      for (const [i, peer] of peers.entries()) {
+        await weightsOrDrop(peer);
+        peer.gradients(step, phase, values(i));
+      }
+    };
     // Step 1 with zero gradients (Adam's first update is then 0): healthy, and checkpointed.
-    for (const phase of ['discriminator', 'generator'] as const) {
-      await weightsOrDrop(peer);
-      peer.gradients(0, phase, zeros(phase));
-    }
+    for (const phase of ['discriminator', 'generator'] as const) await answer(0, phase, () => zeros(phase));
     // Step 2: Adam turns a small D gradient into a step of --lr, 1e30, on every weight of D; from that D, G's gradients are NaN.
-    await weightsOrDrop(peer);
-    peer.gradients(1, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
-    await weightsOrDrop(peer);
-    const nan = zeros('generator');
-    nan[0] = NaN;
-    peer.gradients(1, 'generator', nan);
+    await answer(1, 'discriminator', () => new Float32Array(D_SIZE).fill(1e-3));
+    // A signal first: the divergence still decides how the run ends.
+    coordinator.requestStop('SIGTERM received');
+    // One worker's NaN; the other's zeros are accepted, but the step is not applied.
+    await answer(1, 'generator', (i) => {
+      const g = zeros('generator');
+      if (i === 0) g[0] = NaN;
+      return g;
+    });
     const summary = await run;
     await coordinator.close();
     const log = lines.join('\n');
@@ -616,12 +622,21 @@ describe('coordinator edge cases found by review', () => {
     assert.match(summary.stopReason, /^training diverged at step 2: the coordinator's own generator gradients from the current weights are refused too \(gradients\.gradients\[\d+\] is (NaN|-?Infinity)\); resume from a checkpoint before step 2 \(the newest is \S+ckpt-000000001\.bin\) with a lower --lr$/);
     assert.equal(lines.filter((l) => l.startsWith('rejected a message')).length, 1, log);
     assert.doesNotMatch(log, /asking again/);
-    // Only step 1's checkpoint; no final grid or generator.
+    assert.match(log, /step 2 could not finish; its discriminator update was rolled back, and the run stays at step 1/);
+    // Only step 1's checkpoint and grid; no generator.
+    assert.equal(summary.steps, 1);
     assert.deepEqual(fs.readdirSync(path.join(dir, 'checkpoints')).filter((f) => f.endsWith('.bin')), ['ckpt-000000001.bin']);
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')), ['step-000001.png']);
     assert.equal(summary.generator, null);
     assert.ok(!fs.existsSync(path.join(dir, 'generator')));
-    assert.deepEqual(summary.samples, []);
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).ok, false);
+    // A resume at that step with nothing to train writes what the diverged run did not: the checkpoint's generator.
+    const resumed = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true }, () => {});
+    const again = await resumed.run();
+    await resumed.close();
+    assert.equal(again.ok, true);
+    assert.ok(fs.existsSync(path.join(dir, 'generator', 'model.json')));
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).generator, path.join(dir, 'generator'));
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 

@@ -323,7 +323,9 @@ export class Coordinator {
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
-    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
+    // (A run that diverged at that step exported no generator: the checkpoint's is written then.)
+    const exported = fs.existsSync(path.join(generatorDir, 'model.json'));
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step && exported;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
@@ -644,7 +646,9 @@ export class Coordinator {
     const waitSeconds = (performance.now() - t) / 1000;
 
     const replies = round.answers();
-    if (replies.length === 0) return null;
+    // Other workers' answers accepted in a round found diverged would only move the weights further: the step is
+    // not applied (a G round's D update is rolled back).
+    if (replies.length === 0 || this.diverged) return null;
     t = performance.now();
     const averaged = averageGradients(replies, this.averaged[phase]);
     const result = weightedStats(replies);
@@ -755,7 +759,11 @@ export class Coordinator {
     const step = stepOfRound(round.step);
     const newest = this.lastCheckpoint ? ` (the newest is ${this.lastCheckpoint})` : '';
     this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); resume from a checkpoint before step ${step}${newest} with a lower --lr`;
-    this.requestStop(this.diverged, true);
+    // It decides how the run ends even where a stop (a signal) was asked for before.
+    if (this.stop) {
+      this.stop = { reason: this.diverged, failed: true };
+      this.log(`stop requested: ${this.diverged}`);
+    } else this.requestStop(this.diverged, true);
   }
 
   /** Why the coordinator's own answer to round (`step`, `phase`) would be refused, or null. */
