@@ -323,9 +323,7 @@ export class Coordinator {
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
-    // (A run that diverged at that step exported no generator: the checkpoint's is written then.)
-    const exported = fs.existsSync(path.join(generatorDir, 'model.json'));
-    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step && exported;
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);

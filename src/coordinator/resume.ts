@@ -132,11 +132,14 @@ function otherImages(now: Record<string, unknown>, then: Record<string, unknown>
   );
 }
 
-/** The step of the outputs in `out`, from the summary.json written after them; null where there is none to read. */
+/**
+ * The step of the outputs in `out`, from the summary.json written after them; null where there is none to read,
+ * or where it says no generator was exported (a run that diverged).
+ */
 export function summarisedStep(out: string): number | null {
   try {
-    const steps = JSON.parse(fs.readFileSync(runLayout(out).summary, 'utf8')).steps;
-    return Number.isSafeInteger(steps) ? steps : null;
+    const { steps, generator } = JSON.parse(fs.readFileSync(runLayout(out).summary, 'utf8'));
+    return Number.isSafeInteger(steps) && generator !== null ? steps : null;
   } catch {
     return null;
   }
