@@ -6,6 +6,7 @@
  * product reads and writes the tensors in place, with no copy in or out.
  */
 #include <node_api.h>
+#include <math.h>
 #include <stdint.h>
 #include "adam.h"
 #include "gemm.h"
@@ -52,8 +53,11 @@ static napi_value first_outside(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 2, argv, "FIRST_OUTSIDE_ARGS", "firstOutside(Float32Array, bound)")) return NULL;
   if (!float32_array(env, argv[0], &x, &n) || napi_get_value_double(env, argv[1], &bound) != napi_ok)
     return fail(env, "FIRST_OUTSIDE_ARGS", "firstOutside(Float32Array, bound)");
-  /* A bound beyond float32's range means "finite": FLT_MAX, which a float32 never exceeds but ±Infinity does. */
+  /* A bound beyond float32's range means "finite": FLT_MAX, which a float32 never exceeds but ±Infinity does.
+     Otherwise the largest float32 ≤ bound: (float)bound may round up (0.1 → 0.100000001), and then a float32 just
+     above the bound would count as inside, where the JavaScript check (in float64) refuses it. */
   float b = bound >= 3.4028234663852886e38 ? 3.4028234663852886e38f : (float)bound;
+  if ((double)b > bound) b = nextafterf(b, -__builtin_inff());
   napi_value result;
   napi_create_int64(env, gf_first_outside(x, (long)n, b), &result);
   return result;
@@ -76,10 +80,12 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
   if (m < 0 || n < 0 || k < 0 || m > limit || n > limit || k > limit) return fail(env, "GEMM_ARGS", "sizes out of range");
   /* Every operand must lie inside the heap: a wrong offset must not touch other memory. */
   int64_t len = (int64_t)length;
-  if (a < 0 || a + m * k > len || b < 0 || b + k * n > len || c < 0 || c + m * n > len)
+  /* offset + size compared as size > len - offset: an offset near INT64_MAX (any JS number ≥ 2^63 saturates to it)
+     must not wrap the sum negative and pass. Sizes are ≤ 2^60 here, and len - offset ≥ 0 once offset ≤ len. */
+  if (a < 0 || a > len || m * k > len - a || b < 0 || b > len || k * n > len - b || c < 0 || c > len || m * n > len - c)
     return fail(env, "GEMM_BOUNDS", "an operand lies outside the heap");
   if (bias >= 0 && (bias_len != 1 && bias_len != n)) return fail(env, "GEMM_ARGS", "bias must hold 1 or n values");
-  if (bias >= 0 && bias + bias_len > len) return fail(env, "GEMM_BOUNDS", "the bias lies outside the heap");
+  if (bias >= 0 && (bias > len || bias_len > len - bias)) return fail(env, "GEMM_BOUNDS", "the bias lies outside the heap");
   if (act < GF_LINEAR || act > GF_SIGMOID) return fail(env, "GEMM_ARGS", "unknown activation");
   if (gf_gemm((int)m, (int)n, (int)k, heap + a, (int)ta, heap + b, (int)tb, heap + c, bias >= 0 ? heap + bias : NULL,
               (int)bias_len, (int)act, (float)alpha) != 0) {
@@ -164,12 +170,11 @@ static napi_value gather_pixels(napi_env env, napi_callback_info info) {
   /* Divisions, not products: count·row must not overflow on the way to the check. */
   if (row <= 0 || (uint64_t)row > n_out || n_table != 256 || count > n_out / (uint64_t)row)
     return fail(env, "GATHER_ARGS", "row > 0, a 256-entry table, and out with count·row slots");
-  /* Every row read must lie inside the images: a bad index must not touch other memory. */
+  /* Every row read must lie inside the images: a bad index must not touch other memory. The gather checks each
+     index as it reads it, once: indices in a SharedArrayBuffer may change between a separate check and the copy. */
   int64_t rows = (int64_t)(n_images / (uint64_t)row);
-  for (size_t i = 0; i < count; i++) {
-    if (indices[i] < 0 || indices[i] >= rows) return fail(env, "GATHER_BOUNDS", "an index lies outside the images");
-  }
-  gf_gather_pixels(images, indices, (int64_t)count, row, table, out);
+  if (gf_gather_pixels(images, rows, indices, (int64_t)count, row, table, out) >= 0)
+    return fail(env, "GATHER_BOUNDS", "an index lies outside the images");
   return NULL;
 }
 
@@ -192,6 +197,11 @@ static napi_value gemm_width(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static void release_scratch(void *hooked) {
+  gf_gemm_release(NULL);
+  *(bool *)hooked = false;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_default, NULL},
@@ -205,6 +215,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"gemmWidth", NULL, gemm_width, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  /* A worker thread's gemm scratch is thread-local: free it when that thread's environment goes. Once per
+     thread (one env each): a second registration of the same hook aborts node (process.dlopen of the file twice). */
+  static _Thread_local bool hooked = false;
+  if (!hooked && napi_add_env_cleanup_hook(env, release_scratch, &hooked) == napi_ok) hooked = true;
   return exports;
 }
 

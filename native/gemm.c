@@ -55,6 +55,14 @@ int gf_gemm_width(int want) {
 /* Per-thread scratch that only grows: a step's calls reuse it. */
 static _Thread_local float *scratch_a, *scratch_b;
 static _Thread_local size_t scratch_a_len, scratch_b_len;
+void gf_gemm_release(void *unused) {
+  (void)unused;
+  free(scratch_a);
+  free(scratch_b);
+  scratch_a = scratch_b = NULL;
+  scratch_a_len = scratch_b_len = 0;
+}
+
 /* One micro-tile of results before the epilogue. */
 static _Thread_local float tile[TILE_MAX] __attribute__((aligned(64)));
 
@@ -195,7 +203,8 @@ __attribute__((unused)) static inline float activate(float x, int activation, fl
   switch (activation) {
     case GF_RELU: return x > 0.f ? x : 0.f;
     case GF_LEAKYRELU: return x < 0.f ? alpha * x : x;
-    case GF_RELU6: return x < 0.f ? 0.f : (x > 6.f ? 6.f : x);
+    /* NaN to 0, as the vector epilogue's min(max(x, 0), 6) and XNNPACK give it. */
+    case GF_RELU6: return x > 0.f ? (x < 6.f ? x : 6.f) : 0.f;
     case GF_SIGMOID: return 1.f / (1.f + expf(-x));
     default: return x;
   }

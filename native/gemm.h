@@ -22,4 +22,7 @@ int gf_gemm_width(int want);
  */
 int gf_gemm(int m, int n, int k, const float *a, int trans_a, const float *b, int trans_b, float *c,
             const float *bias, int bias_len, int activation, float alpha);
+
+/* Frees the calling thread's scratch (a napi env cleanup hook: a worker thread's would otherwise leak as it exits). */
+void gf_gemm_release(void *unused);
 #endif

@@ -231,3 +231,48 @@ test('the native pixel gather maps each picked row through the table, and refuse
   assert.throws(() => addon.gatherPixels(images, indices, row, table, out.subarray(1)), /count·row slots/);
   assert.throws(() => addon.gatherPixels(images, Uint32Array.from([0]) as unknown as Int32Array, row, table, out), /gatherPixels\(/);
 });
+
+test('the native matmul refuses offsets whose sum with the operand size overflows int64 (2**63 saturates to INT64_MAX)', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const big = new Float32Array([111, 2, 3, 444]);
+  const heap = big.subarray(1, 3);
+  for (const args of [
+    [1, 1, 1, 2 ** 63, 0, 1, 0, 0, -1, 0, 0, 0], // A at heap[-1] before the fix: an out-of-bounds read
+    [1, 1, 1, 0, 0, 2 ** 63, 0, 0, -1, 0, 0, 0],
+    [1, 1, 1, 0, 0, 1, 0, 2 ** 63, -1, 0, 0, 0], // C at heap[-1]: an out-of-bounds write
+    [1, 1, 1, 0, 0, 1, 0, 0, 2 ** 63, 1, 0, 0], // the bias
+    [1 << 20, 1, 1 << 20, 2 ** 63 - 2 ** 40, 0, 0, 0, 0, -1, 0, 0, 0], // a wild pointer: SIGSEGV before the fix
+  ]) {
+    assert.throws(() => (addon.gemm as (...a: unknown[]) => void)(heap, ...args), /outside the heap/, String(args));
+  }
+  assert.deepEqual([...big], [111, 2, 3, 444]);
+});
+
+test('the native relu6 maps a NaN product to 0 in full and edge tiles alike, as XNNPACK does', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const chosen = addon.gemmWidth(0);
+  try {
+    for (const width of [...new Set([256, addon.gemmWidth(512)])]) {
+      addon.gemmWidth(width);
+      const [m, n] = [9, 33];
+      const heap = new Float32Array(m + n + m * n);
+      heap.fill(NaN, 0, m);
+      heap.fill(1, m, m + n);
+      addon.gemm(heap, m, n, 1, 0, 0, m, 0, m + n, -1, 0, 3, 0);
+      assert.deepEqual([...new Set(heap.subarray(m + n))], [0], `${width}-bit kernel`);
+    }
+  } finally {
+    addon.gemmWidth(chosen);
+  }
+});
+
+test('the native range check agrees with the float64 one for a bound that float32 rounds up', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  for (const bound of [0.1, 1e-45, 1e6, 1e15]) {
+    for (const at of [3, 8]) {
+      const x = new Float32Array(9);
+      x[at] = Math.fround(bound);
+      assert.equal(addon.firstOutside(x, bound), x.findIndex((v) => !(v <= bound && v >= -bound)), `bound ${bound}, at ${at}`);
+    }
+  }
+});
