@@ -17,7 +17,7 @@ import { MAX_BATCH_SIZE, MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
-import { createLogger } from './util/log';
+import { createLogger, writeResult } from './util/log';
 import { holdStopSignals, onStopSignals } from './util/signals';
 import { runWorker } from './worker/worker';
 
@@ -590,7 +590,7 @@ export function buildCli(argv: string[]) {
         ),
       async (a) => {
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
-        process.stdout.write(a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);
+        await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);
       },
     )
     .demandCommand(1, 'Name a command: coordinator, worker, local, generate or eval.')

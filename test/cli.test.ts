@@ -530,6 +530,30 @@ test('a reader that goes away (| head) does not end a process with EPIPE: the li
   assert.doesNotMatch(stderr, /EPIPE/);
 });
 
+test('a log the disk cannot take (stdout on a full disk) is said once and dropped: training runs its course; a result it cannot print is exit 1', () => {
+  const out = tempDir('log-full');
+  const full = fs.openSync('/dev/full', 'w');
+  try {
+    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '3', '--log-every', '1', '--no-mailbox', '--metrics-port', '-1', '--out', out], {
+      stdio: ['ignore', full, 'pipe'],
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    // It used to end with exit 7 at the first line (the wasm backend's handler of an uncaught error), no outputs written.
+    assert.equal(r.status, 0, r.stderr);
+    const said = r.stderr.match(/^ganfleet: the log cannot be written \(ENOSPC: no space left on device, write\); training goes on without its lines$/gm) ?? [];
+    assert.ok(said.length >= 1 && said.length <= 2, r.stderr); // once per process: the coordinator, and its worker if it logged
+    assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps, 3);
+    assert.deepEqual(listCheckpoints(path.join(out, 'checkpoints')), ['ckpt-000000003.bin']);
+    const evaluated = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', out, '--samples', '2', '--json'], { stdio: ['ignore', full, 'pipe'], encoding: 'utf8', timeout: 60_000 });
+    assert.equal(evaluated.status, 1, evaluated.stderr);
+    assert.match(evaluated.stderr, /^ganfleet: ENOSPC: no space left on device, write \[ENOSPC\]$/m);
+  } finally {
+    fs.closeSync(full);
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
 test('an output the disk cannot take stops the run with exit 1, naming the file, and leaves no temporary file', () => {
   const out = tempDir('file-size-limit');
   // A real refusal by the kernel: writes past RLIMIT_FSIZE fail with EFBIG (with SIGXFSZ ignored), as they fail with ENOSPC on a full disk.

@@ -9,18 +9,47 @@ export type Logger = (msg: string) => void;
  * end a line early and forge one, or send terminal escapes.
  */
 export function createLogger(component: string, stream: NodeJS.WriteStream = process.stdout): Logger {
-  ignoreGoneReader(stream);
-  return (msg) => stream.write(`${new Date().toISOString()} [${component}] ${escapeControls(msg)}\n`);
+  dropLinesOnFailure(stream);
+  return (msg) => {
+    if (!failed.has(stream)) stream.write(`${new Date().toISOString()} [${component}] ${escapeControls(msg)}\n`);
+  };
 }
 
 const guarded = new WeakSet<NodeJS.WriteStream>();
+const failed = new WeakSet<NodeJS.WriteStream>();
 
-/** A reader that went away (`ganfleet worker | head`) drops the lines that follow; it does not end the process. */
-function ignoreGoneReader(stream: NodeJS.WriteStream): void {
+/**
+ * A log that cannot be written drops the lines that follow; it does not end
+ * the process. A reader that went away (`ganfleet worker | head`) is said
+ * nothing about; any other failure (a full disk under `> run.log`) is said
+ * once on stderr. Training, its checkpoints and its metrics go on.
+ */
+function dropLinesOnFailure(stream: NodeJS.WriteStream): void {
   if (guarded.has(stream)) return;
   guarded.add(stream);
   stream.on('error', (e: NodeJS.ErrnoException) => {
-    if (e.code !== 'EPIPE') throw e;
+    if (failed.has(stream)) return;
+    failed.add(stream);
+    if (e.code === 'EPIPE' || stream === process.stderr) return;
+    dropLinesOnFailure(process.stderr);
+    if (!failed.has(process.stderr)) process.stderr.write(`ganfleet: the log cannot be written (${e.message}); training goes on without its lines\n`);
+  });
+}
+
+/**
+ * Writes a command's result (`ganfleet eval --json > scores.json`) and
+ * resolves once it is written; a write that fails rejects, so the command
+ * exits 1 with the reason rather than with a result lost.
+ */
+export function writeResult(stream: NodeJS.WriteStream, text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    // Kept on a failure: the stream's 'error' follows the write's callback, and unheard it would crash the process.
+    stream.once('error', reject);
+    stream.write(text, (e) => {
+      if (e) return reject(e);
+      stream.off('error', reject);
+      resolve();
+    });
   });
 }
 
