@@ -119,6 +119,23 @@ test('a write that fails leaves neither a checkpoint nor its temporary file, and
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test('an old checkpoint that cannot be pruned is reported, and the new one is kept', () => {
+  const dir = tempDir('ckpt-prune');
+  writeCheckpoint(dir, checkpointAt(20), 3);
+  // Something that unlink refuses (EISDIR) under an older checkpoint's name.
+  fs.mkdirSync(path.join(dir, 'ckpt-000000010.bin', 'in-the-way'), { recursive: true });
+  const failures: string[] = [];
+  const newest = writeCheckpoint(dir, checkpointAt(30), 1, (e) => failures.push(e.message));
+  assert.equal(failures.length, 1);
+  assert.match(failures[0], /ckpt-000000010\.bin/);
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000030.bin', 'ckpt-000000010.bin']);
+  assert.equal(path.basename(newest), 'ckpt-000000030.bin');
+  // Without a handler the failure is the caller's.
+  assert.throws(() => writeCheckpoint(dir, checkpointAt(40), 1), /ckpt-000000010\.bin/);
+  assert.ok(fs.existsSync(path.join(dir, 'ckpt-000000040.bin')));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('a checkpoint that cannot be read is an error, not a file renamed aside as invalid', () => {
   const dir = tempDir('ckpt-unreadable');
   writeCheckpoint(dir, checkpointAt(10), 3);

@@ -197,6 +197,25 @@ test('a lease that cannot be touched is retried, and given up only once others w
   fs.rmSync(root, { recursive: true, force: true });
 });
 
+test('a lease that cannot be removed (a read-only --out) is left with a warning: release does not throw over the error that ended the run', async () => {
+  const root = tempDir();
+  const out = path.join(root, 'run');
+  const lines: string[] = [];
+  const claim = await OutputClaim.take(out, (l) => lines.push(l), () => {}, FAST);
+  const unlink = fs.unlinkSync;
+  fs.unlinkSync = () => {
+    throw Object.assign(new Error(`EROFS: read-only file system, unlink '${path.join(out, LEASE_FILE)}'`), { code: 'EROFS' });
+  };
+  try {
+    assert.doesNotThrow(() => claim.release());
+  } finally {
+    fs.unlinkSync = unlink;
+  }
+  assert.match(lines.join('\n'), /warning: the lease .* cannot be removed \(EROFS: read-only file system, unlink .*\); the next run on --out .* takes it over/);
+  assert.ok(fs.existsSync(path.join(out, LEASE_FILE)));
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
 test('a wait on another machine\'s lease ends at a signal (abort): OUT_NOT_TAKEN, and that lease is left as it was', async () => {
   const root = tempDir();
   const out = path.join(root, 'run');

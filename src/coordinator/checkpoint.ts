@@ -4,7 +4,7 @@ import path from 'node:path';
 import { ShardSlot } from '../data/shards';
 import { RngState } from '../util/rng';
 import { GanfleetError } from '../util/errors';
-import { writeFileAtomic } from '../util/write';
+import { removeFile, writeFileAtomic } from '../util/write';
 import { AdamState } from './adam';
 
 /**
@@ -143,14 +143,21 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
 /**
  * Atomic (writeFileAtomic): a crash leaves either the previous set of
  * checkpoints or the new complete one, never a torn file under a checkpoint
- * name. Then keeps only the newest `keep`.
+ * name. Then keeps only the newest `keep`; an old one that cannot be removed
+ * goes to `onPruneFailed` (a run logs it and trains on: its new checkpoint is
+ * already safe).
  */
-export function writeCheckpoint(dir: string, c: Checkpoint, keep: number): string {
+export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed: (e: Error) => void = (e) => { throw e; }): string {
   fs.mkdirSync(dir, { recursive: true });
   const final = path.join(dir, checkpointName(c.step));
   writeFileAtomic(final, [encodeCheckpoint(c)]);
   for (const old of listCheckpoints(dir).slice(keep)) {
-    if (old !== path.basename(final)) fs.rmSync(path.join(dir, old), { force: true });
+    if (old === path.basename(final)) continue;
+    try {
+      removeFile(path.join(dir, old));
+    } catch (e) {
+      onPruneFailed(e as Error);
+    }
   }
   return final;
 }

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { pidNamespace, processAlive } from '../util/signals';
-import { writeFully } from '../util/write';
+import { removeFile, writeFully } from '../util/write';
 import { runLayout } from './config';
 
 /** The file in --out that names the coordinator writing there. */
@@ -109,13 +109,22 @@ export class OutputClaim {
     return false;
   }
 
-  /** Gives the lease up, and removes the directories take() made that are still empty: a run that wrote nothing leaves nothing. */
+  /**
+   * Gives the lease up, and removes the directories take() made that are
+   * still empty: a run that wrote nothing leaves nothing. It never throws: it
+   * runs as a run closes, often after the error that ended it (a read-only
+   * --out), and a lease left behind is only taken over by the next run.
+   */
   release(): void {
     heldHere.delete(this.token);
     process.off('exit', this.releaseOnExit);
     this.stopTouching();
     const lease = readLease(this.file);
-    if (lease.kind === 'held' && lease.holder?.token === this.token) fs.rmSync(this.file, { force: true });
+    try {
+      if (lease.kind === 'held' && lease.holder?.token === this.token) removeFile(this.file);
+    } catch (e) {
+      this.log(`warning: the lease ${this.file} cannot be removed (${(e as Error).message}); the next run on --out ${this.out} takes it over`);
+    }
     removeEmpty(this.made);
   }
 
@@ -211,7 +220,11 @@ function create(file: string, me: Holder, out: string): boolean {
   try {
     writeFully(fd, [Buffer.from(`${JSON.stringify(me)}\n`)]);
   } catch (e) {
-    fs.rmSync(file, { force: true }); // an empty lease would hold the directory for staleMs
+    try {
+      removeFile(file); // an empty lease would hold the directory for staleMs
+    } catch {
+      /* the write's own error is the one to report */
+    }
     throw unusable(out, e);
   } finally {
     fs.closeSync(fd);
@@ -257,7 +270,7 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
       await pause(10);
       continue;
     }
-    fs.rmSync(aside, { force: true });
+    removeFile(aside);
     tookOver = `took over the lease on --out ${out} from ${describe(lease.holder)}: ${why}`;
   }
 }
@@ -304,7 +317,7 @@ export function putBack(aside: string, file: string): void {
       }
     }
   }
-  fs.rmSync(aside, { force: true });
+  removeFile(aside);
 }
 
 /** Whether a taker has this token's lease moved aside right now. */

@@ -37,7 +37,11 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): voi
     }
     fs.renameSync(tmp, file);
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
+    try {
+      removeFile(tmp);
+    } catch {
+      /* the write's own error is the one to report */
+    }
     // A failed write or fsync names no file ("ENOSPC: no space left on device, write"): say which output it was.
     if (e instanceof Error && !e.message.includes(tmp)) e.message = `${e.message} (${file})`;
     throw e;
@@ -79,6 +83,19 @@ export function removeTornWrites(dir: string, names: RegExp | string, now = Date
       return false; // renamed or removed meanwhile: its write finished
     }
   });
-  for (const name of torn) fs.rmSync(path.join(dir, name), { force: true });
+  for (const name of torn) removeFile(path.join(dir, name));
   return torn;
+}
+
+/**
+ * Removes `file`; one already gone is not an error. (Not `fs.rmSync` with
+ * `force`: an unlink refused with EPERM, on an immutable file, is retried as
+ * a directory and reported as "ENOTDIR ... scandir", hiding the reason.)
+ */
+export function removeFile(file: string): void {
+  try {
+    fs.unlinkSync(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
 }
