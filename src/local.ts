@@ -73,7 +73,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     // Before the stop, any exit (even 0) is a worker lost: restart it, or fail the run if it can no longer train.
     const lost = (what: string) => {
       if (children.get(i) === child) children.delete(i);
-      if (finishing) return;
+      if (finishing || coordinator.stopping) return;
       if (restarts < opts.maxRestarts) {
         restarts++;
         log(`${what}; restarting it (${restarts}/${opts.maxRestarts})`);

@@ -917,10 +917,15 @@ describe('coordinator edge cases found by review', () => {
     const fresh = path.join(out, 'evaluations-without-checkpoint');
     fs.mkdirSync(fresh, { recursive: true });
     fs.writeFileSync(path.join(fresh, 'evaluations.json'), JSON.stringify(earlier));
+    // Nor its grids, which a later resume of this run would list as its own.
+    fs.mkdirSync(path.join(fresh, 'samples'));
+    fs.writeFileSync(path.join(fresh, 'samples', 'step-000002.png'), 'grid');
     const freshLines: string[] = [];
     const fromZero = await Coordinator.start({ ...config(fresh, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, (l) => freshLines.push(l));
     assert.equal(fs.existsSync(path.join(fresh, 'evaluations.json')), false);
     assert.ok(freshLines.some((l) => /^removed \S+evaluations\.json: the evaluations of an earlier run that left no checkpoint$/.test(l)), freshLines.join('\n'));
+    assert.deepEqual(fs.readdirSync(path.join(fresh, 'samples')), []);
+    assert.ok(freshLines.some((l) => /^removed step-000002\.png from \S+samples: an earlier run that left no checkpoint drew them$/.test(l)), freshLines.join('\n'));
     await fromZero.close();
     // A history that cannot be read costs the history, with a warning, not the resume.
     fs.writeFileSync(path.join(dir, 'evaluations.json'), '{"step": 1');
@@ -1091,17 +1096,22 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
-  test('a resumed run lists the grids from before its checkpoint with its own, in summary.json and on the status page', async () => {
+  test('a resumed run lists the grids from before its checkpoint with its own, in summary.json and on the status page; those after it are removed', async () => {
     const dir = path.join(out, 'resumed-grids');
     plantCheckpoint(dir, 2);
-    // Grids of steps 1 and 2, and one of step 3 that a killed run wrote after its checkpoint: the resumed run writes its own.
+    // Grids of steps 1 and 2, and of steps 3 and 5 that a killed run wrote after its checkpoint: the resumed run
+    // writes its own step 3, and step 5, which it does not reach, would be listed by a later resume as its own.
     fs.mkdirSync(path.join(dir, 'samples'), { recursive: true });
-    for (const step of [1, 2, 3]) fs.writeFileSync(path.join(dir, 'samples', `step-00000${step}.png`), 'grid');
-    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, sampleEvery: 1, metricsPort: 0 }, () => {});
+    for (const step of [1, 2, 3, 5]) fs.writeFileSync(path.join(dir, 'samples', `step-00000${step}.png`), 'grid');
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, sampleEvery: 1, metricsPort: 0 }, (l) => lines.push(l));
+    assert.ok(lines.some((l) => /^removed step-000003\.png, step-000005\.png from \S+samples: they show weights after this checkpoint$/.test(l)), lines.join('\n'));
+    assert.ok(!fs.existsSync(path.join(dir, 'samples', 'step-000005.png')));
     const run = coordinator.run();
     await answerOneStep(coordinator, 2);
     const summary = await run;
     const grids = ['step-000001.png', 'step-000002.png', 'step-000003.png'];
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')).sort(), grids);
     assert.deepEqual(summary.samples.map((f) => path.basename(f)), grids);
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).samples.map((f: string) => path.basename(f)), grids);
     const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();

@@ -72,6 +72,21 @@ test('a second SIGINT while the first stop is still writing outputs exits at onc
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a worker process that dies after a stop was asked for is not restarted: the run is ending', { timeout: 90_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-stop-lost-'));
+  // The stop scores its step after the checkpoint: seconds in which the worker dies.
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--eval-every', '100000', '--eval-samples', '20000', '--metrics-port', '-1', '--out', out]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const [pid] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  run.child.kill('SIGINT');
+  await waitFor(() => /checkpoint .*ckpt-/.test(run.log()), 30_000, "the stop's checkpoint");
+  process.kill(pid, 'SIGKILL');
+  assert.equal(await run.exit, 0, run.log());
+  assert.doesNotMatch(run.log(), /restarting it/);
+  assert.match(run.log(), /eval step \d+: fid=/, 'the stop still scored its step');
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test('a worker process that dies is restarted, up to --max-restarts; with none left and no worker, the run stops and exits 1', { timeout: 90_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-restart-'));
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out]);

@@ -13,7 +13,7 @@ import { Gradients, Phase, Weights, WorkerMessage, errorMessage, gradientsMessag
 import { GanfleetError } from '../util/errors';
 import { Logger, createLogger, hostOf, peerString, throttledLogger } from '../util/log';
 import { Rng } from '../util/rng';
-import { writeJsonAtomic } from '../util/write';
+import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
@@ -28,7 +28,7 @@ import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, implausibleGradients, roundIndex, roundName, weightedStats } from './round';
-import { SampleWriter, gridsUpTo } from './samples';
+import { SampleWriter, gridsAround } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, loadReferenceSet } from '../eval/quality';
@@ -230,11 +230,12 @@ export class Coordinator {
       }
       c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
       if (config.resume) c.resume();
-      // A run from step 0 has no evaluations yet: one left by a run without checkpoints is not its history.
+      // A run from step 0 has no evaluations or grids yet: those of a run without checkpoints are not its history.
       if (c.resumedFrom === null && fs.existsSync(runLayout(config.out).evaluations)) {
-        fs.rmSync(runLayout(config.out).evaluations);
+        removeFile(runLayout(config.out).evaluations);
         log(`removed ${runLayout(config.out).evaluations}: the evaluations of an earlier run that left no checkpoint`);
       }
+      if (c.resumedFrom === null) c.removeGridsAfter(0, 'an earlier run that left no checkpoint drew them');
       await c.listen();
     } catch (e) {
       c.claim.release();
@@ -265,6 +266,11 @@ export class Coordinator {
     this.stop = { reason, failed };
     this.log(`stop requested: ${reason}`);
     this.events.emit('peers');
+  }
+
+  /** A stop was asked for: the run ends at the next step boundary, so a worker lost now is not replaced. */
+  get stopping(): boolean {
+    return this.stop !== null;
   }
 
   async run(): Promise<TrainingSummary> {
@@ -925,6 +931,7 @@ export class Coordinator {
         adamDiscriminator: this.adam.discriminator.state(),
       },
       this.config.keepCheckpoints,
+      (e) => this.log(`warning: an old checkpoint cannot be removed (--keep-checkpoints ${this.config.keepCheckpoints}): ${e.message}`),
     );
     this.log(`checkpoint ${file}`);
     this.lastCheckpoint = file;
@@ -933,6 +940,14 @@ export class Coordinator {
     this.unsavedSeconds = 0;
     this.metrics.unsavedTrainingSeconds.set(0);
     return file;
+  }
+
+  /** Grids after `step` would be listed by a later resume as this run's history, though it did not draw them. */
+  private removeGridsAfter(step: number, why: string): void {
+    const { after } = gridsAround(this.samples.dir, step);
+    if (after.length === 0) return;
+    for (const name of after) removeFile(path.join(this.samples.dir, name));
+    this.log(`removed ${after.join(', ')} from ${this.samples.dir}: ${why}`);
   }
 
   private resume(): void {
@@ -957,7 +972,8 @@ export class Coordinator {
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
     // The grids before the checkpoint are this run's history too, for the status page and summary.json.
-    this.sampleFiles = gridsUpTo(this.samples.dir, c.step);
+    this.sampleFiles = gridsAround(this.samples.dir, c.step).upTo;
+    this.removeGridsAfter(c.step, 'they show weights after this checkpoint');
     const recorded = evaluationsUpTo(this.config.out, c.step, this.log);
     this.evaluations.push(...recorded.kept);
     if (recorded.after.length > 0) {

@@ -10,14 +10,19 @@ const GRID = 5;
 
 export const SAMPLE_FILE = /^step-\d{6,}\.png$/;
 
-/** The grids in `dir` of steps up to `step`, oldest first: a resumed run's history before its checkpoint. */
-export function gridsUpTo(dir: string, step: number): string[] {
-  if (!fs.existsSync(dir)) return [];
+/**
+ * The grids in `dir`, oldest first, split at `step`, the checkpoint a resume
+ * starts from: those up to it are the run's history, those after it show
+ * weights the resume throws away.
+ */
+export function gridsAround(dir: string, step: number): { upTo: string[]; after: string[] } {
+  if (!fs.existsSync(dir)) return { upTo: [], after: [] };
   const stepOf = (name: string) => Number(name.slice(5, -4));
-  return fs
+  const grids = fs
     .readdirSync(dir)
-    .filter((name) => SAMPLE_FILE.test(name) && stepOf(name) <= step)
+    .filter((name) => SAMPLE_FILE.test(name))
     .sort((a, b) => stepOf(a) - stepOf(b));
+  return { upTo: grids.filter((name) => stepOf(name) <= step), after: grids.filter((name) => stepOf(name) > step) };
 }
 
 /**
