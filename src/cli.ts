@@ -311,7 +311,9 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
   return y
     .epilog('Every flag can also be set as GANFLEET_<FLAG> (GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…); the command line wins, and a flag given twice takes its last value.')
     // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
-    .requiresArg(valued)
+    // Exactly one value (not requiresArg's "at least one"): with that count yargs-parser drops the earlier value of a
+    // flag given twice, where otherwise a last value of 1 counts as an increment (--steps 1000 --steps 1 was 1001).
+    .nargs(Object.fromEntries(valued.map((k) => [k, 1])))
     .middleware((a) => {
       const read = switches();
       refusedSwitches = read.filter((s) => s.value === null);

@@ -1013,7 +1013,7 @@ describe('coordinator edge cases found by review', () => {
       const closing = coordinator.close();
       let m = await peer.next();
       while (m.type !== 'stop') m = await peer.next();
-      assert.deepEqual({ reason: m.reason, resumable: m.resumable }, stoppedEarly ? { reason: 'SIGTERM received', resumable: true } : { reason: 'finished 1 steps', resumable: undefined });
+      assert.deepEqual({ reason: m.reason, resumable: m.resumable }, stoppedEarly ? { reason: 'SIGTERM received', resumable: true } : { reason: 'finished 1 step', resumable: undefined });
       peer.ws.close();
       await closing;
     }

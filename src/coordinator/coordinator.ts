@@ -333,7 +333,7 @@ export class Coordinator {
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
-    const stopReason = this.stop?.reason ?? `finished ${this.step} steps`;
+    const stopReason = this.stop?.reason ?? `finished ${this.step} step${this.step === 1 ? '' : 's'}`;
     this.stop ??= { reason: stopReason, failed: false };
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
     const summary: TrainingSummary = {
