@@ -640,6 +640,49 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a run that diverges before its first checkpoint says to start again; a resume that diverges at once marks summary.json ok: false', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'diverged-at-once');
+    // As in the test above: a D gradient that Adam turns into a step of 1e30, then G's gradients from that D are NaN.
+    const diverge = async (coordinator: Coordinator, step: number) => {
+      const { peer } = await joinedPeer(coordinator);
+      await weightsOrDrop(peer);
+      peer.gradients(step, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+      await weightsOrDrop(peer);
+      const g = zeros('generator');
+      g[0] = NaN;
+      peer.gradients(step, 'generator', g);
+    };
+    const lr = { ...KERAS_ADAM_DEFAULTS, learningRate: 1e30 };
+    const lines: string[] = [];
+    const fresh = await Coordinator.start({ ...config(dir, 10), dataDir, adam: lr }, (l) => lines.push(l));
+    const freshRun = fresh.run();
+    await diverge(fresh, 0);
+    const first = await freshRun;
+    await fresh.close();
+    assert.equal(first.ok, false);
+    assert.match(first.stopReason, /^training diverged at step 1: .*; there is no checkpoint yet: start again with a lower --lr$/);
+    assert.ok(lines.includes(`${first.stopReason}; no outputs written`), lines.join('\n'));
+    assert.ok(!fs.existsSync(path.join(dir, 'summary.json')));
+    // A healthy step, finished and summarised; then a resume whose first step diverges trains nothing.
+    const healthy = await Coordinator.start({ ...config(dir, 1), dataDir }, () => {});
+    const healthyRun = healthy.run();
+    await answerOneStep(healthy, 0);
+    assert.equal((await healthyRun).ok, true);
+    await healthy.close();
+    const resumed = await Coordinator.start({ ...config(dir, 10), dataDir, resume: true, adam: lr }, () => {});
+    const resumedRun = resumed.run();
+    await diverge(resumed, 1);
+    const summary = await resumedRun;
+    await resumed.close();
+    assert.equal(summary.stepsThisRun, 0);
+    assert.match(summary.stopReason, /^training diverged at step 2: .*; resume from a checkpoint before step 2 \(the newest is \S+ckpt-000000001\.bin\) with a lower --lr$/);
+    const written = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
+    assert.deepEqual({ ok: written.ok, stopReason: written.stopReason, steps: written.steps }, { ok: false, stopReason: summary.stopReason, steps: 1 });
+    assert.equal(written.generator, path.join(dir, 'generator'), "step 1's generator is still there, and good");
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a worker whose own mailbox file cannot be used keeps its answer to the open round; its frames go over the socket', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused-box'), 1) }, () => {});
     const run = coordinator.run();

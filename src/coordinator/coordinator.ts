@@ -357,16 +357,19 @@ export class Coordinator {
       stopReason,
     };
     if (untrained) {
-      this.log(`${stopReason} before the first step: no outputs written`);
+      this.log(this.diverged ? `${stopReason}; no outputs written` : `${stopReason} before the first step: no outputs written`);
       return summary;
     }
     if (keepOutputs) {
-      // An evaluation scored on resume (one a stop or a kill cut short) joins the summary, whose figures are the run's.
-      if (this.evaluationMissed && this.evaluations.some((e) => e.step === this.step) && this.mayWrite()) {
+      // An evaluation scored on resume (one a stop or a kill cut short) joins the summary, whose figures are the
+      // run's; a failure (it diverged at once, say) marks it, or a script reading `ok` would see the run succeed.
+      const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
+      if ((scored || this.stop.failed) && this.mayWrite()) {
         const file = runLayout(this.config.out).summary;
         const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
-        writeJsonAtomic(file, { ...kept, evaluations: this.evaluations });
-        this.log(`added the evaluation of step ${this.step} to ${file}`);
+        writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(this.stop.failed ? { ok: false, stopReason } : {}) });
+        if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
+        if (this.stop.failed) this.log(`${file}: ok false, since this run failed`);
       }
       const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
@@ -761,8 +764,10 @@ export class Coordinator {
     const problem = this.ownAnswerProblem(round.step, round.phase);
     if (!problem) return;
     const step = stepOfRound(round.step);
-    const newest = this.lastCheckpoint ? ` (the newest is ${this.lastCheckpoint})` : '';
-    this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); resume from a checkpoint before step ${step}${newest} with a lower --lr`;
+    const advice = this.lastCheckpoint
+      ? `resume from a checkpoint before step ${step} (the newest is ${this.lastCheckpoint}) with a lower --lr`
+      : 'there is no checkpoint yet: start again with a lower --lr';
+    this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); ${advice}`;
     // It decides how the run ends even where a stop (a signal) was asked for before.
     if (this.stop) {
       this.stop = { reason: this.diverged, failed: true };
