@@ -96,6 +96,20 @@ async function main() {
   process.stdout.write(JSON.stringify(results, null, 2) + '\n');
 }
 
+const USAGE = `npm run faults [-- --help]
+
+Injects each fault into a real run on this machine: a worker's SIGKILL, SIGSTOP and SIGTERM, then the
+coordinator's SIGKILL with and without a torn checkpoint, each followed by a --resume. Prints one JSON
+array: per fault, what the run did and how long each part took, from the coordinator's own log lines.
+Takes a few minutes; it takes no options.`;
+
+const args = process.argv.slice(2);
+if (args.length > 0) {
+  const help = args.every((a) => a === '--help' || a === '-h');
+  (help ? process.stdout : process.stderr).write(`${help ? '' : `unknown arguments: ${args.join(' ')}\n\n`}${USAGE}\n`);
+  process.exit(help ? 0 : 2);
+}
+
 main()
   .catch((e) => {
     process.stderr.write(`faults failed: ${(e as Error).stack}\n`);

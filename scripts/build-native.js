@@ -26,6 +26,6 @@ if (!process.env.npm_config_nodedir && fs.existsSync(path.join(prefix, 'include'
 const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
 if (r.status !== 0) {
   console.warn('ganfleet: the native matmul did not build (see above; it needs python3, make and a C compiler).');
-  console.warn('ganfleet: training still works on the wasm backend\'s own matmul, about 2-3x slower per step.');
+  console.warn('ganfleet: training still works on the wasm backend\'s own matmul, 3-4x slower per step for the MLP, about 2x for the DCGAN.');
 }
 process.exit(0);
