@@ -680,6 +680,14 @@ describe('coordinator edge cases found by review', () => {
     const written = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
     assert.deepEqual({ ok: written.ok, stopReason: written.stopReason, steps: written.steps }, { ok: false, stopReason: summary.stopReason, steps: 1 });
     assert.equal(written.generator, path.join(dir, 'generator'), "step 1's generator is still there, and good");
+    // A restart that finds the training finished (its --steps reached) says so again.
+    const lines2: string[] = [];
+    const restarted = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true }, (l) => lines2.push(l));
+    assert.equal((await restarted.run()).ok, true);
+    await restarted.close();
+    const rewritten = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
+    assert.deepEqual({ ok: rewritten.ok, stopReason: rewritten.stopReason, seconds: rewritten.seconds }, { ok: true, stopReason: 'finished 1 step', seconds: written.seconds });
+    assert.ok(lines2.some((l) => /^finished 1 step: the run is at step 1 of --steps 1 .*left as they were \(\S+summary\.json says ok: true again\)$/.test(l)), lines2.join('\n'));
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -969,6 +977,14 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(freshLines.some((l) => /^removed \S+evaluations\.json: the evaluations of an earlier run that left no checkpoint$/.test(l)), freshLines.join('\n'));
     assert.deepEqual(fs.readdirSync(path.join(fresh, 'samples')), []);
     assert.ok(freshLines.some((l) => /^removed step-000002\.png from \S+samples: an earlier run that left no checkpoint drew them$/.test(l)), freshLines.join('\n'));
+    // Only once started: a start that fails (its port taken) leaves them.
+    const failedStart = path.join(out, 'evaluations-port-taken');
+    fs.mkdirSync(path.join(failedStart, 'samples'), { recursive: true });
+    fs.writeFileSync(path.join(failedStart, 'evaluations.json'), JSON.stringify(earlier));
+    fs.writeFileSync(path.join(failedStart, 'samples', 'step-000002.png'), 'grid');
+    await assert.rejects(Coordinator.start({ ...config(failedStart, 3), port: fromZero.port, dataDir, evalEvery: 1, evalSamples: 100 }, () => {}), /EADDRINUSE/);
+    assert.ok(fs.existsSync(path.join(failedStart, 'evaluations.json')));
+    assert.deepEqual(fs.readdirSync(path.join(failedStart, 'samples')), ['step-000002.png']);
     await fromZero.close();
     // A history that cannot be read costs the history, with a warning, not the resume.
     fs.writeFileSync(path.join(dir, 'evaluations.json'), '{"step": 1');

@@ -133,6 +133,8 @@ export class Coordinator {
   private round: Round | null = null;
   private step = 0;
   private resumedFrom: number | null = null;
+  /** Steps of the evaluations the resume found after its checkpoint: removed from evaluations.json once started. */
+  private evaluationsDiscarded: number[] = [];
   private stop: { reason: string; failed: boolean } | null = null;
   private bytesSent = 0;
   private bytesReceived = 0;
@@ -230,13 +232,9 @@ export class Coordinator {
       }
       c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
       if (config.resume) c.resume();
-      // A run from step 0 has no evaluations or grids yet: those of a run without checkpoints are not its history.
-      if (c.resumedFrom === null && fs.existsSync(runLayout(config.out).evaluations)) {
-        removeFile(runLayout(config.out).evaluations);
-        log(`removed ${runLayout(config.out).evaluations}: the evaluations of an earlier run that left no checkpoint`);
-      }
-      if (c.resumedFrom === null) c.removeGridsAfter(0, 'an earlier run that left no checkpoint drew them');
       await c.listen();
+      // Once started: a start that fails (a port in use) leaves the outputs as they were.
+      c.forgetLaterOutputs();
     } catch (e) {
       c.claim.release();
       throw e;
@@ -361,18 +359,21 @@ export class Coordinator {
       return summary;
     }
     if (keepOutputs) {
-      // An evaluation scored on resume (one a stop or a kill cut short) joins the summary, whose figures are the
-      // run's; a failure (it diverged at once, say) marks it, or a script reading `ok` would see the run succeed.
+      // The summary's figures stay the earlier run's. An evaluation scored on resume (one a stop or a kill cut
+      // short) joins them, and `ok` says how the latest run ended: false after a failure (it diverged at once,
+      // say), or a script reading it would see success; true again once a run finds the training finished.
+      const file = runLayout(this.config.out).summary;
+      const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
       const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
-      if ((scored || this.stop.failed) && this.mayWrite()) {
-        const file = runLayout(this.config.out).summary;
-        const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
-        writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(this.stop.failed ? { ok: false, stopReason } : {}) });
+      const failed = this.stop.failed;
+      const finishedAgain = !failed && this.step >= steps && !kept.ok;
+      if ((scored || failed || finishedAgain) && this.mayWrite()) {
+        writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(failed || finishedAgain ? { ok: !failed, stopReason } : {}) });
         if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
-        if (this.stop.failed) this.log(`${file}: ok false, since this run failed`);
       }
       const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
-      this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were`);
+      const marked = failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
+      this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were${marked}`);
       return summary;
     }
     if (!this.mayWrite()) {
@@ -947,12 +948,27 @@ export class Coordinator {
     return file;
   }
 
-  /** Grids after `step` would be listed by a later resume as this run's history, though it did not draw them. */
-  private removeGridsAfter(step: number, why: string): void {
-    const { after } = gridsAround(this.samples.dir, step);
-    if (after.length === 0) return;
+  /**
+   * The grids and evaluations after the step this run starts from are not
+   * its history: they show weights the resume throws away, or come from an
+   * earlier run that left no checkpoint (a run from step 0). Left, a later
+   * resume would list them as this run's.
+   */
+  private forgetLaterOutputs(): void {
+    const from = this.resumedFrom;
+    const { after } = gridsAround(this.samples.dir, from ?? 0);
     for (const name of after) removeFile(path.join(this.samples.dir, name));
-    this.log(`removed ${after.join(', ')} from ${this.samples.dir}: ${why}`);
+    if (after.length > 0) {
+      this.log(`removed ${after.join(', ')} from ${this.samples.dir}: ${from === null ? 'an earlier run that left no checkpoint drew them' : 'they show weights after this checkpoint'}`);
+    }
+    const file = runLayout(this.config.out).evaluations;
+    if (from === null && fs.existsSync(file)) {
+      removeFile(file);
+      this.log(`removed ${file}: the evaluations of an earlier run that left no checkpoint`);
+    } else if (this.evaluationsDiscarded.length > 0) {
+      this.writeEvaluations();
+      this.log(`evaluations at step ${this.evaluationsDiscarded.join(', ')} scored weights after this checkpoint; removed from ${file}`);
+    }
   }
 
   private resume(): void {
@@ -978,13 +994,9 @@ export class Coordinator {
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
     // The grids before the checkpoint are this run's history too, for the status page and summary.json.
     this.sampleFiles = gridsAround(this.samples.dir, c.step).upTo;
-    this.removeGridsAfter(c.step, 'they show weights after this checkpoint');
     const recorded = evaluationsUpTo(this.config.out, c.step, this.log);
     this.evaluations.push(...recorded.kept);
-    if (recorded.after.length > 0) {
-      this.log(`evaluations at step ${recorded.after.join(', ')} scored weights after this checkpoint; removed from ${runLayout(this.config.out).evaluations}`);
-      this.writeEvaluations();
-    }
+    this.evaluationsDiscarded = recorded.after;
     // Due at the checkpoint's step (or the run's end) and not recorded: a kill or a stop cut it short.
     const { evalEvery, steps } = this.config;
     this.evaluationMissed = (due(c.step, evalEvery) || (evalEvery > 0 && c.step >= steps)) && !recorded.kept.some((e) => e.step === c.step);
