@@ -367,12 +367,13 @@ export class Coordinator {
       const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
       const failed = this.stop.failed;
       const finishedAgain = !failed && this.step >= steps && !kept.ok;
-      if ((scored || failed || finishedAgain) && this.mayWrite()) {
+      const rewritten = (scored || failed || finishedAgain) && this.mayWrite();
+      if (rewritten) {
         writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(failed || finishedAgain ? { ok: !failed, stopReason } : {}) });
         if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
       }
       const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
-      const marked = failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
+      const marked = !rewritten ? '' : failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
       this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were${marked}`);
       return summary;
     }
