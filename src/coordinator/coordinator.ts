@@ -366,7 +366,7 @@ export class Coordinator {
       const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
       const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
       const failed = this.stop.failed;
-      const finishedAgain = !failed && this.step >= steps && !kept.ok;
+      const finishedAgain = !failed && this.step >= steps && kept.ok === false;
       const rewritten = (scored || failed || finishedAgain) && this.mayWrite();
       if (rewritten) {
         writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(failed || finishedAgain ? { ok: !failed, stopReason } : {}) });
