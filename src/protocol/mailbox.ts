@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { EncodedFrame } from './codec';
-import { writeFully } from '../util/write';
+import { removeFile, writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
 import { GanfleetError } from '../util/errors';
 import { pidNamespace, processAlive } from '../util/signals';
@@ -81,7 +81,11 @@ export class Outbox {
       writeFully(fd, [Buffer.from(nonce, 'latin1')]);
     } catch (e) {
       new Descriptor(fd).close();
-      fs.rmSync(file, { force: true });
+      try {
+        removeFile(file);
+      } catch {
+        /* the write's own error is the one to report */
+      }
       throw e;
     }
     return new Outbox(file, fd);
@@ -97,7 +101,7 @@ export class Outbox {
   close(): void {
     if (!this.file.open) return;
     this.file.close();
-    fs.rmSync(this.path, { force: true });
+    removeFile(this.path);
   }
 }
 
