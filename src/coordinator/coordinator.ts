@@ -2,16 +2,14 @@ import { EventEmitter, once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import WebSocket from 'ws';
 import { selectBackend } from '../backend';
-import { IMAGE_SIZE, MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
+import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
-import { EncodedFrame, ProtocolError, RejectReason, decodeWorkerMessage, encode, encodeFrame } from '../protocol/codec';
-import { Gradients, Phase, Weights, WorkerMessage, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
-import { GanfleetError } from '../util/errors';
-import { Logger, createLogger, hostOf, peerString, throttledLogger } from '../util/log';
+import { EncodedFrame, encodeFrame } from '../protocol/codec';
+import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
+import { Logger, createLogger } from '../util/log';
 import { Rng } from '../util/rng';
 import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -27,19 +25,15 @@ import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { STATUS_PAGE } from './status-page';
 import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
-import { Round, RoundResult, implausibleGradients, roundIndex, roundName, weightedStats } from './round';
+import { Round, RoundResult, roundIndex, weightedStats } from './round';
+import { Receiver } from './receiver';
+import { ownAnswerProblem } from './divergence';
 import { SampleWriter, gridsAround } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, loadReferenceSet } from '../eval/quality';
-// A worker's step, which the coordinator computes itself only to tell divergence from a faulty worker.
-import { ShardCompute } from '../worker/compute';
 
-/** A peer that sends this many rejected messages is disconnected. */
-const MAX_OFFENCES = 3;
 const EMPTY = new Float32Array(0);
-/** A socket that has not said hello within `timeoutMs` is closed (an object, so that a test may wait less). */
-export const HELLO_TIMING = { timeoutMs: 10_000 };
 
 /** Whether a `--*-every N` output falls at `step`; N = 0 means only the one at the end. */
 function due(step: number, every: number): boolean {
@@ -118,6 +112,7 @@ export class Coordinator {
   /** D before this step's D update, restored if the step cannot finish. */
   private readonly rollback: { discriminator: Float32Array; adam: AdamState };
   private readonly workers: WorkerGroup;
+  private readonly receiver: Receiver;
   private readonly events = new EventEmitter();
   private readonly samples: SampleWriter;
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
@@ -162,17 +157,11 @@ export class Coordinator {
   private claim: OutputClaim | null = null;
   /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
   private outputsForfeited: string | null = null;
-  /**
-   * For what a peer that is not yet anyone (no accepted hello) can repeat at
-   * will: at most a line a minute per address and kind, as for a wrong token.
-   */
-  private readonly logUnidentified: (key: string, msg: string) => void;
 
   private constructor(
     readonly config: CoordinatorConfig,
     private readonly log: Logger,
   ) {
-    this.logUnidentified = throttledLogger(log);
     this.model = createModel(config.arch, config.loss);
     this.params = this.model.init(new Rng(config.seed));
     this.metrics.targetSteps.set(config.steps);
@@ -204,6 +193,18 @@ export class Coordinator {
       },
       left: (workerId) => this.round?.drop(workerId),
       changed: () => this.events.emit('peers'),
+    });
+    this.receiver = new Receiver(this.model, config.batchSize, {
+      log,
+      metrics: this.metrics,
+      workers: this.workers,
+      openRound: () => this.round,
+      lastClosedRound: () => this.lastClosedRound,
+      countReceived: (bytes) => {
+        this.bytesReceived += bytes;
+        this.metrics.receivedBytes.inc(bytes);
+      },
+      refusedAsImplausible: (round) => this.checkDivergence(round),
     });
   }
 
@@ -410,7 +411,7 @@ export class Coordinator {
   }
 
   private async listen(): Promise<void> {
-    this.listener = await WorkerListener.open(this.config, this.maxPayload, { log: this.log, metrics: this.metrics }, (socket, address) => this.onConnection(socket, address));
+    this.listener = await WorkerListener.open(this.config, this.receiver.maxPayload, { log: this.log, metrics: this.metrics }, (socket, address) => this.receiver.accept(socket, address));
     this.workers.startHeartbeats();
     this.workers.offerMailboxes();
     const { host, metricsPort } = this.config;
@@ -425,129 +426,6 @@ export class Coordinator {
       }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
     }
-  }
-
-  /** The largest frame a worker may send: gradients of the larger network plus envelope. */
-  private get maxPayload(): number {
-    return 4 * Math.max(this.model.generatorLayout.size, this.model.discriminatorLayout.size) + 64 * 1024;
-  }
-
-  private onConnection(socket: WebSocket, address: string): void {
-    let peer: WorkerPeer | null = null;
-    const { timeoutMs } = HELLO_TIMING;
-    const helloTimer = setTimeout(() => {
-      this.logUnidentified(`${hostOf(address)} silent`, `closing ${address}: no hello within ${timeoutMs / 1000} s`);
-      socket.terminate();
-    }, timeoutMs);
-    socket.on('message', (data: Buffer, isBinary: boolean) => {
-      this.bytesReceived += data.length;
-      this.metrics.receivedBytes.inc(data.length);
-      // Frames already in flight when we closed this socket are not acted on (a hello would welcome a ghost).
-      if (peer ? !peer.open : socket.readyState !== WebSocket.OPEN) {
-        if (peer) this.discardFromDropped(peer, data);
-        return;
-      }
-      let msg: WorkerMessage;
-      try {
-        if (!isBinary) throw new ProtocolError('bad_frame', 'text frames are not part of the protocol');
-        msg = decodeWorkerMessage(data);
-        if (msg.type === 'mail') msg = this.collectMail(peer, msg.bytes);
-      } catch (e) {
-        if (e instanceof GanfleetError && e.code === 'MAILBOX_READ_FAILED' && peer) {
-          // Our read failed, not the worker: its answer is lost, and a worker answers the way it was asked,
-          // so from now on over the socket. A round left with no answer is asked again.
-          peer.loseMailbox(e.message);
-          this.round?.drop(peer.id);
-          return;
-        }
-        const err = e instanceof ProtocolError ? e : new ProtocolError('bad_frame', (e as Error).message);
-        return this.reject(socket, peer ?? address, err.reason, err.message);
-      }
-      if (!peer) {
-        if (msg.type !== 'hello') return this.reject(socket, address, 'unexpected', `expected hello, got ${msg.type}`);
-        clearTimeout(helloTimer);
-        peer = this.workers.admit(msg, socket, address);
-        return;
-      }
-      switch (msg.type) {
-        case 'gradients':
-          return this.onGradients(peer, msg);
-        case 'error':
-          // Healthy workers send an error only just before leaving; it counts, so a connection cannot flood the log.
-          this.log(`${peer.id} reported ${peerString(msg.code)}: ${peerString(msg.message)}`);
-          if (++peer.offences >= MAX_OFFENCES) {
-            peer.asked.length = 0; // an offender's answers to come are not a straggler's (discardFromDropped)
-            this.workers.drop(peer, 'too many errors');
-          }
-          return;
-        case 'mailbox': {
-          const problem = this.workers.confirmMailbox(peer, msg);
-          // A worker's file that cannot be used here (another user's, say) is no offence, and costs the worker no answer.
-          if (problem) this.reject(peer.socket, peer, problem[0], problem[1], problem[0] === 'unexpected');
-          return;
-        }
-        case 'hello':
-          return this.reject(socket, peer, 'unexpected', 'hello sent twice');
-      }
-    });
-    socket.on('pong', () => {
-      if (peer) this.workers.receivedPong(peer);
-    });
-    socket.on('close', () => {
-      clearTimeout(helloTimer);
-      if (peer) this.workers.remove(peer, 'disconnected');
-    });
-    socket.on('error', (e: Error & { code?: string }) => {
-      // ws closes the socket (1009) on a frame above maxPayload and reports it here.
-      if (e.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.metrics.reject('too_large');
-      if (peer) this.log(`socket ${peer.id}: ${e.message}`);
-      else this.logUnidentified(`${hostOf(address)} socket`, `socket ${address}: ${e.message}`);
-    });
-  }
-
-  /**
-   * What a dropped peer sent before it heard (a straggler past its deadline,
-   * a frozen one past its heartbeat): an answer to a request it was sent is
-   * counted late, as any answer after its round closed is, and nothing is
-   * acted on. Anything else it sends is ignored, so it can add no more lines
-   * than it had requests. A mail notice answers the oldest request (a worker
-   * answers in order) and is not read.
-   */
-  private discardFromDropped(peer: WorkerPeer, data: Buffer): void {
-    let msg: WorkerMessage;
-    try {
-      msg = decodeWorkerMessage(data);
-    } catch {
-      return;
-    }
-    let what: string;
-    if (msg.type === 'gradients') {
-      const request = peer.asked.indexOf(roundIndex(msg.step, msg.phase));
-      if (request < 0) return;
-      peer.asked.splice(0, request + 1);
-      what = roundName(roundIndex(msg.step, msg.phase));
-    } else if (msg.type === 'mail' && peer.asked.length > 0) {
-      what = `${roundName(peer.asked.shift()!)} (by mail)`;
-    } else {
-      return;
-    }
-    this.metrics.lateGradients.inc();
-    this.log(`discarded late ${what} from ${peer.id}, which was dropped before they came`);
-  }
-
-  /** The frame a `mail` notice announces, decoded; only gradients travel by mail. */
-  private collectMail(peer: WorkerPeer | null, bytes: number): WorkerMessage {
-    const inbox = peer?.mailbox?.inbox;
-    if (!inbox) throw new ProtocolError('unexpected', 'mail without a confirmed mailbox');
-    // While the open round awaits this peer, into the peer's reused memory: the
-    // gradients are averaged when the round closes, before the next round can
-    // await the peer again, and nothing the peer sends in between is read there.
-    const frame = inbox.collect(bytes, this.maxPayload, this.round?.isAwaiting(peer!.id) ?? false);
-    this.bytesReceived += frame.length;
-    this.metrics.receivedBytes.inc(frame.length);
-    const inner = decodeWorkerMessage(frame);
-    if (inner.type !== 'gradients') throw new ProtocolError('unexpected', `a mailed ${inner.type} message`);
-    return inner;
   }
 
   /** Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested. */
@@ -698,59 +576,6 @@ export class Coordinator {
   }
 
   /**
-   * An answer is taken only against a request: the peer's queue of rounds it
-   * was sent weights for. A worker answers its requests in order, so the
-   * answer must be for one of them, and it settles that one and any skipped
-   * before it. So a worker asked twice for one round (a retried round) may
-   * answer twice, a straggler is discarded once per request, and a copy, a
-   * replay or a round never asked is an offence that cannot flood the log.
-   */
-  private onGradients(peer: WorkerPeer, msg: Gradients): void {
-    const round = this.round;
-    const sent = roundIndex(msg.step, msg.phase);
-    const forOpenRound = round !== null && sent === roundIndex(round.step, round.phase);
-    if (!forOpenRound && sent > this.lastClosedRound) {
-      return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${stepOfRound(msg.step)} (${msg.phase}) do not belong to any round so far`);
-    }
-    const request = peer.asked.indexOf(sent);
-    if (request < 0) return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${stepOfRound(msg.step)} (${msg.phase}) answer no open request to ${peer.id}`);
-    peer.asked.splice(0, request + 1);
-    const problem = implausibleGradients(msg, this.model, this.config.batchSize);
-    if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
-    if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
-    // Its round closed without it (or dropped it for an offence): never applied to newer weights; no offence.
-    this.metrics.lateGradients.inc();
-    this.log(`discarded late ${roundName(roundIndex(msg.step, msg.phase))} from ${peer.id}`);
-  }
-
-  /**
-   * Counts a rejection, tells the peer why, and cuts off unidentified peers
-   * (`from` their address). An `offence` also costs a welcomed peer its
-   * answer to the open round, and repeat offenders their connection.
-   */
-  private reject(socket: WebSocket, from: WorkerPeer | string, reason: RejectReason, text: string, offence = true): void {
-    this.metrics.reject(reason);
-    const peer = typeof from === 'string' ? null : from;
-    if (peer) this.log(`rejected a message from ${peer.id} (${reason}): ${text}`);
-    else this.logUnidentified(`${hostOf(from as string)} rejected`, `rejected a message from an unidentified peer at ${from as string} (${reason}): ${text}`);
-    const error = encode(errorMessage(`PROTOCOL_${reason.toUpperCase()}`, text));
-    // A peer's own send keeps the error out of the middle of a fragmented shard.
-    if (peer) peer.send(error);
-    else if (socket.readyState === WebSocket.OPEN) socket.send(error);
-    if (!peer) return socket.close(1008, 'protocol violation');
-    if ((reason === 'not_finite' || reason === 'out_of_range') && this.round?.isAwaiting(peer.id)) this.checkDivergence(this.round);
-    if (!offence) return;
-    // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
-    this.round?.drop(peer.id);
-    if (++peer.offences >= MAX_OFFENCES) {
-      // What it sends from here on is an offender's, not a straggler's answer (discardFromDropped).
-      peer.asked.length = 0;
-      peer.close(1008, 'protocol violation');
-      this.workers.remove(peer, `${MAX_OFFENCES} rejected messages`);
-    }
-  }
-
-  /**
    * An answer refused as not finite or out of range is a faulty or hostile
    * worker's, or the sign that training has diverged (too high an --lr, say):
    * then every honest answer is refused, and the round would be asked again
@@ -763,7 +588,7 @@ export class Coordinator {
     const index = roundIndex(round.step, round.phase);
     if (this.diverged || index === this.checkedRound) return;
     this.checkedRound = index;
-    const problem = this.ownAnswerProblem(round.step, round.phase);
+    const problem = ownAnswerProblem(this.model, this.params, this.train, this.config.batchSize, this.config.seed, round.step, round.phase);
     if (!problem) return;
     const step = stepOfRound(round.step);
     const advice = this.lastCheckpoint
@@ -775,23 +600,6 @@ export class Coordinator {
       this.stop = { reason: this.diverged, failed: true };
       this.log(`stop requested: ${this.diverged}`);
     } else this.requestStop(this.diverged, true);
-  }
-
-  /** Why the coordinator's own answer to round (`step`, `phase`) would be refused, or null. */
-  private ownAnswerProblem(step: number, phase: Phase): string | null {
-    const compute = new ShardCompute(this.model, this.config.batchSize);
-    try {
-      const count = Math.min(this.train.count, this.config.batchSize);
-      compute.setShard({ images: this.train.images.subarray(0, count * IMAGE_SIZE), count, seed: this.config.seed });
-      compute.updateWeights(this.params.generator, this.params.discriminator, true);
-      const answer = decodeWorkerMessage(encode(gradientsMessage(step, phase, compute.step(step, phase), 0))) as Gradients;
-      return implausibleGradients(answer, this.model, this.config.batchSize)?.[1] ?? null;
-    } catch (e) {
-      if (e instanceof ProtocolError) return e.message;
-      throw e;
-    } finally {
-      compute.dispose();
-    }
   }
 
   private writeSamples(): void {
