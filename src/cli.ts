@@ -1,6 +1,4 @@
 #!/usr/bin/env node
-import crypto from 'node:crypto';
-import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
@@ -19,6 +17,8 @@ import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
 import { createLogger, writeResult } from './util/log';
 import { holdStopSignals, onStopSignals } from './util/signals';
+import { MAX_SEED, UsageError, checkPort, envVariable, environmentSource, given, integerInRange, requirePath, switchForms, warnOfMistypedVariables } from './util/flags';
+import { holdsCertificate, tlsPairProblem } from './util/tls';
 import { runWorker } from './worker/worker';
 
 /** The longest delay a Node timer can hold, in whole seconds. */
@@ -28,121 +28,9 @@ function defaultOut(): string {
   return path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace(/-\d+Z$/, 'Z'));
 }
 
-/**
- * A GANFLEET_* variable one letter or two off a flag of this command (GANFLEET_STEP) is a typo that
- * would quietly keep the default. Warned of, not refused: one environment may serve several commands.
- */
-function warnOfMistypedVariables(flags: Set<string>): void {
-  for (const variable of Object.keys(process.env)) {
-    if (!variable.startsWith('GANFLEET_')) continue;
-    const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
-    if (flags.has(name) || name === 'expect-native') continue;
-    const [nearest, distance] = [...flags].map((f) => [f, editDistance(name, f)] as const).sort((a, b) => a[1] - b[1])[0] ?? ['', Infinity];
-    if (distance <= (name.length < 5 ? 1 : 2)) {
-      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean GANFLEET_${nearest.toUpperCase().replace(/-/g, '_')}?\n`);
-    }
-  }
-}
-
-function editDistance(a: string, b: string): number {
-  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const next = [i];
-    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j] + 1, next[j - 1] + 1, row[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
-    row = next;
-  }
-  return row[b.length];
-}
-
-/** How a switch is written on the command line. */
-function switchForms(key: string): string {
-  return `--${key} or --no-${key}, or --${key}= with 1/0, true/false, yes/no or on/off`;
-}
-
-/** A usage error found outside yargs' own checks (in a middleware), which exits 2 like theirs. */
-class UsageError extends Error {}
-
-/** Whether `parse` takes the file's bytes (a certificate, a private key) without throwing. */
-function holds(file: string, parse: (bytes: Buffer) => unknown): boolean {
-  try {
-    parse(fs.readFileSync(file));
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const holdsCertificate = (file: string) => holds(file, (b) => new crypto.X509Certificate(b));
-const holdsPrivateKey = (file: string) => holds(file, (b) => crypto.createPrivateKey(b));
-
-/** Why --tls-cert and --tls-key cannot serve TLS, or null; found here, named by flag, not as OpenSSL's "no start line" at bind. */
-function tlsPairProblem(certFile: string, keyFile: string): string | null {
-  let cert: crypto.X509Certificate;
-  const text = fs.readFileSync(certFile);
-  try {
-    cert = new crypto.X509Certificate(text);
-  } catch {
-    return `--tls-cert ${certFile} holds no PEM certificate${holdsPrivateKey(certFile) ? ' but a private key: are --tls-cert and --tls-key swapped?' : ''}`;
-  }
-  // X509Certificate reads DER too; the TLS server takes PEM only.
-  if (!text.includes('-----BEGIN CERTIFICATE-----')) return `--tls-cert ${certFile} holds a DER certificate; the server takes PEM (openssl x509 -inform DER -in ${certFile} -out cert.pem)`;
-  let key: crypto.KeyObject;
-  try {
-    key = crypto.createPrivateKey(fs.readFileSync(keyFile));
-  } catch {
-    return `--tls-key ${keyFile} holds no PEM private key (an encrypted one needs its passphrase removed)`;
-  }
-  return cert.checkPrivateKey(key) ? null : `--tls-key ${keyFile} is not the key of the certificate in --tls-cert ${certFile}`;
-}
-
-
-/** Refuses a --flag path that is missing or of the other kind (a directory for a certificate), named by its flag. */
-function requirePath(name: string, file: string | undefined, kind: 'file' | 'directory'): void {
-  if (file === undefined) return;
-  let stat: fs.Stats | undefined;
-  try {
-    stat = fs.statSync(file, { throwIfNoEntry: false });
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    // ENOTDIR: a file where the path wants a directory (package.json/x), which is no such path either.
-    if (code !== 'ENOTDIR') throw new Error(`--${name}: ${given(name, file)} cannot be read (${code ?? (e as Error).message})`);
-  }
-  if (!stat) throw new Error(`--${name}: no such ${kind} ${given(name, file)}`);
-  if (kind === 'file' ? !stat.isFile() : !stat.isDirectory()) throw new Error(`--${name}: ${given(name, file)} is not a ${kind}`);
-}
-
-function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void {
-  if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
-  throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}, got ${given(name, v)}`);
-}
-
 /** The ids in --gpus; none when it is not given. */
 function gpuIds(gpus: string | undefined): string[] {
   return gpus ? gpus.split(',').map((s) => s.trim()) : [];
-}
-
-/** Seeds are 32-bit (util/rng.ts): a larger one would silently draw what its low 32 bits draw. */
-const MAX_SEED = 2 ** 32 - 1;
-
-/** The GANFLEET_* variable a flag's value came from, when the command line does not give it. */
-function environmentSource(name: string): string | undefined {
-  const onCommandLine = hideBin(process.argv).some((t) => t === `--${name}` || t.startsWith(`--${name}=`));
-  const variable = `GANFLEET_${name.toUpperCase().replace(/-/g, '_')}`;
-  return !onCommandLine && process.env[variable] !== undefined ? variable : undefined;
-}
-
-/**
- * A refused value as the user wrote it, and where: yargs turns a number
- * flag's "abc" into NaN, and a GANFLEET_* value is not on the command line.
- * (buildCli is only ever given process.argv.)
- */
-function given(name: string, v: unknown): string {
-  const variable = environmentSource(name);
-  if (variable) return `${JSON.stringify(process.env[variable])} (from ${variable})`;
-  const args = hideBin(process.argv);
-  const at = args.findLastIndex((t) => t === `--${name}` || t.startsWith(`--${name}=`));
-  if (at >= 0 && Number.isNaN(v)) return JSON.stringify(args[at].includes('=') ? args[at].slice(args[at].indexOf('=') + 1) : args[at + 1]);
-  return String(v);
 }
 
 function backendOption<T>(y: Argv<T>, nativeUse = 'matrix products and convolutions on wasm') {
@@ -229,10 +117,6 @@ function metricsPortOption<T>(y: Argv<T>, fallback: number, on = '--host') {
   });
 }
 
-function checkPort(name: string, value: number, allowOff = false): void {
-  if (!Number.isInteger(value) || value > 65535 || value < (allowOff ? -1 : 0)) throw new Error(`--${name} must be a port number, got ${given(name, value)}`);
-}
-
 type TrainingArgs = Awaited<ReturnType<typeof trainingOptions>['argv']> & { 'metrics-port': number };
 
 function coordinatorConfig(
@@ -290,7 +174,7 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     options()
       .boolean.filter((key) => key !== 'help' && key !== 'version' && !given.has(key))
       .map((key) => {
-        const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
+        const variable = envVariable(key);
         return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
       });
   const valued = Object.keys(options().key).filter((k) => !options().boolean.includes(k) && k !== 'help' && k !== 'version');
@@ -303,7 +187,7 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
       if (raw[i].startsWith(`--${key}=`)) [value, onCommandLine] = [raw[i].slice(key.length + 3), true];
     }
     if (onCommandLine) return { value };
-    const variable = `GANFLEET_${key.toUpperCase().replace(/-/g, '_')}`;
+    const variable = envVariable(key);
     return { value: process.env[variable], variable };
   };
   // Read before the middleware below rewrites GANFLEET_NATIVE, which would make a refused value look valid.

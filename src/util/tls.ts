@@ -1,0 +1,35 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+
+/** Whether `parse` takes the file's bytes (a certificate, a private key) without throwing. */
+function holds(file: string, parse: (bytes: Buffer) => unknown): boolean {
+  try {
+    parse(fs.readFileSync(file));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export const holdsCertificate = (file: string) => holds(file, (b) => new crypto.X509Certificate(b));
+const holdsPrivateKey = (file: string) => holds(file, (b) => crypto.createPrivateKey(b));
+
+/** Why --tls-cert and --tls-key cannot serve TLS, or null; found here, named by flag, not as OpenSSL's "no start line" at bind. */
+export function tlsPairProblem(certFile: string, keyFile: string): string | null {
+  let cert: crypto.X509Certificate;
+  const text = fs.readFileSync(certFile);
+  try {
+    cert = new crypto.X509Certificate(text);
+  } catch {
+    return `--tls-cert ${certFile} holds no PEM certificate${holdsPrivateKey(certFile) ? ' but a private key: are --tls-cert and --tls-key swapped?' : ''}`;
+  }
+  // X509Certificate reads DER too; the TLS server takes PEM only.
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) return `--tls-cert ${certFile} holds a DER certificate; the server takes PEM (openssl x509 -inform DER -in ${certFile} -out cert.pem)`;
+  let key: crypto.KeyObject;
+  try {
+    key = crypto.createPrivateKey(fs.readFileSync(keyFile));
+  } catch {
+    return `--tls-key ${keyFile} holds no PEM private key (an encrypted one needs its passphrase removed)`;
+  }
+  return cert.checkPrivateKey(key) ? null : `--tls-key ${keyFile} is not the key of the certificate in --tls-cert ${certFile}`;
+}
