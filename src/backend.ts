@@ -31,7 +31,8 @@ const GPU_LIBRARIES = "a visible CUDA device, CUDA 11's libcudart.so.11.0 and li
 /**
  * The native TensorFlow bindings are optional peers: this repo never installs
  * them (their install script downloads libtensorflow). A GPU user runs
- * `npm i @tensorflow/tfjs-node-gpu@<our tfjs-core version>`. A different
+ * `npm i --no-save --save-optional @tensorflow/tfjs-node-gpu@<our tfjs-core
+ * version>` (README: GPU says why those flags). A different
  * version would bring its own tfjs-core, whose code would share this
  * process's engine and kernel registry (tfjs keeps both on the global
  * object), a pairing nothing tests, so that is refused with the fix.
@@ -47,7 +48,7 @@ function installProblem(pkg: string): string | null {
     return `${pkg} is not installed`;
   }
   if (version !== tf.version_core) {
-    return `${pkg}@${version} does not match @tensorflow/tfjs-core@${tf.version_core}; run npm i ${pkg}@${tf.version_core}`;
+    return `${pkg}@${version} does not match @tensorflow/tfjs-core@${tf.version_core}; run npm i --no-save --save-optional ${pkg}@${tf.version_core}`;
   }
   return null;
 }
@@ -58,12 +59,25 @@ export function gpuBackendProblem(): string | null {
 }
 
 /**
+ * Where `pkg`'s loader looks for its binding, as node-pre-gyp finds it: the package's module_path for the newest
+ * Node-API version that both it and this Node support (lib/napi-v8 on Node 20), or null where there is none.
+ */
+function bindingFile(pkg: string): string | null {
+  const manifest = require.resolve(`${pkg}/package.json`);
+  const binary = (require(manifest) as { binary?: { module_path?: string; napi_versions?: number[] } }).binary;
+  const usable = (binary?.napi_versions ?? []).filter((v) => v <= Number(process.versions.napi));
+  if (!binary?.module_path || usable.length === 0) return null;
+  const dir = binary.module_path.replace('{napi_build_version}', String(Math.max(...usable)));
+  return path.join(path.dirname(manifest), dir, 'tfjs_binding.node');
+}
+
+/**
  * Why `pkg`, installed at our version, has no binding to load, or null. The npm tarball has none: tfjs-node's
- * install script downloads libtensorflow and puts the binding in lib/napi-v<N>/.
+ * install script downloads libtensorflow and puts the binding where bindingFile looks.
  */
 function missingBinding(pkg: string): string | null {
-  const lib = path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'lib');
-  if (fs.existsSync(lib) && fs.readdirSync(lib).some((d) => fs.existsSync(path.join(lib, d, 'tfjs_binding.node')))) return null;
+  const file = bindingFile(pkg);
+  if (file && fs.existsSync(file)) return null;
   return `${pkg}'s install script, which downloads libtensorflow and its binding, has not run: npm 12 runs a dependency's install script only where package.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild ${pkg} where the network is reachable`;
 }
 

@@ -4,9 +4,16 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { tf } from '../src/model/tf';
-import { tempDir } from './harness';
+import { installedNativePackage, tempDir } from './harness';
 
 type StandIns = Record<string, { version: string; index: string; files?: string[] }>;
+
+/** The real 4.22.0 packages' node-pre-gyp entry: their loader looks for lib/napi-v8/tfjs_binding.node on Node 20. */
+const BINARY = { module_name: 'tfjs_binding', module_path: './lib/napi-v{napi_build_version}', napi_versions: [3, 4, 5, 6, 7, 8] };
+
+/** A real package in node_modules is found before the stand-ins in NODE_PATH. */
+const standInTest = (name: string, fn: () => void) =>
+  test(name, { skip: installedNativePackage && `${installedNativePackage} is installed, and it would be loaded in place of the stand-ins` }, fn);
 
 /**
  * selectBackend in a child whose NODE_PATH holds stand-ins for the optional
@@ -23,7 +30,7 @@ function withStandIns(packages: StandIns, expression: string, env: NodeJS.Proces
   for (const [name, p] of Object.entries(packages)) {
     const at = path.join(dir, ...name.split('/'));
     fs.mkdirSync(at, { recursive: true });
-    fs.writeFileSync(path.join(at, 'package.json'), JSON.stringify({ name, version: p.version, main: 'index.js' }));
+    fs.writeFileSync(path.join(at, 'package.json'), JSON.stringify({ name, version: p.version, main: 'index.js', binary: BINARY }));
     fs.writeFileSync(path.join(at, 'index.js'), p.index);
     for (const f of p.files ?? []) {
       fs.mkdirSync(path.dirname(path.join(at, f)), { recursive: true });
@@ -37,14 +44,14 @@ function withStandIns(packages: StandIns, expression: string, env: NodeJS.Proces
   return { status: r.status, out: r.stdout + r.stderr };
 }
 
-test('--backend auto skips a native package that loads but registers no backend here (a second tfjs-core), saying so, and falls back to wasm', () => {
+standInTest('--backend auto skips a native package that loads but registers no backend here (a second tfjs-core), saying so, and falls back to wasm', () => {
   const empty = { version: tf.version_core, index: 'module.exports = {};' };
   const auto = select('auto', { '@tensorflow/tfjs-node-gpu': empty, '@tensorflow/tfjs-node': { version: '0.0.1', index: '' } });
   assert.equal(auto.status, 0, auto.out);
   const chosen = JSON.parse(auto.out);
   assert.equal(chosen.name, 'wasm');
   assert.match(chosen.notes[0], /skipped @tensorflow\/tfjs-node-gpu loaded, but its tensorflow backend did not start \(Backend name 'tensorflow' not found in registry\)$/);
-  assert.match(chosen.notes[1], new RegExp(`skipped @tensorflow/tfjs-node@0\\.0\\.1 does not match @tensorflow/tfjs-core@${tf.version_core.replace(/\./g, '\\.')}; run npm i @tensorflow/tfjs-node@`));
+  assert.match(chosen.notes[1], new RegExp(`skipped @tensorflow/tfjs-node@0\\.0\\.1 does not match @tensorflow/tfjs-core@${tf.version_core.replace(/\./g, '\\.')}; run npm i --no-save --save-optional @tensorflow/tfjs-node@`));
   const strict = select('tensorflow', { '@tensorflow/tfjs-node-gpu': empty });
   assert.equal(strict.status, 1, strict.out);
   assert.match(strict.out, /--backend tensorflow: no native backend could be loaded \(.*loaded, but its tensorflow backend did not start/);
@@ -54,7 +61,7 @@ test('--backend auto skips a native package that loads but registers no backend 
   assert.match(JSON.parse(broken.out).notes[0], /failed to load: libcudart\.so\.11\.0: cannot open shared object file$/);
 });
 
-test('--backend auto says when a native package is installed without running its install script (npm 12 without allowScripts, --ignore-scripts)', () => {
+standInTest('--backend auto says when a native package is installed without running its install script (npm 12 without allowScripts, --ignore-scripts)', () => {
   // What the real 4.22.0 package throws when its install script never ran: the tarball has no lib/.
   const unbuilt = {
     version: tf.version_core,
@@ -68,6 +75,8 @@ test('--backend auto says when a native package is installed without running its
   // What local --gpus says before it starts the workers, without loading the binding.
   assert.match(JSON.parse(withStandIns({ '@tensorflow/tfjs-node-gpu': unbuilt }, 'backend.gpuBackendProblem()').out), why);
   assert.equal(withStandIns({ '@tensorflow/tfjs-node-gpu': { ...unbuilt, files: ['lib/napi-v8/tfjs_binding.node'] } }, 'backend.gpuBackendProblem()').out.trim(), 'null');
+  // A binding built for another Node-API version is not the one the package loads on this Node.
+  assert.match(JSON.parse(withStandIns({ '@tensorflow/tfjs-node-gpu': { ...unbuilt, files: ['lib/napi-v3/tfjs_binding.node'] } }, 'backend.gpuBackendProblem()').out), why);
   assert.match(chosen.notes[0], new RegExp(String.raw`failed to load: The Node\.js native addon module \(tfjs_binding\.node\) can not be found at path: .*tfjs_binding\.node\. \(` + why.source + String.raw`\)$`));
 });
 
@@ -107,7 +116,7 @@ function tensorflowStandIn(onGpu: boolean) {
 const selectedWithGrowth = (choice: string, requireGpu: boolean) =>
   `backend.selectBackend(${JSON.stringify(choice)}, ${requireGpu}).then((r) => ({ ...r, label: backend.backendLabel(r), growth: globalThis.allowGrowthAtLoad }))`;
 
-test('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on the CPU, and --require-gpu refuses it (GPU_REQUIRED)', () => {
+standInTest('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on the CPU, and --require-gpu refuses it (GPU_REQUIRED)', () => {
   const cpuOnly = { '@tensorflow/tfjs-node-gpu': tensorflowStandIn(false) };
   const auto = withStandIns(cpuOnly, selectedWithGrowth('auto', false));
   assert.equal(auto.status, 0, auto.out);
@@ -128,7 +137,7 @@ test('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on the CP
   assert.match(none.out, /^--require-gpu: no native backend could be loaded \(skipped @tensorflow\/tfjs-node-gpu is not installed/);
 });
 
-test('TensorFlow is told to grow its GPU memory unless the environment says otherwise, so processes can share a GPU', () => {
+standInTest('TensorFlow is told to grow its GPU memory unless the environment says otherwise, so processes can share a GPU', () => {
   const gpu = { '@tensorflow/tfjs-node-gpu': tensorflowStandIn(true) };
   assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: undefined }).out).growth, 'true');
   assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: 'false' }).out).growth, 'false');

@@ -9,7 +9,7 @@ import { createModel } from '../src/model';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
-import { blankMnistDir, tempDir } from './harness';
+import { blankMnistDir, installedNativePackage, tempDir } from './harness';
 import { CLI } from './helpers';
 
 test('timeouts beyond what a Node timer holds, or under a second, are refused (the first would fire at once, the second outlast no round: either drops every worker)', () => {
@@ -470,14 +470,17 @@ test('local says when --gpus cannot be used and when --no-mailbox sends every fr
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 
-test('--require-gpu refuses a backend that never uses a GPU (usage), and local refuses at once where the GPU package cannot load', () => {
+test('--require-gpu refuses a backend that never uses a GPU (usage)', () => {
   for (const args of [['worker', '--coordinator', 'ws://127.0.0.1:1', '--require-gpu', '--backend', 'wasm'], ['local', '--require-gpu', '--backend', 'cpu']]) {
     const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /--require-gpu: --backend (wasm|cpu) never uses a GPU; use --backend auto or tensorflow/);
   }
+});
+
+test('local --require-gpu refuses at once where tfjs-node-gpu is not installed', { skip: installedNativePackage && `${installedNativePackage} is installed` }, () => {
   const out = path.join(tempDir('require-gpu'), 'run');
-  // tfjs-node-gpu cannot be installed here: before any worker starts, and with no run directory left behind.
+  // Before any worker starts, and with no run directory left behind.
   const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--require-gpu', '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /ganfleet: --require-gpu: the workers cannot compute on a GPU: @tensorflow\/tfjs-node-gpu is not installed \(README: GPU\) \[GPU_REQUIRED\]/);

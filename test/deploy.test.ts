@@ -897,7 +897,11 @@ test('Dockerfiles: non-root, runtime npm ci --omit=dev --ignore-scripts, entrypo
           }
           if (/npm run build|\btsc\b/.test(run)) built = s.name;
           const gpu = /@tensorflow\/tfjs-node(?:-gpu)?@(\S+)/.exec(run);
-          if (gpu) assert.equal(gpu[1], tfjsCore, `${f}: ${gpu[0]} must match @tensorflow/tfjs-core ${tfjsCore}`);
+          if (gpu) {
+            assert.equal(gpu[1], tfjsCore, `${f}: ${gpu[0]} must match @tensorflow/tfjs-core ${tfjsCore}`);
+            // package.json declares it an optional peer, and npm 11 answers a plain `npm install` of a root's optional peer "up to date".
+            assert.match(run, /--save-optional/, `${f}: ${gpu[0]} is installed only with --save-optional on npm 11`);
+          }
         }
         if (i.op === 'COPY' || i.op === 'ADD') {
           const words = i.args.startsWith('[') ? JSON.parse(i.args) : i.args.split(/\s+/);

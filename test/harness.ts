@@ -52,6 +52,18 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/**
+ * The real tfjs-node(-gpu) installed here, if any (a GPU box): tests that
+ * stand in for an absent one, or expect none, would test it instead.
+ */
+export const installedNativePackage: string | undefined = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'].find((p) => {
+  try {
+    return Boolean(require.resolve(`${p}/package.json`));
+  } catch {
+    return false;
+  }
+});
+
 export function tempDir(prefix: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-${prefix}-`));
 }
