@@ -422,7 +422,7 @@ export class Coordinator {
         this.workers.stopHeartbeats();
         await this.listener.close();
         this.workers.closeMailboxes();
-        throw Object.assign(new Error(`--metrics-port ${metricsPort}: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
+        throw e;
       }
       this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
     }

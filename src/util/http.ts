@@ -64,7 +64,8 @@ export async function serveHttp(registry: Registry, host: string, port: number, 
   });
   limitConnections(server, MAX_HTTP_CONNECTIONS);
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    // Named by its flag: both commands serve this on --metrics-port.
+    server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--metrics-port ${port}: ${e.message}`), { code: e.code })));
     server.listen(port, host, () => resolve());
   });
   return server;

@@ -93,12 +93,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   const name = opts.name ?? `${os.hostname()}:${process.pid}`;
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
   const metrics = new WorkerMetrics();
-  const metricsServer =
-    opts.metricsPort !== undefined && opts.metricsPort >= 0
-      ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort).catch((e: NodeJS.ErrnoException) => {
-          throw Object.assign(new Error(`--metrics-port ${opts.metricsPort}: ${e.message}`), { code: e.code });
-        })
-      : null;
+  const metricsServer = opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
   if (metricsServer) log(`metrics on http://${opts.metricsHost ?? '127.0.0.1'}:${boundPort(metricsServer)}/metrics`);
 
   let leaving: (() => void) | null = null;
