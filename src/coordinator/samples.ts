@@ -53,7 +53,7 @@ export class SampleWriter {
 
   write(step: number, generator: Float32Array): string {
     const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
-    // Made here, not when the run starts: a run that fails to start leaves no directory behind.
+    // The run made it at start (OutputClaim); this brings back one removed since, rather than lose the grid.
     fs.mkdirSync(this.dir, { recursive: true });
     writeFileAtomic(file, [this.render(generator)]);
     return file;
