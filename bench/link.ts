@@ -15,7 +15,7 @@ import { ChildProcess, spawn, SpawnOptions, spawnSync } from 'node:child_process
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { processAlive } from '../src/util/signals';
+import { processAlive } from '../src/util/process';
 
 const COORDINATOR_ADDRESS = '10.231.0.1';
 const WORKERS_ADDRESS = '10.231.0.2';

@@ -16,7 +16,7 @@ import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
 import { createLogger, writeResult } from './util/log';
-import { holdStopSignals, onStopSignals } from './util/signals';
+import { startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkPort, envVariable, environmentSource, given, integerInRange, requirePath, switchForms, warnOfMistypedVariables } from './util/flags';
 import { holdsCertificate, tlsPairProblem } from './util/tls';
 import { runWorker } from './worker/worker';
@@ -308,26 +308,22 @@ export function buildCli(argv: string[]) {
           argv,
         ),
       async (a) => {
+        const config = coordinatorConfig(a, {
+          host: a.host,
+          port: a.port,
+          startWorkers: a['min-workers'],
+          minWorkers: a['min-workers'],
+          maxWorkers: a['max-workers'],
+          token: a.token,
+          insecure: a.insecure,
+          tlsCert: a['tls-cert'],
+          tlsKey: a['tls-key'],
+        });
         // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
-        const starting = holdStopSignals();
-        const coordinator = await Coordinator.start(
-          coordinatorConfig(a, {
-            host: a.host,
-            port: a.port,
-            startWorkers: a['min-workers'],
-            minWorkers: a['min-workers'],
-            maxWorkers: a['max-workers'],
-            token: a.token,
-            insecure: a.insecure,
-            tlsCert: a['tls-cert'],
-            tlsKey: a['tls-key'],
-          }),
-          undefined,
-          starting.abort,
-        ).finally(starting.release);
-        const removeSignals = onStopSignals((signal) => coordinator.requestStop(`${signal} received`));
-        const early = starting.received();
-        if (early) coordinator.requestStop(`${early} received`);
+        const { started: coordinator, removeSignals } = await startStoppable(
+          (abort) => Coordinator.start(config, undefined, abort),
+          (c, reason) => c.requestStop(reason),
+        );
         try {
           const summary = await coordinator.run();
           if (!summary.ok) process.exitCode = 1;

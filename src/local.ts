@@ -4,7 +4,7 @@ import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
 import { emitted } from './util/events';
-import { holdStopSignals, onStopSignals } from './util/signals';
+import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
 
 export interface LocalOptions {
@@ -37,26 +37,23 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const problem = opts.workerBackend === 'wasm' || opts.workerBackend === 'cpu' ? `--backend ${opts.workerBackend} does not use them` : gpuBackendProblem();
     if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
   }
-  // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
-  const starting = holdStopSignals();
-  // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
-  const coordinator = await Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, starting.abort).finally(starting.release);
-  const early = starting.received();
-  const url = `ws://127.0.0.1:${coordinator.port}`;
   const children = new Map<number, ChildProcess>();
-  let restarts = 0;
-  let finishing = false;
   const killAll = () => children.forEach((c) => c.kill('SIGKILL'));
-  process.on('exit', killAll);
-  const removeSignals = onStopSignals(
-    (signal) => coordinator.requestStop(`${signal} received`),
+  // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
+  const { started: coordinator, removeSignals } = await startStoppable(
+    // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
+    (abort) => Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, abort),
+    (c, reason) => c.requestStop(reason),
     () => {
       log('second signal: killing workers');
       killAll();
       process.exit(130);
     },
   );
-  if (early) coordinator.requestStop(`${early} received`);
+  const url = `ws://127.0.0.1:${coordinator.port}`;
+  let restarts = 0;
+  let finishing = false;
+  process.on('exit', killAll);
 
   // Flags travel explicitly; GANFLEET_* meant for the coordinator must not reach the workers. The kernel choice,
   // which is no flag but this machine's, does.
@@ -95,7 +92,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   };
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
   const { step, steps } = coordinator.status();
-  if (step < steps && !early) {
+  if (step < steps && !coordinator.stopping) {
     for (let i = 0; i < opts.workers; i++) startWorker(i);
     log(`started ${opts.workers} worker process(es) against ${url}`);
   }

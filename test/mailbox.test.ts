@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { Gradients, message } from '../src/protocol/messages';
-import { pidNamespace } from '../src/util/signals';
+import { pidNamespace } from '../src/util/process';
 
 function withDir(fn: (dir: string) => void): void {
   const dir = makeMailboxDir('coordinator');

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
-import { pidNamespace, processAlive } from '../util/signals';
+import { pidNamespace, processAlive } from '../util/process';
 import { removeFile, writeFully } from '../util/write';
 import { runLayout } from './config';
 

@@ -6,7 +6,7 @@ import type { EncodedFrame } from './codec';
 import { removeFile, writeFully } from '../util/write';
 import { ProtocolError } from './codec-error';
 import { GanfleetError } from '../util/errors';
-import { pidNamespace, processAlive } from '../util/signals';
+import { pidNamespace, processAlive } from '../util/process';
 
 /**
  * Frames between a coordinator and a worker on the same machine, through a

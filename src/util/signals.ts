@@ -1,5 +1,3 @@
-import fs from 'node:fs';
-
 /**
  * First SIGINT/SIGTERM: `onFirst` (finish the step, write outputs, stop
  * workers). Second: exit at once with 130. Returns a function that removes
@@ -17,57 +15,25 @@ export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecon
 }
 
 /**
- * A first SIGINT/SIGTERM that comes while something starts (a coordinator
- * loading, binding, watching a lease): it aborts `abort`, so a wait may end
- * early, and `received()` names it, so the caller stops once started instead
- * of being killed half way. `release()` hands the signals back.
+ * Starts what a first SIGINT/SIGTERM stops (`stop`, with the reason), also
+ * while it starts (a coordinator loading, binding, watching a lease): such a
+ * signal aborts the start's waits and stops it once started, instead of
+ * killing the process half way. A second signal runs `onSecond`. Returns what
+ * started, and a function that removes the handlers.
  */
-export function holdStopSignals(): { abort: AbortSignal; received: () => NodeJS.Signals | null; release: () => void } {
-  let first: NodeJS.Signals | null = null;
+export async function startStoppable<T>(
+  start: (abort: AbortSignal) => Promise<T>,
+  stop: (started: T, reason: string) => void,
+  onSecond?: () => void,
+): Promise<{ started: T; removeSignals: () => void }> {
+  let early: NodeJS.Signals | null = null;
   const aborting = new AbortController();
   const release = onStopSignals((signal) => {
-    first ??= signal;
+    early ??= signal;
     aborting.abort(`${signal} received`);
   });
-  return { abort: aborting.signal, received: () => first, release };
-}
-
-/**
- * Whether a process of this pid runs: signal 0 checks without sending
- * anything. A zombie, dead but not yet reaped by its parent (a supervisor
- * that restarts before it waits), takes signal 0 too, so its state is read.
- */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    // EPERM: there, under another user, unless /proc shows it a zombie. A /proc that hides other users'
-    // processes (hidepid) shows nothing: alive, then.
-    return (e as NodeJS.ErrnoException).code === 'EPERM' && !isZombie(pid, false);
-  }
-  return !isZombie(pid, true);
-}
-
-/**
- * Whether /proc says `pid` has exited (Z, or X while it goes). A pid with no
- * entry is gone where `missingIsGone` (signal 0 just reached it); false
- * where there is no /proc at all.
- */
-function isZombie(pid: number, missingIsGone: boolean): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
-    // "pid (comm) S …": the command may hold spaces and parentheses, the state follows the last ")".
-    return /^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
-  } catch (e) {
-    return missingIsGone && (e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync('/proc/self/stat');
-  }
-}
-
-/** The inode number of this process's pid namespace (Linux), or null: a pid names one process only within its namespace. */
-export function pidNamespace(): string | null {
-  try {
-    return /^pid:\[(\d+)\]$/.exec(fs.readlinkSync('/proc/self/ns/pid'))?.[1] ?? null;
-  } catch {
-    return null;
-  }
+  const started = await start(aborting.signal).finally(release);
+  const removeSignals = onStopSignals((signal) => stop(started, `${signal} received`), onSecond);
+  if (early) stop(started, `${early} received`);
+  return { started, removeSignals };
 }

@@ -1,0 +1,41 @@
+import fs from 'node:fs';
+
+/**
+ * Whether a process of this pid runs: signal 0 checks without sending
+ * anything. A zombie, dead but not yet reaped by its parent (a supervisor
+ * that restarts before it waits), takes signal 0 too, so its state is read.
+ */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    // EPERM: there, under another user, unless /proc shows it a zombie. A /proc that hides other users'
+    // processes (hidepid) shows nothing: alive, then.
+    return (e as NodeJS.ErrnoException).code === 'EPERM' && !isZombie(pid, false);
+  }
+  return !isZombie(pid, true);
+}
+
+/**
+ * Whether /proc says `pid` has exited (Z, or X while it goes). A pid with no
+ * entry is gone where `missingIsGone` (signal 0 just reached it); false
+ * where there is no /proc at all.
+ */
+function isZombie(pid: number, missingIsGone: boolean): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // "pid (comm) S …": the command may hold spaces and parentheses, the state follows the last ")".
+    return /^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch (e) {
+    return missingIsGone && (e as NodeJS.ErrnoException).code === 'ENOENT' && fs.existsSync('/proc/self/stat');
+  }
+}
+
+/** The inode number of this process's pid namespace (Linux), or null: a pid names one process only within its namespace. */
+export function pidNamespace(): string | null {
+  try {
+    return /^pid:\[(\d+)\]$/.exec(fs.readlinkSync('/proc/self/ns/pid'))?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
