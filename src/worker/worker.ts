@@ -1,12 +1,10 @@
 import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { BackendChoice, backendLabel, selectBackend } from '../backend';
-import { createModel } from '../model';
-import { EncodedFrame, decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
-import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
+import { GanModel, createModel } from '../model';
+import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
 import { CoordinatorMessage, Hello, MAX_BATCH_SIZE, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
@@ -14,6 +12,7 @@ import { createLogger, Logger } from '../util/log';
 import { boundPort, serveHttp } from '../util/http';
 import { onStopSignals } from '../util/signals';
 import { ShardCompute } from './compute';
+import { WorkerMailbox } from './mailbox';
 import { WorkerMetrics } from './metrics';
 
 export interface WorkerOptions {
@@ -195,7 +194,7 @@ function connectOnce(
     let trained = false;
     const progress = { since: performance.now(), rounds: 0, computeSeconds: 0 };
     const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
-    let mailbox: Mailbox | null = null;
+    let mailbox: WorkerMailbox | null = null;
 
     // A coordinator that does not answer a close (frozen, partitioned) is not waited for: ws would wait 30 s.
     const closeWithin = (code: number, reason?: string) => {
@@ -217,36 +216,19 @@ function connectOnce(
     const handle = (msg: CoordinatorMessage) => {
       switch (msg.type) {
         case 'welcome': {
-          let model;
-          try {
-            model = createModel(msg.arch, msg.loss);
-          } catch (e) {
-            return fail('WORKER_MODEL_UNKNOWN', (e as Error).message, true);
-          }
-          if (model.generatorLayout.size !== msg.generatorSize || model.discriminatorLayout.size !== msg.discriminatorSize) {
-            return fail(
-              'WORKER_MODEL_MISMATCH',
-              `this worker's ${msg.arch} has ${model.generatorLayout.size}+${model.discriminatorLayout.size} parameters, the coordinator's ${msg.generatorSize}+${msg.discriminatorSize}`,
-              true,
-            );
-          }
-          // Values a coordinator of this build never sends: a batch of none, and a heartbeat that would make
-          // the silence watchdog drop every connection at once (≤ 0) or never (not finite).
-          if (msg.batchSize < 1 || msg.batchSize > MAX_BATCH_SIZE) return fail('WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize} (this build takes 1 to ${MAX_BATCH_SIZE})`, true);
-          if (!(msg.heartbeatSeconds > 0 && Number.isFinite(msg.heartbeatSeconds))) return fail('WORKER_BAD_WELCOME', `a heartbeat of ${msg.heartbeatSeconds} s`, true);
-          const dtype = msg.wireDtype ?? 'float32';
-          if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return fail('WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`, true);
-          wireDtype = dtype as WireDtype;
+          const terms = welcomeTerms(msg);
+          if (Array.isArray(terms)) return fail(terms[0], terms[1], true);
+          wireDtype = terms.wireDtype;
           compute?.dispose();
-          compute = new ShardCompute(model, msg.batchSize);
+          compute = new ShardCompute(terms.model, msg.batchSize);
           workerId = msg.workerId;
           silenceMs = 3 * msg.heartbeatSeconds * 1000;
           metrics.connected.set(1);
           log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
           if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
             mailbox?.close();
-            mailbox = openMailbox(msg, log);
-            if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outbox.path })));
+            mailbox = WorkerMailbox.open(msg, log);
+            if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outboxPath })));
           } else {
             log(`frames travel over the WebSocket (${opts.mailbox ? 'the coordinator offers no mailbox' : '--no-mailbox'})`);
           }
@@ -284,23 +266,6 @@ function connectOnce(
       }
     };
 
-    /**
-     * False when this worker's file cannot take the frame (a full /dev/shm,
-     * say): gradients go over the socket from then on, which the coordinator
-     * accepts, while weights may still come by mail.
-     */
-    const postGradients = (box: Mailbox, frame: EncodedFrame): boolean => {
-      if (box.outboxFailed) return false;
-      try {
-        box.outbox.post(frame);
-        return true;
-      } catch (e) {
-        box.outboxFailed = true;
-        log(`mailbox failed (${(e as Error).message}); gradients go over the WebSocket from now on`);
-        return false;
-      }
-    };
-
     /** Computes the gradients the weights ask for and sends them back the way the weights came. */
     const answer = (msg: Weights, byMail: boolean) => {
       if (!compute) return fail('WORKER_UNEXPECTED', 'weights before welcome');
@@ -310,7 +275,7 @@ function connectOnce(
       const computeSeconds = (performance.now() - t0) / 1000;
       const reply = gradientsMessage(msg.step, msg.phase, out, computeSeconds);
       const frame = encodeFrame(reply, wireDtype);
-      if (byMail && mailbox && postGradients(mailbox, frame)) {
+      if (byMail && mailbox?.post(frame)) {
         ws.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
       } else {
         ws.send(frame.whole);
@@ -391,42 +356,26 @@ function connectOnce(
   });
 }
 
-/** Both ends of a worker's mailbox: the coordinator's file it reads, and its own. */
-interface Mailbox {
-  inbox: Inbox;
-  outbox: Outbox;
-  outboxFailed: boolean;
-  close(): void;
-}
-
-/** Null, with the reason logged, where the coordinator's file cannot be read here (another machine or container). */
-function openMailbox(welcome: Welcome, log: Logger): Mailbox | null {
-  let inbox: Inbox;
+/**
+ * What a welcome asks of this worker: the model and the wire dtype, or
+ * [code, why] where this build cannot train as asked, which a reconnect to
+ * the same coordinator would not change.
+ */
+function welcomeTerms(msg: Welcome): { model: GanModel; wireDtype: WireDtype } | [string, string] {
+  let model: GanModel;
   try {
-    inbox = Inbox.open(welcome.mailbox!, welcome.nonce!, 'coordinator');
+    model = createModel(msg.arch, msg.loss);
   } catch (e) {
-    log(`frames travel over the WebSocket: the coordinator's mailbox is not readable here (${(e as Error).message})`);
-    return null;
+    return ['WORKER_MODEL_UNKNOWN', (e as Error).message];
   }
-  let dir: string | null = null;
-  try {
-    dir = makeMailboxDir('worker');
-    const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce!);
-    log(`frames travel through shared memory (${dir})`);
-    return {
-      inbox,
-      outbox,
-      outboxFailed: false,
-      close() {
-        inbox.close();
-        outbox.close();
-        removeMailboxDir(dir!);
-      },
-    };
-  } catch (e) {
-    inbox.close();
-    if (dir) removeMailboxDir(dir);
-    log(`frames travel over the WebSocket: no mailbox of this worker's own (${(e as Error).message})`);
-    return null;
+  if (model.generatorLayout.size !== msg.generatorSize || model.discriminatorLayout.size !== msg.discriminatorSize) {
+    return ['WORKER_MODEL_MISMATCH', `this worker's ${msg.arch} has ${model.generatorLayout.size}+${model.discriminatorLayout.size} parameters, the coordinator's ${msg.generatorSize}+${msg.discriminatorSize}`];
   }
+  // Values a coordinator of this build never sends: a batch of none, and a heartbeat that would make
+  // the silence watchdog drop every connection at once (≤ 0) or never (not finite).
+  if (msg.batchSize < 1 || msg.batchSize > MAX_BATCH_SIZE) return ['WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize} (this build takes 1 to ${MAX_BATCH_SIZE})`];
+  if (!(msg.heartbeatSeconds > 0 && Number.isFinite(msg.heartbeatSeconds))) return ['WORKER_BAD_WELCOME', `a heartbeat of ${msg.heartbeatSeconds} s`];
+  const dtype = msg.wireDtype ?? 'float32';
+  if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return ['WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`];
+  return { model, wireDtype: dtype as WireDtype };
 }
