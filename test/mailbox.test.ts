@@ -6,8 +6,9 @@ import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { Gradients, message } from '../src/protocol/messages';
+import { Gradients, Welcome, message } from '../src/protocol/messages';
 import { pidNamespace } from '../src/util/process';
+import { WorkerMailbox } from '../src/worker/mailbox';
 
 function withDir(fn: (dir: string) => void): void {
   const dir = makeMailboxDir('coordinator');
@@ -236,4 +237,36 @@ test('without a writable /dev/shm, mailboxes go in the temp dir, and a TMPDIR wr
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
+});
+
+test("a worker whose own mailbox file cannot take a frame (a full /dev/shm) says so once, and its gradients go over the socket from then on", () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const toWorker = Outbox.create(path.join(dir, 'w1'), nonce);
+    const lines: string[] = [];
+    const box = WorkerMailbox.open({ mailbox: toWorker.path, nonce } as Welcome, (l) => lines.push(l));
+    assert.ok(box, lines.join('\n'));
+    const workerDir = path.dirname(box.outboxPath);
+    const frame = encodeFrame(message<Gradients>({ type: 'gradients', step: 0, phase: 'discriminator', samples: 1, gradients: new Float32Array(8), loss: 0, dReal: 0, dFake: 0, computeSeconds: 0 }));
+    assert.equal(box.post(frame), true);
+    const write = fs.writeSync;
+    fs.writeSync = (() => {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    }) as typeof fs.writeSync;
+    try {
+      assert.equal(box.post(frame), false);
+      assert.equal(box.post(frame), false);
+    } finally {
+      fs.writeSync = write;
+    }
+    // Space again does not bring it back: the coordinator reads this worker's answers from the socket now.
+    assert.equal(box.post(frame), false);
+    assert.deepEqual(
+      lines.filter((l) => /mailbox failed/.test(l)),
+      ['mailbox failed (ENOSPC: no space left on device, write); gradients go over the WebSocket from now on'],
+    );
+    box.close();
+    toWorker.close();
+    assert.equal(fs.existsSync(workerDir), false);
+  });
 });
