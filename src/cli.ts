@@ -272,7 +272,7 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     });
 }
 
-export function buildCli(argv: string[]) {
+function buildCli(argv: string[]) {
   return yargs(argv)
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')

@@ -10,8 +10,8 @@ import { GanfleetError } from '../util/errors';
 import { nativeAddon } from '../util/native';
 import { readIdx } from './idx';
 
-export const IMAGE_ROWS = 28;
-export const IMAGE_COLS = 28;
+const IMAGE_ROWS = 28;
+const IMAGE_COLS = 28;
 export const IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS; // 784
 
 export interface MnistSet {

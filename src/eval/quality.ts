@@ -47,7 +47,7 @@ export function classShares(probabilities: Float32Array, count: number): number[
   return counts.map((c) => c / count);
 }
 
-export function featureMoments(features: Float32Array, count: number, dim: number): FeatureMoments {
+function featureMoments(features: Float32Array, count: number, dim: number): FeatureMoments {
   const mean = new Float64Array(dim);
   for (let i = 0; i < count; i++) for (let j = 0; j < dim; j++) mean[j] += features[i * dim + j];
   for (let j = 0; j < dim; j++) mean[j] /= count;
@@ -171,7 +171,7 @@ function symmetricFunction(m: Float64Array, n: number, f: (x: number) => number)
 }
 
 /** Cyclic Jacobi eigendecomposition of a symmetric n×n matrix: eigenvalues and column eigenvectors. */
-export function symmetricEigen(m: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
+function symmetricEigen(m: Float64Array, n: number): { values: Float64Array; vectors: Float64Array } {
   const a = Float64Array.from(m);
   const v = new Float64Array(n * n);
   for (let i = 0; i < n; i++) v[i * n + i] = 1;

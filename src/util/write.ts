@@ -64,7 +64,7 @@ export function writeJsonAtomic(file: string, value: unknown): void {
  * abandoned: a write holds one for the seconds it takes to write, fsync and
  * rename. (Its pid says nothing across containers or hosts sharing a volume.)
  */
-export const TORN_WRITE_AGE_MS = 5 * 60_000;
+const TORN_WRITE_AGE_MS = 5 * 60_000;
 
 /**
  * Removes the abandoned temporary files of writeFileAtomic for the files
