@@ -877,9 +877,12 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
-  test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async () => {
+  test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async (t) => {
     const lines: string[] = [];
-    const coordinator = await Coordinator.start(config(path.join(out, 'mid-step-pause'), 3), (l) => lines.push(l));
+    // A small training set: two 47 MB MNIST shards (one per joining peer, both in this process) would
+    // otherwise be training time of their own, seconds of it on a busy machine, and swamp what the ETA is checked for.
+    const dataDir = blankMnistDir(256);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'mid-step-pause'), 3), dataDir }, (l) => lines.push(l));
     const run = coordinator.run();
     const first = await joinedPeer(coordinator);
     await weightsOrDrop(first.peer);
@@ -896,6 +899,7 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(lines.some((l) => /^paused at step 0: 0\/1 workers connected/.test(l)), lines.join('\n'));
     assert.ok(lines.some((l) => /^waiting for workers at step 0: 0\/1/.test(l)), 'the first wait is not a pause');
     const eta = coordinator.status().etaSeconds!;
+    t.diagnostic(`ETA ${eta.toFixed(3)} s for two steps`);
     // Two steps are left; at 1.5 s a step (the pause counted in) the ETA would be 3 s or more.
     assert.ok(eta < 2, `ETA ${eta} s for two steps`);
     coordinator.requestStop('test over');
@@ -908,6 +912,7 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(summary.evaluationSeconds, 0);
     assert.ok(Math.abs(summary.msPerStep - (1000 * (summary.seconds - summary.pausedSeconds)) / summary.stepsThisRun) < 1e-6, JSON.stringify(summary));
     await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test('a run ends with its checkpoint written before the final evaluation, which may outlast a stop\'s grace period', async () => {
@@ -1372,7 +1377,10 @@ describe('coordinator edge cases found by review', () => {
 
   test("a straggler's answer that comes after its deadline dropped it is counted late and not acted on", async () => {
     const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dropped-late'), 1), startWorkers: 2, roundTimeoutSeconds: 1 }, (l) => lines.push(l));
+    // A small training set: with MNIST's two 23.5 MB shards, b's arriving in this same process holds up a's
+    // answer (the Promise.all below) past a's 1 s deadline on a busy machine, and a is dropped instead.
+    const dataDir = blankMnistDir(512);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dropped-late'), 1), startWorkers: 2, roundTimeoutSeconds: 1, dataDir }, (l) => lines.push(l));
     const run = coordinator.run();
     const a = await joinedPeer(coordinator);
     const b = await joinedPeer(coordinator);
@@ -1394,11 +1402,14 @@ describe('coordinator edge cases found by review', () => {
     a.peer.gradients(0, 'generator', zeros('generator'));
     assert.equal((await run).steps, 1);
     await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test("a dropped straggler's mailed answer is logged late with the round it answers", async () => {
     const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dropped-late-mail'), 4), startWorkers: 2, roundTimeoutSeconds: 1 }, (l) => lines.push(l));
+    // A small training set, as above: a's 1 s deadline must not run while a shard crosses this process.
+    const dataDir = blankMnistDir(512);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dropped-late-mail'), 4), startWorkers: 2, roundTimeoutSeconds: 1, dataDir }, (l) => lines.push(l));
     const run = coordinator.run();
     const dir = makeMailboxDir('worker');
     const [a, b] = await Promise.all(['a', 'b'].map((name) => mailboxPeer(coordinator, dir, name)));
@@ -1431,6 +1442,7 @@ describe('coordinator edge cases found by review', () => {
       p.outbox.close();
     }
     removeMailboxDir(dir);
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test("an offender's answer after its third offence is not counted late, whatever the offences were", async () => {
