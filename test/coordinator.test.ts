@@ -418,6 +418,8 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal(HELLO_TIMING.timeoutMs, 10_000);
     HELLO_TIMING.timeoutMs = 1_000;
     t.after(() => void (HELLO_TIMING.timeoutMs = 10_000));
+    // Before the connections: the coordinator starts each one's timer when it accepts it, before the peer sees it open.
+    const opened = Date.now();
     const silent = await Promise.all(
       [0, 1, 2].map(async () => {
         const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
@@ -425,7 +427,6 @@ describe('coordinator disconnects bad peers', () => {
         return peer;
       }),
     );
-    const opened = Date.now();
     // terminate(): no close frame, since a peer that says nothing may read nothing either.
     assert.deepEqual(await Promise.all(silent.map((p) => p.closed)), [1006, 1006, 1006]);
     assert.ok(Date.now() - opened > 900, `closed after ${Date.now() - opened} ms`);
