@@ -354,6 +354,31 @@ test('local --resume on a finished run starts no workers: they would only retry 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a SIGTERM while the coordinator loads its training set stops the run once it has started (Node dropped it), for coordinator and local', async () => {
+  for (const command of [['coordinator', '--port', '0'], ['local', '--workers', '1']]) {
+    const out = path.join(tempDir('signal-while-loading'), 'run');
+    const child = spawn(process.execPath, [CLI, ...command, '--out', out, '--metrics-port', '-1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    const onData = (d: Buffer) => {
+      const first = !/\] backend /.test(log);
+      log += d;
+      // Logged just before the synchronous load of MNIST: the signal comes while it runs, or just after.
+      if (first && /\] backend /.test(log)) child.kill('SIGTERM');
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    const exited = new Promise((r) => child.on('exit', r));
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([exited, new Promise((r) => (timer = setTimeout(() => r('still running after 30 s'), 30_000)))]);
+    clearTimeout(timer);
+    child.kill('SIGKILL');
+    assert.equal(code, 0, `${command[0]}: ${code}\n${log}`);
+    assert.match(log, /SIGTERM received before the first step: no outputs written/);
+    assert.ok(!fs.existsSync(out), `${out} was created`);
+    fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  }
+});
+
 test('a coordinator stopped before its first step writes no outputs (its generator would be the untrained draw); a second one on its --out, and an --out under a file, are refused at start', async () => {
   const out = path.join(tempDir('never-trained'), 'run');
   const child = spawn(process.execPath, [CLI, 'coordinator', '--out', out, '--port', '0', '--metrics-port', '-1'], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -1,10 +1,11 @@
 /**
  * First SIGINT/SIGTERM: `onFirst` (finish the step, write outputs, stop
- * workers). Second: exit at once with 130. Returns a function that removes
- * the handlers.
+ * workers). Second: exit at once with 130. `seen` signals were already
+ * handled elsewhere (so with 1 the next one is the second). Returns a
+ * function that removes the handlers.
  */
-export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecond: () => void = () => process.exit(130)): () => void {
-  let count = 0;
+export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecond: () => void = () => process.exit(130), seen = 0): () => void {
+  let count = seen;
   const handler = (signal: NodeJS.Signals) => (++count > 1 ? onSecond() : onFirst(signal));
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
@@ -32,8 +33,17 @@ export async function startStoppable<T>(
     early ??= signal;
     aborting.abort(`${signal} received`);
   });
-  const started = await start(aborting.signal).finally(release);
-  const removeSignals = onStopSignals((signal) => stop(started, `${signal} received`), onSecond);
+  let started: T;
+  try {
+    started = await start(aborting.signal);
+  } catch (e) {
+    release();
+    throw e;
+  }
+  // On before the holding handlers go: with no listener left for a moment, Node drops a signal that came
+  // during the start's synchronous work (loading MNIST) and is not yet dispatched.
+  const removeSignals = onStopSignals((signal) => stop(started, `${signal} received`), onSecond, early ? 1 : 0);
+  release();
   if (early) stop(started, `${early} received`);
   return { started, removeSignals };
 }
