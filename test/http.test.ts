@@ -121,3 +121,14 @@ test('a client that never finishes its headers is cut off (Node alone would hold
     await new Promise((r) => server.close(r));
   }
 });
+
+test('a metrics port that cannot be listened on is named by its flag, whether Node refuses it at once (out of range) or later (in use)', async () => {
+  await assert.rejects(serveHttp(new Registry(), '127.0.0.1', 70000), (e: NodeJS.ErrnoException) => /^--metrics-port 70000: /.test(e.message) && e.code === 'ERR_SOCKET_BAD_PORT');
+  const taken = await serveHttp(new Registry(), '127.0.0.1', 0);
+  try {
+    const port = boundPort(taken);
+    await assert.rejects(serveHttp(new Registry(), '127.0.0.1', port), (e: NodeJS.ErrnoException) => e.message.startsWith(`--metrics-port ${port}: `) && e.code === 'EADDRINUSE');
+  } finally {
+    await new Promise((r) => taken.close(r));
+  }
+});

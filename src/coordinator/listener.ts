@@ -14,7 +14,7 @@ type ListenerConfig = Pick<CoordinatorConfig, 'host' | 'port' | 'tlsCert' | 'tls
 /**
  * The workers' port: HTTP(S), the token check at the WebSocket upgrade, and
  * the bounds that keep a flood of connections from ending the run. What an
- * admitted socket says is the coordinator's business (`onConnection`).
+ * admitted socket says is the receiver's (`Receiver.accept`, receiver.ts).
  */
 export class WorkerListener {
   /** Settles once the server has stopped listening and every connection has ended. */

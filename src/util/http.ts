@@ -64,9 +64,14 @@ export async function serveHttp(registry: Registry, host: string, port: number, 
   });
   limitConnections(server, MAX_HTTP_CONNECTIONS);
   await new Promise<void>((resolve, reject) => {
-    // Named by its flag: both commands serve this on --metrics-port.
-    server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--metrics-port ${port}: ${e.message}`), { code: e.code })));
-    server.listen(port, host, () => resolve());
+    // Named by its flag: both commands serve this on --metrics-port. A port out of range throws at once, a port in use comes as 'error'.
+    const failed = (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--metrics-port ${port}: ${e.message}`), { code: e.code }));
+    server.once('error', failed);
+    try {
+      server.listen(port, host, () => resolve());
+    } catch (e) {
+      failed(e as NodeJS.ErrnoException);
+    }
   });
   return server;
 }
