@@ -15,7 +15,7 @@ const MAX_OFFENCES = 3;
 export const HELLO_TIMING = { timeoutMs: 10_000 };
 
 /** The largest frame a worker may send: gradients of the larger network plus envelope. */
-export function maxWorkerFrame(model: GanModel): number {
+function maxWorkerFrame(model: GanModel): number {
   return 4 * Math.max(model.generatorLayout.size, model.discriminatorLayout.size) + 64 * 1024;
 }
 
