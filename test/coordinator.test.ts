@@ -1446,6 +1446,40 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a dropped worker that wakes seconds later still answers into an open socket: its late answer is discarded, and it reads why it was dropped', async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(512);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'woken-late'), 1), roundTimeoutSeconds: 1, dataDir }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer, workerId } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    // Frozen as a stopped process is, past its deadline and well past the moment in which a dropped
+    // socket was once cut: the answer it computed before it stopped goes out first when it wakes.
+    const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    raw.pause();
+    const dropped = `${workerId} left (no discriminator gradients for step 1 within --round-timeout 1 s)`;
+    for (let i = 0; i < 400 && !lines.some((l) => l.startsWith(dropped)); i++) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(lines.some((l) => l.startsWith(dropped)), lines.join('\n'));
+    await new Promise((r) => setTimeout(r, 2500));
+    peer.gradients(0, 'discriminator', zeros('discriminator'));
+    const late = `discarded late discriminator gradients for step 1 from ${workerId}, which was dropped before they came`;
+    for (let i = 0; i < 400 && !lines.includes(late); i++) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(lines.includes(late), lines.join('\n'));
+    raw.resume();
+    const told: CoordinatorMessage[] = [];
+    for (let m = await peer.next(); ; m = await peer.next()) {
+      told.push(m);
+      if (m.type === 'error') break;
+    }
+    const why = told.at(-1);
+    assert.ok(why?.type === 'error' && why.code === 'COORDINATOR_DROPPED' && why.message === 'no discriminator gradients for step 1 within --round-timeout 1 s', JSON.stringify(told));
+    assert.equal(await peer.closed, 4000);
+    coordinator.requestStop('test over');
+    assert.equal((await run).steps, 0);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test("an offender's answer after its third offence is not counted late, whatever the offences were", async () => {
     for (const offence of [Buffer.from([0x92, 0x01]), encode(errorMessage('WORKER_FAILED', 'boom'))]) {
       const lines: string[] = [];

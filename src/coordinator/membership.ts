@@ -15,9 +15,6 @@ import { FRAGMENT_WRITE_MS, WorkerPeer } from './peer';
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
 export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
-/** How long a dropped peer's socket may take to carry the reason and a close before it is cut. */
-const DROP_GRACE_MS = 1000;
-
 /** What a welcome tells every worker, besides its id and its mailbox. */
 export type WelcomeTerms = Omit<Welcome, 'v' | 'type' | 'workerId' | 'mailbox' | 'nonce'>;
 
@@ -166,16 +163,24 @@ export class WorkerGroup {
   }
 
   /**
-   * Cuts a peer off now: it stops being awaited, and its socket is not
-   * waited for beyond a moment in which it is told why, where it can still
-   * hear (a frozen worker reads it when it wakes, and its log says why, not
-   * just 1006).
+   * Cuts a peer off now: it stops being awaited, and is told why. Its socket
+   * stays open until the peer answers the close, or for ws's close timeout
+   * (30 s), so that a worker that was only frozen (SIGSTOP, a paused VM)
+   * reads the reason when it wakes. A socket cut while the worker slept
+   * answered the worker's first write after waking with a reset, which could
+   * discard the unread reason: the worker logged only 'closed (1006)'.
+   * What the peer sends meanwhile is discarded (Receiver.discardFromDropped).
    */
   drop(peer: WorkerPeer, why: string): void {
     this.remove(peer, why);
     peer.send(encode(errorMessage('COORDINATOR_DROPPED', why)));
     peer.close(4000, 'dropped');
-    setTimeout(() => peer.socket.terminate(), DROP_GRACE_MS).unref();
+  }
+
+  /** Cuts off a peer whose link takes no writes: nothing sent would reach it, and what is queued for it is freed. */
+  private cutOff(peer: WorkerPeer, why: string): void {
+    this.remove(peer, why);
+    peer.socket.terminate();
   }
 
   /** The plan's slots, in the order of the plan: what a checkpoint keeps. */
@@ -253,7 +258,7 @@ export class WorkerGroup {
       const stalledMs = peer.stalledForMs(now);
       if (stalledMs > intervalMs + FRAGMENT_WRITE_MS) {
         this.hooks.metrics.heartbeatTimeouts.inc();
-        this.drop(peer, `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)`);
+        this.cutOff(peer, `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)`);
       } else if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
         this.hooks.metrics.heartbeatTimeouts.inc();
         this.drop(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
