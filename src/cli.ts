@@ -9,7 +9,7 @@ import { Coordinator } from './coordinator/coordinator';
 import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
 import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
-import { runLocal } from './local';
+import { reportRefusalToLocal, runLocal } from './local';
 import { ARCHITECTURES, LOSSES } from './model';
 import { MAX_BATCH_SIZE, MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
@@ -375,23 +375,28 @@ function buildCli(argv: string[]) {
         // Started by `ganfleet local` with an IPC channel: never outlive that parent.
         const parentGone = () => (log('parent process gone: exiting'), process.exit(1));
         if (process.connected) process.once('disconnect', parentGone);
-        process.exitCode = await runWorker(
-          {
-            coordinator: a.coordinator,
-            backend: a.backend,
-            requireGpu: a['require-gpu'],
-            name: a.name,
-            token: a.token,
-            ca: a.ca,
-            giveUpAfter: a['give-up-after'],
-            metricsPort: a['metrics-port'],
-            metricsHost: a['metrics-host'],
-            mailbox: a.mailbox,
-            rejoinAfterStop: a['rejoin-after-stop'],
-            progressEverySeconds: a['progress-every'],
-          },
-          log,
-        );
+        try {
+          process.exitCode = await runWorker(
+            {
+              coordinator: a.coordinator,
+              backend: a.backend,
+              requireGpu: a['require-gpu'],
+              name: a.name,
+              token: a.token,
+              ca: a.ca,
+              giveUpAfter: a['give-up-after'],
+              metricsPort: a['metrics-port'],
+              metricsHost: a['metrics-host'],
+              mailbox: a.mailbox,
+              rejoinAfterStop: a['rejoin-after-stop'],
+              progressEverySeconds: a['progress-every'],
+            },
+            log,
+          );
+        } catch (e) {
+          await reportRefusalToLocal(e);
+          throw e;
+        }
         // Our own disconnect is no lost parent.
         process.off('disconnect', parentGone);
         process.disconnect?.();

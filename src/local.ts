@@ -21,6 +21,33 @@ export interface LocalOptions {
 }
 
 /**
+ * What a worker child tells `local` over IPC before it exits on an error that
+ * a restart would only repeat (GPU_REQUIRED where the GPU package finds no
+ * GPU, say): `local` then stops rather than spend its restarts on it.
+ */
+interface WorkerRefusal {
+  type: 'worker-refused';
+  code: string;
+  message: string;
+}
+
+function isWorkerRefusal(m: unknown): m is WorkerRefusal {
+  const r = m as Partial<WorkerRefusal> | null;
+  return typeof r === 'object' && r !== null && r.type === 'worker-refused' && typeof r.code === 'string' && typeof r.message === 'string';
+}
+
+/**
+ * In a worker started by `local`: tells it that `e`, which ends this worker,
+ * is a refusal. Only ganfleet's own errors are (they carry a stable code);
+ * anything else is a crash, which a restart may cure.
+ */
+export async function reportRefusalToLocal(e: unknown): Promise<void> {
+  if (!(e instanceof GanfleetError) || !process.send || !process.connected) return;
+  const refusal: WorkerRefusal = { type: 'worker-refused', code: e.code, message: e.message };
+  await new Promise<void>((r) => process.send!(refusal, undefined, undefined, () => r()));
+}
+
+/**
  * Single-node mode: the same Coordinator as `ganfleet coordinator`, on an
  * ephemeral loopback port, and N child processes running `ganfleet worker`.
  * Children run in their own process group, so a terminal's Ctrl-C reaches
@@ -67,28 +94,37 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     if (opts.requireGpu) args.push('--require-gpu');
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);
+    let refusal: WorkerRefusal | null = null;
+    child.on('message', (m) => {
+      if (isWorkerRefusal(m)) refusal = m;
+    });
     // Before the stop, any exit (even 0) is a worker lost: restart it, or fail the run if it can no longer train.
     const lost = (what: string) => {
       if (children.get(i) === child) children.delete(i);
       if (finishing || coordinator.stopping) return;
-      if (restarts < opts.maxRestarts) {
+      let why: string;
+      if (refusal) {
+        why = `worker ${i + 1} refused to train: ${refusal.message} [${refusal.code}]`;
+        log(`${what}; not restarting it: it would refuse again`);
+      } else if (restarts < opts.maxRestarts) {
         restarts++;
         log(`${what}; restarting it (${restarts}/${opts.maxRestarts})`);
         startWorker(i);
         return;
+      } else {
+        why = `worker ${i + 1} was lost and no restarts are left (--max-restarts ${opts.maxRestarts})`;
+        log(`${what}; no restarts left`);
       }
-      log(`${what}; no restarts left`);
       // Training starts only with all N workers, and continues with any.
-      if (children.size === 0 || coordinator.status().state === 'waiting') {
-        coordinator.requestStop(`worker ${i + 1} was lost and no restarts are left (--max-restarts ${opts.maxRestarts})`, true);
-      }
+      if (children.size === 0 || coordinator.status().state === 'waiting') coordinator.requestStop(why, true);
     };
     child.on('error', (e) => {
       // A process that never started (EAGAIN under a pids limit, EMFILE, ENOENT) emits no 'exit': the run would wait for it for ever.
       if (child.pid === undefined) lost(`worker ${i + 1} could not be started (${e.message})`);
       else log(`worker ${i + 1}: ${e.message}`);
     });
-    child.on('exit', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
+    // 'close', not 'exit': it comes after the IPC channel has delivered everything the child sent (its refusal).
+    child.on('close', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
   };
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
   const { step, steps } = coordinator.status();

@@ -4,12 +4,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { tf } from '../src/model/tf';
-import { installedNativePackage, tempDir } from './harness';
-
-type StandIns = Record<string, { version: string; index: string; files?: string[] }>;
-
-/** The real 4.22.0 packages' node-pre-gyp entry: their loader looks for lib/napi-v8/tfjs_binding.node on Node 20. */
-const BINARY = { module_name: 'tfjs_binding', module_path: './lib/napi-v{napi_build_version}', napi_versions: [3, 4, 5, 6, 7, 8] };
+import { installedNativePackage } from './harness';
+import { StandIns, standInDir, tensorflowStandIn } from './stand-ins';
 
 /** A real package in node_modules is found before the stand-ins in NODE_PATH. */
 const standInTest = (name: string, fn: () => void) =>
@@ -26,17 +22,7 @@ function select(choice: string, packages: StandIns): { status: number | null; ou
 
 /** Logs what `expression` (over `backend`, the module) resolves to, as JSON, or its error's message with exit 1. */
 function withStandIns(packages: StandIns, expression: string, env: NodeJS.ProcessEnv = {}): { status: number | null; out: string } {
-  const dir = tempDir('native-stand-ins');
-  for (const [name, p] of Object.entries(packages)) {
-    const at = path.join(dir, ...name.split('/'));
-    fs.mkdirSync(at, { recursive: true });
-    fs.writeFileSync(path.join(at, 'package.json'), JSON.stringify({ name, version: p.version, main: 'index.js', binary: BINARY }));
-    fs.writeFileSync(path.join(at, 'index.js'), p.index);
-    for (const f of p.files ?? []) {
-      fs.mkdirSync(path.dirname(path.join(at, f)), { recursive: true });
-      fs.writeFileSync(path.join(at, f), '');
-    }
-  }
+  const dir = standInDir(packages);
   const backend = path.join(__dirname, '..', 'src', 'backend');
   const script = `const backend = require(${JSON.stringify(backend)}); Promise.resolve().then(() => ${expression}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message); process.exit(1); })`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env, NODE_PATH: dir } });
@@ -95,23 +81,6 @@ test('package.json says which dependencies may run install scripts, for every on
     .filter((name) => typeof reviewed[name] !== 'boolean');
   assert.deepEqual(unreviewed, [], 'add each to allowScripts in package.json (npm install-scripts approve|deny), after reading what its script does');
 });
-
-/**
- * What the real tfjs-node-gpu 4.22 does at require time: it creates TensorFlow's context (which reads
- * TF_FORCE_GPU_ALLOW_GROWTH), falls back to the host CPU when no GPU device registers, and registers its
- * backend either way, with `isUsingGpuDevice` saying which (tfjs-node binding/tfjs_backend.cc).
- */
-function tensorflowStandIn(onGpu: boolean) {
-  const core = JSON.stringify(require.resolve('@tensorflow/tfjs-core'));
-  const cpu = JSON.stringify(require.resolve('@tensorflow/tfjs-backend-cpu'));
-  return {
-    version: tf.version_core,
-    files: ['lib/napi-v8/tfjs_binding.node'],
-    index: `globalThis.allowGrowthAtLoad = process.env.TF_FORCE_GPU_ALLOW_GROWTH;
-      const { MathBackendCPU } = require(${cpu});
-      require(${core}).registerBackend('tensorflow', () => Object.assign(new MathBackendCPU(), { isUsingGpuDevice: ${onGpu} }), 3);`,
-  };
-}
 
 const selectedWithGrowth = (choice: string, requireGpu: boolean) =>
   `backend.selectBackend(${JSON.stringify(choice)}, ${requireGpu}).then((r) => ({ ...r, label: backend.backendLabel(r), growth: globalThis.allowGrowthAtLoad }))`;

@@ -11,6 +11,7 @@ import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
 import { blankMnistDir, installedNativePackage, tempDir } from './harness';
 import { CLI } from './helpers';
+import { standInDir, tensorflowStandIn } from './stand-ins';
 
 test('timeouts beyond what a Node timer holds, or under a second, are refused (the first would fire at once, the second outlast no round: either drops every worker)', () => {
   for (const [flag, value] of [['--round-timeout', '1e9'], ['--heartbeat', '2147484'], ['--heartbeat', '1e-9'], ['--round-timeout', '0.5']]) {
@@ -512,6 +513,25 @@ test('local --require-gpu refuses at once where tfjs-node-gpu is not installed',
   assert.doesNotMatch(r.stdout + r.stderr, /\[worker /);
   assert.equal(fs.existsSync(out), false);
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
+test('local --require-gpu where tfjs-node-gpu loads but finds no GPU: the workers refuse, and local stops without spending its restarts on them', { skip: installedNativePackage && `${installedNativePackage} is installed, and it would be loaded in place of the stand-in` }, () => {
+  const standIns = standInDir({ '@tensorflow/tfjs-node-gpu': tensorflowStandIn(false) });
+  const out = path.join(tempDir('require-gpu-refused'), 'run');
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '2', '--steps', '1', '--require-gpu', '--max-restarts', '3', '--metrics-port', '-1', '--out', out], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...process.env, NODE_PATH: standIns },
+  });
+  const log = r.stdout + r.stderr;
+  assert.equal(r.status, 1, log);
+  // Each worker says why itself, as it would alone.
+  assert.match(log, /^ganfleet: --require-gpu: TensorFlow computes on the CPU here \(.*found no usable GPU.*\) \[GPU_REQUIRED\]$/m);
+  assert.match(log, /worker [12] \(pid \d+\) exited with code 1; not restarting it: it would refuse again/);
+  assert.match(log, /worker [12] refused to train: --require-gpu: TensorFlow computes on the CPU here .*\[GPU_REQUIRED\]/);
+  assert.doesNotMatch(log, /restarting it \(/);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  fs.rmSync(standIns, { recursive: true, force: true });
 });
 
 test('GANFLEET_NATIVE_AVX512=0 reaches local\'s workers, which keep the AVX2 kernel', { skip: !builtAddon() && 'the native addon is not built' }, () => {
