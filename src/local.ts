@@ -99,7 +99,11 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       if (isWorkerRefusal(m)) refusal = m;
     });
     // Before the stop, any exit (even 0) is a worker lost: restart it, or fail the run if it can no longer train.
+    // Once: a process that never started emits 'error', then 'close'.
+    let gone = false;
     const lost = (what: string) => {
+      if (gone) return;
+      gone = true;
       if (children.get(i) === child) children.delete(i);
       if (finishing || coordinator.stopping) return;
       let why: string;

@@ -126,6 +126,8 @@ test('a worker process that cannot be started counts as lost: restarted up to --
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${worker}\\) exited with SIGKILL; restarting it \\(1/2\\)`));
   assert.match(run.log(), /worker 1 could not be started \(spawn \S+node ENOENT\); restarting it \(2\/2\)\n/);
   assert.match(run.log(), /worker 1 could not be started \(spawn \S+node ENOENT\); no restarts left\n/);
+  // A process that never started is lost once: Node follows its 'error' with a 'close' (code -2).
+  assert.doesNotMatch(run.log(), /pid undefined/);
   assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 2\)/);
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).ok, false);
   for (const d of [out, data]) fs.rmSync(d, { recursive: true, force: true });
