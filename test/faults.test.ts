@@ -82,6 +82,27 @@ describe('worker failures', () => {
     assert.equal(await w.exited, 0, w.log);
   });
 
+  test('an idle worker frozen past its own silence limit reads why it was dropped before it judges the coordinator silent', { timeout: 90_000 }, async () => {
+    const dir = out('frozen-idle');
+    // Waiting for a second worker, the first is idle: stopped in its event loop's wait, it runs its overdue
+    // silence check (3 heartbeats) on waking, before it reads what came meanwhile.
+    const c = await startCoordinator(['--steps', '50', '--min-workers', '2', '--log-every', '10', '--checkpoint-every', '0', '--heartbeat', '1', '--out', dir]);
+    track(c.proc);
+    const w = track(startWorker(c.url, 'idle'));
+    await w.waitFor(/joined as w1/);
+    await sleep(500);
+    const stoppedAt = Date.now();
+    w.kill('SIGSTOP');
+    await c.proc.waitFor(/w1 left \(no heartbeat for 1 s\)/);
+    await sleep(4500 - (Date.now() - stoppedAt));
+    w.kill('SIGCONT');
+    await w.waitFor(/connection lost \(the coordinator dropped this worker: no heartbeat for 1 s\); reconnecting in/);
+    assert.doesNotMatch(w.log, /nothing from the coordinator/);
+    track(startWorker(c.url, 'second'));
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.equal(await w.exited, 0, w.log);
+  });
+
   test('a worker that joins mid-run is admitted at a step boundary with its own shard', { timeout: 60_000 }, async () => {
     const dir = out('join');
     // Steps enough that the second worker, started at step 15, joins before the end even on a loaded machine.
