@@ -48,6 +48,11 @@ class ScriptedPeer {
     await new Promise((r) => this.ws.once('open', r));
   }
 
+  /** The next message already received, if any. */
+  take(): CoordinatorMessage | undefined {
+    return this.inbox.shift();
+  }
+
   async next(): Promise<CoordinatorMessage> {
     while (this.inbox.length === 0) await new Promise<void>((r) => (this.waiter = r));
     return this.inbox.shift()!;
@@ -751,6 +756,29 @@ describe('coordinator edge cases found by review', () => {
     assert.equal((await run).steps, 0);
     await coordinator.close();
     peer.ws.terminate();
+  });
+
+  test('a worker whose link takes no data is cut off at its round\'s backstop, not kept open for a closing handshake that could not pass', { timeout: 60_000 }, async () => {
+    // 12.5 MB of images: more than the loopback socket buffers take, so the weights behind them are never
+    // written. The heartbeat is long, so only the round's backstop can drop the worker.
+    const dataDir = blankMnistDir(16000);
+    const { coordinator, run, peer, raw, logged } = await coordinatorAndRawPeer(path.join(out, 'backstop'), { heartbeatSeconds: 60, roundTimeoutSeconds: 1, dataDir });
+    const told: CoordinatorMessage[] = [];
+    raw.pause();
+    peer.hello();
+    const drop = await logged(/ left \(/);
+    assert.match(drop.line, /w1 left \(its link took no data for \d+ s\)/);
+    // Cut at once: what was queued behind the stall (the rest of the shard, the weights) is gone, and no reason
+    // follows. A socket left to its closing handshake would deliver all of it, the reason, and close 4000.
+    raw.resume();
+    const closed = await peer.closed;
+    for (let m = peer.take(); m; m = peer.take()) told.push(m);
+    assert.equal(closed, 1006);
+    assert.ok(!told.some((m) => m.type === 'error'), JSON.stringify(told.map((m) => m.type)));
+    coordinator.requestStop('test over');
+    assert.equal((await run).steps, 0);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test('a shard crossing a slow link goes in fragments: heartbeat pings reach the worker between them, and the link is not taken for dead', { timeout: 30_000 }, async (t) => {

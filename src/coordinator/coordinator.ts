@@ -569,10 +569,12 @@ export class Coordinator {
     return result;
   }
 
-  private missedDeadline(round: Round, peer: WorkerPeer, why?: string): void {
+  /** `linkStalled`: why the request never left (the backstop), when it did not. */
+  private missedDeadline(round: Round, peer: WorkerPeer, linkStalled?: string): void {
     if (!round.isAwaiting(peer.id)) return;
     this.metrics.roundTimeouts.inc();
-    this.workers.drop(peer, why ?? `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+    if (linkStalled) this.workers.cutOff(peer, linkStalled);
+    else this.workers.drop(peer, `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
   }
 
   /**

@@ -178,7 +178,7 @@ export class WorkerGroup {
   }
 
   /** Cuts off a peer whose link takes no writes: nothing sent would reach it, and what is queued for it is freed. */
-  private cutOff(peer: WorkerPeer, why: string): void {
+  cutOff(peer: WorkerPeer, why: string): void {
     this.remove(peer, why);
     peer.socket.terminate();
   }
