@@ -26,8 +26,8 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
 }
 
 /** `ganfleet <args>` as a child (run by `node`) whose stdout and stderr are collected into one log. */
-function spawnCli(args: string[], node = process.execPath): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
-  const child = spawn(node, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function spawnCli(args: string[], node = process.execPath, nodeArgs: string[] = []): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
+  const child = spawn(node, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
@@ -130,6 +130,32 @@ test('a worker process that cannot be started counts as lost: restarted up to --
   assert.doesNotMatch(run.log(), /pid undefined/);
   assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 2\)/);
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).ok, false);
+  for (const d of [out, data]) fs.rmSync(d, { recursive: true, force: true });
+});
+
+test('a worker process that cannot be started is lost once: the restart after it trains, and no second process is started for the slot', { timeout: 90_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-failonce-'));
+  // In local's own process only: its second worker spawn fails as a spawn hitting ENOENT or EAGAIN does.
+  const preload = path.join(out, 'fail-second-spawn.js');
+  fs.writeFileSync(
+    preload,
+    `const cp = require('node:child_process'); const spawn = cp.spawn; let n = 0;
+     cp.spawn = function (cmd, args, opts) { return spawn.call(this, args.includes('worker') && ++n === 2 ? '/nonexistent/node' : cmd, args, opts); };`,
+  );
+  const data = blankMnistDir(256);
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '3', '--data-dir', data, '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, ['--require', preload]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const [worker] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  process.kill(worker, 'SIGKILL');
+  await waitFor(() => /w2 joined/.test(run.log()), 30_000, 'the restarted worker to join');
+  const joined = run.log().lastIndexOf('w2 joined');
+  await waitFor(() => (run.log().slice(joined).match(/\] step \d+\/100000/g) ?? []).length >= 2, 30_000, 'training to go on');
+  run.child.kill('SIGINT');
+  assert.equal(await run.exit, 0, run.log());
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${worker}\\) exited with SIGKILL; restarting it \\(1/3\\)`));
+  assert.match(run.log(), /worker 1 could not be started \(spawn \/nonexistent\/node ENOENT\); restarting it \(2\/3\)\n/);
+  // Node follows the failed spawn's 'error' with a 'close' (code -2): counted again, it started a second process.
+  assert.doesNotMatch(run.log(), /\(3\/3\)|pid undefined|COORDINATOR_FULL/);
   for (const d of [out, data]) fs.rmSync(d, { recursive: true, force: true });
 });
 
