@@ -218,6 +218,27 @@ test('a leaving worker does not wait for a coordinator that never answers its cl
   }
 });
 
+test('a stopped worker does not wait 30 s for a coordinator that never answers its close', async () => {
+  // Each connection: welcomed, told to stop, then the coordinator stops reading (frozen, or partitioned).
+  const paused: Socket[] = [];
+  const coordinator = await fakeCoordinator((ws, raw) => {
+    ws.send(encode(welcome(60)));
+    ws.send(encode(message<Stop>({ type: 'stop', reason: 'test over' })));
+    paused.push(raw);
+    raw.pause();
+  });
+  const worker = startWorker(coordinator.url, 'stopped');
+  try {
+    // ws alone waits 30 s for the close it sent to be answered; a bounded wait gives up after 2 s.
+    assert.equal(await exitWithin(worker, 10_000), 0, worker.log);
+    assert.match(worker.log, /stopped by the coordinator: test over/);
+  } finally {
+    worker.kill();
+    paused.forEach((raw) => raw.destroy());
+    await coordinator.close();
+  }
+});
+
 test('after a protocol error a worker does not wait 30 s for a coordinator that never answers its close, and a signal then leaves at once', async () => {
   // Each connection: welcomed, then a frame that is not msgpack, then the coordinator stops reading.
   const paused: Socket[] = [];

@@ -251,7 +251,7 @@ function connectOnce(
         }
         case 'stop':
           end(msg.resumable && opts.rejoinAfterStop ? lost(`the coordinator stopped with steps left (${msg.reason}); waiting for it to resume`) : { kind: 'stopped', reason: msg.reason });
-          ws.close(1000);
+          closeWithin(1000);
           return;
         case 'error':
           // A refusal of the connection itself (full, wrong model) is followed by a close.
