@@ -165,3 +165,14 @@ test('a resume gives the checkpoint its slots back only with the same --seed and
   afresh({ ...c, shards: [...c.shards, { indices: Uint32Array.from([2]), seed: 5 }] }, now, /its slot 3 holds image 2, held twice/);
   afresh({ ...c, shards: [{ indices: Uint32Array.from([10]), seed: 5 }] }, now, /its slot 1 holds image 10, outside the training set/);
 });
+
+test('checkpoints from step 10⁹ on (10 digits) are found, ordered by step, and kept as the newest', () => {
+  const dir = tempDir('ckpt-billion');
+  writeCheckpoint(dir, checkpointAt(999_999_995), 2);
+  writeCheckpoint(dir, checkpointAt(1_000_000_000), 2);
+  writeCheckpoint(dir, checkpointAt(1_000_000_003), 2);
+  // Pruned by step: by name, the 9-digit one sorts after the 10-digit ones and would be kept as the newest.
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-1000000003.bin', 'ckpt-1000000000.bin']);
+  assert.equal(loadLatestCheckpoint(dir, () => {})?.checkpoint.step, 1_000_000_003);
+  fs.rmSync(dir, { recursive: true, force: true });
+});

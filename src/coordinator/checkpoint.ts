@@ -36,7 +36,8 @@ export interface Checkpoint {
 const FORMAT = 2;
 const MAGIC = Buffer.from(`GANFLEET-CHECKPOINT-${FORMAT}\n`);
 const MAGIC_1 = Buffer.from('GANFLEET-CHECKPOINT-1\n');
-export const CHECKPOINT_FILE = /^ckpt-(\d{9})\.bin$/;
+/** 9 digits, and more from step 10⁹ on: checkpointName's padding. */
+export const CHECKPOINT_FILE = /^ckpt-(\d{9,})\.bin$/;
 
 interface Header {
   step: number;
@@ -162,14 +163,17 @@ export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPrun
   return final;
 }
 
+function stepOfCheckpoint(name: string): number {
+  return Number(CHECKPOINT_FILE.exec(name)![1]);
+}
+
 /** Checkpoint file names, newest step first. */
 export function listCheckpoints(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
   return fs
     .readdirSync(dir)
     .filter((f) => CHECKPOINT_FILE.test(f))
-    .sort()
-    .reverse();
+    .sort((a, b) => stepOfCheckpoint(b) - stepOfCheckpoint(a));
 }
 
 /**
