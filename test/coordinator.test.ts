@@ -1168,6 +1168,39 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, LEASE_FILE), 'utf8')).token, 'theirs', 'the new holder keeps its lease');
   });
 
+  test('a lease taken while a checkpoint is being written: the checkpoint never takes its name, and nothing is pruned', async () => {
+    const dir = path.join(out, 'lease-lost-mid-write');
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 3), checkpointEvery: 1, keepCheckpoints: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    // As when this run froze inside the write (a hung fsync, a paused VM) past the lease's stale time and another
+    // coordinator took --out over: the takeover lands once the checkpoint's temporary file is open.
+    const theirs = { pid: 1, hostname: 'another-host', processTable: null, token: 'theirs', since: '2026-11-29T00:00:00.000Z' };
+    const openSync = fs.openSync;
+    const patched = ((file: fs.PathLike, ...rest: unknown[]) => {
+      if (/ckpt-000000002\.bin\.tmp-/.test(String(file))) fs.writeFileSync(path.join(dir, LEASE_FILE), JSON.stringify(theirs));
+      return (openSync as (...a: unknown[]) => number)(file, ...rest);
+    }) as typeof fs.openSync;
+    fs.openSync = patched;
+    try {
+      const { peer } = await joinedPeer(coordinator);
+      for (const step of [0, 1]) {
+        for (const phase of ['discriminator', 'generator'] as const) {
+          await weightsOrDrop(peer);
+          peer.gradients(step, phase, zeros(phase));
+        }
+      }
+      assert.equal((await run).ok, false);
+    } finally {
+      fs.openSync = openSync;
+    }
+    // Step 1's checkpoint stays: --keep-checkpoints 1 would have pruned it for step 2's.
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'checkpoints')), ['ckpt-000000001.bin']);
+    assert.ok(!lines.some((l) => /^checkpoint .*ckpt-000000002/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /took over the lease on --out .*; this run stops without writing there/.test(l)), lines.join('\n'));
+    await coordinator.close();
+  });
+
   test('--sample-every N writes a grid every N steps and at the end; 0 writes only the final one', async () => {
     for (const [sampleEvery, grids] of [
       [2, ['step-000002.png', 'step-000003.png']],

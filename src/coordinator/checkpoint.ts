@@ -146,12 +146,15 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
  * checkpoints or the new complete one, never a torn file under a checkpoint
  * name. Then keeps only the newest `keep`; an old one that cannot be removed
  * goes to `onPruneFailed` (a run logs it and trains on: its new checkpoint is
- * already safe).
+ * already safe). `mayWrite` is asked before the new one takes its name and
+ * before the old ones go; null when it said no.
  */
-export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed: (e: Error) => void = (e) => { throw e; }): string {
+export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed?: (e: Error) => void): string;
+export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed: (e: Error) => void, mayWrite: () => boolean): string | null;
+export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed: (e: Error) => void = (e) => { throw e; }, mayWrite: () => boolean = () => true): string | null {
   fs.mkdirSync(dir, { recursive: true });
   const final = path.join(dir, checkpointName(c.step));
-  writeFileAtomic(final, [encodeCheckpoint(c)]);
+  if (!writeFileAtomic(final, [encodeCheckpoint(c)], mayWrite) || !mayWrite()) return null;
   for (const old of listCheckpoints(dir).slice(keep)) {
     if (old === path.basename(final)) continue;
     try {

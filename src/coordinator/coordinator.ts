@@ -732,7 +732,8 @@ export class Coordinator {
     this.log(`step ${stepOfRound(this.step)} could not finish; its discriminator update was rolled back, and the run stays at step ${this.step}`);
   }
 
-  private checkpoint(): string {
+  /** The checkpoint's file, or null where this run lost --out while writing it. */
+  private checkpoint(): string | null {
     const file = writeCheckpoint(
       runLayout(this.config.out).checkpoints,
       {
@@ -749,7 +750,9 @@ export class Coordinator {
       },
       this.config.keepCheckpoints,
       (e) => this.log(`warning: an old checkpoint cannot be removed (--keep-checkpoints ${this.config.keepCheckpoints}): ${e.message}`),
+      () => this.mayWrite(),
     );
+    if (file === null) return null;
     this.log(`checkpoint ${file}`);
     this.lastCheckpoint = file;
     this.metrics.lastCheckpointStep.set(this.step);

@@ -24,8 +24,11 @@ export function writeFully(fd: number, parts: readonly Uint8Array[], position = 
  * rename over the name, fsync the directory. A crash at any point leaves the
  * old file or the new one under the name, never a torn one, and a write that
  * fails (a full disk) removes its temporary file and throws, naming `file`.
+ * `mayCommit` is asked once the data is on disk, just before the rename:
+ * false abandons the write (a coordinator that lost its lease on --out while
+ * a slow write took) and returns false.
  */
-export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): void {
+export function writeFileAtomic(file: string, parts: readonly Uint8Array[], mayCommit: () => boolean = () => true): boolean {
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, 'w');
   try {
@@ -34,6 +37,10 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): voi
       fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
+    }
+    if (!mayCommit()) {
+      removeFile(tmp);
+      return false;
     }
     fs.renameSync(tmp, file);
   } catch (e) {
@@ -52,6 +59,7 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[]): voi
   } finally {
     fs.closeSync(dfd);
   }
+  return true;
 }
 
 /** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
