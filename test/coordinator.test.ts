@@ -647,6 +647,41 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a resume from below the step summary.json holds removes it at start, so a later resume cannot keep it as the retrained run\'s result', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'rewound');
+    const finished = await Coordinator.start({ ...config(dir, 2), dataDir, checkpointEvery: 1 }, () => {});
+    const finishedRun = finished.run();
+    const { peer } = await joinedPeer(finished);
+    for (const step of [0, 1]) {
+      for (const phase of ['discriminator', 'generator'] as const) {
+        await weightsOrDrop(peer);
+        peer.gradients(step, phase, zeros(phase));
+      }
+    }
+    assert.equal((await finishedRun).steps, 2);
+    await finished.close();
+    // Rewound (or the newest checkpoint set aside as torn): the resume retrains step 2 from step 1.
+    fs.rmSync(path.join(dir, 'checkpoints', 'ckpt-000000002.bin'));
+    const lines: string[] = [];
+    const resumed = await Coordinator.start({ ...config(dir, 2), dataDir, resume: true }, (l) => lines.push(l));
+    assert.ok(!fs.existsSync(path.join(dir, 'summary.json')));
+    assert.ok(lines.some((l) => /^removed \S+summary\.json: it summarised step 2, after this checkpoint's step 1$/.test(l)), lines.join('\n'));
+    resumed.requestStop('test over');
+    await resumed.run();
+    await resumed.close();
+    // A resume at the step it holds leaves it alone.
+    const again = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true }, () => {});
+    assert.equal((await again.run()).ok, true);
+    await again.close();
+    const kept = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
+    const restarted = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true }, () => {});
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')), kept);
+    await restarted.run();
+    await restarted.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a run that diverges before its first checkpoint says to start again; a resume that diverges at once marks summary.json ok: false', async () => {
     const dataDir = blankMnistDir(256);
     const dir = path.join(out, 'diverged-at-once');

@@ -763,13 +763,21 @@ export class Coordinator {
   }
 
   /**
-   * The grids and evaluations after the step this run starts from are not
-   * its history: they show weights the resume throws away, or come from an
+   * The grids, evaluations and summary after the step this run starts from
+   * are not its history: they show weights the resume throws away (a newer
+   * checkpoint was set aside as torn, or removed to rewind), or come from an
    * earlier run that left no checkpoint (a run from step 0). Left, a later
-   * resume would list them as this run's.
+   * resume would list them as this run's; a summary.json at the step this
+   * run goes on to reach would even be kept as its result.
    */
   private forgetLaterOutputs(): void {
     const from = this.resumedFrom;
+    const summarised = summarisedStep(this.config.out);
+    if (summarised !== null && summarised > (from ?? 0)) {
+      const summary = runLayout(this.config.out).summary;
+      removeFile(summary);
+      this.log(`removed ${summary}: it summarised step ${summarised}, ${from === null ? 'trained by an earlier run that left no checkpoint' : `after this checkpoint's step ${from}`}`);
+    }
     const { after } = gridsAround(this.samples.dir, from ?? 0);
     for (const name of after) removeFile(path.join(this.samples.dir, name));
     if (after.length > 0) {
