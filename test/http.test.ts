@@ -4,7 +4,9 @@ import http from 'node:http';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import { Registry } from 'prom-client';
-import { MAX_HTTP_CONNECTIONS, boundPort, serveHttp } from '../src/util/http';
+import { IDLE_SOCKET_MS, MAX_HTTP_CONNECTIONS, MAX_WAITING_ANSWERS, boundPort, serveHttp } from '../src/util/http';
+import { WorkerListener } from '../src/coordinator/listener';
+import { CoordinatorMetrics } from '../src/coordinator/metrics';
 import { createLogger, throttledLogger } from '../src/util/log';
 
 test('the metrics server answers GET and HEAD, refuses other methods with Allow, and a route that throws is a 500, not a crash', async () => {
@@ -130,5 +132,68 @@ test('a metrics port that cannot be listened on is named by its flag, whether No
     await assert.rejects(serveHttp(new Registry(), '127.0.0.1', port), (e: NodeJS.ErrnoException) => e.message.startsWith(`--metrics-port ${port}: `) && e.code === 'EADDRINUSE');
   } finally {
     await new Promise((r) => taken.close(r));
+  }
+});
+
+/** Sends `count` pipelined requests for `target` in one write; resolves with how many answers came before the server closed the socket. */
+async function pipelined(port: number, target: string, count: number): Promise<number> {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  let answers = '';
+  socket.on('data', (d) => (answers += d));
+  await new Promise((r) => socket.once('connect', r));
+  socket.write(`GET ${target} HTTP/1.1\r\nHost: x\r\n\r\n`.repeat(count));
+  const closed = await Promise.race([new Promise((r) => socket.once('close', () => r(true))), new Promise((r) => setTimeout(() => r(false), 20_000))]);
+  socket.destroy();
+  assert.ok(closed, 'the server closed the socket');
+  return answers.match(/^HTTP\/1\.1 /gm)?.length ?? 0;
+}
+
+test('a client that pipelines thousands of requests is cut off after a few answers, on the metrics port and the workers\' port', { timeout: 60_000 }, async () => {
+  // Node queues an answer to each, read or not: without the bound, a few such clients took the coordinator to gigabytes.
+  const server = await serveHttp(new Registry(), '127.0.0.1', 0);
+  const lines: string[] = [];
+  const workers = await WorkerListener.open({ host: '127.0.0.1', port: 0, maxWorkers: 4, insecure: false }, 1 << 20, { log: (l) => lines.push(l), metrics: new CoordinatorMetrics() }, () => {});
+  try {
+    for (const port of [boundPort(server), Number(new URL(workers.url).port)]) {
+      const answered = await pipelined(port, '/metrics', 5000);
+      assert.ok(answered <= MAX_WAITING_ANSWERS, `${answered} answers`);
+    }
+    // Within the bound, each is answered, in order.
+    const socket = net.connect(boundPort(server), '127.0.0.1');
+    let answers = '';
+    socket.on('data', (d) => (answers += d));
+    await new Promise((r) => socket.once('connect', r));
+    socket.end(`GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n`.repeat(MAX_WAITING_ANSWERS));
+    await new Promise((r) => socket.once('close', r));
+    assert.equal(answers.match(/^HTTP\/1\.1 200/gm)?.length, MAX_WAITING_ANSWERS);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+    await workers.close();
+  }
+});
+
+test('a client that never reads its answer is cut off once the socket has been idle for IDLE_SOCKET_MS', { timeout: 60_000 }, async () => {
+  // An answer far larger than the socket buffers, so that it waits on the client.
+  const big = Buffer.alloc(64 << 20, 'x');
+  const server = await serveHttp(new Registry(), '127.0.0.1', 0, { '/big': () => ({ status: 200, type: 'text/plain', body: big }) });
+  try {
+    const socket = net.connect(boundPort(server), '127.0.0.1');
+    socket.on('error', () => {});
+    await new Promise((r) => socket.once('connect', r));
+    socket.write('GET /big HTTP/1.1\r\nHost: x\r\n\r\n');
+    socket.pause();
+    const t0 = Date.now();
+    // Paused, the client notices the close only once it reads: poll the server's side.
+    while ((await new Promise<number>((r) => server.getConnections((_e, n) => r(n)))) > 0) {
+      assert.ok(Date.now() - t0 < 30_000, 'still held after 30 s');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(Date.now() - t0 >= IDLE_SOCKET_MS - 1000, 'not before the idle time');
+    socket.destroy();
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
   }
 });

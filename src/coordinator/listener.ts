@@ -4,7 +4,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { BOUNDED_REQUESTS, boundPort, limitConnections } from '../util/http';
+import { BOUNDED_REQUESTS, answerInTurn, boundPort, limitConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
@@ -42,14 +42,19 @@ export class WorkerListener {
     const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
     // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
     limitConnections(server, 4 * config.maxWorkers + 256);
-    server.on('request', (_req, res) => {
-      res.writeHead(426, { 'content-type': 'text/plain' });
-      res.end('this port speaks the ganfleet WebSocket protocol\n');
-    });
+    server.on(
+      'request',
+      answerInTurn((_req, res) => {
+        res.writeHead(426, { 'content-type': 'text/plain' });
+        res.end('this port speaks the ganfleet WebSocket protocol\n');
+      }),
+    );
     const wss = new WebSocketServer({ noServer: true, maxPayload });
     // For what a peer can repeat at will before it is anyone: a line a minute per address.
     const logPerPeer = throttledLogger(hooks.log);
     server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      // A worker's WebSocket may be quiet for longer (pings every half --heartbeat): its liveness is the heartbeat's.
+      (socket as Duplex & { setTimeout?: (ms: number) => void }).setTimeout?.(0);
       if (!authorized(req, token)) {
         hooks.metrics.unauthorized.inc();
         const address = req.socket.remoteAddress ?? 'an unknown address';

@@ -12,16 +12,49 @@ export type Routes = Record<string, (path: string) => { status: number; type: st
  */
 export const BOUNDED_REQUESTS: http.ServerOptions = { headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 };
 
+/** Answers a socket may have waiting at once: a client pipelining more requests than this is cut off. */
+export const MAX_WAITING_ANSWERS = 8;
+
+/**
+ * A socket that has moved nothing (no byte of a request, none of an answer)
+ * for this long is closed. Longer than headersTimeout, which answers a slow
+ * request with 408 first.
+ */
+export const IDLE_SOCKET_MS = 15_000;
+
 /**
  * At most `maxConnections` sockets at once; new ones beyond are closed at
  * once. A flood of idle connections then takes file descriptors up to the
  * bound, not up to the process limit, where the run's own writes would fail.
  * (It can still delay new connections while it lasts: keep the ports behind
- * a firewall or network policy.)
+ * a firewall or network policy.) A socket idle for IDLE_SOCKET_MS is closed:
+ * the request timeouts cover only receiving a request, and a client that
+ * never reads its answer held its socket for ever. Upgraded sockets (the
+ * workers' WebSockets) are the upgrade handler's, and keep no such timeout.
  */
 export function limitConnections<S extends http.Server>(server: S, maxConnections: number): S {
   server.maxConnections = maxConnections;
+  server.setTimeout(IDLE_SOCKET_MS);
   return server;
+}
+
+/**
+ * `answer`, for a server's requests, with at most MAX_WAITING_ANSWERS of a
+ * socket's answers waiting at once. Node parses every request a client
+ * pipelines and queues an answer to each, read or not: a client that sent
+ * thousands and read none grew the coordinator by gigabytes, and its
+ * /metrics renders starved training.
+ */
+export function answerInTurn(answer: http.RequestListener): http.RequestListener {
+  const waiting = new WeakMap<object, number>();
+  return (req, res) => {
+    const socket = req.socket;
+    const count = (waiting.get(socket) ?? 0) + 1;
+    if (count > MAX_WAITING_ANSWERS) return void socket.destroy();
+    waiting.set(socket, count);
+    res.once('close', () => waiting.set(socket, (waiting.get(socket) ?? 1) - 1));
+    answer(req, res);
+  };
 }
 
 /** Sockets the metrics server holds at most: scrapers, probes and status pages. */
@@ -34,7 +67,7 @@ export const MAX_HTTP_CONNECTIONS = 128;
  * down. Resolves once listening.
  */
 export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
-  const server = http.createServer(BOUNDED_REQUESTS, (req, res) => {
+  const server = http.createServer(BOUNDED_REQUESTS, answerInTurn((req, res) => {
     // The absolute form (GET http://host/metrics, as through a forward proxy) names the same path (RFC 9112 3.2.2).
     const target = req.url ?? '/';
     const path = /^https?:\/\//i.test(target) && URL.canParse(target) ? new URL(target).pathname : target.split('?')[0];
@@ -61,7 +94,7 @@ export async function serveHttp(registry: Registry, host: string, port: number, 
     }
     if (out) return send(out.status, out.type, out.body);
     send(404, 'text/plain', 'not found\n');
-  });
+  }));
   limitConnections(server, MAX_HTTP_CONNECTIONS);
   await new Promise<void>((resolve, reject) => {
     // Named by its flag: both commands serve this on --metrics-port. A port out of range throws at once, a port in use comes as 'error'.
