@@ -1542,6 +1542,25 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('the status page shows a peer\'s name and backend as its log lines do: cut, with control and bidirectional characters escaped', async () => {
+    const dataDir = blankMnistDir(256);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'status-names'), 1), dataDir }, () => {});
+    const run = coordinator.run();
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    // U+202E turns the rest of a row around in a browser; the protocol lets a name be 1,024 characters.
+    peer.send(encode(message<Hello>({ type: 'hello', name: `evil\u202e${'x'.repeat(1000)}`, backend: 'wasm\u0007\n', pid: 1, hostname: 'h' })));
+    assert.equal((await peer.next()).type, 'welcome');
+    const [shown] = coordinator.status().workers;
+    assert.ok(shown.name.startsWith('evil\\u202exxx'), shown.name);
+    assert.ok(shown.name.length <= 170, `${shown.name.length} characters`);
+    assert.equal(shown.backend, 'wasm\\u0007\\n');
+    coordinator.requestStop('test over');
+    await run;
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a dropped worker that wakes seconds later still answers into an open socket: its late answer is discarded, and it reads why it was dropped', async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(512);

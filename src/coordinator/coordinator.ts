@@ -9,7 +9,7 @@ import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { exportGenerator } from '../model/export';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
-import { Logger, createLogger } from '../util/log';
+import { Logger, createLogger, peerText } from '../util/log';
 import { Rng } from '../util/rng';
 import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -635,9 +635,10 @@ export class Coordinator {
       last: this.last,
       workers: this.workers.list().map((p) => ({
         id: p.id,
-        name: p.name,
+        // What the peer chose, shown as its log lines show it: no row that runs backwards or over the page.
+        name: peerText(p.name),
         address: p.address,
-        backend: p.backend,
+        backend: peerText(p.backend),
         state: p.state,
         shardSize: p.shard?.indices.length ?? 0,
         lastComputeMs: p.lastComputeSeconds * 1000,

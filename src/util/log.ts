@@ -74,6 +74,11 @@ export function peerString(text: string, max = 160): string {
   return JSON.stringify(truncate(text, max));
 }
 
+/** A string a peer chose, as the status page shows it: cut as in a log line, its control and bidirectional characters escaped. */
+export function peerText(text: string, max = 160): string {
+  return escapeControls(truncate(text, max));
+}
+
 /**
  * At most one line per key (a peer's address) per `intervalMs`, saying how
  * many events it stands for: a peer that repeats an offence thousands of
