@@ -17,6 +17,7 @@ import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
 import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
+import { publicWithoutToken } from './coordinator/listener';
 import { MAX_SEED, UsageError, checkPort, envVariable, environmentSource, given, integerInRange, requirePath, switchForms, warnOfMistypedVariables } from './util/flags';
 import { holdsCertificate, tlsPairProblem } from './util/tls';
 import { runWorker } from './worker/worker';
@@ -233,13 +234,22 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
       const known = new Set(Object.keys(key));
       warnOfMistypedVariables(known);
       const short = new Set(Object.entries(alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
-      for (const token of raw) {
+      const ended = raw.indexOf('--');
+      // yargs would drop them without a word: `local -- --workers 1` trained with the default workers.
+      if (ended >= 0 && ended < raw.length - 1) throw new UsageError(`Unexpected argument after --: ${raw.slice(ended + 1).join(' ')} (ganfleet takes flags only)`);
+      for (const [i, token] of raw.entries()) {
         if (token === '--') break;
-        const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
+        const [, no, name] = /^--(no-)?([^=]+)/.exec(token) ?? [];
         if (name && !known.has(name)) throw new UsageError(`Unknown argument: --${name}`);
+        // yargs reads --no-<flag> as false for any flag: --no-metrics-host bound the metrics to every interface.
+        if (no && !options().boolean.includes(name)) throw new UsageError(`--no-${name}: --${name} takes a value, it is not a switch; to leave it unset, leave it out`);
         // Not a negative number given as a value (--lr -0.001).
         const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
-        if (letters && ![...letters].every((l) => short.has(l))) throw new UsageError(`Unknown argument: ${token} (long options start with --)`);
+        if (letters && ![...letters].every((l) => short.has(l))) {
+          const flag = /^--([^=]+)$/.exec(raw[i - 1] ?? '')?.[1];
+          const value = flag && valued.includes(flag) ? `; a value of --${flag} that starts with - is written --${flag}=${token}` : '';
+          throw new UsageError(`Unknown argument: ${token} (long options start with --${value})`);
+        }
       }
     }, true)
     // Before validation too: yargs would call a stray word an unknown command, and check ranges on the 0 it makes of "".
@@ -273,6 +283,12 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
 }
 
 function buildCli(argv: string[]) {
+  // yargs reads these as --help and --version from the environment: one left set ran no command at all.
+  for (const variable of ['GANFLEET_HELP', 'GANFLEET_VERSION']) {
+    if (process.env[variable] === undefined) continue;
+    process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); --${variable.slice(9).toLowerCase()} is for the command line only\n`);
+    delete process.env[variable];
+  }
   return yargs(argv)
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
@@ -300,6 +316,8 @@ function buildCli(argv: string[]) {
               integerInRange('max-workers', a['max-workers']);
               if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
               if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
+              const refused = publicWithoutToken({ host: a.host, token: a.token, insecure: a.insecure });
+              if (refused) throw new Error(refused);
               for (const k of ['tls-cert', 'tls-key'] as const) requirePath(k, a[k], 'file');
               const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
               if (tls) throw new Error(tls);

@@ -9,7 +9,7 @@ import { createModel } from '../src/model';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
-import { blankMnistDir, installedNativePackage, tempDir } from './harness';
+import { blankMnistDir, installedNativePackage, startCoordinator, startWorker, tempDir } from './harness';
 import { CLI } from './helpers';
 import { standInDir, tensorflowStandIn } from './stand-ins';
 
@@ -18,6 +18,53 @@ test('timeouts beyond what a Node timer holds, or under a second, are refused (t
     const r = spawnSync(process.execPath, [CLI, 'coordinator', flag, value, '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(r.status, 2, `${flag} ${value} was accepted`);
     assert.match(r.stderr, new RegExp(`${flag} must be a number of seconds from 1 to 2147483, got `));
+  }
+});
+
+test('what yargs would quietly read as something else is refused up front (exit 2): --no- on a value flag, words after --, a value starting with -, a public --host without a token', () => {
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+  for (const [args, said] of [
+    // Read as false: the worker's metrics bound to every interface, the coordinator's to a random port, Adam's beta1 0.
+    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--no-metrics-host'], /^ganfleet: --no-metrics-host: --metrics-host takes a value, it is not a switch; to leave it unset, leave it out\n/],
+    [['coordinator', '--no-metrics-port'], /^ganfleet: --no-metrics-port: --metrics-port takes a value/],
+    [['local', '--no-beta1'], /^ganfleet: --no-beta1: --beta1 takes a value/],
+    // Dropped: this trained with the default workers and steps.
+    [['local', '--steps', '2', '--', '--workers', '1'], /^ganfleet: Unexpected argument after --: --workers 1 \(ganfleet takes flags only\)\n/],
+    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--token', '-abc'], /^ganfleet: Unknown argument: -abc \(long options start with --; a value of --token that starts with - is written --token=-abc\)\n/],
+    // Found only once the backend had loaded, with exit 1.
+    [['coordinator', '--host', '0.0.0.0', '--port', '0', '--metrics-port', '-1'], /^ganfleet: refusing to listen on 0\.0\.0\.0 without --token \(GANFLEET_TOKEN\)/],
+  ] as const) {
+    const r = cli([...args]);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, said);
+  }
+  // yargs read these as --help and --version: the command never ran, and its bad flags went unchecked.
+  for (const variable of ['GANFLEET_HELP', 'GANFLEET_VERSION']) {
+    const r = cli(['local', '--steps', '0'], { [variable]: 'true' });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`^ganfleet: warning: ${variable} sets nothing \\(ignored\\); --${variable.slice(9).toLowerCase()} is for the command line only\nganfleet: --steps must be an integer >= 1, got 0\n`));
+  }
+});
+
+/** Whether this machine can listen on IPv6's loopback (a container may have IPv6 turned off). */
+const ipv6Loopback =
+  spawnSync(process.execPath, ['-e', "require('net').createServer().listen(0, '::1', function () { this.close(); }).on('error', () => process.exit(1))"], { timeout: 10_000 }).status === 0;
+
+test('on an IPv6 --host the coordinator prints URLs with the address in brackets, and a worker joins with the one it printed', { timeout: 60_000, skip: !ipv6Loopback && 'no IPv6 loopback here' }, async () => {
+  const data = blankMnistDir(256);
+  const out = tempDir('ipv6');
+  const c = await startCoordinator(['--host', '::1', '--steps', '2', '--data-dir', data, '--out', path.join(out, 'run')]);
+  try {
+    // ws://::1:8787 reads as host ":" and is refused by the worker's own check.
+    assert.match(c.url, /^ws:\/\/\[::1\]:\d+$/);
+    assert.match(c.metrics, /^http:\/\/\[::1\]:\d+\/metrics$/);
+    assert.match(await (await fetch(c.metrics)).text(), /ganfleet_/);
+    const w = startWorker(c.url, 'v6');
+    assert.equal(await w.exited, 0, w.log);
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+  } finally {
+    c.proc.kill();
+    for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });
   }
 });
 

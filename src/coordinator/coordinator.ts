@@ -10,6 +10,7 @@ import { exportGenerator } from '../model/export';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
 import { Logger, createLogger, peerText } from '../util/log';
+import { urlHost } from '../util/text';
 import { Rng } from '../util/rng';
 import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -424,7 +425,7 @@ export class Coordinator {
         this.workers.closeMailboxes();
         throw e;
       }
-      this.log(`metrics on http://${host}:${this.metricsPort}/metrics, status page on http://${host}:${this.metricsPort}/`);
+      this.log(`metrics on http://${urlHost(host)}:${this.metricsPort}/metrics, status page on http://${urlHost(host)}:${this.metricsPort}/`);
     }
   }
 

@@ -6,6 +6,7 @@ import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { BOUNDED_REQUESTS, answerInTurn, boundPort, limitConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
+import { urlHost } from '../util/text';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 
@@ -36,9 +37,8 @@ export class WorkerListener {
     onConnection: (socket: WebSocket, address: string) => void,
   ): Promise<WorkerListener> {
     const { host, port, tlsCert, tlsKey, token, insecure } = config;
-    if (!token && !insecure && !isLoopback(host)) {
-      throw new Error(`refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`);
-    }
+    const refused = publicWithoutToken(config);
+    if (refused) throw new Error(refused);
     const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
     // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
     limitConnections(server, 4 * config.maxWorkers + 256);
@@ -71,7 +71,7 @@ export class WorkerListener {
       server.listen(port, host, () => resolve());
     });
     const bound = boundPort(server);
-    const listener = new WorkerListener(server, wss, bound, `${tlsCert ? 'wss' : 'ws'}://${host}:${bound}`);
+    const listener = new WorkerListener(server, wss, bound, `${tlsCert ? 'wss' : 'ws'}://${urlHost(host)}:${bound}`);
     hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ''}`);
     if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
       hooks.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
@@ -102,6 +102,12 @@ function authorized(req: http.IncomingMessage, expected: string | undefined): bo
   const given = header.startsWith('Bearer ') ? header.slice(7) : '';
   const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
   return crypto.timingSafeEqual(digest(given), digest(expected)) && given.length > 0;
+}
+
+/** Why the workers' port may not listen on `host` as configured, or null: a public address without a token needs --insecure. */
+export function publicWithoutToken({ host, token, insecure }: Pick<ListenerConfig, 'host' | 'token' | 'insecure'>): string | null {
+  if (token || insecure || isLoopback(host)) return null;
+  return `refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`;
 }
 
 function isLoopback(host: string): boolean {

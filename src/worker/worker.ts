@@ -9,6 +9,7 @@ import { CoordinatorMessage, Hello, MAX_BATCH_SIZE, MAX_COORDINATOR_FRAME_BYTES,
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { createLogger, Logger } from '../util/log';
+import { urlHost } from '../util/text';
 import { boundPort, serveHttp } from '../util/http';
 import { onStopSignals } from '../util/signals';
 import { ShardCompute } from './compute';
@@ -93,7 +94,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
   const metrics = new WorkerMetrics();
   const metricsServer = opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
-  if (metricsServer) log(`metrics on http://${opts.metricsHost ?? '127.0.0.1'}:${boundPort(metricsServer)}/metrics`);
+  if (metricsServer) log(`metrics on http://${urlHost(opts.metricsHost ?? '127.0.0.1')}:${boundPort(metricsServer)}/metrics`);
 
   let leaving: (() => void) | null = null;
   let leaveRequested = false;
