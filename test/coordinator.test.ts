@@ -544,6 +544,12 @@ async function answerOneStep(coordinator: Coordinator, step: number): Promise<vo
   peer.gradients(step, 'generator', new Float32Array(G_SIZE));
 }
 
+/** Another coordinator's lease on `out` in place of this one's. */
+function takeLeaseOver(out: string): void {
+  const theirs = { pid: 1, hostname: 'another-host', processTable: null, token: 'theirs', since: '2026-11-29T00:00:00.000Z' };
+  fs.writeFileSync(path.join(out, LEASE_FILE), JSON.stringify(theirs));
+}
+
 /** A scripted peer, welcomed by `coordinator`. */
 async function joinedPeer(coordinator: Coordinator, closeOnStop = true): Promise<{ peer: ScriptedPeer; workerId: string; welcome: Welcome }> {
   const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`, closeOnStop);
@@ -1189,9 +1195,8 @@ describe('coordinator edge cases found by review', () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start({ ...config(dir, 3), sampleEvery: 1, checkpointEvery: 1 }, (l) => lines.push(l));
     const run = coordinator.run();
-    // Another coordinator's lease in place of this one's, as after this one froze for longer than the stale time.
-    const theirs = { pid: 1, hostname: 'another-host', processTable: null, token: 'theirs', since: '2026-11-29T00:00:00.000Z' };
-    fs.writeFileSync(path.join(dir, LEASE_FILE), JSON.stringify(theirs));
+    // As after this one froze for longer than the stale time.
+    takeLeaseOver(dir);
     await answerOneStep(coordinator, 0);
     const summary = await run;
     assert.equal(summary.ok, false);
@@ -1210,10 +1215,9 @@ describe('coordinator edge cases found by review', () => {
     const run = coordinator.run();
     // As when this run froze inside the write (a hung fsync, a paused VM) past the lease's stale time and another
     // coordinator took --out over: the takeover lands once the checkpoint's temporary file is open.
-    const theirs = { pid: 1, hostname: 'another-host', processTable: null, token: 'theirs', since: '2026-11-29T00:00:00.000Z' };
     const openSync = fs.openSync;
     const patched = ((file: fs.PathLike, ...rest: unknown[]) => {
-      if (/ckpt-000000002\.bin\.tmp-/.test(String(file))) fs.writeFileSync(path.join(dir, LEASE_FILE), JSON.stringify(theirs));
+      if (/ckpt-000000002\.bin\.tmp-/.test(String(file))) takeLeaseOver(dir);
       return (openSync as (...a: unknown[]) => number)(file, ...rest);
     }) as typeof fs.openSync;
     fs.openSync = patched;
