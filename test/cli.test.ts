@@ -222,7 +222,8 @@ test('usage errors are one whole line: an invalid choice names the value and the
 });
 
 test('a GANFLEET_* variable a letter or two off a flag is warned of, with the flag; one of another command, or far from any, is not', () => {
-  const env = { ...process.env, GANFLEET_STEP: '5', GANFLEET_BATCHSIZE: '64', GANFLEET_CA: 'ca.pem', GANFLEET_SOMETHING_ELSE: '1' };
+  // GANFLEET_METRICS_HOST (the worker's) and GANFLEET_COUNT (generate's) are each two edits from one of local's flags.
+  const env = { ...process.env, GANFLEET_STEP: '5', GANFLEET_BATCHSIZE: '64', GANFLEET_CA: 'ca.pem', GANFLEET_METRICS_HOST: '0.0.0.0', GANFLEET_COUNT: '9', GANFLEET_SOMETHING_ELSE: '1' };
   const r = spawnSync(process.execPath, [CLI, 'local', '--steps', '0'], { encoding: 'utf8', timeout: 30_000, env });
   assert.equal(r.status, 2);
   const warnings = r.stderr.split('\n').filter((l) => l.includes('warning')).sort();

@@ -7,8 +7,8 @@ export function envVariable(flag: string): string {
 }
 
 /**
- * A GANFLEET_* variable one letter or two off a flag of this command (GANFLEET_STEP) is a typo that
- * would quietly keep the default. Warned of, not refused: one environment may serve several commands.
+ * A GANFLEET_* variable one letter or two off a flag (GANFLEET_STEP) is a typo that would quietly keep the
+ * default. Warned of, not refused. `flags` are every command's: one environment may serve several commands.
  */
 export function warnOfMistypedVariables(flags: Set<string>): void {
   for (const variable of Object.keys(process.env)) {
