@@ -30,7 +30,11 @@ export const GENERATE_MAX_COUNT = 200_000;
 /** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
 export function generateProblem(out: string, count: number, countText = String(count)): string | null {
   const ext = path.extname(out).toLowerCase();
-  if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) return `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
+  if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) {
+    // path.extname() sees no extension in a bare `.npy`, which would read as "must end in .npy, got .npy".
+    const bare = (GENERATE_FORMATS as readonly string[]).includes(path.basename(out).toLowerCase());
+    return bare ? `--out ${out} names no file, only an extension: write e.g. samples${path.basename(out)}` : `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
+  }
   if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${countText}; draw more with further calls and other --seed values`;
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
   let at = path.resolve(out);

@@ -325,6 +325,10 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const format = cli(['--out', 'samples.jpg']);
   assert.equal(format.status, 2);
   assert.match(format.stderr, /--out must end in \.npy, \.idx, \.png, got samples\.jpg/);
+  // No name before the extension: it used to read "must end in .npy, .idx, .png, got out/.png".
+  const bare = cli(['--out', 'out/.png']);
+  assert.equal(bare.status, 2);
+  assert.match(bare.stderr, /^ganfleet: --out out\/\.png names no file, only an extension: write e\.g\. samples\.png\n/);
   const count = cli(['--out', 'samples.npy', '--count', '100000000']);
   assert.equal(count.status, 2);
   assert.match(count.stderr, /--count must be at most 200000, got 100000000/);
