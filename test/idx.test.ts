@@ -127,22 +127,29 @@ describe('readIdx on damaged copies', () => {
     throwsCode(() => loadMnist('train', missingDir), 'IDX_MISSING', raw, `${raw}.gz`);
   });
 
-  test('a header that disagrees with the length is refused before the payload is held: a 1 GB sparse file or a 256 MB gzip bomb declaring 3 images costs no memory', () => {
+  test('a header that disagrees with the length is refused before the payload is held: a 1 GB sparse file, a 256 MB gzip bomb declaring 3 images, or a .gz of 1 GB, costs no memory', () => {
     const header = Buffer.from([0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28]);
     const sparse = path.join(tmp, 'sparse');
     fs.writeFileSync(sparse, header);
     fs.truncateSync(sparse, 2 ** 30);
     const bomb = path.join(tmp, 'bomb.gz');
     fs.writeFileSync(bomb, zlib.gzipSync(Buffer.concat([header, Buffer.alloc(2 ** 28)]), { level: 1 }));
+    // Both were read whole before a byte was checked. The first is no gzip; the second holds the 3 images, then 1 GB of the zeros gunzip takes as padding.
+    const notGzip = path.join(tmp, 'sparse.gz');
+    fs.writeFileSync(notGzip, '');
+    fs.truncateSync(notGzip, 2 ** 30);
+    const padded = path.join(tmp, 'padded.gz');
+    fs.writeFileSync(padded, zlib.gzipSync(Buffer.concat([header, Buffer.alloc(3 * 784)])));
+    fs.truncateSync(padded, 2 ** 30);
     // In a child, whose peak memory says what was held (VmHWM: getrusage's peak would carry this process's over the fork).
     const script = `const { readIdx } = require(${JSON.stringify(path.join(__dirname, '..', 'src', 'data', 'idx.js'))});
-      const codes = [${JSON.stringify(sparse)}, ${JSON.stringify(bomb)}].map((f) => { try { readIdx(f); return 'read'; } catch (e) { return e.code; } });
+      const codes = ${JSON.stringify([sparse, bomb, notGzip, padded])}.map((f) => { try { readIdx(f); return 'read'; } catch (e) { return e.code; } });
       const peakKiB = Number(/VmHWM:\\s*(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'))[1]);
       process.stdout.write(JSON.stringify({ codes, maxRssMiB: peakKiB / 1024 }));`;
     const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
     assert.equal(child.status, 0, child.stderr);
     const { codes, maxRssMiB } = JSON.parse(child.stdout);
-    assert.deepEqual(codes, ['IDX_SIZE_MISMATCH', 'IDX_SIZE_MISMATCH']);
+    assert.deepEqual(codes, ['IDX_SIZE_MISMATCH', 'IDX_SIZE_MISMATCH', 'IDX_BAD_GZIP', 'IDX_SIZE_MISMATCH']);
     assert.ok(maxRssMiB < 200, `the child peaked at ${maxRssMiB.toFixed(0)} MiB`);
   });
 
@@ -168,6 +175,14 @@ describe('readIdx on damaged copies', () => {
       fs.writeFileSync(p, bytes);
       assert.ok(Buffer.from(readIdx(p).data).equals(labels.subarray(8)), name);
     }
+  });
+
+  test('a data directory whose file cannot be looked at (a link loop) says so with the system code, not "not found"', () => {
+    const looped = path.join(tmp, 'looped');
+    fs.mkdirSync(looped);
+    const images = path.join(looped, 'train-images-idx3-ubyte');
+    fs.symlinkSync('train-images-idx3-ubyte', images);
+    assert.throws(() => loadMnist('train', looped), (e: Error & { code?: string }) => e.code === 'ELOOP' && e.message.startsWith(`${images}: `));
   });
 
   test('image/label count mismatch → MNIST_MISMATCH', () => {

@@ -45,7 +45,7 @@ function openRegular(path: string): { fd: number; length: number } {
     // O_NONBLOCK: a FIFO is refused below instead of blocking the open until something writes to it.
     fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (err) {
-    throw readError(err, path);
+    throw fileError(err, path);
   }
   const st = fs.fstatSync(fd);
   if (st.isFile() && st.size <= buffer.constants.MAX_LENGTH) return { fd, length: st.size };
@@ -79,7 +79,7 @@ function readFully(fd: number, into: Buffer, path: string): void {
     try {
       n = fs.readSync(fd, into, at, Math.min(into.length - at, READ_CHUNK), at);
     } catch (err) {
-      throw readError(err, path);
+      throw fileError(err, path);
     }
     if (n === 0) throw new GanfleetError('IDX_TRUNCATED', `${path}: ended after ${at} of ${into.length} bytes while being read`);
     at += n;
@@ -88,39 +88,61 @@ function readFully(fd: number, into: Buffer, path: string): void {
 
 function readGzipped(path: string): Buffer {
   const { fd, length } = openRegular(path);
-  const packed = Buffer.allocUnsafe(length);
   try {
-    readFully(fd, packed, path);
+    const prefix = (bytes: number) => {
+      const into = Buffer.allocUnsafe(bytes);
+      readFully(fd, into, path);
+      return into;
+    };
+    // The header from the stream's start; then the whole file, only if the dims could take that many compressed bytes.
+    const header = parseHeader(inflatedHead(prefix, length, path), path);
+    const declared = header.length + header.size;
+    const most = mostCompressed(declared);
+    if (length > most) {
+      throw new GanfleetError('IDX_SIZE_MISMATCH', `${path}: dims [${header.dims.join(',')}] need ${header.size} payload bytes, which no gzip file of ${length} bytes holds (${most} at most)`);
+    }
+    const packed = prefix(length);
+    try {
+      return zlib.gunzipSync(packed, { maxOutputLength: Math.min(declared, buffer.constants.MAX_LENGTH) });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+        throw new GanfleetError('IDX_SIZE_MISMATCH', `${path}: dims [${header.dims.join(',')}] need ${header.size} payload bytes, and it inflates to more`);
+      }
+      throw badGzip(err, path);
+    }
   } finally {
     fs.closeSync(fd);
   }
-  // The header first, then the whole stream, inflated no further than the header says it holds.
-  const header = parseHeader(inflatedHead(packed, path), path);
-  const declared = header.length + header.size;
-  try {
-    return zlib.gunzipSync(packed, { maxOutputLength: Math.min(declared, buffer.constants.MAX_LENGTH) });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
-      throw new GanfleetError('IDX_SIZE_MISMATCH', `${path}: dims [${header.dims.join(',')}] need ${header.size} payload bytes, and it inflates to more`);
-    }
-    throw badGzip(err, path);
-  }
+}
+
+/**
+ * The most bytes a gzip file of `inflated` bytes takes: deflate's worst case
+ * (stored blocks) adds 5 bytes per 64 KiB, zlib's deflateBound about 0.03%;
+ * this allows 0.4%, and 1 MiB for gzip headers' names and comments, empty
+ * members and trailing padding.
+ */
+function mostCompressed(inflated: number): number {
+  return inflated + Math.ceil(inflated / 256) + (1 << 20);
 }
 
 /** What a head is inflated to at most: far more than a header, and little memory. */
 const HEAD_LIMIT = 64 * 1024;
 
+/** How far into a .gz its IDX header is looked for: past mostCompressed's allowance for what may come before it. */
+const HEAD_SEARCH = 2 << 20;
+
 /**
- * The start of what `packed` inflates to, at least a whole IDX header where
- * the stream holds one, and at most HEAD_LIMIT bytes: a bomb's head costs no
- * more. Inflates growing prefixes of the file (a gzip header can carry a
- * long file name, and empty members can come first), halving back towards
- * the last one that gave too little whenever one gives more than the limit.
+ * The start of what the file of `length` bytes inflates to, at least a whole
+ * IDX header where the stream holds one, and at most HEAD_LIMIT bytes: a
+ * bomb's head costs no more. Inflates growing prefixes of the file (a gzip
+ * header can carry a long file name, and empty members can come first), read
+ * by `prefixOf`, halving back towards the last one that gave too little
+ * whenever one gives more than the limit.
  */
-function inflatedHead(packed: Buffer, path: string): Buffer {
+function inflatedHead(prefixOf: (bytes: number) => Buffer, length: number, path: string): Buffer {
   const inflate = (prefix: number): Buffer | 'too much' => {
     try {
-      return zlib.gunzipSync(packed.subarray(0, prefix), { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: HEAD_LIMIT });
+      return zlib.gunzipSync(prefixOf(prefix), { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: HEAD_LIMIT });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') return 'too much';
       throw badGzip(err, path);
@@ -128,7 +150,7 @@ function inflatedHead(packed: Buffer, path: string): Buffer {
   };
   const whole = (b: Buffer) => b.length >= 4 && b.length >= 4 + 4 * b[3];
   let short = 0; // a prefix that inflates to less than a header
-  let prefix = Math.min(packed.length, 4096);
+  let prefix = Math.min(length, 4096);
   // Each try at least quadruples the prefix or halves the gap to `short`: a few dozen at most.
   for (let tries = 0; tries < 100; tries++) {
     const head = inflate(prefix);
@@ -136,17 +158,19 @@ function inflatedHead(packed: Buffer, path: string): Buffer {
       prefix = short + Math.max(1, Math.floor((prefix - short) / 2));
     } else if (whole(head)) {
       return head;
-    } else if (prefix === packed.length) {
+    } else if (prefix === length) {
       // The whole file and still no header: a cut or empty stream says why as gzip; a whole one is an IDX file too short.
       try {
-        zlib.gunzipSync(packed, { maxOutputLength: HEAD_LIMIT });
+        zlib.gunzipSync(prefixOf(length), { maxOutputLength: HEAD_LIMIT });
       } catch (err) {
         throw badGzip(err, path);
       }
       return head;
+    } else if (prefix >= HEAD_SEARCH) {
+      throw new GanfleetError('IDX_BAD_GZIP', `${path}: its first ${prefix} bytes inflate to no IDX header`);
     } else {
       short = prefix;
-      prefix = Math.min(packed.length, prefix * 4);
+      prefix = Math.min(length, prefix * 4, HEAD_SEARCH);
     }
   }
   throw new GanfleetError('IDX_BAD_GZIP', `${path}: its start would not inflate to an IDX header`);
@@ -157,7 +181,7 @@ function badGzip(err: unknown, path: string): GanfleetError {
 }
 
 /** A file that is missing is IDX_MISSING; any other failure keeps its code and names the file. */
-function readError(err: unknown, path: string): Error {
+export function fileError(err: unknown, path: string): Error {
   const e = err as NodeJS.ErrnoException;
   // Read-and-catch rather than exists-then-read: no race, one syscall.
   if (e.code === 'ENOENT') return new GanfleetError('IDX_MISSING', `IDX file not found: ${path}`);

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { nativeAddon } from '../util/native';
-import { readIdx } from './idx';
+import { fileError, readIdx } from './idx';
 
 const IMAGE_ROWS = 28;
 const IMAGE_COLS = 28;
@@ -36,10 +36,18 @@ export function defaultMnistDir(): string {
 /** Raw file first, then `.gz`; the error lists both so the user sees what was expected. */
 function findFile(dir: string, name: string): string {
   const raw = path.join(dir, name);
-  if (fs.existsSync(raw)) return raw;
   const gz = `${raw}.gz`;
-  if (fs.existsSync(gz)) return gz;
+  for (const file of [raw, gz]) if (isPresent(file)) return file;
   throw new GanfleetError('IDX_MISSING', `MNIST file not found: tried ${raw} and ${gz}`);
+}
+
+/** Whether `file` is there. Any failure but its absence (a directory that may not be searched, a link loop) names the file and its code. */
+function isPresent(file: string): boolean {
+  try {
+    return fs.statSync(file, { throwIfNoEntry: false }) !== undefined;
+  } catch (err) {
+    throw fileError(err, file);
+  }
 }
 
 export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir()): MnistSet {
