@@ -50,6 +50,9 @@ const CASES: Case[] = [
   { a: [3, 9, 11], b: [11, 20], transposeA: false, bias: [20], activation: 'leakyrelu' },
   { a: [2, 11, 9], b: [1, 20, 11], transposeA: true, transposeB: true },
   { a: [5, 8], b: [8, 3], bias: [3], activation: 'elu' }, // not native: the backend's own kernel
+  // An empty inner dimension: zeros, or the bias. The backend's own kernel gave whatever was on the heap.
+  { a: [4, 0], b: [0, 5] },
+  { a: [4, 0], b: [0, 5], bias: [5], activation: 'relu' },
 ];
 
 function random(shape: number[], seed: number): tf.Tensor {
@@ -86,7 +89,7 @@ test('the native matmul on wasm matches the cpu backend (shapes, transposes, bat
         assertClose(product(c), expected[i], 1e-5, 1e-5, name);
       });
       // Every case but the ELU one ran natively (a batch counts once per matrix).
-      assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2);
+      assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2 + 1 + 1);
     }
   } finally {
     addon!.gemmWidth(chosen);

@@ -160,3 +160,22 @@ test('an addon built from older sources, without a function ganfleet calls, is n
   const { gemmWidth: __, ...beforeAvx512 } = all;
   assert.deepEqual(missingFunctions(beforeAvx512), ['gemmWidth']);
 });
+
+test('a conv2dTranspose whose outputShape its input does not give is refused on wasm, not computed from what lies past its input on the heap', async () => {
+  await selectBackend('wasm');
+  // A 2×2 input at stride 2 gives 4×4; told 20×20, the product read 10×10 positions of a 2×2 tensor.
+  const x = tf.zeros([1, 2, 2, 1]) as tf.Tensor4D;
+  const filter = tf.ones([3, 3, 1, 1]) as tf.Tensor4D;
+  const neighbour = tf.fill([4096], 1000);
+  try {
+    assert.throws(() => tf.conv2dTranspose(x, filter, [1, 20, 20, 1], 2, 'same'), /Conv2DBackpropInput: dy has shape \[1,2,2,1\], and the conv's shapes make it \[1,10,10,1\]/);
+    // The filter gradient's kernel reads dy the same way (tfjs' ops always pass a matching one).
+    const dy = tf.zeros([1, 2, 2, 1]);
+    assert.throws(
+      () => tf.engine().runKernel('Conv2DBackpropFilter', { x: tf.zeros([1, 20, 20, 1]), dy }, { strides: 2, pad: 'same', dataFormat: 'NHWC', filterShape: [3, 3, 1, 1] }),
+      /Conv2DBackpropFilter: dy has shape \[1,2,2,1\], and the conv's shapes make it \[1,10,10,1\]/,
+    );
+  } finally {
+    tf.dispose([x, filter, neighbour]);
+  }
+});

@@ -71,7 +71,8 @@ function nativeProduct({ inputs, backend, attrs }: Parameters<tf.KernelFunc>[0],
   const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
   const kb = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
   const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
-  if (k !== kb || m === 0 || n === 0 || k === 0) return null;
+  // Not k = 0: the backend's own kernel leaves such a product's output unwritten (heap garbage), where gemm writes the bias or zeros.
+  if (k !== kb || m === 0 || n === 0) return null;
   const outerDims = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
   const batches = size(outerDims);
   const batchA = size(a.shape.slice(0, -2));

@@ -54,6 +54,18 @@ function geometry(kernel: string, attrs: tf.NamedAttrMap | undefined, inputShape
   return { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top: conv.padInfo.top, left: conv.padInfo.left, taps: fh * fw * c, positions: n * oh * ow };
 }
 
+/**
+ * Both backprop kernels read dy as the n×oh×ow×co their other operand implies. tfjs checks
+ * neither (conv2dTranspose's outputShape is taken as given), and a dy of another size would
+ * have the product read whatever lies past it on the wasm heap.
+ */
+function requireDyShape(kernel: string, dy: tf.TensorInfo, g: ReturnType<typeof geometry>): void {
+  const expected = [g.n, g.oh, g.ow, g.co];
+  if (dy.shape.length !== 4 || dy.shape.some((d, i) => d !== expected[i])) {
+    throw new Error(`${kernel}: dy has shape [${dy.shape.join(',')}], and the conv's shapes make it [${expected.join(',')}] (a conv2dTranspose outputShape that its input does not give?)`);
+  }
+}
+
 function registerBackpropFilter(): void {
   const batchMatMul = wasmKernel('BatchMatMul');
   const transpose = wasmKernel('Transpose');
@@ -64,6 +76,7 @@ function registerBackpropFilter(): void {
       const { x, dy } = inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
       const { filterShape } = attrs as unknown as { filterShape: Shape4D };
       const g = geometry('Conv2DBackpropFilter', attrs, x.shape as Shape4D, filterShape);
+      requireDyShape('Conv2DBackpropFilter', dy, g);
       const wasm = backend as unknown as WasmBackend;
       const patches = im2col(wasm, x, g);
       const dyMatrix = { dataId: dy.dataId, shape: [1, g.positions, g.co], dtype: dy.dtype };
@@ -96,7 +109,9 @@ function registerBackpropInput(): void {
   replaceWasmKernel('Conv2DBackpropInput', ({ inputs, backend, attrs }) => {
     const { dy, filter } = inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
     const { inputShape } = attrs as unknown as { inputShape: Shape4D };
-    const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = geometry('Conv2DBackpropInput', attrs, inputShape, filter.shape as Shape4D);
+    const g = geometry('Conv2DBackpropInput', attrs, inputShape, filter.shape as Shape4D);
+    requireDyShape('Conv2DBackpropInput', dy, g);
+    const { n, h, w, c, oh, ow, co, sh, sw, fh, fw, top, left, taps, positions } = g;
     const wasm = backend as unknown as WasmBackend;
     const filterT = transpose.kernelFunc({
       inputs: { x: { dataId: filter.dataId, shape: [taps, co], dtype: 'float32' } },
