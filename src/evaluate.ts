@@ -1,6 +1,5 @@
 import { BackendChoice, selectBackend } from './backend';
-import { Quality, evaluateImages, loadReferenceSet } from './eval/quality';
-import { MnistSet } from './data/mnist';
+import { Quality, Reference, evaluateImages, loadReference } from './eval/quality';
 import { readCheckpoint } from './coordinator/checkpoint';
 import { GanModel, createModel } from './model';
 import { generateImages } from './model/sample';
@@ -20,7 +19,7 @@ export interface EvaluateOptions {
  * FID and MNIST score (eval/quality.ts) of `samples` images from G. The noise
  * comes from `seed`, so two evaluations of one generator agree exactly.
  */
-export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, reference: MnistSet, between?: () => Promise<void>): Promise<Quality> {
+export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, reference: Reference, between?: () => Promise<void>): Promise<Quality> {
   const noise = new Rng(seed).fillNormal(new Float32Array(samples * model.zDim));
   const images = await generateImages(model, generator, noise, samples, 500, between);
   return evaluateImages(images, samples, reference, between);
@@ -34,6 +33,6 @@ export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = cr
   const model = createModel(arch, loss);
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name} (${backend.notes.join('; ')}); ${arch}/${loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
-  const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReferenceSet(opts.dataDir));
+  const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir));
   return { ...quality, step: checkpoint.step, checkpoint: file, model: arch, loss };
 }

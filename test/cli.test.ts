@@ -396,6 +396,20 @@ test('--eval-every with a --data-dir that lacks the test set is refused at start
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 
+test('--eval-every without the classifier\'s weights is refused at start too, before any step is trained and lost', () => {
+  const dir = tempDir('eval-no-classifier');
+  const out = path.join(dir, 'run');
+  // As if assets/mnist-classifier.bin were missing, in this process only.
+  const preload = path.join(dir, 'no-classifier.js');
+  fs.writeFileSync(preload, `const fs = require('node:fs'); const exists = fs.existsSync; fs.existsSync = (p) => !String(p).endsWith('mnist-classifier.bin') && exists(p);`);
+  const r = spawnSync(process.execPath, ['--require', preload, CLI, 'coordinator', '--eval-every', '30', '--out', out, '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /classifier weights not found at \S+mnist-classifier\.bin; run npm run train-classifier \[EVAL_NO_CLASSIFIER\]/);
+  assert.doesNotMatch(r.stdout + r.stderr, /listening/);
+  assert.ok(!fs.existsSync(out), 'a failed start leaves no directory');
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('local --resume on a finished run starts no workers: they would only retry a closed port until killed', () => {
   const out = outWithCheckpoint('local-finished');
   fs.writeFileSync(path.join(out, 'summary.json'), '{"steps": 1000}\n');

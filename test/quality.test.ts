@@ -11,7 +11,7 @@ import { encodeIdx } from '../src/data/idx';
 import { loadMnist, toTanhRange } from '../src/data/mnist';
 import { decodeNpy, encodeNpy } from '../src/data/npy';
 import { CLASSIFIER_FILE, classifyImages, loadClassifier } from '../src/eval/classifier';
-import { FeatureMoments, accuracy, evaluateImages, frechetDistance, loadReferenceSet, mnistScore } from '../src/eval/quality';
+import { FeatureMoments, accuracy, evaluateImages, frechetDistance, loadReference, mnistScore } from '../src/eval/quality';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { tempDir } from './harness';
@@ -33,7 +33,7 @@ test('FID and MNIST score: real training images score near the test set, uniform
   await selectBackend('wasm');
   const train = loadMnist('train');
   const n = 10000;
-  const reference = loadReferenceSet();
+  const reference = loadReference();
   const real = await evaluateImages(toTanhRange(train.images.subarray(0, n * 784), new Float32Array(n * 784)), n, reference);
   const rng = new Rng(3);
   const noise = await evaluateImages(Float32Array.from({ length: n * 784 }, () => rng.uniform() * 2 - 1), n, reference);
@@ -55,8 +55,8 @@ test('evaluation computes the reference statistics again for another test set (t
   fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([n, 28, 28], test.images.subarray(0, n * 784)));
   fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([n], test.labels.subarray(0, n)));
   const images = toTanhRange(test.images.subarray(0, n * 784), new Float32Array(n * 784));
-  const againstAll = await evaluateImages(images, n, loadReferenceSet());
-  const small = loadReferenceSet(dir);
+  const againstAll = await evaluateImages(images, n, loadReference());
+  const small = loadReference(dir);
   // Read once, as a coordinator reads it at start: removing the files changes nothing.
   fs.rmSync(dir, { recursive: true, force: true });
   // A coordinator evaluating mid-run yields after each classifier batch (1,000 images), so it still answers
@@ -76,7 +76,7 @@ test('a test set of one image is refused (EVAL_TOO_FEW): its covariance is not d
   const dir = tempDir('one-image-test-set');
   fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([1, 28, 28], test.images.subarray(0, 784)));
   fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([1], test.labels.subarray(0, 1)));
-  assert.throws(() => loadReferenceSet(dir), (e: Error & { code?: string }) => e.code === 'EVAL_TOO_FEW' && /holds 1 image; an FID needs at least 2/.test(e.message));
+  assert.throws(() => loadReference(dir), (e: Error & { code?: string }) => e.code === 'EVAL_TOO_FEW' && /holds 1 image; an FID needs at least 2/.test(e.message));
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

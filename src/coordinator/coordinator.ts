@@ -32,7 +32,7 @@ import { ownAnswerProblem } from './divergence';
 import { SampleWriter, gridsAround } from './samples';
 import { RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
-import { Quality, loadReferenceSet } from '../eval/quality';
+import { Quality, Reference, loadReference } from '../eval/quality';
 
 const EMPTY = new Float32Array(0);
 
@@ -140,7 +140,7 @@ export class Coordinator {
   private lastClosedRound = -1;
   private lastCheckpoint: string | null = null;
   /** The test set --eval-every compares with, read at start: files changed during the run change no evaluation. */
-  private referenceSet: MnistSet | null = null;
+  private reference: Reference | null = null;
   /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
   private unsavedSeconds = 0;
   private readonly history = new History();
@@ -226,7 +226,7 @@ export class Coordinator {
       const backend = await selectBackend(config.backend);
       log(`backend ${backend.name} (${backend.notes.join('; ')})`);
       c.train = loadMnist('train', config.dataDir);
-      if (config.evalEvery > 0) c.referenceSet = loadReferenceSet(config.dataDir);
+      if (config.evalEvery > 0) c.reference = loadReference(config.dataDir);
       c.trainingSet = imagesFingerprint(c.train);
       c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
       if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
@@ -314,8 +314,6 @@ export class Coordinator {
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
   private async finish(firstStep: number): Promise<TrainingSummary> {
     const { steps, sampleEvery, checkpointEvery } = this.config;
-    const { seconds, pausedSeconds, evaluationSeconds } = this.clock.elapsed();
-    const trainingSeconds = seconds - pausedSeconds - evaluationSeconds;
     const ran = this.step - firstStep;
     // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
     if (ran > 0 && !this.diverged) {
@@ -324,6 +322,9 @@ export class Coordinator {
       if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
       if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate(false);
     }
+    // After the final evaluation, which the wall time and the time evaluating include.
+    const { seconds, pausedSeconds, evaluationSeconds } = this.clock.elapsed();
+    const trainingSeconds = seconds - pausedSeconds - evaluationSeconds;
     this.state = 'finished';
     const generatorDir = runLayout(this.config.out).generator;
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
@@ -662,7 +663,7 @@ export class Coordinator {
     };
     let quality: Quality;
     try {
-      quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.referenceSet!, between);
+      quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between);
     } catch (e) {
       if (!(e instanceof EvaluationCut)) throw e;
       const seconds = (performance.now() - t) / 1000;

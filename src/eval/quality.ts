@@ -102,42 +102,50 @@ export function mnistScore(probabilities: Float32Array, count: number): number {
   return Math.exp(kl / count);
 }
 
+/** What an evaluation scores against: the MNIST test set and the classifier whose features and classes it compares. */
+export interface Reference {
+  set: MnistSet;
+  classifier: Float32Array;
+}
+
 /**
- * The MNIST test set FIDs compare with. With fewer than 2 images its
- * covariance is not defined, and the FID would be a number that means nothing.
- * The coordinator loads it at start when it will evaluate and keeps it, so a
- * missing or unusable one stops the run before training, and files changed
- * or removed during the run change no evaluation.
+ * The test set FIDs compare with, and the classifier's weights. With fewer
+ * than 2 images the set's covariance is not defined, and the FID would be a
+ * number that means nothing. The coordinator loads both at start when it
+ * will evaluate and keeps them, so a missing or unusable one stops the run
+ * before training (not at the first evaluation, with the steps since the
+ * last checkpoint lost), and files changed or removed during the run change
+ * no evaluation.
  */
-export function loadReferenceSet(dataDir?: string): MnistSet {
-  const test = loadMnist('test', dataDir);
-  if (test.count < 2) throw new GanfleetError('EVAL_TOO_FEW', `the MNIST test set${dataDir === undefined ? '' : ` in ${dataDir}`} holds ${test.count} image; an FID needs at least 2`);
-  return test;
+export function loadReference(dataDir?: string, classifierFile?: string): Reference {
+  const set = loadMnist('test', dataDir);
+  if (set.count < 2) throw new GanfleetError('EVAL_TOO_FEW', `the MNIST test set${dataDir === undefined ? '' : ` in ${dataDir}`} holds ${set.count} image; an FID needs at least 2`);
+  return { set, classifier: loadClassifier(classifierFile) };
 }
 
-/** The classifier's weights and a test set's feature moments, computed once per process and test set. */
-let reference: { set: MnistSet; weights: Float32Array; test: FeatureMoments } | null = null;
+/** A reference's test-set feature moments, computed once per process and reference. */
+let moments: { of: Reference; test: FeatureMoments } | null = null;
 
-async function referenceStatistics(set: MnistSet, between?: () => Promise<void>): Promise<{ weights: Float32Array; test: FeatureMoments }> {
-  if (!reference || reference.set !== set) {
-    const weights = reference?.weights ?? loadClassifier();
-    const { features } = await classifyImages(weights, toTanhRange(set.images, new Float32Array(set.images.length)), set.count, between);
-    reference = { set, weights, test: featureMoments(features, set.count, FEATURES) };
+async function testMoments(reference: Reference, between?: () => Promise<void>): Promise<FeatureMoments> {
+  if (moments?.of !== reference) {
+    const { set, classifier } = reference;
+    const { features } = await classifyImages(classifier, toTanhRange(set.images, new Float32Array(set.images.length)), set.count, between);
+    moments = { of: reference, test: featureMoments(features, set.count, FEATURES) };
   }
-  return reference;
+  return moments.test;
 }
 
 /**
- * FID against `reference` (loadReferenceSet) and MNIST score of `count`
+ * FID against `reference` (loadReference) and MNIST score of `count`
  * images (tanh range, count×784); `between` is awaited after each batch of
  * the classifier.
  */
-export async function evaluateImages(images: Float32Array, count: number, reference: MnistSet, between?: () => Promise<void>): Promise<Quality> {
+export async function evaluateImages(images: Float32Array, count: number, reference: Reference, between?: () => Promise<void>): Promise<Quality> {
   if (images.length !== count * IMAGE_SIZE) throw new Error(`expected ${count} images of ${IMAGE_SIZE} values`);
-  const ref = await referenceStatistics(reference, between);
-  const { features, probabilities } = await classifyImages(ref.weights, images, count, between);
+  const test = await testMoments(reference, between);
+  const { features, probabilities } = await classifyImages(reference.classifier, images, count, between);
   return {
-    fid: frechetDistance(featureMoments(features, count, FEATURES), ref.test),
+    fid: frechetDistance(featureMoments(features, count, FEATURES), test),
     mnistScore: mnistScore(probabilities, count),
     classShares: classShares(probabilities, count),
     samples: count,
