@@ -8,28 +8,46 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { selectBackend } from '../src/backend';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { BACKEND_CHOICES, selectBackend } from '../src/backend';
 import { Adam } from '../src/coordinator/adam';
 import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { CLASSES, CLASSIFIER_FILE, CLASSIFIER_LAYOUT, classify, classifyImages, initClassifier } from '../src/eval/classifier';
 import { accuracy } from '../src/eval/quality';
 import { gradientOf } from '../src/model/autodiff';
 import { readValues, scoped, tf } from '../src/model/tf';
+import { MAX_SEED, integerInRange } from '../src/util/flags';
 import { Rng } from '../src/util/rng';
+import { writeFileAtomic } from '../src/util/write';
 
-function flag(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : fallback;
+/** A flag it misread (--epochs abc ran no epoch) would replace the shipped weights with untrained ones. */
+function parseFlags() {
+  return yargs(hideBin(process.argv))
+    .scriptName('npm run train-classifier --')
+    .usage('$0 [--epochs N] [--seed N] [--backend wasm]\n\nTrains the classifier behind ganfleet eval and --eval-every, and replaces assets/mnist-classifier.bin and .json.')
+    .option('epochs', { type: 'number', default: 6, describe: 'Passes over the 60,000 training images (>= 1)' })
+    .option('seed', { type: 'number', default: 1, describe: `Seed for the initial weights and the batch order (0 to ${MAX_SEED})` })
+    .option('backend', { choices: BACKEND_CHOICES, default: 'wasm' as const, describe: 'TensorFlow.js backend (the shipped weights: wasm)' })
+    .nargs({ epochs: 1, seed: 1, backend: 1 })
+    .check((a) => {
+      integerInRange('epochs', a.epochs);
+      integerInRange('seed', a.seed, 0, MAX_SEED);
+      if (a._.length > 0) throw new Error(`Unexpected argument: ${a._.join(' ')}`);
+      return true;
+    })
+    .strict()
+    .version(false)
+    .parseSync();
 }
 
 async function main(): Promise<void> {
-  const epochs = Number(flag('epochs', '6'));
-  const seed = Number(flag('seed', '1'));
+  const { epochs, seed, backend } = parseFlags();
   const batch = 128;
   // The shipped weights' products ran on XNNPACK; ganfleet's native kernels sum in another order, and so
   // train another classifier (and another FID scale) from the same seed.
   process.env.GANFLEET_NATIVE = '0';
-  await selectBackend(flag('backend', 'wasm') as 'wasm');
+  await selectBackend(backend);
   const train = loadMnist('train');
   const test = loadMnist('test');
   const trainX = toTanhRange(train.images, new Float32Array(train.images.length));
@@ -73,9 +91,10 @@ async function main(): Promise<void> {
   }
   const bytes = Buffer.from(weights.buffer, weights.byteOffset, weights.byteLength);
   fs.mkdirSync(path.dirname(CLASSIFIER_FILE), { recursive: true });
-  fs.writeFileSync(CLASSIFIER_FILE, bytes);
+  // Whole or not at all: a torn file would stop every evaluation (EVAL_NO_CLASSIFIER), or, cut at the right size, score with garbage.
+  writeFileAtomic(CLASSIFIER_FILE, [bytes]);
   const info = { parameters: weights.length, epochs, batch, seed, optimizer: 'adam lr 1e-3', testAccuracy, sha256: crypto.createHash('sha256').update(bytes).digest('hex') };
-  fs.writeFileSync(CLASSIFIER_FILE.replace(/\.bin$/, '.json'), JSON.stringify(info, null, 2) + '\n');
+  writeFileAtomic(CLASSIFIER_FILE.replace(/\.bin$/, '.json'), [Buffer.from(JSON.stringify(info, null, 2) + '\n')]);
   console.log(`wrote ${CLASSIFIER_FILE} (${bytes.length} bytes)`);
 }
 

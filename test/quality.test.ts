@@ -150,3 +150,21 @@ test('ganfleet eval prints the same FID and MNIST score for the same checkpoint 
   assert.match(bad.stderr, /no such file or directory .*\[NO_CHECKPOINT\]/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('train-classifier refuses flags it cannot read before training, leaving the shipped weights as they are (--epochs abc wrote untrained weights, exit 0)', () => {
+  const script = path.join(__dirname, '..', 'scripts', 'train-classifier.js');
+  const before = fs.readFileSync(CLASSIFIER_FILE);
+  for (const [args, said] of [
+    [['--epochs', 'abc'], /--epochs must be an integer >= 1, got "abc"/],
+    [['--epochs=0'], /--epochs must be an integer >= 1, got 0/],
+    [['--epochs'], /Not enough arguments following: epochs/],
+    [['--epoch', '2'], /Unknown argument: epoch/],
+    [['--seed', '-1'], /--seed must be an integer from 0 to 4294967295, got -1/],
+  ] as const) {
+    const r = spawnSync(process.execPath, [script, ...args], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, said);
+    assert.doesNotMatch(r.stdout, /epoch 1|wrote/);
+  }
+  assert.ok(fs.readFileSync(CLASSIFIER_FILE).equals(before));
+});
