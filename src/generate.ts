@@ -10,7 +10,7 @@ import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
-import { removeTornWrites, writeFileAtomic } from './util/write';
+import { makeDirectory, removeTornWrites, writeFileAtomic } from './util/write';
 
 export interface GenerateOptions {
   /** A checkpoint file, or a run directory (its newest valid checkpoint). */
@@ -74,7 +74,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
   }
   const dir = path.dirname(path.resolve(opts.out));
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
   // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
   for (const torn of removeTornWrites(dir, path.basename(opts.out))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
   // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { ShardSlot } from '../data/shards';
 import { RngState } from '../util/rng';
 import { GanfleetError } from '../util/errors';
-import { removeFile, writeFileAtomic } from '../util/write';
+import { makeDirectory, removeFile, writeFileAtomic } from '../util/write';
 import { AdamState } from './adam';
 
 /**
@@ -152,7 +152,7 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
 export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed?: (e: Error) => void): string;
 export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed: (e: Error) => void, mayWrite: () => boolean): string | null;
 export function writeCheckpoint(dir: string, c: Checkpoint, keep: number, onPruneFailed: (e: Error) => void = (e) => { throw e; }, mayWrite: () => boolean = () => true): string | null {
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
   const final = path.join(dir, checkpointName(c.step));
   if (!writeFileAtomic(final, [encodeCheckpoint(c)], mayWrite) || !mayWrite()) return null;
   for (const old of listCheckpoints(dir).slice(keep)) {

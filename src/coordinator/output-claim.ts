@@ -5,7 +5,7 @@ import path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
 import { pidNamespace, processAlive } from '../util/process';
-import { removeFile, writeFully } from '../util/write';
+import { makeDirectory, removeFile, writeFully } from '../util/write';
 import { runLayout } from './config';
 
 /** The file in --out that names the coordinator writing there. */
@@ -163,7 +163,7 @@ function makeDirectories(out: string, dirs: string[]): string[] {
     for (const dir of dirs) {
       if (!fs.existsSync(dir)) {
         const target = path.resolve(dir);
-        const first = fs.mkdirSync(target, { recursive: true });
+        const first = makeDirectory(target);
         const chain: string[] = [];
         for (let d = target; first !== undefined; d = path.dirname(d)) {
           chain.unshift(d);
@@ -240,7 +240,7 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
   for (let tries = 1; ; tries++) {
     if (tries > MAX_TRIES) throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} kept changing over ${MAX_TRIES} tries`);
     // Its directory may have gone with a holder's release (it removes an empty --out).
-    fs.mkdirSync(out, { recursive: true });
+    makeDirectory(out);
     if (create(file, me, out)) {
       if (tookOver) log(tookOver);
       return;

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { GanModel } from '../model';
 import { scoped, tf } from '../model/tf';
 import { Rng } from '../util/rng';
-import { writeFileAtomic } from '../util/write';
+import { makeDirectory, writeFileAtomic } from '../util/write';
 import { encodePng, imageGrid } from './png';
 
 const GRID = 5;
@@ -54,7 +54,7 @@ export class SampleWriter {
   write(step: number, generator: Float32Array): string {
     const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
     // The run made it at start (OutputClaim); this brings back one removed since, rather than lose the grid.
-    fs.mkdirSync(this.dir, { recursive: true });
+    makeDirectory(this.dir);
     writeFileAtomic(file, [this.render(generator)]);
     return file;
   }

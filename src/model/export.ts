@@ -1,6 +1,5 @@
-import fs from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic, writeJsonAtomic } from '../util/write';
+import { makeDirectory, writeFileAtomic, writeJsonAtomic } from '../util/write';
 import { GanModel } from './gan';
 import { ParameterLayout } from './layout';
 
@@ -30,7 +29,7 @@ export function exportGenerator(model: GanModel, generator: Float32Array, dir: s
   model.generatorLayout.checkLength(generator);
   const { topology, weightNames } = model.generatorTopology();
   const weights = model.generatorLayout.entries.map((e) => ({ name: weightNames[e.name], shape: [...e.shape], dtype: 'float32' }));
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
   writeFileAtomic(path.join(dir, 'weights.bin'), [new Uint8Array(generator.buffer, generator.byteOffset, generator.byteLength)]);
   const modelJson = {
     format: 'layers-model',
