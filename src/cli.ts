@@ -196,7 +196,8 @@ function workerOptions<T>(y: Argv<T>) {
     .check((a) => {
       checkPort('metrics-port', a['metrics-port'], true);
       checkRequireGpu(a);
-      if (!/^wss?:\/\/[^/]+/.test(a.coordinator) || !URL.canParse(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
+      if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
+      if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);

@@ -311,6 +311,8 @@ test('a value flag with no value, an empty --out or other string, and a value th
   assert.doesNotMatch(cli(['local', '--model', 'gan']).stderr, /from GANFLEET/);
   assert.match(cli(['local'], { GANFLEET_DATA_DIR: '/no/such/dir' }).stderr, /--data-dir: no such directory "\/no\/such\/dir" \(from GANFLEET_DATA_DIR\)/);
   assert.match(cli(['worker'], { GANFLEET_COORDINATOR: 'host:8787' }).stderr, /--coordinator must be a ws:\/\/ or wss:\/\/ URL, got "host:8787" \(from GANFLEET_COORDINATOR\)/);
+  // A ws:// URL, but not one: it used to be told to be a ws:// URL.
+  for (const url of ['ws://127.0.0.1:99999', 'ws://a b:8787']) assert.match(cli(['worker', '--coordinator', url]).stderr, /^ganfleet: --coordinator is no valid URL \(a host name or address, then a port up to 65535\), got /);
   for (const url of ['ws://127.0.0.1:8787#x', 'ws://127.0.0.1:8787/#']) {
     const fragment = cli(['worker', '--coordinator', url]);
     assert.equal(fragment.status, 2, fragment.stderr);
