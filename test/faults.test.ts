@@ -73,11 +73,11 @@ describe('worker failures', () => {
     await c.proc.waitFor(/step 20\/400/);
     const mark = c.proc.log.length;
     w.kill('SIGSTOP');
-    await c.proc.waitFor(/w1 left \(no heartbeat for 1 s\)/, 30_000, mark);
+    await c.proc.waitFor(/w1 left \(no heartbeat for [\d.]+ s \(--heartbeat 1\)\)/, 30_000, mark);
     await sleep(1500);
     w.kill('SIGCONT');
-    await w.waitFor(/connection lost \(the coordinator dropped this worker: no heartbeat for 1 s\); reconnecting in/);
-    assert.match(w.log, /coordinator says COORDINATOR_DROPPED: no heartbeat for 1 s/);
+    await w.waitFor(/connection lost \(the coordinator dropped this worker: no heartbeat for [\d.]+ s \(--heartbeat 1\)\); reconnecting in/);
+    assert.match(w.log, /coordinator says COORDINATOR_DROPPED: no heartbeat for [\d.]+ s \(--heartbeat 1\)/);
     assert.equal(await c.proc.exited, 0, c.proc.log);
     assert.equal(await w.exited, 0, w.log);
   });
@@ -93,10 +93,10 @@ describe('worker failures', () => {
     await sleep(500);
     const stoppedAt = Date.now();
     w.kill('SIGSTOP');
-    await c.proc.waitFor(/w1 left \(no heartbeat for 1 s\)/);
+    await c.proc.waitFor(/w1 left \(no heartbeat for [\d.]+ s \(--heartbeat 1\)\)/);
     await sleep(4500 - (Date.now() - stoppedAt));
     w.kill('SIGCONT');
-    await w.waitFor(/connection lost \(the coordinator dropped this worker: no heartbeat for 1 s\); reconnecting in/);
+    await w.waitFor(/connection lost \(the coordinator dropped this worker: no heartbeat for [\d.]+ s \(--heartbeat 1\)\); reconnecting in/);
     assert.doesNotMatch(w.log, /nothing from the coordinator/);
     track(startWorker(c.url, 'second'));
     assert.equal(await c.proc.exited, 0, c.proc.log);

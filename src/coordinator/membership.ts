@@ -261,7 +261,8 @@ export class WorkerGroup {
         this.cutOff(peer, `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)`);
       } else if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
         this.hooks.metrics.heartbeatTimeouts.inc();
-        this.drop(peer, `no heartbeat for ${this.config.heartbeatSeconds} s`);
+        // The time since its last pong: the ping leaves half an interval or more after it, so 1.5 to 2 intervals.
+        this.drop(peer, `no heartbeat for ${((now - peer.lastPongAt) / 1000).toFixed(1)} s (--heartbeat ${this.config.heartbeatSeconds})`);
       } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {
         peer.pingInFlight = true;
         peer.socket.ping(undefined, undefined, (err) => {
