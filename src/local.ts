@@ -1,4 +1,5 @@
 import { ChildProcess, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import { BackendChoice, gpuBackendProblem } from './backend';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
@@ -67,9 +68,12 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   const children = new Map<number, ChildProcess>();
   const killAll = () => children.forEach((c) => c.kill('SIGKILL'));
   // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
+  // Loopback is no boundary between the users of a machine: without a token, any of them could join the run on
+  // its port, take a worker's slot, read the shard and the weights and answer with gradients of their choosing.
+  const token = crypto.randomBytes(32).toString('hex');
   const { started: coordinator, removeSignals } = await startStoppable(
     // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
-    (abort) => Coordinator.start({ ...config, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, abort),
+    (abort) => Coordinator.start({ ...config, token, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, abort),
     (c, reason) => c.requestStop(reason),
     () => {
       log('second signal: killing workers');
@@ -86,7 +90,8 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   // which is no flag but this machine's, does.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GANFLEET_') || k === 'GANFLEET_NATIVE_AVX512'));
   const startWorker = (i: number) => {
-    const childEnv = { ...env };
+    // In the environment, where other users' ps does not show it.
+    const childEnv: NodeJS.ProcessEnv = { ...env, GANFLEET_TOKEN: token };
     if (opts.gpus.length > 0) childEnv.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];
     // The coordinator's progress lines speak for its workers here.
     const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`, '--progress-every', '0'];

@@ -127,7 +127,6 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: -1 })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: 1.5 })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, phase: 'both' })), 'bad_field');
-    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, gradients: [1, 2] })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, loss: '1' })), 'bad_field');
   });
   test('float data that is not whole float32s', () => {
@@ -156,6 +155,20 @@ describe('codec rejects malformed frames', () => {
       assert.throws(() => decodeWorkerMessage(field), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_frame' && /extension type/.test(e.message));
       assert.throws(() => decodeWorkerMessage(Buffer.from(ext)), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_frame' && /extension type/.test(e.message));
     }
+  });
+  test('anything but one flat map: a container in a field, a frame of many small containers, more fields than any message has', () => {
+    const refused = (frame: Uint8Array, why: RegExp) =>
+      assert.throws(() => decodeWorkerMessage(frame), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_frame' && why.test(e.message));
+    refused(raw.pack({ ...good, gradients: [1, 2] }), /an array inside the message/);
+    refused(raw.pack({ ...good, loss: { x: 1 } }), /a map inside the message/);
+    // One byte per element, so within the bytes left: msgpackr built all 6.6 million empty maps (4 to 10 s, 425 MB).
+    const wide = Buffer.alloc(6_614_020, 0x80);
+    wide.set([0xdd, 0x00, 0x64, 0xec, 0xff]);
+    refused(wide, /^malformed msgpack at byte 1: a message must be a msgpack map$/);
+    refused(Buffer.concat([Buffer.from([0x81]), raw.pack('type'), Buffer.from([0xdd, 0x00, 0x01, 0x00, 0x00]), Buffer.alloc(65_536, 0x90)]), /an array inside the message/);
+    refused(raw.pack(Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`f${i}`, i]))), /a map of 33 fields: no message has more than 32/);
+    // What the codec itself writes passes: the largest message, with its pads and 16-bit floats.
+    assert.equal(decodeWorkerMessage(encode({ ...good, gradients: new Float32Array(4), statistics: new Float32Array(2), dReal: 0.5 } as never, 'bfloat16')).type, 'gradients');
   });
   test('nesting beyond any message, and bytes after the message', () => {
     const deep = Buffer.concat([Buffer.alloc(20, 0x91), Buffer.from([0xc0])]);

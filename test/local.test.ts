@@ -4,6 +4,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
 import { blankMnistDir } from './harness';
 import { CLI } from './helpers';
@@ -39,12 +40,22 @@ function startLocal(out: string): { child: ChildProcess; log: () => string; work
   return { child, log, workerPids: () => [...log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1])) };
 }
 
-test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left', { timeout: 60_000 }, async () => {
+test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left; its port admits only its own workers', { timeout: 60_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigint-'));
   const run = startLocal(out);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const pids = run.workerPids();
   assert.equal(pids.length, 2);
+  // Another user of the machine could join a token-less run on loopback, and take a worker's place.
+  const url = /listening for workers on (ws:\/\/\S+) \(token required\)/.exec(run.log())?.[1];
+  assert.ok(url, run.log());
+  const status = await new Promise<number>((resolve, reject) => {
+    const stranger = new WebSocket(url);
+    stranger.on('unexpected-response', (_req, res) => resolve(res.statusCode!));
+    stranger.on('open', () => reject(new Error('a connection without the token was accepted')));
+    stranger.on('error', () => {});
+  });
+  assert.equal(status, 401);
   run.child.kill('SIGINT');
   const code = await new Promise((r) => run.child.on('exit', r));
   assert.equal(code, 0, run.log());

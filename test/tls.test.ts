@@ -78,6 +78,17 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   assert.deepEqual(loggedSteps(coord.log), range(steps));
 });
 
+test('wss://: a client that never starts its TLS handshake is cut after 10 s, as a silent client on ws:// is (Node\'s TLS default held it 120 s)', { timeout: 60_000 }, async (t) => {
+  const { proc: coord, url } = await startCoordinator([...trainingArgs(1, path.join(dir, 'run-silent')), '--tls-cert', cert, '--tls-key', key], CLEAN_ENV);
+  t.after(() => coord.kill());
+  const silent = net.connect(Number(new URL(url).port), '127.0.0.1');
+  silent.on('error', () => {});
+  const opened = Date.now();
+  const closedAfter = await within(new Promise<number>((r) => silent.on('close', () => r(Date.now() - opened))), 30_000);
+  silent.destroy();
+  assert.ok(closedAfter !== 'timeout' && closedAfter >= 9_000, `closed after ${closedAfter} ms`);
+});
+
 test('token: a wrong or missing token is refused with HTTP 401 and the worker exits 1 at once; the right one trains; wss:// to it, and a key as --ca, are named', { timeout: 60_000 }, async (t) => {
   const secret = 'tls-test-secret-0123456789';
   const out = path.join(dir, 'run-token');

@@ -4,7 +4,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { BOUNDED_REQUESTS, answerInTurn, boundPort, limitConnections } from '../util/http';
+import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { urlHost } from '../util/text';
 import { CoordinatorConfig } from './config';
@@ -39,7 +39,7 @@ export class WorkerListener {
     const { host, port, tlsCert, tlsKey, token, insecure } = config;
     const refused = publicWithoutToken(config);
     if (refused) throw new Error(refused);
-    const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
+    const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, handshakeTimeout: TLS_HANDSHAKE_MS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
     // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
     limitConnections(server, 4 * config.maxWorkers + 256);
     server.on(

@@ -138,10 +138,14 @@ export class Receiver {
    * answers in order) and is not read.
    */
   private discardFromDropped(peer: WorkerPeer, data: Buffer): void {
+    // Nothing it sends can answer a request any more: not even worth decoding, for up to ws's 30 s close timeout.
+    if (peer.asked.length === 0) return;
     let msg: WorkerMessage;
     try {
       msg = decodeWorkerMessage(data);
     } catch {
+      // A worker sends no such frame, late or not.
+      peer.socket.terminate();
       return;
     }
     let what: string;

@@ -1,21 +1,25 @@
 import { ProtocolError } from './codec-error';
 
-/** Deeper than any ganfleet message (which is a flat map); refuses nesting bombs. */
-const MAX_DEPTH = 8;
+/** More fields than any ganfleet message has (a gradients message with its pads has 14). */
+const MAX_FIELDS = 32;
+
+const EXTENSIONS = new Set([0xc7, 0xc8, 0xc9, 0xd4, 0xd5, 0xd6, 0xd7, 0xd8]);
 
 /**
- * Walks a msgpack frame's structure without building it, and refuses frames
- * that could make the decoder misbehave: msgpackr allocates an array of a
- * container's declared length before reading its elements, so a 5-byte
- * header claiming 2^32 elements, nested, exhausts the heap. Here every
- * declared count and length must fit in the bytes that remain (each element
- * takes at least one), nesting is bounded, and exactly one value fills the frame.
+ * Walks a msgpack frame's structure without building it, and refuses any
+ * frame that is not what every ganfleet message is: one map of at most
+ * MAX_FIELDS fields whose values are numbers, strings, booleans, nil or
+ * bytes, filling the frame. msgpackr builds whatever it is given before the
+ * schema can look at it, and it allocates an array of a container's declared
+ * length before reading its elements: a 5-byte header claiming 2^32
+ * elements, nested, exhausts the heap, and a frame of one-byte empty maps
+ * (6.6 MB, within a DCGAN gradient's maxPayload) took 4 to 10 s and 425 MB
+ * to build, and so froze the coordinator before any hello.
  *
  * Extension types are refused: ganfleet sends none, and msgpackr acts on
  * some of them whatever its options (a record, 0x72, reads on from inside
  * its own payload), so a walk that skipped their bytes would stop checking
- * what msgpackr goes on to decode: a 268-byte frame hid nested 16M-element
- * arrays that way and killed the coordinator before any hello.
+ * what msgpackr goes on to decode.
  */
 export function checkFrameShape(b: Uint8Array): void {
   const len = b.length;
@@ -27,22 +31,18 @@ export function checkFrameShape(b: Uint8Array): void {
     for (let i = 0; i < bytes; i++) v = v * 256 + b[pos++];
     return v;
   };
-  const pending: number[] = [1]; // values still to read, per open container
-  while (pending.length > 0) {
-    const top = pending.length - 1;
-    if (pending[top] === 0) {
-      pending.pop();
-      continue;
-    }
-    pending[top]--;
+  const isMap = (t: number) => (t >= 0x80 && t <= 0x8f) || t === 0xde || t === 0xdf;
+  const isArray = (t: number) => (t >= 0x90 && t <= 0x9f) || t === 0xdc || t === 0xdd;
+  const extension = (t: number) => bad(`extension type 0x${t.toString(16)}: the protocol has none`);
+  /** Steps over one field's key or value, which is never a container. */
+  const scalar = (): void => {
     if (pos >= len) throw bad('truncated');
     const t = b[pos++];
     let skip = 0;
-    let items = -1;
     if (t <= 0x7f || t >= 0xe0 || t === 0xc0 || t === 0xc2 || t === 0xc3) skip = 0;
-    else if (t <= 0x8f) items = (t & 0x0f) * 2;
-    else if (t <= 0x9f) items = t & 0x0f;
+    else if (isMap(t) || isArray(t)) throw bad(`${isMap(t) ? 'a map' : 'an array'} inside the message, whose fields are numbers, strings and bytes`);
     else if (t <= 0xbf) skip = t & 0x1f;
+    else if (EXTENSIONS.has(t)) throw extension(t);
     else {
       switch (t) {
         case 0xc4: case 0xd9: skip = uint(1); break; // bin8, str8
@@ -54,23 +54,18 @@ export function checkFrameShape(b: Uint8Array): void {
         case 0xcd: case 0xd1: skip = 2; break;
         case 0xce: case 0xd2: skip = 4; break;
         case 0xcf: case 0xd3: skip = 8; break;
-        case 0xc7: case 0xc8: case 0xc9: case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-          throw bad(`extension type 0x${t.toString(16)}: the protocol has none`);
-        case 0xdc: items = uint(2); break;
-        case 0xdd: items = uint(4); break;
-        case 0xde: items = 2 * uint(2); break;
-        case 0xdf: items = 2 * uint(4); break;
         default: throw bad(`invalid type byte 0x${t.toString(16)}`);
       }
     }
-    if (items >= 0) {
-      if (items > len - pos) throw bad(`a container claims ${items} elements with ${len - pos} bytes left`);
-      if (pending.length > MAX_DEPTH) throw bad(`nested deeper than ${MAX_DEPTH}`);
-      pending.push(items);
-    } else {
-      if (skip > len - pos) throw bad(`a value claims ${skip} bytes with ${len - pos} left`);
-      pos += skip;
-    }
-  }
+    if (skip > len - pos) throw bad(`a value claims ${skip} bytes with ${len - pos} left`);
+    pos += skip;
+  };
+  if (len === 0) throw bad('truncated');
+  const t = b[pos++];
+  if (EXTENSIONS.has(t)) throw extension(t);
+  if (!isMap(t)) throw bad('a message must be a msgpack map');
+  const fields = t <= 0x8f ? t & 0x0f : uint(t === 0xde ? 2 : 4);
+  if (fields > MAX_FIELDS) throw bad(`a map of ${fields} fields: no message has more than ${MAX_FIELDS}`);
+  for (let i = 0; i < 2 * fields; i++) scalar();
   if (pos !== len) throw bad(`${len - pos} bytes after the message`);
 }

@@ -12,6 +12,9 @@ export type Routes = Record<string, (path: string) => { status: number; type: st
  */
 export const BOUNDED_REQUESTS: http.ServerOptions = { headersTimeout: 10_000, requestTimeout: 30_000, connectionsCheckingInterval: 1_000 };
 
+/** A TLS handshake within as long as the headers get: the headers' clock starts only after it, and Node's own default is 120 s. */
+export const TLS_HANDSHAKE_MS = 10_000;
+
 /** Answers a socket may have waiting at once: a client pipelining more requests than this is cut off. */
 export const MAX_WAITING_ANSWERS = 8;
 

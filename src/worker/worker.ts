@@ -171,6 +171,8 @@ function connectOnce(
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
     const ws = new WebSocket(opts.coordinator, {
       maxPayload: MAX_COORDINATOR_FRAME_BYTES,
+      // The coordinator never compresses; offered, a rogue one could send 120 MB of frame as 120 KB.
+      perMessageDeflate: false,
       headers,
       ca: me.ca,
       handshakeTimeout: me.handshakeMs,
