@@ -3,7 +3,7 @@
  * measured in this one run on this machine, so the ratios are comparable
  * even where absolute numbers are noisy.
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { SpawnSyncReturns, execFileSync, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -158,10 +158,15 @@ function localRun(workers: number, steps: number, extra: string[] = [], warmup =
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
   const total = warmup + steps;
   if (warmup > 0 && steps % warmup !== 0) throw new Error(`the timed steps (${steps}) must be a multiple of the warm-up (${warmup})`);
-  const r = spawnSync(process.execPath, localArgs(workers, total, out, extra, warmup > 0 ? warmup : total), { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`local --workers ${workers} ${extra.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
-  const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
-  fs.rmSync(out, { recursive: true, force: true });
+  let r: SpawnSyncReturns<string>;
+  let s: TrainingSummary;
+  try {
+    r = spawnSync(process.execPath, localArgs(workers, total, out, extra, warmup > 0 ? warmup : total), { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`local --workers ${workers} ${extra.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
+    s = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
   const msPerStep = warmup > 0 ? timedMsPerStep(r.stdout + r.stderr, warmup, total, BATCH * workers) : s.msPerStep;
   return {
     workers,
@@ -190,7 +195,7 @@ function steadyWireBytes(dtype: WireDtype, steps: number) {
   return { toWorker: Math.round(toWorker), fromWorker: Math.round(fromWorker), atJoinToWorker: Math.round(short.toWorker - steps * toWorker) };
 }
 
-/** A run's WebSocket payload per step, each way, per worker (toward the workers, shards included). */
+/** A run's frame bytes per step (by socket or mailbox, notices included), each way, per worker (toward the workers, shards included). */
 function wireBytesPerStepPerWorker(s: TrainingSummary, workers: number) {
   return { toWorker: Math.round(s.bytesSentPerStep / workers), fromWorker: Math.round(s.bytesReceivedPerStep / workers) };
 }
@@ -212,13 +217,21 @@ interface TorchRun {
   ms_per_step: number;
   images_per_s: number;
 }
-type TorchRuns = { single: TorchRun; matched: TorchRun; ddp: Map<number, TorchRun>; openblas: OpenblasChoice };
+type TorchRuns = { single: TorchRun; matched: TorchRun; ddp: Map<number, TorchRun>; ddpReason?: string; openblas: OpenblasChoice };
 type TorchResult = TorchRuns | { reason: string };
+
+/** What the anchor's python said before it failed: the last of its stderr, on one line. */
+function anchorFailure(e: unknown): string {
+  const err = e as Error & { stderr?: string; signal?: string };
+  const said = (err.stderr ?? '').trim().split('\n').slice(-3).join(' | ').slice(-400);
+  return `${err.message.split('\n')[0]}${err.signal ? ` (${err.signal})` : ''}${said ? `: ${said}` : ''}`;
+}
 
 /**
  * The PyTorch anchor: one process on one thread, then DDP over each of
  * `worlds` processes. `--python` and `--anchor` point elsewhere than Debian's
- * python3 and ../shared (a machine whose torch lives in a virtual env).
+ * python3 and ../shared (a machine whose torch lives in a virtual env). A DDP
+ * run that fails (its fixed port taken, say) costs only the DDP figures.
  */
 function torchAnchor(steps: number, worlds: number[]): TorchResult {
   const { python, anchor } = OPTS;
@@ -231,23 +244,34 @@ function torchAnchor(steps: number, worlds: number[]): TorchResult {
       // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
       execFileSync(python, [script, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
         encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+        // A few hundred steps take seconds; a DDP rendezvous that never completes would otherwise hang the bench.
+        timeout: 600_000,
         env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', ...openblas.env },
       })
         .trim()
         .split('\n')
         .pop()!,
     );
+  let single: TorchRun;
+  let matched: TorchRun;
   try {
-    return {
-      single: run([]),
-      // The anchor's network doing ganfleet's step (one D update, one G forward pass), for ratio 1 like for like.
-      matched: run(['--anchor', anchor], MATCHED_STEP),
-      ddp: new Map(worlds.map((w) => [w, run(['--mode', 'ddp', '--world', String(w)])])),
-      openblas,
-    };
+    single = run([]);
+    // The anchor's network doing ganfleet's step (one D update, one G forward pass), for ratio 1 like for like.
+    matched = run(['--anchor', anchor], MATCHED_STEP);
   } catch (e) {
-    return { reason: `the anchor failed: ${(e as Error).message.split('\n')[0]}` };
+    return { reason: `the anchor failed: ${anchorFailure(e)}` };
   }
+  const ddp = new Map<number, TorchRun>();
+  let ddpReason: string | undefined;
+  for (const w of worlds) {
+    try {
+      ddp.set(w, run(['--mode', 'ddp', '--world', String(w)]));
+    } catch (e) {
+      ddpReason ??= `the anchor's DDP over ${w} failed: ${anchorFailure(e)}`;
+    }
+  }
+  return { single, matched, ddp, ...(ddpReason && { ddpReason }), openblas };
 }
 
 /** DDP's images/s over `world` times one process's: the anchor's ratio 3. */
@@ -464,7 +488,9 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
   const torchRuns = runs.map((r) => r.torch).filter((t): t is TorchRuns => 'single' in t);
   const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
   const torchSingle = torchRuns.length ? median(torchRuns.map((t) => t.single), (x) => x.ms_per_step) : null;
-  const torchDdp = torchRuns.length ? counts.slice(1).map((n) => median(torchRuns.map((t) => t.ddp.get(n)!), (x) => x.ms_per_step)) : [];
+  const ddpOf = (n: number) => torchRuns.flatMap((t) => t.ddp.get(n) ?? []);
+  const torchDdp = counts.slice(1).map((n) => (ddpOf(n).length ? median(ddpOf(n), (x) => x.ms_per_step) : null));
+  const torchDdpReason = torchRuns.find((t) => t.ddpReason)?.ddpReason;
   const byWorkers = <T>(xs: T[]) => Object.fromEntries(xs.map((x, i) => [`workers${counts[i]}`, x]));
   const byWorld = <T>(xs: T[]) => Object.fromEntries(xs.map((x, i) => [`world${counts[i + 1]}`, x]));
   return {
@@ -475,13 +501,14 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
       localMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.local[i].msPerStep))),
       sharedMemoryCeilingMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.ceiling[i].msPerStep))),
       torchMsPerStep: torchRuns.map((t) => t.single.ms_per_step),
-      torchDdpMsPerStep: byWorld(counts.slice(1).map((n) => torchRuns.map((t) => t.ddp.get(n)!.ms_per_step))),
+      torchDdpMsPerStep: byWorld(counts.slice(1).map((n) => torchRuns.map((t) => t.ddp.get(n)?.ms_per_step ?? null))),
     },
     inProcess: single,
     local: byWorkers(local),
     sharedMemoryCeiling: byWorkers(ceiling),
     torch: torchSingle ? { single: torchSingle, ddp: byWorld(torchDdp), openblasCore: torchRuns[0].openblas } : null,
     torchReason,
+    torchDdpReason,
     // Each within its repeat, then the median (ratioAcrossRepeats).
     ratios: {
       distributedOverhead: ratioAcrossRepeats(runs, (r) => r.local[0].imagesPerSecond / r.single.imagesPerSecond).median,
@@ -489,7 +516,7 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
       scaling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => r.local[i].imagesPerSecond / (n * r.local[0].imagesPerSecond)).median)),
       scalingCeiling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => r.ceiling[i].imagesPerSecond / (n * r.ceiling[0].imagesPerSecond)).median)),
       torchDdpScaling: torchSingle
-        ? byWorld(counts.slice(1).map((n) => ratioAcrossRepeats(runs, (r) => ('single' in r.torch ? torchDdpScaling(r.torch.single, r.torch.ddp.get(n)!, n) : null)).median))
+        ? byWorld(counts.slice(1).map((n) => ratioAcrossRepeats(runs, (r) => ('single' in r.torch && r.torch.ddp.has(n) ? torchDdpScaling(r.torch.single, r.torch.ddp.get(n)!, n) : null)).median))
         : null,
     },
   };
@@ -649,6 +676,7 @@ async function main() {
   const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
   const torchSingle = torchRuns.length ? median(torchRuns.map((t) => t.single), (x) => x.ms_per_step) : null;
   const torchDdp = torchRuns.find((t) => t.ddp.has(2))?.ddp.get(2) ?? null;
+  const torchDdpReason = torchRuns.find((t) => t.ddpReason)?.ddpReason;
   const anchorOf = (r: (typeof runs)[number]) => ('single' in r.torch ? r.torch : null);
   const ips = (msPerStep: number) => (BATCH * 1000) / msPerStep;
   // Every ratio whose two sides ran in each repeat is taken within the repeat (ratioAcrossRepeats).
@@ -702,6 +730,7 @@ async function main() {
       ? { single: torchSingle, matchedWork: median(torchRuns.map((t) => t.matched), (x) => x.ms_per_step), ddp2: torchDdp, openblasCore: torchRuns[0].openblas }
       : null,
     torchReason,
+    torchDdpReason,
     ratios: {
       ...Object.fromEntries(Object.entries(perRepeat).map(([name, r]) => [name, r.median])),
       // Run once, outside the repeats: against the median of the other side.

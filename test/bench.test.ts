@@ -14,7 +14,7 @@ const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
  * the anchor's last line with a step that grows with the DDP world (4 + world
  * ms), so the expected ratios are known exactly.
  */
-function fakeTorch(): string {
+function fakeTorch(ddpFails = false): string {
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-fake-torch-')), 'python3');
   fs.writeFileSync(
     file,
@@ -22,6 +22,7 @@ function fakeTorch(): string {
 [ "$1" = "-c" ] && exit 0
 world=1; prev=""
 for a in "$@"; do [ "$prev" = "--world" ] && world=$a; prev=$a; done
+${ddpFails ? '[ "$world" != 1 ] && { echo "RuntimeError: Address already in use (port 29517)" >&2; exit 1; }' : ''}
 ms=$((4 + world))
 echo "{\\"anchor\\":\\"fake\\",\\"world\\":$world,\\"ms_per_step\\":$ms,\\"images_per_s\\":$((128000 * world / ms))}"
 `,
@@ -111,6 +112,20 @@ test('the PyTorch anchor runs the best OpenBLAS kernel of this CPU where OpenBLA
   // A kernel OpenBLAS detected itself is kept.
   assert.equal(openblasCoreFor('Zen', avx512), null);
   assert.equal(openblasCoreFor(null, avx512), null);
+});
+
+test('bench --scaling where PyTorch DDP fails: the single-process anchor is kept, DDP is null with what python said', () => {
+  const python = fakeTorch(true);
+  const r = spawnSync(process.execPath, [BENCH, '--scaling', '1,2', '--steps', '50', '--repeats', '1', '--python', python, '--anchor', python], { encoding: 'utf8', timeout: 360_000 });
+  fs.rmSync(path.dirname(python), { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  // It used to throw the working anchor away with it: torch null, and a reason without python's own words.
+  assert.equal(report.torch.single.ms_per_step, 5);
+  assert.equal(report.torchReason, undefined);
+  assert.equal(report.torch.ddp.world2, null);
+  assert.match(report.torchDdpReason, /^the anchor's DDP over 2 failed: Command failed: .*: RuntimeError: Address already in use \(port 29517\)$/);
+  assert.equal(report.ratios.torchDdpScaling.world2, null);
 });
 
 test('bench --scaling without torch: the anchor is null, with the reason', () => {
