@@ -47,6 +47,8 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   const procs: GanfleetProcess[] = [coord];
   t.after(() => procs.forEach((p) => p.kill()));
   assert.match(url, /^wss:\/\/127\.0\.0\.1:\d+$/);
+  // Loopback keeps other machines out, not other users of this one.
+  assert.match(coord.log, /listening for workers on wss:\/\/\S+ \(no --token: anyone who can reach it can join, on loopback every user of this machine\)/);
 
   // First the workers that must fail, while the coordinator waits for its first worker.
   const untrusting = startWorker(url, 'no-ca', ['--give-up-after', '2'], CLEAN_ENV);

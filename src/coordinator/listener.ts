@@ -72,7 +72,8 @@ export class WorkerListener {
     });
     const bound = boundPort(server);
     const listener = new WorkerListener(server, wss, bound, `${tlsCert ? 'wss' : 'ws'}://${urlHost(host)}:${bound}`);
-    hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ''}`);
+    // Loopback keeps out other machines, not the other users of this one (README: Security).
+    hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ' (no --token: anyone who can reach it can join, on loopback every user of this machine)'}`);
     if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
       hooks.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
     }
