@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { LEASE_FILE, OutputClaim, processTable, putBack } from '../src/coordinator/output-claim';
 import { GanfleetError } from '../src/util/errors';
+import { makeDirectory } from '../src/util/write';
 
 const FAST = { refreshMs: 50, staleMs: 400 };
 
@@ -268,5 +269,23 @@ test('a holder whose lease a taker has moved aside to check it keeps it; a lease
   }
   assert.ok(!fs.existsSync(aside) && claim.holds(), 'renamed back');
   claim.release();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('makeDirectory makes a parent again that another process removes meanwhile (a run releasing its empty --out), as recursive mkdir did', (t) => {
+  const root = tempDir();
+  const parent = path.join(root, 'p');
+  const child = path.join(parent, 'a');
+  // The other process's removal, just before the child's mkdir (an empty parent, as a released --out is).
+  const mkdir = fs.mkdirSync;
+  let removed = 0;
+  t.after(() => void (fs.mkdirSync = mkdir));
+  fs.mkdirSync = ((p: fs.PathLike, options?: fs.MakeDirectoryOptions) => {
+    if (p === child && removed++ === 0) fs.rmdirSync(parent);
+    return mkdir(p, options);
+  }) as typeof fs.mkdirSync;
+  assert.equal(makeDirectory(path.join(child, 'b')), parent);
+  assert.equal(removed, 2, 'the child was made on the second try');
+  assert.ok(fs.statSync(path.join(child, 'b')).isDirectory());
   fs.rmSync(root, { recursive: true, force: true });
 });

@@ -151,9 +151,16 @@ test('ganfleet eval prints the same FID and MNIST score for the same checkpoint 
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test('train-classifier refuses flags it cannot read before training, leaving the shipped weights as they are (--epochs abc wrote untrained weights, exit 0)', () => {
+test('train-classifier refuses flags it cannot read before training, leaving the shipped weights as they are (--epochs abc wrote untrained weights, exit 0)', (t) => {
   const script = path.join(__dirname, '..', 'scripts', 'train-classifier.js');
   const before = fs.readFileSync(CLASSIFIER_FILE);
+  const manifest = CLASSIFIER_FILE.replace(/\.bin$/, '.json');
+  const manifestBefore = fs.readFileSync(manifest);
+  // Should a refusal ever fail, the shipped weights are put back, not left untrained for every later test.
+  t.after(() => {
+    fs.writeFileSync(CLASSIFIER_FILE, before);
+    fs.writeFileSync(manifest, manifestBefore);
+  });
   for (const [args, said] of [
     [['--epochs', 'abc'], /--epochs must be an integer >= 1, got "abc"/],
     [['--epochs=0'], /--epochs must be an integer >= 1, got 0/],

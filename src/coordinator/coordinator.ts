@@ -314,6 +314,9 @@ export class Coordinator {
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
   private async finish(firstStep: number): Promise<TrainingSummary> {
     const { steps, sampleEvery, checkpointEvery } = this.config;
+    // The pace is the training's: read before the final grid and checkpoint, which no timed step waited for.
+    const trained = this.clock.elapsed();
+    const trainingSeconds = trained.seconds - trained.pausedSeconds - trained.evaluationSeconds;
     const ran = this.step - firstStep;
     // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
     if (ran > 0 && !this.diverged) {
@@ -324,7 +327,6 @@ export class Coordinator {
     }
     // After the final evaluation, which the wall time and the time evaluating include.
     const { seconds, pausedSeconds, evaluationSeconds } = this.clock.elapsed();
-    const trainingSeconds = seconds - pausedSeconds - evaluationSeconds;
     this.state = 'finished';
     const generatorDir = runLayout(this.config.out).generator;
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's

@@ -144,8 +144,6 @@ export class Receiver {
     try {
       msg = decodeWorkerMessage(data);
     } catch {
-      // A worker sends no such frame, late or not.
-      peer.socket.terminate();
       return;
     }
     let what: string;

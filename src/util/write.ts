@@ -112,24 +112,33 @@ export function removeFile(file: string): void {
  * `mkdir -p`: makes `dir` and its missing parents, and returns the first it
  * made, as fs.mkdirSync's recursive form does. That form, in Node 20, loops
  * for ever where mkdir answers ENOENT under a parent that is there
- * (`--out /proc/run`); here each directory is made once, and its error thrown.
+ * (`--out /proc/run`); here such an answer is thrown. A parent that another
+ * process removed meanwhile (a run releasing its empty --out) is made again,
+ * a bounded number of times.
  */
 export function makeDirectory(dir: string): string | undefined {
   const target = path.resolve(dir);
-  const missing: string[] = [];
-  for (let d = target; !fs.existsSync(d) && d !== path.dirname(d); d = path.dirname(d)) missing.unshift(d);
   let first: string | undefined;
-  for (const d of missing) {
+  for (let tries = 1; ; tries++) {
+    const missing: string[] = [];
+    for (let d = target; !fs.existsSync(d) && d !== path.dirname(d); d = path.dirname(d)) missing.unshift(d);
+    if (missing.length === 0) {
+      if (!fs.statSync(target).isDirectory()) throw Object.assign(new Error(`EEXIST: file already exists, mkdir '${target}'`), { code: 'EEXIST', syscall: 'mkdir', path: target });
+      return first;
+    }
     try {
-      fs.mkdirSync(d);
-      first ??= d;
+      for (const d of missing) {
+        try {
+          fs.mkdirSync(d);
+          first ??= d;
+        } catch (e) {
+          // Made meanwhile by someone else: as good.
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw e;
+        }
+      }
     } catch (e) {
-      // Made meanwhile by someone else: as good.
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw e;
+      const parentGone = (e as NodeJS.ErrnoException).code === 'ENOENT' && !fs.existsSync(path.dirname((e as NodeJS.ErrnoException).path ?? target));
+      if (!parentGone || tries >= 100) throw e;
     }
   }
-  if (missing.length === 0 && !fs.statSync(target).isDirectory()) {
-    throw Object.assign(new Error(`EEXIST: file already exists, mkdir '${target}'`), { code: 'EEXIST', syscall: 'mkdir', path: target });
-  }
-  return first;
 }
