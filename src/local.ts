@@ -67,10 +67,10 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   }
   const children = new Map<number, ChildProcess>();
   const killAll = () => children.forEach((c) => c.kill('SIGKILL'));
-  // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
   // Loopback is no boundary between the users of a machine: without a token, any of them could join the run on
   // its port, take a worker's slot, read the shard and the weights and answer with gradients of their choosing.
   const token = crypto.randomBytes(32).toString('hex');
+  // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
   const { started: coordinator, removeSignals } = await startStoppable(
     // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
     (abort) => Coordinator.start({ ...config, token, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, abort),
