@@ -6,7 +6,6 @@
  *   npm run train-classifier [-- --epochs 6 --seed 1 --backend wasm]
  */
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -19,7 +18,7 @@ import { gradientOf } from '../src/model/autodiff';
 import { readValues, scoped, tf } from '../src/model/tf';
 import { MAX_SEED, integerInRange } from '../src/util/flags';
 import { Rng } from '../src/util/rng';
-import { writeFileAtomic } from '../src/util/write';
+import { makeDirectory, writeFileAtomic } from '../src/util/write';
 
 /** A flag it misread (--epochs abc ran no epoch) would replace the shipped weights with untrained ones. */
 function parseFlags() {
@@ -90,7 +89,7 @@ async function main(): Promise<void> {
     console.log(`epoch ${epoch}/${epochs}: train loss ${(lossSum / steps).toFixed(4)}, test accuracy ${(100 * testAccuracy).toFixed(2)}% (${((performance.now() - t0) / 1000).toFixed(0)} s)`);
   }
   const bytes = Buffer.from(weights.buffer, weights.byteOffset, weights.byteLength);
-  fs.mkdirSync(path.dirname(CLASSIFIER_FILE), { recursive: true });
+  makeDirectory(path.dirname(CLASSIFIER_FILE));
   // Whole or not at all: a torn file would stop every evaluation (EVAL_NO_CLASSIFIER), or, cut at the right size, score with garbage.
   writeFileAtomic(CLASSIFIER_FILE, [bytes]);
   const info = { parameters: weights.length, epochs, batch, seed, optimizer: 'adam lr 1e-3', testAccuracy, sha256: crypto.createHash('sha256').update(bytes).digest('hex') };
