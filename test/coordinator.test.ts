@@ -1032,6 +1032,11 @@ describe('coordinator edge cases found by review', () => {
     const earlier = [1, 2, 3].map((step) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 }));
     fs.writeFileSync(path.join(dir, 'evaluations.json'), JSON.stringify(earlier));
     const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100, metricsPort: 0 }, () => {});
+    // Before a worker joins, /metrics has step 2's scores, and no losses: this process has trained no step.
+    const metrics = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/metrics`)).text();
+    assert.match(metrics, /^ganfleet_fid 102$/m);
+    assert.match(metrics, /^ganfleet_mnist_score 1\.5$/m);
+    for (const name of ['d_loss', 'g_loss', 'd_real', 'd_fake']) assert.match(metrics, new RegExp(`^ganfleet_${name} Nan$`, 'm'));
     const run = coordinator.run();
     await answerOneStep(coordinator, 2);
     const summary = await run;

@@ -677,10 +677,14 @@ export class Coordinator {
     this.clock.addEvaluation(seconds);
     this.evaluations.push({ step: this.step, ...quality });
     this.writeEvaluations();
-    this.metrics.fid.set(quality.fid);
-    this.metrics.mnistScore.set(quality.mnistScore);
+    this.showEvaluation(quality);
     this.metrics.evalSeconds.inc(seconds);
     this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
+  }
+
+  private showEvaluation(e: { fid: number; mnistScore: number }): void {
+    this.metrics.fid.set(e.fid);
+    this.metrics.mnistScore.set(e.mnistScore);
   }
 
   /** Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it. */
@@ -824,6 +828,8 @@ export class Coordinator {
     const recorded = evaluationsUpTo(this.config.out, c.step, this.log);
     this.evaluations.push(...recorded.kept);
     this.evaluationsDiscarded = recorded.after;
+    const lastEvaluation = recorded.kept.at(-1);
+    if (lastEvaluation) this.showEvaluation(lastEvaluation);
     // Due at the checkpoint's step (or the run's end) and not recorded: a kill or a stop cut it short.
     const { evalEvery, steps } = this.config;
     this.evaluationMissed = (due(c.step, evalEvery) || (evalEvery > 0 && c.step >= steps)) && !recorded.kept.some((e) => e.step === c.step);

@@ -71,9 +71,8 @@ export class CoordinatorMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ganfleet_' });
-    // NaN, not 0, until the first evaluation: a FID of 0 would read as perfect.
-    this.fid.set(NaN);
-    this.mnistScore.set(NaN);
+    // NaN, not 0, until there is a value: a FID of 0 would read as perfect, a D(x) of 0 as D rejecting everything.
+    for (const g of [this.fid, this.mnistScore, this.dLoss, this.gLoss, this.dReal, this.dFake]) g.set(NaN);
     this.lastCheckpointStep.set(-1);
     // Every reason's series exists from the start, so rate() and alerts see 0 rather than nothing.
     for (const reason of REJECT_REASONS) this.rejected.inc({ reason }, 0);
