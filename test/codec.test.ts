@@ -217,6 +217,17 @@ test("G's batch statistics are bounded like gradients, at MAX_STATISTIC_ABS: a f
   assertRejected(() => decodeWorkerMessage(frame(Float32Array.from([0, NaN, 1, 1]))), 'not_finite');
 });
 
+test("under a 16-bit wire dtype, G's batch statistics still travel as float32: float16 would cap a variance of 70000 at 65504", () => {
+  const statistics = Float32Array.from([1234.567, 70000, 3e-6, -0.1]);
+  const gradients = Float32Array.from([1234.567, 0.1, 3e-6, -0.1]);
+  for (const dtype of ['float16', 'bfloat16'] as const) {
+    const frame = encode(message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 8, gradients, statistics, loss: 0.5, dFake: 0.4, computeSeconds: 0.01 }), dtype);
+    const back = decodeWorkerMessage(frame) as Gradients;
+    assert.deepEqual(back.statistics, statistics, dtype);
+    assert.notDeepEqual(back.gradients, gradients, `${dtype} rounds the gradients`);
+  }
+});
+
 test('float arrays start 4-byte aligned in the frame and decode in place, with no copy', () => {
   for (const step of [1, 300, 70000]) {
     const frame = encode(message<Weights>({ type: 'weights', step, phase: 'generator', generator: floats(7, 1), discriminator: floats(5, 2) }));

@@ -57,7 +57,7 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
       fields[k] = v;
       continue;
     }
-    const data = floats === 'float32' ? v : encodeFloats(v, floats);
+    const data = floats === 'float32' || ALWAYS_FLOAT32.has(k) ? v : encodeFloats(v, floats);
     arrays.push([k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)]);
   }
   if (arrays.length === 0) return new EncodedFrame([packr.pack(fields)]);
@@ -85,7 +85,8 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   return new EncodedFrame(parts);
 }
 
-type FieldKind = 'string' | 'count' | 'uint32' | 'number' | 'boolean' | 'phase' | 'f32' | 'u8';
+/** `f32`: floats at the frame's wire dtype; `float32`: floats at full precision whatever the wire dtype. */
+type FieldKind = 'string' | 'count' | 'uint32' | 'number' | 'boolean' | 'phase' | 'f32' | 'float32' | 'u8';
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
@@ -100,7 +101,8 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
     loss: ['number', 'required'],
     dReal: ['number', 'optional'],
     dFake: ['number', 'required'],
-    statistics: ['f32', 'optional', MAX_STATISTIC_ABS],
+    // Full precision: 384 floats, and float16 would cap a variance at 65504 without a word.
+    statistics: ['float32', 'optional', MAX_STATISTIC_ABS],
     computeSeconds: ['number', 'required'],
   },
   mailbox: { path: ['string', 'required'] },
@@ -132,6 +134,11 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
   stop: { reason: ['string', 'required'], resumable: ['boolean', 'optional'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
+
+/** The float fields `encodeFrame` leaves at float32 under any wire dtype. */
+const ALWAYS_FLOAT32 = new Set(
+  [WORKER_SCHEMAS, COORDINATOR_SCHEMAS].flatMap((schemas) => Object.values(schemas).flatMap((schema) => Object.keys(schema).filter((field) => schema[field][0] === 'float32'))),
+);
 
 /** Decodes and structurally validates a frame from a worker. Throws ProtocolError. */
 export function decodeWorkerMessage(frame: Uint8Array): WorkerMessage {
@@ -204,6 +211,8 @@ function checkField(type: string, field: string, kind: FieldKind, value: unknown
     case 'u8':
       if (!(value instanceof Uint8Array)) throw bad('binary');
       return value;
+    case 'float32':
+      return checkField(type, field, 'f32', value, 'float32', bound);
     case 'f32': {
       if (!(value instanceof Uint8Array)) throw bad(`binary ${dtype} data`);
       const width = wireDtypeBytes(dtype);

@@ -6,7 +6,7 @@ import { truncate } from '../util/text';
  * Float arrays travel as raw little-endian bytes (msgpack bin), never as
  * arrays of numbers.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 /**
  * The largest gradient magnitude a worker may send. No sane gradient of
@@ -133,7 +133,7 @@ export interface Gradients {
   dReal?: number;
   /** Mean D(G(z)). */
   dFake: number;
-  /** G's BatchNorm batch statistics (generator rounds of a model with BatchNorm). */
+  /** G's BatchNorm batch statistics (generator rounds of a model with BatchNorm); float32 under any wire dtype. */
   statistics?: Float32Array;
   computeSeconds: number;
 }
