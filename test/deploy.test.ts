@@ -672,6 +672,9 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
     }
     // A worker answers /healthz between rounds, as it answers pings: its liveness probe allows what --heartbeat does.
     const heartbeat = Number(coord.values.get('heartbeat') ?? 5);
+    assertRoundFits(dir, Number(coord.values.get('round-timeout') ?? 30), heartbeat);
+    // A rollout starts no extra worker first: on a GPU pool sized to the replicas it would wait for a GPU, and hold up the rest.
+    assert.equal(work.dep.spec.strategy?.rollingUpdate?.maxSurge, 0, `${dir}: the worker Deployment's rollout surges`);
     const probe = work.c.livenessProbe;
     if (probe) {
       // The earliest kill: the first failing probe starts as the round does, the last fails after its timeout.
@@ -692,6 +695,11 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
     }
   }
 });
+
+/** A round may last as long as --heartbeat lets a worker go silent (a GPU's first rounds): --round-timeout must let it too. */
+function assertRoundFits(where: string, roundTimeout: number, heartbeat: number): void {
+  assert.ok(roundTimeout >= heartbeat, `${where}: --heartbeat ${heartbeat} allows a round that --round-timeout ${roundTimeout} drops`);
+}
 
 test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthchecks, mounts', () => {
   const top = docs('docker-compose.yml')[0];
@@ -750,6 +758,8 @@ test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthcheck
           `${where}: --out ${out} is not on a volume`,
         );
         assert.equal(values.get('resume'), 'true', `${where}: --resume`);
+        const setting = (flag: string, fallback: number) => Number(env[`GANFLEET_${flag.toUpperCase().replace('-', '_')}`] ?? values.get(flag) ?? fallback);
+        assertRoundFits(where, setting('round-timeout', 30), setting('heartbeat', 5));
       }
     }
     const coord = [...ganfleet.entries()].find(([, g]) => g.cmd === 'coordinator');
