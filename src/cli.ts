@@ -11,8 +11,8 @@ import { publicWithoutToken } from './coordinator/listener';
 import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
 import { reportRefusalToLocal, runLocal } from './local';
-import { ARCHITECTURES, LOSSES } from './model';
-import { MAX_BATCH_SIZE, MAX_STRING_LENGTH } from './protocol/messages';
+import { ARCHITECTURES, LOSSES, maxBatchSize } from './model';
+import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { envSwitch } from './util/env';
@@ -66,7 +66,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('model', { choices: ARCHITECTURES, default: 'mlp' as const, describe: 'GAN architecture', group: 'Training:' })
     .option('loss', { choices: LOSSES, default: 'bce' as const, describe: 'bce: the seed (binary cross-entropy, non-saturating G); lsgan: least squares (Mao et al. 2017), a=0, b=c=1', group: 'Training:' })
     .option('steps', { type: 'number', default: 10000, describe: 'Training steps, >= 1 (each: one D update, one G update)', group: 'Training:' })
-    .option('batch-size', { type: 'number', default: 128, describe: 'Real images per worker per step, 1 to 65536 (the global batch is this × workers)', group: 'Training:' })
+    .option('batch-size', { type: 'number', default: 128, describe: `Real images per worker per step, 1 to ${maxBatchSize('mlp')} (dcgan: ${maxBatchSize('dcgan')}); the global batch is this × workers`, group: 'Training:' })
     .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs (0 to 4294967295)', group: 'Training:' })
     .option('lr', { type: 'number', defaultDescription: `${adamDefaults('mlp').learningRate} (mlp), ${adamDefaults('dcgan').learningRate} (dcgan)`, describe: 'Adam learning rate (> 0)', group: 'Training:' })
     .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1', group: 'Training:' })
@@ -92,7 +92,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute (1 to ' + MAX_TIMER_SECONDS + ')', group: 'Fault tolerance:' })
     .check((a) => {
       for (const k of ['steps', 'log-every', 'keep-checkpoints'] as const) integerInRange(k, a[k]);
-      integerInRange('batch-size', a['batch-size'], 1, MAX_BATCH_SIZE);
+      integerInRange('batch-size', a['batch-size'], 1, maxBatchSize(a.model), `--model ${a.model}`);
       for (const k of ['sample-every', 'checkpoint-every', 'eval-every'] as const) integerInRange(k, a[k], 0);
       integerInRange('seed', a.seed, 0, MAX_SEED);
       integerInRange('eval-samples', a['eval-samples'], 2, GENERATE_MAX_COUNT);

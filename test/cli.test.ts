@@ -203,7 +203,9 @@ test('usage errors are one whole line: an invalid choice names the value and the
   // CUDA would hide every GPU from the first id it cannot parse, and the workers would quietly compute on the CPU.
   assert.match(cli(['local', '--gpus', '0,gpu1']).stderr, /--gpus takes comma-separated CUDA device ids \(0,1, or the GPU-… and MIG-… UUIDs nvidia-smi -L lists\), got "gpu1" in 0,gpu1/);
   // A batch no worker could hold: refused here, not by every worker at its join.
-  assert.match(cli(['coordinator', '--batch-size', '65537']).stderr, /--batch-size must be an integer from 1 to 65536, got 65537/);
+  assert.match(cli(['coordinator', '--batch-size', '65537']).stderr, /--batch-size must be an integer from 1 to 65536 with --model mlp, got 65537/);
+  // A DCGAN step at batch 2048 runs out of the wasm heap's 4 GiB, on every worker.
+  assert.match(cli(['local', '--model', 'dcgan', '--batch-size', '1025']).stderr, /--batch-size must be an integer from 1 to 1024 with --model dcgan, got 1025/);
   // The default --out is a new directory: --resume there would quietly start afresh.
   for (const [args, env] of [[['coordinator', '--resume'], {}], [['local'], { GANFLEET_RESUME: '1' }]] as const) {
     const resume = cli([...args], env);

@@ -54,13 +54,14 @@ function welcome(heartbeatSeconds = 5): Welcome {
 }
 
 /** A coordinator that plays `script` on every hello: the worker must exit 1 after one connection, saying `why`. */
-async function assertGivesUpAfterOneTry(script: (ws: WebSocket) => void, why: RegExp): Promise<void> {
+async function assertGivesUpAfterOneTry(script: (ws: WebSocket) => void, why: RegExp, env: NodeJS.ProcessEnv = {}): Promise<GanfleetProcess> {
   const coordinator = await fakeCoordinator(script);
-  const worker = startWorker(coordinator.url, 'given-up');
+  const worker = startWorker(coordinator.url, 'given-up', [], env);
   try {
     assert.equal(await exitWithin(worker), 1, worker.log);
     assert.match(worker.log, why);
     assert.equal(coordinator.connections(), 1);
+    return worker;
   } finally {
     worker.kill();
     await coordinator.close();
@@ -104,9 +105,9 @@ test('a worker says every --progress-every seconds how far training is and what 
 
 test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -5 s or NaN): the worker says which and exits 1 after one try', async () => {
   for (const [bad, why] of [
-    [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0 \(this build takes 1 to 65536\)/],
+    [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0 \(this build's mlp takes 1 to 65536\)/],
     // Sized its buffers by it and failed, retryably, on every rejoin, each sent the whole shard again.
-    [{ batchSize: 2 ** 40 }, /error WORKER_BAD_WELCOME: a batch size of 1099511627776 \(this build takes 1 to 65536\)/],
+    [{ batchSize: 2 ** 40 }, /error WORKER_BAD_WELCOME: a batch size of 1099511627776 \(this build's mlp takes 1 to 65536\)/],
     [{ heartbeatSeconds: -5 }, /error WORKER_BAD_WELCOME: a heartbeat of -5 s/],
     // Ones the decoder refuses: a welcome this build cannot read is no lost connection to retry.
     [{ batchSize: -1 }, /error PROTOCOL_BAD_FIELD: welcome\.batchSize must be a non-negative integer/],
@@ -184,6 +185,91 @@ test('a shard still arriving counts as hearing from the coordinator: a slow link
 
 test('a hello the coordinator refuses: the worker exits 1 after one try (the same hello would be refused again)', async () => {
   await assertRefusedOnce('PROTOCOL_BAD_FIELD', 'hello.name must be a string of at most 1024 characters', /giving up: the coordinator refused this worker's hello: hello\.name must be/);
+});
+
+test('an error that ends the connection closes it: a coordinator that froze after its refusal does not hold the worker', async () => {
+  // Each connection: welcomed, then dropped, then nothing: no close, no pings (the silence allowed is 3 minutes).
+  const paused: Socket[] = [];
+  const coordinator = await fakeCoordinator((ws, raw, n) => {
+    ws.send(encode(welcome(60)));
+    if (n > 1) return ws.send(encode(message<Stop>({ type: 'stop', reason: 'test over' })));
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_DROPPED', message: 'no heartbeat for 2.0 s (--heartbeat 1)' })));
+    paused.push(raw);
+    raw.pause();
+  });
+  const worker = startWorker(coordinator.url, 'dropped');
+  try {
+    assert.equal(await exitWithin(worker, 15_000), 0, worker.log);
+    assert.match(worker.log, /connection lost \(the coordinator dropped this worker: no heartbeat for 2\.0 s \(--heartbeat 1\)\); reconnecting in/);
+    assert.equal(coordinator.connections(), 2);
+  } finally {
+    worker.kill();
+    paused.forEach((raw) => raw.destroy());
+    await coordinator.close();
+  }
+  // Refused before the welcome, the same way: exit 1, not a wait for ever.
+  const refuser = await fakeCoordinator((ws, raw) => {
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_FIELD', message: 'hello.name must be a string' })));
+    paused.push(raw);
+    raw.pause();
+  });
+  const refused = startWorker(refuser.url, 'refused');
+  try {
+    assert.equal(await exitWithin(refused, 15_000), 1, refused.log);
+    assert.match(refused.log, /giving up: the coordinator refused this worker's hello: hello\.name must be a string/);
+  } finally {
+    refused.kill();
+    paused.forEach((raw) => raw.destroy());
+    await refuser.close();
+  }
+});
+
+test("a coordinator's errors are cut to 160 characters and logged three a connection, and a password in --coordinator is not logged", async () => {
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(welcome()));
+    for (let i = 0; i < 10; i++) ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'X', message: `${i}${'\u0000'.repeat(1000)}` })));
+    ws.send(encode(message<Stop>({ type: 'stop', reason: 'test over' })));
+  });
+  const url = coordinator.url.replace('ws://', 'ws://alice:hunter2@');
+  const worker = startWorker(url, 'told-off');
+  try {
+    assert.equal(await exitWithin(worker), 0, worker.log);
+    const said = worker.log.split('\n').filter((l) => l.includes('coordinator says X'));
+    assert.equal(said.length, 3, worker.log);
+    // 1 digit and 158 NULs, escaped to 6 characters each, and the ellipsis.
+    for (const line of said) assert.ok(line.length < 1100, `${line.length} characters: ${line.slice(0, 200)}`);
+    assert.match(worker.log, /7 more errors from the coordinator on this connection went unlogged/);
+    assert.match(worker.log, new RegExp(`connected to ${coordinator.url.replace(/[.]/g, '\\.')}/`));
+    assert.doesNotMatch(worker.log, /hunter2|alice/);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test("a DCGAN batch past what the wasm heap holds is refused at the welcome; a trap in the wasm backend ends the worker with exit 1, not Node's exit 7", async () => {
+  const dcgan = createModel('dcgan');
+  const sizes = { arch: 'dcgan', generatorSize: dcgan.generatorLayout.size, discriminatorSize: dcgan.discriminatorLayout.size };
+  await assertGivesUpAfterOneTry((ws) => ws.send(encode({ ...welcome(), ...sizes, batchSize: 1025 })), /giving up: a batch size of 1025 \(this build's dcgan takes 1 to 1024\)/);
+  // A step that runs the wasm heap out of memory traps, and so does freeing its tensors afterwards.
+  const dir = tempDir('trap');
+  const preload = path.join(dir, 'trap.js');
+  const compute = path.resolve(__dirname, '../src/worker/compute.js');
+  fs.writeFileSync(preload, `const { ShardCompute } = require(${JSON.stringify(compute)});
+ShardCompute.prototype.step = () => { throw new WebAssembly.RuntimeError('memory access out of bounds'); };
+ShardCompute.prototype.dispose = () => { throw new WebAssembly.RuntimeError('memory access out of bounds'); };
+`);
+  try {
+    const mlp = createModel('mlp');
+    const worker = await assertGivesUpAfterOneTry((ws) => {
+      ws.send(encode(welcome()));
+      ws.send(encode(message<Shard>({ type: 'shard', plan: 1, count: 1, keep: 0, seed: 1, images: new Uint8Array(784) })));
+      ws.send(encode(message<Weights>({ type: 'weights', step: 0, phase: 'discriminator', generator: new Float32Array(mlp.generatorLayout.size), discriminator: new Float32Array(mlp.discriminatorLayout.size) })));
+    }, /giving up: the backend failed \(memory access out of bounds\); this process cannot compute again/, { NODE_OPTIONS: `--require ${preload}` });
+    assert.match(worker.log, /could not free this connection's tensors: memory access out of bounds/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('a leaving worker does not wait for a coordinator that never answers its close, and a second signal exits at once', async () => {

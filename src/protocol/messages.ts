@@ -36,13 +36,6 @@ export const MAX_COORDINATOR_FRAME_BYTES = 128 * 1024 * 1024;
 export type Phase = 'discriminator' | 'generator';
 
 /**
- * The largest batch a worker is asked for. A step of more images than
- * MNIST's 60,000 is no training anyone runs, and a welcome's batch size
- * sizes a worker's buffers before anything else is checked.
- */
-export const MAX_BATCH_SIZE = 65536;
-
-/**
  * The step a round belongs to, as logs name it. A round's `step` counts the
  * steps done before it, and the progress line names a step once it is done
  * ("step 65/1000" after 65), so the round of `step` 64 is part of step 65.

@@ -55,9 +55,10 @@ export function requirePath(name: string, file: string | undefined, kind: 'file'
   if (kind === 'file' ? !stat.isFile() : !stat.isDirectory()) throw new Error(`--${name}: ${given(name, file)} is not a ${kind}`);
 }
 
-export function integerInRange(name: string, v: unknown, min = 1, max = Infinity): void {
+/** `bound`: what sets the range, where another flag does (`--model dcgan`). */
+export function integerInRange(name: string, v: unknown, min = 1, max = Infinity, bound?: string): void {
   if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
-  throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}, got ${given(name, v)}`);
+  throw new Error(`--${name} must be an integer ${max === Infinity ? `>= ${min}` : `from ${min} to ${max}`}${bound ? ` with ${bound}` : ''}, got ${given(name, v)}`);
 }
 
 /** Seeds are 32-bit (util/rng.ts): a larger one would silently draw what its low 32 bits draw. */

@@ -7,3 +7,13 @@ export function truncate(text: string, max: number): string {
 export function urlHost(host: string): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
+
+/** `url` as a log shows it: a user name and password in it (wss://user:pass@host, which ws sends as Basic auth) are left out. */
+export function withoutCredentials(url: string): string {
+  if (!URL.canParse(url)) return url;
+  const u = new URL(url);
+  if (!u.username && !u.password) return url;
+  u.username = '';
+  u.password = '';
+  return u.href;
+}

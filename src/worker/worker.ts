@@ -3,13 +3,13 @@ import os from 'node:os';
 import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { BackendChoice, backendLabel, selectBackend } from '../backend';
-import { GanModel, createModel } from '../model';
+import { GanModel, createModel, maxBatchSize } from '../model';
 import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
-import { CoordinatorMessage, Hello, MAX_BATCH_SIZE, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
+import { CoordinatorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { createLogger, Logger } from '../util/log';
-import { urlHost } from '../util/text';
+import { truncate, urlHost, withoutCredentials } from '../util/text';
 import { boundPort, serveHttp } from '../util/http';
 import { onStopSignals } from '../util/signals';
 import { ShardCompute } from './compute';
@@ -49,6 +49,8 @@ const HANDSHAKE_TIMEOUT_MS = 15_000;
 /** Silence tolerated before the welcome says how often the coordinator pings. */
 const SILENCE_BEFORE_WELCOME_MS = 30_000;
 const BACKOFF_MAX_MS = 15_000;
+/** A coordinator's errors that end nothing are logged this many a connection: a rogue one could fill the disk. */
+const ERRORS_LOGGED = 3;
 /** How long a leaving worker waits for the coordinator to answer its close. */
 const LEAVE_GRACE_MS = 2_000;
 
@@ -198,6 +200,7 @@ function connectOnce(
     const progress = { since: performance.now(), rounds: 0, computeSeconds: 0 };
     const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
     let mailbox: WorkerMailbox | null = null;
+    let errorsHeard = 0;
 
     // A coordinator that does not answer a close (frozen, partitioned) is not waited for: ws would wait 30 s.
     const closeWithin = (code: number, reason?: string) => {
@@ -256,16 +259,25 @@ function connectOnce(
           end(msg.resumable && opts.rejoinAfterStop ? lost(`the coordinator stopped with steps left (${msg.reason}); waiting for it to resume`) : { kind: 'stopped', reason: msg.reason });
           closeWithin(1000);
           return;
-        case 'error':
-          // A refusal of the connection itself (full, wrong model) is followed by a close.
-          log(`coordinator says ${msg.code}: ${msg.message}`);
-          if (msg.code === 'COORDINATOR_FULL') end(lost(msg.message));
-          if (msg.code === 'COORDINATOR_DROPPED') end(lost(`the coordinator dropped this worker: ${msg.message}`));
+        case 'error': {
+          // Cut as the coordinator cuts what a peer says: the protocol allows 1,024 characters.
+          const text = truncate(msg.message, 160);
+          const said = `coordinator says ${truncate(msg.code, 64)}: ${text}`;
+          if (msg.code === 'COORDINATOR_FULL') end(lost(text));
+          if (msg.code === 'COORDINATOR_DROPPED') end(lost(`the coordinator dropped this worker: ${text}`));
           // Another build of ganfleet: reconnecting cannot help.
-          if (msg.code === 'PROTOCOL_BAD_VERSION') end({ kind: 'fatal', reason: `the coordinator speaks another protocol version: ${msg.message}` });
+          if (msg.code === 'PROTOCOL_BAD_VERSION') end({ kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` });
           // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
-          else if (workerId === null && msg.code.startsWith('PROTOCOL_')) end({ kind: 'fatal', reason: `the coordinator refused this worker's hello: ${msg.message}` });
+          else if (workerId === null && msg.code.startsWith('PROTOCOL_')) end({ kind: 'fatal', reason: `the coordinator refused this worker's hello: ${text}` });
+          if (!outcome) {
+            if (++errorsHeard <= ERRORS_LOGGED) log(said);
+            return;
+          }
+          log(said);
+          // Not left to the coordinator's close: one that froze after its refusal would hold this worker for ever.
+          closeWithin(1000);
           return;
+        }
       }
     };
 
@@ -318,7 +330,7 @@ function connectOnce(
           ws.terminate();
         });
       }, 1000);
-      log(`connected to ${opts.coordinator}`);
+      log(`connected to ${withoutCredentials(opts.coordinator)}`);
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
@@ -333,8 +345,11 @@ function connectOnce(
         // Only ganfleet's codes go on the wire (an OS or tfjs error's text says the rest).
         const code = e instanceof GanfleetError ? e.code : 'WORKER_FAILED';
         // A coordinator of another protocol version, or one whose first message (its welcome) this build
-        // cannot read, will not change by reconnecting.
-        fail(code, (e as Error).message, e instanceof ProtocolError && (e.reason === 'bad_version' || workerId === null));
+        // cannot read, will not change by reconnecting. Nor will a trap in the wasm backend (out of its
+        // memory, out of bounds): the module's state is unknown after one, so only a new process computes again.
+        const trapped = e instanceof WebAssembly.RuntimeError;
+        const text = trapped ? `the backend failed (${(e as Error).message}); this process cannot compute again` : (e as Error).message;
+        fail(code, text, trapped || (e instanceof ProtocolError && (e.reason === 'bad_version' || workerId === null)));
       }
     });
     ws.on('unexpected-response', (_req, res) => {
@@ -349,8 +364,14 @@ function connectOnce(
     ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator))));
     ws.on('close', (code, reason) => {
       if (watchdog) clearInterval(watchdog);
+      if (errorsHeard > ERRORS_LOGGED) log(`${errorsHeard - ERRORS_LOGGED} more errors from the coordinator on this connection went unlogged`);
       mailbox?.close();
-      compute?.dispose();
+      try {
+        compute?.dispose();
+      } catch (e) {
+        // After a wasm trap: thrown from here it would end the process past every handler (exit 7).
+        log(`could not free this connection's tensors: ${(e as Error).message}`);
+      }
       metrics.connected.set(0);
       // The shard went with the connection's compute state: the next one is sent afresh.
       metrics.shardImages.set(0);
@@ -376,7 +397,8 @@ function welcomeTerms(msg: Welcome): { model: GanModel; wireDtype: WireDtype } |
   }
   // Values a coordinator of this build never sends: a batch of none, and a heartbeat that would make
   // the silence watchdog drop every connection at once (≤ 0) or never (not finite).
-  if (msg.batchSize < 1 || msg.batchSize > MAX_BATCH_SIZE) return ['WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize} (this build takes 1 to ${MAX_BATCH_SIZE})`];
+  const maxBatch = maxBatchSize(msg.arch);
+  if (msg.batchSize < 1 || msg.batchSize > maxBatch) return ['WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize} (this build's ${msg.arch} takes 1 to ${maxBatch})`];
   if (!(msg.heartbeatSeconds > 0 && Number.isFinite(msg.heartbeatSeconds))) return ['WORKER_BAD_WELCOME', `a heartbeat of ${msg.heartbeatSeconds} s`];
   const dtype = msg.wireDtype ?? 'float32';
   if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return ['WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`];
