@@ -103,6 +103,28 @@ describe('worker failures', () => {
     assert.equal(await w.exited, 0, w.log);
   });
 
+  test("a step of the wall clock (NTP) neither makes an idle worker judge a live coordinator silent nor hides a frozen worker from the coordinator's heartbeat", { timeout: 60_000 }, async () => {
+    const dir = out('clock-step');
+    // Date.now jumps by CLOCK_STEP_MS 2 s after start; the monotonic clock does not.
+    const preload = path.join(dir, 'clock-step.js');
+    fs.writeFileSync(preload, 'const real = Date.now; const start = real(); Date.now = () => real() + (real() - start >= 2000 ? Number(process.env.CLOCK_STEP_MS) : 0);\n');
+    const stepped = (ms: number) => ({ NODE_OPTIONS: `--require ${preload}`, CLOCK_STEP_MS: String(ms) });
+    // Waiting for a second worker, the first is idle: only pings cross.
+    const c = await startCoordinator(['--steps', '5', '--min-workers', '2', '--heartbeat', '1', '--out', dir], stepped(-60_000));
+    track(c.proc);
+    const w = track(startWorker(c.url, 'idle', [], stepped(60_000)));
+    await w.waitFor(/joined as w1/);
+    await sleep(4000);
+    assert.doesNotMatch(w.log, /connection lost/, 'the worker counted a step of its clock as the coordinator\'s silence');
+    assert.doesNotMatch(c.proc.log, /w1 left/);
+    const mark = c.proc.log.length;
+    w.kill('SIGSTOP');
+    // 1.5 to 2 heartbeats; with the wall clock 60 s back, no ping went out for a minute.
+    await c.proc.waitFor(/w1 left \(no heartbeat for [\d.]+ s \(--heartbeat 1\)\)/, 10_000, mark);
+    w.kill('SIGKILL');
+    c.proc.kill('SIGKILL');
+  });
+
   test('a worker that joins mid-run is admitted at a step boundary with its own shard', { timeout: 60_000 }, async () => {
     const dir = out('join');
     // Steps enough that the second worker, started at step 15, joins before the end even on a loaded machine.

@@ -246,11 +246,13 @@ export class WorkerGroup {
   receivedPong(peer: WorkerPeer): void {
     peer.pingInFlight = false;
     peer.pingWrittenAt = null;
-    peer.lastPongAt = Date.now();
+    peer.lastPongAt = performance.now();
   }
 
   private checkHeartbeats(): void {
-    const now = Date.now();
+    // The monotonic clock, as for every time a peer is judged by: a step of the wall clock (NTP) would
+    // stop the pings for as long as it stepped back.
+    const now = performance.now();
     const intervalMs = this.config.heartbeatSeconds * 1000;
     for (const peer of this.list()) {
       // A ping waits behind a write the link does not take, so a dead link
@@ -266,7 +268,7 @@ export class WorkerGroup {
       } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {
         peer.pingInFlight = true;
         peer.socket.ping(undefined, undefined, (err) => {
-          if (!err && peer.pingInFlight) peer.pingWrittenAt = Date.now();
+          if (!err && peer.pingInFlight) peer.pingWrittenAt = performance.now();
         });
       }
     }

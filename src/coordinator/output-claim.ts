@@ -138,9 +138,9 @@ export class OutputClaim {
       fs.utimesSync(this.file, now, now);
       this.failingSince = null;
     } catch (e) {
-      this.failingSince ??= Date.now();
+      this.failingSince ??= performance.now();
       this.log(`cannot touch the lease ${this.file} (${(e as Error).message}); retrying`);
-      if (Date.now() - this.failingSince >= this.timing.staleMs) this.lose(`the lease on --out ${this.out} went untouched for ${this.timing.staleMs / 1000} s (${(e as Error).message})`);
+      if (performance.now() - this.failingSince >= this.timing.staleMs) this.lose(`the lease on --out ${this.out} went untouched for ${this.timing.staleMs / 1000} s (${(e as Error).message})`);
     }
   }
 

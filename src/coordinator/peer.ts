@@ -54,7 +54,7 @@ export class WorkerPeer {
    * ping can wait seconds to be sent.
    */
   pingWrittenAt: number | null = null;
-  lastPongAt = Date.now();
+  lastPongAt = performance.now();
   mailbox: PeerMailbox | null = null;
   /** Writes handed to the socket that the operating system has not taken yet. */
   private unwritten = 0;
@@ -150,10 +150,10 @@ export class WorkerPeer {
   }
 
   private write(data: Buffer, fin: boolean, written?: () => void): void {
-    if (this.unwritten++ === 0) this.waitingSince = Date.now();
+    if (this.unwritten++ === 0) this.waitingSince = performance.now();
     this.socket.send(data, { binary: true, fin }, (err) => {
       this.unwritten--;
-      this.waitingSince = Date.now();
+      this.waitingSince = performance.now();
       if (!err) written?.();
     });
   }

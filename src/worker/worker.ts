@@ -109,10 +109,10 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
 
   try {
     let attempt = 0;
-    let lastContact = Date.now();
+    let lastContact = performance.now();
     for (;;) {
       // A try's handshake ends no later than --give-up-after does (to the second).
-      const handshakeMs = opts.giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, opts.giveUpAfter * 1000 - (Date.now() - lastContact))) : HANDSHAKE_TIMEOUT_MS;
+      const handshakeMs = opts.giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, opts.giveUpAfter * 1000 - (performance.now() - lastContact))) : HANDSHAKE_TIMEOUT_MS;
       const outcome = await connectOnce(opts, { name, backend: backendLabel(backend), ca, handshakeMs }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
       leaving = null;
       switch (outcome.kind) {
@@ -131,9 +131,9 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           // backoff starts over only after a round was answered, so a worker
           // that fails every connection the same way does not rejoin (and make
           // the coordinator re-plan every shard) several times a second.
-          if (outcome.welcomed) lastContact = Date.now();
+          if (outcome.welcomed) lastContact = performance.now();
           if (outcome.trained) attempt = 0;
-          const silentMs = Date.now() - lastContact;
+          const silentMs = performance.now() - lastContact;
           if (opts.giveUpAfter > 0 && silentMs > opts.giveUpAfter * 1000) {
             log(`giving up: not admitted by a coordinator for ${(silentMs / 1000).toFixed(1)} s, --give-up-after ${opts.giveUpAfter} (${outcome.reason})`);
             return 1;
@@ -191,10 +191,11 @@ function connectOnce(
     const end = (o: Outcome) => (outcome ??= o);
     // A coordinator that vanishes without a close (power loss, partition) is
     // noticed by silence: it pings every heartbeat, and training sends more.
-    let lastHeard = Date.now();
+    // Monotonic: a step of the wall clock forward is no silence.
+    let lastHeard = performance.now();
     let silenceMs = SILENCE_BEFORE_WELCOME_MS;
     let watchdog: NodeJS.Timeout | null = null;
-    const heard = () => (lastHeard = Date.now());
+    const heard = () => (lastHeard = performance.now());
     ws.on('ping', heard);
     let trained = false;
     const progress = { since: performance.now(), rounds: 0, computeSeconds: 0 };
@@ -321,11 +322,11 @@ function connectOnce(
       if (leaveRequested()) return ws.close(1000, 'worker leaving');
       heard();
       watchdog = setInterval(() => {
-        if (Date.now() - lastHeard <= silenceMs) return;
+        if (performance.now() - lastHeard <= silenceMs) return;
         // The verdict waits for this turn's read of the socket: a process woken from a stop (SIGSTOP, a frozen
         // VM) runs its overdue timers before it reads what arrived meanwhile, such as why it was dropped.
         setImmediate(() => {
-          if (outcome || Date.now() - lastHeard <= silenceMs) return;
+          if (outcome || performance.now() - lastHeard <= silenceMs) return;
           end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
           ws.terminate();
         });
