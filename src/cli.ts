@@ -20,6 +20,7 @@ import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkPort, envVariable, environmentSource, given, integerInRange, requirePath, switchForms, warnOfMistypedVariables } from './util/flags';
 import { holdsCertificate, tlsPairProblem } from './util/tls';
+import { dieWithParent } from './util/process';
 import { runWorker } from './worker/worker';
 
 /** The longest delay a Node timer can hold, in whole seconds. */
@@ -457,7 +458,10 @@ function buildCli(argv: string[]) {
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
         // Started by `ganfleet local` with an IPC channel: never outlive that parent.
         const parentGone = () => (log('parent process gone: exiting'), process.exit(1));
-        if (process.connected) process.once('disconnect', parentGone);
+        if (process.connected) {
+          process.once('disconnect', parentGone);
+          dieWithParent();
+        }
         try {
           process.exitCode = await runWorker(
             {

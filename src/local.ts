@@ -110,7 +110,8 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       if (gone) return;
       gone = true;
       if (children.get(i) === child) children.delete(i);
-      if (finishing || coordinator.stopping) return;
+      // After the last step (its grid, checkpoint, evaluation and export) a lost worker fails nothing.
+      if (finishing || coordinator.trainingOver) return;
       let why: string;
       if (refusal) {
         why = `worker ${i + 1} refused to train: ${refusal.message} [${refusal.code}]`;
@@ -135,6 +136,15 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     // 'close', not 'exit': it comes after the IPC channel has delivered everything the child sent (its refusal).
     child.on('close', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
   };
+  // A worker the coordinator cut off may hang (a loop, a stuck native call): it would hold its slot, stall a run of
+  // --workers 1, and outlive this process. Killed, it is restarted as a crash is.
+  coordinator.onWorkerDropped((worker, why) => {
+    for (const [i, child] of children) {
+      if (child.pid !== worker.pid) continue;
+      log(`worker ${i + 1} (pid ${child.pid}) was dropped (${why}): killing it`);
+      child.kill('SIGKILL');
+    }
+  });
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
   const { step, steps } = coordinator.status();
   if (step < steps && !coordinator.stopping) {

@@ -27,8 +27,8 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
 }
 
 /** `ganfleet <args>` as a child (run by `node`) whose stdout and stderr are collected into one log. */
-function spawnCli(args: string[], node = process.execPath, nodeArgs: string[] = []): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
-  const child = spawn(node, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function spawnCli(args: string[], node = process.execPath, nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
+  const child = spawn(node, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let log = '';
   child.stdout!.on('data', (d) => (log += d));
   child.stderr!.on('data', (d) => (log += d));
@@ -95,6 +95,38 @@ test('a worker process that dies after a stop was asked for is not restarted: th
   assert.equal(await run.exit, 0, run.log());
   assert.doesNotMatch(run.log(), /restarting it/);
   assert.match(run.log(), /eval step \d+: fid=/, 'the stop still scored its step');
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker process that dies after the last step, while the final outputs are written, fails nothing: exit 0, ok, no restart', { timeout: 90_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-final-lost-'));
+  // The final evaluation (--eval-every does not divide --steps: it comes after the last step's line) takes seconds,
+  // in which the worker dies with no restart left.
+  const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--log-every', '20', '--max-restarts', '0', '--eval-every', '1000', '--eval-samples', '20000', '--metrics-port', '-1', '--out', out]);
+  await waitFor(() => /step 20\/20/.test(run.log()), 60_000, 'the last step');
+  const [pid] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  process.kill(pid, 'SIGKILL');
+  assert.equal(await run.exit, 0, run.log());
+  assert.doesNotMatch(run.log(), /restart|stop requested/);
+  const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
+  assert.equal(summary.ok, true);
+  assert.equal(summary.evaluations.length, 1);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker process that hangs is killed once the coordinator drops it, and restarted: a run of one worker does not stall for ever', { timeout: 90_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-hung-'));
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--metrics-port', '-1', '--out', out]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const [hung] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  process.kill(hung, 'SIGSTOP');
+  await waitFor(() => /pid \d+, backend[\s\S]*pid \d+, backend/.test(run.log()), 30_000, 'a new worker to join');
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) was dropped \\(no heartbeat for [\\d.]+ s \\(--heartbeat 1\\)\\): killing it`));
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) exited with SIGKILL; restarting it \\(1/3\\)`));
+  const joined = run.log().lastIndexOf('pid ');
+  await waitFor(() => /step \d+\/100000/.test(run.log().slice(joined)), 30_000, 'training to go on with the new worker');
+  assert.equal(alive(hung), false);
+  run.child.kill('SIGKILL');
   fs.rmSync(out, { recursive: true, force: true });
 });
 
@@ -177,6 +209,19 @@ test('workers exit by themselves when the local parent is SIGKILLed', { timeout:
   const pids = run.workerPids();
   run.child.kill('SIGKILL');
   await waitFor(() => pids.every((p) => !alive(p)), 15_000, 'orphaned workers to exit');
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker whose main thread hangs exits too when the local parent is SIGKILLed: it never hears its IPC channel close', { timeout: 60_000 }, async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigkill-hung-'));
+  const preload = path.join(out, 'hang.js');
+  fs.writeFileSync(preload, "if (process.argv.includes('worker')) setTimeout(() => { process.stderr.write(`hanging ${process.pid}\\n`); for (;;); }, 3000);\n");
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--metrics-port', '-1', '--out', out], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
+  await waitFor(() => /hanging \d+/.test(run.log()), 30_000, 'the worker to hang');
+  const hung = Number(/hanging (\d+)/.exec(run.log())![1]);
+  // Before the coordinator would drop it (5 s heartbeat), and local kill it.
+  run.child.kill('SIGKILL');
+  await waitFor(() => !alive(hung), 15_000, 'the hung orphan to die');
   fs.rmSync(out, { recursive: true, force: true });
 });
 

@@ -194,6 +194,7 @@ export class Coordinator {
       },
       left: (workerId) => this.round?.drop(workerId),
       changed: () => this.events.emit('peers'),
+      dropped: (peer, why) => this.events.emit('dropped', { name: peer.name, pid: peer.pid }, why),
     });
     this.receiver = new Receiver(this.model, config.batchSize, {
       log,
@@ -266,6 +267,20 @@ export class Coordinator {
     this.stop = { reason, failed };
     this.log(`stop requested: ${reason}`);
     this.events.emit('peers');
+  }
+
+  /**
+   * Calls `listener` for each worker the coordinator cuts off (silent past
+   * --heartbeat or --round-timeout, a dead link, three offences), with the
+   * name and pid its hello gave: `local` kills its own child, which may hang.
+   */
+  onWorkerDropped(listener: (worker: { name: string; pid: number }, why: string) => void): void {
+    this.events.on('dropped', listener);
+  }
+
+  /** Training is over: every step done, or a stop asked for. A worker lost now is not replaced. */
+  get trainingOver(): boolean {
+    return this.stop !== null || this.step >= this.config.steps;
   }
 
   /** A stop was asked for: the run ends at the next step boundary, so a worker lost now is not replaced. */

@@ -32,6 +32,8 @@ export interface GroupHooks {
   left(workerId: string): void;
   /** A peer joined or left: wakes whoever waits for workers. */
   changed(): void;
+  /** A peer was cut off as silent, slow or misbehaving (not one that closed its connection itself). */
+  dropped(peer: WorkerPeer, why: string): void;
 }
 
 /**
@@ -125,7 +127,7 @@ export class WorkerGroup {
       return null;
     }
     const n = this.nextWorker++;
-    const peer = new WorkerPeer(`w${n}`, hello.name, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
+    const peer = new WorkerPeer(`w${n}`, hello.name, hello.pid, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
       log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`);
       this.countMailboxes();
     });
@@ -148,8 +150,9 @@ export class WorkerGroup {
     return peer;
   }
 
-  remove(peer: WorkerPeer, why: string): void {
-    if (this.peers.get(peer.id) !== peer) return;
+  /** False where it had left already. */
+  remove(peer: WorkerPeer, why: string): boolean {
+    if (this.peers.get(peer.id) !== peer) return false;
     const { metrics } = this.hooks;
     this.peers.delete(peer.id);
     peer.closeMailbox();
@@ -160,6 +163,7 @@ export class WorkerGroup {
     metrics.workerComputeSeconds.remove({ worker: peer.id });
     this.hooks.log(`${peer.id} left (${why}); ${this.peers.size} connected`);
     this.hooks.changed();
+    return true;
   }
 
   /**
@@ -172,14 +176,14 @@ export class WorkerGroup {
    * What the peer sends meanwhile is discarded (Receiver.discardFromDropped).
    */
   drop(peer: WorkerPeer, why: string): void {
-    this.remove(peer, why);
+    if (this.remove(peer, why)) this.hooks.dropped(peer, why);
     peer.send(encode(errorMessage('COORDINATOR_DROPPED', why)));
     peer.close(4000, 'dropped');
   }
 
   /** Cuts off a peer whose link takes no writes: nothing sent would reach it, and what is queued for it is freed. */
   cutOff(peer: WorkerPeer, why: string): void {
-    this.remove(peer, why);
+    if (this.remove(peer, why)) this.hooks.dropped(peer, why);
     peer.socket.terminate();
   }
 

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { Worker } from 'node:worker_threads';
 
 /**
  * Whether a process of this pid runs: signal 0 checks without sending
@@ -38,4 +39,21 @@ export function pidNamespace(): string | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * SIGKILLs this process a few seconds after its parent is gone, from a
+ * thread of its own: a main thread stuck in a loop or a native call never
+ * hears its IPC channel close, and would run on as an orphan (a `local`
+ * worker whose parent was SIGKILLed). The seconds leave the main thread
+ * time to exit by itself, saying why.
+ */
+export function dieWithParent(): void {
+  const source = `const { workerData: parent } = require('node:worker_threads');
+let gone = 0;
+setInterval(() => {
+  gone = process.ppid === parent ? 0 : gone + 1;
+  if (gone >= 3) process.kill(process.pid, 'SIGKILL');
+}, 1000);`;
+  new Worker(source, { eval: true, workerData: process.ppid }).unref();
 }
