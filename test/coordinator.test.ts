@@ -1298,12 +1298,12 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
-  test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json', async () => {
+  test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json, as an absolute path under a relative --out', async () => {
     const dir = path.join(out, 'resumed-finished');
     plantCheckpoint(dir, 3);
     const lines: string[] = [];
     // Another batch size and fewer workers than the checkpoint's: what would warn, were there steps to train.
-    const coordinator = await Coordinator.start({ ...config(dir, 3), resume: true, batchSize: 64 }, (l) => lines.push(l));
+    const coordinator = await Coordinator.start({ ...config(path.relative(process.cwd(), dir), 3), resume: true, batchSize: 64 }, (l) => lines.push(l));
     assert.ok(lines.some((l) => /^resumed from \S+ckpt-000000003\.bin at step 3, which --steps 3 does not pass$/.test(l)), lines.join('\n'));
     assert.ok(!lines.some((l) => /warning|bit for bit|planned afresh/.test(l)), lines.join('\n'));
     const summary = await coordinator.run();
@@ -1311,6 +1311,7 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(summary.stepsThisRun, 0);
     const file = path.join(dir, 'checkpoints', 'ckpt-000000003.bin');
     assert.equal(summary.checkpoint, file);
+    assert.equal(summary.generator, path.join(dir, 'generator'));
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).checkpoint, file);
     await coordinator.close();
   });

@@ -368,9 +368,10 @@ export class Coordinator {
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
       last: this.last,
-      samples: this.sampleFiles.map((name) => path.join(this.samples.dir, name)),
-      generator: this.diverged ? null : generatorDir,
-      checkpoint: this.lastCheckpoint,
+      // Absolute: a relative --out (the default runs/<time>) would name them from where training started.
+      samples: this.sampleFiles.map((name) => path.resolve(this.samples.dir, name)),
+      generator: this.diverged ? null : path.resolve(generatorDir),
+      checkpoint: this.lastCheckpoint && path.resolve(this.lastCheckpoint),
       evaluations: this.evaluations,
       stopReason,
     };
