@@ -122,3 +122,13 @@ export function blankMnistDir(n: number, withTestSet = false): string {
   if (withTestSet) for (const name of ['images-idx3', 'labels-idx1']) fs.copyFileSync(path.join(dir, `train-${name}-ubyte`), path.join(dir, `t10k-${name}-ubyte`));
   return dir;
 }
+
+/** An environment whose processes step Date.now by `ms` on SIGUSR2, and say so; the monotonic clock does not move. */
+export function clockStepOnSignal(dir: string, ms: number): NodeJS.ProcessEnv {
+  const preload = path.join(dir, 'clock-step.js');
+  fs.writeFileSync(preload, `const real = Date.now; let step = 0;
+Date.now = () => real() + step;
+process.on('SIGUSR2', () => { step = ${ms}; process.stdout.write('wall clock stepped by ${ms} ms\\n'); });
+`);
+  return { NODE_OPTIONS: `--require ${preload}` };
+}

@@ -8,7 +8,7 @@ import { decodeWorkerMessage, encode } from '../src/protocol/codec';
 import { ErrorMessage, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 import fs from 'node:fs';
 import path from 'node:path';
-import { GanfleetProcess, sleep, startCoordinator, startWorker, tempDir } from './harness';
+import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, tempDir } from './harness';
 
 /**
  * A stand-in coordinator: a real WebSocket server in this process that plays
@@ -217,7 +217,7 @@ test('an error that ends the connection closes it: a coordinator that froze afte
   }, /giving up: the coordinator refused this worker's hello: hello\.name must be a string/);
 });
 
-test("a coordinator's errors are cut to 160 characters and logged three a connection, and a password in --coordinator is not logged", async () => {
+test("a coordinator's errors are cut to 160 characters and logged four a connection, and a password in --coordinator is not logged", async () => {
   const coordinator = await fakeCoordinator((ws) => {
     ws.send(encode(welcome()));
     for (let i = 0; i < 10; i++) ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'X', message: `${i}${'\u0000'.repeat(1000)}` })));
@@ -228,10 +228,10 @@ test("a coordinator's errors are cut to 160 characters and logged three a connec
   try {
     assert.equal(await exitWithin(worker), 0, worker.log);
     const said = worker.log.split('\n').filter((l) => l.includes('coordinator says X'));
-    assert.equal(said.length, 3, worker.log);
+    assert.equal(said.length, 4, worker.log);
     // 1 digit and 158 NULs, escaped to 6 characters each, and the ellipsis.
     for (const line of said) assert.ok(line.length < 1100, `${line.length} characters: ${line.slice(0, 200)}`);
-    assert.match(worker.log, /7 more errors from the coordinator on this connection went unlogged/);
+    assert.match(worker.log, /6 more errors from the coordinator on this connection went unlogged/);
     assert.match(worker.log, new RegExp(`connected to ${coordinator.url.replace(/[.]/g, '\\.')}/`));
     assert.doesNotMatch(worker.log, /hunter2|alice/);
   } finally {
@@ -261,6 +261,32 @@ ShardCompute.prototype.dispose = () => { throw new WebAssembly.RuntimeError('mem
     }, /giving up: the backend failed \(memory access out of bounds\); this process cannot compute again/, { NODE_OPTIONS: `--require ${preload}` });
     assert.match(worker.log, /could not free this connection's tensors: memory access out of bounds/);
   } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a step of the wall clock (NTP) forward is no silence: an idle worker keeps its connection", async () => {
+  // Welcomed, then nothing until the stop: the worker allows 15 s of silence (3 heartbeats), its clock steps 60 s.
+  let stop = () => {};
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(welcome(5)));
+    stop = () => ws.send(encode(message<Stop>({ type: 'stop', reason: 'test over' })));
+  });
+  const dir = tempDir('clock-step');
+  const worker = startWorker(coordinator.url, 'idle', [], clockStepOnSignal(dir, 60_000));
+  try {
+    await worker.waitFor(/joined as w1/);
+    worker.kill('SIGUSR2');
+    await worker.waitFor(/wall clock stepped/);
+    // The watchdog looks every second.
+    await sleep(2500);
+    stop();
+    assert.equal(await exitWithin(worker), 0, worker.log);
+    assert.doesNotMatch(worker.log, /connection lost/);
+    assert.equal(coordinator.connections(), 1);
+  } finally {
+    worker.kill();
+    await coordinator.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });

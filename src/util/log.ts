@@ -86,9 +86,9 @@ export function peerText(text: string, max = 160): string {
  */
 export function throttledLogger(log: Logger, intervalMs = 60_000): (key: string, msg: string) => void {
   const last = new Map<string, { at: number; unsaid: number }>();
-  let swept = performance.now();
+  let swept = Date.now();
   return (key, msg) => {
-    const now = performance.now();
+    const now = Date.now();
     // A key silent for a whole interval past its window is forgotten, once an interval: the map holds the keys
     // of the last two intervals. (What it had not said is in the metric that counts the events.)
     if (now - swept >= intervalMs) {
