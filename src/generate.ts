@@ -45,6 +45,12 @@ export function generateProblem(out: string, count: number, countText = String(c
     at = path.dirname(at);
   }
   if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
+  // The file is written beside --out and renamed over it: its directory, or the nearest one there is, must take files.
+  try {
+    fs.accessSync(at === path.resolve(out) ? path.dirname(at) : at, fs.constants.W_OK);
+  } catch (e) {
+    return `--out ${out} cannot be written: ${(e as Error).message}`;
+  }
   return null;
 }
 

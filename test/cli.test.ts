@@ -372,6 +372,20 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test('generate refuses an --out on a read-only filesystem as a usage error, before reading the checkpoint (it found out after drawing every sample)', (t) => {
+  const dir = tempDir('generate-read-only');
+  try {
+    // A read-only mount that only this command sees; root writes past permissions, but not past EROFS.
+    const script = 'mount -t tmpfs -o ro none "$1" && exec "$2" "$3" generate --checkpoint nowhere --out "$1/sub/x.npy"';
+    const r = spawnSync('unshare', ['-m', 'sh', '-c', script, 'sh', dir, process.execPath, CLI], { encoding: 'utf8', timeout: 30_000 });
+    if (r.error || /^(unshare|mount):/m.test(r.stderr)) return t.skip(`no private read-only mount here: ${r.error?.message ?? r.stderr.trim()}`);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /^ganfleet: --out \S+x\.npy cannot be written: EROFS: read-only file system, access '\S+'\n/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('eval and the training commands refuse a seed above 32 bits and more samples than they could hold, before reading anything', () => {
   const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
   const samples = cli(['eval', '--checkpoint', 'nowhere', '--samples', '100000000']);
