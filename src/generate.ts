@@ -47,7 +47,7 @@ export function generateProblem(out: string, count: number, countText = String(c
   if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
   // The file is written beside --out and renamed over it: its directory, or the nearest one there is, must take files.
   try {
-    fs.accessSync(at === path.resolve(out) ? path.dirname(at) : at, fs.constants.W_OK);
+    fs.accessSync(at === path.resolve(out) ? path.dirname(at) : at, fs.constants.W_OK | fs.constants.X_OK);
   } catch (e) {
     return `--out ${out} cannot be written: ${(e as Error).message}`;
   }

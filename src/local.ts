@@ -8,6 +8,9 @@ import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
 
+/** Longer than a live worker takes to rejoin after a drop: its longest backoff (15 s) and a handshake. */
+const REJOIN_GRACE_MS = 20_000;
+
 export interface LocalOptions {
   workers: number;
   /** CUDA device ids, handed out round-robin, one per worker child. */
@@ -136,13 +139,21 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     // 'close', not 'exit': it comes after the IPC channel has delivered everything the child sent (its refusal).
     child.on('close', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
   };
-  // A worker the coordinator cut off may hang (a loop, a stuck native call): it would hold its slot, stall a run of
-  // --workers 1, and outlive this process. Killed, it is restarted as a crash is.
+  // A worker the coordinator cut off may hang (a loop, a stuck native call): it would hold its slot and stall a run
+  // of --workers 1. One that was only slow (a round past --round-timeout, a GPU's first kernels) rejoins by
+  // itself, warm, within its longest backoff; one that has not by then is killed, and restarted as a crash is.
+  const rejoinWatches = new Map<ChildProcess, NodeJS.Timeout>();
   coordinator.onWorkerDropped((worker, why) => {
     for (const [i, child] of children) {
       if (child.pid !== worker.pid) continue;
-      log(`worker ${i + 1} (pid ${child.pid}) was dropped (${why}): killing it`);
-      child.kill('SIGKILL');
+      clearTimeout(rejoinWatches.get(child));
+      const watch = setTimeout(() => {
+        rejoinWatches.delete(child);
+        if (children.get(i) !== child || coordinator.hasWorker(worker.pid) || coordinator.trainingOver) return;
+        log(`worker ${i + 1} (pid ${child.pid}) was dropped (${why}) and has not rejoined in ${REJOIN_GRACE_MS / 1000} s: killing it`);
+        child.kill('SIGKILL');
+      }, REJOIN_GRACE_MS);
+      rejoinWatches.set(child, watch.unref());
     }
   });
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
@@ -156,6 +167,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     return await coordinator.run();
   } finally {
     finishing = true;
+    rejoinWatches.forEach((watch) => clearTimeout(watch));
     await coordinator.close();
     // Workers that were connected were told to stop; one still starting would retry a closed port.
     const stragglers = setTimeout(() => children.forEach((c) => c.kill('SIGTERM')), 2_000);

@@ -114,14 +114,25 @@ test('a worker process that dies after the last step, while the final outputs ar
   fs.rmSync(out, { recursive: true, force: true });
 });
 
-test('a worker process that hangs is killed once the coordinator drops it, and restarted: a run of one worker does not stall for ever', { timeout: 90_000 }, async () => {
+test('a dropped worker that rejoins by itself is left alone; one that hangs is killed once it has not rejoined in 20 s, and restarted: a run of one worker does not stall for ever', { timeout: 120_000 }, async () => {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-hung-'));
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const [hung] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const joins = () => [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  // Frozen past the heartbeat, then woken: it reads why it was dropped and rejoins, the same process.
   process.kill(hung, 'SIGSTOP');
-  await waitFor(() => /pid \d+, backend[\s\S]*pid \d+, backend/.test(run.log()), 30_000, 'a new worker to join');
-  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) was dropped \\(no heartbeat for [\\d.]+ s \\(--heartbeat 1\\)\\): killing it`));
+  await waitFor(() => /w1 left \(no heartbeat/.test(run.log()), 30_000, 'the drop');
+  process.kill(hung, 'SIGCONT');
+  await waitFor(() => joins().length === 2, 30_000, 'the worker to rejoin');
+  assert.deepEqual(joins(), [hung, hung]);
+  const rejoined = run.log().length;
+  await waitFor(() => /step \d+\/100000/.test(run.log().slice(rejoined)), 30_000, 'training to go on after the rejoin');
+  // Frozen for good: killed once it has not rejoined within the grace.
+  process.kill(hung, 'SIGSTOP');
+  await waitFor(() => joins().length === 3, 60_000, 'a new worker to join');
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) was dropped \\(.+\\) and has not rejoined in 20 s: killing it`));
+  assert.equal((run.log().match(/killing it/g) ?? []).length, 1, run.log());
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) exited with SIGKILL; restarting it \\(1/3\\)`));
   const joined = run.log().lastIndexOf('pid ');
   await waitFor(() => /step \d+\/100000/.test(run.log().slice(joined)), 30_000, 'training to go on with the new worker');

@@ -271,11 +271,17 @@ export class Coordinator {
 
   /**
    * Calls `listener` for each worker the coordinator cuts off (silent past
-   * --heartbeat or --round-timeout, a dead link, three offences), with the
-   * name and pid its hello gave: `local` kills its own child, which may hang.
+   * --heartbeat or --round-timeout, a dead link, a third error reported),
+   * with the name and pid its hello gave: `local` watches its own child,
+   * which may hang.
    */
   onWorkerDropped(listener: (worker: { name: string; pid: number }, why: string) => void): void {
     this.events.on('dropped', listener);
+  }
+
+  /** Whether a worker whose hello gave this pid is connected. */
+  hasWorker(pid: number): boolean {
+    return this.workers.list().some((p) => p.pid === pid);
   }
 
   /** Training is over: every step done, or a stop asked for. A worker lost now is not replaced. */
