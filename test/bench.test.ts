@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { sleep } from './harness';
+import { sleep, tempDir } from './harness';
 import { openblasCoreFor } from '../bench/openblas';
 
 const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
@@ -15,7 +15,7 @@ const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
  * ms), so the expected ratios are known exactly.
  */
 function fakeTorch(ddpFails = false): string {
-  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-fake-torch-')), 'python3');
+  const file = path.join(tempDir('fake-torch'), 'python3');
   fs.writeFileSync(
     file,
     `#!/bin/sh

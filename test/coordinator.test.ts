@@ -1,7 +1,6 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
@@ -14,7 +13,7 @@ import { WorkerGroup } from '../src/coordinator/membership';
 import { PeerMailbox } from '../src/coordinator/peer';
 import { gatherImages } from '../src/data/shards';
 import { imagesFingerprint, loadMnist } from '../src/data/mnist';
-import { blankMnistDir } from './harness';
+import { blankMnistDir, tempDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
@@ -88,7 +87,7 @@ function config(out: string, steps: number): CoordinatorConfig {
 function trainingCoordinator() {
   const ctx = {} as { out: string; coordinator: Coordinator; run: Promise<TrainingSummary> };
   before(async () => {
-    ctx.out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+    ctx.out = tempDir('coord');
     ctx.coordinator = await Coordinator.start(config(ctx.out, 2), () => {});
     ctx.run = ctx.coordinator.run();
   });
@@ -225,7 +224,7 @@ describe('coordinator and a worker on one machine', () => {
  * coordinator's side of that worker's mailbox fail; every round after must come over the socket. The log's lines.
  */
 async function runWithFailingMailbox(breakMailbox: (mailbox: PeerMailbox, dir: string) => () => void): Promise<{ lines: string[]; coordinator: Coordinator }> {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const out = tempDir('coord');
   const lines: string[] = [];
   const coordinator = await Coordinator.start(config(out, 3), (line) => lines.push(line));
   const run = coordinator.run();
@@ -278,7 +277,7 @@ test("when the coordinator's own read of a worker's mailbox fails, that is no of
 });
 
 test('a worker whose hello comes while the coordinator closes (connected just before) is told to stop, as the others are, not welcomed and cut off', async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const out = tempDir('coord');
   const lines: string[] = [];
   const coordinator = await Coordinator.start(config(out, 5), (line) => lines.push(line));
   const url = `ws://127.0.0.1:${coordinator.port}`;
@@ -303,7 +302,7 @@ test('a worker whose hello comes while the coordinator closes (connected just be
 });
 
 test('a round asked again while its mailed request may be unread goes over the socket: the file under that notice is not rewritten', async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const out = tempDir('coord');
   const coordinator = await Coordinator.start(config(out, 3), () => {});
   const run = coordinator.run();
   const dir = makeMailboxDir('worker');
@@ -334,7 +333,7 @@ test('a round asked again while its mailed request may be unread goes over the s
 });
 
 test("a peer's second mail in an open round cannot change the gradients already accepted from it", async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+  const out = tempDir('coord');
   const coordinator = await Coordinator.start({ ...config(out, 3), startWorkers: 2 }, () => {});
   const run = coordinator.run();
   const dir = makeMailboxDir('worker');
@@ -389,7 +388,7 @@ describe('coordinator disconnects bad peers', () => {
   const lines: string[] = [];
 
   before(async () => {
-    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+    out = tempDir('coord');
     coordinator = await Coordinator.start(config(out, 1), (line) => lines.push(line));
   });
   after(async () => {
@@ -598,7 +597,7 @@ async function coordinatorAndRawPeer(out: string, overrides: Partial<Coordinator
 describe('coordinator edge cases found by review', () => {
   let out: string;
   before(() => {
-    out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-coord-'));
+    out = tempDir('coord');
   });
   after(() => fs.rmSync(out, { recursive: true, force: true }));
   const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);

@@ -398,7 +398,7 @@ interface Live {
 
 let coordinator: Live | undefined;
 let worker: Live | undefined;
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-deploy-'));
+const tmp = tempDir('deploy');
 
 function start(args: string[], env: NodeJS.ProcessEnv): { proc: ChildProcess; log: () => string } {
   const proc = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });

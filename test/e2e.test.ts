@@ -2,12 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { PNG } from 'pngjs';
 import { decodeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { CLI, metricValue } from './helpers';
+import { tempDir } from './harness';
 
 /** Runs the CLI to completion; its exit code and everything it printed. */
 async function runCli(args: string[]): Promise<{ code: unknown; log: string }> {
@@ -19,7 +19,7 @@ async function runCli(args: string[]): Promise<{ code: unknown; log: string }> {
 }
 
 test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves rising metrics', { timeout: 120_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-e2e-'));
+  const out = tempDir('e2e');
   const child = spawn(
     process.execPath,
     [CLI, 'local', '--workers', '2', '--steps', '80', '--sample-every', '40', '--log-every', '20', '--metrics-port', '0', '--seed', '3', '--out', out],
@@ -77,7 +77,7 @@ test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves r
 });
 
 test('--loss lsgan trains end to end through the same workers', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-lsgan-'));
+  const out = tempDir('lsgan');
   const { code, log } = await runCli(['local', '--workers', '2', '--loss', 'lsgan', '--steps', '40', '--log-every', '20', '--sample-every', '40', '--metrics-port', '-1', '--out', out]);
   assert.equal(code, 0, log);
   assert.match(log, /joined as w\d: model mlp, loss lsgan/);
@@ -90,7 +90,7 @@ test('--loss lsgan trains end to end through the same workers', { timeout: 60_00
 });
 
 test('--model dcgan trains through the same workers; BatchNorm statistics reach the coordinator; --eval-every scores it', { timeout: 180_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-dcgan-'));
+  const out = tempDir('dcgan');
   const args = ['local', '--workers', '2', '--model', 'dcgan', '--steps', '6', '--batch-size', '16', '--log-every', '3', '--sample-every', '3', '--eval-every', '3', '--eval-samples', '200', '--metrics-port', '-1', '--out', out];
   const { code, log } = await runCli(args);
   assert.equal(code, 0, log);
@@ -116,7 +116,7 @@ test('--model dcgan trains through the same workers; BatchNorm statistics reach 
 test('--wire-dtype float16 and bfloat16 halve the gradient bytes and train like float32', { timeout: 180_000 }, async () => {
   // One worker: the run is deterministic, so the three runs differ only by the wire's rounding.
   const run = async (dtype: string) => {
-    const out = fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-wire-${dtype}-`));
+    const out = tempDir(`wire-${dtype}`);
     const args = ['local', '--workers', '1', '--steps', '150', '--log-every', '150', '--sample-every', '150', '--eval-every', '150', '--eval-samples', '1000', '--metrics-port', '-1', '--wire-dtype', dtype, '--out', out];
     const { code, log } = await runCli(args);
     assert.equal(code, 0, log);

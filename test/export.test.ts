@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import * as tfl from '@tensorflow/tfjs';
 import { selectBackend } from '../src/backend';
@@ -10,6 +9,7 @@ import { exportGenerator } from '../src/model/export';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';
+import { tempDir } from './harness';
 
 for (const arch of ['mlp', 'dcgan']) test(`the exported ${arch} generator loads as a TensorFlow.js LayersModel and draws the same images`, async () => {
   await selectBackend('cpu');
@@ -17,7 +17,7 @@ for (const arch of ['mlp', 'dcgan']) test(`the exported ${arch} generator loads 
   const params = model.init(new Rng(4));
   // Non-zero biases and BatchNorm statistics away from 0 and 1, so each weight is placed where it belongs.
   for (let i = 0; i < params.generator.length; i++) params.generator[i] += 0.01 * Math.cos(i);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-export-'));
+  const dir = tempDir('export');
   exportGenerator(model, params.generator, dir);
 
   const json = JSON.parse(fs.readFileSync(path.join(dir, 'model.json'), 'utf8'));

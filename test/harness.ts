@@ -64,8 +64,22 @@ export const installedNativePackage: string | undefined = ['@tensorflow/tfjs-nod
   }
 });
 
+/** Removed when this test file's process exits, whether or not its test passed or cleaned up. */
+const tempDirs: string[] = [];
+process.on('exit', () => {
+  for (const dir of tempDirs) {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // A child still writing into it; the OS's tmp cleaner gets the rest.
+    }
+  }
+});
+
 export function tempDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-${prefix}-`));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `ganfleet-${prefix}-`));
+  tempDirs.push(dir);
+  return dir;
 }
 
 /** `ganfleet coordinator` on a free port; resolves once it listens, with its URL and metrics URL. */

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { readIdx } from '../src/data/idx';
 import { defaultMnistDir, gatherTanhRange, imagesFingerprint, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { GanfleetError } from '../src/util/errors';
+import { tempDir } from './harness';
 
 const dir = defaultMnistDir();
 const file = (name: string) => path.join(dir, name);
@@ -57,7 +58,7 @@ describe('readIdx on the real MNIST files', () => {
 describe('readIdx on damaged copies', () => {
   let tmp: string;
   before(() => {
-    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-idx-'));
+    tmp = tempDir('idx');
   });
   after(() => {
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -195,7 +196,7 @@ describe('readIdx on damaged copies', () => {
 });
 
 test('a training set over 2 GiB loads and is fingerprinted (one read and one hash update each stopped at 2 GiB)', () => {
-  const big = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-idx-big-'));
+  const big = tempDir('idx-big');
   try {
     const count = 2_740_000; // 2,148,160,000 bytes of images, just over 2³¹: sparse, so no disk is used
     const header = (magic: number, dims: number[]) => Buffer.from(new Uint32Array([magic, ...dims]).buffer).swap32();

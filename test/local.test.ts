@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
-import { blankMnistDir } from './harness';
+import { blankMnistDir, tempDir } from './harness';
 import { CLI } from './helpers';
 
 function alive(pid: number): boolean {
@@ -41,7 +41,7 @@ function startLocal(out: string): { child: ChildProcess; log: () => string; work
 }
 
 test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left; its port admits only its own workers', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigint-'));
+  const out = tempDir('sigint');
   const run = startLocal(out);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const pids = run.workerPids();
@@ -68,7 +68,7 @@ test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left;
 });
 
 test('a second SIGINT while the first stop is still writing outputs exits at once, with 130, and takes the workers with it', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigint2-'));
+  const out = tempDir('sigint2');
   // The first stop evaluates 60,000 samples before it writes its outputs: seconds in which to send the second.
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--eval-every', '100000', '--eval-samples', '60000', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
@@ -84,7 +84,7 @@ test('a second SIGINT while the first stop is still writing outputs exits at onc
 });
 
 test('a worker process that dies after a stop was asked for is not restarted: the run is ending', { timeout: 90_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-stop-lost-'));
+  const out = tempDir('stop-lost');
   // The stop scores its step after the checkpoint: seconds in which the worker dies.
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--eval-every', '100000', '--eval-samples', '20000', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
@@ -99,7 +99,7 @@ test('a worker process that dies after a stop was asked for is not restarted: th
 });
 
 test('a worker process that dies after the last step, while the final outputs are written, fails nothing: exit 0, ok, no restart', { timeout: 90_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-final-lost-'));
+  const out = tempDir('final-lost');
   // The final evaluation (--eval-every does not divide --steps: it comes after the last step's line) takes seconds,
   // in which the worker dies with no restart left.
   const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--log-every', '20', '--max-restarts', '0', '--eval-every', '1000', '--eval-samples', '20000', '--metrics-port', '-1', '--out', out]);
@@ -115,7 +115,7 @@ test('a worker process that dies after the last step, while the final outputs ar
 });
 
 test('a dropped worker that rejoins by itself is left alone; one that hangs is killed once it has not rejoined in 20 s, and restarted: a run of one worker does not stall for ever', { timeout: 120_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-hung-'));
+  const out = tempDir('hung');
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const [hung] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
@@ -142,7 +142,7 @@ test('a dropped worker that rejoins by itself is left alone; one that hangs is k
 });
 
 test('a worker process that dies is restarted, up to --max-restarts; with none left and no worker, the run stops and exits 1', { timeout: 90_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-restart-'));
+  const out = tempDir('restart');
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out]);
   const workerPids = () => [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
@@ -164,9 +164,9 @@ test('a worker process that dies is restarted, up to --max-restarts; with none l
 });
 
 test('a worker process that cannot be started counts as lost: restarted up to --max-restarts, then the run stops and exits 1 (it waited for it for ever)', { timeout: 90_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nostart-'));
+  const out = tempDir('nostart');
   // local starts its workers with its own node binary: a copy, removed mid-run, makes the restart's spawn fail (ENOENT).
-  const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-node-'));
+  const bin = tempDir('node');
   const node = path.join(bin, 'node');
   fs.copyFileSync(process.execPath, node);
   fs.chmodSync(node, 0o755);
@@ -188,7 +188,7 @@ test('a worker process that cannot be started counts as lost: restarted up to --
 });
 
 test('a worker process that cannot be started is lost once: the restart after it trains, and no second process is started for the slot', { timeout: 90_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-failonce-'));
+  const out = tempDir('failonce');
   // In local's own process only: its second worker spawn fails as a spawn hitting ENOENT or EAGAIN does.
   const preload = path.join(out, 'fail-second-spawn.js');
   fs.writeFileSync(
@@ -214,7 +214,7 @@ test('a worker process that cannot be started is lost once: the restart after it
 });
 
 test('workers exit by themselves when the local parent is SIGKILLed', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigkill-'));
+  const out = tempDir('sigkill');
   const run = startLocal(out);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const pids = run.workerPids();
@@ -224,7 +224,7 @@ test('workers exit by themselves when the local parent is SIGKILLed', { timeout:
 });
 
 test('a worker whose main thread hangs exits too when the local parent is SIGKILLed: it never hears its IPC channel close', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-sigkill-hung-'));
+  const out = tempDir('sigkill-hung');
   const preload = path.join(out, 'hang.js');
   fs.writeFileSync(preload, "if (process.argv.includes('worker')) setTimeout(() => { process.stderr.write(`hanging ${process.pid}\\n`); for (;;); }, 3000);\n");
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--metrics-port', '-1', '--out', out], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
@@ -237,7 +237,7 @@ test('a worker whose main thread hangs exits too when the local parent is SIGKIL
 });
 
 test('--no-native reaches the workers local starts: they run on XNNPACK and say so', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nonative-'));
+  const out = tempDir('nonative');
   const run = spawnCli(['local', '--workers', '1', '--steps', '5', '--backend', 'wasm', '--no-native', '--metrics-port', '-1', '--out', out]);
   const code = await run.exit;
   const log = run.log();
@@ -252,7 +252,7 @@ test('a local run trains the same through shared-memory mailboxes as over the We
   // Only this test's processes: another ganfleet run on the machine makes and removes its own directories meanwhile.
   const pids = new Set<number>();
   const run = async (flags: string[]) => {
-    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-mailbox-'));
+    const out = tempDir('mailbox');
     const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--seed', '5', '--backend', 'wasm', '--metrics-port', '-1', '--out', out, ...flags]);
     const code = await run.exit;
     const log = run.log();
@@ -277,7 +277,7 @@ test('a local run trains the same through shared-memory mailboxes as over the We
 });
 
 test('a worker started with --no-mailbox declines the offer and trains over the WebSocket', { timeout: 60_000 }, async () => {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nomailbox-'));
+  const out = tempDir('nomailbox');
   const coordinator = spawnCli(['coordinator', '--port', '0', '--steps', '5', '--metrics-port', '-1', '--out', out]);
   const listening = /listening for workers on (ws:\/\/\S+)/;
   await waitFor(() => listening.test(coordinator.log()), 30_000, 'the coordinator to listen');
@@ -302,7 +302,7 @@ test(
     if (!readable(cli)) {
       // A checkout under a private home directory (root's is 0700, and CI runs as root) is closed to nobody:
       // the worker runs from hard links to the same files, in a directory it can read.
-      links = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-nobody-'));
+      links = tempDir('nobody');
       fs.chmodSync(links, 0o755);
       const root = path.resolve(path.dirname(CLI), '..', '..');
       const linked = spawnSync('cp', ['-al', ...['dist', 'node_modules', 'native', 'package.json'].map((n) => path.join(root, n)), links], { encoding: 'utf8' });
@@ -313,7 +313,7 @@ test(
         return;
       }
     }
-    const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-otheruser-'));
+    const out = tempDir('otheruser');
     const coordinator = spawnCli(['coordinator', '--port', '0', '--steps', '5', '--metrics-port', '-1', '--out', out]);
     const listening = /listening for workers on (ws:\/\/\S+)/;
     await waitFor(() => listening.test(coordinator.log()), 30_000, 'the coordinator to listen');
@@ -334,7 +334,7 @@ test(
 );
 
 test('a run resumed from a checkpoint with as many workers trains to the same bits as a run never stopped; with fewer, it trains on from the same weights', { timeout: 120_000 }, async () => {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-exact-resume-'));
+  const root = tempDir('exact-resume');
   const local = async (out: string, workers: number, steps: number, ...flags: string[]) => {
     const run = spawnCli(['local', '--workers', String(workers), '--steps', String(steps), '--seed', '11', '--checkpoint-every', '6', '--sample-every', '1000', '--metrics-port', '-1', '--out', path.join(root, out), ...flags]);
     assert.equal(await run.exit, 0, run.log());

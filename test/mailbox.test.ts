@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
@@ -9,6 +8,7 @@ import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '.
 import { Gradients, Welcome, message } from '../src/protocol/messages';
 import { pidNamespace } from '../src/util/process';
 import { WorkerMailbox } from '../src/worker/mailbox';
+import { tempDir } from './harness';
 
 function withDir(fn: (dir: string) => void): void {
   const dir = makeMailboxDir('coordinator');
@@ -218,7 +218,7 @@ test('a peer can name only a file directly in a mailbox directory of its role: n
 });
 
 test('without a writable /dev/shm, mailboxes go in the temp dir, and a TMPDIR written with extra slashes still names it', () => {
-  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-tmpdir-'));
+  const tmp = tempDir('tmpdir');
   // A host whose /dev/shm cannot be written (macOS, a read-only one): the child opens its own mailbox as a peer would.
   const script = `
     const fs = require('node:fs'), path = require('node:path');

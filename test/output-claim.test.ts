@@ -8,12 +8,9 @@ import path from 'node:path';
 import { LEASE_FILE, OutputClaim, processTable, putBack } from '../src/coordinator/output-claim';
 import { GanfleetError } from '../src/util/errors';
 import { makeDirectory } from '../src/util/write';
+import { tempDir } from './harness';
 
 const FAST = { refreshMs: 50, staleMs: 400 };
-
-function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-claim-'));
-}
 
 function rejectsWith(code: string, pattern: RegExp) {
   return (e: unknown) => e instanceof GanfleetError && e.code === code && pattern.test(e.message);
@@ -60,7 +57,7 @@ async function takeLogged(out: string): Promise<{ lines: string[]; ms: number }>
 }
 
 test('a claim makes the run directories and a lease naming this process; release takes the lease and the directories still empty', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'runs', 'a');
   const claim = await OutputClaim.take(out, () => {}, noLost, FAST);
   for (const d of ['checkpoints', 'generator', 'samples']) assert.ok(fs.statSync(path.join(out, d)).isDirectory(), d);
@@ -81,7 +78,7 @@ test('a claim makes the run directories and a lease naming this process; release
 });
 
 test('an --out that cannot hold the outputs is refused with OUT_UNUSABLE, and leaves nothing made', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const file = path.join(root, 'file');
   fs.writeFileSync(file, 'x');
   await assert.rejects(OutputClaim.take(path.join(file, 'run'), () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /ENOTDIR/));
@@ -97,7 +94,7 @@ test('an --out that cannot hold the outputs is refused with OUT_UNUSABLE, and le
 });
 
 test('in this process table: a live holder is refused at once; a gone one, an earlier life of this pid, or a pid that went untouched, is taken over at once', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   const first = await OutputClaim.take(out, () => {}, noLost, FAST);
   await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`in use by another coordinator \\(pid ${process.pid} on ${os.hostname()}`)));
@@ -127,7 +124,7 @@ test('in this process table: a live holder is refused at once; a gone one, an ea
 });
 
 test("another machine's lease is watched for the stale time whatever its date says: taken if untouched, refused if touched", async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   // Dated a minute ago, or an hour ahead (clocks differ between machines), or by this host's name from another
   // process table (a container on the host's network): each is watched, neither taken at once nor waited on for an hour.
@@ -149,7 +146,7 @@ test("another machine's lease is watched for the stale time whatever its date sa
 });
 
 test('of two coordinators taking a stale lease at once, one holds it and the other is refused', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   plantLease(out, ELSEWHERE);
   const results = await Promise.allSettled([0, 1].map(() => OutputClaim.take(out, () => {}, noLost, FAST)));
@@ -164,7 +161,7 @@ test('of two coordinators taking a stale lease at once, one holds it and the oth
 });
 
 test('a holder whose lease another coordinator took is told so, writes are refused, and its release leaves the new lease alone', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   let lost: string | null = null;
   const claim = await OutputClaim.take(out, () => {}, (why) => (lost = why), FAST);
@@ -177,7 +174,7 @@ test('a holder whose lease another coordinator took is told so, writes are refus
 });
 
 test('a lease that cannot be touched is retried, and given up only once others would find it stale', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   let lost: string | null = null;
   const lines: string[] = [];
@@ -201,7 +198,7 @@ test('a lease that cannot be touched is retried, and given up only once others w
 });
 
 test('a lease that cannot be removed (a read-only --out) is left with a warning: release does not throw over the error that ended the run', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   const lines: string[] = [];
   const claim = await OutputClaim.take(out, (l) => lines.push(l), () => {}, FAST);
@@ -220,7 +217,7 @@ test('a lease that cannot be removed (a read-only --out) is left with a warning:
 });
 
 test('a wait on another machine\'s lease ends at a signal (abort): OUT_NOT_TAKEN, and that lease is left as it was', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   const file = plantLease(out, ELSEWHERE);
   const aborting = new AbortController();
@@ -232,7 +229,7 @@ test('a wait on another machine\'s lease ends at a signal (abort): OUT_NOT_TAKEN
 });
 
 test('a lapsed lease that cannot be moved aside, or a link in the lease\'s place, is OUT_UNUSABLE at once, not a loop', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   plantLease(out, HERE(spawnSync(process.execPath, ['-e', '']).pid!));
   const rename = fs.renameSync;
@@ -251,7 +248,7 @@ test('a lapsed lease that cannot be moved aside, or a link in the lease\'s place
 });
 
 test('a holder whose lease a taker has moved aside to check it keeps it; a lease put back without hard links (SMB) is renamed back', async () => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const out = path.join(root, 'run');
   const claim = await OutputClaim.take(out, () => {}, noLost, FAST);
   const file = path.join(out, LEASE_FILE);
@@ -273,7 +270,7 @@ test('a holder whose lease a taker has moved aside to check it keeps it; a lease
 });
 
 test('makeDirectory makes a parent again that another process removes meanwhile (a run releasing its empty --out), as recursive mkdir did', (t) => {
-  const root = tempDir();
+  const root = tempDir('claim');
   const parent = path.join(root, 'p');
   const child = path.join(parent, 'a');
   // The other process's removal, just before the child's mkdir (an empty parent, as a released --out is).
