@@ -10,7 +10,7 @@ import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
 import { publicWithoutToken } from './coordinator/listener';
 import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
-import { reportRefusalToLocal, runLocal } from './local';
+import { reportAliveToLocal, reportRefusalToLocal, runLocal } from './local';
 import { ARCHITECTURES, LOSSES, maxBatchSize } from './model';
 import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
@@ -214,11 +214,15 @@ function localOptions<T>(y: Argv<T>) {
   return metricsPortOption(trainingOptions(y), 0, '127.0.0.1')
     .option('workers', { type: 'number', default: 2, describe: 'Worker processes to start, 1 to 64, one busy core each; more workers than cores buy nothing (README: Single node)', group: 'Local:' })
     .option('gpus', { type: 'string', describe: 'Comma-separated CUDA device ids, one per worker round-robin (sets CUDA_VISIBLE_DEVICES)', group: 'Local:' })
-    .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed worker processes up to this many times in all', group: 'Local:' })
+    .option('max-restarts', { type: 'number', default: 3, describe: 'Restart crashed or hung worker processes up to this many times in all', group: 'Local:' })
+    .option('hang-timeout', { type: 'number', default: 600, describe: `Kill (and restart) a worker process whose main thread has been busy this many seconds without a break: hung in a loop or a native call. Must exceed its longest round, GPU kernel compilation included (0 = never, up to ${MAX_TIMER_SECONDS})`, group: 'Local:' })
     .option('require-gpu', { ...requireGpuOption, describe: `${requireGpuOption.describe} (the workers; the coordinator stays off the GPUs with --gpus)`, group: 'Local:' })
     .check((a) => {
       if (!Number.isInteger(a.workers) || a.workers < 1 || a.workers > 64) throw new Error(`--workers must be an integer in 1..64, got ${given('workers', a.workers)}`);
       integerInRange('max-restarts', a['max-restarts'], 0);
+      if (!(a['hang-timeout'] === 0 || (a['hang-timeout'] >= 1 && a['hang-timeout'] <= MAX_TIMER_SECONDS))) {
+        throw new Error(`--hang-timeout must be 0 (never) or a number of seconds from 1 to ${MAX_TIMER_SECONDS}, got ${given('hang-timeout', a['hang-timeout'])}`);
+      }
       checkRequireGpu(a);
       // What CUDA_VISIBLE_DEVICES takes: an index, or a GPU's or MIG instance's UUID (nvidia-smi -L). CUDA reads
       // ids up to the first it cannot parse and hides every GPU after it, so a typo would quietly leave workers on the CPU.
@@ -461,6 +465,7 @@ function buildCli(argv: string[]) {
         if (process.connected) {
           process.once('disconnect', parentGone);
           dieWithParent();
+          reportAliveToLocal();
         }
         try {
           process.exitCode = await runWorker(
@@ -497,7 +502,7 @@ function buildCli(argv: string[]) {
         const gpus = gpuIds(a.gpus);
         const summary = await runLocal(
           coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
-          { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'] },
+          { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'], hangTimeoutSeconds: a['hang-timeout'] },
         );
         if (!summary.ok) process.exitCode = 1;
       },

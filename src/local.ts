@@ -8,8 +8,8 @@ import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
 
-/** Longer than a live worker takes to rejoin after a drop: its longest backoff (15 s) and a handshake. */
-const REJOIN_GRACE_MS = 20_000;
+/** How often a worker child whose main thread is free tells `local` so, and how often `local` looks. */
+const ALIVE_EVERY_MS = 1_000;
 
 export interface LocalOptions {
   workers: number;
@@ -22,6 +22,8 @@ export interface LocalOptions {
   requireGpu?: boolean;
   /** Crashed children are restarted, up to this many restarts in all. */
   maxRestarts: number;
+  /** A child whose main thread has been busy this long without a break is killed as hung (0 = never). */
+  hangTimeoutSeconds: number;
 }
 
 /**
@@ -38,6 +40,26 @@ interface WorkerRefusal {
 function isWorkerRefusal(m: unknown): m is WorkerRefusal {
   const r = m as Partial<WorkerRefusal> | null;
   return typeof r === 'object' && r !== null && r.type === 'worker-refused' && typeof r.code === 'string' && typeof r.message === 'string';
+}
+
+/** What a worker child tells `local` every ALIVE_EVERY_MS while its main thread is free to. */
+const ALIVE = { type: 'worker-alive' } as const;
+
+function isWorkerAlive(m: unknown): boolean {
+  return typeof m === 'object' && m !== null && (m as { type?: unknown }).type === ALIVE.type;
+}
+
+/**
+ * In a worker started by `local`: tells it, every second the main thread is
+ * free, that this worker is not hung. A round's compute, or a GPU's first
+ * kernels, keep the thread busy as a loop or a stuck native call would;
+ * only how long tells them apart (--hang-timeout).
+ */
+export function reportAliveToLocal(): void {
+  if (!process.send || !process.connected) return;
+  setInterval(() => {
+    if (process.connected) process.send!(ALIVE, undefined, undefined, () => {});
+  }, ALIVE_EVERY_MS).unref();
 }
 
 /**
@@ -102,9 +124,11 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     if (opts.requireGpu) args.push('--require-gpu');
     const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
     children.set(i, child);
+    lastAlive.set(child, performance.now());
     let refusal: WorkerRefusal | null = null;
     child.on('message', (m) => {
-      if (isWorkerRefusal(m)) refusal = m;
+      if (isWorkerAlive(m)) lastAlive.set(child, performance.now());
+      else if (isWorkerRefusal(m)) refusal = m;
     });
     // Before the stop, any exit (even 0) is a worker lost: restart it, or fail the run if it can no longer train.
     // Once: a process that never started emits 'error', then 'close'.
@@ -112,6 +136,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const lost = (what: string) => {
       if (gone) return;
       gone = true;
+      lastAlive.delete(child);
       if (children.get(i) === child) children.delete(i);
       // After the last step (its grid, checkpoint, evaluation and export) a lost worker fails nothing.
       if (finishing || coordinator.trainingOver) return;
@@ -139,23 +164,25 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     // 'close', not 'exit': it comes after the IPC channel has delivered everything the child sent (its refusal).
     child.on('close', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
   };
-  // A worker the coordinator cut off may hang (a loop, a stuck native call): it would hold its slot and stall a run
-  // of --workers 1. One that was only slow (a round past --round-timeout, a GPU's first kernels) rejoins by
-  // itself, warm, within its longest backoff; one that has not by then is killed, and restarted as a crash is.
-  const rejoinWatches = new Map<ChildProcess, NodeJS.Timeout>();
-  coordinator.onWorkerDropped((worker, why) => {
+  // A hung worker (a loop, a stuck native call) holds its slot, and would stall a run of --workers 1 for ever: one
+  // silent past --hang-timeout is killed, and restarted as a crash is. Being dropped by the coordinator is no sign:
+  // a live worker busy with a long round (a GPU's first kernels) is dropped too, and rejoins warm once it is done.
+  const lastAlive = new Map<ChildProcess, number>();
+  let lastLook = performance.now();
+  const hangWatch = setInterval(() => {
+    const now = performance.now();
+    // This thread was busy itself (the coordinator's evaluation, say): the children's messages wait behind this timer.
+    const late = now - lastLook > 2 * ALIVE_EVERY_MS;
+    lastLook = now;
+    if (late || opts.hangTimeoutSeconds === 0) return;
     for (const [i, child] of children) {
-      if (child.pid !== worker.pid) continue;
-      clearTimeout(rejoinWatches.get(child));
-      const watch = setTimeout(() => {
-        rejoinWatches.delete(child);
-        if (children.get(i) !== child || coordinator.hasWorker(worker.pid) || coordinator.trainingOver) return;
-        log(`worker ${i + 1} (pid ${child.pid}) was dropped (${why}) and has not rejoined in ${REJOIN_GRACE_MS / 1000} s: killing it`);
-        child.kill('SIGKILL');
-      }, REJOIN_GRACE_MS);
-      rejoinWatches.set(child, watch.unref());
+      const silent = now - (lastAlive.get(child) ?? now);
+      if (silent < opts.hangTimeoutSeconds * 1000) continue;
+      lastAlive.delete(child);
+      log(`worker ${i + 1} (pid ${child.pid}) has not had its main thread free for ${(silent / 1000).toFixed(0)} s (--hang-timeout ${opts.hangTimeoutSeconds}): killing it as hung`);
+      child.kill('SIGKILL');
     }
-  });
+  }, ALIVE_EVERY_MS).unref();
   // A resumed run already at --steps trains nothing: no worker would find a coordinator to join.
   const { step, steps } = coordinator.status();
   if (step < steps && !coordinator.stopping) {
@@ -167,7 +194,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     return await coordinator.run();
   } finally {
     finishing = true;
-    rejoinWatches.forEach((watch) => clearTimeout(watch));
+    clearInterval(hangWatch);
     await coordinator.close();
     // Workers that were connected were told to stop; one still starting would retry a closed port.
     const stragglers = setTimeout(() => children.forEach((c) => c.kill('SIGTERM')), 2_000);

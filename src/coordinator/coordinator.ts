@@ -194,7 +194,6 @@ export class Coordinator {
       },
       left: (workerId) => this.round?.drop(workerId),
       changed: () => this.events.emit('peers'),
-      dropped: (peer, why) => this.events.emit('dropped', { name: peer.name, pid: peer.pid }, why),
     });
     this.receiver = new Receiver(this.model, config.batchSize, {
       log,
@@ -267,21 +266,6 @@ export class Coordinator {
     this.stop = { reason, failed };
     this.log(`stop requested: ${reason}`);
     this.events.emit('peers');
-  }
-
-  /**
-   * Calls `listener` for each worker the coordinator cuts off (silent past
-   * --heartbeat or --round-timeout, a dead link, a third error reported),
-   * with the name and pid its hello gave: `local` watches its own child,
-   * which may hang.
-   */
-  onWorkerDropped(listener: (worker: { name: string; pid: number }, why: string) => void): void {
-    this.events.on('dropped', listener);
-  }
-
-  /** Whether a worker whose hello gave this pid is connected. */
-  hasWorker(pid: number): boolean {
-    return this.workers.list().some((p) => p.pid === pid);
   }
 
   /** Training is over: every step done, or a stop asked for. A worker lost now is not replaced. */

@@ -32,8 +32,6 @@ export interface GroupHooks {
   left(workerId: string): void;
   /** A peer joined or left: wakes whoever waits for workers. */
   changed(): void;
-  /** A peer was cut off as silent, slow or misbehaving (not one that closed its connection itself). */
-  dropped(peer: WorkerPeer, why: string): void;
 }
 
 /**
@@ -127,7 +125,7 @@ export class WorkerGroup {
       return null;
     }
     const n = this.nextWorker++;
-    const peer = new WorkerPeer(`w${n}`, hello.name, hello.pid, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
+    const peer = new WorkerPeer(`w${n}`, hello.name, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
       log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`);
       this.countMailboxes();
     });
@@ -150,9 +148,8 @@ export class WorkerGroup {
     return peer;
   }
 
-  /** False where it had left already. */
-  remove(peer: WorkerPeer, why: string): boolean {
-    if (this.peers.get(peer.id) !== peer) return false;
+  remove(peer: WorkerPeer, why: string): void {
+    if (this.peers.get(peer.id) !== peer) return;
     const { metrics } = this.hooks;
     this.peers.delete(peer.id);
     peer.closeMailbox();
@@ -163,7 +160,6 @@ export class WorkerGroup {
     metrics.workerComputeSeconds.remove({ worker: peer.id });
     this.hooks.log(`${peer.id} left (${why}); ${this.peers.size} connected`);
     this.hooks.changed();
-    return true;
   }
 
   /**
@@ -176,14 +172,14 @@ export class WorkerGroup {
    * What the peer sends meanwhile is discarded (Receiver.discardFromDropped).
    */
   drop(peer: WorkerPeer, why: string): void {
-    if (this.remove(peer, why)) this.hooks.dropped(peer, why);
+    this.remove(peer, why);
     peer.send(encode(errorMessage('COORDINATOR_DROPPED', why)));
     peer.close(4000, 'dropped');
   }
 
   /** Cuts off a peer whose link takes no writes: nothing sent would reach it, and what is queued for it is freed. */
   cutOff(peer: WorkerPeer, why: string): void {
-    if (this.remove(peer, why)) this.hooks.dropped(peer, why);
+    this.remove(peer, why);
     peer.socket.terminate();
   }
 

@@ -75,8 +75,6 @@ export class WorkerPeer {
   constructor(
     readonly id: string,
     readonly name: string,
-    /** As the worker's hello says: its process on its own machine. */
-    readonly pid: number,
     readonly address: string,
     readonly backend: string,
     readonly socket: WebSocket,
