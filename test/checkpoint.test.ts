@@ -141,9 +141,20 @@ test('a checkpoint that cannot be read is an error, not a file renamed aside as 
   writeCheckpoint(dir, checkpointAt(10), 3);
   // A read that fails (here: a directory under a checkpoint's name, EISDIR) says nothing about the data.
   fs.mkdirSync(path.join(dir, 'ckpt-000000020.bin'));
-  assert.throws(() => loadLatestCheckpoint(dir, () => {}), /EISDIR/);
+  // Named: "EIO: i/o error, read" alone would not tell the operator which checkpoint to deal with.
+  assert.throws(() => loadLatestCheckpoint(dir, () => {}), /EISDIR.*\(\S+ckpt-000000020\.bin\)$/);
   assert.ok(fs.statSync(path.join(dir, 'ckpt-000000020.bin')).isDirectory());
   assert.ok(!fs.existsSync(path.join(dir, 'ckpt-000000020.bin.invalid')));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a checkpoint directory that cannot be listed is an error, not an empty one: a resume would start from step 0 and write over the run', () => {
+  const dir = tempDir('ckpt-unlistable');
+  assert.deepEqual(listCheckpoints(path.join(dir, 'missing')), []);
+  // A file in the directory's place (ENOTDIR) stands in for EIO or EACCES, which root does not get.
+  fs.writeFileSync(path.join(dir, 'checkpoints'), '');
+  assert.throws(() => listCheckpoints(path.join(dir, 'checkpoints')), /ENOTDIR: not a directory, scandir '\S+checkpoints'/);
+  assert.throws(() => loadLatestCheckpoint(path.join(dir, 'checkpoints'), () => {}), /ENOTDIR/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

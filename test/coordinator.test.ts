@@ -19,6 +19,7 @@ import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol
 import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
+import { GanfleetError } from '../src/util/errors';
 import { metricValue, recordExtensionBomb } from './helpers';
 
 const G_SIZE = 114064;
@@ -684,6 +685,29 @@ describe('coordinator edge cases found by review', () => {
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')), kept);
     await restarted.run();
     await restarted.close();
+    // A summary.json that cannot be read is not a missing one: taken for missing (older than the checkpoint), it
+    // was written over with a resume's zeros. Here EISDIR, as root reads past permissions.
+    fs.renameSync(path.join(dir, 'summary.json'), path.join(dir, 'summary.kept'));
+    fs.mkdirSync(path.join(dir, 'summary.json'));
+    await assert.rejects(
+      Coordinator.start({ ...config(dir, 1), dataDir, resume: true }, () => {}),
+      (e: unknown) => e instanceof GanfleetError && e.code === 'OUT_UNUSABLE' && /summary\.json cannot be read \(EISDIR.*\); this run would write over it/.test(e.message),
+    );
+    fs.rmdirSync(path.join(dir, 'summary.json'));
+    fs.renameSync(path.join(dir, 'summary.kept'), path.join(dir, 'summary.json'));
+    // A write that fails during a resumed run (a full disk, EIO; here the checkpoint directory gone) ends it with
+    // the error, and the earlier run's summary.json says ok: false: a script reading it would otherwise see success.
+    const failing = await Coordinator.start({ ...config(dir, 2), dataDir, resume: true, checkpointEvery: 1 }, () => {});
+    fs.rmSync(path.join(dir, 'checkpoints'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'checkpoints'), 'not a directory');
+    const failingRun = failing.run();
+    await answerOneStep(failing, 1);
+    await assert.rejects(failingRun, /EEXIST: file already exists, mkdir '\S+checkpoints'/);
+    await failing.close();
+    const marked = JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8'));
+    assert.deepEqual({ ...marked, ok: kept.ok, stopReason: kept.stopReason }, kept, 'only ok and stopReason change');
+    assert.equal(marked.ok, false);
+    assert.match(marked.stopReason, /^failed: EEXIST: file already exists, mkdir '\S+checkpoints'$/);
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -1070,12 +1094,21 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(fs.existsSync(path.join(failedStart, 'evaluations.json')));
     assert.deepEqual(fs.readdirSync(path.join(failedStart, 'samples')), ['step-000002.png']);
     await fromZero.close();
-    // A history that cannot be read costs the history, with a warning, not the resume.
+    // A history that is no list of evaluations costs the history, with a warning, not the resume; it is set aside, not written over.
     fs.writeFileSync(path.join(dir, 'evaluations.json'), '{"step": 1');
     const lines: string[] = [];
     const again = await Coordinator.start({ ...config(dir, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, (l) => lines.push(l));
-    assert.ok(lines.some((l) => /^warning: \S+evaluations\.json cannot be read \(.*\); the evaluations before step 3 are left out of this run's summary$/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => /^warning: \S+evaluations\.json does not hold a list of evaluations; set aside as evaluations\.json\.invalid, and the evaluations before step 3 are left out of this run's summary$/.test(l)), lines.join('\n'));
+    assert.equal(fs.readFileSync(path.join(dir, 'evaluations.json.invalid'), 'utf8'), '{"step": 1');
     await again.close();
+    // One that cannot be read (EACCES, EIO; here EISDIR, since root reads past permissions) stops the resume: taken for
+    // missing, it was written over with this run's evaluations alone, and the earlier scores were lost.
+    fs.mkdirSync(path.join(dir, 'evaluations.json'));
+    await assert.rejects(
+      Coordinator.start({ ...config(dir, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, () => {}),
+      (e: unknown) => e instanceof GanfleetError && e.code === 'OUT_UNUSABLE' && /evaluations\.json cannot be read \(EISDIR.*\); this run would write over it/.test(e.message),
+    );
+    assert.ok(fs.statSync(path.join(dir, 'evaluations.json')).isDirectory());
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 

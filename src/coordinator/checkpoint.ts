@@ -4,7 +4,7 @@ import path from 'node:path';
 import { ShardSlot } from '../data/shards';
 import { RngState } from '../util/rng';
 import { GanfleetError } from '../util/errors';
-import { makeDirectory, removeFile, writeFileAtomic } from '../util/write';
+import { makeDirectory, namesIn, naming, removeFile, writeFileAtomic } from '../util/write';
 import { AdamState } from './adam';
 
 /**
@@ -172,9 +172,7 @@ function stepOfCheckpoint(name: string): number {
 
 /** Checkpoint file names, newest step first. */
 export function listCheckpoints(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir)
+  return namesIn(dir)
     .filter((f) => CHECKPOINT_FILE.test(f))
     .sort((a, b) => stepOfCheckpoint(b) - stepOfCheckpoint(a));
 }
@@ -191,7 +189,7 @@ export function loadLatestCheckpoint(dir: string, log: (msg: string) => void, re
     } catch (e) {
       // Only a file that is not a valid checkpoint is set aside; a read that
       // failed (permissions, I/O) says nothing about the file and is the caller's error.
-      if (!(e instanceof GanfleetError && e.code === 'CHECKPOINT_INVALID')) throw e;
+      if (!(e instanceof GanfleetError && e.code === 'CHECKPOINT_INVALID')) throw naming(e, file);
       if (!renameInvalid) {
         log(`skipping checkpoint ${(e as Error).message}`);
         continue;

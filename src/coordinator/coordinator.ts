@@ -279,6 +279,15 @@ export class Coordinator {
   }
 
   async run(): Promise<TrainingSummary> {
+    try {
+      return await this.trainSteps();
+    } catch (e) {
+      this.markSummaryFailed(e);
+      throw e;
+    }
+  }
+
+  private async trainSteps(): Promise<TrainingSummary> {
     const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
     const firstStep = this.step;
     if (this.evaluationMissed && !this.outputsForfeited) {
@@ -396,6 +405,27 @@ export class Coordinator {
     const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${generatorDir}`;
     this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; ${outputs}`);
     return summary;
+  }
+
+  /**
+   * An error out of training (a write that failed on a full disk, say) ends the run with no summary of its own.
+   * An earlier run's summary.json (this one resumed it) is marked failed, or a script reading it would see success.
+   */
+  private markSummaryFailed(e: unknown): void {
+    const file = runLayout(this.config.out).summary;
+    let kept: TrainingSummary;
+    try {
+      kept = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch {
+      return;
+    }
+    if (kept.ok === false || !this.mayWrite()) return;
+    try {
+      writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` });
+      this.log(`${file} says ok: false`);
+    } catch (e2) {
+      this.log(`${file} could not be marked ok: false (${(e2 as Error).message})`);
+    }
   }
 
   /** Whether this run may still write to --out: not once another coordinator has taken its lease, read before each write. */

@@ -4,11 +4,11 @@ import { imagesFingerprint } from '../data/mnist';
 import { ShardSlot, markDisjoint } from '../data/shards';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
-import { removeTornWrites } from '../util/write';
+import { namesIn, removeTornWrites } from '../util/write';
 import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } from './checkpoint';
 import { CoordinatorConfig, runLayout } from './config';
 import { SAMPLE_FILE } from './samples';
-import type { Evaluation } from './coordinator';
+import type { Evaluation, TrainingSummary } from './coordinator';
 
 export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
 
@@ -137,9 +137,26 @@ function otherImages(now: Record<string, unknown>, then: Record<string, unknown>
  * or where it says no generator was exported (a run that diverged).
  */
 export function summarisedStep(out: string): number | null {
+  const summary = readRecord(runLayout(out).summary) as Partial<TrainingSummary> | null | undefined;
+  if (typeof summary !== 'object' || summary === null) return null;
+  return Number.isSafeInteger(summary.steps) && summary.generator !== null ? summary.steps! : null;
+}
+
+/**
+ * The JSON an earlier run left in `file`: undefined where there is none, null
+ * where it is no JSON. One that cannot be read (EACCES, EIO) stops the run:
+ * taken for missing, it would be written over unseen.
+ */
+function readRecord(file: string): unknown {
+  let text: string;
   try {
-    const { steps, generator } = JSON.parse(fs.readFileSync(runLayout(out).summary, 'utf8'));
-    return Number.isSafeInteger(steps) && generator !== null ? steps : null;
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new GanfleetError('OUT_UNUSABLE', `${file} cannot be read (${(e as Error).message}); this run would write over it: make it readable, or move it away`);
+  }
+  try {
+    return JSON.parse(text);
   } catch {
     return null;
   }
@@ -152,20 +169,17 @@ const isEvaluation = (e: Partial<Evaluation> | null): e is Evaluation =>
 /**
  * The --eval-every results an earlier run of `out` recorded up to `step`, the
  * checkpoint a resume starts from, and the steps of those after it (scores of
- * weights the resume throws away). A file that cannot be read costs the
- * history, with a log line, not the resume.
+ * weights the resume throws away). A file that holds no list of evaluations
+ * costs the history, with a log line, not the resume; it is set aside, not
+ * written over.
  */
 export function evaluationsUpTo(out: string, step: number, log: Logger): { kept: Evaluation[]; after: number[] } {
   const file = runLayout(out).evaluations;
-  let recorded: unknown;
-  try {
-    recorded = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') log(`warning: ${file} cannot be read (${(e as Error).message}); the evaluations before step ${step} are left out of this run's summary`);
-    return { kept: [], after: [] };
-  }
+  const recorded = readRecord(file);
+  if (recorded === undefined) return { kept: [], after: [] };
   if (!Array.isArray(recorded) || !recorded.every(isEvaluation)) {
-    log(`warning: ${file} does not hold a list of evaluations; the evaluations before step ${step} are left out of this run's summary`);
+    fs.renameSync(file, `${file}.invalid`);
+    log(`warning: ${file} does not hold a list of evaluations; set aside as ${path.basename(file)}.invalid, and the evaluations before step ${step} are left out of this run's summary`);
     return { kept: [], after: [] };
   }
   return { kept: recorded.filter((e) => e.step <= step), after: recorded.filter((e) => e.step > step).map((e) => e.step) };
@@ -173,5 +187,7 @@ export function evaluationsUpTo(out: string, step: number, log: Logger): { kept:
 
 /** Checkpoints a resume set aside (renamed ….invalid) because they did not load. */
 function invalidCheckpoints(dir: string): string[] {
-  return fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.invalid')).sort() : [];
+  return namesIn(dir)
+    .filter((f) => f.endsWith('.invalid'))
+    .sort();
 }

@@ -1,9 +1,8 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import { GanModel } from '../model';
 import { scoped, tf } from '../model/tf';
 import { Rng } from '../util/rng';
-import { makeDirectory, writeFileAtomic } from '../util/write';
+import { makeDirectory, namesIn, writeFileAtomic } from '../util/write';
 import { encodePng, imageGrid } from './png';
 
 const GRID = 5;
@@ -16,10 +15,8 @@ export const SAMPLE_FILE = /^step-\d{6,}\.png$/;
  * weights the resume throws away.
  */
 export function gridsAround(dir: string, step: number): { upTo: string[]; after: string[] } {
-  if (!fs.existsSync(dir)) return { upTo: [], after: [] };
   const stepOf = (name: string) => Number(name.slice(5, -4));
-  const grids = fs
-    .readdirSync(dir)
+  const grids = namesIn(dir)
     .filter((name) => SAMPLE_FILE.test(name))
     .sort((a, b) => stepOf(a) - stepOf(b));
   return { upTo: grids.filter((name) => stepOf(name) <= step), after: grids.filter((name) => stepOf(name) > step) };

@@ -49,17 +49,25 @@ export function writeFileAtomic(file: string, parts: readonly Uint8Array[], mayC
     } catch {
       /* the write's own error is the one to report */
     }
-    // A failed write or fsync names no file ("ENOSPC: no space left on device, write"): say which output it was.
-    if (e instanceof Error && !e.message.includes(tmp)) e.message = `${e.message} (${file})`;
-    throw e;
+    throw naming(e, file, tmp);
   }
-  const dfd = fs.openSync(path.dirname(file), 'r');
   try {
-    fs.fsyncSync(dfd);
-  } finally {
-    fs.closeSync(dfd);
+    const dfd = fs.openSync(path.dirname(file), 'r');
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
+  } catch (e) {
+    throw naming(e, file);
   }
   return true;
+}
+
+/** A failed read, write or fsync names no file ("EIO: i/o error, fsync"): `e`, saying which file it was. */
+export function naming(e: unknown, file: string, ...named: string[]): unknown {
+  if (e instanceof Error && ![file, ...named].some((f) => e.message.includes(f))) e.message = `${e.message} (${file})`;
+  return e;
 }
 
 /** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
@@ -81,8 +89,7 @@ const TORN_WRITE_AGE_MS = 5 * 60_000;
  * left alone.
  */
 export function removeTornWrites(dir: string, names: RegExp | string, now = Date.now()): string[] {
-  if (!fs.existsSync(dir)) return [];
-  const torn = fs.readdirSync(dir).filter((name) => {
+  const torn = namesIn(dir).filter((name) => {
     const final = /^(.*)\.tmp-\d+$/.exec(name)?.[1];
     if (final === undefined || !(typeof names === 'string' ? final === names : names.test(final))) return false;
     try {
@@ -93,6 +100,20 @@ export function removeTornWrites(dir: string, names: RegExp | string, now = Date
   });
   for (const name of torn) removeFile(path.join(dir, name));
   return torn;
+}
+
+/**
+ * The names in `dir`, none where it does not exist. Any other error (EACCES,
+ * EIO) is thrown: a directory that cannot be listed is not an empty one, and
+ * taken for one, a run's checkpoints would be written over.
+ */
+export function namesIn(dir: string): string[] {
+  try {
+    return fs.readdirSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
 }
 
 /**
