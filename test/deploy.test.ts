@@ -736,6 +736,10 @@ test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthcheck
         assert.match(String(env.GANFLEET_TOKEN ?? ''), /^\$\{GANFLEET_TOKEN:\?[^}]+\}$/, `${where}: GANFLEET_TOKEN`);
         assert.equal(svc.container_name, undefined, `${where}: container_name prevents --scale`);
         assert.equal(svc.ports, undefined, `${where}: published ports prevent --scale`);
+        // It exits 0 only when the run is finished (--rejoin-after-stop waits out a restarted coordinator). Restarted
+        // then, it waits for a coordinator that never comes, and GanfleetWorkersWithoutCoordinator fires after every run.
+        assert.equal(values.get('rejoin-after-stop'), 'true', `${where}: --rejoin-after-stop`);
+        assert.equal(svc.restart, 'on-failure', `${where}: restart`);
       }
       for (const p of svc.ports ?? []) {
         const container = Number(String(typeof p === 'object' ? p.target : p).split(':').pop()!.split('/')[0]);
