@@ -680,7 +680,7 @@ test('a log the disk cannot take (stdout on a full disk) is said once and droppe
     });
     // It used to end with exit 7 at the first line (the wasm backend's handler of an uncaught error), no outputs written.
     assert.equal(r.status, 0, r.stderr);
-    const said = r.stderr.match(/^ganfleet: the log cannot be written \(ENOSPC: no space left on device, write\); training goes on without its lines$/gm) ?? [];
+    const said = r.stderr.match(/^ganfleet: the log cannot be written \(ENOSPC: no space left on device, write\); the command goes on without its lines$/gm) ?? [];
     assert.ok(said.length >= 1 && said.length <= 2, r.stderr); // once per process: the coordinator, and its worker if it logged
     assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps, 3);
     assert.deepEqual(listCheckpoints(path.join(out, 'checkpoints')), ['ckpt-000000003.bin']);

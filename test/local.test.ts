@@ -280,7 +280,7 @@ test('--no-native reaches the workers local starts: they run on XNNPACK and say 
   const code = await run.exit;
   const log = run.log();
   assert.equal(code, 0, log);
-  assert.match(log, /\[worker local-1\] backend wasm \(native matmul off \(--no-native\); using XNNPACK; using wasm\)/);
+  assert.match(log, /\[worker local-1\] backend wasm \(native matmul off \(--no-native or GANFLEET_NATIVE=0\); using XNNPACK; using wasm\)/);
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).steps, 5);
   fs.rmSync(out, { recursive: true, force: true });
 });

@@ -32,7 +32,7 @@ function dropLinesOnFailure(stream: NodeJS.WriteStream): void {
     failed.add(stream);
     if (e.code === 'EPIPE' || stream === process.stderr) return;
     dropLinesOnFailure(process.stderr);
-    if (!failed.has(process.stderr)) process.stderr.write(`ganfleet: the log cannot be written (${e.message}); training goes on without its lines\n`);
+    if (!failed.has(process.stderr)) process.stderr.write(`ganfleet: the log cannot be written (${e.message}); the command goes on without its lines\n`);
   });
 }
 

@@ -60,7 +60,7 @@ let loaded: { addon: NativeAddon | null; why: string } | null = null;
  */
 export function nativeAddon(): { addon: NativeAddon | null; why: string } {
   if (loaded) return loaded;
-  if (envSwitch(process.env.GANFLEET_NATIVE) === false) return (loaded = { addon: null, why: 'off (--no-native)' });
+  if (envSwitch(process.env.GANFLEET_NATIVE) === false) return (loaded = { addon: null, why: 'off (--no-native or GANFLEET_NATIVE=0)' });
   let addon: NativeAddon;
   try {
     addon = require(ADDON) as NativeAddon;

@@ -15,7 +15,7 @@ export class WorkerMetrics {
   });
   readonly connected = new Gauge({ name: 'ganfleet_worker_connected', help: '1 while joined to a coordinator.', registers: [this.registry] });
   readonly shardImages = new Gauge({ name: 'ganfleet_worker_shard_images', help: 'Images in the shard this worker holds (0 while it has no connection, which takes its shard with it).', registers: [this.registry] });
-  readonly reconnects = new Counter({ name: 'ganfleet_worker_reconnects_total', help: 'Connection attempts after a lost connection.', registers: [this.registry] });
+  readonly reconnects = new Counter({ name: 'ganfleet_worker_reconnects_total', help: 'Connection attempts after the first: after a lost connection, or one that was refused or never opened.', registers: [this.registry] });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ganfleet_' });
