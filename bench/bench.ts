@@ -3,7 +3,7 @@
  * measured in this one run on this machine, so the ratios are comparable
  * even where absolute numbers are noisy.
  */
-import { SpawnSyncReturns, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -19,6 +19,7 @@ import { nativeAddon } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 import { sharedMemoryCeiling } from './ceiling';
+import { ChildRun, childFailure, lostWorkerLine, removeScratch, runDeadlineMs, scratchDir, startChild, stopChildrenOnSignals } from './children';
 import { linkBitsPerSecond, linkLeastMs, ShapedLink } from './link';
 import { OpenblasChoice, openblasChoice } from './openblas';
 
@@ -99,10 +100,41 @@ function workerCounts(list: string): number[] {
   return counts;
 }
 
-/** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
 type InProcessResult = Awaited<ReturnType<typeof inProcess>>;
-type LocalResult = ReturnType<typeof localRun>;
+type LocalResult = Exclude<Awaited<ReturnType<typeof localRun>>, Failed>;
 
+/** A run that gave no figures, and why: the figures built on it are null, as the anchor's are without torch. */
+type Failed = { reason: string };
+
+function failed<T extends object>(x: T | Failed): x is Failed {
+  return 'reason' in x;
+}
+
+/** Every run that failed, in the report's `failedRuns`: a failed repeat leaves the median of the others, and says so there. */
+const failedRuns: string[] = [];
+
+function failedRun(reason: string): Failed {
+  failedRuns.push(reason);
+  process.stderr.write(`bench: ${reason}\n`);
+  return { reason };
+}
+
+/** The median run of those that gave figures; where none did, the first one's failure. */
+function medianRun<T extends object>(xs: (T | Failed)[], key: (x: T) => number): T | Failed {
+  const ok = xs.filter((x): x is T => !failed(x));
+  return ok.length ? median(ok, key) : (xs.find((x) => failed(x)) as Failed);
+}
+
+/** a's images/s over `k` times b's; null where either run failed. */
+function throughputRatio(a: { imagesPerSecond: number } | Failed, b: { imagesPerSecond: number } | Failed, k = 1): number | null {
+  return failed(a) || failed(b) ? null : a.imagesPerSecond / (k * b.imagesPerSecond);
+}
+
+function msPerStepOf(x: { msPerStep: number } | Failed): number | null {
+  return failed(x) ? null : x.msPerStep;
+}
+
+/** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
 async function inProcess(steps: number, warmup: number) {
   const backend = await selectBackend('wasm');
   const model = createModel('mlp');
@@ -135,9 +167,11 @@ async function inProcess(steps: number, warmup: number) {
 }
 
 /** inProcess in a child without the native addon: the wasm backend's own XNNPACK and the JavaScript Adam. */
-function inProcessWithoutNative(steps: number): InProcessResult {
-  const out = execFileSync(process.execPath, [__filename, '--in-process-only', '--steps', String(steps)], { encoding: 'utf8', env: { ...process.env, GANFLEET_NATIVE: '0' } });
-  return JSON.parse(out);
+async function inProcessWithoutNative(steps: number): Promise<InProcessResult | Failed> {
+  const deadlineMs = runDeadlineMs(WARMUP + steps);
+  const r = await startChild(process.execPath, [__filename, '--in-process-only', '--steps', String(steps)], deadlineMs, { ...process.env, GANFLEET_NATIVE: '0' }).finished;
+  const failure = childFailure('the in-process run without the native addon', r, deadlineMs);
+  return failure ? failedRun(failure) : JSON.parse(r.stdout);
 }
 
 /** The sample grid and the checkpoint are written once, after the last step: the timed steps train and nothing else. */
@@ -154,20 +188,26 @@ function localArgs(workers: number, steps: number, out: string, extra: string[] 
  * each with its window's images/s); the phase split and the bytes are the
  * summary's, over the whole run. With no warm-up, everything is the summary's.
  */
-function localRun(workers: number, steps: number, extra: string[] = [], warmup = WARMUP) {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-'));
+async function localRun(workers: number, steps: number, extra: string[] = [], warmup = WARMUP) {
   const total = warmup + steps;
   if (warmup > 0 && steps % warmup !== 0) throw new Error(`the timed steps (${steps}) must be a multiple of the warm-up (${warmup})`);
-  let r: SpawnSyncReturns<string>;
+  const what = `local --workers ${workers}${extra.map((x) => ` ${x}`).join('')} (${total} steps)`;
+  const deadlineMs = runDeadlineMs(total);
+  const out = scratchDir('ganfleet-bench-');
+  let r: ChildRun;
   let s: TrainingSummary;
   try {
-    r = spawnSync(process.execPath, localArgs(workers, total, out, extra, warmup > 0 ? warmup : total), { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`local --workers ${workers} ${extra.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
+    r = await startChild(process.execPath, localArgs(workers, total, out, extra, warmup > 0 ? warmup : total), deadlineMs).finished;
+    const failure = childFailure(what, r, deadlineMs);
+    if (failure) return failedRun(failure);
+    // Exit 0 after a restart: the timed steps took in the restart, the join and a new shard plan.
+    const lost = lostWorkerLine(r.output);
+    if (lost) return failedRun(`${what} lost a worker while it trained: ${lost}`);
     s = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   } finally {
-    fs.rmSync(out, { recursive: true, force: true });
+    removeScratch(out);
   }
-  const msPerStep = warmup > 0 ? timedMsPerStep(r.stdout + r.stderr, warmup, total, BATCH * workers) : s.msPerStep;
+  const msPerStep = warmup > 0 ? timedMsPerStep(r.output, warmup, total, BATCH * workers) : s.msPerStep;
   return {
     workers,
     steps,
@@ -187,9 +227,12 @@ function localRun(workers: number, steps: number, extra: string[] = [], warmup =
  * (the 47 MB shard, the join's both networks and the start-up cancel out),
  * and that one-off part on its own.
  */
-function steadyWireBytes(dtype: WireDtype, steps: number) {
+async function steadyWireBytes(dtype: WireDtype, steps: number) {
   const extra = ['--wire-dtype', dtype];
-  const [short, long] = [localRun(1, steps, extra, 0).wireBytesPerWorker, localRun(1, 2 * steps, extra, 0).wireBytesPerWorker];
+  const [shortRun, longRun] = [await localRun(1, steps, extra, 0), await localRun(1, 2 * steps, extra, 0)];
+  if (failed(shortRun)) return shortRun;
+  if (failed(longRun)) return longRun;
+  const [short, long] = [shortRun.wireBytesPerWorker, longRun.wireBytesPerWorker];
   const toWorker = (long.toWorker - short.toWorker) / steps;
   const fromWorker = (long.fromWorker - short.fromWorker) / steps;
   return { toWorker: Math.round(toWorker), fromWorker: Math.round(fromWorker), atJoinToWorker: Math.round(short.toWorker - steps * toWorker) };
@@ -233,32 +276,30 @@ function anchorFailure(e: unknown): string {
  * python3 and ../shared (a machine whose torch lives in a virtual env). A DDP
  * run that fails (its fixed port taken, say) costs only the DDP figures.
  */
-function torchAnchor(steps: number, worlds: number[]): TorchResult {
+async function torchAnchor(steps: number, worlds: number[]): Promise<TorchResult> {
   const { python, anchor } = OPTS;
   if (!fs.existsSync(anchor)) return { reason: `anchor script not found at ${anchor}` };
-  const probe = spawnSync(python, ['-c', 'import torch'], { encoding: 'utf8' });
+  const probe = await startChild(python, ['-c', 'import torch'], 120_000).finished;
   if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
   const openblas = openblasChoice(python);
-  const run = (extra: string[], script = anchor): TorchRun =>
-    JSON.parse(
-      // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
-      execFileSync(python, [script, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra], {
-        encoding: 'utf8',
-        stdio: ['ignore', 'pipe', 'pipe'],
-        // A few hundred steps take seconds; a DDP rendezvous that never completes would otherwise hang the bench.
-        timeout: 600_000,
-        env: { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', ...openblas.env },
-      })
-        .trim()
-        .split('\n')
-        .pop()!,
-    );
+  // A few hundred steps take seconds; a DDP rendezvous that never completes would otherwise hang the bench.
+  const deadlineMs = 600_000;
+  const run = async (extra: string[], script = anchor): Promise<TorchRun> => {
+    // --threads 1 sets torch's own threads; Debian's OpenBLAS (pthreads) takes its count from the environment.
+    const args = [script, '--mnist', defaultMnistDir(), '--steps', String(steps), '--threads', '1', ...extra];
+    const r = await startChild(python, args, deadlineMs, { ...process.env, OPENBLAS_NUM_THREADS: '1', OMP_NUM_THREADS: '1', ...openblas.env }).finished;
+    if (r.status !== 0) {
+      const late = r.timedOut ? ` (no result in ${deadlineMs / 1000} s)` : '';
+      throw Object.assign(new Error(`Command failed: ${[python, ...args].join(' ')}${late}`), { stderr: r.stderr, signal: r.signal ?? undefined });
+    }
+    return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  };
   let single: TorchRun;
   let matched: TorchRun;
   try {
-    single = run([]);
+    single = await run([]);
     // The anchor's network doing ganfleet's step (one D update, one G forward pass), for ratio 1 like for like.
-    matched = run(['--anchor', anchor], MATCHED_STEP);
+    matched = await run(['--anchor', anchor], MATCHED_STEP);
   } catch (e) {
     return { reason: `the anchor failed: ${anchorFailure(e)}` };
   }
@@ -266,7 +307,7 @@ function torchAnchor(steps: number, worlds: number[]): TorchResult {
   let ddpReason: string | undefined;
   for (const w of worlds) {
     try {
-      ddp.set(w, run(['--mode', 'ddp', '--world', String(w)]));
+      ddp.set(w, await run(['--mode', 'ddp', '--world', String(w)]));
     } catch (e) {
       ddpReason ??= `the anchor's DDP over ${w} failed: ${anchorFailure(e)}`;
     }
@@ -385,8 +426,10 @@ function slope(points: { x: number; y: number }[]): number {
  * MNIST, joining) does not count.
  */
 async function processRun(steps: number, extra: string[] = []) {
-  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-bench-proc-'));
-  const child = spawn(process.execPath, localArgs(2, steps, out, extra, steps / 20), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const what = `local --workers 2${extra.map((x) => ` ${x}`).join('')} (${steps} steps, memory and CPU)`;
+  const deadlineMs = runDeadlineMs(steps);
+  const out = scratchDir('ganfleet-bench-proc-');
+  const { child, finished } = startChild(process.execPath, localArgs(2, steps, out, extra, steps / 20), deadlineMs);
   const samples: { step: number; coordinator: { rss: number; peak: number } | null; workers: ({ rss: number; peak: number } | null)[]; cpu: Map<number, number | null> }[] = [];
   // Each process's highest VmHWM seen, by the progress lines and by the poll below.
   const peaks = new Map<number, number>();
@@ -396,7 +439,7 @@ async function processRun(steps: number, extra: string[] = []) {
     return m;
   };
   let buffered = '';
-  child.stdout.on('data', (d: Buffer) => {
+  child.stdout!.on('data', (d: string) => {
     buffered += d;
     for (const m of buffered.matchAll(/step (\d+)\/\d+ d_loss/g)) {
       const workers = childrenOf(child.pid!);
@@ -409,10 +452,14 @@ async function processRun(steps: number, extra: string[] = []) {
   const poll = setInterval(() => {
     for (const pid of [child.pid!, ...childrenOf(child.pid!)]) sampleMemory(pid);
   }, 250);
-  const code = await new Promise((r) => child.on('exit', r));
+  const r = await finished;
   clearInterval(poll);
-  fs.rmSync(out, { recursive: true, force: true });
-  if (code !== 0) throw new Error(`local --workers 2 ${extra.join(' ')} exited ${code}`);
+  removeScratch(out);
+  const failure = childFailure(what, r, deadlineMs);
+  if (failure) return failedRun(failure);
+  // A restarted worker is a new process, whose memory starts again.
+  const lost = lostWorkerLine(r.output);
+  if (lost) return failedRun(`${what} lost a worker while it trained: ${lost}`);
   const [first, last] = [samples[0], samples[samples.length - 1]];
   const perStep = (pid: number) => {
     const [a, b] = [first.cpu.get(pid), last.cpu.get(pid)];
@@ -440,25 +487,41 @@ async function processRun(steps: number, extra: string[] = []) {
   };
 }
 
+type ProcessRun = Exclude<Awaited<ReturnType<typeof processRun>>, Failed>;
+
+/**
+ * Target 5 over both transports: the mailboxes `local` uses and the
+ * WebSocket alone (--no-mailbox), which workers on other machines use.
+ * `flat` needs both runs flat; a leak in either is false; a run that gave no
+ * figures leaves it null.
+ */
+export function memoryReport(mailbox: ProcessRun | Failed, noMailbox: ProcessRun | Failed) {
+  const [withMailbox, withoutMailbox] = [failed(mailbox) ? mailbox : mailbox.memory, failed(noMailbox) ? noMailbox : noMailbox.memory];
+  const measured = [withMailbox, withoutMailbox].filter((m): m is ProcessRun['memory'] => !failed(m));
+  const flat = measured.some((m) => !m.flat) ? false : measured.length === 2 ? true : null;
+  return { flat, mailbox: withMailbox, noMailbox: withoutMailbox };
+}
+
 /**
  * The in-process step in two processes at once: what two cores of this
  * machine give two workers that never wait for each other or for a
  * coordinator (shared caches, memory bandwidth, clock), the ceiling for
  * `local --workers 2`.
  */
-async function inProcessPair(steps: number): Promise<number[]> {
-  const one = () =>
-    new Promise<number>((resolve, reject) => {
-      const child = spawn(process.execPath, [__filename, '--in-process-only', '--steps', String(steps)], { stdio: ['ignore', 'pipe', 'inherit'] });
-      let text = '';
-      child.stdout.on('data', (d) => (text += d));
-      child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(text).msPerStep) : reject(new Error(`in-process child exited ${code}`))));
-    });
-  return Promise.all([one(), one()]);
+async function inProcessPair(steps: number): Promise<number[] | Failed> {
+  const deadlineMs = runDeadlineMs(WARMUP + steps);
+  const args = [__filename, '--in-process-only', '--steps', String(steps)];
+  const runs = await Promise.all([startChild(process.execPath, args, deadlineMs).finished, startChild(process.execPath, args, deadlineMs).finished]);
+  const failure = runs.map((r) => childFailure('an in-process run of two at once', r, deadlineMs)).find((f) => f !== null);
+  return failure ? failedRun(failure) : runs.map((r) => JSON.parse(r.stdout).msPerStep);
 }
 
 function round(x: number): number {
   return Math.round(x * 1000) / 1000;
+}
+
+function roundOrNull(x: number | null): number | null {
+  return x === null ? null : round(x);
 }
 
 /**
@@ -470,20 +533,24 @@ function round(x: number): number {
  */
 async function scalingReport(counts: number[], steps: number, repeats: number) {
   type CeilingResult = Awaited<ReturnType<typeof sharedMemoryCeiling>>;
-  const runs: { single: InProcessResult; local: LocalResult[]; ceiling: CeilingResult[]; torch: TorchResult }[] = [];
-  // Each figure as it comes, on stderr: a run cut short still leaves its numbers.
-  const progress = <T extends { msPerStep: number }>(what: string, x: T): T => (process.stderr.write(`bench: ${what}: ${x.msPerStep} ms/step\n`), x);
+  const runs: { single: InProcessResult; local: (LocalResult | Failed)[]; ceiling: CeilingResult[]; torch: TorchResult }[] = [];
+  // Each figure as it comes, on stderr: a run cut short still leaves its numbers. A failure has said why already (failedRun).
+  const progress = <T extends { msPerStep: number } | Failed>(what: string, x: T): T => {
+    if ('msPerStep' in x) process.stderr.write(`bench: ${what}: ${x.msPerStep} ms/step\n`);
+    return x;
+  };
   for (let r = 0; r < repeats; r++) {
     const single = progress('in-process', await inProcess(steps, WARMUP));
-    const local = counts.map((n) => progress(`local --workers ${n}`, localRun(n, steps)));
+    const local: (LocalResult | Failed)[] = [];
+    for (const n of counts) local.push(progress(`local --workers ${n}`, await localRun(n, steps)));
     const ceiling: CeilingResult[] = [];
     for (const n of counts) ceiling.push(progress(`shared-memory ceiling, ${n} workers`, await sharedMemoryCeiling(n, steps, WARMUP, BATCH)));
-    const torch = torchAnchor(Math.min(steps, 500), counts.slice(1));
+    const torch = await torchAnchor(Math.min(steps, 500), counts.slice(1));
     process.stderr.write(`bench: torch: ${JSON.stringify('single' in torch ? [torch.single, ...torch.ddp.values()] : torch)}\n`);
     runs.push({ single, local, ceiling, torch });
   }
   const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
-  const local = counts.map((_, i) => median(runs.map((r) => r.local[i]), (x) => x.msPerStep));
+  const local = counts.map((_, i) => medianRun(runs.map((r) => r.local[i]), (x) => x.msPerStep));
   const ceiling = counts.map((_, i) => median(runs.map((r) => r.ceiling[i]), (x) => x.msPerStep));
   const torchRuns = runs.map((r) => r.torch).filter((t): t is TorchRuns => 'single' in t);
   const torchReason = runs.map((r) => r.torch).find((t): t is { reason: string } => 'reason' in t)?.reason;
@@ -498,7 +565,7 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
     repeats: {
       runs: repeats,
       inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
-      localMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.local[i].msPerStep))),
+      localMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => msPerStepOf(r.local[i])))),
       sharedMemoryCeilingMsPerStep: byWorkers(counts.map((_, i) => runs.map((r) => r.ceiling[i].msPerStep))),
       torchMsPerStep: torchRuns.map((t) => t.single.ms_per_step),
       torchDdpMsPerStep: byWorld(counts.slice(1).map((n) => torchRuns.map((t) => t.ddp.get(n)?.ms_per_step ?? null))),
@@ -509,11 +576,12 @@ async function scalingReport(counts: number[], steps: number, repeats: number) {
     torch: torchSingle ? { single: torchSingle, ddp: byWorld(torchDdp), openblasCore: torchRuns[0].openblas } : null,
     torchReason,
     torchDdpReason,
+    failedRuns,
     // Each within its repeat, then the median (ratioAcrossRepeats).
     ratios: {
-      distributedOverhead: ratioAcrossRepeats(runs, (r) => r.local[0].imagesPerSecond / r.single.imagesPerSecond).median,
+      distributedOverhead: ratioAcrossRepeats(runs, (r) => throughputRatio(r.local[0], r.single)).median,
       distributedOverheadCeiling: ratioAcrossRepeats(runs, (r) => r.ceiling[0].imagesPerSecond / r.single.imagesPerSecond).median,
-      scaling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => r.local[i].imagesPerSecond / (n * r.local[0].imagesPerSecond)).median)),
+      scaling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => throughputRatio(r.local[i], r.local[0], n)).median)),
       scalingCeiling: byWorkers(counts.map((n, i) => ratioAcrossRepeats(runs, (r) => r.ceiling[i].imagesPerSecond / (n * r.ceiling[0].imagesPerSecond)).median)),
       torchDdpScaling: torchSingle
         ? byWorld(counts.slice(1).map((n) => ratioAcrossRepeats(runs, (r) => ('single' in r.torch && r.torch.ddp.has(n) ? torchDdpScaling(r.torch.single, r.torch.ddp.get(n)!, n) : null)).median))
@@ -537,11 +605,12 @@ async function linkReport(rate: string, steps: number) {
     const results = [];
     for (const workers of [1, 2]) {
       for (const wireDtype of WIRE_DTYPES) {
-        const r = await linkRun(link, workers, wireDtype, steps);
-        process.stderr.write(`bench: --link ${rate}, ${workers} worker(s), ${wireDtype}: ${r.msPerStep} ms/step\n`);
         const bytes = wireDtypeBytes(wireDtype);
         const ms = linkLeastMs(model.generatorLayout.size * bytes, model.discriminatorLayout.size * bytes, workers, linkBitsPerSecond(rate));
-        results.push({ ...r, linkMsPerStep: round(ms) });
+        const r = await linkRun(link, workers, wireDtype, steps, ms);
+        process.stderr.write(`bench: --link ${rate}, ${workers} worker(s), ${wireDtype}: ${failed(r) ? r.reason : `${r.msPerStep} ms/step`}\n`);
+        // A failed run is null with its reason; the next may still run.
+        results.push(failed(r) ? { workers, wireDtype, msPerStep: null, reason: r.reason, linkMsPerStep: round(ms) } : { ...r, linkMsPerStep: round(ms) });
       }
     }
     return { ...reportHeader(), link: rate, steps, results };
@@ -550,10 +619,17 @@ async function linkReport(rate: string, steps: number) {
   }
 }
 
-/** One run across the link: a real coordinator in one namespace, `workers` real workers in the other. */
-async function linkRun(link: ShapedLink, workers: number, wireDtype: WireDtype, steps: number) {
+/**
+ * One run across the link: a real coordinator in one namespace, `workers`
+ * real workers in the other. `linkMsPerStep`, the least the link lets a step
+ * take, sets the deadline: a coordinator whose worker died waits for another
+ * for ever.
+ */
+async function linkRun(link: ShapedLink, workers: number, wireDtype: WireDtype, steps: number, linkMsPerStep: number) {
   const out = fs.mkdtempSync(path.join(link.scratch, 'run-'));
   const total = WARMUP + steps;
+  const what = `coordinator across --link, ${workers} worker(s), ${wireDtype}`;
+  const deadlineMs = runDeadlineMs(total, 10 * linkMsPerStep);
   const env = { ...process.env, GANFLEET_TOKEN: crypto.randomBytes(16).toString('hex') };
   const coordinator = link.spawn(link.coordinatorNamespace, [
     process.execPath, CLI, 'coordinator', '--host', link.coordinatorAddress, '--port', '8787', '--min-workers', String(workers),
@@ -570,15 +646,25 @@ async function linkRun(link: ShapedLink, workers: number, wireDtype: WireDtype, 
     coordinator.stderr!.on('data', take);
   });
   const exited = new Promise<number | null>((resolve) => coordinator.on('exit', resolve));
+  let timedOut = false;
+  const deadline = setTimeout(() => {
+    timedOut = true;
+    coordinator.kill('SIGKILL');
+  }, deadlineMs);
   await Promise.race([listening, exited]);
   const children = Array.from({ length: workers }, () =>
     link.spawn(link.workersNamespace, [process.execPath, CLI, 'worker', '--coordinator', `ws://${link.coordinatorAddress}:8787`, '--backend', 'wasm', '--no-mailbox', '--give-up-after', '30'], { env, stdio: 'ignore' }),
   );
   const status = await exited;
+  clearTimeout(deadline);
   // A finished run tells its workers to stop; they are killed only if the run failed.
   for (const c of children) if (status !== 0) c.kill('SIGKILL');
   await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.on('exit', r)) : null)));
-  if (status !== 0) throw new Error(`coordinator across --link, ${workers} worker(s), ${wireDtype}, exited ${status}:\n${log}`);
+  const said = log.trim().split('\n').slice(-3).join(' | ').slice(-400);
+  if (timedOut) return { reason: `${what} did not finish in ${Math.round(deadlineMs / 1000)} s: ${said}` };
+  if (status !== 0) return { reason: `${what} exited ${status}: ${said}` };
+  const lost = lostWorkerLine(log);
+  if (lost) return { reason: `${what} lost a worker while it trained: ${lost}` };
   const s: TrainingSummary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   const msPerStep = timedMsPerStep(log, WARMUP, total, BATCH * workers);
   return {
@@ -621,6 +707,8 @@ async function main() {
     process.stdout.write(JSON.stringify(await linkReport(OPTS.link, steps), null, 2) + '\n');
     return;
   }
+  // After --link's return: its ShapedLink removes its namespaces on these signals, before any exit.
+  stopChildrenOnSignals();
   if (OPTS.scaling) {
     const report = await scalingReport(OPTS.scaling, steps, repeats);
     process.stdout.write(JSON.stringify(report, null, 2) + '\n');
@@ -632,11 +720,11 @@ async function main() {
   type CeilingResult = Awaited<ReturnType<typeof sharedMemoryCeiling>>;
   const runs: {
     single: InProcessResult;
-    pair: number[];
-    local1: LocalResult;
-    local2: LocalResult;
-    socket1: LocalResult;
-    socket2: LocalResult;
+    pair: number[] | Failed;
+    local1: LocalResult | Failed;
+    local2: LocalResult | Failed;
+    socket1: LocalResult | Failed;
+    socket2: LocalResult | Failed;
     ceiling1: CeilingResult;
     ceiling2: CeilingResult;
     torch: TorchResult;
@@ -645,31 +733,33 @@ async function main() {
     runs.push({
       single: await inProcess(steps, WARMUP),
       pair: await inProcessPair(steps),
-      local1: localRun(1, steps),
-      local2: localRun(2, steps),
+      local1: await localRun(1, steps),
+      local2: await localRun(2, steps),
       // The same runs with every frame on the WebSocket, for the mailboxes' share.
-      socket1: localRun(1, steps, ['--no-mailbox']),
-      socket2: localRun(2, steps, ['--no-mailbox']),
+      socket1: await localRun(1, steps, ['--no-mailbox']),
+      socket2: await localRun(2, steps, ['--no-mailbox']),
       ceiling1: await sharedMemoryCeiling(1, steps, WARMUP, BATCH),
       ceiling2: await sharedMemoryCeiling(2, steps, WARMUP, BATCH),
       // DDP over 2 once, in the last repeat, beside that repeat's single process.
-      torch: torchAnchor(Math.min(steps, 500), r === repeats - 1 ? [2] : []),
+      torch: await torchAnchor(Math.min(steps, 500), r === repeats - 1 ? [2] : []),
     });
   }
   const single = median(runs.map((r) => r.single), (x) => x.msPerStep);
-  const local1 = median(runs.map((r) => r.local1), (x) => x.msPerStep);
-  const local2 = median(runs.map((r) => r.local2), (x) => x.msPerStep);
-  const socket1 = median(runs.map((r) => r.socket1), (x) => x.msPerStep);
-  const socket2 = median(runs.map((r) => r.socket2), (x) => x.msPerStep);
+  const local1 = medianRun(runs.map((r) => r.local1), (x) => x.msPerStep);
+  const local2 = medianRun(runs.map((r) => r.local2), (x) => x.msPerStep);
+  const socket1 = medianRun(runs.map((r) => r.socket1), (x) => x.msPerStep);
+  const socket2 = medianRun(runs.map((r) => r.socket2), (x) => x.msPerStep);
   const ceiling1 = median(runs.map((r) => r.ceiling1), (x) => x.msPerStep);
   const ceiling2 = median(runs.map((r) => r.ceiling2), (x) => x.msPerStep);
-  const withoutNative = inProcessWithoutNative(steps);
+  const withoutNative = await inProcessWithoutNative(steps);
   // 3 and 4 workers oversubscribe a 2-core machine: they show how throughput degrades.
-  const local = [local1, local2, localRun(3, steps), localRun(4, steps)];
-  const wire = Object.fromEntries(WIRE_DTYPES.map((d) => [d, steadyWireBytes(d, Math.min(steps, 100))]));
+  const local = [local1, local2, await localRun(3, steps), await localRun(4, steps)];
+  const wire: Record<string, Awaited<ReturnType<typeof steadyWireBytes>>> = {};
+  for (const d of WIRE_DTYPES) wire[d] = await steadyWireBytes(d, Math.min(steps, 100));
   const haveProc = fs.existsSync('/proc/self/stat');
   const processSteps = OPTS.memorySteps;
   const mailed = haveProc ? await processRun(processSteps) : null;
+  // The transport of workers on other machines: a leak there must show as much as one in the mailboxes.
   const socketed = haveProc ? await processRun(processSteps, ['--no-mailbox']) : null;
   const pair = median(runs, (r) => r.single.msPerStep).pair;
   const torchRuns = runs.map((r) => r.torch).filter((t): t is TorchRuns => 'single' in t);
@@ -684,12 +774,12 @@ async function main() {
     Object.entries({
       perWorkerMsVsTorch: (r) => (anchorOf(r) ? r.single.msPerStep / anchorOf(r)!.single.ms_per_step : null),
       perWorkerMsVsTorchMatchedWork: (r) => (anchorOf(r) ? r.single.msPerStep / anchorOf(r)!.matched.ms_per_step : null),
-      distributedOverhead: (r) => r.local1.imagesPerSecond / r.single.imagesPerSecond,
-      scaling2Workers: (r) => r.local2.imagesPerSecond / (2 * r.local1.imagesPerSecond),
-      distributedOverheadNoMailbox: (r) => r.socket1.imagesPerSecond / r.single.imagesPerSecond,
-      scaling2WorkersNoMailbox: (r) => r.socket2.imagesPerSecond / (2 * r.socket1.imagesPerSecond),
+      distributedOverhead: (r) => throughputRatio(r.local1, r.single),
+      scaling2Workers: (r) => throughputRatio(r.local2, r.local1, 2),
+      distributedOverheadNoMailbox: (r) => throughputRatio(r.socket1, r.single),
+      scaling2WorkersNoMailbox: (r) => throughputRatio(r.socket2, r.socket1, 2),
       // Two independent in-process runs against one: how far two workers could scale here with no coordinator at all.
-      scalingCeilingTwoProcesses: (r) => r.pair.reduce((n, ms) => n + ips(ms), 0) / (2 * ips(r.single.msPerStep)),
+      scalingCeilingTwoProcesses: (r) => (failed(r.pair) ? null : r.pair.reduce((n, ms) => n + ips(ms), 0) / (2 * ips(r.single.msPerStep))),
       // Ratios 2 and 3 of the protocol-free run (bench/ceiling.ts): the most `local` could reach on this machine.
       distributedOverheadCeiling: (r) => r.ceiling1.imagesPerSecond / r.single.imagesPerSecond,
       scaling2WorkersCeiling: (r) => r.ceiling2.imagesPerSecond / (2 * r.ceiling1.imagesPerSecond),
@@ -704,11 +794,11 @@ async function main() {
     repeats: {
       runs: repeats,
       inProcessMsPerStep: runs.map((r) => r.single.msPerStep),
-      local1MsPerStep: runs.map((r) => r.local1.msPerStep),
-      local2MsPerStep: runs.map((r) => r.local2.msPerStep),
-      local1NoMailboxMsPerStep: runs.map((r) => r.socket1.msPerStep),
-      local2NoMailboxMsPerStep: runs.map((r) => r.socket2.msPerStep),
-      inProcessTwoAtOnceMsPerStep: runs.map((r) => r.pair),
+      local1MsPerStep: runs.map((r) => msPerStepOf(r.local1)),
+      local2MsPerStep: runs.map((r) => msPerStepOf(r.local2)),
+      local1NoMailboxMsPerStep: runs.map((r) => msPerStepOf(r.socket1)),
+      local2NoMailboxMsPerStep: runs.map((r) => msPerStepOf(r.socket2)),
+      inProcessTwoAtOnceMsPerStep: runs.map((r) => (failed(r.pair) ? null : r.pair)),
       sharedMemoryCeiling1MsPerStep: runs.map((r) => r.ceiling1.msPerStep),
       sharedMemoryCeiling2MsPerStep: runs.map((r) => r.ceiling2.msPerStep),
       torchMsPerStep: runs.map((r) => ('single' in r.torch ? r.torch.single.ms_per_step : null)),
@@ -718,31 +808,38 @@ async function main() {
     },
     inProcess: single,
     inProcessWithoutNative: withoutNative,
-    inProcessTwoAtOnce: { msPerStep: pair, imagesPerSecond: round(pair.reduce((n, ms) => n + (BATCH * 1000) / ms, 0)) },
-    local: Object.fromEntries(local.map((l) => [`workers${l.workers}`, l])),
+    inProcessTwoAtOnce: failed(pair) ? pair : { msPerStep: pair, imagesPerSecond: round(pair.reduce((n, ms) => n + (BATCH * 1000) / ms, 0)) },
+    local: Object.fromEntries(local.map((l, i) => [`workers${i + 1}`, l])),
     localNoMailbox: { workers1: socket1, workers2: socket2 },
     // bench/ceiling.ts: the same training with no protocol at all, what this machine allows `local`.
     sharedMemoryCeiling: { workers1: ceiling1, workers2: ceiling2 },
     wireBytesPerStepPerWorker: wire,
-    memory: mailed?.memory ?? { reason: 'needs /proc (Linux)' },
-    cpuMsPerStepLocal2: mailed && socketed ? { mailbox: mailed.cpuMsPerStep, noMailbox: socketed.cpuMsPerStep } : { reason: 'needs /proc (Linux)' },
+    memory: mailed && socketed ? memoryReport(mailed, socketed) : { reason: 'needs /proc (Linux)' },
+    cpuMsPerStepLocal2:
+      mailed && socketed
+        ? { mailbox: failed(mailed) ? mailed : mailed.cpuMsPerStep, noMailbox: failed(socketed) ? socketed : socketed.cpuMsPerStep }
+        : { reason: 'needs /proc (Linux)' },
     torch: torchSingle
       ? { single: torchSingle, matchedWork: median(torchRuns.map((t) => t.matched), (x) => x.ms_per_step), ddp2: torchDdp, openblasCore: torchRuns[0].openblas }
       : null,
     torchReason,
     torchDdpReason,
+    failedRuns,
     ratios: {
       ...Object.fromEntries(Object.entries(perRepeat).map(([name, r]) => [name, r.median])),
       // Run once, outside the repeats: against the median of the other side.
-      perWorkerMsVsTorchWithoutNative: torchSingle ? round(withoutNative.msPerStep / torchSingle.ms_per_step) : null,
-      scaling3Workers: round(local[2].imagesPerSecond / (3 * local[0].imagesPerSecond)),
-      scaling4Workers: round(local[3].imagesPerSecond / (4 * local[0].imagesPerSecond)),
+      perWorkerMsVsTorchWithoutNative: torchSingle && !failed(withoutNative) ? round(withoutNative.msPerStep / torchSingle.ms_per_step) : null,
+      scaling3Workers: roundOrNull(throughputRatio(local[2], local[0], 3)),
+      scaling4Workers: roundOrNull(throughputRatio(local[3], local[0], 4)),
     },
   };
   process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 }
 
-main().catch((e) => {
-  process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
-  process.exit(1);
-});
+// Imported by the tests for memoryReport, it runs nothing.
+if (require.main === module) {
+  main().catch((e) => {
+    process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
+    process.exit(1);
+  });
+}

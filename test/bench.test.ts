@@ -5,6 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sleep, tempDir } from './harness';
+import { memoryReport } from '../bench/bench';
+import { lostWorkerLine } from '../bench/children';
 import { openblasCoreFor } from '../bench/openblas';
 
 const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
@@ -92,15 +94,58 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
     assert.ok(Math.abs(float16[way] / float32[way] - 0.5) < 0.01 && bfloat16[way] === float16[way], JSON.stringify(report.wireBytesPerStepPerWorker));
   }
   assert.ok(float32.atJoinToWorker > 47_000_000 && float32.atJoinToWorker < 49_000_000, JSON.stringify(float32));
-  // Target 5: peaks to the end, at least every sample's, and a verdict.
-  const { memory } = report;
-  assert.deepEqual(memory.mib.map((m: { step: number }) => m.step), Array.from({ length: 20 }, (_, i) => 10 * (i + 1)));
-  for (const m of memory.mib) {
-    assert.ok(memory.peakMiB.coordinator >= m.coordinator.peak, JSON.stringify(memory));
-    m.workers.forEach((w: { peak: number }, i: number) => assert.ok(memory.peakMiB.workers[i] >= w.peak, JSON.stringify(memory)));
+  // Target 5: peaks to the end, at least every sample's, and a verdict, with mailboxes and without (remote workers' transport).
+  for (const memory of [report.memory.mailbox, report.memory.noMailbox]) {
+    assert.deepEqual(memory.mib.map((m: { step: number }) => m.step), Array.from({ length: 20 }, (_, i) => 10 * (i + 1)));
+    for (const m of memory.mib) {
+      assert.ok(memory.peakMiB.coordinator >= m.coordinator.peak, JSON.stringify(memory));
+      m.workers.forEach((w: { peak: number }, i: number) => assert.ok(memory.peakMiB.workers[i] >= w.peak, JSON.stringify(memory)));
+    }
+    assert.equal(typeof memory.flat, 'boolean');
+    assert.equal(memory.rssGrowthMiBPer1000Steps.workers.length, 2);
   }
-  assert.equal(typeof memory.flat, 'boolean');
-  assert.equal(memory.rssGrowthMiBPer1000Steps.workers.length, 2);
+  assert.equal(report.memory.flat, report.memory.mailbox.flat && report.memory.noMailbox.flat);
+  assert.deepEqual(report.failedRuns, []);
+});
+
+test("the memory verdict is flat only where both runs are: a leak without mailboxes shows; a run that failed leaves no verdict", () => {
+  type Run = Exclude<Parameters<typeof memoryReport>[0], { reason: string }>;
+  const run = (flat: boolean) => ({ memory: { flat, rssGrowthMiBPer1000Steps: { coordinator: flat ? 0.5 : 300, workers: [0.5, 0.5] } } }) as unknown as Run;
+  assert.equal(memoryReport(run(true), run(true)).flat, true);
+  assert.equal(memoryReport(run(true), run(false)).flat, false);
+  assert.equal(memoryReport(run(false), run(true)).flat, false);
+  const failed = { reason: 'local --workers 2 --no-mailbox (200 steps, memory and CPU) exited 1' };
+  const withoutOne = memoryReport(run(true), failed);
+  assert.equal(withoutOne.flat, null);
+  assert.deepEqual(withoutOne.noMailbox, failed);
+  assert.equal(memoryReport(run(false), failed).flat, false);
+  assert.deepEqual(memoryReport(run(true), run(false)).noMailbox, run(false).memory);
+});
+
+// Lines of a real `local --workers 2 --steps 600 --log-every 50` whose worker 1 was SIGKILLed after step 150: local
+// restarted it and exited 0, with the restart inside the timed steps (the window to step 200 ran at 4,250 images/s).
+const KILLED_WORKER_LOG = `2026-11-30T16:43:08.711Z [worker local-2] shard plan 1: 30000 images (0 kept, 30000 received)
+2026-11-30T16:43:12.184Z [coordinator] step 150/600 d_loss=0.0195 g_loss=6.8117 D(x)=0.9939 D(G(z))=0.0127 images/s=13619 workers=2 eta=0m10s
+2026-11-30T16:43:12.465Z [coordinator] w2 left (disconnected); 1 connected
+2026-11-30T16:43:12.823Z [coordinator] shard plan 2: w1=60000; 30000 images sent
+2026-11-30T16:43:12.936Z [local] worker 1 (pid 9068) exited with SIGKILL; restarting it (1/3)
+2026-11-30T16:43:13.961Z [coordinator] step 200/600 d_loss=0.0265 g_loss=4.5727 D(x)=0.9965 D(G(z))=0.0409 images/s=4250 workers=1 eta=0m10s
+`;
+// The end of a real run that lost nothing: its workers leave once it has finished.
+const FINISHED_LOG = `2026-11-30T16:43:00.921Z [coordinator] step 300/300 d_loss=0.0890 g_loss=1.9550 D(x)=0.9910 D(G(z))=0.1416 images/s=27162 workers=2 eta=0m00s
+2026-11-30T16:43:01.035Z [coordinator] finished 300 steps: step 300 (300 this run) in 4.0 s; samples in /tmp/b27run/ok/samples, generator in /tmp/b27run/ok/generator
+2026-11-30T16:43:01.041Z [worker local-2] stopped by the coordinator: finished 300 steps
+2026-11-30T16:43:01.045Z [coordinator] w2 left (disconnected); 1 connected
+2026-11-30T16:43:01.047Z [coordinator] w1 left (disconnected); 0 connected
+`;
+
+test("a timed run that lost a worker is a failed run, not a figure: local restarts it and exits 0", () => {
+  assert.equal(lostWorkerLine(KILLED_WORKER_LOG), '2026-11-30T16:43:12.465Z [coordinator] w2 left (disconnected); 1 connected');
+  // local's own line, where the coordinator's is missing (a worker that died before it joined).
+  assert.match(lostWorkerLine(KILLED_WORKER_LOG.split('\n').filter((l) => !l.includes(' left (')).join('\n'))!, /\[local\] worker 1 \(pid 9068\) exited with SIGKILL; restarting it/);
+  assert.match(lostWorkerLine('2026-11-30T16:43:12.936Z [local] worker 2 (pid 9070) has not had its main thread free for 601 s (--hang-timeout 600): killing it as hung\n')!, /killing it as hung/);
+  assert.equal(lostWorkerLine(FINISHED_LOG), null);
+  assert.equal(lostWorkerLine(KILLED_WORKER_LOG + FINISHED_LOG), KILLED_WORKER_LOG.split('\n')[2]);
 });
 
 test('the PyTorch anchor runs the best OpenBLAS kernel of this CPU where OpenBLAS falls back to its generic one', () => {
