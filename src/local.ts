@@ -57,9 +57,12 @@ function isWorkerAlive(m: unknown): boolean {
  */
 export function reportAliveToLocal(): void {
   if (!process.send || !process.connected) return;
-  setInterval(() => {
+  const tell = () => {
     if (process.connected) process.send!(ALIVE, undefined, undefined, () => {});
-  }, ALIVE_EVERY_MS).unref();
+  };
+  // At once: Node's start and loading the CLI (1.5–2 s on a busy machine) have passed by now.
+  tell();
+  setInterval(tell, ALIVE_EVERY_MS).unref();
 }
 
 /**

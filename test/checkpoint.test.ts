@@ -151,10 +151,12 @@ test('a checkpoint that cannot be read is an error, not a file renamed aside as 
 test('a checkpoint directory that cannot be listed is an error, not an empty one: a resume would start from step 0 and write over the run', () => {
   const dir = tempDir('ckpt-unlistable');
   assert.deepEqual(listCheckpoints(path.join(dir, 'missing')), []);
-  // A file in the directory's place (ENOTDIR) stands in for EIO or EACCES, which root does not get.
-  fs.writeFileSync(path.join(dir, 'checkpoints'), '');
-  assert.throws(() => listCheckpoints(path.join(dir, 'checkpoints')), /ENOTDIR: not a directory, scandir '\S+checkpoints'/);
-  assert.throws(() => loadLatestCheckpoint(path.join(dir, 'checkpoints'), () => {}), /ENOTDIR/);
+  // A path whose existence cannot be told (here a symlink loop, ELOOP; an EIO or EACCES on the way does the
+  // same) was taken for a missing one: a resume then started from step 0 and wrote over the run's checkpoints.
+  fs.symlinkSync('loop', path.join(dir, 'loop'));
+  const unknown = path.join(dir, 'loop', 'checkpoints');
+  assert.throws(() => listCheckpoints(unknown), /ELOOP: too many symbolic links encountered, scandir '\S+checkpoints'/);
+  assert.throws(() => loadLatestCheckpoint(unknown, () => {}), /ELOOP/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -116,7 +116,7 @@ test('a worker process that dies after the last step, while the final outputs ar
 
 test('a worker frozen past the heartbeat but within --hang-timeout is left alone, and rejoins; one frozen past it is killed and restarted: a run of one worker does not stall for ever', { timeout: 120_000 }, async () => {
   const out = tempDir('hung');
-  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--hang-timeout', '8', '--metrics-port', '-1', '--out', out]);
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--hang-timeout', '10', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const [hung] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
   const joins = () => [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
@@ -132,7 +132,7 @@ test('a worker frozen past the heartbeat but within --hang-timeout is left alone
   // Frozen for good: killed once silent for --hang-timeout.
   process.kill(hung, 'SIGSTOP');
   await waitFor(() => joins().length === 3, 60_000, 'a new worker to join');
-  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) has not had its main thread free for [89] s \\(--hang-timeout 8\\): killing it as hung`));
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) has not had its main thread free for 1\\d s \\(--hang-timeout 10\\): killing it as hung`));
   assert.equal((run.log().match(/killing it/g) ?? []).length, 1, run.log());
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) exited with SIGKILL; restarting it \\(1/3\\)`));
   const joined = run.log().lastIndexOf('pid ');
@@ -166,15 +166,15 @@ test('a worker busy with one long round is dropped by the coordinator but not ki
   assert.doesNotMatch(run.log(), /killing it|restart/);
 });
 
-test('a worker that hangs before it joins is killed after --hang-timeout and restarted: the run does not wait for it for ever', { timeout: 60_000 }, async () => {
+test('a worker that hangs before it joins is killed after --hang-timeout and restarted: the run does not wait for it for ever', { timeout: 90_000 }, async () => {
   const out = tempDir('hung-at-start');
   const marker = path.join(out, 'hung-once');
   const preload = path.join(out, 'hang-first-worker.js');
   fs.writeFileSync(preload, `if (process.argv.includes('worker') && !require('node:fs').existsSync(${JSON.stringify(marker)})) { require('node:fs').writeFileSync(${JSON.stringify(marker)}, String(process.pid)); for (;;); }`);
-  const run = spawnCli(['local', '--workers', '1', '--steps', '5', '--hang-timeout', '3', '--max-restarts', '1', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
+  const run = spawnCli(['local', '--workers', '1', '--steps', '5', '--hang-timeout', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
   assert.equal(await run.exit, 0, run.log());
   const hung = Number(fs.readFileSync(marker, 'utf8'));
-  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) has not had its main thread free for [34] s \\(--hang-timeout 3\\): killing it as hung`));
+  assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) has not had its main thread free for 1\\d s \\(--hang-timeout 10\\): killing it as hung`));
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) exited with SIGKILL; restarting it \\(1/1\\)`));
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'run', 'summary.json'), 'utf8')).steps, 5);
 });

@@ -419,7 +419,8 @@ export class Coordinator {
     } catch {
       return;
     }
-    if (kept.ok === false || !this.mayWrite()) return;
+    // Anything but a summary (JSON null, a list) is no run's to mark; and the error that ended this run is the one to report.
+    if (typeof kept !== 'object' || kept === null || Array.isArray(kept) || kept.ok === false || !this.mayWrite()) return;
     try {
       writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` });
       this.log(`${file} says ok: false`);
