@@ -142,16 +142,19 @@ describe('worker failures', () => {
 
   test('--max-workers: a worker over the cap is told why, and retries until there is room', { timeout: 120_000 }, async () => {
     const dir = out('cap');
-    const c = await startCoordinator(['--steps', '200', '--max-workers', '1', '--log-every', '50', '--checkpoint-every', '0', '--out', dir]);
+    // Steps the run cannot finish before the extra worker joins: 200 took under 2 s, and the coordinator had gone
+    // before the extra worker's retry. The run is stopped once it has joined.
+    const c = await startCoordinator(['--steps', '100000', '--max-workers', '1', '--log-every', '50', '--checkpoint-every', '0', '--out', dir]);
     track(c.proc);
     const first = track(startWorker(c.url, 'first'));
-    await c.proc.waitFor(/step 50\/200/);
+    await c.proc.waitFor(/step 50\/100000/);
     const extra = track(startWorker(c.url, 'extra'));
     await extra.waitFor(/COORDINATOR_FULL: the coordinator already has --max-workers 1 workers/);
     await extra.waitFor(/reconnecting in/);
     first.kill('SIGTERM'); // leaves cleanly; the extra worker gets its place
     assert.equal(await first.exited, 0);
     await extra.waitFor(/joined as w\d+/);
+    c.proc.kill('SIGTERM');
     assert.equal(await c.proc.exited, 0, c.proc.log);
     assert.equal(await extra.exited, 0);
   });
