@@ -26,6 +26,11 @@ async function waitFor(cond: () => boolean, ms: number, what: string): Promise<v
   }
 }
 
+/** The pid of each worker's join in the coordinator's log, in order: a worker that rejoins appears again. */
+function joinedPids(log: string): number[] {
+  return [...log.matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+}
+
 /** `ganfleet <args>` as a child (run by `node`) whose stdout and stderr are collected into one log. */
 function spawnCli(args: string[], node = process.execPath, nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
   const child = spawn(node, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
@@ -37,7 +42,7 @@ function spawnCli(args: string[], node = process.execPath, nodeArgs: string[] = 
 
 function startLocal(out: string): { child: ChildProcess; log: () => string; workerPids: () => number[] } {
   const { child, log } = spawnCli(['local', '--workers', '2', '--steps', '100000', '--log-every', '10', '--metrics-port', '-1', '--out', out]);
-  return { child, log, workerPids: () => [...log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1])) };
+  return { child, log, workerPids: () => joinedPids(log()) };
 }
 
 test('SIGINT stops a local run cleanly: outputs written, exit 0, no worker left; its port admits only its own workers', { timeout: 60_000 }, async () => {
@@ -72,7 +77,7 @@ test('a second SIGINT while the first stop is still writing outputs exits at onc
   // The first stop evaluates 60,000 samples before it writes its outputs: seconds in which to send the second.
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--eval-every', '100000', '--eval-samples', '60000', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
-  const pids = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const pids = joinedPids(run.log());
   run.child.kill('SIGINT');
   await waitFor(() => /stop requested: SIGINT received/.test(run.log()), 10_000, 'the first stop');
   run.child.kill('SIGINT');
@@ -88,7 +93,7 @@ test('a worker process that dies after a stop was asked for is not restarted: th
   // The stop scores its step after the checkpoint: seconds in which the worker dies.
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--eval-every', '100000', '--eval-samples', '20000', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
-  const [pid] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const [pid] = joinedPids(run.log());
   run.child.kill('SIGINT');
   await waitFor(() => /checkpoint .*ckpt-/.test(run.log()), 30_000, "the stop's checkpoint");
   process.kill(pid, 'SIGKILL');
@@ -104,7 +109,7 @@ test('a worker process that dies after the last step, while the final outputs ar
   // in which the worker dies with no restart left.
   const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--log-every', '20', '--max-restarts', '0', '--eval-every', '1000', '--eval-samples', '20000', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 20\/20/.test(run.log()), 60_000, 'the last step');
-  const [pid] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const [pid] = joinedPids(run.log());
   process.kill(pid, 'SIGKILL');
   assert.equal(await run.exit, 0, run.log());
   assert.doesNotMatch(run.log(), /restart|stop requested/);
@@ -118,8 +123,8 @@ test('a worker frozen past the heartbeat but within --hang-timeout is left alone
   const out = tempDir('hung');
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--hang-timeout', '10', '--metrics-port', '-1', '--out', out]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
-  const [hung] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
-  const joins = () => [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const [hung] = joinedPids(run.log());
+  const joins = () => joinedPids(run.log());
   // Frozen past the heartbeat, then woken: it reads why it was dropped and rejoins, the same process.
   process.kill(hung, 'SIGSTOP');
   await waitFor(() => /w1 left \(no heartbeat/.test(run.log()), 30_000, 'the drop');
@@ -160,7 +165,7 @@ test('a worker busy with one long round is dropped by the coordinator but not ki
   const run = spawnCli(['local', '--workers', '1', '--steps', '5', '--heartbeat', '1', '--round-timeout', '2', '--max-restarts', '0', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
   assert.equal(await run.exit, 0, run.log());
   assert.match(run.log(), /w1 left \(/);
-  const pids = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const pids = joinedPids(run.log());
   assert.equal(pids.length, 2, run.log());
   assert.equal(pids[0], pids[1], 'the same process rejoined');
   assert.doesNotMatch(run.log(), /killing it|restart/);
@@ -182,7 +187,7 @@ test('a worker that hangs before it joins is killed after --hang-timeout and res
 test('a worker process that dies is restarted, up to --max-restarts; with none left and no worker, the run stops and exits 1', { timeout: 90_000 }, async () => {
   const out = tempDir('restart');
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out]);
-  const workerPids = () => [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const workerPids = () => joinedPids(run.log());
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const [first] = workerPids();
   process.kill(first, 'SIGKILL');
@@ -211,7 +216,7 @@ test('a worker process that cannot be started counts as lost: restarted up to --
   const data = blankMnistDir(256);
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out], node);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
-  const [worker] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const [worker] = joinedPids(run.log());
   fs.rmSync(bin, { recursive: true });
   process.kill(worker, 'SIGKILL');
   assert.equal(await run.exit, 1, run.log());
@@ -237,7 +242,7 @@ test('a worker process that cannot be started is lost once: the restart after it
   const data = blankMnistDir(256);
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '3', '--data-dir', data, '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, ['--require', preload]);
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
-  const [worker] = [...run.log().matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
+  const [worker] = joinedPids(run.log());
   process.kill(worker, 'SIGKILL');
   await waitFor(() => /w2 joined/.test(run.log()), 30_000, 'the restarted worker to join');
   const joined = run.log().lastIndexOf('w2 joined');
@@ -295,7 +300,7 @@ test('a local run trains the same through shared-memory mailboxes as over the We
     const code = await run.exit;
     const log = run.log();
     assert.equal(code, 0, log);
-    for (const pid of [run.child.pid!, ...[...log.matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]))]) pids.add(pid);
+    for (const pid of [run.child.pid!, ...joinedPids(log)]) pids.add(pid);
     const result = { log, weights: fs.readFileSync(path.join(out, 'generator', 'weights.bin')), summary: JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')) };
     fs.rmSync(out, { recursive: true, force: true });
     return result;

@@ -17,7 +17,7 @@ import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
 import { LEASE_TIMING, OutputClaim } from './output-claim';
-import { ImagesFingerprint, checkpointConfig, checkpointToResume, evaluationsUpTo, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
+import { ImagesFingerprint, checkpointConfig, checkpointToResume, earlierSummary, evaluationsUpTo, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
@@ -383,7 +383,7 @@ export class Coordinator {
       // short) joins them, and `ok` says how the latest run ended: false after a failure (it diverged at once,
       // say), or a script reading it would see success; true again once a run finds the training finished.
       const file = runLayout(this.config.out).summary;
-      const kept = JSON.parse(fs.readFileSync(file, 'utf8')) as TrainingSummary;
+      const kept = earlierSummary(this.config.out)!;
       const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
       const failed = this.stop.failed;
       const finishedAgain = !failed && this.step >= steps && kept.ok === false;
@@ -413,14 +413,13 @@ export class Coordinator {
    */
   private markSummaryFailed(e: unknown): void {
     const file = runLayout(this.config.out).summary;
-    let kept: TrainingSummary;
+    let kept: Partial<TrainingSummary> | null;
     try {
-      kept = JSON.parse(fs.readFileSync(file, 'utf8'));
+      kept = earlierSummary(this.config.out);
     } catch {
-      return;
+      return; // the error that ended this run is the one to report
     }
-    // Anything but a summary (JSON null, a list) is no run's to mark; and the error that ended this run is the one to report.
-    if (typeof kept !== 'object' || kept === null || Array.isArray(kept) || kept.ok === false || !this.mayWrite()) return;
+    if (!kept || kept.ok === false || !this.mayWrite()) return;
     try {
       writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` });
       this.log(`${file} says ok: false`);

@@ -137,9 +137,14 @@ function otherImages(now: Record<string, unknown>, then: Record<string, unknown>
  * or where it says no generator was exported (a run that diverged).
  */
 export function summarisedStep(out: string): number | null {
-  const summary = readRecord(runLayout(out).summary) as Partial<TrainingSummary> | null | undefined;
-  if (typeof summary !== 'object' || summary === null) return null;
-  return Number.isSafeInteger(summary.steps) && summary.generator !== null ? summary.steps! : null;
+  const summary = earlierSummary(out);
+  return summary && Number.isSafeInteger(summary.steps) && summary.generator !== null ? summary.steps! : null;
+}
+
+/** The summary.json in `out`: null where there is none, or it holds no summary (JSON null, a list, no JSON). */
+export function earlierSummary(out: string): Partial<TrainingSummary> | null {
+  const summary = readRecord(runLayout(out).summary);
+  return typeof summary === 'object' && summary !== null && !Array.isArray(summary) ? summary : null;
 }
 
 /**
