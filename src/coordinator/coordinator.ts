@@ -6,7 +6,6 @@ import { selectBackend } from '../backend';
 import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
-import { exportGenerator } from '../model/export';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
 import { Logger, createLogger, peerText } from '../util/log';
@@ -16,6 +15,7 @@ import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { writeCheckpoint } from './checkpoint';
+import { exportGenerator } from './export';
 import { LEASE_TIMING, OutputClaim } from './output-claim';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, earlierSummary, evaluationsUpTo, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
 import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
@@ -100,8 +100,9 @@ class EvaluationCut extends Error {}
  * Owns the weights and the two Adam states. Each step runs a D round then a
  * G round: broadcast the networks a worker lacks, wait for every
  * participant's gradient (or its departure, or the round timeout), average
- * by sample count, and apply Adam. Membership changes take effect only at
- * step boundaries, and a step is applied whole or not at all.
+ * by sample count, and apply Adam. Membership changes take effect at step
+ * boundaries (or mid-step, where a round lost every worker), and a step is
+ * applied whole or not at all.
  */
 export class Coordinator {
   readonly metrics = new CoordinatorMetrics();
@@ -120,7 +121,7 @@ export class Coordinator {
   private seedRng: Rng;
   private train!: MnistSet;
   /** Kept in checkpoints, so that a resume on other images is reported whatever their path. */
-  private trainingSet!: ImagesFingerprint;
+  private trainFingerprint!: ImagesFingerprint;
   /** The fewest workers whose shards each fit in a frame a worker accepts: 1 for MNIST. */
   private fewestWorkers = 1;
   private permutation!: Uint32Array;
@@ -227,7 +228,7 @@ export class Coordinator {
       log(`backend ${backend.name} (${backend.notes.join('; ')})`);
       c.train = loadMnist('train', config.dataDir);
       if (config.evalEvery > 0) c.reference = loadReference(config.dataDir);
-      c.trainingSet = imagesFingerprint(c.train);
+      c.trainFingerprint = imagesFingerprint(c.train);
       c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
       if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
         log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}): training waits for them`);
@@ -784,7 +785,7 @@ export class Coordinator {
       {
         step: this.step,
         imagesTotal: this.imagesTotal,
-        config: checkpointConfig(this.config, this.trainingSet),
+        config: checkpointConfig(this.config, this.trainFingerprint),
         seedRng: this.seedRng.state(),
         nextWorker: this.workers.nextWorker,
         shards: this.workers.slots(),
@@ -869,7 +870,7 @@ export class Coordinator {
     // Due at the checkpoint's step (or the run's end) and not recorded: a kill or a stop cut it short.
     const { evalEvery, steps } = this.config;
     this.evaluationMissed = (due(c.step, evalEvery) || (evalEvery > 0 && c.step >= steps)) && !recorded.kept.some((e) => e.step === c.step);
-    const now = checkpointConfig(this.config, this.trainingSet);
+    const now = checkpointConfig(this.config, this.trainFingerprint);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
     if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
     for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);

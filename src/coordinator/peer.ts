@@ -18,7 +18,8 @@ export interface PeerMailbox {
 /**
  * A connected worker as the coordinator sees it. `joined` peers have been
  * welcomed; they become `active` (get a shard, take part in rounds) at the
- * next step boundary, so a round's participants never change mid-step.
+ * next step boundary (or mid-step, where a round lost every worker and is
+ * asked again of whoever has joined), so an open round gains no participant.
  */
 export type PeerState = 'joined' | 'active';
 

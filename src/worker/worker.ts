@@ -26,7 +26,7 @@ export interface WorkerOptions {
   token?: string;
   /** PEM file of a CA to trust for wss:// (a private or self-signed coordinator certificate). */
   ca?: string;
-  /** Give up after this many seconds without a connection; 0 = keep trying forever. */
+  /** Give up after this many seconds without being admitted (welcomed) by a coordinator; 0 = keep trying forever. */
   giveUpAfter: number;
   /** Serve this worker's /metrics and /healthz here (-1 = off). */
   metricsPort?: number;
@@ -90,7 +90,7 @@ type Outcome =
  * exponential backoff and jitter and rejoins as a new worker; the
  * coordinator hands out shards and weights afresh. Resolves with the exit
  * code: 0 after a stop (or a requested leave), 1 on a fatal refusal or when
- * `giveUpAfter` passes without a connection.
+ * `giveUpAfter` passes without being admitted by a coordinator.
  */
 export async function runWorker(opts: WorkerOptions, log: Logger = createLogger('worker')): Promise<number> {
   const backend = await selectBackend(opts.backend, opts.requireGpu);
