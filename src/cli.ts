@@ -293,15 +293,15 @@ function everyFlag(): Set<string> {
  */
 function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
   const options = () => optionsOf(y);
-  const given = new Set<string>();
+  const onCommandLine = new Set<string>();
   for (const token of raw) {
     if (token === '--') break;
     const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
-    if (name) given.add(name);
+    if (name) onCommandLine.add(name);
   }
   const switches = () =>
     options()
-      .boolean.filter((key) => key !== 'help' && key !== 'version' && !given.has(key))
+      .boolean.filter((key) => key !== 'help' && key !== 'version' && !onCommandLine.has(key))
       .map((key) => {
         const variable = envVariable(key);
         return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BackendChoice, selectBackend } from './backend';
 import { readCheckpoint } from './coordinator/checkpoint';
-import { encodePng, imageGrid, tanhToByte } from './coordinator/png';
+import { encodePng, imageGrid, tanhToByte } from './data/png';
 import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
 import { createModel } from './model';

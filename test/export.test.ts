@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as tfl from '@tensorflow/tfjs';
 import { selectBackend } from '../src/backend';
 import { createModel } from '../src/model';
-import { exportGenerator } from '../src/model/export';
+import { exportGenerator } from '../src/coordinator/export';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { assertClose } from './helpers';

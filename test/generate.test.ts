@@ -7,7 +7,7 @@ import { PNG } from 'pngjs';
 import { selectBackend } from '../src/backend';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { writeCheckpoint } from '../src/coordinator/checkpoint';
-import { tanhToByte } from '../src/coordinator/png';
+import { tanhToByte } from '../src/data/png';
 import { readIdx } from '../src/data/idx';
 import { decodeNpy } from '../src/data/npy';
 import { createModel } from '../src/model';

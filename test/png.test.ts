@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { PNG } from 'pngjs';
-import { encodePng, imageGrid } from '../src/coordinator/png';
+import { encodePng, imageGrid } from '../src/data/png';
 import { GanfleetError } from '../src/util/errors';
 
 const H = 28;

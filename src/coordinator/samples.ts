@@ -3,7 +3,7 @@ import { GanModel } from '../model';
 import { scoped, tf } from '../model/tf';
 import { Rng } from '../util/rng';
 import { makeDirectory, namesIn, writeFileAtomic } from '../util/write';
-import { encodePng, imageGrid } from './png';
+import { encodePng, imageGrid } from '../data/png';
 
 const GRID = 5;
 

@@ -41,7 +41,7 @@ export function accuracy(probabilities: Float32Array, labels: Uint8Array, count:
   return right / count;
 }
 
-export function classShares(probabilities: Float32Array, count: number): number[] {
+function classShares(probabilities: Float32Array, count: number): number[] {
   const counts = new Array<number>(CLASSES).fill(0);
   for (let i = 0; i < count; i++) counts[predictedClass(probabilities, i)]++;
   return counts.map((c) => c / count);

@@ -1,5 +1,3 @@
-import path from 'node:path';
-import { makeDirectory, writeFileAtomic, writeJsonAtomic } from '../util/write';
 import { GanModel } from './gan';
 import { ParameterLayout } from './layout';
 
@@ -21,22 +19,21 @@ export function sequentialGenerator(layers: object[], layout: ParameterLayout): 
 }
 
 /**
- * Writes G as a TensorFlow.js LayersModel: `model.json` plus `weights.bin`
- * (little-endian float32 in manifest order, which is the layout order),
- * each replaced whole, so a run killed while exporting leaves no torn file.
+ * G as a TensorFlow.js LayersModel: the `model.json` whose manifest names
+ * one `weights.bin`, the flat generator as little-endian float32 in layout
+ * order (which is the manifest's order).
  */
-export function exportGenerator(model: GanModel, generator: Float32Array, dir: string): void {
+export function generatorModelJson(model: GanModel, generator: Float32Array): object {
   model.generatorLayout.checkLength(generator);
   const { topology, weightNames } = model.generatorTopology();
   const weights = model.generatorLayout.entries.map((e) => ({ name: weightNames[e.name], shape: [...e.shape], dtype: 'float32' }));
-  makeDirectory(dir);
-  writeFileAtomic(path.join(dir, 'weights.bin'), [new Uint8Array(generator.buffer, generator.byteOffset, generator.byteLength)]);
-  const modelJson = {
+  return {
     format: 'layers-model',
     generatedBy: 'ganfleet',
     convertedBy: null,
     modelTopology: topology,
-    weightsManifest: [{ paths: ['weights.bin'], weights }],
+    weightsManifest: [{ paths: [GENERATOR_WEIGHTS_FILE], weights }],
   };
-  writeJsonAtomic(path.join(dir, 'model.json'), modelJson);
 }
+
+export const GENERATOR_WEIGHTS_FILE = 'weights.bin';

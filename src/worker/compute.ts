@@ -41,14 +41,14 @@ export class ShardCompute {
    * step's and the one drawn ahead): the cpu backend keeps the array a
    * tensor was made from, so refilling it would change a draw in use.
    */
-  private readonly slots: { real: Float32Array; noise: Float32Array }[];
+  private readonly drawBuffers: { real: Float32Array; noise: Float32Array }[];
 
   constructor(
     private readonly model: GanModel,
     private readonly batchSize: number,
   ) {
     this.indices = new Int32Array(batchSize);
-    this.slots = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
+    this.drawBuffers = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
   }
 
   /** A shard of `count` images: the first `keep` of the current one, then `images` (pixels of count − keep images); batches are drawn with `seed`. */
@@ -166,11 +166,11 @@ export class ShardCompute {
   }
 
   private makeDraws(step: number): Draws {
-    // At most one other draw is alive when a new one is made, so one slot is free.
-    const slot = this.drawn?.slot === 0 || this.ahead?.slot === 0 ? 1 : 0;
-    const { real, noise } = this.slots[slot];
+    // At most one other draw is alive when a new one is made, so one buffer is free.
+    const buffer = this.drawn?.buffer === 0 || this.ahead?.buffer === 0 ? 1 : 0;
+    const { real, noise } = this.drawBuffers[buffer];
     const rng = Rng.keyed(this.seed, step);
-    return { step, slot, noise: tf.tensor2d(rng.fillNormal(noise), [this.batchSize, this.model.zDim]), real: this.realBatch(rng, real) };
+    return { step, buffer, noise: tf.tensor2d(rng.fillNormal(noise), [this.batchSize, this.model.zDim]), real: this.realBatch(rng, real) };
   }
 
   private dropAhead(): void {
@@ -219,7 +219,7 @@ export interface ShardContent {
 interface Draws {
   step: number;
   /** Which of ShardCompute's array sets backs the tensors. */
-  slot: 0 | 1;
+  buffer: 0 | 1;
   noise: tf.Tensor2D;
   real: tf.Tensor2D;
 }

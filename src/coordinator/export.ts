@@ -1,0 +1,15 @@
+import path from 'node:path';
+import { GanModel } from '../model';
+import { GENERATOR_WEIGHTS_FILE, generatorModelJson } from '../model/export';
+import { makeDirectory, writeFileAtomic, writeJsonAtomic } from '../util/write';
+
+/**
+ * Writes G as a TensorFlow.js LayersModel, `model.json` plus its weights,
+ * each replaced whole, so a run killed while exporting leaves no torn file.
+ */
+export function exportGenerator(model: GanModel, generator: Float32Array, dir: string): void {
+  const modelJson = generatorModelJson(model, generator);
+  makeDirectory(dir);
+  writeFileAtomic(path.join(dir, GENERATOR_WEIGHTS_FILE), [new Uint8Array(generator.buffer, generator.byteOffset, generator.byteLength)]);
+  writeJsonAtomic(path.join(dir, 'model.json'), modelJson);
+}
