@@ -46,7 +46,7 @@ test('the metrics server answers GET and HEAD, refuses other methods with Allow,
   }
 });
 
-test('idle connections are bounded: beyond MAX_HTTP_CONNECTIONS a new socket is closed at once, and scrapes work again when they go', async () => {
+test('idle connections are bounded: beyond MAX_HTTP_CONNECTIONS a new socket is closed at once, and scrapes work again when they go', { timeout: 30_000 }, async () => {
   const server = await serveHttp(new Registry(), '127.0.0.1', 0);
   const port = boundPort(server);
   const sockets: net.Socket[] = [];

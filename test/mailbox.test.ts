@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { Gradients, Welcome, message } from '../src/protocol/messages';
@@ -145,19 +146,32 @@ test('a peer file is refused unless it is a regular file of this user holding th
   });
 });
 
-test("a killed process's mailbox directory is swept by the next one; a live one's is kept", () => {
+test("a killed process's mailbox directory is swept by the next one; a live one's is kept", async () => {
   // A child makes a directory and is killed before it can remove it.
   const script = `const { makeMailboxDir } = require(${JSON.stringify(require.resolve('../src/protocol/mailbox'))}); console.log(makeMailboxDir('worker')); process.kill(process.pid, 'SIGKILL');`;
   const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
   const orphan = child.stdout.trim();
   assert.ok(orphan && fs.existsSync(orphan), `the child left ${JSON.stringify(orphan)}`);
-  withDir((mine) => {
-    assert.ok(!fs.existsSync(orphan), 'swept');
-    const second = makeMailboxDir('worker');
-    assert.ok(fs.existsSync(mine), 'a live process keeps its directory');
-    removeMailboxDir(second);
-    assert.ok(!fs.existsSync(second));
-  });
+  // Another process, alive while this one sweeps (as local's workers are while each new one starts).
+  const live = spawn(process.execPath, ['-e', script.replace("process.kill(process.pid, 'SIGKILL');", "process.stdin.resume();")], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let theirs = '';
+  try {
+    const [line] = await once(live.stdout!, 'data');
+    theirs = String(line).trim();
+    assert.ok(theirs && fs.existsSync(theirs), `the live child made ${JSON.stringify(theirs)}`);
+    withDir((mine) => {
+      assert.ok(!fs.existsSync(orphan), 'swept');
+      assert.ok(fs.existsSync(theirs), "a live process's directory is kept");
+      const second = makeMailboxDir('worker');
+      assert.ok(fs.existsSync(mine), 'a live process keeps its directory');
+      removeMailboxDir(second);
+      assert.ok(!fs.existsSync(second));
+    });
+  } finally {
+    live.kill('SIGKILL');
+    if (live.exitCode === null && live.signalCode === null) await once(live, 'exit');
+    if (theirs) fs.rmSync(theirs, { recursive: true, force: true });
+  }
 });
 
 test("a dead pid's directory is swept only where the pid is of this pid namespace: a container sharing /dev/shm may hold a live process of that pid", { skip: pidNamespace() === null ? 'no pid namespaces (not Linux)' : false }, () => {
