@@ -10,7 +10,7 @@ import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
 import { publicWithoutToken } from './coordinator/listener';
 import { evaluateCheckpoint } from './evaluate';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
-import { reportAliveToLocal, reportRefusalToLocal, runLocal } from './local';
+import { runAsLocalChild, runLocal } from './local';
 import { ARCHITECTURES, LOSSES, maxBatchSize } from './model';
 import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
@@ -20,7 +20,6 @@ import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkPort, envVariable, environmentSource, given, integerInRange, requirePath, switchForms, warnOfMistypedVariables } from './util/flags';
 import { holdsCertificate, tlsPairProblem } from './util/tls';
-import { dieWithParent } from './util/process';
 import { runWorker } from './worker/worker';
 
 /** The longest delay a Node timer can hold, in whole seconds. */
@@ -461,15 +460,8 @@ function buildCli(argv: string[]) {
       async (a) => {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
-        // Started by `ganfleet local` with an IPC channel: never outlive that parent.
-        const parentGone = () => (log('parent process gone: exiting'), process.exit(1));
-        if (process.connected) {
-          process.once('disconnect', parentGone);
-          dieWithParent();
-          reportAliveToLocal();
-        }
-        try {
-          process.exitCode = await runWorker(
+        process.exitCode = await runAsLocalChild(log, () =>
+          runWorker(
             {
               coordinator: a.coordinator,
               backend: a.backend,
@@ -485,14 +477,8 @@ function buildCli(argv: string[]) {
               progressEverySeconds: a['progress-every'],
             },
             log,
-          );
-        } catch (e) {
-          await reportRefusalToLocal(e);
-          throw e;
-        }
-        // Our own disconnect is no lost parent.
-        process.off('disconnect', parentGone);
-        process.disconnect?.();
+          ),
+        );
       },
     )
     .command(

@@ -7,6 +7,7 @@ import { Logger, createLogger } from './util/log';
 import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
+import { dieWithParent } from './util/process';
 
 /** How often a worker child whose main thread is free tells `local` so, and how often `local` looks. */
 const ALIVE_EVERY_MS = 1_000;
@@ -55,7 +56,7 @@ function isWorkerAlive(m: unknown): boolean {
  * kernels, keep the thread busy as a loop or a stuck native call would;
  * only how long tells them apart (--hang-timeout).
  */
-export function reportAliveToLocal(): void {
+function reportAliveToLocal(): void {
   if (!process.send || !process.connected) return;
   const tell = () => {
     if (process.connected) process.send!(ALIVE, undefined, undefined, () => {});
@@ -70,10 +71,34 @@ export function reportAliveToLocal(): void {
  * is a refusal. Only ganfleet's own errors are (they carry a stable code);
  * anything else is a crash, which a restart may cure.
  */
-export async function reportRefusalToLocal(e: unknown): Promise<void> {
+async function reportRefusalToLocal(e: unknown): Promise<void> {
   if (!(e instanceof GanfleetError) || !process.send || !process.connected) return;
   const refusal: WorkerRefusal = { type: 'worker-refused', code: e.code, message: e.message };
   await new Promise<void>((r) => process.send!(refusal, undefined, undefined, () => r()));
+}
+
+/**
+ * Runs a worker's `work` in this process. Where `local` started it (an IPC
+ * channel), the worker never outlives `local`, tells it it is alive, and
+ * tells it whether what ended it is a refusal.
+ */
+export async function runAsLocalChild<T>(log: Logger, work: () => Promise<T>): Promise<T> {
+  if (!process.connected) return work();
+  const parentGone = () => (log('parent process gone: exiting'), process.exit(1));
+  process.once('disconnect', parentGone);
+  dieWithParent();
+  reportAliveToLocal();
+  let result: T;
+  try {
+    result = await work();
+  } catch (e) {
+    await reportRefusalToLocal(e);
+    throw e;
+  }
+  // Our own disconnect is no lost parent.
+  process.off('disconnect', parentGone);
+  if (process.connected) process.disconnect();
+  return result;
 }
 
 /**
