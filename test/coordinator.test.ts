@@ -947,9 +947,9 @@ describe('coordinator edge cases found by review', () => {
     for (const p of first) await weightsOrDrop(p.peer);
     // Both leave before answering the G round.
     for (const p of first) p.peer.ws.terminate();
-    while (!lines.some((l) => /^paused at step 0: 0\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
+    while (!lines.some((l) => /^paused during step 1 \(0 done\): 0\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
     const a = await joinedPeer(coordinator);
-    while (!lines.some((l) => /^paused at step 0: 1\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
+    while (!lines.some((l) => /^paused during step 1 \(0 done\): 1\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
     const b = await joinedPeer(coordinator);
     for (const p of [a, b]) {
       const g = await weightsOrDrop(p.peer);
@@ -962,7 +962,8 @@ describe('coordinator edge cases found by review', () => {
     for (const p of [a, b]) await weightsOrDrop(p.peer);
     for (const p of [a, b]) p.peer.gradients(1, 'generator', zeros('generator'));
     assert.equal((await run).steps, 2);
-    assert.ok(!lines.some((l) => /resuming at step 0 with 1 worker/.test(l)), lines.join('\n'));
+    assert.ok(!lines.some((l) => /^resuming/.test(l) && !/^resuming step 1 with 2 workers$/.test(l)), lines.join('\n'));
+    assert.ok(lines.includes('resuming step 1 with 2 workers'), lines.join('\n'));
     const plans = lines.filter((l) => /^shard plan/.test(l));
     assert.equal(plans.length, 2, plans.join('\n'));
     assert.match(plans[1], new RegExp(`^shard plan 2: ${a.workerId}=30000 ${b.workerId}=30000; `));
@@ -989,7 +990,9 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(g.step === 0 && g.phase === 'generator', JSON.stringify({ step: g.step, phase: g.phase }));
     second.peer.gradients(0, 'generator', zeros('generator'));
     await weightsOrDrop(second.peer);
-    assert.ok(lines.some((l) => /^paused at step 0: 0\/1 workers connected/.test(l)), lines.join('\n'));
+    // Inside step 1, whose D update is applied: the line says so, once, and not "at step 0" as at a boundary.
+    assert.equal(lines.filter((l) => /^paused /.test(l)).join('\n'), 'paused during step 1 (0 done): 0/1 workers connected', lines.join('\n'));
+    assert.ok(lines.includes('resuming step 1 with 1 worker'), lines.join('\n'));
     assert.ok(lines.some((l) => /^waiting for workers at step 0: 0\/1/.test(l)), 'the first wait is not a pause');
     const eta = coordinator.status().etaSeconds!;
     t.diagnostic(`ETA ${eta.toFixed(3)} s for two steps`);

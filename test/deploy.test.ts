@@ -658,7 +658,9 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
         );
       // The workers' port takes the worker pods only: every rule that admits it names them, and only them.
       if (target === coord.dep) {
-        for (const r of rules.filter((r) => r.ports === undefined || r.ports.some((p: Obj) => p.port === 'ws' || p.port === cl.port))) {
+        // A ports entry without a port opens every port; one with an endPort, a range.
+        const reaches = (p: Obj) => p.port === undefined || p.port === 'ws' || p.port === cl.port || (typeof p.port === 'number' && p.endPort !== undefined && p.port <= cl.port! && cl.port! <= p.endPort);
+        for (const r of rules.filter((r) => r.ports === undefined || r.ports.some(reaches))) {
           const onlyWorkers = r.from?.length > 0 && r.from.every((f: Obj) => !f.namespaceSelector && !f.ipBlock && f.podSelector && labelsMatch(f.podSelector.matchLabels, work.dep.spec.template.metadata.labels) && !labelsMatch(f.podSelector.matchLabels, coord.dep.spec.template.metadata.labels));
           assert.ok(onlyWorkers, `${where}: a rule admits others than the worker pods to the workers' port: ${JSON.stringify(r)}`);
         }

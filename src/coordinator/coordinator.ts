@@ -470,7 +470,8 @@ export class Coordinator {
   }
 
   /** Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested. */
-  private async waitForWorkers(needed: number): Promise<void> {
+  /** `midStep`: a round of the next step lost every worker, so that step is under way, not done. */
+  private async waitForWorkers(needed: number, midStep = false): Promise<void> {
     if (this.workers.openCount() >= needed || this.stop) return;
     this.metrics.paused.set(1);
     const started = this.state !== 'waiting';
@@ -478,16 +479,22 @@ export class Coordinator {
       this.state = 'paused';
       this.metrics.pauses.inc();
     }
+    // Progress lines count the steps done; a pause inside a step names that step too.
+    const where = midStep ? `during step ${this.step + 1} (${this.step} done)` : `at step ${this.step}`;
     const t = performance.now();
+    // A worker that leaves can wake this loop before its socket is gone from the group: one line per count.
+    let shown = -1;
     while (this.workers.openCount() < needed && !this.stop) {
-      this.log(`${started ? 'paused' : 'waiting for workers'} at step ${this.step}: ${this.workers.openCount()}/${needed} workers connected`);
+      const n = this.workers.openCount();
+      if (n !== shown) this.log(`${started ? 'paused' : 'waiting for workers'} ${where}: ${n}/${needed} workers connected`);
+      shown = n;
       await once(this.events, 'peers');
     }
     this.clock.addPause((performance.now() - t) / 1000);
     this.metrics.paused.set(0);
     if (started) this.state = 'training';
     const n = this.workers.openCount();
-    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} at step ${this.step} with ${n} worker${n === 1 ? '' : 's'}`);
+    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} ${midStep ? `step ${this.step + 1}` : `at step ${this.step}`} with ${n} worker${n === 1 ? '' : 's'}`);
   }
 
   /**
@@ -516,7 +523,7 @@ export class Coordinator {
       this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
       // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
       // step's end. A stop still lets the step finish with whoever is there.
-      await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers));
+      await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers), true);
       if (this.workers.openCount() < this.fewestWorkers) return null;
       this.workers.rebalanceIfChanged(this.permutation, this.train.images);
     }
