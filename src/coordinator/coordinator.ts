@@ -469,8 +469,10 @@ export class Coordinator {
     }
   }
 
-  /** Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested. */
-  /** `midStep`: a round of the next step lost every worker, so that step is under way, not done. */
+  /**
+   * Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested.
+   * `midStep`: a round of the next step lost every worker, so that step is under way, not done.
+   */
   private async waitForWorkers(needed: number, midStep = false): Promise<void> {
     if (this.workers.openCount() >= needed || this.stop) return;
     this.metrics.paused.set(1);
