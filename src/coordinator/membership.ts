@@ -56,6 +56,8 @@ export class WorkerGroup {
   private capacity: number;
   /** The stop every peer was sent (dismiss): a hello after it gets the same, not a welcome to a run that is over. */
   private dismissal: Buffer | null = null;
+  /** A refused hello can be repeated at will: at most a line a minute per address. */
+  private readonly logRefusal: (key: string, msg: string) => void;
 
   constructor(
     private readonly config: Pick<CoordinatorConfig, 'maxWorkers' | 'heartbeatSeconds' | 'mailbox'>,
@@ -64,9 +66,6 @@ export class WorkerGroup {
     this.capacity = config.maxWorkers;
     this.logRefusal = throttledLogger(hooks.log);
   }
-
-  /** A refused hello can be repeated at will: at most a line a minute per address. */
-  private readonly logRefusal: (key: string, msg: string) => void;
 
   /**
    * The fewest workers whose shards of `images` each fit in a frame a worker
@@ -105,7 +104,7 @@ export class WorkerGroup {
 
   /** Welcomes a worker that said hello, or refuses it (null) when the group is full. */
   admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
-    const { log, metrics } = this.hooks;
+    const { log } = this.hooks;
     const label = `${peerString(hello.name)} pid ${hello.pid}, backend ${peerString(hello.backend)}`;
     if (this.dismissal) {
       // Connected before the listener stopped accepting, but its hello came after the stop went out.
@@ -131,34 +130,33 @@ export class WorkerGroup {
     });
     this.peers.set(peer.id, peer);
     this.offerMailbox(peer);
-    peer.send(
-      encode(
-        message<Welcome>({
-          type: 'welcome',
-          workerId: peer.id,
-          ...this.hooks.terms(),
-          ...(peer.mailbox ? { mailbox: peer.mailbox.outbox.path, nonce: peer.mailbox.nonce } : {}),
-        }),
-      ),
-    );
+    peer.send(this.welcome(peer));
     log(`${peer.id} joined from ${address} (${label}); ${this.peers.size} connected`);
-    this.membershipChanged = true;
-    metrics.workers.set(this.peers.size);
-    this.hooks.changed();
+    this.joinedOrLeft();
     return peer;
   }
 
   remove(peer: WorkerPeer, why: string): void {
     if (this.peers.get(peer.id) !== peer) return;
-    const { metrics } = this.hooks;
     this.peers.delete(peer.id);
     peer.closeMailbox();
     this.countMailboxes();
     this.hooks.left(peer.id);
-    this.membershipChanged = true;
-    metrics.workers.set(this.peers.size);
-    metrics.workerComputeSeconds.remove({ worker: peer.id });
+    this.hooks.metrics.workerComputeSeconds.remove({ worker: peer.id });
     this.hooks.log(`${peer.id} left (${why}); ${this.peers.size} connected`);
+    this.joinedOrLeft();
+  }
+
+  /** A new peer's welcome: the terms every worker gets, its id, and its mailbox where it has one. */
+  private welcome(peer: WorkerPeer): Buffer {
+    const mailbox = peer.mailbox ? { mailbox: peer.mailbox.outbox.path, nonce: peer.mailbox.nonce } : {};
+    return encode(message<Welcome>({ type: 'welcome', workerId: peer.id, ...this.hooks.terms(), ...mailbox }));
+  }
+
+  /** The next step boundary plans shards afresh, and whoever waits for workers hears of the change. */
+  private joinedOrLeft(): void {
+    this.membershipChanged = true;
+    this.hooks.metrics.workers.set(this.peers.size);
     this.hooks.changed();
   }
 

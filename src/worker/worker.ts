@@ -5,7 +5,7 @@ import WebSocket from 'ws';
 import { BackendChoice, backendLabel, selectBackend } from '../backend';
 import { GanModel, createModel, maxBatchSize } from '../model';
 import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
-import { CoordinatorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message, stepOfRound } from '../protocol/messages';
+import { CoordinatorMessage, ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { createLogger, Logger } from '../util/log';
@@ -15,6 +15,8 @@ import { onStopSignals } from '../util/signals';
 import { ShardCompute } from './compute';
 import { WorkerMailbox } from './mailbox';
 import { WorkerMetrics } from './metrics';
+import { ProgressLine } from './progress';
+import { SilenceWatchdog } from './silence';
 
 export interface WorkerOptions {
   coordinator: string;
@@ -46,8 +48,6 @@ export interface WorkerOptions {
 
 const BACKOFF_BASE_MS = 250;
 const HANDSHAKE_TIMEOUT_MS = 15_000;
-/** Silence tolerated before the welcome says how often the coordinator pings. */
-const SILENCE_BEFORE_WELCOME_MS = 30_000;
 const BACKOFF_MAX_MS = 15_000;
 /**
  * A coordinator's errors that end nothing are logged this many a connection: a rogue one could fill the disk.
@@ -85,6 +85,47 @@ type Outcome =
   | { kind: 'lost'; reason: string; welcomed: boolean; trained: boolean }; // network or coordinator failure: retry
 
 /**
+ * A request to leave (SIGTERM/SIGINT), and what it interrupts: the
+ * connection, or the wait before the next one.
+ */
+class LeaveRequest {
+  requested = false;
+  private interrupt: (() => void) | null = null;
+
+  request(): void {
+    this.requested = true;
+    this.interrupt?.();
+  }
+
+  /** What a leave interrupts from now on (null: nothing). */
+  interrupts(interrupt: (() => void) | null): void {
+    this.interrupt = interrupt;
+  }
+
+  /** Waits `ms`, or until a leave is requested. */
+  sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.interrupts(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
+
+/** A try's handshake timeout, `silentMs` after the last admission: it ends no later than --give-up-after does (to the second). */
+function handshakeTimeoutMs(giveUpAfter: number, silentMs: number): number {
+  return giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, giveUpAfter * 1000 - silentMs)) : HANDSHAKE_TIMEOUT_MS;
+}
+
+/** The wait before reconnect `attempt` (0 first). Full jitter: spread reconnecting workers so they do not arrive as a herd. Never past --give-up-after. */
+function reconnectDelayMs(attempt: number, giveUpAfter: number, silentMs: number): number {
+  const delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
+  return giveUpAfter > 0 ? Math.min(delay, giveUpAfter * 1000 - silentMs) : delay;
+}
+
+/**
  * Connects to the coordinator and answers every weights message with the
  * gradients of its shard. When the connection is lost it reconnects with
  * exponential backoff and jitter and rejoins as a new worker; the
@@ -101,23 +142,21 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   const metricsServer = opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
   if (metricsServer) log(`metrics on http://${urlHost(opts.metricsHost ?? '127.0.0.1')}:${boundPort(metricsServer)}/metrics`);
 
-  let leaving: (() => void) | null = null;
-  let leaveRequested = false;
+  const leave = new LeaveRequest();
   // A second signal exits at once (130), as the coordinator and local do.
   const removeSignalHandlers = onStopSignals((signal) => {
     log(`${signal}: leaving (again to exit at once)`);
-    leaveRequested = true;
-    leaving?.();
+    leave.request();
   });
 
   try {
     let attempt = 0;
-    let lastContact = performance.now();
+    // Since when --give-up-after counts: the start, or the end of the last connection a coordinator admitted this worker on.
+    let waitingSince = performance.now();
     for (;;) {
-      // A try's handshake ends no later than --give-up-after does (to the second).
-      const handshakeMs = opts.giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, opts.giveUpAfter * 1000 - (performance.now() - lastContact))) : HANDSHAKE_TIMEOUT_MS;
-      const outcome = await connectOnce(opts, { name, backend: backendLabel(backend), ca, handshakeMs }, metrics, log, (leave) => (leaving = leave), () => leaveRequested);
-      leaving = null;
+      const handshakeMs = handshakeTimeoutMs(opts.giveUpAfter, performance.now() - waitingSince);
+      const outcome = await connectOnce(opts, { name, backend: backendLabel(backend), ca, handshakeMs }, metrics, log, leave);
+      leave.interrupts(null);
       switch (outcome.kind) {
         case 'stopped':
           log(`stopped by the coordinator: ${outcome.reason}`);
@@ -129,30 +168,22 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           return 1;
         case 'lost':
           // A signal that came while this connection was already failing: leave, do not reconnect.
-          if (leaveRequested) return 0;
+          if (leave.requested) return 0;
           // The coordinator was reached: --give-up-after counts from here. The
           // backoff starts over only after a round was answered, so a worker
           // that fails every connection the same way does not rejoin (and make
           // the coordinator re-plan every shard) several times a second.
-          if (outcome.welcomed) lastContact = performance.now();
+          if (outcome.welcomed) waitingSince = performance.now();
           if (outcome.trained) attempt = 0;
-          const silentMs = performance.now() - lastContact;
+          const silentMs = performance.now() - waitingSince;
           if (opts.giveUpAfter > 0 && silentMs > opts.giveUpAfter * 1000) {
             log(`giving up: not admitted by a coordinator for ${(silentMs / 1000).toFixed(1)} s, --give-up-after ${opts.giveUpAfter} (${outcome.reason})`);
             return 1;
           }
-          // Full jitter: spread reconnecting workers so they do not arrive as a herd. Never past --give-up-after.
-          let delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt++);
-          if (opts.giveUpAfter > 0) delay = Math.min(delay, opts.giveUpAfter * 1000 - silentMs);
+          const delay = reconnectDelayMs(attempt++, opts.giveUpAfter, silentMs);
           log(`connection lost (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
-          await new Promise<void>((r) => {
-            const t = setTimeout(r, delay);
-            leaving = () => {
-              clearTimeout(t);
-              r();
-            };
-          });
-          if (leaveRequested) return 0;
+          await leave.sleep(delay);
+          if (leave.requested) return 0;
           metrics.reconnects.inc();
       }
     }
@@ -163,13 +194,13 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   }
 }
 
+/** One connection to the coordinator, from the upgrade to its close: resolves with how it ended. */
 function connectOnce(
   opts: WorkerOptions,
   me: { name: string; backend: string; ca?: Buffer; handshakeMs: number },
   metrics: WorkerMetrics,
   log: Logger,
-  setLeave: (leave: () => void) => void,
-  leaveRequested: () => boolean,
+  leave: LeaveRequest,
 ): Promise<Outcome> {
   return new Promise<Outcome>((resolve) => {
     const headers: Record<string, string> = {};
@@ -187,31 +218,27 @@ function connectOnce(
       // payloads a hostile browser script chose; a worker's are its gradients.
       generateMask: (mask: Buffer) => mask.fill(0),
     });
-    let compute: ShardCompute | null = null;
-    let workerId: string | null = null;
-    let wireDtype: WireDtype = 'float32';
+    /** How this connection ended: the first verdict stands. */
     let outcome: Outcome | null = null;
-    const end = (o: Outcome) => (outcome ??= o);
-    // A coordinator that vanishes without a close (power loss, partition) is
-    // noticed by silence: it pings every heartbeat, and training sends more.
-    // Monotonic: a step of the wall clock forward is no silence.
-    let lastHeard = performance.now();
-    let silenceMs = SILENCE_BEFORE_WELCOME_MS;
-    let watchdog: NodeJS.Timeout | null = null;
-    const heard = () => (lastHeard = performance.now());
-    ws.on('ping', heard);
-    let trained = false;
-    const progress = { since: performance.now(), rounds: 0, computeSeconds: 0 };
-    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
+    /** Set by the welcome, and with it what the welcome asked for: the model, the wire dtype, a mailbox. */
+    let workerId: string | null = null;
+    let compute: ShardCompute | null = null;
+    let wireDtype: WireDtype = 'float32';
     let mailbox: WorkerMailbox | null = null;
+    /** A round was answered: the backoff starts over. */
+    let trained = false;
     let errorsHeard = 0;
+    const watchdog = new SilenceWatchdog();
+    const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log);
+    const end = (o: Outcome) => (outcome ??= o);
+    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
 
     // A coordinator that does not answer a close (frozen, partitioned) is not waited for: ws would wait 30 s.
     const closeWithin = (code: number, reason?: string) => {
       ws.close(code, reason); // nothing more while the socket is already closing
       setTimeout(() => ws.terminate(), LEAVE_GRACE_MS).unref();
     };
-    setLeave(() => {
+    leave.interrupts(() => {
       end({ kind: 'left' });
       if (ws.readyState !== WebSocket.CLOSED) closeWithin(1000, 'worker leaving');
     });
@@ -225,25 +252,8 @@ function connectOnce(
 
     const handle = (msg: CoordinatorMessage) => {
       switch (msg.type) {
-        case 'welcome': {
-          const terms = welcomeTerms(msg);
-          if (Array.isArray(terms)) return fail(terms[0], terms[1], true);
-          wireDtype = terms.wireDtype;
-          compute?.dispose();
-          compute = new ShardCompute(terms.model, msg.batchSize);
-          workerId = msg.workerId;
-          silenceMs = 3 * msg.heartbeatSeconds * 1000;
-          metrics.connected.set(1);
-          log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
-          if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
-            mailbox?.close();
-            mailbox = WorkerMailbox.open(msg, log);
-            if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outboxPath })));
-          } else {
-            log(`frames travel over the WebSocket (${opts.mailbox ? 'the coordinator offers no mailbox' : '--no-mailbox'})`);
-          }
-          return;
-        }
+        case 'welcome':
+          return join(msg);
         case 'shard':
           if (!compute) return fail('WORKER_UNEXPECTED', 'shard before welcome');
           compute.setShard(msg);
@@ -263,26 +273,54 @@ function connectOnce(
           end(msg.resumable && opts.rejoinAfterStop ? lost(`the coordinator stopped with steps left (${msg.reason}); waiting for it to resume`) : { kind: 'stopped', reason: msg.reason });
           closeWithin(1000);
           return;
-        case 'error': {
-          // Cut as the coordinator cuts what a peer says: the protocol allows 1,024 characters.
-          const text = truncate(msg.message, 160);
-          const said = `coordinator says ${truncate(msg.code, 64)}: ${text}`;
-          if (msg.code === 'COORDINATOR_FULL') end(lost(text));
-          if (msg.code === 'COORDINATOR_DROPPED') end(lost(`the coordinator dropped this worker: ${text}`));
-          // Another build of ganfleet: reconnecting cannot help.
-          if (msg.code === 'PROTOCOL_BAD_VERSION') end({ kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` });
-          // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
-          else if (workerId === null && msg.code.startsWith('PROTOCOL_')) end({ kind: 'fatal', reason: `the coordinator refused this worker's hello: ${text}` });
-          if (!outcome) {
-            if (++errorsHeard <= ERRORS_LOGGED) log(said);
-            return;
-          }
-          log(said);
-          // Not left to the coordinator's close: one that froze after its refusal would hold this worker for ever.
-          closeWithin(1000);
-          return;
-        }
+        case 'error':
+          return heardError(msg);
       }
+    };
+
+    const join = (msg: Welcome) => {
+      const terms = welcomeTerms(msg);
+      if (Array.isArray(terms)) return fail(terms[0], terms[1], true);
+      wireDtype = terms.wireDtype;
+      compute?.dispose();
+      compute = new ShardCompute(terms.model, msg.batchSize);
+      workerId = msg.workerId;
+      watchdog.expectHeartbeat(msg.heartbeatSeconds);
+      metrics.connected.set(1);
+      log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
+      if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
+        mailbox?.close();
+        mailbox = WorkerMailbox.open(msg, log);
+        if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outboxPath })));
+      } else {
+        log(`frames travel over the WebSocket (${opts.mailbox ? 'the coordinator offers no mailbox' : '--no-mailbox'})`);
+      }
+    };
+
+    const heardError = (msg: ErrorMessage) => {
+      // Cut as the coordinator cuts what a peer says: the protocol allows 1,024 characters.
+      const text = truncate(msg.message, 160);
+      const said = `coordinator says ${truncate(msg.code, 64)}: ${text}`;
+      const ended = endedByError(msg.code, text);
+      if (!ended) {
+        if (++errorsHeard <= ERRORS_LOGGED) log(said);
+        return;
+      }
+      end(ended);
+      log(said);
+      // Not left to the coordinator's close: one that froze after its refusal would hold this worker for ever.
+      closeWithin(1000);
+    };
+
+    /** What a coordinator's error ends, or null where it ends nothing. */
+    const endedByError = (code: string, text: string): Outcome | null => {
+      if (code === 'COORDINATOR_FULL') return lost(text);
+      if (code === 'COORDINATOR_DROPPED') return lost(`the coordinator dropped this worker: ${text}`);
+      // Another build of ganfleet: reconnecting cannot help.
+      if (code === 'PROTOCOL_BAD_VERSION') return { kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` };
+      // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
+      if (workerId === null && code.startsWith('PROTOCOL_')) return { kind: 'fatal', reason: `the coordinator refused this worker's hello: ${text}` };
+      return null;
     };
 
     /** Computes the gradients the weights ask for and sends them back the way the weights came. */
@@ -302,43 +340,32 @@ function connectOnce(
       trained = true;
       // The coordinator now averages and steps Adam: ready the next step meanwhile.
       compute.readyAfter(msg.step, msg.phase);
-      heard(); // busy computing is not the coordinator's silence
+      watchdog.heard(); // busy computing is not the coordinator's silence
       metrics.observeRound(msg.phase, computeSeconds);
-      progress.rounds++;
-      progress.computeSeconds += computeSeconds;
-      const everyMs = (opts.progressEverySeconds ?? 0) * 1000;
-      const sinceMs = performance.now() - progress.since;
-      if (everyMs > 0 && sinceMs >= everyMs) {
-        log(`step ${stepOfRound(msg.step)}: ${progress.rounds} rounds in ${(sinceMs / 1000).toFixed(1)} s, ${((progress.computeSeconds / progress.rounds) * 1000).toFixed(1)} ms of compute each`);
-        Object.assign(progress, { since: performance.now(), rounds: 0, computeSeconds: 0 });
-      }
+      progress.answered(msg.step, computeSeconds);
     };
 
     let link: Socket | null = null;
     ws.on('upgrade', (res) => (link = res.socket));
+    ws.on('ping', watchdog.heard);
     ws.on('open', () => {
       // Any bytes count as hearing from the coordinator, not only whole
       // messages: its pings queue behind a shard, which on a slow link takes
       // longer to arrive than the silence allowed. (Listening from here on,
       // once ws reads the socket itself.)
-      link?.on('data', heard);
-      if (leaveRequested()) return ws.close(1000, 'worker leaving');
-      heard();
-      watchdog = setInterval(() => {
-        if (performance.now() - lastHeard <= silenceMs) return;
-        // The verdict waits for this turn's read of the socket: a process woken from a stop (SIGSTOP, a frozen
-        // VM) runs its overdue timers before it reads what arrived meanwhile, such as why it was dropped.
-        setImmediate(() => {
-          if (outcome || performance.now() - lastHeard <= silenceMs) return;
-          end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
-          ws.terminate();
-        });
-      }, 1000);
+      link?.on('data', watchdog.heard);
+      if (leave.requested) return ws.close(1000, 'worker leaving');
+      watchdog.heard();
+      watchdog.start((silenceMs) => {
+        if (outcome) return;
+        end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
+        ws.terminate();
+      });
       log(`connected to ${withoutCredentials(opts.coordinator)}`);
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
-      heard();
+      watchdog.heard();
       // Decided (failed, stopped, leaving): ws still delivers what arrives while the socket closes, and
       // a step computed for it would go nowhere.
       if (outcome) return;
@@ -346,14 +373,8 @@ function connectOnce(
         if (!isBinary) throw new ProtocolError('bad_frame', 'text frame');
         handle(decodeCoordinatorMessage(data));
       } catch (e) {
-        // Only ganfleet's codes go on the wire (an OS or tfjs error's text says the rest).
-        const code = e instanceof GanfleetError ? e.code : 'WORKER_FAILED';
-        // A coordinator of another protocol version, or one whose first message (its welcome) this build
-        // cannot read, will not change by reconnecting. Nor will a trap in the wasm backend (out of its
-        // memory, out of bounds): the module's state is unknown after one, so only a new process computes again.
-        const trapped = e instanceof WebAssembly.RuntimeError;
-        const text = trapped ? `the backend failed (${(e as Error).message}); this process cannot compute again` : (e as Error).message;
-        fail(code, text, trapped || (e instanceof ProtocolError && (e.reason === 'bad_version' || workerId === null)));
+        const failure = failureOf(e, workerId !== null);
+        fail(failure.code, failure.text, failure.fatal);
       }
     });
     ws.on('unexpected-response', (_req, res) => {
@@ -367,7 +388,7 @@ function connectOnce(
     });
     ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator))));
     ws.on('close', (code, reason) => {
-      if (watchdog) clearInterval(watchdog);
+      watchdog.stop();
       if (errorsHeard > ERRORS_LOGGED) log(`${errorsHeard - ERRORS_LOGGED} more errors from the coordinator on this connection went unlogged`);
       mailbox?.close();
       try {
@@ -382,6 +403,21 @@ function connectOnce(
       resolve(outcome ?? lost(`closed (${code}${reason.length ? ` ${reason}` : ''})`));
     });
   });
+}
+
+/**
+ * What to report of an error thrown while handling a coordinator's message,
+ * and whether reconnecting cannot help (`fatal`).
+ */
+function failureOf(e: unknown, welcomed: boolean): { code: string; text: string; fatal: boolean } {
+  // Only ganfleet's codes go on the wire (an OS or tfjs error's text says the rest).
+  const code = e instanceof GanfleetError ? e.code : 'WORKER_FAILED';
+  // A coordinator of another protocol version, or one whose first message (its welcome) this build
+  // cannot read, will not change by reconnecting. Nor will a trap in the wasm backend (out of its
+  // memory, out of bounds): the module's state is unknown after one, so only a new process computes again.
+  const trapped = e instanceof WebAssembly.RuntimeError;
+  const text = trapped ? `the backend failed (${(e as Error).message}); this process cannot compute again` : (e as Error).message;
+  return { code, text, fatal: trapped || (e instanceof ProtocolError && (e.reason === 'bad_version' || !welcomed)) };
 }
 
 /**
