@@ -14,7 +14,7 @@ import { Rng } from '../util/rng';
 import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
-import { writeCheckpoint } from './checkpoint';
+import { Checkpoint, writeCheckpoint } from './checkpoint';
 import { exportGenerator } from './export';
 import { LEASE_TIMING, OutputClaim } from './output-claim';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, earlierSummary, evaluationsUpTo, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
@@ -30,7 +30,7 @@ import { Round, RoundResult, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
 import { SampleWriter, gridsAround } from './samples';
-import { RunClock, StepStats, progressLine } from './progress';
+import { Elapsed, RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, Reference, loadReference } from '../eval/quality';
 
@@ -93,6 +93,12 @@ export interface Evaluation extends Quality {
   step: number;
 }
 
+/** Why training stopped; `failed` marks a stop the run did not ask for. */
+interface Stop {
+  reason: string;
+  failed: boolean;
+}
+
 /** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
 class EvaluationCut extends Error {}
 
@@ -116,6 +122,8 @@ export class Coordinator {
   private readonly workers: WorkerGroup;
   private readonly receiver: Receiver;
   private readonly events = new EventEmitter();
+  /** Where in --out each output goes. */
+  private readonly layout: ReturnType<typeof runLayout>;
   private readonly samples: SampleWriter;
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
   private seedRng: Rng;
@@ -132,7 +140,7 @@ export class Coordinator {
   private resumedFrom: number | null = null;
   /** Steps of the evaluations the resume found after its checkpoint: removed from evaluations.json once started. */
   private evaluationsDiscarded: number[] = [];
-  private stop: { reason: string; failed: boolean } | null = null;
+  private stop: Stop | null = null;
   private bytesSent = 0;
   private bytesReceived = 0;
   private imagesTotal = 0;
@@ -175,7 +183,8 @@ export class Coordinator {
       adam: { step: 0, m: new Float32Array(size.discriminator), v: new Float32Array(size.discriminator) },
     };
     this.seedRng = new Rng(config.seed + 3);
-    this.samples = new SampleWriter(this.model, runLayout(config.out).samples, config.seed + 2);
+    this.layout = runLayout(config.out);
+    this.samples = new SampleWriter(this.model, this.layout.samples, config.seed + 2);
     this.workers = new WorkerGroup(config, {
       log,
       metrics: this.metrics,
@@ -289,10 +298,10 @@ export class Coordinator {
   }
 
   private async trainSteps(): Promise<TrainingSummary> {
-    const { steps, sampleEvery, logEvery, checkpointEvery } = this.config;
+    const { steps, sampleEvery, logEvery, checkpointEvery, evalEvery } = this.config;
     const firstStep = this.step;
     if (this.evaluationMissed && !this.outputsForfeited) {
-      this.log(`eval step ${this.step}: due, and not in ${runLayout(this.config.out).evaluations}; scoring it now`);
+      this.log(`eval step ${this.step}: due, and not in ${this.layout.evaluations}; scoring it now`);
       await this.evaluate(true);
     }
     while (this.step < steps && !this.stop) {
@@ -317,7 +326,7 @@ export class Coordinator {
       this.recordStep(stats);
       if (due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
       if (due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
-      if (due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate(true);
+      if (due(this.step, evalEvery) && !this.outputsForfeited) await this.evaluate(true);
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
@@ -328,40 +337,63 @@ export class Coordinator {
 
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
   private async finish(firstStep: number): Promise<TrainingSummary> {
-    const { steps, sampleEvery, checkpointEvery } = this.config;
+    const ran = this.step - firstStep;
     // The pace is the training's: read before the final grid and checkpoint, which no timed step waited for.
     const trained = this.clock.elapsed();
     const trainingSeconds = trained.seconds - trained.pausedSeconds - trained.evaluationSeconds;
-    const ran = this.step - firstStep;
     // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
-    if (ran > 0 && !this.diverged) {
-      if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
-      // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-      if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
-      if (this.config.evalEvery > 0 && !due(this.step, this.config.evalEvery) && !this.outputsForfeited) await this.evaluate(false);
-    }
+    if (ran > 0 && !this.diverged) await this.writeFinalOutputs();
     // After the final evaluation, which the wall time and the time evaluating include.
-    const { seconds, pausedSeconds, evaluationSeconds } = this.clock.elapsed();
+    const elapsed = this.clock.elapsed();
     this.state = 'finished';
-    const generatorDir = runLayout(this.config.out).generator;
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
     const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
-    if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, generatorDir);
-    const stopReason = this.stop?.reason ?? `finished ${this.step} step${this.step === 1 ? '' : 's'}`;
-    this.stop ??= { reason: stopReason, failed: false };
+    if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator);
+    // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
+    this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
+    const { reason } = this.stop;
+    const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
+    if (untrained) {
+      this.log(this.diverged ? `${reason}; no outputs written` : `${reason} before the first step: no outputs written`);
+    } else if (keepOutputs) {
+      this.leaveOutputsAsTheyWere(this.stop);
+    } else if (!this.mayWrite()) {
+      this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
+    } else {
+      writeJsonAtomic(this.layout.summary, summary);
+      const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${this.layout.generator}`;
+      this.log(`${reason}: step ${this.step} (${ran} this run) in ${elapsed.seconds.toFixed(1)} s; ${outputs}`);
+    }
+    return summary;
+  }
+
+  /** The grid, checkpoint and evaluation that the last step did not write: each --*-every output is written at the end too. */
+  private async writeFinalOutputs(): Promise<void> {
+    const { sampleEvery, checkpointEvery, evalEvery } = this.config;
+    if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
+    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
+    if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
+    if (evalEvery > 0 && !due(this.step, evalEvery) && !this.outputsForfeited) await this.evaluate(false);
+  }
+
+  /**
+   * What summary.json says. `trainingSeconds`: the steps' own time (neither paused nor evaluating), behind
+   * msPerStep and imagesPerSecond; `elapsed`: the wall time, read after the final outputs.
+   */
+  private summarise(ran: number, trainingSeconds: number, elapsed: Elapsed, stop: Stop): TrainingSummary {
     const perStep = (x: number) => (ran > 0 ? x / ran : 0);
-    const summary: TrainingSummary = {
+    return {
       steps: this.step,
       stepsThisRun: ran,
       resumedFrom: this.resumedFrom,
-      ok: !this.stop?.failed,
-      seconds,
-      pausedSeconds,
-      evaluationSeconds,
+      ok: !stop.failed,
+      seconds: elapsed.seconds,
+      pausedSeconds: elapsed.pausedSeconds,
+      evaluationSeconds: elapsed.evaluationSeconds,
       msPerStep: perStep(trainingSeconds * 1000),
       imagesPerSecond: trainingSeconds > 0 ? this.imagesThisRun / trainingSeconds : 0,
       msPerStepByPhase: Object.fromEntries(Object.entries(this.partTotals).map(([k, v]) => [k, perStep(v * 1000)])) as Record<RoundPart, number>,
@@ -370,42 +402,34 @@ export class Coordinator {
       last: this.last,
       // Absolute: a relative --out (the default runs/<time>) would name them from where training started.
       samples: this.sampleFiles.map((name) => path.resolve(this.samples.dir, name)),
-      generator: this.diverged ? null : path.resolve(generatorDir),
+      generator: this.diverged ? null : path.resolve(this.layout.generator),
       checkpoint: this.lastCheckpoint && path.resolve(this.lastCheckpoint),
       evaluations: this.evaluations,
-      stopReason,
+      stopReason: stop.reason,
     };
-    if (untrained) {
-      this.log(this.diverged ? `${stopReason}; no outputs written` : `${stopReason} before the first step: no outputs written`);
-      return summary;
+  }
+
+  /**
+   * The end of a resumed run that trained nothing: the summary's figures stay the earlier run's. An evaluation
+   * scored on resume (one a stop or a kill cut short) joins them, and `ok` says how the latest run ended: false
+   * after a failure (it diverged at once, say), or a script reading it would see success; true again once a run
+   * finds the training finished.
+   */
+  private leaveOutputsAsTheyWere(stop: Stop): void {
+    const { steps, out } = this.config;
+    const file = this.layout.summary;
+    const kept = earlierSummary(out)!;
+    const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
+    const finishedAgain = !stop.failed && this.step >= steps && kept.ok === false;
+    const okChanged = stop.failed || finishedAgain;
+    const rewritten = (scored || okChanged) && this.mayWrite();
+    if (rewritten) {
+      writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(okChanged ? { ok: !stop.failed, stopReason: stop.reason } : {}) });
+      if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
     }
-    if (keepOutputs) {
-      // The summary's figures stay the earlier run's. An evaluation scored on resume (one a stop or a kill cut
-      // short) joins them, and `ok` says how the latest run ended: false after a failure (it diverged at once,
-      // say), or a script reading it would see success; true again once a run finds the training finished.
-      const file = runLayout(this.config.out).summary;
-      const kept = earlierSummary(this.config.out)!;
-      const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
-      const failed = this.stop.failed;
-      const finishedAgain = !failed && this.step >= steps && kept.ok === false;
-      const rewritten = (scored || failed || finishedAgain) && this.mayWrite();
-      if (rewritten) {
-        writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(failed || finishedAgain ? { ok: !failed, stopReason } : {}) });
-        if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
-      }
-      const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
-      const marked = !rewritten ? '' : failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
-      this.log(`${stopReason}: ${why}; the outputs in ${this.config.out} are left as they were${marked}`);
-      return summary;
-    }
-    if (!this.mayWrite()) {
-      this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
-      return summary;
-    }
-    writeJsonAtomic(runLayout(this.config.out).summary, summary);
-    const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${generatorDir}`;
-    this.log(`${stopReason}: step ${this.step} (${ran} this run) in ${seconds.toFixed(1)} s; ${outputs}`);
-    return summary;
+    const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
+    const marked = !rewritten ? '' : stop.failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
+    this.log(`${stop.reason}: ${why}; the outputs in ${out} are left as they were${marked}`);
   }
 
   /**
@@ -413,7 +437,7 @@ export class Coordinator {
    * An earlier run's summary.json (this one resumed it) is marked failed, or a script reading it would see success.
    */
   private markSummaryFailed(e: unknown): void {
-    const file = runLayout(this.config.out).summary;
+    const file = this.layout.summary;
     let kept: Partial<TrainingSummary> | null;
     try {
       kept = earlierSummary(this.config.out);
@@ -735,7 +759,7 @@ export class Coordinator {
 
   /** Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it. */
   private writeEvaluations(): void {
-    if (this.mayWrite()) writeJsonAtomic(runLayout(this.config.out).evaluations, this.evaluations);
+    if (this.mayWrite()) writeJsonAtomic(this.layout.evaluations, this.evaluations);
   }
 
   /** The status page and its JSON, served beside /metrics. */
@@ -790,7 +814,7 @@ export class Coordinator {
   /** The checkpoint's file, or null where this run lost --out while writing it. */
   private checkpoint(): string | null {
     const file = writeCheckpoint(
-      runLayout(this.config.out).checkpoints,
+      this.layout.checkpoints,
       {
         step: this.step,
         imagesTotal: this.imagesTotal,
@@ -829,7 +853,7 @@ export class Coordinator {
     const from = this.resumedFrom;
     const summarised = summarisedStep(this.config.out);
     if (summarised !== null && summarised > (from ?? 0)) {
-      const summary = runLayout(this.config.out).summary;
+      const summary = this.layout.summary;
       removeFile(summary);
       this.log(`removed ${summary}: it summarised step ${summarised}, ${from === null ? 'trained by an earlier run that left no checkpoint' : `after this checkpoint's step ${from}`}`);
     }
@@ -838,7 +862,7 @@ export class Coordinator {
     if (after.length > 0) {
       this.log(`removed ${after.join(', ')} from ${this.samples.dir}: ${from === null ? 'an earlier run that left no checkpoint drew them' : 'they show weights after this checkpoint'}`);
     }
-    const file = runLayout(this.config.out).evaluations;
+    const file = this.layout.evaluations;
     if (from === null && fs.existsSync(file)) {
       removeFile(file);
       this.log(`removed ${file}: the evaluations of an earlier run that left no checkpoint`);
@@ -852,6 +876,25 @@ export class Coordinator {
     const found = checkpointToResume(this.config, this.log);
     if (!found) return;
     const c = found.checkpoint;
+    this.restoreTraining(c, found.file);
+    this.restoreHistory(c.step);
+    // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
+    if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
+    const now = checkpointConfig(this.config, this.trainFingerprint);
+    for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
+    const shards = shardsToResume(c, now);
+    this.workers.restoreSlots(shards.slots);
+    this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
+    const slots = shards.slots.length;
+    if (slots > this.config.maxWorkers) {
+      this.log(`this run takes at most ${this.config.maxWorkers} worker${this.config.maxWorkers === 1 ? '' : 's'} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
+    } else if (slots > this.config.startWorkers) {
+      this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
+    }
+  }
+
+  /** The weights, both Adam states, the seed generator and the counters, as checkpoint `file` holds them. */
+  private restoreTraining(c: Checkpoint, file: string): void {
     this.model.generatorLayout.checkLength(c.generator);
     this.model.discriminatorLayout.checkLength(c.discriminator);
     this.params.generator.set(c.generator);
@@ -864,33 +907,26 @@ export class Coordinator {
     this.resumedFrom = c.step;
     this.imagesTotal = c.imagesTotal;
     this.metrics.step.set(c.step);
-    this.lastCheckpoint = found.file;
+    this.lastCheckpoint = file;
     this.metrics.lastCheckpointStep.set(c.step);
     // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
-    // The grids before the checkpoint are this run's history too, for the status page and summary.json.
-    this.sampleFiles = gridsAround(this.samples.dir, c.step).upTo;
-    const recorded = evaluationsUpTo(this.config.out, c.step, this.log);
+  }
+
+  /**
+   * The grids and evaluations up to `step`, the checkpoint's: this run's history too, for the status page and
+   * summary.json. Those after it are only noted here: forgetLaterOutputs removes them once the coordinator has started.
+   */
+  private restoreHistory(step: number): void {
+    this.sampleFiles = gridsAround(this.samples.dir, step).upTo;
+    const recorded = evaluationsUpTo(this.config.out, step, this.log);
     this.evaluations.push(...recorded.kept);
     this.evaluationsDiscarded = recorded.after;
     const lastEvaluation = recorded.kept.at(-1);
     if (lastEvaluation) this.showEvaluation(lastEvaluation);
     // Due at the checkpoint's step (or the run's end) and not recorded: a kill or a stop cut it short.
     const { evalEvery, steps } = this.config;
-    this.evaluationMissed = (due(c.step, evalEvery) || (evalEvery > 0 && c.step >= steps)) && !recorded.kept.some((e) => e.step === c.step);
-    const now = checkpointConfig(this.config, this.trainFingerprint);
-    // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
-    if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
-    for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
-    const shards = shardsToResume(c, now);
-    this.workers.restoreSlots(shards.slots);
-    this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
-    const slots = shards.slots.length;
-    if (slots > this.config.maxWorkers) {
-      this.log(`this run takes at most ${this.config.maxWorkers} worker${this.config.maxWorkers === 1 ? '' : 's'} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
-    } else if (slots > this.config.startWorkers) {
-      this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
-    }
+    this.evaluationMissed = (due(step, evalEvery) || (evalEvery > 0 && step >= steps)) && !recorded.kept.some((e) => e.step === step);
   }
 }

@@ -9,6 +9,13 @@ export interface StepStats {
   workers: number;
 }
 
+/** Wall time in seconds from the first step, and the parts of it paused and evaluating. */
+export interface Elapsed {
+  seconds: number;
+  pausedSeconds: number;
+  evaluationSeconds: number;
+}
+
 /** Steps behind the status page's images/s. */
 const RECENT_STEPS = 32;
 
@@ -112,7 +119,7 @@ export class RunClock {
   }
 
   /** Wall time from the first step until now, and the parts of it paused and evaluating. */
-  elapsed(): { seconds: number; pausedSeconds: number; evaluationSeconds: number } {
+  elapsed(): Elapsed {
     if (!this.first) return { seconds: 0, pausedSeconds: 0, evaluationSeconds: 0 };
     return {
       seconds: (this.now() - this.first.at) / 1000,
