@@ -1286,6 +1286,66 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a lease taken while a grid, the generator or summary.json is being written: that file never takes its name, and nothing after it is written', async () => {
+    // Each write is guarded as the checkpoint's is: a fsync that stalls on a network volume past a takeover would
+    // otherwise put this run's file into the new holder's outputs (its finished run's generator, replaced).
+    for (const [target, written] of [
+      [/samples\/step-000001\.png\.tmp-/, []],
+      [/generator\/weights\.bin\.tmp-/, ['samples', 'checkpoints']],
+      [/summary\.json\.tmp-/, ['samples', 'checkpoints', 'generator']],
+    ] as const) {
+      const dir = path.join(out, `lease-lost-mid-${String(target).slice(1, 8)}`);
+      const lines: string[] = [];
+      const coordinator = await Coordinator.start({ ...config(dir, 1), sampleEvery: 1 }, (l) => lines.push(l));
+      const run = coordinator.run();
+      const openSync = fs.openSync;
+      fs.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
+        if (target.test(String(file))) takeLeaseOver(dir);
+        return (openSync as (...a: unknown[]) => number)(file, ...rest);
+      }) as typeof fs.openSync;
+      try {
+        await answerOneStep(coordinator, 0);
+        assert.equal((await run).ok, false);
+      } finally {
+        fs.openSync = openSync;
+      }
+      await coordinator.close();
+      // (A directory left empty is removed with the lease's release.)
+      const held = ['samples', 'checkpoints', 'generator'].filter((sub) => fs.existsSync(path.join(dir, sub)) && fs.readdirSync(path.join(dir, sub)).length > 0);
+      assert.deepEqual(held, written, `${target}: ${lines.join('\n')}`);
+      assert.ok(!fs.existsSync(path.join(dir, 'summary.json')), String(target));
+      assert.deepEqual(fs.readdirSync(dir).filter((n) => n.includes('.tmp-')), [], 'no temporary file left');
+      assert.ok(lines.some((l) => /no outputs written after step 1$/.test(l)), lines.join('\n'));
+      assert.equal(JSON.parse(fs.readFileSync(path.join(dir, LEASE_FILE), 'utf8')).token, 'theirs', 'the new holder keeps its lease');
+    }
+  });
+
+  test('a lease taken while the coordinator starts (frozen there past the stale time): the start fails with OUT_IN_USE and removes nothing', async () => {
+    // An earlier run that left no checkpoint: a start from step 0 removes its grids, evaluations and summary.
+    const dir = path.join(out, 'lease-lost-at-start');
+    fs.mkdirSync(path.join(dir, 'samples'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'samples', 'step-000002.png'), 'grid');
+    fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify({ steps: 2, ok: true }));
+    const dataDir = blankMnistDir(100);
+    const openSync = fs.openSync;
+    fs.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
+      if (String(file).startsWith(dataDir)) takeLeaseOver(dir);
+      return (openSync as (...a: unknown[]) => number)(file, ...rest);
+    }) as typeof fs.openSync;
+    try {
+      await assert.rejects(
+        Coordinator.start({ ...config(dir, 3), dataDir }, () => {}),
+        (e: unknown) => e instanceof GanfleetError && e.code === 'OUT_IN_USE' && /took over the lease on --out .* while this coordinator started; it changed nothing there/.test(e.message),
+      );
+    } finally {
+      fs.openSync = openSync;
+    }
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')), ['step-000002.png']);
+    assert.ok(fs.existsSync(path.join(dir, 'summary.json')));
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, LEASE_FILE), 'utf8')).token, 'theirs');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('--sample-every N writes a grid every N steps and at the end; 0 writes only the final one', async () => {
     for (const [sampleEvery, grids] of [
       [2, ['step-000002.png', 'step-000003.png']],

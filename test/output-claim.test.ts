@@ -157,6 +157,15 @@ test('of two coordinators taking a stale lease at once, one holds it and the oth
   const claim = (held[0] as PromiseFulfilledResult<OutputClaim>).value;
   assert.ok(claim.holds());
   claim.release();
+  // One that began watching later finds the lease taken when its watch ends: it names the live winner, not the
+  // dead holder both judged (which would send its user after a process that is gone).
+  plantLease(out, ELSEWHERE);
+  const first = OutputClaim.take(out, () => {}, noLost, FAST);
+  await new Promise((r) => setTimeout(r, FAST.staleMs / 2));
+  const later = OutputClaim.take(out, () => {}, noLost, FAST);
+  const winner = await first;
+  await assert.rejects(later, (e: unknown) => rejectsWith('OUT_IN_USE', new RegExp(`in use by another coordinator \\(pid ${process.pid} on ${os.hostname()}`))(e) || assert.fail(String(e)));
+  winner.release();
   fs.rmSync(root, { recursive: true, force: true });
 });
 

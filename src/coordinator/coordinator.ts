@@ -10,6 +10,7 @@ import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
 import { Logger, createLogger, peerText } from '../util/log';
 import { urlHost } from '../util/text';
+import { GanfleetError } from '../util/errors';
 import { Rng } from '../util/rng';
 import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
@@ -243,9 +244,13 @@ export class Coordinator {
         log(`the ${c.train.count} training images need at least ${c.fewestWorkers} workers (a worker takes a shard of at most ${MAX_SHARD_IMAGES}): training waits for them`);
       }
       c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
+      // Resuming sets bad files aside and starting removes later outputs: not once a takeover (of a coordinator
+      // frozen while it started) has made them another run's.
+      c.assertStillHeld();
       if (config.resume) c.resume();
       await c.listen();
       // Once started: a start that fails (a port in use) leaves the outputs as they were.
+      c.assertStillHeld();
       c.forgetLaterOutputs();
     } catch (e) {
       c.claim.release();
@@ -352,7 +357,7 @@ export class Coordinator {
     const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
-    if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator);
+    if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
     this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
     const { reason } = this.stop;
@@ -361,10 +366,11 @@ export class Coordinator {
       this.log(this.diverged ? `${reason}; no outputs written` : `${reason} before the first step: no outputs written`);
     } else if (keepOutputs) {
       this.leaveOutputsAsTheyWere(this.stop);
-    } else if (!this.mayWrite()) {
+    } else if (!this.mayWrite() || !writeJsonAtomic(this.layout.summary, summary, this.mayCommit)) {
+      // Lost after the run's own stop (at its summary, say), the outputs are still not delivered: a failure too.
+      summary.ok = false;
       this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
     } else {
-      writeJsonAtomic(this.layout.summary, summary);
       const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${this.layout.generator}`;
       this.log(`${reason}: step ${this.step} (${ran} this run) in ${elapsed.seconds.toFixed(1)} s; ${outputs}`);
     }
@@ -424,7 +430,7 @@ export class Coordinator {
     const okChanged = stop.failed || finishedAgain;
     const rewritten = (scored || okChanged) && this.mayWrite();
     if (rewritten) {
-      writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(okChanged ? { ok: !stop.failed, stopReason: stop.reason } : {}) });
+      writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(okChanged ? { ok: !stop.failed, stopReason: stop.reason } : {}) }, this.mayCommit);
       if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
     }
     const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
@@ -446,8 +452,7 @@ export class Coordinator {
     }
     if (!kept || kept.ok === false || !this.mayWrite()) return;
     try {
-      writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` });
-      this.log(`${file} says ok: false`);
+      if (writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` }, this.mayCommit)) this.log(`${file} says ok: false`);
     } catch (e2) {
       this.log(`${file} could not be marked ok: false (${(e2 as Error).message})`);
     }
@@ -457,6 +462,17 @@ export class Coordinator {
   private mayWrite(): boolean {
     return !this.outputsForfeited && (this.claim?.holds() ?? true);
   }
+
+  /** At start, before changing what --out holds: a lease lost by then ends the start, with nothing changed. */
+  private assertStillHeld(): void {
+    if (!this.mayWrite()) throw new GanfleetError('OUT_IN_USE', `${this.outputsForfeited} while this coordinator started; it changed nothing there`);
+  }
+
+  /**
+   * mayWrite, asked again as each file under --out takes its name, after its data is on disk: a write
+   * that stalled (a slow fsync on a network volume, a frozen process) past a takeover is abandoned.
+   */
+  private readonly mayCommit = (): boolean => this.mayWrite();
 
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
@@ -679,7 +695,8 @@ export class Coordinator {
   }
 
   private writeSamples(): void {
-    this.sampleFiles.push(path.basename(this.samples.write(this.step, this.params.generator)));
+    const file = this.samples.write(this.step, this.params.generator, this.mayCommit);
+    if (file) this.sampleFiles.push(path.basename(file));
   }
 
   /** From this run's average pace, so evaluations and checkpoints are in it; null before the first step. */
@@ -759,7 +776,7 @@ export class Coordinator {
 
   /** Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it. */
   private writeEvaluations(): void {
-    if (this.mayWrite()) writeJsonAtomic(this.layout.evaluations, this.evaluations);
+    if (this.mayWrite()) writeJsonAtomic(this.layout.evaluations, this.evaluations, this.mayCommit);
   }
 
   /** The status page and its JSON, served beside /metrics. */
@@ -829,7 +846,7 @@ export class Coordinator {
       },
       this.config.keepCheckpoints,
       (e) => this.log(`warning: an old checkpoint cannot be removed (--keep-checkpoints ${this.config.keepCheckpoints}): ${e.message}`),
-      () => this.mayWrite(),
+      this.mayCommit,
     );
     if (file === null) return null;
     this.log(`checkpoint ${file}`);

@@ -251,10 +251,11 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
       continue;
     }
     if (lease.kind === 'unreadable') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} cannot be read (${lease.error})`);
-    const why = await lapsedBecause(file, lease, me, out, log, timing, abort);
-    if (why === null) {
-      throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(lease.holder)}; lease ${file}): stop that run, or choose another --out`);
+    const verdict = await lapsedBecause(file, lease, me, out, log, timing, abort);
+    if ('heldBy' in verdict) {
+      throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(verdict.heldBy)}; lease ${file}): stop that run, or choose another --out`);
     }
+    const why = verdict.lapsed;
     // Moved aside under a name of this taker's: of several takers, one rename finds the lease. The one that
     // moved a newer lease (another taker's, made meanwhile) puts it back.
     const aside = `${file}${LAPSED}${me.token}`;
@@ -275,24 +276,37 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
   }
 }
 
-/** Why the lease is a dead holder's, or null while its holder may be alive. */
-async function lapsedBecause(file: string, lease: Held, me: Holder, out: string, log: Logger, timing: LeaseTiming, abort?: AbortSignal): Promise<string | null> {
+/**
+ * Why the lease is a dead holder's, or the holder that may be alive: the
+ * lease's, or whoever took it meanwhile (where several watched it, the
+ * winner, not the dead holder they judged).
+ */
+async function lapsedBecause(
+  file: string,
+  lease: Held,
+  me: Holder,
+  out: string,
+  log: Logger,
+  timing: LeaseTiming,
+  abort?: AbortSignal,
+): Promise<{ lapsed: string } | { heldBy: Holder | null }> {
   const { holder } = lease;
+  const alive = { heldBy: holder };
   if (holder && me.processTable !== null && holder.processTable === me.processTable) {
     // This process's pid with a token it does not hold: an earlier life (pid 1 again, in a restarted container).
-    if (holder.pid === process.pid) return heldHere.has(holder.token) ? null : `pid ${holder.pid} was an earlier process`;
-    if (!processAlive(holder.pid)) return `pid ${holder.pid} is gone`;
+    if (holder.pid === process.pid) return heldHere.has(holder.token) ? alive : { lapsed: `pid ${holder.pid} was an earlier process` };
+    if (!processAlive(holder.pid)) return { lapsed: `pid ${holder.pid} is gone` };
     // Alive, and one clock for both: a lease untouched for staleMs is a pid used again since its holder died.
     const age = Date.now() - lease.mtimeMs;
-    return age >= timing.staleMs ? `untouched for ${(age / 1000).toFixed(1)} s: pid ${holder.pid} is another process now, or frozen (a frozen holder stops when it wakes)` : null;
+    return age >= timing.staleMs ? { lapsed: `untouched for ${(age / 1000).toFixed(1)} s: pid ${holder.pid} is another process now, or frozen (a frozen holder stops when it wakes)` } : alive;
   }
   log(`--out ${out} has a lease of ${describe(holder)}; watching it for ${(timing.staleMs / 1000).toFixed(1)} s to see whether its holder is alive`);
   await pause(timing.staleMs, abort);
   if (abort?.aborted) throw new GanfleetError('OUT_NOT_TAKEN', `${String(abort.reason ?? 'stopped')} while watching the lease on --out ${out}: nothing was written`);
   const now = readLease(file);
-  if (now.kind === 'absent') return 'it was released';
-  if (now.kind === 'held' && now.holder?.token === holder?.token && now.mtimeMs === lease.mtimeMs) return `untouched for ${(timing.staleMs / 1000).toFixed(1)} s`;
-  return null;
+  if (now.kind === 'absent') return { lapsed: 'it was released' };
+  if (now.kind === 'held' && now.holder?.token === holder?.token && now.mtimeMs === lease.mtimeMs) return { lapsed: `untouched for ${(timing.staleMs / 1000).toFixed(1)} s` };
+  return now.kind === 'held' ? { heldBy: now.holder } : alive;
 }
 
 /** Where a taker moves a lapsed lease while it checks that it is the one it judged. */

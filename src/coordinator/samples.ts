@@ -48,11 +48,11 @@ export class SampleWriter {
     return encodePng(grid.width, grid.height, grid.pixels, 1);
   }
 
-  write(step: number, generator: Float32Array): string {
+  /** The grid's file, or null where `mayCommit` (asked before it takes its name) said no. */
+  write(step: number, generator: Float32Array, mayCommit?: () => boolean): string | null {
     const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
     // The run made it at start (OutputClaim); this brings back one removed since, rather than lose the grid.
     makeDirectory(this.dir);
-    writeFileAtomic(file, [this.render(generator)]);
-    return file;
+    return writeFileAtomic(file, [this.render(generator)], mayCommit) ? file : null;
   }
 }

@@ -71,8 +71,8 @@ export function naming(e: unknown, file: string, ...named: string[]): unknown {
 }
 
 /** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
-export function writeJsonAtomic(file: string, value: unknown): void {
-  writeFileAtomic(file, [Buffer.from(JSON.stringify(value, null, 2) + '\n')]);
+export function writeJsonAtomic(file: string, value: unknown, mayCommit?: () => boolean): boolean {
+  return writeFileAtomic(file, [Buffer.from(JSON.stringify(value, null, 2) + '\n')], mayCommit);
 }
 
 /**
