@@ -1,6 +1,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
@@ -548,6 +549,22 @@ async function answerOneStep(coordinator: Coordinator, step: number): Promise<vo
 function takeLeaseOver(out: string): void {
   const theirs = { pid: 1, hostname: 'another-host', processTable: null, token: 'theirs', since: '2026-11-29T00:00:00.000Z' };
   fs.writeFileSync(path.join(out, LEASE_FILE), JSON.stringify(theirs));
+}
+
+/**
+ * As when this run froze (a hung fsync, a paused VM) past the lease's stale time and another coordinator took
+ * --out over: the takeover lands when a file whose path matches `opened` is opened. Returns the undo.
+ */
+function takeLeaseOverWhenOpening(opened: RegExp | ((file: string) => boolean), out: string): () => void {
+  const openSync = fs.openSync;
+  const matches = typeof opened === 'function' ? opened : (file: string) => opened.test(file);
+  fs.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
+    if (matches(String(file))) takeLeaseOver(out);
+    return (openSync as (...a: unknown[]) => number)(file, ...rest);
+  }) as typeof fs.openSync;
+  return () => {
+    fs.openSync = openSync;
+  };
 }
 
 /** A scripted peer, welcomed by `coordinator`. */
@@ -1259,14 +1276,7 @@ describe('coordinator edge cases found by review', () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start({ ...config(dir, 3), checkpointEvery: 1, keepCheckpoints: 1 }, (l) => lines.push(l));
     const run = coordinator.run();
-    // As when this run froze inside the write (a hung fsync, a paused VM) past the lease's stale time and another
-    // coordinator took --out over: the takeover lands once the checkpoint's temporary file is open.
-    const openSync = fs.openSync;
-    const patched = ((file: fs.PathLike, ...rest: unknown[]) => {
-      if (/ckpt-000000002\.bin\.tmp-/.test(String(file))) takeLeaseOver(dir);
-      return (openSync as (...a: unknown[]) => number)(file, ...rest);
-    }) as typeof fs.openSync;
-    fs.openSync = patched;
+    const undo = takeLeaseOverWhenOpening(/ckpt-000000002\.bin\.tmp-/, dir);
     try {
       const { peer } = await joinedPeer(coordinator);
       for (const step of [0, 1]) {
@@ -1277,7 +1287,7 @@ describe('coordinator edge cases found by review', () => {
       }
       assert.equal((await run).ok, false);
     } finally {
-      fs.openSync = openSync;
+      undo();
     }
     // Step 1's checkpoint stays: --keep-checkpoints 1 would have pruned it for step 2's.
     assert.deepEqual(fs.readdirSync(path.join(dir, 'checkpoints')), ['ckpt-000000001.bin']);
@@ -1298,16 +1308,12 @@ describe('coordinator edge cases found by review', () => {
       const lines: string[] = [];
       const coordinator = await Coordinator.start({ ...config(dir, 1), sampleEvery: 1 }, (l) => lines.push(l));
       const run = coordinator.run();
-      const openSync = fs.openSync;
-      fs.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
-        if (target.test(String(file))) takeLeaseOver(dir);
-        return (openSync as (...a: unknown[]) => number)(file, ...rest);
-      }) as typeof fs.openSync;
+      const undo = takeLeaseOverWhenOpening(target, dir);
       try {
         await answerOneStep(coordinator, 0);
         assert.equal((await run).ok, false);
       } finally {
-        fs.openSync = openSync;
+        undo();
       }
       await coordinator.close();
       // (A directory left empty is removed with the lease's release.)
@@ -1320,6 +1326,32 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
+  test('a resumed finished run whose lease is taken while it rewrites summary.json fails, and says the file was not rewritten', async () => {
+    const dir = path.join(out, 'lease-lost-kept-outputs');
+    const dataDir = blankMnistDir(256);
+    const finished = await Coordinator.start({ ...config(dir, 1), dataDir, checkpointEvery: 1 }, () => {});
+    const finishedRun = finished.run();
+    await answerOneStep(finished, 0);
+    assert.equal((await finishedRun).ok, true);
+    await finished.close();
+    // An earlier resume failed: this one, finding the training finished, would mark it ok: true again.
+    const file = path.join(dir, 'summary.json');
+    fs.writeFileSync(file, JSON.stringify({ ...JSON.parse(fs.readFileSync(file, 'utf8')), ok: false }));
+    const lines: string[] = [];
+    const again = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true }, (l) => lines.push(l));
+    const undo = takeLeaseOverWhenOpening(/summary\.json\.tmp-/, dir);
+    try {
+      assert.equal((await again.run()).ok, false);
+    } finally {
+      undo();
+    }
+    await again.close();
+    assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).ok, false, 'the file as it was');
+    assert.ok(lines.some((l) => /took over the lease on --out .*: \S+summary\.json was not rewritten$/.test(l)), lines.join('\n'));
+    assert.ok(!lines.some((l) => /says ok: true again/.test(l)), lines.join('\n'));
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a lease taken while the coordinator starts (frozen there past the stale time): the start fails with OUT_IN_USE and removes nothing', async () => {
     // An earlier run that left no checkpoint: a start from step 0 removes its grids, evaluations and summary.
     const dir = path.join(out, 'lease-lost-at-start');
@@ -1327,22 +1359,42 @@ describe('coordinator edge cases found by review', () => {
     fs.writeFileSync(path.join(dir, 'samples', 'step-000002.png'), 'grid');
     fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify({ steps: 2, ok: true }));
     const dataDir = blankMnistDir(100);
-    const openSync = fs.openSync;
-    fs.openSync = ((file: fs.PathLike, ...rest: unknown[]) => {
-      if (String(file).startsWith(dataDir)) takeLeaseOver(dir);
-      return (openSync as (...a: unknown[]) => number)(file, ...rest);
-    }) as typeof fs.openSync;
+    const refused = (e: unknown) => e instanceof GanfleetError && e.code === 'OUT_IN_USE' && /took over the lease on --out .* while this coordinator started; it stopped before removing anything there/.test(e.message);
+    // While it loads MNIST, before it listens.
+    const undo = takeLeaseOverWhenOpening((file) => file.startsWith(dataDir), dir);
     try {
-      await assert.rejects(
-        Coordinator.start({ ...config(dir, 3), dataDir }, () => {}),
-        (e: unknown) => e instanceof GanfleetError && e.code === 'OUT_IN_USE' && /took over the lease on --out .* while this coordinator started; it changed nothing there/.test(e.message),
-      );
+      await assert.rejects(Coordinator.start({ ...config(dir, 3), dataDir }, () => {}), refused);
     } finally {
-      fs.openSync = openSync;
+      undo();
     }
-    assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')), ['step-000002.png']);
-    assert.ok(fs.existsSync(path.join(dir, 'summary.json')));
-    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, LEASE_FILE), 'utf8')).token, 'theirs');
+    const kept = () => {
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')), ['step-000002.png']);
+      assert.ok(fs.existsSync(path.join(dir, 'summary.json')));
+      assert.equal(JSON.parse(fs.readFileSync(path.join(dir, LEASE_FILE), 'utf8')).token, 'theirs');
+    };
+    kept();
+    // While it binds its ports: those it bound are closed again, and a worker that joined is told to stop.
+    fs.rmSync(path.join(dir, LEASE_FILE));
+    const proto = Coordinator.prototype as unknown as { listen(): Promise<void> };
+    const listen = proto.listen;
+    let port = 0;
+    proto.listen = async function (this: Coordinator) {
+      await listen.call(this);
+      port = this.port;
+      takeLeaseOver(dir);
+    };
+    try {
+      await assert.rejects(Coordinator.start({ ...config(dir, 3), dataDir }, () => {}), refused);
+    } finally {
+      proto.listen = listen;
+    }
+    kept();
+    assert.ok(port > 0);
+    const connected = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => (socket.destroy(), resolve(true)));
+      socket.on('error', () => resolve(false));
+    });
+    assert.equal(connected, false, `port ${port} still takes connections`);
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 

@@ -232,6 +232,7 @@ export class Coordinator {
       c.requestStop(`${why}; this run stops without writing there`, true);
     };
     c.claim = await OutputClaim.take(config.out, log, onLost, LEASE_TIMING, abort);
+    let listening = false;
     try {
       prepareOutputs(config, log);
       const backend = await selectBackend(config.backend);
@@ -249,11 +250,14 @@ export class Coordinator {
       c.assertStillHeld();
       if (config.resume) c.resume();
       await c.listen();
+      listening = true;
       // Once started: a start that fails (a port in use) leaves the outputs as they were.
       c.assertStillHeld();
       c.forgetLaterOutputs();
     } catch (e) {
-      c.claim.release();
+      // A worker may have joined meanwhile: it is told why, as at any stop.
+      if (listening) await c.close(`the coordinator could not start: ${(e as Error).message}`);
+      else c.claim.release();
       throw e;
     }
     return c;
@@ -367,13 +371,13 @@ export class Coordinator {
     } else if (keepOutputs) {
       this.leaveOutputsAsTheyWere(this.stop);
     } else if (!this.mayWrite() || !writeJsonAtomic(this.layout.summary, summary, this.mayCommit)) {
-      // Lost after the run's own stop (at its summary, say), the outputs are still not delivered: a failure too.
-      summary.ok = false;
       this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
     } else {
       const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${this.layout.generator}`;
       this.log(`${reason}: step ${this.step} (${ran} this run) in ${elapsed.seconds.toFixed(1)} s; ${outputs}`);
     }
+    // Lost after the run's own stop (at its summary, say), the outputs are still not delivered: a failure too.
+    if (this.outputsForfeited) summary.ok = false;
     return summary;
   }
 
@@ -428,11 +432,10 @@ export class Coordinator {
     const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
     const finishedAgain = !stop.failed && this.step >= steps && kept.ok === false;
     const okChanged = stop.failed || finishedAgain;
-    const rewritten = (scored || okChanged) && this.mayWrite();
-    if (rewritten) {
-      writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(okChanged ? { ok: !stop.failed, stopReason: stop.reason } : {}) }, this.mayCommit);
-      if (scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
-    }
+    const needsRewrite = scored || okChanged;
+    const rewritten = needsRewrite && this.mayWrite() && writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(okChanged ? { ok: !stop.failed, stopReason: stop.reason } : {}) }, this.mayCommit);
+    if (rewritten && scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
+    if (needsRewrite && !rewritten) this.log(`${this.outputsForfeited}: ${file} was not rewritten`);
     const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
     const marked = !rewritten ? '' : stop.failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
     this.log(`${stop.reason}: ${why}; the outputs in ${out} are left as they were${marked}`);
@@ -465,7 +468,7 @@ export class Coordinator {
 
   /** At start, before changing what --out holds: a lease lost by then ends the start, with nothing changed. */
   private assertStillHeld(): void {
-    if (!this.mayWrite()) throw new GanfleetError('OUT_IN_USE', `${this.outputsForfeited} while this coordinator started; it changed nothing there`);
+    if (!this.mayWrite()) throw new GanfleetError('OUT_IN_USE', `${this.outputsForfeited} while this coordinator started; it stopped before removing anything there`);
   }
 
   /**
