@@ -256,7 +256,7 @@ export class Coordinator {
       c.forgetLaterOutputs();
     } catch (e) {
       // A worker may have joined meanwhile: it is told why, as at any stop.
-      if (listening) await c.close(`the coordinator could not start: ${(e as Error).message}`);
+      if (listening) await c.close(`the coordinator could not start: ${(e as Error).message}`).catch(() => {}); // the start's error is the one to report
       else c.claim.release();
       throw e;
     }
@@ -466,7 +466,7 @@ export class Coordinator {
     return !this.outputsForfeited && (this.claim?.holds() ?? true);
   }
 
-  /** At start, before changing what --out holds: a lease lost by then ends the start, with nothing changed. */
+  /** At start, before setting files aside or removing outputs: a lease lost by then ends the start first. */
   private assertStillHeld(): void {
     if (!this.mayWrite()) throw new GanfleetError('OUT_IN_USE', `${this.outputsForfeited} while this coordinator started; it stopped before removing anything there`);
   }
