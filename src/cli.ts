@@ -15,10 +15,9 @@ import { ARCHITECTURES, LOSSES, maxBatchSize } from './model';
 import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
-import { envSwitch } from './util/env';
 import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
-import { MAX_SEED, UsageError, checkPort, envVariable, environmentSource, given, integerInRange, requirePath, switchForms, warnOfMistypedVariables } from './util/flags';
+import { MAX_SEED, UsageError, checkCommandLine, checkPort, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { holdsCertificate, tlsPairProblem } from './util/tls';
 import { runWorker } from './worker/worker';
 
@@ -262,13 +261,6 @@ function evalOptions<T>(y: Argv<T>) {
     });
 }
 
-type OptionTable = { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[]; default: Record<string, unknown> };
-
-/** The flags yargs holds for `y` so far (its getOptions(), which the typings leave out). */
-function optionsOf<T>(y: Argv<T>): OptionTable {
-  return (y as unknown as { getOptions(): OptionTable }).getOptions();
-}
-
 /**
  * Every command's flags. One environment often serves several commands (a
  * Compose file's coordinator and workers), so a GANFLEET_* variable that
@@ -276,137 +268,7 @@ function optionsOf<T>(y: Argv<T>): OptionTable {
  */
 function everyFlag(): Set<string> {
   const builders: ((y: Argv) => Argv<unknown>)[] = [coordinatorOptions, workerOptions, localOptions, generateOptions, evalOptions];
-  return new Set(builders.flatMap((options) => Object.keys(optionsOf(options(yargs([]))).key)));
-}
-
-/**
- * yargs' strict mode also rejects GANFLEET_* variables meant for another
- * command (a worker started with GANFLEET_STEPS in its environment), so
- * unknown flags are checked on the command line alone: long ones, and short
- * ones (only -h is known; `-n 4` used to be ignored without a word).
- *
- * yargs reads a boolean variable as true only when it is the word `true`,
- * so GANFLEET_NATIVE=1 turned the native kernels off. Boolean variables are
- * read here instead (util/env.ts), before any check sees them, and a value
- * that is not a switch is refused. A flag on the command line wins.
- */
-function checkCommandLine<T>(y: Argv<T>, raw: readonly string[]) {
-  const options = () => optionsOf(y);
-  const onCommandLine = new Set<string>();
-  for (const token of raw) {
-    if (token === '--') break;
-    const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
-    if (name) onCommandLine.add(name);
-  }
-  const switches = () =>
-    options()
-      .boolean.filter((key) => key !== 'help' && key !== 'version' && !onCommandLine.has(key))
-      .map((key) => {
-        const variable = envVariable(key);
-        return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
-      });
-  const valued = Object.keys(options().key).filter((k) => !options().boolean.includes(k) && k !== 'help' && k !== 'version');
-  /** A value flag's text as given (yargs has already made a number of it; its last, which counts), and the variable it came from, if any. */
-  const rawValue = (key: string): { value: string | undefined; variable?: string } => {
-    let value: string | undefined;
-    let onCommandLine = false;
-    for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
-      if (raw[i] === `--${key}`) [value, onCommandLine] = [raw[i + 1], true];
-      if (raw[i].startsWith(`--${key}=`)) [value, onCommandLine] = [raw[i].slice(key.length + 3), true];
-    }
-    if (onCommandLine) return { value };
-    const variable = envVariable(key);
-    return { value: process.env[variable], variable };
-  };
-  // Read before the middleware below rewrites GANFLEET_NATIVE, which would make a refused value look valid.
-  let refusedSwitches: ReturnType<typeof switches> = [];
-  return y
-    .epilog('Every flag can also be set as GANFLEET_<FLAG> (GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…); the command line wins, and a flag given twice takes its last value.')
-    // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
-    // Exactly one value (not requiresArg's "at least one"): with that count yargs-parser drops the earlier value of a
-    // flag given twice, where otherwise a last value of 1 counts as an increment (--steps 1000 --steps 1 was 1001).
-    .nargs(Object.fromEntries(valued.map((k) => [k, 1])))
-    .middleware((a) => {
-      const read = switches();
-      refusedSwitches = read.filter((s) => s.value === null);
-      // Empty is as if unset: the default (yargs took it for false).
-      for (const s of read) if (s.value !== null && s.raw !== undefined) (a as Record<string, unknown>)[s.key] = s.value ?? options().default[s.key];
-      // --mailbox=0 reads as GANFLEET_MAILBOX=0 does: yargs took every value but `true` for false, and --insecure=yes
-      // for no. Where a switch is written so, its last form on the line counts, whichever it is.
-      const last = new Map<string, boolean>();
-      const written = new Set<string>();
-      for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
-        const [, no, key, equals, value] = /^--(no-)?([^=]+)(=(.*))?$/s.exec(raw[i]) ?? [];
-        if (key === undefined || !options().boolean.includes(key)) continue;
-        if (equals === undefined) {
-          // yargs reads a following true or false as the switch's value.
-          const word = /^(true|false)$/.exec(raw[i + 1] ?? '')?.[1];
-          last.set(key, !no === (word !== 'false'));
-          continue;
-        }
-        if (key === 'help' || key === 'version') throw new UsageError(`--${key} takes no value; got ${JSON.stringify(raw[i])}`);
-        const on = envSwitch(value);
-        if (no || on === null || on === undefined) throw new UsageError(`--${no ?? ''}${key} is a switch: ${switchForms(key)}; got ${JSON.stringify(raw[i])}`);
-        last.set(key, on);
-        written.add(key);
-      }
-      for (const key of written) (a as Record<string, unknown>)[key] = last.get(key);
-      // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
-      const native = (a as { native?: boolean }).native;
-      if (native !== undefined) process.env.GANFLEET_NATIVE = native ? '1' : '0';
-    }, true)
-    // Before validation: a mistyped flag (--coordinater) is named as such, not as the required one it misses.
-    .middleware(() => {
-      const { key, alias } = options();
-      const known = new Set(Object.keys(key));
-      warnOfMistypedVariables(everyFlag());
-      const short = new Set(Object.entries(alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
-      const ended = raw.indexOf('--');
-      // yargs would drop them without a word: `local -- --workers 1` trained with the default workers.
-      if (ended >= 0 && ended < raw.length - 1) throw new UsageError(`Unexpected argument after --: ${raw.slice(ended + 1).join(' ')} (ganfleet takes flags only)`);
-      for (const [i, token] of raw.entries()) {
-        if (token === '--') break;
-        const [, no, name] = /^--(no-)?([^=]+)/.exec(token) ?? [];
-        if (name && !known.has(name)) throw new UsageError(`Unknown argument: --${name}`);
-        // yargs reads --no-<flag> as false for any flag: --no-metrics-host bound the metrics to every interface.
-        if (no && !options().boolean.includes(name)) throw new UsageError(`--no-${name}: --${name} takes a value, it is not a switch; to leave it unset, leave it out`);
-        // Not a negative number given as a value (--lr -0.001).
-        const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
-        if (letters && ![...letters].every((l) => short.has(l))) {
-          const flag = /^--([^=]+)$/.exec(raw[i - 1] ?? '')?.[1];
-          const value = flag && valued.includes(flag) ? `; a value of --${flag} that starts with - is written --${flag}=${token}` : '';
-          throw new UsageError(`Unknown argument: ${token} (long options start with --${value})`);
-        }
-      }
-    }, true)
-    // Before validation too: yargs would call a stray word an unknown command, and check ranges on the 0 it makes of "".
-    .middleware((a) => {
-      const stray = a._.slice(1).map(String);
-      if (stray.length > 0) {
-        const before = raw[raw.indexOf(stray[0]) - 1];
-        const key = /^--([^=]+)$/.exec(before ?? '')?.[1];
-        const hint = key && options().boolean.includes(key) ? ` (--${key} is a switch: ${switchForms(key)})` : '';
-        throw new UsageError(`Unexpected argument: ${stray.join(' ')}${hint}`);
-      }
-      // An empty value reads as unset, or as 0: GANFLEET_HOST= put the token-less metrics on every interface,
-      // GANFLEET_TOKEN= turned auth off, GANFLEET_PORT= listened on a random port.
-      for (const key of valued) {
-        const { value, variable } = rawValue(key);
-        if (value === undefined || value.trim() !== '') continue;
-        const from = variable ? ` (from ${variable})` : '';
-        // Empty would put the run's outputs (and its pruning of checkpoints/) in the working directory.
-        if (key === 'out' && a.resume !== undefined) throw new UsageError(`--out must name a directory${from}; to take the default (runs/<timestamp>), leave it out`);
-        throw new UsageError(`--${key} must not be empty${from}; to leave it unset, leave it out`);
-      }
-    }, true)
-    .check(() => {
-      for (const s of refusedSwitches) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
-      // No flag, but a switch all the same (util/native.ts): a typo must not quietly choose the kernel.
-      if (envSwitch(process.env.GANFLEET_NATIVE_AVX512) === null) {
-        throw new Error(`GANFLEET_NATIVE_AVX512 must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(process.env.GANFLEET_NATIVE_AVX512)}`);
-      }
-      return true;
-    });
+  return new Set(builders.flatMap((options) => flagNames(options(yargs([])))));
 }
 
 function buildCli(argv: string[]) {
@@ -426,7 +288,7 @@ function buildCli(argv: string[]) {
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
-      (y) => checkCommandLine(coordinatorOptions(y), argv),
+      (y) => checkCommandLine(coordinatorOptions(y), argv, everyFlag),
       async (a) => {
         const config = coordinatorConfig(a, {
           host: a.host,
@@ -456,7 +318,7 @@ function buildCli(argv: string[]) {
     .command(
       'worker',
       'Hold one shard and compute D and G gradients for a coordinator; reconnects by itself',
-      (y) => checkCommandLine(workerOptions(y), argv),
+      (y) => checkCommandLine(workerOptions(y), argv, everyFlag),
       async (a) => {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
@@ -484,7 +346,7 @@ function buildCli(argv: string[]) {
     .command(
       'local',
       'Run a coordinator and N worker processes on this machine (same code as the distributed mode)',
-      (y) => checkCommandLine(localOptions(y), argv),
+      (y) => checkCommandLine(localOptions(y), argv, everyFlag),
       async (a) => {
         const gpus = gpuIds(a.gpus);
         const summary = await runLocal(
@@ -497,7 +359,7 @@ function buildCli(argv: string[]) {
     .command(
       'generate',
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
-      (y) => checkCommandLine(generateOptions(y), argv),
+      (y) => checkCommandLine(generateOptions(y), argv, everyFlag),
       async (a) => {
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
       },
@@ -505,7 +367,7 @@ function buildCli(argv: string[]) {
     .command(
       'eval',
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
-      (y) => checkCommandLine(evalOptions(y), argv),
+      (y) => checkCommandLine(evalOptions(y), argv, everyFlag),
       async (a) => {
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
         await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);

@@ -1,5 +1,7 @@
 import fs from 'node:fs';
+import { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { envSwitch } from './env';
 
 /** The GANFLEET_* variable that sets `--flag`. */
 export function envVariable(flag: string): string {
@@ -10,7 +12,7 @@ export function envVariable(flag: string): string {
  * A GANFLEET_* variable one letter or two off a flag (GANFLEET_STEP) is a typo that would quietly keep the
  * default. Warned of, not refused. `flags` are every command's: one environment may serve several commands.
  */
-export function warnOfMistypedVariables(flags: Set<string>): void {
+function warnOfMistypedVariables(flags: Set<string>): void {
   for (const variable of Object.keys(process.env)) {
     if (!variable.startsWith('GANFLEET_')) continue;
     const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
@@ -33,7 +35,7 @@ function editDistance(a: string, b: string): number {
 }
 
 /** How a switch is written on the command line. */
-export function switchForms(key: string): string {
+function switchForms(key: string): string {
   return `--${key} or --no-${key}, or --${key}= with 1/0, true/false, yes/no or on/off`;
 }
 
@@ -87,4 +89,196 @@ export function given(name: string, v: unknown): string {
 
 export function checkPort(name: string, value: number, allowOff = false): void {
   if (!Number.isInteger(value) || value > 65535 || value < (allowOff ? -1 : 0)) throw new Error(`--${name} must be a port number, got ${given(name, value)}`);
+}
+
+type OptionTable = { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[]; default: Record<string, unknown> };
+
+/** The flags yargs holds for `y` so far (its getOptions(), which the typings leave out). */
+function optionsOf<T>(y: Argv<T>): OptionTable {
+  return (y as unknown as { getOptions(): OptionTable }).getOptions();
+}
+
+/** The names of the flags `y` defines. */
+export function flagNames<T>(y: Argv<T>): string[] {
+  return Object.keys(optionsOf(y).key);
+}
+
+/**
+ * yargs' strict mode also rejects GANFLEET_* variables meant for another
+ * command (a worker started with GANFLEET_STEPS in its environment), so
+ * unknown flags are checked on the command line alone: long ones, and short
+ * ones (only -h is known; `-n 4` used to be ignored without a word).
+ *
+ * yargs reads a boolean variable as true only when it is the word `true`,
+ * so GANFLEET_NATIVE=1 turned the native kernels off. Boolean variables are
+ * read here instead (util/env.ts), before any check sees them, and a value
+ * that is not a switch is refused. A flag on the command line wins.
+ *
+ * `everyFlag`: every command's flags, which a GANFLEET_* variable may name without a typo.
+ */
+export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFlag: () => Set<string>) {
+  const options = () => optionsOf(y);
+  const valued = valueFlags(options());
+  // Refused by the check below, after yargs' own checks and the command's.
+  let refusedVariables: SwitchVariable[] = [];
+  return y
+    .epilog('Every flag can also be set as GANFLEET_<FLAG> (GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…); the command line wins, and a flag given twice takes its last value.')
+    // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
+    // Exactly one value (not requiresArg's "at least one"): with that count yargs-parser drops the earlier value of a
+    // flag given twice, where otherwise a last value of 1 counts as an increment (--steps 1000 --steps 1 was 1001).
+    .nargs(Object.fromEntries(valued.map((k) => [k, 1])))
+    .middleware((a) => {
+      refusedVariables = applySwitches(a, raw, options());
+    }, true)
+    // Before validation: a mistyped flag (--coordinater) is named as such, not as the required one it misses.
+    .middleware(() => {
+      warnOfMistypedVariables(everyFlag());
+      refuseUnknownFlags(raw, options(), valued);
+    }, true)
+    // Before validation too: yargs would call a stray word an unknown command, and check ranges on the 0 it makes of "".
+    .middleware((a) => {
+      refuseStrayWords(a._.slice(1).map(String), raw, options().boolean);
+      refuseEmptyValues(raw, valued, a.resume !== undefined);
+    }, true)
+    .check(() => {
+      for (const s of refusedVariables) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
+      // No flag, but a switch all the same (util/native.ts): a typo must not quietly choose the kernel.
+      if (envSwitch(process.env.GANFLEET_NATIVE_AVX512) === null) {
+        throw new Error(`GANFLEET_NATIVE_AVX512 must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(process.env.GANFLEET_NATIVE_AVX512)}`);
+      }
+      return true;
+    });
+}
+
+/** The flags that take a value. */
+function valueFlags(options: OptionTable): string[] {
+  return Object.keys(options.key).filter((k) => !options.boolean.includes(k) && k !== 'help' && k !== 'version');
+}
+
+/** A switch's GANFLEET_* variable; `value` is null where `raw` is no switch. */
+interface SwitchVariable {
+  key: string;
+  variable: string;
+  raw: string | undefined;
+  value: boolean | null | undefined;
+}
+
+/**
+ * Sets each switch as its variable, or the command line, says (where the
+ * line gives a value, --mailbox=0, its last form there counts); returns the
+ * variables that are no switch.
+ */
+function applySwitches(a: Record<string, unknown>, raw: readonly string[], options: OptionTable): SwitchVariable[] {
+  const onCommandLine = flagsOnCommandLine(raw);
+  // Read before GANFLEET_NATIVE is rewritten below, which would make a refused value look valid.
+  const variables = options.boolean
+    .filter((key) => key !== 'help' && key !== 'version' && !onCommandLine.has(key))
+    .map((key): SwitchVariable => {
+      const variable = envVariable(key);
+      return { key, variable, raw: process.env[variable], value: envSwitch(process.env[variable]) };
+    });
+  // Empty is as if unset: the default (yargs took it for false).
+  for (const s of variables) if (s.value !== null && s.raw !== undefined) a[s.key] = s.value ?? options.default[s.key];
+  for (const [key, on] of switchesWrittenWithValues(raw, options.boolean)) a[key] = on;
+  // Read where the kernels are loaded (util/native.ts), also in code that never sees these flags.
+  if (a.native !== undefined) process.env.GANFLEET_NATIVE = a.native ? '1' : '0';
+  return variables.filter((s) => s.value === null);
+}
+
+/** The names of the flags on the command line, switches' --no- forms included. */
+function flagsOnCommandLine(raw: readonly string[]): Set<string> {
+  const names = new Set<string>();
+  for (const token of raw) {
+    if (token === '--') break;
+    const name = /^--(?:no-)?([^=]+)/.exec(token)?.[1];
+    if (name) names.add(name);
+  }
+  return names;
+}
+
+/**
+ * The switches written with a value on the command line, each as its last
+ * form there says, whichever it is: yargs took every value but `true` for
+ * false (--mailbox=0 read as GANFLEET_MAILBOX=0 does not), and --insecure=yes
+ * for no. A value that is no switch is refused.
+ */
+function switchesWrittenWithValues(raw: readonly string[], switches: string[]): Map<string, boolean> {
+  const last = new Map<string, boolean>();
+  const written = new Set<string>();
+  for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
+    const [, no, key, equals, value] = /^--(no-)?([^=]+)(=(.*))?$/s.exec(raw[i]) ?? [];
+    if (key === undefined || !switches.includes(key)) continue;
+    if (equals === undefined) {
+      // yargs reads a following true or false as the switch's value.
+      const word = /^(true|false)$/.exec(raw[i + 1] ?? '')?.[1];
+      last.set(key, !no === (word !== 'false'));
+      continue;
+    }
+    if (key === 'help' || key === 'version') throw new UsageError(`--${key} takes no value; got ${JSON.stringify(raw[i])}`);
+    const on = envSwitch(value);
+    if (no || on === null || on === undefined) throw new UsageError(`--${no ?? ''}${key} is a switch: ${switchForms(key)}; got ${JSON.stringify(raw[i])}`);
+    last.set(key, on);
+    written.add(key);
+  }
+  return new Map([...written].map((key) => [key, last.get(key)!]));
+}
+
+/** Refuses what yargs would drop or misread without a word: words after --, unknown flags, --no- on a value flag. */
+function refuseUnknownFlags(raw: readonly string[], options: OptionTable, valued: string[]): void {
+  const known = new Set(Object.keys(options.key));
+  const short = new Set(Object.entries(options.alias).flatMap(([k, names]) => [k, ...names]).filter((n) => n.length === 1));
+  const ended = raw.indexOf('--');
+  // yargs would drop them without a word: `local -- --workers 1` trained with the default workers.
+  if (ended >= 0 && ended < raw.length - 1) throw new UsageError(`Unexpected argument after --: ${raw.slice(ended + 1).join(' ')} (ganfleet takes flags only)`);
+  for (const [i, token] of raw.entries()) {
+    if (token === '--') break;
+    const [, no, name] = /^--(no-)?([^=]+)/.exec(token) ?? [];
+    if (name && !known.has(name)) throw new UsageError(`Unknown argument: --${name}`);
+    // yargs reads --no-<flag> as false for any flag: --no-metrics-host bound the metrics to every interface.
+    if (no && !options.boolean.includes(name)) throw new UsageError(`--no-${name}: --${name} takes a value, it is not a switch; to leave it unset, leave it out`);
+    // Not a negative number given as a value (--lr -0.001).
+    const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
+    if (letters && ![...letters].every((l) => short.has(l))) {
+      const flag = /^--([^=]+)$/.exec(raw[i - 1] ?? '')?.[1];
+      const value = flag && valued.includes(flag) ? `; a value of --${flag} that starts with - is written --${flag}=${token}` : '';
+      throw new UsageError(`Unknown argument: ${token} (long options start with --${value})`);
+    }
+  }
+}
+
+/** Refuses words that are no flag's value (`stray`), naming the switch one follows. */
+function refuseStrayWords(stray: string[], raw: readonly string[], switches: string[]): void {
+  if (stray.length === 0) return;
+  const before = raw[raw.indexOf(stray[0]) - 1];
+  const key = /^--([^=]+)$/.exec(before ?? '')?.[1];
+  const hint = key && switches.includes(key) ? ` (--${key} is a switch: ${switchForms(key)})` : '';
+  throw new UsageError(`Unexpected argument: ${stray.join(' ')}${hint}`);
+}
+
+/**
+ * An empty value reads as unset, or as 0: GANFLEET_HOST= put the token-less metrics on every interface,
+ * GANFLEET_TOKEN= turned auth off, GANFLEET_PORT= listened on a random port. `outIsRun`: --out is a run's
+ * directory (coordinator, local), where empty would put the outputs (and the pruning of checkpoints/) in the working directory.
+ */
+function refuseEmptyValues(raw: readonly string[], valued: string[], outIsRun: boolean): void {
+  for (const key of valued) {
+    const { value, variable } = rawValue(key, raw);
+    if (value === undefined || value.trim() !== '') continue;
+    const from = variable ? ` (from ${variable})` : '';
+    if (key === 'out' && outIsRun) throw new UsageError(`--out must name a directory${from}; to take the default (runs/<timestamp>), leave it out`);
+    throw new UsageError(`--${key} must not be empty${from}; to leave it unset, leave it out`);
+  }
+}
+
+/** A value flag's text as given (yargs has already made a number of it; its last, which counts), and the variable it came from, if any. */
+function rawValue(key: string, raw: readonly string[]): { value: string | undefined; variable?: string } {
+  let value: string | undefined;
+  let onCommandLine = false;
+  for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
+    if (raw[i] === `--${key}`) [value, onCommandLine] = [raw[i + 1], true];
+    if (raw[i].startsWith(`--${key}=`)) [value, onCommandLine] = [raw[i].slice(key.length + 3), true];
+  }
+  if (onCommandLine) return { value };
+  const variable = envVariable(key);
+  return { value: process.env[variable], variable };
 }
