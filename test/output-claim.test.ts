@@ -295,3 +295,22 @@ test('makeDirectory makes a parent again that another process removes meanwhile 
   assert.ok(fs.statSync(path.join(child, 'b')).isDirectory());
   fs.rmSync(root, { recursive: true, force: true });
 });
+
+test("a taker whose --out goes with the holder's release just before it opens the lease makes --out again and takes it", async (t) => {
+  const root = tempDir('claim');
+  const out = path.join(root, 'run');
+  const file = path.join(out, LEASE_FILE);
+  // The holder's release between the taker's mkdir and its open: the lease removed, then the empty --out.
+  const open = fs.openSync;
+  let released = 0;
+  t.after(() => void (fs.openSync = open));
+  fs.openSync = ((p: fs.PathLike, ...rest: unknown[]) => {
+    if (p === file && released++ === 0) fs.rmdirSync(out);
+    return (open as (...a: unknown[]) => number)(p, ...rest);
+  }) as typeof fs.openSync;
+  const claim = await OutputClaim.take(out, () => {}, noLost, FAST);
+  assert.equal(released, 2, 'the lease was made on the second try');
+  assert.ok(claim.holds());
+  claim.release();
+  fs.rmSync(root, { recursive: true, force: true });
+});

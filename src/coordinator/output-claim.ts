@@ -51,7 +51,9 @@ interface Holder {
  * calls `onLost`: two writers must not go on.
  */
 export class OutputClaim {
+  /** Touches the lease while this process holds it; null once it is lost or released. */
   private timer: NodeJS.Timeout | null = null;
+  /** When touches began to fail (performance.now()); null while they succeed. */
   private failingSince: number | null = null;
 
   private constructor(
@@ -68,9 +70,9 @@ export class OutputClaim {
   static async take(out: string, log: Logger, onLost: (why: string) => void, timing: LeaseTiming = LEASE_TIMING, abort?: AbortSignal): Promise<OutputClaim> {
     const file = path.join(out, LEASE_FILE);
     const me: Holder = { pid: process.pid, hostname: os.hostname(), processTable: processTable(), token: crypto.randomUUID(), since: new Date().toISOString() };
-    heldHere.add(me.token);
     // --out first, then the lease, then what goes in it: a start that loses the lease removes only what is still empty.
     const made = makeDirectories(out, [out]);
+    heldHere.add(me.token);
     try {
       await acquire(file, me, out, log, timing, abort);
     } catch (e) {
@@ -101,7 +103,7 @@ export class OutputClaim {
   holds(): boolean {
     if (!this.timer) return false;
     const lease = readLease(this.file);
-    if (lease.kind === 'held' && lease.holder?.token === this.token) return true;
+    if (isHeldBy(lease, this.token)) return true;
     if (lease.kind === 'unreadable') return true; // a passing I/O error is not a lost lease: touch() decides
     // Moved aside by a taker that found it newer than the lease it judged, and is putting it back.
     if (lease.kind === 'absent' && movedAside(this.file, this.token)) return true;
@@ -119,9 +121,8 @@ export class OutputClaim {
     heldHere.delete(this.token);
     process.off('exit', this.releaseOnExit);
     this.stopTouching();
-    const lease = readLease(this.file);
     try {
-      if (lease.kind === 'held' && lease.holder?.token === this.token) removeFile(this.file);
+      if (isHeldBy(readLease(this.file), this.token)) removeFile(this.file);
     } catch (e) {
       this.log(`warning: the lease ${this.file} cannot be removed (${(e as Error).message}); the next run on --out ${this.out} takes it over`);
     }
@@ -208,13 +209,18 @@ export function processTable(): string | null {
   }
 }
 
-/** Creates the lease if there is none; false if there is one. */
-function create(file: string, me: Holder, out: string): boolean {
+/**
+ * Creates the lease if there is none; false if there is one, or if --out
+ * went (a holder's release removes an empty --out) before the lease could be
+ * made in it: the caller makes it again.
+ */
+function createLease(file: string, me: Holder, out: string): boolean {
   let fd: number;
   try {
     fd = fs.openSync(file, 'wx', 0o644);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ENOENT') return false;
     throw unusable(out, e);
   }
   try {
@@ -235,13 +241,17 @@ function create(file: string, me: Holder, out: string): boolean {
 /** Tries before a lease that keeps changing under this taker (released, taken, moved) is given up on. */
 const MAX_TRIES = 50;
 
+/** Creates the lease, taking over a lapsed one; OUT_IN_USE where its holder may be alive. */
 async function acquire(file: string, me: Holder, out: string, log: Logger, timing: LeaseTiming, abort?: AbortSignal): Promise<void> {
   let tookOver: string | null = null;
-  for (let tries = 1; ; tries++) {
-    if (tries > MAX_TRIES) throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} kept changing over ${MAX_TRIES} tries`);
+  for (let tries = 1; tries <= MAX_TRIES; tries++) {
     // Its directory may have gone with a holder's release (it removes an empty --out).
-    makeDirectory(out);
-    if (create(file, me, out)) {
+    try {
+      makeDirectory(out);
+    } catch (e) {
+      throw unusable(out, e);
+    }
+    if (createLease(file, me, out)) {
       if (tookOver) log(tookOver);
       return;
     }
@@ -251,62 +261,69 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
       continue;
     }
     if (lease.kind === 'unreadable') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} cannot be read (${lease.error})`);
-    const verdict = await lapsedBecause(file, lease, me, out, log, timing, abort);
+    const { holder } = lease;
+    const verdict =
+      holder && me.processTable !== null && holder.processTable === me.processTable
+        ? judgeByPid(holder, lease.mtimeMs, timing.staleMs)
+        : await judgeByWatching(file, lease, out, log, timing, abort);
     if ('heldBy' in verdict) {
       throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(verdict.heldBy)}; lease ${file}): stop that run, or choose another --out`);
     }
-    const why = verdict.lapsed;
-    // Moved aside under a name of this taker's: of several takers, one rename finds the lease. The one that
-    // moved a newer lease (another taker's, made meanwhile) puts it back.
-    const aside = `${file}${LAPSED}${me.token}`;
-    try {
-      fs.renameSync(file, aside);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: the lapsed lease ${file} cannot be moved aside (${(e as Error).message})`);
-      continue; // another taker moved it first
-    }
-    const moved = readLease(aside);
-    if (moved.kind !== 'held' || moved.holder?.token !== lease.holder?.token || moved.mtimeMs !== lease.mtimeMs) {
-      putBack(aside, file);
-      await pause(10);
-      continue;
-    }
-    removeFile(aside);
-    tookOver = `took over the lease on --out ${out} from ${describe(lease.holder)}: ${why}`;
+    const removed = removeLapsed(file, lease, me.token, out);
+    if (removed === 'removed') tookOver = `took over the lease on --out ${out} from ${describe(holder)}: ${verdict.lapsed}`;
+    if (removed === 'put back') await pause(10);
   }
+  throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} kept changing over ${MAX_TRIES} tries`);
+}
+
+/** Why the lease is a dead holder's, or the holder that may be alive. */
+type Verdict = { lapsed: string } | { heldBy: Holder | null };
+
+/** A lease of this process table's, judged at once by its pid. */
+function judgeByPid(holder: Holder, mtimeMs: number, staleMs: number): Verdict {
+  // This process's pid with a token it does not hold: an earlier life (pid 1 again, in a restarted container).
+  if (holder.pid === process.pid) return heldHere.has(holder.token) ? { heldBy: holder } : { lapsed: `pid ${holder.pid} was an earlier process` };
+  if (!processAlive(holder.pid)) return { lapsed: `pid ${holder.pid} is gone` };
+  // Alive, and one clock for both: a lease untouched for staleMs is a pid used again since its holder died.
+  const age = Date.now() - mtimeMs;
+  return age >= staleMs ? { lapsed: `untouched for ${seconds(age)} s: pid ${holder.pid} is another process now, or frozen (a frozen holder stops when it wakes)` } : { heldBy: holder };
 }
 
 /**
- * Why the lease is a dead holder's, or the holder that may be alive: the
- * lease's, or whoever took it meanwhile (where several watched it, the
- * winner, not the dead holder they judged).
+ * Another process table's lease (or one naming no holder), judged by
+ * watching it for staleMs. The holder that may be alive is the lease's, or
+ * whoever took it meanwhile (where several watched it, the winner, not the
+ * dead holder they judged).
  */
-async function lapsedBecause(
-  file: string,
-  lease: Held,
-  me: Holder,
-  out: string,
-  log: Logger,
-  timing: LeaseTiming,
-  abort?: AbortSignal,
-): Promise<{ lapsed: string } | { heldBy: Holder | null }> {
-  const { holder } = lease;
-  const alive = { heldBy: holder };
-  if (holder && me.processTable !== null && holder.processTable === me.processTable) {
-    // This process's pid with a token it does not hold: an earlier life (pid 1 again, in a restarted container).
-    if (holder.pid === process.pid) return heldHere.has(holder.token) ? alive : { lapsed: `pid ${holder.pid} was an earlier process` };
-    if (!processAlive(holder.pid)) return { lapsed: `pid ${holder.pid} is gone` };
-    // Alive, and one clock for both: a lease untouched for staleMs is a pid used again since its holder died.
-    const age = Date.now() - lease.mtimeMs;
-    return age >= timing.staleMs ? { lapsed: `untouched for ${(age / 1000).toFixed(1)} s: pid ${holder.pid} is another process now, or frozen (a frozen holder stops when it wakes)` } : alive;
-  }
-  log(`--out ${out} has a lease of ${describe(holder)}; watching it for ${(timing.staleMs / 1000).toFixed(1)} s to see whether its holder is alive`);
+async function judgeByWatching(file: string, lease: Held, out: string, log: Logger, timing: LeaseTiming, abort?: AbortSignal): Promise<Verdict> {
+  log(`--out ${out} has a lease of ${describe(lease.holder)}; watching it for ${seconds(timing.staleMs)} s to see whether its holder is alive`);
   await pause(timing.staleMs, abort);
   if (abort?.aborted) throw new GanfleetError('OUT_NOT_TAKEN', `${String(abort.reason ?? 'stopped')} while watching the lease on --out ${out}: nothing was written`);
   const now = readLease(file);
   if (now.kind === 'absent') return { lapsed: 'it was released' };
-  if (now.kind === 'held' && now.holder?.token === holder?.token && now.mtimeMs === lease.mtimeMs) return { lapsed: `untouched for ${(timing.staleMs / 1000).toFixed(1)} s` };
-  return now.kind === 'held' ? { heldBy: now.holder } : alive;
+  if (unchanged(now, lease)) return { lapsed: `untouched for ${seconds(timing.staleMs)} s` };
+  return { heldBy: now.kind === 'held' ? now.holder : lease.holder };
+}
+
+/**
+ * Removes the lapsed lease `judged`, moved aside first under a name of this
+ * taker's: of several takers, one rename finds the lease. One that moved a
+ * newer lease (another taker's, made meanwhile) puts it back.
+ */
+function removeLapsed(file: string, judged: Held, token: string, out: string): 'removed' | 'moved by another' | 'put back' {
+  const aside = `${file}${LAPSED}${token}`;
+  try {
+    fs.renameSync(file, aside);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'moved by another';
+    throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: the lapsed lease ${file} cannot be moved aside (${(e as Error).message})`);
+  }
+  if (!unchanged(readLease(aside), judged)) {
+    putBack(aside, file);
+    return 'put back';
+  }
+  removeFile(aside);
+  return 'removed';
 }
 
 /** Where a taker moves a lapsed lease while it checks that it is the one it judged. */
@@ -338,11 +355,7 @@ export function putBack(aside: string, file: string): void {
 function movedAside(file: string, token: string): boolean {
   const prefix = `${path.basename(file)}${LAPSED}`;
   try {
-    return fs.readdirSync(path.dirname(file)).some((name) => {
-      if (!name.startsWith(prefix)) return false;
-      const lease = readLease(path.join(path.dirname(file), name));
-      return lease.kind === 'held' && lease.holder?.token === token;
-    });
+    return fs.readdirSync(path.dirname(file)).some((name) => name.startsWith(prefix) && isHeldBy(readLease(path.join(path.dirname(file), name)), token));
   } catch {
     return false;
   }
@@ -390,6 +403,19 @@ function readLease(file: string): Lease {
   } catch {
     return { kind: 'held', holder: null, mtimeMs };
   }
+}
+
+function isHeldBy(lease: Lease, token: string): boolean {
+  return lease.kind === 'held' && lease.holder?.token === token;
+}
+
+/** Whether `now` is still the lease `judged`: same holder, untouched since. */
+function unchanged(now: Lease, judged: Held): boolean {
+  return now.kind === 'held' && now.holder?.token === judged.holder?.token && now.mtimeMs === judged.mtimeMs;
+}
+
+function seconds(ms: number): string {
+  return (ms / 1000).toFixed(1);
 }
 
 function describe(holder: Holder | null): string {
