@@ -121,7 +121,7 @@ type TrainingArgs = Awaited<ReturnType<typeof trainingOptions>['argv']> & { 'met
 
 function coordinatorConfig(
   a: TrainingArgs,
-  network: Pick<CoordinatorConfig, 'host' | 'port' | 'startWorkers' | 'minWorkers' | 'maxWorkers' | 'token' | 'insecure' | 'tlsCert' | 'tlsKey'>,
+  network: Pick<CoordinatorConfig, 'host' | 'port' | 'startWorkers' | 'minWorkers' | 'maxWorkers' | 'token' | 'insecure' | 'tlsCert' | 'tlsKey' | 'lingerSeconds'>,
 ): CoordinatorConfig {
   return {
     ...network,
@@ -160,8 +160,15 @@ function coordinatorOptions<T>(y: Argv<T>) {
     .option('insecure', { type: 'boolean', default: false, describe: 'Allow a non-loopback --host without --token', group: 'Security:' })
     .option('tls-cert', { type: 'string', describe: 'PEM certificate: serve wss:// (with --tls-key)', group: 'Security:' })
     .option('tls-key', { type: 'string', describe: 'PEM private key for --tls-cert', group: 'Security:' })
+    .option('linger', {
+      type: 'number',
+      default: 20,
+      describe: `Seconds a finished run stays reachable for workers that left it without hearing it is over (dropped while frozen, a broken link), so that each is told and exits 0 instead of retrying for ever; ends once all are told (0 = off, up to ${MAX_TIMER_SECONDS})`,
+      group: 'Fault tolerance:',
+    })
     .check((a) => {
       checkPort('port', a.port);
+      integerInRange('linger', a.linger, 0, MAX_TIMER_SECONDS);
       integerInRange('min-workers', a['min-workers']);
       integerInRange('max-workers', a['max-workers']);
       if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
@@ -300,6 +307,7 @@ function buildCli(argv: string[]) {
           insecure: a.insecure,
           tlsCert: a['tls-cert'],
           tlsKey: a['tls-key'],
+          lingerSeconds: a.linger,
         });
         // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
         const { started: coordinator, removeSignals } = await startStoppable(

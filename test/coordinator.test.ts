@@ -63,8 +63,9 @@ class ScriptedPeer {
     this.ws.send(x);
   }
 
-  hello(): void {
-    this.send(encode(message<Hello>({ type: 'hello', name: 'scripted', backend: 'none', pid: process.pid, hostname: 'test' })));
+  /** `pid`: another worker process, as the coordinator tells them apart. */
+  hello(pid = process.pid): void {
+    this.send(encode(message<Hello>({ type: 'hello', name: 'scripted', backend: 'none', pid, hostname: 'test' })));
   }
 
   gradients(step: number, phase: Phase, values: Float32Array, outbox?: Outbox): void {
@@ -568,10 +569,10 @@ function takeLeaseOverWhenOpening(opened: RegExp | ((file: string) => boolean), 
 }
 
 /** A scripted peer, welcomed by `coordinator`. */
-async function joinedPeer(coordinator: Coordinator, closeOnStop = true): Promise<{ peer: ScriptedPeer; workerId: string; welcome: Welcome }> {
+async function joinedPeer(coordinator: Coordinator, closeOnStop = true, pid?: number): Promise<{ peer: ScriptedPeer; workerId: string; welcome: Welcome }> {
   const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`, closeOnStop);
   await peer.open();
-  peer.hello();
+  peer.hello(pid);
   const welcome = await peer.next();
   assert.ok(welcome.type === 'welcome', JSON.stringify(welcome));
   return { peer, workerId: welcome.workerId, welcome };
@@ -611,6 +612,112 @@ async function coordinatorAndRawPeer(out: string, overrides: Partial<Coordinator
   };
   return { coordinator, run, peer, raw, lines, logged };
 }
+
+describe('a finished run tells the workers that left it without hearing it is over (--linger)', () => {
+  let out: string;
+  let dataDir: string;
+  before(() => {
+    out = tempDir('coord');
+    dataDir = blankMnistDir(256);
+  });
+  after(() => {
+    fs.rmSync(out, { recursive: true, force: true });
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+  const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
+
+  /**
+   * A 2-step run in which worker process 101 never answers and is dropped, and process 103 joins and leaves on its
+   * own (a close with 1000, as a worker leaving does); process 102 trains it to the end.
+   */
+  async function finishedWithADroppedWorker(name: string, lingerSeconds: number): Promise<{ coordinator: Coordinator; lines: string[] }> {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, name), 2), dataDir, startWorkers: 2, roundTimeoutSeconds: 1, lingerSeconds }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const silent = await joinedPeer(coordinator, true, 101);
+    const trainer = await joinedPeer(coordinator, true, 102);
+    await weightsOrDrop(trainer.peer);
+    trainer.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    assert.equal(await silent.peer.closed, 4000);
+    const leaving = await joinedPeer(coordinator, true, 103);
+    leaving.peer.ws.close(1000, 'worker leaving');
+    for (let round = 1; round < 4; round++) {
+      const w = await weightsOrDrop(trainer.peer);
+      trainer.peer.gradients(w.step, w.phase, zeros(w.phase));
+    }
+    assert.equal((await run).steps, 2, lines.join('\n'));
+    assert.ok(lines.some((l) => l.startsWith(`${silent.workerId} left (no discriminator gradients`)), lines.join('\n'));
+    assert.ok(lines.some((l) => l.startsWith(`${leaving.workerId} left (disconnected)`)), lines.join('\n'));
+    return { coordinator, lines };
+  }
+
+  /** Resolves once `lines` has a line matching `pattern`. */
+  async function logged(lines: string[], pattern: RegExp): Promise<void> {
+    for (let i = 0; i < 1000 && !lines.some((l) => pattern.test(l)); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(lines.some((l) => pattern.test(l)), `${pattern} in\n${lines.join('\n')}`);
+  }
+
+  test('a worker dropped before the end hears, when it reconnects, that the run is over, and close() ends then; one that left on its own is not waited for', async () => {
+    const { coordinator, lines } = await finishedWithADroppedWorker('dropped', 60);
+    let closed = false;
+    const closing = coordinator.close().then(() => (closed = true));
+    await logged(lines, /^telling 1 worker that left without hearing it \(w1 "scripted"\) that the run is over, as they reconnect: up to 60 s/);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(closed, false, 'close() waits for the dropped worker');
+    const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await back.open();
+    back.hello(101);
+    const stop = await back.next();
+    assert.ok(stop.type === 'stop' && stop.reason === 'finished 2 steps' && !stop.resumable, JSON.stringify(stop));
+    await closing;
+    assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+  });
+
+  test('a signal while a finished run waits for its late workers ends the wait; --linger 0 does not wait', async () => {
+    const { coordinator, lines } = await finishedWithADroppedWorker('signalled', 60);
+    const closing = coordinator.close();
+    await logged(lines, /^telling 1 worker/);
+    coordinator.requestStop('SIGTERM received');
+    await closing;
+    assert.ok(lines.includes('stopped waiting for late workers: SIGTERM received'), lines.join('\n'));
+    const off = await finishedWithADroppedWorker('no-linger', 0);
+    await off.coordinator.close();
+    assert.ok(!off.lines.some((l) => /^telling/.test(l)), off.lines.join('\n'));
+  });
+
+  test('a resumed run found finished with its summary unwritten tells whoever connects for the whole --linger: its earlier coordinator told no worker', async () => {
+    const dir = path.join(out, 'unsummarised');
+    const first = await Coordinator.start({ ...config(dir, 1), dataDir }, () => {});
+    const firstRun = first.run();
+    const { peer } = await joinedPeer(first);
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(peer);
+      peer.gradients(0, phase, zeros(phase));
+    }
+    assert.equal((await firstRun).steps, 1);
+    await first.close();
+    // Killed after its last checkpoint, before its summary (and before it told its workers).
+    fs.rmSync(path.join(dir, 'summary.json'));
+    const lines: string[] = [];
+    const resumed = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true, lingerSeconds: 2 }, (l) => lines.push(l));
+    assert.equal((await resumed.run()).steps, 1);
+    const t0 = performance.now();
+    const closing = resumed.close();
+    await logged(lines, /^telling the workers of the coordinator before this one, which stopped before it told them, that the run is over, as they reconnect: up to 2 s/);
+    const late = new ScriptedPeer(`ws://127.0.0.1:${resumed.port}`);
+    await late.open();
+    late.hello(104);
+    assert.equal((await late.next()).type, 'stop');
+    await closing;
+    assert.ok(performance.now() - t0 >= 1900, 'the whole --linger: who else may come is not known');
+    // Its summary is written now: a resume after it does not wait.
+    const lines2: string[] = [];
+    const again = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true, lingerSeconds: 60 }, (l) => lines2.push(l));
+    await again.run();
+    await again.close();
+    assert.ok(!lines2.some((l) => /^telling/.test(l)), lines2.join('\n'));
+  });
+});
 
 describe('coordinator edge cases found by review', () => {
   let out: string;
@@ -1757,6 +1864,55 @@ describe('coordinator edge cases found by review', () => {
     assert.equal((await run).steps, 0);
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  /** Blocks this process's event loop, the coordinator's included, as SIGSTOP or a frozen VM would. */
+  function freezeThisProcess(ms: number): void {
+    for (const until = performance.now() + ms; performance.now() < until; );
+  }
+
+  /**
+   * A 2-step run with one mailbox peer, in which this process freezes for 1.5 s once: after the peer's first
+   * mailed answer, or as the peer answers the first ping (ws pongs before it tells its listeners, so the pong is
+   * on its way). The coordinator's log.
+   */
+  async function frozenCoordinatorRun(name: string, settings: Partial<CoordinatorConfig>, freezeAt: 'answer' | 'ping'): Promise<string[]> {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, name), 2), ...settings }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const dir = makeMailboxDir('worker');
+    const { peer, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
+    let froze = false;
+    const freeze = () => {
+      froze = true;
+      freezeThisProcess(1500);
+    };
+    const pinged = new Promise<void>((resolve) => peer.ws.once('ping', () => resolve(freeze())));
+    for (;;) {
+      const { weights, mailed } = await nextWeights(peer, inbox);
+      // Mid-round, as a worker computing is.
+      if (freezeAt === 'ping') await pinged;
+      peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
+      if (freezeAt === 'answer' && mailed && !froze) freeze();
+      if (weights.step === 1 && weights.phase === 'generator') break;
+    }
+    assert.equal((await run).steps, 2, lines.join('\n'));
+    assert.ok(froze);
+    await coordinator.close();
+    inbox.close();
+    outbox.close();
+    removeMailboxDir(dir);
+    return lines;
+  }
+
+  test('a coordinator woken from a freeze reads the answer that came meanwhile before it judges the round: no missed deadline', async () => {
+    const lines = await frozenCoordinatorRun('frozen-deadline', { roundTimeoutSeconds: 1 }, 'answer');
+    assert.ok(!lines.some((l) => / left \((no |its link)|late /.test(l)), lines.join('\n'));
+  });
+
+  test('a coordinator woken from a freeze reads the pong that came meanwhile before it judges the heartbeat: no drop', async () => {
+    const lines = await frozenCoordinatorRun('frozen-heartbeat', { heartbeatSeconds: 1 }, 'ping');
+    assert.ok(!lines.some((l) => / left \((no |its link)|late /.test(l)), lines.join('\n'));
   });
 
   test("an offender's answer after its third offence is not counted late, whatever the offences were", async () => {

@@ -11,7 +11,7 @@ async function peerPair(): Promise<{ peer: WorkerPeer; client: WebSocket; server
   const client = new WebSocket(`ws://127.0.0.1:${(server.address() as { port: number }).port}`);
   const [socket] = (await once(server, 'connection')) as [WebSocket];
   await once(client, 'open');
-  return { peer: new WorkerPeer('w1', 'test', '127.0.0.1', 'none', socket, () => {}, () => {}), client, server };
+  return { peer: new WorkerPeer('w1', 'test', 'test-host\0' + process.pid, '127.0.0.1', 'none', socket, () => {}, () => {}), client, server };
 }
 
 test('a close queued behind two fragmented frames goes out after both: it was lost behind the second until a 30 s cut-off', async () => {

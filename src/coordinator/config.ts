@@ -52,6 +52,12 @@ export interface CoordinatorConfig {
   /** Shared secret workers must present; undefined = none (loopback, or --insecure). */
   token?: string;
   insecure: boolean;
+  /**
+   * Seconds a finished run waits for workers that left it without hearing it
+   * is over, to tell them (Coordinator.tellLateWorkers); undefined or 0 = not
+   * at all, as under `local`, which ends its own workers.
+   */
+  lingerSeconds?: number;
   /** PEM files; both set = serve wss://. */
   tlsCert?: string;
   tlsKey?: string;

@@ -12,6 +12,7 @@ import { Logger, createLogger, peerText } from '../util/log';
 import { urlHost } from '../util/text';
 import { GanfleetError } from '../util/errors';
 import { Rng } from '../util/rng';
+import { afterPendingReads } from '../util/events';
 import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
@@ -142,6 +143,15 @@ export class Coordinator {
   /** Steps of the evaluations the resume found after its checkpoint: removed from evaluations.json once started. */
   private evaluationsDiscarded: number[] = [];
   private stop: Stop | null = null;
+  /**
+   * Set where the run ends by finishing (not by a stop asked for): whom
+   * close() waits for to tell that the run is over. `anyone`: a resumed run
+   * found finished with its outputs unwritten, so its earlier coordinator
+   * stopped before telling its workers, and who they are is not known.
+   */
+  private lateWorkers: { anyone: boolean } | null = null;
+  /** A stop asked for once the run is over ends close()'s wait for late workers. */
+  private readonly lateWorkersWait = new AbortController();
   private bytesSent = 0;
   private bytesReceived = 0;
   private imagesTotal = 0;
@@ -281,7 +291,7 @@ export class Coordinator {
    * the run did not ask for, which makes the process exit non-zero.
    */
   requestStop(reason: string, failed = false): void {
-    if (this.stop) return;
+    if (this.stop) return this.lateWorkersWait.abort(reason);
     this.stop = { reason, failed };
     this.log(`stop requested: ${reason}`);
     this.events.emit('peers');
@@ -363,6 +373,7 @@ export class Coordinator {
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
+    if (!this.stop) this.lateWorkers = { anyone: ran === 0 && this.resumedFrom !== null && !keepOutputs };
     this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
     const { reason } = this.stop;
     const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
@@ -480,10 +491,13 @@ export class Coordinator {
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
     this.workers.stopHeartbeats();
-    // Workers told to stop may rejoin at once (--rejoin-after-stop): not here, but at the coordinator that resumes.
-    this.listener.stopAccepting();
     // Steps left: a coordinator restarted with --resume trains them, and workers told so may wait for it.
-    await this.workers.dismiss(reason, this.step < this.config.steps);
+    const resumable = this.step < this.config.steps;
+    // Workers told to stop may rejoin at once (--rejoin-after-stop): not here, but at the coordinator that resumes.
+    const lateWorkers = resumable || !this.config.lingerSeconds ? null : this.lateWorkers;
+    if (!lateWorkers) this.listener.stopAccepting();
+    await this.workers.dismiss(reason, resumable);
+    if (lateWorkers) await this.tellLateWorkers(this.config.lingerSeconds!, lateWorkers.anyone);
     await this.listener.close();
     if (this.metricsServer) {
       this.metricsServer.closeAllConnections();
@@ -492,6 +506,25 @@ export class Coordinator {
     this.workers.closeMailboxes();
     this.claim?.release();
     this.claim = null;
+  }
+
+  /**
+   * A finished run stays reachable for up to --linger seconds for the
+   * workers that left it without hearing it is over (dropped while frozen, a
+   * broken link): they reconnect, are told, and exit 0, instead of trying for
+   * ever (a Compose service or a Job that never ends).
+   */
+  private async tellLateWorkers(seconds: number, anyone: boolean): Promise<void> {
+    const untold = this.workers.untoldWorkers();
+    if (!anyone && untold.length === 0) return;
+    const whom = anyone
+      ? "the workers of the coordinator before this one, which stopped before it told them,"
+      : `${untold.length} worker${untold.length === 1 ? '' : 's'} that left without hearing it (${untold.join(', ')})`;
+    this.log(`telling ${whom} that the run is over, as they reconnect: up to ${seconds} s (--linger; a signal ends this)`);
+    const left = await this.workers.tellLateWorkers(seconds * 1000, anyone, this.lateWorkersWait.signal);
+    if (this.lateWorkersWait.signal.aborted) this.log(`stopped waiting for late workers: ${String(this.lateWorkersWait.signal.reason)}`);
+    else if (left.length > 0) this.log(`not back within --linger ${seconds} s: ${left.join(', ')}; each keeps trying until its --give-up-after`);
+    else if (!anyone) this.log('every worker that left has been told the run is over');
   }
 
   private async listen(): Promise<void> {
@@ -600,7 +633,8 @@ export class Coordinator {
       let written = false;
       const sent = peer.deliver(frame, () => {
         written = true;
-        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => this.missedDeadline(round, peer), deadlineMs));
+        // An answer that came while this process was stopped (a freeze, a long fsync) counts first.
+        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => afterPendingReads(() => this.missedDeadline(round, peer)), deadlineMs));
       });
       if (!sent) {
         round.drop(peer.id);
@@ -609,11 +643,10 @@ export class Coordinator {
       peer.asked.push(roundIndex(step, phase));
       // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
       const backstopMs = Math.min(deadlineMs + (peer.queuedBytes / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
-      deadlines.push(
-        setTimeout(() => {
-          if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
-        }, backstopMs),
-      );
+      const stalled = () => {
+        if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
+      };
+      deadlines.push(setTimeout(() => afterPendingReads(stalled), backstopMs));
       peer.holds.generator = this.versions.generator;
       peer.holds.discriminator = this.versions.discriminator;
     }

@@ -6,7 +6,7 @@ import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '.
 import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
-import { emitted } from '../util/events';
+import { afterPendingReads, emitted } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
@@ -34,6 +34,9 @@ export interface GroupHooks {
   changed(): void;
 }
 
+/** A peer's link cut, the peer dropped, a ping sent, or nothing due. */
+type HeartbeatVerdict = { cut: string } | { drop: string } | 'ping' | null;
+
 /**
  * The connected workers, kept as torchrun's elastic agent keeps its worker
  * group: admission up to --max-workers, liveness by heartbeat, departure
@@ -56,6 +59,16 @@ export class WorkerGroup {
   private capacity: number;
   /** The stop every peer was sent (dismiss): a hello after it gets the same, not a welcome to a run that is over. */
   private dismissal: Buffer | null = null;
+  /**
+   * Worker processes (WorkerPeer.origin) that left this run without hearing
+   * that it is over, and will reconnect to ask: dropped, cut off, or whose
+   * link broke. The label names them in the log. A finished run waits a
+   * while for them (tellLateWorkers), so that each exits instead of trying
+   * for ever.
+   */
+  private readonly untold = new Map<string, string>();
+  /** Called as an untold worker hears the dismissal, while tellLateWorkers waits. */
+  private toldOne: (() => void) | null = null;
   /** A refused hello can be repeated at will: at most a line a minute per address. */
   private readonly logRefusal: (key: string, msg: string) => void;
 
@@ -106,11 +119,15 @@ export class WorkerGroup {
   admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
     const { log } = this.hooks;
     const label = `${peerString(hello.name)} pid ${hello.pid}, backend ${peerString(hello.backend)}`;
+    const origin = originOf(hello);
+    // Back in the group, it hears the run's end with the others.
+    this.untold.delete(origin);
     if (this.dismissal) {
-      // Connected before the listener stopped accepting, but its hello came after the stop went out.
+      // Connected before the listener stopped accepting, or to a finished run waiting for its late workers.
       log(`told ${address} (${label}) to stop: the coordinator is closing`);
       socket.send(this.dismissal);
       socket.close(1000, 'stopping');
+      this.toldOne?.();
       return null;
     }
     if (this.peers.size >= this.capacity) {
@@ -124,7 +141,7 @@ export class WorkerGroup {
       return null;
     }
     const n = this.nextWorker++;
-    const peer = new WorkerPeer(`w${n}`, hello.name, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
+    const peer = new WorkerPeer(`w${n}`, hello.name, origin, address, hello.backend, socket, (bytes) => this.hooks.countSent(bytes), (why) => {
       log(`w${n}: its mailbox failed (${why}); its frames go over the WebSocket from now on`);
       this.countMailboxes();
     });
@@ -136,9 +153,11 @@ export class WorkerGroup {
     return peer;
   }
 
-  remove(peer: WorkerPeer, why: string): void {
+  /** `leftOnItsOwn`: the worker closed the connection itself, leaving (it exits): it will not ask how the run ended. */
+  remove(peer: WorkerPeer, why: string, leftOnItsOwn = false): void {
     if (this.peers.get(peer.id) !== peer) return;
     this.peers.delete(peer.id);
+    if (!this.dismissal && !leftOnItsOwn) this.untold.set(peer.origin, `${peer.id} ${peerString(peer.name)}`);
     peer.closeMailbox();
     this.countMailboxes();
     this.hooks.left(peer.id);
@@ -248,28 +267,48 @@ export class WorkerGroup {
   }
 
   private checkHeartbeats(): void {
-    // The monotonic clock, as for every time a peer is judged by: a step of the wall clock (NTP) would
-    // stop the pings for as long as it stepped back.
+    for (const peer of this.list()) {
+      if (this.heartbeatVerdict(peer) === null) continue;
+      // A pong, or a write completed, while this process was stopped (a freeze, a long fsync) counts first.
+      afterPendingReads(() => {
+        if (this.list().includes(peer)) this.act(peer, this.heartbeatVerdict(peer));
+      });
+    }
+  }
+
+  /**
+   * What is due for a peer's heartbeat, if anything. The monotonic clock, as
+   * for every time a peer is judged by: a step of the wall clock (NTP) would
+   * stop the pings for as long as it stepped back.
+   */
+  private heartbeatVerdict(peer: WorkerPeer): HeartbeatVerdict {
     const now = performance.now();
     const intervalMs = this.config.heartbeatSeconds * 1000;
-    for (const peer of this.list()) {
-      // A ping waits behind a write the link does not take, so a dead link
-      // (a frozen or vanished worker with data queued for it) is seen by its writes.
-      const stalledMs = peer.stalledForMs(now);
-      if (stalledMs > intervalMs + FRAGMENT_WRITE_MS) {
-        this.hooks.metrics.heartbeatTimeouts.inc();
-        this.cutOff(peer, `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)`);
-      } else if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
-        this.hooks.metrics.heartbeatTimeouts.inc();
-        // The time since its last pong: the ping leaves half an interval or more after it, so 1.5 to 2 intervals.
-        this.drop(peer, `no heartbeat for ${((now - peer.lastPongAt) / 1000).toFixed(1)} s (--heartbeat ${this.config.heartbeatSeconds})`);
-      } else if (!peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2) {
-        peer.pingInFlight = true;
-        peer.socket.ping(undefined, undefined, (err) => {
-          if (!err && peer.pingInFlight) peer.pingWrittenAt = performance.now();
-        });
-      }
+    // A ping waits behind a write the link does not take, so a dead link
+    // (a frozen or vanished worker with data queued for it) is seen by its writes.
+    const stalledMs = peer.stalledForMs(now);
+    if (stalledMs > intervalMs + FRAGMENT_WRITE_MS) {
+      return { cut: `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)` };
     }
+    if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
+      // The time since its last pong: the ping leaves half an interval or more after it, so 1.5 to 2 intervals.
+      return { drop: `no heartbeat for ${((now - peer.lastPongAt) / 1000).toFixed(1)} s (--heartbeat ${this.config.heartbeatSeconds})` };
+    }
+    return !peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2 ? 'ping' : null;
+  }
+
+  private act(peer: WorkerPeer, verdict: HeartbeatVerdict): void {
+    if (verdict === null) return;
+    if (verdict === 'ping') {
+      peer.pingInFlight = true;
+      peer.socket.ping(undefined, undefined, (err) => {
+        if (!err && peer.pingInFlight) peer.pingWrittenAt = performance.now();
+      });
+      return;
+    }
+    this.hooks.metrics.heartbeatTimeouts.inc();
+    if ('cut' in verdict) this.cutOff(peer, verdict.cut);
+    else this.drop(peer, verdict.drop);
   }
 
   /** Sends every peer `stop`, and waits up to 5 s for their sockets to close. */
@@ -280,6 +319,37 @@ export class WorkerGroup {
     for (const peer of peers) peer.send(stop);
     const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => emitted(p.socket, 'close'));
     await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
+  }
+
+  /**
+   * After dismiss: waits up to `ms` for the workers that left without
+   * hearing the run is over to reconnect, and be told (admit). `anyone`:
+   * they are not known (a resumed run found finished, whose earlier
+   * coordinator stopped before telling its workers), so the whole time.
+   * Returns the labels of those not told.
+   */
+  async tellLateWorkers(ms: number, anyone: boolean, abort: AbortSignal): Promise<string[]> {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        abort.removeEventListener('abort', done);
+        this.toldOne = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      abort.addEventListener('abort', done);
+      this.toldOne = () => {
+        if (!anyone && this.untold.size === 0) done();
+      };
+      if (abort.aborted) done();
+      else this.toldOne();
+    });
+    return [...this.untold.values()];
+  }
+
+  /** The labels of the workers that left without hearing the run is over. */
+  untoldWorkers(): string[] {
+    return [...this.untold.values()];
   }
 
   /** Makes the directory that new peers' mailboxes go in, unless --no-mailbox; without one, frames use the socket. */
@@ -336,4 +406,9 @@ export class WorkerGroup {
     for (const p of this.peers.values()) if (p.mailbox?.inbox) n++;
     this.hooks.metrics.mailboxWorkers.set(n);
   }
+}
+
+/** A worker process across its connections: its hello's hostname and pid. */
+function originOf(hello: Hello): string {
+  return `${hello.hostname}\0${hello.pid}`;
 }

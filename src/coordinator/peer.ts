@@ -76,6 +76,8 @@ export class WorkerPeer {
   constructor(
     readonly id: string,
     readonly name: string,
+    /** The worker process (its hostname and pid), the same across its connections. */
+    readonly origin: string,
     readonly address: string,
     readonly backend: string,
     readonly socket: WebSocket,

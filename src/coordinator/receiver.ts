@@ -117,9 +117,10 @@ export class Receiver {
     socket.on('pong', () => {
       if (peer) workers.receivedPong(peer);
     });
-    socket.on('close', () => {
+    socket.on('close', (code) => {
       clearTimeout(helloTimer);
-      if (peer) workers.remove(peer, 'disconnected');
+      // 1000 from a worker: it is leaving (a signal, a stop), and will not ask how the run ended.
+      if (peer) workers.remove(peer, 'disconnected', code === 1000);
     });
     socket.on('error', (e: Error & { code?: string }) => {
       // ws closes the socket (1009) on a frame above maxPayload and reports it here.

@@ -8,3 +8,14 @@ import type { EventEmitter } from 'node:events';
 export function emitted(emitter: EventEmitter, event: string): Promise<void> {
   return new Promise((resolve) => emitter.once(event, () => resolve()));
 }
+
+/**
+ * Runs `verdict` once this turn of the event loop has read its sockets. A
+ * process woken from a stop (SIGSTOP, a frozen VM, a long synchronous write)
+ * runs its overdue timers before it reads what arrived meanwhile, so a timer
+ * that judges a peer by its silence must wait for that read: the pong, the
+ * answer or the reason it was dropped may already be in the buffer.
+ */
+export function afterPendingReads(verdict: () => void): void {
+  setImmediate(verdict);
+}

@@ -1,3 +1,5 @@
+import { afterPendingReads } from '../util/events';
+
 /** Silence tolerated before the welcome says how often the coordinator pings. */
 const SILENCE_BEFORE_WELCOME_MS = 30_000;
 /** Heartbeats the coordinator may miss before its silence ends the connection. */
@@ -27,9 +29,8 @@ export class SilenceWatchdog {
   start(onSilence: (limitMs: number) => void): void {
     this.timer = setInterval(() => {
       if (!this.silent()) return;
-      // The verdict waits for this turn's read of the socket: a process woken from a stop (SIGSTOP, a frozen
-      // VM) runs its overdue timers before it reads what arrived meanwhile, such as why it was dropped.
-      setImmediate(() => {
+      // What arrived while this process was stopped, such as why it was dropped, is read first.
+      afterPendingReads(() => {
         if (this.silent()) onSilence(this.limitMs);
       });
     }, 1000);
