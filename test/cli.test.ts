@@ -79,6 +79,8 @@ test('a flag given twice takes its last value; a switch takes --x=1/0, yes/no, o
     [['local', '--native=maybe'], /^ganfleet: --native is a switch: --native or --no-native, or --native= with 1\/0, true\/false, yes\/no or on\/off; got "--native=maybe"\n/],
     [['local', '--no-mailbox=1'], /^ganfleet: --no-mailbox is a switch: /],
     [['coordinator', '--mailbox', 'maybe'], /^ganfleet: Unexpected argument: maybe \(--mailbox is a switch: --mailbox or --no-mailbox, or --mailbox= with/],
+    // The same word as an earlier flag's value: the hint still names the switch before the stray one.
+    [['coordinator', '--out', 'x', '--resume', 'x'], /^ganfleet: Unexpected argument: x \(--resume is a switch: /],
     [['coordinator', 'extra'], /^ganfleet: Unexpected argument: extra\n/],
     [['local', '--lr', 'Infinity'], /^ganfleet: --lr must be a positive number, got Infinity\n/],
     [['local', '--workers', ''], /^ganfleet: --workers must not be empty; to leave it unset, leave it out\n/],
@@ -150,6 +152,8 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
   fs.writeFileSync(path.join(generator, 'weights.bin'), 'trained');
   const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', out, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
   assert.equal(r.status, 0, r.stderr);
+  // Its summary says the run ended, and its workers were told: none is waited for.
+  assert.doesNotMatch(r.stderr + r.stdout, /--linger/);
   assert.match(r.stderr + r.stdout, /finished 1000 steps: the run is at step 1000 of --steps 1000 \(raise --steps to train on\); the outputs in .* are left as they were/);
   assert.equal(fs.readFileSync(summary, 'utf8'), '{"steps": 1000, "stepsThisRun": 1000}\n');
   assert.deepEqual(fs.readdirSync(generator), ['weights.bin']);
@@ -170,8 +174,10 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
       fs.mkdirSync(path.join(unfinished, 'generator'));
       fs.writeFileSync(path.join(unfinished, 'generator', 'weights.bin'), 'step 900');
     }
-    const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', unfinished, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+    const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', unfinished, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1', '--linger', '1'], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(again.status, 0, again.stderr);
+    // Killed before it told its workers the run is over: whoever connects within --linger is told.
+    assert.match(again.stderr + again.stdout, /telling the workers of the coordinator before this one, which stopped before it told them, that the run is over, as they reconnect: up to 1 s/);
     assert.equal(JSON.parse(fs.readFileSync(path.join(unfinished, 'summary.json'), 'utf8')).steps, 1000);
     const generator = loadLatestCheckpoint(checkpoints, () => {})!.checkpoint.generator;
     assert.deepEqual(fs.readFileSync(path.join(unfinished, 'generator', 'weights.bin')), Buffer.from(generator.buffer, generator.byteOffset, generator.byteLength));

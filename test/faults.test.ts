@@ -38,7 +38,7 @@ function imagesSent(log: string): number[] {
 describe('worker failures', () => {
   test('SIGKILL one of 3 workers: the run pauses below --min-workers, resumes when a new one joins, and no step is lost or repeated', { timeout: 90_000 }, async () => {
     const dir = out('kill');
-    const c = await startCoordinator(['--min-workers', '3', '--steps', '120', '--log-every', '1', '--checkpoint-every', '0', '--heartbeat', '1', '--round-timeout', '5', '--out', dir]);
+    const c = await startCoordinator(['--min-workers', '3', '--steps', '120', '--log-every', '1', '--checkpoint-every', '0', '--heartbeat', '1', '--round-timeout', '5', '--linger', '1', '--out', dir]);
     track(c.proc);
     const workers = ['a', 'b', 'c'].map((n) => track(startWorker(c.url, n)));
     await c.proc.waitFor(/step 20\/120/);
@@ -63,6 +63,9 @@ describe('worker failures', () => {
     assert.equal(imagesSent(c.proc.log).at(-1), 20000, c.proc.log);
     assert.ok(detectMs < 5000, `kill detected in ${detectMs} ms`);
     for (const w of workers.filter((_, i) => i !== 1)) assert.equal(await w.exited, 0);
+    // The killed worker never heard that the run is over: the coordinator waited --linger for it, and said so.
+    assert.match(c.proc.log, /telling 1 worker that left without hearing it \(w\d "b"\) that the run is over, as they reconnect: up to 1 s/);
+    assert.match(c.proc.log, /not back within --linger 1 s: w\d "b"; each keeps trying until its --give-up-after/);
   });
 
   test('a worker frozen past --heartbeat is dropped, and told why: it reads the reason when it wakes, rejoins, and the run completes', { timeout: 90_000 }, async () => {

@@ -139,6 +139,8 @@ export class OutputClaim {
       fs.utimesSync(this.file, now, now);
       this.failingSince = null;
     } catch (e) {
+      // Moved aside by a taker checking it, which puts it back: nothing to touch, and nothing failing.
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && movedAside(this.file, this.token)) return;
       this.failingSince ??= performance.now();
       this.log(`cannot touch the lease ${this.file} (${(e as Error).message}); retrying`);
       if (performance.now() - this.failingSince >= this.timing.staleMs) this.lose(`the lease on --out ${this.out} went untouched for ${this.timing.staleMs / 1000} s (${(e as Error).message})`);

@@ -249,8 +249,13 @@ function refuseUnknownFlags(raw: readonly string[], options: OptionTable, valued
 /** Refuses words that are no flag's value (`stray`), naming the switch one follows. */
 function refuseStrayWords(stray: string[], raw: readonly string[], switches: string[]): void {
   if (stray.length === 0) return;
-  const before = raw[raw.indexOf(stray[0]) - 1];
-  const key = /^--([^=]+)$/.exec(before ?? '')?.[1];
+  const flagBefore = (i: number) => /^--([^=]+)$/.exec(raw[i - 1] ?? '')?.[1];
+  // Its own place: not an earlier copy of the word that a value flag took (`--out x --resume x`).
+  const at = raw.findIndex((token, i) => {
+    const flag = flagBefore(i);
+    return token === stray[0] && (flag === undefined || switches.includes(flag) || flag.startsWith('no-'));
+  });
+  const key = flagBefore(at);
   const hint = key && switches.includes(key) ? ` (--${key} is a switch: ${switchForms(key)})` : '';
   throw new UsageError(`Unexpected argument: ${stray.join(' ')}${hint}`);
 }
