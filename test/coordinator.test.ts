@@ -661,7 +661,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const { coordinator, lines } = await finishedWithADroppedWorker('dropped', 60);
     let closed = false;
     const closing = coordinator.close().then(() => (closed = true));
-    await logged(lines, /^telling 1 worker that left without hearing it \(w1 "scripted"\) that the run is over, as they reconnect: up to 60 s/);
+    await logged(lines, /^waiting up to 60 s \(--linger; a signal ends this\) to tell workers that reconnect that the run is over: 1 worker left without hearing it \(w1 "scripted"\)$/);
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(closed, false, 'close() waits for the dropped worker');
     const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
@@ -676,13 +676,71 @@ describe('a finished run tells the workers that left it without hearing it is ov
   test('a signal while a finished run waits for its late workers ends the wait; --linger 0 does not wait', async () => {
     const { coordinator, lines } = await finishedWithADroppedWorker('signalled', 60);
     const closing = coordinator.close();
-    await logged(lines, /^telling 1 worker/);
+    await logged(lines, /^waiting up to 60 s/);
     coordinator.requestStop('SIGTERM received');
     await closing;
     assert.ok(lines.includes('stopped waiting for late workers: SIGTERM received'), lines.join('\n'));
     const off = await finishedWithADroppedWorker('no-linger', 0);
     await off.coordinator.close();
-    assert.ok(!off.lines.some((l) => /^telling/.test(l)), off.lines.join('\n'));
+    assert.ok(!off.lines.some((l) => /--linger/.test(l)), off.lines.join('\n'));
+  });
+
+  test('a dropped worker refused as one too many when it comes back is still waited for, and told at the end', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused'), 2), dataDir, maxWorkers: 1, roundTimeoutSeconds: 1, lingerSeconds: 60 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const silent = await joinedPeer(coordinator, true, 101);
+    assert.equal(await silent.peer.closed, 4000);
+    const trainer = await joinedPeer(coordinator, true, 102);
+    const refused = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await refused.open();
+    refused.hello(101);
+    const full = await refused.next();
+    assert.ok(full.type === 'error' && full.code === 'COORDINATOR_FULL', JSON.stringify(full));
+    for (;;) {
+      const w = await weightsOrDrop(trainer.peer);
+      trainer.peer.gradients(w.step, w.phase, zeros(w.phase));
+      if (w.step === 1 && w.phase === 'generator') break;
+    }
+    assert.equal((await run).steps, 2, lines.join('\n'));
+    const closing = coordinator.close();
+    await logged(lines, /: 1 worker left without hearing it \(w1 "scripted"\)$/);
+    const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await back.open();
+    back.hello(101);
+    assert.equal((await back.next()).type, 'stop');
+    await closing;
+    assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+  });
+
+  test('a resumed run that fewer worker processes came back to than trained at its checkpoint waits the whole --linger for the others', async () => {
+    const dir = path.join(out, 'fewer-back');
+    const first = await Coordinator.start({ ...config(dir, 1), dataDir, startWorkers: 2 }, () => {});
+    const firstRun = first.run();
+    const peers = [await joinedPeer(first, true, 101), await joinedPeer(first, true, 102)];
+    for (const phase of ['discriminator', 'generator'] as const) {
+      for (const { peer } of peers) {
+        await weightsOrDrop(peer);
+        peer.gradients(0, phase, zeros(phase));
+      }
+    }
+    assert.equal((await firstRun).steps, 1);
+    await first.close();
+    // Killed at step 1, say, and restarted: one worker is back at once; the other is still in its backoff when the
+    // short rest of the run is over.
+    const lines: string[] = [];
+    const resumed = await Coordinator.start({ ...config(dir, 2), dataDir, resume: true, lingerSeconds: 2 }, (l) => lines.push(l));
+    const resumedRun = resumed.run();
+    const { peer } = await joinedPeer(resumed, true, 102);
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(peer);
+      peer.gradients(1, phase, zeros(phase));
+    }
+    assert.equal((await resumedRun).steps, 2);
+    const t0 = performance.now();
+    await resumed.close();
+    assert.ok(lines.some((l) => l.endsWith(': the run resumed from a checkpoint that 2 workers trained, and 1 came back')), lines.join('\n'));
+    assert.ok(performance.now() - t0 >= 1900, 'the whole --linger');
   });
 
   test('a resumed run found finished with its summary unwritten tells whoever connects for the whole --linger: its earlier coordinator told no worker', async () => {
@@ -703,7 +761,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.equal((await resumed.run()).steps, 1);
     const t0 = performance.now();
     const closing = resumed.close();
-    await logged(lines, /^telling the workers of the coordinator before this one, which stopped before it told them, that the run is over, as they reconnect: up to 2 s/);
+    await logged(lines, /^waiting up to 2 s \(--linger; a signal ends this\) to tell workers that reconnect that the run is over: the run resumed from a checkpoint that 1 worker trained, and 0 came back$/);
     const late = new ScriptedPeer(`ws://127.0.0.1:${resumed.port}`);
     await late.open();
     late.hello(104);
@@ -715,7 +773,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const again = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true, lingerSeconds: 60 }, (l) => lines2.push(l));
     await again.run();
     await again.close();
-    assert.ok(!lines2.some((l) => /^telling/.test(l)), lines2.join('\n'));
+    assert.ok(!lines2.some((l) => /--linger/.test(l)), lines2.join('\n'));
   });
 });
 

@@ -1,8 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import WebSocket, { WebSocketServer } from 'ws';
 import { FRAGMENT_BYTES, WorkerPeer } from '../src/coordinator/peer';
+import { afterPendingReads } from '../src/util/events';
 
 /** A WorkerPeer around the server end of a real loopback WebSocket, and the client end. */
 async function peerPair(): Promise<{ peer: WorkerPeer; client: WebSocket; server: WebSocketServer }> {
@@ -31,4 +33,34 @@ test('a close queued behind two fragmented frames goes out after both: it was lo
   assert.equal(code, 1008);
   assert.equal(reason.toString(), 'protocol violation');
   server.close();
+});
+
+test("a verdict after a freeze waits until an answer larger than one turn's read, already in the socket's buffers, has been read whole (afterPendingReads)", async (t) => {
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await once(server, 'listening');
+  // A worker in its own process: it answers each message with 4 MB, more than libuv's 2 MiB read a turn.
+  const worker = spawn(process.execPath, ['-e', `const ws = new (require(${JSON.stringify(require.resolve('ws'))}))(process.argv[1]); ws.on('message', () => ws.send(Buffer.alloc(4e6, 3)));`, `ws://127.0.0.1:${(server.address() as { port: number }).port}`], { stdio: 'inherit' });
+  t.after(() => {
+    worker.kill();
+    server.close();
+  });
+  const [socket] = (await once(server, 'connection')) as [WebSocket];
+  const peer = new WorkerPeer('w1', 'test', 'test-host\0' + worker.pid, '127.0.0.1', 'none', socket, () => {}, () => {});
+  let answers = 0;
+  let received = 0;
+  socket.on('message', (d: Buffer) => {
+    answers++;
+    received = d.length;
+  });
+  // Rounds at full speed first, as in a run: the kernel grows the connection's buffers to hold a whole answer.
+  for (let round = 1; round <= 8; round++) {
+    socket.send('weights');
+    while (answers < round) await new Promise((r) => setTimeout(r, 5));
+  }
+  received = 0;
+  socket.send('weights');
+  // This process frozen (SIGSTOP, a paused VM) while the answer comes in, past its deadline.
+  for (const until = performance.now() + 1000; performance.now() < until; );
+  const seen = await new Promise<number>((resolve) => afterPendingReads(() => resolve(received), () => peer.bytesRead));
+  assert.equal(seen, 4e6, 'the verdict saw the whole answer');
 });

@@ -146,10 +146,14 @@ export class Coordinator {
   /**
    * Set where the run ends by finishing (not by a stop asked for): whom
    * close() waits for to tell that the run is over. `anyone`: a resumed run
-   * found finished with its outputs unwritten, so its earlier coordinator
-   * stopped before telling its workers, and who they are is not known.
+   * whose earlier coordinator stopped without telling its workers, and not
+   * all of them came back (a finished run found without its summary, or a
+   * short rest of a run over before a worker's backoff): who is still out
+   * there is not known.
    */
   private lateWorkers: { anyone: boolean } | null = null;
+  /** Workers that trained at the checkpoint this run resumed from (its slots; 0 before format 2 or without a resume). */
+  private checkpointWorkers = 0;
   /** A stop asked for once the run is over ends close()'s wait for late workers. */
   private readonly lateWorkersWait = new AbortController();
   private bytesSent = 0;
@@ -373,7 +377,9 @@ export class Coordinator {
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
-    if (!this.stop) this.lateWorkers = { anyone: ran === 0 && this.resumedFrom !== null && !keepOutputs };
+    // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
+    // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
+    if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
     this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
     const { reason } = this.stop;
     const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
@@ -517,13 +523,16 @@ export class Coordinator {
   private async tellLateWorkers(seconds: number, anyone: boolean): Promise<void> {
     const untold = this.workers.untoldWorkers();
     if (!anyone && untold.length === 0) return;
-    const whom = anyone
-      ? "the workers of the coordinator before this one, which stopped before it told them,"
-      : `${untold.length} worker${untold.length === 1 ? '' : 's'} that left without hearing it (${untold.join(', ')})`;
-    this.log(`telling ${whom} that the run is over, as they reconnect: up to ${seconds} s (--linger; a signal ends this)`);
+    const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
+    const trained = this.checkpointWorkers > 0 ? plural(this.checkpointWorkers, 'worker') : 'an unknown number of workers';
+    const who = [
+      ...(untold.length > 0 ? [`${plural(untold.length, 'worker')} left without hearing it (${untold.join(', ')})`] : []),
+      ...(anyone ? [`the run resumed from a checkpoint that ${trained} trained, and ${this.workers.processesJoined()} came back`] : []),
+    ];
+    this.log(`waiting up to ${seconds} s (--linger; a signal ends this) to tell workers that reconnect that the run is over: ${who.join('; ')}`);
     const left = await this.workers.tellLateWorkers(seconds * 1000, anyone, this.lateWorkersWait.signal);
     if (this.lateWorkersWait.signal.aborted) this.log(`stopped waiting for late workers: ${String(this.lateWorkersWait.signal.reason)}`);
-    else if (left.length > 0) this.log(`not back within --linger ${seconds} s: ${left.join(', ')}; each keeps trying until its --give-up-after`);
+    else if (left.length > 0) this.log(`not back within --linger ${seconds} s: ${left.join(', ')} (gone, or still trying: a worker retries until its --give-up-after)`);
     else if (!anyone) this.log('every worker that left has been told the run is over');
   }
 
@@ -634,7 +643,7 @@ export class Coordinator {
       const sent = peer.deliver(frame, () => {
         written = true;
         // An answer that came while this process was stopped (a freeze, a long fsync) counts first.
-        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => afterPendingReads(() => this.missedDeadline(round, peer)), deadlineMs));
+        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => afterPendingReads(() => this.missedDeadline(round, peer), () => peer.bytesRead), deadlineMs));
       });
       if (!sent) {
         round.drop(peer.id);
@@ -646,7 +655,7 @@ export class Coordinator {
       const stalled = () => {
         if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
       };
-      deadlines.push(setTimeout(() => afterPendingReads(stalled), backstopMs));
+      deadlines.push(setTimeout(() => afterPendingReads(stalled, () => peer.bytesRead), backstopMs));
       peer.holds.generator = this.versions.generator;
       peer.holds.discriminator = this.versions.discriminator;
     }
@@ -958,6 +967,7 @@ export class Coordinator {
     this.workers.nextWorker = c.nextWorker;
     this.step = c.step;
     this.resumedFrom = c.step;
+    this.checkpointWorkers = c.shards.length;
     this.imagesTotal = c.imagesTotal;
     this.metrics.step.set(c.step);
     this.lastCheckpoint = file;

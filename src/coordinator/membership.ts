@@ -67,6 +67,8 @@ export class WorkerGroup {
    * for ever.
    */
   private readonly untold = new Map<string, string>();
+  /** Every worker process (WorkerPeer.origin) admitted by this coordinator. */
+  private readonly joined = new Set<string>();
   /** Called as an untold worker hears the dismissal, while tellLateWorkers waits. */
   private toldOne: (() => void) | null = null;
   /** A refused hello can be repeated at will: at most a line a minute per address. */
@@ -120,13 +122,12 @@ export class WorkerGroup {
     const { log } = this.hooks;
     const label = `${peerString(hello.name)} pid ${hello.pid}, backend ${peerString(hello.backend)}`;
     const origin = originOf(hello);
-    // Back in the group, it hears the run's end with the others.
-    this.untold.delete(origin);
     if (this.dismissal) {
       // Connected before the listener stopped accepting, or to a finished run waiting for its late workers.
       log(`told ${address} (${label}) to stop: the coordinator is closing`);
       socket.send(this.dismissal);
       socket.close(1000, 'stopping');
+      this.untold.delete(origin);
       this.toldOne?.();
       return null;
     }
@@ -146,6 +147,9 @@ export class WorkerGroup {
       this.countMailboxes();
     });
     this.peers.set(peer.id, peer);
+    this.joined.add(origin);
+    // Back in the group (not refused as one too many): it hears the run's end with the others.
+    this.untold.delete(origin);
     this.offerMailbox(peer);
     peer.send(this.welcome(peer));
     log(`${peer.id} joined from ${address} (${label}); ${this.peers.size} connected`);
@@ -270,9 +274,12 @@ export class WorkerGroup {
     for (const peer of this.list()) {
       if (this.heartbeatVerdict(peer) === null) continue;
       // A pong, or a write completed, while this process was stopped (a freeze, a long fsync) counts first.
-      afterPendingReads(() => {
-        if (this.list().includes(peer)) this.act(peer, this.heartbeatVerdict(peer));
-      });
+      afterPendingReads(
+        () => {
+          if (this.list().includes(peer)) this.act(peer, this.heartbeatVerdict(peer));
+        },
+        () => peer.bytesRead,
+      );
     }
   }
 
@@ -324,8 +331,8 @@ export class WorkerGroup {
   /**
    * After dismiss: waits up to `ms` for the workers that left without
    * hearing the run is over to reconnect, and be told (admit). `anyone`:
-   * they are not known (a resumed run found finished, whose earlier
-   * coordinator stopped before telling its workers), so the whole time.
+   * they are not known (the workers of an earlier coordinator that told
+   * none of them), so the whole time.
    * Returns the labels of those not told.
    */
   async tellLateWorkers(ms: number, anyone: boolean, abort: AbortSignal): Promise<string[]> {
@@ -345,6 +352,11 @@ export class WorkerGroup {
       else this.toldOne();
     });
     return [...this.untold.values()];
+  }
+
+  /** Worker processes admitted so far, each counted once however often it rejoined. */
+  processesJoined(): number {
+    return this.joined.size;
   }
 
   /** The labels of the workers that left without hearing the run is over. */

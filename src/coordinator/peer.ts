@@ -126,6 +126,11 @@ export class WorkerPeer {
     setTimeout(() => this.socket.terminate(), CLOSE_TIMEOUT_MS).unref();
   }
 
+  /** Bytes read from this peer's connection so far (ws keeps the connection as `_socket`). */
+  get bytesRead(): number {
+    return (this.socket as unknown as { _socket?: { bytesRead: number } })._socket?.bytesRead ?? 0;
+  }
+
   /** Bytes sent to this peer that the operating system has not taken yet. */
   get queuedBytes(): number {
     return this.socket.bufferedAmount + this.heldBytes;
