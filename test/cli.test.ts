@@ -177,7 +177,7 @@ test('--resume on a finished run trains nothing, exits 0 and leaves its summary 
     const again = spawnSync(process.execPath, [CLI, 'coordinator', '--out', unfinished, '--resume', '--steps', '1000', '--port', '0', '--metrics-port', '-1', '--linger', '1'], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(again.status, 0, again.stderr);
     // Killed before it told its workers the run is over: whoever connects within --linger is told.
-    assert.match(again.stderr + again.stdout, /waiting up to 1 s \(--linger; a signal ends this\) to tell workers that reconnect that the run is over: the run resumed from a checkpoint that \d+ workers? trained, and 0 came back/);
+    assert.match(again.stderr + again.stdout, /waiting up to 1 s \(--linger; a signal ends this\) to tell workers that reconnect that the run is over: the run resumed from a checkpoint without a count of its workers, and 0 came back/);
     assert.equal(JSON.parse(fs.readFileSync(path.join(unfinished, 'summary.json'), 'utf8')).steps, 1000);
     const generator = loadLatestCheckpoint(checkpoints, () => {})!.checkpoint.generator;
     assert.deepEqual(fs.readFileSync(path.join(unfinished, 'generator', 'weights.bin')), Buffer.from(generator.buffer, generator.byteOffset, generator.byteLength));

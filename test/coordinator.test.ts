@@ -590,6 +590,16 @@ async function weightsOrDrop(peer: ScriptedPeer, skipped: CoordinatorMessage[] =
   }
 }
 
+/** Step `step` answered with zero gradients: each round by every peer in turn, as it is asked. */
+async function answerStepWithZeros(step: number, ...peers: ScriptedPeer[]): Promise<void> {
+  for (const phase of ['discriminator', 'generator'] as const) {
+    for (const peer of peers) {
+      await weightsOrDrop(peer);
+      peer.gradients(step, phase, new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE));
+    }
+  }
+}
+
 /**
  * A coordinator training one step with one worker, its log lines (with when
  * each was logged), and a scripted peer connected to it whose raw socket the
@@ -717,13 +727,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const dir = path.join(out, 'fewer-back');
     const first = await Coordinator.start({ ...config(dir, 1), dataDir, startWorkers: 2 }, () => {});
     const firstRun = first.run();
-    const peers = [await joinedPeer(first, true, 101), await joinedPeer(first, true, 102)];
-    for (const phase of ['discriminator', 'generator'] as const) {
-      for (const { peer } of peers) {
-        await weightsOrDrop(peer);
-        peer.gradients(0, phase, zeros(phase));
-      }
-    }
+    await answerStepWithZeros(0, (await joinedPeer(first, true, 101)).peer, (await joinedPeer(first, true, 102)).peer);
     assert.equal((await firstRun).steps, 1);
     await first.close();
     // Killed at step 1, say, and restarted: one worker is back at once; the other is still in its backoff when the
@@ -731,11 +735,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const lines: string[] = [];
     const resumed = await Coordinator.start({ ...config(dir, 2), dataDir, resume: true, lingerSeconds: 2 }, (l) => lines.push(l));
     const resumedRun = resumed.run();
-    const { peer } = await joinedPeer(resumed, true, 102);
-    for (const phase of ['discriminator', 'generator'] as const) {
-      await weightsOrDrop(peer);
-      peer.gradients(1, phase, zeros(phase));
-    }
+    await answerStepWithZeros(1, (await joinedPeer(resumed, true, 102)).peer);
     assert.equal((await resumedRun).steps, 2);
     const t0 = performance.now();
     await resumed.close();
@@ -747,11 +747,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const dir = path.join(out, 'unsummarised');
     const first = await Coordinator.start({ ...config(dir, 1), dataDir }, () => {});
     const firstRun = first.run();
-    const { peer } = await joinedPeer(first);
-    for (const phase of ['discriminator', 'generator'] as const) {
-      await weightsOrDrop(peer);
-      peer.gradients(0, phase, zeros(phase));
-    }
+    await answerStepWithZeros(0, (await joinedPeer(first)).peer);
     assert.equal((await firstRun).steps, 1);
     await first.close();
     // Killed after its last checkpoint, before its summary (and before it told its workers).
@@ -972,11 +968,7 @@ describe('coordinator edge cases found by review', () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'long-timeout'), 1), roundTimeoutSeconds: 2147483 }, (l) => lines.push(l));
     const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
-    for (const phase of ['discriminator', 'generator'] as const) {
-      await weightsOrDrop(peer);
-      peer.gradients(0, phase, zeros(phase));
-    }
+    await answerStepWithZeros(0, (await joinedPeer(coordinator)).peer);
     assert.equal((await run).steps, 1);
     assert.ok(!lines.some((l) => / left /.test(l)), lines.join('\n'));
     await coordinator.close();

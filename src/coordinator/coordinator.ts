@@ -524,10 +524,11 @@ export class Coordinator {
     const untold = this.workers.untoldWorkers();
     if (!anyone && untold.length === 0) return;
     const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
-    const trained = this.checkpointWorkers > 0 ? plural(this.checkpointWorkers, 'worker') : 'an unknown number of workers';
+    // A checkpoint of format 1 holds no shards, so no count of its workers.
+    const checkpoint = this.checkpointWorkers > 0 ? `a checkpoint that ${plural(this.checkpointWorkers, 'worker')} trained` : 'a checkpoint without a count of its workers';
     const who = [
       ...(untold.length > 0 ? [`${plural(untold.length, 'worker')} left without hearing it (${untold.join(', ')})`] : []),
-      ...(anyone ? [`the run resumed from a checkpoint that ${trained} trained, and ${this.workers.processesJoined()} came back`] : []),
+      ...(anyone ? [`the run resumed from ${checkpoint}, and ${this.workers.processesJoined()} came back`] : []),
     ];
     this.log(`waiting up to ${seconds} s (--linger; a signal ends this) to tell workers that reconnect that the run is over: ${who.join('; ')}`);
     const left = await this.workers.tellLateWorkers(seconds * 1000, anyone, this.lateWorkersWait.signal);
