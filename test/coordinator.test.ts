@@ -441,6 +441,18 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal(said.length, 1, lines.slice(logged).join('\n'));
   });
 
+  test('a hello that came while the coordinator was frozen past the hello timeout is read before the timeout judges: welcomed', async (t) => {
+    HELLO_TIMING.timeoutMs = 1_000;
+    t.after(() => void (HELLO_TIMING.timeoutMs = 10_000));
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello();
+    freezeThisProcess(1_500);
+    const cut = peer.closed.then((code) => `closed (${code})`);
+    assert.equal(await Promise.race([peer.next().then((m) => m.type), cut]), 'welcome');
+    peer.ws.close(1000);
+  });
+
   test('broken WebSocket framing before hello closes the socket, logged once a minute per address', async () => {
     const logged = lines.length;
     for (let i = 0; i < 3; i++) {
@@ -588,6 +600,11 @@ async function weightsOrDrop(peer: ScriptedPeer, skipped: CoordinatorMessage[] =
     if (m.type === 'weights') return m;
     skipped.push(m);
   }
+}
+
+/** Blocks this process's event loop, the coordinator's included, as SIGSTOP or a frozen VM would. */
+function freezeThisProcess(ms: number): void {
+  for (const until = performance.now() + ms; performance.now() < until; );
 }
 
 /** Step `step` answered with zero gradients: each round by every peer in turn, as it is asked. */
@@ -1915,11 +1932,6 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
-
-  /** Blocks this process's event loop, the coordinator's included, as SIGSTOP or a frozen VM would. */
-  function freezeThisProcess(ms: number): void {
-    for (const until = performance.now() + ms; performance.now() < until; );
-  }
 
   /**
    * A 2-step run with one mailbox peer, in which this process freezes for 1.5 s once: after the peer's first

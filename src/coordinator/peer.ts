@@ -126,9 +126,9 @@ export class WorkerPeer {
     setTimeout(() => this.socket.terminate(), CLOSE_TIMEOUT_MS).unref();
   }
 
-  /** Bytes read from this peer's connection so far (ws keeps the connection as `_socket`). */
+  /** Bytes read from this peer's connection so far. */
   get bytesRead(): number {
-    return (this.socket as unknown as { _socket?: { bytesRead: number } })._socket?.bytesRead ?? 0;
+    return bytesReadOf(this.socket);
   }
 
   /** Bytes sent to this peer that the operating system has not taken yet. */
@@ -236,4 +236,9 @@ export class WorkerPeer {
     this.mailbox?.inbox?.close();
     this.mailbox = null;
   }
+}
+
+/** Bytes read from a WebSocket's connection so far (ws keeps the connection as `_socket`); 0 once it is gone. */
+export function bytesReadOf(socket: WebSocket): number {
+  return (socket as unknown as { _socket?: { bytesRead: number } | null })._socket?.bytesRead ?? 0;
 }

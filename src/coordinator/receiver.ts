@@ -3,10 +3,11 @@ import { GanModel } from '../model';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
 import { Gradients, WorkerMessage, errorMessage, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
+import { afterPendingReads } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { CoordinatorMetrics } from './metrics';
 import { WorkerGroup } from './membership';
-import { WorkerPeer } from './peer';
+import { WorkerPeer, bytesReadOf } from './peer';
 import { Round, implausibleGradients, roundIndex, roundName } from './round';
 
 /** A peer that sends this many rejected messages is disconnected. */
@@ -60,10 +61,13 @@ export class Receiver {
     const { log, metrics, workers } = this.hooks;
     let peer: WorkerPeer | null = null;
     const { timeoutMs } = HELLO_TIMING;
-    const helloTimer = setTimeout(() => {
+    const silent = () => {
+      // Said meanwhile (read once this process, woken from a stop, reads its sockets): admitted, or refused and closing.
+      if (peer || socket.readyState !== WebSocket.OPEN) return;
       this.logUnidentified(`${hostOf(address)} silent`, `closing ${address}: no hello within ${timeoutMs / 1000} s`);
       socket.terminate();
-    }, timeoutMs);
+    };
+    const helloTimer = setTimeout(() => afterPendingReads(silent, () => bytesReadOf(socket)), timeoutMs);
     socket.on('message', (data: Buffer, isBinary: boolean) => {
       this.hooks.countReceived(data.length);
       // Frames already in flight when we closed this socket are not acted on (a hello would welcome a ghost).
