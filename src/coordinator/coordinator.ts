@@ -376,10 +376,10 @@ export class Coordinator {
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
-    // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
     // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
     if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
+    // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
     this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
     const { reason } = this.stop;
     const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
