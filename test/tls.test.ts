@@ -91,6 +91,23 @@ test('wss://: a client that never starts its TLS handshake is cut after 10 s, as
   assert.ok(closedAfter !== 'timeout' && closedAfter >= 9_000, `closed after ${closedAfter} ms`);
 });
 
+test('wss://: a client that never starts its TLS handshake does not hold the coordinator\'s exit: it is cut when the coordinator closes', { timeout: 60_000 }, async (t) => {
+  const { proc: coord, url } = await startCoordinator([...trainingArgs(1, path.join(dir, 'run-silent-exit')), '--tls-cert', cert, '--tls-key', key], CLEAN_ENV);
+  t.after(() => coord.kill());
+  const silent = net.connect(Number(new URL(url).port), '127.0.0.1');
+  silent.on('error', () => {});
+  t.after(() => silent.destroy());
+  await new Promise((r) => silent.once('connect', r));
+  const signalled = Date.now();
+  coord.kill('SIGTERM');
+  const code = await within(coord.exited, 30_000);
+  // Node's HTTPS server tracks a connection only once its handshake is done: closing waited for the 10 s handshake timeout.
+  const tookMs = Date.now() - signalled;
+  assert.equal(code, 0, coord.log);
+  assert.ok(tookMs < 5_000, `exited ${tookMs} ms after SIGTERM`);
+  assert.equal(silent.destroyed || silent.readableEnded, true);
+});
+
 test('token: a wrong or missing token is refused with HTTP 401 and the worker exits 1 at once; the right one trains; wss:// to it, and a key as --ca, are named', { timeout: 60_000 }, async (t) => {
   const secret = 'tls-test-secret-0123456789';
   const out = path.join(dir, 'run-token');

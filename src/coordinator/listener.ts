@@ -23,6 +23,8 @@ export class WorkerListener {
 
   private constructor(
     private readonly server: http.Server | https.Server,
+    /** Every TCP connection open, from its first byte: an HTTPS server tracks one only once its TLS handshake is done. */
+    private readonly connections: Set<Duplex>,
     private readonly wss: WebSocketServer,
     /** The port bound, kept: a closed server has none. */
     readonly port: number,
@@ -42,6 +44,11 @@ export class WorkerListener {
     const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, handshakeTimeout: TLS_HANDSHAKE_MS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
     // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
     limitConnections(server, 4 * config.maxWorkers + 256);
+    const connections = new Set<Duplex>();
+    server.on('connection', (socket: Duplex) => {
+      connections.add(socket);
+      socket.once('close', () => connections.delete(socket));
+    });
     server.on(
       'request',
       answerInTurn((_req, res) => {
@@ -71,7 +78,7 @@ export class WorkerListener {
       server.listen(port, host, () => resolve());
     });
     const bound = boundPort(server);
-    const listener = new WorkerListener(server, wss, bound, `${tlsCert ? 'wss' : 'ws'}://${urlHost(host)}:${bound}`);
+    const listener = new WorkerListener(server, connections, wss, bound, `${tlsCert ? 'wss' : 'ws'}://${urlHost(host)}:${bound}`);
     // Loopback keeps out other machines, not the other users of this one (README: Security).
     hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ' (no --token: anyone who can reach it can join, on loopback every user of this machine)'}`);
     if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
@@ -92,6 +99,8 @@ export class WorkerListener {
     for (const socket of this.wss.clients) socket.terminate();
     await new Promise<void>((r) => this.wss.close(() => r()));
     this.server.closeAllConnections();
+    // A client that never started its TLS handshake would hold the close until the handshake timeout.
+    for (const socket of this.connections) socket.destroy();
     await this.closed;
   }
 }
