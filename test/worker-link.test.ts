@@ -387,6 +387,24 @@ test('--give-up-after also bounds a try whose handshake never completes (it wait
   }
 });
 
+test('--give-up-after also bounds a try whose hello is never welcomed, even by a peer that pings (it waited for ever)', async () => {
+  // Another WebSocket service, or a coordinator frozen after the upgrade: it keeps the link alive and never welcomes.
+  const pinging: NodeJS.Timeout[] = [];
+  const service = await fakeCoordinator((ws) => pinging.push(setInterval(() => ws.ping(), 500)));
+  const worker = startWorker(service.url, 'unwelcomed', ['--give-up-after', '2']);
+  const t0 = Date.now();
+  try {
+    assert.equal(await exitWithin(worker, 20_000), 1, worker.log);
+    const seconds = (Date.now() - t0) / 1000;
+    assert.ok(seconds < 8, `gave up after ${seconds.toFixed(1)} s (start-up included)`);
+    assert.match(worker.log, /giving up: not admitted by a coordinator for [234]\.\d s, --give-up-after 2 \(no welcome came within [12] s\)/);
+  } finally {
+    pinging.forEach(clearInterval);
+    worker.kill();
+    await service.close();
+  }
+});
+
 test("a worker pointed at an HTTP server that is no coordinator (its metrics port, say) is told where workers join", async () => {
   const http = await import('node:http');
   const metrics = http.createServer((_req, res) => res.end('ok\n'));

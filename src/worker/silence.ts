@@ -1,7 +1,5 @@
 import { afterPendingReads } from '../util/events';
 
-/** Silence tolerated before the welcome says how often the coordinator pings. */
-const SILENCE_BEFORE_WELCOME_MS = 30_000;
 /** Heartbeats the coordinator may miss before its silence ends the connection. */
 const HEARTBEATS_MISSED = 3;
 
@@ -12,7 +10,7 @@ const HEARTBEATS_MISSED = 3;
  */
 export class SilenceWatchdog {
   private lastHeard = performance.now();
-  private limitMs = SILENCE_BEFORE_WELCOME_MS;
+  private limitMs = 0;
   private timer: NodeJS.Timeout | null = null;
 
   /** Anything from the coordinator, or this worker busy computing: a listener, so bound. */
@@ -20,13 +18,15 @@ export class SilenceWatchdog {
     this.lastHeard = performance.now();
   };
 
-  /** The welcome's heartbeat: from now on the coordinator pings this often. */
-  expectHeartbeat(seconds: number): void {
-    this.limitMs = HEARTBEATS_MISSED * seconds * 1000;
-  }
-
-  /** Looks every second; `onSilence` gets the silence tolerated, which has passed. */
-  start(onSilence: (limitMs: number) => void): void {
+  /**
+   * From the welcome, which says how often the coordinator pings (before it,
+   * the try's handshake time bounds the wait). Looks every second;
+   * `onSilence` gets the silence tolerated, which has passed.
+   */
+  start(heartbeatSeconds: number, onSilence: (limitMs: number) => void): void {
+    this.limitMs = HEARTBEATS_MISSED * heartbeatSeconds * 1000;
+    this.heard();
+    this.stop(); // a second welcome
     this.timer = setInterval(() => {
       if (!this.silent()) return;
       // What arrived while this process was stopped, such as why it was dropped, is read first.

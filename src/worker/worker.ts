@@ -8,6 +8,7 @@ import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '..
 import { CoordinatorMessage, ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
+import { afterPendingReads } from '../util/events';
 import { createLogger, Logger } from '../util/log';
 import { truncate, urlHost, withoutCredentials } from '../util/text';
 import { boundPort, serveHttp } from '../util/http';
@@ -97,8 +98,8 @@ class LeaveRequest {
     this.interrupt?.();
   }
 
-  /** What a leave interrupts from now on (null: nothing). */
-  interrupts(interrupt: (() => void) | null): void {
+  /** What a leave interrupts from now on. */
+  interrupts(interrupt: () => void): void {
     this.interrupt = interrupt;
   }
 
@@ -114,15 +115,14 @@ class LeaveRequest {
   }
 }
 
-/** A try's handshake timeout, `silentMs` after the last admission: it ends no later than --give-up-after does (to the second). */
-function handshakeTimeoutMs(giveUpAfter: number, silentMs: number): number {
-  return giveUpAfter > 0 ? Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, giveUpAfter * 1000 - silentMs)) : HANDSHAKE_TIMEOUT_MS;
+/** A try's handshake timeout, `leftMs` before --give-up-after: it ends no later than that does (to the second). */
+function handshakeTimeoutMs(leftMs: number): number {
+  return Math.max(1000, Math.min(HANDSHAKE_TIMEOUT_MS, leftMs));
 }
 
-/** The wait before reconnect `attempt` (0 first). Full jitter: spread reconnecting workers so they do not arrive as a herd. Never past --give-up-after. */
-function reconnectDelayMs(attempt: number, giveUpAfter: number, silentMs: number): number {
-  const delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
-  return giveUpAfter > 0 ? Math.min(delay, giveUpAfter * 1000 - silentMs) : delay;
+/** The wait before reconnect `attempt` (0 first). Full jitter: spread reconnecting workers so they do not arrive as a herd. Never past --give-up-after, `leftMs` away. */
+function reconnectDelayMs(attempt: number, leftMs: number): number {
+  return Math.min(leftMs, Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt));
 }
 
 /**
@@ -153,10 +153,10 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
     let attempt = 0;
     // Since when --give-up-after counts: the start, or the end of the last connection a coordinator admitted this worker on.
     let waitingSince = performance.now();
+    const giveUpMs = opts.giveUpAfter > 0 ? opts.giveUpAfter * 1000 : Infinity;
     for (;;) {
-      const handshakeMs = handshakeTimeoutMs(opts.giveUpAfter, performance.now() - waitingSince);
+      const handshakeMs = handshakeTimeoutMs(giveUpMs - (performance.now() - waitingSince));
       const outcome = await connectOnce(opts, { name, backend: backendLabel(backend), ca, handshakeMs }, metrics, log, leave);
-      leave.interrupts(null);
       switch (outcome.kind) {
         case 'stopped':
           log(`stopped by the coordinator: ${outcome.reason}`);
@@ -176,11 +176,11 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           if (outcome.welcomed) waitingSince = performance.now();
           if (outcome.trained) attempt = 0;
           const silentMs = performance.now() - waitingSince;
-          if (opts.giveUpAfter > 0 && silentMs > opts.giveUpAfter * 1000) {
+          if (silentMs > giveUpMs) {
             log(`giving up: not admitted by a coordinator for ${(silentMs / 1000).toFixed(1)} s, --give-up-after ${opts.giveUpAfter} (${outcome.reason})`);
             return 1;
           }
-          const delay = reconnectDelayMs(attempt++, opts.giveUpAfter, silentMs);
+          const delay = reconnectDelayMs(attempt++, giveUpMs - silentMs);
           log(`connection lost (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
           await leave.sleep(delay);
           if (leave.requested) return 0;
@@ -211,7 +211,6 @@ function connectOnce(
       perMessageDeflate: false,
       headers,
       ca: me.ca,
-      handshakeTimeout: me.handshakeMs,
       // A zero masking key: ws then sends the gradient frame as it is, instead
       // of copying it into a masked buffer (0.45 MB per round), and the
       // coordinator skips unmasking. Masking guards HTTP proxies against
@@ -238,6 +237,17 @@ function connectOnce(
       ws.close(code, reason); // nothing more while the socket is already closing
       setTimeout(() => ws.terminate(), LEAVE_GRACE_MS).unref();
     };
+    // A coordinator answers the upgrade, and then the hello with a welcome, at once. A peer that does not (a
+    // port that takes no WebSocket, another WebSocket service, a frozen coordinator) ends the try within its
+    // handshake time, which --give-up-after bounds: a silence limit alone would wait on a service that pings.
+    const handshake = setTimeout(() => {
+      afterPendingReads(() => {
+        if (workerId !== null || outcome) return;
+        const what = ws.readyState === WebSocket.CONNECTING ? 'the WebSocket upgrade was not answered' : 'no welcome came';
+        end(lost(`${what} within ${(me.handshakeMs / 1000).toFixed(0)} s`));
+        ws.terminate();
+      }, () => link?.bytesRead ?? 0);
+    }, me.handshakeMs);
     leave.interrupts(() => {
       end({ kind: 'left' });
       if (ws.readyState !== WebSocket.CLOSED) closeWithin(1000, 'worker leaving');
@@ -285,7 +295,12 @@ function connectOnce(
       compute?.dispose();
       compute = new ShardCompute(terms.model, msg.batchSize);
       workerId = msg.workerId;
-      watchdog.expectHeartbeat(msg.heartbeatSeconds);
+      clearTimeout(handshake);
+      watchdog.start(msg.heartbeatSeconds, (silenceMs) => {
+        if (outcome) return;
+        end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
+        ws.terminate();
+      });
       metrics.connected.set(1);
       log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
       if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
@@ -354,13 +369,6 @@ function connectOnce(
       // longer to arrive than the silence allowed. (Listening from here on,
       // once ws reads the socket itself.)
       link?.on('data', watchdog.heard);
-      if (leave.requested) return ws.close(1000, 'worker leaving');
-      watchdog.heard();
-      watchdog.start((silenceMs) => {
-        if (outcome) return;
-        end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
-        ws.terminate();
-      });
       log(`connected to ${withoutCredentials(opts.coordinator)}`);
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
@@ -388,6 +396,7 @@ function connectOnce(
     });
     ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator))));
     ws.on('close', (code, reason) => {
+      clearTimeout(handshake);
       watchdog.stop();
       if (errorsHeard > ERRORS_LOGGED) log(`${errorsHeard - ERRORS_LOGGED} more errors from the coordinator on this connection went unlogged`);
       mailbox?.close();
