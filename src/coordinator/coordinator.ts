@@ -379,7 +379,7 @@ export class Coordinator {
     // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
     if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
-    // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop changes nothing.
+    // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop only ends its wait for late workers.
     this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
     const { reason } = this.stop;
     const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
@@ -733,11 +733,9 @@ export class Coordinator {
       ? `resume from a checkpoint before step ${step} (the newest is ${this.lastCheckpoint}) with a lower --lr`
       : 'there is no checkpoint yet: start again with a lower --lr';
     this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); ${advice}`;
-    // It decides how the run ends even where a stop (a signal) was asked for before.
-    if (this.stop) {
-      this.stop = { reason: this.diverged, failed: true };
-      this.log(`stop requested: ${this.diverged}`);
-    } else this.requestStop(this.diverged, true);
+    // It decides how the run ends even where a stop (a signal) was asked for before; a round is open, so no wait needs waking.
+    this.stop = { reason: this.diverged, failed: true };
+    this.log(`stop requested: ${this.diverged}`);
   }
 
   private writeSamples(): void {
@@ -776,7 +774,7 @@ export class Coordinator {
         name: peerText(p.name),
         address: p.address,
         backend: peerText(p.backend),
-        state: p.state,
+        state: p.shard ? 'active' : 'joined',
         shardSize: p.shard?.indices.length ?? 0,
         lastComputeMs: p.lastComputeSeconds * 1000,
         frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
@@ -796,18 +794,13 @@ export class Coordinator {
       await new Promise((r) => setImmediate(r));
       if (cutByStop && this.stop) throw new EvaluationCut();
     };
-    let quality: Quality;
-    try {
-      quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between);
-    } catch (e) {
-      if (!(e instanceof EvaluationCut)) throw e;
-      const seconds = (performance.now() - t) / 1000;
-      this.clock.addEvaluation(seconds);
-      this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
-      return;
-    }
+    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between).catch((e) => {
+      if (e instanceof EvaluationCut) return null;
+      throw e;
+    });
     const seconds = (performance.now() - t) / 1000;
     this.clock.addEvaluation(seconds);
+    if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
     this.evaluations.push({ step: this.step, ...quality });
     this.writeEvaluations();
     this.showEvaluation(quality);

@@ -112,9 +112,9 @@ export class WorkerGroup {
     return n;
   }
 
-  /** The peers a round asks: active since the last plan, and still open. */
+  /** The peers a round asks: given a shard by a plan, and still open. */
   participants(): WorkerPeer[] {
-    return this.list().filter((p) => p.state === 'active' && p.open);
+    return this.list().filter((p) => p.shard && p.open);
   }
 
   /** Welcomes a worker that said hello, or refuses it (null) when the group is full. */
@@ -220,7 +220,7 @@ export class WorkerGroup {
 
   /**
    * At a step boundary, if anyone joined or left since the last plan: every
-   * peer becomes active, and each whose shard changed is sent what it lacks
+   * peer gets a shard, and each whose shard changed is sent what it lacks
    * (and how much of its old shard to keep). A slot keeps its seed; a new
    * slot takes a restored one's, or a new seed.
    */
@@ -239,7 +239,6 @@ export class WorkerGroup {
     let sent = 0;
     assignments.forEach((a, i) => {
       const peer = peers[i];
-      peer.state = 'active';
       const held = peer.shard;
       if (held && a.kept === held.indices.length && a.kept === a.indices.length) return;
       const seed = starts[i]?.seed ?? this.hooks.newSeed();
@@ -351,7 +350,7 @@ export class WorkerGroup {
       if (abort.aborted) done();
       else this.toldOne();
     });
-    return [...this.untold.values()];
+    return this.untoldWorkers();
   }
 
   /** Worker processes admitted so far, each counted once however often it rejoined. */

@@ -16,14 +16,6 @@ export interface PeerMailbox {
 }
 
 /**
- * A connected worker as the coordinator sees it. `joined` peers have been
- * welcomed; they become `active` (get a shard, take part in rounds) at the
- * next step boundary (or mid-step, where a round lost every worker and is
- * asked again of whoever has joined), so an open round gains no participant.
- */
-export type PeerState = 'joined' | 'active';
-
-/**
  * A frame larger than this (a shard) goes out as a fragmented WebSocket
  * message, one fragment handed to the socket at a time. Each write then
  * completes within about a second on any link ganfleet accepts, so a socket
@@ -39,7 +31,12 @@ export const FRAGMENT_WRITE_MS = (FRAGMENT_BYTES / MIN_LINK_BYTES_PER_SECOND) * 
 const CLOSE_TIMEOUT_MS = 30_000;
 
 export class WorkerPeer {
-  state: PeerState = 'joined';
+  /**
+   * From the first shard plan after the peer joined (the next step boundary,
+   * or mid-step, where a round lost every worker and is asked again of
+   * whoever has joined): only a peer that holds a shard takes part in rounds,
+   * so an open round gains no participant.
+   */
   shard: ShardSlot | undefined;
   /** Version of each network this worker holds; -1 = none. Only stale ones are sent. */
   readonly holds: Record<Phase, number> = { generator: -1, discriminator: -1 };

@@ -157,7 +157,7 @@ export class Receiver {
       if (request < 0) return;
       peer.asked.splice(0, request + 1);
       what = roundName(roundIndex(msg.step, msg.phase));
-    } else if (msg.type === 'mail' && peer.asked.length > 0) {
+    } else if (msg.type === 'mail') {
       what = `${roundName(peer.asked.shift()!)} (by mail)`;
     } else {
       return;
@@ -225,7 +225,7 @@ export class Receiver {
     if ((reason === 'not_finite' || reason === 'out_of_range') && round?.isAwaiting(peer.id)) this.hooks.refusedAsImplausible(round);
     if (!offence) return;
     // Whatever the bad message was meant to be, this peer has no usable answer for the open round.
-    this.hooks.openRound()?.drop(peer.id);
+    round?.drop(peer.id);
     if (++peer.offences >= MAX_OFFENCES) {
       // What it sends from here on is an offender's, not a straggler's answer (discardFromDropped).
       peer.asked.length = 0;
