@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import WebSocket, { WebSocketServer } from 'ws';
 import { FRAGMENT_BYTES, WorkerPeer } from '../src/coordinator/peer';
+import { EncodedFrame } from '../src/protocol/codec';
 import { afterPendingReads } from '../src/util/events';
 
 /** A WorkerPeer around the server end of a real loopback WebSocket, and the client end. */
@@ -32,6 +33,27 @@ test('a close queued behind two fragmented frames goes out after both: it was lo
   assert.deepEqual(got, [shard.length, weights.length], 'both frames, whole and in order, before the close');
   assert.equal(code, 1008);
   assert.equal(reason.toString(), 'protocol violation');
+  server.close();
+});
+
+test('a frame in pieces (a shard: a header, then its images) goes out in fragments and arrives whole, in order, ahead of what was sent after it', async () => {
+  const { peer, client, server } = await peerPair();
+  const got: Buffer[] = [];
+  client.on('message', (d: Buffer) => got.push(d));
+  const filled = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));
+  // Pieces shorter than a fragment, one empty, one of exactly a fragment, one spanning several.
+  const pieces = [filled(37, 1), filled(2 * FRAGMENT_BYTES + 5, 2), Buffer.alloc(0), filled(FRAGMENT_BYTES, 3), filled(11, 4)];
+  const frame = new EncodedFrame(pieces);
+  const after = Buffer.from('after');
+  const received = new Promise<void>((r) => client.on('message', () => got.length === 2 && r()));
+  assert.ok(peer.send(frame));
+  assert.ok(peer.send(after));
+  await received;
+  assert.equal(got[0].length, frame.length);
+  assert.ok(got[0].equals(Buffer.concat(pieces)), 'the pieces, byte for byte');
+  assert.ok(got[1].equals(after));
+  assert.equal(peer.queuedBytes, 0);
+  client.close();
   server.close();
 });
 

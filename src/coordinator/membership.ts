@@ -1,7 +1,7 @@
 import path from 'node:path';
 import WebSocket from 'ws';
 import { ShardSlot, gatherImages, planShards } from '../data/shards';
-import { RejectReason, encode } from '../protocol/codec';
+import { RejectReason, encode, encodeFrame } from '../protocol/codec';
 import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
@@ -247,7 +247,7 @@ export class WorkerGroup {
       peer.shard = { indices: a.indices, seed };
       const added = a.indices.subarray(keep);
       sent += added.length;
-      peer.send(encode(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep, seed, images: gatherImages(images, added) })));
+      peer.send(encodeFrame(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep, seed, images: gatherImages(images, added) })));
     });
     const restoredNote = restoredCount > 0 ? `; ${restoredCount} slot${restoredCount === 1 ? '' : 's'} from the checkpoint` : '';
     this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent${restoredNote}`);

@@ -62,7 +62,7 @@ export class WorkerPeer {
    * While a fragmented frame goes out, what was sent after it waits here:
    * no other message may go between a message's fragments (pings may).
    */
-  private held: ({ frame: Buffer; written?: () => void } | { close: [code?: number, reason?: string | Buffer] })[] | null = null;
+  private held: ({ frame: Buffer | EncodedFrame; written?: () => void } | { close: [code?: number, reason?: string | Buffer] })[] | null = null;
   /** The fragmented frame's bytes not yet handed to the socket, and the held frames'. */
   private heldBytes = 0;
   /** ws's own close, which `close` calls once nothing is held. */
@@ -97,8 +97,9 @@ export class WorkerPeer {
   /**
    * False when the socket is no longer open and nothing was sent.
    * `written` runs once the frame has been handed to the operating system.
+   * A frame in pieces (a shard: its images are one) goes out without joining them.
    */
-  send(frame: Buffer, written?: () => void): boolean {
+  send(frame: Buffer | EncodedFrame, written?: () => void): boolean {
     if (!this.open) return false;
     this.countSent(frame.length);
     this.dispatch(frame, written);
@@ -142,15 +143,15 @@ export class WorkerPeer {
     return this.unwritten === 0 ? 0 : now - this.waitingSince;
   }
 
-  private dispatch(frame: Buffer, written?: () => void): void {
+  private dispatch(frame: Buffer | EncodedFrame, written?: () => void): void {
     if (this.socket.readyState !== WebSocket.OPEN) return;
     if (this.held) {
       this.held.push({ frame, written });
       this.heldBytes += frame.length;
     } else if (frame.length > FRAGMENT_BYTES) {
-      this.sendFragments(frame, written);
+      this.sendFragments(frame instanceof EncodedFrame ? frame.parts : [frame], written);
     } else {
-      this.write(frame, true, written);
+      this.write(frame instanceof EncodedFrame ? frame.whole : frame, true, written);
     }
   }
 
@@ -164,21 +165,24 @@ export class WorkerPeer {
   }
 
   /**
-   * Hands `frame` to the socket a fragment at a time, each once the one
-   * before has been written, then what was held meanwhile. A socket that
-   * closes midway takes the rest with it.
+   * Hands a frame's `pieces` to the socket a fragment at a time (at most
+   * FRAGMENT_BYTES, never spanning two pieces), each once the one before has
+   * been written, then what was held meanwhile. A socket that closes midway
+   * takes the rest with it.
    */
-  private sendFragments(frame: Buffer, written?: () => void): void {
+  private sendFragments(pieces: readonly Buffer[], written?: () => void): void {
     this.held = [];
-    this.heldBytes += frame.length;
+    this.heldBytes += pieces.reduce((n, p) => n + p.length, 0);
+    let piece = 0;
     let at = 0;
     const next = () => {
       if (this.socket.readyState !== WebSocket.OPEN) return;
-      const end = Math.min(at + FRAGMENT_BYTES, frame.length);
-      const fragment = frame.subarray(at, end);
+      const end = Math.min(at + FRAGMENT_BYTES, pieces[piece].length);
+      const fragment = pieces[piece].subarray(at, end);
       this.heldBytes -= end - at;
       at = end;
-      if (end < frame.length) return this.write(fragment, false, next);
+      if (at === pieces[piece].length) [piece, at] = [piece + 1, 0];
+      if (piece < pieces.length) return this.write(fragment, false, next);
       this.write(fragment, true, () => {
         written?.();
         this.releaseHeld();

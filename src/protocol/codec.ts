@@ -16,8 +16,8 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true });
  * bytes of `floats` (wire-dtype.ts); a 16-bit choice is named in the frame's
  * `dtype`, so every frame decodes on its own.
  *
- * The frame is the other fields as one msgpack map, then each float array
- * as a bin entry whose bytes start at a multiple of 4 from the frame's start
+ * The frame is the other fields as one msgpack map, then each float or byte
+ * array as a bin entry whose bytes start at a multiple of 4 from the frame's start
  * (a `pad.<field>` string before it takes up the slack). A receiver whose
  * frame starts aligned, as ws delivers any frame it had to reassemble, reads
  * the floats in place instead of copying them.
@@ -53,12 +53,15 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
   for (const [k, v] of Object.entries(msg)) {
     // msgpackr writes undefined as an extension type, which receivers refuse: an absent field is left out.
     if (v === undefined) continue;
-    if (!(v instanceof Float32Array)) {
+    if (v instanceof Float32Array) {
+      const data = floats === 'float32' || ALWAYS_FLOAT32.has(k) ? v : encodeFloats(v, floats);
+      arrays.push([k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)]);
+    } else if (v instanceof Uint8Array) {
+      // A shard's images (47 MB for all of MNIST): msgpackr would copy them into its buffer, growing it step by step.
+      arrays.push([k, v]);
+    } else {
       fields[k] = v;
-      continue;
     }
-    const data = floats === 'float32' || ALWAYS_FLOAT32.has(k) ? v : encodeFloats(v, floats);
-    arrays.push([k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)]);
   }
   if (arrays.length === 0) return new EncodedFrame([packr.pack(fields)]);
   if (floats !== 'float32') fields.dtype = floats;
