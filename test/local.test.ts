@@ -130,13 +130,14 @@ test('a worker frozen past the heartbeat but within --hang-timeout is left alone
   await waitFor(() => /w1 left \(no heartbeat/.test(run.log()), 30_000, 'the drop');
   await new Promise((r) => setTimeout(r, 2_000));
   process.kill(hung, 'SIGCONT');
-  await waitFor(() => joins().length === 2, 30_000, 'the worker to rejoin');
-  assert.deepEqual(joins(), [hung, hung]);
+  await waitFor(() => joins().length >= 2, 30_000, 'the worker to rejoin');
   const rejoined = run.log().length;
   await waitFor(() => /step \d+\/100000/.test(run.log().slice(rejoined)), 30_000, 'training to go on after the rejoin');
+  // The same process each time (on a loaded machine a 1 s heartbeat can cost it a reconnect more while its shard is planned).
+  assert.ok(joins().every((pid) => pid === hung), `${joins()}`);
   // Frozen for good: killed once silent for --hang-timeout.
   process.kill(hung, 'SIGSTOP');
-  await waitFor(() => joins().length === 3, 60_000, 'a new worker to join');
+  await waitFor(() => joins().some((pid) => pid !== hung), 60_000, 'a new worker to join');
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) has not had its main thread free for 1\\d s \\(--hang-timeout 10\\): killing it as hung`));
   assert.equal((run.log().match(/killing it/g) ?? []).length, 1, run.log());
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${hung}\\) exited with SIGKILL; restarting it \\(1/3\\)`));
