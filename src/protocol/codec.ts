@@ -27,12 +27,14 @@ export function encode(msg: Message, floats: WireDtype = 'float32'): Buffer {
 }
 
 /**
- * A frame as the pieces `encode` joins: the float arrays' bytes are the
- * arrays themselves, not copies. A mailbox writes the pieces straight into
- * its file, so the floats are copied once, by the kernel; a socket gets them joined.
- * Either way the arrays are read before send/post returns, which senders rely
- * on: a worker's gradients live in memory its next step reuses. A frame
- * always has a header piece, so `whole` is a copy.
+ * A frame as the pieces `encode` joins: the arrays' bytes are the arrays
+ * themselves, not copies. A mailbox writes the pieces straight into its
+ * file, so the floats are copied once, by the kernel; a socket gets them
+ * joined (`whole`), read before send/post returns, which senders rely on: a
+ * worker's gradients live in memory its next step reuses. The exception is
+ * WorkerPeer.send given the frame itself (a shard): it reads the pieces
+ * fragment by fragment after it returns, so their arrays must not change.
+ * A frame always has a header piece, so `whole` is a copy.
  */
 export class EncodedFrame {
   private joined: Buffer | null = null;
