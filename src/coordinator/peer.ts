@@ -97,7 +97,8 @@ export class WorkerPeer {
   /**
    * False when the socket is no longer open and nothing was sent.
    * `written` runs once the frame has been handed to the operating system.
-   * A frame in pieces (a shard: its images are one) goes out without joining them.
+   * A frame in pieces (a shard: its images are one) goes out without joining
+   * them, read as its fragments go: its arrays must not change meanwhile.
    */
   send(frame: Buffer | EncodedFrame, written?: () => void): boolean {
     if (!this.open) return false;
