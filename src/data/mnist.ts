@@ -76,20 +76,15 @@ export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir
   return { images: images.data, labels: labels.data, count: n, rows: IMAGE_ROWS, cols: IMAGE_COLS };
 }
 
-/** p / 127.5 - 1: a uint8 pixel in [-1, 1], the generator's tanh range. */
-function tanhRange(p: number): number {
-  return p / 127.5 - 1;
-}
-
-/** Every uint8 pixel value in the tanh range, as float32: gatherTanhRange maps through it. */
-const TANH_RANGE_TABLE = Float32Array.from({ length: 256 }, (_, p) => tanhRange(p));
+/** Every uint8 pixel value p in the tanh range, p / 127.5 − 1, as float32: toTanhRange and gatherTanhRange map through it. */
+const TANH_RANGE_TABLE = Float32Array.from({ length: 256 }, (_, p) => p / 127.5 - 1);
 
 /** Scales uint8 pixels to [-1, 1], matching the generator's tanh output. */
 export function toTanhRange(pixels: Uint8Array, out: Float32Array): Float32Array {
   if (out.length < pixels.length) {
     throw new RangeError(`toTanhRange: out has ${out.length} slots for ${pixels.length} pixels`);
   }
-  for (let i = 0; i < pixels.length; i++) out[i] = tanhRange(pixels[i]);
+  for (let i = 0; i < pixels.length; i++) out[i] = TANH_RANGE_TABLE[pixels[i]];
   return out;
 }
 

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IMAGE_SIZE } from '../data/mnist';
 import { kerasInit } from '../model/init';
-import { ParameterLayout } from '../model/layout';
+import { ParameterLayout, disposeTensors } from '../model/layout';
 import { scoped, tf, Tensors } from '../model/tf';
 import { GanfleetError } from '../util/errors';
 import { Rng } from '../util/rng';
@@ -85,7 +85,7 @@ export async function classifyImages(
       await between();
     }
   } finally {
-    for (const t of Object.values(p)) t.dispose();
+    disposeTensors(p);
   }
   return { features, probabilities };
 }

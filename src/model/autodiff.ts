@@ -20,7 +20,7 @@ export function autodiffDiscriminatorStep(
     const grads = gradientOf(model.discriminatorLayout, d, loss);
     const pReal = meanScore(model.loss, model.discriminate(d, real));
     const pFake = meanScore(model.loss, model.discriminate(d, fake));
-    return readStep(grads, [loss(d), pReal, pFake], true);
+    return readStep(grads, [loss(d), pReal, pFake]);
   });
 }
 
@@ -29,7 +29,7 @@ export function autodiffGeneratorStep(model: GanModel, g: Tensors, d: Tensors, z
     const loss = (gp: Tensors) => generatorLoss(model.loss, model.discriminate(d, model.generate(gp, z, true)));
     const grads = gradientOf(model.generatorLayout, g, loss);
     const pFake = meanScore(model.loss, model.discriminate(d, model.generate(g, z, true)));
-    return readStep(grads, [loss(g), pFake], false);
+    return readStep(grads, [loss(g), pFake]);
   });
 }
 

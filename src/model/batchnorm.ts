@@ -11,15 +11,6 @@ export interface BatchStatistics {
   samples: number;
 }
 
-/**
- * Folds the workers' batch statistics into the moving statistics stored in
- * `params` (Keras: moving = momentum·moving + (1 − momentum)·batch).
- *
- * The batch statistics are first pooled into those of the union of the
- * workers' batches: mean = Σ wₖ·meanₖ, variance = Σ wₖ·(varₖ + meanₖ²) − mean²,
- * wₖ the sample share. So the moving statistics do not depend on how the
- * global batch was split, as if one process had seen it all.
- */
 export function statisticsSize(layout: ParameterLayout): number {
   return layout.statistics.reduce((a, e) => a + e.size, 0);
 }
@@ -34,6 +25,15 @@ export function negativeVariance(layout: ParameterLayout, statistics: Float32Arr
   return false;
 }
 
+/**
+ * Folds the workers' batch statistics into the moving statistics stored in
+ * `params` (Keras: moving = momentum·moving + (1 − momentum)·batch).
+ *
+ * The batch statistics are first pooled into those of the union of the
+ * workers' batches: mean = Σ wₖ·meanₖ, variance = Σ wₖ·(varₖ + meanₖ²) − mean²,
+ * wₖ the sample share. So the moving statistics do not depend on how the
+ * global batch was split, as if one process had seen it all.
+ */
 export function updateMovingStatistics(layout: ParameterLayout, params: Float32Array, parts: readonly BatchStatistics[], momentum: number): void {
   const entries = layout.statistics;
   const size = statisticsSize(layout);

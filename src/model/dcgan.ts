@@ -95,7 +95,7 @@ export class DcGan implements GanModel {
   discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, _realPart?: RealPart, memory?: ResultMemory): StepOutput {
     return scoped(() => {
       // The forward pass's values leave the gradient computation by tf.keep
-      // (this scope disposes them), so D runs once per batch.
+      // (readAndDispose disposes them), so D runs once per batch.
       let out: tf.Tensor[] = [];
       const grads = gradientOf(this.discriminatorLayout, d, (p) => {
         const r = this.discriminate(p, real);
@@ -104,7 +104,7 @@ export class DcGan implements GanModel {
         out = [loss, meanScore(this.loss, r), meanScore(this.loss, f)].map((t) => tf.keep(t));
         return loss;
       });
-      return readAndDispose(grads, out, true, undefined, memory);
+      return readAndDispose(grads, out, undefined, memory);
     });
   }
 
@@ -130,7 +130,7 @@ export class DcGan implements GanModel {
       const dDense = tf.reshape(deconvBackward(batchNormBackward(leakyBackward(dAct, s['g/bn1/act']), s, g, 'g/bn1', grads), s['g/dense'] as Image4D, g, 'g/deconv1', 2, grads), [-1, 7 * 7 * 256]);
       grads['g/dense/kernel'] = matMulAT(pass.z, dDense);
       grads['g/dense/bias'] = sumRows(dDense);
-      return readAndDispose(this.generatorLayout.ordered(grads), out, false, pass.statistics, memory);
+      return readAndDispose(this.generatorLayout.ordered(grads), out, pass.statistics, memory);
     });
   }
 
@@ -178,9 +178,9 @@ export class DcGan implements GanModel {
 }
 
 /** readStep, then disposes the tf.keep'd values (kept tensors outlive every scope). */
-function readAndDispose(grads: tf.Tensor[], kept: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
+function readAndDispose(grads: tf.Tensor[], kept: tf.Tensor[], statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
   try {
-    return readStep(grads, kept, withReal, statistics, memory);
+    return readStep(grads, kept, statistics, memory);
   } finally {
     tf.dispose(kept);
   }

@@ -1,5 +1,5 @@
 import { Rng } from '../util/rng';
-import { ParameterLayout } from './layout';
+import { ParameterLayout, disposeTensors } from './layout';
 import { GanLoss } from './losses';
 import { readValues, tf, Tensors } from './tf';
 
@@ -104,23 +104,24 @@ export interface GeneratorPass {
 
 export function disposeGeneratorPass(pass: GeneratorPass): void {
   pass.fake.dispose();
-  for (const t of Object.values(pass.saved)) t.dispose();
+  disposeTensors(pass.saved);
   pass.statistics?.dispose();
 }
 
 /**
  * Reads a gradient (its parts in layout order: layout.ordered, or one flat
- * tensor) and the step's statistics back; readValues makes it one
- * synchronous read where that is a device round trip.
+ * tensor) and the step's scalars back ([loss, dReal, dFake] for the D step,
+ * [loss, dFake] for the G step); readValues makes it one synchronous read
+ * where that is a device round trip.
  */
-export function readStep(gradients: tf.Tensor[], stats: tf.Tensor[], withReal: boolean, statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
+export function readStep(gradients: tf.Tensor[], stats: tf.Tensor[], statistics?: tf.Tensor1D, memory?: ResultMemory): StepOutput {
   const n = gradients.reduce((size, t) => size + t.size, 0);
   const m = statistics?.size ?? 0;
   const all = readValues([...gradients, ...(statistics ? [statistics] : []), ...stats], memory?.values);
   if (memory) memory.values = all;
   const s = all.subarray(n + m);
-  const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[withReal ? 2 : 1] };
-  if (withReal) out.dReal = s[1];
+  const out: StepOutput = { gradients: all.subarray(0, n), loss: s[0], dFake: s[stats.length - 1] };
+  if (stats.length === 3) out.dReal = s[1];
   if (statistics) out.statistics = all.subarray(n, n + m);
   return out;
 }

@@ -86,13 +86,13 @@ export class MlpGan implements GanModel {
         const grads: Tensors = {};
         for (const [name, g] of Object.entries(fakePart.gradients)) grads[name] = tf.add(g, realPart.gradients[name]);
         const loss = discriminatorLoss(this.loss, realPart.logits, fakePart.logits);
-        return readStep(this.discriminatorLayout.ordered(grads), [loss, meanScore(this.loss, realPart.logits), meanScore(this.loss, fakePart.logits)], true, undefined, memory);
+        return readStep(this.discriminatorLayout.ordered(grads), [loss, meanScore(this.loss, realPart.logits), meanScore(this.loss, fakePart.logits)], undefined, memory);
       }
       const n = real.shape[0];
       const both = this.discriminatorHalf(d, tf.concat([real, fake], 0), tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0), 1);
       const [realLogits, fakeLogits] = tf.split(both.logits, [n, fake.shape[0]], 0);
       const loss = discriminatorLoss(this.loss, realLogits, fakeLogits);
-      return readStep(this.discriminatorLayout.ordered(both.gradients), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], true, undefined, memory);
+      return readStep(this.discriminatorLayout.ordered(both.gradients), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], undefined, memory);
     });
   }
 
@@ -140,7 +140,7 @@ export class MlpGan implements GanModel {
       const dPre1 = leakyBackward(matMulBT(dPre2, g['g/dense2/kernel']), a1);
       grads['g/dense1/kernel'] = matMulAT(z, dPre1);
       grads['g/dense1/bias'] = sumRows(dPre1);
-      return readStep(this.generatorLayout.ordered(grads), [loss, meanScore(this.loss, logits)], false, undefined, memory);
+      return readStep(this.generatorLayout.ordered(grads), [loss, meanScore(this.loss, logits)], undefined, memory);
     });
   }
 }

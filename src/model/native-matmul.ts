@@ -74,13 +74,13 @@ function nativeProduct({ inputs, backend, attrs }: Parameters<tf.KernelFunc>[0],
   // Not k = 0: the backend's own kernel leaves such a product's output unwritten (heap garbage), where gemm writes the bias or zeros.
   if (k !== kb || m === 0 || n === 0) return null;
   const outerDims = tf.backend_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-  const batches = size(outerDims);
-  const batchA = size(a.shape.slice(0, -2));
-  const batchB = size(b.shape.slice(0, -2));
+  const batches = tf.util.sizeFromShape(outerDims);
+  const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2));
+  const batchB = tf.util.sizeFromShape(b.shape.slice(0, -2));
   // Each operand is one matrix shared by every batch, or one per batch in the output's order.
   if ((batchA !== 1 && batchA !== batches) || (batchB !== 1 && batchB !== batches)) return null;
   if (bias && bias.dtype !== 'float32') return null;
-  const biasLength = bias ? size(bias.shape) : 0;
+  const biasLength = bias ? tf.util.sizeFromShape(bias.shape) : 0;
   if (bias && (bias.shape.length !== 1 || (biasLength !== n && biasLength !== 1))) return null;
   const wasm = backend as unknown as WasmBackend;
   const out = wasm.makeOutput([...outerDims, m, n], 'float32');
@@ -111,8 +111,4 @@ function nativeProduct({ inputs, backend, attrs }: Parameters<tf.KernelFunc>[0],
   }
   products += batches;
   return out;
-}
-
-function size(shape: number[]): number {
-  return shape.reduce((p, d) => p * d, 1);
 }
