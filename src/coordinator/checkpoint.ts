@@ -190,13 +190,9 @@ export function loadLatestCheckpoint(dir: string, log: (msg: string) => void, re
       // Only a file that is not a valid checkpoint is set aside; a read that
       // failed (permissions, I/O) says nothing about the file and is the caller's error.
       if (!(e instanceof GanfleetError && e.code === 'CHECKPOINT_INVALID')) throw naming(e, file);
-      if (!renameInvalid) {
-        log(`skipping checkpoint ${(e as Error).message}`);
-        continue;
-      }
       // Renamed aside, so that it neither shadows newer checkpoints nor outlives good ones in retention.
-      fs.renameSync(file, `${file}.invalid`);
-      log(`skipping checkpoint ${(e as Error).message}; renamed to ${name}.invalid`);
+      if (renameInvalid) fs.renameSync(file, `${file}.invalid`);
+      log(`skipping checkpoint ${e.message}${renameInvalid ? `; renamed to ${name}.invalid` : ''}`);
     }
   }
   return null;

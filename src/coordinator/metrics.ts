@@ -50,24 +50,9 @@ export class CoordinatorMetrics {
     buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60],
     registers: [this.registry],
   });
-  readonly roundPartSeconds = new Counter({
-    name: 'ganfleet_round_part_seconds_total',
-    help: 'Round time by part: encode, compute (slowest worker), transfer (wait minus compute), aggregate, optimizer.',
-    labelNames: ['part'] as const,
-    registers: [this.registry],
-  });
-  readonly rejected = new Counter({
-    name: 'ganfleet_rejected_messages_total',
-    help: 'Messages from workers rejected, by reason.',
-    labelNames: ['reason'] as const,
-    registers: [this.registry],
-  });
-  readonly workerComputeSeconds = new Counter({
-    name: 'ganfleet_worker_compute_seconds_total',
-    help: 'Gradient compute time reported by each worker.',
-    labelNames: ['worker'] as const,
-    registers: [this.registry],
-  });
+  readonly roundPartSeconds = this.counter('ganfleet_round_part_seconds_total', 'Round time by part: encode, compute (slowest worker), transfer (wait minus compute), aggregate, optimizer.', ['part'] as const);
+  readonly rejected = this.counter('ganfleet_rejected_messages_total', 'Messages from workers rejected, by reason.', ['reason'] as const);
+  readonly workerComputeSeconds = this.counter('ganfleet_worker_compute_seconds_total', 'Gradient compute time reported by each worker.', ['worker'] as const);
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'ganfleet_' });
@@ -87,8 +72,8 @@ export class CoordinatorMetrics {
     this.rejected.inc({ reason });
   }
 
-  private counter(name: string, help: string): Counter {
-    return new Counter({ name, help, registers: [this.registry] });
+  private counter<L extends string = string>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
   }
 
   private gauge(name: string, help: string): Gauge {

@@ -68,9 +68,8 @@ export const MAX_SEED = 2 ** 32 - 1;
 
 /** The GANFLEET_* variable a flag's value came from, when the command line does not give it. */
 export function environmentSource(name: string): string | undefined {
-  const onCommandLine = hideBin(process.argv).some((t) => t === `--${name}` || t.startsWith(`--${name}=`));
-  const variable = envVariable(name);
-  return !onCommandLine && process.env[variable] !== undefined ? variable : undefined;
+  const { value, variable } = rawValue(name, hideBin(process.argv));
+  return value !== undefined ? variable : undefined;
 }
 
 /**
@@ -79,12 +78,9 @@ export function environmentSource(name: string): string | undefined {
  * (buildCli is only ever given process.argv.)
  */
 export function given(name: string, v: unknown): string {
-  const variable = environmentSource(name);
-  if (variable) return `${JSON.stringify(process.env[variable])} (from ${variable})`;
-  const args = hideBin(process.argv);
-  const at = args.findLastIndex((t) => t === `--${name}` || t.startsWith(`--${name}=`));
-  if (at >= 0 && Number.isNaN(v)) return JSON.stringify(args[at].includes('=') ? args[at].slice(args[at].indexOf('=') + 1) : args[at + 1]);
-  return String(v);
+  const { value, variable } = rawValue(name, hideBin(process.argv));
+  if (variable && value !== undefined) return `${JSON.stringify(value)} (from ${variable})`;
+  return value !== undefined && Number.isNaN(v) ? JSON.stringify(value) : String(v);
 }
 
 export function checkPort(name: string, value: number, allowOff = false): void {
@@ -204,23 +200,20 @@ function flagsOnCommandLine(raw: readonly string[]): Set<string> {
  */
 function switchesWrittenWithValues(raw: readonly string[], switches: string[]): Map<string, boolean> {
   const last = new Map<string, boolean>();
-  const written = new Set<string>();
   for (let i = 0; i < raw.length && raw[i] !== '--'; i++) {
     const [, no, key, equals, value] = /^--(no-)?([^=]+)(=(.*))?$/s.exec(raw[i]) ?? [];
     if (key === undefined || !switches.includes(key)) continue;
+    // A later form without a value: yargs, which takes a flag's last form, has read it right.
     if (equals === undefined) {
-      // yargs reads a following true or false as the switch's value.
-      const word = /^(true|false)$/.exec(raw[i + 1] ?? '')?.[1];
-      last.set(key, !no === (word !== 'false'));
+      last.delete(key);
       continue;
     }
     if (key === 'help' || key === 'version') throw new UsageError(`--${key} takes no value; got ${JSON.stringify(raw[i])}`);
     const on = envSwitch(value);
     if (no || on === null || on === undefined) throw new UsageError(`--${no ?? ''}${key} is a switch: ${switchForms(key)}; got ${JSON.stringify(raw[i])}`);
     last.set(key, on);
-    written.add(key);
   }
-  return new Map([...written].map((key) => [key, last.get(key)!]));
+  return last;
 }
 
 /** Refuses what yargs would drop or misread without a word: words after --, unknown flags, --no- on a value flag. */
