@@ -48,6 +48,7 @@ export interface WorkerOptions {
 }
 
 const BACKOFF_BASE_MS = 250;
+/** A try, from the connect to the coordinator's welcome, ends within this (or what --give-up-after leaves). */
 const HANDSHAKE_TIMEOUT_MS = 15_000;
 const BACKOFF_MAX_MS = 15_000;
 /**
