@@ -193,10 +193,11 @@ function flagsOnCommandLine(raw: readonly string[]): Set<string> {
 }
 
 /**
- * The switches written with a value on the command line, each as its last
- * form there says, whichever it is: yargs took every value but `true` for
- * false (--mailbox=0 read as GANFLEET_MAILBOX=0 does not), and --insecure=yes
- * for no. A value that is no switch is refused.
+ * The switches whose last form on the command line carries a value, each as
+ * that value says: yargs took every value but `true` for false (--mailbox=0
+ * read as GANFLEET_MAILBOX=0 does not), and --insecure=yes for no. A later
+ * bare form (--mailbox, --no-mailbox, --mailbox false) yargs reads right
+ * itself. A value that is no switch is refused.
  */
 function switchesWrittenWithValues(raw: readonly string[], switches: string[]): Map<string, boolean> {
   const last = new Map<string, boolean>();
