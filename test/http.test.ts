@@ -174,7 +174,7 @@ test('a client that pipelines thousands of requests is cut off after a few answe
   }
 });
 
-test('a client that never reads its answer is cut off once the socket has been idle for IDLE_SOCKET_MS', { timeout: 60_000 }, async () => {
+test('a client that never reads its answer is cut off within twice IDLE_SOCKET_MS: Node lets a queued answer go on one period more', { timeout: 60_000 }, async () => {
   // An answer far larger than the socket buffers, so that it waits on the client.
   const big = Buffer.alloc(64 << 20, 'x');
   const server = await serveHttp(new Registry(), '127.0.0.1', 0, { '/big': () => ({ status: 200, type: 'text/plain', body: big }) });
@@ -186,8 +186,10 @@ test('a client that never reads its answer is cut off once the socket has been i
     socket.pause();
     const t0 = Date.now();
     // Paused, the client notices the close only once it reads: poll the server's side.
+    // Node's first timeout finds the queued write moved since the answer began, and lets it go on once.
+    const limit = 2 * IDLE_SOCKET_MS + 5_000;
     while ((await new Promise<number>((r) => server.getConnections((_e, n) => r(n)))) > 0) {
-      assert.ok(Date.now() - t0 < 30_000, 'still held after 30 s');
+      assert.ok(Date.now() - t0 < limit, `still held after ${limit} ms`);
       await new Promise((r) => setTimeout(r, 200));
     }
     assert.ok(Date.now() - t0 >= IDLE_SOCKET_MS - 1000, 'not before the idle time');

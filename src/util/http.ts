@@ -21,7 +21,10 @@ export const MAX_WAITING_ANSWERS = 8;
 /**
  * A socket that has moved nothing (no byte of a request, none of an answer)
  * for this long is closed. Longer than headersTimeout, which answers a slow
- * request with 408 first.
+ * request with 408 first. A socket with an answer still queued gets one
+ * period more: Node's socket timeout lets a write that moved since it last
+ * looked go on once, so a client that stops reading an answer is closed
+ * after up to twice this.
  */
 export const IDLE_SOCKET_MS = 15_000;
 
