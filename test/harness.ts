@@ -112,13 +112,26 @@ export function metricTotal(text: string, name: string): number {
   return total;
 }
 
-/** A free TCP port on loopback, for a process that must come back on the same one. */
+/**
+ * A free TCP port on loopback, for a process that must come back on the same one. Below the
+ * ephemeral range: a port from there, left unbound while the process starts or restarts, could be
+ * handed to a port-0 listen of the test file running beside this one (npm test runs two at once).
+ */
 export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
+  let ephemeralFrom = 32768; // below every system's range: Linux's default, the BSDs' and macOS's 49152
+  try {
+    ephemeralFrom = Math.max(2048, Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').split(/\s+/)[0]) || 0);
+  } catch {
+    // not Linux
+  }
+  for (;;) {
+    const port = 1024 + Math.floor(Math.random() * (ephemeralFrom - 1024));
+    const s = net.createServer();
+    const bound = await new Promise<boolean>((r) => s.once('error', () => r(false)).listen(port, '127.0.0.1', () => r(true)));
+    if (!bound) continue;
+    await new Promise((r) => s.close(r));
+    return port;
+  }
 }
 
 /** A data directory whose train split holds `n` blank images (raw IDX files). */
