@@ -147,13 +147,17 @@ test('a peer file is refused unless it is a regular file of this user holding th
 });
 
 test("a killed process's mailbox directory is swept by the next one; a live one's is kept", async () => {
-  // A child makes a directory and is killed before it can remove it.
-  const script = `const { makeMailboxDir } = require(${JSON.stringify(require.resolve('../src/protocol/mailbox'))}); console.log(makeMailboxDir('worker')); process.kill(process.pid, 'SIGKILL');`;
-  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
-  const orphan = child.stdout.trim();
-  assert.ok(orphan && fs.existsSync(orphan), `the child left ${JSON.stringify(orphan)}`);
+  // A child makes a directory and is killed before it can remove it. Seen while the child lives: once it is dead,
+  // a ganfleet process of the test file running beside this one (npm test runs two at once) may sweep it first.
+  const script = `const { makeMailboxDir } = require(${JSON.stringify(require.resolve('../src/protocol/mailbox'))}); console.log(makeMailboxDir('worker')); process.stdin.resume();`;
+  const killed = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const orphan = String((await once(killed.stdout!, 'data'))[0]).trim();
+  assert.ok(orphan && fs.existsSync(orphan), `the child made ${JSON.stringify(orphan)}`);
+  killed.kill('SIGKILL');
+  if (killed.exitCode === null && killed.signalCode === null) await once(killed, 'exit');
+  assert.equal(killed.signalCode, 'SIGKILL');
   // Another process, alive while this one sweeps (as local's workers are while each new one starts).
-  const live = spawn(process.execPath, ['-e', script.replace("process.kill(process.pid, 'SIGKILL');", "process.stdin.resume();")], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const live = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
   let theirs = '';
   try {
     const [line] = await once(live.stdout!, 'data');
