@@ -2,7 +2,7 @@ import { test, TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { FaultProxy } from './fault-proxy';
-import { GanfleetProcess, loggedSteps, metricTotal, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
+import { blankMnistDir, GanfleetProcess, loggedSteps, metricTotal, scrape, sleep, startCoordinator, startWorker, tempDir } from './harness';
 
 const ROUND_TIMEOUT_S = 3;
 const LATENCY_MS = 20;
@@ -211,7 +211,10 @@ test('a cut connection mid-training: the coordinator drops the worker at once, i
 
 test('with a short --heartbeat, a black-holed worker is dropped by the missed pong, long before the round timeout', { timeout: 60_000 }, async (t) => {
   const steps = 100;
-  const { coord, proxy, direct, proxied, metrics } = await proxiedRun(t, 'proxy-heartbeat', (dir) => coordinatorArgs(steps, dir, 30, 1));
+  // Small shards: a worker answers no ping while it takes in its shard, and on a loaded machine MNIST's 30,000-image
+  // halves kept a worker's main thread busy past the 1 s heartbeat, which dropped live workers over and over.
+  const data = blankMnistDir(1024);
+  const { coord, proxy, direct, proxied, metrics } = await proxiedRun(t, 'proxy-heartbeat', (dir) => [...coordinatorArgs(steps, dir, 30, 1), '--data-dir', data]);
 
   const { proxiedId, after } = await trainWithBoth(coord, 3);
   const blackholedAt = Date.now();
@@ -240,7 +243,10 @@ test(
   { timeout: 60_000 },
   async (t) => {
     const out = tempDir('proxy-slow');
-    const roundTimeout = 2;
+    // The deadline starts once the request is in the socket: the shard's tail in the socket buffers and the proxy's
+    // window (a second or so at 4 MB/s), taking in 30,000 images and the round all count. At 2 s a loaded machine
+    // missed it; 4 s is still less than the shard takes to cross (23.5 MB at 4 MB/s).
+    const roundTimeout = 4;
     // A link is taken for dead once a write has waited a heartbeat and a second: the shard's
     // 1 MiB fragments are written in about a quarter second each here.
     const heartbeat = 3;
