@@ -638,8 +638,8 @@ export class Coordinator {
         frame = encodeFrame(message<Weights>(body), this.config.wireDtype);
         frames.set(key, frame);
       }
-      // The deadline runs from when the request has left this process, so a
-      // shard queued ahead of it on a slow link does not count against the worker.
+      // The deadline runs from when the request has left this process, so a shard queued ahead of it on a slow
+      // link counts against the worker only by what still waits in the kernel's send buffer (a few MB).
       let written = false;
       const sent = peer.deliver(frame, () => {
         written = true;
