@@ -88,7 +88,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints (>= 1)', group: 'Outputs:' })
     .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (step 0 if there are none; refused if none of them loads)', group: 'Outputs:' })
     .option('round-timeout', { type: 'number', default: 30, describe: `Seconds a round waits for a worker before dropping it (1 to ${MAX_TIMER_SECONDS})`, group: 'Fault tolerance:' })
-    .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute and the intake of a shard (1 to ' + MAX_TIMER_SECONDS + ')', group: 'Fault tolerance:' })
+    .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute (a shard just sent is allowed 1 s per 8 MB more; 1 to ' + MAX_TIMER_SECONDS + ')', group: 'Fault tolerance:' })
     .check((a) => {
       for (const k of ['steps', 'log-every', 'keep-checkpoints'] as const) integerInRange(k, a[k]);
       integerInRange('batch-size', a['batch-size'], 1, maxBatchSize(a.model), `--model ${a.model}`);

@@ -11,9 +11,9 @@ import { HELLO_TIMING } from '../src/coordinator/receiver';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
 import { WorkerGroup } from '../src/coordinator/membership';
-import { PeerMailbox } from '../src/coordinator/peer';
+import { MIN_INTAKE_BYTES_PER_SECOND, PeerMailbox } from '../src/coordinator/peer';
 import { gatherImages } from '../src/data/shards';
-import { imagesFingerprint, loadMnist } from '../src/data/mnist';
+import { IMAGE_SIZE, imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { blankMnistDir, tempDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
@@ -33,8 +33,8 @@ class ScriptedPeer {
   private waiter: (() => void) | null = null;
   closed: Promise<number>;
 
-  constructor(url: string, private readonly closeOnStop = true) {
-    this.ws = new WebSocket(url);
+  constructor(url: string, private readonly closeOnStop = true, options?: WebSocket.ClientOptions) {
+    this.ws = new WebSocket(url, options);
     this.ws.on('message', (d: Buffer) => {
       const m = decodeCoordinatorMessage(d);
       this.inbox.push(m);
@@ -622,11 +622,11 @@ async function answerStepWithZeros(step: number, ...peers: ScriptedPeer[]): Prom
  * each was logged), and a scripted peer connected to it whose raw socket the
  * test may pause, to play a worker that does not read.
  */
-async function coordinatorAndRawPeer(out: string, overrides: Partial<CoordinatorConfig>) {
+async function coordinatorAndRawPeer(out: string, overrides: Partial<CoordinatorConfig>, peerOptions?: WebSocket.ClientOptions) {
   const lines: { at: number; line: string }[] = [];
   const coordinator = await Coordinator.start({ ...config(out, 1), ...overrides }, (line) => lines.push({ at: Date.now(), line }));
   const run = coordinator.run();
-  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+  const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`, true, peerOptions);
   await peer.open();
   const raw = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
   /** The first log line that matches, once there is one. */
@@ -1009,6 +1009,48 @@ describe('coordinator edge cases found by review', () => {
     assert.equal((await coordinator.metrics.heartbeatTimeouts.get()).values[0].value, 1);
     coordinator.requestStop('test over');
     assert.equal((await run).steps, 0);
+    await coordinator.close();
+    peer.ws.terminate();
+  });
+
+  test('a worker taking in its shard, answering no ping meanwhile, has time for it beyond the heartbeat; silent past that, it is dropped', { timeout: 60_000 }, async () => {
+    const { coordinator, run, peer, logged } = await coordinatorAndRawPeer(path.join(out, 'slow-intake'), { heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, { autoPong: false });
+    // Pongs as a worker's event loop gives them until its shard has come; then none, as from a worker busy taking it in.
+    let busy = false;
+    peer.ws.on('ping', () => busy || peer.ws.pong());
+    peer.hello();
+    while ((await peer.next()).type !== 'shard');
+    busy = true;
+    const shardAt = Date.now();
+    const drop = await logged(/ left \(/);
+    assert.match(drop.line, /w1 left \(no heartbeat for \d+\.\d s \(--heartbeat 1\)\)/);
+    // MNIST's 60,000 images are allowed 5.9 s, and a heartbeat after that; the heartbeat alone dropped it after 1.5 to 2 s.
+    const allowedMs = ((60_000 * IMAGE_SIZE) / MIN_INTAKE_BYTES_PER_SECOND) * 1000;
+    const afterMs = drop.at - shardAt;
+    assert.ok(afterMs > allowedMs && afterMs < allowedMs + 10_000, `dropped ${afterMs} ms after its shard came (allowed ${allowedMs} ms and a heartbeat)`);
+    coordinator.requestStop('test over');
+    assert.equal((await run).steps, 0);
+    await coordinator.close();
+    peer.ws.terminate();
+  });
+
+  test('a worker that has answered a round since its shard has taken it in: silent from then on, it is dropped within the heartbeat', { timeout: 60_000 }, async () => {
+    const { coordinator, run, peer, logged } = await coordinatorAndRawPeer(path.join(out, 'intake-over'), { heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, { autoPong: false });
+    let silent = false;
+    peer.ws.on('ping', () => silent || peer.ws.pong());
+    peer.hello();
+    const w = await weightsOrDrop(peer);
+    peer.gradients(w.step, w.phase, new Float32Array(D_SIZE));
+    await weightsOrDrop(peer);
+    silent = true;
+    const silentAt = Date.now();
+    const drop = await logged(/ left \(/);
+    assert.match(drop.line, /w1 left \(no heartbeat for \d+\.\d s \(--heartbeat 1\)\)/);
+    // A ping goes every half heartbeat, its pong is due a heartbeat later, and heartbeats are checked every quarter: under 2 s.
+    const afterMs = drop.at - silentAt;
+    assert.ok(afterMs < 4000, `dropped ${afterMs} ms after it went silent; its shard's allowance would be 5.9 s`);
+    coordinator.requestStop('test over');
+    await run;
     await coordinator.close();
     peer.ws.terminate();
   });

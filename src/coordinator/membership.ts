@@ -10,7 +10,7 @@ import { afterPendingReads, emitted } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
-import { FRAGMENT_WRITE_MS, WorkerPeer } from './peer';
+import { FRAGMENT_WRITE_MS, MIN_INTAKE_BYTES_PER_SECOND, WorkerPeer } from './peer';
 
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
 export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
@@ -247,7 +247,8 @@ export class WorkerGroup {
       peer.shard = { indices: a.indices, seed };
       const added = a.indices.subarray(keep);
       sent += added.length;
-      peer.send(encodeFrame(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep, seed, images: gatherImages(images, added) })));
+      const frame = encodeFrame(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep, seed, images: gatherImages(images, added) }));
+      peer.send(frame, () => (peer.intakeEndsAt = performance.now() + (frame.length / MIN_INTAKE_BYTES_PER_SECOND) * 1000));
     });
     const restoredNote = restoredCount > 0 ? `; ${restoredCount} slot${restoredCount === 1 ? '' : 's'} from the checkpoint` : '';
     this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent${restoredNote}`);
@@ -296,7 +297,8 @@ export class WorkerGroup {
     if (stalledMs > intervalMs + FRAGMENT_WRITE_MS) {
       return { cut: `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)` };
     }
-    if (peer.pingWrittenAt !== null && now - peer.pingWrittenAt > intervalMs) {
+    // A worker taking in its shard answers no ping: the time allowed for that comes first.
+    if (peer.pingWrittenAt !== null && now - Math.max(peer.pingWrittenAt, peer.intakeEndsAt) > intervalMs) {
       // The time since its last pong: the ping leaves half an interval or more after it, so 1.5 to 2 intervals.
       return { drop: `no heartbeat for ${((now - peer.lastPongAt) / 1000).toFixed(1)} s (--heartbeat ${this.config.heartbeatSeconds})` };
     }

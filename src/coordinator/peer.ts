@@ -27,6 +27,12 @@ export const FRAGMENT_BYTES = 1 << 20;
 export const MIN_LINK_BYTES_PER_SECOND = 1e6;
 /** What the largest write (a fragment) may take at the slowest link: the allowance, beyond the heartbeat, before a socket that takes no write is a dead link. */
 export const FRAGMENT_WRITE_MS = (FRAGMENT_BYTES / MIN_LINK_BYTES_PER_SECOND) * 1000;
+/**
+ * The slowest a worker is taken to absorb a shard that has arrived (join its
+ * fragments, decode, store), answering no ping meanwhile: 8 MB/s, some 20
+ * times slower than here, gives MNIST's 47 MB 5.9 s beyond the heartbeat.
+ */
+export const MIN_INTAKE_BYTES_PER_SECOND = 8e6;
 /** ws's own wait for a closing handshake. */
 const CLOSE_TIMEOUT_MS = 30_000;
 
@@ -53,6 +59,12 @@ export class WorkerPeer {
    */
   pingWrittenAt: number | null = null;
   lastPongAt = performance.now();
+  /**
+   * Until when the worker may still be taking in the shard it was sent last
+   * (MIN_INTAKE_BYTES_PER_SECOND from when it left this process): a pong is
+   * due an interval after this, where that is later than its ping's leaving.
+   */
+  intakeEndsAt = 0;
   mailbox: PeerMailbox | null = null;
   /** Writes handed to the socket that the operating system has not taken yet. */
   private unwritten = 0;

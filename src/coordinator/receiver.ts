@@ -198,6 +198,8 @@ export class Receiver {
     const request = peer.asked.indexOf(sent);
     if (request < 0) return this.reject(peer.socket, peer, 'wrong_step', `gradients for step ${stepOfRound(msg.step)} (${msg.phase}) answer no open request to ${peer.id}`);
     peer.asked.splice(0, request + 1);
+    // Answering, the worker has taken in any shard sent before the request: pongs are due within the heartbeat again.
+    peer.intakeEndsAt = 0;
     const problem = implausibleGradients(msg, this.model, this.batchSize);
     if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
     if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
