@@ -1013,46 +1013,45 @@ describe('coordinator edge cases found by review', () => {
     peer.ws.terminate();
   });
 
-  test('a worker taking in its shard, answering no ping meanwhile, has time for it beyond the heartbeat; silent past that, it is dropped', { timeout: 60_000 }, async () => {
-    const { coordinator, run, peer, logged } = await coordinatorAndRawPeer(path.join(out, 'slow-intake'), { heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, { autoPong: false });
-    // Pongs as a worker's event loop gives them until its shard has come; then none, as from a worker busy taking it in.
-    let busy = false;
-    peer.ws.on('ping', () => busy || peer.ws.pong());
-    peer.hello();
-    while ((await peer.next()).type !== 'shard');
-    busy = true;
-    const shardAt = Date.now();
-    const drop = await logged(/ left \(/);
-    assert.match(drop.line, /w1 left \(no heartbeat for \d+\.\d s \(--heartbeat 1\)\)/);
-    // MNIST's 60,000 images are allowed 5.9 s, and a heartbeat after that; the heartbeat alone dropped it after 1.5 to 2 s.
-    const allowedMs = ((60_000 * IMAGE_SIZE) / MIN_INTAKE_BYTES_PER_SECOND) * 1000;
-    const afterMs = drop.at - shardAt;
-    assert.ok(afterMs > allowedMs && afterMs < allowedMs + 10_000, `dropped ${afterMs} ms after its shard came (allowed ${allowedMs} ms and a heartbeat)`);
-    coordinator.requestStop('test over');
-    assert.equal((await run).steps, 0);
-    await coordinator.close();
-    peer.ws.terminate();
-  });
-
-  test('a worker that has answered a round since its shard has taken it in: silent from then on, it is dropped within the heartbeat', { timeout: 60_000 }, async () => {
-    const { coordinator, run, peer, logged } = await coordinatorAndRawPeer(path.join(out, 'intake-over'), { heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, { autoPong: false });
+  /**
+   * A peer on a 1 s heartbeat that answers pings until `beforeSilence` is done, then none: the time from its
+   * silence to its drop for a missed heartbeat.
+   */
+  async function droppedAfterSilence(name: string, beforeSilence: (peer: ScriptedPeer) => Promise<void>): Promise<number> {
+    const { coordinator, run, peer, logged } = await coordinatorAndRawPeer(path.join(out, name), { heartbeatSeconds: 1, roundTimeoutSeconds: 60 }, { autoPong: false });
     let silent = false;
     peer.ws.on('ping', () => silent || peer.ws.pong());
     peer.hello();
-    const w = await weightsOrDrop(peer);
-    peer.gradients(w.step, w.phase, new Float32Array(D_SIZE));
-    await weightsOrDrop(peer);
+    await beforeSilence(peer);
     silent = true;
     const silentAt = Date.now();
     const drop = await logged(/ left \(/);
     assert.match(drop.line, /w1 left \(no heartbeat for \d+\.\d s \(--heartbeat 1\)\)/);
-    // A ping goes every half heartbeat, its pong is due a heartbeat later, and heartbeats are checked every quarter: under 2 s.
-    const afterMs = drop.at - silentAt;
-    assert.ok(afterMs < 4000, `dropped ${afterMs} ms after it went silent; its shard's allowance would be 5.9 s`);
     coordinator.requestStop('test over');
     await run;
     await coordinator.close();
     peer.ws.terminate();
+    return drop.at - silentAt;
+  }
+
+  test('a worker taking in its shard, answering no ping meanwhile, has time for it beyond the heartbeat; silent past that, it is dropped', { timeout: 60_000 }, async () => {
+    // Silent once its shard has come, as a worker busy taking it in is.
+    const afterMs = await droppedAfterSilence('slow-intake', async (peer) => {
+      while ((await peer.next()).type !== 'shard');
+    });
+    // MNIST's 60,000 images are allowed 5.9 s, and a heartbeat after that; the heartbeat alone dropped it after 1.5 to 2 s.
+    const allowedMs = ((60_000 * IMAGE_SIZE) / MIN_INTAKE_BYTES_PER_SECOND) * 1000;
+    assert.ok(afterMs > allowedMs && afterMs < allowedMs + 10_000, `dropped ${afterMs} ms after its shard came (allowed ${allowedMs} ms and a heartbeat)`);
+  });
+
+  test('a worker that has answered a round since its shard has taken it in: silent from then on, it is dropped within the heartbeat', { timeout: 60_000 }, async () => {
+    const afterMs = await droppedAfterSilence('intake-over', async (peer) => {
+      const w = await weightsOrDrop(peer);
+      peer.gradients(w.step, w.phase, new Float32Array(D_SIZE));
+      await weightsOrDrop(peer);
+    });
+    // A ping goes every half heartbeat, its pong is due a heartbeat later, and heartbeats are checked every quarter: under 2 s.
+    assert.ok(afterMs < 4000, `dropped ${afterMs} ms after it went silent; its shard's allowance would be 5.9 s`);
   });
 
   test('a worker whose link takes no data is cut off at its round\'s backstop, not kept open for a closing handshake that could not pass', { timeout: 60_000 }, async () => {
