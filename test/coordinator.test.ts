@@ -1028,7 +1028,7 @@ describe('coordinator edge cases found by review', () => {
     const drop = await logged(/ left \(/);
     assert.match(drop.line, /w1 left \(no heartbeat for \d+\.\d s \(--heartbeat 1\)\)/);
     coordinator.requestStop('test over');
-    await run;
+    assert.equal((await run).steps, 0, 'the only worker was dropped before a step was done');
     await coordinator.close();
     peer.ws.terminate();
     return drop.at - silentAt;
