@@ -63,6 +63,7 @@ export class WorkerPeer {
    * Until when the worker may still be taking in the shard it was sent last
    * (MIN_INTAKE_BYTES_PER_SECOND from when it left this process): a pong is
    * due an interval after this, where that is later than its ping's leaving.
+   * 0 once the worker has answered a request (Receiver.onGradients).
    */
   intakeEndsAt = 0;
   mailbox: PeerMailbox | null = null;
