@@ -112,6 +112,11 @@ export function metricTotal(text: string, name: string): number {
   return total;
 }
 
+/** When `worker` logged its backend: its start-up, which a loaded machine stretches, is over, and it connects (and --give-up-after counts). */
+export function startedUpAt(worker: GanfleetProcess): number {
+  return Date.parse(/^(\S+) \[worker [^\]]*\] backend /m.exec(worker.log)![1]);
+}
+
 /**
  * A free TCP port on loopback, for a process that must come back on the same one. Below the
  * ephemeral range: a port from there, left unbound while the process starts or restarts, could be

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { CLI } from './helpers';
-import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, tempDir } from './harness';
+import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 let dir: string;
 let cert: string;
@@ -140,7 +140,7 @@ test('token: a wrong or missing token is refused with HTTP 401 and the worker ex
     assert.doesNotMatch(w.log, /joined as/);
     // Timed from its backend line, after which it connects: the start-up before it, four workers loading tfjs at
     // once, took 13 to 17 s on a busy two-core machine and says nothing about how soon a refusal ends the worker.
-    const seconds = ((await exits.get(w)!) - Date.parse(/^(\S+) \[worker [^\]]*\] backend /m.exec(w.log)![1])) / 1000;
+    const seconds = ((await exits.get(w)!) - startedUpAt(w)) / 1000;
     t.diagnostic(`${w === wrong ? 'the wrong' : 'no'} token: exited ${seconds.toFixed(1)} s after its start-up`);
     assert.ok(seconds < 5, `refused, the worker took ${seconds} s after its start-up to exit:\n${w.log}`);
   }

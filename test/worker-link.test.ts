@@ -8,7 +8,7 @@ import { decodeWorkerMessage, encode } from '../src/protocol/codec';
 import { ErrorMessage, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 import fs from 'node:fs';
 import path from 'node:path';
-import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, tempDir } from './harness';
+import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 /**
  * A stand-in coordinator: a real WebSocket server in this process that plays
@@ -38,11 +38,6 @@ async function fakeCoordinator(script: (ws: WebSocket, raw: Socket, connection: 
       return new Promise((r) => wss.close(r));
     },
   };
-}
-
-/** When `worker` logged its backend: its start-up, which a loaded machine stretches, is over, and --give-up-after counts. */
-function startedUpAt(worker: GanfleetProcess): number {
-  return Date.parse(/^(\S+) \[worker [^\]]*\] backend /m.exec(worker.log)![1]);
 }
 
 /** The worker's exit code, or 'still running' after `ms`: a test fails instead of hanging. */
