@@ -1,12 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { BackendChoice, requireGpuProblem } from './backend-choice';
 import { tf } from './model/tf';
 import { registerNativeMatMul } from './model/native-matmul';
 import { registerWasmKernels } from './model/wasm-kernels';
 import { GanfleetError } from './util/errors';
-
-export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
-export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
 export interface BackendSelection {
   /** The tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu'. */
@@ -113,11 +111,6 @@ async function activateOrWhy(name: string, notes: string[]): Promise<string | nu
   } catch (e) {
     return (e as Error).message.split('\n')[0];
   }
-}
-
-/** Why `--require-gpu` cannot go with `--backend choice`, or null. */
-export function requireGpuProblem(choice: BackendChoice): string | null {
-  return choice === 'wasm' || choice === 'cpu' ? `--require-gpu: --backend ${choice} never uses a GPU; use --backend auto or tensorflow` : null;
 }
 
 /**

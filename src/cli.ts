@@ -3,15 +3,11 @@ import os from 'node:os';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { BACKEND_CHOICES, BackendChoice, requireGpuProblem } from './backend';
+import { BACKEND_CHOICES, BackendChoice, requireGpuProblem } from './backend-choice';
 import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
-import { Coordinator } from './coordinator/coordinator';
-import { CoordinatorConfig, MAX_TIMER_MS } from './coordinator/config';
-import { publicWithoutToken } from './coordinator/listener';
-import { evaluateCheckpoint } from './evaluate';
-import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem, generateSamples } from './generate';
-import { runAsLocalChild, runLocal } from './local';
-import { ARCHITECTURES, LOSSES, maxBatchSize } from './model';
+import { CoordinatorConfig, MAX_TIMER_MS, publicWithoutToken } from './coordinator/config';
+import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem } from './generate-output';
+import { ARCHITECTURES, LOSSES, maxBatchSize } from './model/choices';
 import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
@@ -19,7 +15,9 @@ import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkCommandLine, checkPort, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { holdsCertificate, tlsPairProblem } from './util/tls';
-import { runWorker } from './worker/worker';
+
+// Each command loads what it runs (TensorFlow.js, ws, prom-client: about 0.3 s) in its handler, after its flags
+// have passed, so that --help and a usage error answer at once.
 
 /** The longest delay a Node timer can hold, in whole seconds. */
 const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
@@ -309,6 +307,7 @@ function buildCli(argv: string[]) {
           tlsKey: a['tls-key'],
           lingerSeconds: a.linger,
         });
+        const { Coordinator } = await import('./coordinator/coordinator');
         // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
         const { started: coordinator, removeSignals } = await startStoppable(
           (abort) => Coordinator.start(config, undefined, abort),
@@ -330,6 +329,7 @@ function buildCli(argv: string[]) {
       async (a) => {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
+        const [{ runAsLocalChild }, { runWorker }] = await Promise.all([import('./local'), import('./worker/worker')]);
         process.exitCode = await runAsLocalChild(log, () =>
           runWorker(
             {
@@ -357,6 +357,7 @@ function buildCli(argv: string[]) {
       (y) => checkCommandLine(localOptions(y), argv, everyFlag),
       async (a) => {
         const gpus = gpuIds(a.gpus);
+        const { runLocal } = await import('./local');
         const summary = await runLocal(
           coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
           { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'], hangTimeoutSeconds: a['hang-timeout'] },
@@ -369,6 +370,7 @@ function buildCli(argv: string[]) {
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
       (y) => checkCommandLine(generateOptions(y), argv, everyFlag),
       async (a) => {
+        const { generateSamples } = await import('./generate');
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
       },
     )
@@ -377,6 +379,7 @@ function buildCli(argv: string[]) {
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
       (y) => checkCommandLine(evalOptions(y), argv, everyFlag),
       async (a) => {
+        const { evaluateCheckpoint } = await import('./evaluate');
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
         await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);
       },

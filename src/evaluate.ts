@@ -1,4 +1,5 @@
-import { BackendChoice, selectBackend } from './backend';
+import { selectBackend } from './backend';
+import { BackendChoice } from './backend-choice';
 import { Quality, Reference, evaluateImages, loadReference } from './eval/quality';
 import { readCheckpoint } from './coordinator/checkpoint';
 import { GanModel, createModel } from './model';

@@ -1,6 +1,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
-import { BackendChoice, gpuBackendProblem } from './backend';
+import { gpuBackendProblem } from './backend';
+import { BackendChoice } from './backend-choice';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';

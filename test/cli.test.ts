@@ -46,6 +46,42 @@ test('what yargs would quietly read as something else is refused up front (exit 
   }
 });
 
+test('--help and usage errors answer without loading TensorFlow.js, ws, prom-client or msgpackr (0.3 s of a 0.5 s answer); a command loads them once its flags have passed', () => {
+  const dir = tempDir('preload');
+  const preload = path.join(dir, 'report-loads.js');
+  fs.writeFileSync(
+    preload,
+    `const Module = require('node:module');
+const load = Module._load;
+Module._load = function (request, ...rest) {
+  if (/^(@tensorflow\\/|ws$|prom-client$|msgpackr$)/.test(request)) process.stderr.write('loaded ' + request + '\\n');
+  return load.call(this, request, ...rest);
+};\n`,
+  );
+  const cli = (args: string[]) => spawnSync(process.execPath, ['--require', preload, CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+  try {
+    for (const [args, status] of [
+      [['--help'], 0],
+      [['local', '--help'], 0],
+      [['local', '--steps', '0'], 2],
+      [['coordinator', '--host', '0.0.0.0'], 2],
+      [['worker', '--coordinator', 'http://127.0.0.1:1'], 2],
+      [['generate', '--checkpoint', dir, '--out', 'samples.txt'], 2],
+      [['eval', '--checkpoint', dir, '--samples', '1'], 2],
+    ] as const) {
+      const r = cli([...args]);
+      assert.equal(r.status, status, `${args.join(' ')}: ${r.stderr}`);
+      assert.doesNotMatch(r.stderr, /^loaded /m, args.join(' '));
+    }
+    // The same hook sees what a command that runs loads: here generate, which fails at the checkpoint after loading tfjs.
+    const r = cli(['generate', '--checkpoint', dir, '--out', path.join(dir, 'samples.npy')]);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^loaded @tensorflow\/tfjs-core$/m);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /** Whether this machine can listen on IPv6's loopback (a container may have IPv6 turned off). */
 const ipv6Loopback =
   spawnSync(process.execPath, ['-e', "require('net').createServer().listen(0, '::1', function () { this.close(); }).on('error', () => process.exit(1))"], { timeout: 10_000 }).status === 0;

@@ -1,4 +1,4 @@
-import { BackendChoice } from '../backend';
+import { BackendChoice } from '../backend-choice';
 import { AdamConfig } from './adam';
 import path from 'node:path';
 import { WireDtype } from '../protocol/wire-dtype';
@@ -72,4 +72,14 @@ export function runLayout(out: string): { summary: string; evaluations: string; 
     generator: path.join(out, 'generator'),
     samples: path.join(out, 'samples'),
   };
+}
+
+/** Why the workers' port may not listen on `host` as configured, or null: a public address without a token needs --insecure. */
+export function publicWithoutToken({ host, token, insecure }: Pick<CoordinatorConfig, 'host' | 'token' | 'insecure'>): string | null {
+  if (token || insecure || isLoopback(host)) return null;
+  return `refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`;
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }

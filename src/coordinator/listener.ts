@@ -7,7 +7,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { urlHost } from '../util/text';
-import { CoordinatorConfig } from './config';
+import { CoordinatorConfig, isLoopback, publicWithoutToken } from './config';
 import { CoordinatorMetrics } from './metrics';
 
 type ListenerConfig = Pick<CoordinatorConfig, 'host' | 'port' | 'tlsCert' | 'tlsKey' | 'token' | 'insecure' | 'maxWorkers'>;
@@ -112,14 +112,4 @@ function authorized(req: http.IncomingMessage, expected: string | undefined): bo
   const given = header.startsWith('Bearer ') ? header.slice(7) : '';
   const digest = (s: string) => crypto.createHash('sha256').update(s).digest();
   return crypto.timingSafeEqual(digest(given), digest(expected)) && given.length > 0;
-}
-
-/** Why the workers' port may not listen on `host` as configured, or null: a public address without a token needs --insecure. */
-export function publicWithoutToken({ host, token, insecure }: Pick<ListenerConfig, 'host' | 'token' | 'insecure'>): string | null {
-  if (token || insecure || isLoopback(host)) return null;
-  return `refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`;
-}
-
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }

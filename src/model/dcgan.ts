@@ -7,7 +7,8 @@ import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
 import { matMulAT, matMulBT, sumRows } from './linalg';
 import { ParameterLayout, TensorSpec } from './layout';
-import { GanLoss, discriminatorLoss, generatorLoss, meanScore } from './losses';
+import { GanLoss } from './choices';
+import { discriminatorLoss, generatorLoss, meanScore } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 const Z_DIM = 100;

@@ -1,6 +1,6 @@
 import { Rng } from '../util/rng';
 import { ParameterLayout, disposeTensors } from './layout';
-import { GanLoss } from './losses';
+import { GanLoss } from './choices';
 import { readValues, tf, Tensors } from './tf';
 
 /** What one worker returns for one round: the mean gradient over its batch and the batch's statistics. */

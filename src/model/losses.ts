@@ -1,7 +1,5 @@
+import { GanLoss } from './choices';
 import { tf } from './tf';
-
-export const LOSSES = ['bce', 'lsgan'] as const;
-export type GanLoss = (typeof LOSSES)[number];
 
 /**
  * The two GAN objectives on D's raw output o (no sigmoid in the network):

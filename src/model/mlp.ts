@@ -6,7 +6,8 @@ import { kerasInit } from './init';
 import { LEAKY_ALPHA, leakyBackward } from './leaky';
 import { matMulAT, matMulBT, sumRows } from './linalg';
 import { ParameterLayout } from './layout';
-import { GanLoss, discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
+import { GanLoss } from './choices';
+import { discriminatorLoss, generatorLoss, meanScore, outputGradient } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 const Z_DIM = 100;

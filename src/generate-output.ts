@@ -1,0 +1,44 @@
+import fs from 'node:fs';
+import path from 'node:path';
+
+/*
+ * What `generate` can write. Kept apart from generate.ts, which loads
+ * TensorFlow.js, so that the command line checks --out and --count (and
+ * answers --help) without loading it.
+ */
+
+export const GENERATE_FORMATS = ['.npy', '.idx', '.png'] as const;
+
+/** The most samples one call draws: 200,000 are 627 MB as float32, held in memory twice while the file is written. */
+export const GENERATE_MAX_COUNT = 200_000;
+
+/** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
+export function generateProblem(out: string, count: number, countText = String(count)): string | null {
+  const ext = path.extname(out).toLowerCase();
+  if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) {
+    // path.extname() sees no extension in a bare `.npy`, which would read as "must end in .npy, got .npy".
+    const bare = (GENERATE_FORMATS as readonly string[]).includes(path.basename(out).toLowerCase());
+    return bare ? `--out ${out} names no file, only an extension: write e.g. samples${path.basename(out)}` : `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
+  }
+  if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${countText}; draw more with further calls and other --seed values`;
+  // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
+  let at = path.resolve(out);
+  if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;
+  while (!fs.existsSync(at)) {
+    // A link to nothing is no more there than a missing path, but mkdir cannot make a directory under it.
+    if (at !== path.resolve(out) && isLink(at)) return `--out ${out} cannot be written: ${at} is a link to ${fs.readlinkSync(at)}, which does not exist`;
+    at = path.dirname(at);
+  }
+  if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
+  // The file is written beside --out and renamed over it: its directory, or the nearest one there is, must take files.
+  try {
+    fs.accessSync(at === path.resolve(out) ? path.dirname(at) : at, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (e) {
+    return `--out ${out} cannot be written: ${(e as Error).message}`;
+  }
+  return null;
+}
+
+function isLink(p: string): boolean {
+  return fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
+}
