@@ -1660,7 +1660,7 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
-  test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json, as an absolute path under a relative --out', async () => {
+  test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json, as an absolute path under a relative --out, and draws the final grid that was missing', async () => {
     const dir = path.join(out, 'resumed-finished');
     plantCheckpoint(dir, 3);
     const lines: string[] = [];
@@ -1675,7 +1675,17 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(summary.checkpoint, file);
     assert.equal(summary.generator, path.join(dir, 'generator'));
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).checkpoint, file);
+    // The final grid too: the checkpoint of the last step is written before it, and a kill between them left none.
+    const grid = path.join(dir, 'samples', 'step-000003.png');
+    assert.deepEqual(summary.samples, [grid]);
+    const drawn = fs.readFileSync(grid);
     await coordinator.close();
+    // Its outputs now show the checkpoint's step, and a resume after it leaves them as they are.
+    const again = await Coordinator.start({ ...config(dir, 3), resume: true }, () => {});
+    assert.deepEqual((await again.run()).samples, [grid]);
+    assert.deepEqual(fs.readFileSync(grid), drawn);
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'samples')), ['step-000003.png']);
+    await again.close();
   });
 
   test('a sample grid removed from disk (an operator cleaning up) is a 404 on the status page, not a crash', async () => {

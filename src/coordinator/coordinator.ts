@@ -31,7 +31,7 @@ import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
-import { SampleWriter, gridsAround } from './samples';
+import { SampleWriter, gridName, gridsAround } from './samples';
 import { Elapsed, RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, Reference, loadReference } from '../eval/quality';
@@ -364,17 +364,20 @@ export class Coordinator {
     // The pace is the training's: read before the final grid and checkpoint, which no timed step waited for.
     const trained = this.clock.elapsed();
     const trainingSeconds = trained.seconds - trained.pausedSeconds - trained.evaluationSeconds;
-    // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
-    if (ran > 0 && !this.diverged) await this.writeFinalOutputs();
-    // After the final evaluation, which the wall time and the time evaluating include.
-    const elapsed = this.clock.elapsed();
-    this.state = 'finished';
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
     const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
+    // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
+    if (ran > 0 && !this.diverged) await this.writeFinalOutputs();
+    // The grid is one of the outputs such a resume writes: a checkpoint due at the last step is written before
+    // the final grid, and a kill between them leaves none.
+    else if (!keepOutputs && !untrained && !this.diverged && !this.sampleFiles.includes(gridName(this.step)) && this.mayWrite()) this.writeSamples();
+    // After the final evaluation, which the wall time and the time evaluating include.
+    const elapsed = this.clock.elapsed();
+    this.state = 'finished';
     if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
     // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.

@@ -9,6 +9,11 @@ const GRID = 5;
 
 export const SAMPLE_FILE = /^step-\d{6,}\.png$/;
 
+/** The name of step `step`'s grid in samples/. */
+export function gridName(step: number): string {
+  return `step-${String(step).padStart(6, '0')}.png`;
+}
+
 /**
  * The grids in `dir`, oldest first, split at `step`, the checkpoint a resume
  * starts from: those up to it are the run's history, those after it show
@@ -50,7 +55,7 @@ export class SampleWriter {
 
   /** The grid's file, or null where `mayCommit` (asked before it takes its name) said no. */
   write(step: number, generator: Float32Array, mayCommit?: () => boolean): string | null {
-    const file = path.join(this.dir, `step-${String(step).padStart(6, '0')}.png`);
+    const file = path.join(this.dir, gridName(step));
     // The run made it at start (OutputClaim); this brings back one removed since, rather than lose the grid.
     makeDirectory(this.dir);
     return writeFileAtomic(file, [this.render(generator)], mayCommit) ? file : null;
