@@ -123,6 +123,48 @@ test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -
   }
 });
 
+test('another WebSocket service on the address (one that greets in text, one that echoes the hello) is retried like a lost coordinator, and each try says it is no coordinator', async () => {
+  for (const [script, said] of [
+    [(ws: WebSocket) => ws.send('220 some other service ready'), /error PROTOCOL_BAD_FRAME: text frame: not a ganfleet coordinator \(another WebSocket service on that address\?\)/],
+    [(ws: WebSocket) => ws.send(encode({ ...welcome(), type: 'hello' } as unknown as Welcome)), /error PROTOCOL_BAD_TYPE: unexpected message type "hello": not a ganfleet coordinator/],
+  ] as const) {
+    const service = await fakeCoordinator(script);
+    const worker = startWorker(service.url, 'elsewhere', ['--give-up-after', '3']);
+    try {
+      // It exited 1 at the first frame, as from a coordinator it could not read.
+      assert.equal(await exitWithin(worker), 1, worker.log);
+      assert.match(worker.log, said);
+      assert.match(worker.log, /giving up: not admitted by a coordinator for \d+\.\d s, --give-up-after 3/);
+      assert.ok(service.connections() >= 2, `${service.connections()} connection: ${worker.log}`);
+    } finally {
+      worker.kill();
+      await service.close();
+    }
+  }
+});
+
+test('a second welcome on one connection is refused: the worker reconnects, and holds no shard meanwhile', async () => {
+  const images = 40;
+  const service = await fakeCoordinator((ws, _raw, connection) => {
+    ws.send(encode(welcome(60)));
+    if (connection > 1) return;
+    ws.send(encode(message<Shard>({ type: 'shard', plan: 1, count: images, keep: 0, seed: 1, images: new Uint8Array(images * 784) })));
+    ws.send(encode({ ...welcome(60), workerId: 'w2' }));
+  });
+  const worker = startWorker(service.url, 'rewelcomed', ['--metrics-port', '0']);
+  try {
+    await worker.waitFor(/connection lost \(a second welcome on one connection\); reconnecting in/, 20_000);
+    assert.match(worker.log, /error WORKER_UNEXPECTED: a second welcome on one connection/);
+    await worker.waitFor(/joined as w1[^]*joined as w1/, 20_000);
+    const metrics = /metrics on (http:\S+)/.exec(worker.log)?.[1];
+    assert.ok(metrics, worker.log);
+    assert.match(await (await fetch(metrics)).text(), /^ganfleet_worker_shard_images 0$/m);
+  } finally {
+    worker.kill();
+    await service.close();
+  }
+});
+
 test('after a protocol error the rest of what arrives on that connection is ignored: one error, and no step computed for weights that follow', async () => {
   const coordinator = await fakeCoordinator((ws) => {
     ws.send(encode(welcome(60)));

@@ -265,6 +265,8 @@ function connectOnce(
     const handle = (msg: CoordinatorMessage) => {
       switch (msg.type) {
         case 'welcome':
+          // One a connection: a second would leave the first's shard count and mailbox standing beside new terms.
+          if (compute) return fail('WORKER_UNEXPECTED', 'a second welcome on one connection');
           return join(msg);
         case 'shard':
           if (!compute) return fail('WORKER_UNEXPECTED', 'shard before welcome');
@@ -294,7 +296,6 @@ function connectOnce(
       const terms = welcomeTerms(msg);
       if (Array.isArray(terms)) return fail(terms[0], terms[1], true);
       wireDtype = terms.wireDtype;
-      compute?.dispose();
       compute = new ShardCompute(terms.model, msg.batchSize);
       workerId = msg.workerId;
       clearTimeout(handshake);
@@ -306,7 +307,6 @@ function connectOnce(
       metrics.connected.set(1);
       log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
       if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
-        mailbox?.close();
         mailbox = WorkerMailbox.open(msg, log);
         if (mailbox) ws.send(encode(message<MailboxReady>({ type: 'mailbox', path: mailbox.outboxPath })));
       } else {
@@ -427,8 +427,13 @@ function failureOf(e: unknown, welcomed: boolean): { code: string; text: string;
   // cannot read, will not change by reconnecting. Nor will a trap in the wasm backend (out of its
   // memory, out of bounds): the module's state is unknown after one, so only a new process computes again.
   const trapped = e instanceof WebAssembly.RuntimeError;
-  const text = trapped ? `the backend failed (${(e as Error).message}); this process cannot compute again` : (e as Error).message;
-  return { code, text, fatal: trapped || (e instanceof ProtocolError && (e.reason === 'bad_version' || !welcomed)) };
+  // Before the welcome, a frame that is no ganfleet message (text, not msgpack) or of a type no coordinator
+  // sends (an echo of the hello) comes from another WebSocket service on that address. It is retried, as a
+  // port that gives no welcome is: the coordinator may be there later.
+  const foreign = !welcomed && e instanceof ProtocolError && (e.reason === 'bad_frame' || e.reason === 'bad_type');
+  const said = (e as Error).message;
+  const text = trapped ? `the backend failed (${said}); this process cannot compute again` : foreign ? `${said}: not a ganfleet coordinator (another WebSocket service on that address?)` : said;
+  return { code, text, fatal: trapped || (e instanceof ProtocolError && !foreign && (e.reason === 'bad_version' || !welcomed)) };
 }
 
 /**
