@@ -269,6 +269,18 @@ describe('--wire-dtype float16 and bfloat16', () => {
     assert.deepEqual(Array.from(m.gradients), [65504, -65504, 65504]);
   });
 
+  test('a 16-bit gradient beyond ±MAX_GRADIENT_ABS is refused, as under float32, not saturated or rounded into range', () => {
+    for (const v of [-2e6, 4.1e6, 1e30]) {
+      const values = Float32Array.from([0.5, v, 7e4]);
+      assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'float32')), 'out_of_range');
+      // Saturated to ±65504 it would pass, and a diverged step would be applied; it goes as ±Infinity instead.
+      assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'float16')), 'not_finite');
+      assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'bfloat16')), 'not_finite');
+    }
+    // bfloat16 would round 1,001,000 to 999,424, back inside the bound.
+    assertRejected(() => decodeWorkerMessage(encode(gradients(Float32Array.from([1.001e6])), 'bfloat16')), 'not_finite');
+  });
+
   test('16-bit frames are validated like float32 ones', () => {
     const nan16 = raw.pack({ v: PROTOCOL_VERSION, type: 'gradients', step: 1, phase: 'generator', samples: 8, loss: 0.5, dFake: 0.4, computeSeconds: 0.01, dtype: 'float16', gradients: new Uint8Array([0x00, 0x7e]) });
     assertRejected(() => decodeWorkerMessage(nan16), 'not_finite');

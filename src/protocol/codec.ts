@@ -56,7 +56,7 @@ export function encodeFrame(msg: Message, floats: WireDtype = 'float32'): Encode
     // msgpackr writes undefined as an extension type, which receivers refuse: an absent field is left out.
     if (v === undefined) continue;
     if (v instanceof Float32Array) {
-      const data = floats === 'float32' || ALWAYS_FLOAT32.has(k) ? v : encodeFloats(v, floats);
+      const data = floats === 'float32' || ALWAYS_FLOAT32.has(k) ? v : wireFloats(msg.type, k, v, floats);
       arrays.push([k, new Uint8Array(data.buffer, data.byteOffset, data.byteLength)]);
     } else if (v instanceof Uint8Array) {
       // A shard's images (47 MB for all of MNIST): msgpackr would copy them into its buffer, growing it step by step.
@@ -139,6 +139,25 @@ const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
   stop: { reason: ['string', 'required'], resumable: ['boolean', 'optional'] },
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
+
+/**
+ * `values` at a 16-bit wire dtype. float16 saturates beyond 65504, so that an
+ * honest gradient of 70,000 is not sent as Infinity; but a gradient beyond the
+ * ±MAX_GRADIENT_ABS the receiver checks (a diverged step's) would then arrive
+ * as 65504 and pass, and bfloat16 can round one just beyond it back inside.
+ * The first such value goes as ±Infinity instead, so that the answer is
+ * refused as under float32, and the coordinator checks for divergence.
+ */
+function wireFloats(type: string, field: string, values: Float32Array, floats: Exclude<WireDtype, 'float32'>): Uint16Array {
+  const halves = encodeFloats(values, floats);
+  const bound = type === 'gradients' ? WORKER_SCHEMAS.gradients[field]?.[2] : undefined;
+  if (bound !== undefined) {
+    const at = firstOutside(values, bound);
+    // ±Infinity: float16's 0x7c00, bfloat16's (float32's upper half) 0x7f80; the sign bit on top.
+    if (at >= 0) halves[at] = (values[at] < 0 ? 0x8000 : 0) | (floats === 'float16' ? 0x7c00 : 0x7f80);
+  }
+  return halves;
+}
 
 /** The float fields `encodeFrame` leaves at float32 under any wire dtype. */
 const ALWAYS_FLOAT32 = new Set(
