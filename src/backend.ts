@@ -150,7 +150,8 @@ export async function selectBackend(choice: BackendChoice, requireGpu = false): 
     }
     if (requireGpu) throw new GanfleetError('GPU_REQUIRED', `--require-gpu: no native backend could be loaded (${notes.join('; ')})`);
     if (choice === 'tensorflow') {
-      throw new Error(`--backend tensorflow: no native backend could be loaded (${notes.join('; ')})`);
+      // A refusal, not a crash: under `local --gpus` (its coordinator on wasm, so nothing fails before the workers) a restart fails the same way.
+      throw new GanfleetError('BACKEND_UNAVAILABLE', `--backend tensorflow: no native backend could be loaded (${notes.join('; ')})`);
     }
   }
   for (const name of choice === 'auto' ? ['wasm', 'cpu'] : [choice]) {

@@ -108,7 +108,7 @@ export async function runAsLocalChild<T>(log: Logger, work: () => Promise<T>): P
  * Children run in their own process group, so a terminal's Ctrl-C reaches
  * only this process, which stops them in order; each child also exits when
  * its IPC channel to this process closes, so none outlive it even if it is
- * SIGKILLed.
+ * SIGKILLed (one stopped then, by SIGSTOP, exits once it is continued).
  */
 export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, log: Logger = createLogger('local')): Promise<TrainingSummary> {
   // Whether the GPU package can load at all is known here; whether it finds a GPU, only in the workers.

@@ -662,6 +662,17 @@ test('local --require-gpu where tfjs-node-gpu loads but finds no GPU: the worker
   fs.rmSync(standIns, { recursive: true, force: true });
 });
 
+test('local --backend tensorflow --gpus where no native package loads: the workers refuse (BACKEND_UNAVAILABLE), and local stops without spending its restarts on them', { skip: installedNativePackage && `${installedNativePackage} is installed` }, () => {
+  const out = path.join(tempDir('tensorflow-unavailable'), 'run');
+  // --gpus keeps the coordinator on wasm, so only the workers find out.
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '2', '--steps', '1', '--backend', 'tensorflow', '--gpus', '0', '--max-restarts', '3', '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 120_000 });
+  const log = r.stdout + r.stderr;
+  assert.equal(r.status, 1, log);
+  assert.match(log, /worker [12] refused to train: --backend tensorflow: no native backend could be loaded .*\[BACKEND_UNAVAILABLE\]/);
+  assert.doesNotMatch(log, /restarting it \(/);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
 test('GANFLEET_NATIVE_AVX512=0 reaches local\'s workers, which keep the AVX2 kernel', { skip: !builtAddon() && 'the native addon is not built' }, () => {
   const out = path.join(tempDir('avx2'), 'run');
   const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--backend', 'wasm', '--metrics-port', '-1', '--out', out], {
