@@ -277,6 +277,10 @@ describe('--wire-dtype float16 and bfloat16', () => {
       assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'float16')), 'not_finite');
       assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'bfloat16')), 'not_finite');
     }
+    // A NaN still arrives as NaN, not as the Infinity a value beyond the bound becomes.
+    for (const dtype of ['float16', 'bfloat16'] as const) {
+      assert.throws(() => decodeWorkerMessage(encode(gradients(Float32Array.from([0.5, NaN, 2e6])), dtype)), /gradients\[1\] is NaN/);
+    }
     // bfloat16 would round 1,001,000 to 999,424, back inside the bound.
     assertRejected(() => decodeWorkerMessage(encode(gradients(Float32Array.from([1.001e6])), 'bfloat16')), 'not_finite');
   });

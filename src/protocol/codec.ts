@@ -153,8 +153,9 @@ function wireFloats(type: string, field: string, values: Float32Array, floats: E
   const bound = type === 'gradients' ? WORKER_SCHEMAS.gradients[field]?.[2] : undefined;
   if (bound !== undefined) {
     const at = firstOutside(values, bound);
-    // ±Infinity: float16's 0x7c00, bfloat16's (float32's upper half) 0x7f80; the sign bit on top.
-    if (at >= 0) halves[at] = (values[at] < 0 ? 0x8000 : 0) | (floats === 'float16' ? 0x7c00 : 0x7f80);
+    // ±Infinity: float16's 0x7c00, bfloat16's (float32's upper half) 0x7f80; the sign bit on top. A NaN
+    // already travels as NaN (encodeFloats keeps it), and is refused as one.
+    if (at >= 0 && !Number.isNaN(values[at])) halves[at] = (values[at] < 0 ? 0x8000 : 0) | (floats === 'float16' ? 0x7c00 : 0x7f80);
   }
   return halves;
 }
