@@ -110,10 +110,11 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack([1, 2, 3])), 'bad_frame');
     assertRejected(() => decodeWorkerMessage(raw.pack('hello')), 'bad_frame');
   });
-  test('wrong or missing version', () => {
+  test('another version, or none (no ganfleet message)', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, v: PROTOCOL_VERSION + 1 })), 'bad_version');
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, v: null })), 'bad_version');
     const { v: _v, ...noVersion } = good;
-    assertRejected(() => decodeWorkerMessage(raw.pack(noVersion)), 'bad_version');
+    assertRejected(() => decodeWorkerMessage(raw.pack(noVersion)), 'bad_frame');
   });
   test("unknown type, or the other side's type", () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, type: 'launch' })), 'bad_type');

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import net, { AddressInfo } from 'node:net';
 import type { Socket } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
+import { pack } from 'msgpackr';
 import { createModel } from '../src/model';
 import { decodeWorkerMessage, encode } from '../src/protocol/codec';
 import { ErrorMessage, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
@@ -123,10 +124,11 @@ test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -
   }
 });
 
-test('another WebSocket service on the address (one that greets in text, one that echoes the hello) is retried like a lost coordinator, and each try says it is no coordinator', async () => {
+test('another WebSocket service on the address (one that greets in text, one that echoes the hello, one that speaks msgpack without a version) is retried like a lost coordinator, and each try says it is no coordinator', async () => {
   for (const [script, said] of [
     [(ws: WebSocket) => ws.send('220 some other service ready'), /error PROTOCOL_BAD_FRAME: text frame: not a ganfleet coordinator \(another WebSocket service on that address\?\)/],
     [(ws: WebSocket) => ws.send(encode({ ...welcome(), type: 'hello' } as unknown as Welcome)), /error PROTOCOL_BAD_TYPE: unexpected message type "hello": not a ganfleet coordinator/],
+    [(ws: WebSocket) => ws.send(pack({ jsonrpc: '2.0', method: 'ready' })), /error PROTOCOL_BAD_FRAME: a message must carry its protocol version v: not a ganfleet coordinator/],
   ] as const) {
     const service = await fakeCoordinator(script);
     const worker = startWorker(service.url, 'elsewhere', ['--give-up-after', '3']);

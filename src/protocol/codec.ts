@@ -187,6 +187,10 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
     throw new ProtocolError('bad_frame', 'a message must be a msgpack map');
   }
   const obj = raw as Record<string, unknown>;
+  // Every ganfleet version sends `v`; a map without one is another service's message, not another version's.
+  if (!Object.prototype.hasOwnProperty.call(obj, 'v')) {
+    throw new ProtocolError('bad_frame', 'a message must carry its protocol version v');
+  }
   if (obj.v !== PROTOCOL_VERSION) {
     throw new ProtocolError('bad_version', `protocol version ${quote(obj.v)} is not ${PROTOCOL_VERSION}`);
   }
