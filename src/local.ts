@@ -143,6 +143,26 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   // Flags travel explicitly; GANFLEET_* meant for the coordinator must not reach the workers. The kernel choice,
   // which is no flag but this machine's, does.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('GANFLEET_') || k === 'GANFLEET_NATIVE_AVX512'));
+  /** Slot `i` has no worker process (it exited, or never started): restart one, or fail the run if it can no longer train. */
+  const slotLost = (i: number, what: string, refusal: WorkerRefusal | null) => {
+    // After the last step (its grid, checkpoint, evaluation and export) a lost worker fails nothing.
+    if (finishing || coordinator.trainingOver) return;
+    let why: string;
+    if (refusal) {
+      why = `worker ${i + 1} refused to train: ${refusal.message} [${refusal.code}]`;
+      log(`${what}; not restarting it: it would refuse again`);
+    } else if (restarts < opts.maxRestarts) {
+      restarts++;
+      log(`${what}; restarting it (${restarts}/${opts.maxRestarts})`);
+      startWorker(i);
+      return;
+    } else {
+      why = `worker ${i + 1} was lost and no restarts are left (--max-restarts ${opts.maxRestarts})`;
+      log(`${what}; no restarts left`);
+    }
+    // Training starts only with all N workers, and continues with any.
+    if (children.size === 0 || coordinator.status().state === 'waiting') coordinator.requestStop(why, true);
+  };
   const startWorker = (i: number) => {
     // In the environment, where other users' ps does not show it.
     const childEnv: NodeJS.ProcessEnv = { ...env, GANFLEET_TOKEN: token };
@@ -151,7 +171,16 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`, '--progress-every', '0'];
     if (!opts.workerNative) args.push('--no-native');
     if (opts.requireGpu) args.push('--require-gpu');
-    const child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+    let child: ChildProcess;
+    try {
+      child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+    } catch (e) {
+      // spawn throws, instead of emitting 'error', for errors other than EACCES, EAGAIN, EMFILE, ENFILE and ENOENT
+      // (ENOMEM, say): the same worker that could not be started. Thrown from a 'close' handler (a restart), it
+      // would end this process with no checkpoint. After this turn, so that a restart loop cannot recurse.
+      setImmediate(() => slotLost(i, `worker ${i + 1} could not be started (${(e as Error).message})`, null));
+      return;
+    }
     children.set(i, child);
     lastAlive.set(child, performance.now());
     let refusal: WorkerRefusal | null = null;
@@ -167,23 +196,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       gone = true;
       lastAlive.delete(child);
       if (children.get(i) === child) children.delete(i);
-      // After the last step (its grid, checkpoint, evaluation and export) a lost worker fails nothing.
-      if (finishing || coordinator.trainingOver) return;
-      let why: string;
-      if (refusal) {
-        why = `worker ${i + 1} refused to train: ${refusal.message} [${refusal.code}]`;
-        log(`${what}; not restarting it: it would refuse again`);
-      } else if (restarts < opts.maxRestarts) {
-        restarts++;
-        log(`${what}; restarting it (${restarts}/${opts.maxRestarts})`);
-        startWorker(i);
-        return;
-      } else {
-        why = `worker ${i + 1} was lost and no restarts are left (--max-restarts ${opts.maxRestarts})`;
-        log(`${what}; no restarts left`);
-      }
-      // Training starts only with all N workers, and continues with any.
-      if (children.size === 0 || coordinator.status().state === 'waiting') coordinator.requestStop(why, true);
+      slotLost(i, what, refusal);
     };
     child.on('error', (e) => {
       // A process that never started (EAGAIN under a pids limit, EMFILE, ENOENT) emits no 'exit': the run would wait for it for ever.

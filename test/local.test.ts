@@ -257,6 +257,35 @@ test('a worker process that cannot be started is lost once: the restart after it
   for (const d of [out, data]) fs.rmSync(d, { recursive: true, force: true });
 });
 
+test('a worker spawn that throws (ENOMEM, not an emitted error) is a worker that could not be started: restarted, and the run goes on', { timeout: 90_000 }, async () => {
+  const out = tempDir('spawnthrows');
+  // In local's own process only: its second worker spawn throws, as spawn does for ENOMEM, E2BIG or EPERM.
+  const preload = path.join(out, 'throw-second-spawn.js');
+  fs.writeFileSync(
+    preload,
+    `const cp = require('node:child_process'); const spawn = cp.spawn; let n = 0;
+     cp.spawn = function (cmd, args, opts) {
+       if (args.includes('worker') && ++n === 2) throw Object.assign(new Error('spawn ENOMEM'), { code: 'ENOMEM', errno: -12, syscall: 'spawn' });
+       return spawn.call(this, cmd, args, opts);
+     };`,
+  );
+  const data = blankMnistDir(256);
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '3', '--data-dir', data, '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, ['--require', preload]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const [worker] = joinedPids(run.log());
+  process.kill(worker, 'SIGKILL');
+  // Before the fix, the throw escaped local's 'close' handler: the process died (exit 1) with no checkpoint or summary.
+  await Promise.race([
+    waitFor(() => /w2 joined/.test(run.log()), 30_000, 'the restarted worker to join'),
+    run.exit.then((code) => assert.fail(`local exited (${code}) instead of restarting its worker:\n${run.log()}`)),
+  ]);
+  run.child.kill('SIGINT');
+  assert.equal(await run.exit, 0, run.log());
+  assert.match(run.log(), /worker 1 could not be started \(spawn ENOMEM\); restarting it \(2\/3\)\n/);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'run', 'summary.json'), 'utf8')).ok, true);
+  for (const d of [out, data]) fs.rmSync(d, { recursive: true, force: true });
+});
+
 test('workers exit by themselves when the local parent is SIGKILLed', { timeout: 60_000 }, async () => {
   const out = tempDir('sigkill');
   const run = startLocal(out);
