@@ -75,3 +75,20 @@ test("the status page's images/s is at the median of the last 32 steps: one step
   for (let i = 13; i <= 40; i++) step(c, 20, i);
   close(c.clock.imagesPerSecond(128), 6400);
 });
+
+test("an evaluation before the first step (a resume scoring its checkpoint's step) counts in the run's seconds and evaluationSeconds, not in its training time", () => {
+  const c = clockAt();
+  // As Coordinator.evaluate does: the clock starts with the evaluation.
+  c.clock.begin();
+  c.advance(2000);
+  c.clock.addEvaluation(2);
+  // A finished run resumed trains no step: this evaluation is the run's last, and its time was reported as 0.
+  assert.deepEqual(c.clock.elapsed(), { seconds: 2, pausedSeconds: 0, evaluationSeconds: 2 });
+  step(c, 100, 1);
+  step(c, 100, 2);
+  const e = c.clock.elapsed();
+  close(e.seconds, 2.2);
+  close(e.evaluationSeconds, 2);
+  close(e.seconds - e.pausedSeconds - e.evaluationSeconds, 0.2);
+  close(c.clock.windowRate(), (2 * 128) / 0.2);
+});

@@ -792,6 +792,7 @@ export class Coordinator {
    * loop after every batch, so heartbeats keep flowing while it runs.
    */
   private async evaluate(cutByStop: boolean): Promise<void> {
+    this.clock.begin();
     const t = performance.now();
     const between = async () => {
       await new Promise((r) => setImmediate(r));

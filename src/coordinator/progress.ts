@@ -71,12 +71,21 @@ export class RunClock {
     this.evaluatingSeconds += seconds;
   }
 
-  stepStarted(): void {
-    this.mark(this.step);
+  /**
+   * The run's clock starts at its first step, or at an evaluation before it (a resume that scores its
+   * checkpoint's step first): that evaluation is the run's work too, and where no step follows (a finished
+   * run resumed) it is the run's last, which summary.json's seconds and evaluationSeconds count.
+   */
+  begin(): void {
     if (!this.first) {
       this.first = this.mark({ at: 0, paused: 0, evaluating: 0 });
       this.mark(this.window);
     }
+  }
+
+  stepStarted(): void {
+    this.mark(this.step);
+    this.begin();
   }
 
   /** The step's training time in seconds: neither paused nor evaluating. */
