@@ -80,3 +80,22 @@ test("a round gives its answers in the participants' order, whatever order they 
   const other = averageGradients([answer(1e8), answer(-1e8), answer(1)], new Float32Array(1))[0];
   assert.notEqual(other, sums[0]);
 });
+
+test("a round's deadlines end with it: once every participant has answered or left, none fires", async () => {
+  const fired: string[] = [];
+  const round = new Round(0, 'generator', ['a', 'b']);
+  round.after(30, () => fired.push('a'));
+  round.after(30, () => fired.push('b'));
+  round.accept('a', { gradients: Float32Array.of(1), samples: 1 } as unknown as Gradients);
+  round.drop('b');
+  await round.done;
+  // Armed after it settled (a write that completes late): never set.
+  round.after(1, () => fired.push('late'));
+  await new Promise((r) => setTimeout(r, 80));
+  assert.equal(fired.length, 0);
+  const open = new Round(1, 'discriminator', ['c']);
+  open.after(1, () => fired.push('c'));
+  await new Promise((r) => setTimeout(r, 40));
+  assert.deepEqual(fired, ['c']);
+  open.drop('c');
+});

@@ -625,7 +625,6 @@ export class Coordinator {
     const participants = this.workers.participants();
     const round = new Round(step, phase, participants.map((p) => p.id));
     this.round = round;
-    const deadlines: NodeJS.Timeout[] = [];
     const deadlineMs = this.config.roundTimeoutSeconds * 1000;
     let t = performance.now();
     const frames = new Map<string, EncodedFrame>();
@@ -647,7 +646,7 @@ export class Coordinator {
       const sent = peer.deliver(frame, () => {
         written = true;
         // An answer that came while this process was stopped (a freeze, a long fsync) counts first.
-        if (round.isAwaiting(peer.id)) deadlines.push(setTimeout(() => afterPendingReads(() => this.missedDeadline(round, peer), () => peer.bytesRead), deadlineMs));
+        round.after(deadlineMs, () => afterPendingReads(() => this.missedDeadline(round, peer), () => peer.bytesRead));
       });
       if (!sent) {
         round.drop(peer.id);
@@ -659,14 +658,13 @@ export class Coordinator {
       const stalled = () => {
         if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
       };
-      deadlines.push(setTimeout(() => afterPendingReads(stalled, () => peer.bytesRead), backstopMs));
+      round.after(backstopMs, () => afterPendingReads(stalled, () => peer.bytesRead));
       peer.holds.generator = this.versions.generator;
       peer.holds.discriminator = this.versions.discriminator;
     }
     const encodeSeconds = (performance.now() - t) / 1000;
     t = performance.now();
     await round.done;
-    deadlines.forEach(clearTimeout);
     this.round = null;
     this.lastClosedRound = Math.max(this.lastClosedRound, roundIndex(step, phase));
     const waitSeconds = (performance.now() - t) / 1000;

@@ -12,6 +12,7 @@ import { Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, stepOfRound } from '../pr
 export class Round {
   readonly received = new Map<string, Gradients>();
   private readonly waiting: Set<string>;
+  private readonly timers: NodeJS.Timeout[] = [];
   private finish!: () => void;
   readonly done = new Promise<void>((resolve) => (this.finish = resolve));
   readonly startedAt = performance.now();
@@ -44,13 +45,20 @@ export class Round {
     return this.participants.flatMap((id) => this.received.get(id) ?? []);
   }
 
+  /** A deadline of this round: it is cleared when the round settles, so none outlives its round. */
+  after(ms: number, fn: () => void): void {
+    if (this.waiting.size > 0) this.timers.push(setTimeout(fn, ms));
+  }
+
   /** The worker left or its answer was rejected: stop waiting for it. */
   drop(workerId: string): void {
     if (this.waiting.delete(workerId)) this.settleIfDone();
   }
 
   private settleIfDone(): void {
-    if (this.waiting.size === 0) this.finish();
+    if (this.waiting.size > 0) return;
+    this.timers.forEach(clearTimeout);
+    this.finish();
   }
 }
 
