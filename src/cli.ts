@@ -5,7 +5,7 @@ import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, BackendChoice, requireGpuProblem } from './backend-choice';
 import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
-import { CoordinatorConfig, MAX_TIMER_MS, publicWithoutToken } from './coordinator/config';
+import { CoordinatorConfig, MAX_TIMER_MS, publicWithoutToken, tokenProblem } from './coordinator/config';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem } from './generate-output';
 import { ARCHITECTURES, LOSSES, maxBatchSize } from './model/choices';
 import { MAX_STRING_LENGTH } from './protocol/messages';
@@ -173,6 +173,8 @@ function coordinatorOptions<T>(y: Argv<T>) {
       if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
       const refused = publicWithoutToken({ host: a.host, token: a.token, insecure: a.insecure });
       if (refused) throw new Error(refused);
+      const badToken = tokenProblem(a.token);
+      if (badToken) throw new Error(badToken);
       for (const k of ['tls-cert', 'tls-key'] as const) requirePath(k, a[k], 'file');
       const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
       if (tls) throw new Error(tls);
@@ -204,6 +206,8 @@ function workerOptions<T>(y: Argv<T>) {
       if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
+      const badToken = tokenProblem(a.token);
+      if (badToken) throw new Error(badToken);
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
       if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
       if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);

@@ -109,7 +109,8 @@ test('wss://: a client that never starts its TLS handshake does not hold the coo
 });
 
 test('token: a wrong or missing token is refused with HTTP 401 and the worker exits 1 at once; the right one trains; wss:// to it, and a key as --ca, are named', { timeout: 60_000 }, async (t) => {
-  const secret = 'tls-test-secret-0123456789';
+  // A blank inside and a Latin-1 letter: an Authorization header carries both unchanged.
+  const secret = 'tls-test secret-0123456789-ä';
   const out = path.join(dir, 'run-token');
   const steps = 10;
   const { proc: coord, url, metrics } = await startCoordinator(trainingArgs(steps, out), { ...CLEAN_ENV, GANFLEET_TOKEN: secret });
@@ -191,6 +192,23 @@ test('--host 0.0.0.0 with a token but without TLS warns that the token travels i
   const coord = new GanfleetProcess(['coordinator', '--host', '0.0.0.0', '--port', '0', '--metrics-port', '-1', '--backend', 'cpu', '--out', out], { ...CLEAN_ENV, GANFLEET_TOKEN: 'cleartext-test-secret' });
   t.after(() => coord.kill());
   await coord.waitFor(/warning: the token and every frame travel in clear text on 0\.0\.0\.0: give --tls-cert and --tls-key/, 20_000);
+});
+
+// HTTP drops blanks around a header value, and Node sends no character beyond Latin-1: a coordinator took such a
+// token and refused every worker holding the very same one (401, or ERR_INVALID_CHAR in the worker).
+test('a token no Authorization header can carry as given is a usage error for coordinator and worker, not a run no worker can join', () => {
+  for (const token of ['s3cret ', ' s3cret', 's3cret\t', 's3cret€', 's3c\r\nret']) {
+    for (const args of [
+      ['coordinator', '--port', '0', '--metrics-port', '-1', '--steps', '1', '--out', path.join(dir, 'never')],
+      ['worker', '--coordinator', 'ws://127.0.0.1:1', '--give-up-after', '5'],
+    ]) {
+      const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...CLEAN_ENV, GANFLEET_TOKEN: token } });
+      assert.equal(r.status, 2, `${args[0]} with token ${JSON.stringify(token)}: status ${r.status}, ${r.stderr.slice(-400)}`);
+      assert.match(r.stderr, /^ganfleet: --token \(GANFLEET_TOKEN\) /);
+      assert.ok(!r.stderr.includes('s3c'), 'the token is never printed');
+    }
+  }
+  assert.ok(!fs.existsSync(path.join(dir, 'never')));
 });
 
 test('--host 0.0.0.0 without a token refuses to start, before binding', { timeout: 30_000 }, async (t) => {

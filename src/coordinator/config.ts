@@ -80,6 +80,20 @@ export function publicWithoutToken({ host, token, insecure }: Pick<CoordinatorCo
   return `refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`;
 }
 
+/**
+ * Why a worker could never present `token` in its upgrade's `Authorization`
+ * header, or null. HTTP strips blanks around a header value (the coordinator
+ * then compared 'abc' with 'abc '), and Node refuses to send a character
+ * beyond Latin-1 or a control character (the worker failed with
+ * ERR_INVALID_CHAR): either way the same token on both sides was refused.
+ */
+export function tokenProblem(token: string | undefined, flag = '--token'): string | null {
+  if (token === undefined) return null;
+  if (/^[ \t]|[ \t]$/.test(token)) return `${flag} (GANFLEET_TOKEN) must not start or end with a blank: HTTP drops it, so no worker could present the token`;
+  if (/[^\t\x20-\x7e\x80-\xff]/.test(token)) return `${flag} (GANFLEET_TOKEN) holds a control character or one beyond Latin-1, which an HTTP header cannot carry: use printable ASCII (openssl rand -hex 32)`;
+  return null;
+}
+
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.');
 }
