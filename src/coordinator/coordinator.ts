@@ -371,14 +371,15 @@ export class Coordinator {
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
+    const writesOutputs = !keepOutputs && !untrained && !this.diverged;
     if (ran > 0 && !this.diverged) await this.writeFinalOutputs();
     // The grid is one of the outputs such a resume writes: a checkpoint due at the last step is written before
     // the final grid, and a kill between them leaves none.
-    else if (!keepOutputs && !untrained && !this.diverged && !this.sampleFiles.includes(gridName(this.step)) && this.mayWrite()) this.writeSamples();
+    else if (writesOutputs && !this.sampleFiles.includes(gridName(this.step)) && this.mayWrite()) this.writeSamples();
     // After the final evaluation, which the wall time and the time evaluating include.
     const elapsed = this.clock.elapsed();
     this.state = 'finished';
-    if (!keepOutputs && !untrained && !this.diverged && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
+    if (writesOutputs && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
     // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
     if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
