@@ -12,6 +12,9 @@ export const GENERATE_FORMATS = ['.npy', '.idx', '.png'] as const;
 /** The most samples one call draws: 200,000 are 627 MB as float32, held in memory twice while the file is written. */
 export const GENERATE_MAX_COUNT = 200_000;
 
+/** The longest name of a directory entry, in bytes, on ext4, xfs, btrfs and tmpfs. */
+const NAME_MAX = 255;
+
 /** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
 export function generateProblem(out: string, count: number, countText = String(count)): string | null {
   const ext = path.extname(out).toLowerCase();
@@ -21,6 +24,11 @@ export function generateProblem(out: string, count: number, countText = String(c
     return bare ? `--out ${out} names no file, only an extension: write e.g. samples${path.basename(out)}` : `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
   }
   if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${countText}; draw more with further calls and other --seed values`;
+  // The file is written as `<name>.tmp-<pid>` and renamed: that name, too, must fit a directory entry (255 bytes on
+  // Linux's file systems), or the write fails with ENAMETOOLONG after every sample was drawn.
+  const name = Buffer.byteLength(path.basename(out));
+  const suffix = `.tmp-${process.pid}`.length;
+  if (name + suffix > NAME_MAX) return `--out ${out} cannot be written: its name is ${name} bytes, and with the temporary file's suffix (${suffix}) it must fit a directory entry's ${NAME_MAX}`;
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
   let at = path.resolve(out);
   if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;
@@ -35,6 +43,16 @@ export function generateProblem(out: string, count: number, countText = String(c
     fs.accessSync(at === path.resolve(out) ? path.dirname(at) : at, fs.constants.W_OK | fs.constants.X_OK);
   } catch (e) {
     return `--out ${out} cannot be written: ${(e as Error).message}`;
+  }
+  // In a sticky directory (/tmp), only the owner of a file or of the directory may rename over it: another user's
+  // file there would be found only by the rename, after every sample was drawn.
+  if (at === path.resolve(out)) {
+    const dir = fs.statSync(path.dirname(at));
+    const file = fs.lstatSync(at);
+    const uid = process.geteuid?.();
+    if (uid !== undefined && uid !== 0 && dir.mode & 0o1000 && file.uid !== uid && dir.uid !== uid) {
+      return `--out ${out} cannot be written: it belongs to another user (uid ${file.uid}), in a sticky directory where only its owner may replace it`;
+    }
   }
   return null;
 }

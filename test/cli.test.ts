@@ -760,3 +760,44 @@ test('an output the disk cannot take stops the run with exit 1, naming the file,
   assert.deepEqual(left.filter((f) => f.includes('.tmp-')), [], left.join(', '));
   fs.rmSync(out, { recursive: true, force: true });
 });
+
+test('generate refuses as a usage error, before reading the checkpoint, an --out that is another user\'s file in a sticky directory (the rename found it after drawing every sample)', (t) => {
+  if (process.getuid?.() !== 0) return t.skip('needs root, to run the command as another user');
+  const nobody = { uid: 65534, gid: 65534 };
+  const reads = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(CLI)}, 4)`], nobody);
+  if (reads.status !== 0) return t.skip('uid 65534 cannot read this checkout');
+  const dir = tempDir('generate-sticky');
+  try {
+    fs.chmodSync(dir, 0o755);
+    const sticky = path.join(dir, 'shared');
+    fs.mkdirSync(sticky);
+    fs.chmodSync(sticky, 0o1777);
+    const out = path.join(sticky, 'samples.npy');
+    fs.writeFileSync(out, 'root\'s');
+    const r = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', out], { encoding: 'utf8', timeout: 30_000, ...nobody });
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /^ganfleet: --out \S+samples\.npy cannot be written: it belongs to another user \(uid 0\), in a sticky directory/);
+    assert.equal(fs.readFileSync(out, 'utf8'), 'root\'s');
+    // A new name there is fine: the directory takes files from everyone.
+    const fresh = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', path.join(sticky, 'mine.npy')], { encoding: 'utf8', timeout: 30_000, ...nobody });
+    assert.match(fresh.stderr, /--checkpoint: no such file or directory nowhere/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('generate refuses as a usage error, before reading the checkpoint, an --out whose name (or its temporary file\'s) is too long for a directory entry', () => {
+  const dir = tempDir('generate-long-name');
+  try {
+    for (const length of [250, 300]) {
+      const out = path.join(dir, `${'a'.repeat(length - 4)}.npy`);
+      const r = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', out], { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /^ganfleet: --out \S+\.npy cannot be written: its name is \d+ bytes, and with the temporary file's suffix \(\d+\) it must fit a directory entry's 255\n/);
+    }
+    const fine = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', path.join(dir, `${'a'.repeat(200)}.npy`)], { encoding: 'utf8', timeout: 30_000 });
+    assert.match(fine.stderr, /--checkpoint: no such file or directory nowhere/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
