@@ -189,3 +189,23 @@ test('checkpoints from step 10⁹ on (10 digits) are found, ordered by step, and
   assert.equal(loadLatestCheckpoint(dir, () => {})?.checkpoint.step, 1_000_000_003);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('the newest checkpoint of a run directory that a live run prunes between the listing and the read (generate, eval) is found again, not an ENOENT', (t) => {
+  const dir = tempDir('ckpt-pruned');
+  writeCheckpoint(dir, checkpointAt(2), 1);
+  writeCheckpoint(dir, checkpointAt(4), 1);
+  const read = fs.readFileSync;
+  let raced = false;
+  // The run writes step 6 and prunes step 4 (--keep-checkpoints 1) just as step 4 is opened.
+  t.mock.method(fs, 'readFileSync', (file: fs.PathOrFileDescriptor, ...rest: unknown[]) => {
+    if (!raced && String(file).endsWith('ckpt-000000004.bin')) {
+      raced = true;
+      writeCheckpoint(dir, checkpointAt(6), 1);
+    }
+    return (read as (...a: unknown[]) => unknown)(file, ...rest);
+  });
+  const found = loadLatestCheckpoint(dir, () => {}, false);
+  assert.ok(raced);
+  assert.equal(found?.checkpoint.step, 6);
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000006.bin']);
+});

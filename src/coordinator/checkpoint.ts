@@ -182,11 +182,21 @@ export function listCheckpoints(dir: string): string[] {
  * renaming aside) any that are truncated or corrupted. Null when there is none.
  */
 export function loadLatestCheckpoint(dir: string, log: (msg: string) => void, renameInvalid = true): { checkpoint: Checkpoint; file: string } | null {
+  // A checkpoint listed but gone when read was pruned by a live run (generate or eval on its directory) after it
+  // wrote a newer one: the names are listed again, a bounded number of times, rather than fail with ENOENT.
+  for (let listing = 0; ; listing++) {
+    const found = loadListed(dir, log, renameInvalid, listing < 10);
+    if (found !== 'gone') return found;
+  }
+}
+
+function loadListed(dir: string, log: (msg: string) => void, renameInvalid: boolean, mayListAgain: boolean): { checkpoint: Checkpoint; file: string } | null | 'gone' {
   for (const name of listCheckpoints(dir)) {
     const file = path.join(dir, name);
     try {
       return { checkpoint: decodeCheckpoint(fs.readFileSync(file), file), file };
     } catch (e) {
+      if (mayListAgain && (e as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
       // Only a file that is not a valid checkpoint is set aside; a read that
       // failed (permissions, I/O) says nothing about the file and is the caller's error.
       if (!(e instanceof GanfleetError && e.code === 'CHECKPOINT_INVALID')) throw naming(e, file);
