@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { CLI } from './helpers';
+import { isLoopback, publicWithoutToken } from '../src/coordinator/config';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 let dir: string;
@@ -209,6 +210,18 @@ test('a token no Authorization header can carry as given is a usage error for co
     }
   }
   assert.ok(!fs.existsSync(path.join(dir, 'never')));
+});
+
+test('only a loopback address literal (or localhost) counts as loopback: a --host name starting with "127." may resolve to a public address, and is refused without a token (exit 2)', () => {
+  for (const host of ['127.0.0.1', '127.1.2.3', '::1', 'localhost']) assert.equal(isLoopback(host), true, host);
+  for (const host of ['127.example.net', '127.0.0.1.nip.io', '127.lan', '0.0.0.0', '::', '192.0.2.2']) {
+    assert.equal(isLoopback(host), false, host);
+    assert.match(publicWithoutToken({ host, token: undefined, insecure: false }) ?? '', /refusing to listen on/, host);
+  }
+  // .invalid never resolves (RFC 6761): before, this went on to a DNS lookup instead of being refused.
+  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--host', '127.attacker.invalid', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...CLEAN_ENV } });
+  assert.equal(r.status, 2, r.stderr);
+  assert.match(r.stderr, /^ganfleet: refusing to listen on 127\.attacker\.invalid without --token/);
 });
 
 test('--host 0.0.0.0 without a token refuses to start, before binding', { timeout: 30_000 }, async (t) => {

@@ -1,5 +1,6 @@
 import { BackendChoice } from '../backend-choice';
 import { AdamConfig } from './adam';
+import net from 'node:net';
 import path from 'node:path';
 import { WireDtype } from '../protocol/wire-dtype';
 
@@ -94,6 +95,10 @@ export function tokenProblem(token: string | undefined, flag = '--token'): strin
   return null;
 }
 
+/**
+ * Loopback only as an address literal (or `localhost`): a host name that merely
+ * starts with "127." (`127.example.net`) resolves to whatever DNS or /etc/hosts says.
+ */
 export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+  return host === 'localhost' || host === '::1' || (net.isIPv4(host) && host.startsWith('127.'));
 }
