@@ -4,7 +4,12 @@ import http from 'node:http';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import { Registry } from 'prom-client';
-import { IDLE_SOCKET_MS, MAX_HTTP_CONNECTIONS, MAX_WAITING_ANSWERS, boundPort, serveHttp } from '../src/util/http';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { IDLE_SOCKET_MS, MAX_HTTP_CONNECTIONS, MAX_WAITING_ANSWERS, boundPort, serveHttp, workerPortConnections } from '../src/util/http';
+import { CLI } from './helpers';
+import { tempDir } from './harness';
 import { WorkerListener } from '../src/coordinator/listener';
 import { CoordinatorMetrics } from '../src/coordinator/metrics';
 import { createLogger, throttledLogger } from '../src/util/log';
@@ -197,5 +202,53 @@ test('a client that never reads its answer is cut off within twice IDLE_SOCKET_M
   } finally {
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
+  }
+});
+
+test("the workers' port holds no more sockets than the open-files limit leaves room for", () => {
+  assert.equal(workerPortConnections(64, null), 512);
+  assert.equal(workerPortConnections(64, 1 << 20), 512);
+  // ulimit -n 1024 with --max-workers 200: 1,056 sockets wanted, beyond the limit itself.
+  const cap = workerPortConnections(200, 1024);
+  assert.ok(cap + MAX_HTTP_CONNECTIONS + 2 * 200 + 64 <= 1024, `cap ${cap}`);
+});
+
+test('a flood of idle TCP connections (no token, no bytes) leaves the coordinator descriptors of its own under a low ulimit -n', { skip: process.platform !== 'linux', timeout: 60_000 }, async () => {
+  const out = tempDir('fd-flood');
+  const limit = 300;
+  // ulimit -n sets the hard limit too, which Node raises its soft limit to at start.
+  const child = spawn('sh', ['-c', `ulimit -n ${limit} && exec "$0" "$@"`, process.execPath, CLI, 'coordinator', '--port', '0', '--metrics-port', '-1', '--backend', 'cpu', '--out', path.join(out, 'run')], {
+    env: { ...process.env, GANFLEET_TOKEN: 'flood-test-token' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const sockets: net.Socket[] = [];
+  try {
+    let log = '';
+    const port = await new Promise<number>((resolve, reject) => {
+      child.stdout.on('data', (d) => {
+        log += d;
+        const m = /listening for workers on ws:\/\/127\.0\.0\.1:(\d+)/.exec(log);
+        if (m && /warning: ulimit/.test(log)) resolve(Number(m[1]));
+      });
+      child.once('exit', () => reject(new Error(`coordinator exited: ${log}`)));
+    });
+    assert.match(log, /warning: ulimit -n 300 leaves the workers' port \d+ connections/);
+    await Promise.all(
+      Array.from({ length: 2 * limit }, () => new Promise<void>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => resolve());
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        sockets.push(s);
+      })),
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    const open = fs.readdirSync(`/proc/${child.pid}/fd`).length;
+    // What the coordinator opens itself (a checkpoint, a mailbox, the metrics port) needs descriptors left over.
+    assert.ok(open <= limit - 64, `${open} of ${limit} descriptors in use during the flood`);
+    assert.equal(child.exitCode, null);
+  } finally {
+    for (const s of sockets) s.destroy();
+    child.kill('SIGKILL');
+    fs.rmSync(out, { recursive: true, force: true });
   }
 });

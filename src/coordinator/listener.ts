@@ -4,7 +4,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections } from '../util/http';
+import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections, openFileLimit, workerPortConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { urlHost } from '../util/text';
 import { CoordinatorConfig, isLoopback, publicWithoutToken } from './config';
@@ -42,8 +42,11 @@ export class WorkerListener {
     const refused = publicWithoutToken(config);
     if (refused) throw new Error(refused);
     const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, handshakeTimeout: TLS_HANDSHAKE_MS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
-    // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time.
-    limitConnections(server, 4 * config.maxWorkers + 256);
+    // Room for every worker, for three times as many refused ones (full, wrong token) and for probes at a time,
+    // within the descriptors the process has (ulimit -n).
+    const fileLimit = openFileLimit();
+    const maxConnections = workerPortConnections(config.maxWorkers, fileLimit);
+    limitConnections(server, maxConnections);
     const connections = new Set<Duplex>();
     server.on('connection', (socket: Duplex) => {
       connections.add(socket);
@@ -83,6 +86,9 @@ export class WorkerListener {
     hooks.log(`listening for workers on ${listener.url}${token ? ' (token required)' : ' (no --token: anyone who can reach it can join, on loopback every user of this machine)'}`);
     if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
       hooks.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
+    }
+    if (maxConnections < 4 * config.maxWorkers + 256) {
+      hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than --max-workers ${config.maxWorkers} needs (${4 * config.maxWorkers + 256}): raise the open-files limit`);
     }
     return listener;
   }

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
@@ -65,6 +66,30 @@ export function answerInTurn(answer: http.RequestListener): http.RequestListener
 
 /** Sockets the metrics server holds at most: scrapers, probes and status pages. */
 export const MAX_HTTP_CONNECTIONS = 128;
+
+/** This process's soft limit on open files (RLIMIT_NOFILE), from /proc; null where it cannot be read (not Linux). */
+export function openFileLimit(): number | null {
+  try {
+    const line = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    return line && line[1] !== 'unlimited' ? Number(line[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Sockets the workers' port holds at most: room for every worker, three times
+ * as many refused ones and probes, but never so many that a flood of them
+ * leaves the process no descriptor for what it opens itself (the metrics
+ * port's sockets, the workers' two mailbox files each, checkpoints, data
+ * files, Node's own): a flood under `ulimit -n 1024` with --max-workers 200
+ * failed the next checkpoint with EMFILE, and the run with it.
+ */
+export function workerPortConnections(maxWorkers: number, fileLimit: number | null = openFileLimit()): number {
+  const wanted = 4 * maxWorkers + 256;
+  if (fileLimit === null) return wanted;
+  return Math.max(16, Math.min(wanted, fileLimit - (MAX_HTTP_CONNECTIONS + 2 * maxWorkers + 64)));
+}
 
 /**
  * Serves /metrics and /healthz, plus `routes` (the coordinator's status page
