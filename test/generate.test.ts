@@ -42,6 +42,11 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   assert.deepEqual(read.shape, [7, 28, 28]);
   assertClose(read.data, expected, 1e-5, 1e-5, 'npy');
 
+  // Written again over itself, a file keeps its permissions: a private output stays private.
+  fs.chmodSync(npy, 0o600);
+  assert.equal(run(npy).status, 0);
+  assert.equal(fs.statSync(npy).mode & 0o777, 0o600);
+
   const idx = path.join(dir, 'samples.idx');
   assert.equal(run(idx, dir).status, 0, 'a run directory works too');
   const bytes = readIdx(idx);

@@ -30,9 +30,12 @@ export function writeFully(fd: number, parts: readonly Uint8Array[], position = 
  */
 export function writeFileAtomic(file: string, parts: readonly Uint8Array[], mayCommit: () => boolean = () => true): boolean {
   const tmp = `${file}.tmp-${process.pid}`;
+  const replaced = modeOf(file);
   const fd = fs.openSync(tmp, 'w');
   try {
     try {
+      // A file replaced keeps its permissions, as an editor's save does: a 0600 output stays private.
+      if (replaced !== null) fs.fchmodSync(fd, replaced);
       writeFully(fd, parts);
       fs.fsyncSync(fd);
     } finally {
@@ -71,6 +74,14 @@ export function naming(e: unknown, file: string, ...named: string[]): unknown {
 }
 
 /** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
+function modeOf(file: string): number | null {
+  try {
+    return fs.statSync(file).mode & 0o7777;
+  } catch {
+    return null;
+  }
+}
+
 export function writeJsonAtomic(file: string, value: unknown, mayCommit?: () => boolean): boolean {
   return writeFileAtomic(file, [Buffer.from(JSON.stringify(value, null, 2) + '\n')], mayCommit);
 }
