@@ -140,6 +140,31 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
   assert.throws(() => addon.adam(params, new Float32Array(n - 1), new Float32Array(n), new Float32Array(n), 0.9, 0.999, 1e-3, 1, 1e-7), /one length/);
 });
 
+/**
+ * native/adam.c writes its update as separate float32 products and sums, and its scalar tail as the same
+ * formula as its 8-lane loop. GCC's default -ffp-contract=fast fused some of them into FMAs, differently in the
+ * loop and in the tail, so that one parameter's update depended on its index (i % 8 and the vector's length).
+ */
+test('the native Adam gives the bits of op-by-op float32 arithmetic, in a vector lane and in the scalar tail alike', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const f = Math.fround;
+  const rng = new Rng(3);
+  const [b1, b2, step, invC2, eps] = [0.5, 0.999, 2e-4 / 0.5, 1 / 0.001, 1e-8];
+  const [gain1, gain2] = [f(1 - b1), f(1 - b2)];
+  for (let it = 0; it < 2000; it++) {
+    const [g, m0, v0, p0] = [f(rng.uniform() * 2 - 1), f((rng.uniform() * 2 - 1) * 0.1), f(rng.uniform() * 0.01), f(rng.uniform() * 2 - 1)];
+    // Elements 0–7 take the vector loop, element 8 the scalar tail.
+    const [p, gs, m, v] = [p0, g, m0, v0].map((x) => new Float32Array(9).fill(x));
+    addon.adam(p, gs, m, v, b1, b2, step, invC2, eps);
+    const mi = f(f(f(b1) * m0) + f(gain1 * g));
+    const vi = f(f(f(b2) * v0) + f(f(gain2 * g) * g));
+    const pi = f(p0 - f(f(f(step) * mi) / f(f(Math.sqrt(f(vi * f(invC2)))) + f(eps))));
+    for (const i of [0, 8]) {
+      assert.ok(Object.is(m[i], mi) && Object.is(v[i], vi) && Object.is(p[i], pi), `element ${i}, inputs g=${g} m=${m0} v=${v0} p=${p0}: got m=${m[i]} v=${v[i]} p=${p[i]}, want ${mi} ${vi} ${pi}`);
+    }
+  }
+});
+
 test('the native gradient average equals the float64 sample-weighted mean to float32 rounding, and the coordinator uses it', { skip }, () => {
   assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
   assert.equal(nativeAddon().addon, addon, `the built addon is not in use: ${nativeAddon().why}`);
