@@ -41,7 +41,8 @@ Prints one JSON object with every throughput figure of #6, measured in this run.
 
 Options:
   --steps N          timed steps of each run, after a 50-step warm-up; a multiple of 50 (default 1000)
-  --repeats N        interleaved repeats of the figures behind the ratios; the median run counts (default 3)
+  --repeats N        interleaved repeats of the figures behind the ratios; each ratio is the median of its
+                     value within each repeat (default 3)
   --memory-steps N   steps of the memory and CPU run of local --workers 2; a multiple of 20 (default 2000)
   --scaling LIST     instead of the full report: local, the shared-memory ceiling and PyTorch DDP for each
                      worker count in LIST (comma-separated, starting with 1: 1,2,4,8), for machines with
