@@ -6,7 +6,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Checkpoint, decodeCheckpoint, encodeCheckpoint, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
-import { shardsToResume } from '../src/coordinator/resume';
+import { checkpointToResume, shardsToResume } from '../src/coordinator/resume';
 import { tempDir } from './harness';
 
 function checkpointAt(step: number): Checkpoint {
@@ -208,4 +208,16 @@ test('the newest checkpoint of a run directory that a live run prunes between th
   assert.ok(raced);
   assert.equal(found?.checkpoint.step, 6);
   assert.deepEqual(listCheckpoints(dir), ['ckpt-000000006.bin']);
+});
+
+test('--resume --loss lsgan on a checkpoint written before --loss existed names the loss it needs (bce), not "undefined"', () => {
+  const out = tempDir('resume-loss');
+  // An older ganfleet kept no `loss` in the checkpoint's config (checkpointAt's has none): its runs were all bce.
+  writeCheckpoint(path.join(out, 'checkpoints'), checkpointAt(4), 3);
+  assert.equal(checkpointToResume({ out, arch: 'mlp', loss: 'bce' }, () => {})?.checkpoint.step, 4);
+  assert.throws(
+    () => checkpointToResume({ out, arch: 'mlp', loss: 'lsgan' }, () => {}),
+    (e: Error & { code?: string }) => e.code === 'CHECKPOINT_MISMATCH' && /trained with --loss bce, not lsgan: pass --loss bce to resume it/.test(e.message),
+  );
+  fs.rmSync(out, { recursive: true, force: true });
 });

@@ -59,7 +59,9 @@ export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch
   }
   const was = found.checkpoint.config;
   if (was.arch !== config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${String(was.arch)} checkpoint, not ${config.arch}: pass --model ${String(was.arch)} to resume it`);
-  if ((was.loss ?? 'bce') !== config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${String(was.loss)}, not ${config.loss}: pass --loss ${String(was.loss)} to resume it`);
+  // A checkpoint written before --loss existed keeps none: that run's loss was bce.
+  const wasLoss = String(was.loss ?? 'bce');
+  if (wasLoss !== config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${wasLoss}, not ${config.loss}: pass --loss ${wasLoss} to resume it`);
   return found;
 }
 
