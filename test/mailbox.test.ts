@@ -288,3 +288,55 @@ test("a worker whose own mailbox file cannot take a frame (a full /dev/shm) says
     assert.equal(fs.existsSync(workerDir), false);
   });
 });
+
+const bigGradients = () =>
+  encodeFrame(message<Gradients>({ type: 'gradients', step: 0, phase: 'discriminator', samples: 1, gradients: new Float32Array(100000), loss: 0, dReal: 0, dFake: 0, computeSeconds: 0 }));
+
+test('a closed outbox gives its bytes back to /dev/shm though its reader still holds it open', () => {
+  const dir = makeMailboxDir('coordinator');
+  try {
+    const outbox = Outbox.create(path.join(dir, 'w1'), mailboxNonce());
+    const reader = fs.openSync(outbox.path, 'r'); // as the worker's inbox holds it
+    try {
+      outbox.post(bigGradients());
+      outbox.close(); // a lost mailbox (a full /dev/shm): the peer keeps its descriptor
+      assert.equal(fs.existsSync(outbox.path), false);
+      assert.equal(fs.fstatSync(reader).size, 0);
+    } finally {
+      fs.closeSync(reader);
+    }
+  } finally {
+    removeMailboxDir(dir);
+  }
+});
+
+test("a worker whose own mailbox file fails (a full /dev/shm) does not keep the part it wrote", () => {
+  const dir = makeMailboxDir('coordinator');
+  try {
+    const nonce = mailboxNonce();
+    const toWorker = Outbox.create(path.join(dir, 'w1'), nonce);
+    const box = WorkerMailbox.open({ mailbox: toWorker.path, nonce } as Welcome, () => {});
+    assert.ok(box);
+    const coordinatorHolds = fs.openSync(box.outboxPath, 'r');
+    const write = fs.writeSync;
+    let calls = 0;
+    fs.writeSync = ((...args: Parameters<typeof fs.writeSync>) => {
+      if (calls++ === 0) return (write as (...a: unknown[]) => number)(...args); // the first piece fits
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    }) as typeof fs.writeSync;
+    try {
+      assert.equal(box.post(bigGradients()), false);
+    } finally {
+      fs.writeSync = write;
+    }
+    try {
+      assert.equal(fs.fstatSync(coordinatorHolds).size, 0);
+    } finally {
+      fs.closeSync(coordinatorHolds);
+      box.close();
+      toWorker.close();
+    }
+  } finally {
+    removeMailboxDir(dir);
+  }
+});

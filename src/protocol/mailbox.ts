@@ -97,9 +97,18 @@ export class Outbox {
     writeFully(this.file.number, frame.parts);
   }
 
-  /** Closes and removes the file: no one reads a closed outbox. */
+  /**
+   * Closes and removes the file: no one reads a closed outbox. Emptied first: the peer's inbox keeps
+   * the file open for the rest of its connection, and a removed file it holds would keep its frame
+   * (or the part of one that filled /dev/shm) in shared memory until then.
+   */
   close(): void {
     if (!this.file.open) return;
+    try {
+      fs.ftruncateSync(this.file.number, 0);
+    } catch {
+      /* removed all the same */
+    }
     this.file.close();
     removeFile(this.path);
   }
