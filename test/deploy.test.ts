@@ -971,9 +971,10 @@ test('probe, healthcheck and scrape paths are served by a coordinator and a work
 
   args = withFlag(withFlag(container('ganfleet-worker').args, 'coordinator', `ws://127.0.0.1:${wsPort}`), 'metrics-port', '0');
   const w = start(args, env);
-  worker = { ...w, httpPort: Number((await waitFor('worker', w, /metrics on http:\/\/[^\s]+:(\d+)\/metrics/))[1]) };
+  // After its backend is loaded: a worker's start-up with other test files' workers starting beside it took up to 17 s.
+  worker = { ...w, httpPort: Number((await waitFor('worker', w, /metrics on http:\/\/[^\s]+:(\d+)\/metrics/, 60_000))[1]) };
   // The worker authenticates with the same GANFLEET_TOKEN.
-  await waitFor('coordinator', c, / joined from /);
+  await waitFor('coordinator', c, / joined from /, 30_000);
 
   const bodies: Record<string, string> = {};
   for (const [who, live] of [['coordinator', coordinator], ['worker', worker]] as [string, Live][]) {
