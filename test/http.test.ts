@@ -129,8 +129,11 @@ test('a client that never finishes its headers is cut off (Node alone would hold
   }
 });
 
-test('a metrics port that cannot be listened on is named by its flag, whether Node refuses it at once (out of range) or later (in use)', async () => {
+test('a metrics port that cannot be listened on is named by its flag, whether Node refuses it at once (out of range) or later (in use); an address that cannot be, by its own', async () => {
   await assert.rejects(serveHttp(new Registry(), '127.0.0.1', 70000), (e: NodeJS.ErrnoException) => /^--metrics-port 70000: /.test(e.message) && e.code === 'ERR_SOCKET_BAD_PORT');
+  // A name that does not resolve (.invalid never does, RFC 6761) and an address not on this machine (TEST-NET-3).
+  await assert.rejects(serveHttp(new Registry(), 'nosuch.invalid', 0), (e: NodeJS.ErrnoException) => /^--metrics-host nosuch\.invalid: /.test(e.message) && ['ENOTFOUND', 'EAI_AGAIN'].includes(e.code!));
+  await assert.rejects(serveHttp(new Registry(), '203.0.113.7', 0, {}, '--host'), (e: NodeJS.ErrnoException) => /^--host 203\.0\.113\.7: /.test(e.message) && e.code === 'EADDRNOTAVAIL');
   const taken = await serveHttp(new Registry(), '127.0.0.1', 0);
   try {
     const port = boundPort(taken);

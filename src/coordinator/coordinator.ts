@@ -548,7 +548,7 @@ export class Coordinator {
     const { host, metricsPort } = this.config;
     if (metricsPort >= 0) {
       try {
-        this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes());
+        this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes(), '--host');
       } catch (e) {
         this.workers.stopHeartbeats();
         await this.listener.close();

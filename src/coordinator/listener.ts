@@ -4,7 +4,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections, openFileLimit, workerPortConnections } from '../util/http';
+import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections, listenFailure, openFileLimit, workerPortConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { urlHost } from '../util/text';
 import { CoordinatorConfig, isLoopback, publicWithoutToken } from './config';
@@ -77,7 +77,7 @@ export class WorkerListener {
       wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
     });
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--port ${port}: ${e.message}`), { code: e.code })));
+      server.once('error', (e: NodeJS.ErrnoException) => reject(listenFailure(e, '--host', host, '--port', port)));
       server.listen(port, host, () => resolve());
     });
     const bound = boundPort(server);

@@ -97,7 +97,17 @@ export function workerPortConnections(maxWorkers: number, fileLimit: number | nu
  * GET and HEAD; a route that throws answers 500, and never takes the process
  * down. Resolves once listening.
  */
-export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}): Promise<http.Server> {
+/**
+ * A listen that failed, named by the flag at fault: the address where it does not resolve or is not this
+ * machine's, else the port (in use, out of range). The error's code stays the system's.
+ */
+export function listenFailure(e: NodeJS.ErrnoException, hostFlag: string, host: string, portFlag: string, port: number): Error {
+  const byHost = e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' || e.code === 'EADDRNOTAVAIL';
+  return Object.assign(new Error(`${byHost ? `${hostFlag} ${host}` : `${portFlag} ${port}`}: ${e.message}`), { code: e.code });
+}
+
+/** `hostFlag`: the flag that gave `host` (the worker's --metrics-host; the coordinator serves on its --host). */
+export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}, hostFlag = '--metrics-host'): Promise<http.Server> {
   const server = http.createServer(BOUNDED_REQUESTS, answerInTurn((req, res) => {
     // The absolute form (GET http://host/metrics, as through a forward proxy) names the same path (RFC 9112 3.2.2).
     const target = req.url ?? '/';
@@ -129,7 +139,7 @@ export async function serveHttp(registry: Registry, host: string, port: number, 
   limitConnections(server, MAX_HTTP_CONNECTIONS);
   await new Promise<void>((resolve, reject) => {
     // Named by its flag: both commands serve this on --metrics-port. A port out of range throws at once, a port in use comes as 'error'.
-    const failed = (e: NodeJS.ErrnoException) => reject(Object.assign(new Error(`--metrics-port ${port}: ${e.message}`), { code: e.code }));
+    const failed = (e: NodeJS.ErrnoException) => reject(listenFailure(e, hostFlag, host, '--metrics-port', port));
     server.once('error', failed);
     try {
       server.listen(port, host, () => resolve());
