@@ -31,8 +31,10 @@ export function negativeVariance(layout: ParameterLayout, statistics: Float32Arr
  *
  * The batch statistics are first pooled into those of the union of the
  * workers' batches: mean = Σ wₖ·meanₖ, variance = Σ wₖ·(varₖ + meanₖ²) − mean²,
- * wₖ the sample share. So the moving statistics do not depend on how the
- * global batch was split, as if one process had seen it all.
+ * wₖ the sample share. For G's first BatchNorm that is what one process
+ * would measure on the whole global batch. Later BatchNorms see inputs that
+ * earlier ones normalised per worker, so theirs still depend (slightly) on
+ * how the global batch was split.
  */
 export function updateMovingStatistics(layout: ParameterLayout, params: Float32Array, parts: readonly BatchStatistics[], momentum: number): void {
   const entries = layout.statistics;
