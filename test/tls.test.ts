@@ -220,8 +220,8 @@ test('a token no Authorization header can carry as given is a usage error for co
 });
 
 test('only a loopback address literal (or localhost) counts as loopback: a --host name starting with "127." may resolve to a public address, and is refused without a token (exit 2)', () => {
-  for (const host of ['127.0.0.1', '127.1.2.3', '::1', 'localhost']) assert.equal(isLoopback(host), true, host);
-  for (const host of ['127.example.net', '127.0.0.1.nip.io', '127.lan', '0.0.0.0', '::', '192.0.2.2']) {
+  for (const host of ['127.0.0.1', '127.1.2.3', '127.1', '0x7f.1', '::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1', 'localhost']) assert.equal(isLoopback(host), true, host);
+  for (const host of ['127.example.net', '127.0.0.1.nip.io', '127.lan', '127.1.', '0.0.0.0', '::', '::ffff:10.0.0.1', '192.0.2.2', '10.1']) {
     assert.equal(isLoopback(host), false, host);
     assert.match(publicWithoutToken({ host, token: undefined, insecure: false }) ?? '', /refusing to listen on/, host);
   }

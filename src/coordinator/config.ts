@@ -95,10 +95,26 @@ export function tokenProblem(token: string | undefined, flag = '--token'): strin
   return null;
 }
 
+/** IPv6 loopback in any spelling (`0:0:0:0:0:0:0:1`, `::ffff:127.0.0.1`). */
+const LOOPBACK_V6 = new net.BlockList();
+LOOPBACK_V6.addAddress('::1', 'ipv6');
+LOOPBACK_V6.addSubnet('::ffff:127.0.0.0', 104, 'ipv6');
+
+/** The numeric IPv4 forms getaddrinfo takes without DNS (inet_aton's): `127.1`, `0x7f.1`, `2130706433`. */
+const NUMERIC_V4 = /^(?:0x[0-9a-f]+|\d+)(?:\.(?:0x[0-9a-f]+|\d+)){0,3}$/i;
+
 /**
  * Loopback only as an address literal (or `localhost`): a host name that merely
  * starts with "127." (`127.example.net`) resolves to whatever DNS or /etc/hosts says.
+ * A numeric form listen() would bind without DNS counts by the address it names.
  */
 export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || (net.isIPv4(host) && host.startsWith('127.'));
+  if (host === 'localhost') return true;
+  if (net.isIPv6(host)) return LOOPBACK_V6.check(host, 'ipv6');
+  if (!NUMERIC_V4.test(host)) return false;
+  try {
+    return new URL(`http://${host}`).hostname.startsWith('127.');
+  } catch {
+    return false;
+  }
 }
