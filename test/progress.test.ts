@@ -84,6 +84,9 @@ test("an evaluation before the first step (a resume scoring its checkpoint's ste
   c.clock.addEvaluation(2);
   // A finished run resumed trains no step: this evaluation is the run's last, and its time was reported as 0.
   assert.deepEqual(c.clock.elapsed(), { seconds: 2, pausedSeconds: 0, evaluationSeconds: 2 });
+  // Then the wait for the first workers, which a run that starts with a step does not count either.
+  c.advance(600_000);
+  c.clock.addPause(600);
   step(c, 100, 1);
   step(c, 100, 2);
   const e = c.clock.elapsed();

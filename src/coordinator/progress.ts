@@ -40,6 +40,8 @@ export class RunClock {
   private pausedSeconds = 0;
   private evaluatingSeconds = 0;
   private first: Mark | null = null;
+  /** A step has started: until then, a clock begun by an evaluation leaves out the wait after it. */
+  private stepped = false;
   private readonly window: Mark = { at: 0, paused: 0, evaluating: 0 };
   /** Where the step in progress started. */
   private readonly step: Mark = { at: 0, paused: 0, evaluating: 0 };
@@ -85,6 +87,13 @@ export class RunClock {
 
   stepStarted(): void {
     this.mark(this.step);
+    if (this.first && !this.stepped) {
+      // Begun by an evaluation: the wait for the first workers that followed it is left out, as in a run whose
+      // clock starts at its first step, instead of counting (minutes, hours) in seconds and pausedSeconds.
+      this.first.at += (this.pausedSeconds - this.first.paused) * 1000;
+      this.first.paused = this.pausedSeconds;
+    }
+    this.stepped = true;
     this.begin();
   }
 
