@@ -92,12 +92,6 @@ export function workerPortConnections(maxWorkers: number, fileLimit: number | nu
 }
 
 /**
- * Serves /metrics and /healthz, plus `routes` (the coordinator's status page
- * and its JSON). A route key ending in '/' matches every path under it.
- * GET and HEAD; a route that throws answers 500, and never takes the process
- * down. Resolves once listening.
- */
-/**
  * A listen that failed, named by the flag at fault: the address where it does not resolve or is not this
  * machine's, else the port (in use, out of range). The error's code stays the system's.
  */
@@ -106,7 +100,13 @@ export function listenFailure(e: NodeJS.ErrnoException, hostFlag: string, host: 
   return Object.assign(new Error(`${byHost ? `${hostFlag} ${host}` : `${portFlag} ${port}`}: ${e.message}`), { code: e.code });
 }
 
-/** `hostFlag`: the flag that gave `host` (the worker's --metrics-host; the coordinator serves on its --host). */
+/**
+ * Serves /metrics and /healthz, plus `routes` (the coordinator's status page
+ * and its JSON). A route key ending in '/' matches every path under it.
+ * GET and HEAD; a route that throws answers 500, and never takes the process
+ * down. Resolves once listening. `hostFlag`: the flag that gave `host` (the
+ * worker's --metrics-host; the coordinator serves on its --host).
+ */
 export async function serveHttp(registry: Registry, host: string, port: number, routes: Routes = {}, hostFlag = '--metrics-host'): Promise<http.Server> {
   const server = http.createServer(BOUNDED_REQUESTS, answerInTurn((req, res) => {
     // The absolute form (GET http://host/metrics, as through a forward proxy) names the same path (RFC 9112 3.2.2).

@@ -73,7 +73,7 @@ export function naming(e: unknown, file: string, ...named: string[]): unknown {
   return e;
 }
 
-/** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
+/** The permission bits of `file`, or null where there is none to keep. */
 function modeOf(file: string): number | null {
   try {
     return fs.statSync(file).mode & 0o7777;
@@ -82,6 +82,7 @@ function modeOf(file: string): number | null {
   }
 }
 
+/** writeFileAtomic of `value` as indented JSON and a newline: summary.json, evaluations.json, model.json. */
 export function writeJsonAtomic(file: string, value: unknown, mayCommit?: () => boolean): boolean {
   return writeFileAtomic(file, [Buffer.from(JSON.stringify(value, null, 2) + '\n')], mayCommit);
 }
