@@ -87,6 +87,32 @@ describe('worker failures', () => {
     assert.equal(await w.exited, 0, w.log);
   });
 
+  test("a worker frozen before its round's mailed weights came reads why it was dropped when it wakes, not a mailbox emptied under it", { timeout: 90_000 }, async () => {
+    const dir = out('frozen-mail');
+    // a holds its shard and waits while the run is paused for a second worker; frozen then, it is sent the next
+    // round's notice (mailboxes are on by default) while stopped, and the coordinator drops it, closing its mailbox,
+    // before it reads the notice.
+    const c = await startCoordinator(['--steps', '400', '--min-workers', '2', '--log-every', '1', '--checkpoint-every', '0', '--heartbeat', '1', '--round-timeout', '5', '--linger', '0', '--out', dir]);
+    track(c.proc);
+    const a = track(startWorker(c.url, 'a'));
+    const b = track(startWorker(c.url, 'b'));
+    await c.proc.waitFor(/step 5\/400/);
+    const id = /joined as (w\d+)/.exec(a.log)![1];
+    await c.proc.waitFor(new RegExp(`${id} exchanges frames through shared memory`));
+    const mark = c.proc.log.length;
+    b.kill('SIGKILL');
+    await c.proc.waitFor(/paused at step \d+: 1\/2 workers connected/, 30_000, mark);
+    a.kill('SIGSTOP');
+    track(startWorker(c.url, 'c'));
+    await c.proc.waitFor(new RegExp(`${id} left \\(no heartbeat for [\\d.]+ s \\(--heartbeat 1\\)\\)`), 30_000, mark);
+    a.kill('SIGCONT');
+    await a.waitFor(/connection lost \(.*\); reconnecting in/);
+    assert.doesNotMatch(a.log, /PROTOCOL_BAD_SIZE|the mailbox holds/);
+    assert.match(a.log, /coordinator says COORDINATOR_DROPPED: no heartbeat for [\d.]+ s \(--heartbeat 1\)/);
+    assert.equal(await c.proc.exited, 0, c.proc.log);
+    assert.equal(await a.exited, 0, a.log);
+  });
+
   test('an idle worker frozen past its own silence limit reads why it was dropped before it judges the coordinator silent', { timeout: 90_000 }, async () => {
     const dir = out('frozen-idle');
     // Waiting for a second worker, the first is idle: stopped in its event loop's wait, it runs its overdue

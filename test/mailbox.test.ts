@@ -292,16 +292,28 @@ test("a worker whose own mailbox file cannot take a frame (a full /dev/shm) says
 const bigGradients = () =>
   encodeFrame(message<Gradients>({ type: 'gradients', step: 0, phase: 'discriminator', samples: 1, gradients: new Float32Array(100000), loss: 0, dReal: 0, dFake: 0, computeSeconds: 0 }));
 
-test('a closed outbox gives its bytes back to /dev/shm though its reader still holds it open', () => {
+test('a discarded outbox (it failed) gives its bytes back to /dev/shm though its reader still holds it open; a closed one leaves its frame to a reader that holds it', () => {
   const dir = makeMailboxDir('coordinator');
   try {
     const outbox = Outbox.create(path.join(dir, 'w1'), mailboxNonce());
     const reader = fs.openSync(outbox.path, 'r'); // as the worker's inbox holds it
     try {
       outbox.post(bigGradients());
-      outbox.close(); // a lost mailbox (a full /dev/shm): the peer keeps its descriptor
+      outbox.discard(); // a lost mailbox (a full /dev/shm): the peer keeps its descriptor
       assert.equal(fs.existsSync(outbox.path), false);
       assert.equal(fs.fstatSync(reader).size, 0);
+      // Closed as a worker is dropped: a notice it has yet to read still finds its frame.
+      const dropped = Outbox.create(path.join(dir, 'w2'), mailboxNonce());
+      const holder = fs.openSync(dropped.path, 'r');
+      try {
+        const frame = bigGradients();
+        dropped.post(frame);
+        dropped.close();
+        assert.equal(fs.existsSync(dropped.path), false);
+        assert.equal(fs.fstatSync(holder).size, frame.length);
+      } finally {
+        fs.closeSync(holder);
+      }
     } finally {
       fs.closeSync(reader);
     }

@@ -240,8 +240,12 @@ export class WorkerPeer {
     return this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })), written);
   }
 
-  /** This side's file failed (a full /dev/shm, a read error): frames go over the socket from now on, both ways. */
+  /**
+   * This side's file failed (a full /dev/shm, a read error): frames go over the socket from now on, both ways.
+   * No notice of the outbox is unread then (deliver mails only when every request was answered), so it is emptied.
+   */
   loseMailbox(why: string): void {
+    this.mailbox?.outbox.discard();
     this.closeMailbox();
     this.mailboxLost(why);
   }

@@ -98,19 +98,28 @@ export class Outbox {
   }
 
   /**
-   * Closes and removes the file: no one reads a closed outbox. Emptied first: the peer's inbox keeps
-   * the file open for the rest of its connection, and a removed file it holds would keep its frame
-   * (or the part of one that filled /dev/shm) in shared memory until then.
+   * Closes and removes the file. A peer that holds it open can still read the frame last announced to it
+   * (a dropped worker, frozen before it read its notice, reads it and then the reason it was dropped).
    */
   close(): void {
+    if (!this.file.open) return;
+    this.file.close();
+    removeFile(this.path);
+  }
+
+  /**
+   * Closes a file that failed to take a frame (a full /dev/shm), emptied first: the peer's inbox holds it
+   * open for the rest of its connection, and the removed file's bytes would stay in shared memory until then.
+   * Only where no notice of it is unread: the failed frame was never announced, and the ones before were answered.
+   */
+  discard(): void {
     if (!this.file.open) return;
     try {
       fs.ftruncateSync(this.file.number, 0);
     } catch {
       /* removed all the same */
     }
-    this.file.close();
-    removeFile(this.path);
+    this.close();
   }
 }
 

@@ -57,7 +57,7 @@ export class WorkerMailbox {
     } catch (e) {
       this.outboxFailed = true;
       // Its partial frame would hold /dev/shm full for the rest of the connection (the coordinator keeps the file open).
-      this.outbox.close();
+      this.outbox.discard();
       this.log(`mailbox failed (${(e as Error).message}); gradients go over the WebSocket from now on`);
       return false;
     }
