@@ -88,10 +88,10 @@ export function publicWithoutToken({ host, token, insecure }: Pick<CoordinatorCo
  * beyond Latin-1 or a control character (the worker failed with
  * ERR_INVALID_CHAR): either way the same token on both sides was refused.
  */
-export function tokenProblem(token: string | undefined, flag = '--token'): string | null {
+export function tokenProblem(token: string | undefined): string | null {
   if (token === undefined) return null;
-  if (/^[ \t]|[ \t]$/.test(token)) return `${flag} (GANFLEET_TOKEN) must not start or end with a blank: HTTP drops it, so no worker could present the token`;
-  if (/[^\t\x20-\x7e\x80-\xff]/.test(token)) return `${flag} (GANFLEET_TOKEN) holds a control character or one beyond Latin-1, which an HTTP header cannot carry: use printable ASCII (openssl rand -hex 32)`;
+  if (/^[ \t]|[ \t]$/.test(token)) return '--token (GANFLEET_TOKEN) must not start or end with a blank: HTTP drops it, so no worker could present the token';
+  if (/[^\t\x20-\x7e\x80-\xff]/.test(token)) return '--token (GANFLEET_TOKEN) holds a control character or one beyond Latin-1, which an HTTP header cannot carry: use printable ASCII (openssl rand -hex 32)';
   return null;
 }
 

@@ -87,8 +87,9 @@ export class WorkerListener {
     if (token && !(tlsCert && tlsKey) && !isLoopback(host)) {
       hooks.log(`warning: the token and every frame travel in clear text on ${host}: give --tls-cert and --tls-key, or put a TLS-terminating proxy in front (README: Security)`);
     }
-    if (maxConnections < 4 * config.maxWorkers + 256) {
-      hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than --max-workers ${config.maxWorkers} needs (${4 * config.maxWorkers + 256}): raise the open-files limit`);
+    const wanted = workerPortConnections(config.maxWorkers, null);
+    if (maxConnections < wanted) {
+      hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than --max-workers ${config.maxWorkers} needs (${wanted}): raise the open-files limit`);
     }
     return listener;
   }
