@@ -1882,6 +1882,8 @@ describe('coordinator edge cases found by review', () => {
     for (let i = 0; i < 400 && (await late()) === 0; i++) await new Promise((r) => setTimeout(r, 5));
     assert.equal(await late(), 1);
     assert.ok(lines.includes(`discarded late discriminator gradients for step 1 from ${b.workerId}, which was dropped before they came`), lines.join('\n'));
+    // Alive, only slow: what to change is said once a run.
+    assert.equal(lines.filter((l) => l.startsWith(`${b.workerId} was alive when dropped, only slow:`) && l.includes('a larger --heartbeat and --round-timeout')).length, 1, lines.join('\n'));
     const g = await weightsOrDrop(a.peer);
     assert.equal(g.phase, 'generator');
     a.peer.gradients(0, 'generator', zeros('generator'));

@@ -47,6 +47,8 @@ export class Receiver {
    * will: at most a line a minute per address and kind, as for a wrong token.
    */
   private readonly logUnidentified: (key: string, msg: string) => void;
+  /** Whether the log has said, once, what a dropped worker's late answer means. */
+  private saidAliveWhenDropped = false;
 
   constructor(
     private readonly model: GanModel,
@@ -164,6 +166,11 @@ export class Receiver {
     }
     this.hooks.metrics.lateGradients.inc();
     this.hooks.log(`discarded late ${what} from ${peer.id}, which was dropped before they came`);
+    if (!this.saidAliveWhenDropped) {
+      this.saidAliveWhenDropped = true;
+      // A heartbeat or deadline shorter than a round on this machine drops live workers, and the log said only "dropped".
+      this.hooks.log(`${peer.id} was alive when dropped, only slow: where this machine is busy (or its first rounds compile kernels), a larger --heartbeat and --round-timeout keep such workers`);
+    }
   }
 
   /** The frame a `mail` notice announces, decoded; only gradients travel by mail. */
