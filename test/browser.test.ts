@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium, Browser } from 'playwright-core';
-import { GanfleetProcess, tempDir } from './harness';
+import { GanfleetProcess, tempDir, startCoordinator, startWorker } from './harness';
 
 const CHROMIUM = '/usr/bin/chromium';
 /** Where CI keeps the screenshot (ignored by git). */
@@ -64,4 +64,31 @@ test('the status page shows a decoded sample grid, loss curves and the workers d
   run.kill('SIGINT');
   assert.equal(await run.exited, 0);
   fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker name of 160 unbroken characters stays inside the page, escaped', { skip, timeout: 120_000 }, async () => {
+  const out = tempDir('browser-name');
+  const { proc, url, metrics } = await startCoordinator(['--min-workers', '1', '--steps', '100000', '--batch-size', '8', '--log-every', '1000', '--out', out]);
+  const worker = startWorker(url, '<img src=x onerror=alert(1)>' + 'שלום'.repeat(20) + 'A'.repeat(200));
+  try {
+    await proc.waitFor(/shard plan/);
+    browser ??= await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
+    const page = await browser.newPage({ viewport: { width: 1200, height: 820 } });
+    const dialogs: string[] = [];
+    page.on('dialog', (d) => { dialogs.push(d.message()); void d.dismiss(); });
+    await page.goto(metrics.replace(/metrics$/, ''));
+    await page.waitForFunction(() => document.querySelectorAll('#workers tr').length === 1);
+    const name = await page.textContent('#workers td:nth-child(2)');
+    assert.match(name ?? '', /^<img src=x onerror=alert\(1\)>שלום/);
+    assert.equal(await page.$$eval('#workers img', (x) => x.length), 0);
+    const width = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= 1200, `the page is ${width}px wide in a 1200px window`);
+    assert.deepEqual(dialogs, []);
+    await page.close();
+  } finally {
+    worker.kill();
+    proc.kill();
+    await proc.exited;
+    fs.rmSync(out, { recursive: true, force: true });
+  }
 });
