@@ -1660,6 +1660,24 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('/api/status lists at most 500 grids however long the run, spread over it from the first to the newest', async () => {
+    const dir = path.join(out, 'many-grids');
+    plantCheckpoint(dir, 3000);
+    fs.mkdirSync(path.join(dir, 'samples'), { recursive: true });
+    const all = Array.from({ length: 3000 }, (_, i) => `step-${String(i + 1).padStart(6, '0')}.png`);
+    for (const name of all) fs.writeFileSync(path.join(dir, 'samples', name), 'grid');
+    const coordinator = await Coordinator.start({ ...config(dir, 3001), resume: true, metricsPort: 0 }, () => {});
+    try {
+      const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();
+      assert.ok(status.samples.length <= 500, `${status.samples.length} grids listed`);
+      assert.equal(status.samples[0], all[0]);
+      assert.equal(status.samples.at(-1), all.at(-1));
+      assert.deepEqual([...status.samples].sort(), status.samples, 'oldest first');
+    } finally {
+      await coordinator.close();
+    }
+  });
+
   test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json, as an absolute path under a relative --out, and draws the final grid that was missing', async () => {
     const dir = path.join(out, 'resumed-finished');
     plantCheckpoint(dir, 3);

@@ -31,7 +31,7 @@ import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
-import { SampleWriter, gridName, gridsAround } from './samples';
+import { SampleWriter, gridName, gridsAround, spreadGrids } from './samples';
 import { Elapsed, RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, Reference, loadReference } from '../eval/quality';
@@ -86,6 +86,7 @@ export interface CoordinatorStatus {
   etaSeconds: number | null;
   last: StepStats | null;
   workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number; frames: 'shared memory' | 'websocket' }[];
+  /** The grids, oldest first: at most LISTED_GRIDS, spread over the run (summary.json lists every one). */
   samples: string[];
   /** Every --eval-every result so far, oldest first. */
   evaluations: Evaluation[];
@@ -781,7 +782,7 @@ export class Coordinator {
         lastComputeMs: p.lastComputeSeconds * 1000,
         frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
       })),
-      samples: this.sampleFiles,
+      samples: spreadGrids(this.sampleFiles),
       evaluations: this.evaluations,
     };
   }

@@ -27,6 +27,15 @@ export function gridsAround(dir: string, step: number): { upTo: string[]; after:
   return { upTo: grids.filter((name) => stepOf(name) <= step), after: grids.filter((name) => stepOf(name) > step) };
 }
 
+/** The most grids /api/status lists (the status page's slider positions): one a grid would grow without bound. */
+export const LISTED_GRIDS = 500;
+
+/** `names` (oldest first) thinned to at most `max`, evenly spread over them, the first and the newest always kept. */
+export function spreadGrids(names: readonly string[], max = LISTED_GRIDS): string[] {
+  if (names.length <= max) return [...names];
+  return Array.from({ length: max }, (_, i) => names[Math.round((i * (names.length - 1)) / (max - 1))]);
+}
+
 /**
  * Writes 5×5 sample grids from one fixed noise batch, so grids from
  * different steps (and resumed runs) show the same 25 latent points.
