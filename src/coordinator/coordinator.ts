@@ -1,5 +1,4 @@
 import { EventEmitter, once } from 'node:events';
-import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { selectBackend } from '../backend';
@@ -10,17 +9,14 @@ import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
 import { Logger, createLogger, peerText } from '../util/log';
 import { urlHost } from '../util/text';
-import { GanfleetError } from '../util/errors';
 import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
-import { removeFile, writeJsonAtomic } from '../util/write';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
-import { Checkpoint, writeCheckpoint } from './checkpoint';
-import { exportGenerator } from './export';
-import { LEASE_TIMING, OutputClaim } from './output-claim';
-import { ImagesFingerprint, checkpointConfig, checkpointToResume, earlierSummary, evaluationsUpTo, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
-import { CoordinatorConfig, MAX_TIMER_MS, runLayout } from './config';
+import { Checkpoint } from './checkpoint';
+import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
+import { RunOutputs, Stop } from './run-outputs';
+import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
 import { WorkerListener } from './listener';
@@ -31,7 +27,7 @@ import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
-import { SampleWriter, gridName, gridsAround, spreadGrids } from './samples';
+import { spreadGrids } from './samples';
 import { Elapsed, RunClock, StepStats, progressLine } from './progress';
 import { evaluateGenerator } from '../evaluate';
 import { Quality, Reference, loadReference } from '../eval/quality';
@@ -96,12 +92,6 @@ export interface Evaluation extends Quality {
   step: number;
 }
 
-/** Why training stopped; `failed` marks a stop the run did not ask for. */
-interface Stop {
-  reason: string;
-  failed: boolean;
-}
-
 /** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
 class EvaluationCut extends Error {}
 
@@ -125,9 +115,7 @@ export class Coordinator {
   private readonly workers: WorkerGroup;
   private readonly receiver: Receiver;
   private readonly events = new EventEmitter();
-  /** Where in --out each output goes. */
-  private readonly layout: ReturnType<typeof runLayout>;
-  private readonly samples: SampleWriter;
+  private readonly outputs: RunOutputs;
   private readonly partTotals: Record<RoundPart, number> = { encode: 0, compute: 0, transfer: 0, aggregate: 0, optimizer: 0 };
   private seedRng: Rng;
   private train!: MnistSet;
@@ -141,8 +129,6 @@ export class Coordinator {
   private round: Round | null = null;
   private step = 0;
   private resumedFrom: number | null = null;
-  /** Steps of the evaluations the resume found after its checkpoint: removed from evaluations.json once started. */
-  private evaluationsDiscarded: number[] = [];
   private stop: Stop | null = null;
   /**
    * Set where the run ends by finishing (not by a stop asked for): whom
@@ -163,7 +149,6 @@ export class Coordinator {
   private imagesThisRun = 0;
   /** roundIndex of the newest round that has closed: gradients up to it are late, beyond it premature. */
   private lastClosedRound = -1;
-  private lastCheckpoint: string | null = null;
   /** The test set --eval-every compares with, read at start: files changed during the run change no evaluation. */
   private reference: Reference | null = null;
   /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
@@ -171,8 +156,6 @@ export class Coordinator {
   private readonly history = new History();
   private state: CoordinatorStatus['state'] = 'waiting';
   private last: StepStats | null = null;
-  private sampleFiles: string[] = [];
-  private readonly evaluations: Evaluation[] = [];
   /** Why training diverged (the coordinator's own answer to a round was refused as the workers' were), or null. */
   private diverged: string | null = null;
   /** The last round whose refused answers were checked against the coordinator's own: once a round. */
@@ -180,9 +163,6 @@ export class Coordinator {
   /** The resumed checkpoint's step is due an evaluation that was never recorded (cut short by a kill or a stop): done before training. */
   private evaluationMissed = false;
   private readonly clock = new RunClock();
-  private claim: OutputClaim | null = null;
-  /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
-  private outputsForfeited: string | null = null;
 
   private constructor(
     readonly config: CoordinatorConfig,
@@ -199,8 +179,7 @@ export class Coordinator {
       adam: { step: 0, m: new Float32Array(size.discriminator), v: new Float32Array(size.discriminator) },
     };
     this.seedRng = new Rng(config.seed + 3);
-    this.layout = runLayout(config.out);
-    this.samples = new SampleWriter(this.model, this.layout.samples, config.seed + 2);
+    this.outputs = new RunOutputs(config, this.model, log);
     this.workers = new WorkerGroup(config, {
       log,
       metrics: this.metrics,
@@ -242,11 +221,7 @@ export class Coordinator {
    */
   static async start(config: CoordinatorConfig, log: Logger = createLogger('coordinator'), abort?: AbortSignal): Promise<Coordinator> {
     const c = new Coordinator(config, log);
-    const onLost = (why: string) => {
-      c.outputsForfeited = why;
-      c.requestStop(`${why}; this run stops without writing there`, true);
-    };
-    c.claim = await OutputClaim.take(config.out, log, onLost, LEASE_TIMING, abort);
+    await c.outputs.claimLease((why) => c.requestStop(`${why}; this run stops without writing there`, true), abort);
     let listening = false;
     try {
       prepareOutputs(config, log);
@@ -262,17 +237,17 @@ export class Coordinator {
       c.permutation = new Rng(config.seed + 1).permutation(c.train.count);
       // Resuming sets bad files aside and starting removes later outputs: not once a takeover (of a coordinator
       // frozen while it started) has made them another run's.
-      c.assertStillHeld();
+      c.outputs.assertStillHeld();
       if (config.resume) c.resume();
       await c.listen();
       listening = true;
       // Once started: a start that fails (a port in use) leaves the outputs as they were.
-      c.assertStillHeld();
-      c.forgetLaterOutputs();
+      c.outputs.assertStillHeld();
+      c.outputs.forgetLaterOutputs(c.resumedFrom);
     } catch (e) {
       // A worker may have joined meanwhile: it is told why, as at any stop.
       if (listening) await c.close(`the coordinator could not start: ${(e as Error).message}`).catch(() => {}); // the start's error is the one to report
-      else c.claim.release();
+      else c.outputs.releaseLease();
       throw e;
     }
     return c;
@@ -316,7 +291,7 @@ export class Coordinator {
     try {
       return await this.trainSteps();
     } catch (e) {
-      this.markSummaryFailed(e);
+      this.outputs.markSummaryFailed(e);
       throw e;
     }
   }
@@ -324,8 +299,8 @@ export class Coordinator {
   private async trainSteps(): Promise<TrainingSummary> {
     const { steps, sampleEvery, logEvery, checkpointEvery, evalEvery } = this.config;
     const firstStep = this.step;
-    if (this.evaluationMissed && !this.outputsForfeited) {
-      this.log(`eval step ${this.step}: due, and not in ${this.layout.evaluations}; scoring it now`);
+    if (this.evaluationMissed && !this.outputs.forfeited) {
+      this.log(`eval step ${this.step}: due, and not in ${this.outputs.layout.evaluations}; scoring it now`);
       await this.evaluate(true);
     }
     while (this.step < steps && !this.stop) {
@@ -348,9 +323,9 @@ export class Coordinator {
       this.unsavedSeconds += this.clock.stepFinished(d.samples);
       this.metrics.unsavedTrainingSeconds.set(this.unsavedSeconds);
       this.recordStep(stats);
-      if (due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
-      if (due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
-      if (due(this.step, evalEvery) && !this.outputsForfeited) await this.evaluate(true);
+      if (due(this.step, sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
+      if (due(this.step, checkpointEvery)) this.checkpoint();
+      if (due(this.step, evalEvery) && !this.outputs.forfeited) await this.evaluate(true);
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
@@ -376,11 +351,11 @@ export class Coordinator {
     if (ran > 0 && !this.diverged) await this.writeFinalOutputs();
     // The grid is one of the outputs such a resume writes: a checkpoint due at the last step is written before
     // the final grid, and a kill between them leaves none.
-    else if (writesOutputs && !this.sampleFiles.includes(gridName(this.step)) && this.mayWrite()) this.writeSamples();
+    else if (writesOutputs && !this.outputs.hasGrid(this.step)) this.outputs.writeGrid(this.step, this.params.generator);
     // After the final evaluation, which the wall time and the time evaluating include.
     const elapsed = this.clock.elapsed();
     this.state = 'finished';
-    if (writesOutputs && this.mayWrite()) exportGenerator(this.model, this.params.generator, this.layout.generator, this.mayCommit);
+    if (writesOutputs) this.outputs.writeGenerator(this.params.generator);
     // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
     if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
@@ -391,25 +366,25 @@ export class Coordinator {
     if (untrained) {
       this.log(this.diverged ? `${reason}; no outputs written` : `${reason} before the first step: no outputs written`);
     } else if (keepOutputs) {
-      this.leaveOutputsAsTheyWere(this.stop);
-    } else if (!this.mayWrite() || !writeJsonAtomic(this.layout.summary, summary, this.mayCommit)) {
-      this.log(`${this.outputsForfeited}: no outputs written after step ${this.step}`);
+      this.outputs.leaveAsTheyWere(this.step, this.stop, this.evaluationMissed && this.outputs.evaluations.some((e) => e.step === this.step));
+    } else if (!this.outputs.writeSummary(summary)) {
+      this.log(`${this.outputs.forfeited}: no outputs written after step ${this.step}`);
     } else {
-      const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.samples.dir}, generator in ${this.layout.generator}`;
+      const outputs = this.diverged ? 'no final grid, checkpoint or generator, since the weights diverged' : `samples in ${this.outputs.samples.dir}, generator in ${this.outputs.layout.generator}`;
       this.log(`${reason}: step ${this.step} (${ran} this run) in ${elapsed.seconds.toFixed(1)} s; ${outputs}`);
     }
     // Lost after the run's own stop (at its summary, say), the outputs are still not delivered: a failure too.
-    if (this.outputsForfeited) summary.ok = false;
+    if (this.outputs.forfeited) summary.ok = false;
     return summary;
   }
 
   /** The grid, checkpoint and evaluation that the last step did not write: each --*-every output is written at the end too. */
   private async writeFinalOutputs(): Promise<void> {
     const { sampleEvery, checkpointEvery, evalEvery } = this.config;
-    if (!due(this.step, sampleEvery) && this.mayWrite()) this.writeSamples();
+    if (!due(this.step, sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
     // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-    if (!due(this.step, checkpointEvery) && this.mayWrite()) this.checkpoint();
-    if (evalEvery > 0 && !due(this.step, evalEvery) && !this.outputsForfeited) await this.evaluate(false);
+    if (!due(this.step, checkpointEvery)) this.checkpoint();
+    if (evalEvery > 0 && !due(this.step, evalEvery) && !this.outputs.forfeited) await this.evaluate(false);
   }
 
   /**
@@ -432,72 +407,13 @@ export class Coordinator {
       bytesSentPerStep: perStep(this.bytesSent),
       bytesReceivedPerStep: perStep(this.bytesReceived),
       last: this.last,
-      // Absolute: a relative --out (the default runs/<time>) would name them from where training started.
-      samples: this.sampleFiles.map((name) => path.resolve(this.samples.dir, name)),
-      generator: this.diverged ? null : path.resolve(this.layout.generator),
-      checkpoint: this.lastCheckpoint && path.resolve(this.lastCheckpoint),
-      evaluations: this.evaluations,
+      samples: this.outputs.gridPaths(),
+      generator: this.diverged ? null : path.resolve(this.outputs.layout.generator),
+      checkpoint: this.outputs.lastCheckpoint && path.resolve(this.outputs.lastCheckpoint),
+      evaluations: this.outputs.evaluations,
       stopReason: stop.reason,
     };
   }
-
-  /**
-   * The end of a resumed run that trained nothing: the summary's figures stay the earlier run's. An evaluation
-   * scored on resume (one a stop or a kill cut short) joins them, and `ok` says how the latest run ended: false
-   * after a failure (it diverged at once, say), or a script reading it would see success; true again once a run
-   * finds the training finished.
-   */
-  private leaveOutputsAsTheyWere(stop: Stop): void {
-    const { steps, out } = this.config;
-    const file = this.layout.summary;
-    const kept = earlierSummary(out)!;
-    const scored = this.evaluationMissed && this.evaluations.some((e) => e.step === this.step);
-    const finishedAgain = !stop.failed && this.step >= steps && kept.ok === false;
-    const okChanged = stop.failed || finishedAgain;
-    const needsRewrite = scored || okChanged;
-    const rewritten = needsRewrite && this.mayWrite() && writeJsonAtomic(file, { ...kept, evaluations: this.evaluations, ...(okChanged ? { ok: !stop.failed, stopReason: stop.reason } : {}) }, this.mayCommit);
-    if (rewritten && scored) this.log(`added the evaluation of step ${this.step} to ${file}`);
-    if (needsRewrite && !rewritten) this.log(`${this.outputsForfeited}: ${file} was not rewritten`);
-    const why = this.step >= steps ? `the run is at step ${this.step} of --steps ${steps} (raise --steps to train on)` : 'no step was trained';
-    const marked = !rewritten ? '' : stop.failed ? ` (${file} says ok: false)` : finishedAgain ? ` (${file} says ok: true again)` : '';
-    this.log(`${stop.reason}: ${why}; the outputs in ${out} are left as they were${marked}`);
-  }
-
-  /**
-   * An error out of training (a write that failed on a full disk, say) ends the run with no summary of its own.
-   * An earlier run's summary.json (this one resumed it) is marked failed, or a script reading it would see success.
-   */
-  private markSummaryFailed(e: unknown): void {
-    const file = this.layout.summary;
-    let kept: Partial<TrainingSummary> | null;
-    try {
-      kept = earlierSummary(this.config.out);
-    } catch {
-      return; // the error that ended this run is the one to report
-    }
-    if (!kept || kept.ok === false || !this.mayWrite()) return;
-    try {
-      if (writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` }, this.mayCommit)) this.log(`${file} says ok: false`);
-    } catch (e2) {
-      this.log(`${file} could not be marked ok: false (${(e2 as Error).message})`);
-    }
-  }
-
-  /** Whether this run may still write to --out: not once another coordinator has taken its lease, read before each write. */
-  private mayWrite(): boolean {
-    return !this.outputsForfeited && (this.claim?.holds() ?? true);
-  }
-
-  /** At start, before setting files aside or removing outputs: a lease lost by then ends the start first. */
-  private assertStillHeld(): void {
-    if (!this.mayWrite()) throw new GanfleetError('OUT_IN_USE', `${this.outputsForfeited} while this coordinator started; it stopped before removing anything there`);
-  }
-
-  /**
-   * mayWrite, asked again as each file under --out takes its name, after its data is on disk: a write
-   * that stalled (a slow fsync on a network volume, a frozen process) past a takeover is abandoned.
-   */
-  private readonly mayCommit = (): boolean => this.mayWrite();
 
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
@@ -515,8 +431,7 @@ export class Coordinator {
       await new Promise<void>((r) => this.metricsServer!.close(() => r()));
     }
     this.workers.closeMailboxes();
-    this.claim?.release();
-    this.claim = null;
+    this.outputs.releaseLease();
   }
 
   /**
@@ -732,18 +647,13 @@ export class Coordinator {
     const problem = ownAnswerProblem(this.model, this.params, this.train, this.config.batchSize, this.config.seed, round.step, round.phase);
     if (!problem) return;
     const step = stepOfRound(round.step);
-    const advice = this.lastCheckpoint
-      ? `resume from a checkpoint before step ${step} (the newest is ${this.lastCheckpoint}) with a lower --lr`
+    const advice = this.outputs.lastCheckpoint
+      ? `resume from a checkpoint before step ${step} (the newest is ${this.outputs.lastCheckpoint}) with a lower --lr`
       : 'there is no checkpoint yet: start again with a lower --lr';
     this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); ${advice}`;
     // It decides how the run ends even where a stop (a signal) was asked for before; a round is open, so no wait needs waking.
     this.stop = { reason: this.diverged, failed: true };
     this.log(`stop requested: ${this.diverged}`);
-  }
-
-  private writeSamples(): void {
-    const file = this.samples.write(this.step, this.params.generator, this.mayCommit);
-    if (file) this.sampleFiles.push(path.basename(file));
   }
 
   /** From this run's average pace, so evaluations and checkpoints are in it; null before the first step. */
@@ -782,8 +692,8 @@ export class Coordinator {
         lastComputeMs: p.lastComputeSeconds * 1000,
         frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
       })),
-      samples: spreadGrids(this.sampleFiles),
-      evaluations: this.evaluations,
+      samples: spreadGrids(this.outputs.gridNames),
+      evaluations: this.outputs.evaluations,
     };
   }
 
@@ -805,8 +715,7 @@ export class Coordinator {
     const seconds = (performance.now() - t) / 1000;
     this.clock.addEvaluation(seconds);
     if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
-    this.evaluations.push({ step: this.step, ...quality });
-    this.writeEvaluations();
+    this.outputs.addEvaluation({ step: this.step, ...quality });
     this.showEvaluation(quality);
     this.metrics.evalSeconds.inc(seconds);
     this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
@@ -817,11 +726,6 @@ export class Coordinator {
     this.metrics.mnistScore.set(e.mnistScore);
   }
 
-  /** Kept beside the checkpoints, so that a resumed run's summary still holds the evaluations before it. */
-  private writeEvaluations(): void {
-    if (this.mayWrite()) writeJsonAtomic(this.layout.evaluations, this.evaluations, this.mayCommit);
-  }
-
   /** The status page and its JSON, served beside /metrics. */
   private routes(): Routes {
     const json = (x: unknown) => ({ status: 200, type: 'application/json', body: JSON.stringify(x) });
@@ -830,16 +734,8 @@ export class Coordinator {
       '/api/status': () => json(this.status()),
       '/api/history': () => json(this.history),
       '/samples/': (p) => {
-        const name = p.slice('/samples/'.length);
-        // Only names this run wrote: nothing else on disk is reachable. One removed since (an operator
-        // cleaning up) is not found, like any other.
-        if (!this.sampleFiles.includes(name)) return null;
-        try {
-          return { status: 200, type: 'image/png', body: fs.readFileSync(path.join(this.samples.dir, name)) };
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-          throw e;
-        }
+        const png = this.outputs.readGrid(p.slice('/samples/'.length));
+        return png && { status: 200, type: 'image/png', body: png };
       },
     };
   }
@@ -871,29 +767,21 @@ export class Coordinator {
     this.log(`step ${stepOfRound(this.step)} could not finish; its discriminator update was rolled back, and the run stays at step ${this.step}`);
   }
 
-  /** The checkpoint's file, or null where this run lost --out while writing it. */
+  /** The checkpoint's file, or null where this run may not write it (or lost --out while writing it). */
   private checkpoint(): string | null {
-    const file = writeCheckpoint(
-      this.layout.checkpoints,
-      {
-        step: this.step,
-        imagesTotal: this.imagesTotal,
-        config: checkpointConfig(this.config, this.trainFingerprint),
-        seedRng: this.seedRng.state(),
-        nextWorker: this.workers.nextWorker,
-        shards: this.workers.slots(),
-        generator: this.params.generator,
-        discriminator: this.params.discriminator,
-        adamGenerator: this.adam.generator.state(),
-        adamDiscriminator: this.adam.discriminator.state(),
-      },
-      this.config.keepCheckpoints,
-      (e) => this.log(`warning: an old checkpoint cannot be removed (--keep-checkpoints ${this.config.keepCheckpoints}): ${e.message}`),
-      this.mayCommit,
-    );
+    const file = this.outputs.writeCheckpoint({
+      step: this.step,
+      imagesTotal: this.imagesTotal,
+      config: checkpointConfig(this.config, this.trainFingerprint),
+      seedRng: this.seedRng.state(),
+      nextWorker: this.workers.nextWorker,
+      shards: this.workers.slots(),
+      generator: this.params.generator,
+      discriminator: this.params.discriminator,
+      adamGenerator: this.adam.generator.state(),
+      adamDiscriminator: this.adam.discriminator.state(),
+    });
     if (file === null) return null;
-    this.log(`checkpoint ${file}`);
-    this.lastCheckpoint = file;
     this.metrics.lastCheckpointStep.set(this.step);
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.unsavedSeconds = 0;
@@ -901,43 +789,14 @@ export class Coordinator {
     return file;
   }
 
-  /**
-   * The grids, evaluations and summary after the step this run starts from
-   * are not its history: they show weights the resume throws away (a newer
-   * checkpoint was set aside as torn, or removed to rewind), or come from an
-   * earlier run that left no checkpoint (a run from step 0). Left, a later
-   * resume would list them as this run's; a summary.json at the step this
-   * run goes on to reach would even be kept as its result.
-   */
-  private forgetLaterOutputs(): void {
-    const from = this.resumedFrom;
-    const summarised = summarisedStep(this.config.out);
-    if (summarised !== null && summarised > (from ?? 0)) {
-      const summary = this.layout.summary;
-      removeFile(summary);
-      this.log(`removed ${summary}: it summarised step ${summarised}, ${from === null ? 'trained by an earlier run that left no checkpoint' : `after this checkpoint's step ${from}`}`);
-    }
-    const { after } = gridsAround(this.samples.dir, from ?? 0);
-    for (const name of after) removeFile(path.join(this.samples.dir, name));
-    if (after.length > 0) {
-      this.log(`removed ${after.join(', ')} from ${this.samples.dir}: ${from === null ? 'an earlier run that left no checkpoint drew them' : 'they show weights after this checkpoint'}`);
-    }
-    const file = this.layout.evaluations;
-    if (from === null && fs.existsSync(file)) {
-      removeFile(file);
-      this.log(`removed ${file}: the evaluations of an earlier run that left no checkpoint`);
-    } else if (this.evaluationsDiscarded.length > 0) {
-      this.writeEvaluations();
-      this.log(`evaluations at step ${this.evaluationsDiscarded.join(', ')} scored weights after this checkpoint; removed from ${file}`);
-    }
-  }
-
   private resume(): void {
     const found = checkpointToResume(this.config, this.log);
     if (!found) return;
     const c = found.checkpoint;
-    this.restoreTraining(c, found.file);
-    this.restoreHistory(c.step);
+    this.restoreTraining(c);
+    this.evaluationMissed = this.outputs.restoreHistory(c.step, found.file).missedEvaluation;
+    const lastEvaluation = this.outputs.evaluations.at(-1);
+    if (lastEvaluation) this.showEvaluation(lastEvaluation);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
     if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
     const now = checkpointConfig(this.config, this.trainFingerprint);
@@ -953,8 +812,8 @@ export class Coordinator {
     }
   }
 
-  /** The weights, both Adam states, the seed generator and the counters, as checkpoint `file` holds them. */
-  private restoreTraining(c: Checkpoint, file: string): void {
+  /** The weights, both Adam states, the seed generator and the counters, as checkpoint `c` holds them. */
+  private restoreTraining(c: Checkpoint): void {
     this.model.generatorLayout.checkLength(c.generator);
     this.model.discriminatorLayout.checkLength(c.discriminator);
     this.params.generator.set(c.generator);
@@ -968,26 +827,9 @@ export class Coordinator {
     this.checkpointWorkers = c.shards.length;
     this.imagesTotal = c.imagesTotal;
     this.metrics.step.set(c.step);
-    this.lastCheckpoint = file;
     this.metrics.lastCheckpointStep.set(c.step);
     // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
-  }
-
-  /**
-   * The grids and evaluations up to `step`, the checkpoint's: this run's history too, for the status page and
-   * summary.json. Those after it are only noted here: forgetLaterOutputs removes them once the coordinator has started.
-   */
-  private restoreHistory(step: number): void {
-    this.sampleFiles = gridsAround(this.samples.dir, step).upTo;
-    const recorded = evaluationsUpTo(this.config.out, step, this.log);
-    this.evaluations.push(...recorded.kept);
-    this.evaluationsDiscarded = recorded.after;
-    const lastEvaluation = recorded.kept.at(-1);
-    if (lastEvaluation) this.showEvaluation(lastEvaluation);
-    // Due at the checkpoint's step (or the run's end) and not recorded: a kill or a stop cut it short.
-    const { evalEvery, steps } = this.config;
-    this.evaluationMissed = (due(step, evalEvery) || (evalEvery > 0 && step >= steps)) && !recorded.kept.some((e) => e.step === step);
   }
 }
