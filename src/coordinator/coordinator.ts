@@ -297,7 +297,7 @@ export class Coordinator {
   }
 
   private async trainSteps(): Promise<TrainingSummary> {
-    const { steps, sampleEvery, logEvery, checkpointEvery, evalEvery } = this.config;
+    const { steps, logEvery } = this.config;
     const firstStep = this.step;
     if (this.evaluationMissed && !this.outputs.forfeited) {
       this.log(`eval step ${this.step}: due, and not in ${this.outputs.layout.evaluations}; scoring it now`);
@@ -306,32 +306,51 @@ export class Coordinator {
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
-      this.state = 'training';
-      this.clock.stepStarted();
-      const dRound = this.roundUntilAnswered(this.step, 'discriminator');
-      // While the workers compute: D cannot change before their gradients arrive, in a later turn of the event loop.
-      this.saveRollback();
-      const d = await dRound;
-      if (!d) break;
-      const g = await this.roundUntilAnswered(this.step, 'generator');
-      if (!g) {
-        this.restoreRollback();
-        break;
-      }
-      this.step++;
-      const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
-      this.unsavedSeconds += this.clock.stepFinished(d.samples);
-      this.metrics.unsavedTrainingSeconds.set(this.unsavedSeconds);
-      this.recordStep(stats);
-      if (due(this.step, sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
-      if (due(this.step, checkpointEvery)) this.checkpoint();
-      if (due(this.step, evalEvery) && !this.outputs.forfeited) await this.evaluate(true);
+      const stats = await this.trainStep();
+      if (!stats) break;
+      await this.writeOutputs(false);
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
       }
     }
     return this.finish(firstStep);
+  }
+
+  /** A D round, then a G round: the step is applied whole, or not at all (null, its D update rolled back). */
+  private async trainStep(): Promise<StepStats | null> {
+    this.state = 'training';
+    this.clock.stepStarted();
+    const dRound = this.roundUntilAnswered(this.step, 'discriminator');
+    // While the workers compute: D cannot change before their gradients arrive, in a later turn of the event loop.
+    this.saveRollback();
+    const d = await dRound;
+    if (!d) return null;
+    const g = await this.roundUntilAnswered(this.step, 'generator');
+    if (!g) {
+      this.restoreRollback();
+      return null;
+    }
+    this.step++;
+    const stats: StepStats = { dLoss: d.loss, gLoss: g.loss, dReal: d.dReal, dFake: g.dFake, images: d.samples, workers: d.contributors };
+    this.unsavedSeconds += this.clock.stepFinished(d.samples);
+    this.metrics.unsavedTrainingSeconds.set(this.unsavedSeconds);
+    this.recordStep(stats);
+    return stats;
+  }
+
+  /**
+   * The grid, checkpoint and evaluation due at this step. Each --*-every output is written at the end too:
+   * `atEnd` writes those the step itself was not due.
+   */
+  private async writeOutputs(atEnd: boolean): Promise<void> {
+    const { sampleEvery, checkpointEvery, evalEvery } = this.config;
+    const wanted = (every: number) => due(this.step, every) !== atEnd;
+    if (wanted(sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
+    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
+    if (wanted(checkpointEvery)) this.checkpoint();
+    // During training a stop cuts an evaluation short; the final one is the run's last, and finishes.
+    if (evalEvery > 0 && wanted(evalEvery) && !this.outputs.forfeited) await this.evaluate(!atEnd);
   }
 
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
@@ -348,7 +367,7 @@ export class Coordinator {
     const untrained = this.step === 0;
     // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
     const writesOutputs = !keepOutputs && !untrained && !this.diverged;
-    if (ran > 0 && !this.diverged) await this.writeFinalOutputs();
+    if (ran > 0 && !this.diverged) await this.writeOutputs(true);
     // The grid is one of the outputs such a resume writes: a checkpoint due at the last step is written before
     // the final grid, and a kill between them leaves none.
     else if (writesOutputs && !this.outputs.hasGrid(this.step)) this.outputs.writeGrid(this.step, this.params.generator);
@@ -376,15 +395,6 @@ export class Coordinator {
     // Lost after the run's own stop (at its summary, say), the outputs are still not delivered: a failure too.
     if (this.outputs.forfeited) summary.ok = false;
     return summary;
-  }
-
-  /** The grid, checkpoint and evaluation that the last step did not write: each --*-every output is written at the end too. */
-  private async writeFinalOutputs(): Promise<void> {
-    const { sampleEvery, checkpointEvery, evalEvery } = this.config;
-    if (!due(this.step, sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
-    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-    if (!due(this.step, checkpointEvery)) this.checkpoint();
-    if (evalEvery > 0 && !due(this.step, evalEvery) && !this.outputs.forfeited) await this.evaluate(false);
   }
 
   /**
