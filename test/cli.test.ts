@@ -368,7 +368,7 @@ test('a value flag with no value, an empty --out or other string, and a value th
   fs.rmSync(cwd, { recursive: true, force: true });
 });
 
-test('generate refuses an unknown format, a --count it could not hold, and an --out it could not write as usage errors (exit 2), before reading the checkpoint; a --checkpoint that is a pipe is refused by name', () => {
+test('generate refuses an unknown format, a --count it could not hold, and an --out it could not write as usage errors (exit 2), before reading the checkpoint; a --checkpoint that is a pipe, or a run directory whose checkpoints entry is a file, is refused by name', () => {
   const cli = (args: string[]) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', ...args], { encoding: 'utf8', timeout: 30_000 });
   const format = cli(['--out', 'samples.jpg']);
   assert.equal(format.status, 2);
@@ -409,6 +409,12 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const pipe = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'pipe'), '--samples', '2'], { encoding: 'utf8', timeout: 30_000 });
   assert.equal(pipe.status, 1);
   assert.match(pipe.stderr, /--checkpoint: \S+pipe is neither a file nor a directory \(a pipe or a device\); name a checkpoint file or a run directory/);
+  // A run directory whose checkpoints entry is a file is refused by name, not with ENOTDIR from scandir.
+  fs.mkdirSync(path.join(dir, 'run'));
+  fs.writeFileSync(path.join(dir, 'run', 'checkpoints'), '');
+  const notDir = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'run'), '--samples', '2'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(notDir.status, 1);
+  assert.match(notDir.stderr, /--checkpoint: \S+run\/checkpoints is not a directory, so \S+run holds no checkpoints of a run \[NO_CHECKPOINT\]/);
   // Seeds are 32-bit: 2^32 + 1 would draw what seed 1 draws.
   const seed = cli(['--out', 'samples.npy', '--seed', '4294967297']);
   assert.equal(seed.status, 2);

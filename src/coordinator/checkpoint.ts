@@ -214,7 +214,11 @@ export function readCheckpoint(where: string, log: (msg: string) => void): { che
   const stat = fs.statSync(where);
   if (stat.isFile()) return { checkpoint: decodeCheckpoint(fs.readFileSync(where), where), file: where };
   if (!stat.isDirectory()) throw new GanfleetError('NO_CHECKPOINT', `--checkpoint: ${where} is neither a file nor a directory (a pipe or a device); name a checkpoint file or a run directory`);
-  const dir = fs.existsSync(path.join(where, 'checkpoints')) ? path.join(where, 'checkpoints') : where;
+  const sub = path.join(where, 'checkpoints');
+  const subStat = fs.statSync(sub, { throwIfNoEntry: false });
+  // A run directory whose checkpoints/ is something else was read as a directory: ENOTDIR from scandir.
+  if (subStat && !subStat.isDirectory()) throw new GanfleetError('NO_CHECKPOINT', `--checkpoint: ${sub} is not a directory, so ${where} holds no checkpoints of a run`);
+  const dir = subStat ? sub : where;
   const found = loadLatestCheckpoint(dir, log, false);
   if (!found) throw new GanfleetError('NO_CHECKPOINT', `no valid checkpoint in ${dir}`);
   return found;
