@@ -5,7 +5,7 @@
  * with step = lr / (1 - b1^t) and invC2 = 1 / (1 - b2^t) computed by the caller.
  * Arithmetic is float32, as tfjs' own Adam, which also takes 1-b1 and 1-b2 in
  * float64 before rounding them: in float32, a b2 of 0.99999999 is 1 and 1-b2 is 0.
- * The JavaScript fallback uses float64 throughout.
+ * The JavaScript fallback (src/coordinator/adam.ts) computes the same bits, one operation at a time.
  */
 #include "adam.h"
 

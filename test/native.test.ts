@@ -125,9 +125,9 @@ test('the native Adam equals the float64 formula to float32 rounding, and the co
     for (let t = 1; t <= 5; t++) {
       const g = new Float32Array(n).map(() => (rng.uniform() - 0.5) * (t === 3 ? 1e-6 : 1));
       adam.apply(params, g);
-      // The bits of the addon called directly, which the JavaScript fallback (float64 arithmetic) does not give.
+      // The bits of the addon called directly.
       addon.adam(direct, g, directM, directV, beta1, beta2, lr / (1 - beta1 ** t), 1 / (1 - beta2 ** t), epsilon);
-      assert.deepEqual(params, direct, `β ${beta1}/${beta2}, update ${t}: the coordinator's Adam ran in JavaScript`);
+      assert.deepEqual(params, direct, `β ${beta1}/${beta2}, update ${t}`);
       for (let i = 0; i < n; i++) {
         m[i] = beta1 * m[i] + (1 - beta1) * g[i];
         v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
@@ -165,6 +165,35 @@ test('the native Adam gives the bits of op-by-op float32 arithmetic, in a vector
   }
 });
 
+/**
+ * The coordinator's Adam and average fall back to JavaScript without the addon (the GPU image, --no-native).
+ * They rounded in float64 there, so a run resumed across the two went on with other bits; now both are float32
+ * one operation at a time.
+ */
+test('the JavaScript Adam and gradient average give the native addon\'s bits', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const n = 1003; // not a multiple of the 8 lanes: the scalar tail runs too
+  const rng = new Rng(13);
+  for (const config of [KERAS_ADAM_DEFAULTS, { ...KERAS_ADAM_DEFAULTS, learningRate: 2e-4, beta1: 0.5, epsilon: 1e-8 }, { ...KERAS_ADAM_DEFAULTS, beta1: 0.99999999, beta2: 0.99999999 }]) {
+    const [native, script] = [new Adam(n, config, addon), new Adam(n, config, null)];
+    const params = new Float32Array(n).map(() => rng.uniform() * 2 - 1);
+    const [p1, p2] = [params.slice(), params.slice()];
+    for (let t = 1; t <= 20; t++) {
+      const g = new Float32Array(n).map(() => (rng.uniform() - 0.5) * 10 ** (rng.uniform() * 8 - 6));
+      native.apply(p1, g);
+      script.apply(p2, g);
+      assert.deepEqual(p2, p1, `β ${config.beta1}/${config.beta2}, update ${t}`);
+    }
+    assert.deepEqual(script.state(), native.state());
+  }
+  // Shares such as 1/3 that float32 cannot hold, and magnitudes far apart.
+  for (const samples of [[1, 1, 1], [128, 37, 1], [64, 64], [5, 7, 11, 13]]) {
+    const gradients = samples.map(() => new Float32Array(n).map(() => (rng.uniform() - 0.5) * 10 ** (rng.uniform() * 8 - 4)));
+    const contributions = gradients.map((g, k) => ({ gradients: g, samples: samples[k] }));
+    assert.deepEqual(averageGradients(contributions, new Float32Array(n), null), averageGradients(contributions, new Float32Array(n), addon), `samples ${samples}`);
+  }
+});
+
 test('the native gradient average equals the float64 sample-weighted mean to float32 rounding, and the coordinator uses it', { skip }, () => {
   assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
   assert.equal(nativeAddon().addon, addon, `the built addon is not in use: ${nativeAddon().why}`);
@@ -173,10 +202,10 @@ test('the native gradient average equals the float64 sample-weighted mean to flo
   const samples = [128, 37, 1];
   const gradients = samples.map(() => new Float32Array(n).map(() => (rng.uniform() - 0.5) * 2e3));
   const out = averageGradients(gradients.map((g, k) => ({ gradients: g, samples: samples[k] })), new Float32Array(n));
-  // The bits of the addon called directly, which the JavaScript fallback (float64 weights, no FMA) does not give.
+  // The bits of the addon called directly.
   const direct = new Float32Array(n);
   gradients.forEach((g, k) => addon.scaleAdd(direct, g, samples[k] / 166, k > 0));
-  assert.deepEqual(out, direct, 'the coordinator averaged in JavaScript');
+  assert.deepEqual(out, direct);
   const total = samples.reduce((a, b) => a + b, 0);
   const expected = new Float64Array(n);
   gradients.forEach((g, k) => g.forEach((x, i) => (expected[i] += (x * samples[k]) / total)));

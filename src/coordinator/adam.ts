@@ -41,20 +41,22 @@ export interface AdamState {
  *   p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
  * where t is the 1-based index of the update being applied (tfjs starts
  * accBeta at beta and multiplies it by beta only *after* the update).
- * m and v are preallocated so apply() allocates nothing. With the native
- * addon the update runs eight lanes at a time in float32, as tfjs' own Adam
- * computes it (native/adam.c); without it, here, in float64. Either way
- * the result matches tf.train.adam to float32 rounding.
+ * m and v are preallocated so apply() allocates nothing. The update is
+ * float32 arithmetic, as tfjs' own Adam computes it: eight lanes at a time
+ * with the native addon (native/adam.c), one parameter at a time here, with
+ * the same bits, so a coordinator resumed with or without the addon (the
+ * GPU image has none) continues the same run. The result matches
+ * tf.train.adam to float32 rounding.
  */
 export class Adam {
   private readonly m: Float32Array;
   private readonly v: Float32Array;
   private t = 0;
-  private readonly native: NativeAddon | null = nativeAddon().addon;
-
   constructor(
     readonly size: number,
     readonly config: AdamConfig,
+    /** The addon's kernel, or null for the JavaScript one: the same bits either way, the addon's faster. */
+    private readonly native: NativeAddon | null = nativeAddon().addon,
   ) {
     this.m = new Float32Array(size);
     this.v = new Float32Array(size);
@@ -89,14 +91,18 @@ export class Adam {
     const v = this.v;
     this.t = t;
     if (this.native) return this.native.adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon);
+    // native/adam.c's float32 arithmetic, one rounding per operation: a float64 result rounded to float32 is the
+    // float32 one for +, ×, ÷ and √ of float32 operands, so both give the same bits.
+    const f = Math.fround;
+    const [b1, b2, gain1, gain2, step, scaleV, eps] = [f(beta1), f(beta2), f(g1), f(g2), f(stepSize), f(invC2), f(epsilon)];
     const n = params.length;
     for (let i = 0; i < n; i++) {
       const g = gradients[i];
-      const mi = beta1 * m[i] + g1 * g;
-      const vi = beta2 * v[i] + g2 * g * g;
+      const mi = f(f(b1 * m[i]) + f(gain1 * g));
+      const vi = f(f(b2 * v[i]) + f(f(gain2 * g) * g));
       m[i] = mi;
       v[i] = vi;
-      params[i] -= (stepSize * mi) / (Math.sqrt(vi * invC2) + epsilon);
+      params[i] -= f(f(step * mi) / f(f(Math.sqrt(f(vi * scaleV))) + eps));
     }
   }
 
