@@ -175,7 +175,8 @@ test('the JavaScript Adam and gradient average give the native addon\'s bits', {
   const n = 1003; // not a multiple of the 8 lanes: the scalar tail runs too
   const rng = new Rng(13);
   for (const config of [KERAS_ADAM_DEFAULTS, { ...KERAS_ADAM_DEFAULTS, learningRate: 2e-4, beta1: 0.5, epsilon: 1e-8 }, { ...KERAS_ADAM_DEFAULTS, beta1: 0.99999999, beta2: 0.99999999 }]) {
-    const [native, script] = [new Adam(n, config, addon), new Adam(n, config, null)];
+    const native: Adam = new Adam(n, config, addon);
+    const script: Adam = new Adam(n, config, null);
     const params = new Float32Array(n).map(() => rng.uniform() * 2 - 1);
     const [p1, p2] = [params.slice(), params.slice()];
     for (let t = 1; t <= 20; t++) {

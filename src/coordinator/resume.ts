@@ -90,7 +90,7 @@ export function resumeWarnings(now: Record<string, unknown>, then: Record<string
   for (const [flag, of] of settings) {
     if (JSON.stringify(of(now)) !== JSON.stringify(of(then))) {
       // --seed sets the shard order and the grids' noise; new worker seeds come from the checkpoint's generator of them.
-      const scope = flag === '--seed' ? ' for the shard order and the sample grids (the shards and worker seeds are then planned afresh)' : '';
+      const scope = flag === '--seed' ? ' for the shard order, the sample grids and the --eval-every noise (the shards and worker seeds are then planned afresh)' : '';
       warnings.push(`${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(then))}; this run's value is used from here on${scope}`);
     }
   }
