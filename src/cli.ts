@@ -14,7 +14,7 @@ import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkCommandLine, checkPort, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
-import { holdsCertificate, tlsPairProblem } from './util/tls';
+import { caProblem, tlsPairProblem } from './util/tls';
 
 // Each command loads what it runs (TensorFlow.js, ws, prom-client: about 0.3 s) in its handler, after its flags
 // have passed, so that --help and a usage error answer at once.
@@ -212,7 +212,8 @@ function workerOptions<T>(y: Argv<T>) {
       if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
       if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
       requirePath('ca', a.ca, 'file');
-      if (a.ca && !holdsCertificate(a.ca)) throw new Error(`--ca ${a.ca} holds no PEM certificate (a private key, say): pass the coordinator's certificate or its CA's`);
+      const badCa = a.ca ? caProblem(a.ca) : null;
+      if (badCa) throw new Error(badCa);
       return true;
     });
 }

@@ -2,6 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import { CLI } from './helpers';
@@ -60,7 +61,7 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   const [untrustingCode, plainCode] = await Promise.all([within(untrusting.exited, 60_000), within(plain.exited, 60_000)]);
   assert.equal(untrustingCode, 1, untrusting.log);
   // Still retried (a proxy may show its own certificate while the coordinator starts), with what to do.
-  assert.match(untrusting.log, /connection lost \(self[- ]signed certificate: pass --ca with the coordinator's certificate or its CA, or check the host in --coordinator\); reconnecting in/);
+  assert.match(untrusting.log, /connection lost \(self[- ]signed certificate: pass --ca with the CA that signed the coordinator's certificate \(the certificate itself, where it is self-signed\)\); reconnecting in/);
   assert.ok((untrusting.log.match(/connection lost/g) ?? []).length >= 2, `retried with backoff:\n${untrusting.log}`);
   // The backoff never sleeps past --give-up-after, and the log says how long it really was.
   const gaveUp = /giving up: not admitted by a coordinator for ([\d.]+) s, --give-up-after 2 \(self[- ]signed certificate/.exec(untrusting.log);
@@ -260,4 +261,26 @@ test('--tls-cert and --tls-key that cannot serve TLS (swapped, not a key, a key 
     assert.equal(r.stderr.split('\n')[0], `ganfleet: ${why}`);
   }
   assert.ok(!fs.existsSync(path.join(dir, 'never')));
+  // The TLS client trusts nothing from a DER --ca: accepted, it retried for ever telling the user to pass --ca.
+  const r = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', 'wss://localhost:1', '--ca', der, '--give-up-after', '1'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...CLEAN_ENV } });
+  assert.equal(r.status, 2, r.stderr);
+  assert.equal(r.stderr.split('\n')[0], `ganfleet: --ca ${der} holds a DER certificate; the worker takes PEM (openssl x509 -inform DER -in ${der} -out ca.pem)`);
+  // OpenSSL's TRUSTED CERTIFICATE PEM is one the TLS client takes: not refused (exit 1: nothing listens there).
+  const trusted = path.join(dir, 'trusted.pem');
+  execFileSync('openssl', ['x509', '-in', cert, '-trustout', '-addtrust', 'serverAuth', '-out', trusted], { stdio: 'pipe' });
+  const t2 = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', 'wss://localhost:1', '--ca', trusted, '--give-up-after', '1', '--backend', 'cpu'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...CLEAN_ENV } });
+  assert.equal(t2.status, 1, t2.stderr);
+});
+
+test('a worker trusting a certificate that names another host is told the host, not to pass --ca', { timeout: 60_000 }, async (t) => {
+  const [otherCert, otherKey] = [path.join(dir, 'other-cert.pem'), path.join(dir, 'other-key.pem')];
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', otherKey, '-out', otherCert, '-days', '1', '-subj', '/CN=elsewhere', '-addext', 'subjectAltName=DNS:elsewhere.invalid'], { stdio: 'pipe' });
+  const server = https.createServer({ cert: fs.readFileSync(otherCert), key: fs.readFileSync(otherKey) });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const worker = startWorker(`wss://127.0.0.1:${port}`, 'other-host', ['--ca', otherCert, '--give-up-after', '1'], CLEAN_ENV);
+  t.after(() => worker.kill());
+  assert.equal(await within(worker.exited, 50_000), 1, worker.log);
+  assert.match(worker.log, /connection lost \(Hostname\/IP does not match certificate's altnames: .*: the coordinator's certificate does not name the host in --coordinator: connect by a name it lists, or issue it for this one\); reconnecting in/);
 });

@@ -12,6 +12,16 @@ function holds(file: string, parse: (bytes: Buffer) => unknown): boolean {
 }
 
 export const holdsCertificate = (file: string) => holds(file, (b) => new crypto.X509Certificate(b));
+
+/**
+ * Why --ca cannot be trusted as given, or null. X509Certificate reads DER too, but
+ * the TLS client's `ca` takes PEM only and silently trusts nothing from a DER file.
+ */
+export function caProblem(file: string): string | null {
+  if (!holdsCertificate(file)) return `--ca ${file} holds no PEM certificate (a private key, say): pass the CA that signed the coordinator's certificate (the certificate itself, where it is self-signed)`;
+  if (!/-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----/.test(fs.readFileSync(file, 'latin1'))) return `--ca ${file} holds a DER certificate; the worker takes PEM (openssl x509 -inform DER -in ${file} -out ca.pem)`;
+  return null;
+}
 const holdsPrivateKey = (file: string) => holds(file, (b) => crypto.createPrivateKey(b));
 
 /** Why --tls-cert and --tls-key cannot serve TLS, or null; found here, named by flag, not as OpenSSL's "no start line" at bind. */

@@ -60,10 +60,13 @@ const ERRORS_LOGGED = 4;
 /** How long a leaving worker waits for the coordinator to answer its close. */
 const LEAVE_GRACE_MS = 2_000;
 
-/** Node's codes for a certificate the worker does not trust, or one for another host. */
-const CERTIFICATE_ERRORS = new Set([
-  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'ERR_TLS_CERT_ALTNAME_INVALID', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID',
+/** Node's codes for a coordinator's certificate the worker does not trust, with what to do about each. */
+const UNTRUSTED = "pass --ca with the CA that signed the coordinator's certificate (the certificate itself, where it is self-signed)";
+const CERTIFICATE_HINTS = new Map([
+  ...['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY'].map((code) => [code, UNTRUSTED] as const),
+  ['ERR_TLS_CERT_ALTNAME_INVALID', "the coordinator's certificate does not name the host in --coordinator: connect by a name it lists, or issue it for this one"],
+  ['CERT_HAS_EXPIRED', "the coordinator's certificate is out of date: renew it, or check this machine's clock"],
+  ['CERT_NOT_YET_VALID', "the coordinator's certificate is not valid yet: check this machine's clock"],
 ]);
 
 /**
@@ -72,7 +75,8 @@ const CERTIFICATE_ERRORS = new Set([
  * coordinator starts), but a worker that retries for ever should say why.
  */
 function withHint(e: Error & { code?: string }, url: string): string {
-  if (e.code && CERTIFICATE_ERRORS.has(e.code)) return `${e.message}: pass --ca with the coordinator's certificate or its CA, or check the host in --coordinator`;
+  const hint = e.code && CERTIFICATE_HINTS.get(e.code);
+  if (hint) return `${e.message}: ${hint}`;
   // Closed before the WebSocket opened: a TLS port spoken to in plain text does this, and so does a proxy with no coordinator behind it.
   if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: the other end closed before the WebSocket opened (no coordinator behind a proxy or load balancer, or a coordinator with --tls-cert, whose URL starts with wss://)`;
   // OpenSSL's text for a server that answered the handshake in plain text.
