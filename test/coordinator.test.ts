@@ -957,6 +957,34 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a resumed run that fails on a disk that takes no rewrite of summary.json leaves none that says ok: true', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'full-disk-summary');
+    const finished = await Coordinator.start({ ...config(dir, 1), dataDir }, () => {});
+    const finishedRun = finished.run();
+    await answerOneStep(finished, 0);
+    assert.equal((await finishedRun).ok, true);
+    await finished.close();
+    const summaryFile = path.join(dir, 'summary.json');
+    const kept = JSON.parse(fs.readFileSync(summaryFile, 'utf8'));
+    // The resume's checkpoint fails (here its directory is a file), and so does the rewrite that would mark the
+    // earlier summary failed (here its temporary file's name is taken by a directory; on a full disk: ENOSPC).
+    const lines: string[] = [];
+    const failing = await Coordinator.start({ ...config(dir, 2), dataDir, resume: true, checkpointEvery: 1 }, (l) => lines.push(l));
+    fs.rmSync(path.join(dir, 'checkpoints'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'checkpoints'), 'not a directory');
+    fs.mkdirSync(`${summaryFile}.tmp-${process.pid}`);
+    const failingRun = failing.run();
+    await answerOneStep(failing, 1);
+    await assert.rejects(failingRun, /EEXIST/);
+    await failing.close();
+    const left = fs.existsSync(summaryFile) ? JSON.parse(fs.readFileSync(summaryFile, 'utf8')) : null;
+    assert.notEqual(left?.ok, true, `summary.json still says ok: true for a run that failed:\n${lines.join('\n')}`);
+    assert.deepEqual(JSON.parse(fs.readFileSync(`${summaryFile}.invalid`, 'utf8')), kept, 'the earlier figures are kept aside');
+    assert.ok(lines.some((l) => /summary\.json could not be marked ok: false \(.*\); set aside as summary\.json\.invalid/.test(l)), lines.join('\n'));
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a worker whose own mailbox file cannot be used keeps its answer to the open round; its frames go over the socket', async () => {
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused-box'), 1) }, () => {});
     const run = coordinator.run();

@@ -232,7 +232,14 @@ export class RunOutputs {
     try {
       if (writeJsonAtomic(file, { ...kept, ok: false, stopReason: `failed: ${(e as Error).message}` }, this.mayCommit)) this.log(`${file} says ok: false`);
     } catch (e2) {
-      this.log(`${file} could not be marked ok: false (${(e2 as Error).message})`);
+      // Left as it was, it would say ok: true for a run that failed. The disk that failed the run (full, say) often
+      // takes no rewrite either, but a rename needs no space: set aside, it is no longer taken for this run's.
+      try {
+        fs.renameSync(file, `${file}.invalid`);
+        this.log(`${file} could not be marked ok: false (${(e2 as Error).message}); set aside as ${path.basename(file)}.invalid, so that it does not say ok: true`);
+      } catch (e3) {
+        this.log(`${file} could not be marked ok: false (${(e2 as Error).message}), nor set aside (${(e3 as Error).message}): it still says ok: true`);
+      }
     }
   }
 }
