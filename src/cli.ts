@@ -251,7 +251,10 @@ function generateOptions<T>(y: Argv<T>) {
       integerInRange('count', a.count);
       integerInRange('seed', a.seed, 0, MAX_SEED);
       const problem = generateProblem(a.out, a.count, given('count', a.count));
-      if (problem) throw new Error(problem);
+      // GANFLEET_OUT is also coordinator's and local's run directory: an environment set up for training refused
+      // generate's --out, which the command line never gave, without saying where it came from.
+      const from = environmentSource('out');
+      if (problem) throw new Error(from && problem.startsWith('--out') ? `${problem} (from ${from})` : problem);
       return true;
     });
 }
@@ -276,9 +279,9 @@ function evalOptions<T>(y: Argv<T>) {
  * Compose file's coordinator and workers), so a GANFLEET_* variable that
  * names another command's flag is no typo of this one's.
  */
-function everyFlag(): Set<string> {
+function everyFlag(): Map<string, boolean> {
   const builders: ((y: Argv) => Argv<unknown>)[] = [coordinatorOptions, workerOptions, localOptions, generateOptions, evalOptions];
-  return new Set(builders.flatMap((options) => flagNames(options(yargs([])))));
+  return new Map(builders.flatMap((options) => flagNames(options(yargs([])))));
 }
 
 function buildCli(argv: string[]) {

@@ -30,7 +30,9 @@ test('what yargs would quietly read as something else is refused up front (exit 
     [['local', '--no-beta1'], /^ganfleet: --no-beta1: --beta1 takes a value/],
     // Dropped: this trained with the default workers and steps.
     [['local', '--steps', '2', '--', '--workers', '1'], /^ganfleet: Unexpected argument after --: --workers 1 \(ganfleet takes flags only\)\n/],
-    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--token', '-abc'], /^ganfleet: Unknown argument: -abc \(long options start with --; a value of --token that starts with - is written --token=-abc\)\n/],
+    [['coordinator', '--data-dir', '-abc'], /^ganfleet: Unknown argument: -abc \(long options start with --; a value of --data-dir that starts with - is written --data-dir=-abc\)\n/],
+    // The secret is not echoed (it was, twice).
+    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--token', '-Xsecret'], /^ganfleet: Unknown argument: the word after --token starts with - \(not shown: a value of --token that starts with - is written --token=<value>\)\n(?![^]*secret)/],
     // Found only once the backend had loaded, with exit 1.
     [['coordinator', '--host', '0.0.0.0', '--port', '0', '--metrics-port', '-1'], /^ganfleet: refusing to listen on 0\.0\.0\.0 without --token \(GANFLEET_TOKEN\)/],
   ] as const) {
@@ -262,6 +264,12 @@ test('usage errors are one whole line: an invalid choice names the value and the
     assert.equal(bad.status, 2, variable);
     assert.match(bad.stderr, new RegExp(`${variable} must be 1/0, true/false, yes/no or on/off, got "maybe"`));
   }
+  // Named as the variable, not judged by the command's checks as the false yargs made of it ("Pass --insecure").
+  for (const value of ['2', ' 1']) {
+    const insecure = cli(['coordinator', '--host', '0.0.0.0'], { GANFLEET_INSECURE: value });
+    assert.equal(insecure.status, 2);
+    assert.match(insecure.stderr, new RegExp(`^ganfleet: GANFLEET_INSECURE must be 1/0, true/false, yes/no or on/off, got "${value}"\n`));
+  }
   const workers = cli(['coordinator', '--min-workers', '3'], { GANFLEET_MAX_WORKERS: '2' });
   assert.equal(workers.status, 2);
   assert.match(workers.stderr, /--max-workers "2" \(from GANFLEET_MAX_WORKERS\) is below --min-workers 3/);
@@ -276,6 +284,20 @@ test('a GANFLEET_* variable a letter or two off a flag is warned of, with the fl
   assert.deepEqual(warnings, [
     'ganfleet: warning: GANFLEET_BATCHSIZE sets nothing (ignored); did you mean GANFLEET_BATCH_SIZE?',
     'ganfleet: warning: GANFLEET_STEP sets nothing (ignored); did you mean GANFLEET_STEPS?',
+  ]);
+});
+
+test('a GANFLEET_* variable that names a flag but sets nothing is warned of: another case than upper, and a switch\'s --no- form', () => {
+  // yargs reads only GANFLEET_STEPS, and a switch has no GANFLEET_NO_<FLAG>: each kept the default without a word.
+  const env = { ...process.env, GANFLEET_Steps: '5', GANFLEET_Batch_Size: '64', GANFLEET_NO_MAILBOX: '1', GANFLEET_NO_NATIVE: '1' };
+  const r = spawnSync(process.execPath, [CLI, 'local', '--steps', '0'], { encoding: 'utf8', timeout: 30_000, env });
+  assert.equal(r.status, 2);
+  const warnings = r.stderr.split('\n').filter((l) => l.includes('warning')).sort();
+  assert.deepEqual(warnings, [
+    'ganfleet: warning: GANFLEET_Batch_Size sets nothing (ignored); did you mean GANFLEET_BATCH_SIZE?',
+    'ganfleet: warning: GANFLEET_NO_MAILBOX sets nothing (ignored); to turn --mailbox off, set GANFLEET_MAILBOX=0',
+    'ganfleet: warning: GANFLEET_NO_NATIVE sets nothing (ignored); to turn --native off, set GANFLEET_NATIVE=0',
+    'ganfleet: warning: GANFLEET_Steps sets nothing (ignored); did you mean GANFLEET_STEPS?',
   ]);
 });
 
@@ -383,6 +405,10 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const fromEnv = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', 'samples.npy'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_COUNT: '300000' } });
   assert.equal(fromEnv.status, 2);
   assert.match(fromEnv.stderr, /--count must be at most 200000, got "300000" \(from GANFLEET_COUNT\)/);
+  // GANFLEET_OUT left set for a training run (its directory) is generate's --out too: say so.
+  const outFromEnv = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_OUT: 'runs/job1' } });
+  assert.equal(outFromEnv.status, 2);
+  assert.match(outFromEnv.stderr, /^ganfleet: --out must end in \.npy, \.idx, \.png, got runs\/job1 \(from GANFLEET_OUT\)\n/);
   const dir = tempDir('generate-out');
   fs.writeFileSync(path.join(dir, 'afile'), 'x');
   const underFile = cli(['--out', path.join(dir, 'afile', 'x.png')]);

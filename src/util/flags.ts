@@ -10,14 +10,26 @@ export function envVariable(flag: string): string {
 
 /**
  * A GANFLEET_* variable one letter or two off a flag (GANFLEET_STEP) is a typo that would quietly keep the
- * default. Warned of, not refused. `flags` are every command's: one environment may serve several commands.
+ * default. Warned of, not refused. `flags` are every command's (each name to whether it is a switch): one
+ * environment may serve several commands. So are the spellings that name a flag but set nothing: another
+ * case than upper (GANFLEET_Steps: yargs and the switches read the upper-case name only), and a switch's
+ * --no- form (GANFLEET_NO_MAILBOX=1 left the mailboxes on; GANFLEET_MAILBOX=0 turns them off).
  */
-function warnOfMistypedVariables(flags: Set<string>): void {
+function warnOfMistypedVariables(flags: Map<string, boolean>): void {
   for (const variable of Object.keys(process.env)) {
     if (!variable.startsWith('GANFLEET_')) continue;
     const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
+    if (flags.has(name) && variable !== envVariable(name)) {
+      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean ${envVariable(name)}?\n`);
+      continue;
+    }
     if (flags.has(name) || name === 'expect-native') continue;
-    const [nearest, distance] = [...flags].map((f) => [f, editDistance(name, f)] as const).sort((a, b) => a[1] - b[1])[0] ?? ['', Infinity];
+    const negated = /^no-(.+)$/.exec(name)?.[1];
+    if (negated !== undefined && flags.get(negated) === true && negated !== 'help' && negated !== 'version') {
+      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); to turn --${negated} off, set ${envVariable(negated)}=0\n`);
+      continue;
+    }
+    const [nearest, distance] = [...flags.keys()].map((f) => [f, editDistance(name, f)] as const).sort((a, b) => a[1] - b[1])[0] ?? ['', Infinity];
     if (distance <= (name.length < 5 ? 1 : 2)) {
       process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean ${envVariable(nearest)}?\n`);
     }
@@ -94,9 +106,10 @@ function optionsOf<T>(y: Argv<T>): OptionTable {
   return (y as unknown as { getOptions(): OptionTable }).getOptions();
 }
 
-/** The names of the flags `y` defines. */
-export function flagNames<T>(y: Argv<T>): string[] {
-  return Object.keys(optionsOf(y).key);
+/** The names of the flags `y` defines, each to whether it is a switch. */
+export function flagNames<T>(y: Argv<T>): [string, boolean][] {
+  const options = optionsOf(y);
+  return Object.keys(options.key).map((k) => [k, options.boolean.includes(k)]);
 }
 
 /**
@@ -112,11 +125,9 @@ export function flagNames<T>(y: Argv<T>): string[] {
  *
  * `everyFlag`: every command's flags, which a GANFLEET_* variable may name without a typo.
  */
-export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFlag: () => Set<string>) {
+export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFlag: () => Map<string, boolean>) {
   const options = () => optionsOf(y);
   const valued = valueFlags(options());
-  // Refused by the check below, after yargs' own checks and the command's.
-  let refusedVariables: SwitchVariable[] = [];
   return y
     .epilog('Every flag can also be set as GANFLEET_<FLAG> (GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…); the command line wins, and a flag given twice takes its last value.')
     // A value flag at the end of the line, or before another flag, would otherwise quietly keep its default.
@@ -124,7 +135,10 @@ export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFla
     // flag given twice, where otherwise a last value of 1 counts as an increment (--steps 1000 --steps 1 was 1001).
     .nargs(Object.fromEntries(valued.map((k) => [k, 1])))
     .middleware((a) => {
-      refusedVariables = applySwitches(a, raw, options());
+      const refusedVariables = applySwitches(a, raw, options());
+      // Before the command's checks, which would otherwise judge the value yargs made of it (GANFLEET_INSECURE=2 read
+      // as false was refused as "pass --insecure").
+      for (const s of refusedVariables) throw new UsageError(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
     }, true)
     // Before validation: a mistyped flag (--coordinater) is named as such, not as the required one it misses.
     .middleware(() => {
@@ -137,7 +151,6 @@ export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFla
       refuseEmptyValues(raw, valued, a.resume !== undefined);
     }, true)
     .check(() => {
-      for (const s of refusedVariables) throw new Error(`${s.variable} must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(s.raw)}`);
       // No flag, but a switch all the same (util/native.ts): a typo must not quietly choose the kernel.
       if (envSwitch(process.env.GANFLEET_NATIVE_AVX512) === null) {
         throw new Error(`GANFLEET_NATIVE_AVX512 must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(process.env.GANFLEET_NATIVE_AVX512)}`);
@@ -234,6 +247,8 @@ function refuseUnknownFlags(raw: readonly string[], options: OptionTable, valued
     const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
     if (letters && ![...letters].every((l) => short.has(l))) {
       const flag = /^--([^=]+)$/.exec(raw[i - 1] ?? '')?.[1];
+      // A secret stays out of the error, which lands in logs that ps never reached (a base64url token may start with -).
+      if (flag === 'token') throw new UsageError('Unknown argument: the word after --token starts with - (not shown: a value of --token that starts with - is written --token=<value>)');
       const value = flag && valued.includes(flag) ? `; a value of --${flag} that starts with - is written --${flag}=${token}` : '';
       throw new UsageError(`Unknown argument: ${token} (long options start with --${value})`);
     }
