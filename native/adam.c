@@ -21,9 +21,10 @@ static void adam_scalar(float *p, const float *g, float *m, float *v, long from,
   }
 }
 
-/* out[i] = w·x[i], or out[i] += w·x[i], for i in [from, n). */
+/* out[i] = w·x[i], or out[i] += w·x[i], for i in [from, n). Not 0 + w·x, which turns a product of -0 into +0
+   where the vector loop and the JavaScript average keep -0. */
 static void scale_add_scalar(float *out, const float *x, long from, long n, float w, int accumulate) {
-  for (long i = from; i < n; i++) out[i] = (accumulate ? out[i] : 0.f) + w * x[i];
+  for (long i = from; i < n; i++) out[i] = accumulate ? out[i] + w * x[i] : w * x[i];
 }
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -193,6 +193,12 @@ test('the JavaScript Adam and gradient average give the native addon\'s bits', {
     const contributions = gradients.map((g, k) => ({ gradients: g, samples: samples[k] }));
     assert.deepEqual(averageGradients(contributions, new Float32Array(n), null), averageGradients(contributions, new Float32Array(n), addon), `samples ${samples}`);
   }
+  // Products of -0 (a gradient of -0, or a negative one that underflows), in a vector lane and in the scalar tail:
+  // the sum stays -0 both ways, not 0 + -0 = +0 in the tail.
+  for (const x of [-0, -1e-45]) {
+    const contributions = [3, 5].map((samples) => ({ gradients: new Float32Array(n).fill(x), samples }));
+    assert.deepEqual(averageGradients(contributions, new Float32Array(n), null), averageGradients(contributions, new Float32Array(n), addon), `gradients of ${Object.is(x, -0) ? '-0' : x}`);
+  }
 });
 
 test('the native gradient average equals the float64 sample-weighted mean to float32 rounding, and the coordinator uses it', { skip }, () => {
