@@ -14,8 +14,8 @@ import { afterPendingReads } from '../util/events';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
 import { Checkpoint } from './checkpoint';
-import { ImagesFingerprint, checkpointConfig, checkpointToResume, prepareOutputs, resumeWarnings, shardsToResume, summarisedStep } from './resume';
-import { RunOutputs, Stop } from './run-outputs';
+import { ImagesFingerprint, checkpointConfig, checkpointToResume, resumeWarnings, shardsToResume } from './resume';
+import { RunOutputs } from './run-outputs';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
 import { Routes, boundPort, serveHttp } from '../util/http';
@@ -90,6 +90,12 @@ export interface CoordinatorStatus {
 
 export interface Evaluation extends Quality {
   step: number;
+}
+
+/** Why training stops; `failed` marks a stop the run did not ask for. */
+export interface Stop {
+  reason: string;
+  failed: boolean;
 }
 
 /** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
@@ -224,7 +230,7 @@ export class Coordinator {
     await c.outputs.claimLease((why) => c.requestStop(`${why}; this run stops without writing there`, true), abort);
     let listening = false;
     try {
-      prepareOutputs(config, log);
+      c.outputs.prepare();
       const backend = await selectBackend(config.backend);
       log(`backend ${backend.name} (${backend.notes.join('; ')})`);
       c.train = loadMnist('train', config.dataDir);
@@ -362,7 +368,7 @@ export class Coordinator {
     // A resumed run that trained nothing (already at --steps, as a restarted pod is) leaves the finished run's
     // outputs as they were. Where they are missing or older than the checkpoint (killed after its last
     // checkpoint, or while exporting), it writes them: summary.json, written last, says which step they hold.
-    const keepOutputs = ran === 0 && this.resumedFrom !== null && summarisedStep(this.config.out) === this.step;
+    const keepOutputs = ran === 0 && this.resumedFrom !== null && this.outputs.summarisedStep() === this.step;
     // Stopped before its first step, a run has only G's initial draw: nothing worth an output directory.
     const untrained = this.step === 0;
     // Diverged weights are not worth a grid, a checkpoint a resume would take up, or a generator.
@@ -804,7 +810,7 @@ export class Coordinator {
     if (!found) return;
     const c = found.checkpoint;
     this.restoreTraining(c);
-    this.evaluationMissed = this.outputs.restoreHistory(c.step, found.file).missedEvaluation;
+    this.evaluationMissed = this.outputs.resumeFrom(found.file, c.step).missedEvaluation;
     const lastEvaluation = this.outputs.evaluations.at(-1);
     if (lastEvaluation) this.showEvaluation(lastEvaluation);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.

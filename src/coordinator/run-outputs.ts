@@ -8,15 +8,9 @@ import { Checkpoint, writeCheckpoint } from './checkpoint';
 import { CoordinatorConfig, runLayout } from './config';
 import { exportGenerator } from './export';
 import { LEASE_TIMING, OutputClaim } from './output-claim';
-import { earlierSummary, evaluationsUpTo, summarisedStep } from './resume';
+import { earlierSummary, evaluationsUpTo, prepareOutputs, summarisedStep } from './resume';
 import { SampleWriter, gridName, gridsAround } from './samples';
-import type { Evaluation, TrainingSummary } from './coordinator';
-
-/** How a run ended, as its summary records it; `failed` marks a stop the run did not ask for. */
-export interface Stop {
-  reason: string;
-  failed: boolean;
-}
+import type { Evaluation, Stop, TrainingSummary } from './coordinator';
 
 /**
  * What a run keeps under --out: the sample grids, evaluations.json, the
@@ -34,11 +28,9 @@ export class RunOutputs {
   readonly evaluations: Evaluation[] = [];
   /** Steps of the evaluations the resume found after its checkpoint: removed from evaluations.json once started. */
   private evaluationsDiscarded: number[] = [];
-  /** The newest checkpoint written, or resumed from. */
-  lastCheckpoint: string | null = null;
+  private newestCheckpoint: string | null = null;
   private claim: OutputClaim | null = null;
-  /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
-  forfeited: string | null = null;
+  private forfeitedBecause: string | null = null;
 
   constructor(
     private readonly config: CoordinatorConfig,
@@ -49,13 +41,23 @@ export class RunOutputs {
     this.samples = new SampleWriter(model, this.layout.samples, config.seed + 2);
   }
 
+  /** The newest checkpoint written, or resumed from. */
+  get lastCheckpoint(): string | null {
+    return this.newestCheckpoint;
+  }
+
+  /** Why this run may no longer write to --out (another coordinator took it over); null while it may. */
+  get forfeited(): string | null {
+    return this.forfeitedBecause;
+  }
+
   /** Takes the lease on --out; `lost` hears why, once another coordinator has taken it over. `abort` ends a wait for another machine's lease. */
   async claimLease(lost: (why: string) => void, abort?: AbortSignal): Promise<void> {
     this.claim = await OutputClaim.take(
       this.config.out,
       this.log,
       (why) => {
-        this.forfeited = why;
+        this.forfeitedBecause = why;
         lost(why);
       },
       LEASE_TIMING,
@@ -66,6 +68,16 @@ export class RunOutputs {
   releaseLease(): void {
     this.claim?.release();
     this.claim = null;
+  }
+
+  /** Refuses an --out that holds another run's checkpoints (without --resume), and removes its torn writes. */
+  prepare(): void {
+    prepareOutputs(this.config, this.log);
+  }
+
+  /** The step summary.json says a finished run reached, or null where there is none (or it holds no generator). */
+  summarisedStep(): number | null {
+    return summarisedStep(this.config.out);
   }
 
   /** Whether this run may still write to --out: not once another coordinator has taken its lease, read before each write. */
@@ -134,7 +146,7 @@ export class RunOutputs {
     const file = writeCheckpoint(this.layout.checkpoints, c, keepCheckpoints, warn, this.mayCommit);
     if (file === null) return null;
     this.log(`checkpoint ${file}`);
-    this.lastCheckpoint = file;
+    this.newestCheckpoint = file;
     return file;
   }
 
@@ -148,13 +160,13 @@ export class RunOutputs {
   }
 
   /**
-   * The grids and evaluations up to `step`, the resumed checkpoint's: this run's history too, for the status
-   * page and summary.json. Those after it are only noted here: forgetLaterOutputs removes them once the
-   * coordinator has started. `missedEvaluation`: one was due at `step` (or the run's end) and not recorded,
-   * since a kill or a stop cut it short.
+   * What the run resumed from checkpoint `file`, at `step`, kept: the checkpoint itself, and the grids and
+   * evaluations up to `step`, this run's history too, for the status page and summary.json. Those after it are
+   * only noted here: forgetLaterOutputs removes them once the coordinator has started. `missedEvaluation`: one
+   * was due at `step` (or the run's end) and not recorded, since a kill or a stop cut it short.
    */
-  restoreHistory(step: number, checkpointFile: string): { missedEvaluation: boolean } {
-    this.lastCheckpoint = checkpointFile;
+  resumeFrom(file: string, step: number): { missedEvaluation: boolean } {
+    this.newestCheckpoint = file;
     this.grids = gridsAround(this.samples.dir, step).upTo;
     const recorded = evaluationsUpTo(this.config.out, step, this.log);
     this.evaluations.push(...recorded.kept);
@@ -174,7 +186,7 @@ export class RunOutputs {
    * its result.
    */
   forgetLaterOutputs(from: number | null): void {
-    const summarised = summarisedStep(this.config.out);
+    const summarised = this.summarisedStep();
     if (summarised !== null && summarised > (from ?? 0)) {
       const summary = this.layout.summary;
       removeFile(summary);
