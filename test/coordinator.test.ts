@@ -1375,6 +1375,38 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a resume of a run written before evaluations.json keeps the evaluations its summary.json holds', async () => {
+    const dataDir = blankMnistDir(100, true);
+    const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });
+    // Such a ganfleet kept the --eval-every history in summary.json alone.
+    const earlierRun = (name: string) => {
+      const dir = path.join(out, name);
+      plantCheckpoint(dir, 2);
+      const earlier = { steps: 2, stepsThisRun: 2, resumedFrom: null, ok: true, generator: path.join(dir, 'generator'), evaluations: [1, 2].map(score), stopReason: 'finished 2 steps' };
+      fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(earlier));
+      return dir;
+    };
+    // Restarted at the same --steps (an upgraded pod): nothing to score, and summary.json keeps its history.
+    const finished = earlierRun('pre-evaluations-json-finished');
+    const lines: string[] = [];
+    const again = await Coordinator.start({ ...config(finished, 2), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, (l) => lines.push(l));
+    await again.run();
+    await again.close();
+    assert.doesNotMatch(lines.join('\n'), /eval step/);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(finished, 'summary.json'), 'utf8')).evaluations, [1, 2].map(score));
+    // Trained on: the earlier scores stay in the history, beside this run's.
+    const trained = earlierRun('pre-evaluations-json-trained');
+    const coordinator = await Coordinator.start({ ...config(trained, 3), resume: true, dataDir, evalEvery: 1, evalSamples: 100 }, () => {});
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 2);
+    const summary = await run;
+    await coordinator.close();
+    assert.deepEqual(summary.evaluations.slice(0, 2), [1, 2].map(score));
+    assert.deepEqual(summary.evaluations.map((e) => e.step), [1, 2, 3]);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(trained, 'evaluations.json'), 'utf8')), summary.evaluations);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test("a resume scores its checkpoint's step when a kill or a stop cut that evaluation short, and drops from evaluations.json the scores of weights after its checkpoint", async () => {
     const dataDir = blankMnistDir(100, true);
     const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });

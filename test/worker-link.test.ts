@@ -6,7 +6,7 @@ import { WebSocketServer, WebSocket } from 'ws';
 import { pack } from 'msgpackr';
 import { createModel } from '../src/model';
 import { decodeWorkerMessage, encode } from '../src/protocol/codec';
-import { ErrorMessage, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 import fs from 'node:fs';
 import path from 'node:path';
 import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
@@ -95,6 +95,14 @@ async function assertRefusedOnce(code: string, text: string, why: RegExp): Promi
 
 test('a coordinator of another protocol version: the worker exits 1 after one try, instead of retrying for ever', async () => {
   await assertRefusedOnce('PROTOCOL_BAD_VERSION', 'protocol version 2 is not 1', /giving up: the coordinator speaks another protocol version/);
+});
+
+test('a coordinator of another protocol version refuses the hello in its own version: the worker says whose version is which, and exits 1 after one try', async () => {
+  const refusal = { ...message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_VERSION', message: `protocol version ${PROTOCOL_VERSION} is not 3` }), v: 3 };
+  await assertGivesUpAfterOneTry((ws) => {
+    ws.send(encode(refusal as unknown as ErrorMessage));
+    ws.close(1008);
+  }, new RegExp(`giving up: the coordinator speaks another protocol version \\(protocol version 3 is not this ganfleet's ${PROTOCOL_VERSION}\\): run the same ganfleet version on both sides`));
 });
 
 test("a welcome in another protocol version: the worker refuses it and exits 1", async () => {

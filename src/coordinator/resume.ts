@@ -182,8 +182,12 @@ const isEvaluation = (e: Partial<Evaluation> | null): e is Evaluation =>
  */
 export function evaluationsUpTo(out: string, step: number, log: Logger): { kept: Evaluation[]; after: number[] } {
   const file = runLayout(out).evaluations;
-  const recorded = readRecord(file);
-  if (recorded === undefined) return { kept: [], after: [] };
+  let recorded = readRecord(file);
+  if (recorded === undefined) {
+    // A ganfleet before evaluations.json kept the history in summary.json alone: an upgraded resume takes it from there.
+    const summarised = earlierSummary(out)?.evaluations;
+    recorded = Array.isArray(summarised) && summarised.every(isEvaluation) ? summarised : [];
+  }
   if (!Array.isArray(recorded) || !recorded.every(isEvaluation)) {
     fs.renameSync(file, `${file}.invalid`);
     log(`warning: ${file} does not hold a list of evaluations; set aside as ${path.basename(file)}.invalid, and the evaluations before step ${step} are left out of this run's summary`);

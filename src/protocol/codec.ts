@@ -192,7 +192,7 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
     throw new ProtocolError('bad_frame', 'a message must carry its protocol version v');
   }
   if (obj.v !== PROTOCOL_VERSION) {
-    throw new ProtocolError('bad_version', `protocol version ${quote(obj.v)} is not ${PROTOCOL_VERSION}`);
+    throw new ProtocolError('bad_version', `protocol version ${quote(obj.v)} is not this ganfleet's ${PROTOCOL_VERSION}`);
   }
   const type = obj.type;
   if (typeof type !== 'string' || !Object.prototype.hasOwnProperty.call(schemas, type)) {

@@ -436,7 +436,15 @@ function failureOf(e: unknown, welcomed: boolean): { code: string; text: string;
   // port that gives no welcome is: the coordinator may be there later.
   const foreign = !welcomed && e instanceof ProtocolError && (e.reason === 'bad_frame' || e.reason === 'bad_type');
   const said = (e as Error).message;
-  const text = trapped ? `the backend failed (${said}); this process cannot compute again` : foreign ? `${said}: not a ganfleet coordinator (another WebSocket service on that address?)` : said;
+  // A coordinator of another version encodes its refusal in its own version, so this is what a mixed fleet meets.
+  const skewed = e instanceof ProtocolError && e.reason === 'bad_version';
+  const text = trapped
+    ? `the backend failed (${said}); this process cannot compute again`
+    : foreign
+      ? `${said}: not a ganfleet coordinator (another WebSocket service on that address?)`
+      : skewed
+        ? `the coordinator speaks another protocol version (${said}): run the same ganfleet version on both sides`
+        : said;
   return { code, text, fatal: trapped || (e instanceof ProtocolError && !foreign && (e.reason === 'bad_version' || !welcomed)) };
 }
 
