@@ -216,6 +216,17 @@ test("the workers' port holds no more sockets than the open-files limit leaves r
   assert.ok(cap + MAX_HTTP_CONNECTIONS + 2 * 200 + 64 <= 1024, `cap ${cap}`);
 });
 
+test("a --max-workers far above what the open-files limit can serve leaves the workers' port room for as many workers as it can serve", () => {
+  // ulimit -n 1024: --max-workers 200 seats 200 workers; a higher --max-workers must not seat fewer (it gave 16).
+  for (const maxWorkers of [300, 1000, 100_000]) {
+    const cap = workerPortConnections(maxWorkers, 1024);
+    assert.ok(cap >= 200, `--max-workers ${maxWorkers}: cap ${cap}`);
+    // Every admitted worker holds its socket and two mailbox files, within the limit.
+    assert.ok(cap + 2 * Math.min(maxWorkers, cap) + MAX_HTTP_CONNECTIONS + 64 <= 1024, `--max-workers ${maxWorkers}: cap ${cap}`);
+  }
+  assert.equal(workerPortConnections(1000, 1 << 20), 4256);
+});
+
 test('a flood of idle TCP connections (no token, no bytes) leaves the coordinator descriptors of its own under a low ulimit -n', { skip: process.platform !== 'linux', timeout: 60_000 }, async () => {
   const out = tempDir('fd-flood');
   const limit = 300;

@@ -88,7 +88,12 @@ export function openFileLimit(): number | null {
 export function workerPortConnections(maxWorkers: number, fileLimit: number | null = openFileLimit()): number {
   const wanted = 4 * maxWorkers + 256;
   if (fileLimit === null) return wanted;
-  return Math.max(16, Math.min(wanted, fileLimit - (MAX_HTTP_CONNECTIONS + 2 * maxWorkers + 64)));
+  // What is left once the metrics port's sockets and the process's own are set aside. Each admitted worker
+  // takes a socket and its two mailbox files, so at most a third of it can be workers: a --max-workers far
+  // above that reserves mailbox files for workers that could never connect, and would leave the port 16.
+  const budget = fileLimit - (MAX_HTTP_CONNECTIONS + 64);
+  const workers = Math.max(0, Math.min(maxWorkers, Math.ceil(budget / 3)));
+  return Math.max(16, Math.min(wanted, budget - 2 * workers));
 }
 
 /**
