@@ -93,7 +93,7 @@ test('an --out that cannot hold the outputs is refused with OUT_UNUSABLE, and le
   if (process.platform === 'linux') await assert.rejects(OutputClaim.take('/proc/ganfleet-run/run', () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /ENOENT: no such file or directory, mkdir '\/proc\/ganfleet-run'/));
 });
 
-test('in this process table: a live holder is refused at once; a gone one, an earlier life of this pid, or a pid that went untouched, is taken over at once', async () => {
+test('in this process table: a live holder is refused at once; a gone one or an earlier life of this pid is taken over at once, a live pid whose lease is dated stale once watched untouched', async () => {
   const root = tempDir('claim');
   const out = path.join(root, 'run');
   const first = await OutputClaim.take(out, () => {}, noLost, FAST);
@@ -114,12 +114,31 @@ test('in this process table: a live holder is refused at once; a gone one, an ea
   plantLease(out, HERE(process.pid));
   taken = await takeLogged(out);
   assert.match(taken.lines.join('\n'), new RegExp(`took over .*: pid ${process.pid} was an earlier process`));
-  // A live pid whose lease nobody touched (one clock here): that pid is another process now.
+  // A live pid whose lease's date is old: watched (the clock may have stepped), and untouched, taken: that pid is another process now.
   plantLease(out, HERE(process.ppid), 60_000);
   taken = await takeLogged(out);
-  assert.match(taken.lines.join('\n'), new RegExp(`took over .*: untouched for 60\\.\\d s: pid ${process.ppid} is another process now, or frozen`));
+  assert.match(taken.lines.join('\n'), new RegExp(`has a lease of pid ${process.ppid} on .*watching it for 0\\.4 s[\\s\\S]*took over .*: untouched for 0\\.4 s`));
   plantLease(out, HERE(process.ppid));
   await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`pid ${process.ppid}`)));
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test("in this process table, a lease's date is not trusted across a step of the wall clock: a live holder's lease dated an hour ago is watched and refused, a dead one's dated an hour ahead is watched and taken", async () => {
+  const root = tempDir('claim');
+  const out = path.join(root, 'run');
+  // The clock stepped an hour forward since the live holder's last touch: it touches again within refreshMs.
+  const file = plantLease(out, HERE(process.ppid), 3_600_000);
+  const toucher = setInterval(() => fs.utimesSync(file, new Date(), new Date()), FAST.refreshMs);
+  try {
+    await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`pid ${process.ppid}`)));
+  } finally {
+    clearInterval(toucher);
+  }
+  // The clock stepped an hour back since a dead holder's last touch (its pid used again): not refused for the hour.
+  plantLease(out, HERE(process.ppid), -3_600_000);
+  const taken = await takeLogged(out);
+  assert.ok(taken.ms < 60_000, `${taken.ms} ms`);
+  assert.match(taken.lines.join('\n'), new RegExp(`watching it for 0\\.4 s[\\s\\S]*took over .* from pid ${process.ppid} .*: untouched for 0\\.4 s`));
   fs.rmSync(root, { recursive: true, force: true });
 });
 

@@ -264,10 +264,8 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
     }
     if (lease.kind === 'unreadable') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} cannot be read (${lease.error})`);
     const { holder } = lease;
-    const verdict =
-      holder && me.processTable !== null && holder.processTable === me.processTable
-        ? judgeByPid(holder, lease.mtimeMs, timing.staleMs)
-        : await judgeByWatching(file, lease, out, log, timing, abort);
+    const byPid = holder && me.processTable !== null && holder.processTable === me.processTable ? judgeByPid(holder, lease.mtimeMs, timing.staleMs) : 'watch';
+    const verdict = byPid === 'watch' ? await judgeByWatching(file, lease, out, log, timing, abort) : byPid;
     if ('heldBy' in verdict) {
       throw new GanfleetError('OUT_IN_USE', `--out ${out} is in use by another coordinator (${describe(verdict.heldBy)}; lease ${file}): stop that run, or choose another --out`);
     }
@@ -281,14 +279,19 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
 /** Why the lease is a dead holder's, or the holder that may be alive. */
 type Verdict = { lapsed: string } | { heldBy: Holder | null };
 
-/** A lease of this process table's, judged at once by its pid. */
-function judgeByPid(holder: Holder, mtimeMs: number, staleMs: number): Verdict {
+/**
+ * A lease of this process table's, judged at once by its pid; 'watch' where
+ * only watching it can tell (a live pid whose lease's date looks stale).
+ */
+function judgeByPid(holder: Holder, mtimeMs: number, staleMs: number): Verdict | 'watch' {
   // This process's pid with a token it does not hold: an earlier life (pid 1 again, in a restarted container).
   if (holder.pid === process.pid) return heldHere.has(holder.token) ? { heldBy: holder } : { lapsed: `pid ${holder.pid} was an earlier process` };
   if (!processAlive(holder.pid)) return { lapsed: `pid ${holder.pid} is gone` };
-  // Alive, and one clock for both: a lease untouched for staleMs is a pid used again since its holder died.
+  // Alive and touched lately: its holder's. A date older than staleMs, or ahead of now, says nothing by itself: the
+  // wall clock may have stepped since the last touch (NTP, a resumed VM), and a network volume's server dates a new
+  // lease by its own clock. So such a lease is watched, as another machine's: untouched, its pid was used again.
   const age = Date.now() - mtimeMs;
-  return age >= staleMs ? { lapsed: `untouched for ${seconds(age)} s: pid ${holder.pid} is another process now, or frozen (a frozen holder stops when it wakes)` } : { heldBy: holder };
+  return age >= 0 && age < staleMs ? { heldBy: holder } : 'watch';
 }
 
 /**
