@@ -99,15 +99,28 @@ test('a log line cannot be split, coloured or turned around by a string from a p
 });
 
 test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', (t) => {
-  t.mock.timers.enable({ apis: ['Date'], now: 0 });
+  let now = 0;
   const lines: string[] = [];
-  const log = throttledLogger((m) => lines.push(m), 60_000);
+  const log = throttledLogger((m) => lines.push(m), 60_000, () => now);
   for (let i = 0; i < 5000; i++) log('10.0.0.1', 'refused 10.0.0.1');
   log('10.0.0.2', 'refused 10.0.0.2');
   assert.deepEqual(lines, ['refused 10.0.0.1', 'refused 10.0.0.2']);
-  t.mock.timers.tick(60_000);
+  now += 60_000;
   log('10.0.0.1', 'refused 10.0.0.1');
   assert.equal(lines[2], 'refused 10.0.0.1 (and 4999 more like it in the last 60 s)');
+});
+
+test('a step of the wall clock back (NTP, a resumed VM) does not silence a peer for as long as the step: the interval is timed on the monotonic clock', async (t) => {
+  t.mock.timers.enable({ apis: ['Date'], now: 3_600_000 });
+  const lines: string[] = [];
+  const log = throttledLogger((m) => lines.push(m), 200);
+  log('10.0.0.1', 'refused 10.0.0.1');
+  t.mock.timers.setTime(0); // the wall clock steps an hour back
+  await new Promise((r) => setImmediate(r));
+  const t0 = performance.now();
+  while (performance.now() - t0 < 300) await new Promise((r) => setImmediate(r));
+  log('10.0.0.1', 'refused 10.0.0.1');
+  assert.deepEqual(lines, ['refused 10.0.0.1', 'refused 10.0.0.1']);
 });
 
 test('a client that never finishes its headers is cut off (Node alone would hold it up to 40 s), so idle floods drain', { timeout: 30_000 }, async () => {

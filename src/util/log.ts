@@ -84,11 +84,12 @@ export function peerText(text: string, max = 160): string {
  * many events it stands for: a peer that repeats an offence thousands of
  * times a second must not fill the disk with the same line.
  */
-export function throttledLogger(log: Logger, intervalMs = 60_000): (key: string, msg: string) => void {
+export function throttledLogger(log: Logger, intervalMs = 60_000, clock: () => number = () => performance.now()): (key: string, msg: string) => void {
+  // A monotonic clock: on the wall clock, a step back (NTP, a resumed VM) would silence a key for as long as the step.
   const last = new Map<string, { at: number; unsaid: number }>();
-  let swept = Date.now();
+  let swept = clock();
   return (key, msg) => {
-    const now = Date.now();
+    const now = clock();
     // A key silent for a whole interval past its window is forgotten, once an interval: the map holds the keys
     // of the last two intervals. (What it had not said is in the metric that counts the events.)
     if (now - swept >= intervalMs) {
