@@ -2,6 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
+import { encodeFloatsPortable } from '../src/protocol/wire-dtype';
 import { recordExtensionBomb } from './helpers';
 import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STRING_LENGTH, errorMessage, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
@@ -264,6 +265,17 @@ describe('--wire-dtype float16 and bfloat16', () => {
       assert.equal((m as Gradients).loss, 0.5);
     });
   }
+
+  // Without the addon (the GPU image, --no-native) these are the conversions in use, and native.test.ts, which
+  // holds the addon to their bits, is skipped: their rounding is checked here, by value.
+  test('the JavaScript 16-bit conversions round to nearest, ties to even, in normal and subnormal float16 and in bfloat16', () => {
+    // float16 near 1 (ulp 2^-10): 1 + 2^-11 is halfway between 0x3c00 and 0x3c01, 1 + 3·2^-11 between 0x3c01 and 0x3c02.
+    const f16 = encodeFloatsPortable(Float32Array.of(1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -11 + 2 ** -20, -(1 + 2 ** -11), 2 ** -25, 3 * 2 ** -25, 2 ** -25 + 2 ** -40), 'float16');
+    assert.deepEqual(Array.from(f16, (h) => h.toString(16)), ['3c00', '3c02', '3c01', 'bc00', '0', '2', '1']);
+    // bfloat16 near 1 (ulp 2^-7).
+    const bf16 = encodeFloatsPortable(Float32Array.of(1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -(1 + 3 * 2 ** -8)), 'bfloat16');
+    assert.deepEqual(Array.from(bf16, (h) => h.toString(16)), ['3f80', '3f82', '3f81', 'bf82']);
+  });
 
   test('float16 saturates beyond its range instead of sending infinity', () => {
     const m = decodeWorkerMessage(encode(gradients(Float32Array.from([1e6, -7e4, 65504])), 'float16')) as Gradients;

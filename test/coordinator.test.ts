@@ -5,7 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
-import { Checkpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
+import { Checkpoint, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { HELLO_TIMING } from '../src/coordinator/receiver';
 import { CoordinatorConfig } from '../src/coordinator/config';
@@ -845,6 +845,51 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(again.ok, true);
     assert.ok(fs.existsSync(path.join(dir, 'generator', 'model.json')));
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).generator, path.join(dir, 'generator'));
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("a step cut short in its G round is undone whole: the stop's checkpoint holds D and D's Adam state as the step before left them", async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'rollback');
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    let heldD: Float32Array | null = null;
+    const nextWeights = async () => {
+      const w = await weightsOrDrop(peer);
+      if (w.discriminator) heldD = w.discriminator.slice();
+      return w;
+    };
+    const small = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE).fill(1e-3);
+    // Step 1, whole: D and G move.
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await nextWeights();
+      peer.gradients(0, phase, small(phase));
+    }
+    // Step 2's D round: the D the worker holds now is D after step 1.
+    assert.equal((await nextWeights()).phase, 'discriminator');
+    const dAfterStep1 = heldD!;
+    peer.gradients(1, 'discriminator', small('discriminator'));
+    // Its G round is sent the moved D; then the worker leaves, and a stop ends the run before the round is answered.
+    const gRound = await nextWeights();
+    assert.equal(gRound.phase, 'generator');
+    assert.notDeepEqual(heldD, dAfterStep1);
+    coordinator.requestStop('SIGTERM received');
+    peer.ws.close();
+    const summary = await run;
+    await coordinator.close();
+    const log = lines.join('\n');
+    assert.equal(summary.steps, 1, log);
+    assert.match(log, /step 2 could not finish; its discriminator update was rolled back, and the run stays at step 1/);
+    const found = loadLatestCheckpoint(path.join(dir, 'checkpoints'), () => {}, false);
+    assert.ok(found, log);
+    assert.equal(found.checkpoint.step, 1);
+    assert.deepEqual(found.checkpoint.discriminator, dAfterStep1);
+    // D's optimizer as after step 1's one update: its step count and moments, not step 2's.
+    const reference = new Adam(D_SIZE, KERAS_ADAM_DEFAULTS);
+    reference.apply(new Float32Array(D_SIZE), small('discriminator'));
+    assert.deepEqual(found.checkpoint.adamDiscriminator, reference.state());
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
