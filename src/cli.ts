@@ -13,7 +13,7 @@ import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
-import { MAX_SEED, UsageError, checkCommandLine, checkPort, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
+import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropMisspelledVariables, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 
 // Each command loads what it runs (TensorFlow.js, ws, prom-client: about 0.3 s) in its handler, after its flags
@@ -291,6 +291,7 @@ function buildCli(argv: string[]) {
     process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); --${variable.slice(9).toLowerCase()} is for the command line only\n`);
     delete process.env[variable];
   }
+  dropMisspelledVariables(everyFlag());
   return yargs(argv)
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')

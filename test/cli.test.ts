@@ -33,6 +33,9 @@ test('what yargs would quietly read as something else is refused up front (exit 
     [['coordinator', '--data-dir', '-abc'], /^ganfleet: Unknown argument: -abc \(long options start with --; a value of --data-dir that starts with - is written --data-dir=-abc\)\n/],
     // The secret is not echoed (it was, twice).
     [['worker', '--coordinator', 'ws://127.0.0.1:1', '--token', '-Xsecret'], /^ganfleet: Unknown argument: the word after --token starts with - \(not shown: a value of --token that starts with - is written --token=<value>\)\n(?![^]*secret)/],
+    // A base64url token may start with -- too (one in 4096): it was echoed as an unknown flag.
+    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--token', '--Xsecret'], /^ganfleet: Unknown argument: the word after --token starts with - \(not shown: a value of --token that starts with - is written --token=<value>\)\n(?![^]*secret)/],
+    [['worker', '--coordinator', 'ws://127.0.0.1:1', '--token', '--no-Xsecret'], /^ganfleet: Unknown argument: the word after --token starts with - \(not shown: a value of --token that starts with - is written --token=<value>\)\n(?![^]*secret)/],
     // Found only once the backend had loaded, with exit 1.
     [['coordinator', '--host', '0.0.0.0', '--port', '0', '--metrics-port', '-1'], /^ganfleet: refusing to listen on 0\.0\.0\.0 without --token \(GANFLEET_TOKEN\)/],
   ] as const) {
@@ -299,6 +302,13 @@ test('a GANFLEET_* variable that names a flag but sets nothing is warned of: ano
     'ganfleet: warning: GANFLEET_NO_NATIVE sets nothing (ignored); to turn --native off, set GANFLEET_NATIVE=0',
     'ganfleet: warning: GANFLEET_Steps sets nothing (ignored); did you mean GANFLEET_STEPS?',
   ]);
+});
+
+test('a GANFLEET_* variable in lower case, warned of as setting nothing, really sets nothing (yargs read GANFLEET_count, and GANFLEET_mailbox=1 as false)', () => {
+  const r = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', 'samples.npy'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_count: '0' } });
+  assert.match(r.stderr, /GANFLEET_count sets nothing \(ignored\); did you mean GANFLEET_COUNT\?/);
+  assert.doesNotMatch(r.stderr, /--count must be/);
+  assert.match(r.stderr, /--checkpoint: no such file/);
 });
 
 test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (yargs alone took 1 for false)', (t) => {

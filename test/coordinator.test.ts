@@ -1452,6 +1452,30 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test("a start from step 0 removes the summary.json of a run that diverged before its first checkpoint: a resume of the new run took that run's evaluations for its own", async () => {
+    const dataDir = blankMnistDir(100);
+    const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });
+    // Diverged at step 2 with no checkpoint yet ("start again with a lower --lr"): no generator, its evaluations in summary.json.
+    const dir = path.join(out, 'after-a-diverged-run');
+    fs.mkdirSync(dir, { recursive: true });
+    const diverged = { steps: 2, stepsThisRun: 2, resumedFrom: null, ok: false, generator: null, evaluations: [1, 2].map(score), stopReason: 'training diverged at step 2' };
+    fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify(diverged));
+    const lines: string[] = [];
+    const fresh = await Coordinator.start({ ...config(dir, 3), dataDir }, (l) => lines.push(l));
+    await fresh.close();
+    assert.ok(!fs.existsSync(path.join(dir, 'summary.json')));
+    assert.ok(lines.some((l) => /^removed \S+summary\.json: the summary of an earlier run that left no checkpoint$/.test(l)), lines.join('\n'));
+    // The new run, killed after its checkpoint at step 2 and before any evaluation of its own, resumed.
+    plantCheckpoint(dir, 2);
+    const resumed = await Coordinator.start({ ...config(dir, 3), resume: true, dataDir }, () => {});
+    const run = resumed.run();
+    await answerOneStep(resumed, 2);
+    const summary = await run;
+    await resumed.close();
+    assert.deepEqual(summary.evaluations, []);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test("a resume scores its checkpoint's step when a kill or a stop cut that evaluation short, and drops from evaluations.json the scores of weights after its checkpoint", async () => {
     const dataDir = blankMnistDir(100, true);
     const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });

@@ -187,10 +187,15 @@ export class RunOutputs {
    */
   forgetLaterOutputs(from: number | null): void {
     const summarised = this.summarisedStep();
+    const summary = this.layout.summary;
     if (summarised !== null && summarised > (from ?? 0)) {
-      const summary = this.layout.summary;
       removeFile(summary);
       this.log(`removed ${summary}: it summarised step ${summarised}, ${from === null ? 'trained by an earlier run that left no checkpoint' : `after this checkpoint's step ${from}`}`);
+    } else if (from === null && fs.existsSync(summary)) {
+      // Any other summary (a run that diverged before its first checkpoint: no generator) is no history of a run
+      // from step 0 either: left, a resume of this run would take its evaluations for this run's (evaluationsUpTo).
+      removeFile(summary);
+      this.log(`removed ${summary}: the summary of an earlier run that left no checkpoint`);
     }
     const { after } = gridsAround(this.samples.dir, from ?? 0);
     for (const name of after) removeFile(path.join(this.samples.dir, name));

@@ -11,18 +11,13 @@ export function envVariable(flag: string): string {
 /**
  * A GANFLEET_* variable one letter or two off a flag (GANFLEET_STEP) is a typo that would quietly keep the
  * default. Warned of, not refused. `flags` are every command's (each name to whether it is a switch): one
- * environment may serve several commands. So are the spellings that name a flag but set nothing: another
- * case than upper (GANFLEET_Steps: yargs and the switches read the upper-case name only), and a switch's
- * --no- form (GANFLEET_NO_MAILBOX=1 left the mailboxes on; GANFLEET_MAILBOX=0 turns them off).
+ * environment may serve several commands. So is a switch's --no- form (GANFLEET_NO_MAILBOX=1 left the
+ * mailboxes on; GANFLEET_MAILBOX=0 turns them off). Another case than upper: dropMisspelledVariables.
  */
 function warnOfMistypedVariables(flags: Map<string, boolean>): void {
   for (const variable of Object.keys(process.env)) {
     if (!variable.startsWith('GANFLEET_')) continue;
     const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
-    if (flags.has(name) && variable !== envVariable(name)) {
-      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean ${envVariable(name)}?\n`);
-      continue;
-    }
     if (flags.has(name) || name === 'expect-native') continue;
     const negated = /^no-(.+)$/.exec(name)?.[1];
     if (negated !== undefined && flags.get(negated) === true && negated !== 'help' && negated !== 'version') {
@@ -33,6 +28,22 @@ function warnOfMistypedVariables(flags: Map<string, boolean>): void {
     if (distance <= (name.length < 5 ? 1 : 2)) {
       process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean ${envVariable(nearest)}?\n`);
     }
+  }
+}
+
+/**
+ * Removes, with a warning, the GANFLEET_* variables that name a flag in another case than upper: yargs reads
+ * some of them (GANFLEET_steps, GANFLEET_batch_size; a switch's GANFLEET_mailbox=1 as false) and not others
+ * (GANFLEET_Steps), and the switches' and values' own checks read the upper-case name only. Before yargs parses.
+ */
+export function dropMisspelledVariables(flags: Map<string, boolean>): void {
+  for (const variable of Object.keys(process.env)) {
+    if (!variable.startsWith('GANFLEET_')) continue;
+    const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
+    if (!flags.has(name) || variable === envVariable(name)) continue;
+    const hint = name === 'help' || name === 'version' ? `--${name} is for the command line only` : `did you mean ${envVariable(name)}?`;
+    process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); ${hint}\n`);
+    delete process.env[variable];
   }
 }
 
@@ -230,6 +241,8 @@ function switchesWrittenWithValues(raw: readonly string[], switches: string[]): 
   return last;
 }
 
+const TOKEN_STARTS_WITH_DASH = 'Unknown argument: the word after --token starts with - (not shown: a value of --token that starts with - is written --token=<value>)';
+
 /** Refuses what yargs would drop or misread without a word: words after --, unknown flags, --no- on a value flag. */
 function refuseUnknownFlags(raw: readonly string[], options: OptionTable, valued: string[]): void {
   const known = new Set(Object.keys(options.key));
@@ -240,15 +253,16 @@ function refuseUnknownFlags(raw: readonly string[], options: OptionTable, valued
   for (const [i, token] of raw.entries()) {
     if (token === '--') break;
     const [, no, name] = /^--(no-)?([^=]+)/.exec(token) ?? [];
-    if (name && !known.has(name)) throw new UsageError(`Unknown argument: --${name}`);
+    // A secret stays out of the error, which lands in logs that ps never reached (a base64url token may start with - or --).
+    const afterToken = raw[i - 1] === '--token' && token.startsWith('-');
+    if (name && !known.has(name)) throw new UsageError(afterToken ? TOKEN_STARTS_WITH_DASH : `Unknown argument: --${name}`);
     // yargs reads --no-<flag> as false for any flag: --no-metrics-host bound the metrics to every interface.
     if (no && !options.boolean.includes(name)) throw new UsageError(`--no-${name}: --${name} takes a value, it is not a switch; to leave it unset, leave it out`);
     // Not a negative number given as a value (--lr -0.001).
     const letters = /^-([^-\d][^=]*)/.exec(token)?.[1];
     if (letters && ![...letters].every((l) => short.has(l))) {
       const flag = /^--([^=]+)$/.exec(raw[i - 1] ?? '')?.[1];
-      // A secret stays out of the error, which lands in logs that ps never reached (a base64url token may start with -).
-      if (flag === 'token') throw new UsageError('Unknown argument: the word after --token starts with - (not shown: a value of --token that starts with - is written --token=<value>)');
+      if (afterToken) throw new UsageError(TOKEN_STARTS_WITH_DASH);
       const value = flag && valued.includes(flag) ? `; a value of --${flag} that starts with - is written --${flag}=${token}` : '';
       throw new UsageError(`Unknown argument: ${token} (long options start with --${value})`);
     }
