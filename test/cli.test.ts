@@ -278,25 +278,24 @@ test('usage errors are one whole line: an invalid choice names the value and the
   assert.match(workers.stderr, /--max-workers "2" \(from GANFLEET_MAX_WORKERS\) is below --min-workers 3/);
 });
 
+/** The warnings `local --steps 0` (refused, exit 2) gives with `variables` in its environment, sorted. */
+function localWarnings(variables: Record<string, string>): string[] {
+  const r = spawnSync(process.execPath, [CLI, 'local', '--steps', '0'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...variables } });
+  assert.equal(r.status, 2);
+  return r.stderr.split('\n').filter((l) => l.includes('warning')).sort();
+}
+
 test('a GANFLEET_* variable a letter or two off a flag is warned of, with the flag; one of another command, or far from any, is not', () => {
   // GANFLEET_METRICS_HOST (the worker's) and GANFLEET_COUNT (generate's) are each two edits from one of local's flags.
-  const env = { ...process.env, GANFLEET_STEP: '5', GANFLEET_BATCHSIZE: '64', GANFLEET_CA: 'ca.pem', GANFLEET_METRICS_HOST: '0.0.0.0', GANFLEET_COUNT: '9', GANFLEET_SOMETHING_ELSE: '1' };
-  const r = spawnSync(process.execPath, [CLI, 'local', '--steps', '0'], { encoding: 'utf8', timeout: 30_000, env });
-  assert.equal(r.status, 2);
-  const warnings = r.stderr.split('\n').filter((l) => l.includes('warning')).sort();
-  assert.deepEqual(warnings, [
+  assert.deepEqual(localWarnings({ GANFLEET_STEP: '5', GANFLEET_BATCHSIZE: '64', GANFLEET_CA: 'ca.pem', GANFLEET_METRICS_HOST: '0.0.0.0', GANFLEET_COUNT: '9', GANFLEET_SOMETHING_ELSE: '1' }), [
     'ganfleet: warning: GANFLEET_BATCHSIZE sets nothing (ignored); did you mean GANFLEET_BATCH_SIZE?',
     'ganfleet: warning: GANFLEET_STEP sets nothing (ignored); did you mean GANFLEET_STEPS?',
   ]);
 });
 
 test('a GANFLEET_* variable that names a flag but sets nothing is warned of: another case than upper, and a switch\'s --no- form', () => {
-  // yargs reads only GANFLEET_STEPS, and a switch has no GANFLEET_NO_<FLAG>: each kept the default without a word.
-  const env = { ...process.env, GANFLEET_Steps: '5', GANFLEET_Batch_Size: '64', GANFLEET_NO_MAILBOX: '1', GANFLEET_NO_NATIVE: '1' };
-  const r = spawnSync(process.execPath, [CLI, 'local', '--steps', '0'], { encoding: 'utf8', timeout: 30_000, env });
-  assert.equal(r.status, 2);
-  const warnings = r.stderr.split('\n').filter((l) => l.includes('warning')).sort();
-  assert.deepEqual(warnings, [
+  // Each kept the default without a word: yargs skips GANFLEET_Steps, and a switch has no GANFLEET_NO_<FLAG>.
+  assert.deepEqual(localWarnings({ GANFLEET_Steps: '5', GANFLEET_Batch_Size: '64', GANFLEET_NO_MAILBOX: '1', GANFLEET_NO_NATIVE: '1' }), [
     'ganfleet: warning: GANFLEET_Batch_Size sets nothing (ignored); did you mean GANFLEET_BATCH_SIZE?',
     'ganfleet: warning: GANFLEET_NO_MAILBOX sets nothing (ignored); to turn --mailbox off, set GANFLEET_MAILBOX=0',
     'ganfleet: warning: GANFLEET_NO_NATIVE sets nothing (ignored); to turn --native off, set GANFLEET_NATIVE=0',
