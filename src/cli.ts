@@ -13,7 +13,7 @@ import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
 import { startStoppable } from './util/signals';
-import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropMisspelledVariables, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
+import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 
 // Each command loads what it runs (TensorFlow.js, ws, prom-client: about 0.3 s) in its handler, after its flags
@@ -285,13 +285,8 @@ function everyFlag(): Map<string, boolean> {
 }
 
 function buildCli(argv: string[]) {
-  // yargs reads these as --help and --version from the environment: one left set ran no command at all.
-  for (const variable of ['GANFLEET_HELP', 'GANFLEET_VERSION']) {
-    if (process.env[variable] === undefined) continue;
-    process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); --${variable.slice(9).toLowerCase()} is for the command line only\n`);
-    delete process.env[variable];
-  }
-  dropMisspelledVariables(everyFlag());
+  const flags = everyFlag();
+  dropVariablesThatSetNothing(flags);
   return yargs(argv)
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
@@ -302,7 +297,7 @@ function buildCli(argv: string[]) {
     .command(
       'coordinator',
       'Own the weights and Adam state; serve workers over WebSocket and metrics over HTTP',
-      (y) => checkCommandLine(coordinatorOptions(y), argv, everyFlag),
+      (y) => checkCommandLine(coordinatorOptions(y), argv, flags),
       async (a) => {
         const config = coordinatorConfig(a, {
           host: a.host,
@@ -334,7 +329,7 @@ function buildCli(argv: string[]) {
     .command(
       'worker',
       'Hold one shard and compute D and G gradients for a coordinator; reconnects by itself',
-      (y) => checkCommandLine(workerOptions(y), argv, everyFlag),
+      (y) => checkCommandLine(workerOptions(y), argv, flags),
       async (a) => {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
@@ -363,7 +358,7 @@ function buildCli(argv: string[]) {
     .command(
       'local',
       'Run a coordinator and N worker processes on this machine (same code as the distributed mode)',
-      (y) => checkCommandLine(localOptions(y), argv, everyFlag),
+      (y) => checkCommandLine(localOptions(y), argv, flags),
       async (a) => {
         const gpus = gpuIds(a.gpus);
         const { runLocal } = await import('./local');
@@ -377,7 +372,7 @@ function buildCli(argv: string[]) {
     .command(
       'generate',
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
-      (y) => checkCommandLine(generateOptions(y), argv, everyFlag),
+      (y) => checkCommandLine(generateOptions(y), argv, flags),
       async (a) => {
         const { generateSamples } = await import('./generate');
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
@@ -386,7 +381,7 @@ function buildCli(argv: string[]) {
     .command(
       'eval',
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
-      (y) => checkCommandLine(evalOptions(y), argv, everyFlag),
+      (y) => checkCommandLine(evalOptions(y), argv, flags),
       async (a) => {
         const { evaluateCheckpoint } = await import('./evaluate');
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });

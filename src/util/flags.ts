@@ -16,9 +16,8 @@ export function envVariable(flag: string): string {
  */
 function warnOfMistypedVariables(flags: Map<string, boolean>): void {
   for (const variable of Object.keys(process.env)) {
-    if (!variable.startsWith('GANFLEET_')) continue;
-    const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
-    if (flags.has(name) || name === 'expect-native') continue;
+    const name = flagOfVariable(variable);
+    if (name === null || flags.has(name) || name === 'expect-native') continue;
     const negated = /^no-(.+)$/.exec(name)?.[1];
     if (negated !== undefined && flags.get(negated) === true && negated !== 'help' && negated !== 'version') {
       process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); to turn --${negated} off, set ${envVariable(negated)}=0\n`);
@@ -31,17 +30,24 @@ function warnOfMistypedVariables(flags: Map<string, boolean>): void {
   }
 }
 
+/** The flag a GANFLEET_* variable's name spells, whatever its case (GANFLEET_BATCH_SIZE: batch-size); null for any other variable. */
+function flagOfVariable(variable: string): string | null {
+  return variable.startsWith('GANFLEET_') ? variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-') : null;
+}
+
 /**
- * Removes, with a warning, the GANFLEET_* variables that name a flag in another case than upper: yargs reads
- * some of them (GANFLEET_steps, GANFLEET_batch_size; a switch's GANFLEET_mailbox=1 as false) and not others
- * (GANFLEET_Steps), and the switches' and values' own checks read the upper-case name only. Before yargs parses.
+ * Removes, with a warning, the GANFLEET_* variables that name a flag but must set nothing, before yargs parses:
+ * --help and --version in any case (yargs read them, and one left set ran no command at all), and any other
+ * flag in another case than upper (yargs reads some, GANFLEET_steps, and a switch's GANFLEET_mailbox=1 as false,
+ * but not others, GANFLEET_Steps; the switches' and values' own checks read the upper-case name only).
  */
-export function dropMisspelledVariables(flags: Map<string, boolean>): void {
+export function dropVariablesThatSetNothing(flags: Map<string, boolean>): void {
   for (const variable of Object.keys(process.env)) {
-    if (!variable.startsWith('GANFLEET_')) continue;
-    const name = variable.slice('GANFLEET_'.length).toLowerCase().replace(/_/g, '-');
-    if (!flags.has(name) || variable === envVariable(name)) continue;
-    const hint = name === 'help' || name === 'version' ? `--${name} is for the command line only` : `did you mean ${envVariable(name)}?`;
+    const name = flagOfVariable(variable);
+    if (name === null || !flags.has(name)) continue;
+    const commandLineOnly = name === 'help' || name === 'version';
+    if (!commandLineOnly && variable === envVariable(name)) continue;
+    const hint = commandLineOnly ? `--${name} is for the command line only` : `did you mean ${envVariable(name)}?`;
     process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); ${hint}\n`);
     delete process.env[variable];
   }
@@ -136,7 +142,7 @@ export function flagNames<T>(y: Argv<T>): [string, boolean][] {
  *
  * `everyFlag`: every command's flags, which a GANFLEET_* variable may name without a typo.
  */
-export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFlag: () => Map<string, boolean>) {
+export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFlag: Map<string, boolean>) {
   const options = () => optionsOf(y);
   const valued = valueFlags(options());
   return y
@@ -153,7 +159,7 @@ export function checkCommandLine<T>(y: Argv<T>, raw: readonly string[], everyFla
     }, true)
     // Before validation: a mistyped flag (--coordinater) is named as such, not as the required one it misses.
     .middleware(() => {
-      warnOfMistypedVariables(everyFlag());
+      warnOfMistypedVariables(everyFlag);
       refuseUnknownFlags(raw, options(), valued);
     }, true)
     // Before validation too: yargs would call a stray word an unknown command, and check ranges on the 0 it makes of "".
