@@ -27,9 +27,19 @@ test("the ETA's pace starts after the first step, which carries the start-up; wi
   step(c, 100, 2);
   step(c, 100, 3);
   close(c.clock.etaSeconds(10), 1);
-  // The first step stays in the run's own figures.
-  close(c.clock.windowRate(), (3 * 128) / 1.2);
+  // The first progress line's images/s leaves it out as well; the run's elapsed time keeps it.
+  close(c.clock.windowRate(), (2 * 128) / 0.2);
   close(c.clock.elapsed().seconds, 1.2);
+  step(c, 50, 4);
+  close(c.clock.windowRate(), 128 / 0.05);
+});
+
+test('with a progress line every step, the first line is the first step\'s own rate, start-up and all', () => {
+  const c = clockAt();
+  step(c, 1000, 1);
+  close(c.clock.windowRate(), 128);
+  step(c, 100, 2);
+  close(c.clock.windowRate(), 1280);
 });
 
 test('an evaluation is counted in the ETA (the run still has it to do) and left out of images/s and the elapsed training time', () => {

@@ -46,6 +46,9 @@ export class RunClock {
   /** Where the step in progress started. */
   private readonly step: Mark = { at: 0, paused: 0, evaluating: 0 };
   private windowImages = 0;
+  /** The window still starts at the run's first step, whose images are `firstStepImages`. */
+  private windowFromFirst = false;
+  private firstStepImages = 0;
   /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */
   private paceSteps = 0;
   private paceSeconds = 0;
@@ -82,6 +85,7 @@ export class RunClock {
     if (!this.first) {
       this.first = this.mark({ at: 0, paused: 0, evaluating: 0 });
       this.mark(this.window);
+      this.windowFromFirst = true;
     }
   }
 
@@ -100,6 +104,7 @@ export class RunClock {
   /** The step's training time in seconds: neither paused nor evaluating. */
   stepFinished(images: number): number {
     const seconds = this.since(this.step);
+    if (this.recentCount === 0) this.firstStepImages = images;
     this.recent[this.recentCount++ % RECENT_STEPS] = seconds;
     this.windowImages += images;
     return seconds;
@@ -114,11 +119,18 @@ export class RunClock {
     if (stepsThisRun === 1) this.afterFirst = this.mark({ at: 0, paused: 0, evaluating: 0 });
   }
 
-  /** Images a second since the last call (the first: since the first step). */
+  /**
+   * Images a second since the last call. The first call's window leaves out the run's first step where
+   * it holds later ones, as the ETA's pace does: that step carries the start-up.
+   */
   windowRate(): number {
-    const rate = this.windowImages / this.since(this.window);
+    const skipFirst = this.windowFromFirst && this.afterFirst !== null && this.windowImages > this.firstStepImages;
+    const rate = skipFirst
+      ? (this.windowImages - this.firstStepImages) / this.since(this.afterFirst!)
+      : this.windowImages / this.since(this.window);
     this.mark(this.window);
     this.windowImages = 0;
+    this.windowFromFirst = false;
     return rate;
   }
 
