@@ -79,6 +79,19 @@ test('truncated, corrupted and foreign files are refused with the reason', () =>
   assert.throws(() => decodeCheckpoint(buf.subarray(0, 30), 'f'), /truncated header|unreadable header/);
 });
 
+test('a header out of range is refused though its checksum holds (a file made by hand or by a broken build): a seed beyond 32 bits, a short RNG state, shards under format 1', () => {
+  const good = checkpointAt(4);
+  const refused = (c: Checkpoint, why: RegExp) => assert.throws(() => decodeCheckpoint(encodeCheckpoint(c), 'f'), { code: 'CHECKPOINT_INVALID', message: why });
+  refused({ ...good, shards: [{ indices: Uint32Array.from([1, 2]), seed: 2 ** 32 }] }, /^f: header lists no valid shards$/);
+  refused({ ...good, seedRng: good.seedRng.slice(0, 3) as typeof good.seedRng }, /^f: header fields out of range$/);
+  refused({ ...good, seedRng: [1, 2, 3, 2 ** 32] as unknown as typeof good.seedRng }, /^f: header fields out of range$/);
+  refused({ ...good, nextWorker: -1 }, /^f: header fields out of range$/);
+  // Format 1 had no slots: one that lists them is no file ganfleet wrote.
+  const withSlots = encodeCheckpoint({ ...good, shards: [{ indices: Uint32Array.from([1, 2]), seed: 3 }] });
+  const asFormat1 = Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-1\n'), withSlots.subarray(22)]);
+  assert.throws(() => decodeCheckpoint(asFormat1, 'f'), { code: 'CHECKPOINT_INVALID', message: /^f: header lists no valid shards$/ });
+});
+
 test('writes are atomic, keep the newest K, and resume falls back past broken files', () => {
   const dir = tempDir('ckpt');
   for (const step of [10, 20, 30, 40]) writeCheckpoint(dir, checkpointAt(step), 3);
@@ -105,6 +118,16 @@ test('writes are atomic, keep the newest K, and resume falls back past broken fi
   writeCheckpoint(dir, checkpointAt(21), 1);
   assert.deepEqual(listCheckpoints(dir), ['ckpt-000000021.bin']);
   assert.ok(fs.existsSync(path.join(dir, 'ckpt-000000040.bin.invalid')));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('a lease lost just after the checkpoint takes its name prunes nothing: the older checkpoints may be the new holder\'s to keep', () => {
+  const dir = tempDir('ckpt-lost');
+  for (const step of [1, 2, 3]) writeCheckpoint(dir, checkpointAt(step), 3);
+  let asked = 0;
+  const mayWrite = () => ++asked === 1; // yes before the rename, no after it
+  assert.equal(writeCheckpoint(dir, checkpointAt(4), 1, (e) => assert.fail(e), mayWrite), null);
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000004.bin', 'ckpt-000000003.bin', 'ckpt-000000002.bin', 'ckpt-000000001.bin']);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 

@@ -131,6 +131,22 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, phase: 'both' })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, loss: '1' })), 'bad_field');
   });
+  test('a string field takes exactly MAX_STRING_LENGTH characters, and not one more', () => {
+    const hello = (name: string) => raw.pack({ v: PROTOCOL_VERSION, type: 'hello', name, backend: 'cpu', pid: 1, hostname: 'h' });
+    assert.equal((decodeWorkerMessage(hello('x'.repeat(MAX_STRING_LENGTH))) as Hello).name.length, MAX_STRING_LENGTH);
+    assertRejected(() => decodeWorkerMessage(hello('x'.repeat(MAX_STRING_LENGTH + 1))), 'bad_field');
+  });
+  test("a shard's seed is a uint32: 2^32 − 1 is one, 2^32 is refused, not wrapped", () => {
+    const shard = (seed: number) => raw.pack({ v: PROTOCOL_VERSION, type: 'shard', plan: 1, count: 1, keep: 0, seed, images: new Uint8Array(784) });
+    assert.equal((decodeCoordinatorMessage(shard(2 ** 32 - 1)) as Shard).seed, 2 ** 32 - 1);
+    assertRejected(() => decodeCoordinatorMessage(shard(2 ** 32)), 'bad_field');
+    assertRejected(() => decodeCoordinatorMessage(shard(2 ** 40)), 'bad_field');
+  });
+  test("a shard's images must be binary: a string, a number or a boolean is refused", () => {
+    const shard = (images: unknown) => raw.pack({ v: PROTOCOL_VERSION, type: 'shard', plan: 1, count: 1, keep: 0, seed: 7, images });
+    assert.ok((decodeCoordinatorMessage(shard(new Uint8Array(784))) as Shard).images instanceof Uint8Array);
+    for (const images of ['x'.repeat(784), 784, true]) assertRejected(() => decodeCoordinatorMessage(shard(images)), 'bad_field');
+  });
   test('float data that is not whole float32s', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, gradients: new Uint8Array(7) })), 'bad_size');
   });

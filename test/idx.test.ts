@@ -108,6 +108,15 @@ describe('readIdx on damaged copies', () => {
     throwsCode(() => readIdx(p), 'IDX_BAD_MAGIC', p);
   });
 
+  test('a magic of zero dims → IDX_BAD_MAGIC, not a one-byte scalar', () => {
+    const p = path.join(tmp, 'zero-dims');
+    fs.writeFileSync(p, Buffer.from([0, 0, 8, 0, 42]));
+    throwsCode(() => readIdx(p), 'IDX_BAD_MAGIC', p, '0x00000800');
+    const gz = path.join(tmp, 'zero-dims.gz');
+    fs.writeFileSync(gz, zlib.gzipSync(Buffer.from([0, 0, 8, 0, 42])));
+    throwsCode(() => readIdx(gz), 'IDX_BAD_MAGIC', gz);
+  });
+
   test('non-ubyte dtype → IDX_UNSUPPORTED_DTYPE', () => {
     const p = path.join(tmp, 'float-dtype');
     fs.writeFileSync(p, Buffer.from([0, 0, 0x0d, 1, 0, 0, 0, 1, 0, 0, 0, 0]));
@@ -151,6 +160,22 @@ describe('readIdx on damaged copies', () => {
     assert.equal(child.status, 0, child.stderr);
     const { codes, maxRssMiB } = JSON.parse(child.stdout);
     assert.deepEqual(codes, ['IDX_SIZE_MISMATCH', 'IDX_SIZE_MISMATCH', 'IDX_BAD_GZIP', 'IDX_SIZE_MISMATCH']);
+    assert.ok(maxRssMiB < 200, `the child peaked at ${maxRssMiB.toFixed(0)} MiB`);
+  });
+
+  test('a gzip bomb small enough to pass the length check (256 MB of zeros in 260 KB) is stopped at the declared size, not inflated whole', () => {
+    const header = Buffer.from([0, 0, 8, 3, 0, 0, 0, 3, 0, 0, 0, 28, 0, 0, 0, 28]);
+    const bomb = path.join(tmp, 'small-bomb.gz');
+    fs.writeFileSync(bomb, zlib.gzipSync(Buffer.concat([header, Buffer.alloc(2 ** 28)]), { level: 9 }));
+    assert.ok(fs.statSync(bomb).size < 2 ** 20, 'the bomb passes the compressed-length check');
+    const script = `const { readIdx } = require(${JSON.stringify(path.join(__dirname, '..', 'src', 'data', 'idx.js'))});
+      let said; try { readIdx(${JSON.stringify(bomb)}); said = 'read'; } catch (e) { said = e.code + ': ' + e.message; }
+      const peakKiB = Number(/VmHWM:\\s*(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'))[1]);
+      process.stdout.write(JSON.stringify({ said, maxRssMiB: peakKiB / 1024 }));`;
+    const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.equal(child.status, 0, child.stderr);
+    const { said, maxRssMiB } = JSON.parse(child.stdout);
+    assert.match(said, /^IDX_SIZE_MISMATCH: .* need 2352 payload bytes, and it inflates to more$/);
     assert.ok(maxRssMiB < 200, `the child peaked at ${maxRssMiB.toFixed(0)} MiB`);
   });
 

@@ -117,6 +117,25 @@ test('a notice announcing more than the mailbox holds, nothing, or more than the
   });
 });
 
+test('a frame collected into reused memory larger than the one before it arrives whole: the memory grows', () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
+    const inbox = Inbox.open(outbox.path, nonce, 'coordinator');
+    try {
+      for (const [bytes, fill] of [[100, 1], [5000, 2], [300, 3], [70_000, 4]]) {
+        outbox.post(new EncodedFrame([Buffer.alloc(bytes, fill)]));
+        const frame = inbox.collect(bytes, 1 << 20, true);
+        assert.equal(frame.length, bytes);
+        assert.ok(frame.every((b) => b === fill), `the ${bytes}-byte frame`);
+      }
+    } finally {
+      inbox.close();
+      outbox.close();
+    }
+  });
+});
+
 test('a peer file is refused unless it is a regular file of this user holding the nonce, a whole one', () => {
   withDir((dir) => {
     const nonce = mailboxNonce();
@@ -144,6 +163,18 @@ test('a peer file is refused unless it is a regular file of this user holding th
     assert.throws(() => inbox.collect(1, 10), /closed mailbox/);
     assert.ok(!fs.existsSync(real.path), 'a closed outbox takes its file with it');
   });
+});
+
+test('a process that exits without removing its mailbox directory (an uncaught error, process.exit) takes it with it', () => {
+  const script = `const { makeMailboxDir } = require(${JSON.stringify(require.resolve('../src/protocol/mailbox'))});
+    const dir = makeMailboxDir('worker'); require('fs').writeFileSync(require('path').join(dir, 'w1'), 'frame'); console.log(dir); process.exit(3);`;
+  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  assert.equal(child.status, 3, child.stderr);
+  const dir = child.stdout.trim();
+  assert.match(path.basename(dir), /^ganfleet-worker-\d+-/);
+  const left = fs.existsSync(dir);
+  if (left) fs.rmSync(dir, { recursive: true, force: true });
+  assert.ok(!left, `${dir} was left behind`);
 });
 
 test("a killed process's mailbox directory is swept by the next one; a live one's is kept", async () => {

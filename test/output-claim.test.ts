@@ -77,6 +77,39 @@ test('a claim makes the run directories and a lease naming this process; release
   fs.rmSync(root, { recursive: true, force: true });
 });
 
+test('a coordinator that exits without releasing its claim (process.exit after an error) takes its lease with it', () => {
+  const root = tempDir('claim');
+  const lease = path.join(root, 'run', LEASE_FILE);
+  const script = `const { OutputClaim } = require(${JSON.stringify(require.resolve('../src/coordinator/output-claim'))});
+    OutputClaim.take(${JSON.stringify(path.dirname(lease))}, () => {}, () => {}).then(() => {
+      process.stdout.write(String(require('fs').existsSync(${JSON.stringify(lease)})));
+      process.exit(4);
+    });`;
+  const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+  assert.equal(child.status, 4, child.stderr);
+  assert.equal(child.stdout, 'true', 'the claim was taken');
+  assert.ok(!fs.existsSync(lease), 'the lease went with the process');
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a lease that cannot be written (a full disk) is not left empty, to hold --out for the stale time: nothing is left', async () => {
+  const root = tempDir('claim');
+  const out = path.join(root, 'run');
+  const write = fs.writeSync;
+  fs.writeSync = (() => {
+    throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+  }) as typeof fs.writeSync;
+  try {
+    await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /ENOSPC/));
+  } finally {
+    fs.writeSync = write;
+  }
+  assert.ok(!fs.existsSync(out), `${out} is left with ${fs.existsSync(out) ? fs.readdirSync(out).join(', ') : ''}`);
+  // The next coordinator takes --out at once.
+  (await OutputClaim.take(out, () => {}, noLost, FAST)).release();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
 test('an --out that cannot hold the outputs is refused with OUT_UNUSABLE, and leaves nothing made', async () => {
   const root = tempDir('claim');
   const file = path.join(root, 'file');
@@ -164,6 +197,32 @@ test("another machine's lease is watched for the stale time whatever its date sa
   fs.rmSync(root, { recursive: true, force: true });
 });
 
+test('a lapsed lease that its rightful holder rewrites just as it is moved aside is put back, not removed: the taker is refused', async () => {
+  const root = tempDir('claim');
+  const out = path.join(root, 'run');
+  const gone = spawnSync(process.execPath, ['-e', '']).pid!;
+  const file = plantLease(out, HERE(gone));
+  const rename = fs.renameSync;
+  let raced = false;
+  fs.renameSync = ((from: fs.PathLike, to: fs.PathLike) => {
+    if (!raced && from === file) {
+      raced = true;
+      // Between the taker's judging and its rename, a live coordinator writes the lease anew.
+      plantLease(out, HERE(process.ppid));
+    }
+    rename(from, to);
+  }) as typeof fs.renameSync;
+  try {
+    await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_IN_USE', new RegExp(`pid ${process.ppid}`)));
+  } finally {
+    fs.renameSync = rename;
+  }
+  assert.ok(raced);
+  assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).pid, process.ppid, 'the live lease is in place');
+  assert.deepEqual(fs.readdirSync(out), [LEASE_FILE], 'nothing moved aside is left');
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
 test('of two coordinators taking a stale lease at once, one holds it and the other is refused', async () => {
   const root = tempDir('claim');
   const out = path.join(root, 'run');
@@ -198,6 +257,29 @@ test('a holder whose lease another coordinator took is told so, writes are refus
   assert.match(String(lost), /another coordinator \(pid 1 on another-host, .*\) took over the lease on --out/);
   claim.release();
   assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'theirs');
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('a lease that cannot be read for a moment (an I/O error) is still held: writes go on, and nothing is lost', async () => {
+  const root = tempDir('claim');
+  const out = path.join(root, 'run');
+  let lost: string | null = null;
+  const claim = await OutputClaim.take(out, () => {}, (why) => (lost = why), FAST);
+  const file = path.join(out, LEASE_FILE);
+  const read = fs.readFileSync;
+  fs.readFileSync = ((f: fs.PathOrFileDescriptor, ...rest: unknown[]) => {
+    if (f === file) throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+    return (read as (...a: unknown[]) => unknown)(f, ...rest);
+  }) as typeof fs.readFileSync;
+  try {
+    assert.equal(claim.holds(), true, 'a passing read error is no lost lease');
+  } finally {
+    fs.readFileSync = read;
+  }
+  assert.equal(lost, null);
+  assert.equal(claim.holds(), true);
+  claim.release();
+  assert.ok(!fs.existsSync(file));
   fs.rmSync(root, { recursive: true, force: true });
 });
 

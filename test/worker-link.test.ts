@@ -5,8 +5,9 @@ import type { Socket } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
 import { pack } from 'msgpackr';
 import { createModel } from '../src/model';
-import { decodeWorkerMessage, encode } from '../src/protocol/codec';
-import { ErrorMessage, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
+import { Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
+import { ErrorMessage, Mail, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 import fs from 'node:fs';
 import path from 'node:path';
 import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
@@ -142,6 +143,17 @@ test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -
   }
 });
 
+test("a welcome this build cannot follow (another build's parameter counts, an unknown wire dtype): the worker says which and exits 1 after one try", async () => {
+  const model = createModel('mlp');
+  for (const [bad, why] of [
+    [{ generatorSize: model.generatorLayout.size + 1 }, new RegExp(`error WORKER_MODEL_MISMATCH: this worker's mlp has ${model.generatorLayout.size}\\+${model.discriminatorLayout.size} parameters, the coordinator's ${model.generatorLayout.size + 1}\\+`)],
+    [{ discriminatorSize: 7 }, /error WORKER_MODEL_MISMATCH: .*parameters, the coordinator's \d+\+7/],
+    [{ wireDtype: 'float8' }, /error WORKER_WIRE_DTYPE: unknown wire dtype float8/],
+  ] as const) {
+    await assertGivesUpAfterOneTry((ws) => ws.send(encode({ ...welcome(), ...bad })), why);
+  }
+});
+
 test('another WebSocket service on the address (one that greets in text, one that echoes the hello, one that speaks msgpack without a version) is retried like a lost coordinator, and each try says it is no coordinator', async () => {
   for (const [script, said] of [
     [(ws: WebSocket) => ws.send('220 some other service ready'), /error PROTOCOL_BAD_FRAME: text frame: not a ganfleet coordinator \(another WebSocket service on that address\?\)/],
@@ -180,6 +192,30 @@ test('a second welcome on one connection is refused: the worker reconnects and i
   } finally {
     worker.kill();
     await service.close();
+  }
+});
+
+test('only weights come by mail: a mailed stop is refused as unexpected, not computed as a step', async () => {
+  const dir = makeMailboxDir('coordinator');
+  const nonce = mailboxNonce();
+  const outbox = Outbox.create(path.join(dir, 'w1'), nonce);
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode({ ...welcome(), mailbox: outbox.path, nonce }));
+    ws.on('message', (data: Buffer) => {
+      if (decodeWorkerMessage(data).type !== 'mailbox') return;
+      const frame = encodeFrame(message<Stop>({ type: 'stop', reason: 'by mail' }));
+      outbox.post(frame);
+      ws.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
+    });
+  });
+  const worker = startWorker(coordinator.url, 'mailed');
+  try {
+    await worker.waitFor(/error WORKER_UNEXPECTED: a mailed stop message/);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+    outbox.close();
+    removeMailboxDir(dir);
   }
 });
 
@@ -486,6 +522,27 @@ test("a worker pointed at an HTTP server that is no coordinator (its metrics por
   } finally {
     worker.kill();
     metrics.close();
+  }
+});
+
+test('a coordinator (or a proxy before it) that answers the upgrade 401 or 403 is not retried: the worker says to check --token and exits 1 after one try', async () => {
+  const http = await import('node:http');
+  for (const status of [401, 403]) {
+    let tries = 0;
+    const refusing = http.createServer((_req, res) => {
+      tries++;
+      res.writeHead(status).end();
+    });
+    await new Promise<void>((r) => refusing.listen(0, '127.0.0.1', r));
+    const worker = startWorker(`ws://127.0.0.1:${(refusing.address() as AddressInfo).port}`, 'refused');
+    try {
+      assert.equal(await exitWithin(worker), 1, worker.log);
+      assert.match(worker.log, new RegExp(`giving up: coordinator answered HTTP ${status} \\(check --token\\)`));
+      assert.equal(tries, 1, worker.log);
+    } finally {
+      worker.kill();
+      refusing.close();
+    }
   }
 });
 

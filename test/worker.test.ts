@@ -158,6 +158,43 @@ test('the G round reuses the D round noise of the same step, and a new step draw
   compute.dispose();
 });
 
+test('weights that arrive within a step replace what was computed with the old ones: the step computes as on a worker that held the new ones all along', async () => {
+  await selectBackend('wasm');
+  const next = createModel('mlp').init(new Rng(9));
+  for (const phase of ['discriminator', 'generator'] as const) {
+    const changed = readyCompute(16, 11, 200, 3);
+    changed.prepare(0); // D's real half, with the old D
+    changed.step(0, phase); // G's pass, with the old G
+    changed.updateWeights(next.generator, next.discriminator);
+    const got = changed.step(0, phase);
+    const fresh = readyCompute(16, 11, 200, 3);
+    fresh.updateWeights(next.generator, next.discriminator);
+    const want = fresh.step(0, phase);
+    assert.deepEqual(Array.from(got.gradients), Array.from(want.gradients), `${phase} gradients`);
+    assert.deepEqual([got.loss, got.dReal, got.dFake], [want.loss, want.dReal, want.dFake], `${phase} loss, D(x), D(G(z))`);
+    changed.dispose();
+    fresh.dispose();
+  }
+});
+
+test('a new shard within a step (a rebalance) is drawn from at once, for this step and the one drawn ahead, as on a worker that held it all along', async () => {
+  await selectBackend('wasm');
+  const other = { images: loadMnist('train').images.subarray(200 * IMAGE_SIZE, 400 * IMAGE_SIZE), count: 200, seed: 12 };
+  const moved = readyCompute(16, 11, 200, 3);
+  moved.prepare(0);
+  moved.step(0, 'discriminator');
+  moved.readyAfter(0, 'discriminator'); // step 1 drawn ahead, from the old shard
+  moved.setShard(other);
+  const fresh = readyCompute(16, 11, 200, 3);
+  fresh.setShard(other);
+  for (const step of [0, 1]) {
+    const got = Array.from(moved.step(step, 'discriminator').gradients);
+    assert.deepEqual(got, Array.from(fresh.step(step, 'discriminator').gradients), `step ${step}`);
+  }
+  moved.dispose();
+  fresh.dispose();
+});
+
 test('a worker refuses to compute without a shard or weights', () => {
   const compute = new ShardCompute(createModel('mlp'), 8);
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving a shard/);
@@ -165,6 +202,26 @@ test('a worker refuses to compute without a shard or weights', () => {
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving both networks/);
   assert.throws(() => compute.setShard({ images: new Uint8Array(10), count: 1, seed: 1 }), /a shard of 1 images that keeps 0 of the 1 held has 10 new bytes/);
   assert.throws(() => compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 3, keep: 2, seed: 1 }), /keeps 2 of the 1 held/);
+});
+
+test('a shard of no images is refused, not held to draw batches from later', () => {
+  const compute = new ShardCompute(createModel('mlp'), 8);
+  assert.throws(() => compute.setShard({ images: new Uint8Array(0), count: 0, seed: 1 }), { code: 'WORKER_BAD_SHARD', message: /a shard of 0 images/ });
+  compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 1, seed: 1 });
+  assert.throws(() => compute.setShard({ images: new Uint8Array(0), count: 0, keep: 0, seed: 1 }), { code: 'WORKER_BAD_SHARD' });
+  compute.dispose();
+});
+
+test('a worker holding one network only (its first weights carried just G, or just D) refuses the step by name, for either network missing', () => {
+  const model = createModel('mlp');
+  const params = model.init(new Rng(2));
+  for (const [g, d] of [[params.generator, undefined], [undefined, params.discriminator]] as const) {
+    const compute = new ShardCompute(model, 8);
+    compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 1, seed: 1 });
+    compute.updateWeights(g, d);
+    for (const phase of ['discriminator', 'generator'] as const) assert.throws(() => compute.step(0, phase), { code: 'WORKER_NO_WEIGHTS', message: /before receiving both networks/ });
+    compute.dispose();
+  }
 });
 
 test('a new shard keeps the start of the one held and appends what was sent, or cuts it short', () => {
