@@ -195,6 +195,20 @@ test('a new shard within a step (a rebalance) is drawn from at once, for this st
   fresh.dispose();
 });
 
+test("every image of the shard is drawn, its last one too: with two, a batch of one sees both within 20 steps", async () => {
+  await selectBackend('wasm');
+  const model = createModel('mlp');
+  const params = model.init(new Rng(4));
+  const compute = new ShardCompute(model, 1);
+  // A black image and a white one: D(x) tells which was drawn.
+  compute.setShard({ images: Uint8Array.from([...new Uint8Array(IMAGE_SIZE), ...new Uint8Array(IMAGE_SIZE).fill(255)]), count: 2, seed: 8 });
+  compute.updateWeights(params.generator, params.discriminator);
+  const seen = new Set<number>();
+  for (let step = 0; step < 20; step++) seen.add(compute.step(step, 'discriminator').dReal!);
+  assert.equal(seen.size, 2, `D(x) took ${[...seen].join(', ')}`);
+  compute.dispose();
+});
+
 test('a worker refuses to compute without a shard or weights', () => {
   const compute = new ShardCompute(createModel('mlp'), 8);
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving a shard/);
