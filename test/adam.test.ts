@@ -2,7 +2,7 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { Adam, AdamConfig, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Adam, AdamConfig, KERAS_ADAM_DEFAULTS, adamDefaults } from '../src/coordinator/adam';
 import { GanfleetError } from '../src/util/errors';
 
 const SIZE = 257;
@@ -102,4 +102,9 @@ test('throws ADAM_SIZE_MISMATCH on wrong lengths', () => {
   assert.throws(() => adam.apply(new Float32Array(4), new Float32Array(3)), isMismatch);
   assert.throws(() => adam.apply(new Float32Array(5), new Float32Array(5)), isMismatch);
   assert.equal(adam.step, 0);
+});
+
+test("per-model defaults: the MLP takes Keras' Adam(), the DCGAN Radford et al.'s lr 2e-4 and β1 0.5", () => {
+  assert.deepEqual(adamDefaults('mlp'), KERAS_ADAM_DEFAULTS);
+  assert.deepEqual(adamDefaults('dcgan'), { learningRate: 2e-4, beta1: 0.5, beta2: 0.999, epsilon: 1e-7 });
 });

@@ -4,6 +4,7 @@ import { averageGradients } from '../src/coordinator/aggregate';
 import { Round } from '../src/coordinator/round';
 import { Gradients } from '../src/protocol/messages';
 import { GanfleetError } from '../src/util/errors';
+import { nativeAddon } from '../src/util/native';
 
 const hasCode = (code: string) => (e: unknown) => e instanceof GanfleetError && e.code === code;
 
@@ -33,6 +34,15 @@ test('out may alias an input', () => {
   const a = Float32Array.of(2, 4);
   averageGradients([{ gradients: a, samples: 1 }, { gradients: Float32Array.of(4, 8), samples: 1 }], a);
   assert.deepEqual(a, Float32Array.of(3, 6));
+});
+
+test('out may alias an input after the first, with the addon and without: that input is read as it was, not as the first pass left out', () => {
+  for (const native of [nativeAddon().addon, null]) {
+    const b = Float32Array.of(4, 8);
+    averageGradients([{ gradients: Float32Array.of(2, 4), samples: 1 }, { gradients: b, samples: 3 }], b, native);
+    // (1*2 + 3*4)/4, (1*4 + 3*8)/4
+    assert.deepEqual(b, Float32Array.of(3.5, 7), native ? 'native addon' : 'JavaScript');
+  }
 });
 
 test('throws AGGREGATE_EMPTY without contributions or samples', () => {
@@ -98,4 +108,23 @@ test("a round's deadlines end with it: once every participant has answered or le
   await new Promise((r) => setTimeout(r, 40));
   assert.deepEqual(fired, ['c']);
   open.drop('c');
+});
+
+test('a round none of whose participants is left when it opens is done at once: it waits on no one', async () => {
+  const round = new Round(0, 'discriminator', []);
+  const settled = await Promise.race([round.done.then(() => true), new Promise((r) => setTimeout(() => r(false), 200))]);
+  assert.equal(settled, true);
+  assert.deepEqual(round.answers(), []);
+});
+
+test("a round takes one answer per participant: a second answer, or one from a worker it did not ask, is not taken", () => {
+  const answer = (value: number) => ({ gradients: Float32Array.of(value), samples: 1 }) as unknown as Gradients;
+  const round = new Round(0, 'discriminator', ['a', 'b']);
+  round.accept('a', answer(1));
+  round.accept('a', answer(2));
+  round.accept('x', answer(3));
+  assert.ok(round.isAwaiting('b'));
+  assert.deepEqual([...round.received.keys()], ['a']);
+  assert.deepEqual(round.answers().map((g) => g.gradients[0]), [1]);
+  round.drop('b');
 });

@@ -515,6 +515,21 @@ describe('coordinator disconnects bad peers', () => {
     await peer.closed;
   });
 
+  test('a second mailbox message after the first was taken is rejected: the inbox in use is not opened again', async () => {
+    const dir = makeMailboxDir('worker');
+    const { peer, welcome, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
+    const frames = () => coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames;
+    for (let i = 0; i < 200 && frames() !== 'shared memory'; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(frames(), 'shared memory');
+    peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
+    const again = await Promise.race([peer.next(), new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
+    assert.ok(again?.type === 'error' && again.code === 'PROTOCOL_UNEXPECTED' && /mailbox without an open offer/.test(again.message), JSON.stringify(again));
+    peer.ws.close();
+    await peer.closed;
+    outbox.close();
+    removeMailboxDir(dir);
+  });
+
   test("a peer that leaves takes its mailbox file with it", async () => {
     const { peer, welcome } = await joinedPeer(coordinator);
     assert.ok(welcome.mailbox);
@@ -2005,6 +2020,49 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(lines.filter((l) => /^refused 127\.0\.0\.1:\d+ \("scripted"/.test(l)).length, 1, lines.join('\n'));
     coordinator.requestStop('test over');
     await coordinator.close();
+  });
+
+  test("a training set of fewer images than --max-workers admits a worker per image: the next hello is refused as full, and told why", async () => {
+    const dataDir = blankMnistDir(2);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'few-images'), 1), maxWorkers: 8, startWorkers: 2, dataDir }, () => {});
+    await joinedPeer(coordinator);
+    await joinedPeer(coordinator);
+    const extra = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await extra.open();
+    extra.hello();
+    const refused = await extra.next();
+    assert.ok(refused.type === 'error' && refused.code === 'COORDINATOR_FULL' && refused.message === "the training set's 2 images give at most 2 workers a shard", JSON.stringify(refused));
+    assert.equal(await extra.closed, 1013);
+    coordinator.requestStop('test over');
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("a worker that leaves hands its images on: at the next step the one left keeps its shard and is sent the other's", async () => {
+    const dataDir = blankMnistDir(512);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'handover'), 2), startWorkers: 2, dataDir }, () => {});
+    const run = coordinator.run();
+    const a = await joinedPeer(coordinator);
+    const b = await joinedPeer(coordinator);
+    const first: CoordinatorMessage[] = [];
+    await Promise.all([weightsOrDrop(a.peer, first), weightsOrDrop(b.peer)]);
+    assert.ok(first.some((m) => m.type === 'shard' && m.count === 256 && m.keep === 0), JSON.stringify(first.map((m) => m.type)));
+    b.peer.ws.close();
+    await b.peer.closed;
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    assert.equal((await weightsOrDrop(a.peer)).phase, 'generator');
+    a.peer.gradients(0, 'generator', zeros('generator'));
+    const between: CoordinatorMessage[] = [];
+    const next = await weightsOrDrop(a.peer, between);
+    assert.ok(next.step === 1 && next.phase === 'discriminator');
+    const shard = between.find((m) => m.type === 'shard');
+    assert.ok(shard?.type === 'shard' && shard.count === 512 && shard.keep === 256 && shard.images.length === 256 * IMAGE_SIZE, JSON.stringify(between.map((m) => (m.type === 'shard' ? { count: m.count, keep: m.keep } : m.type))));
+    a.peer.gradients(1, 'discriminator', zeros('discriminator'));
+    assert.equal((await weightsOrDrop(a.peer)).phase, 'generator');
+    a.peer.gradients(1, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 2);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test("a straggler's answer that comes after its deadline dropped it is counted late and not acted on", async () => {

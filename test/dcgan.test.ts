@@ -4,7 +4,7 @@ import { selectBackend } from '../src/backend';
 import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
 import { BN_EPSILON, statisticsSize, updateMovingStatistics } from '../src/model/batchnorm';
-import { Gradients, MAX_STATISTIC_ABS, PROTOCOL_VERSION } from '../src/protocol/messages';
+import { Gradients, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, PROTOCOL_VERSION } from '../src/protocol/messages';
 import { implausibleGradients } from '../src/coordinator/round';
 import { trainingBatchNorm } from '../src/model/dcgan';
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
@@ -154,6 +154,47 @@ test('the coordinator refuses a gradient for a moving statistic: Adam would move
     poisoned[e.offset + e.size - 1] = 1e-6;
     assert.deepEqual(implausibleGradients(answer(poisoned), model, 8), ['out_of_range', `${e.name} is not learnt by gradient: its gradient must be 0`]);
   }
+});
+
+test("the coordinator refuses batch statistics of the wrong count (G's answer carries them, D's none) or with a variance below 0, which leaves G's inference NaN", () => {
+  const model = createModel('dcgan');
+  const layout = model.generatorLayout;
+  const size = statisticsSize(layout);
+  const answer = (phase: 'generator' | 'discriminator', statistics?: Float32Array): Gradients => ({
+    v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase, samples: 8, loss: 1, dFake: 0.5, computeSeconds: 0.1,
+    gradients: new Float32Array(phase === 'generator' ? layout.size : model.discriminatorLayout.size),
+    ...(phase === 'discriminator' && { dReal: 0.5 }),
+    ...(statistics && { statistics }),
+  });
+  const ones = (n: number) => new Float32Array(n).fill(1);
+  assert.equal(implausibleGradients(answer('generator', ones(size)), model, 8), null);
+  assert.equal(implausibleGradients(answer('discriminator'), model, 8), null);
+  for (const [phase, statistics] of [['generator', undefined], ['generator', ones(size - 1)], ['generator', ones(size + 1)], ['discriminator', ones(size)]] as const) {
+    assert.equal(implausibleGradients(answer(phase, statistics), model, 8)?.[0], 'bad_size', `${phase} with ${statistics?.length ?? 0} statistics`);
+  }
+  const variance = Array.from({ length: size }, (_, i) => i).find((i) => !isMeanIndex(layout, i))!;
+  const negativeVariance = ones(size);
+  negativeVariance[variance] = -1e-3;
+  assert.deepEqual(implausibleGradients(answer('generator', negativeVariance), model, 8), ['out_of_range', 'a batch variance is negative']);
+  // A mean below 0 is a mean.
+  const negativeMean = ones(size);
+  negativeMean[0] = -1e-3;
+  assert.ok(isMeanIndex(layout, 0));
+  assert.equal(implausibleGradients(answer('generator', negativeMean), model, 8), null);
+});
+
+test("under lsgan D's scores are raw, not probabilities: the coordinator takes them outside 0..1, up to the gradients' bound", () => {
+  const model = createModel('mlp', 'lsgan');
+  const answer = (dReal: number, dFake: number): Gradients => ({
+    v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase: 'discriminator', samples: 8, loss: 1, dReal, dFake, computeSeconds: 0.1,
+    gradients: new Float32Array(model.discriminatorLayout.size),
+  });
+  assert.equal(implausibleGradients(answer(-3, 7), model, 8), null);
+  assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS, -MAX_GRADIENT_ABS), model, 8), null);
+  assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS * 2, 0.5), model, 8)?.[0], 'out_of_range');
+  assert.equal(implausibleGradients(answer(0.5, -MAX_GRADIENT_ABS * 2), model, 8)?.[0], 'out_of_range');
+  // Under bce the same scores are probabilities.
+  assert.equal(implausibleGradients(answer(-3, 7), createModel('mlp', 'bce'), 8)?.[0], 'out_of_range');
 });
 
 /** Whether position i of a statistics vector (laid out as the layout's statistics entries) is a mean. */

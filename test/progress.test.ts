@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { RunClock } from '../src/coordinator/progress';
+import { RunClock, progressLine } from '../src/coordinator/progress';
 
 /** A RunClock on a clock the test moves (milliseconds). */
 function clockAt(): { clock: RunClock; advance: (ms: number) => void } {
@@ -104,4 +104,32 @@ test("an evaluation before the first step (a resume scoring its checkpoint's ste
   close(e.evaluationSeconds, 2);
   close(e.seconds - e.pausedSeconds - e.evaluationSeconds, 0.2);
   close(c.clock.windowRate(), (2 * 128) / 0.2);
+});
+
+test("the status page's images/s over an even number of recent steps is at the mean of the middle two; beyond 32 steps the oldest give way", () => {
+  const c = clockAt();
+  step(c, 10, 1);
+  step(c, 30, 2);
+  close(c.clock.imagesPerSecond(128), 128 / 0.02);
+  // 32 steps at 10 ms, then 20 at 40 ms: the window holds the last 32, 12 fast and 20 slow.
+  const d = clockAt();
+  for (let i = 1; i <= 32; i++) step(d, 10, i);
+  for (let i = 33; i <= 52; i++) step(d, 40, i);
+  close(d.clock.imagesPerSecond(128), 128 / 0.04);
+});
+
+test("the progress line's images/s counts the images since the line before, not since the run began", () => {
+  const c = clockAt();
+  step(c, 100, 1, () => {}, 128);
+  close(c.clock.windowRate(), 128 / 0.1);
+  step(c, 100, 2, () => {}, 64);
+  close(c.clock.windowRate(), 64 / 0.1);
+});
+
+test('the progress line gives its ETA in minutes and seconds under an hour, in hours and minutes from an hour on', () => {
+  const stats = { dLoss: 1.23456, gLoss: 0.5, dReal: 0.6, dFake: 0.4, images: 256, workers: 2 };
+  assert.equal(progressLine(10, 100, stats, 1234.4, 3599), 'step 10/100 d_loss=1.2346 g_loss=0.5000 D(x)=0.6000 D(G(z))=0.4000 images/s=1234 workers=2 eta=59m59s');
+  assert.match(progressLine(10, 100, stats, 0, 3600), / eta=1h00m$/);
+  assert.match(progressLine(10, 100, stats, 0, 7199), / eta=1h59m$/);
+  assert.match(progressLine(10, 100, stats, 0, 90061), / eta=25h01m$/);
 });
