@@ -551,6 +551,17 @@ describe('coordinator disconnects bad peers', () => {
     assert.equal(await peer.closed, 1008);
     assert.equal((await badFrames()) - before, 3);
   });
+
+  test("a peer dropped for its offences leaves once: its connection's close after the drop removes it no second time (no second 'left' line, no second re-plan)", async () => {
+    const logged = lines.length;
+    const { peer, workerId } = await joinedPeer(coordinator);
+    for (let i = 0; i < 3; i++) peer.send(Buffer.from([0x92, 0x01])); // an array cut short
+    assert.equal(await peer.closed, 1008);
+    // The coordinator's side of the connection closes too, just after: its close event comes then.
+    await new Promise((r) => setTimeout(r, 300));
+    const left = lines.slice(logged).filter((l) => l.startsWith(`${workerId} left `));
+    assert.deepEqual(left.map((l) => l.replace(/; \d+ connected$/, '')), [`${workerId} left (3 rejected messages)`], lines.slice(logged).join('\n'));
+  });
 });
 
 /** A checkpoint at `step` of a fresh MLP in `dir`/checkpoints, as a run that stopped there leaves it. */
@@ -1536,6 +1547,24 @@ describe('coordinator edge cases found by review', () => {
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(ahead, 'evaluations.json'), 'utf8')), [1, 2].map(score));
     assert.ok(aheadLines.some((l) => /^evaluations at step 3 scored weights after this checkpoint; removed from \S+evaluations\.json$/.test(l)), aheadLines.join('\n'));
     await dropping.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test('a resume of a finished run whose last step --eval-every does not divide, killed while scoring that step, scores it: the end of a run is owed an evaluation too', async () => {
+    const dataDir = blankMnistDir(100, true);
+    const score = (step: number) => ({ step, fid: 100 + step, mnistScore: 1.5, classShares: Array(10).fill(0.1), samples: 100 });
+    // --steps 5, --eval-every 2: scored at 2 and 4, then killed while scoring the final step 5, after its checkpoint.
+    const dir = path.join(out, 'killed-in-odd-final-eval');
+    plantCheckpoint(dir, 5);
+    fs.writeFileSync(path.join(dir, 'evaluations.json'), JSON.stringify([2, 4].map(score)));
+    const lines: string[] = [];
+    const c = await Coordinator.start({ ...config(dir, 5), resume: true, dataDir, evalEvery: 2, evalSamples: 200 }, (l) => lines.push(l));
+    const summary = await c.run();
+    await c.close();
+    assert.match(lines.join('\n'), /^eval step 5: due, and not in \S+evaluations\.json; scoring it now$/m);
+    assert.deepEqual(summary.evaluations.map((e) => e.step), [2, 4, 5]);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'evaluations.json'), 'utf8')).map((e: { step: number }) => e.step), [2, 4, 5]);
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).evaluations.map((e: { step: number }) => e.step), [2, 4, 5]);
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 

@@ -1,10 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
 import { once } from 'node:events';
 import WebSocket, { WebSocketServer } from 'ws';
 import { FRAGMENT_BYTES, WorkerPeer } from '../src/coordinator/peer';
 import { EncodedFrame } from '../src/protocol/codec';
+import { Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { afterPendingReads } from '../src/util/events';
 
 /** A WorkerPeer around the server end of a real loopback WebSocket, and the client end. */
@@ -85,4 +88,74 @@ test("a verdict after a freeze waits until an answer larger than one turn's read
   for (const until = performance.now() + 1000; performance.now() < until; );
   const seen = await new Promise<number>((resolve) => afterPendingReads(() => resolve(received), () => peer.bytesRead));
   assert.equal(seen, 4e6, 'the verdict saw the whole answer');
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The client stops reading: what the peer sends fills the kernel's buffers, and then its writes wait. */
+function stopReading(client: WebSocket): void {
+  (client as unknown as { _socket: import('node:net').Socket })._socket.pause();
+}
+
+/** Waits until the link has taken no more of what is queued for `ms` on end: the kernel's buffers are full. */
+async function untilLinkFull(peer: WorkerPeer, ms = 200): Promise<void> {
+  let last = -1;
+  while (peer.queuedBytes !== last) {
+    last = peer.queuedBytes;
+    await sleep(ms);
+  }
+}
+
+test('the stall clock runs from the last write the link took: frames still handed to a link that takes none do not hide it (it was cut late, or never)', async () => {
+  const { peer, client, server } = await peerPair();
+  stopReading(client);
+  // Frames of one fragment each, far more than loopback's buffers hold: the link stops taking them.
+  const frame = Buffer.alloc(FRAGMENT_BYTES, 1);
+  for (let i = 0; i < 64; i++) assert.ok(peer.send(frame));
+  await untilLinkFull(peer);
+  assert.ok(peer.queuedBytes > 0, 'writes wait');
+  const stalledBefore = peer.stalledForMs(performance.now());
+  await sleep(400);
+  // A small frame (a request, an error) handed to the dead link is no write it took.
+  assert.ok(peer.send(Buffer.from('weights')));
+  const stalled = peer.stalledForMs(performance.now());
+  assert.ok(stalled >= stalledBefore + 400, `stalled for ${stalled.toFixed(0)} ms, ${stalledBefore.toFixed(0)} ms before the last 400 ms`);
+  client.terminate();
+  server.close();
+});
+
+test('what is queued for a peer counts the fragments of a shard not yet handed to the socket, and the frames held behind it', async () => {
+  const { peer, client, server } = await peerPair();
+  stopReading(client);
+  const shard = Buffer.alloc(8 * FRAGMENT_BYTES, 1);
+  const weights = Buffer.alloc(1000, 2);
+  assert.ok(peer.send(shard));
+  assert.ok(peer.send(weights));
+  // One fragment is with the socket (or the kernel); the other seven and the weights wait here.
+  assert.ok(peer.queuedBytes >= 7 * FRAGMENT_BYTES + weights.length, `${peer.queuedBytes} bytes queued`);
+  await untilLinkFull(peer);
+  // Loopback's buffers hold less than the shard: the rest still counts.
+  assert.ok(peer.queuedBytes >= weights.length + FRAGMENT_BYTES, `${peer.queuedBytes} bytes queued once the link is full`);
+  client.terminate();
+  server.close();
+});
+
+test("a mailbox lost to a failed write is emptied before it is closed: the worker's inbox, which holds the file open, no longer keeps a stale frame in /dev/shm", (t) => {
+  const dir = makeMailboxDir('coordinator');
+  t.after(() => removeMailboxDir(dir));
+  const outbox = Outbox.create(path.join(dir, 'w1'), mailboxNonce());
+  outbox.post(new EncodedFrame([Buffer.alloc(500_000, 7)]));
+  // The worker's inbox: the file open for reading, for the rest of its connection.
+  const held = fs.openSync(outbox.path, 'r');
+  t.after(() => fs.closeSync(held));
+  assert.ok(fs.fstatSync(held).size >= 500_000);
+  const lost: string[] = [];
+  const socket = { close() {}, readyState: WebSocket.OPEN } as unknown as WebSocket;
+  const peer = new WorkerPeer('w1', 'test', 'test-host\0' + process.pid, '127.0.0.1', 'none', socket, () => {}, (why) => lost.push(why));
+  peer.mailbox = { outbox, nonce: 'n', inbox: null };
+  peer.loseMailbox('ENOSPC: no space left on device');
+  assert.deepEqual(lost, ['ENOSPC: no space left on device']);
+  assert.equal(peer.mailbox, null);
+  assert.ok(!fs.existsSync(outbox.path), 'the file is removed');
+  assert.equal(fs.fstatSync(held).size, 0, 'and its bytes freed, though the worker still holds it open');
 });

@@ -237,6 +237,81 @@ test('after a protocol error the rest of what arrives on that connection is igno
   }
 });
 
+test('--give-up-after counts from the end of a connection the worker was admitted on: after one longer than it, the worker still tries for the whole --give-up-after', async () => {
+  // Welcomed, then lost after 3.5 s (longer than --give-up-after 2); every later try is turned away.
+  const coordinator = await fakeCoordinator((ws, _raw, connection) => {
+    if (connection > 1) return ws.close(1013, 'not now');
+    ws.send(encode(welcome(60)));
+    setTimeout(() => ws.close(1001, 'going away'), 3500);
+  });
+  const worker = startWorker(coordinator.url, 'patient', ['--give-up-after', '2']);
+  try {
+    assert.equal(await exitWithin(worker, 20_000), 1, worker.log);
+    assert.match(worker.log, /connection lost \(closed \(1001 going away\)\); reconnecting in/);
+    // Counted from the start instead, it gave up at once, not admitted "for 3.5 s", without another try.
+    assert.match(worker.log, /giving up: not admitted by a coordinator for 2\.\d s, --give-up-after 2 \(closed \(1013 not now\)\)/);
+    assert.ok(coordinator.connections() >= 2, `${coordinator.connections()} connections`);
+    const seconds = (gaveUpAt(worker) - loggedAt(worker, 'connection lost \\(closed \\(1001')) / 1000;
+    assert.ok(seconds >= 1.5, `gave up ${seconds.toFixed(1)} s after the admitted connection ended`);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test('the reconnect backoff starts over after a connection that answered a round: a worker that trained is not kept waiting by the failures before', async () => {
+  // Math.random pinned near 1: each wait is the backoff's full bound (0.25 s doubling), so the log shows which try it is.
+  const preload = path.join(tempDir('backoff'), 'random.js');
+  fs.writeFileSync(preload, 'Math.random = () => 0.999;\n');
+  const mlp = createModel('mlp');
+  const images = 40;
+  const coordinator = await fakeCoordinator((ws, _raw, connection) => {
+    // Three tries turned away: the backoff grows to 2 s.
+    if (connection <= 3) return ws.close(1013, 'not now');
+    ws.send(encode(welcome(60)));
+    if (connection > 4) return;
+    // The fourth trains: it answers a round, then the connection is lost.
+    ws.send(encode(message<Shard>({ type: 'shard', plan: 1, count: images, keep: 0, seed: 1, images: new Uint8Array(images * 784) })));
+    ws.send(encode(message<Weights>({ type: 'weights', step: 0, phase: 'discriminator', generator: new Float32Array(mlp.generatorLayout.size), discriminator: new Float32Array(mlp.discriminatorLayout.size) })));
+    ws.on('message', (data: Buffer) => {
+      if (decodeWorkerMessage(data).type === 'gradients') ws.close(1001, 'going away');
+    });
+  });
+  const worker = startWorker(coordinator.url, 'trained', [], { NODE_OPTIONS: `--require ${preload}` });
+  try {
+    await worker.waitFor(/joined as w1[^]*joined as w1/, 30_000);
+    const waits = [...worker.log.matchAll(/connection lost \((.*)\); reconnecting in (\d+\.\d) s/g)].map((m) => `${m[1]}: ${m[2]}`);
+    assert.deepEqual(waits, ['closed (1013 not now): 0.2', 'closed (1013 not now): 0.5', 'closed (1013 not now): 1.0', 'closed (1001 going away): 0.2'], worker.log);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test('a worker that refuses what the coordinator sent tells it why before it closes the connection', async () => {
+  const heard: string[] = [];
+  const coordinator = await fakeCoordinator((ws, _raw, connection) => {
+    if (connection > 1) return;
+    ws.on('message', (data: Buffer) => {
+      const m = decodeWorkerMessage(data);
+      if (m.type === 'error') heard.push(`${m.code}: ${m.message}`);
+    });
+    ws.send(encode(welcome(60)));
+    ws.send(Buffer.from([0xc1])); // not msgpack
+  });
+  const worker = startWorker(coordinator.url, 'telling');
+  try {
+    // Logged once the connection has closed: the worker's error, sent before its close, has been read by then.
+    await worker.waitFor(/connection lost \(.*\); reconnecting in/, 20_000);
+    assert.equal(heard.length, 1, heard.join('\n'));
+    assert.match(heard[0], /^PROTOCOL_BAD_FRAME: /);
+    assert.match(worker.log, /error PROTOCOL_BAD_FRAME: /);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
 test('a worker that fails on every connection the same way backs off, instead of rejoining several times a second', async () => {
   // Welcomed, then asked for gradients without a shard: the worker fails each time, having answered nothing.
   const coordinator = await fakeCoordinator((ws) => {
