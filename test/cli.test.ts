@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
+import { maxBatchSize } from '../src/model/choices';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
@@ -840,5 +841,49 @@ test('generate refuses as a usage error, before reading the checkpoint, an --out
     assert.match(fine.stderr, /--checkpoint: no such file or directory nowhere/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('local --workers takes 1 to 64: 64 starts, 65 is refused (exit 2)', () => {
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '65'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /^ganfleet: --workers must be an integer in 1\.\.64, got 65\n/);
+  // 64 passes the check: what stops it is the next flag's.
+  assert.match(spawnSync(process.execPath, [CLI, 'local', '--workers', '64', '--steps', '0'], { encoding: 'utf8', timeout: 30_000 }).stderr, /--steps must be an integer >= 1/);
+});
+
+test('a port above 65535 is refused, 65536 included', () => {
+  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--port', '65536'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /^ganfleet: --port must be a port number, got 65536\n/);
+});
+
+test('a range check takes its bounds: --seed 4294967295 and the largest --batch-size pass it', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+  // Each passes its own check: what stops the command comes after it.
+  const seed = cli(['generate', '--checkpoint', 'nowhere', '--out', 'samples.npy', '--seed', '4294967295']);
+  assert.doesNotMatch(seed.stderr, /--seed/);
+  assert.match(seed.stderr, /--checkpoint: no such file/);
+  const batch = cli(['coordinator', '--batch-size', String(maxBatchSize('mlp')), '--steps', '0']);
+  assert.doesNotMatch(batch.stderr, /--batch-size/);
+  assert.match(batch.stderr, /--steps must be an integer >= 1, got 0/);
+});
+
+test('a short GANFLEET_* name is warned of one edit off a flag, not two (GANFLEET_AB is no mistyped GANFLEET_CA)', () => {
+  assert.deepEqual(localWarnings({ GANFLEET_AB: '1', GANFLEET_GPU: '0' }), ['ganfleet: warning: GANFLEET_GPU sets nothing (ignored); did you mean GANFLEET_GPUS?']);
+});
+
+test('a coordinator run that ends as a failure (it diverged) exits 1, and its worker is told why', { timeout: 60_000 }, async () => {
+  const data = blankMnistDir(256);
+  const out = tempDir('coordinator-failed');
+  const c = await startCoordinator(['--lr', '1e30', '--steps', '5', '--data-dir', data, '--out', path.join(out, 'run')]);
+  try {
+    const w = startWorker(c.url, 'diverging');
+    assert.equal(await c.proc.exited, 1, c.proc.log);
+    assert.match(c.proc.log, /training diverged at step \d+/);
+    await w.exited;
+  } finally {
+    c.proc.kill();
+    for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });
   }
 });

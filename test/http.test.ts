@@ -227,6 +227,8 @@ test("the workers' port holds no more sockets than the open-files limit leaves r
   // ulimit -n 1024 with --max-workers 200: 1,056 sockets wanted, beyond the limit itself.
   const cap = workerPortConnections(200, 1024);
   assert.ok(cap + MAX_HTTP_CONNECTIONS + 2 * 200 + 64 <= 1024, `cap ${cap}`);
+  // A limit that leaves nothing after the metrics port and the process's own descriptors still gets the port its floor of 16.
+  assert.equal(workerPortConnections(64, 100), 16);
 });
 
 test("a --max-workers far above what the open-files limit can serve leaves the workers' port room for as many workers as it can serve", () => {

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
@@ -122,6 +123,7 @@ test('a worker process that dies after the last step, while the final outputs ar
 test('a worker frozen past the heartbeat but within --hang-timeout is left alone, and rejoins; one frozen past it is killed and restarted: a run of one worker does not stall for ever', { timeout: 120_000 }, async () => {
   const out = tempDir('hung');
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--hang-timeout', '10', '--metrics-port', '-1', '--out', out]);
+  const spawned = Date.now();
   await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
   const [hung] = joinedPids(run.log());
   const joins = () => joinedPids(run.log());
@@ -135,6 +137,10 @@ test('a worker frozen past the heartbeat but within --hang-timeout is left alone
   await waitFor(() => /step \d+\/100000/.test(run.log().slice(rejoined)), 30_000, 'training to go on after the rejoin');
   // The same process each time (on a loaded machine a 1 s heartbeat can cost it a reconnect more while its shard is planned).
   assert.ok(joins().every((pid) => pid === hung), `${joins()}`);
+  // Alive all along, it outlives --hang-timeout counted from its start: each second its main thread is free resets the count.
+  await new Promise((r) => setTimeout(r, Math.max(0, spawned + 13_000 - Date.now())));
+  assert.doesNotMatch(run.log(), /killing it as hung/);
+  assert.ok(alive(hung));
   // Frozen for good: killed once silent for --hang-timeout.
   process.kill(hung, 'SIGSTOP');
   await waitFor(() => joins().some((pid) => pid !== hung), 60_000, 'a new worker to join');
@@ -422,4 +428,42 @@ test('a run resumed from a checkpoint with as many workers trains to the same bi
   assert.deepEqual([resumedFewer.adamGenerator.step, resumedFewer.adamDiscriminator.step], [12, 12]);
   assert.ok(!generator('fewer').equals(generator('whole')), 'two workers drew what three did');
   fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('--hang-timeout 0 never kills a worker as hung', { timeout: 60_000 }, async () => {
+  const out = tempDir('hang-off');
+  const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--hang-timeout', '0', '--max-restarts', '0', '--metrics-port', '-1', '--out', out]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  // Past several looks of the hang watch (one a second).
+  await new Promise((r) => setTimeout(r, 3_000));
+  run.child.kill('SIGINT');
+  assert.equal(await run.exit, 0, run.log());
+  assert.doesNotMatch(run.log(), /killing it as hung|exited with/);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test("local's own GANFLEET_* settings do not reach its workers: GANFLEET_METRICS_PORT serves local's metrics, and no worker tries to bind it too", { timeout: 60_000 }, async () => {
+  const out = tempDir('env-local');
+  const port = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+  const run = spawnCli(['local', '--workers', '1', '--steps', '3', '--max-restarts', '0', '--out', out], process.execPath, [], { GANFLEET_METRICS_PORT: String(port) });
+  assert.equal(await run.exit, 0, run.log());
+  assert.doesNotMatch(run.log(), /EADDRINUSE|exited with/);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('--gpus hands the workers their devices round-robin, one per worker, in CUDA_VISIBLE_DEVICES', { timeout: 60_000 }, async () => {
+  const out = tempDir('gpus-round-robin');
+  const preload = path.join(out, 'say-device.js');
+  // Each worker says which device it was given (--backend wasm: none is used, so no GPU is needed here).
+  fs.writeFileSync(preload, `if (process.argv.includes('worker')) process.stderr.write('device of ' + process.argv[process.argv.indexOf('--name') + 1] + ': ' + process.env.CUDA_VISIBLE_DEVICES + '\\n');`);
+  const run = spawnCli(['local', '--workers', '3', '--gpus', '0,GPU-1a2b', '--backend', 'wasm', '--steps', '2', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
+  assert.equal(await run.exit, 0, run.log());
+  const devices = [...run.log().matchAll(/device of (local-\d): (\S+)/g)].map((m) => `${m[1]}=${m[2]}`).sort();
+  assert.deepEqual(devices, ['local-1=0', 'local-2=GPU-1a2b', 'local-3=0']);
+  fs.rmSync(out, { recursive: true, force: true });
 });

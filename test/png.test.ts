@@ -78,3 +78,11 @@ test('rejects mismatched pixel buffers and overfull grids', () => {
   assert.throws(() => imageGrid(new Float32Array(5 * H * W), 5, 2, 2), hasCode('IMAGE_GRID_SIZE'));
   assert.throws(() => imageGrid(new Float32Array(H * W), 2, 2, 2), hasCode('IMAGE_GRID_SIZE'));
 });
+
+test('a grid exactly full (25 images in 5x5, as every sample grid is) is drawn, and one image more is refused', () => {
+  const images = new Float32Array(26 * H * W).fill(1);
+  const grid = imageGrid(images, 25, 5, 5);
+  // The last cell, bottom right, holds its image.
+  assert.equal(grid.pixels[(PAD + 4 * (H + PAD)) * grid.width + PAD + 4 * (W + PAD)], 255);
+  assert.throws(() => imageGrid(images, 26, 5, 5), (e: unknown) => e instanceof GanfleetError && e.code === 'IMAGE_GRID_SIZE');
+});

@@ -35,3 +35,36 @@ test('keyed streams: the same (seed, counter) gives the same stream; neighbourin
   for (let step = 0; step < n; step++) sum += (Rng.keyed(3, step).uniform() - 0.5) * (Rng.keyed(3, step + 1).uniform() - 0.5);
   assert.ok(Math.abs(sum / n) < 0.005, `mean product ${sum / n}`);
 });
+
+test('permutation draws every order: all 6 of 3 elements, each about as often, and 2 elements both ways', () => {
+  const counts = new Map<string, number>();
+  const n = 6000;
+  for (let seed = 0; seed < n; seed++) {
+    const key = Array.from(new Rng(seed).permutation(3)).join('');
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  assert.deepEqual([...counts.keys()].sort(), ['012', '021', '102', '120', '201', '210']);
+  // 1,000 expected each; 5 degrees of freedom, p = 0.001 at 20.5.
+  const chi2 = [...counts.values()].reduce((s, c) => s + (c - n / 6) ** 2 / (n / 6), 0);
+  assert.ok(chi2 < 20.5, `chi-square ${chi2.toFixed(1)}: ${JSON.stringify([...counts])}`);
+  const swapped = Array.from({ length: 200 }, (_, seed) => new Rng(seed).permutation(2)[0]).filter((x) => x === 1).length;
+  assert.ok(swapped > 50 && swapped < 150, `${swapped} of 200 permutations of 2 swapped`);
+});
+
+test('fillNormal draws standard normals: mean 0, variance 1, and the two values of each pair uncorrelated', () => {
+  const out = new Rng(11).fillNormal(new Float32Array(1_000_001)); // odd: the last pair's second value is dropped
+  let sum = 0;
+  let squares = 0;
+  let pairs = 0;
+  for (let i = 0; i < out.length; i++) {
+    sum += out[i];
+    squares += out[i] * out[i];
+    if (i % 2 === 1) pairs += out[i - 1] * out[i];
+  }
+  const mean = sum / out.length;
+  // Standard errors: 0.001 for the mean, about 0.0014 for the variance and for the pairs' mean product.
+  assert.ok(Math.abs(mean) < 0.004, `mean ${mean}`);
+  assert.ok(Math.abs(squares / out.length - mean * mean - 1) < 0.006, `variance ${squares / out.length - mean * mean}`);
+  assert.ok(Math.abs(pairs / ((out.length - 1) / 2)) < 0.006, `mean product of pairs ${pairs / ((out.length - 1) / 2)}`);
+  assert.ok(Number.isFinite(out[out.length - 1]) && out[out.length - 1] !== 0);
+});
