@@ -40,6 +40,8 @@ test('the status page shows a decoded sample grid, loss curves and the workers d
   const grid = await page.$eval('#grid', (img) => ({ w: (img as HTMLImageElement).naturalWidth, h: (img as HTMLImageElement).naturalHeight, src: img.getAttribute('src') }));
   assert.deepEqual([grid.w, grid.h], [152, 152], 'a 5×5 grid of 28px digits decoded');
   assert.match(grid.src ?? '', /^samples\/step-\d{6}\.png$/);
+  // Following the run: the newest grid, not the first (step 40) of the two or more written by step 100.
+  assert.ok(Number(/step-(\d{6})/.exec(grid.src ?? '')?.[1]) >= 80, `${grid.src} shown`);
 
   await page.waitForFunction(() => Number((document.getElementById('losses') as unknown as SVGElement).dataset.points ?? 0) > 50);
   const curves = await page.$$eval('#losses polyline, #probs polyline', (ls) => ls.map((l) => l.getAttribute('points')!.split(' ').length));

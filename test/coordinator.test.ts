@@ -11,6 +11,7 @@ import { HELLO_TIMING } from '../src/coordinator/receiver';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
 import { WorkerGroup } from '../src/coordinator/membership';
+import { CoordinatorMetrics } from '../src/coordinator/metrics';
 import { MIN_INTAKE_BYTES_PER_SECOND, PeerMailbox } from '../src/coordinator/peer';
 import { gatherImages } from '../src/data/shards';
 import { IMAGE_SIZE, imagesFingerprint, loadMnist } from '../src/data/mnist';
@@ -68,9 +69,10 @@ class ScriptedPeer {
     this.send(encode(message<Hello>({ type: 'hello', name: 'scripted', backend: 'none', pid, hostname: 'test' })));
   }
 
-  gradients(step: number, phase: Phase, values: Float32Array, outbox?: Outbox): void {
-    const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: 128, gradients: values, loss: 0.7, dFake: 0.5, computeSeconds: 0.001 };
-    if (phase === 'discriminator') body.dReal = 0.5;
+  /** `figures`: the loss, D(x) and D(G(z)) to report, where a test tells them apart (0.7, 0.5 and 0.5 otherwise). */
+  gradients(step: number, phase: Phase, values: Float32Array, outbox?: Outbox, figures: { loss?: number; dReal?: number; dFake?: number } = {}): void {
+    const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: 128, gradients: values, loss: figures.loss ?? 0.7, dFake: figures.dFake ?? 0.5, computeSeconds: 0.001 };
+    if (phase === 'discriminator') body.dReal = figures.dReal ?? 0.5;
     const frame = encodeFrame(message<Gradients>(body));
     if (!outbox) return this.send(frame.whole);
     outbox.post(frame);
@@ -786,6 +788,18 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(performance.now() - t0 >= 1900, 'the whole --linger');
   });
 
+  test('a resumed run found finished, unsummarised, from a checkpoint without a count of its workers (format 1) lingers too: none came back', async () => {
+    const dir = path.join(out, 'unsummarised-format-1');
+    plantCheckpoint(dir, 1);
+    const lines: string[] = [];
+    const resumed = await Coordinator.start({ ...config(dir, 1), dataDir, resume: true, lingerSeconds: 1 }, (l) => lines.push(l));
+    assert.equal((await resumed.run()).steps, 1);
+    const t0 = performance.now();
+    await resumed.close();
+    assert.ok(lines.includes('waiting up to 1 s (--linger; a signal ends this) to tell workers that reconnect that the run is over: the run resumed from a checkpoint without a count of its workers, and 0 came back'), lines.join('\n'));
+    assert.ok(performance.now() - t0 >= 900, 'the whole --linger');
+  });
+
   test('a resumed run found finished with its summary unwritten tells whoever connects for the whole --linger: its earlier coordinator told no worker', async () => {
     const dir = path.join(out, 'unsummarised');
     const first = await Coordinator.start({ ...config(dir, 1), dataDir }, () => {});
@@ -871,6 +885,29 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(again.ok, true);
     assert.ok(fs.existsSync(path.join(dir, 'generator', 'model.json')));
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).generator, path.join(dir, 'generator'));
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test('a run that diverges after training a step writes none of the final outputs due at its end: no grid, checkpoint or generator, as its advice to start again says', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'diverged-no-final');
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e30 } }, () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    // Step 1 with zero gradients: applied, and no --*-every output due at it.
+    await answerStepWithZeros(0, peer);
+    await weightsOrDrop(peer);
+    peer.gradients(1, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+    await weightsOrDrop(peer);
+    const g = zeros('generator');
+    g[0] = NaN;
+    peer.gradients(1, 'generator', g);
+    const summary = await run;
+    await coordinator.close();
+    assert.equal(summary.ok, false);
+    assert.match(summary.stopReason, /^training diverged at step 2: .*there is no checkpoint yet: start again with a lower --lr$/);
+    assert.deepEqual([summary.steps, summary.checkpoint, summary.generator, summary.samples], [1, null, null, []]);
+    for (const d of ['checkpoints', 'samples', 'generator']) assert.deepEqual(fs.existsSync(path.join(dir, d)) ? fs.readdirSync(path.join(dir, d)) : [], [], d);
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -1279,6 +1316,9 @@ describe('coordinator edge cases found by review', () => {
     // Both leave before answering the G round.
     for (const p of first) p.peer.ws.terminate();
     while (!lines.some((l) => /^paused during step 1 \(0 done\): 0\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
+    const paused = async () => (await coordinator.metrics.paused.get()).values[0].value;
+    assert.equal(await paused(), 1, 'ganfleet_paused while waiting for --min-workers');
+    assert.equal(coordinator.status().state, 'paused');
     const a = await joinedPeer(coordinator);
     while (!lines.some((l) => /^paused during step 1 \(0 done\): 1\/2 workers connected/.test(l))) await new Promise((r) => setTimeout(r, 5));
     const b = await joinedPeer(coordinator);
@@ -1288,6 +1328,7 @@ describe('coordinator edge cases found by review', () => {
       p.peer.gradients(0, 'generator', zeros('generator'));
     }
     for (const p of [a, b]) await weightsOrDrop(p.peer);
+    assert.equal(await paused(), 0, 'ganfleet_paused once training goes on');
     coordinator.requestStop('test over');
     for (const p of [a, b]) p.peer.gradients(1, 'discriminator', zeros('discriminator'));
     for (const p of [a, b]) await weightsOrDrop(p.peer);
@@ -1580,6 +1621,9 @@ describe('coordinator edge cases found by review', () => {
     // The steps' time: the wall time less the pauses and evaluations, and less the final grid and checkpoint, which no step waited for.
     const stepsSeconds = (summary.msPerStep * summary.stepsThisRun) / 1000;
     assert.ok(stepsSeconds > 0 && stepsSeconds <= summary.seconds - summary.pausedSeconds - summary.evaluationSeconds + 1e-9, JSON.stringify(summary));
+    // The same time on /metrics (README: ganfleet_eval_seconds_total).
+    const evalSeconds = metricValue(await coordinator.metrics.registry.metrics(), 'ganfleet_eval_seconds_total')!;
+    assert.ok(Math.abs(evalSeconds - summary.evaluationSeconds) < 1e-6, `${evalSeconds} s on /metrics, ${summary.evaluationSeconds} s in summary.json`);
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
@@ -1639,6 +1683,51 @@ describe('coordinator edge cases found by review', () => {
     coordinator.requestStop('test over');
     assert.equal((await run).steps, 1);
     await coordinator.close();
+  });
+
+  test('the status lists a worker that joined mid-step as joined, without a shard, until the next step plans it in; each worker\'s last compute in ms; no ETA once finished', async () => {
+    const dataDir = blankMnistDir(256);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'status-workers'), 2), dataDir }, () => {});
+    const run = coordinator.run();
+    const row = (id: string) => coordinator.status().workers.find((w) => w.id === id)!;
+    const a = await joinedPeer(coordinator);
+    await weightsOrDrop(a.peer);
+    // Step 0's D round is open, waiting for a: b joins in the middle of the step.
+    const b = await joinedPeer(coordinator);
+    assert.deepEqual([row(a.workerId).state, row(a.workerId).shardSize, row(b.workerId).state, row(b.workerId).shardSize], ['active', 256, 'joined', 0]);
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(a.peer);
+    a.peer.gradients(0, 'generator', zeros('generator'));
+    // Step 1's D round: both planned in, half the images each; a's gradients reported 1 ms of compute.
+    await weightsOrDrop(a.peer);
+    assert.deepEqual([row(a.workerId).state, row(a.workerId).shardSize, row(b.workerId).state, row(b.workerId).shardSize], ['active', 128, 'active', 128]);
+    assert.equal(row(a.workerId).lastComputeMs, 1);
+    assert.equal(row(b.workerId).lastComputeMs, 0);
+    assert.notEqual(coordinator.status().etaSeconds, null);
+    a.peer.gradients(1, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(b.peer);
+    b.peer.gradients(1, 'discriminator', zeros('discriminator'));
+    for (const p of [a, b]) {
+      await weightsOrDrop(p.peer);
+      p.peer.gradients(1, 'generator', zeros('generator'));
+    }
+    assert.equal((await run).steps, 2);
+    assert.deepEqual([coordinator.status().state, coordinator.status().etaSeconds], ['finished', null]);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test('a progress line every --log-every steps and one at the last step, whatever --log-every (README: the progress line)', async () => {
+    const dataDir = blankMnistDir(256);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'log-every'), 3), dataDir, logEvery: 2 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    for (let step = 0; step < 3; step++) await answerStepWithZeros(step, peer);
+    assert.equal((await run).steps, 3);
+    assert.deepEqual(lines.filter((l) => /^step \d+\//.test(l)).map((l) => l.split(' d_loss=')[0]), ['step 2/3', 'step 3/3'], lines.join('\n'));
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
   test('a coordinator whose lease on --out another has taken stops without writing there: no grid, checkpoint, generator or summary', async () => {
@@ -1851,6 +1940,23 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
+  test('a resumed run\'s images/s in summary.json counts the images it trained, not those its checkpoint holds', async () => {
+    const dir = path.join(out, 'resumed-rate');
+    const dataDir = blankMnistDir(256);
+    // 50 steps, 6,400 images, before the checkpoint: counted in, they would make the rate 51 times what it is.
+    plantCheckpoint(dir, 50);
+    const coordinator = await Coordinator.start({ ...config(dir, 51), dataDir, resume: true }, () => {});
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 50);
+    const summary = await run;
+    assert.deepEqual([summary.steps, summary.stepsThisRun, summary.resumedFrom], [51, 1, 50]);
+    // images/s is over the steps' own time, which msPerStep is too: one step of 128 images.
+    const images = (summary.imagesPerSecond * summary.msPerStep * summary.stepsThisRun) / 1000;
+    assert.ok(Math.abs(images - 128) < 1e-6, JSON.stringify(summary));
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a resume that trains nothing (the run was finished) names the checkpoint it resumed in summary.json, as an absolute path under a relative --out, and draws the final grid that was missing', async () => {
     const dir = path.join(out, 'resumed-finished');
     plantCheckpoint(dir, 3);
@@ -1892,6 +1998,13 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('metrics before there is a value (README: Metrics): no checkpoint is step -1 at time 0, and the last step\'s figures and the evaluation are NaN, not 0', async () => {
+    const text = await new CoordinatorMetrics().registry.metrics();
+    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_step'), -1);
+    assert.equal(metricValue(text, 'ganfleet_last_checkpoint_timestamp_seconds'), 0);
+    for (const k of ['d_loss', 'g_loss', 'd_real', 'd_fake', 'fid', 'mnist_score']) assert.ok(Number.isNaN(metricValue(text, `ganfleet_${k}`)), k);
+  });
+
   test("metrics: counters count this process's work from 0, gauges give the run's step, its target, its newest checkpoint and the training since; every rejection reason has a series from the start", async () => {
     const dir = path.join(out, 'resumed-metrics');
     plantCheckpoint(dir, 7);
@@ -1923,11 +2036,26 @@ describe('coordinator edge cases found by review', () => {
     // Step 8 done, no checkpoint since the resume (--checkpoint-every 0): its training time is at risk.
     const unsaved = metricValue(await scrape(), 'ganfleet_unsaved_training_seconds')!;
     assert.ok(unsaved >= 0.3 && unsaved <= (performance.now() - started) / 1000, `${unsaved} s unsaved`);
-    peer.gradients(8, 'discriminator', new Float32Array(D_SIZE));
+    // Each figure of the last step from where it comes: D's loss and D(x) from the D round, G's loss and D(G(z)) from the G round.
+    peer.gradients(8, 'discriminator', new Float32Array(D_SIZE), undefined, { loss: 0.25, dReal: 0.875, dFake: 0.125 });
     await weightsOrDrop(peer);
-    peer.gradients(8, 'generator', new Float32Array(G_SIZE));
-    await run;
+    peer.gradients(8, 'generator', new Float32Array(G_SIZE), undefined, { loss: 3.5, dFake: 0.375 });
+    const summary = await run;
     text = await scrape();
+    const last = { dLoss: 0.25, gLoss: 3.5, dReal: 0.875, dFake: 0.375 };
+    assert.deepEqual({ dLoss: summary.last?.dLoss, gLoss: summary.last?.gLoss, dReal: summary.last?.dReal, dFake: summary.last?.dFake }, last);
+    assert.deepEqual(['d_loss', 'g_loss', 'd_real', 'd_fake'].map((k) => metricValue(text, `ganfleet_${k}`)), Object.values(last));
+    // summary.json's per-step figures are this process's counters over its steps (README: Metrics).
+    assert.equal(summary.stepsThisRun, 2);
+    assert.ok(summary.bytesSentPerStep > 0 && summary.bytesReceivedPerStep > 0, JSON.stringify(summary));
+    assert.equal(summary.bytesSentPerStep * 2, metricValue(text, 'ganfleet_sent_bytes_total'));
+    assert.equal(summary.bytesReceivedPerStep * 2, metricValue(text, 'ganfleet_received_bytes_total'));
+    for (const part of ['encode', 'compute', 'transfer', 'aggregate', 'optimizer'] as const) {
+      const seconds = metricValue(text, `ganfleet_round_part_seconds_total{part="${part}"}`)!;
+      assert.ok(Math.abs(summary.msPerStepByPhase[part] - (seconds * 1000) / 2) < 1e-6, `${part}: ${summary.msPerStepByPhase[part]} ms/step, ${seconds} s in all`);
+    }
+    // Each gradient reports a compute time of 1 ms: the slowest worker's, per round.
+    assert.ok(Math.abs(summary.msPerStepByPhase.compute - 2) < 1e-6, JSON.stringify(summary.msPerStepByPhase));
     assert.equal(metricValue(text, 'ganfleet_steps_total'), 2);
     assert.equal(metricValue(text, 'ganfleet_images_total'), 256);
     assert.equal(metricValue(text, 'ganfleet_step'), 9);

@@ -281,3 +281,14 @@ test('a flood of idle TCP connections (no token, no bytes) leaves the coordinato
     fs.rmSync(out, { recursive: true, force: true });
   }
 });
+
+test('a plain HTTP request to the workers\' port (a browser, a probe) is answered 426, saying what the port speaks', async () => {
+  const workers = await WorkerListener.open({ host: '127.0.0.1', port: 0, maxWorkers: 4, insecure: false }, 1 << 20, { log: () => {}, metrics: new CoordinatorMetrics() }, () => {});
+  try {
+    const res = await fetch(workers.url.replace(/^ws:/, 'http:') + '/');
+    assert.equal(res.status, 426);
+    assert.equal(await res.text(), 'this port speaks the ganfleet WebSocket protocol\n');
+  } finally {
+    await workers.close();
+  }
+});

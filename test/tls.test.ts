@@ -225,6 +225,9 @@ test('only a loopback address literal (or localhost) counts as loopback: a --hos
   for (const host of ['127.example.net', '127.0.0.1.nip.io', '127.lan', '127.1.', '0.0.0.0', '::', '::ffff:10.0.0.1', '192.0.2.2', '10.1']) {
     assert.equal(isLoopback(host), false, host);
     assert.match(publicWithoutToken({ host, token: undefined, insecure: false }) ?? '', /refusing to listen on/, host);
+    // A token, or --insecure as the refusal says, lets it listen there.
+    assert.equal(publicWithoutToken({ host, token: 's3cret', insecure: false }), null, host);
+    assert.equal(publicWithoutToken({ host, token: undefined, insecure: true }), null, host);
   }
   // .invalid never resolves (RFC 6761): before, this went on to a DNS lookup instead of being refused.
   const r = spawnSync(process.execPath, [CLI, 'coordinator', '--host', '127.attacker.invalid', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...CLEAN_ENV } });
