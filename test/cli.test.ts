@@ -877,12 +877,15 @@ test('a coordinator run that ends as a failure (it diverged) exits 1, and its wo
   const data = blankMnistDir(256);
   const out = tempDir('coordinator-failed');
   const c = await startCoordinator(['--lr', '1e30', '--steps', '5', '--data-dir', data, '--out', path.join(out, 'run')]);
+  // Killed below whatever happens: with no --give-up-after, a worker whose coordinator is gone retries for ever.
+  const w = startWorker(c.url, 'diverging');
   try {
-    const w = startWorker(c.url, 'diverging');
     assert.equal(await c.proc.exited, 1, c.proc.log);
     assert.match(c.proc.log, /training diverged at step \d+/);
-    await w.exited;
+    assert.equal(await w.exited, 0, w.log);
+    assert.match(w.log, /stopped by the coordinator: training diverged at step \d+/);
   } finally {
+    w.kill();
     c.proc.kill();
     for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });
   }

@@ -519,7 +519,7 @@ describe('coordinator disconnects bad peers', () => {
 
   test('a second mailbox message after the first was taken is rejected: the inbox in use is not opened again', async () => {
     const dir = makeMailboxDir('worker');
-    const { peer, welcome, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
+    const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
     const frames = () => coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames;
     for (let i = 0; i < 200 && frames() !== 'shared memory'; i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(frames(), 'shared memory');
@@ -528,6 +528,7 @@ describe('coordinator disconnects bad peers', () => {
     assert.ok(again?.type === 'error' && again.code === 'PROTOCOL_UNEXPECTED' && /mailbox without an open offer/.test(again.message), JSON.stringify(again));
     peer.ws.close();
     await peer.closed;
+    inbox.close();
     outbox.close();
     removeMailboxDir(dir);
   });

@@ -2,12 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
-import { blankMnistDir, tempDir } from './harness';
+import { blankMnistDir, freePort, tempDir } from './harness';
 import { CLI } from './helpers';
 
 function alive(pid: number): boolean {
@@ -444,14 +443,11 @@ test('--hang-timeout 0 never kills a worker as hung', { timeout: 60_000 }, async
 
 test("local's own GANFLEET_* settings do not reach its workers: GANFLEET_METRICS_PORT serves local's metrics, and no worker tries to bind it too", { timeout: 60_000 }, async () => {
   const out = tempDir('env-local');
-  const port = await new Promise<number>((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
+  // Below the ephemeral range (harness.freePort): a port-0 listen of the test file running beside this one could take it.
+  const port = await freePort();
   const run = spawnCli(['local', '--workers', '1', '--steps', '3', '--max-restarts', '0', '--out', out], process.execPath, [], { GANFLEET_METRICS_PORT: String(port) });
   assert.equal(await run.exit, 0, run.log());
+  assert.match(run.log(), new RegExp(`\\[coordinator\\] metrics on http://127\\.0\\.0\\.1:${port}/metrics`));
   assert.doesNotMatch(run.log(), /EADDRINUSE|exited with/);
   fs.rmSync(out, { recursive: true, force: true });
 });
