@@ -46,9 +46,8 @@ export class RunClock {
   /** Where the step in progress started. */
   private readonly step: Mark = { at: 0, paused: 0, evaluating: 0 };
   private windowImages = 0;
-  /** The window still starts at the run's first step, whose images are `firstStepImages`. */
-  private windowFromFirst = false;
-  private firstStepImages = 0;
+  /** The run's first step's images, while the window still holds that step; null after. */
+  private firstStepImages: number | null = null;
   /** Steps this run and their time, evaluations and checkpoints in: the pace behind every ETA. */
   private paceSteps = 0;
   private paceSeconds = 0;
@@ -85,7 +84,6 @@ export class RunClock {
     if (!this.first) {
       this.first = this.mark({ at: 0, paused: 0, evaluating: 0 });
       this.mark(this.window);
-      this.windowFromFirst = true;
     }
   }
 
@@ -124,13 +122,14 @@ export class RunClock {
    * it holds later ones, as the ETA's pace does: that step carries the start-up.
    */
   windowRate(): number {
-    const skipFirst = this.windowFromFirst && this.afterFirst !== null && this.windowImages > this.firstStepImages;
-    const rate = skipFirst
-      ? (this.windowImages - this.firstStepImages) / this.since(this.afterFirst!)
-      : this.windowImages / this.since(this.window);
+    const first = this.firstStepImages;
+    const rate =
+      first !== null && this.afterFirst && this.windowImages > first
+        ? (this.windowImages - first) / this.since(this.afterFirst)
+        : this.windowImages / this.since(this.window);
     this.mark(this.window);
     this.windowImages = 0;
-    this.windowFromFirst = false;
+    this.firstStepImages = null;
     return rate;
   }
 
