@@ -340,3 +340,97 @@ test('the native range check agrees with the float64 one for a bound that float3
     }
   }
 });
+
+/**
+ * A bias of one value broadcast over every column must take the scalar epilogue even where the tile is whole:
+ * the kernels' in-register epilogue reads a whole row of bias values from the heap.
+ */
+test('the native matmul broadcasts a one-value bias over whole tiles too, with each kernel this CPU runs', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const chosen = addon.gemmWidth(0);
+  try {
+    for (const width of [...new Set([256, addon.gemmWidth(512)])]) {
+      addon.gemmWidth(width);
+      // Whole tiles of either kernel: 6×16 (AVX2), 8×32 (AVX-512); and several of them.
+      for (const [m, n, k] of [[6, 16, 3], [8, 32, 3], [24, 64, 5]]) {
+        const rng = new Rng(m * n + k);
+        // heap: A (m×k), B (k×n), the bias (one value, then values that must not be read), C (m×n)
+        const heap = new Float32Array(m * k + k * n + n + m * n);
+        for (let i = 0; i < m * k + k * n; i++) heap[i] = rng.uniform() * 2 - 1;
+        const biasAt = m * k + k * n;
+        heap[biasAt] = 0.25;
+        heap.fill(100, biasAt + 1, biasAt + n);
+        const cAt = biasAt + n;
+        addon.gemm(heap, m, n, k, 0, 0, m * k, 0, cAt, biasAt, 1, 0, 0);
+        const expected = new Float64Array(m * n);
+        for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+          let s = 0.25;
+          for (let p = 0; p < k; p++) s += heap[i * k + p] * heap[m * k + p * n + j];
+          expected[i * n + j] = s;
+        }
+        assertClose(heap.subarray(cAt), expected, 1e-5, 1e-5, `${width}-bit kernel, ${m}×${n}·${k}, bias of 1 value`);
+      }
+    }
+  } finally {
+    addon.gemmWidth(chosen);
+  }
+});
+
+/**
+ * The conversions' scalar tails (the last n % 8 values) must give what their 8-lane loops give: the test above
+ * converts 20026 random values, whose two-value tail rarely holds a case that matters, and 65536 halves, with no tail.
+ */
+test('the native 16-bit wire conversions give the JavaScript bits in the scalar tail too (rounding, saturation, NaN)', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  // As bit patterns: reading a signalling NaN into a JavaScript number quiets it, so the NaNs are written as bits.
+  const bitsOf = (x: number) => new Uint32Array(Float32Array.of(x).buffer)[0]!;
+  // Ties both ways for float16 (1 + 2^-11, 1 + 3·2^-11) and bfloat16 (1 + 2^-8, 1 + 3·2^-8), values just off a tie,
+  // saturation beyond 65504, ±Infinity, float16 subnormals, and NaNs: quiet, and signalling ones whose payload
+  // lies only in the low 16 bits (0x7f800001: truncated, an Infinity).
+  const special = [1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1.0009, -1.0041, 3.14159, 65519, 70000, -70000, 1e10, -3e38,
+    Infinity, -Infinity, 6e-8, 3e-8, -2.98e-8, 1e-6, NaN].map(bitsOf).concat([0x7f800001, 0xff800001, 0x7fa00000]);
+  const isNaN16 = (h: number, bfloat: boolean) => (bfloat ? (h & 0x7f80) === 0x7f80 && (h & 0x7f) !== 0 : (h & 0x7c00) === 0x7c00 && (h & 0x3ff) !== 0);
+  for (const dtype of ['float16', 'bfloat16'] as const) {
+    const bfloat = dtype === 'bfloat16';
+    for (const pattern of special) {
+      // Length 9: one vector of 8 lanes, then the value once more alone in the tail.
+      const values = new Float32Array(9);
+      new Uint32Array(values.buffer).fill(pattern);
+      const x = values[0]!;
+      const expected = encodeFloatsPortable(values, dtype);
+      const actual = new Uint16Array(9);
+      addon.toHalf(values, actual, bfloat);
+      for (const i of [0, 8]) {
+        if (Number.isNaN(x)) assert.ok(isNaN16(actual[i]!, bfloat), `${dtype}: NaN 0x${pattern.toString(16)} at ${i} became 0x${actual[i]!.toString(16)}`);
+        else assert.equal(actual[i], expected[i], `${dtype}(${x}) at ${i}: 0x${actual[i]!.toString(16)}, JavaScript 0x${expected[i]!.toString(16)}`);
+      }
+    }
+    // Back: every 16-bit pattern through the tail, in calls of 7.
+    const every = new Uint16Array(65536).map((_, i) => i);
+    const reference = decodeFloatsPortable(every, dtype);
+    const back = new Float32Array(7);
+    for (let h0 = 0; h0 < 65536; h0 += 7) {
+      const src = every.subarray(h0, h0 + 7);
+      const dst = back.subarray(0, src.length);
+      addon.fromHalf(src, dst, bfloat);
+      dst.forEach((v, j) => {
+        const r = reference[h0 + j]!;
+        assert.ok(Object.is(v, r) || (Number.isNaN(v) && Number.isNaN(r)), `${dtype} 0x${(h0 + j).toString(16)} in the tail: ${v} vs ${r}`);
+      });
+    }
+  }
+});
+
+test('the native matmul refuses an operand that runs one float past the end of its heap', { skip }, () => {
+  assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
+  const heap = new Float32Array(64);
+  // 4×4 operands: an offset of 48 ends exactly at the heap's end, 49 one float past it.
+  addon.gemm(heap, 4, 4, 4, 48, 0, 0, 0, 16, -1, 0, 0, 0);
+  addon.gemm(heap, 4, 4, 4, 0, 0, 48, 0, 16, -1, 0, 0, 0);
+  addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 48, -1, 0, 0, 0);
+  addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 60, 4, 0, 0);
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 49, 0, 0, 0, 16, -1, 0, 0, 0), /outside the heap/, 'A');
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 49, 0, 16, -1, 0, 0, 0), /outside the heap/, 'B');
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 49, -1, 0, 0, 0), /outside the heap/, 'C');
+  assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 61, 4, 0, 0), /outside the heap/, 'bias');
+});
