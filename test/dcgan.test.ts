@@ -173,9 +173,12 @@ test("the coordinator refuses batch statistics of the wrong count (G's answer ca
     assert.equal(implausibleGradients(answer(phase, statistics), model, 8)?.[0], 'bad_size', `${phase} with ${statistics?.length ?? 0} statistics`);
   }
   const variance = Array.from({ length: size }, (_, i) => i).find((i) => !isMeanIndex(layout, i))!;
-  const negativeVariance = ones(size);
-  negativeVariance[variance] = -1e-3;
-  assert.deepEqual(implausibleGradients(answer('generator', negativeVariance), model, 8), ['out_of_range', 'a batch variance is negative']);
+  // Any value below 0, not only one below some tolerance.
+  for (const below of [-1e-3, -1e-7]) {
+    const negativeVariance = ones(size);
+    negativeVariance[variance] = below;
+    assert.deepEqual(implausibleGradients(answer('generator', negativeVariance), model, 8), ['out_of_range', 'a batch variance is negative'], `variance ${below}`);
+  }
   // A mean below 0 is a mean.
   const negativeMean = ones(size);
   negativeMean[0] = -1e-3;
@@ -243,4 +246,21 @@ test('moving statistics pool the workers\' batches into the statistics of their 
   // Only the moving statistics change.
   const untouched = initial();
   for (const entry of layout.entries) if (entry.trainable) assert.deepEqual(single.subarray(entry.offset, entry.offset + entry.size), untouched.subarray(entry.offset, entry.offset + entry.size));
+});
+
+test("kerasInit draws Keras' glorot-uniform kernels (fans over the receptive field) and sets γ and moving variances to 1, the rest to 0", () => {
+  const model = createModel('dcgan');
+  const p = model.init(new Rng(5)).generator;
+  const entry = (name: string) => model.generatorLayout.entries.find((e) => e.name === name)!;
+  const values = (name: string) => p.subarray(entry(name).offset, entry(name).offset + entry(name).size);
+  // Dense [100, 12544]: fans 100 and 12544. Conv2DTranspose [3, 3, 128, 256]: fans 9·128 and 9·256.
+  for (const [name, limit] of [['g/dense/kernel', Math.sqrt(6 / (100 + 12544))], ['g/deconv1/kernel', Math.sqrt(6 / (9 * 128 + 9 * 256))]] as const) {
+    const v = values(name);
+    const max = v.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+    const variance = v.reduce((a, x) => a + x * x, 0) / v.length;
+    assert.ok(max <= limit && max > 0.99 * limit, `${name}: max |w| ${max}, limit ${limit}`);
+    assert.ok(Math.abs(variance / (limit * limit / 3) - 1) < 0.05, `${name}: variance ${variance}, uniform(±${limit}) has ${(limit * limit) / 3}`);
+  }
+  for (const name of ['g/bn1/gamma', 'g/bn1/moving_variance']) assert.ok(values(name).every((x) => x === 1), name);
+  for (const name of ['g/dense/bias', 'g/deconv1/bias', 'g/bn1/beta', 'g/bn1/moving_mean']) assert.ok(values(name).every((x) => x === 0), name);
 });

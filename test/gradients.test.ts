@@ -69,6 +69,19 @@ for (const [backend, loss] of [['cpu', 'bce'], ['wasm', 'bce'], ['cpu', 'lsgan']
       }
     });
 
+    test("the D step reports D's mean score on the real and on the fake batch (dReal, dFake), each its own", () => {
+      const step = withPass(z, (p) => model.discriminatorStep(d, real, p));
+      const fake = model.generate(g, z);
+      // D(x) is a probability under bce, a raw score under lsgan.
+      const score = (x: tf.Tensor2D) =>
+        tf.tidy(() => {
+          const logits = model.discriminate(d, x);
+          return tf.mean(loss === 'bce' ? tf.sigmoid(logits) : logits).dataSync()[0];
+        });
+      assertClose([step.dReal!, step.dFake], [score(real), score(fake)], 1e-5, 1e-5, 'dReal, dFake');
+      fake.dispose();
+    });
+
     test('hand-written D step equals autodiff', () => {
       assertSameStep(withPass(z, (p) => model.discriminatorStep(d, real, p)), autodiffDiscriminatorStep(model, g, d, real, z), 'D');
     });

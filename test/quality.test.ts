@@ -70,6 +70,36 @@ test('evaluation computes the reference statistics again for another test set (t
   assert.ok(againstAll.fid > 0.1, `${n} test images scored ${againstAll.fid} against all 10,000`);
 });
 
+test('the FID fits the Gaussians with unbiased covariances (divided by n − 1), on each side', async () => {
+  await selectBackend('wasm');
+  const test = loadMnist('test');
+  const train = loadMnist('train');
+  // Few images on each side (and a different count on each), where n and n − 1 differ by 10% and 2%.
+  const [n, m] = [10, 50];
+  const dir = tempDir('unbiased-test-set');
+  fs.writeFileSync(path.join(dir, 't10k-images-idx3-ubyte'), encodeIdx([m, 28, 28], test.images.subarray(0, m * 784)));
+  fs.writeFileSync(path.join(dir, 't10k-labels-idx1-ubyte'), encodeIdx([m], test.labels.subarray(0, m)));
+  const reference = loadReference(dir);
+  fs.rmSync(dir, { recursive: true, force: true });
+  const images = toTanhRange(train.images.subarray(0, n * 784), new Float32Array(n * 784));
+  const moments = async (x: Float32Array, count: number): Promise<FeatureMoments> => {
+    const { features } = await classifyImages(reference.classifier, x, count);
+    const dim = features.length / count;
+    const mean = new Float64Array(dim);
+    for (let i = 0; i < count; i++) for (let j = 0; j < dim; j++) mean[j] += features[i * dim + j] / count;
+    const covariance = new Float64Array(dim * dim);
+    for (let i = 0; i < count; i++) {
+      for (let a = 0; a < dim; a++) {
+        for (let b = 0; b < dim; b++) covariance[a * dim + b] += ((features[i * dim + a] - mean[a]) * (features[i * dim + b] - mean[b])) / (count - 1);
+      }
+    }
+    return { mean, covariance, dim };
+  };
+  const expected = frechetDistance(await moments(images, n), await moments(toTanhRange(reference.set.images, new Float32Array(m * 784)), m));
+  const { fid } = await evaluateImages(images, n, reference);
+  assert.ok(Math.abs(fid - expected) < 1e-6 * expected, `fid ${fid}, from unbiased covariances ${expected}`);
+});
+
 test('a test set of one image is refused (EVAL_TOO_FEW): its covariance is not defined, and an FID against it would mean nothing', async () => {
   await selectBackend('wasm');
   const test = loadMnist('test');
