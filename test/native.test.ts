@@ -55,6 +55,22 @@ const CASES: Case[] = [
   { a: [4, 0], b: [0, 5], bias: [5], activation: 'relu' },
 ];
 
+/**
+ * Runs `check` with the AVX2 kernel, then the AVX-512 one where the CPU has it (gemmWidth(512) falls back to
+ * 256 elsewhere), and puts back the kernel chosen before.
+ */
+function onEachKernel(check: (width: number) => void): void {
+  const chosen = addon!.gemmWidth(0);
+  try {
+    for (const width of [...new Set([256, addon!.gemmWidth(512)])]) {
+      assert.equal(addon!.gemmWidth(width), width);
+      check(width);
+    }
+  } finally {
+    addon!.gemmWidth(chosen);
+  }
+}
+
 function random(shape: number[], seed: number): tf.Tensor {
   const rng = new Rng(seed);
   const v = new Float32Array(shape.reduce((p, d) => p * d, 1));
@@ -77,23 +93,15 @@ test('the native matmul on wasm matches the cpu backend (shapes, transposes, bat
   const expected = CASES.map(product);
   await selectBackend('wasm');
   assert.ok(nativeMatMulActive(), 'the native matmul is built but not in use');
-  const chosen = addon!.gemmWidth(0);
-  // The AVX2 kernel always; the AVX-512 one where the CPU has it (gemmWidth(512) falls back to 256 elsewhere).
-  const widths = [...new Set([256, addon!.gemmWidth(512)])];
-  try {
-    for (const width of widths) {
-      assert.equal(addon!.gemmWidth(width), width);
-      const before = nativeProductCount();
-      CASES.forEach((c, i) => {
-        const name = `${width}-bit kernel: ${c.a}·${c.b}${c.transposeA ? ' Aᵀ' : ''}${c.transposeB ? ' Bᵀ' : ''} ${c.activation ?? ''}`;
-        assertClose(product(c), expected[i], 1e-5, 1e-5, name);
-      });
-      // Every case but the ELU one ran natively (a batch counts once per matrix).
-      assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2 + 1 + 1);
-    }
-  } finally {
-    addon!.gemmWidth(chosen);
-  }
+  onEachKernel((width) => {
+    const before = nativeProductCount();
+    CASES.forEach((c, i) => {
+      const name = `${width}-bit kernel: ${c.a}·${c.b}${c.transposeA ? ' Aᵀ' : ''}${c.transposeB ? ' Bᵀ' : ''} ${c.activation ?? ''}`;
+      assertClose(product(c), expected[i], 1e-5, 1e-5, name);
+    });
+    // Every case but the ELU one ran natively (a batch counts once per matrix).
+    assert.equal(nativeProductCount() - before, 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 3 + 3 + 2 + 1 + 1);
+  });
 });
 
 test('the native matmul refuses operands outside its heap', { skip }, () => {
@@ -314,20 +322,14 @@ test('the native matmul refuses offsets whose sum with the operand size overflow
 
 test('the native relu6 maps a NaN product to 0 in full and edge tiles alike, as XNNPACK does', { skip }, () => {
   assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
-  const chosen = addon.gemmWidth(0);
-  try {
-    for (const width of [...new Set([256, addon.gemmWidth(512)])]) {
-      addon.gemmWidth(width);
-      const [m, n] = [9, 33];
-      const heap = new Float32Array(m + n + m * n);
-      heap.fill(NaN, 0, m);
-      heap.fill(1, m, m + n);
-      addon.gemm(heap, m, n, 1, 0, 0, m, 0, m + n, -1, 0, 3, 0);
-      assert.deepEqual([...new Set(heap.subarray(m + n))], [0], `${width}-bit kernel`);
-    }
-  } finally {
-    addon.gemmWidth(chosen);
-  }
+  onEachKernel((width) => {
+    const [m, n] = [9, 33];
+    const heap = new Float32Array(m + n + m * n);
+    heap.fill(NaN, 0, m);
+    heap.fill(1, m, m + n);
+    addon.gemm(heap, m, n, 1, 0, 0, m, 0, m + n, -1, 0, 3, 0);
+    assert.deepEqual([...new Set(heap.subarray(m + n))], [0], `${width}-bit kernel`);
+  });
 });
 
 test('the native range check agrees with the float64 one for a bound that float32 rounds up', { skip }, () => {
@@ -347,33 +349,27 @@ test('the native range check agrees with the float64 one for a bound that float3
  */
 test('the native matmul broadcasts a one-value bias over whole tiles too, with each kernel this CPU runs', { skip }, () => {
   assert.ok(addon, 'GANFLEET_EXPECT_NATIVE=1 but native/build has no addon');
-  const chosen = addon.gemmWidth(0);
-  try {
-    for (const width of [...new Set([256, addon.gemmWidth(512)])]) {
-      addon.gemmWidth(width);
-      // Whole tiles of either kernel: 6×16 (AVX2), 8×32 (AVX-512); and several of them.
-      for (const [m, n, k] of [[6, 16, 3], [8, 32, 3], [24, 64, 5]]) {
-        const rng = new Rng(m * n + k);
-        // heap: A (m×k), B (k×n), the bias (one value, then values that must not be read), C (m×n)
-        const heap = new Float32Array(m * k + k * n + n + m * n);
-        for (let i = 0; i < m * k + k * n; i++) heap[i] = rng.uniform() * 2 - 1;
-        const biasAt = m * k + k * n;
-        heap[biasAt] = 0.25;
-        heap.fill(100, biasAt + 1, biasAt + n);
-        const cAt = biasAt + n;
-        addon.gemm(heap, m, n, k, 0, 0, m * k, 0, cAt, biasAt, 1, 0, 0);
-        const expected = new Float64Array(m * n);
-        for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
-          let s = 0.25;
-          for (let p = 0; p < k; p++) s += heap[i * k + p] * heap[m * k + p * n + j];
-          expected[i * n + j] = s;
-        }
-        assertClose(heap.subarray(cAt), expected, 1e-5, 1e-5, `${width}-bit kernel, ${m}×${n}·${k}, bias of 1 value`);
+  onEachKernel((width) => {
+    // Whole tiles of either kernel: 6×16 (AVX2), 8×32 (AVX-512); and several of them.
+    for (const [m, n, k] of [[6, 16, 3], [8, 32, 3], [24, 64, 5]]) {
+      const rng = new Rng(m * n + k);
+      // heap: A (m×k), B (k×n), the bias (one value, then values that must not be read), C (m×n)
+      const heap = new Float32Array(m * k + k * n + n + m * n);
+      for (let i = 0; i < m * k + k * n; i++) heap[i] = rng.uniform() * 2 - 1;
+      const biasAt = m * k + k * n;
+      heap[biasAt] = 0.25;
+      heap.fill(100, biasAt + 1, biasAt + n);
+      const cAt = biasAt + n;
+      addon.gemm(heap, m, n, k, 0, 0, m * k, 0, cAt, biasAt, 1, 0, 0);
+      const expected = new Float64Array(m * n);
+      for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+        let s = 0.25;
+        for (let p = 0; p < k; p++) s += heap[i * k + p] * heap[m * k + p * n + j];
+        expected[i * n + j] = s;
       }
+      assertClose(heap.subarray(cAt), expected, 1e-5, 1e-5, `${width}-bit kernel, ${m}×${n}·${k}, bias of 1 value`);
     }
-  } finally {
-    addon.gemmWidth(chosen);
-  }
+  });
 });
 
 /**
