@@ -521,7 +521,7 @@ describe('coordinator disconnects bad peers', () => {
     const dir = makeMailboxDir('worker');
     const { peer, welcome, inbox, outbox } = await mailboxPeer(coordinator, dir, 'to-coordinator');
     const frames = () => coordinator.status().workers.find((w) => w.id === welcome.workerId)?.frames;
-    for (let i = 0; i < 200 && frames() !== 'shared memory'; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 1000 && frames() !== 'shared memory'; i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(frames(), 'shared memory');
     peer.send(encode(message<MailboxReady>({ type: 'mailbox', path: outbox.path })));
     const again = await Promise.race([peer.next(), new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
