@@ -1401,6 +1401,23 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a signal during the final outputs, every step trained, leaves a finished run: the evaluation finishes and the summary says so', async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(100, true);
+    // The final checkpoint is written just before the final evaluation.
+    const coordinator: Coordinator = await Coordinator.start({ ...config(path.join(out, 'signal-in-final-eval'), 1), dataDir, evalEvery: 5, evalSamples: 100 }, (l) => {
+      lines.push(l);
+      if (/^checkpoint /.test(l)) coordinator.requestStop('SIGTERM received');
+    });
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 0);
+    const summary = await run;
+    await coordinator.close();
+    assert.ok(lines.includes('stop requested: SIGTERM received'), lines.join('\n'));
+    assert.deepEqual({ ok: summary.ok, stopReason: summary.stopReason, evaluated: summary.evaluations.map((e) => e.step) }, { ok: true, stopReason: 'finished 1 step', evaluated: [1] });
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a stop during a mid-run evaluation leaves it unfinished, so the stop\'s checkpoint does not wait for it', async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(100, true);

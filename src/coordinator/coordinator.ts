@@ -385,7 +385,10 @@ export class Coordinator {
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
     if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop only ends its wait for late workers.
-    this.stop ??= { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
+    // Every step trained, a stop asked for during the final outputs (which finish) leaves the run finished.
+    if (!this.stop || (ran > 0 && this.step >= this.config.steps && !this.stop.failed)) {
+      this.stop = { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
+    }
     const { reason } = this.stop;
     const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
     if (untrained) {
