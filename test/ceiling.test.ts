@@ -18,7 +18,7 @@ async function reference(workers: number) {
   const model = createModel('mlp');
   const params = model.init(new Rng(1));
   const train = loadMnist('train');
-  const computes = Array.from({ length: workers }, (_, k) => new ShardCompute(model, BATCH));
+  const computes = Array.from({ length: workers }, () => new ShardCompute(model, BATCH));
   computes.forEach((c, k) => c.setShard({ images: train.images, count: train.count, seed: k + 1 }));
   const adam = { d: new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS), g: new Adam(params.generator.length, KERAS_ADAM_DEFAULTS) };
   const average = { d: new Float32Array(params.discriminator.length), g: new Float32Array(params.generator.length) };

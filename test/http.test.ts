@@ -98,7 +98,7 @@ test('a log line cannot be split, coloured or turned around by a string from a p
   assert.equal(written.slice(written.indexOf(' w2 ')), ' w2 joined ("\\u202edesrever" \\u2066x\\u2069 /data/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645)\n', 'a joiner in a Persian name stays');
 });
 
-test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', (t) => {
+test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', () => {
   let now = 0;
   const lines: string[] = [];
   const log = throttledLogger((m) => lines.push(m), 60_000, () => now);

@@ -38,7 +38,7 @@ export class WorkerListener {
     hooks: { log: Logger; metrics: CoordinatorMetrics },
     onConnection: (socket: WebSocket, address: string) => void,
   ): Promise<WorkerListener> {
-    const { host, port, tlsCert, tlsKey, token, insecure } = config;
+    const { host, port, tlsCert, tlsKey, token } = config;
     const refused = publicWithoutToken(config);
     if (refused) throw new Error(refused);
     const server = tlsCert && tlsKey ? https.createServer({ ...BOUNDED_REQUESTS, handshakeTimeout: TLS_HANDSHAKE_MS, cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) }) : http.createServer(BOUNDED_REQUESTS);
