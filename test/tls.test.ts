@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { CLI } from './helpers';
 import { isLoopback, publicWithoutToken } from '../src/coordinator/config';
+import { withHint } from '../src/worker/worker';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 let dir: string;
@@ -82,6 +83,13 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   assert.match(trusting.log, /stopped by the coordinator/);
   assert.match(coord.log, /w1 joined from \S+ \("with-ca"/);
   assert.deepEqual(loggedSteps(coord.log), range(steps));
+});
+
+test("an untrusted certificate's error ends with ganfleet's hint only: Node 24's own advice is replaced, so the two do not run together", () => {
+  const untrusted = (message: string) => withHint(Object.assign(new Error(message), { code: 'DEPTH_ZERO_SELF_SIGNED_CERT' }), 'wss://coordinator:8765');
+  const expected = "self-signed certificate: pass --ca with the CA that signed the coordinator's certificate (the certificate itself, where it is self-signed)";
+  assert.equal(untrusted('self-signed certificate'), expected);
+  assert.equal(untrusted('self-signed certificate; if the root CA is installed locally, try running Node.js with --use-system-ca'), expected);
 });
 
 test('wss://: a client that never starts its TLS handshake is cut after 10 s, as a silent client on ws:// is (Node\'s TLS default held it 120 s)', { timeout: 60_000 }, async (t) => {

@@ -74,9 +74,10 @@ const CERTIFICATE_HINTS = new Map([
  * these are still retried (a proxy may show its own certificate while the
  * coordinator starts), but a worker that retries for ever should say why.
  */
-function withHint(e: Error & { code?: string }, url: string): string {
+export function withHint(e: Error & { code?: string }, url: string): string {
   const hint = e.code && CERTIFICATE_HINTS.get(e.code);
-  if (hint) return `${e.message}: ${hint}`;
+  // Node 24 ends an untrusted certificate's message with advice of its own, which ganfleet's hint replaces.
+  if (hint) return `${e.message.replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca$/, '')}: ${hint}`;
   // Closed before the WebSocket opened: a TLS port spoken to in plain text does this, and so does a proxy with no coordinator behind it.
   if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: the other end closed before the WebSocket opened (no coordinator behind a proxy or load balancer, or a coordinator with --tls-cert, whose URL starts with wss://)`;
   // OpenSSL's text for a server that answered the handshake in plain text.
