@@ -1,4 +1,4 @@
-import { describe, test, before } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import { selectBackend } from '../src/backend';
 import { averageGradients } from '../src/coordinator/aggregate';
 import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
@@ -123,7 +123,7 @@ for (const [backend, loss] of [['cpu', 'bce'], ['wasm', 'bce'], ['cpu', 'lsgan']
       if (tf.memory().numTensors !== before) throw new Error(`${tf.memory().numTensors - before} tensors leaked`);
     });
 
-    test('cleanup', () => {
+    after(() => {
       disposeTensors(g);
       disposeTensors(d);
       real.dispose();
