@@ -52,9 +52,13 @@ const requireGpuOption = {
   describe: 'Exit 1 at start unless TensorFlow computes on a GPU: tfjs-node-gpu without CUDA 11 and cuDNN 8 otherwise trains on the CPU, with a note in the backend line',
 } as const;
 
-function checkRequireGpu(a: { 'require-gpu': boolean; backend: BackendChoice }): void {
-  const problem = a['require-gpu'] ? requireGpuProblem(a.backend) : null;
+/** A check's problem (null: none) as the usage error yargs reports. */
+function refuse(problem: string | null): void {
   if (problem) throw new Error(problem);
+}
+
+function checkRequireGpu(a: { 'require-gpu': boolean; backend: BackendChoice }): void {
+  refuse(a['require-gpu'] ? requireGpuProblem(a.backend) : null);
 }
 
 /** Flags shared by `coordinator` and `local`: the training job itself. */
@@ -171,13 +175,10 @@ function coordinatorOptions<T>(y: Argv<T>) {
       integerInRange('max-workers', a['max-workers']);
       if (a['max-workers'] < a['min-workers']) throw new Error(`--max-workers ${given('max-workers', a['max-workers'])} is below --min-workers ${given('min-workers', a['min-workers'])}`);
       if (!a['tls-cert'] !== !a['tls-key']) throw new Error('--tls-cert and --tls-key go together');
-      const refused = publicWithoutToken({ host: a.host, token: a.token, insecure: a.insecure });
-      if (refused) throw new Error(refused);
-      const badToken = tokenProblem(a.token);
-      if (badToken) throw new Error(badToken);
+      refuse(publicWithoutToken({ host: a.host, token: a.token, insecure: a.insecure }));
+      refuse(tokenProblem(a.token));
       for (const k of ['tls-cert', 'tls-key'] as const) requirePath(k, a[k], 'file');
-      const tls = a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null;
-      if (tls) throw new Error(tls);
+      refuse(a['tls-cert'] && a['tls-key'] ? tlsPairProblem(a['tls-cert'], a['tls-key']) : null);
       return true;
     });
 }
@@ -206,14 +207,12 @@ function workerOptions<T>(y: Argv<T>) {
       if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
-      const badToken = tokenProblem(a.token);
-      if (badToken) throw new Error(badToken);
+      refuse(tokenProblem(a.token));
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
       if (!(a['progress-every'] >= 0)) throw new Error(`--progress-every must be >= 0, got ${given('progress-every', a['progress-every'])}`);
       if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
       requirePath('ca', a.ca, 'file');
-      const badCa = a.ca ? caProblem(a.ca) : null;
-      if (badCa) throw new Error(badCa);
+      refuse(a.ca ? caProblem(a.ca) : null);
       return true;
     });
 }

@@ -8,7 +8,7 @@ import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
 import { Logger, createLogger, peerText } from '../util/log';
-import { urlHost } from '../util/text';
+import { plural, urlHost } from '../util/text';
 import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
 import { Adam, AdamState } from './adam';
@@ -387,7 +387,7 @@ export class Coordinator {
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop only ends its wait for late workers.
     // Every step trained, a stop asked for during the final outputs (which finish) leaves the run finished.
     if (!this.stop || (ran > 0 && this.step >= this.config.steps && !this.stop.failed)) {
-      this.stop = { reason: `finished ${this.step} step${this.step === 1 ? '' : 's'}`, failed: false };
+      this.stop = { reason: `finished ${plural(this.step, 'step')}`, failed: false };
     }
     const { reason } = this.stop;
     const summary = this.summarise(ran, trainingSeconds, elapsed, this.stop);
@@ -462,7 +462,6 @@ export class Coordinator {
   private async tellLateWorkers(seconds: number, anyone: boolean): Promise<void> {
     const untold = this.workers.untoldWorkers();
     if (!anyone && untold.length === 0) return;
-    const plural = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`;
     // A checkpoint of format 1 holds no shards, so no count of its workers.
     const checkpoint = this.checkpointWorkers > 0 ? `a checkpoint that ${plural(this.checkpointWorkers, 'worker')} trained` : 'a checkpoint without a count of its workers';
     const who = [
@@ -521,7 +520,7 @@ export class Coordinator {
     this.metrics.paused.set(0);
     if (started) this.state = 'training';
     const n = this.workers.openCount();
-    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} ${midStep ? `step ${this.step + 1}` : `at step ${this.step}`} with ${n} worker${n === 1 ? '' : 's'}`);
+    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} ${midStep ? `step ${this.step + 1}` : `at step ${this.step}`} with ${plural(n, 'worker')}`);
   }
 
   /**
@@ -825,7 +824,7 @@ export class Coordinator {
     this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
     const slots = shards.slots.length;
     if (slots > this.config.maxWorkers) {
-      this.log(`this run takes at most ${this.config.maxWorkers} worker${this.config.maxWorkers === 1 ? '' : 's'} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
+      this.log(`this run takes at most ${plural(this.config.maxWorkers, 'worker')} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
     } else if (slots > this.config.startWorkers) {
       this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
     }

@@ -8,6 +8,7 @@ import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads, emitted } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
+import { plural } from '../util/text';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { FRAGMENT_WRITE_MS, MIN_INTAKE_BYTES_PER_SECOND, WorkerPeer } from './peer';
@@ -117,7 +118,7 @@ export class WorkerGroup {
     return this.list().filter((p) => p.shard && p.open);
   }
 
-  /** Welcomes a worker that said hello, or refuses it (null) when the group is full. */
+  /** Welcomes a worker that said hello; null where it is told to stop (the run is closing) or refused (the group is full). */
   admit(hello: Hello, socket: WebSocket, address: string): WorkerPeer | null {
     const { log } = this.hooks;
     const label = `${peerString(hello.name)} pid ${hello.pid}, backend ${peerString(hello.backend)}`;
@@ -250,7 +251,7 @@ export class WorkerGroup {
       const frame = encodeFrame(message<Shard>({ type: 'shard', plan: this.plan, count: a.indices.length, keep, seed, images: gatherImages(images, added) }));
       peer.send(frame, () => (peer.intakeEndsAt = performance.now() + (frame.length / MIN_INTAKE_BYTES_PER_SECOND) * 1000));
     });
-    const restoredNote = restoredCount > 0 ? `; ${restoredCount} slot${restoredCount === 1 ? '' : 's'} from the checkpoint` : '';
+    const restoredNote = restoredCount > 0 ? `; ${plural(restoredCount, 'slot')} from the checkpoint` : '';
     this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent${restoredNote}`);
   }
 

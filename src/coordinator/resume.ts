@@ -4,6 +4,7 @@ import { imagesFingerprint } from '../data/mnist';
 import { ShardSlot, markDisjoint } from '../data/shards';
 import { GanfleetError } from '../util/errors';
 import { Logger } from '../util/log';
+import { plural } from '../util/text';
 import { namesIn, removeTornWrites } from '../util/write';
 import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } from './checkpoint';
 import { CoordinatorConfig, runLayout } from './config';
@@ -116,8 +117,7 @@ export function shardsToResume(c: Checkpoint, now: Record<string, unknown>): { s
     if (!(e instanceof GanfleetError && e.code === 'SHARD_HELD_INVALID')) throw e;
     return afresh(e.message);
   }
-  const n = c.shards.length;
-  return { slots: c.shards, note: `the checkpoint's ${n} shard slot${n === 1 ? '' : 's'} (images and seed) go to the first workers to join` };
+  return { slots: c.shards, note: `the checkpoint's ${plural(c.shards.length, 'shard slot')} (images and seed) go to the first workers to join` };
 }
 
 /** Compares the images themselves; a checkpoint written before they were fingerprinted has only their directory. */

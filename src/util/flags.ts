@@ -4,7 +4,7 @@ import { hideBin } from 'yargs/helpers';
 import { envSwitch } from './env';
 
 /** The GANFLEET_* variable that sets `--flag`. */
-export function envVariable(flag: string): string {
+function envVariable(flag: string): string {
   return `GANFLEET_${flag.toUpperCase().replace(/-/g, '_')}`;
 }
 

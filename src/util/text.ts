@@ -3,6 +3,11 @@ export function truncate(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
+/** `n` and `what`, plural unless `n` is 1: 2 workers, 1 worker, 0 workers. */
+export function plural(n: number, what: string): string {
+  return `${n} ${what}${n === 1 ? '' : 's'}`;
+}
+
 /** `host` as a URL names it: an IPv6 address in brackets (ws://[::1]:8787), since its colons would read as a port. */
 export function urlHost(host: string): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;

@@ -446,7 +446,7 @@ function failureOf(e: unknown, welcomed: boolean): { code: string; text: string;
       : skewed
         ? `the coordinator speaks another protocol version (${said}): run the same ganfleet version on both sides`
         : said;
-  return { code, text, fatal: trapped || (e instanceof ProtocolError && !foreign && (e.reason === 'bad_version' || !welcomed)) };
+  return { code, text, fatal: trapped || skewed || (e instanceof ProtocolError && !foreign && !welcomed) };
 }
 
 /**
