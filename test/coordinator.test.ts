@@ -1418,6 +1418,22 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a signal during an evaluation due at the last step itself cuts it short, and the summary names the signal', async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(100, true);
+    const coordinator: Coordinator = await Coordinator.start({ ...config(path.join(out, 'signal-in-due-final-eval'), 1), dataDir, evalEvery: 1, checkpointEvery: 1, evalSamples: 100 }, (l) => {
+      lines.push(l);
+      if (/^checkpoint /.test(l)) coordinator.requestStop('SIGTERM received');
+    });
+    const run = coordinator.run();
+    await answerOneStep(coordinator, 0);
+    const summary = await run;
+    await coordinator.close();
+    assert.ok(lines.some((l) => l.startsWith('eval step 1: left unfinished')), lines.join('\n'));
+    assert.deepEqual({ ok: summary.ok, stopReason: summary.stopReason, evaluated: summary.evaluations.map((e) => e.step) }, { ok: true, stopReason: 'SIGTERM received', evaluated: [] });
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a stop during a mid-run evaluation leaves it unfinished, so the stop\'s checkpoint does not wait for it', async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(100, true);

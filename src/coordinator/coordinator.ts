@@ -355,7 +355,7 @@ export class Coordinator {
     if (wanted(sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
     // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
     if (wanted(checkpointEvery)) this.checkpoint();
-    // During training a stop cuts an evaluation short; the final one is the run's last, and finishes.
+    // During training a stop cuts an evaluation short, one due at the last step too; the final one (atEnd) finishes.
     if (evalEvery > 0 && wanted(evalEvery) && !this.outputs.forfeited) await this.evaluate(!atEnd);
   }
 
@@ -385,8 +385,10 @@ export class Coordinator {
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
     if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop only ends its wait for late workers.
-    // Every step trained, a stop asked for during the final outputs (which finish) leaves the run finished.
-    if (!this.stop || (ran > 0 && this.step >= this.config.steps && !this.stop.failed)) {
+    // Every step trained, a stop asked for during the final outputs leaves the run finished, unless it cut short
+    // the last step's evaluation (due at that step itself, so written as a mid-run one is: cut by a stop).
+    const evaluated = this.config.evalEvery === 0 || this.outputs.evaluations.some((e) => e.step === this.step);
+    if (!this.stop || (ran > 0 && this.step >= this.config.steps && !this.stop.failed && evaluated)) {
       this.stop = { reason: `finished ${plural(this.step, 'step')}`, failed: false };
     }
     const { reason } = this.stop;

@@ -76,7 +76,7 @@ const CERTIFICATE_HINTS = new Map([
  */
 export function withHint(e: Error & { code?: string }, url: string): string {
   const hint = e.code && CERTIFICATE_HINTS.get(e.code);
-  // Node 24 ends an untrusted certificate's message with advice of its own, which ganfleet's hint replaces.
+  // Node 24 ends some of these messages (a self-signed or unverifiable certificate) with advice of its own, which ganfleet's hint replaces.
   if (hint) return `${e.message.replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca$/, '')}: ${hint}`;
   // Closed before the WebSocket opened: a TLS port spoken to in plain text does this, and so does a proxy with no coordinator behind it.
   if (e.message === 'socket hang up' && url.startsWith('ws://')) return `${e.message}: the other end closed before the WebSocket opened (no coordinator behind a proxy or load balancer, or a coordinator with --tls-cert, whose URL starts with wss://)`;
