@@ -1401,11 +1401,11 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
-  test('a signal during the final outputs, every step trained, leaves a finished run: the evaluation finishes and the summary says so', async () => {
+  /** A one-step run with a SIGTERM as its checkpoint is written, which is just before the step's or the run's final evaluation. */
+  async function signalledAtCheckpoint(name: string, every: { evalEvery: number; checkpointEvery?: number }) {
     const lines: string[] = [];
     const dataDir = blankMnistDir(100, true);
-    // The final checkpoint is written just before the final evaluation.
-    const coordinator: Coordinator = await Coordinator.start({ ...config(path.join(out, 'signal-in-final-eval'), 1), dataDir, evalEvery: 5, evalSamples: 100 }, (l) => {
+    const coordinator: Coordinator = await Coordinator.start({ ...config(path.join(out, name), 1), dataDir, ...every, evalSamples: 100 }, (l) => {
       lines.push(l);
       if (/^checkpoint /.test(l)) coordinator.requestStop('SIGTERM received');
     });
@@ -1413,25 +1413,20 @@ describe('coordinator edge cases found by review', () => {
     await answerOneStep(coordinator, 0);
     const summary = await run;
     await coordinator.close();
-    assert.ok(lines.includes('stop requested: SIGTERM received'), lines.join('\n'));
-    assert.deepEqual({ ok: summary.ok, stopReason: summary.stopReason, evaluated: summary.evaluations.map((e) => e.step) }, { ok: true, stopReason: 'finished 1 step', evaluated: [1] });
     fs.rmSync(dataDir, { recursive: true, force: true });
+    return { lines, outcome: { ok: summary.ok, stopReason: summary.stopReason, evaluated: summary.evaluations.map((e) => e.step) } };
+  }
+
+  test('a signal during the final outputs, every step trained, leaves a finished run: the evaluation finishes and the summary says so', async () => {
+    const { lines, outcome } = await signalledAtCheckpoint('signal-in-final-eval', { evalEvery: 5 });
+    assert.ok(lines.includes('stop requested: SIGTERM received'), lines.join('\n'));
+    assert.deepEqual(outcome, { ok: true, stopReason: 'finished 1 step', evaluated: [1] });
   });
 
   test('a signal during an evaluation due at the last step itself cuts it short, and the summary names the signal', async () => {
-    const lines: string[] = [];
-    const dataDir = blankMnistDir(100, true);
-    const coordinator: Coordinator = await Coordinator.start({ ...config(path.join(out, 'signal-in-due-final-eval'), 1), dataDir, evalEvery: 1, checkpointEvery: 1, evalSamples: 100 }, (l) => {
-      lines.push(l);
-      if (/^checkpoint /.test(l)) coordinator.requestStop('SIGTERM received');
-    });
-    const run = coordinator.run();
-    await answerOneStep(coordinator, 0);
-    const summary = await run;
-    await coordinator.close();
+    const { lines, outcome } = await signalledAtCheckpoint('signal-in-due-final-eval', { evalEvery: 1, checkpointEvery: 1 });
     assert.ok(lines.some((l) => l.startsWith('eval step 1: left unfinished')), lines.join('\n'));
-    assert.deepEqual({ ok: summary.ok, stopReason: summary.stopReason, evaluated: summary.evaluations.map((e) => e.step) }, { ok: true, stopReason: 'SIGTERM received', evaluated: [] });
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    assert.deepEqual(outcome, { ok: true, stopReason: 'SIGTERM received', evaluated: [] });
   });
 
   test('a stop during a mid-run evaluation leaves it unfinished, so the stop\'s checkpoint does not wait for it', async () => {
