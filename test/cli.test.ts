@@ -11,7 +11,7 @@ import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
 import { blankMnistDir, installedNativePackage, startCoordinator, startWorker, tempDir } from './harness';
-import { CLI } from './helpers';
+import { CLI, nodeUnrunnableBy } from './helpers';
 import { standInDir, tensorflowStandIn } from './stand-ins';
 
 test('timeouts beyond what a Node timer holds, or under a second, are refused (the first would fire at once, the second outlast no round: either drops every worker)', () => {
@@ -806,6 +806,8 @@ test('an output the disk cannot take stops the run with exit 1, naming the file,
 test('generate refuses as a usage error, before reading the checkpoint, an --out that is another user\'s file in a sticky directory (the rename found it after drawing every sample)', (t) => {
   if (process.getuid?.() !== 0) return t.skip('needs root, to run the command as another user');
   const nobody = { uid: 65534, gid: 65534 };
+  const unrunnable = nodeUnrunnableBy(nobody);
+  if (unrunnable) return t.skip(unrunnable);
   const reads = spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(CLI)}, 4)`], nobody);
   if (reads.status !== 0) return t.skip('uid 65534 cannot read this checkout');
   const dir = tempDir('generate-sticky');

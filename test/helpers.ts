@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 
 /** The compiled CLI, run as a real child process. */
@@ -36,4 +37,12 @@ export function recordExtensionBomb(nesting: number): Buffer {
   const hidden = [0x05];
   for (let i = 0; i < nesting; i++) hidden.push(0xdd, 0x00, 0xff, 0xff, 0xff);
   return Buffer.from([0x97, 0xd5, 0x72, 0x20, 0x00, 0x91, 0xa1, 0x61, 0x01, 0xd5, 0x72, 0x20, 0xc4, 0x90, 0x60, 0xc4, hidden.length, ...hidden]);
+}
+
+/**
+ * Why `ids` (another user) cannot run this Node, or null. Node out of their reach (npx's copy under root's
+ * 0700 home, as in test:node24) is no fault of the checkout's, and tests that run a command as them skip saying so.
+ */
+export function nodeUnrunnableBy(ids: { uid: number; gid: number }): string | null {
+  return spawnSync(process.execPath, ['-e', '0'], ids).status === 0 ? null : `${process.execPath} cannot be run by uid ${ids.uid}`;
 }

@@ -7,7 +7,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
 import { blankMnistDir, freePort, tempDir } from './harness';
-import { CLI } from './helpers';
+import { CLI, nodeUnrunnableBy } from './helpers';
 
 function alive(pid: number): boolean {
   try {
@@ -356,8 +356,8 @@ test(
   { timeout: 60_000, skip: process.getuid?.() !== 0 && 'needs root, to start the worker as another user' },
   async (t) => {
     const nobody = { uid: 65534, gid: 65534 };
-    // Node itself out of nobody's reach (npx's copy under root's home, say) is no fault of the checkout's.
-    if (spawnSync(process.execPath, ['-e', '0'], nobody).status !== 0) return t.skip(`${process.execPath} cannot be run by uid 65534`);
+    const unrunnable = nodeUnrunnableBy(nobody);
+    if (unrunnable) return t.skip(unrunnable);
     const readable = (file: string) => spawnSync(process.execPath, ['-e', 'require("fs").accessSync(process.argv[1], 4)', file], nobody).status === 0;
     let cli = CLI;
     let links: string | null = null;
