@@ -44,6 +44,11 @@ function isWorkerRefusal(m: unknown): m is WorkerRefusal {
   return typeof r === 'object' && r !== null && r.type === 'worker-refused' && typeof r.code === 'string' && typeof r.message === 'string';
 }
 
+/** The --name of worker slot `i`: the coordinator shows it, and `local` finds its own children among the joined by it. */
+function workerName(i: number): string {
+  return `local-${i + 1}`;
+}
+
 /** What a worker child tells `local` every ALIVE_EVERY_MS while its main thread is free to. */
 const ALIVE = { type: 'worker-alive' } as const;
 
@@ -168,7 +173,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const childEnv: NodeJS.ProcessEnv = { ...env, GANFLEET_TOKEN: token };
     if (opts.gpus.length > 0) childEnv.CUDA_VISIBLE_DEVICES = opts.gpus[i % opts.gpus.length];
     // The coordinator's progress lines speak for its workers here.
-    const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', `local-${i + 1}`, '--progress-every', '0'];
+    const args = [require.resolve('./cli'), 'worker', '--coordinator', url, '--backend', opts.workerBackend, '--name', workerName(i), '--progress-every', '0'];
     if (!opts.workerNative) args.push('--no-native');
     if (opts.requireGpu) args.push('--require-gpu');
     let child: ChildProcess;
@@ -237,8 +242,15 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   } finally {
     finishing = true;
     clearInterval(hangWatch);
+    const joined = new Set(coordinator.status().workers.map((w) => w.name));
     await coordinator.close();
-    // Workers that were connected were told to stop; one still starting would retry a closed port.
+    // Workers that were connected were told to stop. One that was not (still starting, or between tries) cannot be
+    // told: it would retry a closed port, logging each refusal, until the stragglers' timer.
+    const unjoined = [...children].filter(([i, c]) => !joined.has(workerName(i)) && c.exitCode === null && c.signalCode === null);
+    if (unjoined.length > 0) {
+      log(`stopping the workers that had not joined: ${unjoined.map(([i]) => workerName(i)).join(', ')}`);
+      for (const [, c] of unjoined) c.kill('SIGTERM');
+    }
     const stragglers = setTimeout(() => children.forEach((c) => c.kill('SIGTERM')), 2_000);
     const deadline = setTimeout(killAll, 10_000);
     await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? emitted(c, 'exit') : null)));

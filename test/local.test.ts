@@ -88,6 +88,25 @@ test('a second SIGINT while the first stop is still writing outputs exits at onc
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a stop before the workers have joined stops them at once, instead of leaving them to retry a closed port', { timeout: 60_000 }, async () => {
+  const out = tempDir('stop-unjoined');
+  // Each worker blocks for a second before it loads the CLI, so none can have joined when the stop comes; one that
+  // gets past it writes its pid, which it could only do where it was left running after the stop.
+  const preload = path.join(out, 'slow-worker.js');
+  fs.writeFileSync(
+    preload,
+    `if (process.argv.includes('worker')) { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000); require('node:fs').writeFileSync(${JSON.stringify(path.join(out, 'past-'))} + process.pid, ''); }`,
+  );
+  const run = spawnCli(['local', '--workers', '2', '--steps', '100', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
+  await waitFor(() => /started 2 worker process\(es\)/.test(run.log()), 30_000, 'the workers to be started');
+  run.child.kill('SIGINT');
+  assert.equal(await run.exit, 0, run.log());
+  assert.match(run.log(), /stopping the workers that had not joined: local-1, local-2/);
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.deepEqual(fs.readdirSync(out).filter((f) => f.startsWith('past-')), [], 'no worker got past its start');
+  assert.doesNotMatch(run.log(), /reconnecting in/);
+});
+
 test('a worker process that dies after a stop was asked for is not restarted: the run is ending', { timeout: 90_000 }, async () => {
   const out = tempDir('stop-lost');
   // The stop scores its step after the checkpoint: seconds in which the worker dies.
