@@ -111,3 +111,14 @@ standInTest('TensorFlow is told to grow its GPU memory unless the environment sa
   assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: undefined }).out).growth, 'true');
   assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: 'false' }).out).growth, 'false');
 });
+
+test('a wasm backend that cannot reserve its memory under `ulimit -v` says so, rather than only that it did not initialise', { skip: process.platform !== 'linux' && 'ulimit -v and /proc/self/limits are Linux' }, () => {
+  const backend = path.join(__dirname, '..', 'src', 'backend');
+  const script = `require(${JSON.stringify(backend)}).selectBackend(process.argv[1]).then((r) => console.log(JSON.stringify(r.notes)), (e) => { console.log(e.message); process.exit(1); })`;
+  for (const [choice, status] of [['wasm', 1], ['auto', 0]] as const) {
+    // 8 GB: room for Node and the cpu backend, not for a wasm memory's reservation.
+    const r = spawnSync('bash', ['-c', 'ulimit -v 8000000 && exec "$0" -e "$1" "$2"', process.execPath, script, choice], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, status, r.stdout + r.stderr);
+    assert.match(r.stdout, /skipped wasm: it did not initialise: ulimit -v 8000000 \(KiB\) leaves too little address space for its memory, for which V8 reserves about 10 GiB; raise the limit above about 12 GiB, or remove it/);
+  }
+});
