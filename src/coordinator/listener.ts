@@ -6,7 +6,7 @@ import { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections, listenFailure, openFileLimit, workerPortConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
-import { urlHost } from '../util/text';
+import { plural, urlHost } from '../util/text';
 import { CoordinatorConfig, isLoopback, publicWithoutToken } from './config';
 import { CoordinatorMetrics } from './metrics';
 
@@ -89,7 +89,7 @@ export class WorkerListener {
     }
     const wanted = workerPortConnections(config.maxWorkers, null);
     if (maxConnections < wanted) {
-      hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than --max-workers ${config.maxWorkers} needs (${wanted}): raise the open-files limit`);
+      hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than the ${wanted} it keeps for ${plural(config.maxWorkers, 'worker')} (4 each, and 256 to turn others away): raise the open-files limit`);
     }
     return listener;
   }
