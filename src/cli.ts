@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: the imports below need a working directory.
+import './util/working-directory';
 import os from 'node:os';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
@@ -12,7 +14,7 @@ import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
-import { startStoppable } from './util/signals';
+import { exitWhenWritten, startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 
@@ -312,7 +314,7 @@ function buildCli(argv: string[]) {
         });
         const { Coordinator } = await import('./coordinator/coordinator');
         // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
-        const { started: coordinator, removeSignals } = await startStoppable(
+        const coordinator = await startStoppable(
           (abort) => Coordinator.start(config, undefined, abort),
           (c, reason) => c.requestStop(reason),
         );
@@ -321,8 +323,9 @@ function buildCli(argv: string[]) {
           if (!summary.ok) process.exitCode = 1;
         } finally {
           await coordinator.close();
-          removeSignals();
         }
+        // With the stop handlers still on: a signal from here on is no stop, and must not end the process by its default action.
+        await exitWhenWritten();
       },
     )
     .command(
@@ -352,6 +355,7 @@ function buildCli(argv: string[]) {
             log,
           ),
         );
+        await exitWhenWritten();
       },
     )
     .command(
@@ -366,6 +370,8 @@ function buildCli(argv: string[]) {
           { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'], hangTimeoutSeconds: a['hang-timeout'] },
         );
         if (!summary.ok) process.exitCode = 1;
+        // As the coordinator's: the stop handlers stay on until the process has ended.
+        await exitWhenWritten();
       },
     )
     .command(

@@ -1,5 +1,6 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import { gpuBackendProblem } from './backend';
 import { BackendChoice } from './backend-choice';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
@@ -130,7 +131,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   // its port, take a worker's slot, read the shard and the weights and answer with gradients of their choosing.
   const token = crypto.randomBytes(32).toString('hex');
   // A signal while the coordinator starts stops it at once, with its lease released, instead of killing this process.
-  const { started: coordinator, removeSignals } = await startStoppable(
+  const coordinator = await startStoppable(
     // With GPUs handed to the workers, the coordinator (which only renders sample grids) stays off them.
     (abort) => Coordinator.start({ ...config, token, backend: opts.gpus.length > 0 ? 'wasm' : config.backend }, undefined, abort),
     (c, reason) => c.requestStop(reason),
@@ -178,7 +179,9 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     if (opts.requireGpu) args.push('--require-gpu');
     let child: ChildProcess;
     try {
-      child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true });
+      // A worker takes no path, but Node needs a working directory that exists: this one removed mid-run (rm -rf
+      // of the directory the shell sat in) would fail every restart before its first line, --max-restarts spent at once.
+      child = spawn(process.execPath, args, { env: childEnv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true, cwd: workerCwd() });
     } catch (e) {
       // spawn throws, instead of emitting 'error', for errors other than EACCES, EAGAIN, EMFILE, ENFILE and ENOENT
       // (ENOMEM, say): the same worker that could not be started. Thrown from a 'close' handler (a restart), it
@@ -256,7 +259,18 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? emitted(c, 'exit') : null)));
     clearTimeout(stragglers);
     clearTimeout(deadline);
-    removeSignals();
+    // The stop handlers stay on: the command exits next (exitWhenWritten), and without them a signal in the
+    // process's last milliseconds would end a finished run with 130.
     process.off('exit', killAll);
+  }
+}
+
+/** Where local's workers start: this process's working directory while it exists, else the root. */
+function workerCwd(): string | undefined {
+  try {
+    // Node keeps the directory it last read: a removed one is still named, but no longer exists.
+    return fs.existsSync(process.cwd()) ? undefined : '/';
+  } catch {
+    return '/';
   }
 }

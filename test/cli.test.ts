@@ -892,3 +892,15 @@ test('a coordinator run that ends as a failure (it diverged) exits 1, and its wo
     for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });
   }
 });
+
+test('a working directory removed since the shell entered it stops a command with the reason, not a stack trace from loading yargs', () => {
+  const gone = tempDir('cwd-gone');
+  // The shell enters it and removes it, as `rm -rf` from another terminal would, then runs ganfleet there.
+  for (const args of [['--version'], ['generate', '--checkpoint', '/nonexistent', '--out', '/tmp/x.npy']]) {
+    const r = spawnSync('sh', ['-c', 'cd "$1" && rmdir "$1" && shift && exec "$@"', 'sh', gone, process.execPath, CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.equal(r.stderr, 'ganfleet: the working directory cannot be read (ENOENT: no such file or directory, uv_cwd): it was removed since the shell entered it; cd to one that exists [ENOENT]\n');
+    fs.mkdirSync(gone);
+  }
+  fs.rmSync(gone, { recursive: true, force: true });
+});

@@ -138,6 +138,31 @@ test('a worker process that dies after the last step, while the final outputs ar
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a signal in the last moments of a finished run (local, coordinator, worker), once its outputs are written, leaves it finished: exit 0, not 130/143', { timeout: 90_000 }, async () => {
+  // At the process's 'exit' event, the last moment JavaScript runs, a signal to itself: with no stop handler
+  // left, it took the default action at once (killed by SIGTERM, 143) though the run had finished.
+  const hooks = tempDir('late-signal-hook');
+  const hook = path.join(hooks, 'late-signal.js');
+  fs.writeFileSync(hook, "process.on('exit', () => process.kill(process.pid, 'SIGTERM'));\n");
+  const out = tempDir('late-signal-local');
+  const local = spawnCli(['local', '--workers', '1', '--steps', '2', '--metrics-port', '-1', '--out', out], process.execPath, ['--require', hook]);
+  const code = await local.exit;
+  assert.equal(local.child.signalCode, null, local.log());
+  assert.equal(code, 0, local.log());
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8')).stopReason, 'finished 2 steps');
+  const out2 = tempDir('late-signal-coordinator');
+  const coordinator = spawnCli(['coordinator', '--port', '0', '--steps', '2', '--metrics-port', '-1', '--linger', '0', '--out', out2], process.execPath, ['--require', hook]);
+  const listening = /listening for workers on (ws:\/\/\S+)/;
+  await waitFor(() => listening.test(coordinator.log()), 30_000, 'the coordinator to listen');
+  const worker = spawnCli(['worker', '--coordinator', listening.exec(coordinator.log())![1]], process.execPath, ['--require', hook]);
+  const [ccode, wcode] = await Promise.all([coordinator.exit, worker.exit]);
+  assert.equal(coordinator.child.signalCode, null, coordinator.log());
+  assert.equal(worker.child.signalCode, null, worker.log());
+  assert.equal(ccode, 0, coordinator.log());
+  assert.equal(wcode, 0, worker.log());
+  for (const dir of [hooks, out, out2]) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('a worker frozen past the heartbeat but within --hang-timeout is left alone, and rejoins; one frozen past it is killed and restarted: a run of one worker does not stall for ever', { timeout: 120_000 }, async () => {
   const out = tempDir('hung');
   const run = spawnCli(['local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--hang-timeout', '10', '--metrics-port', '-1', '--out', out]);
@@ -228,6 +253,30 @@ test('a worker process that dies is restarted, up to --max-restarts; with none l
   assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 1\)/);
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   assert.equal(summary.ok, false);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a worker process restarted after its working directory was removed mid-run starts, in the root, and trains', { timeout: 90_000 }, async () => {
+  const out = tempDir('cwd-removed');
+  const cwd = tempDir('cwd');
+  const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  child.stdout!.on('data', (d) => (log += d));
+  child.stderr!.on('data', (d) => (log += d));
+  const exit = new Promise((r) => child.on('exit', r));
+  await waitFor(() => /step 10\/100000/.test(log), 30_000, 'training to start');
+  fs.rmdirSync(cwd);
+  const [first] = joinedPids(log);
+  process.kill(first, 'SIGKILL');
+  await Promise.race([
+    waitFor(() => joinedPids(log).length === 2, 30_000, 'a restarted worker to join'),
+    exit.then((code) => assert.fail(`local exited (${code}) instead of restarting its worker:\n${log}`)),
+  ]);
+  const joined = log.lastIndexOf('pid ');
+  await waitFor(() => /step \d+\/100000/.test(log.slice(joined)), 30_000, 'training to go on with the restarted worker');
+  assert.doesNotMatch(log, /uv_cwd/);
+  child.kill('SIGINT');
+  assert.equal(await exit, 0, log);
   fs.rmSync(out, { recursive: true, force: true });
 });
 

@@ -20,13 +20,14 @@ export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecon
  * while it starts (a coordinator loading, binding, watching a lease): such a
  * signal aborts the start's waits and stops it once started, instead of
  * killing the process half way. A second signal runs `onSecond`. Returns what
- * started, and a function that removes the handlers.
+ * started. The handlers stay on for the rest of the process's life (see
+ * exitWhenWritten).
  */
 export async function startStoppable<T>(
   start: (abort: AbortSignal) => Promise<T>,
   stop: (started: T, reason: string) => void,
   onSecond?: () => void,
-): Promise<{ started: T; removeSignals: () => void }> {
+): Promise<T> {
   let early: NodeJS.Signals | null = null;
   const aborting = new AbortController();
   const release = onStopSignals((signal) => {
@@ -42,8 +43,21 @@ export async function startStoppable<T>(
   }
   // On before the holding handlers go: with no listener left for a moment, Node drops a signal that came
   // during the start's synchronous work (loading MNIST) and is not yet dispatched.
-  const removeSignals = onStopSignals((signal) => stop(started, `${signal} received`), onSecond, early ? 1 : 0);
+  onStopSignals((signal) => stop(started, `${signal} received`), onSecond, early ? 1 : 0);
   release();
   if (early) stop(started, `${early} received`);
-  return { started, removeSignals };
+  return started;
+}
+
+/**
+ * Ends the process once stdout and stderr have taken what was written, with
+ * the stop handlers still installed: removing them first hands SIGINT and
+ * SIGTERM back to their default action for the rest of the process's life,
+ * Node's own teardown included (tens of ms with TensorFlow.js loaded), so a
+ * signal then ended a finished run with 130 or 143 instead of its status.
+ * process.exit() closes no signal handle: a signal that comes now is dropped.
+ */
+export async function exitWhenWritten(): Promise<never> {
+  for (const stream of [process.stdout, process.stderr]) await new Promise<void>((r) => stream.write('', () => r()));
+  process.exit();
 }

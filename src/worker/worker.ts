@@ -138,7 +138,8 @@ function reconnectDelayMs(attempt: number, leftMs: number): number {
  * exponential backoff and jitter and rejoins as a new worker; the
  * coordinator hands out shards and weights afresh. Resolves with the exit
  * code: 0 after a stop (or a requested leave), 1 on a fatal refusal or when
- * `giveUpAfter` passes without being admitted by a coordinator.
+ * `giveUpAfter` passes without being admitted by a coordinator. Its
+ * SIGINT/SIGTERM handlers stay on: the process ends next.
  */
 export async function runWorker(opts: WorkerOptions, log: Logger = createLogger('worker')): Promise<number> {
   const backend = await selectBackend(opts.backend, opts.requireGpu);
@@ -150,8 +151,9 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   if (metricsServer) log(`metrics on http://${urlHost(opts.metricsHost ?? '127.0.0.1')}:${boundPort(metricsServer)}/metrics`);
 
   const leave = new LeaveRequest();
-  // A second signal exits at once (130), as the coordinator and local do.
-  const removeSignalHandlers = onStopSignals((signal) => {
+  // A second signal exits at once (130), as the coordinator and local do. The handlers stay on until the process
+  // ends (the CLI's exitWhenWritten): removed, a signal in its last milliseconds took the default action (143).
+  onStopSignals((signal) => {
     log(`${signal}: leaving (again to exit at once)`);
     leave.request();
   });
@@ -195,7 +197,6 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
       }
     }
   } finally {
-    removeSignalHandlers();
     metricsServer?.closeAllConnections();
     metricsServer?.close();
   }
