@@ -268,8 +268,11 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
 /** Where local's workers start: this process's working directory while it exists, else the root. */
 function workerCwd(): string | undefined {
   try {
-    // Node keeps the directory it last read: a removed one is still named, but no longer exists.
-    return fs.existsSync(process.cwd()) ? undefined : '/';
+    // realpath(3) asks the kernel for this process's own directory (getcwd), which a child inherits. Not
+    // process.cwd(): Node keeps the path it last read, and a directory made again at that path (a CI workspace
+    // cleaned and checked out anew) exists there, while the one this process sits in, and a child would, is gone.
+    fs.realpathSync.native('.');
+    return undefined;
   } catch {
     return '/';
   }

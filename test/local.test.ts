@@ -256,29 +256,34 @@ test('a worker process that dies is restarted, up to --max-restarts; with none l
   fs.rmSync(out, { recursive: true, force: true });
 });
 
-test('a worker process restarted after its working directory was removed mid-run starts, in the root, and trains', { timeout: 90_000 }, async () => {
-  const out = tempDir('cwd-removed');
-  const cwd = tempDir('cwd');
-  const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  child.stdout!.on('data', (d) => (log += d));
-  child.stderr!.on('data', (d) => (log += d));
-  const exit = new Promise((r) => child.on('exit', r));
-  await waitFor(() => /step 10\/100000/.test(log), 30_000, 'training to start');
-  fs.rmdirSync(cwd);
-  const [first] = joinedPids(log);
-  process.kill(first, 'SIGKILL');
-  await Promise.race([
-    waitFor(() => joinedPids(log).length === 2, 30_000, 'a restarted worker to join'),
-    exit.then((code) => assert.fail(`local exited (${code}) instead of restarting its worker:\n${log}`)),
-  ]);
-  const joined = log.lastIndexOf('pid ');
-  await waitFor(() => /step \d+\/100000/.test(log.slice(joined)), 30_000, 'training to go on with the restarted worker');
-  assert.doesNotMatch(log, /uv_cwd/);
-  child.kill('SIGINT');
-  assert.equal(await exit, 0, log);
-  fs.rmSync(out, { recursive: true, force: true });
-});
+for (const remade of [false, true]) {
+  const how = remade ? 'removed and made again at its path (a CI workspace cleaned)' : 'removed';
+  test(`a worker process restarted after its working directory was ${how} mid-run starts, in the root, and trains`, { timeout: 90_000 }, async () => {
+    const out = tempDir('cwd-removed');
+    const cwd = tempDir('cwd');
+    const child = spawn(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '100000', '--log-every', '10', '--max-restarts', '1', '--metrics-port', '-1', '--out', out], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    child.stdout!.on('data', (d) => (log += d));
+    child.stderr!.on('data', (d) => (log += d));
+    const exit = new Promise((r) => child.on('exit', r));
+    await waitFor(() => /step 10\/100000/.test(log), 30_000, 'training to start');
+    fs.rmdirSync(cwd);
+    // The path names a directory again, but not local's: its own is gone, and a child started in it fails at once.
+    if (remade) fs.mkdirSync(cwd);
+    const [first] = joinedPids(log);
+    process.kill(first, 'SIGKILL');
+    await Promise.race([
+      waitFor(() => joinedPids(log).length === 2, 30_000, 'a restarted worker to join'),
+      exit.then((code) => assert.fail(`local exited (${code}) instead of restarting its worker:\n${log}`)),
+    ]);
+    const joined = log.lastIndexOf('pid ');
+    await waitFor(() => /step \d+\/100000/.test(log.slice(joined)), 30_000, 'training to go on with the restarted worker');
+    assert.doesNotMatch(log, /uv_cwd/);
+    child.kill('SIGINT');
+    assert.equal(await exit, 0, log);
+    for (const d of [out, cwd]) fs.rmSync(d, { recursive: true, force: true });
+  });
+}
 
 test('a worker process that cannot be started counts as lost: restarted up to --max-restarts, then the run stops and exits 1 (it waited for it for ever)', { timeout: 90_000 }, async () => {
   const out = tempDir('nostart');
