@@ -109,9 +109,9 @@ async function activate(name: string, notes: string[]): Promise<boolean> {
  * about 10 GiB of address space for each wasm memory (its bounds are checked by guard pages), so under a lower
  * limit the wasm backend cannot start, and tfjs says no more than that it did not (PROD silences its warning).
  */
-export function addressSpaceLimit(limits = '/proc/self/limits'): number | null {
+function addressSpaceLimit(): number | null {
   try {
-    const line = /^Max address space\s+(\d+|unlimited)/m.exec(fs.readFileSync(limits, 'utf8'));
+    const line = /^Max address space\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
     return line && line[1] !== 'unlimited' ? Number(line[1]) : null;
   } catch {
     return null;
