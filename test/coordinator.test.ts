@@ -1344,6 +1344,28 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a long wait for workers is reminded of, further apart each time, with where the coordinator listens; it ends with the wait', { timeout: 30_000 }, async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'wait-reminders'), 1), startWorkers: 2, minWorkers: 2, waitReminderSeconds: 0.25 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const reminders = () => lines.filter((l) => /^still /.test(l));
+    // At 0.25 s and 0.75 s: the second interval is twice the first.
+    while (reminders().length < 2) await new Promise((r) => setTimeout(r, 5));
+    const url = coordinator.url.replace(/[.]/g, '\\.');
+    for (const l of reminders()) assert.match(l, new RegExp(`^still waiting for workers at step 0 after \\d+ s: 0/2 workers connected; listening on ${url}$`));
+    const a = await joinedPeer(coordinator);
+    while (reminders().length < 3) await new Promise((r) => setTimeout(r, 5));
+    assert.match(reminders()[2], /: 1\/2 workers connected;/);
+    const b = await joinedPeer(coordinator);
+    await answerStepWithZeros(0, a.peer, b.peer);
+    const count = reminders().length;
+    await run;
+    // Training ran: no reminder after the wait, whose timer would also have kept the process up.
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(reminders().length, count, lines.join('\n'));
+    await coordinator.close();
+  });
+
   test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async (t) => {
     const lines: string[] = [];
     // A small training set: two 47 MB MNIST shards (one per joining peer, both in this process) would

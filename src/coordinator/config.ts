@@ -59,6 +59,11 @@ export interface CoordinatorConfig {
    * at all, as under `local`, which ends its own workers.
    */
   lingerSeconds?: number;
+  /**
+   * Seconds before the first "still waiting" reminder of a wait for workers,
+   * each later one twice as far (up to 10 minutes); undefined = 30. Tests shorten it.
+   */
+  waitReminderSeconds?: number;
   /** PEM files; both set = serve wss://. */
   tlsCert?: string;
   tlsKey?: string;

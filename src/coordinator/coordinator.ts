@@ -510,13 +510,22 @@ export class Coordinator {
     // Progress lines count the steps done; a pause inside a step names that step too.
     const where = midStep ? `during step ${this.step + 1} (${this.step} done)` : `at step ${this.step}`;
     const t = performance.now();
-    // A worker that leaves can wake this loop before its socket is gone from the group: one line per count.
-    let shown = -1;
-    while (this.workers.openCount() < needed && !this.stop) {
-      const n = this.workers.openCount();
-      if (n !== shown) this.log(`${started ? 'paused' : 'waiting for workers'} ${where}: ${n}/${needed} workers connected`);
-      shown = n;
-      await once(this.events, 'peers');
+    const what = started ? 'paused' : 'waiting for workers';
+    // A wait with no end in sight must still show that the coordinator is alive, and where it listens.
+    const reminders = remindWhileWaiting(this.config.waitReminderSeconds ?? 30, (seconds) =>
+      this.log(`still ${what} ${where} after ${seconds} s: ${this.workers.openCount()}/${needed} workers connected; listening on ${this.url}`),
+    );
+    try {
+      // A worker that leaves can wake this loop before its socket is gone from the group: one line per count.
+      let shown = -1;
+      while (this.workers.openCount() < needed && !this.stop) {
+        const n = this.workers.openCount();
+        if (n !== shown) this.log(`${what} ${where}: ${n}/${needed} workers connected`);
+        shown = n;
+        await once(this.events, 'peers');
+      }
+    } finally {
+      reminders.stop();
     }
     this.clock.addPause((performance.now() - t) / 1000);
     this.metrics.paused.set(0);
@@ -852,4 +861,18 @@ export class Coordinator {
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
   }
+}
+
+/** Calls `remind` with the seconds waited, first after `firstSeconds`, then at twice each interval, up to 10 minutes apart. */
+function remindWhileWaiting(firstSeconds: number, remind: (seconds: number) => void): { stop(): void } {
+  const start = performance.now();
+  let timer: NodeJS.Timeout;
+  const schedule = (seconds: number): void => {
+    timer = setTimeout(() => {
+      remind(Math.round((performance.now() - start) / 1000));
+      schedule(Math.min(seconds * 2, 600));
+    }, seconds * 1000);
+  };
+  schedule(firstSeconds);
+  return { stop: () => clearTimeout(timer) };
 }
