@@ -196,7 +196,7 @@ function workerOptions<T>(y: Argv<T>) {
     .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
     .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
     .option('require-gpu', requireGpuOption)
-    .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round); 0 = none' })
+    .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round; or that no round came, as while the coordinator waits for more workers); 0 = none' })
     .option('rejoin-after-stop', {
       type: 'boolean',
       default: false,

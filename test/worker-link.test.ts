@@ -129,6 +129,24 @@ test('a worker says every --progress-every seconds how far training is and what 
   }
 });
 
+test('a worker that gets no round for --progress-every seconds (its coordinator waits for more workers) says so, instead of nothing', async () => {
+  const out = path.join(tempDir('idle'), 'run');
+  const { proc: coordinator, url } = await startCoordinator(['--min-workers', '2', '--steps', '1', '--out', out]);
+  const worker = startWorker(url, 'idle', ['--progress-every', '1']);
+  try {
+    // One a second, each counting from the join.
+    const idle = /no round for (\d+) s since joining: the coordinator is waiting for workers, paused, or busy/g;
+    await worker.waitFor(new RegExp(`${idle.source}[^]*${idle.source}`));
+    const seconds = [...worker.log.matchAll(idle)].map((m) => Number(m[1]));
+    assert.ok(seconds[0] >= 1 && seconds[1] > seconds[0], worker.log);
+    assert.ok(loggedAt(worker, 'joined as') < loggedAt(worker, 'no round for'), worker.log);
+  } finally {
+    worker.kill();
+    coordinator.kill();
+    fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  }
+});
+
 test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -5 s or NaN): the worker says which and exits 1 after one try', async () => {
   for (const [bad, why] of [
     [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0 \(this build's mlp takes 1 to 65536\)/],

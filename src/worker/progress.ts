@@ -4,21 +4,45 @@ import { Logger } from '../util/log';
 /**
  * A line every `everySeconds` (0 = none) of the rounds answered since the
  * last: a worker on another machine otherwise says nothing while it trains.
+ * A connection with no round for that long says so instead: a worker whose
+ * coordinator waits for more workers would otherwise look hung.
  */
 export class ProgressLine {
   private since = performance.now();
   private rounds = 0;
   private computeSeconds = 0;
+  /** When the last round was answered, or the connection joined; the step of that round, or null before one. */
+  private lastRound = { at: performance.now(), step: null as number | null };
+  private idleTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly everySeconds: number,
     private readonly log: Logger,
   ) {}
 
+  /** Joined: idle time counts from here until stop(). */
+  start(): void {
+    this.lastRound = { at: performance.now(), step: null };
+    const everyMs = this.everySeconds * 1000;
+    if (everyMs <= 0 || this.idleTimer) return;
+    this.idleTimer = setInterval(() => {
+      const idleMs = performance.now() - this.lastRound.at;
+      if (idleMs < everyMs) return;
+      const since = this.lastRound.step === null ? 'since joining' : `since step ${stepOfRound(this.lastRound.step)}`;
+      this.log(`no round for ${(idleMs / 1000).toFixed(0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
+    }, everyMs);
+  }
+
+  stop(): void {
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = null;
+  }
+
   /** A round answered: `step` as the weights message gives it, its gradients computed in `computeSeconds`. */
   answered(step: number, computeSeconds: number): void {
     this.rounds++;
     this.computeSeconds += computeSeconds;
+    this.lastRound = { at: performance.now(), step };
     const everyMs = this.everySeconds * 1000;
     const sinceMs = performance.now() - this.since;
     if (everyMs > 0 && sinceMs >= everyMs) {

@@ -311,6 +311,7 @@ function connectOnce(
         ws.terminate();
       });
       metrics.connected.set(1);
+      progress.start();
       log(`joined as ${workerId}: model ${msg.arch}, loss ${msg.loss}, batch ${msg.batchSize}${wireDtype === 'float32' ? '' : `, ${wireDtype} on the wire`}`);
       if (msg.mailbox !== undefined && msg.nonce !== undefined && opts.mailbox) {
         mailbox = WorkerMailbox.open(msg, log);
@@ -406,6 +407,7 @@ function connectOnce(
     ws.on('close', (code, reason) => {
       clearTimeout(handshake);
       watchdog.stop();
+      progress.stop();
       if (errorsHeard > ERRORS_LOGGED) log(`${errorsHeard - ERRORS_LOGGED} more errors from the coordinator on this connection went unlogged`);
       mailbox?.close();
       try {
