@@ -6,6 +6,7 @@ import { BackendChoice } from './backend-choice';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
+import { plural } from './util/text';
 import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
@@ -237,7 +238,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   const { step, steps } = coordinator.status();
   if (step < steps && !coordinator.stopping) {
     for (let i = 0; i < opts.workers; i++) startWorker(i);
-    log(`started ${opts.workers} worker process(es) against ${url}`);
+    log(`started ${plural(opts.workers, 'worker process')} against ${url}`);
   }
 
   try {

@@ -98,7 +98,7 @@ test('a stop before the workers have joined stops them at once, instead of leavi
     `if (process.argv.includes('worker')) { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000); require('node:fs').writeFileSync(${JSON.stringify(path.join(out, 'past-'))} + process.pid, ''); }`,
   );
   const run = spawnCli(['local', '--workers', '2', '--steps', '100', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
-  await waitFor(() => /started 2 worker process\(es\)/.test(run.log()), 30_000, 'the workers to be started');
+  await waitFor(() => /started 2 worker processes/.test(run.log()), 30_000, 'the workers to be started');
   run.child.kill('SIGINT');
   assert.equal(await run.exit, 0, run.log());
   assert.match(run.log(), /stopping the workers that had not joined: local-1, local-2/);
