@@ -238,7 +238,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   const { step, steps } = coordinator.status();
   if (step < steps && !coordinator.stopping) {
     for (let i = 0; i < opts.workers; i++) startWorker(i);
-    log(`started ${plural(opts.workers, 'worker process')} against ${url}`);
+    log(`started ${plural(opts.workers, 'worker process', 'worker processes')} against ${url}`);
   }
 
   try {

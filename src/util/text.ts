@@ -3,9 +3,9 @@ export function truncate(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** `n` and `what`, plural unless `n` is 1: 2 workers, 1 worker, 0 workers. */
-export function plural(n: number, what: string): string {
-  return `${n} ${what}${n === 1 ? '' : 's'}`;
+/** `n` and `what`, plural (`whats`, where an s is not it) unless `n` is 1: 2 workers, 1 worker, 0 workers. */
+export function plural(n: number, what: string, whats = `${what}s`): string {
+  return `${n} ${n === 1 ? what : whats}`;
 }
 
 /** `host` as a URL names it: an IPv6 address in brackets (ws://[::1]:8787), since its colons would read as a port. */
