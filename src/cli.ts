@@ -335,7 +335,7 @@ function buildCli(argv: string[]) {
       async (a) => {
         // The name the coordinator shows (runWorker's default), so both logs agree.
         const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
-        const [{ runAsLocalChild }, { runWorker }] = await Promise.all([import('./local'), import('./worker/worker')]);
+        const [{ runAsLocalChild }, { runWorker }] = await Promise.all([import('./worker/local-child'), import('./worker/worker')]);
         process.exitCode = await runAsLocalChild(log, () =>
           runWorker(
             {

@@ -88,6 +88,27 @@ Module._load = function (request, ...rest) {
   }
 });
 
+test("a worker process loads none of the coordinator's modules, local's included: one child of local per worker loads only its side", () => {
+  const dir = tempDir('worker-loads');
+  const preload = path.join(dir, 'report-modules.js');
+  fs.writeFileSync(
+    preload,
+    `process.on('exit', () => {
+  const ours = Object.keys(require.cache).filter((f) => f.startsWith(${JSON.stringify(path.dirname(CLI) + path.sep)}));
+  process.stderr.write('modules ' + ours.map((f) => f.slice(${JSON.stringify(path.dirname(CLI).length + 1)})).join(' ') + '\\n');
+});\n`,
+  );
+  try {
+    const r = spawnSync(process.execPath, ['--require', preload, CLI, 'worker', '--coordinator', 'ws://127.0.0.1:1', '--give-up-after', '1'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1, r.stderr);
+    const modules = /^modules (.*)$/m.exec(r.stderr)![1].split(' ');
+    assert.ok(modules.includes(path.join('worker', 'worker.js')) && modules.includes(path.join('worker', 'local-child.js')), modules.join(' '));
+    assert.deepEqual(modules.filter((m) => m === 'local.js' || m === 'evaluate.js' || /^coordinator[/\\](coordinator|membership|receiver|listener|checkpoint|run-outputs)\.js$/.test(m)), []);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 /** Whether this machine can listen on IPv6's loopback (a container may have IPv6 turned off). */
 const ipv6Loopback =
   spawnSync(process.execPath, ['-e', "require('net').createServer().listen(0, '::1', function () { this.close(); }).on('error', () => process.exit(1))"], { timeout: 10_000 }).status === 0;
