@@ -1,11 +1,9 @@
 import { selectBackend } from './backend';
 import { BackendChoice } from './backend-choice';
-import { Quality, Reference, evaluateImages, loadReference } from './eval/quality';
+import { Quality, evaluateGenerator, loadReference } from './eval/quality';
 import { readCheckpoint } from './coordinator/checkpoint';
-import { GanModel, createModel } from './model';
-import { generateImages } from './model/sample';
+import { createModel } from './model';
 import { Logger, createLogger } from './util/log';
-import { Rng } from './util/rng';
 
 export interface EvaluateOptions {
   /** A checkpoint file, or a run directory (its newest valid checkpoint). */
@@ -14,16 +12,6 @@ export interface EvaluateOptions {
   seed: number;
   backend: BackendChoice;
   dataDir?: string;
-}
-
-/**
- * FID and MNIST score (eval/quality.ts) of `samples` images from G. The noise
- * comes from `seed`, so two evaluations of one generator agree exactly.
- */
-export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, reference: Reference, between?: () => Promise<void>): Promise<Quality> {
-  const noise = new Rng(seed).fillNormal(new Float32Array(samples * model.zDim));
-  const images = await generateImages(model, generator, noise, samples, 500, between);
-  return evaluateImages(images, samples, reference, between);
 }
 
 /** `ganfleet eval`: loads a checkpoint's G and scores it. Logs go to stderr: stdout is the result. */

@@ -29,8 +29,7 @@ import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
 import { spreadGrids } from './samples';
 import { Elapsed, RunClock, StepStats, progressLine } from './progress';
-import { evaluateGenerator } from '../evaluate';
-import { Quality, Reference, loadReference } from '../eval/quality';
+import { Quality, Reference, evaluateGenerator, loadReference } from '../eval/quality';
 
 const EMPTY = new Float32Array(0);
 

@@ -1,5 +1,8 @@
 import { IMAGE_SIZE, MnistSet, loadMnist, toTanhRange } from '../data/mnist';
+import { GanModel } from '../model';
+import { generateImages } from '../model/sample';
 import { GanfleetError } from '../util/errors';
+import { Rng } from '../util/rng';
 import { CLASSES, FEATURES, classifyImages, loadClassifier } from './classifier';
 
 /**
@@ -223,4 +226,14 @@ function symmetricEigen(m: Float64Array, n: number): { values: Float64Array; vec
   const values = new Float64Array(n);
   for (let i = 0; i < n; i++) values[i] = a[i * n + i];
   return { values, vectors: v };
+}
+
+/**
+ * FID and MNIST score of `samples` images from G. The noise
+ * comes from `seed`, so two evaluations of one generator agree exactly.
+ */
+export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, reference: Reference, between?: () => Promise<void>): Promise<Quality> {
+  const noise = new Rng(seed).fillNormal(new Float32Array(samples * model.zDim));
+  const images = await generateImages(model, generator, noise, samples, 500, between);
+  return evaluateImages(images, samples, reference, between);
 }
