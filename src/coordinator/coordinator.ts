@@ -6,8 +6,8 @@ import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
 import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
-import { Phase, Weights, message, stepOfRound } from '../protocol/messages';
-import { Logger, createLogger, peerText } from '../util/log';
+import { Gradients, Phase, Weights, message, stepOfRound } from '../protocol/messages';
+import { Logger, createLogger } from '../util/log';
 import { plural, urlHost } from '../util/text';
 import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
@@ -18,11 +18,11 @@ import { ImagesFingerprint, checkpointConfig, checkpointToResume, resumeWarnings
 import { RunOutputs } from './run-outputs';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
 import { History } from './history';
-import { Routes, boundPort, serveHttp } from '../util/http';
+import { boundPort, serveHttp } from '../util/http';
 import { WorkerListener } from './listener';
 import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
-import { STATUS_PAGE } from './status-page';
+import { CoordinatorStatus, runSettings, statusRoutes, workerRows } from './status';
 import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
 import { Round, RoundResult, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
@@ -68,24 +68,7 @@ export interface TrainingSummary {
   stopReason: string;
 }
 
-/** What the status page shows; served as /api/status. */
-export interface CoordinatorStatus {
-  state: 'waiting' | 'training' | 'paused' | 'finished';
-  step: number;
-  steps: number;
-  resumedFrom: number | null;
-  /** The settings that decide what is trained. */
-  run: { model: string; loss: string; batchSize: number; lr: number; beta1: number; beta2: number; seed: number; wireDtype: string };
-  /** Of recent steps; 0 unless training (waiting, paused, finished). */
-  imagesPerSecond: number;
-  etaSeconds: number | null;
-  last: StepStats | null;
-  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number; frames: 'shared memory' | 'websocket' }[];
-  /** The grids, oldest first: at most LISTED_GRIDS, spread over the run (summary.json lists every one). */
-  samples: string[];
-  /** Every --eval-every result so far, oldest first. */
-  evaluations: Evaluation[];
-}
+export type { CoordinatorStatus } from './status';
 
 export interface Evaluation extends Quality {
   step: number;
@@ -292,6 +275,69 @@ export class Coordinator {
     return this.stop !== null;
   }
 
+  private resume(): void {
+    const found = checkpointToResume(this.config, this.log);
+    if (!found) return;
+    const c = found.checkpoint;
+    this.restoreTraining(c);
+    this.evaluationMissed = this.outputs.resumeFrom(found.file, c.step).missedEvaluation;
+    const lastEvaluation = this.outputs.evaluations.at(-1);
+    if (lastEvaluation) this.showEvaluation(lastEvaluation);
+    // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
+    if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
+    const now = checkpointConfig(this.config, this.trainFingerprint);
+    for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
+    const shards = shardsToResume(c, now);
+    this.workers.restoreSlots(shards.slots);
+    this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
+    const slots = shards.slots.length;
+    if (slots > this.config.maxWorkers) {
+      this.log(`this run takes at most ${plural(this.config.maxWorkers, 'worker')} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
+    } else if (slots > this.config.startWorkers) {
+      this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
+    }
+  }
+
+  /** The weights, both Adam states, the seed generator and the counters, as checkpoint `c` holds them. */
+  private restoreTraining(c: Checkpoint): void {
+    this.model.generatorLayout.checkLength(c.generator);
+    this.model.discriminatorLayout.checkLength(c.discriminator);
+    this.params.generator.set(c.generator);
+    this.params.discriminator.set(c.discriminator);
+    this.adam.generator.restoreState(c.adamGenerator);
+    this.adam.discriminator.restoreState(c.adamDiscriminator);
+    this.seedRng = Rng.fromState(c.seedRng);
+    this.workers.nextWorker = c.nextWorker;
+    this.step = c.step;
+    this.resumedFrom = c.step;
+    this.checkpointWorkers = c.shards.length;
+    this.imagesTotal = c.imagesTotal;
+    this.metrics.step.set(c.step);
+    this.metrics.lastCheckpointStep.set(c.step);
+    // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
+    this.metrics.lastCheckpointTime.set(Date.now() / 1000);
+    this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
+  }
+
+  private async listen(): Promise<void> {
+    this.listener = await WorkerListener.open(this.config, this.receiver.maxPayload, { log: this.log, metrics: this.metrics }, (socket, address) => this.receiver.accept(socket, address));
+    this.workers.startHeartbeats();
+    this.workers.offerMailboxes();
+    const { host, metricsPort } = this.config;
+    if (metricsPort >= 0) {
+      const routes = statusRoutes({ status: () => this.status(), history: this.history, readGrid: (name) => this.outputs.readGrid(name) });
+      try {
+        this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, routes, '--host');
+      } catch (e) {
+        this.workers.stopHeartbeats();
+        await this.listener.close();
+        this.workers.closeMailboxes();
+        throw e;
+      }
+      this.log(`metrics on http://${urlHost(host)}:${this.metricsPort}/metrics, status page on http://${urlHost(host)}:${this.metricsPort}/`);
+    }
+  }
+
   async run(): Promise<TrainingSummary> {
     try {
       return await this.trainSteps();
@@ -322,6 +368,56 @@ export class Coordinator {
     return this.finish(firstStep);
   }
 
+  /**
+   * At a step boundary: wait for `needed` workers, then give every worker
+   * its shard of a fresh plan if membership changed. False when stopping.
+   */
+  private async admitWorkers(needed: number): Promise<boolean> {
+    await this.waitForWorkers(needed);
+    if (this.stop) return false;
+    this.workers.rebalanceIfChanged(this.permutation, this.train.images);
+    return true;
+  }
+
+  /**
+   * Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested.
+   * `midStep`: a round of the next step lost every worker, so that step is under way, not done.
+   */
+  private async waitForWorkers(needed: number, midStep = false): Promise<void> {
+    if (this.workers.openCount() >= needed || this.stop) return;
+    this.metrics.paused.set(1);
+    const started = this.state !== 'waiting';
+    if (started) {
+      this.state = 'paused';
+      this.metrics.pauses.inc();
+    }
+    // Progress lines count the steps done; a pause inside a step names that step too.
+    const where = midStep ? `during step ${this.step + 1} (${this.step} done)` : `at step ${this.step}`;
+    const t = performance.now();
+    const what = started ? 'paused' : 'waiting for workers';
+    // A wait with no end in sight must still show that the coordinator is alive, and where it listens.
+    const reminders = remindWhileWaiting(this.config.waitReminderSeconds ?? 30, (seconds) =>
+      this.log(`still ${what} ${where} after ${seconds} s: ${this.workers.openCount()}/${needed} workers connected; listening on ${this.url}`),
+    );
+    try {
+      // A worker that leaves can wake this loop before its socket is gone from the group: one line per count.
+      let shown = -1;
+      while (this.workers.openCount() < needed && !this.stop) {
+        const n = this.workers.openCount();
+        if (n !== shown) this.log(`${what} ${where}: ${n}/${needed} workers connected`);
+        shown = n;
+        await once(this.events, 'peers');
+      }
+    } finally {
+      reminders.stop();
+    }
+    this.clock.addPause((performance.now() - t) / 1000);
+    this.metrics.paused.set(0);
+    if (started) this.state = 'training';
+    const n = this.workers.openCount();
+    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} ${midStep ? `step ${this.step + 1}` : `at step ${this.step}`} with ${plural(n, 'worker')}`);
+  }
+
   /** A D round, then a G round: the step is applied whole, or not at all (null, its D update rolled back). */
   private async trainStep(): Promise<StepStats | null> {
     this.state = 'training';
@@ -344,6 +440,194 @@ export class Coordinator {
     return stats;
   }
 
+  private saveRollback(): void {
+    this.rollback.discriminator.set(this.params.discriminator);
+    this.adam.discriminator.copyStateInto(this.rollback.adam);
+  }
+
+  /** The step's D update is undone, so the step is redone whole on resume. */
+  private restoreRollback(): void {
+    this.params.discriminator.set(this.rollback.discriminator);
+    this.adam.discriminator.restoreState(this.rollback.adam);
+    this.versions.discriminator++;
+    this.log(`step ${stepOfRound(this.step)} could not finish; its discriminator update was rolled back, and the run stays at step ${this.step}`);
+  }
+
+  private recordStep(s: StepStats): void {
+    this.last = s;
+    this.history.add({ step: this.step, dLoss: s.dLoss, gLoss: s.gLoss, dReal: s.dReal, dFake: s.dFake });
+    this.imagesTotal += s.images;
+    this.imagesThisRun += s.images;
+    this.metrics.steps.inc();
+    this.metrics.images.inc(s.images);
+    this.metrics.step.set(this.step);
+    this.metrics.dLoss.set(s.dLoss);
+    this.metrics.gLoss.set(s.gLoss);
+    this.metrics.dReal.set(s.dReal);
+    this.metrics.dFake.set(s.dFake);
+  }
+
+  /**
+   * Runs the round until some worker answers: when every participant left,
+   * wait (paused) for --min-workers, as at a step boundary, and ask again,
+   * under one plan for all of them. Null only when a stop comes while no
+   * worker is left to answer.
+   */
+  private async roundUntilAnswered(step: number, phase: Phase): Promise<RoundResult | null> {
+    for (;;) {
+      const result = await this.runRound(step, phase);
+      if (result) return result;
+      // No worker's answer can be accepted from these weights: asking again would loop for ever.
+      if (this.diverged) return null;
+      this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
+      // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
+      // step's end. A stop still lets the step finish with whoever is there.
+      await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers), true);
+      if (this.workers.openCount() < this.fewestWorkers) return null;
+      this.workers.rebalanceIfChanged(this.permutation, this.train.images);
+    }
+  }
+
+  /** One round; null when no participant answered (all left or missed the deadline). */
+  private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
+    const participants = this.workers.participants();
+    const round = new Round(step, phase, participants.map((p) => p.id));
+    this.round = round;
+    let t = performance.now();
+    this.askForGradients(round, participants);
+    const encodeSeconds = (performance.now() - t) / 1000;
+    t = performance.now();
+    await round.done;
+    this.round = null;
+    this.lastClosedRound = Math.max(this.lastClosedRound, roundIndex(step, phase));
+    const waitSeconds = (performance.now() - t) / 1000;
+
+    const replies = round.answers();
+    // Other workers' answers accepted in a round found diverged would only move the weights further: the step is
+    // not applied (a G round's D update is rolled back).
+    if (replies.length === 0 || this.diverged) return null;
+    t = performance.now();
+    const averaged = averageGradients(replies, this.averaged[phase]);
+    const result = weightedStats(replies);
+    const aggregateSeconds = (performance.now() - t) / 1000;
+    t = performance.now();
+    this.applyUpdate(phase, averaged, replies);
+    const optimizerSeconds = (performance.now() - t) / 1000;
+
+    const computeSeconds = this.recordComputeTimes(round);
+    const parts: Record<RoundPart, number> = {
+      encode: encodeSeconds,
+      compute: computeSeconds,
+      transfer: Math.max(0, waitSeconds - computeSeconds),
+      aggregate: aggregateSeconds,
+      optimizer: optimizerSeconds,
+    };
+    for (const k of Object.keys(parts) as RoundPart[]) this.partTotals[k] += parts[k];
+    this.metrics.observeRound(phase, (performance.now() - round.startedAt) / 1000, parts);
+    return result;
+  }
+
+  /**
+   * Sends each participant the round's weights message, with only the
+   * networks it lacks (one frame per combination), and starts its deadline.
+   * A participant that cannot be sent to leaves the round.
+   */
+  private askForGradients(round: Round, participants: WorkerPeer[]): void {
+    const { step, phase } = round;
+    const deadlineMs = this.config.roundTimeoutSeconds * 1000;
+    const frames = new Map<string, EncodedFrame>();
+    for (const peer of participants) {
+      const sendG = peer.holds.generator !== this.versions.generator;
+      const sendD = peer.holds.discriminator !== this.versions.discriminator;
+      const key = `${sendG}/${sendD}`;
+      let frame = frames.get(key);
+      if (!frame) {
+        const body: Omit<Weights, 'v'> = { type: 'weights', step, phase };
+        if (sendG) body.generator = this.params.generator;
+        if (sendD) body.discriminator = this.params.discriminator;
+        frame = encodeFrame(message<Weights>(body), this.config.wireDtype);
+        frames.set(key, frame);
+      }
+      // The deadline runs from when the request has left this process, so a shard queued ahead of it on a slow
+      // link counts against the worker only by what still waits in the kernel's send buffer (a few MB).
+      let written = false;
+      const sent = peer.deliver(frame, () => {
+        written = true;
+        // An answer that came while this process was stopped (a freeze, a long fsync) counts first.
+        round.after(deadlineMs, () => afterPendingReads(() => this.missedDeadline(round, peer), () => peer.bytesRead));
+      });
+      if (!sent) {
+        round.drop(peer.id);
+        continue;
+      }
+      peer.asked.push(roundIndex(step, phase));
+      // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
+      const backstopMs = Math.min(deadlineMs + (peer.queuedBytes / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
+      const stalled = () => {
+        if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
+      };
+      round.after(backstopMs, () => afterPendingReads(stalled, () => peer.bytesRead));
+      peer.holds.generator = this.versions.generator;
+      peer.holds.discriminator = this.versions.discriminator;
+    }
+  }
+
+  /** Adam on the averaged gradients (and, for G, the workers' BatchNorm statistics pooled into G's): a new version of that network. */
+  private applyUpdate(phase: Phase, averaged: Float32Array, replies: Gradients[]): void {
+    this.adam[phase].apply(this.params[phase], averaged);
+    if (phase === 'generator') {
+      const stats = replies.map((r) => ({ statistics: r.statistics ?? EMPTY, samples: r.samples }));
+      updateMovingStatistics(this.model.generatorLayout, this.params.generator, stats, BN_MOMENTUM);
+    }
+    this.versions[phase]++;
+  }
+
+  /** Each answer's compute time into its worker's metrics and status row; returns the slowest, the round's compute part. */
+  private recordComputeTimes(round: Round): number {
+    let computeSeconds = 0;
+    for (const [id, g] of round.received) {
+      computeSeconds = Math.max(computeSeconds, g.computeSeconds);
+      const peer = this.workers.get(id);
+      if (!peer) continue; // left since it answered: its series is gone, and labels stay bounded
+      this.metrics.workerComputeSeconds.inc({ worker: id }, g.computeSeconds);
+      peer.lastComputeSeconds = g.computeSeconds;
+    }
+    return computeSeconds;
+  }
+
+  /** `linkStalled`: why the request never left (the backstop), when it did not. */
+  private missedDeadline(round: Round, peer: WorkerPeer, linkStalled?: string): void {
+    if (!round.isAwaiting(peer.id)) return;
+    this.metrics.roundTimeouts.inc();
+    if (linkStalled) this.workers.cutOff(peer, linkStalled);
+    else this.workers.drop(peer, `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+  }
+
+  /**
+   * An answer refused as not finite or out of range is a faulty or hostile
+   * worker's, or the sign that training has diverged (too high an --lr, say):
+   * then every honest answer is refused, and the round would be asked again
+   * for ever. The coordinator tells the two apart by computing an answer
+   * itself, with the round's weights on a batch of its own, and putting it
+   * through the checks a worker's answer gets. Once a round: a worker that
+   * keeps sending bad answers costs it one step's compute a round at most.
+   */
+  private checkDivergence(round: Round): void {
+    const index = roundIndex(round.step, round.phase);
+    if (this.diverged || index === this.checkedRound) return;
+    this.checkedRound = index;
+    const problem = ownAnswerProblem(this.model, this.params, this.train, this.config.batchSize, this.config.seed, round.step, round.phase);
+    if (!problem) return;
+    const step = stepOfRound(round.step);
+    const advice = this.outputs.lastCheckpoint
+      ? `resume from a checkpoint before step ${step} (the newest is ${this.outputs.lastCheckpoint}) with a lower --lr`
+      : 'there is no checkpoint yet: start again with a lower --lr';
+    this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); ${advice}`;
+    // It decides how the run ends even where a stop (a signal) was asked for before; a round is open, so no wait needs waking.
+    this.stop = { reason: this.diverged, failed: true };
+    this.log(`stop requested: ${this.diverged}`);
+  }
+
   /**
    * The grid, checkpoint and evaluation due at this step. Each --*-every output is written at the end too:
    * `atEnd` writes those the step itself was not due.
@@ -356,6 +640,57 @@ export class Coordinator {
     if (wanted(checkpointEvery)) this.checkpoint();
     // During training a stop cuts an evaluation short, one due at the last step too; the final one (atEnd) finishes.
     if (evalEvery > 0 && wanted(evalEvery) && !this.outputs.forfeited) await this.evaluate(!atEnd);
+  }
+
+  /** The checkpoint's file, or null where this run may not write it (or lost --out while writing it). */
+  private checkpoint(): string | null {
+    const file = this.outputs.writeCheckpoint({
+      step: this.step,
+      imagesTotal: this.imagesTotal,
+      config: checkpointConfig(this.config, this.trainFingerprint),
+      seedRng: this.seedRng.state(),
+      nextWorker: this.workers.nextWorker,
+      shards: this.workers.slots(),
+      generator: this.params.generator,
+      discriminator: this.params.discriminator,
+      adamGenerator: this.adam.generator.state(),
+      adamDiscriminator: this.adam.discriminator.state(),
+    });
+    if (file === null) return null;
+    this.metrics.lastCheckpointStep.set(this.step);
+    this.metrics.lastCheckpointTime.set(Date.now() / 1000);
+    this.unsavedSeconds = 0;
+    this.metrics.unsavedTrainingSeconds.set(0);
+    return file;
+  }
+
+  /**
+   * Scores G between steps (no round is open). Sampling yields to the event
+   * loop after every batch, so heartbeats keep flowing while it runs.
+   */
+  private async evaluate(cutByStop: boolean): Promise<void> {
+    this.clock.begin();
+    const t = performance.now();
+    const between = async () => {
+      await new Promise((r) => setImmediate(r));
+      if (cutByStop && this.stop) throw new EvaluationCut();
+    };
+    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between).catch((e) => {
+      if (e instanceof EvaluationCut) return null;
+      throw e;
+    });
+    const seconds = (performance.now() - t) / 1000;
+    this.clock.addEvaluation(seconds);
+    if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
+    this.outputs.addEvaluation({ step: this.step, ...quality });
+    this.showEvaluation(quality);
+    this.metrics.evalSeconds.inc(seconds);
+    this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
+  }
+
+  private showEvaluation(e: { fid: number; mnistScore: number }): void {
+    this.metrics.fid.set(e.fid);
+    this.metrics.mnistScore.set(e.mnistScore);
   }
 
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
@@ -476,214 +811,6 @@ export class Coordinator {
     else if (!anyone) this.log('every worker that left has been told the run is over');
   }
 
-  private async listen(): Promise<void> {
-    this.listener = await WorkerListener.open(this.config, this.receiver.maxPayload, { log: this.log, metrics: this.metrics }, (socket, address) => this.receiver.accept(socket, address));
-    this.workers.startHeartbeats();
-    this.workers.offerMailboxes();
-    const { host, metricsPort } = this.config;
-    if (metricsPort >= 0) {
-      try {
-        this.metricsServer = await serveHttp(this.metrics.registry, host, metricsPort, this.routes(), '--host');
-      } catch (e) {
-        this.workers.stopHeartbeats();
-        await this.listener.close();
-        this.workers.closeMailboxes();
-        throw e;
-      }
-      this.log(`metrics on http://${urlHost(host)}:${this.metricsPort}/metrics, status page on http://${urlHost(host)}:${this.metricsPort}/`);
-    }
-  }
-
-  /**
-   * Waits, paused and visible in metrics, until `needed` workers are connected or a stop is requested.
-   * `midStep`: a round of the next step lost every worker, so that step is under way, not done.
-   */
-  private async waitForWorkers(needed: number, midStep = false): Promise<void> {
-    if (this.workers.openCount() >= needed || this.stop) return;
-    this.metrics.paused.set(1);
-    const started = this.state !== 'waiting';
-    if (started) {
-      this.state = 'paused';
-      this.metrics.pauses.inc();
-    }
-    // Progress lines count the steps done; a pause inside a step names that step too.
-    const where = midStep ? `during step ${this.step + 1} (${this.step} done)` : `at step ${this.step}`;
-    const t = performance.now();
-    const what = started ? 'paused' : 'waiting for workers';
-    // A wait with no end in sight must still show that the coordinator is alive, and where it listens.
-    const reminders = remindWhileWaiting(this.config.waitReminderSeconds ?? 30, (seconds) =>
-      this.log(`still ${what} ${where} after ${seconds} s: ${this.workers.openCount()}/${needed} workers connected; listening on ${this.url}`),
-    );
-    try {
-      // A worker that leaves can wake this loop before its socket is gone from the group: one line per count.
-      let shown = -1;
-      while (this.workers.openCount() < needed && !this.stop) {
-        const n = this.workers.openCount();
-        if (n !== shown) this.log(`${what} ${where}: ${n}/${needed} workers connected`);
-        shown = n;
-        await once(this.events, 'peers');
-      }
-    } finally {
-      reminders.stop();
-    }
-    this.clock.addPause((performance.now() - t) / 1000);
-    this.metrics.paused.set(0);
-    if (started) this.state = 'training';
-    const n = this.workers.openCount();
-    if (n >= needed) this.log(`${started ? 'resuming' : 'starting'} ${midStep ? `step ${this.step + 1}` : `at step ${this.step}`} with ${plural(n, 'worker')}`);
-  }
-
-  /**
-   * At a step boundary: wait for `needed` workers, then give every worker
-   * its shard of a fresh plan if membership changed. False when stopping.
-   */
-  private async admitWorkers(needed: number): Promise<boolean> {
-    await this.waitForWorkers(needed);
-    if (this.stop) return false;
-    this.workers.rebalanceIfChanged(this.permutation, this.train.images);
-    return true;
-  }
-
-  /**
-   * Runs the round until some worker answers: when every participant left,
-   * wait (paused) for --min-workers, as at a step boundary, and ask again,
-   * under one plan for all of them. Null only when a stop comes while no
-   * worker is left to answer.
-   */
-  private async roundUntilAnswered(step: number, phase: Phase): Promise<RoundResult | null> {
-    for (;;) {
-      const result = await this.runRound(step, phase);
-      if (result) return result;
-      // No worker's answer can be accepted from these weights: asking again would loop for ever.
-      if (this.diverged) return null;
-      this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
-      // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
-      // step's end. A stop still lets the step finish with whoever is there.
-      await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers), true);
-      if (this.workers.openCount() < this.fewestWorkers) return null;
-      this.workers.rebalanceIfChanged(this.permutation, this.train.images);
-    }
-  }
-
-  /** One round; null when no participant answered (all left or missed the deadline). */
-  private async runRound(step: number, phase: Phase): Promise<RoundResult | null> {
-    const participants = this.workers.participants();
-    const round = new Round(step, phase, participants.map((p) => p.id));
-    this.round = round;
-    const deadlineMs = this.config.roundTimeoutSeconds * 1000;
-    let t = performance.now();
-    const frames = new Map<string, EncodedFrame>();
-    for (const peer of participants) {
-      const sendG = peer.holds.generator !== this.versions.generator;
-      const sendD = peer.holds.discriminator !== this.versions.discriminator;
-      const key = `${sendG}/${sendD}`;
-      let frame = frames.get(key);
-      if (!frame) {
-        const body: Omit<Weights, 'v'> = { type: 'weights', step, phase };
-        if (sendG) body.generator = this.params.generator;
-        if (sendD) body.discriminator = this.params.discriminator;
-        frame = encodeFrame(message<Weights>(body), this.config.wireDtype);
-        frames.set(key, frame);
-      }
-      // The deadline runs from when the request has left this process, so a shard queued ahead of it on a slow
-      // link counts against the worker only by what still waits in the kernel's send buffer (a few MB).
-      let written = false;
-      const sent = peer.deliver(frame, () => {
-        written = true;
-        // An answer that came while this process was stopped (a freeze, a long fsync) counts first.
-        round.after(deadlineMs, () => afterPendingReads(() => this.missedDeadline(round, peer), () => peer.bytesRead));
-      });
-      if (!sent) {
-        round.drop(peer.id);
-        continue;
-      }
-      peer.asked.push(roundIndex(step, phase));
-      // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
-      const backstopMs = Math.min(deadlineMs + (peer.queuedBytes / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
-      const stalled = () => {
-        if (!written) this.missedDeadline(round, peer, `its link took no data for ${(backstopMs / 1000).toFixed(0)} s`);
-      };
-      round.after(backstopMs, () => afterPendingReads(stalled, () => peer.bytesRead));
-      peer.holds.generator = this.versions.generator;
-      peer.holds.discriminator = this.versions.discriminator;
-    }
-    const encodeSeconds = (performance.now() - t) / 1000;
-    t = performance.now();
-    await round.done;
-    this.round = null;
-    this.lastClosedRound = Math.max(this.lastClosedRound, roundIndex(step, phase));
-    const waitSeconds = (performance.now() - t) / 1000;
-
-    const replies = round.answers();
-    // Other workers' answers accepted in a round found diverged would only move the weights further: the step is
-    // not applied (a G round's D update is rolled back).
-    if (replies.length === 0 || this.diverged) return null;
-    t = performance.now();
-    const averaged = averageGradients(replies, this.averaged[phase]);
-    const result = weightedStats(replies);
-    const aggregateSeconds = (performance.now() - t) / 1000;
-    t = performance.now();
-    this.adam[phase].apply(this.params[phase], averaged);
-    if (phase === 'generator') {
-      const stats = replies.map((r) => ({ statistics: r.statistics ?? EMPTY, samples: r.samples }));
-      updateMovingStatistics(this.model.generatorLayout, this.params.generator, stats, BN_MOMENTUM);
-    }
-    this.versions[phase]++;
-    const optimizerSeconds = (performance.now() - t) / 1000;
-
-    let computeSeconds = 0;
-    for (const [id, g] of round.received) {
-      computeSeconds = Math.max(computeSeconds, g.computeSeconds);
-      const peer = this.workers.get(id);
-      if (!peer) continue; // left since it answered: its series is gone, and labels stay bounded
-      this.metrics.workerComputeSeconds.inc({ worker: id }, g.computeSeconds);
-      peer.lastComputeSeconds = g.computeSeconds;
-    }
-    const parts: Record<RoundPart, number> = {
-      encode: encodeSeconds,
-      compute: computeSeconds,
-      transfer: Math.max(0, waitSeconds - computeSeconds),
-      aggregate: aggregateSeconds,
-      optimizer: optimizerSeconds,
-    };
-    for (const k of Object.keys(parts) as RoundPart[]) this.partTotals[k] += parts[k];
-    this.metrics.observeRound(phase, (performance.now() - round.startedAt) / 1000, parts);
-    return result;
-  }
-
-  /** `linkStalled`: why the request never left (the backstop), when it did not. */
-  private missedDeadline(round: Round, peer: WorkerPeer, linkStalled?: string): void {
-    if (!round.isAwaiting(peer.id)) return;
-    this.metrics.roundTimeouts.inc();
-    if (linkStalled) this.workers.cutOff(peer, linkStalled);
-    else this.workers.drop(peer, `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
-  }
-
-  /**
-   * An answer refused as not finite or out of range is a faulty or hostile
-   * worker's, or the sign that training has diverged (too high an --lr, say):
-   * then every honest answer is refused, and the round would be asked again
-   * for ever. The coordinator tells the two apart by computing an answer
-   * itself, with the round's weights on a batch of its own, and putting it
-   * through the checks a worker's answer gets. Once a round: a worker that
-   * keeps sending bad answers costs it one step's compute a round at most.
-   */
-  private checkDivergence(round: Round): void {
-    const index = roundIndex(round.step, round.phase);
-    if (this.diverged || index === this.checkedRound) return;
-    this.checkedRound = index;
-    const problem = ownAnswerProblem(this.model, this.params, this.train, this.config.batchSize, this.config.seed, round.step, round.phase);
-    if (!problem) return;
-    const step = stepOfRound(round.step);
-    const advice = this.outputs.lastCheckpoint
-      ? `resume from a checkpoint before step ${step} (the newest is ${this.outputs.lastCheckpoint}) with a lower --lr`
-      : 'there is no checkpoint yet: start again with a lower --lr';
-    this.diverged = `training diverged at step ${step}: the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem}); ${advice}`;
-    // It decides how the run ends even where a stop (a signal) was asked for before; a round is open, so no wait needs waking.
-    this.stop = { reason: this.diverged, failed: true };
-    this.log(`stop requested: ${this.diverged}`);
-  }
-
   /** From this run's average pace, so evaluations and checkpoints are in it; null before the first step. */
   private etaSeconds(): number | null {
     return this.clock.etaSeconds(this.config.steps - this.step);
@@ -695,170 +822,15 @@ export class Coordinator {
       step: this.step,
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
-      run: {
-        model: this.config.arch,
-        loss: this.config.loss,
-        batchSize: this.config.batchSize,
-        lr: this.config.adam.learningRate,
-        beta1: this.config.adam.beta1,
-        beta2: this.config.adam.beta2,
-        seed: this.config.seed,
-        wireDtype: this.config.wireDtype,
-      },
+      run: runSettings(this.config),
       // Paused or waiting, nothing is trained: the last step's rate would show a stall as healthy.
       imagesPerSecond: this.state === 'training' && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
-      workers: this.workers.list().map((p) => ({
-        id: p.id,
-        // What the peer chose, shown as its log lines show it: no row that runs backwards or over the page.
-        name: peerText(p.name),
-        address: p.address,
-        backend: peerText(p.backend),
-        state: p.shard ? 'active' : 'joined',
-        shardSize: p.shard?.indices.length ?? 0,
-        lastComputeMs: p.lastComputeSeconds * 1000,
-        frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
-      })),
+      workers: workerRows(this.workers.list()),
       samples: spreadGrids(this.outputs.gridNames),
       evaluations: this.outputs.evaluations,
     };
-  }
-
-  /**
-   * Scores G between steps (no round is open). Sampling yields to the event
-   * loop after every batch, so heartbeats keep flowing while it runs.
-   */
-  private async evaluate(cutByStop: boolean): Promise<void> {
-    this.clock.begin();
-    const t = performance.now();
-    const between = async () => {
-      await new Promise((r) => setImmediate(r));
-      if (cutByStop && this.stop) throw new EvaluationCut();
-    };
-    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between).catch((e) => {
-      if (e instanceof EvaluationCut) return null;
-      throw e;
-    });
-    const seconds = (performance.now() - t) / 1000;
-    this.clock.addEvaluation(seconds);
-    if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
-    this.outputs.addEvaluation({ step: this.step, ...quality });
-    this.showEvaluation(quality);
-    this.metrics.evalSeconds.inc(seconds);
-    this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
-  }
-
-  private showEvaluation(e: { fid: number; mnistScore: number }): void {
-    this.metrics.fid.set(e.fid);
-    this.metrics.mnistScore.set(e.mnistScore);
-  }
-
-  /** The status page and its JSON, served beside /metrics. */
-  private routes(): Routes {
-    const json = (x: unknown) => ({ status: 200, type: 'application/json', body: JSON.stringify(x) });
-    return {
-      '/': () => ({ status: 200, type: 'text/html; charset=utf-8', body: STATUS_PAGE }),
-      '/api/status': () => json(this.status()),
-      '/api/history': () => json(this.history),
-      '/samples/': (p) => {
-        const png = this.outputs.readGrid(p.slice('/samples/'.length));
-        return png && { status: 200, type: 'image/png', body: png };
-      },
-    };
-  }
-
-  private recordStep(s: StepStats): void {
-    this.last = s;
-    this.history.add({ step: this.step, dLoss: s.dLoss, gLoss: s.gLoss, dReal: s.dReal, dFake: s.dFake });
-    this.imagesTotal += s.images;
-    this.imagesThisRun += s.images;
-    this.metrics.steps.inc();
-    this.metrics.images.inc(s.images);
-    this.metrics.step.set(this.step);
-    this.metrics.dLoss.set(s.dLoss);
-    this.metrics.gLoss.set(s.gLoss);
-    this.metrics.dReal.set(s.dReal);
-    this.metrics.dFake.set(s.dFake);
-  }
-
-  private saveRollback(): void {
-    this.rollback.discriminator.set(this.params.discriminator);
-    this.adam.discriminator.copyStateInto(this.rollback.adam);
-  }
-
-  /** The step's D update is undone, so the step is redone whole on resume. */
-  private restoreRollback(): void {
-    this.params.discriminator.set(this.rollback.discriminator);
-    this.adam.discriminator.restoreState(this.rollback.adam);
-    this.versions.discriminator++;
-    this.log(`step ${stepOfRound(this.step)} could not finish; its discriminator update was rolled back, and the run stays at step ${this.step}`);
-  }
-
-  /** The checkpoint's file, or null where this run may not write it (or lost --out while writing it). */
-  private checkpoint(): string | null {
-    const file = this.outputs.writeCheckpoint({
-      step: this.step,
-      imagesTotal: this.imagesTotal,
-      config: checkpointConfig(this.config, this.trainFingerprint),
-      seedRng: this.seedRng.state(),
-      nextWorker: this.workers.nextWorker,
-      shards: this.workers.slots(),
-      generator: this.params.generator,
-      discriminator: this.params.discriminator,
-      adamGenerator: this.adam.generator.state(),
-      adamDiscriminator: this.adam.discriminator.state(),
-    });
-    if (file === null) return null;
-    this.metrics.lastCheckpointStep.set(this.step);
-    this.metrics.lastCheckpointTime.set(Date.now() / 1000);
-    this.unsavedSeconds = 0;
-    this.metrics.unsavedTrainingSeconds.set(0);
-    return file;
-  }
-
-  private resume(): void {
-    const found = checkpointToResume(this.config, this.log);
-    if (!found) return;
-    const c = found.checkpoint;
-    this.restoreTraining(c);
-    this.evaluationMissed = this.outputs.resumeFrom(found.file, c.step).missedEvaluation;
-    const lastEvaluation = this.outputs.evaluations.at(-1);
-    if (lastEvaluation) this.showEvaluation(lastEvaluation);
-    // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
-    if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
-    const now = checkpointConfig(this.config, this.trainFingerprint);
-    for (const warning of resumeWarnings(now, c.config)) this.log(`warning: ${warning}`);
-    const shards = shardsToResume(c, now);
-    this.workers.restoreSlots(shards.slots);
-    this.log(`resumed from ${found.file} at step ${c.step}; ${shards.note}`);
-    const slots = shards.slots.length;
-    if (slots > this.config.maxWorkers) {
-      this.log(`this run takes at most ${plural(this.config.maxWorkers, 'worker')} (--max-workers; local: --workers), the checkpoint's had ${slots}: the run continues the same training with new draws`);
-    } else if (slots > this.config.startWorkers) {
-      this.log(`training starts once ${this.config.startWorkers} worker${this.config.startWorkers === 1 ? ' has' : 's have'} joined; to continue bit for bit, resume with --min-workers ${slots}, so that it waits for all ${slots}`);
-    }
-  }
-
-  /** The weights, both Adam states, the seed generator and the counters, as checkpoint `c` holds them. */
-  private restoreTraining(c: Checkpoint): void {
-    this.model.generatorLayout.checkLength(c.generator);
-    this.model.discriminatorLayout.checkLength(c.discriminator);
-    this.params.generator.set(c.generator);
-    this.params.discriminator.set(c.discriminator);
-    this.adam.generator.restoreState(c.adamGenerator);
-    this.adam.discriminator.restoreState(c.adamDiscriminator);
-    this.seedRng = Rng.fromState(c.seedRng);
-    this.workers.nextWorker = c.nextWorker;
-    this.step = c.step;
-    this.resumedFrom = c.step;
-    this.checkpointWorkers = c.shards.length;
-    this.imagesTotal = c.imagesTotal;
-    this.metrics.step.set(c.step);
-    this.metrics.lastCheckpointStep.set(c.step);
-    // What a crash would lose counts from here: the steps before are in the checkpoint, however old it is.
-    this.metrics.lastCheckpointTime.set(Date.now() / 1000);
-    this.lastClosedRound = roundIndex(c.step, 'discriminator') - 1;
   }
 }
 

@@ -1,0 +1,68 @@
+import { Routes } from '../util/http';
+import { peerText } from '../util/log';
+import type { CoordinatorConfig } from './config';
+import type { Evaluation } from './coordinator';
+import type { History } from './history';
+import type { WorkerPeer } from './peer';
+import type { StepStats } from './progress';
+import { STATUS_PAGE } from './status-page';
+
+/** What the status page shows; served as /api/status. */
+export interface CoordinatorStatus {
+  state: 'waiting' | 'training' | 'paused' | 'finished';
+  step: number;
+  steps: number;
+  resumedFrom: number | null;
+  /** The settings that decide what is trained. */
+  run: { model: string; loss: string; batchSize: number; lr: number; beta1: number; beta2: number; seed: number; wireDtype: string };
+  /** Of recent steps; 0 unless training (waiting, paused, finished). */
+  imagesPerSecond: number;
+  etaSeconds: number | null;
+  last: StepStats | null;
+  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number; frames: 'shared memory' | 'websocket' }[];
+  /** The grids, oldest first: at most LISTED_GRIDS, spread over the run (summary.json lists every one). */
+  samples: string[];
+  /** Every --eval-every result so far, oldest first. */
+  evaluations: Evaluation[];
+}
+
+export function runSettings(config: CoordinatorConfig): CoordinatorStatus['run'] {
+  return {
+    model: config.arch,
+    loss: config.loss,
+    batchSize: config.batchSize,
+    lr: config.adam.learningRate,
+    beta1: config.adam.beta1,
+    beta2: config.adam.beta2,
+    seed: config.seed,
+    wireDtype: config.wireDtype,
+  };
+}
+
+export function workerRows(peers: readonly WorkerPeer[]): CoordinatorStatus['workers'] {
+  return peers.map((p) => ({
+    id: p.id,
+    // What the peer chose, shown as its log lines show it: no row that runs backwards or over the page.
+    name: peerText(p.name),
+    address: p.address,
+    backend: peerText(p.backend),
+    state: p.shard ? 'active' : 'joined',
+    shardSize: p.shard?.indices.length ?? 0,
+    lastComputeMs: p.lastComputeSeconds * 1000,
+    frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
+  }));
+}
+
+/** The status page and its JSON, served beside /metrics. */
+export function statusRoutes(run: { status(): CoordinatorStatus; history: History; readGrid(name: string): Buffer | null }): Routes {
+  const json = (x: unknown) => ({ status: 200, type: 'application/json', body: JSON.stringify(x) });
+  return {
+    '/': () => ({ status: 200, type: 'text/html; charset=utf-8', body: STATUS_PAGE }),
+    '/api/status': () => json(run.status()),
+    '/api/history': () => json(run.history),
+    '/samples/': (p) => {
+      const png = run.readGrid(p.slice('/samples/'.length));
+      return png && { status: 200, type: 'image/png', body: png };
+    },
+  };
+}
