@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RunClock, progressLine } from '../src/coordinator/progress';
+import { ProgressLine } from '../src/worker/progress';
 
 /** A RunClock on a clock the test moves (milliseconds). */
 function clockAt(): { clock: RunClock; advance: (ms: number) => void } {
@@ -132,4 +133,26 @@ test('the progress line gives its ETA in minutes and seconds under an hour, in h
   assert.match(progressLine(10, 100, stats, 0, 3600), / eta=1h00m$/);
   assert.match(progressLine(10, 100, stats, 0, 7199), / eta=1h59m$/);
   assert.match(progressLine(10, 100, stats, 0, 90061), / eta=25h01m$/);
+});
+
+test("a worker's 'no round' line comes --progress-every after its join or its last round, not up to twice that, and not while rounds come", async () => {
+  const lines: { at: number; text: string }[] = [];
+  const t0 = performance.now();
+  const line = new ProgressLine(0.4, (text) => lines.push({ at: performance.now() - t0, text }));
+  line.start();
+  // Rounds every 0.1 s for 0.5 s: no line; then none, and one comes 0.4 s after the last round (an interval
+  // timer that only looked at each tick would find 0.3 s at its second and say so at its third, 0.7 s after).
+  for (let i = 1; i <= 5; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    line.answered(i - 1, 0.001);
+  }
+  const lastRound = performance.now() - t0;
+  await new Promise((r) => setTimeout(r, 1000));
+  line.stop();
+  const idle = lines.filter((l) => /^no round/.test(l.text));
+  assert.ok(idle.length === 2, JSON.stringify(lines));
+  assert.match(idle[0].text, /^no round for 0\.\d s since step 5: /);
+  // A timer is never early by more than a millisecond, and late only by what a busy machine adds.
+  assert.ok(idle[0].at - lastRound >= 399 && idle[0].at - lastRound < 650, JSON.stringify({ lastRound, lines }));
+  assert.ok(idle[1].at - idle[0].at >= 399, JSON.stringify(lines));
 });

@@ -135,7 +135,7 @@ test('a worker that gets no round for --progress-every seconds (its coordinator 
   const worker = startWorker(url, 'idle', ['--progress-every', '1']);
   try {
     // One a second, each counting from the join.
-    const idle = /no round for (\d+) s since joining: the coordinator is waiting for workers, paused, or busy/g;
+    const idle = /no round for ([\d.]+) s since joining: the coordinator is waiting for workers, paused, or busy/g;
     await worker.waitFor(new RegExp(`${idle.source}[^]*${idle.source}`));
     const seconds = [...worker.log.matchAll(idle)].map((m) => Number(m[1]));
     assert.ok(seconds[0] >= 1 && seconds[1] > seconds[0], worker.log);

@@ -25,16 +25,17 @@ export class ProgressLine {
     this.lastRound = { at: performance.now(), step: null };
     const everyMs = this.everySeconds * 1000;
     if (everyMs <= 0 || this.idleTimer) return;
-    this.idleTimer = setInterval(() => {
+    // Re-armed by each round: it fires only after a whole interval without one, then once an interval.
+    this.idleTimer = setTimeout(() => {
       const idleMs = performance.now() - this.lastRound.at;
-      if (idleMs < everyMs) return;
       const since = this.lastRound.step === null ? 'since joining' : `since step ${stepOfRound(this.lastRound.step)}`;
-      this.log(`no round for ${(idleMs / 1000).toFixed(0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
+      this.log(`no round for ${(idleMs / 1000).toFixed(idleMs < 10_000 ? 1 : 0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
+      this.idleTimer?.refresh();
     }, everyMs);
   }
 
   stop(): void {
-    if (this.idleTimer) clearInterval(this.idleTimer);
+    if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = null;
   }
 
@@ -43,6 +44,7 @@ export class ProgressLine {
     this.rounds++;
     this.computeSeconds += computeSeconds;
     this.lastRound = { at: performance.now(), step };
+    this.idleTimer?.refresh();
     const everyMs = this.everySeconds * 1000;
     const sinceMs = performance.now() - this.since;
     if (everyMs > 0 && sinceMs >= everyMs) {
