@@ -173,14 +173,26 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     await coordinator.close();
     // Workers that were connected were told to stop. One that was not (still starting, or between tries) cannot be
     // told: it would retry a closed port, logging each refusal, until the stragglers' timer.
-    const unjoined = [...children].filter(([i, c]) => !joined.has(workerName(i)) && c.exitCode === null && c.signalCode === null);
+    const running = () => [...children].filter(([, c]) => c.exitCode === null && c.signalCode === null);
+    const unjoined = running().filter(([i]) => !joined.has(workerName(i)));
     if (unjoined.length > 0) {
-      log(`stopping the workers that had not joined: ${unjoined.map(([i]) => workerName(i)).join(', ')}`);
+      // Not only those still starting: one the coordinator dropped (frozen, hung, or between its tries to rejoin) too.
+      log(`stopping the workers that were not connected to hear the stop (not joined yet, or dropped and not back): ${unjoined.map(([i]) => workerName(i)).join(', ')}`);
       for (const [, c] of unjoined) c.kill('SIGTERM');
     }
-    const stragglers = setTimeout(() => children.forEach((c) => c.kill('SIGTERM')), 2_000);
-    const deadline = setTimeout(killAll, 10_000);
-    await Promise.all([...children.values()].map((c) => (c.exitCode === null && c.signalCode === null ? emitted(c, 'exit') : null)));
+    // A worker that does not exit (hung in a native call, stopped) holds the exit for up to 10 s: say whom it waits for.
+    const named = (list: [number, ChildProcess][]) => list.map(([i, c]) => `${workerName(i)} (pid ${c.pid})`).join(', ');
+    const stragglers = setTimeout(() => {
+      const left = running();
+      if (left.length > 0) log(`waiting for ${named(left)} to exit: still running 2 s after the stop; sending SIGTERM, and SIGKILL at 10 s`);
+      children.forEach((c) => c.kill('SIGTERM'));
+    }, 2_000);
+    const deadline = setTimeout(() => {
+      const left = running();
+      if (left.length > 0) log(`${named(left)} did not exit within 10 s of the stop (hung, or stopped): killing ${left.length === 1 ? 'it' : 'them'} (SIGKILL)`);
+      killAll();
+    }, 10_000);
+    await Promise.all(running().map(([, c]) => emitted(c, 'exit')));
     clearTimeout(stragglers);
     clearTimeout(deadline);
     // The stop handlers stay on: the command exits next (exitWhenWritten), and without them a signal in the

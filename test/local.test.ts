@@ -101,10 +101,33 @@ test('a stop before the workers have joined stops them at once, instead of leavi
   await waitFor(() => /started 2 worker processes/.test(run.log()), 30_000, 'the workers to be started');
   run.child.kill('SIGINT');
   assert.equal(await run.exit, 0, run.log());
-  assert.match(run.log(), /stopping the workers that had not joined: local-1, local-2/);
+  assert.match(run.log(), /stopping the workers that were not connected to hear the stop \(not joined yet, or dropped and not back\): local-1, local-2/);
   await new Promise((r) => setTimeout(r, 1500));
   assert.deepEqual(fs.readdirSync(out).filter((f) => f.startsWith('past-')), [], 'no worker got past its start');
   assert.doesNotMatch(run.log(), /reconnecting in/);
+});
+
+test('a stop with a worker that the coordinator dropped (frozen) does not call it unjoined, and says whom it waits for and kills at its exit', { timeout: 60_000 }, async () => {
+  const out = tempDir('stop-frozen');
+  const run = spawnCli(['local', '--workers', '2', '--steps', '100000', '--log-every', '10', '--heartbeat', '1', '--checkpoint-every', '0', '--metrics-port', '-1', '--out', out]);
+  await waitFor(() => /step 10\/100000/.test(run.log()), 30_000, 'training to start');
+  const frozen = /w\d+ joined from \S+ \("local-2" pid (\d+),/.exec(run.log())!;
+  const pid = Number(frozen[1]);
+  process.kill(pid, 'SIGSTOP');
+  try {
+    await waitFor(() => /left \(no heartbeat/.test(run.log()), 15_000, 'the frozen worker to be dropped');
+    run.child.kill('SIGINT');
+    assert.equal(await run.exit, 0, run.log());
+  } finally {
+    if (alive(pid)) process.kill(pid, 'SIGCONT');
+  }
+  // It had joined, and trained: it was dropped.
+  assert.doesNotMatch(run.log(), /had not joined/);
+  assert.match(run.log(), /stopping the workers that were not connected to hear the stop \(not joined yet, or dropped and not back\): [^\n]*local-2/);
+  // Stopped, it takes neither SIGTERM nor anything else but SIGKILL: the exit waits for it, and says so.
+  assert.match(run.log(), new RegExp(`waiting for local-2 \\(pid ${pid}\\) to exit: still running 2 s after the stop; sending SIGTERM, and SIGKILL at 10 s`));
+  assert.match(run.log(), new RegExp(`local-2 \\(pid ${pid}\\) did not exit within 10 s of the stop \\(hung, or stopped\\): killing it \\(SIGKILL\\)`));
+  await waitFor(() => !alive(pid), 5_000, 'the frozen worker to be gone');
 });
 
 test('a worker process that dies after a stop was asked for is not restarted: the run is ending', { timeout: 90_000 }, async () => {
