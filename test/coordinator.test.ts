@@ -1366,6 +1366,33 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a round that waits on a worker that does not answer says so, naming it, how long, and what ends the wait; not once the round closes', { timeout: 30_000 }, async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'round-reminders'), 1), startWorkers: 2, minWorkers: 2, roundReminderSeconds: 0.25 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const a = await joinedPeer(coordinator);
+    const b = await joinedPeer(coordinator);
+    await weightsOrDrop(a.peer);
+    a.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    // b is asked, answers pings (its socket is live), and computes nothing: the round waits for it, up to --round-timeout 30 s.
+    await weightsOrDrop(b.peer);
+    const reminders = () => lines.filter((l) => /^still waiting after /.test(l));
+    while (reminders().length < 2) await new Promise((r) => setTimeout(r, 5));
+    for (const l of reminders()) {
+      assert.match(l, new RegExp(`^still waiting after \\d+ s for the discriminator gradients of step 1 from ${b.workerId} "scripted" \\(1/2 answered\\); a worker that does not answer is dropped at --round-timeout 30 s, or once its pong is --heartbeat 5 s late$`), lines.join('\n'));
+    }
+    b.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    for (const peer of [a.peer, b.peer]) {
+      await weightsOrDrop(peer);
+      peer.gradients(0, 'generator', zeros('generator'));
+    }
+    const count = reminders().length;
+    await run;
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(reminders().length, count, lines.join('\n'));
+    await coordinator.close();
+  });
+
   test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async (t) => {
     const lines: string[] = [];
     // A small training set: two 47 MB MNIST shards (one per joining peer, both in this process) would

@@ -64,6 +64,11 @@ export interface CoordinatorConfig {
    * each later one twice as far (up to 10 minutes); undefined = 30. Tests shorten it.
    */
   waitReminderSeconds?: number;
+  /**
+   * Seconds before the first "still waiting" line of a round that a worker
+   * has not answered, each later one twice as far; undefined = 10. Tests shorten it.
+   */
+  roundReminderSeconds?: number;
   /** PEM files; both set = serve wss://. */
   tlsCert?: string;
   tlsKey?: string;

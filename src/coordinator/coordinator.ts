@@ -7,7 +7,7 @@ import { GanModel, GanParameters, createModel } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Gradients, Phase, Weights, message, stepOfRound } from '../protocol/messages';
-import { Logger, createLogger } from '../util/log';
+import { Logger, createLogger, peerString } from '../util/log';
 import { plural, urlHost } from '../util/text';
 import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
@@ -497,7 +497,12 @@ export class Coordinator {
     this.askForGradients(round, participants);
     const encodeSeconds = (performance.now() - t) / 1000;
     t = performance.now();
-    await round.done;
+    const reminders = this.remindOfSlowAnswers(round);
+    try {
+      await round.done;
+    } finally {
+      reminders.stop();
+    }
     this.round = null;
     this.lastClosedRound = Math.max(this.lastClosedRound, roundIndex(step, phase));
     const waitSeconds = (performance.now() - t) / 1000;
@@ -525,6 +530,22 @@ export class Coordinator {
     for (const k of Object.keys(parts) as RoundPart[]) this.partTotals[k] += parts[k];
     this.metrics.observeRound(phase, (performance.now() - round.startedAt) / 1000, parts);
     return result;
+  }
+
+  /**
+   * A round takes milliseconds; one that waits on a slow or frozen worker (up
+   * to --round-timeout, or a missed heartbeat, both raised for GPUs) says so:
+   * the other workers' "no round" lines point here.
+   */
+  private remindOfSlowAnswers(round: Round): { stop(): void } {
+    return remindWhileWaiting(this.config.roundReminderSeconds ?? 10, (seconds) => {
+      const awaited = round.awaited().map((id) => `${id} ${peerString(this.workers.get(id)?.name ?? '')}`);
+      this.log(
+        `still waiting after ${seconds} s for the ${round.phase} gradients of step ${stepOfRound(round.step)} from ${awaited.join(', ')} (${round.received.size}/${round.size} answered); ` +
+          `a worker that does not answer is dropped at --round-timeout ${this.config.roundTimeoutSeconds} s, or once its pong is --heartbeat ${this.config.heartbeatSeconds} s late` +
+          (this.stop ? `; the stop (${this.stop.reason}) waits for this step` : ''),
+      );
+    });
   }
 
   /**

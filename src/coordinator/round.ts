@@ -30,6 +30,15 @@ export class Round {
     return this.waiting.has(workerId);
   }
 
+  /** The participants that have neither answered nor left, in the participants' order. */
+  awaited(): string[] {
+    return this.participants.filter((id) => this.waiting.has(id));
+  }
+
+  get size(): number {
+    return this.participants.length;
+  }
+
   accept(workerId: string, gradients: Gradients): void {
     if (!this.waiting.delete(workerId)) return;
     this.received.set(workerId, gradients);
