@@ -91,7 +91,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       log(`${what}; no restarts left`);
     }
     // Training starts only with all N workers, and continues with any.
-    if (children.size === 0 || coordinator.status().state === 'waiting') coordinator.requestStop(why, true);
+    if (children.size === 0 || coordinator.waitingToStart) coordinator.requestStop(why, true);
   };
   const startWorker = (i: number) => {
     // In the environment, where other users' ps does not show it.

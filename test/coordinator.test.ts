@@ -1478,6 +1478,32 @@ describe('coordinator edge cases found by review', () => {
     assert.deepEqual(outcome, { ok: true, stopReason: 'SIGTERM received', evaluated: [] });
   });
 
+  test('an evaluation, which training waits for, is logged as it starts and shown as the state on the status page, at no images/s', async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(100, true);
+    const during: ReturnType<Coordinator['status']>[] = [];
+    const coordinator: Coordinator = await Coordinator.start({ ...config(path.join(out, 'evaluating-state'), 2), dataDir, evalEvery: 1, evalSamples: 100 }, (l) => {
+      lines.push(l);
+      if (/^evaluating G at step 1 /.test(l)) during.push(coordinator.status());
+    });
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await answerStepWithZeros(0, peer);
+    // Step 2's weights come once step 1's evaluation is over: training again.
+    await weightsOrDrop(peer);
+    const after = coordinator.status();
+    peer.gradients(1, 'discriminator', new Float32Array(D_SIZE));
+    await weightsOrDrop(peer);
+    peer.gradients(1, 'generator', new Float32Array(G_SIZE));
+    await run;
+    assert.ok(lines.includes('evaluating G at step 1 (100 samples): training waits meanwhile'), lines.join('\n'));
+    assert.ok(lines.findIndex((l) => l.startsWith('evaluating G at step 1 ')) < lines.findIndex((l) => l.startsWith('eval step 1: fid=')), lines.join('\n'));
+    assert.deepEqual(during.map((st) => [st.state, st.imagesPerSecond]), [['evaluating', 0]]);
+    assert.equal(after.state, 'training');
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a stop during a mid-run evaluation leaves it unfinished, so the stop\'s checkpoint does not wait for it', async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(100, true);

@@ -142,7 +142,9 @@ export class Coordinator {
   /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
   private unsavedSeconds = 0;
   private readonly history = new History();
-  private state: CoordinatorStatus['state'] = 'waiting';
+  private state: Exclude<CoordinatorStatus['state'], 'evaluating'> = 'waiting';
+  /** Scoring G: the status page says so rather than `state`, which the evaluation leaves as it was. */
+  private evaluating = false;
   private last: StepStats | null = null;
   /** Why training diverged (the coordinator's own answer to a round was refused as the workers' were), or null. */
   private diverged: string | null = null;
@@ -268,6 +270,11 @@ export class Coordinator {
   /** Training is over: every step done, or a stop asked for. A worker lost now is not replaced. */
   get trainingOver(): boolean {
     return this.stop !== null || this.step >= this.config.steps;
+  }
+
+  /** No step has started: training waits for its first workers (or scores a resumed checkpoint's step first). */
+  get waitingToStart(): boolean {
+    return this.state === 'waiting';
   }
 
   /** A stop was asked for: the run ends at the next step boundary, so a worker lost now is not replaced. */
@@ -692,14 +699,20 @@ export class Coordinator {
   private async evaluate(cutByStop: boolean): Promise<void> {
     this.clock.begin();
     const t = performance.now();
+    // Nothing trains meanwhile, for seconds or minutes (a DCGAN's 10,000 samples on a CPU): the log and the status
+    // page say so, and the workers' "no round" lines point here.
+    this.evaluating = true;
+    this.log(`evaluating G at step ${this.step} (${this.config.evalSamples} samples): training waits meanwhile`);
     const between = async () => {
       await new Promise((r) => setImmediate(r));
       if (cutByStop && this.stop) throw new EvaluationCut();
     };
-    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between).catch((e) => {
-      if (e instanceof EvaluationCut) return null;
-      throw e;
-    });
+    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between)
+      .catch((e) => {
+        if (e instanceof EvaluationCut) return null;
+        throw e;
+      })
+      .finally(() => (this.evaluating = false));
     const seconds = (performance.now() - t) / 1000;
     this.clock.addEvaluation(seconds);
     if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
@@ -839,13 +852,13 @@ export class Coordinator {
 
   status(): CoordinatorStatus {
     return {
-      state: this.state,
+      state: this.evaluating ? 'evaluating' : this.state,
       step: this.step,
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
       run: runSettings(this.config),
       // Paused or waiting, nothing is trained: the last step's rate would show a stall as healthy.
-      imagesPerSecond: this.state === 'training' && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
+      imagesPerSecond: this.state === 'training' && !this.evaluating && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
       workers: workerRows(this.workers.list()),

@@ -25,7 +25,7 @@ export const STATUS_PAGE = `<!doctype html>
   th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef0f4; }
   /* A peer's name (up to 160 characters, maybe without a space) wraps rather than widening the page. */
   #workers td:nth-child(2) { overflow-wrap: anywhere; }
-  .state { font-weight: 600; } .state.paused, .state.waiting { color: #b36b00; } .state.finished { color: #2a7a2a; }
+  .state { font-weight: 600; } .state.paused, .state.waiting, .state.evaluating { color: #b36b00; } .state.finished { color: #2a7a2a; }
   .wide { grid-column: 1 / -1; }
   @media (max-width: 800px) { main { grid-template-columns: 1fr; } }
 </style>

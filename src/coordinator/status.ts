@@ -9,7 +9,8 @@ import { STATUS_PAGE } from './status-page';
 
 /** What the status page shows; served as /api/status. */
 export interface CoordinatorStatus {
-  state: 'waiting' | 'training' | 'paused' | 'finished';
+  /** `evaluating`: scoring G (--eval-every), which training waits for. */
+  state: 'waiting' | 'training' | 'paused' | 'evaluating' | 'finished';
   step: number;
   steps: number;
   resumedFrom: number | null;
