@@ -20,6 +20,12 @@ test('timeouts beyond what a Node timer holds, or under a second, are refused (t
     assert.equal(r.status, 2, `${flag} ${value} was accepted`);
     assert.match(r.stderr, new RegExp(`${flag} must be a number of seconds from 1 to 2147483, got `));
   }
+  // The worker's progress line is a timer too: 3,000,000 s logged 5,487 lines in 2 s.
+  for (const value of ['3000000', 'Infinity', '-1']) {
+    const r = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', 'ws://127.0.0.1:1', '--progress-every', value], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 2, `--progress-every ${value} was accepted`);
+    assert.match(r.stderr, /--progress-every must be a number of seconds from 0 to 2147483, got /);
+  }
 });
 
 test('what yargs would quietly read as something else is refused up front (exit 2): --no- on a value flag, words after --, a value starting with -, a public --host without a token', () => {
