@@ -2491,6 +2491,11 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(!lines.some((l) => / left \((no |its link)|late /.test(l)), lines.join('\n'));
   });
 
+  test('a coordinator woken from a freeze reads the answer that came meanwhile before it reminds of a slow round: no "still waiting" for an answer already there', async () => {
+    const lines = await frozenCoordinatorRun('frozen-reminder', { roundReminderSeconds: 1 }, 'answer');
+    assert.ok(!lines.some((l) => /^still waiting after /.test(l)), lines.join('\n'));
+  });
+
   test('a coordinator woken from a freeze reads the pong that came meanwhile before it judges the heartbeat: no drop', async () => {
     const lines = await frozenCoordinatorRun('frozen-heartbeat', { heartbeatSeconds: 1 }, 'ping');
     assert.ok(!lines.some((l) => / left \((no |its link)|late /.test(l)), lines.join('\n'));

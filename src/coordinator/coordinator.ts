@@ -546,12 +546,17 @@ export class Coordinator {
    */
   private remindOfSlowAnswers(round: Round): { stop(): void } {
     return remindWhileWaiting(this.config.roundReminderSeconds ?? 10, (seconds) => {
-      const awaited = round.awaited().map((id) => `${id} ${peerString(this.workers.get(id)?.name ?? '')}`);
-      this.log(
-        `still waiting after ${seconds} s for the ${round.phase} gradients of step ${stepOfRound(round.step)} from ${awaited.join(', ')} (${round.received.size}/${round.size} answered); ` +
-          `a worker that does not answer is dropped at --round-timeout ${this.config.roundTimeoutSeconds} s, or once its pong is --heartbeat ${this.config.heartbeatSeconds} s late` +
-          (this.stop ? `; the stop (${this.stop.reason}) waits for this step` : ''),
-      );
+      // Woken from a freeze, this timer runs before the answers that came meanwhile are read: they count first.
+      const bytesRead = () => round.awaited().reduce((n, id) => n + (this.workers.get(id)?.bytesRead ?? 0), 0);
+      afterPendingReads(() => {
+        if (round.awaited().length === 0) return; // answered meanwhile: the round has closed
+        const awaited = round.awaited().map((id) => `${id} ${peerString(this.workers.get(id)?.name ?? '')}`);
+        this.log(
+          `still waiting after ${seconds} s for the ${round.phase} gradients of step ${stepOfRound(round.step)} from ${awaited.join(', ')} (${round.received.size}/${round.size} answered); ` +
+            `a worker that does not answer is dropped at --round-timeout ${this.config.roundTimeoutSeconds} s, or once its pong is --heartbeat ${this.config.heartbeatSeconds} s late` +
+            (this.stop ? `; the stop (${this.stop.reason}) waits for this step` : ''),
+        );
+      }, bytesRead);
     });
   }
 
