@@ -184,12 +184,12 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const named = (list: [number, ChildProcess][]) => list.map(([i, c]) => `${workerName(i)} (pid ${c.pid})`).join(', ');
     const stragglers = setTimeout(() => {
       const left = running();
-      if (left.length > 0) log(`waiting for ${named(left)} to exit: still running 2 s after the stop; sending SIGTERM, and SIGKILL at 10 s`);
+      if (left.length > 0) log(`waiting for ${named(left)} to exit: still running 2 s after the coordinator closed; sending SIGTERM, and SIGKILL at 10 s`);
       children.forEach((c) => c.kill('SIGTERM'));
     }, 2_000);
     const deadline = setTimeout(() => {
       const left = running();
-      if (left.length > 0) log(`${named(left)} did not exit within 10 s of the stop (hung, or stopped): killing ${left.length === 1 ? 'it' : 'them'} (SIGKILL)`);
+      if (left.length > 0) log(`${named(left)} did not exit within 10 s of the coordinator's close (hung, or stopped): killing ${left.length === 1 ? 'it' : 'them'} (SIGKILL)`);
       killAll();
     }, 10_000);
     await Promise.all(running().map(([, c]) => emitted(c, 'exit')));

@@ -125,8 +125,8 @@ test('a stop with a worker that the coordinator dropped (frozen) does not call i
   assert.doesNotMatch(run.log(), /had not joined/);
   assert.match(run.log(), /stopping the workers that were not connected to hear the stop \(not joined yet, or dropped and not back\): [^\n]*local-2/);
   // Stopped, it takes neither SIGTERM nor anything else but SIGKILL: the exit waits for it, and says so.
-  assert.match(run.log(), new RegExp(`waiting for local-2 \\(pid ${pid}\\) to exit: still running 2 s after the stop; sending SIGTERM, and SIGKILL at 10 s`));
-  assert.match(run.log(), new RegExp(`local-2 \\(pid ${pid}\\) did not exit within 10 s of the stop \\(hung, or stopped\\): killing it \\(SIGKILL\\)`));
+  assert.match(run.log(), new RegExp(`waiting for local-2 \\(pid ${pid}\\) to exit: still running 2 s after the coordinator closed; sending SIGTERM, and SIGKILL at 10 s`));
+  assert.match(run.log(), new RegExp(`local-2 \\(pid ${pid}\\) did not exit within 10 s of the coordinator's close \\(hung, or stopped\\): killing it \\(SIGKILL\\)`));
   await waitFor(() => !alive(pid), 5_000, 'the frozen worker to be gone');
 });
 
