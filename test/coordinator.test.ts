@@ -1393,6 +1393,26 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
+  test('a worker that does not close its connection when told to stop (frozen) is named once the close stops waiting for it', { timeout: 30_000 }, async () => {
+    const lines: string[] = [];
+    // A long heartbeat: the frozen peer must not be dropped (and its socket closed) while the close waits.
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'dismiss-frozen'), 1), heartbeatSeconds: 30 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer, workerId } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(peer);
+    // Frozen as a stopped process is: it answers the last round, then reads nothing, the stop included.
+    (peer.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    peer.gradients(0, 'generator', zeros('generator'));
+    assert.equal((await run).steps, 1);
+    const t = performance.now();
+    await coordinator.close();
+    assert.ok(performance.now() - t >= 4900, 'the close waited for it');
+    assert.ok(lines.includes(`${workerId} did not close its connection within 5 s of being told to stop (frozen, or a link that takes no data): the coordinator closes without waiting longer`), lines.join('\n'));
+    peer.ws.terminate();
+  });
+
   test('a pause mid-step (every worker gone) is logged as one and left out of the ETA', async (t) => {
     const lines: string[] = [];
     // A small training set: two 47 MB MNIST shards (one per joining peer, both in this process) would

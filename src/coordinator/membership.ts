@@ -13,6 +13,9 @@ import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { FRAGMENT_WRITE_MS, MIN_INTAKE_BYTES_PER_SECOND, WorkerPeer } from './peer';
 
+/** How long a coordinator's close waits for the workers it told to stop to close their connections. */
+const DISMISS_WAIT_MS = 5000;
+
 /** The most images a shard may hold: its frame, with a little room for the message around them, is one a worker accepts. */
 export const MAX_SHARD_IMAGES = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / IMAGE_SIZE);
 
@@ -320,14 +323,19 @@ export class WorkerGroup {
     else this.drop(peer, verdict.drop);
   }
 
-  /** Sends every peer `stop`, and waits up to 5 s for their sockets to close. */
+  /** Sends every peer `stop`, and waits up to DISMISS_WAIT_MS for their sockets to close. */
   async dismiss(reason: string, resumable: boolean): Promise<void> {
     const stop = encode(message<Stop>({ type: 'stop', reason, ...(resumable ? { resumable } : {}) }));
     this.dismissal = stop;
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
     const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => emitted(p.socket, 'close'));
-    await Promise.race([Promise.all(closed), new Promise((r) => setTimeout(r, 5000).unref())]);
+    const allClosed = await Promise.race([Promise.all(closed).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), DISMISS_WAIT_MS).unref())]);
+    const open = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED);
+    // The exit waited for them: the log says why, and that they may not have heard the stop.
+    if (!allClosed && open.length > 0) {
+      this.hooks.log(`${open.map((p) => p.id).join(', ')} did not close ${open.length === 1 ? 'its connection' : 'their connections'} within ${DISMISS_WAIT_MS / 1000} s of being told to stop (frozen, or a link that takes no data): the coordinator closes without waiting longer`);
+    }
   }
 
   /**
