@@ -637,6 +637,14 @@ function freezeThisProcess(ms: number): void {
 }
 
 /** Step `step` answered with zero gradients: each round by every peer in turn, as it is asked. */
+/** Once `run` has ended, and `ms` after: no more of what `found` lists than when the run ended. */
+async function assertNoneAfter(run: Promise<unknown>, found: () => string[], ms: number, lines: string[]): Promise<void> {
+  await run;
+  const count = found().length;
+  await new Promise((r) => setTimeout(r, ms));
+  assert.equal(found().length, count, lines.join('\n'));
+}
+
 async function answerStepWithZeros(step: number, ...peers: ScriptedPeer[]): Promise<void> {
   for (const phase of ['discriminator', 'generator'] as const) {
     for (const peer of peers) {
@@ -1358,11 +1366,8 @@ describe('coordinator edge cases found by review', () => {
     assert.match(reminders()[2], /: 1\/2 workers connected;/);
     const b = await joinedPeer(coordinator);
     await answerStepWithZeros(0, a.peer, b.peer);
-    const count = reminders().length;
-    await run;
     // Training ran: no reminder after the wait, whose timer would also have kept the process up.
-    await new Promise((r) => setTimeout(r, 2000));
-    assert.equal(reminders().length, count, lines.join('\n'));
+    await assertNoneAfter(run, reminders, 2000, lines);
     await coordinator.close();
   });
 
@@ -1386,10 +1391,7 @@ describe('coordinator edge cases found by review', () => {
       await weightsOrDrop(peer);
       peer.gradients(0, 'generator', zeros('generator'));
     }
-    const count = reminders().length;
-    await run;
-    await new Promise((r) => setTimeout(r, 1000));
-    assert.equal(reminders().length, count, lines.join('\n'));
+    await assertNoneAfter(run, reminders, 1000, lines);
     await coordinator.close();
   });
 
