@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sleep, tempDir } from './harness';
-import { memoryReport } from '../bench/bench';
+import { memoryGrowth, MemoryReading, memoryReport } from '../bench/bench';
 import { lostWorkerLine } from '../bench/children';
 import { openblasCoreFor } from '../bench/openblas';
 
@@ -106,6 +106,50 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
   }
   assert.equal(report.memory.flat, report.memory.mailbox.flat && report.memory.noMailbox.flat);
   assert.deepEqual(report.failedRuns, []);
+});
+
+test('bench --memory: the memory and CPU runs alone, with and without the mailboxes', () => {
+  const r = spawnSync(process.execPath, [BENCH, '--memory', '--memory-steps', '100'], { encoding: 'utf8', timeout: 300_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  for (const run of [report.memory.mailbox, report.memory.noMailbox]) {
+    assert.equal(run.steps, 100);
+    assert.equal(run.mib.length, 20);
+    assert.equal(typeof run.flat, 'boolean');
+  }
+  for (const cpu of [report.cpuMsPerStepLocal2.mailbox, report.cpuMsPerStepLocal2.noMailbox]) {
+    assert.ok(cpu.coordinator > 0 && cpu.workers.length === 2, JSON.stringify(cpu));
+  }
+  assert.equal(report.ratios, undefined);
+  assert.deepEqual(report.failedRuns, []);
+});
+
+test("the memory verdict is RSS's slope over the run's second half: start-up's growth and V8's saw pass, a leak of 3 KB a step does not", () => {
+  // 20 readings of a 10,000-step run, RSS in MiB as a function of the step.
+  const readings = (rss: (step: number) => number): MemoryReading[] =>
+    Array.from({ length: 20 }, (_, i) => {
+      const step = 500 * (i + 1);
+      const m = { rss: rss(step), peak: 0 };
+      return { step, coordinator: m, workers: [m, m] };
+    });
+  const verdict = (rss: (step: number) => number) => memoryGrowth(readings(rss), 10_000);
+  // Start-up: 20 MiB over the first 5,000 steps, then level (the coordinator over the WebSocket rose 17 MiB over
+  // session 38's 2,000 steps, and 10 MiB over 2,300 in session 39's runs), which a window from a quarter of the
+  // run (session 38's) read as growth.
+  const startUp = verdict((step) => 180 + (20 * Math.min(step, 5000)) / 5000);
+  assert.deepEqual(startUp.rssGrowthMiBPer1000Steps, { coordinator: 0, workers: [0, 0] });
+  assert.equal(startUp.flat, true);
+  // V8's saw as session 39 measured it: 1.1 MiB per 1,000 steps for 8,000 steps, then collected by 18 MiB.
+  const saw = verdict((step) => 175 + 1.1 * ((step % 8000) / 1000) - (step >= 8000 ? 10 : 0));
+  assert.equal(saw.flat, true, JSON.stringify(saw));
+  const leak = verdict((step) => 180 + 3 * (step / 1000));
+  assert.equal(leak.flat, false);
+  assert.deepEqual(leak.rssGrowthMiBPer1000Steps, { coordinator: 3, workers: [3, 3] });
+  // A process gone at a reading gives no figure, and no verdict of flat.
+  const gone = readings(() => 180).map((r, i) => (i === 15 ? { ...r, workers: [r.workers[0], null] } : r));
+  const g = memoryGrowth(gone, 10_000);
+  assert.deepEqual(g.rssGrowthMiBPer1000Steps, { coordinator: 0, workers: [0, null] });
+  assert.equal(g.flat, false);
 });
 
 test("the memory verdict is flat only where both runs are: a leak without mailboxes shows; a run that failed leaves no verdict", () => {
