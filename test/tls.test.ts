@@ -62,14 +62,14 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   const [untrustingCode, plainCode] = await Promise.all([within(untrusting.exited, 60_000), within(plain.exited, 60_000)]);
   assert.equal(untrustingCode, 1, untrusting.log);
   // Still retried (a proxy may show its own certificate while the coordinator starts), with what to do.
-  assert.match(untrusting.log, /connection lost \(self[- ]signed certificate: pass --ca with the CA that signed the coordinator's certificate \(the certificate itself, where it is self-signed\)\); reconnecting in/);
-  assert.ok((untrusting.log.match(/connection lost/g) ?? []).length >= 2, `retried with backoff:\n${untrusting.log}`);
+  assert.match(untrusting.log, /could not connect to wss:\/\/127\.0\.0\.1:\d+ \(self[- ]signed certificate: pass --ca with the CA that signed the coordinator's certificate \(the certificate itself, where it is self-signed\)\); reconnecting in/);
+  assert.ok((untrusting.log.match(/could not connect/g) ?? []).length >= 2, `retried with backoff:\n${untrusting.log}`);
   // The backoff never sleeps past --give-up-after, and the log says how long it really was.
   const gaveUp = /giving up: not admitted by a coordinator for ([\d.]+) s, --give-up-after 2 \(self[- ]signed certificate/.exec(untrusting.log);
   assert.ok(gaveUp && Number(gaveUp[1]) >= 2 && Number(gaveUp[1]) < 4, untrusting.log);
   assert.doesNotMatch(untrusting.log, /joined as/);
   assert.equal(plainCode, 1, plain.log);
-  assert.match(plain.log, /connection lost \(socket hang up: the other end closed before the WebSocket opened \(.*a coordinator with --tls-cert, whose URL starts with wss:\/\/\)\); reconnecting in/);
+  assert.match(plain.log, /could not connect to ws:\/\/127\.0\.0\.1:\d+ \(socket hang up: the other end closed before the WebSocket opened \(.*a coordinator with --tls-cert, whose URL starts with wss:\/\/\)\); reconnecting in/);
   assert.doesNotMatch(plain.log, /joined as/);
   assert.doesNotMatch(coord.log, /joined from/, 'neither failed worker was admitted');
   assert.match(coord.log, /waiting for workers at step 0: 0\/1 workers connected/);
@@ -145,7 +145,7 @@ test('token: a wrong or missing token is refused with HTTP 401 and the worker ex
   // Started with two other workers loading tfjs at once: their start-up alone took 13 to 17 s on a busy two-core
   // machine (see below), so a 20 s wait for start-up plus --give-up-after 2 had a second or two to spare.
   assert.equal(await within(tlsToPlain.exited, 60_000), 1, tlsToPlain.log);
-  assert.match(tlsToPlain.log, /connection lost \(TLS handshake failed, the server answered in plain text: if the coordinator has no --tls-cert, its URL starts with ws:\/\/\)/);
+  assert.match(tlsToPlain.log, /could not connect to wss:\/\/127\.0\.0\.1:\d+ \(TLS handshake failed, the server answered in plain text: if the coordinator has no --tls-cert, its URL starts with ws:\/\/\)/);
   // How soon it gave up once started, by its own count: --give-up-after 2 and at most a last short try.
   const tlsGaveUp = /giving up: not admitted by a coordinator for ([\d.]+) s, --give-up-after 2/.exec(tlsToPlain.log);
   assert.ok(tlsGaveUp && Number(tlsGaveUp[1]) >= 2 && Number(tlsGaveUp[1]) < 4, tlsToPlain.log);
@@ -293,5 +293,5 @@ test('a worker trusting a certificate that names another host is told the host, 
   const worker = startWorker(`wss://127.0.0.1:${port}`, 'other-host', ['--ca', otherCert, '--give-up-after', '1'], CLEAN_ENV);
   t.after(() => worker.kill());
   assert.equal(await within(worker.exited, 50_000), 1, worker.log);
-  assert.match(worker.log, /connection lost \(Hostname\/IP does not match certificate's altnames: .*: the coordinator's certificate does not name the host in --coordinator: connect by a name it lists, or issue it for this one\); reconnecting in/);
+  assert.match(worker.log, /could not connect to wss:\/\/127\.0\.0\.1:\d+ \(Hostname\/IP does not match certificate's altnames: .*: the coordinator's certificate does not name the host in --coordinator: connect by a name it lists, or issue it for this one\); reconnecting in/);
 });

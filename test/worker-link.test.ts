@@ -605,6 +605,22 @@ test('--give-up-after also bounds a try whose hello is never welcomed, even by a
   }
 });
 
+test('a worker started before its coordinator says it could not connect, not that a connection was lost', async () => {
+  // A port nothing listens on: a listener closed at once.
+  const gone = net.createServer();
+  await new Promise<void>((r) => gone.listen(0, '127.0.0.1', r));
+  const port = (gone.address() as AddressInfo).port;
+  await new Promise((r) => gone.close(r));
+  const worker = startWorker(`ws://127.0.0.1:${port}`, 'early', ['--give-up-after', '1']);
+  try {
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.match(worker.log, new RegExp(`could not connect to ws://127\\.0\\.0\\.1:${port} \\(connect ECONNREFUSED 127\\.0\\.0\\.1:${port}\\); reconnecting in`));
+    assert.doesNotMatch(worker.log, /connection lost/);
+  } finally {
+    worker.kill();
+  }
+});
+
 test("a worker pointed at an HTTP server that is no coordinator (its metrics port, say) is told where workers join", async () => {
   const http = await import('node:http');
   const metrics = http.createServer((_req, res) => res.end('ok\n'));

@@ -90,7 +90,7 @@ type Outcome =
   | { kind: 'stopped'; reason: string } // the coordinator said stop: done
   | { kind: 'left' } // this process was asked to leave (SIGTERM/SIGINT)
   | { kind: 'fatal'; reason: string } // reconnecting cannot help (bad token, other model)
-  | { kind: 'lost'; reason: string; welcomed: boolean; trained: boolean }; // network or coordinator failure: retry
+  | { kind: 'lost'; reason: string; connected: boolean; welcomed: boolean; trained: boolean }; // network or coordinator failure: retry
 
 /**
  * A request to leave (SIGTERM/SIGINT), and what it interrupts: the
@@ -190,7 +190,9 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
             return 1;
           }
           const delay = reconnectDelayMs(attempt++, giveUpMs - silentMs);
-          log(`connection lost (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
+          // A worker started before its coordinator (compose, Kubernetes) never had a connection to lose.
+          const what = outcome.connected ? 'connection lost' : `could not connect to ${withoutCredentials(opts.coordinator)}`;
+          log(`${what} (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
           await leave.sleep(delay);
           if (leave.requested) return 0;
           metrics.reconnects.inc();
@@ -238,7 +240,9 @@ function connectOnce(
     const watchdog = new SilenceWatchdog();
     const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log);
     const end = (o: Outcome) => (outcome ??= o);
-    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, welcomed: workerId !== null, trained });
+    /** The WebSocket opened: there was a connection to lose. */
+    let connected = false;
+    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, connected, welcomed: workerId !== null, trained });
 
     // A coordinator that does not answer a close (frozen, partitioned) is not waited for: ws would wait 30 s.
     const closeWithin = (code: number, reason?: string) => {
@@ -378,6 +382,7 @@ function connectOnce(
       // longer to arrive than the silence allowed. (Listening from here on,
       // once ws reads the socket itself.)
       link?.on('data', watchdog.heard);
+      connected = true;
       log(`connected to ${withoutCredentials(opts.coordinator)}`);
       ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
     });
