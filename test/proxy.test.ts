@@ -199,7 +199,7 @@ test('a cut connection mid-training: the coordinator drops the worker at once, i
   const next = await waitAfter(coord, /\] step \d+\/\d+ /, left.end, 5000);
   t.diagnostic(`the step in progress completed ${next.time - cutAt} ms after the cut`);
   // The worker's next try is refused (reset at once); then the proxy accepts again.
-  await waitAfter(proxied, /connection lost \(.*\); reconnecting/, lost.end, 5000, 'a refused reconnection');
+  await waitAfter(proxied, /could not connect to ws:\/\/\S+ \(.*\); reconnecting/, lost.end, 5000, 'a refused reconnection');
   assert.ok(proxy.refused >= 1, 'the worker tried again while the proxy refused');
   proxy.refuse(false);
   await rejoin(t, coord, proxy, left.end, cutAt);
