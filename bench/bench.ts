@@ -429,7 +429,7 @@ export type MemoryReading = { step: number; coordinator: Memory | null; workers:
  * run's second half, in MiB per 1,000 steps.
  *
  * The first half holds start-up, the JIT and the heap's first growth: the
- * coordinator over the WebSocket rose 10 MiB over its first 2,300 steps in
+ * coordinator over the WebSocket rose 12 MiB over its first 2,300 steps in
  * session 39, which a 2,000-step run read as growth of 4–6 MiB per 1,000
  * steps (session 38). After 95% come the final outputs (grid, checkpoint,
  * generator), which may begin before the last line is read. What is left

@@ -134,7 +134,7 @@ test("the memory verdict is RSS's slope over the run's second half: start-up's g
     });
   const verdict = (rss: (step: number) => number) => memoryGrowth(readings(rss), 10_000);
   // Start-up: 20 MiB over the first 5,000 steps, then level (the coordinator over the WebSocket rose 17 MiB over
-  // session 38's 2,000 steps, and 10 MiB over 2,300 in session 39's runs), which a window from a quarter of the
+  // session 38's 2,000 steps, and 12 MiB over 2,300 in session 39's runs), which a window from a quarter of the
   // run (session 38's) read as growth.
   const startUp = verdict((step) => 180 + (20 * Math.min(step, 5000)) / 5000);
   assert.deepEqual(startUp.rssGrowthMiBPer1000Steps, { coordinator: 0, workers: [0, 0] });
