@@ -74,6 +74,9 @@ const OPTIONS = {
 
 function options() {
   const { values } = parseArgs({ options: OPTIONS, strict: true, allowPositionals: false });
+  // Each of these replaces the full report with its own: given two, one would be dropped without a word.
+  const modes = [values.memory && '--memory', values.scaling !== undefined && '--scaling', values.link !== undefined && '--link'].filter(Boolean);
+  if (modes.length > 1) throw new Error(`${modes.join(' and ')} each print a report of their own: give one of them`);
   const count = (name: 'steps' | 'repeats' | 'memory-steps', fallback: number, multipleOf = 1): number => {
     const text = values[name];
     if (text === undefined) return fallback;
@@ -444,10 +447,12 @@ export function memoryGrowth(readings: MemoryReading[], steps: number) {
     coordinator: growth(secondHalf.map((x) => x.coordinator)),
     workers: (secondHalf[0]?.workers ?? []).map((_, w) => growth(secondHalf.map((x) => x.workers[w]))),
   };
+  const growths = [rssGrowthMiBPer1000Steps.coordinator, ...rssGrowthMiBPer1000Steps.workers];
   return {
     rssGrowthMiBPer1000Steps,
-    // A leak of one 0.43 MB frame or one step's tensors a step would be hundreds of MiB per 1,000 steps.
-    flat: [rssGrowthMiBPer1000Steps.coordinator, ...rssGrowthMiBPer1000Steps.workers].every((g) => g !== null && g < MEMORY_GROWTH_LIMIT_MIB),
+    // A leak of one 0.43 MB frame or one step's tensors a step would be hundreds of MiB per 1,000 steps. A process
+    // with no figure (gone at a reading, or fewer than 3 readings in the window) leaves no verdict, unless another grew.
+    flat: growths.some((g) => g !== null && g >= MEMORY_GROWTH_LIMIT_MIB) ? false : growths.length > 0 && growths.every((g) => g !== null) ? true : null,
   };
 }
 
@@ -517,12 +522,12 @@ type ProcessRun = Exclude<Awaited<ReturnType<typeof processRun>>, Failed>;
  * Target 5 over both transports: the mailboxes `local` uses and the
  * WebSocket alone (--no-mailbox), which workers on other machines use.
  * `flat` needs both runs flat; a leak in either is false; a run that gave no
- * figures leaves it null.
+ * figures, or no verdict, leaves it null.
  */
 export function memoryReport(mailbox: ProcessRun | Failed, noMailbox: ProcessRun | Failed) {
   const [withMailbox, withoutMailbox] = [failed(mailbox) ? mailbox : mailbox.memory, failed(noMailbox) ? noMailbox : noMailbox.memory];
   const measured = [withMailbox, withoutMailbox].filter((m): m is ProcessRun['memory'] => !failed(m));
-  const flat = measured.some((m) => !m.flat) ? false : measured.length === 2 ? true : null;
+  const flat = measured.some((m) => m.flat === false) ? false : measured.length === 2 && measured.every((m) => m.flat === true) ? true : null;
   return { flat, mailbox: withMailbox, noMailbox: withoutMailbox };
 }
 

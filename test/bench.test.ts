@@ -145,11 +145,20 @@ test("the memory verdict is RSS's slope over the run's second half: start-up's g
   const leak = verdict((step) => 180 + 3 * (step / 1000));
   assert.equal(leak.flat, false);
   assert.deepEqual(leak.rssGrowthMiBPer1000Steps, { coordinator: 3, workers: [3, 3] });
-  // A process gone at a reading gives no figure, and no verdict of flat.
+  // A process gone at a reading gives no figure, and no verdict (null: not measured, where false says it grew).
   const gone = readings(() => 180).map((r, i) => (i === 15 ? { ...r, workers: [r.workers[0], null] } : r));
   const g = memoryGrowth(gone, 10_000);
   assert.deepEqual(g.rssGrowthMiBPer1000Steps, { coordinator: 0, workers: [0, null] });
-  assert.equal(g.flat, false);
+  assert.equal(g.flat, null);
+  // So do fewer than 3 readings in the second half; a process that grew still makes it false.
+  assert.equal(memoryGrowth(readings(() => 180).slice(0, 11), 10_000).flat, null);
+  const grewBesideGone = readings((step) => 180 + 3 * (step / 1000)).map((r, i) => (i === 15 ? { ...r, workers: [r.workers[0], null] } : r));
+  assert.equal(memoryGrowth(grewBesideGone, 10_000).flat, false);
+  // And the report over both runs says no more than its runs do.
+  type Run = Exclude<Parameters<typeof memoryReport>[0], { reason: string }>;
+  const asRun = (memory: ReturnType<typeof memoryGrowth>) => ({ memory }) as unknown as Run;
+  assert.equal(memoryReport(asRun(g), asRun(startUp)).flat, null);
+  assert.equal(memoryReport(asRun(g), asRun(leak)).flat, false);
 });
 
 test("the memory verdict is flat only where both runs are: a leak without mailboxes shows; a run that failed leaves no verdict", () => {
@@ -317,4 +326,12 @@ test("the bench's in-process child (its run without the native addon, and two at
   const result = JSON.parse(r.stdout);
   assert.equal(result.steps, 50);
   assert.ok(result.msPerStep > 0);
+});
+
+test('bench: --memory, --scaling and --link are reports of their own: two of them at once are refused, not one dropped', () => {
+  for (const args of [['--memory', '--scaling', '1,2'], ['--memory', '--link', '1gbit'], ['--scaling', '1,2', '--link', '1gbit']]) {
+    const r = spawnSync(process.execPath, [BENCH, ...args, '--memory-steps', '20', '--steps', '50', '--repeats', '1'], { encoding: 'utf8', timeout: 120_000 });
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /each print a report of their own: give one of them/);
+  }
 });
