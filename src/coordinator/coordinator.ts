@@ -85,6 +85,20 @@ export interface Stop {
 class EvaluationCut extends Error {}
 
 /**
+ * Turns off V8's incremental marking in this process. Left on, it settled a
+ * coordinator whose workers' frames come over the WebSocket into a major GC
+ * every 6 or 7 steps, for the whole run, in 6 of 11 runs of `local --workers
+ * 2 --no-mailbox` (2,000 steps: 294–324 mark-compacts against 2–4 in the
+ * other runs, and about 10% more time; never through the mailboxes, nor in a
+ * worker). Without it, 12 of 12 such runs took 3–5 (docs/performance.md,
+ * session 39). A major GC is then one pause of 5–26 ms, taken when the heap
+ * reaches its limit (22–23 MB survive it).
+ */
+function fewerMajorCollections(): void {
+  v8.setFlagsFromString('--no-incremental-marking');
+}
+
+/**
  * Owns the weights and the two Adam states. Each step runs a D round then a
  * G round: broadcast the networks a worker lacks, wait for every
  * participant's gradient (or its departure, or the round timeout), average
@@ -92,20 +106,6 @@ class EvaluationCut extends Error {}
  * boundaries (or mid-step, where a round lost every worker), and a step is
  * applied whole or not at all.
  */
-/**
- * Turns off V8's incremental marking in this process. Left on, it settled a
- * coordinator whose workers' frames come over the WebSocket into a major GC
- * every 6 or 7 steps, for the whole run, in 6 of 11 runs of `local --workers
- * 2 --no-mailbox` (2,000 steps: 294–324 mark-compacts against 2–4 in the
- * other runs, and about 10% more time; never through the mailboxes, nor in a
- * worker). Without it, 12 of 12 runs took 3–5 (docs/performance.md, session
- * 39). A major GC is then one pause of 5–15 ms on the coordinator's 23 MB
- * heap, taken when the heap reaches its limit.
- */
-function fewerMajorCollections(): void {
-  v8.setFlagsFromString('--no-incremental-marking');
-}
-
 export class Coordinator {
   readonly metrics = new CoordinatorMetrics();
   private readonly model: GanModel;
