@@ -212,6 +212,18 @@ test('a fresh run refuses an --out that holds checkpoints of another run, or one
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test("an --out that is a run's checkpoints directory (as generate and eval take it) is refused, with or without --resume, instead of training from step 0 inside it", () => {
+  const out = outWithCheckpoint('checkpoints-as-out');
+  const checkpoints = path.join(out, 'checkpoints');
+  for (const resume of [['--resume'], []]) {
+    const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', checkpoints, ...resume, '--steps', '2000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 1, `${resume.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /--out .*checkpoints holds checkpoints itself \(newest ckpt-000001000\.bin\): it is a run's checkpoints directory, not a run directory; name the run directory \(--out .*checkpoints-as-out.*\) or another --out \[OUT_HAS_CHECKPOINTS\]/);
+  }
+  assert.deepEqual(fs.readdirSync(checkpoints), ['ckpt-000001000.bin'], 'no run was nested among the checkpoints');
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test('--resume on a finished run trains nothing, exits 0 and leaves its summary and generator as they were (a restarted pod does this)', () => {
   const out = outWithCheckpoint('finished-out');
   const summary = path.join(out, 'summary.json');

@@ -20,6 +20,12 @@ export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
  */
 export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>, log: Logger): void {
   const { checkpoints, generator, samples } = runLayout(config.out);
+  // A run's checkpoints/ directory named as --out (generate and eval take it as --checkpoint): --resume found nothing
+  // under its checkpoints/ and trained from step 0, and any run nested its outputs among that run's checkpoints.
+  const own = listCheckpoints(config.out);
+  if (own.length > 0) {
+    throw new GanfleetError('OUT_HAS_CHECKPOINTS', `--out ${config.out} holds checkpoints itself (newest ${own[0]}): it is a run's checkpoints directory, not a run directory; name the run directory (--out ${path.dirname(path.resolve(config.out))}) or another --out`);
+  }
   const earlier = config.resume ? [] : listCheckpoints(checkpoints);
   if (earlier.length > 0) {
     // A fresh run here would prune that run's checkpoints as its own, and a later --resume would mix the two.
