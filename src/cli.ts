@@ -59,6 +59,9 @@ function refuse(problem: string | null): void {
   if (problem) throw new Error(problem);
 }
 
+/** Images per --eval-every evaluation when --eval-samples is not given. */
+const DEFAULT_EVAL_SAMPLES = 10000;
+
 function checkRequireGpu(a: { 'require-gpu': boolean; backend: BackendChoice }): void {
   refuse(a['require-gpu'] ? requireGpuProblem(a.backend) : null);
 }
@@ -87,7 +90,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps and at the end, from fixed noise (0 = only at the end)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps (>= 1)', group: 'Outputs:' })
     .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
-    .option('eval-samples', { type: 'number', default: 10000, describe: `Images per --eval-every evaluation (2 to ${GENERATE_MAX_COUNT})`, group: 'Outputs:' })
+    .option('eval-samples', { type: 'number', defaultDescription: String(DEFAULT_EVAL_SAMPLES), describe: `Images per --eval-every evaluation (2 to ${GENERATE_MAX_COUNT})`, group: 'Outputs:' })
     .option('checkpoint-every', { type: 'number', default: 500, describe: 'Checkpoint every N steps (0 = only at the end and on SIGINT/SIGTERM)', group: 'Outputs:' })
     .option('keep-checkpoints', { type: 'number', default: 3, describe: 'Keep the newest K checkpoints (>= 1)', group: 'Outputs:' })
     .option('resume', { type: 'boolean', default: false, describe: 'Continue from the newest valid checkpoint in --out/checkpoints (step 0 if there are none; refused if none of them loads)', group: 'Outputs:' })
@@ -98,7 +101,7 @@ function trainingOptions<T>(y: Argv<T>) {
       integerInRange('batch-size', a['batch-size'], 1, maxBatchSize(a.model), `--model ${a.model}`);
       for (const k of ['sample-every', 'checkpoint-every', 'eval-every'] as const) integerInRange(k, a[k], 0);
       integerInRange('seed', a.seed, 0, MAX_SEED);
-      integerInRange('eval-samples', a['eval-samples'], 2, GENERATE_MAX_COUNT);
+      if (a['eval-samples'] !== undefined) integerInRange('eval-samples', a['eval-samples'], 2, GENERATE_MAX_COUNT);
       if (a.lr !== undefined && !(a.lr > 0 && Number.isFinite(a.lr))) throw new Error(`--lr must be a positive number, got ${given('lr', a.lr)}`);
       for (const k of ['beta1', 'beta2'] as const) if (a[k] !== undefined && !((a[k] as number) >= 0 && (a[k] as number) < 1)) throw new Error(`--${k} must be in [0, 1), got ${given(k, a[k])}`);
       // Node's timers hold at most 2^31-1 ms (24.8 days); a longer one fires at once. Below a second, a worker's
@@ -127,6 +130,11 @@ function coordinatorConfig(
   a: TrainingArgs,
   network: Pick<CoordinatorConfig, 'host' | 'port' | 'startWorkers' | 'minWorkers' | 'maxWorkers' | 'token' | 'insecure' | 'tlsCert' | 'tlsKey' | 'lingerSeconds'>,
 ): CoordinatorConfig {
+  // Without --eval-every nothing is scored: --eval-samples alone (taken for "score this many") was ignored unsaid.
+  if (a['eval-samples'] !== undefined && a['eval-every'] === 0) {
+    const from = environmentSource('eval-samples');
+    console.error(`ganfleet: warning: --eval-samples ${a['eval-samples']}${from ? ` (from ${from})` : ''} scores nothing without --eval-every N: this run is not evaluated`);
+  }
   return {
     ...network,
     metricsPort: a['metrics-port'],
@@ -142,7 +150,7 @@ function coordinatorConfig(
     wireDtype: a['wire-dtype'],
     mailbox: a.mailbox,
     evalEvery: a['eval-every'],
-    evalSamples: a['eval-samples'],
+    evalSamples: a['eval-samples'] ?? DEFAULT_EVAL_SAMPLES,
     keepCheckpoints: a['keep-checkpoints'],
     resume: a.resume,
     roundTimeoutSeconds: a['round-timeout'],

@@ -705,6 +705,20 @@ test('local says when --gpus cannot be used and when --no-mailbox sends every fr
   fs.rmSync(path.dirname(out), { recursive: true, force: true });
 });
 
+test('--eval-samples without --eval-every says that nothing is scored, instead of being ignored unsaid', () => {
+  const out = path.join(tempDir('eval-samples-unused'), 'run');
+  const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--eval-samples', '100', '--metrics-port', '-1', '--out', out], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /ganfleet: warning: --eval-samples 100 scores nothing without --eval-every N: this run is not evaluated/);
+  assert.ok(!fs.existsSync(path.join(out, 'evaluations.json')));
+  // With --eval-every, or with neither flag, no warning.
+  const scored = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '1', '--eval-every', '1', '--eval-samples', '20', '--metrics-port', '-1', '--out', `${out}-scored`], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(scored.status, 0, scored.stderr);
+  assert.doesNotMatch(scored.stderr, /scores nothing/);
+  assert.match(scored.stdout + scored.stderr, /eval step 1: fid=.* \(20 samples,/);
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+});
+
 test('--require-gpu refuses a backend that never uses a GPU (usage)', () => {
   for (const args of [['worker', '--coordinator', 'ws://127.0.0.1:1', '--require-gpu', '--backend', 'wasm'], ['local', '--require-gpu', '--backend', 'cpu']]) {
     const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
