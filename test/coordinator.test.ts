@@ -1529,7 +1529,7 @@ describe('coordinator edge cases found by review', () => {
   test('a stop during a mid-run evaluation leaves it unfinished, so the stop\'s checkpoint does not wait for it', async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(100, true);
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'stop-mid-eval'), 5), dataDir, evalEvery: 1, evalSamples: 2000 }, (l) => lines.push(l));
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'stop-mid-eval'), 5), dataDir, evalEvery: 1, evalSamples: 2000, metricsPort: 0 }, (l) => lines.push(l));
     const run = coordinator.run();
     const { peer } = await joinedPeer(coordinator);
     await weightsOrDrop(peer);
@@ -1544,6 +1544,11 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(at(/^checkpoint \S+ckpt-000000001\.bin$/) > at(/^eval step 1: left unfinished/), lines.join('\n'));
     assert.equal(at(/fid=/), -1, lines.join('\n'));
     assert.deepEqual(summary.evaluations, []);
+    // The unfinished evaluation's time is counted on /metrics as in summary.json: training waited for it all the same.
+    const metrics = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/metrics`)).text();
+    const evalSeconds = Number(/^ganfleet_eval_seconds_total (\S+)$/m.exec(metrics)?.[1]);
+    assert.ok(summary.evaluationSeconds > 0, JSON.stringify(summary));
+    assert.ok(Math.abs(evalSeconds - summary.evaluationSeconds) < 1e-6, `${evalSeconds} against ${summary.evaluationSeconds}`);
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });

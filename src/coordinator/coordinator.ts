@@ -736,10 +736,10 @@ export class Coordinator {
       .finally(() => (this.evaluating = false));
     const seconds = (performance.now() - t) / 1000;
     this.clock.addEvaluation(seconds);
+    this.metrics.evalSeconds.inc(seconds);
     if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
     this.outputs.addEvaluation({ step: this.step, ...quality });
     this.showEvaluation(quality);
-    this.metrics.evalSeconds.inc(seconds);
     this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
   }
 
