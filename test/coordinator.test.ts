@@ -737,6 +737,28 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
   });
 
+  test('the --linger lines name ten of the workers that left without hearing the end, and count the rest', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'many-untold'), 1), dataDir, lingerSeconds: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    // Twelve worker processes (pods replaced over a long run, say) whose links broke: each is waited for at the end.
+    for (let pid = 201; pid <= 212; pid++) {
+      const { peer, workerId } = await joinedPeer(coordinator, true, pid);
+      peer.ws.terminate();
+      await logged(lines, new RegExp(`^${workerId} left `));
+    }
+    const trainer = await joinedPeer(coordinator, true, 102);
+    for (const phase of ['discriminator', 'generator'] as const) {
+      const w = await weightsOrDrop(trainer.peer);
+      trainer.peer.gradients(w.step, phase, zeros(phase));
+    }
+    assert.equal((await run).steps, 1, lines.join('\n'));
+    await coordinator.close();
+    const named = Array.from({ length: 10 }, (_, i) => `w${i + 1} "scripted"`).join(', ');
+    assert.ok(lines.includes(`waiting up to 1 s (--linger; a signal ends this) to tell workers that reconnect that the run is over: 12 workers left without hearing it (${named} and 2 more)`), lines.join('\n'));
+    assert.ok(lines.includes(`not back within --linger 1 s: ${named} and 2 more (gone, or still trying: a worker retries until its --give-up-after)`), lines.join('\n'));
+  });
+
   test('a signal while a finished run waits for its late workers ends the wait; --linger 0 does not wait', async () => {
     const { coordinator, lines } = await finishedWithADroppedWorker('signalled', 60);
     const closing = coordinator.close();

@@ -9,7 +9,7 @@ import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { EncodedFrame, encodeFrame } from '../protocol/codec';
 import { Gradients, Phase, Weights, message, stepOfRound } from '../protocol/messages';
 import { Logger, createLogger, peerString } from '../util/log';
-import { plural, urlHost } from '../util/text';
+import { plural, someOf, urlHost } from '../util/text';
 import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
 import { Adam, AdamState } from './adam';
@@ -856,13 +856,13 @@ export class Coordinator {
     // A checkpoint of format 1 holds no shards, so no count of its workers.
     const checkpoint = this.checkpointWorkers > 0 ? `a checkpoint that ${plural(this.checkpointWorkers, 'worker')} trained` : 'a checkpoint without a count of its workers';
     const who = [
-      ...(untold.length > 0 ? [`${plural(untold.length, 'worker')} left without hearing it (${untold.join(', ')})`] : []),
+      ...(untold.length > 0 ? [`${plural(untold.length, 'worker')} left without hearing it (${someOf(untold)})`] : []),
       ...(anyone ? [`the run resumed from ${checkpoint}, and ${this.workers.processesJoined()} came back`] : []),
     ];
     this.log(`waiting up to ${seconds} s (--linger; a signal ends this) to tell workers that reconnect that the run is over: ${who.join('; ')}`);
     const left = await this.workers.tellLateWorkers(seconds * 1000, anyone, this.lateWorkersWait.signal);
     if (this.lateWorkersWait.signal.aborted) this.log(`stopped waiting for late workers: ${String(this.lateWorkersWait.signal.reason)}`);
-    else if (left.length > 0) this.log(`not back within --linger ${seconds} s: ${left.join(', ')} (gone, or still trying: a worker retries until its --give-up-after)`);
+    else if (left.length > 0) this.log(`not back within --linger ${seconds} s: ${someOf(left)} (gone, or still trying: a worker retries until its --give-up-after)`);
     else if (!anyone) this.log('every worker that left has been told the run is over');
   }
 

@@ -22,3 +22,12 @@ export function withoutCredentials(url: string): string {
   u.password = '';
   return u.href;
 }
+
+/**
+ * The first `max` of `items`, and a count of the rest: names of peers in one
+ * log line, which a run with much churn (or a token holder rejoining under
+ * fresh pids) would otherwise make megabytes long.
+ */
+export function someOf(items: readonly string[], max = 10): string {
+  return items.length <= max ? items.join(', ') : `${items.slice(0, max).join(', ')} and ${items.length - max} more`;
+}
