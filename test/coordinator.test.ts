@@ -975,6 +975,8 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
     const log = lines.join('\n');
     assert.equal(summary.steps, 1, log);
+    // Stopping with no worker left, the round is not asked again, and the log does not say it is.
+    assert.doesNotMatch(log, /asking again/);
     assert.match(log, /step 2 could not finish; its discriminator update was rolled back, and the run stays at step 1/);
     const found = loadLatestCheckpoint(path.join(dir, 'checkpoints'), () => {}, false);
     assert.ok(found, log);

@@ -502,6 +502,8 @@ export class Coordinator {
       if (result) return result;
       // No worker's answer can be accepted from these weights: asking again would loop for ever.
       if (this.diverged) return null;
+      // Stopping, with no worker left to ask: the step is rolled back, not asked again (saying so would mislead).
+      if (this.stop && this.workers.openCount() < this.fewestWorkers) return null;
       this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
       // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
       // step's end. A stop still lets the step finish with whoever is there.
