@@ -301,7 +301,7 @@ test('a worker whose hello comes while the coordinator closes (connected just be
   assert.equal(await late.closed, 1000);
   joined.ws.close();
   await closing;
-  assert.ok(lines.some((l) => /told \S+ \("scripted" pid \d+, backend "none"\) to stop: the coordinator is closing/.test(l)), lines.join('\n'));
+  assert.ok(lines.some((l) => /told \S+ \("scripted" pid \d+, backend "none"\) to stop: SIGTERM received$/.test(l)), lines.join('\n'));
   assert.ok(!lines.some((l) => /w2 joined/.test(l)), lines.join('\n'));
   fs.rmSync(out, { recursive: true, force: true });
 });
@@ -735,6 +735,8 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(stop.type === 'stop' && stop.reason === 'finished 2 steps' && !stop.resumable, JSON.stringify(stop));
     await closing;
     assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+    // The log says what the worker was told (that the run is over), not that the coordinator is closing.
+    assert.ok(lines.some((l) => /^told \S+ \("scripted" pid 101, backend "none"\) to stop: finished 2 steps$/.test(l)), lines.join('\n'));
   });
 
   test('the --linger lines name ten of the workers that left without hearing the end, and count the rest', async () => {

@@ -61,8 +61,12 @@ export class WorkerGroup {
   private heartbeat: NodeJS.Timeout | null = null;
   /** --max-workers, or fewer where the training set has fewer images (fitToImages). */
   private capacity: number;
-  /** The stop every peer was sent (dismiss): a hello after it gets the same, not a welcome to a run that is over. */
-  private dismissal: Buffer | null = null;
+  /**
+   * The stop every peer was sent (dismiss), and its reason ("finished N
+   * steps", or what stopped the run): a hello after it gets the same, not a
+   * welcome to a run that is over.
+   */
+  private dismissal: { frame: Buffer; reason: string } | null = null;
   /**
    * Worker processes (WorkerPeer.origin) that left this run without hearing
    * that it is over, and will reconnect to ask: dropped, cut off, or whose
@@ -128,8 +132,8 @@ export class WorkerGroup {
     const origin = originOf(hello);
     if (this.dismissal) {
       // Connected before the listener stopped accepting, or to a finished run waiting for its late workers.
-      log(`told ${address} (${label}) to stop: the coordinator is closing`);
-      socket.send(this.dismissal);
+      log(`told ${address} (${label}) to stop: ${this.dismissal.reason}`);
+      socket.send(this.dismissal.frame);
       socket.close(1000, 'stopping');
       this.untold.delete(origin);
       this.toldOne?.();
@@ -326,7 +330,7 @@ export class WorkerGroup {
   /** Sends every peer `stop`, and waits up to DISMISS_WAIT_MS for their sockets to close. */
   async dismiss(reason: string, resumable: boolean): Promise<void> {
     const stop = encode(message<Stop>({ type: 'stop', reason, ...(resumable ? { resumable } : {}) }));
-    this.dismissal = stop;
+    this.dismissal = { frame: stop, reason };
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
     const closed = peers.filter((p) => p.socket.readyState !== WebSocket.CLOSED).map((p) => emitted(p.socket, 'close'));
