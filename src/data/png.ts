@@ -5,7 +5,7 @@ const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0
 // PNG colour types by channel count: 0 grayscale, 2 RGB, 6 RGBA.
 const COLOR_TYPE = { 1: 0, 3: 2, 4: 6 } as const;
 
-// zlib.crc32 exists only from Node 20.15 / 22.2; engines allows any Node 20.
+// zlib.crc32 exists only from Node 20.15 / 22.2; engines allows Node 20.14.
 const nativeCrc32 = (zlib as { crc32?: (data: Uint8Array) => number }).crc32;
 let crcTable: Uint32Array | undefined;
 

@@ -2,8 +2,9 @@
  * Seeded PRNG (xoshiro128**) whose whole state is four uint32s, so a
  * checkpoint can store the coordinator's, and a resumed run hands out the
  * worker seeds the run would have handed out next.
- * All randomness in ganfleet (init, noise, batch indices, shard permutation)
- * comes from here, never from Math.random, so runs are reproducible.
+ * All of training's randomness (init, noise, batch indices, shard permutation)
+ * comes from here, never from Math.random, so runs are reproducible. (Only a
+ * worker's reconnect jitter, which trains nothing, uses Math.random.)
  */
 export type RngState = [number, number, number, number];
 
