@@ -621,6 +621,27 @@ test('a worker started before its coordinator says it could not connect, not tha
   }
 });
 
+test('a worker a full coordinator turns away says it was refused, once a try, not that a connection was lost', async () => {
+  // A coordinator at --max-workers: COORDINATOR_FULL to every hello, then its close.
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'COORDINATOR_FULL', message: 'the coordinator already has --max-workers 1 workers' })));
+    ws.close(1000);
+  });
+  const worker = startWorker(coordinator.url, 'turned-away', ['--give-up-after', '2']);
+  try {
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.ok(coordinator.connections() >= 2, worker.log);
+    assert.match(worker.log, /refused by the coordinator \(COORDINATOR_FULL: the coordinator already has --max-workers 1 workers\); reconnecting in/);
+    assert.doesNotMatch(worker.log, /connection lost/);
+    // One line a try says why: the reason is not repeated by a line of its own.
+    const tries = worker.log.match(/reconnecting in/g)!.length;
+    assert.equal(worker.log.match(/already has --max-workers 1 workers/g)!.length, tries + 1, worker.log); // and the giving-up line
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
 test("a worker pointed at an HTTP server that is no coordinator (its metrics port, say) is told where workers join", async () => {
   const http = await import('node:http');
   const metrics = http.createServer((_req, res) => res.end('ok\n'));

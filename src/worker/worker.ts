@@ -90,7 +90,7 @@ type Outcome =
   | { kind: 'stopped'; reason: string } // the coordinator said stop: done
   | { kind: 'left' } // this process was asked to leave (SIGTERM/SIGINT)
   | { kind: 'fatal'; reason: string } // reconnecting cannot help (bad token, other model)
-  | { kind: 'lost'; reason: string; connected: boolean; welcomed: boolean; trained: boolean }; // network or coordinator failure: retry
+  | { kind: 'lost'; reason: string; connected: boolean; welcomed: boolean; trained: boolean; refused?: boolean }; // network or coordinator failure, or a refusal that may pass (a full coordinator): retry
 
 /**
  * A request to leave (SIGTERM/SIGINT), and what it interrupts: the
@@ -191,7 +191,8 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
           }
           const delay = reconnectDelayMs(attempt++, giveUpMs - silentMs);
           // A worker started before its coordinator (compose, Kubernetes) never had a connection to lose.
-          const what = outcome.connected ? 'connection lost' : `could not connect to ${withoutCredentials(opts.coordinator)}`;
+          // Nor did one the coordinator turned away (full): it had no place to lose.
+          const what = outcome.refused ? 'refused by the coordinator' : outcome.connected ? 'connection lost' : `could not connect to ${withoutCredentials(opts.coordinator)}`;
           log(`${what} (${outcome.reason}); reconnecting in ${(delay / 1000).toFixed(1)} s`);
           await leave.sleep(delay);
           if (leave.requested) return 0;
@@ -242,7 +243,7 @@ function connectOnce(
     const end = (o: Outcome) => (outcome ??= o);
     /** The WebSocket opened: there was a connection to lose. */
     let connected = false;
-    const lost = (reason: string): Outcome => ({ kind: 'lost', reason, connected, welcomed: workerId !== null, trained });
+    const lost = (reason: string): Extract<Outcome, { kind: 'lost' }> => ({ kind: 'lost', reason, connected, welcomed: workerId !== null, trained });
 
     // A coordinator that does not answer a close (frozen, partitioned) is not waited for: ws would wait 30 s.
     const closeWithin = (code: number, reason?: string) => {
@@ -335,14 +336,15 @@ function connectOnce(
         return;
       }
       end(ended);
-      log(said);
+      // A refusal is said by the retry's line, once a try rather than twice.
+      if (!(ended.kind === 'lost' && ended.refused)) log(said);
       // Not left to the coordinator's close: one that froze after its refusal would hold this worker for ever.
       closeWithin(1000);
     };
 
     /** What a coordinator's error ends, or null where it ends nothing. */
     const endedByError = (code: string, text: string): Outcome | null => {
-      if (code === 'COORDINATOR_FULL') return lost(text);
+      if (code === 'COORDINATOR_FULL') return { ...lost(`COORDINATOR_FULL: ${text}`), refused: true };
       if (code === 'COORDINATOR_DROPPED') return lost(`the coordinator dropped this worker: ${text}`);
       // Another build of ganfleet: reconnecting cannot help.
       if (code === 'PROTOCOL_BAD_VERSION') return { kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` };
