@@ -702,3 +702,15 @@ test('a stop with steps left ends a worker, unless it runs with --rejoin-after-s
     }
   }
 });
+
+test('a signal while the worker loads its backend (seconds for a GPU) leaves at once with 0, instead of taking the default action (a silent 143)', async () => {
+  const { runWorker } = await import('../src/worker/worker');
+  const lines: string[] = [];
+  // A port nothing listens on: a worker that did not hear the signal would retry it for ever.
+  const run = runWorker({ coordinator: 'ws://127.0.0.1:9', backend: 'wasm', giveUpAfter: 0, mailbox: false, progressEverySeconds: 0 }, (l) => lines.push(l));
+  // While selectBackend loads: as a real SIGTERM would reach the handlers (once: the second exits this process).
+  process.emit('SIGTERM', 'SIGTERM');
+  assert.equal(await Promise.race([run, sleep(20_000).then(() => 'still running' as const)]), 0, lines.join('\n'));
+  assert.match(lines[0], /^SIGTERM: leaving/, lines.join('\n'));
+  assert.ok(!lines.some((l) => /could not connect|connected to/.test(l)), lines.join('\n'));
+});

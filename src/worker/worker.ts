@@ -142,6 +142,14 @@ function reconnectDelayMs(attempt: number, leftMs: number): number {
  * SIGINT/SIGTERM handlers stay on: the process ends next.
  */
 export async function runWorker(opts: WorkerOptions, log: Logger = createLogger('worker')): Promise<number> {
+  const leave = new LeaveRequest();
+  // A second signal exits at once (130), as the coordinator and local do. The handlers stay on until the process
+  // ends (the CLI's exitWhenWritten): removed, a signal in its last milliseconds took the default action (143).
+  // On before the backend loads (seconds for a GPU's): a signal then took the default action too, a silent 143.
+  onStopSignals((signal) => {
+    log(`${signal}: leaving (again to exit at once)`);
+    leave.request();
+  });
   const backend = await selectBackend(opts.backend, opts.requireGpu);
   log(`backend ${backendLabel(backend)} (${backend.notes.join('; ')})`);
   const name = opts.name ?? `${os.hostname()}:${process.pid}`;
@@ -149,14 +157,11 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   const metrics = new WorkerMetrics();
   const metricsServer = opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
   if (metricsServer) log(`metrics on http://${urlHost(opts.metricsHost ?? '127.0.0.1')}:${boundPort(metricsServer)}/metrics`);
-
-  const leave = new LeaveRequest();
-  // A second signal exits at once (130), as the coordinator and local do. The handlers stay on until the process
-  // ends (the CLI's exitWhenWritten): removed, a signal in its last milliseconds took the default action (143).
-  onStopSignals((signal) => {
-    log(`${signal}: leaving (again to exit at once)`);
-    leave.request();
-  });
+  // Asked to leave while starting: there is nothing to leave yet.
+  if (leave.requested) {
+    metricsServer?.close();
+    return 0;
+  }
 
   try {
     let attempt = 0;
