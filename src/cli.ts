@@ -204,7 +204,7 @@ function workerOptions<T>(y: Argv<T>) {
     .option('metrics-host', { type: 'string', default: '127.0.0.1', describe: 'Address for --metrics-port (0.0.0.0 in containers, so Prometheus can scrape it)' })
     .option('mailbox', { type: 'boolean', default: true, describe: "Take up the coordinator's shared-memory mailbox when both run on this machine (--no-mailbox: the WebSocket alone)" })
     .option('require-gpu', requireGpuOption)
-    .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round; or that no round came, as while the coordinator waits for more workers); 0 = none, up to ' + MAX_TIMER_SECONDS })
+    .option('progress-every', { type: 'number', default: 60, describe: 'Seconds between progress lines (the step, rounds answered, compute per round; or that no round came, as while the coordinator waits for more workers); 0 = none, else 1 to ' + MAX_TIMER_SECONDS })
     .option('rejoin-after-stop', {
       type: 'boolean',
       default: false,
@@ -219,8 +219,10 @@ function workerOptions<T>(y: Argv<T>) {
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
       refuse(tokenProblem(a.token));
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
-      // Its line is a timer: a longer one would fire every millisecond.
-      if (!(a['progress-every'] >= 0 && a['progress-every'] <= MAX_TIMER_SECONDS)) throw new Error(`--progress-every must be a number of seconds from 0 to ${MAX_TIMER_SECONDS}, got ${given('progress-every', a['progress-every'])}`);
+      // Its line is a timer: a longer one would fire every millisecond, and so would one of a millisecond (0.001 logged
+      // 2,220 lines in 3 s from an idle worker), as the coordinator's --heartbeat, 1 s at least.
+      const every = a['progress-every'];
+      if (!(every === 0 || (every >= 1 && every <= MAX_TIMER_SECONDS))) throw new Error(`--progress-every must be 0 (none) or a number of seconds from 1 to ${MAX_TIMER_SECONDS}, got ${given('progress-every', every)}`);
       if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
       requirePath('ca', a.ca, 'file');
       refuse(a.ca ? caProblem(a.ca) : null);
