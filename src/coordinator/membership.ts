@@ -2,7 +2,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { ShardSlot, gatherImages, planShards } from '../data/shards';
 import { RejectReason, encode, encodeFrame } from '../protocol/codec';
-import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
+import { Inbox, Outbox, mailboxMedium, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
@@ -404,7 +404,7 @@ export class WorkerGroup {
       this.hooks.log(`${peer.id}: its mailbox cannot be used here (${(e as Error).message})`);
       return ['bad_field', 'the mailbox named cannot be used by the coordinator (its log says why); frames go over the WebSocket'];
     }
-    this.hooks.log(`${peer.id} exchanges frames through shared memory`);
+    this.hooks.log(`${peer.id} exchanges frames through ${mailboxMedium()}`);
     this.countMailboxes();
     return null;
   }

@@ -228,6 +228,12 @@ function mailboxBase(): string {
   }
 }
 
+/** What the log calls the mailboxes' medium: shared memory, or files where /dev/shm cannot be written (the page cache of a disk). */
+export function mailboxMedium(): string {
+  const base = mailboxBase();
+  return base === '/dev/shm' ? 'shared memory' : `files in ${base}`;
+}
+
 /** Throws unless `file` is a file directly in a real directory that makeMailboxDir(`from`) would make. */
 function checkPeerPath(file: string, from: MailboxRole): void {
   const dir = path.dirname(file);

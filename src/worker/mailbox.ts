@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { EncodedFrame } from '../protocol/codec';
-import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
+import { Inbox, Outbox, mailboxMedium, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { Welcome } from '../protocol/messages';
 import { Logger } from '../util/log';
 
@@ -34,7 +34,7 @@ export class WorkerMailbox {
     try {
       dir = makeMailboxDir('worker');
       const outbox = Outbox.create(path.join(dir, 'to-coordinator'), welcome.nonce!);
-      log(`frames travel through shared memory (${dir})`);
+      log(`frames travel through ${mailboxMedium()} (${dir})`);
       return new WorkerMailbox(inbox, outbox, dir, log);
     } catch (e) {
       inbox.close();
