@@ -218,9 +218,27 @@ test("an --out that is a run's checkpoints directory (as generate and eval take 
   for (const resume of [['--resume'], []]) {
     const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', checkpoints, ...resume, '--steps', '2000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
     assert.equal(r.status, 1, `${resume.join(' ')}: ${r.stdout}${r.stderr}`);
-    assert.match(r.stderr, /--out .*checkpoints holds checkpoints itself \(newest ckpt-000001000\.bin\): it is a run's checkpoints directory, not a run directory; name the run directory \(--out .*checkpoints-as-out.*\) or another --out \[OUT_HAS_CHECKPOINTS\]/);
+    assert.match(r.stderr, /--out .*checkpoints holds checkpoints itself \(newest ckpt-000001000\.bin\), where a run keeps them in its checkpoints\/: name the run directory \(--out \S*checkpoints-as-out[^)/]*\), or choose another --out \[OUT_HAS_CHECKPOINTS\]/);
   }
   assert.deepEqual(fs.readdirSync(checkpoints), ['ckpt-000001000.bin'], 'no run was nested among the checkpoints');
+  // Checkpoints copied into a directory of another name: its parent is no run to resume, and is not offered as one.
+  const copied = path.join(out, 'copied');
+  fs.renameSync(checkpoints, copied);
+  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', copied, '--resume', '--steps', '2000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 1, `${r.stdout}${r.stderr}`);
+  assert.match(r.stderr, /holds checkpoints itself .*: to resume from them, move them into a checkpoints\/ directory under --out, or choose another --out \[OUT_HAS_CHECKPOINTS\]/);
+  assert.doesNotMatch(r.stderr, /name the run directory/);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test("an --out that is a run's checkpoints directory holding only checkpoints set aside as invalid is refused too", () => {
+  const out = outWithCheckpoint('set-aside-checkpoints-as-out');
+  const checkpoints = path.join(out, 'checkpoints');
+  fs.renameSync(path.join(checkpoints, 'ckpt-000001000.bin'), path.join(checkpoints, 'ckpt-000001000.bin.invalid'));
+  const r = spawnSync(process.execPath, [CLI, 'coordinator', '--out', checkpoints, '--resume', '--steps', '2000', '--port', '0', '--metrics-port', '-1'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(r.status, 1, `${r.stdout}${r.stderr}`);
+  assert.match(r.stderr, /holds checkpoints itself \(newest ckpt-000001000\.bin\.invalid\).*\[OUT_HAS_CHECKPOINTS\]/);
+  assert.deepEqual(fs.readdirSync(checkpoints), ['ckpt-000001000.bin.invalid'], 'no run was nested among the checkpoints');
   fs.rmSync(out, { recursive: true, force: true });
 });
 

@@ -22,9 +22,13 @@ export function prepareOutputs(config: Pick<CoordinatorConfig, 'out' | 'resume'>
   const { checkpoints, generator, samples } = runLayout(config.out);
   // A run's checkpoints/ directory named as --out (generate and eval take it as --checkpoint): --resume found nothing
   // under its checkpoints/ and trained from step 0, and any run nested its outputs among that run's checkpoints.
-  const own = listCheckpoints(config.out);
+  // Set-aside ones count: where a --resume found none that loads, they are all such a directory holds.
+  const own = [...listCheckpoints(config.out), ...invalidCheckpoints(config.out)];
   if (own.length > 0) {
-    throw new GanfleetError('OUT_HAS_CHECKPOINTS', `--out ${config.out} holds checkpoints itself (newest ${own[0]}): it is a run's checkpoints directory, not a run directory; name the run directory (--out ${path.dirname(path.resolve(config.out))}) or another --out`);
+    // Its parent is a run directory only where this is that run's checkpoints/: any other parent has none to resume.
+    const dir = path.resolve(config.out);
+    const fix = path.basename(dir) === path.basename(checkpoints) ? `name the run directory (--out ${path.dirname(dir)})` : 'to resume from them, move them into a checkpoints/ directory under --out';
+    throw new GanfleetError('OUT_HAS_CHECKPOINTS', `--out ${config.out} holds checkpoints itself (newest ${own[0]}), where a run keeps them in its checkpoints/: ${fix}, or choose another --out`);
   }
   const earlier = config.resume ? [] : listCheckpoints(checkpoints);
   if (earlier.length > 0) {
@@ -202,9 +206,9 @@ export function evaluationsUpTo(out: string, step: number, log: Logger): { kept:
   return { kept: recorded.filter((e) => e.step <= step), after: recorded.filter((e) => e.step > step).map((e) => e.step) };
 }
 
-/** Checkpoints a resume set aside (renamed ….invalid) because they did not load. */
+/** Checkpoints a resume set aside (renamed ….invalid) because they did not load; not a run's other set-aside files. */
 function invalidCheckpoints(dir: string): string[] {
   return namesIn(dir)
-    .filter((f) => f.endsWith('.invalid'))
+    .filter((f) => f.endsWith('.invalid') && CHECKPOINT_FILE.test(f.slice(0, -'.invalid'.length)))
     .sort();
 }
