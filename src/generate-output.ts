@@ -15,6 +15,24 @@ export const GENERATE_MAX_COUNT = 200_000;
 /** The longest name of a directory entry, in bytes, on ext4, xfs, btrfs and tmpfs. */
 const NAME_MAX = 255;
 
+/** The most links followed to the file, as Linux's open() follows (its ELOOP limit). */
+const MAX_LINK_HOPS = 40;
+
+/**
+ * The file that --out names: a link's target (through a chain of links), so
+ * that the samples are written where the link points and the link is kept, as
+ * a shell's `>` or numpy.save writes, not replaced by the rename. A loop, or a
+ * chain too long to follow, is the path itself, and generateProblem refuses it.
+ */
+export function outputFile(out: string): string {
+  let at = path.resolve(out);
+  for (let hops = 0; isLink(at); hops++) {
+    if (hops === MAX_LINK_HOPS) return path.resolve(out);
+    at = path.resolve(path.dirname(at), fs.readlinkSync(at));
+  }
+  return at;
+}
+
 /** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
 export function generateProblem(out: string, count: number, countText = String(count)): string | null {
   const ext = path.extname(out).toLowerCase();
@@ -24,39 +42,45 @@ export function generateProblem(out: string, count: number, countText = String(c
     return bare ? `--out ${out} names no file, only an extension: write e.g. samples${path.basename(out)}` : `--out must end in ${GENERATE_FORMATS.join(', ')}, got ${out}`;
   }
   if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${countText}; draw more with further calls and other --seed values`;
+  const file = outputFile(out);
+  if (isLink(file)) return `--out ${out} cannot be written: it is a loop of links, or a chain longer than ${MAX_LINK_HOPS}`;
   // The file is written as `<name>.tmp-<pid>` and renamed: that name, too, must fit a directory entry (255 bytes on
   // Linux's file systems), or the write fails with ENAMETOOLONG after every sample was drawn.
-  const name = Buffer.byteLength(path.basename(out));
+  const name = Buffer.byteLength(path.basename(file));
   const suffix = `.tmp-${process.pid}`.length;
   if (name + suffix > NAME_MAX) return `--out ${out} cannot be written: its name is ${name} bytes, and with the temporary file's suffix (${suffix}) it must fit a directory entry's ${NAME_MAX}`;
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
-  let at = path.resolve(out);
+  let at = file;
   if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;
   while (!fs.existsSync(at)) {
     // A link to nothing is no more there than a missing path, but mkdir cannot make a directory under it.
-    if (at !== path.resolve(out) && isLink(at)) return `--out ${out} cannot be written: ${at} is a link to ${fs.readlinkSync(at)}, which does not exist`;
+    if (at !== file && isLink(at)) return `--out ${out} cannot be written: ${at} is a link to ${fs.readlinkSync(at)}, which does not exist`;
     at = path.dirname(at);
   }
-  if (at !== path.resolve(out) && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
+  if (at !== file && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
   // The file is written beside --out and renamed over it: its directory, or the nearest one there is, must take files.
   try {
-    fs.accessSync(at === path.resolve(out) ? path.dirname(at) : at, fs.constants.W_OK | fs.constants.X_OK);
+    fs.accessSync(at === file ? path.dirname(at) : at, fs.constants.W_OK | fs.constants.X_OK);
   } catch (e) {
     return `--out ${out} cannot be written: ${(e as Error).message}`;
   }
   // In a sticky directory (/tmp), only the owner of a file or of the directory may rename over it: another user's
   // file there would be found only by the rename, after every sample was drawn.
-  if (at === path.resolve(out)) {
+  if (at === file) {
     const dir = fs.statSync(path.dirname(at));
-    const file = fs.lstatSync(at);
+    const existing = fs.lstatSync(at);
     const uid = process.geteuid?.();
-    if (uid !== undefined && uid !== 0 && dir.mode & 0o1000 && file.uid !== uid && dir.uid !== uid) {
-      return `--out ${out} cannot be written: it belongs to another user (uid ${file.uid}), in a sticky directory where only its owner may replace it`;
+    if (uid !== undefined && uid !== 0 && dir.mode & 0o1000 && existing.uid !== uid && dir.uid !== uid) {
+      return `--out ${out} cannot be written: it belongs to another user (uid ${existing.uid}), in a sticky directory where only its owner may replace it`;
     }
   }
   return null;
 }
 
 function isLink(p: string): boolean {
-  return fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
+  try {
+    return fs.lstatSync(p, { throwIfNoEntry: false })?.isSymbolicLink() ?? false;
+  } catch {
+    return false; // ENOTDIR under a file, EACCES: no link there to follow, and the checks below name the cause
+  }
 }

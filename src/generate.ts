@@ -5,7 +5,7 @@ import { readCheckpoint } from './coordinator/checkpoint';
 import { encodePng, imageGrid, tanhToByte } from './data/png';
 import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
-import { generateProblem } from './generate-output';
+import { generateProblem, outputFile } from './generate-output';
 import { createModel } from './model';
 import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
@@ -44,12 +44,13 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);
     bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
   }
-  const dir = path.dirname(path.resolve(opts.out));
+  const target = outputFile(opts.out);
+  const dir = path.dirname(target);
   makeDirectory(dir);
   // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
-  for (const torn of removeTornWrites(dir, path.basename(opts.out))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
+  for (const torn of removeTornWrites(dir, path.basename(target))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
   // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.
-  writeFileAtomic(opts.out, [bytes]);
-  log(`wrote ${opts.count} samples to ${opts.out}`);
+  writeFileAtomic(target, [bytes]);
+  log(`wrote ${opts.count} samples to ${opts.out}${target === path.resolve(opts.out) ? '' : ` (the link's target, ${target})`}`);
   return opts.out;
 }

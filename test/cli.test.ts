@@ -489,7 +489,8 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   assert.equal(slash.status, 2);
   assert.match(slash.stderr, /--out \S+new\.npy\/ is a directory; name the file to write/);
   assert.ok(!fs.existsSync(path.join(dir, 'new.npy')));
-  // A link to nothing on the way is found now, not by mkdir after the samples are drawn; a link to nothing as --out is replaced.
+  // A link to nothing on the way is found now, not by mkdir after the samples are drawn; a link to nothing as --out
+  // is written through (its directory made), as a link to a file is.
   fs.symlinkSync('/nonexistent/target', path.join(dir, 'dangling'));
   const underLink = cli(['--out', path.join(dir, 'dangling', 'x.png')]);
   assert.equal(underLink.status, 2);

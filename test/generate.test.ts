@@ -85,6 +85,25 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   assert.ok(!fs.existsSync(abandoned) && fs.existsSync(fresh));
   fs.rmSync(fresh);
 
+  // A link as --out is written through, as a shell's `>` writes: the samples go where it points, and the link stays.
+  fs.mkdirSync(path.join(dir, 'kept'));
+  const target = path.join(dir, 'kept', 'latest.npy');
+  fs.writeFileSync(target, 'old');
+  fs.symlinkSync('kept/latest.npy', path.join(dir, 'link.npy'));
+  fs.symlinkSync('link.npy', path.join(dir, 'chain.npy'));
+  const throughChain = run(path.join(dir, 'chain.npy'));
+  assert.equal(throughChain.status, 0, throughChain.stderr);
+  assert.match(throughChain.stdout + throughChain.stderr, /wrote 7 samples to \S+chain\.npy \(the link's target, \S+kept\/latest\.npy\)/);
+  assert.ok(fs.lstatSync(path.join(dir, 'chain.npy')).isSymbolicLink() && fs.lstatSync(path.join(dir, 'link.npy')).isSymbolicLink());
+  assertClose(decodeNpy(fs.readFileSync(target)).data, expected, 1e-5, 1e-5, 'through the links');
+  assert.deepEqual(fs.readdirSync(path.join(dir, 'kept')), ['latest.npy'], 'the temporary file was beside the target');
+  // A loop of links is refused before the samples are drawn (the rename would have replaced one of them).
+  fs.symlinkSync('loop-b.npy', path.join(dir, 'loop-a.npy'));
+  fs.symlinkSync('loop-a.npy', path.join(dir, 'loop-b.npy'));
+  const loop = run(path.join(dir, 'loop-a.npy'));
+  assert.equal(loop.status, 2);
+  assert.match(loop.stderr, /--out \S+loop-a\.npy cannot be written: it is a loop of links, or a chain longer than 40/);
+
   const bad = run(path.join(dir, 'samples.txt'));
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--out must end in \.npy, \.idx, \.png/);
