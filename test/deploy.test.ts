@@ -674,6 +674,7 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
     // A worker answers /healthz between rounds, as it answers pings: its liveness probe allows what --heartbeat does.
     const heartbeat = Number(coord.values.get('heartbeat') ?? 5);
     assertRoundFits(dir, Number(coord.values.get('round-timeout') ?? 30), heartbeat);
+    assertStopFits(`${dir}: Deployment ${coord.dep.metadata.name}`, coord.dep.spec.template.spec.terminationGracePeriodSeconds ?? 30, Number(coord.values.get('round-timeout') ?? 30));
     // A rollout starts no extra worker first: on a GPU pool sized to the replicas it would wait for a GPU, and hold up the rest.
     assert.equal(work.dep.spec.strategy?.rollingUpdate?.maxSurge, 0, `${dir}: the worker Deployment's rollout surges`);
     const probe = work.c.livenessProbe;
@@ -700,6 +701,24 @@ test('Kubernetes: args, GANFLEET_* variables, ports, Services, monitors, Secret 
 /** A round may last as long as --heartbeat lets a worker go silent (a GPU's first rounds): --round-timeout must let it too. */
 function assertRoundFits(where: string, roundTimeout: number, heartbeat: number): void {
   assert.ok(roundTimeout >= heartbeat, `${where}: --heartbeat ${heartbeat} allows a round that --round-timeout ${roundTimeout} drops`);
+}
+
+/**
+ * On SIGTERM the coordinator finishes the step in progress, whose two rounds may each wait --round-timeout
+ * (a GPU worker compiles the D round's kernels, then the G round's), and only then writes its checkpoint:
+ * the grace period before SIGKILL must hold both rounds and leave time for that write.
+ */
+function assertStopFits(where: string, graceSeconds: number, roundTimeout: number): void {
+  const needed = 2 * roundTimeout + 30;
+  assert.ok(graceSeconds >= needed, `${where}: a stop's grace of ${graceSeconds} s ends before two rounds of --round-timeout ${roundTimeout} s and the checkpoint (${needed} s)`);
+}
+
+/** A Compose duration ("120s", "2m", "1m30s") in seconds; Compose's default is 10 s. */
+function composeSeconds(d: string | undefined): number {
+  if (d === undefined) return 10;
+  const m = /^(?:(\d+)m)?(?:(\d+)s)?$/.exec(String(d));
+  assert.ok(m && (m[1] || m[2]), `a duration "${d}" this test does not read`);
+  return Number(m[1] ?? 0) * 60 + Number(m[2] ?? 0);
 }
 
 test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthchecks, mounts', () => {
@@ -765,6 +784,7 @@ test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthcheck
         assert.equal(values.get('resume'), 'true', `${where}: --resume`);
         const setting = (flag: string, fallback: number) => Number(env[`GANFLEET_${flag.toUpperCase().replace('-', '_')}`] ?? values.get(flag) ?? fallback);
         assertRoundFits(where, setting('round-timeout', 30), setting('heartbeat', 5));
+        assertStopFits(where, composeSeconds(svc.stop_grace_period), setting('round-timeout', 30));
       }
     }
     const coord = [...ganfleet.entries()].find(([, g]) => g.cmd === 'coordinator');
