@@ -32,7 +32,7 @@ function shardPlans(log: string): number[][] {
 
 /** The images each shard plan sent, over all workers. */
 function imagesSent(log: string): number[] {
-  return [...log.matchAll(/shard plan \d+: .*; (\d+) images sent/g)].map((m) => Number(m[1]));
+  return [...log.matchAll(/shard plan \d+: .*; (\d+) images? sent/g)].map((m) => Number(m[1]));
 }
 
 describe('worker failures', () => {

@@ -259,7 +259,7 @@ export class WorkerGroup {
       peer.send(frame, () => (peer.intakeEndsAt = performance.now() + (frame.length / MIN_INTAKE_BYTES_PER_SECOND) * 1000));
     });
     const restoredNote = restoredCount > 0 ? `; ${plural(restoredCount, 'slot')} from the checkpoint` : '';
-    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${sent} images sent${restoredNote}`);
+    this.hooks.log(`shard plan ${this.plan}: ${assignments.map((a) => `${a.workerId}=${a.indices.length}`).join(' ')}; ${plural(sent, 'image')} sent${restoredNote}`);
   }
 
   startHeartbeats(): void {

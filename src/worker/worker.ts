@@ -11,7 +11,7 @@ import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads } from '../util/events';
 import { createLogger, Logger } from '../util/log';
-import { truncate, urlHost, withoutCredentials } from '../util/text';
+import { plural, truncate, urlHost, withoutCredentials } from '../util/text';
 import { boundPort, serveHttp } from '../util/http';
 import { onStopSignals } from '../util/signals';
 import { ShardCompute } from './compute';
@@ -288,7 +288,7 @@ function connectOnce(
           if (!compute) return fail('WORKER_UNEXPECTED', 'shard before welcome');
           compute.setShard(msg);
           metrics.shardImages.set(msg.count);
-          log(`shard plan ${msg.plan}: ${msg.count} images (${msg.keep} kept, ${msg.count - msg.keep} received)`);
+          log(`shard plan ${msg.plan}: ${plural(msg.count, 'image')} (${msg.keep} kept, ${msg.count - msg.keep} received)`);
           return;
         case 'weights':
           return answer(msg, false);
