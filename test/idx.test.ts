@@ -122,6 +122,15 @@ describe('readIdx on damaged copies', () => {
     throwsCode(() => readIdx(p), 'IDX_UNSUPPORTED_DTYPE', p, '0x0d');
   });
 
+  test('a .gz too short for its IDX gives the sizes of what it unzips to, not of the file on disk', () => {
+    const empty = path.join(tmp, 'empty-content.gz');
+    fs.writeFileSync(empty, zlib.gzipSync(Buffer.alloc(0)));
+    throwsCode(() => readIdx(empty), 'IDX_TRUNCATED', empty, '0 bytes unzipped, shorter than the 4-byte magic');
+    const cut = path.join(tmp, 'cut-payload.gz');
+    fs.writeFileSync(cut, zlib.gzipSync(Buffer.from([0, 0, 8, 1, 0, 0, 0, 3, 7])));
+    throwsCode(() => readIdx(cut), 'IDX_TRUNCATED', cut, 'need 3 payload bytes, its content has 1');
+  });
+
   test('corrupt .gz → IDX_BAD_GZIP', () => {
     const p = path.join(tmp, 'garbage.gz');
     fs.writeFileSync(p, Buffer.from('not gzip at all'));

@@ -196,9 +196,14 @@ interface IdxHeader {
   size: number;
 }
 
+/** Whose size an error gives: a .gz's counts are of what it unzips to, not of the file on disk. */
+function holder(path: string): string {
+  return path.endsWith('.gz') ? 'its content has' : 'file has';
+}
+
 function parseHeader(buf: Buffer, path: string): IdxHeader {
   if (buf.length < 4) {
-    throw new GanfleetError('IDX_TRUNCATED', `${path}: ${buf.length} bytes, shorter than the 4-byte magic`);
+    throw new GanfleetError('IDX_TRUNCATED', `${path}: ${buf.length} bytes${path.endsWith('.gz') ? ' unzipped' : ''}, shorter than the 4-byte magic`);
   }
   const ndims = buf[3];
   if (buf[0] !== 0 || buf[1] !== 0 || ndims === 0) {
@@ -216,7 +221,7 @@ function parseHeader(buf: Buffer, path: string): IdxHeader {
   if (buf.length < length) {
     throw new GanfleetError(
       'IDX_TRUNCATED',
-      `${path}: header needs ${length} bytes for ${ndims} dims, file has ${buf.length}`,
+      `${path}: header needs ${length} bytes for ${ndims} dims, ${holder(path)} ${buf.length}`,
     );
   }
   const dims: number[] = [];
@@ -237,13 +242,13 @@ function checkPayload({ dims, size }: IdxHeader, payload: number, path: string):
   if (payload < size) {
     throw new GanfleetError(
       'IDX_TRUNCATED',
-      `${path}: dims [${dims.join(',')}] need ${size} payload bytes, file has ${payload}`,
+      `${path}: dims [${dims.join(',')}] need ${size} payload bytes, ${holder(path)} ${payload}`,
     );
   }
   if (payload > size) {
     throw new GanfleetError(
       'IDX_SIZE_MISMATCH',
-      `${path}: dims [${dims.join(',')}] need ${size} payload bytes, file has ${payload} (${payload - size} trailing)`,
+      `${path}: dims [${dims.join(',')}] need ${size} payload bytes, ${holder(path)} ${payload} (${payload - size} trailing)`,
     );
   }
 }
