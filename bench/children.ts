@@ -9,6 +9,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { removeMailboxDirsOf } from '../src/protocol/mailbox';
 
 /** Time for a run to start (loading MNIST, the workers joining) on a busy 2-core machine, several times what it takes. */
 const START_UP_BOUND_MS = 120_000;
@@ -47,7 +48,11 @@ function killGroup(child: ChildProcess): void {
 /** Not for --link: a ShapedLink removes its namespaces on the same signals, and must run before the exit. */
 export function stopChildrenOnSignals(): void {
   const onSignal = (signal: NodeJS.Signals) => {
-    for (const child of running) killGroup(child);
+    for (const child of running) {
+      killGroup(child);
+      // A SIGKILLed `local` leaves its coordinator's mailbox directory in /dev/shm (its workers remove theirs as they exit).
+      removeMailboxDirsOf(child.pid!);
+    }
     for (const dir of scratch) fs.rmSync(dir, { recursive: true, force: true });
     process.exit(128 + os.constants.signals[signal]);
   };

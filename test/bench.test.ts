@@ -335,3 +335,28 @@ test('bench: --memory, --scaling and --link are reports of their own: two of the
     assert.match(r.stderr, /each print a report of their own: give one of them/);
   }
 });
+
+test("bench stopped mid-run leaves no mailbox directory of its killed local behind", async () => {
+  if (!fs.existsSync('/dev/shm') || !fs.existsSync('/proc/self/stat')) return;
+  const shm = () => fs.readdirSync('/dev/shm');
+  const childrenOf = (pid: number) =>
+    fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {
+      try {
+        return Number(fs.readFileSync(`/proc/${d}/stat`, 'utf8').split(') ')[1].split(' ')[1]) === pid;
+      } catch {
+        return false;
+      }
+    });
+  const bench = spawn(process.execPath, [BENCH, '--memory', '--memory-steps', '4000'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  bench.stderr.on('data', (d) => (err += d));
+  // Stopped once its local trains: the coordinator's mailbox directory is in /dev/shm.
+  const mine = () => shm().filter((f) => childrenOf(bench.pid!).some((pid) => f.startsWith(`ganfleet-coordinator-${pid}-`)));
+  let dirs: string[] = [];
+  for (let i = 0; i < 600 && dirs.length === 0; i++, await sleep(100)) dirs = mine();
+  assert.ok(dirs.length > 0, `no mailbox directory of the bench's local: ${err}`);
+  bench.kill('SIGINT');
+  assert.equal(await new Promise<number | null>((resolve) => bench.on('exit', (c) => resolve(c))), 130, err);
+  // It used to stay until another ganfleet process made a mailbox directory and swept it.
+  assert.deepEqual(shm().filter((f) => dirs.includes(f)), [], 'mailbox directories left');
+});

@@ -274,6 +274,25 @@ export function removeMailboxDir(dir: string): void {
   liveDirs.delete(dir);
 }
 
+/**
+ * Removes the mailbox directories of `pid`, a child this process has just
+ * SIGKILLed (the bench's `local` on a signal): its exit handler never ran, and
+ * the sweep above spares it while it is an unreaped zombie, which it is until
+ * this process exits too.
+ */
+export function removeMailboxDirsOf(pid: number): void {
+  const base = mailboxBase();
+  let names: string[];
+  try {
+    names = fs.readdirSync(base);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    if (DIR_NAME.exec(name)?.[2] === String(pid)) fs.rmSync(path.join(base, name), { recursive: true, force: true });
+  }
+}
+
 function sweepDeadMailboxDirs(base: string): void {
   let names: string[];
   try {
