@@ -288,7 +288,11 @@ async function torchAnchor(steps: number, worlds: number[]): Promise<TorchResult
   const { python, anchor } = OPTS;
   if (!fs.existsSync(anchor)) return { reason: `anchor script not found at ${anchor}` };
   const probe = await startChild(python, ['-c', 'import torch'], 120_000).finished;
-  if (probe.status !== 0) return { reason: `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` };
+  if (probe.status !== 0) {
+    // One that never started (a mistyped --python: ENOENT) is not helped by installing torch.
+    const started = probe.status !== null || probe.signal !== null || probe.timedOut;
+    return { reason: started ? `${python} has no torch (apt-get install -y python3-torch libopenblas0-pthread)` : `${python} could not be run: ${probe.stderr.trim()}` };
+  }
   const openblas = openblasChoice(python);
   // A few hundred steps take seconds; a DDP rendezvous that never completes would otherwise hang the bench.
   const deadlineMs = 600_000;

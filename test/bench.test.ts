@@ -235,6 +235,15 @@ test('bench --scaling without torch: the anchor is null, with the reason', () =>
   assert.equal(report.ratios.torchDdpScaling, null);
 });
 
+test('bench --scaling with a --python that is not there: the anchor is null, and the reason says it could not be run', () => {
+  const r = spawnSync(process.execPath, [BENCH, '--scaling', '1', '--steps', '50', '--repeats', '1', '--python', '/nonexistent/python3', '--anchor', BENCH], { encoding: 'utf8', timeout: 240_000 });
+  assert.equal(r.status, 0, r.stderr);
+  const report = JSON.parse(r.stdout);
+  assert.equal(report.torch, null);
+  // It said "has no torch (apt-get install -y python3-torch …)", which installs nothing at that path.
+  assert.equal(report.torchReason, '/nonexistent/python3 could not be run: spawn /nonexistent/python3 ENOENT');
+});
+
 test('the bench refuses a bad command line before running anything: unknown options, steps off the warm-up, bad counts', () => {
   for (const [args, why] of [
     [['--scalling', '1,2'], /Unknown option '--scalling'/],
