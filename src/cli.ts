@@ -98,7 +98,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('heartbeat', { type: 'number', default: 5, describe: 'A worker whose pong is this many seconds late is dropped (pings go every half interval), and one whose link takes no write for this plus 1 s; must exceed one round of compute (a shard just sent is allowed 1 s per 8 MB more; 1 to ' + MAX_TIMER_SECONDS + ')', group: 'Fault tolerance:' })
     .check((a) => {
       for (const k of ['steps', 'log-every', 'keep-checkpoints'] as const) integerInRange(k, a[k]);
-      integerInRange('batch-size', a['batch-size'], 1, maxBatchSize(a.model), `--model ${a.model}`);
+      integerInRange('batch-size', a['batch-size'], 1, maxBatchSize(a.model), `--model ${given('model', a.model)}`);
       for (const k of ['sample-every', 'checkpoint-every', 'eval-every'] as const) integerInRange(k, a[k], 0);
       integerInRange('seed', a.seed, 0, MAX_SEED);
       if (a['eval-samples'] !== undefined) integerInRange('eval-samples', a['eval-samples'], 2, GENERATE_MAX_COUNT);

@@ -313,6 +313,8 @@ test('usage errors are one whole line: an invalid choice names the value and the
   assert.match(cli(['coordinator', '--batch-size', '65537']).stderr, /--batch-size must be an integer from 1 to 65536 with --model mlp, got 65537/);
   // A DCGAN step at batch 2048 runs out of the wasm heap's 4 GiB, on every worker.
   assert.match(cli(['local', '--model', 'dcgan', '--batch-size', '1025']).stderr, /--batch-size must be an integer from 1 to 1024 with --model dcgan, got 1025/);
+  // The cap comes from --model: one set by GANFLEET_MODEL is named so, as the refused value's own variable is.
+  assert.match(cli(['local', '--batch-size', '1025'], { GANFLEET_MODEL: 'dcgan' }).stderr, /--batch-size must be an integer from 1 to 1024 with --model "dcgan" \(from GANFLEET_MODEL\), got 1025\n/);
   // The default --out is a new directory: --resume there would quietly start afresh.
   for (const [args, env] of [[['coordinator', '--resume'], {}], [['local'], { GANFLEET_RESUME: '1' }]] as const) {
     const resume = cli([...args], env);
