@@ -1,5 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { selectBackend } from '../src/backend';
 import { nativeMatMulActive, nativeProductCount } from '../src/model/native-matmul';
 import { builtAddon, nativeAddon } from '../src/util/native';
@@ -429,4 +433,26 @@ test('the native matmul refuses an operand that runs one float past the end of i
   assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 49, 0, 16, -1, 0, 0, 0), /outside the heap/, 'B');
   assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 49, -1, 0, 0, 0), /outside the heap/, 'C');
   assert.throws(() => addon.gemm(heap, 4, 4, 4, 0, 0, 16, 0, 32, 61, 4, 0, 0), /outside the heap/, 'bias');
+});
+
+test('an addon file cut short is reported and not loaded, instead of killing the process with SIGBUS', { skip }, () => {
+  // A copy of native.ts (as built) beside an addon cut short, where it looks for native/build/Release.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ganfleet-cut-'));
+  try {
+    const util = path.join(root, 'dist', 'src', 'util');
+    const release = path.join(root, 'native', 'build', 'Release');
+    fs.mkdirSync(util, { recursive: true });
+    fs.mkdirSync(release, { recursive: true });
+    for (const f of ['native.js', 'env.js']) fs.copyFileSync(path.join(__dirname, '..', 'src', 'util', f), path.join(util, f));
+    const built = fs.readFileSync(path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'ganfleet_native.node'));
+    const file = path.join(release, 'ganfleet_native.node');
+    fs.writeFileSync(file, built.subarray(0, Math.floor(built.length * 0.7)));
+    const r = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(path.join(util, 'native.js'))}).nativeAddon().why)`], { encoding: 'utf8', env: { ...process.env, GANFLEET_NATIVE: '' } });
+    assert.equal(r.signal, null, `killed by ${r.signal}`);
+    assert.equal(r.stdout.trim(), `${file} is cut short (npm run build:native)`);
+    fs.writeFileSync(file, built);
+    assert.equal(spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(path.join(util, 'native.js'))}).nativeAddon().addon !== null)`], { encoding: 'utf8' }).stdout.trim(), 'true');
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 });

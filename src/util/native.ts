@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import { envSwitch } from './env';
 
@@ -51,6 +52,39 @@ export function missingFunctions(addon: object): string[] {
   return FUNCTIONS.filter((name) => typeof (addon as Record<string, unknown>)[name] !== 'function');
 }
 
+/**
+ * Whether `file`, a 64-bit little-endian ELF, is shorter than its headers say (a build or copy cut short).
+ * dlopen maps such a file whole, and the first touch of the missing part kills the process with SIGBUS,
+ * which no catch sees. Anything else is left to dlopen, which refuses it with a message.
+ */
+export function truncatedElf(file: string): boolean {
+  let head: Buffer;
+  let size: number;
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      size = fs.fstatSync(fd).size;
+      head = Buffer.alloc(Math.min(size, 65536));
+      fs.readSync(fd, head, 0, head.length, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+  if (head.length < 64 || head.readUInt32BE(0) !== 0x7f454c46 || head[4] !== 2 || head[5] !== 1) return false;
+  // The section header table (at the end of a linker's output), then each loaded segment's bytes.
+  let end = Number(head.readBigUInt64LE(40)) + head.readUInt16LE(58) * head.readUInt16LE(60);
+  const phoff = Number(head.readBigUInt64LE(32));
+  for (let i = 0; i < head.readUInt16LE(56); i++) {
+    const at = phoff + i * head.readUInt16LE(54);
+    // Past the end of the file: cut short; past the 64 KiB read (no linker puts them there): left to dlopen.
+    if (at + 56 > head.length) return head.length === size;
+    if (head.readUInt32LE(at) === 1) end = Math.max(end, Number(head.readBigUInt64LE(at + 8) + head.readBigUInt64LE(at + 32)));
+  }
+  return end > size;
+}
+
 let loaded: { addon: NativeAddon | null; why: string } | null = null;
 
 /**
@@ -61,6 +95,7 @@ let loaded: { addon: NativeAddon | null; why: string } | null = null;
 export function nativeAddon(): { addon: NativeAddon | null; why: string } {
   if (loaded) return loaded;
   if (envSwitch(process.env.GANFLEET_NATIVE) === false) return (loaded = { addon: null, why: 'off (--no-native or GANFLEET_NATIVE=0)' });
+  if (truncatedElf(ADDON)) return (loaded = { addon: null, why: `${ADDON} is cut short (npm run build:native)` });
   let addon: NativeAddon;
   try {
     addon = require(ADDON) as NativeAddon;
@@ -78,6 +113,7 @@ export function nativeAddon(): { addon: NativeAddon | null; why: string } {
 
 /** The built addon whatever GANFLEET_NATIVE says, for tests of its own checks; null when not built. */
 export function builtAddon(): NativeAddon | null {
+  if (truncatedElf(ADDON)) return null;
   try {
     return require(ADDON) as NativeAddon;
   } catch {
