@@ -42,8 +42,10 @@ function installProblem(pkg: string): string | null {
   let version: string;
   try {
     version = require(`${pkg}/package.json`).version;
-  } catch {
-    return `${pkg} is not installed`;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'MODULE_NOT_FOUND') return `${pkg} is not installed`;
+    // There, but its package.json does not parse (an install cut short): "not installed" would hide it.
+    return `${pkg}'s package.json cannot be read (${(e as Error).message.split('\n')[0].trim()}); reinstall it: npm i --no-save --save-optional ${pkg}@${tf.version_core}`;
   }
   if (version !== tf.version_core) {
     return `${pkg}@${version} does not match @tensorflow/tfjs-core@${tf.version_core}; run npm i --no-save --save-optional ${pkg}@${tf.version_core}`;

@@ -47,6 +47,18 @@ standInTest('--backend auto skips a native package that loads but registers no b
   assert.match(JSON.parse(broken.out).notes[0], /failed to load: libcudart\.so\.11\.0: cannot open shared object file$/);
 });
 
+standInTest('--backend auto says that a native package whose package.json does not parse is broken, not that it is not installed', () => {
+  const dir = standInDir({ '@tensorflow/tfjs-node': { version: tf.version_core, index: '' } });
+  fs.writeFileSync(path.join(dir, '@tensorflow', 'tfjs-node', 'package.json'), '{"name": "@tensorflow/tfjs-node", "vers');
+  const script = `require(${JSON.stringify(path.join(__dirname, '..', 'src', 'backend'))}).selectBackend('auto').then((r) => console.log(JSON.stringify(r)))`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, NODE_PATH: dir } });
+  fs.rmSync(dir, { recursive: true, force: true });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  const chosen = JSON.parse(r.stdout);
+  assert.equal(chosen.name, 'wasm');
+  assert.match(chosen.notes[1], new RegExp(`^skipped @tensorflow/tfjs-node's package\\.json cannot be read \\(.*\\); reinstall it: npm i --no-save --save-optional @tensorflow/tfjs-node@${tf.version_core.replace(/\./g, '\\.')}$`));
+});
+
 standInTest('--backend auto says when a native package is installed without running its install script (npm 12 without allowScripts, --ignore-scripts)', () => {
   // What the real 4.22.0 package throws when its install script never ran: the tarball has no lib/.
   const unbuilt = {
