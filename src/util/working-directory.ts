@@ -7,7 +7,10 @@
 try {
   process.cwd();
 } catch (e) {
-  process.stderr.write(`ganfleet: the working directory cannot be read (${(e as Error).message}): it was removed since the shell entered it; cd to one that exists [${(e as NodeJS.ErrnoException).code ?? 'ENOENT'}]\n`);
+  // The code, not Node's message: Node 24's adds a sentence that says what this line says.
+  const code = (e as NodeJS.ErrnoException).code ?? 'ENOENT';
+  const why = code === 'ENOENT' ? ': it was removed since the shell entered it' : '';
+  process.stderr.write(`ganfleet: the working directory cannot be read${why}; cd to one that exists [${code}]\n`);
   process.exit(1);
 }
 
