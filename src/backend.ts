@@ -129,7 +129,7 @@ async function activateOrWhy(name: string, notes: string[]): Promise<string | nu
     if (await activate(name, notes)) return null;
     const limit = name === 'wasm' ? addressSpaceLimit() : null;
     if (limit === null || limit >= WASM_ADDRESS_SPACE) return 'it did not initialise';
-    return `it did not initialise: ulimit -v ${Math.floor(limit / 1024)} (KiB) leaves too little address space for its memory, for which V8 reserves about 10 GiB; raise the limit above about 12 GiB, or remove it`;
+    return `it did not initialise: ulimit -v ${Math.floor(limit / 1024)} (KiB) leaves too little address space for its memory, for which V8 reserves about 10 GiB; raise the limit above about 12 GiB, remove it, or run on Node 24, which does without the reservation`;
   } catch (e) {
     return (e as Error).message.split('\n')[0];
   }

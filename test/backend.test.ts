@@ -127,10 +127,13 @@ standInTest('TensorFlow is told to grow its GPU memory unless the environment sa
 test('a wasm backend that cannot reserve its memory under `ulimit -v` says so, rather than only that it did not initialise', { skip: process.platform !== 'linux' && 'ulimit -v and /proc/self/limits are Linux' }, () => {
   const backend = path.join(__dirname, '..', 'src', 'backend');
   const script = `require(${JSON.stringify(backend)}).selectBackend(process.argv[1]).then((r) => console.log(JSON.stringify(r.notes)), (e) => { console.log(e.message); process.exit(1); })`;
+  // Node 24's V8 gives a wasm memory without its guard region where the reservation fails; Node 20's and 22's cannot.
+  const reserves = Number(process.versions.node.split('.')[0]) < 24;
   for (const [choice, status] of [['wasm', 1], ['auto', 0]] as const) {
     // 8 GB: room for Node and the cpu backend, not for a wasm memory's reservation.
     const r = spawnSync('bash', ['-c', 'ulimit -v 8000000 && exec "$0" -e "$1" "$2"', process.execPath, script, choice], { encoding: 'utf8', timeout: 60_000 });
-    assert.equal(r.status, status, r.stdout + r.stderr);
-    assert.match(r.stdout, /skipped wasm: it did not initialise: ulimit -v 8000000 \(KiB\) leaves too little address space for its memory, for which V8 reserves about 10 GiB; raise the limit above about 12 GiB, or remove it/);
+    assert.equal(r.status, reserves ? status : 0, r.stdout + r.stderr);
+    if (reserves) assert.match(r.stdout, /skipped wasm: it did not initialise: ulimit -v 8000000 \(KiB\) leaves too little address space for its memory, for which V8 reserves about 10 GiB; raise the limit above about 12 GiB, remove it, or run on Node 24, which does without the reservation\b/);
+    else assert.equal(JSON.parse(r.stdout).at(-1), 'using wasm', r.stdout);
   }
 });
