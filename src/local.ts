@@ -10,6 +10,7 @@ import { plural } from './util/text';
 import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
+import { removeMailboxDirsOf } from './protocol/mailbox';
 import { ALIVE_EVERY_MS, WorkerRefusal, isWorkerAlive, isWorkerRefusal } from './worker/local-child';
 
 export interface LocalOptions {
@@ -135,6 +136,9 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
       if (child.pid === undefined) lost(`worker ${i + 1} could not be started (${e.message})`);
       else log(`worker ${i + 1}: ${e.message}`);
     });
+    // Killed, it ran no exit handler: its mailbox directory would hold /dev/shm until some later ganfleet process
+    // sweeps it, and none may follow (no restarts left, the run's end). On 'exit', which the end's wait awaits.
+    child.on('exit', (_code, signal) => signal && removeMailboxDirsOf(child.pid!));
     // 'close', not 'exit': it comes after the IPC channel has delivered everything the child sent (its refusal).
     child.on('close', (code, signal) => lost(`worker ${i + 1} (pid ${child.pid}) exited with ${signal ?? `code ${code}`}`));
   };

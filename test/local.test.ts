@@ -31,6 +31,12 @@ function joinedPids(log: string): number[] {
   return [...log.matchAll(/pid (\d+), backend/g)].map((m) => Number(m[1]));
 }
 
+/** The mailbox directories named for `pid`, in /dev/shm and the temp dir (where there is no /dev/shm). */
+function mailboxDirsOf(pid: number): string[] {
+  const listed = (dir: string) => (fs.existsSync(dir) ? fs.readdirSync(dir) : []);
+  return [...listed('/dev/shm'), ...listed(os.tmpdir())].filter((name) => name.startsWith(`ganfleet-worker-${pid}-`));
+}
+
 /** `ganfleet <args>` as a child (run by `node`) whose stdout and stderr are collected into one log. */
 function spawnCli(args: string[], node = process.execPath, nodeArgs: string[] = [], env: NodeJS.ProcessEnv = {}): { child: ChildProcess; log: () => string; exit: Promise<number | null> } {
   const child = spawn(node, [...nodeArgs, CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
@@ -276,6 +282,8 @@ test('a worker process that dies is restarted, up to --max-restarts; with none l
   assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 1\)/);
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   assert.equal(summary.ok, false);
+  // No later ganfleet process sweeps the killed worker's mailbox: local, which saw it die, removes it.
+  assert.deepEqual(mailboxDirsOf(second), []);
   fs.rmSync(out, { recursive: true, force: true });
 });
 
