@@ -86,7 +86,7 @@ function trainingOptions<T>(y: Argv<T>) {
         'Workers that share this machine (and its /dev/shm) exchange weights and gradients through shared-memory files, with a few-byte notice on the WebSocket; others, and --no-mailbox, use the WebSocket alone',
       group: 'Training:',
     })
-    .option('out', { type: 'string', defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json', group: 'Outputs:' })
+    .option('out', { type: 'string', defaultDescription: './runs/<timestamp>', describe: 'Output directory: samples/, checkpoints/, generator/, summary.json, evaluations.json (with --eval-every)', group: 'Outputs:' })
     .option('sample-every', { type: 'number', default: 500, describe: 'Write a 5×5 sample grid every N steps and at the end, from fixed noise (0 = only at the end)', group: 'Outputs:' })
     .option('log-every', { type: 'number', default: 100, describe: 'Print a progress line every N steps (>= 1)', group: 'Outputs:' })
     .option('eval-every', { type: 'number', default: 0, describe: 'Score G every N steps (FID and MNIST score, as ganfleet eval; 0 = never). Costs --eval-samples generated and classified images', group: 'Outputs:' })
