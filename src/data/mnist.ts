@@ -19,8 +19,6 @@ export interface MnistSet {
   images: Uint8Array;
   labels: Uint8Array;
   count: number;
-  rows: 28;
-  cols: 28;
 }
 
 const FILES = {
@@ -80,7 +78,7 @@ export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir
       `${imagesPath} has ${n} images but ${labelsPath} has ${labels.dims[0]} labels`,
     );
   }
-  return { images: images.data, labels: labels.data, count: n, rows: IMAGE_ROWS, cols: IMAGE_COLS };
+  return { images: images.data, labels: labels.data, count: n };
 }
 
 /** Every uint8 pixel value p in the tanh range, p / 127.5 − 1, as float32: toTanhRange and gatherTanhRange map through it. */
