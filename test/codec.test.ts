@@ -1,7 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
-import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode, firstNonFinite } from '../src/protocol/codec';
+import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode } from '../src/protocol/codec';
 import { encodeFloatsPortable } from '../src/protocol/wire-dtype';
 import { recordExtensionBomb } from './helpers';
 import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STRING_LENGTH, errorMessage, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
@@ -203,12 +203,6 @@ describe('codec rejects malformed frames', () => {
     const m = decodeWorkerMessage(raw.pack({ ...good, extra: 'x' })) as unknown as Record<string, unknown>;
     assert.equal(m.extra, undefined);
   });
-});
-
-test('firstNonFinite finds NaN and ±Infinity', () => {
-  assert.equal(firstNonFinite(new Float32Array([1, 2, 3])), -1);
-  assert.equal(firstNonFinite(new Float32Array([1, NaN, 3])), 1);
-  assert.equal(firstNonFinite(new Float32Array([1, 2, -Infinity])), 2);
 });
 
 test('gradients: one pass rejects NaN and ±Infinity as not_finite and magnitudes beyond MAX_GRADIENT_ABS as out_of_range', () => {

@@ -279,11 +279,6 @@ function uint16View(bytes: Uint8Array): Uint16Array {
   return new Uint16Array(new Uint8Array(bytes).buffer);
 }
 
-/** Index of the first non-finite value, or -1. A NaN gradient must never reach Adam. */
-export function firstNonFinite(values: Float32Array): number {
-  return firstOutside(values, Number.MAX_VALUE);
-}
-
 /**
  * Index of the first value that is NaN or beyond ±bound (±Infinity is beyond
  * any finite bound), or -1. Every float that arrives passes here: 8 lanes on
