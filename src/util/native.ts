@@ -57,7 +57,7 @@ export function missingFunctions(addon: object): string[] {
  * dlopen maps such a file whole, and the first touch of the missing part kills the process with SIGBUS,
  * which no catch sees. Anything else is left to dlopen, which refuses it with a message.
  */
-export function truncatedElf(file: string): boolean {
+function truncatedElf(file: string): boolean {
   let head: Buffer;
   let size: number;
   try {
