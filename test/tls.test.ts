@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
-import { CLI } from './helpers';
+import { CLI, nodeUnrunnableBy } from './helpers';
 import { isLoopback, publicWithoutToken } from '../src/coordinator/config';
 import { withHint } from '../src/worker/worker';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
@@ -281,6 +281,31 @@ test('--tls-cert and --tls-key that cannot serve TLS (swapped, not a key, a key 
   execFileSync('openssl', ['x509', '-in', cert, '-trustout', '-addtrust', 'serverAuth', '-out', trusted], { stdio: 'pipe' });
   const t2 = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', 'wss://localhost:1', '--ca', trusted, '--give-up-after', '1', '--backend', 'cpu'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...CLEAN_ENV } });
   assert.equal(t2.status, 1, t2.stderr);
+});
+
+// A key only root may read (mode 600, mounted into a container) was refused as "holds no PEM private key (an
+// encrypted one needs its passphrase removed)", an unreadable --ca as "a private key, say", a --tls-cert as bare EACCES.
+test('a --tls-cert, --tls-key or --ca this user cannot read is a usage error saying so, naming the flag', (t) => {
+  // Root reads any file: the CLI then runs as nobody, where that user may run this Node and read this checkout.
+  const nobody = { uid: 65534, gid: 65534 };
+  const user = process.getuid?.() === 0 ? nobody : {};
+  if (user === nobody) {
+    const unrunnable = nodeUnrunnableBy(nobody);
+    if (unrunnable) return t.skip(unrunnable);
+    if (spawnSync(process.execPath, ['-e', `require('fs').accessSync(${JSON.stringify(CLI)}, 4)`], user).status !== 0) return t.skip('uid 65534 cannot read this checkout');
+  }
+  const locked = tempDir('tls-locked');
+  fs.chmodSync(locked, 0o755);
+  const [c, k, ca] = ['cert.pem', 'key.pem', 'ca.pem'].map((f) => path.join(locked, f));
+  for (const [from, to] of [[cert, c], [key, k], [cert, ca]]) fs.copyFileSync(from, to);
+  const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...CLEAN_ENV }, ...user });
+  const coordinator = ['coordinator', '--tls-cert', c, '--tls-key', k, '--port', '0', '--metrics-port', '-1', '--out', path.join(locked, 'never')];
+  for (const [unreadable, args, flag] of [[c, coordinator, 'tls-cert'], [k, coordinator, 'tls-key'], [ca, ['worker', '--coordinator', 'wss://localhost:1', '--ca', ca, '--give-up-after', '1'], 'ca']] as const) {
+    for (const f of [c, k, ca]) fs.chmodSync(f, f === unreadable ? 0 : 0o644);
+    const r = run([...args]);
+    assert.equal(r.status, 2, r.stderr);
+    assert.equal(r.stderr.split('\n')[0], `ganfleet: --${flag}: ${unreadable} cannot be read (EACCES)`);
+  }
 });
 
 test('a worker trusting a certificate that names another host is told the host, not to pass --ca', { timeout: 60_000 }, async (t) => {

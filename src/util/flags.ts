@@ -84,6 +84,14 @@ export function requirePath(name: string, file: string | undefined, kind: 'file'
   }
   if (!stat) throw new Error(`--${name}: no such ${kind} ${given(name, file)}`);
   if (kind === 'file' ? !stat.isFile() : !stat.isDirectory()) throw new Error(`--${name}: ${given(name, file)} is not a ${kind}`);
+  // A key only root may read (mode 600, mounted into a container) was refused as one holding no key, or an encrypted one.
+  if (kind === 'file') {
+    try {
+      fs.closeSync(fs.openSync(file, 'r'));
+    } catch (e) {
+      throw new Error(`--${name}: ${given(name, file)} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
 }
 
 /** `bound`: what sets the range, where another flag does (`--model dcgan`). */
