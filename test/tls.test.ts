@@ -211,10 +211,10 @@ test('--host 0.0.0.0 with a token but without TLS warns that the token travels i
   await coord.waitFor(/warning: the token and every frame travel in clear text on 0\.0\.0\.0: give --tls-cert and --tls-key/, 20_000);
 });
 
-// HTTP drops blanks around a header value, and Node sends no character beyond Latin-1: a coordinator took such a
-// token and refused every worker holding the very same one (401, or ERR_INVALID_CHAR in the worker).
+// HTTP drops blanks around a header value, Node sends no character beyond Latin-1 and takes 16 KiB of headers: a
+// coordinator took such a token and refused every worker holding the very same one (401, 431, or ERR_INVALID_CHAR in the worker).
 test('a token no Authorization header can carry as given is a usage error for coordinator and worker, not a run no worker can join', () => {
-  for (const token of ['s3cret ', ' s3cret', 's3cret\t', 's3cret€', 's3c\r\nret']) {
+  for (const token of ['s3cret ', ' s3cret', 's3cret\t', 's3cret€', 's3c\r\nret', 's3cret'.repeat(3000)]) {
     for (const args of [
       ['coordinator', '--port', '0', '--metrics-port', '-1', '--steps', '1', '--out', path.join(dir, 'never')],
       ['worker', '--coordinator', 'ws://127.0.0.1:1', '--give-up-after', '5'],

@@ -91,6 +91,8 @@ export function publicWithoutToken({ host, token, insecure }: Pick<CoordinatorCo
   return `refusing to listen on ${host} without --token (GANFLEET_TOKEN): anyone who can reach it could join and steer training. Pass --insecure to do it anyway.`;
 }
 
+const MAX_TOKEN_LENGTH = 4096;
+
 /**
  * Why a worker could never present `token` in its upgrade's `Authorization`
  * header, or null. HTTP strips blanks around a header value (the coordinator
@@ -102,6 +104,8 @@ export function tokenProblem(token: string | undefined): string | null {
   if (token === undefined) return null;
   if (/^[ \t]|[ \t]$/.test(token)) return '--token (GANFLEET_TOKEN) must not start or end with a blank: HTTP drops it, so no worker could present the token';
   if (/[^\t\x20-\x7e\x80-\xff]/.test(token)) return '--token (GANFLEET_TOKEN) holds a control character or one beyond Latin-1, which an HTTP header cannot carry: use printable ASCII (openssl rand -hex 32)';
+  // Node's server takes 16 KiB of headers in all (a longer token was answered 431, retried for ever), a proxy often 8 KiB a line.
+  if (token.length > MAX_TOKEN_LENGTH) return `--token (GANFLEET_TOKEN) is ${token.length} characters; at most ${MAX_TOKEN_LENGTH} fit the upgrade's headers wherever it goes: use a shorter one (openssl rand -hex 32 makes 64)`;
   return null;
 }
 
