@@ -17,6 +17,7 @@ import { createLogger, writeResult } from './util/log';
 import { exitWhenWritten, startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
+import { withoutCredentials } from './util/text';
 
 // Each command loads what it runs (TensorFlow.js, ws, prom-client: about 0.3 s) in its handler, after its flags
 // have passed, so that --help and a usage error answer at once.
@@ -213,10 +214,11 @@ function workerOptions<T>(y: Argv<T>) {
     .check((a) => {
       checkPort('metrics-port', a['metrics-port'], true);
       checkRequireGpu(a);
-      if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator)}`);
-      if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator)}`);
+      // A user name and password in it stay out of these errors, as out of the worker's log.
+      if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
+      if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator, withoutCredentials)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
-      if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator)}`);
+      if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
       refuse(tokenProblem(a.token));
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
       // Its line is a timer: a longer one would fire every millisecond, and so would one of a millisecond (0.001 logged

@@ -455,6 +455,18 @@ test('a value flag with no value, an empty --out or other string, and a value th
     assert.equal(fragment.status, 2, fragment.stderr);
     assert.match(fragment.stderr, new RegExp(`^ganfleet: --coordinator must not hold a #fragment, got ${url.replace(/[/.]/g, '\\$&')}\n`));
   }
+  // A user name and password in it (Basic auth) stay out of these errors, as out of the worker's log: they land where ps never reached.
+  for (const [args, env] of [
+    [['worker', '--coordinator', 'wss://user:S3CRET@127.0.0.1:99999'], {}],
+    [['worker', '--coordinator', 'wss://user:S3CRET@127.0.0.1:8787#x'], {}],
+    [['worker', '--coordinator', 'https://user:S3CRET@127.0.0.1:8787'], {}],
+    [['worker'], { GANFLEET_COORDINATOR: 'wss://user:S3#CRET@host:8787' }],
+  ] as const) {
+    const r = cli([...args], env);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /^ganfleet: --coordinator .*, got "?(wss|https):\/\/(127\.0\.0\.1|host):/);
+    assert.doesNotMatch(r.stderr, /S3|user/, r.stderr);
+  }
   assert.deepEqual(fs.readdirSync(cwd), [], 'nothing written where the command ran');
   fs.rmSync(cwd, { recursive: true, force: true });
 });

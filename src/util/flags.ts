@@ -112,12 +112,13 @@ export function environmentSource(name: string): string | undefined {
 /**
  * A refused value as the user wrote it, and where: yargs turns a number
  * flag's "abc" into NaN, and a GANFLEET_* value is not on the command line.
- * (buildCli is only ever given process.argv.)
+ * (buildCli is only ever given process.argv.) `shown` leaves out what must
+ * not be printed (a password in --coordinator).
  */
-export function given(name: string, v: unknown): string {
+export function given(name: string, v: unknown, shown: (text: string) => string = (text) => text): string {
   const { value, variable } = rawValue(name, hideBin(process.argv));
-  if (variable && value !== undefined) return `${JSON.stringify(value)} (from ${variable})`;
-  return value !== undefined && Number.isNaN(v) ? JSON.stringify(value) : String(v);
+  if (variable && value !== undefined) return `${JSON.stringify(shown(value))} (from ${variable})`;
+  return shown(value !== undefined && Number.isNaN(v) ? JSON.stringify(value) : String(v));
 }
 
 export function checkPort(name: string, value: number, allowOff = false): void {
