@@ -74,8 +74,10 @@ const CERTIFICATE_HINTS = new Map([
  * these are still retried (a proxy may show its own certificate while the
  * coordinator starts), but a worker that retries for ever should say why.
  */
-export function withHint(e: Error & { code?: string }, url: string): string {
-  const hint = e.code && CERTIFICATE_HINTS.get(e.code);
+export function withHint(e: Error & { code?: string }, url: string, ca?: string): string {
+  let hint = e.code && CERTIFICATE_HINTS.get(e.code);
+  // Told to pass --ca, a worker that did would look for a mistake that is not there: the CA given is the wrong one.
+  if (hint === UNTRUSTED && ca) hint = `--ca ${ca} did not sign the coordinator's certificate: pass the CA that did (the certificate itself, where it is self-signed)`;
   // Node 24 ends some of these messages (a self-signed or unverifiable certificate) with advice of its own, which ganfleet's hint replaces.
   if (hint) return `${e.message.replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca$/, '')}: ${hint}`;
   // Closed before the WebSocket opened: a TLS port spoken to in plain text does this, and so does a proxy with no coordinator behind it.
@@ -415,7 +417,7 @@ function connectOnce(
       end(status === 401 || status === 403 ? { kind: 'fatal', reason: `coordinator answered HTTP ${status} (check --token)` } : lost(`HTTP ${status}${hint}`));
       ws.terminate();
     });
-    ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator))));
+    ws.on('error', (e: Error & { code?: string }) => end(lost(withHint(e, opts.coordinator, opts.ca))));
     ws.on('close', (code, reason) => {
       clearTimeout(handshake);
       watchdog.stop();
