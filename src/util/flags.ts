@@ -74,13 +74,13 @@ export class UsageError extends Error {}
 /** Refuses a --flag path that is missing or of the other kind (a directory for a certificate), named by its flag. */
 export function requirePath(name: string, file: string | undefined, kind: 'file' | 'directory'): void {
   if (file === undefined) return;
+  const unreadable = (e: unknown) => new Error(`--${name}: ${given(name, file)} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   let stat: fs.Stats | undefined;
   try {
     stat = fs.statSync(file, { throwIfNoEntry: false });
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
     // ENOTDIR: a file where the path wants a directory (package.json/x), which is no such path either.
-    if (code !== 'ENOTDIR') throw new Error(`--${name}: ${given(name, file)} cannot be read (${code ?? (e as Error).message})`);
+    if ((e as NodeJS.ErrnoException).code !== 'ENOTDIR') throw unreadable(e);
   }
   if (!stat) throw new Error(`--${name}: no such ${kind} ${given(name, file)}`);
   if (kind === 'file' ? !stat.isFile() : !stat.isDirectory()) throw new Error(`--${name}: ${given(name, file)} is not a ${kind}`);
@@ -89,7 +89,7 @@ export function requirePath(name: string, file: string | undefined, kind: 'file'
     try {
       fs.closeSync(fs.openSync(file, 'r'));
     } catch (e) {
-      throw new Error(`--${name}: ${given(name, file)} cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      throw unreadable(e);
     }
   }
 }
