@@ -26,11 +26,25 @@ const MAX_LINK_HOPS = 40;
  */
 export function outputFile(out: string): string {
   let at = path.resolve(out);
-  for (let hops = 0; isLink(at); hops++) {
+  for (let hops = 0; isLink(at) && !foreignLink(at); hops++) {
     if (hops === MAX_LINK_HOPS) return path.resolve(out);
-    at = path.resolve(path.dirname(at), fs.readlinkSync(at));
+    // From the directory the link is really in, as open() resolves it: a `..` in the target climbs out of that
+    // directory, not out of a linked path to it.
+    at = path.resolve(fs.realpathSync(path.dirname(at)), fs.readlinkSync(at));
   }
   return at;
+}
+
+/**
+ * Whether `link` is another user's link in a sticky, world-writable directory (/tmp), which Linux does not
+ * follow (fs.protected_symlinks): followed here, anyone could point a --out in /tmp at a file of ours.
+ */
+function foreignLink(link: string): boolean {
+  const uid = process.geteuid?.();
+  if (uid === undefined) return false;
+  const owner = fs.lstatSync(link).uid;
+  const dir = fs.statSync(path.dirname(link));
+  return (dir.mode & 0o1002) === 0o1002 && owner !== uid && owner !== dir.uid;
 }
 
 /** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
@@ -43,7 +57,10 @@ export function generateProblem(out: string, count: number, countText = String(c
   }
   if (count > GENERATE_MAX_COUNT) return `--count must be at most ${GENERATE_MAX_COUNT}, got ${countText}; draw more with further calls and other --seed values`;
   const file = outputFile(out);
-  if (isLink(file)) return `--out ${out} cannot be written: it is a loop of links, or a chain longer than ${MAX_LINK_HOPS}`;
+  if (isLink(file)) {
+    if (foreignLink(file)) return `--out ${out} cannot be written: ${file} is a link of another user (uid ${fs.lstatSync(file).uid}) in a sticky directory, which Linux does not follow`;
+    return `--out ${out} cannot be written: it is a loop of links, or a chain longer than ${MAX_LINK_HOPS}`;
+  }
   // The file is written as `<name>.tmp-<pid>` and renamed: that name, too, must fit a directory entry (255 bytes on
   // Linux's file systems), or the write fails with ENAMETOOLONG after every sample was drawn.
   const name = Buffer.byteLength(path.basename(file));

@@ -10,6 +10,7 @@ import { writeCheckpoint } from '../src/coordinator/checkpoint';
 import { tanhToByte } from '../src/data/png';
 import { readIdx } from '../src/data/idx';
 import { decodeNpy } from '../src/data/npy';
+import { generateProblem, outputFile } from '../src/generate-output';
 import { createModel } from '../src/model';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
@@ -108,4 +109,32 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /--out must end in \.npy, \.idx, \.png/);
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("--out through a link is the file open() would write: a `..` in a target climbs from the link's real directory", () => {
+  const dir = tempDir('generate-link-dotdot');
+  fs.mkdirSync(path.join(dir, 'real', 'sub'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'real', 'kept'));
+  fs.mkdirSync(path.join(dir, 'kept'));
+  fs.symlinkSync(path.join('real', 'sub'), path.join(dir, 'linked'));
+  fs.symlinkSync(path.join('..', 'kept', 'x.npy'), path.join(dir, 'real', 'sub', 'out.npy'));
+  const out = path.join(dir, 'linked', 'out.npy');
+  fs.writeFileSync(out, 'old');
+  // Lexically, linked/../kept is <dir>/kept; open() went to real/kept.
+  assert.equal(outputFile(out), fs.realpathSync(out));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("another user's link as --out in a sticky directory is refused, not followed (Linux's fs.protected_symlinks)", (t) => {
+  if (process.getuid?.() !== 0) return t.skip('making a link of another user needs root');
+  const sticky = tempDir('generate-sticky');
+  fs.chmodSync(sticky, 0o1777);
+  const mine = tempDir('generate-mine');
+  fs.writeFileSync(path.join(mine, 'precious.npy'), 'precious');
+  const planted = path.join(sticky, 'samples.npy');
+  fs.symlinkSync(path.join(mine, 'precious.npy'), planted);
+  fs.lchownSync(planted, 65534, 65534);
+  assert.equal(outputFile(planted), planted);
+  assert.match(generateProblem(planted, 7) ?? '', /is a link of another user \(uid 65534\) in a sticky directory, which Linux does not follow$/);
+  for (const d of [sticky, mine]) fs.rmSync(d, { recursive: true, force: true });
 });
