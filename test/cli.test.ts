@@ -459,6 +459,7 @@ test('a value flag with no value, an empty --out or other string, and a value th
   for (const [args, env] of [
     [['worker', '--coordinator', 'wss://user:S3CRET@127.0.0.1:99999'], {}],
     [['worker', '--coordinator', 'wss://user:S3CRET@127.0.0.1:8787#x'], {}],
+    [['worker', '--coordinator', 'wss://user:S3/CRET@127.0.0.1:8787'], {}],
     [['worker', '--coordinator', 'https://user:S3CRET@127.0.0.1:8787'], {}],
     [['worker'], { GANFLEET_COORDINATOR: 'wss://user:S3#CRET@host:8787' }],
   ] as const) {

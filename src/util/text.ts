@@ -15,8 +15,9 @@ export function urlHost(host: string): string {
 
 /** `url` as a log shows it: a user name and password in it (wss://user:pass@host, which ws sends as Basic auth) are left out. */
 export function withoutCredentials(url: string): string {
-  // One the parser refuses (a port beyond 65535, a # in the password) still names them before an @.
-  if (!URL.canParse(url)) return url.replace(/^([a-z][a-z\d+.-]*:\/\/)[^/]*@/i, '$1');
+  // One the parser refuses (a port beyond 65535, a # or / in the password) still names them before an @: through the
+  // last @, since where the password ends cannot be told (a base64 one holds /).
+  if (!URL.canParse(url)) return url.replace(/^([a-z][a-z\d+.-]*:\/\/).*@/i, '$1');
   const u = new URL(url);
   if (!u.username && !u.password) return url;
   u.username = '';
