@@ -228,6 +228,10 @@ function workerOptions<T>(y: Argv<T>) {
       if (!(a['give-up-after'] >= 0)) throw new Error(`--give-up-after must be >= 0, got ${given('give-up-after', a['give-up-after'])}`);
       requirePath('ca', a.ca, 'file');
       refuse(a.ca ? caProblem(a.ca) : null);
+      // A CA trusts nothing on ws://: the connection would go unencrypted, which a user who gave one did not mean.
+      if (a.ca && a.coordinator.startsWith('ws://')) {
+        throw new Error(`--ca ${given('ca', a.ca)} is for a wss:// coordinator, and --coordinator ${given('coordinator', a.coordinator, withoutCredentials)} has no TLS: use wss:// (a coordinator started with --tls-cert), or leave out --ca`);
+      }
       return true;
     });
 }

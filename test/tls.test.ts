@@ -284,6 +284,10 @@ test('--tls-cert and --tls-key that cannot serve TLS (swapped, not a key, a key 
   execFileSync('openssl', ['x509', '-in', cert, '-trustout', '-addtrust', 'serverAuth', '-out', trusted], { stdio: 'pipe' });
   const t2 = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', 'wss://localhost:1', '--ca', trusted, '--give-up-after', '1', '--backend', 'cpu'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...CLEAN_ENV } });
   assert.equal(t2.status, 1, t2.stderr);
+  // A CA with ws:// was ignored, and the worker joined unencrypted.
+  const plain = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', 'ws://user:secret@localhost:1', '--ca', trusted, '--give-up-after', '1'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...CLEAN_ENV } });
+  assert.equal(plain.status, 2, plain.stderr);
+  assert.equal(plain.stderr.split('\n')[0], `ganfleet: --ca ${trusted} is for a wss:// coordinator, and --coordinator ws://localhost:1/ has no TLS: use wss:// (a coordinator started with --tls-cert), or leave out --ca`);
 });
 
 // A key only root may read (mode 600, mounted into a container) was refused as "holds no PEM private key (an
