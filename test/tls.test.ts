@@ -8,6 +8,7 @@ import path from 'node:path';
 import { CLI, nodeUnrunnableBy } from './helpers';
 import { isLoopback, publicWithoutToken } from '../src/coordinator/config';
 import { withHint } from '../src/worker/worker';
+import { certificateDatesProblem } from '../src/util/tls';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 let dir: string;
@@ -83,6 +84,30 @@ test('wss://: a worker trusting the certificate with --ca trains to the end; one
   assert.match(trusting.log, /stopped by the coordinator/);
   assert.match(coord.log, /w1 joined from \S+ \("with-ca"/);
   assert.deepEqual(loggedSteps(coord.log), range(steps));
+});
+
+// Nothing said an expired --tls-cert at the coordinator's start: it waited for workers that each refused it.
+test('an expired --tls-cert is named at the coordinator\'s start, and a worker trusting it says it is out of date', { timeout: 120_000 }, async (t) => {
+  const ca = path.join(dir, 'expired');
+  fs.mkdirSync(ca);
+  fs.writeFileSync(path.join(ca, 'index.txt'), '');
+  fs.writeFileSync(path.join(ca, 'ca.cnf'), '[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n[p]\ncommonName = supplied\n');
+  const [oldKey, oldCert] = [path.join(ca, 'key.pem'), path.join(ca, 'cert.pem')];
+  const sh = (args: string[]) => execFileSync('openssl', args, { cwd: ca, stdio: 'pipe' });
+  sh(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', oldKey, '-out', 'req.csr', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']);
+  sh(['ca', '-config', 'ca.cnf', '-selfsign', '-keyfile', oldKey, '-in', 'req.csr', '-out', oldCert, '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-batch', '-rand_serial']);
+
+  const { proc: coord, url } = await startCoordinator([...trainingArgs(5, path.join(dir, 'run-expired')), '--tls-cert', oldCert, '--tls-key', oldKey], CLEAN_ENV);
+  t.after(() => coord.kill());
+  assert.match(coord.log, new RegExp(`warning: --tls-cert ${oldCert} expired at 2020-01-02T00:00:00.000Z: workers refuse it \\(certificate has expired\\) until it is renewed and the coordinator restarted`));
+  const worker = startWorker(url, 'trusts-expired', ['--ca', oldCert, '--give-up-after', '1'], CLEAN_ENV);
+  t.after(() => worker.kill());
+  assert.equal(await within(worker.exited, 60_000), 1, worker.log);
+  assert.match(worker.log, /certificate has expired: the coordinator's certificate is out of date: renew it, or check this machine's clock/);
+
+  // The dates of the suite's own certificate, one day from now.
+  assert.equal(certificateDatesProblem(cert), null);
+  assert.match(certificateDatesProblem(cert, new Date(Date.now() - 86_400_000)) ?? '', new RegExp(`^--tls-cert ${cert} is not valid until \\S+: workers refuse it until then \\(check this machine's clock\\)$`));
 });
 
 test("an untrusted certificate's error ends with ganfleet's hint only: Node 24's own advice is replaced, so the two do not run together", () => {

@@ -43,3 +43,15 @@ export function tlsPairProblem(certFile: string, keyFile: string): string | null
   }
   return cert.checkPrivateKey(key) ? null : `--tls-key ${keyFile} is not the key of the certificate in --tls-cert ${certFile}`;
 }
+
+/**
+ * Why workers will refuse --tls-cert's dates now, or null. Not a usage error:
+ * a certificate may be renewed in place, and a worker's clock may differ.
+ */
+export function certificateDatesProblem(certFile: string, now = new Date()): string | null {
+  const cert = new crypto.X509Certificate(fs.readFileSync(certFile));
+  const [from, to] = [new Date(cert.validFrom), new Date(cert.validTo)];
+  if (now > to) return `--tls-cert ${certFile} expired at ${to.toISOString()}: workers refuse it (certificate has expired) until it is renewed and the coordinator restarted`;
+  if (now < from) return `--tls-cert ${certFile} is not valid until ${from.toISOString()}: workers refuse it until then (check this machine's clock)`;
+  return null;
+}
