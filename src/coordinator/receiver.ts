@@ -1,6 +1,6 @@
 import WebSocket from 'ws';
 import { GanModel } from '../model';
-import { ProtocolError, RejectReason, decodeWorkerMessage, encode } from '../protocol/codec';
+import { ProtocolError, RejectReason, decodeWorkerMessage, encode, protocolErrorCode } from '../protocol/codec';
 import { Gradients, WorkerMessage, errorMessage, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads } from '../util/events';
@@ -225,7 +225,7 @@ export class Receiver {
     const peer = typeof from === 'string' ? null : from;
     if (peer) this.hooks.log(`rejected a message from ${peer.id} (${reason}): ${text}`);
     else this.logUnidentified(`${hostOf(from as string)} rejected`, `rejected a message from an unidentified peer at ${from as string} (${reason}): ${text}`);
-    const error = encode(errorMessage(`PROTOCOL_${reason.toUpperCase()}`, text));
+    const error = encode(errorMessage(protocolErrorCode(reason), text));
     // A peer's own send keeps the error out of the middle of a fragmented shard.
     if (peer) peer.send(error);
     else if (socket.readyState === WebSocket.OPEN) socket.send(error);

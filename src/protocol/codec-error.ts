@@ -15,12 +15,17 @@ export const REJECT_REASONS = [
 ] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
+/** The stable code a rejection carries, as a GanfleetError and in the error message sent to the peer. */
+export function protocolErrorCode(reason: RejectReason): string {
+  return `PROTOCOL_${reason.toUpperCase()}`;
+}
+
 export class ProtocolError extends GanfleetError {
   constructor(
     readonly reason: RejectReason,
     message: string,
   ) {
-    super(`PROTOCOL_${reason.toUpperCase()}`, message);
+    super(protocolErrorCode(reason), message);
   }
 }
 

@@ -1,11 +1,11 @@
 import { Packr } from 'msgpackr';
 import { nativeAddon } from '../util/native';
-import { ProtocolError, REJECT_REASONS, RejectReason } from './codec-error';
+import { ProtocolError, REJECT_REASONS, RejectReason, protocolErrorCode } from './codec-error';
 import { checkFrameShape } from './shape';
 import { WIRE_DTYPES, WireDtype, decodeFloats, encodeFloats, wireDtypeBytes } from './wire-dtype';
 import { CoordinatorMessage, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, MAX_STRING_LENGTH, Message, PROTOCOL_VERSION, WorkerMessage } from './messages';
 
-export { ProtocolError, REJECT_REASONS, RejectReason };
+export { ProtocolError, REJECT_REASONS, RejectReason, protocolErrorCode };
 
 // Records (msgpackr's extension for repeated object shapes) would make the
 // stream stateful; plain maps keep every frame self-describing.

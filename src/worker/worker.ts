@@ -5,7 +5,7 @@ import WebSocket from 'ws';
 import { backendLabel, selectBackend } from '../backend';
 import { BackendChoice } from '../backend-choice';
 import { GanModel, createModel, maxBatchSize } from '../model';
-import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError } from '../protocol/codec';
+import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError, protocolErrorCode } from '../protocol/codec';
 import { CoordinatorMessage, ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
@@ -354,7 +354,7 @@ function connectOnce(
       if (code === 'COORDINATOR_FULL') return { ...lost(`COORDINATOR_FULL: ${text}`), refused: true };
       if (code === 'COORDINATOR_DROPPED') return lost(`the coordinator dropped this worker: ${text}`);
       // Another build of ganfleet: reconnecting cannot help.
-      if (code === 'PROTOCOL_BAD_VERSION') return { kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` };
+      if (code === protocolErrorCode('bad_version')) return { kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` };
       // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
       if (workerId === null && code.startsWith('PROTOCOL_')) return { kind: 'fatal', reason: `the coordinator refused this worker's hello: ${text}` };
       return null;
