@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // First: the imports below need a working directory.
 import './util/working-directory';
-import os from 'node:os';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -350,9 +349,9 @@ function buildCli(argv: string[]) {
       'Hold one shard and compute D and G gradients for a coordinator; reconnects by itself',
       (y) => checkCommandLine(workerOptions(y), argv, flags),
       async (a) => {
-        // The name the coordinator shows (runWorker's default), so both logs agree.
-        const log = createLogger(`worker ${a.name ?? `${os.hostname()}:${process.pid}`}`);
-        const [{ runAsLocalChild }, { runWorker }] = await Promise.all([import('./worker/local-child'), import('./worker/worker')]);
+        const [{ runAsLocalChild }, { runWorker, defaultWorkerName }] = await Promise.all([import('./worker/local-child'), import('./worker/worker')]);
+        // The name the coordinator shows, so both logs agree.
+        const log = createLogger(`worker ${a.name ?? defaultWorkerName()}`);
         process.exitCode = await runAsLocalChild(log, () =>
           runWorker(
             {

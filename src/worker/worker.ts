@@ -48,6 +48,11 @@ export interface WorkerOptions {
   progressEverySeconds?: number;
 }
 
+/** The name a worker without --name goes by, in its hello and its own log lines alike. */
+export function defaultWorkerName(): string {
+  return `${os.hostname()}:${process.pid}`;
+}
+
 const BACKOFF_BASE_MS = 250;
 /** A try, from the connect to the coordinator's welcome, ends within this (or what --give-up-after leaves). */
 const HANDSHAKE_TIMEOUT_MS = 15_000;
@@ -154,7 +159,7 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
   });
   const backend = await selectBackend(opts.backend, opts.requireGpu);
   log(`backend ${backendLabel(backend)} (${backend.notes.join('; ')})`);
-  const name = opts.name ?? `${os.hostname()}:${process.pid}`;
+  const name = opts.name ?? defaultWorkerName();
   const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
   const metrics = new WorkerMetrics();
   const metricsServer = opts.metricsPort !== undefined && opts.metricsPort >= 0 ? await serveHttp(metrics.registry, opts.metricsHost ?? '127.0.0.1', opts.metricsPort) : null;
