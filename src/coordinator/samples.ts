@@ -28,7 +28,7 @@ export function gridsAround(dir: string, step: number): { upTo: string[]; after:
 }
 
 /** The most grids /api/status lists (the status page's slider positions): one a grid would grow without bound. */
-export const LISTED_GRIDS = 500;
+const LISTED_GRIDS = 500;
 
 /** `names` (oldest first) thinned to at most `max`, evenly spread over them, the first and the newest always kept. */
 export function spreadGrids(names: readonly string[], max = LISTED_GRIDS): string[] {

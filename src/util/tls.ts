@@ -11,7 +11,7 @@ function holds(file: string, parse: (bytes: Buffer) => unknown): boolean {
   }
 }
 
-export const holdsCertificate = (file: string) => holds(file, (b) => new crypto.X509Certificate(b));
+const holdsCertificate = (file: string) => holds(file, (b) => new crypto.X509Certificate(b));
 
 /**
  * Why --ca cannot be trusted as given, or null. X509Certificate reads DER too, but
