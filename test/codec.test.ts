@@ -117,6 +117,22 @@ describe('codec rejects malformed frames', () => {
     const { v: _v, ...noVersion } = good;
     assertRejected(() => decodeWorkerMessage(raw.pack(noVersion)), 'bad_frame');
   });
+  test('another version says whether the sender runs an older or a newer ganfleet, the side to upgrade', () => {
+    const said = (v: unknown) => {
+      try {
+        decodeWorkerMessage(raw.pack({ ...good, v }));
+      } catch (e) {
+        return e as ProtocolError;
+      }
+      assert.fail('accepted');
+    };
+    assert.match(said(PROTOCOL_VERSION - 1).message, new RegExp(`^protocol version ${PROTOCOL_VERSION - 1} is not this ganfleet's ${PROTOCOL_VERSION}: the sender runs an older ganfleet than this one$`));
+    assert.equal(said(PROTOCOL_VERSION - 1).olderVersion, PROTOCOL_VERSION - 1);
+    assert.match(said(PROTOCOL_VERSION + 1).message, /: the sender runs a newer ganfleet than this one$/);
+    assert.equal(said(PROTOCOL_VERSION + 1).olderVersion, undefined);
+    assert.doesNotMatch(said('4').message, /older|newer/);
+    assert.doesNotMatch(said(0).message, /older|newer/);
+  });
   test("unknown type, or the other side's type", () => {
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, type: 'launch' })), 'bad_type');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, type: 'weights' })), 'bad_type');

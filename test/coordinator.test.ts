@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
+import { pack, unpack } from 'msgpackr';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Checkpoint, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
@@ -18,7 +19,7 @@ import { IMAGE_SIZE, imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { blankMnistDir, tempDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, PROTOCOL_VERSION, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { GanfleetError } from '../src/util/errors';
@@ -420,6 +421,21 @@ describe('coordinator disconnects bad peers', () => {
     const said = lines.slice(logged).filter((l) => /rejected a message from an unidentified peer at 127\.0\.0\.1:\d+ \(bad_frame\)/.test(l));
     assert.equal(said.length, 1, lines.slice(logged).join('\n'));
     assert.equal((await joinedPeer(coordinator)).welcome.type, 'welcome', 'the coordinator still admits workers');
+  });
+
+  test("an older ganfleet's worker is refused in its own protocol version, which it reads, told to upgrade", async () => {
+    const older = PROTOCOL_VERSION - 1;
+    const ws = new WebSocket(`ws://127.0.0.1:${coordinator.port}`);
+    await new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject));
+    const reply = new Promise<Buffer>((resolve) => ws.once('message', (d: Buffer) => resolve(d)));
+    const closed = new Promise<number>((resolve) => ws.once('close', resolve));
+    ws.send(pack({ v: older, type: 'hello', name: 'old' }));
+    const refusal = unpack(await reply) as Record<string, unknown>;
+    assert.equal(refusal.v, older);
+    assert.equal(refusal.type, 'error');
+    assert.equal(refusal.code, 'PROTOCOL_BAD_VERSION');
+    assert.match(String(refusal.message), new RegExp(`older ganfleet than the coordinator \\(protocol version ${older}, the coordinator's ${PROTOCOL_VERSION}\\): upgrade the worker`));
+    assert.equal(await closed, 1008);
   });
 
   test('connections that never say hello are closed after the hello timeout (10 s; 1 s here), logged once a minute per address', async (t) => {

@@ -61,6 +61,17 @@ const FORGED_VERSION = `1\nFORGED [coordinator] finished ${STEPS} steps: forged`
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
+/**
+ * A coordinator's frame as its codec reads it, except the refusal of a frame of an older protocol version sent
+ * before a hello: that goes out in the older version, for an older ganfleet's worker to read.
+ */
+function decodeOrOlderRefusal(data: Buffer): CoordinatorMessage {
+  const raw = packr.unpack(data) as Record<string, unknown> | null;
+  const older = raw !== null && typeof raw === 'object' && Number.isSafeInteger(raw.v) && (raw.v as number) >= 1 && (raw.v as number) < PROTOCOL_VERSION;
+  if (older && raw.type === 'error' && raw.code === 'PROTOCOL_BAD_VERSION') return decodeCoordinatorMessage(packr.pack({ ...raw, v: PROTOCOL_VERSION }));
+  return decodeCoordinatorMessage(data);
+}
+
 // ---------------------------------------------------------------------------
 // Seeded randomness (mulberry32): never Math.random.
 
@@ -652,7 +663,7 @@ async function connect(url: string, tally: Tally, onMessage: (m: CoordinatorMess
   ws.on('message', (data: Buffer, isBinary: boolean) => {
     try {
       if (!isBinary) throw new Error('a text frame');
-      const m = decodeCoordinatorMessage(data);
+      const m = decodeOrOlderRefusal(data);
       if (m.type === 'welcome') {
         tally.welcomesReceived++;
         if (m.generatorSize !== G_SIZE || m.discriminatorSize !== D_SIZE) tally.problems.push(`welcome with sizes ${m.generatorSize}/${m.discriminatorSize}`);

@@ -103,7 +103,7 @@ test('a coordinator of another protocol version refuses the hello in its own ver
   await assertGivesUpAfterOneTry((ws) => {
     ws.send(encode(refusal as unknown as ErrorMessage));
     ws.close(1008);
-  }, new RegExp(`giving up: the coordinator speaks another protocol version \\(protocol version 3 is not this ganfleet's ${PROTOCOL_VERSION}\\): run the same ganfleet version on both sides`));
+  }, new RegExp(`giving up: the coordinator speaks another protocol version \\(protocol version 3 is not this ganfleet's ${PROTOCOL_VERSION}: the sender runs an older ganfleet than this one\\): run the same ganfleet version on both sides`));
 });
 
 test("a welcome in another protocol version: the worker refuses it and exits 1", async () => {

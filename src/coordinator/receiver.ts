@@ -91,7 +91,8 @@ export class Receiver {
           return;
         }
         const err = e instanceof ProtocolError ? e : new ProtocolError('bad_frame', (e as Error).message);
-        return this.reject(socket, peer ?? address, err.reason, err.message);
+        // Before its hello, a frame of an older version is an older ganfleet's worker: answered in that version.
+        return this.reject(socket, peer ?? address, err.reason, err.message, true, peer ? undefined : err.olderVersion);
       }
       if (!peer) {
         if (msg.type !== 'hello') return this.reject(socket, address, 'unexpected', `expected hello, got ${msg.type}`);
@@ -219,13 +220,23 @@ export class Receiver {
    * Counts a rejection, tells the peer why, and cuts off unidentified peers
    * (`from` their address). An `offence` also costs a welcomed peer its
    * answer to the open round, and repeat offenders their connection.
+   * `olderVersion` is the protocol version of a worker of an older ganfleet (before its hello), which cannot read this one's frames:
+   * its refusal goes out in that version (whose error message has always been {code, message}), saying to upgrade it.
    */
-  private reject(socket: WebSocket, from: WorkerPeer | string, reason: RejectReason, text: string, offence = true): void {
+  private reject(socket: WebSocket, from: WorkerPeer | string, reason: RejectReason, text: string, offence = true, olderVersion?: number): void {
     this.hooks.metrics.reject(reason);
     const peer = typeof from === 'string' ? null : from;
     if (peer) this.hooks.log(`rejected a message from ${peer.id} (${reason}): ${text}`);
     else this.logUnidentified(`${hostOf(from as string)} rejected`, `rejected a message from an unidentified peer at ${from as string} (${reason}): ${text}`);
-    const error = encode(errorMessage(protocolErrorCode(reason), text));
+    const refusal = errorMessage(protocolErrorCode(reason), text);
+    const error =
+      olderVersion === undefined
+        ? encode(refusal)
+        : encode({
+            ...refusal,
+            v: olderVersion,
+            message: `this worker runs an older ganfleet than the coordinator (protocol version ${olderVersion}, the coordinator's ${refusal.v}): upgrade the worker to the coordinator's ganfleet version`,
+          });
     // A peer's own send keeps the error out of the middle of a fragmented shard.
     if (peer) peer.send(error);
     else if (socket.readyState === WebSocket.OPEN) socket.send(error);

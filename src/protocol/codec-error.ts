@@ -24,6 +24,8 @@ export class ProtocolError extends GanfleetError {
   constructor(
     readonly reason: RejectReason,
     message: string,
+    /** For bad_version: the sender's protocol version where it is an older one (1 up to this one's), whose own error message the sender can read. */
+    readonly olderVersion?: number,
   ) {
     super(protocolErrorCode(reason), message);
   }

@@ -192,7 +192,10 @@ function decode(frame: Uint8Array, schemas: Record<string, Schema>): Message {
     throw new ProtocolError('bad_frame', 'a message must carry its protocol version v');
   }
   if (obj.v !== PROTOCOL_VERSION) {
-    throw new ProtocolError('bad_version', `protocol version ${quote(obj.v)} is not this ganfleet's ${PROTOCOL_VERSION}`);
+    // Versions only grow, so a number says which side runs the older ganfleet, the one to upgrade.
+    const v = Number.isSafeInteger(obj.v) && (obj.v as number) >= 1 ? (obj.v as number) : null;
+    const side = v === null ? '' : `: the sender runs ${v < PROTOCOL_VERSION ? 'an older' : 'a newer'} ganfleet than this one`;
+    throw new ProtocolError('bad_version', `protocol version ${quote(obj.v)} is not this ganfleet's ${PROTOCOL_VERSION}${side}`, v !== null && v < PROTOCOL_VERSION ? v : undefined);
   }
   const type = obj.type;
   if (typeof type !== 'string' || !Object.prototype.hasOwnProperty.call(schemas, type)) {
