@@ -2,7 +2,7 @@ import { selectBackend } from './backend';
 import { BackendChoice } from './backend-choice';
 import { Quality, evaluateGenerator, loadReference } from './eval/quality';
 import { readCheckpoint } from './coordinator/checkpoint';
-import { createModel } from './model';
+import { checkpointModel } from './coordinator/checkpoint-model';
 import { Logger, createLogger } from './util/log';
 
 export interface EvaluateOptions {
@@ -19,7 +19,7 @@ export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = cr
   const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
   const arch = String(checkpoint.config.arch);
   const loss = String(checkpoint.config.loss ?? 'bce');
-  const model = createModel(arch, loss);
+  const model = checkpointModel(checkpoint, file);
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name} (${backend.notes.join('; ')}); ${arch}/${loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
   const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir));

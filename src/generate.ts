@@ -2,11 +2,11 @@ import path from 'node:path';
 import { selectBackend } from './backend';
 import { BackendChoice } from './backend-choice';
 import { readCheckpoint } from './coordinator/checkpoint';
+import { checkpointModel } from './coordinator/checkpoint-model';
 import { encodePng, imageGrid, tanhToByte } from './data/png';
 import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
 import { generateProblem, outputFile } from './generate-output';
-import { createModel } from './model';
 import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
@@ -29,7 +29,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   const problem = generateProblem(opts.out, opts.count);
   if (problem) throw new GanfleetError('GENERATE_OPTIONS', problem);
   const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
-  const model = createModel(String(checkpoint.config.arch), String(checkpoint.config.loss ?? 'bce'));
+  const model = checkpointModel(checkpoint, file);
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name} (${backend.notes.join('; ')}); generator from ${file} (step ${checkpoint.step})`);
 

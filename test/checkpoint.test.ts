@@ -8,6 +8,8 @@ import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { checkpointToResume, shardsToResume } from '../src/coordinator/resume';
 import { tempDir } from './harness';
+import { generateSamples } from '../src/generate';
+import { evaluateCheckpoint } from '../src/evaluate';
 
 function checkpointAt(step: number): Checkpoint {
   const model = createModel('mlp');
@@ -242,5 +244,30 @@ test('--resume --loss lsgan on a checkpoint written before --loss existed names 
     () => checkpointToResume({ out, arch: 'mlp', loss: 'lsgan' }, () => {}),
     (e: Error & { code?: string }) => e.code === 'CHECKPOINT_MISMATCH' && /trained with --loss bce, not lsgan: pass --loss bce to resume it/.test(e.message),
   );
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test("a checkpoint of a model this ganfleet lacks (a newer ganfleet's) is refused as such, by --resume, generate and eval, with the file named", async () => {
+  const out = tempDir('resume-newer-model');
+  const file = writeCheckpoint(path.join(out, 'checkpoints'), { ...checkpointAt(4), config: { arch: 'wgan', loss: 'hinge' } }, 3);
+  const unknown = (e: Error & { code?: string }) =>
+    e.code === 'MODEL_UNKNOWN' && e.message.startsWith(`${file}: a checkpoint of --model wgan --loss hinge, which this ganfleet lacks`) && /written by a newer ganfleet/.test(e.message);
+  // Not "pass --model wgan to resume it", which the command line refuses.
+  assert.throws(() => checkpointToResume({ out, arch: 'mlp', loss: 'bce' }, () => {}), unknown);
+  await assert.rejects(generateSamples({ checkpoint: out, count: 2, out: path.join(out, 'x.npy'), seed: 1, backend: 'cpu' }, () => {}), unknown);
+  await assert.rejects(evaluateCheckpoint({ checkpoint: out, samples: 2, seed: 1, backend: 'cpu' }, () => {}), unknown);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+test("a checkpoint whose networks have other sizes than this ganfleet's model of that name (another version's) is refused with the file named", async () => {
+  const out = tempDir('resume-other-sizes');
+  // mlp-sized networks under the name dcgan: what a ganfleet whose dcgan had other layers would have written.
+  const file = writeCheckpoint(path.join(out, 'checkpoints'), { ...checkpointAt(4), config: { arch: 'dcgan', loss: 'bce' } }, 3);
+  const sizes = createModel('mlp').generatorLayout.size;
+  const other = (e: Error & { code?: string }) =>
+    e.code === 'CHECKPOINT_MISMATCH' && e.message.startsWith(`${file}: its dcgan generator has ${sizes} parameters, this ganfleet's dcgan generator ${createModel('dcgan').generatorLayout.size}`);
+  assert.throws(() => checkpointToResume({ out, arch: 'dcgan', loss: 'bce' }, () => {}), other);
+  await assert.rejects(generateSamples({ checkpoint: out, count: 2, out: path.join(out, 'x.npy'), seed: 1, backend: 'cpu' }, () => {}), other);
+  await assert.rejects(evaluateCheckpoint({ checkpoint: out, samples: 2, seed: 1, backend: 'cpu' }, () => {}), other);
   fs.rmSync(out, { recursive: true, force: true });
 });

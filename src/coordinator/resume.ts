@@ -7,6 +7,7 @@ import { Logger } from '../util/log';
 import { plural } from '../util/text';
 import { namesIn, removeTornWrites } from '../util/write';
 import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } from './checkpoint';
+import { checkpointModel } from './checkpoint-model';
 import { CoordinatorConfig, runLayout } from './config';
 import { SAMPLE_FILE } from './samples';
 import type { Evaluation, TrainingSummary } from './coordinator';
@@ -68,6 +69,8 @@ export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch
     log(`--resume: no checkpoint in ${dir}; starting from step 0`);
     return null;
   }
+  // A model this ganfleet lacks, or of other sizes, is another version's: no --model of this one resumes it.
+  checkpointModel(found.checkpoint, found.file);
   const was = found.checkpoint.config;
   if (was.arch !== config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${String(was.arch)} checkpoint, not ${config.arch}: pass --model ${String(was.arch)} to resume it`);
   // A checkpoint written before --loss existed keeps none: that run's loss was bce.
