@@ -1,9 +1,12 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
+import { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { chromium, Browser } from 'playwright-core';
 import { GanfleetProcess, tempDir, startCoordinator, startWorker } from './harness';
+import { STATUS_PAGE } from '../src/coordinator/status-page';
 
 const CHROMIUM = '/usr/bin/chromium';
 /** Where CI keeps the screenshot (ignored by git). */
@@ -92,5 +95,51 @@ test('a worker name of 160 unbroken characters stays inside the page, escaped', 
     proc.kill();
     await proc.exited;
     fs.rmSync(out, { recursive: true, force: true });
+  }
+});
+
+/** What /api/status says while the coordinator scores G. */
+const EVALUATING_STATUS = {
+  state: 'evaluating', step: 100, steps: 200, resumedFrom: null,
+  run: { model: 'mlp', loss: 'bce', batchSize: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, seed: 1, wireDtype: 'float32' },
+  imagesPerSecond: 0, etaSeconds: null, last: null, workers: [], samples: [], evaluations: [],
+};
+
+test('the status page asks again only once an answer came: a coordinator slow to answer gets no pile of requests', { skip, timeout: 60_000 }, async () => {
+  // A coordinator busy scoring G (--eval-every) answers /api/status seconds late; this one takes 8 s.
+  let asked = 0;
+  const waiting = new Set<http.ServerResponse>();
+  const server = http.createServer((req, res) => {
+    if (req.url === '/') return void res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(STATUS_PAGE);
+    if (req.url === '/api/history') return void res.writeHead(200, { 'content-type': 'application/json' }).end('{"points":[]}');
+    if (req.url === '/api/status') {
+      asked++;
+      waiting.add(res);
+      setTimeout(() => { waiting.delete(res); res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(EVALUATING_STATUS)); }, 8000);
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  browser ??= await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
+  const page = await browser.newPage();
+  try {
+    // Counted in the browser: Chrome holds a repeat of a URL still being fetched back until the first answer
+    // (its cache lock), so the server alone sees them only one after another, every one of them in the end.
+    let pending = 0, most = 0;
+    const isStatus = (r: { url(): string }) => r.url().endsWith('/api/status');
+    page.on('request', (r) => { if (isStatus(r)) most = Math.max(most, ++pending); });
+    page.on('requestfinished', (r) => { if (isStatus(r)) pending--; });
+    page.on('requestfailed', (r) => { if (isStatus(r)) pending--; });
+    await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+    await page.waitForTimeout(7000);
+    assert.equal(asked, 1, `${asked} requests for /api/status reached the server within 7 s`);
+    assert.equal(most, 1, `${most} requests for /api/status waiting at once within 7 s, while the first had no answer`);
+    await page.waitForFunction(() => document.getElementById('state')!.textContent === 'evaluating', undefined, { timeout: 10_000 });
+  } finally {
+    await page.close();
+    for (const res of waiting) res.destroy();
+    server.closeAllConnections();
+    server.close();
   }
 });
