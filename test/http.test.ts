@@ -292,3 +292,22 @@ test('a plain HTTP request to the workers\' port (a browser, a probe) is answere
     await workers.close();
   }
 });
+
+test('every answer of the metrics port says nosniff: the status page, its JSON, /metrics, errors', async () => {
+  const routes = {
+    '/': () => ({ status: 200, type: 'text/html; charset=utf-8', body: '<!doctype html>' }),
+    '/api/status': () => ({ status: 200, type: 'application/json', body: '{"name":"<img src=x onerror=alert(1)>"}' }),
+  };
+  const server = await serveHttp(new Registry(), '127.0.0.1', 0, routes);
+  try {
+    const base = `http://127.0.0.1:${boundPort(server)}`;
+    for (const [path, method] of [['/', 'GET'], ['/api/status', 'GET'], ['/metrics', 'GET'], ['/healthz', 'HEAD'], ['/nope', 'GET'], ['/', 'POST']]) {
+      const res = await fetch(base + path, { method });
+      await res.arrayBuffer();
+      assert.equal(res.headers.get('x-content-type-options'), 'nosniff', `${method} ${path}`);
+    }
+  } finally {
+    server.closeAllConnections();
+    server.close();
+  }
+});

@@ -118,7 +118,8 @@ export async function serveHttp(registry: Registry, host: string, port: number, 
     const target = req.url ?? '/';
     const path = /^https?:\/\//i.test(target) && URL.canParse(target) ? new URL(target).pathname : target.split('?')[0];
     const send = (status: number, type: string, body: string | Buffer, headers: Record<string, string> = {}) => {
-      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...headers });
+      // nosniff: a browser takes each answer as its declared type only (the JSON carries strings peers chose).
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', ...headers });
       res.end(body);
     };
     // No request here has a body: a client that sends one is not read further.
