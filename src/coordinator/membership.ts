@@ -75,8 +75,16 @@ export class WorkerGroup {
    * for ever.
    */
   private readonly untold = new Map<string, string>();
-  /** Every worker process (WorkerPeer.origin) admitted by this coordinator. */
+  /**
+   * The worker processes (WorkerPeer.origin) admitted by this coordinator
+   * that may come back: connected, or gone without leaving on their own. One
+   * that left on its own exits, so it is forgotten, and the set does not grow
+   * with every process a long, elastic run has seen (a reused pid is a new
+   * process, and counts as one).
+   */
   private readonly joined = new Set<string>();
+  /** Worker processes admitted so far, each counted once however often it rejoined. */
+  private processes = 0;
   /** Called as an untold worker hears the dismissal, while tellLateWorkers waits. */
   private toldOne: (() => void) | null = null;
   /** A refused hello can be repeated at will: at most a line a minute per address. */
@@ -155,7 +163,10 @@ export class WorkerGroup {
       this.countMailboxes();
     });
     this.peers.set(peer.id, peer);
-    this.joined.add(origin);
+    if (!this.joined.has(origin)) {
+      this.joined.add(origin);
+      this.processes++;
+    }
     // Back in the group (not refused as one too many): it hears the run's end with the others.
     this.untold.delete(origin);
     this.offerMailbox(peer);
@@ -170,6 +181,8 @@ export class WorkerGroup {
     if (this.peers.get(peer.id) !== peer) return;
     this.peers.delete(peer.id);
     if (!this.dismissal && !leftOnItsOwn) this.untold.set(peer.origin, `${peer.id} ${peerString(peer.name)}`);
+    // It exits: it will not be admitted again.
+    if (leftOnItsOwn) this.joined.delete(peer.origin);
     peer.closeMailbox();
     this.countMailboxes();
     this.hooks.left(peer.id);
@@ -370,7 +383,7 @@ export class WorkerGroup {
 
   /** Worker processes admitted so far, each counted once however often it rejoined. */
   processesJoined(): number {
-    return this.joined.size;
+    return this.processes;
   }
 
   /** The labels of the workers that left without hearing the run is over. */
