@@ -17,11 +17,9 @@ export interface EvaluateOptions {
 /** `ganfleet eval`: loads a checkpoint's G and scores it. Logs go to stderr: stdout is the result. */
 export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = createLogger('eval', process.stderr)): Promise<Quality & { step: number; checkpoint: string; model: string; loss: string }> {
   const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
-  const arch = String(checkpoint.config.arch);
-  const loss = String(checkpoint.config.loss ?? 'bce');
   const model = checkpointModel(checkpoint, file);
   const backend = await selectBackend(opts.backend);
-  log(`backend ${backend.name} (${backend.notes.join('; ')}); ${arch}/${loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
+  log(`backend ${backend.name} (${backend.notes.join('; ')}); ${model.arch}/${model.loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
   const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir));
-  return { ...quality, step: checkpoint.step, checkpoint: file, model: arch, loss };
+  return { ...quality, step: checkpoint.step, checkpoint: file, model: model.arch, loss: model.loss };
 }

@@ -70,12 +70,9 @@ export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch
     return null;
   }
   // A model this ganfleet lacks, or of other sizes, is another version's: no --model of this one resumes it.
-  checkpointModel(found.checkpoint, found.file);
-  const was = found.checkpoint.config;
-  if (was.arch !== config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${String(was.arch)} checkpoint, not ${config.arch}: pass --model ${String(was.arch)} to resume it`);
-  // A checkpoint written before --loss existed keeps none: that run's loss was bce.
-  const wasLoss = String(was.loss ?? 'bce');
-  if (wasLoss !== config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${wasLoss}, not ${config.loss}: pass --loss ${wasLoss} to resume it`);
+  const was = checkpointModel(found.checkpoint, found.file);
+  if (was.arch !== config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${was.arch} checkpoint, not ${config.arch}: pass --model ${was.arch} to resume it`);
+  if (was.loss !== config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${was.loss}, not ${config.loss}: pass --loss ${was.loss} to resume it`);
   return found;
 }
 
