@@ -459,7 +459,8 @@ function failureOf(e: unknown, welcomed: boolean): { code: string; text: string;
   // port that gives no welcome is: the coordinator may be there later.
   const foreign = !welcomed && e instanceof ProtocolError && (e.reason === 'bad_frame' || e.reason === 'bad_type');
   const said = (e as Error).message;
-  // A coordinator of another version encodes its refusal in its own version, so this is what a mixed fleet meets.
+  // A coordinator older than this worker encodes its refusal in its own version, which lands here (a newer one
+  // answers in this worker's version: an error PROTOCOL_BAD_VERSION, for endedByError).
   const skewed = e instanceof ProtocolError && e.reason === 'bad_version';
   const text = trapped
     ? `the backend failed (${said}); this process cannot compute again`
