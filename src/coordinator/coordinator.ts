@@ -571,7 +571,7 @@ export class Coordinator {
         const awaited = round.awaited().map((id) => `${id} ${peerString(this.workers.get(id)?.name ?? '')}`);
         this.log(
           `still waiting after ${seconds} s for the ${round.phase} gradients of step ${stepOfRound(round.step)} from ${awaited.join(', ')} (${round.received.size}/${round.size} answered); ` +
-            `a worker that does not answer is dropped at --round-timeout ${this.config.roundTimeoutSeconds} s, or once its pong is --heartbeat ${this.config.heartbeatSeconds} s late` +
+            `a worker that does not answer is dropped --round-timeout ${this.config.roundTimeoutSeconds} s after its request was sent (after any shard ahead of it), or once its pong is --heartbeat ${this.config.heartbeatSeconds} s late` +
             (this.stop ? `; the stop (${this.stop.reason}) waits for this step` : ''),
         );
       }, bytesRead);

@@ -170,7 +170,7 @@ export class Receiver {
     if (!this.saidAliveWhenDropped) {
       this.saidAliveWhenDropped = true;
       // A heartbeat or deadline shorter than a round on this machine drops live workers, and the log said only "dropped".
-      this.hooks.log(`${peer.id} was alive when dropped, only slow: where this machine is busy (or its first rounds compile kernels), a larger --heartbeat and --round-timeout keep such workers`);
+      this.hooks.log(`${peer.id} was alive when dropped: only slow, or its link stalled for a while; where this machine is busy (or its first rounds compile kernels), a larger --heartbeat and --round-timeout keep such workers`);
     }
   }
 
