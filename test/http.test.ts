@@ -80,22 +80,37 @@ test('idle connections are bounded: beyond MAX_HTTP_CONNECTIONS a new socket is 
   }
 });
 
-test('a log line cannot be split, coloured or turned around by a string from a peer', () => {
-  let written = '';
+/** A stream for a logger that keeps what is written to it. */
+function capturedLog(component: string): { log: (msg: string) => void; written: () => string; clear: () => void } {
+  let text = '';
   const sink = new Writable({
     write(chunk, _encoding, done) {
-      written += chunk;
+      text += chunk;
       done();
     },
   });
-  const log = createLogger('coordinator', sink as unknown as NodeJS.WriteStream);
+  return { log: createLogger(component, sink as unknown as NodeJS.WriteStream), written: () => text, clear: () => void (text = '') };
+}
+
+test('a log line cannot be split, coloured or turned around by a string from a peer', () => {
+  const { log, written: text, clear } = capturedLog('coordinator');
   log('w1: its mailbox cannot be used here (ENOENT: /x\n2030-01-01T00:00:00.000Z [coordinator] w1 left (FORGED)\u001b[31m)');
+  let written = text();
   assert.equal(written.split('\n').length, 2, written);
   assert.match(written, /\(ENOENT: \/x\\n2030-01-01T00:00:00\.000Z \[coordinator\] w1 left \(FORGED\)\\u001b\[31m\)\n$/);
   // Nor turned around or hidden in a viewer that handles bidirectional text.
-  written = '';
+  clear();
   log('w2 joined ("\u202edesrever" \u2066x\u2069 /data/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645)');
+  written = text();
   assert.equal(written.slice(written.indexOf(' w2 ')), ' w2 joined ("\\u202edesrever" \\u2066x\\u2069 /data/\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645)\n', 'a joiner in a Persian name stays');
+});
+
+test("a worker's own --name in its lines' prefix cannot split them either", () => {
+  const { log, written: text } = capturedLog('worker a\n2030-01-01T00:00:00.000Z [coordinator] forged\u001b[31m');
+  log('joined');
+  const written = text();
+  assert.equal(written.split('\n').length, 2, written);
+  assert.match(written, /^\S+ \[worker a\\n2030-01-01T00:00:00\.000Z \[coordinator\] forged\\u001b\[31m\] joined\n$/);
 });
 
 test('a peer that repeats an offence is logged once a minute per address, with how many more it stands for', () => {

@@ -10,8 +10,10 @@ export type Logger = (msg: string) => void;
  */
 export function createLogger(component: string, stream: NodeJS.WriteStream = process.stdout): Logger {
   dropLinesOnFailure(stream);
+  // The component holds a worker's --name, as free as a peer's string.
+  const prefix = `[${escapeControls(component)}]`;
   return (msg) => {
-    if (!failed.has(stream)) stream.write(`${new Date().toISOString()} [${component}] ${escapeControls(msg)}\n`);
+    if (!failed.has(stream)) stream.write(`${new Date().toISOString()} ${prefix} ${escapeControls(msg)}\n`);
   };
 }
 
