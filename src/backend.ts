@@ -81,9 +81,22 @@ function missingBinding(pkg: string): string | null {
   return `${pkg}'s install script, which downloads libtensorflow and its binding, has not run: npm 12 runs a dependency's install script only where package.json's allowScripts approves it, and --ignore-scripts never does; run npm rebuild ${pkg} where the network is reachable`;
 }
 
+/**
+ * tfjs-node(-gpu) 4.22's kernels call util.isNullOrUndefined (nodejs_kernel_backend.js's createTensorsTypeOpAttr, on
+ * every op) and util.isArray, which Node 23 removed (isNullOrUndefined; isArray is only deprecated). Without them the
+ * backend loads and reports its GPU, and then every op throws "(0 , util_1.isNullOrUndefined) is not a function".
+ * They read the functions off node:util at each call, so putting them back before any op is enough.
+ */
+function restoreUtilForTfjsNode(): void {
+  const util = require('node:util') as Record<string, unknown>;
+  if (typeof util.isNullOrUndefined !== 'function') util.isNullOrUndefined = (v: unknown) => v === null || v === undefined;
+  if (typeof util.isArray !== 'function') util.isArray = Array.isArray;
+}
+
 function tryNative(pkg: string): string | null {
   const problem = installProblem(pkg);
   if (problem) return problem;
+  restoreUtilForTfjsNode();
   try {
     require(pkg);
   } catch (e) {

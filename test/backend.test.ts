@@ -118,6 +118,28 @@ standInTest('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on
   assert.match(none.out, /^--require-gpu: no native backend could be loaded \(skipped @tensorflow\/tfjs-node-gpu is not installed/);
 });
 
+standInTest('tfjs-node 4.22 kernels, which call util.isNullOrUndefined (removed in Node 23), run on Node 23 and later', () => {
+  const cpu = JSON.stringify(require.resolve('@tensorflow/tfjs-backend-cpu'));
+  const core = JSON.stringify(require.resolve('@tensorflow/tfjs-core'));
+  // As tfjs-node-gpu 4.22's kernels/Add.js: createTensorsTypeOpAttr calls (0, util_1.isNullOrUndefined)(dtype) first.
+  const gpu = tensorflowStandIn(true);
+  gpu.index += `
+      const util_1 = require('util');
+      const cpuAdd = require(${core}).getKernel('Add', 'cpu');
+      require(${core}).registerKernel({ kernelName: 'Add', backendName: 'tensorflow', kernelFunc: (args) => {
+        if ((0, util_1.isNullOrUndefined)(args.inputs.a.dtype) || !(0, util_1.isArray)([])) throw new Error('Invalid input tensors value.');
+        return cpuAdd.kernelFunc(args);
+      } });
+      require(${cpu});`;
+  // Node 20 and 22 still have them: take them away, as Node 23 and later do.
+  const r = withStandIns(
+    { '@tensorflow/tfjs-node-gpu': gpu },
+    `(delete require('util').isNullOrUndefined, backend.selectBackend('tensorflow', true)).then(() => Array.from(require('@tensorflow/tfjs-core').add([1, 2], [3, 4]).dataSync()))`,
+  );
+  assert.equal(r.status, 0, r.out);
+  assert.deepEqual(JSON.parse(r.out.split('\n')[0]), [4, 6], r.out);
+});
+
 standInTest('TensorFlow is told to grow its GPU memory unless the environment says otherwise, so processes can share a GPU', () => {
   const gpu = { '@tensorflow/tfjs-node-gpu': tensorflowStandIn(true) };
   assert.equal(JSON.parse(withStandIns(gpu, selectedWithGrowth('auto', false), { TF_FORCE_GPU_ALLOW_GROWTH: undefined }).out).growth, 'true');
