@@ -33,7 +33,7 @@ export class CoordinatorMetrics {
   readonly evalSeconds = this.counter('ganfleet_eval_seconds_total', 'Time spent in --eval-every evaluations (training waits meanwhile).');
   readonly workers = this.gauge('ganfleet_workers_connected', 'Workers connected to the coordinator.');
   readonly mailboxWorkers = this.gauge('ganfleet_mailbox_workers', 'Connected workers whose frames go through a shared-memory mailbox.');
-  readonly paused = this.gauge('ganfleet_paused', '1 while training waits for workers (fewer than --min-workers connected).');
+  readonly paused = this.gauge('ganfleet_paused', '1 while training waits for workers: for the start count before the first step, for --min-workers after it.');
   readonly pauses = this.counter('ganfleet_pauses_total', 'Times training paused for lack of workers after it started.');
   readonly lateGradients = this.counter('ganfleet_late_gradients_total', 'Gradients discarded because their round had already closed.');
   readonly roundTimeouts = this.counter('ganfleet_round_timeouts_total', 'Workers dropped for missing a round deadline (--round-timeout).');
