@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // First: the imports below need a working directory.
 import './util/working-directory';
+// Then: a SIGTERM while the CLI loads is kept (pid 1 in a container would drop it).
+import './util/early-signals';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';

@@ -1,3 +1,5 @@
+import { takeEarlySignal } from './early-signals';
+
 /**
  * First SIGINT/SIGTERM: `onFirst` (finish the step, write outputs, stop
  * workers). Second: exit at once with 130. `seen` signals were already
@@ -9,6 +11,9 @@ export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecon
   const handler = (signal: NodeJS.Signals) => (++count > 1 ? onSecond() : onFirst(signal));
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
+  // One that came while the CLI loaded, before any handler (dropped by the kernel for a pid 1 without one).
+  const early = takeEarlySignal();
+  if (early) process.nextTick(() => handler(early));
   return () => {
     process.off('SIGINT', handler);
     process.off('SIGTERM', handler);
