@@ -3,7 +3,7 @@ import { selectBackend } from './backend';
 import { BackendChoice } from './backend-choice';
 import { readCheckpoint } from './coordinator/checkpoint';
 import { checkpointModel } from './coordinator/checkpoint-model';
-import { encodePng, imageGrid, tanhToByte } from './data/png';
+import { encodePng, imageGrid, tanhToBytes } from './data/png';
 import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
 import { generateProblem, outputFile } from './generate-output';
@@ -38,7 +38,7 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
 
   let bytes: Buffer;
   if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);
-  else if (ext === '.idx') bytes = encodeIdx([opts.count, 28, 28], Uint8Array.from(images, tanhToByte));
+  else if (ext === '.idx') bytes = encodeIdx([opts.count, 28, 28], tanhToBytes(images));
   else {
     const cols = Math.ceil(Math.sqrt(opts.count));
     const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);

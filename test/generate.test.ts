@@ -11,14 +11,14 @@ import { tanhToByte } from '../src/data/png';
 import { readIdx } from '../src/data/idx';
 import { decodeNpy } from '../src/data/npy';
 import { generateProblem, outputFile } from '../src/generate-output';
-import { createModel } from '../src/model';
+import { GanModel, GanParameters, createModel } from '../src/model';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { tempDir } from './harness';
 import { CLI, assertClose } from './helpers';
 
-test('ganfleet generate writes .npy, .idx and .png that read back as the generator\'s samples', { timeout: 60_000 }, async () => {
-  const dir = tempDir('generate');
+/** A step-5 checkpoint of an untrained MLP (seed 11) under `dir`: its path, and the model and weights it holds. */
+function untrainedCheckpoint(dir: string): { ckpt: string; model: GanModel; p: GanParameters } {
   const model = createModel('mlp');
   const p = model.init(new Rng(11));
   const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
@@ -27,6 +27,12 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
     { step: 5, imagesTotal: 0, config: { arch: 'mlp' }, seedRng: new Rng(1).state(), nextWorker: 1, shards: [], generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) },
     3,
   );
+  return { ckpt, model, p };
+}
+
+test('ganfleet generate writes .npy, .idx and .png that read back as the generator\'s samples', { timeout: 60_000 }, async () => {
+  const dir = tempDir('generate');
+  const { ckpt, model, p } = untrainedCheckpoint(dir);
   const run = (out: string, from = ckpt) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', from, '--count', '7', '--seed', '3', '--backend', 'cpu', '--out', out], { encoding: 'utf8' });
 
   // The same 7 samples, drawn here from the same noise.
@@ -137,4 +143,14 @@ test("another user's link as --out in a sticky directory is refused, not followe
   assert.equal(outputFile(planted), planted);
   assert.match(generateProblem(planted, 7) ?? '', /is a link of another user \(uid 65534\) in a sticky directory, which Linux does not follow$/);
   for (const d of [sticky, mine]) fs.rmSync(d, { recursive: true, force: true });
+});
+
+test('generate --count 200000 (the most it allows) writes a .idx, not a fatal out-of-memory abort after drawing', { timeout: 180_000 }, () => {
+  const dir = tempDir('generate-idx-max');
+  const { ckpt } = untrainedCheckpoint(dir);
+  const out = path.join(dir, 'all.idx');
+  const r = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', ckpt, '--count', '200000', '--backend', 'wasm', '--out', out], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr.slice(0, 2000));
+  assert.doesNotMatch(r.stderr, /heap out of memory|invalid array length/);
+  assert.equal(fs.statSync(out).size, 16 + 200_000 * 28 * 28);
 });

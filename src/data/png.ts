@@ -113,6 +113,19 @@ export function imageGrid(
   return { width: gridW, height: gridH, pixels };
 }
 
+/**
+ * Every value of `images` as tanhToByte's pixel. A loop, not
+ * `Uint8Array.from(images, tanhToByte)`: with a mapping function V8 first
+ * copies the source into a JavaScript array, which cannot hold the 156.8 M
+ * values of 200,000 images (a fatal "invalid array length" out-of-memory
+ * abort, after every sample was drawn).
+ */
+export function tanhToBytes(images: Float32Array): Uint8Array {
+  const bytes = new Uint8Array(images.length);
+  for (let i = 0; i < images.length; i++) bytes[i] = tanhToByte(images[i]);
+  return bytes;
+}
+
 /** A tanh-range value as an 8-bit pixel: clamp(round((v+1)·127.5), 0, 255); NaN becomes 0. */
 export function tanhToByte(v: number): number {
   const p = Math.round((v + 1) * 127.5);
