@@ -81,6 +81,12 @@ export function generateProblem(out: string, count: number, countText = String(c
   } catch (e) {
     return `--out ${out} cannot be written: ${(e as Error).message}`;
   }
+  // A full file system was found only as ENOSPC from the write, after every sample was drawn (minutes for dcgan).
+  // The temporary file needs all its bytes while a file it replaces still holds its own.
+  const bytes = outputBytes(ext, count);
+  const dir = at === file ? path.dirname(at) : at;
+  const free = freeBytes(dir);
+  if (free !== null && free < bytes) return `--out ${out} cannot be written: ${count} samples as ${ext} take ${megabytes(bytes)}, and ${dir} has ${megabytes(free)} free`;
   // In a sticky directory (/tmp), only the owner of a file or of the directory may rename over it: another user's
   // file there would be found only by the rename, after every sample was drawn.
   if (at === file) {
@@ -92,6 +98,27 @@ export function generateProblem(out: string, count: number, countText = String(c
     }
   }
   return null;
+}
+
+/** The size of `count` samples as `ext`: exact for .npy (its header is at most 128 bytes) and .idx, a floor for .png. */
+export function outputBytes(ext: string, count: number): number {
+  if (ext === '.npy') return 128 + count * 28 * 28 * 4;
+  if (ext === '.idx') return 16 + count * 28 * 28;
+  return 0; // deflated: no size to know before it is drawn
+}
+
+/** Bytes this process may still write on `dir`'s file system (root: the reserved blocks too), or null where unknown. */
+function freeBytes(dir: string): number | null {
+  try {
+    const s = fs.statfsSync(dir);
+    return (process.geteuid?.() === 0 ? s.bfree : s.bavail) * s.bsize;
+  } catch {
+    return null; // a file system statfs cannot answer for: the write says what it finds
+  }
+}
+
+function megabytes(bytes: number): string {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
 }
 
 function isLink(p: string): boolean {

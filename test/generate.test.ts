@@ -154,3 +154,21 @@ test('generate --count 200000 (the most it allows) writes a .idx, not a fatal ou
   assert.doesNotMatch(r.stderr, /heap out of memory|invalid array length/);
   assert.equal(fs.statSync(out).size, 16 + 200_000 * 28 * 28);
 });
+
+test('--out on a file system too full for the samples is refused before any is drawn, not as ENOSPC after', (t) => {
+  const dir = tempDir('generate-full');
+  // A 1 MB file system of its own: needs the privilege to mount one (root in a container), else skipped.
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir], { encoding: 'utf8' });
+  if (mounted.status !== 0) return t.skip(`cannot mount a tmpfs here: ${(mounted.stderr || String(mounted.error)).trim()}`);
+  try {
+    // 1000 samples are 3.1 MB as .npy, 0.8 MB as .idx.
+    assert.match(generateProblem(path.join(dir, 'x.npy'), 1000) ?? '', /cannot be written: 1000 samples as \.npy take 3\.1 MB, and .* has 1\.0 MB free/);
+    assert.equal(generateProblem(path.join(dir, 'x.idx'), 1000), null);
+    assert.equal(generateProblem(path.join(dir, 'x.png'), 1000), null, 'a .png has no size to know beforehand');
+    const r = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', path.join(dir, 'none.bin'), '--count', '1000', '--out', path.join(dir, 'sub', 'x.npy')], { encoding: 'utf8' });
+    assert.equal(r.status, 2, 'refused as a usage error, before the checkpoint is even read');
+    assert.match(r.stderr, /take 3\.1 MB, and .* has 1\.0 MB free/);
+  } finally {
+    spawnSync('umount', [dir]);
+  }
+});
