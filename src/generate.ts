@@ -11,6 +11,7 @@ import { generateImages } from './model/sample';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
+import { onStopSignals } from './util/signals';
 import { makeDirectory, removeTornWrites, writeFileAtomic } from './util/write';
 
 export interface GenerateOptions {
@@ -50,7 +51,22 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
   for (const torn of removeTornWrites(dir, path.basename(target))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
   // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.
-  writeFileAtomic(target, [bytes]);
+  // A SIGINT or SIGTERM during the write (seconds for 627 MB, fsync included) killed the process and left the
+  // temporary file beside --out, found only by a later generate of that name five minutes on. The write is
+  // synchronous, so a signal held here is dispatched once it is done: the file is then whole, nothing is left.
+  let stopped: NodeJS.Signals | null = null;
+  const release = onStopSignals((signal) => (stopped ??= signal), () => undefined);
+  try {
+    writeFileAtomic(target, [bytes]);
+    await new Promise<void>((r) => setImmediate(r)); // after the poll phase, which dispatches a signal held during the write
+  } finally {
+    if (stopped === null) release(); // else kept until the process ends: released, a signal kills it anew
+  }
+  if (stopped !== null) {
+    log(`${stopped} received while writing: ${opts.out} was written whole (${opts.count} samples); exiting`);
+    process.exitCode = stopped === 'SIGINT' ? 130 : 143;
+    return opts.out;
+  }
   log(`wrote ${opts.count} samples to ${opts.out}${target === path.resolve(opts.out) ? '' : ` (the link's target, ${target})`}`);
   return opts.out;
 }

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { PNG } from 'pngjs';
@@ -171,4 +171,29 @@ test('--out on a file system too full for the samples is refused before any is d
   } finally {
     spawnSync('umount', [dir]);
   }
+});
+
+test('a SIGTERM while generate writes leaves the file whole and no temporary file beside it', { timeout: 180_000 }, async () => {
+  const dir = tempDir('generate-sigterm');
+  const { ckpt } = untrainedCheckpoint(dir);
+  const outDir = path.join(dir, 'out');
+  fs.mkdirSync(outDir);
+  const out = path.join(outDir, 'all.npy');
+  const child = spawn(process.execPath, [CLI, 'generate', '--checkpoint', ckpt, '--count', '200000', '--backend', 'wasm', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stdout.on('data', (d) => (stderr += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise<[number | null, NodeJS.Signals | null]>((r) => child.on('exit', (code, signal) => r([code, signal])));
+  // The temporary file of the write (627 MB, seconds to write and fsync): the signal comes while it is there.
+  let killed = false;
+  for (let i = 0; i < 60_000 && !killed && child.exitCode === null; i++) {
+    if (fs.readdirSync(outDir).some((n) => n.includes('.tmp-'))) killed = child.kill('SIGTERM');
+    else await new Promise((r) => setTimeout(r, 2));
+  }
+  const [code, signal] = await exited;
+  assert.ok(killed, `no write was seen to interrupt: ${stderr}`);
+  assert.deepEqual(fs.readdirSync(outDir), ['all.npy'], 'no temporary file left');
+  assert.equal(fs.statSync(out).size, 128 + 200_000 * 28 * 28 * 4);
+  assert.deepEqual([code, signal], [143, null]);
+  assert.match(stderr, /SIGTERM received while writing: .*all\.npy was written whole/);
 });
