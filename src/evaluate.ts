@@ -3,6 +3,7 @@ import { BackendChoice } from './backend-choice';
 import { Quality, evaluateGenerator, loadReference } from './eval/quality';
 import { readCheckpoint } from './coordinator/checkpoint';
 import { checkpointModel } from './coordinator/checkpoint-model';
+import { batchProgress } from './util/batch-progress';
 import { Logger, createLogger } from './util/log';
 
 export interface EvaluateOptions {
@@ -20,6 +21,6 @@ export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = cr
   const model = checkpointModel(checkpoint, file);
   const backend = await selectBackend(opts.backend);
   log(`backend ${backend.name} (${backend.notes.join('; ')}); ${model.arch}/${model.loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
-  const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir));
+  const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir), batchProgress(log, 'images'));
   return { ...quality, step: checkpoint.step, checkpoint: file, model: model.arch, loss: model.loss };
 }

@@ -8,6 +8,7 @@ import { encodeIdx } from './data/idx';
 import { encodeNpy } from './data/npy';
 import { generateProblem, outputFile } from './generate-output';
 import { generateImages } from './model/sample';
+import { batchProgress } from './util/batch-progress';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
@@ -35,7 +36,8 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   log(`backend ${backend.name} (${backend.notes.join('; ')}); generator from ${file} (step ${checkpoint.step})`);
 
   const noise = new Rng(opts.seed).fillNormal(new Float32Array(opts.count * model.zDim));
-  const images = await generateImages(model, checkpoint.generator, noise, opts.count);
+  const progress = batchProgress(log, 'samples');
+  const images = await generateImages(model, checkpoint.generator, noise, opts.count, 500, (done) => progress('drawing', done, opts.count));
 
   let bytes: Buffer;
   if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);

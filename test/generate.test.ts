@@ -197,3 +197,20 @@ test('a SIGTERM while generate writes leaves the file whole and no temporary fil
   assert.deepEqual([code, signal], [143, null]);
   assert.match(stderr, /SIGTERM received while writing: .*all\.npy was written whole/);
 });
+
+test('a long generate and eval show their progress, with an estimate of the time left; stdout stays the result', { timeout: 120_000 }, () => {
+  const dir = tempDir('generate-progress');
+  const { ckpt } = untrainedCheckpoint(dir);
+  const generate = (count: string, out: string) => spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', ckpt, '--count', count, '--backend', 'wasm', '--out', path.join(dir, out)], { encoding: 'utf8' });
+  const gen = generate('10000', 'x.npy');
+  assert.equal(gen.status, 0, gen.stderr);
+  assert.match(gen.stdout, /\[generate\] drawing: 50% \(5000\/10000 samples\) in [\d.]+ s, about \d+ s left\n/);
+  assert.match(gen.stdout, /\[generate\] drawing: 100% \(10000\/10000 samples\) in [\d.]+ s\n/);
+  assert.doesNotMatch(generate('100', 'y.npy').stdout, /drawing:/, 'a quick one says nothing more');
+  const ev = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', ckpt, '--samples', '10000', '--backend', 'wasm'], { encoding: 'utf8' });
+  assert.equal(ev.status, 0, ev.stderr);
+  assert.match(ev.stderr, /\[eval\] drawing: 50% \(5000\/10000 images\) in [\d.]+ s, about \d+ s left/);
+  assert.match(ev.stderr, /\[eval\] classifying the test set: 100% \(10000\/10000 images\)/);
+  assert.match(ev.stderr, /\[eval\] classifying the samples: 100% \(10000\/10000 images\)/);
+  assert.match(ev.stdout, /^step 5 \(mlp\/bce\): fid=[^\n]*\n$/, 'stdout is the result alone');
+});

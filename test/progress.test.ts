@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RunClock, progressLine } from '../src/coordinator/progress';
+import { batchProgress } from '../src/util/batch-progress';
 import { ProgressLine } from '../src/worker/progress';
 
 /** A RunClock on a clock the test moves (milliseconds). */
@@ -155,4 +156,26 @@ test("a worker's 'no round' line comes --progress-every after its join or its la
   // A timer is never early by more than a millisecond, and late only by what a busy machine adds.
   assert.ok(idle[0].at - lastRound >= 399 && idle[0].at - lastRound < 650, JSON.stringify({ lastRound, lines }));
   assert.ok(idle[1].at - idle[0].at >= 399, JSON.stringify(lines));
+});
+
+test("a long generate or eval says each tenth of each phase, its time from the phase's start and the time left; a short phase says nothing", () => {
+  let ms = 0;
+  const lines: string[] = [];
+  const progress = batchProgress((m) => lines.push(m), 'images', () => ms);
+  // 20 batches of 500, 100 ms each: a line every second batch.
+  for (let done = 500; done <= 10_000; done += 500) {
+    ms += 100;
+    progress('drawing', done, 10_000);
+  }
+  assert.equal(lines.length, 10);
+  assert.equal(lines[4], 'drawing: 50% (5000/10000 images) in 1.0 s, about 1 s left');
+  assert.equal(lines[9], 'drawing: 100% (10000/10000 images) in 2.0 s');
+  // The next phase is timed from the end of the one before, its first batch included.
+  ms += 300;
+  progress('classifying the samples', 1000, 10_000);
+  assert.equal(lines[10], 'classifying the samples: 10% (1000/10000 images) in 0.3 s, about 3 s left');
+  // Fewer than 10 batches: over in moments.
+  lines.length = 0;
+  for (let done = 1000; done <= 9000; done += 1000) progress('classifying the test set', done, 9000);
+  assert.deepEqual(lines, []);
 });

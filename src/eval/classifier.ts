@@ -61,12 +61,13 @@ export function loadClassifier(file: string = CLASSIFIER_FILE): Float32Array {
 /**
  * Runs the classifier over `count` images (tanh range, count×784) in
  * batches: features (count×64) and class probabilities (count×10).
+ * `between` is awaited after each batch, with the count classified so far.
  */
 export async function classifyImages(
   weights: Float32Array,
   images: Float32Array,
   count: number,
-  between: () => Promise<void> = async () => {},
+  between: (done: number) => Promise<void> | void = () => {},
   batch = 1000,
 ): Promise<{ features: Float32Array; probabilities: Float32Array }> {
   const features = new Float32Array(count * FEATURES);
@@ -82,7 +83,7 @@ export async function classifyImages(
         probabilities.set(tf.softmax(out.logits).dataSync() as Float32Array, start * CLASSES);
       });
       // A coordinator evaluating mid-run still answers heartbeats and scrapes between batches.
-      await between();
+      await between(start + n);
     }
   } finally {
     disposeTensors(p);

@@ -126,13 +126,21 @@ export function loadReference(dataDir?: string, classifierFile?: string): Refere
   return { set, classifier: loadClassifier(classifierFile) };
 }
 
+/** What an evaluation is doing: its phases, in order (the test set's only on a reference's first use). */
+export type EvalPhase = 'drawing' | 'classifying the test set' | 'classifying the samples';
+
+/** Awaited after each batch of an evaluation: its phase, and how many of the phase's `total` images are done. */
+export type EvalProgress = (phase: EvalPhase, done: number, total: number) => Promise<void> | void;
+
 /** A reference's test-set feature moments, computed once per process and reference. */
 let moments: { of: Reference; test: FeatureMoments } | null = null;
 
-async function testMoments(reference: Reference, between?: () => Promise<void>): Promise<FeatureMoments> {
+async function testMoments(reference: Reference, between?: EvalProgress): Promise<FeatureMoments> {
   if (moments?.of !== reference) {
     const { set, classifier } = reference;
-    const { features } = await classifyImages(classifier, toTanhRange(set.images, new Float32Array(set.images.length)), set.count, between);
+    const { features } = await classifyImages(classifier, toTanhRange(set.images, new Float32Array(set.images.length)), set.count, (done) =>
+      between?.('classifying the test set', done, set.count),
+    );
     moments = { of: reference, test: featureMoments(features, set.count, FEATURES) };
   }
   return moments.test;
@@ -143,10 +151,10 @@ async function testMoments(reference: Reference, between?: () => Promise<void>):
  * images (tanh range, count×784); `between` is awaited after each batch of
  * the classifier.
  */
-export async function evaluateImages(images: Float32Array, count: number, reference: Reference, between?: () => Promise<void>): Promise<Quality> {
+export async function evaluateImages(images: Float32Array, count: number, reference: Reference, between?: EvalProgress): Promise<Quality> {
   if (images.length !== count * IMAGE_SIZE) throw new Error(`expected ${count} images of ${IMAGE_SIZE} values`);
   const test = await testMoments(reference, between);
-  const { features, probabilities } = await classifyImages(reference.classifier, images, count, between);
+  const { features, probabilities } = await classifyImages(reference.classifier, images, count, (done) => between?.('classifying the samples', done, count));
   return {
     fid: frechetDistance(featureMoments(features, count, FEATURES), test),
     mnistScore: mnistScore(probabilities, count),
@@ -232,8 +240,8 @@ function symmetricEigen(m: Float64Array, n: number): { values: Float64Array; vec
  * FID and MNIST score of `samples` images from G. The noise
  * comes from `seed`, so two evaluations of one generator agree exactly.
  */
-export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, reference: Reference, between?: () => Promise<void>): Promise<Quality> {
+export async function evaluateGenerator(model: GanModel, generator: Float32Array, samples: number, seed: number, reference: Reference, between?: EvalProgress): Promise<Quality> {
   const noise = new Rng(seed).fillNormal(new Float32Array(samples * model.zDim));
-  const images = await generateImages(model, generator, noise, samples, 500, between);
+  const images = await generateImages(model, generator, noise, samples, 500, (done) => between?.('drawing', done, samples));
   return evaluateImages(images, samples, reference, between);
 }

@@ -6,10 +6,18 @@ import { scoped, tf } from './tf';
 /**
  * G(z) for `count` noise vectors (count×zDim, in order) as count×784 images
  * in tanh range, `batch` at a time. BatchNorm uses the moving statistics.
- * `between` runs after each batch, so a long sampling (an evaluation on the
- * coordinator) can let its event loop answer heartbeats.
+ * `between` runs after each batch with the count drawn so far, so a long
+ * sampling (an evaluation on the coordinator) can let its event loop answer
+ * heartbeats, and a command can show its progress.
  */
-export async function generateImages(model: GanModel, generator: Float32Array, noise: Float32Array, count: number, batch = 500, between?: () => Promise<void>): Promise<Float32Array> {
+export async function generateImages(
+  model: GanModel,
+  generator: Float32Array,
+  noise: Float32Array,
+  count: number,
+  batch = 500,
+  between?: (done: number) => Promise<void> | void,
+): Promise<Float32Array> {
   if (noise.length !== count * model.zDim) throw new Error(`expected ${count}×${model.zDim} noise values, got ${noise.length}`);
   const images = new Float32Array(count * IMAGE_SIZE);
   const g = model.generatorLayout.toTensors(generator);
@@ -18,7 +26,7 @@ export async function generateImages(model: GanModel, generator: Float32Array, n
       const n = Math.min(batch, count - start);
       const z = noise.subarray(start * model.zDim, (start + n) * model.zDim);
       images.set(scoped(() => model.generate(g, tf.tensor2d(z, [n, model.zDim])).dataSync() as Float32Array), start * IMAGE_SIZE);
-      if (between) await between();
+      await between?.(start + n);
     }
   } finally {
     disposeTensors(g);
