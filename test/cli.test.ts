@@ -524,6 +524,13 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const notDir = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'run'), '--samples', '2'], { encoding: 'utf8', timeout: 30_000 });
   assert.equal(notDir.status, 1);
   assert.match(notDir.stderr, /--checkpoint: \S+run\/checkpoints is not a directory, so \S+run holds no checkpoints of a run \[NO_CHECKPOINT\]/);
+  // A run's generator/ (a LayersModel) is pointed back to its run directory.
+  fs.mkdirSync(path.join(dir, 'run2', 'checkpoints'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'run2', 'generator'));
+  fs.writeFileSync(path.join(dir, 'run2', 'generator', 'model.json'), '{}');
+  const exported = spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', path.join(dir, 'run2', 'generator'), '--samples', '2'], { encoding: 'utf8', timeout: 30_000 });
+  assert.equal(exported.status, 1);
+  assert.match(exported.stderr, /no valid checkpoint in \S+run2\/generator: \S+generator is the exported LayersModel; name the run directory, \S+run2 \[NO_CHECKPOINT\]/);
   // Seeds are 32-bit: 2^32 + 1 would draw what seed 1 draws.
   const seed = cli(['--out', 'samples.npy', '--seed', '4294967297']);
   assert.equal(seed.status, 2);

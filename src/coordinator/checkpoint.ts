@@ -220,6 +220,11 @@ export function readCheckpoint(where: string, log: (msg: string) => void): { che
   if (subStat && !subStat.isDirectory()) throw new GanfleetError('NO_CHECKPOINT', `--checkpoint: ${sub} is not a directory, so ${where} holds no checkpoints of a run`);
   const dir = subStat ? sub : where;
   const found = loadLatestCheckpoint(dir, log, false);
-  if (!found) throw new GanfleetError('NO_CHECKPOINT', `no valid checkpoint in ${dir}`);
+  if (!found) {
+    // A run's generator/ is the likeliest directory to name by mistake: it holds G, but as a LayersModel.
+    const exported = fs.existsSync(path.join(where, 'model.json')) && fs.existsSync(path.join(path.dirname(path.resolve(where)), 'checkpoints'));
+    const hint = exported ? `: ${where} is the exported LayersModel; name the run directory, ${path.dirname(path.resolve(where))}` : '';
+    throw new GanfleetError('NO_CHECKPOINT', `no valid checkpoint in ${dir}${hint}`);
+  }
   return found;
 }
