@@ -52,10 +52,9 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   makeDirectory(dir);
   // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
   for (const torn of removeTornWrites(dir, path.basename(target))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
-  // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name.
-  // A SIGINT or SIGTERM during the write (seconds for 627 MB, fsync included) killed the process and left the
-  // temporary file beside --out, found only by a later generate of that name five minutes on. The write is
-  // synchronous, so a signal held here is dispatched once it is done: the file is then whole, nothing is left.
+  // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name. A SIGINT or
+  // SIGTERM is held through the write (seconds for 627 MB), which would otherwise leave the temporary file; the
+  // write is synchronous, so the signal's handler runs once it is done.
   let stopped: NodeJS.Signals | null = null;
   const release = onStopSignals((signal) => (stopped ??= signal), () => undefined);
   try {
