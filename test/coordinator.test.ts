@@ -8,6 +8,7 @@ import { pack, unpack } from 'msgpackr';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Checkpoint, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
+import { ownAnswerProblem } from '../src/coordinator/divergence';
 import { HELLO_TIMING } from '../src/coordinator/receiver';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
@@ -935,6 +936,17 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(fs.existsSync(path.join(dir, 'generator', 'model.json')));
     assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).generator, path.join(dir, 'generator'));
     fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("the coordinator's own answer is refused as a worker's is when it is finite but out of range (a loss past MAX_LOSS), not only when it is NaN", () => {
+    const model = createModel('mlp');
+    const params = model.init(new Rng(1));
+    const train = loadMnist('test');
+    assert.equal(ownAnswerProblem(model, params, train, 128, 1, 0, 'discriminator'), null);
+    // D's output bias at 1e13: every logit is about as large, so BCE on the fakes is too, while its gradients stay finite.
+    const bias = model.discriminatorLayout.entries.find((e) => e.name === 'd/dense2/bias')!;
+    params.discriminator[bias.offset] = 1e13;
+    assert.match(ownAnswerProblem(model, params, train, 128, 1, 0, 'discriminator') ?? 'accepted', /^loss \S+ is outside 0\.\.1000000000000$/);
   });
 
   test('a run that diverges after training a step writes none of the final outputs due at its end: no grid, checkpoint or generator, as its advice to start again says', async () => {
