@@ -1,6 +1,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import { gpuBackendProblem } from './backend';
 import { BackendChoice } from './backend-choice';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
@@ -28,6 +29,20 @@ export interface LocalOptions {
   hangTimeoutSeconds: number;
 }
 
+/**
+ * Why `workers` CPU workers crowd `cores` cores, or null. Each is one busy
+ * process: past a core each they only share the CPU, and a round can stretch
+ * past --heartbeat (a DCGAN's first rounds with 16 workers on 2 cores did),
+ * so the first steps trained on the one or two workers that kept up.
+ */
+export function oversubscriptionWarning(workers: number, cores: number, heartbeatSeconds: number): string | null {
+  if (workers <= cores) return null;
+  return (
+    `${workers} workers on ${cores} CPU ${cores === 1 ? 'core' : 'cores'} share them: no more images/s than ${cores} would give, each round about ${Math.ceil(workers / cores)}× as long, ` +
+    `and a worker whose round outlasts --heartbeat (${heartbeatSeconds} s) is dropped, the step going on without it; use --workers ${cores}, or a larger --heartbeat and --round-timeout (README: Single node)`
+  );
+}
+
 /** The --name of worker slot `i`: the coordinator shows it, and `local` finds its own children among the joined by it. */
 function workerName(i: number): string {
   return `local-${i + 1}`;
@@ -50,6 +65,8 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const problem = opts.workerBackend === 'wasm' || opts.workerBackend === 'cpu' ? `--backend ${opts.workerBackend} does not use them` : gpuBackendProblem();
     if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
   }
+  const crowded = opts.gpus.length > 0 ? null : oversubscriptionWarning(opts.workers, os.availableParallelism(), config.heartbeatSeconds);
+  if (crowded) log(`warning: ${crowded}`);
   const children = new Map<number, ChildProcess>();
   const killAll = () => children.forEach((c) => c.kill('SIGKILL'));
   // Loopback is no boundary between the users of a machine: without a token, any of them could join the run on

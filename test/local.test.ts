@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
+import { oversubscriptionWarning } from '../src/local';
 import { blankMnistDir, freePort, tempDir } from './harness';
 import { CLI, nodeUnrunnableBy } from './helpers';
 
@@ -568,4 +569,14 @@ test('--gpus hands the workers their devices round-robin, one per worker, in CUD
   const devices = [...run.log().matchAll(/device of (local-\d): (\S+)/g)].map((m) => `${m[1]}=${m[2]}`).sort();
   assert.deepEqual(devices, ['local-1=0', 'local-2=GPU-1a2b', 'local-3=0']);
   fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('local warns of more workers than CPU cores, with what it costs and the remedy; a worker a core says nothing', () => {
+  assert.equal(oversubscriptionWarning(2, 2, 5), null);
+  assert.equal(oversubscriptionWarning(1, 16, 5), null);
+  assert.equal(
+    oversubscriptionWarning(16, 2, 5),
+    '16 workers on 2 CPU cores share them: no more images/s than 2 would give, each round about 8× as long, and a worker whose round outlasts --heartbeat (5 s) is dropped, the step going on without it; use --workers 2, or a larger --heartbeat and --round-timeout (README: Single node)',
+  );
+  assert.match(oversubscriptionWarning(3, 1, 60) ?? '', /^3 workers on 1 CPU core share them: .* about 3× as long, .*--heartbeat \(60 s\).*; use --workers 1,/);
 });
