@@ -310,13 +310,42 @@ test("a worker whose own mailbox file cannot take a frame (a full /dev/shm) says
     }
     // Space again does not bring it back: the coordinator reads this worker's answers from the socket now.
     assert.equal(box.post(frame), false);
-    assert.deepEqual(
-      lines.filter((l) => /mailbox failed/.test(l)),
-      ['mailbox failed (ENOSPC: no space left on device, write); gradients go over the WebSocket from now on'],
-    );
+    const failed = lines.filter((l) => /mailbox failed/.test(l));
+    assert.equal(failed.length, 1, lines.join('\n'));
+    assert.match(failed[0], /^mailbox failed \(ENOSPC: no space left on device, write: \S+ is full; give it room \(.+\) or pass --no-mailbox\); gradients go over the WebSocket from now on$/);
     box.close();
     toWorker.close();
     assert.equal(fs.existsSync(workerDir), false);
+  });
+});
+
+test('a mailbox that runs out of room says which file system is full and what to do about it, at creation and mid-run', () => {
+  withDir((dir) => {
+    const base = path.dirname(dir);
+    const write = fs.writeSync;
+    const outbox = Outbox.create(path.join(dir, 'w1'), mailboxNonce());
+    fs.writeSync = (() => {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    }) as typeof fs.writeSync;
+    try {
+      const said = (f: () => void) => {
+        try {
+          f();
+        } catch (e) {
+          return (e as Error).message;
+        }
+        return 'no error';
+      };
+      for (const message of [said(() => Outbox.create(path.join(dir, 'w2'), mailboxNonce())), said(() => outbox.post(new EncodedFrame([Buffer.alloc(64)])))]) {
+        assert.ok(message.startsWith('ENOSPC: no space left on device, write'), message);
+        assert.ok(message.includes(`${base} is full`), message);
+        assert.ok(message.includes('--no-mailbox'), message);
+        if (base === '/dev/shm') assert.ok(message.includes('--shm-size'), message);
+      }
+    } finally {
+      fs.writeSync = write;
+    }
+    outbox.close();
   });
 });
 

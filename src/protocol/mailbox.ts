@@ -86,7 +86,7 @@ export class Outbox {
       } catch {
         /* the write's own error is the one to report */
       }
-      throw e;
+      throw withRemedy(e, file);
     }
     return new Outbox(file, fd);
   }
@@ -94,7 +94,11 @@ export class Outbox {
   /** Replaces the file's frame; its pieces are written where they lie, not joined first. */
   post(frame: EncodedFrame): void {
     if (!this.file.open) throw new Error(`${this.path} is closed`);
-    writeFully(this.file.number, frame.parts);
+    try {
+      writeFully(this.file.number, frame.parts);
+    } catch (e) {
+      throw withRemedy(e, this.path);
+    }
   }
 
   /**
@@ -121,6 +125,20 @@ export class Outbox {
     }
     this.close();
   }
+}
+
+/**
+ * A write that failed for want of room ("ENOSPC: no space left on device, write") names neither the
+ * file system that is full nor what to do: `e`, saying both (Docker's /dev/shm is 64 MB, a DCGAN
+ * worker's two mailboxes take some 13 MB).
+ */
+function withRemedy(e: unknown, file: string): unknown {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (!(e instanceof Error) || (code !== 'ENOSPC' && code !== 'EDQUOT')) return e;
+  const base = path.dirname(path.dirname(file));
+  const room = base === '/dev/shm' ? 'docker run --shm-size, or an emptyDir with medium: Memory mounted on /dev/shm' : 'free space there';
+  e.message = `${e.message}: ${base} is full; give it room (${room}) or pass --no-mailbox`;
+  return e;
 }
 
 export class Inbox {
