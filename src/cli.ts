@@ -182,6 +182,11 @@ function coordinatorOptions<T>(y: Argv<T>) {
     })
     .check((a) => {
       checkPort('port', a.port);
+      // Both servers bind --host: the second failed only after the data and backend had loaded, with EADDRINUSE
+      // naming --metrics-port alone (the default 9090 taken by a --port 9090 read as another process's).
+      if (a.port > 0 && a.port === a['metrics-port']) {
+        throw new Error(`--port ${given('port', a.port)} and --metrics-port ${given('metrics-port', a['metrics-port'])} are the same port, and both listen on --host: give one of them another port (or --metrics-port -1)`);
+      }
       integerInRange('linger', a.linger, 0, MAX_TIMER_SECONDS);
       integerInRange('min-workers', a['min-workers']);
       integerInRange('max-workers', a['max-workers']);

@@ -999,3 +999,20 @@ test('a working directory removed since the shell entered it stops a command wit
   }
   fs.rmSync(gone, { recursive: true, force: true });
 });
+
+test('--port and --metrics-port on one port are refused up front (exit 2) naming both, not found at bind time as an EADDRINUSE of --metrics-port alone', () => {
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawnSync(process.execPath, [CLI, 'coordinator', '--steps', '1', '--linger', '0', ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+  for (const [args, env] of [
+    [['--port', '42315', '--metrics-port', '42315'], {}],
+    // The coordinator's default --metrics-port is 9090: --port 9090 alone collides with it the same way.
+    [['--port', '42316'], { GANFLEET_METRICS_PORT: '42316' }],
+  ] as const) {
+    const r = cli([...args], env);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /^ganfleet: --port \S+ and --metrics-port .* are the same port/);
+  }
+  // Different ports, or either one left to the system (0), still start as before.
+  const ok = spawnSync(process.execPath, [CLI, 'coordinator', '--port', '0', '--metrics-port', '0', '--help'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(ok.status, 0, ok.stderr);
+});
