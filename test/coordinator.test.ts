@@ -1511,19 +1511,23 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
-  test('a run ends with its checkpoint written before the final evaluation, which may outlast a stop\'s grace period; the summary\'s times include that evaluation', async () => {
-    const lines: string[] = [];
-    const dataDir = blankMnistDir(100, true);
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'checkpoint-then-eval'), 1), dataDir, evalEvery: 5, evalSamples: 100 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    await answerOneStep(coordinator, 0);
-    const summary = await run;
-    const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
-    assert.ok(at(/^checkpoint /) >= 0 && at(/^eval step 1:/) > at(/^checkpoint /), lines.join('\n'));
-    // They were read before it: 0 s evaluating, whenever --eval-every does not divide --steps.
-    assert.ok(summary.evaluationSeconds > 0 && summary.seconds > summary.evaluationSeconds, JSON.stringify(summary));
-    await coordinator.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
+  test('a run ends with its checkpoint written before the final evaluation, which may outlast a stop\'s grace period, and once; the summary\'s times include that evaluation', async () => {
+    // --eval-every 5 scores the last step as the run ends; 1 scores it as a step it is due at, as --checkpoint-every is not.
+    for (const evalEvery of [5, 1]) {
+      const lines: string[] = [];
+      const dataDir = blankMnistDir(100, true);
+      const coordinator = await Coordinator.start({ ...config(path.join(out, `checkpoint-then-eval-${evalEvery}`), 1), dataDir, evalEvery, evalSamples: 100 }, (l) => lines.push(l));
+      const run = coordinator.run();
+      await answerOneStep(coordinator, 0);
+      const summary = await run;
+      const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
+      assert.ok(at(/^checkpoint /) >= 0 && at(/^eval step 1:/) > at(/^checkpoint /), lines.join('\n'));
+      assert.equal(lines.filter((l) => /^checkpoint /.test(l)).length, 1, lines.join('\n'));
+      // They were read before it: 0 s evaluating, whenever --eval-every does not divide --steps.
+      assert.ok(summary.evaluationSeconds > 0 && summary.seconds > summary.evaluationSeconds, JSON.stringify(summary));
+      await coordinator.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   /** A one-step run with a SIGTERM as its checkpoint is written, which is just before the step's or the run's final evaluation. */

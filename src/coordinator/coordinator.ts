@@ -156,6 +156,8 @@ export class Coordinator {
   private reference: Reference | null = null;
   /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
   private unsavedSeconds = 0;
+  /** The step of the checkpoint this process wrote last (null before one), so that the end does not write one twice. */
+  private checkpointedStep: number | null = null;
   private readonly history = new History();
   private state: Exclude<CoordinatorStatus['state'], 'evaluating'> = 'waiting';
   /** Scoring G: the status page says so rather than `state`, which the evaluation leaves as it was. */
@@ -687,8 +689,11 @@ export class Coordinator {
     const { sampleEvery, checkpointEvery, evalEvery } = this.config;
     const wanted = (every: number) => due(this.step, every) !== atEnd;
     if (wanted(sampleEvery)) this.outputs.writeGrid(this.step, this.params.generator);
-    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves.
-    if (wanted(checkpointEvery)) this.checkpoint();
+    // The checkpoint before the evaluation, which can take longer than a stop's grace period leaves. The last step's
+    // too: its final checkpoint came only in finish(), after that step's evaluation, so a kill meanwhile lost the
+    // steps since the last --checkpoint-every one. finish() does not write it twice.
+    const last = !atEnd && this.step >= this.config.steps && evalEvery > 0 && due(this.step, evalEvery);
+    if ((wanted(checkpointEvery) || last) && this.checkpointedStep !== this.step) this.checkpoint();
     // During training a stop cuts an evaluation short, one due at the last step too; the final one (atEnd) finishes.
     if (evalEvery > 0 && wanted(evalEvery) && !this.outputs.forfeited) await this.evaluate(!atEnd);
   }
@@ -708,6 +713,7 @@ export class Coordinator {
       adamDiscriminator: this.adam.discriminator.state(),
     });
     if (file === null) return null;
+    this.checkpointedStep = this.step;
     this.metrics.lastCheckpointStep.set(this.step);
     this.metrics.lastCheckpointTime.set(Date.now() / 1000);
     this.unsavedSeconds = 0;
