@@ -6,7 +6,7 @@ import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { Checkpoint, decodeCheckpoint, encodeCheckpoint, listCheckpoints, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
-import { checkpointToResume, shardsToResume } from '../src/coordinator/resume';
+import { checkpointToResume, resumeWarnings, shardsToResume } from '../src/coordinator/resume';
 import { tempDir } from './harness';
 import { generateSamples } from '../src/generate';
 import { evaluateCheckpoint } from '../src/evaluate';
@@ -270,4 +270,13 @@ test("a checkpoint whose networks have other sizes than this ganfleet's model of
   await assert.rejects(generateSamples({ checkpoint: out, count: 2, out: path.join(out, 'x.npy'), seed: 1, backend: 'cpu' }, () => {}), other);
   await assert.rejects(evaluateCheckpoint({ checkpoint: out, samples: 2, seed: 1, backend: 'cpu' }, () => {}), other);
   fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a resume that scores G with another --eval-samples than the checkpoint had says its FIDs do not compare; one that does not score says nothing of it', () => {
+  const then = { seed: 1, batchSize: 128, evalEvery: 1000, evalSamples: 10_000 };
+  assert.deepEqual(resumeWarnings({ ...then, evalSamples: 500 }, then), [
+    "--eval-samples is 500 in this run, the checkpoint was written with 10000; this run's value is used from here on: evaluations.json then holds FIDs of both counts, which do not compare (an FID falls as the samples grow)",
+  ]);
+  assert.deepEqual(resumeWarnings({ ...then, evalEvery: 0, evalSamples: 500 }, then), []);
+  assert.deepEqual(resumeWarnings(then, then), []);
 });

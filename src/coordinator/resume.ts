@@ -85,7 +85,8 @@ export function checkpointConfig(c: CoordinatorConfig, trainingSet: ImagesFinger
 /**
  * How this run's settings differ from the checkpoint's, one warning each:
  * this run's value is used from here on. --steps is left out, since raising
- * it is how a finished run trains on.
+ * it is how a finished run trains on; --eval-samples counts only where this
+ * run scores G.
  */
 export function resumeWarnings(now: Record<string, unknown>, then: Record<string, unknown>): string[] {
   const adam = (config: Record<string, unknown>) => (config.adam ?? {}) as Record<string, unknown>;
@@ -97,11 +98,17 @@ export function resumeWarnings(now: Record<string, unknown>, then: Record<string
     ['--beta2', (x) => adam(x).beta2],
     ['--wire-dtype', (x) => x.wireDtype ?? 'float32'],
   ];
+  if (Number(now.evalEvery) > 0) settings.push(['--eval-samples', (x) => x.evalSamples]);
   const warnings: string[] = [];
   for (const [flag, of] of settings) {
     if (JSON.stringify(of(now)) !== JSON.stringify(of(then))) {
       // --seed sets the shard order and the grids' noise; new worker seeds come from the checkpoint's generator of them.
-      const scope = flag === '--seed' ? ' for the shard order, the sample grids and the --eval-every noise (the shards and worker seeds are then planned afresh)' : '';
+      const scope =
+        flag === '--seed'
+          ? ' for the shard order, the sample grids and the --eval-every noise (the shards and worker seeds are then planned afresh)'
+          : flag === '--eval-samples'
+            ? ": evaluations.json then holds FIDs of both counts, which do not compare (an FID falls as the samples grow)"
+            : '';
       warnings.push(`${flag} is ${JSON.stringify(of(now))} in this run, the checkpoint was written with ${JSON.stringify(of(then))}; this run's value is used from here on${scope}`);
     }
   }
