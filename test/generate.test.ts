@@ -13,6 +13,7 @@ import { decodeNpy } from '../src/data/npy';
 import { generateProblem, outputFile } from '../src/generate-output';
 import { GanModel, GanParameters, createModel } from '../src/model';
 import { tf } from '../src/model/tf';
+import { nativeAddon } from '../src/util/native';
 import { Rng } from '../src/util/rng';
 import { tempDir } from './harness';
 import { CLI, assertClose } from './helpers';
@@ -44,7 +45,15 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   const first = run(npy);
   assert.equal(first.status, 0);
   // The backend line says why, as training's does.
-  assert.match(first.stdout + first.stderr, /\[generate\] backend cpu \(using cpu\); generator from /);
+  // Off wasm it says whether the native kernels, which do no matmul there, are in use.
+  const { addon, why } = nativeAddon();
+  const kernels = addon ? `native kernels (${why}) for Adam, averaging and the wire; matmul is the backend's` : `no native kernels (Adam, averaging and the wire in JavaScript): ${why}`;
+  assert.ok((first.stdout + first.stderr).includes(`[generate] backend cpu (${kernels}; using cpu); generator from `), first.stdout + first.stderr);
+  const off = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', ckpt, '--count', '7', '--backend', 'cpu', '--out', path.join(dir, 'off.npy')], {
+    encoding: 'utf8',
+    env: { ...process.env, GANFLEET_NATIVE: '0' },
+  });
+  assert.match(off.stdout, /\[generate\] backend cpu \(no native kernels \(Adam, averaging and the wire in JavaScript\): off \(--no-native or GANFLEET_NATIVE=0\); using cpu\)/);
   const read = decodeNpy(fs.readFileSync(npy));
   assert.deepEqual(read.shape, [7, 28, 28]);
   assertClose(read.data, expected, 1e-5, 1e-5, 'npy');
