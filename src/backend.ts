@@ -117,14 +117,14 @@ async function activate(name: string, notes: string[]): Promise<boolean> {
     registerWasmKernels();
   }
   if (name === 'cpu') require('@tensorflow/tfjs-backend-cpu');
-  const active = await tf.setBackend(name);
-  // Off wasm the addon still runs Adam, the average and the wire's conversions (a coordinator's step: about 0.1 ms
-  // against 3 ms in JavaScript), and the line said nothing of it.
-  if (active && name !== 'wasm') notes.push(addonNote());
-  return active;
+  return tf.setBackend(name);
 }
 
-function addonNote(): string {
+/**
+ * Off wasm, whose matmul note says it, whether the addon runs Adam, the average and the wire's conversions (a
+ * coordinator's step: about 0.1 ms against 3 ms in JavaScript).
+ */
+export function addonNote(): string {
   const { addon, why } = nativeAddon();
   return addon ? `native kernels (${why}) for Adam, averaging and the wire; matmul is the backend's` : `no native kernels (Adam, averaging and the wire in JavaScript): ${why}`;
 }
@@ -185,7 +185,7 @@ export async function selectBackend(choice: BackendChoice, requireGpu = false): 
           if (pkg === NATIVE_PACKAGES[0] && device === 'cpu') {
             notes.push(`${pkg} found no usable GPU and computes on the CPU: TensorFlow 2.9 needs ${GPU_LIBRARIES}; its log above names what it could not load`);
           }
-          notes.push(`using ${pkg}`);
+          notes.push(addonNote(), `using ${pkg}`);
           if (requireGpu && device === 'cpu') throw new GanfleetError('GPU_REQUIRED', `--require-gpu: TensorFlow computes on the CPU here (${notes.join('; ')})`);
           return { name: 'tensorflow', device, notes };
         }
@@ -202,6 +202,7 @@ export async function selectBackend(choice: BackendChoice, requireGpu = false): 
   for (const name of choice === 'auto' ? ['wasm', 'cpu'] : [choice]) {
     const why = await activateOrWhy(name, notes);
     if (why === null) {
+      if (name !== 'wasm') notes.push(addonNote());
       notes.push(`using ${name}`);
       return { name, device: 'cpu', notes };
     }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { addonNote } from '../src/backend';
 import { tf } from '../src/model/tf';
 import { installedNativePackage } from './harness';
 import { StandIns, standInDir, tensorflowStandIn } from './stand-ins';
@@ -111,7 +112,7 @@ standInTest('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on
   assert.match(required.out, /^--require-gpu: TensorFlow computes on the CPU here \(.*found no usable GPU/);
   const onGpu = withStandIns({ '@tensorflow/tfjs-node-gpu': tensorflowStandIn(true) }, selectedWithGrowth('auto', true));
   assert.equal(onGpu.status, 0, onGpu.out);
-  assert.deepEqual(JSON.parse(onGpu.out), { name: 'tensorflow', device: 'gpu', notes: ['using @tensorflow/tfjs-node-gpu'], label: 'tensorflow (GPU)', growth: 'true' });
+  assert.deepEqual(JSON.parse(onGpu.out), { name: 'tensorflow', device: 'gpu', notes: [addonNote(), 'using @tensorflow/tfjs-node-gpu'], label: 'tensorflow (GPU)', growth: 'true' });
   // Not installed at all: --require-gpu fails rather than fall back to wasm.
   const none = withStandIns({}, selectedWithGrowth('auto', true));
   assert.equal(none.status, 1, none.out);
