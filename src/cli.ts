@@ -2,7 +2,7 @@
 // First: the imports below need a working directory.
 import './util/working-directory';
 // Then: a SIGTERM while the CLI loads is kept (pid 1 in a container would drop it).
-import './util/early-signals';
+import { endOnEarlySignal } from './util/early-signals';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -402,6 +402,7 @@ function buildCli(argv: string[]) {
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
       (y) => checkCommandLine(generateOptions(y), argv, flags),
       async (a) => {
+        await endOnEarlySignal();
         const { generateSamples } = await import('./generate');
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
       },
@@ -411,6 +412,7 @@ function buildCli(argv: string[]) {
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
       (y) => checkCommandLine(evalOptions(y), argv, flags),
       async (a) => {
+        await endOnEarlySignal();
         const { evaluateCheckpoint } = await import('./evaluate');
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
         await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);

@@ -59,7 +59,10 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   const release = onStopSignals((signal) => (stopped ??= signal), () => undefined);
   try {
     writeFileAtomic(target, [bytes]);
-    await new Promise<void>((r) => setImmediate(r)); // after the poll phase, which dispatches a signal held during the write
+    // A signal held during the write is dispatched in the loop's poll phase. One setImmediate is not enough where
+    // this runs in a poll-phase callback: its check phase comes before the next poll, and the signal is lost once
+    // the handlers go. A second immediate runs only after that poll.
+    await new Promise<void>((r) => setImmediate(() => setImmediate(r)));
   } finally {
     if (stopped === null) release(); // else kept until the process ends: released, a signal kills it anew
   }

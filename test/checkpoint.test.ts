@@ -278,5 +278,7 @@ test('a resume that scores G with another --eval-samples than the checkpoint had
     "--eval-samples is 500 in this run, the checkpoint was written with 10000; this run's value is used from here on: evaluations.json then holds FIDs of both counts, which do not compare (an FID falls as the samples grow)",
   ]);
   assert.deepEqual(resumeWarnings({ ...then, evalEvery: 0, evalSamples: 500 }, then), []);
+  // The checkpoint's run scored nothing: evaluations.json holds no FIDs of its count.
+  assert.deepEqual(resumeWarnings({ ...then, evalSamples: 500 }, { ...then, evalEvery: 0 }), []);
   assert.deepEqual(resumeWarnings(then, then), []);
 });

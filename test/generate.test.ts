@@ -5,30 +5,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { PNG } from 'pngjs';
 import { addonNote, selectBackend } from '../src/backend';
-import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
-import { writeCheckpoint } from '../src/coordinator/checkpoint';
 import { tanhToByte } from '../src/data/png';
 import { readIdx } from '../src/data/idx';
 import { decodeNpy } from '../src/data/npy';
 import { generateProblem, outputFile } from '../src/generate-output';
-import { GanModel, GanParameters, createModel } from '../src/model';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
-import { tempDir } from './harness';
+import { tempDir, untrainedCheckpoint } from './harness';
 import { CLI, assertClose } from './helpers';
-
-/** A step-5 checkpoint of an untrained MLP (seed 11) under `dir`: its path, and the model and weights it holds. */
-function untrainedCheckpoint(dir: string): { ckpt: string; model: GanModel; p: GanParameters } {
-  const model = createModel('mlp');
-  const p = model.init(new Rng(11));
-  const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
-  const ckpt = writeCheckpoint(
-    path.join(dir, 'checkpoints'),
-    { step: 5, imagesTotal: 0, config: { arch: 'mlp' }, seedRng: new Rng(1).state(), nextWorker: 1, shards: [], generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) },
-    3,
-  );
-  return { ckpt, model, p };
-}
 
 test('ganfleet generate writes .npy, .idx and .png that read back as the generator\'s samples', { timeout: 60_000 }, async () => {
   const dir = tempDir('generate');
@@ -219,4 +203,20 @@ test('a long generate and eval show their progress, with an estimate of the time
   assert.match(ev.stderr, /\[eval\] classifying the test set: 100% \(10000\/10000 images\)/);
   assert.match(ev.stderr, /\[eval\] classifying the samples: 100% \(10000\/10000 images\)/);
   assert.match(ev.stdout, /^step 5 \(mlp\/bce\): fid=[^\n]*\n$/, 'stdout is the result alone');
+});
+
+test('a SIGTERM during the write is answered even where generate runs in a poll-phase callback (one setImmediate came before the poll that dispatches it)', { timeout: 60_000 }, () => {
+  const dir = tempDir('generate-sigterm-poll');
+  const { ckpt } = untrainedCheckpoint(dir);
+  // The write sends the signal itself, so it surely comes during it; generate starts from an fs callback (poll phase).
+  const script = `
+    const write = require(${JSON.stringify(path.join(__dirname, '..', 'src', 'util', 'write'))});
+    const original = write.writeFileAtomic;
+    write.writeFileAtomic = (...a) => { process.kill(process.pid, 'SIGTERM'); return original(...a); };
+    const { generateSamples } = require(${JSON.stringify(path.join(__dirname, '..', 'src', 'generate'))});
+    require('node:fs').stat('/', () => generateSamples({ checkpoint: ${JSON.stringify(ckpt)}, count: 7, seed: 3, backend: 'cpu', out: ${JSON.stringify(path.join(dir, 'x.npy'))} }));
+  `;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 50_000 });
+  assert.equal(r.status, 143, r.stdout + r.stderr);
+  assert.match(r.stdout, /SIGTERM received while writing: .*x\.npy was written whole/);
 });

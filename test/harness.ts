@@ -3,6 +3,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { writeCheckpoint } from '../src/coordinator/checkpoint';
+import { GanModel, GanParameters, createModel } from '../src/model';
+import { Rng } from '../src/util/rng';
 import { CLI } from './helpers';
 
 /** A real `ganfleet` child process whose output the test can wait on. */
@@ -163,4 +167,17 @@ Date.now = () => real() + step;
 process.on('SIGUSR2', () => { step = ${ms}; process.stdout.write('wall clock stepped by ${ms} ms\\n'); });
 `);
   return { NODE_OPTIONS: `--require ${preload}` };
+}
+
+/** A step-5 checkpoint of an untrained MLP (seed 11) under `dir`: its path, and the model and weights it holds. */
+export function untrainedCheckpoint(dir: string): { ckpt: string; model: GanModel; p: GanParameters } {
+  const model = createModel('mlp');
+  const p = model.init(new Rng(11));
+  const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
+  const ckpt = writeCheckpoint(
+    path.join(dir, 'checkpoints'),
+    { step: 5, imagesTotal: 0, config: { arch: 'mlp' }, seedRng: new Rng(1).state(), nextWorker: 1, shards: [], generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) },
+    3,
+  );
+  return { ckpt, model, p };
 }

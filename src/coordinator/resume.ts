@@ -98,7 +98,8 @@ export function resumeWarnings(now: Record<string, unknown>, then: Record<string
     ['--beta2', (x) => adam(x).beta2],
     ['--wire-dtype', (x) => x.wireDtype ?? 'float32'],
   ];
-  if (Number(now.evalEvery) > 0) settings.push(['--eval-samples', (x) => x.evalSamples]);
+  // Where both score G: a checkpoint's run without --eval-every left no FIDs for this run's to be mixed with.
+  if (Number(now.evalEvery) > 0 && Number(then.evalEvery) > 0) settings.push(['--eval-samples', (x) => x.evalSamples]);
   const warnings: string[] = [];
   for (const [flag, of] of settings) {
     if (JSON.stringify(of(now)) !== JSON.stringify(of(then))) {

@@ -6,14 +6,15 @@
  * and the coordinator trained on until the grace period's SIGKILL. Until a
  * stop handler is installed, the first such signal is kept here for it.
  */
+import os from 'node:os';
+
 let pending: NodeJS.Signals | null = null;
 
 const keep = (signal: NodeJS.Signals) => {
   pending ??= signal;
 };
 
-// Only as pid 1: elsewhere a signal's default action still ends a CLI that has not started (and commands
-// without stop handlers, such as eval, stay interruptible).
+// Only as pid 1: elsewhere a signal's default action still ends a CLI that has not started.
 if (process.pid === 1) {
   process.on('SIGINT', keep);
   process.on('SIGTERM', keep);
@@ -26,4 +27,16 @@ export function takeEarlySignal(): NodeJS.Signals | null {
   const signal = pending;
   pending = null;
   return signal;
+}
+
+/**
+ * For a command without a stop handler (eval; generate until its write): a signal kept while the CLI loaded ends
+ * it with 128+n, and none is kept after. Left kept, it was never answered (eval) or surfaced at generate's write,
+ * after every sample was drawn, as one "received while writing". Two immediates: the poll phase between them
+ * dispatches a signal that came during the synchronous load.
+ */
+export async function endOnEarlySignal(): Promise<void> {
+  await new Promise<void>((r) => setImmediate(() => setImmediate(r)));
+  const signal = takeEarlySignal();
+  if (signal) process.exit(128 + os.constants.signals[signal]);
 }
