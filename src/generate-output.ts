@@ -47,8 +47,11 @@ function foreignLink(link: string): boolean {
   return (dir.mode & 0o1002) === 0o1002 && owner !== uid && owner !== dir.uid;
 }
 
-/** Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it. */
-export function generateProblem(out: string, count: number, countText = String(count)): string | null {
+/**
+ * Why generate cannot write `count` samples to `out`, or null; `countText` is the count as the user gave it.
+ * `freeOn` gives the bytes free on a directory's file system (a test's own, where it cannot mount a small one).
+ */
+export function generateProblem(out: string, count: number, countText = String(count), freeOn: (dir: string) => number | null = freeBytes): string | null {
   const ext = path.extname(out).toLowerCase();
   if (!(GENERATE_FORMATS as readonly string[]).includes(ext)) {
     // path.extname() sees no extension in a bare `.npy`, which would read as "must end in .npy, got .npy".
@@ -76,17 +79,17 @@ export function generateProblem(out: string, count: number, countText = String(c
   }
   if (at !== file && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;
   // The file is written beside --out and renamed over it: its directory, or the nearest one there is, must take files.
+  const writtenIn = at === file ? path.dirname(at) : at;
   try {
-    fs.accessSync(at === file ? path.dirname(at) : at, fs.constants.W_OK | fs.constants.X_OK);
+    fs.accessSync(writtenIn, fs.constants.W_OK | fs.constants.X_OK);
   } catch (e) {
     return `--out ${out} cannot be written: ${(e as Error).message}`;
   }
   // A full file system was found only as ENOSPC from the write, after every sample was drawn (minutes for dcgan).
   // The temporary file needs all its bytes while a file it replaces still holds its own.
   const bytes = outputBytes(ext, count);
-  const dir = at === file ? path.dirname(at) : at;
-  const free = freeBytes(dir);
-  if (free !== null && free < bytes) return `--out ${out} cannot be written: ${count} samples as ${ext} take ${megabytes(bytes)}, and ${dir} has ${megabytes(free)} free`;
+  const free = freeOn(writtenIn);
+  if (free !== null && free < bytes) return `--out ${out} cannot be written: ${count} samples as ${ext} take ${megabytes(bytes)}, and ${writtenIn} has ${megabytes(free)} free`;
   // In a sticky directory (/tmp), only the owner of a file or of the directory may rename over it: another user's
   // file there would be found only by the rename, after every sample was drawn.
   if (at === file) {

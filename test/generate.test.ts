@@ -145,6 +145,15 @@ test('generate --count 200000 (the most it allows) writes a .idx, not a fatal ou
   assert.equal(fs.statSync(out).size, 16 + 200_000 * 28 * 28);
 });
 
+test('--out on a file system too full for the samples is refused, with its sizes', () => {
+  const dir = tempDir('generate-free');
+  const megabyte = () => 1e6;
+  // 1000 samples are 3.1 MB as .npy, 0.8 MB as .idx.
+  assert.equal(generateProblem(path.join(dir, 'new', 'x.npy'), 1000, '1000', megabyte), `--out ${path.join(dir, 'new', 'x.npy')} cannot be written: 1000 samples as .npy take 3.1 MB, and ${dir} has 1.0 MB free`);
+  assert.equal(generateProblem(path.join(dir, 'x.idx'), 1000, '1000', megabyte), null);
+  assert.equal(generateProblem(path.join(dir, 'x.png'), 1000, '1000', megabyte), null, 'a .png has no size to know beforehand');
+});
+
 test('--out on a file system too full for the samples is refused before any is drawn, not as ENOSPC after', (t) => {
   const dir = tempDir('generate-full');
   // A 1 MB file system of its own: needs the privilege to mount one (root in a container), else skipped.
