@@ -34,6 +34,13 @@ export interface GanModel {
   readonly arch: string;
   readonly loss: GanLoss;
   readonly zDim: number;
+  /**
+   * The most noise vectors `generate` should get at once when many images
+   * are drawn (sampling, evaluation); absent: no limit. On wasm a large
+   * batch grows the heap for good (it never shrinks): DCGAN's transposed
+   * convolutions hold n·14·14×576 floats, 500 images a 0.6 GB heap.
+   */
+  readonly generateBatch?: number;
   readonly generatorLayout: ParameterLayout;
   readonly discriminatorLayout: ParameterLayout;
 

@@ -5,7 +5,8 @@ import { scoped, tf } from './tf';
 
 /**
  * G(z) for `count` noise vectors (count×zDim, in order) as count×784 images
- * in tanh range, `batch` at a time. BatchNorm uses the moving statistics.
+ * in tanh range, `batch` at a time (at most the model's generateBatch).
+ * BatchNorm uses the moving statistics.
  * `between` runs after each batch with the count drawn so far, so a long
  * sampling (an evaluation on the coordinator) can let its event loop answer
  * heartbeats, and a command can show its progress.
@@ -20,6 +21,7 @@ export async function generateImages(
 ): Promise<Float32Array> {
   if (noise.length !== count * model.zDim) throw new Error(`expected ${count}×${model.zDim} noise values, got ${noise.length}`);
   const images = new Float32Array(count * IMAGE_SIZE);
+  batch = Math.max(1, Math.min(batch, model.generateBatch ?? batch));
   const g = model.generatorLayout.toTensors(generator);
   try {
     for (let start = 0; start < count; start += batch) {
