@@ -2,7 +2,7 @@
 // First: the imports below need a working directory.
 import './util/working-directory';
 // Then: a SIGTERM while the CLI loads is kept (pid 1 in a container would drop it).
-import { endOnEarlySignal } from './util/early-signals';
+import './util/early-signals';
 import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -15,7 +15,7 @@ import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
-import { exitWhenWritten, startStoppable } from './util/signals';
+import { endOnEarlySignal, exitWhenWritten, startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 import { withoutCredentials } from './util/text';

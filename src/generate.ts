@@ -12,7 +12,7 @@ import { batchProgress } from './util/batch-progress';
 import { GanfleetError } from './util/errors';
 import { Logger, createLogger } from './util/log';
 import { Rng } from './util/rng';
-import { onStopSignals } from './util/signals';
+import { onStopSignals, signalExitCode, signalsDispatched } from './util/signals';
 import { makeDirectory, removeTornWrites, writeFileAtomic } from './util/write';
 
 export interface GenerateOptions {
@@ -59,16 +59,13 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
   const release = onStopSignals((signal) => (stopped ??= signal), () => undefined);
   try {
     writeFileAtomic(target, [bytes]);
-    // A signal held during the write is dispatched in the loop's poll phase. One setImmediate is not enough where
-    // this runs in a poll-phase callback: its check phase comes before the next poll, and the signal is lost once
-    // the handlers go. A second immediate runs only after that poll.
-    await new Promise<void>((r) => setImmediate(() => setImmediate(r)));
+    await signalsDispatched(); // a signal held during the write, before its handlers go
   } finally {
     if (stopped === null) release(); // else kept until the process ends: released, a signal kills it anew
   }
   if (stopped !== null) {
     log(`${stopped} received while writing: ${opts.out} was written whole (${opts.count} samples); exiting`);
-    process.exitCode = stopped === 'SIGINT' ? 130 : 143;
+    process.exitCode = signalExitCode(stopped);
     return opts.out;
   }
   log(`wrote ${opts.count} samples to ${opts.out}${target === path.resolve(opts.out) ? '' : ` (the link's target, ${target})`}`);

@@ -6,8 +6,6 @@
  * and the coordinator trained on until the grace period's SIGKILL. Until a
  * stop handler is installed, the first such signal is kept here for it.
  */
-import os from 'node:os';
-
 let pending: NodeJS.Signals | null = null;
 
 const keep = (signal: NodeJS.Signals) => {
@@ -29,14 +27,3 @@ export function takeEarlySignal(): NodeJS.Signals | null {
   return signal;
 }
 
-/**
- * For a command without a stop handler (eval; generate until its write): a signal kept while the CLI loaded ends
- * it with 128+n, and none is kept after. Left kept, it was never answered (eval) or surfaced at generate's write,
- * after every sample was drawn, as one "received while writing". Two immediates: the poll phase between them
- * dispatches a signal that came during the synchronous load.
- */
-export async function endOnEarlySignal(): Promise<void> {
-  await new Promise<void>((r) => setImmediate(() => setImmediate(r)));
-  const signal = takeEarlySignal();
-  if (signal) process.exit(128 + os.constants.signals[signal]);
-}
