@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { IMAGE_SIZE } from './data/mnist';
 
 /*
  * What `generate` can write. Kept apart from generate.ts, which loads
@@ -104,9 +105,9 @@ export function generateProblem(out: string, count: number, countText = String(c
 }
 
 /** The size of `count` samples as `ext`: exact for .npy (its header is at most 128 bytes) and .idx, a floor for .png. */
-export function outputBytes(ext: string, count: number): number {
-  if (ext === '.npy') return 128 + count * 28 * 28 * 4;
-  if (ext === '.idx') return 16 + count * 28 * 28;
+function outputBytes(ext: string, count: number): number {
+  if (ext === '.npy') return 128 + count * IMAGE_SIZE * 4;
+  if (ext === '.idx') return 16 + count * IMAGE_SIZE;
   return 0; // deflated: no size to know before it is drawn
 }
 
