@@ -15,7 +15,7 @@ import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
-import { endOnEarlySignal, exitWhenWritten, startStoppable } from './util/signals';
+import { exitWhenWritten, startStoppable } from './util/signals';
 import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 import { withoutCredentials } from './util/text';
@@ -402,7 +402,6 @@ function buildCli(argv: string[]) {
       "Draw samples from a checkpoint's generator into .npy (float32), .idx (uint8, MNIST format) or .png (a grid)",
       (y) => checkCommandLine(generateOptions(y), argv, flags),
       async (a) => {
-        await endOnEarlySignal();
         const { generateSamples } = await import('./generate');
         await generateSamples({ checkpoint: a.checkpoint, count: a.count, out: a.out, seed: a.seed, backend: a.backend });
       },
@@ -412,7 +411,6 @@ function buildCli(argv: string[]) {
       "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
       (y) => checkCommandLine(evalOptions(y), argv, flags),
       async (a) => {
-        await endOnEarlySignal();
         const { evaluateCheckpoint } = await import('./evaluate');
         const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
         await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);

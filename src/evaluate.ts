@@ -5,6 +5,7 @@ import { readCheckpoint } from './coordinator/checkpoint';
 import { checkpointModel } from './coordinator/checkpoint-model';
 import { batchProgress } from './util/batch-progress';
 import { Logger, createLogger } from './util/log';
+import { onStopSignals, signalExitCode, signalsDispatched } from './util/signals';
 
 export interface EvaluateOptions {
   /** A checkpoint file, or a run directory (its newest valid checkpoint). */
@@ -17,10 +18,26 @@ export interface EvaluateOptions {
 
 /** `ganfleet eval`: loads a checkpoint's G and scores it. Logs go to stderr: stdout is the result. */
 export async function evaluateCheckpoint(opts: EvaluateOptions, log: Logger = createLogger('eval', process.stderr)): Promise<Quality & { step: number; checkpoint: string; model: string; loss: string }> {
-  const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
-  const model = checkpointModel(checkpoint, file);
-  const backend = await selectBackend(opts.backend);
-  log(`backend ${backend.name} (${backend.notes.join('; ')}); ${model.arch}/${model.loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
-  const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir), batchProgress(log, 'images'));
-  return { ...quality, step: checkpoint.step, checkpoint: file, model: model.arch, loss: model.loss };
+  // A first SIGINT or SIGTERM ends the scoring at its next batch. Installed first: as a container's pid 1, the
+  // kernel drops a signal that has no handler, and the command scored on to its end.
+  let phase = 'loading';
+  const release = onStopSignals((signal) => {
+    log(`${signal} received while ${phase}: no score; exiting`);
+    process.exit(signalExitCode(signal));
+  });
+  try {
+    const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
+    const model = checkpointModel(checkpoint, file);
+    const backend = await selectBackend(opts.backend);
+    log(`backend ${backend.name} (${backend.notes.join('; ')}); ${model.arch}/${model.loss} generator from ${file} (step ${checkpoint.step}); ${opts.samples} samples`);
+    const progress = batchProgress(log, 'images');
+    const quality = await evaluateGenerator(model, checkpoint.generator, opts.samples, opts.seed, loadReference(opts.dataDir), async (at, done, total) => {
+      phase = at;
+      progress(at, done, total);
+      await signalsDispatched(); // a turn for a stop signal's handler
+    });
+    return { ...quality, step: checkpoint.step, checkpoint: file, model: model.arch, loss: model.loss };
+  } finally {
+    release();
+  }
 }

@@ -27,37 +27,56 @@ export interface GenerateOptions {
 
 /** Draws `count` samples from a checkpoint's generator and writes them in the format the extension names. */
 export async function generateSamples(opts: GenerateOptions, log: Logger = createLogger('generate')): Promise<string> {
-  const ext = path.extname(opts.out).toLowerCase();
-  const problem = generateProblem(opts.out, opts.count);
-  if (problem) throw new GanfleetError('GENERATE_OPTIONS', problem);
-  const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
-  const model = checkpointModel(checkpoint, file);
-  const backend = await selectBackend(opts.backend);
-  log(`backend ${backend.name} (${backend.notes.join('; ')}); generator from ${file} (step ${checkpoint.step})`);
-
-  const noise = new Rng(opts.seed).fillNormal(new Float32Array(opts.count * model.zDim));
-  const progress = batchProgress(log, 'samples');
-  const images = await generateImages(model, checkpoint.generator, noise, opts.count, 500, (done) => progress('drawing', done, opts.count));
-
-  let bytes: Buffer;
-  if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);
-  else if (ext === '.idx') bytes = encodeIdx([opts.count, 28, 28], tanhToBytes(images));
-  else {
-    const cols = Math.ceil(Math.sqrt(opts.count));
-    const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);
-    bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
-  }
-  const target = outputFile(opts.out);
-  const dir = path.dirname(target);
-  makeDirectory(dir);
-  // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
-  for (const torn of removeTornWrites(dir, path.basename(target))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
-  // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name. A SIGINT or
-  // SIGTERM is held through the write (seconds for 627 MB), which would otherwise leave the temporary file; the
-  // write is synchronous, so the signal's handler runs once it is done.
+  // A first SIGINT or SIGTERM ends the drawing at its next batch, with nothing written, and is held through the
+  // write (seconds for 627 MB), which would otherwise leave the temporary file. Installed first: as a container's
+  // pid 1, the kernel drops a signal that has no handler, and the command drew and wrote on to its end.
+  let drawn = 0;
+  let writing = false;
   let stopped: NodeJS.Signals | null = null;
-  const release = onStopSignals((signal) => (stopped ??= signal), () => undefined);
+  const release = onStopSignals(
+    (signal) => {
+      if (writing) stopped ??= signal;
+      else {
+        log(`${signal} received after ${drawn} of ${opts.count} samples: nothing written; exiting`);
+        process.exit(signalExitCode(signal));
+      }
+    },
+    () => undefined,
+  );
+  let target: string;
   try {
+    const ext = path.extname(opts.out).toLowerCase();
+    const problem = generateProblem(opts.out, opts.count);
+    if (problem) throw new GanfleetError('GENERATE_OPTIONS', problem);
+    const { checkpoint, file } = readCheckpoint(opts.checkpoint, log);
+    const model = checkpointModel(checkpoint, file);
+    const backend = await selectBackend(opts.backend);
+    log(`backend ${backend.name} (${backend.notes.join('; ')}); generator from ${file} (step ${checkpoint.step})`);
+
+    const noise = new Rng(opts.seed).fillNormal(new Float32Array(opts.count * model.zDim));
+    const progress = batchProgress(log, 'samples');
+    const images = await generateImages(model, checkpoint.generator, noise, opts.count, 500, async (done) => {
+      drawn = done;
+      progress('drawing', done, opts.count);
+      await signalsDispatched(); // a turn for a stop signal's handler
+    });
+
+    let bytes: Buffer;
+    if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);
+    else if (ext === '.idx') bytes = encodeIdx([opts.count, 28, 28], tanhToBytes(images));
+    else {
+      const cols = Math.ceil(Math.sqrt(opts.count));
+      const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);
+      bytes = encodePng(grid.width, grid.height, grid.pixels, 1);
+    }
+    target = outputFile(opts.out);
+    const dir = path.dirname(target);
+    makeDirectory(dir);
+    // What a generate killed mid-write left (up to 627 MB), once it is surely abandoned.
+    for (const torn of removeTornWrites(dir, path.basename(target))) log(`removed ${path.join(dir, torn)}: a write that a killed generate left unfinished`);
+    // A full disk or a kill mid-write leaves the file that was there, not a cut-off one under its name. The write
+    // is synchronous, so a signal's handler runs once it is done.
+    writing = true;
     writeFileAtomic(target, [bytes]);
     await signalsDispatched(); // a signal held during the write, before its handlers go
   } finally {

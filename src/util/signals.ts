@@ -31,18 +31,6 @@ export function signalsDispatched(): Promise<void> {
   return new Promise((r) => setImmediate(() => setImmediate(r)));
 }
 
-/**
- * For a command without a stop handler (eval; generate until its write): a
- * signal kept while the CLI loaded (util/early-signals) ends it with 128+n,
- * and none is kept after. Left kept, it was never answered (eval) or surfaced
- * at generate's write, after every sample was drawn.
- */
-export async function endOnEarlySignal(): Promise<void> {
-  await signalsDispatched();
-  const signal = takeEarlySignal();
-  if (signal) process.exit(signalExitCode(signal));
-}
-
 /** The status a shell gives a process that `signal` ended: 128 + its number (130 for SIGINT, 143 for SIGTERM). */
 export function signalExitCode(signal: NodeJS.Signals): number {
   return 128 + os.constants.signals[signal];
