@@ -161,7 +161,7 @@ test("a worker's 'no round' line comes --progress-every after its join or its la
 test("a long generate or eval says each tenth of each phase, its time from the phase's start and the time left; a short phase says nothing", () => {
   let ms = 0;
   const lines: string[] = [];
-  const progress = batchProgress((m) => lines.push(m), 'images', () => ms);
+  const progress = batchProgress((m) => lines.push(m), 'images', 0, () => ms);
   // 20 batches of 500, 100 ms each: a line every second batch.
   for (let done = 500; done <= 10_000; done += 500) {
     ms += 100;
@@ -178,4 +178,25 @@ test("a long generate or eval says each tenth of each phase, its time from the p
   lines.length = 0;
   for (let done = 1000; done <= 9000; done += 1000) progress('classifying the test set', done, 9000);
   assert.deepEqual(lines, []);
+});
+
+test("with a gap, batch progress lines come at least that far apart, none in the gap's first stretch, across phases", () => {
+  const lines: string[] = [];
+  let ms = 0;
+  const progress = batchProgress((m) => lines.push(m), 'images', 10, () => ms);
+  // 20 batches of 500, 400 ms each (8 s): none, as the phase ends inside the first 10 s.
+  for (let done = 500; done <= 10_000; done += 500) {
+    ms += 400;
+    progress('drawing', done, 10_000);
+  }
+  assert.deepEqual(lines, []);
+  // 10 batches of 1000, 1.5 s each: a line at 11 s (2 batches in), the next 10 s or more after it.
+  for (let done = 1000; done <= 10_000; done += 1000) {
+    ms += 1500;
+    progress('classifying the samples', done, 10_000);
+  }
+  assert.deepEqual(lines, [
+    'classifying the samples: 20% (2000/10000 images) in 3.0 s, about 12 s left',
+    'classifying the samples: 90% (9000/10000 images) in 13.5 s, about 2 s left',
+  ]);
 });

@@ -30,7 +30,8 @@ import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
 import { spreadGrids } from './samples';
 import { Elapsed, RunClock, StepStats, progressLine } from './progress';
-import { Quality, Reference, evaluateGenerator, loadReference } from '../eval/quality';
+import { EvalPhase, Quality, Reference, evaluateGenerator, loadReference } from '../eval/quality';
+import { batchProgress } from '../util/batch-progress';
 
 const EMPTY = new Float32Array(0);
 
@@ -732,7 +733,10 @@ export class Coordinator {
     // page say so, and the workers' "no round" lines point here.
     this.evaluating = true;
     this.log(`evaluating G at step ${this.step} (${this.config.evalSamples} samples): training waits meanwhile`);
-    const between = async () => {
+    // A DCGAN's takes minutes: lines every 10 s or more say how far it is. An MLP's few seconds show none.
+    const progress = batchProgress(this.log, 'images', 10);
+    const between = async (phase: EvalPhase, done: number, total: number) => {
+      progress(`eval step ${this.step}: ${phase}`, done, total);
       await new Promise((r) => setImmediate(r));
       if (cutByStop && this.stop) throw new EvaluationCut();
     };

@@ -5,12 +5,16 @@ import { Logger } from './log';
  * phase, with its time so far and an estimate of the rest. A phase of fewer
  * than 10 batches (the size of its first) says nothing: it is over in moments.
  * Without it, 200,000 samples (a minute for the MLP, several for the DCGAN)
- * ran with no output between the backend line and the result.
+ * ran with no output between the backend line and the result. With
+ * `gapSeconds`, lines come at least that far apart, the first that long after
+ * the start: a log that shows more (a coordinator's) gets none for a job over
+ * in moments.
  */
-export function batchProgress(log: Logger, unit: string, now: () => number = Date.now): (phase: string, done: number, total: number) => void {
+export function batchProgress(log: Logger, unit: string, gapSeconds = 0, now: () => number = Date.now): (phase: string, done: number, total: number) => void {
   let current = '';
   let start = now();
   let last = start;
+  let lineAt = start;
   let shown = 0;
   let quiet = false;
   return (phase, done, total) => {
@@ -21,8 +25,8 @@ export function batchProgress(log: Logger, unit: string, now: () => number = Dat
     }
     last = at;
     const tenth = Math.floor((10 * Math.min(done, total)) / total);
-    if (quiet || tenth <= shown) return;
-    shown = tenth;
+    if (quiet || tenth <= shown || at - lineAt < 1000 * gapSeconds) return;
+    [shown, lineAt] = [tenth, at];
     const seconds = (at - start) / 1000;
     const left = done >= total ? '' : `, about ${Math.ceil((seconds * (total - done)) / done)} s left`;
     log(`${phase}: ${10 * tenth}% (${Math.min(done, total)}/${total} ${unit}) in ${seconds.toFixed(1)} s${left}`);
