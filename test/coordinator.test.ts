@@ -1838,6 +1838,31 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
+  test('a run that fails writing its last step\'s checkpoint (a full disk) tells workers that steps are left: a resume starts from an earlier one', async () => {
+    const dir = path.join(out, 'last-checkpoint-failed');
+    const coordinator = await Coordinator.start({ ...config(dir, 2), checkpointEvery: 1 }, () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator, false);
+    for (const step of [0, 1]) {
+      await weightsOrDrop(peer);
+      peer.gradients(step, 'discriminator', zeros('discriminator'));
+      await weightsOrDrop(peer);
+      // The first step's checkpoint was written; the last step's fails (its directory made a file here; a full disk: ENOSPC).
+      if (step === 1) {
+        fs.rmSync(path.join(dir, 'checkpoints'), { recursive: true });
+        fs.writeFileSync(path.join(dir, 'checkpoints'), 'not a directory');
+      }
+      peer.gradients(step, 'generator', zeros('generator'));
+    }
+    await assert.rejects(run, /EEXIST: file already exists, mkdir '\S+checkpoints'/);
+    const closing = coordinator.close();
+    let m = await peer.next();
+    while (m.type !== 'stop') m = await peer.next();
+    assert.equal(m.resumable, true, JSON.stringify(m));
+    peer.ws.close();
+    await closing;
+  });
+
   test('a closing coordinator takes no new connections while it waits for its workers to close, and tells them every step is left', async () => {
     const coordinator = await Coordinator.start(config(path.join(out, 'closing'), 5), () => {});
     const { peer } = await joinedPeer(coordinator, false);

@@ -840,8 +840,10 @@ export class Coordinator {
   /** Stops the workers, then closes every socket and both servers. */
   async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
     this.workers.stopHeartbeats();
-    // Steps left: a coordinator restarted with --resume trains them, and workers told so may wait for it.
-    const resumable = this.step < this.config.steps;
+    // Steps left: a coordinator restarted with --resume trains them, and workers told so may wait for it. Counted from
+    // the newest checkpoint, not this step: a run that failed writing its last step's checkpoint (a full disk) resumes
+    // from an earlier one, and needs its workers back.
+    const resumable = (this.checkpointedStep ?? this.resumedFrom ?? 0) < this.config.steps;
     // Workers told to stop may rejoin at once (--rejoin-after-stop): not here, but at the coordinator that resumes.
     const lateWorkers = resumable || !this.config.lingerSeconds ? null : this.lateWorkers;
     if (!lateWorkers) this.listener.stopAccepting();
