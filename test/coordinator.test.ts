@@ -20,7 +20,7 @@ import { IMAGE_SIZE, imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { blankMnistDir, tempDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { CoordinatorMessage, Gradients, Hello, Mail, MailboxReady, PROTOCOL_VERSION, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
+import { CoordinatorMessage, Gradients, Hello, MAX_STRING_LENGTH, Mail, MailboxReady, PROTOCOL_VERSION, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { GanfleetError } from '../src/util/errors';
@@ -1838,8 +1838,9 @@ describe('coordinator edge cases found by review', () => {
     }
   });
 
-  test('a run that fails writing its last step\'s checkpoint (a full disk) tells workers that steps are left: a resume starts from an earlier one', async () => {
-    const dir = path.join(out, 'last-checkpoint-failed');
+  test('a run that fails writing its last step\'s checkpoint (a full disk) tells workers that steps are left (a resume starts from an earlier one) and why', async () => {
+    // Deep enough that the error naming it is longer than a worker takes a reason to be.
+    const dir = path.join(out, 'last-checkpoint-failed', ...Array.from({ length: 6 }, (_, i) => `${i}`.repeat(200)));
     const coordinator = await Coordinator.start({ ...config(dir, 2), checkpointEvery: 1 }, () => {});
     const run = coordinator.run();
     const { peer } = await joinedPeer(coordinator, false);
@@ -1859,6 +1860,9 @@ describe('coordinator edge cases found by review', () => {
     let m = await peer.next();
     while (m.type !== 'stop') m = await peer.next();
     assert.equal(m.resumable, true, JSON.stringify(m));
+    // Why, for the workers' logs (it was "coordinator closing"), cut to what they accept.
+    assert.match(m.reason, /^the coordinator failed: EEXIST: file already exists, mkdir '\/\S+…$/);
+    assert.equal(m.reason.length, MAX_STRING_LENGTH);
     peer.ws.close();
     await closing;
   });

@@ -159,6 +159,8 @@ export class Coordinator {
   private unsavedSeconds = 0;
   /** The step of the checkpoint this process wrote last (null before one), so that the end does not write one twice. */
   private checkpointedStep: number | null = null;
+  /** Why run() failed, if it did. */
+  private failure: string | null = null;
   private readonly history = new History();
   private state: Exclude<CoordinatorStatus['state'], 'evaluating'> = 'waiting';
   /** Scoring G: the status page says so rather than `state`, which the evaluation leaves as it was. */
@@ -369,6 +371,8 @@ export class Coordinator {
       return await this.trainSteps();
     } catch (e) {
       this.outputs.markSummaryFailed(e);
+      // What close() tells the workers, whose logs said only "coordinator closing" for a run that failed.
+      this.failure ??= `the coordinator failed: ${(e as Error).message}`;
       throw e;
     }
   }
@@ -838,7 +842,7 @@ export class Coordinator {
   }
 
   /** Stops the workers, then closes every socket and both servers. */
-  async close(reason = this.stop?.reason ?? 'coordinator closing'): Promise<void> {
+  async close(reason = this.stop?.reason ?? this.failure ?? 'coordinator closing'): Promise<void> {
     this.workers.stopHeartbeats();
     // Steps left: a coordinator restarted with --resume trains them, and workers told so may wait for it. Counted from
     // the newest checkpoint, not this step: a run that failed writing its last step's checkpoint (a full disk) resumes

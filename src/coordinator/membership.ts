@@ -3,12 +3,12 @@ import WebSocket from 'ws';
 import { ShardSlot, gatherImages, planShards } from '../data/shards';
 import { RejectReason, encode, encodeFrame } from '../protocol/codec';
 import { Inbox, Outbox, mailboxMedium, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
-import { Hello, MAX_COORDINATOR_FRAME_BYTES, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
+import { Hello, MAX_COORDINATOR_FRAME_BYTES, MAX_STRING_LENGTH, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads, emitted } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
-import { plural } from '../util/text';
+import { plural, truncate } from '../util/text';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
 import { FRAGMENT_WRITE_MS, MIN_INTAKE_BYTES_PER_SECOND, WorkerPeer } from './peer';
@@ -342,7 +342,8 @@ export class WorkerGroup {
 
   /** Sends every peer `stop`, and waits up to DISMISS_WAIT_MS for their sockets to close. */
   async dismiss(reason: string, resumable: boolean): Promise<void> {
-    const stop = encode(message<Stop>({ type: 'stop', reason, ...(resumable ? { resumable } : {}) }));
+    // Cut to what a worker accepts: a longer reason (an error naming a long path) would make it refuse the stop.
+    const stop = encode(message<Stop>({ type: 'stop', reason: truncate(reason, MAX_STRING_LENGTH), ...(resumable ? { resumable } : {}) }));
     this.dismissal = { frame: stop, reason };
     const peers = this.list();
     for (const peer of peers) peer.send(stop);
