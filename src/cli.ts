@@ -298,14 +298,22 @@ function evalOptions<T>(y: Argv<T>) {
     });
 }
 
+/** Each command's flags (also read by test/flags-docs.test.ts, which holds README's Flags table to them). */
+export const COMMAND_OPTIONS: Record<'coordinator' | 'worker' | 'local' | 'generate' | 'eval', (y: Argv) => Argv<unknown>> = {
+  coordinator: coordinatorOptions,
+  worker: workerOptions,
+  local: localOptions,
+  generate: generateOptions,
+  eval: evalOptions,
+};
+
 /**
  * Every command's flags. One environment often serves several commands (a
  * Compose file's coordinator and workers), so a GANFLEET_* variable that
  * names another command's flag is no typo of this one's.
  */
 function everyFlag(): Map<string, boolean> {
-  const builders: ((y: Argv) => Argv<unknown>)[] = [coordinatorOptions, workerOptions, localOptions, generateOptions, evalOptions];
-  return new Map(builders.flatMap((options) => flagNames(options(yargs([])))));
+  return new Map(Object.values(COMMAND_OPTIONS).flatMap((options) => flagNames(options(yargs([])))));
 }
 
 function buildCli(argv: string[]) {

