@@ -297,6 +297,31 @@ test('a flood of idle TCP connections (no token, no bytes) leaves the coordinato
   }
 });
 
+test('a connection the workers\' port turns away for being full is logged with why, not only reset: the worker sees just ECONNRESET', async () => {
+  const lines: string[] = [];
+  const workers = await WorkerListener.open({ host: '127.0.0.1', port: 0, maxWorkers: 1, insecure: false }, 1 << 20, { log: (m) => lines.push(m), metrics: new CoordinatorMetrics() }, () => {});
+  const held = workerPortConnections(1);
+  const sockets: net.Socket[] = [];
+  try {
+    const port = Number(new URL(workers.url).port);
+    for (let i = 0; i < held + 2; i++) {
+      await new Promise<void>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => resolve());
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        sockets.push(s);
+      });
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const refused = lines.filter((l) => /refused a connection from/.test(l));
+    assert.equal(refused.length, 1, `one line a minute per address: ${lines.join('\n')}`);
+    assert.match(refused[0], new RegExp(`the workers' port already holds its ${held} connections`));
+  } finally {
+    for (const s of sockets) s.destroy();
+    await workers.close();
+  }
+});
+
 test('a plain HTTP request to the workers\' port (a browser, a probe) is answered 426, saying what the port speaks', async () => {
   const workers = await WorkerListener.open({ host: '127.0.0.1', port: 0, maxWorkers: 4, insecure: false }, 1 << 20, { log: () => {}, metrics: new CoordinatorMetrics() }, () => {});
   try {

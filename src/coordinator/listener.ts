@@ -63,6 +63,13 @@ export class WorkerListener {
     const wss = new WebSocketServer({ noServer: true, maxPayload });
     // For what a peer can repeat at will before it is anyone: a line a minute per address.
     const logPerPeer = throttledLogger(hooks.log);
+    // Node closes a connection beyond maxConnections before reading a byte: its worker sees only `read ECONNRESET`
+    // and retries for ever, so the reason (a low ulimit -n, a flood, more workers than it keeps room for) is said here.
+    const fullBecause = maxConnections < workerPortConnections(config.maxWorkers, null) ? `ulimit -n ${fileLimit}: raise the open-files limit` : `4 per --max-workers and 256 more`;
+    server.on('drop', (data?: { remoteAddress?: string }) => {
+      const address = data?.remoteAddress ?? 'an unknown address';
+      logPerPeer(`${address} full`, `refused a connection from ${address}: the workers' port already holds its ${maxConnections} connections (${fullBecause})`);
+    });
     server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
       // A worker's WebSocket may be quiet for longer (pings every half --heartbeat): its liveness is the heartbeat's.
       (socket as Duplex & { setTimeout?: (ms: number) => void }).setTimeout?.(0);
