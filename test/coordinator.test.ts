@@ -972,6 +972,27 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('an Adam update past float32 (--lr 1e38) stops the run as diverged: its weights, which every worker refuses, are never sent, so workers do not rejoin for ever', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'diverged-weights');
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e38 } }, () => {});
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    // Adam's step size lr / (1 - β1) = 1e39 is Infinity in float32: every weight of D goes to ±Infinity.
+    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+    const summary = await run;
+    await coordinator.close();
+    await peer.closed;
+    const after: string[] = [];
+    for (let m = peer.take(); m; m = peer.take()) after.push(m.type);
+    assert.deepEqual(after, ['stop']);
+    assert.equal(summary.ok, false);
+    assert.match(summary.stopReason, /^training diverged at step 1: Adam's discriminator update left weight \d+ -?Infinity; there is no checkpoint yet: start again with a lower --lr$/);
+    assert.equal(summary.steps, 0);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test("a step cut short in its G round is undone whole: the stop's checkpoint holds D and D's Adam state as the step before left them", async () => {
     const dataDir = blankMnistDir(256);
     const dir = path.join(out, 'rollback');

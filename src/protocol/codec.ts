@@ -282,12 +282,15 @@ function uint16View(bytes: Uint8Array): Uint16Array {
   return new Uint16Array(new Uint8Array(bytes).buffer);
 }
 
+/** The largest finite float32: as a bound, `firstOutside` finds the first NaN or ±Infinity. */
+export const FLOAT32_MAX = 3.4028234663852886e38;
+
 /**
  * Index of the first value that is NaN or beyond ±bound (±Infinity is beyond
  * any finite bound), or -1. Every float that arrives passes here: 8 lanes on
  * the native addon (0.01 ms for a 114k gradient against 0.1 ms below).
  */
-function firstOutside(values: Float32Array, bound: number): number {
+export function firstOutside(values: Float32Array, bound: number): number {
   const native = nativeAddon().addon;
   if (native) return native.firstOutside(values, bound);
   for (let i = 0; i < values.length; i++) {
