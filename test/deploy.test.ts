@@ -721,6 +721,47 @@ function composeSeconds(d: string | undefined): number {
   return Number(m[1] ?? 0) * 60 + Number(m[2] ?? 0);
 }
 
+/** A Kubernetes memory quantity ("512Mi", "2Gi", "1G") in bytes. */
+function memoryBytes(q: string, where: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(String(q));
+  assert.ok(m, `${where}: a memory quantity "${q}" this test does not read`);
+  const units: Record<string, number> = { '': 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+  return Number(m[1]) * units[m[2] ?? ''];
+}
+
+/** The largest peak RSS that deploy/README.md's Memory table gives for each process, with its row. */
+function measuredPeaks(): Map<string, { mib: number; row: string }> {
+  const text = fs.readFileSync(path.join(DEPLOY, 'README.md'), 'utf8');
+  const peaks = new Map<string, { mib: number; row: string }>();
+  for (const m of text.matchAll(/^\| (.+?) \| (worker|coordinator) \| ([\d,]+) MiB \|$/gm)) {
+    const mib = Number(m[3].replace(/,/g, ''));
+    if (mib > (peaks.get(m[2])?.mib ?? 0)) peaks.set(m[2], { mib, row: m[1] });
+  }
+  return peaks;
+}
+
+test('Kubernetes: each wasm container\'s memory limit holds the peak deploy/README.md measured for its process at any batch size the CLI allows', () => {
+  const peaks = measuredPeaks();
+  assert.deepEqual([...peaks.keys()].sort(), ['coordinator', 'worker'], 'deploy/README.md: no Memory table with worker and coordinator rows');
+  for (const [dir, objs] of kubernetesBuilds()) {
+    for (const dep of objs.filter((o) => o.kind === 'Deployment')) {
+      for (const c of dep.spec.template.spec.containers) {
+        const w = `${dir}: Deployment ${dep.metadata.name} container ${c.name}`;
+        const { cmd, values } = parseArgs(c.args, `${w} args`);
+        // The table is wasm's (auto is wasm in the CPU image); TensorFlow's GPU workers hold CUDA's libraries besides.
+        if (valueOf(cmd, values, 'backend') === 'tensorflow') continue;
+        const peak = peaks.get(cmd)!;
+        const limit = c.resources?.limits?.memory;
+        assert.ok(limit, `${w}: no memory limit`);
+        assert.ok(
+          memoryBytes(limit, w) >= peak.mib * 2 ** 20,
+          `${w}: its memory limit ${limit} is below the ${peak.mib} MiB deploy/README.md measured for ${peak.row}: the kernel would kill it (OOMKilled) at every restart`,
+        );
+      }
+    }
+  }
+});
+
 test('Compose and Prometheus: commands, GANFLEET_* variables, ports, healthchecks, mounts', () => {
   const top = docs('docker-compose.yml')[0];
   for (const [name, services] of composeServices()) {
