@@ -1,5 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
 import { RunClock, progressLine } from '../src/coordinator/progress';
 import { batchProgress } from '../src/util/batch-progress';
 import { ProgressLine } from '../src/worker/progress';
@@ -156,6 +158,34 @@ test("a worker's 'no round' line comes --progress-every after its join or its la
   // A timer is never early by more than a millisecond, and late only by what a busy machine adds.
   assert.ok(idle[0].at - lastRound >= 399 && idle[0].at - lastRound < 650, JSON.stringify({ lastRound, lines }));
   assert.ok(idle[1].at - idle[0].at >= 399, JSON.stringify(lines));
+});
+
+test("a worker woken from a stop answers the round that came meanwhile and says no 'no round': the coordinator waited on it, not it on the coordinator", async () => {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const coordinator = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [link] = (await once(server, 'connection')) as [net.Socket];
+  const lines: string[] = [];
+  const line = new ProgressLine(0.3, (text) => lines.push(text));
+  let thawed = false;
+  let readAfterThaw = false;
+  link.on('data', () => {
+    readAfterThaw = thawed;
+    line.answered(2, 0.001);
+  });
+  line.start();
+  coordinator.write('weights');
+  // This process frozen (SIGSTOP, a paused VM) past the interval, the round waiting in the socket's buffer.
+  for (const until = performance.now() + 500; performance.now() < until; );
+  thawed = true;
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(readAfterThaw, 'the round was read after the freeze');
+  line.stop();
+  coordinator.destroy();
+  server.close();
+  assert.ok(lines.some((l) => /^step \d+: 1 rounds/.test(l)), JSON.stringify(lines));
+  assert.deepEqual(lines.filter((l) => /^no round/.test(l)), []);
 });
 
 test("a long generate or eval says each tenth of each phase, its time from the phase's start and the time left; a short phase says nothing", () => {

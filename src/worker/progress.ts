@@ -1,4 +1,5 @@
 import { stepOfRound } from '../protocol/messages';
+import { afterPendingReads } from '../util/events';
 import { Logger } from '../util/log';
 
 /**
@@ -27,10 +28,16 @@ export class ProgressLine {
     if (everyMs <= 0 || this.idleTimer) return;
     // Re-armed by each round: it fires only after a whole interval without one, then once an interval.
     this.idleTimer = setTimeout(() => {
-      const idleMs = performance.now() - this.lastRound.at;
-      const since = this.lastRound.step === null ? 'since joining' : `since step ${stepOfRound(this.lastRound.step)}`;
-      this.log(`no round for ${(idleMs / 1000).toFixed(idleMs < 10_000 ? 1 : 0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
-      this.idleTimer?.refresh();
+      // Woken from a stop (SIGSTOP, a paused VM), this timer runs before the round that came meanwhile is read:
+      // then the coordinator was waiting on this worker, not this worker on it.
+      const idleSince = this.lastRound.at;
+      afterPendingReads(() => {
+        if (!this.idleTimer || this.lastRound.at !== idleSince) return; // stopped, or a round came and re-armed the timer
+        const idleMs = performance.now() - this.lastRound.at;
+        const since = this.lastRound.step === null ? 'since joining' : `since step ${stepOfRound(this.lastRound.step)}`;
+        this.log(`no round for ${(idleMs / 1000).toFixed(idleMs < 10_000 ? 1 : 0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
+        this.idleTimer.refresh();
+      });
     }, everyMs);
   }
 
