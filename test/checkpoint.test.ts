@@ -94,6 +94,25 @@ test('a header out of range is refused though its checksum holds (a file made by
   assert.throws(() => decodeCheckpoint(asFormat1, 'f'), { code: 'CHECKPOINT_INVALID', message: /^f: header lists no valid shards$/ });
 });
 
+test('weights or Adam state that are not finite are refused though the checksum holds: resumed, every worker refused the weights and rejoined for ever; generate wrote NaN images', () => {
+  const good = checkpointAt(4);
+  const refused = (c: Checkpoint) => assert.throws(() => decodeCheckpoint(encodeCheckpoint(c), 'f'), { code: 'CHECKPOINT_INVALID', message: /^f: weights or Adam state not finite/ });
+  const withNaN = (a: Float32Array) => Float32Array.from(a, (x, i) => (i === 3 ? NaN : x));
+  refused({ ...good, generator: withNaN(good.generator) });
+  refused({ ...good, discriminator: Float32Array.from(good.discriminator, (x, i) => (i === 0 ? Infinity : x)) });
+  refused({ ...good, adamGenerator: { ...good.adamGenerator, m: withNaN(good.adamGenerator.m) } });
+  // A second moment below zero makes the next update's square root NaN.
+  refused({ ...good, adamDiscriminator: { ...good.adamDiscriminator, v: Float32Array.from(good.adamDiscriminator.v, (x, i) => (i === 1 ? -1 : x)) } });
+  // A resume sets it aside and takes the one before.
+  const dir = tempDir('ckpt-not-finite');
+  writeCheckpoint(dir, checkpointAt(2), 3);
+  writeCheckpoint(dir, { ...checkpointAt(4), generator: withNaN(good.generator) }, 3);
+  const logs: string[] = [];
+  assert.equal(loadLatestCheckpoint(dir, (m) => logs.push(m))!.checkpoint.step, 2);
+  assert.match(logs.join('\n'), /ckpt-000000004\.bin: weights or Adam state not finite.*renamed to ckpt-000000004\.bin\.invalid/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test('writes are atomic, keep the newest K, and resume falls back past broken files', () => {
   const dir = tempDir('ckpt');
   for (const step of [10, 20, 30, 40]) writeCheckpoint(dir, checkpointAt(step), 3);

@@ -133,6 +133,14 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const discriminator = take(ds);
   const adamGenerator = { step: h.adamSteps.generator, m: take(gs), v: take(gs) };
   const adamDiscriminator = { step: h.adamSteps.discriminator, m: take(ds), v: take(ds) };
+  // A run stops at divergence rather than write such a file. Resumed, every worker refuses the weights and rejoins
+  // for ever (no gradient is refused, so divergence is never found); generate and eval draw NaN images.
+  const finite = (a: Float32Array, nonNegative = false) => {
+    for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i]) || (nonNegative && a[i] < 0)) return false;
+    return true;
+  };
+  const statesOk = [generator, discriminator, adamGenerator.m, adamDiscriminator.m].every((a) => finite(a)) && finite(adamGenerator.v, true) && finite(adamDiscriminator.v, true);
+  if (!statesOk) throw bad('weights or Adam state not finite (NaN, infinite, or a negative second moment)');
   const slots: ShardSlot[] = [];
   for (const { seed, images } of shards) {
     slots.push({ seed, indices: new Uint32Array(floats.buffer, 4 * at, images) });
