@@ -113,6 +113,24 @@ test('weights or Adam state that are not finite are refused though the checksum 
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test('a config section of the wrong shape is refused though the checksum holds, not failed later with a bare TypeError that names no file', async () => {
+  const good = checkpointAt(4);
+  const refused = (config: unknown) => assert.throws(() => decodeCheckpoint(encodeCheckpoint({ ...good, config: config as Checkpoint['config'] }), 'f'), { code: 'CHECKPOINT_INVALID', message: /^f: header fields out of range$/ });
+  refused(null);
+  refused([1, 2]);
+  refused({ arch: { toString: 1 } });
+  refused({ arch: 'mlp', loss: 7 });
+  refused({ arch: 'mlp', trainingSet: 'x' });
+  refused({ arch: 'mlp', trainingSet: { images: 60000, sha256: 5 } });
+  // A run directory's newest such file is passed over by generate, and set aside by a resume.
+  const out = tempDir('ckpt-config-shape');
+  writeCheckpoint(path.join(out, 'checkpoints'), { ...checkpointAt(2), config: { arch: 'mlp', loss: 'bce' } }, 3);
+  writeCheckpoint(path.join(out, 'checkpoints'), { ...good, config: null as unknown as Checkpoint['config'] }, 3);
+  await generateSamples({ checkpoint: out, count: 2, out: path.join(out, 'x.npy'), seed: 1, backend: 'cpu' }, () => {});
+  assert.equal(checkpointToResume({ out, arch: 'mlp', loss: 'bce' }, () => {})!.checkpoint.step, 2);
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test('writes are atomic, keep the newest K, and resume falls back past broken files', () => {
   const dir = tempDir('ckpt');
   for (const step of [10, 20, 30, 40]) writeCheckpoint(dir, checkpointAt(step), 3);

@@ -121,8 +121,15 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const expected = 4 * (3 * gs + 3 * ds + shards.reduce((n, s) => n + s.images, 0));
   if (payload.length !== expected) throw bad(`payload is ${payload.length} bytes, expected ${expected} (truncated?)`);
   if (digest(h, payload) !== h.sha256) throw bad('checksum mismatch (corrupted)');
+  // What the model's name and the training images are read from: of another shape, a bare TypeError named no file.
+  const config = h.config as Record<string, unknown> | null;
+  const trainingSet = config?.trainingSet as { images?: unknown; sha256?: unknown } | null | undefined;
+  const configOk =
+    typeof config === 'object' && config !== null && !Array.isArray(config) &&
+    ['arch', 'loss'].every((k) => config[k] === undefined || typeof config[k] === 'string') &&
+    (trainingSet === undefined || (typeof trainingSet === 'object' && trainingSet !== null && isCount(trainingSet.images) && typeof trainingSet.sha256 === 'string'));
   const rngOk = Array.isArray(h.seedRng) && h.seedRng.length === 4 && h.seedRng.every((x) => isCount(x) && x < 2 ** 32);
-  if (!isCount(h.step) || !isCount(h.imagesTotal) || !isCount(h.nextWorker) || !rngOk || !isCount(h.adamSteps?.generator) || !isCount(h.adamSteps?.discriminator)) {
+  if (!configOk || !isCount(h.step) || !isCount(h.imagesTotal) || !isCount(h.nextWorker) || !rngOk || !isCount(h.adamSteps?.generator) || !isCount(h.adamSteps?.discriminator)) {
     throw bad('header fields out of range');
   }
   // Copy into an aligned buffer; slices below are views of it.
