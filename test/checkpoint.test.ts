@@ -296,6 +296,16 @@ test("a checkpoint of a model this ganfleet lacks (a newer ganfleet's) is refuse
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test("a checkpoint's unknown model or loss is quoted in the error, not echoed raw: a name with newlines and terminal escapes forged log lines, a long one filled the log", () => {
+  const out = tempDir('resume-hostile-model');
+  writeCheckpoint(path.join(out, 'checkpoints'), { ...checkpointAt(4), config: { arch: 'x\n2026-01-01T00:00:00.000Z [coordinator] finished \x1b[31m', loss: 'l'.repeat(5000) } }, 3);
+  assert.throws(
+    () => checkpointToResume({ out, arch: 'mlp', loss: 'bce' }, () => {}),
+    (e: Error & { code?: string }) => e.code === 'MODEL_UNKNOWN' && !/[\x00-\x1f\x7f]/.test(e.message) && e.message.length < 1000 && /--model "x\\n2026/.test(e.message),
+  );
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test("a checkpoint whose networks have other sizes than this ganfleet's model of that name (another version's) is refused with the file named", async () => {
   const out = tempDir('resume-other-sizes');
   // mlp-sized networks under the name dcgan: what a ganfleet whose dcgan had other layers would have written.

@@ -1,6 +1,12 @@
 import { ARCHITECTURES, GanModel, LOSSES, createModel } from '../model';
 import { GanfleetError } from '../util/errors';
+import { peerString } from '../util/log';
 import { Checkpoint } from './checkpoint';
+
+/** A name read from a checkpoint, for a message: quoted and cut short unless plain, so that a made-up one forges no log lines. */
+function shown(name: string): string {
+  return /^[\w.-]{1,40}$/.test(name) ? name : peerString(name, 40);
+}
 
 /**
  * The model a checkpoint was trained with. A checkpoint of a model or loss
@@ -17,7 +23,7 @@ export function checkpointModel(c: Checkpoint, file: string): GanModel {
   if (!(ARCHITECTURES as readonly string[]).includes(arch) || !(LOSSES as readonly string[]).includes(loss)) {
     throw new GanfleetError(
       'MODEL_UNKNOWN',
-      `${file}: a checkpoint of --model ${arch} --loss ${loss}, which this ganfleet lacks (models ${ARCHITECTURES.join(', ')}; losses ${LOSSES.join(', ')}): ` +
+      `${file}: a checkpoint of --model ${shown(arch)} --loss ${shown(loss)}, which this ganfleet lacks (models ${ARCHITECTURES.join(', ')}; losses ${LOSSES.join(', ')}): ` +
         'it was written by a newer ganfleet; run one that has them',
     );
   }
