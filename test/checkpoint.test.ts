@@ -131,6 +131,17 @@ test('a config section of the wrong shape is refused though the checksum holds, 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('a header nested too deep to hash is refused as unreadable, with the file named, not a bare "Maximum call stack size exceeded"', () => {
+  const file = encodeCheckpoint(checkpointAt(4));
+  const at = 'GANFLEET-CHECKPOINT-2\n'.length;
+  const header = file.subarray(at + 4, at + 4 + file.readUInt32LE(at)).toString();
+  const deep = Buffer.from(header.replace('"config":{', `"config":{"deep":${'['.repeat(20000)}${']'.repeat(20000)},`));
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(deep.length);
+  const crafted = Buffer.concat([file.subarray(0, at), len, deep, file.subarray(at + 4 + file.readUInt32LE(at))]);
+  assert.throws(() => decodeCheckpoint(crafted, 'f'), { code: 'CHECKPOINT_INVALID', message: /^f: unreadable header$/ });
+});
+
 test('writes are atomic, keep the newest K, and resume falls back past broken files', () => {
   const dir = tempDir('ckpt');
   for (const step of [10, 20, 30, 40]) writeCheckpoint(dir, checkpointAt(step), 3);

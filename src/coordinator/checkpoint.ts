@@ -120,7 +120,14 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
   const shards = h.shards ?? [];
   const expected = 4 * (3 * gs + 3 * ds + shards.reduce((n, s) => n + s.images, 0));
   if (payload.length !== expected) throw bad(`payload is ${payload.length} bytes, expected ${expected} (truncated?)`);
-  if (digest(h, payload) !== h.sha256) throw bad('checksum mismatch (corrupted)');
+  let sum: string;
+  try {
+    sum = digest(h, payload);
+  } catch {
+    // Nested too deep to serialise again (a RangeError): no file ganfleet writes.
+    throw bad('unreadable header');
+  }
+  if (sum !== h.sha256) throw bad('checksum mismatch (corrupted)');
   // What the model's name and the training images are read from: of another shape, a bare TypeError named no file.
   const config = h.config as Record<string, unknown> | null;
   const trainingSet = config?.trainingSet as { images?: unknown; sha256?: unknown } | null | undefined;
