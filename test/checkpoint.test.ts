@@ -81,12 +81,13 @@ test('truncated, corrupted and foreign files are refused with the reason', () =>
   assert.throws(() => decodeCheckpoint(buf.subarray(0, 30), 'f'), /truncated header|unreadable header/);
 });
 
-test('a header out of range is refused though its checksum holds (a file made by hand or by a broken build): a seed beyond 32 bits, a short RNG state, shards under format 1', () => {
+test('a header out of range is refused though its checksum holds (a file made by hand or by a broken build): a seed beyond 32 bits, a short or all-zero RNG state, shards under format 1', () => {
   const good = checkpointAt(4);
   const refused = (c: Checkpoint, why: RegExp) => assert.throws(() => decodeCheckpoint(encodeCheckpoint(c), 'f'), { code: 'CHECKPOINT_INVALID', message: why });
   refused({ ...good, shards: [{ indices: Uint32Array.from([1, 2]), seed: 2 ** 32 }] }, /^f: header lists no valid shards$/);
   refused({ ...good, seedRng: good.seedRng.slice(0, 3) as typeof good.seedRng }, /^f: header fields out of range$/);
   refused({ ...good, seedRng: [1, 2, 3, 2 ** 32] as unknown as typeof good.seedRng }, /^f: header fields out of range$/);
+  refused({ ...good, seedRng: [0, 0, 0, 0] }, /^f: header fields out of range$/);
   refused({ ...good, nextWorker: -1 }, /^f: header fields out of range$/);
   // Format 1 had no slots: one that lists them is no file ganfleet wrote.
   const withSlots = encodeCheckpoint({ ...good, shards: [{ indices: Uint32Array.from([1, 2]), seed: 3 }] });

@@ -135,7 +135,8 @@ export function decodeCheckpoint(buf: Buffer, file: string): Checkpoint {
     typeof config === 'object' && config !== null && !Array.isArray(config) &&
     ['arch', 'loss'].every((k) => config[k] === undefined || typeof config[k] === 'string') &&
     (trainingSet === undefined || (typeof trainingSet === 'object' && trainingSet !== null && isCount(trainingSet.images) && typeof trainingSet.sha256 === 'string'));
-  const rngOk = Array.isArray(h.seedRng) && h.seedRng.length === 4 && h.seedRng.every((x) => isCount(x) && x < 2 ** 32);
+  // All zeros is no xoshiro state: stuck there, it would give every new worker the seed 0, and so the same noise.
+  const rngOk = Array.isArray(h.seedRng) && h.seedRng.length === 4 && h.seedRng.every((x) => isCount(x) && x < 2 ** 32) && h.seedRng.some((x) => x !== 0);
   if (!configOk || !isCount(h.step) || !isCount(h.imagesTotal) || !isCount(h.nextWorker) || !rngOk || !isCount(h.adamSteps?.generator) || !isCount(h.adamSteps?.discriminator)) {
     throw bad('header fields out of range');
   }
