@@ -1924,16 +1924,23 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
   });
 
-  test('the status lists a worker that joined mid-step as joined, without a shard, until the next step plans it in; each worker\'s last compute in ms; no ETA once finished', async () => {
+  test('the status lists a worker that joined mid-step as joined, without a shard, until the next step plans it in; each worker\'s last compute in ms; how long the open round has waited for each; no ETA once finished', async () => {
     const dataDir = blankMnistDir(256);
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'status-workers'), 2), dataDir }, () => {});
     const run = coordinator.run();
     const row = (id: string) => coordinator.status().workers.find((w) => w.id === id)!;
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const a = await joinedPeer(coordinator);
     await weightsOrDrop(a.peer);
     // Step 0's D round is open, waiting for a: b joins in the middle of the step.
     const b = await joinedPeer(coordinator);
     assert.deepEqual([row(a.workerId).state, row(a.workerId).shardSize, row(b.workerId).state, row(b.workerId).shardSize], ['active', 256, 'joined', 0]);
+    // The round waits for a, not for b, which is no participant; a's wait grows while a does not answer.
+    const waited = row(a.workerId).awaitedMs;
+    assert.equal(typeof waited, 'number');
+    assert.equal(row(b.workerId).awaitedMs, null);
+    await sleep(60);
+    assert.ok(row(a.workerId).awaitedMs! >= waited! + 50, `${row(a.workerId).awaitedMs} ms waited, 60 ms after ${waited}`);
     a.peer.gradients(0, 'discriminator', zeros('discriminator'));
     await weightsOrDrop(a.peer);
     a.peer.gradients(0, 'generator', zeros('generator'));
@@ -1945,6 +1952,13 @@ describe('coordinator edge cases found by review', () => {
     assert.notEqual(coordinator.status().etaSeconds, null);
     a.peer.gradients(1, 'discriminator', zeros('discriminator'));
     await weightsOrDrop(b.peer);
+    // a has answered step 1's D round, b has not: only b is waited for.
+    for (let i = 0; i < 200 && row(a.workerId).awaitedMs !== null; i++) await sleep(5);
+    assert.equal(row(a.workerId).awaitedMs, null);
+    const bWaited = row(b.workerId).awaitedMs;
+    assert.equal(typeof bWaited, 'number');
+    await sleep(60);
+    assert.ok(row(b.workerId).awaitedMs! >= bWaited! + 50, `${row(b.workerId).awaitedMs} ms waited, 60 ms after ${bWaited}`);
     b.peer.gradients(1, 'discriminator', zeros('discriminator'));
     for (const p of [a, b]) {
       await weightsOrDrop(p.peer);
@@ -1952,6 +1966,7 @@ describe('coordinator edge cases found by review', () => {
     }
     assert.equal((await run).steps, 2);
     assert.deepEqual([coordinator.status().state, coordinator.status().etaSeconds], ['finished', null]);
+    assert.deepEqual(coordinator.status().workers.map((w) => w.awaitedMs), [null, null], 'no round is open');
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });

@@ -911,7 +911,7 @@ export class Coordinator {
       imagesPerSecond: this.state === 'training' && !this.evaluating && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
-      workers: workerRows(this.workers.list()),
+      workers: workerRows(this.workers.list(), this.round),
       samples: spreadGrids(this.outputs.gridNames),
       evaluations: this.outputs.evaluations,
     };

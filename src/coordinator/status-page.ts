@@ -62,7 +62,7 @@ export const STATUS_PAGE = `<!doctype html>
   </section>
   <section class="wide">
     <h2>Workers</h2>
-    <table><thead><tr><th>id</th><th>name</th><th>address</th><th>backend</th><th>state</th><th>shard</th><th>last compute</th><th>frames</th></tr></thead>
+    <table><thead><tr><th>id</th><th>name</th><th>address</th><th>backend</th><th>state</th><th>shard</th><th>last compute</th><th title="how long the open round has waited for this worker's gradients (shown past 1 s)">waited</th><th>frames</th></tr></thead>
     <tbody id="workers"></tbody></table>
   </section>
 </main>
@@ -81,6 +81,9 @@ function fmtTime(s) {
   s = Math.round(s); const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60);
   return h ? h + 'h' + String(m).padStart(2, '0') + 'm' : m + 'm' + String(s % 60).padStart(2, '0') + 's';
 }
+// How long the open round has waited for a worker, once past 1 s (a round usually takes well under that): a frozen
+// worker's grows, while the state still says training, until it answers or is dropped.
+function waited(ms) { return ms != null && ms >= 1000 ? (ms / 1000).toFixed(1) + ' s' : ''; }
 // The axis spans 0 and every value, and at least "least" ([0, 1] for D's outputs: probabilities with bce;
 // lsgan's raw scores can leave that range, and are drawn, not clipped).
 function plot(svg, points, series, least) {
@@ -110,7 +113,7 @@ async function refresh() {
     $('rate').textContent = Math.round(st.imagesPerSecond);
     $('eta').textContent = fmtTime(st.etaSeconds);
     $('nworkers').textContent = st.workers.length;
-    $('workers').innerHTML = st.workers.map((w) => '<tr>' + [w.id, w.name, w.address, w.backend, w.state, w.shardSize, w.lastComputeMs.toFixed(1) + ' ms', w.frames]
+    $('workers').innerHTML = st.workers.map((w) => '<tr>' + [w.id, w.name, w.address, w.backend, w.state, w.shardSize, w.lastComputeMs.toFixed(1) + ' ms', waited(w.awaitedMs), w.frames]
       .map((v) => '<td>' + String(v).replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]) + '</td>').join('') + '</tr>').join('');
     samples = st.samples; $('strip').max = Math.max(0, samples.length - 1);
     if (following) { $('strip').value = samples.length - 1; showGrid(samples.length - 1); }

@@ -5,6 +5,7 @@ import type { Evaluation } from './coordinator';
 import type { History } from './history';
 import type { WorkerPeer } from './peer';
 import type { StepStats } from './progress';
+import type { Round } from './round';
 import { STATUS_PAGE } from './status-page';
 
 /** What the status page shows; served as /api/status. */
@@ -20,7 +21,11 @@ export interface CoordinatorStatus {
   imagesPerSecond: number;
   etaSeconds: number | null;
   last: StepStats | null;
-  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number; frames: 'shared memory' | 'websocket' }[];
+  /**
+   * `awaitedMs`: how long the open round has waited for this worker's gradients; null when no round is open,
+   * or the worker has answered it or is no participant. A frozen or slow worker shows here long before it is dropped.
+   */
+  workers: { id: string; name: string; address: string; backend: string; state: string; shardSize: number; lastComputeMs: number; awaitedMs: number | null; frames: 'shared memory' | 'websocket' }[];
   /** The grids, oldest first: at most LISTED_GRIDS, spread over the run (summary.json lists every one). */
   samples: string[];
   /** Every --eval-every result so far, oldest first. */
@@ -40,7 +45,8 @@ export function runSettings(config: CoordinatorConfig): CoordinatorStatus['run']
   };
 }
 
-export function workerRows(peers: readonly WorkerPeer[]): CoordinatorStatus['workers'] {
+/** The rows of the workers; `round`, the open round (or null), read only here: nothing is tracked for it while training. */
+export function workerRows(peers: readonly WorkerPeer[], round: Round | null = null, now = performance.now()): CoordinatorStatus['workers'] {
   return peers.map((p) => ({
     id: p.id,
     // What the peer chose, shown as its log lines show it: no row that runs backwards or over the page.
@@ -50,6 +56,7 @@ export function workerRows(peers: readonly WorkerPeer[]): CoordinatorStatus['wor
     state: p.shard ? 'active' : 'joined',
     shardSize: p.shard?.indices.length ?? 0,
     lastComputeMs: p.lastComputeSeconds * 1000,
+    awaitedMs: round?.isAwaiting(p.id) ? now - round.startedAt : null,
     frames: p.mailbox?.inbox ? ('shared memory' as const) : ('websocket' as const),
   }));
 }
