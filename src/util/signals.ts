@@ -2,14 +2,30 @@ import os from 'node:os';
 import { takeEarlySignal } from './early-signals';
 
 /**
+ * A signal this soon after the first is that one delivered twice, not a second request: timeout(1) signals
+ * its child and then its process group, the child again, and where the child takes the first before the
+ * second comes (another CPU) both reach the handlers, which exited at once, without a checkpoint and with
+ * the workers left retrying. The two come under 2 ms apart (0.3 to 1.5 ms measured); no one presses Ctrl-C
+ * twice within 20 ms.
+ */
+const DUPLICATE_SIGNAL_MS = 20;
+/** When the process's first stop signal came (process-wide: startStoppable hands it from one set of handlers to the next). */
+let firstSignalAt = -Infinity;
+
+/**
  * First SIGINT/SIGTERM: `onFirst` (finish the step, write outputs, stop
- * workers). Second: exit at once with 130. `seen` signals were already
- * handled elsewhere (so with 1 the next one is the second). Returns a
- * function that removes the handlers.
+ * workers). Second, from DUPLICATE_SIGNAL_MS after the first: exit at once
+ * with 130. `seen` signals were already handled elsewhere (so with 1 the
+ * next one is the second). Returns a function that removes the handlers.
  */
 export function onStopSignals(onFirst: (signal: NodeJS.Signals) => void, onSecond: () => void = () => process.exit(130), seen = 0): () => void {
   let count = seen;
-  const handler = (signal: NodeJS.Signals) => (++count > 1 ? onSecond() : onFirst(signal));
+  const handler = (signal: NodeJS.Signals) => {
+    if (count > 0 && performance.now() - firstSignalAt < DUPLICATE_SIGNAL_MS) return;
+    if (++count > 1) return onSecond();
+    firstSignalAt = performance.now();
+    onFirst(signal);
+  };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
   // One that came while the CLI loaded, before any handler (dropped by the kernel for a pid 1 without one).
