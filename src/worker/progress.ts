@@ -19,6 +19,8 @@ export class ProgressLine {
   constructor(
     private readonly everySeconds: number,
     private readonly log: Logger,
+    /** The connection's bytes read: a round's frame larger than one turn's read (a DCGAN's weights) is still a round coming. */
+    private readonly bytesRead?: () => number,
   ) {}
 
   /** Joined: idle time counts from here until stop(). */
@@ -37,7 +39,7 @@ export class ProgressLine {
         const since = this.lastRound.step === null ? 'since joining' : `since step ${stepOfRound(this.lastRound.step)}`;
         this.log(`no round for ${(idleMs / 1000).toFixed(idleMs < 10_000 ? 1 : 0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
         this.idleTimer.refresh();
-      });
+      }, this.bytesRead);
     }, everyMs);
   }
 

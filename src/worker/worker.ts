@@ -251,7 +251,8 @@ function connectOnce(
     let trained = false;
     let errorsHeard = 0;
     const watchdog = new SilenceWatchdog();
-    const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log);
+    // Read only once joined, when `link` is set.
+    const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log, () => link?.bytesRead ?? 0);
     const end = (o: Outcome) => (outcome ??= o);
     /** The WebSocket opened: there was a connection to lose. */
     let connected = false;
