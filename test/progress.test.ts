@@ -160,12 +160,27 @@ test("a worker's 'no round' line comes --progress-every after its join or its la
   assert.ok(idle[1].at - idle[0].at >= 399, JSON.stringify(lines));
 });
 
-test("a worker woken from a stop answers the round that came meanwhile and says no 'no round': the coordinator waited on it, not it on the coordinator", async () => {
+/** A TCP connection on loopback: `coordinator` writes what the worker's `link` reads. */
+async function loopbackLink(): Promise<{ coordinator: net.Socket; link: net.Socket; close: () => void }> {
   const server = net.createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const coordinator = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
   const [link] = (await once(server, 'connection')) as [net.Socket];
+  const close = () => {
+    coordinator.destroy();
+    server.close();
+  };
+  return { coordinator, link, close };
+}
+
+/** This process frozen for `ms` (as by SIGSTOP or a paused VM): its timers fall due, and nothing is read meanwhile. */
+function freeze(ms: number): void {
+  for (const until = performance.now() + ms; performance.now() < until; );
+}
+
+test("a worker woken from a stop answers the round that came meanwhile and says no 'no round': the coordinator waited on it, not it on the coordinator", async () => {
+  const { coordinator, link, close } = await loopbackLink();
   const lines: string[] = [];
   const line = new ProgressLine(0.3, (text) => lines.push(text));
   let thawed = false;
@@ -177,23 +192,18 @@ test("a worker woken from a stop answers the round that came meanwhile and says 
   line.start();
   coordinator.write('weights');
   // This process frozen (SIGSTOP, a paused VM) past the interval, the round waiting in the socket's buffer.
-  for (const until = performance.now() + 500; performance.now() < until; );
+  freeze(500);
   thawed = true;
   await new Promise((r) => setTimeout(r, 100));
   assert.ok(readAfterThaw, 'the round was read after the freeze');
   line.stop();
-  coordinator.destroy();
-  server.close();
+  close();
   assert.ok(lines.some((l) => /^step \d+: 1 rounds/.test(l)), JSON.stringify(lines));
   assert.deepEqual(lines.filter((l) => /^no round/.test(l)), []);
 });
 
 test("a worker woken from a stop says no 'no round' for a round whose frame is still being read (a DCGAN's weights, several MiB): more than one turn's read", async () => {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const coordinator = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
-  const [link] = (await once(server, 'connection')) as [net.Socket];
+  const { coordinator, link, close } = await loopbackLink();
   const lines: string[] = [];
   const line = new ProgressLine(0.3, (text) => lines.push(text), () => link.bytesRead);
   const frame = 16 << 20;
@@ -208,11 +218,10 @@ test("a worker woken from a stop says no 'no round' for a round whose frame is s
   line.start();
   coordinator.write(Buffer.alloc(frame));
   // This process frozen past the interval, the round part in the socket's buffers and part still to come.
-  for (const until = performance.now() + 500; performance.now() < until; );
+  freeze(500);
   await answered;
   line.stop();
-  coordinator.destroy();
-  server.close();
+  close();
   assert.deepEqual(lines.filter((l) => /^no round/.test(l)), []);
 });
 
