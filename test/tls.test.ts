@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { CLI, nodeUnrunnableBy } from './helpers';
 import { isLoopback, publicWithoutToken } from '../src/coordinator/config';
-import { withHint } from '../src/worker/worker';
+import { withHint } from '../src/worker/connection-hints';
 import { certificateDatesProblem } from '../src/util/tls';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
