@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
+import { heartbeatVerdict } from '../src/coordinator/heartbeat';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { CoordinatorMetrics } from '../src/coordinator/metrics';
 import { message, type Hello } from '../src/protocol/messages';
@@ -45,5 +46,23 @@ test('the group forgets worker processes that left on their own, and still count
   g.admit(hello(5000), openSocket(), '127.0.0.1:1');
   assert.equal(g.processesJoined(), 1002);
   assert.equal(remembered(g), 1, 'a connected process is kept');
+  g.stopHeartbeats();
+});
+
+test("a peer's heartbeat verdict: nothing while its pong is fresh, a ping half an interval on, a drop an interval past its ping (after its shard's intake)", () => {
+  const g = group();
+  const peer = g.admit(hello(1), openSocket(), '127.0.0.1:1')!;
+  const now = performance.now();
+  assert.equal(heartbeatVerdict(peer, 5), null);
+  peer.lastPongAt = now - 2_600;
+  assert.equal(heartbeatVerdict(peer, 5), 'ping');
+  peer.pingInFlight = true;
+  peer.pingWrittenAt = now - 5_100;
+  peer.lastPongAt = now - 7_600;
+  peer.intakeEndsAt = now - 6_000; // its shard taken in before the ping (times this early in a process are negative)
+  assert.match((heartbeatVerdict(peer, 5) as { drop: string }).drop, /^no heartbeat for 7\.\d s \(--heartbeat 5\)$/);
+  // Still taking in its shard: the ping counts from the intake's end.
+  peer.intakeEndsAt = now;
+  assert.equal(heartbeatVerdict(peer, 5), null);
   g.stopHeartbeats();
 });

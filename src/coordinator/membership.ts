@@ -11,7 +11,8 @@ import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { plural, truncate } from '../util/text';
 import { CoordinatorConfig } from './config';
 import { CoordinatorMetrics } from './metrics';
-import { FRAGMENT_WRITE_MS, MIN_INTAKE_BYTES_PER_SECOND, WorkerPeer } from './peer';
+import { HeartbeatVerdict, heartbeatVerdict } from './heartbeat';
+import { MIN_INTAKE_BYTES_PER_SECOND, WorkerPeer } from './peer';
 
 /** How long a coordinator's close waits for the workers it told to stop to close their connections. */
 const DISMISS_WAIT_MS = 5000;
@@ -37,9 +38,6 @@ export interface GroupHooks {
   /** A peer joined or left: wakes whoever waits for workers. */
   changed(): void;
 }
-
-/** A peer's link cut, the peer dropped, a ping sent, or nothing due. */
-type HeartbeatVerdict = { cut: string } | { drop: string } | 'ping' | null;
 
 /**
  * The connected workers, kept as torchrun's elastic agent keeps its worker
@@ -293,37 +291,15 @@ export class WorkerGroup {
 
   private checkHeartbeats(): void {
     for (const peer of this.list()) {
-      if (this.heartbeatVerdict(peer) === null) continue;
+      if (heartbeatVerdict(peer, this.config.heartbeatSeconds) === null) continue;
       // A pong, or a write completed, while this process was stopped (a freeze, a long fsync) counts first.
       afterPendingReads(
         () => {
-          if (this.list().includes(peer)) this.act(peer, this.heartbeatVerdict(peer));
+          if (this.list().includes(peer)) this.act(peer, heartbeatVerdict(peer, this.config.heartbeatSeconds));
         },
         () => peer.bytesRead,
       );
     }
-  }
-
-  /**
-   * What is due for a peer's heartbeat, if anything. The monotonic clock, as
-   * for every time a peer is judged by: a step of the wall clock (NTP) would
-   * stop the pings for as long as it stepped back.
-   */
-  private heartbeatVerdict(peer: WorkerPeer): HeartbeatVerdict {
-    const now = performance.now();
-    const intervalMs = this.config.heartbeatSeconds * 1000;
-    // A ping waits behind a write the link does not take, so a dead link
-    // (a frozen or vanished worker with data queued for it) is seen by its writes.
-    const stalledMs = peer.stalledForMs(now);
-    if (stalledMs > intervalMs + FRAGMENT_WRITE_MS) {
-      return { cut: `its link took no write for ${(stalledMs / 1000).toFixed(1)} s (dead, or slower than 1 MiB in --heartbeat + 1 s)` };
-    }
-    // A worker taking in its shard answers no ping: the time allowed for that comes first.
-    if (peer.pingWrittenAt !== null && now - Math.max(peer.pingWrittenAt, peer.intakeEndsAt) > intervalMs) {
-      // The time since its last pong: the ping leaves half an interval or more after it, so 1.5 to 2 intervals.
-      return { drop: `no heartbeat for ${((now - peer.lastPongAt) / 1000).toFixed(1)} s (--heartbeat ${this.config.heartbeatSeconds})` };
-    }
-    return !peer.pingInFlight && peer.open && now - peer.lastPongAt >= intervalMs / 2 ? 'ping' : null;
   }
 
   private act(peer: WorkerPeer, verdict: HeartbeatVerdict): void {
