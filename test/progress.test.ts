@@ -247,6 +247,22 @@ test("a long generate or eval says each tenth of each phase, its time from the p
   assert.deepEqual(lines, []);
 });
 
+test('batch progress times its phases by the monotonic clock: a step of the wall clock (NTP, a resumed VM) neither silences nor skews it', (t) => {
+  // The wall clock steps back an hour at each call: on it, no line came for the rest of the phase.
+  let wall = 1_800_000_000_000;
+  t.mock.method(Date, 'now', () => (wall -= 3_600_000));
+  let ms = 0;
+  t.mock.method(performance, 'now', () => ms);
+  const lines: string[] = [];
+  const progress = batchProgress((m) => lines.push(m), 'samples');
+  for (let done = 500; done <= 10_000; done += 500) {
+    ms += 100;
+    progress('drawing', done, 10_000);
+  }
+  assert.equal(lines.length, 10);
+  assert.equal(lines[9], 'drawing: 100% (10000/10000 samples) in 2.0 s');
+});
+
 test("with a gap, batch progress lines come at least that far apart, none in the gap's first stretch, across phases", () => {
   const lines: string[] = [];
   let ms = 0;

@@ -8,9 +8,11 @@ import { Logger } from './log';
  * ran with no output between the backend line and the result. With
  * `gapSeconds`, lines come at least that far apart, the first that long after
  * the start: a log that shows more (a coordinator's) gets none for a job over
- * in moments.
+ * in moments. `now`: milliseconds, monotonic as performance.now (a test drives
+ * its own): on the wall clock, a step back (NTP, a resumed VM) silenced the
+ * rest of a phase, and a step forward added itself to its seconds and ETA.
  */
-export function batchProgress(log: Logger, unit: string, gapSeconds = 0, now: () => number = Date.now): (phase: string, done: number, total: number) => void {
+export function batchProgress(log: Logger, unit: string, gapSeconds = 0, now: () => number = () => performance.now()): (phase: string, done: number, total: number) => void {
   let current = '';
   let start = now();
   let last = start;
