@@ -6,7 +6,7 @@ import { Inbox, Outbox, mailboxMedium, mailboxNonce, makeMailboxDir, removeMailb
 import { Hello, MAX_COORDINATOR_FRAME_BYTES, MAX_STRING_LENGTH, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
 import { IMAGE_SIZE } from '../data/mnist';
 import { GanfleetError } from '../util/errors';
-import { afterPendingReads, emitted } from '../util/events';
+import { afterPendingReads, emitted, sleep } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { plural, truncate } from '../util/text';
 import { CoordinatorConfig } from './config';
@@ -340,21 +340,13 @@ export class WorkerGroup {
    * Returns the labels of those not told.
    */
   async tellLateWorkers(ms: number, anyone: boolean, abort: AbortSignal): Promise<string[]> {
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        abort.removeEventListener('abort', done);
-        this.toldOne = null;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      abort.addEventListener('abort', done);
-      this.toldOne = () => {
-        if (!anyone && this.untold.size === 0) done();
-      };
-      if (abort.aborted) done();
-      else this.toldOne();
-    });
+    const allTold = new AbortController();
+    this.toldOne = () => {
+      if (!anyone && this.untold.size === 0) allTold.abort();
+    };
+    this.toldOne();
+    await sleep(ms, AbortSignal.any([abort, allTold.signal]));
+    this.toldOne = null;
     return this.untoldWorkers();
   }
 

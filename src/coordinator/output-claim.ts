@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { GanfleetError } from '../util/errors';
+import { sleep } from '../util/events';
 import { Logger } from '../util/log';
 import { pidNamespace, processAlive } from '../util/process';
 import { makeDirectory, removeFile, writeFully } from '../util/write';
@@ -259,7 +260,7 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
     }
     const lease = readLease(file);
     if (lease.kind === 'absent') {
-      await pause(10); // released meanwhile
+      await sleep(10); // released meanwhile
       continue;
     }
     if (lease.kind === 'unreadable') throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} cannot be read (${lease.error})`);
@@ -271,7 +272,7 @@ async function acquire(file: string, me: Holder, out: string, log: Logger, timin
     }
     const removed = removeLapsed(file, lease, me.token, out);
     if (removed === 'removed') tookOver = `took over the lease on --out ${out} from ${describe(holder)}: ${verdict.lapsed}`;
-    if (removed === 'put back') await pause(10);
+    if (removed === 'put back') await sleep(10);
   }
   throw new GanfleetError('OUT_UNUSABLE', `--out ${out}: its lease ${file} kept changing over ${MAX_TRIES} tries`);
 }
@@ -302,7 +303,7 @@ function judgeByPid(holder: Holder, mtimeMs: number, staleMs: number): Verdict |
  */
 async function judgeByWatching(file: string, lease: Held, out: string, log: Logger, timing: LeaseTiming, abort?: AbortSignal): Promise<Verdict> {
   log(`--out ${out} has a lease of ${describe(lease.holder)}; watching it for ${seconds(timing.staleMs)} s to see whether its holder is alive`);
-  await pause(timing.staleMs, abort);
+  await sleep(timing.staleMs, abort);
   if (abort?.aborted) throw new GanfleetError('OUT_NOT_TAKEN', `${String(abort.reason ?? 'stopped')} while watching the lease on --out ${out}: nothing was written`);
   const now = readLease(file);
   if (now.kind === 'absent') return { lapsed: 'it was released' };
@@ -364,20 +365,6 @@ function movedAside(file: string, token: string): boolean {
   } catch {
     return false;
   }
-}
-
-/** Waits `ms`, or less where `abort` fires first. */
-function pause(ms: number, abort?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (abort?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      abort?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    abort?.addEventListener('abort', done);
-  });
 }
 
 interface Held {

@@ -9,6 +9,20 @@ export function emitted(emitter: EventEmitter, event: string): Promise<void> {
   return new Promise((resolve) => emitter.once(event, () => resolve()));
 }
 
+/** Waits `ms`, or less where `abort` fires first; never rejects, so a wait cut short reads as one that ended. */
+export function sleep(ms: number, abort?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (abort?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      abort?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    abort?.addEventListener('abort', done);
+  });
+}
+
 /** Turns a verdict waits at most for a frame still being read: libuv reads a socket 2 MiB a turn, and 64 of them pass the largest frame (128 MiB). */
 const MAX_READ_TURNS = 64;
 
