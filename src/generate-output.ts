@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { IMAGE_SIZE } from './data/mnist';
+import { IMAGE_SIZE } from './data/image';
 
 /*
  * What `generate` can write. Kept apart from generate.ts, which loads

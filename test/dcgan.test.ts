@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
-import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { loadMnist, toTanhRange } from '../src/data/mnist';
+import { IMAGE_SIZE } from '../src/data/image';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
 import { BN_EPSILON, statisticsSize, updateMovingStatistics } from '../src/model/batchnorm';
 import { Gradients, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, PROTOCOL_VERSION } from '../src/protocol/messages';

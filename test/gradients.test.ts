@@ -1,7 +1,8 @@
 import { describe, test, before, after } from 'node:test';
 import { selectBackend } from '../src/backend';
 import { averageGradients } from '../src/coordinator/aggregate';
-import { loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { loadMnist, toTanhRange } from '../src/data/mnist';
+import { IMAGE_SIZE } from '../src/data/image';
 import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/autodiff';
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';

@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { spawnSync } from 'node:child_process';
 import { readIdx } from '../src/data/idx';
-import { defaultMnistDir, gatherTanhRange, imagesFingerprint, loadMnist, toTanhRange, IMAGE_SIZE } from '../src/data/mnist';
+import { defaultMnistDir, gatherTanhRange, imagesFingerprint, loadMnist, toTanhRange } from '../src/data/mnist';
+import { IMAGE_SIZE } from '../src/data/image';
 import { GanfleetError } from '../src/util/errors';
 import { tempDir } from './harness';
 

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
 import { classifyImages, loadClassifier } from '../src/eval/classifier';
-import { IMAGE_SIZE } from '../src/data/mnist';
+import { IMAGE_SIZE } from '../src/data/image';
 import { createModel } from '../src/model';
 import { generateImages } from '../src/model/sample';
 import { scoped, tf } from '../src/model/tf';

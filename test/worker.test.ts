@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
-import { loadMnist, IMAGE_SIZE } from '../src/data/mnist';
+import { loadMnist } from '../src/data/mnist';
+import { IMAGE_SIZE } from '../src/data/image';
 import { createModel } from '../src/model';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';

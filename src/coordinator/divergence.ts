@@ -1,4 +1,5 @@
-import { IMAGE_SIZE, MnistSet } from '../data/mnist';
+import { MnistSet } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { GanModel, GanParameters } from '../model';
 import { ProtocolError, decodeWorkerMessage, encode } from '../protocol/codec';
 import { Gradients, Phase, gradientsMessage } from '../protocol/messages';

@@ -4,7 +4,7 @@ import { ShardSlot, gatherImages, planShards } from '../data/shards';
 import { RejectReason, encode, encodeFrame } from '../protocol/codec';
 import { Inbox, Outbox, mailboxMedium, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../protocol/mailbox';
 import { Hello, MAX_COORDINATOR_FRAME_BYTES, MAX_STRING_LENGTH, MailboxReady, Shard, Stop, Welcome, errorMessage, message } from '../protocol/messages';
-import { IMAGE_SIZE } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads, emitted, sleep } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';

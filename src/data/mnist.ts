@@ -9,10 +9,7 @@ import * as path from 'node:path';
 import { GanfleetError } from '../util/errors';
 import { nativeAddon } from '../util/native';
 import { fileError, readIdx } from './idx';
-
-const IMAGE_ROWS = 28;
-const IMAGE_COLS = 28;
-export const IMAGE_SIZE = IMAGE_ROWS * IMAGE_COLS; // 784
+import { IMAGE_COLS, IMAGE_ROWS, IMAGE_SIZE } from './image';
 
 export interface MnistSet {
   /** count*784 bytes, row-major 28x28 per image. */

@@ -7,7 +7,7 @@
  * where their new size allows, so only the images that change hands move.
  */
 import { GanfleetError } from '../util/errors';
-import { IMAGE_SIZE } from './mnist';
+import { IMAGE_SIZE } from './image';
 
 export interface ShardAssignment {
   workerId: string;

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { IMAGE_SIZE } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { kerasInit } from '../model/init';
 import { ParameterLayout, disposeTensors } from '../model/layout';
 import { scoped, tf, Tensors } from '../model/tf';

@@ -1,4 +1,5 @@
-import { IMAGE_SIZE, MnistSet, loadMnist, toTanhRange } from '../data/mnist';
+import { MnistSet, loadMnist, toTanhRange } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { GanModel } from '../model';
 import { generateImages } from '../model/sample';
 import { GanfleetError } from '../util/errors';

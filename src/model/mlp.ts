@@ -1,5 +1,5 @@
 import { Rng } from '../util/rng';
-import { IMAGE_SIZE } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { GanModel, GanParameters, GeneratorPass, RealPart, ResultMemory, StepOutput, readStep } from './gan';
 import { sequentialGenerator } from './export';
 import { kerasInit } from './init';

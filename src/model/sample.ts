@@ -1,4 +1,4 @@
-import { IMAGE_SIZE } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { GanModel } from './gan';
 import { disposeTensors } from './layout';
 import { scoped, tf } from './tf';

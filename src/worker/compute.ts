@@ -1,4 +1,5 @@
-import { IMAGE_SIZE, gatherTanhRange } from '../data/mnist';
+import { gatherTanhRange } from '../data/mnist';
+import { IMAGE_SIZE } from '../data/image';
 import { GanModel, GeneratorPass, RealPart, ResultMemory, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase, stepOfRound } from '../protocol/messages';
