@@ -442,7 +442,7 @@ function buildCli(argv: string[]) {
 }
 
 function exitWithUsage(reason: string, argv: readonly string[]): never {
-  const command = ['coordinator', 'worker', 'local', 'generate', 'eval'].find((c) => c === argv[0]) ?? '<command>';
+  const command = Object.keys(COMMAND_OPTIONS).find((c) => c === argv[0]) ?? '<command>';
   process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
   process.exit(2);
 }
