@@ -16,7 +16,7 @@ import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
 import { exitWhenWritten, startStoppable } from './util/signals';
-import { MAX_SEED, UsageError, checkCommandLine, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
+import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 import { withoutCredentials } from './util/text';
 
@@ -182,6 +182,7 @@ function coordinatorOptions<T>(y: Argv<T>) {
     })
     .check((a) => {
       checkPort('port', a.port);
+      checkHost('host', a.host, 'port');
       // Both servers bind --host: the second failed only after the data and backend had loaded, with EADDRINUSE
       // naming --metrics-port alone (the default 9090 taken by a --port 9090 read as another process's).
       if (a.port > 0 && a.port === a['metrics-port']) {
@@ -219,6 +220,7 @@ function workerOptions<T>(y: Argv<T>) {
     })
     .check((a) => {
       checkPort('metrics-port', a['metrics-port'], true);
+      checkHost('metrics-host', a['metrics-host'], 'metrics-port');
       checkRequireGpu(a);
       // A user name and password in it stay out of these errors, as out of the worker's log.
       if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator, withoutCredentials)}`);

@@ -1013,3 +1013,17 @@ test('--port and --metrics-port on one port are refused up front (exit 2) naming
     assert.match(r.stderr, /^ganfleet: --port \S+ and --metrics-port .* are the same port/);
   }
 });
+
+test('a --host or --metrics-host written as a URL names it ([::1], 127.0.0.1:8787, ws://0.0.0.0) is refused up front (exit 2), not taken for a public address that needs --token, then looked up as a host name (ENOTFOUND, exit 1)', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  for (const host of ['[::1]', '127.0.0.1:8787', 'ws://0.0.0.0']) {
+    for (const [args, flag] of [
+      [['coordinator', '--host', host, '--port', '0', '--metrics-port', '-1'], 'host'],
+      [['worker', '--coordinator', 'ws://127.0.0.1:1', '--metrics-port', '0', '--metrics-host', host], 'metrics-host'],
+    ] as const) {
+      const r = cli([...args]);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.equal(r.stderr.split('\n')[0], `ganfleet: --${flag} takes an address or host name alone (0.0.0.0, ::1, coordinator.example), without brackets, scheme or port (that is --${flag.replace('host', 'port')}), got ${host}`);
+    }
+  }
+});

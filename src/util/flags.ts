@@ -125,6 +125,16 @@ export function checkPort(name: string, value: number, allowOff = false): void {
   if (!Number.isInteger(value) || value > 65535 || value < (allowOff ? -1 : 0)) throw new Error(`--${name} must be a port number, got ${given(name, value)}`);
 }
 
+/**
+ * Refuses an address to bind written as a URL names it: `[::1]`, `0.0.0.0:8787`, `ws://0.0.0.0`. listen() looks each
+ * up as a host name (ENOTFOUND, after the backend has loaded), and the loopback check before it took `[::1]` and
+ * `127.0.0.1:8787` for public ones, telling the user to pass --insecure. An IPv6 address has two colons or more.
+ */
+export function checkHost(name: string, value: string, portFlag: string): void {
+  if (!/[[\]/]/.test(value) && value.split(':').length !== 2) return;
+  throw new Error(`--${name} takes an address or host name alone (0.0.0.0, ::1, coordinator.example), without brackets, scheme or port (that is --${portFlag}), got ${given(name, value)}`);
+}
+
 type OptionTable = { key: Record<string, unknown>; alias: Record<string, string[]>; boolean: string[]; default: Record<string, unknown> };
 
 /** The flags yargs holds for `y` so far (its getOptions(), which the typings leave out). */
