@@ -227,6 +227,11 @@ function workerOptions<T>(y: Argv<T>) {
       if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator, withoutCredentials)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
+      // Both go in the one Authorization header: ws sent the token alone, and a proxy asking for the password was never given it.
+      const url = new URL(a.coordinator);
+      if ((url.username || url.password) && a.token) {
+        throw new Error('a user name and password in --coordinator (Basic auth) and --token both go in the one Authorization header, which would carry the token alone: leave one of them out');
+      }
       refuse(tokenProblem(a.token));
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);
       // Its line is a timer: a longer one would fire every millisecond, and so would one of a millisecond (0.001 logged

@@ -1027,3 +1027,15 @@ test('a --host or --metrics-host written as a URL names it ([::1], 127.0.0.1:878
     }
   }
 });
+
+test('a user name and password in --coordinator with --token is refused (exit 2): both go in the one Authorization header, and the password was dropped unsaid', () => {
+  for (const [url, env] of [
+    ['wss://bob:S3CRET@127.0.0.1:1', {}],
+    ['ws://bob@127.0.0.1:1', { GANFLEET_TOKEN: 'abcdefabcdefabcdef' }],
+  ] as const) {
+    const args = [CLI, 'worker', '--coordinator', url, '--give-up-after', '1', ...(Object.keys(env).length ? [] : ['--token', 'abcdefabcdefabcdef'])];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
+    assert.equal(r.status, 2, `${url}: ${r.stderr}`);
+    assert.equal(r.stderr.split('\n')[0], 'ganfleet: a user name and password in --coordinator (Basic auth) and --token both go in the one Authorization header, which would carry the token alone: leave one of them out');
+  }
+});
