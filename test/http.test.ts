@@ -162,6 +162,8 @@ test('a metrics port that cannot be listened on is named by its flag, whether No
   // A name that does not resolve (.invalid never does, RFC 6761) and an address not on this machine (TEST-NET-3).
   await assert.rejects(serveHttp(new Registry(), 'nosuch.invalid', 0), (e: NodeJS.ErrnoException) => /^--metrics-host nosuch\.invalid: /.test(e.message) && ['ENOTFOUND', 'EAI_AGAIN'].includes(e.code!));
   await assert.rejects(serveHttp(new Registry(), '203.0.113.7', 0, {}, '--host'), (e: NodeJS.ErrnoException) => /^--host 203\.0\.113\.7: /.test(e.message) && e.code === 'EADDRNOTAVAIL');
+  // A link-local IPv6 address without its interface: Linux answers EINVAL, which named the port (--port 8787: listen EINVAL).
+  await assert.rejects(serveHttp(new Registry(), 'fe80::1234', 0, {}, '--host'), (e: NodeJS.ErrnoException) => e.code !== 'EINVAL' || /^--host fe80::1234: /.test(e.message));
   const taken = await serveHttp(new Registry(), '127.0.0.1', 0);
   try {
     const port = boundPort(taken);

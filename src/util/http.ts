@@ -98,10 +98,12 @@ export function workerPortConnections(maxWorkers: number, fileLimit: number | nu
 
 /**
  * A listen that failed, named by the flag at fault: the address where it does not resolve or is not this
- * machine's, else the port (in use, out of range). The error's code stays the system's.
+ * machine's, else the port (in use, out of range). The error's code stays the system's. EINVAL is the
+ * address's too: Linux answers it for a link-local IPv6 one without its interface (fe80::1, not fe80::1%eth0),
+ * and Node refuses a bad port itself before the system sees it.
  */
 export function listenFailure(e: NodeJS.ErrnoException, hostFlag: string, host: string, portFlag: string, port: number): Error {
-  const byHost = e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' || e.code === 'EADDRNOTAVAIL';
+  const byHost = e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' || e.code === 'EADDRNOTAVAIL' || e.code === 'EINVAL';
   return Object.assign(new Error(`${byHost ? `${hostFlag} ${host}` : `${portFlag} ${port}`}: ${e.message}`), { code: e.code });
 }
 
