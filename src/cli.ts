@@ -227,8 +227,10 @@ function workerOptions<T>(y: Argv<T>) {
       if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator, withoutCredentials)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
-      // Both go in the one Authorization header: ws sent the token alone, and a proxy asking for the password was never given it.
       const url = new URL(a.coordinator);
+      // No connection reaches port 0: the worker retried it for ever, its log naming no port (connect ECONNREFUSED 127.0.0.1).
+      if (url.port === '0') throw new Error(`--coordinator names port 0, where no coordinator listens (one started with --port 0 names the port it took in its "listening for workers on" line), got ${given('coordinator', a.coordinator, withoutCredentials)}`);
+      // Both go in the one Authorization header: ws sent the token alone, and a proxy asking for the password was never given it.
       if ((url.username || url.password) && a.token) {
         throw new Error('a user name and password in --coordinator (Basic auth) and --token both go in the one Authorization header, which would carry the token alone: leave one of them out');
       }

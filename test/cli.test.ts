@@ -1039,3 +1039,11 @@ test('a user name and password in --coordinator with --token is refused (exit 2)
     assert.equal(r.stderr.split('\n')[0], 'ganfleet: a user name and password in --coordinator (Basic auth) and --token both go in the one Authorization header, which would carry the token alone: leave one of them out');
   }
 });
+
+test('a --coordinator on port 0 is refused (exit 2): no connection reaches it, and the worker retried it for ever', () => {
+  for (const url of ['ws://127.0.0.1:0', 'wss://[::1]:00/']) {
+    const r = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', url, '--give-up-after', '1'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 2, `${url}: ${r.stderr}`);
+    assert.equal(r.stderr.split('\n')[0], `ganfleet: --coordinator names port 0, where no coordinator listens (one started with --port 0 names the port it took in its "listening for workers on" line), got ${url}`);
+  }
+});
