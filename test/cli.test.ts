@@ -131,6 +131,8 @@ test('on an IPv6 --host the coordinator prints URLs with the address in brackets
     const w = startWorker(c.url, 'v6');
     assert.equal(await w.exited, 0, w.log);
     assert.equal(await c.proc.exited, 0, c.proc.log);
+    // The worker's address too: ::1:58366 is itself an IPv6 address, and its port could not be told apart.
+    assert.match(c.proc.log, /w1 joined from \[::1\]:\d+ \("v6"/);
   } finally {
     c.proc.kill();
     for (const d of [data, out]) fs.rmSync(d, { recursive: true, force: true });

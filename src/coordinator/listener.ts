@@ -82,7 +82,8 @@ export class WorkerListener {
         socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n', () => socket.destroy());
         return;
       }
-      wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, `${req.socket.remoteAddress}:${req.socket.remotePort}`));
+      // An IPv6 address in brackets: in ::1:8080 (itself an address) the port could not be told apart.
+      wss.handleUpgrade(req, socket, head, (ws) => onConnection(ws, `${urlHost(`${req.socket.remoteAddress}`)}:${req.socket.remotePort}`));
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(listenFailure(e, '--host', host, '--port', port)));
