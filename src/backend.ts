@@ -6,6 +6,7 @@ import { registerNativeMatMul } from './model/native-matmul';
 import { registerWasmKernels } from './model/wasm-kernels';
 import { GanfleetError } from './util/errors';
 import { nativeAddon } from './util/native';
+import { softLimit } from './util/process';
 
 export interface BackendSelection {
   /** The tfjs backend name now active: 'tensorflow', 'wasm' or 'cpu'. */
@@ -130,27 +131,17 @@ export function addonNote(): string {
 }
 
 /**
- * The address-space limit (`ulimit -v`, RLIMIT_AS) in bytes where one is set (Linux), else null. V8 reserves
- * about 10 GiB of address space for each wasm memory (its bounds are checked by guard pages), so under a lower
- * limit the wasm backend cannot start, and tfjs says no more than that it did not (PROD silences its warning).
+ * Below this address-space limit (`ulimit -v`, RLIMIT_AS), a wasm backend that did not start is put down to the
+ * limit. V8 reserves about 10 GiB of address space for each wasm memory (its bounds are checked by guard pages), so
+ * under a lower limit the wasm backend cannot start, and tfjs says no more than that it did not (PROD silences its warning).
  */
-function addressSpaceLimit(): number | null {
-  try {
-    const line = /^Max address space\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
-    return line && line[1] !== 'unlimited' ? Number(line[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Below this address-space limit, a wasm backend that did not start is put down to the limit. */
 const WASM_ADDRESS_SPACE = 16 * 2 ** 30;
 
 /** Null once `name` is the active backend, else why it is not. */
 async function activateOrWhy(name: string, notes: string[]): Promise<string | null> {
   try {
     if (await activate(name, notes)) return null;
-    const limit = name === 'wasm' ? addressSpaceLimit() : null;
+    const limit = name === 'wasm' ? softLimit('Max address space') : null;
     if (limit === null || limit >= WASM_ADDRESS_SPACE) return 'it did not initialise';
     return `it did not initialise: ulimit -v ${Math.floor(limit / 1024)} (KiB) leaves too little address space for its memory, for which V8 reserves about 10 GiB; raise the limit above about 12 GiB, remove it, or run on Node 24, which does without the reservation`;
   } catch (e) {

@@ -4,7 +4,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import { Registry } from 'prom-client';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { IDLE_SOCKET_MS, MAX_HTTP_CONNECTIONS, MAX_WAITING_ANSWERS, boundPort, serveHttp, workerPortConnections } from '../src/util/http';
@@ -246,6 +246,14 @@ test("the workers' port holds no more sockets than the open-files limit leaves r
   assert.ok(cap + MAX_HTTP_CONNECTIONS + 2 * 200 + 64 <= 1024, `cap ${cap}`);
   // A limit that leaves nothing after the metrics port and the process's own descriptors still gets the port its floor of 16.
   assert.equal(workerPortConnections(64, 100), 16);
+});
+
+test('the open-files and address-space limits are read as `ulimit` set them, and unlimited as none', { skip: process.platform !== 'linux' && '/proc/self/limits is Linux' }, () => {
+  const processModule = path.join(__dirname, '..', 'src', 'util', 'process');
+  const script = `const { softLimit } = require(${JSON.stringify(processModule)}); console.log(JSON.stringify([softLimit('Max open files'), softLimit('Max address space')]))`;
+  const read = (limits: string) => JSON.parse(spawnSync('bash', ['-c', `${limits} && exec "$0" -e "$1"`, process.execPath, script], { encoding: 'utf8', timeout: 30_000 }).stdout);
+  assert.deepEqual(read('ulimit -n 300 -v 8000000'), [300, 8000000 * 1024]);
+  assert.equal(read('ulimit -v unlimited')[1], null);
 });
 
 test("a --max-workers far above what the open-files limit can serve leaves the workers' port room for as many workers as it can serve", () => {

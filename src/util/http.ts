@@ -1,7 +1,7 @@
-import fs from 'node:fs';
 import http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
+import { softLimit } from './process';
 
 /** Extra GET routes by exact path; a handler returns the status, content type and body. */
 export type Routes = Record<string, (path: string) => { status: number; type: string; body: string | Buffer } | null>;
@@ -67,14 +67,9 @@ export function answerInTurn(answer: http.RequestListener): http.RequestListener
 /** Sockets the metrics server holds at most: scrapers, probes and status pages. */
 export const MAX_HTTP_CONNECTIONS = 128;
 
-/** This process's soft limit on open files (RLIMIT_NOFILE), from /proc; null where it cannot be read (not Linux). */
+/** This process's soft limit on open files (RLIMIT_NOFILE); null where it cannot be read (not Linux). */
 export function openFileLimit(): number | null {
-  try {
-    const line = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
-    return line && line[1] !== 'unlimited' ? Number(line[1]) : null;
-  } catch {
-    return null;
-  }
+  return softLimit('Max open files');
 }
 
 /**

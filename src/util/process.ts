@@ -32,6 +32,16 @@ function isZombie(pid: number, missingIsGone: boolean): boolean {
   }
 }
 
+/** This process's soft limit `name`, as /proc/self/limits names it; null where it is unlimited or cannot be read (not Linux). */
+export function softLimit(name: 'Max open files' | 'Max address space'): number | null {
+  try {
+    const line = new RegExp(`^${name}\\s+(\\d+|unlimited)`, 'm').exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    return line && line[1] !== 'unlimited' ? Number(line[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
 /** The inode number of this process's pid namespace (Linux), or null: a pid names one process only within its namespace. */
 export function pidNamespace(): string | null {
   try {
