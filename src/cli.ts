@@ -16,7 +16,8 @@ import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
 import { exitWhenWritten, startStoppable } from './util/signals';
-import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, dropVariablesThatSetNothing, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
+import { dropVariablesThatSetNothing } from './util/env';
+import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 import { withoutCredentials } from './util/text';
 
