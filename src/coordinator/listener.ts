@@ -47,6 +47,7 @@ export class WorkerListener {
     // within the descriptors the process has (ulimit -n).
     const fileLimit = openFileLimit();
     const maxConnections = workerPortConnections(config.maxWorkers, fileLimit);
+    const wanted = workerPortConnections(config.maxWorkers, null);
     limitConnections(server, maxConnections);
     const connections = new Set<Duplex>();
     server.on('connection', (socket: Duplex) => {
@@ -65,7 +66,7 @@ export class WorkerListener {
     const logPerPeer = throttledLogger(hooks.log);
     // Node closes a connection beyond maxConnections before reading a byte: its worker sees only `read ECONNRESET`
     // and retries for ever, so the reason (a low ulimit -n, a flood, more workers than it keeps room for) is said here.
-    const fullBecause = maxConnections < workerPortConnections(config.maxWorkers, null) ? `ulimit -n ${fileLimit}: raise the open-files limit` : `4 per --max-workers and 256 more`;
+    const fullBecause = maxConnections < wanted ? `ulimit -n ${fileLimit}: raise the open-files limit` : `4 per --max-workers and 256 more`;
     server.on('drop', (data?: { remoteAddress?: string }) => {
       const address = data?.remoteAddress ?? 'an unknown address';
       logPerPeer(`${address} full`, `refused a connection from ${address}: the workers' port already holds its ${maxConnections} connections (${fullBecause})`);
@@ -98,7 +99,6 @@ export class WorkerListener {
     }
     const dates = tlsCert ? certificateDatesProblem(tlsCert) : null;
     if (dates) hooks.log(`warning: ${dates}`);
-    const wanted = workerPortConnections(config.maxWorkers, null);
     if (maxConnections < wanted) {
       hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than the ${wanted} it keeps for ${plural(config.maxWorkers, 'worker')} (4 each, and 256 to turn others away): raise the open-files limit`);
     }
