@@ -16,6 +16,9 @@ export const GENERATE_MAX_COUNT = 200_000;
 /** The longest name of a directory entry, in bytes, on ext4, xfs, btrfs and tmpfs. */
 const NAME_MAX = 255;
 
+/** The longest path, in bytes with its terminating NUL, that Linux's system calls take. */
+const PATH_MAX = 4096;
+
 /** The most links followed to the file, as Linux's open() follows (its ELOOP limit). */
 const MAX_LINK_HOPS = 40;
 
@@ -70,12 +73,18 @@ export function generateProblem(out: string, count: number, countText = String(c
   const name = Buffer.byteLength(path.basename(file));
   const suffix = `.tmp-${process.pid}`.length;
   if (name + suffix > NAME_MAX) return `--out ${out} cannot be written: its name is ${name} bytes, and with the temporary file's suffix (${suffix}) it must fit a directory entry's ${NAME_MAX}`;
+  // So must the whole path, however short each name in it.
+  const whole = Buffer.byteLength(file);
+  if (whole + suffix >= PATH_MAX) return `--out ${out} cannot be written: its path is ${whole} bytes, and with the temporary file's suffix (${suffix}) it must be shorter than a path's ${PATH_MAX}`;
   // Found here, before the checkpoint is read and the samples drawn, not as mkdir's EEXIST after.
   let at = file;
   if (/[\\/]$/.test(out) || (fs.existsSync(at) && fs.statSync(at).isDirectory())) return `--out ${out} is a directory; name the file to write`;
   while (!fs.existsSync(at)) {
     // A link to nothing is no more there than a missing path, but mkdir cannot make a directory under it.
     if (at !== file && isLink(at)) return `--out ${out} cannot be written: ${at} is a link to ${fs.readlinkSync(at)}, which does not exist`;
+    // A directory still to make has the same limit, found otherwise as mkdir's ENAMETOOLONG after every sample was drawn.
+    const dirName = Buffer.byteLength(path.basename(at));
+    if (at !== file && dirName > NAME_MAX) return `--out ${out} cannot be written: the directory name ${path.basename(at)} is ${dirName} bytes, more than a directory entry's ${NAME_MAX}`;
     at = path.dirname(at);
   }
   if (at !== file && !fs.statSync(at).isDirectory()) return `--out ${out} cannot be written: ${at} is a file, not a directory`;

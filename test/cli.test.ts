@@ -937,6 +937,15 @@ test('generate refuses as a usage error, before reading the checkpoint, an --out
     }
     const fine = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', path.join(dir, `${'a'.repeat(200)}.npy`)], { encoding: 'utf8', timeout: 30_000 });
     assert.match(fine.stderr, /--checkpoint: no such file or directory nowhere/);
+    // A directory still to make, with a name too long: mkdir's ENAMETOOLONG (exit 1) came after every sample was drawn.
+    const longDir = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', path.join(dir, 'new', 'b'.repeat(300), 'x.npy')], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(longDir.status, 2, longDir.stderr);
+    assert.match(longDir.stderr, /^ganfleet: --out \S+x\.npy cannot be written: the directory name b{300} is 300 bytes, more than a directory entry's 255\n/);
+    // So with a path too long as a whole, each name in it short.
+    const deep = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', path.join(dir, ...Array(41).fill('c'.repeat(100)), 'x.npy')], { encoding: 'utf8', timeout: 30_000 });
+    assert.equal(deep.status, 2, deep.stderr);
+    assert.match(deep.stderr, /^ganfleet: --out \S+x\.npy cannot be written: its path is \d+ bytes, and with the temporary file's suffix \(\d+\) it must be shorter than a path's 4096\n/);
+    assert.deepEqual(fs.readdirSync(dir), [], 'nothing made');
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
