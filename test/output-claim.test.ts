@@ -404,6 +404,16 @@ test('makeDirectory makes a parent again that another process removes meanwhile 
   fs.rmSync(root, { recursive: true, force: true });
 });
 
+test('an --out whose name is too long under parents it had to make is OUT_UNUSABLE, and leaves none of them made', async () => {
+  const root = tempDir('claim');
+  const out = path.join(root, 'new', 'parents', 'a'.repeat(300), 'run');
+  await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /ENAMETOOLONG/));
+  assert.deepEqual(fs.readdirSync(root), [], 'the parents made before the failure are gone again');
+  assert.throws(() => makeDirectory(out), /ENAMETOOLONG/);
+  assert.deepEqual(fs.readdirSync(root), []);
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
 test("a taker whose --out goes with the holder's release just before it opens the lease makes --out again and takes it", async (t) => {
   const root = tempDir('claim');
   const out = path.join(root, 'run');

@@ -152,6 +152,8 @@ export function removeFile(file: string): void {
 export function makeDirectory(dir: string): string | undefined {
   const target = path.resolve(dir);
   let first: string | undefined;
+  // Taken back where a deeper one fails (a name too long for a directory entry): a refused --out leaves nothing made.
+  const made: string[] = [];
   for (let tries = 1; ; tries++) {
     const missing: string[] = [];
     for (let d = target; !fs.existsSync(d) && d !== path.dirname(d); d = path.dirname(d)) missing.unshift(d);
@@ -164,6 +166,7 @@ export function makeDirectory(dir: string): string | undefined {
         try {
           fs.mkdirSync(d);
           first ??= d;
+          made.push(d);
         } catch (e) {
           // Made meanwhile by someone else: as good.
           if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw e;
@@ -171,7 +174,16 @@ export function makeDirectory(dir: string): string | undefined {
       }
     } catch (e) {
       const parentGone = (e as NodeJS.ErrnoException).code === 'ENOENT' && !fs.existsSync(path.dirname((e as NodeJS.ErrnoException).path ?? target));
-      if (!parentGone || tries >= 100) throw e;
+      if (!parentGone || tries >= 100) {
+        for (const d of made.reverse()) {
+          try {
+            fs.rmdirSync(d);
+          } catch {
+            /* not empty (another process's meanwhile), or gone: leave it */
+          }
+        }
+        throw e;
+      }
     }
   }
 }
