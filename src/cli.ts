@@ -17,7 +17,7 @@ import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, writeResult } from './util/log';
 import { exitWhenWritten, startStoppable } from './util/signals';
 import { dropVariablesThatSetNothing } from './util/env';
-import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, environmentSource, flagNames, given, integerInRange, requirePath } from './util/flags';
+import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, environmentSource, flagNames, given, integerInRange, refuseUnexpandedHome, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 import { withoutCredentials } from './util/text';
 
@@ -113,6 +113,7 @@ function trainingOptions<T>(y: Argv<T>) {
         if (!(a[k] >= 1 && a[k] <= MAX_TIMER_SECONDS)) throw new Error(`--${k} must be a number of seconds from 1 to ${MAX_TIMER_SECONDS}, got ${given(k, a[k])}`);
       }
       requirePath('data-dir', a['data-dir'], 'directory');
+      refuseUnexpandedHome('out', a.out);
       // The default --out is a new directory, where there is nothing to resume.
       if (a.resume && a.out === undefined) throw new Error('--resume continues the run in --out: name its directory (--out runs/<run>)');
       return true;
@@ -284,6 +285,7 @@ function generateOptions<T>(y: Argv<T>) {
     .check((a) => {
       integerInRange('count', a.count);
       integerInRange('seed', a.seed, 0, MAX_SEED);
+      refuseUnexpandedHome('out', a.out);
       const problem = generateProblem(a.out, a.count, given('count', a.count));
       // GANFLEET_OUT is also coordinator's and local's run directory: an environment set up for training refused
       // generate's --out, which the command line never gave, without saying where it came from.

@@ -951,6 +951,27 @@ test('generate refuses as a usage error, before reading the checkpoint, an --out
   }
 });
 
+test('an --out that starts with ~ (no shell expands it after --out= or in GANFLEET_OUT) is a usage error, not a directory named ~', () => {
+  const dir = tempDir('tilde-out');
+  try {
+    const cli = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 10_000, cwd: dir, env: { ...process.env, ...env } });
+    const coordinator = cli(['coordinator', '--out=~/runs/a', '--port', '43990', '--metrics-port', '-1']);
+    assert.equal(coordinator.status, 2, coordinator.stderr);
+    assert.match(coordinator.stderr, /^ganfleet: --out ~\/runs\/a starts with ~, which nothing expanded/);
+    const local = cli(['local', '--steps', '1'], { GANFLEET_OUT: '~' });
+    assert.equal(local.status, 2, local.stderr);
+    assert.match(local.stderr, /^ganfleet: --out "~" \(from GANFLEET_OUT\) starts with ~/);
+    const generate = cli(['generate', '--checkpoint', 'nowhere', '--out=~/samples.npy']);
+    assert.equal(generate.status, 2, generate.stderr);
+    assert.match(generate.stderr, /^ganfleet: --out ~\/samples\.npy starts with ~/);
+    assert.deepEqual(fs.readdirSync(dir), [], 'no directory named ~');
+    // A name that only starts with the character is a name.
+    assert.match(cli(['generate', '--checkpoint', 'nowhere', '--out', '~samples.npy']).stderr, /--checkpoint: no such file or directory nowhere/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('local --workers takes 1 to 64: 64 starts, 65 is refused (exit 2)', () => {
   const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '65'], { encoding: 'utf8', timeout: 30_000 });
   assert.equal(r.status, 2);

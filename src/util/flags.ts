@@ -34,6 +34,16 @@ export function requirePath(name: string, file: string | undefined, kind: 'file'
   }
 }
 
+/**
+ * Refuses a path that starts with ~ or ~/: a shell expands it only at the start of a word, not after --out= nor in
+ * GANFLEET_OUT=~/runs, and taken as it is, the outputs went to a directory named ~ in the working directory while
+ * the log's "checkpoint ~/runs/…" read as the home directory.
+ */
+export function refuseUnexpandedHome(name: string, file: string | undefined): void {
+  if (file === undefined || !/^~(\/|$)/.test(file)) return;
+  throw new Error(`--${name} ${given(name, file)} starts with ~, which nothing expanded (a shell does only at the start of a word): write $HOME instead, or ./~ for a directory named ~`);
+}
+
 /** `bound`: what sets the range, where another flag does (`--model dcgan`). */
 export function integerInRange(name: string, v: unknown, min = 1, max = Infinity, bound?: string): void {
   if (Number.isInteger(v) && (v as number) >= min && (v as number) <= max) return;
