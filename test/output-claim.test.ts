@@ -126,6 +126,17 @@ test('an --out that cannot hold the outputs is refused with OUT_UNUSABLE, and le
   if (process.platform === 'linux') await assert.rejects(OutputClaim.take('/proc/ganfleet-run/run', () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /ENOENT: no such file or directory, mkdir '\/proc\/ganfleet-run'/));
 });
 
+test('an --out under a link to nothing (a volume not mounted) is OUT_UNUSABLE naming the link, not ENOENT of a name ls shows', async () => {
+  const root = tempDir('claim');
+  const runs = path.join(root, 'runs');
+  fs.symlinkSync(path.join(root, 'unmounted'), runs);
+  for (const out of [runs, path.join(runs, 'a')]) {
+    await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', new RegExp(`: ${runs} is a link to ${path.join(root, 'unmounted')}, which does not exist$`)));
+  }
+  assert.deepEqual(fs.readdirSync(root), ['runs']);
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
 test('in this process table: a live holder is refused at once; a gone one or an earlier life of this pid is taken over at once, a live pid whose lease is dated stale once watched untouched', async () => {
   const root = tempDir('claim');
   const out = path.join(root, 'run');

@@ -168,6 +168,10 @@ export function makeDirectory(dir: string): string | undefined {
           first ??= d;
           made.push(d);
         } catch (e) {
+          // A link to nothing (a volume not mounted) takes no mkdir, and stat would say only ENOENT of a name ls shows.
+          if ((e as NodeJS.ErrnoException).code === 'EEXIST' && fs.lstatSync(d).isSymbolicLink() && !fs.existsSync(d)) {
+            throw new Error(`${d} is a link to ${fs.readlinkSync(d)}, which does not exist`);
+          }
           // Made meanwhile by someone else: as good.
           if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(d).isDirectory()) throw e;
         }
