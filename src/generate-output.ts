@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IMAGE_SIZE } from './data/image';
+import { PATH_MAX } from './util/write';
 
 /*
  * What `generate` can write. Kept apart from generate.ts, which loads
@@ -15,9 +16,6 @@ export const GENERATE_MAX_COUNT = 200_000;
 
 /** The longest name of a directory entry, in bytes, on ext4, xfs, btrfs and tmpfs. */
 const NAME_MAX = 255;
-
-/** The longest path, in bytes with its terminating NUL, that Linux's system calls take. */
-const PATH_MAX = 4096;
 
 /** The most links followed to the file, as Linux's open() follows (its ELOOP limit). */
 const MAX_LINK_HOPS = 40;

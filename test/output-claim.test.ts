@@ -351,6 +351,16 @@ test('a wait on another machine\'s lease ends at a signal (abort): OUT_NOT_TAKEN
   fs.rmSync(root, { recursive: true, force: true });
 });
 
+test('an --out whose path leaves no room for the names a run writes in it is OUT_UNUSABLE at start, not ENAMETOOLONG at its first checkpoint', async () => {
+  const root = tempDir('claim');
+  const deep = path.join(root, ...Array(39).fill('d'.repeat(100)));
+  const out = path.join(deep, 'r'.repeat(4060 - Buffer.byteLength(deep) - 1));
+  assert.equal(Buffer.byteLength(out), 4060);
+  await assert.rejects(OutputClaim.take(out, () => {}, noLost, FAST), rejectsWith('OUT_UNUSABLE', /its path is 4060 bytes, and with the names a run writes in it \(up to 4120 bytes\) it must be shorter than a path's 4096$/));
+  assert.deepEqual(fs.readdirSync(root), [], 'nothing made');
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
 test('a lapsed lease that cannot be moved aside, or a link in the lease\'s place, is OUT_UNUSABLE at once, not a loop', async () => {
   const root = tempDir('claim');
   const out = path.join(root, 'run');

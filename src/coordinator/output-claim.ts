@@ -6,7 +6,7 @@ import { GanfleetError } from '../util/errors';
 import { sleep } from '../util/events';
 import { Logger } from '../util/log';
 import { pidNamespace, processAlive } from '../util/process';
-import { makeDirectory, removeFile, writeFully } from '../util/write';
+import { PATH_MAX, makeDirectory, removeFile, writeFully } from '../util/write';
 import { runLayout } from './config';
 
 /** The file in --out that names the coordinator writing there. */
@@ -71,6 +71,12 @@ export class OutputClaim {
   static async take(out: string, log: Logger, onLost: (why: string) => void, timing: LeaseTiming = LEASE_TIMING, abort?: AbortSignal): Promise<OutputClaim> {
     const file = path.join(out, LEASE_FILE);
     const me: Holder = { pid: process.pid, hostname: os.hostname(), processTable: processTable(), token: crypto.randomUUID(), since: new Date().toISOString() };
+    // Its directories can be made while the names written in them cannot: ENAMETOOLONG came from the first
+    // checkpoint, after the steps before it were trained. The longest is a lapsed lease moved aside.
+    const longest = Buffer.byteLength(path.resolve(out, `${LEASE_FILE}${LAPSED}${me.token}`));
+    if (longest >= PATH_MAX) {
+      throw unusable(out, new Error(`its path is ${Buffer.byteLength(path.resolve(out))} bytes, and with the names a run writes in it (up to ${longest} bytes) it must be shorter than a path's ${PATH_MAX}`));
+    }
     // --out first, then the lease, then what goes in it: a start that loses the lease removes only what is still empty.
     const made = makeDirectories(out, [out]);
     heldHere.add(me.token);

@@ -1,6 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
+/** The longest path, in bytes with its terminating NUL, that Linux's system calls take. */
+export const PATH_MAX = 4096;
+
 /**
  * Writes `parts` one after another from `position`, looping over short
  * writes (a full disk or /dev/shm can take part of a buffer): a caller that
