@@ -5,6 +5,7 @@ import { readCheckpoint } from './coordinator/checkpoint';
 import { checkpointModel } from './coordinator/checkpoint-model';
 import { encodePng, imageGrid, tanhToBytes } from './data/png';
 import { encodeIdx } from './data/idx';
+import { IMAGE_COLS, IMAGE_ROWS } from './data/image';
 import { encodeNpy } from './data/npy';
 import { generateProblem, outputFile } from './generate-output';
 import { generateImages } from './model/sample';
@@ -62,8 +63,8 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     });
 
     let bytes: Buffer;
-    if (ext === '.npy') bytes = encodeNpy([opts.count, 28, 28], images);
-    else if (ext === '.idx') bytes = encodeIdx([opts.count, 28, 28], tanhToBytes(images));
+    if (ext === '.npy') bytes = encodeNpy([opts.count, IMAGE_ROWS, IMAGE_COLS], images);
+    else if (ext === '.idx') bytes = encodeIdx([opts.count, IMAGE_ROWS, IMAGE_COLS], tanhToBytes(images));
     else {
       const cols = Math.ceil(Math.sqrt(opts.count));
       const grid = imageGrid(images, opts.count, Math.ceil(opts.count / cols), cols);

@@ -52,7 +52,7 @@ export class SampleWriter {
   }
 
   /** Renders the grid as PNG bytes. */
-  render(generator: Float32Array): Buffer {
+  private render(generator: Float32Array): Buffer {
     const images = scoped(() => {
       const g = this.model.generatorLayout.toTensors(generator);
       const z = tf.tensor2d(this.noise, [GRID * GRID, this.model.zDim]);

@@ -1,13 +1,3 @@
-import crypto from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import type { EncodedFrame } from './codec';
-import { removeFile, writeFully } from '../util/write';
-import { ProtocolError } from './codec-error';
-import { GanfleetError } from '../util/errors';
-import { pidNamespace, processAlive } from '../util/process';
-
 /**
  * Frames between a coordinator and a worker on the same machine, through a
  * file in shared memory (/dev/shm) instead of the WebSocket: the sender
@@ -33,6 +23,16 @@ import { pidNamespace, processAlive } from '../util/process';
  * a write. A peer that breaks that rule can only change its own frames,
  * which are validated like any other.
  */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { EncodedFrame } from './codec';
+import { removeFile, writeFully } from '../util/write';
+import { ProtocolError } from './codec-error';
+import { GanfleetError } from '../util/errors';
+import { pidNamespace, processAlive } from '../util/process';
+
 /** A file descriptor closed at most once: once closed, its number may already belong to another file. */
 class Descriptor {
   private closed = false;
