@@ -84,3 +84,22 @@ test("README's Flags table lists every flag of every command, with its commands 
   });
   assert.deepEqual(readme.sort(), code.sort());
 });
+
+/** Codes a user never sees as a run's end: handled where they arise, or a broken invariant (a bug), as README says under its table. */
+const INTERNAL_CODES = [
+  'ADAM_SIZE_MISMATCH', 'AGGREGATE_BAD_SAMPLES', 'AGGREGATE_EMPTY', 'AGGREGATE_SIZE_MISMATCH', 'GENERATE_OPTIONS', 'IMAGE_GRID_SIZE',
+  'LAYOUT_SIZE_MISMATCH', 'LAYOUT_UNKNOWN_TENSOR', 'MAILBOX_READ_FAILED', 'PNG_BAD_SIZE', 'PNG_SIZE_MISMATCH', 'SHARD_DUPLICATE_WORKER', 'SHARD_HELD_INVALID',
+  'SHARD_INDEX_OUT_OF_RANGE', 'SHARD_NO_WORKERS', 'WORKER_BAD_SHARD', 'WORKER_NO_SHARD', 'WORKER_NO_WEIGHTS',
+];
+
+test("README's table of error codes names every code the source throws but the internal ones, and none it does not throw", () => {
+  const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  const thrown = new Set(files(path.join(__dirname, '..', '..', 'src')).flatMap((f) => [...fs.readFileSync(f, 'utf8').matchAll(/GanfleetError\(\s*'([A-Z_]+)'/g)].map((m) => m[1])));
+  const from = README.indexOf('| code | what it means |');
+  assert.ok(from >= 0, 'README has no table of error codes');
+  const table = README.slice(from).split('\n\n')[0];
+  const documented = new Set([...table.matchAll(/`([A-Z][A-Z_]+)`/g)].map((m) => m[1]).filter((c) => !c.startsWith('E') || thrown.has(c)));
+  assert.deepEqual([...thrown].filter((c) => !documented.has(c) && !INTERNAL_CODES.includes(c)).sort(), [], 'thrown, neither in the table nor internal');
+  assert.deepEqual([...documented].filter((c) => !thrown.has(c)).sort(), [], 'in the table, never thrown');
+  assert.deepEqual(INTERNAL_CODES.filter((c) => !thrown.has(c)), [], 'listed as internal, never thrown');
+});
