@@ -234,7 +234,9 @@ function workerOptions<T>(y: Argv<T>) {
       if (url.port === '0') throw new Error(`--coordinator names port 0, where no coordinator listens (one started with --port 0 names the port it took in its "listening for workers on" line), got ${given('coordinator', a.coordinator, withoutCredentials)}`);
       // Both go in the one Authorization header: ws sent the token alone, and a proxy asking for the password was never given it.
       if ((url.username || url.password) && a.token) {
-        throw new Error('a user name and password in --coordinator (Basic auth) and --token both go in the one Authorization header, which would carry the token alone: leave one of them out');
+        // A token from the environment is not on the command line the user looks at: say where it came from.
+        const tokenFrom = environmentSource('token');
+        throw new Error(`a user name and password in --coordinator (Basic auth) and --token${tokenFrom ? ` (from ${tokenFrom})` : ''} both go in the one Authorization header, which would carry the token alone: leave one of them out`);
       }
       refuse(tokenProblem(a.token));
       if (a.name !== undefined && a.name.length > MAX_STRING_LENGTH) throw new Error(`--name must be at most ${MAX_STRING_LENGTH} characters, got ${a.name.length}`);

@@ -1068,7 +1068,8 @@ test('a user name and password in --coordinator with --token is refused (exit 2)
     const args = [CLI, 'worker', '--coordinator', url, '--give-up-after', '1', ...(Object.keys(env).length ? [] : ['--token', 'abcdefabcdefabcdef'])];
     const r = spawnSync(process.execPath, args, { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env } });
     assert.equal(r.status, 2, `${url}: ${r.stderr}`);
-    assert.equal(r.stderr.split('\n')[0], 'ganfleet: a user name and password in --coordinator (Basic auth) and --token both go in the one Authorization header, which would carry the token alone: leave one of them out');
+    const token = Object.keys(env).length ? '--token (from GANFLEET_TOKEN)' : '--token';
+    assert.equal(r.stderr.split('\n')[0], `ganfleet: a user name and password in --coordinator (Basic auth) and ${token} both go in the one Authorization header, which would carry the token alone: leave one of them out`);
   }
 });
 
