@@ -469,6 +469,9 @@ if (require.main === module) {
       if (e instanceof UsageError) exitWithUsage(e.message, hideBin(process.argv));
       // The stable code (GanfleetError's, or Node's errno name) is what docs and searches can name.
       process.stderr.write(`ganfleet: ${e.message}${typeof e.code === 'string' ? ` [${e.code}]` : ''}\n`);
-      process.exit(1);
+      // Not process.exit(1) at once: it dropped what a slow reader (`| less`, a full pipe) had not yet taken, the
+      // log's last lines before the failure (1,000 progress and checkpoint lines in a run piped to a paused reader).
+      process.exitCode = 1;
+      return exitWhenWritten();
     });
 }

@@ -10,7 +10,7 @@ import { maxBatchSize } from '../src/model/choices';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
-import { blankMnistDir, installedNativePackage, startCoordinator, startWorker, tempDir } from './harness';
+import { blankMnistDir, installedNativePackage, loggedSteps, sleep, startCoordinator, startWorker, tempDir } from './harness';
 import { CLI, nodeUnrunnableBy } from './helpers';
 import { standInDir, tensorflowStandIn } from './stand-ins';
 
@@ -897,6 +897,32 @@ test('an output the disk cannot take stops the run with exit 1, naming the file,
   const left = fs.existsSync(out) ? fs.readdirSync(out, { recursive: true }).map(String) : [];
   assert.deepEqual(left.filter((f) => f.includes('.tmp-')), [], left.join(', '));
   fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a run that fails exits 1 once a slow reader has taken its log, not dropping the lines it had not yet read', async () => {
+  const dir = tempDir('slow-reader');
+  const err = path.join(dir, 'stderr');
+  // The reader passes the lines up to the listening one, then reads nothing until the failure is on stderr: the
+  // pipe fills (64 KiB, about 480 progress lines) and the rest of the log waits in the coordinator.
+  const reader = `while IFS= read -r line; do printf '%s\\n' "$line"; case $line in *'listening for workers on'*) break;; esac; done; until [ -s "$ERR" ]; do sleep 0.1; done; sleep 0.5; cat`;
+  // As the EFBIG test: the checkpoint at step 600, past a 1 MB file size limit, fails the run.
+  const run = spawn('bash', ['-c', `trap '' XFSZ; ulimit -f 1000; "$0" "$@" 2>"$ERR" | { ${reader}; }; exit \${PIPESTATUS[0]}`, process.execPath, CLI, 'coordinator', '--port', '0', '--metrics-port', '-1', '--steps', '600', '--checkpoint-every', '600', '--sample-every', '0', '--batch-size', '8', '--log-every', '1', '--no-mailbox', '--out', path.join(dir, 'run')], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ERR: err },
+  });
+  let log = '';
+  run.stdout!.on('data', (d) => (log += d));
+  const status = new Promise((r) => run.on('exit', r));
+  for (const end = Date.now() + 30_000; !/listening for workers on (ws:\/\/\S+)/.test(log) && Date.now() < end; ) await sleep(25);
+  const worker = startWorker(/listening for workers on (ws:\/\/\S+)/.exec(log)![1], 'slow-reader', ['--no-mailbox']);
+  try {
+    assert.equal(await status, 1, fs.readFileSync(err, 'utf8'));
+    assert.match(fs.readFileSync(err, 'utf8'), /^ganfleet: EFBIG: file too large, write \(.*ckpt-000000600\.bin\) \[EFBIG\]$/m);
+    // It exited at once, and the reader found the 64 KiB the pipe held: steps 1 to about 460.
+    assert.deepEqual(loggedSteps(log), Array.from({ length: 599 }, (_, i) => i + 1));
+  } finally {
+    worker.kill();
+  }
 });
 
 test('generate refuses as a usage error, before reading the checkpoint, an --out that is another user\'s file in a sticky directory (the rename found it after drawing every sample)', (t) => {

@@ -95,6 +95,10 @@ export async function startStoppable<T>(
  * process.exit() closes no signal handle: a signal that comes now is dropped.
  */
 export async function exitWhenWritten(): Promise<never> {
-  for (const stream of [process.stdout, process.stderr]) await new Promise<void>((r) => stream.write('', () => r()));
+  for (const stream of [process.stdout, process.stderr]) {
+    // Heard here: one that failed already (a result /dev/full refused) fails this write too, and its 'error', heard by
+    // no one, would end the process with the wasm backend's exit 7 instead of its status.
+    await new Promise<void>((r) => stream.once('error', () => r()).write('', () => r()));
+  }
   process.exit();
 }
