@@ -203,15 +203,18 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     }
     // A worker that does not exit (hung in a native call, stopped) holds the exit for up to 10 s: say whom it waits for.
     const named = (list: [number, ChildProcess][]) => list.map(([i, c]) => `${workerName(i)} (pid ${c.pid})`).join(', ');
+    // One that closed its IPC channel has done its work, and waits only for a slow reader (a paused `| less`) to take
+    // its last log lines, as this process will: no straggler. Killed, its lines were lost, and it was named hung.
+    const straggling = () => running().filter(([, c]) => c.connected);
     const stragglers = setTimeout(() => {
-      const left = running();
+      const left = straggling();
       if (left.length > 0) log(`waiting for ${named(left)} to exit: still running 2 s after the coordinator closed; sending SIGTERM, and SIGKILL at 10 s`);
-      children.forEach((c) => c.kill('SIGTERM'));
+      for (const [, c] of left) c.kill('SIGTERM');
     }, 2_000);
     const deadline = setTimeout(() => {
-      const left = running();
+      const left = straggling();
       if (left.length > 0) log(`${named(left)} did not exit within 10 s of the coordinator's close (hung, or stopped): killing ${left.length === 1 ? 'it' : 'them'} (SIGKILL)`);
-      killAll();
+      for (const [, c] of left) c.kill('SIGKILL');
     }, 10_000);
     await Promise.all(running().map(([, c]) => emitted(c, 'exit')));
     clearTimeout(stragglers);

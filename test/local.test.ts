@@ -580,3 +580,18 @@ test('local warns of more workers than CPU cores, with what it costs and the rem
   );
   assert.match(oversubscriptionWarning(3, 1, 60) ?? '', /^3 workers on 1 CPU core share them: .* about 3× as long, .*--heartbeat \(60 s\).*; use --workers 1,/);
 });
+
+test('workers that wait only for a slow reader to take their last log lines are no stragglers: none is signalled or killed as hung, and their lines are kept', { timeout: 120_000 }, () => {
+  const out = path.join(tempDir('local-slow-reader'), 'run');
+  // The reader takes nothing until the run is over and 3 s more: past the 2 s after which local signalled its workers
+  // (and the 10 s after which it killed them), which the full pipe held in their exit.
+  const r = spawnSync('bash', ['-c', `"$0" "$@" 2>&1 | { until [ -e "$OUT/summary.json" ]; do sleep 0.1; done; sleep 3; cat; }; exit \${PIPESTATUS[0]}`, process.execPath, CLI, 'local', '--workers', '1', '--steps', '600', '--batch-size', '8', '--log-every', '1', '--sample-every', '0', '--checkpoint-every', '0', '--metrics-port', '-1', '--out', out], {
+    encoding: 'utf8',
+    timeout: 110_000,
+    env: { ...process.env, OUT: out },
+  });
+  assert.equal(r.status, 0, r.stdout.slice(-3000));
+  // The lines alone: a failed match on the whole log (80 KB) took node:test minutes to report.
+  assert.deepEqual(r.stdout.split('\n').filter((l) => /still running 2 s after the coordinator closed|did not exit within 10 s|SIGTERM: leaving/.test(l)), []);
+  assert.ok(/\[worker local-1\] stopped by the coordinator: finished 600 steps$/m.test(r.stdout), 'the worker\'s last line is lost');
+});
