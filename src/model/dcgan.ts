@@ -222,12 +222,17 @@ function batchNorm(x: Image4D, p: Tensors, layer: string, stats: Statistics | nu
   const beta = p[`${layer}/beta`] as tf.Tensor1D;
   if (!stats) return tf.batchNorm(x, p[`${layer}/moving_mean`] as tf.Tensor1D, p[`${layer}/moving_variance`] as tf.Tensor1D, beta, gamma, BN_EPSILON);
   if (!stats.record) return trainingBatchNorm(x, gamma, beta);
-  const { mean, variance } = tf.moments(x, [0, 1, 2]);
-  const invStd = tf.rsqrt(tf.add(variance, BN_EPSILON));
-  const xHat = tf.mul(tf.sub(x, mean), invStd) as Image4D;
+  const { mean, variance, invStd, xHat } = normalise(x);
   stats.record.statistics.push(mean, variance);
   Object.assign(stats.record.saved, { [`${layer}/xhat`]: xHat, [`${layer}/inv_std`]: invStd });
   return tf.add(tf.mul(xHat, gamma), beta) as Image4D;
+}
+
+/** x normalised by its batch's statistics (over N, H, W), and those statistics: one forward pass for both of batchNorm's training modes. */
+function normalise(x: tf.Tensor): { mean: tf.Tensor; variance: tf.Tensor; invStd: tf.Tensor; xHat: tf.Tensor } {
+  const { mean, variance } = tf.moments(x, [0, 1, 2]);
+  const invStd = tf.rsqrt(tf.add(variance, BN_EPSILON));
+  return { mean, variance, invStd, xHat: tf.mul(tf.sub(x, mean), invStd) };
 }
 
 /** Training mode; `record` when the pass is kept for a hand-written backward pass. */
@@ -282,9 +287,7 @@ function deconvBackward(dy: Image4D, x: Image4D, p: Tensors, layer: string, stri
  * per-channel terms to the input's full size: a third of G's step on wasm.
  */
 export const trainingBatchNorm = tf.customGrad(((x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, save: tf.GradSaveFunc) => {
-  const { mean, variance } = tf.moments(x, [0, 1, 2]);
-  const invStd = tf.rsqrt(tf.add(variance, BN_EPSILON));
-  const xHat = tf.mul(tf.sub(x, mean), invStd);
+  const { invStd, xHat } = normalise(x);
   save([xHat, invStd, gamma]);
   return {
     value: tf.add(tf.mul(xHat, gamma), beta),
