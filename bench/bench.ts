@@ -355,10 +355,7 @@ function medianOf(xs: number[]): number {
  * repeats would undo. The repeats where it has no value (no anchor) are left out.
  */
 function ratioAcrossRepeats<R>(runs: R[], ratio: (r: R) => number | null): { median: number | null; each: (number | null)[] } {
-  const each = runs.map((r) => {
-    const x = ratio(r);
-    return x === null ? null : round(x);
-  });
+  const each = runs.map((r) => roundOrNull(ratio(r)));
   const known = each.filter((x): x is number => x !== null);
   return { median: known.length ? round(medianOf(known)) : null, each };
 }
