@@ -51,8 +51,8 @@ async function main(): Promise<void> {
   await selectBackend(backend);
   const train = loadMnist('train');
   const test = loadMnist('test');
-  const trainX = toTanhRange(train.images, new Float32Array(train.images.length));
-  const testX = toTanhRange(test.images, new Float32Array(test.images.length));
+  const trainX = toTanhRange(train.images);
+  const testX = toTanhRange(test.images);
   const rng = new Rng(seed);
   const weights = initClassifier(rng);
   const adam = new Adam(weights.length, { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 });

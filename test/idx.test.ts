@@ -261,13 +261,16 @@ test('a training set over 2 GiB loads and is fingerprinted (one read and one has
   }
 });
 
-test('toTanhRange maps 0→-1, 255→1, monotonic in between', () => {
+test('toTanhRange maps 0→-1, 255→1, monotonic in between, into a new array unless given one', () => {
   const px = new Uint8Array([0, 64, 127, 128, 255]);
-  const out = toTanhRange(px, new Float32Array(px.length));
+  const out = toTanhRange(px);
   assert.equal(out[0], -1);
   assert.equal(out[4], 1);
   for (let i = 1; i < out.length; i++) assert.ok(out[i] > out[i - 1]);
   assert.ok(Math.abs(out[2]) < 0.01 && Math.abs(out[3]) < 0.01);
+  assert.equal(out.length, px.length);
+  const into = new Float32Array(8);
+  assert.equal(toTanhRange(px, into), into);
   assert.throws(() => toTanhRange(px, new Float32Array(2)), RangeError);
 });
 

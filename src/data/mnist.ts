@@ -1,7 +1,8 @@
 /**
  * MNIST loading on top of the IDX reader. Images stay uint8 (n*784 bytes,
- * 1/4 the size of float32) until a batch is built, when toTanhRange scales
- * them to the generator's tanh range.
+ * 1/4 the size of float32) until a batch is built, when gatherTanhRange
+ * scales them to the generator's tanh range (toTanhRange: a whole set, for
+ * evaluation).
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -81,8 +82,8 @@ export function loadMnist(split: 'train' | 'test', dir: string = defaultMnistDir
 /** Every uint8 pixel value p in the tanh range, p / 127.5 − 1, as float32: toTanhRange and gatherTanhRange map through it. */
 const TANH_RANGE_TABLE = Float32Array.from({ length: 256 }, (_, p) => p / 127.5 - 1);
 
-/** Scales uint8 pixels to [-1, 1], matching the generator's tanh output. */
-export function toTanhRange(pixels: Uint8Array, out: Float32Array): Float32Array {
+/** Scales uint8 pixels to [-1, 1], matching the generator's tanh output; into `out` where given. */
+export function toTanhRange(pixels: Uint8Array, out: Float32Array = new Float32Array(pixels.length)): Float32Array {
   if (out.length < pixels.length) {
     throw new RangeError(`toTanhRange: out has ${out.length} slots for ${pixels.length} pixels`);
   }

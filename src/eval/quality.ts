@@ -139,7 +139,7 @@ let moments: { of: Reference; test: FeatureMoments } | null = null;
 async function testMoments(reference: Reference, between?: EvalProgress): Promise<FeatureMoments> {
   if (moments?.of !== reference) {
     const { set, classifier } = reference;
-    const { features } = await classifyImages(classifier, toTanhRange(set.images, new Float32Array(set.images.length)), set.count, (done) =>
+    const { features } = await classifyImages(classifier, toTanhRange(set.images), set.count, (done) =>
       between?.('classifying the test set', done, set.count),
     );
     moments = { of: reference, test: featureMoments(features, set.count, FEATURES) };

@@ -204,7 +204,6 @@ export class ShardCompute {
     for (let i = 0; i < this.batchSize; i++) this.indices[i] = rng.int(this.shardCount);
     return tf.tensor2d(gatherTanhRange(this.shard!, this.indices, into), [this.batchSize, IMAGE_SIZE]);
   }
-
 }
 
 /** What a shard message gives a worker (Shard, less the envelope). */
