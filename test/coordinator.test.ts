@@ -779,6 +779,26 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(lines.includes(`not back within --linger 1 s: ${named} and 2 more (gone, or still trying: a worker retries until its --give-up-after)`), lines.join('\n'));
   });
 
+  test('a stop during the last step, with a worker dropped before it: the run is finished, the signal ends the wait at once, and the log names the worker left untold', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'stopped-last-step'), 2), dataDir, startWorkers: 2, roundTimeoutSeconds: 1, lingerSeconds: 60 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const silent = await joinedPeer(coordinator, true, 101);
+    const trainer = await joinedPeer(coordinator, true, 102);
+    for (let round = 0; round < 4; round++) {
+      const w = await weightsOrDrop(trainer.peer);
+      // The stop comes during the last step (a SIGTERM while its G round is out): that step finishes.
+      if (round === 3) coordinator.requestStop('SIGTERM received');
+      trainer.peer.gradients(w.step, w.phase, zeros(w.phase));
+      if (round === 0) assert.equal(await silent.peer.closed, 4000);
+    }
+    const summary = await run;
+    assert.equal(summary.stopReason, 'finished 2 steps', lines.join('\n'));
+    await coordinator.close();
+    assert.ok(lines.includes('waiting up to 60 s (--linger; a signal ends this) to tell workers that reconnect that the run is over: 1 worker left without hearing it (w1 "scripted")'), lines.join('\n'));
+    assert.ok(lines.includes('stopped waiting for late workers: SIGTERM received'), lines.join('\n'));
+  });
+
   test('a signal while a finished run waits for its late workers ends the wait; --linger 0 does not wait', async () => {
     const { coordinator, lines } = await finishedWithADroppedWorker('signalled', 60);
     const closing = coordinator.close();

@@ -135,12 +135,12 @@ export class Coordinator {
   private resumedFrom: number | null = null;
   private stop: Stop | null = null;
   /**
-   * Set where the run ends by finishing (not by a stop asked for): whom
-   * close() waits for to tell that the run is over. `anyone`: a resumed run
-   * whose earlier coordinator stopped without telling its workers, and not
-   * all of them came back (a finished run found without its summary, or a
-   * short rest of a run over before a worker's backoff): who is still out
-   * there is not known.
+   * Set as the run ends: whom close() waits for to tell that the run is over
+   * (where a stop was asked for, only names: its signal ended the wait).
+   * `anyone`: a resumed run whose earlier coordinator stopped without
+   * telling its workers, and not all of them came back (a finished run found
+   * without its summary, or a short rest of a run over before a worker's
+   * backoff): who is still out there is not known.
    */
   private lateWorkers: { anyone: boolean } | null = null;
   /** Workers that trained at the checkpoint this run resumed from (its slots; 0 before format 2 or without a resume). */
@@ -799,7 +799,10 @@ export class Coordinator {
     if (writesOutputs) this.outputs.writeGenerator(this.params.generator);
     // Resumed, with fewer worker processes than the checkpoint's back (none where it trained nothing), and no
     // summary of a finished run: the earlier coordinator's workers, told nothing, may still be reconnecting.
-    if (!this.stop) this.lateWorkers = { anyone: this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
+    this.lateWorkers = { anyone: !this.stop && this.resumedFrom !== null && !keepOutputs && this.workers.processesJoined() < Math.max(1, this.checkpointWorkers) };
+    // A stop asked for (a signal during the last step or its evaluation) has already ended that wait: close() still
+    // names whoever left untold (dropped while frozen), since with no steps left no coordinator will ever tell them.
+    if (this.stop) this.lateWorkersWait.abort(this.stop.reason);
     // Not stopped, the run stops here: close() tells the workers this reason, and a later requestStop only ends its wait for late workers.
     // Every step trained, a stop asked for during the final outputs leaves the run finished, unless it cut short
     // the last step's evaluation (due at that step itself, so written as a mid-run one is: cut by a stop).
