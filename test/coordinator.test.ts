@@ -970,12 +970,18 @@ describe('coordinator edge cases found by review', () => {
     assert.match(ownAnswerProblem(model, params, train, 128, 1, 0, 'discriminator') ?? 'accepted', /^loss \S+ is outside 0\.\.1000000000000$/);
   });
 
-  test('a run that diverges after training a step writes none of the final outputs due at its end: no grid, checkpoint or generator, as its advice to start again says', async () => {
+  /** A 10-step run in out/`name` on 256 blank images at Adam's learning rate `lr`, with one scripted peer joined. */
+  async function runAtLearningRate(name: string, lr: number) {
     const dataDir = blankMnistDir(256);
-    const dir = path.join(out, 'diverged-no-final');
-    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e30 } }, () => {});
+    const dir = path.join(out, name);
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: lr } }, () => {});
     const run = coordinator.run();
     const { peer } = await joinedPeer(coordinator);
+    return { dataDir, dir, coordinator, run, peer };
+  }
+
+  test('a run that diverges after training a step writes none of the final outputs due at its end: no grid, checkpoint or generator, as its advice to start again says', async () => {
+    const { dataDir, dir, coordinator, run, peer } = await runAtLearningRate('diverged-no-final', 1e30);
     // Step 1 with zero gradients: applied, and no --*-every output due at it.
     await answerStepWithZeros(0, peer);
     await weightsOrDrop(peer);
@@ -994,11 +1000,7 @@ describe('coordinator edge cases found by review', () => {
   });
 
   test('an Adam update past float32 (--lr 1e38) stops the run as diverged: its weights, which every worker refuses, are never sent, so workers do not rejoin for ever', async () => {
-    const dataDir = blankMnistDir(256);
-    const dir = path.join(out, 'diverged-weights');
-    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, adam: { ...KERAS_ADAM_DEFAULTS, learningRate: 1e38 } }, () => {});
-    const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
+    const { dataDir, coordinator, run, peer } = await runAtLearningRate('diverged-weights', 1e38);
     await weightsOrDrop(peer);
     // Adam's step size lr / (1 - β1) = 1e39 is Infinity in float32: every weight of D goes to ±Infinity.
     peer.gradients(0, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
