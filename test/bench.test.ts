@@ -295,10 +295,10 @@ test('bench --link: a real coordinator and real workers on either side of a shap
   if (leftover) assert.doesNotMatch(left, /^gf999999999-c\b/m);
 });
 
-test('bench --link removes its namespaces, what runs in them and its scratch directory when it is stopped mid-run', async () => {
+test('bench --link removes its namespaces, what runs in them and its scratch directory when it is stopped mid-run', async (t) => {
   const probe = spawnSync('ip', ['netns', 'add', `gf${process.pid}-probe`], { encoding: 'utf8' });
   spawnSync('ip', ['netns', 'del', `gf${process.pid}-probe`]);
-  if (probe.error || probe.status !== 0) return; // No namespaces here: the test above checks the reason.
+  if (probe.error || probe.status !== 0) return t.skip('no network namespaces here: the test above checks the reason');
   const namespaces = () => spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout;
   const started = Date.now();
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
@@ -345,8 +345,8 @@ test('bench: --memory, --scaling and --link are reports of their own: two of the
   }
 });
 
-test("bench stopped mid-run leaves no mailbox directory of its killed local behind", async () => {
-  if (!fs.existsSync('/dev/shm') || !fs.existsSync('/proc/self/stat')) return;
+test("bench stopped mid-run leaves no mailbox directory of its killed local behind", async (t) => {
+  if (!fs.existsSync('/dev/shm') || !fs.existsSync('/proc/self/stat')) return t.skip('needs /dev/shm and /proc');
   const shm = () => fs.readdirSync('/dev/shm');
   const childrenOf = (pid: number) =>
     fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d)).filter((d) => {

@@ -102,7 +102,7 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   assert.match(loop.stderr, /--out \S+loop-a\.npy cannot be written: it is a loop of links, or a chain longer than 40/);
 
   const bad = run(path.join(dir, 'samples.txt'));
-  assert.notEqual(bad.status, 0);
+  assert.equal(bad.status, 2, bad.stderr);
   assert.match(bad.stderr, /--out must end in \.npy, \.idx, \.png/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
