@@ -337,6 +337,9 @@ function buildCli(argv: string[]) {
     .scriptName('ganfleet')
     .usage('$0 <command> [options]\n\nDistributed data-parallel GAN training on MNIST. Every flag can also be set as GANFLEET_<FLAG> (e.g. GANFLEET_BATCH_SIZE=64, GANFLEET_TOKEN=…).')
     .env('GANFLEET')
+    // yargs otherwise speaks LANG's language: half a message in German among ganfleet's English, and a refused
+    // choice then missed the pattern that adds "(from GANFLEET_MODEL)".
+    .locale('en')
     // A flag given twice takes its last value, as getopt's do (npm start -- --steps 200 overrides the script's
     // --steps 1000); yargs made an array of both, which every check and consumer would read as garbage.
     .parserConfiguration({ 'duplicate-arguments-array': false })

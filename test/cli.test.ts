@@ -448,6 +448,11 @@ test('a value flag with no value, an empty --out or other string, and a value th
   // Every kind of refusal names the variable a value came from: yargs' choices, and ganfleet's own checks.
   assert.match(cli(['local'], { GANFLEET_MODEL: 'gan' }).stderr, /Given: "gan", Choices: "mlp", "dcgan" \(from GANFLEET_MODEL\)/);
   assert.doesNotMatch(cli(['local', '--model', 'gan']).stderr, /from GANFLEET/);
+  // In any locale: yargs spoke LANG's language, and its German refusal was not recognised as one to name the variable in.
+  for (const locale of [{ LANG: 'de_DE.UTF-8' }, { LC_ALL: 'fr_FR.UTF-8' }]) {
+    assert.match(cli(['local'], { ...locale, GANFLEET_MODEL: 'gan' }).stderr, /^ganfleet: Invalid values: Argument: model, Given: "gan", Choices: "mlp", "dcgan" \(from GANFLEET_MODEL\)\n/, JSON.stringify(locale));
+    assert.match(cli(['generate'], locale).stderr, /^ganfleet: Missing required arguments: checkpoint, out\n/, JSON.stringify(locale));
+  }
   assert.match(cli(['local'], { GANFLEET_DATA_DIR: '/no/such/dir' }).stderr, /--data-dir: no such directory "\/no\/such\/dir" \(from GANFLEET_DATA_DIR\)/);
   assert.match(cli(['worker'], { GANFLEET_COORDINATOR: 'host:8787' }).stderr, /--coordinator must be a ws:\/\/ or wss:\/\/ URL, got "host:8787" \(from GANFLEET_COORDINATOR\)/);
   // A ws:// URL, but not one: it used to be told to be a ws:// URL.
