@@ -1012,6 +1012,23 @@ test('Dockerfiles: non-root, runtime npm ci --omit=dev --ignore-scripts, entrypo
   }
 });
 
+test('"prepare" without TypeScript (npm ci --omit=dev of a checkout): keeps a built dist/, and says why it cannot run without one', () => {
+  // A checkout's package.json and scripts/, with no node_modules: npm runs "prepare" there as `npm ci --omit=dev` would.
+  const dir = tempDir('omit-dev');
+  fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(dir, 'package.json'));
+  fs.cpSync(path.join(ROOT, 'scripts'), path.join(dir, 'scripts'), { recursive: true });
+  const prepare = () => spawnSync('npm', ['run', 'prepare'], { cwd: dir, encoding: 'utf8', env: cleanEnv({ npm_config_update_notifier: 'false' }) });
+  fs.mkdirSync(path.join(dir, 'dist', 'src'), { recursive: true });
+  fs.writeFileSync(path.join(dir, 'dist', 'src', 'cli.js'), '');
+  const kept = prepare();
+  assert.equal(kept.status, 0, kept.stdout + kept.stderr);
+  assert.match(kept.stdout, /TypeScript is not installed \(--omit=dev\): dist\/ is kept/);
+  fs.rmSync(path.join(dir, 'dist'), { recursive: true });
+  const none = prepare();
+  assert.equal(none.status, 1, none.stdout + none.stderr);
+  assert.match(none.stderr, /TypeScript is not installed \(--omit=dev\) and there is no dist\/ to run: install with devDependencies \(npm ci\)/);
+});
+
 test('probe, healthcheck and scrape paths are served by a coordinator and a worker started with the Kubernetes arguments', async () => {
   // The other tests collect the paths; run them first (node:test runs tests in order).
   assert.ok(servedPaths.coordinator.has('/healthz'), 'no /healthz probe was found for the coordinator');
