@@ -248,14 +248,19 @@ test('a training set over 2 GiB loads and is fingerprinted (one read and one has
     const images = path.join(big, 'train-images-idx3-ubyte');
     fs.writeFileSync(images, header(0x803, [count, 28, 28]));
     fs.truncateSync(images, 16 + count * IMAGE_SIZE);
+    // The last pixel is white: a read that stopped short of it would leave zeros as the sparse rest is, and pass.
+    const last = fs.openSync(images, 'r+');
+    fs.writeSync(last, Buffer.from([255]), 0, 1, 16 + count * IMAGE_SIZE - 1);
+    fs.closeSync(last);
     const labels = path.join(big, 'train-labels-idx1-ubyte');
     fs.writeFileSync(labels, header(0x801, [count]));
     fs.truncateSync(labels, 8 + count);
     const set = loadMnist('train', big);
     assert.equal(set.count, count);
     assert.equal(set.images.length, count * IMAGE_SIZE);
-    // `sha256sum` of that many zero bytes.
-    assert.deepEqual(imagesFingerprint(set), { images: count, sha256: '0090c6218dea80ffe265de6c4ba7eee5d13cd0d2291b0b37d19b6fc7f45231f3' });
+    assert.equal(set.images[count * IMAGE_SIZE - 1], 255, 'the last pixel, past 2 GiB, was read');
+    // `sha256sum` of that many zero bytes but the last, 0xff.
+    assert.deepEqual(imagesFingerprint(set), { images: count, sha256: 'c5d09700d5beab0b50c2ea516406161c754134c0b3b368e2154365f39e410015' });
   } finally {
     fs.rmSync(big, { recursive: true, force: true });
   }

@@ -226,6 +226,22 @@ test("a dead pid's directory is swept only where the pid is of this pid namespac
   fs.rmSync(theirs, { recursive: true, force: true });
 });
 
+test("a dead pid's directory of another user is left to that user: root's sweep does not remove it", { skip: process.getuid?.() !== 0 && 'needs root, to make a directory of another user' }, () => {
+  const probe = makeMailboxDir('worker');
+  const base = path.dirname(probe);
+  removeMailboxDir(probe);
+  // A pid no process has here (above pid_max), of this namespace: only its owner tells it from a sweepable one.
+  const namespace = pidNamespace();
+  const theirs = path.join(base, `ganfleet-worker-4194305-${namespace === null ? '' : `${namespace}-`}other1`);
+  fs.mkdirSync(theirs, { mode: 0o700 });
+  fs.chownSync(theirs, 65534, 65534);
+  try {
+    withDir(() => assert.ok(fs.existsSync(theirs), "another user's: left to its owner"));
+  } finally {
+    fs.rmSync(theirs, { recursive: true, force: true });
+  }
+});
+
 test('a peer can name only a file directly in a mailbox directory of its role: nothing else is opened for it', () => {
   withDir((dir) => {
     const nonce = mailboxNonce();
@@ -248,21 +264,24 @@ test('a peer can name only a file directly in a mailbox directory of its role: n
     } finally {
       fs.unlinkSync(decoy);
     }
-    // Another user's directory, which that user could swap for a link between the check and the open.
-    if (process.getuid?.() === 0) {
-      const theirs = path.join(path.dirname(dir), `ganfleet-coordinator-${process.pid}-theirs${process.hrtime.bigint()}`);
-      fs.mkdirSync(theirs);
-      const planted = Outbox.create(path.join(theirs, 'real'), nonce);
-      fs.chownSync(theirs, 65534, 65534);
-      try {
-        assert.throws(() => Inbox.open(planted.path, nonce, 'coordinator'), /is in a mailbox directory of another user \(uid 65534\), which this process does not open/);
-      } finally {
-        planted.close();
-        fs.rmSync(theirs, { recursive: true, force: true });
-      }
-    }
     Inbox.open(real.path, nonce, 'coordinator').close();
     real.close();
+  });
+});
+
+test("a peer's file in another user's mailbox directory is not opened: that user could swap it for a link between the check and the open", { skip: process.getuid?.() !== 0 && 'needs root, to make a directory of another user' }, () => {
+  withDir((dir) => {
+    const nonce = mailboxNonce();
+    const theirs = path.join(path.dirname(dir), `ganfleet-coordinator-${process.pid}-theirs${process.hrtime.bigint()}`);
+    fs.mkdirSync(theirs);
+    const planted = Outbox.create(path.join(theirs, 'real'), nonce);
+    fs.chownSync(theirs, 65534, 65534);
+    try {
+      assert.throws(() => Inbox.open(planted.path, nonce, 'coordinator'), /is in a mailbox directory of another user \(uid 65534\), which this process does not open/);
+    } finally {
+      planted.close();
+      fs.rmSync(theirs, { recursive: true, force: true });
+    }
   });
 });
 
