@@ -9,6 +9,7 @@ import { decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec'
 import { Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { ErrorMessage, Mail, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 import fs from 'node:fs';
+import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
@@ -584,6 +585,28 @@ test('--give-up-after also bounds a try whose handshake never completes (it wait
   } finally {
     worker.kill();
     silent.close();
+  }
+});
+
+test('a try whose TCP connection is never made (a firewall that drops packets) says so, not that the upgrade went unanswered', async () => {
+  // A listener whose process is stopped, its accept queue (backlog 1) full: the kernel drops further SYNs, as a
+  // firewall's DROP does, so the worker's connect neither completes nor fails.
+  const listener = spawn(process.execPath, ['-e', "const s = require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => console.log(s.address().port))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const fillers: Socket[] = [];
+  let worker: GanfleetProcess | null = null;
+  try {
+    const port = Number(String(await new Promise<Buffer>((r) => listener.stdout!.once('data', r))));
+    listener.kill('SIGSTOP');
+    for (let i = 0; i < 3; i++) fillers.push(net.connect(port, '127.0.0.1').on('error', () => {}));
+    await sleep(300);
+    worker = startWorker(`ws://127.0.0.1:${port}`, 'firewalled', ['--give-up-after', '2']);
+    assert.equal(await exitWithin(worker), 1, worker.log);
+    assert.match(worker.log, /giving up: not admitted by a coordinator for [23]\.\d s, --give-up-after 2 \(no TCP connection within [12] s: a firewall that drops packets to that port, or a host that is down or unreachable\)/);
+    assert.doesNotMatch(worker.log, /upgrade was not answered/);
+  } finally {
+    worker?.kill();
+    fillers.forEach((s) => s.destroy());
+    listener.kill('SIGKILL');
   }
 });
 

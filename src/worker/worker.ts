@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
+import type { ClientRequest } from 'node:http';
 import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { backendLabel, selectBackend } from '../backend';
@@ -200,6 +201,7 @@ function connectOnce(
   leave: LeaveRequest,
 ): Promise<Outcome> {
   return new Promise<Outcome>((resolve) => {
+    let upgradeRequest: ClientRequest | null = null;
     const headers: Record<string, string> = {};
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
     const ws = new WebSocket(opts.coordinator, {
@@ -213,6 +215,12 @@ function connectOnce(
       // coordinator skips unmasking. Masking guards HTTP proxies against
       // payloads a hostile browser script chose; a worker's are its gradients.
       generateMask: (mask: Buffer) => mask.fill(0),
+      // Kept so that a handshake that times out can tell a TCP connection never made (a firewall that drops
+      // packets, a host that is down) from an upgrade never answered: both leave the WebSocket CONNECTING.
+      finishRequest: (req) => {
+        upgradeRequest = req;
+        req.end();
+      },
     });
     /** How this connection ended: the first verdict stands. */
     let outcome: Outcome | null = null;
@@ -243,8 +251,14 @@ function connectOnce(
     const handshake = setTimeout(() => {
       afterPendingReads(() => {
         if (workerId !== null || outcome) return;
-        const what = ws.readyState === WebSocket.CONNECTING ? 'the WebSocket upgrade was not answered' : 'no welcome came';
-        end(lost(`${what} within ${(me.handshakeMs / 1000).toFixed(0)} s`));
+        const within = `within ${(me.handshakeMs / 1000).toFixed(0)} s`;
+        const what =
+          ws.readyState !== WebSocket.CONNECTING
+            ? `no welcome came ${within}`
+            : upgradeRequest?.socket?.connecting !== false
+              ? `no TCP connection ${within}: a firewall that drops packets to that port, or a host that is down or unreachable`
+              : `the WebSocket upgrade was not answered ${within}`;
+        end(lost(what));
         ws.terminate();
       }, () => link?.bytesRead ?? 0);
     }, me.handshakeMs);
