@@ -148,6 +148,27 @@ test('a worker that gets no round for --progress-every seconds (its coordinator 
   }
 });
 
+test("a worker whose coordinator goes silent (not even a ping: a link down, a stopped process) says so in its 'no round' line, before it gives the connection up", async () => {
+  const out = path.join(tempDir('silent'), 'run');
+  const { proc: coordinator, url } = await startCoordinator(['--min-workers', '2', '--steps', '1', '--heartbeat', '2', '--out', out]);
+  const worker = startWorker(url, 'silent', ['--progress-every', '1']);
+  try {
+    // Waiting for a second worker, the coordinator still pings: that is what the line says then, past 1.5 heartbeats.
+    const waiting = /no round for [\d.]+ s since joining: the coordinator is waiting for workers/;
+    await worker.waitFor(new RegExp(`${waiting.source}[^]*${waiting.source}[^]*${waiting.source}[^]*${waiting.source}`));
+    assert.doesNotMatch(worker.log, /not even a ping/);
+    coordinator.kill('SIGSTOP');
+    await worker.waitFor(/connection lost \(nothing from the coordinator for 6 s\)/, 30_000);
+    assert.match(worker.log, /no round for [\d.]+ s since joining: nothing at all from the coordinator for [3-5]\.\d s, not even a ping: the link or the coordinator is down, or it is stopped; the connection is given up after 6\.0 s of that/);
+    assert.ok(loggedAt(worker, 'no round for [\\d.]+ s since joining: nothing at all') < loggedAt(worker, 'connection lost'), worker.log);
+  } finally {
+    worker.kill();
+    coordinator.kill('SIGCONT');
+    coordinator.kill();
+    fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  }
+});
+
 test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -5 s or NaN): the worker says which and exits 1 after one try', async () => {
   for (const [bad, why] of [
     [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0 \(this build's mlp takes 1 to 65536\)/],

@@ -21,6 +21,8 @@ export class ProgressLine {
     private readonly log: Logger,
     /** The connection's bytes read: a round's frame larger than one turn's read (a DCGAN's weights) is still a round coming. */
     private readonly bytesRead?: () => number,
+    /** The coordinator's silence where a ping was missed (SilenceWatchdog.missedPings): then the link is the likelier cause. */
+    private readonly missedPings?: () => { silentMs: number; limitMs: number } | null,
   ) {}
 
   /** Joined: idle time counts from here until stop(). */
@@ -37,7 +39,12 @@ export class ProgressLine {
         if (!this.idleTimer || this.lastRound.at !== idleSince) return; // stopped, or a round came and re-armed the timer
         const idleMs = performance.now() - this.lastRound.at;
         const since = this.lastRound.step === null ? 'since joining' : `since step ${stepOfRound(this.lastRound.step)}`;
-        this.log(`no round for ${(idleMs / 1000).toFixed(idleMs < 10_000 ? 1 : 0)} s ${since}: the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which`);
+        const silence = this.missedPings?.() ?? null;
+        const why =
+          silence === null
+            ? 'the coordinator is waiting for workers, paused, or busy (evaluating, or waiting on a slower worker); its log says which'
+            : `nothing at all from the coordinator for ${seconds(silence.silentMs)} s, not even a ping: the link or the coordinator is down, or it is stopped; the connection is given up after ${seconds(silence.limitMs)} s of that`;
+        this.log(`no round for ${seconds(idleMs)} s ${since}: ${why}`);
         this.idleTimer.refresh();
       }, this.bytesRead);
     }, everyMs);
@@ -64,3 +71,5 @@ export class ProgressLine {
     }
   }
 }
+
+const seconds = (ms: number): string => (ms / 1000).toFixed(ms < 10_000 ? 1 : 0);

@@ -40,6 +40,17 @@ export class SilenceWatchdog {
     if (this.timer) clearInterval(this.timer);
   }
 
+  /**
+   * How long the coordinator has said nothing, where that is longer than its
+   * pings allow (one and a half heartbeats: a ping missed), and the silence
+   * that ends the connection; null while it is heard, or before a welcome.
+   */
+  missedPings(): { silentMs: number; limitMs: number } | null {
+    const silentMs = performance.now() - this.lastHeard;
+    if (this.limitMs === 0 || silentMs <= (this.limitMs / HEARTBEATS_MISSED) * 1.5) return null;
+    return { silentMs, limitMs: this.limitMs };
+  }
+
   private silent(): boolean {
     return performance.now() - this.lastHeard > this.limitMs;
   }

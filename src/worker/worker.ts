@@ -234,7 +234,7 @@ function connectOnce(
     let errorsHeard = 0;
     const watchdog = new SilenceWatchdog();
     // Read only once joined, when `link` is set.
-    const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log, () => link?.bytesRead ?? 0);
+    const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log, () => link?.bytesRead ?? 0, () => watchdog.missedPings());
     const end = (o: Outcome) => (outcome ??= o);
     /** The WebSocket opened: there was a connection to lose. */
     let connected = false;
