@@ -1,11 +1,11 @@
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { EncodedFrame, ProtocolError, decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
-import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
+import { Inbox, Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir, removeMailboxDirsOf } from '../src/protocol/mailbox';
 import { Gradients, Welcome, message } from '../src/protocol/messages';
 import { pidNamespace } from '../src/util/process';
 import { WorkerMailbox } from '../src/worker/mailbox';
@@ -239,6 +239,40 @@ test("a dead pid's directory of another user is left to that user: root's sweep 
     withDir(() => assert.ok(fs.existsSync(theirs), "another user's: left to its owner"));
   } finally {
     fs.rmSync(theirs, { recursive: true, force: true });
+  }
+});
+
+test("local's removal of a killed child's directories takes only this user's of this pid namespace, and never throws", { skip: pidNamespace() === null ? 'no pid namespaces (not Linux)' : false }, () => {
+  const probe = makeMailboxDir('worker');
+  const base = path.dirname(probe);
+  removeMailboxDir(probe);
+  // The killed child's pid (above pid_max, so no sweep meets it as a live one).
+  const child = 4_194_306;
+  const ours = path.join(base, `ganfleet-worker-${child}-${pidNamespace()}-abc123`);
+  // A container's sharing /dev/shm: that pid is another process there.
+  const otherNamespace = path.join(base, `ganfleet-worker-${child}-${Number(pidNamespace()) + 1}-abc123`);
+  // Left by another user's killed process of that pid: theirs, and (as that user is not root) not removable.
+  const otherUser = path.join(base, `ganfleet-coordinator-${child}-${pidNamespace()}-abc123`);
+  for (const d of [ours, otherNamespace, otherUser]) fs.mkdirSync(d, { mode: 0o700 });
+  const otherUid = process.getuid?.() === 0 ? 65534 : null;
+  if (otherUid !== null) fs.chownSync(otherUser, otherUid, otherUid);
+  try {
+    removeMailboxDirsOf(child);
+    assert.ok(!fs.existsSync(ours), "the child's own: removed");
+    assert.ok(fs.existsSync(otherNamespace), "another namespace's: left to its owner");
+    if (otherUid !== null) assert.ok(fs.existsSync(otherUser), "another user's: left to its owner");
+    // A removal that fails (another user's directory, for a user who is not root) ends nothing: it ran in local's 'exit' handler.
+    fs.mkdirSync(ours, { mode: 0o700 });
+    const failing = mock.method(fs, 'rmSync', () => {
+      throw Object.assign(new Error('EACCES: permission denied, scandir'), { code: 'EACCES' });
+    });
+    try {
+      assert.doesNotThrow(() => removeMailboxDirsOf(child));
+    } finally {
+      failing.mock.restore();
+    }
+  } finally {
+    for (const d of [ours, otherNamespace, otherUser]) fs.rmSync(d, { recursive: true, force: true });
   }
 });
 

@@ -306,8 +306,25 @@ export function removeMailboxDirsOf(pid: number): void {
   } catch {
     return;
   }
+  const mine = pidNamespace();
   for (const name of names) {
-    if (DIR_NAME.exec(name)?.[2] === String(pid)) fs.rmSync(path.join(base, name), { recursive: true, force: true });
+    const [, , owner, namespace] = DIR_NAME.exec(name) ?? [];
+    // Not one of that pid in another namespace (a container sharing /dev/shm): the sweep's rule.
+    if (owner !== String(pid) || (namespace !== undefined && namespace !== mine)) continue;
+    removeDirOfThisUser(path.join(base, name));
+  }
+}
+
+/**
+ * Removes `dir` where this user owns it. Another user's (left by a killed process of theirs whose pid this
+ * one's child has reused) is theirs to remove, and could not be: an error thrown from here would end `local`.
+ */
+function removeDirOfThisUser(dir: string): void {
+  try {
+    if (typeof process.getuid === 'function' && fs.lstatSync(dir).uid !== process.getuid()) return;
+    fs.rmSync(dir, { recursive: true, force: true });
+  } catch {
+    /* another process swept it first, or it is not ours to remove */
   }
 }
 
@@ -323,12 +340,6 @@ function sweepDeadMailboxDirs(base: string): void {
     const [, , pid, namespace] = DIR_NAME.exec(name) ?? [];
     // Its pid says nothing here when it was another namespace's (a container sharing /dev/shm): that one removes its own.
     if (pid === undefined || (namespace !== undefined && namespace !== mine) || processAlive(Number(pid))) continue;
-    try {
-      const dir = path.join(base, name);
-      if (typeof process.getuid === 'function' && fs.lstatSync(dir).uid !== process.getuid()) continue;
-      fs.rmSync(dir, { recursive: true, force: true });
-    } catch {
-      /* another process swept it first, or it is not ours to remove */
-    }
+    removeDirOfThisUser(path.join(base, name));
   }
 }
