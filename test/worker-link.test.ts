@@ -251,6 +251,9 @@ test('only weights come by mail: a mailed stop is refused as unexpected, not com
   const worker = startWorker(coordinator.url, 'mailed');
   try {
     await worker.waitFor(/error WORKER_UNEXPECTED: a mailed stop message/);
+    // Refused: the connection fails and is retried, and the stop is not obeyed (a logged error alone is no refusal).
+    await worker.waitFor(/connection lost \(a mailed stop message\); reconnecting in/, 20_000);
+    assert.doesNotMatch(worker.log, /stopped by the coordinator/);
   } finally {
     worker.kill();
     await coordinator.close();
@@ -445,8 +448,8 @@ test("a coordinator's errors are cut to 160 characters and logged four a connect
     assert.equal(await exitWithin(worker), 0, worker.log);
     const said = worker.log.split('\n').filter((l) => l.includes('coordinator says X'));
     assert.equal(said.length, 4, worker.log);
-    // 1 digit and 158 NULs, escaped to 6 characters each, and the ellipsis.
-    for (const line of said) assert.ok(line.length < 1100, `${line.length} characters: ${line.slice(0, 200)}`);
+    // 1 digit and 158 NULs, escaped to 6 characters each, and the ellipsis: 160 characters, not a few more.
+    for (const line of said) assert.match(line, /coordinator says X: \d(?:\\u0000){158}…$/, `${line.length} characters: ${line.slice(0, 200)}`);
     assert.match(worker.log, /6 more errors from the coordinator on this connection went unlogged/);
     assert.match(worker.log, new RegExp(`connected to ${coordinator.url.replace(/[.]/g, '\\.')}/`));
     assert.doesNotMatch(worker.log, /hunter2|alice/);
@@ -686,17 +689,26 @@ test('a worker a full coordinator turns away says it was refused, once a try, no
   }
 });
 
-test("a worker pointed at an HTTP server that is no coordinator (its metrics port, say) is told where workers join", async () => {
+test("a worker pointed at an HTTP server that is no coordinator (its metrics port, say) is told where workers join; a proxy's 502 is not called one", async () => {
   const http = await import('node:http');
-  const metrics = http.createServer((_req, res) => res.end('ok\n'));
-  await new Promise<void>((r) => metrics.listen(0, '127.0.0.1', r));
-  const worker = startWorker(`ws://127.0.0.1:${(metrics.address() as AddressInfo).port}`, 'misdirected', ['--give-up-after', '1']);
-  try {
-    assert.equal(await exitWithin(worker), 1, worker.log);
-    assert.match(worker.log, /\(HTTP 200: an HTTP server that takes no workers; if it is a coordinator's --metrics-port \(9090 by default\), workers join at its --port \(8787 by default\)\)/);
-  } finally {
-    worker.kill();
-    metrics.close();
+  // 200: the status page at /; 404: a path the metrics port does not serve. 502: a proxy before a coordinator that may come back.
+  for (const status of [200, 404, 502]) {
+    const metrics = http.createServer((_req, res) => res.writeHead(status).end('ok\n'));
+    await new Promise<void>((r) => metrics.listen(0, '127.0.0.1', r));
+    const worker = startWorker(`ws://127.0.0.1:${(metrics.address() as AddressInfo).port}`, 'misdirected', ['--give-up-after', '1']);
+    try {
+      assert.equal(await exitWithin(worker), 1, worker.log);
+      const hinted = new RegExp(`\\(HTTP ${status}: an HTTP server that takes no workers; if it is a coordinator's --metrics-port \\(9090 by default\\), workers join at its --port \\(8787 by default\\)\\)`);
+      if (status === 502) {
+        assert.match(worker.log, /\(HTTP 502\); reconnecting in/);
+        assert.doesNotMatch(worker.log, /takes no workers/);
+      } else {
+        assert.match(worker.log, hinted);
+      }
+    } finally {
+      worker.kill();
+      metrics.close();
+    }
   }
 });
 
