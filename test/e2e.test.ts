@@ -56,7 +56,9 @@ test('ganfleet local --workers 2 trains on real MNIST, writes grids and serves r
   for (let i = 1; i < steps.length; i++) assert.ok(steps[i] >= steps[i - 1], 'the step counter never goes down');
   assert.ok(distinct.some((s) => s > 0 && s < 80), 'scraped mid-run');
   for (const name of ['ganfleet_workers_connected', 'ganfleet_images_total', 'ganfleet_d_loss', 'ganfleet_sent_bytes_total', 'ganfleet_process_resident_memory_bytes']) {
-    assert.ok(metricsText.includes(name), `${name} exported`);
+    // A sample with a value, not only the # HELP line that a series never set still has.
+    const sample = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(metricsText);
+    assert.ok(sample && Number.isFinite(Number(sample[1])), `${name} exported with a value`);
   }
   assert.match(metricsText, /ganfleet_round_duration_seconds_bucket\{le="[^"]+",phase="discriminator"\}/);
   assert.match(metricsText, /ganfleet_worker_compute_seconds_total\{worker="w\d"\}/);
