@@ -833,7 +833,7 @@ test('a port in use names its flag, and the error its code', async () => {
   const taken = net.createServer();
   await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
   const port = String((taken.address() as import('node:net').AddressInfo).port);
-  const run = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } });
   try {
     const out = path.join(tempDir('port-in-use'), 'run');
     const coordinator = run(['coordinator', '--port', port, '--metrics-port', '-1', '--out', out]);
@@ -844,6 +844,10 @@ test('a port in use names its flag, and the error its code', async () => {
     const worker = run(['worker', '--coordinator', 'ws://127.0.0.1:1', '--metrics-port', port]);
     assert.equal(worker.status, 1);
     assert.match(worker.stderr, new RegExp(`--metrics-port ${port}: listen EADDRINUSE.*\\[EADDRINUSE\\]`));
+    // As a usage error names a value's variable, so does this: the command line has no --port to change.
+    const fromEnv = run(['worker', '--coordinator', 'ws://127.0.0.1:1'], { GANFLEET_METRICS_PORT: port });
+    assert.equal(fromEnv.status, 1);
+    assert.match(fromEnv.stderr, new RegExp(`--metrics-port "${port}" \\(from GANFLEET_METRICS_PORT\\): listen EADDRINUSE`));
   } finally {
     taken.close();
   }

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import { AddressInfo } from 'node:net';
 import { Registry } from 'prom-client';
+import { given } from './flags';
 import { softLimit } from './process';
 
 /** Extra GET routes by exact path; a handler returns the status, content type and body. */
@@ -99,7 +100,9 @@ export function workerPortConnections(maxWorkers: number, fileLimit: number | nu
  */
 export function listenFailure(e: NodeJS.ErrnoException, hostFlag: string, host: string, portFlag: string, port: number): Error {
   const byHost = e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' || e.code === 'EADDRNOTAVAIL' || e.code === 'EINVAL';
-  return Object.assign(new Error(`${byHost ? `${hostFlag} ${host}` : `${portFlag} ${port}`}: ${e.message}`), { code: e.code });
+  // `given`: a value from GANFLEET_PORT is named as such, as in a usage error.
+  const [flag, value] = byHost ? [hostFlag, host] : [portFlag, port];
+  return Object.assign(new Error(`${flag} ${given(flag.slice(2), value)}: ${e.message}`), { code: e.code });
 }
 
 /**
