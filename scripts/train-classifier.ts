@@ -11,7 +11,6 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { selectBackend } from '../src/backend';
 import { BACKEND_CHOICES } from '../src/backend-choice';
-import { Adam } from '../src/coordinator/adam';
 import { loadMnist, toTanhRange } from '../src/data/mnist';
 import { IMAGE_SIZE } from '../src/data/image';
 import { CLASSES, CLASSIFIER_FILE, CLASSIFIER_LAYOUT, classify, classifyImages, initClassifier } from '../src/eval/classifier';
@@ -21,6 +20,7 @@ import { readValues, scoped, tf } from '../src/model/tf';
 import { MAX_SEED, integerInRange } from '../src/util/flags';
 import { Rng } from '../src/util/rng';
 import { makeDirectory, writeFileAtomic } from '../src/util/write';
+import { ClassifierAdam } from './classifier-adam';
 
 /** A flag it misread (--epochs abc ran no epoch) would replace the shipped weights with untrained ones. */
 function parseFlags() {
@@ -55,7 +55,7 @@ async function main(): Promise<void> {
   const testX = toTanhRange(test.images);
   const rng = new Rng(seed);
   const weights = initClassifier(rng);
-  const adam = new Adam(weights.length, { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 });
+  const adam = new ClassifierAdam(weights.length, { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 });
   const x = new Float32Array(batch * IMAGE_SIZE);
   const y = new Float32Array(batch * CLASSES);
   let testAccuracy = 0;

@@ -14,6 +14,7 @@ import { CLASSIFIER_FILE, classifyImages, loadClassifier } from '../src/eval/cla
 import { FeatureMoments, accuracy, evaluateImages, frechetDistance, loadReference, mnistScore } from '../src/eval/quality';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
+import { ClassifierAdam } from '../scripts/classifier-adam';
 import { tempDir } from './harness';
 import { CLI } from './helpers';
 
@@ -204,4 +205,30 @@ test('train-classifier refuses flags it cannot read before training, leaving the
     assert.doesNotMatch(r.stdout, /epoch 1|wrote/);
   }
   assert.ok(fs.readFileSync(CLASSIFIER_FILE).equals(before));
+});
+
+test('train-classifier\'s Adam is the float64 one that trained the shipped classifier, not ganfleet\'s float32 one (which trains another from the same seed: 98.71%, not the shipped file)', () => {
+  const config = { learningRate: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 };
+  const size = 4096;
+  const rng = new Rng(3);
+  const [shipped, float32] = [new Float32Array(size).fill(0.25), new Float32Array(size).fill(0.25)];
+  const expected = new Float32Array(size).fill(0.25);
+  const [m, v] = [new Float32Array(size), new Float32Array(size)];
+  const adam = new ClassifierAdam(size, config);
+  const adam32 = new Adam(size, config, null);
+  for (let t = 1; t <= 5; t++) {
+    const gradients = rng.fillNormal(new Float32Array(size)).map((g, i) => g * 10 ** -(i % 6));
+    adam.apply(shipped, gradients);
+    adam32.apply(float32, gradients);
+    // Keras' update in float64 (ganfleet's Adam before it took the native kernel's float32 bits), m and v stored as float32.
+    for (let i = 0; i < size; i++) {
+      const g = gradients[i];
+      const mi = 0.9 * m[i] + (1 - 0.9) * g;
+      const vi = 0.999 * v[i] + (1 - 0.999) * g * g;
+      [m[i], v[i]] = [mi, vi];
+      expected[i] -= ((1e-3 / (1 - 0.9 ** t)) * mi) / (Math.sqrt(vi * (1 / (1 - 0.999 ** t))) + 1e-7);
+    }
+  }
+  assert.deepEqual(shipped, expected);
+  assert.notDeepEqual(float32, expected);
 });
