@@ -1,4 +1,4 @@
-import { AdamConfig } from '../src/coordinator/adam';
+import { Adam, AdamConfig } from '../src/coordinator/adam';
 
 /**
  * The Adam that trained the shipped classifier (assets/mnist-classifier.bin):
@@ -9,31 +9,20 @@ import { AdamConfig } from '../src/coordinator/adam';
  * (98.71% rather than 98.96%, and another FID scale), so train-classifier
  * keeps this one, and its defaults still give back the shipped file.
  */
-export class ClassifierAdam {
-  private readonly m: Float32Array;
-  private readonly v: Float32Array;
-  private t = 0;
-
-  constructor(
-    readonly size: number,
-    readonly config: AdamConfig,
-  ) {
-    this.m = new Float32Array(size);
-    this.v = new Float32Array(size);
+export class ClassifierAdam extends Adam {
+  constructor(size: number, config: AdamConfig) {
+    super(size, config, null);
   }
 
-  apply(params: Float32Array, gradients: Float32Array): void {
-    const { learningRate, beta1, beta2, epsilon } = this.config;
-    const t = ++this.t;
-    const stepSize = learningRate / (1 - Math.pow(beta1, t));
-    const invC2 = 1 / (1 - Math.pow(beta2, t));
+  protected override update(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, stepSize: number, invC2: number): void {
+    const { beta1, beta2, epsilon } = this.config;
     const [g1, g2] = [1 - beta1, 1 - beta2];
     for (let i = 0; i < params.length; i++) {
       const g = gradients[i];
-      const mi = beta1 * this.m[i] + g1 * g;
-      const vi = beta2 * this.v[i] + g2 * g * g;
-      this.m[i] = mi;
-      this.v[i] = vi;
+      const mi = beta1 * m[i] + g1 * g;
+      const vi = beta2 * v[i] + g2 * g * g;
+      m[i] = mi;
+      v[i] = vi;
       params[i] -= (stepSize * mi) / (Math.sqrt(vi * invC2) + epsilon);
     }
   }

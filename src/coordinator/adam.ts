@@ -80,8 +80,6 @@ export class Adam {
     // and a restored optimizer continues bit-identically.
     const c1 = 1 - Math.pow(beta1, t);
     const c2 = 1 - Math.pow(beta2, t);
-    const g1 = 1 - beta1;
-    const g2 = 1 - beta2;
     // lr·(m/c1)/(sqrt(v/c2)+ε) with the divisions by c1 and c2 hoisted out of
     // the loop: one sqrt and one division per parameter instead of three
     // divisions (the same value up to float64 rounding, far below float32's).
@@ -91,6 +89,13 @@ export class Adam {
     const v = this.v;
     this.t = t;
     if (this.native) return this.native.adam(params, gradients, m, v, beta1, beta2, stepSize, invC2, epsilon);
+    this.update(params, gradients, m, v, stepSize, invC2);
+  }
+
+  /** The update without the addon; `stepSize` = lr / (1 - beta1^t), `invC2` = 1 / (1 - beta2^t). */
+  protected update(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, stepSize: number, invC2: number): void {
+    const { beta1, beta2, epsilon } = this.config;
+    const [g1, g2] = [1 - beta1, 1 - beta2];
     // native/adam.c's float32 arithmetic, one rounding per operation: a float64 result rounded to float32 is the
     // float32 one for +, ×, ÷ and √ of float32 operands, so both give the same bits.
     const f = Math.fround;
