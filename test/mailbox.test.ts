@@ -209,14 +209,18 @@ test("a killed process's mailbox directory is swept by the next one; a live one'
   }
 });
 
-test("a dead pid's directory is swept only where the pid is of this pid namespace: a container sharing /dev/shm may hold a live process of that pid", { skip: pidNamespace() === null ? 'no pid namespaces (not Linux)' : false }, () => {
+/** A mailbox directory's path for `pid` of pid namespace `namespace`, where makeMailboxDir puts them (/dev/shm, or the temp dir). */
+function mailboxDirOf(role: 'worker' | 'coordinator', pid: number, namespace: string | number | null): string {
   const probe = makeMailboxDir('worker');
-  const base = path.dirname(probe);
   removeMailboxDir(probe);
+  return path.join(path.dirname(probe), `ganfleet-${role}-${pid}-${namespace === null ? '' : `${namespace}-`}abc123`);
+}
+
+test("a dead pid's directory is swept only where the pid is of this pid namespace: a container sharing /dev/shm may hold a live process of that pid", { skip: pidNamespace() === null ? 'no pid namespaces (not Linux)' : false }, () => {
   // A pid no process has here (above pid_max).
   const dead = 4_194_305;
-  const ours = path.join(base, `ganfleet-worker-${dead}-${pidNamespace()}-abc123`);
-  const theirs = path.join(base, `ganfleet-worker-${dead}-${Number(pidNamespace()) + 1}-abc123`);
+  const ours = mailboxDirOf('worker', dead, pidNamespace());
+  const theirs = mailboxDirOf('worker', dead, Number(pidNamespace()) + 1);
   for (const d of [ours, theirs]) fs.mkdirSync(d, { mode: 0o700 });
   withDir((mine) => {
     assert.match(path.basename(mine), new RegExp(`^ganfleet-coordinator-${process.pid}-${pidNamespace()}-`));
@@ -227,12 +231,8 @@ test("a dead pid's directory is swept only where the pid is of this pid namespac
 });
 
 test("a dead pid's directory of another user is left to that user: root's sweep does not remove it", { skip: process.getuid?.() !== 0 && 'needs root, to make a directory of another user' }, () => {
-  const probe = makeMailboxDir('worker');
-  const base = path.dirname(probe);
-  removeMailboxDir(probe);
   // A pid no process has here (above pid_max), of this namespace: only its owner tells it from a sweepable one.
-  const namespace = pidNamespace();
-  const theirs = path.join(base, `ganfleet-worker-4194305-${namespace === null ? '' : `${namespace}-`}other1`);
+  const theirs = mailboxDirOf('worker', 4_194_305, pidNamespace());
   fs.mkdirSync(theirs, { mode: 0o700 });
   fs.chownSync(theirs, 65534, 65534);
   try {
@@ -243,16 +243,13 @@ test("a dead pid's directory of another user is left to that user: root's sweep 
 });
 
 test("local's removal of a killed child's directories takes only this user's of this pid namespace, and never throws", { skip: pidNamespace() === null ? 'no pid namespaces (not Linux)' : false }, () => {
-  const probe = makeMailboxDir('worker');
-  const base = path.dirname(probe);
-  removeMailboxDir(probe);
   // The killed child's pid (above pid_max, so no sweep meets it as a live one).
   const child = 4_194_306;
-  const ours = path.join(base, `ganfleet-worker-${child}-${pidNamespace()}-abc123`);
+  const ours = mailboxDirOf('worker', child, pidNamespace());
   // A container's sharing /dev/shm: that pid is another process there.
-  const otherNamespace = path.join(base, `ganfleet-worker-${child}-${Number(pidNamespace()) + 1}-abc123`);
+  const otherNamespace = mailboxDirOf('worker', child, Number(pidNamespace()) + 1);
   // Left by another user's killed process of that pid: theirs, and (as that user is not root) not removable.
-  const otherUser = path.join(base, `ganfleet-coordinator-${child}-${pidNamespace()}-abc123`);
+  const otherUser = mailboxDirOf('coordinator', child, pidNamespace());
   for (const d of [ours, otherNamespace, otherUser]) fs.mkdirSync(d, { mode: 0o700 });
   const otherUid = process.getuid?.() === 0 ? 65534 : null;
   if (otherUid !== null) fs.chownSync(otherUser, otherUid, otherUid);
