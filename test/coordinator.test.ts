@@ -10,6 +10,7 @@ import { Checkpoint, loadLatestCheckpoint, writeCheckpoint } from '../src/coordi
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { ownAnswerProblem } from '../src/coordinator/divergence';
 import { HELLO_TIMING } from '../src/coordinator/receiver';
+import { FIRST_LINE_NOTICE_SECONDS } from '../src/coordinator/progress';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
 import { WorkerGroup } from '../src/coordinator/membership';
@@ -18,7 +19,7 @@ import { MIN_INTAKE_BYTES_PER_SECOND, PeerMailbox } from '../src/coordinator/pee
 import { gatherImages } from '../src/data/shards';
 import { imagesFingerprint, loadMnist } from '../src/data/mnist';
 import { IMAGE_SIZE } from '../src/data/image';
-import { blankMnistDir, tempDir } from './harness';
+import { blankMnistDir, sleep, tempDir } from './harness';
 import { REJECT_REASONS, decodeCoordinatorMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Inbox, Outbox, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { CoordinatorMessage, Gradients, Hello, MAX_STRING_LENGTH, Mail, MailboxReady, PROTOCOL_VERSION, Phase, Weights, Welcome, errorMessage, message } from '../src/protocol/messages';
@@ -2003,6 +2004,24 @@ describe('coordinator edge cases found by review', () => {
     for (let step = 0; step < 3; step++) await answerStepWithZeros(step, peer);
     assert.equal((await run).steps, 3);
     assert.deepEqual(lines.filter((l) => /^step \d+\//.test(l)).map((l) => l.split(' d_loss=')[0]), ['step 2/3', 'step 3/3'], lines.join('\n'));
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test('a run that trains for seconds without a progress line says when the first comes, before it does: once, and not where steps are quick', async () => {
+    const dataDir = blankMnistDir(256);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'first-line'), 4), dataDir, logEvery: 1000 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await answerStepWithZeros(0, peer);
+    assert.deepEqual(lines.filter((l) => /^(?:no progress line yet at )?step \d+\//.test(l)), [], 'a quick first step: nothing yet');
+    // A slow step, as the DCGAN's: the run has gone on past the notice's seconds with no line.
+    await sleep(FIRST_LINE_NOTICE_SECONDS * 1000 + 200);
+    for (let step = 1; step < 4; step++) await answerStepWithZeros(step, peer);
+    assert.equal((await run).steps, 4);
+    const said = lines.filter((l) => /^(?:no progress line yet at )?step \d+\//.test(l)).map((l) => l.split(' d_loss=')[0].replace(/\d+m\d+s$/, 'ETA'));
+    assert.deepEqual(said, ['no progress line yet at step 2/4: the first comes at step 4 (--log-every 1000), in about ETA', 'step 4/4'], lines.join('\n'));
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });

@@ -29,7 +29,7 @@ import { Round, RoundResult, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
 import { spreadGrids } from './samples';
-import { Elapsed, RunClock, StepStats, progressLine } from './progress';
+import { Elapsed, FIRST_LINE_NOTICE_SECONDS, RunClock, StepStats, firstLineNotice, progressLine } from './progress';
 import { EvalPhase, Quality, Reference, evaluateGenerator, loadReference } from '../eval/quality';
 import { batchProgress } from '../util/batch-progress';
 
@@ -384,15 +384,22 @@ export class Coordinator {
       this.log(`eval step ${this.step}: due, and not in ${this.outputs.layout.evaluations}; scoring it now`);
       await this.evaluate(true);
     }
+    // Until the first progress line: since when training has gone on without one (null before the first step).
+    let quietSince: number | null = null;
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
       if (!(await this.admitWorkers(Math.max(needed, this.fewestWorkers)))) break;
+      if (this.step === firstStep) quietSince = performance.now();
       const stats = await this.trainStep();
       if (!stats) break;
       await this.writeOutputs(false);
       this.clock.paceAfter(this.step - firstStep);
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
+        quietSince = null;
+      } else if (quietSince !== null && performance.now() - quietSince > FIRST_LINE_NOTICE_SECONDS * 1000) {
+        this.log(firstLineNotice(this.step, steps, logEvery, (n) => this.clock.etaSeconds(n)));
+        quietSince = null;
       }
     }
     return this.finish(firstStep);

@@ -178,6 +178,19 @@ export function progressLine(step: number, steps: number, s: StepStats, imagesPe
   );
 }
 
+/** Seconds a run trains without a progress line before it says when the first comes. */
+export const FIRST_LINE_NOTICE_SECONDS = 5;
+
+/**
+ * Says when the first progress line comes, at `step` of a run that has trained FIRST_LINE_NOTICE_SECONDS without
+ * one. The DCGAN at the default --log-every 100 took two minutes (more on wasm without the native kernels) from its
+ * shard plan to its first line, with nothing said, and looked hung. `etaSeconds`: the time a number of steps takes at the run's pace.
+ */
+export function firstLineNotice(step: number, steps: number, logEvery: number, etaSeconds: (steps: number) => number | null): string {
+  const next = Math.min(steps, (Math.floor(step / logEvery) + 1) * logEvery);
+  return `no progress line yet at step ${step}/${steps}: the first comes at step ${next} (--log-every ${logEvery}), in about ${formatDuration(etaSeconds(next - step) ?? 0)}`;
+}
+
 function formatDuration(seconds: number): string {
   const s = Math.max(0, Math.round(seconds));
   const h = Math.floor(s / 3600);
