@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import net from 'node:net';
 import { RunClock, progressLine } from '../src/coordinator/progress';
-import { batchProgress } from '../src/util/batch-progress';
+import { STALL_SECONDS, batchProgress } from '../src/util/batch-progress';
 import { ProgressLine } from '../src/worker/progress';
 
 /** A RunClock on a clock the test moves (milliseconds). */
@@ -261,6 +261,24 @@ test('batch progress times its phases by the monotonic clock: a step of the wall
   }
   assert.equal(lines.length, 10);
   assert.equal(lines[9], 'drawing: 100% (10000/10000 samples) in 2.0 s');
+});
+
+test('a phase whose tenths take longer than STALL_SECONDS gets a line meanwhile, at its own percent: 200,000 DCGAN samples said nothing for their first 30 s', () => {
+  const lines: string[] = [];
+  let ms = 0;
+  const progress = batchProgress((m) => lines.push(m), 'samples', 0, () => ms);
+  // 100 batches of 2000, 1.5 s each: a tenth every 15 s.
+  for (let done = 2000; done <= 30_000; done += 2000) {
+    ms += 1500;
+    progress('drawing', done, 200_000);
+  }
+  assert.equal(STALL_SECONDS, 5);
+  assert.deepEqual(lines, [
+    'drawing: 4% (8000/200000 samples) in 6.0 s, about 144 s left',
+    'drawing: 8% (16000/200000 samples) in 12.0 s, about 138 s left',
+    'drawing: 10% (20000/200000 samples) in 15.0 s, about 135 s left',
+    'drawing: 14% (28000/200000 samples) in 21.0 s, about 129 s left',
+  ]);
 });
 
 test("with a gap, batch progress lines come at least that far apart, none in the gap's first stretch, across phases", () => {

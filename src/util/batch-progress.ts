@@ -1,8 +1,12 @@
 import { Logger } from './log';
 
+/** The longest a phase goes without a line, where its tenths take longer. */
+export const STALL_SECONDS = 5;
+
 /**
  * Progress of a long batched job (generate, eval): a line at each tenth of a
- * phase, with its time so far and an estimate of the rest. A phase of fewer
+ * phase (and every STALL_SECONDS where a tenth takes longer), with its time
+ * so far and an estimate of the rest. A phase of fewer
  * than 10 batches (the size of its first) says nothing: it is over in moments.
  * Without it, 200,000 samples (a minute for the MLP, several for the DCGAN)
  * ran with no output between the backend line and the result. With
@@ -27,10 +31,14 @@ export function batchProgress(log: Logger, unit: string, gapSeconds = 0, now: ()
     }
     last = at;
     const tenth = Math.floor((10 * Math.min(done, total)) / total);
-    if (quiet || tenth <= shown || at - lineAt < 1000 * gapSeconds) return;
+    // A tenth that takes longer than STALL_SECONDS gets a line meanwhile: 200,000 DCGAN samples took 30 s to their
+    // first tenth (minutes without the native kernels), after a line that did not say what was coming.
+    const stalled = tenth <= shown && at - Math.max(lineAt, start) >= 1000 * STALL_SECONDS;
+    if (quiet || (tenth <= shown && !stalled) || at - lineAt < 1000 * gapSeconds) return;
     [shown, lineAt] = [tenth, at];
     const seconds = (at - start) / 1000;
+    const percent = stalled ? Math.floor((100 * done) / total) : 10 * tenth;
     const left = done >= total ? '' : `, about ${Math.ceil((seconds * (total - done)) / done)} s left`;
-    log(`${phase}: ${10 * tenth}% (${Math.min(done, total)}/${total} ${unit}) in ${seconds.toFixed(1)} s${left}`);
+    log(`${phase}: ${percent}% (${Math.min(done, total)}/${total} ${unit}) in ${seconds.toFixed(1)} s${left}`);
   };
 }
