@@ -759,6 +759,25 @@ test('a stop with steps left ends a worker, unless it runs with --rejoin-after-s
   }
 });
 
+test('a worker says it is connecting before its first try, which a host that never answers the upgrade holds for up to 15 s', async () => {
+  // Takes the connection and says nothing, as a stuck proxy or a coordinator frozen before its accept does.
+  const sockets: Socket[] = [];
+  const server = net.createServer((s) => sockets.push(s)).listen(0, '127.0.0.1');
+  await new Promise((r) => server.once('listening', r));
+  const url = `ws://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const worker = startWorker(url, 'unanswered');
+  try {
+    await worker.waitFor(/\[worker unanswered\] backend /);
+    // Right after the backend line, not once the try has timed out.
+    await worker.waitFor(new RegExp(`\\[worker unanswered\\] connecting to ${url.replace(/[.]/g, '\\.')} \\(a try waits up to 15 s for an answer\\)\n`), 5_000);
+    assert.doesNotMatch(worker.log, /could not connect/, 'said before the try, not after it');
+  } finally {
+    worker.kill();
+    for (const s of sockets) s.destroy();
+    server.close();
+  }
+});
+
 test('a signal while the worker loads its backend (seconds for a GPU) leaves at once with 0, instead of taking the default action (a silent 143)', async () => {
   const { runWorker } = await import('../src/worker/worker');
   const lines: string[] = [];

@@ -145,6 +145,9 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
     return 0;
   }
 
+  // Said before the first try: one to a host that takes the connection and never answers waits out the handshake
+  // timeout, and the worker said nothing between its backend line and "could not connect" 15 s later.
+  log(`connecting to ${withoutCredentials(opts.coordinator)} (a try waits up to ${HANDSHAKE_TIMEOUT_MS / 1000} s for an answer)`);
   try {
     let attempt = 0;
     // Since when --give-up-after counts: the start, or the end of the last connection a coordinator admitted this worker on.
