@@ -2026,6 +2026,21 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test("a slow first step (the start-up: shards sent, kernels compiled) does not set the notice's time to the first line: the notice waits for a step after it", async () => {
+    const dataDir = blankMnistDir(256);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'first-line-slow-start'), 5), dataDir, logEvery: 1000 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await sleep(FIRST_LINE_NOTICE_SECONDS * 1000 + 200);
+    for (let step = 0; step < 5; step++) await answerStepWithZeros(step, peer);
+    assert.equal((await run).steps, 5);
+    // The steps after the first take moments: 4 more at the first step's pace would be 20 s.
+    assert.deepEqual(lines.filter((l) => l.startsWith('no progress line yet')), ['no progress line yet at step 2/5: the first comes at step 5 (--log-every 1000), in about 0m00s'], lines.join('\n'));
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('a coordinator whose lease on --out another has taken stops without writing there: no grid, checkpoint, generator or summary', async () => {
     const dir = path.join(out, 'lease-lost');
     const lines: string[] = [];

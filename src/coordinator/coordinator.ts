@@ -384,7 +384,9 @@ export class Coordinator {
       this.log(`eval step ${this.step}: due, and not in ${this.outputs.layout.evaluations}; scoring it now`);
       await this.evaluate(true);
     }
-    // Until the first progress line: since when training has gone on without one (null before the first step).
+    // Until the first progress line: since when training has gone on without one (null before the first step). Its
+    // notice waits for a second step: the first carries the start-up (shards sent, kernels compiled), and a pace of
+    // it alone put the first line minutes later than it came.
     let quietSince: number | null = null;
     while (this.step < steps && !this.stop) {
       const needed = this.step === firstStep ? this.config.startWorkers : this.config.minWorkers;
@@ -397,7 +399,7 @@ export class Coordinator {
       if (this.step % logEvery === 0 || this.step === steps) {
         this.log(progressLine(this.step, steps, stats, this.clock.windowRate(), this.etaSeconds() ?? 0));
         quietSince = null;
-      } else if (quietSince !== null && performance.now() - quietSince > FIRST_LINE_NOTICE_SECONDS * 1000) {
+      } else if (quietSince !== null && this.step - firstStep > 1 && performance.now() - quietSince > FIRST_LINE_NOTICE_SECONDS * 1000) {
         this.log(firstLineNotice(this.step, steps, logEvery, (n) => this.clock.etaSeconds(n)));
         quietSince = null;
       }
