@@ -276,9 +276,22 @@ test('a phase whose tenths take longer than STALL_SECONDS gets a line meanwhile,
   assert.deepEqual(lines, [
     'drawing: 4% (8000/200000 samples) in 6.0 s, about 144 s left',
     'drawing: 8% (16000/200000 samples) in 12.0 s, about 138 s left',
-    'drawing: 10% (20000/200000 samples) in 15.0 s, about 135 s left',
-    'drawing: 14% (28000/200000 samples) in 21.0 s, about 129 s left',
+    'drawing: 12% (24000/200000 samples) in 18.0 s, about 132 s left',
   ]);
+});
+
+test('a phase whose tenths take a little longer than STALL_SECONDS gets a line every STALL_SECONDS, not one at 5 s and its tenth a second later', () => {
+  const lines: string[] = [];
+  let ms = 0;
+  const progress = batchProgress((m) => lines.push(m), 'samples', 0, () => ms);
+  // 100 batches of 200, 0.6 s each: a tenth every 6 s.
+  for (let done = 200; done <= 20_000; done += 200) {
+    ms += 600;
+    progress('drawing', done, 20_000);
+  }
+  const at = lines.map((l) => Number(/ in ([\d.]+) s/.exec(l)![1]));
+  for (let i = 1; i < at.length; i++) assert.ok(at[i] - at[i - 1] >= STALL_SECONDS || i === at.length - 1, lines.join('\n'));
+  assert.equal(lines.at(-1), 'drawing: 100% (20000/20000 samples) in 60.0 s');
 });
 
 test("with a gap, batch progress lines come at least that far apart, none in the gap's first stretch, across phases", () => {

@@ -771,6 +771,14 @@ test('a worker says it is connecting before its first try, which a host that nev
     // Right after the backend line, not once the try has timed out.
     await worker.waitFor(new RegExp(`\\[worker unanswered\\] connecting to ${url.replace(/[.]/g, '\\.')} \\(a try waits up to 15 s for an answer\\)\n`), 5_000);
     assert.doesNotMatch(worker.log, /could not connect/, 'said before the try, not after it');
+    // A --give-up-after under 15 s ends the try sooner: the line says that time, not 15 s.
+    const bounded = startWorker(url, 'bounded', ['--give-up-after', '3']);
+    try {
+      assert.equal(await exitWithin(bounded), 1, bounded.log);
+      assert.match(bounded.log, /\[worker bounded\] connecting to \S+ \(a try waits up to 3 s for an answer\)\n/);
+    } finally {
+      bounded.kill();
+    }
   } finally {
     worker.kill();
     for (const s of sockets) s.destroy();

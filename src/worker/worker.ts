@@ -145,14 +145,15 @@ export async function runWorker(opts: WorkerOptions, log: Logger = createLogger(
     return 0;
   }
 
+  const giveUpMs = opts.giveUpAfter > 0 ? opts.giveUpAfter * 1000 : Infinity;
   // Said before the first try: one to a host that takes the connection and never answers waits out the handshake
-  // timeout, and the worker said nothing between its backend line and "could not connect" 15 s later.
-  log(`connecting to ${withoutCredentials(opts.coordinator)} (a try waits up to ${HANDSHAKE_TIMEOUT_MS / 1000} s for an answer)`);
+  // timeout, and the worker said nothing between its backend line and "could not connect" 15 s later. That try's
+  // timeout: a --give-up-after under 15 s shortens it.
+  log(`connecting to ${withoutCredentials(opts.coordinator)} (a try waits up to ${handshakeTimeoutMs(giveUpMs) / 1000} s for an answer)`);
   try {
     let attempt = 0;
     // Since when --give-up-after counts: the start, or the end of the last connection a coordinator admitted this worker on.
     let waitingSince = performance.now();
-    const giveUpMs = opts.giveUpAfter > 0 ? opts.giveUpAfter * 1000 : Infinity;
     for (;;) {
       const handshakeMs = handshakeTimeoutMs(giveUpMs - (performance.now() - waitingSince));
       const outcome = await connectOnce(opts, { name, backend: backendLabel(backend), ca, handshakeMs }, metrics, log, leave);
