@@ -16,7 +16,8 @@ export class ClassifierAdam extends Adam {
 
   protected override update(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, stepSize: number, invC2: number): void {
     const { beta1, beta2, epsilon } = this.config;
-    const [g1, g2] = [1 - beta1, 1 - beta2];
+    const g1 = 1 - beta1;
+    const g2 = 1 - beta2;
     for (let i = 0; i < params.length; i++) {
       const g = gradients[i];
       const mi = beta1 * m[i] + g1 * g;

@@ -95,7 +95,8 @@ export class Adam {
   /** The update without the addon; `stepSize` = lr / (1 - beta1^t), `invC2` = 1 / (1 - beta2^t). */
   protected update(params: Float32Array, gradients: Float32Array, m: Float32Array, v: Float32Array, stepSize: number, invC2: number): void {
     const { beta1, beta2, epsilon } = this.config;
-    const [g1, g2] = [1 - beta1, 1 - beta2];
+    const g1 = 1 - beta1;
+    const g2 = 1 - beta2;
     // native/adam.c's float32 arithmetic, one rounding per operation: a float64 result rounded to float32 is the
     // float32 one for +, ×, ÷ and √ of float32 operands, so both give the same bits.
     const f = Math.fround;

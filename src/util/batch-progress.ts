@@ -5,9 +5,10 @@ export const STALL_SECONDS = 5;
 
 /**
  * Progress of a long batched job (generate, eval): a line at each tenth of a
- * phase (or, once a tenth takes longer than STALL_SECONDS, every STALL_SECONDS), with its time
- * so far and an estimate of the rest. A phase of fewer
- * than 10 batches (the size of its first) says nothing: it is over in moments.
+ * phase (or, once a tenth takes longer than STALL_SECONDS, every
+ * STALL_SECONDS), with its time so far and an estimate of the rest. A phase
+ * of fewer than 10 batches (the size of its first) says nothing: it is over
+ * in moments.
  * Without it, 200,000 samples (a minute for the MLP, several for the DCGAN)
  * ran with no output between the backend line and the result. With
  * `gapSeconds`, lines come at least that far apart, the first that long after
