@@ -2242,10 +2242,13 @@ describe('coordinator edge cases found by review', () => {
     const coordinator = await Coordinator.start({ ...config(dir, 3001), resume: true, metricsPort: 0 }, () => {});
     try {
       const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();
-      assert.ok(status.samples.length <= 500, `${status.samples.length} grids listed`);
+      assert.equal(status.samples.length, 500, `${status.samples.length} grids listed`);
       assert.equal(status.samples[0], all[0]);
       assert.equal(status.samples.at(-1), all.at(-1));
       assert.deepEqual([...status.samples].sort(), status.samples, 'oldest first');
+      // Spread evenly: 3,000 grids in 500 are about 6 steps apart everywhere, not bunched at either end.
+      const steps: number[] = status.samples.map((name: string) => Number(/\d+/.exec(name)![0]));
+      for (let i = 1; i < steps.length; i++) assert.ok(steps[i] - steps[i - 1] >= 5 && steps[i] - steps[i - 1] <= 7, `${status.samples[i - 1]} then ${status.samples[i]}`);
     } finally {
       await coordinator.close();
     }
