@@ -179,7 +179,7 @@ test("the memory verdict is flat only where both runs are: a leak without mailbo
 // restarted it and exited 0, with the restart inside the timed steps (the window to step 200 ran at 4,250 images/s).
 const KILLED_WORKER_LOG = `2026-11-30T16:43:08.711Z [worker local-2] shard plan 1: 30000 images (0 kept, 30000 received)
 2026-11-30T16:43:12.184Z [coordinator] step 150/600 d_loss=0.0195 g_loss=6.8117 D(x)=0.9939 D(G(z))=0.0127 images/s=13619 workers=2 eta=0m10s
-2026-11-30T16:43:12.465Z [coordinator] w2 left (disconnected); 1 connected
+2026-11-30T16:43:12.465Z [coordinator] w2 left (connection lost, no close: crashed, killed or cut off); 1 connected
 2026-11-30T16:43:12.823Z [coordinator] shard plan 2: w1=60000; 30000 images sent
 2026-11-30T16:43:12.936Z [local] worker 1 (pid 9068) exited with SIGKILL; restarting it (1/3)
 2026-11-30T16:43:13.961Z [coordinator] step 200/600 d_loss=0.0265 g_loss=4.5727 D(x)=0.9965 D(G(z))=0.0409 images/s=4250 workers=1 eta=0m10s
@@ -193,7 +193,7 @@ const FINISHED_LOG = `2026-11-30T16:43:00.921Z [coordinator] step 300/300 d_loss
 `;
 
 test("a timed run that lost a worker is a failed run, not a figure: local restarts it and exits 0", () => {
-  assert.equal(lostWorkerLine(KILLED_WORKER_LOG), '2026-11-30T16:43:12.465Z [coordinator] w2 left (disconnected); 1 connected');
+  assert.equal(lostWorkerLine(KILLED_WORKER_LOG), '2026-11-30T16:43:12.465Z [coordinator] w2 left (connection lost, no close: crashed, killed or cut off); 1 connected');
   // local's own line, where the coordinator's is missing (a worker that died before it joined).
   assert.match(lostWorkerLine(KILLED_WORKER_LOG.split('\n').filter((l) => !l.includes(' left (')).join('\n'))!, /\[local\] worker 1 \(pid 9068\) exited with SIGKILL; restarting it/);
   assert.match(lostWorkerLine('2026-11-30T16:43:12.936Z [local] worker 2 (pid 9070) has not had its main thread free for 601 s (--hang-timeout 600): killing it as hung\n')!, /killing it as hung/);

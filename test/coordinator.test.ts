@@ -1257,6 +1257,19 @@ describe('coordinator edge cases found by review', () => {
     peer.ws.terminate();
   });
 
+  test('a worker whose connection ends with no close frame (killed, crashed, cut off) is logged as lost, not as having left', async () => {
+    const { coordinator, run, peer, logged } = await coordinatorAndRawPeer(path.join(out, 'killed-peer'), {});
+    peer.hello();
+    await logged(/w1 joined/);
+    // What SIGKILL leaves: the socket closes with no close frame (1006).
+    peer.ws.terminate();
+    const drop = await logged(/ left \(/);
+    assert.match(drop.line, /^w1 left \(connection lost, no close: crashed, killed or cut off\); 0 connected$/);
+    coordinator.requestStop('test over');
+    assert.equal((await run).steps, 0);
+    await coordinator.close();
+  });
+
   /**
    * A peer on a 1 s heartbeat that answers pings until `beforeSilence` is done, then none: the time from its
    * silence to its drop for a missed heartbeat.

@@ -126,8 +126,11 @@ export class Receiver {
     });
     socket.on('close', (code) => {
       clearTimeout(helloTimer);
-      // 1000 from a worker: it is leaving (a signal, a stop), and will not ask how the run ended.
-      if (peer) workers.remove(peer, 'disconnected', code === 1000);
+      // 1000 from a worker: it is leaving (a signal, a stop), and will not ask how the run ended. 1006 (no close
+      // frame) is a worker lost, which the log must not word as one that left on its own.
+      const leftOnItsOwn = code === 1000;
+      const why = leftOnItsOwn ? 'disconnected' : code === 1006 ? 'connection lost, no close: crashed, killed or cut off' : `closed with code ${code}`;
+      if (peer) workers.remove(peer, why, leftOnItsOwn);
     });
     socket.on('error', (e: Error & { code?: string }) => {
       // ws closes the socket (1009) on a frame above maxPayload and reports it here.
