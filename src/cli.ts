@@ -367,8 +367,7 @@ function buildCli(argv: string[]) {
           (c, reason) => c.requestStop(reason),
         );
         try {
-          const summary = await coordinator.run();
-          if (!summary.ok) process.exitCode = 1;
+          failIfNotOk(await coordinator.run());
         } finally {
           await coordinator.close();
         }
@@ -417,7 +416,7 @@ function buildCli(argv: string[]) {
           coordinatorConfig(a, { host: '127.0.0.1', port: 0, startWorkers: a.workers, minWorkers: 1, maxWorkers: a.workers, insecure: false }),
           { workers: a.workers, gpus, workerBackend: a.backend, workerNative: a.native, requireGpu: a['require-gpu'], maxRestarts: a['max-restarts'], hangTimeoutSeconds: a['hang-timeout'] },
         );
-        if (!summary.ok) process.exitCode = 1;
+        failIfNotOk(summary);
         // As the coordinator's: the stop handlers stay on until the process has ended.
         await exitWhenWritten();
       },
@@ -462,6 +461,16 @@ function exitWithUsage(reason: string, argv: readonly string[]): never {
   const command = Object.keys(COMMAND_OPTIONS).find((c) => c === argv[0]) ?? '<command>';
   process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
   process.exit(2);
+}
+
+/**
+ * A run that failed exits 1 and says why on stderr, as every other failure does: its log's last line can be
+ * another's (local stopping its workers), and a reader of stderr alone saw nothing.
+ */
+function failIfNotOk(summary: { ok: boolean; stopReason: string }): void {
+  if (summary.ok) return;
+  process.stderr.write(`ganfleet: the run failed: ${summary.stopReason}\n`);
+  process.exitCode = 1;
 }
 
 if (require.main === module) {

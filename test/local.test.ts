@@ -281,6 +281,8 @@ test('a worker process that dies is restarted, up to --max-restarts; with none l
   assert.equal(await run.exit, 1, run.log());
   assert.match(run.log(), new RegExp(`worker 1 \\(pid ${second}\\) exited with SIGKILL; no restarts left`));
   assert.match(run.log(), /stop requested: worker 1 was lost and no restarts are left \(--max-restarts 1\)/);
+  // On stderr too, where every other failure says why: the log's last line was local stopping its workers.
+  assert.match(run.log(), /^ganfleet: the run failed: worker 1 was lost and no restarts are left \(--max-restarts 1\)$/m);
   const summary = JSON.parse(fs.readFileSync(path.join(out, 'summary.json'), 'utf8'));
   assert.equal(summary.ok, false);
   // No later ganfleet process sweeps the killed worker's mailbox: local, which saw it die, removes it.
