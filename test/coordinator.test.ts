@@ -904,6 +904,20 @@ describe('a finished run tells the workers that left it without hearing it is ov
 
 describe('coordinator edge cases found by review', () => {
   let out: string;
+
+  /** A coordinator of `steps` steps at `logEvery` with one joined scripted peer, its log lines collected. */
+  async function loggingRun(name: string, steps: number, logEvery: number) {
+    const dataDir = blankMnistDir(256);
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, name), steps), dataDir, logEvery }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    const end = async () => {
+      await coordinator.close();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    };
+    return { lines, run, peer, end };
+  }
   before(() => {
     out = tempDir('coord');
   });
@@ -2009,24 +2023,15 @@ describe('coordinator edge cases found by review', () => {
   });
 
   test('a progress line every --log-every steps and one at the last step, whatever --log-every (README: the progress line)', async () => {
-    const dataDir = blankMnistDir(256);
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'log-every'), 3), dataDir, logEvery: 2 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
+    const { lines, run, peer, end } = await loggingRun('log-every', 3, 2);
     for (let step = 0; step < 3; step++) await answerStepWithZeros(step, peer);
     assert.equal((await run).steps, 3);
     assert.deepEqual(lines.filter((l) => /^step \d+\//.test(l)).map((l) => l.split(' d_loss=')[0]), ['step 2/3', 'step 3/3'], lines.join('\n'));
-    await coordinator.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    await end();
   });
 
   test('a run that trains for seconds without a progress line says when the first comes, before it does: once, and not where steps are quick', async () => {
-    const dataDir = blankMnistDir(256);
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'first-line'), 4), dataDir, logEvery: 1000 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
+    const { lines, run, peer, end } = await loggingRun('first-line', 4, 1000);
     await answerStepWithZeros(0, peer);
     assert.deepEqual(lines.filter((l) => /^(?:no progress line yet at )?step \d+\//.test(l)), [], 'a quick first step: nothing yet');
     // A slow step, as the DCGAN's: the run has gone on past the notice's seconds with no line.
@@ -2035,23 +2040,17 @@ describe('coordinator edge cases found by review', () => {
     assert.equal((await run).steps, 4);
     const said = lines.filter((l) => /^(?:no progress line yet at )?step \d+\//.test(l)).map((l) => l.split(' d_loss=')[0].replace(/\d+m\d+s$/, 'ETA'));
     assert.deepEqual(said, ['no progress line yet at step 2/4: the first comes at step 4 (--log-every 1000), in about ETA', 'step 4/4'], lines.join('\n'));
-    await coordinator.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    await end();
   });
 
   test("a slow first step (the start-up: shards sent, kernels compiled) does not set the notice's time to the first line: the notice waits for a step after it", async () => {
-    const dataDir = blankMnistDir(256);
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'first-line-slow-start'), 5), dataDir, logEvery: 1000 }, (l) => lines.push(l));
-    const run = coordinator.run();
-    const { peer } = await joinedPeer(coordinator);
+    const { lines, run, peer, end } = await loggingRun('first-line-slow-start', 5, 1000);
     await sleep(FIRST_LINE_NOTICE_SECONDS * 1000 + 200);
     for (let step = 0; step < 5; step++) await answerStepWithZeros(step, peer);
     assert.equal((await run).steps, 5);
     // The steps after the first take moments: 4 more at the first step's pace would be 20 s.
     assert.deepEqual(lines.filter((l) => l.startsWith('no progress line yet')), ['no progress line yet at step 2/5: the first comes at step 5 (--log-every 1000), in about 0m00s'], lines.join('\n'));
-    await coordinator.close();
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    await end();
   });
 
   test('a coordinator whose lease on --out another has taken stops without writing there: no grid, checkpoint, generator or summary', async () => {

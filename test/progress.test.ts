@@ -263,15 +263,21 @@ test('batch progress times its phases by the monotonic clock: a step of the wall
   assert.equal(lines[9], 'drawing: 100% (10000/10000 samples) in 2.0 s');
 });
 
-test('a phase whose tenths take longer than STALL_SECONDS gets a line meanwhile, at its own percent: 200,000 DCGAN samples said nothing for their first 30 s', () => {
+/** What batch progress says of drawing `total` samples in batches of `batch`, `msEach` apiece, up to `upTo`, on a clock the test moves. */
+function drawn(batch: number, msEach: number, total: number, upTo = total): string[] {
   const lines: string[] = [];
   let ms = 0;
   const progress = batchProgress((m) => lines.push(m), 'samples', 0, () => ms);
-  // 100 batches of 2000, 1.5 s each: a tenth every 15 s.
-  for (let done = 2000; done <= 30_000; done += 2000) {
-    ms += 1500;
-    progress('drawing', done, 200_000);
+  for (let done = batch; done <= upTo; done += batch) {
+    ms += msEach;
+    progress('drawing', done, total);
   }
+  return lines;
+}
+
+test('a phase whose tenths take longer than STALL_SECONDS gets a line meanwhile, at its own percent: 200,000 DCGAN samples said nothing for their first 30 s', () => {
+  // 100 batches of 2000, 1.5 s each: a tenth every 15 s.
+  const lines = drawn(2000, 1500, 200_000, 30_000);
   assert.equal(STALL_SECONDS, 5);
   assert.deepEqual(lines, [
     'drawing: 4% (8000/200000 samples) in 6.0 s, about 144 s left',
@@ -281,14 +287,8 @@ test('a phase whose tenths take longer than STALL_SECONDS gets a line meanwhile,
 });
 
 test('a phase whose tenths take a little longer than STALL_SECONDS gets a line every STALL_SECONDS, not one at 5 s and its tenth a second later', () => {
-  const lines: string[] = [];
-  let ms = 0;
-  const progress = batchProgress((m) => lines.push(m), 'samples', 0, () => ms);
   // 100 batches of 200, 0.6 s each: a tenth every 6 s.
-  for (let done = 200; done <= 20_000; done += 200) {
-    ms += 600;
-    progress('drawing', done, 20_000);
-  }
+  const lines = drawn(200, 600, 20_000);
   const at = lines.map((l) => Number(/ in ([\d.]+) s/.exec(l)![1]));
   for (let i = 1; i < at.length; i++) assert.ok(at[i] - at[i - 1] >= STALL_SECONDS || i === at.length - 1, lines.join('\n'));
   assert.equal(lines.at(-1), 'drawing: 100% (20000/20000 samples) in 60.0 s');
