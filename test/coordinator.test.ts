@@ -1480,11 +1480,16 @@ describe('coordinator edge cases found by review', () => {
 
   test('a long wait for workers is reminded of, further apart each time, with where the coordinator listens; it ends with the wait', { timeout: 30_000 }, async () => {
     const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'wait-reminders'), 1), startWorkers: 2, minWorkers: 2, waitReminderSeconds: 0.25 }, (l) => lines.push(l));
+    const remindedAt: number[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'wait-reminders'), 1), startWorkers: 2, minWorkers: 2, waitReminderSeconds: 0.25 }, (l) => {
+      lines.push(l);
+      if (/^still /.test(l)) remindedAt.push(performance.now());
+    });
     const run = coordinator.run();
     const reminders = () => lines.filter((l) => /^still /.test(l));
-    // At 0.25 s and 0.75 s: the second interval is twice the first.
+    // At 0.25 s and 0.75 s: the second interval is twice the first (a timer is late, never early; at a steady 0.25 s it is 250 ms).
     while (reminders().length < 2) await new Promise((r) => setTimeout(r, 5));
+    assert.ok(remindedAt[1] - remindedAt[0] >= 450, `${(remindedAt[1] - remindedAt[0]).toFixed(0)} ms between the first two reminders`);
     const url = coordinator.url.replace(/[.]/g, '\\.');
     for (const l of reminders()) assert.match(l, new RegExp(`^still waiting for workers at step 0 after \\d+ s: 0/2 workers connected; listening on ${url}$`));
     const a = await joinedPeer(coordinator);
