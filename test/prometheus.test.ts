@@ -123,6 +123,17 @@ test('a real Prometheus scrapes a run with deploy/prometheus/prometheus.yml, and
   const [histogram, reported] = [await total('sum(ganfleet_worker_round_compute_seconds_sum)'), await total('sum(ganfleet_worker_compute_seconds_total)')];
   assert.ok(histogram / reported > 0.8 && histogram / reported < 1.25, `worker histogram ${histogram} s against ${reported} s reported to the coordinator`);
 
+  // A worker's own series carry its state, not only a name: each holds half of the 60,000 training images,
+  // is connected, and has answered both round kinds, one G round after each D round.
+  const byWorker = async (q: string) => Object.fromEntries((await query(q)).data!.result.map((r) => [`${r.metric.instance} ${r.metric.phase ?? ''}`.trim(), Number(r.value[1])]));
+  assert.deepEqual(Object.values(await byWorker('ganfleet_worker_shard_images')), [30000, 30000], 'ganfleet_worker_shard_images');
+  assert.deepEqual(Object.values(await byWorker('ganfleet_worker_connected')), [1, 1], 'ganfleet_worker_connected');
+  const rounds = await byWorker('ganfleet_worker_rounds_total');
+  for (const w of workerTargets) {
+    const [d, g] = [rounds[`${w} discriminator`], rounds[`${w} generator`]];
+    assert.ok(d > 0 && g >= d - 1 && g <= d, `ganfleet_worker_rounds_total of ${w}: ${JSON.stringify(rounds)}`);
+  }
+
   // The alerts load and evaluate against the live series; none fires on a healthy run.
   type Rule = { name: string; health: string; state: string; lastError?: string };
   let rules: Rule[] = [];
