@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { selectBackend } from '../src/backend';
+import { nativeMatMulActive } from '../src/model/native-matmul';
 import { readValues, tf } from '../src/model/tf';
 import { missingFunctions } from '../src/util/native';
 import { Rng } from '../src/util/rng';
@@ -94,10 +95,12 @@ test('Conv2DBackpropInput on wasm (BatchMatMul + col2im) matches the cpu backend
     if (c.transpose) assert.ok(kernelCalls('BatchMatMul', () => void tf.tidy(() => void tf.conv2dTranspose(random(c.x, 1) as tf.Tensor4D, random(c.filter, 2) as tf.Tensor4D, [c.x[0], c.x[1] * c.stride, c.x[2] * c.stride, c.filter[2]], c.stride, c.pad))) > 0, `${c.name}: the backend's own kernel ran`);
     const [wy, wdx] = outputAndInputGradient(c);
     // The kernel computes a transposed conv's output and a conv's input
-    // gradient; the others are wasm's own Conv2D (which, incidentally,
-    // disagrees with cpu on the odd k2 s3 'same' case's output).
+    // gradient. A conv's output is ganfleet's Conv2D (im2col and a product)
+    // where the native matmul is active; otherwise it is wasm's own, which
+    // disagrees with cpu on the odd k2 s3 'same' case.
     if (c.transpose) assertClose(wy, y, 1e-3, 1e-4, `${c.name}: output`);
     else assertClose(wdx, dx, 1e-3, 1e-4, `${c.name}: input gradient`);
+    if (!c.transpose && nativeMatMulActive()) assertClose(wy, y, 1e-3, 1e-4, `${c.name}: output of ganfleet's Conv2D`);
   }
 });
 
