@@ -242,8 +242,9 @@ test('moving statistics pool the workers\' batches into the statistics of their 
   const single = initial();
   updateMovingStatistics(layout, single, [{ statistics: statsOf(union), samples: 16 }], momentum);
   assertClose(pooled, single, 1e-6, 1e-5, 'pooled vs union');
-  const e = layout.statistics[1];
-  assertClose([single[e.offset]], [0.9 * 0.5 + 0.1 * moments(union[0][0])[1]], 1e-6, 1e-6, 'momentum update');
+  const [meanEntry, varianceEntry] = layout.statistics;
+  assertClose([single[meanEntry.offset]], [0.9 * 0.5 + 0.1 * moments(union[0][0])[0]], 1e-6, 1e-6, 'momentum update of the mean');
+  assertClose([single[varianceEntry.offset]], [0.9 * 0.5 + 0.1 * moments(union[0][0])[1]], 1e-6, 1e-6, 'momentum update of the variance');
   // Only the moving statistics change.
   const untouched = initial();
   for (const entry of layout.entries) if (entry.trainable) assert.deepEqual(single.subarray(entry.offset, entry.offset + entry.size), untouched.subarray(entry.offset, entry.offset + entry.size));
