@@ -75,6 +75,8 @@ test('RGB and RGBA round trip exactly', () => {
 test('rejects mismatched pixel buffers and overfull grids', () => {
   const hasCode = (code: string) => (e: unknown) => e instanceof GanfleetError && e.code === code;
   assert.throws(() => encodePng(2, 2, new Uint8Array(5), 1), hasCode('PNG_SIZE_MISMATCH'));
+  // An empty image has no valid PNG (IHDR's width and height are at least 1), even with a pixel buffer that matches.
+  for (const [w, h] of [[0, 4], [4, 0], [1.5, 2]]) assert.throws(() => encodePng(w, h, new Uint8Array(w * h), 1), hasCode('PNG_BAD_SIZE'), `${w}x${h}`);
   assert.throws(() => imageGrid(new Float32Array(5 * H * W), 5, 2, 2), hasCode('IMAGE_GRID_SIZE'));
   assert.throws(() => imageGrid(new Float32Array(H * W), 2, 2, 2), hasCode('IMAGE_GRID_SIZE'));
 });
