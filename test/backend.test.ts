@@ -21,11 +21,11 @@ function select(choice: string, packages: StandIns): { status: number | null; ou
   return withStandIns(packages, `backend.selectBackend(${JSON.stringify(choice)})`);
 }
 
-/** Logs what `expression` (over `backend`, the module) resolves to, as JSON, or its error's message with exit 1. */
+/** Logs what `expression` (over `backend`, the module) resolves to, as JSON, or its error's message and [code] with exit 1. */
 function withStandIns(packages: StandIns, expression: string, env: NodeJS.ProcessEnv = {}): { status: number | null; out: string } {
   const dir = standInDir(packages);
   const backend = path.join(__dirname, '..', 'src', 'backend');
-  const script = `const backend = require(${JSON.stringify(backend)}); Promise.resolve().then(() => ${expression}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message); process.exit(1); })`;
+  const script = `const backend = require(${JSON.stringify(backend)}); Promise.resolve().then(() => ${expression}).then((r) => console.log(JSON.stringify(r)), (e) => { console.log(e.message + (e.code ? ' [' + e.code + ']' : '')); process.exit(1); })`;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, ...env, NODE_PATH: dir } });
   fs.rmSync(dir, { recursive: true, force: true });
   return { status: r.status, out: r.stdout + r.stderr };
@@ -117,6 +117,8 @@ standInTest('tfjs-node-gpu that finds no usable GPU is reported as TensorFlow on
   const none = withStandIns({}, selectedWithGrowth('auto', true));
   assert.equal(none.status, 1, none.out);
   assert.match(none.out, /^--require-gpu: no native backend could be loaded \(skipped @tensorflow\/tfjs-node-gpu is not installed/);
+  // GPU_REQUIRED, which local does not restart a worker for, in each refusal.
+  for (const refusal of [required, none]) assert.match(refusal.out, /\[GPU_REQUIRED\]$/m);
 });
 
 standInTest('tfjs-node 4.22 kernels, which call util.isNullOrUndefined (removed in Node 23), run on Node 23 and later', () => {
