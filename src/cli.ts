@@ -179,7 +179,7 @@ function coordinatorOptions<T>(y: Argv<T>) {
     .option('linger', {
       type: 'number',
       default: 20,
-      describe: `Seconds a finished run stays reachable for workers that left it without hearing it is over (dropped while frozen, a broken link), so that each is told and exits 0 instead of retrying for ever; ends once all are told (0 = off, up to ${MAX_TIMER_SECONDS})`,
+      describe: `Seconds a finished run stays reachable for workers that left it without hearing it is over (dropped while frozen, a broken link) and spares refused by --max-workers, so that each is told and exits 0 instead of retrying for ever; ends once all are told (0 = off, up to ${MAX_TIMER_SECONDS})`,
       group: 'Fault tolerance:',
     })
     .check((a) => {

@@ -840,6 +840,32 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
   });
 
+  test('a spare refused as one too many, never admitted, is waited for and told at the end, so that it stops retrying', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'spare'), 2), dataDir, maxWorkers: 1, lingerSeconds: 60 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const trainer = await joinedPeer(coordinator, true, 102);
+    const spare = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await spare.open();
+    spare.hello(103);
+    const full = await spare.next();
+    assert.ok(full.type === 'error' && full.code === 'COORDINATOR_FULL', JSON.stringify(full));
+    for (;;) {
+      const w = await weightsOrDrop(trainer.peer);
+      trainer.peer.gradients(w.step, w.phase, zeros(w.phase));
+      if (w.step === 1 && w.phase === 'generator') break;
+    }
+    assert.equal((await run).steps, 2, lines.join('\n'));
+    const closing = coordinator.close();
+    await logged(lines, /: 1 worker refused as one too many \(--max-workers\) and still retrying \("scripted"\)$/);
+    const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await back.open();
+    back.hello(103);
+    assert.equal((await back.next()).type, 'stop');
+    await closing;
+    assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+  });
+
   test('a resumed run that fewer worker processes came back to than trained at its checkpoint waits the whole --linger for the others', async () => {
     const dir = path.join(out, 'fewer-back');
     const first = await Coordinator.start({ ...config(dir, 1), dataDir, startWorkers: 2 }, () => {});

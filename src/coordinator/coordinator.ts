@@ -893,11 +893,13 @@ export class Coordinator {
    */
   private async tellLateWorkers(seconds: number, anyone: boolean): Promise<void> {
     const untold = this.workers.untoldWorkers();
-    if (!anyone && untold.length === 0) return;
+    const spares = this.workers.sparesTurnedAway();
+    if (!anyone && untold.length === 0 && spares.length === 0) return;
     // A checkpoint of format 1 holds no shards, so no count of its workers.
     const checkpoint = this.checkpointWorkers > 0 ? `a checkpoint that ${plural(this.checkpointWorkers, 'worker')} trained` : 'a checkpoint without a count of its workers';
     const who = [
       ...(untold.length > 0 ? [`${plural(untold.length, 'worker')} left without hearing it (${someOf(untold)})`] : []),
+      ...(spares.length > 0 ? [`${plural(spares.length, 'worker')} refused as one too many (--max-workers) and still retrying (${someOf(spares)})`] : []),
       ...(anyone ? [`the run resumed from ${checkpoint}, and ${this.workers.processesJoined()} came back`] : []),
     ];
     this.log(`waiting up to ${seconds} s (--linger; a signal ends this) to tell workers that reconnect that the run is over: ${who.join('; ')}`);

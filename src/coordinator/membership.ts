@@ -74,6 +74,12 @@ export class WorkerGroup {
    */
   private readonly untold = new Map<string, string>();
   /**
+   * Worker processes refused as one too many (--max-workers) that this run
+   * never admitted: spares that retry for ever, as the untold do, unless a
+   * finished run tells them to stop. The label names them in the log.
+   */
+  private readonly spares = new Map<string, string>();
+  /**
    * The worker processes (WorkerPeer.origin) admitted by this coordinator
    * that may come back: connected, or gone without leaving on their own. One
    * that left on its own exits, so it is forgotten, and the set does not grow
@@ -142,6 +148,7 @@ export class WorkerGroup {
       socket.send(this.dismissal.frame);
       socket.close(1000, 'stopping');
       this.untold.delete(origin);
+      this.spares.delete(origin);
       this.toldOne?.();
       return null;
     }
@@ -151,6 +158,7 @@ export class WorkerGroup {
           ? `the training set's ${this.capacity} images give at most ${this.capacity} workers a shard`
           : `the coordinator already has --max-workers ${this.config.maxWorkers} workers`;
       this.logRefusal(hostOf(address), `refused ${address} (${label}): ${why}`);
+      if (!this.joined.has(origin)) this.spares.set(origin, peerString(hello.name));
       socket.send(encode(errorMessage('COORDINATOR_FULL', why)));
       socket.close(1013, 'full');
       return null;
@@ -167,6 +175,7 @@ export class WorkerGroup {
     }
     // Back in the group (not refused as one too many): it hears the run's end with the others.
     this.untold.delete(origin);
+    this.spares.delete(origin);
     this.offerMailbox(peer);
     peer.send(this.welcome(peer));
     log(`${peer.id} joined from ${address} (${label}); ${this.peers.size} connected`);
@@ -342,12 +351,12 @@ export class WorkerGroup {
   async tellLateWorkers(ms: number, anyone: boolean, abort: AbortSignal): Promise<string[]> {
     const allTold = new AbortController();
     this.toldOne = () => {
-      if (!anyone && this.untold.size === 0) allTold.abort();
+      if (!anyone && this.untold.size === 0 && this.spares.size === 0) allTold.abort();
     };
     this.toldOne();
     await sleep(ms, AbortSignal.any([abort, allTold.signal]));
     this.toldOne = null;
-    return this.untoldWorkers();
+    return [...this.untoldWorkers(), ...this.sparesTurnedAway()];
   }
 
   /** Worker processes admitted so far, each counted once however often it rejoined. */
@@ -358,6 +367,11 @@ export class WorkerGroup {
   /** The labels of the workers that left without hearing the run is over. */
   untoldWorkers(): string[] {
     return [...this.untold.values()];
+  }
+
+  /** The labels of the workers refused as one too many and never admitted: they too retry until told the run is over. */
+  sparesTurnedAway(): string[] {
+    return [...this.spares.values()];
   }
 
   /** Makes the directory that new peers' mailboxes go in, unless --no-mailbox; without one, frames use the socket. */
