@@ -165,17 +165,19 @@ test('the MNIST score is 1 for uninformative predictions and 10 for confident, b
   assert.ok(Math.abs(mnistScore(oneClass, n) - 1) < 1e-6, 'mode collapse scores 1');
 });
 
-test('ganfleet eval prints the same FID and MNIST score for the same checkpoint and seed', { timeout: 120_000 }, () => {
+test('ganfleet eval prints the same FID and MNIST score for the same checkpoint and seed, and another for another seed', { timeout: 120_000 }, () => {
   const dir = tempDir('eval');
   const model = createModel('mlp');
   const p = model.init(new Rng(2));
   const adam = (n: number) => new Adam(n, KERAS_ADAM_DEFAULTS).state();
   writeCheckpoint(path.join(dir, 'checkpoints'), { step: 9, imagesTotal: 0, config: { arch: 'mlp', loss: 'bce' }, seedRng: new Rng(1).state(), nextWorker: 1, shards: [], generator: p.generator, discriminator: p.discriminator, adamGenerator: adam(p.generator.length), adamDiscriminator: adam(p.discriminator.length) }, 3);
-  const run = () => spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', dir, '--samples', '500', '--json'], { encoding: 'utf8' });
-  const [a, b] = [run(), run()];
+  const run = (...seed: string[]) => spawnSync(process.execPath, [CLI, 'eval', '--checkpoint', dir, '--samples', '500', '--json', ...seed], { encoding: 'utf8' });
+  const [a, b, other] = [run(), run(), run('--seed', '7')];
   assert.equal(a.status, 0, a.stderr);
   const r = JSON.parse(a.stdout);
   assert.deepEqual(JSON.parse(b.stdout), r);
+  // The seed draws the noise: another seed, other samples, another score.
+  assert.notEqual(JSON.parse(other.stdout).fid, r.fid, 'eval --seed 7 scored as --seed 1');
   assert.equal(r.step, 9);
   assert.equal(r.samples, 500);
   assert.ok(r.fid > 50, `an untrained G is far from MNIST (fid ${r.fid})`);
