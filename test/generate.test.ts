@@ -62,6 +62,16 @@ test('ganfleet generate writes .npy, .idx and .png that read back as the generat
   });
   assertClose(tiles.slice(0, 7).flat(), Array.from(expected, tanhToByte), 1, 0, 'png pixels');
   assert.ok(tiles.slice(7).flat().every((v) => v === 0), 'empty cells are black');
+  // As many rows as the samples fill: 5 in 3 columns are 2 rows, not a square with a black one left over.
+  const five = path.join(dir, 'five.png');
+  assert.equal(spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', ckpt, '--count', '5', '--backend', 'cpu', '--out', five]).status, 0);
+  const fiveGrid = PNG.sync.read(fs.readFileSync(five));
+  assert.deepEqual([fiveGrid.width, fiveGrid.height], [3 * 28 + 4 * 2, 2 * 28 + 3 * 2], '5 samples in a 2×3 grid');
+
+  // The extension picks the format in any case: .NPY is a .npy, not a grid under its name.
+  const upper = path.join(dir, 'upper.NPY');
+  assert.equal(run(upper).status, 0);
+  assertClose(decodeNpy(fs.readFileSync(upper)).data, expected, 1e-5, 1e-5, '.NPY');
 
   // A write that fails (here the file-size limit: EFBIG) leaves the file that was there, and no temporary beside it.
   const before = fs.readFileSync(npy);
