@@ -491,6 +491,12 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const count = cli(['--out', 'samples.npy', '--count', '100000000']);
   assert.equal(count.status, 2);
   assert.match(count.stderr, /--count must be at most 200000, got 100000000/);
+  // Below it too: no sample to draw, or part of one, is refused here, not found after the checkpoint is read.
+  for (const value of ['0', '-3', '2.5']) {
+    const low = cli(['--out', 'samples.npy', '--count', value]);
+    assert.equal(low.status, 2, low.stderr);
+    assert.match(low.stderr, new RegExp(`^ganfleet: --count must be an integer >= 1, got ${value.replace('.', '\\.')}\n`));
+  }
   const fromEnv = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere', '--out', 'samples.npy'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_COUNT: '300000' } });
   assert.equal(fromEnv.status, 2);
   assert.match(fromEnv.stderr, /--count must be at most 200000, got "300000" \(from GANFLEET_COUNT\)/);
