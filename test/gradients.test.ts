@@ -1,4 +1,6 @@
 import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { selectBackend } from '../src/backend';
 import { averageGradients } from '../src/coordinator/aggregate';
 import { loadMnist, toTanhRange } from '../src/data/mnist';
@@ -7,6 +9,7 @@ import { autodiffDiscriminatorStep, autodiffGeneratorStep } from '../src/model/a
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
+import { nativeAddon } from '../src/util/native';
 import { assertClose } from './helpers';
 
 const UNION = 96;
@@ -132,3 +135,16 @@ for (const [backend, loss] of [['cpu', 'bce'], ['wasm', 'bce'], ['cpu', 'lsgan']
     });
   });
 }
+
+// Where the addon is built (CI requires it), wasm's products run on the native kernel, and linalg.ts's XNNPACK forms,
+// which --no-native and a machine without a C compiler use, are never run above: the wasm cases again without it.
+test('the wasm cases hold on XNNPACK too (GANFLEET_NATIVE=0)', { skip: !nativeAddon().addon && 'the wasm cases above already ran on XNNPACK' }, () => {
+  const r = spawnSync(process.execPath, ['--test', '--test-force-exit', '--test-name-pattern=on wasm', __filename], {
+    // Without NODE_TEST_CONTEXT, which this runner sets and which would send the child's report elsewhere than stdout.
+    env: { ...process.env, GANFLEET_NATIVE: '0', NODE_TEST_CONTEXT: undefined },
+    encoding: 'utf8',
+  });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  const passed = Number(/^# pass (\d+)$/m.exec(r.stdout)?.[1] ?? 0);
+  assert.ok(passed > 0 && /^# fail 0$/m.test(r.stdout), r.stdout);
+});
