@@ -34,6 +34,8 @@ test('bce on known outputs', () => {
   assertClose([discriminatorLoss('bce', col([3]), col([3])).dataSync()[0]], [expected], 1e-6);
   assertClose([generatorLoss('bce', col([-3])).dataSync()[0]], [Math.log1p(Math.exp(3))], 1e-6);
   assertClose([meanScore('bce', col([0])).dataSync()[0]], [0.5], 1e-7);
+  // The mean of the probabilities, not the probability of the mean logit.
+  assertClose([meanScore('bce', col([0, 2])).dataSync()[0]], [(0.5 + 1 / (1 + Math.exp(-2))) / 2], 1e-7);
 });
 
 test('the hand-written output gradients are the derivatives of the losses', () => {
