@@ -68,3 +68,30 @@ test('fillNormal draws standard normals: mean 0, variance 1, and the two values 
   assert.ok(Math.abs(pairs / ((out.length - 1) / 2)) < 0.006, `mean product of pairs ${pairs / ((out.length - 1) / 2)}`);
   assert.ok(Number.isFinite(out[out.length - 1]) && out[out.length - 1] !== 0);
 });
+
+/** A state whose next draw is `x`: the output is rotl(s1·5, 7)·9, each step a bijection of uint32. */
+function stateDrawing(x: number): [number, number, number, number] {
+  // a⁻¹ mod 2^32 for odd a by Newton's iteration: a·a ≡ 1 mod 8, and each step doubles the bits that are right.
+  const inverse = (a: number) => {
+    let y = a;
+    for (let i = 0; i < 4; i++) y = Math.imul(y, 2 - Math.imul(a, y));
+    return y >>> 0;
+  };
+  const r = Math.imul(x, inverse(9)) >>> 0;
+  return [1, Math.imul(((r >>> 7) | (r << 25)) >>> 0, inverse(5)) >>> 0, 2, 3];
+}
+
+test('fromState continues the stream state() saved; the extreme draws stay in range: uniform below 1, a normal from a 0 draw finite', () => {
+  const r = new Rng(9);
+  r.nextUint32();
+  const copy = Rng.fromState(r.state());
+  assert.deepEqual(copy.state(), r.state());
+  assert.deepEqual([1, 2, 3, 4].map(() => copy.nextUint32()), [1, 2, 3, 4].map(() => r.nextUint32()));
+  assert.equal(Rng.fromState(stateDrawing(0xffffffff)).nextUint32(), 0xffffffff);
+  assert.ok(Rng.fromState(stateDrawing(0xffffffff)).uniform() < 1);
+  assert.equal(Rng.fromState(stateDrawing(0xffffffff)).int(3), 2);
+  // A first uniform of 0 would be ln 0: it is drawn again.
+  assert.equal(Rng.fromState(stateDrawing(0)).nextUint32(), 0);
+  const normals = Rng.fromState(stateDrawing(0)).fillNormal(new Float32Array(2));
+  assert.ok(normals.every(Number.isFinite), `${normals}`);
+});
