@@ -21,7 +21,10 @@ for (const arch of ['mlp', 'dcgan']) test(`the exported ${arch} generator loads 
   exportGenerator(model, params.generator, dir);
 
   const json = JSON.parse(fs.readFileSync(path.join(dir, 'model.json'), 'utf8'));
-  const bin = fs.readFileSync(path.join(dir, 'weights.bin'));
+  // The weights from the file the manifest names, as a loader from a URL or file:// reads them: the one written.
+  assert.deepEqual(json.weightsManifest.map((group: { paths: string[] }) => group.paths), [['weights.bin']]);
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['model.json', 'weights.bin']);
+  const bin = fs.readFileSync(path.join(dir, json.weightsManifest[0].paths[0]));
   const loaded = await tfl.loadLayersModel(
     tfl.io.fromMemory({
       modelTopology: json.modelTopology,
