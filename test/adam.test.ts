@@ -102,6 +102,24 @@ test('state()/restoreState() round trip continues identically', () => {
   assert.deepEqual(b.state(), a.state());
 });
 
+test('copyStateInto() fills a state, step and moments, that restoreState() rolls back to; restoreState() refuses a wrong size', () => {
+  const next = lcg(4);
+  const params = randomArray(next, SIZE, 1);
+  const a = new Adam(SIZE, KERAS_ADAM_DEFAULTS);
+  a.apply(params, randomArray(next, SIZE, 0.5));
+  const saved = { step: 0, m: new Float32Array(SIZE), v: new Float32Array(SIZE) };
+  a.copyStateInto(saved);
+  assert.deepEqual(saved, a.state());
+  a.apply(params, randomArray(next, SIZE, 0.5));
+  a.restoreState(saved);
+  assert.equal(a.step, 1);
+  assert.deepEqual(a.state(), saved);
+  const isMismatch = (e: unknown) => e instanceof GanfleetError && e.code === 'ADAM_SIZE_MISMATCH';
+  assert.throws(() => a.restoreState({ step: 1, m: saved.m.subarray(1), v: saved.v.subarray(1) }), isMismatch);
+  assert.throws(() => a.restoreState({ step: 1, m: saved.m, v: saved.v.subarray(1) }), isMismatch);
+  assert.deepEqual(a.state(), saved);
+});
+
 test('throws ADAM_SIZE_MISMATCH on wrong lengths', () => {
   const adam = new Adam(4, KERAS_ADAM_DEFAULTS);
   const isMismatch = (e: unknown) => e instanceof GanfleetError && e.code === 'ADAM_SIZE_MISMATCH';
