@@ -9,8 +9,8 @@ const SRC = path.join(__dirname, '..', '..', 'src');
 function importsOf(dir: string): { file: string; from: string }[] {
   return fs.readdirSync(path.join(SRC, dir)).filter((name) => name.endsWith('.ts')).flatMap((name) => {
     const source = fs.readFileSync(path.join(SRC, dir, name), 'utf8');
-    // A bare import loads its module as surely as one that names what it takes.
-    return [...source.matchAll(/(?:\bfrom\s+|\brequire\(\s*|\bimport\(\s*|^import\s+)'([^']+)'/gm)].map((m) => ({ file: `${dir}/${name}`, from: m[1] }));
+    // A bare import loads its module as surely as one that names what it takes; tsc takes double quotes as well as single.
+    return [...source.matchAll(/(?:\bfrom\s+|\brequire\(\s*|\bimport\(\s*|^import\s+)(['"])([^'"]+)\1/gm)].map((m) => ({ file: `${dir}/${name}`, from: m[2] }));
   });
 }
 
