@@ -10,6 +10,7 @@ import { Checkpoint, loadLatestCheckpoint, writeCheckpoint } from '../src/coordi
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { ownAnswerProblem } from '../src/coordinator/divergence';
 import { HELLO_TIMING } from '../src/coordinator/receiver';
+import { History } from '../src/coordinator/history';
 import { FIRST_LINE_NOTICE_SECONDS } from '../src/coordinator/progress';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
@@ -1009,6 +1010,41 @@ describe('coordinator edge cases found by review', () => {
     const bias = model.discriminatorLayout.entries.find((e) => e.name === 'd/dense2/bias')!;
     params.discriminator[bias.offset] = 1e13;
     assert.match(ownAnswerProblem(model, params, train, 128, 1, 0, 'discriminator') ?? 'accepted', /^loss \S+ is outside 0\.\.1000000000000$/);
+  });
+
+  test('an answer refused as out of range (finite: a loss past MAX_LOSS), not only a NaN one, has the coordinator check its own answer for divergence', async () => {
+    const dataDir = blankMnistDir(256);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'out-of-range-checked'), 1), dataDir }, () => {});
+    // Where training diverged, every answer is refused so: unchecked, the round would be asked again for ever.
+    const checked: string[] = [];
+    const spied = coordinator as unknown as { checkDivergence(round: { step: number; phase: Phase }): void };
+    const check = spied.checkDivergence.bind(coordinator);
+    spied.checkDivergence = (round) => {
+      checked.push(`${round.step} ${round.phase}`);
+      check(round);
+    };
+    const run = coordinator.run();
+    const { peer } = await joinedPeer(coordinator);
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'discriminator', zeros('discriminator'), undefined, { loss: 2e12 });
+    // Refused; the coordinator's own answer passes (the weights are healthy), so the round is asked again.
+    await weightsOrDrop(peer);
+    assert.deepEqual(checked, ['0 discriminator']);
+    peer.gradients(0, 'discriminator', zeros('discriminator'));
+    await weightsOrDrop(peer);
+    peer.gradients(0, 'generator', zeros('generator'));
+    const summary = await run;
+    assert.deepEqual([summary.ok, summary.steps], [true, 1]);
+    await coordinator.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("the status page's history keeps at most its capacity of points, spread over the whole run: every 2nd step once full, then every 4th, …", () => {
+    const history = new History(4);
+    for (let step = 1; step <= 16; step++) history.add({ step, dLoss: step / 10, gLoss: 0, dReal: 0, dFake: 0 });
+    const { stride, points } = history.toJSON();
+    assert.equal(stride, 4);
+    assert.deepEqual(points.map((p) => [p.step, p.dLoss]), [[4, 0.4], [8, 0.8], [12, 1.2], [16, 1.6]]);
   });
 
   /** A 10-step run in out/`name` on 256 blank images at Adam's learning rate `lr`, with one scripted peer joined. */
@@ -2402,6 +2438,10 @@ describe('coordinator edge cases found by review', () => {
     const last = { dLoss: 0.25, gLoss: 3.5, dReal: 0.875, dFake: 0.375 };
     assert.deepEqual({ dLoss: summary.last?.dLoss, gLoss: summary.last?.gLoss, dReal: summary.last?.dReal, dFake: summary.last?.dFake }, last);
     assert.deepEqual(['d_loss', 'g_loss', 'd_real', 'd_fake'].map((k) => metricValue(text, `ganfleet_${k}`)), Object.values(last));
+    // The status page's curves: each step's figures at the step they end (9 is the last), not the step before.
+    const history = (coordinator as unknown as { history: History }).history.toJSON();
+    assert.deepEqual(history.points.map((p) => p.step), [8, 9]);
+    assert.deepEqual(history.points[1], { step: 9, ...last });
     // summary.json's per-step figures are this process's counters over its steps (README: Metrics).
     assert.equal(summary.stepsThisRun, 2);
     assert.ok(summary.bytesSentPerStep > 0 && summary.bytesReceivedPerStep > 0, JSON.stringify(summary));
@@ -2597,6 +2637,8 @@ describe('coordinator edge cases found by review', () => {
     for (let i = 0; i < 400 && !wasDropped(); i++) await new Promise((r) => setTimeout(r, 5));
     assert.ok(wasDropped(), lines.join('\n'));
     b.peer.gradients(0, 'discriminator', zeros('discriminator'));
+    // A copy of it answers no request left: no second count or line (a dropped peer adds no more lines than it had requests).
+    b.peer.gradients(0, 'discriminator', zeros('discriminator'));
     const late = async () => (await coordinator.metrics.lateGradients.get()).values[0]?.value ?? 0;
     for (let i = 0; i < 400 && (await late()) === 0; i++) await new Promise((r) => setTimeout(r, 5));
     assert.equal(await late(), 1);
@@ -2607,6 +2649,8 @@ describe('coordinator edge cases found by review', () => {
     assert.equal(g.phase, 'generator');
     a.peer.gradients(0, 'generator', zeros('generator'));
     assert.equal((await run).steps, 1);
+    assert.equal(await late(), 1);
+    assert.equal(lines.filter((l) => l.startsWith('discarded late')).length, 1, lines.join('\n'));
     await coordinator.close();
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
