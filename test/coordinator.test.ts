@@ -1903,10 +1903,11 @@ describe('coordinator edge cases found by review', () => {
     const after = JSON.parse(fs.readFileSync(summaryFile, 'utf8'));
     assert.deepEqual(after.evaluations.map((e: { step: number }) => e.step), [2, 4]);
     assert.deepEqual({ ...after, evaluations: null }, { ...before, evaluations: null });
-    // Resumed again, finished: nothing is scored twice, and the outputs stay as they were.
+    // Resumed again, finished: nothing is scored twice, and the outputs stay as they were (ok was true: not rewritten).
     const again = await resume(false);
     assert.doesNotMatch(again.lines, /eval step/);
-    assert.match(again.lines, /the outputs in \S+ are left as they were/);
+    assert.match(again.lines, /the outputs in \S+ are left as they were$/m);
+    assert.deepEqual(JSON.parse(fs.readFileSync(summaryFile, 'utf8')), after);
     // Killed after scoring step 3, whose checkpoint it never wrote: a resume without --eval-every does not keep that score.
     const ahead = path.join(out, 'scored-after-checkpoint');
     plantCheckpoint(ahead, 2);
