@@ -899,6 +899,21 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(performance.now() - t0 >= 900, 'the whole --linger');
   });
 
+  test("a resumed run found finished whose summary.json is of an earlier step (killed after its last checkpoint) writes the outputs of the checkpoint's step", async () => {
+    const dir = path.join(out, 'summary-of-an-earlier-step');
+    plantCheckpoint(dir, 3);
+    const generatorDir = path.join(dir, 'generator');
+    fs.mkdirSync(generatorDir, { recursive: true });
+    fs.writeFileSync(path.join(generatorDir, 'weights.bin'), 'step 2');
+    fs.writeFileSync(path.join(dir, 'summary.json'), JSON.stringify({ steps: 2, generator: generatorDir, ok: true }));
+    const resumed = await Coordinator.start({ ...config(dir, 3), dataDir, resume: true }, () => {});
+    assert.equal((await resumed.run()).steps, 3);
+    await resumed.close();
+    assert.equal(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).steps, 3);
+    const weights = fs.readFileSync(path.join(generatorDir, 'weights.bin'));
+    assert.ok(weights.equals(Buffer.from(createModel('mlp').init(new Rng(1)).generator.buffer)), "the generator is the checkpoint's");
+  });
+
   test('a resumed run found finished with its summary unwritten tells whoever connects for the whole --linger: its earlier coordinator told no worker', async () => {
     const dir = path.join(out, 'unsummarised');
     const first = await Coordinator.start({ ...config(dir, 1), dataDir }, () => {});
