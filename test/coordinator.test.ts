@@ -813,6 +813,33 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(!off.lines.some((l) => /--linger/.test(l)), off.lines.join('\n'));
   });
 
+  /** A process (`pid`) says hello to a full coordinator, and is refused as one too many. */
+  async function refusedAsFull(coordinator: Coordinator, pid: number): Promise<void> {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.hello(pid);
+    const full = await peer.next();
+    assert.ok(full.type === 'error' && full.code === 'COORDINATOR_FULL', JSON.stringify(full));
+  }
+
+  /** `trainer` answers every round of a 2-step run; then its end waits (logging `waiting`) and tells process `pid`, come back, to stop. */
+  async function finishAndTellOnReturn(coordinator: Coordinator, run: Promise<TrainingSummary>, trainer: ScriptedPeer, lines: string[], pid: number, waiting: RegExp): Promise<void> {
+    for (;;) {
+      const w = await weightsOrDrop(trainer);
+      trainer.gradients(w.step, w.phase, zeros(w.phase));
+      if (w.step === 1 && w.phase === 'generator') break;
+    }
+    assert.equal((await run).steps, 2, lines.join('\n'));
+    const closing = coordinator.close();
+    await logged(lines, waiting);
+    const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await back.open();
+    back.hello(pid);
+    assert.equal((await back.next()).type, 'stop');
+    await closing;
+    assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+  }
+
   test('a dropped worker refused as one too many when it comes back is still waited for, and told at the end', async () => {
     const lines: string[] = [];
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused'), 2), dataDir, maxWorkers: 1, roundTimeoutSeconds: 1, lingerSeconds: 60 }, (l) => lines.push(l));
@@ -820,25 +847,8 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const silent = await joinedPeer(coordinator, true, 101);
     assert.equal(await silent.peer.closed, 4000);
     const trainer = await joinedPeer(coordinator, true, 102);
-    const refused = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await refused.open();
-    refused.hello(101);
-    const full = await refused.next();
-    assert.ok(full.type === 'error' && full.code === 'COORDINATOR_FULL', JSON.stringify(full));
-    for (;;) {
-      const w = await weightsOrDrop(trainer.peer);
-      trainer.peer.gradients(w.step, w.phase, zeros(w.phase));
-      if (w.step === 1 && w.phase === 'generator') break;
-    }
-    assert.equal((await run).steps, 2, lines.join('\n'));
-    const closing = coordinator.close();
-    await logged(lines, /: 1 worker left without hearing it \(w1 "scripted"\)$/);
-    const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await back.open();
-    back.hello(101);
-    assert.equal((await back.next()).type, 'stop');
-    await closing;
-    assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+    await refusedAsFull(coordinator, 101);
+    await finishAndTellOnReturn(coordinator, run, trainer.peer, lines, 101, /: 1 worker left without hearing it \(w1 "scripted"\)$/);
   });
 
   test('a spare refused as one too many, never admitted, is waited for and told at the end, so that it stops retrying', async () => {
@@ -846,25 +856,8 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const coordinator = await Coordinator.start({ ...config(path.join(out, 'spare'), 2), dataDir, maxWorkers: 1, lingerSeconds: 60 }, (l) => lines.push(l));
     const run = coordinator.run();
     const trainer = await joinedPeer(coordinator, true, 102);
-    const spare = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await spare.open();
-    spare.hello(103);
-    const full = await spare.next();
-    assert.ok(full.type === 'error' && full.code === 'COORDINATOR_FULL', JSON.stringify(full));
-    for (;;) {
-      const w = await weightsOrDrop(trainer.peer);
-      trainer.peer.gradients(w.step, w.phase, zeros(w.phase));
-      if (w.step === 1 && w.phase === 'generator') break;
-    }
-    assert.equal((await run).steps, 2, lines.join('\n'));
-    const closing = coordinator.close();
-    await logged(lines, /: 1 worker refused as one too many \(--max-workers\) and still retrying \("scripted"\)$/);
-    const back = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
-    await back.open();
-    back.hello(103);
-    assert.equal((await back.next()).type, 'stop');
-    await closing;
-    assert.ok(lines.includes('every worker that left has been told the run is over'), lines.join('\n'));
+    await refusedAsFull(coordinator, 103);
+    await finishAndTellOnReturn(coordinator, run, trainer.peer, lines, 103, /: 1 worker refused as one too many \(--max-workers\) and still retrying \("scripted"\)$/);
   });
 
   test('a resumed run that fewer worker processes came back to than trained at its checkpoint waits the whole --linger for the others', async () => {
