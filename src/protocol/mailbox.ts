@@ -299,7 +299,11 @@ export function removeMailboxDir(dir: string): void {
  * this process exits too.
  */
 export function removeMailboxDirsOf(pid: number): void {
-  const base = mailboxBase();
+  removeMailboxDirs(mailboxBase(), (owner) => owner === pid);
+}
+
+/** Removes the mailbox directories in `base` of this pid namespace whose owning pid `remove` picks. */
+function removeMailboxDirs(base: string, remove: (owner: number) => boolean): void {
   let names: string[];
   try {
     names = fs.readdirSync(base);
@@ -309,8 +313,8 @@ export function removeMailboxDirsOf(pid: number): void {
   const mine = pidNamespace();
   for (const name of names) {
     const [, , owner, namespace] = DIR_NAME.exec(name) ?? [];
-    // Not one of that pid in another namespace (a container sharing /dev/shm): the sweep's rule.
-    if (owner !== String(pid) || (namespace !== undefined && namespace !== mine)) continue;
+    // Its pid says nothing here when it was another namespace's (a container sharing /dev/shm): that one removes its own.
+    if (owner === undefined || (namespace !== undefined && namespace !== mine) || !remove(Number(owner))) continue;
     removeDirOfThisUser(path.join(base, name));
   }
 }
@@ -329,17 +333,5 @@ function removeDirOfThisUser(dir: string): void {
 }
 
 function sweepDeadMailboxDirs(base: string): void {
-  let names: string[];
-  try {
-    names = fs.readdirSync(base);
-  } catch {
-    return;
-  }
-  const mine = pidNamespace();
-  for (const name of names) {
-    const [, , pid, namespace] = DIR_NAME.exec(name) ?? [];
-    // Its pid says nothing here when it was another namespace's (a container sharing /dev/shm): that one removes its own.
-    if (pid === undefined || (namespace !== undefined && namespace !== mine) || processAlive(Number(pid))) continue;
-    removeDirOfThisUser(path.join(base, name));
-  }
+  removeMailboxDirs(base, (owner) => !processAlive(owner));
 }
