@@ -143,7 +143,7 @@ function msPerStepOf(x: { msPerStep: number } | Failed): number | null {
 }
 
 /** The seed's full step in one process: D gradients, Adam on D, G gradients, Adam on G. */
-async function inProcess(steps: number, warmup: number) {
+export async function inProcess(steps: number, warmup: number) {
   const backend = await selectBackend('wasm');
   const model = createModel('mlp');
   const train = loadMnist('train');
@@ -252,7 +252,7 @@ function wireBytesPerStepPerWorker(s: TrainingSummary, workers: number) {
 }
 
 /** ms per step after `warmup` steps, from the images/s of each progress window (one every `warmup` steps) after it. */
-function timedMsPerStep(log: string, warmup: number, total: number, imagesPerStep: number): number {
+export function timedMsPerStep(log: string, warmup: number, total: number, imagesPerStep: number): number {
   let seconds = 0;
   let windows = 0;
   for (const m of log.matchAll(/step (\d+)\/\d+ .*images\/s=(\d+)/g)) {
@@ -338,7 +338,7 @@ function reportHeader() {
 }
 
 /** The element whose key is the median: for an even count the lower middle, so of two ms/step figures the faster. */
-function median<T>(xs: T[], key: (x: T) => number): T {
+export function median<T>(xs: T[], key: (x: T) => number): T {
   return [...xs].sort((a, b) => key(a) - key(b))[Math.floor((xs.length - 1) / 2)];
 }
 
@@ -354,7 +354,7 @@ function medianOf(xs: number[]): number {
  * back to back, under the same drift, which medians picked from different
  * repeats would undo. The repeats where it has no value (no anchor) are left out.
  */
-function ratioAcrossRepeats<R>(runs: R[], ratio: (r: R) => number | null): { median: number | null; each: (number | null)[] } {
+export function ratioAcrossRepeats<R>(runs: R[], ratio: (r: R) => number | null): { median: number | null; each: (number | null)[] } {
   const each = runs.map((r) => roundOrNull(ratio(r)));
   const known = each.filter((x): x is number => x !== null);
   return { median: known.length ? round(medianOf(known)) : null, each };
@@ -875,7 +875,7 @@ async function main() {
   process.stdout.write(JSON.stringify(report, null, 2) + '\n');
 }
 
-// Imported by the tests for memoryReport, it runs nothing.
+// Imported by the tests for memoryReport, the ratios' arithmetic and the in-process step, it runs nothing.
 if (require.main === module) {
   main().catch((e) => {
     process.stderr.write(`bench failed: ${(e as Error).stack}\n`);

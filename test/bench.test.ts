@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sleep, tempDir } from './harness';
-import { memoryGrowth, MemoryReading, memoryReport } from '../bench/bench';
+import { inProcess, median, memoryGrowth, MemoryReading, memoryReport, ratioAcrossRepeats, timedMsPerStep } from '../bench/bench';
+import { Adam } from '../src/coordinator/adam';
 import { lostWorkerLine } from '../bench/children';
 import { openblasCoreFor } from '../bench/openblas';
 
@@ -14,7 +15,8 @@ const BENCH = path.join(__dirname, '..', 'bench', 'bench.js');
 /**
  * Stands in for a python3 with torch: answers the bench's probe, and prints
  * the anchor's last line with a step that grows with the DDP world (4 + world
- * ms), so the expected ratios are known exactly.
+ * ms), and 4 ms for ganfleet's step (bench/torch_matched.py), so the expected
+ * ratios are known exactly.
  */
 function fakeTorch(ddpFails = false): string {
   const file = path.join(tempDir('fake-torch'), 'python3');
@@ -26,6 +28,7 @@ world=1; prev=""
 for a in "$@"; do [ "$prev" = "--world" ] && world=$a; prev=$a; done
 ${ddpFails ? '[ "$world" != 1 ] && { echo "RuntimeError: Address already in use (port 29517)" >&2; exit 1; }' : ''}
 ms=$((4 + world))
+case "$1" in *torch_matched.py) ms=4 ;; esac
 echo "{\\"anchor\\":\\"fake\\",\\"world\\":$world,\\"ms_per_step\\":$ms,\\"images_per_s\\":$((128000 * world / ms))}"
 `,
     { mode: 0o755 },
@@ -78,12 +81,27 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
   const { ratios, local, inProcess } = report;
   const near = (a: number, b: number) => Math.abs(a - b) < 2e-3;
   assert.ok(near(ratios.perWorkerMsVsTorch, inProcess.msPerStep / 5), JSON.stringify(ratios));
-  // The anchor's network on ganfleet's step (bench/torch_matched.py; the fake answers it as the anchor).
-  assert.ok(near(ratios.perWorkerMsVsTorchMatchedWork, inProcess.msPerStep / 5), JSON.stringify(ratios));
+  // The anchor's network on ganfleet's step (bench/torch_matched.py; 4 ms in the fake).
+  assert.ok(near(ratios.perWorkerMsVsTorchMatchedWork, inProcess.msPerStep / 4), JSON.stringify(ratios));
+  assert.ok(near(ratios.perWorkerMsVsTorchWithoutNative, report.inProcessWithoutNative.msPerStep / 5), JSON.stringify(ratios));
   // Each ratio within each repeat, and its median.
   assert.deepEqual(report.repeats.ratios.distributedOverhead, [ratios.distributedOverhead]);
   assert.ok(near(ratios.distributedOverhead, local.workers1.imagesPerSecond / inProcess.imagesPerSecond), JSON.stringify(ratios));
   assert.ok(near(ratios.scaling2Workers, local.workers2.imagesPerSecond / (2 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  // The timed steps of N workers carry N batches a step: counted as one, a run's ms/step would read N times too fast
+  // against its whole run's (which only its slower warm-up steps make longer).
+  for (const key of ['workers2', 'workers3', 'workers4']) assert.ok(local[key].msPerStep > 0.6 * local[key].wholeRunMsPerStep, JSON.stringify(local[key]));
+  // Every other ratio, each against what it is said to divide.
+  const { localNoMailbox: socket, sharedMemoryCeiling: ceiling } = report;
+  assert.ok(near(ratios.scaling3Workers, local.workers3.imagesPerSecond / (3 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.ok(near(ratios.scaling4Workers, local.workers4.imagesPerSecond / (4 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.ok(near(ratios.distributedOverheadNoMailbox, socket.workers1.imagesPerSecond / inProcess.imagesPerSecond), JSON.stringify(ratios));
+  assert.ok(near(ratios.scaling2WorkersNoMailbox, socket.workers2.imagesPerSecond / (2 * socket.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.ok(near(ratios.distributedOverheadCeiling, ceiling.workers1.imagesPerSecond / inProcess.imagesPerSecond), JSON.stringify(ratios));
+  assert.ok(near(ratios.scaling2WorkersCeiling, ceiling.workers2.imagesPerSecond / (2 * ceiling.workers1.imagesPerSecond)), JSON.stringify(ratios));
+  assert.ok(near(ratios.scalingCeilingTwoProcesses, report.inProcessTwoAtOnce.imagesPerSecond / (2 * inProcess.imagesPerSecond)), JSON.stringify(ratios));
+  // The fake anchor: one process 25,600 images/s, DDP over 2 at 42,666.
+  assert.ok(near(ratios.torchDdpScaling2, 42666 / (2 * 25600)), JSON.stringify(ratios));
   assert.deepEqual(report.torch.openblasCore, { detected: null, used: null, env: {} }, 'the fake python prints no OpenBLAS core');
   // Target 4: G's and D's values (114,064 + 100,609) as float32 each way, plus a few hundred bytes of framing;
   // the shard and the join's networks apart.
@@ -94,6 +112,10 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
     assert.ok(Math.abs(float16[way] / float32[way] - 0.5) < 0.01 && bfloat16[way] === float16[way], JSON.stringify(report.wireBytesPerStepPerWorker));
   }
   assert.ok(float32.atJoinToWorker > 47_000_000 && float32.atJoinToWorker < 49_000_000, JSON.stringify(float32));
+  // Each worker of a run sends its own gradients, as one worker does: per worker, not the run's total.
+  for (const key of ['workers1', 'workers2', 'workers3', 'workers4']) {
+    assert.ok(Math.abs(local[key].wireBytesPerStepPerWorker.fromWorker / float32.fromWorker - 1) < 0.05, JSON.stringify(local[key]));
+  }
   // Target 5: peaks to the end, at least every sample's, and a verdict, with mailboxes and without (remote workers' transport).
   for (const memory of [report.memory.mailbox, report.memory.noMailbox]) {
     assert.deepEqual(memory.mib.map((m: { step: number }) => m.step), Array.from({ length: 20 }, (_, i) => 10 * (i + 1)));
@@ -124,6 +146,27 @@ test('bench --memory: the memory and CPU runs alone, with and without the mailbo
   assert.deepEqual(report.failedRuns, []);
 });
 
+test('each ratio is the median of its values within the repeats, and the median run the faster of the middle two', () => {
+  // Two sides of one ratio in each repeat (images/s, say): 2, 3 and 10.
+  const repeats = [{ a: 4, b: 2 }, { a: 30, b: 10 }, { a: 10, b: 1 }];
+  const ratio = (r: { a: number; b: number | null }) => (r.b === null ? null : r.a / r.b);
+  assert.deepEqual(ratioAcrossRepeats(repeats, ratio), { median: 3, each: [2, 3, 10] });
+  // An even count: the mean of the middle two (3 and 10); a repeat with no value (no anchor) is left out.
+  assert.deepEqual(ratioAcrossRepeats([...repeats, { a: 20, b: 1 }, { a: 1, b: null }], ratio), { median: 6.5, each: [2, 3, 10, 20, null] });
+  assert.deepEqual(ratioAcrossRepeats([{ a: 1, b: null }], ratio), { median: null, each: [null] });
+  // The run behind a figure: of 4, 5, 6 and 7 ms/step, 5.
+  assert.equal(median([6, 4, 7, 5], (ms) => ms), 5);
+  assert.equal(median([6, 4, 7], (ms) => ms), 6);
+});
+
+test("local's ms/step counts its timed steps alone: the progress windows after the 50-step warm-up", () => {
+  // 2 workers of 128: the warm-up's window at 1,000 images/s is not counted; then 50 steps in 1 s and 50 in 0.5 s.
+  const log = [50, 100, 150].map((step, i) => `[coordinator] step ${step}/150 d_loss=0.1 g_loss=2.0 images/s=${[1000, 12800, 25600][i]} workers=2`).join('\n');
+  assert.equal(timedMsPerStep(log, 50, 150, 256), 15);
+  // A log without its progress lines is no figure.
+  assert.throws(() => timedMsPerStep(log.split('\n').slice(0, 2).join('\n'), 50, 150, 256), /expected 2 progress lines after the warm-up, found 1/);
+});
+
 test("the memory verdict is RSS's slope over the run's second half: start-up's growth and V8's saw pass, a leak of 3 KB a step does not", () => {
   // 20 readings of a 10,000-step run, RSS in MiB as a function of the step.
   const readings = (rss: (step: number) => number): MemoryReading[] =>
@@ -145,6 +188,18 @@ test("the memory verdict is RSS's slope over the run's second half: start-up's g
   const leak = verdict((step) => 180 + 3 * (step / 1000));
   assert.equal(leak.flat, false);
   assert.deepEqual(leak.rssGrowthMiBPer1000Steps, { coordinator: 3, workers: [3, 3] });
+  // One allocation taken and kept (session 20's coordinator: 3 MiB up from one reading on) raises only the pairs
+  // that straddle it: the median of the slopes reads no growth, where their mean or a least-squares line would.
+  const kept = verdict((step) => 180 + (step >= 8500 ? 3 : 0));
+  assert.deepEqual(kept.rssGrowthMiBPer1000Steps, { coordinator: 0, workers: [0, 0] });
+  // 2 MiB per 1,000 steps is already growth: every process stays under it.
+  assert.equal(verdict((step) => 180 + 2 * (step / 1000)).flat, false);
+  // The window's ends: the reading at half the run is in it (10 of the 20), the last one (the final outputs) is not.
+  const goneAt = (step: number) => readings(() => 180).map((r) => (r.step === step ? { ...r, workers: [r.workers[0], null] } : r));
+  assert.equal(memoryGrowth(goneAt(4500), 10_000).flat, true);
+  assert.equal(memoryGrowth(goneAt(5000), 10_000).flat, null);
+  assert.equal(memoryGrowth(goneAt(9500), 10_000).flat, null);
+  assert.equal(memoryGrowth(goneAt(10_000), 10_000).flat, true);
   // A process gone at a reading gives no figure, and no verdict (null: not measured, where false says it grew).
   const gone = readings(() => 180).map((r, i) => (i === 15 ? { ...r, workers: [r.workers[0], null] } : r));
   const g = memoryGrowth(gone, 10_000);
@@ -335,6 +390,20 @@ test("the bench's in-process child (its run without the native addon, and two at
   const result = JSON.parse(r.stdout);
   assert.equal(result.steps, 50);
   assert.ok(result.msPerStep > 0);
+});
+
+test("the in-process step's ms/step is its timed steps' alone, after the warm-up", { timeout: 60_000 }, async (t) => {
+  // A clock that reads the steps done: each step applies Adam twice, to D and then to G.
+  let applied = 0;
+  const apply = Adam.prototype.apply;
+  t.mock.method(Adam.prototype, 'apply', function (this: Adam, params: Float32Array, gradients: Float32Array) {
+    applied++;
+    return apply.call(this, params, gradients);
+  });
+  t.mock.method(performance, 'now', () => applied / 2);
+  // 2 warm-up steps, then 3 timed: the warm-up's would make it 5/3; batch 128 a step.
+  const r = await inProcess(3, 2);
+  assert.deepEqual({ steps: r.steps, msPerStep: r.msPerStep, imagesPerSecond: r.imagesPerSecond }, { steps: 3, msPerStep: 1, imagesPerSecond: 128_000 });
 });
 
 test('bench: --memory, --scaling and --link are reports of their own: two of them at once are refused, not one dropped', () => {
