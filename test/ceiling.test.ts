@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { sharedMemoryTraining } from '../bench/ceiling';
+import { sharedMemoryCeiling, sharedMemoryTraining } from '../bench/ceiling';
 import { selectBackend } from '../src/backend';
 import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
 import { averageGradients } from '../src/coordinator/aggregate';
@@ -51,3 +51,16 @@ for (const workers of [1, 2]) {
     assert.ok(Buffer.from(threaded.discriminator.buffer).equals(Buffer.from(expected.discriminator.buffer)), 'discriminators differ');
   });
 }
+
+test("the ceiling's ms/step is its timed steps' alone, and its images/s count every worker's batch", { timeout: 60_000 }, async (t) => {
+  // A clock that reads the steps done on this thread: each step applies Adam twice, to D and then to G.
+  let applied = 0;
+  const apply = Adam.prototype.apply;
+  t.mock.method(Adam.prototype, 'apply', function (this: Adam, params: Float32Array, gradients: Float32Array) {
+    applied++;
+    return apply.call(this, params, gradients);
+  });
+  t.mock.method(performance, 'now', () => applied / 2);
+  // 2 warm-up steps, then 3 timed: the warm-up's would make it 5/3.
+  assert.deepEqual(await sharedMemoryCeiling(2, 3, 2, BATCH), { workers: 2, msPerStep: 1, imagesPerSecond: 2 * BATCH * 1000 });
+});
