@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { gpuBackendProblem } from './backend';
 import { BackendChoice } from './backend-choice';
+import { ARCHITECTURES } from './model/choices';
 import { Coordinator, TrainingSummary } from './coordinator/coordinator';
 import { CoordinatorConfig } from './coordinator/config';
 import { Logger, createLogger } from './util/log';
@@ -11,6 +12,7 @@ import { plural } from './util/text';
 import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
+import { availableMemory } from './util/process';
 import { removeMailboxDirsOf } from './protocol/mailbox';
 import { ALIVE_EVERY_MS, WorkerRefusal, isWorkerAlive, isWorkerRefusal } from './worker/local-child';
 
@@ -43,6 +45,64 @@ export function oversubscriptionWarning(workers: number, cores: number, heartbea
   );
 }
 
+/**
+ * Peak resident memory (MiB) of one worker at each --batch-size, and of the
+ * coordinator, as measured in deploy/README.md#memory (wasm, one worker
+ * holding all 60,000 images, `/usr/bin/time -v`). The coordinator's grows
+ * with --eval-every's samples; the batch it computes for a refused answer
+ * (up to a worker's peak) is left out: that happens only on a fault.
+ */
+const WORKER_PEAK_MIB: Record<(typeof ARCHITECTURES)[number], [batch: number, mib: number][]> = {
+  mlp: [[128, 202], [8192, 468], [32768, 1336], [65536, 2645]],
+  dcgan: [[64, 341], [256, 754], [512, 1285], [1024, 2840]],
+};
+const COORDINATOR_PEAK_MIB: Record<(typeof ARCHITECTURES)[number], { training: number; evaluating: [samples: number, mib: number][] }> = {
+  mlp: { training: 207, evaluating: [[10_000, 337], [200_000, 900]] },
+  dcgan: { training: 288, evaluating: [[10_000, 355], [50_000, 491]] },
+};
+const MIB = 2 ** 20;
+
+/** The piecewise-linear curve through `points` (ascending in x) at `x`; past either end, its end segment extended. */
+function throughPoints(points: [number, number][], x: number): number {
+  let i = 1;
+  while (i < points.length - 1 && x > points[i][0]) i++;
+  const [[x0, y0], [x1, y1]] = [points[i - 1], points[i]];
+  return y0 + ((x - x0) * (y1 - y0)) / (x1 - x0);
+}
+
+/** About the peak RSS, in bytes, of one CPU worker of `arch` at `batchSize` (deploy/README.md#memory). */
+export function workerMemoryEstimate(arch: string, batchSize: number): number {
+  return throughPoints(WORKER_PEAK_MIB[arch as keyof typeof WORKER_PEAK_MIB] ?? WORKER_PEAK_MIB.mlp, batchSize) * MIB;
+}
+
+/** About the peak RSS, in bytes, of the coordinator of `arch`, with `evalSamples` per evaluation where `evalEvery` > 0. */
+export function coordinatorMemoryEstimate(arch: string, evalEvery: number, evalSamples: number): number {
+  const peak = COORDINATOR_PEAK_MIB[arch as keyof typeof COORDINATOR_PEAK_MIB] ?? COORDINATOR_PEAK_MIB.mlp;
+  return (evalEvery > 0 ? throughPoints(peak.evaluating, evalSamples) : peak.training) * MIB;
+}
+
+/** `bytes` as a person reads it: MiB below 1 GiB, else GiB to a tenth. */
+function formatBytes(bytes: number): string {
+  return bytes < 1024 * MIB ? `${Math.round(bytes / MIB)} MiB` : `${(bytes / (1024 * MIB)).toFixed(1)} GiB`;
+}
+
+/**
+ * Why `workers` workers of about `workerBytes` each and a coordinator of
+ * about `coordinatorBytes` overfill `availableBytes`, or null. Past it the
+ * kernel's OOM killer ends workers, local restarts them, and the run thrashes
+ * with no word of why. An estimate, so a warning, not a refusal.
+ */
+export function memoryWarning(workers: number, workerBytes: number, coordinatorBytes: number, availableBytes: number, maxRestarts: number): string | null {
+  const needed = workers * workerBytes + coordinatorBytes;
+  if (needed <= availableBytes) return null;
+  const fit = Math.floor((availableBytes - coordinatorBytes) / workerBytes);
+  return (
+    `${plural(workers, 'worker')} at about ${formatBytes(workerBytes)} each and the coordinator's ${formatBytes(coordinatorBytes)} need about ${formatBytes(needed)} (deploy/README.md#memory), ` +
+    `more than the ${formatBytes(Math.max(0, availableBytes))} available here (MemAvailable, or the cgroup's limit less its use): the kernel's OOM killer would end workers, and local restarts them only up to --max-restarts (${maxRestarts}); ` +
+    `${fit >= 1 ? `use --workers ${fit} or fewer, or a smaller --batch-size` : 'not one worker fits beside the coordinator: use a smaller --batch-size'} (README: Single node)`
+  );
+}
+
 /** The --name of worker slot `i`: the coordinator shows it, and `local` finds its own children among the joined by it. */
 function workerName(i: number): string {
   return `local-${i + 1}`;
@@ -67,6 +127,11 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
   }
   const crowded = opts.gpus.length > 0 ? null : oversubscriptionWarning(opts.workers, os.availableParallelism(), config.heartbeatSeconds);
   if (crowded) log(`warning: ${crowded}`);
+  const overfilled =
+    opts.gpus.length > 0
+      ? null
+      : memoryWarning(opts.workers, workerMemoryEstimate(config.arch, config.batchSize), coordinatorMemoryEstimate(config.arch, config.evalEvery, config.evalSamples), availableMemory(), opts.maxRestarts);
+  if (overfilled) log(`warning: ${overfilled}`);
   const children = new Map<number, ChildProcess>();
   const killAll = () => children.forEach((c) => c.kill('SIGKILL'));
   // Loopback is no boundary between the users of a machine: without a token, any of them could join the run on

@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
-import { oversubscriptionWarning } from '../src/local';
+import { coordinatorMemoryEstimate, memoryWarning, oversubscriptionWarning, workerMemoryEstimate } from '../src/local';
+import { availableMemory } from '../src/util/process';
 import { blankMnistDir, freePort, tempDir } from './harness';
 import { CLI, nodeUnrunnableBy } from './helpers';
 
@@ -581,6 +582,65 @@ test('local warns of more workers than CPU cores, with what it costs and the rem
     '16 workers on 2 CPU cores share them: no more images/s than 2 would give, each round about 8× as long, and a worker whose round outlasts --heartbeat (5 s) is dropped, the step going on without it; use --workers 2, or a larger --heartbeat and --round-timeout (README: Single node)',
   );
   assert.match(oversubscriptionWarning(3, 1, 60) ?? '', /^3 workers on 1 CPU core share them: .* about 3× as long, .*--heartbeat \(60 s\).*; use --workers 1,/);
+});
+
+test('local warns of workers that will not fit in memory, with the numbers, what follows and the remedy; ones that fit say nothing', () => {
+  const MiB = 2 ** 20;
+  const GiB = 2 ** 30;
+  // 8 × 2 GiB + 256 MiB: the boundary is the byte.
+  assert.equal(memoryWarning(8, 2 * GiB, 256 * MiB, 16 * GiB + 256 * MiB, 3), null);
+  assert.equal(
+    memoryWarning(8, 2 * GiB, 256 * MiB, 16 * GiB + 256 * MiB - 1, 3),
+    "8 workers at about 2.0 GiB each and the coordinator's 256 MiB need about 16.3 GiB (deploy/README.md#memory), more than the 16.2 GiB available here (MemAvailable, or the cgroup's limit less its use): the kernel's OOM killer would end workers, and local restarts them only up to --max-restarts (3); use --workers 7 or fewer, or a smaller --batch-size (README: Single node)",
+  );
+  assert.match(memoryWarning(1, 2840 * MiB, 288 * MiB, 900 * MiB, 0) ?? '', /^1 worker at about 2\.8 GiB each .* need about 3\.1 GiB .*more than the 900 MiB available here .*--max-restarts \(0\); not one worker fits beside the coordinator: use a smaller --batch-size/);
+});
+
+test("a worker's and the coordinator's memory estimates follow deploy/README.md's measurements, and grow with --batch-size and --eval-samples", () => {
+  const MiB = 2 ** 20;
+  const near = (bytes: number, mib: number, what: string) => assert.ok(Math.abs(bytes / MiB - mib) <= 0.03 * mib, `${what}: ${bytes / MiB} MiB, measured ${mib}`);
+  const measured: [string, number, number][] = [
+    ['mlp', 128, 202], ['mlp', 8192, 468], ['mlp', 32768, 1336], ['mlp', 65536, 2645],
+    ['dcgan', 64, 341], ['dcgan', 256, 754], ['dcgan', 512, 1285], ['dcgan', 1024, 2840],
+  ];
+  for (const [arch, batch, mib] of measured) near(workerMemoryEstimate(arch, batch), mib, `${arch} worker at ${batch}`);
+  for (const [arch, most] of [['mlp', 65536], ['dcgan', 1024]] as const) {
+    let last = 0;
+    for (let batch = 1; batch <= most; batch += arch === 'mlp' ? 97 : 1) {
+      const bytes = workerMemoryEstimate(arch, batch);
+      assert.ok(bytes > last && bytes > 100 * MiB, `${arch} at ${batch}: ${bytes} after ${last}`);
+      last = bytes;
+    }
+  }
+  near(coordinatorMemoryEstimate('mlp', 0, 10000), 207, 'mlp coordinator');
+  near(coordinatorMemoryEstimate('dcgan', 0, 10000), 288, 'dcgan coordinator');
+  near(coordinatorMemoryEstimate('mlp', 100, 10000), 337, 'mlp coordinator evaluating 10,000');
+  near(coordinatorMemoryEstimate('mlp', 100, 200000), 900, 'mlp coordinator evaluating 200,000');
+  near(coordinatorMemoryEstimate('dcgan', 100, 10000), 355, 'dcgan coordinator evaluating 10,000');
+  near(coordinatorMemoryEstimate('dcgan', 100, 50000), 491, 'dcgan coordinator evaluating 50,000');
+  // "About 3.4 MiB per 1,000 samples: by that, the DCGAN's 200,000 about 1 GiB."
+  near(coordinatorMemoryEstimate('dcgan', 100, 200000), 1000, 'dcgan coordinator evaluating 200,000');
+  assert.ok(coordinatorMemoryEstimate('dcgan', 100, 2) < coordinatorMemoryEstimate('dcgan', 100, 10000));
+});
+
+test('local logs the memory warning before it starts anything: 64 DCGAN workers at --batch-size 1024 (about 178 GiB)', { timeout: 60_000 }, async (t) => {
+  const needed = 64 * workerMemoryEstimate('dcgan', 1024) + coordinatorMemoryEstimate('dcgan', 0, 10000);
+  if (availableMemory() >= needed) return t.skip(`this machine has ${availableMemory()} bytes available, enough for ${needed}`);
+  const out = tempDir('memory-warning');
+  // Stopped as soon as it warns, while its coordinator starts: no worker is started, nothing is allocated. Where
+  // it does not warn, a worker that did start exits before it loads anything, and is not restarted.
+  const preload = path.join(out, 'no-worker.js');
+  fs.writeFileSync(preload, "if (process.argv.includes('worker')) process.exit(1);\n");
+  const run = spawnCli(['local', '--workers', '64', '--model', 'dcgan', '--batch-size', '1024', '--steps', '1', '--max-restarts', '0', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
+  await waitFor(() => /OOM killer|started 64 worker processes/.test(run.log()), 30_000, 'the memory warning');
+  run.child.kill('SIGINT');
+  await run.exit;
+  assert.match(
+    run.log(),
+    /\[local\] warning: 64 workers at about 2\.8 GiB each and the coordinator's 288 MiB need about 177\.8 GiB \(deploy\/README\.md#memory\), more than the [\d.]+ [MG]iB available here \(MemAvailable, or the cgroup's limit less its use\): the kernel's OOM killer would end workers, and local restarts them only up to --max-restarts \(0\); (use --workers \d+ or fewer, or a smaller --batch-size|not one worker fits beside the coordinator: use a smaller --batch-size) \(README: Single node\)\n/,
+  );
+  assert.doesNotMatch(run.log(), /started \d+ worker processes/);
+  fs.rmSync(out, { recursive: true, force: true });
 });
 
 test('workers that wait only for a slow reader to take their last log lines are no stragglers: none is signalled or killed as hung, and their lines are kept', { timeout: 120_000 }, () => {

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 
 /**
@@ -40,6 +41,52 @@ export function softLimit(name: 'Max open files' | 'Max address space'): number 
   } catch {
     return null;
   }
+}
+
+/**
+ * Bytes of memory that this process and its children could still take: the
+ * kernel's estimate of what it can give without swapping (MemAvailable, which
+ * os.freemem() reads on Linux), or less where a memory cgroup this process is
+ * in, or one above it, leaves less below its limit (a container's, a systemd
+ * unit's MemoryMax).
+ */
+export function availableMemory(): number {
+  let bytes = os.freemem();
+  let cgroups = '';
+  try {
+    cgroups = fs.readFileSync('/proc/self/cgroup', 'utf8');
+  } catch {
+    return bytes;
+  }
+  // v2 ("0::/path", limit "max" = none) and v1 ("N:…memory…:/path", no limit = a huge number).
+  const v2 = /^0::(\/.*)$/m.exec(cgroups)?.[1];
+  const v1 = /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(\/.*)$/m.exec(cgroups)?.[1];
+  const levels: [string, string, string][] = [
+    ...(v2 === undefined ? [] : cgroupDirs('/sys/fs/cgroup', v2).map((d): [string, string, string] => [d, 'memory.max', 'memory.current'])),
+    ...(v1 === undefined ? [] : cgroupDirs('/sys/fs/cgroup/memory', v1).map((d): [string, string, string] => [d, 'memory.limit_in_bytes', 'memory.usage_in_bytes'])),
+  ];
+  for (const [dir, max, current] of levels) {
+    try {
+      const limit = fs.readFileSync(`${dir}/${max}`, 'utf8').trim();
+      if (limit === 'max') continue;
+      bytes = Math.min(bytes, Math.max(0, Number(limit) - Number(fs.readFileSync(`${dir}/${current}`, 'utf8').trim())));
+    } catch {
+      // Not this hierarchy, or a level not visible here.
+    }
+  }
+  return bytes;
+}
+
+/**
+ * The directories of cgroup `cgroup` and each one above it under `mount`. In a
+ * container with a cgroup namespace, `mount` itself is its own cgroup (the path
+ * reads "/"); without one, the path is the host's, absent under `mount`.
+ */
+function cgroupDirs(mount: string, cgroup: string): string[] {
+  const dirs = [mount];
+  const parts = cgroup.split('/').filter(Boolean);
+  for (let i = 1; i <= parts.length; i++) dirs.push(`${mount}/${parts.slice(0, i).join('/')}`);
+  return dirs;
 }
 
 /** The inode number of this process's pid namespace (Linux), or null: a pid names one process only within its namespace. */
