@@ -54,9 +54,15 @@ test("a peer's heartbeat verdict: nothing while its pong is fresh, a ping half a
   const peer = g.admit(hello(1), openSocket(), '127.0.0.1:1')!;
   const now = performance.now();
   assert.equal(heartbeatVerdict(peer, 5), null);
+  // No ping written yet: nothing to drop it for, however short the interval (10 ms here, long since passed in this process).
+  assert.equal(heartbeatVerdict(peer, 0.01), null);
+  peer.lastPongAt = now - 2_400;
+  assert.equal(heartbeatVerdict(peer, 5), null, 'no ping before half an interval');
   peer.lastPongAt = now - 2_600;
   assert.equal(heartbeatVerdict(peer, 5), 'ping');
   peer.pingInFlight = true;
+  peer.pingWrittenAt = now - 4_900;
+  assert.equal(heartbeatVerdict(peer, 5), null, 'no drop before an interval has passed since the ping');
   peer.pingWrittenAt = now - 5_100;
   peer.lastPongAt = now - 7_600;
   peer.intakeEndsAt = now - 6_000; // its shard taken in before the ping (times this early in a process are negative)
@@ -64,5 +70,19 @@ test("a peer's heartbeat verdict: nothing while its pong is fresh, a ping half a
   // Still taking in its shard: the ping counts from the intake's end.
   peer.intakeEndsAt = now;
   assert.equal(heartbeatVerdict(peer, 5), null);
+  g.stopHeartbeats();
+});
+
+test("a peer's link that takes no write is cut after --heartbeat and the time the slowest link takes for a fragment, not before", () => {
+  const g = group();
+  const peer = g.admit(hello(1), openSocket(), '127.0.0.1:1')!;
+  const now = performance.now();
+  // A write queued and not taken: what a frozen worker's link shows (the fields stalledForMs reads).
+  const stalled = (ms: number) => Object.assign(peer as unknown as { unwritten: number; waitingSince: number }, { unwritten: 1, waitingSince: now - ms });
+  // 5 s of --heartbeat and 1.05 s for a 1 MiB fragment at 1 MB/s: a slow link still writing is not dead.
+  stalled(5_900);
+  assert.equal(heartbeatVerdict(peer, 5), null);
+  stalled(6_200);
+  assert.match((heartbeatVerdict(peer, 5) as { cut: string }).cut, /^its link took no write for 6\.\d s \(dead, or slower than 1 MiB in --heartbeat \+ 1 s\)$/);
   g.stopHeartbeats();
 });
