@@ -363,6 +363,8 @@ test('a GANFLEET_* variable that names a flag but sets nothing is warned of: ano
     'ganfleet: warning: GANFLEET_NO_NATIVE sets nothing (ignored); to turn --native off, set GANFLEET_NATIVE=0',
     'ganfleet: warning: GANFLEET_Steps sets nothing (ignored); did you mean GANFLEET_STEPS?',
   ]);
+  // Only a switch is turned off with =0: a value flag's GANFLEET_STEPS=0 is refused, and --help is for the command line only.
+  assert.doesNotMatch(localWarnings({ GANFLEET_NO_STEPS: '1', GANFLEET_NO_HELP: '1' }).join('\n'), /to turn --\S+ off/);
 });
 
 test('a GANFLEET_* variable in lower case, warned of as setting nothing, really sets nothing (yargs read GANFLEET_count, and GANFLEET_mailbox=1 as false)', () => {
@@ -375,9 +377,9 @@ test('a GANFLEET_* variable in lower case, warned of as setting nothing, really 
 test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (yargs alone took 1 for false)', (t) => {
   const data = blankMnistDir(256);
   t.after(() => fs.rmSync(data, { recursive: true, force: true }));
-  const run = (value: string) => {
+  const run = (value: string, ...args: string[]) => {
     const out = tempDir('env-bool');
-    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out], {
+    const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--data-dir', data, '--metrics-port', '-1', '--out', out, ...args], {
       encoding: 'utf8', timeout: 60_000, env: { ...process.env, GANFLEET_MAILBOX: value },
     });
     fs.rmSync(out, { recursive: true, force: true });
@@ -385,7 +387,9 @@ test('boolean GANFLEET_* variables read 1/yes/on as true and 0/no/off as false (
     return /exchanges frames through shared memory/.test(r.stdout + r.stderr);
   };
   for (const on of ['1', 'yes', 'ON', 'true', '']) assert.equal(run(on), true, `GANFLEET_MAILBOX=${on} (empty: the default)`);
-  for (const off of ['0', 'no', 'off']) assert.equal(run(off), false, `GANFLEET_MAILBOX=${off}`);
+  for (const off of ['0', 'no', 'off', 'false', 'OFF']) assert.equal(run(off), false, `GANFLEET_MAILBOX=${off}`);
+  // The command line wins over the variable: --mailbox with GANFLEET_MAILBOX=0 leaves the mailboxes on.
+  assert.equal(run('0', '--mailbox'), true, 'GANFLEET_MAILBOX=0 with --mailbox');
   // The command line wins, in the coordinator's own process too (where util/native.ts reads the variable).
   const out = tempDir('env-native');
   const r = spawnSync(process.execPath, [CLI, 'local', '--workers', '1', '--steps', '2', '--native', '--data-dir', data, '--metrics-port', '-1', '--out', out], {
@@ -1040,6 +1044,8 @@ test('a range check takes its bounds: --seed 4294967295 and the largest --batch-
 
 test('a short GANFLEET_* name is warned of one edit off a flag, not two (GANFLEET_AB is no mistyped GANFLEET_CA)', () => {
   assert.deepEqual(localWarnings({ GANFLEET_AB: '1', GANFLEET_GPU: '0' }), ['ganfleet: warning: GANFLEET_GPU sets nothing (ignored); did you mean GANFLEET_GPUS?']);
+  // Up to four letters: GANFLEET_HOME, some other program's, is two edits off --host.
+  assert.deepEqual(localWarnings({ GANFLEET_HOME: '/opt/ganfleet' }), []);
 });
 
 test('a coordinator run that ends as a failure (it diverged) exits 1, and its worker is told why', { timeout: 60_000 }, async () => {
