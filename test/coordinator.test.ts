@@ -505,6 +505,19 @@ describe('coordinator disconnects bad peers', () => {
     peer.ws.close();
   });
 
+  test('a peer that keeps reporting errors is dropped at the third, so that a connection cannot flood the log with them', async () => {
+    const peer = new ScriptedPeer(`ws://127.0.0.1:${coordinator.port}`);
+    await peer.open();
+    peer.send(encode(message<Hello>({ type: 'hello', name: 'error-flood', backend: 'wasm', pid: 1, hostname: 'test' })));
+    assert.equal((await peer.next()).type, 'welcome');
+    for (let i = 0; i < 3; i++) peer.send(encode(errorMessage('FLOOD', `report ${i}`)));
+    const code = await Promise.race([peer.closed, new Promise<string>((r) => setTimeout(() => r('still open after 10 s'), 10_000).unref())]);
+    assert.equal(code, 4000);
+    const told: CoordinatorMessage[] = [];
+    for (let m = peer.take(); m; m = peer.take()) told.push(m);
+    assert.deepEqual(told.filter((m) => m.type === 'error').map((m) => [m.code, m.message]), [['COORDINATOR_DROPPED', 'too many errors']]);
+  });
+
   test('mail before a confirmed mailbox, and a mailbox without the nonce, are rejected', async () => {
     const { peer, welcome } = await joinedPeer(coordinator);
     assert.ok(welcome.mailbox);
