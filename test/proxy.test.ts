@@ -271,5 +271,8 @@ test(
     both.catch(() => {});
     dropped.catch(() => {});
     assert.equal(first, 'trained', `the slow worker was ${first}`);
+    // The premise: its shard took longer to cross than --round-timeout (a proxy that did not throttle passed the rest).
+    const crossedMs = (await both).time - joined.time;
+    assert.ok(crossedMs > roundTimeout * 1000, `the shard crossed in ${crossedMs} ms, within --round-timeout ${roundTimeout}`);
   },
 );
