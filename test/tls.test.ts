@@ -118,6 +118,8 @@ test("an untrusted certificate's error ends with ganfleet's hint only: Node 24's
   // Given --ca already, the hint says that CA is the wrong one, not to pass --ca.
   const withCa = withHint(Object.assign(new Error('unable to verify the first certificate'), { code: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE' }), 'wss://coordinator:8765', '/etc/ganfleet/ca.pem');
   assert.equal(withCa, "unable to verify the first certificate: --ca /etc/ganfleet/ca.pem did not sign the coordinator's certificate: pass the CA that did (the certificate itself, where it is self-signed)");
+  // A hang-up on wss:// gets no hint to use wss://, which it already does.
+  assert.equal(withHint(new Error('socket hang up'), 'wss://coordinator:8765'), 'socket hang up');
 });
 
 test('wss://: a client that never starts its TLS handshake is cut after 10 s, as a silent client on ws:// is (Node\'s TLS default held it 120 s)', { timeout: 60_000 }, async (t) => {
