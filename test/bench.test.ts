@@ -89,8 +89,9 @@ test('npm run bench: one JSON object with every #6 figure, the ratios from its o
   assert.ok(near(ratios.distributedOverhead, local.workers1.imagesPerSecond / inProcess.imagesPerSecond), JSON.stringify(ratios));
   assert.ok(near(ratios.scaling2Workers, local.workers2.imagesPerSecond / (2 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
   // The timed steps of N workers carry N batches a step: counted as one, a run's ms/step would read N times too fast
-  // against its whole run's (which only its slower warm-up steps make longer).
-  for (const key of ['workers2', 'workers3', 'workers4']) assert.ok(local[key].msPerStep > 0.6 * local[key].wholeRunMsPerStep, JSON.stringify(local[key]));
+  // against its whole run's (which only its slower warm-up steps make longer). Measured 0.79–0.87 of it, and counted
+  // as one batch 0.22–0.41: the bound leaves room for warm-up steps up to 3× the timed ones on a loaded machine.
+  for (const key of ['workers2', 'workers3', 'workers4']) assert.ok(local[key].msPerStep > 0.5 * local[key].wholeRunMsPerStep, JSON.stringify(local[key]));
   // Every other ratio, each against what it is said to divide.
   const { localNoMailbox: socket, sharedMemoryCeiling: ceiling } = report;
   assert.ok(near(ratios.scaling3Workers, local.workers3.imagesPerSecond / (3 * local.workers1.imagesPerSecond)), JSON.stringify(ratios));
