@@ -48,7 +48,8 @@ export function softLimit(name: 'Max open files' | 'Max address space'): number 
  * kernel's estimate of what it can give without swapping (MemAvailable, which
  * os.freemem() reads on Linux), or less where a memory cgroup this process is
  * in, or one above it, leaves less below its limit (a container's, a systemd
- * unit's MemoryMax).
+ * unit's MemoryMax), its inactive page cache counted as free, as MemAvailable
+ * counts it.
  */
 export function availableMemory(): number {
   let bytes = os.freemem();
@@ -61,20 +62,32 @@ export function availableMemory(): number {
   // v2 ("0::/path", limit "max" = none) and v1 ("N:…memory…:/path", no limit = a huge number).
   const v2 = /^0::(\/.*)$/m.exec(cgroups)?.[1];
   const v1 = /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(\/.*)$/m.exec(cgroups)?.[1];
-  const levels: [string, string, string][] = [
-    ...(v2 === undefined ? [] : cgroupDirs('/sys/fs/cgroup', v2).map((d): [string, string, string] => [d, 'memory.max', 'memory.current'])),
-    ...(v1 === undefined ? [] : cgroupDirs('/sys/fs/cgroup/memory', v1).map((d): [string, string, string] => [d, 'memory.limit_in_bytes', 'memory.usage_in_bytes'])),
+  // Each with the key of its memory.stat's inactive page cache: counted in its use, yet the kernel reclaims it before
+  // it kills anything, and a long-lived container's cache grows to its limit.
+  const levels: [string, string, string, string][] = [
+    ...(v2 === undefined ? [] : cgroupDirs('/sys/fs/cgroup', v2).map((d): [string, string, string, string] => [d, 'memory.max', 'memory.current', 'inactive_file'])),
+    ...(v1 === undefined ? [] : cgroupDirs('/sys/fs/cgroup/memory', v1).map((d): [string, string, string, string] => [d, 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file'])),
   ];
-  for (const [dir, max, current] of levels) {
+  for (const [dir, max, current, inactive] of levels) {
     try {
       const limit = fs.readFileSync(`${dir}/${max}`, 'utf8').trim();
       if (limit === 'max') continue;
-      bytes = Math.min(bytes, Math.max(0, Number(limit) - Number(fs.readFileSync(`${dir}/${current}`, 'utf8').trim())));
+      const used = Number(fs.readFileSync(`${dir}/${current}`, 'utf8').trim()) - inactiveFileBytes(`${dir}/memory.stat`, inactive);
+      bytes = Math.min(bytes, Math.max(0, Number(limit) - used));
     } catch {
       // Not this hierarchy, or a level not visible here.
     }
   }
   return bytes;
+}
+
+/** The bytes of inactive page cache that memory.stat `file` gives for `key`; 0 where it cannot be read. */
+function inactiveFileBytes(file: string, key: string): number {
+  try {
+    return Number(new RegExp(`^${key} (\\d+)$`, 'm').exec(fs.readFileSync(file, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
 }
 
 /**
