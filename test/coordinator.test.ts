@@ -873,6 +873,27 @@ describe('a finished run tells the workers that left it without hearing it is ov
     await finishAndTellOnReturn(coordinator, run, trainer.peer, lines, 103, /: 1 worker refused as one too many \(--max-workers\) and still retrying \("scripted"\)$/);
   });
 
+  test('a spare admitted once a place frees is one of the workers: told with them at the end, and not waited for', async () => {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'spare-admitted'), 2), dataDir, maxWorkers: 1, lingerSeconds: 60 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const first = await joinedPeer(coordinator, true, 102);
+    await refusedAsFull(coordinator, 103);
+    first.peer.ws.close(1000, 'worker leaving');
+    await logged(lines, /^w1 left \(disconnected\)/);
+    const spare = await joinedPeer(coordinator, true, 103);
+    for (;;) {
+      const w = await weightsOrDrop(spare.peer);
+      spare.peer.gradients(w.step, w.phase, zeros(w.phase));
+      if (w.step === 1 && w.phase === 'generator') break;
+    }
+    assert.equal((await run).steps, 2, lines.join('\n'));
+    const t0 = performance.now();
+    await Promise.race([coordinator.close(), new Promise((r) => setTimeout(r, 10_000).unref())]);
+    assert.ok(performance.now() - t0 < 10_000, `close() still lingering after 10 s:\n${lines.join('\n')}`);
+    assert.ok(!lines.some((l) => /--linger/.test(l)), lines.join('\n'));
+  });
+
   test('a resumed run that fewer worker processes came back to than trained at its checkpoint waits the whole --linger for the others', async () => {
     const dir = path.join(out, 'fewer-back');
     const first = await Coordinator.start({ ...config(dir, 1), dataDir, startWorkers: 2 }, () => {});
