@@ -870,7 +870,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     const run = coordinator.run();
     const trainer = await joinedPeer(coordinator, true, 102);
     await refusedAsFull(coordinator, 103);
-    await finishAndTellOnReturn(coordinator, run, trainer.peer, lines, 103, /: 1 worker refused as one too many \(--max-workers\) and still retrying \("scripted"\)$/);
+    await finishAndTellOnReturn(coordinator, run, trainer.peer, lines, 103, /: 1 worker refused as one too many \(COORDINATOR_FULL\), perhaps still retrying \("scripted"\)$/);
   });
 
   test('a spare admitted once a place frees is one of the workers: told with them at the end, and not waited for', async () => {

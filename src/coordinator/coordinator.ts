@@ -899,7 +899,7 @@ export class Coordinator {
     const checkpoint = this.checkpointWorkers > 0 ? `a checkpoint that ${plural(this.checkpointWorkers, 'worker')} trained` : 'a checkpoint without a count of its workers';
     const who = [
       ...(untold.length > 0 ? [`${plural(untold.length, 'worker')} left without hearing it (${someOf(untold)})`] : []),
-      ...(spares.length > 0 ? [`${plural(spares.length, 'worker')} refused as one too many (--max-workers) and still retrying (${someOf(spares)})`] : []),
+      ...(spares.length > 0 ? [`${plural(spares.length, 'worker')} refused as one too many (COORDINATOR_FULL), perhaps still retrying (${someOf(spares)})`] : []),
       ...(anyone ? [`the run resumed from ${checkpoint}, and ${this.workers.processesJoined()} came back`] : []),
     ];
     this.log(`waiting up to ${seconds} s (--linger; a signal ends this) to tell workers that reconnect that the run is over: ${who.join('; ')}`);

@@ -74,8 +74,9 @@ export class WorkerGroup {
    */
   private readonly untold = new Map<string, string>();
   /**
-   * Worker processes refused as one too many (--max-workers) that this run
-   * never admitted: spares that retry for ever, as the untold do, unless a
+   * Worker processes refused as one too many (COORDINATOR_FULL: past
+   * --max-workers, or more workers than images) that this run never
+   * admitted: spares that retry for ever, as the untold do, unless a
    * finished run tells them to stop. The label names them in the log.
    */
   private readonly spares = new Map<string, string>();
