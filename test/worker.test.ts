@@ -216,6 +216,8 @@ test('a worker refuses to compute without a shard or weights', () => {
   compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 1, seed: 1 });
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving both networks/);
   assert.throws(() => compute.setShard({ images: new Uint8Array(10), count: 1, seed: 1 }), /a shard of 1 images that keeps 0 of the 1 held has 10 new bytes/);
+  // Too many bytes are refused too: the images past `count` would never be drawn, and the rest may be misaligned.
+  assert.throws(() => compute.setShard({ images: new Uint8Array(2 * IMAGE_SIZE), count: 1, seed: 1 }), /a shard of 1 images that keeps 0 of the 1 held has 1568 new bytes/);
   assert.throws(() => compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 3, keep: 2, seed: 1 }), /keeps 2 of the 1 held/);
 });
 
