@@ -11,7 +11,7 @@ import { ErrorMessage, Mail, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, me
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
-import { GanfleetProcess, clockStepOnSignal, sleep, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
+import { GanfleetProcess, clockStepOnSignal, metricTotal, scrape, sleep, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 /**
  * A stand-in coordinator: a real WebSocket server in this process that plays
@@ -332,6 +332,41 @@ test('the reconnect backoff starts over after a connection that answered a round
   }
 });
 
+test('the reconnect backoff doubles from 0.25 s up to 15 s apart, and a wait never runs past --give-up-after', async () => {
+  // A port nothing listens on: every try fails at once.
+  const gone = net.createServer();
+  await new Promise<void>((r) => gone.listen(0, '127.0.0.1', r));
+  const url = `ws://127.0.0.1:${(gone.address() as AddressInfo).port}`;
+  await new Promise((r) => gone.close(r));
+  const waits = (w: GanfleetProcess) => [...w.log.matchAll(/could not connect to .*; reconnecting in (\d+\.\d) s/g)].map((m) => m[1]);
+  const dir = tempDir('backoff-bound');
+  // Math.random pinned near 1: each wait is the backoff's full bound. Timers a thousand times faster: the
+  // waits as logged, without the 45 s they take to reach and pass the cap.
+  const fast = path.join(dir, 'fast.js');
+  fs.writeFileSync(fast, 'Math.random = () => 0.999;\nconst later = setTimeout;\nglobal.setTimeout = (f, ms, ...a) => later(f, (ms ?? 0) / 1000, ...a);\n');
+  const capped = startWorker(url, 'capped', [], { NODE_OPTIONS: `--require ${fast}` });
+  try {
+    await capped.waitFor(/(reconnecting in[^]*){9}/, 20_000);
+    assert.deepEqual(waits(capped).slice(0, 9), ['0.2', '0.5', '1.0', '2.0', '4.0', '8.0', '15.0', '15.0', '15.0'], capped.log);
+  } finally {
+    capped.kill();
+  }
+  // In real time: after 0.25 + 0.5 + 1 s of waits, the next (2 s) is cut to what --give-up-after 3 leaves.
+  const random = path.join(dir, 'random.js');
+  fs.writeFileSync(random, 'Math.random = () => 0.999;\n');
+  const bounded = startWorker(url, 'bounded', ['--give-up-after', '3'], { NODE_OPTIONS: `--require ${random}` });
+  try {
+    assert.equal(await exitWithin(bounded), 1, bounded.log);
+    const all = waits(bounded);
+    assert.deepEqual(all.slice(0, 3), ['0.2', '0.5', '1.0'], bounded.log);
+    // About 1.2 s (less where the tries were slow, and none where they took what was left); uncut, 2 s.
+    assert.ok(all.length <= 4 && all.slice(3).every((wait) => Number(wait) < 1.5), `waits ${all.join(', ')} s:\n${bounded.log}`);
+    assert.match(bounded.log, /giving up: not admitted by a coordinator for 3\.\d s, --give-up-after 3/);
+  } finally {
+    bounded.kill();
+  }
+});
+
 test('a worker that refuses what the coordinator sent tells it why before it closes the connection', async () => {
   const heard: string[] = [];
   const coordinator = await fakeCoordinator((ws, _raw, connection) => {
@@ -459,6 +494,25 @@ test("a coordinator's errors are cut to 160 characters and logged four a connect
   }
 });
 
+test("a PROTOCOL_ error after the welcome (the coordinator cannot use the worker's mailbox) ends nothing: the worker trains on and exits 0 at the stop", async () => {
+  const coordinator = await fakeCoordinator((ws) => {
+    ws.send(encode(welcome()));
+    ws.send(encode(message<ErrorMessage>({ type: 'error', code: 'PROTOCOL_BAD_FIELD', message: 'the mailbox named cannot be used by the coordinator (its log says why); frames go over the WebSocket' })));
+    setTimeout(() => ws.send(encode(message<Stop>({ type: 'stop', reason: 'test over' }))), 300);
+  });
+  const worker = startWorker(coordinator.url, 'unmailed');
+  try {
+    assert.equal(await exitWithin(worker), 0, worker.log);
+    assert.match(worker.log, /coordinator says PROTOCOL_BAD_FIELD: the mailbox named cannot be used/);
+    assert.match(worker.log, /stopped by the coordinator: test over/);
+    assert.doesNotMatch(worker.log, /giving up/);
+    assert.equal(coordinator.connections(), 1);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
 test("a DCGAN batch past what the wasm heap holds is refused at the welcome; a trap in the wasm backend ends the worker with exit 1, not Node's exit 7", async () => {
   const dcgan = createModel('dcgan');
   const sizes = { arch: 'dcgan', generatorSize: dcgan.generatorLayout.size, discriminatorSize: dcgan.discriminatorLayout.size };
@@ -540,6 +594,31 @@ test('a leaving worker does not wait for a coordinator that never answers its cl
     twice.kill();
     // A paused socket never reads the close: the server would wait for it for ever.
     paused.forEach((raw) => raw.destroy());
+    await coordinator.close();
+  }
+});
+
+test('a signal during the wait between tries leaves at once, with 0: not after the wait, and without another try', async () => {
+  // Five tries turned away, then a coordinator that would admit the worker.
+  const coordinator = await fakeCoordinator((ws, _raw, connection) => {
+    if (connection <= 5) return ws.close(1013, 'not now');
+    ws.send(encode(welcome(60)));
+  });
+  // Math.random pinned near 1: the fifth wait is 4 s.
+  const random = path.join(tempDir('signal-in-backoff'), 'random.js');
+  fs.writeFileSync(random, 'Math.random = () => 0.999;\n');
+  const worker = startWorker(coordinator.url, 'waiting', [], { NODE_OPTIONS: `--require ${random}` });
+  try {
+    await worker.waitFor(/reconnecting in 4\.0 s/, 20_000);
+    const t0 = Date.now();
+    worker.kill('SIGTERM');
+    assert.equal(await exitWithin(worker), 0, worker.log);
+    const seconds = (Date.now() - t0) / 1000;
+    assert.ok(seconds < 3, `left ${seconds.toFixed(1)} s after the signal, in a wait of 4 s:\n${worker.log}`);
+    assert.equal(coordinator.connections(), 5, worker.log);
+    assert.doesNotMatch(worker.log, /joined as/);
+  } finally {
+    worker.kill();
     await coordinator.close();
   }
 });
@@ -796,4 +875,47 @@ test('a signal while the worker loads its backend (seconds for a GPU) leaves at 
   assert.equal(await Promise.race([run, sleep(20_000).then(() => 'still running' as const)]), 0, lines.join('\n'));
   assert.match(lines[0], /^SIGTERM: leaving/, lines.join('\n'));
   assert.ok(!lines.some((l) => /could not connect|connected to/.test(l)), lines.join('\n'));
+});
+
+test("a worker's /metrics follow its state: the shard it holds after a rebalance (kept and received), its rounds, its connection and its reconnects", async () => {
+  const mlp = createModel('mlp');
+  const answered: { step: number; phase: string; samples: number; size: number }[] = [];
+  let first: WebSocket | null = null;
+  const coordinator = await fakeCoordinator((ws, _raw, connection) => {
+    // Later tries are turned away: the worker retries.
+    if (connection > 1) return ws.close(1013, 'not now');
+    first = ws;
+    ws.send(encode(welcome(60)));
+    ws.send(encode(message<Shard>({ type: 'shard', plan: 1, count: 40, keep: 0, seed: 1, images: new Uint8Array(40 * 784) })));
+    // A rebalance: the first 30 kept, 20 received.
+    ws.send(encode(message<Shard>({ type: 'shard', plan: 2, count: 50, keep: 30, seed: 1, images: new Uint8Array(20 * 784) })));
+    ws.send(encode(message<Weights>({ type: 'weights', step: 3, phase: 'discriminator', generator: new Float32Array(mlp.generatorLayout.size), discriminator: new Float32Array(mlp.discriminatorLayout.size) })));
+    ws.on('message', (data: Buffer) => {
+      const m = decodeWorkerMessage(data);
+      if (m.type === 'gradients') answered.push({ step: m.step, phase: m.phase, samples: m.samples, size: m.gradients.length });
+    });
+  });
+  const worker = startWorker(coordinator.url, 'measured', ['--metrics-port', '0']);
+  try {
+    const url = (await worker.waitFor(/metrics on (http:\/\/\S+\/metrics)/))[1];
+    await worker.waitFor(/shard plan 2: 50 images \(30 kept, 20 received\)/, 20_000);
+    for (let i = 0; i < 100 && answered.length === 0; i++) await sleep(100);
+    assert.deepEqual(answered, [{ step: 3, phase: 'discriminator', samples: 16, size: mlp.discriminatorLayout.size }]);
+    let text = await scrape(url);
+    assert.equal(metricTotal(text, 'ganfleet_worker_shard_images'), 50, text);
+    assert.equal(metricTotal(text, 'ganfleet_worker_connected'), 1);
+    assert.match(text, /^ganfleet_worker_rounds_total\{phase="discriminator"\} 1$/m);
+    assert.equal(metricTotal(text, 'ganfleet_worker_reconnects_total'), 0);
+    first!.close(1001, 'going away');
+    // The second try's refusal comes after its wait, which the counter counts (and maybe the next wait too).
+    await worker.waitFor(/closed \(1013 not now\)\); reconnecting in/, 20_000);
+    text = await scrape(url);
+    assert.equal(metricTotal(text, 'ganfleet_worker_shard_images'), 0, text);
+    assert.equal(metricTotal(text, 'ganfleet_worker_connected'), 0);
+    const reconnects = metricTotal(text, 'ganfleet_worker_reconnects_total');
+    assert.ok(reconnects >= 1 && reconnects <= coordinator.connections(), `${reconnects} reconnects, ${coordinator.connections()} connections`);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
 });
