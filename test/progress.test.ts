@@ -5,6 +5,7 @@ import net from 'node:net';
 import { RunClock, progressLine } from '../src/coordinator/progress';
 import { STALL_SECONDS, batchProgress } from '../src/util/batch-progress';
 import { ProgressLine } from '../src/worker/progress';
+import { SilenceWatchdog } from '../src/worker/silence';
 
 /** A RunClock on a clock the test moves (milliseconds). */
 function clockAt(): { clock: RunClock; advance: (ms: number) => void } {
@@ -313,4 +314,21 @@ test("with a gap, batch progress lines come at least that far apart, none in the
     'classifying the samples: 20% (2000/10000 images) in 3.0 s, about 12 s left',
     'classifying the samples: 90% (9000/10000 images) in 13.5 s, about 2 s left',
   ]);
+});
+
+test("a worker's silence watchdog counts a ping missed after one and a half heartbeats of silence, and gives the connection up after three", () => {
+  const watchdog = new SilenceWatchdog();
+  const heardAgo = (ms: number) => ((watchdog as unknown as { lastHeard: number }).lastHeard = performance.now() - ms);
+  assert.equal(watchdog.missedPings(), null, 'before a welcome');
+  watchdog.start(2, () => {});
+  try {
+    heardAgo(2800);
+    assert.equal(watchdog.missedPings(), null, 'within one and a half heartbeats of 2 s');
+    heardAgo(3200);
+    const missed = watchdog.missedPings();
+    assert.ok(missed && missed.silentMs >= 3200 && missed.silentMs < 3700, JSON.stringify(missed));
+    assert.equal(missed.limitMs, 6000);
+  } finally {
+    watchdog.stop();
+  }
 });
