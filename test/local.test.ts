@@ -415,13 +415,13 @@ test('--no-native reaches the workers local starts: they run on XNNPACK and say 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
-test('a local run trains the same through shared-memory mailboxes as over the WebSocket alone, and leaves nothing in /dev/shm', { timeout: 60_000 }, async () => {
+test('a local run trains the same through shared-memory mailboxes as over the WebSocket alone, on a backend that copies mailed weights and one that keeps them, and leaves nothing in /dev/shm', { timeout: 120_000 }, async () => {
   const shm = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
   // Only this test's processes: another ganfleet run on the machine makes and removes its own directories meanwhile.
   const pids = new Set<number>();
-  const run = async (flags: string[]) => {
+  const run = async (backend: string, flags: string[]) => {
     const out = tempDir('mailbox');
-    const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--seed', '5', '--backend', 'wasm', '--metrics-port', '-1', '--out', out, ...flags]);
+    const run = spawnCli(['local', '--workers', '1', '--steps', '20', '--seed', '5', '--backend', backend, '--metrics-port', '-1', '--out', out, ...flags]);
     const code = await run.exit;
     const log = run.log();
     assert.equal(code, 0, log);
@@ -430,16 +430,19 @@ test('a local run trains the same through shared-memory mailboxes as over the We
     fs.rmSync(out, { recursive: true, force: true });
     return result;
   };
-  const mailed = await run([]);
-  assert.match(mailed.log, /\[coordinator\] w1 exchanges frames through shared memory/);
-  assert.match(mailed.log, /\[worker local-1\] frames travel through shared memory/);
-  const socketed = await run(['--no-mailbox']);
-  assert.doesNotMatch(socketed.log, /shared memory/);
-  // One worker and one seed: the same run, bit for bit, whichever way the frames went.
-  assert.ok(mailed.weights.equals(socketed.weights), 'the generators differ');
-  assert.deepEqual(mailed.summary.last, socketed.summary.last);
-  assert.ok(Math.abs(mailed.summary.bytesReceivedPerStep - socketed.summary.bytesReceivedPerStep) < 100, 'frame bytes are counted either way');
-  assert.equal(pids.size, 4, 'two runs, each a coordinator and a worker');
+  // wasm copies mailed weights into its heap; cpu, as tfjs-node, keeps the arrays it is given, which the next mail overwrites.
+  for (const backend of ['wasm', 'cpu']) {
+    const mailed = await run(backend, []);
+    assert.match(mailed.log, /\[coordinator\] w1 exchanges frames through shared memory/);
+    assert.match(mailed.log, /\[worker local-1\] frames travel through shared memory/);
+    const socketed = await run(backend, ['--no-mailbox']);
+    assert.doesNotMatch(socketed.log, /shared memory/);
+    // One worker and one seed: the same run, bit for bit, whichever way the frames went.
+    assert.ok(mailed.weights.equals(socketed.weights), `${backend}: the generators differ`);
+    assert.deepEqual(mailed.summary.last, socketed.summary.last, backend);
+    assert.ok(Math.abs(mailed.summary.bytesReceivedPerStep - socketed.summary.bytesReceivedPerStep) < 100, 'frame bytes are counted either way');
+  }
+  assert.equal(pids.size, 8, 'four runs, each a coordinator and a worker');
   const left = fs.readdirSync(shm).filter((n) => pids.has(Number(/^ganfleet-(?:coordinator|worker)-(\d+)-/.exec(n)?.[1])));
   assert.deepEqual(left, [], 'mailbox directories left behind');
 });
