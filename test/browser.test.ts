@@ -143,3 +143,52 @@ test('the status page asks again only once an answer came: a coordinator slow to
     server.close();
   }
 });
+
+test('the status page shows what /api/status says: the newest evaluation, an ETA past an hour, the wire dtype, a slow worker, the newest grid', { skip, timeout: 60_000 }, async () => {
+  const status = {
+    ...EVALUATING_STATUS,
+    state: 'training', step: 1234, steps: 5000, imagesPerSecond: 2345.6, etaSeconds: 3725,
+    run: { ...EVALUATING_STATUS.run, wireDtype: 'bfloat16' },
+    workers: [
+      { id: 'w1', name: 'a', address: '10.0.0.1', backend: 'wasm', state: 'active', shardSize: 100, lastComputeMs: 12.34, awaitedMs: 2500, frames: 'websocket' },
+      { id: 'w2', name: 'b', address: '10.0.0.2', backend: 'wasm', state: 'active', shardSize: 100, lastComputeMs: 3, awaitedMs: 400, frames: 'websocket' },
+    ],
+    samples: ['step-000010.png', 'step-000020.png'],
+    evaluations: [{ step: 10, fid: 40.1234, mnistScore: 3.2111 }, { step: 20, fid: 12.3456, mnistScore: 8.7612 }],
+  };
+  // D's outputs between 0.2 and 0.8: their axis still spans [0, 1].
+  const history = { stride: 1, points: [{ step: 1, dLoss: 0.7, gLoss: 0.9, dReal: 0.6, dFake: 0.2 }, { step: 2, dLoss: 0.5, gLoss: 1.5, dReal: 0.8, dFake: 0.3 }] };
+  const server = http.createServer((req, res) => {
+    if (req.url === '/') return void res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(STATUS_PAGE);
+    if (req.url === '/api/history') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(history));
+    if (req.url === '/api/status') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status));
+    res.writeHead(404).end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  browser ??= await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu'] });
+  const page = await browser.newPage();
+  try {
+    await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+    await page.waitForFunction(() => document.getElementById('state')!.textContent === 'training');
+    assert.equal(await page.textContent('#step'), '1234 / 5000');
+    assert.equal(await page.textContent('#rate'), '2346');
+    assert.equal(await page.textContent('#eta'), '1h02m');
+    assert.equal(await page.textContent('#run'), 'mlp · bce · batch 16 a worker · Adam 0.001, 0.9, 0.999 · seed 1 · bfloat16');
+    assert.equal(await page.textContent('#nworkers'), '2');
+    assert.equal(await page.textContent('#fid'), '12.35', 'the newest evaluation');
+    assert.equal(await page.textContent('#score'), '8.76');
+    assert.equal(await page.$eval('#quality', (q) => (q as HTMLElement).hidden), false, 'two evaluations draw a FID curve');
+    assert.equal(await page.$eval('#fids polyline', (l) => l.getAttribute('points')!.split(' ').length), 2);
+    const rows = await page.$$eval('#workers tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)));
+    assert.deepEqual(rows.map((r) => [r[6], r[7]]), [['12.3 ms', '2.5 s'], ['3.0 ms', '']], 'a wait is shown past 1 s only');
+    assert.equal(await page.getAttribute('#grid', 'src'), 'samples/step-000020.png');
+    assert.equal(await page.textContent('#gridname'), 'step-000020');
+    assert.equal(await page.$eval('#strip', (s) => (s as HTMLInputElement).max), '1');
+    assert.deepEqual(await page.$$eval('#probs text', (ts) => ts.map((t) => t.textContent)), ['1.00'], 'the top of [0, 1], no negative bottom');
+    assert.deepEqual(await page.$$eval('#losses text', (ts) => ts.map((t) => t.textContent)), ['1.50']);
+  } finally {
+    await page.close();
+    server.closeAllConnections();
+    server.close();
+  }
+});
