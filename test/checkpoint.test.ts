@@ -89,6 +89,9 @@ test('a header out of range is refused though its checksum holds (a file made by
   refused({ ...good, seedRng: [1, 2, 3, 2 ** 32] as unknown as typeof good.seedRng }, /^f: header fields out of range$/);
   refused({ ...good, seedRng: [0, 0, 0, 0] }, /^f: header fields out of range$/);
   refused({ ...good, nextWorker: -1 }, /^f: header fields out of range$/);
+  // Adam's step counts bias-correct the next update: one negative or fractional is no count ganfleet wrote.
+  refused({ ...good, adamGenerator: { ...good.adamGenerator, step: 1.5 } }, /^f: header fields out of range$/);
+  refused({ ...good, adamDiscriminator: { ...good.adamDiscriminator, step: -1 } }, /^f: header fields out of range$/);
   // Format 1 had no slots: one that lists them is no file ganfleet wrote.
   const withSlots = encodeCheckpoint({ ...good, shards: [{ indices: Uint32Array.from([1, 2]), seed: 3 }] });
   const asFormat1 = Buffer.concat([Buffer.from('GANFLEET-CHECKPOINT-1\n'), withSlots.subarray(22)]);
@@ -104,6 +107,7 @@ test('weights or Adam state that are not finite are refused though the checksum 
   refused({ ...good, adamGenerator: { ...good.adamGenerator, m: withNaN(good.adamGenerator.m) } });
   // A second moment below zero makes the next update's square root NaN.
   refused({ ...good, adamDiscriminator: { ...good.adamDiscriminator, v: Float32Array.from(good.adamDiscriminator.v, (x, i) => (i === 1 ? -1 : x)) } });
+  refused({ ...good, adamGenerator: { ...good.adamGenerator, v: Float32Array.from(good.adamGenerator.v, (x, i) => (i === 1 ? -1 : x)) } });
   // A resume sets it aside and takes the one before.
   const dir = tempDir('ckpt-not-finite');
   writeCheckpoint(dir, checkpointAt(2), 3);
@@ -169,6 +173,15 @@ test('writes are atomic, keep the newest K, and resume falls back past broken fi
   writeCheckpoint(dir, checkpointAt(21), 1);
   assert.deepEqual(listCheckpoints(dir), ['ckpt-000000021.bin']);
   assert.ok(fs.existsSync(path.join(dir, 'ckpt-000000040.bin.invalid')));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('retention never removes the checkpoint just written, though newer ones outnumber --keep-checkpoints', () => {
+  const dir = tempDir('ckpt-older');
+  for (const step of [20, 30]) writeCheckpoint(dir, checkpointAt(step), 3);
+  const written = writeCheckpoint(dir, checkpointAt(5), 1);
+  assert.ok(fs.existsSync(written), `${written} was pruned as it was written`);
+  assert.deepEqual(listCheckpoints(dir), ['ckpt-000000030.bin', 'ckpt-000000005.bin']);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
