@@ -2,7 +2,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Packr } from 'msgpackr';
 import { ProtocolError, decodeCoordinatorMessage, decodeWorkerMessage, encode } from '../src/protocol/codec';
-import { encodeFloatsPortable } from '../src/protocol/wire-dtype';
+import { decodeFloatsPortable, encodeFloatsPortable } from '../src/protocol/wire-dtype';
 import { recordExtensionBomb } from './helpers';
 import { ErrorMessage, Gradients, Hello, MAX_GRADIENT_ABS, MAX_STRING_LENGTH, errorMessage, MAX_STATISTIC_ABS, Mail, MailboxReady, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 
@@ -301,6 +301,13 @@ describe('--wire-dtype float16 and bfloat16', () => {
     // bfloat16 near 1 (ulp 2^-7).
     const bf16 = encodeFloatsPortable(Float32Array.of(1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, -(1 + 3 * 2 ** -8)), 'bfloat16');
     assert.deepEqual(Array.from(bf16, (h) => h.toString(16)), ['3f80', '3f82', '3f81', 'bf82']);
+    // Just below float16's overflow threshold (65520) rounds to 65504, not up to infinity; from it on it saturates too.
+    assert.deepEqual(Array.from(encodeFloatsPortable(Float32Array.of(65519.99, 65520, -65535, 70000), 'float16'), (h) => h.toString(16)), ['7bff', '7bff', 'fbff', '7bff']);
+    // A NaN whose payload lies only in the low 16 bits stays NaN, not the Infinity its upper bits alone are.
+    const nan = new Float32Array(new Uint32Array([0x7f800001, 0xff800001]).buffer);
+    assert.deepEqual(Array.from(encodeFloatsPortable(nan, 'bfloat16'), (h) => h.toString(16)), ['7fc0', 'ffc0']);
+    // And back: subnormal and normal float16s, and the largest, at their exact values.
+    assert.deepEqual(Array.from(decodeFloatsPortable(Uint16Array.of(0x0001, 0x03ff, 0x8400, 0x3555, 0x7bff, 0xfc00), 'float16')), [2 ** -24, 1023 * 2 ** -24, -(2 ** -14), 0.333251953125, 65504, -Infinity]);
   });
 
   test('float16 saturates beyond its range instead of sending infinity', () => {
