@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { spawnSync } from 'node:child_process';
-import { readIdx } from '../src/data/idx';
+import { encodeIdx, readIdx } from '../src/data/idx';
 import { defaultMnistDir, gatherTanhRange, imagesFingerprint, loadMnist, toTanhRange } from '../src/data/mnist';
 import { IMAGE_SIZE } from '../src/data/image';
 import { GanfleetError } from '../src/util/errors';
@@ -237,6 +237,22 @@ describe('readIdx on damaged copies', () => {
     fs.symlinkSync(file('t10k-images-idx3-ubyte'), path.join(mixed, 't10k-images-idx3-ubyte'));
     fs.symlinkSync(file('train-labels-idx1-ubyte'), path.join(mixed, 't10k-labels-idx1-ubyte'));
     throwsCode(() => loadMnist('test', mixed), 'MNIST_MISMATCH', '10000', '60000');
+  });
+
+  test('images not of 28×28, labels not one per image, or no images at all → MNIST_MISMATCH / MNIST_EMPTY naming the file', () => {
+    const set = (name: string, images: [number[], number], labels: [number[], number]) => {
+      const at = path.join(tmp, name);
+      fs.mkdirSync(at);
+      fs.writeFileSync(path.join(at, 't10k-images-idx3-ubyte'), encodeIdx(images[0], new Uint8Array(images[1])));
+      fs.writeFileSync(path.join(at, 't10k-labels-idx1-ubyte'), encodeIdx(labels[0], new Uint8Array(labels[1])));
+      return at;
+    };
+    throwsCode(() => loadMnist('test', set('narrow', [[2, 28, 27], 2 * 28 * 27], [[2], 2])), 'MNIST_MISMATCH', 't10k-images-idx3-ubyte', '[2,28,27]');
+    throwsCode(() => loadMnist('test', set('short', [[2, 27, 28], 2 * 27 * 28], [[2], 2])), 'MNIST_MISMATCH', '[2,27,28]');
+    throwsCode(() => loadMnist('test', set('flat', [[2, 784], 2 * 784], [[2], 2])), 'MNIST_MISMATCH', '[2,784]');
+    throwsCode(() => loadMnist('test', set('channels', [[2, 28, 28, 1], 2 * 784], [[2], 2])), 'MNIST_MISMATCH', '[2,28,28,1]');
+    throwsCode(() => loadMnist('test', set('two-labels-each', [[2, 28, 28], 2 * 784], [[2, 1], 2])), 'MNIST_MISMATCH', 't10k-labels-idx1-ubyte', '[2,1]');
+    throwsCode(() => loadMnist('test', set('empty', [[0, 28, 28], 0], [[0], 0])), 'MNIST_EMPTY', 'holds no images');
   });
 });
 
