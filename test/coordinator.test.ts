@@ -11,6 +11,7 @@ import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { ownAnswerProblem } from '../src/coordinator/divergence';
 import { HELLO_TIMING } from '../src/coordinator/receiver';
 import { History } from '../src/coordinator/history';
+import { gridName, gridsAround } from '../src/coordinator/samples';
 import { FIRST_LINE_NOTICE_SECONDS } from '../src/coordinator/progress';
 import { CoordinatorConfig } from '../src/coordinator/config';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
@@ -2494,6 +2495,10 @@ describe('coordinator edge cases found by review', () => {
       const seconds = metricValue(text, `ganfleet_round_part_seconds_total{part="${part}"}`)!;
       assert.ok(Math.abs(summary.msPerStepByPhase[part] - (seconds * 1000) / 2) < 1e-6, `${part}: ${summary.msPerStepByPhase[part]} ms/step, ${seconds} s in all`);
     }
+    // Each phase's rounds in their own series, in seconds: step 8's G round waited 300 ms for its gradients.
+    for (const phase of ['discriminator', 'generator']) assert.equal(metricValue(text, `ganfleet_round_duration_seconds_count{phase="${phase}"}`), 2, phase);
+    const gRoundSeconds = metricValue(text, 'ganfleet_round_duration_seconds_sum{phase="generator"}')!;
+    assert.ok(gRoundSeconds >= 0.3 && gRoundSeconds <= (performance.now() - started) / 1000, `${gRoundSeconds} s in G rounds`);
     // Each gradient reports a compute time of 1 ms: the slowest worker's, per round.
     assert.ok(Math.abs(summary.msPerStepByPhase.compute - 2) < 1e-6, JSON.stringify(summary.msPerStepByPhase));
     assert.equal(metricValue(text, 'ganfleet_steps_total'), 2);
@@ -2899,4 +2904,11 @@ describe('coordinator edge cases found by review', () => {
     await coordinator.close();
     assert.equal(coordinator.status().workers.length, 0);
   });
+});
+
+test('grids from step 10⁶ on (7 digits) are ordered and split by step: by name, step-1000000.png sorts before step-999999.png', () => {
+  const dir = tempDir('grids-million');
+  for (const step of [1_000_001, 999_999, 1_000_000, 999_998]) fs.writeFileSync(path.join(dir, gridName(step)), 'grid');
+  assert.deepEqual(gridsAround(dir, 1_000_000), { upTo: ['step-999998.png', 'step-999999.png', 'step-1000000.png'], after: ['step-1000001.png'] });
+  fs.rmSync(dir, { recursive: true, force: true });
 });
