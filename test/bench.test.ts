@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { sleep, tempDir } from './harness';
 import { inProcess, median, memoryGrowth, MemoryReading, memoryReport, ratioAcrossRepeats, timedMsPerStep } from '../bench/bench';
-import { Adam } from '../src/coordinator/adam';
+import { stepCountingClock } from './helpers';
 import { lostWorkerLine } from '../bench/children';
 import { openblasCoreFor } from '../bench/openblas';
 
@@ -394,14 +394,7 @@ test("the bench's in-process child (its run without the native addon, and two at
 });
 
 test("the in-process step's ms/step is its timed steps' alone, after the warm-up", { timeout: 60_000 }, async (t) => {
-  // A clock that reads the steps done: each step applies Adam twice, to D and then to G.
-  let applied = 0;
-  const apply = Adam.prototype.apply;
-  t.mock.method(Adam.prototype, 'apply', function (this: Adam, params: Float32Array, gradients: Float32Array) {
-    applied++;
-    return apply.call(this, params, gradients);
-  });
-  t.mock.method(performance, 'now', () => applied / 2);
+  stepCountingClock(t);
   // 2 warm-up steps, then 3 timed: the warm-up's would make it 5/3; batch 128 a step.
   const r = await inProcess(3, 2);
   assert.deepEqual({ steps: r.steps, msPerStep: r.msPerStep, imagesPerSecond: r.imagesPerSecond }, { steps: 3, msPerStep: 1, imagesPerSecond: 128_000 });

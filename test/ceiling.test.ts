@@ -8,6 +8,7 @@ import { loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
+import { stepCountingClock } from './helpers';
 
 const BATCH = 16;
 const STEPS = 6;
@@ -53,14 +54,7 @@ for (const workers of [1, 2]) {
 }
 
 test("the ceiling's ms/step is its timed steps' alone, and its images/s count every worker's batch", { timeout: 60_000 }, async (t) => {
-  // A clock that reads the steps done on this thread: each step applies Adam twice, to D and then to G.
-  let applied = 0;
-  const apply = Adam.prototype.apply;
-  t.mock.method(Adam.prototype, 'apply', function (this: Adam, params: Float32Array, gradients: Float32Array) {
-    applied++;
-    return apply.call(this, params, gradients);
-  });
-  t.mock.method(performance, 'now', () => applied / 2);
+  stepCountingClock(t);
   // 2 warm-up steps, then 3 timed: the warm-up's would make it 5/3.
   assert.deepEqual(await sharedMemoryCeiling(2, 3, 2, BATCH), { workers: 2, msPerStep: 1, imagesPerSecond: 2 * BATCH * 1000 });
 });

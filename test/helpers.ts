@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import type { TestContext } from 'node:test';
+import { Adam } from '../src/coordinator/adam';
 
 /** The compiled CLI, run as a real child process. */
 export const CLI = path.join(__dirname, '..', 'src', 'cli.js');
@@ -45,4 +47,18 @@ export function recordExtensionBomb(nesting: number): Buffer {
  */
 export function nodeUnrunnableBy(ids: { uid: number; gid: number }): string | null {
   return spawnSync(process.execPath, ['-e', '0'], ids).status === 0 ? null : `${process.execPath} cannot be run by uid ${ids.uid}`;
+}
+
+/**
+ * Makes `performance.now()` read the training steps done so far, 1 ms each (a step applies Adam twice, to D and then
+ * to G): a clock on which a timing's arithmetic, its warm-up left out, comes out exact.
+ */
+export function stepCountingClock(t: TestContext): void {
+  let applied = 0;
+  const apply = Adam.prototype.apply;
+  t.mock.method(Adam.prototype, 'apply', function (this: Adam, params: Float32Array, gradients: Float32Array) {
+    applied++;
+    return apply.call(this, params, gradients);
+  });
+  t.mock.method(performance, 'now', () => applied / 2);
 }
