@@ -836,13 +836,25 @@ describe('a finished run tells the workers that left it without hearing it is ov
     assert.ok(full.type === 'error' && full.code === 'COORDINATOR_FULL', JSON.stringify(full));
   }
 
+  /** A 2-step run in out/`name` that takes one worker (--max-workers 1) and lingers up to 60 s, started. */
+  async function startedFull(name: string, more: Partial<CoordinatorConfig> = {}) {
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(path.join(out, name), 2), dataDir, maxWorkers: 1, lingerSeconds: 60, ...more }, (l) => lines.push(l));
+    return { lines, coordinator, run: coordinator.run() };
+  }
+
+  /** `peer` answers every round of a 2-step run, with zeros. */
+  async function answerTwoSteps(peer: ScriptedPeer): Promise<void> {
+    for (;;) {
+      const w = await weightsOrDrop(peer);
+      peer.gradients(w.step, w.phase, zeros(w.phase));
+      if (w.step === 1 && w.phase === 'generator') return;
+    }
+  }
+
   /** `trainer` answers every round of a 2-step run; then its end waits (logging `waiting`) and tells process `pid`, come back, to stop. */
   async function finishAndTellOnReturn(coordinator: Coordinator, run: Promise<TrainingSummary>, trainer: ScriptedPeer, lines: string[], pid: number, waiting: RegExp): Promise<void> {
-    for (;;) {
-      const w = await weightsOrDrop(trainer);
-      trainer.gradients(w.step, w.phase, zeros(w.phase));
-      if (w.step === 1 && w.phase === 'generator') break;
-    }
+    await answerTwoSteps(trainer);
     assert.equal((await run).steps, 2, lines.join('\n'));
     const closing = coordinator.close();
     await logged(lines, waiting);
@@ -855,9 +867,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
   }
 
   test('a dropped worker refused as one too many when it comes back is still waited for, and told at the end', async () => {
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'refused'), 2), dataDir, maxWorkers: 1, roundTimeoutSeconds: 1, lingerSeconds: 60 }, (l) => lines.push(l));
-    const run = coordinator.run();
+    const { lines, coordinator, run } = await startedFull('refused', { roundTimeoutSeconds: 1 });
     const silent = await joinedPeer(coordinator, true, 101);
     assert.equal(await silent.peer.closed, 4000);
     const trainer = await joinedPeer(coordinator, true, 102);
@@ -866,28 +876,19 @@ describe('a finished run tells the workers that left it without hearing it is ov
   });
 
   test('a spare refused as one too many, never admitted, is waited for and told at the end, so that it stops retrying', async () => {
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'spare'), 2), dataDir, maxWorkers: 1, lingerSeconds: 60 }, (l) => lines.push(l));
-    const run = coordinator.run();
+    const { lines, coordinator, run } = await startedFull('spare');
     const trainer = await joinedPeer(coordinator, true, 102);
     await refusedAsFull(coordinator, 103);
     await finishAndTellOnReturn(coordinator, run, trainer.peer, lines, 103, /: 1 worker refused as one too many \(COORDINATOR_FULL\), perhaps still retrying \("scripted"\)$/);
   });
 
   test('a spare admitted once a place frees is one of the workers: told with them at the end, and not waited for', async () => {
-    const lines: string[] = [];
-    const coordinator = await Coordinator.start({ ...config(path.join(out, 'spare-admitted'), 2), dataDir, maxWorkers: 1, lingerSeconds: 60 }, (l) => lines.push(l));
-    const run = coordinator.run();
+    const { lines, coordinator, run } = await startedFull('spare-admitted');
     const first = await joinedPeer(coordinator, true, 102);
     await refusedAsFull(coordinator, 103);
     first.peer.ws.close(1000, 'worker leaving');
     await logged(lines, /^w1 left \(disconnected\)/);
-    const spare = await joinedPeer(coordinator, true, 103);
-    for (;;) {
-      const w = await weightsOrDrop(spare.peer);
-      spare.peer.gradients(w.step, w.phase, zeros(w.phase));
-      if (w.step === 1 && w.phase === 'generator') break;
-    }
+    await answerTwoSteps((await joinedPeer(coordinator, true, 103)).peer);
     assert.equal((await run).steps, 2, lines.join('\n'));
     const t0 = performance.now();
     await Promise.race([coordinator.close(), new Promise((r) => setTimeout(r, 10_000).unref())]);
