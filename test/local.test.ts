@@ -635,17 +635,27 @@ test("the memory available under a cgroup's limit counts its inactive page cache
     '/sys/fs/cgroup/memory.current': `${816 * MiB}\n`,
     '/sys/fs/cgroup/memory.stat': `anon ${2 * MiB}\nfile ${770 * MiB}\nactive_file ${115 * MiB}\ninactive_file ${655 * MiB}\n`,
   };
+  // v1's memory.stat counts a cgroup's own pages apart from its children's: the total_ ones are the whole subtree's, as its usage is.
   const v1: Record<string, string> = {
     '/proc/self/cgroup': '4:memory:/job\n1:cpu:/\n',
     '/sys/fs/cgroup/memory/memory.limit_in_bytes': '9223372036854771712\n',
     '/sys/fs/cgroup/memory/memory.usage_in_bytes': `${8192 * MiB}\n`,
     '/sys/fs/cgroup/memory/job/memory.limit_in_bytes': `${1024 * MiB}\n`,
     '/sys/fs/cgroup/memory/job/memory.usage_in_bytes': `${816 * MiB}\n`,
-    '/sys/fs/cgroup/memory/job/memory.stat': `cache ${770 * MiB}\ninactive_file ${655 * MiB}\ntotal_cache ${770 * MiB}\ntotal_inactive_file ${655 * MiB}\n`,
+    '/sys/fs/cgroup/memory/job/memory.stat': `cache ${120 * MiB}\ninactive_file ${100 * MiB}\ntotal_cache ${770 * MiB}\ntotal_inactive_file ${655 * MiB}\n`,
+  };
+  // A level without a limit ("max", a systemd slice's) is passed over, not read as a number (NaN would hide every limit).
+  const v2Nested: Record<string, string> = {
+    '/proc/self/cgroup': '0::/system.slice/job.service\n',
+    '/sys/fs/cgroup/system.slice/memory.max': 'max\n',
+    '/sys/fs/cgroup/system.slice/memory.current': `${8192 * MiB}\n`,
+    '/sys/fs/cgroup/system.slice/job.service/memory.max': `${1024 * MiB}\n`,
+    '/sys/fs/cgroup/system.slice/job.service/memory.current': `${816 * MiB}\n`,
+    '/sys/fs/cgroup/system.slice/job.service/memory.stat': `inactive_file ${655 * MiB}\n`,
   };
   const readFileSync = fs.readFileSync;
   t.mock.method(os, 'freemem', () => 23 * 1024 * MiB);
-  for (const files of [v2, v1]) {
+  for (const files of [v2, v1, v2Nested]) {
     t.mock.method(fs, 'readFileSync', (file: string, ...rest: unknown[]) => {
       if (file in files) return files[file];
       if (String(file).startsWith('/sys/')) throw Object.assign(new Error(`ENOENT: ${file}`), { code: 'ENOENT' });
@@ -653,6 +663,10 @@ test("the memory available under a cgroup's limit counts its inactive page cache
     });
     assert.equal(availableMemory() / MiB, 1024 - 816 + 655, JSON.stringify(files));
   }
+  // A cgroup over its limit (its cache not yet reclaimed) leaves nothing, not less than nothing.
+  v2['/sys/fs/cgroup/memory.current'] = `${1800 * MiB}\n`;
+  t.mock.method(fs, 'readFileSync', (file: string, ...rest: unknown[]) => (file in v2 ? v2[file] : (readFileSync as (...a: unknown[]) => unknown)(file, ...rest)));
+  assert.equal(availableMemory(), 0);
 });
 
 test('local logs the memory warning before it starts anything: 64 DCGAN workers at --batch-size 1024 (about 178 GiB)', { timeout: 60_000 }, async (t) => {
