@@ -295,6 +295,38 @@ test('a phase whose tenths take a little longer than STALL_SECONDS gets a line e
   assert.equal(lines.at(-1), 'drawing: 100% (20000/20000 samples) in 60.0 s');
 });
 
+test("a phase after a quiet one (fewer than 10 batches, however long) still gets its lines at its tenths, not at once as if it had stalled", () => {
+  const lines: string[] = [];
+  let ms = 0;
+  const progress = batchProgress((m) => lines.push(m), 'images', 0, () => ms);
+  // 5 batches of 2 s: no line, yet 10 s since the last one.
+  for (let done = 2000; done <= 10_000; done += 2000) {
+    ms += 2000;
+    progress('classifying the test set', done, 10_000);
+  }
+  assert.deepEqual(lines, []);
+  // 100 batches of 100 ms: its tenths come every second, the first line at 10%.
+  for (let done = 100; done <= 10_000; done += 100) {
+    ms += 100;
+    progress('drawing', done, 10_000);
+  }
+  assert.equal(lines.length, 10, lines.join('\n'));
+  assert.equal(lines[0], 'drawing: 10% (1000/10000 images) in 1.0 s, about 9 s left');
+});
+
+test('batch progress rounds its estimate of the time left up: a phase with a fraction of a second to go says 1 s, not 0', () => {
+  const lines: string[] = [];
+  let ms = 0;
+  const progress = batchProgress((m) => lines.push(m), 'images', 0, () => ms);
+  // 10 batches of 40 ms: 0.36 s left at 10%.
+  for (let done = 1000; done <= 10_000; done += 1000) {
+    ms += 40;
+    progress('drawing', done, 10_000);
+  }
+  assert.equal(lines[0], 'drawing: 10% (1000/10000 images) in 0.0 s, about 1 s left');
+  assert.equal(lines[8], 'drawing: 90% (9000/10000 images) in 0.4 s, about 1 s left');
+});
+
 test("with a gap, batch progress lines come at least that far apart, none in the gap's first stretch, across phases", () => {
   const lines: string[] = [];
   let ms = 0;
