@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { LEASE_FILE, OutputClaim, processTable, putBack } from '../src/coordinator/output-claim';
 import { GanfleetError } from '../src/util/errors';
-import { makeDirectory } from '../src/util/write';
+import { makeDirectory, removeTornWrites, writeFileAtomic } from '../src/util/write';
 import { tempDir } from './harness';
 
 const FAST = { refreshMs: 50, staleMs: 400 };
@@ -423,6 +423,41 @@ test('makeDirectory makes a parent again that another process removes meanwhile 
   assert.equal(removed, 2, 'the child was made on the second try');
   assert.ok(fs.statSync(path.join(child, 'b')).isDirectory());
   fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('removeTornWrites removes the temporary files of the named writes untouched for over 5 minutes, and nothing else', () => {
+  const dir = tempDir('torn');
+  const minute = 60_000;
+  const now = Date.now();
+  const at = (name: string, minutesAgo: number) => {
+    fs.writeFileSync(path.join(dir, name), 'torn');
+    fs.utimesSync(path.join(dir, name), (now - minutesAgo * minute) / 1000, (now - minutesAgo * minute) / 1000);
+  };
+  at('summary.json.tmp-7', 6);
+  // A write still under way (4 minutes is slow, not abandoned), another file's, and not a temporary file at all.
+  at('summary.json.tmp-8', 4);
+  at('evaluations.json.tmp-7', 6);
+  at('summary.json.tmp-x', 6);
+  at('summary.json.old.tmp-7', 6);
+  assert.deepEqual(removeTornWrites(dir, 'summary.json', now), ['summary.json.tmp-7']);
+  assert.deepEqual(fs.readdirSync(dir).sort(), ['evaluations.json.tmp-7', 'summary.json.old.tmp-7', 'summary.json.tmp-8', 'summary.json.tmp-x']);
+  assert.deepEqual(removeTornWrites(dir, /^evaluations\.json$/, now), ['evaluations.json.tmp-7']);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('writeFileAtomic writes every byte where a write takes only part of a buffer (a full disk, /dev/shm), and throws, naming the file, where one takes none', (t) => {
+  const dir = tempDir('short-writes');
+  const file = path.join(dir, 'summary.json');
+  const writeSync = fs.writeSync;
+  let takes = 3;
+  t.mock.method(fs, 'writeSync', (fd: number, b: Uint8Array, offset: number, length: number, position: number) => (writeSync as (...a: unknown[]) => number)(fd, b, offset, Math.min(length, takes), position));
+  assert.equal(writeFileAtomic(file, [Buffer.from('{"steps": '), Buffer.from('1000}\n')]), true);
+  assert.equal(fs.readFileSync(file, 'utf8'), '{"steps": 1000}\n');
+  takes = 0;
+  assert.throws(() => writeFileAtomic(file, [Buffer.from('lost')]), (e: Error) => e.message.includes('wrote nothing') && e.message.includes(file));
+  assert.equal(fs.readFileSync(file, 'utf8'), '{"steps": 1000}\n', 'the old file is kept whole');
+  assert.deepEqual(fs.readdirSync(dir), ['summary.json'], 'no temporary file is left');
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test('an --out whose name is too long under parents it had to make is OUT_UNUSABLE, and leaves none of them made', async () => {
