@@ -32,6 +32,9 @@ describe('codec round trip', () => {
       assert.ok(back.message.startsWith('unknown model "xxx') && back.message.endsWith('…'));
     }
     assert.equal(errorMessage('CODE', 'short').message, 'short');
+    // The boundary is the character: one that just fits is kept whole, one a character over is cut.
+    assert.equal(errorMessage('CODE', 'x'.repeat(MAX_STRING_LENGTH)).message, 'x'.repeat(MAX_STRING_LENGTH));
+    assert.equal(errorMessage('CODE', 'x'.repeat(MAX_STRING_LENGTH + 1)).message, `${'x'.repeat(MAX_STRING_LENGTH - 1)}…`);
   });
   test('weights: float arrays come back bit for bit, as raw bytes on the wire', () => {
     const generator = floats(114064, 1);
