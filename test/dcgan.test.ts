@@ -262,6 +262,9 @@ test("kerasInit draws Keras' glorot-uniform kernels (fans over the receptive fie
     const variance = v.reduce((a, x) => a + x * x, 0) / v.length;
     assert.ok(max <= limit && max > 0.99 * limit, `${name}: max |w| ${max}, limit ${limit}`);
     assert.ok(Math.abs(variance / (limit * limit / 3) - 1) < 0.05, `${name}: variance ${variance}, uniform(±${limit}) has ${(limit * limit) / 3}`);
+    // Centred on zero: uniform(0, limit) has the same largest |w| and mean square, and every weight positive.
+    const mean = v.reduce((a, x) => a + x, 0) / v.length;
+    assert.ok(Math.abs(mean) < 0.01 * limit, `${name}: mean ${mean}, limit ${limit}`);
   }
   for (const name of ['g/bn1/gamma', 'g/bn1/moving_variance']) assert.ok(values(name).every((x) => x === 1), name);
   for (const name of ['g/dense/bias', 'g/deconv1/bias', 'g/bn1/beta', 'g/bn1/moving_mean']) assert.ok(values(name).every((x) => x === 0), name);
