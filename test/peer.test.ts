@@ -8,7 +8,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { FRAGMENT_BYTES, WorkerPeer } from '../src/coordinator/peer';
 import { EncodedFrame } from '../src/protocol/codec';
 import { Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { afterPendingReads } from '../src/util/events';
+import { afterPendingReads, sleep as sleepUnless } from '../src/util/events';
 
 /** A WorkerPeer around the server end of a real loopback WebSocket, and the client end. */
 async function peerPair(): Promise<{ peer: WorkerPeer; client: WebSocket; server: WebSocketServer }> {
@@ -160,4 +160,17 @@ test("a mailbox lost to a failed write is emptied before it is closed: the worke
   assert.equal(peer.mailbox, null);
   assert.ok(!fs.existsSync(outbox.path), 'the file is removed');
   assert.equal(fs.fstatSync(held).size, 0, 'and its bytes freed, though the worker still holds it open');
+});
+
+test('sleep ends at once on an abort already fired, and on one fired meanwhile, not at its time', async () => {
+  const t0 = performance.now();
+  await sleepUnless(5000, AbortSignal.abort());
+  const aborted = new AbortController();
+  setTimeout(() => aborted.abort(), 50);
+  await sleepUnless(5000, aborted.signal);
+  assert.ok(performance.now() - t0 < 2000, `slept ${performance.now() - t0} ms`);
+  // Without one, it waits its time.
+  const t1 = performance.now();
+  await sleepUnless(100);
+  assert.ok(performance.now() - t1 >= 95, `slept ${performance.now() - t1} ms`);
 });
