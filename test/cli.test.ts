@@ -472,6 +472,8 @@ test('a value flag with no value, an empty --out or other string, and a value th
     [['worker', '--coordinator', 'wss://user:S3CRET@127.0.0.1:8787#x'], {}],
     [['worker', '--coordinator', 'wss://user:S3/CRET@127.0.0.1:8787'], {}],
     [['worker', '--coordinator', 'https://user:S3CRET@127.0.0.1:8787'], {}],
+    // A password with no user name is sent (as ":S3CRET") all the same.
+    [['worker', '--coordinator', 'https://:S3CRET@127.0.0.1:8787'], {}],
     [['worker'], { GANFLEET_COORDINATOR: 'wss://user:S3#CRET@host:8787' }],
   ] as const) {
     const r = cli([...args], env);
