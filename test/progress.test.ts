@@ -116,11 +116,19 @@ test("the status page's images/s over an even number of recent steps is at the m
   step(c, 10, 1);
   step(c, 30, 2);
   close(c.clock.imagesPerSecond(128), 128 / 0.02);
+  // An odd number: the middle one (20 ms), not its neighbour.
+  step(c, 20, 3);
+  close(c.clock.imagesPerSecond(128), 128 / 0.02);
   // 32 steps at 10 ms, then 20 at 40 ms: the window holds the last 32, 12 fast and 20 slow.
   const d = clockAt();
   for (let i = 1; i <= 32; i++) step(d, 10, i);
   for (let i = 33; i <= 52; i++) step(d, 40, i);
   close(d.clock.imagesPerSecond(128), 128 / 0.04);
+  // 32 at 10 ms, then 16 at 40 ms: exactly 16 of each in the window (one step more or less there tips the median to one side).
+  const e = clockAt();
+  for (let i = 1; i <= 32; i++) step(e, 10, i);
+  for (let i = 33; i <= 48; i++) step(e, 40, i);
+  close(e.clock.imagesPerSecond(128), 128 / 0.025);
 });
 
 test("the progress line's images/s counts the images since the line before, not since the run began", () => {
@@ -137,6 +145,8 @@ test('the progress line gives its ETA in minutes and seconds under an hour, in h
   assert.match(progressLine(10, 100, stats, 0, 3600), / eta=1h00m$/);
   assert.match(progressLine(10, 100, stats, 0, 7199), / eta=1h59m$/);
   assert.match(progressLine(10, 100, stats, 0, 90061), / eta=25h01m$/);
+  // To the nearest second, not cut down.
+  assert.match(progressLine(10, 100, stats, 0, 89.6), / eta=1m30s$/);
 });
 
 test("a worker's 'no round' line comes --progress-every after its join or its last round, not up to twice that, and not while rounds come", async () => {
