@@ -6,7 +6,7 @@ import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import { CLI, nodeUnrunnableBy } from './helpers';
-import { isLoopback, publicWithoutToken } from '../src/coordinator/config';
+import { isLoopback, publicWithoutToken, tokenProblem } from '../src/coordinator/config';
 import { withHint } from '../src/worker/connection-hints';
 import { certificateDatesProblem } from '../src/util/tls';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
@@ -252,6 +252,8 @@ test('a token no Authorization header can carry as given is a usage error for co
     ['s3cret\t', /must not start or end with a blank/],
     ['s3cret€', /holds a control character or one beyond Latin-1/],
     ['s3c\r\nret', /holds a control character or one beyond Latin-1/],
+    // DEL is a control character too: Node refuses it in a header as it does \r\n.
+    ['s3c\x7fret', /holds a control character or one beyond Latin-1/],
     ['s3cret'.repeat(3000), tooLong],
     ['s3c'.padEnd(4097, 'x'), tooLong],
   ] as const) {
@@ -267,6 +269,9 @@ test('a token no Authorization header can carry as given is a usage error for co
     }
   }
   assert.ok(!fs.existsSync(path.join(dir, 'never')));
+  // What a header can carry passes: 4096 characters, the limit itself, and Latin-1 beyond ASCII.
+  assert.equal(tokenProblem('s3c'.padEnd(4096, 'x')), null);
+  assert.equal(tokenProblem('s3cr\xe9t\tx'), null);
 });
 
 test('only a loopback address literal (or localhost) counts as loopback: a --host name starting with "127." may resolve to a public address, and is refused without a token (exit 2)', () => {
