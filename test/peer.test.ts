@@ -49,9 +49,12 @@ test('a frame in pieces (a shard: a header, then its images) goes out in fragmen
   const frame = new EncodedFrame(pieces);
   const after = Buffer.from('after');
   const received = new Promise<void>((r) => client.on('message', () => got.length === 2 && r()));
-  assert.ok(peer.send(frame));
+  // `written`, once the last fragment is with the operating system: the coordinator times a shard's intake from it.
+  let written = 0;
+  assert.ok(peer.send(frame, () => written++));
   assert.ok(peer.send(after));
   await received;
+  assert.equal(written, 1, 'the fragmented frame reported written');
   assert.equal(got[0].length, frame.length);
   assert.ok(got[0].equals(Buffer.concat(pieces)), 'the pieces, byte for byte');
   assert.ok(got[1].equals(after));
@@ -122,6 +125,20 @@ test('the stall clock runs from the last write the link took: frames still hande
   // Less a margin: a timer's start is the event loop's cached time, so by performance.now a sleep can end a little
   // (on a loaded machine, a few ms) short of 400 ms. A clock restarted by the frame would read about 0.
   assert.ok(stalled >= stalledBefore + 350, `stalled for ${stalled.toFixed(0)} ms, ${stalledBefore.toFixed(0)} ms before the last 400 ms`);
+  // The link takes a write again (the client reads a little), more still waiting: the clock starts over from that write.
+  const socket = (client as unknown as { _socket: import('node:net').Socket })._socket;
+  let read = 0;
+  const readSome = (chunk: Buffer) => {
+    if ((read += chunk.length) < 3 * FRAGMENT_BYTES) return;
+    socket.pause();
+    socket.off('data', readSome);
+  };
+  socket.on('data', readSome);
+  socket.resume();
+  await sleep(100);
+  assert.ok(peer.queuedBytes > 0, 'writes still wait');
+  const restarted = peer.stalledForMs(performance.now());
+  assert.ok(restarted < 300, `stalled for ${restarted.toFixed(0)} ms after the link took a write`);
   client.terminate();
   server.close();
 });
