@@ -326,10 +326,21 @@ test('a connection the workers\' port turns away for being full is logged with w
     const refused = lines.filter((l) => /refused a connection from/.test(l));
     assert.equal(refused.length, 1, `one line a minute per address: ${lines.join('\n')}`);
     assert.match(refused[0], new RegExp(`the workers' port already holds its ${held} connections`));
+    // And why it holds no more: the open-files limit only where that is what cut it below what one worker is given.
+    const why = held < workerPortConnections(1, null) ? /\(ulimit -n \d+: raise the open-files limit\)$/ : /\(4 per --max-workers and 256 more\)$/;
+    assert.match(refused[0], why);
   } finally {
     for (const s of sockets) s.destroy();
     await workers.close();
   }
+});
+
+test('a token on loopback without TLS draws no clear-text warning: the frames never leave the machine', async () => {
+  const lines: string[] = [];
+  const workers = await WorkerListener.open({ host: '127.0.0.1', port: 0, maxWorkers: 1, insecure: false, token: 's3cret' }, 1 << 20, { log: (m) => lines.push(m), metrics: new CoordinatorMetrics() }, () => {});
+  await workers.close();
+  assert.match(lines[0], /^listening for workers on ws:\/\/127\.0\.0\.1:\d+ \(token required\)$/);
+  assert.deepEqual(lines.filter((l) => /clear text/.test(l)), [], lines.join('\n'));
 });
 
 test('a plain HTTP request to the workers\' port (a browser, a probe) is answered 426, saying what the port speaks', async () => {
