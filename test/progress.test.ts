@@ -236,20 +236,29 @@ test("a worker woken from a stop says no 'no round' for a round whose frame is s
   assert.deepEqual(lines.filter((l) => /^no round/.test(l)), []);
 });
 
-test("a long generate or eval says each tenth of each phase, its time from the phase's start and the time left; a short phase says nothing", () => {
-  let ms = 0;
+/** batchProgress on a clock of its own, and a phase's batches of `batch` items, `msEach` apart, up to `upTo` of `total`. */
+function timedProgress(unit: string, gapSeconds = 0) {
+  const clock = { ms: 0 };
   const lines: string[] = [];
-  const progress = batchProgress((m) => lines.push(m), 'images', 0, () => ms);
+  const progress = batchProgress((m) => lines.push(m), unit, gapSeconds, () => clock.ms);
+  const batches = (phase: string, batch: number, msEach: number, total: number, upTo = total) => {
+    for (let done = batch; done <= upTo; done += batch) {
+      clock.ms += msEach;
+      progress(phase, done, total);
+    }
+  };
+  return { clock, lines, progress, batches };
+}
+
+test("a long generate or eval says each tenth of each phase, its time from the phase's start and the time left; a short phase says nothing", () => {
+  const { clock, lines, progress, batches } = timedProgress('images');
   // 20 batches of 500, 100 ms each: a line every second batch.
-  for (let done = 500; done <= 10_000; done += 500) {
-    ms += 100;
-    progress('drawing', done, 10_000);
-  }
+  batches('drawing', 500, 100, 10_000);
   assert.equal(lines.length, 10);
   assert.equal(lines[4], 'drawing: 50% (5000/10000 images) in 1.0 s, about 1 s left');
   assert.equal(lines[9], 'drawing: 100% (10000/10000 images) in 2.0 s');
   // The next phase is timed from the end of the one before, its first batch included.
-  ms += 300;
+  clock.ms += 300;
   progress('classifying the samples', 1000, 10_000);
   assert.equal(lines[10], 'classifying the samples: 10% (1000/10000 images) in 0.3 s, about 3 s left');
   // Fewer than 10 batches: over in moments.
@@ -276,14 +285,9 @@ test('batch progress times its phases by the monotonic clock: a step of the wall
 
 /** What batch progress says of drawing `total` samples in batches of `batch`, `msEach` apiece, up to `upTo`, on a clock the test moves. */
 function drawn(batch: number, msEach: number, total: number, upTo = total): string[] {
-  const lines: string[] = [];
-  let ms = 0;
-  const progress = batchProgress((m) => lines.push(m), 'samples', 0, () => ms);
-  for (let done = batch; done <= upTo; done += batch) {
-    ms += msEach;
-    progress('drawing', done, total);
-  }
-  return lines;
+  const timed = timedProgress('samples');
+  timed.batches('drawing', batch, msEach, total, upTo);
+  return timed.lines;
 }
 
 test('a phase whose tenths take longer than STALL_SECONDS gets a line meanwhile, at its own percent: 200,000 DCGAN samples said nothing for their first 30 s', () => {
@@ -306,52 +310,31 @@ test('a phase whose tenths take a little longer than STALL_SECONDS gets a line e
 });
 
 test("a phase after a quiet one (fewer than 10 batches, however long) still gets its lines at its tenths, not at once as if it had stalled", () => {
-  const lines: string[] = [];
-  let ms = 0;
-  const progress = batchProgress((m) => lines.push(m), 'images', 0, () => ms);
+  const { lines, batches } = timedProgress('images');
   // 5 batches of 2 s: no line, yet 10 s since the last one.
-  for (let done = 2000; done <= 10_000; done += 2000) {
-    ms += 2000;
-    progress('classifying the test set', done, 10_000);
-  }
+  batches('classifying the test set', 2000, 2000, 10_000);
   assert.deepEqual(lines, []);
   // 100 batches of 100 ms: its tenths come every second, the first line at 10%.
-  for (let done = 100; done <= 10_000; done += 100) {
-    ms += 100;
-    progress('drawing', done, 10_000);
-  }
+  batches('drawing', 100, 100, 10_000);
   assert.equal(lines.length, 10, lines.join('\n'));
   assert.equal(lines[0], 'drawing: 10% (1000/10000 images) in 1.0 s, about 9 s left');
 });
 
 test('batch progress rounds its estimate of the time left up: a phase with a fraction of a second to go says 1 s, not 0', () => {
-  const lines: string[] = [];
-  let ms = 0;
-  const progress = batchProgress((m) => lines.push(m), 'images', 0, () => ms);
+  const { lines, batches } = timedProgress('images');
   // 10 batches of 40 ms: 0.36 s left at 10%.
-  for (let done = 1000; done <= 10_000; done += 1000) {
-    ms += 40;
-    progress('drawing', done, 10_000);
-  }
+  batches('drawing', 1000, 40, 10_000);
   assert.equal(lines[0], 'drawing: 10% (1000/10000 images) in 0.0 s, about 1 s left');
   assert.equal(lines[8], 'drawing: 90% (9000/10000 images) in 0.4 s, about 1 s left');
 });
 
 test("with a gap, batch progress lines come at least that far apart, none in the gap's first stretch, across phases", () => {
-  const lines: string[] = [];
-  let ms = 0;
-  const progress = batchProgress((m) => lines.push(m), 'images', 10, () => ms);
+  const { lines, batches } = timedProgress('images', 10);
   // 20 batches of 500, 400 ms each (8 s): none, as the phase ends inside the first 10 s.
-  for (let done = 500; done <= 10_000; done += 500) {
-    ms += 400;
-    progress('drawing', done, 10_000);
-  }
+  batches('drawing', 500, 400, 10_000);
   assert.deepEqual(lines, []);
   // 10 batches of 1000, 1.5 s each: a line at 11 s (2 batches in), the next 10 s or more after it.
-  for (let done = 1000; done <= 10_000; done += 1000) {
-    ms += 1500;
-    progress('classifying the samples', done, 10_000);
-  }
+  batches('classifying the samples', 1000, 1500, 10_000);
   assert.deepEqual(lines, [
     'classifying the samples: 20% (2000/10000 images) in 3.0 s, about 12 s left',
     'classifying the samples: 90% (9000/10000 images) in 13.5 s, about 2 s left',
