@@ -628,13 +628,14 @@ test("a worker's and the coordinator's memory estimates follow deploy/README.md'
 
 test("the memory available under a cgroup's limit counts its inactive page cache as free: a long-lived container's cache grows to its limit", (t) => {
   const MiB = 2 ** 20;
+  /** A v2 cgroup level at `dir`: its limit ('max' or MiB), its use and its inactive page cache (MiB). */
+  const v2Level = (dir: string, max: number | 'max', current: number, inactive?: number): Record<string, string> => ({
+    [`/sys/fs/cgroup${dir}/memory.max`]: `${max === 'max' ? 'max' : max * MiB}\n`,
+    [`/sys/fs/cgroup${dir}/memory.current`]: `${current * MiB}\n`,
+    ...(inactive === undefined ? {} : { [`/sys/fs/cgroup${dir}/memory.stat`]: `anon ${2 * MiB}\nactive_file ${115 * MiB}\ninactive_file ${inactive * MiB}\n` }),
+  });
   // This machine's own cgroup when measured: 816 MiB in use, 655 MiB of it inactive page cache; here under a 1 GiB limit.
-  const v2: Record<string, string> = {
-    '/proc/self/cgroup': '0::/\n',
-    '/sys/fs/cgroup/memory.max': `${1024 * MiB}\n`,
-    '/sys/fs/cgroup/memory.current': `${816 * MiB}\n`,
-    '/sys/fs/cgroup/memory.stat': `anon ${2 * MiB}\nfile ${770 * MiB}\nactive_file ${115 * MiB}\ninactive_file ${655 * MiB}\n`,
-  };
+  const v2: Record<string, string> = { '/proc/self/cgroup': '0::/\n', ...v2Level('', 1024, 816, 655) };
   // v1's memory.stat counts a cgroup's own pages apart from its children's: the total_ ones are the whole subtree's, as its usage is.
   const v1: Record<string, string> = {
     '/proc/self/cgroup': '4:memory:/job\n1:cpu:/\n',
@@ -645,14 +646,7 @@ test("the memory available under a cgroup's limit counts its inactive page cache
     '/sys/fs/cgroup/memory/job/memory.stat': `cache ${120 * MiB}\ninactive_file ${100 * MiB}\ntotal_cache ${770 * MiB}\ntotal_inactive_file ${655 * MiB}\n`,
   };
   // A level without a limit ("max", a systemd slice's) is passed over, not read as a number (NaN would hide every limit).
-  const v2Nested: Record<string, string> = {
-    '/proc/self/cgroup': '0::/system.slice/job.service\n',
-    '/sys/fs/cgroup/system.slice/memory.max': 'max\n',
-    '/sys/fs/cgroup/system.slice/memory.current': `${8192 * MiB}\n`,
-    '/sys/fs/cgroup/system.slice/job.service/memory.max': `${1024 * MiB}\n`,
-    '/sys/fs/cgroup/system.slice/job.service/memory.current': `${816 * MiB}\n`,
-    '/sys/fs/cgroup/system.slice/job.service/memory.stat': `inactive_file ${655 * MiB}\n`,
-  };
+  const v2Nested: Record<string, string> = { '/proc/self/cgroup': '0::/system.slice/job.service\n', ...v2Level('/system.slice', 'max', 8192), ...v2Level('/system.slice/job.service', 1024, 816, 655) };
   const readFileSync = fs.readFileSync;
   t.mock.method(os, 'freemem', () => 23 * 1024 * MiB);
   for (const files of [v2, v1, v2Nested]) {
@@ -664,8 +658,8 @@ test("the memory available under a cgroup's limit counts its inactive page cache
     assert.equal(availableMemory() / MiB, 1024 - 816 + 655, JSON.stringify(files));
   }
   // A cgroup over its limit (its cache not yet reclaimed) leaves nothing, not less than nothing.
-  v2['/sys/fs/cgroup/memory.current'] = `${1800 * MiB}\n`;
-  t.mock.method(fs, 'readFileSync', (file: string, ...rest: unknown[]) => (file in v2 ? v2[file] : (readFileSync as (...a: unknown[]) => unknown)(file, ...rest)));
+  const over: Record<string, string> = { ...v2, ...v2Level('', 1024, 1800, 655) };
+  t.mock.method(fs, 'readFileSync', (file: string, ...rest: unknown[]) => (file in over ? over[file] : (readFileSync as (...a: unknown[]) => unknown)(file, ...rest)));
   assert.equal(availableMemory(), 0);
 });
 
