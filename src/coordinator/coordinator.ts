@@ -30,8 +30,7 @@ import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
 import { spreadGrids } from './samples';
 import { Elapsed, FIRST_LINE_NOTICE_SECONDS, RunClock, StepStats, firstLineNotice, progressLine } from './progress';
-import { EvalPhase, Quality, Reference, evaluateGenerator, loadReference } from '../eval/quality';
-import { batchProgress } from '../util/batch-progress';
+import { Evaluation, Evaluator, showEvaluation } from './evaluation';
 
 const EMPTY = new Float32Array(0);
 
@@ -72,18 +71,13 @@ export interface TrainingSummary {
 
 export type { CoordinatorStatus } from './status';
 
-export interface Evaluation extends Quality {
-  step: number;
-}
+export type { Evaluation } from './evaluation';
 
 /** Why training stops; `failed` marks a stop the run did not ask for. */
 export interface Stop {
   reason: string;
   failed: boolean;
 }
-
-/** Ends an evaluation that a stop overtook: the stop's checkpoint must not wait for it. */
-class EvaluationCut extends Error {}
 
 /**
  * Turns off V8's incremental marking in this process. Left on, it settled a
@@ -153,8 +147,8 @@ export class Coordinator {
   private imagesThisRun = 0;
   /** roundIndex of the newest round that has closed: gradients up to it are late, beyond it premature. */
   private lastClosedRound = -1;
-  /** The test set --eval-every compares with, read at start: files changed during the run change no evaluation. */
-  private reference: Reference | null = null;
+  /** Null without --eval-every. */
+  private evaluator: Evaluator | null = null;
   /** Training seconds since the newest checkpoint (or the start, or the resume): the work a crash would lose. */
   private unsavedSeconds = 0;
   /** The step of the checkpoint this process wrote last (null before one), so that the end does not write one twice. */
@@ -163,8 +157,6 @@ export class Coordinator {
   private failure: string | null = null;
   private readonly history = new History();
   private state: Exclude<CoordinatorStatus['state'], 'evaluating'> = 'waiting';
-  /** Scoring G: the status page says so rather than `state`, which the evaluation leaves as it was. */
-  private evaluating = false;
   private last: StepStats | null = null;
   /** Why training diverged (the coordinator's own answer to a round was refused as the workers' were), or null. */
   private diverged: string | null = null;
@@ -239,7 +231,7 @@ export class Coordinator {
       const backend = await selectBackend(config.backend);
       log(`backend ${backend.name} (${backend.notes.join('; ')})`);
       c.train = loadMnist('train', config.dataDir);
-      if (config.evalEvery > 0) c.reference = loadReference(config.dataDir);
+      if (config.evalEvery > 0) c.evaluator = new Evaluator(c.model, config, { log, metrics: c.metrics, clock: c.clock, outputs: c.outputs, stopping: () => c.stop !== null });
       c.trainFingerprint = imagesFingerprint(c.train);
       c.fewestWorkers = c.workers.fitToImages(c.train.count, config.startWorkers);
       if (c.fewestWorkers > Math.min(config.startWorkers, config.minWorkers)) {
@@ -310,7 +302,7 @@ export class Coordinator {
     this.restoreTraining(c);
     this.evaluationMissed = this.outputs.resumeFrom(found.file, c.step).missedEvaluation;
     const lastEvaluation = this.outputs.evaluations.at(-1);
-    if (lastEvaluation) this.showEvaluation(lastEvaluation);
+    if (lastEvaluation) showEvaluation(this.metrics, lastEvaluation);
     // Nothing to train (a restarted pod of a finished run): how training would go is beside the point.
     if (c.step >= this.config.steps) return this.log(`resumed from ${found.file} at step ${c.step}, which --steps ${this.config.steps} does not pass`);
     const now = checkpointConfig(this.config, this.trainFingerprint);
@@ -746,42 +738,9 @@ export class Coordinator {
     return file;
   }
 
-  /**
-   * Scores G between steps (no round is open). Sampling yields to the event
-   * loop after every batch, so heartbeats keep flowing while it runs.
-   */
-  private async evaluate(cutByStop: boolean): Promise<void> {
-    this.clock.begin();
-    const t = performance.now();
-    // Nothing trains meanwhile, for seconds or minutes (a DCGAN's 10,000 samples on a CPU): the log and the status
-    // page say so, and the workers' "no round" lines point here.
-    this.evaluating = true;
-    this.log(`evaluating G at step ${this.step} (${this.config.evalSamples} samples): training waits meanwhile`);
-    // A DCGAN's takes minutes: lines every 10 s or more say how far it is. An MLP's few seconds show none.
-    const progress = batchProgress(this.log, 'images', 10);
-    const between = async (phase: EvalPhase, done: number, total: number) => {
-      progress(`eval step ${this.step}: ${phase}`, done, total);
-      await new Promise((r) => setImmediate(r));
-      if (cutByStop && this.stop) throw new EvaluationCut();
-    };
-    const quality = await evaluateGenerator(this.model, this.params.generator, this.config.evalSamples, this.config.seed + 4, this.reference!, between)
-      .catch((e) => {
-        if (e instanceof EvaluationCut) return null;
-        throw e;
-      })
-      .finally(() => (this.evaluating = false));
-    const seconds = (performance.now() - t) / 1000;
-    this.clock.addEvaluation(seconds);
-    this.metrics.evalSeconds.inc(seconds);
-    if (!quality) return this.log(`eval step ${this.step}: left unfinished after ${seconds.toFixed(1)} s, so that the stop's checkpoint need not wait for it`);
-    this.outputs.addEvaluation({ step: this.step, ...quality });
-    this.showEvaluation(quality);
-    this.log(`eval step ${this.step}: fid=${quality.fid.toFixed(3)} mnist_score=${quality.mnistScore.toFixed(3)} (${quality.samples} samples, ${seconds.toFixed(1)} s)`);
-  }
-
-  private showEvaluation(e: { fid: number; mnistScore: number }): void {
-    this.metrics.fid.set(e.fid);
-    this.metrics.mnistScore.set(e.mnistScore);
+  /** --eval-every's scoring of G at this step; `cutByStop`: a stop asked for meanwhile ends it unrecorded. */
+  private evaluate(cutByStop: boolean): Promise<void> {
+    return this.evaluator!.score(this.step, this.params.generator, cutByStop);
   }
 
   /** After the last step: the final sample grid, checkpoint and evaluation, then the generator and summary.json. */
@@ -916,13 +875,13 @@ export class Coordinator {
 
   status(): CoordinatorStatus {
     return {
-      state: this.evaluating ? 'evaluating' : this.state,
+      state: this.evaluator?.running ? 'evaluating' : this.state,
       step: this.step,
       steps: this.config.steps,
       resumedFrom: this.resumedFrom,
       run: runSettings(this.config),
       // Paused or waiting, nothing is trained: the last step's rate would show a stall as healthy.
-      imagesPerSecond: this.state === 'training' && !this.evaluating && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
+      imagesPerSecond: this.state === 'training' && !this.evaluator?.running && this.last ? this.clock.imagesPerSecond(this.last.images) : 0,
       etaSeconds: this.state === 'finished' ? null : this.etaSeconds(),
       last: this.last,
       workers: workerRows(this.workers.list(), this.round),

@@ -10,7 +10,8 @@ import { CHECKPOINT_FILE, Checkpoint, listCheckpoints, loadLatestCheckpoint } fr
 import { checkpointModel } from './checkpoint-model';
 import { CoordinatorConfig, runLayout } from './config';
 import { SAMPLE_FILE } from './samples';
-import type { Evaluation, TrainingSummary } from './coordinator';
+import type { TrainingSummary } from './coordinator';
+import type { Evaluation } from './evaluation';
 
 export type ImagesFingerprint = ReturnType<typeof imagesFingerprint>;
 

@@ -10,7 +10,8 @@ import { exportGenerator } from './export';
 import { LEASE_TIMING, OutputClaim } from './output-claim';
 import { earlierSummary, evaluationsUpTo, prepareOutputs, summarisedStep } from './resume';
 import { SampleWriter, gridName, gridsAround } from './samples';
-import type { Evaluation, Stop, TrainingSummary } from './coordinator';
+import type { Stop, TrainingSummary } from './coordinator';
+import type { Evaluation } from './evaluation';
 
 /**
  * What a run keeps under --out: the sample grids, evaluations.json, the

@@ -1,7 +1,7 @@
 import { Routes } from '../util/http';
 import { peerText } from '../util/log';
 import type { CoordinatorConfig } from './config';
-import type { Evaluation } from './coordinator';
+import type { Evaluation } from './evaluation';
 import type { History } from './history';
 import type { WorkerPeer } from './peer';
 import type { StepStats } from './progress';
