@@ -1,7 +1,6 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import os from 'node:os';
 import { gpuBackendProblem } from './backend';
 import { BackendChoice } from './backend-choice';
 import { ARCHITECTURES } from './model/choices';
@@ -12,7 +11,7 @@ import { plural } from './util/text';
 import { emitted } from './util/events';
 import { startStoppable } from './util/signals';
 import { GanfleetError } from './util/errors';
-import { availableMemory } from './util/process';
+import { availableCores, availableMemory } from './util/process';
 import { removeMailboxDirsOf } from './protocol/mailbox';
 import { ALIVE_EVERY_MS, WorkerRefusal, isWorkerAlive, isWorkerRefusal } from './worker/local-child';
 
@@ -125,7 +124,7 @@ export async function runLocal(config: CoordinatorConfig, opts: LocalOptions, lo
     const problem = opts.workerBackend === 'wasm' || opts.workerBackend === 'cpu' ? `--backend ${opts.workerBackend} does not use them` : gpuBackendProblem();
     if (problem) log(`--gpus ${opts.gpus.join(',')} given, but the workers will compute on the CPU: ${problem} (README: GPU)`);
   }
-  const crowded = opts.gpus.length > 0 ? null : oversubscriptionWarning(opts.workers, os.availableParallelism(), config.heartbeatSeconds);
+  const crowded = opts.gpus.length > 0 ? null : oversubscriptionWarning(opts.workers, availableCores(), config.heartbeatSeconds);
   if (crowded) log(`warning: ${crowded}`);
   const overfilled =
     opts.gpus.length > 0

@@ -7,7 +7,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { checkpointName, decodeCheckpoint } from '../src/coordinator/checkpoint';
 import { coordinatorMemoryEstimate, memoryWarning, oversubscriptionWarning, workerMemoryEstimate } from '../src/local';
-import { availableMemory } from '../src/util/process';
+import { availableCores, availableMemory } from '../src/util/process';
 import { blankMnistDir, freePort, tempDir } from './harness';
 import { CLI, nodeUnrunnableBy } from './helpers';
 
@@ -661,6 +661,52 @@ test("the memory available under a cgroup's limit counts its inactive page cache
   const over: Record<string, string> = { ...v2, ...v2Level('', 1024, 1800, 655) };
   t.mock.method(fs, 'readFileSync', (file: string, ...rest: unknown[]) => (file in over ? over[file] : (readFileSync as (...a: unknown[]) => unknown)(file, ...rest)));
   assert.equal(availableMemory(), 0);
+});
+
+test("the CPU cores counted for local's warning are a cgroup's CPU quota where it has one, at any level, a fraction counted down: Node 20 missed a container's --cpus", (t) => {
+  const readFileSync = fs.readFileSync;
+  t.mock.method(os, 'availableParallelism', () => 16);
+  const cases: [string, Record<string, string>, number][] = [
+    ['v2, no quota', { '/proc/self/cgroup': '0::/\n', '/sys/fs/cgroup/cpu.max': 'max 100000\n' }, 16],
+    ['v2, --cpus 2', { '/proc/self/cgroup': '0::/\n', '/sys/fs/cgroup/cpu.max': '200000 100000\n' }, 2],
+    ['v2, --cpus 2.5', { '/proc/self/cgroup': '0::/\n', '/sys/fs/cgroup/cpu.max': '250000 100000\n' }, 2],
+    ['v2, half a core', { '/proc/self/cgroup': '0::/\n', '/sys/fs/cgroup/cpu.max': '50000 100000\n' }, 1],
+    ['v2, the quota a level up', { '/proc/self/cgroup': '0::/kubepods/pod1/c1\n', '/sys/fs/cgroup/kubepods/pod1/cpu.max': '300000 100000\n', '/sys/fs/cgroup/kubepods/pod1/c1/cpu.max': 'max 100000\n' }, 3],
+    ['v1, no quota', { '/proc/self/cgroup': '4:memory:/\n2:cpu,cpuacct:/job\n', '/sys/fs/cgroup/cpu/job/cpu.cfs_quota_us': '-1\n', '/sys/fs/cgroup/cpu/job/cpu.cfs_period_us': '100000\n' }, 16],
+    ['v1, --cpus 4', { '/proc/self/cgroup': '4:memory:/\n2:cpu,cpuacct:/job\n', '/sys/fs/cgroup/cpu/job/cpu.cfs_quota_us': '400000\n', '/sys/fs/cgroup/cpu/job/cpu.cfs_period_us': '100000\n' }, 4],
+    // cpuacct and cpuset are other controllers: their hierarchies hold no quota.
+    ['v1, cpuacct alone', { '/proc/self/cgroup': '3:cpuacct:/job\n1:cpuset:/job\n', '/sys/fs/cgroup/cpuacct/job/cpu.cfs_quota_us': '100000\n', '/sys/fs/cgroup/cpuacct/job/cpu.cfs_period_us': '100000\n' }, 16],
+  ];
+  for (const [what, files, cores] of cases) {
+    t.mock.method(fs, 'readFileSync', (file: string, ...rest: unknown[]) => {
+      if (file in files) return files[file];
+      if (String(file).startsWith('/sys/')) throw Object.assign(new Error(`ENOENT: ${file}`), { code: 'ENOENT' });
+      return (readFileSync as (...a: unknown[]) => unknown)(file, ...rest);
+    });
+    assert.equal(availableCores(), cores, what);
+  }
+  // An affinity mask narrower than the quota wins.
+  t.mock.method(os, 'availableParallelism', () => 2);
+  assert.equal(availableCores(), 2);
+});
+
+test("local's warning of more workers than cores counts a cgroup's CPU quota: 2 workers in a container of 1 CPU", { timeout: 60_000 }, async () => {
+  const out = tempDir('cpu-quota-warning');
+  // local's own process sees a v2 cgroup with a quota of one core; its workers exit before they load anything.
+  const preload = path.join(out, 'one-cpu.js');
+  fs.writeFileSync(
+    preload,
+    "if (process.argv.includes('worker')) process.exit(1);\n" +
+      "const fs = require('node:fs'); const read = fs.readFileSync;\n" +
+      "const files = { '/proc/self/cgroup': '0::/\\n', '/sys/fs/cgroup/cpu.max': '100000 100000\\n' };\n" +
+      'fs.readFileSync = (file, ...rest) => (file in files ? files[file] : read(file, ...rest));\n',
+  );
+  const run = spawnCli(['local', '--workers', '2', '--steps', '1', '--max-restarts', '0', '--metrics-port', '-1', '--out', path.join(out, 'run')], process.execPath, [], { NODE_OPTIONS: `--require ${preload}` });
+  await waitFor(() => /share them|started 2 worker processes/.test(run.log()), 30_000, 'the oversubscription warning');
+  run.child.kill('SIGINT');
+  await run.exit;
+  assert.match(run.log(), /\[local\] warning: 2 workers on 1 CPU core share them: no more images\/s than 1 would give, each round about 2× as long,/);
+  fs.rmSync(out, { recursive: true, force: true });
 });
 
 test('local logs the memory warning before it starts anything: 64 DCGAN workers at --batch-size 1024 (about 178 GiB)', { timeout: 60_000 }, async (t) => {

@@ -53,20 +53,13 @@ export function softLimit(name: 'Max open files' | 'Max address space'): number 
  */
 export function availableMemory(): number {
   let bytes = os.freemem();
-  let cgroups = '';
-  try {
-    cgroups = fs.readFileSync('/proc/self/cgroup', 'utf8');
-  } catch {
-    return bytes;
-  }
-  // v2 ("0::/path", limit "max" = none) and v1 ("N:…memory…:/path", no limit = a huge number).
-  const v2 = /^0::(\/.*)$/m.exec(cgroups)?.[1];
-  const v1 = /^\d+:(?:[^:]*,)?memory(?:,[^:]*)?:(\/.*)$/m.exec(cgroups)?.[1];
+  const { v2, v1 } = cgroupLevels('memory');
   // Each with the key of its memory.stat's inactive page cache: counted in its use, yet the kernel reclaims it before
-  // it kills anything, and a long-lived container's cache grows to its limit.
+  // it kills anything, and a long-lived container's cache grows to its limit. v2's limit "max" is none; v1's no limit
+  // is a huge number.
   const levels: [string, string, string, string][] = [
-    ...(v2 === undefined ? [] : cgroupDirs('/sys/fs/cgroup', v2).map((d): [string, string, string, string] => [d, 'memory.max', 'memory.current', 'inactive_file'])),
-    ...(v1 === undefined ? [] : cgroupDirs('/sys/fs/cgroup/memory', v1).map((d): [string, string, string, string] => [d, 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file'])),
+    ...v2.map((d): [string, string, string, string] => [d, 'memory.max', 'memory.current', 'inactive_file']),
+    ...v1.map((d): [string, string, string, string] => [d, 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file']),
   ];
   for (const [dir, max, current, inactive] of levels) {
     try {
@@ -79,6 +72,49 @@ export function availableMemory(): number {
     }
   }
   return bytes;
+}
+
+/**
+ * CPU cores that this process and its children can keep busy: the affinity
+ * mask's (os.availableParallelism), or fewer where a cgroup this process is
+ * in, or one above it, has a CPU quota (a container's --cpus, a Pod's CPU
+ * limit), a fraction of a core counted down, at least 1. Node 22 and later
+ * count the quota themselves (libuv 1.49); Node 20's libuv does not, and
+ * gave a 2-CPU container on a 16-core host 16.
+ */
+export function availableCores(): number {
+  let cores = os.availableParallelism();
+  const { v2, v1 } = cgroupLevels('cpu');
+  // v2's cpu.max: "quota period", the quota "max" where there is none; v1's quota is -1 where there is none.
+  const cpuMax = (dir: string) => fs.readFileSync(`${dir}/cpu.max`, 'utf8').trim().split(/\s+/);
+  const cfs = (dir: string) => ['cpu.cfs_quota_us', 'cpu.cfs_period_us'].map((f) => fs.readFileSync(`${dir}/${f}`, 'utf8').trim());
+  for (const readQuota of [...v2.map((d) => () => cpuMax(d)), ...v1.map((d) => () => cfs(d))]) {
+    try {
+      const [quota, period] = readQuota().map(Number);
+      if (quota > 0 && period > 0) cores = Math.min(cores, Math.max(1, Math.floor(quota / period)));
+    } catch {
+      // Not this hierarchy, or a level not visible here.
+    }
+  }
+  return cores;
+}
+
+/**
+ * The directories of this process's cgroup and each one above it: in the v2
+ * hierarchy, and in the v1 hierarchy of `controller`; none where
+ * /proc/self/cgroup cannot be read (not Linux).
+ */
+function cgroupLevels(controller: 'memory' | 'cpu'): { v2: string[]; v1: string[] } {
+  let cgroups: string;
+  try {
+    cgroups = fs.readFileSync('/proc/self/cgroup', 'utf8');
+  } catch {
+    return { v2: [], v1: [] };
+  }
+  // v2: "0::/path"; v1: "N:…controller…:/path", the controller one of a comma-separated list (cpu, not cpuacct or cpuset).
+  const v2 = /^0::(\/.*)$/m.exec(cgroups)?.[1];
+  const v1 = new RegExp(`^\\d+:(?:[^:]*,)?${controller}(?:,[^:]*)?:(\\/.*)$`, 'm').exec(cgroups)?.[1];
+  return { v2: v2 === undefined ? [] : cgroupDirs('/sys/fs/cgroup', v2), v1: v1 === undefined ? [] : cgroupDirs(`/sys/fs/cgroup/${controller}`, v1) };
 }
 
 /** The bytes of inactive page cache that memory.stat `file` gives for `key`; 0 where it cannot be read. */
