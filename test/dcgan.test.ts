@@ -11,6 +11,7 @@ import { trainingBatchNorm } from '../src/model/dcgan';
 import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
+import { GanfleetError } from '../src/util/errors';
 import { assertClose } from './helpers';
 
 const BATCH = 8;
@@ -137,6 +138,31 @@ test('moving statistics pooled from batch statistics at the protocol bound stay 
   for (const e of layout.statistics) {
     const values = params.subarray(e.offset, e.offset + e.size);
     assert.ok(values.every(Number.isFinite), `${e.name} holds ${values.find((v) => !Number.isFinite(v))}`);
+  }
+});
+
+test("a layout refuses a flat vector one value short or over, and a gradient without a learnt tensor; only a moving statistic's may be left out, as zeros", () => {
+  const layout = createModel('dcgan').generatorLayout;
+  for (const n of [layout.size - 1, layout.size + 1]) {
+    assert.throws(() => layout.checkLength(new Float32Array(n)), (e: GanfleetError) => e.code === 'LAYOUT_SIZE_MISMATCH' && e.message === `expected ${layout.size} parameters, got ${n}`);
+    assert.throws(() => layout.toTensors(new Float32Array(n)), (e: GanfleetError) => e.code === 'LAYOUT_SIZE_MISMATCH');
+  }
+  const statistic = layout.statistics[0];
+  const learnt = layout.entries.find((e) => e.trainable)!;
+  const tensors = layout.toTensors(new Float32Array(layout.size).fill(1));
+  try {
+    const withoutStatistic = { ...tensors };
+    delete withoutStatistic[statistic.name];
+    const ordered = layout.ordered(withoutStatistic);
+    const flat = tf.tidy(() => tf.concat(ordered).dataSync() as Float32Array);
+    for (const t of ordered) t.dispose();
+    assert.ok(flat.subarray(statistic.offset, statistic.offset + statistic.size).every((v) => v === 0), statistic.name);
+    assert.ok(flat.subarray(learnt.offset, learnt.offset + learnt.size).every((v) => v === 1), learnt.name);
+    const withoutLearnt = { ...tensors };
+    delete withoutLearnt[learnt.name];
+    assert.throws(() => layout.ordered(withoutLearnt), (e: GanfleetError) => e.code === 'LAYOUT_UNKNOWN_TENSOR' && e.message === `missing tensor ${learnt.name}`);
+  } finally {
+    disposeTensors(tensors);
   }
 });
 
