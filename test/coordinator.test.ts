@@ -14,6 +14,7 @@ import { History } from '../src/coordinator/history';
 import { gridName, gridsAround } from '../src/coordinator/samples';
 import { FIRST_LINE_NOTICE_SECONDS } from '../src/coordinator/progress';
 import { CoordinatorConfig } from '../src/coordinator/config';
+import { runSettings } from '../src/coordinator/status';
 import { LEASE_FILE } from '../src/coordinator/output-claim';
 import { WorkerGroup } from '../src/coordinator/membership';
 import { CoordinatorMetrics } from '../src/coordinator/metrics';
@@ -85,6 +86,13 @@ class ScriptedPeer {
     this.send(encode(message<Mail>({ type: 'mail', bytes: frame.length })));
   }
 }
+
+test("the status page's run settings are this run's, each one that differs from its default shown as given", () => {
+  const given: CoordinatorConfig = {
+    ...config('unused', 1), arch: 'dcgan', loss: 'lsgan', batchSize: 48, seed: 7, wireDtype: 'bfloat16', adam: { learningRate: 3e-4, beta1: 0.6, beta2: 0.95, epsilon: 1e-8 },
+  };
+  assert.deepEqual(runSettings(given), { model: 'dcgan', loss: 'lsgan', batchSize: 48, lr: 3e-4, beta1: 0.6, beta2: 0.95, seed: 7, wireDtype: 'bfloat16' });
+});
 
 function config(out: string, steps: number): CoordinatorConfig {
   return {
