@@ -1003,6 +1003,33 @@ describe('coordinator edge cases found by review', () => {
   after(() => fs.rmSync(out, { recursive: true, force: true }));
   const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
 
+  test('a stop ends a step whose round went unanswered instead of asking it again of a worker that joined meanwhile: rounds that outlast --heartbeat (a DCGAN on the cpu backend) held a SIGTERM for an hour', async () => {
+    const dataDir = blankMnistDir(256);
+    const dir = path.join(out, 'stop-unanswered');
+    const lines: string[] = [];
+    const coordinator = await Coordinator.start({ ...config(dir, 10), dataDir, roundTimeoutSeconds: 1, checkpointEvery: 1 }, (l) => lines.push(l));
+    const run = coordinator.run();
+    const first = (await joinedPeer(coordinator)).peer;
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(first);
+      first.gradients(0, phase, zeros(phase));
+    }
+    // Step 2's D round: the first worker never answers, and is dropped at --round-timeout.
+    await weightsOrDrop(first);
+    coordinator.requestStop('SIGTERM received');
+    const second = (await joinedPeer(coordinator)).peer;
+    const summary = await run;
+    await coordinator.close();
+    const log = lines.join('\n');
+    assert.doesNotMatch(log, /asking again/);
+    assert.equal(summary.ok, true, log);
+    assert.equal(summary.steps, 1);
+    assert.equal(summary.stopReason, 'SIGTERM received');
+    assert.match(path.basename(summary.checkpoint ?? ''), /ckpt-000000001\.bin$/);
+    await second.closed; // told to stop, as a worker at any stop is
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test('weights that diverge stop the run as a failure, with the reason, even after a signal; no step of them is applied and none of their outputs written; it is not asked again for ever', async () => {
     const dataDir = blankMnistDir(256);
     const dir = path.join(out, 'diverged');

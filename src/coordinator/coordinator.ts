@@ -501,8 +501,8 @@ export class Coordinator {
   /**
    * Runs the round until some worker answers: when every participant left,
    * wait (paused) for --min-workers, as at a step boundary, and ask again,
-   * under one plan for all of them. Null only when a stop comes while no
-   * worker is left to answer.
+   * under one plan for all of them. Null where the weights diverged, or a
+   * stop was asked for by the time a round went unanswered.
    */
   private async roundUntilAnswered(step: number, phase: Phase): Promise<RoundResult | null> {
     for (;;) {
@@ -510,8 +510,10 @@ export class Coordinator {
       if (result) return result;
       // No worker's answer can be accepted from these weights: asking again would loop for ever.
       if (this.diverged) return null;
-      // Stopping, with no worker left to ask: the step is rolled back, not asked again (saying so would mislead).
-      if (this.stop && this.workers.openCount() < this.fewestWorkers) return null;
+      // Stopping: the step is rolled back, not asked again. A stop lets a step finish with the workers it asked, but
+      // asking again whoever is left or comes back can take for ever: a DCGAN on the cpu backend, whose rounds outlast
+      // --heartbeat, had each worker dropped in turn and rejoin, and held a SIGTERM for an hour.
+      if (this.stop) return null;
       this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
       // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
       // step's end. A stop still lets the step finish with whoever is there.
