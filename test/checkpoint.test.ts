@@ -309,6 +309,17 @@ test('--resume --loss lsgan on a checkpoint written before --loss existed names 
   fs.rmSync(out, { recursive: true, force: true });
 });
 
+test('--resume with both another --model and another --loss names both in one refusal, not the model first and the loss on the next try', () => {
+  const out = tempDir('resume-model-and-loss');
+  const file = writeCheckpoint(path.join(out, 'checkpoints'), checkpointAt(4), 3);
+  assert.throws(
+    () => checkpointToResume({ out, arch: 'dcgan', loss: 'lsgan' }, () => {}),
+    (e: Error & { code?: string }) =>
+      e.code === 'CHECKPOINT_MISMATCH' && e.message === `${file} is a mlp checkpoint, not dcgan and was trained with --loss bce, not lsgan: pass --model mlp --loss bce to resume it`,
+  );
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
 test("a checkpoint of a model this ganfleet lacks (a newer ganfleet's) is refused as such, by --resume, generate and eval, with the file named", async () => {
   const out = tempDir('resume-newer-model');
   const file = writeCheckpoint(path.join(out, 'checkpoints'), { ...checkpointAt(4), config: { arch: 'wgan', loss: 'hinge' } }, 3);

@@ -72,8 +72,15 @@ export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch
   }
   // A model this ganfleet lacks, or of other sizes, is another version's: no --model of this one resumes it.
   const was = checkpointModel(found.checkpoint, found.file);
-  if (was.arch !== config.arch) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} is a ${was.arch} checkpoint, not ${config.arch}: pass --model ${was.arch} to resume it`);
-  if (was.loss !== config.loss) throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with --loss ${was.loss}, not ${config.loss}: pass --loss ${was.loss} to resume it`);
+  // Both differences in one refusal: naming only the model sent a user back to fail again on the loss.
+  const mismatches: [string, string][] = [];
+  if (was.arch !== config.arch) mismatches.push([`is a ${was.arch} checkpoint, not ${config.arch}`, `--model ${was.arch}`]);
+  if (was.loss !== config.loss) mismatches.push([`was trained with --loss ${was.loss}, not ${config.loss}`, `--loss ${was.loss}`]);
+  if (mismatches.length > 0) {
+    const what = mismatches.map(([difference]) => difference).join(' and ');
+    const flags = mismatches.map(([, flag]) => flag).join(' ');
+    throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} ${what}: pass ${flags} to resume it`);
+  }
   return found;
 }
 
