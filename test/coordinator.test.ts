@@ -2703,6 +2703,43 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a round asked again whose workers keep coming back alive after its deadline dropped them ends the run as failed, saying what to raise; workers that crash are asked again for as long as they come back', { timeout: 60_000 }, async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(256);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'outlasted'), 10), roundTimeoutSeconds: 1, dataDir }, (l) => lines.push(l));
+    const run = coordinator.run();
+    // Three tries whose worker crashes: nothing says it lived, so it is asked again each time.
+    for (let i = 0; i < 3; i++) {
+      const { peer } = await joinedPeer(coordinator, true, 4242);
+      await weightsOrDrop(peer);
+      peer.ws.terminate();
+      await peer.closed;
+    }
+    // Then three whose worker is alive but slower than --round-timeout: dropped, the same process comes back.
+    const dropped = () => lines.filter((l) => / left \(no discriminator gradients for step 1 within --round-timeout 1 s\)/.test(l)).length;
+    for (let i = 1; i <= 3; i++) {
+      const { peer } = await joinedPeer(coordinator, true, 4242);
+      await weightsOrDrop(peer);
+      for (let j = 0; j < 400 && dropped() < i; j++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(dropped(), i, lines.join('\n'));
+      await peer.closed;
+    }
+    // Its third return ends the run: it is told so.
+    const { peer } = await joinedPeer(coordinator, true, 4242);
+    const summary = await run;
+    await coordinator.close();
+    await peer.closed;
+    const log = lines.join('\n');
+    assert.equal(lines.filter((l) => l === 'no worker answered the discriminator round of step 1; asking again').length, 6, log);
+    assert.equal(summary.ok, false, log);
+    assert.equal(summary.steps, 0);
+    assert.match(
+      summary.stopReason,
+      /^6 tries of step 1's discriminator round went unanswered, and 3 times a worker dropped at --heartbeat 5 s or --round-timeout 1 s while asked it came back alive \(the slowest 1\.\d s after it was asked\): rounds outlast those deadlines on this machine, so asking again would never end; start again with --round-timeout [34] or more$/,
+    );
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test("a straggler's answer that comes after its deadline dropped it is counted late and not acted on", async () => {
     const lines: string[] = [];
     // A small training set: with MNIST's two 23.5 MB shards, b's arriving in this same process holds up a's

@@ -12,10 +12,10 @@ function openSocket(): WebSocket {
   return s as unknown as WebSocket;
 }
 
-function group(): WorkerGroup {
+function group(cameBackOverdue: (round: number, seconds: number) => void = () => {}): WorkerGroup {
   return new WorkerGroup(
     { maxWorkers: 64, heartbeatSeconds: 5, mailbox: false },
-    { log: () => {}, metrics: new CoordinatorMetrics(), terms: () => ({}) as never, newSeed: () => 1, countSent: () => {}, left: () => {}, changed: () => {} },
+    { log: () => {}, metrics: new CoordinatorMetrics(), terms: () => ({}) as never, newSeed: () => 1, countSent: () => {}, left: () => {}, changed: () => {}, cameBackOverdue },
   );
 }
 
@@ -46,6 +46,31 @@ test('the group forgets worker processes that left on their own, and still count
   g.admit(hello(5000), openSocket(), '127.0.0.1:1');
   assert.equal(g.processesJoined(), 1002);
   assert.equal(remembered(g), 1, 'a connected process is kept');
+  g.stopHeartbeats();
+});
+
+test('a worker process dropped at a deadline while asked a round is told of when it comes back, once, with that round and the time since it was asked; not one dropped for offences, cut off, asked nothing, or another process', () => {
+  const back: [number, number][] = [];
+  const g = group((round, seconds) => back.push([round, seconds]));
+  const asked = (pid: number, hostname?: string) => {
+    const peer = g.admit(hello(pid, hostname), openSocket(), '127.0.0.1:1')!;
+    peer.asked.push(2, 3);
+    peer.lastAskedAt = performance.now() - 2_000;
+    return peer;
+  };
+  g.drop(asked(1), 'no heartbeat for 5.0 s (--heartbeat 5)', true);
+  g.drop(asked(2), 'too many errors');
+  g.cutOff(asked(3), 'its link took no write for 6.0 s');
+  g.drop(g.admit(hello(4), openSocket(), '127.0.0.1:1')!, 'no heartbeat for 5.0 s (--heartbeat 5)', true);
+  for (const pid of [2, 3, 4]) g.admit(hello(pid), openSocket(), '127.0.0.1:1');
+  g.admit(hello(1, 'host-b'), openSocket(), '127.0.0.1:1');
+  assert.deepEqual(back, []);
+  g.admit(hello(1), openSocket(), '127.0.0.1:1');
+  assert.equal(back.length, 1);
+  assert.equal(back[0][0], 3, 'the newest request');
+  assert.ok(back[0][1] >= 2 && back[0][1] < 60, String(back[0][1]));
+  g.admit(hello(1), openSocket(), '127.0.0.1:1');
+  assert.equal(back.length, 1);
   g.stopHeartbeats();
 });
 

@@ -136,7 +136,7 @@ test('zero or duplicate workers are rejected', () => {
 
 test('every shard fits in a frame a worker accepts: a larger training set needs more workers; fewer images than workers is refused', () => {
   const group = (maxWorkers: number) =>
-    new WorkerGroup({ maxWorkers, heartbeatSeconds: 5, mailbox: false }, { log: () => {}, metrics: {} as never, terms: () => ({}) as never, newSeed: () => 1, countSent: () => {}, left: () => {}, changed: () => {} });
+    new WorkerGroup({ maxWorkers, heartbeatSeconds: 5, mailbox: false }, { log: () => {}, metrics: {} as never, terms: () => ({}) as never, newSeed: () => 1, countSent: () => {}, left: () => {}, changed: () => {}, cameBackOverdue: () => {} });
   const perShard = Math.floor((MAX_COORDINATOR_FRAME_BYTES - 64 * 1024) / 784);
   assert.equal(group(64).fitToImages(60000, 2), 1, 'MNIST fits one worker');
   assert.equal(group(64).fitToImages(perShard, 1), 1);

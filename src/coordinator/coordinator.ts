@@ -25,7 +25,7 @@ import { CoordinatorMetrics, RoundPart } from './metrics';
 import { MAX_SHARD_IMAGES, WorkerGroup } from './membership';
 import { CoordinatorStatus, runSettings, statusRoutes, workerRows } from './status';
 import { MIN_LINK_BYTES_PER_SECOND, WorkerPeer } from './peer';
-import { Round, RoundResult, roundIndex, weightedStats } from './round';
+import { Round, RoundResult, RoundRetries, roundIndex, weightedStats } from './round';
 import { Receiver } from './receiver';
 import { ownAnswerProblem } from './divergence';
 import { spreadGrids } from './samples';
@@ -160,6 +160,8 @@ export class Coordinator {
   private last: StepStats | null = null;
   /** Why training diverged (the coordinator's own answer to a round was refused as the workers' were), or null. */
   private diverged: string | null = null;
+  /** The round asked again, and the answers to it that came too late: when asking again is hopeless. */
+  private readonly retries = new RoundRetries();
   /** The last round whose refused answers were checked against the coordinator's own: once a round. */
   private checkedRound = -1;
   /** The resumed checkpoint's step is due an evaluation that was never recorded (cut short by a kill or a stop): done before training. */
@@ -201,6 +203,7 @@ export class Coordinator {
       },
       left: (workerId) => this.round?.drop(workerId),
       changed: () => this.events.emit('peers'),
+      cameBackOverdue: (round, seconds) => this.retries.overdueCameBack(round, seconds),
     });
     this.receiver = new Receiver(this.model, config.batchSize, {
       log,
@@ -501,8 +504,9 @@ export class Coordinator {
   /**
    * Runs the round until some worker answers: when every participant left,
    * wait (paused) for --min-workers, as at a step boundary, and ask again,
-   * under one plan for all of them. Null where the weights diverged, or a
-   * stop was asked for by the time a round went unanswered.
+   * under one plan for all of them. Null where the weights diverged, a stop
+   * was asked for by the time a round went unanswered, or its workers were
+   * alive but each time slower than their deadlines.
    */
   private async roundUntilAnswered(step: number, phase: Phase): Promise<RoundResult | null> {
     for (;;) {
@@ -514,11 +518,14 @@ export class Coordinator {
       // asking again whoever is left or comes back can take for ever: a DCGAN on the cpu backend, whose rounds outlast
       // --heartbeat, had each worker dropped in turn and rejoin, and held a SIGTERM for an hour.
       if (this.stop) return null;
+      this.retries.unanswered(roundIndex(step, phase));
       this.log(`no worker answered the ${phase} round of step ${stepOfRound(step)}; asking again`);
       // Not the first to come back: one plan for it alone (the whole training set) would be re-planned at the
       // step's end. A stop still lets the step finish with whoever is there.
       await this.waitForWorkers(Math.max(this.config.minWorkers, this.fewestWorkers), true);
       if (this.workers.openCount() < this.fewestWorkers) return null;
+      // The dropped workers' late answers came meanwhile, before they rejoined.
+      if (this.retries.hopeless) return this.outlastedDeadlines(step, phase);
       this.workers.rebalanceIfChanged(this.permutation, this.train.images);
     }
   }
@@ -629,6 +636,7 @@ export class Coordinator {
         continue;
       }
       peer.asked.push(roundIndex(step, phase));
+      peer.lastAskedAt = performance.now();
       // Backstop for a peer that stops reading: the write never completes, so the deadline above never starts.
       const backstopMs = Math.min(deadlineMs + (peer.queuedBytes / MIN_LINK_BYTES_PER_SECOND) * 1000, MAX_TIMER_MS);
       const stalled = () => {
@@ -668,7 +676,7 @@ export class Coordinator {
     if (!round.isAwaiting(peer.id)) return;
     this.metrics.roundTimeouts.inc();
     if (linkStalled) this.workers.cutOff(peer, linkStalled);
-    else this.workers.drop(peer, `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`);
+    else this.workers.drop(peer, `no ${round.phase} gradients for step ${stepOfRound(round.step)} within --round-timeout ${this.config.roundTimeoutSeconds} s`, true);
   }
 
   /**
@@ -686,6 +694,27 @@ export class Coordinator {
     this.checkedRound = index;
     const problem = ownAnswerProblem(this.model, this.params, this.train, this.config.batchSize, this.config.seed, round.step, round.phase);
     if (problem) this.divergedAt(round.step, `the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem})`);
+  }
+
+  /**
+   * Stops the run as failed where a round's workers are alive but slower than
+   * --heartbeat or --round-timeout, try after try, saying what to raise.
+   * Null, for roundUntilAnswered: the step is rolled back.
+   */
+  private outlastedDeadlines(roundStep: number, phase: Phase): null {
+    const { tries, cameBack, slowestSeconds } = this.retries;
+    const { heartbeatSeconds, roundTimeoutSeconds } = this.config;
+    // Twice the slowest: a round's time varies with the batch's draw and what else the machine runs.
+    const enough = Math.ceil(slowestSeconds * 2);
+    const below = [['--heartbeat', heartbeatSeconds], ['--round-timeout', roundTimeoutSeconds]].filter(([, seconds]) => Number(seconds) < enough);
+    const raise = below.length > 0 ? below.map(([flag]) => `${flag} ${enough}`).join(' ') + ' or more' : 'a larger --heartbeat and --round-timeout';
+    const resume = this.outputs.lastCheckpoint ? `; --resume continues from ${this.outputs.lastCheckpoint}` : '';
+    const reason =
+      `${plural(tries, 'try', 'tries')} of step ${stepOfRound(roundStep)}'s ${phase} round went unanswered, and ${plural(cameBack, 'time')} a worker dropped at ` +
+      `--heartbeat ${heartbeatSeconds} s or --round-timeout ${roundTimeoutSeconds} s while asked it came back alive (the slowest ${slowestSeconds.toFixed(1)} s after it was asked): ` +
+      `rounds outlast those deadlines on this machine, so asking again would never end; start again with ${raise}${resume}`;
+    this.requestStop(reason, true);
+    return null;
   }
 
   /** Stops the run as diverged in the round of `roundStep`, saying why and from where to start again. */

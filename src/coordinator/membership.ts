@@ -37,6 +37,12 @@ export interface GroupHooks {
   left(workerId: string): void;
   /** A peer joined or left: wakes whoever waits for workers. */
   changed(): void;
+  /**
+   * A worker process dropped at a deadline while asked the round of this
+   * roundIndex came back `seconds` after it was asked: alive, only slower
+   * than --heartbeat or --round-timeout.
+   */
+  cameBackOverdue(round: number, seconds: number): void;
 }
 
 /**
@@ -48,6 +54,8 @@ export interface GroupHooks {
  */
 export class WorkerGroup {
   private readonly peers = new Map<string, WorkerPeer>();
+  /** Worker processes dropped at a deadline with a request unanswered, by origin: that round, and when it was asked. */
+  private readonly overdue = new Map<string, { round: number; askedAt: number }>();
   /** The number in the next worker's id; checkpointed, so a resumed run does not hand out the ids of the checkpoint's run again (those after it, it may). */
   nextWorker = 1;
   private plan = 0;
@@ -170,6 +178,11 @@ export class WorkerGroup {
       this.countMailboxes();
     });
     this.peers.set(peer.id, peer);
+    const overdue = this.overdue.get(origin);
+    if (overdue) {
+      this.overdue.delete(origin);
+      this.hooks.cameBackOverdue(overdue.round, (performance.now() - overdue.askedAt) / 1000);
+    }
     if (!this.joined.has(origin)) {
       this.joined.add(origin);
       this.processes++;
@@ -220,8 +233,11 @@ export class WorkerGroup {
    * answered the worker's first write after waking with a reset, which could
    * discard the unread reason: the worker logged only 'closed (1006)'.
    * What the peer sends meanwhile is discarded (Receiver.discardFromDropped).
+   * `overdue`: dropped at a deadline (its heartbeat's or its round's).
    */
-  drop(peer: WorkerPeer, why: string): void {
+  drop(peer: WorkerPeer, why: string, overdue = false): void {
+    // Its late answer may never reach this socket (a round longer than ws's close timeout): its return is the sign it lived.
+    if (overdue && peer.asked.length > 0) this.overdue.set(peer.origin, { round: peer.asked.at(-1)!, askedAt: peer.lastAskedAt });
     this.remove(peer, why);
     peer.send(encode(errorMessage('COORDINATOR_DROPPED', why)));
     peer.close(4000, 'dropped');
@@ -323,7 +339,7 @@ export class WorkerGroup {
     }
     this.hooks.metrics.heartbeatTimeouts.inc();
     if ('cut' in verdict) this.cutOff(peer, verdict.cut);
-    else this.drop(peer, verdict.drop);
+    else this.drop(peer, verdict.drop, true);
   }
 
   /** Sends every peer `stop`, and waits up to DISMISS_WAIT_MS for their sockets to close. */

@@ -71,6 +71,48 @@ export class Round {
   }
 }
 
+/** Tries of one round that end the run when each went unanswered and as many workers dropped at a deadline came back alive. */
+export const HOPELESS_TRIES = 3;
+
+/**
+ * The round being asked again: its unanswered tries, and the workers dropped
+ * at a deadline while asked it that came back, each alive but slower than
+ * --heartbeat or --round-timeout on this machine. Asked again
+ * with the same deadlines, such a round never ends (a DCGAN on the cpu
+ * backend, whose rounds outlast --heartbeat, went round 334 times).
+ */
+export class RoundRetries {
+  private round = -1;
+  tries = 0;
+  cameBack = 0;
+  /** The longest from a request to its worker's return: at least the round's time on that worker. */
+  slowestSeconds = 0;
+
+  /** A try of `round` went unanswered. */
+  unanswered(round: number): void {
+    if (this.follow(round)) this.tries++;
+  }
+
+  /** A worker dropped at a deadline while asked `round` came back `seconds` after it was asked. Older rounds' do not count. */
+  overdueCameBack(round: number, seconds: number): void {
+    if (!this.follow(round)) return;
+    this.cameBack++;
+    this.slowestSeconds = Math.max(this.slowestSeconds, seconds);
+  }
+
+  /** Asking again would only drop the same live workers again. */
+  get hopeless(): boolean {
+    return this.tries >= HOPELESS_TRIES && this.cameBack >= HOPELESS_TRIES;
+  }
+
+  /** Starts the tally afresh at a newer round; false for an older one. */
+  private follow(round: number): boolean {
+    if (round < this.round) return false;
+    if (round > this.round) Object.assign(this, { round, tries: 0, cameBack: 0, slowestSeconds: 0 });
+    return true;
+  }
+}
+
 /** What a closed round reports for the progress line and the metrics. */
 export interface RoundResult {
   loss: number;
