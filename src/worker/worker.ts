@@ -236,6 +236,9 @@ function connectOnce(
     /** A round was answered: the backoff starts over. */
     let trained = false;
     let errorsHeard = 0;
+    /** The welcome's heartbeat, and how long this worker's newest round took: a worker answers no ping while it computes. */
+    let heartbeatSeconds = 0;
+    let lastComputeSeconds = 0;
     const watchdog = new SilenceWatchdog();
     // Read only once joined, when `link` is set.
     const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log, () => link?.bytesRead ?? 0, () => watchdog.missedPings());
@@ -315,6 +318,7 @@ function connectOnce(
       compute = new ShardCompute(terms.model, msg.batchSize);
       workerId = msg.workerId;
       clearTimeout(handshake);
+      heartbeatSeconds = msg.heartbeatSeconds;
       watchdog.start(msg.heartbeatSeconds, (silenceMs) => {
         if (outcome) return;
         end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
@@ -347,10 +351,16 @@ function connectOnce(
       closeWithin(1000);
     };
 
+    /** Why drops will keep coming, where this worker can tell: its rounds take longer than the pings allow. */
+    const outlastedHeartbeat = () =>
+      heartbeatSeconds > 0 && lastComputeSeconds > heartbeatSeconds
+        ? `; this worker's last round took ${lastComputeSeconds.toFixed(1)} s to compute, past the coordinator's --heartbeat ${heartbeatSeconds} s, and it answers no ping while it computes: the coordinator needs a --heartbeat and --round-timeout above that`
+        : '';
+
     /** What a coordinator's error ends, or null where it ends nothing. */
     const endedByError = (code: string, text: string): Outcome | null => {
       if (code === 'COORDINATOR_FULL') return { ...lost(`COORDINATOR_FULL: ${text}`), refused: true };
-      if (code === 'COORDINATOR_DROPPED') return lost(`the coordinator dropped this worker: ${text}`);
+      if (code === 'COORDINATOR_DROPPED') return lost(`the coordinator dropped this worker: ${text}${outlastedHeartbeat()}`);
       // Another build of ganfleet: reconnecting cannot help.
       if (code === protocolErrorCode('bad_version')) return { kind: 'fatal', reason: `the coordinator speaks another protocol version: ${text}` };
       // Before the welcome, a refusal is of this worker's hello, which would be the same next time.
@@ -365,6 +375,7 @@ function connectOnce(
       const t0 = performance.now();
       const out = compute.step(msg.step, msg.phase);
       const computeSeconds = (performance.now() - t0) / 1000;
+      lastComputeSeconds = computeSeconds;
       const reply = gradientsMessage(msg.step, msg.phase, out, computeSeconds);
       const frame = encodeFrame(reply, wireDtype);
       if (byMail && mailbox?.post(frame)) {
