@@ -93,6 +93,9 @@ export function generateProblem(out: string, count: number, countText = String(c
   } catch (e) {
     return `--out ${out} cannot be written: ${(e as Error).message}`;
   }
+  // Root may write into /proc's directories by their modes; the kernel refuses the file only at the write.
+  const pseudo = pseudoFileSystem(writtenIn);
+  if (pseudo) return `--out ${out} cannot be written: ${writtenIn} is on ${pseudo}, which takes no files`;
   // A full file system was found only as ENOSPC from the write, after every sample was drawn (minutes for dcgan).
   // The temporary file needs all its bytes while a file it replaces still holds its own.
   const bytes = outputBytes(ext, count);
@@ -116,6 +119,28 @@ function outputBytes(ext: string, count: number): number {
   if (ext === '.npy') return 128 + count * IMAGE_SIZE * 4;
   if (ext === '.idx') return 16 + count * IMAGE_SIZE;
   return 0; // deflated: no size to know before it is drawn
+}
+
+/** The kernel's file systems that hold no files of ours, by statfs's f_type (linux/magic.h). */
+const PSEUDO_FILE_SYSTEMS = new Map([
+  [0x9fa0, 'proc'],
+  [0x62656572, 'sysfs'],
+  [0x1cd1, 'devpts'],
+  [0x27e0eb, 'cgroup'],
+  [0x63677270, 'cgroup2'],
+  [0x64626720, 'debugfs'],
+  [0x74726163, 'tracefs'],
+  [0x73636673, 'securityfs'],
+]);
+
+/** `dir`'s file system where it is one of the kernel's that holds no files ("a proc file system"), or null. */
+function pseudoFileSystem(dir: string): string | null {
+  try {
+    const name = PSEUDO_FILE_SYSTEMS.get(fs.statfsSync(dir).type);
+    return name ? `a ${name} file system` : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Bytes this process may still write on `dir`'s file system (root: the reserved blocks too), or null where unknown. */

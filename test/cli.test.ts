@@ -510,6 +510,10 @@ test('generate refuses an unknown format, a --count it could not hold, and an --
   const outFromEnv = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', 'nowhere'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, GANFLEET_OUT: 'runs/job1' } });
   assert.equal(outFromEnv.status, 2);
   assert.match(outFromEnv.stderr, /^ganfleet: --out must end in \.npy, \.idx, \.png, got runs\/job1 \(from GANFLEET_OUT\)\n/);
+  // Root may write into /proc's directory by its mode: the kernel refused the file only at the write, after every sample was drawn.
+  const proc = cli(['--out', '/proc/samples.png']);
+  assert.equal(proc.status, 2, proc.stderr);
+  assert.match(proc.stderr, /^ganfleet: --out \/proc\/samples\.png cannot be written: /);
   const dir = tempDir('generate-out');
   fs.writeFileSync(path.join(dir, 'afile'), 'x');
   const underFile = cli(['--out', path.join(dir, 'afile', 'x.png')]);
