@@ -2740,6 +2740,39 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  test('a run that fails for a round outlasting its deadlines names the checkpoint it leaves, written at the end (none was due before): --resume continues from it', { timeout: 60_000 }, async () => {
+    const lines: string[] = [];
+    const dataDir = blankMnistDir(256);
+    const coordinator = await Coordinator.start({ ...config(path.join(out, 'outlasted-checkpoint'), 10), roundTimeoutSeconds: 1, dataDir }, (l) => lines.push(l));
+    const run = coordinator.run();
+    let { peer } = await joinedPeer(coordinator, true, 4242);
+    for (const phase of ['discriminator', 'generator'] as const) {
+      await weightsOrDrop(peer);
+      peer.gradients(0, phase, zeros(phase));
+    }
+    // Step 2's D round: the same process is dropped at --round-timeout and comes back, three times.
+    const dropped = () => lines.filter((l) => / left \(no discriminator gradients for step 2 within --round-timeout 1 s\)/.test(l)).length;
+    for (let i = 1; i <= 3; i++) {
+      await weightsOrDrop(peer);
+      for (let j = 0; j < 400 && dropped() < i; j++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(dropped(), i, lines.join('\n'));
+      await peer.closed;
+      ({ peer } = await joinedPeer(coordinator, true, 4242));
+    }
+    const summary = await run;
+    await coordinator.close();
+    await peer.closed;
+    const log = lines.join('\n');
+    assert.equal(summary.ok, false, log);
+    assert.equal(summary.steps, 1);
+    assert.match(path.basename(summary.checkpoint ?? ''), /^ckpt-000000001\.bin$/, log);
+    const named = / --resume continues from (\S+)$/.exec(summary.stopReason);
+    assert.ok(named, summary.stopReason);
+    assert.equal(path.resolve(named[1]), summary.checkpoint);
+    assert.ok(fs.existsSync(named[1]));
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
   test("a straggler's answer that comes after its deadline dropped it is counted late and not acted on", async () => {
     const lines: string[] = [];
     // A small training set: with MNIST's two 23.5 MB shards, b's arriving in this same process holds up a's

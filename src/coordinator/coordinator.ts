@@ -14,7 +14,7 @@ import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
 import { Adam, AdamState } from './adam';
 import { averageGradients } from './aggregate';
-import { Checkpoint } from './checkpoint';
+import { Checkpoint, checkpointName } from './checkpoint';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, resumeWarnings, shardsToResume } from './resume';
 import { RunOutputs } from './run-outputs';
 import { CoordinatorConfig, MAX_TIMER_MS } from './config';
@@ -708,7 +708,9 @@ export class Coordinator {
     const enough = Math.ceil(slowestSeconds * 2);
     const below = [['--heartbeat', heartbeatSeconds], ['--round-timeout', roundTimeoutSeconds]].filter(([, seconds]) => Number(seconds) < enough);
     const raise = below.length > 0 ? below.map(([flag]) => `${flag} ${enough}`).join(' ') + ' or more' : 'a larger --heartbeat and --round-timeout';
-    const resume = this.outputs.lastCheckpoint ? `; --resume continues from ${this.outputs.lastCheckpoint}` : '';
+    // Not lastCheckpoint: finish() checkpoints the step before this one, where --checkpoint-every had not (and
+    // --keep-checkpoints may remove the older file). Step 0 leaves no checkpoint; a resumed run's is that step's.
+    const resume = this.step > 0 ? `; --resume continues from ${path.join(this.outputs.layout.checkpoints, checkpointName(this.step))}` : '';
     const reason =
       `${plural(tries, 'try', 'tries')} of step ${stepOfRound(roundStep)}'s ${phase} round went unanswered, and ${plural(cameBack, 'time')} a worker dropped at ` +
       `--heartbeat ${heartbeatSeconds} s or --round-timeout ${roundTimeoutSeconds} s while asked it came back alive (the slowest ${slowestSeconds.toFixed(1)} s after it was asked): ` +
