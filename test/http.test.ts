@@ -125,6 +125,40 @@ test('a peer that repeats an offence is logged once a minute per address, with h
   assert.equal(lines[2], 'refused 10.0.0.1 (and 4999 more like it in the last 60 s)');
 });
 
+test("a throttled key's window is a whole interval from its last line, and its next line counts the events since and the seconds they span", () => {
+  let now = 0;
+  const lines: string[] = [];
+  const log = throttledLogger((m) => lines.push(m), 60_000, () => now);
+  log('10.0.0.1', 'refused');
+  for (now of [30_000, 45_000]) log('10.0.0.1', 'refused');
+  now = 90_000;
+  log('10.0.0.1', 'refused');
+  now = 149_999;
+  log('10.0.0.1', 'refused');
+  now = 150_000;
+  log('10.0.0.1', 'refused');
+  now = 210_000; // none unsaid since: no count
+  log('10.0.0.1', 'refused');
+  assert.deepEqual(lines, ['refused', 'refused (and 2 more like it in the last 90 s)', 'refused (and 1 more like it in the last 60 s)', 'refused']);
+});
+
+test('a throttled key silent for two intervals is forgotten (the map holds two intervals of keys), one silent for less is not', () => {
+  const linesAfter = (silentMs: number) => {
+    let now = 0;
+    const lines: string[] = [];
+    const log = throttledLogger((m) => lines.push(m), 60_000, () => now);
+    log('10.0.0.1', 'refused');
+    now = 1;
+    log('10.0.0.1', 'refused');
+    now = silentMs;
+    log('10.0.0.1', 'refused');
+    return lines;
+  };
+  assert.deepEqual(linesAfter(100_000), ['refused', 'refused (and 1 more like it in the last 100 s)']);
+  // Its count goes with it: the metric of the events has it.
+  assert.deepEqual(linesAfter(120_000), ['refused', 'refused']);
+});
+
 test('a step of the wall clock back (NTP, a resumed VM) does not silence a peer for as long as the step: the interval is timed on the monotonic clock', async (t) => {
   t.mock.timers.enable({ apis: ['Date'], now: 3_600_000 });
   const lines: string[] = [];

@@ -16,9 +16,10 @@ export function urlHost(host: string): string {
 /** `url` as a log shows it: a user name and password in it (wss://user:pass@host, which ws sends as Basic auth) are left out. */
 export function withoutCredentials(url: string): string {
   // One the parser refuses (a port beyond 65535, a # or / in the password) still names them before an @: through the
-  // last @, since where the password ends cannot be told (a base64 one holds /).
-  if (!URL.canParse(url)) return url.replace(/^([a-z][a-z\d+.-]*:\/\/).*@/i, '$1');
-  const u = new URL(url);
+  // last @, since where the password ends cannot be told (a base64 one holds /). So does one whose path, query or
+  // fragment holds an @: wss://user:12/34@host parses as host user, port 12, the password's rest as its path.
+  const u = URL.canParse(url) ? new URL(url) : null;
+  if (!u || `${u.pathname}${u.search}${u.hash}`.includes('@')) return url.replace(/^([a-z][a-z\d+.-]*:\/\/).*@/is, '$1');
   if (!u.username && !u.password) return url;
   u.username = '';
   u.password = '';
