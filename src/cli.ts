@@ -14,7 +14,7 @@ import { ARCHITECTURES, LOSSES, maxBatchSize } from './model/choices';
 import { MAX_STRING_LENGTH } from './protocol/messages';
 import { WIRE_DTYPES, WireDtype } from './protocol/wire-dtype';
 import { assertLittleEndianHost } from './util/endianness';
-import { createLogger, writeResult } from './util/log';
+import { createLogger, escapeControls, writeResult } from './util/log';
 import { exitWhenWritten, startStoppable } from './util/signals';
 import { dropVariablesThatSetNothing } from './util/env';
 import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, environmentSource, flagNames, given, integerInRange, refuseUnexpandedHome, requirePath } from './util/flags';
@@ -226,6 +226,11 @@ function workerOptions<T>(y: Argv<T>) {
       checkRequireGpu(a);
       // A user name and password in it stay out of these errors, as out of the worker's log.
       if (!/^wss?:\/\/[^/]+/.test(a.coordinator)) throw new Error(`--coordinator must be a ws:// or wss:// URL, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
+      // Node's URL parser (WHATWG's, which ws connects through) refuses a zone id in any form, RFC 6874's %25eth0
+      // or a bare %eth0, and said only that the URL was invalid.
+      if (/^wss?:\/\/([^/@]*@)?\[[^\]]*%/.test(a.coordinator)) {
+        throw new Error(`--coordinator names an IPv6 address with a zone id (%eth0), which Node's URL parser refuses: give the coordinator's global or unique-local address (ip -6 addr, scope global) or a host name, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
+      }
       if (!URL.canParse(a.coordinator)) throw new Error(`--coordinator is no valid URL (a host name or address, then a port up to 65535), got ${given('coordinator', a.coordinator, withoutCredentials)}`);
       // The WebSocket client refuses a fragment (RFC 6455 3), at the first connect, after the backend has loaded.
       if (a.coordinator.includes('#')) throw new Error(`--coordinator must not hold a #fragment, got ${given('coordinator', a.coordinator, withoutCredentials)}`);
@@ -447,8 +452,9 @@ function buildCli(argv: string[]) {
     .wrap(Math.min(110, process.stdout.columns || 110))
     .fail((msg, err) => {
       if (!msg && err) throw err; // a failure inside a command, not a usage error
-      // One line: yargs puts the value and the choices of an invalid one on a second line.
-      let reason = (msg ?? err.message).split('\n').map((l) => l.trim()).filter(Boolean).join(' ');
+      // One line: yargs puts the value and the choices of an invalid one on a second line, indented. A newline
+      // without the indent is the user's own (a path's), which exitWithUsage shows escaped.
+      let reason = err ? err.message : msg.replace(/\n\s+/g, ' ');
       // yargs' own choice check does not know the value may have come from the environment.
       const refused = /^Invalid values: Argument: ([\w-]+), Given: /.exec(reason)?.[1];
       const variable = refused && environmentSource(refused);
@@ -457,9 +463,13 @@ function buildCli(argv: string[]) {
     });
 }
 
+/**
+ * Messages on stderr name what the user gave (a path, a URL, an unknown flag): its control characters are
+ * escaped, so that a newline in --out cannot forge a line of its own, nor an ESC in it clear the terminal.
+ */
 function exitWithUsage(reason: string, argv: readonly string[]): never {
   const command = Object.keys(COMMAND_OPTIONS).find((c) => c === argv[0]) ?? '<command>';
-  process.stderr.write(`ganfleet: ${reason}\nRun 'ganfleet ${command} --help' for usage.\n`);
+  process.stderr.write(`ganfleet: ${escapeControls(reason)}\nRun 'ganfleet ${command} --help' for usage.\n`);
   process.exit(2);
 }
 
@@ -469,7 +479,7 @@ function exitWithUsage(reason: string, argv: readonly string[]): never {
  */
 function failIfNotOk(summary: { ok: boolean; stopReason: string }): void {
   if (summary.ok) return;
-  process.stderr.write(`ganfleet: the run failed: ${summary.stopReason}\n`);
+  process.stderr.write(`ganfleet: the run failed: ${escapeControls(summary.stopReason)}\n`);
   process.exitCode = 1;
 }
 
@@ -480,7 +490,7 @@ if (require.main === module) {
     .catch((e: Error & { code?: unknown }) => {
       if (e instanceof UsageError) exitWithUsage(e.message, hideBin(process.argv));
       // The stable code (GanfleetError's, or Node's errno name) is what docs and searches can name.
-      process.stderr.write(`ganfleet: ${e.message}${typeof e.code === 'string' ? ` [${e.code}]` : ''}\n`);
+      process.stderr.write(`ganfleet: ${escapeControls(e.message)}${typeof e.code === 'string' ? ` [${e.code}]` : ''}\n`);
       // Not process.exit(1) at once: it dropped what a slow reader (`| less`, a full pipe) had not yet taken, the
       // log's last lines before the failure (1,000 progress and checkpoint lines in a run piped to a paused reader).
       process.exitCode = 1;

@@ -10,6 +10,7 @@ import { maxBatchSize } from '../src/model/choices';
 import { assertLittleEndianHost } from '../src/util/endianness';
 import { Rng } from '../src/util/rng';
 import { builtAddon } from '../src/util/native';
+import { urlHost } from '../src/util/text';
 import { blankMnistDir, installedNativePackage, loggedSteps, sleep, startCoordinator, startWorker, tempDir } from './harness';
 import { CLI, nodeUnrunnableBy } from './helpers';
 import { standInDir, tensorflowStandIn } from './stand-ins';
@@ -1132,4 +1133,38 @@ test('a --coordinator on port 0 is refused (exit 2): no connection reaches it, a
     assert.equal(r.status, 2, `${url}: ${r.stderr}`);
     assert.equal(r.stderr.split('\n')[0], `ganfleet: --coordinator names port 0, where no coordinator listens (one started with --port 0 names the port it took in its "listening for workers on" line), got ${url}`);
   }
+});
+
+test('a path, URL or flag with control characters is echoed with them escaped, in usage errors and in a failing command\'s error: a newline could forge a line, an ESC clear the terminal; spaces and letters stay as given', () => {
+  const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const forged = '\nganfleet: forged\x1b[2J\r';
+  const shown = String.raw`\nganfleet: forged\u001b[2J\r`;
+  for (const [args, status, said] of [
+    // ganfleet's own checks (yargs joined its message's lines with a space; the ESC went through).
+    [['eval', '--checkpoint', 'x', '--data-dir', `/nonexistent/a${forged}`], 2, `ganfleet: --data-dir: no such directory /nonexistent/a${shown}`],
+    [['worker', '--coordinator', `ws://x${forged}`], 2, `ganfleet: --coordinator is no valid URL (a host name or address, then a port up to 65535), got ws://x${shown}`],
+    // yargs' own refusal.
+    [['eval', '--checkpoint', 'x', `--bogus${forged}`], 2, `ganfleet: Unknown argument: --bogus${shown}`],
+    // A failure once the command runs.
+    [['generate', '--checkpoint', `/nonexistent/a${forged}`, '--out', path.join(tempDir('escape'), 'x.npy')], 1, `ganfleet: --checkpoint: no such file or directory /nonexistent/a${shown} [NO_CHECKPOINT]`],
+    [['generate', '--checkpoint', '/nonexistent/a dir/ünïcode ж', '--out', path.join(tempDir('escape'), 'x.npy')], 1, 'ganfleet: --checkpoint: no such file or directory /nonexistent/a dir/ünïcode ж [NO_CHECKPOINT]'],
+  ] as const) {
+    const r = cli([...args]);
+    assert.equal(r.status, status, `${JSON.stringify(args)}: ${r.stderr}`);
+    assert.equal(r.stderr.split('\n')[0], said);
+    assert.doesNotMatch(r.stderr, /[\x1b\r]|forged.*\n.*forged|^forged/m);
+  }
+});
+
+test('an IPv6 zone id: a --coordinator naming one is refused by name (exit 2), not as an invalid URL; a --host with one is printed in URLs as RFC 6874 writes it', () => {
+  for (const url of ['ws://[fe80::1%25eth0]:8787', 'wss://bob:S3CRET@[fe80::1%eth0]:8787/']) {
+    const r = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', url, '--give-up-after', '1'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 2, `${url}: ${r.stderr}`);
+    assert.match(r.stderr.split('\n')[0], /^ganfleet: --coordinator names an IPv6 address with a zone id \(%eth0\), which Node's URL parser refuses: give the coordinator's global or unique-local address .*, got wss?:\/\/\[fe80::1%(25)?eth0\]:8787\/?$/);
+    assert.doesNotMatch(r.stderr, /S3CRET/);
+  }
+  // A bare % starts a percent-escape in a URL: curl -g takes the %25 form alone.
+  assert.equal(urlHost('fe80::1%eth0'), '[fe80::1%25eth0]');
+  assert.equal(urlHost('::1'), '[::1]');
+  assert.equal(urlHost('coordinator.example'), 'coordinator.example');
 });

@@ -61,7 +61,7 @@ export function writeResult(stream: NodeJS.WriteStream, text: string): Promise<v
  * of a line in a viewer that handles bidirectional text). Joiners and marks,
  * which Persian or Indic names and paths hold, stay as they are.
  */
-function escapeControls(text: string): string {
+export function escapeControls(text: string): string {
   return text.replace(/[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/g, (c) =>
     c === '\n' ? '\\n' : c === '\r' ? '\\r' : `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );

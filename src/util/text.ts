@@ -8,9 +8,12 @@ export function plural(n: number, what: string, whats = `${what}s`): string {
   return `${n} ${n === 1 ? what : whats}`;
 }
 
-/** `host` as a URL names it: an IPv6 address in brackets (ws://[::1]:8787), since its colons would read as a port. */
+/**
+ * `host` as a URL names it: an IPv6 address in brackets (ws://[::1]:8787), since its colons would read as a port,
+ * and a link-local one's zone id after %25, as RFC 6874 writes it (http://[fe80::1%25eth0]:9090, which curl -g takes).
+ */
 export function urlHost(host: string): string {
-  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+  return host.includes(':') && !host.startsWith('[') ? `[${host.replace('%', '%25')}]` : host;
 }
 
 /** `url` as a log shows it: a user name and password in it (wss://user:pass@host, which ws sends as Basic auth) are left out. */
