@@ -236,9 +236,10 @@ function connectOnce(
     /** A round was answered: the backoff starts over. */
     let trained = false;
     let errorsHeard = 0;
-    /** The welcome's heartbeat, and how long this worker's newest round took: a worker answers no ping while it computes. */
+    /** The welcome's heartbeat, and how long this worker's newest round took, and when it ended: a worker answers no ping while it computes. */
     let heartbeatSeconds = 0;
     let lastComputeSeconds = 0;
+    let lastComputeEndedAt = 0;
     const watchdog = new SilenceWatchdog();
     // Read only once joined, when `link` is set.
     const progress = new ProgressLine(opts.progressEverySeconds ?? 0, log, () => link?.bytesRead ?? 0, () => watchdog.missedPings());
@@ -351,9 +352,13 @@ function connectOnce(
       closeWithin(1000);
     };
 
-    /** Why drops will keep coming, where this worker can tell: its rounds take longer than the pings allow. */
+    /**
+     * Why drops will keep coming, where this worker can tell: its rounds take longer than the pings allow. Only for a
+     * drop read just after such a round (it waited on the compute): one read later came from something else, such
+     * as this process being stopped (SIGSTOP) after a slow first round.
+     */
     const outlastedHeartbeat = () =>
-      heartbeatSeconds > 0 && lastComputeSeconds > heartbeatSeconds
+      heartbeatSeconds > 0 && lastComputeSeconds > heartbeatSeconds && performance.now() - lastComputeEndedAt < heartbeatSeconds * 1000
         ? `; this worker's last round took ${lastComputeSeconds.toFixed(1)} s to compute, past the coordinator's --heartbeat ${heartbeatSeconds} s, and it answers no ping while it computes: the coordinator needs a --heartbeat and --round-timeout above that`
         : '';
 
@@ -376,6 +381,7 @@ function connectOnce(
       const out = compute.step(msg.step, msg.phase);
       const computeSeconds = (performance.now() - t0) / 1000;
       lastComputeSeconds = computeSeconds;
+      lastComputeEndedAt = performance.now();
       const reply = gradientsMessage(msg.step, msg.phase, out, computeSeconds);
       const frame = encodeFrame(reply, wireDtype);
       if (byMail && mailbox?.post(frame)) {
