@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import yargs from 'yargs';
 import { COMMAND_OPTIONS } from '../src/cli';
+import { COORDINATOR_SCHEMAS, REJECT_REASONS, WORKER_SCHEMAS, protocolErrorCode } from '../src/protocol/codec';
+import { MAX_STRING_LENGTH, PROTOCOL_VERSION } from '../src/protocol/messages';
 
 const README = fs.readFileSync(path.join(__dirname, '..', '..', 'README.md'), 'utf8');
 const COMMANDS = Object.keys(COMMAND_OPTIONS) as (keyof typeof COMMAND_OPTIONS)[];
@@ -110,4 +112,46 @@ test("README's table of error codes names every code the source throws but the i
   assert.deepEqual([...thrown].filter((c) => !documented.has(c) && !INTERNAL_CODES.includes(c)).sort(), [], 'thrown, neither in the table nor internal');
   assert.deepEqual([...documented].filter((c) => !thrown.has(c)).sort(), [], 'in the table, never thrown');
   assert.deepEqual(INTERNAL_CODES.filter((c) => !thrown.has(c)), [], 'listed as internal, never thrown');
+});
+
+/** README's Protocol section, up to the next section. */
+function protocolSection(): string {
+  const from = README.indexOf('\n## Protocol\n');
+  assert.ok(from >= 0, 'README has no Protocol section');
+  return README.slice(from, README.indexOf('\n## ', from + 1));
+}
+
+test("README's Protocol section names every error code either side sends, and none that neither sends", () => {
+  const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? files(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  // The worker's and the coordinator's own codes, however they are sent (errorMessage, fail, a thrown GanfleetError
+  // the worker reports), and the rejections' codes; too_large's is never sent (ws closes the socket itself).
+  const sent = new Set([
+    ...files(path.join(__dirname, '..', '..', 'src')).flatMap((f) => [...fs.readFileSync(f, 'utf8').matchAll(/'((?:WORKER|COORDINATOR)_[A-Z_]+)'/g)].map((m) => m[1])),
+    ...REJECT_REASONS.filter((r) => r !== 'too_large').map(protocolErrorCode),
+  ]);
+  const named = new Set([...protocolSection().matchAll(/`((?:WORKER|COORDINATOR|PROTOCOL)_[A-Z_]+)`/g)].map((m) => m[1]));
+  assert.deepEqual([...sent].filter((c) => !named.has(c)).sort(), [], 'sent, not in the Protocol section');
+  assert.deepEqual([...named].filter((c) => !sent.has(c)).sort(), [], 'in the Protocol section, never sent');
+  // Each reason has its row, with the code its peer gets.
+  for (const reason of REJECT_REASONS) {
+    const code = reason === 'too_large' ? 'none' : `\`${protocolErrorCode(reason)}\``;
+    assert.match(protocolSection(), new RegExp(`^\\| \`${reason}\` \\| ${code}`, 'm'), `the reasons' table has no row for ${reason}`);
+  }
+});
+
+test("README's Protocol section lists every message with its fields, the optional ones marked, the version and the string limit", () => {
+  const section = protocolSection();
+  assert.match(section, new RegExp(`\\{v: ${PROTOCOL_VERSION}, type, …\\}`), 'the version README gives');
+  assert.match(section, new RegExp(`string field over ${MAX_STRING_LENGTH.toLocaleString('en-US')} characters`), 'the string limit README gives');
+  const rows = [...section.matchAll(/^\| `(\w+)` \| (worker|coordinator|either) \| `\{([^}]*)\}` \|/gm)];
+  const documented = rows.flatMap(([, type, from, fields]) =>
+    (from === 'either' ? ['worker', 'coordinator'] : [from]).map((side) => `${side} ${type} {${fields}}`),
+  );
+  const schemaText = (side: string, schemas: Record<string, Record<string, [string, 'required' | 'optional', number?]>>) =>
+    Object.entries(schemas).map(([type, schema]) => `${side} ${type} {${Object.entries(schema).map(([field, [, presence]]) => (presence === 'optional' ? `${field}?` : field)).join(', ')}}`);
+  assert.deepEqual(documented.sort(), [...schemaText('worker', WORKER_SCHEMAS), ...schemaText('coordinator', COORDINATOR_SCHEMAS)].sort());
+  // The lists of types by sender, above the table.
+  const list = (who: string) => new RegExp(`from ${who}: ([^;.]*)[;.]`).exec(section.replace(/\n/g, ' '))?.[1].match(/`(\w+)`/g)?.map((t) => t.slice(1, -1)).sort();
+  assert.deepEqual(list('workers'), Object.keys(WORKER_SCHEMAS).sort());
+  assert.deepEqual(list('the coordinator'), Object.keys(COORDINATOR_SCHEMAS).sort());
 });

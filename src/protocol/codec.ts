@@ -95,7 +95,8 @@ type FieldKind = 'string' | 'count' | 'uint32' | 'number' | 'boolean' | 'phase' 
 /** A field's kind, whether it must be there, and for float arrays the largest magnitude allowed. */
 type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
-const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
+/** What each side accepts, field by field; README's Protocol section lists the same (a test compares them). */
+export const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
   hello: { name: ['string', 'required'], backend: ['string', 'required'], pid: ['count', 'required'], hostname: ['string', 'required'] },
   gradients: {
     step: ['count', 'required'],
@@ -115,7 +116,7 @@ const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
   error: { code: ['string', 'required'], message: ['string', 'required'] },
 };
 
-const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
+export const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
   welcome: {
     workerId: ['string', 'required'],
     arch: ['string', 'required'],
