@@ -2703,6 +2703,22 @@ describe('coordinator edge cases found by review', () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
+  /**
+   * A worker process (pid 4242) that computes longer than --round-timeout 1 s: `peer` is asked `step`'s D round,
+   * dropped, and the same process comes back, three times. Its last return.
+   */
+  async function droppedAndBack(coordinator: Coordinator, lines: string[], step: number, peer: ScriptedPeer): Promise<ScriptedPeer> {
+    const dropped = () => lines.filter((l) => l.includes(` left (no discriminator gradients for step ${step} within --round-timeout 1 s)`)).length;
+    for (let i = 1; i <= 3; i++) {
+      await weightsOrDrop(peer);
+      for (let j = 0; j < 400 && dropped() < i; j++) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(dropped(), i, lines.join('\n'));
+      await peer.closed;
+      ({ peer } = await joinedPeer(coordinator, true, 4242));
+    }
+    return peer;
+  }
+
   test('a round asked again whose workers keep coming back alive after its deadline dropped them ends the run as failed, saying what to raise; workers that crash are asked again for as long as they come back', { timeout: 60_000 }, async () => {
     const lines: string[] = [];
     const dataDir = blankMnistDir(256);
@@ -2716,16 +2732,8 @@ describe('coordinator edge cases found by review', () => {
       await peer.closed;
     }
     // Then three whose worker is alive but slower than --round-timeout: dropped, the same process comes back.
-    const dropped = () => lines.filter((l) => / left \(no discriminator gradients for step 1 within --round-timeout 1 s\)/.test(l)).length;
-    for (let i = 1; i <= 3; i++) {
-      const { peer } = await joinedPeer(coordinator, true, 4242);
-      await weightsOrDrop(peer);
-      for (let j = 0; j < 400 && dropped() < i; j++) await new Promise((r) => setTimeout(r, 5));
-      assert.equal(dropped(), i, lines.join('\n'));
-      await peer.closed;
-    }
     // Its third return ends the run: it is told so.
-    const { peer } = await joinedPeer(coordinator, true, 4242);
+    const peer = await droppedAndBack(coordinator, lines, 1, (await joinedPeer(coordinator, true, 4242)).peer);
     const summary = await run;
     await coordinator.close();
     await peer.closed;
@@ -2751,14 +2759,7 @@ describe('coordinator edge cases found by review', () => {
       peer.gradients(0, phase, zeros(phase));
     }
     // Step 2's D round: the same process is dropped at --round-timeout and comes back, three times.
-    const dropped = () => lines.filter((l) => / left \(no discriminator gradients for step 2 within --round-timeout 1 s\)/.test(l)).length;
-    for (let i = 1; i <= 3; i++) {
-      await weightsOrDrop(peer);
-      for (let j = 0; j < 400 && dropped() < i; j++) await new Promise((r) => setTimeout(r, 5));
-      assert.equal(dropped(), i, lines.join('\n'));
-      await peer.closed;
-      ({ peer } = await joinedPeer(coordinator, true, 4242));
-    }
+    peer = await droppedAndBack(coordinator, lines, 2, peer);
     const summary = await run;
     await coordinator.close();
     await peer.closed;
