@@ -27,36 +27,48 @@ test('someOf names all of max items, and past max the first max and a count of t
   assert.equal(someOf(names(2), 2), 'w1, w2');
 });
 
+/** Each case's input and what `f` must give for it, the case named in a failure. */
+function cases<T>(f: (input: T) => string, table: [T, string][]): void {
+  for (const [input, expected] of table) assert.equal(f(input), expected, JSON.stringify(input));
+}
+
 test('urlHost brackets an IPv6 address once, and leaves a name or IPv4 address as it is', () => {
-  assert.equal(urlHost('::1'), '[::1]');
-  assert.equal(urlHost('fe80:0:0:0:0:0:0:1'), '[fe80:0:0:0:0:0:0:1]');
-  assert.equal(urlHost('::ffff:127.0.0.1'), '[::ffff:127.0.0.1]');
-  assert.equal(urlHost('[::1]'), '[::1]');
-  assert.equal(urlHost('127.0.0.1'), '127.0.0.1');
-  assert.equal(urlHost('coordinator.example'), 'coordinator.example');
+  cases(urlHost, [
+    ['::1', '[::1]'],
+    ['fe80:0:0:0:0:0:0:1', '[fe80:0:0:0:0:0:0:1]'],
+    ['::ffff:127.0.0.1', '[::ffff:127.0.0.1]'],
+    ['[::1]', '[::1]'],
+    ['127.0.0.1', '127.0.0.1'],
+    ['coordinator.example', 'coordinator.example'],
+  ]);
 });
 
 test('withoutCredentials leaves out a user name, a password, or both; a URL without them is as given', () => {
-  assert.equal(withoutCredentials('wss://user:S3CRET@coordinator.example:8787'), 'wss://coordinator.example:8787/');
-  assert.equal(withoutCredentials('ws://user@127.0.0.1:8787/'), 'ws://127.0.0.1:8787/');
-  // A password alone is sent (as ":S3CRET") all the same.
-  assert.equal(withoutCredentials('wss://:S3CRET@[::1]:8787/'), 'wss://[::1]:8787/');
-  assert.equal(withoutCredentials('ws://127.0.0.1:8787'), 'ws://127.0.0.1:8787');
-  // One the parser refuses: through the last @, since a password may hold / or @.
-  assert.equal(withoutCredentials('wss://user:S3@C/RET@127.0.0.1:99999'), 'wss://127.0.0.1:99999');
-  assert.equal(withoutCredentials('wss://127.0.0.1:99999'), 'wss://127.0.0.1:99999');
-  assert.equal(withoutCredentials('wss://user:S3\nCRET@127.0.0.1:99999'), 'wss://127.0.0.1:99999', 'a newline, which the parser drops');
-  // A password holding / or ? that the parser reads as a port and a path: it was logged whole.
-  for (const url of ['wss://user:12/34@127.0.0.1:8787', 'wss://user:12?34@127.0.0.1:8787', 'wss://user:S3@C/RET@127.0.0.1:8787']) {
-    assert.equal(withoutCredentials(url), 'wss://127.0.0.1:8787', url);
-  }
+  cases(withoutCredentials, [
+    ['wss://user:S3CRET@coordinator.example:8787', 'wss://coordinator.example:8787/'],
+    ['ws://user@127.0.0.1:8787/', 'ws://127.0.0.1:8787/'],
+    // A password alone is sent (as ":S3CRET") all the same.
+    ['wss://:S3CRET@[::1]:8787/', 'wss://[::1]:8787/'],
+    ['ws://127.0.0.1:8787', 'ws://127.0.0.1:8787'],
+    // One the parser refuses: through the last @, since a password may hold / or @.
+    ['wss://user:S3@C/RET@127.0.0.1:99999', 'wss://127.0.0.1:99999'],
+    ['wss://127.0.0.1:99999', 'wss://127.0.0.1:99999'],
+    // A newline, which the parser drops.
+    ['wss://user:S3\nCRET@127.0.0.1:99999', 'wss://127.0.0.1:99999'],
+    // A password holding / or ? that the parser reads as a port and a path: it was logged whole.
+    ['wss://user:12/34@127.0.0.1:8787', 'wss://127.0.0.1:8787'],
+    ['wss://user:12?34@127.0.0.1:8787', 'wss://127.0.0.1:8787'],
+    ['wss://user:S3@C/RET@127.0.0.1:8787', 'wss://127.0.0.1:8787'],
+  ]);
 });
 
 test("hostOf drops a peer address's port, keeping an IPv6 host's colons", () => {
-  assert.equal(hostOf('10.0.0.1:40000'), '10.0.0.1');
-  assert.equal(hostOf('[::1]:40000'), '[::1]');
-  assert.equal(hostOf('[fe80::1:2]:40000'), '[fe80::1:2]');
-  assert.equal(hostOf('unix'), 'unix');
+  cases(hostOf, [
+    ['10.0.0.1:40000', '10.0.0.1'],
+    ['[::1]:40000', '[::1]'],
+    ['[fe80::1:2]:40000', '[fe80::1:2]'],
+    ['unix', 'unix'],
+  ]);
 });
 
 test('peerString quotes a string a peer chose, cut to 160 characters by default; peerText cuts it as well, then escapes its controls', () => {
