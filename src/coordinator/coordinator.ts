@@ -160,7 +160,7 @@ export class Coordinator {
   private last: StepStats | null = null;
   /** Why training diverged (the coordinator's own answer to a round was refused as the workers' were), or null. */
   private diverged: string | null = null;
-  /** The round asked again, and the answers to it that came too late: when asking again is hopeless. */
+  /** The round asked again, and its workers dropped at a deadline that came back: when asking again is hopeless. */
   private readonly retries = new RoundRetries();
   /** The last round whose refused answers were checked against the coordinator's own: once a round. */
   private checkedRound = -1;

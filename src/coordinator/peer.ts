@@ -49,7 +49,7 @@ export class WorkerPeer {
   offences = 0;
   /** Round indices (coordinator's roundIndex) this peer was sent weights for and has not answered, oldest first. */
   readonly asked: number[] = [];
-  /** When its newest request left (performance.now()): how long a dropped peer's late answer took. */
+  /** When its newest request left (performance.now()): how long one dropped at a deadline took to come back. */
   lastAskedAt = 0;
   lastComputeSeconds = 0;
   /** A heartbeat ping is queued or on the wire, awaiting its pong. */
