@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { averageGradients } from '../src/coordinator/aggregate';
-import { Round } from '../src/coordinator/round';
+import { HOPELESS_TRIES, Round, RoundRetries } from '../src/coordinator/round';
 import { Gradients } from '../src/protocol/messages';
 import { GanfleetError } from '../src/util/errors';
 import { nativeAddon } from '../src/util/native';
@@ -127,4 +127,30 @@ test("a round takes one answer per participant: a second answer, or one from a w
   assert.deepEqual([...round.received.keys()], ['a']);
   assert.deepEqual(round.answers().map((g) => g.gradients[0]), [1]);
   round.drop('b');
+});
+
+test('retries of a round are hopeless only after as many unanswered tries as returns of its overdue workers; a newer round starts the tally afresh, an older one counts for nothing', () => {
+  assert.equal(HOPELESS_TRIES, 3);
+  const retries = new RoundRetries();
+  for (let i = 0; i < 3; i++) retries.unanswered(5);
+  retries.overdueCameBack(5, 2.5);
+  retries.overdueCameBack(5, 4);
+  assert.equal(retries.hopeless, false, 'two returns');
+  retries.overdueCameBack(5, 3);
+  assert.deepEqual([retries.tries, retries.cameBack, retries.slowestSeconds, retries.hopeless], [3, 3, 4, true]);
+  // A late return of an older round's worker, and its try: neither is this round's.
+  retries.overdueCameBack(4, 60);
+  retries.unanswered(4);
+  assert.deepEqual([retries.tries, retries.cameBack, retries.slowestSeconds], [3, 3, 4]);
+  // The next round has had no try yet: returns alone are not hopeless.
+  for (let i = 0; i < 3; i++) retries.overdueCameBack(6, 1);
+  assert.deepEqual([retries.tries, retries.cameBack, retries.slowestSeconds, retries.hopeless], [0, 3, 1, false]);
+  retries.unanswered(6);
+  retries.unanswered(6);
+  assert.equal(retries.hopeless, false, 'two tries');
+  retries.unanswered(6);
+  assert.equal(retries.hopeless, true);
+  // Tries alone (workers that crash) are never hopeless.
+  for (let i = 0; i < 10; i++) retries.unanswered(8);
+  assert.deepEqual([retries.tries, retries.cameBack, retries.hopeless], [10, 0, false]);
 });
