@@ -538,14 +538,15 @@ ShardCompute.prototype.dispose = () => { throw new WebAssembly.RuntimeError('mem
   }
 });
 
-test("a worker dropped after a round that took longer than the coordinator's --heartbeat says so, with both times: it answers no ping while it computes", async () => {
-  const dir = tempDir('slow-round');
+/** The worker's log where every step takes at least 0.5 s, busy (`spin`) or blocked as a stopped process is, past a 0.2 s heartbeat that drops it. */
+async function droppedAfterSlowRounds(name: string, spin: boolean): Promise<string> {
+  const dir = tempDir(name);
   const preload = path.join(dir, 'slow.js');
   const compute = path.resolve(__dirname, '../src/worker/compute.js');
-  // Every step takes at least 0.5 s: past the heartbeat of 0.2 s below, however fast this machine is.
+  const wait = spin ? 'const until = performance.now() + 500; while (performance.now() < until);' : 'Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);';
   fs.writeFileSync(preload, `const { ShardCompute } = require(${JSON.stringify(compute)});
 const step = ShardCompute.prototype.step;
-ShardCompute.prototype.step = function (...args) { const until = performance.now() + 500; while (performance.now() < until); return step.apply(this, args); };
+ShardCompute.prototype.step = function (...args) { ${wait} return step.apply(this, args); };
 `);
   const mlp = createModel('mlp');
   const coordinator = await fakeCoordinator((ws, _raw, n) => {
@@ -555,18 +556,26 @@ ShardCompute.prototype.step = function (...args) { const until = performance.now
     ws.send(encode(message<Shard>({ type: 'shard', plan: 1, count: 16, keep: 0, seed: 1, images: new Uint8Array(16 * 784) })));
     ws.send(encode(message<Weights>({ type: 'weights', step: 0, phase: 'discriminator', generator: new Float32Array(mlp.generatorLayout.size), discriminator: new Float32Array(mlp.discriminatorLayout.size) })));
   });
-  const worker = startWorker(coordinator.url, 'slow-round', [], { NODE_OPTIONS: `--require ${preload}` });
+  const worker = startWorker(coordinator.url, name, [], { NODE_OPTIONS: `--require ${preload}` });
   try {
     assert.equal(await exitWithin(worker, 60_000), 0, worker.log);
-    assert.match(
-      worker.log,
-      /connection lost \(the coordinator dropped this worker: no heartbeat for 0\.4 s \(--heartbeat 0\.2\); this worker's last round took (0\.[5-9]|\d+\.\d) s to compute, past the coordinator's --heartbeat 0\.2 s, and it answers no ping while it computes: the coordinator needs a --heartbeat and --round-timeout above that\); reconnecting in/,
-    );
+    return worker.log;
   } finally {
     worker.kill();
     await coordinator.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+test("a worker dropped after a round that took longer than the coordinator's --heartbeat says so, with both times: it answers no ping while it computes", async () => {
+  assert.match(
+    await droppedAfterSlowRounds('slow-round', true),
+    /connection lost \(the coordinator dropped this worker: no heartbeat for 0\.4 s \(--heartbeat 0\.2\); this worker's last round took (0\.[5-9]|\d+\.\d) s to compute, past the coordinator's --heartbeat 0\.2 s, and it answers no ping while it computes: the coordinator needs a --heartbeat and --round-timeout above that\); reconnecting in/,
+  );
+});
+
+test('a round that took as long but with the process blocked, as a stopped one is (SIGSTOP mid-round), is not called slow: the freeze caused the drop', async () => {
+  assert.match(await droppedAfterSlowRounds('blocked-round', false), /connection lost \(the coordinator dropped this worker: no heartbeat for 0\.4 s \(--heartbeat 0\.2\)\); reconnecting in/);
 });
 
 test("a step of the wall clock (NTP) forward is no silence: an idle worker keeps its connection", async () => {

@@ -239,6 +239,8 @@ function connectOnce(
     /** The welcome's heartbeat, and how long this worker's newest round took, and when it ended: a worker answers no ping while it computes. */
     let heartbeatSeconds = 0;
     let lastComputeSeconds = 0;
+    /** The CPU this process spent in that round: little where it was stopped (SIGSTOP) mid-round rather than busy. */
+    let lastComputeCpuSeconds = 0;
     let lastComputeEndedAt = 0;
     const watchdog = new SilenceWatchdog();
     // Read only once joined, when `link` is set.
@@ -354,11 +356,14 @@ function connectOnce(
 
     /**
      * Why drops will keep coming, where this worker can tell: its rounds take longer than the pings allow. Only for a
-     * drop read just after such a round (it waited on the compute): one read later came from something else, such
-     * as this process being stopped (SIGSTOP) after a slow first round.
+     * drop read just after such a round (it waited on the compute), and one the process was busy for: a freeze
+     * (SIGSTOP) during or after a round is the drop's cause instead, and the monotonic clock runs through it.
      */
     const outlastedHeartbeat = () =>
-      heartbeatSeconds > 0 && lastComputeSeconds > heartbeatSeconds && performance.now() - lastComputeEndedAt < heartbeatSeconds * 1000
+      heartbeatSeconds > 0 &&
+      lastComputeSeconds > heartbeatSeconds &&
+      lastComputeCpuSeconds > lastComputeSeconds / 2 &&
+      performance.now() - lastComputeEndedAt < heartbeatSeconds * 1000
         ? `; this worker's last round took ${lastComputeSeconds.toFixed(1)} s to compute, past the coordinator's --heartbeat ${heartbeatSeconds} s, and it answers no ping while it computes: the coordinator needs a --heartbeat and --round-timeout above that`
         : '';
 
@@ -378,9 +383,12 @@ function connectOnce(
       if (!compute) return fail('WORKER_UNEXPECTED', 'weights before welcome');
       compute.updateWeights(msg.generator, msg.discriminator, byMail);
       const t0 = performance.now();
+      const cpu0 = process.cpuUsage();
       const out = compute.step(msg.step, msg.phase);
       const computeSeconds = (performance.now() - t0) / 1000;
       lastComputeSeconds = computeSeconds;
+      const cpu = process.cpuUsage(cpu0);
+      lastComputeCpuSeconds = (cpu.user + cpu.system) / 1e6;
       lastComputeEndedAt = performance.now();
       const reply = gradientsMessage(msg.step, msg.phase, out, computeSeconds);
       const frame = encodeFrame(reply, wireDtype);
