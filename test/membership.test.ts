@@ -37,7 +37,7 @@ function group(cameBackOverdue: (round: number, seconds: number) => void = () =>
   );
 }
 
-const hello = (pid: number, hostname = 'host-a'): Hello => message<Hello>({ type: 'hello', name: `${hostname}:${pid}`, backend: 'wasm', pid, hostname });
+const hello = (pid: number, hostname = 'host-a', instance?: string): Hello => message<Hello>({ type: 'hello', name: `${hostname}:${pid}`, backend: 'wasm', pid, hostname, ...(instance === undefined ? {} : { instance }) });
 const remembered = (g: WorkerGroup) => (g as unknown as { joined: Set<string> }).joined.size;
 
 test('the group forgets worker processes that left on their own, and still counts every process once', () => {
@@ -89,6 +89,21 @@ test('a worker process dropped at a deadline while asked a round is told of when
   assert.ok(back[0][1] >= 2 && back[0][1] < 60, String(back[0][1]));
   g.admit(hello(1), openSocket(), '127.0.0.1:1');
   assert.equal(back.length, 1);
+  g.stopHeartbeats();
+});
+
+test('a restarted container (the same hostname and pid 1, another instance) is a new process: not told of as one that came back from a deadline, and counted again', () => {
+  const back: number[] = [];
+  const g = group((round) => back.push(round));
+  const peer = g.admit(hello(1, 'pod-0', 'aaaa'), openSocket(), '127.0.0.1:1')!;
+  peer.asked.push(7);
+  g.drop(peer, 'no heartbeat for 5.0 s (--heartbeat 5)', true);
+  g.admit(hello(1, 'pod-0', 'bbbb'), openSocket(), '127.0.0.1:1');
+  assert.deepEqual(back, [], 'another process with the same hostname and pid');
+  assert.equal(g.processesJoined(), 2);
+  g.admit(hello(1, 'pod-0', 'aaaa'), openSocket(), '127.0.0.1:1');
+  assert.deepEqual(back, [7], 'the same process, back');
+  assert.equal(g.processesJoined(), 2);
   g.stopHeartbeats();
 });
 

@@ -7,7 +7,7 @@ import { pack } from 'msgpackr';
 import { createModel } from '../src/model';
 import { decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
-import { ErrorMessage, Mail, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
+import { ErrorMessage, Hello, Mail, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
@@ -300,6 +300,35 @@ test('--give-up-after counts from the end of a connection the worker was admitte
   } finally {
     worker.kill();
     await coordinator.close();
+  }
+});
+
+test("a worker's hello names the same instance on every connection, and another worker process another one: a restarted container's worker (the same hostname, pid 1) is told from the one before it", async () => {
+  const hellos: Hello[] = [];
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  wss.on('connection', (ws) => ws.once('message', (data: Buffer) => {
+    hellos.push(decodeWorkerMessage(data) as Hello);
+    ws.close(1001, 'going away');
+  }));
+  const url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
+  const first = startWorker(url, 'first', ['--give-up-after', '30']);
+  const second = startWorker(url, 'second', ['--give-up-after', '30']);
+  try {
+    const deadline = Date.now() + 30_000;
+    const of = (name: string) => hellos.filter((h) => h.name === name);
+    while ((of('first').length < 2 || of('second').length < 1) && Date.now() < deadline) await sleep(50);
+    const [a, b] = of('first');
+    assert.ok(b, `${hellos.length} hellos`);
+    assert.match(a.instance ?? '', /^[0-9a-f]{16}$/);
+    assert.equal(b.instance, a.instance);
+    assert.equal(b.pid, a.pid);
+    assert.notEqual(of('second')[0].instance, a.instance);
+  } finally {
+    first.kill();
+    second.kill();
+    await Promise.all([first.exited, second.exited]);
+    await new Promise((r) => wss.close(r));
   }
 });
 

@@ -447,7 +447,7 @@ export class WorkerGroup {
   }
 }
 
-/** A worker process across its connections: its hello's hostname and pid. */
+/** A worker process across its connections: its hello's hostname, pid and instance. */
 function originOf(hello: Hello): string {
-  return `${hello.hostname}\0${hello.pid}`;
+  return `${hello.hostname}\0${hello.pid}\0${hello.instance ?? ''}`;
 }

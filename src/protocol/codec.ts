@@ -97,7 +97,7 @@ type Schema = Record<string, [FieldKind, 'required' | 'optional', number?]>;
 
 /** What each side accepts, field by field; README's Protocol section lists the same (a test compares them). */
 export const WORKER_SCHEMAS: Record<WorkerMessage['type'], Schema> = {
-  hello: { name: ['string', 'required'], backend: ['string', 'required'], pid: ['count', 'required'], hostname: ['string', 'required'] },
+  hello: { name: ['string', 'required'], backend: ['string', 'required'], pid: ['count', 'required'], hostname: ['string', 'required'], instance: ['string', 'optional'] },
   gradients: {
     step: ['count', 'required'],
     phase: ['phase', 'required'],

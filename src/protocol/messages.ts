@@ -52,6 +52,13 @@ export interface Hello {
   backend: string;
   pid: number;
   hostname: string;
+  /**
+   * Random per worker process, the same across its connections: with the
+   * hostname and pid it tells a process that came back from a new one that
+   * got the same pair (a restarted container: same hostname, pid 1).
+   * Absent from builds before it, which are known by hostname and pid alone.
+   */
+  instance?: string;
 }
 
 /** coordinator → worker: admitted; what to build, and how its frames travel. */

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import type { ClientRequest } from 'node:http';
@@ -49,6 +50,9 @@ export interface WorkerOptions {
   /** Seconds between progress lines (0 = none): a worker on another machine otherwise says nothing while it trains. */
   progressEverySeconds?: number;
 }
+
+/** This process among all that share its hostname and pid, over time (Hello.instance). */
+const PROCESS_INSTANCE = crypto.randomBytes(8).toString('hex');
 
 /** The name a worker without --name goes by, in its hello and its own log lines alike. */
 export function defaultWorkerName(): string {
@@ -416,7 +420,7 @@ function connectOnce(
       link?.on('data', watchdog.heard);
       connected = true;
       log(`connected to ${withoutCredentials(opts.coordinator)}`);
-      ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname() })));
+      ws.send(encode(message<Hello>({ type: 'hello', name: me.name, backend: me.backend, pid: process.pid, hostname: os.hostname(), instance: PROCESS_INSTANCE })));
     });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       watchdog.heard();
