@@ -185,6 +185,10 @@ function coordinatorOptions<T>(y: Argv<T>) {
     .check((a) => {
       checkPort('port', a.port);
       checkHost('host', a.host, 'port');
+      // It was listened on, and the run waited for ever: a worker's --coordinator cannot name such an address.
+      if (a.host.includes('%')) {
+        throw new Error(`--host ${given('host', a.host)} has an IPv6 zone id, and no worker could join there: Node's URL parser refuses a zone id in a worker's --coordinator. Bind the coordinator's global or unique-local address (ip -6 addr, scope global), or :: for all`);
+      }
       // Both servers bind --host: the second failed only after the data and backend had loaded, with EADDRINUSE
       // naming --metrics-port alone (the default 9090 taken by a --port 9090 read as another process's).
       if (a.port > 0 && a.port === a['metrics-port']) {

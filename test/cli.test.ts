@@ -1156,7 +1156,10 @@ test('a path, URL or flag with control characters is echoed with them escaped, i
   }
 });
 
-test('an IPv6 zone id: a --coordinator naming one is refused by name (exit 2), not as an invalid URL; a --host with one is printed in URLs as RFC 6874 writes it', () => {
+test('an IPv6 zone id: a --coordinator naming one is refused by name (exit 2), not as an invalid URL; so is a coordinator --host with one, where no worker could join; a --metrics-host with one is printed in URLs as RFC 6874 writes it', () => {
+  const coordinator = spawnSync(process.execPath, [CLI, 'coordinator', '--host', 'fe80::1%eth0', '--token', 'a-long-enough-token-0123456789'], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(coordinator.status, 2, coordinator.stderr);
+  assert.match(coordinator.stderr.split('\n')[0], /^ganfleet: --host fe80::1%eth0 has an IPv6 zone id, and no worker could join there: .* or :: for all$/);
   for (const url of ['ws://[fe80::1%25eth0]:8787', 'wss://bob:S3CRET@[fe80::1%eth0]:8787/']) {
     const r = spawnSync(process.execPath, [CLI, 'worker', '--coordinator', url, '--give-up-after', '1'], { encoding: 'utf8', timeout: 60_000 });
     assert.equal(r.status, 2, `${url}: ${r.stderr}`);
