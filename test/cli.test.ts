@@ -364,6 +364,11 @@ test('a GANFLEET_* variable that names a flag but sets nothing is warned of: ano
     'ganfleet: warning: GANFLEET_NO_NATIVE sets nothing (ignored); to turn --native off, set GANFLEET_NATIVE=0',
     'ganfleet: warning: GANFLEET_Steps sets nothing (ignored); did you mean GANFLEET_STEPS?',
   ]);
+  // A name is the environment's to choose: a newline in one forged a second ganfleet line, an ESC reached the terminal.
+  assert.deepEqual(localWarnings({ 'GANFLEET_STE\nP': '5', 'GANFLEET_STEP\u001b': '5' }), [
+    'ganfleet: warning: GANFLEET_STEP\\u001b sets nothing (ignored); did you mean GANFLEET_STEPS?',
+    'ganfleet: warning: GANFLEET_STE\\nP sets nothing (ignored); did you mean GANFLEET_STEPS?',
+  ]);
   // Only a switch is turned off with =0: a value flag's GANFLEET_STEPS=0 is refused, and --help is for the command line only.
   assert.doesNotMatch(localWarnings({ GANFLEET_NO_STEPS: '1', GANFLEET_NO_HELP: '1' }).join('\n'), /to turn --\S+ off/);
 });

@@ -1,3 +1,5 @@
+import { escapeControls } from './log';
+
 /**
  * A switch read from the environment: 1/true/yes/on or 0/false/no/off, in any
  * case. Unset or empty is undefined (as if not given); anything else is null,
@@ -27,12 +29,12 @@ export function warnOfMistypedVariables(flags: Map<string, boolean>): void {
     if (name === null || flags.has(name) || name === 'expect-native') continue;
     const negated = /^no-(.+)$/.exec(name)?.[1];
     if (negated !== undefined && flags.get(negated) === true && negated !== 'help' && negated !== 'version') {
-      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); to turn --${negated} off, set ${envVariable(negated)}=0\n`);
+      process.stderr.write(`ganfleet: warning: ${escapeControls(variable)} sets nothing (ignored); to turn --${negated} off, set ${envVariable(negated)}=0\n`);
       continue;
     }
     const [nearest, distance] = [...flags.keys()].map((f) => [f, editDistance(name, f)] as const).sort((a, b) => a[1] - b[1])[0] ?? ['', Infinity];
     if (distance <= (name.length < 5 ? 1 : 2)) {
-      process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); did you mean ${envVariable(nearest)}?\n`);
+      process.stderr.write(`ganfleet: warning: ${escapeControls(variable)} sets nothing (ignored); did you mean ${envVariable(nearest)}?\n`);
     }
   }
 }
@@ -55,7 +57,7 @@ export function dropVariablesThatSetNothing(flags: Map<string, boolean>): void {
     const commandLineOnly = name === 'help' || name === 'version';
     if (!commandLineOnly && variable === envVariable(name)) continue;
     const hint = commandLineOnly ? `--${name} is for the command line only` : `did you mean ${envVariable(name)}?`;
-    process.stderr.write(`ganfleet: warning: ${variable} sets nothing (ignored); ${hint}\n`);
+    process.stderr.write(`ganfleet: warning: ${escapeControls(variable)} sets nothing (ignored); ${hint}\n`);
     delete process.env[variable];
   }
 }
