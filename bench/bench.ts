@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { selectBackend } from '../src/backend';
-import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Adam, KERAS_ADAM_DEFAULTS, applyDiscriminatorUpdates } from '../src/coordinator/adam';
 import { TrainingSummary } from '../src/coordinator/coordinator';
 import { defaultMnistDir, loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
@@ -150,6 +150,7 @@ export async function inProcess(steps: number, warmup: number) {
   const params = model.init(new Rng(1));
   const adamD = new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS);
   const adamG = new Adam(params.generator.length, KERAS_ADAM_DEFAULTS);
+  const dUpdate = new Float32Array(params.discriminator.length);
   const compute = new ShardCompute(model, BATCH);
   compute.setShard({ images: train.images, count: train.count, seed: 1 });
   let computeMs = 0;
@@ -158,7 +159,7 @@ export async function inProcess(steps: number, warmup: number) {
     let t = performance.now();
     const d = compute.step(i, 'discriminator');
     computeMs += performance.now() - t;
-    adamD.apply(params.discriminator, d.gradients);
+    applyDiscriminatorUpdates(adamD, params.discriminator, d.gradients, 2, dUpdate);
     compute.updateWeights(undefined, params.discriminator);
     t = performance.now();
     const g = compute.step(i, 'generator');

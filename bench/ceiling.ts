@@ -15,7 +15,7 @@
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { selectBackend } from '../src/backend';
-import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Adam, KERAS_ADAM_DEFAULTS, applyDiscriminatorUpdates } from '../src/coordinator/adam';
 import { averageGradients } from '../src/coordinator/aggregate';
 import { loadMnist } from '../src/data/mnist';
 import { createModel } from '../src/model';
@@ -42,12 +42,12 @@ function weightViews(weights: SharedArrayBuffer, sizes: { g: number; d: number }
   return { generator: new Float32Array(weights, 0, sizes.g), discriminator: new Float32Array(weights, 4 * sizes.g, sizes.d) };
 }
 
-/** One worker's results: the round it last finished, its gradients of G and of D. */
+/** One worker's results: the round it last finished, its gradients of G and of D (two halves, as a worker sends them). */
 function resultViews(results: SharedArrayBuffer, sizes: { g: number; d: number }) {
   return {
     done: new Int32Array(results, 0, 1),
     generatorGradients: new Float32Array(results, 16, sizes.g),
-    discriminatorGradients: new Float32Array(results, 16 + 4 * sizes.g, sizes.d),
+    discriminatorGradients: new Float32Array(results, 16 + 4 * sizes.g, 2 * sizes.d),
   };
 }
 
@@ -75,7 +75,8 @@ export async function sharedMemoryTraining(workers: number, steps: number, warmu
   let failure: Error | null = null;
   const outputs: ReturnType<typeof resultViews>[] = [];
   const adam = { d: new Adam(sizes.d, KERAS_ADAM_DEFAULTS), g: new Adam(sizes.g, KERAS_ADAM_DEFAULTS) };
-  const average = { d: new Float32Array(sizes.d), g: new Float32Array(sizes.g) };
+  const average = { d: new Float32Array(2 * sizes.d), g: new Float32Array(sizes.g) };
+  const dUpdate = new Float32Array(sizes.d);
   let round = 0;
   const ask = async (phase: 0 | 1) => {
     round++;
@@ -94,14 +95,14 @@ export async function sharedMemoryTraining(workers: number, steps: number, warmu
   const step = async () => {
     await ask(0);
     averageGradients(outputs.map((o) => ({ gradients: o.discriminatorGradients, samples: batch })), average.d);
-    adam.d.apply(shared.discriminator, average.d);
+    applyDiscriminatorUpdates(adam.d, shared.discriminator, average.d, 2, dUpdate);
     await ask(1);
     averageGradients(outputs.map((o) => ({ gradients: o.generatorGradients, samples: batch })), average.g);
     adam.g.apply(shared.generator, average.g);
   };
   try {
     for (let k = 0; k < workers; k++) {
-      const results = new SharedArrayBuffer(16 + 4 * (sizes.g + sizes.d));
+      const results = new SharedArrayBuffer(16 + 4 * (sizes.g + 2 * sizes.d));
       outputs.push(resultViews(results, sizes));
       const data: CeilingWorkerData = { role: ROLE, weights, results, control: control.buffer as SharedArrayBuffer, batch, seed: k + 1 };
       const thread = new Worker(__filename, { workerData: data });

@@ -31,7 +31,8 @@ export function linkBitsPerSecond(rate: string): number {
 /**
  * The least time the link lets a step take, compute aside, for networks of
  * `g` and `d` bytes on the wire. A D round sends G's weights down to each
- * worker and brings D's gradients up; a G round the other way round. In a
+ * worker and brings D's gradients up (its two halves, 2·d); a G round sends
+ * D's weights and brings G's gradients. In a
  * round with weights of w bytes and gradients of u bytes, the last worker's
  * gradients go up only after all N workers' weights are down (N·w + u), and
  * the up link carries all N gradients, the first only after one worker's
@@ -39,7 +40,7 @@ export function linkBitsPerSecond(rate: string): number {
  */
 export function linkLeastMs(g: number, d: number, workers: number, bitsPerSecond: number): number {
   const round = (w: number, u: number) => w + u + (workers - 1) * Math.max(w, u);
-  return ((round(g, d) + round(d, g)) * 8 * 1000) / bitsPerSecond;
+  return ((round(g, 2 * d) + round(d, g)) * 8 * 1000) / bitsPerSecond;
 }
 
 /** An `ip` command that failed; `signal` is set where a Ctrl-C or SIGTERM meant for the bench ended it. */

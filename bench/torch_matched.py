@@ -3,12 +3,13 @@
 
 The anchor (../shared/anchors/torch_gan.py) runs the seed's step: two D updates
 (real, then fake), G run twice (once without gradients for D's fake batch, once
-for G's update). ganfleet's step does less: one D update on the mean of the
-real and fake losses, and one G forward pass whose output serves both rounds
-(README, Training semantics). This script takes the anchor's network and data
-loading as they are, and times that step: a D update on 1/2(BCE(D(x), 1) +
-BCE(D(G(z)), 0)), then a G update on BCE(D(G(z)), 1) through the updated D,
-with the same z and G(z). Prints one JSON line like the anchor's.
+for G's update). ganfleet's step does less: both D gradients are taken at the
+same D, in one round, and one G forward pass serves both rounds (README,
+Training semantics). This script takes the anchor's network and data loading
+as they are, and times that step: D's gradients on BCE(D(x), 1) and on
+BCE(D(G(z)), 0), then two D updates with them, real first, then a G update on
+BCE(D(G(z)), 1) through the updated D, with the same z and G(z). Prints one
+JSON line like the anchor's.
 Usage: /usr/bin/python3 torch_matched.py --anchor ../shared/anchors/torch_gan.py --mnist DIR
 """
 import argparse, importlib.util, json, os, time
@@ -45,9 +46,15 @@ def main():
         real = X[torch.randint(0, X.shape[0], (B,))]
         z = torch.randn(B, 100)
         fake = G(z)
-        optD.zero_grad()
-        (0.5 * (bce(D(real), ones) + bce(D(fake.detach()), zeros))).backward()
-        optD.step()
+        halves = []
+        for x, y in ((real, ones), (fake.detach(), zeros)):
+            optD.zero_grad()
+            bce(D(x), y).backward()
+            halves.append([q.grad.clone() for q in D.parameters()])
+        for grads in halves:
+            for q, g in zip(D.parameters(), grads):
+                q.grad = g
+            optD.step()
         optG.zero_grad()
         for q in D.parameters():
             q.requires_grad_(False)

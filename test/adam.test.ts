@@ -2,7 +2,8 @@ import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
-import { Adam, AdamConfig, KERAS_ADAM_DEFAULTS, adamDefaults } from '../src/coordinator/adam';
+import { Adam, AdamConfig, KERAS_ADAM_DEFAULTS, adamDefaults, applyDiscriminatorUpdates } from '../src/coordinator/adam';
+import { Rng } from '../src/util/rng';
 import { GanfleetError } from '../src/util/errors';
 
 const SIZE = 257;
@@ -131,4 +132,29 @@ test('throws ADAM_SIZE_MISMATCH on wrong lengths', () => {
 test("per-model defaults: the MLP takes Keras' Adam(), the DCGAN Radford et al.'s lr 2e-4 and β1 0.5", () => {
   assert.deepEqual(adamDefaults('mlp'), KERAS_ADAM_DEFAULTS);
   assert.deepEqual(adamDefaults('dcgan'), { learningRate: 2e-4, beta1: 0.5, beta2: 0.999, epsilon: 1e-7 });
+});
+
+test("a D round's two halves make the seed's two updates, real then generated, each on its own batch's loss (twice its share); with one, one update on their sum", () => {
+  const n = 1000;
+  const rng = new Rng(3);
+  const halves = new Float32Array(2 * n).map(() => rng.uniform() - 0.5);
+  const [real, fake] = [halves.subarray(0, n), halves.subarray(n)];
+  const start = new Float32Array(n).map(() => rng.uniform());
+
+  const two = { adam: new Adam(n, KERAS_ADAM_DEFAULTS), params: start.slice() };
+  applyDiscriminatorUpdates(two.adam, two.params, halves, 2, new Float32Array(n));
+  const seed = { adam: new Adam(n, KERAS_ADAM_DEFAULTS), params: start.slice() };
+  seed.adam.apply(seed.params, real.map((g) => 2 * g));
+  seed.adam.apply(seed.params, fake.map((g) => 2 * g));
+  assert.deepEqual(two.params, seed.params);
+  assert.equal(two.adam.step, 2);
+  assert.deepEqual(two.adam.state(), seed.adam.state());
+
+  const one = { adam: new Adam(n, KERAS_ADAM_DEFAULTS), params: start.slice() };
+  applyDiscriminatorUpdates(one.adam, one.params, halves, 1, new Float32Array(n));
+  const sum = { adam: new Adam(n, KERAS_ADAM_DEFAULTS), params: start.slice() };
+  sum.adam.apply(sum.params, real.map((g, i) => g + fake[i]));
+  assert.deepEqual(one.params, sum.params);
+  assert.equal(one.adam.step, 1);
+  assert.notDeepEqual(two.params, one.params);
 });

@@ -101,7 +101,7 @@ test('a worker name of 160 unbroken characters stays inside the page, escaped', 
 /** What /api/status says while the coordinator scores G. */
 const EVALUATING_STATUS = {
   state: 'evaluating', step: 100, steps: 200, resumedFrom: null,
-  run: { model: 'mlp', loss: 'bce', batchSize: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, seed: 1, wireDtype: 'float32' },
+  run: { model: 'mlp', loss: 'bce', batchSize: 16, lr: 0.001, beta1: 0.9, beta2: 0.999, dUpdates: 2, seed: 1, wireDtype: 'float32' },
   imagesPerSecond: 0, etaSeconds: null, last: null, workers: [], samples: [], evaluations: [],
 };
 

@@ -2,10 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { sharedMemoryCeiling, sharedMemoryTraining } from '../bench/ceiling';
 import { selectBackend } from '../src/backend';
-import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Adam, KERAS_ADAM_DEFAULTS, applyDiscriminatorUpdates } from '../src/coordinator/adam';
 import { averageGradients } from '../src/coordinator/aggregate';
 import { loadMnist } from '../src/data/mnist';
-import { createModel } from '../src/model';
+import { createModel, discriminatorGradientSize } from '../src/model';
 import { Rng } from '../src/util/rng';
 import { ShardCompute } from '../src/worker/compute';
 import { stepCountingClock } from './helpers';
@@ -22,7 +22,8 @@ async function reference(workers: number) {
   const computes = Array.from({ length: workers }, () => new ShardCompute(model, BATCH));
   computes.forEach((c, k) => c.setShard({ images: train.images, count: train.count, seed: k + 1 }));
   const adam = { d: new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS), g: new Adam(params.generator.length, KERAS_ADAM_DEFAULTS) };
-  const average = { d: new Float32Array(params.discriminator.length), g: new Float32Array(params.generator.length) };
+  const average = { d: new Float32Array(discriminatorGradientSize(model)), g: new Float32Array(params.generator.length) };
+  const dUpdate = new Float32Array(params.discriminator.length);
   // As a worker does it: a D round brings only G (after the first), and each round is followed by readying the next.
   const round = (step: number, phase: 'discriminator' | 'generator') =>
     computes.map((c) => {
@@ -33,7 +34,7 @@ async function reference(workers: number) {
   for (let step = 0; step < STEPS; step++) {
     for (const c of computes) c.updateWeights(params.generator, step === 0 ? params.discriminator : undefined);
     averageGradients(round(step, 'discriminator'), average.d);
-    adam.d.apply(params.discriminator, average.d);
+    applyDiscriminatorUpdates(adam.d, params.discriminator, average.d, 2, dUpdate);
     for (const c of computes) c.updateWeights(undefined, params.discriminator);
     averageGradients(round(step, 'generator'), average.g);
     adam.g.apply(params.generator, average.g);

@@ -356,8 +356,8 @@ test("a checkpoint whose networks have other sizes than this ganfleet's model of
 });
 
 test('a resume warns of each setting that differs from the checkpoint, naming the flag and both values', () => {
-  const then = { seed: 1, batchSize: 128, adam: { learningRate: 0.001, beta1: 0.9, beta2: 0.999 }, wireDtype: 'float32' };
-  const now = { seed: 2, batchSize: 64, adam: { learningRate: 0.0002, beta1: 0.5, beta2: 0.99 }, wireDtype: 'bfloat16' };
+  const then = { seed: 1, batchSize: 128, adam: { learningRate: 0.001, beta1: 0.9, beta2: 0.999 }, discriminatorUpdates: 1, wireDtype: 'float32' };
+  const now = { seed: 2, batchSize: 64, adam: { learningRate: 0.0002, beta1: 0.5, beta2: 0.99 }, discriminatorUpdates: 2, wireDtype: 'bfloat16' };
   const used = "; this run's value is used from here on";
   assert.deepEqual(resumeWarnings(now, then), [
     `--seed is 2 in this run, the checkpoint was written with 1${used} for the shard order, the sample grids and the --eval-every noise (the shards and worker seeds are then planned afresh)`,
@@ -365,10 +365,11 @@ test('a resume warns of each setting that differs from the checkpoint, naming th
     `--lr is 0.0002 in this run, the checkpoint was written with 0.001${used}`,
     `--beta1 is 0.5 in this run, the checkpoint was written with 0.9${used}`,
     `--beta2 is 0.99 in this run, the checkpoint was written with 0.999${used}`,
+    `--d-updates is 2 in this run, the checkpoint was written with 1${used}`,
     `--wire-dtype is "bfloat16" in this run, the checkpoint was written with "float32"${used}`,
   ]);
-  // A checkpoint from before --wire-dtype was recorded was written with float32.
-  assert.deepEqual(resumeWarnings(then, { ...then, wireDtype: undefined }), []);
+  // A checkpoint from before --wire-dtype was recorded was written with float32, one from before --d-updates with 1.
+  assert.deepEqual(resumeWarnings(then, { ...then, wireDtype: undefined, discriminatorUpdates: undefined }), []);
 });
 
 test('a resume that scores G with another --eval-samples than the checkpoint had says its FIDs do not compare; one that does not score says nothing of it', () => {

@@ -5,7 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { pack, unpack } from 'msgpackr';
-import { Adam, KERAS_ADAM_DEFAULTS } from '../src/coordinator/adam';
+import { Adam, KERAS_ADAM_DEFAULTS, applyDiscriminatorUpdates } from '../src/coordinator/adam';
 import { Checkpoint, loadLatestCheckpoint, writeCheckpoint } from '../src/coordinator/checkpoint';
 import { Coordinator, TrainingSummary } from '../src/coordinator/coordinator';
 import { ownAnswerProblem } from '../src/coordinator/divergence';
@@ -33,6 +33,8 @@ import { metricValue, recordExtensionBomb } from './helpers';
 
 const G_SIZE = 114064;
 const D_SIZE = 100609;
+/** A D round's answer: D's gradient in two halves, the real batch's share and the generated batch's. */
+const D_GRADIENTS = 2 * D_SIZE;
 
 /** A hand-driven worker on a real socket: it answers only what the test tells it to. */
 class ScriptedPeer {
@@ -89,16 +91,16 @@ class ScriptedPeer {
 
 test("the status page's run settings are this run's, each one that differs from its default shown as given", () => {
   const given: CoordinatorConfig = {
-    ...config('unused', 1), arch: 'dcgan', loss: 'lsgan', batchSize: 48, seed: 7, wireDtype: 'bfloat16', adam: { learningRate: 3e-4, beta1: 0.6, beta2: 0.95, epsilon: 1e-8 },
+    ...config('unused', 1), arch: 'dcgan', loss: 'lsgan', batchSize: 48, seed: 7, wireDtype: 'bfloat16', discriminatorUpdates: 1, adam: { learningRate: 3e-4, beta1: 0.6, beta2: 0.95, epsilon: 1e-8 },
   };
-  assert.deepEqual(runSettings(given), { model: 'dcgan', loss: 'lsgan', batchSize: 48, lr: 3e-4, beta1: 0.6, beta2: 0.95, seed: 7, wireDtype: 'bfloat16' });
+  assert.deepEqual(runSettings(given), { model: 'dcgan', loss: 'lsgan', batchSize: 48, lr: 3e-4, beta1: 0.6, beta2: 0.95, dUpdates: 1, seed: 7, wireDtype: 'bfloat16' });
 });
 
 function config(out: string, steps: number): CoordinatorConfig {
   return {
     host: '127.0.0.1', port: 0, metricsPort: -1, arch: 'mlp', loss: 'bce', steps, batchSize: 128, seed: 1, out,
     sampleEvery: 1000, logEvery: 1000, startWorkers: 1, minWorkers: 1, maxWorkers: 8, roundTimeoutSeconds: 30,
-    heartbeatSeconds: 5, checkpointEvery: 0, wireDtype: 'float32', mailbox: true, evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, backend: 'cpu',
+    heartbeatSeconds: 5, checkpointEvery: 0, wireDtype: 'float32', mailbox: true, evalEvery: 0, evalSamples: 10000, keepCheckpoints: 2, resume: false, insecure: false, adam: KERAS_ADAM_DEFAULTS, discriminatorUpdates: 2, backend: 'cpu',
   };
 }
 
@@ -135,7 +137,7 @@ describe('coordinator validates what workers send', () => {
     assert.equal(first.discriminator?.length, D_SIZE);
     const initialD = Float32Array.from(first.discriminator!);
 
-    const poisoned = new Float32Array(D_SIZE).fill(0.01);
+    const poisoned = new Float32Array(D_GRADIENTS).fill(0.01);
     poisoned[123] = NaN;
     peer.gradients(0, 'discriminator', poisoned);
     const err = await peer.next();
@@ -145,7 +147,7 @@ describe('coordinator validates what workers send', () => {
     assert.ok(retry.type === 'weights' && retry.step === 0 && retry.phase === 'discriminator');
     assert.equal(retry.generator, undefined, 'networks the worker already holds are not resent');
 
-    peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
+    peer.gradients(7, 'discriminator', new Float32Array(D_GRADIENTS));
     const ahead = await peer.next();
     assert.ok(ahead.type === 'error' && ahead.code === 'PROTOCOL_WRONG_STEP');
     // A rejected message costs the peer its answer to the open round: asked again.
@@ -153,7 +155,7 @@ describe('coordinator validates what workers send', () => {
     assert.ok(again.type === 'weights' && again.step === 0 && again.phase === 'discriminator');
 
     // Zero gradients: Adam's first update is exactly zero, so D must come back unchanged.
-    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE));
+    peer.gradients(0, 'discriminator', new Float32Array(D_GRADIENTS));
     const gRound = await peer.next();
     assert.ok(gRound.type === 'weights' && gRound.step === 0 && gRound.phase === 'generator');
     assert.deepEqual(gRound.discriminator, initialD, 'the poisoned gradient never reached Adam');
@@ -161,7 +163,7 @@ describe('coordinator validates what workers send', () => {
     for (const phase of ['discriminator', 'generator'] as const) {
       const w = await peer.next();
       assert.ok(w.type === 'weights' && w.step === 1 && w.phase === phase);
-      peer.gradients(1, phase, new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE).fill(1e-3));
+      peer.gradients(1, phase, new Float32Array(phase === 'generator' ? G_SIZE : D_GRADIENTS).fill(1e-3));
     }
     const summary = await run;
     assert.equal(summary.steps, 2);
@@ -221,7 +223,7 @@ describe('coordinator and a worker on one machine', () => {
       }
       if (weights.step === 0 && weights.phase === 'discriminator') assert.equal(weights.generator?.length, G_SIZE);
       // Answered the way the weights came, as a worker does.
-      const size = weights.phase === 'generator' ? G_SIZE : D_SIZE;
+      const size = weights.phase === 'generator' ? G_SIZE : D_GRADIENTS;
       peer.gradients(weights.step, weights.phase, new Float32Array(size).fill(1e-3), asked.mailed ? outbox : undefined);
     }
     // The coordinator may have sent the first round before it read the confirmation.
@@ -229,7 +231,7 @@ describe('coordinator and a worker on one machine', () => {
     const summary = await run;
     assert.equal(summary.steps, 2);
     // Frame bytes count as sent and received, whichever way they travel.
-    assert.ok(summary.bytesReceivedPerStep > 4 * (G_SIZE + D_SIZE), `${summary.bytesReceivedPerStep} bytes received per step`);
+    assert.ok(summary.bytesReceivedPerStep > 4 * (G_SIZE + D_GRADIENTS), `${summary.bytesReceivedPerStep} bytes received per step`);
     await coordinator.close();
     assert.ok(!fs.existsSync(path.dirname(welcome.mailbox!)), "the coordinator's mailbox directory is gone after close");
     inbox.close();
@@ -255,7 +257,7 @@ async function runWithFailingMailbox(breakMailbox: (mailbox: PeerMailbox, dir: s
     const { weights, mailed } = await nextWeights(peer, inbox);
     ways.push(mailed ? 'mail' : 'weights');
     if (mailed && ways.indexOf('mail') === ways.length - 1) mend = breakMailbox((coordinator as unknown as { workers: WorkerGroup }).workers.get(welcome.workerId)!.mailbox!, dir);
-    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
+    peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_GRADIENTS), mailed ? outbox : undefined);
     if (weights.step === 2 && weights.phase === 'generator') break;
   }
   const firstMail = ways.indexOf('mail');
@@ -331,7 +333,7 @@ test('a round asked again while its mailed request may be unread goes over the s
   while (!notice) {
     const m = await peer.next();
     if (m.type === 'mail') notice = m;
-    else if (m.type === 'weights') peer.gradients(m.step, m.phase, new Float32Array(m.phase === 'generator' ? G_SIZE : D_SIZE), undefined);
+    else if (m.type === 'weights') peer.gradients(m.step, m.phase, new Float32Array(m.phase === 'generator' ? G_SIZE : D_GRADIENTS), undefined);
   }
   // Before reading it, an offence: the peer loses its answer, the round has none and is asked again.
   peer.send(Buffer.from([0xc1]));
@@ -375,7 +377,7 @@ test("a peer's second mail in an open round cannot change the gradients already 
       }
     }
     const { step, phase } = asked[0].weights;
-    const size = phase === 'generator' ? G_SIZE : D_SIZE;
+    const size = phase === 'generator' ? G_SIZE : D_GRADIENTS;
     const [a, b] = peers;
     a.peer.gradients(step, phase, new Float32Array(size), asked[0].mailed ? a.outbox : undefined);
     // Twice: a third offence would cost a its connection.
@@ -624,7 +626,7 @@ function plantCheckpoint(dir: string, step: number, more: Partial<Checkpoint> = 
 async function answerOneStep(coordinator: Coordinator, step: number): Promise<void> {
   const { peer } = await joinedPeer(coordinator);
   await weightsOrDrop(peer);
-  peer.gradients(step, 'discriminator', new Float32Array(D_SIZE));
+  peer.gradients(step, 'discriminator', new Float32Array(D_GRADIENTS));
   await weightsOrDrop(peer);
   peer.gradients(step, 'generator', new Float32Array(G_SIZE));
 }
@@ -691,7 +693,7 @@ async function answerStepWithZeros(step: number, ...peers: ScriptedPeer[]): Prom
   for (const phase of ['discriminator', 'generator'] as const) {
     for (const peer of peers) {
       await weightsOrDrop(peer);
-      peer.gradients(step, phase, new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE));
+      peer.gradients(step, phase, new Float32Array(phase === 'generator' ? G_SIZE : D_GRADIENTS));
     }
   }
 }
@@ -730,7 +732,7 @@ describe('a finished run tells the workers that left it without hearing it is ov
     fs.rmSync(out, { recursive: true, force: true });
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
-  const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
+  const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_GRADIENTS);
 
   /**
    * A 2-step run in which worker process 101 never answers and is dropped, and process 103 joins and leaves on its
@@ -1001,7 +1003,7 @@ describe('coordinator edge cases found by review', () => {
     out = tempDir('coord');
   });
   after(() => fs.rmSync(out, { recursive: true, force: true }));
-  const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE);
+  const zeros = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_GRADIENTS);
 
   test('a stop ends a step whose round went unanswered instead of asking it again of a worker that joined meanwhile: rounds that outlast --heartbeat (a DCGAN on the cpu backend) held a SIGTERM for an hour', async () => {
     const dataDir = blankMnistDir(256);
@@ -1046,7 +1048,7 @@ describe('coordinator edge cases found by review', () => {
     // Step 1 with zero gradients (Adam's first update is then 0): healthy, and checkpointed.
     for (const phase of ['discriminator', 'generator'] as const) await answer(0, phase, () => zeros(phase));
     // Step 2: Adam turns a small D gradient into a step of --lr, 1e30, on every weight of D; from that D, G's gradients are NaN.
-    await answer(1, 'discriminator', () => new Float32Array(D_SIZE).fill(1e-3));
+    await answer(1, 'discriminator', () => new Float32Array(D_GRADIENTS).fill(1e-3));
     // A signal first: the divergence still decides how the run ends.
     coordinator.requestStop('SIGTERM received');
     // One worker's NaN; the other's zeros are accepted, but the step is not applied.
@@ -1141,7 +1143,7 @@ describe('coordinator edge cases found by review', () => {
     // Step 1 with zero gradients: applied, and no --*-every output due at it.
     await answerStepWithZeros(0, peer);
     await weightsOrDrop(peer);
-    peer.gradients(1, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+    peer.gradients(1, 'discriminator', new Float32Array(D_GRADIENTS).fill(1e-3));
     await weightsOrDrop(peer);
     const g = zeros('generator');
     g[0] = NaN;
@@ -1159,7 +1161,7 @@ describe('coordinator edge cases found by review', () => {
     const { dataDir, coordinator, run, peer } = await runAtLearningRate('diverged-weights', 1e38);
     await weightsOrDrop(peer);
     // Adam's step size lr / (1 - β1) = 1e39 is Infinity in float32: every weight of D goes to ±Infinity.
-    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+    peer.gradients(0, 'discriminator', new Float32Array(D_GRADIENTS).fill(1e-3));
     const summary = await run;
     await coordinator.close();
     await peer.closed;
@@ -1185,7 +1187,7 @@ describe('coordinator edge cases found by review', () => {
       if (w.discriminator) heldD = w.discriminator.slice();
       return w;
     };
-    const small = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_SIZE).fill(1e-3);
+    const small = (phase: Phase) => new Float32Array(phase === 'generator' ? G_SIZE : D_GRADIENTS).fill(1e-3);
     // Step 1, whole: D and G move.
     for (const phase of ['discriminator', 'generator'] as const) {
       await nextWeights();
@@ -1212,9 +1214,9 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(found, log);
     assert.equal(found.checkpoint.step, 1);
     assert.deepEqual(found.checkpoint.discriminator, dAfterStep1);
-    // D's optimizer as after step 1's one update: its step count and moments, not step 2's.
+    // D's optimizer as after step 1's two updates: its step count and moments, not step 2's.
     const reference = new Adam(D_SIZE, KERAS_ADAM_DEFAULTS);
-    reference.apply(new Float32Array(D_SIZE), small('discriminator'));
+    applyDiscriminatorUpdates(reference, new Float32Array(D_SIZE), small('discriminator'), 2, new Float32Array(D_SIZE));
     assert.deepEqual(found.checkpoint.adamDiscriminator, reference.state());
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
@@ -1284,7 +1286,7 @@ describe('coordinator edge cases found by review', () => {
     const diverge = async (coordinator: Coordinator, step: number) => {
       const { peer } = await joinedPeer(coordinator);
       await weightsOrDrop(peer);
-      peer.gradients(step, 'discriminator', new Float32Array(D_SIZE).fill(1e-3));
+      peer.gradients(step, 'discriminator', new Float32Array(D_GRADIENTS).fill(1e-3));
       await weightsOrDrop(peer);
       const g = zeros('generator');
       g[0] = NaN;
@@ -1459,7 +1461,7 @@ describe('coordinator edge cases found by review', () => {
   test('a worker that has answered a round since its shard has taken it in: silent from then on, it is dropped within the heartbeat', { timeout: 60_000 }, async () => {
     const afterMs = await droppedAfterSilence('intake-over', async (peer) => {
       const w = await weightsOrDrop(peer);
-      peer.gradients(w.step, w.phase, new Float32Array(D_SIZE));
+      peer.gradients(w.step, w.phase, new Float32Array(D_GRADIENTS));
       await weightsOrDrop(peer);
     });
     // A ping goes every half heartbeat, its pong is due a heartbeat later, and heartbeats are checked every quarter: under 2 s.
@@ -1790,7 +1792,7 @@ describe('coordinator edge cases found by review', () => {
     // Step 2's weights come once step 1's evaluation is over: training again.
     await weightsOrDrop(peer);
     const after = coordinator.status();
-    peer.gradients(1, 'discriminator', new Float32Array(D_SIZE));
+    peer.gradients(1, 'discriminator', new Float32Array(D_GRADIENTS));
     await weightsOrDrop(peer);
     peer.gradients(1, 'generator', new Float32Array(G_SIZE));
     await run;
@@ -1809,7 +1811,7 @@ describe('coordinator edge cases found by review', () => {
     const run = coordinator.run();
     const { peer } = await joinedPeer(coordinator);
     await weightsOrDrop(peer);
-    peer.gradients(0, 'discriminator', new Float32Array(D_SIZE));
+    peer.gradients(0, 'discriminator', new Float32Array(D_GRADIENTS));
     await weightsOrDrop(peer);
     // The step finishes, its evaluation starts, and the stop overtakes it after its first batch.
     coordinator.requestStop('SIGTERM received');
@@ -2356,7 +2358,7 @@ describe('coordinator edge cases found by review', () => {
       const { peer } = await joinedPeer(coordinator);
       for (let step = 0; step < 3; step++) {
         await weightsOrDrop(peer);
-        peer.gradients(step, 'discriminator', new Float32Array(D_SIZE));
+        peer.gradients(step, 'discriminator', new Float32Array(D_GRADIENTS));
         await weightsOrDrop(peer);
         peer.gradients(step, 'generator', new Float32Array(G_SIZE));
       }
@@ -2387,7 +2389,7 @@ describe('coordinator edge cases found by review', () => {
     assert.deepEqual(JSON.parse(fs.readFileSync(path.join(dir, 'summary.json'), 'utf8')).samples.map((f: string) => path.basename(f)), grids);
     const status = await (await fetch(`http://127.0.0.1:${coordinator.metricsPort}/api/status`)).json();
     assert.deepEqual(status.samples, grids);
-    assert.deepEqual(status.run, { model: 'mlp', loss: 'bce', batchSize: 128, lr: 0.001, beta1: 0.9, beta2: 0.999, seed: 1, wireDtype: 'float32' });
+    assert.deepEqual(status.run, { model: 'mlp', loss: 'bce', batchSize: 128, lr: 0.001, beta1: 0.9, beta2: 0.999, dUpdates: 2, seed: 1, wireDtype: 'float32' });
     assert.notEqual(fs.readFileSync(path.join(dir, 'samples', 'step-000003.png'), 'utf8'), 'grid', 'step 3 drawn anew');
     await coordinator.close();
   });
@@ -2501,7 +2503,7 @@ describe('coordinator edge cases found by review', () => {
     const run = coordinator.run();
     const { peer } = await joinedPeer(coordinator);
     await weightsOrDrop(peer);
-    peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
+    peer.gradients(7, 'discriminator', new Float32Array(D_GRADIENTS));
     await weightsOrDrop(peer);
     await new Promise((r) => setTimeout(r, 300));
     peer.gradients(7, 'generator', new Float32Array(G_SIZE));
@@ -2510,7 +2512,7 @@ describe('coordinator edge cases found by review', () => {
     const unsaved = metricValue(await scrape(), 'ganfleet_unsaved_training_seconds')!;
     assert.ok(unsaved >= 0.3 && unsaved <= (performance.now() - started) / 1000, `${unsaved} s unsaved`);
     // Each figure of the last step from where it comes: D's loss and D(x) from the D round, G's loss and D(G(z)) from the G round.
-    peer.gradients(8, 'discriminator', new Float32Array(D_SIZE), undefined, { loss: 0.25, dReal: 0.875, dFake: 0.125 });
+    peer.gradients(8, 'discriminator', new Float32Array(D_GRADIENTS), undefined, { loss: 0.25, dReal: 0.875, dFake: 0.125 });
     await weightsOrDrop(peer);
     peer.gradients(8, 'generator', new Float32Array(G_SIZE), undefined, { loss: 3.5, dFake: 0.375 });
     const summary = await run;
@@ -2573,7 +2575,7 @@ describe('coordinator edge cases found by review', () => {
     assert.ok(Buffer.from(shards[0].images).equals(gatherImages(train.images, even.subarray(0, 20000))), 'slot 1 images');
     assert.ok(Buffer.from(shards[1].images).equals(gatherImages(train.images, odd.subarray(0, 20000))), 'slot 2 images');
     assert.ok(lines.some((l) => /shard plan 1: w3=20000 w4=20000 w5=20000; 60000 images sent; 2 slots from the checkpoint$/.test(l)), lines.join('\n'));
-    for (const x of peers) x.peer.gradients(7, 'discriminator', new Float32Array(D_SIZE));
+    for (const x of peers) x.peer.gradients(7, 'discriminator', new Float32Array(D_GRADIENTS));
     await Promise.all(peers.map((x) => weightsOrDrop(x.peer)));
     for (const x of peers) x.peer.gradients(7, 'generator', new Float32Array(G_SIZE));
     assert.equal((await run).steps, 8);
@@ -2925,7 +2927,7 @@ describe('coordinator edge cases found by review', () => {
       const { weights, mailed } = await nextWeights(peer, inbox);
       // Mid-round, as a worker computing is.
       if (freezeAt === 'ping') await pinged;
-      peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_SIZE), mailed ? outbox : undefined);
+      peer.gradients(weights.step, weights.phase, new Float32Array(weights.phase === 'generator' ? G_SIZE : D_GRADIENTS), mailed ? outbox : undefined);
       if (freezeAt === 'answer' && mailed && !froze) freeze();
       if (weights.step === 1 && weights.phase === 'generator') break;
     }

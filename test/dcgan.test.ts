@@ -8,7 +8,7 @@ import { BN_EPSILON, statisticsSize, updateMovingStatistics } from '../src/model
 import { Gradients, MAX_GRADIENT_ABS, MAX_STATISTIC_ABS, PROTOCOL_VERSION } from '../src/protocol/messages';
 import { implausibleGradients } from '../src/coordinator/round';
 import { trainingBatchNorm } from '../src/model/dcgan';
-import { GanModel, GeneratorPass, StepOutput, createModel, disposeGeneratorPass, disposeTensors } from '../src/model';
+import { GanModel, GeneratorPass, StepOutput, createModel, discriminatorGradientSize, disposeGeneratorPass, disposeTensors } from '../src/model';
 import { tf, Tensors } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
 import { GanfleetError } from '../src/util/errors';
@@ -189,7 +189,7 @@ test("the coordinator refuses batch statistics of the wrong count (G's answer ca
   const size = statisticsSize(layout);
   const answer = (phase: 'generator' | 'discriminator', statistics?: Float32Array): Gradients => ({
     v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase, samples: 8, loss: 1, dFake: 0.5, computeSeconds: 0.1,
-    gradients: new Float32Array(phase === 'generator' ? layout.size : model.discriminatorLayout.size),
+    gradients: new Float32Array(phase === 'generator' ? layout.size : discriminatorGradientSize(model)),
     ...(phase === 'discriminator' && { dReal: 0.5 }),
     ...(statistics && { statistics }),
   });
@@ -217,7 +217,7 @@ test("under lsgan D's scores are raw, not probabilities: the coordinator takes t
   const model = createModel('mlp', 'lsgan');
   const answer = (dReal: number, dFake: number): Gradients => ({
     v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase: 'discriminator', samples: 8, loss: 1, dReal, dFake, computeSeconds: 0.1,
-    gradients: new Float32Array(model.discriminatorLayout.size),
+    gradients: new Float32Array(discriminatorGradientSize(model)),
   });
   assert.equal(implausibleGradients(answer(-3, 7), model, 8), null);
   assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS, -MAX_GRADIENT_ABS), model, 8), null);

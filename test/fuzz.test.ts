@@ -41,8 +41,10 @@ const STEPS = 300;
 const BATCH = 128;
 const G_SIZE = 114064;
 const D_SIZE = 100609;
-/** The coordinator's ws maxPayload: the larger network's gradients plus 64 KiB of envelope. */
-const MAX_PAYLOAD = 4 * Math.max(G_SIZE, D_SIZE) + 64 * 1024;
+/** A D round's answer: D's gradient in two halves. */
+const D_GRADIENTS = 2 * D_SIZE;
+/** The coordinator's ws maxPayload: the larger round's gradients plus 64 KiB of envelope. */
+const MAX_PAYLOAD = 4 * Math.max(G_SIZE, D_GRADIENTS) + 64 * 1024;
 /** Mirrors MAX_OFFENCES in coordinator.ts: the third rejected message from a welcomed peer disconnects it. */
 const MAX_OFFENCES = 3;
 /** The fuzz starts only once step FUZZ_FROM_STEP is logged, so gradients for steps 0..STALE_MAX are always stale. */
@@ -242,8 +244,8 @@ function smallValues(rng: Prng, n: number): Float32Array {
 }
 
 /** Reference gradients, each at most 0.01 in magnitude: the payload of every well-formed gradients frame. */
-const REF: Record<Phase, Float32Array> = { discriminator: smallValues(new Prng(SEED ^ 1), D_SIZE), generator: smallValues(new Prng(SEED ^ 2), G_SIZE) };
-const sizeOf = (phase: Phase) => (phase === 'generator' ? G_SIZE : D_SIZE);
+const REF: Record<Phase, Float32Array> = { discriminator: smallValues(new Prng(SEED ^ 1), D_GRADIENTS), generator: smallValues(new Prng(SEED ^ 2), G_SIZE) };
+const sizeOf = (phase: Phase) => (phase === 'generator' ? G_SIZE : D_GRADIENTS);
 
 function gradientsBody(step: number, phase: Phase, gradients: Float32Array = REF[phase]): Omit<Gradients, 'v'> {
   const body: Omit<Gradients, 'v'> = { type: 'gradients', step, phase, samples: BATCH, gradients, loss: 0.69, dFake: 0.5, computeSeconds: 0.02 };
@@ -346,12 +348,12 @@ function garbageCandidate(rng: Prng): Frame {
     }
     case 5: {
       // A float32 payload that is not a whole number of floats.
-      const bytes = rng.bytes(rng.pick([1, 2, 3, 5, 401, 4 * D_SIZE - 1, 4 * G_SIZE + 2]));
+      const bytes = rng.bytes(rng.pick([1, 2, 3, 5, 401, 4 * D_GRADIENTS - 1, 4 * G_SIZE + 2]));
       return { kind: 'ragged gradients', data: packr.pack({ ...gradientsBody(future, phase), v: PROTOCOL_VERSION, gradients: bytes }) };
     }
     case 6: {
       // Whole float32s, but the wrong count for the phase (and a step that is ahead).
-      const n = rng.pick([0, 1, D_SIZE - 1, D_SIZE + 1, G_SIZE - 1, G_SIZE + 1, sizeOf(phase === 'generator' ? 'discriminator' : 'generator')]);
+      const n = rng.pick([0, 1, D_SIZE, D_GRADIENTS - 1, D_GRADIENTS + 1, G_SIZE - 1, G_SIZE + 1, sizeOf(phase === 'generator' ? 'discriminator' : 'generator')]);
       const g = n <= G_SIZE ? REF.generator.subarray(0, n) : new Float32Array(n);
       return { kind: 'wrong length', data: gradientsFrame(future, phase, g) };
     }

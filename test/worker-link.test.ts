@@ -4,7 +4,7 @@ import net, { AddressInfo } from 'node:net';
 import type { Socket } from 'node:net';
 import { WebSocketServer, WebSocket } from 'ws';
 import { pack } from 'msgpackr';
-import { createModel } from '../src/model';
+import { createModel, discriminatorGradientSize } from '../src/model';
 import { decodeWorkerMessage, encode, encodeFrame } from '../src/protocol/codec';
 import { Outbox, mailboxNonce, makeMailboxDir, removeMailboxDir } from '../src/protocol/mailbox';
 import { ErrorMessage, Hello, Mail, PROTOCOL_VERSION, Shard, Stop, Weights, Welcome, message } from '../src/protocol/messages';
@@ -969,7 +969,7 @@ test("a worker's /metrics follow its state: the shard it holds after a rebalance
     const url = (await worker.waitFor(/metrics on (http:\/\/\S+\/metrics)/))[1];
     await worker.waitFor(/shard plan 2: 50 images \(30 kept, 20 received\)/, 20_000);
     for (let i = 0; i < 100 && answered.length === 0; i++) await sleep(100);
-    assert.deepEqual(answered, [{ step: 3, phase: 'discriminator', samples: 16, size: mlp.discriminatorLayout.size }]);
+    assert.deepEqual(answered, [{ step: 3, phase: 'discriminator', samples: 16, size: discriminatorGradientSize(mlp) }]);
     let text = await scrape(url);
     assert.equal(metricTotal(text, 'ganfleet_worker_shard_images'), 50, text);
     assert.equal(metricTotal(text, 'ganfleet_worker_connected'), 1);

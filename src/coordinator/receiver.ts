@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { GanModel } from '../model';
+import { GanModel, discriminatorGradientSize } from '../model';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode, protocolErrorCode } from '../protocol/codec';
 import { Gradients, WorkerMessage, errorMessage, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -15,9 +15,9 @@ const MAX_OFFENCES = 3;
 /** A socket that has not said hello within `timeoutMs` is closed (an object, so that a test may wait less). */
 export const HELLO_TIMING = { timeoutMs: 10_000 };
 
-/** The largest frame a worker may send: gradients of the larger network plus envelope. */
+/** The largest frame a worker may send: the larger round's gradients (D's come in two halves) plus envelope. */
 function maxWorkerFrame(model: GanModel): number {
-  return 4 * Math.max(model.generatorLayout.size, model.discriminatorLayout.size) + 64 * 1024;
+  return 4 * Math.max(model.generatorLayout.size, discriminatorGradientSize(model)) + 64 * 1024;
 }
 
 /** What the receiver needs from the coordinator whose rounds it feeds. */

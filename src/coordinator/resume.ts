@@ -104,6 +104,8 @@ export function resumeWarnings(now: Record<string, unknown>, then: Record<string
     ['--lr', (x) => adam(x).learningRate],
     ['--beta1', (x) => adam(x).beta1],
     ['--beta2', (x) => adam(x).beta2],
+    // Checkpoints from before --d-updates trained with one.
+    ['--d-updates', (x) => x.discriminatorUpdates ?? 1],
     ['--wire-dtype', (x) => x.wireDtype ?? 'float32'],
   ];
   // Where both score G: a checkpoint's run without --eval-every left no FIDs for this run's to be mixed with.

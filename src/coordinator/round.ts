@@ -1,4 +1,4 @@
-import { GanModel } from '../model';
+import { GanModel, discriminatorGradientSize } from '../model';
 import { negativeVariance, statisticsSize } from '../model/batchnorm';
 import { RejectReason } from '../protocol/codec';
 import { Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, stepOfRound } from '../protocol/messages';
@@ -151,11 +151,15 @@ export function weightedStats(replies: Gradients[]): RoundResult {
 /** What the codec cannot know about an answer: sizes for this model, and plausible ranges. */
 export function implausibleGradients(msg: Gradients, model: GanModel, batchSize: number): [RejectReason, string] | null {
   const layout = msg.phase === 'generator' ? model.generatorLayout : model.discriminatorLayout;
-  if (msg.gradients.length !== layout.size) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${layout.size}`];
+  // D's come in two halves, each in D's layout (discriminatorStep).
+  const size = msg.phase === 'generator' ? layout.size : discriminatorGradientSize(model);
+  if (msg.gradients.length !== size) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${size}`];
   // Adam would move a moving statistic by a nonzero "gradient" past the checks on batch statistics (a variance
   // below zero leaves G's inference NaN), so what is not learnt by gradient must arrive as 0.
-  for (const e of layout.statistics) {
-    if (msg.gradients.subarray(e.offset, e.offset + e.size).some((v) => v !== 0)) return ['out_of_range', `${e.name} is not learnt by gradient: its gradient must be 0`];
+  for (let at = 0; at < size; at += layout.size) {
+    for (const e of layout.statistics) {
+      if (msg.gradients.subarray(at + e.offset, at + e.offset + e.size).some((v) => v !== 0)) return ['out_of_range', `${e.name} is not learnt by gradient: its gradient must be 0`];
+    }
   }
   if (msg.samples < 1 || msg.samples > batchSize) return ['bad_field', `samples ${msg.samples} is outside 1..${batchSize}`];
   if (msg.phase === 'discriminator' && msg.dReal === undefined) return ['bad_field', 'discriminator gradients need dReal'];

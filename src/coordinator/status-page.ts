@@ -109,7 +109,7 @@ async function refresh() {
     $('state').textContent = st.state; $('state').className = 'state ' + st.state;
     $('step').textContent = st.step + ' / ' + st.steps;
     const r = st.run;
-    $('run').textContent = r.model + ' · ' + r.loss + ' · batch ' + r.batchSize + ' a worker · Adam ' + r.lr + ', ' + r.beta1 + ', ' + r.beta2 + ' · seed ' + r.seed + (r.wireDtype === 'float32' ? '' : ' · ' + r.wireDtype);
+    $('run').textContent = r.model + ' · ' + r.loss + ' · batch ' + r.batchSize + ' a worker · Adam ' + r.lr + ', ' + r.beta1 + ', ' + r.beta2 + ' · seed ' + r.seed + (r.dUpdates === 2 ? '' : ' · ' + r.dUpdates + ' D update a step') + (r.wireDtype === 'float32' ? '' : ' · ' + r.wireDtype);
     $('rate').textContent = Math.round(st.imagesPerSecond);
     $('eta').textContent = fmtTime(st.etaSeconds);
     $('nworkers').textContent = st.workers.length;

@@ -16,7 +16,7 @@ export interface CoordinatorStatus {
   steps: number;
   resumedFrom: number | null;
   /** The settings that decide what is trained. */
-  run: { model: string; loss: string; batchSize: number; lr: number; beta1: number; beta2: number; seed: number; wireDtype: string };
+  run: { model: string; loss: string; batchSize: number; lr: number; beta1: number; beta2: number; dUpdates: number; seed: number; wireDtype: string };
   /** Of recent steps; 0 unless training (waiting, paused, finished). */
   imagesPerSecond: number;
   etaSeconds: number | null;
@@ -40,6 +40,7 @@ export function runSettings(config: CoordinatorConfig): CoordinatorStatus['run']
     lr: config.adam.learningRate,
     beta1: config.adam.beta1,
     beta2: config.adam.beta2,
+    dUpdates: config.discriminatorUpdates,
     seed: config.seed,
     wireDtype: config.wireDtype,
   };

@@ -1,10 +1,11 @@
 import { GanModel, StepOutput, readStep } from './gan';
 import { ParameterLayout } from './layout';
-import { discriminatorLoss, generatorLoss, meanScore } from './losses';
+import { discriminatorLoss, discriminatorShare, generatorLoss, meanScore } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 /**
- * The same two steps as GanModel's, by tf.grads over the plain forward pass.
+ * The same two steps as GanModel's, by tf.grads over the plain forward pass
+ * (D's as its two halves, each the gradient of its batch's share of the loss).
  * This is the definition the fast hand-written steps are tested against.
  */
 export function autodiffDiscriminatorStep(
@@ -16,11 +17,11 @@ export function autodiffDiscriminatorStep(
 ): StepOutput {
   return scoped(() => {
     const fake = model.generate(g, z, true);
-    const loss = (dp: Tensors) => discriminatorLoss(model.loss, model.discriminate(dp, real), model.discriminate(dp, fake));
-    const grads = gradientOf(model.discriminatorLayout, d, loss);
+    const share = (x: tf.Tensor2D, target: 0 | 1) => gradientOf(model.discriminatorLayout, d, (dp) => discriminatorShare(model.loss, model.discriminate(dp, x), target));
+    const loss = discriminatorLoss(model.loss, model.discriminate(d, real), model.discriminate(d, fake));
     const pReal = meanScore(model.loss, model.discriminate(d, real));
     const pFake = meanScore(model.loss, model.discriminate(d, fake));
-    return readStep(grads, [loss(d), pReal, pFake]);
+    return readStep([...share(real, 1), ...share(fake, 0)], [loss, pReal, pFake]);
   });
 }
 

@@ -8,7 +8,7 @@ import { LEAKY_ALPHA, leakyBackward } from './leaky';
 import { matMulAT, matMulBT, sumRows } from './linalg';
 import { ParameterLayout, TensorSpec } from './layout';
 import { GanLoss } from './choices';
-import { discriminatorLoss, generatorLoss, meanScore } from './losses';
+import { discriminatorLoss, discriminatorShare, generatorLoss, meanScore } from './losses';
 import { scoped, tf, Tensors } from './tf';
 
 const Z_DIM = 100;
@@ -97,17 +97,20 @@ export class DcGan implements GanModel {
 
   discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, _realPart?: RealPart, memory?: ResultMemory): StepOutput {
     return scoped(() => {
-      // The forward pass's values leave the gradient computation by tf.keep
-      // (readAndDispose disposes them), so D runs once per batch.
-      let out: tf.Tensor[] = [];
-      const grads = gradientOf(this.discriminatorLayout, d, (p) => {
-        const r = this.discriminate(p, real);
-        const f = this.discriminate(p, pass.fake);
-        const loss = discriminatorLoss(this.loss, r, f);
-        out = [loss, meanScore(this.loss, r), meanScore(this.loss, f)].map((t) => tf.keep(t));
-        return loss;
-      });
-      return readAndDispose(grads, out, undefined, memory);
+      // Each half's logits leave its gradient computation by tf.keep (readAndDispose disposes them), so D runs
+      // once per batch. D's BatchNorm normalises each batch by its own statistics either way.
+      const logits: tf.Tensor[] = [];
+      const share = (x: tf.Tensor2D, target: 0 | 1) =>
+        gradientOf(this.discriminatorLayout, d, (p) => {
+          const out = this.discriminate(p, x);
+          logits.push(tf.keep(out));
+          return discriminatorShare(this.loss, out, target);
+        });
+      const grads = [...share(real, 1), ...share(pass.fake, 0)];
+      const [r, f] = logits;
+      const kept = [discriminatorLoss(this.loss, r, f), meanScore(this.loss, r), meanScore(this.loss, f)].map((t) => tf.keep(t));
+      tf.dispose(logits);
+      return readAndDispose(grads, kept, undefined, memory);
     });
   }
 

@@ -69,8 +69,12 @@ export interface GanModel {
   forwardGenerator(g: Tensors, z: tf.Tensor2D): GeneratorPass;
   /**
    * Gradient of the D loss (real labelled 1, G(z) labelled 0) w.r.t. D's
-   * parameters. With `realPart` (from discriminatorRealPart on the same D and
-   * real batch) only the fake half is computed here.
+   * parameters, in two halves (discriminatorGradientSize): the real batch's
+   * share, then the generated batch's. They sum to the D loss's gradient;
+   * each is half its own batch's loss's gradient, so that the coordinator can
+   * also apply them as the seed's two updates (real, then fake). With
+   * `realPart` (from discriminatorRealPart on the same D and real batch) only
+   * the fake half is computed here.
    */
   discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart, memory?: ResultMemory): StepOutput;
   /**
@@ -91,6 +95,11 @@ export interface GanModel {
  */
 export interface ResultMemory {
   values?: Float32Array;
+}
+
+/** Values in a D step's gradients: D's layout twice, the real batch's share and then the generated batch's (discriminatorStep). */
+export function discriminatorGradientSize(model: Pick<GanModel, 'discriminatorLayout'>): number {
+  return 2 * model.discriminatorLayout.size;
 }
 
 /** The D step's real half: D's gradients from it (already weighted for the whole step) and its logits. */

@@ -17,7 +17,12 @@ import { tf } from './tf';
  * Both D losses average a real and a fake batch of equal size with weight ½ each.
  */
 export function discriminatorLoss(loss: GanLoss, real: tf.Tensor, fake: tf.Tensor): tf.Scalar {
-  return tf.tidy(() => tf.div(tf.add(targetLoss(loss, real, 1), targetLoss(loss, fake, 0)), 2));
+  return tf.tidy(() => tf.add(discriminatorShare(loss, real, 1), discriminatorShare(loss, fake, 0)));
+}
+
+/** One batch's term of the D loss: half its own mean loss against `target` (1 real, 0 fake). */
+export function discriminatorShare(loss: GanLoss, out: tf.Tensor, target: 0 | 1): tf.Scalar {
+  return tf.tidy(() => tf.div(targetLoss(loss, out, target), 2));
 }
 
 export function generatorLoss(loss: GanLoss, fake: tf.Tensor): tf.Scalar {
@@ -25,9 +30,9 @@ export function generatorLoss(loss: GanLoss, fake: tf.Tensor): tf.Scalar {
 }
 
 /**
- * d loss / d output for the hand-written backward passes, for outputs with
- * targets `y` (1 real, 0 fake): `rows` outputs in all, in D's case half real
- * and half fake. Matches the two functions above:
+ * d loss / d output for the hand-written backward passes, over `rows`
+ * outputs with target `y` (1 real, 0 fake): for D the batch's own mean loss
+ * (twice its discriminatorShare), for G generatorLoss.
  *   bce:  D (σ(o) − y) / rows          G (σ(o) − 1) / rows
  *   lsgan: D (o − y) · 2 / rows        G (o − 1) / rows
  */

@@ -81,36 +81,27 @@ export class MlpGan implements GanModel {
 
   discriminatorStep(d: Tensors, real: tf.Tensor2D, pass: GeneratorPass, realPart?: RealPart, memory?: ResultMemory): StepOutput {
     return scoped(() => {
-      const fake = pass.fake;
-      if (realPart) {
-        const fakePart = this.discriminatorHalf(d, fake, 0, 2);
-        const grads: Tensors = {};
-        for (const [name, g] of Object.entries(fakePart.gradients)) grads[name] = tf.add(g, realPart.gradients[name]);
-        const loss = discriminatorLoss(this.loss, realPart.logits, fakePart.logits);
-        return readStep(this.discriminatorLayout.ordered(grads), [loss, meanScore(this.loss, realPart.logits), meanScore(this.loss, fakePart.logits)], undefined, memory);
-      }
-      const n = real.shape[0];
-      const both = this.discriminatorHalf(d, tf.concat([real, fake], 0), tf.concat([tf.ones([n, 1]), tf.zeros([fake.shape[0], 1])], 0), 1);
-      const [realLogits, fakeLogits] = tf.split(both.logits, [n, fake.shape[0]], 0);
-      const loss = discriminatorLoss(this.loss, realLogits, fakeLogits);
-      return readStep(this.discriminatorLayout.ordered(both.gradients), [loss, meanScore(this.loss, realLogits), meanScore(this.loss, fakeLogits)], undefined, memory);
+      const realHalf = realPart ?? this.discriminatorHalf(d, real, 1);
+      const fakeHalf = this.discriminatorHalf(d, pass.fake, 0);
+      const loss = discriminatorLoss(this.loss, realHalf.logits, fakeHalf.logits);
+      const gradients = [...this.discriminatorLayout.ordered(realHalf.gradients), ...this.discriminatorLayout.ordered(fakeHalf.gradients)];
+      return readStep(gradients, [loss, meanScore(this.loss, realHalf.logits), meanScore(this.loss, fakeHalf.logits)], undefined, memory);
     });
   }
 
   discriminatorRealPart(d: Tensors, real: tf.Tensor2D): RealPart {
-    return tf.tidy(() => this.discriminatorHalf(d, real, 1, 2) as unknown as tf.TensorContainer) as unknown as RealPart;
+    return tf.tidy(() => this.discriminatorHalf(d, real, 1) as unknown as tf.TensorContainer) as unknown as RealPart;
   }
 
   /**
-   * D's forward and backward pass on the rows of x, with targets y (1 real,
-   * 0 fake). The D loss averages a real and a fake batch; `halves` is 2 when
-   * x is one of them (its gradients then count half), 1 when x is both.
+   * D's forward and backward pass on one batch x, all with target y (1 real,
+   * 0 fake): its share of the D loss's gradient, which averages a real and a
+   * fake batch (so half of this batch's own loss's gradient).
    */
-  private discriminatorHalf(d: Tensors, x: tf.Tensor2D, y: tf.Tensor | number, halves: 1 | 2): RealPart {
+  private discriminatorHalf(d: Tensors, x: tf.Tensor2D, y: 0 | 1): RealPart {
     const h = dense(x, d, 'd/dense1', true);
     const logits = dense(h, d, 'd/dense2', false);
-    const whole = outputGradient(this.loss, logits, y, 'discriminator') as tf.Tensor2D;
-    const dLogits = halves === 1 ? whole : tf.div(whole, halves);
+    const dLogits = tf.div(outputGradient(this.loss, logits, y, 'discriminator'), 2) as tf.Tensor2D;
     const dH = hiddenGradient(dLogits, h, d);
     const gradients: Tensors = {
       'd/dense1/kernel': matMulAT(x, dH),

@@ -6,7 +6,7 @@ import { truncate } from '../util/text';
  * Float arrays travel as raw little-endian bytes (msgpack bin), never as
  * arrays of numbers.
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /**
  * The largest gradient magnitude a worker may send. No sane gradient of
