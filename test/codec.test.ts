@@ -67,7 +67,7 @@ describe('codec round trip', () => {
   });
 
   test('every message type survives', () => {
-    const hello = message<Hello>({ type: 'hello', name: 'n', backend: 'wasm', pid: 12, hostname: 'h' });
+    const hello = message<Hello>({ type: 'hello', name: 'n', backend: 'wasm', pid: 12, hostname: 'h', instance: '3f2a9c' });
     assert.deepEqual(decodeWorkerMessage(encode(hello)), hello);
     const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', loss: 'bce', generatorSize: 3, discriminatorSize: 4, batchSize: 128, heartbeatSeconds: 5 });
     assert.deepEqual(decodeCoordinatorMessage(encode(welcome)), welcome);
@@ -82,6 +82,8 @@ describe('codec round trip', () => {
     assert.deepEqual(decodeCoordinatorMessage(encode(stop)), stop);
     const early = message<Stop>({ type: 'stop', reason: 'SIGTERM received', resumable: true });
     assert.deepEqual(decodeCoordinatorMessage(encode(early)), early);
+    const final = message<Stop>({ type: 'stop', reason: 'done', resumable: false });
+    assert.deepEqual(decodeCoordinatorMessage(encode(final)), final);
     assert.throws(() => decodeCoordinatorMessage(encode({ ...early, resumable: 'yes' } as unknown as Stop)), /stop\.resumable must be true or false/);
     const error = message<ErrorMessage>({ type: 'error', code: 'X', message: 'y' });
     assert.deepEqual(decodeWorkerMessage(encode(error)), error);
@@ -147,6 +149,10 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(raw.pack(noLoss)), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: -1 })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: 1.5 })), 'bad_field');
+    // Beyond 2^53 − 1 integers are no longer exact: step 2^53 and 2^53 + 1 would be the same step.
+    assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, step: 2 ** 53 })), 'bad_field');
+    // A 64-bit integer (msgpackr reads it as a BigInt) is a mistyped field, not a malformed frame.
+    assert.throws(() => decodeWorkerMessage(raw.pack({ ...good, samples: 5n })), (e: unknown) => e instanceof ProtocolError && e.reason === 'bad_field' && /gradients\.samples must be/.test(e.message));
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, phase: 'both' })), 'bad_field');
     assertRejected(() => decodeWorkerMessage(raw.pack({ ...good, loss: '1' })), 'bad_field');
   });
@@ -160,6 +166,8 @@ describe('codec rejects malformed frames', () => {
     assert.equal((decodeCoordinatorMessage(shard(2 ** 32 - 1)) as Shard).seed, 2 ** 32 - 1);
     assertRejected(() => decodeCoordinatorMessage(shard(2 ** 32)), 'bad_field');
     assertRejected(() => decodeCoordinatorMessage(shard(2 ** 40)), 'bad_field');
+    assertRejected(() => decodeCoordinatorMessage(shard(-1)), 'bad_field');
+    assertRejected(() => decodeCoordinatorMessage(shard(7.5)), 'bad_field');
   });
   test("a shard's images must be binary: a string, a number or a boolean is refused", () => {
     const shard = (images: unknown) => raw.pack({ v: PROTOCOL_VERSION, type: 'shard', plan: 1, count: 1, keep: 0, seed: 7, images });
@@ -179,6 +187,8 @@ describe('codec rejects malformed frames', () => {
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xdc, 0xff, 0xff])), 'bad_frame');
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xc6, 0xff, 0xff, 0xff, 0xff, 0x00])), 'bad_frame');
     assertRejected(() => decodeWorkerMessage(Buffer.from([0xdf, 0x7f, 0xff, 0xff, 0xff])), 'bad_frame');
+    // A length cut off by the frame's end.
+    assert.throws(() => decodeWorkerMessage(Buffer.from([0xde, 0x00])), /malformed msgpack at byte 1: truncated length$/);
   });
   test('extension types, which the protocol never sends and msgpackr acts on (a record once hid an allocation bomb from the shape check)', () => {
     assertRejected(() => decodeWorkerMessage(recordExtensionBomb(50)), 'bad_frame');
@@ -204,6 +214,11 @@ describe('codec rejects malformed frames', () => {
     refused(wide, /^malformed msgpack at byte 1: a message must be a msgpack map$/);
     refused(Buffer.concat([Buffer.from([0x81]), raw.pack('type'), Buffer.from([0xdd, 0x00, 0x01, 0x00, 0x00]), Buffer.alloc(65_536, 0x90)]), /an array inside the message/);
     refused(raw.pack(Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`f${i}`, i]))), /a map of 33 fields: no message has more than 32/);
+    const thirtyTwo = { ...good, ...Object.fromEntries(Array.from({ length: 32 - Object.keys(good).length }, (_, i) => [`f${i}`, i])) };
+    assert.equal(decodeWorkerMessage(raw.pack(thirtyTwo)).type, 'gradients', '32 fields is within the limit');
+    // A map that claims one more field than it holds ends after a key: refused, not a TypeError from reading past the end.
+    const short = raw.pack({ ...good, last: 1 });
+    refused(short.subarray(0, short.length - 1), /malformed msgpack at byte \d+: truncated$/);
     // What the codec itself writes passes: the largest message, with its pads and 16-bit floats.
     assert.equal(decodeWorkerMessage(encode({ ...good, gradients: new Float32Array(4), statistics: new Float32Array(2), dReal: 0.5 } as never, 'bfloat16')).type, 'gradients');
   });
@@ -217,6 +232,23 @@ describe('codec rejects malformed frames', () => {
       () => decodeWorkerMessage(raw.pack({ ...good, v: '1\nFORGED [coordinator] finished' })),
       (e: unknown) => e instanceof ProtocolError && !e.message.includes('\n') && e.message.length < 120,
     );
+    // A long value is cut, so that a peer cannot fill the log with one frame.
+    assert.throws(() => decodeWorkerMessage(raw.pack({ ...good, type: 'x'.repeat(4000) })), (e: unknown) => e instanceof ProtocolError && e.message.length < 120);
+  });
+  test('an optional field sent as nil is taken as absent, not refused; a required one sent as nil is missing', () => {
+    const m = decodeWorkerMessage(raw.pack({ ...good, dReal: null, statistics: null })) as Gradients;
+    assert.equal(m.type, 'gradients');
+    assert.ok(!('dReal' in m) && !('statistics' in m));
+    assert.throws(() => decodeWorkerMessage(raw.pack({ ...good, loss: null })), /gradients\.loss is missing/);
+  });
+  test('other encodings of the same message pass the shape check: a map32 header, float32 numbers', () => {
+    const map16 = raw.pack(good);
+    assert.equal(map16[0], 0xde);
+    const map32 = Buffer.concat([Buffer.from([0xdf, 0, 0]), map16.subarray(1)]);
+    assert.equal((decodeWorkerMessage(map32) as Gradients).loss, 1);
+    const float32s = new Packr({ useRecords: false, useFloat32: 1 }).pack({ ...good, loss: 0.5, dFake: 0.25 });
+    assert.ok(float32s.includes(0xca));
+    assert.deepEqual([(decodeWorkerMessage(float32s) as Gradients).loss, (decodeWorkerMessage(float32s) as Gradients).dFake], [0.5, 0.25]);
   });
   test('unknown fields are dropped, not passed on', () => {
     const m = decodeWorkerMessage(raw.pack({ ...good, extra: 'x' })) as unknown as Record<string, unknown>;
@@ -269,6 +301,11 @@ test('float arrays start 4-byte aligned in the frame and decode in place, with n
     }
     assert.deepEqual(Array.from(m.generator!), Array.from(floats(7, 1)));
   }
+  // After 3 float16 gradients (6 bytes), G's float32 statistics are still aligned and read in place.
+  const frame = encode(message<Gradients>({ type: 'gradients', step: 1, phase: 'generator', samples: 8, gradients: floats(3, 1), statistics: floats(4, 2), loss: 0.5, dFake: 0.4, computeSeconds: 0.01 }), 'float16');
+  const statistics = (decodeWorkerMessage(frame) as Gradients).statistics!;
+  assert.equal(statistics.buffer, frame.buffer, 'a view of the frame');
+  assert.equal((statistics.byteOffset - frame.byteOffset) % 4, 0);
 });
 
 describe('--wire-dtype float16 and bfloat16', () => {
@@ -326,6 +363,8 @@ describe('--wire-dtype float16 and bfloat16', () => {
       assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'float16')), 'not_finite');
       assertRejected(() => decodeWorkerMessage(encode(gradients(values), 'bfloat16')), 'not_finite');
     }
+    // The sign survives: a diverged step's error names the direction it ran off in.
+    assert.throws(() => decodeWorkerMessage(encode(gradients(Float32Array.from([0.5, -2e6])), 'float16')), /gradients\[1\] is -Infinity/);
     // A NaN still arrives as NaN, not as the Infinity a value beyond the bound becomes.
     for (const dtype of ['float16', 'bfloat16'] as const) {
       assert.throws(() => decodeWorkerMessage(encode(gradients(Float32Array.from([0.5, NaN, 2e6])), dtype)), /gradients\[1\] is NaN/);

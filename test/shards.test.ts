@@ -85,13 +85,14 @@ test('a join or a leave moves only the images that change hands, and the plan st
 });
 
 test('held shards outside the training set, or held twice, are refused', () => {
-  const fails = (held: Map<string, Uint32Array>) =>
+  const fails = (held: Map<string, Uint32Array>, why: RegExp) =>
     assert.throws(
       () => planShards(new Rng(1).permutation(10), ['a', 'b'], held),
-      (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_HELD_INVALID',
+      (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_HELD_INVALID' && why.test(e.message),
     );
-  fails(new Map([['a', Uint32Array.of(10)]]));
-  fails(new Map([['a', Uint32Array.of(3)], ['b', Uint32Array.of(3)]]));
+  // Image 10 of 10 is the first past the end: the error says so, not that it is held twice.
+  fails(new Map([['a', Uint32Array.of(10)]]), /worker "a" holds image 10, outside the training set/);
+  fails(new Map([['a', Uint32Array.of(3)], ['b', Uint32Array.of(3)]]), /worker "b" holds image 3, held twice/);
 });
 
 test('plans do not alias the permutation buffer', () => {
@@ -119,6 +120,11 @@ test('gatherImages copies the selected images contiguously', () => {
   assert.equal(gatherImages(images, new Uint32Array(0)).length, 0);
   assert.throws(
     () => gatherImages(images, Uint32Array.of(count)),
+    (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_INDEX_OUT_OF_RANGE',
+  );
+  // A buffer that ends partway through an image: that image is refused, not shipped cut short and padded with zeros.
+  assert.throws(
+    () => gatherImages(Uint8Array.of(1, 2, 3, 4, 5), Uint32Array.of(2), 2),
     (e: unknown) => e instanceof GanfleetError && e.code === 'SHARD_INDEX_OUT_OF_RANGE',
   );
 });
