@@ -8,6 +8,7 @@ import { encodeIdx } from './data/idx';
 import { IMAGE_COLS, IMAGE_ROWS } from './data/image';
 import { encodeNpy } from './data/npy';
 import { generateProblem, outputFile } from './generate-output';
+import { plural } from './util/text';
 import { generateImages } from './model/sample';
 import { batchProgress } from './util/batch-progress';
 import { GanfleetError } from './util/errors';
@@ -88,6 +89,6 @@ export async function generateSamples(opts: GenerateOptions, log: Logger = creat
     process.exitCode = signalExitCode(stopped);
     return opts.out;
   }
-  log(`wrote ${opts.count} samples to ${opts.out}${target === path.resolve(opts.out) ? '' : ` (the link's target, ${target})`}`);
+  log(`wrote ${plural(opts.count, 'sample')} to ${opts.out}${target === path.resolve(opts.out) ? '' : ` (the link's target, ${target})`}`);
   return opts.out;
 }

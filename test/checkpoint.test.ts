@@ -315,7 +315,7 @@ test('--resume with both another --model and another --loss names both in one re
   assert.throws(
     () => checkpointToResume({ out, arch: 'dcgan', loss: 'lsgan' }, () => {}),
     (e: Error & { code?: string }) =>
-      e.code === 'CHECKPOINT_MISMATCH' && e.message === `${file} is a mlp checkpoint, not dcgan and was trained with --loss bce, not lsgan: pass --model mlp --loss bce to resume it`,
+      e.code === 'CHECKPOINT_MISMATCH' && e.message === `${file} was trained with --model mlp, not dcgan and --loss bce, not lsgan: pass --model mlp --loss bce to resume it`,
   );
   fs.rmSync(out, { recursive: true, force: true });
 });

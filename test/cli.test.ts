@@ -702,7 +702,7 @@ test('resuming with other settings names each changed flag and which value count
   assert.match(warnings[0], /warning: --batch-size is 64 in this run, the checkpoint was written with 128; this run's value is used from here on/);
   const other = local('--resume', '--steps', '6', '--model', 'dcgan');
   assert.equal(other.status, 1);
-  assert.match(other.stderr, /is a mlp checkpoint, not dcgan: pass --model mlp to resume it \[CHECKPOINT_MISMATCH\]/);
+  assert.match(other.stderr, /was trained with --model mlp, not dcgan: pass --model mlp to resume it \[CHECKPOINT_MISMATCH\]/);
   // The wire's precision changes the numbers; the images are compared by content, so the same ones
   // named by a relative path are no change, and other images at the same path are.
   const data = blankMnistDir(300);

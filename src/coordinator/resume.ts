@@ -74,12 +74,12 @@ export function checkpointToResume(config: Pick<CoordinatorConfig, 'out' | 'arch
   const was = checkpointModel(found.checkpoint, found.file);
   // Both differences in one refusal: naming only the model sent a user back to fail again on the loss.
   const mismatches: [string, string][] = [];
-  if (was.arch !== config.arch) mismatches.push([`is a ${was.arch} checkpoint, not ${config.arch}`, `--model ${was.arch}`]);
-  if (was.loss !== config.loss) mismatches.push([`was trained with --loss ${was.loss}, not ${config.loss}`, `--loss ${was.loss}`]);
+  if (was.arch !== config.arch) mismatches.push([`--model ${was.arch}, not ${config.arch}`, `--model ${was.arch}`]);
+  if (was.loss !== config.loss) mismatches.push([`--loss ${was.loss}, not ${config.loss}`, `--loss ${was.loss}`]);
   if (mismatches.length > 0) {
     const what = mismatches.map(([difference]) => difference).join(' and ');
     const flags = mismatches.map(([, flag]) => flag).join(' ');
-    throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} ${what}: pass ${flags} to resume it`);
+    throw new GanfleetError('CHECKPOINT_MISMATCH', `${found.file} was trained with ${what}: pass ${flags} to resume it`);
   }
   return found;
 }
