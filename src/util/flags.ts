@@ -273,6 +273,11 @@ function refuseEmptyValues(raw: readonly string[], valued: string[], outIsRun: b
   }
 }
 
+/** Whether the user gave value flag `name`, on the command line or as its GANFLEET_* variable (not yargs' default). */
+export function isGiven(name: string): boolean {
+  return rawValue(name, hideBin(process.argv)).value !== undefined;
+}
+
 /** A value flag's text as given (yargs has already made a number of it; its last, which counts), and the variable it came from, if any. */
 function rawValue(key: string, raw: readonly string[]): { value: string | undefined; variable?: string } {
   let value: string | undefined;
