@@ -441,9 +441,9 @@ test('an addon file cut short is reported and not loaded, instead of killing the
   try {
     const util = path.join(root, 'dist', 'src', 'util');
     const release = path.join(root, 'native', 'build', 'Release');
-    fs.mkdirSync(util, { recursive: true });
     fs.mkdirSync(release, { recursive: true });
-    for (const f of ['native.js', 'env.js']) fs.copyFileSync(path.join(__dirname, '..', 'src', 'util', f), path.join(util, f));
+    // The whole of util/: native.js and what it imports, whatever that comes to.
+    fs.cpSync(path.join(__dirname, '..', 'src', 'util'), util, { recursive: true });
     const built = fs.readFileSync(path.join(__dirname, '..', '..', 'native', 'build', 'Release', 'ganfleet_native.node'));
     const file = path.join(release, 'ganfleet_native.node');
     fs.writeFileSync(file, built.subarray(0, Math.floor(built.length * 0.7)));
