@@ -22,6 +22,19 @@ import torch
 import torch.nn as nn
 
 
+def d_updates_from_one_round(D, optD, loss, batches):
+    """ganfleet's D round: each (x, y) batch's gradient of loss(D(x), y), all at the same D, then an Adam step on each in turn."""
+    halves = []
+    for x, y in batches:
+        optD.zero_grad()
+        loss(D(x), y).backward()
+        halves.append([q.grad.clone() for q in D.parameters()])
+    for grads in halves:
+        for q, g in zip(D.parameters(), grads):
+            q.grad = g
+        optD.step()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--mnist", required=True, help="directory with train-images-idx3-ubyte")
@@ -61,15 +74,7 @@ def main():
                 bce(D(x), y).backward()
                 optD.step()
         elif a.d_updates == "2s":
-            halves = []
-            for x, y in ((real, ones), (fake, zeros)):
-                optD.zero_grad()
-                bce(D(x), y).backward()
-                halves.append([q.grad.clone() for q in D.parameters()])
-            for grads in halves:
-                for q, g in zip(D.parameters(), grads):
-                    q.grad = g
-                optD.step()
+            d_updates_from_one_round(D, optD, bce, ((real, ones), (fake, zeros)))
         else:
             optD.zero_grad()
             (0.5 * (bce(D(real), ones) + bce(D(fake), zeros))).backward()

@@ -17,6 +17,8 @@ import argparse, importlib.util, json, os, time
 import torch
 import torch.nn as nn
 
+from torch_d_updates import d_updates_from_one_round
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -46,15 +48,7 @@ def main():
         real = X[torch.randint(0, X.shape[0], (B,))]
         z = torch.randn(B, 100)
         fake = G(z)
-        halves = []
-        for x, y in ((real, ones), (fake.detach(), zeros)):
-            optD.zero_grad()
-            bce(D(x), y).backward()
-            halves.append([q.grad.clone() for q in D.parameters()])
-        for grads in halves:
-            for q, g in zip(D.parameters(), grads):
-                q.grad = g
-            optD.step()
+        d_updates_from_one_round(D, optD, bce, ((real, ones), (fake.detach(), zeros)))
         optG.zero_grad()
         for q in D.parameters():
             q.requires_grad_(False)
