@@ -7,7 +7,7 @@ import path from 'node:path';
 import yargs, { Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, BackendChoice, requireGpuProblem } from './backend-choice';
-import { DiscriminatorUpdates, KERAS_ADAM_DEFAULTS, adamDefaults } from './coordinator/adam';
+import { DiscriminatorUpdates, KERAS_ADAM_DEFAULTS, adamDefaults, discriminatorUpdatesDefault } from './coordinator/adam';
 import { CoordinatorConfig, MAX_TIMER_MS, publicWithoutToken, tokenProblem } from './coordinator/config';
 import { GENERATE_FORMATS, GENERATE_MAX_COUNT, generateProblem } from './generate-output';
 import { ARCHITECTURES, LOSSES, maxBatchSize } from './model/choices';
@@ -83,7 +83,7 @@ function trainingOptions<T>(y: Argv<T>) {
     .option('d-updates', {
       type: 'number',
       choices: [1, 2],
-      default: 2,
+      defaultDescription: `${discriminatorUpdatesDefault('mlp')} (mlp), ${discriminatorUpdatesDefault('dcgan')} (dcgan)`,
       describe: "D updates per step: 2, as the seed (one on the real batch, then one on the generated batch: Keras' two train_on_batch calls); 1: one on both halves of the D loss (README: Training semantics)",
       group: 'Training:',
     })
@@ -166,7 +166,7 @@ function coordinatorConfig(
     resume: a.resume,
     roundTimeoutSeconds: a['round-timeout'],
     heartbeatSeconds: a.heartbeat,
-    discriminatorUpdates: a['d-updates'] as DiscriminatorUpdates,
+    discriminatorUpdates: (a['d-updates'] ?? discriminatorUpdatesDefault(a.model)) as DiscriminatorUpdates,
     adam: { ...adamDefaults(a.model), ...(a.lr !== undefined && { learningRate: a.lr }), ...(a.beta1 !== undefined && { beta1: a.beta1 }), beta2: a.beta2 },
     backend: a.backend,
     // Absolute in the checkpoint, so a resume from another working directory names the same place.

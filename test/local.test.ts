@@ -742,3 +742,23 @@ test('workers that wait only for a slow reader to take their last log lines are 
   assert.deepEqual(r.stdout.split('\n').filter((l) => /still running 2 s after the coordinator closed|did not exit within 10 s|SIGTERM: leaving/.test(l)), []);
   assert.ok(/\[worker local-1\] stopped by the coordinator: finished 600 steps$/m.test(r.stdout), 'the worker\'s last line is lost');
 });
+
+test("--d-updates defaults per model (the MLP the seed's two D updates a step, the DCGAN one) and is kept in the checkpoint; given, it counts for either model", { timeout: 120_000 }, async () => {
+  const root = tempDir('d-updates');
+  const data = blankMnistDir(64);
+  try {
+    const trained = async (out: string, ...flags: string[]) => {
+      const run = spawnCli(['local', '--workers', '1', '--steps', '3', '--batch-size', '4', '--data-dir', data, '--metrics-port', '-1', '--out', path.join(root, out), ...flags]);
+      assert.equal(await run.exit, 0, run.log());
+      const c = decodeCheckpoint(fs.readFileSync(path.join(root, out, 'checkpoints', checkpointName(3))), out);
+      return [c.config.discriminatorUpdates, c.adamDiscriminator.step, c.adamGenerator.step];
+    };
+    assert.deepEqual(await trained('mlp'), [2, 6, 3]);
+    assert.deepEqual(await trained('mlp-1', '--d-updates', '1'), [1, 3, 3]);
+    assert.deepEqual(await trained('dcgan', '--model', 'dcgan'), [1, 3, 3]);
+    assert.deepEqual(await trained('dcgan-2', '--model', 'dcgan', '--d-updates', '2'), [2, 6, 3]);
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+    fs.rmSync(data, { recursive: true, force: true });
+  }
+});
