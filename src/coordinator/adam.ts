@@ -140,7 +140,7 @@ export type DiscriminatorUpdates = 1 | 2;
 
 /**
  * Per model, what trained better: the MLP the seed's two (FID 142-174 at 10,000 steps against 391-677 with
- * one); the DCGAN one, which README's quality table was measured with (43.0 at 1,000 steps against 55.2 with two).
+ * one); the DCGAN one, which README's quality table was measured with (47.0 at 1,000 steps against 55.2 with two).
  */
 export function discriminatorUpdatesDefault(arch: string): DiscriminatorUpdates {
   return arch === 'dcgan' ? 1 : 2;
