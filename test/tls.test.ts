@@ -8,7 +8,7 @@ import path from 'node:path';
 import { CLI, nodeUnrunnableBy } from './helpers';
 import { isLoopback, publicWithoutToken, tokenProblem } from '../src/coordinator/config';
 import { withHint } from '../src/worker/connection-hints';
-import { certificateDatesProblem } from '../src/util/tls';
+import { certificateDatesProblem, certificateNamesProblem } from '../src/util/tls';
 import { GanfleetProcess, loggedSteps, metricTotal, scrape, startCoordinator, startWorker, startedUpAt, tempDir } from './harness';
 
 let dir: string;
@@ -367,5 +367,42 @@ test('a worker trusting a certificate that names another host is told the host, 
   const worker = startWorker(`wss://127.0.0.1:${port}`, 'other-host', ['--ca', otherCert, '--give-up-after', '1'], CLEAN_ENV);
   t.after(() => worker.kill());
   assert.equal(await within(worker.exited, 50_000), 1, worker.log);
-  assert.match(worker.log, /could not connect to wss:\/\/127\.0\.0\.1:\d+ \(Hostname\/IP does not match certificate's altnames: .*: the coordinator's certificate does not name the host in --coordinator: connect by a name it lists, or issue it for this one\); reconnecting in/);
+  // An address, where the certificate names hosts only: it lists them.
+  assert.match(
+    worker.log,
+    /could not connect to wss:\/\/127\.0\.0\.1:\d+ \(Hostname\/IP does not match certificate's altnames: IP: 127\.0\.0\.1 is not in the cert's list: the coordinator's certificate names no IP address \(only DNS:elsewhere\.invalid\), and an address in --coordinator is matched against its IP entries alone: connect by a name it lists, or issue it with subjectAltName IP:127\.0\.0\.1 too\); reconnecting in/,
+  );
+});
+
+test('a worker connecting by address to a certificate with no subjectAltName (only a CN) is told that an address never matches a CN, not to connect by a name it lists', { timeout: 60_000 }, async (t) => {
+  const [cnCert, cnKey] = [path.join(dir, 'cn-only-cert.pem'), path.join(dir, 'cn-only-key.pem')];
+  // The usual self-signed recipe without -addext: the address is in the CN alone.
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', cnKey, '-out', cnCert, '-days', '1', '-subj', '/CN=127.0.0.1'], { stdio: 'pipe' });
+  const { proc: coord, url } = await startCoordinator([...trainingArgs(5, path.join(dir, 'run-cn-only')), '--tls-cert', cnCert, '--tls-key', cnKey], CLEAN_ENV);
+  t.after(() => coord.kill());
+  // Said where it can be fixed, at the coordinator's start, as well as by each worker refused.
+  assert.ok(
+    coord.log.includes(`warning: --tls-cert ${cnCert} has no subjectAltName (only the CN 127.0.0.1): workers whose --coordinator gives an IP address refuse it, since an address is never matched against a CN; issue it with subjectAltName=DNS:<host>,IP:<address> (README: Several machines)`),
+    coord.log,
+  );
+  assert.equal(certificateNamesProblem(cert), null, "the suite's own certificate names its host and address");
+  const worker = startWorker(url, 'cn-only', ['--ca', cnCert, '--give-up-after', '1'], CLEAN_ENV);
+  t.after(() => worker.kill());
+  assert.equal(await within(worker.exited, 50_000), 1, worker.log);
+  assert.match(
+    worker.log,
+    /could not connect to wss:\/\/127\.0\.0\.1:\d+ \(Hostname\/IP does not match certificate's altnames: IP: 127\.0\.0\.1 is not in the cert's list: the coordinator's certificate has no subjectAltName, and an address in --coordinator is matched against its IP entries alone, never its CN: issue it with subjectAltName IP:127\.0\.0\.1 \(openssl: -addext 'subjectAltName=IP:127\.0\.0\.1'\)\); reconnecting in/,
+  );
+});
+
+test('an address missing from a certificate that names only hosts is told the names it has', () => {
+  const mismatch = (host: string, subjectaltname: string | undefined) =>
+    withHint(Object.assign(new Error(`Hostname/IP does not match certificate's altnames: IP: ${host} is not in the cert's list: `), { code: 'ERR_TLS_CERT_ALTNAME_INVALID', host, cert: { subjectaltname } }), `wss://${host}:8787`);
+  assert.equal(
+    mismatch('10.0.0.5', 'DNS:coordinator-host'),
+    "Hostname/IP does not match certificate's altnames: IP: 10.0.0.5 is not in the cert's list: the coordinator's certificate names no IP address (only DNS:coordinator-host), and an address in --coordinator is matched against its IP entries alone: connect by a name it lists, or issue it with subjectAltName IP:10.0.0.5 too",
+  );
+  // Where it names other addresses, or the host is a name, Node's message says what it has.
+  assert.match(mismatch('10.0.0.5', 'DNS:coordinator-host, IP Address:10.0.0.6'), /^Hostname\/IP does not match .*: the coordinator's certificate does not name the host in --coordinator/);
+  assert.match(mismatch('elsewhere', undefined), /^Hostname\/IP does not match .*: the coordinator's certificate does not name the host in --coordinator/);
 });

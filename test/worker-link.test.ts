@@ -169,6 +169,27 @@ test("a worker whose coordinator goes silent (not even a ping: a link down, a st
   }
 });
 
+test('a coordinator that was only stopped, woken after its workers gave up on it, says they left for its silence, not that they crashed', async () => {
+  const out = path.join(tempDir('woken'), 'run');
+  const { proc: coordinator, url } = await startCoordinator(['--min-workers', '2', '--steps', '1', '--heartbeat', '1', '--out', out]);
+  const worker = startWorker(url, 'outwaited');
+  try {
+    await coordinator.waitFor(/w1 joined from/);
+    coordinator.kill('SIGSTOP');
+    await worker.waitFor(/connection lost \(nothing from the coordinator for 3 s\)/, 30_000);
+    coordinator.kill('SIGCONT');
+    await coordinator.waitFor(/w1 left \(.*\); 0 connected/, 30_000);
+    assert.match(coordinator.log, /w1 left \(it heard nothing from this coordinator for 3 heartbeats: this process was stopped or frozen, or the link was down; the worker reconnects by itself\); 0 connected/);
+    // And it does.
+    await coordinator.waitFor(/w2 joined from/, 30_000);
+  } finally {
+    worker.kill();
+    coordinator.kill('SIGCONT');
+    coordinator.kill();
+    fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  }
+});
+
 test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -5 s or NaN): the worker says which and exits 1 after one try', async () => {
   for (const [bad, why] of [
     [{ batchSize: 0 }, /error WORKER_BAD_WELCOME: a batch size of 0 \(this build's mlp takes 1 to 65536\)/],
@@ -983,6 +1004,22 @@ test("a worker's /metrics follow its state: the shard it holds after a rebalance
     assert.equal(metricTotal(text, 'ganfleet_worker_connected'), 0);
     const reconnects = metricTotal(text, 'ganfleet_worker_reconnects_total');
     assert.ok(reconnects >= 1 && reconnects <= coordinator.connections(), `${reconnects} reconnects, ${coordinator.connections()} connections`);
+  } finally {
+    worker.kill();
+    await coordinator.close();
+  }
+});
+
+test('a connection that ends with no close frame (a coordinator killed, a link cut) is said in words, not as a bare 1006', async () => {
+  const coordinator = await fakeCoordinator((ws, raw, connection) => {
+    ws.send(encode(welcome(60)));
+    // The first connection's TCP socket goes as a killed process's does: no close frame.
+    if (connection === 1) setTimeout(() => raw.destroy(), 200);
+  });
+  const worker = startWorker(coordinator.url, 'cut-off', ['--give-up-after', '30']);
+  try {
+    await worker.waitFor(/joined as w1[^]*joined as w1/, 30_000);
+    assert.match(worker.log, /connection lost \(closed \(1006, no close frame: the coordinator was killed or crashed, or the connection was cut\)\); reconnecting in/, worker.log);
   } finally {
     worker.kill();
     await coordinator.close();

@@ -7,7 +7,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import { BOUNDED_REQUESTS, TLS_HANDSHAKE_MS, answerInTurn, boundPort, limitConnections, listenFailure, openFileLimit, workerPortConnections } from '../util/http';
 import { Logger, throttledLogger } from '../util/log';
 import { plural, urlHost } from '../util/text';
-import { certificateDatesProblem } from '../util/tls';
+import { certificateDatesProblem, certificateNamesProblem } from '../util/tls';
 import { CoordinatorConfig, isLoopback, publicWithoutToken } from './config';
 import { CoordinatorMetrics } from './metrics';
 
@@ -99,6 +99,8 @@ export class WorkerListener {
     }
     const dates = tlsCert ? certificateDatesProblem(tlsCert) : null;
     if (dates) hooks.log(`warning: ${dates}`);
+    const names = tlsCert ? certificateNamesProblem(tlsCert) : null;
+    if (names) hooks.log(`warning: ${names}`);
     if (maxConnections < wanted) {
       hooks.log(`warning: ulimit -n ${fileLimit} leaves the workers' port ${maxConnections} connections, fewer than the ${wanted} it keeps for ${plural(config.maxWorkers, 'worker')} (4 each, and 256 to turn others away): raise the open-files limit`);
     }

@@ -231,7 +231,7 @@ export class WorkerGroup {
    * (30 s), so that a worker that was only frozen (SIGSTOP, a paused VM)
    * reads the reason when it wakes. A socket cut while the worker slept
    * answered the worker's first write after waking with a reset, which could
-   * discard the unread reason: the worker logged only 'closed (1006)'.
+   * discard the unread reason: the worker logged only that it was closed (1006).
    * What the peer sends meanwhile is discarded (Receiver.discardFromDropped).
    * `overdue`: dropped at a deadline (its heartbeat's or its round's).
    */

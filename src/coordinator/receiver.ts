@@ -1,7 +1,7 @@
 import WebSocket from 'ws';
 import { GanModel, discriminatorGradientSize } from '../model';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode, protocolErrorCode } from '../protocol/codec';
-import { Gradients, WorkerMessage, errorMessage, stepOfRound } from '../protocol/messages';
+import { CLOSE_COORDINATOR_SILENT, Gradients, WorkerMessage, errorMessage, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads } from '../util/events';
 import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
@@ -129,7 +129,14 @@ export class Receiver {
       // 1000 from a worker: it is leaving (a signal, a stop), and will not ask how the run ended. 1006 (no close
       // frame) is a worker lost, which the log must not word as one that left on its own.
       const leftOnItsOwn = code === 1000;
-      const why = leftOnItsOwn ? 'disconnected' : code === 1006 ? 'connection lost, no close: crashed, killed or cut off' : `closed with code ${code}`;
+      const why = leftOnItsOwn
+        ? 'disconnected'
+        : code === 1006
+          ? 'connection lost, no close: crashed, killed or cut off'
+          : // This process was frozen (stopped, a paused VM, a long synchronous write) or the link was down: the worker lived.
+            code === CLOSE_COORDINATOR_SILENT
+            ? 'it heard nothing from this coordinator for 3 heartbeats: this process was stopped or frozen, or the link was down; the worker reconnects by itself'
+            : `closed with code ${code}`;
       if (peer) workers.remove(peer, why, leftOnItsOwn);
     });
     socket.on('error', (e: Error & { code?: string }) => {

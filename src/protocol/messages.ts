@@ -8,6 +8,9 @@ import { truncate } from '../util/text';
  */
 export const PROTOCOL_VERSION = 5;
 
+/** The close code of a worker that gave up on a coordinator it heard nothing from (not even a ping) for 3 heartbeats. */
+export const CLOSE_COORDINATOR_SILENT = 4001;
+
 /**
  * The largest gradient magnitude a worker may send. No sane gradient of
  * these models comes near it; a larger one is divergence or an attack, and

@@ -55,3 +55,16 @@ export function certificateDatesProblem(certFile: string, now = new Date()): str
   if (now < from) return `--tls-cert ${certFile} is not valid until ${from.toISOString()}: workers refuse it until then (check this machine's clock)`;
   return null;
 }
+
+/**
+ * Why workers may refuse --tls-cert's names, or null: one with no
+ * subjectAltName (made with `-subj /CN=…` alone) names no address, since an
+ * address in --coordinator is never matched against a CN. Not a usage error:
+ * workers that connect by a host name matching its CN still take it.
+ */
+export function certificateNamesProblem(certFile: string): string | null {
+  const cert = new crypto.X509Certificate(fs.readFileSync(certFile));
+  if (cert.subjectAltName) return null;
+  const cn = /^CN=(.*)$/m.exec(cert.subject)?.[1];
+  return `--tls-cert ${certFile} has no subjectAltName${cn ? ` (only the CN ${cn})` : ''}: workers whose --coordinator gives an IP address refuse it, since an address is never matched against a CN; issue it with subjectAltName=DNS:<host>,IP:<address> (README: Several machines)`;
+}

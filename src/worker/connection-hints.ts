@@ -1,3 +1,5 @@
+import net from 'node:net';
+
 /** Node's codes for a coordinator's certificate the worker does not trust, with what to do about each. */
 const UNTRUSTED = "pass --ca with the CA that signed the coordinator's certificate (the certificate itself, where it is self-signed)";
 const CERTIFICATE_HINTS = new Map([
@@ -12,8 +14,18 @@ const CERTIFICATE_HINTS = new Map([
  * these are still retried (a proxy may show its own certificate while the
  * coordinator starts), but a worker that retries for ever should say why.
  */
-export function withHint(e: Error & { code?: string }, url: string, ca?: string): string {
+export function withHint(e: Error & { code?: string; host?: string; cert?: { subjectaltname?: string } }, url: string, ca?: string): string {
   let hint = e.code && CERTIFICATE_HINTS.get(e.code);
+  // An address is matched against the certificate's IP entries only, never its CN: a certificate made with
+  // `-subj /CN=10.0.0.5` and no subjectAltName names no address, and Node's message then ends in an empty list.
+  if (e.code === 'ERR_TLS_CERT_ALTNAME_INVALID' && e.host && net.isIP(e.host) && !/IP Address:/.test(e.cert?.subjectaltname ?? '')) {
+    const names = e.cert?.subjectaltname;
+    const addressHint = names
+      ? `the coordinator's certificate names no IP address (only ${names}), and an address in --coordinator is matched against its IP entries alone: connect by a name it lists, or issue it with subjectAltName IP:${e.host} too`
+      : `the coordinator's certificate has no subjectAltName, and an address in --coordinator is matched against its IP entries alone, never its CN: issue it with subjectAltName IP:${e.host} (openssl: -addext 'subjectAltName=IP:${e.host}')`;
+    // Node's message ends in the list of IP entries, here empty.
+    return `${e.message.replace(/:\s*$/, '')}: ${addressHint}`;
+  }
   // Told to pass --ca, a worker that did would look for a mistake that is not there: the CA given is the wrong one.
   if (hint === UNTRUSTED && ca) hint = `--ca ${ca} did not sign the coordinator's certificate: pass the CA that did (the certificate itself, where it is self-signed)`;
   // Node 24 ends some of these messages (a self-signed or unverifiable certificate) with advice of its own, which ganfleet's hint replaces.

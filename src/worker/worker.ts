@@ -8,7 +8,7 @@ import { backendLabel, selectBackend } from '../backend';
 import { BackendChoice } from '../backend-choice';
 import { GanModel, createModel, maxBatchSize } from '../model';
 import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError, protocolErrorCode } from '../protocol/codec';
-import { CoordinatorMessage, ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message } from '../protocol/messages';
+import { CLOSE_COORDINATOR_SILENT, CoordinatorMessage, ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
 import { GanfleetError } from '../util/errors';
 import { afterPendingReads } from '../util/events';
@@ -329,6 +329,9 @@ function connectOnce(
       watchdog.start(msg.heartbeatSeconds, (silenceMs) => {
         if (outcome) return;
         end(lost(`nothing from the coordinator for ${(silenceMs / 1000).toFixed(0)} s`));
+        // The close frame first, though no answer is waited for: a coordinator that was only frozen reads it as it
+        // wakes, and says why this worker left rather than taking it for a crash.
+        ws.close(CLOSE_COORDINATOR_SILENT, 'no word from the coordinator');
         ws.terminate();
       });
       metrics.connected.set(1);
@@ -460,7 +463,9 @@ function connectOnce(
       metrics.connected.set(0);
       // The shard went with the connection's compute state: the next one is sent afresh.
       metrics.shardImages.set(0);
-      resolve(outcome ?? lost(`closed (${code}${reason.length ? ` ${reason}` : ''})`));
+      // 1006 is no close frame at all, which ws reports as a code: said in words, as the coordinator says it of a worker.
+      const closed = code === 1006 ? '1006, no close frame: the coordinator was killed or crashed, or the connection was cut' : `${code}${reason.length ? ` ${reason}` : ''}`;
+      resolve(outcome ?? lost(`closed (${closed})`));
     });
   });
 }
