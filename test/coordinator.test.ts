@@ -1086,11 +1086,11 @@ describe('coordinator edge cases found by review', () => {
     const model = createModel('mlp');
     const params = model.init(new Rng(1));
     const train = loadMnist('test');
-    assert.equal(ownAnswerProblem(model, params, train, 128, 1, 0, 'discriminator'), null);
+    assert.equal(ownAnswerProblem(model, params, train, { batchSize: 128, discriminatorUpdates: 2 }, 1, 0, 'discriminator'), null);
     // D's output bias at 1e13: every logit is about as large, so BCE on the fakes is too, while its gradients stay finite.
     const bias = model.discriminatorLayout.entries.find((e) => e.name === 'd/dense2/bias')!;
     params.discriminator[bias.offset] = 1e13;
-    assert.match(ownAnswerProblem(model, params, train, 128, 1, 0, 'discriminator') ?? 'accepted', /^loss \S+ is outside 0\.\.1000000000000$/);
+    assert.match(ownAnswerProblem(model, params, train, { batchSize: 128, discriminatorUpdates: 2 }, 1, 0, 'discriminator') ?? 'accepted', /^loss \S+ is outside 0\.\.1000000000000$/);
   });
 
   test('an answer refused as out of range (finite: a loss past MAX_LOSS), not only a NaN one, has the coordinator check its own answer for divergence', async () => {

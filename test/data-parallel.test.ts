@@ -139,7 +139,7 @@ for (const backend of ['wasm', 'cpu'] as const) {
           const seeds = new Rng(13);
           const record = { current: {} as Drawn };
           const workers = plan.map((a, w) => {
-            const compute = new ShardCompute(recording(model, record), batches[w]);
+            const compute = new ShardCompute(recording(model, record), batches[w], 2);
             const shard = gatherImages(train.images, a.indices);
             compute.setShard({ images: shard, count: a.indices.length, seed: seeds.nextUint32() });
             return { compute, shard, count: a.indices.length, drawn: {} as Drawn };
@@ -154,7 +154,7 @@ for (const backend of ['wasm', 'cpu'] as const) {
             w.compute.readyAfter(STEP, 'discriminator');
             return answer;
           });
-          const dAverage = averageGradients(dAnswers, new Float32Array(discriminatorGradientSize(model)));
+          const dAverage = averageGradients(dAnswers, new Float32Array(discriminatorGradientSize(model, 2)));
           const dStats = weightedStats(dAnswers);
           // The coordinator steps D with its Adam, twice; the G round runs against the new D, on the D round's noise.
           const dSize = model.discriminatorLayout.size;

@@ -175,11 +175,11 @@ test('the coordinator refuses a gradient for a moving statistic: Adam would move
   });
   const honest = new Float32Array(layout.size).fill(0.01);
   for (const e of layout.statistics) honest.fill(0, e.offset, e.offset + e.size);
-  assert.equal(implausibleGradients(answer(honest), model, 8), null);
+  assert.equal(implausibleGradients(answer(honest), model, { batchSize: 8, discriminatorUpdates: 1 }), null);
   for (const e of layout.statistics) {
     const poisoned = honest.slice();
     poisoned[e.offset + e.size - 1] = 1e-6;
-    assert.deepEqual(implausibleGradients(answer(poisoned), model, 8), ['out_of_range', `${e.name} is not learnt by gradient: its gradient must be 0`]);
+    assert.deepEqual(implausibleGradients(answer(poisoned), model, { batchSize: 8, discriminatorUpdates: 1 }), ['out_of_range', `${e.name} is not learnt by gradient: its gradient must be 0`]);
   }
 });
 
@@ -189,42 +189,42 @@ test("the coordinator refuses batch statistics of the wrong count (G's answer ca
   const size = statisticsSize(layout);
   const answer = (phase: 'generator' | 'discriminator', statistics?: Float32Array): Gradients => ({
     v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase, samples: 8, loss: 1, dFake: 0.5, computeSeconds: 0.1,
-    gradients: new Float32Array(phase === 'generator' ? layout.size : discriminatorGradientSize(model)),
+    gradients: new Float32Array(phase === 'generator' ? layout.size : discriminatorGradientSize(model, 1)),
     ...(phase === 'discriminator' && { dReal: 0.5 }),
     ...(statistics && { statistics }),
   });
   const ones = (n: number) => new Float32Array(n).fill(1);
-  assert.equal(implausibleGradients(answer('generator', ones(size)), model, 8), null);
-  assert.equal(implausibleGradients(answer('discriminator'), model, 8), null);
+  assert.equal(implausibleGradients(answer('generator', ones(size)), model, { batchSize: 8, discriminatorUpdates: 1 }), null);
+  assert.equal(implausibleGradients(answer('discriminator'), model, { batchSize: 8, discriminatorUpdates: 1 }), null);
   for (const [phase, statistics] of [['generator', undefined], ['generator', ones(size - 1)], ['generator', ones(size + 1)], ['discriminator', ones(size)]] as const) {
-    assert.equal(implausibleGradients(answer(phase, statistics), model, 8)?.[0], 'bad_size', `${phase} with ${statistics?.length ?? 0} statistics`);
+    assert.equal(implausibleGradients(answer(phase, statistics), model, { batchSize: 8, discriminatorUpdates: 1 })?.[0], 'bad_size', `${phase} with ${statistics?.length ?? 0} statistics`);
   }
   const variance = Array.from({ length: size }, (_, i) => i).find((i) => !isMeanIndex(layout, i))!;
   // Any value below 0, not only one below some tolerance.
   for (const below of [-1e-3, -1e-7]) {
     const negativeVariance = ones(size);
     negativeVariance[variance] = below;
-    assert.deepEqual(implausibleGradients(answer('generator', negativeVariance), model, 8), ['out_of_range', 'a batch variance is negative'], `variance ${below}`);
+    assert.deepEqual(implausibleGradients(answer('generator', negativeVariance), model, { batchSize: 8, discriminatorUpdates: 1 }), ['out_of_range', 'a batch variance is negative'], `variance ${below}`);
   }
   // A mean below 0 is a mean.
   const negativeMean = ones(size);
   negativeMean[0] = -1e-3;
   assert.ok(isMeanIndex(layout, 0));
-  assert.equal(implausibleGradients(answer('generator', negativeMean), model, 8), null);
+  assert.equal(implausibleGradients(answer('generator', negativeMean), model, { batchSize: 8, discriminatorUpdates: 1 }), null);
 });
 
 test("under lsgan D's scores are raw, not probabilities: the coordinator takes them outside 0..1, up to the gradients' bound", () => {
   const model = createModel('mlp', 'lsgan');
   const answer = (dReal: number, dFake: number): Gradients => ({
     v: PROTOCOL_VERSION, type: 'gradients', step: 0, phase: 'discriminator', samples: 8, loss: 1, dReal, dFake, computeSeconds: 0.1,
-    gradients: new Float32Array(discriminatorGradientSize(model)),
+    gradients: new Float32Array(discriminatorGradientSize(model, 1)),
   });
-  assert.equal(implausibleGradients(answer(-3, 7), model, 8), null);
-  assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS, -MAX_GRADIENT_ABS), model, 8), null);
-  assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS * 2, 0.5), model, 8)?.[0], 'out_of_range');
-  assert.equal(implausibleGradients(answer(0.5, -MAX_GRADIENT_ABS * 2), model, 8)?.[0], 'out_of_range');
+  assert.equal(implausibleGradients(answer(-3, 7), model, { batchSize: 8, discriminatorUpdates: 1 }), null);
+  assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS, -MAX_GRADIENT_ABS), model, { batchSize: 8, discriminatorUpdates: 1 }), null);
+  assert.equal(implausibleGradients(answer(MAX_GRADIENT_ABS * 2, 0.5), model, { batchSize: 8, discriminatorUpdates: 1 })?.[0], 'out_of_range');
+  assert.equal(implausibleGradients(answer(0.5, -MAX_GRADIENT_ABS * 2), model, { batchSize: 8, discriminatorUpdates: 1 })?.[0], 'out_of_range');
   // Under bce the same scores are probabilities.
-  assert.equal(implausibleGradients(answer(-3, 7), createModel('mlp', 'bce'), 8)?.[0], 'out_of_range');
+  assert.equal(implausibleGradients(answer(-3, 7), createModel('mlp', 'bce'), { batchSize: 8, discriminatorUpdates: 1 })?.[0], 'out_of_range');
 });
 
 /** Whether position i of a statistics vector (laid out as the layout's statistics entries) is a mean. */

@@ -751,12 +751,21 @@ test("--d-updates defaults per model (the MLP the seed's two D updates a step, t
       const run = spawnCli(['local', '--workers', '1', '--steps', '3', '--batch-size', '4', '--data-dir', data, '--metrics-port', '-1', '--out', path.join(root, out), ...flags]);
       assert.equal(await run.exit, 0, run.log());
       const c = decodeCheckpoint(fs.readFileSync(path.join(root, out, 'checkpoints', checkpointName(3))), out);
+      received[out] = JSON.parse(fs.readFileSync(path.join(root, out, 'summary.json'), 'utf8')).bytesReceivedPerStep;
+      dBytes[out] = 4 * c.discriminator.length;
       return [c.config.discriminatorUpdates, c.adamDiscriminator.step, c.adamGenerator.step];
     };
+    const [received, dBytes]: Record<string, number>[] = [{}, {}];
     assert.deepEqual(await trained('mlp'), [2, 6, 3]);
     assert.deepEqual(await trained('mlp-1', '--d-updates', '1'), [1, 3, 3]);
     assert.deepEqual(await trained('dcgan', '--model', 'dcgan'), [1, 3, 3]);
     assert.deepEqual(await trained('dcgan-2', '--model', 'dcgan', '--d-updates', '2'), [2, 6, 3]);
+    // With one update a worker sends the halves' sum: D's gradient comes up once a step, not twice (float32, 4 bytes a
+    // value; the frames' other fields differ by a few bytes).
+    for (const [one, two] of [['mlp-1', 'mlp'], ['dcgan', 'dcgan-2']]) {
+      const saved = received[two] - received[one];
+      assert.ok(Math.abs(saved - dBytes[one]) < 100, `${two}: ${received[one]} B a step from the worker with one update, ${received[two]} with two; D is ${dBytes[one]} B`);
+    }
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
     fs.rmSync(data, { recursive: true, force: true });

@@ -69,6 +69,7 @@ function welcome(heartbeatSeconds = 5): Welcome {
     discriminatorSize: model.discriminatorLayout.size,
     batchSize: 16,
     heartbeatSeconds,
+    discriminatorUpdates: 2,
   });
 }
 
@@ -196,6 +197,7 @@ test('a welcome no coordinator sends (a batch of 0, -1 or 2^40, a heartbeat of -
     // Sized its buffers by it and failed, retryably, on every rejoin, each sent the whole shard again.
     [{ batchSize: 2 ** 40 }, /error WORKER_BAD_WELCOME: a batch size of 1099511627776 \(this build's mlp takes 1 to 65536\)/],
     [{ heartbeatSeconds: -5 }, /error WORKER_BAD_WELCOME: a heartbeat of -5 s/],
+    [{ discriminatorUpdates: 3 }, /error WORKER_BAD_WELCOME: 3 D updates a step \(this build makes 1 or 2\)/],
     // Ones the decoder refuses: a welcome this build cannot read is no lost connection to retry.
     [{ batchSize: -1 }, /error PROTOCOL_BAD_FIELD: welcome\.batchSize must be a non-negative integer/],
     [{ heartbeatSeconds: NaN }, /error PROTOCOL_NOT_FINITE/],
@@ -990,7 +992,7 @@ test("a worker's /metrics follow its state: the shard it holds after a rebalance
     const url = (await worker.waitFor(/metrics on (http:\/\/\S+\/metrics)/))[1];
     await worker.waitFor(/shard plan 2: 50 images \(30 kept, 20 received\)/, 20_000);
     for (let i = 0; i < 100 && answered.length === 0; i++) await sleep(100);
-    assert.deepEqual(answered, [{ step: 3, phase: 'discriminator', samples: 16, size: discriminatorGradientSize(mlp) }]);
+    assert.deepEqual(answered, [{ step: 3, phase: 'discriminator', samples: 16, size: discriminatorGradientSize(mlp, 2) }]);
     let text = await scrape(url);
     assert.equal(metricTotal(text, 'ganfleet_worker_shard_images'), 50, text);
     assert.equal(metricTotal(text, 'ganfleet_worker_connected'), 1);

@@ -12,7 +12,7 @@ test('a worker holds a constant number of tensors across steps (no leak)', async
   await selectBackend('wasm');
   const model = createModel('mlp');
   const train = loadMnist('train');
-  const compute = new ShardCompute(model, 32);
+  const compute = new ShardCompute(model, 32, 2);
   compute.setShard({ images: train.images.subarray(0, 500 * IMAGE_SIZE), count: 500, seed: 5 });
   const params = model.init(new Rng(2));
   const counts: number[] = [];
@@ -36,11 +36,36 @@ test('a worker holds a constant number of tensors across steps (no leak)', async
 function readyCompute(batch: number, seed: number, images: number, paramSeed: number): ShardCompute {
   const model = createModel('mlp');
   const params = model.init(new Rng(paramSeed));
-  const compute = new ShardCompute(model, batch);
+  const compute = new ShardCompute(model, batch, 2);
   compute.setShard({ images: loadMnist('train').images.subarray(0, images * IMAGE_SIZE), count: images, seed });
   compute.updateWeights(params.generator, params.discriminator);
   return compute;
 }
+
+test("with one D update a step, a D round's answer is the sum of the two halves that two updates take, in D's size, for either model", async () => {
+  await selectBackend('wasm');
+  const shard = loadMnist('train').images.subarray(0, 64 * IMAGE_SIZE);
+  for (const arch of ['mlp', 'dcgan'] as const) {
+    const model = createModel(arch);
+    const params = model.init(new Rng(3));
+    const [halves, sum] = ([2, 1] as const).map((updates) => {
+      const compute = new ShardCompute(model, 8, updates);
+      compute.setShard({ images: shard, count: 64, seed: 6 });
+      compute.updateWeights(params.generator, params.discriminator);
+      const out = compute.step(4, 'discriminator');
+      const gradients = out.gradients.slice();
+      compute.dispose();
+      return { ...out, gradients };
+    });
+    const n = model.discriminatorLayout.size;
+    assert.equal(halves.gradients.length, 2 * n);
+    assert.equal(sum.gradients.length, n);
+    const expected = halves.gradients.subarray(0, n).map((real, i) => Math.fround(real + halves.gradients[n + i]));
+    assert.deepEqual(sum.gradients, expected, arch);
+    assert.ok(expected.some((v, i) => v !== halves.gradients[i]), 'the fake half adds something');
+    assert.deepEqual([sum.loss, sum.dReal, sum.dFake], [halves.loss, halves.dReal, halves.dFake], arch);
+  }
+});
 
 test('weights whose memory is reused once handed over (a mailed frame) are copied where the backend keeps arrays', async () => {
   for (const backend of ['cpu', 'wasm'] as const) {
@@ -48,10 +73,10 @@ test('weights whose memory is reused once handed over (a mailed frame) are copie
     const model = createModel('mlp');
     const params = model.init(new Rng(4));
     const shard = loadMnist('train').images.subarray(0, 300 * IMAGE_SIZE);
-    const reference = new ShardCompute(model, 16);
+    const reference = new ShardCompute(model, 16, 2);
     reference.setShard({ images: shard, count: 300, seed: 9 });
     reference.updateWeights(params.generator, params.discriminator);
-    const mailed = new ShardCompute(model, 16);
+    const mailed = new ShardCompute(model, 16, 2);
     mailed.setShard({ images: shard, count: 300, seed: 9 });
     const g = params.generator.slice();
     const d = params.discriminator.slice();
@@ -200,7 +225,7 @@ test("every image of the shard is drawn, its last one too: with two, a batch of 
   await selectBackend('wasm');
   const model = createModel('mlp');
   const params = model.init(new Rng(4));
-  const compute = new ShardCompute(model, 1);
+  const compute = new ShardCompute(model, 1, 2);
   // A black image and a white one: D(x) tells which was drawn.
   compute.setShard({ images: Uint8Array.from([...new Uint8Array(IMAGE_SIZE), ...new Uint8Array(IMAGE_SIZE).fill(255)]), count: 2, seed: 8 });
   compute.updateWeights(params.generator, params.discriminator);
@@ -211,7 +236,7 @@ test("every image of the shard is drawn, its last one too: with two, a batch of 
 });
 
 test('a worker refuses to compute without a shard or weights', () => {
-  const compute = new ShardCompute(createModel('mlp'), 8);
+  const compute = new ShardCompute(createModel('mlp'), 8, 2);
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving a shard/);
   compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 1, seed: 1 });
   assert.throws(() => compute.step(0, 'discriminator'), /before receiving both networks/);
@@ -222,7 +247,7 @@ test('a worker refuses to compute without a shard or weights', () => {
 });
 
 test('a shard of no images is refused, not held to draw batches from later', () => {
-  const compute = new ShardCompute(createModel('mlp'), 8);
+  const compute = new ShardCompute(createModel('mlp'), 8, 2);
   assert.throws(() => compute.setShard({ images: new Uint8Array(0), count: 0, seed: 1 }), { code: 'WORKER_BAD_SHARD', message: /a shard of 0 images/ });
   compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 1, seed: 1 });
   assert.throws(() => compute.setShard({ images: new Uint8Array(0), count: 0, keep: 0, seed: 1 }), { code: 'WORKER_BAD_SHARD' });
@@ -233,7 +258,7 @@ test('a worker holding one network only (its first weights carried just G, or ju
   const model = createModel('mlp');
   const params = model.init(new Rng(2));
   for (const [g, d] of [[params.generator, undefined], [undefined, params.discriminator]] as const) {
-    const compute = new ShardCompute(model, 8);
+    const compute = new ShardCompute(model, 8, 2);
     compute.setShard({ images: new Uint8Array(IMAGE_SIZE), count: 1, seed: 1 });
     compute.updateWeights(g, d);
     for (const phase of ['discriminator', 'generator'] as const) assert.throws(() => compute.step(0, phase), { code: 'WORKER_NO_WEIGHTS', message: /before receiving both networks/ });
@@ -244,7 +269,7 @@ test('a worker holding one network only (its first weights carried just G, or ju
 test('a new shard keeps the start of the one held and appends what was sent, or cuts it short', () => {
   const image = (i: number) => new Uint8Array(IMAGE_SIZE).fill(i);
   const concat = (...parts: Uint8Array[]) => Uint8Array.from(parts.flatMap((p) => [...p]));
-  const compute = new ShardCompute(createModel('mlp'), 8);
+  const compute = new ShardCompute(createModel('mlp'), 8, 2);
   const held = () => (compute as unknown as { shard: Uint8Array; shardCount: number });
   compute.setShard({ images: concat(image(1), image(2), image(3)), count: 3, seed: 1 });
   compute.setShard({ images: concat(image(7), image(8)), count: 4, keep: 2, seed: 1 });

@@ -1,3 +1,4 @@
+import type { DiscriminatorUpdates } from '../model';
 import { GanfleetError } from '../util/errors';
 import { NativeAddon, nativeAddon } from '../util/native';
 import { scaleAdd } from './aggregate';
@@ -135,8 +136,7 @@ export class Adam {
 
 }
 
-/** How a D round's gradient updates D: the seed's two updates (2), or one (1). */
-export type DiscriminatorUpdates = 1 | 2;
+export type { DiscriminatorUpdates };
 
 /**
  * Per model, what trained better: the MLP the seed's two (FID 142-174 at 10,000 steps against 391-677 with
@@ -147,24 +147,21 @@ export function discriminatorUpdatesDefault(arch: string): DiscriminatorUpdates 
 }
 
 /**
- * Applies a D round's averaged gradient, in its two halves (the real
- * batch's share of the D loss's gradient, then the generated batch's), to
- * `params`. With 2 updates, as the seed's two train_on_batch calls: one on
- * the real batch's own loss (twice its share), then one on the generated
- * batch's; one round carries both halves, so the second was taken at D
- * before the first update. With 1: one update on their sum, the D loss's
- * gradient. `scratch` has D's size.
+ * Applies a D round's averaged gradient (discriminatorGradientSize) to
+ * `params`. With 2 updates it comes in two halves, the real batch's share of
+ * the D loss's gradient and then the generated batch's, applied as the
+ * seed's two train_on_batch calls: one on the real batch's own loss (twice
+ * its share), then one on the generated batch's; one round carries both
+ * halves, so the second was taken at D before the first update. With 1 it is
+ * their sum, the D loss's gradient, applied once. `scratch` has D's size.
  */
-export function applyDiscriminatorUpdates(adam: Adam, params: Float32Array, halves: Float32Array, updates: DiscriminatorUpdates, scratch: Float32Array): void {
+export function applyDiscriminatorUpdates(adam: Adam, params: Float32Array, gradient: Float32Array, updates: DiscriminatorUpdates, scratch: Float32Array): void {
   const n = params.length;
-  const [real, fake] = [halves.subarray(0, n), halves.subarray(n, 2 * n)];
-  if (updates === 1) {
-    scaleAdd(scratch, real, 1, false);
-    scaleAdd(scratch, fake, 1, true);
-    adam.apply(params, scratch);
-    return;
+  if (gradient.length !== updates * n) {
+    throw new GanfleetError('ADAM_SIZE_MISMATCH', `${updates} D update(s) of ${n} parameters got a gradient of ${gradient.length}`);
   }
-  for (const half of [real, fake]) {
+  if (updates === 1) return adam.apply(params, gradient);
+  for (const half of [gradient.subarray(0, n), gradient.subarray(n, 2 * n)]) {
     scaleAdd(scratch, half, 2, false);
     adam.apply(params, scratch);
   }

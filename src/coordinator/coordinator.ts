@@ -106,7 +106,7 @@ export class Coordinator {
   private readonly model: GanModel;
   private readonly params: GanParameters;
   private readonly adam: Record<Phase, Adam>;
-  /** The round's averaged gradients: D's in its two halves (discriminatorGradientSize). */
+  /** The round's averaged gradients: D's once per D update (discriminatorGradientSize). */
   private readonly averaged: Record<Phase, Float32Array>;
   /** One of D's updates, from those halves (applyDiscriminatorUpdates). */
   private readonly discriminatorUpdate: Float32Array;
@@ -180,7 +180,7 @@ export class Coordinator {
     this.metrics.targetSteps.set(config.steps);
     const size = { generator: this.model.generatorLayout.size, discriminator: this.model.discriminatorLayout.size };
     this.adam = { generator: new Adam(size.generator, config.adam), discriminator: new Adam(size.discriminator, config.adam) };
-    this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(discriminatorGradientSize(this.model)) };
+    this.averaged = { generator: new Float32Array(size.generator), discriminator: new Float32Array(discriminatorGradientSize(this.model, config.discriminatorUpdates)) };
     this.discriminatorUpdate = new Float32Array(size.discriminator);
     this.rollback = {
       discriminator: new Float32Array(size.discriminator),
@@ -199,6 +199,7 @@ export class Coordinator {
         batchSize: config.batchSize,
         heartbeatSeconds: config.heartbeatSeconds,
         wireDtype: config.wireDtype,
+        discriminatorUpdates: config.discriminatorUpdates,
       }),
       newSeed: () => this.seedRng.nextUint32(),
       countSent: (bytes) => {
@@ -209,7 +210,7 @@ export class Coordinator {
       changed: () => this.events.emit('peers'),
       cameBackOverdue: (round, seconds) => this.retries.overdueCameBack(round, seconds),
     });
-    this.receiver = new Receiver(this.model, config.batchSize, {
+    this.receiver = new Receiver(this.model, config, {
       log,
       metrics: this.metrics,
       workers: this.workers,
@@ -698,7 +699,7 @@ export class Coordinator {
     const index = roundIndex(round.step, round.phase);
     if (this.diverged || index === this.checkedRound) return;
     this.checkedRound = index;
-    const problem = ownAnswerProblem(this.model, this.params, this.train, this.config.batchSize, this.config.seed, round.step, round.phase);
+    const problem = ownAnswerProblem(this.model, this.params, this.train, this.config, this.config.seed, round.step, round.phase);
     if (problem) this.divergedAt(round.step, `the coordinator's own ${round.phase} gradients from the current weights are refused too (${problem})`);
   }
 

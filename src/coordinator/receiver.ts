@@ -1,5 +1,5 @@
 import WebSocket from 'ws';
-import { GanModel, discriminatorGradientSize } from '../model';
+import { DiscriminatorUpdates, GanModel, discriminatorGradientSize } from '../model';
 import { ProtocolError, RejectReason, decodeWorkerMessage, encode, protocolErrorCode } from '../protocol/codec';
 import { CLOSE_COORDINATOR_SILENT, Gradients, WorkerMessage, errorMessage, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -8,16 +8,16 @@ import { Logger, hostOf, peerString, throttledLogger } from '../util/log';
 import { CoordinatorMetrics } from './metrics';
 import { WorkerGroup } from './membership';
 import { WorkerPeer, bytesReadOf } from './peer';
-import { Round, implausibleGradients, roundIndex, roundName } from './round';
+import { AnswerTerms, Round, implausibleGradients, roundIndex, roundName } from './round';
 
 /** A peer that sends this many rejected messages is disconnected. */
 const MAX_OFFENCES = 3;
 /** A socket that has not said hello within `timeoutMs` is closed (an object, so that a test may wait less). */
 export const HELLO_TIMING = { timeoutMs: 10_000 };
 
-/** The largest frame a worker may send: the larger round's gradients (D's come in two halves) plus envelope. */
-function maxWorkerFrame(model: GanModel): number {
-  return 4 * Math.max(model.generatorLayout.size, discriminatorGradientSize(model)) + 64 * 1024;
+/** The largest frame a worker may send: the larger round's gradients (D's once per D update) plus envelope. */
+function maxWorkerFrame(model: GanModel, updates: DiscriminatorUpdates): number {
+  return 4 * Math.max(model.generatorLayout.size, discriminatorGradientSize(model, updates)) + 64 * 1024;
 }
 
 /** What the receiver needs from the coordinator whose rounds it feeds. */
@@ -52,10 +52,10 @@ export class Receiver {
 
   constructor(
     private readonly model: GanModel,
-    private readonly batchSize: number,
+    private readonly terms: AnswerTerms,
     private readonly hooks: ReceiverHooks,
   ) {
-    this.maxPayload = maxWorkerFrame(model);
+    this.maxPayload = maxWorkerFrame(model, terms.discriminatorUpdates);
     this.logUnidentified = throttledLogger(hooks.log);
   }
 
@@ -218,7 +218,7 @@ export class Receiver {
     peer.asked.splice(0, request + 1);
     // Answering, the worker has taken in any shard sent before the request: pongs are due within the heartbeat again.
     peer.intakeEndsAt = 0;
-    const problem = implausibleGradients(msg, this.model, this.batchSize);
+    const problem = implausibleGradients(msg, this.model, this.terms);
     if (problem) return this.reject(peer.socket, peer, problem[0], problem[1]);
     if (forOpenRound && round.isAwaiting(peer.id)) return round.accept(peer.id, msg);
     // Its round closed without it (or dropped it for an offence): never applied to newer weights; no offence.

@@ -1,4 +1,4 @@
-import { GanModel, discriminatorGradientSize } from '../model';
+import { DiscriminatorUpdates, GanModel, discriminatorGradientSize } from '../model';
 import { negativeVariance, statisticsSize } from '../model/batchnorm';
 import { RejectReason } from '../protocol/codec';
 import { Gradients, MAX_GRADIENT_ABS, MAX_LOSS, Phase, stepOfRound } from '../protocol/messages';
@@ -148,11 +148,17 @@ export function weightedStats(replies: Gradients[]): RoundResult {
   return { loss: loss / samples, dReal: dReal / samples, dFake: dFake / samples, samples, contributors: replies.length };
 }
 
-/** What the codec cannot know about an answer: sizes for this model, and plausible ranges. */
-export function implausibleGradients(msg: Gradients, model: GanModel, batchSize: number): [RejectReason, string] | null {
+/** What a run's answers are checked against besides its model: the welcome's terms that set their sizes. */
+export interface AnswerTerms {
+  batchSize: number;
+  discriminatorUpdates: DiscriminatorUpdates;
+}
+
+/** What the codec cannot know about an answer: sizes for this model and run, and plausible ranges. */
+export function implausibleGradients(msg: Gradients, model: GanModel, { batchSize, discriminatorUpdates }: AnswerTerms): [RejectReason, string] | null {
   const layout = msg.phase === 'generator' ? model.generatorLayout : model.discriminatorLayout;
-  // D's come in two halves, each in D's layout (discriminatorStep).
-  const size = msg.phase === 'generator' ? layout.size : discriminatorGradientSize(model);
+  // D's come in D's layout once per update (discriminatorGradientSize).
+  const size = msg.phase === 'generator' ? layout.size : discriminatorGradientSize(model, discriminatorUpdates);
   if (msg.gradients.length !== size) return ['bad_size', `${msg.phase} gradients have ${msg.gradients.length} values, expected ${size}`];
   // Adam would move a moving statistic by a nonzero "gradient" past the checks on batch statistics (a variance
   // below zero leaves G's inference NaN), so what is not learnt by gradient must arrive as 0.

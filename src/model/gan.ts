@@ -97,9 +97,26 @@ export interface ResultMemory {
   values?: Float32Array;
 }
 
-/** Values in a D step's gradients: D's layout twice, the real batch's share and then the generated batch's (discriminatorStep). */
-export function discriminatorGradientSize(model: Pick<GanModel, 'discriminatorLayout'>): number {
-  return 2 * model.discriminatorLayout.size;
+/** How many updates a step makes of D: the seed's two (one per half of the D step's gradient), or one (their sum). */
+export type DiscriminatorUpdates = 1 | 2;
+
+/**
+ * Values in a D round's gradient: D's layout once per update. Two: the real
+ * batch's share and then the generated batch's (discriminatorStep). One:
+ * their sum (sumDiscriminatorHalves), which is all that one update needs.
+ */
+export function discriminatorGradientSize(model: Pick<GanModel, 'discriminatorLayout'>, updates: DiscriminatorUpdates): number {
+  return updates * model.discriminatorLayout.size;
+}
+
+/**
+ * The D loss's gradient from discriminatorStep's two halves, summed in
+ * float32 into the first half, which is returned (a view of `halves`).
+ */
+export function sumDiscriminatorHalves(halves: Float32Array): Float32Array {
+  const n = halves.length / 2;
+  for (let i = 0; i < n; i++) halves[i] += halves[n + i];
+  return halves.subarray(0, n);
 }
 
 /** The D step's real half: D's gradients from it (already weighted for the whole step) and its logits. */

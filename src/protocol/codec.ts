@@ -126,6 +126,7 @@ export const COORDINATOR_SCHEMAS: Record<CoordinatorMessage['type'], Schema> = {
     batchSize: ['count', 'required'],
     heartbeatSeconds: ['number', 'required'],
     wireDtype: ['string', 'optional'],
+    discriminatorUpdates: ['count', 'required'],
     mailbox: ['string', 'optional'],
     nonce: ['string', 'optional'],
   },

@@ -6,7 +6,7 @@ import { truncate } from '../util/text';
  * Float arrays travel as raw little-endian bytes (msgpack bin), never as
  * arrays of numbers.
  */
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 /** The close code of a worker that gave up on a coordinator it heard nothing from (not even a ping) for 3 heartbeats. */
 export const CLOSE_COORDINATOR_SILENT = 4001;
@@ -80,6 +80,11 @@ export interface Welcome {
   heartbeatSeconds: number;
   /** How float arrays travel in both directions (wire-dtype.ts); absent = float32. */
   wireDtype?: string;
+  /**
+   * The coordinator's --d-updates, which sets what a D round's gradient is
+   * (discriminatorGradientSize): 2, its two halves; 1, their sum.
+   */
+  discriminatorUpdates: number;
   /**
    * Offered to a worker that may share this machine (mailbox.ts): the
    * coordinator's file for this worker's frames, which starts with `nonce`.

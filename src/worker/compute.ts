@@ -1,6 +1,6 @@
 import { gatherTanhRange } from '../data/mnist';
 import { IMAGE_SIZE } from '../data/image';
-import { GanModel, GeneratorPass, RealPart, ResultMemory, StepOutput, disposeGeneratorPass, disposeTensors } from '../model';
+import { DiscriminatorUpdates, GanModel, GeneratorPass, RealPart, ResultMemory, StepOutput, disposeGeneratorPass, disposeTensors, sumDiscriminatorHalves } from '../model';
 import { tf, Tensors } from '../model/tf';
 import { Phase, stepOfRound } from '../protocol/messages';
 import { GanfleetError } from '../util/errors';
@@ -47,6 +47,8 @@ export class ShardCompute {
   constructor(
     private readonly model: GanModel,
     private readonly batchSize: number,
+    /** The coordinator's D updates a step: a D round answers with the two halves (2) or their sum (1). */
+    private readonly discriminatorUpdates: DiscriminatorUpdates,
   ) {
     this.indices = new Int32Array(batchSize);
     this.drawBuffers = [0, 1].map(() => ({ real: new Float32Array(batchSize * IMAGE_SIZE), noise: new Float32Array(batchSize * model.zDim) }));
@@ -144,6 +146,8 @@ export class ShardCompute {
     if (phase === 'discriminator') {
       this.computeRealPart();
       out = this.model.discriminatorStep(this.discriminator, drawn.real, this.pass, this.realPart ?? undefined, this.results.discriminator);
+      // Summed here, not by the coordinator: one update needs only the sum, and D's gradient then travels once.
+      if (this.discriminatorUpdates === 1) out = { ...out, gradients: sumDiscriminatorHalves(out.gradients) };
     } else {
       out = this.model.generatorStep(this.generator, this.discriminator, this.pass, this.results.generator);
     }

@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { backendLabel, selectBackend } from '../backend';
 import { BackendChoice } from '../backend-choice';
-import { GanModel, createModel, maxBatchSize } from '../model';
+import { DiscriminatorUpdates, GanModel, createModel, maxBatchSize } from '../model';
 import { decodeCoordinatorMessage, encode, encodeFrame, ProtocolError, protocolErrorCode } from '../protocol/codec';
 import { CLOSE_COORDINATOR_SILENT, CoordinatorMessage, ErrorMessage, Hello, MAX_COORDINATOR_FRAME_BYTES, Mail, MailboxReady, Weights, Welcome, errorMessage, gradientsMessage, message } from '../protocol/messages';
 import { WIRE_DTYPES, WireDtype } from '../protocol/wire-dtype';
@@ -322,7 +322,7 @@ function connectOnce(
       const terms = welcomeTerms(msg);
       if (Array.isArray(terms)) return fail(terms[0], terms[1], true);
       wireDtype = terms.wireDtype;
-      compute = new ShardCompute(terms.model, msg.batchSize);
+      compute = new ShardCompute(terms.model, msg.batchSize, terms.discriminatorUpdates);
       workerId = msg.workerId;
       clearTimeout(handshake);
       heartbeatSeconds = msg.heartbeatSeconds;
@@ -504,7 +504,7 @@ function failureOf(e: unknown, welcomed: boolean): { code: string; text: string;
  * [code, why] where this build cannot train as asked, which a reconnect to
  * the same coordinator would not change.
  */
-function welcomeTerms(msg: Welcome): { model: GanModel; wireDtype: WireDtype } | [string, string] {
+function welcomeTerms(msg: Welcome): { model: GanModel; wireDtype: WireDtype; discriminatorUpdates: DiscriminatorUpdates } | [string, string] {
   let model: GanModel;
   try {
     model = createModel(msg.arch, msg.loss);
@@ -519,7 +519,9 @@ function welcomeTerms(msg: Welcome): { model: GanModel; wireDtype: WireDtype } |
   const maxBatch = maxBatchSize(msg.arch);
   if (msg.batchSize < 1 || msg.batchSize > maxBatch) return ['WORKER_BAD_WELCOME', `a batch size of ${msg.batchSize} (this build's ${msg.arch} takes 1 to ${maxBatch})`];
   if (!(msg.heartbeatSeconds > 0 && Number.isFinite(msg.heartbeatSeconds))) return ['WORKER_BAD_WELCOME', `a heartbeat of ${msg.heartbeatSeconds} s`];
+  const updates = msg.discriminatorUpdates;
+  if (updates !== 1 && updates !== 2) return ['WORKER_BAD_WELCOME', `${updates} D updates a step (this build makes 1 or 2)`];
   const dtype = msg.wireDtype ?? 'float32';
   if (!(WIRE_DTYPES as readonly string[]).includes(dtype)) return ['WORKER_WIRE_DTYPE', `unknown wire dtype ${dtype}`];
-  return { model, wireDtype: dtype as WireDtype };
+  return { model, wireDtype: dtype as WireDtype, discriminatorUpdates: updates };
 }
